@@ -1,0 +1,33 @@
+"""Who takes part: a `Party` is a well-known name bound to an Ed25519 public key."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Party:
+    """A participant on the network.
+
+    ``name`` is an X.500-style name (``"O=Alice,L=London,C=GB"``) or a short one
+    (``"Alice"``); ``owning_key`` is the raw 32-byte Ed25519 public key that proves it.
+    Two parties are equal only when both name and key match, so a peer that claims
+    another's name with its own key is a different party.
+    """
+
+    name: str
+    owning_key: bytes = b""
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"Party({self.name!r})"
+
+    @property
+    def short_name(self) -> str:
+        """The organisation part of an X.500 name (``O=Alice,...`` -> ``Alice``)."""
+        for part in self.name.split(","):
+            key, _, value = part.strip().partition("=")
+            if key.strip().upper() == "O" and value:
+                return value.strip()
+        return self.name
