@@ -1,0 +1,54 @@
+"""The persisted header of an unfinished flow: its session table, status and pending
+request. Written at every group commit the flow took part in; small, C-pickled."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .party import Party
+from .status import FlowStatus
+
+# Session states (our side).
+NEW, OPEN, CLOSED = 0, 1, 2
+
+
+@dataclass
+class SessionState:
+    """One session as this flow sees it. Sequence numbers make delivery exactly-once:
+    the peer's frames are accepted strictly in ``recv_seq`` order and duplicates dropped."""
+
+    sid: str
+    counterparty: Party
+    initiator: bool           # True: we opened it
+    protocol: str             # qualified name of the initiating class
+    version: int              # the initiating flow's version
+    app: str
+    state: int = NEW
+    send_seq: int = 0         # next sequence number we send
+    recv_seq: int = 0         # next sequence number we accept from the peer
+    peer_info: Optional[tuple[int, str]] = None   # (flow version, app name) of the peer
+    peer_ended: Optional[str] = None              # why the peer ended, once consumed
+    sent_info: bool = False   # responder: peer info sent with our first frame
+
+    @property
+    def role_of_peer(self) -> int:
+        """Routing role of the peer's end: 1 = the peer is the responder."""
+        return 1 if self.initiator else 0
+
+
+@dataclass
+class Checkpoint:
+    flow_id: str
+    flow_class: str
+    status: FlowStatus = FlowStatus.RUNNABLE
+    client_id: Optional[str] = None
+    started_at: float = 0.0
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    suspension_count: int = 0
+    progress_step: Optional[str] = None
+    error: Optional[str] = None
+    journal_len: int = 0
+    pending: Optional[tuple] = None          # (kind, key, deadline) of the pending entry
+    invoker_sid: Optional[str] = None        # responder: the session that started us
+    timer_key: Optional[bytes] = None
+    fingerprint: Optional[str] = None

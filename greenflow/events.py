@@ -1,0 +1,50 @@
+"""Events: what happened, handed to a node's scheduler through its one queue.
+
+Other threads (transport, RPC, external workers, the user's thread) never touch flows:
+they enqueue one of these and the scheduler thread applies it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .party import Party
+
+
+@dataclass(frozen=True)
+class StartFlows:
+    """New flows to record durably and run: ``(checkpoint, logic blob, logic)`` each."""
+    items: tuple
+    done: Optional[Callable[[], None]] = None
+
+
+@dataclass(frozen=True)
+class FrameArrived:
+    sender: Party
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The peer committed these frames of ours: drop them from the outbox."""
+    peer: str
+    msg_ids: tuple
+
+
+@dataclass(frozen=True)
+class ExternalDone:
+    flow_id: str
+    outcome: tuple
+
+
+@dataclass(frozen=True)
+class KillFlow:
+    flow_id: str
+    done: Optional[Callable[[bool], None]] = None
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run ``fn`` on the scheduler thread (queries that must see a consistent state)."""
+    fn: Callable[[], Any]
+    done: Callable[[Any, Optional[BaseException]], None] = field(default=lambda r, e: None)

@@ -1,0 +1,72 @@
+"""The executor: performs the actions a transition returned, for one flow.
+
+In-memory effects happen at once (a resumed flow joins the run queue, a frame joins
+the inbox); durable effects are left for the scheduler's next group commit; I/O
+(acknowledgements, external work) waits until after that commit. Nothing a peer can
+observe happens before the state that caused it is durable.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, Wait
+from .flow_runtime import FlowRuntime, InboxItem
+from .messages import END, ERROR, REJECT
+from .status import FlowStatus
+from .transitions import end_reason
+
+if TYPE_CHECKING:
+    from .party import Party
+    from .scheduler import Scheduler
+
+log = logging.getLogger("greenflow.executor")
+
+
+def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party | None" = None) -> None:
+    for a in actions:
+        t = type(a)
+        if t is Resume:
+            entry = rt.pending
+            if entry is not None:
+                entry.outcome = a.outcome
+                rt.pending = None
+            rt.cp.status = FlowStatus.RUNNABLE
+            sched.run_queue.append((rt, a.outcome))
+            rt.dirty = True
+        elif t is Wait:
+            rt.cp.status = FlowStatus.SUSPENDED
+            rt.dirty = True
+        elif t is Accept:
+            f = a.frame
+            st = rt.cp.sessions[f.sid]
+            st.recv_seq = f.seq + 1
+            if f.info is not None and st.peer_info is None:
+                st.peer_info = tuple(f.info)
+            if f.payload is not None or f.kind != 1:  # not a bare receive-first initiation
+                rt.inbox.setdefault(f.sid, deque()).append(InboxItem(f, False))
+            rt.dirty = True
+        elif t is Consume:
+            item = rt.inbox[a.sid].popleft()
+            if not rt.inbox[a.sid]:
+                del rt.inbox[a.sid]
+            f = item.frame
+            if item.persisted:
+                rt.consumed.append((f.sid, f.seq))
+            if f.kind in (END, ERROR, REJECT):
+                st = rt.cp.sessions[f.sid]
+                st.peer_ended = (end_reason(f.reason) if f.kind == END else
+                                 "failed" if f.kind == ERROR else "rejected the session")
+            rt.dirty = True
+        elif t is Ack:
+            if sender is not None:
+                sched.post_acks.setdefault(sender.name, []).append(a.msg_id)
+        elif t is ArmTimer:
+            sched.arm_timer(rt, a.deadline)
+        elif t is RunExternal:
+            sched.post_externals.append(rt)
+        elif t is Drop:
+            log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a.reason)
+        else:
+            raise TypeError(f"unknown action {a!r}; please file a bug")

@@ -1,0 +1,485 @@
+"""`FlowRuntime`: one flow in memory, and everything flow code can ask of the node.
+
+The runtime owns the flow's greenlet, its journal and replay cursor, its session table
+(inside the `Checkpoint`), its inbox of accepted-but-unconsumed frames and the frames
+it produced since the last commit. Every API call a flow makes lands here and goes
+one of two ways:
+
+* *replaying* (the cursor is inside the journal): the request is compared with the
+  recorded entry and answered from it, with no I/O; a mismatch parks the flow
+  (`NonDeterminismError`, raised by the runtime, not into flow code);
+* *live*: the request is decided now, journalled, and, if it must wait, handed to the
+  scheduler through `greenflow.traps`.
+
+Outcomes are interpreted the same way in both modes, so errors replay too.
+"""
+from __future__ import annotations
+
+import logging
+import random as _random
+import sys
+import uuid as _uuid
+from collections import deque
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from . import serialization, wire
+from .checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
+from .errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
+                     UnexpectedFlowEnd, UnknownFlow)
+from .journal import Entry, describe
+from .messages import DATA, END, INIT, Frame
+from .party import Party
+from .registry import app_name_of, initiating_info, qualified_name
+from .session import FlowSession, PeerFlowInfo
+from .traps import Diverged, FlowGreenlet, Unwind, switch_to_scheduler
+
+if TYPE_CHECKING:
+    from .flow_logic import FlowLogic
+    from .scheduler import Scheduler
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+
+
+def type_name(expected: Any) -> str:
+    if isinstance(expected, tuple):
+        return "(" + ", ".join(type_name(t) for t in expected) + ")"
+    return getattr(expected, "__qualname__", repr(expected))
+
+
+class InboxItem:
+    """An accepted frame waiting to be consumed; ``persisted`` once it is in the store."""
+
+    __slots__ = ("frame", "persisted")
+
+    def __init__(self, frame: Frame, persisted: bool) -> None:
+        self.frame = frame
+        self.persisted = persisted
+
+
+class FlowRuntime:
+    def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
+                 journal: list[Entry]) -> None:
+        self.sched = sched
+        self.cp = cp
+        self.flow_id = cp.flow_id
+        self.logic = logic
+        self.journal = journal
+        self.cursor = 0
+        # Entries [0, committed) are durable with their final outcome.
+        self.committed = len(journal) - (1 if journal and journal[-1].outcome is None else 0)
+        self.stack: list["FlowLogic"] = []
+        self.session_counter = 0
+        self.greenlet: Optional[FlowGreenlet] = None
+        self.pending: Optional[Entry] = None
+        self.out: list[tuple[Party, Frame]] = []
+        self.inbox: dict[str, deque[InboxItem]] = {}
+        self.consumed: list[tuple[str, int]] = []      # persisted inbox items consumed
+        self.external: Optional[tuple[Callable, tuple]] = None
+        self.io_refused: Optional[str] = None
+        self.diverged: Optional[str] = None
+        self.dirty = True
+        self.routed: set[str] = set()     # sessions whose route is in the store
+        self.last_active = 0.0
+        self._logger: Optional[logging.LoggerAdapter] = None
+
+    # ------------------------------------------------------------------ state
+    @property
+    def replaying(self) -> bool:
+        return self.cursor < len(self.journal)
+
+    def check_io_allowed(self) -> None:
+        if self.io_refused is not None:
+            raise FlowError(f"flow {self.flow_id} is being unwound ({self.io_refused}): "
+                            "framework calls are refused; do no I/O in finally blocks")
+
+    def _diverge(self, message: str) -> None:
+        self.diverged = message
+        self.io_refused = "diverged from its journal"
+        raise Diverged(message)
+
+    def _replay_next(self, kind: str, key: tuple) -> Optional[Entry]:
+        if self.cursor >= len(self.journal):
+            return None
+        e = self.journal[self.cursor]
+        if not e.matches(kind, key):
+            self._diverge(
+                f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal at "
+                f"step {self.cursor}: the journal recorded '{e.describe()}', the code now "
+                f"asks to '{describe(kind, key)}'")
+        self.cursor += 1
+        return e
+
+    def record(self, kind: str, key: tuple, live: Callable[[], tuple]) -> tuple:
+        """A request that does not suspend: answered from the journal on replay, decided
+        by ``live()`` and journalled otherwise."""
+        e = self._replay_next(kind, key)
+        if e is not None:
+            if e.outcome is None:
+                self._diverge(
+                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal at "
+                    f"step {self.cursor - 1}: it was waiting to '{e.describe()}', the code now "
+                    f"asks to '{describe(kind, key)}'")
+            return e.outcome  # type: ignore[return-value]
+        self.check_io_allowed()
+        outcome = live()
+        self.journal.append(Entry(kind, key, outcome))
+        self.cursor += 1
+        return outcome
+
+    def suspend(self, kind: str, key: tuple, deadline: Optional[float] = None,
+                before: Optional[Callable[[], None]] = None) -> tuple:
+        """A request that may wait: hand it to the scheduler unless replay answers it."""
+        e = self._replay_next(kind, key)
+        if e is not None and e.outcome is not None:
+            return e.outcome
+        self.check_io_allowed()
+        if e is None:
+            e = Entry(kind, key, None, deadline)
+            self.journal.append(e)
+            self.cursor += 1
+        if before is not None:
+            before()
+        return switch_to_scheduler(self, e)
+
+    # ------------------------------------------------------------------ running
+    def start_greenlet(self) -> FlowGreenlet:
+        self.cursor = 0
+        self.session_counter = 0
+        self.stack = []
+        self.greenlet = FlowGreenlet(self._main, self)
+        return self.greenlet
+
+    def _main(self) -> tuple:
+        try:
+            self.stack.append(self.logic)
+            result = self.logic.call()
+            if self.cursor < len(self.journal) and self.diverged is None:
+                self.diverged = (
+                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal: "
+                    f"it returned at step {self.cursor} before reaching its pending request "
+                    f"'{self.journal[-1].describe()}'")
+                return ("diverged",)
+            return ("done", result)
+        except Diverged:
+            return ("diverged",)
+        except Unwind as u:
+            return ("unwound", u.why)
+        except BaseException as exc:  # noqa: BLE001 - the flow's failure is its result
+            if self.diverged is not None:
+                return ("diverged",)
+            if self.replaying and isinstance(exc, Exception):
+                # Failing before the pending point is a divergence, unless the journal
+                # itself recorded the cause (then the same exception is the outcome).
+                self.diverged = (
+                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal: "
+                    f"it raised {type(exc).__name__}: {exc} at step {self.cursor} before "
+                    f"reaching its pending request '{self.journal[-1].describe()}'")
+                return ("diverged",)
+            return ("failed", exc)
+        finally:
+            self.stack.clear()
+
+    def sub_flow(self, flow: "FlowLogic") -> Any:
+        from .flow_logic import FlowLogic
+        if not isinstance(flow, FlowLogic):
+            raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
+        self.stack.append(flow)
+        try:
+            return flow.call()
+        finally:
+            self.stack.pop()
+            self.on_progress(None)
+
+    # ------------------------------------------------------------------ context
+    @property
+    def logger(self) -> logging.LoggerAdapter:
+        if self._logger is None:
+            self._logger = _FlowLogger(self)
+        return self._logger
+
+    def on_progress(self, tracker: Any) -> None:
+        labels = []
+        for f in self.stack:
+            t = f.__dict__.get("_gf_tracker")
+            if t is not None and t.label is not None:
+                labels.append(t.label)
+        step = " / ".join(labels) if labels else None
+        if step != self.cp.progress_step:
+            self.cp.progress_step = step
+            if not self.replaying:
+                self.sched.progress_changed(self, step)
+
+    def _initiating(self) -> tuple[str, int, str]:
+        for f in reversed(self.stack):
+            info = initiating_info(type(f))
+            if info is not None:
+                return info[0], info[1], app_name_of(type(f))
+        top = type(self.stack[-1]).__qualname__ if self.stack else "?"
+        raise FlowError(f"{top}.initiate_flow: no @initiating_flow class on the sub-flow "
+                        "stack, so the peer would not know which responder to start")
+
+    # ------------------------------------------------------------------ recorded values
+    def now(self) -> datetime:
+        out = self.record("now", (), lambda: ("ok", datetime.fromtimestamp(
+            self.sched.clock.now(), tz=timezone.utc)))
+        return out[1]
+
+    def random(self) -> _random.Random:
+        out = self.record("random", (), lambda: ("ok", _random.SystemRandom().getrandbits(64)))
+        return _random.Random(out[1])
+
+    def uuid(self) -> _uuid.UUID:
+        out = self.record("uuid", (), lambda: ("ok", _uuid.uuid4()))
+        return out[1]
+
+    def side_effect(self, fn: Callable, *args: Any) -> Any:
+        out = self.record("side_effect", (_callable_name(fn),), lambda: _call_checked(fn, args))
+        return _unwrap(out)
+
+    def run_external(self, fn: Callable, *args: Any) -> Any:
+        def before() -> None:
+            self.external = (fn, args)
+        out = self.suspend("external", (_callable_name(fn),), before=before)
+        return _unwrap(out)
+
+    def sleep(self, seconds: float) -> None:
+        seconds = float(seconds)
+        if seconds < 0:
+            raise ValueError(f"sleep() takes a non-negative duration, got {seconds}")
+        self.suspend("sleep", (seconds,), deadline=self._deadline(seconds))
+
+    def _deadline(self, seconds: float) -> Optional[float]:
+        # Only computed live: on replay the recorded deadline stands.
+        return None if self.replaying else self.sched.clock.now() + seconds
+
+    # ------------------------------------------------------------------ sessions
+    def new_session(self, party: Party) -> FlowSession:
+        if not isinstance(party, Party):
+            raise TypeError(f"initiate_flow() takes a Party, got {type(party).__qualname__}")
+        proto, version, app = self._initiating()
+        self.session_counter += 1
+        sid = f"{self.flow_id}.{self.session_counter}"
+        st = self.cp.sessions.get(sid)
+        if st is None:
+            self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
+        elif st.counterparty != party and self.replaying:
+            self._diverge(f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its "
+                          f"journal: session {self.session_counter} was opened to "
+                          f"{st.counterparty.name}, the code now opens it to {party.name}")
+        return FlowSession(sid, party)
+
+    def _session(self, session: FlowSession) -> SessionState:
+        st = self.cp.sessions.get(session.sid)
+        if st is None:
+            raise FlowError(f"{session!r} does not belong to flow {self.cp.flow_class} "
+                            f"({self.flow_id}); sessions cannot be shared between flows")
+        return st
+
+    def _emit(self, st: SessionState, kind: int, payload: Optional[bytes] = None,
+              reason: str = "", error: Optional[tuple] = None) -> None:
+        info = None
+        if not st.initiator and not st.sent_info:
+            info = (self._own_version(), self._own_app())
+            st.sent_info = True
+        if st.state == NEW:
+            if kind not in (DATA, INIT):
+                return  # never opened: nothing to tell the peer
+            frame = Frame(INIT, st.sid, True, st.send_seq, payload, st.protocol, st.version,
+                          st.app)
+            st.state = OPEN
+        else:
+            frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
+                          reason=reason, error=error)
+        st.send_seq += 1
+        self.out.append((st.counterparty, frame))
+
+    def _own_version(self) -> int:
+        info = initiating_info(type(self.logic))
+        responder_of = getattr(type(self.logic), "_gf_initiated_by", None)
+        if responder_of is not None:
+            v = getattr(type(self.logic), "_gf_version", None)
+            return v if isinstance(v, int) else 1
+        return info[1] if info else 1
+
+    def _own_app(self) -> str:
+        return app_name_of(type(self.logic))
+
+    def send(self, session: FlowSession, payload: Any) -> None:
+        st = self._session(session)
+        try:
+            data = wire.encode(payload)
+        except NotSerializable as exc:
+            raise NotSerializable(f"{self.cp.flow_class} cannot send to {st.counterparty.name}: "
+                                  f"{exc}") from None
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise NotSerializable(
+                f"{self.cp.flow_class} cannot send {len(data)} bytes to {st.counterparty.name}: "
+                f"payloads are limited to {MAX_PAYLOAD_BYTES} bytes")
+
+        def live() -> tuple:
+            if st.peer_ended is not None or st.state == CLOSED:
+                return ("end", st.peer_ended or "closed by this flow")
+            self._emit(st, DATA, data)
+            return ("ok",)
+
+        out = self.record("send", (st.sid, st.counterparty.name, wire.digest(data)), live)
+        if out[0] == "end":
+            raise UnexpectedFlowEnd(
+                f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
+                f"has ended ({out[1]})")
+
+    def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
+        st = self._session(session)
+        tname = type_name(expected)
+        if timeout is not None and timeout < 0:
+            raise ValueError("receive timeout must be >= 0")
+
+        def before() -> None:
+            if st.state == NEW:
+                self._emit(st, INIT, None)
+
+        out = self.suspend("receive", (st.sid, st.counterparty.name, tname),
+                           deadline=self._deadline(timeout) if timeout is not None else None,
+                           before=before)
+        kind = out[0]
+        peer = st.counterparty.name
+        if kind == "data":
+            try:
+                payload = wire.decode(out[1])
+            except Exception as exc:  # validated on arrival; cannot normally happen
+                raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
+                                       f"from {peer}: {exc}") from None
+            if not isinstance(payload, expected):
+                raise ReceiveTypeError(
+                    f"{self.cp.flow_class} expected to receive {tname} from {peer} but got "
+                    f"{type(payload).__qualname__}")
+            return payload
+        if kind == "end":
+            raise UnexpectedFlowEnd(
+                f"{peer} {out[1]} while {self.cp.flow_class} expected to receive {tname} "
+                f"from it")
+        if kind == "error":
+            raise rebuild_flow_exception(out[1], out[2], out[3], st.sid)
+        if kind == "reject":
+            raise UnknownFlow(f"{peer} has no flow registered to answer {st.protocol}: {out[1]}")
+        if kind == "timeout":
+            raise FlowTimeout(f"{self.cp.flow_class} timed out after {timeout}s waiting to "
+                              f"receive {tname} from {peer}")
+        raise FlowError(f"internal error: unknown receive outcome {kind!r}; please file a bug")
+
+    def close(self, session: FlowSession) -> None:
+        st = self._session(session)
+
+        def live() -> tuple:
+            if st.state == OPEN:
+                self._emit(st, END, reason="closed the session")
+            st.state = CLOSED
+            return ("ok",)
+
+        self.record("close", (st.sid, st.counterparty.name), live)
+
+    def flow_info(self, session: FlowSession) -> PeerFlowInfo:
+        st = self._session(session)
+
+        def before() -> None:
+            if st.state == NEW:
+                self._emit(st, INIT, None)
+
+        out = self.suspend("info", (st.sid, st.counterparty.name), before=before)
+        if out[0] == "reject":
+            raise UnknownFlow(f"{st.counterparty.name} has no flow registered to answer "
+                              f"{st.protocol}: {out[1]}")
+        if out[0] == "end":
+            raise UnexpectedFlowEnd(f"{st.counterparty.name} {out[1]} before telling its "
+                                    "flow version")
+        return PeerFlowInfo(*out[1])
+
+    # ------------------------------------------------------------------ ending
+    def end_frames(self, outcome: tuple) -> None:
+        """Tell every peer with an open session how this flow ended.
+
+        A FlowException the flow raised itself goes to every open session. One that came
+        from a peer and was not caught goes only to the session that started this flow
+        (up the invocation chain); every other peer just sees the session end, so one
+        party's error never leaks to an unrelated party.
+        """
+        kind = outcome[0]
+        exc = outcome[1] if kind == "failed" else None
+        from_sid = getattr(exc, "_gf_from_session", None) if exc is not None else None
+        for st in self.cp.sessions.values():
+            if st.state != OPEN or st.peer_ended is not None:
+                st.state = CLOSED
+                continue
+            if isinstance(exc, FlowException) and (from_sid is None or st.sid == self.cp.invoker_sid):
+                if from_sid is not None and st.sid == from_sid:
+                    self._emit(st, END, reason="failed")
+                else:
+                    eid = exc.ensure_error_id()
+                    self._emit(st, 4, error=(qualified_name(type(exc)), str(exc), eid))
+            else:
+                reason = {"done": "ended", "failed": "failed", "killed": "was killed"}.get(
+                    kind, "ended")
+                self._emit(st, END, reason=reason)
+            st.state = CLOSED
+
+
+def rebuild_flow_exception(cls_name: str, message: str, error_id: int, sid: str) -> FlowException:
+    """Recreate a peer's FlowException without running any constructor. Only classes
+    already imported here are used (importing a module named by a peer would run code)."""
+    cls: type = FlowException
+    mod_name, _, qual = cls_name.rpartition(".")
+    mod = sys.modules.get(mod_name)
+    if mod is not None:
+        obj: Any = mod
+        for part in qual.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, type) and issubclass(obj, FlowException):
+            cls = obj
+    exc = cls.__new__(cls)
+    exc.args = (message,)
+    exc.error_id = error_id
+    exc._gf_from_session = sid  # type: ignore[attr-defined]
+    return exc
+
+
+def _callable_name(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _call_checked(fn: Callable, args: tuple) -> tuple:
+    try:
+        value = fn(*args)
+    except Exception as exc:  # noqa: BLE001 - recorded and re-raised in the flow
+        out: tuple = ("exc", exc)
+    else:
+        out = ("ok", value)
+    try:
+        serialization.dumps(out)
+    except Exception as exc:
+        raise FlowError(f"the result of {_callable_name(fn)} ({type(out[1]).__qualname__}) "
+                        f"cannot be checkpointed: {exc}") from None
+    return out
+
+
+def _unwrap(outcome: tuple) -> Any:
+    if outcome[0] == "exc":
+        raise outcome[1]
+    return outcome[1]
+
+
+class _FlowLogger(logging.LoggerAdapter):
+    """Prefixes the flow id and stays quiet while the flow replays (it said it already)."""
+
+    def __init__(self, rt: FlowRuntime) -> None:
+        super().__init__(logging.getLogger(f"greenflow.flow.{rt.cp.flow_class}"),
+                         {"flow_id": rt.flow_id})
+        self.rt = rt
+
+    def process(self, msg: Any, kwargs: Any) -> tuple:
+        return f"[{self.rt.flow_id[:8]}] {msg}", kwargs
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self.rt.replaying and self.logger.isEnabledFor(level)

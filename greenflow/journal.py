@@ -1,0 +1,71 @@
+"""The journal: what a flow asked the runtime for, and what came back.
+
+A checkpoint does not hold the greenlet's stack (it cannot be pickled). It holds the
+flow object as it was at start plus this journal; restoring a flow is re-running
+``call()`` from the top and answering each request from the journal, with no I/O,
+until the *pending* entry (the one the flow was waiting on at its last commit). From
+there the flow is live again.
+
+Each entry has a ``kind`` and a ``key`` that are compared on replay: a difference means
+the code now asks for something else than it did, which is a `NonDeterminismError`.
+Outcomes that are errors (a peer's exception, an ended session, a timeout) are recorded
+like payloads, so ``try/except`` paths replay the same way.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+# Entry kinds that suspend the flow (the others are recorded inline).
+SUSPENDING = frozenset({"receive", "sleep", "external", "info"})
+
+
+class Entry:
+    """One journal record. ``outcome`` is None while the entry is pending."""
+
+    __slots__ = ("kind", "key", "outcome", "deadline")
+
+    def __init__(self, kind: str, key: tuple, outcome: Optional[tuple] = None,
+                 deadline: Optional[float] = None) -> None:
+        self.kind = kind
+        self.key = key
+        self.outcome = outcome
+        self.deadline = deadline
+
+    def __getstate__(self) -> tuple:
+        return (self.kind, self.key, self.outcome, self.deadline)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.kind, self.key, self.outcome, self.deadline = state
+
+    def __repr__(self) -> str:
+        return f"Entry({self.describe()}, outcome={self.outcome!r})"
+
+    def matches(self, kind: str, key: tuple) -> bool:
+        return self.kind == kind and self.key == key
+
+    def describe(self) -> str:
+        return describe(self.kind, self.key)
+
+
+def describe(kind: str, key: tuple) -> str:
+    """Human words for a request, used in NonDeterminismError messages and dumps."""
+    if kind == "receive":
+        sid, peer, type_name = key
+        return f"receive {type_name} from {peer}"
+    if kind == "send":
+        sid, peer, dg = key
+        return f"send to {peer} (payload digest {dg.hex()[:12]})"
+    if kind == "close":
+        return f"close session with {key[1]}"
+    if kind == "info":
+        return f"counterparty_flow_info of {key[1]}"
+    if kind == "sleep":
+        return f"sleep {key[0]}s"
+    if kind in ("side_effect", "external"):
+        return f"{kind} {key[0]}"
+    return kind
+
+
+def outcome_value(outcome: tuple) -> Any:
+    """For ('ok', value) outcomes."""
+    return outcome[1] if len(outcome) > 1 else None

@@ -1,0 +1,81 @@
+"""Session frames: what flows on a session between two nodes.
+
+Every frame carries the session id, which end it is for, and a per-direction sequence
+number; the receiver accepts frames strictly in sequence order, so a frame re-sent
+after a crash is recognised and dropped (exactly-once processing over at-least-once
+delivery). A frame's id, ``(session, to_responder, seq)``, is deterministic, so a
+replayed sender produces the same ids.
+
+Frames are msgpack lists of builtins; a payload inside is already in the safe wire
+encoding (`greenflow.wire`). Nothing here is ever unpickled.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import msgpack
+
+from .errors import WireFormatError
+
+INIT, DATA, END, ERROR, REJECT = 1, 2, 3, 4, 5
+KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection"}
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    kind: int
+    sid: str
+    to_responder: bool
+    seq: int
+    payload: Optional[bytes] = None           # INIT (may be None: receive-first), DATA
+    protocol: str = ""                        # INIT: initiating class
+    version: int = 0                          # INIT: initiator's flow version
+    app: str = ""                             # INIT: initiator's app
+    info: Optional[tuple[int, str]] = None    # responder's first frame: its (version, app)
+    reason: str = ""                          # END, REJECT
+    error: Optional[tuple[str, str, int]] = None  # ERROR: (class name, message, error_id)
+
+    @property
+    def msg_id(self) -> tuple[str, bool, int]:
+        return (self.sid, self.to_responder, self.seq)
+
+    def describe(self) -> str:
+        return f"{KIND_NAMES.get(self.kind, self.kind)} #{self.seq} on session {self.sid}"
+
+
+def encode_frame(f: Frame) -> bytes:
+    return msgpack.packb([f.kind, f.sid, f.to_responder, f.seq, f.payload, f.protocol,
+                          f.version, f.app, list(f.info) if f.info else None, f.reason,
+                          list(f.error) if f.error else None], use_bin_type=True)
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Parse a frame; anything malformed raises `WireFormatError` (and only that)."""
+    if len(data) > MAX_FRAME_BYTES:
+        raise WireFormatError(f"frame of {len(data)} bytes exceeds the {MAX_FRAME_BYTES} limit")
+    try:
+        v: Any = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:
+        raise WireFormatError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    try:
+        (kind, sid, to_resp, seq, payload, protocol, version, app, info, reason,
+         error) = v
+        ok = (kind in KIND_NAMES and isinstance(sid, str) and 0 < len(sid) <= 200
+              and isinstance(to_resp, bool) and isinstance(seq, int) and 0 <= seq < 2**62
+              and (payload is None or isinstance(payload, bytes))
+              and isinstance(protocol, str) and isinstance(version, int)
+              and isinstance(app, str) and isinstance(reason, str)
+              and (info is None or (isinstance(info, list) and len(info) == 2
+                                    and isinstance(info[0], int) and isinstance(info[1], str)))
+              and (error is None or (isinstance(error, list) and len(error) == 3
+                                     and isinstance(error[0], str) and isinstance(error[1], str)
+                                     and isinstance(error[2], int))))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise WireFormatError("malformed frame: fields have the wrong shape")
+    return Frame(kind, sid, to_resp, seq, payload, protocol, version, app,
+                 tuple(info) if info else None, reason, tuple(error) if error else None)

@@ -1,0 +1,650 @@
+"""The scheduler: one per node, on one thread, running every flow greenlet of the node.
+
+A round (`Scheduler.pump`) goes:
+
+1. apply queued events (starts, arriving frames, acks, timers, external results,
+   kills) through the transitions; resumed flows join the run queue;
+2. run every runnable flow until it suspends or ends;
+3. **group commit**: one synced LMDB transaction with every changed checkpoint, new
+   journal entries, inbox and outbox changes and results;
+4. only then: frames go to the transport, arrivals are acknowledged, external work is
+   started and waiters are told. A crash before 3 loses nothing anyone has seen; a crash
+   after it re-sends from the outbox and the receiver drops duplicates.
+
+Flows are *resident* (in memory) or not. A non-resident flow is rebuilt by replay when
+something arrives for it; restart loads nothing but the flows with work to do.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+import logging
+import os
+import queue
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from . import frames as frames_mod
+from . import serialization, transitions
+from .checkpoint import OPEN, Checkpoint, SessionState
+from .errors import FlowError, FlowException, FlowKilled, StoreError, WireFormatError
+from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
+from .executor import execute
+from .flow_runtime import FlowRuntime, InboxItem
+from .journal import Entry
+from .messages import INIT, REJECT, Frame, decode_frame, encode_frame
+from .party import Party
+from .registry import ResponderTable, qualified_name
+from .session import FlowSession
+from .status import FlowStatus
+from .store import (Batch, Store, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
+                    session_key, timer_key)
+from .traps import Unwind
+
+log = logging.getLogger("greenflow.scheduler")
+
+FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
+REJECTED_ROUTE = b"!"
+
+
+def new_flow_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Scheduler:
+    def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
+                 responders: ResponderTable, services: Any = None,
+                 capture_frames: bool = True, reload_after_suspend: bool = False,
+                 max_resident: Optional[int] = None, threaded: bool = False) -> None:
+        self.identity = identity
+        self.store = store
+        self.clock = clock
+        self.transport = transport
+        self.responders = responders
+        self.services = services
+        self.capture_frames = capture_frames
+        self.reload_after_suspend = reload_after_suspend
+        self.max_resident = max_resident
+        self.threaded = threaded
+        self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.resident: dict[str, FlowRuntime] = {}
+        self.routes: dict[bytes, str] = {}
+        self.run_queue: deque[tuple[FlowRuntime, Any]] = deque()
+        self.timers: list[tuple[float, str]] = []
+        self.batch = Batch()
+        self.post_sends: list[tuple[Party, bytes]] = []
+        self.post_acks: dict[str, list[tuple]] = {}
+        self.post_externals: list[FlowRuntime] = []
+        self.post_callbacks: list[Callable[[], None]] = []
+        self.waiters: dict[str, list[Callable[[dict], None]]] = {}
+        self.recent_results: dict[str, dict] = {}
+        self.progress_listeners: list[Callable[[str, Optional[str]], None]] = []
+        self.touched: dict[str, FlowRuntime] = {}
+        self.dead = False
+        self.commit_error: Optional[BaseException] = None
+        self._workers: Optional[ThreadPoolExecutor] = None
+        self._wakeup: Optional[Callable[[], None]] = None
+        self.stats = {"commits": 0, "suspensions": 0, "flows_started": 0, "replays": 0}
+
+    # ================================================================== intake
+    def post(self, event: Any) -> None:
+        """Hand an event to the scheduler (any thread)."""
+        self.events.put(event)
+        if self._wakeup is not None:
+            self._wakeup()
+
+    def start_flows(self, items: list[tuple[Checkpoint, bytes, Any]],
+                    done: Optional[Callable[[], None]] = None) -> None:
+        self.post(StartFlows(tuple(items), done))
+
+    # ================================================================== the round
+    def pump(self) -> bool:
+        """Run one round to quiescence and commit. Returns True when anything happened."""
+        if self.dead:
+            return False
+        did = False
+        while True:
+            progressed = self._drain_events()
+            progressed |= self._fire_due_timers()
+            while self.run_queue:
+                rt, value = self.run_queue.popleft()
+                self._step(rt, value)
+                progressed = True
+            if not progressed:
+                break
+            did = True
+        if self.batch or self.touched or self.post_acks or self.post_callbacks:
+            self._commit()
+            did = True
+        return did
+
+    def next_deadline(self) -> Optional[float]:
+        return self.timers[0][0] if self.timers else None
+
+    def _drain_events(self) -> bool:
+        any_ = False
+        while True:
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                return any_
+            any_ = True
+            try:
+                self._apply(ev)
+            except Exception:
+                log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
+
+    def _apply(self, ev: Any) -> None:
+        t = type(ev)
+        if t is FrameArrived:
+            self._deliver(ev.sender, ev.data)
+        elif t is StartFlows:
+            for cp, blob, logic in ev.items:
+                self._record_start(cp, blob, logic)
+            if ev.done is not None:
+                self.post_callbacks.append(ev.done)
+        elif t is Acked:
+            for mid in ev.msg_ids:
+                sid, to_resp, seq = mid
+                self.batch.delete("outbox", outbox_key(ev.peer, sid, to_resp, seq))
+        elif t is ExternalDone:
+            rt = self._resident_or_load(ev.flow_id)
+            if rt is not None:
+                execute(self, rt, transitions.on_external_done(rt.pending, ev.outcome))
+        elif t is KillFlow:
+            ok = self._kill(ev.flow_id)
+            if ev.done is not None:
+                self.post_callbacks.append(lambda: ev.done(ok))
+        elif t is Call:
+            try:
+                r = ev.fn()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                ev.done(None, exc)
+            else:
+                ev.done(r, None)
+        else:
+            raise FlowError(f"unknown scheduler event {ev!r}; please file a bug")
+
+    # ================================================================== starting
+    def _record_start(self, cp: Checkpoint, blob: bytes, logic: Any) -> None:
+        b = self.batch
+        k = fid_key(cp.flow_id)
+        b.put("logic", k, blob)
+        b.put("wake", k, b"")
+        if cp.client_id is not None:
+            b.put("clients", cp.client_id.encode(), k)
+        rt = FlowRuntime(self, cp, logic, [])
+        self._make_resident(rt)
+        self.touched[rt.flow_id] = rt
+        self.run_queue.append((rt, None))
+        self.stats["flows_started"] += 1
+
+    def _make_resident(self, rt: FlowRuntime) -> None:
+        self.resident[rt.flow_id] = rt
+        for st in rt.cp.sessions.values():
+            self.routes[session_key(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
+
+    # ================================================================== running
+    def _step(self, rt: FlowRuntime, value: Any) -> None:
+        if rt.cp.status.finished or rt.flow_id not in self.resident:
+            return
+        g = rt.greenlet
+        if g is None:
+            if rt.journal:
+                self.stats["replays"] += 1
+            g = rt.start_greenlet()
+            res = g.switch()
+        else:
+            res = g.switch(value)
+        rt.last_active = time.monotonic()
+        self.touched[rt.flow_id] = rt
+        if isinstance(res, Entry):
+            rt.pending = res
+            actions = transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now())
+            if any(type(a).__name__ == "Wait" for a in actions):
+                rt.cp.suspension_count += 1
+                self.stats["suspensions"] += 1
+            execute(self, rt, actions)
+        else:
+            self._finish(rt, res)
+
+    def progress_changed(self, rt: FlowRuntime, step: Optional[str]) -> None:
+        for fn in list(self.progress_listeners):
+            try:
+                fn(rt.flow_id, step)
+            except Exception:
+                log.exception("progress listener failed")
+
+    def arm_timer(self, rt: FlowRuntime, deadline: float) -> None:
+        heapq.heappush(self.timers, (deadline, rt.flow_id))
+        key = timer_key(deadline, rt.flow_id)
+        if rt.cp.timer_key != key:
+            if rt.cp.timer_key is not None:
+                self.batch.delete("timers", rt.cp.timer_key)
+            rt.cp.timer_key = key
+            self.batch.put("timers", key, b"")
+
+    def _fire_due_timers(self) -> bool:
+        now = self.clock.now()
+        fired = False
+        while self.timers and self.timers[0][0] <= now:
+            deadline, fid = heapq.heappop(self.timers)
+            rt = self.resident.get(fid)
+            if rt is None:
+                cp = self.store.checkpoint(fid)
+                if cp is None or cp.pending is None or cp.pending[2] != deadline:
+                    continue
+                rt = self._load(fid)
+                if rt is None:
+                    continue
+                # Not replayed yet: it will reach the pending entry and see the deadline passed.
+                fired = True
+                continue
+            actions = transitions.on_timer(rt.pending, deadline)
+            if actions:
+                execute(self, rt, actions)
+                fired = True
+        return fired
+
+    # ================================================================== frames in
+    def _deliver(self, sender: Party, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except WireFormatError as exc:
+            log.warning("%s: dropped an undecodable frame from %s: %s",
+                        self.identity.name, sender.name, exc)
+            return
+        if frame.kind == INIT and frame.to_responder:
+            key = session_key(sender.name, frame.sid, 0)
+            fid = self.routes.get(key)
+            if fid is None:
+                route = self.store.route(key)
+                if route is None:
+                    self._start_responder(sender, frame, key)
+                    return
+                if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
+                    self._ack(sender, frame)   # a re-sent initiation we already handled
+                    return
+                fid = route.decode()
+        else:
+            key = session_key(sender.name, frame.sid, 0 if frame.to_responder else 1)
+            fid = self.routes.get(key)
+            if fid is None:
+                route = self.store.route(key)
+                if route is None:
+                    log.warning("%s: dropped %s from %s: no such session here",
+                                self.identity.name, frame.describe(), sender.name)
+                    self._ack(sender, frame)
+                    return
+                if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
+                    log.debug("%s: late %s from %s for a finished flow", self.identity.name,
+                              frame.describe(), sender.name)
+                    self._ack(sender, frame)
+                    return
+                fid = route.decode()
+        rt = self._resident_or_load(fid)
+        if rt is None:
+            return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
+
+    def _payload_ok(self, sender: Party, frame: Frame) -> bool:
+        from . import wire
+        try:
+            wire.decode(frame.payload)  # type: ignore[arg-type]
+        except WireFormatError as exc:
+            log.warning("%s: dropped %s from %s: bad payload: %s", self.identity.name,
+                        frame.describe(), sender.name, exc)
+            return False
+        return True
+
+    def _ack(self, sender: Party, frame: Frame) -> None:
+        self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
+
+    def _start_responder(self, sender: Party, frame: Frame, key: bytes) -> None:
+        cls = self.responders.responder_for(frame.protocol)
+        if cls is None:
+            log.warning("%s: rejected a session from %s: no flow registered to answer %s",
+                        self.identity.name, sender.name, frame.protocol)
+            reject = Frame(REJECT, frame.sid, False, 0,
+                           reason=f"no responder registered for {frame.protocol} on "
+                                  f"{self.identity.name}")
+            data = encode_frame(reject)
+            self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
+            self.batch.put("sessions", key, REJECTED_ROUTE)
+            self.post_sends.append((sender, data))
+            self._ack(sender, frame)
+            return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        fid = new_flow_id()
+        st = SessionState(frame.sid, sender, False, frame.protocol, frame.version, frame.app,
+                          state=OPEN, peer_info=(frame.version, frame.app))
+        try:
+            logic = cls(FlowSession(frame.sid, sender))
+            blob = serialization.dumps(logic)
+        except Exception as exc:
+            log.error("%s: cannot start responder %s for %s: %s", self.identity.name,
+                      qualified_name(cls), sender.name, exc)
+            return
+        cp = Checkpoint(fid, qualified_name(cls), started_at=self.clock.now(),
+                        sessions={frame.sid: st}, invoker_sid=frame.sid)
+        self.batch.put("sessions", key, fid.encode())
+        self._record_start(cp, blob, logic)
+        rt = self.resident[fid]
+        rt.routed.add(frame.sid)
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, None, frame), sender)
+
+    # ================================================================== loading
+    def _resident_or_load(self, fid: str) -> Optional[FlowRuntime]:
+        rt = self.resident.get(fid)
+        if rt is not None:
+            return rt
+        return self._load(fid)
+
+    def _load(self, fid: str) -> Optional[FlowRuntime]:
+        """Rebuild a non-resident flow from its checkpoint; it replays when it runs."""
+        try:
+            cp = self.store.checkpoint(fid)
+            if cp is None or cp.status.finished:
+                return None
+            if cp.status == FlowStatus.HOSPITALIZED:
+                return None
+            logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
+            journal = self.store.journal(fid, cp.journal_len)
+            inbox_rows = self.store.inbox(fid)
+        except Exception as exc:  # corrupt or unreadable: park this flow only
+            log.error("%s: cannot restore flow %s: %s", self.identity.name, fid, exc)
+            self._hospitalize_stored(fid, f"checkpoint cannot be restored: {type(exc).__name__}: {exc}")
+            return None
+        rt = FlowRuntime(self, cp, logic, journal)
+        for sid, seq, data in inbox_rows:
+            try:
+                f = decode_frame(data)
+            except WireFormatError:
+                continue
+            rt.inbox.setdefault(sid, deque()).append(InboxItem(f, True))
+        rt.dirty = False
+        rt.routed = set(cp.sessions)
+        cp.status = FlowStatus.RUNNABLE
+        self._make_resident(rt)
+        self.run_queue.append((rt, None))
+        return rt
+
+    def _hospitalize_stored(self, fid: str, why: str) -> None:
+        try:
+            cp = self.store.checkpoint(fid)
+        except Exception:
+            cp = None
+        if cp is None:
+            return
+        cp.status = FlowStatus.HOSPITALIZED
+        cp.error = why
+        self.batch.put("flows", fid_key(fid), serialization.dumps(cp))
+        self.batch.delete("wake", fid_key(fid))
+
+    # ================================================================== ending
+    def _finish(self, rt: FlowRuntime, res: tuple) -> None:
+        kind = res[0]
+        fid = rt.flow_id
+        if kind == "diverged" or rt.diverged is not None:
+            log.error("%s: flow %s hospitalized: %s", self.identity.name, fid, rt.diverged)
+            self._evict(rt)
+            self.touched.pop(fid, None)
+            self._hospitalize_stored(fid, f"NonDeterminismError: {rt.diverged}")
+            return
+        if kind == "unwound":
+            kind = "killed"
+        record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
+                                  "finished_at": self.clock.now()}
+        if kind == "done":
+            rt.end_frames(("done",))
+            try:
+                record.update(status=FlowStatus.COMPLETED, value=serialization.dumps(res[1]))
+            except Exception as exc:
+                kind = "failed"
+                res = ("failed", FlowError(f"the result of {rt.cp.flow_class} cannot be stored: {exc}"))
+        if kind == "failed":
+            exc = res[1]
+            if isinstance(exc, FlowException):
+                log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
+                         rt.cp.flow_class, type(exc).__name__, exc)
+            else:
+                log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
+                            rt.cp.flow_class,
+                            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            rt.end_frames(("failed", exc))
+            record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
+                          exc=serialization.try_dumps(exc, limit=1 << 20))
+        elif kind == "killed":
+            rt.end_frames(("killed",))
+            record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
+        rt.cp.status = record["status"]
+        b = self.batch
+        k = fid_key(fid)
+        b.drop_flow(fid, max(rt.cp.journal_len, 0))
+        if rt.cp.timer_key is not None:
+            b.delete("timers", rt.cp.timer_key)
+        for st in rt.cp.sessions.values():
+            key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
+            b.put("sessions", key, FINISHED_ROUTE + fid.encode())
+            self.routes.pop(key, None)
+        b.put("results", k, serialization.dumps(record))
+        self._queue_frames(rt)
+        self.resident.pop(fid, None)
+        self.touched.pop(fid, None)
+        self.recent_results[fid] = record
+        waiters = self.waiters.pop(fid, [])
+        self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
+        self.progress_changed(rt, None)
+
+    def _queue_frames(self, rt: FlowRuntime) -> None:
+        for peer, frame in rt.out:
+            data = encode_frame(frame)
+            self.batch.put("outbox", outbox_key(peer.name, frame.sid, frame.to_responder, frame.seq), data)
+            self.post_sends.append((peer, data))
+        rt.out.clear()
+
+    def _evict(self, rt: FlowRuntime, why: str = "evicted") -> None:
+        """Drop a flow from memory (its checkpoint is durable), unwinding its greenlet
+        with I/O refused so its ``finally`` blocks run now, not at a random GC moment."""
+        g = rt.greenlet
+        rt.io_refused = why
+        if g is not None and not g.dead and g:
+            try:
+                g.throw(Unwind(why))
+            except BaseException:  # noqa: BLE001 - whatever the flow did while unwinding
+                pass
+        rt.greenlet = None
+        self.resident.pop(rt.flow_id, None)
+        for st in rt.cp.sessions.values():
+            self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
+
+    def _kill(self, fid: str) -> bool:
+        rt = self.resident.get(fid)
+        if rt is None:
+            cp = self.store.checkpoint(fid)
+            if cp is None:
+                return False
+            try:
+                logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
+            except Exception:
+                logic = None
+            rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
+            self.resident[fid] = rt
+        g = rt.greenlet
+        rt.io_refused = "killed"
+        if g is not None and not g.dead and g:
+            try:
+                g.throw(Unwind("killed"))
+            except BaseException:  # noqa: BLE001
+                pass
+        rt.greenlet = None
+        rt.out.clear()  # anything produced while unwinding is not sent
+        rt.io_refused = None
+        try:
+            self.run_queue.remove(next(x for x in self.run_queue if x[0] is rt))
+        except StopIteration:
+            pass
+        self._finish(rt, ("killed",))
+        return True
+
+    # ================================================================== commit
+    def _commit(self) -> None:
+        b = self.batch
+        suspended: list[FlowRuntime] = []
+        for fid, rt in list(self.touched.items()):
+            if rt.cp.status.finished:
+                continue
+            try:
+                self._stage_checkpoint(b, rt)
+            except Exception as exc:
+                log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name, fid, exc)
+                self._finish(rt, ("failed", FlowError(f"checkpoint failed: {exc}")))
+                continue
+            if rt.pending is not None:
+                suspended.append(rt)
+        for rt in self.touched.values():
+            if rt.out:
+                self._queue_frames(rt)
+        try:
+            if b:
+                self.store.commit(b)
+                self.stats["commits"] += 1
+        except StoreError as exc:
+            # Nothing of this round is durable, so nothing of it may be seen: stop the node.
+            log.critical("%s: %s; the node stops committing", self.identity.name, exc)
+            self.commit_error = exc
+            self.dead = True
+            return
+        self.batch = Batch()
+        self.touched = {}
+        sends, self.post_sends = self.post_sends, []
+        acks, self.post_acks = self.post_acks, {}
+        exts, self.post_externals = self.post_externals, []
+        cbs, self.post_callbacks = self.post_callbacks, []
+        for peer, data in sends:
+            self.transport.send(peer, data)
+        for peer_name, mids in acks.items():
+            self.transport.ack(peer_name, tuple(mids))
+        for rt in exts:
+            self._run_external(rt)
+        for cb in cbs:
+            try:
+                cb()
+            except Exception:
+                log.exception("post-commit callback failed")
+        self._shed(suspended)
+
+    def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
+        cp = rt.cp
+        fid = rt.flow_id
+        n = len(rt.journal)
+        for i in range(rt.committed, n):
+            b.put("journal", journal_key(fid, i), serialization.dumps(rt.journal[i]))
+        for i in range(n, cp.journal_len):  # shorter than before cannot happen; be safe
+            b.delete("journal", journal_key(fid, i))
+        pend = rt.pending
+        rt.committed = n - (1 if pend is not None else 0)
+        cp.journal_len = n
+        cp.pending = (pend.kind, pend.key, pend.deadline) if pend is not None else None
+        for q in rt.inbox.values():
+            for item in q:
+                if not item.persisted:
+                    b.put("inbox", inbox_key(fid, item.frame.sid, item.frame.seq),
+                          encode_frame(item.frame))
+                    item.persisted = True
+        for sid, seq in rt.consumed:
+            b.delete("inbox", inbox_key(fid, sid, seq))
+        rt.consumed.clear()
+        for sid, st in cp.sessions.items():
+            if sid not in rt.routed:
+                key = session_key(st.counterparty.name, sid, st.role_of_peer)
+                self.routes[key] = fid
+                b.put("sessions", key, fid.encode())
+                rt.routed.add(sid)
+        if pend is None or pend.kind == "external":
+            b.put("wake", fid_key(fid), b"")
+        else:
+            b.delete("wake", fid_key(fid))
+        if pend is not None and pend.deadline is None and cp.timer_key is not None:
+            b.delete("timers", cp.timer_key)
+            cp.timer_key = None
+        if self.capture_frames and pend is not None and rt.greenlet is not None:
+            snap = frames_mod.capture(rt.greenlet.gr_frame)
+            b.put("frames", fid_key(fid), serialization.dumps(snap))
+        b.put("flows", fid_key(fid), serialization.dumps(cp))
+        rt.dirty = False
+
+    def _run_external(self, rt: FlowRuntime) -> None:
+        call = rt.external
+        if call is None:
+            return
+        fn, args = call
+        fid = rt.flow_id
+
+        def work() -> None:
+            try:
+                out: tuple = ("ok", fn(*args))
+            except Exception as exc:  # noqa: BLE001 - recorded, re-raised in the flow
+                out = ("exc", exc)
+            self.post(ExternalDone(fid, out))
+
+        if self.threaded:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(max_workers=8,
+                                                   thread_name_prefix=f"gf-ext-{self.identity.name}")
+            self._workers.submit(work)
+        else:
+            work()
+
+    def _shed(self, suspended: list[FlowRuntime]) -> None:
+        """Hibernate: drop suspended flows from memory (reload_after_suspend: all of them;
+        otherwise the least recently active beyond max_resident)."""
+        if self.reload_after_suspend:
+            for rt in suspended:
+                if rt.pending is not None and rt.flow_id in self.resident:
+                    self._evict(rt, "hibernated")
+            return
+        if self.max_resident is not None and len(self.resident) > self.max_resident:
+            idle = sorted((rt for rt in self.resident.values() if rt.pending is not None
+                           and not rt.dirty), key=lambda r: r.last_active)
+            for rt in idle[:len(self.resident) - self.max_resident]:
+                self._evict(rt, "hibernated")
+
+    # ================================================================== restart
+    def recover(self) -> None:
+        """After opening a store: re-send the outbox, re-arm timers, and load only the
+        flows that have something to do (runnable, pending external, frames waiting)."""
+        for key, data in self.store.iter_db("outbox"):
+            peer_name = key.split(b"\0", 1)[0].decode()
+            self.post_sends.append((self._party(peer_name), data))
+        for key, _ in self.store.iter_db("timers"):
+            deadline, fid = parse_timer_key(key)
+            heapq.heappush(self.timers, (deadline, fid))
+        wake = {k.decode() for k in self.store.keys("wake")} | self.store.inbox_flow_ids()
+        for fid in sorted(wake):
+            if fid not in self.resident:
+                self._load(fid)
+        if self.post_sends:
+            self.post_callbacks.append(lambda: None)  # make the next pump commit/send
+
+    def _party(self, name: str) -> Party:
+        lookup = getattr(self.transport, "party", None)
+        if lookup is not None:
+            p = lookup(name)
+            if p is not None:
+                return p
+        return Party(name)
+
+    def crash(self) -> None:
+        """Power cut: unwind every greenlet with I/O refused and forget everything."""
+        for rt in list(self.resident.values()):
+            self._evict(rt, "power cut")
+        self.resident.clear()
+        self.run_queue.clear()
+        self.dead = True

@@ -1,0 +1,225 @@
+"""The node's durable store: one LMDB environment, one named database per concept.
+
+| database   | key                               | value                                  |
+|------------|-----------------------------------|----------------------------------------|
+| flows      | flow id                           | `Checkpoint` header (C pickle)         |
+| logic      | flow id                           | the flow object as it was at start     |
+| journal    | flow id + entry index (4 bytes)   | one `Entry`                            |
+| frames     | flow id                           | diagnostic stack snapshot              |
+| inbox      | flow id \\0 session \\0 seq         | accepted frame not yet consumed        |
+| outbox     | peer \\0 session \\0 role \\0 seq     | frame not yet acknowledged by the peer |
+| sessions   | peer \\0 session \\0 role             | flow id (routing + duplicate initiations)|
+| timers     | deadline (µs, 8 bytes) + flow id  | b""                                    |
+| wake       | flow id                           | b"" : flows to run at restart          |
+| results    | flow id                           | finished flow's result record          |
+| clients    | client id                         | flow id                                |
+| meta       | name                              | value                                  |
+
+All writes of a scheduler round go through one `Batch` and one synced transaction
+(group commit). The map grows by itself when it fills.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from typing import Any, Iterator, Optional
+
+import lmdb
+
+from . import serialization
+from .checkpoint import Checkpoint
+from .errors import StoreError
+from .journal import Entry
+
+log = logging.getLogger("greenflow.store")
+
+_DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "timers",
+        "wake", "results", "clients", "meta")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+INITIAL_MAP = 64 * 1024 * 1024
+
+
+def fid_key(fid: str) -> bytes:
+    return fid.encode()
+
+
+def journal_key(fid: str, idx: int) -> bytes:
+    return fid.encode() + _U32.pack(idx)
+
+
+def inbox_key(fid: str, sid: str, seq: int) -> bytes:
+    return b"%s\0%s\0%s" % (fid.encode(), sid.encode(), _U32.pack(seq))
+
+
+def session_key(peer: str, sid: str, peer_role: int) -> bytes:
+    """Routing key for frames arriving from ``peer`` on ``sid`` for our end, where
+    ``peer_role`` is 1 when the peer is the responder (we initiated)."""
+    return b"%s\0%s\0%d" % (peer.encode(), sid.encode(), peer_role)
+
+
+def outbox_key(peer: str, sid: str, to_responder: bool, seq: int) -> bytes:
+    return b"%s\0%s\0%d\0%s" % (peer.encode(), sid.encode(), int(to_responder), _U32.pack(seq))
+
+
+def timer_key(deadline: float, fid: str) -> bytes:
+    return _U64.pack(max(0, int(deadline * 1_000_000))) + fid.encode()
+
+
+def parse_timer_key(key: bytes) -> tuple[float, str]:
+    return _U64.unpack(key[:8])[0] / 1_000_000, key[8:].decode()
+
+
+class Batch:
+    """Writes collected for one group commit: ``(db, key, value or None to delete)``,
+    plus whole-flow deletions."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        # Applied in order: a flow started and finished in the same round must end dropped.
+        self.ops: list[tuple[str, Any, Any]] = []
+
+    def put(self, db: str, key: bytes, value: bytes) -> None:
+        self.ops.append((db, key, value))
+
+    def delete(self, db: str, key: bytes) -> None:
+        self.ops.append((db, key, None))
+
+    def drop_flow(self, fid: str, journal_len: int) -> None:
+        """Remove a flow's checkpoint, start object, journal, frames and inbox."""
+        self.ops.append(("", fid, journal_len))
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+
+class Store:
+    def __init__(self, path: str, *, sync: bool = True) -> None:
+        os.makedirs(path, exist_ok=True)
+        self.path = path
+        try:
+            self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 2,
+                                 sync=sync, metasync=sync, readahead=False, lock=True)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the node store at {path}: {exc}") from exc
+        # Grow at once if the existing data file is already larger than our initial map.
+        info = self.env.info()
+        if info["map_size"] < INITIAL_MAP:
+            self.env.set_mapsize(INITIAL_MAP)
+        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self.commits = 0
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ------------------------------------------------------------------ writes
+    def commit(self, batch: Batch) -> None:
+        """Apply ``batch`` in one synced write transaction, growing the map as needed."""
+        for attempt in range(12):
+            try:
+                with self.env.begin(write=True) as txn:
+                    self._apply(txn, batch)
+                self.commits += 1
+                return
+            except lmdb.MapFullError:
+                new_size = self.env.info()["map_size"] * 2
+                log.info("store %s: map full, growing to %d MiB", self.path, new_size >> 20)
+                self.env.set_mapsize(new_size)
+            except lmdb.Error as exc:
+                raise StoreError(f"commit to the node store at {self.path} failed: {exc}") from exc
+        raise StoreError(f"store {self.path}: the map could not grow enough for one commit")
+
+    def _apply(self, txn: Any, batch: Batch) -> None:
+        db = self.db
+        for name, key, value in batch.ops:
+            if name == "":
+                self._drop_flow(txn, key, value)
+            elif value is None:
+                txn.delete(key, db=db[name])
+            else:
+                txn.put(key, value, db=db[name])
+
+    def _drop_flow(self, txn: Any, fid: str, jlen: int) -> None:
+        db = self.db
+        k = fid_key(fid)
+        for name in ("flows", "logic", "frames", "wake"):
+            txn.delete(k, db=db[name])
+        for i in range(jlen):
+            txn.delete(journal_key(fid, i), db=db["journal"])
+        cur = txn.cursor(db=db["inbox"])
+        prefix = k + b"\0"
+        if cur.set_range(prefix):
+            while cur.key().startswith(prefix):
+                if not cur.delete():
+                    break
+
+    # ------------------------------------------------------------------ reads
+    def _get(self, name: str, key: bytes) -> Optional[bytes]:
+        with self.env.begin(db=self.db[name]) as txn:
+            return txn.get(key)
+
+    def checkpoint(self, fid: str) -> Optional[Checkpoint]:
+        raw = self._get("flows", fid_key(fid))
+        return serialization.loads(raw) if raw is not None else None
+
+    def logic_blob(self, fid: str) -> Optional[bytes]:
+        return self._get("logic", fid_key(fid))
+
+    def journal(self, fid: str, length: int) -> list[Entry]:
+        out = []
+        with self.env.begin(db=self.db["journal"]) as txn:
+            for i in range(length):
+                raw = txn.get(journal_key(fid, i))
+                if raw is None:
+                    raise StoreError(f"journal of flow {fid} is missing entry {i}")
+                out.append(serialization.loads(raw))
+        return out
+
+    def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
+        prefix = fid_key(fid) + b"\0"
+        out = []
+        with self.env.begin(db=self.db["inbox"]) as txn:
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    _, sid, seq = k.split(b"\0", 2)
+                    out.append((sid.decode(), _U32.unpack(seq)[0], bytes(v)))
+        return out
+
+    def frames(self, fid: str) -> Any:
+        raw = self._get("frames", fid_key(fid))
+        return serialization.loads(raw) if raw is not None else None
+
+    def route(self, key: bytes) -> Optional[bytes]:
+        return self._get("sessions", key)
+
+    def result(self, fid: str) -> Optional[dict]:
+        raw = self._get("results", fid_key(fid))
+        return serialization.loads(raw) if raw is not None else None
+
+    def client(self, client_id: str) -> Optional[str]:
+        raw = self._get("clients", client_id.encode())
+        return raw.decode() if raw is not None else None
+
+    def meta(self, name: str) -> Optional[bytes]:
+        return self._get("meta", name.encode())
+
+    def iter_db(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=self.db[name]) as txn:
+            for k, v in txn.cursor():
+                yield bytes(k), bytes(v)
+
+    def keys(self, name: str) -> list[bytes]:
+        with self.env.begin(db=self.db[name]) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def count(self, name: str) -> int:
+        with self.env.begin(db=self.db[name]) as txn:
+            return txn.stat(self.db[name])["entries"]
+
+    def inbox_flow_ids(self) -> set[str]:
+        return {k.split(b"\0", 1)[0].decode() for k in self.keys("inbox")}

@@ -1,0 +1,115 @@
+"""Transitions: given a flow's state and an event, decide what happens.
+
+Pure decisions: they read the checkpoint, the inbox and the pending request and return
+a list of actions (see `greenflow.actions`). They import no lmdb, dill, greenlet or
+sockets, so they are tested by looking at the actions they return.
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Optional
+
+from .actions import Accept, Ack
+from .actions import ArmTimer, Consume, Drop, Resume, RunExternal, Wait
+from .checkpoint import Checkpoint
+from .journal import Entry
+from .messages import DATA, END, ERROR, INIT, REJECT, Frame
+
+
+def frame_outcome(frame: Frame) -> tuple:
+    """The journal outcome a consumed frame gives a waiting ``receive``."""
+    if frame.kind in (DATA, INIT):
+        return ("data", frame.payload)
+    if frame.kind == END:
+        return ("end", end_reason(frame.reason))
+    if frame.kind == ERROR:
+        assert frame.error is not None
+        return ("error",) + tuple(frame.error)
+    if frame.kind == REJECT:
+        return ("reject", frame.reason)
+    raise ValueError(f"unknown frame kind {frame.kind}")
+
+
+def end_reason(reason: str) -> str:
+    return {"ended": "ended its flow", "failed": "failed", "was killed": "was killed",
+            "closed the session": "closed the session"}.get(reason, reason or "ended its flow")
+
+
+def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float) -> list:
+    """The flow has just asked for ``entry``: answer it now or wait."""
+    kind = entry.kind
+    if kind == "receive":
+        sid = entry.key[0]
+        q = inbox.get(sid)
+        if q:
+            return [Consume(sid), Resume(frame_outcome(q[0].frame))]
+        st = cp.sessions[sid]
+        if st.peer_ended is not None:
+            return [Resume(("end", st.peer_ended))]
+        return _wait_until(entry, now, ("timeout",))
+    if kind == "sleep":
+        return _wait_until(entry, now, ("ok",))
+    if kind == "info":
+        sid = entry.key[0]
+        st = cp.sessions[sid]
+        if st.peer_info is not None:
+            return [Resume(("ok", tuple(st.peer_info)))]
+        q = inbox.get(sid)
+        if q and q[0].frame.kind == REJECT:
+            return [Consume(sid), Resume(frame_outcome(q[0].frame))]
+        if st.peer_ended is not None:
+            return [Resume(("end", st.peer_ended))]
+        return [Wait()]
+    if kind == "external":
+        return [RunExternal(), Wait()]
+    raise ValueError(f"unknown suspension kind {kind!r}")
+
+
+def _wait_until(entry: Entry, now: float, due_outcome: tuple) -> list:
+    if entry.deadline is None:
+        return [Wait()]
+    if entry.deadline <= now:
+        return [Resume(due_outcome)]
+    return [ArmTimer(entry.deadline), Wait()]
+
+
+def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
+             frame: Frame) -> list:
+    """A peer's frame for one of this flow's sessions has arrived."""
+    st = cp.sessions.get(frame.sid)
+    if st is None:
+        return [Drop(f"no session {frame.sid} in flow {cp.flow_id}"), Ack(frame.msg_id)]
+    if frame.seq < st.recv_seq:
+        return [Drop(f"duplicate {frame.describe()}"), Ack(frame.msg_id)]
+    if frame.seq > st.recv_seq:
+        return [Drop(f"out-of-order {frame.describe()} (expected #{st.recv_seq}); "
+                     "the sender will re-send")]
+    actions: list = [Accept(frame), Ack(frame.msg_id)]
+    if frame.kind == INIT and frame.payload is None:
+        return actions  # a receive-first initiation carries no message
+    if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):
+        if pending.kind == "receive":
+            actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
+        elif pending.kind == "info":
+            if frame.info is not None:
+                actions.append(Resume(("ok", tuple(frame.info))))
+            elif frame.kind == REJECT:
+                actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
+    return actions
+
+
+def on_timer(pending: Optional[Entry], deadline: float) -> list:
+    """A timer fell due: it matters only if the flow still waits on that deadline."""
+    if pending is None or pending.deadline is None or pending.deadline != deadline:
+        return []
+    if pending.kind == "receive":
+        return [Resume(("timeout",))]
+    if pending.kind == "sleep":
+        return [Resume(("ok",))]
+    return []
+
+
+def on_external_done(pending: Optional[Entry], outcome: tuple) -> list:
+    if pending is None or pending.kind != "external":
+        return [Drop("external result for a flow no longer waiting on it")]
+    return [Resume(outcome)]
