@@ -138,6 +138,7 @@ class FlowRuntime:
             e = Entry(kind, key, None, deadline)
             self.journal.append(e)
             self.cursor += 1
+            self.cp.suspension_count += 1
         if before is not None:
             before()
         return switch_to_scheduler(self, e)

@@ -87,7 +87,7 @@ class Scheduler:
         self.commit_error: Optional[BaseException] = None
         self._workers: Optional[ThreadPoolExecutor] = None
         self._wakeup: Optional[Callable[[], None]] = None
-        self.stats = {"commits": 0, "suspensions": 0, "flows_started": 0, "replays": 0}
+        self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
 
     # ================================================================== intake
     def post(self, event: Any) -> None:
@@ -189,8 +189,8 @@ class Scheduler:
 
     # ================================================================== running
     def _step(self, rt: FlowRuntime, value: Any) -> None:
-        if rt.cp.status.finished or rt.flow_id not in self.resident:
-            return
+        if rt.cp.status.finished or self.resident.get(rt.flow_id) is not rt:
+            return  # finished, or evicted (a newer runtime may stand for the same flow)
         g = rt.greenlet
         if g is None:
             if rt.journal:
@@ -203,11 +203,7 @@ class Scheduler:
         self.touched[rt.flow_id] = rt
         if isinstance(res, Entry):
             rt.pending = res
-            actions = transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now())
-            if any(type(a).__name__ == "Wait" for a in actions):
-                rt.cp.suspension_count += 1
-                self.stats["suspensions"] += 1
-            execute(self, rt, actions)
+            execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now()))
         else:
             self._finish(rt, res)
 
