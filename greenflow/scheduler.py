@@ -540,10 +540,9 @@ class Scheduler:
         cp = rt.cp
         fid = rt.flow_id
         n = len(rt.journal)
-        for i in range(rt.committed, n):
-            b.put("journal", journal_key(fid, i), serialization.dumps(rt.journal[i]))
-        for i in range(n, cp.journal_len):  # shorter than before cannot happen; be safe
-            b.delete("journal", journal_key(fid, i))
+        if n > rt.committed:  # one chunk per commit, from the (formerly) pending entry on
+            b.put("journal", journal_key(fid, rt.committed),
+                  serialization.dumps(rt.journal[rt.committed:n]))
         pend = rt.pending
         rt.committed = n - (1 if pend is not None else 0)
         cp.journal_len = n

@@ -4,7 +4,7 @@
 |------------|-----------------------------------|----------------------------------------|
 | flows      | flow id                           | `Checkpoint` header (C pickle)         |
 | logic      | flow id                           | the flow object as it was at start     |
-| journal    | flow id + entry index (4 bytes)   | one `Entry`                            |
+| journal    | flow id + first index (4 bytes)   | a chunk: the entries one commit added  |
 | frames     | flow id                           | diagnostic stack snapshot              |
 | inbox      | flow id \\0 session \\0 seq         | accepted frame not yet consumed        |
 | outbox     | peer \\0 session \\0 role \\0 seq     | frame not yet acknowledged by the peer |
@@ -146,10 +146,11 @@ class Store:
         k = fid_key(fid)
         for name in ("flows", "logic", "frames", "wake"):
             txn.delete(k, db=db[name])
-        for i in range(jlen):
-            txn.delete(journal_key(fid, i), db=db["journal"])
-        cur = txn.cursor(db=db["inbox"])
-        prefix = k + b"\0"
+        self._delete_prefix(txn, "journal", k)
+        self._delete_prefix(txn, "inbox", k + b"\0")
+
+    def _delete_prefix(self, txn: Any, name: str, prefix: bytes) -> None:
+        cur = txn.cursor(db=self.db[name])
         if cur.set_range(prefix):
             while cur.key().startswith(prefix):
                 if not cur.delete():
@@ -168,14 +169,26 @@ class Store:
         return self._get("logic", fid_key(fid))
 
     def journal(self, fid: str, length: int) -> list[Entry]:
-        out = []
+        """The flow's journal. Each commit wrote one chunk starting at the flow's pending
+        entry; a later chunk supersedes the overlapping tail of an earlier one."""
+        out: list[Entry] = []
+        prefix = fid_key(fid)
+        n = len(prefix)
         with self.env.begin(db=self.db["journal"]) as txn:
-            for i in range(length):
-                raw = txn.get(journal_key(fid, i))
-                if raw is None:
-                    raise StoreError(f"journal of flow {fid} is missing entry {i}")
-                out.append(serialization.loads(raw))
-        return out
+            cur = txn.cursor()
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix) or len(k) != n + 4:
+                        break
+                    start = _U32.unpack(k[n:])[0]
+                    if start > len(out):
+                        raise StoreError(f"journal of flow {fid} has a gap before entry {start}")
+                    del out[start:]
+                    out.extend(serialization.loads(v))
+        if len(out) < length:
+            raise StoreError(f"journal of flow {fid} has {len(out)} entries, its checkpoint "
+                             f"says {length}")
+        return out[:length]
 
     def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
         prefix = fid_key(fid) + b"\0"
