@@ -2,7 +2,7 @@
 request. Written at every group commit the flow took part in; small, C-pickled."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from .party import Party
@@ -12,7 +12,7 @@ from .status import FlowStatus
 NEW, OPEN, CLOSED = 0, 1, 2
 
 
-@dataclass
+@dataclass(slots=True)
 class SessionState:
     """One session as this flow sees it. Sequence numbers make delivery exactly-once:
     the peer's frames are accepted strictly in ``recv_seq`` order and duplicates dropped."""
@@ -30,13 +30,17 @@ class SessionState:
     peer_ended: Optional[str] = None              # why the peer ended, once consumed
     sent_info: bool = False   # responder: peer info sent with our first frame
 
+    def __reduce__(self) -> tuple:
+        # Positional state: no field names in every stored header (disk per flow).
+        return (SessionState, tuple(getattr(self, n) for n in _SESSION_FIELDS))
+
     @property
     def role_of_peer(self) -> int:
         """Routing role of the peer's end: 1 = the peer is the responder."""
         return 1 if self.initiator else 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Checkpoint:
     flow_id: str
     flow_class: str
@@ -52,3 +56,10 @@ class Checkpoint:
     invoker_sid: Optional[str] = None        # responder: the session that started us
     timer_key: Optional[bytes] = None
     fingerprint: Optional[str] = None
+
+    def __reduce__(self) -> tuple:
+        return (Checkpoint, tuple(getattr(self, n) for n in _CHECKPOINT_FIELDS))
+
+
+_SESSION_FIELDS = tuple(f.name for f in fields(SessionState))
+_CHECKPOINT_FIELDS = tuple(f.name for f in fields(Checkpoint))

@@ -58,6 +58,12 @@ class InboxItem:
 
 
 class FlowRuntime:
+    # Slots: a node may hold millions of these.
+    __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
+                 "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
+                 "external", "io_refused", "diverged", "dirty", "routed", "last_active",
+                 "_logger")
+
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
         self.sched = sched
@@ -79,7 +85,7 @@ class FlowRuntime:
         self.io_refused: Optional[str] = None
         self.diverged: Optional[str] = None
         self.dirty = True
-        self.routed: set[str] = set()     # sessions whose route is in the store
+        self.routed = 0                   # cp.sessions[:routed] have their route stored
         self.last_active = 0.0
         self._logger: Optional[logging.LoggerAdapter] = None
 

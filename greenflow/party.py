@@ -20,6 +20,9 @@ class Party:
     def __str__(self) -> str:
         return self.name
 
+    def __reduce__(self) -> tuple:
+        return (Party, (self.name, self.owning_key))
+
     def __repr__(self) -> str:
         return f"Party({self.name!r})"
 

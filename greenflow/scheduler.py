@@ -332,7 +332,7 @@ class Scheduler:
         self.batch.put("sessions", key, fid.encode())
         self._record_start(cp, blob, logic)
         rt = self.resident[fid]
-        rt.routed.add(frame.sid)
+        rt.routed = 1
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, None, frame), sender)
 
     # ================================================================== loading
@@ -365,7 +365,7 @@ class Scheduler:
                 continue
             rt.inbox.setdefault(sid, deque()).append(InboxItem(f, True))
         rt.dirty = False
-        rt.routed = set(cp.sessions)
+        rt.routed = len(cp.sessions)
         cp.status = FlowStatus.RUNNABLE
         self._make_resident(rt)
         self.run_queue.append((rt, None))
@@ -556,12 +556,12 @@ class Scheduler:
         for sid, seq in rt.consumed:
             b.delete("inbox", inbox_key(fid, sid, seq))
         rt.consumed.clear()
-        for sid, st in cp.sessions.items():
-            if sid not in rt.routed:
-                key = session_key(st.counterparty.name, sid, st.role_of_peer)
+        if len(cp.sessions) > rt.routed:  # sessions are only ever added
+            for st in list(cp.sessions.values())[rt.routed:]:
+                key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
                 self.routes[key] = fid
                 b.put("sessions", key, fid.encode())
-                rt.routed.add(sid)
+            rt.routed = len(cp.sessions)
         if pend is None or pend.kind == "external":
             b.put("wake", fid_key(fid), b"")
         else:
