@@ -61,7 +61,7 @@ class FlowRuntime:
     # Slots: a node may hold millions of these.
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
-                 "external", "io_refused", "diverged", "dirty", "routed", "last_active",
+                 "external", "io_refused", "diverged", "dirty", "routed",
                  "_logger")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
@@ -86,7 +86,6 @@ class FlowRuntime:
         self.diverged: Optional[str] = None
         self.dirty = True
         self.routed = 0                   # cp.sessions[:routed] have their route stored
-        self.last_active = 0.0
         self._logger: Optional[logging.LoggerAdapter] = None
 
     # ------------------------------------------------------------------ state

@@ -21,7 +21,6 @@ from collections import deque
 import logging
 import os
 import queue
-import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -199,8 +198,9 @@ class Scheduler:
             res = g.switch()
         else:
             res = g.switch(value)
-        rt.last_active = time.monotonic()
-        self.touched[rt.flow_id] = rt
+        fid = rt.flow_id
+        self.resident[fid] = self.resident.pop(fid)  # most recently active last (LRU)
+        self.touched[fid] = rt
         if isinstance(res, Entry):
             rt.pending = res
             execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now()))
@@ -605,10 +605,15 @@ class Scheduler:
                 if rt.pending is not None and rt.flow_id in self.resident:
                     self._evict(rt, "hibernated")
             return
-        if self.max_resident is not None and len(self.resident) > self.max_resident:
-            idle = sorted((rt for rt in self.resident.values() if rt.pending is not None
-                           and not rt.dirty), key=lambda r: r.last_active)
-            for rt in idle[:len(self.resident) - self.max_resident]:
+        excess = 0 if self.max_resident is None else len(self.resident) - self.max_resident
+        if excess > 0:
+            victims = []
+            for rt in self.resident.values():  # least recently active first
+                if rt.pending is not None and not rt.dirty:
+                    victims.append(rt)
+                    if len(victims) >= excess:
+                        break
+            for rt in victims:
                 self._evict(rt, "hibernated")
 
     # ================================================================== restart
