@@ -212,6 +212,9 @@ class Node:
     def _start(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
         if self._closed:
             raise FlowError(f"node {self.party.name} is closed")
+        if self.scheduler.draining:
+            raise FlowError(f"node {self.party.name} is draining: no new flows are started "
+                            "until draining is turned off")
         prepared = []
         handles: list[FlowHandle] = []
         seen_clients: dict[str, str] = {}
@@ -308,6 +311,22 @@ class Node:
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
         return self._on_scheduler(lambda: self.scheduler._kill(flow_id))
+
+    def set_draining(self, on: bool = True) -> None:
+        """Draining (for upgrades that must not meet old checkpoints): no new flows, no
+        new inbound sessions; running flows go on to finish. Watch
+        `pending_flows_count` reach 0, then stop the node."""
+        self._on_scheduler(lambda: self.scheduler.set_draining(on))
+
+    @property
+    def draining(self) -> bool:
+        return self.scheduler.draining
+
+    @property
+    def pending_flows_count(self) -> int:
+        """Unfinished flows on this node (running, waiting, hibernated, hospitalized)."""
+        return self._on_scheduler(lambda: len({k.decode() for k in self.store.keys("flows")}
+                                               | set(self.scheduler.resident)))
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         """``fn(flow_id, step)`` on every progress change (step None: the flow ended).

@@ -39,7 +39,7 @@ from .party import Party
 from .registry import ResponderTable, qualified_name
 from .session import FlowSession
 from .status import FlowStatus
-from .store import (Batch, Store, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
+from .store import (Batch, Store, expiry_key, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
                     session_key, timer_key)
 from .traps import Unwind
 
@@ -57,7 +57,8 @@ class Scheduler:
     def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
                  responders: ResponderTable, services: Any = None,
                  capture_frames: bool = True, reload_after_suspend: bool = False,
-                 max_resident: Optional[int] = None, threaded: bool = False) -> None:
+                 max_resident: Optional[int] = None, threaded: bool = False,
+                 retention: float = 7 * 24 * 3600.0) -> None:
         self.identity = identity
         self.store = store
         self.clock = clock
@@ -68,6 +69,10 @@ class Scheduler:
         self.reload_after_suspend = reload_after_suspend
         self.max_resident = max_resident
         self.threaded = threaded
+        self.retention = retention
+        self.draining = False
+        self._deferred: list[tuple[Party, bytes]] = []   # initiations held while draining
+        self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.resident: dict[str, FlowRuntime] = {}
         self.routes: dict[bytes, str] = {}
@@ -167,6 +172,15 @@ class Scheduler:
         else:
             raise FlowError(f"unknown scheduler event {ev!r}; please file a bug")
 
+    def set_draining(self, on: bool) -> None:
+        """Draining: no new flows and no new inbound sessions; running flows finish.
+        Initiations that arrive meanwhile are held unacknowledged and answered after."""
+        self.draining = on
+        if not on and self._deferred:
+            held, self._deferred = self._deferred, []
+            for sender, data in held:
+                self.events.put(FrameArrived(sender, data))
+
     # ================================================================== starting
     def _record_start(self, cp: Checkpoint, blob: bytes, logic: Any) -> None:
         b = self.batch
@@ -259,6 +273,12 @@ class Scheduler:
             if fid is None:
                 route = self.store.route(key)
                 if route is None:
+                    if self.draining:
+                        # Not acknowledged: held here, and still in the sender's outbox.
+                        log.info("%s: draining: holding a new session from %s (%s)",
+                                 self.identity.name, sender.name, frame.protocol)
+                        self._deferred.append((sender, data))
+                        return
                     self._start_responder(sender, frame, key)
                     return
                 if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
@@ -271,9 +291,13 @@ class Scheduler:
             if fid is None:
                 route = self.store.route(key)
                 if route is None:
+                    if any(s == sender and decode_frame(d).sid == frame.sid
+                           for s, d in self._deferred):
+                        self._deferred.append((sender, data))  # behind its held initiation
+                        return
+                    # Not acknowledged: if its initiation is merely late, the sender re-sends.
                     log.warning("%s: dropped %s from %s: no such session here",
                                 self.identity.name, frame.describe(), sender.name)
-                    self._ack(sender, frame)
                     return
                 if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
                     log.debug("%s: late %s from %s for a finished flow", self.identity.name,
@@ -425,15 +449,22 @@ class Scheduler:
         b.drop_flow(fid, max(rt.cp.journal_len, 0))
         if rt.cp.timer_key is not None:
             b.delete("timers", rt.cp.timer_key)
+        expires = self.clock.now() + self.retention
         for st in rt.cp.sessions.values():
             key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
             b.put("sessions", key, FINISHED_ROUTE + fid.encode())
+            b.put("expiry", expiry_key(expires, "sessions", key), b"")
             self.routes.pop(key, None)
         b.put("results", k, serialization.dumps(record))
+        b.put("expiry", expiry_key(expires, "results", k), b"")
+        if rt.cp.client_id is not None:
+            b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
         self._queue_frames(rt)
         self.resident.pop(fid, None)
         self.touched.pop(fid, None)
         self.recent_results[fid] = record
+        if len(self.recent_results) > 10_000:  # the store has them all; this is a cache
+            self.recent_results.pop(next(iter(self.recent_results)))
         waiters = self.waiters.pop(fid, [])
         self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
         self.progress_changed(rt, None)
@@ -535,6 +566,15 @@ class Scheduler:
             except Exception:
                 log.exception("post-commit callback failed")
         self._shed(suspended)
+        now = self.clock.now()
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(60.0, self.retention / 10)
+            try:
+                n = self.store.expire(now)
+                if n:
+                    log.debug("%s: expired %d finished-flow records", self.identity.name, n)
+            except StoreError as exc:
+                log.error("%s: expiry sweep failed: %s", self.identity.name, exc)
 
     def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
         cp = rt.cp

@@ -12,6 +12,7 @@
 | timers     | deadline (µs, 8 bytes) + flow id  | b""                                    |
 | wake       | flow id                           | b"" : flows to run at restart          |
 | results    | flow id                           | finished flow's result record          |
+| expiry     | time (µs) + db name \0 key        | b"" : what to delete after retention   |
 | clients    | client id                         | flow id                                |
 | meta       | name                              | value                                  |
 
@@ -34,7 +35,7 @@ from .journal import Entry
 
 log = logging.getLogger("greenflow.store")
 
-_DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "timers",
+_DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "timers", "expiry",
         "wake", "results", "clients", "meta")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -65,6 +66,10 @@ def outbox_key(peer: str, sid: str, to_responder: bool, seq: int) -> bytes:
 
 def timer_key(deadline: float, fid: str) -> bytes:
     return _U64.pack(max(0, int(deadline * 1_000_000))) + fid.encode()
+
+
+def expiry_key(when: float, db: str, key: bytes) -> bytes:
+    return _U64.pack(max(0, int(when * 1_000_000))) + db.encode() + b"\0" + key
 
 
 def parse_timer_key(key: bytes) -> tuple[float, str]:
@@ -233,6 +238,26 @@ class Store:
     def count(self, name: str) -> int:
         with self.env.begin(db=self.db[name]) as txn:
             return txn.stat(self.db[name])["entries"]
+
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Delete finished flows' results and session dedup records that fell due before
+        ``before`` (at most ``limit`` per call, so a sweep never stalls the scheduler)."""
+        cutoff = _U64.pack(max(0, int(before * 1_000_000)))
+        done = 0
+        with self.env.begin(write=True) as txn:
+            cur = txn.cursor(db=self.db["expiry"])
+            if not cur.first():
+                return 0
+            while done < limit:
+                k = cur.key()
+                if not k or k[:8] >= cutoff:
+                    break
+                db_name, _, key = k[8:].partition(b"\0")
+                txn.delete(key, db=self.db[db_name.decode()])
+                done += 1
+                if not cur.delete():
+                    break
+        return done
 
     def inbox_flow_ids(self) -> set[str]:
         return {k.split(b"\0", 1)[0].decode() for k in self.keys("inbox")}
