@@ -55,7 +55,9 @@ class Checkpoint:
     pending: Optional[tuple] = None          # (kind, key, deadline) of the pending entry
     invoker_sid: Optional[str] = None        # responder: the session that started us
     timer_key: Optional[bytes] = None
-    fingerprint: Optional[str] = None
+    fingerprint: Optional[dict] = None       # flow classes on the stack -> code digest
+    retries: int = 0                         # hospital: automatic retries so far
+    retry_at: Optional[float] = None         # hospital: when the next retry is due
 
     def __reduce__(self) -> tuple:
         return (Checkpoint, tuple(getattr(self, n) for n in _CHECKPOINT_FIELDS))

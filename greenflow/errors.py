@@ -96,5 +96,12 @@ class StoreError(FlowError):
     the node stops committing until the cause is fixed."""
 
 
+class TransientError(FlowError):
+    """A failure that is not the flow's own decision and may go away (a storage or
+    transport hiccup, a service briefly unavailable). The flow hospital retries the flow
+    from its last checkpoint with backoff instead of failing it; raise it (or a subclass)
+    from services for errors worth retrying."""
+
+
 class InternalFlowError(FlowError):
     """A bug in greenflow itself: please file it with the traceback."""

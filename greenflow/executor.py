@@ -42,6 +42,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             f = a.frame
             st = rt.cp.sessions[f.sid]
             st.recv_seq = f.seq + 1
+            rt.fresh.append(f)
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if f.payload is not None or f.kind != 1:  # not a bare receive-first initiation

@@ -97,6 +97,12 @@ class FlowLogic(Generic[R]):
         it again: at-least-once."""
         return current_runtime("side_effect").side_effect(fn, *args)
 
+    def versioned(self, change_id: str) -> bool:
+        """Branch safely between old and new code (like Temporal's ``patched``):
+        ``if self.versioned("fee-v2"): new() else: old()``. Flows checkpointed before the
+        change replay the old branch; new runs, and their replays, take the new one."""
+        return current_runtime("versioned").versioned(change_id)
+
     def run_external(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run slow or blocking I/O on a worker thread while the flow is suspended."""
         return current_runtime("run_external").run_external(fn, *args)

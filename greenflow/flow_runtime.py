@@ -62,7 +62,7 @@ class FlowRuntime:
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "_logger")
+                 "base", "fresh", "_logger")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -86,6 +86,10 @@ class FlowRuntime:
         self.diverged: Optional[str] = None
         self.dirty = True
         self.routed = 0                   # cp.sessions[:routed] have their route stored
+        # The checkpoint header as last staged, and the frames accepted since: enough to
+        # put the flow back to its committed state without losing an acknowledged frame.
+        self.base: Optional[bytes] = None
+        self.fresh: list[Frame] = []
         self._logger: Optional[logging.LoggerAdapter] = None
 
     # ------------------------------------------------------------------ state
@@ -238,6 +242,24 @@ class FlowRuntime:
     def uuid(self) -> _uuid.UUID:
         out = self.record("uuid", (), lambda: ("ok", _uuid.uuid4()))
         return out[1]
+
+    def versioned(self, change_id: str) -> bool:
+        """True where the flow runs code written after ``change_id`` was introduced.
+
+        A flow that was already past this point under the old code replays with False
+        (its journal has no marker here), so old checkpoints keep replaying the old path;
+        a live run records a marker and takes the new path, also on every later replay.
+        """
+        if self.cursor < len(self.journal):
+            e = self.journal[self.cursor]
+            if e.kind == "versioned" and e.key == (change_id,):
+                self.cursor += 1
+                return True
+            return False
+        self.check_io_allowed()
+        self.journal.append(Entry("versioned", (change_id,), ("ok",)))
+        self.cursor += 1
+        return True
 
     def side_effect(self, fn: Callable, *args: Any) -> Any:
         out = self.record("side_effect", (_callable_name(fn),), lambda: _call_checked(fn, args))

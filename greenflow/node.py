@@ -312,6 +312,11 @@ class Node:
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
         return self._on_scheduler(lambda: self.scheduler._kill(flow_id))
 
+    def retry_flow(self, flow_id: str) -> bool:
+        """Take a HOSPITALIZED flow out of the hospital and run it again from its last
+        checkpoint (after fixing what parked it, e.g. deploying compatible code)."""
+        return self._on_scheduler(lambda: self.scheduler.retry(flow_id))
+
     def set_draining(self, on: bool = True) -> None:
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
         new inbound sessions; running flows go on to finish. Watch

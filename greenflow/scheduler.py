@@ -29,7 +29,8 @@ from typing import Any, Callable, Optional
 from . import frames as frames_mod
 from . import serialization, transitions
 from .checkpoint import OPEN, Checkpoint, SessionState
-from .errors import FlowError, FlowException, FlowKilled, StoreError, WireFormatError
+from .errors import (FlowError, FlowException, FlowKilled, StoreError, TransientError,
+                     WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
 from .executor import execute
 from .flow_runtime import FlowRuntime, InboxItem
@@ -49,6 +50,42 @@ FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has fi
 REJECTED_ROUTE = b"!"
 
 
+def is_transient(exc: BaseException) -> bool:
+    """Failures the hospital retries: not the flow's own decision, and may go away."""
+    if isinstance(exc, FlowException):
+        return False
+    import lmdb
+    return isinstance(exc, (TransientError, StoreError, lmdb.Error, ConnectionError))
+
+
+def fingerprint(rt: FlowRuntime) -> dict:
+    """Code digests of the flow classes on the stack (top flow at least)."""
+    classes = [type(rt.logic)] + [type(f) for f in rt.stack[1:]]
+    return {qualified_name(c): code_digest(c) for c in classes}
+
+
+_DIGESTS: dict[type, str] = {}
+
+
+def code_digest(cls: type) -> str:
+    d = _DIGESTS.get(cls)
+    if d is None:
+        import hashlib
+        h = hashlib.blake2b(digest_size=8)
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("greenflow.") and not klass.__module__.startswith("greenflow.samples"):
+                continue
+            for name in sorted(vars(klass)):
+                fn = vars(klass)[name]
+                code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+                if code is not None:
+                    h.update(name.encode())
+                    h.update(code.co_code)
+                    h.update(repr(code.co_consts).encode())
+        d = _DIGESTS[cls] = h.hexdigest()
+    return d
+
+
 def new_flow_id() -> str:
     return uuid.uuid4().hex
 
@@ -58,7 +95,8 @@ class Scheduler:
                  responders: ResponderTable, services: Any = None,
                  capture_frames: bool = True, reload_after_suspend: bool = False,
                  max_resident: Optional[int] = None, threaded: bool = False,
-                 retention: float = 7 * 24 * 3600.0) -> None:
+                 retention: float = 7 * 24 * 3600.0, max_retries: int = 5,
+                 retry_backoff: float = 1.0) -> None:
         self.identity = identity
         self.store = store
         self.clock = clock
@@ -69,7 +107,10 @@ class Scheduler:
         self.reload_after_suspend = reload_after_suspend
         self.max_resident = max_resident
         self.threaded = threaded
+        self.fingerprints = True
         self.retention = retention
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
         self.draining = False
         self._deferred: list[tuple[Party, bytes]] = []   # initiations held while draining
         self._next_sweep = 0.0
@@ -190,6 +231,8 @@ class Scheduler:
         if cp.client_id is not None:
             b.put("clients", cp.client_id.encode(), k)
         rt = FlowRuntime(self, cp, logic, [])
+        rt.base = serialization.dumps(cp)
+        b.put("flows", k, rt.base)
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
@@ -245,6 +288,10 @@ class Scheduler:
             rt = self.resident.get(fid)
             if rt is None:
                 cp = self.store.checkpoint(fid)
+                if cp is not None and cp.status == FlowStatus.HOSPITALIZED:
+                    if cp.retry_at is not None and cp.retry_at <= now:
+                        fired |= self.retry(fid)
+                    continue
                 if cp is None or cp.pending is None or cp.pending[2] != deadline:
                     continue
                 rt = self._load(fid)
@@ -366,13 +413,16 @@ class Scheduler:
             return rt
         return self._load(fid)
 
-    def _load(self, fid: str) -> Optional[FlowRuntime]:
+    def _load(self, fid: str, cp: Optional[Checkpoint] = None) -> Optional[FlowRuntime]:
         """Rebuild a non-resident flow from its checkpoint; it replays when it runs."""
         try:
-            cp = self.store.checkpoint(fid)
+            if cp is None:
+                cp = self.store.checkpoint(fid)
             if cp is None or cp.status.finished:
                 return None
             if cp.status == FlowStatus.HOSPITALIZED:
+                if cp.retry_at is not None and cp.retry_at <= self.clock.now():
+                    return self.retry(fid)  and self.resident.get(fid)  # type: ignore[return-value]
                 return None
             logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
             journal = self.store.journal(fid, cp.journal_len)
@@ -382,6 +432,7 @@ class Scheduler:
             self._hospitalize_stored(fid, f"checkpoint cannot be restored: {type(exc).__name__}: {exc}")
             return None
         rt = FlowRuntime(self, cp, logic, journal)
+        rt.base = serialization.dumps(cp)
         for sid, seq, data in inbox_rows:
             try:
                 f = decode_frame(data)
@@ -396,6 +447,7 @@ class Scheduler:
         return rt
 
     def _hospitalize_stored(self, fid: str, why: str) -> None:
+        """Park a flow that is not in memory (its checkpoint could not be restored)."""
         try:
             cp = self.store.checkpoint(fid)
         except Exception:
@@ -407,15 +459,74 @@ class Scheduler:
         self.batch.put("flows", fid_key(fid), serialization.dumps(cp))
         self.batch.delete("wake", fid_key(fid))
 
+    def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None) -> None:
+        """The flow hospital: put the flow back to its last checkpoint and park it.
+
+        Whatever it did since that checkpoint is discarded (its frames are never sent),
+        but frames it accepted since are kept in its inbox, since their senders may
+        already have been told they arrived. With ``retry_in`` it is retried from there
+        automatically; otherwise it waits for an operator (``retry`` or ``kill``).
+        """
+        fid = rt.flow_id
+        cp: Checkpoint = serialization.loads(rt.base) if rt.base is not None else rt.cp
+        b = self.batch
+        for f in rt.fresh:
+            st = cp.sessions.get(f.sid)
+            if st is None:
+                continue
+            st.recv_seq = max(st.recv_seq, f.seq + 1)
+            if f.info is not None and st.peer_info is None:
+                st.peer_info = tuple(f.info)
+            if f.payload is not None or f.kind != INIT:
+                b.put("inbox", inbox_key(fid, f.sid, f.seq), encode_frame(f))
+        cp.status = FlowStatus.HOSPITALIZED
+        cp.error = why
+        cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
+        if retry_in is not None:
+            cp.retries += 1
+            heapq.heappush(self.timers, (cp.retry_at, fid))
+            b.put("wake", fid_key(fid), b"")
+        else:
+            b.delete("wake", fid_key(fid))
+        b.put("flows", fid_key(fid), serialization.dumps(cp))
+        rt.out.clear()
+        self._evict(rt, "hospitalized")
+        self.touched.pop(fid, None)
+        try:
+            self.run_queue.remove(next(x for x in self.run_queue if x[0] is rt))
+        except StopIteration:
+            pass
+        level = logging.WARNING if retry_in is not None else logging.ERROR
+        log.log(level, "%s: flow %s (%s) hospitalized: %s%s", self.identity.name, fid,
+                cp.flow_class, why, f"; retry in {retry_in:.1f}s" if retry_in is not None else "")
+
+    def retry(self, fid: str) -> bool:
+        """Take a flow out of the hospital and run it again from its last checkpoint."""
+        cp = self.store.checkpoint(fid)
+        if cp is None or cp.status != FlowStatus.HOSPITALIZED or fid in self.resident:
+            return False
+        cp.status = FlowStatus.RUNNABLE
+        cp.retry_at = None
+        cp.error = None
+        blob = serialization.dumps(cp)
+        self.batch.put("flows", fid_key(fid), blob)
+        rt = self._load(fid, cp)
+        return rt is not None
+
     # ================================================================== ending
     def _finish(self, rt: FlowRuntime, res: tuple) -> None:
         kind = res[0]
         fid = rt.flow_id
         if kind == "diverged" or rt.diverged is not None:
-            log.error("%s: flow %s hospitalized: %s", self.identity.name, fid, rt.diverged)
-            self._evict(rt)
-            self.touched.pop(fid, None)
-            self._hospitalize_stored(fid, f"NonDeterminismError: {rt.diverged}")
+            self._park(rt, f"NonDeterminismError: {rt.diverged}{self._code_changed(rt)}")
+            return
+        if kind == "failed" and is_transient(res[1]):
+            exc = res[1]
+            why = f"{type(exc).__name__}: {exc}"
+            if rt.cp.retries < self.max_retries:
+                self._park(rt, why, retry_in=min(300.0, self.retry_backoff * 2 ** rt.cp.retries))
+            else:
+                self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
             return
         if kind == "unwound":
             kind = "killed"
@@ -612,8 +723,24 @@ class Scheduler:
         if self.capture_frames and pend is not None and rt.greenlet is not None:
             snap = frames_mod.capture(rt.greenlet.gr_frame)
             b.put("frames", fid_key(fid), serialization.dumps(snap))
-        b.put("flows", fid_key(fid), serialization.dumps(cp))
+        if self.fingerprints:
+            cp.fingerprint = fingerprint(rt)
+        rt.base = serialization.dumps(cp)
+        rt.fresh.clear()
+        b.put("flows", fid_key(fid), rt.base)
         rt.dirty = False
+
+    def _code_changed(self, rt: FlowRuntime) -> str:
+        try:
+            stored = serialization.loads(rt.base).fingerprint if rt.base else None
+        except Exception:
+            stored = None
+        if not stored:
+            return ""
+        changed = [name for name, dg in stored.items()
+                   if name == rt.cp.flow_class and dg != code_digest(type(rt.logic))]
+        return (f" (the code of {', '.join(changed)} changed since this checkpoint was "
+                "written)") if changed else ""
 
     def _run_external(self, rt: FlowRuntime) -> None:
         call = rt.external
