@@ -433,6 +433,7 @@ class Scheduler:
             return None
         rt = FlowRuntime(self, cp, logic, journal)
         rt.base = serialization.dumps(cp)
+        cp.fingerprint = None  # recomputed for the code running now at the next commit
         for sid, seq, data in inbox_rows:
             try:
                 f = decode_frame(data)
@@ -723,7 +724,7 @@ class Scheduler:
         if self.capture_frames and pend is not None and rt.greenlet is not None:
             snap = frames_mod.capture(rt.greenlet.gr_frame)
             b.put("frames", fid_key(fid), serialization.dumps(snap))
-        if self.fingerprints:
+        if cp.fingerprint is None and self.fingerprints:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
         rt.fresh.clear()
