@@ -265,6 +265,10 @@ class FlowRuntime:
         out = self.record("side_effect", (_callable_name(fn),), lambda: _call_checked(fn, args))
         return _unwrap(out)
 
+    def service_call(self, name: str, call: Callable[[], Any]) -> Any:
+        out = self.record("service", (name,), lambda: _call_checked(call, ()))
+        return _unwrap(out)
+
     def run_external(self, fn: Callable, *args: Any) -> Any:
         def before() -> None:
             self.external = (fn, args)

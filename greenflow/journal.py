@@ -61,7 +61,7 @@ def describe(kind: str, key: tuple) -> str:
         return f"counterparty_flow_info of {key[1]}"
     if kind == "sleep":
         return f"sleep {key[0]}s"
-    if kind in ("side_effect", "external"):
+    if kind in ("side_effect", "external", "service"):
         return f"{kind} {key[0]}"
     return kind
 

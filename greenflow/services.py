@@ -6,9 +6,37 @@ context, so it is never pickled into a checkpoint.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+import functools
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from .party import Party
+from .store import Batch
+from .traps import current_runtime_or_none
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def journaled(method: F) -> F:
+    """Make a service method deterministic for flows that call it.
+
+    Called from a flow, the call is journalled like ``side_effect``: it runs live once and
+    its result (or exception) is recorded with the flow's next checkpoint; on replay the
+    recorded result is returned and the method does not run again. Writes it makes
+    through `ServiceHub.writes` go into the same group commit as that checkpoint, so the
+    effect and the journal entry become durable together (or not at all, and then the
+    call simply runs again). Called outside a flow, it is a plain call.
+    """
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        rt = current_runtime_or_none()
+        if rt is None:
+            return method(self, *args, **kwargs)
+        return rt.service_call(name, lambda: method(self, *args, **kwargs))
+
+    return wrapper  # type: ignore[return-value]
 
 if TYPE_CHECKING:
     from .node import Node
@@ -38,6 +66,18 @@ class ServiceHub:
     @property
     def store(self) -> Any:
         return self._node.store
+
+    @contextmanager
+    def writes(self) -> Iterator[Batch]:
+        """A batch for app writes. Inside a flow it is the scheduler's group-commit batch
+        (durable with the flow's next checkpoint); outside, a batch committed on exit."""
+        if current_runtime_or_none() is not None:
+            yield self._node.scheduler.batch
+            return
+        batch = Batch()
+        yield batch
+        if batch:
+            self._node.store.commit(batch)
 
     def register(self, name: str, service: Any) -> None:
         """Attach an app service, reachable as ``services.<name>``."""

@@ -105,7 +105,7 @@ class Store:
         os.makedirs(path, exist_ok=True)
         self.path = path
         try:
-            self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 2,
+            self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 32,
                                  sync=sync, metasync=sync, readahead=False, lock=True)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the node store at {path}: {exc}") from exc
@@ -118,6 +118,14 @@ class Store:
 
     def close(self) -> None:
         self.env.close()
+
+    def ensure_db(self, name: str) -> None:
+        """Open (creating if needed) a named database for an app service, e.g. the vault.
+        Its writes go through the same batches, so they commit with flow checkpoints."""
+        if name not in self.db:
+            if not name or "\0" in name:
+                raise ValueError(f"bad database name {name!r}")
+            self.db[name] = self.env.open_db(name.encode())
 
     # ------------------------------------------------------------------ writes
     def commit(self, batch: Batch) -> None:
@@ -162,6 +170,10 @@ class Store:
                     break
 
     # ------------------------------------------------------------------ reads
+    def get(self, name: str, key: bytes) -> Optional[bytes]:
+        """Committed value of ``key`` in database ``name`` (None when absent)."""
+        return self._get(name, key)
+
     def _get(self, name: str, key: bytes) -> Optional[bytes]:
         with self.env.begin(db=self.db[name]) as txn:
             return txn.get(key)
