@@ -95,7 +95,8 @@ class Node:
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
                  clock: Optional[Clock] = None, capture_frames: bool = True,
                  reload_after_suspend: bool = False, threaded: bool = True,
-                 sync: bool = True) -> None:
+                 sync: bool = True, retention: float = 7 * 24 * 3600.0,
+                 max_retries: int = 5, retry_backoff: float = 1.0) -> None:
         self.base_dir = os.path.abspath(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
@@ -110,7 +111,8 @@ class Node:
             identity=self.party, store=self.store, clock=self.clock, transport=self.transport,
             responders=ResponderTable(apps), services=self.services,
             capture_frames=capture_frames, reload_after_suspend=reload_after_suspend,
-            max_resident=max_resident, threaded=threaded)
+            max_resident=max_resident, threaded=threaded, retention=retention,
+            max_retries=max_retries, retry_backoff=retry_backoff)
         self.threaded = threaded
         self._closed = False
         self._thread: Optional[threading.Thread] = None

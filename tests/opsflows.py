@@ -1,0 +1,57 @@
+"""Flows for the operations tests (hospital, upgrades, draining, hibernation).
+
+Module level, so checkpoints can name them; `KNOBS` lets a test change behaviour
+between a run and a restart, the way a deployment changes code under running flows.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow
+from greenflow.errors import TransientError
+
+KNOBS: dict[str, Any] = {}
+
+
+def reset() -> None:
+    KNOBS.clear()
+    KNOBS.update(transient_failures=0, new_code=False, fee=0, diverge=False)
+
+
+reset()
+
+
+@initiating_flow
+class Exchange(FlowLogic):
+    """Three rounds with one peer; knobs inject failures and code changes."""
+
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+
+    def call(self) -> int:
+        s = self.initiate_flow(self.peer)
+        total = s.send_and_receive(int, 1)
+        if KNOBS["transient_failures"] > 0:
+            KNOBS["transient_failures"] -= 1
+            raise TransientError("store briefly unavailable")
+        if KNOBS["new_code"] and self.versioned("fee-v2"):
+            total += s.send_and_receive(int, 100)
+        if KNOBS["diverge"]:
+            self.sleep(1)          # the old code never slept here
+        total += s.send_and_receive(int, 2)
+        return total + s.send_and_receive(int, 3)
+
+
+@initiated_by(Exchange)
+class ExchangeResponder(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> None:
+        from greenflow import UnexpectedFlowEnd
+        while True:
+            try:
+                n = self.session.receive(int)
+            except UnexpectedFlowEnd:
+                return
+            self.session.send(n * 10)

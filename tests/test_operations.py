@@ -1,0 +1,187 @@
+"""Operations: the flow hospital, code upgrades, draining, hibernation and retention."""
+from __future__ import annotations
+
+import pytest
+
+import opsflows
+from opsflows import KNOBS, Exchange
+from greenflow import FlowStatus
+from greenflow.testing import MockNetwork
+
+
+@pytest.fixture
+def ops_net(tmp_path):
+    opsflows.reset()
+    net = MockNetwork(tmp_path / "net")
+    yield net
+    net.close()
+    opsflows.reset()
+
+
+def status_of(node, fid):
+    return next(f for f in node.flows() if f.id == fid)
+
+
+def test_transient_failure_is_retried_from_the_last_checkpoint_with_backoff(ops_net):
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["transient_failures"] = 2
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    info = status_of(alice, h.id)
+    assert info.status == FlowStatus.HOSPITALIZED
+    assert "TransientError: store briefly unavailable" in info.error
+    ops_net.advance_clock(1.0)            # first retry due after 1 s: fails again
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED
+    ops_net.advance_clock(1.0)            # backoff doubled: not yet
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED
+    ops_net.advance_clock(1.0)
+    ops_net.run_network()
+    assert h.result() == 10 + 20 + 30
+
+
+def test_flow_that_keeps_failing_stays_hospitalized_until_an_operator_retries_it(ops_net):
+    alice = ops_net.create_node("Alice", max_retries=1)
+    bob = ops_net.create_node("Bob")
+    KNOBS["transient_failures"] = 5
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    ops_net.advance_clock(10)
+    ops_net.run_network()
+    info = status_of(alice, h.id)
+    assert info.status == FlowStatus.HOSPITALIZED and "after 1 retries" in info.error
+    ops_net.advance_clock(1000)
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED  # no more automatic retries
+    KNOBS["transient_failures"] = 0
+    assert alice.node.retry_flow(h.id)
+    ops_net.run_network()
+    assert h.result() == 60
+
+
+def test_hospitalized_flow_survives_a_restart_and_can_be_killed(ops_net):
+    alice, bob = ops_net.create_node("Alice", max_retries=0), ops_net.create_node("Bob")
+    KNOBS["transient_failures"] = 1
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED
+    dump = alice.node.checkpoints_dump()
+    assert dump[0]["status"] == "HOSPITALIZED" and "TransientError" in dump[0]["error"]
+    assert alice.node.kill_flow(h.id)
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.KILLED
+    assert bob.node.pending_flows_count == 0   # the responder saw the session end
+
+
+def test_compatible_code_change_resumes_old_checkpoints(ops_net):
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network(max_messages=2)   # past the first round, under the old code
+    KNOBS["new_code"] = True              # deploy: new branch guarded by versioned()
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    assert alice.node.handle(h.id).result() == 60          # old path replayed
+    h2 = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    assert h2.result() == 60 + 1000                         # new runs take the new path
+
+
+def test_versioned_branch_is_kept_by_flows_started_under_the_new_code_across_restarts(ops_net):
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["new_code"] = True
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network(max_messages=4)
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    assert alice.node.handle(h.id).result() == 1060
+
+
+def test_incompatible_code_change_is_hospitalized_naming_class_and_step(ops_net):
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    h = alice.start_flow(Exchange(bob.party))
+    other = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network(max_messages=6)
+    done_before = {fid for fid in (h.id, other.id)
+                   if status_of(alice, fid).status == FlowStatus.COMPLETED}
+    KNOBS["diverge"] = True
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    for fid in (h.id, other.id):
+        info = status_of(alice, fid)
+        if fid in done_before:
+            continue
+        assert info.status == FlowStatus.HOSPITALIZED
+        assert "NonDeterminismError" in info.error and "opsflows.Exchange" in info.error
+        assert "step" in info.error and "sleep" in info.error
+    # the node still serves new flows
+    KNOBS["diverge"] = False
+    h3 = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    assert h3.result() == 60
+
+
+def test_draining_refuses_new_flows_and_sessions_but_lets_running_ones_finish(ops_net):
+    from greenflow import FlowError
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    running = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network(max_messages=3)
+    bob.node.set_draining(True)
+    alice.node.set_draining(False)
+    with pytest.raises(FlowError, match="draining"):
+        bob.start_flow(Exchange(alice.party))
+    late = alice.start_flow(Exchange(bob.party))   # Bob must not answer it while draining
+    ops_net.run_network()
+    assert running.result() == 60
+    assert bob.node.pending_flows_count == 0
+    assert status_of(alice, late.id).status in (FlowStatus.SUSPENDED, FlowStatus.HIBERNATED)
+    bob.node.set_draining(False)
+    ops_net.run_network()
+    assert late.result() == 60
+
+
+def test_hibernated_flows_show_as_such_and_complete_when_their_message_comes(tmp_path):
+    opsflows.reset()
+    net = MockNetwork(tmp_path / "net", max_resident=2)
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    handles = [alice.start_flow(Exchange(bob.party)) for _ in range(10)]
+    net.run_network(max_messages=10)
+    statuses = {f.status for f in alice.node.flows()}
+    assert FlowStatus.HIBERNATED in statuses
+    assert len(alice.node.scheduler.resident) <= 2
+    net.run_network()
+    assert [h.result() for h in handles] == [60] * 10
+
+
+def test_restart_replays_only_flows_with_something_to_do(tmp_path):
+    opsflows.reset()
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    for _ in range(20):
+        alice.start_flow(Exchange(bob.party))
+    net.run_network(max_messages=20)   # every initiator now waits on Bob
+    bob_replays_before = bob.node.scheduler.stats["replays"]
+    alice = net.restart_node(alice)
+    assert len(alice.node.scheduler.resident) == 0   # idle flows stay on disk
+    assert alice.node.pending_flows_count == 20
+    net.run_network()
+    assert all(f.status == FlowStatus.COMPLETED for f in alice.node.flows())
+    assert bob.node.scheduler.stats["replays"] == bob_replays_before
+
+
+def test_finished_flow_records_expire_after_the_retention_time(tmp_path):
+    opsflows.reset()
+    net = MockNetwork(tmp_path / "net", retention=3600)
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    h = alice.start_flow(Exchange(bob.party), client_id="c-1")
+    net.run_network()
+    assert h.result() == 60
+    store = alice.node.store
+    assert store.count("results") == 1 and store.count("sessions") == 1
+    net.advance_clock(3601)
+    h2 = alice.start_flow(Exchange(bob.party))   # any later commit sweeps
+    net.run_network()
+    assert h2.result() == 60
+    assert store.result(h.id) is None and store.client("c-1") is None
