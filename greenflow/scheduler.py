@@ -17,6 +17,7 @@ something arrives for it; restart loads nothing but the flows with work to do.
 from __future__ import annotations
 
 import heapq
+import time
 from collections import deque
 import logging
 import os
@@ -87,7 +88,13 @@ def code_digest(cls: type) -> str:
 
 
 def new_flow_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch, then 80 random bits.
+
+    Time-ordered ids make every store key of a new flow land at the right edge of its
+    B-tree, so writing millions of flows touches (and keeps mapped) only the newest
+    pages, not pages all over the file: hibernated flows cost no resident memory.
+    """
+    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{uuid.uuid4().int & ((1 << 80) - 1):020x}"
 
 
 class Scheduler:
