@@ -1,0 +1,103 @@
+"""``python -m benchmarks [SUITE ...] [--quick] [--out DIR]`` (also ``greenflow bench``).
+
+Each suite prints a table, writes ``<out>/<suite>.json`` (machine, parameters, figures,
+ratios) and shows its progress on stderr. No suite asserts on speed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import common
+
+SUITES = ("throughput", "held", "restart", "disk")
+DEFAULT_SUITES = SUITES
+
+
+@dataclass
+class Context:
+    quick: bool
+    out: str
+    n: Optional[int]
+    profile: bool
+    show_progress: bool
+
+    def progress(self, suite: str, total: int) -> common.Progress:
+        return common.Progress(suite, total, enabled=self.show_progress)
+
+
+def default_out_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if "site-packages" in here.split(os.sep) or not os.access(here, os.W_OK):
+        return os.path.abspath("greenflow-bench-results")
+    return os.path.join(here, "results")
+
+
+def _suite_module(name: str):
+    import importlib
+    return importlib.import_module(f".{name}", __package__ or "benchmarks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="greenflow benchmark suites: each prints a table and writes JSON.")
+    p.add_argument("suites", nargs="*", metavar="SUITE",
+                   help=f"suites to run (default: all): {', '.join(SUITES)}")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and short runs (CI smoke test); figures are not representative")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where to write <suite>.json (default: benchmarks/results)")
+    p.add_argument("-n", "--n", type=int, default=None, metavar="N",
+                   help="flow count for held/restart/disk (overrides their defaults)")
+    p.add_argument("--profile", action="store_true",
+                   help="throughput: also profile greenflow ping-pong and print the top functions")
+    p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    names = args.suites or list(DEFAULT_SUITES)
+    unknown = [s for s in names if s not in SUITES]
+    if unknown:
+        print(f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}",
+              file=sys.stderr)
+        return 2
+    ctx = Context(quick=args.quick, out=args.out or default_out_dir(), n=args.n,
+                  profile=args.profile, show_progress=not args.no_progress)
+    machine = common.machine_info()
+    print(f"greenflow benchmarks  {machine['date']}  python {machine['python']}  "
+          f"{machine['cpu_count']} cpus  {(machine.get('mem_total_bytes') or 0) / 2**30:.1f} GiB"
+          + ("  (--quick: sizes too small to be representative)" if args.quick else ""))
+    failed = 0
+    for name in names:
+        load_before = common.load_average()
+        try:
+            result = _suite_module(name).run(ctx)
+        except Exception:  # noqa: BLE001 - report, go on with the other suites
+            import traceback
+            print(f"\n== {name} == FAILED", file=sys.stderr)
+            traceback.print_exc()
+            failed += 1
+            continue
+        data = result.to_json(machine, args.quick)
+        data["load_average"] = {"before": load_before, "after": common.load_average()}
+        path = os.path.join(ctx.out, f"{name}.json")
+        common.write_json(path, data)
+        print()
+        print(f"== {name} ==")
+        print(result.render())
+        if load_before and load_before[0] > 0.5:
+            print(f"(the machine was busy before this suite: load average {load_before[0]:.2f}; "
+                  f"figures are noisy)")
+        print(f"(written to {path})")
+        sys.stdout.flush()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

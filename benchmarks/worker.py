@@ -1,0 +1,40 @@
+"""Runs one measurement in a fresh interpreter (so variants do not share a heap):
+``python -m benchmarks.worker TASK PARAMS_JSON RESULT_PATH``.
+
+The task's dict is written to RESULT_PATH as JSON; progress goes to stderr.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+
+def tasks() -> dict:
+    from . import disk, held, restart, throughput
+    out: dict = {}
+    for mod in (throughput, held, restart, disk):
+        out.update(mod.TASKS)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    task, params, result_path = argv[0], json.loads(argv[1]), argv[2]
+    try:
+        result = tasks()[task](**params)
+        rc = 0
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the result
+        result = {"error": f"{type(exc).__name__}: {exc}",
+                  "traceback": traceback.format_exc()[-4000:]}
+        rc = 1
+    with open(result_path, "w") as f:
+        json.dump(result, f, default=str)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Some peers (DBOS) keep non-daemon threads alive; the result is written: leave now.
+    os._exit(rc)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
