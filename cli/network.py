@@ -1,0 +1,52 @@
+"""``greenflow network ...``: set up a network of node directories."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from greenflow.bootstrap import DEFAULT_APPS, bootstrap_network
+from greenflow.network_map import NetworkMapError, format_address
+
+from .errors import UsageProblem
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+@click.group("network")
+def command() -> None:
+    """Create and inspect networks of node processes."""
+
+
+@command.command("bootstrap")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False),
+              help="Folder to create the node directories in.")
+@click.option("--nodes", required=True, help="Comma-separated party names, e.g. Alice,Bob.")
+@click.option("--notary", default=None, help="Name of a notary node to add.")
+@click.option("--base-port", default=10000, show_default=True, type=click.IntRange(0, 65000),
+              help="First port; node i gets P2P base+2i and RPC base+2i+1 (0: free ports).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Host name or address the nodes listen on and peers dial.")
+@click.option("--apps", default=",".join(DEFAULT_APPS), show_default=True,
+              help="Comma-separated app modules every node loads.")
+@click.option("--rpc-user", default="admin", show_default=True)
+@click.option("--rpc-password", default=None,
+              help="RPC password for every node (default: a random one per node, left "
+                   "in DIR/<node>/rpc-credentials for the local CLI).")
+def bootstrap(root: str, nodes: str, notary: str | None, base_port: int, host: str,
+              apps: str, rpc_user: str, rpc_password: str | None) -> None:
+    """Create one directory per node (key pair, node.toml, network map)."""
+    try:
+        configs = bootstrap_network(root, _names(nodes), notary=notary, base_port=base_port,
+                                    host=host, apps=_names(apps), rpc_user=rpc_user,
+                                    rpc_password=rpc_password)
+    except NetworkMapError as exc:
+        raise UsageProblem(str(exc)) from None
+    for c in configs:
+        role = " (notary)" if c.notary else ""
+        click.echo(f"{c.name}{role}: {os.path.relpath(c.base_dir)}  "
+                   f"p2p {format_address(c.p2p_address)}  rpc {format_address(c.rpc_address)}")
+    first = os.path.relpath(configs[-1].base_dir)
+    click.echo(f"start each with: greenflow node start --dir {first}")

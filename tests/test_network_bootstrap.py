@@ -1,0 +1,74 @@
+"""`greenflow network bootstrap` and `greenflow node init`: node directories that agree
+on one network map, with hashed RPC passwords."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from click.testing import CliRunner
+
+from greenflow.bootstrap import bootstrap_network, init_node
+from greenflow.identity import NodeIdentity
+from greenflow.network_map import NetworkMap, NetworkMapError
+from greenflow.node_config import (ConfigError, NodeConfig, check_password, read_credentials)
+
+
+def test_bootstrap_gives_every_node_its_key_config_and_the_same_map(tmp_path):
+    from greenflow.cli.network import command
+
+    out = CliRunner().invoke(command, ["bootstrap", "--dir", str(tmp_path), "--nodes", "Alice,Bob",
+                                       "--notary", "Notary", "--base-port", "12000"])
+    assert out.exit_code == 0, out.output
+    maps = []
+    for i, name in enumerate(["Notary", "Alice", "Bob"]):
+        d = tmp_path / name
+        cfg = NodeConfig.load(str(d))
+        assert cfg.name == name and cfg.notary == (name == "Notary")
+        assert cfg.p2p_address == ("127.0.0.1", 12000 + 2 * i)
+        assert cfg.rpc_address == ("127.0.0.1", 12001 + 2 * i)
+        assert stat.S_IMODE(os.stat(d / "identity.key").st_mode) == 0o600
+        assert stat.S_IMODE(os.stat(d / "rpc-credentials").st_mode) == 0o600
+        user, password = read_credentials(str(d))
+        assert password not in (d / "node.toml").read_text()
+        assert check_password(cfg.user(user).password_hash, password)
+        assert not check_password(cfg.user(user).password_hash, password + "x")
+        nm = NetworkMap.load(cfg.network_map_path)
+        assert nm.get(name).party == NodeIdentity.load_or_create(str(d), name).party
+        maps.append((d / "network-map.json").read_text())
+    assert maps[0] == maps[1] == maps[2]
+    assert [n["name"] for n in json.loads(maps[0])["nodes"]] == ["Notary", "Alice", "Bob"]
+
+
+def test_network_map_resolves_short_and_case_insensitive_names(tmp_path):
+    bootstrap_network(str(tmp_path), ["O=Alice,L=London,C=GB", "Bob"], base_port=0)
+    nm = NetworkMap.load(str(tmp_path / "Alice" / "network-map.json"))
+    assert nm.resolve("alice").name == "O=Alice,L=London,C=GB"
+    assert nm.resolve("Bob").name == "Bob"
+    with pytest.raises(NetworkMapError, match="no party 'Carol'.*known: Bob, O=Alice"):
+        nm.resolve("Carol")
+
+
+def test_bootstrap_refuses_an_existing_node_and_duplicate_names(tmp_path):
+    bootstrap_network(str(tmp_path), ["Alice"], base_port=0)
+    with pytest.raises(ConfigError, match="already holds a node"):
+        bootstrap_network(str(tmp_path), ["Alice"], base_port=0)
+    with pytest.raises(ConfigError, match="distinct"):
+        bootstrap_network(str(tmp_path / "x"), ["Bob", "Bob"], base_port=0)
+
+
+def test_node_init_makes_one_directory_with_a_map_of_itself(tmp_path):
+    cfg = init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+                    rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    assert NodeConfig.load(str(tmp_path / "n")).p2p_address == ("127.0.0.1", 13000)
+    assert check_password(cfg.rpc_users[0].password_hash, "s3cret")
+    assert [i.name for i in NetworkMap.load(cfg.network_map_path)] == ["Carol"]
+
+
+def test_a_malformed_config_names_the_file_and_field(tmp_path):
+    (tmp_path / "node.toml").write_text('name = "A"\np2p_address = "nowhere"\nrpc_address = "x:1"\n')
+    with pytest.raises(ConfigError, match="node.toml.*'nowhere' is not host:port"):
+        NodeConfig.load(str(tmp_path))
+    with pytest.raises(ConfigError, match="not a node directory"):
+        NodeConfig.load(str(tmp_path / "missing"))
