@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 from . import common
 

@@ -76,10 +76,13 @@ def load_average() -> Optional[list[float]]:
         return None
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process, from /proc/self/statm."""
+def mem() -> tuple[int, int]:
+    """(rss, anon) of this process in bytes, from /proc/self/statm: resident, and
+    resident minus shared (file-backed pages such as an LMDB map)."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * _PAGE
+        parts = f.read().split()
+    rss, shared = int(parts[1]) * _PAGE, int(parts[2]) * _PAGE
+    return rss, rss - shared
 
 
 # ---------------------------------------------------------------------- progress

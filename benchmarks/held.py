@@ -23,22 +23,12 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, child_progress, ratio, rss_bytes, run_worker, scratch_dir
+from .common import SuiteResult, Table, child_progress, mem, ratio, run_worker, scratch_dir
 
 NAME = "held"
 THREAD_CAP = 10_000       # OS threads beyond this are impractical (and slow to create)
 DBOS_CAP = 1_000          # each blocked DBOS workflow holds an OS thread
 HIBERNATE_RESIDENT = 1_000
-
-
-def _mem() -> tuple[int, int]:
-    """(rss, anon) in bytes: statm resident, and resident minus shared (file-backed)."""
-    import os
-    page = os.sysconf("SC_PAGE_SIZE")
-    with open("/proc/self/statm") as f:
-        parts = f.read().split()
-    rss, shared = int(parts[1]) * page, int(parts[2]) * page
-    return rss, rss - shared
 
 
 def _result(n: int, before: tuple[int, int], after: tuple[int, int], seconds: float,
@@ -64,7 +54,7 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
         peer = Party("Nobody")
         node.start_flows([Hold(peer) for _ in range(min(batch, 200))])  # warm-up
         gc.collect()
-        before = _mem()
+        before = mem()
         t0 = time.perf_counter()
         made = 0
         while made < n:
@@ -75,18 +65,20 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
                 el = time.perf_counter() - t0
                 child_progress(f"{made:,}/{n:,} flows, {made / el:,.0f}/s")
         seconds = time.perf_counter() - t0
-        gc.collect()
-        after = _mem()
         sched = node.scheduler
-        resident = len(getattr(sched, "resident", {}))
-        waiting = sched.stats.get("suspensions") if hasattr(sched, "stats") else None
+        try:   # on the scheduler thread: after its last round (and hibernation) is over
+            resident = node._on_scheduler(lambda: len(sched.resident))
+        except AttributeError:
+            resident = None
+        gc.collect()
+        after = mem()
         store_bytes = None
         try:
             info, stat = node.store.env.info(), node.store.env.stat()
             store_bytes = (info["last_pgno"] + 1) * stat["psize"]
         except Exception:
             pass
-        return _result(n, before, after, seconds, resident=resident, suspensions=waiting,
+        return _result(n, before, after, seconds, resident=resident,
                        store_bytes=store_bytes)
     finally:
         if node is not None:
@@ -110,7 +102,7 @@ def w_greenlet(n: int) -> dict:
 
     gs = []
     gc.collect()
-    before = _mem()
+    before = mem()
     t0 = time.perf_counter()
     for i in range(n):
         g = greenlet(body)
@@ -118,7 +110,7 @@ def w_greenlet(n: int) -> dict:
         gs.append(g)
     seconds = time.perf_counter() - t0
     gc.collect()
-    after = _mem()
+    after = mem()
     out = _result(n, before, after, seconds)
     for g in gs[:3]:
         g.switch(1)
@@ -136,7 +128,7 @@ def w_asyncio(n: int) -> dict:
     async def main() -> dict:
         tasks, queues = [], []
         gc.collect()
-        before = _mem()
+        before = mem()
         t0 = time.perf_counter()
         for _ in range(n):
             q: asyncio.Queue = asyncio.Queue()
@@ -146,7 +138,7 @@ def w_asyncio(n: int) -> dict:
         await asyncio.sleep(0)
         seconds = time.perf_counter() - t0
         gc.collect()
-        after = _mem()
+        after = mem()
         for t in tasks:
             t.cancel()
         return _result(n, before, after, seconds)
@@ -167,7 +159,7 @@ def w_thread(n: int, stack: int = 64 * 1024) -> dict:
 
     threads, queues = [], []
     gc.collect()
-    before = _mem()
+    before = mem()
     t0 = time.perf_counter()
     for i in range(n):
         q: "queue.SimpleQueue[int]" = queue.SimpleQueue()
@@ -181,7 +173,7 @@ def w_thread(n: int, stack: int = 64 * 1024) -> dict:
         started.acquire()
     seconds = time.perf_counter() - t0
     gc.collect()
-    after = _mem()
+    after = mem()
     out = _result(n, before, after, seconds, stack_bytes=stack)
     for q in queues:
         q.put(0)
@@ -190,61 +182,13 @@ def w_thread(n: int, stack: int = 64 * 1024) -> dict:
     return out
 
 
-def w_dbos(n: int) -> dict:
-    import logging
-    import os
-    import threading
-
-    base = scratch_dir("held-dbos")
-    os.chdir(base)
-    from dbos import DBOS
-    logging.getLogger("dbos").setLevel(logging.WARNING)
-    DBOS(config={"name": "gfheld", "system_database_url": f"sqlite:///{base}/dbos.sqlite",
-                 "run_admin_server": False, "log_level": "WARNING"})  # type: ignore[typeddict-item]
-    lock = threading.Lock()
-    entered = [0]
-
-    @DBOS.workflow()
-    def held(i: int) -> Any:
-        with lock:
-            entered[0] += 1
-        return DBOS.recv("m", timeout_seconds=86_400)
-
-    DBOS.launch()
-    warm = [DBOS.start_workflow(held, -1) for _ in range(5)]
-    while entered[0] < 5:
-        time.sleep(0.01)
-    for h in warm:
-        DBOS.send(h.workflow_id, 1, "m")
-    for h in warm:
-        h.get_result()
-    time.sleep(0.5)
-    entered[0] = 0
-    gc.collect()
-    before = _mem()
-    threads0 = threading.active_count()
-    t0 = time.perf_counter()
-    for i in range(n):
-        DBOS.start_workflow(held, i)
-        if (i + 1) % 100 == 0:
-            child_progress(f"{i + 1:,}/{n:,} workflows started, {entered[0]:,} in recv")
-    while entered[0] < n:
-        time.sleep(0.005)
-    seconds = time.perf_counter() - t0
-    time.sleep(1.0)  # let the last ones reach recv's wait
-    gc.collect()
-    after = _mem()
-    return _result(n, before, after, seconds,
-                   threads_added=threading.active_count() - threads0)
-
-
 TASKS = {"held_greenflow": w_greenflow, "held_greenlet": w_greenlet,
-         "held_asyncio": w_asyncio, "held_thread": w_thread, "held_dbos": w_dbos}
+         "held_asyncio": w_asyncio, "held_thread": w_thread}
 
 
 # ====================================================================== the suite
 def run(ctx: Any) -> SuiteResult:
-    from .throughput import dbos_installed
+    from .dbos_peer import installed as dbos_installed
     n = ctx.n or (2_000 if ctx.quick else 100_000)
     n_thread = min(n, 1_000 if ctx.quick else THREAD_CAP)
     n_dbos = min(n, 200 if ctx.quick else DBOS_CAP)
@@ -259,7 +203,7 @@ def run(ctx: Any) -> SuiteResult:
     ]
     has_dbos = dbos_installed()
     if has_dbos:
-        variants.append(("DBOS workflow in recv (SQLite)", "held_dbos", {"n": n_dbos}))
+        variants.append(("DBOS workflow in recv (SQLite)", "dbos_held", {"n": n_dbos}))
     prog = ctx.progress(NAME, len(variants))
     figures: dict[str, Any] = {}
     for label, task, params in variants:
@@ -268,8 +212,8 @@ def run(ctx: Any) -> SuiteResult:
         prog.finish_step()
     prog.close()
 
-    tbl = Table(f"N flows suspended in receive on one node (RSS from /proc/self/statm, "
-                f"each variant in its own process)",
+    tbl = Table("N flows suspended in receive on one node (RSS from /proc/self/statm, "
+                "each variant in its own process)",
                 ["variant", "N", "RSS/flow B", "anon/flow B", "created/s", "vs greenflow RSS"])
     gf = figures["greenflow resident"].get("bytes_per_flow")
     for label, _task, _params in variants:

@@ -25,7 +25,8 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, child_progress, dir_bytes, run_worker, scratch_dir
+from .common import (SuiteResult, Table, child_progress, dir_bytes, mem, ratio, run_worker,
+                     scratch_dir)
 
 NAME = "restart"
 TRIGGER_AFTER = 60.0
@@ -68,10 +69,9 @@ def _resident(mock_node: Any) -> Optional[int]:
 def w_measure(base: str, trigger_id: str) -> dict:
     from greenflow.testing import MockNetwork
     from . import harness  # noqa: F401 - the flow classes must be importable (they are)
-    from .held import _mem
 
     gc.collect()
-    mem0 = _mem()
+    mem0 = mem()
     clock = time.perf_counter
     t0 = clock()
     net = MockNetwork(base, sync=True)
@@ -82,7 +82,7 @@ def w_measure(base: str, trigger_id: str) -> dict:
     t_alice = clock() - t1
     resident_after_open = {"alice": _resident(alice), "bob": _resident(bob)}
     gc.collect()
-    mem1 = _mem()
+    mem1 = mem()
     net.advance_clock(TRIGGER_AFTER * 2)
     t2 = clock()
     net.run_network(max_messages=0)           # Alice: timer, replay, ping committed and sent
@@ -112,6 +112,9 @@ TASKS = {"restart_setup": w_setup, "restart_measure": w_measure}
 
 
 # ====================================================================== the suite
+DBOS_N, DBOS_N_QUICK = 200, 50
+
+
 def sizes(ctx: Any) -> list[int]:
     if ctx.n:
         return [ctx.n]
@@ -119,25 +122,18 @@ def sizes(ctx: Any) -> list[int]:
 
 
 def run(ctx: Any) -> SuiteResult:
+    from . import dbos_peer
+    has_dbos = dbos_peer.installed()
+    n_dbos = DBOS_N_QUICK if ctx.quick else DBOS_N
     ns = sizes(ctx)
-    prog = ctx.progress(NAME, 2 * len(ns))
+    if has_dbos and n_dbos not in ns:
+        ns = sorted({n_dbos, *ns})      # greenflow at DBOS's size too, for a like-for-like ratio
+    prog = ctx.progress(NAME, 2 * len(ns) + (2 if has_dbos else 0))
     figures: dict[str, Any] = {}
     for n in ns:
-        base = scratch_dir(f"restart-{n}")
-        try:
-            prog.step(f"setup: {n:,} waiting flow pairs")
-            setup = run_worker("restart_setup", {"base": base, "n": n}, on_line=prog.detail)
-            prog.finish_step()
-            prog.step(f"reopen with {n:,} waiting flows, wake one")
-            if "error" in setup:
-                meas: dict = {"error": "setup failed"}
-            else:
-                meas = run_worker("restart_measure", {"base": base, "trigger_id": setup["trigger_id"]},
-                                  on_line=prog.detail)
-            prog.finish_step()
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-        figures[str(n)] = {"setup": setup, "measure": meas}
+        figures[str(n)] = _two_phase(prog, "restart_setup", "restart_measure", n)
+    if has_dbos:
+        figures["dbos"] = _two_phase(prog, "dbos_restart_setup", "dbos_restart_measure", n_dbos)
     prog.close()
 
     tbl = Table("Reopen a node holding N waiting flows, then one of them answers a message",
@@ -161,19 +157,64 @@ def run(ctx: Any) -> SuiteResult:
                      "replay, answers and commits. first answer: Alice's timer fires, her flow "
                      "replays and pings, Bob answers, Alice finishes")
     tbl.notes.append("stores are read through a warm page cache (written just before by the setup)")
+    tables = [tbl]
     ratios: dict[str, Optional[float]] = {}
+    if has_dbos:
+        d = figures["dbos"]
+        t2 = Table("DBOS (SQLite): relaunch with N workflows blocked in recv, then one answers",
+                   ["N waiting", "launch ms", "first answer ms", "all recovered ms",
+                    "threads after", "result ok"])
+        if "error" in d["setup"] or "error" in d["measure"]:
+            t2.notes.append(f"not measured: {d['setup'].get('error') or d['measure'].get('error')}")
+        else:
+            m = d["measure"]
+            t2.add(n_dbos, m["launch_s"] * 1e3, m["first_answer_s"] * 1e3,
+                   m["all_recovered_s"] * 1e3, m["threads"], m["trigger_ok"])
+            g = figures[str(n_dbos)]["measure"]
+            if "error" not in g:
+                ratios[f"a waiting flow answers after restart, DBOS / greenflow (Bob) @N={n_dbos}"] = \
+                    ratio(m["first_answer_s"], g["bob_answer_s"])
+                ratios[f"reopen, DBOS launch+recovery / greenflow open @N={n_dbos}"] = ratio(
+                    m["all_recovered_s"], g["open_bob_s"] + g["open_alice_s"])
+        t2.notes.append(f"N={n_dbos}: DBOS recovers every pending workflow at launch, each on its "
+                        f"own thread; launch returns before recovery ends. first answer: send to one "
+                        f"workflow until its result is read (recv poll interval "
+                        f"{dbos_peer.THROUGHPUT_POLL_S} s)")
+        tables.append(t2)
     if len(ns) > 1:
         a, b = figures[str(ns[0])]["measure"], figures[str(ns[-1])]["measure"]
         if "error" not in a and "error" not in b and a["open_bob_s"]:
             ratios[f"reopen time N={ns[-1]:,} / N={ns[0]:,}"] = b["open_bob_s"] / a["open_bob_s"]
             ratios[f"flows N={ns[-1]:,} / N={ns[0]:,}"] = ns[-1] / ns[0]
-    not_measured = [
-        "peers: DBOS recovery re-runs every PENDING workflow at launch (a thread each), so a "
-        "restart with N waiting DBOS workflows is not comparable at these N; not measured",
-        "cold page cache (dropping caches needs root)",
-    ]
+    not_measured = ["cold page cache (dropping caches needs root)"]
+    if not has_dbos:
+        not_measured.append("DBOS: the dbos package is not installed")
+    else:
+        not_measured.append(f"DBOS beyond N={n_dbos}: a thread per recovered workflow")
     if max(ns) < 1_000_000:
         not_measured.append("N = 1,000,000 (issue 5's target; run with --n 1000000: setup "
                             "takes minutes)")
-    return SuiteResult(NAME, {"sizes": ns, "trigger_after_s": TRIGGER_AFTER}, figures, ratios,
-                       [tbl], not_measured)
+    return SuiteResult(NAME, {"sizes": ns, "trigger_after_s": TRIGGER_AFTER, "dbos_n": n_dbos},
+                       figures, ratios, tables, not_measured)
+
+
+def _two_phase(prog: Any, setup_task: str, measure_task: str, n: int) -> dict:
+    """Setup in one process, measure the reopen in a fresh one, on the same files."""
+    base = scratch_dir(f"restart-{n}")
+    who = "DBOS" if setup_task.startswith("dbos") else "greenflow"
+    try:
+        prog.step(f"{who} setup: {n:,} waiting flows")
+        setup = run_worker(setup_task, {"base": base, "n": n}, on_line=prog.detail)
+        prog.finish_step()
+        prog.step(f"{who} reopen with {n:,} waiting flows, wake one")
+        if "error" in setup:
+            meas: dict = {"error": "setup failed"}
+        else:
+            params = {"base": base, "trigger_id": setup["trigger_id"]}
+            if who == "DBOS":
+                params["n"] = n
+            meas = run_worker(measure_task, params, on_line=prog.detail)
+        prog.finish_step()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return {"setup": setup, "measure": meas}

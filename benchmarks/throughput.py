@@ -22,12 +22,12 @@ cost of frame capture (node option ``capture_frames`` True vs False).
 from __future__ import annotations
 
 import gc
-import os
 import shutil
 import time
 from typing import Any, Optional
 
-from .common import (SuiteResult, Table, percentile, ratio, run_worker, scratch_dir)
+from . import dbos_peer
+from .common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
 
 NAME = "throughput"
 ROUNDS = 1                 # send_and_receive rounds per ping-pong flow
@@ -288,85 +288,11 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     return asyncio.run(main())
 
 
-def w_dbos(concurrencies: list[int], budget: float, rounds: int = ROUNDS,
-           poll_interval: float = 0.01) -> dict:
-    """DBOS ping-pong: the initiator workflow starts the responder workflow and they
-    exchange messages with DBOS.send / DBOS.recv; SQLite system database."""
-    import logging
-    from .common import child_progress
-    base = scratch_dir("tp-dbos")
-    os.chdir(base)
-    try:
-        from dbos import DBOS
-    except ImportError as exc:
-        return {"error": f"dbos is not installed: {exc}"}
-    logging.getLogger("dbos").setLevel(logging.WARNING)
-    config: Any = {"name": "gfbench", "system_database_url": f"sqlite:///{base}/dbos.sqlite",
-                   "run_admin_server": False, "log_level": "WARNING",
-                   "notification_listener_polling_interval_sec": poll_interval}
-    DBOS(config=config)
-
-    @DBOS.workflow()
-    def dbos_pong(ping_id: str) -> None:
-        n = DBOS.recv("m")
-        for _ in range(n):
-            x = DBOS.recv("m")
-            DBOS.send(ping_id, x + 1, "m")
-
-    @DBOS.workflow()
-    def dbos_ping(n: int) -> int:
-        peer = DBOS.start_workflow(dbos_pong, DBOS.workflow_id)
-        DBOS.send(peer.workflow_id, n, "m")
-        total = 0
-        for i in range(n):
-            DBOS.send(peer.workflow_id, i, "m")
-            total += DBOS.recv("m")
-        return total
-
-    DBOS.launch()
-    clock = time.perf_counter
-    expected = sum(i + 1 for i in range(rounds))
-    for h in [DBOS.start_workflow(dbos_ping, rounds) for _ in range(2)]:
-        h.get_result()
-    results = {}
-    for c in concurrencies:
-        lat: list[float] = []
-        flows = bad = 0
-        t0 = clock()
-        while True:
-            ts = clock()
-            hs = [DBOS.start_workflow(dbos_ping, rounds) for _ in range(c)]
-            ends: dict[int, float] = {}
-            for i, h in enumerate(hs):
-                h.future.add_done_callback(lambda _f, i=i: ends.__setitem__(i, clock()))
-            for h in hs:
-                if h.get_result() != expected:
-                    bad += 1
-            lat.extend(ends[i] - ts for i in range(len(hs)))
-            flows += c
-            elapsed = clock() - t0
-            child_progress(f"DBOS c={c}: {flows:,} flows, {flows / elapsed:,.1f}/s")
-            if elapsed >= budget:
-                break
-        results[str(c)] = {"flows": flows, "seconds": elapsed, "flows_per_s": flows / elapsed,
-                           "wrong_results": bad, **_lat_summary(lat)}
-    import threading
-    results["threads_at_end"] = threading.active_count()
-    results["poll_interval_s"] = poll_interval
-    # DBOS.destroy() can wait on pollers; the numbers are in: leave without it.
-    return results
-
-
 TASKS = {"tp_mock": w_greenflow_mock, "tp_threaded": w_greenflow_threaded,
-         "tp_asyncio": w_asyncio, "tp_dbos": w_dbos}
+         "tp_asyncio": w_asyncio}
 
 
 # ====================================================================== the suite
-def dbos_installed() -> bool:
-    import importlib.util
-    return importlib.util.find_spec("dbos") is not None
-
-
 def run(ctx: Any) -> SuiteResult:
     quick = ctx.quick
     concs = [1, 100] if quick else [1, 100, 10_000]
@@ -374,7 +300,7 @@ def run(ctx: Any) -> SuiteResult:
     dbos_concs = [1, 10] if quick else [1, 10, 100]
     dbos_budget = 0.5 if quick else 5.0
     susp_c = 100 if quick else 1000
-    has_dbos = dbos_installed()
+    has_dbos = dbos_peer.installed()
 
     steps: list[tuple[str, str, dict]] = []
     for c in concs:
@@ -384,7 +310,7 @@ def run(ctx: Any) -> SuiteResult:
                       {"concurrency": c, "budget": budget}))
         steps.append((f"asyncio c={c}", "tp_asyncio", {"concurrency": c, "budget": budget}))
     if has_dbos:
-        steps.append((f"DBOS c={dbos_concs}", "tp_dbos",
+        steps.append((f"DBOS c={dbos_concs}", "dbos_pingpong",
                       {"concurrencies": dbos_concs, "budget": dbos_budget}))
     for frames in (True, False):
         steps.append((f"suspensions capture_frames={frames}", "tp_mock",

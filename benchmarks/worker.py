@@ -12,9 +12,9 @@ import traceback
 
 
 def tasks() -> dict:
-    from . import disk, held, restart, throughput
+    from . import dbos_peer, disk, held, restart, throughput
     out: dict = {}
-    for mod in (throughput, held, restart, disk):
+    for mod in (throughput, held, restart, disk, dbos_peer):
         out.update(mod.TASKS)
     return out
 
