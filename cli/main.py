@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -73,6 +74,17 @@ def main(ctx: click.Context, verbose: int) -> None:
     LMDB, and a restarted node resumes each flow where it stopped.
     """
     ctx.call_on_close(configure_logging(verbose))
+    _import_from_cwd()
+
+
+def _import_from_cwd() -> None:
+    """Make modules in the current directory importable, as ``python -m`` does, so
+    ``greenflow run mypkg.flows:MyFlow`` works from the project's directory (an installed
+    console script only has its own bin directory on ``sys.path``). Appended, so a local
+    file never shadows an installed module."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
 
 
 def _register(group: click.Group) -> None:

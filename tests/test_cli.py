@@ -1,0 +1,309 @@
+"""The ``greenflow`` command line, through click's CliRunner (and once as a subprocess).
+
+The flows used by ``greenflow run`` here are defined in this module and named by
+``__name__``, so they resolve to this very module whatever pytest's import mode.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from typing import Optional
+
+import pytest
+from click.testing import CliRunner, Result
+
+from greenflow import (FlowException, FlowLogic, FlowSession, Party, initiated_by,
+                       initiating_flow, startable)
+from greenflow.cli import flow_args
+from greenflow.cli.main import main
+
+HERE = __name__
+
+
+@startable
+class Sleepy(FlowLogic):
+    def __init__(self, seconds: float = 60.0):
+        self.seconds = seconds
+
+    def call(self) -> float:
+        t0 = self.now()
+        self.sleep(self.seconds)
+        return (self.now() - t0).total_seconds()
+
+
+@startable
+class Refuses(FlowLogic):
+    def call(self) -> None:
+        raise FlowException("no deal")
+
+
+@initiating_flow
+@startable
+class WaitsForever(FlowLogic):
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> int:
+        session = self.initiate_flow(self.peer)
+        waiting_for = "an int that never comes"
+        return session.send_and_receive(int, waiting_for)
+
+
+@initiated_by(WaitsForever)
+class Silent(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.receive(str)
+        self.session.receive(int)
+
+
+class Colour(enum.Enum):
+    RED = "r"
+    BLUE = "b"
+
+
+@startable
+class Echo(FlowLogic):
+    def __init__(self, flag: bool, numbers: list[int], weights: dict[str, float],
+                 maybe: Optional[int] = None, price: Decimal = Decimal("0"),
+                 colour: Colour = Colour.RED, peers: list[Party] = [], label="x", count=5):
+        self.values = (flag, numbers, weights, maybe, price, colour,
+                       [p.name for p in peers], label, count)
+
+    def call(self) -> str:
+        return repr(self.values)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+# ------------------------------------------------------------------------------ root
+
+def test_help_lists_every_command_with_one_line():
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in ("run", "bench", "checkpoints"):
+        assert f"  {name} " in result.output
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.output.startswith("greenflow 0.")
+
+
+def test_verbose_logging_is_undone_after_the_command():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    assert run("-vv", "run", "sample.ping").exit_code == 0
+    assert root.handlers == handlers and root.level == level
+
+
+def test_module_entry_point_runs_as_a_subprocess(tmp_path):
+    # From another directory, with the greenflow this test imported (installed or source).
+    import greenflow
+    where = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (where, os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, "-m", "greenflow.cli.main", "--help"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: greenflow" in result.stdout
+    assert "checkpoints" in result.stdout
+
+
+# ------------------------------------------------------------------------------ samples
+
+def test_run_sample_ping_prints_the_sum():
+    result = run("run", "sample.ping")
+    assert result.exit_code == 0
+    assert result.output.strip() == "6"
+
+
+def test_sample_options_are_parsed_with_the_samples_own_declarations():
+    assert run("run", "sample.ping", "-n", "5").output.strip() == "15"
+    result = run("run", "sample.ping", "--bogus")
+    assert result.exit_code == 2
+    assert "No such option" in result.output and "--bogus" in result.output
+
+
+def test_sample_help_shows_its_options():
+    result = run("run", "sample.ping", "--help")
+    assert result.exit_code == 0
+    assert "greenflow run sample.ping" in result.output and "-n" in result.output
+
+
+def test_unknown_sample_names_the_available_ones():
+    result = run("run", "sample.nope")
+    assert result.exit_code == 2
+    assert "no sample named 'nope'" in result.output
+    assert "ping" in result.output
+
+
+def test_sample_keeps_its_data_dir_when_asked(tmp_path):
+    assert run("run", "sample.ping", "--data-dir", str(tmp_path / "d")).exit_code == 0
+    assert sorted(os.listdir(tmp_path / "d")) == ["Alice", "Bob"]
+
+
+# ------------------------------------------------------------------------------ flows
+
+def test_run_flow_class_with_a_party_and_an_int():
+    result = run("run", "greenflow.samples.ping:Ping", "--arg", "peer=Bob", "--arg", "n=4")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "10"
+
+
+def test_flow_modules_in_the_current_directory_are_importable(tmp_path, monkeypatch):
+    (tmp_path / "my_cli_flows.py").write_text(
+        "from greenflow import FlowLogic, startable\n"
+        "@startable\n"
+        "class Hello(FlowLogic):\n"
+        "    def __init__(self, who: str):\n"
+        "        self.who = who\n"
+        "    def call(self):\n"
+        "        return 'hello ' + self.who\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = run("run", "my_cli_flows:Hello", "--arg", "who=world", "--data-dir", "data")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "hello world"
+
+
+def test_sleeping_flow_finishes_on_virtual_time():
+    result = run("run", f"{HERE}:Sleepy", "--arg", "seconds=3600")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "3600.0"
+
+
+def test_arguments_are_converted_by_type_hint():
+    result = run("run", f"{HERE}:Echo", "--arg", "flag=yes", "--arg", "numbers=[1, 2]",
+                 "--arg", 'weights={"a": 1}', "--arg", "maybe=null", "--arg", "price=1.10",
+                 "--arg", "colour=blue", "--arg", "peers=Bob,Carol", "--arg", "count=7")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == repr(
+        (True, [1, 2], {"a": 1.0}, None, Decimal("1.10"), Colour.BLUE, ["Bob", "Carol"], "x", 7))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arg", "peer=Bob", "--arg", "n=abc"], "bad argument n='abc' for Ping: expected int"),
+    (["--arg", "n=4"], "missing argument: Ping needs peer=<Party>"),
+    (["--arg", "peer=Bob", "--arg", "colour=red"], "unknown argument 'colour'"),
+    (["--arg", "peer"], "argument 'peer' is not of the form NAME=VALUE"),
+    (["--arg", "peer=Bob", "--arg", "peer=Carol"], "argument 'peer' is given twice"),
+])
+def test_bad_arg_says_which(args, message):
+    result = run("run", "greenflow.samples.ping:Ping", *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_non_startable_flow_is_refused_with_the_not_startable_message():
+    result = run("run", "greenflow.samples.ping:Pong", "--arg", "session=x")
+    assert result.exit_code == 2
+    assert "greenflow.samples.ping.Pong is not @startable" in result.output
+
+
+@pytest.mark.parametrize("target, message", [
+    ("greenflow.samples.ping:Nope", "has no 'Nope'; startable flows there: Ping"),
+    ("greenflow.samples.ping.Ping", "did you mean greenflow.samples.ping:Ping?"),
+    ("no_such_module_here:Flow", "cannot be imported"),
+    ("sample.nope:Flow", "no sample named 'nope'"),
+])
+def test_unknown_target_is_explained(target, message):
+    result = run("run", target)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_failing_flow_prints_its_error_and_exits_1():
+    result = run("run", f"{HERE}:Refuses")
+    assert result.exit_code == 1
+    assert "Refuses failed: FlowException: no deal" in result.output
+
+
+def test_flow_help_lists_its_arguments():
+    result = run("run", "greenflow.samples.ping:Ping", "--help")
+    assert result.exit_code == 0
+    assert "peer" in result.output and "Party (required)" in result.output
+    assert "int (default 3)" in result.output
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def test_stuck_flow_is_reported_and_its_checkpoint_can_be_dumped(tmp_path):
+    data = tmp_path / "data"
+    result = run("run", f"{HERE}:WaitsForever", "--arg", "peer=Bob", "--data-dir", str(data))
+    assert result.exit_code == 1
+    assert "did not finish" in result.output and "waiting on receive int from Bob" in result.output
+
+    text = run("checkpoints", "dump", "--node", str(data / "Alice"))
+    assert text.exit_code == 0, text.output
+    assert "Alice: 1 unfinished flow" in text.output
+    assert "WaitsForever.call" in text.output
+    assert "waiting_for = 'an int that never comes'" in text.output
+
+    as_json = run("checkpoints", "dump", "--node", str(data / "Bob"), "--json")
+    assert as_json.exit_code == 0
+    (entry,) = json.loads(as_json.output)
+    assert entry["flow_class"] == f"{HERE}.Silent"
+    assert entry["sessions"][0]["counterparty"] == "Alice"
+    assert entry["frames"][-1]["function"] == "Silent.call"
+
+
+def test_dump_of_a_directory_that_is_no_node(tmp_path):
+    result = run("checkpoints", "dump", "--node", str(tmp_path))
+    assert result.exit_code == 2
+    assert "is not a node directory" in result.output
+    assert os.listdir(tmp_path) == []  # nothing created there
+
+
+# ------------------------------------------------------------------------------ bench
+
+def test_bench_without_the_suite_module_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "greenflow.benchmarks.__main__", None)
+    result = run("bench")
+    assert result.exit_code == 1
+    assert "the benchmark suite is not available" in result.output
+
+
+def test_bench_with_an_unknown_suite_fails_clearly():
+    pytest.importorskip("greenflow.benchmarks.__main__")
+    result = run("bench", "no-such-suite")
+    assert result.exit_code != 0
+    assert "no-such-suite" in result.output
+
+
+# ------------------------------------------------------------------------------ flow_args
+
+@pytest.mark.parametrize("text, hint, expected", [
+    ("42", int, 42), ("2.5", float, 2.5), ("off", bool, False), ("hi", str, "hi"),
+    ("null", Optional[int], None), ("7", Optional[int], 7), ("[1,2]", tuple[int, ...], (1, 2)),
+    ('["a", 2]', tuple[str, int], ("a", 2)), ("", list[str], []),
+])
+def test_convert(text, hint, expected):
+    assert flow_args.convert(text, hint) == expected
+
+
+@pytest.mark.parametrize("text, hint", [
+    ("1.5", int), ("maybe", bool), ("[1]", dict), ('["a"]', list[int]), ("x", Colour),
+    ('[1, 2, 3]', tuple[int, int]),
+])
+def test_convert_refuses(text, hint):
+    with pytest.raises((ValueError, TypeError)):
+        flow_args.convert(text, hint)
+
+
+def test_parties_are_resolved_by_the_caller():
+    bound = flow_args.bind_arguments(Echo, {"flag": "1", "numbers": "1", "weights": "{}",
+                                            "peers": '["Bob", "Carol", "Bob"]'})
+    assert bound.party_names == ["Bob", "Carol"]
+    kwargs = bound.resolve(lambda name: Party(name, b"k"))
+    assert kwargs["peers"] == [Party("Bob", b"k"), Party("Carol", b"k"), Party("Bob", b"k")]
