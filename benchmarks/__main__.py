@@ -71,7 +71,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                   profile=args.profile, show_progress=not args.no_progress)
     machine = common.machine_info()
     print(f"greenflow benchmarks  {machine['date']}  python {machine['python']}  "
-          f"{machine['cpu_count']} cpus  {(machine.get('mem_total_bytes') or 0) / 2**30:.1f} GiB"
+          f"{machine['cpu_count']} cpus  {(machine.get('mem_total_bytes') or 0) / 2**30:.1f} GiB  "
+          f"synced LMDB commits/s now: {common.fmt(machine.get('lmdb_synced_commits_per_s'))}"
           + ("  (--quick: sizes too small to be representative)" if args.quick else ""))
     failed = 0
     for name in names:

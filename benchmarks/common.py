@@ -51,7 +51,32 @@ def machine_info() -> dict:
     for mod in ("greenflow", "greenlet", "lmdb", "dill", "msgpack", "nacl", "dbos"):
         versions[mod] = package_version(mod)
     info["versions"] = versions
+    info["lmdb_synced_commits_per_s"] = fsync_probe()
     return info
+
+
+def fsync_probe(seconds: float = 0.5) -> Optional[float]:
+    """Synced LMDB commits of one small record per second, in a scratch directory: how
+    fast this disk is right now (other work on the machine shows here first)."""
+    import shutil
+    try:
+        import lmdb
+    except ImportError:
+        return None
+    d = scratch_dir("fsync")
+    try:
+        env = lmdb.open(d, map_size=1 << 24, sync=True, metasync=True)
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            with env.begin(write=True) as txn:
+                txn.put(b"k%d" % n, b"x" * 100)
+            n += 1
+        rate = n / (time.perf_counter() - t0)
+        env.close()
+        return rate
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def package_version(mod: str) -> Optional[str]:

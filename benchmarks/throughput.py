@@ -293,6 +293,15 @@ TASKS = {"tp_mock": w_greenflow_mock, "tp_threaded": w_greenflow_threaded,
 
 
 # ====================================================================== the suite
+SYSTEMS = (  # key, label, worker task, extra params
+    ("mock", "greenflow MockNetwork", "tp_mock", {}),
+    ("threaded", "greenflow 2 threaded nodes", "tp_threaded", {}),
+    ("mock_nosync", "greenflow MockNetwork, sync off", "tp_mock", {"sync": False}),
+    ("asyncio", "asyncio (no durability)", "tp_asyncio", {}),
+)
+GREENFLOW_DURABLE = ("mock", "threaded")
+
+
 def run(ctx: Any) -> SuiteResult:
     quick = ctx.quick
     concs = [1, 100] if quick else [1, 100, 10_000]
@@ -302,47 +311,39 @@ def run(ctx: Any) -> SuiteResult:
     susp_c = 100 if quick else 1000
     has_dbos = dbos_peer.installed()
 
-    steps: list[tuple[str, str, dict]] = []
+    steps: list[tuple[str, str, str, dict]] = []   # (result key, label, task, params)
     for c in concs:
-        steps.append((f"greenflow MockNetwork c={c}", "tp_mock",
-                      {"concurrency": c, "budget": budget, "min_waves": 1 if quick else 2}))
-        steps.append((f"greenflow threaded pair c={c}", "tp_threaded",
-                      {"concurrency": c, "budget": budget}))
-        steps.append((f"asyncio c={c}", "tp_asyncio", {"concurrency": c, "budget": budget}))
+        for key, label, task, extra in SYSTEMS:
+            params = {"concurrency": c, "budget": budget, **extra}
+            if task == "tp_mock":
+                params["min_waves"] = 1 if quick else 2
+            steps.append((f"{key}@{c}", f"{label} c={c}", task, params))
     if has_dbos:
-        steps.append((f"DBOS c={dbos_concs}", "dbos_pingpong",
+        steps.append(("dbos", f"DBOS c={dbos_concs}", "dbos_pingpong",
                       {"concurrencies": dbos_concs, "budget": dbos_budget}))
     for frames in (True, False):
-        steps.append((f"suspensions capture_frames={frames}", "tp_mock",
+        steps.append((f"susp_{frames}", f"suspensions capture_frames={frames}", "tp_mock",
                       {"concurrency": susp_c, "budget": budget, "rounds": SUSPEND_ROUNDS,
                        "capture_frames": frames, "min_waves": 2}))
     if ctx.profile:
-        steps.append(("profile greenflow MockNetwork c=100", "tp_mock",
+        steps.append(("profile", "profile greenflow MockNetwork c=100", "tp_mock",
                       {"concurrency": 100, "budget": budget, "profile": True}))
 
     prog = ctx.progress(NAME, len(steps))
-    raw: list[dict] = []
-    for label, task, params in steps:
+    raw: dict[str, dict] = {}
+    for key, label, task, params in steps:
         prog.step(label)
-        raw.append(run_worker(task, params, on_line=prog.detail))
+        raw[key] = run_worker(task, params, on_line=prog.detail)
         prog.finish_step()
     prog.close()
 
-    it = iter(raw)
-    figures: dict[str, Any] = {"mock": {}, "threaded": {}, "asyncio": {}, "dbos": {}}
-    for c in concs:
-        figures["mock"][str(c)] = next(it)
-        figures["threaded"][str(c)] = next(it)
-        figures["asyncio"][str(c)] = next(it)
-    dbos_raw = next(it) if has_dbos else {"error": "dbos is not installed (pip install dbos)"}
-    if "error" in dbos_raw:
-        figures["dbos"] = {"error": dbos_raw["error"]}
-    else:
-        figures["dbos"] = {k: v for k, v in dbos_raw.items()}
-    susp_on, susp_off = next(it), next(it)
+    figures: dict[str, Any] = {key: {str(c): raw[f"{key}@{c}"] for c in concs}
+                               for key, _l, _t, _e in SYSTEMS}
+    figures["dbos"] = raw.get("dbos") or {"error": "dbos is not installed (pip install dbos)"}
+    susp_on, susp_off = raw["susp_True"], raw["susp_False"]
     figures["suspensions"] = {"capture_frames_on": susp_on, "capture_frames_off": susp_off,
                               "rounds_per_flow": SUSPEND_ROUNDS, "concurrency": susp_c}
-    profile = next(it) if ctx.profile else None
+    profile = raw.get("profile")
     if profile is not None:
         figures["profile"] = profile
 
@@ -351,21 +352,19 @@ def run(ctx: Any) -> SuiteResult:
 
     ratios: dict[str, Optional[float]] = {}
     tbl = Table(f"Durable ping-pong flows per second, one node pair (Ping(peer, {ROUNDS}) "
-                f"from samples/ping.py; greenflow with sync commits)",
+                f"from samples/ping.py; greenflow with sync commits unless said)",
                 ["system", "concurrency", "flows/s", "p50 ms", "p99 ms", "vs asyncio"])
     for c in concs:
-        a = figures["asyncio"][str(c)]
-        for key, label in (("mock", "greenflow MockNetwork"), ("threaded", "greenflow 2 threaded nodes"),
-                           ("asyncio", "asyncio (no durability)")):
+        a = rate(figures["asyncio"][str(c)])
+        for key, label, _t, _e in SYSTEMS:
             d = figures[key][str(c)]
             if "error" in d:
                 tbl.add(label, c, None, None, None, None)
-                tbl.notes.append(f"{label} c={c}: {d['error']}")
+                tbl.notes.append(f"{label} c={c}: {d['error'].splitlines()[0][:200]}")
                 continue
-            r = ratio(rate(d), rate(a))
-            tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"),
-                    None if key == "asyncio" else r)
-            if key != "asyncio":
+            r = None if key == "asyncio" else ratio(rate(d), a)
+            tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"), r)
+            if r is not None:
                 ratios[f"greenflow_{key}/asyncio@c={c}"] = r
     dbos_rates: dict[int, float] = {}
     if "error" not in figures["dbos"]:
@@ -373,8 +372,9 @@ def run(ctx: Any) -> SuiteResult:
             d = figures["dbos"].get(str(c))
             if d:
                 dbos_rates[c] = d["flows_per_s"]
+                a_d = figures["asyncio"].get(str(c))
                 tbl.add("DBOS (SQLite)", c, d["flows_per_s"], d.get("p50_ms"), d.get("p99_ms"),
-                        ratio(d["flows_per_s"], rate(figures["asyncio"].get(str(c), {}))))
+                        ratio(d["flows_per_s"], rate(a_d)) if a_d else None)
         tbl.notes.append(
             f"DBOS runs at concurrency {', '.join(map(str, dbos_concs))} only: each waiting "
             f"workflow holds an OS thread and recv on SQLite polls (notification poll interval "
@@ -385,11 +385,13 @@ def run(ctx: Any) -> SuiteResult:
                      "pair and asyncio: closed loop with C flows in flight")
     tbl.notes.append("latency: start call to the flow's end on the initiating node")
 
-    best_gf = max((rate(figures[k][str(c)]) or 0.0) for k in ("mock", "threaded") for c in concs)
-    best_async = max((rate(figures["asyncio"][str(c)]) or 0.0) for c in concs)
-    ratios["greenflow_best/asyncio_best"] = ratio(best_gf, best_async)
+    def best(keys: tuple, cs: Any = concs) -> float:
+        return max((rate(figures[k].get(str(c))) or 0.0) for k in keys for c in cs)
+
+    best_gf = best(GREENFLOW_DURABLE)
+    ratios["greenflow_best/asyncio_best"] = ratio(best_gf, best(("asyncio",)))
     for c, r in dbos_rates.items():
-        for key in ("mock", "threaded"):
+        for key in GREENFLOW_DURABLE:
             d = figures[key].get(str(c))
             if d is not None:
                 ratios[f"greenflow_{key}/dbos@c={c}"] = ratio(rate(d), r)
