@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import click
 
-from .errors import NotANodeDirectory
+from .errors import NodeIsRunning, NotANodeDirectory
 
 
 @click.group("checkpoints")
@@ -66,11 +66,25 @@ def node_name(node_dir: str) -> str:
     return name
 
 
+def _refuse_if_running(node_dir: str, name: str) -> None:
+    try:
+        from greenflow.node_process import running_pid
+    except ModuleNotFoundError as exc:
+        if exc.name != "greenflow.node_process":
+            raise
+        return  # this version has no node processes
+    pid = running_pid(node_dir)
+    if pid is not None:
+        raise NodeIsRunning(f"node {name} in {node_dir} is running (pid {pid}); stop it "
+                            "before reading its store from here")
+
+
 def dump_local(node_dir: str) -> tuple[str, list[dict]]:
     """Open the node stored in ``node_dir`` without running it; its name and dump."""
     from greenflow.node import Node
 
     name = node_name(node_dir)
+    _refuse_if_running(node_dir, name)
     node = Node(node_dir, name, threaded=False, transport=_Offline(), sync=False)
     try:
         return name, node.checkpoints_dump()

@@ -265,6 +265,19 @@ def test_dump_of_a_directory_that_is_no_node(tmp_path):
     assert os.listdir(tmp_path) == []  # nothing created there
 
 
+def test_dump_refuses_a_node_directory_a_running_process_holds(tmp_path):
+    node_process = pytest.importorskip("greenflow.node_process")
+    import fcntl
+    assert run("run", "sample.ping", "--data-dir", str(tmp_path)).exit_code == 0
+    with open(tmp_path / "Alice" / node_process.PID_FILE, "w") as fh:
+        fh.write("4242")
+        fh.flush()
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run("checkpoints", "dump", "--node", str(tmp_path / "Alice"))
+    assert result.exit_code == 1
+    assert "is running (pid 4242)" in result.output
+
+
 # ------------------------------------------------------------------------------ bench
 
 def test_bench_without_the_suite_module_is_a_clear_error(monkeypatch):
