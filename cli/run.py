@@ -102,6 +102,8 @@ def _import_sample(name: str) -> Any:
 
 def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optional[str],
                 show_help: bool) -> None:
+    from greenflow.errors import FlowError
+
     module = _import_sample(name)
     entry = getattr(module, "run_sample", None)
     if not callable(entry):
@@ -125,20 +127,11 @@ def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optio
             code = entry(directory, **options)
         except SystemExit as exc:
             code = exc.code
-        except click.ClickException:
-            raise
-        except Exception as exc:
-            if not _is_flow_error(exc):
-                raise
+        except FlowError as exc:  # anything else is a bug and keeps its traceback
             raise FlowFailed(f"sample.{name} failed: {type(exc).__name__}: {exc}") from exc
     code = exit_code_of(code)
     if code:
         ctx.exit(code)
-
-
-def _is_flow_error(exc: BaseException) -> bool:
-    from greenflow.errors import FlowError
-    return isinstance(exc, FlowError)
 
 
 # ------------------------------------------------------------------------------ flows

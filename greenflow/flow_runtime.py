@@ -456,7 +456,8 @@ class FlowRuntime:
             st.state = CLOSED
 
 
-def rebuild_flow_exception(cls_name: str, message: str, error_id: int, sid: str) -> FlowException:
+def rebuild_flow_exception(cls_name: str, message: str, error_id: int,
+                           sid: Optional[str] = None) -> FlowException:
     """Recreate a peer's FlowException without running any constructor. Only classes
     already imported here are used (importing a module named by a peer would run code)."""
     cls: type = FlowException

@@ -20,6 +20,7 @@ from .clock import Clock, SystemClock
 from .errors import FlowError, FlowKilled, UnknownFlow
 from .events import Call, FrameArrived, KillFlow
 from .flow_logic import FlowLogic
+from .flow_runtime import rebuild_flow_exception
 from .identity import NodeIdentity
 from .journal import describe
 from .party import Party
@@ -424,6 +425,8 @@ def _unpack_result(fid: str, rec: dict) -> Any:
         return serialization.loads(rec["value"])
     if status == FlowStatus.KILLED:
         raise FlowKilled(f"flow {fid} ({rec['flow_class']}) was killed")
+    if rec.get("flow_exception") is not None:
+        raise rebuild_flow_exception(*rec["flow_exception"])
     exc = None
     if rec.get("exc") is not None:
         try:

@@ -557,8 +557,14 @@ class Scheduler:
                             rt.cp.flow_class,
                             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             rt.end_frames(("failed", exc))
-            record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}",
-                          exc=serialization.try_dumps(exc, limit=1 << 20))
+            record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, FlowException):
+                # Kept as the wire carries it: unpickling would call the class's __init__
+                # with the message alone, which a FlowException never gets rebuilt by.
+                record["flow_exception"] = (qualified_name(type(exc)), str(exc),
+                                            exc.ensure_error_id())
+            else:
+                record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
         elif kind == "killed":
             rt.end_frames(("killed",))
             record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")

@@ -153,6 +153,40 @@ def test_sample_keeps_its_data_dir_when_asked(tmp_path):
     assert sorted(os.listdir(tmp_path / "d")) == ["Alice", "Bob"]
 
 
+def _fake_sample(monkeypatch, name: str, run_sample) -> None:
+    import types
+    module = types.ModuleType(f"greenflow.samples.{name}", f"The {name} test sample.")
+    module.run_sample = run_sample
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+
+def test_sample_that_parses_its_own_argv_gets_them_raw(monkeypatch):
+    seen = []
+
+    def run_sample(data_dir, argv):
+        seen.append((os.path.isdir(data_dir), argv))
+        raise SystemExit(3 if "--fail" in argv else 0)
+
+    _fake_sample(monkeypatch, "rawargs", run_sample)
+    assert run("run", "sample.rawargs", "--x", "1", "--help").exit_code == 0
+    assert run("run", "sample.rawargs", "--fail").exit_code == 3
+    assert seen == [(True, ["--x", "1", "--help"]), (True, ["--fail"])]
+
+
+def test_sample_failures_become_exit_codes(monkeypatch):
+    def run_sample(data_dir, **options):
+        raise FlowException("the buyer walked away")
+
+    _fake_sample(monkeypatch, "refusing", run_sample)
+    result = run("run", "sample.refusing")
+    assert result.exit_code == 1
+    assert "sample.refusing failed: FlowException: the buyer walked away" in result.output
+    _fake_sample(monkeypatch, "returning", lambda data_dir: 4)
+    assert run("run", "sample.returning").exit_code == 4
+    result = run("run", "sample.returning", "--unexpected")
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
 # ------------------------------------------------------------------------------ flows
 
 def test_run_flow_class_with_a_party_and_an_int():
