@@ -62,7 +62,7 @@ class FlowRuntime:
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "base", "fresh", "_logger")
+                 "base", "fresh", "external_done", "_logger")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -82,6 +82,7 @@ class FlowRuntime:
         self.inbox: dict[str, deque[InboxItem]] = {}
         self.consumed: list[tuple[str, int]] = []      # persisted inbox items consumed
         self.external: Optional[tuple[Callable, tuple]] = None
+        self.external_done: Optional[tuple] = None   # result that came while not resident
         self.io_refused: Optional[str] = None
         self.diverged: Optional[str] = None
         self.dirty = True

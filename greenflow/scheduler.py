@@ -205,7 +205,10 @@ class Scheduler:
         elif t is ExternalDone:
             rt = self._resident_or_load(ev.flow_id)
             if rt is not None:
-                execute(self, rt, transitions.on_external_done(rt.pending, ev.outcome))
+                if rt.pending is None and rt.greenlet is None:
+                    rt.external_done = ev.outcome  # reloaded: answer it once replay gets there
+                else:
+                    execute(self, rt, transitions.on_external_done(rt.pending, ev.outcome))
         elif t is KillFlow:
             ok = self._kill(ev.flow_id)
             if ev.done is not None:
@@ -267,7 +270,8 @@ class Scheduler:
         self.touched[fid] = rt
         if isinstance(res, Entry):
             rt.pending = res
-            execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now()))
+            done, rt.external_done = rt.external_done, None
+            execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
         else:
             self._finish(rt, res)
 
@@ -299,7 +303,8 @@ class Scheduler:
                     if cp.retry_at is not None and cp.retry_at <= now:
                         fired |= self.retry(fid)
                     continue
-                if cp is None or cp.pending is None or cp.pending[2] != deadline:
+                if cp is None or cp.pending is None or cp.pending[2] is None \
+                        or not transitions.same_deadline(cp.pending[2], deadline):
                     continue
                 rt = self._load(fid)
                 if rt is None:

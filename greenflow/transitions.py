@@ -35,8 +35,10 @@ def end_reason(reason: str) -> str:
             "closed the session": "closed the session"}.get(reason, reason or "ended its flow")
 
 
-def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float) -> list:
-    """The flow has just asked for ``entry``: answer it now or wait."""
+def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float,
+               external_done: Optional[tuple] = None) -> list:
+    """The flow has just asked for ``entry``: answer it now or wait. ``external_done`` is
+    an external call's result that arrived while the flow was out of memory."""
     kind = entry.kind
     if kind == "receive":
         sid = entry.key[0]
@@ -61,6 +63,8 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
             return [Resume(("end", st.peer_ended))]
         return [Wait()]
     if kind == "external":
+        if external_done is not None:
+            return [Resume(external_done)]
         return [RunExternal(), Wait()]
     raise ValueError(f"unknown suspension kind {kind!r}")
 
@@ -98,9 +102,15 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
     return actions
 
 
+def same_deadline(a: float, b: float) -> bool:
+    """Timer keys store deadlines in whole microseconds, so a deadline read back from the
+    store after a restart differs from the journal's float by up to a microsecond."""
+    return abs(a - b) < 2e-6
+
+
 def on_timer(pending: Optional[Entry], deadline: float) -> list:
     """A timer fell due: it matters only if the flow still waits on that deadline."""
-    if pending is None or pending.deadline is None or pending.deadline != deadline:
+    if pending is None or pending.deadline is None or not same_deadline(pending.deadline, deadline):
         return []
     if pending.kind == "receive":
         return [Resume(("timeout",))]
