@@ -48,6 +48,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             if f.payload is not None or f.kind != 1:  # not a bare receive-first initiation
                 rt.inbox.setdefault(f.sid, deque()).append(InboxItem(f, False))
             rt.dirty = True
+            sched.touched[rt.flow_id] = rt  # acknowledged only once this commit holds it
         elif t is Consume:
             item = rt.inbox[a.sid].popleft()
             if not rt.inbox[a.sid]:
