@@ -90,7 +90,12 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
                      "the sender will re-send")]
     actions: list = [Accept(frame), Ack(frame.msg_id)]
     if frame.kind == INIT and frame.payload is None:
-        return actions  # a receive-first initiation carries no message
+        # A receive-first initiation, or a responder's confirmation: no message, but a
+        # confirmation answers the initiator's waiting counterparty_flow_info().
+        if pending is not None and pending.kind == "info" and pending.key[0] == frame.sid \
+                and frame.info is not None:
+            actions.append(Resume(("ok", tuple(frame.info))))
+        return actions
     if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):
         if pending.kind == "receive":
             actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
