@@ -46,6 +46,12 @@ class Consume:
 
 
 @dataclass(frozen=True)
+class SendInfo:
+    """Tell the peer our flow version and app (it asked before we sent anything)."""
+    sid: str
+
+
+@dataclass(frozen=True)
 class Ack:
     """Acknowledge the frame to its sender once our commit has made it durable."""
     msg_id: tuple

@@ -29,6 +29,7 @@ class SessionState:
     peer_info: Optional[tuple[int, str]] = None   # (flow version, app name) of the peer
     peer_ended: Optional[str] = None              # why the peer ended, once consumed
     sent_info: bool = False   # responder: peer info sent with our first frame
+    info_requested: bool = False  # initiator: asked the peer for its flow info
 
     def __reduce__(self) -> tuple:
         # Positional state: no field names in every stored header (disk per flow).

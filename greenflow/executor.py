@@ -11,9 +11,9 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, Wait
+from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
 from .flow_runtime import FlowRuntime, InboxItem
-from .messages import END, ERROR, REJECT
+from .messages import END, ERROR, REJECT, carries_message
 from .status import FlowStatus
 from .transitions import end_reason
 
@@ -46,7 +46,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             rt.fresh.append(f)
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
-            if f.payload is not None or f.kind != 1:  # not a bare receive-first initiation
+            if carries_message(f):
                 rt.inbox.setdefault(f.sid, deque()).append(InboxItem(f, False))
             rt.dirty = True
             sched.touched[rt.flow_id] = rt  # acknowledged only once this commit holds it
@@ -61,6 +61,11 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 st = rt.cp.sessions[f.sid]
                 st.peer_ended = (end_reason(f.reason) if f.kind == END else
                                  "failed" if f.kind == ERROR else "rejected the session")
+            rt.dirty = True
+        elif t is SendInfo:
+            st = rt.cp.sessions[a.sid]
+            if not st.sent_info:
+                rt.emit_confirm(st)
             rt.dirty = True
         elif t is Ack:
             if sender is not None:

@@ -28,7 +28,7 @@ from .checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from .errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      UnexpectedFlowEnd, UnknownFlow)
 from .journal import Entry, describe
-from .messages import DATA, END, INIT, Frame
+from .messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
 from .party import Party
 from .registry import app_name_of, initiating_info, qualified_name
 from .session import FlowSession, PeerFlowInfo
@@ -319,7 +319,7 @@ class FlowRuntime:
             if kind not in (DATA, INIT):
                 return  # never opened: nothing to tell the peer
             frame = Frame(INIT, st.sid, True, st.send_seq, payload, st.protocol, st.version,
-                          st.app)
+                          st.app, reason=reason)
             st.state = OPEN
         else:
             frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
@@ -336,6 +336,10 @@ class FlowRuntime:
         st = self.cp.sessions.get(sid) if sid is not None else None
         if st is not None and not st.sent_info and st.state == OPEN and st.peer_ended is None:
             self._emit(st, INIT)
+
+    def emit_confirm(self, st: SessionState) -> None:
+        """Responder: answer a flow-info request with our version and app."""
+        self._emit(st, CONFIRM)
 
     def _own_version(self) -> int:
         info = initiating_info(type(self.logic))
@@ -426,8 +430,12 @@ class FlowRuntime:
         st = self._session(session)
 
         def before() -> None:
-            if st.state == NEW:
-                self._emit(st, INIT, None)
+            if st.peer_info is None and not st.info_requested:
+                st.info_requested = True
+                if st.state == NEW:
+                    self._emit(st, INIT, None, reason="info")
+                else:
+                    self._emit(st, INFO_REQ)
 
         out = self.suspend("info", (st.sid, st.counterparty.name), before=before)
         if out[0] == "reject":

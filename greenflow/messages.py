@@ -18,8 +18,9 @@ import msgpack
 
 from .errors import WireFormatError
 
-INIT, DATA, END, ERROR, REJECT = 1, 2, 3, 4, 5
-KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection"}
+INIT, DATA, END, ERROR, REJECT, CONFIRM, INFO_REQ = 1, 2, 3, 4, 5, 6, 7
+KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection",
+              CONFIRM: "confirmation", INFO_REQ: "flow-info request"}
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
@@ -35,7 +36,7 @@ class Frame:
     version: int = 0                          # INIT: initiator's flow version
     app: str = ""                             # INIT: initiator's app
     info: Optional[tuple[int, str]] = None    # responder's first frame: its (version, app)
-    reason: str = ""                          # END, REJECT
+    reason: str = ""                          # END, REJECT; INIT: "info" asks for a CONFIRM
     error: Optional[tuple[str, str, int]] = None  # ERROR: (class name, message, error_id)
 
     @property
@@ -44,6 +45,14 @@ class Frame:
 
     def describe(self) -> str:
         return f"{KIND_NAMES.get(self.kind, self.kind)} #{self.seq} on session {self.sid}"
+
+
+def carries_message(f: Frame) -> bool:
+    """Whether the frame is something a ``receive`` consumes (and so is kept in the inbox).
+    A bare initiation, a confirmation and a flow-info request only update the session."""
+    if f.kind == INIT:
+        return f.payload is not None
+    return f.kind not in (CONFIRM, INFO_REQ)
 
 
 def encode_frame(f: Frame) -> bytes:

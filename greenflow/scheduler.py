@@ -36,7 +36,7 @@ from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlow
 from .executor import execute
 from .flow_runtime import FlowRuntime, InboxItem
 from .journal import Entry
-from .messages import INIT, REJECT, Frame, decode_frame, encode_frame
+from .messages import INIT, REJECT, Frame, carries_message, decode_frame, encode_frame
 from .party import Party
 from .registry import ResponderTable, qualified_name
 from .session import FlowSession
@@ -490,7 +490,7 @@ class Scheduler:
             st.recv_seq = max(st.recv_seq, f.seq + 1)
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
-            if f.payload is not None or f.kind != INIT:
+            if carries_message(f):
                 b.put("inbox", inbox_key(fid, f.sid, f.seq), encode_frame(f))
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why

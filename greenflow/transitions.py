@@ -10,10 +10,10 @@ from collections import deque
 from typing import Any, Optional
 
 from .actions import Accept, Ack
-from .actions import ArmTimer, Consume, Drop, Resume, RunExternal, Wait
+from .actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
 from .checkpoint import Checkpoint
 from .journal import Entry
-from .messages import DATA, END, ERROR, INIT, REJECT, Frame
+from .messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
 
 
 def frame_outcome(frame: Frame) -> tuple:

@@ -1,0 +1,230 @@
+"""A node as an operating-system process: ``greenflow node start --dir DIR``.
+
+One process serves one node directory: the scheduler thread (`greenflow.node.Node`), the
+P2P transport thread (`greenflow.tcp_transport`) and the RPC server's threads
+(`greenflow.rpc_server`). It logs to ``DIR/node.log`` and to stderr. SIGTERM and
+SIGINT (Ctrl-C) stop it cleanly: RPC stops taking requests, the scheduler finishes its
+round and commits, the transport closes. ``kill -9`` loses nothing either: every state a
+peer or an RPC client has seen was committed first, the outbox is re-sent at the next
+start and every unfinished flow resumes.
+
+``DIR/node.pid`` holds the running process's id under an exclusive ``flock``, so a second
+process cannot open the same store.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import inspect
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from .identity import NodeIdentity
+from .network_map import NetworkMap, format_address
+from .node import Node
+from .node_config import NodeConfig
+
+log = logging.getLogger("greenflow.node_process")
+
+PID_FILE = "node.pid"
+LOG_FILE = "node.log"
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class AlreadyRunning(RuntimeError):
+    """Another process already serves this node directory."""
+
+
+def running_pid(base_dir: str) -> Optional[int]:
+    """The pid of the process serving ``base_dir``, or None if no process holds its lock."""
+    path = os.path.join(base_dir, PID_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class _PidLock:
+    def __init__(self, base_dir: str) -> None:
+        self.path = os.path.join(base_dir, PID_FILE)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.read(self.fd, 64).decode(errors="replace").strip()
+            os.close(self.fd)
+            raise AlreadyRunning(f"{base_dir} is already served by process {other or '?'}") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True) -> None:
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    fmt = logging.Formatter(LOG_FORMAT)
+    fh = logging.FileHandler(os.path.join(base_dir, LOG_FILE), encoding="utf-8")
+    fh.setFormatter(fmt)
+    root.addHandler(fh)
+    has_stderr = any(type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+                     for h in root.handlers)  # e.g. the CLI's own: do not print lines twice
+    if stderr and not has_stderr:
+        sh = logging.StreamHandler(sys.stderr)
+        sh.setFormatter(fmt)
+        root.addHandler(sh)
+
+
+class NodeProcess:
+    """Node + transport + RPC for one node directory, in this process.
+
+    ``start()`` brings everything up (raising if the ports are taken or the directory is
+    served already); ``run()`` blocks until ``request_stop()`` (signals, the RPC
+    ``shutdown`` operation) and then stops cleanly.
+    """
+
+    def __init__(self, base_dir: str, *, rpc: bool = True, node_options: Optional[dict] = None) -> None:
+        self.base_dir = os.path.abspath(base_dir)
+        self.config = NodeConfig.load(self.base_dir)
+        self.netmap = NetworkMap.load(self.config.network_map_path)
+        self.with_rpc = rpc
+        self.node_options = dict(node_options or {})
+        self.node: Optional[Node] = None
+        self.transport: Any = None
+        self.rpc: Any = None
+        self.started_at: Optional[float] = None
+        self._stop = threading.Event()
+        self._lock: Optional[_PidLock] = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "NodeProcess":
+        from .rpc_server import RpcServer
+        from .tcp_transport import TcpTransport
+
+        cfg = self.config
+        self._lock = _PidLock(self.base_dir)
+        try:
+            identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
+            self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
+            self.transport.bind()
+            if self.with_rpc:
+                self.rpc = RpcServer(self, cfg.rpc_address)  # binds now: fail before opening
+            options = dict(self.node_options)
+            if cfg.notary and "notary" in inspect.signature(Node.__init__).parameters:
+                options["notary"] = True
+            self.node = Node(self.base_dir, cfg.name, apps=cfg.apps or None,
+                             transport=self.transport, **options)
+            self.transport.start()
+            if self.rpc is not None:
+                self.rpc.start()
+        except BaseException:
+            self._teardown()
+            raise
+        self.started_at = time.time()
+        log.info("%s is up: p2p %s, rpc %s, apps %s, %d parties on the network map",
+                 cfg.name, format_address(self.transport.address),
+                 format_address(self.rpc.address) if self.rpc else "off",
+                 ", ".join(cfg.apps) or "(all imported)", len(self.netmap))
+        return self
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to stop (any thread, signal handlers too)."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Serve until stopped by a signal or ``request_stop()``, then stop cleanly."""
+        installed = []
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                installed.append((sig, signal.signal(sig, lambda s, f: self.request_stop())))
+        try:
+            while not self._stop.wait(0.5):
+                if self.node is not None and self.node.scheduler.dead:
+                    log.critical("%s: the scheduler stopped (%s); shutting down",
+                                 self.config.name, self.node.scheduler.commit_error)
+                    break
+        finally:
+            for sig, old in installed:
+                signal.signal(sig, old)
+            self.stop()
+
+    def stop(self) -> None:
+        log.info("%s: shutting down", self.config.name)
+        self._teardown()
+        log.info("%s: stopped", self.config.name)
+
+    def _teardown(self) -> None:
+        rpc, node, transport, lock = self.rpc, self.node, self.transport, self._lock
+        self.rpc = self.node = self._lock = None
+        if rpc is not None:
+            rpc.stop()
+        if node is not None:
+            node.close()
+        if transport is not None:
+            transport.close()
+        if lock is not None:
+            lock.release()
+
+    # ------------------------------------------------------------------ draining
+    @property
+    def draining(self) -> bool:
+        return self.node is not None and self.node.draining
+
+    def set_draining(self, on: bool) -> None:
+        """Draining (`Node.set_draining`): no new flows, no new inbound sessions (peers'
+        initiations wait unacknowledged until it ends); running flows go on."""
+        assert self.node is not None
+        self.node.set_draining(bool(on))
+        log.info("%s: draining %s", self.config.name, "on" if on else "off")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m greenflow.node_process --dir DIR`` (what ``greenflow node start`` runs)."""
+    ap = argparse.ArgumentParser(prog="greenflow node start")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
+    ap.add_argument("--no-rpc", action="store_true")
+    args = ap.parse_args(argv)
+    return serve(args.dir, log_level=args.log_level, rpc=not args.no_rpc)
+
+
+def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
+    """Run a node in the foreground until SIGTERM/SIGINT. Returns the exit status."""
+    base_dir = os.path.abspath(base_dir)
+    try:
+        proc = NodeProcess(base_dir, rpc=rpc)
+    except Exception as exc:  # config or map missing/malformed: say so, no traceback
+        print(f"greenflow node: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(base_dir, log_level)
+    try:
+        proc.start()
+    except (AlreadyRunning, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    proc.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

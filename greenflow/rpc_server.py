@@ -1,0 +1,585 @@
+"""The node's RPC: JSON over HTTP, so ``curl`` and any HTTP client work. See docs/rpc.md.
+
+Every request needs HTTP basic authentication against a user of ``node.toml``, whose
+password is stored as a PyNaCl ``pwhash`` (Argon2id) hash. Checking that hash costs about
+0.1 s and 64 MB by design, so a successful check is remembered for the life of the
+process (keyed by a SHA-256 of the password, never the password) and checks run one at a
+time.
+
+Requests run on the server's own threads; they reach flows only through the `Node` API
+(which hands work to the scheduler thread), never by touching flow state themselves.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
+from .flow_logic import FlowLogic
+from .network_map import NetworkMapError, format_address
+from .node_config import check_password
+from .party import Party
+from .registry import is_startable, qualified_name, resolve_module
+
+log = logging.getLogger("greenflow.rpc")
+
+API = "/api/v1"
+MAX_BODY_BYTES = 1 << 20
+MAX_WAIT_SECONDS = 600.0
+KEEPALIVE_SECONDS = 15.0
+REPR_LIMIT = 400
+
+
+class RpcError(Exception):
+    """An error answered to the client as ``{"error": {"type", "message"}}``."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+# ---------------------------------------------------------------------- JSON values
+def to_json(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready view of a flow result or argument: builtins as themselves, parties as
+    their names, bytes as hex, dates ISO 8601, Decimals as strings, dataclasses as dicts;
+    anything else as ``{"repr": ...}`` (bounded)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if depth > 50:
+        return {"repr": "..."}
+    if isinstance(value, Party):
+        return value.name
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(to_json(k, depth + 1)): to_json(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json(v, depth + 1) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: to_json(getattr(value, f.name, None), depth + 1)
+               for f in dataclasses.fields(value)}
+        out["__type__"] = qualified_name(type(value))
+        return out
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - user __repr__
+        text = f"<unrepresentable {type(value).__qualname__}: {exc}>"
+    return {"repr": text[:REPR_LIMIT], "type": qualified_name(type(value))}
+
+
+def error_json(exc: BaseException) -> dict:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+# ---------------------------------------------------------------------- starting flows
+def _module_allowed(module: str, apps: Optional[list[str]]) -> bool:
+    if apps is None:
+        return True
+    for prefix in ("samples.", "sample."):
+        if module.startswith(prefix):
+            module = "greenflow.samples." + module[len(prefix):]
+    return any(module == a or module.startswith(a + ".") for a in apps)
+
+
+def resolve_flow_class(path: str, apps: Optional[list[str]]) -> type:
+    """``module.Class`` or ``module:Class`` -> the class, which must be a `FlowLogic` in
+    one of the node's apps and ``@startable``."""
+    if not isinstance(path, str) or not path:
+        raise RpcError(400, "BadRequest", "`flow` must be a class path like samples.ping.Ping")
+    mod, sep, qual = path.partition(":")
+    if not sep:
+        mod, _, qual = path.rpartition(".")
+    if not mod or not qual:
+        raise RpcError(400, "UnknownFlowClass", f"{path!r} is not a class path (module.Class)")
+    if not _module_allowed(mod, apps):
+        raise RpcError(400, "UnknownFlowClass",
+                       f"{mod} is not one of this node's apps ({', '.join(apps or [])})")
+    try:
+        obj: Any = resolve_module(mod)
+        for part in qual.split("."):
+            obj = getattr(obj, part)
+    except (FlowError, AttributeError) as exc:
+        raise RpcError(400, "UnknownFlowClass", f"no flow class {path!r}: {exc}") from None
+    if not (isinstance(obj, type) and issubclass(obj, FlowLogic)):
+        raise RpcError(400, "UnknownFlowClass", f"{path!r} is not a FlowLogic class")
+    if not is_startable(obj):
+        raise NotStartable(f"{qualified_name(obj)} is not @startable: only flows marked "
+                           "@startable can be started over RPC or from the CLI")
+    return obj
+
+
+def build_flow(cls: type, args: Any, resolve_party: Callable[[str], Party]) -> FlowLogic:
+    """Instantiate ``cls`` from JSON arguments. Each value (JSON, or text as typed on a
+    command line) is converted by the constructor's type hints with the CLI's rules
+    (`greenflow.cli.flow_args`): a `Party` parameter takes a party's name."""
+    from .cli.flow_args import FlowArgumentError, bind_arguments, instantiate
+
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise RpcError(400, "BadArguments", "`args` must be a JSON object of name: value")
+    try:
+        bound = bind_arguments(cls, args)
+        for name in bound.party_names:
+            try:
+                resolve_party(name)
+            except NetworkMapError as exc:
+                raise RpcError(400, "UnknownParty", str(exc)) from None
+        return instantiate(cls, bound.resolve(resolve_party))
+    except FlowArgumentError as exc:
+        raise RpcError(400, "BadArguments", str(exc)) from None
+    except RpcError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the flow's own validation
+        raise RpcError(400, "BadArguments",
+                       f"{cls.__qualname__}(...) refused its arguments: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------- progress
+class ProgressHub:
+    """Fans the node's progress changes out to streaming clients (one queue each)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subs: list[tuple[Optional[str], "queue.SimpleQueue[tuple]"]] = []
+
+    def __call__(self, flow_id: str, step: Optional[str]) -> None:  # scheduler thread
+        with self._lock:
+            subs = list(self._subs)
+        for fid, q in subs:
+            if fid is None or fid == flow_id:
+                q.put((flow_id, step))
+
+    def subscribe(self, flow_id: Optional[str]) -> "queue.SimpleQueue[tuple]":
+        q: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+        with self._lock:
+            self._subs.append((flow_id, q))
+        return q
+
+    def unsubscribe(self, q: "queue.SimpleQueue[tuple]") -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s[1] is not q]
+
+    def close(self) -> None:
+        with self._lock:
+            subs, self._subs = self._subs, []
+        for _, q in subs:
+            q.put(None)
+
+
+# ---------------------------------------------------------------------- the server
+class RpcServer:
+    """Serves the RPC of one `greenflow.node_process.NodeProcess`."""
+
+    def __init__(self, proc: Any, address: tuple[str, int]) -> None:
+        self.proc = proc
+        self.hub = ProgressHub()
+        self._auth_ok: dict[str, set[bytes]] = {}
+        self._auth_lock = threading.Lock()
+        self.httpd = _Server(address, _Handler)
+        self.httpd.rpc = self
+        self._thread: Optional[threading.Thread] = None
+        self.stopping = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.httpd.server_address[:2]  # type: ignore[return-value]
+
+    @property
+    def node(self) -> Any:
+        node = self.proc.node
+        if node is None or self.stopping:
+            raise RpcError(503, "ShuttingDown", "the node is shutting down")
+        return node
+
+    def start(self) -> None:
+        self.node.add_progress_listener(self.hub)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="gf-rpc", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.hub.close()
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread.join(10)
+        self.httpd.server_close()
+        self.httpd.close_connections()
+
+    # ------------------------------------------------------------------ auth
+    def authenticate(self, header: Optional[str]) -> Any:
+        if not header or not header.startswith("Basic "):
+            raise RpcError(401, "Unauthorized", "this node needs HTTP basic authentication")
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeError):
+            raise RpcError(401, "Unauthorized", "malformed basic authentication") from None
+        account = self.proc.config.user(user)
+        digest = hashlib.sha256(password.encode("utf-8")).digest()
+        if account is not None and digest in self._auth_ok.get(user, ()):
+            return account
+        with self._auth_lock:
+            ok = account is not None and check_password(account.password_hash, password)
+        if not ok:
+            log.warning("RPC: failed login as %r", user)
+            raise RpcError(401, "Unauthorized", "wrong username or password")
+        self._auth_ok.setdefault(user, set()).add(digest)
+        return account
+
+    # ------------------------------------------------------------------ operations
+    def node_info(self) -> dict:
+        proc, node = self.proc, self.node
+        cfg = proc.config
+        return {"name": node.party.name, "public_key": node.party.owning_key.hex(),
+                "p2p_address": format_address(proc.transport.address),
+                "rpc_address": format_address(self.address), "apps": cfg.apps,
+                "notary": cfg.notary, "draining": proc.draining,
+                "started_at": proc.started_at, "pid": os.getpid(),
+                "transport": dict(proc.transport.stats)}
+
+    def network(self) -> list:
+        return [i.to_json() for i in self.proc.netmap]
+
+    def start_flow(self, body: Any, user: Any) -> tuple[int, dict]:
+        if not isinstance(body, dict):
+            raise RpcError(400, "BadRequest", "the body must be a JSON object")
+        unknown = set(body) - {"flow", "args", "client_id", "wait"}
+        if unknown:
+            raise RpcError(400, "BadRequest", f"unknown fields {sorted(unknown)} (known: flow, "
+                                              "args, client_id, wait)")
+        node = self.node
+        apps = node.scheduler.responders.apps
+        cls = resolve_flow_class(body.get("flow"), apps)
+        if not user.allows(f"start:{qualified_name(cls)}"):
+            raise RpcError(403, "Forbidden", f"user {user.username!r} may not start "
+                                             f"{qualified_name(cls)}")
+        if self.proc.draining:
+            raise RpcError(503, "Draining", "the node is draining: it starts no new flows")
+        client_id = body.get("client_id")
+        if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
+            raise RpcError(400, "BadRequest", "`client_id` must be a string of 1 to 200 characters")
+        flow = build_flow(cls, body.get("args"),
+                          lambda name: self.proc.netmap.resolve(name).party)
+        handle = node.start_flow(flow, client_id=client_id)
+        out = {"flow_id": handle.id, "flow_class": qualified_name(cls), "client_id": client_id}
+        wait = body.get("wait")
+        if wait:
+            code, res = self.result(handle.id, _seconds(wait, "wait"))
+            out.update(res)
+        return 200, out
+
+    def flows(self, status: Optional[str]) -> list:
+        wanted = {s.strip().upper() for s in status.split(",")} if status else None
+        return [_flow_info(f) for f in self.node.flows()
+                if wanted is None or f.status.value in wanted]
+
+    def flow(self, fid: str) -> dict:
+        for f in self.node.flows():
+            if f.id == fid:
+                return _flow_info(f)
+        raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
+
+    def result(self, fid: str, wait: float) -> tuple[int, dict]:
+        node = self.node
+        handle = node.handle(fid)
+        try:
+            value = handle.result(timeout=wait) if wait > 0 or handle.status.finished \
+                else _not_yet()
+        except TimeoutError:
+            info = self.flow(fid)
+            return 202, {"flow_id": fid, "finished": False, "status": info["status"],
+                         "progress_step": info["progress_step"], "error": info["error"]}
+        except FlowKilled as exc:
+            return 200, {"flow_id": fid, "finished": True, "status": "KILLED", "error": error_json(exc)}
+        except Exception as exc:  # noqa: BLE001 - the flow's own failure, reported as data
+            return 200, {"flow_id": fid, "finished": True, "status": "FAILED", "error": error_json(exc)}
+        return 200, {"flow_id": fid, "finished": True, "status": "COMPLETED", "result": to_json(value)}
+
+    def kill(self, fid: str) -> dict:
+        node = self.node
+        node.handle(fid)  # UnknownFlow -> 404
+        return {"flow_id": fid, "killed": bool(node.kill_flow(fid))}
+
+    def checkpoints(self) -> list:
+        return to_json(self.node.checkpoints_dump())
+
+    def draining(self) -> dict:
+        node = self.node
+        return {"draining": node.draining, "pending_flows_count": node.pending_flows_count}
+
+    def set_draining(self, body: Any) -> dict:
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+            raise RpcError(400, "BadRequest", 'expected {"enabled": true|false}')
+        self.proc.set_draining(body["enabled"])
+        return self.draining()
+
+    def shutdown(self) -> dict:
+        threading.Timer(0.2, self.proc.request_stop).start()
+        return {"stopping": True}
+
+
+def _not_yet() -> Any:
+    raise TimeoutError
+
+
+def _seconds(value: Any, what: str) -> float:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise RpcError(400, "BadRequest", f"`{what}` must be a number of seconds") from None
+    if not 0 <= s <= MAX_WAIT_SECONDS:
+        raise RpcError(400, "BadRequest", f"`{what}` must be between 0 and {MAX_WAIT_SECONDS:.0f}")
+    return s
+
+
+def _flow_info(f: Any) -> dict:
+    return {"id": f.id, "flow_class": f.flow_class, "status": f.status.value,
+            "progress_step": f.progress_step, "suspended_on": f.suspended_on,
+            "resident": f.resident, "error": f.error}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    rpc: RpcServer
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.open_connections: set = set()
+        self.conn_lock = threading.Lock()
+
+    def close_connections(self) -> None:
+        """End kept-alive connections too: ``shutdown()`` only stops accepting new ones."""
+        with self.conn_lock:
+            conns = list(self.open_connections)
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    server_version = "greenflow-rpc/1"
+
+    # ------------------------------------------------------------------ plumbing
+    def setup(self) -> None:
+        super().setup()
+        with self.server.conn_lock:
+            self.server.open_connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.conn_lock:
+            self.server.open_connections.discard(self.connection)
+        super().finish()
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("RPC %s: " + fmt, self.address_string(), *args)
+
+    def _send_json(self, status: int, doc: Any, headers: Optional[dict] = None) -> None:
+        body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes:
+        try:
+            n = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            n = -1
+        if not 0 <= n <= MAX_BODY_BYTES:
+            self.close_connection = True
+            raise RpcError(413 if n > 0 else 400, "BadRequest",
+                           f"the body must have a Content-Length of at most {MAX_BODY_BYTES} bytes")
+        return self.rfile.read(n) if n else b""
+
+    @staticmethod
+    def _parse(raw: bytes) -> Any:
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise RpcError(400, "BadRequest", f"the body is not JSON: {exc}") from None
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        rpc = self.server.rpc
+        try:
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.split("/") if p]
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            raw = self._read_body()
+            user = rpc.authenticate(self.headers.get("Authorization"))
+            body = self._parse(raw) if method == "POST" else None
+            self._route(rpc, method, parts, query, body, user)
+        except RpcError as exc:
+            headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else None
+            self._send_json(exc.status, {"error": {"type": exc.type, "message": exc.message}}, headers)
+        except UnknownFlow as exc:
+            self._send_json(404, {"error": error_json(exc)})
+        except NotStartable as exc:
+            self._send_json(403, {"error": error_json(exc)})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except TimeoutError as exc:
+            self._send_json(504, {"error": {"type": "Timeout", "message": str(exc)}})
+        except FlowError as exc:
+            self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
+        except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
+            log.exception("RPC %s %s failed", method, self.path)
+            self._send_json(500, {"error": {"type": "InternalError",
+                                            "message": f"{type(exc).__name__}: {exc}; please "
+                                                       "file a bug with the node log"}})
+
+    def _need(self, user: Any, permission: str) -> None:
+        if not user.allows(permission):
+            raise RpcError(403, "Forbidden", f"user {user.username!r} lacks the "
+                                             f"{permission!r} permission")
+
+    def _route(self, rpc: RpcServer, method: str, parts: list, query: dict, body: Any,
+               user: Any) -> None:
+        if parts[:2] != ["api", "v1"]:
+            raise RpcError(404, "NotFound", f"no such endpoint {self.path}; the API is under {API}/")
+        p = parts[2:]
+        route = (method, tuple(p[:1]) + tuple("*" if i == 1 else x for i, x in enumerate(p[1:], 1)))
+        read = lambda: self._need(user, "read")  # noqa: E731
+        if route == ("GET", ("node",)):
+            read()
+            return self._send_json(200, rpc.node_info())
+        if route == ("GET", ("network",)):
+            read()
+            return self._send_json(200, {"nodes": rpc.network()})
+        if route == ("GET", ("flows",)):
+            read()
+            return self._send_json(200, {"flows": rpc.flows(query.get("status"))})
+        if route == ("POST", ("flows",)):
+            code, doc = rpc.start_flow(body, user)
+            return self._send_json(code, doc)
+        if route == ("GET", ("flows", "*")):
+            read()
+            return self._send_json(200, rpc.flow(p[1]))
+        if route == ("GET", ("flows", "*", "result")):
+            read()
+            code, doc = rpc.result(p[1], _seconds(query.get("wait", 0), "wait"))
+            return self._send_json(code, doc)
+        if route == ("GET", ("flows", "*", "progress")):
+            read()
+            return self._stream(rpc, p[1])
+        if route == ("GET", ("progress",)):
+            read()
+            return self._stream(rpc, None)
+        if route in (("POST", ("flows", "*", "kill")), ("DELETE", ("flows", "*"))):
+            self._need(user, "kill")
+            return self._send_json(200, rpc.kill(p[1]))
+        if route == ("GET", ("checkpoints",)):
+            read()
+            return self._send_json(200, {"checkpoints": rpc.checkpoints()})
+        if route == ("GET", ("draining",)):
+            read()
+            return self._send_json(200, rpc.draining())
+        if route == ("POST", ("draining",)):
+            self._need(user, "admin")
+            return self._send_json(200, rpc.set_draining(body))
+        if route == ("POST", ("shutdown",)):
+            self._need(user, "admin")
+            return self._send_json(202, rpc.shutdown())
+        raise RpcError(404 if method == "GET" else 405, "NotFound",
+                       f"no endpoint {method} {self.path}; see docs/rpc.md")
+
+    # ------------------------------------------------------------------ progress stream
+    def _event(self, kind: str, doc: Any) -> None:
+        self.wfile.write(f"event: {kind}\ndata: {json.dumps(doc)}\n\n".encode("utf-8"))
+        self.wfile.flush()
+
+    def _stream(self, rpc: RpcServer, fid: Optional[str]) -> None:
+        """Server-sent events: ``status`` (now), then ``progress`` per step change and
+        ``end`` when a flow finishes (for one flow, the stream then closes)."""
+        node = rpc.node
+        q = rpc.hub.subscribe(fid)
+        try:
+            if fid is not None:
+                node.handle(fid)  # UnknownFlow -> 404 before the stream starts
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            if fid is not None:
+                info = rpc.flow(fid)
+                self._event("status", info)
+                if _finished(info["status"]):
+                    return self._event("end", rpc.result(fid, 0)[1])
+            else:
+                self._event("status", {"flows": rpc.flows(None)})
+            last = time.monotonic()
+            while not rpc.stopping:
+                try:
+                    item = q.get(timeout=1.0)
+                except queue.Empty:
+                    if time.monotonic() - last > KEEPALIVE_SECONDS:
+                        self.wfile.write(b": keepalive\n\n")
+                        self.wfile.flush()
+                        last = time.monotonic()
+                    continue
+                if item is None:
+                    return
+                flow_id, step = item
+                last = time.monotonic()
+                if step is not None:
+                    self._event("progress", {"flow_id": flow_id, "step": step})
+                    continue
+                code, res = rpc.result(flow_id, 30.0)
+                self._event("end", res)
+                if fid is not None:
+                    return
+        finally:
+            rpc.hub.unsubscribe(q)
+
+
+def _finished(status: str) -> bool:
+    return status in ("COMPLETED", "FAILED", "KILLED")
