@@ -38,7 +38,6 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
         elif t is Wait:
             rt.cp.status = FlowStatus.SUSPENDED
             rt.dirty = True
-            rt.confirm_invoker()
         elif t is Accept:
             f = a.frame
             st = rt.cp.sessions[f.sid]

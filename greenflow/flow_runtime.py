@@ -327,16 +327,6 @@ class FlowRuntime:
         st.send_seq += 1
         self.out.append((st.counterparty, frame))
 
-    def confirm_invoker(self) -> None:
-        """A responder about to wait before it has sent anything tells its initiator who
-        answers (flow version, app), as Corda's session confirmation does. Otherwise an
-        initiator that asks ``counterparty_flow_info()`` before the responder's first
-        message waits for a message the responder only sends after hearing from it."""
-        sid = self.cp.invoker_sid
-        st = self.cp.sessions.get(sid) if sid is not None else None
-        if st is not None and not st.sent_info and st.state == OPEN and st.peer_ended is None:
-            self._emit(st, INIT)
-
     def emit_confirm(self, st: SessionState) -> None:
         """Responder: answer a flow-info request with our version and app."""
         self._emit(st, CONFIRM)

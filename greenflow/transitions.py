@@ -89,11 +89,13 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
         return [Drop(f"out-of-order {frame.describe()} (expected #{st.recv_seq}); "
                      "the sender will re-send")]
     actions: list = [Accept(frame), Ack(frame.msg_id)]
-    if frame.kind == INIT and frame.payload is None:
-        # A receive-first initiation, or a responder's confirmation: no message, but a
-        # confirmation answers the initiator's waiting counterparty_flow_info().
-        if pending is not None and pending.kind == "info" and pending.key[0] == frame.sid \
-                and frame.info is not None:
+    if frame.kind == INFO_REQ or (frame.kind == INIT and frame.reason == "info"):
+        actions.append(SendInfo(frame.sid))   # the initiator asked who answers it
+    if not carries_message(frame):
+        # A bare initiation, a flow-info request or a confirmation: no message to consume,
+        # but a confirmation answers the initiator's waiting counterparty_flow_info().
+        if frame.kind == CONFIRM and pending is not None and pending.kind == "info" \
+                and pending.key[0] == frame.sid and frame.info is not None:
             actions.append(Resume(("ok", tuple(frame.info))))
         return actions
     if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):

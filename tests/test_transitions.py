@@ -1,7 +1,8 @@
 """Transitions decide without I/O: these tests look only at the actions they return."""
 from collections import deque
 
-from greenflow.actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, Wait
+from greenflow.actions import (Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal,
+                               SendInfo, Wait)
 from greenflow.checkpoint import OPEN, Checkpoint, SessionState
 from greenflow.flow_runtime import InboxItem
 from greenflow.journal import Entry
@@ -108,3 +109,15 @@ def test_timer_only_fires_for_the_deadline_the_flow_still_waits_on():
 def test_external_result_for_a_flow_no_longer_waiting_is_dropped():
     assert on_external_done(Entry("external", ("f",)), ("ok", 1)) == [Resume(("ok", 1))]
     assert isinstance(on_external_done(None, ("ok", 1))[0], Drop)
+
+
+def test_flow_info_request_is_answered_with_a_confirmation_not_a_message():
+    req = Frame(7, "s1", True, 0)           # INFO_REQ
+    actions = on_frame(flow_with_session(initiator=False), {}, receive_entry(), req)
+    assert actions == [Accept(req), Ack(req.msg_id), SendInfo("s1")]
+
+
+def test_confirmation_answers_a_waiting_flow_info_request():
+    confirm = Frame(6, "s1", False, 0, info=(2, "trade"))   # CONFIRM
+    info = Entry("info", ("s1", "Bob"))
+    assert on_frame(flow_with_session(), {}, info, confirm)[-1] == Resume(("ok", (2, "trade")))
