@@ -380,32 +380,51 @@ class Node:
         return self._on_scheduler(self._dump)
 
     def _dump(self) -> list[dict]:
-        out = []
-        resident = self.scheduler.resident
-        for k, raw in self.store.iter_db("flows"):
-            fid = k.decode()
-            rt = resident.get(fid)
+        return dump_store(self.store, set(self.scheduler.resident))
+
+
+def read_checkpoints(base_dir: str) -> list[dict]:
+    """`Node.checkpoints_dump` of a node directory, read-only and without starting the
+    node: nothing is recovered, replayed or written (safe beside a running node)."""
+    store = Store(os.path.join(os.path.abspath(base_dir), "store"), readonly=True)
+    try:
+        return dump_store(store, set())
+    finally:
+        store.close()
+
+
+def dump_store(store: Store, resident: set[str]) -> list[dict]:
+    out = []
+    for k, raw in store.iter_db("flows"):
+        fid = k.decode()
+        try:
             cp: Checkpoint = serialization.loads(raw)
-            info = self._info(cp, rt is not None)
-            try:
-                snap = self.store.frames(fid)
-            except Exception as exc:
-                snap = [{"function": "?", "file": "?", "line": 0,
-                         "locals": {"error": f"snapshot unreadable: {exc}"}}]
-            out.append({
-                "flow_id": fid, "flow_class": cp.flow_class, "status": info.status.value,
-                "progress_step": cp.progress_step, "suspended_on": info.suspended_on,
-                "error": cp.error, "resident": info.resident,
-                "suspension_count": cp.suspension_count, "journal_entries": cp.journal_len,
-                "started_at": cp.started_at,
-                "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,
-                              "role": "initiator" if s.initiator else "responder",
-                              "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
-                              "sent": s.send_seq, "received": s.recv_seq,
-                              "peer_ended": s.peer_ended} for s in cp.sessions.values()],
-                "frames": frames_mod.public(snap),
-            })
-        return out
+        except Exception as exc:
+            out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
+                        "frames": [], "sessions": []})
+            continue
+        status = cp.status
+        if fid not in resident and status == FlowStatus.SUSPENDED:
+            status = FlowStatus.HIBERNATED
+        try:
+            snap = store.frames(fid)
+        except Exception as exc:
+            snap = [{"function": "?", "file": "?", "line": 0,
+                     "locals": {"error": f"snapshot unreadable: {exc}"}}]
+        out.append({
+            "flow_id": fid, "flow_class": cp.flow_class, "status": status.value,
+            "progress_step": cp.progress_step, "suspended_on": suspended_on(cp),
+            "error": cp.error, "resident": fid in resident,
+            "suspension_count": cp.suspension_count, "journal_entries": cp.journal_len,
+            "started_at": cp.started_at, "fingerprint": cp.fingerprint,
+            "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,
+                          "role": "initiator" if s.initiator else "responder",
+                          "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
+                          "sent": s.send_seq, "received": s.recv_seq,
+                          "peer_ended": s.peer_ended} for s in cp.sessions.values()],
+            "frames": frames_mod.public(snap),
+        })
+    return out
 
 
 def suspended_on(cp: Checkpoint) -> Optional[str]:

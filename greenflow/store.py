@@ -101,19 +101,27 @@ class Batch:
 
 
 class Store:
-    def __init__(self, path: str, *, sync: bool = True) -> None:
-        os.makedirs(path, exist_ok=True)
+    def __init__(self, path: str, *, sync: bool = True, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
+            raise StoreError(f"no node store at {path}")
+        os.makedirs(path, exist_ok=True)
         try:
             self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 32,
-                                 sync=sync, metasync=sync, readahead=False, lock=True)
+                                 sync=sync, metasync=sync, readahead=False, lock=True,
+                                 readonly=readonly)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the node store at {path}: {exc}") from exc
-        # Grow at once if the existing data file is already larger than our initial map.
-        info = self.env.info()
-        if info["map_size"] < INITIAL_MAP:
+        if not readonly and self.env.info()["map_size"] < INITIAL_MAP:
             self.env.set_mapsize(INITIAL_MAP)
-        self.db = {name: self.env.open_db(name.encode()) for name in _DBS}
+        self.db = {}
+        for name in _DBS:
+            try:
+                self.db[name] = self.env.open_db(name.encode(), create=not readonly)
+            except lmdb.NotFoundError:
+                # Read-only view of an older store: an empty stand-in keeps reads simple.
+                self.db[name] = None
         self.commits = 0
 
     def close(self) -> None:
@@ -175,6 +183,8 @@ class Store:
         return self._get(name, key)
 
     def _get(self, name: str, key: bytes) -> Optional[bytes]:
+        if self.db[name] is None:
+            return None
         with self.env.begin(db=self.db[name]) as txn:
             return txn.get(key)
 
@@ -239,6 +249,8 @@ class Store:
         return self._get("meta", name.encode())
 
     def iter_db(self, name: str) -> Iterator[tuple[bytes, bytes]]:
+        if self.db[name] is None:
+            return
         with self.env.begin(db=self.db[name]) as txn:
             for k, v in txn.cursor():
                 yield bytes(k), bytes(v)

@@ -159,6 +159,13 @@ class MockNetwork:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def next_timer(self) -> Optional[float]:
+        """Seconds of virtual time until the earliest pending timer (sleep, receive
+        timeout, hospital retry) of any node, or None when there is none."""
+        deadlines = [d for mn in self._nodes.values() if not mn.node._closed
+                     for d in [mn.node.scheduler.next_deadline()] if d is not None]
+        return max(0.0, min(deadlines) - self.clock.now()) if deadlines else None
+
     def advance_clock(self, seconds: float) -> None:
         """Move virtual time; timers that fell due fire in the next ``run_network()``."""
         self.clock.advance(seconds)
