@@ -1,7 +1,7 @@
 """``greenflow checkpoints dump --node DIR [--json]``: where every unfinished flow waits.
 
-The local variant opens the node's store in this process (the node must not be running:
-stop it first). `format_dump` renders any list of ``Node.checkpoints_dump()`` entries,
+The local variant reads the node's store read-only in this process: nothing is
+recovered, replayed or written, so it is safe beside a running node. `format_dump` renders any list of ``Node.checkpoints_dump()`` entries,
 so an RPC variant only has to fetch them.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import click
 
-from .errors import NodeIsRunning, NotANodeDirectory
+from .errors import NotANodeDirectory
 
 
 @click.group("checkpoints")
@@ -35,22 +35,6 @@ def dump(node_dir: str, as_json: bool) -> None:
         click.echo(format_dump(name, entries))
 
 
-class _Offline:
-    """A transport that sends nothing: opening the node to read it must not re-send its
-    outbox to anyone."""
-
-    node: Any = None
-
-    def send(self, peer: Any, data: bytes) -> None:
-        pass
-
-    def ack(self, peer_name: str, msg_ids: tuple) -> None:
-        pass
-
-    def party(self, name: str) -> None:
-        return None
-
-
 def node_name(node_dir: str) -> str:
     """The node's name, from ``DIR/identity.name``."""
     from greenflow.identity import NAME_FILE
@@ -66,30 +50,13 @@ def node_name(node_dir: str) -> str:
     return name
 
 
-def _refuse_if_running(node_dir: str, name: str) -> None:
-    try:
-        from greenflow.node_process import running_pid
-    except ModuleNotFoundError as exc:
-        if exc.name != "greenflow.node_process":
-            raise
-        return  # this version has no node processes
-    pid = running_pid(node_dir)
-    if pid is not None:
-        raise NodeIsRunning(f"node {name} in {node_dir} is running (pid {pid}); stop it "
-                            "before reading its store from here")
-
-
 def dump_local(node_dir: str) -> tuple[str, list[dict]]:
-    """Open the node stored in ``node_dir`` without running it; its name and dump."""
-    from greenflow.node import Node
+    """Read the node stored in ``node_dir`` without starting it: its name and dump.
+    Read-only (LMDB readers never block the writer), so a running node is fine."""
+    from greenflow.node import read_checkpoints
 
     name = node_name(node_dir)
-    _refuse_if_running(node_dir, name)
-    node = Node(node_dir, name, threaded=False, transport=_Offline(), sync=False)
-    try:
-        return name, node.checkpoints_dump()
-    finally:
-        node.close()
+    return name, read_checkpoints(node_dir)
 
 
 def format_dump(node: str, entries: list[dict]) -> str:
