@@ -1,0 +1,678 @@
+"""Flows the test modules share.
+
+Checkpoints pickle a flow by its class's qualified name, so every flow lives here at
+module level (not inside a test function) and is importable after a node restart.
+Tests steer and observe flows through `STATE` (reset before each test by the ``net``
+fixture) and through files under the test's ``tmp_path``, which survive restarts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from greenflow import (FlowError, FlowException, FlowLogic, FlowSession, FlowTimeout, Party,
+                       ProgressTracker, Step, UnexpectedFlowEnd, initiated_by, initiating_flow)
+from greenflow.samples.ping import Ping
+
+STATE: dict[str, Any] = {}
+
+
+def reset() -> None:
+    STATE.clear()
+    STATE.update(mode="a", refusal_inits=0, unwinding=[])
+
+
+reset()
+
+
+def append_line(path: str, text: str) -> str:
+    """A side effect the tests can count: one line per run."""
+    with open(path, "a") as f:
+        f.write(text + "\n")
+    return text
+
+
+def lines(path: Any) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+# ====================================================================== ping-pong
+# Ping and Pong are the sample's (greenflow.samples.ping).
+class CustomPing(Ping):
+    """Not decorated: initiates as `Ping`, so `Pong` answers it."""
+
+    def call(self) -> int:
+        return 1000 + super().call()
+
+
+@initiating_flow
+class Fanout(FlowLogic):
+    """Ping-pong with several parties at once, through send_all / receive_all."""
+
+    def __init__(self, peers: list[Party], rounds: int):
+        self.peers, self.rounds = peers, rounds
+
+    def call(self) -> list:
+        sessions = [self.initiate_flow(p) for p in self.peers]
+        self.send_all(self.rounds, sessions)
+        replies = []
+        for i in range(self.rounds):
+            self.send_all(i, sessions)
+            replies.append(self.receive_all(tuple, sessions))
+        return replies
+
+
+@initiated_by(Fanout)
+class FanoutResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        for _ in range(self.session.receive(int)):
+            i = self.session.receive(int)
+            self.session.send((self.our_identity.name, i + 1))
+
+
+# ====================================================================== initiation styles
+@initiating_flow
+class ReceiveFirst(FlowLogic):
+    """Opens the session with a receive: the peer starts on a bare initiation."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        session = self.initiate_flow(self.peer)
+        greeting = session.receive(str)
+        session.send(len(greeting))
+        return greeting
+
+
+@initiated_by(ReceiveFirst)
+class Greeter(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> int:
+        self.session.send(f"hello from {self.our_identity.name}")
+        # The bare initiation is not a message: the first thing received is the int.
+        return self.session.receive(int)
+
+
+@initiating_flow
+class Unused(FlowLogic):
+    """Opens a session and never uses it: the peer must never hear of it."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        self.initiate_flow(self.peer)
+        self.sleep(1)
+        return "unused"
+
+
+@initiated_by(Unused)
+class UnusedResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.receive(object)
+
+
+@initiating_flow
+class SendNone(FlowLogic):
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        session = self.initiate_flow(self.peer)
+        session.send(None)
+        return session.receive(str)
+
+
+@initiated_by(SendNone)
+class DescribeWhatCame(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.send(repr(self.session.receive(object)))
+
+
+@initiating_flow
+class CloseEarly(FlowLogic):
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        session = self.initiate_flow(self.peer)
+        session.send(1)
+        session.close()
+        self.sleep(5)        # still running: the peer's end comes from close(), not our end
+        return "closed"
+
+
+@initiated_by(CloseEarly)
+class ReadPastClose(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> str:
+        first = self.session.receive(int)
+        try:
+            self.session.receive(int)
+        except UnexpectedFlowEnd as e:
+            return f"{first}; {e}"
+        return "no end seen"
+
+
+# ====================================================================== versions
+@initiating_flow(version=2)
+class VersionedAsk(FlowLogic):
+    def __init__(self, peer: Party, ask_first: bool = False):
+        self.peer, self.ask_first = peer, ask_first
+
+    def call(self) -> tuple:
+        session = self.initiate_flow(self.peer)
+        if self.ask_first:
+            info = session.counterparty_flow_info()
+            session.send("hi")
+        else:
+            session.send("hi")
+            info = session.counterparty_flow_info()
+        told = session.receive(tuple)
+        return (tuple(info), told)
+
+
+@initiated_by(VersionedAsk)
+class VersionedAnswer(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> tuple:
+        info = self.session.counterparty_flow_info()
+        self.session.receive(str)
+        self.session.send(tuple(info))
+        return tuple(info)
+
+
+# ====================================================================== sub-flows
+@initiating_flow
+class Outer(FlowLogic):
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> tuple:
+        session = self.initiate_flow(self.peer)
+        mine = session.send_and_receive(str, "outer")
+        inner = self.sub_flow(Inner(self.peer))
+        plain = self.sub_flow(PlainHelper(self.peer))
+        return (mine, inner, plain)
+
+
+@initiated_by(Outer)
+class OuterResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.receive(str)
+        self.session.send("answered by OuterResponder")
+
+
+@initiating_flow
+class Inner(FlowLogic):
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        return self.initiate_flow(self.peer).send_and_receive(str, "inner")
+
+
+@initiated_by(Inner)
+class InnerResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.receive(str)
+        self.session.send("answered by InnerResponder")
+
+
+class PlainHelper(FlowLogic):
+    """Not initiating: its sessions open under the enclosing `Outer`."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        return self.initiate_flow(self.peer).send_and_receive(str, "plain")
+
+
+# ====================================================================== progress
+ASKING = Step("Asking")
+DELEGATING = Step("Delegating")
+CHILD_WAITING = Step("Child waiting")
+
+
+@initiating_flow
+class Tracked(FlowLogic):
+    """Asks the peer to wait ``delay`` seconds, then does the same through a sub-flow."""
+
+    progress_tracker = ProgressTracker(ASKING, DELEGATING)
+
+    def __init__(self, peer: Party, delay: float):
+        self.peer, self.delay = peer, delay
+
+    def call(self) -> str:
+        self.progress_tracker.current_step = ASKING
+        self.initiate_flow(self.peer).send_and_receive(int, self.delay)
+        self.progress_tracker.current_step = DELEGATING
+        self.sub_flow(TrackedChild(self.peer, self.delay))
+        return self.progress_tracker.current_step.label
+
+
+@initiating_flow
+class TrackedChild(FlowLogic):
+    progress_tracker = ProgressTracker(CHILD_WAITING)
+
+    def __init__(self, peer: Party, delay: float):
+        self.peer, self.delay = peer, delay
+
+    def call(self) -> None:
+        self.progress_tracker.current_step = CHILD_WAITING
+        self.initiate_flow(self.peer).send_and_receive(int, self.delay)
+
+
+class DelayedEcho(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        delay = self.session.receive((int, float))
+        self.sleep(delay)
+        self.session.send(1)
+
+
+@initiated_by(Tracked)
+class TrackedResponder(DelayedEcho):
+    pass
+
+
+@initiated_by(TrackedChild)
+class TrackedChildResponder(DelayedEcho):
+    pass
+
+
+# ====================================================================== errors
+class Refusal(FlowException):
+    """A business refusal whose constructor the receiving side could not call."""
+
+    def __init__(self, what: str, times: int):
+        STATE["refusal_inits"] += 1
+        super().__init__(f"refused {what} {times} times")
+
+
+def make_local_refusal() -> FlowException:
+    class LocalRefusal(FlowException):  # not importable by name: arrives as FlowException
+        pass
+    return LocalRefusal("refused by a class nobody can import")
+
+
+class NotWireSafe:
+    """A plain class: not @serializable, so it cannot cross the wire."""
+
+
+@initiating_flow
+class Ask(FlowLogic):
+    """Sends a command to `AskResponder` and returns what comes back."""
+
+    def __init__(self, peer: Party, command: Any, expect: Any = object):
+        self.peer, self.command, self.expect = peer, command, expect
+
+    def call(self) -> Any:
+        return self.open().receive(self.expect)
+
+    def open(self) -> FlowSession:
+        """The session to the peer, with the command sent."""
+        session = self.initiate_flow(self.peer)
+        session.send(self.command)
+        return session
+
+
+@initiated_by(Ask)
+class AskResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> Any:
+        s = self.session
+        command = s.receive(str)
+        if command == "echo":
+            s.send(42)
+        elif command == "refuse":
+            raise Refusal("the offer", 3)
+        elif command == "refuse-unimportable":
+            raise make_local_refusal()
+        elif command == "crash":
+            raise ValueError("internal detail: the ledger password is wrong")
+        elif command == "end":
+            return "ended without answering"
+        elif command == "close":
+            s.close()
+            self.sleep(5)
+            return "closed"
+        elif command == "wrong-type":
+            s.send("a string")
+            return expect_end(s)
+        elif command == "slow":
+            self.sleep(30)
+            s.send(1)
+        elif command.startswith("hold"):
+            return expect_end(s)
+        return None
+
+
+def expect_end(s: FlowSession) -> str:
+    """Wait on ``s`` and say how it ended."""
+    try:
+        got = s.receive(object)
+    except UnexpectedFlowEnd as e:
+        return f"UnexpectedFlowEnd: {e}"
+    except FlowException as e:
+        return f"{type(e).__name__}: {e}"
+    return f"received {got!r}"
+
+
+class Patient(Ask):
+    """Receives with a timeout, then waits for the same message without one."""
+
+    def __init__(self, peer: Party, timeout: float):
+        super().__init__(peer, "slow", int)
+        self.timeout = timeout
+
+    def call(self) -> tuple:
+        session = self.open()
+        try:
+            return ("in time", session.receive(int, timeout=self.timeout))
+        except FlowTimeout as e:
+            return (str(e), session.receive(int))
+
+
+class SendUnsafe(Ask):
+    def __init__(self, peer: Party, catch: bool):
+        super().__init__(peer, NotWireSafe())
+        self.catch = catch
+
+    def call(self) -> str:
+        session = self.initiate_flow(self.peer)
+        if not self.catch:
+            session.send(NotWireSafe())
+        try:
+            session.send(NotWireSafe())
+        except FlowError as e:
+            return f"{type(e).__name__}: {e}"
+        return "sent"
+
+
+@initiating_flow
+class Fork(FlowLogic):
+    """Opens sessions to ``refuser`` and ``bystander``; the refuser raises."""
+
+    def __init__(self, refuser: Party, bystander: Party):
+        self.refuser, self.bystander = refuser, bystander
+
+    def call(self) -> Any:
+        to_bystander = self.initiate_flow(self.bystander)
+        to_bystander.send("hold")
+        return self.initiate_flow(self.refuser).send_and_receive(object, "refuse")
+
+
+@initiated_by(Fork)
+class ForkResponder(AskResponder):
+    pass
+
+
+@initiating_flow
+class ChainStart(FlowLogic):
+    """A -> B -> C: B runs `Fork` towards C (who refuses) and D (a bystander)."""
+
+    def __init__(self, middle: Party, refuser: Party, bystander: Party):
+        self.middle, self.refuser, self.bystander = middle, refuser, bystander
+
+    def call(self) -> Any:
+        return self.initiate_flow(self.middle).send_and_receive(
+            object, [self.refuser, self.bystander])
+
+
+@initiated_by(ChainStart)
+class ChainMiddle(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> Any:
+        refuser, bystander = self.session.receive(list)
+        return self.sub_flow(Fork(refuser, bystander))   # does not catch the refusal
+
+
+@initiating_flow
+class RefuseEveryone(FlowLogic):
+    def __init__(self, peers: list[Party]):
+        self.peers = peers
+
+    def call(self) -> None:
+        sessions = [self.initiate_flow(p) for p in self.peers]
+        self.send_all("hold", sessions)
+        raise Refusal("everyone", len(sessions))
+
+
+@initiated_by(RefuseEveryone)
+class RefuseEveryoneResponder(AskResponder):
+    pass
+
+
+class Fickle(FlowLogic):
+    """Branches on module state that tests flip between run and replay."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def call(self) -> str:
+        if STATE["mode"] == "a":
+            self.sleep(10)
+        else:
+            self.side_effect(append_line, self.log_path, "fickle")
+        return "woke"
+
+
+class SwallowingFickle(Fickle):
+    def call(self) -> str:
+        try:
+            return super().call()
+        except BaseException as e:  # noqa: BLE001 - the point of the test
+            return f"swallowed {type(e).__name__}"
+
+
+class Holding(Ask):
+    """Asks the responder to hold the session open until this flow ends."""
+
+    def __init__(self, peer: Party):
+        super().__init__(peer, "hold")
+
+
+class Leaky(Holding):
+    """Sends module state that changes under it (unrecorded outside data)."""
+
+    def call(self) -> Any:
+        session = self.initiate_flow(self.peer)
+        session.send(f"hold:{STATE['mode']}")
+        self.sleep(10)
+        return session.receive(int)
+
+
+class Doomed(Holding):
+    """Waits forever; its finally block tries I/O while it is unwound."""
+
+    def call(self) -> Any:
+        session = self.open()
+        try:
+            return session.receive(int)
+        finally:
+            try:
+                session.send("bye from finally")
+                STATE["unwinding"].append("sent")
+            except FlowError as e:
+                STATE["unwinding"].append(f"refused: {e}")
+
+
+class Stubborn(Holding):
+    """Catches everything, including its own unwinding, and tries to carry on."""
+
+    def call(self) -> Any:
+        session = self.open()
+        try:
+            return session.receive(int)
+        except BaseException as e:  # noqa: BLE001 - the point of the test
+            STATE["unwinding"].append(type(e).__name__)
+        session.send("carrying on")
+        return "survived"
+
+
+# ====================================================================== restarts
+@initiating_flow
+class Rounds(FlowLogic):
+    """Three message rounds; each side records one side effect per round."""
+
+    def __init__(self, peer: Party, log_path: str, rounds: int = 3):
+        self.peer, self.log_path, self.rounds = peer, log_path, rounds
+
+    def call(self) -> int:
+        session = self.initiate_flow(self.peer)
+        total = 0
+        for i in range(self.rounds):
+            self.side_effect(append_line, self.log_path, f"initiator {i}")
+            total += session.send_and_receive(int, (i, self.log_path))
+        session.send((-1, self.log_path))
+        return total
+
+
+@initiated_by(Rounds)
+class RoundsResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> int:
+        got = []
+        while True:
+            i, log_path = self.session.receive(tuple)
+            if i < 0:
+                return sum(got)
+            got.append(i)
+            self.side_effect(append_line, log_path, f"responder {i}")
+            self.session.send(i * 10 + 1)
+
+
+class Sleeper(FlowLogic):
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def call(self) -> tuple:
+        before = self.now()
+        self.sleep(self.seconds)
+        return (before, self.now())
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def make_adder(n: int):
+    def add(x: int) -> int:
+        return x + n
+    return add
+
+
+class HoldsClosures(FlowLogic):
+    """Keeps a lambda and a closure in attributes and in locals across a suspension."""
+
+    def __init__(self, offset: int):
+        self.twice = lambda x: 2 * x
+        self.add_offset = make_adder(offset)
+
+    def call(self) -> int:
+        base = 3
+        plus_base = lambda x: x + base      # noqa: E731 - a closure over a local
+        adder = make_adder(100)
+        self.sleep(10)
+        self.later = lambda x: x - 1        # noqa: E731 - set after start: replay rebuilds it
+        self.sleep(10)
+        return self.later(adder(plus_base(self.add_offset(self.twice(1)))))
+
+
+def count_and_double(path: str, x: int) -> int:
+    append_line(path, f"external {x}")
+    return 2 * x
+
+
+class External(FlowLogic):
+    def __init__(self, log_path: str, x: int):
+        self.log_path, self.x = log_path, x
+
+    def call(self) -> tuple:
+        doubled = self.run_external(count_and_double, self.log_path, self.x)
+        self.sleep(10)
+        again = self.run_external(count_and_double, self.log_path, doubled)
+        return (doubled, again)
+
+
+# ====================================================================== diagnostics
+def wait_for_answer(session: FlowSession, note: str) -> int:
+    """A helper several calls deep: its locals must show in a dump."""
+    counter = 7
+    password = "hunter2"
+    signing_key = b"\x01" * 32
+    client_secret = "s3cr3t"
+    return session.receive(int) + counter + len(note) + len(password + client_secret) \
+        + len(signing_key)
+
+
+class Inspected(Holding):
+    progress_tracker = ProgressTracker(ASKING)
+
+    def call(self) -> int:
+        self.progress_tracker.current_step = ASKING
+        return self.ask(self.open())
+
+    def ask(self, session: FlowSession) -> int:
+        note = "waiting for Bob"
+        return wait_for_answer(session, note)
+
+
+class Napper(Ask):
+    """Sleeps while the answer arrives: the answer waits in its inbox."""
+
+    def __init__(self, peer: Party):
+        super().__init__(peer, "echo", int)
+
+    def call(self) -> Any:
+        session = self.open()
+        self.sleep(10)
+        return session.receive(int)
+
+
+class Recorded(FlowLogic):
+    """Reads time, randomness and a uuid, logs them once, and returns them after a wait."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def call(self) -> str:
+        values = repr((self.now().isoformat(), self.random().getrandbits(64), str(self.uuid())))
+        self.side_effect(append_line, self.log_path, values)
+        self.sleep(10)
+        return values
