@@ -1,0 +1,305 @@
+"""Every error of API.md's table, raised where API.md says, with its message checked."""
+from __future__ import annotations
+
+import pytest
+from flowlib import (STATE, Ask, ChainStart, CustomPing, Doomed, Fickle, Leaky, Patient,
+                     ReceiveFirst, Refusal, RefuseEveryone, SendUnsafe, Stubborn, SwallowingFickle)
+from netutil import error_of, only_flow, pair, result_of, run
+
+from greenflow import (FlowError, FlowException, FlowKilled, FlowStatus, FlowTimeout,
+                       NonDeterminismError, NotSerializable, NotStartable, ReceiveTypeError,
+                       UnexpectedFlowEnd, UnknownFlow)
+from greenflow.cli.flow_args import check_startable
+from greenflow.registry import is_startable
+from greenflow.samples.ping import Ping
+
+
+# ====================================================================== FlowException
+def test_a_flow_exception_reaches_the_peer_with_its_class_message_and_error_id(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "refuse"))
+    at_alice = error_of(h)
+    at_bob = error_of(bob.handle(only_flow(bob, "AskResponder").id))
+    assert type(at_alice) is Refusal and type(at_bob) is Refusal
+    assert str(at_alice) == str(at_bob) == "refused the offer 3 times"
+    assert at_alice.error_id is not None and at_alice.error_id == at_bob.error_id
+    assert only_flow(bob, "AskResponder").status == FlowStatus.FAILED
+    assert only_flow(alice, "Ask").status == FlowStatus.FAILED
+
+
+def test_the_receiver_of_a_flow_exception_never_runs_its_constructor(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "refuse"))
+    assert isinstance(error_of(h), Refusal)
+    error_of(bob.handle(only_flow(bob, "AskResponder").id))
+    assert STATE["refusal_inits"] == 1     # only where it was raised
+
+
+def test_a_flow_exception_of_a_class_the_receiver_cannot_import_arrives_as_flow_exception(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "refuse-unimportable"))
+    err = error_of(h)
+    assert type(err) is FlowException
+    assert str(err) == "refused by a class nobody can import"
+
+
+def test_a_flow_exception_goes_to_every_peer_with_an_open_session(net):
+    alice, bob, carol = (net.create_node(n) for n in ("Alice", "Bob", "Carol"))
+    h = run(net, alice, RefuseEveryone([bob.party, carol.party]))
+    assert isinstance(error_of(h), Refusal)
+    for peer in (bob, carol):
+        assert result_of(peer, "RefuseEveryoneResponder") == "Refusal: refused everyone 2 times"
+
+
+def test_a_propagated_flow_exception_passes_only_up_the_invocation_chain(net):
+    a, b, c, d = (net.create_node(n) for n in ("A", "B", "C", "D"))
+    h = a.start_flow(ChainStart(b.party, c.party, d.party))
+    net.run_network()
+    # C raised; B did not catch it: A, who started B, gets the same class and message.
+    err = error_of(h)
+    assert type(err) is Refusal and str(err) == "refused the offer 3 times"
+    assert only_flow(b, "ChainMiddle").status == FlowStatus.FAILED
+    assert only_flow(c, "ForkResponder").status == FlowStatus.FAILED
+    # D, an unrelated peer of B, only sees B's flow end.
+    seen_by_d = result_of(d, "ForkResponder")
+    assert seen_by_d.startswith("UnexpectedFlowEnd: ")
+    assert "B" in seen_by_d and "refused" not in seen_by_d
+
+
+# ====================================================================== UnexpectedFlowEnd
+@pytest.mark.parametrize("command, what", [
+    ("end", "ended"),
+    ("close", "closed the session"),
+    ("crash", "failed"),
+])
+def test_unexpected_flow_end_names_the_peer_and_the_expected_type(net, command, what):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, command, int))
+    err = error_of(h)
+    assert type(err) is UnexpectedFlowEnd
+    text = str(err)
+    assert "Bob" in text and what in text and "int" in text
+
+
+def test_unexpected_flow_end_never_carries_the_peers_internal_error_text(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "crash", int))
+    err = error_of(h)
+    assert type(err) is UnexpectedFlowEnd
+    assert "password" not in str(err) and "ValueError" not in str(err)
+    assert "password" not in (only_flow(alice, "Ask").error or "")
+    bob_flow = only_flow(bob, "AskResponder")
+    assert bob_flow.status == FlowStatus.FAILED and "ValueError" in bob_flow.error
+
+
+# ====================================================================== ReceiveTypeError
+def test_receive_type_error_fails_the_receiver_and_the_sender_sees_the_end(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "wrong-type", int))
+    err = error_of(h)
+    assert type(err) is ReceiveTypeError
+    assert "int" in str(err) and "str" in str(err) and "Bob" in str(err)
+    seen_by_bob = result_of(bob, "AskResponder")
+    assert seen_by_bob.startswith("UnexpectedFlowEnd: ") and "Alice" in seen_by_bob
+
+
+def test_receive_type_error_in_a_responder_ends_the_initiators_wait(net):
+    alice, bob = pair(net)
+    h = alice.start_flow(Ask(bob.party, 3.5, int))     # AskResponder receives str first
+    net.run_network()
+    bob_flow = only_flow(bob, "AskResponder")
+    assert bob_flow.status == FlowStatus.FAILED
+    err = error_of(bob.handle(bob_flow.id))
+    assert type(err) is ReceiveTypeError
+    assert "str" in str(err) and "float" in str(err) and "Alice" in str(err)
+    assert type(error_of(h)) is UnexpectedFlowEnd
+
+
+# ====================================================================== FlowTimeout
+def test_a_receive_timeout_raises_flow_timeout_and_the_session_stays_usable(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Patient(bob.party, 10))
+    net.advance_clock(9)
+    net.run_network()
+    assert only_flow(alice, "Patient").status in (FlowStatus.SUSPENDED, FlowStatus.HIBERNATED)
+    net.advance_clock(1)
+    net.run_network()
+    net.advance_clock(20)      # the responder's sleep(30) ends; its message still arrives
+    net.run_network()
+    message, value = h.result()
+    assert value == 1
+    assert "10" in message and "int" in message and "Bob" in message
+
+
+def test_a_receive_that_is_answered_in_time_does_not_time_out(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Patient(bob.party, 31))
+    net.advance_clock(30)
+    net.run_network()
+    assert h.result() == ("in time", 1)
+    net.advance_clock(100)          # the stale timer must not disturb anything
+    net.run_network()
+    assert h.result() == ("in time", 1)
+
+
+def test_flow_timeout_is_a_flow_error():
+    assert issubclass(FlowTimeout, FlowError)
+
+
+# ====================================================================== NonDeterminismError
+def _hospitalized(node, class_name):
+    info = only_flow(node, class_name)
+    assert info.status == FlowStatus.HOSPITALIZED, info
+    assert info.error is not None and "NonDeterminismError" in info.error
+    return info.error
+
+
+@pytest.mark.parametrize("flow_class", [Fickle, SwallowingFickle])
+def test_a_flow_that_branches_differently_on_replay_is_hospitalized(net, tmp_path, flow_class):
+    alice = net.create_node("Alice")
+    log = str(tmp_path / "fickle.log")
+    h = run(net, alice, flow_class(log))
+    STATE["mode"] = "b"                  # outside data the flow read without recording it
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    reason = _hospitalized(alice, flow_class.__name__)
+    assert "sleep 10" in reason and "side_effect append_line" in reason
+    with pytest.raises(FlowError):
+        alice.handle(h.id).result()
+    # Still parked after another restart: nothing runs it silently.
+    alice = net.restart_node(alice)
+    net.run_network()
+    _hospitalized(alice, flow_class.__name__)
+
+
+def test_a_hospitalized_flow_raised_nothing_into_flow_code(net, tmp_path):
+    alice = net.create_node("Alice")
+    alice.start_flow(SwallowingFickle(str(tmp_path / "fickle.log")))
+    net.run_network()
+    STATE["mode"] = "b"
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert _hospitalized(alice, "SwallowingFickle")
+    assert not (tmp_path / "fickle.log").exists()    # the diverging side effect never ran
+
+
+def test_a_sent_payload_that_differs_on_replay_is_caught_as_non_determinism(net):
+    alice, bob = pair(net)
+    alice.start_flow(Leaky(bob.party))
+    net.run_network()
+    STATE["mode"] = "b"
+    alice = net.restart_node(alice)
+    net.advance_clock(10)                # wake it, so it replays
+    net.run_network()
+    reason = _hospitalized(alice, "Leaky")
+    assert "send to Bob" in reason
+
+
+def test_non_determinism_error_is_a_flow_error():
+    assert issubclass(NonDeterminismError, FlowError)
+
+
+# ====================================================================== FlowKilled
+def test_a_killed_flow_raises_flow_killed_and_its_peer_sees_the_end(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Doomed(bob.party))
+    assert alice.kill_flow(h.id) is True
+    net.run_network()
+    err = error_of(h)
+    assert type(err) is FlowKilled and h.id in str(err)
+    assert only_flow(alice, "Doomed").status == FlowStatus.KILLED
+    seen_by_bob = result_of(bob, "AskResponder")
+    assert seen_by_bob.startswith("UnexpectedFlowEnd: ")
+    assert "Alice" in seen_by_bob and "killed" in seen_by_bob
+    assert "bye" not in seen_by_bob
+
+
+def test_finally_blocks_of_a_killed_flow_can_do_no_io(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Doomed(bob.party))
+    alice.kill_flow(h.id)
+    net.run_network()
+    assert STATE["unwinding"], "the finally block did not run"
+    assert all(entry.startswith("refused: ") for entry in STATE["unwinding"]), STATE["unwinding"]
+    assert "bye" not in result_of(bob, "AskResponder")
+
+
+def test_a_flow_cannot_catch_its_own_killing(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Stubborn(bob.party))
+    alice.kill_flow(h.id)
+    net.run_network()
+    assert type(error_of(h)) is FlowKilled
+    seen_by_bob = result_of(bob, "AskResponder")
+    assert seen_by_bob.startswith("UnexpectedFlowEnd: ") and "carrying on" not in seen_by_bob
+
+
+def test_a_killed_flow_stays_killed_after_a_restart(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Doomed(bob.party))
+    alice.kill_flow(h.id)
+    alice = net.restart_node(alice)
+    net.run_network()
+    assert type(error_of(alice.handle(h.id))) is FlowKilled
+    assert alice.checkpoints_dump() == []
+    assert result_of(bob, "AskResponder").startswith("UnexpectedFlowEnd: ")
+
+
+# ====================================================================== UnknownFlow
+@pytest.mark.parametrize("flow_class", [Ask, ReceiveFirst])
+def test_a_peer_without_a_responder_makes_the_initiator_raise_unknown_flow(net, flow_class):
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", apps=["samples.ping"])
+    flow = Ask(bob.party, "echo") if flow_class is Ask else ReceiveFirst(bob.party)
+    h = run(net, alice, flow)
+    err = error_of(h)
+    assert type(err) is UnknownFlow
+    assert "Bob" in str(err) and f"flowlib.{flow_class.__qualname__}" in str(err)
+    assert bob.flows() == []
+
+
+def test_a_node_with_apps_still_answers_flows_of_its_apps(net):
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", apps=["samples.ping"])
+    h = run(net, alice, Ping(bob.party, 2))
+    assert h.result() == 3
+
+
+def test_handle_of_a_flow_id_the_node_never_had_raises_unknown_flow(net):
+    alice = net.create_node("Alice")
+    with pytest.raises(UnknownFlow, match="no-such-flow"):
+        alice.handle("no-such-flow")
+
+
+# ====================================================================== NotSerializable
+def test_sending_a_payload_that_cannot_cross_the_wire_raises_not_serializable_at_send(net):
+    alice, bob = pair(net)
+    h = run(net, alice, SendUnsafe(bob.party, catch=True))
+    text = h.result()
+    assert text.startswith("NotSerializable: ") and "NotWireSafe" in text
+    assert bob.flows() == [] and net.delivered == 0
+
+
+def test_an_uncaught_not_serializable_fails_the_flow_naming_the_type(net):
+    alice, bob = pair(net)
+    h = run(net, alice, SendUnsafe(bob.party, catch=False))
+    err = error_of(h)
+    assert type(err) is NotSerializable and "NotWireSafe" in str(err)
+    assert only_flow(alice, "SendUnsafe").status == FlowStatus.FAILED
+
+
+# ====================================================================== NotStartable
+def test_starting_a_flow_that_is_not_startable_from_outside_raises_not_startable():
+    check_startable(Ping)          # the CLI's and RPC's gate
+    with pytest.raises(NotStartable, match=r"flowlib\.Ask is not @startable"):
+        check_startable(Ask)
+    assert is_startable(Ping) and not is_startable(Ask)
+    assert not is_startable(CustomPing)  # @startable is not inherited
+
+
+def test_start_flow_in_code_starts_flows_that_are_not_startable(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "echo"))
+    assert h.result() == 42
