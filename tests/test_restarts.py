@@ -1,0 +1,233 @@
+"""Power cuts at every point: flows resume where they were and every effect happens once.
+
+`MockNetwork.restart_node` drops a node's memory and reopens it from its LMDB store;
+`run_network()` always returns at a committed point, so side effects run exactly once.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flowlib import (Ask, External, HoldsClosures, Napper, Patient, Recorded, Refusal, Rounds,
+                     Sleeper, lines)
+from netutil import assert_all_finished, pair, run
+
+from greenflow import FlowError, FlowStatus, UnexpectedFlowEnd
+from greenflow.testing import MockNetwork
+
+ROUNDS_RESULT = 1 + 11 + 21
+
+
+def frames_of_a_full_run(tmp_path, options) -> int:
+    net = MockNetwork(tmp_path / "count", **options)
+    try:
+        alice, bob = pair(net)
+        h = alice.start_flow(Rounds(bob.party, str(tmp_path / "count.log")))
+        net.run_network()
+        assert h.result() == ROUNDS_RESULT
+        return net.delivered
+    finally:
+        net.close()
+
+
+@pytest.mark.parametrize("who", ["initiator", "responder", "both"])
+def test_a_restart_after_every_number_of_delivered_frames_delivers_everything_once(
+        tmp_path, net_options, who):
+    total = frames_of_a_full_run(tmp_path, net_options)
+    assert total >= 7          # 3 rounds of 2 messages, a last message, ends
+    effects_before_restart = []
+    for k in range(total + 3):
+        base = tmp_path / f"{who}-{k}"
+        log = str(base) + ".log"
+        net = MockNetwork(base, **net_options)
+        try:
+            alice, bob = pair(net)
+            h = alice.start_flow(Rounds(bob.party, log))
+            net.run_network(max_messages=k)
+            effects_before_restart.append(len(lines(log)))
+            if who in ("initiator", "both"):
+                alice = net.restart_node(alice)
+            if who in ("responder", "both"):
+                bob = net.restart_node(bob)
+            net.run_network()
+            assert alice.handle(h.id).result() == ROUNDS_RESULT, f"restart after {k} frames"
+            assert sorted(lines(log)) == sorted(
+                [f"initiator {i}" for i in range(3)] + [f"responder {i}" for i in range(3)]), \
+                f"restart after {k} frames"
+            assert_all_finished(alice, bob)
+            [responder] = bob.flows()
+            assert bob.handle(responder.id).result() == 0 + 1 + 2
+        finally:
+            net.close()
+    # The power cuts fell everywhere: after the first effect (it runs before any frame
+    # leaves), between every two of them, and after the last.
+    assert sorted(set(effects_before_restart)) == [1, 2, 3, 4, 5, 6]
+
+
+def test_restarting_both_nodes_after_every_single_frame_still_completes_once(tmp_path, net):
+    log = str(tmp_path / "effects.log")
+    alice, bob = pair(net)
+    h = alice.start_flow(Rounds(bob.party, log))
+    for _ in range(30):
+        net.run_network(max_messages=1)
+        alice, bob = net.restart_node(alice), net.restart_node(bob)
+    net.run_network()
+    assert alice.handle(h.id).result() == ROUNDS_RESULT
+    assert len(lines(log)) == 6 and len(set(lines(log))) == 6
+    assert_all_finished(alice, bob)
+
+
+# ====================================================================== durable time
+def test_a_durable_sleep_wakes_at_its_original_deadline_across_a_restart(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, Sleeper(60))
+    net.advance_clock(30)
+    alice = net.restart_node(alice)
+    net.run_network()
+    net.advance_clock(29.5)
+    net.run_network()
+    with pytest.raises(FlowError):
+        alice.handle(h.id).result()          # not earlier
+    net.advance_clock(0.5)
+    net.run_network()
+    before, after = alice.handle(h.id).result()
+    assert after - before == timedelta(seconds=60)   # not later
+
+
+def test_a_sleep_whose_deadline_passed_during_the_outage_wakes_at_once(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, Sleeper(60))
+    alice = net.restart_node(alice)
+    net.advance_clock(100)
+    net.run_network()
+    before, after = alice.handle(h.id).result()
+    assert after - before == timedelta(seconds=100)
+    assert alice.checkpoints_dump() == []
+
+
+def test_a_receive_timeout_keeps_its_deadline_across_a_restart(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Patient(bob.party, 10))
+    net.advance_clock(5)
+    alice = net.restart_node(alice)
+    net.run_network()
+    net.advance_clock(4.5)
+    net.run_network()
+    assert alice.handle(h.id).status != FlowStatus.COMPLETED
+    [info] = alice.flows()
+    assert info.suspended_on.startswith("receive int from Bob")
+    net.advance_clock(0.5)
+    net.run_network()
+    [info] = alice.flows()
+    assert info.suspended_on == "receive int from Bob"   # timed out; now waits without one
+    net.advance_clock(20)
+    net.run_network()
+    message, value = alice.handle(h.id).result()
+    assert value == 1 and "timed out" in message
+
+
+def test_now_random_and_uuid_replay_the_values_first_recorded(net, tmp_path):
+    log = str(tmp_path / "values.log")
+    alice = net.create_node("Alice")
+    h = alice.start_flow(Recorded(log))
+    net.run_network()
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert [alice.handle(h.id).result()] == lines(log)
+
+
+# ====================================================================== starts and results
+def test_start_flow_with_a_client_id_is_idempotent_also_after_a_restart(net):
+    alice = net.create_node("Alice")
+    first = alice.start_flow(Sleeper(10), client_id="nightly-1")
+    again = alice.start_flow(Sleeper(10), client_id="nightly-1")
+    other = alice.start_flow(Sleeper(10), client_id="nightly-2")
+    assert first.id == again.id != other.id
+    net.run_network()
+    alice = net.restart_node(alice)
+    assert alice.start_flow(Sleeper(10), client_id="nightly-1").id == first.id
+    net.advance_clock(10)
+    net.run_network()
+    assert alice.start_flow(Sleeper(10), client_id="nightly-1").id == first.id
+    assert len(alice.flows()) == 2
+    alice = net.restart_node(alice)
+    assert alice.start_flow(Sleeper(10), client_id="nightly-1").id == first.id
+    assert alice.handle(first.id).result()[1] - alice.handle(first.id).result()[0] == \
+        timedelta(seconds=10)
+
+
+def test_start_flows_gives_every_flow_its_own_id_and_runs_them_all(net):
+    alice = net.create_node("Alice")
+    handles = alice.start_flows([Sleeper(1), Sleeper(2), Sleeper(3)])
+    assert len({h.id for h in handles}) == 3
+    alice = net.restart_node(alice)      # returned: so the starts are durable
+    net.run_network()
+    net.advance_clock(3)
+    net.run_network()
+    waits = [alice.handle(h.id).result() for h in handles]
+    assert [after - before for before, after in waits] == [timedelta(seconds=3)] * 3
+
+
+def test_results_and_errors_of_finished_flows_survive_a_restart(net):
+    alice, bob = pair(net)
+    ok = alice.start_flow(Ask(bob.party, "echo"))
+    refused = alice.start_flow(Ask(bob.party, "refuse"))
+    ended = run(net, alice, Ask(bob.party, "crash"))
+    alice = net.restart_node(alice)
+    bob = net.restart_node(bob)
+    assert alice.handle(ok.id).result() == 42
+    with pytest.raises(Refusal, match="refused the offer 3 times"):
+        alice.handle(refused.id).result()
+    with pytest.raises(UnexpectedFlowEnd, match="Bob"):
+        alice.handle(ended.id).result()
+    statuses = sorted(f.status.value for f in alice.flows())
+    assert statuses == ["COMPLETED", "FAILED", "FAILED"]
+    crashed = [f for f in bob.flows() if f.error and "ValueError" in f.error]
+    assert len(crashed) == 1
+    with pytest.raises(ValueError, match="password"):
+        bob.handle(crashed[0].id).result()
+
+
+def test_a_message_that_arrived_while_its_flow_slept_survives_a_restart(net):
+    alice, bob = pair(net)
+    h = alice.start_flow(Napper(bob.party))
+    net.run_network()        # Bob answered at once; Alice sleeps with the answer in her inbox
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert alice.handle(h.id).result() == 42
+
+
+def test_a_flow_started_just_before_a_power_cut_runs_after_the_restart(net):
+    alice, bob = pair(net)
+    h = alice.start_flow(Ask(bob.party, "echo"))
+    alice = net.restart_node(alice)
+    net.run_network()
+    assert alice.handle(h.id).result() == 42
+
+
+# ====================================================================== what flows hold
+def test_lambdas_and_closures_in_attributes_and_locals_survive_restarts(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, HoldsClosures(offset=5))
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    # twice(1)=2, +5 -> 7, +base 3 -> 10, +100 -> 110, later: -1 -> 109
+    assert alice.handle(h.id).result() == 109
+
+
+def test_run_external_runs_once_and_its_result_is_replayed_after_a_restart(net, tmp_path):
+    log = str(tmp_path / "external.log")
+    alice = net.create_node("Alice")
+    h = run(net, alice, External(log, 21))
+    assert lines(log) == ["external 21"]
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert alice.handle(h.id).result() == (42, 84)
+    assert lines(log) == ["external 21", "external 42"]
