@@ -1,0 +1,121 @@
+"""What operators see: `flows()` and `checkpoints_dump()`."""
+from __future__ import annotations
+
+import json
+
+from flowlib import Inspected, Sleeper
+from netutil import pair, run
+
+from greenflow import FlowStatus
+
+FLOWLIB = "flowlib.py"
+
+
+def dump_of(node, class_name):
+    entries = [e for e in node.checkpoints_dump() if e["flow_class"] == f"flowlib.{class_name}"]
+    assert len(entries) == 1, node.checkpoints_dump()
+    return entries[0]
+
+
+def assert_shows_the_helper_at_its_suspension(entry):
+    frames = entry["frames"]
+    assert [f["function"] for f in frames] == ["Inspected.call", "Inspected.ask", "wait_for_answer"]
+    assert all(f["file"].endswith(FLOWLIB) and isinstance(f["line"], int) and f["line"] > 0
+               for f in frames)
+    helper = frames[-1]["locals"]
+    assert helper["counter"] == "7"
+    assert helper["note"] == "'waiting for Bob'"
+    assert "session" in helper and "Bob" in helper["session"]
+    assert frames[1]["locals"]["note"] == "'waiting for Bob'"
+
+
+def test_a_dump_shows_a_helper_functions_locals_at_the_suspension_point(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Inspected(bob.party))
+    entry = dump_of(alice, "Inspected")
+    assert entry["flow_id"] == h.id
+    assert_shows_the_helper_at_its_suspension(entry)
+    json.dumps(entry)     # JSON-ready
+
+
+def test_a_dump_after_a_restart_shows_the_frames_before_the_flow_is_replayed(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Inspected(bob.party))
+    alice = net.restart_node(alice)
+    entry = dump_of(alice, "Inspected")
+    assert entry["resident"] is False and entry["status"] == "HIBERNATED"
+    assert_shows_the_helper_at_its_suspension(entry)
+    assert alice.handle(h.id).status == FlowStatus.HIBERNATED
+
+
+def test_a_dump_redacts_locals_whose_names_are_on_the_deny_list(net):
+    alice, bob = pair(net)
+    alice.start_flow(Inspected(bob.party))
+    net.run_network()
+    helper = dump_of(alice, "Inspected")["frames"][-1]["locals"]
+    for name in ("password", "signing_key", "client_secret"):
+        assert helper[name] == "<redacted>"
+    text = json.dumps(alice.checkpoints_dump())
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+def test_a_dump_says_what_the_flow_waits_for_and_on_which_sessions(net):
+    alice, bob = pair(net)
+    alice.start_flow(Inspected(bob.party))
+    net.run_network()
+    entry = dump_of(alice, "Inspected")
+    assert entry["suspended_on"] == "receive int from Bob"
+    assert entry["progress_step"] == "Asking"
+    assert entry["suspension_count"] >= 1
+    [session] = entry["sessions"]
+    assert session["counterparty"] == "Bob" and session["role"] == "initiator"
+    [responder] = bob.checkpoints_dump()
+    assert responder["flow_class"] == "flowlib.AskResponder"
+    assert responder["suspended_on"] == "receive object from Alice"
+    assert responder["sessions"][0]["role"] == "responder"
+
+
+def test_a_dump_of_a_sleeping_flow_says_until_when(net):
+    alice = net.create_node("Alice")
+    alice.start_flow(Sleeper(60))
+    net.run_network()
+    entry = dump_of(alice, "Sleeper")
+    assert entry["suspended_on"].startswith("sleep 60")
+    assert "until 2023-11-14T22:14:20" in entry["suspended_on"]   # virtual clock + 60 s
+
+
+def test_flows_lists_each_flow_with_the_fields_operators_need(net, net_options):
+    alice, bob = pair(net)
+    h = run(net, alice, Inspected(bob.party))
+    [info] = alice.flows()
+    assert info.id == h.id
+    assert info.flow_class == "flowlib.Inspected"
+    assert info.progress_step == "Asking"
+    assert info.suspended_on == "receive int from Bob"
+    assert info.error is None
+    if net_options.get("reload_after_suspend"):
+        assert (info.status, info.resident) == (FlowStatus.HIBERNATED, False)
+    else:
+        assert (info.status, info.resident) == (FlowStatus.SUSPENDED, True)
+
+
+def test_finished_flows_stay_listed_with_their_outcome(net):
+    alice = net.create_node("Alice")
+    h = alice.start_flow(Sleeper(1))
+    net.advance_clock(1)
+    net.run_network()
+    net.advance_clock(1)
+    net.run_network()
+    [info] = alice.flows()
+    assert (info.id, info.status, info.suspended_on, info.resident) == \
+        (h.id, FlowStatus.COMPLETED, None, False)
+    assert alice.checkpoints_dump() == []
+
+
+def test_dumps_can_be_turned_off_per_node(net):
+    alice = net.create_node("Alice", capture_frames=False)
+    bob = net.create_node("Bob")
+    alice.start_flow(Inspected(bob.party))
+    net.run_network()
+    entry = dump_of(alice, "Inspected")
+    assert entry["frames"] == [] and entry["suspended_on"] == "receive int from Bob"
