@@ -411,8 +411,9 @@ class _Unencodable(Exception):
         return NotSerializable(f"payload{''.join(reversed(self.steps))}: {self.why}")
 
 
-def _pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+# Packs only builtins and markers: with no ``default`` it never runs Python code, so it
+# holds the GIL for a whole call and one instance can serve every thread.
+_pack = msgpack.Packer(use_bin_type=True).pack
 
 
 def _array_header(n: int) -> bytes:
