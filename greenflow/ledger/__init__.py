@@ -1,0 +1,25 @@
+"""The ledger's data layer: keys and hashes, states, contracts and transactions.
+
+Pure data and checks, no I/O beyond key files: the vault, the notary and the flows that
+move transactions between nodes build on these. Every type here that travels between
+nodes is registered with the safe wire encoding (`greenflow.wire`).
+"""
+from __future__ import annotations
+
+from .contracts import (Command, CommandData, Contract, contract_for, contract_name,
+                        register_contract, require_that)
+from .crypto import (KeyFileError, KeyPair, SecureHash, load_keypair, load_or_create_keypair,
+                     save_keypair, verify)
+from .errors import ContractViolation, SignatureError, TransactionVerificationError
+from .states import ContractState, StateAndRef, StateRef
+from .transactions import (LedgerTransaction, SignedTransaction, TransactionBuilder,
+                           TransactionSignature, WireTransaction)
+
+__all__ = [
+    "Command", "CommandData", "Contract", "ContractState", "ContractViolation", "KeyFileError",
+    "KeyPair", "LedgerTransaction", "SecureHash", "SignatureError", "SignedTransaction",
+    "StateAndRef", "StateRef", "TransactionBuilder", "TransactionSignature",
+    "TransactionVerificationError", "WireTransaction", "contract_for", "contract_name",
+    "load_keypair", "load_or_create_keypair", "register_contract", "require_that", "save_keypair",
+    "verify",
+]

@@ -1,0 +1,112 @@
+"""Contracts: the rules every transaction touching a state must obey.
+
+A contract is code every party runs for itself over the same transaction: whether a
+transaction is valid never depends on who asks. Contracts are found by name in a registry
+(the name is what a state's ``contract`` says), so a node verifies only with contracts it
+has installed and never loads one a peer names.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..party import Party
+from ..wire import register_wire_type
+from .errors import ContractViolation, TransactionVerificationError
+
+if TYPE_CHECKING:
+    from .states import ContractState
+    from .transactions import LedgerTransaction
+
+__all__ = [
+    "Command", "CommandData", "Contract", "ContractViolation", "contract_for", "contract_name",
+    "register_contract", "require_that",
+]
+
+
+class CommandData:
+    """Base of command values (``Issue``, ``Move``...): what a transaction means to do, so
+    a contract knows which rules apply. Subclasses are ``@serializable`` dataclasses."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command value and the public keys that must sign any transaction carrying it.
+
+    ``signers`` may be given as public keys (bytes) or parties (their owning keys); they are
+    kept as a tuple of keys, since a command in a transaction never changes."""
+
+    value: CommandData
+    signers: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        keys = tuple(_public_key(s) for s in self.signers)
+        if not keys:
+            raise ValueError("a command needs at least one signer")
+        object.__setattr__(self, "signers", keys)
+
+
+def _public_key(signer: bytes | Party) -> bytes:
+    if isinstance(signer, Party):
+        return signer.owning_key
+    if type(signer) is bytes:
+        return signer
+    raise TypeError(f"a signer is a public key (bytes) or a Party, not {type(signer).__name__}")
+
+
+register_wire_type(Command)
+
+
+class Contract:
+    """Base of contracts. Subclasses implement `verify` and are registered by their
+    qualified name when defined (or under ``name``, if they set it)."""
+
+    #: The registry name; defaults to ``module.qualname``.
+    name: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_contract(cls)
+
+    def verify(self, tx: LedgerTransaction) -> None:
+        """Raise `ContractViolation` (see `require_that`) unless ``tx`` obeys this
+        contract's rules for the states of it that this contract rules."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement verify(tx)")
+
+
+_CONTRACTS: dict[str, type[Contract]] = {}
+
+
+def contract_name(contract: str | type[Contract]) -> str:
+    """The registry name of a contract given as a name or a class."""
+    if isinstance(contract, str):
+        return contract
+    return contract.name or f"{contract.__module__}.{contract.__qualname__}"
+
+
+def register_contract(cls: type[Contract]) -> type[Contract]:
+    """Install ``cls`` under its name (done by subclassing `Contract`; a later class of the
+    same name replaces the earlier, as a reloaded module does)."""
+    _CONTRACTS[contract_name(cls)] = cls
+    return cls
+
+
+def contract_for(state: ContractState) -> tuple[str, type[Contract]]:
+    """The name and class of the contract that rules ``state``."""
+    ref = getattr(type(state), "contract", "")
+    if not ref:
+        raise TransactionVerificationError(f"{type(state).__qualname__} names no contract")
+    name = contract_name(ref)
+    cls = _CONTRACTS.get(name)
+    if cls is None:
+        raise TransactionVerificationError(
+            f"contract {name!r} (of {type(state).__qualname__}) is not installed here")
+    return name, cls
+
+
+def require_that(condition: Any, message: str) -> None:
+    """The one-line rule of a contract: ``require_that(total_in == total_out, "cash is
+    conserved")`` raises `ContractViolation` with the rule's text when it does not hold."""
+    if not condition:
+        raise ContractViolation(message)
+

@@ -1,0 +1,75 @@
+"""Ledger states: the facts a transaction consumes and creates.
+
+A state is immutable: a change of owner or amount is a new state in a new transaction that
+consumes the old one. `StateRef` names a state by the transaction that created it and its
+position among that transaction's outputs, so it is unique and never reused.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..party import Party
+from ..wire import register_wire_type
+from .crypto import SecureHash
+
+if TYPE_CHECKING:
+    from .contracts import Contract
+
+__all__ = ["ContractState", "StateAndRef", "StateRef"]
+
+
+class ContractState:
+    """Base of every ledger state.
+
+    Subclasses are frozen dataclasses marked ``@serializable`` (they travel between nodes
+    inside transactions; the builder refuses anything else), set ``contract`` to the
+    `Contract` class or registered contract name that rules them, and say who must know
+    about them in ``participants``::
+
+        @serializable
+        @dataclass(frozen=True)
+        class Cash(ContractState):
+            contract = "samples.trade.CashContract"
+            amount: int
+            owner: Party
+
+            @property
+            def participants(self) -> list[Party]:
+                return [self.owner]
+    """
+
+    contract: ClassVar[str | type[Contract]] = ""
+
+    @property
+    def participants(self) -> list[Party]:
+        """The parties that record this state in their vaults when it is created or
+        consumed (every one of them gets the transaction in finality)."""
+        raise NotImplementedError(f"{type(self).__qualname__} must define participants")
+
+
+@dataclass(frozen=True, order=True)
+class StateRef:
+    """Output ``index`` of transaction ``tx_id``: where a state came from, and the key by
+    which the notary marks it consumed."""
+
+    tx_id: SecureHash
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.tx_id}({self.index})"
+
+
+@dataclass(frozen=True)
+class StateAndRef:
+    """A state together with its reference: what a transaction needs to consume it."""
+
+    state: ContractState
+    ref: StateRef
+
+    def __repr__(self) -> str:
+        return f"StateAndRef({self.state!r}, {self.ref.tx_id.short}({self.ref.index}))"
+
+
+register_wire_type(StateRef)
+register_wire_type(StateAndRef)

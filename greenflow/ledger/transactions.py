@@ -1,0 +1,351 @@
+"""Transactions: built, identified by a hash of their content, signed, verified.
+
+A `WireTransaction` is the content: input references, output states, commands, notary and
+a random salt. Its id is the SHA-256 of its canonical wire encoding, so every node computes
+the same id from the same content, and any change to the content (an output altered in
+transit) changes the id and voids every signature, which signs the id.
+
+Everything a peer sends is checked before it is trusted: `WireTransaction.check_shape`
+rejects fields of the wrong type (decoding rebuilds objects without running their
+constructors), `SignedTransaction.verify_signatures` checks every signature and every
+required signer, and `WireTransaction.verify` runs every contract involved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Callable, Iterable, TypeVar
+
+from ..party import Party
+from ..wire import canonical_encode, register_wire_type
+from .contracts import Command, CommandData, Contract, contract_for
+from .crypto import KeyPair, SecureHash, verify
+from .errors import ContractViolation, SignatureError, TransactionVerificationError
+from .states import ContractState, StateAndRef, StateRef
+
+__all__ = [
+    "LedgerTransaction", "SignatureError", "SignedTransaction", "TransactionBuilder",
+    "TransactionSignature", "TransactionVerificationError", "WireTransaction",
+]
+
+S = TypeVar("S", bound=ContractState)
+
+#: Resolves an input reference to the state it names (or to a `StateAndRef`); returns
+#: None or raises `LookupError` when the transaction that created it is unknown here.
+InputResolver = Callable[[StateRef], "ContractState | StateAndRef | None"]
+
+# Hashed ahead of the content, so a transaction id can never equal the hash of some other
+# structure that happens to encode alike; the version moves if the content ever changes.
+_ID_DOMAIN = "greenflow.WireTransaction/1"
+# Signed ahead of the id, so a transaction signature cannot be replayed as a signature
+# over anything else made with the same key.
+_SIGNATURE_DOMAIN = b"greenflow.TransactionSignature/1:"
+
+SALT_BYTES = 32
+
+
+def _signable(tx_id: SecureHash) -> bytes:
+    return _SIGNATURE_DOMAIN + tx_id.value
+
+
+def _key_label(key: Any, names: dict[bytes, str]) -> str:
+    if type(key) is not bytes:
+        return repr(key)
+    short = key.hex()[:16] + "…"
+    return f"{names[key]} ({short})" if key in names else short
+
+
+@dataclass(frozen=True)
+class TransactionSignature:
+    """``public_key``'s signature of a transaction id."""
+
+    public_key: bytes
+    signature: bytes
+
+    @classmethod
+    def create(cls, keypair: KeyPair, tx_id: SecureHash) -> TransactionSignature:
+        return cls(keypair.public_key, keypair.sign(_signable(tx_id)))
+
+    def is_valid_for(self, tx_id: SecureHash) -> bool:
+        return verify(self.public_key, _signable(tx_id), self.signature)
+
+
+@dataclass(frozen=True)
+class LedgerTransaction:
+    """What a contract sees: the transaction with its input states resolved."""
+
+    id: SecureHash
+    inputs: tuple[StateAndRef, ...]
+    outputs: tuple[ContractState, ...]
+    commands: tuple[Command, ...]
+    notary: Party | None
+
+    @property
+    def input_states(self) -> tuple[ContractState, ...]:
+        return tuple(i.state for i in self.inputs)
+
+    def inputs_of_type(self, cls: type[S]) -> list[S]:
+        return [i.state for i in self.inputs if isinstance(i.state, cls)]
+
+    def outputs_of_type(self, cls: type[S]) -> list[S]:
+        return [s for s in self.outputs if isinstance(s, cls)]
+
+    def commands_of_type(self, cls: type[CommandData]) -> list[Command]:
+        return [c for c in self.commands if isinstance(c.value, cls)]
+
+
+@dataclass(frozen=True)
+class WireTransaction:
+    """The content of a transaction, as it crosses the wire and as its id is computed.
+
+    ``salt`` makes two transactions with the same content (two identical issuances) two
+    different transactions with different ids and output references."""
+
+    inputs: tuple[StateRef, ...]
+    outputs: tuple[ContractState, ...]
+    commands: tuple[Command, ...]
+    notary: Party | None
+    salt: bytes
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "outputs", "commands"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @cached_property
+    def id(self) -> SecureHash:
+        """SHA-256 of the canonical encoding of the content (computed once per object;
+        the object is frozen, and a received copy is a new object)."""
+        content = (_ID_DOMAIN, self.inputs, self.outputs, self.commands, self.notary, self.salt)
+        return SecureHash.sha256(canonical_encode(content))
+
+    @property
+    def required_signers(self) -> frozenset[bytes]:
+        """Every key some command names, and the notary's when there are inputs (the
+        notary signs to say none of them was consumed before)."""
+        keys = {key for command in self.commands for key in command.signers}
+        if self.inputs and self.notary is not None:
+            keys.add(self.notary.owning_key)
+        return frozenset(keys)
+
+    def out_ref(self, index: int) -> StateAndRef:
+        """Output ``index`` with the reference a later transaction consumes it by."""
+        return StateAndRef(self.outputs[index], StateRef(self.id, index))
+
+    def check_shape(self) -> None:
+        """Refuse content of the wrong shape, as a peer could send it: decoding rebuilds
+        objects field by field and does not run their constructors' checks."""
+        def bad(why: str) -> TransactionVerificationError:
+            return TransactionVerificationError(f"malformed transaction: {why}")
+
+        for name in ("inputs", "outputs", "commands"):
+            if type(getattr(self, name)) is not tuple:
+                raise bad(f"{name} is a {type(getattr(self, name)).__name__}, not a tuple")
+        seen: set[StateRef] = set()
+        for i, ref in enumerate(self.inputs):
+            if (type(ref) is not StateRef or type(ref.tx_id) is not SecureHash
+                    or type(ref.tx_id.value) is not bytes or len(ref.tx_id.value) != 32
+                    or type(ref.index) is not int or ref.index < 0):
+                raise bad(f"inputs[{i}] is not a StateRef: {ref!r}")
+            if ref in seen:
+                raise bad(f"input {ref} is consumed twice")
+            seen.add(ref)
+        for i, state in enumerate(self.outputs):
+            if not isinstance(state, ContractState):
+                raise bad(f"outputs[{i}] is a {type(state).__qualname__}, not a ContractState")
+        if not self.inputs and not self.outputs:
+            raise bad("no inputs and no outputs")
+        if not self.commands:
+            raise bad("no commands: nothing says who must sign")
+        for i, command in enumerate(self.commands):
+            signers = getattr(command, "signers", None)
+            if (type(command) is not Command or not isinstance(getattr(command, "value", None), CommandData)
+                    or type(signers) is not tuple or not signers
+                    or any(type(k) is not bytes or len(k) != 32 for k in signers)):
+                raise bad(f"commands[{i}] is not a Command with CommandData and 32-byte signer keys")
+        if self.notary is not None and (type(self.notary) is not Party or type(self.notary.owning_key) is not bytes):
+            raise bad(f"notary is not a Party: {self.notary!r}")
+        if self.inputs and self.notary is None:
+            raise bad("a transaction that consumes inputs needs a notary to rule out double spends")
+        if type(self.salt) is not bytes:
+            raise bad("salt is not bytes")
+
+    def to_ledger_transaction(self, resolve_input: InputResolver) -> LedgerTransaction:
+        """The transaction with every input state resolved (`TransactionVerificationError`
+        naming the first input that cannot be)."""
+        self.check_shape()
+        inputs = []
+        for ref in self.inputs:
+            try:
+                found = resolve_input(ref)
+            except LookupError:
+                found = None
+            state = found.state if isinstance(found, StateAndRef) else found
+            if not isinstance(state, ContractState):
+                raise TransactionVerificationError(
+                    f"transaction {self.id}: input {ref} cannot be resolved; the transaction "
+                    "that created it is unknown here")
+            inputs.append(StateAndRef(state, ref))
+        return LedgerTransaction(self.id, tuple(inputs), self.outputs, self.commands, self.notary)
+
+    def verify(self, resolve_input: InputResolver) -> LedgerTransaction:
+        """Run the contract of every input and output state over the resolved transaction,
+        each contract once; returns the resolved transaction. Any exception a contract
+        raises is a rejection (`ContractViolation` naming the contract and transaction)."""
+        ltx = self.to_ledger_transaction(resolve_input)
+        contracts: dict[str, type[Contract]] = {}
+        for state in (*ltx.input_states, *ltx.outputs):
+            name, cls = contract_for(state)
+            contracts.setdefault(name, cls)
+        for name, cls in contracts.items():
+            try:
+                cls().verify(ltx)
+            except ContractViolation as exc:
+                if type(exc) is not ContractViolation:
+                    raise  # the contract's own error class: the caller may catch it as such
+                raise ContractViolation(f"contract {name} rejected transaction {self.id}: {exc}") from exc
+            except Exception as exc:
+                raise ContractViolation(
+                    f"contract {name} failed on transaction {self.id}: {type(exc).__name__}: {exc}"
+                ) from exc
+        return ltx
+
+
+@dataclass(frozen=True)
+class SignedTransaction:
+    """A transaction and the signatures collected over its id so far."""
+
+    wtx: WireTransaction
+    sigs: tuple[TransactionSignature, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sigs", tuple(self.sigs))
+
+    @property
+    def id(self) -> SecureHash:
+        return self.wtx.id
+
+    @property
+    def tx(self) -> WireTransaction:
+        return self.wtx
+
+    @property
+    def signed_keys(self) -> frozenset[bytes]:
+        return frozenset(s.public_key for s in self.sigs)
+
+    def with_signature(self, signature: TransactionSignature) -> SignedTransaction:
+        """A copy with ``signature`` added (replacing an earlier one by the same key)."""
+        kept = tuple(s for s in self.sigs if s.public_key != signature.public_key)
+        return dataclasses.replace(self, sigs=(*kept, signature))
+
+    def sign_with(self, keypair: KeyPair) -> SignedTransaction:
+        """A copy signed by ``keypair`` as well."""
+        return self.with_signature(TransactionSignature.create(keypair, self.id))
+
+    def missing_signers(self, except_keys: Iterable[bytes] = ()) -> frozenset[bytes]:
+        """Required keys that have not signed yet, ``except_keys`` aside."""
+        return self.wtx.required_signers - self.signed_keys - frozenset(except_keys)
+
+    def check_shape(self) -> None:
+        """`WireTransaction.check_shape`, and signatures that are pairs of bytes."""
+        if type(self.wtx) is not WireTransaction:
+            raise TransactionVerificationError(
+                f"malformed signed transaction: {type(self.wtx).__qualname__} is not a WireTransaction")
+        self.wtx.check_shape()
+        if type(self.sigs) is not tuple or any(
+                type(s) is not TransactionSignature or type(s.public_key) is not bytes
+                or type(s.signature) is not bytes for s in self.sigs):
+            raise SignatureError(f"malformed signatures on transaction {self.id}")
+
+    def verify_signatures(self, except_keys: Iterable[bytes] = ()) -> None:
+        """Every signature must verify over this transaction's id, and every required
+        signer but ``except_keys`` (typically the notary's, before notarisation) must have
+        signed; `SignatureError` names the key and the transaction otherwise."""
+        self.check_shape()
+        message = _signable(self.id)
+        for sig in self.sigs:
+            if not verify(sig.public_key, message, sig.signature):
+                raise SignatureError(
+                    f"the signature by {_key_label(sig.public_key, self._names())} does not verify "
+                    f"over transaction {self.id}: the transaction was changed after it was signed, "
+                    "or the signature was not made with that key")
+        missing = self.missing_signers(except_keys)
+        if missing:
+            names = self._names()
+            who = ", ".join(sorted(_key_label(k, names) for k in missing))
+            raise SignatureError(f"transaction {self.id} is missing signatures from {who}")
+
+    def verify(self, resolve_input: InputResolver, except_keys: Iterable[bytes] = ()) -> LedgerTransaction:
+        """Signatures first (cheap to fail, and proof of who proposed it), then contracts."""
+        self.verify_signatures(except_keys)
+        return self.wtx.verify(resolve_input)
+
+    def _names(self) -> dict[bytes, str]:
+        """Who the keys in an error message belong to, as far as this transaction says."""
+        names: dict[bytes, str] = {}
+        for state in self.wtx.outputs:
+            try:
+                for party in state.participants:
+                    names[party.owning_key] = party.name
+            except Exception:  # a malformed state must not hide the signature error
+                pass
+        if isinstance(self.wtx.notary, Party):
+            names[self.wtx.notary.owning_key] = f"notary {self.wtx.notary.name}"
+        return names
+
+
+class TransactionBuilder:
+    """Collects inputs, outputs and commands, then yields the transaction.
+
+    Inside a flow pass a ``salt`` drawn from the flow (``self.random().randbytes(32)``): the
+    default is fresh randomness, which a replayed flow would not draw again, so it would
+    build a different transaction after a restart.
+    """
+
+    def __init__(self, notary: Party | None = None, *, salt: bytes | None = None) -> None:
+        self.notary = notary
+        self.salt = os.urandom(SALT_BYTES) if salt is None else salt
+        self.inputs: list[StateAndRef] = []
+        self.outputs: list[ContractState] = []
+        self.commands: list[Command] = []
+
+    def add_input_state(self, state_and_ref: StateAndRef) -> TransactionBuilder:
+        if not isinstance(state_and_ref, StateAndRef):
+            raise TypeError(f"an input is a StateAndRef, not {type(state_and_ref).__name__}")
+        if any(i.ref == state_and_ref.ref for i in self.inputs):
+            raise ValueError(f"input {state_and_ref.ref} is already in this transaction")
+        self.inputs.append(state_and_ref)
+        return self
+
+    def add_output_state(self, state: ContractState) -> TransactionBuilder:
+        params = getattr(type(state), "__dataclass_params__", None)
+        if not isinstance(state, ContractState) or params is None or not params.frozen:
+            raise TypeError(f"an output is a ContractState that is a frozen dataclass, not {state!r}")
+        self.outputs.append(state)
+        return self
+
+    def add_command(self, value: CommandData, *signers: bytes | Party) -> TransactionBuilder:
+        """``signers``: public keys or parties whose signatures the command requires."""
+        self.commands.append(Command(value, signers))  # type: ignore[arg-type]  # normalised
+        return self
+
+    def to_wire_transaction(self) -> WireTransaction:
+        return WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
+                               tuple(self.commands), self.notary, self.salt)
+
+    def verify(self) -> LedgerTransaction:
+        """Run the contracts over what has been built, with the input states added."""
+        states = {i.ref: i.state for i in self.inputs}
+        return self.to_wire_transaction().verify(states.get)
+
+    def sign_with(self, *keypairs: KeyPair) -> SignedTransaction:
+        """The transaction signed by ``keypairs`` (usually the builder's own key)."""
+        stx = SignedTransaction(self.to_wire_transaction())
+        for keypair in keypairs:
+            stx = stx.sign_with(keypair)
+        return stx
+
+
+for _cls in (TransactionSignature, LedgerTransaction, WireTransaction, SignedTransaction):
+    register_wire_type(_cls)
