@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from flowlib import (Ask, External, HoldsClosures, Napper, Patient, Recorded, Refusal, Rounds,
-                     Sleeper, lines)
+from flowlib import (Ask, ChainStart, External, HoldsClosures, Napper, Patient, Recorded, Refusal,
+                     RefuseEveryone, Rounds, Sleeper, lines)
 from netutil import assert_all_finished, pair, run
 
 from greenflow import FlowError, FlowStatus, UnexpectedFlowEnd
@@ -75,6 +75,54 @@ def test_restarting_both_nodes_after_every_single_frame_still_completes_once(tmp
     assert alice.handle(h.id).result() == ROUNDS_RESULT
     assert len(lines(log)) == 6 and len(set(lines(log))) == 6
     assert_all_finished(alice, bob)
+
+
+# Outcomes that are errors (a peer's exception, an end, a timeout) are journalled like
+# payloads: a restart anywhere must not change who sees what.
+OUTCOME_SCENARIOS = {
+    "refusal passed up a chain of four": (
+        "ABCD", lambda p: ChainStart(p[1], p[2], p[3]), 0),
+    "refusal to every open session": ("ABC", lambda p: RefuseEveryone([p[1], p[2]]), 0),
+    "peer crash": ("AB", lambda p: Ask(p[1], "crash", int), 0),
+    "session closed by the peer": ("AB", lambda p: Ask(p[1], "close", int), 5),
+    "payload of the wrong type": ("AB", lambda p: Ask(p[1], "wrong-type", int), 0),
+    "receive timeout, then the late answer": ("AB", lambda p: Patient(p[1], 10), 30),
+}
+
+
+def outcomes(net, make, parties, advance, max_messages=None, restart=()):
+    """Run one scenario; return (what every party's flows ended with, frames delivered)."""
+    nodes = [net.create_node(name) for name in parties]
+    nodes[0].start_flow(make([n.party for n in nodes]))
+    net.run_network(max_messages=max_messages)
+    for i in restart:
+        nodes[i] = net.restart_node(nodes[i])
+    net.run_network()
+    net.advance_clock(advance)
+    net.run_network()
+    seen = []
+    for node in nodes:
+        assert node.checkpoints_dump() == []
+        for info in sorted(node.flows(), key=lambda f: f.flow_class):
+            try:
+                seen.append((info.flow_class, "returned", node.handle(info.id).result()))
+            except Exception as e:  # noqa: BLE001 - the outcome under test
+                seen.append((info.flow_class, type(e).__name__, str(e)))
+    return seen, net.delivered
+
+
+@pytest.mark.parametrize("scenario", OUTCOME_SCENARIOS)
+def test_error_outcomes_are_the_same_whichever_node_restarts_after_any_frame(
+        tmp_path, net_options, scenario):
+    parties, make, advance = OUTCOME_SCENARIOS[scenario]
+    with MockNetwork(tmp_path / "ref", **net_options) as net:
+        expected, total = outcomes(net, make, parties, advance)
+    victims = [(i,) for i in range(len(parties))] + [tuple(range(len(parties)))]
+    for restart in victims:
+        for k in range(total + 2):
+            with MockNetwork(tmp_path / f"{restart}-{k}", **net_options) as net:
+                seen, _ = outcomes(net, make, parties, advance, k, restart)
+                assert seen == expected, f"restart of {restart} after {k} frames"
 
 
 # ====================================================================== durable time
