@@ -1,0 +1,76 @@
+"""Flows for the node-process tests (tests/test_processes.py). The node processes import
+this module as an app (the tests put tests/ on their PYTHONPATH)."""
+from __future__ import annotations
+
+from greenflow import (FlowLogic, FlowSession, Party, ProgressTracker, Step, initiated_by,
+                       initiating_flow, startable)
+
+SENDING = Step("Sending")
+WAITING = Step("Waiting for the answer")
+ADDING = Step("Adding up")
+
+
+@initiating_flow
+@startable
+class Relay(FlowLogic):
+    """Sends ``rounds`` numbers to ``peer``, which answers each one plus one after a
+    durable ``sleep(delay)``; returns the sum of the answers."""
+
+    progress_tracker = ProgressTracker(SENDING, WAITING, ADDING)
+
+    def __init__(self, peer: Party, rounds: int = 3, delay: float = 0.0) -> None:
+        self.peer, self.rounds, self.delay = peer, rounds, delay
+
+    def call(self) -> int:
+        session = self.initiate_flow(self.peer)
+        self.progress_tracker.current_step = SENDING
+        session.send([self.rounds, self.delay])
+        total = 0
+        for i in range(self.rounds):
+            self.progress_tracker.current_step = WAITING
+            total += session.send_and_receive(int, i)
+            self.progress_tracker.current_step = ADDING
+        return total
+
+
+@initiated_by(Relay)
+class RelayResponder(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> int:
+        rounds, delay = self.session.receive(list)
+        for _ in range(rounds):
+            x = self.session.receive(int)
+            if delay:
+                self.sleep(delay)
+            self.session.send(x + 1)
+        return rounds
+
+
+@startable
+class Fails(FlowLogic):
+    """Fails at once, with a message."""
+
+    def __init__(self, why: str = "on purpose") -> None:
+        self.why = why
+
+    def call(self) -> None:
+        raise ValueError(self.why)
+
+
+@startable
+class Sleeper(FlowLogic):
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+
+    def call(self) -> str:
+        self.sleep(self.seconds)
+        return "woke"
+
+
+class NotForRpc(FlowLogic):
+    """Not @startable: RPC must refuse it."""
+
+    def call(self) -> None:
+        return None
