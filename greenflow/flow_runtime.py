@@ -72,7 +72,7 @@ class FlowRuntime:
         self.logic = logic
         self.journal = journal
         self.cursor = 0
-        # Entries [0, committed) are durable with their final outcome.
+        # Entries [0, committed) are stored in journal chunks (with their outcomes).
         self.committed = len(journal) - (1 if journal and journal[-1].outcome is None else 0)
         self.stack: list["FlowLogic"] = []
         self.session_counter = 0

@@ -62,7 +62,8 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
             values: dict[str, bytes] = {}
             for k, v in local_items:
                 locs[k] = short_repr(k, v)
-                if keep_values and locs[k] != "<redacted>":
+                # ``self`` is the flow object, already stored as the checkpoint's start object.
+                if keep_values and k != "self" and locs[k] != "<redacted>":
                     blob = serialization.try_dumps(v, limit=2048)
                     if blob is not None:
                         values[k] = blob

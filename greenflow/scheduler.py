@@ -437,7 +437,9 @@ class Scheduler:
                     return self.retry(fid)  and self.resident.get(fid)  # type: ignore[return-value]
                 return None
             logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
-            journal = self.store.journal(fid, cp.journal_len)
+            journal = self.store.journal(fid, cp.journal_len - (1 if cp.pending else 0))
+            if cp.pending is not None:
+                journal.append(Entry(cp.pending[0], cp.pending[1], None, cp.pending[2]))
             inbox_rows = self.store.inbox(fid)
         except Exception as exc:  # corrupt or unreadable: park this flow only
             log.error("%s: cannot restore flow %s: %s", self.identity.name, fid, exc)
@@ -709,14 +711,19 @@ class Scheduler:
     def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
         cp = rt.cp
         fid = rt.flow_id
-        n = len(rt.journal)
-        if n > rt.committed:  # one chunk per commit, from the (formerly) pending entry on
+        journal = rt.journal
+        n = len(journal)
+        # The pending entry (last, no outcome yet) lives in the header; chunks hold only
+        # resolved entries, one chunk per commit, so nothing is stored twice.
+        last = journal[-1] if journal and journal[-1].outcome is None else None
+        resolved = n - (1 if last is not None else 0)
+        if resolved > rt.committed:
             b.put("journal", journal_key(fid, rt.committed),
-                  serialization.dumps(rt.journal[rt.committed:n]))
-        pend = rt.pending
-        rt.committed = n - (1 if pend is not None else 0)
+                  serialization.dumps(journal[rt.committed:resolved]))
+            rt.committed = resolved
+        pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n
-        cp.pending = (pend.kind, pend.key, pend.deadline) if pend is not None else None
+        cp.pending = (last.kind, last.key, last.deadline) if last is not None else None
         for q in rt.inbox.values():
             for item in q:
                 if not item.persisted:
