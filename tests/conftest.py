@@ -32,11 +32,17 @@ def net_options(request: pytest.FixtureRequest) -> dict:
 
 
 @pytest.fixture
-def net(tmp_path, net_options):
-    """A MockNetwork in the mode of ``net_options``; flowlib's module state starts clean."""
+def flow_state() -> dict:
+    """flowlib's module state (which tests flip under running flows), clean before and after."""
     import flowlib
     flowlib.reset()
+    yield flowlib.STATE
+    flowlib.reset()
+
+
+@pytest.fixture
+def net(tmp_path, net_options, flow_state):
+    """A MockNetwork in the mode of ``net_options``; flowlib's module state starts clean."""
     network = MockNetwork(tmp_path / "net", **net_options)
     yield network
     network.close()
-    flowlib.reset()

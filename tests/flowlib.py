@@ -7,10 +7,12 @@ fixture) and through files under the test's ``tmp_path``, which survive restarts
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from greenflow import (FlowError, FlowException, FlowLogic, FlowSession, FlowTimeout, Party,
-                       ProgressTracker, Step, UnexpectedFlowEnd, initiated_by, initiating_flow)
+                       ProgressTracker, Step, UnexpectedFlowEnd, initiated_by, initiating_flow,
+                       serializable)
 from greenflow.samples.ping import Ping
 
 STATE: dict[str, Any] = {}
@@ -485,9 +487,9 @@ class Fickle(FlowLogic):
     def call(self) -> str:
         if STATE["mode"] == "a":
             self.sleep(10)
-        else:
+        elif STATE["mode"] == "b":
             self.side_effect(append_line, self.log_path, "fickle")
-        return "woke"
+        return "woke"           # mode "c": returns before its pending sleep
 
 
 class SwallowingFickle(Fickle):
@@ -676,3 +678,79 @@ class Recorded(FlowLogic):
         self.side_effect(append_line, self.log_path, values)
         self.sleep(10)
         return values
+
+
+# ====================================================================== payloads and context
+@serializable
+@dataclass(frozen=True)
+class Offer:
+    """A payload class marked @serializable."""
+
+    item: str
+    price: int
+    buyer: Party
+
+
+@initiating_flow
+class Echo(FlowLogic):
+    """Sends ``payload`` and returns what the peer sends back unchanged."""
+
+    def __init__(self, peer: Party, payload: Any):
+        self.peer, self.payload = peer, payload
+
+    def call(self) -> Any:
+        return self.initiate_flow(self.peer).send_and_receive(object, self.payload)
+
+
+@initiated_by(Echo)
+class EchoResponder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.send(self.session.receive(object))
+
+
+def who_runs_me(flow: FlowLogic) -> tuple:
+    """Context members reached from a helper, not from call() itself."""
+    flow.logger.info("asking who runs me")
+    return (flow.our_identity.name, flow.run_id, flow.services is not None)
+
+
+class Context(FlowLogic):
+    def call(self) -> tuple:
+        before = who_runs_me(self)
+        self.sleep(1)
+        return before + who_runs_me(self)
+
+
+class CatchingParent(FlowLogic):
+    """Catches a refusal raised in a sub-flow and carries on with the same peer."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> tuple:
+        try:
+            self.sub_flow(Ask(self.peer, "refuse", int))
+            refused = "nothing"
+        except Refusal as e:
+            refused = str(e)
+        return (refused, self.sub_flow(Ask(self.peer, "echo", int)))
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr for you")
+
+
+class Awkward(FlowLogic):
+    """Holds locals that are large, unprintable or key material while it sleeps."""
+
+    def call(self) -> str:
+        import nacl.signing
+        big = list(range(100_000))
+        odd = BadRepr()
+        thing = nacl.signing.SigningKey.generate()       # an innocent name: redacted by type
+        self.sleep(1)
+        return f"{len(big)} {type(odd).__name__} {len(bytes(thing.verify_key))}"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from flowlib import Inspected, Sleeper
+from flowlib import Awkward, Inspected, Sleeper, Tracked
 from netutil import pair, run
 
 from greenflow import FlowStatus
@@ -119,3 +119,25 @@ def test_dumps_can_be_turned_off_per_node(net):
     net.run_network()
     entry = dump_of(alice, "Inspected")
     assert entry["frames"] == [] and entry["suspended_on"] == "receive int from Bob"
+
+
+def test_a_dump_shows_a_sub_flows_frames_under_its_parents(net):
+    alice, bob = pair(net)
+    run(net, alice, Tracked(bob.party, 10))
+    net.advance_clock(10)
+    net.run_network()
+    entry = dump_of(alice, "Tracked")
+    assert [f["function"] for f in entry["frames"]] == ["Tracked.call", "TrackedChild.call"]
+    assert entry["progress_step"] == "Delegating / Child waiting"
+
+
+def test_a_dump_bounds_large_locals_survives_bad_reprs_and_redacts_private_keys(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, Awkward())
+    shown = dump_of(alice, "Awkward")["frames"][-1]["locals"]
+    assert len(shown["big"]) <= 200
+    assert "BadRepr" in shown["odd"]        # its __repr__ raised: the dump still works
+    assert shown["thing"] == "<redacted>"
+    net.advance_clock(1)
+    net.run_network()
+    assert h.result() == "100000 BadRepr 32"

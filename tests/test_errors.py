@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from flowlib import (STATE, Ask, ChainStart, CustomPing, Doomed, Fickle, Leaky, Patient,
+from flowlib import (STATE, Ask, ChainStart, CustomPing, Doomed, Fickle, Holding, Leaky, Patient,
                      ReceiveFirst, Refusal, RefuseEveryone, SendUnsafe, Stubborn, SwallowingFickle)
 from netutil import error_of, only_flow, pair, result_of, run
 
@@ -12,6 +12,7 @@ from greenflow import (FlowError, FlowException, FlowKilled, FlowStatus, FlowTim
 from greenflow.cli.flow_args import check_startable
 from greenflow.registry import is_startable
 from greenflow.samples.ping import Ping
+from greenflow.testing import MockNetwork
 
 
 # ====================================================================== FlowException
@@ -173,6 +174,26 @@ def test_a_flow_that_branches_differently_on_replay_is_hospitalized(net, tmp_pat
     _hospitalized(alice, flow_class.__name__)
 
 
+def test_a_flow_that_returns_before_its_pending_request_on_replay_is_hospitalized(net, tmp_path):
+    alice = net.create_node("Alice")
+    run(net, alice, Fickle(str(tmp_path / "fickle.log")))
+    STATE["mode"] = "c"
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert "sleep 10" in _hospitalized(alice, "Fickle")
+
+
+def test_a_reloaded_flow_that_diverges_is_hospitalized_without_any_restart(tmp_path, flow_state):
+    with MockNetwork(tmp_path, reload_after_suspend=True) as net:
+        alice = net.create_node("Alice")
+        run(net, alice, Fickle(str(tmp_path / "fickle.log")))
+        flow_state["mode"] = "b"
+        net.advance_clock(10)           # wakes it: rebuilt by replay, which now differs
+        net.run_network()
+        assert "side_effect append_line" in _hospitalized(alice, "Fickle")
+
+
 def test_a_hospitalized_flow_raised_nothing_into_flow_code(net, tmp_path):
     alice = net.create_node("Alice")
     alice.start_flow(SwallowingFickle(str(tmp_path / "fickle.log")))
@@ -245,6 +266,28 @@ def test_a_killed_flow_stays_killed_after_a_restart(net):
     assert type(error_of(alice.handle(h.id))) is FlowKilled
     assert alice.checkpoints_dump() == []
     assert result_of(bob, "AskResponder").startswith("UnexpectedFlowEnd: ")
+
+
+def test_a_flow_killed_before_it_ran_never_reaches_its_peer(net):
+    alice, bob = pair(net)
+    h = alice.start_flow(Ask(bob.party, "echo"))
+    assert alice.kill_flow(h.id) is True
+    net.run_network()
+    assert type(error_of(h)) is FlowKilled
+    assert bob.flows() == [] and net.delivered == 0
+    assert alice.kill_flow(h.id) is False          # finished: nothing to kill
+    assert alice.kill_flow("no-such-flow") is False
+
+
+def test_killing_a_responder_ends_the_initiators_wait(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Holding(bob.party))
+    assert bob.kill_flow(only_flow(bob, "AskResponder").id) is True
+    net.run_network()
+    err = error_of(h)
+    assert type(err) is UnexpectedFlowEnd
+    assert "Bob was killed" in str(err) and "object" in str(err)
+    assert alice.checkpoints_dump() == [] and bob.checkpoints_dump() == []
 
 
 # ====================================================================== UnknownFlow

@@ -5,8 +5,10 @@ Every test runs with flows resident and again with ``reload_after_suspend`` (see
 """
 from __future__ import annotations
 
-from flowlib import (CloseEarly, CustomPing, Fanout, Outer, ReceiveFirst, SendNone, Tracked,
-                     Unused, VersionedAsk)
+from datetime import datetime, timezone
+
+from flowlib import (CatchingParent, CloseEarly, Context, CustomPing, Echo, Fanout, Offer, Outer,
+                     ReceiveFirst, SendNone, Tracked, Unused, VersionedAsk)
 from netutil import assert_all_finished, only_flow, pair, result_of, run
 
 from greenflow import FlowStatus, ProgressTracker
@@ -131,3 +133,44 @@ def test_progress_steps_of_concurrent_flows_are_independent_and_sub_flow_steps_n
         net.advance_clock(100)
         net.run_network()
     assert slow.result() == "Delegating"
+
+
+def test_builtins_parties_and_serializable_classes_cross_unchanged(net):
+    alice, bob = pair(net)
+    payload = {"offer": Offer("tea", 3, alice.party), "parties": [alice.party, bob.party],
+               "tuple": (1, "two", None), "set": {1, 2}, "bytes": b"\x00\xff",
+               "when": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc), "big": 2 ** 100}
+    h = run(net, alice, Echo(bob.party, payload))
+    assert h.result() == payload
+    assert type(h.result()["offer"]) is Offer
+
+
+def test_context_members_work_in_helpers_and_after_replay(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, Context())
+    net.advance_clock(1)
+    net.run_network()
+    assert h.result() == ("Alice", h.id, True) * 2
+
+
+def test_a_flow_exception_from_a_sub_flow_can_be_caught_and_the_flow_carries_on(net):
+    alice, bob = pair(net)
+    h = run(net, alice, CatchingParent(bob.party))
+    assert h.result() == ("refused the offer 3 times", 42)
+    statuses = sorted(f.status.value for f in bob.flows())
+    assert statuses == ["COMPLETED", "FAILED"]
+
+
+def test_progress_survives_a_restart(net):
+    alice, bob = pair(net)
+    h = run(net, alice, Tracked(bob.party, 10))
+    alice = net.restart_node(alice)
+    assert only_flow(alice, "Tracked").progress_step == "Asking"
+    net.advance_clock(10)
+    net.run_network()
+    assert only_flow(alice, "Tracked").progress_step == "Delegating / Child waiting"
+    alice = net.restart_node(alice)
+    assert only_flow(alice, "Tracked").progress_step == "Delegating / Child waiting"
+    net.advance_clock(10)
+    net.run_network()
+    assert alice.handle(h.id).result() == "Delegating"
