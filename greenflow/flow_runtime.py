@@ -62,7 +62,7 @@ class FlowRuntime:
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "base", "fresh", "external_done", "_logger")
+                 "base", "fresh", "external_done", "start_blob", "_logger")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -90,6 +90,7 @@ class FlowRuntime:
         # The checkpoint header as last staged, and the frames accepted since: enough to
         # put the flow back to its committed state without losing an acknowledged frame.
         self.base: Optional[bytes] = None
+        self.start_blob: Optional[bytes] = None   # start object not yet in the store
         self.fresh: list[Frame] = []
         self._logger: Optional[logging.LoggerAdapter] = None
 

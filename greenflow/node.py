@@ -441,7 +441,7 @@ def suspended_on(cp: Checkpoint) -> Optional[str]:
 def _unpack_result(fid: str, rec: dict) -> Any:
     status = rec["status"]
     if status == FlowStatus.COMPLETED:
-        return serialization.loads(rec["value"])
+        return rec["value"]
     if status == FlowStatus.KILLED:
         raise FlowKilled(f"flow {fid} ({rec['flow_class']}) was killed")
     if rec.get("flow_exception") is not None:

@@ -234,15 +234,15 @@ class Scheduler:
 
     # ================================================================== starting
     def _record_start(self, cp: Checkpoint, blob: bytes, logic: Any) -> None:
-        b = self.batch
-        k = fid_key(cp.flow_id)
-        b.put("logic", k, blob)
-        b.put("wake", k, b"")
+        # Nothing of the flow itself is written yet: it goes into the store at the round's
+        # commit if it is still unfinished then (a responder that answers and ends within
+        # one round only ever writes its result). The start is durable either way by the
+        # time anyone is told: start_flow returns, or the initiation is acknowledged.
         if cp.client_id is not None:
-            b.put("clients", cp.client_id.encode(), k)
+            self.batch.put("clients", cp.client_id.encode(), fid_key(cp.flow_id))
         rt = FlowRuntime(self, cp, logic, [])
+        rt.start_blob = blob
         rt.base = serialization.dumps(cp)
-        b.put("flows", k, rt.base)
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
@@ -494,6 +494,9 @@ class Scheduler:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
                 b.put("inbox", inbox_key(fid, f.sid, f.seq), encode_frame(f))
+        if rt.start_blob is not None:
+            b.put("logic", fid_key(fid), rt.start_blob)
+            rt.start_blob = None
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
@@ -549,11 +552,7 @@ class Scheduler:
                                   "finished_at": self.clock.now()}
         if kind == "done":
             rt.end_frames(("done",))
-            try:
-                record.update(status=FlowStatus.COMPLETED, value=serialization.dumps(res[1]))
-            except Exception as exc:
-                kind = "failed"
-                res = ("failed", FlowError(f"the result of {rt.cp.flow_class} cannot be stored: {exc}"))
+            record.update(status=FlowStatus.COMPLETED, value=res[1])
         if kind == "failed":
             exc = res[1]
             if isinstance(exc, FlowException):
@@ -578,16 +577,25 @@ class Scheduler:
         rt.cp.status = record["status"]
         b = self.batch
         k = fid_key(fid)
-        b.drop_flow(fid, max(rt.cp.journal_len, 0))
-        if rt.cp.timer_key is not None:
-            b.delete("timers", rt.cp.timer_key)
+        if rt.start_blob is None:  # something of it was stored
+            b.drop_flow(fid, max(rt.cp.journal_len, 0))
+            if rt.cp.timer_key is not None:
+                b.delete("timers", rt.cp.timer_key)
         expires = self.clock.now() + self.retention
         for st in rt.cp.sessions.values():
             key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
             b.put("sessions", key, FINISHED_ROUTE + fid.encode())
             b.put("expiry", expiry_key(expires, "sessions", key), b"")
             self.routes.pop(key, None)
-        b.put("results", k, serialization.dumps(record))
+        try:
+            blob = serialization.dumps(record)
+        except Exception as exc:  # the return value cannot be stored
+            record.pop("value", None)
+            record.update(status=FlowStatus.FAILED,
+                          error=f"FlowError: the result of {rt.cp.flow_class} cannot be stored: {exc}")
+            rt.cp.status = FlowStatus.FAILED
+            blob = serialization.dumps(record)
+        b.put("results", k, blob)
         b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:
             b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
@@ -749,6 +757,9 @@ class Scheduler:
         if self.capture_frames and pend is not None and rt.greenlet is not None:
             snap = frames_mod.capture(rt.greenlet.gr_frame)
             b.put("frames", fid_key(fid), serialization.dumps(snap))
+        if rt.start_blob is not None:
+            b.put("logic", fid_key(fid), rt.start_blob)
+            rt.start_blob = None
         if cp.fingerprint is None and self.fingerprints:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
