@@ -1,0 +1,204 @@
+"""The node's JSON-over-HTTP RPC, against node processes run in this process
+(`NodeProcess`: transport, scheduler and RPC server, without the signal handling)."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import threading
+import time
+
+import pytest
+
+from greenflow.bootstrap import bootstrap_network
+from greenflow.node_config import NodeConfig, RpcUser, hash_password
+from greenflow.node_process import NodeProcess
+from greenflow.rpc_client import RpcClient, RpcClientError
+
+APPS = ["samples.ping", "procflows"]
+
+
+class Nodes:
+    def __init__(self, root: str) -> None:
+        self.configs = {c.name: c for c in bootstrap_network(root, ["Alice", "Bob"], base_port=0,
+                                                             apps=APPS, rpc_password="pw")}
+        cfg = NodeConfig.load(self.configs["Alice"].base_dir)
+        cfg.rpc_users.append(RpcUser("reader", hash_password("rpw"), ["read"]))
+        cfg.save()
+        self.procs = {name: NodeProcess(c.base_dir, node_options={"sync": False}).start()
+                      for name, c in self.configs.items()}
+
+    def client(self, name: str = "Alice", user: str = "admin", password: str = "pw") -> RpcClient:
+        return RpcClient.for_node(self.configs[name].base_dir, user, password)
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.node is not None:
+                p.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    n = Nodes(str(tmp_path_factory.mktemp("rpc")))
+    yield n
+    n.close()
+
+
+@pytest.fixture
+def alice(nodes) -> RpcClient:
+    return nodes.client()
+
+
+def error_of(call) -> RpcClientError:
+    with pytest.raises(RpcClientError) as info:
+        call()
+    return info.value
+
+
+# ------------------------------------------------------------------------- starting flows
+def test_start_a_flow_and_wait_for_its_result(alice):
+    out = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 3}, wait=30)
+    assert out["status"] == "COMPLETED" and out["result"] == 6
+    assert out["flow_class"] == "greenflow.samples.ping.Ping"
+
+
+def test_arguments_typed_as_text_are_converted_by_the_constructors_hints(alice):
+    out = alice.start_flow("samples.ping:Ping", {"peer": "bob", "n": "4"}, wait=30)
+    assert out["result"] == 10
+
+
+def test_client_id_makes_a_start_idempotent(alice):
+    first = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}, client_id="order-7")
+    again = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}, client_id="order-7")
+    assert first["flow_id"] == again["flow_id"]
+    assert alice.result(first["flow_id"], wait=30)["result"] == 1
+    assert [f["id"] for f in alice.flows()].count(first["flow_id"]) == 1
+
+
+def test_a_failing_flow_reports_its_error_as_data(alice):
+    out = alice.start_flow("procflows.Fails", {"why": "no stock"}, wait=30)
+    assert out["finished"] and out["status"] == "FAILED"
+    assert out["error"] == {"type": "ValueError", "message": "no stock"}
+
+
+def test_result_of_an_unfinished_flow_is_202_until_it_ends(alice):
+    fid = alice.start_flow("procflows.Sleeper", {"seconds": 0.6})["flow_id"]
+    status, doc = alice.request("GET", f"/flows/{fid}/result?wait=0.05")
+    assert status == 202 and doc["finished"] is False and doc["status"] in ("SUSPENDED", "RUNNABLE")
+    assert alice.result(fid, wait=30)["result"] == "woke"
+
+
+# ------------------------------------------------------------------------- bad calls
+@pytest.mark.parametrize("flow, args, status, kind, text", [
+    ("procflows.NotForRpc", {}, 403, "NotStartable", "procflows.NotForRpc is not @startable"),
+    ("samples.ping.Pong", {}, 403, "NotStartable", "Pong is not @startable"),
+    ("samples.ping.Ping", {"peer": "Bob", "n": "many"}, 400, "BadArguments", "bad argument n='many'"),
+    ("samples.ping.Ping", {"n": 3}, 400, "BadArguments", "missing argument: Ping needs peer=<Party>"),
+    ("samples.ping.Ping", {"peer": "Bob", "m": 3}, 400, "BadArguments", "unknown argument 'm'"),
+    ("samples.ping.Ping", {"peer": "Zed"}, 400, "UnknownParty", "no party 'Zed' on the network map"),
+    ("samples.ping.Pang", {}, 400, "UnknownFlowClass", "no flow class 'samples.ping.Pang'"),
+    ("os.path.join", {}, 400, "UnknownFlowClass", "os.path is not one of this node's apps"),
+    ("Ping", {}, 400, "UnknownFlowClass", "not a class path"),
+])
+def test_bad_starts_get_clear_errors(alice, flow, args, status, kind, text):
+    err = error_of(lambda: alice.start_flow(flow, args))
+    assert (err.status, err.type) == (status, kind)
+    assert text in err.message
+
+
+def test_unknown_flow_ids_are_404(alice):
+    for call in (lambda: alice.result("nope"), lambda: alice.kill("nope"),
+                 lambda: alice.flow("nope"), lambda: list(alice.progress("nope", timeout=10))):
+        err = error_of(call)
+        assert (err.status, err.type) == (404, "UnknownFlow")
+        assert "no flow 'nope' on node Alice" in err.message
+
+
+def test_wrong_password_and_no_credentials_are_401(nodes):
+    err = error_of(lambda: nodes.client(password="guess").flows())
+    assert (err.status, err.type, err.message) == (401, "Unauthorized", "wrong username or password")
+    err = error_of(lambda: nodes.client(user="mallory").flows())
+    assert err.status == 401
+    host, port = nodes.configs["Alice"].rpc_address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("GET", "/api/v1/flows")
+    resp = conn.getresponse()
+    assert resp.status == 401 and resp.getheader("WWW-Authenticate") == 'Basic realm="greenflow"'
+    assert json.loads(resp.read())["error"]["type"] == "Unauthorized"
+
+
+def test_a_read_only_user_cannot_start_or_kill(nodes):
+    reader = nodes.client(user="reader", password="rpw")
+    assert isinstance(reader.flows(), list)
+    err = error_of(lambda: reader.start_flow("samples.ping.Ping", {"peer": "Bob"}))
+    assert (err.status, err.type) == (403, "Forbidden")
+    assert error_of(lambda: reader.set_draining(True)).status == 403
+
+
+def test_malformed_requests_are_400(nodes, alice):
+    host, port = nodes.configs["Alice"].rpc_address
+    auth = "Basic " + base64.b64encode(b"admin:pw").decode()
+    for body in (b"{not json", b"[1, 2]", b'{"flow": "samples.ping.Ping", "colour": 1}'):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.request("POST", "/api/v1/flows", body=body, headers={"Authorization": auth})
+        resp = conn.getresponse()
+        assert resp.status == 400, body
+        assert json.loads(resp.read())["error"]["type"] == "BadRequest"
+    assert error_of(lambda: alice.request("GET", "/nowhere")).status == 404
+    assert error_of(lambda: alice.request("GET", "/flows/x/result?wait=-1")).status == 400
+
+
+# ------------------------------------------------------------------------- operations
+def test_progress_streams_every_step_and_the_end(alice):
+    fid = alice.start_flow("procflows.Relay", {"peer": "Bob", "rounds": 2, "delay": 0.3})["flow_id"]
+    events = list(alice.progress(fid, timeout=30))
+    assert events[0][0] == "status" and events[0][1]["id"] == fid
+    steps = [d["step"] for e, d in events if e == "progress"]
+    assert steps[-1] == "Adding up" and "Waiting for the answer" in steps + [events[0][1]["progress_step"]]
+    assert events[-1] == ("end", {"flow_id": fid, "finished": True, "status": "COMPLETED", "result": 3})
+
+
+def test_kill_and_checkpoint_dump(alice):
+    fid = alice.start_flow("procflows.Sleeper", {"seconds": 300})["flow_id"]
+    deadline = time.monotonic() + 10
+    while alice.flow(fid)["status"] not in ("SUSPENDED", "HIBERNATED"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    dump = {e["flow_id"]: e for e in alice.checkpoints()}
+    entry = dump[fid]
+    assert entry["flow_class"] == "procflows.Sleeper" and "sleep" in entry["suspended_on"]
+    assert any(fr["function"] == "Sleeper.call" for fr in entry["frames"])
+    assert alice.kill(fid) == {"flow_id": fid, "killed": True}
+    res = alice.result(fid, wait=10)
+    assert res["status"] == "KILLED" and res["error"]["type"] == "FlowKilled"
+    assert alice.kill(fid)["killed"] is False
+
+
+def test_draining_refuses_new_flows_until_turned_off(alice):
+    assert alice.set_draining(True)["draining"] is True
+    try:
+        err = error_of(lambda: alice.start_flow("samples.ping.Ping", {"peer": "Bob"}))
+        assert (err.status, err.type) == (503, "Draining")
+        assert alice.draining()["draining"] is True
+        assert isinstance(alice.draining()["pending_flows_count"], int)
+    finally:
+        assert alice.set_draining(False)["draining"] is False
+    assert alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, wait=30)["result"] == 3
+
+
+def test_node_info_and_network(alice):
+    info = alice.node_info()
+    assert info["name"] == "Alice" and info["apps"] == APPS and len(info["public_key"]) == 64
+    assert sorted(n["name"] for n in alice.network()) == ["Alice", "Bob"]
+
+
+def test_shutdown_stops_the_node_process(tmp_path):
+    c = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, rpc_password="pw")[0]
+    proc = NodeProcess(c.base_dir, node_options={"sync": False}).start()
+    runner = threading.Thread(target=proc.run)
+    runner.start()
+    client = RpcClient.for_node(c.base_dir)
+    assert client.shutdown() == {"stopping": True}
+    runner.join(20)
+    assert not runner.is_alive() and proc.node is None
+    assert error_of(client.node_info).status == 0
