@@ -25,6 +25,8 @@ COMMAND_MODULES = (
     "greenflow.cli.bench",        # greenflow bench [suite]
     "greenflow.cli.checkpoints",  # greenflow checkpoints dump --node DIR
     "greenflow.cli.network",      # greenflow network bootstrap
+    "greenflow.cli.node",         # greenflow node init|start|status|drain|stop
+    "greenflow.cli.flow",         # greenflow flow start|list|watch|result|kill (RPC)
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

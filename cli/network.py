@@ -11,7 +11,7 @@ from greenflow.network_map import NetworkMapError, format_address
 from .errors import UsageProblem
 
 
-def _names(text: str) -> list[str]:
+def split_names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
@@ -39,8 +39,8 @@ def bootstrap(root: str, nodes: str, notary: str | None, base_port: int, host: s
               apps: str, rpc_user: str, rpc_password: str | None) -> None:
     """Create one directory per node (key pair, node.toml, network map)."""
     try:
-        configs = bootstrap_network(root, _names(nodes), notary=notary, base_port=base_port,
-                                    host=host, apps=_names(apps), rpc_user=rpc_user,
+        configs = bootstrap_network(root, split_names(nodes), notary=notary, base_port=base_port,
+                                    host=host, apps=split_names(apps), rpc_user=rpc_user,
                                     rpc_password=rpc_password)
     except NetworkMapError as exc:
         raise UsageProblem(str(exc)) from None

@@ -1,0 +1,140 @@
+"""``greenflow flow start|list|watch|result|kill``: operate flows on a running node, over
+its RPC (see docs/rpc.md)."""
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import click
+
+from .errors import FlowFailed
+from .rpc_target import node_options
+
+
+@click.group("flow")
+def command() -> None:
+    """Start and watch flows on a running node (over RPC)."""
+
+
+def _args(assignments: tuple[str, ...]) -> dict[str, str]:
+    from .errors import BadFlowArgument
+    from .flow_args import FlowArgumentError, parse_assignments
+
+    try:
+        return parse_assignments(assignments)
+    except FlowArgumentError as exc:
+        raise BadFlowArgument(str(exc)) from None
+
+
+@command.command("start")
+@node_options
+@click.argument("flow_class")
+@click.argument("assignments", nargs=-1, metavar="[NAME=VALUE]...")
+@click.option("--client-id", default=None, help="Idempotency key: the same id returns the "
+                                                "flow started the first time.")
+@click.option("--wait", is_flag=True, help="Show progress live and print the result.")
+@click.option("--timeout", default=300.0, show_default=True, help="With --wait: seconds to wait.")
+@click.option("--json", "as_json", is_flag=True)
+def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id: Optional[str],
+          wait: bool, timeout: float, as_json: bool) -> None:
+    """Start FLOW_CLASS (module.Class or module:Class, @startable) with its constructor
+    arguments as NAME=VALUE; a party is given by name (peer=Bob). Values are converted
+    by the constructor's type hints on the node."""
+    out = client.start_flow(flow_class, _args(assignments), client_id=client_id)
+    fid = out["flow_id"]
+    if not wait:
+        click.echo(json.dumps(out) if as_json else fid)
+        return
+    if not as_json:
+        click.echo(f"started {out['flow_class']} as {fid}", err=True)
+    _finish(client, _follow(client, fid, timeout, quiet=as_json), as_json)
+
+
+def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
+    """Print a flow's progress steps as they happen; return its result document."""
+    from greenflow.rpc_client import RpcClientError
+
+    try:
+        for event, data in client.progress(fid, timeout=timeout):
+            if event == "status" and data.get("progress_step") and not quiet:
+                click.echo(f"  {data['progress_step']}", err=True)
+            elif event == "progress" and not quiet:
+                click.echo(f"  {data['step']}", err=True)
+            elif event == "end":
+                return data
+    except RpcClientError as exc:
+        if exc.status != 0:
+            raise
+    return client.result(fid, wait=0)
+
+
+def _finish(client: Any, res: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(res))
+    elif res.get("finished") and res.get("status") == "COMPLETED":
+        click.echo(json.dumps(res.get("result")))
+    if not res.get("finished"):
+        raise FlowFailed(f"flow {res.get('flow_id')} has not finished (status {res.get('status')})")
+    if res.get("status") != "COMPLETED":
+        err = res.get("error") or {}
+        raise FlowFailed(f"flow {res.get('flow_id')} {res.get('status')}: "
+                         f"{err.get('type', '')}: {err.get('message', '')}")
+
+
+@command.command("list")
+@node_options
+@click.option("--status", default=None, help="Only these statuses (comma-separated), e.g. SUSPENDED,HOSPITALIZED.")
+@click.option("--json", "as_json", is_flag=True)
+def list_(client: Any, status: Optional[str], as_json: bool) -> None:
+    """List unfinished and recently finished flows."""
+    flows = client.flows(status)
+    if as_json:
+        click.echo(json.dumps(flows, indent=2))
+        return
+    if not flows:
+        click.echo("no flows")
+        return
+    for f in flows:
+        extra = f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
+        click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}  {extra}".rstrip())
+
+
+@command.command("result")
+@node_options
+@click.argument("flow_id")
+@click.option("--wait", "wait", default=0.0, show_default=True, help="Seconds to wait for it to finish.")
+@click.option("--json", "as_json", is_flag=True)
+def result(client: Any, flow_id: str, wait: float, as_json: bool) -> None:
+    """Print a flow's result (exit 1 if it failed, was killed or has not finished)."""
+    _finish(client, client.result(flow_id, wait=wait), as_json)
+
+
+@command.command("watch")
+@node_options
+@click.argument("flow_id", required=False)
+def watch(client: Any, flow_id: Optional[str]) -> None:
+    """Show progress live: of one flow until it ends, or of every flow until Ctrl-C."""
+    if flow_id is not None:
+        res = _follow(client, flow_id, timeout=None)  # type: ignore[arg-type]
+        click.echo(f"{flow_id} {res.get('status')}" + (
+            f": {json.dumps(res.get('result'))}" if res.get("status") == "COMPLETED" else
+            f": {(res.get('error') or {}).get('message', '')}"))
+        return
+    for event, data in client.progress(None):
+        if event == "status":
+            for f in data["flows"]:
+                if f["status"] not in ("COMPLETED", "FAILED", "KILLED"):
+                    click.echo(f"{f['id']}  {f['status']}  {f.get('progress_step') or ''}".rstrip())
+        elif event == "progress":
+            click.echo(f"{data['flow_id']}  {data['step']}")
+        elif event == "end":
+            click.echo(f"{data['flow_id']}  {data['status']}")
+
+
+@command.command("kill")
+@node_options
+@click.argument("flow_id")
+def kill(client: Any, flow_id: str) -> None:
+    """Kill a flow: it unwinds, its peers see UnexpectedFlowEnd."""
+    out = client.kill(flow_id)
+    click.echo(f"{flow_id} {'killed' if out['killed'] else 'not killed (already finished)'}")

@@ -1,0 +1,69 @@
+"""Reaching a running node over RPC from the command line: the ``--node`` option shared
+by ``greenflow flow ...`` and ``greenflow node status|stop|drain``.
+
+``--node`` is a node directory (the RPC address comes from its ``node.toml``, the
+credentials from its ``rpc-credentials`` file) or an ``http://host:port`` URL (give
+``--user``/``--password`` or set ``GREENFLOW_RPC_USER``/``GREENFLOW_RPC_PASSWORD``).
+RPC errors become the command line's errors with their exit codes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from .errors import BadFlowArgument, CliError, FlowNotStartable, NotANodeDirectory, UsageProblem
+
+
+def node_options(fn: Callable) -> Callable:
+    """Adds ``--node``, ``--user``, ``--password``; passes ``client`` instead."""
+    @click.option("--node", "node", required=True, metavar="DIR|URL",
+                  help="The node's directory, or its RPC URL (http://host:port).")
+    @click.option("--user", default=None, envvar="GREENFLOW_RPC_USER",
+                  help="RPC user (default: from DIR/rpc-credentials).")
+    @click.option("--password", default=None, envvar="GREENFLOW_RPC_PASSWORD",
+                  help="RPC password (default: from DIR/rpc-credentials).")
+    @functools.wraps(fn)
+    def wrapper(node: str, user: str | None, password: str | None, **kw: Any) -> Any:
+        with rpc_errors(node):
+            return fn(client=connect(node, user, password), **kw)
+    return wrapper
+
+
+def connect(node: str, user: str | None = None, password: str | None = None) -> Any:
+    from greenflow.node_config import ConfigError
+    from greenflow.rpc_client import RpcClient
+
+    try:
+        return RpcClient.for_node(node, user, password)
+    except ConfigError as exc:
+        raise NotANodeDirectory(str(exc)) from None
+
+
+class rpc_errors:  # noqa: N801 - used as a context manager
+    """Turns `RpcClientError` into the CLI's errors (exit 2 for a wrong request, 1 for
+    an unreachable or failing node)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
+        from greenflow.rpc_client import RpcClientError
+
+        if not isinstance(exc, RpcClientError):
+            return False
+        if exc.status == 0:
+            hint = "" if "://" in self.node else \
+                f" (is it running? greenflow node start --dir {self.node})"
+            raise CliError(f"{exc.message}{hint}") from None
+        if exc.type == "NotStartable":
+            raise FlowNotStartable(exc.message) from None
+        if exc.type in ("BadArguments", "UnknownParty"):
+            raise BadFlowArgument(exc.message) from None
+        if exc.status in (400, 401, 403, 404, 405, 413):
+            raise UsageProblem(str(exc)) from None
+        raise CliError(str(exc)) from None
