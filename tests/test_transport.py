@@ -290,60 +290,45 @@ def test_a_replayed_connection_fails_the_handshake(net, caplog):
                      "claims to be 'Carol' but cannot prove it")
 
 
-def test_a_record_replayed_within_a_connection_is_dropped(net, caplog):
+def authenticated_attack(net: Net, caplog, expect: str, records=(), after=None) -> None:
+    """Carol (on the map, with her real key) completes the handshake with Bob, then
+    misbehaves: Bob drops the connection, logs ``expect``, and still serves Alice."""
     net.up("Alice"), net.up("Bob")
     before = net.transport("Bob").stats["dropped_connections"]
+    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
+        honest_session(net, "Carol", list(records), after=after)
+        wait_for(lambda: net.transport("Bob").stats["dropped_connections"] == before + 1)
+    assert any(expect in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert ping(net, 2) == 3
+
+
+def test_a_record_replayed_within_a_connection_is_dropped(net, caplog):
     frame = _pack([[K_FRAME, b"not a frame"]])
 
     def replay(w, chan):
         chan.sent -= 1                      # same nonce again: a byte-exact replay
         write_message(w, chan.seal(frame))
 
-    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
-        honest_session(net, "Carol", [frame], after=replay)
-        wait_for(lambda: net.transport("Bob").stats["dropped_connections"] == before + 1)
-    assert any("failed authentication" in r.getMessage() for r in caplog.records)
-    assert ping(net, 2) == 3
+    authenticated_attack(net, caplog, "failed authentication", [frame], after=replay)
 
 
 def test_a_record_sealed_with_a_key_not_on_the_map_is_dropped(net, caplog):
     import nacl.bindings
-    net.up("Alice"), net.up("Bob")
-    before = net.transport("Bob").stats["dropped_connections"]
 
     def forged(w, chan):
         write_message(w, nacl.bindings.crypto_box_easy_afternm(
             _pack([[K_FRAME, b"x"]]), chan._nonce(chan.send_dir, chan.sent), os.urandom(32)))
 
-    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
-        honest_session(net, "Carol", [], after=forged)
-        wait_for(lambda: net.transport("Bob").stats["dropped_connections"] == before + 1)
-    assert any("failed authentication" in r.getMessage() for r in caplog.records)
-    assert ping(net, 2) == 3
+    authenticated_attack(net, caplog, "failed authentication", after=forged)
 
 
 def test_an_oversized_record_from_an_authenticated_peer_is_dropped(net, caplog):
-    net.up("Alice"), net.up("Bob")
-    before = net.transport("Bob").stats["dropped_connections"]
-
-    def huge(w, chan):
-        w.write(struct.pack(">I", MAX_RECORD_BYTES + 1))
-
-    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
-        honest_session(net, "Carol", [], after=huge)
-        wait_for(lambda: net.transport("Bob").stats["dropped_connections"] == before + 1)
-    assert any(f"limit {MAX_RECORD_BYTES}" in r.getMessage() for r in caplog.records)
-    assert ping(net, 2) == 3
+    authenticated_attack(net, caplog, f"limit {MAX_RECORD_BYTES}",
+                         after=lambda w, chan: w.write(struct.pack(">I", MAX_RECORD_BYTES + 1)))
 
 
 def test_a_malformed_record_from_an_authenticated_peer_is_dropped(net, caplog):
-    net.up("Alice"), net.up("Bob")
-    before = net.transport("Bob").stats["dropped_connections"]
-    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
-        honest_session(net, "Carol", [_pack([[99, "what"]])])
-        wait_for(lambda: net.transport("Bob").stats["dropped_connections"] == before + 1)
-    assert any("unknown message kind 99" in r.getMessage() for r in caplog.records)
-    assert ping(net, 2) == 3
+    authenticated_attack(net, caplog, "unknown message kind 99", [_pack([[99, "what"]])])
 
 
 def test_a_node_will_not_talk_to_an_impostor_at_its_peers_address(net, caplog):
