@@ -49,28 +49,56 @@ def short_repr(name: str, value: Any) -> str:
     return text if len(text) <= MAX_REPR else text[:MAX_REPR - 3] + "..."
 
 
+_internal_cache: dict[str, bool] = {}
+
+
+def _is_internal(filename: str) -> bool:
+    v = _internal_cache.get(filename)
+    if v is None:
+        v = _internal_cache[filename] = (os.path.abspath(filename) in _INTERNAL
+                                         or "greenlet" in filename)
+    return v
+
+
 def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
-    """Frames from the flow's ``call()`` down to its suspension point (outermost first)."""
+    """Frames from the flow's ``call()`` down to its suspension point (outermost first).
+
+    Cheap at suspension time: each frame's locals are pickled in one C-pickle call (what
+    pickle refuses gets a bounded repr instead); reprs of the pickled values are made
+    only when someone reads the dump (`public`).
+    """
     frames: list[dict] = []
     f = top
     while f is not None and len(frames) < MAX_FRAMES * 4:
         code = f.f_code
         fn = code.co_filename
-        if os.path.abspath(fn) not in _INTERNAL and "greenlet" not in fn:
-            local_items = list(f.f_locals.items())[:MAX_LOCALS]
-            locs: dict[str, str] = {}
-            values: dict[str, bytes] = {}
-            for k, v in local_items:
-                locs[k] = short_repr(k, v)
-                # ``self`` is the flow object, already stored as the checkpoint's start object.
-                if keep_values and k != "self" and locs[k] != "<redacted>":
-                    blob = serialization.try_dumps(v, limit=2048)
-                    if blob is not None:
-                        values[k] = blob
-            frames.append({"function": code.co_qualname if hasattr(code, "co_qualname") else code.co_name,
-                           "file": fn, "line": f.f_lineno, "locals": locs,
-                           "_values": values})
-        if code.co_name == "_main" and os.path.abspath(fn) == os.path.join(_HERE, "flow_runtime.py"):
+        if not _is_internal(fn):
+            reprs: dict[str, str] = {}
+            keep: dict[str, Any] = {}
+            for k, v in list(f.f_locals.items())[:MAX_LOCALS]:
+                lname = k.lower()
+                if any(word in lname for word in DENY_LIST) or _redacted_type(v):
+                    reprs[k] = "<redacted>"
+                elif k == "self":   # the flow object: stored already as the start object
+                    reprs[k] = f"<{type(v).__module__}.{type(v).__qualname__} object>"
+                elif keep_values:
+                    keep[k] = v
+                else:
+                    reprs[k] = short_repr(k, v)
+            blob = None
+            if keep:
+                blob = serialization.try_pickle(keep, limit=16384)
+                if blob is None:  # one value spoils the batch: take them one by one
+                    ok = {}
+                    for k, v in keep.items():
+                        if serialization.try_pickle(v, limit=2048) is not None:
+                            ok[k] = v
+                        else:
+                            reprs[k] = short_repr(k, v)
+                    blob = serialization.try_pickle(ok, limit=16384) if ok else None
+            frames.append({"function": getattr(code, "co_qualname", code.co_name),
+                           "file": fn, "line": f.f_lineno, "reprs": reprs, "values": blob})
+        if code.co_name == "_main" and fn.endswith("flow_runtime.py") and _is_internal(fn):
             break
         f = f.f_back
     frames.reverse()
@@ -78,5 +106,20 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
 
 
 def public(frames: Optional[list[dict]]) -> list[dict]:
-    """The JSON-ready part of a snapshot (no pickled values)."""
-    return [{k: v for k, v in fr.items() if not k.startswith("_")} for fr in frames or []]
+    """The JSON-ready view of a snapshot: function, file, line and locals as short reprs."""
+    out = []
+    for fr in frames or []:
+        locs: dict[str, str] = {}
+        blob = fr.get("values")
+        if blob is not None:
+            try:
+                for k, v in serialization.loads(blob).items():
+                    locs[k] = short_repr(k, v)
+            except Exception as exc:  # e.g. a class no longer importable here
+                locs["<locals>"] = f"<unreadable here: {type(exc).__name__}: {exc}>"
+        locs.update(fr.get("reprs", {}))
+        if "locals" in fr:  # older snapshots kept reprs only
+            locs.update(fr["locals"])
+        out.append({"function": fr.get("function"), "file": fr.get("file"),
+                    "line": fr.get("line"), "locals": locs})
+    return out

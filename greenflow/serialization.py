@@ -38,6 +38,16 @@ def loads(blob: bytes) -> Any:
     raise ValueError(f"unknown checkpoint blob tag {tag!r}")
 
 
+def try_pickle(obj: Any, limit: int = 4096) -> bytes | None:
+    """C pickle only (no dill: too slow for a per-suspension snapshot), or None when it
+    refuses or the blob exceeds ``limit`` bytes."""
+    try:
+        blob = _PICKLE + pickle.dumps(obj, protocol=5)
+    except Exception:
+        return None
+    return blob if len(blob) <= limit else None
+
+
 def try_dumps(obj: Any, limit: int = 4096) -> bytes | None:
     """Like `dumps` but returns None when the value cannot be serialised or is larger
     than ``limit`` bytes: used for diagnostic snapshots, which must never fail a flow."""
