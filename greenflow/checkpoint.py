@@ -3,6 +3,7 @@ request. Written at every group commit the flow took part in; small, C-pickled."
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Optional
 
 from .party import Party
@@ -33,7 +34,7 @@ class SessionState:
 
     def __reduce__(self) -> tuple:
         # Positional state: no field names in every stored header (disk per flow).
-        return (SessionState, tuple(getattr(self, n) for n in _SESSION_FIELDS))
+        return (SessionState, _session_state(self))
 
     @property
     def role_of_peer(self) -> int:
@@ -61,8 +62,8 @@ class Checkpoint:
     retry_at: Optional[float] = None         # hospital: when the next retry is due
 
     def __reduce__(self) -> tuple:
-        return (Checkpoint, tuple(getattr(self, n) for n in _CHECKPOINT_FIELDS))
+        return (Checkpoint, _checkpoint_state(self))
 
 
-_SESSION_FIELDS = tuple(f.name for f in fields(SessionState))
-_CHECKPOINT_FIELDS = tuple(f.name for f in fields(Checkpoint))
+_session_state = attrgetter(*(f.name for f in fields(SessionState)))
+_checkpoint_state = attrgetter(*(f.name for f in fields(Checkpoint)))

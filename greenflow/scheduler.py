@@ -23,7 +23,6 @@ import logging
 import os
 import queue
 import traceback
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
@@ -94,7 +93,7 @@ def new_flow_id() -> str:
     B-tree, so writing millions of flows touches (and keeps mapped) only the newest
     pages, not pages all over the file: hibernated flows cost no resident memory.
     """
-    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{uuid.uuid4().int & ((1 << 80) - 1):020x}"
+    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
 
 
 class Scheduler:
@@ -130,6 +129,7 @@ class Scheduler:
         self.post_sends: list[tuple[Party, bytes]] = []
         self.post_acks: dict[str, list[tuple]] = {}
         self.post_externals: list[FlowRuntime] = []
+        self.externals_running: set[str] = set()   # flow ids whose external call is running
         self.post_callbacks: list[Callable[[], None]] = []
         self.waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.recent_results: dict[str, dict] = {}
@@ -203,6 +203,7 @@ class Scheduler:
                 sid, to_resp, seq = mid
                 self.batch.delete("outbox", outbox_key(ev.peer, sid, to_resp, seq))
         elif t is ExternalDone:
+            self.externals_running.discard(ev.flow_id)
             rt = self._resident_or_load(ev.flow_id)
             if rt is not None:
                 if rt.pending is None and rt.greenlet is None:
