@@ -72,7 +72,10 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
         elif t is ArmTimer:
             sched.arm_timer(rt, a.deadline)
         elif t is RunExternal:
-            sched.post_externals.append(rt)
+            # A flow rebuilt by replay while its call still runs waits for that call.
+            if rt.flow_id not in sched.externals_running:
+                sched.externals_running.add(rt.flow_id)
+                sched.post_externals.append(rt)
         elif t is Drop:
             log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a.reason)
         else:
