@@ -128,12 +128,15 @@ class RpcClient:
         return self.request("GET", "/network")[1]["nodes"]
 
     def start_flow(self, flow: str, args: Optional[dict] = None, *, client_id: Optional[str] = None,
-                   wait: Optional[float] = None) -> dict:
+                   wait: Optional[float] = None, count: int = 1) -> dict:
+        """Start a flow (``count`` > 1: that many, one commit, ``{"flow_ids": [...]}``)."""
         body: dict = {"flow": flow, "args": args or {}}
         if client_id is not None:
             body["client_id"] = client_id
         if wait:
             body["wait"] = wait
+        if count != 1:
+            body["count"] = count
         return self.request("POST", "/flows", body,
                             timeout=None if not wait else wait + self.timeout)[1]
 

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
 from .flow_logic import FlowLogic
 from .network_map import NetworkMapError, format_address
+from .node import FlowHandle
 from .node_config import check_password
 from .party import Party
 from .registry import is_startable, qualified_name, resolve_module
@@ -42,6 +43,7 @@ log = logging.getLogger("greenflow.rpc")
 API = "/api/v1"
 MAX_BODY_BYTES = 1 << 20
 MAX_WAIT_SECONDS = 600.0
+MAX_BATCH = 10_000
 KEEPALIVE_SECONDS = 15.0
 REPR_LIMIT = 400
 
@@ -271,10 +273,10 @@ class RpcServer:
     def start_flow(self, body: Any, user: Any) -> tuple[int, dict]:
         if not isinstance(body, dict):
             raise RpcError(400, "BadRequest", "the body must be a JSON object")
-        unknown = set(body) - {"flow", "args", "client_id", "wait"}
+        unknown = set(body) - {"flow", "args", "client_id", "wait", "count"}
         if unknown:
             raise RpcError(400, "BadRequest", f"unknown fields {sorted(unknown)} (known: flow, "
-                                              "args, client_id, wait)")
+                                              "args, client_id, wait, count)")
         node = self.node
         apps = node.scheduler.responders.apps
         cls = resolve_flow_class(body.get("flow"), apps)
@@ -283,17 +285,22 @@ class RpcServer:
                                              f"{qualified_name(cls)}")
         if self.proc.draining:
             raise RpcError(503, "Draining", "the node is draining: it starts no new flows")
-        client_id = body.get("client_id")
+        client_id, wait, count = body.get("client_id"), body.get("wait"), body.get("count", 1)
         if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
             raise RpcError(400, "BadRequest", "`client_id` must be a string of 1 to 200 characters")
-        flow = build_flow(cls, body.get("args"),
-                          lambda name: self.proc.netmap.resolve(name).party)
-        handle = node.start_flow(flow, client_id=client_id)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BATCH:
+            raise RpcError(400, "BadRequest", f"`count` must be an integer from 1 to {MAX_BATCH}")
+        if count > 1 and (client_id is not None or wait):
+            raise RpcError(400, "BadRequest", "`count` cannot be combined with `client_id` or `wait`")
+        flows = [build_flow(cls, body.get("args"), lambda name: self.proc.netmap.resolve(name).party)
+                 for _ in range(count)]
+        if count > 1:
+            return 200, {"flow_ids": [h.id for h in node.start_flows(flows)],
+                         "flow_class": qualified_name(cls)}
+        handle = node.start_flow(flows[0], client_id=client_id)
         out = {"flow_id": handle.id, "flow_class": qualified_name(cls), "client_id": client_id}
-        wait = body.get("wait")
         if wait:
-            code, res = self.result(handle.id, _seconds(wait, "wait"))
-            out.update(res)
+            out.update(self.outcome(handle, _seconds(wait, "wait"))[1])
         return 200, out
 
     def flows(self, status: Optional[str]) -> list:
@@ -308,11 +315,15 @@ class RpcServer:
         raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
 
     def result(self, fid: str, wait: float) -> tuple[int, dict]:
-        node = self.node
-        handle = node.handle(fid)
+        return self.outcome(self.node.handle(fid), wait)  # UnknownFlow -> 404
+
+    def outcome(self, handle: FlowHandle, wait: float) -> tuple[int, dict]:
+        """The result document of a flow: 200 when it finished, 202 when not (yet)."""
+        fid = handle.id
         try:
-            value = handle.result(timeout=wait) if wait > 0 or handle.status.finished \
-                else _not_yet()
+            if wait <= 0 and not handle.status.finished:
+                raise TimeoutError
+            value = handle.result(timeout=wait if wait > 0 else 1.0)
         except TimeoutError:
             info = self.flow(fid)
             return 202, {"flow_id": fid, "finished": False, "status": info["status"],
@@ -344,10 +355,6 @@ class RpcServer:
     def shutdown(self) -> dict:
         threading.Timer(0.2, self.proc.request_stop).start()
         return {"stopping": True}
-
-
-def _not_yet() -> Any:
-    raise TimeoutError
 
 
 def _seconds(value: Any, what: str) -> float:
@@ -389,6 +396,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (40 ms on Linux) on every kept-alive request.
+    disable_nagle_algorithm = True
     server: _Server
     server_version = "greenflow-rpc/1"
 
@@ -553,7 +563,7 @@ class _Handler(BaseHTTPRequestHandler):
                 info = rpc.flow(fid)
                 self._event("status", info)
                 if _finished(info["status"]):
-                    return self._event("end", rpc.result(fid, 0)[1])
+                    return self._event("end", rpc.outcome(FlowHandle(node, fid), 0)[1])
             else:
                 self._event("status", {"flows": rpc.flows(None)})
             last = time.monotonic()
@@ -573,8 +583,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if step is not None:
                     self._event("progress", {"flow_id": flow_id, "step": step})
                     continue
-                code, res = rpc.result(flow_id, 30.0)
-                self._event("end", res)
+                self._event("end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1])
                 if fid is not None:
                     return
         finally:

@@ -75,6 +75,15 @@ def test_client_id_makes_a_start_idempotent(alice):
     assert [f["id"] for f in alice.flows()].count(first["flow_id"]) == 1
 
 
+def test_count_starts_many_flows_in_one_call(alice):
+    out = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, count=25)
+    assert len(set(out["flow_ids"])) == 25
+    assert {alice.result(f, wait=30)["result"] for f in out["flow_ids"]} == {3}
+    err = error_of(lambda: alice.start_flow("samples.ping.Ping", {"peer": "Bob"}, count=2,
+                                            client_id="x"))
+    assert (err.status, err.type) == (400, "BadRequest")
+
+
 def test_a_failing_flow_reports_its_error_as_data(alice):
     out = alice.start_flow("procflows.Fails", {"why": "no stock"}, wait=30)
     assert out["finished"] and out["status"] == "FAILED"
