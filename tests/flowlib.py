@@ -7,6 +7,7 @@ fixture) and through files under the test's ``tmp_path``, which survive restarts
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,11 +17,13 @@ from greenflow import (FlowError, FlowException, FlowLogic, FlowSession, FlowTim
 from greenflow.samples.ping import Ping
 
 STATE: dict[str, Any] = {}
+GATE = threading.Event()     # opened by tests to let gated external work finish
 
 
 def reset() -> None:
     STATE.clear()
-    STATE.update(mode="a", refusal_inits=0, unwinding=[])
+    STATE.update(mode="a", refusal_inits=0, unwinding=[], external_calls=[])
+    GATE.clear()
 
 
 reset()
@@ -754,3 +757,35 @@ class Awkward(FlowLogic):
         thing = nacl.signing.SigningKey.generate()       # an innocent name: redacted by type
         self.sleep(1)
         return f"{len(big)} {type(odd).__name__} {len(bytes(thing.verify_key))}"
+
+
+# ====================================================================== threaded nodes
+def gated_double(x: int) -> int:
+    """External work that blocks until the test opens GATE; counts its calls."""
+    STATE["external_calls"].append(x)
+    GATE.wait(30)
+    return 2 * x
+
+
+@initiating_flow
+class ExternalWhileTalking(FlowLogic):
+    """Runs gated external work while its peer's message arrives."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> tuple:
+        session = self.initiate_flow(self.peer)
+        session.send("go")
+        doubled = self.run_external(gated_double, 21)
+        return (doubled, session.receive(str))
+
+
+@initiated_by(ExternalWhileTalking)
+class TalkWhileExternal(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.receive(str)
+        self.session.send("ping")

@@ -77,6 +77,19 @@ def test_restarting_both_nodes_after_every_single_frame_still_completes_once(tmp
     assert_all_finished(alice, bob)
 
 
+def test_many_concurrent_flows_survive_repeated_restarts_of_both_nodes(tmp_path, net):
+    alice, bob = pair(net)
+    logs = [str(tmp_path / f"flow-{n}.log") for n in range(200)]
+    handles = alice.start_flows([Rounds(bob.party, log) for log in logs])
+    for k in (150, 333, 500, 777):
+        net.run_network(max_messages=k)
+        alice, bob = net.restart_node(alice), net.restart_node(bob)
+    net.run_network()
+    assert [alice.handle(h.id).result() for h in handles] == [ROUNDS_RESULT] * 200
+    assert all(len(set(lines(log))) == len(lines(log)) == 6 for log in logs)
+    assert_all_finished(alice, bob)
+
+
 # Outcomes that are errors (a peer's exception, an end, a timeout) are journalled like
 # payloads: a restart anywhere must not change who sees what.
 OUTCOME_SCENARIOS = {

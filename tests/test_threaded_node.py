@@ -1,0 +1,49 @@
+"""A node with its own scheduler thread (``Node.open``), talking to itself: what only
+shows when external work and the scheduler really run concurrently."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from flowlib import GATE, ExternalWhileTalking, Sleeper
+
+from greenflow import FlowStatus, Node
+from greenflow.samples.ping import Ping
+
+
+def wait_until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def node(tmp_path, flow_state):
+    n = Node.open(tmp_path / "solo", "Solo", max_resident=0)   # hibernate every waiting flow
+    yield n
+    GATE.set()
+    n.close()
+
+
+def test_a_threaded_node_runs_a_flow_with_itself_to_completion(node):
+    assert node.start_flow(Ping(node.party, 3)).result(timeout=20) == 6
+
+
+def test_result_with_a_timeout_raises_timeout_error_while_the_flow_waits(node):
+    h = node.start_flow(Sleeper(3600))
+    with pytest.raises(TimeoutError):
+        h.result(timeout=0.05)
+    assert h.status in (FlowStatus.SUSPENDED, FlowStatus.HIBERNATED)
+
+
+def test_an_external_call_runs_once_though_its_flow_is_rebuilt_while_it_runs(node, flow_state):
+    h = node.start_flow(ExternalWhileTalking(node.party))
+    # The flow hibernates while its call is blocked; the peer's "ping" then rebuilds it by
+    # replay, up to the external request that is still running.
+    wait_until(lambda: any(s["role"] == "initiator" and s["received"] >= 1
+                           for e in node.checkpoints_dump() for s in e["sessions"]))
+    node.flows()    # one more scheduler round: anything the rebuild started has started
+    GATE.set()
+    assert h.result(timeout=20) == (42, "ping")
+    assert flow_state["external_calls"] == [21]
