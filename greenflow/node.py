@@ -261,12 +261,21 @@ class Node:
     # ------------------------------------------------------------------ results
     def handle(self, flow_id: str) -> FlowHandle:
         """Re-attach to a flow by id (after a restart too)."""
+        self._check_open(flow_id)
         if self.store.checkpoint(flow_id) is None and self.store.result(flow_id) is None \
                 and flow_id not in self.scheduler.resident:
             raise UnknownFlow(f"no flow {flow_id!r} on node {self.party.name}")
         return FlowHandle(self, flow_id)
 
+    def _check_open(self, fid: str) -> None:
+        """Handles outlive their node object (a restart opens a new one): say so, rather
+        than let the closed store raise from inside LMDB."""
+        if self._closed:
+            raise FlowError(f"node {self.party.name} is closed; to reach flow {fid} after a "
+                            "restart, re-attach with node.handle(id) on the reopened node")
+
     def _record(self, fid: str) -> Optional[dict]:
+        self._check_open(fid)
         rec = self.scheduler.recent_results.get(fid)
         return rec if rec is not None else self.store.result(fid)
 
