@@ -268,6 +268,15 @@ def test_a_flow_started_just_before_a_power_cut_runs_after_the_restart(net):
     assert alice.handle(h.id).result() == 42
 
 
+def test_a_handle_from_before_a_restart_says_to_re_attach(net):
+    alice = net.create_node("Alice")
+    h = run(net, alice, Sleeper(1))
+    net.restart_node(alice)
+    for use in (lambda: h.result(), lambda: h.status, lambda: h.node.handle(h.id)):
+        with pytest.raises(FlowError, match=r"Alice is closed.*node\.handle"):
+            use()
+
+
 # ====================================================================== what flows hold
 def test_lambdas_and_closures_in_attributes_and_locals_survive_restarts(net):
     alice = net.create_node("Alice")
