@@ -36,7 +36,8 @@ Each node dials its peers for what it sends; it receives on the connections its 
 dial to it. A `_Link` per peer holds every session frame until the peer acknowledges it
 (which the peer does only after committing it), re-sends them all in order after a
 reconnect and, as a backstop, when no acknowledgement came for `RETRANSMIT_AFTER`
-seconds. The receiver deduplicates (`greenflow.messages`). Acknowledgements travel on
+seconds (doubling while none comes, up to `RETRANSMIT_MAX`): a receiver drops
+unacknowledged what it cannot take yet (out of order, a session it holds while draining). The receiver deduplicates (`greenflow.messages`). Acknowledgements travel on
 the receiver's own link back to the sender; a lost one only causes a harmless re-send.
 
 All sockets are served by one asyncio loop on the transport's own thread. The
@@ -81,7 +82,8 @@ MAX_ACKS_PER_RECORD = 8192
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 10.0
-RETRANSMIT_AFTER = 10.0
+RETRANSMIT_AFTER = 3.0
+RETRANSMIT_MAX = 60.0
 
 K_WELCOME, K_FRAME, K_ACK = 0, 1, 2
 _S2C, _C2S = 1, 0
@@ -217,7 +219,7 @@ class _Link:
                      self.t.name, self.name, now - self.last_ack, len(self.unacked))
             self.queue = deque(self.unacked)
             self.last_ack = now
-            self.retransmit_after = min(self.retransmit_after * 2, 300.0)
+            self.retransmit_after = min(self.retransmit_after * 2, RETRANSMIT_MAX)
             self.t.stats["retransmits"] += 1
             self.wake.set()
 
@@ -495,6 +497,10 @@ class TcpTransport:
         if peer.owning_key and peer.owning_key != link.info.party.owning_key:
             log.error("%s: not sending to %s: the flow holds a key for it that differs from "
                       "the network map's", self.name, peer.name)
+            return
+        if len(data) > MAX_FRAME_BYTES:
+            log.error("%s: not sending a frame of %d bytes to %s: over the %d-byte limit",
+                      self.name, len(data), peer.name, MAX_FRAME_BYTES)
             return
         self.stats["frames_sent"] += 1
         link.add_frame(data)

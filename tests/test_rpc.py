@@ -195,6 +195,19 @@ def test_draining_refuses_new_flows_until_turned_off(alice):
     assert alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, wait=30)["result"] == 3
 
 
+def test_a_draining_node_holds_a_peers_new_session_until_draining_ends(nodes, alice):
+    bob = nodes.client("Bob")
+    bob.set_draining(True)
+    try:
+        fid = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2})["flow_id"]
+        status, doc = alice.request("GET", f"/flows/{fid}/result?wait=0.5")
+        assert status == 202 and doc["status"] == "SUSPENDED"
+        assert not [f for f in bob.flows("SUSPENDED,RUNNABLE") if f["flow_class"].endswith("Pong")]
+    finally:
+        bob.set_draining(False)
+    assert alice.result(fid, wait=30)["result"] == 3
+
+
 def test_node_info_and_network(alice):
     info = alice.node_info()
     assert info["name"] == "Alice" and info["apps"] == APPS and len(info["public_key"]) == 64
