@@ -24,6 +24,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from .errors import FlowError
 from .identity import NodeIdentity
 from .network_map import NetworkMap, format_address
 from .node import Node
@@ -219,8 +220,8 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
     setup_logging(base_dir, log_level)
     try:
         proc.start()
-    except (AlreadyRunning, OSError) as exc:
-        log.error("%s", exc)
+    except (AlreadyRunning, OSError, FlowError) as exc:  # port taken, app missing, ...
+        log.error("%s cannot start: %s", proc.config.name, exc)
         return 1
     proc.run()
     return 0
