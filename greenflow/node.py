@@ -304,6 +304,9 @@ class Node:
         self._on_scheduler(register)
         if not done.wait(timeout):
             raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
+        if box["r"] is None:
+            raise FlowError(f"node {self.party.name} closed while waiting for flow {fid}; "
+                            "re-attach with node.handle(id) once it is reopened")
         return box["r"]
 
     def _status(self, fid: str) -> FlowStatus:

@@ -853,3 +853,7 @@ class Scheduler:
         self.resident.clear()
         self.run_queue.clear()
         self.dead = True
+        waiters, self.waiters = self.waiters, {}
+        for fns in waiters.values():  # nobody may wait for a result this node cannot give
+            for fn in fns:
+                fn(None)
