@@ -2,12 +2,13 @@
 shows when external work and the scheduler really run concurrently."""
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 from flowlib import GATE, ExternalWhileTalking, Sleeper
 
-from greenflow import FlowStatus, Node
+from greenflow import FlowError, FlowStatus, Node
 from greenflow.samples.ping import Ping
 
 
@@ -47,3 +48,23 @@ def test_an_external_call_runs_once_though_its_flow_is_rebuilt_while_it_runs(nod
     GATE.set()
     assert h.result(timeout=20) == (42, "ping")
     assert flow_state["external_calls"] == [21]
+
+
+def test_a_result_waiting_when_the_node_closes_raises_instead_of_waiting_for_ever(tmp_path):
+    node = Node.open(tmp_path / "solo", "Solo")
+    h = node.start_flow(Sleeper(3600))
+    outcome: dict = {}
+
+    def wait() -> None:
+        try:
+            outcome["value"] = h.result()
+        except Exception as e:  # noqa: BLE001 - the outcome under test
+            outcome["error"] = e
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    wait_until(lambda: node._on_scheduler(lambda: bool(node.scheduler.waiters)))
+    node.close()
+    waiter.join(20)
+    assert not waiter.is_alive()
+    assert type(outcome["error"]) is FlowError and "closed" in str(outcome["error"])
