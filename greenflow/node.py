@@ -357,6 +357,24 @@ class Node:
         """Unfinished flows and recently finished ones."""
         return self._on_scheduler(self._flows)
 
+    def flow_info(self, flow_id: str) -> FlowInfo:
+        """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
+        Raises `UnknownFlow` for an id this node does not know."""
+        return self._on_scheduler(lambda: self._flow_info(flow_id))
+
+    def _flow_info(self, fid: str) -> FlowInfo:
+        rt = self.scheduler.resident.get(fid)
+        if rt is not None:
+            return self._info(rt.cp, True)
+        rec = self._record(fid)
+        if rec is not None:
+            return FlowInfo(fid, rec["flow_class"], rec["status"], None, None, False,
+                            rec.get("error"))
+        cp = self.store.checkpoint(fid)
+        if cp is None:
+            raise UnknownFlow(f"no flow {fid!r} on node {self.party.name}")
+        return self._info(cp, False)
+
     def _flows(self) -> list[FlowInfo]:
         out: dict[str, FlowInfo] = {}
         resident = self.scheduler.resident
