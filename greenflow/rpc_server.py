@@ -309,10 +309,7 @@ class RpcServer:
                 if wanted is None or f.status.value in wanted]
 
     def flow(self, fid: str) -> dict:
-        for f in self.node.flows():
-            if f.id == fid:
-                return _flow_info(f)
-        raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
+        return _flow_info(self.node.flow_info(fid))
 
     def result(self, fid: str, wait: float) -> tuple[int, dict]:
         return self.outcome(self.node.handle(fid), wait)  # UnknownFlow -> 404
