@@ -789,3 +789,24 @@ class TalkWhileExternal(FlowLogic):
     def call(self) -> None:
         self.session.receive(str)
         self.session.send("ping")
+
+
+def append_and_fail(path: str) -> None:
+    append_line(path, "tried")
+    raise ValueError("the side effect failed")
+
+
+class CatchesSideEffectFailure(FlowLogic):
+    """A side effect's exception is recorded and replayed like its value."""
+
+    def __init__(self, log_path: str):
+        self.log_path = log_path
+
+    def call(self) -> str:
+        try:
+            self.side_effect(append_and_fail, self.log_path)
+            caught = "nothing"
+        except ValueError as e:
+            caught = str(e)
+        self.sleep(10)
+        return caught

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from flowlib import (Ask, ChainStart, External, HoldsClosures, Napper, Patient, Recorded, Refusal,
-                     RefuseEveryone, Rounds, Sleeper, lines)
-from netutil import assert_all_finished, pair, run
+from flowlib import (Ask, CatchesSideEffectFailure, ChainStart, Doomed, External, HoldsClosures,
+                     Napper, Patient, Recorded, Refusal, RefuseEveryone, Rounds, Sleeper, lines)
+from netutil import assert_all_finished, only_flow, pair, result_of, run
 
 from greenflow import FlowError, FlowStatus, UnexpectedFlowEnd
 from greenflow.testing import MockNetwork
@@ -196,6 +196,32 @@ def test_now_random_and_uuid_replay_the_values_first_recorded(net, tmp_path):
     net.advance_clock(10)
     net.run_network()
     assert [alice.handle(h.id).result()] == lines(log)
+
+
+def test_a_side_effects_exception_is_replayed_not_rerun_after_a_restart(net, tmp_path):
+    log = str(tmp_path / "tries.log")
+    alice = net.create_node("Alice")
+    h = run(net, alice, CatchesSideEffectFailure(log))
+    alice = net.restart_node(alice)
+    net.advance_clock(10)
+    net.run_network()
+    assert alice.handle(h.id).result() == "the side effect failed"
+    assert lines(log) == ["tried"]
+
+
+def test_a_power_cut_unwinds_waiting_flows_at_once_with_io_refused(net, flow_state):
+    alice, bob = pair(net)
+    run(net, alice, Doomed(bob.party))
+    before = len(flow_state["unwinding"])
+    alice = net.restart_node(alice)
+    unwound = flow_state["unwinding"]
+    assert unwound and all(entry.startswith("refused: ") for entry in unwound), unwound
+    if not net.default_options.get("reload_after_suspend"):
+        assert len(unwound) == before + 1        # now, not at some later garbage collection
+    net.run_network()
+    alice.kill_flow(only_flow(alice, "Doomed").id)
+    net.run_network()
+    assert result_of(bob, "AskResponder").startswith("UnexpectedFlowEnd: ")   # no "bye"
 
 
 # ====================================================================== starts and results
