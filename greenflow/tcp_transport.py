@@ -79,6 +79,7 @@ MAX_HANDSHAKE_BYTES = 1024
 BATCH_BYTES = 256 * 1024
 MAX_RECORD_BYTES = MAX_FRAME_BYTES + 64 * 1024
 MAX_ACKS_PER_RECORD = 8192
+MAX_OWED_ACKS = 100_000
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 10.0
@@ -205,6 +206,10 @@ class _Link:
 
     def add_acks(self, msg_ids: tuple) -> None:
         self.acks.extend(list(m) for m in msg_ids)
+        if len(self.acks) > MAX_OWED_ACKS:
+            # The peer is unreachable: forget the oldest; it re-sends those frames and the
+            # node acknowledges the duplicates again.
+            del self.acks[:len(self.acks) - MAX_OWED_ACKS]
         self.wake.set()
 
     def acked(self, msg_ids: list) -> None:
@@ -308,6 +313,8 @@ def _why(exc: BaseException) -> str:
         return "connection closed during the handshake"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
+    if isinstance(exc, asyncio.CancelledError):
+        return "this node is shutting down"
     return str(exc) or type(exc).__name__
 
 
