@@ -41,6 +41,16 @@ def journaled(method: F) -> F:
 if TYPE_CHECKING:
     from .node import Node
 
+# name -> factory(node): services an app module offers every node, built on first use.
+_FACTORIES: dict[str, Callable[["Node"], Any]] = {}
+
+
+def register_service_factory(name: str, factory: Callable[["Node"], Any]) -> None:
+    """Offer a service to every node as ``services.<name>``, built by ``factory(node)``
+    the first time a node asks for it (the ledger registers its vault this way, so the
+    core never imports the ledger and a node that never trades never opens a vault)."""
+    _FACTORIES[name] = factory
+
 
 class ServiceHub:
     def __init__(self, node: "Node") -> None:
@@ -84,10 +94,16 @@ class ServiceHub:
         self._extra[name] = service
 
     def get(self, name: str, default: Optional[Any] = None) -> Any:
-        return self._extra.get(name, default)
+        service = self._extra.get(name)
+        if service is None and name in _FACTORIES:
+            service = self._extra[name] = _FACTORIES[name](self._node)
+        return default if service is None else service
 
     def __getattr__(self, name: str) -> Any:
         extra = self.__dict__.get("_extra", {})
         if name in extra:
             return extra[name]
-        raise AttributeError(f"the node has no service {name!r} (registered: {sorted(extra)})")
+        if name in _FACTORIES and "_node" in self.__dict__:
+            return self.get(name)
+        raise AttributeError(f"the node has no service {name!r} "
+                             f"(registered: {sorted(set(extra) | set(_FACTORIES))})")
