@@ -126,6 +126,8 @@ class Scheduler:
         self.run_queue: deque[tuple[FlowRuntime, Any]] = deque()
         self.timers: list[tuple[float, str]] = []
         self.batch = Batch()
+        # Routes written in this round's batch, not yet readable from the store.
+        self._round_routes: dict[bytes, bytes] = {}
         self.post_sends: list[tuple[Party, bytes]] = []
         self.post_acks: dict[str, list[tuple]] = {}
         self.post_externals: list[FlowRuntime] = []
@@ -134,6 +136,10 @@ class Scheduler:
         self.waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.recent_results: dict[str, dict] = {}
         self.progress_listeners: list[Callable[[str, Optional[str]], None]] = []
+        # fn(flow_id) when a flow ends (completed, failed, killed), inside the round: what
+        # it writes to `self.batch` commits with the flow's result (the vault releases the
+        # flow's soft locks this way).
+        self.flow_end_listeners: list[Callable[[str], None]] = []
         self.touched: dict[str, FlowRuntime] = {}
         self.dead = False
         self.commit_error: Optional[BaseException] = None
@@ -331,7 +337,7 @@ class Scheduler:
             key = session_key(sender.name, frame.sid, 0)
             fid = self.routes.get(key)
             if fid is None:
-                route = self.store.route(key)
+                route = self._route(key)
                 if route is None:
                     if self.draining:
                         # Not acknowledged: held here, and still in the sender's outbox.
@@ -349,7 +355,7 @@ class Scheduler:
             key = session_key(sender.name, frame.sid, 0 if frame.to_responder else 1)
             fid = self.routes.get(key)
             if fid is None:
-                route = self.store.route(key)
+                route = self._route(key)
                 if route is None:
                     if any(s == sender and decode_frame(d).sid == frame.sid
                            for s, d in self._deferred):
@@ -371,6 +377,14 @@ class Scheduler:
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
+
+    def _route(self, key: bytes) -> Optional[bytes]:
+        value = self._round_routes.get(key)
+        return value if value is not None else self.store.route(key)
+
+    def _put_route(self, key: bytes, value: bytes) -> None:
+        self.batch.put("sessions", key, value)
+        self._round_routes[key] = value
 
     def _payload_ok(self, sender: Party, frame: Frame) -> bool:
         from . import wire
@@ -395,7 +409,7 @@ class Scheduler:
                                   f"{self.identity.name}")
             data = encode_frame(reject)
             self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
-            self.batch.put("sessions", key, REJECTED_ROUTE)
+            self._put_route(key, REJECTED_ROUTE)
             self.post_sends.append((sender, data))
             self._ack(sender, frame)
             return
@@ -413,7 +427,7 @@ class Scheduler:
             return
         cp = Checkpoint(fid, qualified_name(cls), started_at=self.clock.now(),
                         sessions={frame.sid: st}, invoker_sid=frame.sid)
-        self.batch.put("sessions", key, fid.encode())
+        self._put_route(key, fid.encode())
         self._record_start(cp, blob, logic)
         rt = self.resident[fid]
         rt.routed = 1
@@ -585,7 +599,7 @@ class Scheduler:
         expires = self.clock.now() + self.retention
         for st in rt.cp.sessions.values():
             key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
-            b.put("sessions", key, FINISHED_ROUTE + fid.encode())
+            self._put_route(key, FINISHED_ROUTE + fid.encode())
             b.put("expiry", expiry_key(expires, "sessions", key), b"")
             self.routes.pop(key, None)
         try:
@@ -600,6 +614,11 @@ class Scheduler:
         b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:
             b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
+        for fn in self.flow_end_listeners:
+            try:
+                fn(fid)
+            except Exception:
+                log.exception("%s: flow-end listener failed for flow %s", self.identity.name, fid)
         self._queue_frames(rt)
         self.resident.pop(fid, None)
         self.touched.pop(fid, None)
@@ -690,6 +709,7 @@ class Scheduler:
             self.dead = True
             return
         self.batch = Batch()
+        self._round_routes.clear()
         self.touched = {}
         sends, self.post_sends = self.post_sends, []
         acks, self.post_acks = self.post_acks, {}
@@ -746,7 +766,7 @@ class Scheduler:
             for st in list(cp.sessions.values())[rt.routed:]:
                 key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
                 self.routes[key] = fid
-                b.put("sessions", key, fid.encode())
+                self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
         if pend is None or pend.kind == "external":
             b.put("wake", fid_key(fid), b"")
