@@ -55,3 +55,17 @@ class ExchangeResponder(FlowLogic):
             except UnexpectedFlowEnd:
                 return
             self.session.send(n * 10)
+
+
+@initiating_flow
+class Chatter(FlowLogic):
+    """Sends twice before listening: both frames leave in one commit."""
+
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+
+    def call(self) -> int:
+        s = self.initiate_flow(self.peer)
+        s.send(1)
+        s.send(2)
+        return s.receive(int)

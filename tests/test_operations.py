@@ -185,3 +185,17 @@ def test_finished_flow_records_expire_after_the_retention_time(tmp_path):
     net.run_network()
     assert h2.result() == 60
     assert store.result(h.id) is None and store.client("c-1") is None
+
+
+def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry_lingers(tmp_path):
+    from greenflow import UnknownFlow
+    opsflows.reset()
+    net = MockNetwork(tmp_path / "net")
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", apps=["greenflow.samples.ping"])   # no responder for Chatter
+    h = alice.start_flow(opsflows.Chatter(bob.party))
+    net.run_network()
+    with pytest.raises(UnknownFlow, match="Bob has no flow registered to answer opsflows.Chatter"):
+        h.result()
+    assert alice.node.store.count("outbox") == 0
+    assert bob.node.store.count("outbox") == 0
