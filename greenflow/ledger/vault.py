@@ -1,0 +1,335 @@
+"""`Vault` (``services.vault``): what a node knows of the ledger, in its own LMDB store.
+
+| database       | key                          | value                                        |
+|----------------|------------------------------|----------------------------------------------|
+| vault_txs      | transaction id (32 bytes)    | the `SignedTransaction` (wire encoding)       |
+| vault_states   | state ref (id + index)       | an unconsumed state of ours (`StateAndRef`)   |
+| vault_consumed | state ref                    | id of the transaction that consumed it        |
+| vault_locks    | state ref                    | id of the flow that soft-locked it            |
+
+Transactions are recorded whole: every dependency a node resolved, and every
+transaction it took part in. Only states the node is a participant of enter the
+unconsumed index ("relevant" states), and only when the transaction is recorded as
+relevant (finality, issuance); dependencies fetched to check a history do not change
+what the node holds, as in Corda.
+
+Calls from flows are journaled (`greenflow.services.journaled`): a query returns on replay
+what it returned live, and a write happens once, in the group commit of the flow's
+checkpoint. Reads inside a flow do not see that uncommitted batch, so the indexes flows
+read (unconsumed states, locks) live in memory and are rebuilt from LMDB when the node
+opens.
+
+Soft locks keep two concurrent flows from selecting the same state: `select` locks
+what it picks for the calling flow, and the lock goes when the flow ends (completed,
+failed or killed), in the same commit as the flow's result.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import struct
+import threading
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+
+from .. import wire
+from ..errors import FlowError, FlowException
+from ..services import journaled, register_service_factory
+from ..traps import current_runtime_or_none
+from .app_db import AppDb
+from .crypto import SecureHash
+from .states import ContractState, StateAndRef, StateRef
+from .transactions import SignedTransaction
+
+__all__ = ["InsufficientBalance", "StatesLocked", "Vault", "ref_key"]
+
+log = logging.getLogger("greenflow.ledger.vault")
+
+S = TypeVar("S", bound=ContractState)
+_INDEX = struct.Struct(">I")
+
+
+class InsufficientBalance(FlowException):
+    """`Vault.select` could not find enough unlocked, unconsumed states. The message says
+    how much was asked, how much is free and how much other flows hold locked."""
+
+
+class StatesLocked(FlowException):
+    """`Vault.soft_lock` was asked for a state another running flow has locked."""
+
+
+def ref_key(ref: StateRef) -> bytes:
+    return ref.tx_id.value + _INDEX.pack(ref.index)
+
+
+def _ref_from_key(key: bytes) -> StateRef:
+    return StateRef(SecureHash(bytes(key[:32])), _INDEX.unpack(key[32:36])[0])
+
+
+# Stored values name the modules of the classes inside them, so a node that reopens its
+# vault imports them before decoding (our own records: the modules are trusted, unlike a
+# class name a peer sends, which is never imported).
+def _modules_of(obj: Any) -> set[str]:
+    if isinstance(obj, StateAndRef):
+        return {type(obj.state).__module__}
+    if isinstance(obj, SignedTransaction):
+        tx = obj.tx
+        return ({type(s).__module__ for s in tx.outputs}
+                | {type(c.value).__module__ for c in tx.commands})
+    return set()
+
+
+def _pack(obj: Any) -> bytes:
+    modules = ",".join(sorted(m for m in _modules_of(obj) if m != "builtins"))
+    return modules.encode() + b"\0" + wire.encode(obj)
+
+
+def _unpack(raw: bytes) -> Any:
+    modules, _, body = bytes(raw).partition(b"\0")
+    for name in filter(None, modules.decode().split(",")):
+        importlib.import_module(name)
+    return wire.decode(body)
+
+
+class Vault:
+    def __init__(self, node: Any) -> None:
+        self._node = node
+        self._me = node.party.owning_key
+        self._lock = threading.RLock()
+        store = node.store
+        self._txs = AppDb(store, "vault_txs", _pack, _unpack)
+        self._consumed = AppDb(store, "vault_consumed", lambda v: v, bytes)
+        store.ensure_db("vault_states")
+        store.ensure_db("vault_locks")
+        # Complete in-memory indexes: exact state class -> ref -> state, and the locks.
+        self._unconsumed: dict[type, dict[StateRef, StateAndRef]] = {}
+        self._locks: dict[StateRef, str] = {}
+        self._locks_by_flow: dict[str, set[StateRef]] = {}
+        for _, raw in store.iter_db("vault_states"):
+            sar = _unpack(raw)
+            self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
+        stale: list[bytes] = []
+        for key, fid in store.iter_db("vault_locks"):
+            flow_id = fid.decode()
+            if self._flow_is_live(flow_id):
+                self._add_lock(_ref_from_key(key), flow_id)
+            else:
+                stale.append(key)
+        if stale:
+            with node.services.writes() as batch:
+                for key in stale:
+                    batch.delete("vault_locks", key)
+        node.scheduler.flow_end_listeners.append(self._on_flow_end)
+
+    # ------------------------------------------------------------------ transactions
+    @journaled
+    def record_transactions(self, stxs: Iterable[SignedTransaction], relevant: bool = True) -> None:
+        """Store verified transactions; with ``relevant``, also take the states they
+        create for us into the unconsumed index and mark the inputs they consume.
+        Recording the same transaction again changes nothing."""
+        with self._lock, self._node.services.writes() as batch:
+            for stx in stxs:
+                key = stx.id.value
+                if self._txs.get(key) is None:
+                    self._txs.put(batch, key, stx)
+                if relevant:
+                    self._apply(batch, stx)
+
+    def _apply(self, batch: Any, stx: SignedTransaction) -> None:
+        tx = stx.tx
+        for ref in tx.inputs:
+            key = ref_key(ref)
+            for by_type in self._unconsumed.values():
+                if by_type.pop(ref, None) is not None:
+                    batch.delete("vault_states", key)
+                    self._consumed.put(batch, key, stx.id.value)
+                    break
+        for index, state in enumerate(tx.outputs):
+            if not self._is_ours(state):
+                continue
+            ref = StateRef(stx.id, index)
+            by_type = self._unconsumed.setdefault(type(state), {})
+            key = ref_key(ref)
+            if ref in by_type or key in self._consumed:
+                continue
+            sar = StateAndRef(state, ref)
+            by_type[ref] = sar
+            batch.put("vault_states", key, _pack(sar))
+
+    def _is_ours(self, state: ContractState) -> bool:
+        return any(p.owning_key == self._me for p in state.participants)
+
+    def transaction(self, tx_id: SecureHash) -> Optional[SignedTransaction]:
+        """A recorded transaction (recorded transactions never change or go, so flows
+        may read this without a journal entry once they know it is there)."""
+        return self._txs.get(tx_id.value)
+
+    def has_transaction(self, tx_id: SecureHash) -> bool:
+        return self._txs.get(tx_id.value) is not None
+
+    @journaled
+    def missing_transactions(self, tx_ids: Iterable[SecureHash]) -> list[SecureHash]:
+        """Those of ``tx_ids`` not recorded here, in the order given."""
+        return [t for t in tx_ids if self._txs.get(t.value) is None]
+
+    def state(self, ref: StateRef) -> Optional[StateAndRef]:
+        """The state ``ref`` names, from the recorded transaction that created it
+        (consumed or not); None when that transaction is unknown here."""
+        stx = self.transaction(ref.tx_id)
+        if stx is None or not 0 <= ref.index < len(stx.tx.outputs):
+            return None
+        return StateAndRef(stx.tx.outputs[ref.index], ref)
+
+    def notary_of(self, ref: StateRef) -> Any:
+        """The notary of the transaction that created ``ref``: the one that must notarise
+        any transaction consuming it."""
+        stx = self.transaction(ref.tx_id)
+        if stx is None:
+            raise FlowError(f"state {ref} is unknown here: its transaction was never recorded")
+        return stx.tx.notary
+
+    # ------------------------------------------------------------------ queries
+    @journaled
+    def query(self, state_type: type[S] = ContractState,  # type: ignore[assignment]
+              where: Optional[Callable[[S], bool]] = None,
+              include_locked: bool = True) -> list[StateAndRef]:
+        """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
+        with self._lock:
+            return [sar for sar in self._candidates(state_type, where)
+                    if include_locked or not self._locked_by_other(sar.ref, None)]
+
+    def is_unconsumed(self, ref: StateRef) -> bool:
+        with self._lock:
+            return any(ref in by_type for by_type in self._unconsumed.values())
+
+    def balance(self, state_type: type[ContractState], amount_of: str = "amount",
+                where: Optional[Callable[[Any], bool]] = None) -> int:
+        """Sum of ``amount_of`` over our unconsumed states of ``state_type`` (for
+        reports outside flows; flows use `query`, which is journaled)."""
+        with self._lock:
+            return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
+
+    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]]) -> list[StateAndRef]:
+        out: list[StateAndRef] = []
+        for cls, by_type in self._unconsumed.items():
+            if issubclass(cls, state_type):
+                out.extend(sar for sar in by_type.values() if where is None or where(sar.state))
+        return out
+
+    # ------------------------------------------------------------------ soft locks
+    @journaled
+    def select(self, state_type: type[S], amount: int, *, amount_of: str = "amount",
+               where: Optional[Callable[[S], bool]] = None) -> list[StateAndRef]:
+        """Pick unlocked unconsumed states of ``state_type`` until their ``amount_of``
+        adds up to ``amount`` or more, and soft-lock them for the calling flow
+        (`InsufficientBalance` when there is not enough)."""
+        fid = self._flow_id("Vault.select")
+        with self._lock:
+            picked: list[StateAndRef] = []
+            total = locked = 0
+            for sar in self._candidates(state_type, where):
+                value = getattr(sar.state, amount_of)
+                if self._locked_by_other(sar.ref, fid):
+                    locked += value
+                    continue
+                picked.append(sar)
+                total += value
+                if total >= amount:
+                    break
+            if total < amount:
+                raise InsufficientBalance(
+                    f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
+                    f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
+            self._lock_refs([s.ref for s in picked], fid)
+            return picked
+
+    @journaled
+    def soft_lock(self, refs: Sequence[StateRef]) -> None:
+        """Lock ``refs`` for the calling flow (`StatesLocked` if another flow holds one)."""
+        fid = self._flow_id("Vault.soft_lock")
+        with self._lock:
+            taken = [r for r in refs if self._locked_by_other(r, fid)]
+            if taken:
+                raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: "
+                                   + ", ".join(f"{r} (flow {self._locks[r]})" for r in taken[:5]))
+            self._lock_refs(list(refs), fid)
+
+    @journaled
+    def release(self, refs: Optional[Sequence[StateRef]] = None) -> None:
+        """Release the calling flow's locks on ``refs`` (all of them by default); they go
+        by themselves when the flow ends."""
+        fid = self._flow_id("Vault.release")
+        with self._lock, self._node.services.writes() as batch:
+            held = self._locks_by_flow.get(fid, set())
+            for ref in list(held if refs is None else refs):
+                if self._locks.get(ref) == fid:
+                    self._drop_lock(batch, ref)
+
+    def locks(self) -> dict[StateRef, str]:
+        """Every soft lock held: state ref -> flow id."""
+        with self._lock:
+            return dict(self._locks)
+
+    def locked_by(self, ref: StateRef) -> Optional[str]:
+        """The flow holding ``ref`` locked, if any."""
+        return self._locks.get(ref)
+
+    def locks_of(self, flow_id: str) -> set[StateRef]:
+        return set(self._locks_by_flow.get(flow_id, ()))
+
+    def _flow_id(self, what: str) -> str:
+        rt = current_runtime_or_none()
+        if rt is None:
+            raise FlowError(f"{what} locks states for the calling flow: call it from a flow")
+        return rt.flow_id
+
+    def _locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
+        owner = self._locks.get(ref)
+        if owner is None or owner == fid:
+            return False
+        if self._flow_is_live(owner):
+            return True
+        # Its flow is gone (ended before this vault was opened): the lock is stale.
+        with self._node.services.writes() as batch:
+            self._drop_lock(batch, ref)
+        return False
+
+    def _lock_refs(self, refs: list[StateRef], fid: str) -> None:
+        with self._node.services.writes() as batch:
+            value = fid.encode()
+            for ref in refs:
+                self._add_lock(ref, fid)
+                batch.put("vault_locks", ref_key(ref), value)
+
+    def _add_lock(self, ref: StateRef, fid: str) -> None:
+        self._locks[ref] = fid
+        self._locks_by_flow.setdefault(fid, set()).add(ref)
+
+    def _drop_lock(self, batch: Any, ref: StateRef) -> None:
+        fid = self._locks.pop(ref, None)
+        if fid is not None:
+            held = self._locks_by_flow.get(fid)
+            if held is not None:
+                held.discard(ref)
+                if not held:
+                    del self._locks_by_flow[fid]
+        batch.delete("vault_locks", ref_key(ref))
+
+    def _flow_is_live(self, fid: str) -> bool:
+        node = self._node
+        return fid in node.scheduler.resident or node.store.get("flows", fid.encode()) is not None
+
+    def _on_flow_end(self, fid: str) -> None:
+        """Scheduler hook: the flow ended; its locks go in the commit of its result."""
+        with self._lock:
+            held = self._locks_by_flow.get(fid)
+            if held:
+                batch = self._node.scheduler.batch
+                for ref in list(held):
+                    self._drop_lock(batch, ref)
+
+    def __repr__(self) -> str:
+        n = sum(len(v) for v in self._unconsumed.values())
+        return f"Vault({self._node.party.name}: {n} unconsumed states, {len(self._locks)} locked)"
+
+
+register_service_factory("vault", Vault)
