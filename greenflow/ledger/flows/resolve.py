@@ -1,0 +1,276 @@
+"""Moving transactions between nodes with their history (Corda's ``SendTransactionFlow``,
+``ReceiveTransactionFlow``, ``ResolveTransactionsFlow`` and their state-and-ref forms).
+
+A node never takes a transaction on trust: it checks the whole chain of transactions
+that created its inputs, back to their issuance. The sending side runs `DataVendingFlow`
+after what it sent: it answers the receiver's requests for dependencies, and only for
+transactions reachable from what it sent, until the receiver says `EndOfFetch`. The
+receiving side runs `ResolveTransactionsFlow`: it asks for what it lacks in batches of up
+to `MAX_BATCH` ids (one round trip per level of the history that is missing here), then
+verifies the fetched transactions in dependency order and records them.
+
+The protocol, on one session::
+
+    sender                                   receiver
+    send(stx or states)          ------->    receive
+    DataVendingFlow:                          ResolveTransactionsFlow:
+      receive FetchTransactions  <-------      send FetchTransactions(missing ids)
+      send FetchedTransactions   ------->      receive, check, queue their inputs
+      ...                                      ...
+      receive EndOfFetch         <-------      send EndOfFetch
+                                               verify the chain, record it
+
+When what was sent has no dependencies, both sides skip the exchange.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+from ...errors import FlowException
+from ...flow_logic import FlowLogic
+from ...progress import ProgressTracker, Step
+from ...session import FlowSession
+from ..crypto import SecureHash
+from ..errors import TransactionVerificationError
+from ..states import ContractState, StateAndRef, StateRef
+from ..transactions import SignedTransaction
+from ..verifier import TransactionResolutionError
+from .messages import (EndOfFetch, FetchedTransactions, FetchTransactions, checked_ids,
+                       checked_transactions)
+
+__all__ = [
+    "DataVendingFlow", "FetchRefused", "MAX_BATCH", "MAX_TRANSACTIONS", "ReceiveStateAndRefFlow",
+    "ReceiveTransactionFlow", "ResolveTransactionsFlow", "SendStateAndRefFlow",
+    "SendTransactionFlow", "TransactionResolutionError", "check_states_match",
+]
+
+#: Transaction ids asked for in one request.
+MAX_BATCH = 100
+#: Transactions one resolution may fetch before it gives up (a history this long is
+#: more likely an attack on the receiver's memory than a real one).
+MAX_TRANSACTIONS = 10_000
+
+
+class FetchRefused(FlowException):
+    """A peer asked for a transaction that is not part of what was sent to it (nor of its
+    history): nodes only show the history of what they chose to share."""
+
+
+class DataVendingFlow(FlowLogic):
+    """Serve the peer's requests for ``tx_ids`` and their history until it is done."""
+
+    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash]) -> None:
+        self.session = session
+        self.tx_ids = tuple(dict.fromkeys(tx_ids))
+
+    def call(self) -> None:
+        if not self.tx_ids:
+            return
+        session, vault = self.session, self.services.vault
+        peer = session.counterparty
+        allowed = set(self.tx_ids)
+        while True:
+            request = session.receive((FetchTransactions, EndOfFetch))
+            if isinstance(request, EndOfFetch):
+                return
+            ids = checked_ids(request.ids, peer, "FetchTransactions")
+            if len(ids) > MAX_BATCH:
+                raise FetchRefused(f"{peer.name} asked for {len(ids)} transactions at once; "
+                                   f"the limit is {MAX_BATCH}")
+            for tx_id in ids:
+                if tx_id not in allowed:
+                    raise FetchRefused(f"{peer.name} asked for transaction {tx_id}, which is not "
+                                       "part of what was sent to it nor of its history")
+            missing = vault.missing_transactions(ids)  # journaled: stays what it was live
+            absent = set(missing)
+            found = []
+            for tx_id in ids:
+                if tx_id in absent:
+                    continue
+                stx = vault.transaction(tx_id)  # recorded: never changes
+                found.append(stx)
+                allowed.update(ref.tx_id for ref in stx.tx.inputs)
+            session.send(FetchedTransactions(tuple(found), tuple(missing)))
+
+
+class SendTransactionFlow(FlowLogic):
+    """Send ``stx`` and then serve its history to the peer."""
+
+    def __init__(self, session: FlowSession, stx: SignedTransaction) -> None:
+        self.session = session
+        self.stx = stx
+
+    def call(self) -> None:
+        self.session.send(self.stx)
+        self.sub_flow(DataVendingFlow(self.session, dependencies(self.stx)))
+
+
+class SendStateAndRefFlow(FlowLogic):
+    """Send states with their refs and then serve the transactions that created them."""
+
+    def __init__(self, session: FlowSession, states: Sequence[StateAndRef]) -> None:
+        self.session = session
+        self.states = tuple(states)
+
+    def call(self) -> None:
+        self.session.send(self.states)
+        self.sub_flow(DataVendingFlow(self.session, (s.ref.tx_id for s in self.states)))
+
+
+class ResolveTransactionsFlow(FlowLogic):
+    """Fetch from the peer every transaction in the history of ``tx_ids`` that is not
+    recorded here, verify them all in dependency order and record them (as history:
+    they change no vault balance). Returns the transactions it fetched, oldest first."""
+
+    RESOLVING = Step("Fetching missing history")
+    VERIFYING = Step("Verifying the history back to issuance")
+    progress_tracker = ProgressTracker(RESOLVING, VERIFYING)
+
+    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash]) -> None:
+        self.session = session
+        self.tx_ids = tuple(dict.fromkeys(tx_ids))
+
+    def call(self) -> list[SignedTransaction]:
+        if not self.tx_ids:
+            return []
+        session, vault = self.session, self.services.vault
+        peer = session.counterparty
+        fetched: dict[SecureHash, SignedTransaction] = {}
+        needed_by: dict[SecureHash, Optional[SecureHash]] = {t: None for t in self.tx_ids}
+        queue = list(self.tx_ids)
+        while queue:
+            batch, queue = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            missing = vault.missing_transactions(batch)
+            if not missing:
+                continue
+            self.progress_tracker.current_step = self.RESOLVING
+            reply = session.send_and_receive(FetchedTransactions, FetchTransactions(tuple(missing)))
+            for stx in self._check_reply(reply, missing, needed_by):
+                fetched[stx.id] = stx
+                for ref in stx.tx.inputs:
+                    if ref.tx_id not in needed_by:
+                        needed_by[ref.tx_id] = stx.id
+                        queue.append(ref.tx_id)
+            if len(fetched) > MAX_TRANSACTIONS:
+                raise TransactionResolutionError(
+                    f"the history {peer.name} sent has more than {MAX_TRANSACTIONS} transactions "
+                    "missing here; refusing to resolve it")
+        session.send(EndOfFetch())
+        if not fetched:
+            return []
+        self.progress_tracker.current_step = self.VERIFYING
+        chain = dependency_order(fetched)
+        self.services.verifier.verify_chain(chain)
+        vault.record_transactions(chain, relevant=False)
+        return chain
+
+    def _check_reply(self, reply: FetchedTransactions, asked: list[SecureHash],
+                     needed_by: dict[SecureHash, Optional[SecureHash]]) -> tuple[SignedTransaction, ...]:
+        peer = self.session.counterparty
+        txs = checked_transactions(reply.transactions, peer, "FetchedTransactions")
+        absent = checked_ids(reply.missing, peer, "FetchedTransactions")
+        wanted = set(asked)
+        got = {stx.id for stx in txs}
+        if got - wanted:
+            raise TransactionResolutionError(f"{peer.name} sent transaction {min(got - wanted)}, "
+                                             "which was not asked for")
+        lacking = [t for t in asked if t not in got]
+        if lacking:
+            tx_id = lacking[0]
+            dependent = needed_by.get(tx_id)
+            why = "it does not have it" if tx_id in absent else "it did not send it"
+            of = f", on which transaction {dependent} depends" if dependent is not None else ""
+            raise TransactionResolutionError(
+                f"{peer.name} could not provide transaction {tx_id}{of} ({why}): the history "
+                "cannot be verified back to issuance")
+        return txs
+
+
+class ReceiveTransactionFlow(FlowLogic):
+    """Receive a transaction, resolve and verify its history, verify it, and (with
+    ``record``) record it as relevant to this node. Without
+    ``check_sufficient_signatures`` the transaction may still lack signatures (one that
+    is being signed); those it has must all verify."""
+
+    def __init__(self, session: FlowSession, check_sufficient_signatures: bool = True,
+                 record: bool = False) -> None:
+        self.session = session
+        self.check_sufficient_signatures = check_sufficient_signatures
+        self.record = record
+
+    def call(self) -> SignedTransaction:
+        stx = self.session.receive(SignedTransaction)
+        stx.check_shape()
+        self.sub_flow(ResolveTransactionsFlow(self.session, dependencies(stx)))
+        self.services.verifier.verify(stx, check_sufficient=self.check_sufficient_signatures)
+        if self.record:
+            self.services.vault.record_transactions([stx])
+        return stx
+
+
+class ReceiveStateAndRefFlow(FlowLogic):
+    """Receive states with their refs, resolve the transactions that created them, and
+    check each state is exactly that transaction's output at that index."""
+
+    def __init__(self, session: FlowSession, state_type: type = ContractState) -> None:
+        self.session = session
+        self.state_type = state_type
+
+    def call(self) -> list[StateAndRef]:
+        received = self.session.receive(tuple)
+        sars = checked_state_and_refs(received, self.session, self.state_type)
+        self.sub_flow(ResolveTransactionsFlow(self.session, (s.ref.tx_id for s in sars)))
+        check_states_match(self.services.vault, sars, self.session.counterparty)
+        return list(sars)
+
+
+def dependencies(stx: SignedTransaction) -> list[SecureHash]:
+    """The ids of the transactions ``stx`` consumes outputs of."""
+    return list(dict.fromkeys(ref.tx_id for ref in stx.tx.inputs))
+
+
+def dependency_order(txs: dict[SecureHash, SignedTransaction]) -> list[SignedTransaction]:
+    """``txs`` with every transaction after those of them it consumes (ties by id, so
+    both sides of a replay get the same order)."""
+    out: list[SignedTransaction] = []
+    done: set[SecureHash] = set()
+    for root in sorted(txs):
+        stack = [(root, False)]
+        while stack:
+            tx_id, expanded = stack.pop()
+            if tx_id in done or tx_id not in txs:
+                continue
+            if expanded:
+                done.add(tx_id)
+                out.append(txs[tx_id])
+                continue
+            stack.append((tx_id, True))
+            for dep in sorted({r.tx_id for r in txs[tx_id].tx.inputs}, reverse=True):
+                if dep not in done:
+                    stack.append((dep, False))
+    return out
+
+
+def checked_state_and_refs(value: Any, session: FlowSession, state_type: type) -> tuple[StateAndRef, ...]:
+    peer = session.counterparty
+    if type(value) is not tuple or any(
+            type(s) is not StateAndRef or type(s.ref) is not StateRef
+            or type(s.ref.tx_id) is not SecureHash or type(s.ref.index) is not int
+            or not isinstance(s.state, state_type) for s in value):
+        raise TransactionVerificationError(
+            f"{peer.name} sent something other than states of type {state_type.__qualname__} "
+            "with their refs")
+    return value
+
+
+def check_states_match(vault: Any, sars: Iterable[StateAndRef], peer: Any) -> None:
+    """Each state is what the (resolved) transaction its ref names really created."""
+    for sar in sars:
+        actual = vault.state(sar.ref)
+        if actual is None:
+            raise TransactionResolutionError(f"state {sar.ref} from {peer.name}: its transaction "
+                                             "is unknown here")
+        if actual.state != sar.state:
+            raise TransactionVerificationError(
+                f"{peer.name} sent a state for {sar.ref} that is not what transaction "
+                f"{sar.ref.tx_id} created there: {sar.state!r} instead of {actual.state!r}")

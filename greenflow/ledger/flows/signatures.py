@@ -1,0 +1,107 @@
+"""Gathering the signatures a transaction needs (Corda's ``CollectSignaturesFlow`` and
+``SignTransactionFlow``).
+
+The initiator, having signed, sends the transaction to each counterparty with its
+history (`SendTransactionFlow`); each one resolves and verifies it, runs its own
+`SignTransactionFlow.check_transaction` (is this the deal I agreed to?), and sends back
+its signature, which the initiator checks. A counterparty refuses by raising a
+`FlowException` from ``check_transaction``: the initiator gets it at its ``receive``.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from ...errors import FlowError, FlowException
+from ...flow_logic import FlowLogic
+from ...progress import ProgressTracker, Step
+from ...session import FlowSession
+from ..errors import SignatureError
+from ..transactions import SignedTransaction, TransactionSignature
+from .resolve import ReceiveTransactionFlow, SendTransactionFlow
+
+__all__ = ["CollectSignaturesFlow", "SignTransactionFlow", "TransactionRefused"]
+
+
+class TransactionRefused(FlowException):
+    """A counterparty would not sign: the transaction is not what it agreed to (raised
+    from `SignTransactionFlow.check_transaction`; the message says why)."""
+
+
+class CollectSignaturesFlow(FlowLogic):
+    """Collect the signature of each session's counterparty on ``stx`` (which this node
+    has signed) and return it signed by all of them. Every required signer but the
+    notary must then have signed."""
+
+    COLLECTING = Step("Collecting signatures from counterparties")
+    VERIFYING = Step("Verifying collected signatures")
+    progress_tracker = ProgressTracker(COLLECTING, VERIFYING)
+
+    def __init__(self, stx: SignedTransaction, sessions: Iterable[FlowSession]) -> None:
+        self.stx = stx
+        self.sessions = list(sessions)
+
+    def call(self) -> SignedTransaction:
+        stx = self.stx
+        keys, verifier = self.services.key_management, self.services.verifier
+        if keys.public_key not in stx.signed_keys:
+            raise FlowError("CollectSignaturesFlow: sign the transaction before collecting the "
+                            "others' signatures (the initiator signs first)")
+        verifier.check_signatures(stx, check_sufficient=False)
+        self.progress_tracker.current_step = self.COLLECTING
+        required = stx.tx.required_signers
+        for session in self.sessions:
+            peer = session.counterparty
+            if peer.owning_key not in required:
+                raise FlowError(f"CollectSignaturesFlow: {peer.name} is not a required signer of "
+                                f"transaction {stx.id}")
+            self.sub_flow(SendTransactionFlow(session, stx))
+            signature = session.receive(TransactionSignature)
+            if (type(signature.public_key) is not bytes or signature.public_key != peer.owning_key
+                    or type(signature.signature) is not bytes
+                    or not signature.is_valid_for(stx.id)):
+                raise SignatureError(f"{peer.name} sent a signature that is not its valid signature "
+                                     f"of transaction {stx.id}")
+            stx = stx.with_signature(signature)
+        self.progress_tracker.current_step = self.VERIFYING
+        notary = stx.tx.notary
+        verifier.check_signatures(stx, except_keys=[notary.owning_key] if notary else [])
+        return stx
+
+
+class SignTransactionFlow(FlowLogic):
+    """The counterparty's side of `CollectSignaturesFlow`: subclass it, implement
+    `check_transaction`, and run it as a sub-flow of your responder. Returns the
+    transaction with this node's signature added."""
+
+    RECEIVING = Step("Receiving the proposed transaction")
+    VERIFYING = Step("Verifying the proposed transaction")
+    SIGNING = Step("Signing the proposed transaction")
+    progress_tracker = ProgressTracker(RECEIVING, VERIFYING, SIGNING)
+
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def check_transaction(self, stx: SignedTransaction) -> None:
+        """Raise a `FlowException` (e.g. `TransactionRefused`) unless ``stx`` is the deal
+        this node agreed to. The transaction, its history and the signatures it has are
+        verified already; this is about what it means for you."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement check_transaction")
+
+    def call(self) -> SignedTransaction:
+        session = self.session
+        peer = session.counterparty
+        self.progress_tracker.current_step = self.RECEIVING
+        stx = self.sub_flow(ReceiveTransactionFlow(session, check_sufficient_signatures=False))
+        self.progress_tracker.current_step = self.VERIFYING
+        keys = self.services.key_management
+        if keys.public_key not in stx.tx.required_signers:
+            raise TransactionRefused(f"{self.our_identity.name} was asked to sign transaction "
+                                     f"{stx.id}, which needs no signature of it")
+        if peer.owning_key not in stx.signed_keys:
+            raise TransactionRefused(f"{peer.name} asked {self.our_identity.name} to sign "
+                                     f"transaction {stx.id} without signing it itself")
+        self.check_transaction(stx)
+        self.progress_tracker.current_step = self.SIGNING
+        signature = keys.signature(stx.id)
+        session.send(signature)
+        return stx.with_signature(signature)
