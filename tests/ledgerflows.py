@@ -1,0 +1,120 @@
+"""Flows the ledger tests use: dishonest and direct variants of the trade's flows.
+
+Checkpoints name flows by qualified name, so these live at module level (tests/ is on
+``sys.path``, see conftest) and survive a node restart in the same process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow
+from greenflow.ledger import ContractState, SignedTransaction
+from greenflow.ledger.flows import (CollectSignaturesFlow, FinalityFlow, NotaryClientFlow,
+                                    ReceiveFinalityFlow, SendTransactionFlow, SignTransactionFlow)
+from greenflow.ledger.transactions import TransactionSignature
+from greenflow.samples.trade import CheckPaymentFlow, SellerFlow
+
+
+class GreedySellerFlow(SellerFlow):
+    """Offers at ``price`` but signs only if paid twice that (initiates as SellerFlow, so
+    the honest BuyerFlow answers, selects and locks its cash, then is refused)."""
+
+    def payment_check(self, session: FlowSession) -> SignTransactionFlow:
+        return CheckPaymentFlow(session, self.asset, self.price * 2, self.currency)
+
+
+@initiating_flow
+class ProposeFlow(FlowLogic):
+    """Send ``stx`` to ``peer`` for signing, skipping every check of our own."""
+
+    def __init__(self, peer: Party, stx: SignedTransaction) -> None:
+        self.peer, self.stx = peer, stx
+
+    def call(self) -> TransactionSignature:
+        session = self.initiate_flow(self.peer)
+        self.sub_flow(SendTransactionFlow(session, self.stx))
+        return session.receive(TransactionSignature)
+
+
+@initiated_by(ProposeFlow)
+class SignAnythingFlow(SignTransactionFlow):
+    def check_transaction(self, stx: SignedTransaction) -> None:
+        pass
+
+
+@initiating_flow
+class CollectFlow(FlowLogic):
+    """CollectSignaturesFlow from ``peers`` on ``stx`` (signed by us)."""
+
+    def __init__(self, stx: SignedTransaction, peers: list) -> None:
+        self.stx, self.peers = stx, peers
+
+    def call(self) -> SignedTransaction:
+        return self.sub_flow(CollectSignaturesFlow(self.stx, [self.initiate_flow(p) for p in self.peers]))
+
+
+@initiated_by(CollectFlow)
+class CollectResponder(SignAnythingFlow):
+    pass
+
+
+@initiating_flow
+class FinaliseFlow(FlowLogic):
+    def __init__(self, stx: SignedTransaction, peers: list) -> None:
+        self.stx, self.peers = stx, peers
+
+    def call(self) -> SignedTransaction:
+        return self.sub_flow(FinalityFlow(self.stx, [self.initiate_flow(p) for p in self.peers]))
+
+
+@initiated_by(FinaliseFlow)
+class ReceiveFinalFlow(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> SignedTransaction:
+        return self.sub_flow(ReceiveFinalityFlow(self.session))
+
+
+class RawNotaryClientFlow(NotaryClientFlow):
+    """Asks the notary (initiating as NotaryClientFlow) without the client's own check
+    that every other signature is there."""
+
+    def call(self) -> TransactionSignature:
+        session = self.initiate_flow(self.stx.tx.notary)
+        return session.send_and_receive(TransactionSignature, self.stx)
+
+
+@initiating_flow
+class SendFlow(FlowLogic):
+    def __init__(self, peer: Party, payload: Any) -> None:
+        self.peer, self.payload = peer, payload
+
+    def call(self) -> None:
+        self.initiate_flow(self.peer).send(self.payload)
+
+
+@initiated_by(SendFlow)
+class ReceiveAnythingFlow(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> Any:
+        return self.session.receive(object)
+
+
+class NotOnTheWire:
+    """A payload class nobody marked @serializable."""
+
+
+@dataclass(frozen=True)
+class UnserialisableState(ContractState):
+    """A frozen dataclass state that was never marked @serializable."""
+
+    contract = "greenflow.samples.trade.CommercialPaperContract"
+    owner: Party
+
+    @property
+    def participants(self) -> list[Party]:
+        return [self.owner]
