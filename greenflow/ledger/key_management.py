@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..services import register_service_factory
+from . import verifier  # noqa: F401  (services.verifier)
 from .crypto import KeyPair, SecureHash
 from .transactions import SignedTransaction, TransactionSignature
 
@@ -19,14 +20,18 @@ __all__ = ["KeyManagementService"]
 class KeyManagementService:
     def __init__(self, node: Any) -> None:
         self._keypair = KeyPair(node.identity.signing_key)
+        self._verifier = node.services.verifier
 
     @property
     def public_key(self) -> bytes:
         return self._keypair.public_key
 
     def signature(self, tx_id: SecureHash) -> TransactionSignature:
-        """This node's signature of transaction ``tx_id``."""
-        return TransactionSignature.create(self._keypair, tx_id)
+        """This node's signature of transaction ``tx_id`` (which its verifier need not
+        check again)."""
+        signature = TransactionSignature.create(self._keypair, tx_id)
+        self._verifier.remember(signature, tx_id)
+        return signature
 
     def sign(self, stx: SignedTransaction) -> SignedTransaction:
         """``stx`` with this node's signature added."""

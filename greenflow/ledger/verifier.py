@@ -12,8 +12,8 @@ dependencies is checked, the earlier links of that chain.
 
 Verification is journaled: a replayed flow gets the recorded verdict instead of paying
 for the Ed25519 checks and contracts again. A signature this node has verified once is
-remembered (a bounded cache): the seller checks the buyer's signature when it signs and
-would otherwise check it again at finality.
+remembered (a bounded cache), and so is one it made: the seller checks the buyer's
+signature when it signs and would otherwise check it, and its own, again at finality.
 """
 from __future__ import annotations
 
@@ -106,9 +106,25 @@ class TransactionVerifier:
         if any(not s.is_valid_for(stx.id) for s in fresh) or stx.missing_signers(exempt):
             stx.verify_signatures(exempt)  # raises, naming the bad or missing signer
         for s in fresh:
-            good[(s.public_key, tid, s.signature)] = None
-        while len(good) > SIGNATURE_CACHE:
-            good.popitem(last=False)
+            self.remember(s, stx.id)
+
+    def is_valid(self, signature: Any, tx_id: SecureHash) -> bool:
+        """Whether ``signature`` (a peer's `TransactionSignature`, unchecked) is valid for
+        ``tx_id``; remembered when it is."""
+        key = (signature.public_key, tx_id.value, signature.signature)
+        if key in self._good:
+            return True
+        if (type(signature.public_key) is not bytes or type(signature.signature) is not bytes
+                or not signature.is_valid_for(tx_id)):
+            return False
+        self.remember(signature, tx_id)
+        return True
+
+    def remember(self, signature: Any, tx_id: SecureHash) -> None:
+        """Record a signature known to be valid (one this node just made or checked)."""
+        self._good[(signature.public_key, tx_id.value, signature.signature)] = None
+        if len(self._good) > SIGNATURE_CACHE:
+            self._good.popitem(last=False)
 
     def _lookup(self, extra: Optional[Mapping[SecureHash, SignedTransaction]]) -> Any:
         vault = self._node.services.vault

@@ -39,8 +39,8 @@ class NotaryClientFlow(FlowLogic):
         session = self.initiate_flow(notary)
         signature = session.send_and_receive(TransactionSignature, stx)
         self.progress_tracker.current_step = self.VALIDATING
-        if (signature.public_key != notary.owning_key or type(signature.signature) is not bytes
-                or not signature.is_valid_for(stx.id)):
+        verifier = self.services.verifier
+        if signature.public_key != notary.owning_key or not verifier.is_valid(signature, stx.id):
             raise NotaryError(f"{notary.name} answered with a signature that is not its valid "
                               f"signature of transaction {stx.id}")
         return signature

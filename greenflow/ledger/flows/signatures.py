@@ -56,9 +56,7 @@ class CollectSignaturesFlow(FlowLogic):
                                 f"transaction {stx.id}")
             self.sub_flow(SendTransactionFlow(session, stx))
             signature = session.receive(TransactionSignature)
-            if (type(signature.public_key) is not bytes or signature.public_key != peer.owning_key
-                    or type(signature.signature) is not bytes
-                    or not signature.is_valid_for(stx.id)):
+            if signature.public_key != peer.owning_key or not verifier.is_valid(signature, stx.id):
                 raise SignatureError(f"{peer.name} sent a signature that is not its valid signature "
                                      f"of transaction {stx.id}")
             stx = stx.with_signature(signature)
