@@ -75,7 +75,13 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
         if not _is_internal(fn):
             reprs: dict[str, str] = {}
             keep: dict[str, Any] = {}
-            for k, v in list(f.f_locals.items())[:MAX_LOCALS]:
+            f_locals = f.f_locals
+            items = list(f_locals.items())[:MAX_LOCALS]
+            # Reading f_locals leaves a snapshot dict on the suspended frame for as long as
+            # it lives; empty it so a resident flow does not hold its locals twice. (The
+            # frame's real locals are untouched: a tracer refreshes the dict before use.)
+            f_locals.clear()
+            for k, v in items:
                 lname = k.lower()
                 if any(word in lname for word in DENY_LIST) or _redacted_type(v):
                     reprs[k] = "<redacted>"

@@ -7,6 +7,7 @@ version; ``@initiated_by(Initiator)`` says which class answers it on the peer;
 from __future__ import annotations
 
 import importlib
+import sys
 import logging
 from typing import Any, Callable, Iterable, Optional, TypeVar, overload
 
@@ -21,7 +22,8 @@ _RESPONDERS: dict[str, list[type]] = {}
 
 
 def qualified_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    # Interned: millions of checkpoints in memory name a handful of classes.
+    return sys.intern(f"{cls.__module__}.{cls.__qualname__}")
 
 
 @overload

@@ -58,10 +58,17 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (TransientError, StoreError, lmdb.Error, ConnectionError))
 
 
+_FINGERPRINTS: dict[tuple, dict] = {}
+
+
 def fingerprint(rt: FlowRuntime) -> dict:
-    """Code digests of the flow classes on the stack (top flow at least)."""
-    classes = [type(rt.logic)] + [type(f) for f in rt.stack[1:]]
-    return {qualified_name(c): code_digest(c) for c in classes}
+    """Code digests of the flow classes on the stack (top flow at least). One shared
+    dict per stack shape: a million resident flows of one class hold one copy."""
+    classes = (type(rt.logic),) + tuple(type(f) for f in rt.stack[1:])
+    fp = _FINGERPRINTS.get(classes)
+    if fp is None:
+        fp = _FINGERPRINTS[classes] = {qualified_name(c): code_digest(c) for c in classes}
+    return fp
 
 
 _DIGESTS: dict[type, str] = {}
@@ -498,7 +505,10 @@ class Scheduler:
         automatically; otherwise it waits for an operator (``retry`` or ``kill``).
         """
         fid = rt.flow_id
-        cp: Checkpoint = serialization.loads(rt.base) if rt.base is not None else rt.cp
+        if rt.base is not None:
+            cp: Checkpoint = serialization.loads(rt.base)
+        else:
+            cp = self.store.checkpoint(fid) or rt.cp
         b = self.batch
         for f in rt.fresh:
             st = cp.sessions.get(f.sid)
@@ -708,6 +718,8 @@ class Scheduler:
             self.commit_error = exc
             self.dead = True
             return
+        for rt in self.touched.values():
+            rt.base = None   # committed: the store holds it now (read back if parked)
         self.batch = Batch()
         self._round_routes.clear()
         self.touched = {}
@@ -790,7 +802,8 @@ class Scheduler:
 
     def _code_changed(self, rt: FlowRuntime) -> str:
         try:
-            stored = serialization.loads(rt.base).fingerprint if rt.base else None
+            base = serialization.loads(rt.base) if rt.base else self.store.checkpoint(rt.flow_id)
+            stored = base.fingerprint if base is not None else None
         except Exception:
             stored = None
         if not stored:
