@@ -507,6 +507,9 @@ def describe_holdings(h: dict) -> str:
 SAMPLE_OPTIONS = [
     click.Option(["--trades"], type=click.IntRange(min=1), default=1, show_default=True,
                  help="Run N trades concurrently (a progress bar, then trades per second)."),
+    click.Option(["--price"], type=click.IntRange(min=1), default=PRICE, show_default=True,
+                 help=f"The price asked per paper, in {DEFAULT_CURRENCY} (the buyer's limit is "
+                      f"{PRICE_LIMIT:,}: above it the trade fails with UnacceptablePrice)."),
     click.Option(["--crash"], is_flag=True,
                  help="Power-cut the buyer in the middle of the trade, restart it from its "
                       "store and show the trade completing."),
@@ -532,7 +535,7 @@ class _Display:
                                          show_pos=True, show_eta=False)
             self.bar.__enter__()
 
-    def listener(self, side: str) -> Callable[[str, Optional[str]], None]:
+    def listener(self, side: str, node: Any) -> Callable[[str, Optional[str]], None]:
         def on_step(flow_id: str, step: Optional[str]) -> None:
             if side == "Buyer" and step is not None:
                 self.buyer_step = step
@@ -546,7 +549,10 @@ class _Display:
             if step is None:
                 self.last[side] = None
                 if last:
-                    click.echo(f"  {side:<7}│ ✓ done")
+                    record = node.scheduler.recent_results.get(flow_id) or {}
+                    status = getattr(record.get("status"), "value", "ENDED")
+                    click.echo(f"  {side:<7}│ " + ("✓ done" if status == "COMPLETED"
+                                                 else f"✗ {status}: {record.get('error')}"))
                 return
             self.last[side] = step
             click.echo(f"  {side:<7}│ {step}")
@@ -564,8 +570,8 @@ class _Display:
             self.bar = None
 
 
-def run_sample(data_dir: str, trades: int = 1, crash: bool = False, as_json: bool = False,
-               processes: bool = False) -> int:
+def run_sample(data_dir: str, trades: int = 1, price: int = PRICE, crash: bool = False,
+               as_json: bool = False, processes: bool = False) -> int:
     """The trade (or ``trades`` concurrent ones) on an in-process network under ``data_dir``."""
     if processes:
         raise click.ClickException("--processes: running the trade on real node processes is not "
@@ -576,20 +582,20 @@ def run_sample(data_dir: str, trades: int = 1, crash: bool = False, as_json: boo
     try:
         say(f"Network: {tn.notary.name} (notary), {tn.bank.name} (issues cash), "
             f"{tn.seller.name}, {tn.buyer.name}")
-        papers = prepare_trades(tn, trades)
+        papers = prepare_trades(tn, trades, cash_per_trade=max(CASH_PER_TRADE, price + 500))
         before = {"seller": holdings(tn.seller), "buyer": holdings(tn.buyer)}
         say(f"Issued: {tn.seller.name} holds {describe_holdings(before['seller'])}; "
             f"{tn.buyer.name} holds {describe_holdings(before['buyer'])} "
             f"(its limit: {PRICE_LIMIT:,} {DEFAULT_CURRENCY})")
-        say(f"{tn.seller.name} offers {trades:,} paper(s) to {tn.buyer.name} at {PRICE:,} "
+        say(f"{tn.seller.name} offers {trades:,} paper(s) to {tn.buyer.name} at {price:,} "
             f"{DEFAULT_CURRENCY} each" + (":" if trades == 1 else ""))
         display = _Display(trades, quiet=as_json)
-        tn.seller.node.add_progress_listener(display.listener("Seller"))
-        tn.buyer.node.add_progress_listener(display.listener("Buyer"))
+        tn.seller.node.add_progress_listener(display.listener("Seller", tn.seller.node))
+        tn.buyer.node.add_progress_listener(display.listener("Buyer", tn.buyer.node))
         crash_info = None
         t0 = time.perf_counter()
         handles = tn.seller.node.start_flows(
-            [SellerFlow(tn.buyer.party, paper, PRICE) for paper in papers])
+            [SellerFlow(tn.buyer.party, paper, price) for paper in papers])
         display.seller_flows.update(h.id for h in handles)
         if crash:
             crash_info = _crash_buyer_mid_trade(tn, display)
@@ -633,7 +639,7 @@ def _crash_buyer_mid_trade(tn: TradeNetwork, display: _Display) -> dict:
     display.note(f"  ⚡ power cut: {tn.buyer.name} stops at '{step}' with {len(waiting)} flow(s) "
                  "unfinished; reopening it from its store")
     tn.restart("buyer")
-    tn.buyer.node.add_progress_listener(display.listener("Buyer"))
+    tn.buyer.node.add_progress_listener(display.listener("Buyer", tn.buyer.node))
     resumed = [f for f in tn.buyer.node.flows() if not f.status.finished]
     display.note(f"  ↻ {tn.buyer.name} reopened: {len(resumed)} flow(s) resume from their checkpoints")
     return {"node": tn.buyer.name, "at_step": step, "flows_resumed": len(resumed)}
