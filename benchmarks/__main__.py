@@ -13,7 +13,7 @@ from typing import Optional
 
 from . import common
 
-SUITES = ("throughput", "held", "restart", "disk")
+SUITES = ("throughput", "held", "restart", "disk", "trade")
 DEFAULT_SUITES = SUITES
 
 

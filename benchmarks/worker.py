@@ -12,9 +12,9 @@ import traceback
 
 
 def tasks() -> dict:
-    from . import dbos_peer, disk, held, restart, throughput
+    from . import dbos_peer, disk, held, restart, throughput, trade
     out: dict = {}
-    for mod in (throughput, held, restart, disk, dbos_peer):
+    for mod in (throughput, held, restart, disk, dbos_peer, trade):
         out.update(mod.TASKS)
     return out
 
