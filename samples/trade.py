@@ -9,11 +9,14 @@ builds one transaction with its cash in and the paper out, signs it and collects
 seller's signature (the seller checks it is paid); the notary rules out a double spend
 and both vaults record the same transaction, or neither does. Ends with the transaction
 id and what each vault held before and after.
+
+With --processes the same flows run on four real node processes instead.
 """
 from __future__ import annotations
 
 import json as _json
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -243,17 +246,19 @@ class ReceiveCashFlow(FlowLogic):
 
 @startable
 class IssuePaperFlow(FlowLogic):
-    """This node issues itself a commercial paper (its own IOU)."""
+    """This node issues itself a commercial paper (its own IOU); without a
+    ``reference``, one is made up (``CP-`` and 8 hex digits)."""
 
-    def __init__(self, reference: str, face_value: int, notary: Party,
+    def __init__(self, reference: Optional[str], face_value: int, notary: Party,
                  currency: str = DEFAULT_CURRENCY) -> None:
         self.reference, self.face_value, self.notary = reference, face_value, notary
         self.currency = currency
 
     def call(self) -> StateAndRef:
         me = self.our_identity
+        reference = self.reference or f"CP-{self.uuid().hex[:8].upper()}"
         builder = TransactionBuilder(self.notary, salt=_salt(self))
-        builder.add_output_state(CommercialPaper(self.reference, self.face_value, self.currency, me, me))
+        builder.add_output_state(CommercialPaper(reference, self.face_value, self.currency, me, me))
         builder.add_command(PaperIssue(), me)
         stx = self.services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
         stx = self.sub_flow(FinalityFlow(stx))
@@ -388,6 +393,50 @@ class BuyerFlow(FlowLogic):
         return self.sub_flow(FinalityFlow(stx, [session]))
 
 
+# ============================================================================ for RPC and the CLI
+@startable
+class SellPaperFlow(FlowLogic):
+    """`SellerFlow` with arguments a command line can give: the paper by its
+    ``reference``, or without one any paper of ours no other sale holds (soft-locked for
+    this sale). Returns the transaction id."""
+
+    def __init__(self, buyer: Party, price: int, reference: Optional[str] = None,
+                 currency: str = DEFAULT_CURRENCY) -> None:
+        self.buyer, self.price, self.reference, self.currency = buyer, price, reference, currency
+
+    def call(self) -> str:
+        vault = self.services.vault
+        if self.reference is None:
+            [paper] = vault.select(CommercialPaper, 1, amount_of="face_value")
+        else:
+            found = vault.query(CommercialPaper, where=lambda p: p.reference == self.reference)
+            if not found:
+                raise FlowException(f"{self.our_identity.name} holds no paper {self.reference}")
+            paper = found[0]
+        stx = self.sub_flow(SellerFlow(self.buyer, paper, self.price, self.currency))
+        return str(stx.id)
+
+
+@startable
+class SetPriceLimitFlow(FlowLogic):
+    """Set the most this node pays for an asset (`TradePolicy`)."""
+
+    def __init__(self, amount: int, currency: str = DEFAULT_CURRENCY) -> None:
+        self.amount, self.currency = amount, currency
+
+    def call(self) -> int:
+        self.services.trade_policy.set_max_price(self.currency, self.amount)
+        return self.amount
+
+
+@startable
+class HoldingsFlow(FlowLogic):
+    """What this node's vault holds (as `holdings` reports it)."""
+
+    def call(self) -> dict:
+        return holdings(self)
+
+
 def _checked_offer(offer: TradeOffer, seller: Party) -> TradeOffer:
     """An offer as the seller's bytes built it: check every field before trusting it."""
     asset = offer.asset
@@ -476,7 +525,8 @@ def prepare_trades(tn: TradeNetwork, count: int, *, cash_per_trade: int = CASH_P
 
 
 def holdings(node: Any, currency: Optional[str] = None) -> dict:
-    """What a node's vault holds: cash per currency, and its papers."""
+    """What a node's vault holds: cash per currency, and its papers (``node``: anything
+    with ``services``, a node or a running flow)."""
     vault = node.services.vault
     cash: dict[str, int] = defaultdict(int)
     for sar in vault.query(Cash):
@@ -515,7 +565,8 @@ SAMPLE_OPTIONS = [
                       "store and show the trade completing."),
     click.Option(["--json", "as_json"], is_flag=True, help="Print the summary as JSON only."),
     click.Option(["--processes"], is_flag=True,
-                 help="Run the nodes as real processes over TCP (not available yet)."),
+                 help="Run the four nodes as real processes (TCP on loopback, driven over RPC); "
+                      "--crash then sends the buyer SIGKILL."),
 ]
 
 
@@ -529,16 +580,33 @@ class _Display:
         self.done = 0
         self.last: dict[str, Optional[str]] = {}
         self.buyer_step: Optional[str] = None
+        self.ended: dict[str, int] = {}
         self.bar: Any = None
+        self._lock = threading.Lock()  # node processes report on threads of their own
         if trades > 1 and not quiet:
             self.bar = click.progressbar(length=trades, label=f"Trading {trades:,}", file=sys.stderr,
                                          show_pos=True, show_eta=False)
             self.bar.__enter__()
 
     def listener(self, side: str, node: Any) -> Callable[[str, Optional[str]], None]:
+        """A progress listener for an in-process node."""
         def on_step(flow_id: str, step: Optional[str]) -> None:
+            outcome = None
+            if step is None:
+                record = node.scheduler.recent_results.get(flow_id) or {}
+                outcome = (getattr(record.get("status"), "value", "ENDED"), record.get("error"))
+            self.show(side, flow_id, step, outcome)
+        return on_step
+
+    def show(self, side: str, flow_id: str, step: Optional[str],
+             outcome: Optional[tuple[str, Any]] = None) -> None:
+        """A step of ``side``'s flow (``step`` None: it ended, with ``outcome`` = (status,
+        error))."""
+        with self._lock:
             if side == "Buyer" and step is not None:
                 self.buyer_step = step
+            if step is None:
+                self.ended[side] = self.ended.get(side, 0) + 1
             if step is None and flow_id in self.seller_flows:
                 self.done += 1
                 if self.bar is not None:
@@ -549,14 +617,12 @@ class _Display:
             if step is None:
                 self.last[side] = None
                 if last:
-                    record = node.scheduler.recent_results.get(flow_id) or {}
-                    status = getattr(record.get("status"), "value", "ENDED")
+                    status, error = outcome or ("ENDED", None)
                     click.echo(f"  {side:<7}│ " + ("✓ done" if status == "COMPLETED"
-                                                 else f"✗ {status}: {record.get('error')}"))
+                                                 else f"✗ {status}: {error}"))
                 return
             self.last[side] = step
             click.echo(f"  {side:<7}│ {step}")
-        return on_step
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -572,24 +638,30 @@ class _Display:
 
 def run_sample(data_dir: str, trades: int = 1, price: int = PRICE, crash: bool = False,
                as_json: bool = False, processes: bool = False) -> int:
-    """The trade (or ``trades`` concurrent ones) on an in-process network under ``data_dir``."""
-    if processes:
-        raise click.ClickException("--processes: running the trade on real node processes is not "
-                                   "available yet (it comes with real node processes, issue 4); "
-                                   "run without it for the in-process network")
+    """The trade (or ``trades`` concurrent ones) under ``data_dir``: on an in-process
+    network, or (``processes``) on real node processes over TCP."""
     say = (lambda *_: None) if as_json else click.echo
+    if processes:
+        from ._trade_processes import run_on_processes
+        summary = run_on_processes(data_dir, trades, price, crash, say, quiet=as_json)
+    else:
+        summary = _run_in_process(data_dir, trades, price, crash, say, quiet=as_json)
+    if as_json:
+        click.echo(_json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _run_in_process(data_dir: str, trades: int, price: int, crash: bool, say: Callable[[str], None],
+                    quiet: bool) -> dict:
     tn = TradeNetwork.create(data_dir)
     try:
-        say(f"Network: {tn.notary.name} (notary), {tn.bank.name} (issues cash), "
-            f"{tn.seller.name}, {tn.buyer.name}")
-        papers = prepare_trades(tn, trades, cash_per_trade=max(CASH_PER_TRADE, price + 500))
+        announce_network(say, tn.notary.name, tn.bank.name, tn.seller.name, tn.buyer.name)
+        papers = prepare_trades(tn, trades, cash_per_trade=cash_per_trade(price))
         before = {"seller": holdings(tn.seller), "buyer": holdings(tn.buyer)}
-        say(f"Issued: {tn.seller.name} holds {describe_holdings(before['seller'])}; "
-            f"{tn.buyer.name} holds {describe_holdings(before['buyer'])} "
-            f"(its limit: {PRICE_LIMIT:,} {DEFAULT_CURRENCY})")
-        say(f"{tn.seller.name} offers {trades:,} paper(s) to {tn.buyer.name} at {price:,} "
-            f"{DEFAULT_CURRENCY} each" + (":" if trades == 1 else ""))
-        display = _Display(trades, quiet=as_json)
+        announce_trades(say, tn.seller.name, tn.buyer.name, before, trades, price)
+        display = _Display(trades, quiet=quiet)
         tn.seller.node.add_progress_listener(display.listener("Seller", tn.seller.node))
         tn.buyer.node.add_progress_listener(display.listener("Buyer", tn.buyer.node))
         crash_info = None
@@ -604,25 +676,47 @@ def run_sample(data_dir: str, trades: int = 1, price: int = PRICE, crash: bool =
         display.close()
         results = [h.result() for h in handles]  # a failed trade raises its error here
         after = {"seller": holdings(tn.seller), "buyer": holdings(tn.buyer)}
-        _check_settlement(tn, results, before, after, trades)
+        problems = settlement_problems(before, after, trades, tn.buyer.name)
+        problems += [f"{node.name} did not record transaction {stx.id}" for stx in results
+                     for node in (tn.seller, tn.buyer) if not node.services.vault.has_transaction(stx.id)]
+        left = sum(len(node.node.checkpoints_dump()) for node in (tn.seller, tn.buyer, tn.notary))
+        if left:
+            problems.append(f"{left} flow checkpoint(s) left unfinished")
+        if problems:
+            raise click.ClickException("the trade did not settle cleanly: " + "; ".join(problems))
+        return make_summary(trades, [str(r.id) for r in results], tn.notary.name, elapsed, crash_info,
+                            (tn.seller.name, tn.buyer.name), before, after)
     finally:
         tn.close()
-    summary = {
-        "ok": True, "trades": trades, "tx_id": str(results[0].id),
-        "transactions": [str(r.id) for r in results[:10]],
-        "notary": tn.notary.name, "seconds": round(elapsed, 4),
+
+
+def cash_per_trade(price: int) -> int:
+    return max(CASH_PER_TRADE, price + 500)
+
+
+def announce_network(say: Callable[[str], None], notary: str, bank: str, seller: str, buyer: str) -> None:
+    say(f"Network: {notary} (notary), {bank} (issues cash), {seller}, {buyer}")
+
+
+def announce_trades(say: Callable[[str], None], seller: str, buyer: str, before: dict, trades: int,
+                    price: int) -> None:
+    say(f"Issued: {seller} holds {describe_holdings(before['seller'])}; {buyer} holds "
+        f"{describe_holdings(before['buyer'])} (its limit: {PRICE_LIMIT:,} {DEFAULT_CURRENCY})")
+    say(f"{seller} offers {trades:,} paper(s) to {buyer} at {price:,} {DEFAULT_CURRENCY} each"
+        + (":" if trades == 1 else ""))
+
+
+def make_summary(trades: int, tx_ids: list[str], notary: str, elapsed: float, crash_info: Optional[dict],
+                 names: tuple[str, str], before: dict, after: dict) -> dict:
+    """The run's summary (what ``--json`` prints)."""
+    return {
+        "ok": True, "trades": trades, "tx_id": tx_ids[0], "transactions": tx_ids[:10],
+        "notary": notary, "seconds": round(elapsed, 4),
         "trades_per_second": round(trades / elapsed, 1) if elapsed else None,
         "crash": crash_info,
-        "seller": {"name": tn.seller.name, **{k: before["seller"] if k == "before" else after["seller"]
-                                             for k in ("before", "after")}},
-        "buyer": {"name": tn.buyer.name, **{k: before["buyer"] if k == "before" else after["buyer"]
-                                           for k in ("before", "after")}},
+        **{side: {"name": name, "before": before[side], "after": after[side]}
+           for side, name in zip(("seller", "buyer"), names)},
     }
-    if as_json:
-        click.echo(_json.dumps(summary, indent=2))
-        return 0
-    _print_summary(summary)
-    return 0
 
 
 def _crash_buyer_mid_trade(tn: TradeNetwork, display: _Display) -> dict:
@@ -645,27 +739,18 @@ def _crash_buyer_mid_trade(tn: TradeNetwork, display: _Display) -> dict:
     return {"node": tn.buyer.name, "at_step": step, "flows_resumed": len(resumed)}
 
 
-def _check_settlement(tn: TradeNetwork, results: list[SignedTransaction], before: dict,
-                      after: dict, trades: int) -> None:
-    """Both vaults recorded every transaction, and nothing was created or lost."""
+def settlement_problems(before: dict, after: dict, trades: int, buyer: str) -> list[str]:
+    """What is wrong with the vaults after ``trades`` trades: nothing created or lost, and
+    the buyer got every paper."""
     problems = []
-    for stx in results:
-        for node in (tn.seller, tn.buyer):
-            if not node.services.vault.has_transaction(stx.id):
-                problems.append(f"{node.name} did not record transaction {stx.id}")
     for what in ("cash", "paper"):
-        total_before = _total(before, what)
-        total_after = _total(after, what)
+        total_before, total_after = _total(before, what), _total(after, what)
         if total_before != total_after:
             problems.append(f"{what} is not conserved: {total_before} before, {total_after} after")
-    if after["buyer"]["paper"]["count"] != before["buyer"]["paper"]["count"] + trades:
-        problems.append(f"{tn.buyer.name} holds {after['buyer']['paper']['count']} papers, "
-                        f"expected {before['buyer']['paper']['count'] + trades}")
-    left = [c for node in (tn.seller, tn.buyer, tn.notary) for c in node.node.checkpoints_dump()]
-    if left:
-        problems.append(f"{len(left)} flow checkpoint(s) left unfinished")
-    if problems:
-        raise click.ClickException("the trade did not settle cleanly: " + "; ".join(problems))
+    expected = before["buyer"]["paper"]["count"] + trades
+    if after["buyer"]["paper"]["count"] != expected:
+        problems.append(f"{buyer} holds {after['buyer']['paper']['count']} papers, expected {expected}")
+    return problems
 
 
 def _total(h: dict, what: str) -> dict:
