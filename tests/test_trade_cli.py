@@ -55,9 +55,13 @@ def test_a_price_above_the_limit_exits_non_zero_with_the_reason():
             "CP-0001: its limit is 1,200 GBP") in result.output
 
 
-def test_processes_are_not_available_yet():
-    result = trade("--processes")
-    assert result.exit_code != 0 and "not available yet" in result.output
+def test_the_trade_runs_on_real_node_processes_and_survives_a_sigkill(tmp_path):
+    result = trade("--processes", "--crash", "--data-dir", str(tmp_path / "procs"))
+    assert result.exit_code == 0, result.output
+    assert "power cut: Buyer killed (SIGKILL)" in result.output
+    assert "Buyer restarted: 1 flow(s) unfinished" in result.output
+    assert "Trade settled in" in result.output
+    assert "paper CP-" in result.output and "cash 500 GBP" in result.output
 
 
 def test_the_trade_benchmark_runs_quick_and_writes_json(tmp_path):
