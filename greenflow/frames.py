@@ -8,8 +8,12 @@ name is on the deny-list, or that is key material, is redacted.
 """
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
 import os
 import reprlib
+import uuid
 from types import FrameType
 from typing import Any, Optional
 
@@ -49,6 +53,32 @@ def short_repr(name: str, value: Any) -> str:
     return text if len(text) <= MAX_REPR else text[:MAX_REPR - 3] + "..."
 
 
+_SCALARS = (type(None), bool, int, float, complex, str, bytes, uuid.UUID, datetime.datetime,
+            datetime.date, datetime.timedelta, decimal.Decimal, enum.Enum)
+
+
+def _plain(v: Any, depth: int) -> bool:
+    """Cheap to snapshot: builtin scalars, small builtin containers of them, and the
+    framework's own small types (Party, FlowSession)."""
+    if isinstance(v, _SCALARS):
+        return not isinstance(v, (str, bytes)) or len(v) <= 4096
+    t = type(v)
+    if t in _SMALL_TYPES:
+        return True
+    if t in (list, tuple, set, frozenset) and depth > 0 and len(v) <= 32:
+        return all(_plain(x, depth - 1) for x in v)
+    if t is dict and depth > 0 and len(v) <= 32:
+        return all(_plain(a, depth - 1) and _plain(b, depth - 1) for a, b in v.items())
+    return False
+
+
+def _small_types() -> set:
+    from .party import Party
+    from .session import FlowSession
+    return {Party, FlowSession}
+
+
+_SMALL_TYPES = _small_types()
 _internal_cache: dict[str, bool] = {}
 
 
@@ -87,8 +117,14 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
                     reprs[k] = "<redacted>"
                 elif k == "self":   # the flow object: stored already as the start object
                     reprs[k] = f"<{type(v).__module__}.{type(v).__qualname__} object>"
-                elif keep_values:
+                elif keep_values and _plain(v, 2):
                     keep[k] = v
+                elif keep_values and isinstance(v, (str, bytes)):
+                    reprs[k] = short_repr(k, v)    # a long string: reprlib truncates cheaply
+                elif keep_values:
+                    # Anything else is named by its type only: no user __repr__ and no
+                    # pickling of large objects at every suspension.
+                    reprs[k] = f"<{type(v).__module__}.{type(v).__qualname__} object>"
                 else:
                     reprs[k] = short_repr(k, v)
             blob = None
