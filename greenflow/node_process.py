@@ -218,6 +218,8 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
         print(f"greenflow node: {exc}", file=sys.stderr)
         return 2
     setup_logging(base_dir, log_level)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # also while starting: run() then stops at once
+        signal.signal(sig, lambda s, f: proc.request_stop())
     try:
         proc.start()
     except (AlreadyRunning, OSError, FlowError) as exc:  # port taken, app missing, ...
