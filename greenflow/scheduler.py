@@ -871,6 +871,18 @@ class Scheduler:
         if self.post_sends:
             self.post_callbacks.append(lambda: None)  # make the next pump commit/send
 
+    def resend_outbox(self, peer_name: str) -> int:
+        """Send ``peer_name`` again every committed frame it has not acknowledged: what a
+        transport does when a connection to a restarted peer comes back."""
+        prefix = peer_name.encode() + b"\0"
+        n = 0
+        party = self._party(peer_name)
+        for key, data in self.store.iter_db("outbox"):
+            if key.startswith(prefix):
+                self.transport.send(party, data)
+                n += 1
+        return n
+
     def _party(self, name: str) -> Party:
         lookup = getattr(self.transport, "party", None)
         if lookup is not None:

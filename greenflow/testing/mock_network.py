@@ -98,12 +98,18 @@ class MockNetwork:
     def restart_node(self, mock_node: MockNode) -> MockNode:
         """Power cut: the node's in-memory state is dropped (no graceful shutdown) and it
         is reopened from its store. Frames in flight survive; the reopened node re-sends
-        its unacknowledged outbox."""
+        its unacknowledged outbox, and so do its peers for the frames they sent it (as
+        after a TCP reconnect); receivers drop the duplicates."""
         name = mock_node.name
         current = self._nodes[name]
         current.node.crash()
         mn = MockNode(self, name, self._open(name, current.options), current.options)
         self._nodes[name] = mn
+        # Its peers see the connection come back and re-send what it never acknowledged
+        # (frames it took in but lost in the power cut); it drops what it already has.
+        for other in self._nodes.values():
+            if other is not mn and not other.node._closed and not other.node.scheduler.dead:
+                other.node.scheduler.resend_outbox(name)
         if self._notary is current:
             self._notary = mn
         return mn

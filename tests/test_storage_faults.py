@@ -1,0 +1,72 @@
+"""Storage faults: the map grows by itself, a failed commit stops the node without losing
+what was committed, and a corrupt checkpoint parks only its own flow."""
+from __future__ import annotations
+
+import lmdb
+import pytest
+
+import opsflows
+from opsflows import Exchange
+from greenflow import FlowStatus
+from greenflow import store as store_mod
+from greenflow.errors import StoreError
+from greenflow.testing import MockNetwork
+
+
+@pytest.fixture(autouse=True)
+def _knobs():
+    opsflows.reset()
+    yield
+    opsflows.reset()
+
+
+def test_the_store_map_grows_by_itself_before_it_fills(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "INITIAL_MAP", 256 * 1024)
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    before = alice.node.store.env.info()["map_size"]
+    handles = alice.node.start_flows([Exchange(bob.party) for _ in range(400)])
+    net.run_network()
+    assert [h.result() for h in handles] == [60] * 400
+    assert alice.node.store.env.info()["map_size"] > before
+    net.close()
+
+
+def test_a_failed_commit_stops_the_node_and_loses_nothing_committed(tmp_path, monkeypatch):
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    first = alice.start_flow(Exchange(bob.party))
+    net.run_network(max_messages=2)            # committed: first waits on Bob's answer
+
+    real_apply = store_mod.Store._apply
+
+    def disk_full(self, txn, batch):
+        if self is alice.node.store:
+            raise lmdb.DiskError("No space left on device")
+        return real_apply(self, txn, batch)
+
+    monkeypatch.setattr(store_mod.Store, "_apply", disk_full)
+    with pytest.raises(StoreError, match="No space left on device"):
+        net.run_network()
+    assert alice.node.scheduler.dead                 # no further commits, no further sends
+    monkeypatch.setattr(store_mod.Store, "_apply", real_apply)
+    alice = net.restart_node(alice)                  # the operator frees space and restarts
+    net.run_network()
+    assert alice.node.handle(first.id).result() == 60
+    assert bob.node.pending_flows_count == 0
+
+
+def test_a_corrupt_checkpoint_parks_only_its_own_flow(tmp_path):
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    victim = alice.start_flow(Exchange(bob.party))
+    healthy = alice.start_flow(Exchange(bob.party))
+    net.run_network(max_messages=2)                  # both initiations delivered
+    alice = net.restart_node(alice)
+    with alice.node.store.env.begin(write=True) as txn:   # bit rot in one start object
+        txn.put(victim.id.encode(), b"P\x80\x05garbage", db=alice.node.store.db["logic"])
+    net.run_network()
+    assert alice.node.handle(healthy.id).result() == 60
+    info = next(f for f in alice.node.flows() if f.id == victim.id)
+    assert info.status == FlowStatus.HOSPITALIZED
+    assert "cannot be restored" in info.error
