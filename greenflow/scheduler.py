@@ -287,7 +287,12 @@ class Scheduler:
             done, rt.external_done = rt.external_done, None
             execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
         else:
-            self._finish(rt, res)
+            try:
+                self._finish(rt, res)
+            except Exception as exc:  # an error while handling the flow's end
+                log.exception("%s: ending flow %s failed", self.identity.name, rt.flow_id)
+                self._park(rt, f"error while ending the flow ({res[0]}): "
+                               f"{type(exc).__name__}: {exc}")
 
     def progress_changed(self, rt: FlowRuntime, step: Optional[str]) -> None:
         for fn in list(self.progress_listeners):

@@ -199,3 +199,25 @@ def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry
         h.result()
     assert alice.node.store.count("outbox") == 0
     assert bob.node.store.count("outbox") == 0
+
+
+def test_an_error_while_ending_a_flow_parks_it_instead_of_breaking_the_node(ops_net, monkeypatch):
+    from greenflow.flow_runtime import FlowRuntime
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    real = FlowRuntime.end_frames
+    calls = {"n": 0}
+
+    def broken(self, outcome):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("bug while ending")
+        return real(self, outcome)
+
+    monkeypatch.setattr(FlowRuntime, "end_frames", broken)
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    ended = [f for f in alice.node.flows() + bob.node.flows() if f.error and "bug while ending" in f.error]
+    assert len(ended) == 1 and ended[0].status == FlowStatus.HOSPITALIZED
+    h2 = alice.start_flow(Exchange(bob.party))      # the node still serves new flows
+    ops_net.run_network()
+    assert h2.result() == 60
