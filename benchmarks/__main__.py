@@ -92,9 +92,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print()
         print(f"== {name} ==")
         print(result.render())
-        if load_before and load_before[0] > 0.5:
-            print(f"(the machine was busy before this suite: load average {load_before[0]:.2f}; "
-                  f"figures are noisy)")
+        if load_before and load_before[0] > (os.cpu_count() or 1):
+            print(f"(load average {load_before[0]:.2f} before this suite, on {os.cpu_count()} cpus: "
+                  f"other work, or a previous suite's threads that the average still counts)")
         print(f"(written to {path})")
         sys.stdout.flush()
     return 1 if failed else 0

@@ -187,21 +187,39 @@ TASKS = {"held_greenflow": w_greenflow, "held_greenlet": w_greenlet,
 
 
 # ====================================================================== the suite
+def _mem_available() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def run(ctx: Any) -> SuiteResult:
     from .dbos_peer import installed as dbos_installed
     n = ctx.n or (2_000 if ctx.quick else 100_000)
     n_thread = min(n, 1_000 if ctx.quick else THREAD_CAP)
     n_dbos = min(n, 200 if ctx.quick else DBOS_CAP)
     hib = min(HIBERNATE_RESIDENT, max(n // 10, 1))
+    # Variants that keep every waiter in memory stop where this machine's free memory
+    # would run out (a generous per-flow estimate, 60% of what is available).
+    avail = _mem_available()
+
+    def fit(per_flow: int) -> int:
+        return n if avail is None else max(1, min(n, int(avail * 0.6 / per_flow)))
+
     variants: list[tuple[str, str, dict]] = [
-        ("greenflow resident", "held_greenflow", {"n": n, "max_resident": None}),
+        ("greenflow resident", "held_greenflow", {"n": fit(16_000), "max_resident": None}),
         ("greenflow resident, capture_frames off", "held_greenflow",
-         {"n": n, "max_resident": None, "capture_frames": False}),
+         {"n": fit(16_000), "max_resident": None, "capture_frames": False}),
         (f"greenflow hibernating (max_resident={hib:,})", "held_greenflow",
          {"n": n, "max_resident": hib}),
-        ("bare greenlet", "held_greenlet", {"n": n}),
-        ("asyncio task", "held_asyncio", {"n": n}),
-        ("OS thread (64 KiB stack)", "held_thread", {"n": n_thread}),
+        ("bare greenlet", "held_greenlet", {"n": fit(10_000)}),
+        ("asyncio task", "held_asyncio", {"n": fit(8_000)}),
+        ("OS thread (64 KiB stack)", "held_thread", {"n": min(n_thread, fit(24_000))}),
     ]
     has_dbos = dbos_installed()
     if has_dbos:
@@ -226,6 +244,10 @@ def run(ctx: Any) -> SuiteResult:
             continue
         tbl.add(label, d["n"], d["bytes_per_flow"], d["anon_bytes_per_flow"],
                 d["created_per_s"], ratio(d["bytes_per_flow"], gf))
+    capped = [f"{label} at {params['n']:,}" for label, _t, params in variants
+              if params["n"] < n and "OS thread" not in label and "DBOS" not in label]
+    if capped:
+        tbl.notes.append("capped to fit in memory: " + "; ".join(capped))
     if n_thread < n:
         tbl.notes.append(f"OS threads capped at {n_thread:,}")
     if has_dbos:

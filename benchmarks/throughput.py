@@ -435,8 +435,8 @@ def run(ctx: Any) -> SuiteResult:
         not_measured.append("DBOS: the dbos package is not installed")
     not_measured.append("DBOS at concurrency 10,000: one OS thread per waiting workflow and "
                         "SQLite polling make it impractical on this machine")
-    not_measured.append("greenflow over a real network transport between processes: the "
-                        "transport has its own issue; the threaded pair uses an in-process link")
+    not_measured.append("greenflow between node processes: the threaded pair here uses an "
+                        "in-process link; the processes suite measures two processes over TCP")
     return SuiteResult(NAME, {"concurrency": concs, "budget_s": budget, "rounds": ROUNDS,
                               "dbos_concurrency": dbos_concs, "suspension_rounds": SUSPEND_ROUNDS},
                        figures, ratios, tables, not_measured)
