@@ -347,9 +347,22 @@ def child_progress(text: str) -> None:
     sys.stderr.flush()
 
 
+_SCRATCH: list[str] = []
+
+
 def scratch_dir(prefix: str) -> str:
+    """A fresh temporary directory (under $GREENFLOW_BENCH_TMP if set); a worker process
+    removes the ones it made when its task is over (`remove_scratch`)."""
     base = os.environ.get("GREENFLOW_BENCH_TMP") or None
-    return tempfile.mkdtemp(prefix=f"gfbench-{prefix}-", dir=base)
+    path = tempfile.mkdtemp(prefix=f"gfbench-{prefix}-", dir=base)
+    _SCRATCH.append(path)
+    return path
+
+
+def remove_scratch() -> None:
+    import shutil
+    while _SCRATCH:
+        shutil.rmtree(_SCRATCH.pop(), ignore_errors=True)
 
 
 def dir_bytes(path: str) -> int:

@@ -30,6 +30,12 @@ def main(argv: list[str]) -> int:
         rc = 1
     with open(result_path, "w") as f:
         json.dump(result, f, default=str)
+    from .common import remove_scratch
+    try:
+        os.chdir("/")          # DBOS workers run inside their scratch directory
+    except OSError:
+        pass
+    remove_scratch()
     sys.stdout.flush()
     sys.stderr.flush()
     # Some peers (DBOS) keep non-daemon threads alive; the result is written: leave now.
