@@ -635,6 +635,7 @@ class Scheduler:
             except Exception:
                 log.exception("%s: flow-end listener failed for flow %s", self.identity.name, fid)
         self._queue_frames(rt)
+        self._release(rt)
         self.resident.pop(fid, None)
         self.touched.pop(fid, None)
         self.recent_results[fid] = record
@@ -661,10 +662,20 @@ class Scheduler:
                 g.throw(Unwind(why))
             except BaseException:  # noqa: BLE001 - whatever the flow did while unwinding
                 pass
-        rt.greenlet = None
+        self._release(rt)
         self.resident.pop(rt.flow_id, None)
         for st in rt.cp.sessions.values():
             self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
+
+    @staticmethod
+    def _release(rt: FlowRuntime) -> None:
+        """Break the runtime <-> greenlet cycle, so a finished or evicted flow is freed by
+        reference counting at once, not later by the cyclic collector (which at high
+        concurrency cost a third of the scheduler's time)."""
+        g = rt.greenlet
+        if g is not None:
+            g.gf_runtime = None
+            rt.greenlet = None
 
     def _kill(self, fid: str) -> bool:
         rt = self.resident.get(fid)
