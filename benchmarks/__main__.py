@@ -13,7 +13,7 @@ from typing import Optional
 
 from . import common
 
-SUITES = ("throughput", "held", "restart", "disk", "trade")
+SUITES = ("throughput", "held", "restart", "disk", "trade", "processes")
 DEFAULT_SUITES = SUITES
 
 

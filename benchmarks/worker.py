@@ -21,6 +21,10 @@ def tasks() -> dict:
 
 def main(argv: list[str]) -> int:
     task, params, result_path = argv[0], json.loads(argv[1]), argv[2]
+    # Every variant, greenflow's and its peers', runs with the garbage-collector settings
+    # of a greenflow node process (greenflow.gc_tuning), so the comparison stays fair.
+    from greenflow.gc_tuning import tune
+    tune()
     try:
         result = tasks()[task](**params)
         rc = 0

@@ -212,6 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
     """Run a node in the foreground until SIGTERM/SIGINT. Returns the exit status."""
     base_dir = os.path.abspath(base_dir)
+    from .gc_tuning import tune
+    tune()  # a node process holds many flows: collect less often (see gc_tuning)
     try:
         proc = NodeProcess(base_dir, rpc=rpc)
     except Exception as exc:  # config or map missing/malformed: say so, no traceback
