@@ -22,8 +22,8 @@ def command() -> None:
 
 @command.command("dump")
 @click.option("--node", "node_dir", required=True, type=click.Path(file_okay=False),
-              help="The node's directory (holds identity.name and store/). The node must "
-                   "not be running.")
+              help="The node's directory (holds identity.name and store/). Read-only: "
+                   "the node may be running.")
 @click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
 def dump(node_dir: str, as_json: bool) -> None:
     """Print each unfinished flow: status, what it waits on, its sessions, and its stack
