@@ -150,6 +150,7 @@ class Kill:
     down: float          # seconds between SIGKILL and the restart
     restart_seconds: float = 0.0
     resumed: int = 0     # unfinished flows the node found in its store on restart
+    elsewhere: int = 0   # unfinished flows on the nodes still up, just after the kill
     error: Optional[str] = None
 
 
@@ -334,16 +335,32 @@ class ChaosRun:
             self._down.update(victims)
             for v in victims:
                 pn.kill(v)
-            time.sleep(down)
+            waiting = self._unfinished_elsewhere(victims)
+            for kill in kills:
+                kill.elsewhere = waiting
+            time.sleep(max(0.0, kills[0].at + down - (time.monotonic() - t0)))
             r0 = time.monotonic()
             for kill in kills:
                 self._restart(kill)
                 kill.restart_seconds = round(time.monotonic() - r0, 2)
                 self._down.discard(kill.node)
                 self.kills.append(kill)
-                self.say(f"  ⚡ {kill.at:5.1f} s  SIGKILL {kill.node:<6} down {down:.2f} s, back in "
-                         f"{kill.restart_seconds:.2f} s, {kill.resumed} unfinished flow(s) resumed"
+                self.say(f"  ⚡ {kill.at:5.1f} s  SIGKILL {kill.node:<6} ({kill.elsewhere:3} flows in "
+                         f"flight elsewhere)  down {down:.2f} s, back in {kill.restart_seconds:.2f} s, "
+                         f"{kill.resumed} unfinished flow(s) resumed"
                          + (f"  [{kill.error}]" if kill.error else ""))
+
+    def _unfinished_elsewhere(self, victims: list[str]) -> int:
+        from greenflow.rpc_client import RpcClientError
+
+        n = 0
+        for name in self.pn.names:
+            if name not in victims:
+                try:
+                    n += len(self.pn.client(name).flows(status=UNFINISHED))
+                except RpcClientError:
+                    pass
+        return n
 
     def _restart(self, kill: Kill) -> None:
         pn = self.pn
@@ -440,6 +457,7 @@ class ChaosRun:
             "kills": len(self.kills),
             "kills_per_node": {n: per_node.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
             "flows_resumed_after_kills": sum(k.resumed for k in self.kills),
+            "flows_in_flight_elsewhere_at_kills": sum({k.at: k.elsewhere for k in self.kills}.values()),
             "kill_log": [vars(k) for k in self.kills],
             **check,
             "stuck": len(stuck),
@@ -666,8 +684,9 @@ def format_report(r: dict) -> str:
         "",
         f"Chaos report (seed {r['seed']}): {r['duration_seconds']} s of chaos on {len(r['nodes'])} "
         f"node processes, settled in {r['settle_seconds']} s",
-        f"  kills           {r['kills']} SIGKILLs ({kills}); {r['flows_resumed_after_kills']} "
-        "unfinished flows resumed at the restarts",
+        f"  kills           {r['kills']} SIGKILLs ({kills})",
+        f"  hit             {r['flows_resumed_after_kills']} unfinished flows resumed from checkpoints at "
+        f"the restarts; {r['flows_in_flight_elsewhere_at_kills']} in flight on the other nodes at the kills",
         f"  trades started  {t['started']} of {t['planned']} ({t['start_retries']} start retries "
         "while the seller was down)",
         f"  completed       {t['completed']} exactly once: in both vaults, notarised once",
