@@ -64,7 +64,10 @@ class FlowLogic(Generic[R]):
     def receive_all(self, expected_type: Any, sessions: Iterable[FlowSession]) -> list[Any]:
         """Receive one message of ``expected_type`` from each session, in order."""
         rt = current_runtime("receive_all")
-        return [rt.receive(s, expected_type, None) for s in list(sessions)]
+        out = []
+        for s in list(sessions):   # a loop, not a comprehension: keeps the caller 3 frames up
+            out.append(rt.receive(s, expected_type, None))
+        return out
 
     def send_all(self, payload: Any, sessions: Iterable[FlowSession]) -> None:
         rt = current_runtime("send_all")

@@ -62,7 +62,7 @@ class FlowRuntime:
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "base", "fresh", "external_done", "start_blob", "_logger")
+                 "base", "fresh", "external_done", "start_blob", "user_frame", "_logger")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -91,6 +91,7 @@ class FlowRuntime:
         # put the flow back to its committed state without losing an acknowledged frame.
         self.base: Optional[bytes] = None
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
+        self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] = []
         self._logger: Optional[logging.LoggerAdapter] = None
 
@@ -152,7 +153,15 @@ class FlowRuntime:
             self.cp.suspension_count += 1
         if before is not None:
             before()
-        return switch_to_scheduler(self, e)
+        # The caller of the public API (FlowSession.receive & co. -> FlowRuntime.receive ->
+        # here): the innermost frame of the flow's own code. Frame snapshots start from it
+        # rather than from the greenlet's top frame, so the runtime's own frames below it
+        # are never materialised as frame objects (about 1 KB per resident flow).
+        self.user_frame = sys._getframe(3)
+        try:
+            return switch_to_scheduler(self, e)
+        finally:
+            self.user_frame = None
 
     # ------------------------------------------------------------------ running
     def start_greenlet(self) -> FlowGreenlet:

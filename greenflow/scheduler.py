@@ -804,7 +804,7 @@ class Scheduler:
             b.delete("timers", cp.timer_key)
             cp.timer_key = None
         if self.capture_frames and pend is not None and rt.greenlet is not None:
-            snap = frames_mod.capture(rt.greenlet.gr_frame)
+            snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame)
             b.put("frames", fid_key(fid), serialization.dumps(snap))
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
