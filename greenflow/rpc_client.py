@@ -90,6 +90,7 @@ class RpcClient:
             headers["Content-Type"] = "application/json"
         for attempt in (0, 1):
             conn = self._conn(timeout)
+            resp = None
             try:
                 conn.request(method, API + path, body=data, headers=headers)
                 resp = conn.getresponse()
@@ -97,10 +98,10 @@ class RpcClient:
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()   # a kept-alive connection the server closed: retry once
-                if attempt:
+                if attempt or resp is not None:  # it began to answer: the request ran, never send it twice
                     raise RpcClientError(0, "Unreachable", f"{self.url}: {exc}") from None
-            except OSError as exc:
-                conn.close()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()   # e.g. IncompleteRead: the node died in the middle of its answer
                 raise RpcClientError(0, "Unreachable", f"cannot reach the node's RPC at "
                                      f"{self.url}: {exc}") from None
         try:

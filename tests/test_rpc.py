@@ -224,3 +224,40 @@ def test_shutdown_stops_the_node_process(tmp_path):
     runner.join(20)
     assert not runner.is_alive() and proc.node is None
     assert error_of(client.node_info).status == 0
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_node_dying_in_the_middle_of_its_answer_is_unreachable_and_not_asked_twice(reset):
+    """Found by sample.chaos: a node killed between the headers and the body of its answer
+    made `RpcClient` raise http.client.IncompleteRead; and a request the node had begun to
+    answer (so had carried out) must not be sent again."""
+    import socket
+    import struct
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(2)
+    requests = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            requests.append(conn.recv(65536))
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 135\r\n\r\n{\"flow_id\"")
+            if reset:  # SIGKILL-like: the kernel resets the connection
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = RpcClient(f"http://127.0.0.1:{srv.getsockname()[1]}", "admin", "pw", timeout=5)
+    try:
+        err = error_of(lambda: client.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}))
+    finally:
+        srv.close()
+        server.join(5)
+    assert err.status == 0 and err.type == "Unreachable"
+    assert len(requests) == 1
