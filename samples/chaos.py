@@ -189,7 +189,8 @@ class ChaosRun:
                      f"{self.duration:g} s; SIGKILL of {self.at_once} random node(s) every "
                      f"~{self.kill_every:g} s (seed {self.seed})")
             t0 = time.monotonic()
-            monkey = threading.Thread(target=self._monkey, args=(t0,), name="chaos-monkey", daemon=True)
+            monkey = threading.Thread(target=self._guarded_monkey, args=(t0,), name="chaos-monkey",
+                                      daemon=True)
             monkey.start()
             try:
                 self._drive(t0)
@@ -319,6 +320,12 @@ class ChaosRun:
             times.append(round(t, 3))
             t += self.kill_every * rng.uniform(0.6, 1.4)
         return times
+
+    def _guarded_monkey(self, t0: float) -> None:
+        try:
+            self._monkey(t0)
+        except Exception as exc:  # noqa: BLE001 - a bug here must fail the run, not end the kills quietly
+            self.problems.append(f"the kills stopped early: {type(exc).__name__}: {exc}")
 
     def _monkey(self, t0: float) -> None:
         """At each kill time, SIGKILL ``at_once`` random nodes and restart them after a
