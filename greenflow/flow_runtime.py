@@ -140,8 +140,14 @@ class FlowRuntime:
         return outcome
 
     def suspend(self, kind: str, key: tuple, deadline: Optional[float] = None,
-                before: Optional[Callable[[], None]] = None) -> tuple:
-        """A request that may wait: hand it to the scheduler unless replay answers it."""
+                session: Optional[SessionState] = None,
+                external: Optional[tuple] = None) -> tuple:
+        """A request that may wait: hand it to the scheduler unless replay answers it.
+
+        Live (also when replay reaches the pending request), a lazy ``session`` is opened
+        first and an ``external`` call is handed over; plain arguments rather than
+        closures, since whatever this frame holds stays alive while the flow waits.
+        """
         e = self._replay_next(kind, key)
         if e is not None and e.outcome is not None:
             return e.outcome
@@ -151,8 +157,10 @@ class FlowRuntime:
             self.journal.append(e)
             self.cursor += 1
             self.cp.suspension_count += 1
-        if before is not None:
-            before()
+        if session is not None:
+            self._open_for(kind, session)
+        if external is not None:
+            self.external = external
         # The caller of the public API (FlowSession.receive & co. -> FlowRuntime.receive ->
         # here): the innermost frame of the flow's own code. Frame snapshots start from it
         # rather than from the greenlet's top frame, so the runtime's own frames below it
@@ -281,9 +289,7 @@ class FlowRuntime:
         return _unwrap(out)
 
     def run_external(self, fn: Callable, *args: Any) -> Any:
-        def before() -> None:
-            self.external = (fn, args)
-        out = self.suspend("external", (_callable_name(fn),), before=before)
+        out = self.suspend("external", (_callable_name(fn),), external=(fn, args))
         return _unwrap(out)
 
     def sleep(self, seconds: float) -> None:
@@ -337,6 +343,20 @@ class FlowRuntime:
         st.send_seq += 1
         self.out.append((st.counterparty, frame))
 
+    def _open_for(self, kind: str, st: SessionState) -> None:
+        """Before waiting on a session: a lazy one sends its initiation now (a receive-
+        first initiation carries no payload); asking for the peer's flow info sends a
+        request for it unless it is known or already asked for."""
+        if kind == "info":
+            if st.peer_info is None and not st.info_requested:
+                st.info_requested = True
+                if st.state == NEW:
+                    self._emit(st, INIT, None, reason="info")
+                else:
+                    self._emit(st, INFO_REQ)
+        elif st.state == NEW:
+            self._emit(st, INIT, None)
+
     def emit_confirm(self, st: SessionState) -> None:
         """Responder: answer a flow-info request with our version and app."""
         self._emit(st, CONFIRM)
@@ -382,13 +402,9 @@ class FlowRuntime:
         if timeout is not None and timeout < 0:
             raise ValueError("receive timeout must be >= 0")
 
-        def before() -> None:
-            if st.state == NEW:
-                self._emit(st, INIT, None)
-
         out = self.suspend("receive", (st.sid, st.counterparty.name, tname),
                            deadline=self._deadline(timeout) if timeout is not None else None,
-                           before=before)
+                           session=st)
         kind = out[0]
         peer = st.counterparty.name
         if kind == "data":
@@ -429,15 +445,7 @@ class FlowRuntime:
     def flow_info(self, session: FlowSession) -> PeerFlowInfo:
         st = self._session(session)
 
-        def before() -> None:
-            if st.peer_info is None and not st.info_requested:
-                st.info_requested = True
-                if st.state == NEW:
-                    self._emit(st, INIT, None, reason="info")
-                else:
-                    self._emit(st, INFO_REQ)
-
-        out = self.suspend("info", (st.sid, st.counterparty.name), before=before)
+        out = self.suspend("info", (st.sid, st.counterparty.name), session=st)
         if out[0] == "reject":
             raise UnknownFlow(f"{st.counterparty.name} has no flow registered to answer "
                               f"{st.protocol}: {out[1]}")
