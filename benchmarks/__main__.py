@@ -13,7 +13,7 @@ from typing import Optional
 
 from . import common
 
-SUITES = ("throughput", "held", "restart", "disk", "trade", "processes")
+SUITES = ("throughput", "held", "restart", "disk", "trade", "processes", "hibernated")
 DEFAULT_SUITES = SUITES
 
 
