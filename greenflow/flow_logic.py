@@ -11,7 +11,7 @@ import logging
 import random as _random
 import uuid as _uuid
 from datetime import datetime
-from typing import Any, Callable, Generic, Iterable, Optional, Type, TypeVar
+from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
 from .party import Party
 from .progress import ProgressTracker

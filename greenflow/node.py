@@ -18,7 +18,7 @@ from . import serialization
 from .checkpoint import Checkpoint
 from .clock import Clock, SystemClock
 from .errors import FlowError, FlowKilled, UnknownFlow
-from .events import Call, FrameArrived, KillFlow
+from .events import Call, FrameArrived
 from .flow_logic import FlowLogic
 from .flow_runtime import rebuild_flow_exception
 from .identity import NodeIdentity
@@ -28,7 +28,7 @@ from .registry import ResponderTable, qualified_name
 from .scheduler import Scheduler, new_flow_id
 from .services import ServiceHub
 from .status import FlowStatus
-from .store import Store, fid_key
+from .store import Store
 
 log = logging.getLogger("greenflow.node")
 

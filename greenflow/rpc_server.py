@@ -25,7 +25,6 @@ import time
 import uuid
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit

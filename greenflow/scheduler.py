@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from . import frames as frames_mod
 from . import serialization, transitions
 from .checkpoint import OPEN, Checkpoint, SessionState
-from .errors import (FlowError, FlowException, FlowKilled, StoreError, TransientError,
+from .errors import (FlowError, FlowException, StoreError, TransientError,
                      WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
 from .executor import execute

@@ -7,7 +7,7 @@ flow's runtime. Sessions are lazy, as in Corda: nothing is sent until the first
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Type, TypeVar, Union, overload
+from typing import Any, NamedTuple, Optional, Type, TypeVar, Union
 
 from .party import Party
 from .traps import current_runtime

@@ -7,7 +7,7 @@ sockets, so they are tested by looking at the actions they return.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Optional
+from typing import Optional
 
 from .actions import Accept, Ack
 from .actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait

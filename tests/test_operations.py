@@ -214,7 +214,7 @@ def test_an_error_while_ending_a_flow_parks_it_instead_of_breaking_the_node(ops_
         return real(self, outcome)
 
     monkeypatch.setattr(FlowRuntime, "end_frames", broken)
-    h = alice.start_flow(Exchange(bob.party))
+    alice.start_flow(Exchange(bob.party))
     ops_net.run_network()
     ended = [f for f in alice.node.flows() + bob.node.flows() if f.error and "bug while ending" in f.error]
     assert len(ended) == 1 and ended[0].status == FlowStatus.HOSPITALIZED

@@ -6,7 +6,6 @@ The processes run ``python -m greenflow.node_process`` and import tests/procflow
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
