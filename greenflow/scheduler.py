@@ -29,11 +29,12 @@ from typing import Any, Callable, Optional
 from . import frames as frames_mod
 from . import serialization, transitions
 from .checkpoint import OPEN, Checkpoint, SessionState
-from .errors import (FlowError, FlowException, StoreError, TransientError,
-                     WireFormatError)
+from .errors import (FlowError, FlowException, StoreError, WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
 from .executor import execute
+from .fingerprint import code_digest, fingerprint
 from .flow_runtime import FlowRuntime, InboxItem
+from .hospital import backoff, is_transient
 from .journal import Entry
 from .messages import INIT, REJECT, Frame, carries_message, decode_frame, encode_frame
 from .party import Party
@@ -48,49 +49,6 @@ log = logging.getLogger("greenflow.scheduler")
 
 FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
 REJECTED_ROUTE = b"!"
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Failures the hospital retries: not the flow's own decision, and may go away."""
-    if isinstance(exc, FlowException):
-        return False
-    import lmdb
-    return isinstance(exc, (TransientError, StoreError, lmdb.Error, ConnectionError))
-
-
-_FINGERPRINTS: dict[tuple, dict] = {}
-
-
-def fingerprint(rt: FlowRuntime) -> dict:
-    """Code digests of the flow classes on the stack (top flow at least). One shared
-    dict per stack shape: a million resident flows of one class hold one copy."""
-    classes = (type(rt.logic),) + tuple(type(f) for f in rt.stack[1:])
-    fp = _FINGERPRINTS.get(classes)
-    if fp is None:
-        fp = _FINGERPRINTS[classes] = {qualified_name(c): code_digest(c) for c in classes}
-    return fp
-
-
-_DIGESTS: dict[type, str] = {}
-
-
-def code_digest(cls: type) -> str:
-    d = _DIGESTS.get(cls)
-    if d is None:
-        import hashlib
-        h = hashlib.blake2b(digest_size=8)
-        for klass in cls.__mro__:
-            if klass.__module__.startswith("greenflow.") and not klass.__module__.startswith("greenflow.samples"):
-                continue
-            for name in sorted(vars(klass)):
-                fn = vars(klass)[name]
-                code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-                if code is not None:
-                    h.update(name.encode())
-                    h.update(code.co_code)
-                    h.update(repr(code.co_consts).encode())
-        d = _DIGESTS[cls] = h.hexdigest()
-    return d
 
 
 def new_flow_id() -> str:
@@ -572,7 +530,7 @@ class Scheduler:
             exc = res[1]
             why = f"{type(exc).__name__}: {exc}"
             if rt.cp.retries < self.max_retries:
-                self._park(rt, why, retry_in=min(300.0, self.retry_backoff * 2 ** rt.cp.retries))
+                self._park(rt, why, retry_in=backoff(rt.cp.retries, self.retry_backoff))
             else:
                 self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
             return
