@@ -78,7 +78,6 @@ class Scheduler:
         self.reload_after_suspend = reload_after_suspend
         self.max_resident = max_resident
         self.threaded = threaded
-        self.fingerprints = True
         self.retention = retention
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
@@ -767,7 +766,7 @@ class Scheduler:
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
             rt.start_blob = None
-        if cp.fingerprint is None and self.fingerprints:
+        if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
         rt.fresh.clear()
