@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
@@ -259,8 +260,12 @@ class Node:
             return
         done = threading.Event()
         sched.start_flows(prepared, done.set)
-        if not done.wait(120):
-            raise TimeoutError(f"node {self.party.name} did not record the start within 120s")
+        deadline = time.monotonic() + 120
+        while not done.wait(0.25):
+            if sched.dead:   # its commits stopped (e.g. a full disk): the start is not durable
+                raise sched.commit_error or FlowError(f"node {self.party.name} has stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {self.party.name} did not record the start within 120s")
         if sched.commit_error is not None:
             raise sched.commit_error
 
