@@ -4,7 +4,8 @@ one still answers when its message comes).
 
 One node (sync on, default frame capture, ``max_resident`` 1,000) starts N `Hold` flows
 that each open a session to a peer and wait in ``receive``. The peer is a stand-in that
-never answers by itself (its transport drops everything), so every flow really waits.
+acknowledges every frame (as a live node does once it has committed it) but never
+answers by itself, so every flow really waits.
 Then the node is closed and reopened (lazy restart), and a sample of the flows is sent
 their answer as the peer would send it (a data frame on the flow's session); each must
 complete with that value. Answering all N would take as long as creating them; the
@@ -34,11 +35,11 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
     from greenflow.events import FrameArrived
     from greenflow.messages import DATA, Frame, encode_frame
     from greenflow import wire
-    from .harness import Hold, NullTransport
+    from .harness import Hold
 
     base = scratch_dir("hibernated")
     peer = Party("Nobody", b"\x01" * 32)
-    node = Node.open(base, "Holder", transport=NullTransport(), sync=True, threaded=True,
+    node = Node.open(base, "Holder", transport=AckingTransport(), sync=True, threaded=True,
                      max_resident=MAX_RESIDENT)
     gc.collect()
     before = mem()
@@ -71,7 +72,7 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
 
     # Reopen (lazy restart) and answer the sample.
     t1 = time.perf_counter()
-    node = Node.open(base, "Holder", transport=NullTransport(), sync=True, threaded=True,
+    node = Node.open(base, "Holder", transport=AckingTransport(), sync=True, threaded=True,
                      max_resident=MAX_RESIDENT)
     reopen_s = time.perf_counter() - t1
     loaded = node._on_scheduler(lambda: len(node.scheduler.resident))
@@ -103,6 +104,25 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
         "answer_max_ms": latencies[-1] * 1e3 if latencies else None,
         "first_answer_ms": latencies[0] * 1e3 if latencies else None,
     }
+
+
+class AckingTransport:
+    """The peer as a live node that has not answered yet: it acknowledges every frame
+    (so the node's outbox empties, as on a real network) and sends nothing back."""
+
+    def __init__(self) -> None:
+        self.node: Any = None
+
+    def send(self, peer: Any, data: bytes) -> None:
+        from greenflow.events import Acked
+        from greenflow.messages import decode_frame
+        self.node.scheduler.post(Acked(peer.name, (decode_frame(data).msg_id,)))
+
+    def ack(self, peer_name: str, msg_ids: tuple) -> None:
+        pass
+
+    def party(self, name: str) -> Any:
+        return None
 
 
 TASKS = {"hibernated": w_hibernated}

@@ -356,8 +356,10 @@ class Node:
     @property
     def pending_flows_count(self) -> int:
         """Unfinished flows on this node (running, waiting, hibernated, hospitalized)."""
-        return self._on_scheduler(lambda: len({k.decode() for k in self.store.keys("flows")}
-                                               | set(self.scheduler.resident)))
+        # Stored checkpoints, plus flows started in the current round whose first commit has
+        # not happened yet (O(1): millions of waiting flows are not listed to count them).
+        return self._on_scheduler(lambda: self.store.count("flows") + sum(
+            1 for rt in self.scheduler.resident.values() if rt.start_blob is not None))
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         """``fn(flow_id, step)`` on every progress change (step None: the flow ended).
