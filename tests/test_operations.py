@@ -142,9 +142,10 @@ def test_draining_refuses_new_flows_and_sessions_but_lets_running_ones_finish(op
     assert late.result() == 60
 
 
-def test_hibernated_flows_show_as_such_and_complete_when_their_message_comes(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"reload_after_suspend": True}], ids=["lru", "reload"])
+def test_hibernated_flows_show_as_such_and_complete_when_their_message_comes(tmp_path, extra):
     opsflows.reset()
-    net = MockNetwork(tmp_path / "net", max_resident=2)
+    net = MockNetwork(tmp_path / "net", max_resident=2, **extra)
     alice, bob = net.create_node("Alice"), net.create_node("Bob")
     handles = [alice.start_flow(Exchange(bob.party)) for _ in range(10)]
     net.run_network(max_messages=10)
