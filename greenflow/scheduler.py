@@ -55,8 +55,9 @@ def new_flow_id() -> str:
     """32 hex digits: milliseconds since the epoch, then 80 random bits.
 
     Time-ordered ids make every store key of a new flow land at the right edge of its
-    B-tree, so writing millions of flows touches (and keeps mapped) only the newest
-    pages, not pages all over the file: hibernated flows cost no resident memory.
+    B-tree, so writing millions of flows touches mostly the newest pages rather than
+    pages all over the file (measured: 10M hibernated flows, 3 B of anonymous memory each;
+    the LMDB map kept ~2 GB of clean, reclaimable file pages mapped).
     """
     return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
 
