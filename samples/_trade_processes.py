@@ -138,9 +138,11 @@ def _crash_buyer(pn: Any, display: _Display, watchers: list) -> dict:
     pn.kill(BUYER)  # SIGKILL: no shutdown, nothing flushed
     display.note(f"  ⚡ power cut: {BUYER} killed (SIGKILL) at '{step}'; starting it again from its "
                  "directory")
+    # What the power cut left on disk, read before the node starts again (once it runs,
+    # the resumed flow may finish before anyone could count it).
+    from greenflow.node import read_checkpoints
+    unfinished = read_checkpoints(pn.dir(BUYER))
     pn.start(BUYER, wait=60)
-    unfinished = [f for f in pn.client(BUYER).flows() if f.get("status") not in
-                  ("COMPLETED", "FAILED", "KILLED")]
     watchers.append(_Watcher(pn, BUYER, display))
     display.note(f"  ↻ {BUYER} restarted: {len(unfinished)} flow(s) unfinished, resuming from their "
                  "checkpoints")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from click.testing import CliRunner
 
@@ -59,7 +60,9 @@ def test_the_trade_runs_on_real_node_processes_and_survives_a_sigkill(tmp_path):
     result = trade("--processes", "--crash", "--data-dir", str(tmp_path / "procs"))
     assert result.exit_code == 0, result.output
     assert "power cut: Buyer killed (SIGKILL)" in result.output
-    assert "Buyer restarted: 1 flow(s) unfinished" in result.output
+    # 1 when the kill caught the buyer's flow mid-trade (the usual case); 0 if the flow had
+    # already finished the trade when the signal landed.
+    assert re.search(r"Buyer restarted: [01] flow\(s\) unfinished", result.output)
     assert "Trade settled in" in result.output
     assert "paper CP-" in result.output and "cash 500 GBP" in result.output
 
