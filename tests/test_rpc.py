@@ -247,6 +247,9 @@ def test_a_node_dying_in_the_middle_of_its_answer_is_unreachable_and_not_asked_t
             requests.append(conn.recv(65536))
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                          b"Content-Length: 135\r\n\r\n{\"flow_id\"")
+            # Let the client read the headers first: a reset discards data the client has
+            # not read yet, and then nothing tells it the node had begun to answer.
+            time.sleep(0.3)
             if reset:  # SIGKILL-like: the kernel resets the connection
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             conn.close()
