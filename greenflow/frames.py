@@ -36,15 +36,37 @@ _repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 8
 _repr.maxlevel = 3
 
 
+_KEY_TYPES: dict[type, bool] = {}
+
+
 def _redacted_type(value: Any) -> bool:
-    mod = type(value).__module__ or ""
-    name = type(value).__name__
-    return (mod.startswith("nacl.") and name in ("SigningKey", "PrivateKey")) or name == "KeyPair"
+    """Key material, by type (cached per type)."""
+    t = type(value)
+    v = _KEY_TYPES.get(t)
+    if v is None:
+        mod, name = t.__module__ or "", t.__name__
+        v = _KEY_TYPES[t] = ((mod.startswith("nacl.") and name in ("SigningKey", "PrivateKey"))
+                             or name == "KeyPair")
+    return v
+
+
+_DENIED: dict[str, bool] = {}
+
+
+def denied_name(name: str) -> bool:
+    """Whether a local's name is on the deny-list (cached: names repeat at every
+    suspension, the check ran a generator per local per snapshot)."""
+    v = _DENIED.get(name)
+    if v is None:
+        lname = name.lower()
+        v = any(word in lname for word in DENY_LIST)
+        if len(_DENIED) < 100_000:
+            _DENIED[name] = v
+    return v
 
 
 def short_repr(name: str, value: Any) -> str:
-    lname = name.lower()
-    if any(word in lname for word in DENY_LIST) or _redacted_type(value):
+    if denied_name(name) or _redacted_type(value):
         return "<redacted>"
     try:
         text = _repr.repr(value)
@@ -112,8 +134,7 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
             # frame's real locals are untouched: a tracer refreshes the dict before use.)
             f_locals.clear()
             for k, v in items:
-                lname = k.lower()
-                if any(word in lname for word in DENY_LIST) or _redacted_type(v):
+                if denied_name(k) or _redacted_type(v):
                     reprs[k] = "<redacted>"
                 elif k == "self":   # the flow object: stored already as the start object
                     reprs[k] = f"<{type(v).__module__}.{type(v).__qualname__} object>"
