@@ -112,7 +112,8 @@ def _is_internal(filename: str) -> bool:
     return v
 
 
-def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
+def capture(top: Optional[FrameType], keep_values: bool = True,
+            stop_code: Any = None) -> list[dict]:
     """Frames from the flow's ``call()`` down to its suspension point (outermost first).
 
     Cheap at suspension time: each frame's locals are pickled in one C-pickle call (what
@@ -161,9 +162,11 @@ def capture(top: Optional[FrameType], keep_values: bool = True) -> list[dict]:
                     blob = serialization.try_pickle(ok, limit=16384) if ok else None
             frames.append({"function": getattr(code, "co_qualname", code.co_name),
                            "file": fn, "line": f.f_lineno, "reprs": reprs, "values": blob})
+        if code is stop_code:   # the flow's own call(): nothing above it is the flow's
+            break
         if code.co_name == "_main" and fn.endswith("flow_runtime.py") and _is_internal(fn):
             break
-        f = f.f_back
+        f = f.f_back   # (materialises that frame's object for as long as it runs)
     frames.reverse()
     return frames[-MAX_FRAMES:]
 

@@ -762,7 +762,9 @@ class Scheduler:
             b.delete("timers", cp.timer_key)
             cp.timer_key = None
         if self.capture_frames and pend is not None and rt.greenlet is not None:
-            snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame)
+            call = getattr(type(rt.logic), "call", None)
+            snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame,
+                                      stop_code=getattr(call, "__code__", None))
             b.put("frames", fid_key(fid), serialization.dumps(snap))
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
