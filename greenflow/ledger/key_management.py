@@ -11,7 +11,7 @@ from typing import Any
 
 from ..services import register_service_factory
 from . import verifier  # noqa: F401  (services.verifier)
-from .crypto import KeyPair, SecureHash
+from .crypto import SecureHash
 from .transactions import SignedTransaction, TransactionSignature
 
 __all__ = ["KeyManagementService"]
@@ -19,7 +19,7 @@ __all__ = ["KeyManagementService"]
 
 class KeyManagementService:
     def __init__(self, node: Any) -> None:
-        self._keypair = KeyPair(node.identity.signing_key)
+        self._keypair = node.identity.keypair
         self._verifier = node.services.verifier
 
     @property
