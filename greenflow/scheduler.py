@@ -498,10 +498,6 @@ class Scheduler:
         rt.out.clear()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
-        try:
-            self.run_queue.remove(next(x for x in self.run_queue if x[0] is rt))
-        except StopIteration:
-            pass
         level = logging.WARNING if retry_in is not None else logging.ERROR
         log.log(level, "%s: flow %s (%s) hospitalized: %s%s", self.identity.name, fid,
                 cp.flow_class, why, f"; retry in {retry_in:.1f}s" if retry_in is not None else "")
@@ -646,21 +642,8 @@ class Scheduler:
             except Exception:
                 logic = None
             rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
-            self.resident[fid] = rt
-        g = rt.greenlet
-        rt.io_refused = "killed"
-        if g is not None and not g.dead and g:
-            try:
-                g.throw(Unwind("killed"))
-            except BaseException:  # noqa: BLE001
-                pass
-        rt.greenlet = None
-        rt.out.clear()  # anything produced while unwinding is not sent
-        rt.io_refused = None
-        try:
-            self.run_queue.remove(next(x for x in self.run_queue if x[0] is rt))
-        except StopIteration:
-            pass
+        self._evict(rt, "killed")   # unwinds its greenlet with I/O refused
+        rt.out.clear()              # anything produced while unwinding is not sent
         self._finish(rt, ("killed",))
         return True
 
