@@ -330,7 +330,7 @@ class Node:
         cp = self.store.checkpoint(fid)
         if cp is None:
             raise UnknownFlow(f"no flow {fid!r} on node {self.party.name}")
-        return FlowStatus.HIBERNATED if cp.status == FlowStatus.SUSPENDED else cp.status
+        return shown_status(cp, resident=False)
 
     # ------------------------------------------------------------------ operations
     def kill_flow(self, flow_id: str) -> bool:
@@ -411,10 +411,7 @@ class Node:
         return list(out.values())
 
     def _info(self, cp: Checkpoint, resident: bool) -> FlowInfo:
-        status = cp.status
-        if not resident and status == FlowStatus.SUSPENDED:
-            status = FlowStatus.HIBERNATED
-        return FlowInfo(cp.flow_id, cp.flow_class, status, cp.progress_step,
+        return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
                         suspended_on(cp), resident, cp.error)
 
     def checkpoints_dump(self) -> list[dict]:
@@ -446,9 +443,7 @@ def dump_store(store: Store, resident: set[str]) -> list[dict]:
             out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
                         "frames": [], "sessions": []})
             continue
-        status = cp.status
-        if fid not in resident and status == FlowStatus.SUSPENDED:
-            status = FlowStatus.HIBERNATED
+        status = shown_status(cp, fid in resident)
         try:
             snap = store.frames(fid)
         except Exception as exc:
@@ -468,6 +463,13 @@ def dump_store(store: Store, resident: set[str]) -> list[dict]:
             "frames": frames_mod.public(snap),
         })
     return out
+
+
+def shown_status(cp: Checkpoint, resident: bool) -> FlowStatus:
+    """A stored checkpoint says SUSPENDED; out of memory, that flow is HIBERNATED."""
+    if not resident and cp.status == FlowStatus.SUSPENDED:
+        return FlowStatus.HIBERNATED
+    return cp.status
 
 
 def suspended_on(cp: Checkpoint) -> Optional[str]:
