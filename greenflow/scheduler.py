@@ -139,7 +139,7 @@ class Scheduler:
             if not progressed:
                 break
             did = True
-        if self.batch or self.touched or self.post_acks or self.post_callbacks:
+        if self.batch or self.touched or self.post_sends or self.post_acks or self.post_callbacks:
             self._commit()
             did = True
         return did
@@ -827,8 +827,6 @@ class Scheduler:
         for fid in sorted(wake):
             if fid not in self.resident:
                 self._load(fid)
-        if self.post_sends:
-            self.post_callbacks.append(lambda: None)  # make the next pump commit/send
 
     def resend_outbox(self, peer_name: str) -> int:
         """Send ``peer_name`` again every committed frame it has not acknowledged: what a
