@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from . import frames as frames_mod
-from . import serialization, transitions
+from . import serialization, transitions, wire
 from .checkpoint import OPEN, Checkpoint, SessionState
 from .errors import (FlowError, FlowException, StoreError, WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
@@ -357,7 +357,6 @@ class Scheduler:
         self._round_routes[key] = value
 
     def _payload_ok(self, sender: Party, frame: Frame) -> bool:
-        from . import wire
         try:
             wire.decode(frame.payload)  # type: ignore[arg-type]
         except WireFormatError as exc:
