@@ -1,7 +1,9 @@
 """``python -m benchmarks [SUITE ...] [--quick] [--out DIR]`` (also ``greenflow bench``).
 
 Each suite prints a table, writes ``<out>/<suite>.json`` (machine, parameters, figures,
-ratios) and shows its progress on stderr. No suite asserts on speed.
+ratios) and, with matplotlib installed (``pip install 'greenflow[bench]'``), PNG plots
+beside it; it shows its progress on stderr. No suite asserts on speed.
+``--plot-only [SUITE ...]`` redraws the plots from the JSON already in ``<out>``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from . import common
+from . import common, plots
 
 SUITES = ("throughput", "held", "restart", "disk", "trade", "processes", "hibernated")
 DEFAULT_SUITES = SUITES
@@ -56,7 +58,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="throughput: also profile greenflow ping-pong and print the top functions")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument("--no-plots", action="store_true",
+                   help="write no PNG plots (they need matplotlib: pip install 'greenflow[bench]')")
+    p.add_argument("--plot-only", action="store_true",
+                   help="run nothing: redraw the PNG plots from <out>/<suite>.json")
     return p
+
+
+def plot_only(names: list[str], out: str, explicit: bool) -> int:
+    """Redraw the plots of ``names`` from ``<out>/<suite>.json``; suites without a JSON
+    file (or without plots) are skipped, and said to be when asked for by name."""
+    import json
+    if not plots.available():
+        print(plots.HINT, file=sys.stderr)
+        return 1
+    failed = 0
+    for name in names:
+        path = os.path.join(out, f"{name}.json")
+        if name not in plots.PLOTTERS or not os.path.exists(path):
+            if explicit:
+                print(f"{name}: " + ("no plots for this suite" if name not in plots.PLOTTERS
+                                     else f"no {path}"), file=sys.stderr)
+                failed += name in plots.PLOTTERS
+            continue
+        with open(path) as f:
+            written = plots.plot_safely(name, json.load(f), out)
+        failed += not written
+        for png in written:
+            print(f"{png}  {os.path.getsize(png) / 1024:.0f} KiB")
+    return 1 if failed else 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -69,6 +99,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     ctx = Context(quick=args.quick, out=args.out or default_out_dir(), n=args.n,
                   profile=args.profile, show_progress=not args.no_progress)
+    if args.plot_only:
+        return plot_only(names, ctx.out, explicit=bool(args.suites))
     machine = common.machine_info()
     print(f"greenflow benchmarks  {machine['date']}  python {machine['python']}  "
           f"{machine['cpu_count']} cpus  {(machine.get('mem_total_bytes') or 0) / 2**30:.1f} GiB  "
@@ -95,7 +127,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if load_before and load_before[0] > (os.cpu_count() or 1):
             print(f"(load average {load_before[0]:.2f} before this suite, on {os.cpu_count()} cpus: "
                   f"other work, or a previous suite's threads that the average still counts)")
-        print(f"(written to {path})")
+        written = [] if args.no_plots else plots.plot_safely(name, data, ctx.out)
+        print(f"(written to {path}" + "".join(f", {p}" for p in written) + ")")
         sys.stdout.flush()
     return 1 if failed else 0
 

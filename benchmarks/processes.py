@@ -200,6 +200,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from . import __main__ as bench_main
     from .common import machine_info, write_json
+    from .plots import plot_safely
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.processes")
     p.add_argument("--quick", action="store_true")
@@ -208,7 +209,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ctx = bench_main.Context(quick=args.quick, out=args.out or bench_main.default_out_dir(),
                              n=None, profile=False, show_progress=True)
     result = run(ctx)
-    write_json(f"{ctx.out}/{NAME}.json", result.to_json(machine_info(), args.quick))
+    data = result.to_json(machine_info(), args.quick)
+    write_json(f"{ctx.out}/{NAME}.json", data)
+    plot_safely(NAME, data, ctx.out)
     print(result.render())
     return 0
 

@@ -5,7 +5,9 @@ No timing assertions: speed is reported by ``python -m benchmarks``, never asser
 from __future__ import annotations
 
 import json
+import sys
 
+import pytest
 from greenflow.benchmarks.__main__ import main
 
 
@@ -37,3 +39,76 @@ def test_throughput_quick_writes_json(tmp_path, capsys):
 def test_unknown_suite_is_refused(tmp_path, capsys):
     assert main(["nosuch", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- plots
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _run(c: int, rate: float) -> dict:
+    return {"flows": 10, "flows_per_s": rate * c ** 0.5, "wrong_results": 0,
+            "p50_ms": 1.0 * c, "p99_ms": 2.0 * c}
+
+
+def _fake_throughput_suite(monkeypatch):
+    """Stand in a throughput suite that returns correctly shaped figures at once, so the
+    runner's plot hook is exercised without running the workers."""
+    from types import SimpleNamespace
+
+    from greenflow.benchmarks import __main__ as bench
+    from greenflow.benchmarks.common import SuiteResult, Table
+
+    figures = {key: {str(c): _run(c, rate) for c in (1, 100)}
+               for key, rate in (("mock", 300.0), ("threaded", 400.0), ("mock_nosync", 2500.0),
+                                 ("asyncio", 50_000.0))}
+    figures["dbos"] = {"1": _run(1, 25.0), "10": _run(10, 20.0), "poll_interval_s": 0.01}
+    result = SuiteResult("throughput", {}, figures, {}, [Table("t", ["a"], [[1]])])
+    monkeypatch.setattr(bench, "_suite_module", lambda name: SimpleNamespace(run=lambda ctx: result))
+    return bench.main
+
+
+def test_suite_writes_png_beside_its_json(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    run = _fake_throughput_suite(monkeypatch)
+    assert run(["throughput", "--no-progress", "--out", str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["throughput-latency.png", "throughput-rate.png"]
+    for name in pngs:
+        assert (tmp_path / name).read_bytes()[:8] == PNG_SIGNATURE
+    assert "throughput-rate.png" in capsys.readouterr().out
+    # --plot-only redraws them from the JSON alone
+    for p in tmp_path.glob("*.png"):
+        p.unlink()
+    assert main(["--plot-only", "throughput", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "throughput-rate.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_no_plots_flag(tmp_path, monkeypatch):
+    run = _fake_throughput_suite(monkeypatch)
+    assert run(["throughput", "--no-progress", "--no-plots", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "throughput.json").exists() and not list(tmp_path.glob("*.png"))
+
+
+def test_suite_succeeds_without_matplotlib(tmp_path, monkeypatch, capsys):
+    from greenflow.benchmarks import plots
+    monkeypatch.setitem(sys.modules, "matplotlib", None)     # import matplotlib -> ImportError
+    monkeypatch.setattr(plots, "_hinted", False)
+    run = _fake_throughput_suite(monkeypatch)
+    assert run(["throughput", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "throughput.json").exists() and not list(tmp_path.glob("*.png"))
+    err = capsys.readouterr().err
+    assert err.count("pip install 'greenflow[bench]'") == 1
+
+
+def test_failing_plot_does_not_fail_the_suite(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from greenflow.benchmarks import plots
+
+    def broken(figures):
+        raise ValueError("no axes today")
+
+    monkeypatch.setitem(plots.PLOTTERS, "throughput", broken)
+    run = _fake_throughput_suite(monkeypatch)
+    assert run(["throughput", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "throughput.json").exists()
+    assert "warning: plotting throughput failed: ValueError: no axes today" in capsys.readouterr().err
