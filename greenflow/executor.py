@@ -8,11 +8,10 @@ observe happens before the state that caused it is durable.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import TYPE_CHECKING
 
 from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
-from .flow_runtime import FlowRuntime, InboxItem
+from .flow_runtime import NO_INBOX, FlowRuntime, InboxItem
 from .messages import END, ERROR, REJECT, carries_message
 from .status import FlowStatus
 from .transitions import end_reason
@@ -42,20 +41,29 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             f = a.frame
             st = rt.cp.sessions[f.sid]
             st.recv_seq = f.seq + 1
-            rt.fresh.append(f)
+            if rt.fresh:
+                rt.fresh.append(f)
+            else:
+                rt.fresh = [f]
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
-                rt.inbox.setdefault(f.sid, deque()).append(InboxItem(f, False))
+                rt.inbox_queue(f.sid).append(InboxItem(f, False))
             rt.dirty = True
             sched.touched[rt.flow_id] = rt  # acknowledged only once this commit holds it
         elif t is Consume:
-            item = rt.inbox[a.sid].popleft()
-            if not rt.inbox[a.sid]:
-                del rt.inbox[a.sid]
+            q = rt.inbox[a.sid]
+            item = q.popleft()
+            if not q:
+                del rt.inbox[a.sid]  # type: ignore[attr-defined]
+                if not rt.inbox:
+                    rt.inbox = NO_INBOX
             f = item.frame
             if item.persisted:
-                rt.consumed.append((f.sid, f.seq))
+                if rt.consumed:
+                    rt.consumed.append((f.sid, f.seq))  # type: ignore[union-attr]
+                else:
+                    rt.consumed = [(f.sid, f.seq)]
             if f.kind in (END, ERROR, REJECT):
                 st = rt.cp.sessions[f.sid]
                 st.peer_ended = (end_reason(f.reason) if f.kind == END else

@@ -22,7 +22,7 @@ _FINGERPRINTS: dict[tuple, dict] = {}
 def fingerprint(rt: FlowRuntime) -> dict:
     """Code digests of the flow classes on the stack (top flow at least). One shared
     dict per stack shape: a million resident flows of one class hold one copy."""
-    classes = (type(rt.logic),) + tuple(type(f) for f in rt.stack[1:])
+    classes = (type(rt.logic),) + tuple(type(f) for f in rt.subflows)
     fp = _FINGERPRINTS.get(classes)
     if fp is None:
         fp = _FINGERPRINTS[classes] = {qualified_name(c): code_digest(c) for c in classes}

@@ -21,6 +21,7 @@ import sys
 import uuid as _uuid
 from collections import deque
 from datetime import datetime, timezone
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import serialization, wire
@@ -42,9 +43,11 @@ MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 
 
 def type_name(expected: Any) -> str:
+    # Interned: it is part of every pending receive's key, i.e. held once per waiting flow
+    # (a builtin type's __qualname__ is a new string each time it is read).
     if isinstance(expected, tuple):
-        return "(" + ", ".join(type_name(t) for t in expected) + ")"
-    return getattr(expected, "__qualname__", repr(expected))
+        return sys.intern("(" + ", ".join(type_name(t) for t in expected) + ")")
+    return sys.intern(getattr(expected, "__qualname__", None) or repr(expected))
 
 
 class InboxItem:
@@ -57,9 +60,12 @@ class InboxItem:
         self.persisted = persisted
 
 
+NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use
+
+
 class FlowRuntime:
     # Slots: a node may hold millions of these.
-    __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "stack",
+    __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "subflows",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger")
@@ -74,13 +80,16 @@ class FlowRuntime:
         self.cursor = 0
         # Entries [0, committed) are stored in journal chunks (with their outcomes).
         self.committed = len(journal) - (1 if journal and journal[-1].outcome is None else 0)
-        self.stack: list["FlowLogic"] = []
+        self.subflows: list["FlowLogic"] | tuple = ()   # sub-flows running below logic
         self.session_counter = 0
         self.greenlet: Optional[FlowGreenlet] = None
         self.pending: Optional[Entry] = None
-        self.out: list[tuple[Party, Frame]] = []
-        self.inbox: dict[str, deque[InboxItem]] = {}
-        self.consumed: list[tuple[str, int]] = []      # persisted inbox items consumed
+        # The four per-flow collections below are empty for nearly every waiting flow, so
+        # they start (and fall back) as shared immutable empties and become real lists or
+        # a dict only when something goes in: ~300 B less per resident flow.
+        self.out: list[tuple[Party, Frame]] | tuple = ()
+        self.inbox: dict[str, deque[InboxItem]] | MappingProxyType = NO_INBOX
+        self.consumed: list[tuple[str, int]] | tuple = ()   # persisted inbox items consumed
         self.external: Optional[tuple[Callable, tuple]] = None
         self.external_done: Optional[tuple] = None   # result that came while not resident
         self.io_refused: Optional[str] = None
@@ -92,8 +101,18 @@ class FlowRuntime:
         self.base: Optional[bytes] = None
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
         self.user_frame: Any = None               # while suspended: see suspend()
-        self.fresh: list[Frame] = []
+        self.fresh: list[Frame] | tuple = ()
         self._logger: Optional[logging.LoggerAdapter] = None
+
+    def inbox_queue(self, sid: str) -> deque:
+        """The (writable) queue of frames waiting for ``sid``, created if needed."""
+        inbox = self.inbox
+        if not inbox:
+            inbox = self.inbox = {}
+        q = inbox.get(sid)
+        if q is None:
+            q = inbox[sid] = deque()
+        return q
 
     # ------------------------------------------------------------------ state
     @property
@@ -173,15 +192,15 @@ class FlowRuntime:
 
     # ------------------------------------------------------------------ running
     def start_greenlet(self) -> FlowGreenlet:
+        """A new greenlet for this flow; start it with ``switch(runtime)``."""
         self.cursor = 0
         self.session_counter = 0
-        self.stack = []
-        self.greenlet = FlowGreenlet(self._main, self)
+        self.subflows = ()
+        self.greenlet = FlowGreenlet(FlowRuntime._main, self)
         return self.greenlet
 
     def _main(self) -> tuple:
         try:
-            self.stack.append(self.logic)
             result = self.logic.call()
             if self.cursor < len(self.journal) and self.diverged is None:
                 self.diverged = (
@@ -207,20 +226,27 @@ class FlowRuntime:
                 return ("diverged",)
             return ("failed", exc)
         finally:
-            self.stack.clear()
+            self.subflows = ()
 
     def sub_flow(self, flow: "FlowLogic") -> Any:
         from .flow_logic import FlowLogic
         if not isinstance(flow, FlowLogic):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
-        self.stack.append(flow)
+        if self.subflows:
+            self.subflows.append(flow)  # type: ignore[union-attr]
+        else:
+            self.subflows = [flow]
         try:
             return flow.call()
         finally:
-            self.stack.pop()
+            self.subflows.pop()  # type: ignore[union-attr]
             self.on_progress(None)
 
     # ------------------------------------------------------------------ context
+    def flow_stack(self) -> list["FlowLogic"]:
+        """The flow and the sub-flows it is running, outermost first."""
+        return [self.logic, *self.subflows]
+
     @property
     def logger(self) -> logging.LoggerAdapter:
         if self._logger is None:
@@ -229,7 +255,7 @@ class FlowRuntime:
 
     def on_progress(self, tracker: Any) -> None:
         labels = []
-        for f in self.stack:
+        for f in self.flow_stack():
             t = f.__dict__.get("_gf_tracker")
             if t is not None and t.label is not None:
                 labels.append(t.label)
@@ -240,11 +266,12 @@ class FlowRuntime:
                 self.sched.progress_changed(self, step)
 
     def _initiating(self) -> tuple[str, int, str]:
-        for f in reversed(self.stack):
+        stack = self.flow_stack()
+        for f in reversed(stack):
             info = initiating_info(type(f))
             if info is not None:
                 return info[0], info[1], app_name_of(type(f))
-        top = type(self.stack[-1]).__qualname__ if self.stack else "?"
+        top = type(stack[-1]).__qualname__
         raise FlowError(f"{top}.initiate_flow: no @initiating_flow class on the sub-flow "
                         "stack, so the peer would not know which responder to start")
 
@@ -341,7 +368,10 @@ class FlowRuntime:
             frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
                           reason=reason, error=error)
         st.send_seq += 1
-        self.out.append((st.counterparty, frame))
+        if self.out:
+            self.out.append((st.counterparty, frame))
+        else:
+            self.out = [(st.counterparty, frame)]
 
     def _open_for(self, kind: str, st: SessionState) -> None:
         """Before waiting on a session: a lazy one sends its initiation now (a receive-

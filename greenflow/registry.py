@@ -7,8 +7,8 @@ version; ``@initiated_by(Initiator)`` says which class answers it on the peer;
 from __future__ import annotations
 
 import importlib
-import sys
 import logging
+import sys
 from typing import Any, Callable, Iterable, Optional, TypeVar, overload
 
 from .errors import FlowError
@@ -85,11 +85,13 @@ def initiating_info(cls: type) -> Optional[tuple[str, int]]:
 
 
 def app_name_of(cls: type) -> str:
-    """The app a class belongs to: its top-level module (after ``greenflow.samples``)."""
+    """The app a class belongs to: its top-level module (after ``greenflow.samples``).
+
+    Interned: every session of every resident flow keeps it, so they share one string.
+    """
     mod = cls.__module__
-    if mod.startswith("greenflow.samples."):
-        return mod.split(".")[2]
-    return mod.split(".")[0]
+    name = mod.split(".")[2] if mod.startswith("greenflow.samples.") else mod.split(".")[0]
+    return sys.intern(name)
 
 
 def resolve_module(name: str) -> Any:

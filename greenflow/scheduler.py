@@ -223,7 +223,8 @@ class Scheduler:
     def _make_resident(self, rt: FlowRuntime) -> None:
         self.resident[rt.flow_id] = rt
         for st in rt.cp.sessions.values():
-            self.routes[session_key(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
+            if not st.initiator:  # sessions we initiated route by their id (see _deliver)
+                self.routes[session_key(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     # ================================================================== running
     def _step(self, rt: FlowRuntime, value: Any) -> None:
@@ -234,7 +235,7 @@ class Scheduler:
             if rt.journal:
                 self.stats["replays"] += 1
             g = rt.start_greenlet()
-            res = g.switch()
+            res = g.switch(rt)
         else:
             res = g.switch(value)
         fid = rt.flow_id
@@ -322,6 +323,18 @@ class Scheduler:
                     return
                 fid = route.decode()
         else:
+            if not frame.to_responder:
+                # Our own session: its id is "<our flow id>.<n>", so a resident flow is
+                # found without a routing entry (one less per waiting initiator).
+                rt = self.resident.get(frame.sid.rpartition(".")[0])
+                if rt is not None:
+                    st = rt.cp.sessions.get(frame.sid)
+                    if st is not None and st.initiator and st.counterparty.name == sender.name:
+                        if frame.payload is not None and not self._payload_ok(sender, frame):
+                            return
+                        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame),
+                                sender)
+                        return
             key = session_key(sender.name, frame.sid, 0 if frame.to_responder else 1)
             fid = self.routes.get(key)
             if fid is None:
@@ -437,7 +450,7 @@ class Scheduler:
                 f = decode_frame(data)
             except WireFormatError:
                 continue
-            rt.inbox.setdefault(sid, deque()).append(InboxItem(f, True))
+            rt.inbox_queue(sid).append(InboxItem(f, True))
         rt.dirty = False
         rt.routed = len(cp.sessions)
         cp.status = FlowStatus.RUNNABLE
@@ -494,7 +507,7 @@ class Scheduler:
         else:
             b.delete("wake", fid_key(fid))
         b.put("flows", fid_key(fid), serialization.dumps(cp))
-        rt.out.clear()
+        rt.out = ()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
         level = logging.WARNING if retry_in is not None else logging.ERROR
@@ -603,7 +616,7 @@ class Scheduler:
             data = encode_frame(frame)
             self.batch.put("outbox", outbox_key(peer.name, frame.sid, frame.to_responder, frame.seq), data)
             self.post_sends.append((peer, data))
-        rt.out.clear()
+        rt.out = ()
 
     def _evict(self, rt: FlowRuntime, why: str = "evicted") -> None:
         """Drop a flow from memory (its checkpoint is durable), unwinding its greenlet
@@ -618,7 +631,8 @@ class Scheduler:
         self._release(rt)
         self.resident.pop(rt.flow_id, None)
         for st in rt.cp.sessions.values():
-            self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
+            if not st.initiator:
+                self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
 
     @staticmethod
     def _release(rt: FlowRuntime) -> None:
@@ -642,7 +656,7 @@ class Scheduler:
                 logic = None
             rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
         self._evict(rt, "killed")   # unwinds its greenlet with I/O refused
-        rt.out.clear()              # anything produced while unwinding is not sent
+        rt.out = ()              # anything produced while unwinding is not sent
         self._finish(rt, ("killed",))
         return True
 
@@ -729,11 +743,12 @@ class Scheduler:
                     item.persisted = True
         for sid, seq in rt.consumed:
             b.delete("inbox", inbox_key(fid, sid, seq))
-        rt.consumed.clear()
+        rt.consumed = ()
         if len(cp.sessions) > rt.routed:  # sessions are only ever added
             for st in list(cp.sessions.values())[rt.routed:]:
                 key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
-                self.routes[key] = fid
+                if not st.initiator:
+                    self.routes[key] = fid
                 self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
         if pend is None or pend.kind == "external":
@@ -754,7 +769,7 @@ class Scheduler:
         if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
-        rt.fresh.clear()
+        rt.fresh = ()
         b.put("flows", fid_key(fid), rt.base)
         rt.dirty = False
 

@@ -35,7 +35,14 @@ class Diverged(greenlet.GreenletExit):
 
 
 class FlowGreenlet(greenlet.greenlet):
-    """A greenlet that knows which flow it runs."""
+    """A greenlet that knows which flow it runs.
+
+    Slotted (no per-instance dict: ~100 B less per resident flow), and started with an
+    unbound function plus the runtime as its first switch argument, so no bound-method
+    object stays alive beside each waiting flow.
+    """
+
+    __slots__ = ("gf_runtime",)
 
     def __init__(self, run: Any, runtime: "FlowRuntime", parent: Optional[greenlet.greenlet] = None):
         super().__init__(run, parent)
