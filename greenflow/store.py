@@ -32,6 +32,7 @@ from . import serialization
 from .checkpoint import Checkpoint
 from .errors import StoreError
 from .journal import Entry
+from .page_trim import DEFAULT_BUDGET, MapTrimmer
 
 log = logging.getLogger("greenflow.store")
 
@@ -123,6 +124,9 @@ class Store:
                 # Read-only view of an older store: an empty stand-in keeps reads simple.
                 self.db[name] = None
         self.commits = 0
+        # Keeps the pages of the map this node touched from piling up in its RSS.
+        self.trimmer = MapTrimmer(os.path.join(path, "data.mdb"),
+                                  None if readonly else DEFAULT_BUDGET)
 
     def close(self) -> None:
         self.env.close()
@@ -143,6 +147,7 @@ class Store:
                 with self.env.begin(write=True) as txn:
                     self._apply(txn, batch)
                 self.commits += 1
+                self.trimmer.after_commit()
                 return
             except lmdb.MapFullError:
                 new_size = self.env.info()["map_size"] * 2
