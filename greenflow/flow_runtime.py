@@ -439,7 +439,7 @@ class FlowRuntime:
         peer = st.counterparty.name
         if kind == "data":
             try:
-                payload = wire.decode(out[1])
+                payload = self.sched.take_decoded(out[1])
             except Exception as exc:  # validated on arrival; cannot normally happen
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None
