@@ -260,6 +260,31 @@ class Store:
             for k, v in txn.cursor():
                 yield bytes(k), bytes(v)
 
+    def outbox_frames(self, peer: str) -> Iterator[bytes]:
+        """Committed frames for ``peer`` not yet acknowledged, in key order (by session,
+        then sequence), read in a short read transaction per batch of rows."""
+        prefix = peer.encode() + b"\0"
+        after = prefix
+        while True:
+            rows: list[tuple[bytes, bytes]] = []
+            with self.env.begin(db=self.db["outbox"]) as txn:
+                cur = txn.cursor()
+                if not cur.set_range(after):
+                    return
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    if k == after:
+                        continue
+                    rows.append((bytes(k), bytes(v)))
+                    if len(rows) >= 256:
+                        break
+            if not rows:
+                return
+            for _, v in rows:
+                yield v
+            after = rows[-1][0]
+
     def keys(self, name: str) -> list[bytes]:
         with self.env.begin(db=self.db[name]) as txn:
             return [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]

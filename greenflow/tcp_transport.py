@@ -40,6 +40,12 @@ seconds (doubling while none comes, up to `RETRANSMIT_MAX`): a receiver drops
 unacknowledged what it cannot take yet (out of order, a session it holds while draining). The receiver deduplicates (`greenflow.messages`). Acknowledgements travel on
 the receiver's own link back to the sender; a lost one only causes a harmless re-send.
 
+A link holds at most `MAX_HELD_BYTES` of frames in memory. Every frame it is given is
+already committed to the node's outbox (commit, then send), so beyond that bound a peer
+that stays down costs disk, not memory: further frames are left in the outbox, and the
+link reads them back from it, in key (session, sequence) order, as acknowledgements free
+room.
+
 All sockets are served by one asyncio loop on the transport's own thread. The
 scheduler's ``send``/``ack`` only append to a queue, so a slow or dead peer never holds
 up the scheduler or the links to other peers.
@@ -56,7 +62,7 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import msgpack
 import nacl.bindings
@@ -80,6 +86,7 @@ BATCH_BYTES = 256 * 1024
 MAX_RECORD_BYTES = MAX_FRAME_BYTES + 64 * 1024
 MAX_ACKS_PER_RECORD = 8192
 MAX_OWED_ACKS = 100_000
+MAX_HELD_BYTES = 64 * 1024 * 1024   # per peer: unacknowledged frames kept in memory
 HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN, BACKOFF_MAX = 0.05, 10.0
@@ -181,6 +188,8 @@ class _Link:
         self.t = transport
         self.info = info
         self.unacked: dict[Any, bytes] = {}
+        self.held_bytes = 0        # sum of len(unacked values)
+        self.spilled = False       # frames for this peer are in the outbox only
         self.queue: deque[Any] = deque()
         self.acks: list[list] = []
         self.wake = asyncio.Event()
@@ -194,15 +203,49 @@ class _Link:
     def name(self) -> str:
         return self.info.name
 
-    def add_frame(self, data: bytes) -> None:
+    def add_frame(self, data: bytes, from_outbox: bool = False) -> bool:
+        """Hold ``data`` until acknowledged; False when it is left in the outbox instead
+        (over the memory bound: `refill` reads it back later)."""
         mid = _frame_msg_id(data)
         if mid is None:
             mid = ("?", False, id(data))  # the peer will drop it; keep it out of the way
+        old = self.unacked.get(mid)
+        if old is None and (self.spilled and not from_outbox
+                            or self.unacked and self.held_bytes + len(data) > self.t.max_held_bytes):
+            if not self.spilled:
+                self.spilled = True
+                log.warning("%s: %s holds %d unacknowledged frames (%d MiB); further frames "
+                            "for it stay in the outbox until it acknowledges these",
+                            self.t.name, self.name, len(self.unacked), self.held_bytes >> 20)
+            return False
         if not self.unacked:
             self.last_ack = time.monotonic()
         self.unacked[mid] = data
+        self.held_bytes += len(data) - (len(old) if old is not None else 0)
         self.queue.append(mid)
         self.wake.set()
+        return True
+
+    def refill(self) -> None:
+        """Take frames left in the outbox back into memory, up to the bound."""
+        reader = self.t.outbox_reader
+        if reader is None:
+            return
+        self.spilled = False
+        try:
+            for data in reader(self.name):
+                mid = _frame_msg_id(data)
+                if mid is None or mid in self.unacked:
+                    continue
+                if not self.add_frame(data, from_outbox=True):
+                    return            # full again: still spilled
+        except Exception as exc:  # noqa: BLE001 - the store closing under us, say
+            log.warning("%s: cannot read frames for %s back from the outbox: %s",
+                        self.t.name, self.name, exc)
+            self.spilled = True
+            return
+        log.info("%s: every frame for %s is held in memory again (%d)", self.t.name,
+                 self.name, len(self.unacked))
 
     def add_acks(self, msg_ids: tuple) -> None:
         self.acks.extend(list(m) for m in msg_ids)
@@ -214,9 +257,13 @@ class _Link:
 
     def acked(self, msg_ids: list) -> None:
         for m in msg_ids:
-            self.unacked.pop(tuple(m), None)
+            data = self.unacked.pop(tuple(m), None)
+            if data is not None:
+                self.held_bytes -= len(data)
         self.last_ack = time.monotonic()
         self.retransmit_after = RETRANSMIT_AFTER
+        if self.spilled and self.held_bytes <= self.t.max_held_bytes // 2:
+            self.refill()
 
     def check_retransmit(self, now: float) -> None:
         if self.connected and self.unacked and now - self.last_ack > self.retransmit_after:
@@ -368,6 +415,8 @@ class TcpTransport:
         self._inbound: dict[str, asyncio.StreamWriter] = {}
         self._conns: set[asyncio.StreamWriter] = set()
         self._warned: set[str] = set()
+        self.max_held_bytes = MAX_HELD_BYTES
+        self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
                       "retransmits": 0, "handshakes": 0}
@@ -408,6 +457,10 @@ class TcpTransport:
         """Start serving (after ``Node`` has attached itself as ``self.node``)."""
         if self.node is None:
             raise RuntimeError("TcpTransport.start() before a Node was attached")
+        if self.outbox_reader is None:
+            store = getattr(self.node, "store", None)
+            if store is not None and hasattr(store, "outbox_frames"):
+                self.outbox_reader = store.outbox_frames
         self.bind()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,),

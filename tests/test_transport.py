@@ -358,3 +358,31 @@ def test_a_node_will_not_talk_to_an_impostor_at_its_peers_address(net, caplog):
     assert net.transport("Alice").stats["frames_received"] == 0
     net.up("Bob")
     assert h.result(timeout=30) == 3
+
+
+# ------------------------------------------------------------------------- memory bound
+def test_frames_for_a_peer_that_stays_down_wait_in_the_outbox_not_in_memory(net, caplog):
+    """Beyond the link's memory bound, frames for a dead peer are left in the outbox (they
+    are committed there before they are sent) and read back from it as room frees up:
+    every flow still completes once the peer comes back."""
+    alice = net.up("Alice")
+    t = net.transport("Alice")
+    t.max_held_bytes = 1024             # a dozen frames
+    caplog.set_level(logging.INFO, logger="greenflow.tcp")
+    handles = alice.start_flows([Ping(net.party("Bob"), 2) for _ in range(60)])
+    link = None
+
+    def spilled() -> bool:
+        nonlocal link
+        link = t._links.get("Bob")
+        return link is not None and link.spilled
+
+    wait_for(spilled)
+    # Every initiation is committed to the outbox; only the first few are in memory.
+    wait_for(lambda: alice.store.count("outbox") >= 60)
+    assert 0 < len(link.unacked) < 30 and link.held_bytes <= 1024
+    assert any("stay in the outbox" in r.getMessage() for r in caplog.records)
+    net.up("Bob")
+    assert [h.result(timeout=60) for h in handles] == [3] * 60
+    wait_for(lambda: not link.spilled and not link.unacked)
+    wait_for(lambda: alice.store.count("outbox") == 0)
