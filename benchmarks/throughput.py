@@ -22,6 +22,7 @@ cost of frame capture (node option ``capture_frames`` True vs False).
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import time
 from typing import Any, Optional
@@ -288,8 +289,74 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     return asyncio.run(main())
 
 
+# The store operations one durable Ping/Pong pair makes (counted on Store.commit over a
+# MockNetwork run: python -c ... see benchmarks/README.md): (db, puts, value bytes, deletes).
+FLOOR_OPS = (("flows", 2, 342, 1), ("logic", 1, 173, 1), ("journal", 1, 208, 1),
+             ("frames", 1, 384, 1), ("outbox", 5, 103, 5), ("results", 2, 196, 0),
+             ("sessions", 4, 74, 0), ("expiry", 4, 53, 0), ("wake", 1, 32, 2))
+FLOOR_COMMITS = 3   # per node and wave: start/send, answer/finish, resume/finish
+
+
+def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
+    """The storage floor of durable ping-pong: exactly the LMDB writes and synced group
+    commits greenflow's ping-pong makes (two stores, 3 commits each per wave of
+    ``concurrency`` flows, ``FLOOR_OPS`` per flow), with no runtime at all: no flows,
+    greenlets, pickling or frames. Nothing durable in Python on LMDB can be faster."""
+    import lmdb
+    from .common import child_progress
+
+    base = scratch_dir("tp-floor")
+    try:
+        envs = []
+        for name in ("a", "b"):
+            env = lmdb.open(os.path.join(base, name), map_size=1 << 30, max_dbs=16,
+                            sync=True, metasync=True, readahead=False)
+            envs.append((env, {db: env.open_db(db.encode()) for db, *_ in FLOOR_OPS}))
+        values = {db: os.urandom(size) for db, _n, size, _d in FLOOR_OPS}
+        # Spread each flow's ops over the commits of its two nodes, as the runtime does.
+        plan: list[list[tuple[str, int, int]]] = [[] for _ in range(2 * FLOOR_COMMITS)]
+        slot = 0
+        for db, puts, _size, dels in FLOOR_OPS:
+            for _ in range(puts):
+                plan[slot % len(plan)].append((db, 1, 0))
+                slot += 1
+            for _ in range(dels):
+                plan[(slot + 2) % len(plan)].append((db, 0, 1))
+                slot += 1
+        flows = 0
+        clock = time.perf_counter
+        t0 = clock()
+        seq = 0
+        while True:
+            keys = [b"%032d" % (seq + i) for i in range(concurrency)]
+            seq += concurrency
+            for i, ops in enumerate(plan):
+                env, dbs = envs[i % 2]
+                with env.begin(write=True) as txn:
+                    for k in keys:
+                        for j, (db, put, _dele) in enumerate(ops):
+                            kk = k + b"%d" % j
+                            if put:
+                                txn.put(kk, values[db], db=dbs[db])
+                            else:
+                                txn.delete(kk, db=dbs[db])
+            flows += concurrency
+            elapsed = clock() - t0
+            if flows % max(concurrency, 2000) < concurrency:
+                child_progress(f"{flows:,} flows, {flows / elapsed:,.0f}/s")
+            if elapsed >= budget:
+                break
+        for env, _ in envs:
+            env.close()
+        return {"flows": flows, "seconds": elapsed, "flows_per_s": flows / elapsed,
+                "commits": 2 * FLOOR_COMMITS * (flows // concurrency),
+                "store_ops_per_flow": sum(p + d for _db, p, _s, d in FLOOR_OPS)}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 TASKS = {"tp_mock": w_greenflow_mock, "tp_threaded": w_greenflow_threaded,
-         "tp_asyncio": w_asyncio}
+         "tp_asyncio": w_asyncio, "tp_floor": w_floor}
 
 
 # ====================================================================== the suite
@@ -298,6 +365,7 @@ SYSTEMS = (  # key, label, worker task, extra params
     ("threaded", "greenflow 2 threaded nodes", "tp_threaded", {}),
     ("mock_nosync", "greenflow MockNetwork, sync off", "tp_mock", {"sync": False}),
     ("asyncio", "asyncio (no durability)", "tp_asyncio", {}),
+    ("floor", "storage floor: its LMDB writes + synced commits only", "tp_floor", {}),
 )
 GREENFLOW_DURABLE = ("mock", "threaded")
 
@@ -365,7 +433,8 @@ def run(ctx: Any) -> SuiteResult:
             r = None if key == "asyncio" else ratio(rate(d), a)
             tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"), r)
             if r is not None:
-                ratios[f"greenflow_{key}/asyncio@c={c}"] = r
+                name = "storage_floor" if key == "floor" else f"greenflow_{key}"
+                ratios[f"{name}/asyncio@c={c}"] = r
     dbos_rates: dict[int, float] = {}
     if "error" not in figures["dbos"]:
         for c in dbos_concs:
@@ -384,6 +453,10 @@ def run(ctx: Any) -> SuiteResult:
     tbl.notes.append("MockNetwork: waves of C flows (one start_flows, then run_network); threaded "
                      "pair and asyncio: closed loop with C flows in flight")
     tbl.notes.append("latency: start call to the flow's end on the initiating node")
+    tbl.notes.append("storage floor: the same store writes and synced group commits as "
+                     "greenflow's ping-pong (two LMDB stores, 3 commits each per wave, "
+                     f"{sum(p + d for _db, p, _s, d in FLOOR_OPS)} puts/deletes per flow) with "
+                     "no runtime at all: a bound no durable runtime on LMDB in Python can beat")
 
     def best(keys: tuple, cs: Any = concs) -> float:
         return max((rate(figures[k].get(str(c))) or 0.0) for k in keys for c in cs)
