@@ -455,7 +455,7 @@ class Scheduler:
             self._hospitalize_stored(fid, f"checkpoint cannot be restored: {type(exc).__name__}: {exc}")
             return None
         rt = FlowRuntime(self, cp, logic, journal)
-        rt.base = serialization.dumps(cp)
+        rt.base = None  # the store holds this very checkpoint: _park reads it back from there
         cp.fingerprint = None  # recomputed for the code running now at the next commit
         for sid, seq, data in inbox_rows:
             try:
