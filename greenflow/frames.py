@@ -14,6 +14,7 @@ import enum
 import os
 import reprlib
 import uuid
+from inspect import CO_OPTIMIZED
 from types import FrameType
 from typing import Any, Optional
 
@@ -130,10 +131,14 @@ def capture(top: Optional[FrameType], keep_values: bool = True,
             keep: dict[str, Any] = {}
             f_locals = f.f_locals
             items = list(f_locals.items())[:MAX_LOCALS]
-            # Reading f_locals leaves a snapshot dict on the suspended frame for as long as
-            # it lives; empty it so a resident flow does not hold its locals twice. (The
-            # frame's real locals are untouched: a tracer refreshes the dict before use.)
-            f_locals.clear()
+            # Up to 3.12, reading a function frame's f_locals leaves a snapshot dict on the
+            # suspended frame for as long as it lives; empty it so a resident flow does not
+            # hold its locals twice. (The frame's real locals are untouched: a tracer
+            # refreshes the dict before use.) From 3.13 (PEP 667) f_locals is a fresh
+            # write-through FrameLocalsProxy, nothing is cached and it has no clear().
+            # A module/class/exec frame's f_locals is its real namespace: never cleared.
+            if type(f_locals) is dict and code.co_flags & CO_OPTIMIZED:
+                f_locals.clear()
             for k, v in items:
                 if denied_name(k) or _redacted_type(v):
                     reprs[k] = "<redacted>"
