@@ -127,12 +127,18 @@ class _DataclassWire(_WireClass):
     The common case, an instance whose ``__dict__`` holds exactly its fields, travels as
     that ``__dict__`` and comes back as a new one, with no per-field Python work."""
 
-    __slots__ = ("names", "known", "defaults", "plain")
+    __slots__ = ("names", "known", "defaults", "plain", "canon_head", "canon_order")
 
     def __init__(self, cls: type, name: str) -> None:
         super().__init__(cls, name)
         fields = dataclasses.fields(cls)
         self.names = tuple(f.name for f in fields)
+        # For canonical encoding (transaction ids): the bytes before the field map, and
+        # the fields in the order of their encoded names, i.e. the order `_canon_map`
+        # sorts them into; worked out once per class, not once per object.
+        self.canon_head = (_array_header(3) + _MARK_BYTES[_OBJECT] + _pack(name)
+                           + _map_header(len(self.names)))
+        self.canon_order = tuple(sorted((_pack(n), n) for n in self.names))
         self.known = frozenset(self.names)
         self.defaults: dict[str, Callable[[], Any]] = {}
         for f in fields:
@@ -494,6 +500,19 @@ def _canon_container(obj: Any, t: type, depth: int, active: set[int]) -> bytes:
         parts.sort()
         return _array_header(len(parts) + 1) + _MARK_BYTES[_SET if t is set else _FROZENSET] + b"".join(parts)
     strategy = _BY_CLASS[t]
+    order = getattr(strategy, "canon_order", None)
+    if order is not None:   # a dataclass: the same bytes as the general path, faster
+        parts = [strategy.canon_head]
+        for packed, n in order:
+            try:
+                value = getattr(obj, n)
+            except AttributeError as exc:  # e.g. a field declared init=False, never set
+                raise _Unencodable(f"{strategy.name} is missing an attribute ({exc})") from None
+            try:
+                parts.append(packed + _canon(value, depth, active))
+            except _Unencodable as exc:
+                raise exc.at(f".{n}") from None
+        return b"".join(parts)
     try:
         fields = strategy.fields(obj)
     except AttributeError as exc:  # e.g. a dataclass field declared init=False, never set
