@@ -29,7 +29,7 @@ import importlib
 import logging
 import struct
 import threading
-from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
 
 from .. import wire
 from ..errors import FlowError, FlowException
@@ -208,12 +208,14 @@ class Vault:
         with self._lock:
             return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
 
-    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]]) -> list[StateAndRef]:
-        out: list[StateAndRef] = []
+    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]]) -> Iterator[StateAndRef]:
+        """Lazily, so that `select` stops at the first states that add up instead of
+        filtering the whole vault (which grows with every payment's change)."""
         for cls, by_type in self._unconsumed.items():
             if issubclass(cls, state_type):
-                out.extend(sar for sar in by_type.values() if where is None or where(sar.state))
-        return out
+                for sar in by_type.values():
+                    if where is None or where(sar.state):
+                        yield sar
 
     # ------------------------------------------------------------------ soft locks
     @journaled
