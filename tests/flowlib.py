@@ -810,3 +810,16 @@ class CatchesSideEffectFailure(FlowLogic):
             caught = str(e)
         self.sleep(10)
         return caught
+
+
+class ExecSuspended(Ask):
+    """Waits inside code run by exec() with a namespace of its own. That frame's f_locals
+    is the namespace itself, not a snapshot: frame capture must leave it alone."""
+
+    def __init__(self, peer: Party):
+        super().__init__(peer, "echo", int)
+
+    def call(self) -> Any:
+        ns = {"session": self.open(), "kept": "still here"}
+        exec("answer = session.receive(int)", ns)
+        return ns["answer"], ns["kept"], sorted(k for k in ns if not k.startswith("__"))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from flowlib import Awkward, Inspected, Sleeper, Tracked
+from flowlib import Awkward, ExecSuspended, Inspected, Sleeper, Tracked
 from netutil import pair, run
 
 from greenflow import FlowStatus
@@ -141,3 +141,9 @@ def test_a_dump_bounds_large_locals_survives_bad_reprs_and_redacts_private_keys(
     net.advance_clock(1)
     net.run_network()
     assert h.result() == "100000 BadRepr 32"
+
+
+def test_frame_capture_leaves_an_exec_namespace_it_suspends_in_alone(net):
+    alice, bob = pair(net)
+    h = run(net, alice, ExecSuspended(bob.party))
+    assert h.result() == (42, "still here", ["answer", "kept", "session"])
