@@ -143,6 +143,8 @@ class Scheduler:
         if self.batch or self.touched or self.post_sends or self.post_acks or self.post_callbacks:
             self._commit()
             did = True
+        if self.decoded:   # payloads checked this round whose frames were not consumed
+            self.decoded.clear()
         return did
 
     def next_deadline(self) -> Optional[float]:
