@@ -6,8 +6,9 @@ party issue itself commercial papers, then runs ``--trades`` trades among the pa
 (the seller sells one paper to the buyer for cash, `samples.trade`'s delivery versus
 payment), started in bursts over ``--duration`` seconds. Every ``--kill-every`` seconds
 (jittered) it sends a random node, the notary included, SIGKILL and starts it again from
-its directory after a short random delay. The bank also issues more cash during the
-run. Some trades are priced above the buyer's limit on purpose: they must fail cleanly.
+its directory after a short random delay; with ``--freeze-share`` some of those faults
+are freezes instead (SIGSTOP, then SIGCONT: a partition as the node's peers see it). The
+bank also issues more cash during the run. Some trades are priced above the buyer's limit on purpose: they must fail cleanly.
 
 Then the network settles (bounded) and the ledger is checked through every node's RPC
 (`LedgerSnapshotFlow`, started like any flow):
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import json as _json
 import random
+import signal
 import threading
 import time
 from collections import Counter, defaultdict
@@ -147,7 +149,8 @@ def plan_trades(rng: random.Random, count: int, refuse_share: float) -> list[Tra
 class Kill:
     node: str
     at: float            # seconds since the chaos began
-    down: float          # seconds between SIGKILL and the restart
+    down: float          # seconds between SIGKILL and the restart (freeze: SIGSTOP and SIGCONT)
+    kind: str = "kill"   # "kill" (SIGKILL, then a restart) or "freeze" (SIGSTOP, then SIGCONT)
     restart_seconds: float = 0.0
     resumed: int = 0     # unfinished flows the node found in its store on restart
     elsewhere: int = 0   # unfinished flows on the nodes still up, just after the kill
@@ -160,11 +163,12 @@ class ChaosRun:
 
     def __init__(self, data_dir: str, *, seed: int, duration: float = 60.0, trades: int = 300,
                  kill_every: float = 3.0, max_down: float = 1.5, at_once: int = 1,
-                 settle: float = 180.0, refuse_share: float = 0.1,
+                 settle: float = 180.0, refuse_share: float = 0.1, freeze_share: float = 0.0,
                  say: Callable[[str], None] = lambda _: None) -> None:
         self.data_dir = data_dir
         self.duration, self.kill_every, self.seed = duration, kill_every, seed
         self.max_down, self.settle, self.say = max_down, settle, say
+        self.freeze_share = freeze_share
         self.at_once = max(1, min(at_once, 2 + len(PARTIES)))
         self.trades = plan_trades(random.Random(seed), trades, refuse_share)
         self.issues: list[Issue] = []
@@ -198,7 +202,7 @@ class ChaosRun:
                 self._stop.set()
                 monkey.join(120)
             chaos_seconds = time.monotonic() - t0
-            self.say(f"Chaos over after {chaos_seconds:.1f} s ({len(self.kills)} kills); settling "
+            self.say(f"Chaos over after {chaos_seconds:.1f} s ({len(self.kills)} faults); settling "
                      f"(at most {self.settle:g} s) ...")
             t1 = time.monotonic()
             stuck = self._settle(t1 + self.settle)
@@ -332,12 +336,16 @@ class ChaosRun:
         random 0..max_down seconds (a kill that falls due while the last ones are still
         coming back waits for them)."""
         rng = random.Random(self.seed + 3)
+        kinds = random.Random(self.seed + 4)   # separate: freezes leave the kill plan as it was
         pn = self.pn
         for when in self.kill_times:
             if self._stop.wait(max(0.0, t0 + when - time.monotonic())):
                 return
             victims = rng.sample(pn.names, self.at_once)
             down = rng.uniform(0.0, self.max_down)
+            if kinds.random() < self.freeze_share:
+                self._freeze(victims, round(time.monotonic() - t0, 2), down)
+                continue
             kills = [Kill(v, round(time.monotonic() - t0, 2), round(down, 2)) for v in victims]
             self._down.update(victims)
             for v in victims:
@@ -356,6 +364,30 @@ class ChaosRun:
                          f"flight elsewhere)  down {down:.2f} s, back in {kill.restart_seconds:.2f} s, "
                          f"{kill.resumed} unfinished flow(s) resumed"
                          + (f"  [{kill.error}]" if kill.error else ""))
+
+    def _freeze(self, victims: list[str], at: float, down: float) -> None:
+        """SIGSTOP the victims for ``down`` seconds, then SIGCONT: to their peers a frozen
+        node is a network partition (connections open, nothing read, nothing
+        acknowledged); to itself, nothing happened but a jump of the clock."""
+        frozen = [Kill(v, at, round(down, 2), kind="freeze") for v in victims]
+        self._down.update(victims)
+        try:
+            for f in frozen:
+                self.pn.procs[f.node].send_signal(signal.SIGSTOP)
+            waiting = self._unfinished_elsewhere(victims)
+            time.sleep(down)
+        finally:
+            for f in frozen:
+                try:
+                    self.pn.procs[f.node].send_signal(signal.SIGCONT)
+                except (OSError, KeyError) as exc:
+                    f.error = f"SIGCONT failed: {exc}"
+        for f in frozen:
+            f.elsewhere = waiting
+            self._down.discard(f.node)
+            self.kills.append(f)
+            self.say(f"  ❄ {f.at:5.1f} s  SIGSTOP {f.node:<6} ({f.elsewhere:3} flows in flight "
+                     f"elsewhere)  frozen {down:.2f} s, then SIGCONT")
 
     def _unfinished_elsewhere(self, victims: list[str]) -> int:
         from greenflow.rpc_client import RpcClientError
@@ -447,22 +479,26 @@ class ChaosRun:
         problems = list(self.problems)
         for k in self.kills:
             if k.error:
-                problems.append(f"{k.node} (killed at {k.at} s) did not restart cleanly: {k.error}")
+                problems.append(f"{k.node} ({'killed' if k.kind == 'kill' else 'frozen'} at {k.at} s) "
+                                f"did not come back cleanly: {k.error}")
         if stuck:
             problems.append(f"{len(stuck)} flow(s) unfinished after settling, e.g. "
                             + "; ".join(f"{s['node']} {s['flow_class'].rsplit('.', 1)[-1]} {s['flow_id']} "
                                         f"{s['status']} at {s['progress_step']!r} waiting on "
                                         f"{s['suspended_on']}" for s in stuck[:5]))
         check = check_ledger(self.trades, self.issues, before, after, flows, problems)
-        per_node = Counter(k.node for k in self.kills)
+        per_node = Counter(k.node for k in self.kills if k.kind == "kill")
+        freezes = Counter(k.node for k in self.kills if k.kind == "freeze")
         return {
             "ok": not problems,
             "seed": self.seed,
             "nodes": [NOTARY, BANK, *PARTIES],
             "duration_seconds": round(chaos_seconds, 1),
             "settle_seconds": round(settle_seconds, 1),
-            "kills": len(self.kills),
+            "kills": sum(per_node.values()),
             "kills_per_node": {n: per_node.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
+            "freezes": sum(freezes.values()),
+            "freezes_per_node": {n: freezes.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
             "flows_resumed_after_kills": sum(k.resumed for k in self.kills),
             "flows_in_flight_elsewhere_at_kills": sum({k.at: k.elsewhere for k in self.kills}.values()),
             "kill_log": [vars(k) for k in self.kills],
@@ -652,6 +688,11 @@ SAMPLE_OPTIONS = [
                  help="A killed node restarts after a random 0..N seconds."),
     click.Option(["--at-once"], type=click.IntRange(min=1, max=5), default=1, show_default=True,
                  help="Nodes killed together at each kill (distinct, chosen at random)."),
+    click.Option(["--freeze-share"], type=click.FloatRange(min=0, max=1), default=0.0,
+                 show_default=True,
+                 help="Share of the faults that freeze the node instead (SIGSTOP for the same "
+                      "0..--max-down seconds, then SIGCONT): a network partition as its peers "
+                      "see it."),
     click.Option(["--settle"], type=click.FloatRange(min=1), default=180.0, show_default=True,
                  help="Seconds the network gets to finish every flow after the chaos."),
     click.Option(["--refuse-share"], type=click.FloatRange(min=0, max=1), default=0.1, show_default=True,
@@ -692,6 +733,9 @@ def format_report(r: dict) -> str:
         f"Chaos report (seed {r['seed']}): {r['duration_seconds']} s of chaos on {len(r['nodes'])} "
         f"node processes, settled in {r['settle_seconds']} s",
         f"  kills           {r['kills']} SIGKILLs ({kills})",
+        *([f"  freezes         {r['freezes']} SIGSTOP/SIGCONT ("
+           + ", ".join(f"{n} {c}" for n, c in r["freezes_per_node"].items()) + ")"]
+          if r.get("freezes") else []),
         f"  hit             {r['flows_resumed_after_kills']} unfinished flows resumed from checkpoints at "
         f"the restarts; {r['flows_in_flight_elsewhere_at_kills']} in flight on the other nodes at the kills",
         f"  trades started  {t['started']} of {t['planned']} ({t['start_retries']} start retries "

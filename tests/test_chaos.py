@@ -31,6 +31,19 @@ def test_trades_survive_sigkills_of_random_nodes(tmp_path):
                                              + totals["issued_during_run"].get("GBP", 0))
 
 
+@pytest.mark.slow
+def test_trades_survive_frozen_nodes_as_well_as_killed_ones(tmp_path):
+    """Freezes (SIGSTOP for up to 5 s, then SIGCONT) are partitions as the peers see them:
+    links stall with nothing acknowledged, frames are re-sent, the node wakes to a burst."""
+    report = run_chaos(str(tmp_path), duration=20, trades=100, kill_every=2.0, max_down=5.0,
+                       freeze_share=0.7, settle=120, seed=7)
+    trades = report["trades"]
+    assert report["problems"] == [] and report["ok"]
+    assert report["freezes"] >= 4 and report["kills"] >= 1
+    assert trades["started"] == 100 and trades["completed"] + trades["failed_cleanly"] == 100
+    assert (trades["lost"], trades["duplicated"], report["stuck"], report["double_spends"]) == (0, 0, 0, 0)
+
+
 # ---------------------------------------------------------------------- the checks
 def _snap(node, states=(), txs=None, consumed=None, notary=None):
     return {"node": node, "states": list(states), "transactions": dict(txs or {}),
