@@ -29,7 +29,7 @@ from .registry import ResponderTable, qualified_name
 from .scheduler import Scheduler, new_flow_id
 from .services import ServiceHub
 from .status import FlowStatus
-from .store import Store
+from .store import Store, load_result
 
 log = logging.getLogger("greenflow.node")
 
@@ -402,7 +402,7 @@ class Node:
         for k, raw in self.store.iter_db("results"):
             fid = k.decode()
             if fid not in out:
-                rec = serialization.loads(raw)
+                rec = load_result(raw)
                 out[fid] = FlowInfo(fid, rec["flow_class"], rec["status"], None, None, False,
                                     rec.get("error"))
         for fid, rec in self.scheduler.recent_results.items():

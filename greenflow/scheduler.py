@@ -41,7 +41,7 @@ from .party import Party
 from .registry import ResponderTable, qualified_name
 from .session import FlowSession
 from .status import FlowStatus
-from .store import (Batch, Store, expiry_key, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
+from .store import (Batch, Store, dump_result, expiry_key, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
                     session_key, timer_key)
 from .traps import Unwind
 
@@ -598,13 +598,13 @@ class Scheduler:
             b.put("expiry", expiry_key(expires, "sessions", key), b"")
             self.routes.pop(key, None)
         try:
-            blob = serialization.dumps(record)
+            blob = dump_result(record)
         except Exception as exc:  # the return value cannot be stored
             record.pop("value", None)
             record.update(status=FlowStatus.FAILED,
                           error=f"FlowError: the result of {rt.cp.flow_class} cannot be stored: {exc}")
             rt.cp.status = FlowStatus.FAILED
-            blob = serialization.dumps(record)
+            blob = dump_result(record)
         b.put("results", k, blob)
         b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:

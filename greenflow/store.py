@@ -32,6 +32,7 @@ from . import serialization
 from .checkpoint import Checkpoint
 from .errors import StoreError
 from .journal import Entry
+from .status import FlowStatus
 from .page_trim import DEFAULT_BUDGET, MapTrimmer
 
 log = logging.getLogger("greenflow.store")
@@ -75,6 +76,18 @@ def expiry_key(when: float, db: str, key: bytes) -> bytes:
 
 def parse_timer_key(key: bytes) -> tuple[float, str]:
     return _U64.unpack(key[:8])[0] / 1_000_000, key[8:].decode()
+
+
+def dump_result(record: dict) -> bytes:
+    """A finished flow's record as stored: its status as the plain string, so the C
+    pickler never calls back into Python for the enum."""
+    return serialization.dumps({**record, "status": FlowStatus(record["status"]).value})
+
+
+def load_result(raw: bytes) -> dict:
+    rec = serialization.loads(raw)
+    rec["status"] = FlowStatus(rec["status"])  # also reads records stored with the enum
+    return rec
 
 
 class Batch:
@@ -244,7 +257,7 @@ class Store:
 
     def result(self, fid: str) -> Optional[dict]:
         raw = self._get("results", fid_key(fid))
-        return serialization.loads(raw) if raw is not None else None
+        return load_result(raw) if raw is not None else None
 
     def client(self, client_id: str) -> Optional[str]:
         raw = self._get("clients", client_id.encode())

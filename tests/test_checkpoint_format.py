@@ -1,0 +1,47 @@
+"""Stored headers and result records: the compact format round-trips, and what earlier
+versions stored still loads (a node upgraded in place reads its old store)."""
+from greenflow import serialization
+from greenflow.checkpoint import Checkpoint, SessionState, _checkpoint_state
+from greenflow.party import Party
+from greenflow.status import FlowStatus
+from greenflow.store import dump_result, load_result
+
+
+def _checkpoint() -> Checkpoint:
+    bob = Party("Bob", b"k" * 32)
+    cp = Checkpoint("01a2", "app.Flow", status=FlowStatus.SUSPENDED, client_id="c-1",
+                    started_at=12.5, invoker_sid=None, pending=("receive", ("01a2.1", "Bob", "int"), None),
+                    fingerprint={"app.Flow": "ab12"})
+    cp.sessions["01a2.1"] = SessionState("01a2.1", bob, True, "app.Flow", 2, "app", state=1,
+                                         send_seq=3, recv_seq=2, peer_info=(1, "app"))
+    return cp
+
+
+def test_a_header_round_trips_with_its_types():
+    cp = _checkpoint()
+    back = serialization.loads(serialization.dumps(cp))
+    assert back == cp
+    assert back.status is FlowStatus.SUSPENDED
+    st = back.sessions["01a2.1"]
+    assert type(st) is SessionState and type(st.counterparty) is Party
+    assert st.counterparty.owning_key == b"k" * 32
+
+
+def test_a_header_stored_by_an_earlier_version_still_loads():
+    cp = _checkpoint()
+
+    class Earlier:  # pickled as Checkpoint(*fields) with the enum and objects inside
+        def __reduce__(self):
+            return (Checkpoint, _checkpoint_state(cp))
+
+    back = serialization.loads(serialization.dumps(Earlier()))
+    assert back == cp and back.status is FlowStatus.SUSPENDED
+
+
+def test_result_records_store_the_status_plainly_and_read_back_the_enum():
+    rec = {"status": FlowStatus.COMPLETED, "value": [1, 2], "flow_class": "app.Flow"}
+    raw = dump_result(rec)
+    assert b"FlowStatus" not in raw
+    assert load_result(raw) == rec and load_result(raw)["status"] is FlowStatus.COMPLETED
+    earlier = serialization.dumps(rec)          # records stored with the enum itself
+    assert load_result(earlier)["status"] is FlowStatus.COMPLETED
