@@ -22,6 +22,7 @@ from collections import deque
 import logging
 import os
 import queue
+import random
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
@@ -58,8 +59,23 @@ def new_flow_id() -> str:
     B-tree, so writing millions of flows touches mostly the newest pages rather than
     pages all over the file (measured: 10M hibernated flows, 3 B of anonymous memory each;
     the LMDB map kept ~2 GB of clean, reclaimable file pages mapped).
+
+    The random part comes from a generator seeded from the OS once per process (and
+    again in a forked child), not a system call per flow: ids must be unique, not secret
+    (frames are routed by sender and checked against the session's counterparty).
     """
-    return f"{int(time.time() * 1000) & 0xFFFFFFFFFFFF:012x}{os.urandom(10).hex()}"
+    return "%012x%020x" % (int(time.time() * 1000) & 0xFFFFFFFFFFFF, _id_bits(80))
+
+
+def _reseed_ids() -> None:
+    global _id_bits
+    _id_bits = random.Random(os.urandom(32)).getrandbits
+
+
+_id_bits: Callable[[int], int]
+_reseed_ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_ids)
 
 
 class Scheduler:
