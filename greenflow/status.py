@@ -18,7 +18,12 @@ class FlowStatus(str, enum.Enum):
 
     @property
     def finished(self) -> bool:
-        return self in (FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED)
+        return self in _FINISHED
 
     def __str__(self) -> str:
         return self.value
+
+
+# A set of the members: `in` is then one hash lookup, not up to three str comparisons
+# (asked on every step of every flow).
+_FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
