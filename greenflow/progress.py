@@ -52,7 +52,7 @@ class ProgressTracker:
     @current_step.setter
     def current_step(self, step: Step) -> None:
         if step is not ProgressTracker.DONE and step is not ProgressTracker.UNSTARTED \
-                and step not in self.steps:
+                and not (isinstance(step, Step) and step.label in self._labels()):
             raise ValueError(f"{step!r} is not a step of this tracker {self.steps!r}")
         self._current = step
         listener = self._listener
@@ -63,6 +63,14 @@ class ProgressTracker:
                 rt.on_progress(self)
         else:
             listener(self)
+
+    def _labels(self) -> frozenset:
+        # Steps compare by label, so membership is a label lookup: one set probe instead
+        # of a Python-level Step.__eq__ call per step listed before the one set.
+        labels = self.__dict__.get("_step_labels")
+        if labels is None:
+            labels = self._step_labels = frozenset(s.label for s in self.steps)
+        return labels
 
     @property
     def label(self) -> Optional[str]:
