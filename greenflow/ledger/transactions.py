@@ -135,7 +135,14 @@ class WireTransaction:
 
     def check_shape(self) -> None:
         """Refuse content of the wrong shape, as a peer could send it: decoding rebuilds
-        objects field by field and does not run their constructors' checks."""
+        objects field by field and does not run their constructors' checks. (Checked
+        once per object: it is frozen, and a trade checks the same copy a dozen times.)"""
+        if self.__dict__.get("_shape_ok"):
+            return
+        self._check_shape()
+        self.__dict__["_shape_ok"] = True
+
+    def _check_shape(self) -> None:
         def bad(why: str) -> TransactionVerificationError:
             return TransactionVerificationError(f"malformed transaction: {why}")
 
