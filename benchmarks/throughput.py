@@ -77,7 +77,7 @@ def w_greenflow_mock(concurrency: int, budget: float, rounds: int = ROUNDS, sync
             prof = cProfile.Profile()
             prof.enable()
         gc.collect()
-        t0 = clock()
+        t0, cpu0 = clock(), time.process_time()
         while True:
             ts = clock()
             hs = alice.node.start_flows([Ping(bob.party, rounds) for _ in range(concurrency)])
@@ -90,12 +90,13 @@ def w_greenflow_mock(concurrency: int, budget: float, rounds: int = ROUNDS, sync
             child_progress(f"{flows:,} flows, {flows / elapsed:,.0f}/s")
             if elapsed >= budget and waves >= min_waves:
                 break
+        cpu = time.process_time() - cpu0
         if prof is not None:
             prof.disable()
         bad = sum(1 for h in hs if h.result() != expected)
         stats1 = _stats(alice, bob)
         out = {"flows": flows, "waves": waves, "seconds": elapsed, "flows_per_s": flows / elapsed,
-               "wrong_results": bad, **_lat_summary(lat)}
+               "cpu_us_per_flow": cpu / flows * 1e6, "wrong_results": bad, **_lat_summary(lat)}
         # Suspension points: Ping's `rounds` send_and_receive calls and Pong's rounds + 1
         # receives; each is a journal entry committed (synced) before the flow goes on.
         susp = flows * (2 * rounds + 1)
@@ -175,7 +176,7 @@ def w_greenflow_threaded(concurrency: int, budget: float, rounds: int = ROUNDS) 
         started: dict[str, float] = {}
         lat: list[float] = []
         gc.collect()
-        t0 = clock()
+        t0, cpu0 = clock(), time.process_time()
         ts = clock()
         for h in alice.start_flows([Ping(bob.party, rounds) for _ in range(concurrency)]):
             started[h.id] = ts
@@ -210,10 +211,12 @@ def w_greenflow_threaded(concurrency: int, budget: float, rounds: int = ROUNDS) 
             if finished % 500 < k:
                 child_progress(f"{finished:,} flows, {finished / max(elapsed, 1e-9):,.0f}/s")
         elapsed = clock() - t0
+        cpu = time.process_time() - cpu0
         bad = 0
         if last_handle is not None and last_handle.result(timeout=60) != expected:
             bad = 1
         return {"flows": finished, "seconds": elapsed, "flows_per_s": finished / elapsed,
+                "cpu_us_per_flow": cpu / max(finished, 1) * 1e6,
                 "wrong_results": bad, **_lat_summary(lat)}
     finally:
         for n in (alice, bob):
@@ -257,7 +260,7 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
             await one_flow(rounds)
         lat: list[float] = []
         state = {"flows": 0, "bad": 0, "stop": False}
-        t0 = clock()
+        t0, cpu0 = clock(), time.process_time()
 
         async def worker() -> None:
             while not state["stop"]:
@@ -281,9 +284,10 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         t.cancel()
         elapsed = clock() - t0
+        cpu = time.process_time() - cpu0
         return {"flows": state["flows"], "seconds": elapsed,
                 "flows_per_s": state["flows"] / elapsed, "wrong_results": state["bad"],
-                **_lat_summary(lat)}
+                "cpu_us_per_flow": cpu / max(state["flows"], 1) * 1e6, **_lat_summary(lat)}
 
     gc.collect()
     return asyncio.run(main())
@@ -325,7 +329,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
                 slot += 1
         flows = 0
         clock = time.perf_counter
-        t0 = clock()
+        t0, cpu0 = clock(), time.process_time()
         seq = 0
         while True:
             keys = [b"%032d" % (seq + i) for i in range(concurrency)]
@@ -349,6 +353,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
         for env, _ in envs:
             env.close()
         return {"flows": flows, "seconds": elapsed, "flows_per_s": flows / elapsed,
+                "cpu_us_per_flow": (time.process_time() - cpu0) / flows * 1e6,
                 "commits": 2 * FLOOR_COMMITS * (flows // concurrency),
                 "store_ops_per_flow": sum(p + d for _db, p, _s, d in FLOOR_OPS)}
     finally:
@@ -421,17 +426,17 @@ def run(ctx: Any) -> SuiteResult:
     ratios: dict[str, Optional[float]] = {}
     tbl = Table(f"Durable ping-pong flows per second, one node pair (Ping(peer, {ROUNDS}) "
                 f"from samples/ping.py; greenflow with sync commits unless said)",
-                ["system", "concurrency", "flows/s", "p50 ms", "p99 ms", "vs asyncio"])
+                ["system", "concurrency", "flows/s", "p50 ms", "p99 ms", "CPU us/flow", "vs asyncio"])
     for c in concs:
         a = rate(figures["asyncio"][str(c)])
         for key, label, _t, _e in SYSTEMS:
             d = figures[key][str(c)]
             if "error" in d:
-                tbl.add(label, c, None, None, None, None)
+                tbl.add(label, c, None, None, None, None, None)
                 tbl.notes.append(f"{label} c={c}: {d['error'].splitlines()[0][:200]}")
                 continue
             r = None if key == "asyncio" else ratio(rate(d), a)
-            tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"), r)
+            tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"), d.get("cpu_us_per_flow"), r)
             if r is not None:
                 name = "storage_floor" if key == "floor" else f"greenflow_{key}"
                 ratios[f"{name}/asyncio@c={c}"] = r
@@ -442,7 +447,7 @@ def run(ctx: Any) -> SuiteResult:
             if d:
                 dbos_rates[c] = d["flows_per_s"]
                 a_d = figures["asyncio"].get(str(c))
-                tbl.add("DBOS (SQLite)", c, d["flows_per_s"], d.get("p50_ms"), d.get("p99_ms"),
+                tbl.add("DBOS (SQLite)", c, d["flows_per_s"], d.get("p50_ms"), d.get("p99_ms"), None,
                         ratio(d["flows_per_s"], rate(a_d)) if a_d else None)
         tbl.notes.append(
             f"DBOS runs at concurrency {', '.join(map(str, dbos_concs))} only: each waiting "
@@ -453,6 +458,9 @@ def run(ctx: Any) -> SuiteResult:
     tbl.notes.append("MockNetwork: waves of C flows (one start_flows, then run_network); threaded "
                      "pair and asyncio: closed loop with C flows in flight")
     tbl.notes.append("latency: start call to the flow's end on the initiating node")
+    tbl.notes.append("CPU us/flow: the process's CPU time per flow (both nodes, fsync waits "
+                     "excluded); steadier than flows/s on a shared machine, so the figure to "
+                     "compare code changes by")
     tbl.notes.append("storage floor: the same store writes and synced group commits as "
                      "greenflow's ping-pong (two LMDB stores, 3 commits each per wave, "
                      f"{sum(p + d for _db, p, _s, d in FLOOR_OPS)} puts/deletes per flow) with "

@@ -98,6 +98,8 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
         calls: dict[str, int] = {k: 0 for k in timers.calls}
         totals = {"frames": 0, "commits": 0}
 
+        cpu_spent = [0.0]
+
         def wave(n: int, prof: Any = None) -> tuple[list[float], float]:
             papers = prepare_trades(tn, n)  # untimed
             ends.clear()
@@ -105,10 +107,11 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
             d0, commits0 = tn.net.delivered, _commits(tn)
             if prof is not None:
                 prof.enable()
-            t0 = clock()
+            t0, cpu0 = clock(), time.process_time()
             handles = tn.seller.node.start_flows([SellerFlow(tn.buyer.party, p, PRICE) for p in papers])
             tn.net.run_network()
             elapsed = clock() - t0
+            cpu_spent[0] += time.process_time() - cpu0
             if prof is not None:
                 prof.disable()
             s1, c1 = timers.snapshot()
@@ -125,6 +128,7 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
         for k in spent:
             spent[k], calls[k] = 0.0, 0
         totals.update(frames=0, commits=0)
+        cpu_spent[0] = 0.0
         prof = None
         if profile:
             import cProfile
@@ -145,6 +149,7 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
         out: dict[str, Any] = {
             "trades": trades, "waves": waves, "seconds": elapsed, "trades_per_s": trades / elapsed,
             "p50_ms": percentile(lat, 50) * 1e3, "p99_ms": percentile(lat, 99) * 1e3,
+            "cpu_us_per_trade": cpu_spent[0] / trades * 1e6,
             "frames_per_trade": totals["frames"] / trades,
             "commits_per_trade": totals["commits"] / trades,
             "time_s": spent, "calls_per_trade": {k: v / trades for k, v in calls.items()},
@@ -201,19 +206,19 @@ def run(ctx: Any) -> SuiteResult:
         figures["profile"] = raw["profile"]
     tbl = Table("Trades per second on MockNetwork (delivery versus payment, sample.trade; 4 nodes "
                 "in one process on one thread)",
-                ["variant", "concurrency", "trades/s", "p50 ms", "p99 ms", *(h for _k, h in SHARES),
-                 "frames/trade"])
+                ["variant", "concurrency", "trades/s", "p50 ms", "p99 ms", "CPU us/trade",
+                 *(h for _k, h in SHARES), "frames/trade"])
     ratios: dict[str, Optional[float]] = {}
     best = 0.0
     for key, label, _p in variants:
         for c in concs:
             d = figures[key][str(c)]
             if "error" in d:
-                tbl.add(label, c, *([None] * (4 + len(SHARES))))
+                tbl.add(label, c, *([None] * (5 + len(SHARES))))
                 tbl.notes.append(f"{label} c={c}: {d['error'].splitlines()[0][:200]}")
                 continue
             best = max(best, d["trades_per_s"])
-            tbl.add(label, c, d["trades_per_s"], d["p50_ms"], d["p99_ms"],
+            tbl.add(label, c, d["trades_per_s"], d["p50_ms"], d["p99_ms"], d.get("cpu_us_per_trade"),
                     *(d["share_pct"][k] for k, _h in SHARES), d["frames_per_trade"])
     durable = figures["durable"]
     top = durable[str(concs[-1])]
