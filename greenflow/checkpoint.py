@@ -63,8 +63,8 @@ class Checkpoint:
 
     def __reduce__(self) -> tuple:
         # Flat, builtin-only state: the C pickler writes it without calling back into
-        # Python for the status enum, each SessionState and each Party (that callback
-        # was ~80% of the cost of pickling a header, i.e. of every commit of a flow).
+        # Python for the status enum, each SessionState and each Party (those callbacks
+        # were about half the cost of pickling a header, i.e. of every commit of a flow).
         state = list(_checkpoint_state(self))
         state[_STATUS] = self.status.value
         state[_SESSIONS] = tuple(

@@ -87,6 +87,7 @@ class ProgressTracker:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_listener"] = None
+        state.pop("_step_labels", None)   # derived from steps; not worth storing
         return state
 
     def __repr__(self) -> str:
