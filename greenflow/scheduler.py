@@ -341,20 +341,11 @@ class Scheduler:
                     self._ack(sender, frame)   # a re-sent initiation we already handled
                     return
                 fid = route.decode()
+        elif not frame.to_responder:
+            self._deliver_to_initiator(sender, frame)
+            return
         else:
-            if not frame.to_responder:
-                # Our own session: its id is "<our flow id>.<n>", so a resident flow is
-                # found without a routing entry (one less per waiting initiator).
-                rt = self.resident.get(frame.sid.rpartition(".")[0])
-                if rt is not None:
-                    st = rt.cp.sessions.get(frame.sid)
-                    if st is not None and st.initiator and st.counterparty.name == sender.name:
-                        if frame.payload is not None and not self._payload_ok(sender, frame):
-                            return
-                        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame),
-                                sender)
-                        return
-            key = session_key(sender.name, frame.sid, 0 if frame.to_responder else 1)
+            key = session_key(sender.name, frame.sid, 0)
             fid = self.routes.get(key)
             if fid is None:
                 route = self._route(key)
@@ -376,6 +367,40 @@ class Scheduler:
         rt = self._resident_or_load(fid)
         if rt is None:
             return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
+
+    def _deliver_to_initiator(self, sender: Party, frame: Frame) -> None:
+        """A frame on a session one of our flows opened. Its id is "<our flow id>.<n>",
+        so the flow is found without any routing entry (none is stored for these
+        sessions), and the session must be in that flow's table with ``sender`` as its
+        counterparty, or the frame is not for it."""
+        fid = frame.sid.rpartition(".")[0]
+        rt = self.resident.get(fid)
+        cp = rt.cp if rt is not None else None
+        if cp is None and fid:
+            try:
+                cp = self.store.checkpoint(fid)
+            except Exception:  # noqa: BLE001 - unreadable: _load parks the flow (hospital)
+                self._load(fid)  # and the frame is not acknowledged: the sender re-sends
+                return
+        st = cp.sessions.get(frame.sid) if cp is not None else None
+        if st is None or not st.initiator or st.counterparty.name != sender.name:
+            if cp is None and self.store.result(fid) is not None \
+                    or fid in self.recent_results:
+                log.debug("%s: late %s from %s for a finished flow", self.identity.name,
+                          frame.describe(), sender.name)
+                self._ack(sender, frame)
+                return
+            # Not acknowledged: if it is merely early, the sender re-sends it.
+            log.warning("%s: dropped %s from %s: no such session here", self.identity.name,
+                        frame.describe(), sender.name)
+            return
+        if rt is None:
+            rt = self._load(fid, cp)
+            if rt is None:
+                return
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
@@ -609,6 +634,8 @@ class Scheduler:
                 b.delete("timers", rt.cp.timer_key)
         expires = self.clock.now() + self.retention
         for st in rt.cp.sessions.values():
+            if st.initiator:
+                continue  # late frames on it are recognised by the flow's result record
             key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
             self._put_route(key, FINISHED_ROUTE + fid.encode())
             b.put("expiry", expiry_key(expires, "sessions", key), b"")
@@ -777,9 +804,10 @@ class Scheduler:
         rt.consumed = ()
         if len(cp.sessions) > rt.routed:  # sessions are only ever added
             for st in list(cp.sessions.values())[rt.routed:]:
+                if st.initiator:
+                    continue  # routed by its id (_deliver_to_initiator): nothing to store
                 key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
-                if not st.initiator:
-                    self.routes[key] = fid
+                self.routes[key] = fid
                 self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
         if pend is None or pend.kind == "external":

@@ -6,6 +6,7 @@ import pytest
 import opsflows
 from opsflows import KNOBS, Exchange
 from greenflow import FlowStatus
+from greenflow.store import session_key
 from greenflow.testing import MockNetwork
 
 
@@ -179,13 +180,17 @@ def test_finished_flow_records_expire_after_the_retention_time(tmp_path):
     h = alice.start_flow(Exchange(bob.party), client_id="c-1")
     net.run_network()
     assert h.result() == 60
-    store = alice.node.store
-    assert store.count("results") == 1 and store.count("sessions") == 1
+    store, bstore = alice.node.store, bob.node.store
+    # Alice opened the session: it routes by its id, no record. Bob keeps one (finished).
+    bob_route = session_key("Alice", f"{h.id}.1", 0)
+    assert store.count("results") == 1 and store.count("sessions") == 0
+    assert bstore.route(bob_route) is not None
     net.advance_clock(3601)
     h2 = alice.start_flow(Exchange(bob.party))   # any later commit sweeps
     net.run_network()
     assert h2.result() == 60
     assert store.result(h.id) is None and store.client("c-1") is None
+    assert bstore.route(bob_route) is None
 
 
 def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry_lingers(tmp_path):
