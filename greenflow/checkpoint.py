@@ -61,6 +61,13 @@ class Checkpoint:
     retries: int = 0                         # hospital: automatic retries so far
     retry_at: Optional[float] = None         # hospital: when the next retry is due
 
+    def clone(self) -> "Checkpoint":
+        """An independent copy (its own session states), cheaper than a pickle round
+        trip: kept as a flow's last good state until its first commit."""
+        cp = Checkpoint(*_checkpoint_state(self))
+        cp.sessions = {sid: SessionState(*_session_state(st)) for sid, st in self.sessions.items()}
+        return cp
+
     def __reduce__(self) -> tuple:
         # Flat, builtin-only state: the C pickler writes it without calling back into
         # Python for the status enum, each SessionState and each Party (those callbacks

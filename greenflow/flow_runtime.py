@@ -96,9 +96,10 @@ class FlowRuntime:
         self.diverged: Optional[str] = None
         self.dirty = True
         self.routed = 0                   # cp.sessions[:routed] have their route stored
-        # The checkpoint header as last staged, and the frames accepted since: enough to
-        # put the flow back to its committed state without losing an acknowledged frame.
-        self.base: Optional[bytes] = None
+        # The checkpoint header as last staged (before the first commit: a clone of the
+        # starting state), and the frames accepted since: enough to put the flow back to
+        # its committed state without losing an acknowledged frame.
+        self.base: Optional[bytes | Checkpoint] = None
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()

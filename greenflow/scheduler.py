@@ -233,7 +233,7 @@ class Scheduler:
             self.batch.put("clients", cp.client_id.encode(), fid_key(cp.flow_id))
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
-        rt.base = serialization.dumps(cp)
+        rt.base = cp.clone()   # nothing stored yet: its last good state, should it be parked
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
@@ -535,8 +535,10 @@ class Scheduler:
         automatically; otherwise it waits for an operator (``retry`` or ``kill``).
         """
         fid = rt.flow_id
-        if rt.base is not None:
-            cp: Checkpoint = serialization.loads(rt.base)
+        if isinstance(rt.base, Checkpoint):
+            cp: Checkpoint = rt.base.clone()
+        elif rt.base is not None:
+            cp = serialization.loads(rt.base)
         else:
             cp = self.store.checkpoint(fid) or rt.cp
         b = self.batch
@@ -834,7 +836,9 @@ class Scheduler:
 
     def _code_changed(self, rt: FlowRuntime) -> str:
         try:
-            base = serialization.loads(rt.base) if rt.base else self.store.checkpoint(rt.flow_id)
+            base = (rt.base if isinstance(rt.base, Checkpoint)
+                    else serialization.loads(rt.base) if rt.base
+                    else self.store.checkpoint(rt.flow_id))
             stored = base.fingerprint if base is not None else None
         except Exception:
             stored = None
