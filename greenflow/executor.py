@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
-from .flow_runtime import NO_INBOX, FlowRuntime, InboxItem
+from .flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
 from .messages import END, ERROR, REJECT, carries_message
 from .status import FlowStatus
 from .transitions import end_reason
@@ -41,10 +41,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             f = a.frame
             st = rt.cp.sessions[f.sid]
             st.recv_seq = f.seq + 1
-            if rt.fresh:
-                rt.fresh.append(f)
-            else:
-                rt.fresh = [f]
+            rt.fresh = appended(rt.fresh, f)
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
@@ -60,10 +57,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                     rt.inbox = NO_INBOX
             f = item.frame
             if item.persisted:
-                if rt.consumed:
-                    rt.consumed.append((f.sid, f.seq))  # type: ignore[union-attr]
-                else:
-                    rt.consumed = [(f.sid, f.seq)]
+                rt.consumed = appended(rt.consumed, (f.sid, f.seq))
             if f.kind in (END, ERROR, REJECT):
                 st = rt.cp.sessions[f.sid]
                 st.peer_ended = (end_reason(f.reason) if f.kind == END else

@@ -63,6 +63,15 @@ class InboxItem:
 NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use
 
 
+def appended(seq: list | tuple, item: Any) -> list:
+    """``seq`` with ``item`` added: the list itself, or a new one in place of the shared
+    empty tuple the runtime's per-flow collections start as."""
+    if seq:
+        seq.append(item)  # type: ignore[union-attr]
+        return seq  # type: ignore[return-value]
+    return [item]
+
+
 class FlowRuntime:
     # Slots: a node may hold millions of these.
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "subflows",
@@ -233,10 +242,7 @@ class FlowRuntime:
         from .flow_logic import FlowLogic
         if not isinstance(flow, FlowLogic):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
-        if self.subflows:
-            self.subflows.append(flow)  # type: ignore[union-attr]
-        else:
-            self.subflows = [flow]
+        self.subflows = appended(self.subflows, flow)
         try:
             return flow.call()
         finally:
@@ -369,10 +375,7 @@ class FlowRuntime:
             frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
                           reason=reason, error=error)
         st.send_seq += 1
-        if self.out:
-            self.out.append((st.counterparty, frame))
-        else:
-            self.out = [(st.counterparty, frame)]
+        self.out = appended(self.out, (st.counterparty, frame))
 
     def _open_for(self, kind: str, st: SessionState) -> None:
         """Before waiting on a session: a lazy one sends its initiation now (a receive-

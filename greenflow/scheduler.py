@@ -421,7 +421,8 @@ class Scheduler:
                         frame.describe(), sender.name, exc)
             return False
         # Kept for the receive that consumes this very payload in this round (saves a
-        # second decode); keyed by identity, checked by identity, dropped at the commit.
+        # second decode); keyed by identity, checked by identity, dropped when the round
+        # ends (`pump`).
         self.decoded[id(frame.payload)] = (frame.payload, value)
         return True
 
@@ -535,12 +536,7 @@ class Scheduler:
         automatically; otherwise it waits for an operator (``retry`` or ``kill``).
         """
         fid = rt.flow_id
-        if isinstance(rt.base, Checkpoint):
-            cp: Checkpoint = rt.base.clone()
-        elif rt.base is not None:
-            cp = serialization.loads(rt.base)
-        else:
-            cp = self.store.checkpoint(fid) or rt.cp
+        cp = self._last_good(rt) or rt.cp
         b = self.batch
         for f in rt.fresh:
             st = cp.sessions.get(f.sid)
@@ -751,7 +747,6 @@ class Scheduler:
             rt.base = None   # committed: the store holds it now (read back if parked)
         self.batch = Batch()
         self._round_routes.clear()
-        self.decoded.clear()
         self.touched = {}
         sends, self.post_sends = self.post_sends, []
         acks, self.post_acks = self.post_acks, {}
@@ -834,11 +829,19 @@ class Scheduler:
         b.put("flows", fid_key(fid), rt.base)
         rt.dirty = False
 
+    def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:
+        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (a clone of its
+        starting state before its first commit, the staged header bytes within a round)
+        or else what the store holds."""
+        if isinstance(rt.base, Checkpoint):
+            return rt.base.clone()
+        if rt.base is not None:
+            return serialization.loads(rt.base)
+        return self.store.checkpoint(rt.flow_id)
+
     def _code_changed(self, rt: FlowRuntime) -> str:
         try:
-            base = (rt.base if isinstance(rt.base, Checkpoint)
-                    else serialization.loads(rt.base) if rt.base
-                    else self.store.checkpoint(rt.flow_id))
+            base = self._last_good(rt)
             stored = base.fingerprint if base is not None else None
         except Exception:
             stored = None
