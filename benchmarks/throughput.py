@@ -371,7 +371,9 @@ SYSTEMS = (  # key, label, worker task, extra params
     ("mock_nosync", "greenflow MockNetwork, sync off", "tp_mock", {"sync": False}),
     ("asyncio", "asyncio (no durability)", "tp_asyncio", {}),
     ("floor", "storage floor: its LMDB writes + synced commits only", "tp_floor", {}),
+    ("design_floor", "design floor: greenlets + pickle + LMDB skeleton", "tp_design_floor", {}),
 )
+FLOOR_NAMES = {"floor": "storage_floor", "design_floor": "design_floor"}
 GREENFLOW_DURABLE = ("mock", "threaded")
 
 
@@ -438,7 +440,7 @@ def run(ctx: Any) -> SuiteResult:
             r = None if key == "asyncio" else ratio(rate(d), a)
             tbl.add(label, c, rate(d), d.get("p50_ms"), d.get("p99_ms"), d.get("cpu_us_per_flow"), r)
             if r is not None:
-                name = "storage_floor" if key == "floor" else f"greenflow_{key}"
+                name = FLOOR_NAMES.get(key, f"greenflow_{key}")
                 ratios[f"{name}/asyncio@c={c}"] = r
     dbos_rates: dict[int, float] = {}
     if "error" not in figures["dbos"]:
@@ -465,6 +467,11 @@ def run(ctx: Any) -> SuiteResult:
                      "greenflow's ping-pong (two LMDB stores, 3 commits each per wave, "
                      f"{sum(p + d for _db, p, _s, d in FLOOR_OPS)} puts/deletes per flow) with "
                      "no runtime at all: a bound no durable runtime on LMDB in Python can beat")
+    tbl.notes.append("design floor: the least the design itself costs (a greenlet per flow, a "
+                     "C-pickled journal per suspension, msgpack messages released after synced "
+                     "LMDB group commits) as an ~80-line skeleton with none of greenflow's code "
+                     "and none of its guarantees beyond that (benchmarks/design_floor.py): a "
+                     "bound no greenlet-and-checkpoint runtime in CPython can beat")
 
     def best(keys: tuple, cs: Any = concs) -> float:
         return max((rate(figures[k].get(str(c))) or 0.0) for k in keys for c in cs)

@@ -12,9 +12,9 @@ import traceback
 
 
 def tasks() -> dict:
-    from . import dbos_peer, disk, held, hibernated, restart, throughput, trade
+    from . import dbos_peer, design_floor, disk, held, hibernated, restart, throughput, trade
     out: dict = {}
-    for mod in (throughput, held, restart, disk, dbos_peer, trade, hibernated):
+    for mod in (throughput, design_floor, held, restart, disk, dbos_peer, trade, hibernated):
         out.update(mod.TASKS)
     return out
 
