@@ -235,12 +235,12 @@ def run(ctx: Any) -> SuiteResult:
         tbl.notes.append(f"signing and verification (Ed25519 + contracts) take {verification:.0f}% "
                          f"of a trade at c={concs[-1]}; the rest is the flow runtime (checkpoints, "
                          "frame capture, the wire encoding) and the ledger's bookkeeping")
-        # The ledger floor: what the trade's signatures, signature checks, contract checks
-        # and transaction ids cost in this run, with the runtime counted as free.
+        # The ledger floor: the time inside the trade's signatures, signature checks,
+        # contract checks and transaction ids in this run, with the runtime counted as free.
         floor_us = sum(top["time_s"][k] for k, _h in SHARES) / top["trades"] * 1e6
         figures["ledger_floor_us_per_trade"] = floor_us
         ratios["ledger_floor/target"] = ratio(1e6 / floor_us, TARGET)
-        tbl.notes.append(f"ledger floor: those four alone cost {floor_us:,.0f} us of CPU per trade "
+        tbl.notes.append(f"ledger floor: those four alone take {floor_us:,.0f} us per trade "
                          f"here, so MockNetwork's one thread could not pass {1e6 / floor_us:,.0f} "
                          "trades/s even if flows, checkpoints, messages and the vault cost nothing")
     tbl.notes.append(f"target: {TARGET:,} trades/s (issue 3). Published for comparison: open-source "
