@@ -25,6 +25,11 @@ def test_throughput_quick_writes_json(tmp_path, capsys):
             assert "error" not in run, run
             assert run["flows"] > 0 and run["wrong_results"] == 0
             assert {"flows_per_s", "p50_ms", "p99_ms"} <= set(run)
+    for c in ("1", "100"):
+        floor = figures["design_floor"][c]   # the skeleton finishes every flow it starts
+        assert "error" not in floor, floor
+        assert floor["flows"] > 0 and floor["wrong_results"] == 0 and floor["left_waiting"] == 0
+        assert f"design_floor/asyncio@c={c}" in data["ratios"]
     assert "dbos" in figures
     susp = figures["suspensions"]
     assert susp["capture_frames_on"]["suspensions_per_s"] > 0
