@@ -118,3 +118,18 @@ class UnserialisableState(ContractState):
     @property
     def participants(self) -> list[Party]:
         return [self.owner]
+
+
+class HoldCashFlow(FlowLogic):
+    """Select (and so soft-lock) ``amount`` of cash, hold it for ``hold`` seconds, and
+    return the refs it picked: a stand-in for a trade that has chosen its coins."""
+
+    def __init__(self, amount: int, hold: float = 60.0) -> None:
+        self.amount, self.hold = amount, hold
+
+    def call(self) -> list:
+        from greenflow.samples.trade import Cash
+        picked = self.services.vault.select(Cash, self.amount)
+        if self.hold:
+            self.sleep(self.hold)
+        return [s.ref for s in picked]

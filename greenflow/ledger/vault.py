@@ -21,7 +21,10 @@ opens.
 
 Soft locks keep two concurrent flows from selecting the same state: `select` locks
 what it picks for the calling flow, and the lock goes when the flow ends (completed,
-failed or killed), in the same commit as the flow's result.
+failed or killed), in the same commit as the flow's result. A second index holds the
+unconsumed states nobody has locked, so that `select` with a thousand trades in flight
+takes the first free states it meets instead of stepping over every locked one (which
+made a busy node's selection quadratic in the number of concurrent flows).
 """
 from __future__ import annotations
 
@@ -102,11 +105,13 @@ class Vault:
         store.ensure_db("vault_locks")
         # Complete in-memory indexes: exact state class -> ref -> state, and the locks.
         self._unconsumed: dict[type, dict[StateRef, StateAndRef]] = {}
+        self._free: dict[type, dict[StateRef, StateAndRef]] = {}  # unconsumed, not locked
         self._locks: dict[StateRef, str] = {}
         self._locks_by_flow: dict[str, set[StateRef]] = {}
         for _, raw in store.iter_db("vault_states"):
             sar = _unpack(raw)
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
+            self._free.setdefault(type(sar.state), {})[sar.ref] = sar
         stale: list[bytes] = []
         for key, fid in store.iter_db("vault_locks"):
             flow_id = fid.decode()
@@ -138,8 +143,9 @@ class Vault:
         tx = stx.tx
         for ref in tx.inputs:
             key = ref_key(ref)
-            for by_type in self._unconsumed.values():
+            for cls, by_type in self._unconsumed.items():
                 if by_type.pop(ref, None) is not None:
+                    self._free.get(cls, {}).pop(ref, None)
                     batch.delete("vault_states", key)
                     self._consumed.put(batch, key, stx.id.value)
                     break
@@ -153,6 +159,8 @@ class Vault:
                 continue
             sar = StateAndRef(state, ref)
             by_type[ref] = sar
+            if ref not in self._locks:
+                self._free.setdefault(type(state), {})[ref] = sar
             batch.put("vault_states", key, _pack(sar))
 
     def _is_ours(self, state: ContractState) -> bool:
@@ -208,10 +216,11 @@ class Vault:
         with self._lock:
             return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
 
-    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]]) -> Iterator[StateAndRef]:
+    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
+                    index: Optional[dict] = None) -> Iterator[StateAndRef]:
         """Lazily, so that `select` stops at the first states that add up instead of
         filtering the whole vault (which grows with every payment's change)."""
-        for cls, by_type in self._unconsumed.items():
+        for cls, by_type in (self._unconsumed if index is None else index).items():
             if issubclass(cls, state_type):
                 for sar in by_type.values():
                     if where is None or where(sar.state):
@@ -226,23 +235,47 @@ class Vault:
         (`InsufficientBalance` when there is not enough)."""
         fid = self._flow_id("Vault.select")
         with self._lock:
-            picked: list[StateAndRef] = []
-            total = locked = 0
-            for sar in self._candidates(state_type, where):
-                value = getattr(sar.state, amount_of)
-                if self._locked_by_other(sar.ref, fid):
-                    locked += value
-                    continue
-                picked.append(sar)
-                total += value
-                if total >= amount:
-                    break
-            if total < amount:
-                raise InsufficientBalance(
-                    f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
-                    f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
+            picked = self._pick_free(state_type, amount, amount_of, where, fid)
+            if picked is None:
+                picked = self._pick_scanning(state_type, amount, amount_of, where, fid)
             self._lock_refs([s.ref for s in picked], fid)
             return picked
+
+    def _pick_free(self, state_type: type, amount: int, amount_of: str,
+                   where: Optional[Callable[[Any], bool]], fid: str) -> Optional[list[StateAndRef]]:
+        """The common case: states nobody has locked add up. None sends `select` to the
+        full scan: when they do not (the scan finds locks whose flow is gone, and names
+        what other flows hold in its error), or when the caller holds locks itself (the
+        scan counts those as the caller's, in the vault's order)."""
+        if fid in self._locks_by_flow:
+            return None
+        picked: list[StateAndRef] = []
+        total = 0
+        for sar in self._candidates(state_type, where, self._free):
+            picked.append(sar)
+            total += getattr(sar.state, amount_of)
+            if total >= amount:
+                return picked
+        return None
+
+    def _pick_scanning(self, state_type: type, amount: int, amount_of: str,
+                       where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
+        picked: list[StateAndRef] = []
+        total = locked = 0
+        for sar in self._candidates(state_type, where):
+            value = getattr(sar.state, amount_of)
+            if self._locked_by_other(sar.ref, fid):
+                locked += value
+                continue
+            picked.append(sar)
+            total += value
+            if total >= amount:
+                break
+        if total < amount:
+            raise InsufficientBalance(
+                f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
+                f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
+        return picked
 
     @journaled
     def soft_lock(self, refs: Sequence[StateRef]) -> None:
@@ -305,6 +338,9 @@ class Vault:
     def _add_lock(self, ref: StateRef, fid: str) -> None:
         self._locks[ref] = fid
         self._locks_by_flow.setdefault(fid, set()).add(ref)
+        for by_type in self._free.values():
+            if by_type.pop(ref, None) is not None:
+                break
 
     def _drop_lock(self, batch: Any, ref: StateRef) -> None:
         fid = self._locks.pop(ref, None)
@@ -314,6 +350,11 @@ class Vault:
                 held.discard(ref)
                 if not held:
                     del self._locks_by_flow[fid]
+            for cls, by_type in self._unconsumed.items():
+                sar = by_type.get(ref)
+                if sar is not None:
+                    self._free.setdefault(cls, {})[ref] = sar
+                    break
         batch.delete("vault_locks", ref_key(ref))
 
     def _flow_is_live(self, fid: str) -> bool:
