@@ -349,3 +349,35 @@ def test_a_malformed_window_or_reference_from_a_peer_is_refused(tmp_path):
         ]:
             with pytest.raises(TransactionVerificationError, match=why):
                 WireTransaction.check_shape(tx)
+
+
+# ====================================================================== chosen at bootstrap
+def test_the_notary_kind_is_chosen_at_bootstrap_and_kept_by_the_node_directory(tmp_path):
+    from click.testing import CliRunner
+
+    from greenflow.bootstrap import bootstrap_network
+    from greenflow.cli.network import command
+    from greenflow.node_config import ConfigError, NodeConfig
+    from greenflow.node_process import NodeProcess
+
+    out = CliRunner().invoke(command, ["bootstrap", "--dir", str(tmp_path / "v"), "--nodes", "Alice",
+                                       "--notary", "Notary", "--validating-notary", "--base-port", "0"])
+    assert out.exit_code == 0, out.output
+    assert "Notary (validating notary)" in out.output
+    assert NodeConfig.load(str(tmp_path / "v" / "Notary")).validating_notary
+    assert not NodeConfig.load(str(tmp_path / "v" / "Alice")).validating_notary
+    proc = NodeProcess(str(tmp_path / "v" / "Notary"), rpc=False).start()
+    try:
+        assert proc.node.services.notary_service.kind == "validating"
+    finally:
+        proc.stop()
+
+    [plain] = [c for c in bootstrap_network(str(tmp_path / "p"), ["Bob"], notary="Notary", base_port=0)
+               if c.notary]
+    assert not plain.validating_notary and "validating_notary" not in (tmp_path / "p" / "Notary" / "node.toml").read_text()
+    with pytest.raises(ConfigError, match="needs a notary name"):
+        bootstrap_network(str(tmp_path / "x"), ["Bob"], validating_notary=True, base_port=0)
+    toml = tmp_path / "p" / "Bob" / "node.toml"
+    toml.write_text(toml.read_text().replace("notary = false\n", "notary = false\nvalidating_notary = true\n"))
+    with pytest.raises(ConfigError, match="`validating_notary = true` needs `notary = true`"):
+        NodeConfig.load(str(tmp_path / "p" / "Bob"))
