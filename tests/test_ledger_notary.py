@@ -188,8 +188,7 @@ def test_a_validating_notary_verifies_the_history_and_signs_a_valid_transaction(
     again = run(net, bob, nf.MoveNoteFlow(moved.tx.out_ref(0), carol.party)).result()
     assert notary.party.owning_key in again.signed_keys
     # It fetched and verified the whole chain (and so holds it), not just the last link.
-    for stx in (issued, moved, again):
-        assert notary.services.vault.has_transaction(stx.id) or stx is again
+    assert all(notary.services.vault.has_transaction(stx.id) for stx in (issued, moved))
     assert carol.services.vault.query(nf.Note)[0].ref.tx_id == again.id
     assert notary.services.notary_service.notarised == 2
 
@@ -243,6 +242,26 @@ def test_a_validating_notary_restarted_while_it_resolves_a_history_still_decides
     net.run_network()
     assert notary.party.owning_key in handle.result().signed_keys
     assert notary.services.notary_service.kind == "validating"
+
+
+def test_a_validating_notary_resolves_references_and_judges_windows_and_staleness(net, vparties):
+    notary, alice, bob, _ = vparties
+    oracle = net.create_node("Oracle")
+    rate = run(net, oracle, nf.IssueRateFlow(7, notary.party)).result()
+    run(net, oracle, nf.ShareRateFlow(rate, alice.party)).result()
+    stx = run(net, alice, nf.IssueNoteFlow(bob.party, 70, notary.party, rate=rate, window=(0, 60))).result()
+    assert notary.party.owning_key in stx.signed_keys
+    # To verify the note's contract it needed the rate: it fetched it from Alice.
+    assert notary.services.vault.has_transaction(rate.ref.tx_id)
+
+    late = run(net, alice, nf.IssueNoteFlow(bob.party, 70, notary.party, rate=rate, window=(None, -1)))
+    with pytest.raises(NotaryTimeWindowError, match="at or after the end of the window"):
+        late.result()
+    run(net, oracle, nf.UpdateRateFlow(rate, 8)).result()
+    stale = run(net, alice, nf.IssueNoteFlow(bob.party, 70, notary.party, rate=rate))
+    with pytest.raises(NotaryConflictError, match="stale reference"):
+        stale.result()
+    assert [n.ref.tx_id for n in bob.services.vault.query(nf.Note)] == [stx.id]
 
 
 def test_a_validating_notary_must_be_a_notary(tmp_path):
