@@ -25,6 +25,9 @@ def command() -> None:
               help="Folder to create the node directories in.")
 @click.option("--nodes", required=True, help="Comma-separated party names, e.g. Alice,Bob.")
 @click.option("--notary", default=None, help="Name of a notary node to add.")
+@click.option("--validating-notary", is_flag=True,
+              help="Make the notary a validating one: it verifies each transaction and its "
+                   "history before it signs (default: non-validating).")
 @click.option("--base-port", default=10000, show_default=True, type=click.IntRange(0, 65000),
               help="First port; node i gets P2P base+2i and RPC base+2i+1 (0: free ports).")
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -35,17 +38,18 @@ def command() -> None:
 @click.option("--rpc-password", default=None,
               help="RPC password for every node (default: a random one per node, left "
                    "in DIR/<node>/rpc-credentials for the local CLI).")
-def bootstrap(root: str, nodes: str, notary: str | None, base_port: int, host: str,
-              apps: str, rpc_user: str, rpc_password: str | None) -> None:
+def bootstrap(root: str, nodes: str, notary: str | None, validating_notary: bool, base_port: int,
+              host: str, apps: str, rpc_user: str, rpc_password: str | None) -> None:
     """Create one directory per node (key pair, node.toml, network map)."""
     try:
         configs = bootstrap_network(root, split_names(nodes), notary=notary, base_port=base_port,
                                     host=host, apps=split_names(apps), rpc_user=rpc_user,
-                                    rpc_password=rpc_password)
+                                    rpc_password=rpc_password,
+                                    validating_notary=validating_notary)
     except NetworkMapError as exc:
         raise UsageProblem(str(exc)) from None
     for c in configs:
-        role = " (notary)" if c.notary else ""
+        role = (" (validating notary)" if c.validating_notary else " (notary)") if c.notary else ""
         click.echo(f"{c.name}{role}: {os.path.relpath(c.base_dir)}  "
                    f"p2p {format_address(c.p2p_address)}  rpc {format_address(c.rpc_address)}")
     first = os.path.relpath(configs[-1].base_dir)

@@ -25,10 +25,12 @@ def command() -> None:
 @click.option("--apps", default="samples.ping", show_default=True,
               help="Comma-separated app modules the node loads.")
 @click.option("--notary", is_flag=True, help="Make this node a notary.")
+@click.option("--validating", is_flag=True,
+              help="With --notary: a validating notary (verifies each transaction and its history).")
 @click.option("--rpc-user", default="admin", show_default=True)
 @click.option("--rpc-password", default=None, help="Default: a random one, left in DIR/rpc-credentials.")
 def init(base_dir: str, name: str, p2p_address: str, rpc_address: str, apps: str,
-         notary: bool, rpc_user: str, rpc_password: str | None) -> None:
+         notary: bool, validating: bool, rpc_user: str, rpc_password: str | None) -> None:
     """Create one node directory: key pair, node.toml, and a network map naming only
     this node (replace it with the network's map)."""
     from greenflow.bootstrap import init_node
@@ -38,7 +40,8 @@ def init(base_dir: str, name: str, p2p_address: str, rpc_address: str, apps: str
         cfg = init_node(base_dir, name, p2p_address=parse_address(p2p_address),
                         rpc_address=parse_address(rpc_address),
                         apps=split_names(apps), notary=notary,
-                        rpc_user=rpc_user, rpc_password=rpc_password)
+                        rpc_user=rpc_user, rpc_password=rpc_password,
+                        validating_notary=validating)
     except NetworkMapError as exc:
         raise UsageProblem(str(exc)) from None
     click.echo(f"{cfg.name}: {cfg.base_dir} (public key {_key(cfg)})")

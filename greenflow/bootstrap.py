@@ -35,18 +35,21 @@ def free_port(host: str = "127.0.0.1") -> int:
 def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
               rpc_address: tuple[str, int], apps: Iterable[str] = DEFAULT_APPS,
               notary: bool = False, rpc_user: str = "admin",
-              rpc_password: Optional[str] = None) -> NodeConfig:
+              rpc_password: Optional[str] = None, validating_notary: bool = False) -> NodeConfig:
     """Create one node directory: key pair, ``node.toml`` with one RPC user (password
     hashed; the plain password goes to ``rpc-credentials``, mode 0600, for the local CLI)
-    and, if there is none yet, a network map naming only this node."""
+    and, if there is none yet, a network map naming only this node. ``validating_notary``
+    makes a notary of the validating kind (docs/ledger-notary.md)."""
     base_dir = os.path.abspath(base_dir)
     if os.path.exists(os.path.join(base_dir, CONFIG_FILE)):
         raise ConfigError(f"{base_dir} already holds a node ({CONFIG_FILE} exists)")
+    if validating_notary and not notary:
+        raise ConfigError(f"{name}: a validating notary must be a notary")
     os.makedirs(base_dir, exist_ok=True)
     identity = NodeIdentity.load_or_create(base_dir, name)
     password = rpc_password or new_password()
     cfg = NodeConfig(name=name, p2p_address=p2p_address, rpc_address=rpc_address,
-                     apps=list(apps), notary=notary,
+                     apps=list(apps), notary=notary, validating_notary=validating_notary,
                      rpc_users=[RpcUser(rpc_user, hash_password(password), ["ALL"])],
                      base_dir=base_dir)
     cfg.save()
@@ -59,9 +62,13 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
 def bootstrap_network(root: str, nodes: Iterable[str], *, notary: Optional[str] = None,
                       base_port: int = 10000, host: str = "127.0.0.1",
                       apps: Iterable[str] = DEFAULT_APPS, rpc_user: str = "admin",
-                      rpc_password: Optional[str] = None) -> list[NodeConfig]:
-    """Create a node directory under ``root`` for each name (and the notary), then write
-    the same network map into each. Returns the configs, notary first."""
+                      rpc_password: Optional[str] = None,
+                      validating_notary: bool = False) -> list[NodeConfig]:
+    """Create a node directory under ``root`` for each name (and the notary, of the
+    validating kind with ``validating_notary``), then write the same network map into
+    each. Returns the configs, notary first."""
+    if validating_notary and not notary:
+        raise ConfigError("a validating notary needs a notary name (--notary)")
     names = ([notary] if notary else []) + [n for n in nodes if n != notary]
     if not names:
         raise ConfigError("bootstrap needs at least one node name")
@@ -80,7 +87,8 @@ def bootstrap_network(root: str, nodes: Iterable[str], *, notary: Optional[str] 
         configs.append(init_node(os.path.join(root, d), name, p2p_address=(host, p2p),
                                  rpc_address=(host, rpc), apps=apps,
                                  notary=(name == notary), rpc_user=rpc_user,
-                                 rpc_password=rpc_password))
+                                 rpc_password=rpc_password,
+                                 validating_notary=validating_notary and name == notary))
     netmap = NetworkMap(NodeInfo(NodeIdentity.load_or_create(c.base_dir, c.name).party,
                                  c.p2p_address, c.notary) for c in configs)
     for c in configs:

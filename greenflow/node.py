@@ -99,7 +99,9 @@ class Node:
                  reload_after_suspend: bool = False, threaded: bool = True,
                  sync: bool = True, retention: float = 7 * 24 * 3600.0,
                  max_retries: int = 5, retry_backoff: float = 1.0,
-                 notary: bool = False) -> None:
+                 notary: bool = False, validating_notary: bool = False) -> None:
+        if validating_notary and not notary:
+            raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
@@ -117,11 +119,12 @@ class Node:
             max_resident=max_resident, threaded=threaded, retention=retention,
             max_retries=max_retries, retry_backoff=retry_backoff)
         self.threaded = threaded
-        #: A notary node answers `NotaryClientFlow` and keeps the consumed-state index.
+        #: A notary node answers `NotaryClientFlow` and keeps the consumed-state index;
+        #: a validating one also verifies each transaction and its history before it signs.
         self.is_notary = notary
         if notary:
             from .ledger.notary import install_notary  # the core imports the ledger only here
-            install_notary(self)
+            install_notary(self, validating=validating_notary)
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()

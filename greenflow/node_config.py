@@ -7,6 +7,7 @@
     rpc_address = "127.0.0.1:10001"     # JSON-over-HTTP RPC (docs/rpc.md)
     apps = ["samples.ping"]             # modules whose flows this node runs and answers with
     notary = false
+    validating_notary = false           # a notary that verifies transactions and their history
     network_map = "network-map.json"    # relative to the node directory
 
     [[rpc_users]]
@@ -81,6 +82,8 @@ class NodeConfig:
     network_map: str = MAP_FILE
     rpc_users: list[RpcUser] = field(default_factory=list)
     base_dir: str = ""
+    #: With ``notary``: resolve and verify every transaction's history before signing.
+    validating_notary: bool = False
 
     @property
     def network_map_path(self) -> str:
@@ -130,12 +133,18 @@ class NodeConfig:
             apps = doc.get("apps", [])
             if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
                 raise ConfigError(f"{where}: `apps` must be a list of module names")
+            validating = doc.get("validating_notary", False)
+            if not isinstance(validating, bool):
+                raise ConfigError(f"{where}: `validating_notary` must be true or false, "
+                                  f"found {validating!r}")
+            if validating and not doc.get("notary", False):
+                raise ConfigError(f"{where}: `validating_notary = true` needs `notary = true`")
             return cls(name=need("name", str),
                        p2p_address=parse_address(need("p2p_address", str)),
                        rpc_address=parse_address(need("rpc_address", str)),
                        apps=list(apps), notary=bool(doc.get("notary", False)),
                        network_map=str(doc.get("network_map", MAP_FILE)),
-                       rpc_users=users, base_dir=base_dir)
+                       rpc_users=users, base_dir=base_dir, validating_notary=validating)
         except NetworkMapError as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -148,6 +157,7 @@ class NodeConfig:
             f"rpc_address = {_s(format_address(self.rpc_address))}",
             f"apps = [{', '.join(_s(a) for a in self.apps)}]",
             f"notary = {'true' if self.notary else 'false'}",
+            *(["validating_notary = true"] if self.validating_notary else []),
             f"network_map = {_s(self.network_map)}",
         ]
         for u in self.rpc_users:

@@ -133,6 +133,8 @@ class NodeProcess:
             options = dict(self.node_options)
             if cfg.notary and "notary" in inspect.signature(Node.__init__).parameters:
                 options["notary"] = True
+                if cfg.validating_notary:
+                    options["validating_notary"] = True
             self.node = Node(self.base_dir, cfg.name, apps=cfg.apps or None,
                              transport=self.transport, **options)
             self.transport.start()

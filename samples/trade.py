@@ -489,11 +489,14 @@ class TradeNetwork:
     buyer: Any
 
     @classmethod
-    def create(cls, data_dir: str, **node_options: Any) -> "TradeNetwork":
+    def create(cls, data_dir: str, validating_notary: bool = False,
+               **node_options: Any) -> "TradeNetwork":
+        """``validating_notary``: the notary verifies each trade and its history before
+        it signs (the default notary checks only for double spends)."""
         from greenflow.testing import MockNetwork
         net = MockNetwork(data_dir, **node_options)
-        return cls(net, net.notary, net.create_node("Bank"), net.create_node("Seller"),
-                   net.create_node("Buyer"))
+        return cls(net, net.create_notary(validating=validating_notary), net.create_node("Bank"),
+                   net.create_node("Seller"), net.create_node("Buyer"))
 
     def restart(self, role: str) -> Any:
         """Power-cut the node playing ``role`` ("seller", "buyer", "notary", "bank") and

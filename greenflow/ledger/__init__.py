@@ -11,11 +11,14 @@ from .contracts import (Command, CommandData, Contract, contract_for, contract_n
 from .crypto import (KeyFileError, KeyPair, SecureHash, load_keypair, load_or_create_keypair,
                      save_keypair, verify)
 from .errors import ContractViolation, SignatureError, TransactionVerificationError
+from .recording import StatesToRecord
 from .states import ContractState, StateAndRef, StateRef
+from .time_window import TimeWindow
 from .transactions import (LedgerTransaction, SignedTransaction, TransactionBuilder,
                            TransactionSignature, WireTransaction)
 
-__all__ = [
+__all__ = ["StatesToRecord", "TimeWindow"]
+__all__ += [
     "Command", "CommandData", "Contract", "ContractState", "ContractViolation", "KeyFileError",
     "KeyPair", "LedgerTransaction", "SecureHash", "SignatureError", "SignedTransaction",
     "StateAndRef", "StateRef", "TransactionBuilder", "TransactionSignature",

@@ -1,7 +1,7 @@
 """Transactions: built, identified by a hash of their content, signed, verified.
 
-A `WireTransaction` is the content: input references, output states, commands, notary and
-a random salt. Its id is the SHA-256 of its canonical wire encoding, so every node computes
+A `WireTransaction` is the content: input references, output states, commands, notary, a
+random salt and, when used, reference states (read, not consumed) and a time window. Its id is the SHA-256 of its canonical wire encoding, so every node computes
 the same id from the same content, and any change to the content (an output altered in
 transit) changes the id and voids every signature, which signs the id.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import Any, Callable, Iterable, TypeVar
 
@@ -24,6 +25,7 @@ from .contracts import Command, CommandData, Contract, contract_for
 from .crypto import KeyPair, SecureHash, verify
 from .errors import ContractViolation, SignatureError, TransactionVerificationError
 from .states import ContractState, StateAndRef, StateRef
+from .time_window import TimeWindow
 
 __all__ = [
     "LedgerTransaction", "SignatureError", "SignedTransaction", "TransactionBuilder",
@@ -81,6 +83,18 @@ class LedgerTransaction:
     outputs: tuple[ContractState, ...]
     commands: tuple[Command, ...]
     notary: Party | None
+    #: States the transaction reads without consuming them; the notary has checked they
+    #: were current when it signed.
+    references: tuple[StateAndRef, ...] = ()
+    #: When the notary may sign (and, once notarised, did): contracts read time here.
+    time_window: TimeWindow | None = None
+
+    @property
+    def reference_states(self) -> tuple[ContractState, ...]:
+        return tuple(r.state for r in self.references)
+
+    def references_of_type(self, cls: type[S]) -> list[S]:
+        return [r.state for r in self.references if isinstance(r.state, cls)]
 
     @property
     def input_states(self) -> tuple[ContractState, ...]:
@@ -101,31 +115,47 @@ class WireTransaction:
     """The content of a transaction, as it crosses the wire and as its id is computed.
 
     ``salt`` makes two transactions with the same content (two identical issuances) two
-    different transactions with different ids and output references."""
+    different transactions with different ids and output references. ``references`` are
+    states read but not consumed (the notary checks they are still current);
+    ``time_window`` bounds when the notary may sign."""
 
     inputs: tuple[StateRef, ...]
     outputs: tuple[ContractState, ...]
     commands: tuple[Command, ...]
     notary: Party | None
     salt: bytes
+    references: tuple[StateRef, ...] = ()
+    time_window: TimeWindow | None = None
 
     def __post_init__(self) -> None:
-        for name in ("inputs", "outputs", "commands"):
+        for name in ("inputs", "outputs", "commands", "references"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @cached_property
     def id(self) -> SecureHash:
         """SHA-256 of the canonical encoding of the content (computed once per object;
         the object is frozen, and a received copy is a new object)."""
-        content = (_ID_DOMAIN, self.inputs, self.outputs, self.commands, self.notary, self.salt)
+        content: tuple = (_ID_DOMAIN, self.inputs, self.outputs, self.commands, self.notary,
+                          self.salt)
+        if self.references or self.time_window is not None:
+            # Only then, so a transaction without them keeps the id it always had (the
+            # longer tuple encodes differently, so the two forms cannot collide).
+            content += (self.references, self.time_window)
         return SecureHash.sha256(canonical_encode(content))
+
+    @property
+    def needs_notary(self) -> bool:
+        """Whether the notary must sign: it consumes inputs (double spends), reads
+        references (still current?) or has a time window (is it now?)."""
+        return bool(self.inputs or self.references or self.time_window is not None)
 
     @property
     def required_signers(self) -> frozenset[bytes]:
         """Every key some command names, and the notary's when there are inputs (the
-        notary signs to say none of them was consumed before)."""
+        notary signs to say none of them was consumed before), references or a time
+        window (see `needs_notary`)."""
         keys = {key for command in self.commands for key in command.signers}
-        if self.inputs and self.notary is not None:
+        if self.notary is not None and self.needs_notary:
             keys.add(self.notary.owning_key)
         return frozenset(keys)
 
@@ -146,18 +176,20 @@ class WireTransaction:
         def bad(why: str) -> TransactionVerificationError:
             return TransactionVerificationError(f"malformed transaction: {why}")
 
-        for name in ("inputs", "outputs", "commands"):
+        for name in ("inputs", "outputs", "commands", "references"):
             if type(getattr(self, name)) is not tuple:
                 raise bad(f"{name} is a {type(getattr(self, name)).__name__}, not a tuple")
         seen: set[StateRef] = set()
-        for i, ref in enumerate(self.inputs):
-            if (type(ref) is not StateRef or type(ref.tx_id) is not SecureHash
-                    or type(ref.tx_id.value) is not bytes or len(ref.tx_id.value) != 32
-                    or type(ref.index) is not int or ref.index < 0):
-                raise bad(f"inputs[{i}] is not a StateRef: {ref!r}")
-            if ref in seen:
-                raise bad(f"input {ref} is consumed twice")
-            seen.add(ref)
+        for what, refs in (("inputs", self.inputs), ("references", self.references)):
+            for i, ref in enumerate(refs):
+                if (type(ref) is not StateRef or type(ref.tx_id) is not SecureHash
+                        or type(ref.tx_id.value) is not bytes or len(ref.tx_id.value) != 32
+                        or type(ref.index) is not int or ref.index < 0):
+                    raise bad(f"{what}[{i}] is not a StateRef: {ref!r}")
+                if ref in seen:
+                    raise bad(f"input {ref} is consumed twice" if what == "inputs" else
+                              f"reference {ref} is listed twice, or is also an input")
+                seen.add(ref)
         for i, state in enumerate(self.outputs):
             if not isinstance(state, ContractState):
                 raise bad(f"outputs[{i}] is a {type(state).__qualname__}, not a ContractState")
@@ -175,6 +207,14 @@ class WireTransaction:
             raise bad(f"notary is not a Party: {self.notary!r}")
         if self.inputs and self.notary is None:
             raise bad("a transaction that consumes inputs needs a notary to rule out double spends")
+        if self.references and self.notary is None:
+            raise bad("a transaction with reference states needs a notary to check they are current")
+        if self.time_window is not None:
+            if type(self.time_window) is not TimeWindow:
+                raise bad(f"time_window is not a TimeWindow: {self.time_window!r}")
+            self.time_window.check_shape()
+            if self.notary is None:
+                raise bad("a transaction with a time window needs a notary to vouch for the time")
         if type(self.salt) is not bytes:
             raise bad("salt is not bytes")
 
@@ -182,8 +222,17 @@ class WireTransaction:
         """The transaction with every input state resolved (`TransactionVerificationError`
         naming the first input that cannot be)."""
         self.check_shape()
-        inputs = []
-        for ref in self.inputs:
+        inputs = self._resolve(self.inputs, resolve_input, "input")
+        if not self.references and self.time_window is None:
+            return LedgerTransaction(self.id, inputs, self.outputs, self.commands, self.notary)
+        references = self._resolve(self.references, resolve_input, "reference state")
+        return LedgerTransaction(self.id, inputs, self.outputs, self.commands, self.notary,
+                                 references, self.time_window)
+
+    def _resolve(self, refs: tuple[StateRef, ...], resolve_input: InputResolver,
+                 what: str) -> tuple[StateAndRef, ...]:
+        out = []
+        for ref in refs:
             try:
                 found = resolve_input(ref)
             except LookupError:
@@ -191,10 +240,10 @@ class WireTransaction:
             state = found.state if isinstance(found, StateAndRef) else found
             if not isinstance(state, ContractState):
                 raise TransactionVerificationError(
-                    f"transaction {self.id}: input {ref} cannot be resolved; the transaction "
+                    f"transaction {self.id}: {what} {ref} cannot be resolved; the transaction "
                     "that created it is unknown here")
-            inputs.append(StateAndRef(state, ref))
-        return LedgerTransaction(self.id, tuple(inputs), self.outputs, self.commands, self.notary)
+            out.append(StateAndRef(state, ref))
+        return tuple(out)
 
     def verify(self, resolve_input: InputResolver) -> LedgerTransaction:
         """Run the contract of every input and output state over the resolved transaction,
@@ -316,6 +365,8 @@ class TransactionBuilder:
         self.inputs: list[StateAndRef] = []
         self.outputs: list[ContractState] = []
         self.commands: list[Command] = []
+        self.references: list[StateAndRef] = []
+        self.time_window: TimeWindow | None = None
 
     def add_input_state(self, state_and_ref: StateAndRef) -> TransactionBuilder:
         if not isinstance(state_and_ref, StateAndRef):
@@ -323,6 +374,31 @@ class TransactionBuilder:
         if any(i.ref == state_and_ref.ref for i in self.inputs):
             raise ValueError(f"input {state_and_ref.ref} is already in this transaction")
         self.inputs.append(state_and_ref)
+        return self
+
+    def add_reference_state(self, state_and_ref: StateAndRef) -> TransactionBuilder:
+        """Read ``state_and_ref`` without consuming it (Corda's reference input): the
+        contracts see it in ``tx.references``, the notary signs only if it is still
+        unconsumed, and it stays unconsumed. It must be under this transaction's notary."""
+        if not isinstance(state_and_ref, StateAndRef):
+            raise TypeError(f"a reference is a StateAndRef, not {type(state_and_ref).__name__}")
+        ref = state_and_ref.ref
+        if any(r.ref == ref for r in self.references) or any(i.ref == ref for i in self.inputs):
+            raise ValueError(f"state {ref} is already in this transaction")
+        self.references.append(state_and_ref)
+        return self
+
+    def set_time_window(self, from_time: datetime | TimeWindow | None = None,
+                        until_time: datetime | None = None) -> TransactionBuilder:
+        """Let the notary sign only while its clock is in ``[from_time, until_time)``
+        (either bound may be None; or pass a `TimeWindow`). Inside a flow take the time
+        once: ``now = self.now(); b.set_time_window(now, now + timedelta(seconds=30))``."""
+        if isinstance(from_time, TimeWindow):
+            if until_time is not None:
+                raise TypeError("set_time_window takes a TimeWindow or two bounds, not both")
+            self.time_window = from_time
+        else:
+            self.time_window = TimeWindow(from_time, until_time)
         return self
 
     def add_output_state(self, state: ContractState) -> TransactionBuilder:
@@ -339,11 +415,13 @@ class TransactionBuilder:
 
     def to_wire_transaction(self) -> WireTransaction:
         return WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
-                               tuple(self.commands), self.notary, self.salt)
+                               tuple(self.commands), self.notary, self.salt,
+                               tuple(r.ref for r in self.references), self.time_window)
 
     def verify(self) -> LedgerTransaction:
-        """Run the contracts over what has been built, with the input states added."""
-        states = {i.ref: i.state for i in self.inputs}
+        """Run the contracts over what has been built, with the input (and reference)
+        states added."""
+        states = {i.ref: i.state for i in (*self.inputs, *self.references)}
         return self.to_wire_transaction().verify(states.get)
 
     def sign_with(self, *keypairs: KeyPair) -> SignedTransaction:

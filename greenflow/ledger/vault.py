@@ -127,9 +127,11 @@ class Vault:
 
     # ------------------------------------------------------------------ transactions
     @journaled
-    def record_transactions(self, stxs: Iterable[SignedTransaction], relevant: bool = True) -> None:
+    def record_transactions(self, stxs: Iterable[SignedTransaction], relevant: bool = True,
+                            all_visible: bool = False) -> None:
         """Store verified transactions; with ``relevant``, also take the states they
-        create for us into the unconsumed index and mark the inputs they consume.
+        create for us (with ``all_visible``, every state they create: an observer's
+        choice) into the unconsumed index and mark the inputs they consume.
         Recording the same transaction again changes nothing."""
         with self._lock, self._node.services.writes() as batch:
             for stx in stxs:
@@ -137,9 +139,9 @@ class Vault:
                 if self._txs.get(key) is None:
                     self._txs.put(batch, key, stx)
                 if relevant:
-                    self._apply(batch, stx)
+                    self._apply(batch, stx, all_visible)
 
-    def _apply(self, batch: Any, stx: SignedTransaction) -> None:
+    def _apply(self, batch: Any, stx: SignedTransaction, all_visible: bool = False) -> None:
         tx = stx.tx
         for ref in tx.inputs:
             key = ref_key(ref)
@@ -150,7 +152,7 @@ class Vault:
                     self._consumed.put(batch, key, stx.id.value)
                     break
         for index, state in enumerate(tx.outputs):
-            if not self._is_ours(state):
+            if not all_visible and not self._is_ours(state):
                 continue
             ref = StateRef(stx.id, index)
             by_type = self._unconsumed.setdefault(type(state), {})

@@ -2,8 +2,8 @@
 
 A transaction is valid when its content is well formed, every signature on it verifies
 over its id, every required signer has signed (the notary aside until notarisation),
-every contract of its states accepts it, and each input is consumed through the notary
-of the transaction that created it. That last rule is the ledger's, not a contract's:
+every contract of its states accepts it, and each input (and reference state) is
+consumed (read) through the notary of the transaction that created it. That last rule is the ledger's, not a contract's:
 a state created under notary A and spent through notary B would escape A's
 double-spend check, so it is refused (greenflow has no notary-change transaction yet).
 
@@ -72,16 +72,9 @@ class TransactionVerifier:
         lookup = self._lookup(extra)
         tx = stx.tx
         for ref in tx.inputs:
-            origin = lookup(ref.tx_id)
-            if origin is None:
-                raise TransactionResolutionError(
-                    f"transaction {stx.id}: input {ref} cannot be resolved; the transaction "
-                    "that created it is unknown here")
-            if origin.tx.notary != tx.notary:
-                raise TransactionVerificationError(
-                    f"transaction {stx.id} consumes {ref}, created under notary "
-                    f"{_name(origin.tx.notary)}, through notary {_name(tx.notary)}: a state is "
-                    "consumed only through the notary it was created under")
+            self._check_origin(stx, ref, lookup, "input")
+        for ref in tx.references:
+            self._check_origin(stx, ref, lookup, "reference state")
 
         def resolve(ref: StateRef) -> Optional[StateAndRef]:
             origin = lookup(ref.tx_id)
@@ -90,6 +83,22 @@ class TransactionVerifier:
             return StateAndRef(origin.tx.outputs[ref.index], ref)
 
         return tx.verify(resolve)
+
+    @staticmethod
+    def _check_origin(stx: SignedTransaction, ref: StateRef, lookup: Any, what: str) -> None:
+        tx = stx.tx
+        origin = lookup(ref.tx_id)
+        if origin is None:
+            raise TransactionResolutionError(
+                f"transaction {stx.id}: {what} {ref} cannot be resolved; the transaction "
+                "that created it is unknown here")
+        if origin.tx.notary != tx.notary:
+            verb = "consumes" if what == "input" else "references"
+            raise TransactionVerificationError(
+                f"transaction {stx.id} {verb} {ref}, created under notary "
+                f"{_name(origin.tx.notary)}, through notary {_name(tx.notary)}: a state is "
+                f"{verb[:-1]}d only through the notary it was created under (only that notary "
+                "knows whether it is still unconsumed)")
 
     def check_signatures(self, stx: SignedTransaction, *, except_keys: Iterable[bytes] = (),
                          check_sufficient: bool = True) -> None:

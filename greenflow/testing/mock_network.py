@@ -121,9 +121,18 @@ class MockNetwork:
     def node(self, name: str) -> MockNode:
         return self._nodes[name]
 
+    def create_notary(self, name: str = "Notary", *, validating: bool = False,
+                      **node_options: Any) -> MockNode:
+        """A notary node (``validating``: one that resolves and verifies each transaction
+        and its history before it signs). The first notary created is ``net.notary``."""
+        mn = self.create_node(name, notary=True, validating_notary=validating, **node_options)
+        if self._notary is None:
+            self._notary = mn
+        return mn
+
     @property
     def notary(self) -> MockNode:
-        """A notary node, created on first use."""
+        """A notary node, created on first use (non-validating; see `create_notary`)."""
         if self._notary is None:
             self._notary = self.create_node("Notary", notary=True) if _notary_supported() \
                 else self.create_node("Notary")

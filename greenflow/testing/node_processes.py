@@ -33,10 +33,12 @@ _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file_
 class ProcessNetwork:
     def __init__(self, root: Any, nodes: Iterable[str], *, notary: Optional[str] = None,
                  apps: Iterable[str] = ("samples.ping",), pythonpath: Iterable[str] = (),
-                 log_level: str = "INFO", env: Optional[dict] = None) -> None:
+                 log_level: str = "INFO", env: Optional[dict] = None,
+                 validating_notary: bool = False) -> None:
         self.root = os.path.abspath(str(root))
         self.configs = {c.name: c for c in bootstrap_network(
-            self.root, list(nodes), notary=notary, base_port=0, apps=list(apps))}
+            self.root, list(nodes), notary=notary, base_port=0, apps=list(apps),
+            validating_notary=validating_notary)}
         self.pythonpath = [os.path.abspath(p) for p in pythonpath]
         self.log_level = log_level
         self.extra_env = dict(env or {})

@@ -4,7 +4,7 @@
 |---|---|---|
 | `CollectSignaturesFlow` | `SignTransactionFlow` (subclass, `check_transaction`) | gathers the signatures a transaction needs |
 | `FinalityFlow` | `ReceiveFinalityFlow` | notarises, records, sends to every participant |
-| `NotaryClientFlow` | `NotaryServiceFlow` (on the notary) | the double-spend check and the notary's signature |
+| `NotaryClientFlow` | `NotaryServiceFlow` (on the notary) | the double-spend, reference-state and time-window checks (a validating notary also verifies the history) and the notary's signature |
 | `SendTransactionFlow` | `ReceiveTransactionFlow` | a transaction with its history |
 | `SendStateAndRefFlow` | `ReceiveStateAndRefFlow` | states with the history that created them |
 | `DataVendingFlow` | `ResolveTransactionsFlow` | fetches missing history in batches, verifies it back to issuance |
@@ -17,7 +17,8 @@ Importing this package also registers the ledger's node services (``services.vau
 from __future__ import annotations
 
 from .. import identity_service, key_management, vault, verifier  # noqa: F401  (service factories)
-from ..notary import NotaryError
+from ..notary import NotaryConflictError, NotaryError, NotaryTimeWindowError, NotaryValidationError
+from ..recording import StatesToRecord
 from ..vault import InsufficientBalance, StatesLocked
 from ..verifier import TransactionResolutionError
 from .finality import FinalityFlow, ReceiveFinalityFlow, UnexpectedTransaction
@@ -28,7 +29,9 @@ from .resolve import (DataVendingFlow, FetchRefused, ReceiveStateAndRefFlow, Rec
                       check_states_match)
 from .signatures import CollectSignaturesFlow, SignTransactionFlow, TransactionRefused
 
-__all__ = [
+__all__ = ["NotaryConflictError", "NotaryTimeWindowError", "NotaryValidationError",
+           "StatesToRecord"]
+__all__ += [
     "CollectSignaturesFlow", "DataVendingFlow", "EndOfFetch", "FetchRefused", "FetchTransactions",
     "FetchedTransactions", "FinalityFlow", "InsufficientBalance", "NotaryClientFlow", "NotaryError",
     "NotaryServiceFlow", "ReceiveFinalityFlow", "ReceiveStateAndRefFlow", "ReceiveTransactionFlow",

@@ -2,9 +2,15 @@
 ``FinalityFlow`` and ``ReceiveFinalityFlow``).
 
 The initiator verifies the transaction, has the notary sign it when it consumes
-anything, records it in its own vault, and sends it with its history to each session;
-each counterparty resolves, verifies (every signature, the notary's included) and
-records it. A transaction the notary refuses is recorded nowhere.
+anything (or reads reference states, or has a time window), records it in its own
+vault, and sends it with its history to each session and to each observer; each
+counterparty resolves, verifies (every signature, the notary's included) and records it.
+A transaction the notary refuses is recorded nowhere.
+
+Observers are parties that are no participant of the transaction but should hold it (a
+regulator, an auditor). What they take into their vaults is their own choice, made on
+the receiving side (``ReceiveFinalityFlow(session, states_to_record=...)``): the
+sender cannot make anyone record anything.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from ...flow_logic import FlowLogic
 from ...progress import ProgressTracker, Step
 from ...session import FlowSession
 from ..crypto import SecureHash
+from ..recording import StatesToRecord
 from ..transactions import SignedTransaction
 from .notarisation import NotaryClientFlow
 from .resolve import ReceiveTransactionFlow, SendTransactionFlow
@@ -28,8 +35,10 @@ class UnexpectedTransaction(FlowException):
 
 class FinalityFlow(FlowLogic):
     """Notarise ``stx`` (signed by every required signer but the notary), record it
-    here, and send it to ``sessions``: one for every participant other than this node.
-    Returns the notarised transaction."""
+    here, and send it to ``sessions`` (one for every participant other than this node)
+    and to ``observers`` (sessions with parties that are not participants but should
+    get the transaction; their responders choose what to record). Returns the
+    notarised transaction."""
 
     VERIFYING = Step("Verifying the transaction")
     NOTARISING = Step("Notarising")
@@ -37,9 +46,11 @@ class FinalityFlow(FlowLogic):
     BROADCASTING = Step("Sending the transaction to the participants")
     progress_tracker = ProgressTracker(VERIFYING, NOTARISING, RECORDING, BROADCASTING)
 
-    def __init__(self, stx: SignedTransaction, sessions: Iterable[FlowSession] = ()) -> None:
+    def __init__(self, stx: SignedTransaction, sessions: Iterable[FlowSession] = (),
+                 observers: Iterable[FlowSession] = ()) -> None:
         self.stx = stx
         self.sessions = list(sessions)
+        self.observers = list(observers)
 
     def call(self) -> SignedTransaction:
         stx = self.stx
@@ -48,13 +59,13 @@ class FinalityFlow(FlowLogic):
         self.progress_tracker.current_step = self.VERIFYING
         services.verifier.verify(stx, except_keys=[notary.owning_key] if notary else [])
         self._check_sessions(stx)
-        if stx.tx.inputs:
+        if stx.tx.needs_notary:
             self.progress_tracker.current_step = self.NOTARISING
             stx = stx.with_signature(self.sub_flow(NotaryClientFlow(stx)))
         self.progress_tracker.current_step = self.RECORDING
         services.vault.record_transactions([stx])
         self.progress_tracker.current_step = self.BROADCASTING
-        for session in self.sessions:
+        for session in (*self.sessions, *self.observers):
             self.sub_flow(SendTransactionFlow(session, stx))
         return stx
 
@@ -74,12 +85,21 @@ class FinalityFlow(FlowLogic):
 
 
 class ReceiveFinalityFlow(FlowLogic):
-    """The counterparty's side of `FinalityFlow`: receive, verify and record the
-    transaction (``expected_tx_id``: refuse any other). Returns it."""
+    """The counterparty's (or observer's) side of `FinalityFlow`: receive, verify and
+    record the transaction (``expected_tx_id``: refuse any other). Returns it.
 
-    def __init__(self, session: FlowSession, expected_tx_id: Optional[SecureHash] = None) -> None:
+    ``states_to_record``: `StatesToRecord.ONLY_RELEVANT` (the default) takes into the
+    vault the states this node participates in; an observer passes
+    `StatesToRecord.ALL_VISIBLE` to hold every state of the transaction, or
+    `StatesToRecord.NONE` to keep only the transaction itself."""
+
+    def __init__(self, session: FlowSession, expected_tx_id: Optional[SecureHash] = None,
+                 states_to_record: StatesToRecord = StatesToRecord.ONLY_RELEVANT) -> None:
+        if not isinstance(states_to_record, StatesToRecord):
+            raise TypeError(f"states_to_record is a StatesToRecord, not {states_to_record!r}")
         self.session = session
         self.expected_tx_id = expected_tx_id
+        self.states_to_record = states_to_record
 
     def call(self) -> SignedTransaction:
         stx = self.sub_flow(ReceiveTransactionFlow(self.session, check_sufficient_signatures=True))
@@ -87,5 +107,11 @@ class ReceiveFinalityFlow(FlowLogic):
             raise UnexpectedTransaction(
                 f"{self.session.counterparty.name} sent transaction {stx.id} for finality; "
                 f"{self.expected_tx_id} was expected")
-        self.services.vault.record_transactions([stx])
+        vault = self.services.vault
+        if self.states_to_record is StatesToRecord.ONLY_RELEVANT:
+            vault.record_transactions([stx])
+        elif self.states_to_record is StatesToRecord.ALL_VISIBLE:
+            vault.record_transactions([stx], all_visible=True)
+        else:
+            vault.record_transactions([stx], relevant=False)
         return stx

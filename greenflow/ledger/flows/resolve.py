@@ -2,12 +2,13 @@
 ``ReceiveTransactionFlow``, ``ResolveTransactionsFlow`` and their state-and-ref forms).
 
 A node never takes a transaction on trust: it checks the whole chain of transactions
-that created its inputs, back to their issuance. The sending side runs `DataVendingFlow`
-after what it sent: it answers the receiver's requests for dependencies, and only for
-transactions reachable from what it sent, until the receiver says `EndOfFetch`. The
-receiving side runs `ResolveTransactionsFlow`: it asks for what it lacks in batches of up
-to `MAX_BATCH` ids (one round trip per level of the history that is missing here), then
-verifies the fetched transactions in dependency order and records them.
+that created its inputs and reference states, back to their issuance. The sending side
+runs `DataVendingFlow` after what it sent: it answers the receiver's requests for
+dependencies, and only for transactions reachable from what it sent, until the receiver
+says `EndOfFetch`. The receiving side runs `ResolveTransactionsFlow`: it asks for what it
+lacks in batches of up to `MAX_BATCH` ids (one round trip per level of the history that
+is missing here), then verifies the fetched transactions in dependency order and records
+them.
 
 The protocol, on one session::
 
@@ -57,20 +58,26 @@ class FetchRefused(FlowException):
 
 
 class DataVendingFlow(FlowLogic):
-    """Serve the peer's requests for ``tx_ids`` and their history until it is done."""
+    """Serve the peer's requests for ``tx_ids`` and their history until it is done.
+    ``first_request``: a request already received (by a caller that had to look at the
+    peer's answer to learn it wants history, as `NotaryClientFlow` does)."""
 
-    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash]) -> None:
+    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash],
+                 first_request: Optional[Any] = None) -> None:
         self.session = session
         self.tx_ids = tuple(dict.fromkeys(tx_ids))
+        self.first_request = first_request
 
     def call(self) -> None:
-        if not self.tx_ids:
+        if not self.tx_ids and self.first_request is None:
             return
         session, vault = self.session, self.services.vault
         peer = session.counterparty
         allowed = set(self.tx_ids)
+        request = self.first_request
         while True:
-            request = session.receive((FetchTransactions, EndOfFetch))
+            if request is None:
+                request = session.receive((FetchTransactions, EndOfFetch))
             if isinstance(request, EndOfFetch):
                 return
             ids = checked_ids(request.ids, peer, "FetchTransactions")
@@ -89,8 +96,9 @@ class DataVendingFlow(FlowLogic):
                     continue
                 stx = vault.transaction(tx_id)  # recorded: never changes
                 found.append(stx)
-                allowed.update(ref.tx_id for ref in stx.tx.inputs)
+                allowed.update(dependencies(stx))
             session.send(FetchedTransactions(tuple(found), tuple(missing)))
+            request = None
 
 
 class SendTransactionFlow(FlowLogic):
@@ -147,10 +155,10 @@ class ResolveTransactionsFlow(FlowLogic):
             reply = session.send_and_receive(FetchedTransactions, FetchTransactions(tuple(missing)))
             for stx in self._check_reply(reply, missing, needed_by):
                 fetched[stx.id] = stx
-                for ref in stx.tx.inputs:
-                    if ref.tx_id not in needed_by:
-                        needed_by[ref.tx_id] = stx.id
-                        queue.append(ref.tx_id)
+                for dep in dependencies(stx):
+                    if dep not in needed_by:
+                        needed_by[dep] = stx.id
+                        queue.append(dep)
             if len(fetched) > MAX_TRANSACTIONS:
                 raise TransactionResolutionError(
                     f"the history {peer.name} sent has more than {MAX_TRANSACTIONS} transactions "
@@ -225,8 +233,12 @@ class ReceiveStateAndRefFlow(FlowLogic):
 
 
 def dependencies(stx: SignedTransaction) -> list[SecureHash]:
-    """The ids of the transactions ``stx`` consumes outputs of."""
-    return list(dict.fromkeys(ref.tx_id for ref in stx.tx.inputs))
+    """The ids of the transactions ``stx`` consumes or references outputs of: its
+    history, which a node verifies before it trusts ``stx``."""
+    tx = stx.tx
+    if tx.references:
+        return list(dict.fromkeys(ref.tx_id for ref in (*tx.inputs, *tx.references)))
+    return list(dict.fromkeys(ref.tx_id for ref in tx.inputs))
 
 
 def dependency_order(txs: dict[SecureHash, SignedTransaction]) -> list[SignedTransaction]:
@@ -245,7 +257,7 @@ def dependency_order(txs: dict[SecureHash, SignedTransaction]) -> list[SignedTra
                 out.append(txs[tx_id])
                 continue
             stack.append((tx_id, True))
-            for dep in sorted({r.tx_id for r in txs[tx_id].tx.inputs}, reverse=True):
+            for dep in sorted(set(dependencies(txs[tx_id])), reverse=True):
                 if dep not in done:
                     stack.append((dep, False))
     return out
