@@ -12,9 +12,13 @@ import time
 
 import pytest
 
+import greenflow
 from greenflow.testing.node_processes import ProcessNetwork
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Where this run's greenflow comes from (site-packages, or the checkout of an editable
+# install): child processes must import the same one, not the checkout's bare package.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
 APPS = ["samples.ping", "procflows"]
 
 
@@ -40,7 +44,7 @@ def ensure_running(net: ProcessNetwork) -> None:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
     return subprocess.run([sys.executable, "-m", "greenflow.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
@@ -125,7 +129,7 @@ def test_kill_9_at_several_points_completes_exactly_once(net, victim, after_step
 
 def test_a_second_process_cannot_open_a_running_nodes_directory(net):
     ensure_running(net)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
     out = subprocess.run([sys.executable, "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 1 and "already served by process" in out.stderr
