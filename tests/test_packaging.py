@@ -50,3 +50,14 @@ def test_key_helpers_keep_their_ledger_names(tmp_path):
         pass
     else:
         raise AssertionError("an existing key file was overwritten")
+
+
+def test_the_architecture_picture_places_every_module_in_a_layer():
+    # docs/architecture.md draws its picture with this script; a module it cannot place
+    # (a new one) makes it fail, so the picture never silently leaves modules out.
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "docs", "import_graph.py")
+    out = subprocess.run([sys.executable, script, "--table"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "state machine -> storage" in out.stdout
