@@ -45,7 +45,9 @@ def ensure_running(net: ProcessNetwork) -> None:
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
-    return subprocess.run([sys.executable, "-m", "greenflow.cli", *args], capture_output=True,
+    # -P: the current directory (the checkout, when run from it) must not shadow the
+    # greenflow this run imported.
+    return subprocess.run([sys.executable, "-P", "-m", "greenflow.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -130,7 +132,7 @@ def test_kill_9_at_several_points_completes_exactly_once(net, victim, after_step
 def test_a_second_process_cannot_open_a_running_nodes_directory(net):
     ensure_running(net)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
-    out = subprocess.run([sys.executable, "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
+    out = subprocess.run([sys.executable, "-P", "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 1 and "already served by process" in out.stderr
     assert net.client("Bob").node_info()["name"] == "Bob"
