@@ -305,7 +305,9 @@ def run_worker(task: str, params: dict, *, timeout: float = 1800,
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     fd, result_path = tempfile.mkstemp(prefix="gfbench-result-", suffix=".json")
     os.close(fd)
-    cmd = [sys.executable, "-m", f"{PACKAGE}.worker", task, json.dumps(params), result_path]
+    # -P: the current directory must not shadow the package found above (run from a
+    # checkout, its bare greenflow/ has no greenflow.benchmarks).
+    cmd = [sys.executable, "-P", "-m", f"{PACKAGE}.worker", task, json.dumps(params), result_path]
     err_tail: list[str] = []
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -3,8 +3,8 @@ must be built (a greenlet per flow, a C-pickled checkpoint at every suspension, 
 commits to LMDB with sync on, messages msgpack-encoded, released only after the commit)
 can cost per flow in CPython, measured with none of greenflow's code.
 
-Why it exists: issue 5 asks for durable ping-pong at least as fast as plain asyncio
-without durability. The `storage floor` row (throughput.py) shows that the disk alone
+Why it exists: the throughput target is durable ping-pong at least as fast as plain
+asyncio without durability. The `storage floor` row (throughput.py) shows that the disk alone
 rules that out at concurrency 1 and 100. This row answers the remaining question, the
 one at concurrency 10,000 where the storage floor passes asyncio: could a leaner
 implementation of the same design get there? It is a ~80-line skeleton with no error

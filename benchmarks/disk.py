@@ -239,7 +239,7 @@ def run(ctx: Any) -> SuiteResult:
         t2.notes.append("sync off for this run (disk contents do not depend on it)")
     tables.append(t2)
     not_measured = ["DBOS's SQLite growth over a long run of completed workflows",
-                    "10,000,000 hibernated flows (issue 5's target of 2 KB on disk per flow): "
+                    "10,000,000 hibernated flows (target: 2 KB on disk per flow): "
                     "use --n; setup at that size takes most of an hour"]
     return SuiteResult(NAME, {"n": n, "rounds": rounds, "per_round": per_round}, figures, ratios,
                        tables, not_measured)

@@ -1,5 +1,5 @@
 """hibernated: millions of flows waiting on one node, almost none of them in memory
-(issue 5: 10,000,000 waiting flows under 2 GB RSS, at most 2 KB on disk each, and every
+(target: 10,000,000 waiting flows under 2 GB RSS, at most 2 KB on disk each, and every
 one still answers when its message comes).
 
 One node (sync on, default frame capture, ``max_resident`` 1,000) starts N `Hold` flows

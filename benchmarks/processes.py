@@ -1,4 +1,4 @@
-"""processes: ping-pong between two node *processes* over loopback TCP (issue 4).
+"""processes: ping-pong between two node *processes* over loopback TCP.
 
 Two node processes (``python -m greenflow.node_process``, sync commits on, encrypted
 TCP transport) are bootstrapped in a scratch directory and driven over RPC:

@@ -195,7 +195,7 @@ def run(ctx: Any) -> SuiteResult:
     else:
         not_measured.append(f"DBOS beyond N={n_dbos}: a thread per recovered workflow")
     if max(ns) < 1_000_000:
-        not_measured.append("N = 1,000,000 (issue 5's target; run with --n 1000000: setup "
+        not_measured.append("N = 1,000,000 (the target size; run with --n 1000000: setup "
                             "takes minutes)")
     return SuiteResult(NAME, {"sizes": ns, "trigger_after_s": TRIGGER_AFTER, "dbos_n": n_dbos},
                        figures, ratios, tables, not_measured)

@@ -1,4 +1,4 @@
-"""throughput: durable ping-pong flows per second on one node pair (issue 2's target).
+"""throughput: durable ping-pong flows per second on one node pair (target: plain asyncio's rate).
 
 Measured, each in its own fresh process, in the same run:
 

@@ -1,4 +1,4 @@
-"""trade: delivery-versus-payment trades per second on MockNetwork (issue 3's target).
+"""trade: delivery-versus-payment trades per second on MockNetwork (target: 1,000/s).
 
 A trade is the one `greenflow run sample.trade` runs (`samples/trade.py`): the seller
 offers a commercial paper, the buyer resolves its history, selects and locks cash,
@@ -29,7 +29,7 @@ from typing import Any, Optional
 from .common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
 
 NAME = "trade"
-TARGET = 1_000  # trades/s, issue 3
+TARGET = 1_000  # trades/s, the trade target
 
 
 # ====================================================================== instrumentation
@@ -243,7 +243,7 @@ def run(ctx: Any) -> SuiteResult:
         tbl.notes.append(f"ledger floor: those four alone take {floor_us:,.0f} us per trade "
                          f"here, so MockNetwork's one thread could not pass {1e6 / floor_us:,.0f} "
                          "trades/s even if flows, checkpoints, messages and the vault cost nothing")
-    tbl.notes.append(f"target: {TARGET:,} trades/s (issue 3). Published for comparison: open-source "
+    tbl.notes.append(f"target: {TARGET:,} trades/s. Published for comparison: open-source "
                      "Corda 4, 68 issuance transactions/s on 32 cores; Corda Enterprise, 617 "
                      "issue-and-pay/s on 24 cores")
     ratios["best/target"] = ratio(best, TARGET)

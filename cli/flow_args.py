@@ -90,7 +90,7 @@ def _check_sample_exists(module_name: str) -> None:
 
 
 def check_startable(cls: type) -> None:
-    """Raise `NotStartable` unless ``cls`` is marked ``@startable`` (API.md section 1)."""
+    """Raise `NotStartable` unless ``cls`` is marked ``@startable`` (outside the process only @startable flows start)."""
     if not is_startable(cls):
         raise NotStartable(
             f"{qualified_name(cls)} is not @startable: only flow classes marked @startable "

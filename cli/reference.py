@@ -1,8 +1,9 @@
-"""The CLI reference in README.md, generated from the commands' own ``--help`` texts.
+"""The command-line reference (docs/reference/cli.md), generated from the commands' own
+``--help`` texts.
 
 ``python -m greenflow.cli.reference`` prints it as Markdown;
-``python -m greenflow.cli.reference --update README.md`` replaces the text between the
-``<!-- cli-reference:start -->`` and ``<!-- cli-reference:end -->`` markers.
+``python -m greenflow.cli.reference --update docs/reference/cli.md`` replaces the text
+between the ``<!-- cli-reference:start -->`` and ``<!-- cli-reference:end -->`` markers.
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif not args:
         sys.stdout.write(reference())
     else:
-        raise SystemExit("usage: python -m greenflow.cli.reference [--update README.md]")
+        raise SystemExit("usage: python -m greenflow.cli.reference [--update docs/reference/cli.md]")
 
 
 if __name__ == "__main__":

@@ -1,19 +1,15 @@
 """greenflow: durable multi-party business flows in plain sequential Python.
 
 Flows are ordinary blocking code on greenlets; every suspension is checkpointed into
-LMDB and a restart resumes each flow by replaying its journal. The public API (see
-API.md) is re-exported here and only here.
+LMDB and a restart resumes each flow by replaying its journal. The public API (the
+reference is in docs/) is re-exported here and only here.
+
+``greenflow.cli``, ``greenflow.samples`` and ``greenflow.benchmarks`` live in the
+repository's top-level ``cli/``, ``samples/`` and ``benchmarks/`` and are mapped into this
+package by setup.cfg's ``package_dir``: they import once greenflow is installed (``pip
+install .``, or ``pip install -e .`` for a working checkout).
 """
 from __future__ import annotations
-
-import os as _os
-
-# In a source checkout cli/, samples/ and benchmarks/ sit beside this package; installed,
-# setup.cfg maps them inside it. Either way they import as greenflow.cli, greenflow.samples...
-_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "samples")) \
-        and _os.path.isfile(_os.path.join(_root, "samples", "__init__.py")):
-    __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
 from .errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
                      NotSerializable, NotStartable, ReceiveTypeError, UnexpectedFlowEnd,

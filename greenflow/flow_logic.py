@@ -41,7 +41,7 @@ class _TrackerSlot:
 
 
 class FlowLogic(Generic[R]):
-    """Subclass and implement `call`. See API.md section 1."""
+    """Subclass and implement `call`; see the flows reference in docs/ for every member."""
 
     progress_tracker: Optional[ProgressTracker] = _TrackerSlot(None)  # type: ignore[assignment]
 

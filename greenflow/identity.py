@@ -13,7 +13,7 @@ import os
 import nacl.signing
 
 from .errors import FlowError
-from .ledger.crypto import KeyPair, load_or_create_keypair
+from .keys import KeyPair, load_or_create_keypair
 from .party import Party
 
 KEY_FILE = "identity.key"

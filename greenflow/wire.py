@@ -1,6 +1,6 @@
 """The safe wire encoding: what a payload becomes when it crosses between nodes.
 
-Nothing a peer sends is ever unpickled (DESIGN.md section 4): unpickling runs code. This
+Nothing a peer sends is ever unpickled: unpickling runs code. This
 encoding is msgpack, which only ever builds builtins, plus a short list of tagged values
 (tuple, set, frozenset, big int, datetime, date, timedelta, Decimal, UUID) and instances
 of classes registered by name with ``@serializable``. Decoding resolves only names that

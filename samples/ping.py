@@ -1,4 +1,4 @@
-"""Ping-pong: the smallest two-party flow (API.md section 1).
+"""Ping-pong: the smallest two-party flow (the example of docs/guide-flows.md).
 
 `greenflow run sample.ping` starts nodes Alice and Bob on an in-process network. Alice
 sends Bob n numbers, each comes back incremented, and the sum is printed (6 for n=3).

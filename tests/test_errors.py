@@ -1,4 +1,4 @@
-"""Every error of API.md's table, raised where API.md says, with its message checked."""
+"""Every error of the errors reference (docs/reference/errors.md), raised where it says, with its message checked."""
 from __future__ import annotations
 
 import pytest

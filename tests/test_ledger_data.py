@@ -204,8 +204,9 @@ def test_transaction_id_is_deterministic_and_depends_on_content() -> None:
 
 
 def test_transaction_id_is_the_same_in_another_process() -> None:
+    import greenflow
     here = os.path.dirname(os.path.abspath(__file__))
-    root = os.path.dirname(here)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
     script = "import test_ledger_data as t; print(t.move(t.issue()).to_wire_transaction().id)"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, root]), PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", script], cwd=here, env=env, capture_output=True,

@@ -12,9 +12,13 @@ import time
 
 import pytest
 
+import greenflow
 from greenflow.testing.node_processes import ProcessNetwork
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Where this run's greenflow comes from (site-packages, or the checkout of an editable
+# install): child processes must import the same one, not the checkout's bare package.
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
 APPS = ["samples.ping", "procflows"]
 
 
@@ -40,8 +44,10 @@ def ensure_running(net: ProcessNetwork) -> None:
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
-    return subprocess.run([sys.executable, "-m", "greenflow.cli", *args], capture_output=True,
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
+    # -P: the current directory (the checkout, when run from it) must not shadow the
+    # greenflow this run imported.
+    return subprocess.run([sys.executable, "-P", "-m", "greenflow.cli", *args], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
 
@@ -125,8 +131,8 @@ def test_kill_9_at_several_points_completes_exactly_once(net, victim, after_step
 
 def test_a_second_process_cannot_open_a_running_nodes_directory(net):
     ensure_running(net)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(HERE), HERE]))
-    out = subprocess.run([sys.executable, "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
+    out = subprocess.run([sys.executable, "-P", "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 1 and "already served by process" in out.stderr
     assert net.client("Bob").node_info()["name"] == "Bob"

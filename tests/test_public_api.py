@@ -1,4 +1,4 @@
-"""The public API is the contract of API.md: every name it gives is importable from
+"""The public API (docs/reference/): every name it gives is importable from
 `greenflow` (or `greenflow.testing`), and `__all__` lists each exactly once."""
 import greenflow
 import greenflow.testing

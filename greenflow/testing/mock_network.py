@@ -67,7 +67,8 @@ class MockNode:
 
 
 class MockNetwork:
-    """See API.md section 3. Node options given here apply to every node created."""
+    """Real nodes in one process, run deterministically on a virtual clock (the rules are
+    in docs/guide-testing.md). Node options given here apply to every node created."""
 
     def __init__(self, base_dir: Any, **default_options: Any) -> None:
         self.base_dir = str(base_dir)
