@@ -16,8 +16,8 @@ if not _os.path.isdir(_os.path.join(_os.path.dirname(__file__), "samples")) \
     __path__.append(_root)  # type: ignore[name-defined]  # noqa: F821
 
 from .errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
-                     NotSerializable, NotStartable, ReceiveTypeError, UnexpectedFlowEnd,
-                     UnknownFlow, WireFormatError)
+                     NotSerializable, NotStartable, ReceiveTypeError, SessionRefused,
+                     UnexpectedFlowEnd, UnknownFlow, WireFormatError)
 from .flow_logic import FlowLogic
 from .node import FlowHandle, FlowInfo, Node
 from .party import Party
@@ -33,6 +33,6 @@ __all__ = [
     "FlowError", "FlowException", "FlowHandle", "FlowInfo", "FlowKilled", "FlowLogic",
     "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NonDeterminismError",
     "NotSerializable", "NotStartable", "Party", "PeerFlowInfo", "ProgressTracker",
-    "ReceiveTypeError", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
+    "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
     "initiated_by", "initiating_flow", "serializable", "startable",
 ]

@@ -1,0 +1,146 @@
+"""What a peer can make a node spend (CPU, memory, store) and what a dump gives away."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from limitflows import SECRETS, CardNumber, HoldsSecrets
+
+from greenflow.store import fid_key
+
+
+# ====================================================================== dump redaction
+def test_a_dump_redacts_by_key_inside_containers_and_by_app_names_and_types(net):
+    alice = net.create_node("Alice")
+    h = alice.start_flow(HoldsSecrets())
+    net.run_network()
+    [entry] = alice.checkpoints_dump()
+    shown = entry["frames"][-1]["locals"]
+    text = json.dumps(entry)
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, (leaked, shown)
+    for name in ("pw", "conn_str", "auth_header", "iban", "card"):
+        assert shown[name] == "<redacted>", (name, shown[name])
+    assert "'password': <redacted>" in shown["creds"] and "'user': 'alice'" in shown["creds"]
+    assert "'api_key': <redacted>" in shown["creds"]
+    assert "'token': <redacted>" in shown["rows"] and "'Authorization': <redacted>" in shown["rows"]
+    assert "'card': <redacted>" in shown["wallet"] and "'owner': 'alice'" in shown["wallet"]
+    assert shown["plain"] == "{'amount': 10, 'user': 'alice'}"
+    # Nor does the snapshot on disk hold them (a dump is not the only reader of a store).
+    raw = alice.node.store.get("frames", fid_key(h.id))
+    assert raw is not None and not [s for s in SECRETS if s.encode() in raw]
+
+
+def test_a_dump_redacts_names_given_as_a_node_option(tmp_path):
+    from greenflow import Node
+    from greenflow.frames import denied_name
+    assert not denied_name("sort_code_x")
+    node = Node.open(tmp_path / "n", "Solo", threaded=False, sensitive_names=["sort_code"])
+    try:
+        assert denied_name("sort_code_x") and denied_name("SORT_CODE")
+    finally:
+        node.close()
+
+
+# ====================================================================== inbound sessions
+def _statuses(node, class_name):
+    return sorted(f.status.value for f in node.flows() if f.flow_class.endswith("." + class_name))
+
+
+def test_a_peer_can_hold_only_so_many_sessions_open_and_learns_why(net):
+    from limitflows import Pester
+
+    from greenflow import SessionRefused
+    alice, carol = net.create_node("Alice"), net.create_node("Carol")
+    bob = net.create_node("Bob", max_inbound_sessions=3)
+    handles = [alice.start_flow(Pester(bob.party, wait_for_answer=True)) for _ in range(5)]
+    net.run_network()
+    assert _statuses(bob, "PesterResponder") in (["SUSPENDED"] * 3, ["HIBERNATED"] * 3)
+    refused = [h for h in handles if h.status.value == "FAILED"]
+    assert len(refused) == 2
+    with pytest.raises(SessionRefused, match=r"Bob refused the session .*3 open sessions from "
+                                             r"Alice \(max_inbound_sessions\)"):
+        refused[0].result()
+    # Per peer: Carol is served.
+    carol.start_flow(Pester(bob.party, wait_for_answer=True))
+    net.run_network()
+    assert len(_statuses(bob, "PesterResponder")) == 4
+
+    # The count survives a power cut: Alice still holds 3 there.
+    bob = net.restart_node(bob)
+    again = alice.start_flow(Pester(bob.party, wait_for_answer=True))
+    net.run_network()
+    with pytest.raises(SessionRefused):
+        again.result()
+    # One of them ends: room for one more.
+    alice.kill_flow(next(h for h in handles if h not in refused).id)
+    net.run_network()
+    assert len(_statuses(bob, "PesterResponder")) == 4   # 3 waiting + 1 failed (peer ended)
+    later = alice.start_flow(Pester(bob.party, wait_for_answer=True))
+    net.run_network()
+    assert later.status.value in ("SUSPENDED", "HIBERNATED")
+    assert sum(s in ("SUSPENDED", "HIBERNATED") for s in _statuses(bob, "PesterResponder")) == 4
+
+
+def test_many_sessions_from_one_peer_are_refused_beyond_the_default_cap(net):
+    from limitflows import Pester
+
+    from greenflow.limits import DEFAULT_MAX_INBOUND_SESSIONS
+    assert 1_000 <= DEFAULT_MAX_INBOUND_SESSIONS <= 100_000
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", max_inbound_sessions=50)   # the default's behaviour, smaller
+    alice.node.start_flows([Pester(bob.party, wait_for_answer=True) for _ in range(80)])
+    net.run_network()
+    assert len(_statuses(bob, "PesterResponder")) == 50
+    assert _statuses(alice, "Pester").count("FAILED") == 30
+
+
+def test_a_responder_waiting_longer_than_the_idle_timeout_fails_and_its_peer_sees_it_end(net):
+    from limitflows import Pester
+
+    from greenflow import FlowTimeout, UnexpectedFlowEnd
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", responder_idle_timeout=30.0)
+    h = alice.start_flow(Pester(bob.party, wait_for_answer=True))
+    net.run_network()
+    net.advance_clock(29)
+    net.run_network()
+    assert _statuses(bob, "PesterResponder") in (["SUSPENDED"], ["HIBERNATED"])
+    bob = net.restart_node(bob)        # the deadline is durable
+    net.advance_clock(2)
+    net.run_network()
+    [responder] = [f for f in bob.flows() if f.flow_class.endswith("PesterResponder")]
+    assert responder.status.value == "FAILED"
+    assert "responder_idle_timeout" in responder.error and "FlowTimeout" in responder.error
+    with pytest.raises(FlowTimeout, match="responder_idle_timeout"):
+        bob.handle(responder.id).result()
+    with pytest.raises(UnexpectedFlowEnd, match="Bob failed"):
+        h.result()
+
+
+def test_the_idle_timeout_is_off_by_default_and_an_explicit_timeout_wins(net):
+    from limitflows import Pester
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    alice.start_flow(Pester(bob.party, wait_for_answer=True))
+    net.run_network()
+    net.advance_clock(10 * 24 * 3600)
+    net.run_network()
+    assert _statuses(bob, "PesterResponder") in (["SUSPENDED"], ["HIBERNATED"])
+
+
+def test_limits_are_read_from_node_toml(tmp_path):
+    from greenflow.node_config import ConfigError, NodeConfig
+    base = {"name": "Bob", "p2p_address": "127.0.0.1:1", "rpc_address": "127.0.0.1:2"}
+    cfg = NodeConfig.from_dict({**base, "limits": {"max_inbound_sessions": 7,
+                                                   "responder_idle_timeout": 90},
+                                "sensitive_names": ["iban"]}, "node.toml", str(tmp_path))
+    assert cfg.node_options() == {"max_inbound_sessions": 7, "responder_idle_timeout": 90.0,
+                                  "sensitive_names": ["iban"]}
+    again = NodeConfig.from_dict(__import__("tomllib").loads(cfg.to_toml()), "x", str(tmp_path))
+    assert again.node_options() == cfg.node_options()
+    off = NodeConfig.from_dict({**base, "limits": {"max_inbound_sessions": False}}, "x", "")
+    assert off.max_inbound_sessions is None and off.responder_idle_timeout is None
+    for bad in ({"max_inbound_sessions": -1}, {"responder_idle_timeout": 0}, {"typo": 1}):
+        with pytest.raises(ConfigError, match="limits"):
+            NodeConfig.from_dict({**base, "limits": bad}, "node.toml", "")
