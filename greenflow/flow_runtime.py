@@ -30,6 +30,7 @@ from .errors import (FlowError, FlowException, FlowTimeout, NotSerializable, Rec
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
 from .journal import Entry, describe
 from .messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
+from .payloads import stored_payload
 from .party import Party
 from .registry import app_name_of, initiating_info, qualified_name
 from .session import FlowSession, PeerFlowInfo
@@ -450,9 +451,10 @@ class FlowRuntime:
                            else self._idle_deadline(st), session=st)
         kind = out[0]
         peer = st.counterparty.name
-        if kind == "data":
+        if kind == "data" or kind == "stored":
             try:
-                payload = self.sched.take_decoded(out[1])
+                payload = (self.sched.take_decoded(out[1]) if kind == "data" else
+                           wire.decode(stored_payload(self.sched.store, self.flow_id, st.sid, out[1])))
             except Exception as exc:  # validated on arrival; cannot normally happen
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None

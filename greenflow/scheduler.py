@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from . import frames as frames_mod
-from . import serialization, transitions, wire
+from . import payloads, serialization, transitions, wire
 from .checkpoint import OPEN, Checkpoint, SessionState
 from .errors import (FlowError, FlowException, StoreError, WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
@@ -519,7 +519,7 @@ class Scheduler:
         cp.fingerprint = None  # recomputed for the code running now at the next commit
         for sid, seq, data in inbox_rows:
             try:
-                f = decode_frame(data)
+                f = payloads.restore_inbox_frame(self.store, fid, decode_frame(data))
             except WireFormatError:
                 continue
             rt.inbox_queue(sid).append(InboxItem(f, True))
@@ -562,7 +562,7 @@ class Scheduler:
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
-                b.put("inbox", inbox_key(fid, f.sid, f.seq), encode_frame(f))
+                payloads.persist_inbox_frame(b, fid, f)
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
             rt.start_blob = None
@@ -804,8 +804,9 @@ class Scheduler:
         last = journal[-1] if journal and journal[-1].outcome is None else None
         resolved = n - (1 if last is not None else 0)
         if resolved > rt.committed:
-            b.put("journal", journal_key(fid, rt.committed),
-                  serialization.dumps(journal[rt.committed:resolved]))
+            chunk = journal[rt.committed:resolved]
+            payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
+            b.put("journal", journal_key(fid, rt.committed), serialization.dumps(chunk))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n
@@ -813,8 +814,7 @@ class Scheduler:
         for q in rt.inbox.values():
             for item in q:
                 if not item.persisted:
-                    b.put("inbox", inbox_key(fid, item.frame.sid, item.frame.seq),
-                          encode_frame(item.frame))
+                    payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
         for sid, seq in rt.consumed:
             b.delete("inbox", inbox_key(fid, sid, seq))
