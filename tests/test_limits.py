@@ -186,3 +186,29 @@ def test_large_received_payloads_are_stored_once_and_not_held_in_memory(net):
     # ... and they go with the flow.
     from greenflow.store import fid_key
     assert not [k for k in bob.node.store.keys("payloads") if k.startswith(fid_key(info.id))]
+
+
+# ====================================================================== hostile payloads
+def test_a_payload_built_to_freeze_the_decoder_is_dropped_fast_and_others_are_served(net):
+    import msgpack
+
+    from greenflow import wire
+    from greenflow.events import FrameArrived
+    from greenflow.messages import INIT, Frame, encode_frame
+    from greenflow.registry import initiating_info
+    from greenflow.samples.ping import Ping
+    alice, bob, mallory = net.create_node("Alice"), net.create_node("Bob"), net.create_node("Mallory")
+    # 40,000 distinct ints with one hash value, as a set: ~9 s of the scheduler thread before.
+    members = tuple(7 + i * (2**61 - 1) for i in range(1, 40_001))
+    hostile = wire.encode(members).replace(msgpack.packb(msgpack.ExtType(1, b"")),
+                                           msgpack.packb(msgpack.ExtType(2, b"")), 1)
+    protocol, version = initiating_info(Ping)
+    frame = Frame(INIT, "mallory-flow.1", True, 0, hostile, protocol, version, "samples")
+    bob.node.scheduler.post(FrameArrived(mallory.party, encode_frame(frame)))
+    t0 = time.perf_counter()
+    net.run_network()
+    assert time.perf_counter() - t0 < 2.0
+    assert bob.flows() == []             # dropped: no responder started for it
+    h = alice.start_flow(Ping(bob.party, 3))
+    net.run_network()
+    assert h.result() == 6
