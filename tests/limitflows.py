@@ -2,7 +2,7 @@
 (module level, so checkpoints can name them after a restart)."""
 from __future__ import annotations
 
-from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow
+from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, startable
 from greenflow.frames import register_sensitive
 
 
@@ -38,6 +38,7 @@ SECRETS = ("hunter2", "k-123", "tk-1", "b-456", "pw-secret", "pgpass", "tok-789"
 
 # ---------------------------------------------------------------- sessions a peer opens
 @initiating_flow
+@startable
 class Pester(FlowLogic):
     """Opens a session and sends one number; the responder then waits for a second one."""
 

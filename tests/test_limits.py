@@ -212,3 +212,35 @@ def test_a_payload_built_to_freeze_the_decoder_is_dropped_fast_and_others_are_se
     h = alice.start_flow(Ping(bob.party, 3))
     net.run_network()
     assert h.result() == 6
+
+
+# ====================================================================== node processes
+def test_node_toml_limits_hold_in_real_node_processes(tmp_path):
+    """Bob's node.toml caps Alice at 2 open sessions and gives up on idle responders
+    after 2 s: of 3 sessions Alice opens and never answers, one is refused at once and
+    the other two end when Bob's responders give up."""
+    import os
+
+    from greenflow.testing.node_processes import ProcessNetwork
+    here = os.path.dirname(os.path.abspath(__file__))
+    with ProcessNetwork(tmp_path, ["Alice", "Bob"], apps=["limitflows"], pythonpath=[here]) as pn:
+        cfg = pn.config("Bob")
+        cfg.max_inbound_sessions, cfg.responder_idle_timeout = 2, 2.0
+        cfg.save()
+        pn.start_all()
+        alice, bob = pn.client("Alice"), pn.client("Bob")
+        out = alice.start_flow("limitflows.Pester", {"peer": "Bob", "wait_for_answer": True}, count=3)
+        assert len(out["flow_ids"]) == 3
+        deadline = time.monotonic() + 60
+        while True:
+            mine = [f for f in alice.flows() if f["flow_class"].endswith("Pester")]
+            if len(mine) == 3 and all(f["status"] == "FAILED" for f in mine):
+                break
+            assert time.monotonic() < deadline, mine
+            time.sleep(0.2)
+        errors = sorted(f["error"] for f in mine)
+        assert sum("SessionRefused" in e and "max_inbound_sessions" in e for e in errors) == 1, errors
+        assert sum("UnexpectedFlowEnd" in e and "Bob failed" in e for e in errors) == 2, errors
+        theirs = [f for f in bob.flows() if f["flow_class"].endswith("PesterResponder")]
+        assert len(theirs) == 2 and all(f["status"] == "FAILED" and "responder_idle_timeout"
+                                        in f["error"] for f in theirs), theirs
