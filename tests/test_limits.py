@@ -244,3 +244,24 @@ def test_node_toml_limits_hold_in_real_node_processes(tmp_path):
         theirs = [f for f in bob.flows() if f["flow_class"].endswith("PesterResponder")]
         assert len(theirs) == 2 and all(f["status"] == "FAILED" and "responder_idle_timeout"
                                         in f["error"] for f in theirs), theirs
+
+
+def test_a_frame_built_to_exhaust_the_frame_decoder_is_refused_at_once():
+    from greenflow.errors import WireFormatError
+    from greenflow.messages import DATA, Frame, decode_frame, encode_frame
+
+    def tree(depth: int) -> bytes:       # 11-way tree of lists: 11**depth leaves, 1 byte each
+        return b"\x90" if depth == 0 else b"\x9b" + tree(depth - 1) * 11
+
+    head = b"\x9b\x02\xa1s\xc3\x00\xc0\xa0\x00\xa0"     # kind, sid, to_responder, seq, ...
+    n = 15 * 1024 * 1024
+    shapes = {"15M empty lists": head + b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n + b"\xa0\xc0",
+              "15M empty maps": head + b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n + b"\xa0\xc0",
+              "a tree of 1.9M lists": head + tree(6) + b"\xa0\xc0"}
+    for name, data in shapes.items():
+        t0 = time.perf_counter()
+        with pytest.raises(WireFormatError):
+            decode_frame(data)
+        assert time.perf_counter() - t0 < 0.5, name     # ~16 s and 1.2 GB before
+    ok = Frame(DATA, "f.1", True, 3, b"payload", info=(2, "app"), error=("E", "boom", 7))
+    assert decode_frame(encode_frame(ok)) == ok
