@@ -265,3 +265,24 @@ def test_a_frame_built_to_exhaust_the_frame_decoder_is_refused_at_once():
         assert time.perf_counter() - t0 < 0.5, name     # ~16 s and 1.2 GB before
     ok = Frame(DATA, "f.1", True, 3, b"payload", info=(2, "app"), error=("E", "boom", 7))
     assert decode_frame(encode_frame(ok)) == ok
+
+
+def test_a_record_built_to_exhaust_the_transport_decoder_is_refused_at_once():
+    import msgpack
+
+    from greenflow.tcp_transport import K_ACK, K_FRAME, ProtocolError, _unpack
+    n = 5 * 1024 * 1024
+    # 15 MiB of empty lists, of empty maps, of one-byte extension values.
+    for item in (b"\x90" * 3, b"\x80" * 3, b"\xd4\x01\x00"):
+        count = n * 3 // len(item)
+        data = b"\xdd" + count.to_bytes(4, "big") + item * n
+        t0 = time.perf_counter()
+        with pytest.raises(ProtocolError):
+            _unpack(data)
+        assert time.perf_counter() - t0 < 1.0, item     # ~16 s and 1.2 GB before
+    # What a peer really sends still decodes: a batch of frames and a full ack chunk.
+    record = [[K_FRAME, b"x" * 40] for _ in range(6_000)] + \
+             [[K_ACK, [["f.1", True, i] for i in range(8_192)]]]
+    assert _unpack(msgpack.packb(record, use_bin_type=True)) == record
+    big = [[K_FRAME, bytes(range(256)) * 60_000]]        # 15 MB of bytes that look like headers
+    assert _unpack(msgpack.packb(big, use_bin_type=True)) == big
