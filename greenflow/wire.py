@@ -350,8 +350,8 @@ def _encode_datetime(d: datetime) -> list:
 
 _ENCODERS.update({
     tuple: lambda t: [_MARK[_TUPLE], *t],
-    set: lambda s: [_MARK[_SET], *s],
-    frozenset: lambda s: [_MARK[_FROZENSET], *s],
+    set: lambda s: [_MARK[_SET], *_hashing_bounded(list(s), "set")],
+    frozenset: lambda s: [_MARK[_FROZENSET], *_hashing_bounded(list(s), "frozenset")],
     int: _encode_bigint,  # msgpack hands over only the ints it cannot pack itself
     datetime: _encode_datetime,
     date: lambda d: [_MARK[_DATE], d.toordinal()],

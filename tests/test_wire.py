@@ -539,6 +539,7 @@ def test_encoding_from_many_threads_at_once() -> None:
 
 # Distinct ints whose hashes are all equal: Python hashes an int as itself mod 2**61 - 1.
 _HASH_MODULUS = 2**61 - 1
+MAX_SAME_HASH_FOR_TESTS = 8   # greenflow.wire.MAX_SAME_HASH
 
 
 def _colliding_ints(n: int) -> list[int]:
@@ -633,3 +634,10 @@ def test_large_flat_payloads_stay_fast() -> None:
     seconds, out = _timed_decode(encode([blob, "x" * 1_000_000]))
     assert out == [blob, "x" * 1_000_000]
     assert seconds < 1.0, seconds
+
+
+def test_a_sender_learns_at_send_that_a_peer_would_refuse_its_set() -> None:
+    members = _colliding_ints(MAX_SAME_HASH_FOR_TESTS + 1)
+    with pytest.raises(NotSerializable, match="share one hash value"):
+        encode(set(members))
+    assert roundtrip(set(members[:-1])) == set(members[:-1])
