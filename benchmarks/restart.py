@@ -39,7 +39,8 @@ def w_setup(base: str, n: int, batch: int = 5_000) -> dict:
     from .harness import Stepper
 
     t0 = time.perf_counter()
-    net = MockNetwork(base, sync=False)   # contents matter here, not durability of setup
+    # One peer holds all N sessions open on Bob: beyond the default per-peer cap.
+    net = MockNetwork(base, sync=False, max_inbound_sessions=None)   # contents matter, not durability
     alice, bob = net.create_node("Alice"), net.create_node("Bob")
     trigger = alice.node.start_flows([Stepper(bob.party, TRIGGER_AFTER)])[0]
     net.run_network()
@@ -77,7 +78,7 @@ def w_measure(base: str, trigger_id: str) -> dict:
     mem0 = mem()
     clock = time.perf_counter
     t0 = clock()
-    net = MockNetwork(base, sync=True)
+    net = MockNetwork(base, sync=True, max_inbound_sessions=None)
     bob = net.create_node("Bob")
     t_bob = clock() - t0
     t1 = clock()

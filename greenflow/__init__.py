@@ -12,8 +12,8 @@ install .``, or ``pip install -e .`` for a working checkout).
 from __future__ import annotations
 
 from .errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
-                     NotSerializable, NotStartable, ReceiveTypeError, UnexpectedFlowEnd,
-                     UnknownFlow, WireFormatError)
+                     NotSerializable, NotStartable, ReceiveTypeError, SessionRefused,
+                     UnexpectedFlowEnd, UnknownFlow, WireFormatError)
 from .flow_logic import FlowLogic
 from .node import FlowHandle, FlowInfo, Node
 from .party import Party
@@ -29,6 +29,6 @@ __all__ = [
     "FlowError", "FlowException", "FlowHandle", "FlowInfo", "FlowKilled", "FlowLogic",
     "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NonDeterminismError",
     "NotSerializable", "NotStartable", "Party", "PeerFlowInfo", "ProgressTracker",
-    "ReceiveTypeError", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
+    "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
     "initiated_by", "initiating_flow", "serializable", "startable",
 ]

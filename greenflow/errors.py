@@ -77,6 +77,12 @@ class UnknownFlow(FlowError):
     asked for is unknown here). The message names the peer and the initiating class."""
 
 
+class SessionRefused(FlowError):
+    """A peer refused a session this flow opened because of a limit it applies (e.g. too
+    many sessions from this node already open there); the message names the limit. Unlike
+    `UnknownFlow`, trying again later may succeed."""
+
+
 class NotSerializable(FlowError):
     """A payload cannot cross the wire: only builtins, `Party`, framework types and classes
     marked ``@serializable`` can. Raised at ``send()``; the message names the type."""

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import serialization, wire
 from .checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from .errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
-                     UnexpectedFlowEnd, UnknownFlow)
+                     SessionRefused, UnexpectedFlowEnd, UnknownFlow)
 from .journal import Entry, describe
 from .messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
+from .payloads import stored_payload
 from .party import Party
 from .registry import app_name_of, initiating_info, qualified_name
 from .session import FlowSession, PeerFlowInfo
@@ -336,6 +337,15 @@ class FlowRuntime:
         # Only computed live: on replay the recorded deadline stands.
         return None if self.replaying else self.sched.clock.now() + seconds
 
+    def _idle_deadline(self, st: SessionState) -> Optional[float]:
+        """A responder waiting on the peer that started it, with no timeout of its own,
+        waits at most the node's ``responder_idle_timeout`` (`greenflow.limits`)."""
+        limits = self.sched.limits
+        idle = limits.responder_idle_timeout if limits is not None else None
+        if idle is None or st.sid != self.cp.invoker_sid:
+            return None
+        return self._deadline(idle)
+
     # ------------------------------------------------------------------ sessions
     def new_session(self, party: Party) -> FlowSession:
         if not isinstance(party, Party):
@@ -437,13 +447,14 @@ class FlowRuntime:
             raise ValueError("receive timeout must be >= 0")
 
         out = self.suspend("receive", (st.sid, st.counterparty.name, tname),
-                           deadline=self._deadline(timeout) if timeout is not None else None,
-                           session=st)
+                           deadline=self._deadline(timeout) if timeout is not None
+                           else self._idle_deadline(st), session=st)
         kind = out[0]
         peer = st.counterparty.name
-        if kind == "data":
+        if kind == "data" or kind == "stored":
             try:
-                payload = self.sched.take_decoded(out[1])
+                payload = (self.sched.take_decoded(out[1]) if kind == "data" else
+                           wire.decode(stored_payload(self.sched.store, self.flow_id, st.sid, out[1])))
             except Exception as exc:  # validated on arrival; cannot normally happen
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None
@@ -459,7 +470,11 @@ class FlowRuntime:
         if kind == "error":
             raise rebuild_flow_exception(out[1], out[2], out[3], st.sid)
         if kind == "reject":
-            raise UnknownFlow(f"{peer} has no flow registered to answer {st.protocol}: {out[1]}")
+            raise rejection(peer, st.protocol, out[1])
+        if kind == "timeout" and timeout is None:   # the node's responder idle timeout
+            raise FlowTimeout(
+                f"{self.cp.flow_class} gave up waiting to receive {tname} from {peer}: nothing "
+                "came within the node's responder_idle_timeout")
         if kind == "timeout":
             raise FlowTimeout(f"{self.cp.flow_class} timed out after {timeout}s waiting to "
                               f"receive {tname} from {peer}")
@@ -481,8 +496,7 @@ class FlowRuntime:
 
         out = self.suspend("info", (st.sid, st.counterparty.name), session=st)
         if out[0] == "reject":
-            raise UnknownFlow(f"{st.counterparty.name} has no flow registered to answer "
-                              f"{st.protocol}: {out[1]}")
+            raise rejection(st.counterparty.name, st.protocol, out[1])
         if out[0] == "end":
             raise UnexpectedFlowEnd(f"{st.counterparty.name} {out[1]} before telling its "
                                     "flow version")
@@ -515,6 +529,15 @@ class FlowRuntime:
                     kind, "ended")
                 self._emit(st, END, reason=reason)
             st.state = CLOSED
+
+
+def rejection(peer: str, protocol: str, reason: str) -> FlowError:
+    """The error a rejected session raises: the peer refused it under a limit of its own
+    (`SessionRefused`), or it has nothing to answer it with (`UnknownFlow`)."""
+    from .limits import REFUSED
+    if reason.startswith(REFUSED):
+        return SessionRefused(f"{peer} refused the session for {protocol}: {reason[len(REFUSED):]}")
+    return UnknownFlow(f"{peer} has no flow registered to answer {protocol}: {reason}")
 
 
 def rebuild_flow_exception(cls_name: str, message: str, error_id: int,

@@ -24,6 +24,7 @@ from .flow_logic import FlowLogic
 from .flow_runtime import rebuild_flow_exception
 from .identity import NodeIdentity
 from .journal import describe
+from .limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
 from .party import Party
 from .registry import ResponderTable, qualified_name
 from .scheduler import Scheduler, new_flow_id
@@ -99,7 +100,10 @@ class Node:
                  reload_after_suspend: bool = False, threaded: bool = True,
                  sync: bool = True, retention: float = 7 * 24 * 3600.0,
                  max_retries: int = 5, retry_backoff: float = 1.0,
-                 notary: bool = False, validating_notary: bool = False) -> None:
+                 notary: bool = False, validating_notary: bool = False,
+                 max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
+                 responder_idle_timeout: Optional[float] = None,
+                 sensitive_names: Iterable[str] = ()) -> None:
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)
@@ -118,6 +122,10 @@ class Node:
             capture_frames=capture_frames, reload_after_suspend=reload_after_suspend,
             max_resident=max_resident, threaded=threaded, retention=retention,
             max_retries=max_retries, retry_backoff=retry_backoff)
+        # What one peer may make this node hold (docs/nodes.md, "Limits").
+        self.scheduler.limits = PeerLimits(self.store, max_inbound_sessions, responder_idle_timeout)
+        if sensitive_names:
+            frames_mod.register_sensitive(names=sensitive_names)
         self.threaded = threaded
         #: A notary node answers `NotaryClientFlow` and keeps the consumed-state index;
         #: a validating one also verifies each transaction and its history before it signs.

@@ -10,6 +10,12 @@
     validating_notary = false           # a notary that verifies transactions and their history
     network_map = "network-map.json"    # relative to the node directory
 
+    sensitive_names = ["iban"]          # more names to redact in checkpoint dumps
+
+    [limits]                            # what one peer may make this node hold
+    max_inbound_sessions = 10000        # open sessions per peer (false: no cap)
+    responder_idle_timeout = 3600       # seconds; off when absent
+
     [[rpc_users]]
     username = "admin"
     password_hash = "$argon2id$v=19$..."   # nacl.pwhash.str(); never the password itself
@@ -35,6 +41,7 @@ from typing import Any, Optional
 import nacl.exceptions
 import nacl.pwhash
 
+from .limits import DEFAULT_MAX_INBOUND_SESSIONS
 from .network_map import MAP_FILE, NetworkMapError, format_address, parse_address
 
 CONFIG_FILE = "node.toml"
@@ -84,6 +91,15 @@ class NodeConfig:
     base_dir: str = ""
     #: With ``notary``: resolve and verify every transaction's history before signing.
     validating_notary: bool = False
+    max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS
+    responder_idle_timeout: Optional[float] = None
+    sensitive_names: list[str] = field(default_factory=list)
+
+    def node_options(self) -> dict[str, Any]:
+        """The `Node` options this file sets (limits and redaction)."""
+        return {"max_inbound_sessions": self.max_inbound_sessions,
+                "responder_idle_timeout": self.responder_idle_timeout,
+                "sensitive_names": list(self.sensitive_names)}
 
     @property
     def network_map_path(self) -> str:
@@ -139,12 +155,36 @@ class NodeConfig:
                                   f"found {validating!r}")
             if validating and not doc.get("notary", False):
                 raise ConfigError(f"{where}: `validating_notary = true` needs `notary = true`")
+            limits = doc.get("limits", {})
+            if not isinstance(limits, dict):
+                raise ConfigError(f"{where}: `[limits]` must be a table")
+            unknown = set(limits) - {"max_inbound_sessions", "responder_idle_timeout"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown setting(s) in [limits]: {', '.join(sorted(unknown))}")
+            cap = limits.get("max_inbound_sessions", DEFAULT_MAX_INBOUND_SESSIONS)
+            if cap is False:
+                cap = None
+            elif type(cap) is not int or cap < 0:
+                raise ConfigError(f"{where}: limits.max_inbound_sessions must be a whole number "
+                                  f">= 0 or false (no cap), found {cap!r}")
+            idle = limits.get("responder_idle_timeout")
+            if idle is False:
+                idle = None
+            elif idle is not None and (type(idle) not in (int, float) or not idle > 0):
+                raise ConfigError(f"{where}: limits.responder_idle_timeout must be a number of "
+                                  f"seconds > 0 (absent or false: off), found {idle!r}")
+            sensitive = doc.get("sensitive_names", [])
+            if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
+                raise ConfigError(f"{where}: `sensitive_names` must be a list of strings")
             return cls(name=need("name", str),
                        p2p_address=parse_address(need("p2p_address", str)),
                        rpc_address=parse_address(need("rpc_address", str)),
                        apps=list(apps), notary=bool(doc.get("notary", False)),
                        network_map=str(doc.get("network_map", MAP_FILE)),
-                       rpc_users=users, base_dir=base_dir, validating_notary=validating)
+                       rpc_users=users, base_dir=base_dir, validating_notary=validating,
+                       max_inbound_sessions=cap,
+                       responder_idle_timeout=None if idle is None else float(idle),
+                       sensitive_names=list(sensitive))
         except NetworkMapError as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -160,6 +200,14 @@ class NodeConfig:
             *(["validating_notary = true"] if self.validating_notary else []),
             f"network_map = {_s(self.network_map)}",
         ]
+        if self.sensitive_names:
+            lines.append(f"sensitive_names = [{', '.join(_s(n) for n in self.sensitive_names)}]")
+        if self.max_inbound_sessions != DEFAULT_MAX_INBOUND_SESSIONS or self.responder_idle_timeout:
+            cap = self.max_inbound_sessions
+            lines += ["", "[limits]",
+                      f"max_inbound_sessions = {'false' if cap is None else cap}"]
+            if self.responder_idle_timeout:
+                lines.append(f"responder_idle_timeout = {self.responder_idle_timeout!r}")
         for u in self.rpc_users:
             lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
                       f"password_hash = {_s(u.password_hash)}",

@@ -130,7 +130,7 @@ class NodeProcess:
             self.transport.bind()
             if self.with_rpc:
                 self.rpc = RpcServer(self, cfg.rpc_address)  # binds now: fail before opening
-            options = dict(self.node_options)
+            options = {**cfg.node_options(), **self.node_options}
             if cfg.notary and "notary" in inspect.signature(Node.__init__).parameters:
                 options["notary"] = True
                 if cfg.validating_notary:

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
 from . import frames as frames_mod
-from . import serialization, transitions, wire
+from . import payloads, serialization, transitions, wire
 from .checkpoint import OPEN, Checkpoint, SessionState
 from .errors import (FlowError, FlowException, StoreError, WireFormatError)
 from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
@@ -79,6 +79,9 @@ if hasattr(os, "register_at_fork"):
 
 
 class Scheduler:
+    #: What one peer may make this node hold (`greenflow.limits.PeerLimits`); set by `Node`.
+    limits: Any = None
+
     def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
                  responders: ResponderTable, services: Any = None,
                  capture_frames: bool = True, reload_after_suspend: bool = False,
@@ -437,19 +440,30 @@ class Scheduler:
     def _ack(self, sender: Party, frame: Frame) -> None:
         self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
 
+    def _reject(self, sender: Party, frame: Frame, key: bytes, reason: str) -> None:
+        reject = Frame(REJECT, frame.sid, False, 0, reason=reason)
+        data = encode_frame(reject)
+        self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
+        self._put_route(key, REJECTED_ROUTE)
+        # Kept to recognise a re-sent initiation, for as long as finished sessions are.
+        self.batch.put("expiry", expiry_key(self.clock.now() + self.retention, "sessions", key), b"")
+        self.post_sends.append((sender, data))
+        self._ack(sender, frame)
+
     def _start_responder(self, sender: Party, frame: Frame, key: bytes) -> None:
         cls = self.responders.responder_for(frame.protocol)
         if cls is None:
             log.warning("%s: rejected a session from %s: no flow registered to answer %s",
                         self.identity.name, sender.name, frame.protocol)
-            reject = Frame(REJECT, frame.sid, False, 0,
-                           reason=f"no responder registered for {frame.protocol} on "
-                                  f"{self.identity.name}")
-            data = encode_frame(reject)
-            self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
-            self._put_route(key, REJECTED_ROUTE)
-            self.post_sends.append((sender, data))
-            self._ack(sender, frame)
+            self._reject(sender, frame, key, f"no responder registered for {frame.protocol} on "
+                                             f"{self.identity.name}")
+            return
+        limits = self.limits
+        refusal = limits.refusal(sender.name, self.identity.name, frame.protocol) if limits else None
+        if refusal is not None:
+            log.warning("%s: refused a session from %s (%s): %s", self.identity.name,
+                        sender.name, frame.protocol, refusal)
+            self._reject(sender, frame, key, refusal)
             return
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
@@ -467,6 +481,8 @@ class Scheduler:
                         sessions={frame.sid: st}, invoker_sid=frame.sid)
         self._put_route(key, fid.encode())
         self._record_start(cp, blob, logic)
+        if limits is not None:
+            limits.opened(sender.name)
         rt = self.resident[fid]
         rt.routed = 1
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, None, frame), sender)
@@ -503,7 +519,7 @@ class Scheduler:
         cp.fingerprint = None  # recomputed for the code running now at the next commit
         for sid, seq, data in inbox_rows:
             try:
-                f = decode_frame(data)
+                f = payloads.restore_inbox_frame(self.store, fid, decode_frame(data))
             except WireFormatError:
                 continue
             rt.inbox_queue(sid).append(InboxItem(f, True))
@@ -546,10 +562,12 @@ class Scheduler:
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
-                b.put("inbox", inbox_key(fid, f.sid, f.seq), encode_frame(f))
+                payloads.persist_inbox_frame(b, fid, f)
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
             rt.start_blob = None
+            if self.limits is not None and cp.invoker_sid is not None:
+                self.limits.first_stored(b, rt)
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
@@ -626,6 +644,8 @@ class Scheduler:
         rt.cp.status = record["status"]
         b = self.batch
         k = fid_key(fid)
+        if self.limits is not None and rt.cp.invoker_sid is not None:
+            self.limits.ended(b, rt)
         if rt.start_blob is None:  # something of it was stored
             b.drop_flow(fid, max(rt.cp.journal_len, 0))
             if rt.cp.timer_key is not None:
@@ -784,8 +804,9 @@ class Scheduler:
         last = journal[-1] if journal and journal[-1].outcome is None else None
         resolved = n - (1 if last is not None else 0)
         if resolved > rt.committed:
-            b.put("journal", journal_key(fid, rt.committed),
-                  serialization.dumps(journal[rt.committed:resolved]))
+            chunk = journal[rt.committed:resolved]
+            payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
+            b.put("journal", journal_key(fid, rt.committed), serialization.dumps(chunk))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n
@@ -793,8 +814,7 @@ class Scheduler:
         for q in rt.inbox.values():
             for item in q:
                 if not item.persisted:
-                    b.put("inbox", inbox_key(fid, item.frame.sid, item.frame.seq),
-                          encode_frame(item.frame))
+                    payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
         for sid, seq in rt.consumed:
             b.delete("inbox", inbox_key(fid, sid, seq))
@@ -822,6 +842,8 @@ class Scheduler:
         if rt.start_blob is not None:
             b.put("logic", fid_key(fid), rt.start_blob)
             rt.start_blob = None
+            if self.limits is not None and cp.invoker_sid is not None:
+                self.limits.first_stored(b, rt)
         if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)

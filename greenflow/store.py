@@ -7,6 +7,7 @@
 | journal    | flow id + first index (4 bytes)   | a chunk: the entries one commit added  |
 | frames     | flow id                           | diagnostic stack snapshot              |
 | inbox      | flow id \\0 session \\0 seq         | accepted frame not yet consumed        |
+| payloads   | flow id \\0 session \\0 seq         | a large received payload (`payloads`)  |
 | outbox     | peer \\0 session \\0 role \\0 seq     | frame not yet acknowledged by the peer |
 | sessions   | peer \\0 session \\0 role             | flow id (routing + duplicate initiations)|
 | timers     | deadline (µs, 8 bytes) + flow id  | b""                                    |
@@ -38,7 +39,7 @@ from .page_trim import DEFAULT_BUDGET, MapTrimmer
 log = logging.getLogger("greenflow.store")
 
 _DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "timers", "expiry",
-        "wake", "results", "clients", "meta")
+        "wake", "results", "clients", "meta", "payloads")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 INITIAL_MAP = 64 * 1024 * 1024
@@ -190,6 +191,7 @@ class Store:
             txn.delete(k, db=db[name])
         self._delete_prefix(txn, "journal", k)
         self._delete_prefix(txn, "inbox", k + b"\0")
+        self._delete_prefix(txn, "payloads", k + b"\0")
 
     def _delete_prefix(self, txn: Any, name: str, prefix: bytes) -> None:
         cur = txn.cursor(db=self.db[name])

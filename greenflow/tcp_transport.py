@@ -105,11 +105,40 @@ def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
+#: Most lists, maps and extension values one message may decode into. A record holds a
+#: batch of frames (a list each, at most BATCH_BYTES of them) and a chunk of at most
+#: MAX_ACKS_PER_RECORD acknowledgements (a list each): ~20,000 at most. Without a bound,
+#: 16 MiB of empty lists decoded into 16 million (16 s and 1.2 GB) on the transport thread.
+MAX_RECORD_CONTAINERS = 65_536
+# Every byte that cannot open an array, map or extension value: deleting them leaves an
+# upper bound on the containers of a message, in one C call.
+_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if not (
+    0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF or 0xC7 <= b <= 0xC9 or 0xD4 <= b <= 0xD8))
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"an extension value (type {code})")
+
+
 def _unpack(data: bytes) -> Any:
     try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        if len(data) > MAX_RECORD_CONTAINERS and \
+                len(data.translate(None, _NOT_CONTAINER_HEADERS)) > MAX_RECORD_CONTAINERS:
+            built = 0
+
+            def count(value: Any) -> Any:
+                nonlocal built
+                built += 1
+                if built > MAX_RECORD_CONTAINERS:
+                    raise ProtocolError(f"more than {MAX_RECORD_CONTAINERS:,} lists in one message")
+                return value
+
+            return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
+                                   ext_hook=_refuse_ext, list_hook=count, object_hook=count)
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True,
+                               ext_hook=_refuse_ext)
     except Exception as exc:
-        raise ProtocolError(f"undecodable message ({type(exc).__name__})") from None
+        raise ProtocolError(f"undecodable message ({type(exc).__name__}: {exc})"[:200]) from None
 
 
 def _open(key: bytes, ct: bytes, nonce: bytes) -> bytes:

@@ -19,7 +19,8 @@ from .messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, 
 def frame_outcome(frame: Frame) -> tuple:
     """The journal outcome a consumed frame gives a waiting ``receive``."""
     if frame.kind in (DATA, INIT):
-        return ("data", frame.payload)
+        # The sequence number names the payload should it be stored aside (`payloads`).
+        return ("data", frame.payload, frame.seq)
     if frame.kind == END:
         return ("end", end_reason(frame.reason))
     if frame.kind == ERROR:

@@ -26,6 +26,7 @@ import hashlib
 import re
 import threading
 import uuid
+from collections import Counter
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, TypeVar
@@ -54,6 +55,21 @@ MAX_WIRE_BYTES = 64 * 1024 * 1024
 #: limit; ledger content is a few levels deep. `encode`/`decode` themselves allow msgpack's
 #: 1,024 levels.
 MAX_WALK_DEPTH = 100
+
+#: How many members of one set, or keys of one map, from a peer may share one hash value.
+#: Python's hashes of numbers, tuples, frozensets, UUIDs, Decimals and frozen dataclasses are
+#: not randomised, so a peer can choose any number of distinct values with the same hash;
+#: each insert then compares against all the earlier ones and building the container takes
+#: time quadratic in its size (40,000 such ints took ~9 s). Honest values essentially never
+#: collide, so more than this many is refused, and building any container stays linear.
+MAX_SAME_HASH = 8
+
+#: Most lists, tuples, sets and maps one payload may decode into. Each costs one to a few
+#: microseconds and ~60-100 bytes however few bytes encode it (an empty list is one byte),
+#: so 16 MiB of them took 18 s and 1.3 GB on the scheduler thread; this bounds a payload's
+#: decode to about a second and its objects to ~30 MB. Honest payloads are far below it (a
+#: ledger transaction decodes into a few hundred); `encode` refuses what a peer would.
+MAX_CONTAINERS = 250_000
 
 T = TypeVar("T", bound=type)
 
@@ -334,8 +350,8 @@ def _encode_datetime(d: datetime) -> list:
 
 _ENCODERS.update({
     tuple: lambda t: [_MARK[_TUPLE], *t],
-    set: lambda s: [_MARK[_SET], *s],
-    frozenset: lambda s: [_MARK[_FROZENSET], *s],
+    set: lambda s: [_MARK[_SET], *_hashing_bounded(list(s), "set")],
+    frozenset: lambda s: [_MARK[_FROZENSET], *_hashing_bounded(list(s), "frozenset")],
     int: _encode_bigint,  # msgpack hands over only the ints it cannot pack itself
     datetime: _encode_datetime,
     date: lambda d: [_MARK[_DATE], d.toordinal()],
@@ -381,6 +397,11 @@ def encode(obj: Any) -> bytes:
         raise _explain(obj, exc) from None
     if len(data) > MAX_WIRE_BYTES:
         raise NotSerializable(f"payload is {len(data):,} bytes; the wire takes at most {MAX_WIRE_BYTES:,}")
+    if len(data) > MAX_CONTAINERS and _might_exceed_containers(data):
+        try:  # rare (large and structured): check it as the receiver will, and say so here
+            decode(data)
+        except WireFormatError as exc:
+            raise NotSerializable(f"a peer would refuse this payload: {exc}") from None
     return data
 
 
@@ -626,10 +647,43 @@ def _one(what: str, t: type, build: Callable[[Any], Any]) -> Callable[[list], An
     return decode
 
 
+# Types whose hash is keyed per process (SipHash), so a peer cannot choose collisions.
+_KEYED_HASH = frozenset({str, bytes})
+_INT = {int}
+
+
+def _hashing_bounded(keys: list, what: str) -> list:
+    """``keys``, once it is known that building a set or dict of them is linear: at most
+    `MAX_SAME_HASH` share a hash. Counting hash values costs no collisions of its own:
+    distinct ints below 2**61 - 1 hash to themselves, so only a handful of the 64-bit hash
+    values can land on the same hash again."""
+    if len(keys) <= MAX_SAME_HASH:
+        return keys
+    types = set(map(type, keys))
+    if types <= _KEYED_HASH or (types == _INT and _INT_MIN <= min(keys) and max(keys) <= _INT_MAX):
+        return keys   # msgpack's own ints: at most ~12 share a hash (it is the int mod 2**61 - 1)
+    hashes = list(map(hash, keys))
+    if len(set(hashes)) != len(hashes):
+        worst = max(Counter(hashes).values())
+        if worst > MAX_SAME_HASH:
+            raise WireFormatError(
+                f"{what} of {len(keys):,} where {worst:,} share one hash value: refused (at "
+                f"most {MAX_SAME_HASH} may; more make building it take quadratic time)")
+    return keys
+
+
+def _pairs(pairs: list) -> dict:
+    """msgpack's ``object_pairs_hook``: every map from a peer is built here, not inside
+    msgpack, so its keys are checked (`_hashing_bounded`) before any of them is inserted."""
+    if len(pairs) > MAX_SAME_HASH and not {type(k) for k, _ in pairs} <= _KEYED_HASH:
+        _hashing_bounded([k for k, _ in pairs], "map with keys")
+    return dict(pairs)
+
+
 _TAGS = {
     _TUPLE: _Tag(lambda items: tuple(items[1:])),
-    _SET: _Tag(lambda items: set(items[1:])),
-    _FROZENSET: _Tag(lambda items: frozenset(items[1:])),
+    _SET: _Tag(lambda items: set(_hashing_bounded(items[1:], "set"))),
+    _FROZENSET: _Tag(lambda items: frozenset(_hashing_bounded(items[1:], "frozenset"))),
     _BIGINT: _Tag(_decode_bigint),
     _DATETIME: _Tag(_decode_datetime),
     _DATE: _Tag(_one("date", int, date.fromordinal)),
@@ -676,10 +730,10 @@ def _array_refusing_timestamps(items: list) -> Any:
     return _array(items)
 
 
-def _map_refusing_timestamps(d: dict) -> dict:
-    _refuse_timestamps(d.keys())
-    _refuse_timestamps(d.values())
-    return d
+def _map_refusing_timestamps(pairs: list) -> dict:
+    for kv in pairs:
+        _refuse_timestamps(kv)
+    return _pairs(pairs)
 
 
 def _refuse_timestamps(values: Any) -> None:
@@ -700,6 +754,37 @@ _SCALAR_FIRST = bytes(
 # holds one of them, even inside a string, is decoded the slow way that checks every value.
 _TIMESTAMP_HEADER = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
 _unpackb = msgpack.unpackb
+# Every byte that is not an array or map header: deleting them from a payload leaves an
+# upper bound of its containers (headers inside strings count too), in one C call.
+_NOT_CONTAINER_HEADERS = bytes(b for b in range(256) if not (0x80 <= b <= 0x9F or 0xDC <= b <= 0xDF))
+
+
+def _might_exceed_containers(data: bytes) -> bool:
+    return len(data.translate(None, _NOT_CONTAINER_HEADERS)) > MAX_CONTAINERS
+
+
+def _counted(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``hook``, refusing the payload once it has built `MAX_CONTAINERS` containers. Only
+    payloads that might hold that many are decoded through these (see `decode`)."""
+    def counted(value: Any) -> Any:
+        left = _decoding.budget - 1
+        if left < 0:
+            raise WireFormatError(f"payload decodes into more than {MAX_CONTAINERS:,} lists, tuples, "
+                                  "sets and maps: refused")
+        _decoding.budget = left
+        return hook(value)
+    return counted
+
+
+def _hooks(counted: bool, timestamps: bool) -> dict:
+    array, pairs = ((_array_refusing_timestamps, _map_refusing_timestamps) if timestamps
+                    else (_array, _pairs))
+    if counted:
+        array, pairs = _counted(array), _counted(pairs)
+    return {"strict_map_key": False, "ext_hook": _ext, "list_hook": array, "object_pairs_hook": pairs}
+
+
+_HOOKS = {(c, t): _hooks(c, t) for c in (False, True) for t in (False, True)}
 
 
 def decode(data: bytes) -> Any:
@@ -715,12 +800,13 @@ def decode(data: bytes) -> Any:
         if data and _SCALAR_FIRST[data[0]]:
             return _unpackb(data)
         before = _count_markers()
-        if 0xFF in data and _TIMESTAMP_HEADER.search(data):
-            value = _unpackb(data, strict_map_key=False, ext_hook=_ext, list_hook=_array_refusing_timestamps,
-                             object_hook=_map_refusing_timestamps)
+        counted = len(data) > MAX_CONTAINERS and _might_exceed_containers(data)
+        if counted:
+            _decoding.budget = MAX_CONTAINERS
+        timestamps = 0xFF in data and _TIMESTAMP_HEADER.search(data) is not None
+        value = _unpackb(data, **_HOOKS[counted, timestamps])
+        if timestamps:
             _refuse_timestamps((value,))
-        else:
-            value = _unpackb(data, strict_map_key=False, ext_hook=_ext, list_hook=_array)
         if _decoding.open != before:
             raise WireFormatError("a type marker outside the head of its array")
         return value

@@ -29,7 +29,7 @@ def data(seq: int, payload: bytes = b"\x01") -> Frame:
 def test_receive_with_a_buffered_frame_consumes_it_and_resumes_at_once():
     inbox = {"s1": deque([InboxItem(data(0, b"\x05"), True)])}
     actions = on_suspend(flow_with_session(), inbox, receive_entry(), now=0.0)
-    assert actions == [Consume("s1"), Resume(("data", b"\x05"))]
+    assert actions == [Consume("s1"), Resume(("data", b"\x05", 0))]
 
 
 def test_receive_with_nothing_buffered_waits_without_a_timer():
@@ -59,7 +59,7 @@ def test_external_request_runs_after_the_commit_and_waits():
 def test_in_order_frame_for_a_waiting_flow_is_accepted_acknowledged_and_consumed():
     f = data(0, b"\x07")
     actions = on_frame(flow_with_session(), {}, receive_entry(), f)
-    assert actions == [Accept(f), Ack(f.msg_id), Consume("s1"), Resume(("data", b"\x07"))]
+    assert actions == [Accept(f), Ack(f.msg_id), Consume("s1"), Resume(("data", b"\x07", 0))]
 
 
 def test_frame_for_a_busy_flow_is_only_buffered():

@@ -533,3 +533,111 @@ def test_encoding_from_many_threads_at_once() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+# ---------------------------------------------------------------- hostile shapes: bounded work
+
+# Distinct ints whose hashes are all equal: Python hashes an int as itself mod 2**61 - 1.
+_HASH_MODULUS = 2**61 - 1
+MAX_SAME_HASH_FOR_TESTS = 8   # greenflow.wire.MAX_SAME_HASH
+
+
+def _colliding_ints(n: int) -> list[int]:
+    return [7 + i * _HASH_MODULUS for i in range(1, n + 1)]
+
+
+def _as_set_payload(members: list) -> bytes:
+    """The bytes a peer would send for ``set(members)``, without building that set here
+    (building it is the quadratic work under test): a tuple's encoding with the set tag."""
+    data = encode(tuple(members))
+    tuple_mark, set_mark = msgpack.packb(msgpack.ExtType(1, b"")), msgpack.packb(msgpack.ExtType(2, b""))
+    assert data.count(tuple_mark) == 1
+    return data.replace(tuple_mark, set_mark)
+
+
+def _as_map_payload(keys: list) -> bytes:
+    """The bytes of ``{k: 0 for k in keys}``, without building that dict here."""
+    return msgpack.Packer().pack_map_header(len(keys)) + b"".join(encode(k) + b"\x00" for k in keys)
+
+
+def _timed_decode(data: bytes) -> tuple[float, Any]:
+    import time
+    t0 = time.perf_counter()
+    try:
+        out: Any = decode(data)
+    except WireFormatError as exc:
+        out = exc
+    return time.perf_counter() - t0, out
+
+
+@pytest.mark.parametrize("shape", ["set", "map"])
+def test_a_container_of_colliding_hashes_is_refused_in_bounded_time(shape: str) -> None:
+    # 40,000 such ints took ~9 s to decode (each insert compared with every earlier one).
+    keys = _colliding_ints(40_000)
+    data = _as_set_payload(keys) if shape == "set" else _as_map_payload(keys)
+    seconds, out = _timed_decode(data)
+    assert isinstance(out, WireFormatError), out
+    assert "share one hash value" in str(out) and "40,000" in str(out)
+    assert seconds < 1.0, seconds          # measured ~0.03 s; generous for a loaded machine
+
+
+def test_colliding_floats_and_tuples_are_caught_too() -> None:
+    # Floats n * 2**e with e = r (mod 61) all hash alike: 33 of them share hash(1.0).
+    floats = [math.ldexp(1.0, 61 * k) for k in range(-17, 17)]
+    assert len({hash(f) for f in floats}) == 1
+    with pytest.raises(WireFormatError, match="share one hash value"):
+        decode(_as_set_payload(floats))
+    with pytest.raises(WireFormatError, match="share one hash value"):
+        decode(_as_map_payload([(k,) for k in _colliding_ints(50)]))   # tuple keys
+
+
+def test_few_collisions_per_hash_decode_linearly() -> None:
+    # Groups of MAX_SAME_HASH colliding ints are admitted: each insert compares with at
+    # most that many, so the whole set is linear in its size.
+    from greenflow.wire import MAX_SAME_HASH
+    group = MAX_SAME_HASH
+    keys = [base + i * _HASH_MODULUS for base in range(5_000) for i in range(1, group + 1)]
+    seconds, out = _timed_decode(_as_set_payload(keys))
+    assert out == set(keys)
+    assert seconds < 2.0, seconds
+
+
+def test_ordinary_sets_and_dicts_still_round_trip() -> None:
+    values = [
+        set(range(-50_000, 50_000)), frozenset(str(i) for i in range(10_000)),
+        {(i, str(i)): [i] for i in range(5_000)}, {frozenset({i, -i}) for i in range(5_000)},
+        {i * 0.5: i for i in range(10_000)}, {2**70 + i for i in range(1_000)},
+        {uuid.UUID(int=i) for i in range(1_000)}, {Decimal(i) / 7 for i in range(1_000)},
+        {Point(i, -i) for i in range(1_000)}, {-1, -2, 0, 2**64 - 1, -(2**63)},
+    ]
+    for value in values:
+        assert roundtrip(value) == value
+
+
+def test_a_payload_of_millions_of_tiny_containers_is_refused_quickly() -> None:
+    # 15 MiB of empty lists decoded into 15M lists: 18 s and 1.3 GB before.
+    from greenflow.wire import MAX_CONTAINERS
+    n = 15 * 1024 * 1024
+    for header in (b"\x90", b"\x80"):        # empty arrays, empty maps
+        data = b"\xdd" + n.to_bytes(4, "big") + header * n
+        seconds, out = _timed_decode(data)
+        assert isinstance(out, WireFormatError) and f"{MAX_CONTAINERS:,}" in str(out), out
+        assert seconds < 3.0, seconds
+    # ... and a sender learns it at send(), not from a peer that silently drops it.
+    with pytest.raises(NotSerializable, match="a peer would refuse"):
+        encode([()] * (MAX_CONTAINERS + 1))
+    assert len(decode(encode([[1]] * (MAX_CONTAINERS - 1)))) == MAX_CONTAINERS - 1
+
+
+def test_large_flat_payloads_stay_fast() -> None:
+    blob = bytes(range(256)) * 40_000       # ~10 MB of bytes that look like headers
+    seconds, out = _timed_decode(encode([blob, "x" * 1_000_000]))
+    assert out == [blob, "x" * 1_000_000]
+    assert seconds < 1.0, seconds
+
+
+def test_a_sender_learns_at_send_that_a_peer_would_refuse_its_set() -> None:
+    members = _colliding_ints(MAX_SAME_HASH_FOR_TESTS + 1)
+    with pytest.raises(NotSerializable, match="share one hash value"):
+        encode(set(members))
+    assert roundtrip(set(members[:-1])) == set(members[:-1])
