@@ -14,6 +14,13 @@
     password_hash = "$argon2id$v=19$..."   # nacl.pwhash.str(); never the password itself
     permissions = ["ALL"]
 
+    [rpc]                               # optional: the RPC's limits (docs/rpc.md, "Limits")
+    max_connections = 128
+
+    [logging]                           # optional: node.log rotation (docs/rpc.md, "Logs")
+    max_bytes = 10485760
+    backup_count = 5
+
 Permissions: ``ALL``; ``read`` (list flows, results, progress, checkpoint dumps);
 ``start`` (any startable flow) or ``start:<module.Class>``; ``kill``; ``admin``
 (draining, shutdown).
@@ -81,6 +88,8 @@ class NodeConfig:
     network_map: str = MAP_FILE
     rpc_users: list[RpcUser] = field(default_factory=list)
     base_dir: str = ""
+    rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc_limits.RpcLimits
+    logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
 
     @property
     def network_map_path(self) -> str:
@@ -127,6 +136,13 @@ class NodeConfig:
                         raise ConfigError(f"{where}: rpc_users[{i}]: unknown permission {p!r} "
                                           f"(known: {', '.join(PERMISSIONS)}, start:<class>)")
                 users.append(RpcUser(u["username"], u["password_hash"], list(perms)))
+            tables = {}
+            for key in ("rpc", "logging"):
+                table = doc.get(key, {})
+                if not isinstance(table, dict) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
+                    raise ConfigError(f"{where}: [{key}] must be a table of numbers, found {table!r}")
+                tables[key] = dict(table)
             apps = doc.get("apps", [])
             if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
                 raise ConfigError(f"{where}: `apps` must be a list of module names")
@@ -135,7 +151,7 @@ class NodeConfig:
                        rpc_address=parse_address(need("rpc_address", str)),
                        apps=list(apps), notary=bool(doc.get("notary", False)),
                        network_map=str(doc.get("network_map", MAP_FILE)),
-                       rpc_users=users, base_dir=base_dir)
+                       rpc_users=users, base_dir=base_dir, **tables)
         except NetworkMapError as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -154,6 +170,10 @@ class NodeConfig:
             lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
                       f"password_hash = {_s(u.password_hash)}",
                       f"permissions = [{', '.join(_s(p) for p in u.permissions)}]"]
+        for key in ("rpc", "logging"):
+            table = getattr(self, key)
+            if table:
+                lines += ["", f"[{key}]"] + [f"{_s(k)} = {v!r}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def save(self) -> None:
