@@ -1,0 +1,467 @@
+"""The RPC under abuse: slow and silent clients, connection floods, malformed bodies,
+password guessing, log flooding, and flow names that try to make the node import code.
+
+Floods stay on loopback and bounded in count and time. Clients that must count as
+different hosts bind different loopback source addresses (127.0.0.x), which Linux
+routes to the same node."""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from greenflow.bootstrap import bootstrap_network
+from greenflow.node_config import NodeConfig, RpcUser, hash_password
+from greenflow.node_process import NodeProcess
+from greenflow.rpc_client import RpcClient
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+APPS = ["samples.ping", "procflows"]
+LIMITS = {"request_timeout": 1.5, "max_connections": 24, "max_streams": 4, "stream_buffer": 50,
+          "login_failures": 5, "login_window": 30, "log_interval": 5}
+
+
+def auth(user: str = "admin", password: str = "pw") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class Net:
+    def __init__(self, root: str) -> None:
+        self.configs = {c.name: c for c in bootstrap_network(root, ["Alice", "Bob"], base_port=0,
+                                                             apps=APPS, rpc_password="pw")}
+        cfg = NodeConfig.load(self.configs["Alice"].base_dir)
+        cfg.rpc_users += [RpcUser("reader", hash_password("rpw"), ["read"]),
+                          RpcUser("ops", hash_password("opw"), ["ALL"]),
+                          RpcUser("ops2", hash_password("opw2"), ["ALL"])]
+        cfg.rpc = dict(LIMITS)
+        cfg.save()
+        self.procs = {name: NodeProcess(c.base_dir, node_options={"sync": False}).start()
+                      for name, c in self.configs.items()}
+        self.alice = self.procs["Alice"]
+        self.addr = self.configs["Alice"].rpc_address
+
+    def call(self, method: str, path: str, body: object = None, *, authz: str = auth(),
+             src: str = "127.0.0.1", timeout: float = 10.0) -> tuple[int, dict, dict]:
+        conn = http.client.HTTPConnection(*self.addr, timeout=timeout, source_address=(src, 0))
+        try:
+            data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+            conn.request(method, "/api/v1" + path, body=data, headers={"Authorization": authz})
+            resp = conn.getresponse()
+            raw = resp.read()
+            return resp.status, (json.loads(raw) if raw else {}), dict(resp.getheaders())
+        finally:
+            conn.close()
+
+    def raw(self, src: str = "127.0.0.1") -> socket.socket:
+        s = socket.create_connection(self.addr, timeout=10, source_address=(src, 0))
+        return s
+
+    def close(self) -> None:
+        for p in self.procs.values():
+            if p.node is not None:
+                p.stop()
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory):
+    n = Net(str(tmp_path_factory.mktemp("rpclimits")))
+    yield n
+    n.close()
+
+
+def read_all(sock: socket.socket, deadline: float) -> bytes:
+    """Everything the node sends until it closes the connection (or the deadline)."""
+    out = b""
+    while time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        except ConnectionResetError:
+            break
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError(f"the node kept the connection open; got {out[:200]!r}")
+
+
+# ---------------------------------------------------------------------- progress streams
+def test_a_progress_stream_that_does_not_read_is_dropped_with_its_buffer_bounded(net, caplog):
+    hub = net.alice.rpc.hub
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+    s.connect(net.addr)
+    s.sendall(b"GET /api/v1/progress HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth().encode()
+              + b"\r\n\r\n")
+    deadline = time.monotonic() + 10
+    while hub.subscribers == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    client = RpcClient(f"http://{net.addr[0]}:{net.addr[1]}", "admin", "pw")
+    caplog.set_level(logging.WARNING, "greenflow.rpc")
+    ids = []
+    for _ in range(4):  # each flow ends with an event: 4 x 200 of them, the buffer holds 50
+        ids += client.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}, count=200)["flow_ids"]
+    assert client.result(ids[-1], wait=60)["finished"]
+    deadline = time.monotonic() + 15
+    while hub.subscribers:
+        assert time.monotonic() < deadline, "the silent client was never dropped"
+        time.sleep(0.05)
+    assert hub.dropped >= 1
+    assert "dropped a progress stream that fell 50 events behind" in caplog.text
+    # The node closed the stream: what the client finally reads ends, and is far from all.
+    data = read_all(s, time.monotonic() + 10)
+    assert data.count(b"event: end") < len(ids)
+    s.close()
+    # A reading client still gets every event.
+    fid = client.start_flow("procflows.Relay", {"peer": "Bob", "rounds": 1})["flow_id"]
+    assert list(client.progress(fid, timeout=30))[-1][0] == "end"
+
+
+def test_progress_streams_are_capped(net):
+    socks = []
+    try:
+        for _ in range(LIMITS["max_streams"]):
+            s = net.raw()
+            s.sendall(b"GET /api/v1/progress HTTP/1.1\r\nAuthorization: " + auth().encode() + b"\r\n\r\n")
+            s.recv(1)  # the stream started
+            socks.append(s)
+        status, doc, headers = net.call("GET", "/progress")
+        assert status == 503 and doc["error"]["type"] == "TooManyStreams"
+        assert "max_streams" in doc["error"]["message"] and headers["Retry-After"]
+        assert net.call("GET", "/node")[0] == 200  # other requests are served
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---------------------------------------------------------------------- connections
+def test_half_open_and_idle_connections_are_closed_after_the_request_timeout(net):
+    socks = [net.raw() for _ in range(10)]        # connect, send nothing
+    trickle = [net.raw() for _ in range(5)]       # start a request, never finish it
+    for s in trickle:
+        s.sendall(b"GET /api/v1/node HTTP/1.1\r\nHost: x\r\n")
+    start = time.monotonic()
+    for s in socks + trickle:
+        read_all(s, start + 8)  # EOF: the node gave the connection up
+        s.close()
+    assert time.monotonic() - start < 8
+    assert net.call("GET", "/node")[0] == 200
+
+
+def test_connections_beyond_the_cap_get_503_at_once_and_others_are_served_after(net):
+    idle = [net.raw() for _ in range(LIMITS["max_connections"])]
+    try:
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        status, doc, headers = net.call("GET", "/node")
+        assert status == 503 and doc["error"]["type"] == "Busy"
+        assert "max_connections" in doc["error"]["message"] and headers["Retry-After"] == "1"
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while net.call("GET", "/node")[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def _burst(net: Net, n: int, seconds: float) -> list:
+    def one(i: int) -> int:
+        try:
+            return net.call("GET", "/node", timeout=seconds)[0]
+        except OSError as exc:
+            return type(exc).__name__
+    with ThreadPoolExecutor(64) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_a_burst_of_requests_all_get_an_answer(net):
+    t0 = time.monotonic()
+    answers = _burst(net, 300, 20)
+    assert set(answers) <= {200, 503}, {a for a in answers if a not in (200, 503)}
+    assert answers.count(200) > 0 and time.monotonic() - t0 < 30
+
+
+@pytest.mark.slow
+def test_a_burst_of_2000_requests_all_get_an_answer(net):
+    answers = _burst(net, 2000, 60)
+    assert set(answers) <= {200, 503}
+
+
+def test_the_listen_backlog_is_not_5(net):
+    assert net.alice.rpc.httpd.request_queue_size == 1024
+
+
+# ---------------------------------------------------------------------- bodies
+def test_a_chunked_body_is_refused_and_the_connection_closed(net):
+    s = net.raw()
+    smuggled = b"GET /api/v1/node HTTP/1.1\r\nAuthorization: " + auth().encode() + b"\r\n\r\n"
+    s.sendall(b"POST /api/v1/flows HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth().encode()
+              + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(smuggled) + smuggled
+              + b"\r\n0\r\n\r\n")
+    data = read_all(s, time.monotonic() + 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 411 ")
+    assert data.count(b"HTTP/1.1 ") == 1, data  # nothing in the body was taken for a request
+    assert b"Connection: close" in data and b"LengthRequired" in data
+
+
+def test_deeply_nested_json_is_400_naming_the_limit(net):
+    status, doc, _ = net.call("POST", "/flows", b"[" * 100_000 + b"]" * 100_000)
+    assert status == 400 and "max_json_depth" in doc["error"]["message"]
+    status, doc, _ = net.call("POST", "/flows", {"flow": "samples.ping.Ping",
+                                                 "args": {"peer": "Bob", "n": [[[[[[[[1]]]]]]]]}})
+    assert status == 400 and doc["error"]["type"] == "BadArguments"  # shallow: parsed, judged
+
+
+def test_an_oversized_body_is_413_naming_the_limit(net):
+    s = net.raw()
+    s.sendall(b"POST /api/v1/flows HTTP/1.1\r\nAuthorization: " + auth().encode()
+              + b"\r\nContent-Length: 5000000\r\n\r\n{")
+    data = read_all(s, time.monotonic() + 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 413 ") and b"max_body_bytes" in data
+
+
+# ---------------------------------------------------------------------- logins
+def _timed(fn, *a, **kw) -> float:
+    t0 = time.perf_counter()
+    fn(*a, **kw)
+    return time.perf_counter() - t0
+
+
+def test_unknown_users_take_as_long_as_wrong_passwords(net):
+    unknown = sorted(_timed(net.call, "GET", "/node", authz=auth(f"nobody{i}", "x"),
+                            src="127.0.0.11") for i in range(4))
+    known = sorted(_timed(net.call, "GET", "/node", authz=auth("admin", f"x{i}"),
+                          src="127.0.0.12") for i in range(4))
+    # Medians of the same Argon2 work; before, an unknown name answered at once.
+    assert 0.5 < (unknown[1] + unknown[2]) / (known[1] + known[2]) < 2.0, (unknown, known)
+
+
+def test_a_client_that_keeps_failing_is_backed_off_with_429(net):
+    for i in range(LIMITS["login_failures"]):
+        assert net.call("GET", "/node", authz=auth("admin", f"guess{i}"), src="127.0.0.21")[0] == 401
+    status, doc, headers = net.call("GET", "/node", authz=auth("admin", "pw"), src="127.0.0.21")
+    assert status == 429 and doc["error"]["type"] == "TooManyFailedLogins"  # even the right one
+    assert 1 <= int(headers["Retry-After"]) <= LIMITS["login_window"]
+    assert net.call("GET", "/node", src="127.0.0.22")[0] == 200  # other clients are not
+
+
+def _flood(net: Net, stop: threading.Event, src: str, counts: list) -> None:
+    while not stop.is_set():
+        try:
+            counts.append(net.call("GET", "/node", authz=auth("admin", "wrong"), src=src,
+                                   timeout=10)[0])
+        except OSError:
+            counts.append(0)
+
+
+def test_a_wrong_password_flood_does_not_delay_honest_logins_or_flows(net):
+    stop, counts = threading.Event(), []
+    flooders = [threading.Thread(target=_flood, args=(net, stop, f"127.0.0.{31 + i % 2}", counts))
+                for i in range(6)]
+    for t in flooders:
+        t.start()
+    try:
+        time.sleep(0.5)
+        first_login = _timed(net.call, "GET", "/node", authz=auth("ops", "opw"), src="127.0.0.40")
+        client = RpcClient(f"http://{net.addr[0]}:{net.addr[1]}", "ops", "opw")
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert client.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, wait=30)["result"] == 3
+        pings = time.monotonic() - t0
+    finally:
+        stop.set()
+        for t in flooders:
+            t.join(15)
+    assert first_login < 1.0, first_login
+    assert pings < 5.0, pings
+    assert len(counts) > 50 and set(counts) <= {401, 429}
+    assert counts.count(401) <= 2 * LIMITS["login_failures"]  # two flooding addresses, backed off
+
+
+@pytest.mark.slow
+def test_a_long_wrong_password_flood_from_many_addresses(net):
+    stop, counts = threading.Event(), []
+    flooders = [threading.Thread(target=_flood, args=(net, stop, f"127.0.1.{i + 1}", counts))
+                for i in range(16)]
+    for t in flooders:
+        t.start()
+    try:
+        time.sleep(1)
+        first = _timed(net.call, "GET", "/node", authz=auth("ops2", "opw2"), src="127.0.0.41")
+        time.sleep(20)
+        later = _timed(net.call, "GET", "/node", authz=auth("ops2", "opw2"), src="127.0.0.41")
+    finally:
+        stop.set()
+        for t in flooders:
+            t.join(15)
+    assert set(counts) <= {401, 429, 503}
+    assert first < 3.0 and later < 0.5, (first, later)
+
+
+# ---------------------------------------------------------------------- permissions and imports
+CANARY = '''
+import os
+open(os.environ["GF_CANARY"], "w").write("imported")
+from greenflow import FlowLogic, startable
+@startable
+class Boom(FlowLogic):
+    def call(self): return 1
+'''
+
+
+def test_a_user_who_may_not_start_makes_the_node_import_nothing(net, tmp_path, monkeypatch):
+    (tmp_path / "gf_canary_mod.py").write_text(CANARY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GF_CANARY", str(tmp_path / "imported"))
+    status, doc, _ = net.call("POST", "/flows", {"flow": "gf_canary_mod.Boom"},
+                              authz=auth("reader", "rpw"))
+    assert (status, doc["error"]["type"]) == (403, "Forbidden")
+    status, doc, _ = net.call("POST", "/flows", {"flow": "gf_canary_mod.Boom"})  # admin
+    assert (status, doc["error"]["type"]) == (400, "UnknownFlowClass")
+    assert "not one of this node's apps" in doc["error"]["message"]
+    assert not (tmp_path / "imported").exists() and "gf_canary_mod" not in sys.modules
+
+
+def test_a_node_without_apps_imports_nothing_for_a_client(tmp_path, monkeypatch):
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "gf_canary_mod2.py").write_text(CANARY)
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setenv("GF_CANARY", str(tmp_path / "imported"))
+    c = bootstrap_network(str(tmp_path / "n"), ["Solo"], base_port=0, rpc_password="pw",
+                          apps=[])[0]
+    cfg = NodeConfig.load(c.base_dir)
+    cfg.rpc_users.append(RpcUser("reader", hash_password("rpw"), ["read"]))
+    cfg.save()
+    proc = NodeProcess(c.base_dir, node_options={"sync": False}).start()
+    try:
+        client = RpcClient.for_node(c.base_dir)
+        for user, password, status in (("reader", "rpw", 403), ("admin", "pw", 400)):
+            from greenflow.rpc_client import RpcClientError
+            with pytest.raises(RpcClientError) as info:
+                RpcClient(client.url, user, password).start_flow("gf_canary_mod2.Boom")
+            assert info.value.status == status, info.value
+        assert not (tmp_path / "imported").exists() and "gf_canary_mod2" not in sys.modules
+    finally:
+        proc.stop()
+
+
+def test_samples_never_come_from_the_working_directory(tmp_path):
+    """A ``samples.X`` name means the bundled ``greenflow.samples.X`` only, even when the
+    node's working directory has a ``samples`` package (a node process started with
+    ``python -m`` has its working directory on ``sys.path``)."""
+    from greenflow.testing.node_processes import ProcessNetwork
+
+    with ProcessNetwork(tmp_path, ["Solo"], apps=[]) as pn:
+        (tmp_path / "samples").mkdir()
+        (tmp_path / "samples" / "__init__.py").write_text("")
+        (tmp_path / "samples" / "evil.py").write_text(CANARY)
+        pn.extra_env["GF_CANARY"] = str(tmp_path / "imported")
+        pn.start("Solo")
+        from greenflow.rpc_client import RpcClientError
+        with pytest.raises(RpcClientError) as info:
+            pn.client("Solo").start_flow("samples.evil.Boom")
+        assert info.value.status == 400 and "no sample named 'evil'" in info.value.message
+        assert not (tmp_path / "imported").exists()
+
+
+def test_the_rpc_server_imports_nothing_from_the_cli(tmp_path):
+    code = f"""
+import sys
+from greenflow.bootstrap import bootstrap_network
+from greenflow.node_process import NodeProcess
+from greenflow.rpc_client import RpcClient
+c = bootstrap_network({str(tmp_path)!r}, ["Solo"], base_port=0, rpc_password="pw",
+                      apps=["samples.ping"])[0]
+proc = NodeProcess(c.base_dir, node_options={{"sync": False}}).start()
+try:
+    client = RpcClient.for_node(c.base_dir)
+    try:
+        client.start_flow("samples.ping.Ping", {{"peer": "Solo", "n": "x"}})
+    except Exception as exc:
+        print("refused:", exc)
+finally:
+    proc.stop()
+print(sorted(m for m in sys.modules if m.startswith("greenflow.cli")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(HERE))
+    assert out.returncode == 0, out.stderr
+    assert "refused: BadArguments: bad argument n='x'" in out.stdout
+    assert out.stdout.strip().endswith("[]"), out.stdout
+
+
+def test_the_cli_and_the_rpc_refuse_a_non_startable_flow_with_one_message(net):
+    from click.testing import CliRunner
+
+    from greenflow.cli.main import main as cli
+    text = ("greenflow.samples.ping.Pong is not @startable: only flow classes marked @startable "
+            "may be started from outside the process (CLI, RPC)")
+    status, doc, _ = net.call("POST", "/flows", {"flow": "sample.ping.Pong"})
+    assert (status, doc["error"]["type"], doc["error"]["message"]) == (403, "NotStartable", text)
+    result = CliRunner().invoke(cli, ["run", "sample.ping:Pong"])
+    assert result.exit_code == 2 and text in result.output
+
+
+# ---------------------------------------------------------------------- logs
+def test_node_log_rotates_by_size(tmp_path):
+    from greenflow.node_process import setup_logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    setup_logging(str(tmp_path), "INFO", stderr=False, max_bytes=4096, backup_count=2)
+    try:
+        for i in range(2000):
+            logging.getLogger("greenflow.test").info("line %d %s", i, "x" * 40)
+    finally:
+        for h in set(root.handlers) - set(before):
+            h.close()
+            root.removeHandler(h)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["node.log", "node.log.1", "node.log.2"]
+    assert all(os.path.getsize(tmp_path / n) <= 4096 for n in names)
+
+
+def test_failed_logins_with_huge_names_leave_short_rate_limited_log_lines(tmp_path):
+    from greenflow.testing.node_processes import ProcessNetwork
+
+    with ProcessNetwork(tmp_path, ["Solo"], apps=["samples.ping"]) as pn:
+        cfg = NodeConfig.load(pn.dir("Solo"))
+        cfg.logging = {"max_bytes": 200_000, "backup_count": 1}
+        cfg.save()
+        pn.start("Solo")
+        host, port = cfg.rpc_address
+        name = "\x1b[31m" + "m" * 40_000
+
+        def bad(i: int) -> int:
+            conn = http.client.HTTPConnection(host, port, timeout=30,
+                                              source_address=(f"127.0.2.{i % 50 + 1}", 0))
+            conn.request("GET", "/api/v1/node", headers={"Authorization": auth(name, "x")})
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(bad, range(200)))
+        assert set(statuses) <= {401, 429, 503}
+        text = open(os.path.join(pn.dir("Solo"), "node.log"), encoding="utf-8").read()
+    failed = [ln for ln in text.splitlines() if "failed login" in ln]
+    assert 1 <= len(failed) <= 5, failed  # one line per interval, not one per request
+    assert all(len(ln) < 400 for ln in failed)
+    assert "\x1b" not in text and "\\x1b[31m" in failed[0] and "(+39925 chars)" in failed[0]
+    assert os.path.getsize(os.path.join(pn.dir("Solo"), "node.log")) < 100_000
