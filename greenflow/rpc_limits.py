@@ -59,6 +59,7 @@ class RpcLimits:
     max_body_bytes: int = 1 << 20   # a request body
     max_json_depth: int = 64        # nesting of [ and { in a body
     stream_buffer: int = 1000       # events a /progress stream may be behind before it is dropped
+    stream_status_flows: int = 1000  # flows listed in the first event of /progress
     login_failures: int = 5         # failed logins per client address within login_window ...
     login_window: float = 60.0      # ... before it gets 429 until the window clears
     login_wait: float = 5.0         # a password check waits this long for its turn, then 503

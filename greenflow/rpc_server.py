@@ -317,6 +317,18 @@ class RpcServer:
         return [_flow_info(f) for f in self.node.flows()
                 if wanted is None or f.status.value in wanted]
 
+    def stream_status(self) -> dict:
+        """The first event of ``/progress``: unfinished flows first, at most
+        ``stream_status_flows`` of them (``more`` counts the rest), so a stream held open
+        by a client that does not read holds a bounded document, not every flow."""
+        limit = self.limits.stream_status_flows
+        flows = self.node.flows()
+        flows.sort(key=lambda f: f.status.finished)
+        out = {"flows": [_flow_info(f) for f in flows[:limit]]}
+        if len(flows) > limit:
+            out["more"] = len(flows) - limit
+        return out
+
     def flow(self, fid: str) -> dict:
         return _flow_info(self.node.flow_info(fid))
 
@@ -592,7 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
             if _finished(info["status"]):
                 return self._event("end", rpc.outcome(FlowHandle(node, fid), 0)[1])
         else:
-            self._event("status", {"flows": rpc.flows(None)})
+            self._event("status", rpc.stream_status())
         last = time.monotonic()
         while not rpc.stopping and not sub.dropped:
             try:
