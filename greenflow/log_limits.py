@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 CLIP_CHARS = 80
 
@@ -59,15 +59,19 @@ class RateLimitedLog:
         else:
             self.log.log(level, msg, *args)
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
+        """Write the summaries of keys whose interval has passed (all of them with
+        ``force``), so the count of a burst that stopped is not lost."""
+        now = self.clock()
         with self._lock:
-            pending = [(k, st) for k, st in self._state.items() if st[1]]
-            for k, _ in pending:
-                self._state[k] = [self.clock(), 0, None]
-        for _, (_, n, last) in pending:
+            due = [(k, st) for k, st in self._state.items()
+                   if st[1] and (force or now - st[0] >= self.interval)]
+            for k, _ in due:
+                self._state[k] = [now, 0, None]
+        for _, (_, n, last) in due:
             msg, args = last
-            self.log.warning(msg + " (and %d more like it before it)", *args, n - 1) if n > 1 \
-                else self.log.warning(msg, *args)
+            self.log.warning(msg + " (and %d more like it in the last %.0f s)",
+                             *args, n - 1, self.interval)
 
 
 __all__ = ["CLIP_CHARS", "RateLimitedLog", "clip"]

@@ -13,7 +13,7 @@ the application's own anyway, so the node keeps no dependency for its RPC.
 
 Password checks (Argon2id, ~0.1 s and 64 MB each by design) are what a flood of wrong
 passwords would spend: `LoginGuard` remembers successful checks, runs one check at a
-time with a bounded wait, allows one check in flight per client address, backs a client
+time with a bounded wait, one per client address (concurrent ones wait for it), backs a client
 off with ``429`` after ``login_failures`` failures in ``login_window`` seconds, and
 answers an unknown user name only after the same hash work as a known one, so names
 cannot be told apart by timing.
@@ -135,7 +135,7 @@ class LoginGuard:
         self._lock = threading.Lock()                  # the tables below
         self._hash_lock = threading.Lock()             # one Argon2 check at a time
         self._failures: "collections.OrderedDict[str, collections.deque]" = collections.OrderedDict()
-        self._in_flight: set[str] = set()
+        self._per_client: dict[str, list] = {}  # address -> [lock, users of the entry]
         self.warn = RateLimitedLog(log, limits.log_interval)
         self.failed = 0  # counters, for tests and the node's stats
         self.backed_off = 0
@@ -164,26 +164,46 @@ class LoginGuard:
                                 + password.encode("utf-8", "replace")).digest()
         if account is not None and digest in self._ok.get(user, ()):
             return account
+        # One check at a time per address: the others wait for it (a client's threads
+        # logging in together after a restart pay one check, then hit the cache), so a
+        # flooding address costs one hash at a time and soon backs itself off.
         with self._lock:
-            if client in self._in_flight:
-                raise LimitExceeded(429, "TooManyFailedLogins", "one password check at a time "
-                                    f"per client: {client} has one running", retry_after=1)
-            self._in_flight.add(client)
+            entry = self._per_client.setdefault(client, [threading.Lock(), 0])
+            entry[1] += 1
         try:
-            if not self._hash_lock.acquire(timeout=self.limits.login_wait):
+            if not entry[0].acquire(timeout=self.limits.login_wait):
                 raise LimitExceeded(503, "Busy", "password checks are saturated: retry later",
                                     retry_after=1)
             try:
-                # An unknown user costs the same hash work as a known one (any configured
-                # hash has the node's parameters), so timing does not reveal user names.
-                stored = account.password_hash if account is not None else self._any_hash()
-                ok = check_password(stored, password) if stored else False
-                ok = ok and account is not None
+                return self._check(client, user, password, account, digest)
             finally:
-                self._hash_lock.release()
+                entry[0].release()
         finally:
             with self._lock:
-                self._in_flight.discard(client)
+                entry[1] -= 1
+                if not entry[1]:
+                    self._per_client.pop(client, None)
+
+    def _check(self, client: str, user: str, password: str, account: Any, digest: bytes) -> Any:
+        wait = self._backoff(client)
+        if wait:
+            self.backed_off += 1
+            raise LimitExceeded(429, "TooManyFailedLogins",
+                                f"too many failed logins from {client}: retry in {wait:.0f} s",
+                                retry_after=wait)
+        if account is not None and digest in self._ok.get(account.username, ()):
+            return account  # checked by the request this one waited for
+        if not self._hash_lock.acquire(timeout=self.limits.login_wait):
+            raise LimitExceeded(503, "Busy", "password checks are saturated: retry later",
+                                retry_after=1)
+        try:
+            # An unknown user costs the same hash work as a known one (any configured
+            # hash has the node's parameters), so timing does not reveal user names.
+            stored = account.password_hash if account is not None else self._any_hash()
+            ok = check_password(stored, password) if stored else False
+            ok = ok and account is not None
+        finally:
+            self._hash_lock.release()
         if not ok:
             self._fail(client)
             self.failed += 1
@@ -193,6 +213,10 @@ class LoginGuard:
             self._ok.setdefault(user, set()).add(digest)
             self._failures.pop(client, None)
         return account
+
+    def backoff(self, client: str) -> float:
+        """Seconds ``client`` must still wait before a login is checked again (0: none)."""
+        return self._backoff(client)
 
     def _backoff(self, client: str) -> float:
         now = time.monotonic()
@@ -226,13 +250,19 @@ class _Conn:
         self.deadline: Optional[float] = None  # reading a request must end by then
 
 
-REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-           b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
+REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
+           b"Retry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
+
+
+TARPIT_SECONDS = 1.0
 
 
 class BoundedHTTPServer(http.server.HTTPServer):
     """`http.server.HTTPServer` with a bounded worker pool, a connection cap and a
     deadline per request (see the module's docstring)."""
+
+    MAX_LINGERING = 512   # refused connections closing (their answer sent)
+    MAX_DELAYED = 256     # backed-off connections waiting for their 429
 
     allow_reuse_address = True
     daemon_threads = True
@@ -246,21 +276,43 @@ class BoundedHTTPServer(http.server.HTTPServer):
         self._pool = ThreadPoolExecutor(max_workers=limits.max_connections,
                                         thread_name_prefix="gf-rpc")
         self._lingering: "collections.deque[tuple[float, socket.socket]]" = collections.deque()
+        self._delayed: "collections.deque[tuple[float, socket.socket, bytes]]" = collections.deque()
         self._closed = threading.Event()
         self.refused = 0
+        # Set by the RPC: seconds a client address is backed off for (0: it is not). Such a
+        # client is answered 429 in the accept loop, with no worker and no parsing, so a
+        # flood from it costs the node little more than the accepts.
+        self.backoff: Optional[Callable[[str], float]] = None
         self.warn = RateLimitedLog(log, limits.log_interval)
+        self.warners: list[RateLimitedLog] = [self.warn]  # summaries flushed by the janitor
         self._janitor = threading.Thread(target=self._sweep, name="gf-rpc-janitor", daemon=True)
         self._janitor.start()
 
     # ------------------------------------------------------------------ accepting
     def process_request(self, request: Any, client_address: Any) -> None:
+        wait = self.backoff(client_address[0]) if self.backoff and client_address else 0.0
+        if wait:
+            body = (b'{"error": {"type": "TooManyFailedLogins", "message": "too many failed '
+                    b'logins from %s: retry in %d s"}}\n' % (client_address[0].encode(), wait))
+            answer = REFUSED % (b"429 Too Many Requests", max(1, round(wait)), len(body), body)
+            with self.conn_lock:  # answered a second later: a client that waits for its
+                if len(self._delayed) < self.MAX_DELAYED:  # answers floods 1 request/s
+                    self._delayed.append((time.monotonic() + TARPIT_SECONDS, request, answer))
+                    return
+            return self._refuse(request, answer)
         with self.conn_lock:
             full = len(self.open_connections) >= self.limits.max_connections
             if not full:
                 conn = self.open_connections[request] = _Conn(request)
                 conn.deadline = time.monotonic() + self.limits.request_timeout
         if full:
-            return self._refuse(request, client_address)
+            self.refused += 1
+            self.warn.warning("full", "RPC: %d connections open (the limit): refusing new ones "
+                              "with 503 (latest from %s)", self.limits.max_connections,
+                              client_address[0] if client_address else "?")
+            body = (b'{"error": {"type": "Busy", "message": "the node serves %d RPC connections '
+                    b'already (max_connections): retry later"}}\n' % self.limits.max_connections)
+            return self._refuse(request, REFUSED % (b"503 Service Unavailable", 1, len(body), body))
         try:
             self._pool.submit(self._work, request, client_address)
         except RuntimeError:  # the pool is shut down: the server is stopping
@@ -280,28 +332,22 @@ class BoundedHTTPServer(http.server.HTTPServer):
         with self.conn_lock:
             self.open_connections.pop(request, None)
 
-    def _refuse(self, sock: socket.socket, client_address: Any) -> None:
-        """Answer 503 without a worker, then close after a short linger (closing with the
+    def _refuse(self, sock: socket.socket, answer: bytes) -> None:
+        """Answer without a worker, then close after a short linger (closing with the
         request unread would reset the connection and lose the answer)."""
-        self.refused += 1
-        self.warn.warning("full", "RPC: %d connections open (the limit): refusing new ones "
-                          "with 503 (latest from %s)", self.limits.max_connections,
-                          client_address[0] if client_address else "?")
-        body = (b'{"error": {"type": "Busy", "message": "the node serves %d RPC connections '
-                b'already (max_connections): retry later"}}\n' % self.limits.max_connections)
         try:
             sock.setblocking(False)
             try:
                 sock.recv(65536)
             except OSError:
                 pass
-            sock.send(REFUSED % (len(body), body))
+            sock.send(answer)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             sock.close()
             return
         with self.conn_lock:
-            if len(self._lingering) < 4096:
+            if len(self._lingering) < self.MAX_LINGERING:
                 self._lingering.append((time.monotonic() + 1.0, sock))
                 return
         sock.close()
@@ -329,9 +375,15 @@ class BoundedHTTPServer(http.server.HTTPServer):
                         if c.deadline is not None and now > c.deadline]
                 for c in late:
                     self.open_connections[c].deadline = None
-                done = []
+                done, due = [], []
                 while self._lingering and self._lingering[0][0] <= now:
                     done.append(self._lingering.popleft()[1])
+                while self._delayed and self._delayed[0][0] <= now:
+                    due.append(self._delayed.popleft())
+            for w in self.warners:
+                w.flush()
+            for _, sock, answer in due:
+                self._refuse(sock, answer)
             for sock in late:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)  # the worker's read ends; it cleans up
@@ -348,10 +400,13 @@ class BoundedHTTPServer(http.server.HTTPServer):
     def close_connections(self) -> None:
         """End kept-alive connections too: ``shutdown()`` only stops accepting new ones."""
         self._closed.set()
+        for w in self.warners:
+            w.flush(force=True)
         with self.conn_lock:
             conns = list(self.open_connections)
-            lingering = [s for _, s in self._lingering]
+            lingering = [s for _, s in self._lingering] + [s for _, s, _ in self._delayed]
             self._lingering.clear()
+            self._delayed.clear()
         for sock in conns:
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -222,6 +222,8 @@ class RpcServer:
         self._streams = threading.BoundedSemaphore(self.limits.max_streams)
         self.httpd = _Server(address, _Handler, self.limits)
         self.httpd.rpc = self
+        self.httpd.warners += [self.logins.warn, self.hub._warn]
+        self.httpd.backoff = self.logins.backoff
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
 

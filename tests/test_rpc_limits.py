@@ -7,6 +7,7 @@ routes to the same node."""
 from __future__ import annotations
 
 import base64
+import collections
 import http.client
 import json
 import logging
@@ -44,7 +45,9 @@ class Net:
         cfg.rpc_users += [RpcUser("reader", hash_password("rpw"), ["read"]),
                           RpcUser("ops", hash_password("opw"), ["ALL"]),
                           RpcUser("ops2", hash_password("opw2"), ["ALL"]),
-                          RpcUser("ops3", hash_password("opw3"), ["ALL"])]
+                          RpcUser("ops3", hash_password("opw3"), ["ALL"]),
+                          RpcUser("ops4", hash_password("opw4"), ["ALL"]),
+                          RpcUser("ops5", hash_password("opw5"), ["ALL"])]
         cfg.rpc = dict(LIMITS)
         cfg.save()
         self.procs = {name: NodeProcess(c.base_dir, node_options={"sync": False}).start()
@@ -258,6 +261,15 @@ def test_unknown_users_take_as_long_as_wrong_passwords(net):
     assert 0.5 < (unknown[1] + unknown[2]) / (known[1] + known[2]) < 2.0, (unknown, known)
 
 
+def test_many_threads_of_one_client_logging_in_at_once_all_get_in(net):
+    """After a restart nothing is cached: an honest client's threads then log in at
+    once from one address; they wait for one another's check, none is refused."""
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: net.call("GET", "/node", authz=auth("ops3", "opw3"),
+                                                   src="127.0.0.50")[0], range(8)))
+    assert answers == [200] * 8
+
+
 def test_a_client_that_keeps_failing_is_backed_off_with_429(net):
     for i in range(LIMITS["login_failures"]):
         assert net.call("GET", "/node", authz=auth("admin", f"guess{i}"), src="127.0.0.21")[0] == 401
@@ -278,8 +290,8 @@ def run(i):
         try:
             conn.request("GET", "/api/v1/node", headers={"Authorization": authz})
             counts.append(conn.getresponse().status)
-        except OSError:
-            counts.append(0)
+        except OSError as exc:
+            counts.append(type(exc).__name__)
         finally:
             conn.close()
 ts = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
@@ -303,10 +315,11 @@ def test_a_wrong_password_flood_does_not_delay_honest_logins_or_flows(net):
     for _ in range(5):
         client.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, wait=30)
     quiet_pings = time.monotonic() - t0
-    flooder = flood(net, 4.0, 8, ["127.0.0.31", "127.0.0.32"])
+    flooder = flood(net, 4.0, 16, ["127.0.0.31", "127.0.0.32"])
     try:
         time.sleep(1.0)
-        first_login = _timed(net.call, "GET", "/node", authz=auth("ops", "opw"), src="127.0.0.40")
+        first_login = min(_timed(net.call, "GET", "/node", authz=auth(u, p), src="127.0.0.40")
+                          for u, p in (("ops", "opw"), ("ops4", "opw4")))
         client = RpcClient(f"http://{net.addr[0]}:{net.addr[1]}", "ops", "opw")
         t0 = time.monotonic()
         for _ in range(5):
@@ -317,9 +330,9 @@ def test_a_wrong_password_flood_does_not_delay_honest_logins_or_flows(net):
     print(f"first login {quiet_login:.2f} s quiet, {first_login:.2f} s under the flood; "
           f"5 pings {quiet_pings:.2f} s quiet, {pings:.2f} s under the flood; "
           f"flood answers {len(counts)}: {counts.count(401)} x 401, {counts.count(429)} x 429")
-    assert first_login < quiet_login + 0.5, (quiet_login, first_login)
+    assert first_login < quiet_login + 1.0, (quiet_login, first_login)
     assert pings < 2 * quiet_pings + 1.0, (quiet_pings, pings)
-    assert set(counts) <= {401, 429}
+    assert set(counts) <= {401, 429}, collections.Counter(counts)
     assert counts.count(401) <= 2 * LIMITS["login_failures"]  # two flooding addresses, backed off
 
 
@@ -328,9 +341,9 @@ def test_a_long_wrong_password_flood_from_many_addresses(net):
     flooder = flood(net, 25.0, 16, [f"127.0.1.{i + 1}" for i in range(16)])
     try:
         time.sleep(1)
-        first = _timed(net.call, "GET", "/node", authz=auth("ops3", "opw3"), src="127.0.0.42")
+        first = _timed(net.call, "GET", "/node", authz=auth("ops5", "opw5"), src="127.0.0.42")
         time.sleep(15)
-        later = _timed(net.call, "GET", "/node", authz=auth("ops3", "opw3"), src="127.0.0.42")
+        later = _timed(net.call, "GET", "/node", authz=auth("ops5", "opw5"), src="127.0.0.42")
     finally:
         counts = json.loads(flooder.communicate(timeout=90)[0])
     assert set(counts) <= {401, 429, 503}
@@ -535,3 +548,28 @@ def test_silent_progress_streams_do_not_grow_the_node(tmp_path):
         print(f"RSS {base:.0f} MB; 10,000 flows: +{plain:.0f} MB without streams, "
               f"+{streamed:.0f} MB with 20 silent streams")
         assert streamed < plain + 40, (plain, streamed)
+
+
+def test_flow_watch_on_the_command_line_still_follows_a_flow(net):
+    from click.testing import CliRunner
+
+    from greenflow.cli.main import main as cli
+    client = RpcClient(f"http://{net.addr[0]}:{net.addr[1]}", "admin", "pw")
+    fid = client.start_flow("procflows.Relay", {"peer": "Bob", "rounds": 2, "delay": 0.2})["flow_id"]
+    result = CliRunner().invoke(cli, ["flow", "watch", "--node", net.configs["Alice"].base_dir, fid])
+    assert result.exit_code == 0, result.output
+    assert "Adding up" in result.output and f"{fid} COMPLETED: 3" in result.output
+
+
+def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
+    from greenflow.log_limits import RateLimitedLog
+
+    now = [0.0]
+    warn = RateLimitedLog(logging.getLogger("greenflow.test"), 10, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, "greenflow.test")
+    for i in range(1000):
+        warn.warning("k", "failed login as %s", i)
+    now[0] = 11
+    warn.flush()
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed login as 0", "failed login as 999 (and 998 more like it in the last 10 s)"]
