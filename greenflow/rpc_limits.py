@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import hashlib
+import heapq
 import http.server
 import json
 import logging
@@ -133,7 +134,7 @@ class LoginGuard:
         self._user_for, self._any_hash = user_for, any_hash
         self._ok: dict[str, set[bytes]] = {}
         self._lock = threading.Lock()                  # the tables below
-        self._hash_lock = threading.Lock()             # one Argon2 check at a time
+        self._hash_gate = _PriorityGate()              # one Argon2 check at a time
         self._failures: "collections.OrderedDict[str, collections.deque]" = collections.OrderedDict()
         self._per_client: dict[str, list] = {}  # address -> [lock, users of the entry]
         self.warn = RateLimitedLog(log, limits.log_interval)
@@ -193,7 +194,9 @@ class LoginGuard:
                                 retry_after=wait)
         if account is not None and digest in self._ok.get(account.username, ()):
             return account  # checked by the request this one waited for
-        if not self._hash_lock.acquire(timeout=self.limits.login_wait):
+        # Addresses with fewer recent failures go first: an honest first login does not
+        # queue behind the checks of addresses that keep failing.
+        if not self._hash_gate.acquire(self._failure_count(client), self.limits.login_wait):
             raise LimitExceeded(503, "Busy", "password checks are saturated: retry later",
                                 retry_after=1)
         try:
@@ -203,7 +206,7 @@ class LoginGuard:
             ok = check_password(stored, password) if stored else False
             ok = ok and account is not None
         finally:
-            self._hash_lock.release()
+            self._hash_gate.release()
         if not ok:
             self._fail(client)
             self.failed += 1
@@ -213,6 +216,11 @@ class LoginGuard:
             self._ok.setdefault(user, set()).add(digest)
             self._failures.pop(client, None)
         return account
+
+    def _failure_count(self, client: str) -> int:
+        with self._lock:
+            q = self._failures.get(client)
+            return len(q) if q else 0
 
     def backoff(self, client: str) -> float:
         """Seconds ``client`` must still wait before a login is checked again (0: none)."""
@@ -239,6 +247,39 @@ class LoginGuard:
             self._failures[client] = q
             while len(self._failures) > self.MAX_CLIENTS:
                 self._failures.popitem(last=False)
+
+
+class _PriorityGate:
+    """A lock whose waiters enter lowest priority value first (FIFO among equals)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._waiting: list[tuple[int, int]] = []
+        self._seq = 0
+
+    def acquire(self, priority: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._seq += 1
+            me = (priority, self._seq)
+            heapq.heappush(self._waiting, me)
+            while self._busy or self._waiting[0] != me:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._waiting.remove(me)
+                    heapq.heapify(self._waiting)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(left)
+            heapq.heappop(self._waiting)
+            self._busy = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
 
 
 # ---------------------------------------------------------------------------- the server
