@@ -2,7 +2,8 @@
 
 One process serves one node directory: the scheduler thread (`greenflow.node.Node`), the
 P2P transport thread (`greenflow.tcp_transport`) and the RPC server's threads
-(`greenflow.rpc_server`). It logs to ``DIR/node.log`` and to stderr. SIGTERM and
+(`greenflow.rpc_server`). It logs to ``DIR/node.log`` (rotated by size, ``[logging]`` in
+``node.toml``) and to stderr. SIGTERM and
 SIGINT (Ctrl-C) stop it cleanly: RPC stops taking requests, the scheduler finishes its
 round and commits, the transport closes. ``kill -9`` loses nothing either: every state a
 peer or an RPC client has seen was committed first, the outbox is re-sent at the next

@@ -579,3 +579,39 @@ def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
     warn.flush()
     assert [r.getMessage() for r in caplog.records] == [
         "failed login as 0", "failed login as 999 (and 998 more like it in the last 10 s)"]
+
+
+@pytest.mark.parametrize("table, text", [
+    ({"max_connections": 0}, "`max_connections` must be a positive integer"),
+    ({"request_timeout": "soon"}, "`request_timeout` must be a positive number"),
+    ({"max_conections": 10}, "unknown option 'max_conections'"),
+    ({"max_streams": 200}, "`max_streams` (200) must be below `max_connections` (128)"),
+])
+def test_bad_rpc_limits_are_refused_at_start_naming_the_option(tmp_path, table, text):
+    from greenflow.node_config import ConfigError
+
+    c = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, rpc_password="pw")[0]
+    cfg = NodeConfig.load(c.base_dir)
+    cfg.rpc = table
+    if isinstance(table.get("request_timeout"), str):  # not a number: node.toml refuses it
+        with pytest.raises(ConfigError, match=r"\[rpc\] must be a table of numbers"):
+            NodeConfig.from_dict({**_doc(cfg), "rpc": table}, "node.toml", c.base_dir)
+        return
+    cfg.save()
+    with pytest.raises(ConfigError) as info:
+        NodeProcess(c.base_dir)
+    assert text in str(info.value) and "[rpc]" in str(info.value)
+
+
+def _doc(cfg: NodeConfig) -> dict:
+    import tomllib
+    return tomllib.loads(cfg.to_toml())
+
+
+def test_log_rotation_options_are_checked(tmp_path):
+    c = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, rpc_password="pw")[0]
+    cfg = NodeConfig.load(c.base_dir)
+    cfg.logging = {"max_bytes": 100}
+    cfg.save()
+    with pytest.raises(ValueError, match="`max_bytes` must be an integer of at least 4096"):
+        NodeProcess(c.base_dir)
