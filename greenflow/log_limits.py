@@ -41,7 +41,11 @@ class RateLimitedLog:
     def warning(self, key: str, msg: str, *args: Any) -> None:
         self._emit(logging.WARNING, key, msg, args)
 
-    def _emit(self, level: int, key: str, msg: str, args: tuple) -> None:
+    def exception(self, key: str, msg: str, *args: Any) -> None:
+        """As `warning`, at ERROR with the current exception's traceback when logged."""
+        self._emit(logging.ERROR, key, msg, args, exc_info=True)
+
+    def _emit(self, level: int, key: str, msg: str, args: tuple, exc_info: bool = False) -> None:
         now = self.clock()
         with self._lock:
             st = self._state.get(key)
@@ -55,9 +59,9 @@ class RateLimitedLog:
             self._state[key] = [now, 0, None]
         if suppressed:
             self.log.log(level, msg + " (and %d more like it in the last %.0f s)",
-                         *args, suppressed, self.interval)
+                         *args, suppressed, self.interval, exc_info=exc_info)
         else:
-            self.log.log(level, msg, *args)
+            self.log.log(level, msg, *args, exc_info=exc_info)
 
     def flush(self, force: bool = False) -> None:
         """Write the summaries of keys whose interval has passed (all of them with

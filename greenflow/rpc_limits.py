@@ -363,11 +363,19 @@ class BoundedHTTPServer(http.server.HTTPServer):
     def _work(self, request: Any, client_address: Any) -> None:
         try:
             self.finish_request(request, client_address)
+        except OSError:  # the client reset, left or timed out: nothing to answer or log
+            pass
         except Exception:  # noqa: BLE001 - one connection's failure, keep serving
             self.handle_error(request, client_address)
         finally:
             self._forget(request)
             self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Into the node's log, once per interval (the standard library prints every
+        traceback to stderr, which a client could use to flood it)."""
+        self.warn.exception("error", "RPC: a connection from %s failed",
+                            client_address[0] if client_address else "?")
 
     def _forget(self, request: Any) -> None:
         with self.conn_lock:

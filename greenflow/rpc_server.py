@@ -505,7 +505,7 @@ class _Handler(BaseHTTPRequestHandler):
         except FlowError as exc:
             self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
-            log.exception("RPC %s %s failed", method, clip(self.path, 200))
+            self.server.warn.exception("500", "RPC %s %s failed", method, clip(self.path, 200))
             self._send_json(500, {"error": {"type": "InternalError",
                                             "message": f"{type(exc).__name__}: {exc}; please "
                                                        "file a bug with the node log"}})
