@@ -21,6 +21,13 @@
     password_hash = "$argon2id$v=19$..."   # nacl.pwhash.str(); never the password itself
     permissions = ["ALL"]
 
+    [rpc]                               # optional: the RPC's limits (docs/rpc.md, "Limits")
+    max_connections = 128
+
+    [logging]                           # optional: node.log rotation (docs/rpc.md, "Logs")
+    max_bytes = 10485760
+    backup_count = 5
+
 Permissions: ``ALL``; ``read`` (list flows, results, progress, checkpoint dumps);
 ``start`` (any startable flow) or ``start:<module.Class>``; ``kill``; ``admin``
 (draining, shutdown).
@@ -94,6 +101,8 @@ class NodeConfig:
     max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS
     responder_idle_timeout: Optional[float] = None
     sensitive_names: list[str] = field(default_factory=list)
+    rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc_limits.RpcLimits
+    logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
 
     def node_options(self) -> dict[str, Any]:
         """The `Node` options this file sets (limits and redaction)."""
@@ -146,6 +155,13 @@ class NodeConfig:
                         raise ConfigError(f"{where}: rpc_users[{i}]: unknown permission {p!r} "
                                           f"(known: {', '.join(PERMISSIONS)}, start:<class>)")
                 users.append(RpcUser(u["username"], u["password_hash"], list(perms)))
+            tables = {}
+            for key in ("rpc", "logging"):
+                table = doc.get(key, {})
+                if not isinstance(table, dict) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
+                    raise ConfigError(f"{where}: [{key}] must be a table of numbers, found {table!r}")
+                tables[key] = dict(table)
             apps = doc.get("apps", [])
             if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
                 raise ConfigError(f"{where}: `apps` must be a list of module names")
@@ -184,7 +200,8 @@ class NodeConfig:
                        rpc_users=users, base_dir=base_dir, validating_notary=validating,
                        max_inbound_sessions=cap,
                        responder_idle_timeout=None if idle is None else float(idle),
-                       sensitive_names=list(sensitive))
+                       sensitive_names=list(sensitive),
+                       **tables)
         except NetworkMapError as exc:
             if isinstance(exc, ConfigError):
                 raise
@@ -212,6 +229,10 @@ class NodeConfig:
             lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
                       f"password_hash = {_s(u.password_hash)}",
                       f"permissions = [{', '.join(_s(p) for p in u.permissions)}]"]
+        for key in ("rpc", "logging"):
+            table = getattr(self, key)
+            if table:
+                lines += ["", f"[{key}]"] + [f"{_s(k)} = {v!r}" for k, v in table.items()]
         return "\n".join(lines) + "\n"
 
     def save(self) -> None:

@@ -2,7 +2,8 @@
 
 One process serves one node directory: the scheduler thread (`greenflow.node.Node`), the
 P2P transport thread (`greenflow.tcp_transport`) and the RPC server's threads
-(`greenflow.rpc_server`). It logs to ``DIR/node.log`` and to stderr. SIGTERM and
+(`greenflow.rpc_server`). It logs to ``DIR/node.log`` (rotated by size, ``[logging]`` in
+``node.toml``) and to stderr. SIGTERM and
 SIGINT (Ctrl-C) stop it cleanly: RPC stops taking requests, the scheduler finishes its
 round and commits, the transport closes. ``kill -9`` loses nothing either: every state a
 peer or an RPC client has seen was committed first, the outbox is re-sent at the next
@@ -17,6 +18,7 @@ import argparse
 import fcntl
 import inspect
 import logging
+import logging.handlers
 import os
 import signal
 import sys
@@ -35,6 +37,8 @@ log = logging.getLogger("greenflow.node_process")
 PID_FILE = "node.pid"
 LOG_FILE = "node.log"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+LOG_MAX_BYTES = 10 << 20   # node.log rotates at this size ...
+LOG_BACKUPS = 5            # ... keeping this many old files (node.log.1 ...)
 
 
 class AlreadyRunning(RuntimeError):
@@ -81,14 +85,37 @@ class _PidLock:
             os.close(self.fd)
 
 
-def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True) -> None:
+def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:
+    """(max_bytes, backup_count) of ``node.log`` from the ``[logging]`` table of
+    ``node.toml``, else the defaults."""
+    table = dict(getattr(config, "logging", None) or {})
+    unknown = set(table) - {"max_bytes", "backup_count"}
+    if unknown:
+        raise ValueError(f"node.toml [logging]: unknown option(s) {sorted(unknown)} "
+                         "(known: max_bytes, backup_count)")
+    max_bytes, backups = table.get("max_bytes", LOG_MAX_BYTES), table.get("backup_count", LOG_BACKUPS)
+    if not isinstance(max_bytes, int) or max_bytes < 4096:
+        raise ValueError(f"node.toml [logging]: `max_bytes` must be an integer of at least 4096, "
+                         f"found {max_bytes!r}")
+    if not isinstance(backups, int) or backups < 1:
+        raise ValueError(f"node.toml [logging]: `backup_count` must be a positive integer, "
+                         f"found {backups!r}")
+    return max_bytes, backups
+
+
+def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
+                  max_bytes: int = LOG_MAX_BYTES, backup_count: int = LOG_BACKUPS) -> None:
+    """Log to ``base_dir/node.log`` (rotated by size: a node's log never holds more than
+    about ``max_bytes * (backup_count + 1)`` bytes, whatever clients make it say) and to
+    stderr."""
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     fmt = logging.Formatter(LOG_FORMAT)
-    fh = logging.FileHandler(os.path.join(base_dir, LOG_FILE), encoding="utf-8")
+    fh = logging.handlers.RotatingFileHandler(os.path.join(base_dir, LOG_FILE), encoding="utf-8",
+                                              maxBytes=max_bytes, backupCount=backup_count)
     fh.setFormatter(fmt)
     root.addHandler(fh)
-    has_stderr = any(type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+    has_stderr = any(not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler)
                      for h in root.handlers)  # e.g. the CLI's own: do not print lines twice
     if stderr and not has_stderr:
         sh = logging.StreamHandler(sys.stderr)
@@ -107,6 +134,9 @@ class NodeProcess:
     def __init__(self, base_dir: str, *, rpc: bool = True, node_options: Optional[dict] = None) -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.config = NodeConfig.load(self.base_dir)
+        from .rpc_limits import RpcLimits
+        self.rpc_limits = RpcLimits.from_config(self.config.rpc)  # a bad [rpc] fails here
+        self.log_rotation = log_rotation(self.config)
         self.netmap = NetworkMap.load(self.config.network_map_path)
         self.with_rpc = rpc
         self.node_options = dict(node_options or {})
@@ -129,7 +159,7 @@ class NodeProcess:
             self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()
             if self.with_rpc:
-                self.rpc = RpcServer(self, cfg.rpc_address)  # binds now: fail before opening
+                self.rpc = RpcServer(self, cfg.rpc_address, self.rpc_limits)  # binds now: fail before opening
             options = {**cfg.node_options(), **self.node_options}
             if cfg.notary and "notary" in inspect.signature(Node.__init__).parameters:
                 options["notary"] = True
@@ -221,7 +251,8 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
     except Exception as exc:  # config or map missing/malformed: say so, no traceback
         print(f"greenflow node: {exc}", file=sys.stderr)
         return 2
-    setup_logging(base_dir, log_level)
+    max_bytes, backups = proc.log_rotation
+    setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while starting: run() then stops at once
         signal.signal(sig, lambda s, f: proc.request_stop())
     try:

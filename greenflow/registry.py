@@ -94,22 +94,28 @@ def app_name_of(cls: type) -> str:
     return sys.intern(name)
 
 
-def resolve_module(name: str) -> Any:
-    """Import an app module by name; ``samples.X`` and ``sample.X`` mean the bundled
-    ``greenflow.samples.X``."""
-    candidates = [name]
-    for prefix in ("samples.", "sample."):
+SAMPLE_PREFIXES = ("sample.", "samples.")
+
+
+def app_module_name(name: str) -> str:
+    """The module an app name means: ``sample.X`` and ``samples.X`` are the bundled
+    ``greenflow.samples.X`` and nothing else (never a ``samples`` package that happens to
+    be importable, e.g. from the working directory)."""
+    for prefix in SAMPLE_PREFIXES:
         if name.startswith(prefix):
-            candidates = ["greenflow.samples." + name[len(prefix):], name]
-    last: Exception | None = None
-    for cand in candidates:
-        try:
-            return importlib.import_module(cand)
-        except ModuleNotFoundError as exc:
-            if exc.name and not cand.startswith(exc.name) and exc.name not in cand:
-                raise
-            last = exc
-    raise FlowError(f"app module {name!r} cannot be imported: {last}")
+            return "greenflow.samples." + name[len(prefix):]
+    return name
+
+
+def resolve_module(name: str) -> Any:
+    """Import an app module by name (`app_module_name`: the sample alias applied)."""
+    target = app_module_name(name)
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as exc:
+        if exc.name and not target.startswith(exc.name) and exc.name not in target:
+            raise  # the module exists but one of its own imports is missing
+        raise FlowError(f"app module {name!r} cannot be imported: {exc}") from None
 
 
 class ResponderTable:

@@ -2,30 +2,28 @@
 
 Every request needs HTTP basic authentication against a user of ``node.toml``, whose
 password is stored as a PyNaCl ``pwhash`` (Argon2id) hash. Checking that hash costs about
-0.1 s and 64 MB by design, so a successful check is remembered for the life of the
-process (keyed by a SHA-256 of the password, never the password) and checks run one at a
-time.
+0.1 s and 64 MB by design, so `greenflow.rpc_limits.LoginGuard` remembers successful
+checks (keyed by a SHA-256, never the password), runs one at a time and backs off
+clients that keep failing. The server, its worker pool and its limits are in
+`greenflow.rpc_limits`.
 
 Requests run on the server's own threads; they reach flows only through the `Node` API
 (which hands work to the scheduler thread), never by touching flow state themselves.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import enum
-import hashlib
 import json
 import logging
 import os
 import queue
-import socket
 import threading
 import time
 import uuid
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -33,14 +31,17 @@ from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
 from .flow_logic import FlowLogic
 from .network_map import NetworkMapError, format_address
 from .node import FlowHandle
-from .node_config import check_password
+from .flow_start import (FlowArgumentError, FlowTargetError, bind_arguments, instantiate,
+                         requested_class_name, resolve_startable)
+from .log_limits import RateLimitedLog, clip
 from .party import Party
-from .registry import is_startable, qualified_name, resolve_module
+from .registry import qualified_name
+from .rpc_limits import BoundedHTTPServer, LimitExceeded, LoginGuard, RpcLimits, parse_json_body
 
 log = logging.getLogger("greenflow.rpc")
 
 API = "/api/v1"
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = RpcLimits.max_body_bytes
 MAX_WAIT_SECONDS = 600.0
 MAX_BATCH = 10_000
 KEEPALIVE_SECONDS = 15.0
@@ -50,9 +51,11 @@ REPR_LIMIT = 400
 class RpcError(Exception):
     """An error answered to the client as ``{"error": {"type", "message"}}``."""
 
-    def __init__(self, status: int, type_: str, message: str) -> None:
+    def __init__(self, status: int, type_: str, message: str,
+                 retry_after: Optional[float] = None) -> None:
         super().__init__(message)
         self.status, self.type, self.message = status, type_, message
+        self.retry_after = retry_after
 
 
 # ---------------------------------------------------------------------- JSON values
@@ -100,48 +103,25 @@ def error_json(exc: BaseException) -> dict:
 
 
 # ---------------------------------------------------------------------- starting flows
-def _module_allowed(module: str, apps: Optional[list[str]]) -> bool:
-    if apps is None:
-        return True
-    for prefix in ("samples.", "sample."):
-        if module.startswith(prefix):
-            module = "greenflow.samples." + module[len(prefix):]
-    return any(module == a or module.startswith(a + ".") for a in apps)
+def may_start_some(user: Any) -> bool:
+    """Whether ``user`` may start any flow at all (checked before a class is looked up)."""
+    return any(p in ("ALL", "start") or p.startswith("start:") for p in user.permissions)
 
 
-def resolve_flow_class(path: str, apps: Optional[list[str]]) -> type:
+def resolve_flow_class(path: Any, apps: Optional[list[str]]) -> type:
     """``module.Class`` or ``module:Class`` -> the class, which must be a `FlowLogic` in
-    one of the node's apps and ``@startable``."""
-    if not isinstance(path, str) or not path:
-        raise RpcError(400, "BadRequest", "`flow` must be a class path like samples.ping.Ping")
-    mod, sep, qual = path.partition(":")
-    if not sep:
-        mod, _, qual = path.rpartition(".")
-    if not mod or not qual:
-        raise RpcError(400, "UnknownFlowClass", f"{path!r} is not a class path (module.Class)")
-    if not _module_allowed(mod, apps):
-        raise RpcError(400, "UnknownFlowClass",
-                       f"{mod} is not one of this node's apps ({', '.join(apps or [])})")
+    one of the node's apps and ``@startable`` (`greenflow.flow_start`, shared with the
+    command line; nothing outside the apps is imported)."""
     try:
-        obj: Any = resolve_module(mod)
-        for part in qual.split("."):
-            obj = getattr(obj, part)
-    except (FlowError, AttributeError) as exc:
-        raise RpcError(400, "UnknownFlowClass", f"no flow class {path!r}: {exc}") from None
-    if not (isinstance(obj, type) and issubclass(obj, FlowLogic)):
-        raise RpcError(400, "UnknownFlowClass", f"{path!r} is not a FlowLogic class")
-    if not is_startable(obj):
-        raise NotStartable(f"{qualified_name(obj)} is not @startable: only flows marked "
-                           "@startable can be started over RPC or from the CLI")
-    return obj
+        return resolve_startable(path, apps=apps, node=True)
+    except FlowTargetError as exc:
+        raise RpcError(400, "UnknownFlowClass", str(exc)) from None
 
 
 def build_flow(cls: type, args: Any, resolve_party: Callable[[str], Party]) -> FlowLogic:
     """Instantiate ``cls`` from JSON arguments. Each value (JSON, or text as typed on a
     command line) is converted by the constructor's type hints with the CLI's rules
-    (`greenflow.cli.flow_args`): a `Party` parameter takes a party's name."""
-    from .cli.flow_args import FlowArgumentError, bind_arguments, instantiate
-
+    (`greenflow.flow_start`): a `Party` parameter takes a party's name."""
     if args is None:
         args = {}
     if not isinstance(args, dict):
@@ -164,48 +144,86 @@ def build_flow(cls: type, args: Any, resolve_party: Callable[[str], Party]) -> F
 
 
 # ---------------------------------------------------------------------- progress
-class ProgressHub:
-    """Fans the node's progress changes out to streaming clients (one queue each)."""
+class _Subscriber:
+    __slots__ = ("flow_id", "queue", "dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, flow_id: Optional[str], size: int) -> None:
+        self.flow_id = flow_id
+        self.queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=size)
+        self.dropped = False
+
+
+class ProgressHub:
+    """Fans the node's progress changes out to streaming clients, one bounded queue each.
+
+    The scheduler never waits on a client: a client whose queue is full (it reads slower
+    than flows make progress, or not at all) is dropped, its stream closed and a line
+    logged, so a stream held open without reading costs at most ``buffer`` events.
+    """
+
+    def __init__(self, buffer: int = RpcLimits.stream_buffer, log_interval: float = 10.0) -> None:
+        self.buffer = buffer
         self._lock = threading.Lock()
-        self._subs: list[tuple[Optional[str], "queue.SimpleQueue[tuple]"]] = []
+        self._subs: list[_Subscriber] = []
+        self.dropped = 0
+        self._warn = RateLimitedLog(log, log_interval)
 
     def __call__(self, flow_id: str, step: Optional[str]) -> None:  # scheduler thread
         with self._lock:
-            subs = list(self._subs)
-        for fid, q in subs:
-            if fid is None or fid == flow_id:
-                q.put((flow_id, step))
+            subs = self._subs
+        for sub in subs:
+            if sub.flow_id is None or sub.flow_id == flow_id:
+                try:
+                    sub.queue.put_nowait((flow_id, step))
+                except queue.Full:
+                    self._drop(sub)
 
-    def subscribe(self, flow_id: Optional[str]) -> "queue.SimpleQueue[tuple]":
-        q: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+    def _drop(self, sub: _Subscriber) -> None:
         with self._lock:
-            self._subs.append((flow_id, q))
-        return q
+            if sub.dropped:
+                return
+            sub.dropped = True
+            self._subs = [s for s in self._subs if s is not sub]
+            self.dropped += 1
+        self._warn.warning("dropped", "RPC: dropped a progress stream that fell %d events "
+                           "behind (stream_buffer)", self.buffer)
 
-    def unsubscribe(self, q: "queue.SimpleQueue[tuple]") -> None:
+    def subscribe(self, flow_id: Optional[str]) -> _Subscriber:
+        sub = _Subscriber(flow_id, self.buffer)
         with self._lock:
-            self._subs = [s for s in self._subs if s[1] is not q]
+            self._subs = self._subs + [sub]  # copy on write: the scheduler iterates unlocked
+        return sub
+
+    def unsubscribe(self, sub: _Subscriber) -> None:
+        with self._lock:
+            self._subs = [s for s in self._subs if s is not sub]
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subs)
 
     def close(self) -> None:
         with self._lock:
             subs, self._subs = self._subs, []
-        for _, q in subs:
-            q.put(None)
+        for sub in subs:
+            sub.dropped = True  # the stream loop sees it within a second
 
 
 # ---------------------------------------------------------------------- the server
 class RpcServer:
     """Serves the RPC of one `greenflow.node_process.NodeProcess`."""
 
-    def __init__(self, proc: Any, address: tuple[str, int]) -> None:
+    def __init__(self, proc: Any, address: tuple[str, int],
+                 limits: Optional[RpcLimits] = None) -> None:
         self.proc = proc
-        self.hub = ProgressHub()
-        self._auth_ok: dict[str, set[bytes]] = {}
-        self._auth_lock = threading.Lock()
-        self.httpd = _Server(address, _Handler)
+        self.limits = limits or RpcLimits.from_config(getattr(proc.config, "rpc", None))
+        self.hub = ProgressHub(self.limits.stream_buffer, self.limits.log_interval)
+        self.logins = LoginGuard(self.limits, proc.config.user, self._any_hash)
+        self._streams = threading.BoundedSemaphore(self.limits.max_streams)
+        self.httpd = _Server(address, _Handler, self.limits)
         self.httpd.rpc = self
+        self.httpd.warners += [self.logins.warn, self.hub._warn]
+        self.httpd.backoff = self.logins.backoff
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
 
@@ -236,24 +254,13 @@ class RpcServer:
         self.httpd.close_connections()
 
     # ------------------------------------------------------------------ auth
-    def authenticate(self, header: Optional[str]) -> Any:
-        if not header or not header.startswith("Basic "):
-            raise RpcError(401, "Unauthorized", "this node needs HTTP basic authentication")
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
-        except (ValueError, UnicodeError):
-            raise RpcError(401, "Unauthorized", "malformed basic authentication") from None
-        account = self.proc.config.user(user)
-        digest = hashlib.sha256(password.encode("utf-8")).digest()
-        if account is not None and digest in self._auth_ok.get(user, ()):
-            return account
-        with self._auth_lock:
-            ok = account is not None and check_password(account.password_hash, password)
-        if not ok:
-            log.warning("RPC: failed login as %r", user)
-            raise RpcError(401, "Unauthorized", "wrong username or password")
-        self._auth_ok.setdefault(user, set()).add(digest)
-        return account
+    def _any_hash(self) -> Optional[str]:
+        users = self.proc.config.rpc_users
+        return users[0].password_hash if users else None
+
+    def authenticate(self, header: Optional[str], client: str = "?") -> Any:
+        """The account of a request from address ``client`` (`LoginGuard`)."""
+        return self.logins.authenticate(client, header)
 
     # ------------------------------------------------------------------ operations
     def node_info(self) -> dict:
@@ -277,10 +284,15 @@ class RpcServer:
             raise RpcError(400, "BadRequest", f"unknown fields {sorted(unknown)} (known: flow, "
                                               "args, client_id, wait, count)")
         node = self.node
-        apps = node.scheduler.responders.apps
-        cls = resolve_flow_class(body.get("flow"), apps)
+        # Permission first: a user who may start nothing (or not this class) makes the node
+        # look nothing up, let alone import it.
+        asked = requested_class_name(body.get("flow"))
+        if not may_start_some(user) or (asked is not None and not user.allows(f"start:{asked}")):
+            raise RpcError(403, "Forbidden", f"user {clip(user.username)} may not start "
+                                             f"{clip(body.get('flow'))}")
+        cls = resolve_flow_class(body.get("flow"), node.scheduler.responders.apps)
         if not user.allows(f"start:{qualified_name(cls)}"):
-            raise RpcError(403, "Forbidden", f"user {user.username!r} may not start "
+            raise RpcError(403, "Forbidden", f"user {clip(user.username)} may not start "
                                              f"{qualified_name(cls)}")
         if self.proc.draining:
             raise RpcError(503, "Draining", "the node is draining: it starts no new flows")
@@ -306,6 +318,18 @@ class RpcServer:
         wanted = {s.strip().upper() for s in status.split(",")} if status else None
         return [_flow_info(f) for f in self.node.flows()
                 if wanted is None or f.status.value in wanted]
+
+    def stream_status(self) -> dict:
+        """The first event of ``/progress``: unfinished flows first, at most
+        ``stream_status_flows`` of them (``more`` counts the rest), so a stream held open
+        by a client that does not read holds a bounded document, not every flow."""
+        limit = self.limits.stream_status_flows
+        flows = self.node.flows()
+        flows.sort(key=lambda f: f.status.finished)
+        out = {"flows": [_flow_info(f) for f in flows[:limit]]}
+        if len(flows) > limit:
+            out["more"] = len(flows) - limit
+        return out
 
     def flow(self, fid: str) -> dict:
         return _flow_info(self.node.flow_info(fid))
@@ -369,25 +393,8 @@ def _flow_info(f: Any) -> dict:
             "resident": f.resident, "error": f.error}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(BoundedHTTPServer):
     rpc: RpcServer
-
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
-        self.open_connections: set = set()
-        self.conn_lock = threading.Lock()
-
-    def close_connections(self) -> None:
-        """End kept-alive connections too: ``shutdown()`` only stops accepting new ones."""
-        with self.conn_lock:
-            conns = list(self.open_connections)
-        for sock in conns:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -400,17 +407,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ plumbing
     def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout  # each read and each send
         super().setup()
-        with self.server.conn_lock:
-            self.server.open_connections.add(self.connection)
 
-    def finish(self) -> None:
-        with self.server.conn_lock:
-            self.server.open_connections.discard(self.connection)
-        super().finish()
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection)  # from now, the request must arrive in time
+        super().handle_one_request()
 
     def log_message(self, fmt: str, *args: Any) -> None:
-        log.debug("RPC %s: " + fmt, self.address_string(), *args)
+        log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
 
     def _send_json(self, status: int, doc: Any, headers: Optional[dict] = None) -> None:
         body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
@@ -419,29 +424,43 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def _read_body(self) -> bytes:
+        limit = self.server.limits.max_body_bytes
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Not read, so its bytes must not be taken for the next request: close.
+            self.close_connection = True
+            raise RpcError(411, "LengthRequired", "send the body with a Content-Length "
+                                                  "(Transfer-Encoding is not accepted)")
+        lengths = self.headers.get_all("Content-Length") or []
         try:
-            n = int(self.headers.get("Content-Length") or 0)
+            n = int(lengths[0]) if len(lengths) == 1 else (0 if not lengths else -1)
         except ValueError:
             n = -1
-        if not 0 <= n <= MAX_BODY_BYTES:
+        if n < 0:
             self.close_connection = True
-            raise RpcError(413 if n > 0 else 400, "BadRequest",
-                           f"the body must have a Content-Length of at most {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(n) if n else b""
+            raise RpcError(400, "BadRequest", "the Content-Length header is malformed")
+        if n > limit:
+            self.close_connection = True
+            raise RpcError(413, "BodyTooLarge", f"the body has {n} bytes; at most {limit} "
+                                                "(max_body_bytes)")
+        raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:
+            raise ConnectionResetError("the client sent less than its Content-Length")
+        return raw
 
-    @staticmethod
-    def _parse(raw: bytes) -> Any:
+    def _parse(self, raw: bytes) -> Any:
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise RpcError(400, "BadRequest", f"the body is not JSON: {exc}") from None
+            return parse_json_body(raw, self.server.limits.max_json_depth)
+        except LimitExceeded as exc:
+            raise RpcError(exc.status, exc.type, exc.message) from None
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -458,12 +477,22 @@ class _Handler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/") if p]
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-            raw = self._read_body()
-            user = rpc.authenticate(self.headers.get("Authorization"))
+            try:
+                raw = self._read_body()
+            except (OSError, ValueError):  # timed out, cut short or reset: no answer is owed
+                self.close_connection = True
+                return
+            self.server.busy(self.connection)
+            try:
+                user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])
+            except LimitExceeded as exc:
+                raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
             body = self._parse(raw) if method == "POST" else None
             self._route(rpc, method, parts, query, body, user)
         except RpcError as exc:
-            headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else None
+            headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else {}
+            if exc.retry_after:
+                headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             self._send_json(exc.status, {"error": {"type": exc.type, "message": exc.message}}, headers)
         except UnknownFlow as exc:
             self._send_json(404, {"error": error_json(exc)})
@@ -476,7 +505,7 @@ class _Handler(BaseHTTPRequestHandler):
         except FlowError as exc:
             self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
-            log.exception("RPC %s %s failed", method, self.path)
+            self.server.warn.exception("500", "RPC %s %s failed", method, clip(self.path, 200))
             self._send_json(500, {"error": {"type": "InternalError",
                                             "message": f"{type(exc).__name__}: {exc}; please "
                                                        "file a bug with the node log"}})
@@ -489,7 +518,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, rpc: RpcServer, method: str, parts: list, query: dict, body: Any,
                user: Any) -> None:
         if parts[:2] != ["api", "v1"]:
-            raise RpcError(404, "NotFound", f"no such endpoint {self.path}; the API is under {API}/")
+            raise RpcError(404, "NotFound", f"no such endpoint {clip(self.path, 200)}; the API is "
+                                            f"under {API}/")
         p = parts[2:]
         route = (method, tuple(p[:1]) + tuple("*" if i == 1 else x for i, x in enumerate(p[1:], 1)))
         read = lambda: self._need(user, "read")  # noqa: E731
@@ -534,7 +564,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._need(user, "admin")
             return self._send_json(202, rpc.shutdown())
         raise RpcError(404 if method == "GET" else 405, "NotFound",
-                       f"no endpoint {method} {self.path}; see docs/rpc.md")
+                       f"no endpoint {method} {clip(self.path, 200)}; see docs/rpc.md")
 
     # ------------------------------------------------------------------ progress stream
     def _event(self, kind: str, doc: Any) -> None:
@@ -543,9 +573,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, rpc: RpcServer, fid: Optional[str]) -> None:
         """Server-sent events: ``status`` (now), then ``progress`` per step change and
-        ``end`` when a flow finishes (for one flow, the stream then closes)."""
+        ``end`` when a flow finishes (for one flow, the stream then closes). A client
+        more than ``stream_buffer`` events behind is dropped (`ProgressHub`), and one
+        that accepts nothing for ``request_timeout`` seconds too."""
         node = rpc.node
-        q = rpc.hub.subscribe(fid)
+        if not rpc._streams.acquire(blocking=False):
+            raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} progress streams "
+                                                  "are open (max_streams): retry later",
+                           retry_after=5)
+        sub = rpc.hub.subscribe(fid)
         try:
             if fid is not None:
                 node.handle(fid)  # UnknownFlow -> 404 before the stream starts
@@ -555,35 +591,47 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            if fid is not None:
-                info = rpc.flow(fid)
-                self._event("status", info)
-                if _finished(info["status"]):
-                    return self._event("end", rpc.outcome(FlowHandle(node, fid), 0)[1])
-            else:
-                self._event("status", {"flows": rpc.flows(None)})
-            last = time.monotonic()
-            while not rpc.stopping:
-                try:
-                    item = q.get(timeout=1.0)
-                except queue.Empty:
-                    if time.monotonic() - last > KEEPALIVE_SECONDS:
-                        self.wfile.write(b": keepalive\n\n")
-                        self.wfile.flush()
-                        last = time.monotonic()
-                    continue
-                if item is None:
-                    return
-                flow_id, step = item
-                last = time.monotonic()
-                if step is not None:
-                    self._event("progress", {"flow_id": flow_id, "step": step})
-                    continue
-                self._event("end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1])
-                if fid is not None:
-                    return
+            try:
+                self._pump(rpc, node, fid, sub)
+            except OSError:  # the client left, or accepted nothing for request_timeout
+                pass
         finally:
-            rpc.hub.unsubscribe(q)
+            rpc.hub.unsubscribe(sub)
+            rpc._streams.release()
+
+    def _pump(self, rpc: RpcServer, node: Any, fid: Optional[str], sub: _Subscriber) -> None:
+        if fid is not None:
+            info = rpc.flow(fid)
+            self._event("status", info)
+            if _finished(info["status"]):
+                return self._event("end", rpc.outcome(FlowHandle(node, fid), 0)[1])
+        else:
+            self._event("status", rpc.stream_status())
+        last = time.monotonic()
+        while not rpc.stopping and not sub.dropped:
+            try:
+                item = sub.queue.get(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() - last > KEEPALIVE_SECONDS:
+                    self.wfile.write(b": keepalive\n\n")
+                    self.wfile.flush()
+                    last = time.monotonic()
+                continue
+            if item is None:
+                return
+            flow_id, step = item
+            last = time.monotonic()
+            if step is not None:
+                self._event("progress", {"flow_id": flow_id, "step": step})
+                continue
+            self._event("end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1])
+            if fid is not None:
+                return
+        if sub.dropped and not rpc.stopping:
+            # Tell a client that still reads why its stream ends; never wait on one that does not.
+            self.connection.settimeout(0.2)
+            self._event("dropped", {"reason": f"more than {rpc.hub.buffer} events behind "
+                                              "(stream_buffer)"})
 
 
 def _finished(status: str) -> bool:
