@@ -128,6 +128,11 @@ class Scheduler:
         self._workers: Optional[ThreadPoolExecutor] = None
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
+        # (event, flow class) -> count, for the node's metrics (`greenflow.metrics`): a
+        # dict increment per flow start/end, read when metrics are scraped.
+        self.flow_counts: dict[tuple[str, str], int] = {}
+        # fn(seconds, writes, suspended) after each durable commit (`greenflow.metrics`).
+        self.commit_observer: Optional[Callable[[float, int, int], None]] = None
 
     # ================================================================== intake
     def post(self, event: Any) -> None:
@@ -238,6 +243,11 @@ class Scheduler:
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
         self.stats["flows_started"] += 1
+        self._count("started", cp.flow_class)
+
+    def _count(self, event: str, flow_class: str) -> None:
+        key = (event, flow_class)
+        self.flow_counts[key] = self.flow_counts.get(key, 0) + 1
 
     def _make_resident(self, rt: FlowRuntime) -> None:
         self.resident[rt.flow_id] = rt
@@ -524,6 +534,7 @@ class Scheduler:
             return
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
+        self._count("hospitalized", cp.flow_class)
         self.batch.put("flows", fid_key(fid), serialization.dumps(cp))
         self.batch.delete("wake", fid_key(fid))
 
@@ -553,6 +564,8 @@ class Scheduler:
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
+        if retry_in is None:
+            self._count("hospitalized", cp.flow_class)
         if retry_in is not None:
             cp.retries += 1
             heapq.heappush(self.timers, (cp.retry_at, fid))
@@ -575,6 +588,7 @@ class Scheduler:
         cp.status = FlowStatus.RUNNABLE
         cp.retry_at = None
         cp.error = None
+        self._count("retried", cp.flow_class)
         blob = serialization.dumps(cp)
         self.batch.put("flows", fid_key(fid), blob)
         rt = self._load(fid, cp)
@@ -598,7 +612,7 @@ class Scheduler:
         if kind == "unwound":
             kind = "killed"
         record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
-                                  "finished_at": self.clock.now()}
+                                  "started_at": rt.cp.started_at, "finished_at": self.clock.now()}
         if kind == "done":
             rt.end_frames(("done",))
             record.update(status=FlowStatus.COMPLETED, value=res[1])
@@ -624,6 +638,7 @@ class Scheduler:
             rt.end_frames(("killed",))
             record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
         rt.cp.status = record["status"]
+        self._count(record["status"].value, rt.cp.flow_class)
         b = self.batch
         k = fid_key(fid)
         if rt.start_blob is None:  # something of it was stored
@@ -735,8 +750,11 @@ class Scheduler:
                 self._queue_frames(rt)
         try:
             if b:
+                t0 = time.perf_counter()
                 self.store.commit(b)
                 self.stats["commits"] += 1
+                if self.commit_observer is not None:
+                    self.commit_observer(time.perf_counter() - t0, len(b.ops), len(suspended))
         except StoreError as exc:
             # Nothing of this round is durable, so nothing of it may be seen: stop the node.
             log.critical("%s: %s; the node stops committing", self.identity.name, exc)
