@@ -29,6 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .console import ConsoleApp, is_console_path
 from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
 from .flow_logic import FlowLogic
 from .network_map import NetworkMapError, format_address
@@ -208,6 +209,7 @@ class RpcServer:
         self.httpd.rpc = self
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
+        self.console = ConsoleApp(self)  # /console... and /metrics (see _Handler._console)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -222,6 +224,7 @@ class RpcServer:
 
     def start(self) -> None:
         self.node.add_progress_listener(self.hub)
+        self.console.attach(self.node)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="gf-rpc", daemon=True)
         self._thread.start()
@@ -459,6 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
             parts = [unquote(p) for p in url.path.split("/") if p]
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             raw = self._read_body()
+            if is_console_path(url.path):
+                return self._console(rpc, method, url.path, query, raw)
             user = rpc.authenticate(self.headers.get("Authorization"))
             body = self._parse(raw) if method == "POST" else None
             self._route(rpc, method, parts, query, body, user)
@@ -480,6 +485,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, {"error": {"type": "InternalError",
                                             "message": f"{type(exc).__name__}: {exc}; please "
                                                        "file a bug with the node log"}})
+
+    def _console(self, rpc: RpcServer, method: str, path: str, query: dict, raw: bytes) -> None:
+        """Hand the request to the console (`greenflow.console`) and write its answer: a
+        body of bytes, or an iterator of chunks (server-sent events) on a closing connection."""
+        header = self.headers.get("Authorization")
+        user = rpc.authenticate(header) if header else None
+        status, headers, body = rpc.console.handle(method, path, query, raw, user, self.headers)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if isinstance(body, (bytes, bytearray)):
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
     def _need(self, user: Any, permission: str) -> None:
         if not user.allows(permission):
