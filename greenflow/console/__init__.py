@@ -43,6 +43,7 @@ COOKIE = "greenflow_console"
 SESSION_SECONDS = 12 * 3600.0
 MAX_SESSIONS = 1000
 KEEPALIVE_SECONDS = 15.0
+FLOWS_CACHE_SECONDS = 0.5
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
@@ -77,6 +78,8 @@ class ConsoleApp:
         self.metrics = NodeMetrics(proc=rpc.proc)
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
+        self._flows_lock = threading.Lock()
+        self._flows_cache: tuple[float, list, bool] = (-1e9, [], False)
 
     def attach(self, node: Any) -> None:
         """Once the node is open: hook the metrics into its scheduler."""
@@ -140,7 +143,7 @@ class ConsoleApp:
         node = self.rpc.node
         name = node.party.name
         if parts == ["flows"]:
-            page = data.flow_page(data.all_flows(node), query)
+            page = data.flow_page(*self._flows(node), query)
             if fragment:
                 return _html(pages.flows_fragment(page, query))
             return _html(pages.layout("Flows", user, pages.flows_page(page, query), active="flows",
@@ -163,11 +166,21 @@ class ConsoleApp:
                                       csrf=csrf, node_name=name))
         raise _Refused(404, "NotFound", f"no console page {path}")
 
+    def _flows(self, node: Any) -> tuple[list[dict], bool]:
+        """The flow list, shared for a moment by every open page (each reloads it every
+        few seconds)."""
+        with self._flows_lock:
+            at, rows, truncated = self._flows_cache
+            if time.monotonic() - at > FLOWS_CACHE_SECONDS:
+                rows, truncated = data.all_flows(node)
+                self._flows_cache = (time.monotonic(), rows, truncated)
+            return [dict(r) for r in rows], truncated
+
     # ------------------------------------------------------------------ JSON API
     def _api(self, p: list, query: dict) -> Response:
         node = self.rpc.node
         if p == ["flows"]:
-            return _json(200, data.flow_page(data.all_flows(node), query))
+            return _json(200, data.flow_page(*self._flows(node), query))
         if len(p) == 2 and p[0] == "flows":
             return _json(200, data.flow_detail(node, p[1]))
         if len(p) == 3 and p[0] == "flows" and p[2] == "events":

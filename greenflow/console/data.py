@@ -21,6 +21,9 @@ from ..status import FlowStatus
 from ..store import load_result
 
 PAGE_SIZE = 50
+# The flow list reads at most this many stored flows (and as many finished ones),
+# newest first; beyond, it says the list is cut.
+SCAN_LIMIT = 20_000
 MAX_PAGE_SIZE = 500
 JOURNAL_LIMIT = 500
 REPR_LIMIT = 300
@@ -43,38 +46,47 @@ def _repr(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------- the flow list
-def all_flows(node: Any) -> list[dict]:
-    """Every flow the node knows (unfinished, and finished ones still kept), one small
-    dict each. On the scheduler thread."""
-    def collect() -> list[dict]:
-        sched, store = node.scheduler, node.store
-        resident = sched.resident
-        out: dict[str, dict] = {}
-        for k, raw in store.iter_db("flows"):
-            fid = k.decode()
-            rt = resident.get(fid)
-            try:
-                cp = rt.cp if rt is not None else serialization.loads(raw)
-            except Exception as exc:  # noqa: BLE001 - shown, not fatal
-                out[fid] = {"id": fid, "flow_class": "?", "status": "UNREADABLE",
-                            "error": f"{type(exc).__name__}: {exc}", "progress_step": None,
-                            "suspended_on": None, "started_at": None, "finished_at": None,
-                            "resident": False}
-                continue
-            out[fid] = _cp_row(cp, rt is not None)
-        for fid, rt in list(resident.items()):
-            if fid not in out:
-                out[fid] = _cp_row(rt.cp, True)
-        for k, raw in store.iter_db("results"):
-            fid = k.decode()
-            if fid not in out:
-                out[fid] = _result_row(fid, load_result(raw))
-        for fid, rec in sched.recent_results.items():
-            if fid not in out:
-                out[fid] = _result_row(fid, rec)
-        return list(out.values())
+def all_flows(node: Any, limit: int = SCAN_LIMIT) -> tuple[list[dict], bool]:
+    """The flows the node knows (unfinished, and finished ones still kept), one small
+    dict each, and whether the list was cut at ``limit`` stored flows (the newest kept).
 
-    return node._on_scheduler(collect)
+    Resident flows are read on the scheduler thread (a pass over memory); the stored ones
+    in read-only LMDB transactions on the caller's thread, newest first (flow ids start
+    with their start time), so a long list never holds up the scheduler."""
+    def snapshot() -> dict[str, dict]:
+        return {fid: _cp_row(rt.cp, True) for fid, rt in node.scheduler.resident.items()}
+
+    out = node._on_scheduler(snapshot)
+    store = node.store
+    truncated = False
+    for name in ("flows", "results"):
+        db = store.db.get(name)
+        if db is None:
+            continue
+        seen = 0
+        with store.env.begin(db=db) as txn:
+            for k, raw in txn.cursor().iterprev():
+                fid = bytes(k).decode("utf-8", "replace")
+                if fid in out:
+                    continue
+                seen += 1
+                if seen > limit:
+                    truncated = True
+                    break
+                out[fid] = _stored_row(name, fid, bytes(raw))
+    return list(out.values()), truncated
+
+
+def _stored_row(db: str, fid: str, raw: bytes) -> dict:
+    try:
+        if db == "results":
+            return _result_row(fid, load_result(raw))
+        return _cp_row(serialization.loads(raw), False)
+    except Exception as exc:  # noqa: BLE001 - shown, not fatal
+        return {"id": fid, "flow_class": "?", "status": "UNREADABLE",
+                "error": f"{type(exc).__name__}: {exc}", "progress_step": None,
+                "suspended_on": None, "started_at": None, "finished_at": None,
+                "resident": False}
 
 
 def _cp_row(cp: Any, resident: bool) -> dict:
@@ -114,7 +126,7 @@ def parse_since(text: str) -> Optional[float]:
     return dt.timestamp()
 
 
-def flow_page(rows: list[dict], query: dict) -> dict:
+def flow_page(rows: list[dict], truncated: bool, query: dict) -> dict:
     """Filter (status, class, started since, text in the id), count per status, sort
     (newest first) and page the flow list."""
     statuses = {s.strip().upper() for s in (query.get("status") or "").split(",") if s.strip()}
@@ -156,7 +168,8 @@ def flow_page(rows: list[dict], query: dict) -> dict:
         r["started"] = iso(r["started_at"])
         r["finished"] = iso(r["finished_at"])
     return {"flows": shown, "counts": counts, "total": len(chosen), "all": len(rows),
-            "page": page, "pages": pages, "size": size}
+            "page": page, "pages": pages, "size": size,
+            "truncated": SCAN_LIMIT if truncated else None}
 
 
 # ---------------------------------------------------------------------- one flow

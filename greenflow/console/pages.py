@@ -109,7 +109,8 @@ def flows_fragment(page: dict, query: dict) -> str:
     rows = "".join(_flow_row(r) for r in page["flows"]) or \
         '<tr><td colspan="7" class="empty">No flows match.</td></tr>'
     return f"""<div class="chips" id="status-counts">{chips}</div>
-<p class="summary">{page["total"]} of {page["all"]} flows match · page {page["page"]} of {page["pages"]}</p>
+<p class="summary">{page["total"]} of {page["all"]} flows match · page {page["page"]} of {page["pages"]}
+{f'· <strong>only the newest {page["truncated"]:,} stored unfinished and finished flows are listed</strong>' if page.get("truncated") else ""}</p>
 <table id="flow-table"><thead><tr><th>Flow</th><th>Class</th><th>Status</th><th>Step</th>
 <th>Waiting for</th><th>Started</th><th>Error</th></tr></thead>
 <tbody>{rows}</tbody></table>
