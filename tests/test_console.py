@@ -320,6 +320,15 @@ def test_log_in_and_filter_the_flow_list(world, browser):
     assert len(rows) >= 8
     assert int(css(browser, "#count-HOSPITALIZED")[0].text) == 2
     shot(browser, "flows")
+    # The open list follows the node: a flow started now appears, counted, without a reload.
+    browser.execute_script("window.__same_page = true;")
+    suspended = int(css(browser, "#count-SUSPENDED")[0].text)
+    fresh = world["net"].client(SELLER).start_flow("consoleflows.Napper", {"parcel": "new"})["flow_id"]
+    wait_for(lambda: fresh in attrs(browser, "#flow-table tbody tr", "data-flow-id"),
+             timeout=15, what="the new flow to appear in the open list")
+    wait_for(lambda: attrs(browser, "#count-SUSPENDED", "data-n") == [str(suspended + 1)],
+             timeout=15, what="the SUSPENDED count to go up")
+    assert browser.execute_script("return window.__same_page === true;"), "the page was reloaded"
 
     from selenium.webdriver.support.ui import Select
     Select(css(browser, "#f-status")[0]).select_by_value("HOSPITALIZED")  # submits at once

@@ -156,6 +156,8 @@ class ConsoleApp:
                                       active="flows", csrf=csrf, node_name=name))
         if parts == ["vault"]:
             v = data.vault_overview(node, query)
+            if fragment:
+                return _html(pages.vault_fragment(v, query))
             return _html(pages.layout("Vault", user, pages.vault_page(v, query), active="vault",
                                       csrf=csrf, node_name=name))
         if parts == ["node"]:

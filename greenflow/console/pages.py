@@ -104,7 +104,7 @@ def flows_fragment(page: dict, query: dict) -> str:
     chips = "".join(
         f'<a class="chip{" on" if (query.get("status") or "").upper() == s else ""}" '
         f'data-status="{s}" href="/console/flows{_qs(query, status=s, page=None)}">'
-        f'{badge(s)} <span class="count" id="count-{s}">{counts.get(s, 0)}</span></a>'
+        f'{badge(s)} <span class="count" id="count-{s}" data-n="{counts.get(s, 0)}">{counts.get(s, 0)}</span></a>'
         for s in ORDER)
     rows = "".join(_flow_row(r) for r in page["flows"]) or \
         '<tr><td colspan="7" class="empty">No flows match.</td></tr>'
@@ -171,9 +171,10 @@ def flow_page(d: dict, user: Any) -> str:
     if d["status"] == "HOSPITALIZED" and (user.allows("admin") or user.allows("retry")):
         buttons += (f'<button id="retry" data-action="retry" data-confirm="Retry flow {e(fid)} '
                     f'from its last checkpoint?">Retry</button>')
+    events = f' data-events="/console/api/flows/{quote(fid)}/events"' if unfinished else ""
     return f"""<h1>Flow <span class="mono">{e(fid)}</span></h1>
 <div class="actions" data-flow-id="{e(fid)}">{buttons}<span id="action-result"></span></div>
-<div id="live" data-live="3000" data-flow-id="{e(fid)}" data-events="/console/api/flows/{quote(fid)}/events">
+<div id="live" data-live="3000" data-flow-id="{e(fid)}"{events}>
 {flow_fragment(d)}</div>"""
 
 
@@ -251,8 +252,13 @@ def _tree(nodes: Iterable[dict], ident: Optional[str] = None) -> str:
 
 # ---------------------------------------------------------------------- vault
 def vault_page(v: dict, query: dict) -> str:
+    return f"""<h1>Vault</h1>
+<div id="live" data-live="5000">{vault_fragment(v, query)}</div>"""
+
+
+def vault_fragment(v: dict, query: dict) -> str:
     if not v["open"]:
-        return "<h1>Vault</h1><p>This node's apps have no vault.</p>"
+        return "<p>This node's apps have no vault.</p>"
     types = "".join(f'<a class="chip{" on" if t["type"] == v["type"] else ""}" '
                     f'href="/console/vault{_qs(query, type=t["type"], page=None)}">{e(t["type"])} '
                     f'<span class="count">{t["count"]}</span></a>' for t in v["types"]) \
@@ -263,15 +269,13 @@ def vault_page(v: dict, query: dict) -> str:
                   f'<td>{e(t.get("outputs"))} {e(", ".join(t.get("output_types", [])))}</td>'
                   f'<td>{e(", ".join(t.get("commands", [])))}</td><td>{e(t.get("notary"))}</td>'
                   f'<td>{e(t.get("signatures"))}</td></tr>' for t in v["transactions"])
-    return f"""<h1>Vault</h1>
-<div id="live" data-live="5000">
-<section><h2>Unconsumed states by type</h2><div class="chips" id="state-types">{types}</div>
+    return f"""<section><h2>Unconsumed states by type</h2><div class="chips" id="state-types">{types}</div>
 {f'<table id="states"><thead><tr><th>Ref</th><th>State</th><th>Locked by flow</th></tr></thead><tbody>{states}</tbody></table>' if states else ""}
 {_pager(v.get("page", 1), v.get("pages", 1), query, "page")}</section>
 <section><h2>Recorded transactions <span class="count">{v["tx_total"]}</span></h2>
 <table id="transactions"><thead><tr><th>Id</th><th>Inputs</th><th>Outputs</th><th>Commands</th>
 <th>Notary</th><th>Signatures</th></tr></thead><tbody>{txs}</tbody></table>
-{_pager(v.get("tx_page", 1), v.get("tx_pages", 1), query, "tx_page")}</section></div>"""
+{_pager(v.get("tx_page", 1), v.get("tx_pages", 1), query, "tx_page")}</section>"""
 
 
 # ---------------------------------------------------------------------- node

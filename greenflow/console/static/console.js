@@ -67,6 +67,12 @@
       try { markStep(JSON.parse(ev.data).step); } catch (e) { /* ignore */ }
       refresh();
     });
+    es.addEventListener("status", function (ev) {
+      try {
+        var st = JSON.parse(ev.data).status;
+        if (st === "COMPLETED" || st === "FAILED" || st === "KILLED") { es.close(); }
+      } catch (e) { /* ignore */ }
+    });
     es.addEventListener("end", function () { es.close(); refresh(); });
     es.onerror = function () { /* the browser reconnects by itself */ };
   }
