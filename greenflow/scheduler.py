@@ -638,7 +638,6 @@ class Scheduler:
             rt.end_frames(("killed",))
             record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
         rt.cp.status = record["status"]
-        self._count(record["status"].value, rt.cp.flow_class)
         b = self.batch
         k = fid_key(fid)
         if rt.start_blob is None:  # something of it was stored
@@ -662,6 +661,7 @@ class Scheduler:
             rt.cp.status = FlowStatus.FAILED
             blob = dump_result(record)
         b.put("results", k, blob)
+        self._count(record["status"].value, rt.cp.flow_class)
         b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:
             b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
