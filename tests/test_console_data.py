@@ -73,7 +73,11 @@ def test_one_flow_shows_its_journal_stack_and_progress_from_disk(node):
         ("Packing the parcel", "done"), ("Waiting for the courier", "current"), ("Shipping", "todo")]
     node.kill_flow(fid)
     d = data.flow_detail(node, fid)
-    assert d["status"] == "KILLED" and d["finished"] and d["started_at"]
+    assert d["status"] == "KILLED" and d["finished"] and d["started"] and d["finished_at_iso"]
+    assert {p["state"] for p in d["progress"]} == {"todo"}  # not known to have done any step
+    step = node.start_flow(Stepper(pause=0.01))
+    step.result(timeout=30)
+    assert {p["state"] for p in data.flow_detail(node, step.id)["progress"]} == {"done"}
 
 
 def test_a_node_without_a_vault_says_so_and_opens_none(tmp_path):

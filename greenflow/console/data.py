@@ -188,8 +188,11 @@ def flow_detail(node: Any, fid: str) -> dict:
                 raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
             row = _result_row(fid, rec)
             row.update(finished=True, sessions=[], frames=[], journal=[], hospital=None,
+                       started=iso(row["started_at"]), finished_at_iso=iso(row["finished_at"]),
                        result=_repr(rec.get("value")) if "value" in rec else None,
-                       progress=_progress(row["flow_class"], None, True))
+                       # Only a completed flow is known to have gone through every step.
+                       progress=_progress(row["flow_class"], None,
+                                          row["status"] == FlowStatus.COMPLETED.value))
             return row
         resident = rt is not None
         row = _cp_row(cp, resident)
@@ -255,7 +258,7 @@ def _journal_rows(entries: list, cp: Any) -> list[dict]:
     return rows
 
 
-def _progress(flow_class: Optional[str], current: Optional[str], finished: bool) -> list[dict]:
+def _progress(flow_class: Optional[str], current: Optional[str], completed: bool) -> list[dict]:
     """The flow class's progress steps as a tree, the current path marked: top-level
     steps from its tracker; a sub-flow's step (``"Parent / Child"``) nests under its
     parent's step."""
@@ -268,19 +271,15 @@ def _progress(flow_class: Optional[str], current: Optional[str], finished: bool)
     top = path[0] if path else None
     if top is not None and top not in steps:
         steps.append(top)
-    reached = top is None or finished
     out = []
-    state = "done" if finished else "todo"
     idx = steps.index(top) if top in steps else -1
     for i, label in enumerate(steps):
-        if finished:
-            st = "done"
-        elif i < idx:
+        if completed or i < idx:
             st = "done"
         elif i == idx:
             st = "current"
         else:
-            st = state if not reached else "todo"
+            st = "todo"
         node = {"label": label, "state": st, "children": []}
         if i == idx and len(path) > 1:
             node["children"] = [{"label": " / ".join(path[1:]), "state": "current", "children": []}]

@@ -184,7 +184,7 @@ def flow_fragment(d: dict) -> str:
 <tr><th>Status</th><td id="flow-status" data-status="{e(d["status"])}">{badge(d["status"])}
 {'<span class="muted">(in memory)</span>' if d.get("resident") else ""}</td></tr>
 <tr><th>Started</th><td>{e(d.get("started") or "")}</td></tr>
-{f'<tr><th>Finished</th><td>{e(d.get("finished"))}</td></tr>' if d.get("finished") and d.get("finished") is not True else ""}
+{f'<tr><th>Finished</th><td>{e(d.get("finished_at_iso"))}</td></tr>' if d.get("finished_at_iso") else ""}
 <tr><th>Waiting for</th><td id="waiting-for">{e(d.get("suspended_on") or "—")}</td></tr>
 {f'<tr><th>Error</th><td class="err">{e(d["error"])}</td></tr>' if d.get("error") else ""}
 {f'<tr><th>Result</th><td class="mono">{e(d["result"])}</td></tr>' if d.get("result") else ""}
