@@ -4,7 +4,8 @@ One network per module (a notary, a bank, a seller and a buyer running the trade
 plus flows of tests/consoleflows.py on the seller: sleeping, hospitalized, stepping),
 driven by a real headless Chromium through Selenium. The browser tests skip, saying why,
 only where no Chromium and chromedriver can be found (``.ci/install-browser`` installs
-Debian's). The screenshots they take are the ones docs/console.md shows.
+Debian's). The screenshots they take are the ones docs/console.md shows (refresh them
+with ``GREENFLOW_UPDATE_SCREENSHOTS=1``).
 """
 from __future__ import annotations
 
@@ -272,13 +273,20 @@ def browser(world):
 
 
 def shot(drv: Any, name: str) -> None:
-    """A screenshot of the whole page (for docs/console.md)."""
+    """A screenshot of the whole page, for docs/console.md: written into docs/images/
+    when it is missing there or GREENFLOW_UPDATE_SCREENSHOTS=1 (ids and times differ at
+    every run, so an ordinary test run leaves the committed ones alone)."""
     height = drv.execute_script("return document.documentElement.scrollHeight;")
     drv.set_window_size(1360, max(500, min(int(height) + 140, 2200)))
+    path = os.path.join(IMAGES, f"console-{name}.png")
     try:
-        drv.save_screenshot(os.path.join(IMAGES, f"console-{name}.png"))
+        png = drv.get_screenshot_as_png()
     finally:
         drv.set_window_size(1360, 900)
+    assert png.startswith(b"\x89PNG") and len(png) > 5000, f"screenshot {name} is empty"
+    if os.environ.get("GREENFLOW_UPDATE_SCREENSHOTS") == "1" or not os.path.exists(path):
+        with open(path, "wb") as fh:
+            fh.write(png)
 
 
 def css(drv: Any, selector: str) -> list:
