@@ -42,6 +42,14 @@ def wait_for(cond: Callable[[], Any], timeout: float = 20.0, what: str = "condit
         time.sleep(0.1)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any) -> None:  # a 303 is an answer to look at here
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class Site:
     """The seller's console over plain HTTP (urllib, no browser)."""
 
@@ -61,7 +69,7 @@ class Site:
             token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
             req.add_header("Authorization", "Basic " + token)
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
+            with _OPENER.open(req, timeout=timeout) as r:
                 # An event stream never ends by itself: its first event is enough.
                 data = r.read(200) if "event-stream" in r.headers.get("Content-Type", "") else r.read()
                 return r.status, dict(r.headers), data
@@ -180,6 +188,32 @@ def test_a_read_only_user_sees_everything_and_may_change_nothing(world):
                                 body=b"enabled=true", headers={"X-Greenflow-Console": "1"})
     assert status == 403
     assert world["net"].client(SELLER).flow(fickle)["status"] == "HOSPITALIZED"
+
+
+def test_a_browser_session_needs_its_csrf_token_to_act_and_ends_at_logout(world):
+    import re
+
+    site, seller = world["site"], world["net"].client(SELLER)
+    fid = seller.start_flow("consoleflows.Napper", {"parcel": "csrf"})["flow_id"]
+    status, headers, _ = site.request("/console/login", method="POST",
+                                      body=f"username={site.user}&password={site.password}".encode())
+    assert status == 303 and headers["Location"] == "/console/flows"
+    cookie = headers["Set-Cookie"].split(";")[0]
+    assert "HttpOnly" in headers["Set-Cookie"] and "SameSite=Strict" in headers["Set-Cookie"]
+    jar = {"Cookie": cookie}
+    status, _, page = site.request(f"/console/flows/{fid}", headers=jar)
+    assert status == 200
+    token = re.search(rb'name="csrf-token" content="([^"]+)"', page).group(1).decode()
+    kill = f"/console/api/flows/{fid}/kill"
+    assert site.request(kill, method="POST", body=b"{}", headers=jar)[0] == 403
+    assert site.request(kill, method="POST", body=b"{}", headers={**jar, "X-CSRF-Token": "x" + token})[0] == 403
+    assert seller.flow(fid)["status"] == "SUSPENDED"
+    status, _, body = site.request(kill, method="POST", body=b"{}", headers={**jar, "X-CSRF-Token": token})
+    assert status == 200 and b'"done": true' in body
+    assert seller.flow(fid)["status"] == "KILLED"
+    assert site.request("/console/logout", method="POST", body=f"csrf={token}".encode(),
+                        headers=jar)[0] == 303
+    assert site.request("/console/api/flows", headers=jar)[0] == 401
 
 
 def metrics(site: Site) -> dict:

@@ -103,7 +103,7 @@ def flows_fragment(page: dict, query: dict) -> str:
     counts = page["counts"]
     chips = "".join(
         f'<a class="chip{" on" if (query.get("status") or "").upper() == s else ""}" '
-        f'data-status="{s}" href="/console/flows{_qs(query, status=s, page=None)}">'
+        f'data-status="{s}" href="/console/flows{e(_qs(query, status=s, page=None))}">'
         f'{badge(s)} <span class="count" id="count-{s}" data-n="{counts.get(s, 0)}">{counts.get(s, 0)}</span></a>'
         for s in ORDER)
     rows = "".join(_flow_row(r) for r in page["flows"]) or \
@@ -152,9 +152,9 @@ def _short_class(path: Optional[str]) -> str:
 def _pager(page: int, pages: int, query: dict, key: str) -> str:
     if pages <= 1:
         return ""
-    prev = (f'<a href="{_qs(query, **{key: page - 1})}" rel="prev">‹ Previous</a>'
+    prev = (f'<a href="{e(_qs(query, **{key: page - 1}))}" rel="prev">‹ Previous</a>'
             if page > 1 else '<span class="off">‹ Previous</span>')
-    nxt = (f'<a href="{_qs(query, **{key: page + 1})}" rel="next">Next ›</a>'
+    nxt = (f'<a href="{e(_qs(query, **{key: page + 1}))}" rel="next">Next ›</a>'
            if page < pages else '<span class="off">Next ›</span>')
     return f'<nav class="pager">{prev} <span>{page} / {pages}</span> {nxt}</nav>'
 
@@ -260,7 +260,7 @@ def vault_fragment(v: dict, query: dict) -> str:
     if not v["open"]:
         return "<p>This node's apps have no vault.</p>"
     types = "".join(f'<a class="chip{" on" if t["type"] == v["type"] else ""}" '
-                    f'href="/console/vault{_qs(query, type=t["type"], page=None)}">{e(t["type"])} '
+                    f'href="/console/vault{e(_qs(query, type=t["type"], page=None))}">{e(t["type"])} '
                     f'<span class="count">{t["count"]}</span></a>' for t in v["types"]) \
         or '<p class="muted">No unconsumed states.</p>'
     states = "".join(f'<tr><td class="mono">{e(s["ref"])}</td><td class="mono">{e(s["state"])}</td>'
