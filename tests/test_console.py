@@ -422,6 +422,9 @@ def test_a_progress_step_changes_live(world, browser):
     nxt = "Step two" if first[0] == "Step one" else "Step three"
     wait_for(lambda: attrs(browser, "#progress-tree li.current", "data-step") == [nxt],
              timeout=15, what=f"the step to become {nxt!r} on the open page")
+    # It came as a server-sent event from the node's progress stream, not only by polling.
+    wait_for(lambda: attrs(browser, "#live", "data-last-event") in ([nxt], ["Step three"]),
+             timeout=10, what="the progress event")
     assert browser.execute_script("return window.__same_page === true;"), "the page was reloaded"
     assert first[0] in attrs(browser, "#progress-tree li.done", "data-step")
     shot(browser, "flow-progress")

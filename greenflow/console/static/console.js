@@ -64,7 +64,11 @@
     if (!live || !live.dataset.events || !window.EventSource) { return; }
     var es = new EventSource(live.dataset.events);
     es.addEventListener("progress", function (ev) {
-      try { markStep(JSON.parse(ev.data).step); } catch (e) { /* ignore */ }
+      try {
+        var step = JSON.parse(ev.data).step;
+        live.dataset.lastEvent = step;  // the step the stream said last (shown at once)
+        markStep(step);
+      } catch (e) { /* ignore */ }
       refresh();
     });
     es.addEventListener("status", function (ev) {
