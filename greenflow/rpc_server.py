@@ -27,6 +27,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .console import ConsoleApp, is_console_path
 from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
 from .flow_logic import FlowLogic
 from .network_map import NetworkMapError, format_address
@@ -226,6 +227,7 @@ class RpcServer:
         self.httpd.backoff = self.logins.backoff
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
+        self.console = ConsoleApp(self)  # /console... and /metrics (see _Handler._console)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -240,6 +242,7 @@ class RpcServer:
 
     def start(self) -> None:
         self.node.add_progress_listener(self.hub)
+        self.console.attach(self.node)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="gf-rpc", daemon=True)
         self._thread.start()
@@ -257,6 +260,14 @@ class RpcServer:
     def _any_hash(self) -> Optional[str]:
         users = self.proc.config.rpc_users
         return users[0].password_hash if users else None
+
+    def open_stream(self) -> bool:
+        """Take one of the ``max_streams`` slots for a long-lived event stream (RPC
+        progress or the console's); False when all are taken. `close_stream` gives it back."""
+        return self._streams.acquire(blocking=False)
+
+    def close_stream(self) -> None:
+        self._streams.release()
 
     def authenticate(self, header: Optional[str], client: str = "?") -> Any:
         """The account of a request from address ``client`` (`LoginGuard`)."""
@@ -483,6 +494,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             self.server.busy(self.connection)
+            if is_console_path(url.path):
+                return self._console(rpc, method, url.path, query, raw)
             try:
                 user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])
             except LimitExceeded as exc:
@@ -509,6 +522,38 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(500, {"error": {"type": "InternalError",
                                             "message": f"{type(exc).__name__}: {exc}; please "
                                                        "file a bug with the node log"}})
+
+    def _console(self, rpc: RpcServer, method: str, path: str, query: dict, raw: bytes) -> None:
+        """Hand the request to the console (`greenflow.console`) and write its answer: a
+        body of bytes, or an iterator of chunks (server-sent events) on a closing connection."""
+        header = self.headers.get("Authorization")
+        client = self.client_address[0]
+        try:
+            user = rpc.authenticate(header, client) if header else None
+        except LimitExceeded as exc:
+            raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
+        status, headers, body = rpc.console.handle(method, path, query, raw, user, self.headers,
+                                                   client)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if isinstance(body, (bytes, bytearray)):
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
 
     def _need(self, user: Any, permission: str) -> None:
         if not user.allows(permission):
@@ -577,7 +622,7 @@ class _Handler(BaseHTTPRequestHandler):
         more than ``stream_buffer`` events behind is dropped (`ProgressHub`), and one
         that accepts nothing for ``request_timeout`` seconds too."""
         node = rpc.node
-        if not rpc._streams.acquire(blocking=False):
+        if not rpc.open_stream():
             raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} progress streams "
                                                   "are open (max_streams): retry later",
                            retry_after=5)
@@ -597,7 +642,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
         finally:
             rpc.hub.unsubscribe(sub)
-            rpc._streams.release()
+            rpc.close_stream()
 
     def _pump(self, rpc: RpcServer, node: Any, fid: Optional[str], sub: _Subscriber) -> None:
         if fid is not None:

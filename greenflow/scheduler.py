@@ -131,6 +131,11 @@ class Scheduler:
         self._workers: Optional[ThreadPoolExecutor] = None
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
+        # (event, flow class) -> count, for the node's metrics (`greenflow.metrics`): a
+        # dict increment per flow start/end, read when metrics are scraped.
+        self.flow_counts: dict[tuple[str, str], int] = {}
+        # fn(seconds, writes, suspended) after each durable commit (`greenflow.metrics`).
+        self.commit_observer: Optional[Callable[[float, int, int], None]] = None
 
     # ================================================================== intake
     def post(self, event: Any) -> None:
@@ -241,6 +246,11 @@ class Scheduler:
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
         self.stats["flows_started"] += 1
+        self._count("started", cp.flow_class)
+
+    def _count(self, event: str, flow_class: str) -> None:
+        key = (event, flow_class)
+        self.flow_counts[key] = self.flow_counts.get(key, 0) + 1
 
     def _make_resident(self, rt: FlowRuntime) -> None:
         self.resident[rt.flow_id] = rt
@@ -540,6 +550,7 @@ class Scheduler:
             return
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
+        self._count("hospitalized", cp.flow_class)
         self.batch.put("flows", fid_key(fid), serialization.dumps(cp))
         self.batch.delete("wake", fid_key(fid))
 
@@ -571,6 +582,8 @@ class Scheduler:
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
+        if retry_in is None:
+            self._count("hospitalized", cp.flow_class)
         if retry_in is not None:
             cp.retries += 1
             heapq.heappush(self.timers, (cp.retry_at, fid))
@@ -593,6 +606,7 @@ class Scheduler:
         cp.status = FlowStatus.RUNNABLE
         cp.retry_at = None
         cp.error = None
+        self._count("retried", cp.flow_class)
         blob = serialization.dumps(cp)
         self.batch.put("flows", fid_key(fid), blob)
         rt = self._load(fid, cp)
@@ -616,7 +630,7 @@ class Scheduler:
         if kind == "unwound":
             kind = "killed"
         record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
-                                  "finished_at": self.clock.now()}
+                                  "started_at": rt.cp.started_at, "finished_at": self.clock.now()}
         if kind == "done":
             rt.end_frames(("done",))
             record.update(status=FlowStatus.COMPLETED, value=res[1])
@@ -667,6 +681,7 @@ class Scheduler:
             rt.cp.status = FlowStatus.FAILED
             blob = dump_result(record)
         b.put("results", k, blob)
+        self._count(record["status"].value, rt.cp.flow_class)
         b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:
             b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
@@ -755,8 +770,11 @@ class Scheduler:
                 self._queue_frames(rt)
         try:
             if b:
+                t0 = time.perf_counter()
                 self.store.commit(b)
                 self.stats["commits"] += 1
+                if self.commit_observer is not None:
+                    self.commit_observer(time.perf_counter() - t0, len(b.ops), len(suspended))
         except StoreError as exc:
             # Nothing of this round is durable, so nothing of it may be seen: stop the node.
             log.critical("%s: %s; the node stops committing", self.identity.name, exc)

@@ -223,6 +223,7 @@ class _Link:
         self.acks: list[list] = []
         self.wake = asyncio.Event()
         self.connected = False
+        self.frames_out = 0        # frames routed to this peer (metrics)
         self.writer: Optional[asyncio.StreamWriter] = None
         self.last_ack = time.monotonic()
         self.retransmit_after = RETRANSMIT_AFTER
@@ -449,6 +450,7 @@ class TcpTransport:
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
                       "retransmits": 0, "handshakes": 0}
+        self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
     def _key_for(self, info: NodeInfo) -> bytes:
@@ -592,6 +594,7 @@ class TcpTransport:
                       self.name, len(data), peer.name, MAX_FRAME_BYTES)
             return
         self.stats["frames_sent"] += 1
+        link.frames_out += 1
         link.add_frame(data)
 
     def _route_acks(self, peer_name: str, msg_ids: tuple) -> None:
@@ -601,6 +604,25 @@ class TcpTransport:
         link = self._link(peer_name)
         if link is not None:
             link.add_acks(msg_ids)
+
+    def peer_stats(self) -> dict[str, dict]:
+        """Per peer: whether our connection to it is up (``link_up``), whether it is
+        connected to us (``inbound_up``), frames sent and received, frames awaiting its
+        acknowledgement. Read from any thread (a snapshot; for the console and metrics)."""
+        out: dict[str, dict] = {}
+        inbound = set(self._inbound)
+        for name, link in list(self._links.items()):
+            out[name] = {"link_up": link.connected, "frames_out": link.frames_out,
+                         "unacked": len(link.unacked)}
+        for name, n in list(self.frames_in.items()):
+            out.setdefault(name, {"link_up": False, "frames_out": 0, "unacked": 0})["frames_in"] = n
+        for name, doc in out.items():
+            doc.setdefault("frames_in", 0)
+            doc["inbound_up"] = name in inbound
+        for name in inbound - set(out):
+            out[name] = {"link_up": False, "frames_out": 0, "unacked": 0, "frames_in": 0,
+                         "inbound_up": True}
+        return out
 
     def _link(self, name: str) -> Optional[_Link]:
         link = self._links.get(name)
@@ -724,6 +746,7 @@ class TcpTransport:
     def _dispatch(self, info: NodeInfo, items: Any) -> None:
         if not isinstance(items, list) or not items:
             raise ProtocolError("a record that is not a list of messages")
+        n = 0
         for it in items:
             if not isinstance(it, list) or not it:
                 raise ProtocolError("a malformed message in a record")
@@ -733,6 +756,7 @@ class TcpTransport:
                 if len(data) > MAX_FRAME_BYTES:
                     raise ProtocolError(f"a frame of {len(data)} bytes")
                 self.stats["frames_received"] += 1
+                n += 1
                 self.node.scheduler.post(FrameArrived(info.party, data))
             elif kind == K_ACK and len(it) == 2 and isinstance(it[1], list) \
                     and all(_msg_id_ok(m) for m in it[1]):
@@ -744,3 +768,5 @@ class TcpTransport:
                 self.node.scheduler.post(Acked(info.name, mids))
             else:
                 raise ProtocolError(f"an unknown message kind {kind!r}")
+        if n:
+            self.frames_in[info.name] = self.frames_in.get(info.name, 0) + n

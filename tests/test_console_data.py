@@ -1,0 +1,87 @@
+"""What the console reads from a node, in process: the flow list's bounds and filters,
+one flow's journal and stack, the vault without a vault."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from consoleflows import Napper, Stepper
+from greenflow.console import data
+from greenflow.node import Node
+
+
+@pytest.fixture
+def node(tmp_path):
+    with Node(str(tmp_path / "n"), "O=Console,L=London,C=GB", apps=["consoleflows"],
+              reload_after_suspend=True, sync=False) as n:
+        yield n
+
+
+def wait_status(node: Node, fid: str, status: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while node.flow_info(fid).status.value != status:
+        assert time.monotonic() < deadline, f"{fid} never became {status}"
+        time.sleep(0.02)
+
+
+def test_the_flow_list_reads_at_most_the_newest_stored_flows(node):
+    ids = []
+    for i in range(5):
+        ids.append(node.start_flow(Napper(parcel=f"p{i}")).id)
+        time.sleep(0.002)  # ids start with the millisecond: keep them ordered
+    for fid in ids:
+        wait_status(node, fid, "HIBERNATED")
+    rows, cut = data.all_flows(node, limit=3)
+    assert cut and [r["id"] for r in sorted(rows, key=lambda r: r["id"])] == ids[2:]
+    rows, cut = data.all_flows(node)
+    assert not cut and {r["id"] for r in rows} == set(ids)
+    page = data.flow_page(rows, False, {"status": "HIBERNATED", "size": "2", "page": "2"})
+    assert page["total"] == 5 and page["pages"] == 3 and page["page"] == 2
+    assert [r["id"] for r in page["flows"]] == [ids[2], ids[1]]  # newest first
+    assert page["counts"]["HIBERNATED"] == 5
+
+
+def test_flow_list_filters(node):
+    nap = node.start_flow(Napper(parcel="x")).id
+    step = node.start_flow(Stepper(pause=0.01))
+    assert step.result(timeout=30) == 3
+    wait_status(node, nap, "HIBERNATED")
+    rows, _ = data.all_flows(node)
+    by = lambda **q: {r["id"] for r in data.flow_page([dict(r) for r in rows], False, q)["flows"]}  # noqa: E731
+    assert by(status="completed") == {step.id}
+    assert by(flow_class="napper") == {nap}
+    assert by(q=nap[-8:]) == {nap}
+    assert by(since="1h") == {nap, step.id}
+    assert by(since="2999-01-01") == set()
+    counts = data.flow_page(rows, False, {"status": "COMPLETED"})["counts"]
+    assert counts["COMPLETED"] == 1 and counts["HIBERNATED"] == 1  # other filters only
+    for bad, word in (({"status": "SLEEPY"}, "SLEEPY"), ({"since": "yesterday"}, "since"),
+                      ({"page": "two"}, "page")):
+        with pytest.raises(data.FilterError, match=word):
+            data.flow_page(rows, False, bad)
+
+
+def test_one_flow_shows_its_journal_stack_and_progress_from_disk(node):
+    fid = node.start_flow(Napper(parcel="cup")).id
+    wait_status(node, fid, "HIBERNATED")
+    d = data.flow_detail(node, fid)
+    assert d["frames"][0]["locals"]["parcel_label"] == "'parcel:cup'"
+    assert d["frames"][0]["locals"]["api_token"] == "<redacted>"
+    assert [j["asked"] for j in d["journal"]] == ["sleep 600.0s"] and d["journal"][0]["pending"]
+    assert [(p["label"], p["state"]) for p in d["progress"]] == [
+        ("Packing the parcel", "done"), ("Waiting for the courier", "current"), ("Shipping", "todo")]
+    node.kill_flow(fid)
+    d = data.flow_detail(node, fid)
+    assert d["status"] == "KILLED" and d["finished"] and d["started"] and d["finished_at_iso"]
+    assert {p["state"] for p in d["progress"]} == {"todo"}  # not known to have done any step
+    step = node.start_flow(Stepper(pause=0.01))
+    step.result(timeout=30)
+    assert {p["state"] for p in data.flow_detail(node, step.id)["progress"]} == {"done"}
+
+
+def test_a_node_without_a_vault_says_so_and_opens_none(tmp_path):
+    with Node(str(tmp_path / "plain"), "O=Plain,L=London,C=GB", apps=["consoleflows"], sync=False) as n:
+        v = data.vault_overview(n, {})
+        from greenflow.services import _FACTORIES
+        assert v["open"] == ("vault" in _FACTORIES)
