@@ -93,7 +93,7 @@ class ConsoleApp:
         mapping) gives the session cookie and the CSRF header."""
         headers = headers or {}
         try:
-            return self._handle(method, path, query, body, user, headers)
+            return self._handle(method, path, query, body, user, headers, client)
         except UnknownFlow as exc:
             return self._error(path, 404, "UnknownFlow", str(exc))
         except data.FilterError as exc:
@@ -107,7 +107,7 @@ class ConsoleApp:
             return self._error(path, 500, "InternalError", f"{type(exc).__name__}: {exc}")
 
     def _handle(self, method: str, path: str, query: dict, body: bytes, user: Any,
-                headers: Any) -> Response:
+                headers: Any, client: str) -> Response:
         session = None
         if path == "/console/login" and method == "POST":
             return self._login(body, client)
