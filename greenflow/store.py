@@ -42,6 +42,7 @@ _DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "t
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 INITIAL_MAP = 64 * 1024 * 1024
+HEADER = "flows+logic"   # Batch op: a "flows" put that requires the flow's "logic" record
 
 
 def fid_key(fid: str) -> bytes:
@@ -106,6 +107,13 @@ class Batch:
     def delete(self, db: str, key: bytes) -> None:
         self.ops.append((db, key, None))
 
+    def put_header(self, key: bytes, value: bytes) -> None:
+        """A flow's checkpoint header, written only if the flow's start record is in the
+        store by then (committed before, or put earlier in this batch): a header without
+        it could never be restored, so the store refuses to write one. A flow that ended
+        earlier in the batch (its records dropped) is not brought back this way."""
+        self.ops.append((HEADER, key, value))
+
     def drop_flow(self, fid: str, journal_len: int) -> None:
         """Remove a flow's checkpoint, start object, journal, frames and inbox."""
         self.ops.append(("", fid, journal_len))
@@ -137,6 +145,7 @@ class Store:
                 # Read-only view of an older store: an empty stand-in keeps reads simple.
                 self.db[name] = None
         self.commits = 0
+        self._refused: list[bytes] = []   # headers a commit refused (see Batch.put_header)
         # Keeps the pages of the map this node touched from piling up in its RSS.
         self.trimmer = MapTrimmer(os.path.join(path, "data.mdb"),
                                   None if readonly else DEFAULT_BUDGET)
@@ -157,9 +166,14 @@ class Store:
         """Apply ``batch`` in one synced write transaction, growing the map as needed."""
         for attempt in range(12):
             try:
+                self._refused = []
                 with self.env.begin(write=True) as txn:
                     self._apply(txn, batch)
                 self.commits += 1
+                for key in self._refused:
+                    log.error("store %s: refused the checkpoint header of flow %s: its start "
+                              "record is not in the store (the flow ended or never started); "
+                              "please file a bug", self.path, key.decode(errors="replace"))
                 self.trimmer.after_commit()
                 return
             except lmdb.MapFullError:
@@ -172,7 +186,8 @@ class Store:
 
     def _apply(self, txn: Any, batch: Batch) -> None:
         db = self.db
-        put, delete = txn.put, txn.delete
+        put, delete, get = txn.put, txn.delete, txn.get
+        logic, flows = db["logic"], db["flows"]
         for name, key, value in batch.ops:
             # Positional arguments (dupdata, overwrite, append, db): the C binding parses
             # them ~25% faster than the keyword, on every write of every commit.
@@ -180,6 +195,11 @@ class Store:
                 self._drop_flow(txn, key, value)
             elif value is None:
                 delete(key, b"", db[name])
+            elif name == HEADER:
+                if get(key, None, logic) is None:
+                    self._refused.append(key)
+                else:
+                    put(key, value, True, True, False, flows)
             else:
                 put(key, value, True, True, False, db[name])
 
@@ -215,6 +235,15 @@ class Store:
 
     def logic_blob(self, fid: str) -> Optional[bytes]:
         return self._get("logic", fid_key(fid))
+
+    def start_record(self, fid: str) -> bytes:
+        """The flow's start object as stored, for a restore: a clear error if it is
+        missing (the header alone cannot be restored)."""
+        raw = self._get("logic", fid_key(fid))
+        if raw is None:
+            raise StoreError(f"the start record of flow {fid} is missing from the store at "
+                             f"{self.path}")
+        return raw
 
     def journal(self, fid: str, length: int) -> list[Entry]:
         """The flow's journal. Each commit wrote one chunk starting at the flow's pending
