@@ -146,7 +146,16 @@ class NodeProcess:
 
         cfg = self.config
         self._lock = _PidLock(self.base_dir)
+        store_dir = os.path.join(self.base_dir, "store")
         try:
+            # The store first: a refusal names the store, not a port the other process holds.
+            if not store_guard.present(store_dir):
+                if not self.new_store:
+                    raise store_guard.missing(store_dir)
+                log.warning("%s: starting with a new, empty store at %s (--new-store)",
+                            cfg.name, store_dir)
+            else:   # in use? (the store takes its lock for good when the node opens it)
+                store_guard.StoreLock(store_dir).release()
             identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
             self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()
@@ -155,12 +164,6 @@ class NodeProcess:
             options = dict(self.node_options)
             if cfg.notary and "notary" in inspect.signature(Node.__init__).parameters:
                 options["notary"] = True
-            store_dir = os.path.join(self.base_dir, "store")
-            if not store_guard.present(store_dir):
-                if not self.new_store:
-                    raise store_guard.missing(store_dir)
-                log.warning("%s: starting with a new, empty store at %s (--new-store)",
-                            cfg.name, store_dir)
             try:
                 self.node = Node(self.base_dir, cfg.name, apps=cfg.apps or None,
                                  transport=self.transport, **options)

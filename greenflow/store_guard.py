@@ -185,6 +185,19 @@ class StoreLock:
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _at_file_size_limit(path: str) -> bool:
+    """LMDB reports a short write as EIO, whatever stopped it: a process file size
+    limit (``ulimit -f``) that the data file has reached is one such cause."""
+    import resource
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return False
+    try:
+        return os.path.getsize(data_path(path)) + 4 * 1024 * 1024 >= soft
+    except OSError:
+        return False
+
+
 def commit_failure(path: str, exc: BaseException) -> str:
     """What a failed commit means, for the operator: LMDB reports a full disk as whatever
     the failing write or fsync returned (often EIO), so look at the filesystem too."""
@@ -200,7 +213,7 @@ def commit_failure(path: str, exc: BaseException) -> str:
         where = f" ({free} bytes free)" if free is not None else ""
         return (f"disk full: the filesystem of the node store {path} has no room left{where} "
                 f"[{text}]; free space (or move the store to a larger disk) and restart the node")
-    if code == errno.EFBIG or "File too large" in text:
+    if code == errno.EFBIG or "File too large" in text or _at_file_size_limit(path):
         return (f"file size limit: {data_path(path)} cannot grow (ulimit -f or the "
                 f"filesystem's largest file) [{text}]; raise the limit and restart the node")
     if code == errno.EIO or "Input/output error" in text:
