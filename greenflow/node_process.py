@@ -155,7 +155,12 @@ class NodeProcess:
                 log.warning("%s: starting with a new, empty store at %s (--new-store)",
                             cfg.name, store_dir)
             else:   # in use? (the store takes its lock for good when the node opens it)
-                store_guard.StoreLock(store_dir).release()
+                lock = store_guard.StoreLock(store_dir)
+                try:
+                    store_guard.check_file(store_dir)
+                    store_guard.check_in_child(store_dir)
+                finally:
+                    lock.release()
             identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
             self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()

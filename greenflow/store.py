@@ -182,8 +182,6 @@ class Store:
                     self.db[name] = None
             if self.db["meta"] is not None:
                 store_guard.check_format(self.env, self.db["meta"], path, readonly=readonly)
-            if existed:
-                store_guard.walk(self.env, self.db)
         except (lmdb.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
             raise store_guard.corrupt(path, exc) from exc
 

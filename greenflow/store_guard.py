@@ -8,13 +8,16 @@ start afresh on its own: it would accept work having forgotten everything it com
 So, before use:
 
 - the file's two LMDB meta pages are read with plain ``read()`` (never through the map):
-  one must carry LMDB's magic and data version, and the file must be as long as the
-  newest one says (its last page), or a read would fault;
+  one must carry LMDB's magic and data version;
+- a node process then walks the B-trees in a child process (every key of every
+  database, up to `FULL_CHECK_BYTES` of used pages; beyond, the first and last key of
+  each): a page past the end of a truncated file kills that child with SIGBUS, not the
+  node, and LMDB's own page checks catch pages overwritten with garbage. (The file
+  itself may legitimately end before the last page the meta names: pages allocated and
+  freed within one transaction are never written.);
 - LMDB opens it (its own checks: magic, version, lock file);
 - greenflow's own format record (``meta`` database, `FORMAT_KEY`) must name this
-  format and a version this code reads; a store made before the record existed gets it;
-- the B-trees are walked (every key of every database, up to `FULL_CHECK_BYTES` of
-  used pages; beyond, the first and last key of each), so a damaged page is found now.
+  format and a version this code reads; a store made before the record existed gets it.
 
 A lock (``flock`` on ``store/greenflow.lock``) is held while the store is open: a second
 process, through another node directory whose ``store/`` is a link to this one or after
@@ -99,11 +102,10 @@ def check_file(store_dir: str) -> None:
     if not metas:
         raise StoreCorrupt(f"{path} is not an LMDB store file (no valid meta page: "
                            f"overwritten or not a greenflow store); {RESTORE_HINT}")
-    psize, last_pg, _ = max(metas, key=lambda m: m[2])
-    need = (last_pg + 1) * psize
-    if size < need:
-        raise StoreCorrupt(f"{path} is truncated: {size} bytes, but its last committed "
-                           f"transaction uses {need}; {RESTORE_HINT}")
+    psize = max(metas, key=lambda m: m[2])[0]
+    if size < 2 * psize:
+        raise StoreCorrupt(f"{path} is truncated: {size} bytes, less than its two meta "
+                           f"pages; {RESTORE_HINT}")
 
 
 def corrupt(path: str, exc: BaseException) -> StoreCorrupt:
@@ -131,24 +133,61 @@ def check_format(env: Any, meta_db: Any, path: str, *, readonly: bool) -> None:
                            "start the node with the greenflow version that wrote it")
 
 
-def walk(env: Any, dbs: dict) -> None:
-    """Read the B-trees so a damaged page fails here (LMDB's own page checks), not in
-    the middle of serving: every key when the store is small enough, else the first
-    and last key of each database."""
+_WALK = r"""
+import sys, lmdb
+path, limit = sys.argv[1], int(sys.argv[2])
+try:
+    env = lmdb.open(path, readonly=True, lock=False, max_dbs=256, readahead=False, subdir=True)
     info, stat = env.info(), env.stat()
-    full = (info["last_pgno"] + 1) * stat["psize"] <= FULL_CHECK_BYTES
+    full = (info["last_pgno"] + 1) * stat["psize"] <= limit
     with env.begin() as txn:
-        for db in dbs.values():
-            if db is None:
-                continue
-            txn.stat(db)
-            cur = txn.cursor(db=db)
+        names = [bytes(k) for k in txn.cursor().iternext(keys=True, values=False)]
+    for name in names:
+        try:
+            db = env.open_db(name, create=False)
+        except lmdb.IncompatibleError:
+            continue
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
             if full:
                 for _ in cur.iternext(keys=True, values=False):
                     pass
             else:
                 cur.first()
                 cur.last()
+except lmdb.Error as exc:
+    sys.stdout.write(str(exc))
+    sys.exit(3)
+"""
+
+
+def check_in_child(store_dir: str, timeout: float = 600.0) -> None:
+    """Walk the store's B-trees in a child process, before this one maps the file: a
+    truncated file makes whoever reads a missing page die of SIGBUS, and that must be
+    the check, not the node. Every key is read when the used part of the store is at
+    most `FULL_CHECK_BYTES`, else the first and last key of each database."""
+    import signal
+    import subprocess
+    import sys
+
+    path = data_path(store_dir)
+    try:
+        out = subprocess.run([sys.executable, "-c", _WALK, store_dir, str(FULL_CHECK_BYTES)],
+                             capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StoreCorrupt(f"checking the node store {path} took over {timeout:g}s; "
+                           f"{RESTORE_HINT}") from None
+    if out.returncode == 0:
+        return
+    if out.returncode == -signal.SIGBUS:
+        raise StoreCorrupt(f"{path} is truncated: reading its committed pages runs past the "
+                           f"end of the file; {RESTORE_HINT}")
+    if out.returncode < 0:
+        raise StoreCorrupt(f"the node store {path} is damaged: reading it killed the check "
+                           f"with signal {-out.returncode}; {RESTORE_HINT}")
+    why = (out.stdout or out.stderr).strip().splitlines()
+    raise StoreCorrupt(f"the node store {path} is damaged ({why[-1] if why else out.returncode}); "
+                       f"{RESTORE_HINT}")
 
 
 class StoreLock:

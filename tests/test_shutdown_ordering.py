@@ -131,3 +131,37 @@ def test_sigterm_under_rpc_load_strands_no_flow(tmp_path):
 @pytest.mark.slow
 def test_sigterm_under_rpc_load_strands_no_flow_long(tmp_path):
     sigterm_under_load(tmp_path, restarts=15, clients=8)
+
+
+def test_a_leftover_header_of_a_finished_flow_is_removed_and_its_result_stands(tmp_path):
+    """Stores written before the fix may hold such headers: a restore drops them, and a
+    kill of one shown HOSPITALIZED keeps the flow's real result."""
+    from greenflow import serialization
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    woke, parked = alice.start_flow(Ping(bob.party, 1)), alice.start_flow(Ping(bob.party, 2))
+    net.run_network()
+    assert (woke.result(), parked.result()) == (1, 3)
+    store = alice.node.store
+    cp = _checkpoint_like(woke.id)
+    with store.env.begin(write=True) as txn:
+        txn.put(fid_key(woke.id), serialization.dumps(cp), db=store.db["flows"])
+        txn.put(fid_key(woke.id), b"", db=store.db["wake"])
+        cp.status = FlowStatus.HOSPITALIZED
+        cp.flow_id = parked.id
+        txn.put(fid_key(parked.id), serialization.dumps(cp), db=store.db["flows"])
+    alice = net.restart_node(alice)
+    net.run_network()
+    assert alice.node.store.checkpoint(woke.id) is None
+    assert alice.node.kill_flow(parked.id)
+    net.run_network()
+    assert alice.node.store.checkpoint(parked.id) is None
+    infos = {f.id: f for f in alice.node.flows()}
+    assert infos[woke.id].status == infos[parked.id].status == FlowStatus.COMPLETED
+    assert alice.node.handle(parked.id).result() == 3
+    net.close()
+
+
+def _checkpoint_like(fid: str):
+    from greenflow.checkpoint import Checkpoint
+    return Checkpoint(fid, "samples.ping.Ping")
