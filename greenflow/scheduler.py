@@ -505,8 +505,9 @@ class Scheduler:
                             self.identity.name, fid)
                 self.batch.drop_flow(fid, cp.journal_len)
                 return None
-            logic = serialization.loads(self.store.start_record(fid)) if raw_logic is None \
-                else serialization.loads(raw_logic)
+            if raw_logic is None:
+                raise StoreError(f"the start record of flow {fid} is missing from the store")
+            logic = serialization.loads(raw_logic)
             journal = self.store.journal(fid, cp.journal_len - (1 if cp.pending else 0))
             if cp.pending is not None:
                 journal.append(Entry(cp.pending[0], cp.pending[1], None, cp.pending[2]))

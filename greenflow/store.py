@@ -278,15 +278,6 @@ class Store:
     def logic_blob(self, fid: str) -> Optional[bytes]:
         return self._get("logic", fid_key(fid))
 
-    def start_record(self, fid: str) -> bytes:
-        """The flow's start object as stored, for a restore: a clear error if it is
-        missing (the header alone cannot be restored)."""
-        raw = self._get("logic", fid_key(fid))
-        if raw is None:
-            raise StoreError(f"the start record of flow {fid} is missing from the store at "
-                             f"{self.path}")
-        return raw
-
     def journal(self, fid: str, length: int) -> list[Entry]:
         """The flow's journal. Each commit wrote one chunk starting at the flow's pending
         entry; a later chunk supersedes the overlapping tail of an earlier one."""

@@ -1,4 +1,4 @@
-"""Chaos: hundreds of concurrent trades on real node processes while nodes are killed with SIGKILL.
+"""Chaos: hundreds of concurrent trades on real node processes while nodes are killed (SIGKILL, SIGTERM).
 
 `greenflow run sample.chaos` starts five node processes on loopback (a notary, a bank
 and three parties: Alice, Bob and Carol), has the bank issue cash to each party and each

@@ -165,3 +165,20 @@ def test_a_leftover_header_of_a_finished_flow_is_removed_and_its_result_stands(t
 def _checkpoint_like(fid: str):
     from greenflow.checkpoint import Checkpoint
     return Checkpoint(fid, "samples.ping.Ping")
+
+
+def test_a_header_without_its_start_record_is_parked_saying_so(tmp_path):
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    lost, fine = alice.start_flow(Ping(bob.party, 2)), alice.start_flow(Ping(bob.party, 2))
+    net.run_network(max_messages=2)              # both wait on Bob
+    alice = net.restart_node(alice)
+    store = alice.node.store
+    with store.env.begin(write=True) as txn:     # damage from outside: the start record gone
+        txn.delete(fid_key(lost.id), db=store.db["logic"])
+    net.run_network()
+    assert alice.node.handle(fine.id).result() == 3
+    info = next(f for f in alice.node.flows() if f.id == lost.id)
+    assert info.status == FlowStatus.HOSPITALIZED
+    assert f"the start record of flow {lost.id} is missing" in info.error
+    net.close()
