@@ -253,7 +253,7 @@ class ChaosRun:
             self._issue()
             before = self._snapshots()
             self.say(f"Trading: {len(self.trades)} trades among {', '.join(PARTIES)} over "
-                     f"{self.duration:g} s; SIGKILL of {self.at_once} random node(s) every "
+                     f"{self.duration:g} s; {'SIGKILL' if not self.term_share else f'SIGKILL or SIGTERM ({self.term_share:.0%} SIGTERM)'} of {self.at_once} random node(s) every "
                      f"~{self.kill_every:g} s (seed {self.seed})")
             t0 = time.monotonic()
             monkey = threading.Thread(target=self._guarded_monkey, args=(t0,), name="chaos-monkey",
