@@ -125,7 +125,7 @@ def sigterm_under_load(tmp_path, restarts: int, clients: int) -> None:
 
 
 def test_sigterm_under_rpc_load_strands_no_flow(tmp_path):
-    sigterm_under_load(tmp_path, restarts=3, clients=4)
+    sigterm_under_load(tmp_path, restarts=2, clients=3)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ deleted ``node.pid``, a second directory linking to the same store), and a commi
 fails while running (exit status 4, the cause named)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -17,6 +18,7 @@ import lmdb
 import pytest
 
 from greenflow import store_guard
+from greenflow.bootstrap import free_port, init_node
 from greenflow.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
                                     EXIT_STORE_REFUSED)
 from greenflow.rpc_client import RpcClient, RpcClientError
@@ -41,16 +43,59 @@ def run_node(base_dir: str, *extra: str, timeout: float = 60) -> subprocess.Comp
                           timeout=timeout, env=_env())
 
 
-@pytest.fixture
-def stopped(tmp_path):
-    """A node directory whose node ran one flow to completion and a waiting one, then
-    stopped cleanly. Yields (network, node directory, the waiting flow's id)."""
-    with ProcessNetwork(tmp_path / "procs", ["Alice"], apps=APPS, pythonpath=[HERE]) as net:
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A node directory whose node ran one flow to completion and left one waiting, then
+    stopped cleanly: made once, copied for each test."""
+    with ProcessNetwork(tmp_path_factory.mktemp("pristine"), ["Alice"], apps=APPS,
+                        pythonpath=[HERE]) as net:
         alice = net.start("Alice")
         assert alice.start_flow("procflows.Fails", {"why": "x"}, wait=30)["status"] == "FAILED"
         fid = alice.start_flow("procflows.Sleeper", {"seconds": 3600})["flow_id"]
         assert net.stop("Alice") == 0
-        yield net, net.dir("Alice"), fid
+        yield net.dir("Alice"), fid
+
+
+@pytest.fixture
+def stopped(tmp_path, pristine):
+    """(a copy of the pristine node directory, the waiting flow's id)."""
+    src, fid = pristine
+    d = str(tmp_path / "Alice")
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("*.log", "node.pid"))
+    return d, fid
+
+
+@contextlib.contextmanager
+def running(d: str, *extra: str):
+    """A node process serving ``d``: yields (process, RPC client); SIGTERM at the end."""
+    proc = subprocess.Popen(node_cmd(d, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
+    client = RpcClient.for_node(d, timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.node_info()["pid"] == proc.pid:
+                    break
+            except RpcClientError:
+                pass
+            assert proc.poll() is None, f"the node exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the node did not answer RPC within 30s"
+            time.sleep(0.05)
+        yield proc, client
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def waiting(client: RpcClient, fid: str) -> bool:
+    return client.flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")
 
 
 def data_mdb(base_dir: str) -> str:
@@ -60,7 +105,7 @@ def data_mdb(base_dir: str) -> str:
 # ------------------------------------------------------------------ missing / empty store
 @pytest.mark.parametrize("how", ["deleted", "emptied", "directory removed"])
 def test_a_node_refuses_to_start_without_its_store(stopped, how):
-    net, d, fid = stopped
+    d, fid = stopped
     path = data_mdb(d)
     if how == "deleted":
         os.remove(path)
@@ -74,25 +119,11 @@ def test_a_node_refuses_to_start_without_its_store(stopped, how):
 
 
 def test_new_store_starts_a_node_afresh_only_when_asked(stopped):
-    net, d, fid = stopped
+    d, fid = stopped
     os.remove(data_mdb(d))
-    proc = subprocess.Popen(node_cmd(d, "--new-store"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
-    try:
-        client = RpcClient.for_node(d, timeout=10)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                info = client.node_info()
-                break
-            except RpcClientError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
-        assert info["name"] == "Alice" and client.flows() == []   # it forgot, as asked
-        client.close()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+    with running(d, "--new-store") as (proc, client):
+        assert client.flows() == []                    # it forgot, as the operator asked
+    assert proc.returncode == 0
     assert store_guard.present(os.path.join(d, "store"))
 
 
@@ -132,7 +163,7 @@ def _foreign_format(path: str) -> None:
     (_foreign_format, "does not hold a greenflow store"),
 ])
 def test_a_damaged_store_is_refused_at_start_naming_the_file(stopped, damage, says):
-    net, d, fid = stopped
+    d, fid = stopped
     path = data_mdb(d)
     damage(path)
     out = run_node(d)
@@ -143,7 +174,7 @@ def test_a_damaged_store_is_refused_at_start_naming_the_file(stopped, damage, sa
 
 
 def test_a_store_written_by_a_newer_version_is_refused(stopped):
-    net, d, fid = stopped
+    d, fid = stopped
     env = lmdb.open(os.path.join(d, "store"), max_dbs=32)
     with env.begin(write=True, db=env.open_db(b"meta")) as txn:
         txn.put(store_guard.FORMAT_KEY, b"%s %d" % (store_guard.FORMAT_NAME.encode(),
@@ -154,33 +185,34 @@ def test_a_store_written_by_a_newer_version_is_refused(stopped):
 
 
 def test_a_sound_store_still_starts_and_resumes_its_flows(stopped):
-    net, d, fid = stopped
-    alice = net.start("Alice")
-    assert alice.flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")
+    d, fid = stopped
+    with running(d) as (proc, alice):
+        assert waiting(alice, fid)
 
 
 # ------------------------------------------------------------------ the store lock
 def test_deleting_node_pid_does_not_let_a_second_process_share_the_store(stopped):
-    net, d, fid = stopped
-    alice = net.start("Alice")
-    os.remove(os.path.join(d, "node.pid"))
-    out = run_node(d)
-    assert out.returncode == EXIT_START_FAILED, out.stderr
-    assert "is in use by process" in out.stderr and str(net.procs["Alice"].pid) in out.stderr
-    assert alice.flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")   # the first serves on
+    d, fid = stopped
+    with running(d) as (proc, alice):
+        os.remove(os.path.join(d, "node.pid"))
+        out = run_node(d)
+        assert out.returncode == EXIT_START_FAILED, out.stderr
+        assert f"is in use by process {proc.pid}" in out.stderr
+        assert waiting(alice, fid)                    # the first one serves on
 
 
 def test_a_second_directory_linking_to_the_store_is_refused(stopped, tmp_path):
-    net, d, fid = stopped
-    net.start("Alice")
-    with ProcessNetwork(tmp_path / "other", ["Mallory"], apps=APPS, pythonpath=[HERE]) as other:
-        m = other.dir("Mallory")
-        shutil.rmtree(os.path.join(m, "store"))
-        os.symlink(os.path.join(d, "store"), os.path.join(m, "store"))
+    d, fid = stopped
+    m = str(tmp_path / "Mallory")
+    init_node(m, "Mallory", p2p_address=("127.0.0.1", free_port()),
+              rpc_address=("127.0.0.1", free_port()), apps=APPS)
+    shutil.rmtree(os.path.join(m, "store"))
+    os.symlink(os.path.join(d, "store"), os.path.join(m, "store"))
+    with running(d) as (proc, alice):
         out = run_node(m)
         assert out.returncode == EXIT_START_FAILED, out.stderr
-        assert "is in use by process" in out.stderr
-    assert net.client("Alice").flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")
+        assert f"is in use by process {proc.pid}" in out.stderr
+        assert waiting(alice, fid)
 
 
 # ------------------------------------------------------------------ a commit fails
@@ -204,7 +236,7 @@ def _fill_until_dead(proc: subprocess.Popen, d: str) -> None:
 
 
 def test_a_failed_commit_ends_the_process_non_zero_naming_the_cause(stopped):
-    net, d, fid = stopped
+    d, fid = stopped
     limit = os.path.getsize(data_mdb(d)) + 512 * 1024   # the store cannot grow past this
     log = open(os.path.join(d, "limited.log"), "w+")
     proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env(),
@@ -222,8 +254,8 @@ def test_a_failed_commit_ends_the_process_non_zero_naming_the_cause(stopped):
     assert code == EXIT_STORE_FAILED, text[-3000:]
     # LMDB itself says "Input/output error" for the short write; the node names the cause.
     assert "file size limit" in text and "exit status 4" in text
-    alice = net.start("Alice")                        # the limit lifted: nothing lost
-    assert alice.flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")
+    with running(d) as (proc, alice):                 # the limit lifted: nothing lost
+        assert waiting(alice, fid)
 
 
 def _can_mount() -> bool:
@@ -232,7 +264,7 @@ def _can_mount() -> bool:
 
 @pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
 def test_a_full_disk_is_named_disk_full_and_ends_the_process_non_zero(stopped, tmp_path):
-    net, d, fid = stopped
+    d, fid = stopped
     mnt = tmp_path / "small"
     mnt.mkdir()
     size = os.path.getsize(data_mdb(d)) + 3 * 1024 * 1024
