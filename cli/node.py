@@ -57,12 +57,18 @@ def _key(cfg) -> str:  # noqa: ANN001
               help="The node directory.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def start(base_dir: str, log_level: str) -> None:
+@click.option("--new-store", is_flag=True,
+              help="If the node's store is missing or empty, start with a new, empty one "
+                   "(the node forgets every flow it had). Without it such a node refuses to start.")
+def start(base_dir: str, log_level: str, new_store: bool) -> None:
     """Run the node in the foreground (logs to DIR/node.log and stderr). SIGTERM or
-    Ctrl-C stops it cleanly; unfinished flows resume at the next start."""
+    Ctrl-C stops it cleanly; unfinished flows resume at the next start.
+
+    Exit status: 0 stopped cleanly, 1 could not start, 2 bad configuration, 3 store
+    refused (missing, damaged), 4 the store failed while running (e.g. disk full)."""
     from greenflow.node_process import serve
 
-    code = serve(base_dir, log_level=log_level)
+    code = serve(base_dir, log_level=log_level, new_store=new_store)
     if code:
         raise SystemExit(code)
 

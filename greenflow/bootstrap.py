@@ -37,9 +37,9 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
               notary: bool = False, rpc_user: str = "admin",
               rpc_password: Optional[str] = None, validating_notary: bool = False) -> NodeConfig:
     """Create one node directory: key pair, ``node.toml`` with one RPC user (password
-    hashed; the plain password goes to ``rpc-credentials``, mode 0600, for the local CLI)
-    and, if there is none yet, a network map naming only this node. ``validating_notary``
-    makes a notary of the validating kind (docs/ledger-notary.md)."""
+    hashed; the plain password goes to ``rpc-credentials``, mode 0600, for the local CLI),
+    an empty store and, if there is none yet, a network map naming only this node.
+    ``validating_notary`` makes a notary of the validating kind (docs/ledger-notary.md)."""
     base_dir = os.path.abspath(base_dir)
     if os.path.exists(os.path.join(base_dir, CONFIG_FILE)):
         raise ConfigError(f"{base_dir} already holds a node ({CONFIG_FILE} exists)")
@@ -54,6 +54,10 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
                      base_dir=base_dir)
     cfg.save()
     write_credentials(base_dir, rpc_user, password)
+    # The store exists from the start: a node directory without one has lost it, and
+    # `greenflow node start` refuses it rather than start afresh (see store_guard).
+    from .store import Store
+    Store(os.path.join(base_dir, "store")).close()
     if not os.path.exists(cfg.network_map_path):
         NetworkMap([NodeInfo(identity.party, p2p_address, notary)]).save(cfg.network_map_path)
     return cfg

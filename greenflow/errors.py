@@ -102,6 +102,24 @@ class StoreError(FlowError):
     the node stops committing until the cause is fixed."""
 
 
+class StoreRefused(StoreError):
+    """The store cannot be opened as it is (missing, damaged, of another format or in
+    use by another process): the node must not start on it, or it would forget or
+    mangle what it committed. The message names the file and what to do."""
+
+
+class StoreMissing(StoreRefused):
+    """An initialised node's store is missing or empty."""
+
+
+class StoreCorrupt(StoreRefused):
+    """The store's file fails LMDB's checks or greenflow's own format record."""
+
+
+class StoreLocked(StoreRefused):
+    """Another process holds the store's lock."""
+
+
 class TransientError(FlowError):
     """A failure that is not the flow's own decision and may go away (a storage or
     transport hiccup, a service briefly unavailable). The flow hospital retries the flow

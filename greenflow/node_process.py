@@ -9,8 +9,16 @@ round and commits, the transport closes. ``kill -9`` loses nothing either: every
 peer or an RPC client has seen was committed first, the outbox is re-sent at the next
 start and every unfinished flow resumes.
 
-``DIR/node.pid`` holds the running process's id under an exclusive ``flock``, so a second
-process cannot open the same store.
+``DIR/node.pid`` holds the running process's id under an exclusive ``flock``; the store
+holds its own lock too (``store/greenflow.lock``), so neither a deleted ``node.pid`` nor a
+second node directory whose ``store/`` links to this one lets two processes share a store.
+
+At start the store must be there (``node init`` made it) and sound (see
+`greenflow.store_guard`), unless ``--new-store`` allows a new, empty one. Exit statuses
+(`EXIT_*`): 0 stopped cleanly; 1 could not start (port taken, directory or store in use,
+app missing); 2 bad configuration; 3 store refused at start (missing, damaged, newer
+format); 4 the store failed while running (disk full, I/O error): nothing uncommitted
+was shown to anyone, restart once the cause is fixed.
 """
 from __future__ import annotations
 
@@ -26,7 +34,10 @@ import threading
 import time
 from typing import Any, Optional
 
-from .errors import FlowError
+import lmdb
+
+from . import store_guard
+from .errors import FlowError, StoreError, StoreLocked, StoreRefused
 from .identity import NodeIdentity
 from .network_map import NetworkMap, format_address
 from .node import Node
@@ -39,6 +50,12 @@ LOG_FILE = "node.log"
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_MAX_BYTES = 10 << 20   # node.log rotates at this size ...
 LOG_BACKUPS = 5            # ... keeping this many old files (node.log.1 ...)
+
+EXIT_OK = 0
+EXIT_START_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_STORE_REFUSED = 3
+EXIT_STORE_FAILED = 4
 
 
 class AlreadyRunning(RuntimeError):
@@ -131,7 +148,8 @@ class NodeProcess:
     ``shutdown`` operation) and then stops cleanly.
     """
 
-    def __init__(self, base_dir: str, *, rpc: bool = True, node_options: Optional[dict] = None) -> None:
+    def __init__(self, base_dir: str, *, rpc: bool = True, node_options: Optional[dict] = None,
+                 new_store: bool = False) -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.config = NodeConfig.load(self.base_dir)
         from .rpc_limits import RpcLimits
@@ -146,6 +164,10 @@ class NodeProcess:
         self.started_at: Optional[float] = None
         self._stop = threading.Event()
         self._lock: Optional[_PidLock] = None
+        #: Allow a missing or empty store to be created afresh (``--new-store``).
+        self.new_store = new_store
+        #: Why ``run()`` ended other than by a stop request (the scheduler's commit error).
+        self.fatal: Optional[BaseException] = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "NodeProcess":
@@ -154,7 +176,21 @@ class NodeProcess:
 
         cfg = self.config
         self._lock = _PidLock(self.base_dir)
+        store_dir = os.path.join(self.base_dir, "store")
         try:
+            # The store first: a refusal names the store, not a port the other process holds.
+            if not store_guard.present(store_dir):
+                if not self.new_store:
+                    raise store_guard.missing(store_dir)
+                log.warning("%s: starting with a new, empty store at %s (--new-store)",
+                            cfg.name, store_dir)
+            else:   # in use? (the store takes its lock for good when the node opens it)
+                lock = store_guard.StoreLock(store_dir)
+                try:
+                    store_guard.check_file(store_dir)
+                    store_guard.check_in_child(store_dir)
+                finally:
+                    lock.release()
             identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
             self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()
@@ -165,8 +201,13 @@ class NodeProcess:
                 options["notary"] = True
                 if cfg.validating_notary:
                     options["validating_notary"] = True
-            self.node = Node(self.base_dir, cfg.name, apps=cfg.apps or None,
-                             transport=self.transport, **options)
+            try:
+                self.node = Node(self.base_dir, cfg.name, apps=cfg.apps or None,
+                                 transport=self.transport, **options)
+            except StoreError:
+                raise
+            except (lmdb.Error, UnicodeDecodeError) as exc:   # garbage the checks missed
+                raise store_guard.corrupt(store_dir, exc) from exc
             self.transport.start()
             if self.rpc is not None:
                 self.rpc.start()
@@ -193,8 +234,9 @@ class NodeProcess:
         try:
             while not self._stop.wait(0.5):
                 if self.node is not None and self.node.scheduler.dead:
+                    self.fatal = self.node.scheduler.commit_error or FlowError("the scheduler stopped")
                     log.critical("%s: the scheduler stopped (%s); shutting down",
-                                 self.config.name, self.node.scheduler.commit_error)
+                                 self.config.name, self.fatal)
                     break
         finally:
             for sig, old in installed:
@@ -237,31 +279,43 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--dir", required=True)
     ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
     ap.add_argument("--no-rpc", action="store_true")
+    ap.add_argument("--new-store", action="store_true",
+                    help="start with a new, empty store if the node's store is missing or empty")
     args = ap.parse_args(argv)
-    return serve(args.dir, log_level=args.log_level, rpc=not args.no_rpc)
+    return serve(args.dir, log_level=args.log_level, rpc=not args.no_rpc,
+                 new_store=args.new_store)
 
 
-def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True) -> int:
-    """Run a node in the foreground until SIGTERM/SIGINT. Returns the exit status."""
+def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True,
+          new_store: bool = False) -> int:
+    """Run a node in the foreground until SIGTERM/SIGINT. Returns the exit status
+    (`EXIT_*`): a supervisor restarts or alerts on anything but 0."""
     base_dir = os.path.abspath(base_dir)
     from .gc_tuning import tune
     tune()  # a node process holds many flows: collect less often (see gc_tuning)
     try:
-        proc = NodeProcess(base_dir, rpc=rpc)
+        proc = NodeProcess(base_dir, rpc=rpc, new_store=new_store)
     except Exception as exc:  # config or map missing/malformed: say so, no traceback
         print(f"greenflow node: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     max_bytes, backups = proc.log_rotation
     setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while starting: run() then stops at once
         signal.signal(sig, lambda s, f: proc.request_stop())
     try:
         proc.start()
+    except StoreRefused as exc:   # missing, damaged, newer format, in use
+        log.error("%s cannot start: %s", proc.config.name, exc)
+        return EXIT_START_FAILED if isinstance(exc, StoreLocked) else EXIT_STORE_REFUSED
     except (AlreadyRunning, OSError, FlowError) as exc:  # port taken, app missing, ...
         log.error("%s cannot start: %s", proc.config.name, exc)
-        return 1
+        return EXIT_START_FAILED
     proc.run()
-    return 0
+    if proc.fatal is not None:
+        log.critical("%s stopped on a fatal error (exit status %d): %s", proc.config.name,
+                     EXIT_STORE_FAILED, proc.fatal)
+        return EXIT_STORE_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ class Scheduler:
         # flow's soft locks this way).
         self.flow_end_listeners: list[Callable[[str], None]] = []
         self.touched: dict[str, FlowRuntime] = {}
+        # Flows that ended in this round: their records are dropped in `self.batch`, not
+        # yet in the store, so what the store still says of them must not bring them back.
+        self.ended: set[str] = set()
         self.dead = False
         self.commit_error: Optional[BaseException] = None
         self._workers: Optional[ThreadPoolExecutor] = None
@@ -391,6 +394,9 @@ class Scheduler:
         counterparty, or the frame is not for it."""
         fid = frame.sid.rpartition(".")[0]
         rt = self.resident.get(fid)
+        if rt is None and fid in self.ended:   # a late copy for a flow that just ended
+            self._ack(sender, frame)
+            return
         cp = rt.cp if rt is not None else None
         if cp is None and fid:
             try:
@@ -506,6 +512,8 @@ class Scheduler:
 
     def _load(self, fid: str, cp: Optional[Checkpoint] = None) -> Optional[FlowRuntime]:
         """Rebuild a non-resident flow from its checkpoint; it replays when it runs."""
+        if fid in self.ended:   # the store still holds what this round's batch dropped
+            return None
         try:
             if cp is None:
                 cp = self.store.checkpoint(fid)
@@ -515,7 +523,17 @@ class Scheduler:
                 if cp.retry_at is not None and cp.retry_at <= self.clock.now():
                     return self.retry(fid)  and self.resident.get(fid)  # type: ignore[return-value]
                 return None
-            logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
+            raw_logic = self.store.logic_blob(fid)
+            if raw_logic is None and self.store.result(fid) is not None:
+                # A header left behind by a flow that had finished (written by an older
+                # version): the result is what counts; drop the leftover.
+                log.warning("%s: removing the stale checkpoint of finished flow %s",
+                            self.identity.name, fid)
+                self.batch.drop_flow(fid, cp.journal_len)
+                return None
+            if raw_logic is None:
+                raise StoreError(f"the start record of flow {fid} is missing from the store")
+            logic = serialization.loads(raw_logic)
             journal = self.store.journal(fid, cp.journal_len - (1 if cp.pending else 0))
             if cp.pending is not None:
                 journal.append(Entry(cp.pending[0], cp.pending[1], None, cp.pending[2]))
@@ -590,7 +608,7 @@ class Scheduler:
             b.put("wake", fid_key(fid), b"")
         else:
             b.delete("wake", fid_key(fid))
-        b.put("flows", fid_key(fid), serialization.dumps(cp))
+        b.put_header(fid_key(fid), serialization.dumps(cp))
         rt.out = ()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
@@ -600,6 +618,8 @@ class Scheduler:
 
     def retry(self, fid: str) -> bool:
         """Take a flow out of the hospital and run it again from its last checkpoint."""
+        if fid in self.ended:
+            return False
         cp = self.store.checkpoint(fid)
         if cp is None or cp.status != FlowStatus.HOSPITALIZED or fid in self.resident:
             return False
@@ -656,6 +676,7 @@ class Scheduler:
             rt.end_frames(("killed",))
             record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
         rt.cp.status = record["status"]
+        self.ended.add(fid)
         b = self.batch
         k = fid_key(fid)
         if self.limits is not None and rt.cp.invoker_sid is not None:
@@ -737,9 +758,12 @@ class Scheduler:
     def _kill(self, fid: str) -> bool:
         rt = self.resident.get(fid)
         if rt is None:
-            cp = self.store.checkpoint(fid)
+            cp = None if fid in self.ended else self.store.checkpoint(fid)
             if cp is None:
                 return False
+            if self.store.logic_blob(fid) is None and self.store.result(fid) is not None:
+                self.batch.drop_flow(fid, cp.journal_len)   # a finished flow's leftover header:
+                return True                                 # its result stands
             try:
                 logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
             except Exception:
@@ -785,6 +809,7 @@ class Scheduler:
             rt.base = None   # committed: the store holds it now (read back if parked)
         self.batch = Batch()
         self._round_routes.clear()
+        self.ended.clear()
         self.touched = {}
         sends, self.post_sends = self.post_sends, []
         acks, self.post_acks = self.post_acks, {}
@@ -866,7 +891,7 @@ class Scheduler:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
         rt.fresh = ()
-        b.put("flows", fid_key(fid), rt.base)
+        b.put_header(fid_key(fid), rt.base)
         rt.dirty = False
 
     def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:

@@ -31,7 +31,8 @@ import lmdb
 
 from . import serialization
 from .checkpoint import Checkpoint
-from .errors import StoreError
+from . import store_guard
+from .errors import StoreError, StoreMissing
 from .journal import Entry
 from .status import FlowStatus
 from .page_trim import DEFAULT_BUDGET, MapTrimmer
@@ -43,6 +44,7 @@ _DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "t
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 INITIAL_MAP = 64 * 1024 * 1024
+HEADER = "flows+logic"   # Batch op: a "flows" put that requires the flow's "logic" record
 
 
 def fid_key(fid: str) -> bytes:
@@ -107,6 +109,13 @@ class Batch:
     def delete(self, db: str, key: bytes) -> None:
         self.ops.append((db, key, None))
 
+    def put_header(self, key: bytes, value: bytes) -> None:
+        """A flow's checkpoint header, written only if the flow's start record is in the
+        store by then (committed before, or put earlier in this batch): a header without
+        it could never be restored, so the store refuses to write one. A flow that ended
+        earlier in the batch (its records dropped) is not brought back this way."""
+        self.ops.append((HEADER, key, value))
+
     def drop_flow(self, fid: str, journal_len: int) -> None:
         """Remove a flow's checkpoint, start object, journal, frames and inbox."""
         self.ops.append(("", fid, journal_len))
@@ -116,34 +125,72 @@ class Batch:
 
 
 class Store:
-    def __init__(self, path: str, *, sync: bool = True, readonly: bool = False) -> None:
+    """The node's LMDB environment.
+
+    ``create=False`` refuses to make a new store where none is (`StoreMissing`): an
+    initialised node that lost its store must not start afresh (see
+    `greenflow.store_guard` for every check made at open). A writable store holds an
+    OS lock for as long as it is open (`StoreLocked` for a second opener)."""
+
+    def __init__(self, path: str, *, sync: bool = True, readonly: bool = False,
+                 create: bool = True) -> None:
         self.path = path
         self.readonly = readonly
-        if readonly and not os.path.exists(os.path.join(path, "data.mdb")):
-            raise StoreError(f"no node store at {path}")
-        os.makedirs(path, exist_ok=True)
+        existed = store_guard.present(path)
+        if readonly and not existed:
+            raise StoreMissing(f"no node store at {path}")
+        if not existed and not create:
+            raise store_guard.missing(path)
+        self._lock: Optional[store_guard.StoreLock] = None
+        if not readonly:
+            os.makedirs(path, exist_ok=True)
+            self._lock = store_guard.StoreLock(path)
+        try:
+            self._open(path, sync, readonly, existed)
+        except BaseException:
+            if getattr(self, "env", None) is not None:
+                self.env.close()
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self.commits = 0
+        self._refused: list[bytes] = []   # headers a commit refused (see Batch.put_header)
+        # Keeps the pages of the map this node touched from piling up in its RSS.
+        self.trimmer = MapTrimmer(os.path.join(path, "data.mdb"),
+                                  None if readonly else DEFAULT_BUDGET)
+
+    def _open(self, path: str, sync: bool, readonly: bool, existed: bool) -> None:
+        self.env = None
+        if existed:
+            store_guard.check_file(path)   # before LMDB maps it: no SIGBUS on a short file
         try:
             self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 32,
                                  sync=sync, metasync=sync, readahead=False, lock=True,
                                  readonly=readonly)
         except lmdb.Error as exc:
+            if existed:
+                raise store_guard.corrupt(path, exc) from exc
             raise StoreError(f"cannot open the node store at {path}: {exc}") from exc
-        if not readonly and self.env.info()["map_size"] < INITIAL_MAP:
-            self.env.set_mapsize(INITIAL_MAP)
-        self.db = {}
-        for name in _DBS:
-            try:
-                self.db[name] = self.env.open_db(name.encode(), create=not readonly)
-            except lmdb.NotFoundError:
-                # Read-only view of an older store: an empty stand-in keeps reads simple.
-                self.db[name] = None
-        self.commits = 0
-        # Keeps the pages of the map this node touched from piling up in its RSS.
-        self.trimmer = MapTrimmer(os.path.join(path, "data.mdb"),
-                                  None if readonly else DEFAULT_BUDGET)
+        try:
+            if not readonly and self.env.info()["map_size"] < INITIAL_MAP:
+                self.env.set_mapsize(INITIAL_MAP)
+            self.db = {}
+            for name in _DBS:
+                try:
+                    self.db[name] = self.env.open_db(name.encode(), create=not readonly)
+                except lmdb.NotFoundError:
+                    # Read-only view of an older store: an empty stand-in keeps reads simple.
+                    self.db[name] = None
+            if self.db["meta"] is not None:
+                store_guard.check_format(self.env, self.db["meta"], path, readonly=readonly)
+        except (lmdb.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+            raise store_guard.corrupt(path, exc) from exc
 
     def close(self) -> None:
         self.env.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def ensure_db(self, name: str) -> None:
         """Open (creating if needed) a named database for an app service, e.g. the vault.
@@ -158,22 +205,32 @@ class Store:
         """Apply ``batch`` in one synced write transaction, growing the map as needed."""
         for attempt in range(12):
             try:
+                self._refused = []
                 with self.env.begin(write=True) as txn:
                     self._apply(txn, batch)
                 self.commits += 1
+                for key in self._refused:
+                    log.error("store %s: refused the checkpoint header of flow %s: its start "
+                              "record is not in the store (the flow ended or never started); "
+                              "please file a bug", self.path, key.decode(errors="replace"))
                 self.trimmer.after_commit()
                 return
             except lmdb.MapFullError:
                 new_size = self.env.info()["map_size"] * 2
                 log.info("store %s: map full, growing to %d MiB", self.path, new_size >> 20)
-                self.env.set_mapsize(new_size)
+                try:
+                    self.env.set_mapsize(new_size)
+                except lmdb.Error as exc:
+                    raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
             except lmdb.Error as exc:
-                raise StoreError(f"commit to the node store at {self.path} failed: {exc}") from exc
-        raise StoreError(f"store {self.path}: the map could not grow enough for one commit")
+                raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
+        raise StoreError(store_guard.commit_failure(
+            self.path, StoreError("the map could not grow enough for one commit")))
 
     def _apply(self, txn: Any, batch: Batch) -> None:
         db = self.db
-        put, delete = txn.put, txn.delete
+        put, delete, get = txn.put, txn.delete, txn.get
+        logic, flows = db["logic"], db["flows"]
         for name, key, value in batch.ops:
             # Positional arguments (dupdata, overwrite, append, db): the C binding parses
             # them ~25% faster than the keyword, on every write of every commit.
@@ -181,6 +238,11 @@ class Store:
                 self._drop_flow(txn, key, value)
             elif value is None:
                 delete(key, b"", db[name])
+            elif name == HEADER:
+                if get(key, None, logic) is None:
+                    self._refused.append(key)
+                else:
+                    put(key, value, True, True, False, flows)
             else:
                 put(key, value, True, True, False, db[name])
 

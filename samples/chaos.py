@@ -1,4 +1,4 @@
-"""Chaos: hundreds of concurrent trades on real node processes while nodes are killed with SIGKILL.
+"""Chaos: hundreds of concurrent trades on real node processes while nodes are killed (SIGKILL, SIGTERM).
 
 `greenflow run sample.chaos` starts five node processes on loopback (a notary, a bank
 and three parties: Alice, Bob and Carol), has the bank issue cash to each party and each
@@ -7,7 +7,10 @@ party issue itself commercial papers, then runs ``--trades`` trades among the pa
 payment), started in bursts over ``--duration`` seconds. Every ``--kill-every`` seconds
 (jittered) it sends a random node, the notary included, SIGKILL and starts it again from
 its directory after a short random delay; with ``--freeze-share`` some of those faults
-are freezes instead (SIGSTOP, then SIGCONT: a partition as the node's peers see it). The
+are freezes instead (SIGSTOP, then SIGCONT: a partition as the node's peers see it), and
+with ``--term-share`` some of the kills are clean shutdowns (SIGTERM, which must exit 0,
+then the same restart). ``--pings N`` adds N ping-pong flows among the parties, started
+during the chaos with client ids; each must complete exactly once with the right sum. The
 bank also issues more cash during the run. Some trades are priced above the buyer's limit on purpose: they must fail cleanly.
 
 Then the network settles (bounded) and the ledger is checked through every node's RPC
@@ -45,7 +48,8 @@ from greenflow.ledger import ContractState
 from ._trade_processes import WAIT, _run
 from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper
 
-APPS = ["samples.trade", "samples.chaos"]
+APPS = ["samples.trade", "samples.chaos", "samples.ping"]
+PING_FLOW = "samples.ping.Ping"
 NOTARY, BANK = "Notary", "Bank"
 PARTIES = ["Alice", "Bob", "Carol"]
 TRADE_FLOW = "samples.trade.SellPaperFlow"
@@ -146,11 +150,67 @@ def plan_trades(rng: random.Random, count: int, refuse_share: float) -> list[Tra
 
 
 @dataclass
+class PingPlan:
+    index: int
+    src: str
+    dst: str
+    n: int
+    at: float                # seconds from the start of the chaos
+    flow_id: Optional[str] = None
+    start_attempts: int = 0
+    outcome: Optional[dict] = None
+    duplicated: bool = False
+
+    @property
+    def client_id(self) -> str:
+        return f"chaos-ping-{self.index}"
+
+
+def plan_pings(rng: random.Random, count: int, duration: float) -> list[PingPlan]:
+    out = []
+    for i in range(count):
+        src, dst = rng.sample(PARTIES, 2)
+        out.append(PingPlan(i, src, dst, rng.randint(1, 4), rng.uniform(0, duration * 0.9)))
+    return sorted(out, key=lambda p: p.at)
+
+
+def check_pings(pings: list[PingPlan], problems: list[str]) -> dict:
+    completed = lost = duplicated = wrong = unfinished = 0
+    for p in pings:
+        if p.flow_id is None:
+            lost += 1
+            problems.append(f"ping {p.index} ({p.src} -> {p.dst}) never started")
+            continue
+        out = p.outcome or {}
+        if p.duplicated:
+            duplicated += 1
+            problems.append(f"ping {p.index}: its client id started a second flow")
+        if out.get("status") == "COMPLETED":
+            if out.get("result") == p.n * (p.n + 1) // 2:
+                completed += 1
+            else:
+                wrong += 1
+                problems.append(f"ping {p.index}: result {out.get('result')!r}, "
+                                f"expected {p.n * (p.n + 1) // 2}")
+        elif not out.get("finished"):
+            unfinished += 1
+            problems.append(f"ping {p.index} ({p.flow_id} on {p.src}) did not finish: "
+                            f"{out.get('status')}")
+        else:
+            lost += 1
+            problems.append(f"ping {p.index} ({p.flow_id} on {p.src}) ended {out.get('status')}: "
+                            f"{out.get('error')}")
+    return {"planned": len(pings), "completed": completed, "lost": lost,
+            "duplicated": duplicated, "wrong_result": wrong, "not_finished": unfinished}
+
+
+@dataclass
 class Kill:
     node: str
     at: float            # seconds since the chaos began
     down: float          # seconds between SIGKILL and the restart (freeze: SIGSTOP and SIGCONT)
-    kind: str = "kill"   # "kill" (SIGKILL, then a restart) or "freeze" (SIGSTOP, then SIGCONT)
+    kind: str = "kill"   # "kill" (SIGKILL, then a restart), "term" (SIGTERM, then a restart)
+    #                      or "freeze" (SIGSTOP, then SIGCONT)
     restart_seconds: float = 0.0
     resumed: int = 0     # unfinished flows the node found in its store on restart
     elsewhere: int = 0   # unfinished flows on the nodes still up, just after the kill
@@ -164,11 +224,14 @@ class ChaosRun:
     def __init__(self, data_dir: str, *, seed: int, duration: float = 60.0, trades: int = 300,
                  kill_every: float = 3.0, max_down: float = 1.5, at_once: int = 1,
                  settle: float = 180.0, refuse_share: float = 0.1, freeze_share: float = 0.0,
+                 term_share: float = 0.0, pings: int = 0,
                  say: Callable[[str], None] = lambda _: None) -> None:
         self.data_dir = data_dir
         self.duration, self.kill_every, self.seed = duration, kill_every, seed
         self.max_down, self.settle, self.say = max_down, settle, say
         self.freeze_share = freeze_share
+        self.term_share = term_share
+        self.pings = plan_pings(random.Random(seed + 6), pings, duration)
         self.at_once = max(1, min(at_once, 2 + len(PARTIES)))
         self.trades = plan_trades(random.Random(seed), trades, refuse_share)
         self.issues: list[Issue] = []
@@ -190,17 +253,21 @@ class ChaosRun:
             self._issue()
             before = self._snapshots()
             self.say(f"Trading: {len(self.trades)} trades among {', '.join(PARTIES)} over "
-                     f"{self.duration:g} s; SIGKILL of {self.at_once} random node(s) every "
+                     f"{self.duration:g} s; {'SIGKILL' if not self.term_share else f'SIGKILL or SIGTERM ({self.term_share:.0%} SIGTERM)'} of {self.at_once} random node(s) every "
                      f"~{self.kill_every:g} s (seed {self.seed})")
             t0 = time.monotonic()
             monkey = threading.Thread(target=self._guarded_monkey, args=(t0,), name="chaos-monkey",
                                       daemon=True)
             monkey.start()
+            pinger = threading.Thread(target=self._drive_pings, args=(t0,), name="chaos-pings",
+                                      daemon=True)
+            pinger.start()
             try:
                 self._drive(t0)
             finally:
                 self._stop.set()
                 monkey.join(120)
+                pinger.join(120)
             chaos_seconds = time.monotonic() - t0
             self.say(f"Chaos over after {chaos_seconds:.1f} s ({len(self.kills)} faults); settling "
                      f"(at most {self.settle:g} s) ...")
@@ -208,6 +275,7 @@ class ChaosRun:
             stuck = self._settle(t1 + self.settle)
             settle_seconds = time.monotonic() - t1
             restarted = self._probe_client_ids()
+            self._check_pings(t1 + self.settle)
             after = self._snapshots()
             flows = {name: pn.client(name).flows() for name in pn.names}
             report = self._report(before, after, flows, stuck, chaos_seconds, settle_seconds)
@@ -292,6 +360,53 @@ class ChaosRun:
                         self.problems.append(f"cash issuance {issue.index} on {BANK} failed to start: {exc}")
                         issue.flow_id = ""  # not retried
 
+    def _drive_pings(self, t0: float) -> None:
+        """Start each ping at its time (a node that is down: again later, same client id)."""
+        from greenflow.rpc_client import RpcClientError
+
+        for p in self.pings:
+            while p.flow_id is None and not self._stop.is_set():
+                if self._stop.wait(max(0.0, t0 + p.at - time.monotonic())):
+                    return
+                if p.src in self._down:
+                    time.sleep(0.1)
+                    continue
+                p.start_attempts += 1
+                try:
+                    p.flow_id = self._start_ping(p)
+                except RpcClientError as exc:
+                    if exc.status not in (0, 503) and p.start_attempts == 1:
+                        self.problems.append(f"ping {p.index}: starting it on {p.src} failed: {exc}")
+                    time.sleep(0.1)
+                except Exception as exc:  # noqa: BLE001 - the driver must go on
+                    self.problems.append(f"ping {p.index}: {type(exc).__name__}: {exc}")
+                    return
+
+    def _start_ping(self, p: "PingPlan") -> str:
+        return self.pn.client(p.src).start_flow(PING_FLOW, {"peer": p.dst, "n": p.n},
+                                                client_id=p.client_id)["flow_id"]
+
+    def _check_pings(self, deadline: float) -> None:
+        """Every ping started (late ones now), completed once, with the right sum; the
+        same client id gives back the same flow."""
+        from greenflow.rpc_client import RpcClientError
+
+        for p in self.pings:
+            while p.flow_id is None and time.monotonic() < deadline:
+                try:
+                    p.flow_id = self._start_ping(p)
+                except RpcClientError:
+                    time.sleep(0.2)
+            if p.flow_id is None:
+                continue
+            try:
+                p.outcome = self.pn.client(p.src).result(
+                    p.flow_id, wait=min(30.0, max(1.0, deadline - time.monotonic())))
+                if self._start_ping(p) != p.flow_id:
+                    p.duplicated = True
+            except RpcClientError as exc:
+                p.outcome = {"status": f"unknown ({exc})"}
+
     def _start_trade(self, t: Trade) -> str:
         return self.pn.client(t.seller).start_flow(
             TRADE_FLOW, {"buyer": t.buyer, "price": t.price, "reference": t.reference},
@@ -337,6 +452,7 @@ class ChaosRun:
         coming back waits for them)."""
         rng = random.Random(self.seed + 3)
         kinds = random.Random(self.seed + 4)   # separate: freezes leave the kill plan as it was
+        terms = random.Random(self.seed + 5)   # and so do clean shutdowns
         pn = self.pn
         for when in self.kill_times:
             if self._stop.wait(max(0.0, t0 + when - time.monotonic())):
@@ -346,21 +462,28 @@ class ChaosRun:
             if kinds.random() < self.freeze_share:
                 self._freeze(victims, round(time.monotonic() - t0, 2), down)
                 continue
-            kills = [Kill(v, round(time.monotonic() - t0, 2), round(down, 2)) for v in victims]
+            term = terms.random() < self.term_share
+            kills = [Kill(v, round(time.monotonic() - t0, 2), round(down, 2),
+                          kind="term" if term else "kill") for v in victims]
             self._down.update(victims)
-            for v in victims:
-                pn.kill(v)
+            for kill in kills:
+                code = pn.kill(kill.node, signal.SIGTERM if term else signal.SIGKILL, wait=60)
+                if term and code != 0:
+                    kill.error = f"SIGTERM: exit status {code}"
             waiting = self._unfinished_elsewhere(victims)
             for kill in kills:
                 kill.elsewhere = waiting
             time.sleep(max(0.0, kills[0].at + down - (time.monotonic() - t0)))
             r0 = time.monotonic()
             for kill in kills:
+                error = kill.error
                 self._restart(kill)
+                kill.error = error or kill.error
                 kill.restart_seconds = round(time.monotonic() - r0, 2)
                 self._down.discard(kill.node)
                 self.kills.append(kill)
-                self.say(f"  ⚡ {kill.at:5.1f} s  SIGKILL {kill.node:<6} ({kill.elsewhere:3} flows in "
+                self.say(f"  ⚡ {kill.at:5.1f} s  {'SIGTERM' if kill.kind == 'term' else 'SIGKILL'} "
+                         f"{kill.node:<6} ({kill.elsewhere:3} flows in "
                          f"flight elsewhere)  down {down:.2f} s, back in {kill.restart_seconds:.2f} s, "
                          f"{kill.resumed} unfinished flow(s) resumed"
                          + (f"  [{kill.error}]" if kill.error else ""))
@@ -479,7 +602,7 @@ class ChaosRun:
         problems = list(self.problems)
         for k in self.kills:
             if k.error:
-                problems.append(f"{k.node} ({'killed' if k.kind == 'kill' else 'frozen'} at {k.at} s) "
+                problems.append(f"{k.node} ({dict(kill='killed', term='stopped').get(k.kind, 'frozen')} at {k.at} s) "
                                 f"did not come back cleanly: {k.error}")
         if stuck:
             problems.append(f"{len(stuck)} flow(s) unfinished after settling, e.g. "
@@ -488,7 +611,9 @@ class ChaosRun:
                                         f"{s['suspended_on']}" for s in stuck[:5]))
         check = check_ledger(self.trades, self.issues, before, after, flows, problems)
         per_node = Counter(k.node for k in self.kills if k.kind == "kill")
+        terms = Counter(k.node for k in self.kills if k.kind == "term")
         freezes = Counter(k.node for k in self.kills if k.kind == "freeze")
+        pings = check_pings(self.pings, problems)
         return {
             "ok": not problems,
             "seed": self.seed,
@@ -497,6 +622,9 @@ class ChaosRun:
             "settle_seconds": round(settle_seconds, 1),
             "kills": sum(per_node.values()),
             "kills_per_node": {n: per_node.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
+            "terms": sum(terms.values()),
+            "terms_per_node": {n: terms.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
+            "pings": pings,
             "freezes": sum(freezes.values()),
             "freezes_per_node": {n: freezes.get(n, 0) for n in [NOTARY, BANK, *PARTIES]},
             "flows_resumed_after_kills": sum(k.resumed for k in self.kills),
@@ -693,6 +821,13 @@ SAMPLE_OPTIONS = [
                  help="Share of the faults that freeze the node instead (SIGSTOP for the same "
                       "0..--max-down seconds, then SIGCONT): a network partition as its peers "
                       "see it."),
+    click.Option(["--term-share"], type=click.FloatRange(min=0, max=1), default=0.0,
+                 show_default=True,
+                 help="Share of the kills that are clean shutdowns instead (SIGTERM, which must "
+                      "exit 0, then the same restart)."),
+    click.Option(["--pings"], type=click.IntRange(min=0, max=100_000), default=0, show_default=True,
+                 help="Ping-pong flows among the parties, started during the chaos; each must "
+                      "complete exactly once with the right sum."),
     click.Option(["--settle"], type=click.FloatRange(min=1), default=180.0, show_default=True,
                  help="Seconds the network gets to finish every flow after the chaos."),
     click.Option(["--refuse-share"], type=click.FloatRange(min=0, max=1), default=0.1, show_default=True,
@@ -733,6 +868,13 @@ def format_report(r: dict) -> str:
         f"Chaos report (seed {r['seed']}): {r['duration_seconds']} s of chaos on {len(r['nodes'])} "
         f"node processes, settled in {r['settle_seconds']} s",
         f"  kills           {r['kills']} SIGKILLs ({kills})",
+        *([f"  clean stops     {r['terms']} SIGTERMs, each restarted ("
+           + ", ".join(f"{n} {c}" for n, c in r["terms_per_node"].items()) + ")"]
+          if r.get("terms") else []),
+        *([f"  pings           {r['pings']['completed']} of {r['pings']['planned']} completed exactly "
+           f"once with the right sum; lost {r['pings']['lost']}, duplicated "
+           f"{r['pings']['duplicated']}, wrong {r['pings']['wrong_result']}, unfinished "
+           f"{r['pings']['not_finished']}"] if r.get("pings", {}).get("planned") else []),
         *([f"  freezes         {r['freezes']} SIGSTOP/SIGCONT ("
            + ", ".join(f"{n} {c}" for n, c in r["freezes_per_node"].items()) + ")"]
           if r.get("freezes") else []),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from greenflow.samples.chaos import BANK, NOTARY, PARTIES, Issue, Trade, check_ledger, run_chaos
+from greenflow.samples.chaos import (BANK, NOTARY, PARTIES, Issue, PingPlan, Trade, check_ledger,
+                                     check_pings, run_chaos)
 
 A, B, C = PARTIES
 
@@ -42,6 +43,37 @@ def test_trades_survive_frozen_nodes_as_well_as_killed_ones(tmp_path):
     assert report["freezes"] >= 4 and report["kills"] >= 1
     assert trades["started"] == 100 and trades["completed"] + trades["failed_cleanly"] == 100
     assert (trades["lost"], trades["duplicated"], report["stuck"], report["double_spends"]) == (0, 0, 0, 0)
+
+
+@pytest.mark.slow
+def test_trades_and_pings_survive_clean_shutdowns_mixed_with_sigkills(tmp_path):
+    """SIGTERM (which must exit 0) and a restart, mixed with SIGKILLs, under trades and
+    ping-pongs: nothing lost, duplicated or stranded in the hospital."""
+    report = run_chaos(str(tmp_path), duration=20, trades=80, kill_every=1.5, max_down=0.5,
+                       term_share=0.5, pings=150, settle=120, seed=12)
+    trades, pings = report["trades"], report["pings"]
+    assert report["problems"] == [] and report["ok"]
+    assert report["terms"] >= 3 and report["kills"] >= 3
+    assert (trades["lost"], trades["duplicated"], report["stuck"], report["double_spends"]) == (0, 0, 0, 0)
+    assert pings == {"planned": 150, "completed": 150, "lost": 0, "duplicated": 0,
+                     "wrong_result": 0, "not_finished": 0}
+
+
+def test_ping_checks_count_what_went_wrong():
+    ok = PingPlan(0, A, B, 3, 0.0, flow_id="f0", outcome={"status": "COMPLETED", "result": 6,
+                                                           "finished": True})
+    wrong = PingPlan(1, A, B, 2, 0.0, flow_id="f1", outcome={"status": "COMPLETED", "result": 4,
+                                                              "finished": True})
+    never = PingPlan(2, B, C, 1, 0.0)
+    stuck = PingPlan(3, C, A, 1, 0.0, flow_id="f3", outcome={"status": "HOSPITALIZED",
+                                                              "finished": False})
+    twice = PingPlan(4, C, A, 1, 0.0, flow_id="f4", duplicated=True,
+                     outcome={"status": "COMPLETED", "result": 1, "finished": True})
+    problems: list[str] = []
+    out = check_pings([ok, wrong, never, stuck, twice], problems)
+    assert out == {"planned": 5, "completed": 2, "lost": 1, "duplicated": 1, "wrong_result": 1,
+                   "not_finished": 1}
+    assert len(problems) == 4
 
 
 # ---------------------------------------------------------------------- the checks

@@ -1,0 +1,293 @@
+"""What a node process refuses at start, and how it ends when its store fails, on real
+processes: a missing or empty store (unless ``--new-store``), a truncated or overwritten
+``data.mdb``, a store of another format, a store already in use by another process (a
+deleted ``node.pid``, a second directory linking to the same store), and a commit that
+fails while running (exit status 4, the cause named)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import lmdb
+import pytest
+
+from greenflow import store_guard
+from greenflow.bootstrap import free_port, init_node
+from greenflow.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
+                                    EXIT_STORE_REFUSED)
+from greenflow.rpc_client import RpcClient, RpcClientError
+from greenflow.testing.node_processes import ProcessNetwork
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+APPS = ["samples.ping", "procflows"]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+
+
+def node_cmd(base_dir: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "greenflow.node_process", "--dir", base_dir, *extra]
+
+
+def run_node(base_dir: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Start a node process that is expected to refuse and exit."""
+    return subprocess.run(node_cmd(base_dir, *extra), capture_output=True, text=True,
+                          timeout=timeout, env=_env())
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A node directory whose node ran one flow to completion and left one waiting, then
+    stopped cleanly: made once, copied for each test."""
+    with ProcessNetwork(tmp_path_factory.mktemp("pristine"), ["Alice"], apps=APPS,
+                        pythonpath=[HERE]) as net:
+        alice = net.start("Alice")
+        assert alice.start_flow("procflows.Fails", {"why": "x"}, wait=30)["status"] == "FAILED"
+        fid = alice.start_flow("procflows.Sleeper", {"seconds": 3600})["flow_id"]
+        assert net.stop("Alice") == 0
+        yield net.dir("Alice"), fid
+
+
+@pytest.fixture
+def stopped(tmp_path, pristine):
+    """(a copy of the pristine node directory, the waiting flow's id)."""
+    src, fid = pristine
+    d = str(tmp_path / "Alice")
+    shutil.copytree(src, d, ignore=shutil.ignore_patterns("*.log", "node.pid"))
+    return d, fid
+
+
+@contextlib.contextmanager
+def running(d: str, *extra: str):
+    """A node process serving ``d``: yields (process, RPC client); SIGTERM at the end."""
+    proc = subprocess.Popen(node_cmd(d, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=_env())
+    client = RpcClient.for_node(d, timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.node_info()["pid"] == proc.pid:
+                    break
+            except RpcClientError:
+                pass
+            assert proc.poll() is None, f"the node exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "the node did not answer RPC within 30s"
+            time.sleep(0.05)
+        yield proc, client
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def waiting(client: RpcClient, fid: str) -> bool:
+    return client.flow(fid)["status"] in ("SUSPENDED", "HIBERNATED")
+
+
+def data_mdb(base_dir: str) -> str:
+    return os.path.join(base_dir, "store", "data.mdb")
+
+
+# ------------------------------------------------------------------ missing / empty store
+@pytest.mark.parametrize("how", ["deleted", "emptied", "directory removed"])
+def test_a_node_refuses_to_start_without_its_store(stopped, how):
+    d, fid = stopped
+    path = data_mdb(d)
+    if how == "deleted":
+        os.remove(path)
+    elif how == "emptied":
+        open(path, "wb").close()
+    else:
+        shutil.rmtree(os.path.dirname(path))
+    out = run_node(d)
+    assert out.returncode == EXIT_STORE_REFUSED, out.stderr
+    assert path in out.stderr and "missing or empty" in out.stderr and "--new-store" in out.stderr
+
+
+def test_new_store_starts_a_node_afresh_only_when_asked(stopped):
+    d, fid = stopped
+    os.remove(data_mdb(d))
+    with running(d, "--new-store") as (proc, client):
+        assert client.flows() == []                    # it forgot, as the operator asked
+    assert proc.returncode == 0
+    assert store_guard.present(os.path.join(d, "store"))
+
+
+# ------------------------------------------------------------------ damaged store
+def _truncate(path: str) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        fh.truncate(size // 2)
+
+
+def _overwrite_pages(path: str) -> None:
+    """Garbage over every page but the two meta pages: LMDB opens the file, its trees
+    are nonsense."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as fh:
+        fh.seek(2 * 4096)
+        fh.write(bytes((i * 37 + 11) & 0xFF for i in range(size - 2 * 4096)))
+
+
+def _overwrite_head(path: str) -> None:
+    with open(path, "r+b") as fh:
+        fh.write(b"\xab" * 16384)
+
+
+def _foreign_format(path: str) -> None:
+    env = lmdb.open(os.path.dirname(path), max_dbs=32)
+    meta = env.open_db(b"meta")
+    with env.begin(write=True, db=meta) as txn:
+        txn.put(store_guard.FORMAT_KEY, b"somebody-else 7")
+    env.close()
+
+
+@pytest.mark.parametrize("damage, says", [
+    (_truncate, "is truncated"),
+    (_overwrite_pages, "is damaged"),
+    (_overwrite_head, "is not an LMDB store file"),
+    (_foreign_format, "does not hold a greenflow store"),
+])
+def test_a_damaged_store_is_refused_at_start_naming_the_file(stopped, damage, says):
+    d, fid = stopped
+    path = data_mdb(d)
+    damage(path)
+    out = run_node(d)
+    assert out.returncode == EXIT_STORE_REFUSED, (out.returncode, out.stderr[-2000:])
+    assert says in out.stderr and path in out.stderr, out.stderr[-2000:]
+    assert "backup" in out.stderr                     # and what to do
+    assert "Traceback" not in out.stderr
+
+
+def test_a_store_written_by_a_newer_version_is_refused(stopped):
+    d, fid = stopped
+    env = lmdb.open(os.path.join(d, "store"), max_dbs=32)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(store_guard.FORMAT_KEY, b"%s %d" % (store_guard.FORMAT_NAME.encode(),
+                                                    store_guard.FORMAT_VERSION + 1))
+    env.close()
+    out = run_node(d)
+    assert out.returncode == EXIT_STORE_REFUSED and "newer greenflow" in out.stderr
+
+
+def test_a_sound_store_still_starts_and_resumes_its_flows(stopped):
+    d, fid = stopped
+    with running(d) as (proc, alice):
+        assert waiting(alice, fid)
+
+
+# ------------------------------------------------------------------ the store lock
+def test_deleting_node_pid_does_not_let_a_second_process_share_the_store(stopped):
+    d, fid = stopped
+    with running(d) as (proc, alice):
+        os.remove(os.path.join(d, "node.pid"))
+        out = run_node(d)
+        assert out.returncode == EXIT_START_FAILED, out.stderr
+        assert f"is in use by process {proc.pid}" in out.stderr
+        assert waiting(alice, fid)                    # the first one serves on
+
+
+def test_a_second_directory_linking_to_the_store_is_refused(stopped, tmp_path):
+    d, fid = stopped
+    m = str(tmp_path / "Mallory")
+    init_node(m, "Mallory", p2p_address=("127.0.0.1", free_port()),
+              rpc_address=("127.0.0.1", free_port()), apps=APPS)
+    shutil.rmtree(os.path.join(m, "store"))
+    os.symlink(os.path.join(d, "store"), os.path.join(m, "store"))
+    with running(d) as (proc, alice):
+        out = run_node(m)
+        assert out.returncode == EXIT_START_FAILED, out.stderr
+        assert f"is in use by process {proc.pid}" in out.stderr
+        assert waiting(alice, fid)
+
+
+# ------------------------------------------------------------------ a commit fails
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _fill_until_dead(proc: subprocess.Popen, d: str) -> None:
+    client = RpcClient.for_node(d, timeout=10)
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                client.start_flow("procflows.Fails", {"why": "y" * 100_000}, wait=5)
+            except RpcClientError:
+                time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def test_a_failed_commit_ends_the_process_non_zero_naming_the_cause(stopped):
+    d, fid = stopped
+    limit = os.path.getsize(data_mdb(d)) + 512 * 1024   # the store cannot grow past this
+    log = open(os.path.join(d, "limited.log"), "w+")
+    proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                            preexec_fn=_limit_file_size(limit))
+    try:
+        _fill_until_dead(proc, d)
+        code = proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log.seek(0)
+    text = log.read()
+    log.close()
+    assert code == EXIT_STORE_FAILED, text[-3000:]
+    # LMDB itself says "Input/output error" for the short write; the node names the cause.
+    assert "file size limit" in text and "exit status 4" in text
+    with running(d) as (proc, alice):                 # the limit lifted: nothing lost
+        assert waiting(alice, fid)
+
+
+def _can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mount") is not None
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root to mount a small tmpfs")
+def test_a_full_disk_is_named_disk_full_and_ends_the_process_non_zero(stopped, tmp_path):
+    d, fid = stopped
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    size = os.path.getsize(data_mdb(d)) + 3 * 1024 * 1024
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mount refused (no privilege in this container)")
+    try:
+        small = str(mnt / "Alice")
+        shutil.copytree(d, small, ignore=shutil.ignore_patterns("*.log", "node.pid"))
+        log = open(tmp_path / "full.log", "w+")
+        proc = subprocess.Popen(node_cmd(small), stdout=log, stderr=subprocess.STDOUT,
+                                env=_env())
+        try:
+            _fill_until_dead(proc, small)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        text = log.read()
+        log.close()
+        assert code == EXIT_STORE_FAILED, text[-3000:]
+        assert "disk full" in text, text[-3000:]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
