@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import operator
 import struct
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 from .. import wire
 from ..errors import FlowError, FlowException
@@ -228,20 +229,24 @@ class Vault:
 
     # ------------------------------------------------------------------ soft locks
     @journaled
-    def select(self, state_type: type[S], amount: int, *, amount_of: str = "amount",
+    def select(self, state_type: type[S], amount: Any, *,
+               amount_of: Union[str, Callable[[S], Any]] = "amount",
                where: Optional[Callable[[S], bool]] = None) -> list[StateAndRef]:
-        """Pick unlocked unconsumed states of ``state_type`` until their ``amount_of``
-        adds up to ``amount`` or more, and soft-lock them for the calling flow
-        (`InsufficientBalance` when there is not enough)."""
+        """Pick unlocked unconsumed states of ``state_type`` until their ``amount_of`` (an
+        attribute name, or a function of the state) adds up to ``amount`` or more, and
+        soft-lock them for the calling flow (`InsufficientBalance` when there is not
+        enough). Values are ints or anything that adds and compares with ``amount``, such
+        as an `Amount` of one token."""
         fid = self._flow_id("Vault.select")
+        value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
         with self._lock:
-            picked = self._pick_free(state_type, amount, amount_of, where, fid)
+            picked = self._pick_free(state_type, amount, value_of, where, fid)
             if picked is None:
-                picked = self._pick_scanning(state_type, amount, amount_of, where, fid)
+                picked = self._pick_scanning(state_type, amount, value_of, where, fid)
             self._lock_refs([s.ref for s in picked], fid)
             return picked
 
-    def _pick_free(self, state_type: type, amount: int, amount_of: str,
+    def _pick_free(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                    where: Optional[Callable[[Any], bool]], fid: str) -> Optional[list[StateAndRef]]:
         """The common case: states nobody has locked add up. None sends `select` to the
         full scan: when they do not (the scan finds locks whose flow is gone, and names
@@ -250,28 +255,30 @@ class Vault:
         if fid in self._locks_by_flow:
             return None
         picked: list[StateAndRef] = []
-        total = 0
+        total = None
         for sar in self._candidates(state_type, where, self._free):
             picked.append(sar)
-            total += getattr(sar.state, amount_of)
+            value = value_of(sar.state)
+            total = value if total is None else total + value
             if total >= amount:
                 return picked
         return None
 
-    def _pick_scanning(self, state_type: type, amount: int, amount_of: str,
+    def _pick_scanning(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                        where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
         picked: list[StateAndRef] = []
-        total = locked = 0
+        zero = amount - amount  # 0, or an Amount of nothing in amount's token
+        total = locked = zero
         for sar in self._candidates(state_type, where):
-            value = getattr(sar.state, amount_of)
+            value = value_of(sar.state)
             if self._locked_by_other(sar.ref, fid):
-                locked += value
+                locked = locked + value
                 continue
             picked.append(sar)
-            total += value
+            total = total + value
             if total >= amount:
                 break
-        if total < amount:
+        if not total >= amount:
             raise InsufficientBalance(
                 f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
                 f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
