@@ -43,7 +43,7 @@ from greenflow import FlowLogic, startable
 from greenflow.ledger import ContractState
 
 from ._trade_processes import WAIT, _run
-from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper
+from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper, cash_units
 
 APPS = ["samples.trade", "samples.chaos"]
 NOTARY, BANK = "Notary", "Bank"
@@ -80,7 +80,7 @@ class LedgerSnapshotFlow(FlowLogic):
         for sar in vault.query(ContractState):
             s, ref = sar.state, _ref(sar.ref.tx_id.hex, sar.ref.index)
             if isinstance(s, Cash):
-                states.append({"ref": ref, "type": "Cash", "amount": s.amount, "currency": s.currency,
+                states.append({"ref": ref, "type": "Cash", "amount": cash_units(s), "currency": s.currency,
                                "owner": s.owner.name})
             elif isinstance(s, CommercialPaper):
                 states.append({"ref": ref, "type": "CommercialPaper", "reference": s.reference,
