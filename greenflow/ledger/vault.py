@@ -41,10 +41,14 @@ from ..services import journaled, register_service_factory
 from ..traps import current_runtime_or_none
 from .app_db import AppDb
 from .crypto import SecureHash
-from .states import ContractState, StateAndRef, StateRef
+from .states import ContractState, StateAndRef, StateRef, UniqueIdentifier
 from .transactions import SignedTransaction
+from . import vault_query as vq
+from .vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
+                          VaultUpdate)
 
-__all__ = ["InsufficientBalance", "StatesLocked", "Vault", "ref_key"]
+__all__ = ["DataFeed", "Feed", "InsufficientBalance", "Page", "PageSpecification", "QueryCriteria",
+           "Sort", "StateStatus", "StatesLocked", "Vault", "VaultUpdate", "ref_key"]
 
 log = logging.getLogger("greenflow.ledger.vault")
 
@@ -113,6 +117,7 @@ class Vault:
             sar = _unpack(raw)
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
             self._free.setdefault(type(sar.state), {})[sar.ref] = sar
+        self._open_indexes(store)
         stale: list[bytes] = []
         for key, fid in store.iter_db("vault_locks"):
             flow_id = fid.decode()
@@ -125,6 +130,65 @@ class Vault:
                 for key in stale:
                     batch.delete("vault_locks", key)
         node.scheduler.flow_end_listeners.append(self._on_flow_end)
+
+    # ------------------------------------------------------------------ query indexes
+    def _open_indexes(self, store: Any) -> None:
+        for name in vq.INDEX_DBS:
+            store.ensure_db(name)
+        self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
+        self._engine = vq.QueryEngine(self._index, self._load_state, self._locks.get)
+        self._types = set(self._index.type_names())
+        self._feeds: list[Feed] = []
+        raw = self._index.get("vault_meta", vq.NEXT_SEQ)
+        self._next_seq = vq._SEQ.unpack(raw)[0] if raw is not None else 0
+        if raw is None and self._unconsumed:
+            # A vault recorded before the indexes existed: index what it holds (recorded
+            # time unknown: 0), once.
+            with self._node.services.writes() as batch:
+                for by_type in self._unconsumed.values():
+                    for sar in by_type.values():
+                        notary = self.transaction(sar.ref.tx_id)
+                        self._index_state(batch, sar, getattr(getattr(notary, "tx", None), "notary", None), 0)
+                self._put_index(batch, "vault_meta", vq.NEXT_SEQ, vq._SEQ.pack(self._next_seq))
+
+    def _put_index(self, batch: Any, db: str, key: bytes, value: bytes) -> None:
+        batch.put(db, key, value)
+        self._index.pending[db][key] = (value, self._node.store.commits)
+
+    def _index_state(self, batch: Any, sar: StateAndRef, notary: Any, recorded_us: int) -> None:
+        state = sar.state
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        key = ref_key(sar.ref)
+        tname = vq.type_name(type(state))
+        nkey = notary.owning_key if notary is not None else b""
+        put = self._put_index
+        put(batch, "vault_meta", key, vq.pack_meta(seq, recorded_us, 0, nkey, tname))
+        put(batch, "vault_by_type", vq.seq_key(vq.type_prefix(tname), seq), key)
+        if tname not in self._types:
+            self._types.add(tname)
+            put(batch, "vault_types", tname.encode(), b"")
+        lid = getattr(state, "linear_id", None)
+        if isinstance(lid, UniqueIdentifier):
+            put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), key)
+            if lid.external_id is not None:
+                put(batch, "vault_by_external", vq.seq_key(vq.external_prefix(lid.external_id), seq), key)
+
+    def _index_consumed(self, batch: Any, ref: StateRef, when_us: int) -> None:
+        key = ref_key(ref)
+        raw = self._index.get("vault_meta", key)
+        if raw is not None:
+            seq, rec, _con, nkey, tname = vq.unpack_meta(raw)
+            self._put_index(batch, "vault_meta", key, vq.pack_meta(seq, rec, max(1, when_us), nkey, tname))
+
+    def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
+        if unconsumed:
+            for by_type in self._unconsumed.values():
+                sar = by_type.get(ref)
+                if sar is not None:
+                    return sar.state
+        found = self.state(ref)
+        return found.state if found is not None else None
 
     # ------------------------------------------------------------------ transactions
     @journaled
@@ -142,14 +206,21 @@ class Vault:
 
     def _apply(self, batch: Any, stx: SignedTransaction) -> None:
         tx = stx.tx
+        now_us = int(self._node.clock.now() * 1_000_000)
+        consumed: list[StateAndRef] = []
+        produced: list[StateAndRef] = []
         for ref in tx.inputs:
             key = ref_key(ref)
             for cls, by_type in self._unconsumed.items():
-                if by_type.pop(ref, None) is not None:
+                gone = by_type.pop(ref, None)
+                if gone is not None:
                     self._free.get(cls, {}).pop(ref, None)
                     batch.delete("vault_states", key)
                     self._consumed.put(batch, key, stx.id.value)
+                    self._index_consumed(batch, ref, now_us)
+                    consumed.append(gone)
                     break
+        seq0 = self._next_seq
         for index, state in enumerate(tx.outputs):
             if not self._is_ours(state):
                 continue
@@ -163,6 +234,12 @@ class Vault:
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
             batch.put("vault_states", key, _pack(sar))
+            self._index_state(batch, sar, tx.notary, now_us)
+            produced.append(sar)
+        if self._next_seq != seq0:
+            self._put_index(batch, "vault_meta", vq.NEXT_SEQ, vq._SEQ.pack(self._next_seq))
+        if self._feeds and (consumed or produced):
+            self._publish(tx.notary, consumed, produced)
 
     def _is_ours(self, state: ContractState) -> bool:
         return any(p.owning_key == self._me for p in state.participants)
@@ -205,6 +282,46 @@ class Vault:
         with self._lock:
             return [sar for sar in self._candidates(state_type, where)
                     if include_locked or not self._locked_by_other(sar.ref, None)]
+
+    @journaled
+    def query_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
+                 sorting: Optional[Sort] = None) -> Page:
+        """The states ``criteria`` selects (by default: every unconsumed state), a page
+        at a time, with their metadata and the total count. Uses the store's indexes by
+        type, linear id and external id, so it reads only the states it may return.
+        Without ``paging``, more results than `DEFAULT_PAGE_SIZE` is a `VaultQueryError`
+        (results are never cut short silently)."""
+        with self._lock:
+            return self._engine.query(criteria or QueryCriteria(), paging, sorting)
+
+    def track_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
+                 sorting: Optional[Sort] = None) -> DataFeed:
+        """`query_by` now, and a `Feed` of every later change to states the criteria
+        select (for clients and tests outside flows: a feed cannot be checkpointed).
+        Close the feed when done."""
+        if current_runtime_or_none() is not None:
+            raise FlowError("Vault.track_by feeds clients outside flows; a flow uses query_by")
+        criteria = criteria or QueryCriteria()
+        with self._lock:
+            feed = Feed(criteria, self._node.store, self._untrack)
+            self._feeds.append(feed)
+            return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+
+    def _untrack(self, feed: Feed) -> None:
+        with self._lock:
+            if feed in self._feeds:
+                self._feeds.remove(feed)
+
+    def _publish(self, notary: Any, consumed: list[StateAndRef], produced: list[StateAndRef]) -> None:
+        nkey = notary.owning_key if notary is not None else b""
+        stamp = self._node.store.commits
+        for feed in list(self._feeds):
+            c = feed.criteria
+            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
+            new = () if c.status is StateStatus.CONSUMED else tuple(
+                s for s in produced if vq.update_matches(c, s, nkey))
+            if gone or new:
+                feed._push(VaultUpdate(gone, new), stamp)
 
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
