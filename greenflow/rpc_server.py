@@ -338,6 +338,14 @@ class RpcServer:
     def checkpoints(self) -> list:
         return to_json(self.node.checkpoints_dump())
 
+    def vault_states(self, params: dict) -> dict:
+        """``GET /vault/states``: a page of the vault (`vault_query.query_params`)."""
+        from .ledger.vault_query import VaultQueryError, query_params
+        try:
+            return query_params(self.node.services.vault, params)
+        except VaultQueryError as exc:
+            raise RpcError(400, "BadQuery", str(exc)) from None
+
     def draining(self) -> dict:
         node = self.node
         return {"draining": node.draining, "pending_flows_count": node.pending_flows_count}
@@ -524,6 +532,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("GET", ("checkpoints",)):
             read()
             return self._send_json(200, {"checkpoints": rpc.checkpoints()})
+        if route == ("GET", ("vault", "*")) and p[1] == "states":
+            read()
+            return self._send_json(200, rpc.vault_states(query))
         if route == ("GET", ("draining",)):
             read()
             return self._send_json(200, rpc.draining())

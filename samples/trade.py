@@ -10,6 +10,9 @@ seller's signature (the seller checks it is paid); the notary rules out a double
 and both vaults record the same transaction, or neither does. Ends with the transaction
 id and what each vault held before and after.
 
+Cash is the ledger's own (`greenflow.ledger.finance`): amounts are integer pence of
+pounds issued by the bank; the sample quotes prices and limits in whole pounds.
+
 With --processes the same flows run on four real node processes instead.
 """
 from __future__ import annotations

@@ -31,7 +31,7 @@ class ContractState:
         @serializable
         @dataclass(frozen=True)
         class Cash(ContractState):
-            contract = "samples.trade.CashContract"
+            contract = "greenflow.ledger.finance.CashContract"
             amount: int
             owner: Party
 

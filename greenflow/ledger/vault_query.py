@@ -550,10 +550,12 @@ def state_class(path: str, known: Iterable[str], import_modules: bool = True) ->
     module, sep, qual = path.partition(":")
     if not sep or not module or not qual:
         raise VaultQueryError(f"a state type is given as module:Class, not {path!r}")
-    if path in set(known):
-        cls = load_class(path)
-        if cls is not None:
-            return cls
+    names = set(known)
+    for candidate in (path, "greenflow." + path):  # samples.trade:X is greenflow.samples.trade:X
+        if candidate in names:
+            cls = load_class(candidate)
+            if cls is not None:
+                return cls
     if not import_modules:
         raise VaultQueryError(f"this vault holds no states of type {path}")
     from ..registry import resolve_module
@@ -583,3 +585,36 @@ def page_json(page: Page) -> dict:
                     "notary": m.notary, "locked_by": m.lock_id, "state": to_json(s.state)}
                    for s, m in zip(page.states, page.states_metadata)],
     }
+
+
+def query_params(vault: Any, params: dict) -> dict:
+    """A query given as text parameters (RPC's ``GET /vault/states``): ``type``
+    (module:Class, one the vault holds), ``status``, ``linear_id`` and ``external_id``
+    (comma-separated), ``page``, ``page_size``, ``cursor``, ``sort``, ``desc``. Returns
+    `page_json`. Bad parameters raise `VaultQueryError`."""
+    unknown = set(params) - {"type", "status", "linear_id", "external_id", "page", "page_size",
+                             "cursor", "sort", "desc"}
+    if unknown:
+        raise VaultQueryError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+
+    def number(name: str, default: int) -> int:
+        text = params.get(name)
+        try:
+            return default if text in (None, "") else int(text)
+        except ValueError:
+            raise VaultQueryError(f"{name} is a whole number, not {text!r}") from None
+
+    def listed(name: str) -> Optional[list[str]]:
+        text = params.get(name)
+        return [x for x in str(text).split(",") if x] or None if text else None
+
+    with vault._lock:
+        known = sorted(vault._types)
+    criteria = QueryCriteria(state_class(params.get("type", ""), known, import_modules=False),
+                             _status(params.get("status") or "unconsumed"),
+                             linear_ids=listed("linear_id"), external_ids=listed("external_id"))
+    paging = PageSpecification(number("page", 1), number("page_size", DEFAULT_PAGE_SIZE),
+                               params.get("cursor") or None)
+    sort = Sort(params.get("sort") or "recorded_time",
+                str(params.get("desc", "")).lower() in ("1", "true", "yes"))
+    return page_json(vault.query_by(criteria, paging, sort))
