@@ -102,6 +102,7 @@ class Amount(Generic[T]):
         return cls.from_decimal(number, code)  # type: ignore[return-value]
 
     parse_arg = parse  # how the CLI and RPC turn an argument's text into an Amount
+    ARG_EXAMPLE = "'1500.00 GBP'"
 
     @classmethod
     def zero(cls, token: T) -> "Amount[T]":
