@@ -535,6 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("GET", ("vault", "*")) and p[1] == "states":
             read()
             return self._send_json(200, rpc.vault_states(query))
+        if route == ("GET", ("vault", "*")) and p[1] == "updates":
+            read()
+            return self._vault_updates(rpc, query)
         if route == ("GET", ("draining",)):
             read()
             return self._send_json(200, rpc.draining())
@@ -595,6 +598,36 @@ class _Handler(BaseHTTPRequestHandler):
                     return
         finally:
             rpc.hub.unsubscribe(q)
+
+
+    def _vault_updates(self, rpc: RpcServer, params: dict) -> None:
+        """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
+        then an ``update`` (consumed and produced states) per recorded change."""
+        from .ledger.vault_query import VaultQueryError, track_params, update_json
+        try:
+            snapshot, feed = track_params(rpc.node.services.vault, params)
+        except VaultQueryError as exc:
+            raise RpcError(400, "BadQuery", str(exc)) from None
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self._event("snapshot", snapshot)
+            last = time.monotonic()
+            while not rpc.stopping:
+                update = feed.next(timeout=1.0)
+                if update is not None:
+                    self._event("update", update_json(update))
+                    last = time.monotonic()
+                elif time.monotonic() - last > KEEPALIVE_SECONDS:
+                    self.wfile.write(b": keepalive\n\n")
+                    self.wfile.flush()
+                    last = time.monotonic()
+        finally:
+            feed.close()
 
 
 def _finished(status: str) -> bool:

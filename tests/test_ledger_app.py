@@ -230,3 +230,47 @@ def test_vault_query_on_the_command_line_reads_a_nodes_store(tmp_path):
     result = runner.invoke(main, ["vault", "query", "--node", node_dir, "--type", "appflows:Nope"])
     assert result.exit_code != 0 and "appflows has no class 'Nope'" in result.output
     assert os.path.isdir(node_dir)
+
+
+# ---------------------------------------------------------------------------- over RPC
+def test_vault_states_and_updates_over_rpc(tmp_path):
+    import threading
+
+    from greenflow.bootstrap import bootstrap_network
+    from greenflow.node_process import NodeProcess
+    from greenflow.rpc_client import RpcClient, RpcClientError
+
+    configs = {c.name: c for c in bootstrap_network(str(tmp_path), ["Alice"], notary="Notary", base_port=0,
+                                                     apps=["greenflow.ledger.finance"], rpc_password="pw")}
+    procs = [NodeProcess(c.base_dir, node_options={"sync": False}).start() for c in configs.values()]
+    try:
+        alice = RpcClient.for_node(configs["Alice"].base_dir, "admin", "pw")
+        issue = {"amount": "100.00 GBP", "notary": "Notary", "coins": 3}
+        out = alice.start_flow("greenflow.ledger.finance.CashIssueFlow", issue, wait=30)
+        assert out["status"] == "COMPLETED", out
+        page = alice.vault_query(type="greenflow.ledger.finance:Cash", page_size=2)
+        assert page["total"] == 3 and len(page["states"]) == 2 and page["next_cursor"]
+        rest = alice.vault_query(type="greenflow.ledger.finance:Cash", page_size=2, cursor=page["next_cursor"])
+        assert len(rest["states"]) == 1 and rest["next_cursor"] is None
+        assert rest["states"][0]["state"]["amount"]["quantity"] == 3_333
+        with pytest.raises(RpcClientError, match="holds no states of type os:system"):
+            alice.vault_query(type="os:system")
+        with pytest.raises(RpcClientError, match="unknown query parameter"):
+            alice.vault_query(typo="x")
+
+        events = []
+        stream = alice.vault_updates(timeout=30, type="greenflow.ledger.finance:Cash")
+        events.append(next(stream))
+        threading.Thread(target=lambda: alice.start_flow("greenflow.ledger.finance.CashExitFlow",
+                                                         {"amount": "10.00 GBP"}, wait=30)).start()
+        events.append(next(stream))
+        stream.close()
+        assert events[0][0] == "snapshot" and events[0][1]["total"] == 3
+        kind, update = events[1]
+        assert kind == "update" and update["consumed"] and update["produced"]
+        assert sum(s["state"]["amount"]["quantity"] for s in update["consumed"]) - 1_000 == \
+            sum(s["state"]["amount"]["quantity"] for s in update["produced"])
+    finally:
+        for p in procs:
+            if p.node is not None:
+                p.stop()

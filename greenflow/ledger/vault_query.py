@@ -592,6 +592,10 @@ def query_params(vault: Any, params: dict) -> dict:
     (module:Class, one the vault holds), ``status``, ``linear_id`` and ``external_id``
     (comma-separated), ``page``, ``page_size``, ``cursor``, ``sort``, ``desc``. Returns
     `page_json`. Bad parameters raise `VaultQueryError`."""
+    return page_json(vault.query_by(*_parse_params(vault, params)))
+
+
+def _parse_params(vault: Any, params: dict) -> tuple[QueryCriteria, PageSpecification, Sort]:
     unknown = set(params) - {"type", "status", "linear_id", "external_id", "page", "page_size",
                              "cursor", "sort", "desc"}
     if unknown:
@@ -617,4 +621,20 @@ def query_params(vault: Any, params: dict) -> dict:
                                params.get("cursor") or None)
     sort = Sort(params.get("sort") or "recorded_time",
                 str(params.get("desc", "")).lower() in ("1", "true", "yes"))
-    return page_json(vault.query_by(criteria, paging, sort))
+    return criteria, paging, sort
+
+
+def track_params(vault: Any, params: dict) -> tuple[dict, Feed]:
+    """`query_params`, tracked: the snapshot page as JSON and the `Feed` of updates (RPC's
+    ``GET /vault/updates``; the caller closes the feed)."""
+    criteria, paging, sort = _parse_params(vault, params)
+    feed = vault.track_by(criteria, paging, sort)
+    return page_json(feed.snapshot), feed.updates
+
+
+def update_json(update: VaultUpdate) -> dict:
+    from ..rpc_server import to_json
+
+    def one(s: StateAndRef) -> dict:
+        return {"ref": str(s.ref), "type": type_name(type(s.state)), "state": to_json(s.state)}
+    return {"consumed": [one(s) for s in update.consumed], "produced": [one(s) for s in update.produced]}
