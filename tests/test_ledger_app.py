@@ -274,3 +274,30 @@ def test_vault_states_and_updates_over_rpc(tmp_path):
         for p in procs:
             if p.node is not None:
                 p.stop()
+
+
+def test_a_query_by_type_or_linear_id_reads_only_the_states_it_names(mock):
+    bank, alice, bob = (mock.create_node(n) for n in ("Bank", "Alice", "Bob"))
+    run(mock, bank, CashIssueFlow(pounds(500), mock.notary.party, owner=alice.party, coins=500))
+    deals = [run(mock, alice, DealFlow(bob.party, f"deal {i}", mock.notary.party, external_id=f"D-{i}"))
+             .tx.outputs[0].linear_id for i in range(3)]
+    vault = alice.services.vault
+    reader = vault._index
+    reads = []
+    real_get, real_scan = reader.get, reader.scan
+    reader.get = lambda name, key: reads.append(name) or real_get(name, key)
+    reader.scan = lambda name, prefix, after=None: [
+        reads.append(name) for _ in [0]] and real_scan(name, prefix, after)
+    try:
+        [found] = vault.query_by(QueryCriteria(Deal, linear_ids=[deals[1]])).states
+        assert found.state.terms == "deal 1"
+        assert reads.count("vault_meta") == 1 and "vault_by_type" not in reads
+        reads.clear()
+        assert vault.query_by(QueryCriteria(Deal)).total_states_available == 3
+        assert reads.count("vault_meta") == 3  # the three deals, none of the 500 coins
+        reads.clear()
+        assert [s.state.terms for s in vault.query_by(QueryCriteria(external_ids=["D-2"])).states] == ["deal 2"]
+        assert reads.count("vault_meta") == 1
+    finally:
+        reader.get, reader.scan = real_get, real_scan
+    assert len(reader.pending["vault_meta"]) <= 3  # writes of committed rounds are not kept

@@ -6,6 +6,7 @@
 | vault_states   | state ref (id + index)       | an unconsumed state of ours (`StateAndRef`)   |
 | vault_consumed | state ref                    | id of the transaction that consumed it        |
 | vault_locks    | state ref                    | id of the flow that soft-locked it            |
+| vault_meta, vault_by_* | see `greenflow.ledger.vault_query` | the query indexes (type, linear id, external id) |
 
 Transactions are recorded whole: every dependency a node resolved, and every
 transaction it took part in. Only states the node is a participant of enter the
@@ -153,7 +154,7 @@ class Vault:
 
     def _put_index(self, batch: Any, db: str, key: bytes, value: bytes) -> None:
         batch.put(db, key, value)
-        self._index.pending[db][key] = (value, self._node.store.commits)
+        self._index.note(db, key, value)
 
     def _index_state(self, batch: Any, sar: StateAndRef, notary: Any, recorded_us: int) -> None:
         state = sar.state

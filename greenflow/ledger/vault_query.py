@@ -299,6 +299,19 @@ class IndexReader:
         self.dbs = dbs
         self.store = store
         self.pending: dict[str, dict[bytes, tuple[Optional[bytes], int]]] = {n: {} for n in INDEX_DBS}
+        self._pruned_at = -1
+
+    def note(self, name: str, key: bytes, value: Optional[bytes]) -> None:
+        """A write just put into the round's batch: visible to reads until it commits."""
+        committed = self.store.commits
+        if committed != self._pruned_at:  # a commit since: what was pending is in LMDB now
+            self._pruned_at = committed
+            for pend in self.pending.values():
+                if pend:
+                    stale = [k for k, (_, stamp) in pend.items() if stamp < committed]
+                    for k in stale:
+                        del pend[k]
+        self.pending[name][key] = (value, committed)
 
     def _live_pending(self, name: str) -> dict[bytes, tuple[Optional[bytes], int]]:
         pend = self.pending.get(name)
