@@ -301,3 +301,45 @@ def test_a_query_by_type_or_linear_id_reads_only_the_states_it_names(mock):
     finally:
         reader.get, reader.scan = real_get, real_scan
     assert len(reader.pending["vault_meta"]) <= 3  # writes of committed rounds are not kept
+
+
+def test_criteria_by_time_recorded_notary_participant_and_predicate(mock):
+    from datetime import datetime, timezone
+    alice, bob, carol = (mock.create_node(n) for n in ("Alice", "Bob", "Carol"))
+    notary = mock.notary.party
+    run(mock, alice, DealFlow(bob.party, "early", notary))
+    mock.advance_clock(3_600)
+    noon = datetime.fromtimestamp(mock.clock.now(), tz=timezone.utc)
+    mock.advance_clock(1)
+    run(mock, alice, DealFlow(carol.party, "late", notary))
+    vault = alice.services.vault
+    terms = lambda **kw: [s.state.terms for s in vault.query_by(QueryCriteria(Deal, **kw)).states]  # noqa: E731
+    assert terms(recorded_after=noon) == ["late"] and terms(recorded_before=noon) == ["early"]
+    assert terms(participants=[carol.party]) == ["late"] and terms(participants=[alice.party]) == ["early", "late"]
+    assert terms(notaries=[notary]) == ["early", "late"] and terms(notaries=[bob.party]) == []
+    assert terms(where=lambda d: d.terms.startswith("e")) == ["early"]
+    page = vault.query_by(QueryCriteria(Deal))
+    assert [m.recorded_time for m in page.states_metadata][1] > noon
+    assert page.states_metadata[0].notary == notary.owning_key.hex()
+    with pytest.raises(VaultQueryError, match="status is one of"):
+        QueryCriteria(Deal, status="spent")
+    with pytest.raises(VaultQueryError, match="cannot sort by 'nope'"):
+        vault.query_by(QueryCriteria(Deal), sorting=Sort("nope"))
+    with pytest.raises(VaultQueryError, match="page_size"):
+        PageSpecification(page_size=0)
+
+
+def test_a_vault_recorded_before_the_indexes_indexes_its_states_when_it_opens(mock):
+    bank, alice = mock.create_node("Bank"), mock.create_node("Alice")
+    run(mock, bank, CashIssueFlow(pounds(5), mock.notary.party, owner=alice.party, coins=5))
+    store = alice.node.store
+    from greenflow.ledger.vault_query import INDEX_DBS
+    with store.env.begin(write=True) as txn:  # as a store written before the indexes were
+        for name in INDEX_DBS:
+            txn.drop(store.db[name], delete=False)
+    alice = mock.restart_node(alice)
+    page = alice.services.vault.query_by(QueryCriteria(Cash))
+    assert page.total_states_available == 5 and page.states_metadata[0].recorded_time is None
+    run(mock, alice, CashPaymentFlow(pounds(2), bank.party))
+    assert alice.services.vault.query_by(QueryCriteria(Cash, status="consumed")).total_states_available == 2
+    assert cash_balances(alice.services.vault) == {"GBP": pounds(3)}
