@@ -30,9 +30,9 @@ class ContractState:
 
         @serializable
         @dataclass(frozen=True)
-        class Cash(ContractState):
-            contract = "greenflow.ledger.finance.CashContract"
-            amount: int
+        class Iou(ContractState):
+            contract = "myapp.IouContract"
+            amount: Amount
             owner: Party
 
             @property

@@ -31,7 +31,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from heapq import merge
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
