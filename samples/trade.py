@@ -58,7 +58,7 @@ def units(quantity: int, currency: str) -> Any:
 
 def cash_units(cash: Cash) -> Any:
     """What a coin is worth in whole units of its currency."""
-    return units(cash.amount.quantity, cash.currency)
+    return units(cash.quantity, cash.currency)
 
 
 # ============================================================================ contracts
@@ -287,7 +287,7 @@ class CheckPaymentFlow(SignTransactionFlow):
                     p.owning_key == me.owning_key for p in sar.state.participants):
                 raise TransactionRefused(f"transaction {stx.id} also spends {ref}, which is "
                                          f"{me.name}'s and was not offered")
-        paid = sum(c.amount.quantity for c in tx.outputs if isinstance(c, Cash)
+        paid = sum(c.quantity for c in tx.outputs if isinstance(c, Cash)
                    and c.owner.owning_key == me.owning_key and c.currency == self.currency)
         if paid < money(self.price, self.currency).quantity:
             raise TransactionRefused(f"{buyer.name} pays {units(paid, self.currency):,} {self.currency}; "
@@ -477,7 +477,7 @@ def holdings(node: Any, currency: Optional[str] = None) -> dict:
     cash: dict[str, int] = defaultdict(int)
     for sar in vault.query(Cash):
         if currency is None or sar.state.currency == currency:
-            cash[sar.state.currency] += sar.state.amount.quantity
+            cash[sar.state.currency] += sar.state.quantity
     papers = sorted((sar.state for sar in vault.query(CommercialPaper)), key=lambda p: p.reference)
     face: dict[str, int] = defaultdict(int)
     for p in papers:

@@ -205,6 +205,9 @@ def test_paging_through_a_thousand_states_and_a_feed_that_sees_a_new_one(mock):
     feed.updates.close()
     assert vault.query_by(QueryCriteria(Cash, status="consumed")).total_states_available == 2
     assert vault.query_by(QueryCriteria(Cash, participants=[bob.party])).states == ()
+    every = vault.query_by(QueryCriteria(Cash, status="all"), PageSpecification(page_size=2_000))
+    assert every.total_states_available == 1_001  # the change took a new place in the index
+    assert len({s.ref for s in every.states}) == 1_001
 
 
 def test_vault_query_on_the_command_line_reads_a_nodes_store(tmp_path):

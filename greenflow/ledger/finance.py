@@ -29,7 +29,8 @@ from ..registry import initiated_by, initiating_flow, startable
 from ..session import FlowSession
 from ..wire import serializable
 from .amounts import Amount, Issued, TokenMismatch, dollars, euros, fraction_digits, pounds, swiss_francs
-from .contracts import CommandData, Contract, require_that
+from .contracts import CommandData, Contract
+from .errors import ContractViolation
 from .flows.finality import FinalityFlow, ReceiveFinalityFlow
 from .states import ContractState, StateAndRef
 from .transactions import LedgerTransaction, SignedTransaction, TransactionBuilder
@@ -65,17 +66,20 @@ class CashExit(CommandData):
 
 
 # ============================================================================ the contract
-def _checked_token(state: Any) -> Issued:
-    """A Cash state's token, after checking every field a peer's bytes could get wrong
-    (received states are rebuilt without running their constructors)."""
-    amount = getattr(state, "amount", None)
-    token = getattr(amount, "token", None)
-    require_that(type(amount) is Amount and type(amount.quantity) is int and amount.quantity > 0,
-                 "cash amounts are positive integer quantities")
-    require_that(type(token) is Issued and type(token.issuer) is Party and type(token.product) is str
-                 and type(token.reference) is bytes, "cash is of an Issued currency token")
-    require_that(type(state.owner) is Party, "cash has an owner")
-    return token
+def _token_key(cash: Any) -> tuple:
+    """A Cash state's token as a plain tuple (cheap to hash, unlike the `Issued` it
+    stands for), after checking every field a peer's bytes could get wrong: received
+    states are rebuilt without running their constructors."""
+    issuer = cash.issuer
+    if not (type(cash.quantity) is int and cash.quantity > 0 and type(cash.currency) is str
+            and type(issuer) is Party and type(cash.reference) is bytes and type(cash.owner) is Party):
+        raise ContractViolation("cash is a positive integer quantity of a currency, with an issuer "
+                                "(a Party), a reference (bytes) and an owner (a Party)")
+    return (issuer.owning_key, issuer.name, cash.currency, cash.reference)
+
+
+def _token_text(key: tuple) -> str:
+    return str(Issued(Party(key[1], key[0]), key[2], key[3]))
 
 
 class CashContract(Contract):
@@ -90,64 +94,97 @@ class CashContract(Contract):
             return
         issues, moves = tx.commands_of_type(CashIssue), tx.commands_of_type(CashMove)
         exits = tx.commands_of_type(CashExit)
-        require_that(issues or moves or exits,
-                     "a transaction with cash carries a CashIssue, CashMove or CashExit command")
-        balance: dict[Issued, int] = defaultdict(int)
-        consumed: set[Issued] = set()
+        if not (issues or moves or exits):
+            raise ContractViolation("a transaction with cash carries a CashIssue, CashMove or CashExit command")
+        # Messages are formatted only on failure: a valid transaction (every trade checks
+        # a few) pays for no text.
+        balance: dict[tuple, int] = {}
         for cash in ins:
-            token = _checked_token(cash)
-            balance[token] -= cash.amount.quantity
-            consumed.add(token)
+            key = _token_key(cash)
+            balance[key] = balance.get(key, 0) - cash.quantity
+        consumed = set(balance)
         for cash in outs:
-            balance[_checked_token(cash)] += cash.amount.quantity
-        exit_signers: dict[Issued, set[bytes]] = defaultdict(set)
+            key = _token_key(cash)
+            balance[key] = balance.get(key, 0) + cash.quantity
+        exit_signers: dict[tuple, set[bytes]] = {}
         for command in exits:
             amount = command.value.amount
-            require_that(type(amount) is Amount and type(amount.quantity) is int and amount.quantity > 0
-                         and type(amount.token) is Issued, "an exit names a positive amount of an Issued token")
-            require_that(amount.token in consumed, f"an exit of {amount} consumes cash of that token")
-            balance[amount.token] += amount.quantity
-            exit_signers[amount.token].update(command.signers)
+            token = getattr(amount, "token", None)
+            if not (type(amount) is Amount and type(amount.quantity) is int and amount.quantity > 0
+                    and type(token) is Issued and type(token.issuer) is Party):
+                raise ContractViolation("an exit names a positive amount of an Issued token")
+            key = (token.issuer.owning_key, token.issuer.name, token.product, token.reference)
+            if key not in consumed:
+                raise ContractViolation(f"an exit of {amount} consumes cash of that token")
+            balance[key] += amount.quantity
+            exit_signers.setdefault(key, set()).update(command.signers)
         issue_signers = {k for c in issues for k in c.signers}
-        for token, created in balance.items():
+        issued = False
+        for key, created in balance.items():
             if created > 0:
-                require_that(token not in consumed, f"an issuance of {token} consumes none of it")
-                require_that(token.issuer.owning_key in issue_signers,
-                             f"the issuer of {token} signs its issuance")
-            else:
-                require_that(created == 0, f"cash is conserved for each issuer and currency "
-                                           f"({token}: {-created} more consumed than created)")
-            if token in exit_signers:
-                require_that(token.issuer.owning_key in exit_signers[token],
-                             f"the issuer of {token} signs its exit")
-        require_that(not issues or any(v > 0 for v in balance.values()), "an issuance creates cash")
+                if key in consumed:
+                    raise ContractViolation(f"an issuance of {_token_text(key)} consumes none of it")
+                if key[0] not in issue_signers:
+                    raise ContractViolation(f"the issuer of {_token_text(key)} signs its issuance")
+                issued = True
+            elif created:
+                raise ContractViolation(f"cash is conserved for each issuer and currency "
+                                        f"({_token_text(key)}: {-created} more consumed than created)")
+            if key in exit_signers and key[0] not in exit_signers[key]:
+                raise ContractViolation(f"the issuer of {_token_text(key)} signs its exit")
+        if issues and not issued:
+            raise ContractViolation("an issuance creates cash")
         if ins:
-            spenders = {k for c in (*moves, *exits) for k in c.signers}
-            require_that(all(cash.owner.owning_key in spenders for cash in ins),
-                         "the owner of every cash input signs the move")
+            spenders = {k for c in moves for k in c.signers}
+            for c in exits:
+                spenders.update(c.signers)
+            for cash in ins:
+                if cash.owner.owning_key not in spenders:
+                    raise ContractViolation("the owner of every cash input signs the move")
 
 
 # ============================================================================ the state
 @serializable
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Cash(ContractState):
-    """``amount`` of an issued currency, owned by ``owner`` (who alone records it)."""
+    """``amount`` (an ``Amount[Issued[str]]``: pence of pounds issued by a bank) owned
+    by ``owner``, who alone records it: ``Cash(pounds(10).issued_by(bank), alice)``.
+
+    It is stored and sent flat (quantity, currency, issuer, reference, owner) and
+    ``amount`` is rebuilt on reading: a transaction's id and encoding then cost no more
+    than a plain state's, which every trade computes a dozen times."""
 
     contract = CashContract
-    amount: Amount
+    quantity: int
+    currency: str
+    issuer: Party
+    reference: bytes
     owner: Party
+
+    def __init__(self, amount: Amount, owner: Party) -> None:
+        token = getattr(amount, "token", None)
+        if not isinstance(amount, Amount) or not isinstance(token, Issued) or not isinstance(token.product, str):
+            raise TypeError(f"Cash holds an Amount of an Issued currency (pounds(10).issued_by(bank)), "
+                            f"not {amount!r}")
+        if amount.quantity <= 0:
+            raise ValueError(f"cash is a positive amount, not {amount}")
+        if not isinstance(owner, Party):
+            raise TypeError(f"the owner of cash is a Party, not {owner!r}")
+        for name, value in (("quantity", amount.quantity), ("currency", token.product),
+                            ("issuer", token.issuer), ("reference", token.reference), ("owner", owner)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def amount(self) -> Amount:
+        return Amount(self.quantity, Issued(self.issuer, self.currency, self.reference))
+
+    @property
+    def token(self) -> Issued:
+        return Issued(self.issuer, self.currency, self.reference)
 
     @property
     def participants(self) -> list[Party]:
         return [self.owner]
-
-    @property
-    def issuer(self) -> Party:
-        return self.amount.token.issuer
-
-    @property
-    def currency(self) -> str:
-        return self.amount.token.product
 
     def with_new_owner(self, owner: Party) -> "Cash":
         return Cash(self.amount, owner)
@@ -155,17 +192,20 @@ class Cash(ContractState):
     def __str__(self) -> str:
         return f"{self.amount} owned by {self.owner.short_name}"
 
+    def __repr__(self) -> str:
+        return f"Cash({self.amount!r}, {self.owner!r})"
+
 
 # ============================================================================ helpers
 def _spendable(currency: str, issuers: Optional[Sequence[Party]]) -> Any:
     if issuers is None:
-        return lambda c: c.amount.token.product == currency
+        return lambda c: c.currency == currency
     keys = frozenset(p.owning_key for p in issuers)
-    return lambda c: c.amount.token.product == currency and c.amount.token.issuer.owning_key in keys
+    return lambda c: c.currency == currency and c.issuer.owning_key in keys
 
 
 def _value(cash: Cash) -> Amount:
-    return Amount(cash.amount.quantity, cash.amount.token.product)
+    return Amount(cash.quantity, cash.currency)
 
 
 def select_cash(services: Any, amount: Amount, issuers: Optional[Sequence[Party]] = None) -> list[StateAndRef]:
@@ -190,9 +230,10 @@ def generate_spend(builder: TransactionBuilder, coins: Iterable[StateAndRef], am
     for coin in coins:
         builder.add_input_state(coin)
         cash = coin.state
-        token, quantity = cash.amount.token, cash.amount.quantity
-        if token.product != amount.token:
-            raise TokenMismatch(f"a coin of {token} cannot pay {amount}")
+        quantity = cash.quantity
+        if cash.currency != amount.token:
+            raise TokenMismatch(f"a coin of {cash.token} cannot pay {amount}")
+        token = cash.token
         take = min(due, quantity)
         due -= take
         if take:
@@ -212,7 +253,7 @@ def cash_balances(vault: Any) -> dict[str, Amount]:
     or inside: `Vault.query` is journaled)."""
     totals: dict[str, int] = defaultdict(int)
     for sar in vault.query(Cash):
-        totals[sar.state.amount.token.product] += sar.state.amount.quantity
+        totals[sar.state.currency] += sar.state.quantity
     return {currency: Amount(q, currency) for currency, q in sorted(totals.items())}
 
 
@@ -317,12 +358,12 @@ class CashExitFlow(FlowLogic):
         services = self.services
         token = Issued(me, amount.token, self.reference)
         coins = services.vault.select(Cash, amount, amount_of=_value,
-                                      where=lambda c: c.amount.token == token)
+                                      where=lambda c: c.token == token)
         builder = TransactionBuilder(services.vault.notary_of(coins[0].ref), salt=_salt(self))
         total = 0
         for coin in coins:
             builder.add_input_state(coin)
-            total += coin.state.amount.quantity
+            total += coin.state.quantity
         if total > amount.quantity:
             builder.add_output_state(Cash(Amount(total - amount.quantity, token), me))
         builder.add_command(CashExit(Amount(amount.quantity, token)), me)
