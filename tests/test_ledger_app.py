@@ -255,7 +255,7 @@ def test_vault_states_and_updates_over_rpc(tmp_path):
         assert page["total"] == 3 and len(page["states"]) == 2 and page["next_cursor"]
         rest = alice.vault_query(type="greenflow.ledger.finance:Cash", page_size=2, cursor=page["next_cursor"])
         assert len(rest["states"]) == 1 and rest["next_cursor"] is None
-        assert rest["states"][0]["state"]["amount"]["quantity"] == 3_333
+        assert rest["states"][0]["state"]["quantity"] == 3_333
         with pytest.raises(RpcClientError, match="holds no states of type os:system"):
             alice.vault_query(type="os:system")
         with pytest.raises(RpcClientError, match="unknown query parameter"):
@@ -271,8 +271,8 @@ def test_vault_states_and_updates_over_rpc(tmp_path):
         assert events[0][0] == "snapshot" and events[0][1]["total"] == 3
         kind, update = events[1]
         assert kind == "update" and update["consumed"] and update["produced"]
-        assert sum(s["state"]["amount"]["quantity"] for s in update["consumed"]) - 1_000 == \
-            sum(s["state"]["amount"]["quantity"] for s in update["produced"])
+        assert sum(s["state"]["quantity"] for s in update["consumed"]) - 1_000 == \
+            sum(s["state"]["quantity"] for s in update["produced"])
     finally:
         for p in procs:
             if p.node is not None:

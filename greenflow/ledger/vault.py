@@ -139,10 +139,10 @@ class Vault:
         self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
         self._engine = vq.QueryEngine(self._index, self._load_state, self._locks.get)
         self._types = set(self._index.type_names())
+        self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
         self._feeds: list[Feed] = []
-        raw = self._index.get("vault_meta", vq.NEXT_SEQ)
-        self._next_seq = vq._SEQ.unpack(raw)[0] if raw is not None else 0
-        if raw is None and self._unconsumed:
+        self._next_seq = self._index.next_seq()
+        if not self._types and self._unconsumed:
             # A vault recorded before the indexes existed: index what it holds (recorded
             # time unknown: 0), once.
             with self._node.services.writes() as batch:
@@ -150,7 +150,6 @@ class Vault:
                     for sar in by_type.values():
                         notary = self.transaction(sar.ref.tx_id)
                         self._index_state(batch, sar, getattr(getattr(notary, "tx", None), "notary", None), 0)
-                self._put_index(batch, "vault_meta", vq.NEXT_SEQ, vq._SEQ.pack(self._next_seq))
 
     def _put_index(self, batch: Any, db: str, key: bytes, value: bytes) -> None:
         batch.put(db, key, value)
@@ -161,11 +160,16 @@ class Vault:
         seq = self._next_seq
         self._next_seq = seq + 1
         key = ref_key(sar.ref)
-        tname = vq.type_name(type(state))
+        cls = type(state)
+        known = self._type_keys.get(cls)
+        if known is None:
+            tname = vq.type_name(cls)
+            known = self._type_keys[cls] = (tname, vq.type_prefix(tname))
+        tname, prefix = known
         nkey = notary.owning_key if notary is not None else b""
         put = self._put_index
         put(batch, "vault_meta", key, vq.pack_meta(seq, recorded_us, 0, nkey, tname))
-        put(batch, "vault_by_type", vq.seq_key(vq.type_prefix(tname), seq), key)
+        put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), key)
         if tname not in self._types:
             self._types.add(tname)
             put(batch, "vault_types", tname.encode(), b"")
@@ -221,7 +225,6 @@ class Vault:
                     self._index_consumed(batch, ref, now_us)
                     consumed.append(gone)
                     break
-        seq0 = self._next_seq
         for index, state in enumerate(tx.outputs):
             if not self._is_ours(state):
                 continue
@@ -237,8 +240,6 @@ class Vault:
             batch.put("vault_states", key, _pack(sar))
             self._index_state(batch, sar, tx.notary, now_us)
             produced.append(sar)
-        if self._next_seq != seq0:
-            self._put_index(batch, "vault_meta", vq.NEXT_SEQ, vq._SEQ.pack(self._next_seq))
         if self._feeds and (consumed or produced):
             self._publish(tx.notary, consumed, produced)
 

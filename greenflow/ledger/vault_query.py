@@ -11,7 +11,6 @@ only the states it names, never the whole vault:
 | database          | key                                   | value                        |
 |-------------------|---------------------------------------|------------------------------|
 | vault_meta        | state ref (36 bytes)                  | sequence, recorded and consumed time (µs), notary key, type name |
-| vault_meta        | ``next_seq``                          | the next sequence number     |
 | vault_by_type     | type name \\0 sequence (8 bytes)       | state ref                    |
 | vault_by_linear   | linear uuid (16 bytes) + sequence     | state ref                    |
 | vault_by_external | external id \\0 sequence               | state ref                    |
@@ -50,7 +49,6 @@ DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 10_000
 _META = struct.Struct(">QQQ")  # sequence, recorded µs, consumed µs (0: unconsumed)
 _SEQ = struct.Struct(">Q")
-NEXT_SEQ = b"next_seq"
 INDEX_DBS = ("vault_meta", "vault_by_type", "vault_by_linear", "vault_by_external", "vault_types")
 
 
@@ -356,6 +354,28 @@ class IndexReader:
 
     def type_names(self) -> list[str]:
         return [k.decode() for k, _ in self.scan("vault_types", b"")]
+
+    def next_seq(self) -> int:
+        """One past the highest sequence number in the type index: the last key of each
+        type's range (a handful of seeks, whatever the size of the vault)."""
+        top = -1
+        db = self.dbs.get("vault_by_type")
+        if db is None:
+            return 0
+        with self.env.begin(db=db) as txn:
+            cur = txn.cursor()
+            for tname in self.type_names():
+                prefix = type_prefix(tname)
+                end = prefix + b"\xff" * 8
+                if cur.set_range(end) and cur.key() == end:
+                    found = True
+                elif cur.set_range(end):
+                    found = cur.prev()
+                else:
+                    found = cur.last()
+                if found and cur.key().startswith(prefix):
+                    top = max(top, _SEQ.unpack(cur.key()[len(prefix):len(prefix) + 8])[0])
+        return top + 1
 
 
 class QueryEngine:
