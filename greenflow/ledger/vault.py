@@ -149,17 +149,17 @@ class Vault:
                 for by_type in self._unconsumed.values():
                     for sar in by_type.values():
                         notary = self.transaction(sar.ref.tx_id)
-                        self._index_state(batch, sar, getattr(getattr(notary, "tx", None), "notary", None), 0)
+                        self._index_state(batch, sar, ref_key(sar.ref),
+                                          getattr(getattr(notary, "tx", None), "notary", None), 0)
 
     def _put_index(self, batch: Any, db: str, key: bytes, value: bytes) -> None:
         batch.put(db, key, value)
         self._index.note(db, key, value)
 
-    def _index_state(self, batch: Any, sar: StateAndRef, notary: Any, recorded_us: int) -> None:
+    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, notary: Any, recorded_us: int) -> None:
         state = sar.state
         seq = self._next_seq
         self._next_seq = seq + 1
-        key = ref_key(sar.ref)
         cls = type(state)
         known = self._type_keys.get(cls)
         if known is None:
@@ -179,8 +179,7 @@ class Vault:
             if lid.external_id is not None:
                 put(batch, "vault_by_external", vq.seq_key(vq.external_prefix(lid.external_id), seq), key)
 
-    def _index_consumed(self, batch: Any, ref: StateRef, when_us: int) -> None:
-        key = ref_key(ref)
+    def _index_consumed(self, batch: Any, key: bytes, when_us: int) -> None:
         raw = self._index.get("vault_meta", key)
         if raw is not None:
             seq, rec, _con, nkey, tname = vq.unpack_meta(raw)
@@ -222,7 +221,7 @@ class Vault:
                     self._free.get(cls, {}).pop(ref, None)
                     batch.delete("vault_states", key)
                     self._consumed.put(batch, key, stx.id.value)
-                    self._index_consumed(batch, ref, now_us)
+                    self._index_consumed(batch, key, now_us)
                     consumed.append(gone)
                     break
         for index, state in enumerate(tx.outputs):
@@ -238,7 +237,7 @@ class Vault:
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
             batch.put("vault_states", key, _pack(sar))
-            self._index_state(batch, sar, tx.notary, now_us)
+            self._index_state(batch, sar, key, tx.notary, now_us)
             produced.append(sar)
         if self._feeds and (consumed or produced):
             self._publish(tx.notary, consumed, produced)
