@@ -448,7 +448,11 @@ class QueryEngine:
                     continue
             rows.append((seq, ref, (rec, con, notary, tname), state))
         if not by_seq:
-            rows.sort(key=lambda row: (self._sort_value(sort.key, row), row[0]))
+            try:
+                rows.sort(key=lambda row: (self._sort_value(sort.key, row), row[0]))
+            except TypeError as exc:
+                raise VaultQueryError(f"cannot sort by {sort.key!r}: the states' values do not "
+                                      f"compare ({exc})") from None
         if sort.descending:
             rows.reverse()
         total = len(rows)
