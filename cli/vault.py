@@ -90,8 +90,11 @@ def format_page(node: str, doc: dict) -> str:
              + (f" (from #{first})" if doc["page_number"] > 1 else "")]
     for s in states:
         lines.append(f"  {s['ref']}  {s['status'].lower():<10} {s['type']}  recorded {s['recorded_time']}")
-        fields = {k: v for k, v in (s["state"] or {}).items() if k != "__type__"}
-        lines.append("      " + ", ".join(f"{k}={_short(v)}" for k, v in fields.items()))
+        if s.get("text"):
+            lines.append(f"      {s['text']}")
+        else:
+            fields = {k: v for k, v in (s["state"] or {}).items() if k != "__type__"}
+            lines.append("      " + ", ".join(f"{k}={_short(v)}" for k, v in fields.items()))
     if doc.get("next_cursor"):
         lines.append(f"  more: --cursor {doc['next_cursor']}")
     return "\n".join(lines)

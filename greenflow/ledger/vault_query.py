@@ -610,6 +610,16 @@ def state_class(path: str, known: Iterable[str], import_modules: bool = True) ->
     return obj
 
 
+def _text(state: Any) -> Optional[str]:
+    """The state as its class writes it for people (its own ``__str__``), if it has one."""
+    if type(state).__str__ is object.__str__:
+        return None
+    try:
+        return str(state)[:200]
+    except Exception:  # noqa: BLE001 - an app's __str__ must not break a listing
+        return None
+
+
 def page_json(page: Page) -> dict:
     """A page as JSON: states as their fields (parties as names, amounts as dicts)."""
     from ..rpc_server import to_json
@@ -619,7 +629,8 @@ def page_json(page: Page) -> dict:
         "states": [{"ref": str(s.ref), "type": m.contract_state_class_name, "status": m.status.value,
                     "recorded_time": m.recorded_time.isoformat() if m.recorded_time else None,
                     "consumed_time": m.consumed_time.isoformat() if m.consumed_time else None,
-                    "notary": m.notary, "locked_by": m.lock_id, "state": to_json(s.state)}
+                    "notary": m.notary, "locked_by": m.lock_id, "state": to_json(s.state),
+                    "text": _text(s.state)}
                    for s, m in zip(page.states, page.states_metadata)],
     }
 
