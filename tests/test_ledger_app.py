@@ -346,3 +346,29 @@ def test_a_vault_recorded_before_the_indexes_indexes_its_states_when_it_opens(mo
     run(mock, alice, CashPaymentFlow(pounds(2), bank.party))
     assert alice.services.vault.query_by(QueryCriteria(Cash, status="consumed")).total_states_available == 2
     assert cash_balances(alice.services.vault) == {"GBP": pounds(3)}
+
+
+def test_contract_rules_for_exits_and_linear_ids_name_what_is_wrong():
+    import uuid as _uuid
+
+    from appflows import Amend
+    from greenflow.ledger import ContractViolation, StateAndRef, StateRef, TransactionBuilder
+    from greenflow.ledger.crypto import SecureHash
+    from greenflow.ledger.finance import CashExit
+    bank, alice = _party("Bank"), _party("Alice")
+    token = Issued(bank, "GBP")
+    coin = StateAndRef(Cash(Amount(100, token), alice), StateRef(SecureHash(b"\1" * 32), 0))
+    unsigned = TransactionBuilder(bank).add_input_state(coin).add_command(CashExit(Amount(100, token)), alice)
+    with pytest.raises(ContractViolation, match="the issuer of GBP issued by Bank signs its exit"):
+        unsigned.verify()
+    signed = TransactionBuilder(bank).add_input_state(coin).add_command(CashExit(Amount(100, token)), alice, bank)
+    signed.verify()
+    too_much = TransactionBuilder(bank).add_input_state(coin).add_command(CashExit(Amount(150, token)), alice, bank)
+    with pytest.raises(ContractViolation, match="issuance"):
+        too_much.verify()
+    lid = UniqueIdentifier("D", _uuid.UUID(int=7))
+    old = StateAndRef(Deal("x", 1, (alice, bank), lid), StateRef(SecureHash(b"\2" * 32), 0))
+    twice = TransactionBuilder(bank).add_input_state(old).add_command(Amend(), alice, bank)
+    twice.add_output_state(Deal("y", 2, (alice, bank), lid)).add_output_state(Deal("z", 2, (alice, bank), lid))
+    with pytest.raises(ContractViolation, match="no two Deal outputs share the linear id D_"):
+        twice.verify()
