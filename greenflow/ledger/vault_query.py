@@ -301,24 +301,27 @@ class IndexReader:
 
     def note(self, name: str, key: bytes, value: Optional[bytes]) -> None:
         """A write just put into the round's batch: visible to reads until it commits."""
+        self._prune()
+        self.pending[name][key] = (value, self._pruned_at)
+
+    def _prune(self) -> None:
+        """Forget the writes of rounds that have committed since (LMDB holds them now):
+        once per commit, not once per read or write."""
+        if self.store is None:
+            return
         committed = self.store.commits
-        if committed != self._pruned_at:  # a commit since: what was pending is in LMDB now
+        if committed != self._pruned_at:
             self._pruned_at = committed
             for pend in self.pending.values():
                 if pend:
-                    stale = [k for k, (_, stamp) in pend.items() if stamp < committed]
-                    for k in stale:
+                    for k in [k for k, (_, stamp) in pend.items() if stamp < committed]:
                         del pend[k]
-        self.pending[name][key] = (value, committed)
 
     def _live_pending(self, name: str) -> dict[bytes, tuple[Optional[bytes], int]]:
         pend = self.pending.get(name)
         if pend is None:
             return {}
-        if pend and self.store is not None:
-            committed = self.store.commits
-            for k in [k for k, (_, stamp) in pend.items() if stamp < committed]:
-                del pend[k]
+        self._prune()
         return pend
 
     def get(self, name: str, key: bytes) -> Optional[bytes]:
