@@ -372,3 +372,15 @@ def test_contract_rules_for_exits_and_linear_ids_name_what_is_wrong():
     twice.add_output_state(Deal("y", 2, (alice, bank), lid)).add_output_state(Deal("z", 2, (alice, bank), lid))
     with pytest.raises(ContractViolation, match="no two Deal outputs share the linear id D_"):
         twice.verify()
+
+
+def test_cash_reads_back_its_amount_and_copies_with_dataclasses_replace():
+    import dataclasses
+    bank, alice, bob = _party("Bank"), _party("Alice"), _party("Bob")
+    cash = Cash(pounds(5).issued_by(bank), alice)
+    assert cash.amount == Amount(500, Issued(bank, "GBP")) and cash.token == Issued(bank, "GBP")
+    assert dataclasses.replace(cash, owner=bob) == Cash(pounds(5).issued_by(bank), bob)
+    assert dataclasses.replace(cash, amount=pounds(7).issued_by(bank)).quantity == 700
+    assert cash.with_new_owner(bob).owner == bob and str(cash) == "5.00 GBP issued by Bank owned by Alice"
+    with pytest.raises(TypeError, match="Issued currency"):
+        Cash(pounds(5), alice)  # not issued by anyone

@@ -161,17 +161,24 @@ class Cash(ContractState):
     reference: bytes
     owner: Party
 
-    def __init__(self, amount: Amount, owner: Party) -> None:
-        token = getattr(amount, "token", None)
-        if not isinstance(amount, Amount) or not isinstance(token, Issued) or not isinstance(token.product, str):
-            raise TypeError(f"Cash holds an Amount of an Issued currency (pounds(10).issued_by(bank)), "
-                            f"not {amount!r}")
-        if amount.quantity <= 0:
-            raise ValueError(f"cash is a positive amount, not {amount}")
+    def __init__(self, amount: Optional[Amount] = None, owner: Optional[Party] = None, *,
+                 quantity: Optional[int] = None, currency: Optional[str] = None,
+                 issuer: Optional[Party] = None, reference: Optional[bytes] = None) -> None:
+        """``Cash(amount, owner)``; the stored fields by name are accepted too, so that
+        ``dataclasses.replace(cash, owner=bob)`` works (an ``amount`` given replaces them)."""
+        if amount is not None:
+            token = getattr(amount, "token", None)
+            if not isinstance(amount, Amount) or not isinstance(token, Issued) or not isinstance(token.product, str):
+                raise TypeError(f"Cash holds an Amount of an Issued currency (pounds(10).issued_by(bank)), "
+                                f"not {amount!r}")
+            quantity, currency, issuer, reference = amount.quantity, token.product, token.issuer, token.reference
+        if type(quantity) is not int or quantity <= 0 or not isinstance(currency, str) \
+                or not isinstance(issuer, Party):
+            raise TypeError("Cash(amount, owner) takes a positive Amount of an Issued currency")
         if not isinstance(owner, Party):
             raise TypeError(f"the owner of cash is a Party, not {owner!r}")
-        for name, value in (("quantity", amount.quantity), ("currency", token.product),
-                            ("issuer", token.issuer), ("reference", token.reference), ("owner", owner)):
+        for name, value in (("quantity", quantity), ("currency", currency), ("issuer", issuer),
+                            ("reference", b"" if reference is None else reference), ("owner", owner)):
             object.__setattr__(self, name, value)
 
     @property
