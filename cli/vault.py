@@ -2,7 +2,7 @@
 
 Reads the node's store read-only in this process (as ``checkpoints dump`` does), through
 the vault's indexes: safe beside a running node, and a query by type or linear id reads
-only the states it names. ``--rpc`` asks a running node over RPC instead.
+only the states it names. Over RPC the same query is ``GET /api/v1/vault/states``.
 """
 from __future__ import annotations
 
