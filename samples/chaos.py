@@ -96,7 +96,8 @@ class LedgerSnapshotFlow(FlowLogic):
             "node": self.our_identity.name,
             "states": states,
             "transactions": transactions,
-            "consumed": {_ref_of_key(k): bytes(v).hex() for k, v in store.iter_db("vault_consumed")},
+            "consumed": {_ref_of_key(k): bytes(v)[:32].hex()  # the consuming tx (then when)
+                         for k, v in store.iter_db("vault_consumed")},
             "locks": {_ref(r.tx_id.hex, r.index): fid for r, fid in vault.locks().items()},
             "notary_consumed": ({_ref_of_key(k): bytes(v).hex()
                                  for k, v in store.iter_db("notary_consumed")}

@@ -339,8 +339,7 @@ class BuyerFlow(FlowLogic):
                    else f"its limit is {limit:,} {offer.currency}"))
 
         self.progress_tracker.current_step = self.SELECTING
-        price = money(offer.price, offer.currency)
-        coins = select_cash(services, price)
+        coins = select_cash(services, money(offer.price, offer.currency))
 
         self.progress_tracker.current_step = self.SIGNING
         builder = TransactionBuilder(services.vault.notary_of(asset.ref), salt=_salt(self))
@@ -348,7 +347,7 @@ class BuyerFlow(FlowLogic):
         builder.add_output_state(CommercialPaper(asset.state.reference, asset.state.face_value,
                                                  asset.state.currency, asset.state.issuer, me))
         builder.add_command(PaperMove(), seller)
-        generate_spend(builder, coins, price, offer.pay_to, me)
+        generate_spend(builder, coins, money(offer.price, offer.currency), offer.pay_to, me)
         builder.add_command(CashMove(), me)
         builder.verify()
         stx = services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))

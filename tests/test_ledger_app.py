@@ -285,25 +285,26 @@ def test_a_query_by_type_or_linear_id_reads_only_the_states_it_names(mock):
     deals = [run(mock, alice, DealFlow(bob.party, f"deal {i}", mock.notary.party, external_id=f"D-{i}"))
              .tx.outputs[0].linear_id for i in range(3)]
     vault = alice.services.vault
-    reader = vault._index
-    reads = []
-    real_get, real_scan = reader.get, reader.scan
-    reader.get = lambda name, key: reads.append(name) or real_get(name, key)
-    reader.scan = lambda name, prefix, after=None: [
-        reads.append(name) for _ in [0]] and real_scan(name, prefix, after)
+    engine, reader = vault._engine, vault._index
+    looked_at, scanned = [], []
+    real_consumed_at, real_scan = engine.consumed_at, reader.scan
+    engine.consumed_at = lambda rkey: looked_at.append(rkey) or real_consumed_at(rkey)
+    reader.scan = lambda name, prefix, after=None: scanned.append(name) or real_scan(name, prefix, after)
     try:
         [found] = vault.query_by(QueryCriteria(Deal, linear_ids=[deals[1]])).states
         assert found.state.terms == "deal 1"
-        assert reads.count("vault_meta") == 1 and "vault_by_type" not in reads
-        reads.clear()
+        assert len(looked_at) == 1 and scanned == ["vault_by_linear"]
+        looked_at.clear()
+        scanned.clear()
         assert vault.query_by(QueryCriteria(Deal)).total_states_available == 3
-        assert reads.count("vault_meta") == 3  # the three deals, none of the 500 coins
-        reads.clear()
+        assert len(looked_at) == 3  # the three deals, none of the 500 coins
+        assert scanned.count("vault_by_type") == 1
+        looked_at.clear()
         assert [s.state.terms for s in vault.query_by(QueryCriteria(external_ids=["D-2"])).states] == ["deal 2"]
-        assert reads.count("vault_meta") == 1
+        assert len(looked_at) == 1
     finally:
-        reader.get, reader.scan = real_get, real_scan
-    assert len(reader.pending["vault_meta"]) <= 3  # writes of committed rounds are not kept
+        engine.consumed_at, reader.scan = real_consumed_at, real_scan
+    assert len(reader.pending["vault_by_type"]) <= 3  # writes of committed rounds are not kept
 
 
 def test_criteria_by_time_recorded_notary_participant_and_predicate(mock):

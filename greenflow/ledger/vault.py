@@ -4,9 +4,9 @@
 |----------------|------------------------------|----------------------------------------------|
 | vault_txs      | transaction id (32 bytes)    | the `SignedTransaction` (wire encoding)       |
 | vault_states   | state ref (id + index)       | an unconsumed state of ours (`StateAndRef`)   |
-| vault_consumed | state ref                    | id of the transaction that consumed it        |
+| vault_consumed | state ref                    | id of the transaction that consumed it, and when (µs) |
 | vault_locks    | state ref                    | id of the flow that soft-locked it            |
-| vault_meta, vault_by_* | see `greenflow.ledger.vault_query` | the query indexes (type, linear id, external id) |
+| vault_by_*, vault_types | see `greenflow.ledger.vault_query` | the query indexes (type, linear id, external id) |
 
 Transactions are recorded whole: every dependency a node resolved, and every
 transaction it took part in. Only states the node is a participant of enter the
@@ -137,7 +137,8 @@ class Vault:
         for name in vq.INDEX_DBS:
             store.ensure_db(name)
         self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
-        self._engine = vq.QueryEngine(self._index, self._load_state, self._locks.get)
+        self._engine = vq.QueryEngine(self._index, self._load_state,
+                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)), self._locks.get)
         self._types = set(self._index.type_names())
         self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
         self._feeds: list[Feed] = []
@@ -168,22 +169,16 @@ class Vault:
         tname, prefix = known
         nkey = notary.owning_key if notary is not None else b""
         put = self._put_index
-        put(batch, "vault_meta", key, vq.pack_meta(seq, recorded_us, 0, nkey, tname))
-        put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), key)
+        put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), vq.pack_entry(key, recorded_us, nkey))
         if tname not in self._types:
             self._types.add(tname)
             put(batch, "vault_types", tname.encode(), b"")
         lid = getattr(state, "linear_id", None)
         if isinstance(lid, UniqueIdentifier):
-            put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), key)
+            entry = vq.pack_entry(key, recorded_us, nkey, tname)
+            put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
             if lid.external_id is not None:
-                put(batch, "vault_by_external", vq.seq_key(vq.external_prefix(lid.external_id), seq), key)
-
-    def _index_consumed(self, batch: Any, key: bytes, when_us: int) -> None:
-        raw = self._index.get("vault_meta", key)
-        if raw is not None:
-            seq, rec, _con, nkey, tname = vq.unpack_meta(raw)
-            self._put_index(batch, "vault_meta", key, vq.pack_meta(seq, rec, max(1, when_us), nkey, tname))
+                put(batch, "vault_by_external", vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
 
     def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
         if unconsumed:
@@ -220,8 +215,7 @@ class Vault:
                 if gone is not None:
                     self._free.get(cls, {}).pop(ref, None)
                     batch.delete("vault_states", key)
-                    self._consumed.put(batch, key, stx.id.value)
-                    self._index_consumed(batch, key, now_us)
+                    self._consumed.put(batch, key, vq.consumed_value(stx.id.value, now_us))
                     consumed.append(gone)
                     break
         for index, state in enumerate(tx.outputs):

@@ -10,14 +10,16 @@ only the states it names, never the whole vault:
 
 | database          | key                                   | value                        |
 |-------------------|---------------------------------------|------------------------------|
-| vault_meta        | state ref (36 bytes)                  | sequence, recorded and consumed time (µs), notary key, type name |
-| vault_by_type     | type name \\0 sequence (8 bytes)       | state ref                    |
-| vault_by_linear   | linear uuid (16 bytes) + sequence     | state ref                    |
-| vault_by_external | external id \\0 sequence               | state ref                    |
+| vault_by_type     | type name \\0 sequence (8 bytes)       | entry: state ref, recorded time (µs), notary key |
+| vault_by_linear   | linear uuid (16 bytes) + sequence     | entry, and the state's type name |
+| vault_by_external | external id \\0 sequence               | entry, and the state's type name |
 | vault_types       | type name                             | b""                          |
+| vault_consumed    | state ref (the vault's own)           | consuming transaction id, consumed time (µs) |
 
 The sequence number counts states in the order this vault recorded them: every index
-lists a key's states oldest first, and it is the default sort and the cursor.
+lists a key's states oldest first, and it is the default sort and the cursor. Keys grow
+with it, so recording a state appends to the end of each index (cheap in LMDB, unlike a
+write at a random place); whether a state is consumed is the vault's own record of it.
 """
 from __future__ import annotations
 
@@ -47,9 +49,9 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 10_000
-_META = struct.Struct(">QQQ")  # sequence, recorded µs, consumed µs (0: unconsumed)
 _SEQ = struct.Struct(">Q")
-INDEX_DBS = ("vault_meta", "vault_by_type", "vault_by_linear", "vault_by_external", "vault_types")
+_REC = struct.Struct(">Q")  # recorded time, µs (0: unknown)
+INDEX_DBS = ("vault_by_type", "vault_by_linear", "vault_by_external", "vault_types")
 
 
 class VaultQueryError(FlowError):
@@ -239,14 +241,28 @@ def type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def pack_meta(seq: int, recorded_us: int, consumed_us: int, notary_key: bytes, tname: str) -> bytes:
-    return _META.pack(seq, recorded_us, consumed_us) + bytes([len(notary_key)]) + notary_key + tname.encode()
+def pack_entry(ref_key: bytes, recorded_us: int, notary_key: bytes, tname: str = "") -> bytes:
+    return ref_key + _REC.pack(recorded_us) + bytes([len(notary_key)]) + notary_key + tname.encode()
 
 
-def unpack_meta(raw: bytes) -> tuple[int, int, int, bytes, str]:
-    seq, rec, con = _META.unpack_from(raw)
-    n = raw[24]
-    return seq, rec, con, bytes(raw[25:25 + n]), bytes(raw[25 + n:]).decode()
+def unpack_entry(raw: bytes) -> tuple[bytes, int, bytes, str]:
+    """(state ref key, recorded µs, notary key, type name or "")."""
+    rec = _REC.unpack_from(raw, 36)[0]
+    n = raw[44]
+    return bytes(raw[:36]), rec, bytes(raw[45:45 + n]), bytes(raw[45 + n:]).decode()
+
+
+def consumed_value(tx_id: bytes, when_us: int) -> bytes:
+    """The vault's record of a state it consumed: the transaction, then when (µs)."""
+    return tx_id + _REC.pack(max(1, when_us))
+
+
+def consumed_us(value: Optional[bytes]) -> Optional[int]:
+    """When a state was consumed, from its record (1: before times were recorded); None
+    when there is no record: the state is unconsumed."""
+    if value is None:
+        return None
+    return _REC.unpack_from(value, 32)[0] if len(value) >= 40 else 1
 
 
 def _us(when: Optional[datetime]) -> Optional[int]:
@@ -258,7 +274,8 @@ def _us(when: Optional[datetime]) -> Optional[int]:
 
 
 def _dt(us: int) -> Optional[datetime]:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc) if us else None
+    """A stored time; 0 and 1 mean unknown (recorded before times were kept)."""
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc) if us > 1 else None
 
 
 def _lid_bytes(value: Any) -> bytes:
@@ -386,34 +403,43 @@ class QueryEngine:
     gives the state a ref names; ``lock_of(ref)`` the flow holding it (or None)."""
 
     def __init__(self, reader: IndexReader, load_state: Callable[[StateRef, bool], Optional[ContractState]],
+                 consumed_at: Callable[[bytes], Optional[int]],
                  lock_of: Callable[[StateRef], Optional[str]] = lambda ref: None) -> None:
         self.reader = reader
         self.load_state = load_state
+        self.consumed_at = consumed_at  # ref key -> consumed µs, or None while unconsumed
         self.lock_of = lock_of
 
-    def _candidates(self, c: QueryCriteria) -> Iterable[tuple[int, bytes]]:
-        """(sequence, ref key) of every state the index for ``c`` names, oldest first."""
+    def _candidates(self, c: QueryCriteria) -> Iterable[tuple[int, bytes, int, bytes, str]]:
+        """(sequence, ref key, recorded µs, notary key, type name) of every state the index
+        for ``c`` names, oldest first."""
         r = self.reader
-        streams: list[list[tuple[int, bytes]]] = []
+        streams: list[list[tuple[int, bytes, int, bytes, str]]] = []
+
+        def rows(db: str, prefix: bytes, tname: str = "") -> list:
+            n = len(prefix)
+            out = []
+            for k, v in r.scan(db, prefix):
+                ref, rec, notary, name = unpack_entry(v)
+                out.append((_SEQ.unpack(k[n:n + 8])[0], ref, rec, notary, name or tname))
+            return out
+
         if c.linear_ids is not None:
             for lid in c.linear_ids:
-                p = _lid_bytes(lid)
-                streams.append([(_SEQ.unpack(k[16:24])[0], v) for k, v in r.scan("vault_by_linear", p)])
+                streams.append(rows("vault_by_linear", _lid_bytes(lid)))
         elif c.external_ids is not None:
             for ext in c.external_ids:
-                p = external_prefix(str(ext))
-                streams.append([(_SEQ.unpack(k[len(p):])[0], v) for k, v in r.scan("vault_by_external", p)])
+                streams.append(rows("vault_by_external", external_prefix(str(ext))))
         else:
             for tname in r.type_names():
                 cls = load_class(tname)
                 if cls is not None and issubclass(cls, c.state_type):
-                    p = type_prefix(tname)
-                    streams.append([(_SEQ.unpack(k[len(p):])[0], v) for k, v in r.scan("vault_by_type", p)])
+                    streams.append(rows("vault_by_type", type_prefix(tname), tname))
         seen: set[bytes] = set()
-        for seq, ref in merge(*streams):
-            if ref not in seen:
-                seen.add(ref)
-                yield seq, ref
+        for row in merge(*streams):
+            if row[1] not in seen:
+                seen.add(row[1])
+                yield row
 
     def query(self, c: QueryCriteria, paging: Optional[PageSpecification] = None,
               sort: Optional[Sort] = None) -> Page:
@@ -426,11 +452,8 @@ class QueryEngine:
         needs_state = (parties is not None or c.where is not None or c.linear_ids is not None
                        or c.external_ids is not None or not by_seq)
         rows = []  # (seq, ref, meta, state or None)
-        for seq, rkey in self._candidates(c):
-            raw = self.reader.get("vault_meta", rkey)
-            if raw is None:
-                continue
-            _s, rec, con, notary, tname = unpack_meta(raw)
+        for seq, rkey, rec, notary, tname in self._candidates(c):
+            con = self.consumed_at(rkey) or 0
             if c.status is StateStatus.UNCONSUMED and con:
                 continue
             if c.status is StateStatus.CONSUMED and not con:
@@ -557,7 +580,7 @@ def read_vault(node_dir: str, criteria: QueryCriteria, paging: Optional[PageSpec
     store = Store(os.path.join(os.path.abspath(node_dir), "store"), readonly=True)
     try:
         dbs: dict[str, Any] = {}
-        for name in (*INDEX_DBS, "vault_txs", "vault_states"):
+        for name in (*INDEX_DBS, "vault_txs", "vault_states", "vault_consumed"):
             try:
                 dbs[name] = store.env.open_db(name.encode(), create=False)
             except Exception:  # lmdb.NotFoundError: this node never recorded a state
@@ -575,7 +598,8 @@ def read_vault(node_dir: str, criteria: QueryCriteria, paging: Optional[PageSpec
             outputs = _unpack(raw).tx.outputs
             return outputs[ref.index] if ref.index < len(outputs) else None
 
-        return QueryEngine(reader, load_state).query(criteria, paging, sort)
+        return QueryEngine(reader, load_state,
+                           lambda rkey: consumed_us(reader.get("vault_consumed", rkey))).query(criteria, paging, sort)
     finally:
         store.close()
 
