@@ -339,12 +339,18 @@ class RpcServer:
         return to_json(self.node.checkpoints_dump())
 
     def vault_states(self, params: dict) -> dict:
-        """``GET /vault/states``: a page of the vault (`vault_query.query_params`)."""
-        from .ledger.vault_query import VaultQueryError, query_params
+        """``GET /vault/states``: a page of the vault, as its ``query_json`` gives it."""
         try:
-            return query_params(self.node.services.vault, params)
-        except VaultQueryError as exc:
+            return self._vault().query_json(params)
+        except FlowError as exc:  # the vault's VaultQueryError: a bad parameter
             raise RpcError(400, "BadQuery", str(exc)) from None
+
+    def _vault(self) -> Any:
+        """The node's vault service (reached by name: the RPC server imports no ledger)."""
+        try:
+            return self.node.services.vault
+        except AttributeError:
+            raise RpcError(404, "NotFound", "this node runs no ledger app: it has no vault") from None
 
     def draining(self) -> dict:
         node = self.node
@@ -603,10 +609,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _vault_updates(self, rpc: RpcServer, params: dict) -> None:
         """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
         then an ``update`` (consumed and produced states) per recorded change."""
-        from .ledger.vault_query import VaultQueryError, track_params, update_json
         try:
-            snapshot, feed = track_params(rpc.node.services.vault, params)
-        except VaultQueryError as exc:
+            snapshot, feed = rpc._vault().track_json(params)
+        except FlowError as exc:
             raise RpcError(400, "BadQuery", str(exc)) from None
         try:
             self.send_response(200)
@@ -620,7 +625,7 @@ class _Handler(BaseHTTPRequestHandler):
             while not rpc.stopping:
                 update = feed.next(timeout=1.0)
                 if update is not None:
-                    self._event("update", update_json(update))
+                    self._event("update", update)
                     last = time.monotonic()
                 elif time.monotonic() - last > KEEPALIVE_SECONDS:
                     self.wfile.write(b": keepalive\n\n")

@@ -302,6 +302,16 @@ class Vault:
             self._feeds.append(feed)
             return DataFeed(self._engine.query(criteria, paging, sorting), feed)
 
+    def query_json(self, params: dict) -> dict:
+        """`query_by` with text parameters, answered as JSON (``GET /vault/states``:
+        see `vault_query.query_params`)."""
+        return vq.query_params(self, params)
+
+    def track_json(self, params: dict) -> tuple[dict, Any]:
+        """`track_by` with text parameters: the snapshot as JSON and a feed whose
+        ``next(timeout)`` gives each update as JSON (``GET /vault/updates``)."""
+        return vq.track_params(self, params)
+
     def _untrack(self, feed: Feed) -> None:
         with self._lock:
             if feed in self._feeds:

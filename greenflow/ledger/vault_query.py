@@ -699,12 +699,26 @@ def _parse_params(vault: Any, params: dict) -> tuple[QueryCriteria, PageSpecific
     return criteria, paging, sort
 
 
-def track_params(vault: Any, params: dict) -> tuple[dict, Feed]:
-    """`query_params`, tracked: the snapshot page as JSON and the `Feed` of updates (RPC's
-    ``GET /vault/updates``; the caller closes the feed)."""
+def track_params(vault: Any, params: dict) -> tuple[dict, "JsonFeed"]:
+    """`query_params`, tracked: the snapshot page as JSON and a feed of the updates as
+    JSON (RPC's ``GET /vault/updates``; the caller closes the feed)."""
     criteria, paging, sort = _parse_params(vault, params)
     feed = vault.track_by(criteria, paging, sort)
-    return page_json(feed.snapshot), feed.updates
+    return page_json(feed.snapshot), JsonFeed(feed.updates)
+
+
+class JsonFeed:
+    """A `Feed` whose updates come out as `update_json` documents."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+
+    def next(self, timeout: Optional[float] = None) -> Optional[dict]:
+        update = self.feed.next(timeout)
+        return None if update is None else update_json(update)
+
+    def close(self) -> None:
+        self.feed.close()
 
 
 def update_json(update: VaultUpdate) -> dict:
