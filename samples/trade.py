@@ -289,7 +289,7 @@ class CheckPaymentFlow(SignTransactionFlow):
                                          f"{me.name}'s and was not offered")
         paid = sum(c.quantity for c in tx.outputs if isinstance(c, Cash)
                    and c.owner.owning_key == me.owning_key and c.currency == self.currency)
-        if paid < money(self.price, self.currency).quantity:
+        if paid < self.price * 10 ** fraction_digits(self.currency):
             raise TransactionRefused(f"{buyer.name} pays {units(paid, self.currency):,} {self.currency}; "
                                      f"the price agreed is {self.price:,} {self.currency}")
         offered = self.asset.state

@@ -177,9 +177,15 @@ class Cash(ContractState):
             raise TypeError("Cash(amount, owner) takes a positive Amount of an Issued currency")
         if not isinstance(owner, Party):
             raise TypeError(f"the owner of cash is a Party, not {owner!r}")
-        for name, value in (("quantity", quantity), ("currency", currency), ("issuer", issuer),
-                            ("reference", b"" if reference is None else reference), ("owner", owner)):
-            object.__setattr__(self, name, value)
+        _set_fields(self, quantity, currency, issuer, b"" if reference is None else reference, owner)
+
+    @classmethod
+    def _of(cls, quantity: int, currency: str, issuer: Party, reference: bytes, owner: Party) -> "Cash":
+        """A coin from fields already checked (those of coins being spent): no Amount is
+        built and nothing is checked again."""
+        obj = cls.__new__(cls)
+        _set_fields(obj, quantity, currency, issuer, reference, owner)
+        return obj
 
     @property
     def amount(self) -> Amount:
@@ -201,6 +207,12 @@ class Cash(ContractState):
 
     def __repr__(self) -> str:
         return f"Cash({self.amount!r}, {self.owner!r})"
+
+
+def _set_fields(obj: Cash, quantity: int, currency: str, issuer: Party, reference: bytes, owner: Party) -> None:
+    # The whole __dict__ at once (a frozen dataclass refuses attribute by attribute).
+    object.__setattr__(obj, "__dict__", {"quantity": quantity, "currency": currency, "issuer": issuer,
+                                         "reference": reference, "owner": owner})
 
 
 # ============================================================================ helpers
@@ -232,15 +244,16 @@ def generate_spend(builder: TransactionBuilder, coins: Iterable[StateAndRef], am
     as outputs, one per issuer (tokens of different issuers never merge). The caller adds
     a `CashMove` signed by the coins' owners."""
     due = amount.quantity
-    paid: dict[Issued, int] = {}
-    change: dict[Issued, int] = {}
+    # Per token (issuer, currency, reference): a plain tuple, cheap to hash.
+    paid: dict[tuple, int] = {}
+    change: dict[tuple, int] = {}
     for coin in coins:
         builder.add_input_state(coin)
         cash = coin.state
         quantity = cash.quantity
         if cash.currency != amount.token:
             raise TokenMismatch(f"a coin of {cash.token} cannot pay {amount}")
-        token = cash.token
+        token = (cash.issuer, cash.currency, cash.reference)
         take = min(due, quantity)
         due -= take
         if take:
@@ -249,10 +262,10 @@ def generate_spend(builder: TransactionBuilder, coins: Iterable[StateAndRef], am
             change[token] = change.get(token, 0) + quantity - take
     if due:
         raise InsufficientBalance(f"the coins given fall {Amount(due, amount.token)} short of {amount}")
-    for token, q in paid.items():
-        builder.add_output_state(Cash(Amount(q, token), payee))
-    for token, q in change.items():
-        builder.add_output_state(Cash(Amount(q, token), change_to))
+    for (issuer, currency, reference), q in paid.items():
+        builder.add_output_state(Cash._of(q, currency, issuer, reference, payee))
+    for (issuer, currency, reference), q in change.items():
+        builder.add_output_state(Cash._of(q, currency, issuer, reference, change_to))
 
 
 def cash_balances(vault: Any) -> dict[str, Amount]:

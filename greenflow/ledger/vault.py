@@ -153,10 +153,6 @@ class Vault:
                         self._index_state(batch, sar, ref_key(sar.ref),
                                           getattr(getattr(notary, "tx", None), "notary", None), 0)
 
-    def _put_index(self, batch: Any, db: str, key: bytes, value: bytes) -> None:
-        batch.put(db, key, value)
-        self._index.note(db, key, value)
-
     def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, notary: Any, recorded_us: int) -> None:
         state = sar.state
         seq = self._next_seq
@@ -168,7 +164,7 @@ class Vault:
             known = self._type_keys[cls] = (tname, vq.type_prefix(tname))
         tname, prefix = known
         nkey = notary.owning_key if notary is not None else b""
-        put = self._put_index
+        put = self._index.put
         put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), vq.pack_entry(key, recorded_us, nkey))
         if tname not in self._types:
             self._types.add(tname)

@@ -316,9 +316,11 @@ class IndexReader:
         self.pending: dict[str, dict[bytes, tuple[Optional[bytes], int]]] = {n: {} for n in INDEX_DBS}
         self._pruned_at = -1
 
-    def note(self, name: str, key: bytes, value: Optional[bytes]) -> None:
-        """A write just put into the round's batch: visible to reads until it commits."""
-        self._prune()
+    def put(self, batch: Any, name: str, key: bytes, value: bytes) -> None:
+        """Write into the round's batch; reads see it until it commits."""
+        batch.put(name, key, value)
+        if self.store.commits != self._pruned_at:
+            self._prune()
         self.pending[name][key] = (value, self._pruned_at)
 
     def _prune(self) -> None:
