@@ -42,7 +42,7 @@ from ..services import journaled, register_service_factory
 from ..traps import current_runtime_or_none
 from .app_db import AppDb
 from .crypto import SecureHash
-from .states import ContractState, StateAndRef, StateRef, UniqueIdentifier
+from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
 from .transactions import SignedTransaction
 from . import vault_query as vq
 from .vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
@@ -154,6 +154,8 @@ class Vault:
                                           getattr(getattr(notary, "tx", None), "notary", None), 0)
 
     def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, notary: Any, recorded_us: int) -> None:
+        """Append ``sar`` to the type index (and the linear-id indexes, for a
+        `LinearState`): every recorded state passes here, so it does little per call."""
         state = sar.state
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -161,20 +163,23 @@ class Vault:
         known = self._type_keys.get(cls)
         if known is None:
             tname = vq.type_name(cls)
-            known = self._type_keys[cls] = (tname, vq.type_prefix(tname))
-        tname, prefix = known
+            known = self._type_keys[cls] = (tname, vq.type_prefix(tname), issubclass(cls, LinearState))
+            if tname not in self._types:
+                self._types.add(tname)
+                self._index.put(batch, "vault_types", tname.encode(), b"")
+        tname, prefix, linear = known
+        # The entry: state ref, recorded time, notary key (length-prefixed); see vault_query.
         nkey = notary.owning_key if notary is not None else b""
-        put = self._index.put
-        put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), vq.pack_entry(key, recorded_us, nkey))
-        if tname not in self._types:
-            self._types.add(tname)
-            put(batch, "vault_types", tname.encode(), b"")
-        lid = getattr(state, "linear_id", None)
-        if isinstance(lid, UniqueIdentifier):
-            entry = vq.pack_entry(key, recorded_us, nkey, tname)
-            put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
-            if lid.external_id is not None:
-                put(batch, "vault_by_external", vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
+        entry = key + vq._REC.pack(recorded_us) + bytes((len(nkey),)) + nkey
+        self._index.put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), entry)
+        if linear:
+            lid = state.linear_id
+            if isinstance(lid, UniqueIdentifier):
+                entry += tname.encode()
+                self._index.put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
+                if lid.external_id is not None:
+                    self._index.put(batch, "vault_by_external",
+                                    vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
 
     def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
         if unconsumed:
