@@ -293,7 +293,7 @@ def test_a_query_by_type_or_linear_id_reads_only_the_states_it_names(mock):
     try:
         [found] = vault.query_by(QueryCriteria(Deal, linear_ids=[deals[1]])).states
         assert found.state.terms == "deal 1"
-        assert len(looked_at) == 1 and scanned == ["vault_by_linear"]
+        assert len(looked_at) == 1 and [n for n in scanned if n != "vault_types"] == ["vault_by_linear"]
         looked_at.clear()
         scanned.clear()
         assert vault.query_by(QueryCriteria(Deal)).total_states_available == 3

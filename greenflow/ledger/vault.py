@@ -138,8 +138,10 @@ class Vault:
             store.ensure_db(name)
         self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
         self._engine = vq.QueryEngine(self._index, self._load_state,
-                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)), self._locks.get)
-        self._types = set(self._index.type_names())
+                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)),
+                                      self._notary_key, self._locks.get)
+        self._type_ids = self._index.type_ids()
+        self._types = set(self._type_ids)
         self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
         self._feeds: list[Feed] = []
         self._next_seq = self._index.next_seq()
@@ -149,11 +151,9 @@ class Vault:
             with self._node.services.writes() as batch:
                 for by_type in self._unconsumed.values():
                     for sar in by_type.values():
-                        notary = self.transaction(sar.ref.tx_id)
-                        self._index_state(batch, sar, ref_key(sar.ref),
-                                          getattr(getattr(notary, "tx", None), "notary", None), 0)
+                        self._index_state(batch, sar, ref_key(sar.ref), 0)
 
-    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, notary: Any, recorded_us: int) -> None:
+    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
         """Append ``sar`` to the type index (and the linear-id indexes, for a
         `LinearState`): every recorded state passes here, so it does little per call."""
         state = sar.state
@@ -163,23 +163,28 @@ class Vault:
         known = self._type_keys.get(cls)
         if known is None:
             tname = vq.type_name(cls)
-            known = self._type_keys[cls] = (tname, vq.type_prefix(tname), issubclass(cls, LinearState))
-            if tname not in self._types:
+            tid = self._type_ids.get(tname)
+            if tid is None:
+                tid = self._type_ids[tname] = max(self._type_ids.values(), default=0) + 1
                 self._types.add(tname)
-                self._index.put(batch, "vault_types", tname.encode(), b"")
-        tname, prefix, linear = known
-        # The entry: state ref, recorded time, notary key (length-prefixed); see vault_query.
-        nkey = notary.owning_key if notary is not None else b""
-        entry = key + vq._REC.pack(recorded_us) + bytes((len(nkey),)) + nkey
+                self._index.put(batch, "vault_types", tname.encode(), vq._TID.pack(tid))
+            known = self._type_keys[cls] = (tid, vq.type_prefix(tid), issubclass(cls, LinearState))
+        tid, prefix, linear = known
+        entry = key + vq._REC.pack(recorded_us)  # see vault_query.pack_entry
         self._index.put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), entry)
         if linear:
             lid = state.linear_id
             if isinstance(lid, UniqueIdentifier):
-                entry += tname.encode()
+                entry += vq._TID.pack(tid)
                 self._index.put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
                 if lid.external_id is not None:
                     self._index.put(batch, "vault_by_external",
                                     vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
+
+    def _notary_key(self, ref: StateRef) -> bytes:
+        stx = self.transaction(ref.tx_id)
+        notary = stx.tx.notary if stx is not None else None
+        return notary.owning_key if notary is not None else b""
 
     def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
         if unconsumed:
@@ -232,7 +237,7 @@ class Vault:
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
             batch.put("vault_states", key, _pack(sar))
-            self._index_state(batch, sar, key, tx.notary, now_us)
+            self._index_state(batch, sar, key, now_us)
             produced.append(sar)
         if self._feeds and (consumed or produced):
             self._publish(tx.notary, consumed, produced)

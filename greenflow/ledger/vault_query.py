@@ -10,16 +10,18 @@ only the states it names, never the whole vault:
 
 | database          | key                                   | value                        |
 |-------------------|---------------------------------------|------------------------------|
-| vault_by_type     | type name \\0 sequence (8 bytes)       | entry: state ref, recorded time (µs), notary key |
-| vault_by_linear   | linear uuid (16 bytes) + sequence     | entry, and the state's type name |
-| vault_by_external | external id \\0 sequence               | entry, and the state's type name |
-| vault_types       | type name                             | b""                          |
+| vault_by_type     | type id (2 bytes) + sequence (8 bytes) | state ref, recorded time (µs) |
+| vault_by_linear   | linear uuid (16 bytes) + sequence     | state ref, recorded time, type id |
+| vault_by_external | external id \\0 sequence               | state ref, recorded time, type id |
+| vault_types       | type name (module:Class)              | its type id                  |
 | vault_consumed    | state ref (the vault's own)           | consuming transaction id, consumed time (µs) |
 
 The sequence number counts states in the order this vault recorded them: every index
 lists a key's states oldest first, and it is the default sort and the cursor. Keys grow
 with it, so recording a state appends to the end of each index (cheap in LMDB, unlike a
-write at a random place); whether a state is consumed is the vault's own record of it.
+write at a random place), and entries are kept small (a type id, no notary: that comes
+from the state's transaction when a query asks for it), since every recorded state
+writes one; whether a state is consumed is the vault's own record of it.
 """
 from __future__ import annotations
 
@@ -229,8 +231,11 @@ def seq_key(prefix: bytes, seq: int) -> bytes:
     return prefix + _SEQ.pack(seq)
 
 
-def type_prefix(name: str) -> bytes:
-    return name.encode() + b"\0"
+_TID = struct.Struct(">H")
+
+
+def type_prefix(tid: int) -> bytes:
+    return _TID.pack(tid)
 
 
 def external_prefix(external_id: str) -> bytes:
@@ -241,15 +246,17 @@ def type_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def pack_entry(ref_key: bytes, recorded_us: int, notary_key: bytes, tname: str = "") -> bytes:
-    return ref_key + _REC.pack(recorded_us) + bytes([len(notary_key)]) + notary_key + tname.encode()
+def pack_entry(ref_key: bytes, recorded_us: int, tid: Optional[int] = None) -> bytes:
+    """An index entry: the state's ref and recorded time (and, in the linear-id indexes,
+    its type id)."""
+    entry = ref_key + _REC.pack(recorded_us)
+    return entry if tid is None else entry + _TID.pack(tid)
 
 
-def unpack_entry(raw: bytes) -> tuple[bytes, int, bytes, str]:
-    """(state ref key, recorded µs, notary key, type name or "")."""
+def unpack_entry(raw: bytes) -> tuple[bytes, int, Optional[int]]:
+    """(state ref key, recorded µs, type id or None)."""
     rec = _REC.unpack_from(raw, 36)[0]
-    n = raw[44]
-    return bytes(raw[:36]), rec, bytes(raw[45:45 + n]), bytes(raw[45 + n:]).decode()
+    return bytes(raw[:36]), rec, (_TID.unpack_from(raw, 44)[0] if len(raw) >= 46 else None)
 
 
 def consumed_value(tx_id: bytes, when_us: int) -> bytes:
@@ -374,8 +381,12 @@ class IndexReader:
                 rows[k] = v
         return sorted((k, v) for k, v in rows.items() if v is not None)
 
+    def type_ids(self) -> dict[str, int]:
+        """Type name -> type id of every state type this vault has recorded."""
+        return {k.decode(): _TID.unpack(v)[0] for k, v in self.scan("vault_types", b"")}
+
     def type_names(self) -> list[str]:
-        return [k.decode() for k, _ in self.scan("vault_types", b"")]
+        return list(self.type_ids())
 
     def next_seq(self) -> int:
         """One past the highest sequence number in the type index: the last key of each
@@ -386,8 +397,8 @@ class IndexReader:
             return 0
         with self.env.begin(db=db) as txn:
             cur = txn.cursor()
-            for tname in self.type_names():
-                prefix = type_prefix(tname)
+            for tid in self.type_ids().values():
+                prefix = type_prefix(tid)
                 end = prefix + b"\xff" * 8
                 if cur.set_range(end) and cur.key() == end:
                     found = True
@@ -405,25 +416,27 @@ class QueryEngine:
     gives the state a ref names; ``lock_of(ref)`` the flow holding it (or None)."""
 
     def __init__(self, reader: IndexReader, load_state: Callable[[StateRef, bool], Optional[ContractState]],
-                 consumed_at: Callable[[bytes], Optional[int]],
+                 consumed_at: Callable[[bytes], Optional[int]], notary_of: Callable[[StateRef], bytes],
                  lock_of: Callable[[StateRef], Optional[str]] = lambda ref: None) -> None:
         self.reader = reader
         self.load_state = load_state
         self.consumed_at = consumed_at  # ref key -> consumed µs, or None while unconsumed
+        self.notary_of = notary_of      # ref -> the notary key of its transaction (b"": none)
         self.lock_of = lock_of
 
-    def _candidates(self, c: QueryCriteria) -> Iterable[tuple[int, bytes, int, bytes, str]]:
-        """(sequence, ref key, recorded µs, notary key, type name) of every state the index
-        for ``c`` names, oldest first."""
+    def _candidates(self, c: QueryCriteria) -> Iterable[tuple[int, bytes, int, str]]:
+        """(sequence, ref key, recorded µs, type name) of every state the index for ``c``
+        names, oldest first."""
         r = self.reader
-        streams: list[list[tuple[int, bytes, int, bytes, str]]] = []
+        names = {tid: tname for tname, tid in r.type_ids().items()}
+        streams: list[list[tuple[int, bytes, int, str]]] = []
 
         def rows(db: str, prefix: bytes, tname: str = "") -> list:
             n = len(prefix)
             out = []
             for k, v in r.scan(db, prefix):
-                ref, rec, notary, name = unpack_entry(v)
-                out.append((_SEQ.unpack(k[n:n + 8])[0], ref, rec, notary, name or tname))
+                ref, rec, tid = unpack_entry(v)
+                out.append((_SEQ.unpack(k[n:n + 8])[0], ref, rec, tname or names.get(tid, "?")))
             return out
 
         if c.linear_ids is not None:
@@ -433,10 +446,10 @@ class QueryEngine:
             for ext in c.external_ids:
                 streams.append(rows("vault_by_external", external_prefix(str(ext))))
         else:
-            for tname in r.type_names():
+            for tid, tname in names.items():
                 cls = load_class(tname)
                 if cls is not None and issubclass(cls, c.state_type):
-                    streams.append(rows("vault_by_type", type_prefix(tname), tname))
+                    streams.append(rows("vault_by_type", type_prefix(tid), tname))
         seen: set[bytes] = set()
         for row in merge(*streams):
             if row[1] not in seen:
@@ -454,7 +467,7 @@ class QueryEngine:
         needs_state = (parties is not None or c.where is not None or c.linear_ids is not None
                        or c.external_ids is not None or not by_seq)
         rows = []  # (seq, ref, meta, state or None)
-        for seq, rkey, rec, notary, tname in self._candidates(c):
+        for seq, rkey, rec, tname in self._candidates(c):
             con = self.consumed_at(rkey) or 0
             if c.status is StateStatus.UNCONSUMED and con:
                 continue
@@ -462,9 +475,9 @@ class QueryEngine:
                 continue
             if after_us is not None and rec < after_us or before_us is not None and rec >= before_us:
                 continue
-            if notaries is not None and notary not in notaries:
-                continue
             ref = _ref_from_key(rkey)
+            if notaries is not None and self.notary_of(ref) not in notaries:
+                continue
             state = None
             if needs_state:
                 state = self.load_state(ref, not con)
@@ -474,7 +487,7 @@ class QueryEngine:
                     continue
                 if c.where is not None and not c.where(state):
                     continue
-            rows.append((seq, ref, (rec, con, notary, tname), state))
+            rows.append((seq, ref, (rec, con, tname), state))
         if not by_seq:
             try:
                 rows.sort(key=lambda row: (self._sort_value(sort.key, row), row[0]))
@@ -499,18 +512,18 @@ class QueryEngine:
         if end < total and chunk:
             next_cursor = _cursor(f"s{chunk[-1][0]}" if by_seq else f"o{end}")
         states, metas = [], []
-        for seq, ref, (rec, con, notary, tname), state in chunk:
+        for seq, ref, (rec, con, tname), state in chunk:
             if state is None:
                 state = self.load_state(ref, not con)
             states.append(StateAndRef(state, ref))
             metas.append(StateMetadata(ref, tname, _dt(rec), _dt(con),
                                        StateStatus.CONSUMED if con else StateStatus.UNCONSUMED,
-                                       notary.hex() or None, self.lock_of(ref)))
+                                       self.notary_of(ref).hex() or None, self.lock_of(ref)))
         return Page(tuple(states), tuple(metas), total, next_cursor, paging.page_number, paging.page_size)
 
     @staticmethod
     def _sort_value(key: str, row: tuple) -> Any:
-        seq, ref, (rec, con, _n, _t), state = row
+        seq, ref, (rec, con, _t), state = row
         if key == "consumed_time":
             return con
         if key == "state_ref":
@@ -600,8 +613,13 @@ def read_vault(node_dir: str, criteria: QueryCriteria, paging: Optional[PageSpec
             outputs = _unpack(raw).tx.outputs
             return outputs[ref.index] if ref.index < len(outputs) else None
 
-        return QueryEngine(reader, load_state,
-                           lambda rkey: consumed_us(reader.get("vault_consumed", rkey))).query(criteria, paging, sort)
+        def notary_of(ref: StateRef) -> bytes:
+            raw = reader.get("vault_txs", ref.tx_id.value)
+            notary = _unpack(raw).tx.notary if raw is not None else None
+            return notary.owning_key if notary is not None else b""
+
+        return QueryEngine(reader, load_state, lambda rkey: consumed_us(reader.get("vault_consumed", rkey)),
+                           notary_of).query(criteria, paging, sort)
     finally:
         store.close()
 
