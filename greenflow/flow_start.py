@@ -23,6 +23,7 @@ A value is converted with the type hint of the constructor parameter it is given
 | ``list``/``tuple``/``set`` (of X) | JSON (``[1, 2]``) or comma-separated (``Bob,Carol``) |
 | ``dict`` | a JSON object |
 | ``Optional[X]`` / ``X | None`` | ``null`` or ``none`` for None, else as X |
+| a class with a ``parse_arg`` classmethod | what it parses, e.g. ``Amount``: ``1500.00 GBP`` |
 """
 from __future__ import annotations
 
@@ -359,6 +360,13 @@ def convert(value: Any, hint: Any) -> Any:
         if hint in (int, float, Decimal, str):
             return _convert_scalar(value, hint)
     container = origin or hint
+    parse = getattr(container, "parse_arg", None) if isinstance(container, type) else None
+    if parse is not None:  # a type that reads itself from text, e.g. Amount ("1500.00 GBP")
+        if isinstance(value, container):
+            return value
+        if not isinstance(value, str):
+            raise ValueError(f"text such as {getattr(container, 'ARG_EXAMPLE', '...')}")
+        return parse(value)
     if container in (list, tuple, set, frozenset):
         return _convert_sequence(value, container, args)
     if container is dict:

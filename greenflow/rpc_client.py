@@ -14,7 +14,7 @@ import json
 import os
 import threading
 from typing import Any, Iterator, Optional
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from .errors import FlowError
 
@@ -167,6 +167,48 @@ class RpcClient:
 
     def shutdown(self) -> dict:
         return self.request("POST", "/shutdown")[1]
+
+    def vault_query(self, **params: Any) -> dict:
+        """``GET /vault/states``: a page of the node's vault (parameters as in docs/ledger.md:
+        ``type``, ``status``, ``linear_id``, ``external_id``, ``page``, ``page_size``,
+        ``cursor``, ``sort``, ``desc``)."""
+        return self.request("GET", "/vault/states?" + urlencode(params))[1]
+
+    def vault_updates(self, timeout: Optional[float] = None, **params: Any) -> Iterator[tuple[str, Any]]:
+        """``GET /vault/updates`` as ``(event, data)``: ``snapshot`` first, then an
+        ``update`` per change to the states the parameters select; runs until closed."""
+        return self._events(API + "/vault/updates?" + urlencode(params), timeout)
+
+    def _events(self, path: str, timeout: Optional[float]) -> Iterator[tuple[str, Any]]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers=self._headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    err = json.loads(raw)["error"]
+                except (ValueError, KeyError, TypeError):
+                    err = {"type": "HTTPError", "message": raw[:200].decode(errors="replace")}
+                raise RpcClientError(resp.status, err.get("type", ""), err.get("message", ""))
+            event, data = "message", []
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                text = line.decode("utf-8").rstrip("\r\n")
+                if not text:
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif text.startswith("event:"):
+                    event = text[6:].strip()
+                elif text.startswith("data:"):
+                    data.append(text[5:].lstrip())
+        except OSError as exc:
+            raise RpcClientError(0, "Unreachable", f"event stream from {self.url}: {exc}") from None
+        finally:
+            conn.close()
 
     def progress(self, flow_id: Optional[str] = None,
                  timeout: Optional[float] = None) -> Iterator[tuple[str, Any]]:

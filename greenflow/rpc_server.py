@@ -373,6 +373,20 @@ class RpcServer:
     def checkpoints(self) -> list:
         return to_json(self.node.checkpoints_dump())
 
+    def vault_states(self, params: dict) -> dict:
+        """``GET /vault/states``: a page of the vault, as its ``query_json`` gives it."""
+        try:
+            return self._vault().query_json(params)
+        except FlowError as exc:  # the vault's VaultQueryError: a bad parameter
+            raise RpcError(400, "BadQuery", str(exc)) from None
+
+    def _vault(self) -> Any:
+        """The node's vault service (reached by name: the RPC server imports no ledger)."""
+        try:
+            return self.node.services.vault
+        except AttributeError:
+            raise RpcError(404, "NotFound", "this node runs no ledger app: it has no vault") from None
+
     def draining(self) -> dict:
         node = self.node
         return {"draining": node.draining, "pending_flows_count": node.pending_flows_count}
@@ -599,6 +613,12 @@ class _Handler(BaseHTTPRequestHandler):
         if route == ("GET", ("checkpoints",)):
             read()
             return self._send_json(200, {"checkpoints": rpc.checkpoints()})
+        if route == ("GET", ("vault", "*")) and p[1] == "states":
+            read()
+            return self._send_json(200, rpc.vault_states(query))
+        if route == ("GET", ("vault", "*")) and p[1] == "updates":
+            read()
+            return self._vault_updates(rpc, query)
         if route == ("GET", ("draining",)):
             read()
             return self._send_json(200, rpc.draining())
@@ -677,6 +697,35 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.settimeout(0.2)
             self._event("dropped", {"reason": f"more than {rpc.hub.buffer} events behind "
                                               "(stream_buffer)"})
+
+
+    def _vault_updates(self, rpc: RpcServer, params: dict) -> None:
+        """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
+        then an ``update`` (consumed and produced states) per recorded change."""
+        try:
+            snapshot, feed = rpc._vault().track_json(params)
+        except FlowError as exc:
+            raise RpcError(400, "BadQuery", str(exc)) from None
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            self._event("snapshot", snapshot)
+            last = time.monotonic()
+            while not rpc.stopping:
+                update = feed.next(timeout=1.0)
+                if update is not None:
+                    self._event("update", update)
+                    last = time.monotonic()
+                elif time.monotonic() - last > KEEPALIVE_SECONDS:
+                    self.wfile.write(b": keepalive\n\n")
+                    self.wfile.flush()
+                    last = time.monotonic()
+        finally:
+            feed.close()
 
 
 def _finished(status: str) -> bool:

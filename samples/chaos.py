@@ -46,7 +46,7 @@ from greenflow import FlowLogic, startable
 from greenflow.ledger import ContractState
 
 from ._trade_processes import WAIT, _run
-from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper
+from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper, cash_units
 
 APPS = ["samples.trade", "samples.chaos", "samples.ping"]
 PING_FLOW = "samples.ping.Ping"
@@ -84,7 +84,7 @@ class LedgerSnapshotFlow(FlowLogic):
         for sar in vault.query(ContractState):
             s, ref = sar.state, _ref(sar.ref.tx_id.hex, sar.ref.index)
             if isinstance(s, Cash):
-                states.append({"ref": ref, "type": "Cash", "amount": s.amount, "currency": s.currency,
+                states.append({"ref": ref, "type": "Cash", "amount": cash_units(s), "currency": s.currency,
                                "owner": s.owner.name})
             elif isinstance(s, CommercialPaper):
                 states.append({"ref": ref, "type": "CommercialPaper", "reference": s.reference,
@@ -100,7 +100,8 @@ class LedgerSnapshotFlow(FlowLogic):
             "node": self.our_identity.name,
             "states": states,
             "transactions": transactions,
-            "consumed": {_ref_of_key(k): bytes(v).hex() for k, v in store.iter_db("vault_consumed")},
+            "consumed": {_ref_of_key(k): bytes(v)[:32].hex()  # the consuming tx (then when)
+                         for k, v in store.iter_db("vault_consumed")},
             "locks": {_ref(r.tx_id.hex, r.index): fid for r, fid in vault.locks().items()},
             "notary_consumed": ({_ref_of_key(k): bytes(v).hex()
                                  for k, v in store.iter_db("notary_consumed")}

@@ -10,6 +10,9 @@ seller's signature (the seller checks it is paid); the notary rules out a double
 and both vaults record the same transaction, or neither does. Ends with the transaction
 id and what each vault held before and after.
 
+Cash is the ledger's own (`greenflow.ledger.finance`): amounts are integer pence of
+pounds issued by the bank; the sample quotes prices and limits in whole pounds.
+
 With --processes the same flows run on four real node processes instead.
 """
 from __future__ import annotations
@@ -28,6 +31,10 @@ from greenflow import (FlowException, FlowLogic, FlowSession, Party, ProgressTra
                        initiated_by, initiating_flow, serializable, startable)
 from greenflow.ledger import (CommandData, Contract, ContractState, SignedTransaction,
                               StateAndRef, StateRef, TransactionBuilder, require_that)
+# Cash, CashIssue and CashMove stay importable from here, as they were before the sample
+# used the finance module's cash.
+from greenflow.ledger.finance import (Amount, Cash, CashIssue, CashIssueFlow, CashMove,  # noqa: F401
+                                      fraction_digits, generate_spend, select_cash)
 from greenflow.ledger.flows import (CollectSignaturesFlow, DataVendingFlow, FinalityFlow,
                                     ReceiveFinalityFlow, ResolveTransactionsFlow,
                                     SignTransactionFlow, TransactionRefused, check_states_match)
@@ -35,6 +42,23 @@ from greenflow.ledger.transactions import LedgerTransaction
 from greenflow.services import journaled, register_service_factory
 
 DEFAULT_CURRENCY = "GBP"
+
+
+def money(units: int, currency: str = DEFAULT_CURRENCY) -> Amount:
+    """``units`` whole units of ``currency`` (the sample prices in pounds, not pence)."""
+    return Amount(units * 10 ** fraction_digits(currency), currency)
+
+
+def units(quantity: int, currency: str) -> Any:
+    """A quantity of ``currency``'s smallest unit as whole units: an int when it is one
+    (the sample's figures), else the exact decimal as text."""
+    whole, rest = divmod(quantity, 10 ** fraction_digits(currency))
+    return whole if not rest else str(Amount(quantity, currency).to_decimal())
+
+
+def cash_units(cash: Cash) -> Any:
+    """What a coin is worth in whole units of its currency."""
+    return units(cash.quantity, cash.currency)
 
 
 # ============================================================================ contracts
@@ -55,29 +79,6 @@ def _owners_sign(tx: LedgerTransaction, ins: list, move: type, what: str) -> Non
     signers = {k for c in tx.commands_of_type(move) for k in c.signers}
     require_that(all(s.owner.owning_key in signers for s in ins),
                  f"the owner of every {what} input signs the move")
-
-
-class CashContract(Contract):
-    """Cash is issued by its issuer and moved by its owners; a move conserves the amount
-    of each issuer's cash in each currency."""
-
-    def verify(self, tx: LedgerTransaction) -> None:
-        ins, outs = tx.inputs_of_type(Cash), tx.outputs_of_type(Cash)
-        if not ins and not outs:
-            return
-        require_that(all(type(c.amount) is int and c.amount > 0 for c in (*ins, *outs)),
-                     "cash amounts are positive")
-        if _issuance(tx, ins, outs, CashIssue, CashMove, "cash"):
-            return
-        require_that(bool(ins), "a move of cash consumes cash")
-        totals: dict[tuple[bytes, str], int] = defaultdict(int)
-        for cash in ins:
-            totals[(cash.issuer.owning_key, cash.currency)] += cash.amount
-        for cash in outs:
-            totals[(cash.issuer.owning_key, cash.currency)] -= cash.amount
-        require_that(all(v == 0 for v in totals.values()),
-                     "cash is conserved for each issuer and currency")
-        _owners_sign(tx, ins, CashMove, "cash")
 
 
 class CommercialPaperContract(Contract):
@@ -111,19 +112,6 @@ class OwnedState(ContractState):
 
 @serializable
 @dataclass(frozen=True)
-class Cash(OwnedState):
-    contract = CashContract
-    amount: int
-    currency: str
-    issuer: Party
-    owner: Party
-
-    def __str__(self) -> str:
-        return f"{self.amount:,} {self.currency}"
-
-
-@serializable
-@dataclass(frozen=True)
 class CommercialPaper(OwnedState):
     """An IOU of its issuer: ``face_value`` in ``currency``, held by ``owner``."""
 
@@ -142,18 +130,6 @@ class CommercialPaper(OwnedState):
 
     def __str__(self) -> str:
         return f"{self.reference} ({self.face_value:,} {self.currency} paper of {self.issuer.short_name})"
-
-
-@serializable
-@dataclass(frozen=True)
-class CashIssue(CommandData):
-    pass
-
-
-@serializable
-@dataclass(frozen=True)
-class CashMove(CommandData):
-    pass
 
 
 @serializable
@@ -215,24 +191,14 @@ def _salt(flow: FlowLogic) -> bytes:
 
 @initiating_flow
 @startable
-class IssueCashFlow(FlowLogic):
-    """This node issues ``amount`` of ``currency`` to ``owner``, in ``coins`` states."""
+class IssueCashFlow(CashIssueFlow):
+    """This node issues ``amount`` whole units of ``currency`` to ``owner``, in ``coins``
+    states: the finance module's `CashIssueFlow` with arguments a command line gives, and
+    a responder of this app's own (a node running only this app answers it)."""
 
     def __init__(self, amount: int, owner: Party, notary: Party, currency: str = DEFAULT_CURRENCY,
                  coins: int = 1) -> None:
-        self.amount, self.owner, self.notary = amount, owner, notary
-        self.currency, self.coins = currency, coins
-
-    def call(self) -> SignedTransaction:
-        me = self.our_identity
-        builder = TransactionBuilder(self.notary, salt=_salt(self))
-        each, rest = divmod(self.amount, self.coins)
-        for i in range(self.coins):
-            builder.add_output_state(Cash(each + (1 if i < rest else 0), self.currency, me, self.owner))
-        builder.add_command(CashIssue(), me)
-        stx = self.services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
-        sessions = [] if self.owner == me else [self.initiate_flow(self.owner)]
-        return self.sub_flow(FinalityFlow(stx, sessions))
+        super().__init__(money(amount, currency), notary, owner, coins=coins)
 
 
 @initiated_by(IssueCashFlow)
@@ -321,11 +287,11 @@ class CheckPaymentFlow(SignTransactionFlow):
                     p.owning_key == me.owning_key for p in sar.state.participants):
                 raise TransactionRefused(f"transaction {stx.id} also spends {ref}, which is "
                                          f"{me.name}'s and was not offered")
-        paid = sum(c.amount for c in tx.outputs if isinstance(c, Cash)
+        paid = sum(c.quantity for c in tx.outputs if isinstance(c, Cash)
                    and c.owner.owning_key == me.owning_key and c.currency == self.currency)
-        if paid < self.price:
-            raise TransactionRefused(f"{buyer.name} pays {paid:,} {self.currency}; the price agreed "
-                                     f"is {self.price:,} {self.currency}")
+        if paid < self.price * 10 ** fraction_digits(self.currency):
+            raise TransactionRefused(f"{buyer.name} pays {units(paid, self.currency):,} {self.currency}; "
+                                     f"the price agreed is {self.price:,} {self.currency}")
         offered = self.asset.state
         delivered = [p for p in tx.outputs if isinstance(p, CommercialPaper)
                      and p.terms == offered.terms and p.owner.owning_key == buyer.owning_key]
@@ -373,7 +339,7 @@ class BuyerFlow(FlowLogic):
                    else f"its limit is {limit:,} {offer.currency}"))
 
         self.progress_tracker.current_step = self.SELECTING
-        coins = services.vault.select(Cash, offer.price, where=lambda c: c.currency == offer.currency)
+        coins = select_cash(services, money(offer.price, offer.currency))
 
         self.progress_tracker.current_step = self.SIGNING
         builder = TransactionBuilder(services.vault.notary_of(asset.ref), salt=_salt(self))
@@ -381,7 +347,7 @@ class BuyerFlow(FlowLogic):
         builder.add_output_state(CommercialPaper(asset.state.reference, asset.state.face_value,
                                                  asset.state.currency, asset.state.issuer, me))
         builder.add_command(PaperMove(), seller)
-        _pay(builder, coins, offer.price, offer.pay_to, me)
+        generate_spend(builder, coins, money(offer.price, offer.currency), offer.pay_to, me)
         builder.add_command(CashMove(), me)
         builder.verify()
         stx = services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
@@ -450,27 +416,6 @@ def _checked_offer(offer: TradeOffer, seller: Party) -> TradeOffer:
     return offer
 
 
-def _pay(builder: TransactionBuilder, coins: list[StateAndRef], price: int, payee: Party,
-         payer: Party) -> None:
-    """Spend ``coins``: ``price`` to ``payee``, the change back to ``payer`` (per issuer)."""
-    due = price
-    paid: dict[tuple[Party, str], int] = defaultdict(int)
-    change: dict[tuple[Party, str], int] = defaultdict(int)
-    for coin in coins:
-        builder.add_input_state(coin)
-        cash = coin.state
-        take = min(due, cash.amount)
-        due -= take
-        if take:
-            paid[(cash.issuer, cash.currency)] += take
-        if cash.amount - take:
-            change[(cash.issuer, cash.currency)] += cash.amount - take
-    for (issuer, currency), amount in paid.items():
-        builder.add_output_state(Cash(amount, currency, issuer, payee))
-    for (issuer, currency), amount in change.items():
-        builder.add_output_state(Cash(amount, currency, issuer, payer))
-
-
 # ============================================================================ a trading network
 PRICE = 1_000
 CASH_PER_TRADE = 1_500
@@ -534,12 +479,12 @@ def holdings(node: Any, currency: Optional[str] = None) -> dict:
     cash: dict[str, int] = defaultdict(int)
     for sar in vault.query(Cash):
         if currency is None or sar.state.currency == currency:
-            cash[sar.state.currency] += sar.state.amount
+            cash[sar.state.currency] += sar.state.quantity
     papers = sorted((sar.state for sar in vault.query(CommercialPaper)), key=lambda p: p.reference)
     face: dict[str, int] = defaultdict(int)
     for p in papers:
         face[p.currency] += p.face_value
-    return {"cash": dict(cash), "paper": {"count": len(papers), "face_value": dict(face),
+    return {"cash": {c: units(q, c) for c, q in cash.items()}, "paper": {"count": len(papers), "face_value": dict(face),
                                           "references": [p.reference for p in papers[:10]]}}
 
 

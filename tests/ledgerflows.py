@@ -128,8 +128,9 @@ class HoldCashFlow(FlowLogic):
         self.amount, self.hold = amount, hold
 
     def call(self) -> list:
-        from greenflow.samples.trade import Cash
-        picked = self.services.vault.select(Cash, self.amount)
+        from greenflow.ledger.finance import select_cash
+        from greenflow.samples.trade import money
+        picked = select_cash(self.services, money(self.amount))
         if self.hold:
             self.sleep(self.hold)
         return [s.ref for s in picked]

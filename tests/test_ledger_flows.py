@@ -59,7 +59,7 @@ def test_a_transaction_changed_after_it_was_signed_is_refused_by_the_signer(tn):
     [paper] = prepare_trades(tn, 1)
     [coin] = tn.buyer.services.vault.query(Cash)
     stx = sign(tn.buyer, trade_transaction(tn, paper, coin))
-    inflated = dataclasses.replace(stx.tx.outputs[1], amount=1_000_000)
+    inflated = dataclasses.replace(stx.tx.outputs[1], quantity=1_000_000)
     tampered = SignedTransaction(dataclasses.replace(stx.tx, outputs=(stx.tx.outputs[0], inflated)),
                                  stx.sigs)
     assert tampered.id != stx.id

@@ -46,8 +46,8 @@ def test_concurrent_flows_select_different_coins_and_a_third_is_told_what_is_loc
     greedy = hold(tn, 2 * COIN, seconds=0)
     with pytest.raises(InsufficientBalance) as err:
         greedy.result()
-    assert f"cannot select {2 * COIN} in Cash: {COIN} is free ({2 * COIN} more is locked by other flows)" \
-        in str(err.value)
+    assert (f"cannot select {2 * COIN:,}.00 GBP in Cash: {COIN:,}.00 GBP is free ({2 * COIN:,}.00 GBP more "
+            "is locked by other flows)") in str(err.value)
 
 
 def test_the_coins_a_flow_held_are_selectable_again_once_it_ends(tn):
@@ -78,4 +78,4 @@ def test_locks_and_free_coins_are_the_same_after_a_restart(tn):
     tn.net.run_network()
     assert set(tn.buyer.node.handle(a.id).result()) == set(locked)
     assert tn.buyer.services.vault.locks() == {}
-    assert sum(s.state.amount for s in tn.buyer.services.vault.query(Cash)) == 3 * COIN
+    assert sum(s.state.amount.quantity for s in tn.buyer.services.vault.query(Cash)) == 3 * COIN * 100

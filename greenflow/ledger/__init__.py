@@ -6,19 +6,21 @@ nodes is registered with the safe wire encoding (`greenflow.wire`).
 """
 from __future__ import annotations
 
+from .amounts import Amount, Issued, TokenMismatch
 from .contracts import (Command, CommandData, Contract, contract_for, contract_name,
-                        register_contract, require_that)
+                        register_contract, require_linear_ids_kept, require_that)
 from .crypto import (KeyFileError, KeyPair, SecureHash, load_keypair, load_or_create_keypair,
                      save_keypair, verify)
 from .errors import ContractViolation, SignatureError, TransactionVerificationError
 from .recording import StatesToRecord
-from .states import ContractState, StateAndRef, StateRef
+from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
 from .time_window import TimeWindow
 from .transactions import (LedgerTransaction, SignedTransaction, TransactionBuilder,
                            TransactionSignature, WireTransaction)
 
-__all__ = ["StatesToRecord", "TimeWindow"]
-__all__ += [
+__all__ = [
+    "Amount", "Issued", "LinearState", "StatesToRecord", "TimeWindow", "TokenMismatch",
+    "UniqueIdentifier", "require_linear_ids_kept",
     "Command", "CommandData", "Contract", "ContractState", "ContractViolation", "KeyFileError",
     "KeyPair", "LedgerTransaction", "SecureHash", "SignatureError", "SignedTransaction",
     "StateAndRef", "StateRef", "TransactionBuilder", "TransactionSignature",

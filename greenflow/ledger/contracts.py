@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Command", "CommandData", "Contract", "ContractViolation", "contract_for", "contract_name",
-    "register_contract", "require_that",
+    "register_contract", "require_linear_ids_kept", "require_that",
 ]
 
 
@@ -110,3 +110,27 @@ def require_that(condition: Any, message: str) -> None:
     if not condition:
         raise ContractViolation(message)
 
+
+
+def require_linear_ids_kept(tx: LedgerTransaction, state_type: type) -> list[tuple[Any, Any]]:
+    """The rule of an agreement that evolves: every input of ``state_type`` (a
+    `LinearState`) has exactly one output with its ``linear_id``, and no output repeats an
+    id. Outputs with ids no input has are new agreements. Returns the (input, output)
+    pairs, for the contract's other rules (what may change between versions)."""
+    ins, outs = tx.inputs_of_type(state_type), tx.outputs_of_type(state_type)
+    by_id: dict[Any, Any] = {}
+    for out in outs:
+        require_that(out.linear_id not in by_id,
+                     f"no two {state_type.__name__} outputs share the linear id {out.linear_id}")
+        by_id[out.linear_id] = out
+    seen: set = set()
+    pairs = []
+    for inp in ins:
+        lid = inp.linear_id
+        require_that(lid not in seen, f"no two {state_type.__name__} inputs share the linear id {lid}")
+        seen.add(lid)
+        out = by_id.get(lid)
+        require_that(out is not None,
+                     f"the {state_type.__name__} with linear id {lid} is kept: an output carries it on")
+        pairs.append((inp, out))
+    return pairs

@@ -6,8 +6,9 @@ position among that transaction's outputs, so it is unique and never reused.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Optional
 
 from ..party import Party
 from ..wire import register_wire_type
@@ -16,7 +17,7 @@ from .crypto import SecureHash
 if TYPE_CHECKING:
     from .contracts import Contract
 
-__all__ = ["ContractState", "StateAndRef", "StateRef"]
+__all__ = ["ContractState", "LinearState", "StateAndRef", "StateRef", "UniqueIdentifier"]
 
 
 class ContractState:
@@ -29,9 +30,9 @@ class ContractState:
 
         @serializable
         @dataclass(frozen=True)
-        class Cash(ContractState):
-            contract = "samples.trade.CashContract"
-            amount: int
+        class Iou(ContractState):
+            contract = "myapp.IouContract"
+            amount: Amount
             owner: Party
 
             @property
@@ -46,6 +47,52 @@ class ContractState:
         """The parties that record this state in their vaults when it is created or
         consumed (every one of them gets the transaction in finality)."""
         raise NotImplementedError(f"{type(self).__qualname__} must define participants")
+
+
+@dataclass(frozen=True)
+class UniqueIdentifier:
+    """The identity of an agreement that lives through many transactions: each evolution
+    of a `LinearState` is a new state with the same ``linear_id``. ``external_id`` is an
+    optional name from outside the ledger (a trade reference); ``id`` makes it unique.
+
+    Inside a flow give ``id`` from the flow (``UniqueIdentifier("REF-1", self.uuid())``):
+    a fresh ``uuid4()`` drawn by flow code would differ when the flow is replayed."""
+
+    external_id: Optional[str] = None
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+    def __str__(self) -> str:
+        return f"{self.external_id}_{self.id}" if self.external_id else str(self.id)
+
+    def __lt__(self, other: "UniqueIdentifier") -> bool:
+        return self.id < other.id
+
+    @classmethod
+    def from_string(cls, text: str) -> "UniqueIdentifier":
+        """What `str` gives back: ``"EXT_uuid"`` or a bare uuid."""
+        ext, sep, rest = text.rpartition("_")
+        return cls(ext if sep else None, uuid.UUID(rest))
+
+
+class LinearState(ContractState):
+    """A state that evolves: a loan, a deal under negotiation. Every version carries the
+    same ``linear_id``, so the vault finds the current one by it and a contract can insist
+    each input has exactly one successor (`require_linear_ids_kept`)::
+
+        @serializable
+        @dataclass(frozen=True)
+        class Deal(LinearState):
+            contract = DealContract
+            terms: str
+            parties: tuple[Party, ...]
+            linear_id: UniqueIdentifier
+
+            @property
+            def participants(self) -> list[Party]:
+                return list(self.parties)
+    """
+
+    linear_id: UniqueIdentifier
 
 
 @dataclass(frozen=True, order=True)
@@ -71,5 +118,6 @@ class StateAndRef:
         return f"StateAndRef({self.state!r}, {self.ref.tx_id.short}({self.ref.index}))"
 
 
+register_wire_type(UniqueIdentifier)
 register_wire_type(StateRef)
 register_wire_type(StateAndRef)

@@ -4,8 +4,9 @@
 |----------------|------------------------------|----------------------------------------------|
 | vault_txs      | transaction id (32 bytes)    | the `SignedTransaction` (wire encoding)       |
 | vault_states   | state ref (id + index)       | an unconsumed state of ours (`StateAndRef`)   |
-| vault_consumed | state ref                    | id of the transaction that consumed it        |
+| vault_consumed | state ref                    | id of the transaction that consumed it, and when (µs) |
 | vault_locks    | state ref                    | id of the flow that soft-locked it            |
+| vault_by_*, vault_types | see `greenflow.ledger.vault_query` | the query indexes (type, linear id, external id) |
 
 Transactions are recorded whole: every dependency a node resolved, and every
 transaction it took part in. Only states the node is a participant of enter the
@@ -30,9 +31,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import operator
 import struct
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
 from .. import wire
 from ..errors import FlowError, FlowException
@@ -40,10 +42,14 @@ from ..services import journaled, register_service_factory
 from ..traps import current_runtime_or_none
 from .app_db import AppDb
 from .crypto import SecureHash
-from .states import ContractState, StateAndRef, StateRef
+from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
 from .transactions import SignedTransaction
+from . import vault_query as vq
+from .vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
+                          VaultUpdate)
 
-__all__ = ["InsufficientBalance", "StatesLocked", "Vault", "ref_key"]
+__all__ = ["DataFeed", "Feed", "InsufficientBalance", "Page", "PageSpecification", "QueryCriteria",
+           "Sort", "StateStatus", "StatesLocked", "Vault", "VaultUpdate", "ref_key"]
 
 log = logging.getLogger("greenflow.ledger.vault")
 
@@ -112,6 +118,7 @@ class Vault:
             sar = _unpack(raw)
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
             self._free.setdefault(type(sar.state), {})[sar.ref] = sar
+        self._open_indexes(store)
         stale: list[bytes] = []
         for key, fid in store.iter_db("vault_locks"):
             flow_id = fid.decode()
@@ -124,6 +131,69 @@ class Vault:
                 for key in stale:
                     batch.delete("vault_locks", key)
         node.scheduler.flow_end_listeners.append(self._on_flow_end)
+
+    # ------------------------------------------------------------------ query indexes
+    def _open_indexes(self, store: Any) -> None:
+        for name in vq.INDEX_DBS:
+            store.ensure_db(name)
+        self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
+        self._engine = vq.QueryEngine(self._index, self._load_state,
+                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)),
+                                      self._notary_key, self._locks.get)
+        self._type_ids = self._index.type_ids()
+        self._types = set(self._type_ids)
+        self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
+        self._feeds: list[Feed] = []
+        self._next_seq = self._index.next_seq()
+        if not self._types and self._unconsumed:
+            # A vault recorded before the indexes existed: index what it holds (recorded
+            # time unknown: 0), once.
+            with self._node.services.writes() as batch:
+                for by_type in self._unconsumed.values():
+                    for sar in by_type.values():
+                        self._index_state(batch, sar, ref_key(sar.ref), 0)
+
+    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
+        """Append ``sar`` to the type index (and the linear-id indexes, for a
+        `LinearState`): every recorded state passes here, so it does little per call."""
+        state = sar.state
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        cls = type(state)
+        known = self._type_keys.get(cls)
+        if known is None:
+            tname = vq.type_name(cls)
+            tid = self._type_ids.get(tname)
+            if tid is None:
+                tid = self._type_ids[tname] = max(self._type_ids.values(), default=0) + 1
+                self._types.add(tname)
+                self._index.put(batch, "vault_types", tname.encode(), vq._TID.pack(tid))
+            known = self._type_keys[cls] = (tid, vq.type_prefix(tid), issubclass(cls, LinearState))
+        tid, prefix, linear = known
+        entry = key + vq._REC.pack(recorded_us)  # see vault_query.pack_entry
+        self._index.put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), entry)
+        if linear:
+            lid = state.linear_id
+            if isinstance(lid, UniqueIdentifier):
+                entry += vq._TID.pack(tid)
+                self._index.put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
+                if lid.external_id is not None:
+                    self._index.put(batch, "vault_by_external",
+                                    vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
+
+    def _notary_key(self, ref: StateRef) -> bytes:
+        stx = self.transaction(ref.tx_id)
+        notary = stx.tx.notary if stx is not None else None
+        return notary.owning_key if notary is not None else b""
+
+    def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
+        if unconsumed:
+            for by_type in self._unconsumed.values():
+                sar = by_type.get(ref)
+                if sar is not None:
+                    return sar.state
+        found = self.state(ref)
+        return found.state if found is not None else None
 
     # ------------------------------------------------------------------ transactions
     @journaled
@@ -143,13 +213,18 @@ class Vault:
 
     def _apply(self, batch: Any, stx: SignedTransaction, all_visible: bool = False) -> None:
         tx = stx.tx
+        now_us = int(self._node.clock.now() * 1_000_000)
+        consumed: list[StateAndRef] = []
+        produced: list[StateAndRef] = []
         for ref in tx.inputs:
             key = ref_key(ref)
             for cls, by_type in self._unconsumed.items():
-                if by_type.pop(ref, None) is not None:
+                gone = by_type.pop(ref, None)
+                if gone is not None:
                     self._free.get(cls, {}).pop(ref, None)
                     batch.delete("vault_states", key)
-                    self._consumed.put(batch, key, stx.id.value)
+                    self._consumed.put(batch, key, vq.consumed_value(stx.id.value, now_us))
+                    consumed.append(gone)
                     break
         for index, state in enumerate(tx.outputs):
             if not all_visible and not self._is_ours(state):
@@ -164,6 +239,10 @@ class Vault:
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
             batch.put("vault_states", key, _pack(sar))
+            self._index_state(batch, sar, key, now_us)
+            produced.append(sar)
+        if self._feeds and (consumed or produced):
+            self._publish(tx.notary, consumed, produced)
 
     def _is_ours(self, state: ContractState) -> bool:
         return any(p.owning_key == self._me for p in state.participants)
@@ -207,6 +286,56 @@ class Vault:
             return [sar for sar in self._candidates(state_type, where)
                     if include_locked or not self._locked_by_other(sar.ref, None)]
 
+    @journaled
+    def query_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
+                 sorting: Optional[Sort] = None) -> Page:
+        """The states ``criteria`` selects (by default: every unconsumed state), a page
+        at a time, with their metadata and the total count. Uses the store's indexes by
+        type, linear id and external id, so it reads only the states it may return.
+        Without ``paging``, more results than `DEFAULT_PAGE_SIZE` is a `VaultQueryError`
+        (results are never cut short silently)."""
+        with self._lock:
+            return self._engine.query(criteria or QueryCriteria(), paging, sorting)
+
+    def track_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
+                 sorting: Optional[Sort] = None) -> DataFeed:
+        """`query_by` now, and a `Feed` of every later change to states the criteria
+        select (for clients and tests outside flows: a feed cannot be checkpointed).
+        Close the feed when done."""
+        if current_runtime_or_none() is not None:
+            raise FlowError("Vault.track_by feeds clients outside flows; a flow uses query_by")
+        criteria = criteria or QueryCriteria()
+        with self._lock:
+            feed = Feed(criteria, self._node.store, self._untrack)
+            self._feeds.append(feed)
+            return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+
+    def query_json(self, params: dict) -> dict:
+        """`query_by` with text parameters, answered as JSON (``GET /vault/states``:
+        see `vault_query.query_params`)."""
+        return vq.query_params(self, params)
+
+    def track_json(self, params: dict) -> tuple[dict, Any]:
+        """`track_by` with text parameters: the snapshot as JSON and a feed whose
+        ``next(timeout)`` gives each update as JSON (``GET /vault/updates``)."""
+        return vq.track_params(self, params)
+
+    def _untrack(self, feed: Feed) -> None:
+        with self._lock:
+            if feed in self._feeds:
+                self._feeds.remove(feed)
+
+    def _publish(self, notary: Any, consumed: list[StateAndRef], produced: list[StateAndRef]) -> None:
+        nkey = notary.owning_key if notary is not None else b""
+        stamp = self._node.store.commits
+        for feed in list(self._feeds):
+            c = feed.criteria
+            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
+            new = () if c.status is StateStatus.CONSUMED else tuple(
+                s for s in produced if vq.update_matches(c, s, nkey))
+            if gone or new:
+                feed._push(VaultUpdate(gone, new), stamp)
+
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
             return any(ref in by_type for by_type in self._unconsumed.values())
@@ -230,20 +359,24 @@ class Vault:
 
     # ------------------------------------------------------------------ soft locks
     @journaled
-    def select(self, state_type: type[S], amount: int, *, amount_of: str = "amount",
+    def select(self, state_type: type[S], amount: Any, *,
+               amount_of: Union[str, Callable[[S], Any]] = "amount",
                where: Optional[Callable[[S], bool]] = None) -> list[StateAndRef]:
-        """Pick unlocked unconsumed states of ``state_type`` until their ``amount_of``
-        adds up to ``amount`` or more, and soft-lock them for the calling flow
-        (`InsufficientBalance` when there is not enough)."""
+        """Pick unlocked unconsumed states of ``state_type`` until their ``amount_of`` (an
+        attribute name, or a function of the state) adds up to ``amount`` or more, and
+        soft-lock them for the calling flow (`InsufficientBalance` when there is not
+        enough). Values are ints or anything that adds and compares with ``amount``, such
+        as an `Amount` of one token."""
         fid = self._flow_id("Vault.select")
+        value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
         with self._lock:
-            picked = self._pick_free(state_type, amount, amount_of, where, fid)
+            picked = self._pick_free(state_type, amount, value_of, where, fid)
             if picked is None:
-                picked = self._pick_scanning(state_type, amount, amount_of, where, fid)
+                picked = self._pick_scanning(state_type, amount, value_of, where, fid)
             self._lock_refs([s.ref for s in picked], fid)
             return picked
 
-    def _pick_free(self, state_type: type, amount: int, amount_of: str,
+    def _pick_free(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                    where: Optional[Callable[[Any], bool]], fid: str) -> Optional[list[StateAndRef]]:
         """The common case: states nobody has locked add up. None sends `select` to the
         full scan: when they do not (the scan finds locks whose flow is gone, and names
@@ -252,28 +385,30 @@ class Vault:
         if fid in self._locks_by_flow:
             return None
         picked: list[StateAndRef] = []
-        total = 0
+        total = None
         for sar in self._candidates(state_type, where, self._free):
             picked.append(sar)
-            total += getattr(sar.state, amount_of)
+            value = value_of(sar.state)
+            total = value if total is None else total + value
             if total >= amount:
                 return picked
         return None
 
-    def _pick_scanning(self, state_type: type, amount: int, amount_of: str,
+    def _pick_scanning(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                        where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
         picked: list[StateAndRef] = []
-        total = locked = 0
+        zero = amount - amount  # 0, or an Amount of nothing in amount's token
+        total = locked = zero
         for sar in self._candidates(state_type, where):
-            value = getattr(sar.state, amount_of)
+            value = value_of(sar.state)
             if self._locked_by_other(sar.ref, fid):
-                locked += value
+                locked = locked + value
                 continue
             picked.append(sar)
-            total += value
+            total = total + value
             if total >= amount:
                 break
-        if total < amount:
+        if not total >= amount:
             raise InsufficientBalance(
                 f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
                 f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
