@@ -30,9 +30,11 @@ def assert_idle_and_clean(g: greenlet.greenlet, pool: Optional[list]) -> None:
     if pool is not None:
         assert any(p is g for p in pool)
     assert g and g.gf_runtime is None and g.gr_context is None
-    frame = g.gr_frame
-    assert frame.f_code is traps._serve.__code__ and frame.f_back is None
-    assert {k: v for k, v in dict(frame.f_locals).items() if k != "current"} == \
+    wait = g.gr_frame
+    assert wait.f_code is traps._wait.__code__ and dict(wait.f_locals) == {"res": None}
+    serve = wait.f_back
+    assert serve.f_code is traps._serve.__code__ and serve.f_back is None
+    assert {k: v for k, v in dict(serve.f_locals).items() if k != "current"} == \
         {"rt": None, "res": None}
 
 
