@@ -467,9 +467,10 @@ def run(ctx: Any) -> SuiteResult:
                      "greenflow's ping-pong (two LMDB stores, 3 commits each per wave, "
                      f"{sum(p + d for _db, p, _s, d in FLOOR_OPS)} puts/deletes per flow) with "
                      "no runtime at all: a bound no durable runtime on LMDB in Python can beat")
-    tbl.notes.append("design floor: the least the design itself costs (a greenlet per flow, a "
-                     "C-pickled journal per suspension, msgpack messages released after synced "
-                     "LMDB group commits) as an ~80-line skeleton with none of greenflow's code "
+    tbl.notes.append("design floor: the least the design itself costs (a greenlet per flow in "
+                     "flight, reused once its flow ends, a C-pickled journal per suspension, "
+                     "msgpack messages released after synced LMDB group commits) as an ~80-line "
+                     "skeleton with none of greenflow's code "
                      "and none of its guarantees beyond that (benchmarks/design_floor.py): a "
                      "bound no greenlet-and-checkpoint runtime in CPython can beat")
 

@@ -34,7 +34,7 @@ from .payloads import stored_payload
 from .party import Party
 from .registry import app_name_of, initiating_info, qualified_name
 from .session import FlowSession, PeerFlowInfo
-from .traps import Diverged, FlowGreenlet, Unwind, switch_to_scheduler
+from .traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
 
 if TYPE_CHECKING:
     from .flow_logic import FlowLogic
@@ -203,11 +203,12 @@ class FlowRuntime:
 
     # ------------------------------------------------------------------ running
     def start_greenlet(self) -> FlowGreenlet:
-        """A new greenlet for this flow; start it with ``switch(runtime)``."""
+        """A greenlet for this flow (a pooled one of a finished flow, or a new one); start
+        it with ``switch(runtime)``."""
         self.cursor = 0
         self.session_counter = 0
         self.subflows = ()
-        self.greenlet = FlowGreenlet(FlowRuntime._main, self)
+        self.greenlet = flow_greenlet(self, getattr(self.sched, "idle_greenlets", None))
         return self.greenlet
 
     def _main(self) -> tuple:

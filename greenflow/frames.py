@@ -24,6 +24,8 @@ from inspect import CO_OPTIMIZED
 from types import FrameType
 from typing import Any, Iterable, Optional
 
+import greenlet
+
 from . import serialization
 
 #: A name is sensitive when it contains one of these (any case): ``db_password``,
@@ -43,6 +45,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # Runtime modules whose frames are plumbing, not the flow's own code.
 _INTERNAL = {os.path.join(_HERE, f) for f in (
     "traps.py", "flow_runtime.py", "session.py", "flow_logic.py", "progress.py")}
+_GREENLET_DIR = os.path.join(os.path.dirname(os.path.abspath(greenlet.__file__)), "")
 
 _repr = reprlib.Repr()
 _repr.maxstring = 120
@@ -202,8 +205,10 @@ _internal_cache: dict[str, bool] = {}
 def _is_internal(filename: str) -> bool:
     v = _internal_cache.get(filename)
     if v is None:
-        v = _internal_cache[filename] = (os.path.abspath(filename) in _INTERNAL
-                                         or "greenlet" in filename)
+        path = os.path.abspath(filename)
+        # The greenlet package by its location: a user's own directory may well have
+        # "greenlet" in its name, and its frames must still show.
+        v = _internal_cache[filename] = (path in _INTERNAL or path.startswith(_GREENLET_DIR))
     return v
 
 

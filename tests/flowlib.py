@@ -823,3 +823,52 @@ class ExecSuspended(Ask):
         ns = {"session": self.open(), "kept": "still here"}
         exec("answer = session.receive(int)", ns)
         return ns["answer"], ns["kept"], sorted(k for k in ns if not k.startswith("__"))
+
+
+# ====================================================================== greenlet reuse
+TRACE = None   # a ContextVar, made on first use (see Traced)
+
+
+class Marker:
+    """A local a flow holds while it waits: weakly referenced by the tests, which check
+    that nothing keeps it once the flow is gone."""
+
+
+class Traced(Ask):
+    """Records the greenlet it runs on, weak references to itself and to a local, what a
+    context variable and the exception state hold when it starts, then asks Bob. With
+    ``swallow`` it catches even its own unwinding and tries to carry on."""
+
+    def __init__(self, peer: Party, command: Any = "echo", swallow: bool = False):
+        super().__init__(peer, command)
+        self.swallow = swallow
+
+    def call(self) -> Any:
+        import contextvars
+        import sys
+        import weakref
+
+        import greenlet
+
+        global TRACE
+        if TRACE is None:
+            TRACE = contextvars.ContextVar("trace")
+        marker = Marker()
+        STATE.setdefault("traced", []).append({
+            "greenlet": greenlet.getcurrent(), "flow": weakref.ref(self),
+            "local": weakref.ref(marker), "context": TRACE.get(None),
+            "exc_info": sys.exc_info()})
+        TRACE.set(self)
+        if self.command == "fail":
+            raise ValueError("failed as asked")
+        session = self.open()
+        try:
+            return session.receive(int)
+        except BaseException:
+            try:
+                session.send(f"bye from {marker!r}")   # refused while it is unwound
+            except FlowError:
+                STATE["unwinding"].append("refused")
+            if self.swallow:
+                return "survived"
+            raise

@@ -147,3 +147,19 @@ def test_frame_capture_leaves_an_exec_namespace_it_suspends_in_alone(net):
     alice, bob = pair(net)
     h = run(net, alice, ExecSuspended(bob.party))
     assert h.result() == (42, "still here", ["answer", "kept", "session"])
+
+
+def test_frames_of_code_in_a_directory_named_like_greenlet_are_the_flows_own(tmp_path):
+    # Only the greenlet package's own files are plumbing; a project directory that merely
+    # has "greenlet" in its name holds the flow's code, whose frames a dump must show.
+    import sys
+
+    from greenflow import frames
+
+    path = str(tmp_path / "my-greenlet-app" / "flows.py")
+    namespace: dict = {"sys": sys}
+    exec(compile("def where(note):\n    return sys._getframe()\n", path, "exec"), namespace)
+    where = namespace["where"]
+    snap = frames.capture(where("waiting for Bob"), stop_code=where.__code__)
+    assert [(f["function"], f["file"]) for f in snap] == [("where", path)]
+    assert frames.public(snap)[0]["locals"]["note"] == "'waiting for Bob'"
