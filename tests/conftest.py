@@ -16,6 +16,12 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
+# Child Pythons the tests start (node processes, the CLI, `python -c` scripts) must import
+# the greenflow this run imported, never the bare package of a checkout they happen to be
+# started in (it has no greenflow.samples or greenflow.cli): like `python -P`, do not put
+# the current directory or the script's directory first on their path.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 from greenflow.testing import MockNetwork  # noqa: E402
 
 # Every flow test runs twice: flows kept in memory between suspensions, and flows

@@ -22,7 +22,7 @@ from greenflow.rpc_client import RpcClient
 from greenflow.store import Batch, fid_key
 from greenflow.testing import MockNetwork
 from greenflow.testing.node_processes import ProcessNetwork
-from samples.ping import Ping
+from greenflow.samples.ping import Ping
 
 
 def _duplicate_frames_from(node, sender_name: str) -> None:

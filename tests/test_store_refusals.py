@@ -17,6 +17,8 @@ import time
 import lmdb
 import pytest
 
+import greenflow
+
 from greenflow import store_guard
 from greenflow.bootstrap import free_port, init_node
 from greenflow.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
@@ -25,7 +27,9 @@ from greenflow.rpc_client import RpcClient, RpcClientError
 from greenflow.testing.node_processes import ProcessNetwork
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# Where this run's greenflow comes from (site-packages, or the checkout of an editable
+# install): the node processes must import the same one.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
 APPS = ["samples.ping", "procflows"]
 
 
