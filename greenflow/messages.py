@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import msgpack
 
-from .errors import WireFormatError
+from greenflow.errors import WireFormatError
 
 INIT, DATA, END, ERROR, REJECT, CONFIRM, INFO_REQ = 1, 2, 3, 4, 5, 6, 7
 KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection",

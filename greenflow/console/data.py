@@ -11,14 +11,14 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from .. import frames as frames_mod
-from .. import serialization
-from ..errors import UnknownFlow
-from ..journal import SUSPENDING, Entry, describe
-from ..metrics import peer_stats, store_bytes, store_file_bytes
-from ..node import shown_status, suspended_on
-from ..status import FlowStatus
-from ..store import load_result
+from greenflow.runtime import snapshots as frames_mod
+from greenflow import serialization
+from greenflow.errors import UnknownFlow
+from greenflow.runtime.journal import SUSPENDING, Entry, describe
+from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
+from greenflow.node.node import shown_status, suspended_on
+from greenflow.status import FlowStatus
+from greenflow.storage.store import load_result
 
 PAGE_SIZE = 50
 # The flow list reads at most this many stored flows (and as many finished ones),
@@ -367,7 +367,7 @@ def vault_overview(node: Any, query: dict) -> dict:
         services = node.services
         vault = services._extra.get("vault")
         if vault is None:
-            from ..services import _FACTORIES
+            from greenflow.node.services import _FACTORIES
             if "vault" in _FACTORIES:
                 vault = services.get("vault")
         if vault is None:

@@ -13,10 +13,10 @@ import uuid as _uuid
 from datetime import datetime
 from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 
-from .party import Party
-from .progress import ProgressTracker
-from .session import FlowSession
-from .traps import current_runtime
+from greenflow.party import Party
+from greenflow.flows.progress import ProgressTracker
+from greenflow.flows.session import FlowSession
+from greenflow.runtime.traps import current_runtime
 
 R = TypeVar("R")
 

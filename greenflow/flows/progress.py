@@ -2,7 +2,7 @@
 
 A flow class declares ``progress_tracker = ProgressTracker(STEP_A, STEP_B)`` as a class
 attribute; `FlowLogic` gives every instance its own copy (see
-`greenflow.flow_logic`), so two concurrent flows never share a current step. A sub-flow's
+`greenflow.flows.flow_logic`), so two concurrent flows never share a current step. A sub-flow's
 tracker nests under the step its parent is on: the node shows the whole path
 (``"Offering / Collecting signatures"``).
 """
@@ -57,7 +57,7 @@ class ProgressTracker:
         self._current = step
         listener = self._listener
         if listener is None:
-            from .traps import current_runtime_or_none
+            from greenflow.runtime.traps import current_runtime_or_none
             rt = current_runtime_or_none()
             if rt is not None:
                 rt.on_progress(self)

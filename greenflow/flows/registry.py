@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any, Callable, Iterable, Optional, TypeVar, overload
 
-from .errors import FlowError
+from greenflow.errors import FlowError
 
 log = logging.getLogger("greenflow.registry")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Type, TypeVar, Union
 
-from .party import Party
-from .traps import current_runtime
+from greenflow.party import Party
+from greenflow.runtime.traps import current_runtime
 
 T = TypeVar("T")
 

@@ -14,7 +14,7 @@ unconsumed index ("relevant" states), and only when the transaction is recorded 
 relevant (finality, issuance); dependencies fetched to check a history do not change
 what the node holds, as in Corda.
 
-Calls from flows are journaled (`greenflow.services.journaled`): a query returns on replay
+Calls from flows are journaled (`greenflow.node.services.journaled`): a query returns on replay
 what it returned live, and a write happens once, in the group commit of the flow's
 checkpoint. Reads inside a flow do not see that uncommitted batch, so the indexes flows
 read (unconsumed states, locks) live in memory and are rebuilt from LMDB when the node
@@ -36,16 +36,16 @@ import struct
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
-from .. import wire
-from ..errors import FlowError, FlowException
-from ..services import journaled, register_service_factory
-from ..traps import current_runtime_or_none
-from .app_db import AppDb
-from .crypto import SecureHash
-from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
-from .transactions import SignedTransaction
-from . import vault_query as vq
-from .vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
+from greenflow import wire
+from greenflow.errors import FlowError, FlowException
+from greenflow.node.services import journaled, register_service_factory
+from greenflow.runtime.traps import current_runtime_or_none
+from greenflow.ledger.app_db import AppDb
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.ledger.transactions import SignedTransaction
+from greenflow.ledger import vault_query as vq
+from greenflow.ledger.vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
                           VaultUpdate)
 
 __all__ = ["DataFeed", "Feed", "InsufficientBalance", "Page", "PageSpecification", "QueryCriteria",

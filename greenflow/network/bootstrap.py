@@ -12,9 +12,9 @@ import re
 import socket
 from typing import Iterable, Optional
 
-from .identity import NodeIdentity
-from .network_map import MAP_FILE, NetworkMap, NodeInfo
-from .node_config import (CONFIG_FILE, ConfigError, NodeConfig, RpcUser, hash_password,
+from greenflow.node.identity import NodeIdentity
+from greenflow.network.network_map import MAP_FILE, NetworkMap, NodeInfo
+from greenflow.network.node_config import (CONFIG_FILE, ConfigError, NodeConfig, RpcUser, hash_password,
                           new_password, write_credentials)
 
 DEFAULT_APPS = ("samples.ping",)
@@ -22,7 +22,7 @@ DEFAULT_APPS = ("samples.ping",)
 
 def dir_name(name: str) -> str:
     """The directory a node gets under a network folder: its short name, made safe."""
-    from .party import Party
+    from greenflow.party import Party
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Party(name).short_name) or "node"
 
 
@@ -56,7 +56,7 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
     write_credentials(base_dir, rpc_user, password)
     # The store exists from the start: a node directory without one has lost it, and
     # `greenflow node start` refuses it rather than start afresh (see store_guard).
-    from .store import Store
+    from greenflow.storage.store import Store
     Store(os.path.join(base_dir, "store")).close()
     if not os.path.exists(cfg.network_map_path):
         NetworkMap([NodeInfo(identity.party, p2p_address, notary)]).save(cfg.network_map_path)

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from .errors import FlowError
-from .party import Party
+from greenflow.errors import FlowError
+from greenflow.party import Party
 
 MAP_FILE = "network-map.json"
 FORMAT_VERSION = 1

@@ -48,8 +48,8 @@ from typing import Any, Optional
 import nacl.exceptions
 import nacl.pwhash
 
-from .limits import DEFAULT_MAX_INBOUND_SESSIONS
-from .network_map import MAP_FILE, NetworkMapError, format_address, parse_address
+from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
+from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_address, parse_address
 
 CONFIG_FILE = "node.toml"
 CREDENTIALS_FILE = "rpc-credentials"
@@ -101,7 +101,7 @@ class NodeConfig:
     max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS
     responder_idle_timeout: Optional[float] = None
     sensitive_names: list[str] = field(default_factory=list)
-    rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc_limits.RpcLimits
+    rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc.limits.RpcLimits
     logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
 
     def node_options(self) -> dict[str, Any]:

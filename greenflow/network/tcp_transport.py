@@ -70,12 +70,12 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from .errors import WireFormatError
-from .events import Acked, FrameArrived
-from .identity import NodeIdentity
-from .messages import MAX_FRAME_BYTES, decode_frame
-from .network_map import NetworkMap, NodeInfo, format_address
-from .party import Party
+from greenflow.errors import WireFormatError
+from greenflow.statemachine.events import Acked, FrameArrived
+from greenflow.node.identity import NodeIdentity
+from greenflow.messages import MAX_FRAME_BYTES, decode_frame
+from greenflow.network.network_map import NetworkMap, NodeInfo, format_address
+from greenflow.party import Party
 
 log = logging.getLogger("greenflow.transport")
 
@@ -411,7 +411,7 @@ def _keepalive(writer: asyncio.StreamWriter) -> None:
 
 
 class TcpTransport:
-    """A node's P2P transport (the interface `greenflow.node.Node` uses: ``node``,
+    """A node's P2P transport (the interface `greenflow.node.node.Node` uses: ``node``,
     ``send``, ``ack``, ``party``).
 
     Use: ``t = TcpTransport(identity, netmap, listen=addr); t.bind()`` (fails fast if the

@@ -12,9 +12,9 @@ import os
 
 import nacl.signing
 
-from .errors import FlowError
-from .keys import KeyPair, load_or_create_keypair
-from .party import Party
+from greenflow.errors import FlowError
+from greenflow.keys import KeyPair, load_or_create_keypair
+from greenflow.party import Party
 
 KEY_FILE = "identity.key"
 NAME_FILE = "identity.name"

@@ -14,23 +14,23 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
-from . import frames as frames_mod
-from . import serialization
-from .checkpoint import Checkpoint
-from .clock import Clock, SystemClock
-from .errors import FlowError, FlowKilled, UnknownFlow
-from .events import Call, FrameArrived
-from .flow_logic import FlowLogic
-from .flow_runtime import rebuild_flow_exception
-from .identity import NodeIdentity
-from .journal import describe
-from .limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
-from .party import Party
-from .registry import ResponderTable, qualified_name
-from .scheduler import Scheduler, new_flow_id
-from .services import ServiceHub
-from .status import FlowStatus
-from .store import Store, load_result
+from greenflow.runtime import snapshots as frames_mod
+from greenflow import serialization
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.clock import Clock, SystemClock
+from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.statemachine.events import Call, FrameArrived
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.runtime.flow_runtime import rebuild_flow_exception
+from greenflow.node.identity import NodeIdentity
+from greenflow.runtime.journal import describe
+from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
+from greenflow.party import Party
+from greenflow.flows.registry import ResponderTable, qualified_name
+from greenflow.statemachine.scheduler import Scheduler, new_flow_id
+from greenflow.node.services import ServiceHub
+from greenflow.status import FlowStatus
+from greenflow.storage.store import Store, load_result
 
 log = logging.getLogger("greenflow.node")
 
@@ -84,7 +84,7 @@ class LocalTransport:
             log.error("%s has no network transport: cannot reach %s", self.node.party.name, peer.name)
 
     def ack(self, peer_name: str, msg_ids: tuple) -> None:
-        from .events import Acked
+        from greenflow.statemachine.events import Acked
         assert self.node is not None
         if peer_name == self.node.party.name:
             self.node.scheduler.post(Acked(peer_name, msg_ids))
@@ -131,7 +131,7 @@ class Node:
         #: a validating one also verifies each transaction and its history before it signs.
         self.is_notary = notary
         if notary:
-            from .ledger.notary import install_notary  # the core imports the ledger only here
+            from greenflow.ledger.notary import install_notary  # the core imports the ledger only here
             install_notary(self, validating=validating_notary)
         self._closed = False
         self._thread: Optional[threading.Thread] = None

@@ -10,9 +10,9 @@ import functools
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
-from .party import Party
-from .store import Batch
-from .traps import current_runtime_or_none
+from greenflow.party import Party
+from greenflow.storage.store import Batch
+from greenflow.runtime.traps import current_runtime_or_none
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,7 +39,7 @@ def journaled(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 if TYPE_CHECKING:
-    from .node import Node
+    from greenflow.node.node import Node
 
 # name -> factory(node): services an app module offers every node, built on first use.
 _FACTORIES: dict[str, Callable[["Node"], Any]] = {}

@@ -16,7 +16,7 @@ import threading
 from typing import Any, Iterator, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
-from .errors import FlowError
+from greenflow.errors import FlowError
 
 API = "/api/v1"
 
@@ -54,8 +54,8 @@ class RpcClient:
         if "://" in node:
             url = node
         else:
-            from .network_map import format_address
-            from .node_config import NodeConfig, read_credentials
+            from greenflow.network.network_map import format_address
+            from greenflow.network.node_config import NodeConfig, read_credentials
             cfg = NodeConfig.load(node)
             url = "http://" + format_address(cfg.rpc_address)
             if username is None or password is None:

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
-from .errors import FlowError, NotStartable
-from .flow_logic import FlowLogic
-from .party import Party
-from .registry import SAMPLE_PREFIXES, app_module_name, is_startable, qualified_name, resolve_module
+from greenflow.errors import FlowError, NotStartable
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.party import Party
+from greenflow.flows.registry import SAMPLE_PREFIXES, app_module_name, is_startable, qualified_name, resolve_module
 
 _EMPTY = inspect.Parameter.empty
 _TRUE = {"true", "yes", "on", "1", "y"}

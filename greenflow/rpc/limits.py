@@ -34,8 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional
 
-from .log_limits import RateLimitedLog, clip
-from .node_config import ConfigError, check_password
+from greenflow.rpc.log_limits import RateLimitedLog, clip
+from greenflow.network.node_config import ConfigError, check_password
 
 log = logging.getLogger("greenflow.rpc")
 

@@ -4,7 +4,7 @@ A client controls how often a warning fires (one per failed login) and what it q
 (a user name, a path). Unbounded, that lets anyone who can reach the RPC fill the disk.
 So client text is cut and escaped before it is logged (`clip`), repeated warnings are
 summarised once per interval (`RateLimitedLog`), and ``node.log`` rotates by size
-(`greenflow.node_process.setup_logging`).
+(`greenflow.rpc.node_process.setup_logging`).
 """
 from __future__ import annotations
 

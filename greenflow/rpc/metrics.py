@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from .status import FlowStatus
+from greenflow.status import FlowStatus
 
 # Above this many stored unfinished flows, flows by status are not counted by reading
 # every checkpoint at each scrape: the gauge then gives resident flows by status and
@@ -52,7 +52,7 @@ _COUNTERS = {
 
 class NodeMetrics:
     """The metrics of one node; ``attach()`` once the node is open, ``exposition()`` per
-    scrape. ``proc`` (a `greenflow.node_process.NodeProcess`) adds transport and
+    scrape. ``proc`` (a `greenflow.rpc.node_process.NodeProcess`) adds transport and
     draining; without it (an in-process `Node`) those come from the node alone."""
 
     def __init__(self, node: Any = None, proc: Any = None) -> None:
@@ -131,7 +131,7 @@ class _Buckets:
 def _count_statuses(node: Any) -> dict[str, int]:
     """On the scheduler thread: resident flows from memory, stored ones from their
     checkpoints (unless there are too many to read at every scrape)."""
-    from . import serialization
+    from greenflow import serialization
 
     resident = node.scheduler.resident
     counts = {s.value: 0 for s in FlowStatus if not s.finished}

@@ -1,8 +1,8 @@
 """A node as an operating-system process: ``greenflow node start --dir DIR``.
 
-One process serves one node directory: the scheduler thread (`greenflow.node.Node`), the
-P2P transport thread (`greenflow.tcp_transport`) and the RPC server's threads
-(`greenflow.rpc_server`). It logs to ``DIR/node.log`` (rotated by size, ``[logging]`` in
+One process serves one node directory: the scheduler thread (`greenflow.node.node.Node`), the
+P2P transport thread (`greenflow.network.tcp_transport`) and the RPC server's threads
+(`greenflow.rpc.server`). It logs to ``DIR/node.log`` (rotated by size, ``[logging]`` in
 ``node.toml``) and to stderr. SIGTERM and
 SIGINT (Ctrl-C) stop it cleanly: RPC stops taking requests, the scheduler finishes its
 round and commits, the transport closes. ``kill -9`` loses nothing either: every state a
@@ -14,7 +14,7 @@ holds its own lock too (``store/greenflow.lock``), so neither a deleted ``node.p
 second node directory whose ``store/`` links to this one lets two processes share a store.
 
 At start the store must be there (``node init`` made it) and sound (see
-`greenflow.store_guard`), unless ``--new-store`` allows a new, empty one. Exit statuses
+`greenflow.storage.store_guard`), unless ``--new-store`` allows a new, empty one. Exit statuses
 (`EXIT_*`): 0 stopped cleanly; 1 could not start (port taken, directory or store in use,
 app missing); 2 bad configuration; 3 store refused at start (missing, damaged, newer
 format); 4 the store failed while running (disk full, I/O error): nothing uncommitted
@@ -36,12 +36,12 @@ from typing import Any, Optional
 
 import lmdb
 
-from . import store_guard
-from .errors import FlowError, StoreError, StoreLocked, StoreRefused
-from .identity import NodeIdentity
-from .network_map import NetworkMap, format_address
-from .node import Node
-from .node_config import NodeConfig
+from greenflow.storage import store_guard
+from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
+from greenflow.node.identity import NodeIdentity
+from greenflow.network.network_map import NetworkMap, format_address
+from greenflow.node.node import Node
+from greenflow.network.node_config import NodeConfig
 
 log = logging.getLogger("greenflow.node_process")
 
@@ -152,7 +152,7 @@ class NodeProcess:
                  new_store: bool = False) -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.config = NodeConfig.load(self.base_dir)
-        from .rpc_limits import RpcLimits
+        from greenflow.rpc.limits import RpcLimits
         self.rpc_limits = RpcLimits.from_config(self.config.rpc)  # a bad [rpc] fails here
         self.log_rotation = log_rotation(self.config)
         self.netmap = NetworkMap.load(self.config.network_map_path)
@@ -171,8 +171,8 @@ class NodeProcess:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "NodeProcess":
-        from .rpc_server import RpcServer
-        from .tcp_transport import TcpTransport
+        from greenflow.rpc.server import RpcServer
+        from greenflow.network.tcp_transport import TcpTransport
 
         cfg = self.config
         self._lock = _PidLock(self.base_dir)
@@ -274,7 +274,7 @@ class NodeProcess:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m greenflow.node_process --dir DIR`` (what ``greenflow node start`` runs)."""
+    """``python -m greenflow.rpc.node_process --dir DIR`` (what ``greenflow node start`` runs)."""
     ap = argparse.ArgumentParser(prog="greenflow node start")
     ap.add_argument("--dir", required=True)
     ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
@@ -291,7 +291,7 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True,
     """Run a node in the foreground until SIGTERM/SIGINT. Returns the exit status
     (`EXIT_*`): a supervisor restarts or alerts on anything but 0."""
     base_dir = os.path.abspath(base_dir)
-    from .gc_tuning import tune
+    from greenflow.node.gc_tuning import tune
     tune()  # a node process holds many flows: collect less often (see gc_tuning)
     try:
         proc = NodeProcess(base_dir, rpc=rpc, new_store=new_store)

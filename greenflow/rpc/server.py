@@ -2,10 +2,10 @@
 
 Every request needs HTTP basic authentication against a user of ``node.toml``, whose
 password is stored as a PyNaCl ``pwhash`` (Argon2id) hash. Checking that hash costs about
-0.1 s and 64 MB by design, so `greenflow.rpc_limits.LoginGuard` remembers successful
+0.1 s and 64 MB by design, so `greenflow.rpc.limits.LoginGuard` remembers successful
 checks (keyed by a SHA-256, never the password), runs one at a time and backs off
 clients that keep failing. The server, its worker pool and its limits are in
-`greenflow.rpc_limits`.
+`greenflow.rpc.limits`.
 
 Requests run on the server's own threads; they reach flows only through the `Node` API
 (which hands work to the scheduler thread), never by touching flow state themselves.
@@ -27,17 +27,17 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from .console import ConsoleApp, is_console_path
-from .errors import FlowError, FlowKilled, NotStartable, UnknownFlow
-from .flow_logic import FlowLogic
-from .network_map import NetworkMapError, format_address
-from .node import FlowHandle
-from .flow_start import (FlowArgumentError, FlowTargetError, bind_arguments, instantiate,
+from greenflow.console import ConsoleApp, is_console_path
+from greenflow.errors import FlowError, FlowKilled, NotStartable, UnknownFlow
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.network.network_map import NetworkMapError, format_address
+from greenflow.node.node import FlowHandle
+from greenflow.rpc.flow_start import (FlowArgumentError, FlowTargetError, bind_arguments, instantiate,
                          requested_class_name, resolve_startable)
-from .log_limits import RateLimitedLog, clip
-from .party import Party
-from .registry import qualified_name
-from .rpc_limits import BoundedHTTPServer, LimitExceeded, LoginGuard, RpcLimits, parse_json_body
+from greenflow.rpc.log_limits import RateLimitedLog, clip
+from greenflow.party import Party
+from greenflow.flows.registry import qualified_name
+from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, LoginGuard, RpcLimits, parse_json_body
 
 log = logging.getLogger("greenflow.rpc")
 
@@ -111,7 +111,7 @@ def may_start_some(user: Any) -> bool:
 
 def resolve_flow_class(path: Any, apps: Optional[list[str]]) -> type:
     """``module.Class`` or ``module:Class`` -> the class, which must be a `FlowLogic` in
-    one of the node's apps and ``@startable`` (`greenflow.flow_start`, shared with the
+    one of the node's apps and ``@startable`` (`greenflow.rpc.flow_start`, shared with the
     command line; nothing outside the apps is imported)."""
     try:
         return resolve_startable(path, apps=apps, node=True)
@@ -122,7 +122,7 @@ def resolve_flow_class(path: Any, apps: Optional[list[str]]) -> type:
 def build_flow(cls: type, args: Any, resolve_party: Callable[[str], Party]) -> FlowLogic:
     """Instantiate ``cls`` from JSON arguments. Each value (JSON, or text as typed on a
     command line) is converted by the constructor's type hints with the CLI's rules
-    (`greenflow.flow_start`): a `Party` parameter takes a party's name."""
+    (`greenflow.rpc.flow_start`): a `Party` parameter takes a party's name."""
     if args is None:
         args = {}
     if not isinstance(args, dict):
@@ -212,7 +212,7 @@ class ProgressHub:
 
 # ---------------------------------------------------------------------- the server
 class RpcServer:
-    """Serves the RPC of one `greenflow.node_process.NodeProcess`."""
+    """Serves the RPC of one `greenflow.rpc.node_process.NodeProcess`."""
 
     def __init__(self, proc: Any, address: tuple[str, int],
                  limits: Optional[RpcLimits] = None) -> None:

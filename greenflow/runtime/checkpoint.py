@@ -6,8 +6,8 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Optional
 
-from .party import Party
-from .status import FlowStatus
+from greenflow.party import Party
+from greenflow.status import FlowStatus
 
 # Session states (our side).
 NEW, OPEN, CLOSED = 0, 1, 2

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from .registry import qualified_name
+from greenflow.flows.registry import qualified_name
 
 if TYPE_CHECKING:
-    from .flow_runtime import FlowRuntime
+    from greenflow.runtime.flow_runtime import FlowRuntime
 
 
 _FINGERPRINTS: dict[tuple, dict] = {}

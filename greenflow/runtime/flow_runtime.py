@@ -9,7 +9,7 @@ one of two ways:
   recorded entry and answered from it, with no I/O; a mismatch parks the flow
   (`NonDeterminismError`, raised by the runtime, not into flow code);
 * *live*: the request is decided now, journalled, and, if it must wait, handed to the
-  scheduler through `greenflow.traps`.
+  scheduler through `greenflow.runtime.traps`.
 
 Outcomes are interpreted the same way in both modes, so errors replay too.
 """
@@ -24,21 +24,21 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import serialization, wire
-from .checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
-from .errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
+from greenflow import serialization, wire
+from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
+from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
-from .journal import Entry, describe
-from .messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
-from .payloads import stored_payload
-from .party import Party
-from .registry import app_name_of, initiating_info, qualified_name
-from .session import FlowSession, PeerFlowInfo
-from .traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
+from greenflow.runtime.journal import Entry, describe
+from greenflow.messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
+from greenflow.storage.payloads import stored_payload
+from greenflow.party import Party
+from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
+from greenflow.flows.session import FlowSession, PeerFlowInfo
+from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
 
 if TYPE_CHECKING:
-    from .flow_logic import FlowLogic
-    from .scheduler import Scheduler
+    from greenflow.flows.flow_logic import FlowLogic
+    from greenflow.statemachine.scheduler import Scheduler
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 
@@ -241,7 +241,7 @@ class FlowRuntime:
             self.subflows = ()
 
     def sub_flow(self, flow: "FlowLogic") -> Any:
-        from .flow_logic import FlowLogic
+        from greenflow.flows.flow_logic import FlowLogic
         if not isinstance(flow, FlowLogic):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
         self.subflows = appended(self.subflows, flow)
@@ -340,7 +340,7 @@ class FlowRuntime:
 
     def _idle_deadline(self, st: SessionState) -> Optional[float]:
         """A responder waiting on the peer that started it, with no timeout of its own,
-        waits at most the node's ``responder_idle_timeout`` (`greenflow.limits`)."""
+        waits at most the node's ``responder_idle_timeout`` (`greenflow.statemachine.limits`)."""
         limits = self.sched.limits
         idle = limits.responder_idle_timeout if limits is not None else None
         if idle is None or st.sid != self.cp.invoker_sid:
@@ -535,7 +535,7 @@ class FlowRuntime:
 def rejection(peer: str, protocol: str, reason: str) -> FlowError:
     """The error a rejected session raises: the peer refused it under a limit of its own
     (`SessionRefused`), or it has nothing to answer it with (`UnknownFlow`)."""
-    from .limits import REFUSED
+    from greenflow.statemachine.limits import REFUSED
     if reason.startswith(REFUSED):
         return SessionRefused(f"{peer} refused the session for {protocol}: {reason[len(REFUSED):]}")
     return UnknownFlow(f"{peer} has no flow registered to answer {protocol}: {reason}")

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Optional
 
 import greenlet
 
-from . import serialization
+from greenflow import serialization
 
 #: A name is sensitive when it contains one of these (any case): ``db_password``,
 #: ``apiKey``, ``auth_header``, ``CLIENT_SECRET``, ``credentials`` ...
@@ -43,8 +43,10 @@ MAX_REPR = 200
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 # Runtime modules whose frames are plumbing, not the flow's own code.
-_INTERNAL = {os.path.join(_HERE, f) for f in (
-    "traps.py", "flow_runtime.py", "session.py", "flow_logic.py", "progress.py")}
+_GREENFLOW = os.path.dirname(_HERE)
+_INTERNAL = {os.path.join(_GREENFLOW, *f.split("/")) for f in (
+    "runtime/traps.py", "runtime/flow_runtime.py", "flows/session.py", "flows/flow_logic.py",
+    "flows/progress.py")}
 _GREENLET_DIR = os.path.join(os.path.dirname(os.path.abspath(greenlet.__file__)), "")
 
 _repr = reprlib.Repr()
@@ -193,8 +195,8 @@ def _plain(v: Any, depth: int) -> Optional[bool]:
 
 
 def _small_types() -> set:
-    from .party import Party
-    from .session import FlowSession
+    from greenflow.party import Party
+    from greenflow.flows.session import FlowSession
     return {Party, FlowSession}
 
 

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import greenlet
 
-from .errors import FlowError
+from greenflow.errors import FlowError
 
 if TYPE_CHECKING:
-    from .flow_runtime import FlowRuntime
-    from .journal import Entry
+    from greenflow.runtime.flow_runtime import FlowRuntime
+    from greenflow.runtime.journal import Entry
 
 
 class Unwind(greenlet.GreenletExit):

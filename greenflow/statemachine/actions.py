@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .messages import Frame
+from greenflow.messages import Frame
 
 
 @dataclass(slots=True)

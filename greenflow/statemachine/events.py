@@ -2,14 +2,14 @@
 
 Other threads (transport, RPC, external workers, the user's thread) never touch flows:
 they enqueue one of these and the scheduler thread applies it. Treated as immutable;
-slotted rather than frozen (see `greenflow.actions` for why).
+slotted rather than frozen (see `greenflow.statemachine.actions` for why).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .party import Party
+from greenflow.party import Party
 
 
 @dataclass(slots=True)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
-from .flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
-from .messages import END, ERROR, REJECT, carries_message
-from .status import FlowStatus
-from .transitions import end_reason
+from greenflow.statemachine.actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
+from greenflow.messages import END, ERROR, REJECT, carries_message
+from greenflow.status import FlowStatus
+from greenflow.statemachine.transitions import end_reason
 
 if TYPE_CHECKING:
-    from .party import Party
-    from .scheduler import Scheduler
+    from greenflow.party import Party
+    from greenflow.statemachine.scheduler import Scheduler
 
 log = logging.getLogger("greenflow.executor")
 

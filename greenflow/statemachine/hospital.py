@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import lmdb
 
-from .errors import FlowException, StoreError, TransientError
+from greenflow.errors import FlowException, StoreError, TransientError
 
 MAX_BACKOFF = 300.0
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 if TYPE_CHECKING:
-    from .flow_runtime import FlowRuntime
-    from .store import Batch, Store
+    from greenflow.runtime.flow_runtime import FlowRuntime
+    from greenflow.storage.store import Batch, Store
 
 #: Inbound sessions (responder flows not yet finished) one peer may hold open on a node.
 DEFAULT_MAX_INBOUND_SESSIONS = 10_000

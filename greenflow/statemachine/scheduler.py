@@ -27,24 +27,26 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from . import frames as frames_mod
-from . import payloads, serialization, transitions, wire
-from .checkpoint import OPEN, Checkpoint, SessionState
-from .errors import (FlowError, FlowException, StoreError, WireFormatError)
-from .events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
-from .executor import execute
-from .fingerprint import code_digest, fingerprint
-from .flow_runtime import FlowRuntime, InboxItem
-from .hospital import backoff, is_transient
-from .journal import Entry
-from .messages import INIT, REJECT, Frame, carries_message, decode_frame, encode_frame
-from .party import Party
-from .registry import ResponderTable, qualified_name
-from .session import FlowSession
-from .status import FlowStatus
-from .store import (Batch, Store, dump_result, expiry_key, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
+from greenflow.runtime import snapshots as frames_mod
+from greenflow import serialization, wire
+from greenflow.storage import payloads
+from greenflow.statemachine import transitions
+from greenflow.runtime.checkpoint import OPEN, Checkpoint, SessionState
+from greenflow.errors import (FlowError, FlowException, StoreError, WireFormatError)
+from greenflow.statemachine.events import Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows
+from greenflow.statemachine.executor import execute
+from greenflow.runtime.fingerprint import code_digest, fingerprint
+from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
+from greenflow.statemachine.hospital import backoff, is_transient
+from greenflow.runtime.journal import Entry
+from greenflow.messages import INIT, REJECT, Frame, carries_message, decode_frame, encode_frame
+from greenflow.party import Party
+from greenflow.flows.registry import ResponderTable, qualified_name
+from greenflow.flows.session import FlowSession
+from greenflow.status import FlowStatus
+from greenflow.storage.store import (Batch, Store, dump_result, expiry_key, fid_key, inbox_key, journal_key, outbox_key, parse_timer_key,
                     session_key, timer_key)
-from .traps import Unwind, recycle
+from greenflow.runtime.traps import Unwind, recycle
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -79,7 +81,7 @@ if hasattr(os, "register_at_fork"):
 
 
 class Scheduler:
-    #: What one peer may make this node hold (`greenflow.limits.PeerLimits`); set by `Node`.
+    #: What one peer may make this node hold (`greenflow.statemachine.limits.PeerLimits`); set by `Node`.
     limits: Any = None
 
     def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
@@ -135,10 +137,10 @@ class Scheduler:
         self._workers: Optional[ThreadPoolExecutor] = None
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
-        # (event, flow class) -> count, for the node's metrics (`greenflow.metrics`): a
+        # (event, flow class) -> count, for the node's metrics (`greenflow.rpc.metrics`): a
         # dict increment per flow start/end, read when metrics are scraped.
         self.flow_counts: dict[tuple[str, str], int] = {}
-        # fn(seconds, writes, suspended) after each durable commit (`greenflow.metrics`).
+        # fn(seconds, writes, suspended) after each durable commit (`greenflow.rpc.metrics`).
         self.commit_observer: Optional[Callable[[float, int, int], None]] = None
 
     # ================================================================== intake

@@ -1,7 +1,7 @@
 """Transitions: given a flow's state and an event, decide what happens.
 
 Pure decisions: they read the checkpoint, the inbox and the pending request and return
-a list of actions (see `greenflow.actions`). They import no lmdb, dill, greenlet or
+a list of actions (see `greenflow.statemachine.actions`). They import no lmdb, dill, greenlet or
 sockets, so they are tested by looking at the actions they return.
 """
 from __future__ import annotations
@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from .actions import Accept, Ack
-from .actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
-from .checkpoint import Checkpoint
-from .journal import Entry
-from .messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
+from greenflow.statemachine.actions import Accept, Ack
+from greenflow.statemachine.actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.journal import Entry
+from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
 
 
 def frame_outcome(frame: Frame) -> tuple:

@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, Iterable
 
-from .errors import FlowError
-from .messages import Frame, encode_frame
-from .store import inbox_key
+from greenflow.errors import FlowError
+from greenflow.messages import Frame, encode_frame
+from greenflow.storage.store import inbox_key
 
 if TYPE_CHECKING:
-    from .journal import Entry
-    from .store import Batch, Store
+    from greenflow.runtime.journal import Entry
+    from greenflow.storage.store import Batch, Store
 
 #: Received payloads at least this large are stored aside, once; smaller ones stay inline
 #: in the journal (one write per commit instead of one per payload).

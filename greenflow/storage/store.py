@@ -29,13 +29,13 @@ from typing import Any, Iterator, Optional
 
 import lmdb
 
-from . import serialization
-from .checkpoint import Checkpoint
-from . import store_guard
-from .errors import StoreError, StoreMissing
-from .journal import Entry
-from .status import FlowStatus
-from .page_trim import DEFAULT_BUDGET, MapTrimmer
+from greenflow import serialization
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.storage import store_guard
+from greenflow.errors import StoreError, StoreMissing
+from greenflow.runtime.journal import Entry
+from greenflow.status import FlowStatus
+from greenflow.storage.page_trim import DEFAULT_BUDGET, MapTrimmer
 
 log = logging.getLogger("greenflow.store")
 
@@ -129,7 +129,7 @@ class Store:
 
     ``create=False`` refuses to make a new store where none is (`StoreMissing`): an
     initialised node that lost its store must not start afresh (see
-    `greenflow.store_guard` for every check made at open). A writable store holds an
+    `greenflow.storage.store_guard` for every check made at open). A writable store holds an
     OS lock for as long as it is open (`StoreLocked` for a second opener)."""
 
     def __init__(self, path: str, *, sync: bool = True, readonly: bool = False,

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import lmdb
 
-from .errors import StoreCorrupt, StoreLocked, StoreMissing
+from greenflow.errors import StoreCorrupt, StoreLocked, StoreMissing
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "greenflow.lock"
