@@ -61,6 +61,8 @@ def describe(kind: str, key: tuple) -> str:
         return f"counterparty_flow_info of {key[1]}"
     if kind == "sleep":
         return f"sleep {key[0]}s"
+    if kind == "clock":
+        return "read the clock (time.time, datetime.now ...)"
     if kind in ("side_effect", "external", "service"):
         return f"{kind} {key[0]}"
     return kind
