@@ -243,6 +243,35 @@ def install() -> None:
         if real is not None and not hasattr(real, "__gf_real__"):
             setattr(_random, name, _wrap(real, _random_method(name)))
     _install_datetime()
+    _rebind_imported()
+
+
+# Modules that hold the real functions on purpose.
+_KEEP_REAL = frozenset({__name__, "greenflow.clock"})
+
+
+def _rebind_imported() -> None:
+    """Modules imported before this one may hold the real functions under their own
+    names (``from time import time``, ``from os import urandom``, ``from random import
+    randint``: PEP 8 puts such imports before greenflow's). Point those names at the
+    wrappers, which behave exactly as before outside flows. Modules imported later get
+    the wrappers anyway."""
+    swap: dict[int, tuple[Any, Any]] = {}
+    for module, names in ((_time, ("time", "time_ns")), (os, ("urandom",)),
+                          (_uuid, ("uuid1",)), (_random, _RANDOM_FUNCTIONS)):
+        for name in names:
+            w = getattr(module, name, None)
+            real = getattr(w, "__gf_real__", None)
+            if real is not None:
+                swap[id(real)] = (real, w)
+    for mod in list(sys.modules.values()):
+        d = getattr(mod, "__dict__", None)
+        if not isinstance(d, dict) or mod is _random or d.get("__name__") in _KEEP_REAL:
+            continue
+        for k, v in list(d.items()):
+            hit = swap.get(id(v))
+            if hit is not None and hit[0] is v:
+                d[k] = hit[1]
 
 
 def _install_datetime() -> None:

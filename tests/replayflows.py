@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
+
 from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, serializable
 from greenflow.ledger import (CommandData, Contract, ContractState, SignedTransaction,
                               TransactionBuilder, require_that)
@@ -172,7 +174,9 @@ class Changing(FlowLogic):
     3: expects a str instead of the first int  4: an extra send before the first receive
     5: the first receive is gone               6: returns after the first send
     7: the order's api_key changed (a deny-listed name)
-    8: the order amount comes from time.monotonic() (a clock greenflow does not replay)
+    8: the amount is a clock reading greenflow does not replay (clock_gettime)
+    9: the item is an id from a generator greenflow does not replay (libsodium's,
+       called directly)
     """
 
     def __init__(self, peer: Party, other: Party) -> None:
@@ -182,9 +186,12 @@ class Changing(FlowLogic):
         v = VARIANT["v"]
         peer = self.other if v == 2 else self.peer
         session = self.initiate_flow(peer)
-        amount = 11 if v == 1 else int(time.monotonic() * 1000) if v == 8 else 10
+        amount = 11 if v == 1 else 10
+        if v == 8:
+            amount = int(time.clock_gettime(time.CLOCK_REALTIME) * 1000)
+        item = nacl.bindings.randombytes(16).hex() if v == 9 else "apples"
         key = "k-2" if v == 7 else "k-1"
-        session.send(Order("apples", amount, key))
+        session.send(Order(item, amount, key))
         if v == 6:
             return "early"
         if v == 4:
@@ -194,7 +201,9 @@ class Changing(FlowLogic):
         else:
             first = 0
         session.send("second")
-        return first, session.receive(int)
+        result = first, session.receive(int)
+        session.send("bye")
+        return result
 
 
 @initiated_by(Changing)
@@ -208,4 +217,5 @@ class ChangingPeer(FlowLogic):
         self.session.receive(object)
         self.sleep(100)               # holds the second answer back: the initiator waits
         self.session.send(2)
+        self.session.receive(str)     # waits for the initiator's goodbye
         return order.amount if isinstance(order, Order) else 0
