@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "greenflow.cli.network",      # greenflow network bootstrap
     "greenflow.cli.node",         # greenflow node init|start|status|drain|stop
     "greenflow.cli.flow",         # greenflow flow start|list|watch|result|kill (RPC)
+    "greenflow.cli.replay",       # greenflow replay --node DIR [--apps MOD ...]
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
