@@ -139,7 +139,7 @@ def _pending_location(rt: "FlowRuntime") -> str:
 
 # ---------------------------------------------------------------------- payloads
 def _payload_detail(recorded: Entry, payload: Optional[bytes]) -> str:
-    old = recorded.outcome[1] if recorded.outcome and len(recorded.outcome) > 1 else None
+    old = recorded.sent
     if not isinstance(old, bytes) or payload is None:
         return ("the payload differs (the recorded one was too large to keep, so only its "
                 "digest is known)")

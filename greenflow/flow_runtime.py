@@ -189,7 +189,9 @@ class FlowRuntime:
             outcome = live()
         finally:
             self.raw = False
-        self.journal.append(Entry(kind, key, outcome))
+        self.journal.append(Entry(kind, key, outcome, None,
+                                  payload if payload is not None
+                                  and len(payload) <= KEEP_SENT_PAYLOAD else None))
         self.cursor += 1
         return outcome
 
@@ -447,7 +449,7 @@ class FlowRuntime:
             if st.peer_ended is not None or st.state == CLOSED:
                 return ("end", st.peer_ended or "closed by this flow")
             self._emit(st, DATA, data)
-            return ("ok", data) if len(data) <= KEEP_SENT_PAYLOAD else ("ok",)
+            return ("ok",)
 
         out = self.record("send", (st.sid, st.counterparty.name, wire.digest(data)), live, data)
         if out[0] == "end":

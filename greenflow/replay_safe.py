@@ -7,7 +7,7 @@ must come back the same on replay. Flow authors write ordinary Python
 these functions answer from the flow's journal:
 
 * **randomness** (``os.urandom``, ``secrets.*``, ``random.SystemRandom``, ``uuid4``,
-  every function of the ``random`` module) comes from a per-flow stream keyed by a
+  every function of the ``random`` module, ``random.Random()`` with no seed) comes from a per-flow stream keyed by a
   32-byte seed drawn from the OS on first use and kept in the flow's checkpoint header.
   Replaying the same code draws the same values in the same order, so nothing but the
   seed is stored, however many values a flow draws (os.urandom / secrets output is a
@@ -136,6 +136,8 @@ def clock_reading(rt: "FlowRuntime") -> float:
             v = values[-1]
         st.clock_i += 1
         return v
+    if rt.io_refused is not None and rt.cursor >= len(journal):
+        return real_time()   # being unwound (killed, hibernated): nothing is recorded
     if rt.cursor < len(journal):
         e = journal[rt.cursor]
         if e.kind != CLOCK:
@@ -238,6 +240,19 @@ def install() -> None:
     # SystemRandom (and so secrets.*) reads the OS through random._urandom.
     _random._urandom = _wrap(_real_sys_urandom, _urandom_in_flow)  # type: ignore[attr-defined]
     _uuid.uuid1 = _wrap(_real_uuid1, _uuid1_in_flow)
+    # random.Random() and random.seed() with no seed read the OS in C, past os.urandom.
+    real_seed = _random.Random.seed
+
+    def seed(self: _random.Random, a: Any = None, version: int = 2) -> None:
+        if a is None and not isinstance(self, _random.SystemRandom):
+            rt = _flow_runtime()
+            if rt is not None:
+                a = int.from_bytes(entropy(rt).bytes(32), "big")
+        real_seed(self, a, version)
+
+    seed.__gf_real__ = real_seed  # type: ignore[attr-defined]
+    seed.__doc__ = real_seed.__doc__
+    _random.Random.seed = seed  # type: ignore[method-assign]
     for name in _RANDOM_FUNCTIONS:
         real = getattr(_random, name, None)
         if real is not None and not hasattr(real, "__gf_real__"):

@@ -39,7 +39,7 @@ def draw() -> list:
             secrets.randbelow(10 ** 9), random.SystemRandom().random(),
             datetime.datetime.now(datetime.timezone.utc).isoformat(),
             datetime.datetime.utcnow().isoformat(), datetime.date.today().isoformat(),
-            random.choice("abcdefghij"), time.time()]
+            random.choice("abcdefghij"), random.Random().random(), time.time()]
 
 
 @initiating_flow
