@@ -93,6 +93,22 @@ class ManyDraws(FlowLogic):
         return 1
 
 
+class ClockInFinally(FlowLogic):
+    """Reads the clock in a ``finally`` that runs when the flow is unwound (hibernated)."""
+
+    def __init__(self, log: str) -> None:
+        self.log = log
+
+    def call(self) -> float:
+        t0 = time.time()
+        try:
+            self.sleep(1)
+        finally:
+            if time.time() > 1_700_000_100:
+                append_line(self.log, repr(time.time()))   # unwinding: the real clock
+        return t0
+
+
 # ---------------------------------------------------------------------- ledger
 class TicketContract(Contract):
     def verify(self, tx: Any) -> None:

@@ -182,3 +182,36 @@ def test_many_values_per_suspension_cost_one_small_journal_entry(tmp_path):
         assert h.result() == 1
         assert alice.node.scheduler.stats["commits"] - commits <= 2
 
+
+
+def test_names_bound_before_greenflow_was_imported_are_replay_safe_too():
+    """``from time import time`` (PEP 8 puts it before greenflow's import) still gets the
+    flow's clock inside a flow, and the real one outside."""
+    import subprocess
+    import sys
+    code = (
+        "from time import time\n"
+        "from os import urandom\n"
+        "from random import randint\n"
+        "import greenflow.flow_runtime, greenflow.replay_safe as rs, sys\n"
+        "g = sys.modules['__main__'].__dict__\n"
+        "assert all(hasattr(g[n], '__gf_real__') for n in ('time', 'urandom', 'randint')), g\n"
+        "assert abs(time() - rs.real_time()) < 5 and len(urandom(3)) == 3\n"
+        "print('ok')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_flow_unwound_while_hibernated_reads_the_real_clock_in_its_finally(tmp_path):
+    with MockNetwork(tmp_path, reload_after_suspend=True) as net:
+        alice = net.create_node("Alice")
+        h = alice.start_flow(replayflows.ClockInFinally(str(tmp_path / "finally.log")))
+        net.run_network()               # suspended, then hibernated: its finally runs
+        net.advance_clock(2)
+        net.run_network()
+        assert h.result() == 1_700_000_000.0
+        with open(tmp_path / "finally.log", encoding="utf-8") as fh:
+            readings = [float(x) for x in fh.read().split()]
+        assert readings and all(abs(r - time.time()) < 60 for r in readings)  # real, not virtual
