@@ -31,7 +31,7 @@ def command(node_dir: str, apps: tuple[str, ...]) -> None:
 
     from greenflow.errors import FlowError, StoreError
     from greenflow.identity import NAME_FILE
-    from greenflow.replay_check import replay_node
+    from greenflow.testing.replay import replay_node
 
     if not os.path.isfile(os.path.join(node_dir, NAME_FILE)):
         raise NotANodeDirectory(f"{node_dir} is not a node directory (no {NAME_FILE})")

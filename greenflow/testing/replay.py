@@ -17,19 +17,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from . import serialization, wire
-from .checkpoint import Checkpoint
-from .clock import SystemClock
-from .errors import FlowError
-from .fingerprint import code_digest
-from .flow_runtime import FlowRuntime
-from .identity import KEY_FILE, NAME_FILE
-from .journal import Entry
-from .party import Party
-from .registry import resolve_module
-from .status import FlowStatus
-from .store import Batch, Store
-from .traps import Unwind
+from .. import serialization, wire
+from ..checkpoint import Checkpoint
+from ..clock import SystemClock
+from ..errors import FlowError
+from ..fingerprint import code_digest
+from ..flow_runtime import FlowRuntime
+from ..identity import KEY_FILE, NAME_FILE
+from ..journal import Entry
+from ..party import Party
+from ..registry import resolve_module
+from ..status import FlowStatus
+from ..store import Batch, Store
+from ..traps import Unwind
 
 REPLAYS, DIVERGES, CANNOT = "replays", "diverges", "cannot replay"
 
@@ -126,8 +126,8 @@ def _load_identity(node_dir: str, name: str) -> tuple[Party, Any]:
     key_path = os.path.join(node_dir, KEY_FILE)
     if not os.path.exists(key_path):
         return Party(name), None
-    from .identity import NodeIdentity
-    from .ledger.crypto import load_or_create_keypair
+    from ..identity import NodeIdentity
+    from ..ledger.crypto import load_or_create_keypair
     ident = NodeIdentity(name, load_or_create_keypair(key_path))
     return ident.party, ident
 
@@ -150,7 +150,7 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
     party, identity = _load_identity(node_dir, name)
     store = Store(os.path.join(node_dir, "store"), readonly=True)
     try:
-        from .services import ServiceHub
+        from ..services import ServiceHub
         services = ServiceHub(_ReadOnlyNode(node_dir, party, store, identity))  # type: ignore[arg-type]
         sched = _ReplayScheduler(party, store, services)
         report = ReplayReport(name)
@@ -162,7 +162,7 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
 
 
 def _configured_apps(node_dir: str) -> list[str]:
-    from .node_config import CONFIG_FILE, NodeConfig
+    from ..node_config import CONFIG_FILE, NodeConfig
     if not os.path.exists(os.path.join(node_dir, CONFIG_FILE)):
         return []
     try:
