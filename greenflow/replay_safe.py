@@ -88,8 +88,8 @@ class FlowEntropy:
 
     __slots__ = ("key", "counter", "rng", "clock_entry", "clock_at", "clock_i")
 
-    def __init__(self, seed: bytes) -> None:
-        self.key = seed
+    def __init__(self, seed: Optional[bytes]) -> None:
+        self.key = seed   # None until the flow first draws randomness
         self.counter = 0
         self.rng: Optional[_random.Random] = None
         self.clock_entry: Optional[Entry] = None
@@ -101,34 +101,45 @@ class FlowEntropy:
         if n < 0:
             raise ValueError("negative argument not allowed")
         self.counter += 1
-        return hashlib.shake_256(self.key + self.counter.to_bytes(8, "big")).digest(n) if n else b""
+        return hashlib.shake_256(self.key + self.counter.to_bytes(8, "big")).digest(n) if n else b""  # type: ignore[operator]
 
     def random(self) -> _random.Random:
         if self.rng is None:
-            self.rng = _random.Random(hashlib.sha256(b"random module:" + self.key).digest())
+            self.rng = _random.Random(hashlib.sha256(b"random module:" + self.key).digest())  # type: ignore[operator]
         return self.rng
 
 
-def entropy(rt: "FlowRuntime") -> FlowEntropy:
+def _state(rt: "FlowRuntime") -> FlowEntropy:
     st = rt.nd
     if st is None:
+        st = rt.nd = FlowEntropy(rt.cp.seed)
+    return st
+
+
+def entropy(rt: "FlowRuntime") -> FlowEntropy:
+    """The flow's randomness; its seed is drawn on the flow's first draw (a flow that
+    never draws stores none) and kept in the checkpoint header from the next commit."""
+    st = _state(rt)
+    if st.key is None:
         seed = rt.cp.seed
-        if seed is None:   # first draw of this flow: stored with its next checkpoint
+        if seed is None:
             seed = rt.cp.seed = real_urandom(32)
-        st = rt.nd = FlowEntropy(seed)
+        st.key = seed
     return st
 
 
 def clock_reading(rt: "FlowRuntime") -> float:
     """The clock as this stretch of flow code first saw it: read live and recorded, or
     answered from the journal on replay."""
-    st = entropy(rt)
+    st = _state(rt)
     journal = rt.journal
     if st.clock_at == rt.cursor and st.clock_entry is not None:
         values = st.clock_entry.outcome[1]  # type: ignore[index]
         if st.clock_i < len(values):
             v = values[st.clock_i]
         elif rt.cursor >= len(journal) and journal and journal[-1] is st.clock_entry:
+            if rt.io_refused is not None:
+                return real_time()   # being unwound: nothing is recorded
             rt.check_io_allowed()
             v = rt.sched.clock.now()
             values.append(v)
