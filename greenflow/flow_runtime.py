@@ -231,9 +231,9 @@ class FlowRuntime:
     def start_greenlet(self) -> FlowGreenlet:
         """A new greenlet for this flow; start it with ``switch(runtime)``."""
         self.cursor = 0
+        self.nd = None    # replay from the top: the flow's values come again from the start
         self.session_counter = 0
         self.subflows = ()
-        self.nd = None
         self.greenlet = FlowGreenlet(FlowRuntime._main, self)
         return self.greenlet
 
