@@ -19,7 +19,10 @@ import pytest
 
 from greenflow.testing import assert_replays, replay_node
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import greenflow
+
+# Child Pythons import the greenflow this run imported (its tree's root on PYTHONPATH).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
 MODULE = "quote_sample"
 
 V1 = '''
@@ -173,7 +176,8 @@ def test_greenflow_replay_passes_a_compatible_change_and_reports_an_incompatible
 
 def test_replay_refuses_a_directory_that_is_not_a_node(tmp_path):
     r = subprocess.run([sys.executable, "-m", "greenflow.cli.main", "replay", "--node",
-                        str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                        str(tmp_path)], cwd=ROOT, env=_env(tmp_path), capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 2 and "is not a node directory" in r.stderr
 
 

@@ -198,9 +198,10 @@ def test_names_bound_before_greenflow_was_imported_are_replay_safe_too():
         "assert all(hasattr(g[n], '__gf_real__') for n in ('time', 'urandom', 'randint')), g\n"
         "assert abs(time() - rs.real_time()) < 5 and len(urandom(3)) == 3\n"
         "print('ok')\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import greenflow
+    root = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
-                       timeout=60)
+                       env=dict(os.environ, PYTHONPATH=root), timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
