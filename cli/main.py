@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "greenflow.cli.run",          # greenflow run sample.NAME | module:FlowClass
     "greenflow.cli.bench",        # greenflow bench [suite]
     "greenflow.cli.checkpoints",  # greenflow checkpoints dump --node DIR
+    "greenflow.cli.replay",       # greenflow replay --node DIR [--apps MOD ...]
     "greenflow.cli.network",      # greenflow network bootstrap
     "greenflow.cli.node",         # greenflow node init|start|status|drain|stop
     "greenflow.cli.flow",         # greenflow flow start|list|watch|result|kill (RPC)

@@ -354,9 +354,9 @@ class SignedTransaction:
 class TransactionBuilder:
     """Collects inputs, outputs and commands, then yields the transaction.
 
-    Inside a flow pass a ``salt`` drawn from the flow (``self.random().randbytes(32)``): the
-    default is fresh randomness, which a replayed flow would not draw again, so it would
-    build a different transaction after a restart.
+    Without a ``salt``, one is drawn with ``os.urandom``: inside a flow that is the flow's
+    journaled randomness (see ``greenflow.runtime.replay_safe``), so a flow replayed after a
+    restart builds the very same transaction; outside a flow it is fresh OS randomness.
     """
 
     def __init__(self, notary: Party | None = None, *, salt: bytes | None = None) -> None:

@@ -60,6 +60,7 @@ class Checkpoint:
     fingerprint: Optional[dict] = None       # flow classes on the stack -> code digest
     retries: int = 0                         # hospital: automatic retries so far
     retry_at: Optional[float] = None         # hospital: when the next retry is due
+    seed: Optional[bytes] = None             # keys the flow's replayed randomness (replay_safe)
 
     def clone(self) -> "Checkpoint":
         """An independent copy (its own session states), cheaper than a pickle round

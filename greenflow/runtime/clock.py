@@ -6,7 +6,7 @@ absolute deadlines so a restart wakes flows at their original time.
 """
 from __future__ import annotations
 
-import time
+from greenflow.runtime.replay_safe import real_time
 
 
 class Clock:
@@ -17,7 +17,7 @@ class Clock:
 
 class SystemClock(Clock):
     def now(self) -> float:
-        return time.time()
+        return real_time()   # never a flow's recorded clock (see replay_safe)
 
 
 class VirtualClock(Clock):

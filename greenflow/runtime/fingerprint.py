@@ -8,6 +8,7 @@ fingerprint alone parks nothing: a flow whose replay agrees with its journal res
 from __future__ import annotations
 
 import hashlib
+from types import CodeType
 from typing import TYPE_CHECKING
 
 from greenflow.flows.registry import qualified_name
@@ -45,7 +46,21 @@ def code_digest(cls: type) -> str:
                 code = getattr(getattr(fn, "__func__", fn), "__code__", None)
                 if code is not None:
                     h.update(name.encode())
-                    h.update(code.co_code)
-                    h.update(repr(code.co_consts).encode())
+                    _feed(h, code)
         d = _DIGESTS[cls] = h.hexdigest()
     return d
+
+
+def _feed(h: "hashlib._Hash", code: CodeType) -> None:
+    """Bytecode and constants, the same in every process: nested code objects (lambdas,
+    comprehensions) are digested rather than repr'd (their repr holds an address), and
+    sets rather than repr'd in hash order (which PYTHONHASHSEED changes)."""
+    h.update(code.co_code)
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            _feed(h, c)
+        elif isinstance(c, frozenset):
+            h.update(repr(sorted(map(repr, c))).encode())
+        else:
+            h.update(repr(c).encode())
+        h.update(b"\0")

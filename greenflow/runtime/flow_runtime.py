@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from greenflow import serialization, wire
+from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
@@ -36,11 +37,16 @@ from greenflow.flows.registry import app_name_of, initiating_info, qualified_nam
 from greenflow.flows.session import FlowSession, PeerFlowInfo
 from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
 
+replay_safe.install()   # uuid4, os.urandom, random, time.time ... replay inside flows
+
 if TYPE_CHECKING:
     from greenflow.flows.flow_logic import FlowLogic
     from greenflow.statemachine.scheduler import Scheduler
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+# A sent payload up to this size is kept in its journal entry, so that a replay sending
+# something else can say which field changed (larger ones are named by digest only).
+KEEP_SENT_PAYLOAD = 4096
 
 
 def type_name(expected: Any) -> str:
@@ -78,7 +84,8 @@ class FlowRuntime:
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "subflows",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "base", "fresh", "external_done", "start_blob", "user_frame", "_logger")
+                 "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
+                 "nd", "raw")
 
     def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -114,6 +121,8 @@ class FlowRuntime:
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()
         self._logger: Optional[logging.LoggerAdapter] = None
+        self.nd: Optional[replay_safe.FlowEntropy] = None  # this run's randomness and clock
+        self.raw = False   # True while greenflow runs live-only code for the flow
 
     def inbox_queue(self, sid: str) -> deque:
         """The (writable) queue of frames waiting for ``sid``, created if needed."""
@@ -140,32 +149,51 @@ class FlowRuntime:
         self.io_refused = "diverged from its journal"
         raise Diverged(message)
 
-    def _replay_next(self, kind: str, key: tuple) -> Optional[Entry]:
-        if self.cursor >= len(self.journal):
+    def _replay_next(self, kind: str, key: tuple, payload: Optional[bytes] = None) -> Optional[Entry]:
+        journal = self.journal
+        if self.cursor >= len(journal):
             return None
-        e = self.journal[self.cursor]
+        e = journal[self.cursor]
+        if e.kind == replay_safe.CLOCK:
+            # Clock readings only the first run made (its greenflow-internal, live-only
+            # code) are passed over; the flow's own readings were consumed already.
+            while e.kind == replay_safe.CLOCK:
+                self.cursor += 1
+                if self.cursor >= len(journal):
+                    return None
+                e = journal[self.cursor]
         if not e.matches(kind, key):
-            self._diverge(
-                f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal at "
-                f"step {self.cursor}: the journal recorded '{e.describe()}', the code now "
-                f"asks to '{describe(kind, key)}'")
+            from greenflow.runtime.divergence import explain_request
+            self._diverge(explain_request(self, self.cursor, e, kind, key, payload))
         self.cursor += 1
         return e
 
-    def record(self, kind: str, key: tuple, live: Callable[[], tuple]) -> tuple:
+    def diverge_on_clock(self, e: Entry) -> None:
+        """Replay reads the clock where the first run made the request ``e`` instead."""
+        from greenflow.runtime.divergence import explain_request
+        self._diverge(explain_request(self, self.cursor, e, "clock", ()))
+
+    def record(self, kind: str, key: tuple, live: Callable[[], tuple],
+               payload: Optional[bytes] = None) -> tuple:
         """A request that does not suspend: answered from the journal on replay, decided
-        by ``live()`` and journalled otherwise."""
-        e = self._replay_next(kind, key)
+        by ``live()`` and journalled otherwise. ``live()`` sees the real clock and
+        randomness (its outcome is what gets recorded)."""
+        e = self._replay_next(kind, key, payload)
         if e is not None:
             if e.outcome is None:
-                self._diverge(
-                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal at "
-                    f"step {self.cursor - 1}: it was waiting to '{e.describe()}', the code now "
-                    f"asks to '{describe(kind, key)}'")
+                from greenflow.runtime.divergence import explain_request
+                self._diverge(explain_request(self, self.cursor - 1, e, kind, key, payload,
+                                              waiting=True))
             return e.outcome  # type: ignore[return-value]
         self.check_io_allowed()
-        outcome = live()
-        self.journal.append(Entry(kind, key, outcome))
+        self.raw = True
+        try:
+            outcome = live()
+        finally:
+            self.raw = False
+        self.journal.append(Entry(kind, key, outcome, None,
+                                  payload if payload is not None
+                                  and len(payload) <= KEEP_SENT_PAYLOAD else None))
         self.cursor += 1
         return outcome
 
@@ -206,6 +234,7 @@ class FlowRuntime:
         """A greenlet for this flow (a pooled one of a finished flow, or a new one); start
         it with ``switch(runtime)``."""
         self.cursor = 0
+        self.nd = None    # replay from the top: the flow's values come again from the start
         self.session_counter = 0
         self.subflows = ()
         self.greenlet = flow_greenlet(self, getattr(self.sched, "idle_greenlets", None))
@@ -214,11 +243,10 @@ class FlowRuntime:
     def _main(self) -> tuple:
         try:
             result = self.logic.call()
-            if self.cursor < len(self.journal) and self.diverged is None:
-                self.diverged = (
-                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal: "
-                    f"it returned at step {self.cursor} before reaching its pending request "
-                    f"'{self.journal[-1].describe()}'")
+            if self.cursor < len(self.journal) and self.diverged is None \
+                    and any(e.kind != replay_safe.CLOCK for e in self.journal[self.cursor:]):
+                from greenflow.runtime.divergence import explain_end
+                self.diverged = explain_end(self, None)
                 return ("diverged",)
             return ("done", result)
         except Diverged:
@@ -231,10 +259,8 @@ class FlowRuntime:
             if self.replaying and isinstance(exc, Exception):
                 # Failing before the pending point is a divergence, unless the journal
                 # itself recorded the cause (then the same exception is the outcome).
-                self.diverged = (
-                    f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its journal: "
-                    f"it raised {type(exc).__name__}: {exc} at step {self.cursor} before "
-                    f"reaching its pending request '{self.journal[-1].describe()}'")
+                from greenflow.runtime.divergence import explain_end
+                self.diverged = explain_end(self, exc)
                 return ("diverged",)
             return ("failed", exc)
         finally:
@@ -306,9 +332,12 @@ class FlowRuntime:
         a live run records a marker and takes the new path, also on every later replay.
         """
         if self.cursor < len(self.journal):
-            e = self.journal[self.cursor]
+            j = self.cursor
+            while j < len(self.journal) - 1 and self.journal[j].kind == replay_safe.CLOCK:
+                j += 1   # clock readings before the marker only the first run made
+            e = self.journal[j]
             if e.kind == "versioned" and e.key == (change_id,):
-                self.cursor += 1
+                self.cursor = j + 1
                 return True
             return False
         self.check_io_allowed()
@@ -358,9 +387,8 @@ class FlowRuntime:
         if st is None:
             self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
         elif st.counterparty != party and self.replaying:
-            self._diverge(f"flow {self.cp.flow_class} ({self.flow_id}) diverged from its "
-                          f"journal: session {self.session_counter} was opened to "
-                          f"{st.counterparty.name}, the code now opens it to {party.name}")
+            from greenflow.runtime.divergence import explain_session
+            self._diverge(explain_session(self, self.session_counter, st.counterparty, party))
         return FlowSession(sid, party)
 
     def _session(self, session: FlowSession) -> SessionState:
@@ -435,7 +463,7 @@ class FlowRuntime:
             self._emit(st, DATA, data)
             return ("ok",)
 
-        out = self.record("send", (st.sid, st.counterparty.name, wire.digest(data)), live)
+        out = self.record("send", (st.sid, st.counterparty.name, wire.digest(data)), live, data)
         if out[0] == "end":
             raise UnexpectedFlowEnd(
                 f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "

@@ -22,20 +22,31 @@ SUSPENDING = frozenset({"receive", "sleep", "external", "info"})
 class Entry:
     """One journal record. ``outcome`` is None while the entry is pending."""
 
-    __slots__ = ("kind", "key", "outcome", "deadline")
+    # ``sent``: a send's encoded payload (when small), kept so that a replay sending
+    # something else can name the field that changed. A slot rather than part of the
+    # outcome: the outcome stays the shared constant ("ok",), so a resident flow's
+    # journal holds no extra container per send for the cyclic collector to scan.
+    __slots__ = ("kind", "key", "outcome", "deadline", "sent")
 
     def __init__(self, kind: str, key: tuple, outcome: Optional[tuple] = None,
-                 deadline: Optional[float] = None) -> None:
+                 deadline: Optional[float] = None, sent: Optional[bytes] = None) -> None:
         self.kind = kind
         self.key = key
         self.outcome = outcome
         self.deadline = deadline
+        self.sent = sent
 
     def __getstate__(self) -> tuple:
-        return (self.kind, self.key, self.outcome, self.deadline)
+        if self.sent is None:
+            return (self.kind, self.key, self.outcome, self.deadline)
+        return (self.kind, self.key, self.outcome, self.deadline, self.sent)
 
     def __setstate__(self, state: tuple) -> None:
-        self.kind, self.key, self.outcome, self.deadline = state
+        if len(state) == 4:
+            self.kind, self.key, self.outcome, self.deadline = state
+            self.sent = None
+        else:
+            self.kind, self.key, self.outcome, self.deadline, self.sent = state
 
     def __repr__(self) -> str:
         return f"Entry({self.describe()}, outcome={self.outcome!r})"
@@ -61,6 +72,8 @@ def describe(kind: str, key: tuple) -> str:
         return f"counterparty_flow_info of {key[1]}"
     if kind == "sleep":
         return f"sleep {key[0]}s"
+    if kind == "clock":
+        return "read the clock (time.time, datetime.now ...)"
     if kind in ("side_effect", "external", "service"):
         return f"{kind} {key[0]}"
     return kind
