@@ -24,6 +24,10 @@ KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJE
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+#: Prefix of a rejection's reason when the node refused the session (rather than having
+#: no responder for it): the initiator raises `SessionRefused`, not `UnknownFlow`.
+REFUSED = "refused: "
+
 
 @dataclass(slots=True)
 class Frame:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
 from greenflow.party import Party
 from greenflow.flows.progress import ProgressTracker
 from greenflow.flows.session import FlowSession
-from greenflow.runtime.traps import current_runtime
+from greenflow.flows.context import current_runtime
 
 R = TypeVar("R")
 

@@ -57,7 +57,7 @@ class ProgressTracker:
         self._current = step
         listener = self._listener
         if listener is None:
-            from greenflow.runtime.traps import current_runtime_or_none
+            from greenflow.flows.context import current_runtime_or_none
             rt = current_runtime_or_none()
             if rt is not None:
                 rt.on_progress(self)

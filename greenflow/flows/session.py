@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Optional, Type, TypeVar, Union
 
 from greenflow.party import Party
-from greenflow.runtime.traps import current_runtime
+from greenflow.flows.context import current_runtime
 
 T = TypeVar("T")
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import enum
 import importlib
+import importlib.util
 import inspect
 import json
+import pkgutil
 import sys
 import types
 import typing
@@ -79,11 +81,20 @@ def split_target(target: Any, *, dotted: bool = True) -> tuple[str, str]:
     return module_name, attr
 
 
+def available_samples() -> list[str]:
+    """Names of the bundled sample modules, sorted. Found by name, without importing
+    them or their package: to the resolver the samples are an app like any other, so
+    the RPC never imports the tools above it."""
+    spec = importlib.util.find_spec("greenflow.samples")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)
+                  if not m.name.startswith("_"))
+
+
 def _check_sample_exists(module_name: str) -> None:
     for prefix in SAMPLE_PREFIXES:
         if module_name.startswith(prefix):
-            from greenflow.samples import available_samples
-
             name = module_name[len(prefix):].split(".")[0]
             if name not in available_samples():
                 raise FlowTargetError(f"no sample named {name!r}; available: "

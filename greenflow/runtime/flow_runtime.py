@@ -22,7 +22,7 @@ import uuid as _uuid
 from collections import deque
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from greenflow import serialization, wire
 from greenflow.runtime import replay_safe
@@ -30,8 +30,7 @@ from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionS
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
 from greenflow.runtime.journal import Entry, describe
-from greenflow.messages import CONFIRM, DATA, END, INFO_REQ, INIT, Frame
-from greenflow.storage.payloads import stored_payload
+from greenflow.messages import CONFIRM, DATA, END, INFO_REQ, INIT, REFUSED, Frame
 from greenflow.party import Party
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
@@ -41,7 +40,25 @@ replay_safe.install()   # uuid4, os.urandom, random, time.time ... replay inside
 
 if TYPE_CHECKING:
     from greenflow.flows.flow_logic import FlowLogic
-    from greenflow.statemachine.scheduler import Scheduler
+
+
+class FlowHost(Protocol):
+    """What a flow's runtime needs from the scheduler that runs it (the scheduler
+    implements it). Declared here so that the runtime, below the state machine and
+    storage, never imports them."""
+
+    identity: Party
+    services: Any
+    clock: Any
+    store: Any
+    limits: Any
+    idle_greenlets: list
+
+    def progress_changed(self, rt: "FlowRuntime", step: Optional[str]) -> None: ...
+
+    def take_decoded(self, data: bytes) -> Any: ...
+
+    def stored_payload(self, fid: str, sid: str, seq: int) -> bytes: ...
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 # A sent payload up to this size is kept in its journal entry, so that a replay sending
@@ -87,7 +104,7 @@ class FlowRuntime:
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
                  "nd", "raw")
 
-    def __init__(self, sched: "Scheduler", cp: Checkpoint, logic: "FlowLogic",
+    def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
         self.sched = sched
         self.cp = cp
@@ -483,7 +500,7 @@ class FlowRuntime:
         if kind == "data" or kind == "stored":
             try:
                 payload = (self.sched.take_decoded(out[1]) if kind == "data" else
-                           wire.decode(stored_payload(self.sched.store, self.flow_id, st.sid, out[1])))
+                           wire.decode(self.sched.stored_payload(self.flow_id, st.sid, out[1])))
             except Exception as exc:  # validated on arrival; cannot normally happen
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None
@@ -563,7 +580,6 @@ class FlowRuntime:
 def rejection(peer: str, protocol: str, reason: str) -> FlowError:
     """The error a rejected session raises: the peer refused it under a limit of its own
     (`SessionRefused`), or it has nothing to answer it with (`UnknownFlow`)."""
-    from greenflow.statemachine.limits import REFUSED
     if reason.startswith(REFUSED):
         return SessionRefused(f"{peer} refused the session for {protocol}: {reason[len(REFUSED):]}")
     return UnknownFlow(f"{peer} has no flow registered to answer {protocol}: {reason}")

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any, Optional
 import greenlet
 
 from greenflow.errors import FlowError
+from greenflow.flows.context import current_runtime, current_runtime_or_none
+
+__all__ = ["Diverged", "FlowGreenlet", "Unwind", "current_runtime", "current_runtime_or_none",
+           "flow_greenlet", "recycle", "switch_to_scheduler"]
 
 if TYPE_CHECKING:
     from greenflow.runtime.flow_runtime import FlowRuntime
@@ -128,20 +132,6 @@ def recycle(g: FlowGreenlet, pool: Optional[list] = None) -> bool:
     g.gr_context = None   # contextvars set by the finished flow do not reach the next one
     pool.append(g)
     return True
-
-
-def current_runtime_or_none() -> Optional["FlowRuntime"]:
-    return getattr(greenlet.getcurrent(), "gf_runtime", None)
-
-
-def current_runtime(what: str = "this") -> "FlowRuntime":
-    """The runtime of the flow running on this greenlet; a clear error elsewhere."""
-    rt = getattr(greenlet.getcurrent(), "gf_runtime", None)
-    if rt is None:
-        raise FlowError(
-            f"{what} can only be used inside a running flow (from call() or what it "
-            "calls); outside a flow start it with node.start_flow(...)")
-    return rt
 
 
 def switch_to_scheduler(rt: "FlowRuntime", entry: "Entry") -> tuple:

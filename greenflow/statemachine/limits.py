@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from greenflow.messages import REFUSED
+
 if TYPE_CHECKING:
     from greenflow.runtime.flow_runtime import FlowRuntime
     from greenflow.storage.store import Batch, Store
@@ -26,9 +28,6 @@ if TYPE_CHECKING:
 #: Inbound sessions (responder flows not yet finished) one peer may hold open on a node.
 DEFAULT_MAX_INBOUND_SESSIONS = 10_000
 
-#: Prefix of a rejection's reason when the node refused the session (rather than having
-#: no responder for it): the initiator raises `SessionRefused`, not `UnknownFlow`.
-REFUSED = "refused: "
 
 _DB = "inbound"
 

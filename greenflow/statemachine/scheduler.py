@@ -448,6 +448,10 @@ class Scheduler:
         self.decoded[id(frame.payload)] = (frame.payload, value)
         return True
 
+    def stored_payload(self, fid: str, sid: str, seq: int) -> bytes:
+        """A received payload the store set aside (what a replayed ``receive`` returns)."""
+        return payloads.stored_payload(self.store, fid, sid, seq)
+
     def take_decoded(self, data: bytes) -> Any:
         """The payload ``data`` decoded: the value checked on arrival if it is still
         here (and not handed out before), otherwise decoded now."""
