@@ -365,17 +365,10 @@ def vault_overview(node: Any, query: dict) -> dict:
 
     def collect() -> dict:
         services = node.services
-        vault = services._extra.get("vault")
-        if vault is None:
-            from greenflow.node.services import _FACTORIES
-            if "vault" in _FACTORIES:
-                vault = services.get("vault")
+        vault = services.get("vault")   # opened here if the ledger is installed
         if vault is None:
             return {"open": False, "types": [], "states": [], "transactions": [], "tx_total": 0}
-        with vault._lock:
-            by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
-                       for t, d in vault._unconsumed.items() if d}
-            locks = dict(vault._locks)
+        by_type, locks = vault.unconsumed_by_type()
         types = [{"type": t, "count": len(v)} for t, v in sorted(by_type.items())]
         chosen = wanted if wanted in by_type else (types[0]["type"] if types else None)
         states = by_type.get(chosen, []) if chosen else []
@@ -396,7 +389,7 @@ def vault_overview(node: Any, query: dict) -> dict:
             if len(txs) >= size:
                 break
             try:
-                stx = vault._txs.get(k)
+                stx = vault.stored_transaction(k)
                 tx = stx.tx
                 txs.append({"id": k.hex(), "inputs": len(tx.inputs), "outputs": len(tx.outputs),
                             "output_types": sorted({type(o).__name__ for o in tx.outputs}),

@@ -130,7 +130,7 @@ class Vault:
             with node.services.writes() as batch:
                 for key in stale:
                     batch.delete("vault_locks", key)
-        node.scheduler.flow_end_listeners.append(self._on_flow_end)
+        node.scheduler.add_flow_end_listener(self._on_flow_end)
 
     # ------------------------------------------------------------------ query indexes
     def _open_indexes(self, store: Any) -> None:
@@ -440,6 +440,18 @@ class Vault:
         """Every soft lock held: state ref -> flow id."""
         with self._lock:
             return dict(self._locks)
+
+    def unconsumed_by_type(self) -> tuple[dict[str, list[StateAndRef]], dict[StateRef, str]]:
+        """Every unconsumed state by its type's ``module.qualname``, and the soft locks,
+        read together under the vault's lock (the operator console's vault page)."""
+        with self._lock:
+            by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
+                       for t, d in self._unconsumed.items() if d}
+            return by_type, dict(self._locks)
+
+    def stored_transaction(self, key: bytes) -> Optional[SignedTransaction]:
+        """The transaction stored under ``key`` of the ``vault_txs`` records."""
+        return self._txs.get(key)
 
     def locked_by(self, ref: StateRef) -> Optional[str]:
         """The flow holding ``ref`` locked, if any."""

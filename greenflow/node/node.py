@@ -123,7 +123,7 @@ class Node:
             max_resident=max_resident, threaded=threaded, retention=retention,
             max_retries=max_retries, retry_backoff=retry_backoff)
         # What one peer may make this node hold (docs/nodes.md, "Limits").
-        self.scheduler.limits = PeerLimits(self.store, max_inbound_sessions, responder_idle_timeout)
+        self.scheduler.set_limits(PeerLimits(self.store, max_inbound_sessions, responder_idle_timeout))
         if sensitive_names:
             frames_mod.register_sensitive(names=sensitive_names)
         self.threaded = threaded
@@ -138,7 +138,7 @@ class Node:
         self._wake = threading.Event()
         self.scheduler.recover()
         if threaded:
-            self.scheduler._wakeup = self._wake.set
+            self.scheduler.set_wakeup(self._wake.set)
             self._thread = threading.Thread(target=self._loop, name=f"greenflow-{name}",
                                             daemon=True)
             self._thread.start()
@@ -182,7 +182,7 @@ class Node:
         """Power cut (tests): drop all in-memory state without committing anything."""
         self._closed = True
         if self._thread is not None:
-            self.scheduler.dead = True
+            self.scheduler.stop()
             self._wake.set()
             self._thread.join(timeout=30)
         self.scheduler.crash()
@@ -204,7 +204,7 @@ class Node:
             out = fn()
             if not self.threaded and (self.scheduler.batch or self.scheduler.touched
                                       or self.scheduler.post_callbacks):
-                self.scheduler._commit()
+                self.scheduler.commit()
             return out
         box: dict[str, Any] = {}
         done = threading.Event()
@@ -266,8 +266,8 @@ class Node:
         sched = self.scheduler
         if not self.threaded:
             for cp, blob, flow in prepared:
-                sched._record_start(cp, blob, flow)
-            sched._commit()
+                sched.record_start(cp, blob, flow)
+            sched.commit()
             return
         done = threading.Event()
         sched.start_flows(prepared, done.set)
@@ -320,8 +320,7 @@ class Node:
                 box["r"] = rec
                 done.set()
             else:
-                self.scheduler.waiters.setdefault(fid, []).append(
-                    lambda r: (box.__setitem__("r", r), done.set()))
+                self.scheduler.when_finished(fid, lambda r: (box.__setitem__("r", r), done.set()))
 
         self._on_scheduler(register)
         if not done.wait(timeout):
@@ -375,7 +374,7 @@ class Node:
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         """``fn(flow_id, step)`` on every progress change (step None: the flow ended).
         Called on the scheduler thread: keep it quick."""
-        self.scheduler.progress_listeners.append(fn)
+        self.scheduler.add_progress_listener(fn)
 
     def flows(self) -> list[FlowInfo]:
         """Unfinished flows and recently finished ones."""

@@ -77,7 +77,7 @@ class NodeMetrics:
     def attach(self, node: Any) -> None:
         """Hook the commit observer into ``node``'s scheduler (one call per commit)."""
         self._node = node
-        node.scheduler.commit_observer = self._on_commit
+        node.scheduler.observe_commits(self._on_commit)
 
     def _on_commit(self, seconds: float, writes: int, suspended: int) -> None:
         # Scheduler thread, once per group commit: two bisections and three additions,

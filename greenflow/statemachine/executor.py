@@ -32,7 +32,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 entry.outcome = a.outcome
                 rt.pending = None
             rt.cp.status = FlowStatus.RUNNABLE
-            sched.run_queue.append((rt, a.outcome))
+            sched.resume_later(rt, a.outcome)
             rt.dirty = True
         elif t is Wait:
             rt.cp.status = FlowStatus.SUSPENDED
@@ -47,7 +47,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             if carries_message(f):
                 rt.inbox_queue(f.sid).append(InboxItem(f, False))
             rt.dirty = True
-            sched.touched[rt.flow_id] = rt  # acknowledged only once this commit holds it
+            sched.hold_for_commit(rt)  # acknowledged only once this commit holds it
         elif t is Consume:
             q = rt.inbox[a.sid]
             item = q.popleft()
@@ -70,14 +70,11 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             rt.dirty = True
         elif t is Ack:
             if sender is not None:
-                sched.post_acks.setdefault(sender.name, []).append(a.msg_id)
+                sched.ack_after_commit(sender.name, a.msg_id)
         elif t is ArmTimer:
             sched.arm_timer(rt, a.deadline)
         elif t is RunExternal:
-            # A flow rebuilt by replay while its call still runs waits for that call.
-            if rt.flow_id not in sched.externals_running:
-                sched.externals_running.add(rt.flow_id)
-                sched.post_externals.append(rt)
+            sched.start_external_after_commit(rt)
         elif t is Drop:
             log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a.reason)
         else:

@@ -1,7 +1,8 @@
 """The flow hospital's policy: which failures are retried, and how long to wait.
 
 The mechanics (putting a flow back to its last checkpoint, parking it, retrying it)
-live in the scheduler (`Scheduler._park`, `Scheduler.retry`); this module decides.
+live in `greenflow.statemachine.loading` (`Loading._park`, `Loading.retry`); this module
+decides.
 A failure that is the flow's own decision (a `FlowException`) is never retried; one that
 may go away (storage, connection, `TransientError`) is retried with exponential backoff
 up to the node's ``max_retries``; anything else fails the flow.
