@@ -346,7 +346,7 @@ class Node:
     def kill_flow(self, flow_id: str) -> bool:
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
-        return self._on_scheduler(lambda: self.scheduler._kill(flow_id))
+        return self._on_scheduler(lambda: self.scheduler.kill(flow_id))
 
     def retry_flow(self, flow_id: str) -> bool:
         """Take a HOSPITALIZED flow out of the hospital and run it again from its last

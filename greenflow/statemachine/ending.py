@@ -151,7 +151,7 @@ class Ending:
             rt.greenlet = None
             recycle(g, rt.sched.idle_greenlets)
 
-    def _kill(self, fid: str) -> bool:
+    def kill(self, fid: str) -> bool:
         rt = self.resident.get(fid)
         if rt is None:
             cp = None if fid in self.ended else self.store.checkpoint(fid)

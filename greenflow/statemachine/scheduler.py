@@ -227,7 +227,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
                 else:
                     execute(self, rt, transitions.on_external_done(rt.pending, ev.outcome))
         elif t is KillFlow:
-            ok = self._kill(ev.flow_id)
+            ok = self.kill(ev.flow_id)
             if ev.done is not None:
                 self.post_callbacks.append(lambda: ev.done(ok))
         elif t is Call:
