@@ -75,3 +75,15 @@ def test_a_flow_session_stored_under_its_old_module_path_still_loads():
     assert b"cgreenflow.session\n" in raw
     back = serialization.loads(b"P" + raw)
     assert type(back["s"]) is FlowSession
+
+
+def test_journal_kinds_are_stored_as_the_plain_strings_earlier_versions_wrote():
+    from greenflow.runtime.journal import SUSPENDING, Entry, Kind
+    assert {Kind.RECEIVE, Kind.SLEEP, Kind.EXTERNAL, Kind.INFO} == SUSPENDING
+    e = Entry(Kind.RECEIVE, ("01a2.1", "Bob", "int"), ("data", b"\x01", 0))
+    raw = serialization.dumps(e)
+    assert b"Kind" not in raw   # no class of ours in the stored entry: the bare string
+    earlier = Entry.__new__(Entry)
+    earlier.__setstate__(("receive", ("01a2.1", "Bob", "int"), ("data", b"\x01", 0), None))
+    back = serialization.loads(raw)
+    assert back.kind == earlier.kind == Kind.RECEIVE and type(back.kind) is str

@@ -14,7 +14,7 @@ from typing import Any, Optional
 from greenflow.runtime import snapshots as frames_mod
 from greenflow import serialization
 from greenflow.errors import UnknownFlow
-from greenflow.runtime.journal import SUSPENDING, Entry, describe
+from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
 from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
 from greenflow.node.node import shown_status, suspended_on
 from greenflow.status import FlowStatus
@@ -221,7 +221,7 @@ def flow_detail(node: Any, fid: str) -> dict:
                        "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
                        "sent": s.send_seq, "received": s.recv_seq,
                        "peer_ended": s.peer_ended,
-                       "waiting": bool(cp.pending and cp.pending[0] == "receive"
+                       "waiting": bool(cp.pending and cp.pending[0] == Kind.RECEIVE
                                        and cp.pending[1][0] == s.sid)}
                       for s in cp.sessions.values()],
             frames=frames_mod.public(snap),

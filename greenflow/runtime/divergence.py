@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.runtime import snapshots as frames_mod
 from greenflow import wire
-from greenflow.runtime.journal import Entry, describe
+from greenflow.runtime.journal import Entry, Kind, describe
 from greenflow.party import Party
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def _head(rt: "FlowRuntime", step: int) -> str:
 
 def _next_request(rt: "FlowRuntime", after: int) -> Optional[Entry]:
     for e in rt.journal[after + 1:]:
-        if e.kind != "clock":
+        if e.kind != Kind.CLOCK:
             return e
     return None
 
@@ -71,19 +71,19 @@ def explain_request(rt: "FlowRuntime", step: int, recorded: Entry, kind: str, ke
     text = (f"{_head(rt, step)}, at {location()}: {verb} '{recorded.describe()}', the code "
             f"now asks to '{describe(kind, key)}'")
     detail = ""
-    if kind == recorded.kind and kind in ("send", "receive", "close", "info") \
+    if kind == recorded.kind and kind in (Kind.SEND, Kind.RECEIVE, Kind.CLOSE, Kind.INFO) \
             and len(key) > 1 and len(recorded.key) > 1 and key[1] != recorded.key[1]:
         detail = f"the peer changed: recorded {recorded.key[1]}, now {key[1]}"
-    elif kind == recorded.kind == "receive" and key[2] != recorded.key[2]:
+    elif kind == recorded.kind == Kind.RECEIVE and key[2] != recorded.key[2]:
         detail = f"the expected type changed: recorded {recorded.key[2]}, now {key[2]}"
-    elif kind == recorded.kind == "send" and key[2] != recorded.key[2]:
+    elif kind == recorded.kind == Kind.SEND and key[2] != recorded.key[2]:
         detail = _payload_detail(recorded, payload)
     elif kind != recorded.kind or key != recorded.key:
         nxt = _next_request(rt, step)
         if nxt is not None and nxt.matches(kind, key):
             detail = (f"a step is missing: the code skips the recorded step "
                       f"'{recorded.describe()}' and goes on to the one after it")
-        elif kind == "clock":
+        elif kind == Kind.CLOCK:
             detail = ("the code reads the clock here, which the first run did not: a step "
                       "was added or the code changed")
         else:
@@ -101,7 +101,7 @@ def explain_session(rt: "FlowRuntime", n: int, recorded: Party, now: Party) -> s
 
 def explain_end(rt: "FlowRuntime", exc: Optional[BaseException]) -> str:
     """The flow returned or raised before reaching its pending request."""
-    rest = [e for e in rt.journal[rt.cursor:] if e.kind != "clock"]
+    rest = [e for e in rt.journal[rt.cursor:] if e.kind != Kind.CLOCK]
     pending = rt.journal[-1]
     where = _pending_location(rt)
     if exc is None:

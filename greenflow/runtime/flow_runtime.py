@@ -29,8 +29,8 @@ from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
-from greenflow.runtime.journal import Entry, describe
-from greenflow.messages import CONFIRM, DATA, END, INFO_REQ, INIT, REFUSED, Frame
+from greenflow.runtime.journal import Entry, Kind, describe
+from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, Frame
 from greenflow.party import Party
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
@@ -188,7 +188,7 @@ class FlowRuntime:
     def diverge_on_clock(self, e: Entry) -> None:
         """Replay reads the clock where the first run made the request ``e`` instead."""
         from greenflow.runtime.divergence import explain_request
-        self._diverge(explain_request(self, self.cursor, e, "clock", ()))
+        self._diverge(explain_request(self, self.cursor, e, Kind.CLOCK, ()))
 
     def record(self, kind: str, key: tuple, live: Callable[[], tuple],
                payload: Optional[bytes] = None) -> tuple:
@@ -334,11 +334,11 @@ class FlowRuntime:
         return out[1]
 
     def random(self) -> _random.Random:
-        out = self.record("random", (), lambda: ("ok", _random.SystemRandom().getrandbits(64)))
+        out = self.record(Kind.RANDOM, (), lambda: ("ok", _random.SystemRandom().getrandbits(64)))
         return _random.Random(out[1])
 
     def uuid(self) -> _uuid.UUID:
-        out = self.record("uuid", (), lambda: ("ok", _uuid.uuid4()))
+        out = self.record(Kind.UUID, (), lambda: ("ok", _uuid.uuid4()))
         return out[1]
 
     def versioned(self, change_id: str) -> bool:
@@ -353,32 +353,32 @@ class FlowRuntime:
             while j < len(self.journal) - 1 and self.journal[j].kind == replay_safe.CLOCK:
                 j += 1   # clock readings before the marker only the first run made
             e = self.journal[j]
-            if e.kind == "versioned" and e.key == (change_id,):
+            if e.kind == Kind.VERSIONED and e.key == (change_id,):
                 self.cursor = j + 1
                 return True
             return False
         self.check_io_allowed()
-        self.journal.append(Entry("versioned", (change_id,), ("ok",)))
+        self.journal.append(Entry(Kind.VERSIONED, (change_id,), ("ok",)))
         self.cursor += 1
         return True
 
     def side_effect(self, fn: Callable, *args: Any) -> Any:
-        out = self.record("side_effect", (_callable_name(fn),), lambda: _call_checked(fn, args))
+        out = self.record(Kind.SIDE_EFFECT, (_callable_name(fn),), lambda: _call_checked(fn, args))
         return _unwrap(out)
 
     def service_call(self, name: str, call: Callable[[], Any]) -> Any:
-        out = self.record("service", (name,), lambda: _call_checked(call, ()))
+        out = self.record(Kind.SERVICE, (name,), lambda: _call_checked(call, ()))
         return _unwrap(out)
 
     def run_external(self, fn: Callable, *args: Any) -> Any:
-        out = self.suspend("external", (_callable_name(fn),), external=(fn, args))
+        out = self.suspend(Kind.EXTERNAL, (_callable_name(fn),), external=(fn, args))
         return _unwrap(out)
 
     def sleep(self, seconds: float) -> None:
         seconds = float(seconds)
         if seconds < 0:
             raise ValueError(f"sleep() takes a non-negative duration, got {seconds}")
-        self.suspend("sleep", (seconds,), deadline=self._deadline(seconds))
+        self.suspend(Kind.SLEEP, (seconds,), deadline=self._deadline(seconds))
 
     def _deadline(self, seconds: float) -> Optional[float]:
         # Only computed live: on replay the recorded deadline stands.
@@ -437,7 +437,7 @@ class FlowRuntime:
         """Before waiting on a session: a lazy one sends its initiation now (a receive-
         first initiation carries no payload); asking for the peer's flow info sends a
         request for it unless it is known or already asked for."""
-        if kind == "info":
+        if kind == Kind.INFO:
             if st.peer_info is None and not st.info_requested:
                 st.info_requested = True
                 if st.state == NEW:
@@ -480,7 +480,7 @@ class FlowRuntime:
             self._emit(st, DATA, data)
             return ("ok",)
 
-        out = self.record("send", (st.sid, st.counterparty.name, wire.digest(data)), live, data)
+        out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)), live, data)
         if out[0] == "end":
             raise UnexpectedFlowEnd(
                 f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
@@ -492,7 +492,7 @@ class FlowRuntime:
         if timeout is not None and timeout < 0:
             raise ValueError("receive timeout must be >= 0")
 
-        out = self.suspend("receive", (st.sid, st.counterparty.name, tname),
+        out = self.suspend(Kind.RECEIVE, (st.sid, st.counterparty.name, tname),
                            deadline=self._deadline(timeout) if timeout is not None
                            else self._idle_deadline(st), session=st)
         kind = out[0]
@@ -535,12 +535,12 @@ class FlowRuntime:
             st.state = CLOSED
             return ("ok",)
 
-        self.record("close", (st.sid, st.counterparty.name), live)
+        self.record(Kind.CLOSE, (st.sid, st.counterparty.name), live)
 
     def flow_info(self, session: FlowSession) -> PeerFlowInfo:
         st = self._session(session)
 
-        out = self.suspend("info", (st.sid, st.counterparty.name), session=st)
+        out = self.suspend(Kind.INFO, (st.sid, st.counterparty.name), session=st)
         if out[0] == "reject":
             raise rejection(st.counterparty.name, st.protocol, out[1])
         if out[0] == "end":
@@ -569,7 +569,7 @@ class FlowRuntime:
                     self._emit(st, END, reason="failed")
                 else:
                     eid = exc.ensure_error_id()
-                    self._emit(st, 4, error=(qualified_name(type(exc)), str(exc), eid))
+                    self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
             else:
                 reason = {"done": "ended", "failed": "failed", "killed": "was killed"}.get(
                     kind, "ended")

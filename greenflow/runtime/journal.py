@@ -15,8 +15,29 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+
+
+class Kind:
+    """The kinds of journal entry, named once. Plain strings, as stored: a store written
+    by any version reads back the same, and comparing kinds stays a string compare."""
+
+    __slots__ = ()
+    RECEIVE = "receive"
+    SEND = "send"
+    CLOSE = "close"
+    INFO = "info"              # counterparty_flow_info
+    SLEEP = "sleep"
+    CLOCK = "clock"            # the clock readings of one stretch of flow code
+    SIDE_EFFECT = "side_effect"
+    EXTERNAL = "external"
+    SERVICE = "service"        # a @journaled service call
+    VERSIONED = "versioned"
+    RANDOM = "random"
+    UUID = "uuid"
+
+
 # Entry kinds that suspend the flow (the others are recorded inline).
-SUSPENDING = frozenset({"receive", "sleep", "external", "info"})
+SUSPENDING = frozenset({Kind.RECEIVE, Kind.SLEEP, Kind.EXTERNAL, Kind.INFO})
 
 
 class Entry:
@@ -60,21 +81,21 @@ class Entry:
 
 def describe(kind: str, key: tuple) -> str:
     """Human words for a request, used in NonDeterminismError messages and dumps."""
-    if kind == "receive":
+    if kind == Kind.RECEIVE:
         sid, peer, type_name = key
         return f"receive {type_name} from {peer}"
-    if kind == "send":
+    if kind == Kind.SEND:
         sid, peer, dg = key
         return f"send to {peer} (payload digest {dg.hex()[:12]})"
-    if kind == "close":
+    if kind == Kind.CLOSE:
         return f"close session with {key[1]}"
-    if kind == "info":
+    if kind == Kind.INFO:
         return f"counterparty_flow_info of {key[1]}"
-    if kind == "sleep":
+    if kind == Kind.SLEEP:
         return f"sleep {key[0]}s"
-    if kind == "clock":
+    if kind == Kind.CLOCK:
         return "read the clock (time.time, datetime.now ...)"
-    if kind in ("side_effect", "external", "service"):
+    if kind in (Kind.SIDE_EFFECT, Kind.EXTERNAL, Kind.SERVICE):
         return f"{kind} {key[0]}"
     return kind
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import greenlet
 
-from greenflow.runtime.journal import Entry
+from greenflow.runtime.journal import Entry, Kind
 from greenflow.runtime.traps import FlowGreenlet
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ real_urandom: Callable[[int], bytes] = _original(os, "urandom")
 _real_sys_urandom: Callable[[int], bytes] = _original(_random, "_urandom")
 _real_uuid1: Callable[..., _uuid.UUID] = _original(_uuid, "uuid1")
 
-CLOCK = "clock"   # journal entry kind of the clock readings of one stretch of flow code
+CLOCK = Kind.CLOCK   # journal entry kind of the clock readings of one stretch of flow code
 
 # Modules whose own use of the clock is never the flow's: logging stamps every record,
 # and a flow's log calls are silenced on replay, so those readings are not journalled.

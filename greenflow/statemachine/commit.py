@@ -20,6 +20,7 @@ from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine.events import ExternalDone
 from greenflow.runtime.fingerprint import code_digest, fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.journal import Kind
 from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_key, session_key, timer_key)
 
 log = logging.getLogger("greenflow.scheduler")
@@ -123,7 +124,7 @@ class CommitStaging:
                 self.routes[key] = fid
                 self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
-        if pend is None or pend.kind == "external":
+        if pend is None or pend.kind == Kind.EXTERNAL:
             b.put("wake", fid_key(fid), b"")
         else:
             b.delete("wake", fid_key(fid))

@@ -12,7 +12,7 @@ from typing import Optional
 from greenflow.statemachine.actions import Accept, Ack
 from greenflow.statemachine.actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
 from greenflow.runtime.checkpoint import Checkpoint
-from greenflow.runtime.journal import Entry
+from greenflow.runtime.journal import Entry, Kind
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
 
 
@@ -41,7 +41,7 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
     """The flow has just asked for ``entry``: answer it now or wait. ``external_done`` is
     an external call's result that arrived while the flow was out of memory."""
     kind = entry.kind
-    if kind == "receive":
+    if kind == Kind.RECEIVE:
         sid = entry.key[0]
         q = inbox.get(sid)
         if q:
@@ -50,9 +50,9 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
         if st.peer_ended is not None:
             return [Resume(("end", st.peer_ended))]
         return _wait_until(entry, now, ("timeout",))
-    if kind == "sleep":
+    if kind == Kind.SLEEP:
         return _wait_until(entry, now, ("ok",))
-    if kind == "info":
+    if kind == Kind.INFO:
         sid = entry.key[0]
         st = cp.sessions[sid]
         if st.peer_info is not None:
@@ -63,7 +63,7 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
         if st.peer_ended is not None:
             return [Resume(("end", st.peer_ended))]
         return [Wait()]
-    if kind == "external":
+    if kind == Kind.EXTERNAL:
         if external_done is not None:
             return [Resume(external_done)]
         return [RunExternal(), Wait()]
@@ -95,14 +95,14 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
     if not carries_message(frame):
         # A bare initiation, a flow-info request or a confirmation: no message to consume,
         # but a confirmation answers the initiator's waiting counterparty_flow_info().
-        if frame.kind == CONFIRM and pending is not None and pending.kind == "info" \
+        if frame.kind == CONFIRM and pending is not None and pending.kind == Kind.INFO \
                 and pending.key[0] == frame.sid and frame.info is not None:
             actions.append(Resume(("ok", tuple(frame.info))))
         return actions
     if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):
-        if pending.kind == "receive":
+        if pending.kind == Kind.RECEIVE:
             actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
-        elif pending.kind == "info":
+        elif pending.kind == Kind.INFO:
             if frame.info is not None:
                 actions.append(Resume(("ok", tuple(frame.info))))
             elif frame.kind == REJECT:
@@ -120,14 +120,14 @@ def on_timer(pending: Optional[Entry], deadline: float) -> list:
     """A timer fell due: it matters only if the flow still waits on that deadline."""
     if pending is None or pending.deadline is None or not same_deadline(pending.deadline, deadline):
         return []
-    if pending.kind == "receive":
+    if pending.kind == Kind.RECEIVE:
         return [Resume(("timeout",))]
-    if pending.kind == "sleep":
+    if pending.kind == Kind.SLEEP:
         return [Resume(("ok",))]
     return []
 
 
 def on_external_done(pending: Optional[Entry], outcome: tuple) -> list:
-    if pending is None or pending.kind != "external":
+    if pending is None or pending.kind != Kind.EXTERNAL:
         return [Drop("external result for a flow no longer waiting on it")]
     return [Resume(outcome)]

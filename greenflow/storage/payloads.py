@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from greenflow.errors import FlowError
 from greenflow.messages import Frame, encode_frame
+from greenflow.runtime.journal import Kind
 from greenflow.storage.store import inbox_key
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def set_aside(b: "Batch", store: "Store", fid: str, entries: Iterable["Entry"],
     waited = None
     for e in entries:
         out = e.outcome
-        if e.kind != "receive" or out is None or out[0] != "data" or len(out) != 3 \
+        if e.kind != Kind.RECEIVE or out is None or out[0] != "data" or len(out) != 3 \
                 or not _large(out[1]):
             continue
         sid, seq = e.key[0], out[2]
