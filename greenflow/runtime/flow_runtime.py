@@ -29,7 +29,7 @@ from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
-from greenflow.runtime.journal import Entry, Kind, describe
+from greenflow.runtime.journal import OK, Entry, Kind, Outcome, describe
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, Frame
 from greenflow.party import Party
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
@@ -40,6 +40,19 @@ replay_safe.install()   # uuid4, os.urandom, random, time.time ... replay inside
 
 if TYPE_CHECKING:
     from greenflow.flows.flow_logic import FlowLogic
+
+
+class Ended:
+    """How a flow's run comes back to the scheduler (the first item of what its main
+    returns) and how the scheduler ends it: named once, for the runtime, the scheduler's
+    ending and the replay check."""
+
+    __slots__ = ()
+    DONE = "done"          # (DONE, result)
+    FAILED = "failed"      # (FAILED, exception)
+    UNWOUND = "unwound"    # (UNWOUND, why): kill, hibernation, power cut
+    DIVERGED = "diverged"  # (DIVERGED,): replay disagreed with the journal; parked
+    KILLED = "killed"      # (KILLED,)
 
 
 class FlowHost(Protocol):
@@ -264,22 +277,22 @@ class FlowRuntime:
                     and any(e.kind != replay_safe.CLOCK for e in self.journal[self.cursor:]):
                 from greenflow.runtime.divergence import explain_end
                 self.diverged = explain_end(self, None)
-                return ("diverged",)
-            return ("done", result)
+                return (Ended.DIVERGED,)
+            return (Ended.DONE, result)
         except Diverged:
-            return ("diverged",)
+            return (Ended.DIVERGED,)
         except Unwind as u:
-            return ("unwound", u.why)
+            return (Ended.UNWOUND, u.why)
         except BaseException as exc:  # noqa: BLE001 - the flow's failure is its result
             if self.diverged is not None:
-                return ("diverged",)
+                return (Ended.DIVERGED,)
             if self.replaying and isinstance(exc, Exception):
                 # Failing before the pending point is a divergence, unless the journal
                 # itself recorded the cause (then the same exception is the outcome).
                 from greenflow.runtime.divergence import explain_end
                 self.diverged = explain_end(self, exc)
-                return ("diverged",)
-            return ("failed", exc)
+                return (Ended.DIVERGED,)
+            return (Ended.FAILED, exc)
         finally:
             self.subflows = ()
 
@@ -329,16 +342,16 @@ class FlowRuntime:
 
     # ------------------------------------------------------------------ recorded values
     def now(self) -> datetime:
-        out = self.record("now", (), lambda: ("ok", datetime.fromtimestamp(
+        out = self.record(Kind.NOW, (), lambda: (Outcome.OK, datetime.fromtimestamp(
             self.sched.clock.now(), tz=timezone.utc)))
         return out[1]
 
     def random(self) -> _random.Random:
-        out = self.record(Kind.RANDOM, (), lambda: ("ok", _random.SystemRandom().getrandbits(64)))
+        out = self.record(Kind.RANDOM, (), lambda: (Outcome.OK, _random.SystemRandom().getrandbits(64)))
         return _random.Random(out[1])
 
     def uuid(self) -> _uuid.UUID:
-        out = self.record(Kind.UUID, (), lambda: ("ok", _uuid.uuid4()))
+        out = self.record(Kind.UUID, (), lambda: (Outcome.OK, _uuid.uuid4()))
         return out[1]
 
     def versioned(self, change_id: str) -> bool:
@@ -358,7 +371,7 @@ class FlowRuntime:
                 return True
             return False
         self.check_io_allowed()
-        self.journal.append(Entry(Kind.VERSIONED, (change_id,), ("ok",)))
+        self.journal.append(Entry(Kind.VERSIONED, (change_id,), OK))
         self.cursor += 1
         return True
 
@@ -476,12 +489,12 @@ class FlowRuntime:
 
         def live() -> tuple:
             if st.peer_ended is not None or st.state == CLOSED:
-                return ("end", st.peer_ended or "closed by this flow")
+                return (Outcome.END, st.peer_ended or "closed by this flow")
             self._emit(st, DATA, data)
-            return ("ok",)
+            return OK
 
         out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)), live, data)
-        if out[0] == "end":
+        if out[0] == Outcome.END:
             raise UnexpectedFlowEnd(
                 f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
                 f"has ended ({out[1]})")
@@ -497,9 +510,9 @@ class FlowRuntime:
                            else self._idle_deadline(st), session=st)
         kind = out[0]
         peer = st.counterparty.name
-        if kind == "data" or kind == "stored":
+        if kind == Outcome.DATA or kind == Outcome.STORED:
             try:
-                payload = (self.sched.take_decoded(out[1]) if kind == "data" else
+                payload = (self.sched.take_decoded(out[1]) if kind == Outcome.DATA else
                            wire.decode(self.sched.stored_payload(self.flow_id, st.sid, out[1])))
             except Exception as exc:  # validated on arrival; cannot normally happen
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
@@ -509,19 +522,19 @@ class FlowRuntime:
                     f"{self.cp.flow_class} expected to receive {tname} from {peer} but got "
                     f"{type(payload).__qualname__}")
             return payload
-        if kind == "end":
+        if kind == Outcome.END:
             raise UnexpectedFlowEnd(
                 f"{peer} {out[1]} while {self.cp.flow_class} expected to receive {tname} "
                 f"from it")
-        if kind == "error":
+        if kind == Outcome.ERROR:
             raise rebuild_flow_exception(out[1], out[2], out[3], st.sid)
-        if kind == "reject":
+        if kind == Outcome.REJECT:
             raise rejection(peer, st.protocol, out[1])
-        if kind == "timeout" and timeout is None:   # the node's responder idle timeout
+        if kind == Outcome.TIMEOUT and timeout is None:   # the node's responder idle timeout
             raise FlowTimeout(
                 f"{self.cp.flow_class} gave up waiting to receive {tname} from {peer}: nothing "
                 "came within the node's responder_idle_timeout")
-        if kind == "timeout":
+        if kind == Outcome.TIMEOUT:
             raise FlowTimeout(f"{self.cp.flow_class} timed out after {timeout}s waiting to "
                               f"receive {tname} from {peer}")
         raise FlowError(f"internal error: unknown receive outcome {kind!r}; please file a bug")
@@ -533,7 +546,7 @@ class FlowRuntime:
             if st.state == OPEN:
                 self._emit(st, END, reason="closed the session")
             st.state = CLOSED
-            return ("ok",)
+            return OK
 
         self.record(Kind.CLOSE, (st.sid, st.counterparty.name), live)
 
@@ -541,9 +554,9 @@ class FlowRuntime:
         st = self._session(session)
 
         out = self.suspend(Kind.INFO, (st.sid, st.counterparty.name), session=st)
-        if out[0] == "reject":
+        if out[0] == Outcome.REJECT:
             raise rejection(st.counterparty.name, st.protocol, out[1])
-        if out[0] == "end":
+        if out[0] == Outcome.END:
             raise UnexpectedFlowEnd(f"{st.counterparty.name} {out[1]} before telling its "
                                     "flow version")
         return PeerFlowInfo(*out[1])
@@ -558,7 +571,7 @@ class FlowRuntime:
         party's error never leaks to an unrelated party.
         """
         kind = outcome[0]
-        exc = outcome[1] if kind == "failed" else None
+        exc = outcome[1] if kind == Ended.FAILED else None
         from_sid = getattr(exc, "_gf_from_session", None) if exc is not None else None
         for st in self.cp.sessions.values():
             if st.state != OPEN or st.peer_ended is not None:
@@ -571,7 +584,7 @@ class FlowRuntime:
                     eid = exc.ensure_error_id()
                     self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
             else:
-                reason = {"done": "ended", "failed": "failed", "killed": "was killed"}.get(
+                reason = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}.get(
                     kind, "ended")
                 self._emit(st, END, reason=reason)
             st.state = CLOSED
@@ -615,9 +628,9 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
     try:
         value = fn(*args)
     except Exception as exc:  # noqa: BLE001 - recorded and re-raised in the flow
-        out: tuple = ("exc", exc)
+        out: tuple = (Outcome.EXC, exc)
     else:
-        out = ("ok", value)
+        out = (Outcome.OK, value)
     try:
         serialization.dumps(out)
     except Exception as exc:
@@ -627,7 +640,7 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
 
 
 def _unwrap(outcome: tuple) -> Any:
-    if outcome[0] == "exc":
+    if outcome[0] == Outcome.EXC:
         raise outcome[1]
     return outcome[1]
 

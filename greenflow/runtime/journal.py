@@ -27,6 +27,7 @@ class Kind:
     CLOSE = "close"
     INFO = "info"              # counterparty_flow_info
     SLEEP = "sleep"
+    NOW = "now"                # FlowLogic.now()
     CLOCK = "clock"            # the clock readings of one stretch of flow code
     SIDE_EFFECT = "side_effect"
     EXTERNAL = "external"
@@ -34,6 +35,27 @@ class Kind:
     VERSIONED = "versioned"
     RANDOM = "random"
     UUID = "uuid"
+
+
+class Outcome:
+    """Tags of an entry's outcome, its first item (``("data", payload, seq)``,
+    ``("timeout",)``...), named once. Stored as these strings, like the kinds."""
+
+    __slots__ = ()
+    OK = "ok"
+    DATA = "data"          # (DATA, payload, seq): what a receive got
+    STORED = "stored"      # (STORED, seq): a large payload kept aside (storage.payloads)
+    TIMEOUT = "timeout"
+    END = "end"            # (END, why): the session ended
+    ERROR = "error"        # (ERROR, class, message, error id): the peer flow failed
+    REJECT = "reject"      # (REJECT, reason): the peer refused the session
+    EXC = "exc"            # (EXC, exception): a side effect or external call raised
+
+
+#: The outcome of a request that answers nothing but "done" (a send, a sleep): one
+#: shared tuple, so a resident flow's journal holds no container per entry for it.
+OK = (Outcome.OK,)
+TIMEOUT = (Outcome.TIMEOUT,)
 
 
 # Entry kinds that suspend the flow (the others are recorded inline).

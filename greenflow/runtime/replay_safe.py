@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import greenlet
 
-from greenflow.runtime.journal import Entry, Kind
+from greenflow.runtime.journal import Entry, Kind, Outcome
 from greenflow.runtime.traps import FlowGreenlet
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def clock_reading(rt: "FlowRuntime") -> float:
         return e.outcome[1][0]  # type: ignore[index]
     rt.check_io_allowed()
     v = rt.sched.clock.now()
-    e = Entry(CLOCK, (), ("ok", [v]))
+    e = Entry(CLOCK, (), (Outcome.OK, [v]))
     journal.append(e)
     rt.cursor += 1
     st.clock_entry, st.clock_at, st.clock_i = e, rt.cursor, 1

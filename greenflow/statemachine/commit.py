@@ -20,7 +20,8 @@ from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine.events import ExternalDone
 from greenflow.runtime.fingerprint import code_digest, fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
-from greenflow.runtime.journal import Kind
+from greenflow.runtime.flow_runtime import Ended
+from greenflow.runtime.journal import Kind, Outcome
 from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_key, session_key, timer_key)
 
 log = logging.getLogger("greenflow.scheduler")
@@ -39,7 +40,7 @@ class CommitStaging:
                 self._stage_checkpoint(b, rt)
             except Exception as exc:
                 log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name, fid, exc)
-                self._finish(rt, ("failed", FlowError(f"checkpoint failed: {exc}")))
+                self._finish(rt, (Ended.FAILED, FlowError(f"checkpoint failed: {exc}")))
                 continue
             if rt.pending is not None:
                 suspended.append(rt)
@@ -180,9 +181,9 @@ class CommitStaging:
 
         def work() -> None:
             try:
-                out: tuple = ("ok", fn(*args))
+                out: tuple = (Outcome.OK, fn(*args))
             except Exception as exc:  # noqa: BLE001 - recorded, re-raised in the flow
-                out = ("exc", exc)
+                out = (Outcome.EXC, exc)
             self.post(ExternalDone(fid, out))
 
         if self.threaded:

@@ -13,7 +13,7 @@ from typing import Any
 
 from greenflow import serialization, wire
 from greenflow.errors import FlowError, FlowException
-from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import encode_frame
 from greenflow.flows.registry import qualified_name
@@ -31,10 +31,10 @@ class Ending:
     def _finish(self, rt: FlowRuntime, res: tuple) -> None:
         kind = res[0]
         fid = rt.flow_id
-        if kind == "diverged" or rt.diverged is not None:
+        if kind == Ended.DIVERGED or rt.diverged is not None:
             self._park(rt, f"NonDeterminismError: {rt.diverged}{self._code_changed(rt)}")
             return
-        if kind == "failed" and is_transient(res[1]):
+        if kind == Ended.FAILED and is_transient(res[1]):
             exc = res[1]
             why = f"{type(exc).__name__}: {exc}"
             if rt.cp.retries < self.max_retries:
@@ -42,14 +42,14 @@ class Ending:
             else:
                 self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
             return
-        if kind == "unwound":
-            kind = "killed"
+        if kind == Ended.UNWOUND:
+            kind = Ended.KILLED
         record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
                                   "started_at": rt.cp.started_at, "finished_at": self.clock.now()}
-        if kind == "done":
-            rt.end_frames(("done",))
+        if kind == Ended.DONE:
+            rt.end_frames((Ended.DONE,))
             record.update(status=FlowStatus.COMPLETED, value=res[1])
-        if kind == "failed":
+        if kind == Ended.FAILED:
             exc = res[1]
             if isinstance(exc, FlowException):
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
@@ -58,7 +58,7 @@ class Ending:
                 log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
                             rt.cp.flow_class,
                             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-            rt.end_frames(("failed", exc))
+            rt.end_frames((Ended.FAILED, exc))
             record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
             if isinstance(exc, FlowException):
                 # Kept as the wire carries it: unpickling would call the class's __init__
@@ -67,8 +67,8 @@ class Ending:
                                             exc.ensure_error_id())
             else:
                 record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
-        elif kind == "killed":
-            rt.end_frames(("killed",))
+        elif kind == Ended.KILLED:
+            rt.end_frames((Ended.KILLED,))
             record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
         rt.cp.status = record["status"]
         self.ended.add(fid)
@@ -167,5 +167,5 @@ class Ending:
             rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
         self._evict(rt, "killed")   # unwinds its greenlet with I/O refused
         rt.out = ()              # anything produced while unwinding is not sent
-        self._finish(rt, ("killed",))
+        self._finish(rt, (Ended.KILLED,))
         return True

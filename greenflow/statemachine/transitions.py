@@ -12,7 +12,7 @@ from typing import Optional
 from greenflow.statemachine.actions import Accept, Ack
 from greenflow.statemachine.actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
 from greenflow.runtime.checkpoint import Checkpoint
-from greenflow.runtime.journal import Entry, Kind
+from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
 
 
@@ -20,14 +20,14 @@ def frame_outcome(frame: Frame) -> tuple:
     """The journal outcome a consumed frame gives a waiting ``receive``."""
     if frame.kind in (DATA, INIT):
         # The sequence number names the payload should it be stored aside (`payloads`).
-        return ("data", frame.payload, frame.seq)
+        return (Outcome.DATA, frame.payload, frame.seq)
     if frame.kind == END:
-        return ("end", end_reason(frame.reason))
+        return (Outcome.END, end_reason(frame.reason))
     if frame.kind == ERROR:
         assert frame.error is not None
-        return ("error",) + tuple(frame.error)
+        return (Outcome.ERROR,) + tuple(frame.error)
     if frame.kind == REJECT:
-        return ("reject", frame.reason)
+        return (Outcome.REJECT, frame.reason)
     raise ValueError(f"unknown frame kind {frame.kind}")
 
 
@@ -48,20 +48,20 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
             return [Consume(sid), Resume(frame_outcome(q[0].frame))]
         st = cp.sessions[sid]
         if st.peer_ended is not None:
-            return [Resume(("end", st.peer_ended))]
-        return _wait_until(entry, now, ("timeout",))
+            return [Resume((Outcome.END, st.peer_ended))]
+        return _wait_until(entry, now, TIMEOUT)
     if kind == Kind.SLEEP:
-        return _wait_until(entry, now, ("ok",))
+        return _wait_until(entry, now, OK)
     if kind == Kind.INFO:
         sid = entry.key[0]
         st = cp.sessions[sid]
         if st.peer_info is not None:
-            return [Resume(("ok", tuple(st.peer_info)))]
+            return [Resume((Outcome.OK, tuple(st.peer_info)))]
         q = inbox.get(sid)
         if q and q[0].frame.kind == REJECT:
             return [Consume(sid), Resume(frame_outcome(q[0].frame))]
         if st.peer_ended is not None:
-            return [Resume(("end", st.peer_ended))]
+            return [Resume((Outcome.END, st.peer_ended))]
         return [Wait()]
     if kind == Kind.EXTERNAL:
         if external_done is not None:
@@ -97,14 +97,14 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
         # but a confirmation answers the initiator's waiting counterparty_flow_info().
         if frame.kind == CONFIRM and pending is not None and pending.kind == Kind.INFO \
                 and pending.key[0] == frame.sid and frame.info is not None:
-            actions.append(Resume(("ok", tuple(frame.info))))
+            actions.append(Resume((Outcome.OK, tuple(frame.info))))
         return actions
     if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):
         if pending.kind == Kind.RECEIVE:
             actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
         elif pending.kind == Kind.INFO:
             if frame.info is not None:
-                actions.append(Resume(("ok", tuple(frame.info))))
+                actions.append(Resume((Outcome.OK, tuple(frame.info))))
             elif frame.kind == REJECT:
                 actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
     return actions
@@ -121,9 +121,9 @@ def on_timer(pending: Optional[Entry], deadline: float) -> list:
     if pending is None or pending.deadline is None or not same_deadline(pending.deadline, deadline):
         return []
     if pending.kind == Kind.RECEIVE:
-        return [Resume(("timeout",))]
+        return [Resume(TIMEOUT)]
     if pending.kind == Kind.SLEEP:
-        return [Resume(("ok",))]
+        return [Resume(OK)]
     return []
 
 

@@ -8,7 +8,7 @@ frame's inbox key (``flow \\0 session \\0 seq``), and never copied again:
 - a frame that waits in the inbox is stored as a stub (its payload empty) plus the
   payload set aside; consuming it deletes the stub only;
 - a frame consumed in the round it arrived has its payload set aside at that commit;
-- the journal entry records ``("stored", seq)`` instead of the bytes, in the store and
+- the journal entry records ``(Outcome.STORED, seq)`` instead of the bytes, in the store and
   in memory, so a waiting flow does not hold what it received either.
 
 Before, a payload that waited in the inbox was written twice (inbox, then journal) and
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from greenflow.errors import FlowError
 from greenflow.messages import Frame, encode_frame
-from greenflow.runtime.journal import Kind
+from greenflow.runtime.journal import Kind, Outcome
 from greenflow.storage.store import inbox_key
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def set_aside(b: "Batch", store: "Store", fid: str, entries: Iterable["Entry"],
     waited = None
     for e in entries:
         out = e.outcome
-        if e.kind != Kind.RECEIVE or out is None or out[0] != "data" or len(out) != 3 \
+        if e.kind != Kind.RECEIVE or out is None or out[0] != Outcome.DATA or len(out) != 3 \
                 or not _large(out[1]):
             continue
         sid, seq = e.key[0], out[2]
@@ -77,7 +77,7 @@ def set_aside(b: "Batch", store: "Store", fid: str, entries: Iterable["Entry"],
         key = inbox_key(fid, sid, seq)
         if (sid, seq) not in waited or not _stored(store, key):
             b.put(_DB, key, out[1])
-        e.outcome = ("stored", seq)
+        e.outcome = (Outcome.STORED, seq)
 
 
 def _stored(store: "Store", key: bytes) -> bool:

@@ -22,7 +22,7 @@ from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.clock import SystemClock
 from greenflow.errors import FlowError
 from greenflow.runtime.fingerprint import code_digest
-from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.node.identity import KEY_FILE, NAME_FILE
 from greenflow.runtime.journal import Entry
 from greenflow.party import Party
@@ -209,17 +209,17 @@ def _replay_one(sched: _ReplayScheduler, store: Store, fid: str, raw: bytes) -> 
     finally:
         _unwind(rt)
     changed = _changed(cp, logic)
-    if isinstance(res, Entry) or (res[0] == "unwound" and rt.diverged is None) \
-            or (res[0] == "done" and rt.diverged is None):
+    if isinstance(res, Entry) or (res[0] == Ended.UNWOUND and rt.diverged is None) \
+            or (res[0] == Ended.DONE and rt.diverged is None):
         if isinstance(res, Entry):
             what = res.describe()
-        elif res[0] == "unwound" and cp.pending is not None and rt.cursor >= len(journal):
+        elif res[0] == Ended.UNWOUND and cp.pending is not None and rt.cursor >= len(journal):
             what = journal[-1].describe()   # its pending request, reached
         else:
-            what = "the end of its journal" if res[0] == "unwound" else "its end"
+            what = "the end of its journal" if res[0] == Ended.UNWOUND else "its end"
         return FlowReplay(fid, cp.flow_class, REPLAYS,
                           f"up to '{what}'{changed}{note}", status)
-    if res[0] == "diverged" or rt.diverged is not None:
+    if res[0] == Ended.DIVERGED or rt.diverged is not None:
         return FlowReplay(fid, cp.flow_class, DIVERGES,
                           f"NonDeterminismError: {rt.diverged}{changed}", status)
     exc = res[1] if len(res) > 1 else None
