@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-from . import common, plots
+from greenflow.benchmarks import common, plots
 
 SUITES = ("throughput", "held", "restart", "disk", "trade", "processes", "hibernated")
 DEFAULT_SUITES = SUITES

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from .common import child_progress, mem, percentile, scratch_dir
+from greenflow.benchmarks.common import child_progress, mem, percentile, scratch_dir
 
 THROUGHPUT_POLL_S = 0.01
 

@@ -31,7 +31,7 @@ import shutil
 import time
 from typing import Any
 
-from .common import scratch_dir
+from greenflow.benchmarks.common import scratch_dir
 
 
 class _Node:
@@ -67,7 +67,7 @@ def w_design_floor(concurrency: int, budget: float, sync: bool = True) -> dict:
     import greenlet
     import msgpack
 
-    from .common import child_progress
+    from greenflow.benchmarks.common import child_progress
 
     base = scratch_dir("tp-design")
     a, b = _Node(os.path.join(base, "a"), sync), _Node(os.path.join(base, "b"), sync)

@@ -18,7 +18,7 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, child_progress, dir_bytes, mem, ratio, run_worker, scratch_dir
+from greenflow.benchmarks.common import SuiteResult, Table, child_progress, dir_bytes, mem, ratio, run_worker, scratch_dir
 
 NAME = "disk"
 
@@ -66,7 +66,7 @@ def _find_store(node_dir: str) -> str:
 
 # ====================================================================== workers
 def w_waiting(n: int) -> dict:
-    from .restart import w_setup
+    from greenflow.benchmarks.restart import w_setup
     base = scratch_dir("disk-wait")
     try:
         setup = w_setup(base, n)
@@ -80,7 +80,7 @@ def w_waiting(n: int) -> dict:
 
 def w_growth(rounds: int, per_round: int, sync: bool = False) -> dict:
     from greenflow.testing import MockNetwork
-    from .harness import Ping
+    from greenflow.benchmarks.harness import Ping
 
     base = scratch_dir("disk-growth")
     try:
@@ -130,8 +130,8 @@ TASKS = {"disk_waiting": w_waiting, "disk_growth": w_growth}
 def run(ctx: Any) -> SuiteResult:
     n = ctx.n or (1_000 if ctx.quick else 10_000)
     rounds, per_round = (8, 300) if ctx.quick else (16, 5_000)
-    from . import dbos_peer
-    from .restart import DBOS_N, DBOS_N_QUICK
+    from greenflow.benchmarks import dbos_peer
+    from greenflow.benchmarks.restart import DBOS_N, DBOS_N_QUICK
     has_dbos = dbos_peer.installed()
     n_dbos = DBOS_N_QUICK if ctx.quick else DBOS_N
     prog = ctx.progress(NAME, 3 if has_dbos else 2)

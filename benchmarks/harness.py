@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from greenflow import FlowLogic, FlowSession, Node, Party, initiated_by, initiating_flow
-from greenflow.events import Acked, FrameArrived
+from greenflow.statemachine.events import Acked, FrameArrived
 from greenflow.samples.ping import Ping, Pong
 
 __all__ = ["Ping", "Pong", "Hold", "HoldResponder", "Stepper", "StepperPong",

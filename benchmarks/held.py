@@ -23,7 +23,7 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, child_progress, mem, ratio, run_worker, scratch_dir
+from greenflow.benchmarks.common import SuiteResult, Table, child_progress, mem, ratio, run_worker, scratch_dir
 
 NAME = "held"
 THREAD_CAP = 10_000       # OS threads beyond this are impractical (and slow to create)
@@ -44,7 +44,7 @@ def _result(n: int, before: tuple[int, int], after: tuple[int, int], seconds: fl
 def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
                 capture_frames: bool = True) -> dict:
     from greenflow import Node, Party
-    from .harness import Hold, NullTransport
+    from greenflow.benchmarks.harness import Hold, NullTransport
 
     base = scratch_dir("held-gf")
     node = None
@@ -199,7 +199,7 @@ def _mem_available() -> Optional[int]:
 
 
 def run(ctx: Any) -> SuiteResult:
-    from .dbos_peer import installed as dbos_installed
+    from greenflow.benchmarks.dbos_peer import installed as dbos_installed
     n = ctx.n or (2_000 if ctx.quick else 100_000)
     n_thread = min(n, 1_000 if ctx.quick else THREAD_CAP)
     n_dbos = min(n, 200 if ctx.quick else DBOS_CAP)

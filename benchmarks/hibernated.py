@@ -23,7 +23,7 @@ import random
 import time
 from typing import Any
 
-from .common import SuiteResult, Table, child_progress, dir_bytes, mem, run_worker, scratch_dir
+from greenflow.benchmarks.common import SuiteResult, Table, child_progress, dir_bytes, mem, run_worker, scratch_dir
 
 NAME = "hibernated"
 MAX_RESIDENT = 1_000
@@ -32,10 +32,10 @@ SAMPLE = 2_000
 
 def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
     from greenflow import Node, Party
-    from greenflow.events import FrameArrived
+    from greenflow.statemachine.events import FrameArrived
     from greenflow.messages import DATA, Frame, encode_frame
     from greenflow import wire
-    from .harness import Hold
+    from greenflow.benchmarks.harness import Hold
 
     base = scratch_dir("hibernated")
     peer = Party("Nobody", b"\x01" * 32)
@@ -114,7 +114,7 @@ class AckingTransport:
         self.node: Any = None
 
     def send(self, peer: Any, data: bytes) -> None:
-        from greenflow.events import Acked
+        from greenflow.statemachine.events import Acked
         from greenflow.messages import decode_frame
         self.node.scheduler.post(Acked(peer.name, (decode_frame(data).msg_id,)))
 

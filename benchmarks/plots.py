@@ -155,7 +155,7 @@ def _rate_and_latency(series: list[tuple[str, Any]], rate_key: str, unit: str, t
 
 # ---------------------------------------------------------------------- suites
 def _throughput(figures: dict) -> Plots:
-    from .throughput import SYSTEMS
+    from greenflow.benchmarks.throughput import SYSTEMS
     series = [(label, figures.get(key)) for key, label, _t, _e in SYSTEMS]
     series.append(("DBOS (SQLite)", figures.get("dbos")))
     return _rate_and_latency(series, "flows_per_s", "flows",
@@ -163,7 +163,7 @@ def _throughput(figures: dict) -> Plots:
 
 
 def _trade(figures: dict) -> Plots:
-    from .trade import VARIANTS
+    from greenflow.benchmarks.trade import VARIANTS
     series = [(label, figures.get(key)) for key, label, _p in VARIANTS if key in figures]
     return _rate_and_latency(series, "trades_per_s", "trades",
                              "Delivery versus payment (sample.trade)", log_rate=False)

@@ -1,6 +1,6 @@
 """processes: ping-pong between two node *processes* over loopback TCP.
 
-Two node processes (``python -m greenflow.node_process``, sync commits on, encrypted
+Two node processes (``python -m greenflow.rpc.node_process``, sync commits on, encrypted
 TCP transport) are bootstrapped in a scratch directory and driven over RPC:
 
 - flows per second: a closed loop keeping C ``Ping(peer, 1)`` flows in flight on Alice;
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
+from greenflow.benchmarks.common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
 
 NAME = "processes"
 PING = "samples.ping.Ping"
@@ -198,9 +198,9 @@ def run(ctx: Any) -> SuiteResult:
 def main(argv: Optional[list[str]] = None) -> int:
     import argparse
 
-    from . import __main__ as bench_main
-    from .common import machine_info, write_json
-    from .plots import plot_safely
+    from greenflow.benchmarks import __main__ as bench_main
+    from greenflow.benchmarks.common import machine_info, write_json
+    from greenflow.benchmarks.plots import plot_safely
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.processes")
     p.add_argument("--quick", action="store_true")

@@ -25,7 +25,7 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import (SuiteResult, Table, child_progress, dir_bytes, mem, ratio, run_worker,
+from greenflow.benchmarks.common import (SuiteResult, Table, child_progress, dir_bytes, mem, ratio, run_worker,
                      scratch_dir)
 
 NAME = "restart"
@@ -36,7 +36,7 @@ TRIGGER_AFTER = 60.0
 def w_setup(base: str, n: int, batch: int = 5_000) -> dict:
     """Leave ``n`` waiting Stepper/StepperPong pairs in the stores under ``base``."""
     from greenflow.testing import MockNetwork
-    from .harness import Stepper
+    from greenflow.benchmarks.harness import Stepper
 
     t0 = time.perf_counter()
     # One peer holds all N sessions open on Bob: beyond the default per-peer cap.
@@ -72,7 +72,7 @@ def _resident(mock_node: Any) -> Optional[int]:
 
 def w_measure(base: str, trigger_id: str) -> dict:
     from greenflow.testing import MockNetwork
-    from . import harness  # noqa: F401 - the flow classes must be importable (they are)
+    from greenflow.benchmarks import harness  # noqa: F401 - the flow classes must be importable (they are)
 
     gc.collect()
     mem0 = mem()
@@ -126,7 +126,7 @@ def sizes(ctx: Any) -> list[int]:
 
 
 def run(ctx: Any) -> SuiteResult:
-    from . import dbos_peer
+    from greenflow.benchmarks import dbos_peer
     has_dbos = dbos_peer.installed()
     n_dbos = DBOS_N_QUICK if ctx.quick else DBOS_N
     ns = sizes(ctx)

@@ -27,8 +27,8 @@ import shutil
 import time
 from typing import Any, Optional
 
-from . import dbos_peer
-from .common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
+from greenflow.benchmarks import dbos_peer
+from greenflow.benchmarks.common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
 
 NAME = "throughput"
 ROUNDS = 1                 # send_and_receive rounds per ping-pong flow
@@ -46,8 +46,8 @@ def w_greenflow_mock(concurrency: int, budget: float, rounds: int = ROUNDS, sync
                      profile: bool = False) -> dict:
     """Waves of ``concurrency`` Ping flows on a MockNetwork until ``budget`` seconds."""
     from greenflow.testing import MockNetwork
-    from .common import child_progress
-    from .harness import Ping
+    from greenflow.benchmarks.common import child_progress
+    from greenflow.benchmarks.harness import Ping
 
     base = scratch_dir("tp-mock")
     try:
@@ -154,8 +154,8 @@ def _short(path: str) -> str:
 def w_greenflow_threaded(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     """Closed loop: ``concurrency`` Ping flows in flight between two threaded nodes."""
     import queue
-    from .common import child_progress
-    from .harness import Ping, linked_pair
+    from greenflow.benchmarks.common import child_progress
+    from greenflow.benchmarks.harness import Ping, linked_pair
 
     base = scratch_dir("tp-threaded")
     alice = bob = None
@@ -229,7 +229,7 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     """The same ping-pong in plain asyncio: two tasks per flow, two queues, no
     durability; a closed loop keeping ``concurrency`` flows in flight."""
     import asyncio
-    from .common import child_progress
+    from greenflow.benchmarks.common import child_progress
 
     async def ping(n: int, to_pong: asyncio.Queue, to_ping: asyncio.Queue) -> int:
         to_pong.put_nowait(n)
@@ -307,7 +307,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     ``concurrency`` flows, ``FLOOR_OPS`` per flow), with no runtime at all: no flows,
     greenlets, pickling or frames. Nothing durable in Python on LMDB can be faster."""
     import lmdb
-    from .common import child_progress
+    from greenflow.benchmarks.common import child_progress
 
     base = scratch_dir("tp-floor")
     try:

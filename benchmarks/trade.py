@@ -26,7 +26,7 @@ import shutil
 import time
 from typing import Any, Optional
 
-from .common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
+from greenflow.benchmarks.common import SuiteResult, Table, percentile, ratio, run_worker, scratch_dir
 
 NAME = "trade"
 TARGET = 1_000  # trades/s, the trade target
@@ -83,7 +83,7 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
     """Waves of ``concurrency`` trades on a MockNetwork until ``budget`` seconds of trading."""
     from greenflow.samples.trade import PRICE, SellerFlow, TradeNetwork, prepare_trades
 
-    from .common import child_progress
+    from greenflow.benchmarks.common import child_progress
 
     timers = _instrument()
     base = scratch_dir("trade")
@@ -156,7 +156,7 @@ def w_trade(concurrency: int, budget: float, sync: bool = True, capture_frames: 
             "share_pct": {k: 100.0 * v / elapsed for k, v in spent.items()},
         }
         if prof is not None:
-            from .throughput import _top_functions
+            from greenflow.benchmarks.throughput import _top_functions
             out["profile"] = _top_functions(prof, 20)
         tn.close()
         return out

@@ -12,7 +12,7 @@ import traceback
 
 
 def tasks() -> dict:
-    from . import dbos_peer, design_floor, disk, held, hibernated, restart, throughput, trade
+    from greenflow.benchmarks import dbos_peer, design_floor, disk, held, hibernated, restart, throughput, trade
     out: dict = {}
     for mod in (throughput, design_floor, held, restart, disk, dbos_peer, trade, hibernated):
         out.update(mod.TASKS)
@@ -22,8 +22,8 @@ def tasks() -> dict:
 def main(argv: list[str]) -> int:
     task, params, result_path = argv[0], json.loads(argv[1]), argv[2]
     # Every variant, greenflow's and its peers', runs with the garbage-collector settings
-    # of a greenflow node process (greenflow.gc_tuning), so the comparison stays fair.
-    from greenflow.gc_tuning import tune
+    # of a greenflow node process (greenflow.node.gc_tuning), so the comparison stays fair.
+    from greenflow.node.gc_tuning import tune
     tune()
     try:
         result = tasks()[task](**params)
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         rc = 1
     with open(result_path, "w") as f:
         json.dump(result, f, default=str)
-    from .common import remove_scratch
+    from greenflow.benchmarks.common import remove_scratch
     try:
         os.chdir("/")          # DBOS workers run inside their scratch directory
     except OSError:

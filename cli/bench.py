@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .errors import ComponentMissing, exit_code_of
+from greenflow.cli.errors import ComponentMissing, exit_code_of
 
 BENCH_MODULE = "greenflow.benchmarks.__main__"
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import click
 
-from .errors import NotANodeDirectory
+from greenflow.cli.errors import NotANodeDirectory
 
 
 @click.group("checkpoints")
@@ -37,7 +37,7 @@ def dump(node_dir: str, as_json: bool) -> None:
 
 def node_name(node_dir: str) -> str:
     """The node's name, from ``DIR/identity.name``."""
-    from greenflow.identity import NAME_FILE
+    from greenflow.node.identity import NAME_FILE
 
     path = os.path.join(node_dir, NAME_FILE)
     try:

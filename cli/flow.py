@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import click
 
-from .errors import FlowFailed
-from .rpc_target import node_options
+from greenflow.cli.errors import FlowFailed
+from greenflow.cli.rpc_target import node_options
 
 
 @click.group("flow")
@@ -17,8 +17,8 @@ def command() -> None:
 
 
 def _args(assignments: tuple[str, ...]) -> dict[str, str]:
-    from .errors import BadFlowArgument
-    from .flow_args import FlowArgumentError, parse_assignments
+    from greenflow.cli.errors import BadFlowArgument
+    from greenflow.cli.flow_args import FlowArgumentError, parse_assignments
 
     try:
         return parse_assignments(assignments)
@@ -52,7 +52,7 @@ def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id:
 
 def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
     """Print a flow's progress steps as they happen; return its result document."""
-    from greenflow.rpc_client import RpcClientError
+    from greenflow.rpc.client import RpcClientError
 
     try:
         for event, data in client.progress(fid, timeout=timeout):

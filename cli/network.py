@@ -5,10 +5,10 @@ import os
 
 import click
 
-from greenflow.bootstrap import DEFAULT_APPS, bootstrap_network
-from greenflow.network_map import NetworkMapError, format_address
+from greenflow.network.bootstrap import DEFAULT_APPS, bootstrap_network
+from greenflow.network.network_map import NetworkMapError, format_address
 
-from .errors import UsageProblem
+from greenflow.cli.errors import UsageProblem
 
 
 def split_names(text: str) -> list[str]:

@@ -6,9 +6,9 @@ import time
 
 import click
 
-from .errors import CliError, UsageProblem
-from .network import split_names
-from .rpc_target import node_options
+from greenflow.cli.errors import CliError, UsageProblem
+from greenflow.cli.network import split_names
+from greenflow.cli.rpc_target import node_options
 
 
 @click.group("node")
@@ -33,8 +33,8 @@ def init(base_dir: str, name: str, p2p_address: str, rpc_address: str, apps: str
          notary: bool, validating: bool, rpc_user: str, rpc_password: str | None) -> None:
     """Create one node directory: key pair, node.toml, and a network map naming only
     this node (replace it with the network's map)."""
-    from greenflow.bootstrap import init_node
-    from greenflow.network_map import NetworkMapError, parse_address
+    from greenflow.network.bootstrap import init_node
+    from greenflow.network.network_map import NetworkMapError, parse_address
 
     try:
         cfg = init_node(base_dir, name, p2p_address=parse_address(p2p_address),
@@ -48,7 +48,7 @@ def init(base_dir: str, name: str, p2p_address: str, rpc_address: str, apps: str
 
 
 def _key(cfg) -> str:  # noqa: ANN001
-    from greenflow.identity import NodeIdentity
+    from greenflow.node.identity import NodeIdentity
     return NodeIdentity.load_or_create(cfg.base_dir, cfg.name).party.owning_key.hex()
 
 
@@ -66,7 +66,7 @@ def start(base_dir: str, log_level: str, new_store: bool) -> None:
 
     Exit status: 0 stopped cleanly, 1 could not start, 2 bad configuration, 3 store
     refused (missing, damaged), 4 the store failed while running (e.g. disk full)."""
-    from greenflow.node_process import serve
+    from greenflow.rpc.node_process import serve
 
     code = serve(base_dir, log_level=log_level, new_store=new_store)
     if code:
@@ -105,7 +105,7 @@ def drain(client, state: str) -> None:  # noqa: ANN001
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to stop.")
 def stop(client, timeout: float) -> None:  # noqa: ANN001
     """Shut a running node down cleanly."""
-    from greenflow.rpc_client import RpcClientError
+    from greenflow.rpc.client import RpcClientError
 
     name = client.node_info()["name"]
     client.shutdown()

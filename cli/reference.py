@@ -34,7 +34,7 @@ def _context(cmd: click.Command, name: str, parent: Optional[click.Context]) -> 
 
 
 def reference() -> str:
-    from .main import main
+    from greenflow.cli.main import main
 
     parts = []
     for path, text in _walk(main, _context(main, "greenflow", None)):

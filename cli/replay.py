@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from .errors import CliError, NotANodeDirectory
+from greenflow.cli.errors import CliError, NotANodeDirectory
 
 
 class ReplayDiverged(CliError):
@@ -30,7 +30,7 @@ def command(node_dir: str, apps: tuple[str, ...]) -> None:
     import os
 
     from greenflow.errors import FlowError, StoreError
-    from greenflow.identity import NAME_FILE
+    from greenflow.node.identity import NAME_FILE
     from greenflow.testing.replay import replay_node
 
     if not os.path.isfile(os.path.join(node_dir, NAME_FILE)):

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from .errors import BadFlowArgument, CliError, FlowNotStartable, NotANodeDirectory, UsageProblem
+from greenflow.cli.errors import BadFlowArgument, CliError, FlowNotStartable, NotANodeDirectory, UsageProblem
 
 
 def node_options(fn: Callable) -> Callable:
@@ -32,8 +32,8 @@ def node_options(fn: Callable) -> Callable:
 
 
 def connect(node: str, user: str | None = None, password: str | None = None) -> Any:
-    from greenflow.node_config import ConfigError
-    from greenflow.rpc_client import RpcClient
+    from greenflow.network.node_config import ConfigError
+    from greenflow.rpc.client import RpcClient
 
     try:
         return RpcClient.for_node(node, user, password)
@@ -52,7 +52,7 @@ class rpc_errors:  # noqa: N801 - used as a context manager
         return None
 
     def __exit__(self, typ: Any, exc: Any, tb: Any) -> bool:
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         if not isinstance(exc, RpcClientError):
             return False

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 
 import click
 
-from .errors import (BadFlowArgument, FlowFailed, FlowNotStartable, UnknownTarget,
+from greenflow.cli.errors import (BadFlowArgument, FlowFailed, FlowNotStartable, UnknownTarget,
                      UsageProblem, exit_code_of)
 
 log = logging.getLogger("greenflow.cli")
@@ -140,7 +140,7 @@ def _run_flow(ctx: click.Context, target: str, assignments: tuple[str, ...],
               data_dir: Optional[str], show_help: bool) -> None:
     from greenflow.errors import NotStartable
 
-    from . import flow_args
+    from greenflow.cli import flow_args
 
     try:
         cls = flow_args.load_flow_class(target)
@@ -206,9 +206,9 @@ def _drive(net: Any, starter: Any, handle: Any, keep_hint: bool) -> None:
 
 
 def _flow_help(ctx: click.Context, target: str, cls: type) -> str:
-    from greenflow.registry import is_startable
+    from greenflow.flows.registry import is_startable
 
-    from . import flow_args
+    from greenflow.cli import flow_args
 
     params, var_kw = flow_args.flow_params(cls)
     fmt = click.HelpFormatter()

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from .errors import NotANodeDirectory, UsageProblem
+from greenflow.cli.errors import NotANodeDirectory, UsageProblem
 
 
 @click.group("vault")
@@ -45,7 +45,7 @@ def query(node_dir: str, type_path: str, status: str, linear_ids: tuple, externa
     from greenflow.ledger.vault_query import (PageSpecification, QueryCriteria, Sort, VaultQueryError,
                                               page_json, read_vault, state_class)
 
-    from .checkpoints import node_name
+    from greenflow.cli.checkpoints import node_name
 
     name = node_name(node_dir)
     if not os.path.isdir(os.path.join(node_dir, "store")):
@@ -70,7 +70,7 @@ def _known_types(node_dir: str) -> list[str]:
     import os
 
     from greenflow.ledger.vault_query import IndexReader
-    from greenflow.store import Store
+    from greenflow.storage.store import Store
 
     store = Store(os.path.join(os.path.abspath(node_dir), "store"), readonly=True)
     try:

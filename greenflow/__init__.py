@@ -11,17 +11,18 @@ install .``, or ``pip install -e .`` for a working checkout).
 """
 from __future__ import annotations
 
-from .errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
+from greenflow.errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
                      NotSerializable, NotStartable, ReceiveTypeError, SessionRefused,
                      UnexpectedFlowEnd, UnknownFlow, WireFormatError)
-from .flow_logic import FlowLogic
-from .node import FlowHandle, FlowInfo, Node
-from .party import Party
-from .progress import ProgressTracker, Step
-from .registry import initiated_by, initiating_flow, startable
-from .session import FlowSession, PeerFlowInfo
-from .status import FlowStatus
-from .wire import serializable
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.node.node import FlowHandle, FlowInfo, Node
+from greenflow.party import Party
+from greenflow.runtime.snapshots import register_sensitive
+from greenflow.flows.progress import ProgressTracker, Step
+from greenflow.flows.registry import initiated_by, initiating_flow, startable
+from greenflow.flows.session import FlowSession, PeerFlowInfo
+from greenflow.status import FlowStatus
+from greenflow.wire import serializable
 
 __version__ = "0.1.0"
 
@@ -30,5 +31,5 @@ __all__ = [
     "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NonDeterminismError",
     "NotSerializable", "NotStartable", "Party", "PeerFlowInfo", "ProgressTracker",
     "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
-    "initiated_by", "initiating_flow", "serializable", "startable",
+    "initiated_by", "initiating_flow", "register_sensitive", "serializable", "startable",
 ]

@@ -1,6 +1,6 @@
 """Ed25519 key pairs and key files: a node's identity key and the keys the ledger signs with.
 
-The core needs these for its own identity (`greenflow.identity`), so they live below the
+The core needs these for its own identity (`greenflow.node.identity`), so they live below the
 ledger; `greenflow.ledger.crypto` re-exports them under the names ledger code uses.
 
 Private key material never shows in a ``repr``, a log line or a checkpoint: `KeyPair`
@@ -18,7 +18,7 @@ from typing import NoReturn
 import nacl.exceptions
 import nacl.signing
 
-from .errors import FlowError
+from greenflow.errors import FlowError
 
 __all__ = [
     "KeyFileError", "KeyPair", "load_keypair", "load_or_create_keypair", "save_keypair",

@@ -16,13 +16,17 @@ from typing import Any, Optional
 
 import msgpack
 
-from .errors import WireFormatError
+from greenflow.errors import WireFormatError
 
 INIT, DATA, END, ERROR, REJECT, CONFIRM, INFO_REQ = 1, 2, 3, 4, 5, 6, 7
 KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection",
               CONFIRM: "confirmation", INFO_REQ: "flow-info request"}
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+#: Prefix of a rejection's reason when the node refused the session (rather than having
+#: no responder for it): the initiator raises `SessionRefused`, not `UnknownFlow`.
+REFUSED = "refused: "
 
 
 @dataclass(slots=True)

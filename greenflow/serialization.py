@@ -10,6 +10,7 @@ small object), so it is only the fallback for lambdas, closures and classes defi
 """
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any
 
@@ -17,6 +18,60 @@ import dill
 
 _PICKLE = b"P"
 _DILL = b"D"
+
+#: Modules that moved into packages. A checkpoint, journal entry or result stored by an
+#: earlier version names the classes in it (a flow's `FlowSession`, the `Checkpoint`
+#: header) by the old module path; loading maps them, so a node upgraded in place reads
+#: its store. Only consulted when a plain load fails: new blobs never pay for it.
+MOVED_MODULES = {
+    "greenflow.flow_logic": "greenflow.flows.flow_logic",
+    "greenflow.session": "greenflow.flows.session",
+    "greenflow.registry": "greenflow.flows.registry",
+    "greenflow.progress": "greenflow.flows.progress",
+    "greenflow.traps": "greenflow.runtime.traps",
+    "greenflow.flow_runtime": "greenflow.runtime.flow_runtime",
+    "greenflow.journal": "greenflow.runtime.journal",
+    "greenflow.checkpoint": "greenflow.runtime.checkpoint",
+    "greenflow.fingerprint": "greenflow.runtime.fingerprint",
+    "greenflow.clock": "greenflow.runtime.clock",
+    "greenflow.frames": "greenflow.runtime.snapshots",
+    "greenflow.store": "greenflow.storage.store",
+    "greenflow.store_guard": "greenflow.storage.store_guard",
+    "greenflow.page_trim": "greenflow.storage.page_trim",
+    "greenflow.payloads": "greenflow.storage.payloads",
+    "greenflow.events": "greenflow.statemachine.events",
+    "greenflow.actions": "greenflow.statemachine.actions",
+    "greenflow.transitions": "greenflow.statemachine.transitions",
+    "greenflow.executor": "greenflow.statemachine.executor",
+    "greenflow.scheduler": "greenflow.statemachine.scheduler",
+    "greenflow.hospital": "greenflow.statemachine.hospital",
+    "greenflow.limits": "greenflow.statemachine.limits",
+    "greenflow.node": "greenflow.node.node",
+    "greenflow.services": "greenflow.node.services",
+    "greenflow.identity": "greenflow.node.identity",
+    "greenflow.gc_tuning": "greenflow.node.gc_tuning",
+    "greenflow.tcp_transport": "greenflow.network.tcp_transport",
+    "greenflow.network_map": "greenflow.network.network_map",
+    "greenflow.bootstrap": "greenflow.network.bootstrap",
+    "greenflow.node_config": "greenflow.network.node_config",
+    "greenflow.rpc_server": "greenflow.rpc.server",
+    "greenflow.rpc_client": "greenflow.rpc.client",
+    "greenflow.rpc_limits": "greenflow.rpc.limits",
+    "greenflow.log_limits": "greenflow.rpc.log_limits",
+    "greenflow.flow_start": "greenflow.rpc.flow_start",
+    "greenflow.metrics": "greenflow.rpc.metrics",
+    "greenflow.node_process": "greenflow.rpc.node_process",
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+class _DillUnpickler(dill.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
 def dumps(obj: Any) -> bytes:
@@ -32,9 +87,15 @@ def loads(blob: bytes) -> Any:
     """Read back a blob written by `dumps`."""
     tag, body = blob[:1], memoryview(blob)[1:]
     if tag == _PICKLE:
-        return pickle.loads(body)
+        try:
+            return pickle.loads(body)
+        except ModuleNotFoundError:   # stored before a module moved (see MOVED_MODULES)
+            return _Unpickler(io.BytesIO(body)).load()
     if tag == _DILL:
-        return dill.loads(bytes(body))
+        try:
+            return dill.loads(bytes(body))
+        except ModuleNotFoundError:
+            return _DillUnpickler(io.BytesIO(bytes(body))).load()
     raise ValueError(f"unknown checkpoint blob tag {tag!r}")
 
 

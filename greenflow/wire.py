@@ -33,8 +33,8 @@ from typing import Any, Callable, TypeVar
 
 import msgpack
 
-from .errors import NotSerializable, WireFormatError
-from .party import Party
+from greenflow.errors import NotSerializable, WireFormatError
+from greenflow.party import Party
 
 __all__ = [
     "MAX_WIRE_BYTES",

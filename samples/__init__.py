@@ -42,10 +42,6 @@ them directly, and every ``@startable`` flow can also be started on its own with
 """
 from __future__ import annotations
 
-import pkgutil
+from greenflow.rpc.flow_start import available_samples
 
-
-def available_samples() -> list[str]:
-    """Names of the bundled sample modules, sorted (without importing them)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__)  # type: ignore[name-defined]
-                  if not m.name.startswith("_"))
+__all__ = ["available_samples"]

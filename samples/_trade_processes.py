@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import click
 
-from .trade import (FACE_VALUE, PRICE_LIMIT, BuyerFlow, _Display,
+from greenflow.samples.trade import (FACE_VALUE, PRICE_LIMIT, BuyerFlow, _Display,
                     announce_network, announce_trades, cash_per_trade, make_summary,
                     settlement_problems)
 

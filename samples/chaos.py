@@ -45,8 +45,8 @@ import click
 from greenflow import FlowLogic, startable
 from greenflow.ledger import ContractState
 
-from ._trade_processes import WAIT, _run
-from .trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper, cash_units
+from greenflow.samples._trade_processes import WAIT, _run
+from greenflow.samples.trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper, cash_units
 
 APPS = ["samples.trade", "samples.chaos", "samples.ping"]
 PING_FLOW = "samples.ping.Ping"
@@ -337,7 +337,7 @@ class ChaosRun:
                 self._start_pending(pending)
 
     def _start_pending(self, pending: list[Trade]) -> None:
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         for t in list(pending):
             if t.seller in self._down:
@@ -363,7 +363,7 @@ class ChaosRun:
 
     def _drive_pings(self, t0: float) -> None:
         """Start each ping at its time (a node that is down: again later, same client id)."""
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         for p in self.pings:
             while p.flow_id is None and not self._stop.is_set():
@@ -390,7 +390,7 @@ class ChaosRun:
     def _check_pings(self, deadline: float) -> None:
         """Every ping started (late ones now), completed once, with the right sum; the
         same client id gives back the same flow."""
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         for p in self.pings:
             while p.flow_id is None and time.monotonic() < deadline:
@@ -417,7 +417,7 @@ class ChaosRun:
         """Start every trade again with its client id, as a client unsure whether its
         first start went through would (the nodes were killed since): each must answer
         with the flow it started the first time. Returns how many did not."""
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         wrong = 0
         for t in self.trades:
@@ -514,7 +514,7 @@ class ChaosRun:
                      f"elsewhere)  frozen {down:.2f} s, then SIGCONT")
 
     def _unfinished_elsewhere(self, victims: list[str]) -> int:
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         n = 0
         for name in self.pn.names:
@@ -542,7 +542,7 @@ class ChaosRun:
     def _settle(self, deadline: float) -> list[dict]:
         """Every node up, every trade started and finished, no unfinished flow anywhere
         (or the deadline): returns the flows still unfinished, from the checkpoint dumps."""
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
 
         pn = self.pn
         for name in pn.names:

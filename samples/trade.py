@@ -39,7 +39,7 @@ from greenflow.ledger.flows import (CollectSignaturesFlow, DataVendingFlow, Fina
                                     ReceiveFinalityFlow, ResolveTransactionsFlow,
                                     SignTransactionFlow, TransactionRefused, check_states_match)
 from greenflow.ledger.transactions import LedgerTransaction
-from greenflow.services import journaled, register_service_factory
+from greenflow.node import journaled, register_service_factory
 
 DEFAULT_CURRENCY = "GBP"
 
@@ -590,7 +590,7 @@ def run_sample(data_dir: str, trades: int = 1, price: int = PRICE, crash: bool =
     network, or (``processes``) on real node processes over TCP."""
     say = (lambda *_: None) if as_json else click.echo
     if processes:
-        from ._trade_processes import run_on_processes
+        from greenflow.samples._trade_processes import run_on_processes
         summary = run_on_processes(data_dir, trades, price, crash, say, quiet=as_json)
     else:
         summary = _run_in_process(data_dir, trades, price, crash, say, quiet=as_json)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, startable
-from greenflow.frames import register_sensitive
+from greenflow.runtime.snapshots import register_sensitive
 
 
 class CardNumber(str):

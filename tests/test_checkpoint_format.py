@@ -1,10 +1,12 @@
 """Stored headers and result records: the compact format round-trips, and what earlier
 versions stored still loads (a node upgraded in place reads its old store)."""
+import pickle
+
 from greenflow import serialization
-from greenflow.checkpoint import Checkpoint, SessionState, _checkpoint_state
+from greenflow.runtime.checkpoint import Checkpoint, SessionState, _checkpoint_state
 from greenflow.party import Party
 from greenflow.status import FlowStatus
-from greenflow.store import dump_result, load_result
+from greenflow.storage.store import dump_result, load_result
 
 
 def _checkpoint() -> Checkpoint:
@@ -45,3 +47,43 @@ def test_result_records_store_the_status_plainly_and_read_back_the_enum():
     assert load_result(raw) == rec and load_result(raw)["status"] is FlowStatus.COMPLETED
     earlier = serialization.dumps(rec)          # records stored with the enum itself
     assert load_result(earlier)["status"] is FlowStatus.COMPLETED
+
+
+def _as_stored_before_the_packages(obj) -> bytes:
+    """``obj`` pickled the way an earlier version stored it: its classes under their
+    module paths from before the modules moved into packages."""
+    raw = pickle.dumps(obj, protocol=0)   # text opcodes: module paths can be rewritten
+    for old, new in serialization.MOVED_MODULES.items():
+        raw = raw.replace(b"c" + new.encode() + b"\n", b"c" + old.encode() + b"\n")
+    assert b"cgreenflow.runtime." not in raw and b"cgreenflow.flows." not in raw
+    return raw
+
+
+def test_a_header_stored_under_the_old_module_paths_still_loads():
+    cp = _checkpoint()
+    raw = _as_stored_before_the_packages(cp)
+    assert b"cgreenflow.checkpoint\n" in raw
+    for tag in (b"P", b"D"):   # the C pickler's blobs and dill's
+        back = serialization.loads(tag + raw)
+        assert back == cp and type(back) is Checkpoint
+        assert type(back.sessions["01a2.1"]) is SessionState
+
+
+def test_a_flow_session_stored_under_its_old_module_path_still_loads():
+    from greenflow.flows.session import FlowSession
+    raw = _as_stored_before_the_packages({"s": FlowSession("01a2.1", Party("Bob", b"k" * 32))})
+    assert b"cgreenflow.session\n" in raw
+    back = serialization.loads(b"P" + raw)
+    assert type(back["s"]) is FlowSession
+
+
+def test_journal_kinds_are_stored_as_the_plain_strings_earlier_versions_wrote():
+    from greenflow.runtime.journal import SUSPENDING, Entry, Kind
+    assert {Kind.RECEIVE, Kind.SLEEP, Kind.EXTERNAL, Kind.INFO} == SUSPENDING
+    e = Entry(Kind.RECEIVE, ("01a2.1", "Bob", "int"), ("data", b"\x01", 0))
+    raw = serialization.dumps(e)
+    assert b"Kind" not in raw   # no class of ours in the stored entry: the bare string
+    earlier = Entry.__new__(Entry)
+    earlier.__setstate__(("receive", ("01a2.1", "Bob", "int"), ("data", b"\x01", 0), None))
+    back = serialization.loads(raw)
+    assert back.kind == earlier.kind == Kind.RECEIVE and type(back.kind) is str

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from greenflow.node_config import hash_password, read_credentials
+from greenflow.network.node_config import hash_password, read_credentials
 from greenflow.testing.node_processes import ProcessNetwork
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -258,8 +258,8 @@ def test_metrics_parse_and_the_counters_move_as_flows_run(world):
 
 
 def test_two_nodes_in_one_process_have_their_own_metrics(tmp_path):
-    from greenflow.metrics import NodeMetrics
-    from greenflow.node import Node
+    from greenflow.rpc.metrics import NodeMetrics
+    from greenflow.node.node import Node
 
     with Node(str(tmp_path / "a"), "O=A,L=London,C=GB", apps=["consoleflows"]) as a, \
             Node(str(tmp_path / "b"), "O=B,L=Paris,C=FR", apps=["consoleflows"]) as b:

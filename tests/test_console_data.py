@@ -8,7 +8,7 @@ import pytest
 
 from consoleflows import Napper, Stepper
 from greenflow.console import data
-from greenflow.node import Node
+from greenflow.node.node import Node
 
 
 @pytest.fixture
@@ -83,5 +83,5 @@ def test_one_flow_shows_its_journal_stack_and_progress_from_disk(node):
 def test_a_node_without_a_vault_says_so_and_opens_none(tmp_path):
     with Node(str(tmp_path / "plain"), "O=Plain,L=London,C=GB", apps=["consoleflows"], sync=False) as n:
         v = data.vault_overview(n, {})
-        from greenflow.services import _FACTORIES
+        from greenflow.node.services import _FACTORIES
         assert v["open"] == ("vault" in _FACTORIES)

@@ -154,7 +154,7 @@ def test_frames_of_code_in_a_directory_named_like_greenlet_are_the_flows_own(tmp
     # has "greenlet" in its name holds the flow's code, whose frames a dump must show.
     import sys
 
-    from greenflow import frames
+    from greenflow.runtime import snapshots as frames
 
     path = str(tmp_path / "my-greenlet-app" / "flows.py")
     namespace: dict = {"sys": sys}

@@ -10,7 +10,7 @@ from greenflow import (FlowError, FlowException, FlowKilled, FlowStatus, FlowTim
                        NonDeterminismError, NotSerializable, NotStartable, ReceiveTypeError,
                        UnexpectedFlowEnd, UnknownFlow)
 from greenflow.cli.flow_args import check_startable
-from greenflow.registry import is_startable
+from greenflow.flows.registry import is_startable
 from greenflow.samples.ping import Ping
 from greenflow.testing import MockNetwork
 

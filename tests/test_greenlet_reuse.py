@@ -12,7 +12,8 @@ import pytest
 from flowlib import Traced
 from netutil import only_flow, pair, run
 
-from greenflow import FlowStatus, traps
+from greenflow import FlowStatus
+from greenflow.runtime import traps
 from greenflow.testing import MockNetwork
 
 

@@ -239,9 +239,9 @@ def test_vault_query_on_the_command_line_reads_a_nodes_store(tmp_path):
 def test_vault_states_and_updates_over_rpc(tmp_path):
     import threading
 
-    from greenflow.bootstrap import bootstrap_network
-    from greenflow.node_process import NodeProcess
-    from greenflow.rpc_client import RpcClient, RpcClientError
+    from greenflow.network.bootstrap import bootstrap_network
+    from greenflow.rpc.node_process import NodeProcess
+    from greenflow.rpc.client import RpcClient, RpcClientError
 
     configs = {c.name: c for c in bootstrap_network(str(tmp_path), ["Alice"], notary="Notary", base_port=0,
                                                      apps=["greenflow.ledger.finance"], rpc_password="pw")}

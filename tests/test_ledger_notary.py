@@ -15,7 +15,7 @@ from greenflow.ledger import (ContractViolation, SignedTransaction, StatesToReco
 from greenflow.ledger.flows import (NotaryConflictError, NotaryError, NotaryTimeWindowError,
                                     NotaryValidationError, ReceiveFinalityFlow)
 from greenflow.ledger.transactions import _ID_DOMAIN, WireTransaction
-from greenflow.node import Node
+from greenflow.node.node import Node
 from greenflow.testing import MockNetwork
 from greenflow.wire import canonical_encode
 
@@ -374,10 +374,10 @@ def test_a_malformed_window_or_reference_from_a_peer_is_refused(tmp_path):
 def test_the_notary_kind_is_chosen_at_bootstrap_and_kept_by_the_node_directory(tmp_path):
     from click.testing import CliRunner
 
-    from greenflow.bootstrap import bootstrap_network
+    from greenflow.network.bootstrap import bootstrap_network
     from greenflow.cli.network import command
-    from greenflow.node_config import ConfigError, NodeConfig
-    from greenflow.node_process import NodeProcess
+    from greenflow.network.node_config import ConfigError, NodeConfig
+    from greenflow.rpc.node_process import NodeProcess
 
     out = CliRunner().invoke(command, ["bootstrap", "--dir", str(tmp_path / "v"), "--nodes", "Alice",
                                        "--notary", "Notary", "--validating-notary", "--base-port", "0"])

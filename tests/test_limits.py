@@ -7,7 +7,7 @@ import time
 import pytest
 from limitflows import SECRETS, CardNumber, HoldsSecrets
 
-from greenflow.store import fid_key
+from greenflow.storage.store import fid_key
 
 
 # ====================================================================== dump redaction
@@ -34,7 +34,7 @@ def test_a_dump_redacts_by_key_inside_containers_and_by_app_names_and_types(net)
 
 def test_a_dump_redacts_names_given_as_a_node_option(tmp_path):
     from greenflow import Node
-    from greenflow.frames import denied_name
+    from greenflow.runtime.snapshots import denied_name
     assert not denied_name("sort_code_x")
     node = Node.open(tmp_path / "n", "Solo", threaded=False, sensitive_names=["sort_code"])
     try:
@@ -86,7 +86,7 @@ def test_a_peer_can_hold_only_so_many_sessions_open_and_learns_why(net):
 def test_many_sessions_from_one_peer_are_refused_beyond_the_default_cap(net):
     from limitflows import Pester
 
-    from greenflow.limits import DEFAULT_MAX_INBOUND_SESSIONS
+    from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
     assert 1_000 <= DEFAULT_MAX_INBOUND_SESSIONS <= 100_000
     alice = net.create_node("Alice")
     bob = net.create_node("Bob", max_inbound_sessions=50)   # the default's behaviour, smaller
@@ -130,7 +130,7 @@ def test_the_idle_timeout_is_off_by_default_and_an_explicit_timeout_wins(net):
 
 
 def test_limits_are_read_from_node_toml(tmp_path):
-    from greenflow.node_config import ConfigError, NodeConfig
+    from greenflow.network.node_config import ConfigError, NodeConfig
     base = {"name": "Bob", "p2p_address": "127.0.0.1:1", "rpc_address": "127.0.0.1:2"}
     cfg = NodeConfig.from_dict({**base, "limits": {"max_inbound_sessions": 7,
                                                    "responder_idle_timeout": 90},
@@ -155,7 +155,7 @@ def _store_bytes(mock_node) -> int:
 def test_large_received_payloads_are_stored_once_and_not_held_in_memory(net):
     from limitflows import SendBulk
 
-    from greenflow.payloads import ASIDE_BYTES
+    from greenflow.storage.payloads import ASIDE_BYTES
     n, size = 24, 512 * 1024
     alice, bob = net.create_node("Alice"), net.create_node("Bob")
     net.run_network()
@@ -184,7 +184,7 @@ def test_large_received_payloads_are_stored_once_and_not_held_in_memory(net):
     [info] = [f for f in bob.flows() if f.flow_class.endswith("ReceiveBulkLater")]
     assert bob.handle(info.id).result() == n * size
     # ... and they go with the flow.
-    from greenflow.store import fid_key
+    from greenflow.storage.store import fid_key
     assert not [k for k in bob.node.store.keys("payloads") if k.startswith(fid_key(info.id))]
 
 
@@ -193,9 +193,9 @@ def test_a_payload_built_to_freeze_the_decoder_is_dropped_fast_and_others_are_se
     import msgpack
 
     from greenflow import wire
-    from greenflow.events import FrameArrived
+    from greenflow.statemachine.events import FrameArrived
     from greenflow.messages import INIT, Frame, encode_frame
-    from greenflow.registry import initiating_info
+    from greenflow.flows.registry import initiating_info
     from greenflow.samples.ping import Ping
     alice, bob, mallory = net.create_node("Alice"), net.create_node("Bob"), net.create_node("Mallory")
     # 40,000 distinct ints with one hash value, as a set: ~9 s of the scheduler thread before.
@@ -270,7 +270,7 @@ def test_a_frame_built_to_exhaust_the_frame_decoder_is_refused_at_once():
 def test_a_record_built_to_exhaust_the_transport_decoder_is_refused_at_once():
     import msgpack
 
-    from greenflow.tcp_transport import K_ACK, K_FRAME, ProtocolError, _unpack
+    from greenflow.network.tcp_transport import K_ACK, K_FRAME, ProtocolError, _unpack
     n = 5 * 1024 * 1024
     # 15 MiB of empty lists, of empty maps, of one-byte extension values.
     for item in (b"\x90" * 3, b"\x80" * 3, b"\xd4\x01\x00"):

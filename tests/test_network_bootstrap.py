@@ -9,10 +9,10 @@ import stat
 import pytest
 from click.testing import CliRunner
 
-from greenflow.bootstrap import bootstrap_network, init_node
-from greenflow.identity import NodeIdentity
-from greenflow.network_map import NetworkMap, NetworkMapError
-from greenflow.node_config import (ConfigError, NodeConfig, check_password, read_credentials)
+from greenflow.network.bootstrap import bootstrap_network, init_node
+from greenflow.node.identity import NodeIdentity
+from greenflow.network.network_map import NetworkMap, NetworkMapError
+from greenflow.network.node_config import (ConfigError, NodeConfig, check_password, read_credentials)
 
 
 def test_bootstrap_gives_every_node_its_key_config_and_the_same_map(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import opsflows
 from opsflows import KNOBS, Exchange
 from greenflow import FlowStatus
-from greenflow.store import session_key
+from greenflow.storage.store import session_key
 from greenflow.testing import MockNetwork
 
 
@@ -208,7 +208,7 @@ def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry
 
 
 def test_an_error_while_ending_a_flow_parks_it_instead_of_breaking_the_node(ops_net, monkeypatch):
-    from greenflow.flow_runtime import FlowRuntime
+    from greenflow.runtime.flow_runtime import FlowRuntime
     alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
     real = FlowRuntime.end_frames
     calls = {"n": 0}

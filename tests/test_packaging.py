@@ -26,7 +26,7 @@ def test_the_tools_import_under_the_greenflow_namespace():
 
 
 def test_importing_the_core_does_not_import_the_ledger():
-    script = ("import sys, greenflow, greenflow.identity, greenflow.node; "
+    script = ("import sys, greenflow, greenflow.node.identity, greenflow.node.node; "
               "print(sorted(m for m in sys.modules if m.startswith('greenflow.ledger')))")
     env = dict(os.environ, PYTHONPATH=SOURCE_ROOT)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,

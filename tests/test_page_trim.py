@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from greenflow import page_trim
-from greenflow.store import Batch, Store
+from greenflow.storage import page_trim
+from greenflow.storage.store import Batch, Store
 
 pytestmark = pytest.mark.skipif(not page_trim.supported(), reason="needs Linux /proc")
 

@@ -2,7 +2,7 @@
 ``kill -9`` of either node at several points of a flow; after a restart the flow
 completes exactly once (checked on both nodes).
 
-The processes run ``python -m greenflow.node_process`` and import tests/procflows.py."""
+The processes run ``python -m greenflow.rpc.node_process`` and import tests/procflows.py."""
 from __future__ import annotations
 
 import os
@@ -132,7 +132,7 @@ def test_kill_9_at_several_points_completes_exactly_once(net, victim, after_step
 def test_a_second_process_cannot_open_a_running_nodes_directory(net):
     ensure_running(net)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SOURCE_ROOT, HERE]))
-    out = subprocess.run([sys.executable, "-P", "-m", "greenflow.node_process", "--dir", net.dir("Bob")],
+    out = subprocess.run([sys.executable, "-P", "-m", "greenflow.rpc.node_process", "--dir", net.dir("Bob")],
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 1 and "already served by process" in out.stderr
     assert net.client("Bob").node_info()["name"] == "Bob"

@@ -193,7 +193,7 @@ def test_names_bound_before_greenflow_was_imported_are_replay_safe_too():
         "from time import time\n"
         "from os import urandom\n"
         "from random import randint\n"
-        "import greenflow.flow_runtime, greenflow.replay_safe as rs, sys\n"
+        "import greenflow.runtime.flow_runtime, greenflow.runtime.replay_safe as rs, sys\n"
         "g = sys.modules['__main__'].__dict__\n"
         "assert all(hasattr(g[n], '__gf_real__') for n in ('time', 'urandom', 'randint')), g\n"
         "assert abs(time() - rs.real_time()) < 5 and len(urandom(3)) == 3\n"

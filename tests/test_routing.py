@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from greenflow.events import FrameArrived
+from greenflow.statemachine.events import FrameArrived
 from greenflow.messages import DATA, decode_frame
 from greenflow.samples.ping import Ping
 

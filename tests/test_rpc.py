@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from greenflow.bootstrap import bootstrap_network
-from greenflow.node_config import NodeConfig, RpcUser, hash_password
-from greenflow.node_process import NodeProcess
-from greenflow.rpc_client import RpcClient, RpcClientError
+from greenflow.network.bootstrap import bootstrap_network
+from greenflow.network.node_config import NodeConfig, RpcUser, hash_password
+from greenflow.rpc.node_process import NodeProcess
+from greenflow.rpc.client import RpcClient, RpcClientError
 
 APPS = ["samples.ping", "procflows"]
 

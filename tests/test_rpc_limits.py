@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from greenflow.bootstrap import bootstrap_network
-from greenflow.node_config import NodeConfig, RpcUser, hash_password, read_credentials
-from greenflow.node_process import NodeProcess
-from greenflow.rpc_client import RpcClient
+from greenflow.network.bootstrap import bootstrap_network
+from greenflow.network.node_config import NodeConfig, RpcUser, hash_password, read_credentials
+from greenflow.rpc.node_process import NodeProcess
+from greenflow.rpc.client import RpcClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 APPS = ["samples.ping", "procflows"]
@@ -394,7 +394,7 @@ def test_a_node_without_apps_imports_nothing_for_a_client(tmp_path, monkeypatch)
     try:
         client = RpcClient.for_node(c.base_dir)
         for user, password, status in (("reader", "rpw", 403), ("admin", "pw", 400)):
-            from greenflow.rpc_client import RpcClientError
+            from greenflow.rpc.client import RpcClientError
             with pytest.raises(RpcClientError) as info:
                 RpcClient(client.url, user, password).start_flow("gf_canary_mod2.Boom")
             assert info.value.status == status, info.value
@@ -415,7 +415,7 @@ def test_samples_never_come_from_the_working_directory(tmp_path):
         (tmp_path / "samples" / "evil.py").write_text(CANARY)
         pn.extra_env["GF_CANARY"] = str(tmp_path / "imported")
         pn.start("Solo")
-        from greenflow.rpc_client import RpcClientError
+        from greenflow.rpc.client import RpcClientError
         with pytest.raises(RpcClientError) as info:
             pn.client("Solo").start_flow("samples.evil.Boom")
         assert info.value.status == 400 and "no sample named 'evil'" in info.value.message
@@ -425,9 +425,9 @@ def test_samples_never_come_from_the_working_directory(tmp_path):
 def test_the_rpc_server_imports_nothing_from_the_cli(tmp_path):
     code = f"""
 import sys
-from greenflow.bootstrap import bootstrap_network
-from greenflow.node_process import NodeProcess
-from greenflow.rpc_client import RpcClient
+from greenflow.network.bootstrap import bootstrap_network
+from greenflow.rpc.node_process import NodeProcess
+from greenflow.rpc.client import RpcClient
 c = bootstrap_network({str(tmp_path)!r}, ["Solo"], base_port=0, rpc_password="pw",
                       apps=["samples.ping"])[0]
 proc = NodeProcess(c.base_dir, node_options={{"sync": False}}).start()
@@ -462,7 +462,7 @@ def test_the_cli_and_the_rpc_refuse_a_non_startable_flow_with_one_message(net):
 
 # ---------------------------------------------------------------------- logs
 def test_node_log_rotates_by_size(tmp_path):
-    from greenflow.node_process import setup_logging
+    from greenflow.rpc.node_process import setup_logging
 
     root = logging.getLogger()
     before = list(root.handlers)
@@ -568,7 +568,7 @@ def test_flow_watch_on_the_command_line_still_follows_a_flow(net):
 
 
 def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
-    from greenflow.log_limits import RateLimitedLog
+    from greenflow.rpc.log_limits import RateLimitedLog
 
     now = [0.0]
     warn = RateLimitedLog(logging.getLogger("greenflow.test"), 10, clock=lambda: now[0])
@@ -588,7 +588,7 @@ def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
     ({"max_streams": 200}, "`max_streams` (200) must be below `max_connections` (128)"),
 ])
 def test_bad_rpc_limits_are_refused_at_start_naming_the_option(tmp_path, table, text):
-    from greenflow.node_config import ConfigError
+    from greenflow.network.node_config import ConfigError
 
     c = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, rpc_password="pw")[0]
     cfg = NodeConfig.load(c.base_dir)

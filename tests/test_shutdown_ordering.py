@@ -16,10 +16,10 @@ import time
 import pytest
 
 from greenflow import FlowStatus
-from greenflow.events import FrameArrived
+from greenflow.statemachine.events import FrameArrived
 from greenflow.messages import decode_frame
-from greenflow.rpc_client import RpcClient
-from greenflow.store import Batch, fid_key
+from greenflow.rpc.client import RpcClient
+from greenflow.storage.store import Batch, fid_key
 from greenflow.testing import MockNetwork
 from greenflow.testing.node_processes import ProcessNetwork
 from greenflow.samples.ping import Ping
@@ -163,7 +163,7 @@ def test_a_leftover_header_of_a_finished_flow_is_removed_and_its_result_stands(t
 
 
 def _checkpoint_like(fid: str):
-    from greenflow.checkpoint import Checkpoint
+    from greenflow.runtime.checkpoint import Checkpoint
     return Checkpoint(fid, "samples.ping.Ping")
 
 

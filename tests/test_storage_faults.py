@@ -8,7 +8,7 @@ import pytest
 import opsflows
 from opsflows import Exchange
 from greenflow import FlowStatus
-from greenflow import store as store_mod
+from greenflow.storage import store as store_mod
 from greenflow.errors import StoreError
 from greenflow.testing import MockNetwork
 

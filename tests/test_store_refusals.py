@@ -19,11 +19,11 @@ import pytest
 
 import greenflow
 
-from greenflow import store_guard
-from greenflow.bootstrap import free_port, init_node
-from greenflow.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
+from greenflow.storage import store_guard
+from greenflow.network.bootstrap import free_port, init_node
+from greenflow.rpc.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
                                     EXIT_STORE_REFUSED)
-from greenflow.rpc_client import RpcClient, RpcClientError
+from greenflow.rpc.client import RpcClient, RpcClientError
 from greenflow.testing.node_processes import ProcessNetwork
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,7 +38,7 @@ def _env() -> dict:
 
 
 def node_cmd(base_dir: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "greenflow.node_process", "--dir", base_dir, *extra]
+    return [sys.executable, "-m", "greenflow.rpc.node_process", "--dir", base_dir, *extra]
 
 
 def run_node(base_dir: str, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -1,14 +1,14 @@
 """Transitions decide without I/O: these tests look only at the actions they return."""
 from collections import deque
 
-from greenflow.actions import (Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal,
+from greenflow.statemachine.actions import (Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal,
                                SendInfo, Wait)
-from greenflow.checkpoint import OPEN, Checkpoint, SessionState
-from greenflow.flow_runtime import InboxItem
-from greenflow.journal import Entry
+from greenflow.runtime.checkpoint import OPEN, Checkpoint, SessionState
+from greenflow.runtime.flow_runtime import InboxItem
+from greenflow.runtime.journal import Entry
 from greenflow.messages import DATA, END, ERROR, INIT, REJECT, Frame
 from greenflow.party import Party
-from greenflow.transitions import on_external_done, on_frame, on_suspend, on_timer
+from greenflow.statemachine.transitions import on_external_done, on_frame, on_suspend, on_timer
 
 BOB = Party("Bob", b"k" * 32)
 

@@ -12,11 +12,11 @@ import time
 import pytest
 
 from greenflow import Node
-from greenflow.bootstrap import bootstrap_network
-from greenflow.identity import NodeIdentity
-from greenflow.network_map import NetworkMap
+from greenflow.network.bootstrap import bootstrap_network
+from greenflow.node.identity import NodeIdentity
+from greenflow.network.network_map import NetworkMap
 from greenflow.samples.ping import Ping
-from greenflow.tcp_transport import (MAX_HANDSHAKE_BYTES, MAX_RECORD_BYTES, PROTOCOL, K_FRAME,
+from greenflow.network.tcp_transport import (MAX_HANDSHAKE_BYTES, MAX_RECORD_BYTES, PROTOCOL, K_FRAME,
                                      TcpTransport, _pack, write_message)
 
 
@@ -224,7 +224,7 @@ def test_a_peer_claiming_anothers_name_cannot_prove_it(net, caplog):
     import nacl.bindings
     import nacl.public
     import nacl.signing
-    from greenflow.tcp_transport import _unpack
+    from greenflow.network.tcp_transport import _unpack
 
     mallory = nacl.signing.SigningKey.generate()
     bob_pk = nacl.signing.VerifyKey(net.party("Bob").owning_key).to_curve25519_public_key()

@@ -30,9 +30,9 @@ import time
 from typing import Any, Iterator, Optional, Union
 from urllib.parse import parse_qs, quote, unquote
 
-from ..errors import UnknownFlow
-from ..metrics import NodeMetrics
-from . import data, pages
+from greenflow.errors import UnknownFlow
+from greenflow.rpc.metrics import NodeMetrics
+from greenflow.console import data, pages
 
 log = logging.getLogger("greenflow.console")
 
@@ -71,7 +71,7 @@ class _Session:
 
 
 class ConsoleApp:
-    """The console of one node process; ``rpc`` is its `greenflow.rpc_server.RpcServer`."""
+    """The console of one node process; ``rpc`` is its `greenflow.rpc.server.RpcServer`."""
 
     def __init__(self, rpc: Any) -> None:
         self.rpc = rpc

@@ -11,14 +11,14 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from .. import frames as frames_mod
-from .. import serialization
-from ..errors import UnknownFlow
-from ..journal import SUSPENDING, Entry, describe
-from ..metrics import peer_stats, store_bytes, store_file_bytes
-from ..node import shown_status, suspended_on
-from ..status import FlowStatus
-from ..store import load_result
+from greenflow.runtime import snapshots as frames_mod
+from greenflow import serialization
+from greenflow.errors import UnknownFlow
+from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
+from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
+from greenflow.node.node import shown_status, suspended_on
+from greenflow.status import FlowStatus
+from greenflow.storage.store import load_result
 
 PAGE_SIZE = 50
 # The flow list reads at most this many stored flows (and as many finished ones),
@@ -221,7 +221,7 @@ def flow_detail(node: Any, fid: str) -> dict:
                        "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
                        "sent": s.send_seq, "received": s.recv_seq,
                        "peer_ended": s.peer_ended,
-                       "waiting": bool(cp.pending and cp.pending[0] == "receive"
+                       "waiting": bool(cp.pending and cp.pending[0] == Kind.RECEIVE
                                        and cp.pending[1][0] == s.sid)}
                       for s in cp.sessions.values()],
             frames=frames_mod.public(snap),
@@ -365,17 +365,10 @@ def vault_overview(node: Any, query: dict) -> dict:
 
     def collect() -> dict:
         services = node.services
-        vault = services._extra.get("vault")
-        if vault is None:
-            from ..services import _FACTORIES
-            if "vault" in _FACTORIES:
-                vault = services.get("vault")
+        vault = services.get("vault")   # opened here if the ledger is installed
         if vault is None:
             return {"open": False, "types": [], "states": [], "transactions": [], "tx_total": 0}
-        with vault._lock:
-            by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
-                       for t, d in vault._unconsumed.items() if d}
-            locks = dict(vault._locks)
+        by_type, locks = vault.unconsumed_by_type()
         types = [{"type": t, "count": len(v)} for t, v in sorted(by_type.items())]
         chosen = wanted if wanted in by_type else (types[0]["type"] if types else None)
         states = by_type.get(chosen, []) if chosen else []
@@ -396,7 +389,7 @@ def vault_overview(node: Any, query: dict) -> dict:
             if len(txs) >= size:
                 break
             try:
-                stx = vault._txs.get(k)
+                stx = vault.stored_transaction(k)
                 tx = stx.tx
                 txs.append({"id": k.hex(), "inputs": len(tx.inputs), "outputs": len(tx.outputs),
                             "output_types": sorted({type(o).__name__ for o in tx.outputs}),

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Iterable, Optional
 from urllib.parse import quote, urlencode
 
-from .data import ORDER
+from greenflow.console.data import ORDER
 
 UNFINISHED = ("RUNNABLE", "SUSPENDED", "HIBERNATED", "HOSPITALIZED")
 

@@ -6,16 +6,16 @@ nodes is registered with the safe wire encoding (`greenflow.wire`).
 """
 from __future__ import annotations
 
-from .amounts import Amount, Issued, TokenMismatch
-from .contracts import (Command, CommandData, Contract, contract_for, contract_name,
+from greenflow.ledger.amounts import Amount, Issued, TokenMismatch
+from greenflow.ledger.contracts import (Command, CommandData, Contract, contract_for, contract_name,
                         register_contract, require_linear_ids_kept, require_that)
-from .crypto import (KeyFileError, KeyPair, SecureHash, load_keypair, load_or_create_keypair,
+from greenflow.ledger.crypto import (KeyFileError, KeyPair, SecureHash, load_keypair, load_or_create_keypair,
                      save_keypair, verify)
-from .errors import ContractViolation, SignatureError, TransactionVerificationError
-from .recording import StatesToRecord
-from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
-from .time_window import TimeWindow
-from .transactions import (LedgerTransaction, SignedTransaction, TransactionBuilder,
+from greenflow.ledger.errors import ContractViolation, SignatureError, TransactionVerificationError
+from greenflow.ledger.recording import StatesToRecord
+from greenflow.ledger.states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.ledger.time_window import TimeWindow
+from greenflow.ledger.transactions import (LedgerTransaction, SignedTransaction, TransactionBuilder,
                            TransactionSignature, WireTransaction)
 
 __all__ = [

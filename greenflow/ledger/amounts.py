@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Generic, Iterable, Optional, TypeVar
 
-from ..party import Party
-from ..wire import register_wire_type
+from greenflow.party import Party
+from greenflow.wire import register_wire_type
 
 __all__ = ["Amount", "Issued", "TokenMismatch", "dollars", "euros", "fraction_digits", "pounds",
            "swiss_francs"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
-from ..store import Batch
+from greenflow.storage.store import Batch
 
 __all__ = ["AppDb"]
 

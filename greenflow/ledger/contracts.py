@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..party import Party
-from ..wire import register_wire_type
-from .errors import ContractViolation, TransactionVerificationError
+from greenflow.party import Party
+from greenflow.wire import register_wire_type
+from greenflow.ledger.errors import ContractViolation, TransactionVerificationError
 
 if TYPE_CHECKING:
-    from .states import ContractState
-    from .transactions import LedgerTransaction
+    from greenflow.ledger.states import ContractState
+    from greenflow.ledger.transactions import LedgerTransaction
 
 __all__ = [
     "Command", "CommandData", "Contract", "ContractViolation", "contract_for", "contract_name",

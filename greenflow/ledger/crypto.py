@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..keys import (PUBLIC_KEY_BYTES, SEED_BYTES, SIGNATURE_BYTES, KeyFileError, KeyPair,
+from greenflow.keys import (PUBLIC_KEY_BYTES, SEED_BYTES, SIGNATURE_BYTES, KeyFileError, KeyPair,
                     load_keypair, load_or_create_keypair, save_keypair, verify)
-from ..wire import register_wire_type
+from greenflow.wire import register_wire_type
 
 __all__ = [
     "KeyFileError", "KeyPair", "SecureHash", "load_keypair", "load_or_create_keypair",

@@ -6,7 +6,7 @@ peer can catch the precise class.
 """
 from __future__ import annotations
 
-from ..errors import FlowException
+from greenflow.errors import FlowException
 
 __all__ = ["ContractViolation", "SignatureError", "TransactionVerificationError"]
 

@@ -22,19 +22,19 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Sequence
 
-from ..errors import FlowException
-from ..flow_logic import FlowLogic
-from ..party import Party
-from ..registry import initiated_by, initiating_flow, startable
-from ..session import FlowSession
-from ..wire import serializable
-from .amounts import Amount, Issued, TokenMismatch, dollars, euros, fraction_digits, pounds, swiss_francs
-from .contracts import CommandData, Contract
-from .errors import ContractViolation
-from .flows.finality import FinalityFlow, ReceiveFinalityFlow
-from .states import ContractState, StateAndRef
-from .transactions import LedgerTransaction, SignedTransaction, TransactionBuilder
-from .vault import InsufficientBalance
+from greenflow.errors import FlowException
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.party import Party
+from greenflow.flows.registry import initiated_by, initiating_flow, startable
+from greenflow.flows.session import FlowSession
+from greenflow.wire import serializable
+from greenflow.ledger.amounts import Amount, Issued, TokenMismatch, dollars, euros, fraction_digits, pounds, swiss_francs
+from greenflow.ledger.contracts import CommandData, Contract
+from greenflow.ledger.errors import ContractViolation
+from greenflow.ledger.flows.finality import FinalityFlow, ReceiveFinalityFlow
+from greenflow.ledger.states import ContractState, StateAndRef
+from greenflow.ledger.transactions import LedgerTransaction, SignedTransaction, TransactionBuilder
+from greenflow.ledger.vault import InsufficientBalance
 
 __all__ = [
     "Amount", "Cash", "CashContract", "CashExit", "CashExitFlow", "CashIssue", "CashIssueFlow",

@@ -1,7 +1,7 @@
 """`IdentityService` (``services.identity_service``): who is who on the network.
 
 Names resolve to parties through the node's transport: the network map of a real node
-(`greenflow.network_map`), the other nodes of a `MockNetwork`. Keys resolve back to the
+(`greenflow.network.network_map`), the other nodes of a `MockNetwork`. Keys resolve back to the
 parties the node has met, so error messages can say "Seller" instead of a key in hex.
 """
 from __future__ import annotations
@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterable, Optional
 
-from ..errors import FlowError
-from ..party import Party
-from ..services import register_service_factory
+from greenflow.errors import FlowError
+from greenflow.party import Party
+from greenflow.node.services import register_service_factory
 
 __all__ = ["IdentityService", "UnknownParty"]
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..services import register_service_factory
-from . import verifier  # noqa: F401  (services.verifier)
-from .crypto import SecureHash
-from .transactions import SignedTransaction, TransactionSignature
+from greenflow.node.services import register_service_factory
+from greenflow.ledger import verifier  # noqa: F401  (services.verifier)
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.transactions import SignedTransaction, TransactionSignature
 
 __all__ = ["KeyManagementService"]
 

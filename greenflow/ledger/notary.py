@@ -45,14 +45,14 @@ import struct
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from ..errors import FlowError, FlowException
-from ..party import Party
-from ..services import journaled
-from . import key_management, verifier  # noqa: F401  (their service factories)
-from .app_db import AppDb
-from .errors import TransactionVerificationError
-from .transactions import SignedTransaction, TransactionSignature
-from .vault import ref_key
+from greenflow.errors import FlowError, FlowException
+from greenflow.party import Party
+from greenflow.node.services import journaled
+from greenflow.ledger import key_management, verifier  # noqa: F401  (their service factories)
+from greenflow.ledger.app_db import AppDb
+from greenflow.ledger.errors import TransactionVerificationError
+from greenflow.ledger.transactions import SignedTransaction, TransactionSignature
+from greenflow.ledger.vault import ref_key
 
 __all__ = ["NotaryConflictError", "NotaryError", "NotaryService", "NotaryTimeWindowError",
            "NotaryValidationError", "install_notary"]
@@ -236,7 +236,7 @@ def _id(stx: Any) -> str:
 def install_notary(node: Any, validating: bool = False) -> NotaryService:
     """Make ``node`` a notary (``validating``: of the validating kind): the service, and
     the responder to `NotaryClientFlow`."""
-    from .flows import notarisation  # noqa: F401  (registers NotaryServiceFlow)
+    from greenflow.ledger.flows import notarisation  # noqa: F401  (registers NotaryServiceFlow)
     responders = node.scheduler.responders
     if responders.apps is not None and LEDGER_FLOWS not in responders.apps:
         responders.apps.append(LEDGER_FLOWS)

@@ -10,12 +10,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from ..party import Party
-from ..wire import register_wire_type
-from .crypto import SecureHash
+from greenflow.party import Party
+from greenflow.wire import register_wire_type
+from greenflow.ledger.crypto import SecureHash
 
 if TYPE_CHECKING:
-    from .contracts import Contract
+    from greenflow.ledger.contracts import Contract
 
 __all__ = ["ContractState", "LinearState", "StateAndRef", "StateRef", "UniqueIdentifier"]
 

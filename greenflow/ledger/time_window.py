@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Optional
 
-from ..wire import register_wire_type
-from .errors import TransactionVerificationError
+from greenflow.wire import register_wire_type
+from greenflow.ledger.errors import TransactionVerificationError
 
 __all__ = ["TimeWindow"]
 

@@ -19,13 +19,13 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Callable, Iterable, TypeVar
 
-from ..party import Party
-from ..wire import canonical_encode, register_wire_type
-from .contracts import Command, CommandData, Contract, contract_for
-from .crypto import KeyPair, SecureHash, verify
-from .errors import ContractViolation, SignatureError, TransactionVerificationError
-from .states import ContractState, StateAndRef, StateRef
-from .time_window import TimeWindow
+from greenflow.party import Party
+from greenflow.wire import canonical_encode, register_wire_type
+from greenflow.ledger.contracts import Command, CommandData, Contract, contract_for
+from greenflow.ledger.crypto import KeyPair, SecureHash, verify
+from greenflow.ledger.errors import ContractViolation, SignatureError, TransactionVerificationError
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef
+from greenflow.ledger.time_window import TimeWindow
 
 __all__ = [
     "LedgerTransaction", "SignatureError", "SignedTransaction", "TransactionBuilder",
@@ -355,7 +355,7 @@ class TransactionBuilder:
     """Collects inputs, outputs and commands, then yields the transaction.
 
     Without a ``salt``, one is drawn with ``os.urandom``: inside a flow that is the flow's
-    journaled randomness (see ``greenflow.replay_safe``), so a flow replayed after a
+    journaled randomness (see ``greenflow.runtime.replay_safe``), so a flow replayed after a
     restart builds the very same transaction; outside a flow it is fresh OS randomness.
     """
 

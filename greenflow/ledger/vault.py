@@ -14,7 +14,7 @@ unconsumed index ("relevant" states), and only when the transaction is recorded 
 relevant (finality, issuance); dependencies fetched to check a history do not change
 what the node holds, as in Corda.
 
-Calls from flows are journaled (`greenflow.services.journaled`): a query returns on replay
+Calls from flows are journaled (`greenflow.node.services.journaled`): a query returns on replay
 what it returned live, and a write happens once, in the group commit of the flow's
 checkpoint. Reads inside a flow do not see that uncommitted batch, so the indexes flows
 read (unconsumed states, locks) live in memory and are rebuilt from LMDB when the node
@@ -36,16 +36,16 @@ import struct
 import threading
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
 
-from .. import wire
-from ..errors import FlowError, FlowException
-from ..services import journaled, register_service_factory
-from ..traps import current_runtime_or_none
-from .app_db import AppDb
-from .crypto import SecureHash
-from .states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
-from .transactions import SignedTransaction
-from . import vault_query as vq
-from .vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
+from greenflow import wire
+from greenflow.errors import FlowError, FlowException
+from greenflow.node.services import journaled, register_service_factory
+from greenflow.runtime.traps import current_runtime_or_none
+from greenflow.ledger.app_db import AppDb
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.ledger.transactions import SignedTransaction
+from greenflow.ledger import vault_query as vq
+from greenflow.ledger.vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
                           VaultUpdate)
 
 __all__ = ["DataFeed", "Feed", "InsufficientBalance", "Page", "PageSpecification", "QueryCriteria",
@@ -130,7 +130,7 @@ class Vault:
             with node.services.writes() as batch:
                 for key in stale:
                     batch.delete("vault_locks", key)
-        node.scheduler.flow_end_listeners.append(self._on_flow_end)
+        node.scheduler.add_flow_end_listener(self._on_flow_end)
 
     # ------------------------------------------------------------------ query indexes
     def _open_indexes(self, store: Any) -> None:
@@ -440,6 +440,18 @@ class Vault:
         """Every soft lock held: state ref -> flow id."""
         with self._lock:
             return dict(self._locks)
+
+    def unconsumed_by_type(self) -> tuple[dict[str, list[StateAndRef]], dict[StateRef, str]]:
+        """Every unconsumed state by its type's ``module.qualname``, and the soft locks,
+        read together under the vault's lock (the operator console's vault page)."""
+        with self._lock:
+            by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
+                       for t, d in self._unconsumed.items() if d}
+            return by_type, dict(self._locks)
+
+    def stored_transaction(self, key: bytes) -> Optional[SignedTransaction]:
+        """The transaction stored under ``key`` of the ``vault_txs`` records."""
+        return self._txs.get(key)
 
     def locked_by(self, ref: StateRef) -> Optional[str]:
         """The flow holding ``ref`` locked, if any."""

@@ -39,9 +39,9 @@ from datetime import datetime, timezone
 from heapq import merge
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-from ..errors import FlowError
-from ..party import Party
-from .states import ContractState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.errors import FlowError
+from greenflow.party import Party
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef, UniqueIdentifier
 
 __all__ = [
     "DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "DataFeed", "Feed", "Page", "PageSpecification",
@@ -458,7 +458,7 @@ class QueryEngine:
 
     def query(self, c: QueryCriteria, paging: Optional[PageSpecification] = None,
               sort: Optional[Sort] = None) -> Page:
-        from .vault import _ref_from_key  # noqa: PLC0415  (the vault imports this module)
+        from greenflow.ledger.vault import _ref_from_key  # noqa: PLC0415  (the vault imports this module)
         sort = sort or Sort()
         by_seq = sort.key == "recorded_time"
         after_us, before_us = _us(c.recorded_after), _us(c.recorded_before)
@@ -589,8 +589,8 @@ def read_vault(node_dir: str, criteria: QueryCriteria, paging: Optional[PageSpec
                sort: Optional[Sort] = None) -> Page:
     """`Vault.query_by` over the store in ``node_dir``, read-only and without starting the
     node (LMDB readers never block the writer, so the node may be running)."""
-    from ..store import Store
-    from .vault import _unpack, ref_key
+    from greenflow.storage.store import Store
+    from greenflow.ledger.vault import _unpack, ref_key
 
     store = Store(os.path.join(os.path.abspath(node_dir), "store"), readonly=True)
     try:
@@ -642,7 +642,7 @@ def state_class(path: str, known: Iterable[str], import_modules: bool = True) ->
                 return cls
     if not import_modules:
         raise VaultQueryError(f"this vault holds no states of type {path}")
-    from ..registry import resolve_module
+    from greenflow.flows.registry import resolve_module
     try:
         obj: Any = resolve_module(module)
     except Exception as exc:
@@ -669,7 +669,7 @@ def _text(state: Any) -> Optional[str]:
 
 def page_json(page: Page) -> dict:
     """A page as JSON: states as their fields (parties as names, amounts as dicts)."""
-    from ..rpc_server import to_json
+    from greenflow.rpc.server import to_json
     return {
         "total": page.total_states_available, "page_number": page.page_number,
         "page_size": page.page_size, "next_cursor": page.next_cursor,
@@ -742,7 +742,7 @@ class JsonFeed:
 
 
 def update_json(update: VaultUpdate) -> dict:
-    from ..rpc_server import to_json
+    from greenflow.rpc.server import to_json
 
     def one(s: StateAndRef) -> dict:
         return {"ref": str(s.ref), "type": type_name(type(s.state)), "state": to_json(s.state)}

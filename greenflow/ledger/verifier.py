@@ -20,11 +20,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Iterable, Mapping, Optional
 
-from ..services import journaled, register_service_factory
-from .crypto import SecureHash
-from .errors import TransactionVerificationError
-from .states import StateAndRef, StateRef
-from .transactions import LedgerTransaction, SignedTransaction
+from greenflow.node.services import journaled, register_service_factory
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.errors import TransactionVerificationError
+from greenflow.ledger.states import StateAndRef, StateRef
+from greenflow.ledger.transactions import LedgerTransaction, SignedTransaction
 
 __all__ = ["TransactionResolutionError", "TransactionVerifier"]
 

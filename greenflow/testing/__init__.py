@@ -1,7 +1,7 @@
 """Public tools for testing flows: an in-process, deterministic network of real nodes,
 and replay checks of recorded checkpoints against the code installed now."""
-from .mock_network import MockNetwork, MockNode
-from .replay import FlowReplay, ReplayReport, replay_node
+from greenflow.testing.mock_network import MockNetwork, MockNode
+from greenflow.testing.replay import FlowReplay, ReplayReport, replay_node
 
 __all__ = ["FlowReplay", "MockNetwork", "MockNode", "ReplayReport", "assert_replays", "replay_node"]
 

@@ -14,12 +14,12 @@ import re
 from collections import deque
 from typing import Any, Optional
 
-from ..clock import VirtualClock
-from ..errors import FlowError
-from ..events import Acked, FrameArrived
-from ..flow_logic import FlowLogic
-from ..node import FlowHandle, Node
-from ..party import Party
+from greenflow.runtime.clock import VirtualClock
+from greenflow.errors import FlowError
+from greenflow.statemachine.events import Acked, FrameArrived
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.node.node import FlowHandle, Node
+from greenflow.party import Party
 
 log = logging.getLogger("greenflow.testing")
 

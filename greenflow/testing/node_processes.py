@@ -8,7 +8,7 @@
         net.kill("Bob")            # SIGKILL: a power cut
         net.start("Bob")           # restart from its directory; flows resume
 
-Each node runs ``python -m greenflow.node_process --dir DIR/<name>`` (what ``greenflow
+Each node runs ``python -m greenflow.rpc.node_process --dir DIR/<name>`` (what ``greenflow
 node start`` runs) with free loopback ports, and is driven over its RPC. Modules listed
 in ``pythonpath`` are importable in the node processes (put your test flows there).
 """
@@ -23,9 +23,9 @@ from typing import Any, Iterable, Optional
 
 import greenflow
 
-from ..bootstrap import bootstrap_network, dir_name
-from ..node_config import NodeConfig
-from ..rpc_client import RpcClient, RpcClientError
+from greenflow.network.bootstrap import bootstrap_network, dir_name
+from greenflow.network.node_config import NodeConfig
+from greenflow.rpc.client import RpcClient, RpcClientError
 
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
 
@@ -72,7 +72,7 @@ class ProcessNetwork:
             raise RuntimeError(f"{name} is already running (pid {old.pid})")
         log = open(os.path.join(self.dir(name), "stderr.log"), "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "greenflow.node_process", "--dir", self.dir(name),
+            [sys.executable, "-m", "greenflow.rpc.node_process", "--dir", self.dir(name),
              "--log-level", self.log_level],
             stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.root)
         log.close()

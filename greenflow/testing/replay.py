@@ -17,19 +17,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .. import serialization, wire
-from ..checkpoint import Checkpoint
-from ..clock import SystemClock
-from ..errors import FlowError
-from ..fingerprint import code_digest
-from ..flow_runtime import FlowRuntime
-from ..identity import KEY_FILE, NAME_FILE
-from ..journal import Entry
-from ..party import Party
-from ..registry import resolve_module
-from ..status import FlowStatus
-from ..store import Batch, Store
-from ..traps import Unwind
+from greenflow import serialization, wire
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.clock import SystemClock
+from greenflow.errors import FlowError
+from greenflow.runtime.fingerprint import code_digest
+from greenflow.runtime.flow_runtime import Ended, FlowRuntime
+from greenflow.node.identity import KEY_FILE, NAME_FILE
+from greenflow.runtime.journal import Entry
+from greenflow.party import Party
+from greenflow.flows.registry import resolve_module
+from greenflow.status import FlowStatus
+from greenflow.storage.store import Batch, Store
+from greenflow.runtime.traps import Unwind
 
 REPLAYS, DIVERGES, CANNOT = "replays", "diverges", "cannot replay"
 
@@ -136,8 +136,8 @@ def _load_identity(node_dir: str, name: str) -> tuple[Party, Any]:
     key_path = os.path.join(node_dir, KEY_FILE)
     if not os.path.exists(key_path):
         return Party(name), None
-    from ..identity import NodeIdentity
-    from ..ledger.crypto import load_or_create_keypair
+    from greenflow.node.identity import NodeIdentity
+    from greenflow.ledger.crypto import load_or_create_keypair
     ident = NodeIdentity(name, load_or_create_keypair(key_path))
     return ident.party, ident
 
@@ -160,7 +160,7 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
     party, identity = _load_identity(node_dir, name)
     store = Store(os.path.join(node_dir, "store"), readonly=True)
     try:
-        from ..services import ServiceHub
+        from greenflow.node.services import ServiceHub
         services = ServiceHub(_ReadOnlyNode(node_dir, party, store, identity))  # type: ignore[arg-type]
         sched = _ReplayScheduler(party, store, services)
         report = ReplayReport(name)
@@ -172,7 +172,7 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
 
 
 def _configured_apps(node_dir: str) -> list[str]:
-    from ..node_config import CONFIG_FILE, NodeConfig
+    from greenflow.network.node_config import CONFIG_FILE, NodeConfig
     if not os.path.exists(os.path.join(node_dir, CONFIG_FILE)):
         return []
     try:
@@ -209,17 +209,17 @@ def _replay_one(sched: _ReplayScheduler, store: Store, fid: str, raw: bytes) -> 
     finally:
         _unwind(rt)
     changed = _changed(cp, logic)
-    if isinstance(res, Entry) or (res[0] == "unwound" and rt.diverged is None) \
-            or (res[0] == "done" and rt.diverged is None):
+    if isinstance(res, Entry) or (res[0] == Ended.UNWOUND and rt.diverged is None) \
+            or (res[0] == Ended.DONE and rt.diverged is None):
         if isinstance(res, Entry):
             what = res.describe()
-        elif res[0] == "unwound" and cp.pending is not None and rt.cursor >= len(journal):
+        elif res[0] == Ended.UNWOUND and cp.pending is not None and rt.cursor >= len(journal):
             what = journal[-1].describe()   # its pending request, reached
         else:
-            what = "the end of its journal" if res[0] == "unwound" else "its end"
+            what = "the end of its journal" if res[0] == Ended.UNWOUND else "its end"
         return FlowReplay(fid, cp.flow_class, REPLAYS,
                           f"up to '{what}'{changed}{note}", status)
-    if res[0] == "diverged" or rt.diverged is not None:
+    if res[0] == Ended.DIVERGED or rt.diverged is not None:
         return FlowReplay(fid, cp.flow_class, DIVERGES,
                           f"NonDeterminismError: {rt.diverged}{changed}", status)
     exc = res[1] if len(res) > 1 else None

@@ -16,18 +16,18 @@ Importing this package also registers the ledger's node services (``services.vau
 """
 from __future__ import annotations
 
-from .. import identity_service, key_management, vault, verifier  # noqa: F401  (service factories)
-from ..notary import NotaryConflictError, NotaryError, NotaryTimeWindowError, NotaryValidationError
-from ..recording import StatesToRecord
-from ..vault import InsufficientBalance, StatesLocked
-from ..verifier import TransactionResolutionError
-from .finality import FinalityFlow, ReceiveFinalityFlow, UnexpectedTransaction
-from .messages import EndOfFetch, FetchedTransactions, FetchTransactions
-from .notarisation import NotaryClientFlow, NotaryServiceFlow
-from .resolve import (DataVendingFlow, FetchRefused, ReceiveStateAndRefFlow, ReceiveTransactionFlow,
+from greenflow.ledger import identity_service, key_management, vault, verifier  # noqa: F401  (service factories)
+from greenflow.ledger.notary import NotaryConflictError, NotaryError, NotaryTimeWindowError, NotaryValidationError
+from greenflow.ledger.recording import StatesToRecord
+from greenflow.ledger.vault import InsufficientBalance, StatesLocked
+from greenflow.ledger.verifier import TransactionResolutionError
+from greenflow.ledger.flows.finality import FinalityFlow, ReceiveFinalityFlow, UnexpectedTransaction
+from greenflow.ledger.flows.messages import EndOfFetch, FetchedTransactions, FetchTransactions
+from greenflow.ledger.flows.notarisation import NotaryClientFlow, NotaryServiceFlow
+from greenflow.ledger.flows.resolve import (DataVendingFlow, FetchRefused, ReceiveStateAndRefFlow, ReceiveTransactionFlow,
                       ResolveTransactionsFlow, SendStateAndRefFlow, SendTransactionFlow,
                       check_states_match)
-from .signatures import CollectSignaturesFlow, SignTransactionFlow, TransactionRefused
+from greenflow.ledger.flows.signatures import CollectSignaturesFlow, SignTransactionFlow, TransactionRefused
 
 __all__ = ["NotaryConflictError", "NotaryTimeWindowError", "NotaryValidationError",
            "StatesToRecord"]

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from ...errors import FlowError, FlowException
-from ...flow_logic import FlowLogic
-from ...progress import ProgressTracker, Step
-from ...session import FlowSession
-from ..crypto import SecureHash
-from ..recording import StatesToRecord
-from ..transactions import SignedTransaction
-from .notarisation import NotaryClientFlow
-from .resolve import ReceiveTransactionFlow, SendTransactionFlow
+from greenflow.errors import FlowError, FlowException
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.flows.progress import ProgressTracker, Step
+from greenflow.flows.session import FlowSession
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.recording import StatesToRecord
+from greenflow.ledger.transactions import SignedTransaction
+from greenflow.ledger.flows.notarisation import NotaryClientFlow
+from greenflow.ledger.flows.resolve import ReceiveTransactionFlow, SendTransactionFlow
 
 __all__ = ["FinalityFlow", "ReceiveFinalityFlow", "UnexpectedTransaction"]
 

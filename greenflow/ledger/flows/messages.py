@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...party import Party
-from ...wire import serializable
-from ..crypto import SecureHash
-from ..errors import TransactionVerificationError
-from ..transactions import SignedTransaction
+from greenflow.party import Party
+from greenflow.wire import serializable
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.errors import TransactionVerificationError
+from greenflow.ledger.transactions import SignedTransaction
 
 __all__ = ["EndOfFetch", "FetchTransactions", "FetchedTransactions", "checked_ids",
            "checked_transactions"]

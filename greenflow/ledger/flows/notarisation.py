@@ -25,15 +25,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Optional
 
-from ...flow_logic import FlowLogic
-from ...progress import ProgressTracker, Step
-from ...registry import initiated_by, initiating_flow
-from ...session import FlowSession
-from ..errors import TransactionVerificationError
-from ..notary import NotaryError, NotaryValidationError
-from ..transactions import SignedTransaction, TransactionSignature
-from .messages import EndOfFetch, FetchTransactions
-from .resolve import DataVendingFlow, ResolveTransactionsFlow, dependencies
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.flows.progress import ProgressTracker, Step
+from greenflow.flows.registry import initiated_by, initiating_flow
+from greenflow.flows.session import FlowSession
+from greenflow.ledger.errors import TransactionVerificationError
+from greenflow.ledger.notary import NotaryError, NotaryValidationError
+from greenflow.ledger.transactions import SignedTransaction, TransactionSignature
+from greenflow.ledger.flows.messages import EndOfFetch, FetchTransactions
+from greenflow.ledger.flows.resolve import DataVendingFlow, ResolveTransactionsFlow, dependencies
 
 __all__ = ["NotaryClientFlow", "NotaryError", "NotaryServiceFlow"]
 

@@ -27,16 +27,16 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
-from ...errors import FlowException
-from ...flow_logic import FlowLogic
-from ...progress import ProgressTracker, Step
-from ...session import FlowSession
-from ..crypto import SecureHash
-from ..errors import TransactionVerificationError
-from ..states import ContractState, StateAndRef, StateRef
-from ..transactions import SignedTransaction
-from ..verifier import TransactionResolutionError
-from .messages import (EndOfFetch, FetchedTransactions, FetchTransactions, checked_ids,
+from greenflow.errors import FlowException
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.flows.progress import ProgressTracker, Step
+from greenflow.flows.session import FlowSession
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.errors import TransactionVerificationError
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef
+from greenflow.ledger.transactions import SignedTransaction
+from greenflow.ledger.verifier import TransactionResolutionError
+from greenflow.ledger.flows.messages import (EndOfFetch, FetchedTransactions, FetchTransactions, checked_ids,
                        checked_transactions)
 
 __all__ = [

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ...errors import FlowError, FlowException
-from ...flow_logic import FlowLogic
-from ...progress import ProgressTracker, Step
-from ...session import FlowSession
-from ..errors import SignatureError
-from ..transactions import SignedTransaction, TransactionSignature
-from .resolve import ReceiveTransactionFlow, SendTransactionFlow
+from greenflow.errors import FlowError, FlowException
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.flows.progress import ProgressTracker, Step
+from greenflow.flows.session import FlowSession
+from greenflow.ledger.errors import SignatureError
+from greenflow.ledger.transactions import SignedTransaction, TransactionSignature
+from greenflow.ledger.flows.resolve import ReceiveTransactionFlow, SendTransactionFlow
 
 __all__ = ["CollectSignaturesFlow", "SignTransactionFlow", "TransactionRefused"]
 

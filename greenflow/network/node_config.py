@@ -1,0 +1,272 @@
+"""A node directory's configuration: ``node.toml``.
+
+::
+
+    name = "Alice"
+    p2p_address = "127.0.0.1:10000"     # where peers reach this node (TCP)
+    rpc_address = "127.0.0.1:10001"     # JSON-over-HTTP RPC (docs/rpc.md)
+    apps = ["samples.ping"]             # modules whose flows this node runs and answers with
+    notary = false
+    validating_notary = false           # a notary that verifies transactions and their history
+    network_map = "network-map.json"    # relative to the node directory
+
+    sensitive_names = ["iban"]          # more names to redact in checkpoint dumps
+
+    [limits]                            # what one peer may make this node hold
+    max_inbound_sessions = 10000        # open sessions per peer (false: no cap)
+    responder_idle_timeout = 3600       # seconds; off when absent
+
+    [[rpc_users]]
+    username = "admin"
+    password_hash = "$argon2id$v=19$..."   # nacl.pwhash.str(); never the password itself
+    permissions = ["ALL"]
+
+    [rpc]                               # optional: the RPC's limits (docs/rpc.md, "Limits")
+    max_connections = 128
+
+    [logging]                           # optional: node.log rotation (docs/rpc.md, "Logs")
+    max_bytes = 10485760
+    backup_count = 5
+
+Permissions: ``ALL``; ``read`` (list flows, results, progress, checkpoint dumps);
+``start`` (any startable flow) or ``start:<module.Class>``; ``kill``; ``admin``
+(draining, shutdown).
+
+The directory also holds ``identity.key`` (the node's Ed25519 seed, mode 0600), the store,
+``node.log`` and, when bootstrapped, ``rpc-credentials``: the generated admin password in
+plain text, mode 0600, read by the operator CLI on the same machine (like a cookie file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import nacl.exceptions
+import nacl.pwhash
+
+from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
+from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_address, parse_address
+
+CONFIG_FILE = "node.toml"
+CREDENTIALS_FILE = "rpc-credentials"
+PERMISSIONS = ("ALL", "read", "start", "kill", "admin")
+
+
+class ConfigError(NetworkMapError):
+    """``node.toml`` is missing or malformed; the message names the file and the field."""
+
+
+def hash_password(password: str) -> str:
+    """An Argon2id hash (PyNaCl ``pwhash.str``) to store in ``node.toml``."""
+    return nacl.pwhash.str(password.encode("utf-8")).decode("ascii")
+
+
+def check_password(password_hash: str, password: str) -> bool:
+    try:
+        return nacl.pwhash.verify(password_hash.encode("ascii"), password.encode("utf-8"))
+    except (nacl.exceptions.InvalidkeyError, ValueError, UnicodeError):
+        return False
+
+
+@dataclass
+class RpcUser:
+    username: str
+    password_hash: str
+    permissions: list[str] = field(default_factory=lambda: ["ALL"])
+
+    def allows(self, permission: str) -> bool:
+        """``permission`` is ``read``, ``kill``, ``admin`` or ``start:<class>``."""
+        perms = self.permissions
+        if "ALL" in perms or permission in perms:
+            return True
+        return permission.startswith("start:") and "start" in perms
+
+
+@dataclass
+class NodeConfig:
+    name: str
+    p2p_address: tuple[str, int]
+    rpc_address: tuple[str, int]
+    apps: list[str] = field(default_factory=list)
+    notary: bool = False
+    network_map: str = MAP_FILE
+    rpc_users: list[RpcUser] = field(default_factory=list)
+    base_dir: str = ""
+    #: With ``notary``: resolve and verify every transaction's history before signing.
+    validating_notary: bool = False
+    max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS
+    responder_idle_timeout: Optional[float] = None
+    sensitive_names: list[str] = field(default_factory=list)
+    rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc.limits.RpcLimits
+    logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
+
+    def node_options(self) -> dict[str, Any]:
+        """The `Node` options this file sets (limits and redaction)."""
+        return {"max_inbound_sessions": self.max_inbound_sessions,
+                "responder_idle_timeout": self.responder_idle_timeout,
+                "sensitive_names": list(self.sensitive_names)}
+
+    @property
+    def network_map_path(self) -> str:
+        return os.path.join(self.base_dir, self.network_map)
+
+    def user(self, username: str) -> Optional[RpcUser]:
+        for u in self.rpc_users:
+            if u.username == username:
+                return u
+        return None
+
+    # ------------------------------------------------------------------ files
+    @classmethod
+    def load(cls, base_dir: str) -> "NodeConfig":
+        path = os.path.join(base_dir, CONFIG_FILE)
+        try:
+            with open(path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"{base_dir} is not a node directory: no {CONFIG_FILE} "
+                              "(create one with `greenflow node init` or `greenflow network "
+                              "bootstrap`)") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        return cls.from_dict(doc, path, os.path.abspath(base_dir))
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str, base_dir: str) -> "NodeConfig":
+        def need(key: str, typ: type) -> Any:
+            v = doc.get(key)
+            if not isinstance(v, typ):
+                raise ConfigError(f"{where}: `{key}` must be a {typ.__name__}, found {v!r}")
+            return v
+
+        try:
+            users = []
+            for i, u in enumerate(doc.get("rpc_users", [])):
+                if not isinstance(u, dict) or not isinstance(u.get("username"), str) \
+                        or not isinstance(u.get("password_hash"), str):
+                    raise ConfigError(f"{where}: rpc_users[{i}] needs username and password_hash")
+                perms = u.get("permissions", ["ALL"])
+                for p in perms:
+                    if p not in PERMISSIONS and not str(p).startswith("start:"):
+                        raise ConfigError(f"{where}: rpc_users[{i}]: unknown permission {p!r} "
+                                          f"(known: {', '.join(PERMISSIONS)}, start:<class>)")
+                users.append(RpcUser(u["username"], u["password_hash"], list(perms)))
+            tables = {}
+            for key in ("rpc", "logging"):
+                table = doc.get(key, {})
+                if not isinstance(table, dict) or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
+                    raise ConfigError(f"{where}: [{key}] must be a table of numbers, found {table!r}")
+                tables[key] = dict(table)
+            apps = doc.get("apps", [])
+            if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
+                raise ConfigError(f"{where}: `apps` must be a list of module names")
+            validating = doc.get("validating_notary", False)
+            if not isinstance(validating, bool):
+                raise ConfigError(f"{where}: `validating_notary` must be true or false, "
+                                  f"found {validating!r}")
+            if validating and not doc.get("notary", False):
+                raise ConfigError(f"{where}: `validating_notary = true` needs `notary = true`")
+            limits = doc.get("limits", {})
+            if not isinstance(limits, dict):
+                raise ConfigError(f"{where}: `[limits]` must be a table")
+            unknown = set(limits) - {"max_inbound_sessions", "responder_idle_timeout"}
+            if unknown:
+                raise ConfigError(f"{where}: unknown setting(s) in [limits]: {', '.join(sorted(unknown))}")
+            cap = limits.get("max_inbound_sessions", DEFAULT_MAX_INBOUND_SESSIONS)
+            if cap is False:
+                cap = None
+            elif type(cap) is not int or cap < 0:
+                raise ConfigError(f"{where}: limits.max_inbound_sessions must be a whole number "
+                                  f">= 0 or false (no cap), found {cap!r}")
+            idle = limits.get("responder_idle_timeout")
+            if idle is False:
+                idle = None
+            elif idle is not None and (type(idle) not in (int, float) or not idle > 0):
+                raise ConfigError(f"{where}: limits.responder_idle_timeout must be a number of "
+                                  f"seconds > 0 (absent or false: off), found {idle!r}")
+            sensitive = doc.get("sensitive_names", [])
+            if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
+                raise ConfigError(f"{where}: `sensitive_names` must be a list of strings")
+            return cls(name=need("name", str),
+                       p2p_address=parse_address(need("p2p_address", str)),
+                       rpc_address=parse_address(need("rpc_address", str)),
+                       apps=list(apps), notary=bool(doc.get("notary", False)),
+                       network_map=str(doc.get("network_map", MAP_FILE)),
+                       rpc_users=users, base_dir=base_dir, validating_notary=validating,
+                       max_inbound_sessions=cap,
+                       responder_idle_timeout=None if idle is None else float(idle),
+                       sensitive_names=list(sensitive),
+                       **tables)
+        except NetworkMapError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{where}: {exc}") from None
+
+    def to_toml(self) -> str:
+        lines = [
+            f"name = {_s(self.name)}",
+            f"p2p_address = {_s(format_address(self.p2p_address))}",
+            f"rpc_address = {_s(format_address(self.rpc_address))}",
+            f"apps = [{', '.join(_s(a) for a in self.apps)}]",
+            f"notary = {'true' if self.notary else 'false'}",
+            *(["validating_notary = true"] if self.validating_notary else []),
+            f"network_map = {_s(self.network_map)}",
+        ]
+        if self.sensitive_names:
+            lines.append(f"sensitive_names = [{', '.join(_s(n) for n in self.sensitive_names)}]")
+        if self.max_inbound_sessions != DEFAULT_MAX_INBOUND_SESSIONS or self.responder_idle_timeout:
+            cap = self.max_inbound_sessions
+            lines += ["", "[limits]",
+                      f"max_inbound_sessions = {'false' if cap is None else cap}"]
+            if self.responder_idle_timeout:
+                lines.append(f"responder_idle_timeout = {self.responder_idle_timeout!r}")
+        for u in self.rpc_users:
+            lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
+                      f"password_hash = {_s(u.password_hash)}",
+                      f"permissions = [{', '.join(_s(p) for p in u.permissions)}]"]
+        for key in ("rpc", "logging"):
+            table = getattr(self, key)
+            if table:
+                lines += ["", f"[{key}]"] + [f"{_s(k)} = {v!r}" for k, v in table.items()]
+        return "\n".join(lines) + "\n"
+
+    def save(self) -> None:
+        path = os.path.join(self.base_dir, CONFIG_FILE)
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(self.to_toml())
+        os.replace(tmp, path)
+
+
+def _s(text: str) -> str:
+    # A JSON string is a valid TOML basic string for everything json.dumps emits.
+    return json.dumps(text, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------- local credentials
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def write_credentials(base_dir: str, username: str, password: str) -> str:
+    path = os.path.join(base_dir, CREDENTIALS_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump({"username": username, "password": password}, fh)
+        fh.write("\n")
+    return path
+
+
+def read_credentials(base_dir: str) -> Optional[tuple[str, str]]:
+    """The (username, password) left by bootstrap/init for the local operator, if any."""
+    try:
+        with open(os.path.join(base_dir, CREDENTIALS_FILE), encoding="utf-8") as fh:
+            doc = json.load(fh)
+        return str(doc["username"]), str(doc["password"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

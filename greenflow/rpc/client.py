@@ -1,0 +1,248 @@
+"""A small client of a node's JSON-over-HTTP RPC (docs/rpc.md), used by the operator CLI,
+the process tests and the benchmark. Standard library only.
+
+``RpcClient.for_node("nodes/Alice")`` reads the RPC address from the node directory's
+``node.toml`` and the credentials from its ``rpc-credentials`` file (or from
+``GREENFLOW_RPC_USER`` / ``GREENFLOW_RPC_PASSWORD``); ``RpcClient.for_node("http://host:port")``
+needs the credentials given.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import threading
+from typing import Any, Iterator, Optional
+from urllib.parse import quote, urlencode, urlsplit
+
+from greenflow.errors import FlowError
+
+API = "/api/v1"
+
+
+class RpcClientError(FlowError):
+    """The node answered with an error (``status`` is the HTTP status, ``type`` the
+    error's type, e.g. ``NotStartable``), or could not be reached (``status`` 0)."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.type else self.message
+
+
+class RpcClient:
+    def __init__(self, url: str, username: str, password: str, *, timeout: float = 60.0) -> None:
+        u = urlsplit(url if "://" in url else "http://" + url)
+        if u.scheme != "http" or not u.hostname:
+            raise RpcClientError(0, "BadUrl", f"{url!r} is not an http://host:port address")
+        self.host, self.port = u.hostname, u.port or 80
+        self.url = f"http://{self.host}:{self.port}"
+        self.timeout = timeout
+        token = base64.b64encode(f"{username}:{password}".encode()).decode()
+        self._headers = {"Authorization": f"Basic {token}", "Accept": "application/json"}
+        self._local = threading.local()
+
+    @classmethod
+    def for_node(cls, node: str, username: Optional[str] = None, password: Optional[str] = None,
+                 **kw: Any) -> "RpcClient":
+        """``node`` is a node directory or an ``http://host:port`` URL."""
+        username = username or os.environ.get("GREENFLOW_RPC_USER")
+        password = password or os.environ.get("GREENFLOW_RPC_PASSWORD")
+        if "://" in node:
+            url = node
+        else:
+            from greenflow.network.network_map import format_address
+            from greenflow.network.node_config import NodeConfig, read_credentials
+            cfg = NodeConfig.load(node)
+            url = "http://" + format_address(cfg.rpc_address)
+            if username is None or password is None:
+                cred = read_credentials(node)
+                if cred is not None:
+                    username = username or cred[0]
+                    password = password or cred[1]
+        if username is None or password is None:
+            raise RpcClientError(0, "NoCredentials", f"no RPC credentials for {node}: pass "
+                                 "--user/--password or set GREENFLOW_RPC_USER and "
+                                 "GREENFLOW_RPC_PASSWORD")
+        return cls(url, username, password, **kw)
+
+    # ------------------------------------------------------------------ transport
+    def _conn(self, timeout: Optional[float]) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection(self.host, self.port,
+                                                                 timeout=self.timeout)
+        conn.timeout = timeout if timeout is not None else self.timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(conn.timeout)
+        return conn
+
+    def request(self, method: str, path: str, body: Any = None,
+                timeout: Optional[float] = None) -> tuple[int, Any]:
+        """One call; returns ``(status, document)`` for 2xx, raises `RpcClientError`
+        otherwise."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = dict(self._headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        for attempt in (0, 1):
+            conn = self._conn(timeout)
+            resp = None
+            try:
+                conn.request(method, API + path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()   # a kept-alive connection the server closed: retry once
+                if attempt or resp is not None:  # it began to answer: the request ran, never send it twice
+                    raise RpcClientError(0, "Unreachable", f"{self.url}: {exc}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()   # e.g. IncompleteRead: the node died in the middle of its answer
+                raise RpcClientError(0, "Unreachable", f"cannot reach the node's RPC at "
+                                     f"{self.url}: {exc}") from None
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = None
+        if resp.status >= 400:
+            err = (doc or {}).get("error") if isinstance(doc, dict) else None
+            if isinstance(err, dict):
+                raise RpcClientError(resp.status, str(err.get("type", "")), str(err.get("message", "")))
+            raise RpcClientError(resp.status, "HTTPError", f"HTTP {resp.status}: {raw[:200]!r}")
+        return resp.status, doc
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ operations
+    def node_info(self) -> dict:
+        return self.request("GET", "/node")[1]
+
+    def network(self) -> list:
+        return self.request("GET", "/network")[1]["nodes"]
+
+    def start_flow(self, flow: str, args: Optional[dict] = None, *, client_id: Optional[str] = None,
+                   wait: Optional[float] = None, count: int = 1) -> dict:
+        """Start a flow (``count`` > 1: that many, one commit, ``{"flow_ids": [...]}``)."""
+        body: dict = {"flow": flow, "args": args or {}}
+        if client_id is not None:
+            body["client_id"] = client_id
+        if wait:
+            body["wait"] = wait
+        if count != 1:
+            body["count"] = count
+        return self.request("POST", "/flows", body,
+                            timeout=None if not wait else wait + self.timeout)[1]
+
+    def flows(self, status: Optional[str] = None) -> list:
+        q = f"?status={quote(status)}" if status else ""
+        return self.request("GET", "/flows" + q)[1]["flows"]
+
+    def flow(self, flow_id: str) -> dict:
+        return self.request("GET", f"/flows/{quote(flow_id)}")[1]
+
+    def result(self, flow_id: str, wait: float = 0.0) -> dict:
+        """``{"finished": bool, "status", "result" | "error"}``; waits up to ``wait`` s."""
+        return self.request("GET", f"/flows/{quote(flow_id)}/result?wait={wait}",
+                            timeout=wait + self.timeout)[1]
+
+    def kill(self, flow_id: str) -> dict:
+        return self.request("POST", f"/flows/{quote(flow_id)}/kill")[1]
+
+    def checkpoints(self) -> list:
+        return self.request("GET", "/checkpoints")[1]["checkpoints"]
+
+    def draining(self) -> dict:
+        return self.request("GET", "/draining")[1]
+
+    def set_draining(self, enabled: bool) -> dict:
+        return self.request("POST", "/draining", {"enabled": bool(enabled)})[1]
+
+    def shutdown(self) -> dict:
+        return self.request("POST", "/shutdown")[1]
+
+    def vault_query(self, **params: Any) -> dict:
+        """``GET /vault/states``: a page of the node's vault (parameters as in docs/ledger.md:
+        ``type``, ``status``, ``linear_id``, ``external_id``, ``page``, ``page_size``,
+        ``cursor``, ``sort``, ``desc``)."""
+        return self.request("GET", "/vault/states?" + urlencode(params))[1]
+
+    def vault_updates(self, timeout: Optional[float] = None, **params: Any) -> Iterator[tuple[str, Any]]:
+        """``GET /vault/updates`` as ``(event, data)``: ``snapshot`` first, then an
+        ``update`` per change to the states the parameters select; runs until closed."""
+        return self._events(API + "/vault/updates?" + urlencode(params), timeout)
+
+    def _events(self, path: str, timeout: Optional[float]) -> Iterator[tuple[str, Any]]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers=self._headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    err = json.loads(raw)["error"]
+                except (ValueError, KeyError, TypeError):
+                    err = {"type": "HTTPError", "message": raw[:200].decode(errors="replace")}
+                raise RpcClientError(resp.status, err.get("type", ""), err.get("message", ""))
+            event, data = "message", []
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                text = line.decode("utf-8").rstrip("\r\n")
+                if not text:
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif text.startswith("event:"):
+                    event = text[6:].strip()
+                elif text.startswith("data:"):
+                    data.append(text[5:].lstrip())
+        except OSError as exc:
+            raise RpcClientError(0, "Unreachable", f"event stream from {self.url}: {exc}") from None
+        finally:
+            conn.close()
+
+    def progress(self, flow_id: Optional[str] = None,
+                 timeout: Optional[float] = None) -> Iterator[tuple[str, Any]]:
+        """Server-sent events as ``(event, data)``: ``status`` first, then ``progress``
+        and ``end``. For one flow the iteration ends after its ``end``."""
+        path = API + (f"/flows/{quote(flow_id)}/progress" if flow_id else "/progress")
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers=self._headers)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raw = resp.read()
+                try:
+                    err = json.loads(raw)["error"]
+                except (ValueError, KeyError, TypeError):
+                    err = {"type": "HTTPError", "message": raw[:200].decode(errors="replace")}
+                raise RpcClientError(resp.status, err.get("type", ""), err.get("message", ""))
+            event, data = "message", []
+            while True:
+                line = resp.readline()
+                if not line:
+                    return
+                text = line.decode("utf-8").rstrip("\r\n")
+                if not text:
+                    if data:
+                        yield event, json.loads("\n".join(data))
+                    event, data = "message", []
+                elif text.startswith(":"):
+                    continue
+                elif text.startswith("event:"):
+                    event = text[6:].strip()
+                elif text.startswith("data:"):
+                    data.append(text[5:].lstrip())
+        except OSError as exc:
+            raise RpcClientError(0, "Unreachable", f"progress stream from {self.url}: {exc}") from None
+        finally:
+            conn.close()

@@ -1,0 +1,98 @@
+"""The persisted header of an unfinished flow: its session table, status and pending
+request. Written at every group commit the flow took part in; small, C-pickled."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Optional
+
+from greenflow.party import Party
+from greenflow.status import FlowStatus
+
+# Session states (our side).
+NEW, OPEN, CLOSED = 0, 1, 2
+
+
+@dataclass(slots=True)
+class SessionState:
+    """One session as this flow sees it. Sequence numbers make delivery exactly-once:
+    the peer's frames are accepted strictly in ``recv_seq`` order and duplicates dropped."""
+
+    sid: str
+    counterparty: Party
+    initiator: bool           # True: we opened it
+    protocol: str             # qualified name of the initiating class
+    version: int              # the initiating flow's version
+    app: str
+    state: int = NEW
+    send_seq: int = 0         # next sequence number we send
+    recv_seq: int = 0         # next sequence number we accept from the peer
+    peer_info: Optional[tuple[int, str]] = None   # (flow version, app name) of the peer
+    peer_ended: Optional[str] = None              # why the peer ended, once consumed
+    sent_info: bool = False   # responder: peer info sent with our first frame
+    info_requested: bool = False  # initiator: asked the peer for its flow info
+
+    def __reduce__(self) -> tuple:
+        # Positional state: no field names in every stored header (disk per flow).
+        return (SessionState, _session_state(self))
+
+    @property
+    def role_of_peer(self) -> int:
+        """Routing role of the peer's end: 1 = the peer is the responder."""
+        return 1 if self.initiator else 0
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    flow_id: str
+    flow_class: str
+    status: FlowStatus = FlowStatus.RUNNABLE
+    client_id: Optional[str] = None
+    started_at: float = 0.0
+    sessions: dict[str, SessionState] = field(default_factory=dict)
+    suspension_count: int = 0
+    progress_step: Optional[str] = None
+    error: Optional[str] = None
+    journal_len: int = 0
+    pending: Optional[tuple] = None          # (kind, key, deadline) of the pending entry
+    invoker_sid: Optional[str] = None        # responder: the session that started us
+    timer_key: Optional[bytes] = None
+    fingerprint: Optional[dict] = None       # flow classes on the stack -> code digest
+    retries: int = 0                         # hospital: automatic retries so far
+    retry_at: Optional[float] = None         # hospital: when the next retry is due
+    seed: Optional[bytes] = None             # keys the flow's replayed randomness (replay_safe)
+
+    def clone(self) -> "Checkpoint":
+        """An independent copy (its own session states), cheaper than a pickle round
+        trip: kept as a flow's last good state until its first commit."""
+        cp = Checkpoint(*_checkpoint_state(self))
+        cp.sessions = {sid: SessionState(*_session_state(st)) for sid, st in self.sessions.items()}
+        return cp
+
+    def __reduce__(self) -> tuple:
+        # Flat, builtin-only state: the C pickler writes it without calling back into
+        # Python for the status enum, each SessionState and each Party (those callbacks
+        # were about half the cost of pickling a header, i.e. of every commit of a flow).
+        state = list(_checkpoint_state(self))
+        state[_STATUS] = self.status.value
+        state[_SESSIONS] = tuple(
+            (st.sid, st.counterparty.name, st.counterparty.owning_key, *_session_rest(st))
+            for st in self.sessions.values())
+        return (_restore_checkpoint, tuple(state))
+
+
+_session_state = attrgetter(*(f.name for f in fields(SessionState)))
+_session_rest = attrgetter(*(f.name for f in fields(SessionState)[2:]))
+_checkpoint_state = attrgetter(*(f.name for f in fields(Checkpoint)))
+_FIELDS = [f.name for f in fields(Checkpoint)]
+_STATUS, _SESSIONS = _FIELDS.index("status"), _FIELDS.index("sessions")
+
+
+def _restore_checkpoint(*state: object) -> Checkpoint:
+    """Inverse of `Checkpoint.__reduce__`. (Headers written before it pickled as
+    ``Checkpoint(*fields)`` with real objects inside; those still load as they are.)"""
+    cp = Checkpoint(*state)  # type: ignore[arg-type]
+    cp.status = FlowStatus(cp.status)
+    cp.sessions = {row[0]: SessionState(row[0], Party(row[1], row[2]), *row[3:])  # type: ignore[index]
+                   for row in cp.sessions}  # type: ignore[union-attr]
+    return cp

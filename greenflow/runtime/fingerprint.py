@@ -1,0 +1,66 @@
+"""Code fingerprints: which code wrote a checkpoint.
+
+Every checkpoint records a digest of the bytecode of the flow classes on its stack, so
+that after an upgrade a flow whose replay diverges can be reported as "the code of X
+changed since this checkpoint was written" instead of a bare mismatch. A changed
+fingerprint alone parks nothing: a flow whose replay agrees with its journal resumes.
+"""
+from __future__ import annotations
+
+import hashlib
+from types import CodeType
+from typing import TYPE_CHECKING
+
+from greenflow.flows.registry import qualified_name
+
+if TYPE_CHECKING:
+    from greenflow.runtime.flow_runtime import FlowRuntime
+
+
+_FINGERPRINTS: dict[tuple, dict] = {}
+
+
+def fingerprint(rt: FlowRuntime) -> dict:
+    """Code digests of the flow classes on the stack (top flow at least). One shared
+    dict per stack shape: a million resident flows of one class hold one copy."""
+    classes = (type(rt.logic),) + tuple(type(f) for f in rt.subflows)
+    fp = _FINGERPRINTS.get(classes)
+    if fp is None:
+        fp = _FINGERPRINTS[classes] = {qualified_name(c): code_digest(c) for c in classes}
+    return fp
+
+
+_DIGESTS: dict[type, str] = {}
+
+
+def code_digest(cls: type) -> str:
+    """Digest of the methods' bytecode and constants of ``cls`` and its user-defined bases."""
+    d = _DIGESTS.get(cls)
+    if d is None:
+        h = hashlib.blake2b(digest_size=8)
+        for klass in cls.__mro__:
+            if klass.__module__.startswith("greenflow.") and not klass.__module__.startswith("greenflow.samples"):
+                continue
+            for name in sorted(vars(klass)):
+                fn = vars(klass)[name]
+                code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+                if code is not None:
+                    h.update(name.encode())
+                    _feed(h, code)
+        d = _DIGESTS[cls] = h.hexdigest()
+    return d
+
+
+def _feed(h: "hashlib._Hash", code: CodeType) -> None:
+    """Bytecode and constants, the same in every process: nested code objects (lambdas,
+    comprehensions) are digested rather than repr'd (their repr holds an address), and
+    sets rather than repr'd in hash order (which PYTHONHASHSEED changes)."""
+    h.update(code.co_code)
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            _feed(h, c)
+        elif isinstance(c, frozenset):
+            h.update(repr(sorted(map(repr, c))).encode())
+        else:
+            h.update(repr(c).encode())
+        h.update(b"\0")

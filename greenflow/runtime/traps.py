@@ -1,0 +1,146 @@
+"""The only place a flow's greenlet switches back to the node's scheduler.
+
+A flow runs in a `FlowGreenlet` whose parent is the greenlet running the scheduler
+loop. Flow code never switches by itself: every suspension point funnels through
+`switch_to_scheduler`, which hands the scheduler the pending journal entry (a small
+request object saying what the flow waits for) and returns what the scheduler resumes
+it with. Anything that is not a flow greenlet asking is refused loudly, so misuse fails
+at once instead of hanging. The only other switches to the scheduler are a flow
+greenlet's own: handing over its finished flow's result and waiting, idle, to be given
+the next flow (`_serve`); the scheduler alone ever switches into a flow greenlet.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+import greenlet
+
+from greenflow.errors import FlowError
+from greenflow.flows.context import current_runtime, current_runtime_or_none
+
+__all__ = ["Diverged", "FlowGreenlet", "Unwind", "current_runtime", "current_runtime_or_none",
+           "flow_greenlet", "recycle", "switch_to_scheduler"]
+
+if TYPE_CHECKING:
+    from greenflow.runtime.flow_runtime import FlowRuntime
+    from greenflow.runtime.journal import Entry
+
+
+class Unwind(greenlet.GreenletExit):
+    """Thrown into a flow greenlet to unwind it (kill, hibernation, power cut). A
+    ``GreenletExit`` so that ``except Exception`` in flow code does not swallow it."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class Diverged(greenlet.GreenletExit):
+    """Raised inside a flow when replay disagrees with the journal. Not an `Exception`:
+    flow code cannot catch it by accident; the runtime parks the flow instead."""
+
+
+class FlowGreenlet(greenlet.greenlet):
+    """A greenlet that knows which flow it runs (``gf_runtime``; None while it is idle).
+
+    Slotted (no per-instance dict: ~100 B less per resident flow). It runs `_serve`, which
+    takes one flow after another (see `flow_greenlet` and `recycle`); the runtime reaches
+    it as the value of a switch, so no bound-method object stays alive beside each
+    waiting flow.
+    """
+
+    __slots__ = ("gf_runtime",)
+
+    def __init__(self, run: Any, runtime: "FlowRuntime", parent: Optional[greenlet.greenlet] = None):
+        super().__init__(run, parent)
+        self.gf_runtime = runtime
+
+
+#: Idle flow greenlets a scheduler keeps for reuse. Starting a flow on a fresh greenlet
+#: costs CPython the allocation of a new frame stack, and its end the freeing of it: a
+#: large share of a short flow's overhead. An idle greenlet holds ~6 KB, so the pool is
+#: bounded (~60 MB when full); above the bound a finished flow's greenlet is freed.
+POOL_SIZE = 10_000
+
+
+def _serve() -> Any:
+    """The body of every flow greenlet: wait, idle, for a flow; run its main; again.
+
+    Nothing of a finished flow stays on this frame: its runtime is dropped before the
+    greenlet goes idle, and its result (the argument of the switch that hands it to the
+    scheduler) is rinsed off by `recycle`, which resumes the greenlet once with None. A
+    new greenlet is started with no arguments (`flow_greenlet`): the arguments of a
+    greenlet's first switch stay referenced for as long as its run function runs.
+    """
+    current = greenlet.getcurrent
+    rt = res = None
+    while True:
+        while rt is None:
+            rt = _wait(res)
+            res = None
+        res = rt._main()
+        if current().gf_runtime is not rt:
+            return res   # dropped by the scheduler while it ran (not recycled): end as before
+        rt = None
+        current().gf_runtime = None   # idle: see recycle()
+
+
+def _wait(res: Any) -> Any:
+    # A call of its own, not inline in _serve: a new greenlet first switched out from here
+    # holds less saved C stack while its flows wait (benchmarks.held, CPython 3.11,
+    # greenlet 3.5: ~50 B per waiting flow under a greenlet started on its flow directly;
+    # inline it was ~150 B over; on 3.13 it is ~150 B over either way).
+    return greenlet.getcurrent().parent.switch(res)
+
+
+def flow_greenlet(rt: "FlowRuntime", pool: Optional[list] = None) -> FlowGreenlet:
+    """A greenlet to run ``rt``'s flow (start it with ``switch(rt)``): an idle one from
+    ``pool`` (the scheduler's, filled by `recycle`) when it has one, else a new one. Its
+    parent is the caller, the scheduler, as for a new greenlet."""
+    while pool:
+        g = pool.pop()
+        try:
+            g.parent = greenlet.getcurrent()
+        except ValueError:   # made on another thread: of no use here
+            continue
+        g.gf_runtime = rt
+        return g
+    g = FlowGreenlet(_serve, rt)
+    g.switch()   # to its idle point
+    return g
+
+
+def recycle(g: FlowGreenlet, pool: Optional[list] = None) -> bool:
+    """Detach ``g`` from its flow (finished, or unwound by kill, hibernation or power
+    cut) and put it in ``pool`` for reuse if it came back to its idle point, i.e. the
+    flow's main returned. Called by the scheduler, which must be the caller of the
+    greenlet's last switch. Returns whether it was pooled.
+
+    A greenlet that is not idle (its flow is still suspended inside, e.g. dropped after a
+    failed checkpoint) is only detached, and ends as before when it is freed.
+    """
+    idle = g.gf_runtime is None and bool(g)
+    g.gf_runtime = None
+    if not idle or pool is None or len(pool) >= POOL_SIZE:
+        return False
+    try:
+        g.parent = greenlet.getcurrent()   # raises if g belongs to another thread
+        if g.switch(None) is not None or g.gf_runtime is not None or not g:
+            return False   # rinse: it drops the result it handed over, and is idle again
+    except (greenlet.error, ValueError):
+        return False
+    g.gr_context = None   # contextvars set by the finished flow do not reach the next one
+    pool.append(g)
+    return True
+
+
+def switch_to_scheduler(rt: "FlowRuntime", entry: "Entry") -> tuple:
+    """Suspend the current flow until the scheduler resumes it with an outcome."""
+    g = greenlet.getcurrent()
+    if getattr(g, "gf_runtime", None) is not rt:
+        raise FlowError("a flow may only suspend from its own greenlet")
+    rt.check_io_allowed()
+    outcome = g.parent.switch(entry)
+    if isinstance(outcome, BaseException):  # the scheduler throws via throw(), not here
+        raise outcome
+    return outcome

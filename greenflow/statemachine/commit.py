@@ -1,0 +1,214 @@
+"""Commit staging: what one round writes (checkpoints, journal entries, inbox and
+outbox, results) in one synced transaction, and what is released only after it holds
+(frames to the transport, acknowledgements, external calls, waiters); shedding
+resident flows beyond ``max_resident``.
+
+Part of the scheduler (`Scheduler` inherits it).
+"""
+from __future__ import annotations
+
+import time
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
+
+from greenflow.runtime import snapshots as frames_mod
+from greenflow import serialization
+from greenflow.storage import payloads
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.errors import FlowError, StoreError
+from greenflow.statemachine.events import ExternalDone
+from greenflow.runtime.fingerprint import code_digest, fingerprint
+from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.flow_runtime import Ended
+from greenflow.runtime.journal import Kind, Outcome
+from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_key, session_key, timer_key)
+
+log = logging.getLogger("greenflow.scheduler")
+
+
+class CommitStaging:
+    """The round's group commit, and what waits for it."""
+
+    def commit(self) -> None:
+        b = self.batch
+        suspended: list[FlowRuntime] = []
+        for fid, rt in list(self.touched.items()):
+            if rt.cp.status.finished:
+                continue
+            try:
+                self._stage_checkpoint(b, rt)
+            except Exception as exc:
+                log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name, fid, exc)
+                self._finish(rt, (Ended.FAILED, FlowError(f"checkpoint failed: {exc}")))
+                continue
+            if rt.pending is not None:
+                suspended.append(rt)
+        for rt in self.touched.values():
+            if rt.out:
+                self._queue_frames(rt)
+        try:
+            if b:
+                t0 = time.perf_counter()
+                self.store.commit(b)
+                self.stats["commits"] += 1
+                if self.commit_observer is not None:
+                    self.commit_observer(time.perf_counter() - t0, len(b.ops), len(suspended))
+        except StoreError as exc:
+            # Nothing of this round is durable, so nothing of it may be seen: stop the node.
+            log.critical("%s: %s; the node stops committing", self.identity.name, exc)
+            self.commit_error = exc
+            self.dead = True
+            return
+        for rt in self.touched.values():
+            rt.base = None   # committed: the store holds it now (read back if parked)
+        self.batch = Batch()
+        self._round_routes.clear()
+        self.ended.clear()
+        self.touched = {}
+        sends, self.post_sends = self.post_sends, []
+        acks, self.post_acks = self.post_acks, {}
+        exts, self.post_externals = self.post_externals, []
+        cbs, self.post_callbacks = self.post_callbacks, []
+        for peer, data in sends:
+            self.transport.send(peer, data)
+        for peer_name, mids in acks.items():
+            self.transport.ack(peer_name, tuple(mids))
+        for rt in exts:
+            self._run_external(rt)
+        for cb in cbs:
+            try:
+                cb()
+            except Exception:
+                log.exception("post-commit callback failed")
+        self._shed(suspended)
+        now = self.clock.now()
+        if now >= self._next_sweep:
+            self._next_sweep = now + min(60.0, self.retention / 10)
+            try:
+                n = self.store.expire(now)
+                if n:
+                    log.debug("%s: expired %d finished-flow records", self.identity.name, n)
+            except StoreError as exc:
+                log.error("%s: expiry sweep failed: %s", self.identity.name, exc)
+
+    def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
+        cp = rt.cp
+        fid = rt.flow_id
+        journal = rt.journal
+        n = len(journal)
+        # The pending entry (last, no outcome yet) lives in the header; chunks hold only
+        # resolved entries, one chunk per commit, so nothing is stored twice.
+        last = journal[-1] if journal and journal[-1].outcome is None else None
+        resolved = n - (1 if last is not None else 0)
+        if resolved > rt.committed:
+            chunk = journal[rt.committed:resolved]
+            payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
+            b.put("journal", journal_key(fid, rt.committed), serialization.dumps(chunk))
+            rt.committed = resolved
+        pend = rt.pending if rt.pending is not None else last
+        cp.journal_len = n
+        cp.pending = (last.kind, last.key, last.deadline) if last is not None else None
+        for q in rt.inbox.values():
+            for item in q:
+                if not item.persisted:
+                    payloads.persist_inbox_frame(b, fid, item.frame)
+                    item.persisted = True
+        for sid, seq in rt.consumed:
+            b.delete("inbox", inbox_key(fid, sid, seq))
+        rt.consumed = ()
+        if len(cp.sessions) > rt.routed:  # sessions are only ever added
+            for st in list(cp.sessions.values())[rt.routed:]:
+                if st.initiator:
+                    continue  # routed by its id (_deliver_to_initiator): nothing to store
+                key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
+                self.routes[key] = fid
+                self._put_route(key, fid.encode())
+            rt.routed = len(cp.sessions)
+        if pend is None or pend.kind == Kind.EXTERNAL:
+            b.put("wake", fid_key(fid), b"")
+        else:
+            b.delete("wake", fid_key(fid))
+        if pend is not None and pend.deadline is None and cp.timer_key is not None:
+            b.delete("timers", cp.timer_key)
+            cp.timer_key = None
+        if self.capture_frames and pend is not None and rt.greenlet is not None:
+            call = getattr(type(rt.logic), "call", None)
+            snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame,
+                                      stop_code=getattr(call, "__code__", None))
+            b.put("frames", fid_key(fid), serialization.dumps(snap))
+        if rt.start_blob is not None:
+            b.put("logic", fid_key(fid), rt.start_blob)
+            rt.start_blob = None
+            if self.limits is not None and cp.invoker_sid is not None:
+                self.limits.first_stored(b, rt)
+        if cp.fingerprint is None:
+            cp.fingerprint = fingerprint(rt)
+        rt.base = serialization.dumps(cp)
+        rt.fresh = ()
+        b.put_header(fid_key(fid), rt.base)
+        rt.dirty = False
+
+    def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:
+        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (a clone of its
+        starting state before its first commit, the staged header bytes within a round)
+        or else what the store holds."""
+        if isinstance(rt.base, Checkpoint):
+            return rt.base.clone()
+        if rt.base is not None:
+            return serialization.loads(rt.base)
+        return self.store.checkpoint(rt.flow_id)
+
+    def _code_changed(self, rt: FlowRuntime) -> str:
+        try:
+            base = self._last_good(rt)
+            stored = base.fingerprint if base is not None else None
+        except Exception:
+            stored = None
+        if not stored:
+            return ""
+        changed = [name for name, dg in stored.items()
+                   if name == rt.cp.flow_class and dg != code_digest(type(rt.logic))]
+        return (f" (the code of {', '.join(changed)} changed since this checkpoint was "
+                "written)") if changed else ""
+
+    def _run_external(self, rt: FlowRuntime) -> None:
+        call = rt.external
+        if call is None:
+            return
+        fn, args = call
+        fid = rt.flow_id
+
+        def work() -> None:
+            try:
+                out: tuple = (Outcome.OK, fn(*args))
+            except Exception as exc:  # noqa: BLE001 - recorded, re-raised in the flow
+                out = (Outcome.EXC, exc)
+            self.post(ExternalDone(fid, out))
+
+        if self.threaded:
+            if self._workers is None:
+                self._workers = ThreadPoolExecutor(max_workers=8,
+                                                   thread_name_prefix=f"gf-ext-{self.identity.name}")
+            self._workers.submit(work)
+        else:
+            work()
+
+    def _shed(self, suspended: list[FlowRuntime]) -> None:
+        """Hibernate: drop suspended flows from memory (reload_after_suspend: all of them;
+        otherwise the least recently active beyond max_resident)."""
+        if self.reload_after_suspend:
+            for rt in suspended:
+                if rt.pending is not None and rt.flow_id in self.resident:
+                    self._evict(rt, "hibernated")
+            return
+        excess = 0 if self.max_resident is None else len(self.resident) - self.max_resident
+        if excess > 0:
+            victims = []
+            for rt in self.resident.values():  # least recently active first
+                if rt.pending is not None and not rt.dirty:
+                    victims.append(rt)
+                    if len(victims) >= excess:
+                        break
+            for rt in victims:
+                self._evict(rt, "hibernated")

@@ -1,0 +1,171 @@
+"""Ending flows: recording a finished flow's result, releasing its routes, sessions
+and greenlet, evicting (hibernating) a waiting flow, and killing one.
+
+Part of the scheduler (`Scheduler` inherits it).
+"""
+from __future__ import annotations
+
+import time
+import logging
+import random
+import traceback
+from typing import Any
+
+from greenflow import serialization, wire
+from greenflow.errors import FlowError, FlowException
+from greenflow.runtime.flow_runtime import Ended, FlowRuntime
+from greenflow.statemachine.hospital import backoff, is_transient
+from greenflow.messages import encode_frame
+from greenflow.flows.registry import qualified_name
+from greenflow.status import FlowStatus
+from greenflow.storage.store import (dump_result, expiry_key, fid_key, outbox_key, session_key, timer_key)
+from greenflow.runtime.traps import Unwind, recycle
+from greenflow.statemachine.routing import FINISHED_ROUTE
+
+log = logging.getLogger("greenflow.scheduler")
+
+
+class Ending:
+    """How flows leave memory: finished, evicted or killed."""
+
+    def _finish(self, rt: FlowRuntime, res: tuple) -> None:
+        kind = res[0]
+        fid = rt.flow_id
+        if kind == Ended.DIVERGED or rt.diverged is not None:
+            self._park(rt, f"NonDeterminismError: {rt.diverged}{self._code_changed(rt)}")
+            return
+        if kind == Ended.FAILED and is_transient(res[1]):
+            exc = res[1]
+            why = f"{type(exc).__name__}: {exc}"
+            if rt.cp.retries < self.max_retries:
+                self._park(rt, why, retry_in=backoff(rt.cp.retries, self.retry_backoff))
+            else:
+                self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
+            return
+        if kind == Ended.UNWOUND:
+            kind = Ended.KILLED
+        record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
+                                  "started_at": rt.cp.started_at, "finished_at": self.clock.now()}
+        if kind == Ended.DONE:
+            rt.end_frames((Ended.DONE,))
+            record.update(status=FlowStatus.COMPLETED, value=res[1])
+        if kind == Ended.FAILED:
+            exc = res[1]
+            if isinstance(exc, FlowException):
+                log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
+                         rt.cp.flow_class, type(exc).__name__, exc)
+            else:
+                log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
+                            rt.cp.flow_class,
+                            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+            rt.end_frames((Ended.FAILED, exc))
+            record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, FlowException):
+                # Kept as the wire carries it: unpickling would call the class's __init__
+                # with the message alone, which a FlowException never gets rebuilt by.
+                record["flow_exception"] = (qualified_name(type(exc)), str(exc),
+                                            exc.ensure_error_id())
+            else:
+                record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
+        elif kind == Ended.KILLED:
+            rt.end_frames((Ended.KILLED,))
+            record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
+        rt.cp.status = record["status"]
+        self.ended.add(fid)
+        b = self.batch
+        k = fid_key(fid)
+        if self.limits is not None and rt.cp.invoker_sid is not None:
+            self.limits.ended(b, rt)
+        if rt.start_blob is None:  # something of it was stored
+            b.drop_flow(fid, max(rt.cp.journal_len, 0))
+            if rt.cp.timer_key is not None:
+                b.delete("timers", rt.cp.timer_key)
+        expires = self.clock.now() + self.retention
+        for st in rt.cp.sessions.values():
+            if st.initiator:
+                continue  # late frames on it are recognised by the flow's result record
+            key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
+            self._put_route(key, FINISHED_ROUTE + fid.encode())
+            b.put("expiry", expiry_key(expires, "sessions", key), b"")
+            self.routes.pop(key, None)
+        try:
+            blob = dump_result(record)
+        except Exception as exc:  # the return value cannot be stored
+            record.pop("value", None)
+            record.update(status=FlowStatus.FAILED,
+                          error=f"FlowError: the result of {rt.cp.flow_class} cannot be stored: {exc}")
+            rt.cp.status = FlowStatus.FAILED
+            blob = dump_result(record)
+        b.put("results", k, blob)
+        self._count(record["status"].value, rt.cp.flow_class)
+        b.put("expiry", expiry_key(expires, "results", k), b"")
+        if rt.cp.client_id is not None:
+            b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
+        for fn in self.flow_end_listeners:
+            try:
+                fn(fid)
+            except Exception:
+                log.exception("%s: flow-end listener failed for flow %s", self.identity.name, fid)
+        self._queue_frames(rt)
+        self._release(rt)
+        self.resident.pop(fid, None)
+        self.touched.pop(fid, None)
+        self.recent_results[fid] = record
+        if len(self.recent_results) > 10_000:  # the store has them all; this is a cache
+            self.recent_results.pop(next(iter(self.recent_results)))
+        waiters = self.waiters.pop(fid, [])
+        self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
+        self.progress_changed(rt, None)
+
+    def _queue_frames(self, rt: FlowRuntime) -> None:
+        for peer, frame in rt.out:
+            data = encode_frame(frame)
+            self.batch.put("outbox", outbox_key(peer.name, frame.sid, frame.to_responder, frame.seq), data)
+            self.post_sends.append((peer, data))
+        rt.out = ()
+
+    def _evict(self, rt: FlowRuntime, why: str = "evicted") -> None:
+        """Drop a flow from memory (its checkpoint is durable), unwinding its greenlet
+        with I/O refused so its ``finally`` blocks run now, not at a random GC moment."""
+        g = rt.greenlet
+        rt.io_refused = why
+        if g is not None and not g.dead and g:
+            try:
+                g.throw(Unwind(why))
+            except BaseException:  # noqa: BLE001 - whatever the flow did while unwinding
+                pass
+        self._release(rt)
+        self.resident.pop(rt.flow_id, None)
+        for st in rt.cp.sessions.values():
+            if not st.initiator:
+                self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
+
+    @staticmethod
+    def _release(rt: FlowRuntime) -> None:
+        """Break the runtime <-> greenlet cycle, so a finished or evicted flow is freed by
+        reference counting at once, not later by the cyclic collector (which at high
+        concurrency cost a third of the scheduler's time); an idle greenlet is kept for
+        the next flow (`traps.recycle`)."""
+        g = rt.greenlet
+        if g is not None:
+            rt.greenlet = None
+            recycle(g, rt.sched.idle_greenlets)
+
+    def kill(self, fid: str) -> bool:
+        rt = self.resident.get(fid)
+        if rt is None:
+            cp = None if fid in self.ended else self.store.checkpoint(fid)
+            if cp is None:
+                return False
+            if self.store.logic_blob(fid) is None and self.store.result(fid) is not None:
+                self.batch.drop_flow(fid, cp.journal_len)   # a finished flow's leftover header:
+                return True                                 # its result stands
+            try:
+                logic = serialization.loads(self.store.logic_blob(fid))  # type: ignore[arg-type]
+            except Exception:
+                logic = None
+            rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
+        self._evict(rt, "killed")   # unwinds its greenlet with I/O refused
+        rt.out = ()              # anything produced while unwinding is not sent
+        self._finish(rt, (Ended.KILLED,))
+        return True

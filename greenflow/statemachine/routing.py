@@ -1,0 +1,208 @@
+"""Frames in: routing what arrives to the flow and session it belongs to, checking and
+decoding payloads, acknowledgements and rejections, and starting responder flows.
+
+Part of the scheduler (`Scheduler` inherits it); the state it works on (``routes``,
+``resident``, ``batch``, ``decoded``...) is the scheduler's, set up in its
+``__init__``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+from greenflow import serialization, wire
+from greenflow.storage import payloads
+from greenflow.statemachine import transitions
+from greenflow.runtime.checkpoint import OPEN, Checkpoint, SessionState
+from greenflow.errors import WireFormatError
+from greenflow.statemachine.executor import execute
+from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
+from greenflow.party import Party
+from greenflow.flows.registry import qualified_name
+from greenflow.flows.session import FlowSession
+from greenflow.storage.store import expiry_key, outbox_key, session_key
+from greenflow.statemachine.ids import new_flow_id
+
+log = logging.getLogger("greenflow.scheduler")
+
+FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
+REJECTED_ROUTE = b"!"
+
+
+class Routing:
+    """Where an arriving frame goes, and the responder flows it starts."""
+
+    def _deliver(self, sender: Party, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except WireFormatError as exc:
+            log.warning("%s: dropped an undecodable frame from %s: %s",
+                        self.identity.name, sender.name, exc)
+            return
+        if frame.kind == INIT and frame.to_responder:
+            key = session_key(sender.name, frame.sid, 0)
+            fid = self.routes.get(key)
+            if fid is None:
+                route = self._route(key)
+                if route is None:
+                    if self.draining:
+                        # Not acknowledged: held here, and still in the sender's outbox.
+                        log.info("%s: draining: holding a new session from %s (%s)",
+                                 self.identity.name, sender.name, frame.protocol)
+                        self._deferred.append((sender, data))
+                        return
+                    self._start_responder(sender, frame, key)
+                    return
+                if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
+                    self._ack(sender, frame)   # a re-sent initiation we already handled
+                    return
+                fid = route.decode()
+        elif not frame.to_responder:
+            self._deliver_to_initiator(sender, frame)
+            return
+        else:
+            key = session_key(sender.name, frame.sid, 0)
+            fid = self.routes.get(key)
+            if fid is None:
+                route = self._route(key)
+                if route is None:
+                    if any(s == sender and decode_frame(d).sid == frame.sid
+                           for s, d in self._deferred):
+                        self._deferred.append((sender, data))  # behind its held initiation
+                        return
+                    # Not acknowledged: if its initiation is merely late, the sender re-sends.
+                    log.warning("%s: dropped %s from %s: no such session here",
+                                self.identity.name, frame.describe(), sender.name)
+                    return
+                if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
+                    log.debug("%s: late %s from %s for a finished flow", self.identity.name,
+                              frame.describe(), sender.name)
+                    self._ack(sender, frame)
+                    return
+                fid = route.decode()
+        rt = self._resident_or_load(fid)
+        if rt is None:
+            return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
+
+    def _deliver_to_initiator(self, sender: Party, frame: Frame) -> None:
+        """A frame on a session one of our flows opened. Its id is "<our flow id>.<n>",
+        so the flow is found without any routing entry (none is stored for these
+        sessions), and the session must be in that flow's table with ``sender`` as its
+        counterparty, or the frame is not for it."""
+        fid = frame.sid.rpartition(".")[0]
+        rt = self.resident.get(fid)
+        if rt is None and fid in self.ended:   # a late copy for a flow that just ended
+            self._ack(sender, frame)
+            return
+        cp = rt.cp if rt is not None else None
+        if cp is None and fid:
+            try:
+                cp = self.store.checkpoint(fid)
+            except Exception:  # noqa: BLE001 - unreadable: _load parks the flow (hospital)
+                self._load(fid)  # and the frame is not acknowledged: the sender re-sends
+                return
+        st = cp.sessions.get(frame.sid) if cp is not None else None
+        if st is None or not st.initiator or st.counterparty.name != sender.name:
+            if cp is None and self.store.result(fid) is not None \
+                    or fid in self.recent_results:
+                log.debug("%s: late %s from %s for a finished flow", self.identity.name,
+                          frame.describe(), sender.name)
+                self._ack(sender, frame)
+                return
+            # Not acknowledged: if it is merely early, the sender re-sends it.
+            log.warning("%s: dropped %s from %s: no such session here", self.identity.name,
+                        frame.describe(), sender.name)
+            return
+        if rt is None:
+            rt = self._load(fid, cp)
+            if rt is None:
+                return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
+
+    def _route(self, key: bytes) -> Optional[bytes]:
+        value = self._round_routes.get(key)
+        return value if value is not None else self.store.route(key)
+
+    def _put_route(self, key: bytes, value: bytes) -> None:
+        self.batch.put("sessions", key, value)
+        self._round_routes[key] = value
+
+    def _payload_ok(self, sender: Party, frame: Frame) -> bool:
+        try:
+            value = wire.decode(frame.payload)  # type: ignore[arg-type]
+        except WireFormatError as exc:
+            log.warning("%s: dropped %s from %s: bad payload: %s", self.identity.name,
+                        frame.describe(), sender.name, exc)
+            return False
+        # Kept for the receive that consumes this very payload in this round (saves a
+        # second decode); keyed by identity, checked by identity, dropped when the round
+        # ends (`pump`).
+        self.decoded[id(frame.payload)] = (frame.payload, value)
+        return True
+
+    def stored_payload(self, fid: str, sid: str, seq: int) -> bytes:
+        """A received payload the store set aside (what a replayed ``receive`` returns)."""
+        return payloads.stored_payload(self.store, fid, sid, seq)
+
+    def take_decoded(self, data: bytes) -> Any:
+        """The payload ``data`` decoded: the value checked on arrival if it is still
+        here (and not handed out before), otherwise decoded now."""
+        hit = self.decoded.pop(id(data), None)
+        if hit is not None and hit[0] is data:
+            return hit[1]
+        return wire.decode(data)
+
+    def _ack(self, sender: Party, frame: Frame) -> None:
+        self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
+
+    def _reject(self, sender: Party, frame: Frame, key: bytes, reason: str) -> None:
+        reject = Frame(REJECT, frame.sid, False, 0, reason=reason)
+        data = encode_frame(reject)
+        self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
+        self._put_route(key, REJECTED_ROUTE)
+        # Kept to recognise a re-sent initiation, for as long as finished sessions are.
+        self.batch.put("expiry", expiry_key(self.clock.now() + self.retention, "sessions", key), b"")
+        self.post_sends.append((sender, data))
+        self._ack(sender, frame)
+
+    def _start_responder(self, sender: Party, frame: Frame, key: bytes) -> None:
+        cls = self.responders.responder_for(frame.protocol)
+        if cls is None:
+            log.warning("%s: rejected a session from %s: no flow registered to answer %s",
+                        self.identity.name, sender.name, frame.protocol)
+            self._reject(sender, frame, key, f"no responder registered for {frame.protocol} on "
+                                             f"{self.identity.name}")
+            return
+        limits = self.limits
+        refusal = limits.refusal(sender.name, self.identity.name, frame.protocol) if limits else None
+        if refusal is not None:
+            log.warning("%s: refused a session from %s (%s): %s", self.identity.name,
+                        sender.name, frame.protocol, refusal)
+            self._reject(sender, frame, key, refusal)
+            return
+        if frame.payload is not None and not self._payload_ok(sender, frame):
+            return
+        fid = new_flow_id()
+        st = SessionState(frame.sid, sender, False, frame.protocol, frame.version, frame.app,
+                          state=OPEN, peer_info=(frame.version, frame.app))
+        try:
+            logic = cls(FlowSession(frame.sid, sender))
+            blob = serialization.dumps(logic)
+        except Exception as exc:
+            log.error("%s: cannot start responder %s for %s: %s", self.identity.name,
+                      qualified_name(cls), sender.name, exc)
+            return
+        cp = Checkpoint(fid, qualified_name(cls), started_at=self.clock.now(),
+                        sessions={frame.sid: st}, invoker_sid=frame.sid)
+        self._put_route(key, fid.encode())
+        self.record_start(cp, blob, logic)
+        if limits is not None:
+            limits.opened(sender.name)
+        rt = self.resident[fid]
+        rt.routed = 1
+        execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, None, frame), sender)

@@ -1,0 +1,120 @@
+"""Starting and running flows: recording a new flow, making it resident, stepping its
+greenlet to the next suspension, progress, and the flows' timers.
+
+Part of the scheduler (`Scheduler` inherits it).
+"""
+from __future__ import annotations
+
+import heapq
+import time
+import logging
+from typing import Any, Optional
+
+from greenflow.statemachine import transitions
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.statemachine.executor import execute
+from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.journal import Entry
+from greenflow.status import FlowStatus
+from greenflow.storage.store import fid_key, session_key, timer_key
+
+log = logging.getLogger("greenflow.scheduler")
+
+
+class Running:
+    """New flows in, and each flow run to its next suspension."""
+
+    def record_start(self, cp: Checkpoint, blob: bytes, logic: Any) -> None:
+        # Nothing of the flow itself is written yet: it goes into the store at the round's
+        # commit if it is still unfinished then (a responder that answers and ends within
+        # one round only ever writes its result). The start is durable either way by the
+        # time anyone is told: start_flow returns, or the initiation is acknowledged.
+        if cp.client_id is not None:
+            self.batch.put("clients", cp.client_id.encode(), fid_key(cp.flow_id))
+        rt = FlowRuntime(self, cp, logic, [])
+        rt.start_blob = blob
+        rt.base = cp.clone()   # nothing stored yet: its last good state, should it be parked
+        self._make_resident(rt)
+        self.touched[rt.flow_id] = rt
+        self.run_queue.append((rt, None))
+        self.stats["flows_started"] += 1
+        self._count("started", cp.flow_class)
+
+    def _count(self, event: str, flow_class: str) -> None:
+        key = (event, flow_class)
+        self.flow_counts[key] = self.flow_counts.get(key, 0) + 1
+
+    def _make_resident(self, rt: FlowRuntime) -> None:
+        self.resident[rt.flow_id] = rt
+        for st in rt.cp.sessions.values():
+            if not st.initiator:  # sessions we initiated route by their id (see _deliver)
+                self.routes[session_key(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
+
+    def _step(self, rt: FlowRuntime, value: Any) -> None:
+        if rt.cp.status.finished or self.resident.get(rt.flow_id) is not rt:
+            return  # finished, or evicted (a newer runtime may stand for the same flow)
+        g = rt.greenlet
+        if g is None:
+            if rt.journal:
+                self.stats["replays"] += 1
+            g = rt.start_greenlet()
+            res = g.switch(rt)
+        else:
+            res = g.switch(value)
+        fid = rt.flow_id
+        self.resident[fid] = self.resident.pop(fid)  # most recently active last (LRU)
+        self.touched[fid] = rt
+        if isinstance(res, Entry):
+            rt.pending = res
+            done, rt.external_done = rt.external_done, None
+            execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
+        else:
+            try:
+                self._finish(rt, res)
+            except Exception as exc:  # an error while handling the flow's end
+                log.exception("%s: ending flow %s failed", self.identity.name, rt.flow_id)
+                self._park(rt, f"error while ending the flow ({res[0]}): "
+                               f"{type(exc).__name__}: {exc}")
+
+    def progress_changed(self, rt: FlowRuntime, step: Optional[str]) -> None:
+        for fn in list(self.progress_listeners):
+            try:
+                fn(rt.flow_id, step)
+            except Exception:
+                log.exception("progress listener failed")
+
+    def arm_timer(self, rt: FlowRuntime, deadline: float) -> None:
+        heapq.heappush(self.timers, (deadline, rt.flow_id))
+        key = timer_key(deadline, rt.flow_id)
+        if rt.cp.timer_key != key:
+            if rt.cp.timer_key is not None:
+                self.batch.delete("timers", rt.cp.timer_key)
+            rt.cp.timer_key = key
+            self.batch.put("timers", key, b"")
+
+    def _fire_due_timers(self) -> bool:
+        now = self.clock.now()
+        fired = False
+        while self.timers and self.timers[0][0] <= now:
+            deadline, fid = heapq.heappop(self.timers)
+            rt = self.resident.get(fid)
+            if rt is None:
+                cp = self.store.checkpoint(fid)
+                if cp is not None and cp.status == FlowStatus.HOSPITALIZED:
+                    if cp.retry_at is not None and cp.retry_at <= now:
+                        fired |= self.retry(fid)
+                    continue
+                if cp is None or cp.pending is None or cp.pending[2] is None \
+                        or not transitions.same_deadline(cp.pending[2], deadline):
+                    continue
+                rt = self._load(fid)
+                if rt is None:
+                    continue
+                # Not replayed yet: it will reach the pending entry and see the deadline passed.
+                fired = True
+                continue
+            actions = transitions.on_timer(rt.pending, deadline)
+            if actions:
+                execute(self, rt, actions)
+                fired = True
+        return fired

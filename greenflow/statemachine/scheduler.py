@@ -1,0 +1,298 @@
+"""The scheduler: one per node, on one thread, running every flow greenlet of the node.
+
+A round (`Scheduler.pump`) goes:
+
+1. apply queued events (starts, arriving frames, acks, timers, external results,
+   kills) through the transitions; resumed flows join the run queue;
+2. run every runnable flow until it suspends or ends;
+3. **group commit**: one synced LMDB transaction with every changed checkpoint, new
+   journal entries, inbox and outbox changes and results;
+4. only then: frames go to the transport, arrivals are acknowledged, external work is
+   started and waiters are told. A crash before 3 loses nothing anyone has seen; a crash
+   after it re-sends from the outbox and the receiver drops duplicates.
+
+Flows are *resident* (in memory) or not. A non-resident flow is rebuilt by replay when
+something arrives for it; restart loads nothing but the flows with work to do.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+import logging
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional
+
+from greenflow.storage import payloads
+from greenflow.statemachine import transitions
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.errors import FlowError
+from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
+from greenflow.statemachine.executor import execute
+from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.party import Party
+from greenflow.flows.registry import ResponderTable
+from greenflow.storage.store import Batch, Store, outbox_key, parse_timer_key
+from greenflow.runtime.traps import recycle
+from greenflow.statemachine.ids import new_flow_id
+from greenflow.statemachine.routing import Routing
+from greenflow.statemachine.running import Running
+from greenflow.statemachine.loading import Loading
+from greenflow.statemachine.ending import Ending
+from greenflow.statemachine.commit import CommitStaging
+
+log = logging.getLogger("greenflow.scheduler")
+
+
+class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
+    #: What one peer may make this node hold (`greenflow.statemachine.limits.PeerLimits`); set by `Node`.
+    limits: Any = None
+
+    def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
+                 responders: ResponderTable, services: Any = None,
+                 capture_frames: bool = True, reload_after_suspend: bool = False,
+                 max_resident: Optional[int] = None, threaded: bool = False,
+                 retention: float = 7 * 24 * 3600.0, max_retries: int = 5,
+                 retry_backoff: float = 1.0) -> None:
+        self.identity = identity
+        self.store = store
+        self.clock = clock
+        self.transport = transport
+        self.responders = responders
+        self.services = services
+        self.capture_frames = capture_frames
+        self.reload_after_suspend = reload_after_suspend
+        self.max_resident = max_resident
+        self.threaded = threaded
+        self.retention = retention
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.draining = False
+        self._deferred: list[tuple[Party, bytes]] = []   # initiations held while draining
+        self._next_sweep = 0.0
+        self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self.resident: dict[str, FlowRuntime] = {}
+        self.routes: dict[bytes, str] = {}
+        self.run_queue: deque[tuple[FlowRuntime, Any]] = deque()
+        self.timers: list[tuple[float, str]] = []
+        self.batch = Batch()
+        # Routes written in this round's batch, not yet readable from the store.
+        self._round_routes: dict[bytes, bytes] = {}
+        self.decoded: dict[int, tuple[bytes, Any]] = {}   # see _payload_ok
+        self.post_sends: list[tuple[Party, bytes]] = []
+        self.post_acks: dict[str, list[tuple]] = {}
+        self.post_externals: list[FlowRuntime] = []
+        self.externals_running: set[str] = set()   # flow ids whose external call is running
+        self.post_callbacks: list[Callable[[], None]] = []
+        self.waiters: dict[str, list[Callable[[dict], None]]] = {}
+        self.recent_results: dict[str, dict] = {}
+        self.idle_greenlets: list = []   # finished flows' greenlets, reused (traps.recycle)
+        self.progress_listeners: list[Callable[[str, Optional[str]], None]] = []
+        # fn(flow_id) when a flow ends (completed, failed, killed), inside the round: what
+        # it writes to `self.batch` commits with the flow's result (the vault releases the
+        # flow's soft locks this way).
+        self.flow_end_listeners: list[Callable[[str], None]] = []
+        self.touched: dict[str, FlowRuntime] = {}
+        # Flows that ended in this round: their records are dropped in `self.batch`, not
+        # yet in the store, so what the store still says of them must not bring them back.
+        self.ended: set[str] = set()
+        self.dead = False
+        self.commit_error: Optional[BaseException] = None
+        self._workers: Optional[ThreadPoolExecutor] = None
+        self._wakeup: Optional[Callable[[], None]] = None
+        self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
+        # (event, flow class) -> count, for the node's metrics (`greenflow.rpc.metrics`): a
+        # dict increment per flow start/end, read when metrics are scraped.
+        self.flow_counts: dict[tuple[str, str], int] = {}
+        # fn(seconds, writes, suspended) after each durable commit (`greenflow.rpc.metrics`).
+        self.commit_observer: Optional[Callable[[float, int, int], None]] = None
+
+    # ================================================================== wiring
+    def set_wakeup(self, fn: Optional[Callable[[], None]]) -> None:
+        """``fn()`` whenever an event is posted: wakes a threaded node's loop."""
+        self._wakeup = fn
+
+    def set_limits(self, limits: Any) -> None:
+        """What one peer may make this node hold (`PeerLimits`)."""
+        self.limits = limits
+
+    def stop(self) -> None:
+        """Stop the loop of a threaded node at its next turn (nothing more is committed)."""
+        self.dead = True
+
+    def when_finished(self, fid: str, fn: Callable[[dict], None]) -> None:
+        """``fn(result record)`` once flow ``fid`` has ended and its result is durable."""
+        self.waiters.setdefault(fid, []).append(fn)
+
+    def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
+        self.progress_listeners.append(fn)
+
+    def add_flow_end_listener(self, fn: Callable[[str], None]) -> None:
+        """``fn(flow_id)`` inside the round in which a flow ends (see ``flow_end_listeners``)."""
+        self.flow_end_listeners.append(fn)
+
+    def observe_commits(self, fn: Optional[Callable[[float, int, int], None]]) -> None:
+        """``fn(seconds, writes, suspended)`` after each durable commit."""
+        self.commit_observer = fn
+
+    # ---------------------------------------------- what the executor's actions ask for
+    def resume_later(self, rt: FlowRuntime, outcome: Any) -> None:
+        """Run ``rt`` again in this round, resumed with ``outcome``."""
+        self.run_queue.append((rt, outcome))
+
+    def hold_for_commit(self, rt: FlowRuntime) -> None:
+        """``rt`` took in frames: its checkpoint goes into this round's commit, and the
+        frames are acknowledged only once that commit holds."""
+        self.touched[rt.flow_id] = rt
+
+    def ack_after_commit(self, peer_name: str, msg_id: Any) -> None:
+        self.post_acks.setdefault(peer_name, []).append(msg_id)
+
+    def start_external_after_commit(self, rt: FlowRuntime) -> None:
+        """Start ``rt``'s external call once this round's commit holds, unless it is
+        running already (a flow rebuilt by replay while its call still runs waits for it)."""
+        if rt.flow_id not in self.externals_running:
+            self.externals_running.add(rt.flow_id)
+            self.post_externals.append(rt)
+
+    # ================================================================== intake
+    def post(self, event: Any) -> None:
+        """Hand an event to the scheduler (any thread)."""
+        self.events.put(event)
+        if self._wakeup is not None:
+            self._wakeup()
+
+    def start_flows(self, items: list[tuple[Checkpoint, bytes, Any]],
+                    done: Optional[Callable[[], None]] = None) -> None:
+        self.post(StartFlows(tuple(items), done))
+
+    # ================================================================== the round
+    def pump(self) -> bool:
+        """Run one round to quiescence and commit. Returns True when anything happened."""
+        if self.dead:
+            return False
+        did = False
+        while True:
+            progressed = self._drain_events()
+            progressed |= self._fire_due_timers()
+            while self.run_queue:
+                rt, value = self.run_queue.popleft()
+                self._step(rt, value)
+                progressed = True
+            if not progressed:
+                break
+            did = True
+        if self.batch or self.touched or self.post_sends or self.post_acks or self.post_callbacks:
+            self.commit()
+            did = True
+        if self.decoded:   # payloads checked this round whose frames were not consumed
+            self.decoded.clear()
+        return did
+
+    def next_deadline(self) -> Optional[float]:
+        return self.timers[0][0] if self.timers else None
+
+    def _drain_events(self) -> bool:
+        any_ = False
+        while True:
+            try:
+                ev = self.events.get_nowait()
+            except queue.Empty:
+                return any_
+            any_ = True
+            try:
+                self._apply(ev)
+            except Exception:
+                log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
+
+    def _apply(self, ev: Any) -> None:
+        t = type(ev)
+        if t is FrameArrived:
+            self._deliver(ev.sender, ev.data)
+        elif t is StartFlows:
+            for cp, blob, logic in ev.items:
+                self.record_start(cp, blob, logic)
+            if ev.done is not None:
+                self.post_callbacks.append(ev.done)
+        elif t is Acked:
+            for mid in ev.msg_ids:
+                sid, to_resp, seq = mid
+                self.batch.delete("outbox", outbox_key(ev.peer, sid, to_resp, seq))
+        elif t is ExternalDone:
+            self.externals_running.discard(ev.flow_id)
+            rt = self._resident_or_load(ev.flow_id)
+            if rt is not None:
+                if rt.pending is None and rt.greenlet is None:
+                    rt.external_done = ev.outcome  # reloaded: answer it once replay gets there
+                else:
+                    execute(self, rt, transitions.on_external_done(rt.pending, ev.outcome))
+        elif t is KillFlow:
+            ok = self.kill(ev.flow_id)
+            if ev.done is not None:
+                self.post_callbacks.append(lambda: ev.done(ok))
+        elif t is Call:
+            try:
+                r = ev.fn()
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                ev.done(None, exc)
+            else:
+                ev.done(r, None)
+        else:
+            raise FlowError(f"unknown scheduler event {ev!r}; please file a bug")
+
+    def set_draining(self, on: bool) -> None:
+        """Draining: no new flows and no new inbound sessions; running flows finish.
+        Initiations that arrive meanwhile are held unacknowledged and answered after."""
+        self.draining = on
+        if not on and self._deferred:
+            held, self._deferred = self._deferred, []
+            for sender, data in held:
+                self.events.put(FrameArrived(sender, data))
+
+    # ================================================================== restart
+    def recover(self) -> None:
+        """After opening a store: re-send the outbox, re-arm timers, and load only the
+        flows that have something to do (runnable, pending external, frames waiting)."""
+        for key, data in self.store.iter_db("outbox"):
+            peer_name = key.split(b"\0", 1)[0].decode()
+            self.post_sends.append((self._party(peer_name), data))
+        for key, _ in self.store.iter_db("timers"):
+            deadline, fid = parse_timer_key(key)
+            heapq.heappush(self.timers, (deadline, fid))
+        wake = {k.decode() for k in self.store.keys("wake")} | self.store.inbox_flow_ids()
+        for fid in sorted(wake):
+            if fid not in self.resident:
+                self._load(fid)
+
+    def resend_outbox(self, peer_name: str) -> int:
+        """Send ``peer_name`` again every committed frame it has not acknowledged: what a
+        transport does when a connection to a restarted peer comes back."""
+        prefix = peer_name.encode() + b"\0"
+        n = 0
+        party = self._party(peer_name)
+        for key, data in self.store.iter_db("outbox"):
+            if key.startswith(prefix):
+                self.transport.send(party, data)
+                n += 1
+        return n
+
+    def _party(self, name: str) -> Party:
+        lookup = getattr(self.transport, "party", None)
+        if lookup is not None:
+            p = lookup(name)
+            if p is not None:
+                return p
+        return Party(name)
+
+    def crash(self) -> None:
+        """Power cut: unwind every greenlet with I/O refused and forget everything."""
+        for rt in list(self.resident.values()):
+            self._evict(rt, "power cut")
+        self.resident.clear()
+        self.idle_greenlets.clear()
+        self.run_queue.clear()
+        self.dead = True
+        waiters, self.waiters = self.waiters, {}
+        for fns in waiters.values():  # nobody may wait for a result this node cannot give
+            for fn in fns:
+                fn(None)
