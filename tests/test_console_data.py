@@ -85,3 +85,30 @@ def test_a_node_without_a_vault_says_so_and_opens_none(tmp_path):
         v = data.vault_overview(n, {})
         from greenflow.node.services import _FACTORIES
         assert v["open"] == ("vault" in _FACTORIES)
+
+
+@pytest.mark.parametrize("reload", [False, True], ids=["resident", "reload"])
+def test_the_journal_says_when_each_entry_was_committed(tmp_path, reload):
+    from greenflow.testing import MockNetwork
+
+    net = MockNetwork(tmp_path / "net", reload_after_suspend=reload)
+    try:
+        a = net.create_node("Alice", apps=["consoleflows"])
+        h = a.start_flow(Stepper(pause=30))
+        net.run_network()
+        t0 = net.clock.now()
+        net.advance_clock(31)
+        net.run_network()
+        t1 = net.clock.now()
+        net.advance_clock(31)
+        net.run_network()
+        rows = data.flow_detail(a.node, h.id)["journal"]
+        sleeps = [r for r in rows if r["kind"] == "sleep"]
+        assert len(sleeps) == 3
+        # The first sleep was answered in the round at t1, the second at t1 + 31; the third
+        # still waits (committed nowhere but in the header: no time of its own).
+        assert [r["at"] for r in sleeps] == [data.iso(t1), data.iso(t1 + 31), None]
+        assert sleeps[2]["pending"] and sleeps[2]["when"] == data.iso(t1 + 31 + 30)
+        assert t1 == t0 + 31
+    finally:
+        net.close()

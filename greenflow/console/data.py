@@ -205,14 +205,16 @@ def flow_detail(node: Any, fid: str) -> dict:
         journal: list[dict] = []
         if stored:
             try:
-                entries = store.journal(fid, cp.journal_len - (1 if cp.pending else 0))
+                entries, times = store.journal_with_times(
+                    fid, cp.journal_len - (1 if cp.pending else 0))
                 if cp.pending is not None:  # stored in the checkpoint, not in the journal
                     entries.append(Entry(cp.pending[0], cp.pending[1], None, cp.pending[2]))
+                    times.append(None)
             except Exception as exc:  # noqa: BLE001
-                entries = []
+                entries, times = [], []
                 journal.append({"index": 0, "kind": "error", "asked": f"journal unreadable: {exc}",
                                 "outcome": None, "when": None, "suspends": False})
-            journal.extend(_journal_rows(entries, cp))
+            journal.extend(_journal_rows(entries, times, cp))
         row.update(
             finished=False, client_id=cp.client_id, suspension_count=cp.suspension_count,
             journal_entries=cp.journal_len, started=iso(cp.started_at),
@@ -237,7 +239,9 @@ def flow_detail(node: Any, fid: str) -> dict:
     return node._on_scheduler(collect)
 
 
-def _journal_rows(entries: list, cp: Any) -> list[dict]:
+def _journal_rows(entries: list, times: list, cp: Any) -> list[dict]:
+    """One row per journal entry: what was asked, what came back, when it was committed
+    (``at``) and, for a sleep or a receive timeout, until when it waits (``when``)."""
     rows = []
     start = max(0, len(entries) - JOURNAL_LIMIT)
     for i, e in enumerate(entries[start:], start):
@@ -251,7 +255,8 @@ def _journal_rows(entries: list, cp: Any) -> list[dict]:
         rows.append({"index": i, "kind": e.kind, "asked": describe(e.kind, e.key),
                      "outcome": shown, "pending": outcome is None,
                      "suspends": e.kind in SUSPENDING,
-                     "when": iso(e.deadline) if e.deadline else None})
+                     "when": iso(e.deadline) if e.deadline else None,
+                     "at": iso(times[i]) if i < len(times) and times[i] is not None else None})
     if start:
         rows.insert(0, {"index": None, "kind": "...", "asked": f"{start} earlier entries not shown",
                         "outcome": None, "pending": False, "suspends": False, "when": None})

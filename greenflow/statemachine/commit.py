@@ -22,7 +22,8 @@ from greenflow.runtime.fingerprint import code_digest, fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_key, session_key, timer_key)
+from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_chunk, journal_key, session_key,
+                                     timer_key)
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -33,6 +34,7 @@ class CommitStaging:
     def commit(self) -> None:
         b = self.batch
         suspended: list[FlowRuntime] = []
+        self.round_time = self.clock.now()   # stored with each journal chunk (when it happened)
         for fid, rt in list(self.touched.items()):
             if rt.cp.status.finished:
                 continue
@@ -104,7 +106,8 @@ class CommitStaging:
         if resolved > rt.committed:
             chunk = journal[rt.committed:resolved]
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
-            b.put("journal", journal_key(fid, rt.committed), serialization.dumps(chunk))
+            b.put("journal", journal_key(fid, rt.committed),
+                  journal_chunk(self.round_time, serialization.dumps(chunk)))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n

@@ -43,6 +43,16 @@ _DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "t
         "wake", "results", "clients", "meta", "payloads")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+# A journal chunk is written as b"T" + the commit's time (8-byte float) + the pickled
+# entries, so the console can say when each entry was committed. Chunks written before
+# that start with serialization's own tag (never b"T") and read as before.
+_TIMED = b"T"
+_TIME = struct.Struct(">d")
+
+
+def journal_chunk(at: float, blob: bytes) -> bytes:
+    """The stored form of one commit's journal chunk (``blob``: `serialization.dumps`)."""
+    return _TIMED + _TIME.pack(at) + blob
 INITIAL_MAP = 64 * 1024 * 1024
 HEADER = "flows+logic"   # Batch op: a "flows" put that requires the flow's "logic" record
 
@@ -283,7 +293,13 @@ class Store:
     def journal(self, fid: str, length: int) -> list[Entry]:
         """The flow's journal. Each commit wrote one chunk starting at the flow's pending
         entry; a later chunk supersedes the overlapping tail of an earlier one."""
+        return self.journal_with_times(fid, length)[0]
+
+    def journal_with_times(self, fid: str, length: int) -> tuple[list[Entry], list[Optional[float]]]:
+        """The journal, and for each entry the time of the commit that stored it (None
+        for entries stored before chunks carried a time)."""
         out: list[Entry] = []
+        times: list[Optional[float]] = []
         prefix = fid_key(fid)
         n = len(prefix)
         with self.env.begin(db=self.db["journal"]) as txn:
@@ -296,11 +312,18 @@ class Store:
                     if start > len(out):
                         raise StoreError(f"journal of flow {fid} has a gap before entry {start}")
                     del out[start:]
-                    out.extend(serialization.loads(v))
+                    del times[start:]
+                    at: Optional[float] = None
+                    if v[:1] == _TIMED:
+                        at = _TIME.unpack_from(v, 1)[0]
+                        v = v[1 + _TIME.size:]
+                    entries = serialization.loads(v)
+                    out.extend(entries)
+                    times.extend([at] * len(entries))
         if len(out) < length:
             raise StoreError(f"journal of flow {fid} has {len(out)} entries, its checkpoint "
                              f"says {length}")
-        return out[:length]
+        return out[:length], times[:length]
 
     def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
         prefix = fid_key(fid) + b"\0"
