@@ -254,12 +254,17 @@ def _timed(fn, *a, **kw) -> float:
 
 
 def test_unknown_users_take_as_long_as_wrong_passwords(net):
-    unknown = sorted(_timed(net.call, "GET", "/node", authz=auth(f"nobody{i}", "x"),
-                            src="127.0.0.11") for i in range(4))
-    known = sorted(_timed(net.call, "GET", "/node", authz=auth("admin", f"x{i}"),
-                          src="127.0.0.12") for i in range(4))
-    # Medians of the same Argon2 work; before, an unknown name answered at once.
-    assert 0.5 < (unknown[1] + unknown[2]) / (known[1] + known[2]) < 2.0, (unknown, known)
+    unknown, known = [], []
+    for i in range(4):  # interleaved, so a change in the machine's load hits both alike
+        unknown.append(_timed(net.call, "GET", "/node", authz=auth(f"nobody{i}", "x"),
+                              src="127.0.0.11"))
+        known.append(_timed(net.call, "GET", "/node", authz=auth("admin", f"x{i}"),
+                            src="127.0.0.12"))
+    unknown.sort()
+    known.sort()
+    # Medians of the same Argon2 work; before, an unknown name answered at once (~100x
+    # faster), so wide bounds still catch that on a busy machine.
+    assert 0.33 < (unknown[1] + unknown[2]) / (known[1] + known[2]) < 3.0, (unknown, known)
 
 
 def test_many_threads_of_one_client_logging_in_at_once_all_get_in(net):

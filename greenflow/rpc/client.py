@@ -201,6 +201,8 @@ class RpcClient:
                     if data:
                         yield event, json.loads("\n".join(data))
                     event, data = "message", []
+                elif text.startswith(":"):   # a comment (keep-alive)
+                    continue
                 elif text.startswith("event:"):
                     event = text[6:].strip()
                 elif text.startswith("data:"):
@@ -215,34 +217,4 @@ class RpcClient:
         """Server-sent events as ``(event, data)``: ``status`` first, then ``progress``
         and ``end``. For one flow the iteration ends after its ``end``."""
         path = API + (f"/flows/{quote(flow_id)}/progress" if flow_id else "/progress")
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request("GET", path, headers=self._headers)
-            resp = conn.getresponse()
-            if resp.status >= 400:
-                raw = resp.read()
-                try:
-                    err = json.loads(raw)["error"]
-                except (ValueError, KeyError, TypeError):
-                    err = {"type": "HTTPError", "message": raw[:200].decode(errors="replace")}
-                raise RpcClientError(resp.status, err.get("type", ""), err.get("message", ""))
-            event, data = "message", []
-            while True:
-                line = resp.readline()
-                if not line:
-                    return
-                text = line.decode("utf-8").rstrip("\r\n")
-                if not text:
-                    if data:
-                        yield event, json.loads("\n".join(data))
-                    event, data = "message", []
-                elif text.startswith(":"):
-                    continue
-                elif text.startswith("event:"):
-                    event = text[6:].strip()
-                elif text.startswith("data:"):
-                    data.append(text[5:].lstrip())
-        except OSError as exc:
-            raise RpcClientError(0, "Unreachable", f"progress stream from {self.url}: {exc}") from None
-        finally:
-            conn.close()
+        return self._events(path, timeout)

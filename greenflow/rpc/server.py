@@ -650,12 +650,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fid is not None:
                 node.handle(fid)  # UnknownFlow -> 404 before the stream starts
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+            self._start_events()
             try:
                 self._pump(rpc, node, fid, sub)
             except OSError:  # the client left, or accepted nothing for request_timeout
@@ -663,6 +658,15 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             rpc.hub.unsubscribe(sub)
             rpc.close_stream()
+
+    def _start_events(self) -> None:
+        """Answer 200 with an event stream on a connection that closes when it ends."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
 
     def _pump(self, rpc: RpcServer, node: Any, fid: Optional[str], sub: _Subscriber) -> None:
         if fid is not None:
@@ -702,17 +706,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _vault_updates(self, rpc: RpcServer, params: dict) -> None:
         """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
         then an ``update`` (consumed and produced states) per recorded change."""
+        if not rpc.open_stream():   # a vault feed is a long-lived stream too (max_streams)
+            raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} event streams "
+                                                  "are open (max_streams): retry later",
+                           retry_after=5)
         try:
             snapshot, feed = rpc._vault().track_json(params)
         except FlowError as exc:
+            rpc.close_stream()
             raise RpcError(400, "BadQuery", str(exc)) from None
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
+            self._start_events()
             self._event("snapshot", snapshot)
             last = time.monotonic()
             while not rpc.stopping:
@@ -724,8 +728,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b": keepalive\n\n")
                     self.wfile.flush()
                     last = time.monotonic()
+        except OSError:  # the client left, or accepted nothing for request_timeout
+            pass
         finally:
             feed.close()
+            rpc.close_stream()
 
 
 def _finished(status: str) -> bool:
