@@ -225,7 +225,7 @@ def flow_fragment(d: dict) -> str:
                if j["outcome"] is not None else (' <span class="waiting">waiting…</span>'
                                                  if j.get("pending") else ""))
             + (f' <span class="when">until {e(j["when"])}</span>' if j.get("when") else "")
-            + (f' <span class="at muted">at {e(j["at"])}</span>' if j.get("at") else "")
+            + (f' <span class="at muted">· recorded {e(j["at"])}</span>' if j.get("at") else "")
             + "</li>" for j in journal)
         parts.append(f'<section><h2>Journal</h2><ol class="timeline" id="journal">{items}</ol>'
                      '</section>')
