@@ -232,7 +232,6 @@ _RANDOM_FUNCTIONS = (
     "binomialvariate")
 
 _FROMTS = _dt.datetime.__dict__["fromtimestamp"]
-_UTCFROMTS = _dt.datetime.__dict__["utcfromtimestamp"]
 _installed = False
 #: Whether datetime.now()/utcnow() are replay-safe in flows on this interpreter.
 datetime_handled = False
@@ -330,7 +329,9 @@ def _install_datetime() -> None:
             rt = _flow_runtime()
             if rt is None:
                 return real_utcnow.__get__(None, klass)()
-            return _UTCFROMTS.__get__(None, klass)(clock_reading(rt))
+            # fromtimestamp in UTC, made naive: what utcfromtimestamp gives, without its
+            # deprecation warning on Python 3.12+.
+            return _FROMTS.__get__(None, klass)(clock_reading(rt), _dt.timezone.utc).replace(tzinfo=None)
 
         now.__doc__ = real_now.__doc__
         utcnow.__doc__ = real_utcnow.__doc__
