@@ -63,7 +63,7 @@ def test_a_result_waiting_when_the_node_closes_raises_instead_of_waiting_for_eve
 
     waiter = threading.Thread(target=wait, daemon=True)
     waiter.start()
-    wait_until(lambda: node._on_scheduler(lambda: bool(node.scheduler.waiters)))
+    wait_until(lambda: node.on_scheduler(lambda: bool(node.scheduler.waiters)))
     node.close()
     waiter.join(20)
     assert not waiter.is_alive()

@@ -1,7 +1,7 @@
 """What the console shows, read from a node: JSON-ready dicts.
 
 Reads that touch the scheduler's state or the store run on the scheduler thread
-(`Node._on_scheduler`), like every other `Node` operation; the rest (filtering, sorting,
+(`Node.on_scheduler`), like every other `Node` operation; the rest (filtering, sorting,
 paging) runs on the request's thread.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def all_flows(node: Any, limit: int = SCAN_LIMIT) -> tuple[list[dict], bool]:
     def snapshot() -> dict[str, dict]:
         return {fid: _cp_row(rt.cp, True) for fid, rt in node.scheduler.resident.items()}
 
-    out = node._on_scheduler(snapshot)
+    out = node.on_scheduler(snapshot)
     store = node.store
     truncated = False
     for name in ("flows", "results"):
@@ -236,7 +236,7 @@ def flow_detail(node: Any, fid: str) -> dict:
         )
         return row
 
-    return node._on_scheduler(collect)
+    return node.on_scheduler(collect)
 
 
 def _journal_rows(entries: list, times: list, cp: Any) -> list[dict]:
@@ -332,7 +332,7 @@ def node_overview(proc: Any, node: Any) -> dict:
                 "draining": sched.draining, "commits": sched.stats.get("commits", 0),
                 "flows_started": sched.stats.get("flows_started", 0)}
 
-    out = node._on_scheduler(collect)
+    out = node.on_scheduler(collect)
     peers = peer_stats(proc)
     netmap = getattr(proc, "netmap", None)
     me = node.party.name
@@ -408,4 +408,4 @@ def vault_overview(node: Any, query: dict) -> dict:
                 "pages": pages, "transactions": txs, "tx_total": total, "tx_page": tp,
                 "tx_pages": tx_pages}
 
-    return node._on_scheduler(collect)
+    return node.on_scheduler(collect)

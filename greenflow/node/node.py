@@ -195,7 +195,12 @@ class Node:
         self.close()
 
     # ------------------------------------------------------------------ scheduler access
-    def _on_scheduler(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+    @property
+    def closed(self) -> bool:
+        """True once `close` (or a power cut in tests) has run: the node does nothing more."""
+        return self._closed
+
+    def on_scheduler(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``fn`` where the scheduler's state is consistent: inline without a thread,
         as an event on the scheduler thread otherwise."""
         if self._closed:
@@ -322,7 +327,7 @@ class Node:
             else:
                 self.scheduler.when_finished(fid, lambda r: (box.__setitem__("r", r), done.set()))
 
-        self._on_scheduler(register)
+        self.on_scheduler(register)
         if not done.wait(timeout):
             raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
         if box["r"] is None:
@@ -346,18 +351,18 @@ class Node:
     def kill_flow(self, flow_id: str) -> bool:
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
-        return self._on_scheduler(lambda: self.scheduler.kill(flow_id))
+        return self.on_scheduler(lambda: self.scheduler.kill(flow_id))
 
     def retry_flow(self, flow_id: str) -> bool:
         """Take a HOSPITALIZED flow out of the hospital and run it again from its last
         checkpoint (after fixing what parked it, e.g. deploying compatible code)."""
-        return self._on_scheduler(lambda: self.scheduler.retry(flow_id))
+        return self.on_scheduler(lambda: self.scheduler.retry(flow_id))
 
     def set_draining(self, on: bool = True) -> None:
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
         new inbound sessions; running flows go on to finish. Watch
         `pending_flows_count` reach 0, then stop the node."""
-        self._on_scheduler(lambda: self.scheduler.set_draining(on))
+        self.on_scheduler(lambda: self.scheduler.set_draining(on))
 
     @property
     def draining(self) -> bool:
@@ -368,7 +373,7 @@ class Node:
         """Unfinished flows on this node (running, waiting, hibernated, hospitalized)."""
         # Stored checkpoints, plus flows started in the current round whose first commit has
         # not happened yet (O(1): millions of waiting flows are not listed to count them).
-        return self._on_scheduler(lambda: self.store.count("flows") + sum(
+        return self.on_scheduler(lambda: self.store.count("flows") + sum(
             1 for rt in self.scheduler.resident.values() if rt.start_blob is not None))
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
@@ -378,12 +383,12 @@ class Node:
 
     def flows(self) -> list[FlowInfo]:
         """Unfinished flows and recently finished ones."""
-        return self._on_scheduler(self._flows)
+        return self.on_scheduler(self._flows)
 
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
         Raises `UnknownFlow` for an id this node does not know."""
-        return self._on_scheduler(lambda: self._flow_info(flow_id))
+        return self.on_scheduler(lambda: self._flow_info(flow_id))
 
     def _flow_info(self, fid: str) -> FlowInfo:
         rt = self.scheduler.resident.get(fid)
@@ -427,7 +432,7 @@ class Node:
     def checkpoints_dump(self) -> list[dict]:
         """One JSON-ready dict per unfinished flow: where it waits, its sessions and the
         frames of its stack with their locals (as captured at its last suspension)."""
-        return self._on_scheduler(self._dump)
+        return self.on_scheduler(self._dump)
 
     def _dump(self) -> list[dict]:
         return dump_store(self.store, set(self.scheduler.resident))

@@ -98,7 +98,7 @@ class NodeMetrics:
             at, cached = self._status_cache
             if time.monotonic() - at < STATUS_CACHE_SECONDS:
                 return cached
-            counts = node._on_scheduler(lambda: _count_statuses(node), timeout=30.0)
+            counts = node.on_scheduler(lambda: _count_statuses(node), timeout=30.0)
             self._status_cache = (time.monotonic(), counts)
             return counts
 

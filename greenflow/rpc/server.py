@@ -376,11 +376,11 @@ class RpcServer:
     def vault_states(self, params: dict) -> dict:
         """``GET /vault/states``: a page of the vault, as its ``query_json`` gives it."""
         try:
-            return self._vault().query_json(params)
+            return self.vault().query_json(params)
         except FlowError as exc:  # the vault's VaultQueryError: a bad parameter
             raise RpcError(400, "BadQuery", str(exc)) from None
 
-    def _vault(self) -> Any:
+    def vault(self) -> Any:
         """The node's vault service (reached by name: the RPC server imports no ledger)."""
         try:
             return self.node.services.vault
@@ -711,7 +711,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                   "are open (max_streams): retry later",
                            retry_after=5)
         try:
-            snapshot, feed = rpc._vault().track_json(params)
+            snapshot, feed = rpc.vault().track_json(params)
         except FlowError as exc:
             rpc.close_stream()
             raise RpcError(400, "BadQuery", str(exc)) from None

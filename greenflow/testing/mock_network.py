@@ -35,7 +35,7 @@ class MockTransport:
 
     def ack(self, peer_name: str, msg_ids: tuple) -> None:
         target = self.net._nodes.get(peer_name)
-        if target is not None and not target.node._closed:
+        if target is not None and not target.node.closed:
             target.node.scheduler.post(Acked(self.name, msg_ids))
 
     def party(self, name: str) -> Optional[Party]:
@@ -109,7 +109,7 @@ class MockNetwork:
         # Its peers see the connection come back and re-send what it never acknowledged
         # (frames it took in but lost in the power cut); it drops what it already has.
         for other in self._nodes.values():
-            if other is not mn and not other.node._closed and not other.node.scheduler.dead:
+            if other is not mn and not other.node.closed and not other.node.scheduler.dead:
                 other.node.scheduler.resend_outbox(name)
         if self._notary is current:
             self._notary = mn
@@ -147,7 +147,7 @@ class MockNetwork:
         while True:
             progressed = False
             for mn in list(self._nodes.values()):
-                if not mn.node._closed and mn.node.scheduler.pump():
+                if not mn.node.closed and mn.node.scheduler.pump():
                     progressed = True
             budget = None if max_messages is None else max_messages - delivered
             if self._in_flight and (budget is None or budget > 0):
@@ -178,7 +178,7 @@ class MockNetwork:
     def next_timer(self) -> Optional[float]:
         """Seconds of virtual time until the earliest pending timer (sleep, receive
         timeout, hospital retry) of any node, or None when there is none."""
-        deadlines = [d for mn in self._nodes.values() if not mn.node._closed
+        deadlines = [d for mn in self._nodes.values() if not mn.node.closed
                      for d in [mn.node.scheduler.next_deadline()] if d is not None]
         return max(0.0, min(deadlines) - self.clock.now()) if deadlines else None
 
