@@ -7,7 +7,6 @@ so an RPC variant only has to fetch them.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Optional
 
 import click
@@ -37,17 +36,13 @@ def dump(node_dir: str, as_json: bool) -> None:
 
 def node_name(node_dir: str) -> str:
     """The node's name, from ``DIR/identity.name``."""
-    from greenflow.node.identity import NAME_FILE
+    from greenflow.errors import FlowError
+    from greenflow.node.identity import read_node_name
 
-    path = os.path.join(node_dir, NAME_FILE)
     try:
-        with open(path, encoding="utf-8") as fh:
-            name = fh.read().strip()
-    except OSError:
-        raise NotANodeDirectory(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
-    if not name:
-        raise NotANodeDirectory(f"{path} is empty")
-    return name
+        return read_node_name(node_dir)
+    except FlowError as exc:
+        raise NotANodeDirectory(str(exc)) from None
 
 
 def dump_local(node_dir: str) -> tuple[str, list[dict]]:

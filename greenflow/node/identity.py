@@ -20,6 +20,20 @@ KEY_FILE = "identity.key"
 NAME_FILE = "identity.name"
 
 
+def read_node_name(node_dir: str) -> str:
+    """The name of the node whose directory is ``node_dir`` (`FlowError` when it holds
+    no node): what tools that open a node directory read first."""
+    path = os.path.join(node_dir, NAME_FILE)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            name = fh.read().strip()
+    except OSError:
+        raise FlowError(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
+    if not name:
+        raise FlowError(f"{path} is empty")
+    return name
+
+
 class NodeIdentity:
     def __init__(self, name: str, keypair: KeyPair) -> None:
         self._keypair = keypair

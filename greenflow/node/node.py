@@ -27,7 +27,8 @@ from greenflow.runtime.journal import describe
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable, qualified_name
-from greenflow.statemachine.scheduler import Scheduler, new_flow_id
+from greenflow.statemachine.ids import new_flow_id
+from greenflow.statemachine.scheduler import Scheduler
 from greenflow.node.services import ServiceHub
 from greenflow.status import FlowStatus
 from greenflow.storage.store import Store, load_result

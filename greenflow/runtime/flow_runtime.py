@@ -29,7 +29,7 @@ from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
-from greenflow.runtime.journal import OK, Entry, Kind, Outcome, describe
+from greenflow.runtime.journal import OK, Entry, Kind, Outcome
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, Frame
 from greenflow.party import Party
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name

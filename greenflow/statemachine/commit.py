@@ -22,8 +22,8 @@ from greenflow.runtime.fingerprint import code_digest, fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_chunk, journal_key, session_key,
-                                     timer_key)
+from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_chunk, journal_key,
+                                     session_key)
 
 log = logging.getLogger("greenflow.scheduler")
 

@@ -5,20 +5,18 @@ Part of the scheduler (`Scheduler` inherits it).
 """
 from __future__ import annotations
 
-import time
 import logging
-import random
 import traceback
 from typing import Any
 
-from greenflow import serialization, wire
-from greenflow.errors import FlowError, FlowException
+from greenflow import serialization
+from greenflow.errors import FlowException
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import encode_frame
 from greenflow.flows.registry import qualified_name
 from greenflow.status import FlowStatus
-from greenflow.storage.store import (dump_result, expiry_key, fid_key, outbox_key, session_key, timer_key)
+from greenflow.storage.store import (dump_result, expiry_key, fid_key, outbox_key, session_key)
 from greenflow.runtime.traps import Unwind, recycle
 from greenflow.statemachine.routing import FINISHED_ROUTE
 

@@ -14,7 +14,6 @@ from greenflow import serialization
 from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import StoreError, WireFormatError
-from greenflow.runtime.fingerprint import fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
 from greenflow.runtime.journal import Entry
 from greenflow.messages import carries_message, decode_frame

@@ -6,7 +6,6 @@ Part of the scheduler (`Scheduler` inherits it).
 from __future__ import annotations
 
 import heapq
-import time
 import logging
 from typing import Any, Optional
 

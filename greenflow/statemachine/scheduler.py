@@ -23,7 +23,6 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Optional
 
-from greenflow.storage import payloads
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError
@@ -33,8 +32,6 @@ from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable
 from greenflow.storage.store import Batch, Store, outbox_key, parse_timer_key
-from greenflow.runtime.traps import recycle
-from greenflow.statemachine.ids import new_flow_id
 from greenflow.statemachine.routing import Routing
 from greenflow.statemachine.running import Running
 from greenflow.statemachine.loading import Loading

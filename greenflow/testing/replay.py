@@ -20,10 +20,9 @@ from typing import Any, Iterable, Optional
 from greenflow import serialization, wire
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.clock import SystemClock
-from greenflow.errors import FlowError
 from greenflow.runtime.fingerprint import code_digest
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
-from greenflow.node.identity import KEY_FILE, NAME_FILE
+from greenflow.node.identity import KEY_FILE, read_node_name
 from greenflow.runtime.journal import Entry
 from greenflow.party import Party
 from greenflow.flows.registry import resolve_module
@@ -147,12 +146,7 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
     installed now, without writing anything. ``apps``: modules to import first (those
     defining the node's flows); by default the ``apps`` of the node's ``node.toml``."""
     node_dir = os.path.abspath(node_dir)
-    name_path = os.path.join(node_dir, NAME_FILE)
-    try:
-        with open(name_path, encoding="utf-8") as fh:
-            name = fh.read().strip()
-    except OSError:
-        raise FlowError(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
+    name = read_node_name(node_dir)
     if apps is None:
         apps = _configured_apps(node_dir)
     for app in apps:
