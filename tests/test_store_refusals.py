@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from typing import Any
+
 import lmdb
 import pytest
 
@@ -242,24 +244,30 @@ def _fill_until_dead(proc: subprocess.Popen, d: str) -> None:
 def test_a_failed_commit_ends_the_process_non_zero_naming_the_cause(stopped):
     d, fid = stopped
     limit = os.path.getsize(data_mdb(d)) + 512 * 1024   # the store cannot grow past this
-    log = open(os.path.join(d, "limited.log"), "w+")
-    proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            preexec_fn=_limit_file_size(limit))
-    try:
-        _fill_until_dead(proc, d)
-        code = proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    log.seek(0)
-    text = log.read()
-    log.close()
+    code, text = _serve_until_dead(d, os.path.join(d, "limited.log"),
+                                   preexec_fn=_limit_file_size(limit))
     assert code == EXIT_STORE_FAILED, text[-3000:]
     # LMDB itself says "Input/output error" for the short write; the node names the cause.
     assert "file size limit" in text and "exit status 4" in text
     with running(d) as (proc, alice):                 # the limit lifted: nothing lost
         assert waiting(alice, fid)
+
+
+def _serve_until_dead(d: str, log_path: str, **popen: Any) -> tuple[int, str]:
+    """Start the node of ``d``, feed it flows until its store fails and it exits; its
+    exit status and its output."""
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env(),
+                                **popen)
+        try:
+            _fill_until_dead(proc, d)
+            code = proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        return code, log.read()
 
 
 def _can_mount() -> bool:
@@ -278,19 +286,7 @@ def test_a_full_disk_is_named_disk_full_and_ends_the_process_non_zero(stopped, t
     try:
         small = str(mnt / "Alice")
         shutil.copytree(d, small, ignore=shutil.ignore_patterns("*.log", "node.pid"))
-        log = open(tmp_path / "full.log", "w+")
-        proc = subprocess.Popen(node_cmd(small), stdout=log, stderr=subprocess.STDOUT,
-                                env=_env())
-        try:
-            _fill_until_dead(proc, small)
-            code = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        log.seek(0)
-        text = log.read()
-        log.close()
+        code, text = _serve_until_dead(small, str(tmp_path / "full.log"))
         assert code == EXIT_STORE_FAILED, text[-3000:]
         assert "disk full" in text, text[-3000:]
     finally:

@@ -23,7 +23,6 @@ import hmac
 import json
 import logging
 import os
-import queue
 import secrets
 import threading
 import time
@@ -42,7 +41,6 @@ Response = tuple[int, dict, Body]
 COOKIE = "greenflow_console"
 SESSION_SECONDS = 12 * 3600.0
 MAX_SESSIONS = 1000
-KEEPALIVE_SECONDS = 15.0
 FLOWS_CACHE_SECONDS = 0.5
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -235,18 +233,10 @@ class ConsoleApp:
                                     "step": info["progress_step"]})
             if info["status"] in ("COMPLETED", "FAILED", "KILLED"):
                 return
-            last = time.monotonic()
-            while not rpc.stopping and not sub.dropped:
-                try:
-                    item = sub.queue.get(timeout=1.0)
-                except queue.Empty:
-                    if time.monotonic() - last > KEEPALIVE_SECONDS:
-                        last = time.monotonic()
-                        yield b": keepalive\n\n"
+            for item in sub.follow(lambda: rpc.stopping):
+                if item is None:   # quiet: a keep-alive
+                    yield b": keepalive\n\n"
                     continue
-                if item is None:
-                    return
-                last = time.monotonic()
                 _, step = item
                 if step is not None:
                     yield _event("progress", {"flow_id": fid, "step": step})

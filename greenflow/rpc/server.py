@@ -24,7 +24,7 @@ import uuid
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from greenflow.console import ConsoleApp, is_console_path
@@ -152,6 +152,24 @@ class _Subscriber:
         self.flow_id = flow_id
         self.queue: "queue.Queue[Optional[tuple]]" = queue.Queue(maxsize=size)
         self.dropped = False
+
+    def follow(self, stopping: Callable[[], bool]) -> Iterator[Optional[tuple]]:
+        """The ``(flow_id, step)`` changes as they come, and None after
+        ``KEEPALIVE_SECONDS`` of quiet (so a stream's writer notices a client that left);
+        ends when the hub closes or drops this subscriber, or ``stopping()`` says so."""
+        last = time.monotonic()
+        while not stopping() and not self.dropped:
+            try:
+                item = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if time.monotonic() - last > KEEPALIVE_SECONDS:
+                    last = time.monotonic()
+                    yield None
+                continue
+            if item is None:
+                return
+            last = time.monotonic()
+            yield item
 
 
 class ProgressHub:
@@ -676,20 +694,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._event("end", rpc.outcome(FlowHandle(node, fid), 0)[1])
         else:
             self._event("status", rpc.stream_status())
-        last = time.monotonic()
-        while not rpc.stopping and not sub.dropped:
-            try:
-                item = sub.queue.get(timeout=1.0)
-            except queue.Empty:
-                if time.monotonic() - last > KEEPALIVE_SECONDS:
-                    self.wfile.write(b": keepalive\n\n")
-                    self.wfile.flush()
-                    last = time.monotonic()
+        for item in sub.follow(lambda: rpc.stopping):
+            if item is None:   # quiet: a keep-alive
+                self.wfile.write(b": keepalive\n\n")
+                self.wfile.flush()
                 continue
-            if item is None:
-                return
             flow_id, step = item
-            last = time.monotonic()
             if step is not None:
                 self._event("progress", {"flow_id": flow_id, "step": step})
                 continue
