@@ -12,6 +12,10 @@ suspension of every flow writes through it). ``FlowStore.commit(batch)`` applies
 ops **in order**, in **one** transaction: all of them or none (a flow started and
 ended in the same round must end dropped; a failed commit leaves the store as it was).
 
+Opening: `greenflow.storage.open_store(node_dir, url=..., sync=, readonly=, create=)`
+chooses the implementation; a PostgreSQL store is constructed as
+``PostgresStore(node_dir, url, *, sync, readonly, create)`` (``node_dir`` absolute).
+
 This module imports no database driver. The small format helpers at the bottom (journal
 chunks, result records) are shared by every implementation so the bytes mean the same
 everywhere.
