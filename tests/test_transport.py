@@ -361,10 +361,19 @@ def test_a_node_will_not_talk_to_an_impostor_at_its_peers_address(net, caplog):
 
 
 # ------------------------------------------------------------------------- memory bound
-def test_frames_for_a_peer_that_stays_down_wait_in_the_outbox_not_in_memory(net, caplog):
+def test_frames_for_a_peer_that_stays_down_wait_in_the_outbox_not_in_memory(
+        net, caplog, monkeypatch):
     """Beyond the link's memory bound, frames for a dead peer are left in the outbox (they
-    are committed there before they are sent) and read back from it as room frees up:
-    every flow still completes once the peer comes back."""
+    are committed there before they are sent) and read back from it as room frees up,
+    through the scheduler's one outbox reader: every flow still completes once the peer
+    comes back."""
+    from greenflow.statemachine.scheduler import Scheduler
+    reader, read_for = Scheduler.unacknowledged_frames, []
+
+    def read(self, peer_name=None):
+        read_for.append(peer_name)
+        return reader(self, peer_name)
+    monkeypatch.setattr(Scheduler, "unacknowledged_frames", read)
     alice = net.up("Alice")
     t = net.transport("Alice")
     t.max_held_bytes = 1024             # a dozen frames
@@ -386,3 +395,4 @@ def test_frames_for_a_peer_that_stays_down_wait_in_the_outbox_not_in_memory(net,
     assert [h.result(timeout=60) for h in handles] == [3] * 60
     wait_for(lambda: not link.spilled and not link.unacked)
     wait_for(lambda: not any(True for _ in alice.store.outbox()))
+    assert "Bob" in read_for           # the spilled frames came back through it

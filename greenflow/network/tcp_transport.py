@@ -489,9 +489,10 @@ class TcpTransport:
         if self.node is None:
             raise RuntimeError("TcpTransport.start() before a Node was attached")
         if self.outbox_reader is None:
-            store = getattr(self.node, "store", None)
-            if store is not None and hasattr(store, "outbox"):
-                self.outbox_reader = lambda peer: (data for _, data in store.outbox(peer))
+            sched = getattr(self.node, "scheduler", None)
+            if sched is not None:   # the scheduler owns reading the outbox for re-sending
+                self.outbox_reader = lambda peer: (
+                    data for _, data in sched.unacknowledged_frames(peer))
         self.bind()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,),

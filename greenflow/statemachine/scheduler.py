@@ -21,7 +21,7 @@ from collections import deque
 import logging
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import Checkpoint
@@ -250,8 +250,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     def recover(self) -> None:
         """After opening a store: re-send the outbox, re-arm timers, and load only the
         flows that have something to do (runnable, pending external, frames waiting)."""
-        for peer_name, data in self.store.outbox():
-            self.post_sends.append((self._party(peer_name), data))
+        self.resend_outbox(send=lambda party, data: self.post_sends.append((party, data)))
         for deadline, fid in self.store.timers():
             heapq.heappush(self.timers, (deadline, fid))
         wake = self.store.flows_to_wake()
@@ -259,13 +258,25 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
             if fid not in self.resident:
                 self._load(fid)
 
-    def resend_outbox(self, peer_name: str) -> int:
-        """Send ``peer_name`` again every committed frame it has not acknowledged: what a
-        transport does when a connection to a restarted peer comes back."""
+    def unacknowledged_frames(self, peer_name: Optional[str] = None
+                              ) -> Iterator[tuple[str, bytes]]:
+        """Every committed frame ``peer_name`` (every peer when None) has not acknowledged,
+        with the peer's name, in the order it was sent. The one reader of the outbox for re-sending, so a
+        restart, a peer coming back and a transport taking spilled frames back into
+        memory all re-send the same frames. Safe to call from the transport's thread: it
+        only reads the store."""
+        return self.store.outbox(peer_name)
+
+    def resend_outbox(self, peer_name: Optional[str] = None, *,
+                      send: Optional[Callable[[Party, bytes], Any]] = None) -> int:
+        """Send again every committed frame that ``peer_name`` (every peer when None) has
+        not acknowledged: what a transport does when a connection to a restarted peer
+        comes back, and what a reopened node does with its own outbox (through ``send``,
+        which queues the frames for after its first commit). Returns how many."""
+        send = send or self.transport.send
         n = 0
-        party = self._party(peer_name)
-        for _, data in self.store.outbox(peer_name):
-            self.transport.send(party, data)
+        for name, data in self.unacknowledged_frames(peer_name):
+            send(self._party(name), data)
             n += 1
         return n
 
