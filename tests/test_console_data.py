@@ -112,3 +112,26 @@ def test_the_journal_says_when_each_entry_was_committed(tmp_path, reload):
         assert t1 == t0 + 31
     finally:
         net.close()
+
+
+def test_the_console_lists_every_flow_as_the_node_does(node):
+    """Both listings come from one builder per record kind (checkpoint, result record):
+    for an unfinished, a completed and a killed flow they agree field by field."""
+    nap = node.start_flow(Napper(parcel="x")).id
+    killed = node.start_flow(Napper(parcel="y")).id
+    step = node.start_flow(Stepper(pause=0.01))
+    assert step.result(timeout=30) == 3
+    wait_status(node, nap, "HIBERNATED")
+    wait_status(node, killed, "HIBERNATED")
+    node.kill_flow(killed)
+    wait_status(node, killed, "KILLED")
+    fields = ("id", "flow_class", "status", "progress_step", "suspended_on", "resident", "error")
+    listed = {f.id: {k: getattr(f, k) for k in fields} for f in node.flows()}
+    for f in listed.values():
+        f["status"] = f["status"].value
+    rows, _ = data.all_flows(node)
+    shown = {r["id"]: {k: r[k] for k in fields} for r in rows}
+    assert shown == listed
+    assert {f["status"] for f in shown.values()} == {"HIBERNATED", "COMPLETED", "KILLED"}
+    assert shown[nap]["suspended_on"] and shown[nap]["progress_step"] == "Waiting for the courier"
+    assert data.flow_detail(node, killed)["status"] == node.flow_info(killed).status.value

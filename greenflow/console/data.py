@@ -16,7 +16,7 @@ from greenflow import serialization
 from greenflow.errors import UnknownFlow
 from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
 from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
-from greenflow.node.node import shown_status, suspended_on
+from greenflow.node.node import FlowInfo, info_from_checkpoint, info_from_result
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import load_result
 
@@ -85,17 +85,18 @@ def _stored_row(db: str, fid: str, raw: bytes) -> dict:
 
 
 def _cp_row(cp: Any, resident: bool) -> dict:
-    return {"id": cp.flow_id, "flow_class": cp.flow_class,
-            "status": shown_status(cp, resident).value, "progress_step": cp.progress_step,
-            "suspended_on": suspended_on(cp), "error": cp.error, "resident": resident,
-            "started_at": cp.started_at or None, "finished_at": None}
+    return _row(info_from_checkpoint(cp, resident), cp.started_at, None)
 
 
 def _result_row(fid: str, rec: dict) -> dict:
-    return {"id": fid, "flow_class": rec.get("flow_class"), "status": FlowStatus(rec["status"]).value,
-            "progress_step": None, "suspended_on": None, "error": rec.get("error"),
-            "resident": False, "started_at": rec.get("started_at"),
-            "finished_at": rec.get("finished_at")}
+    return _row(info_from_result(fid, rec), rec.get("started_at"), rec.get("finished_at"))
+
+
+def _row(info: FlowInfo, started_at: Optional[float], finished_at: Optional[float]) -> dict:
+    return {"id": info.id, "flow_class": info.flow_class, "status": info.status.value,
+            "progress_step": info.progress_step, "suspended_on": info.suspended_on,
+            "error": info.error, "resident": info.resident, "started_at": started_at or None,
+            "finished_at": finished_at}
 
 
 class FilterError(ValueError):

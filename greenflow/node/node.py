@@ -396,15 +396,14 @@ class Node:
     def _flow_info(self, fid: str) -> FlowInfo:
         rt = self.scheduler.resident.get(fid)
         if rt is not None:
-            return self._info(rt.cp, True)
+            return info_from_checkpoint(rt.cp, True)
         rec = self._record(fid)
         if rec is not None:
-            return FlowInfo(fid, rec["flow_class"], rec["status"], None, None, False,
-                            rec.get("error"))
+            return info_from_result(fid, rec)
         cp = self.store.checkpoint(fid)
         if cp is None:
             raise UnknownFlow(f"no flow {fid!r} on node {self.party.name}")
-        return self._info(cp, False)
+        return info_from_checkpoint(cp, False)
 
     def _flows(self) -> list[FlowInfo]:
         out: dict[str, FlowInfo] = {}
@@ -412,22 +411,17 @@ class Node:
         for fid, raw in self.store.header_blobs():
             rt = resident.get(fid)
             cp: Checkpoint = rt.cp if rt is not None else serialization.loads(raw)
-            out[fid] = self._info(cp, rt is not None)
+            out[fid] = info_from_checkpoint(cp, rt is not None)
         for fid, rt in resident.items():
             if fid not in out:
-                out[fid] = self._info(rt.cp, True)
+                out[fid] = info_from_checkpoint(rt.cp, True)
         for fid, rec in self.store.results():
             if fid not in out:
-                out[fid] = FlowInfo(fid, rec["flow_class"], rec["status"], None, None, False,
-                                    rec.get("error"))
+                out[fid] = info_from_result(fid, rec)
         for fid, rec in self.scheduler.recent_results.items():
-            out.setdefault(fid, FlowInfo(fid, rec["flow_class"], rec["status"], None, None,
-                                         False, rec.get("error")))
+            if fid not in out:
+                out[fid] = info_from_result(fid, rec)
         return list(out.values())
-
-    def _info(self, cp: Checkpoint, resident: bool) -> FlowInfo:
-        return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
-                        suspended_on(cp), resident, cp.error)
 
     def checkpoints_dump(self) -> list[dict]:
         """One JSON-ready dict per unfinished flow: where it waits, its sessions and the
@@ -477,6 +471,20 @@ def dump_store(store: FlowStore, resident: set[str]) -> list[dict]:
             "frames": frames_mod.public(snap),
         })
     return out
+
+
+def info_from_checkpoint(cp: Checkpoint, resident: bool) -> FlowInfo:
+    """An unfinished flow's `FlowInfo`: the one place (node, RPC and console alike) that
+    turns a checkpoint into a listing entry."""
+    return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
+                    suspended_on(cp), resident, cp.error)
+
+
+def info_from_result(fid: str, rec: dict) -> FlowInfo:
+    """A finished flow's `FlowInfo`, from its stored result record: the one place (node,
+    RPC and console alike) that reads a result record for a listing."""
+    return FlowInfo(fid, rec["flow_class"], FlowStatus(rec["status"]), None, None, False,
+                    rec.get("error"))
 
 
 def shown_status(cp: Checkpoint, resident: bool) -> FlowStatus:
