@@ -161,3 +161,16 @@ def test_peers_wait_while_the_flow_is_hospitalized_and_hear_of_it_when_it_is_kil
     assert info.status == FlowStatus.FAILED, info
     with pytest.raises(UnexpectedFlowEnd, match="Alice was killed while .*ChangingPeer expected to receive str"):
         bob.handle(peer.id).result()
+
+
+@pytest.mark.parametrize("variant", [1, 2])     # a changed payload; a session to another peer
+def test_the_node_and_the_replay_check_word_a_divergence_alike(net, variant):
+    """One module words a divergence: the reason a parked flow shows and what the replay
+    check reports for the same checkpoint and code are the same text."""
+    from greenflow.testing.replay import replay_node
+    alice, _, fid, error = diverge(net, variant)
+    base_dir = alice.node.base_dir
+    net.close()
+    [flow] = [f for f in replay_node(base_dir, ["replayflows"]).flows if f.flow_id == fid]
+    assert flow.outcome == "diverges" and flow.detail == error
+    assert "diverged from its journal at step " in error

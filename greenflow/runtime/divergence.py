@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.runtime import snapshots as frames_mod
 from greenflow import wire
+from greenflow.errors import NonDeterminismError
+from greenflow.runtime.fingerprint import code_digest
 from greenflow.runtime.journal import Entry, Kind, describe
 from greenflow.party import Party
 
@@ -93,10 +95,9 @@ def explain_request(rt: "FlowRuntime", step: int, recorded: Entry, kind: str, ke
 
 
 def explain_session(rt: "FlowRuntime", n: int, recorded: Party, now: Party) -> str:
-    return (f"flow {rt.cp.flow_class} ({rt.flow_id}) diverged from its journal at step "
-            f"{rt.cursor}, at {location()}: session {n} was opened to {recorded.name}, the "
-            f"code now opens it to {now.name}; the peer changed: recorded {recorded.name}, "
-            f"now {now.name}")
+    return (f"{_head(rt, rt.cursor)}, at {location()}: session {n} was opened to "
+            f"{recorded.name}, the code now opens it to {now.name}; the peer changed: "
+            f"recorded {recorded.name}, now {now.name}")
 
 
 def explain_end(rt: "FlowRuntime", exc: Optional[BaseException]) -> str:
@@ -120,6 +121,22 @@ def explain_end(rt: "FlowRuntime", exc: Optional[BaseException]) -> str:
     return (f"{_head(rt, rt.cursor)}: {how} with {len(rest)} recorded step(s) still to "
             f"come, up to its pending request '{pending.describe()}'{where}; a step is "
             f"missing: the code skips the recorded step '{rest[0].describe() if rest else pending.describe()}'")
+
+
+def code_change(flow_class: str, fingerprint: Optional[dict], logic: Any) -> str:
+    """`` (the code of X changed since this checkpoint was written)`` when the checkpoint's
+    code ``fingerprint`` records another digest for ``flow_class`` than the class of
+    ``logic`` has now, else ``""``: after an upgrade, the likely cause of a divergence."""
+    stored = (fingerprint or {}).get(flow_class)
+    if stored and stored != code_digest(type(logic)):
+        return f" (the code of {flow_class} changed since this checkpoint was written)"
+    return ""
+
+
+def parked_reason(diverged: str, code_changed: str = "") -> str:
+    """Why a diverged flow is parked (``FlowInfo.error``, dumps, the replay check):
+    ``diverged`` as an `explain_*` function worded it, then `code_change`'s note."""
+    return f"{NonDeterminismError.__name__}: {diverged}{code_changed}"
 
 
 def _pending_location(rt: "FlowRuntime") -> str:

@@ -18,7 +18,8 @@ from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine.events import ExternalDone
-from greenflow.runtime.fingerprint import code_digest, fingerprint
+from greenflow.runtime.divergence import code_change
+from greenflow.runtime.fingerprint import fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
@@ -164,12 +165,7 @@ class CommitStaging:
             stored = base.fingerprint if base is not None else None
         except Exception:
             stored = None
-        if not stored:
-            return ""
-        changed = [name for name, dg in stored.items()
-                   if name == rt.cp.flow_class and dg != code_digest(type(rt.logic))]
-        return (f" (the code of {', '.join(changed)} changed since this checkpoint was "
-                "written)") if changed else ""
+        return code_change(rt.cp.flow_class, stored, rt.logic)
 
     def _run_external(self, rt: FlowRuntime) -> None:
         call = rt.external

@@ -11,6 +11,7 @@ from typing import Any
 
 from greenflow import serialization
 from greenflow.errors import FlowException
+from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import encode_frame
@@ -30,7 +31,7 @@ class Ending:
         kind = res[0]
         fid = rt.flow_id
         if kind == Ended.DIVERGED or rt.diverged is not None:
-            self._park(rt, f"NonDeterminismError: {rt.diverged}{self._code_changed(rt)}")
+            self._park(rt, parked_reason(rt.diverged or "", self._code_changed(rt)))
             return
         if kind == Ended.FAILED and is_transient(res[1]):
             exc = res[1]

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Optional
 from greenflow import serialization, wire
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.clock import SystemClock
-from greenflow.runtime.fingerprint import code_digest
+from greenflow.runtime.divergence import code_change, parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.node.identity import KEY_FILE, read_node_name
 from greenflow.runtime.journal import Entry
@@ -203,7 +203,7 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
         return FlowReplay(fid, cp.flow_class, CANNOT, f"{type(exc).__name__}: {exc}", status)
     finally:
         _unwind(rt)
-    changed = _changed(cp, logic)
+    changed = code_change(cp.flow_class, cp.fingerprint, logic)
     if isinstance(res, Entry) or (res[0] == Ended.UNWOUND and rt.diverged is None) \
             or (res[0] == Ended.DONE and rt.diverged is None):
         if isinstance(res, Entry):
@@ -216,7 +216,7 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
                           f"up to '{what}'{changed}{note}", status)
     if res[0] == Ended.DIVERGED or rt.diverged is not None:
         return FlowReplay(fid, cp.flow_class, DIVERGES,
-                          f"NonDeterminismError: {rt.diverged}{changed}", status)
+                          parked_reason(rt.diverged or "", changed), status)
     exc = res[1] if len(res) > 1 else None
     return FlowReplay(fid, cp.flow_class, CANNOT,
                       f"replay failed: {type(exc).__name__}: {exc}{changed}", status)
@@ -235,9 +235,4 @@ def _unwind(rt: FlowRuntime) -> None:
     rt.greenlet = None
 
 
-def _changed(cp: Checkpoint, logic: Any) -> str:
-    stored = (cp.fingerprint or {}).get(cp.flow_class)
-    if stored and stored != code_digest(type(logic)):
-        return f" (the code of {cp.flow_class} changed since this checkpoint was written)"
-    return ""
 
