@@ -242,10 +242,6 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
     return s[k]
 
 
-def kib(n: Optional[float]) -> Optional[float]:
-    return None if n is None else n / 1024.0
-
-
 # ---------------------------------------------------------------------- results
 @dataclass
 class SuiteResult:

@@ -47,10 +47,6 @@ class NotANodeDirectory(UsageProblem):
     """``--node DIR`` does not hold a node (no ``identity.name``)."""
 
 
-class NodeIsRunning(CliError):
-    """The command would open a node directory that a running node process holds."""
-
-
 class FlowFailed(CliError):
     """The flow or sample ran and ended with an error, or never finished."""
 

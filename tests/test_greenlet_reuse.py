@@ -10,7 +10,7 @@ from typing import Optional
 import greenlet
 import pytest
 from flowlib import Traced
-from netutil import only_flow, pair, run
+from netutil import pair, run
 
 from greenflow import FlowStatus
 from greenflow.runtime import traps

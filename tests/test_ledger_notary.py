@@ -12,7 +12,7 @@ import notaryflows as nf
 from greenflow import FlowError, FlowStatus
 from greenflow.ledger import (ContractViolation, SignedTransaction, StatesToRecord, TimeWindow,
                               TransactionBuilder, TransactionVerificationError)
-from greenflow.ledger.flows import (NotaryConflictError, NotaryError, NotaryTimeWindowError,
+from greenflow.ledger.flows import (NotaryConflictError, NotaryTimeWindowError,
                                     NotaryValidationError, ReceiveFinalityFlow)
 from greenflow.ledger.transactions import _ID_DOMAIN, WireTransaction
 from greenflow.node.node import Node

@@ -5,7 +5,7 @@ import json
 import time
 
 import pytest
-from limitflows import SECRETS, CardNumber, HoldsSecrets
+from limitflows import SECRETS, HoldsSecrets
 
 
 # ====================================================================== dump redaction

@@ -8,7 +8,6 @@ HOSPITALIZED "checkpoint cannot be restored".
 The process version stops a node with SIGTERM under RPC load again and again."""
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time

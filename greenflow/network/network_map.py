@@ -93,9 +93,6 @@ class NetworkMap:
         info = self._by_name.get(name)
         return info.party if info is not None else None
 
-    def by_key(self, key: bytes) -> Optional[NodeInfo]:
-        return self._by_key.get(key)
-
     def resolve(self, name: str) -> NodeInfo:
         """Look a party up as a person would type it: its full name, or the organisation
         part of an X.500 name (``Bob`` for ``O=Bob,L=London,C=GB``), case-insensitively

@@ -62,25 +62,6 @@ class AlreadyRunning(RuntimeError):
     """Another process already serves this node directory."""
 
 
-def running_pid(base_dir: str) -> Optional[int]:
-    """The pid of the process serving ``base_dir``, or None if no process holds its lock."""
-    path = os.path.join(base_dir, PID_FILE)
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 64).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 class _PidLock:
     def __init__(self, base_dir: str) -> None:
         self.path = os.path.join(base_dir, PID_FILE)

@@ -13,7 +13,7 @@ like payloads, so ``try/except`` paths replay the same way.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 
 
@@ -120,8 +120,3 @@ def describe(kind: str, key: tuple) -> str:
     if kind in (Kind.SIDE_EFFECT, Kind.EXTERNAL, Kind.SERVICE):
         return f"{kind} {key[0]}"
     return kind
-
-
-def outcome_value(outcome: tuple) -> Any:
-    """For ('ok', value) outcomes."""
-    return outcome[1] if len(outcome) > 1 else None

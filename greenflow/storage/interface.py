@@ -56,10 +56,6 @@ EXPIRE_CLIENT = 18         # (client_id, expires)
 TABLE_PUT = 19             # (table, key, value)
 TABLE_DELETE = 20          # (table, key)
 
-#: opcode -> the Batch method that records it (for messages and tests).
-OP_NAMES = {v: k.lower() for k, v in list(globals().items())
-            if k.isupper() and type(v) is int}
-
 
 class Batch:
     """The writes of one group commit, as ``(opcode, *args)`` tuples in ``ops``.
