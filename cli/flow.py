@@ -47,7 +47,7 @@ def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id:
         return
     if not as_json:
         click.echo(f"started {out['flow_class']} as {fid}", err=True)
-    _finish(client, _follow(client, fid, timeout, quiet=as_json), as_json)
+    _finish(_follow(client, fid, timeout, quiet=as_json), as_json)
 
 
 def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
@@ -68,7 +68,7 @@ def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
     return client.result(fid, wait=0)
 
 
-def _finish(client: Any, res: dict, as_json: bool) -> None:
+def _finish(res: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(res))
     elif res.get("finished") and res.get("status") == "COMPLETED":
@@ -106,7 +106,7 @@ def list_(client: Any, status: Optional[str], as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def result(client: Any, flow_id: str, wait: float, as_json: bool) -> None:
     """Print a flow's result (exit 1 if it failed, was killed or has not finished)."""
-    _finish(client, client.result(flow_id, wait=wait), as_json)
+    _finish(client.result(flow_id, wait=wait), as_json)
 
 
 @command.command("watch")
