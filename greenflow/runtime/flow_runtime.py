@@ -30,7 +30,7 @@ from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionS
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
                      SessionRefused, UnexpectedFlowEnd, UnknownFlow)
 from greenflow.runtime.journal import OK, Entry, Kind, Outcome
-from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, Frame
+from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT, Frame
 from greenflow.party import Party
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
@@ -430,6 +430,8 @@ class FlowRuntime:
 
     def _emit(self, st: SessionState, kind: int, payload: Optional[bytes] = None,
               reason: str = "", error: Optional[tuple] = None) -> None:
+        if kind == END and self._end_on_last(st, reason):
+            return
         info = None
         if not st.initiator and not st.sent_info:
             info = (self._own_version(), self._own_app())
@@ -445,6 +447,20 @@ class FlowRuntime:
                           reason=reason, error=error)
         st.send_seq += 1
         self.out = appended(self.out, (st.counterparty, frame))
+
+    def _end_on_last(self, st: SessionState, reason: str) -> bool:
+        """Mark the session's last frame, if it carries a message and has not left yet
+        (it waits for this flow's next commit), as also ending the session: one frame
+        instead of a message and an END."""
+        sid = st.sid
+        for _peer, frame in reversed(self.out):
+            if frame.sid == sid:
+                if frame.payload is None or frame.ends or frame.kind not in (DATA, INIT):
+                    return False
+                frame.ends = True
+                frame.reason = reason
+                return True
+        return False
 
     def _open_for(self, kind: str, st: SessionState) -> None:
         """Before waiting on a session: a lazy one sends its initiation now (a receive-
@@ -573,9 +589,11 @@ class FlowRuntime:
         kind = outcome[0]
         exc = outcome[1] if kind == Ended.FAILED else None
         from_sid = getattr(exc, "_gf_from_session", None) if exc is not None else None
+        inbox = self.inbox
         for st in self.cp.sessions.values():
-            if st.state != OPEN or st.peer_ended is not None:
-                st.state = CLOSED
+            if st.state != OPEN or st.peer_ended is not None or st.peer_ending is not None \
+                    or (inbox and _peer_end_waiting(inbox.get(st.sid))):
+                st.state = CLOSED   # nothing to tell a peer that has ended its side
                 continue
             if isinstance(exc, FlowException) and (from_sid is None or st.sid == self.cp.invoker_sid):
                 if from_sid is not None and st.sid == from_sid:
@@ -588,6 +606,17 @@ class FlowRuntime:
                     kind, "ended")
                 self._emit(st, END, reason=reason)
             st.state = CLOSED
+
+
+def _peer_end_waiting(q: Optional[deque]) -> bool:
+    """Whether the peer's end of the session (END, ERROR, REJECT, or a last message
+    carrying its END) has arrived, though the flow has not consumed it."""
+    if q:
+        for item in q:
+            f = item.frame
+            if f.ends or f.kind == END or f.kind == ERROR or f.kind == REJECT:
+                return True
+    return False
 
 
 def rejection(peer: str, protocol: str, reason: str) -> FlowError:

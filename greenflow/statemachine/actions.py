@@ -50,6 +50,12 @@ class Consume:
 
 
 @dataclass(slots=True)
+class PeerEnded:
+    """The flow has seen the end its peer sent with its last message."""
+    sid: str
+
+
+@dataclass(slots=True)
 class SendInfo:
     """Tell the peer our flow version and app (it asked before we sent anything)."""
     sid: str

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from greenflow.statemachine.actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.statemachine.actions import Accept, Ack, ArmTimer, Consume, Drop, PeerEnded, Resume, RunExternal, SendInfo, Wait
 from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
 from greenflow.messages import END, ERROR, REJECT, carries_message
 from greenflow.status import FlowStatus
@@ -62,6 +62,12 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 st = rt.cp.sessions[f.sid]
                 st.peer_ended = (end_reason(f.reason) if f.kind == END else
                                  "failed" if f.kind == ERROR else "rejected the session")
+            elif f.ends:
+                rt.cp.sessions[f.sid].peer_ending = end_reason(f.reason)
+            rt.dirty = True
+        elif t is PeerEnded:
+            st = rt.cp.sessions[a.sid]
+            st.peer_ended, st.peer_ending = st.peer_ending, None
             rt.dirty = True
         elif t is SendInfo:
             st = rt.cp.sessions[a.sid]

@@ -10,7 +10,7 @@ from collections import deque
 from typing import Optional
 
 from greenflow.statemachine.actions import Accept, Ack
-from greenflow.statemachine.actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.statemachine.actions import ArmTimer, Consume, Drop, PeerEnded, Resume, RunExternal, SendInfo, Wait
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
@@ -49,6 +49,8 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
         st = cp.sessions[sid]
         if st.peer_ended is not None:
             return [Resume((Outcome.END, st.peer_ended))]
+        if st.peer_ending is not None:   # its last message carried its END
+            return [PeerEnded(sid), Resume((Outcome.END, st.peer_ending))]
         return _wait_until(entry, now, TIMEOUT)
     if kind == Kind.SLEEP:
         return _wait_until(entry, now, OK)
