@@ -55,6 +55,9 @@ class Ended:
     KILLED = "killed"      # (KILLED,)
 
 
+_END_REASON = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}
+
+
 class FlowHost(Protocol):
     """What a flow's runtime needs from the scheduler that runs it (the scheduler
     implements it). Declared here so that the runtime, below the state machine and
@@ -437,16 +440,20 @@ class FlowRuntime:
             info = (self._own_version(), self._own_app())
             st.sent_info = True
         if st.state == NEW:
-            if kind not in (DATA, INIT):
+            if kind != DATA and kind != INIT:
                 return  # never opened: nothing to tell the peer
             frame = Frame(INIT, st.sid, True, st.send_seq, payload, st.protocol, st.version,
-                          st.app, reason=reason)
+                          st.app, None, reason)
             st.state = OPEN
-        else:
-            frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
-                          reason=reason, error=error)
+        else:   # positional: a frame is built per message
+            frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, "", 0, "", info,
+                          reason, error)
         st.send_seq += 1
-        self.out = appended(self.out, (st.counterparty, frame))
+        out = self.out
+        if out:
+            out.append((st.counterparty, frame))   # type: ignore[union-attr]
+        else:
+            self.out = [(st.counterparty, frame)]
 
     def _end_on_last(self, st: SessionState, reason: str) -> bool:
         """Mark the session's last frame, if it carries a message and has not left yet
@@ -602,9 +609,7 @@ class FlowRuntime:
                     eid = exc.ensure_error_id()
                     self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
             else:
-                reason = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}.get(
-                    kind, "ended")
-                self._emit(st, END, reason=reason)
+                self._emit(st, END, reason=_END_REASON.get(kind, "ended"))
             st.state = CLOSED
 
 
