@@ -46,8 +46,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # Runtime modules whose frames are plumbing, not the flow's own code.
 _GREENFLOW = os.path.dirname(_HERE)
 _INTERNAL = {os.path.join(_GREENFLOW, *f.split("/")) for f in (
-    "runtime/traps.py", "runtime/flow_runtime.py", "flows/session.py", "flows/flow_logic.py",
-    "flows/progress.py")}
+    "runtime/traps.py", "runtime/flow_runtime.py", "runtime/conversation.py",
+    "runtime/recorded.py", "flows/session.py", "flows/flow_logic.py", "flows/progress.py")}
 _GREENLET_DIR = os.path.join(os.path.dirname(os.path.abspath(greenlet.__file__)), "")
 
 _repr = reprlib.Repr()
