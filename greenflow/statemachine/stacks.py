@@ -8,7 +8,8 @@ when someone can need them:
 - when the flow leaves memory (hibernation, a clean close): written with that commit;
 - when a dump asks: a resident flow is inspected in memory; a flow on disk whose stored
   snapshot has locations only (its node lost power) is replayed, with no I/O, to its
-  pending point in a throwaway runtime, inspected and unwound;
+  pending point in a throwaway runtime, inspected and unwound (the flow is unchanged;
+  the stack found is stored with the next commit, for the next dump);
 - at every suspension, with the node option ``capture_frames="every_suspension"``, and in
   ``reload_after_suspend`` mode, where every suspended flow leaves memory anyway.
 
@@ -91,15 +92,20 @@ def snapshot(sched: "Scheduler", fid: str) -> Any:
     snap = sched.store.snapshot(fid)
     if snap is not None and not snapshots.has_locals(snap) and rt is None:
         try:
-            return replayed(sched, fid) or snap
+            full = replayed(sched, fid)
         except Exception as exc:  # noqa: BLE001 - a dump shows what it can
             log.debug("%s: cannot replay flow %s for a dump: %s", sched.identity.name, fid, exc)
+            full = None
+        if full is not None:
+            # Kept (with the next commit), so the next dump need not replay it again.
+            sched.batch.put_snapshot(fid, serialization.dumps(full))
+            return full
     return snap
 
 
 def replayed(sched: "Scheduler", fid: str) -> Optional[list]:
     """Replay a flow that is on disk only to its pending point, with I/O refused after
-    it, and capture its stack; nothing of the scheduler or the store changes."""
+    it, and capture its stack; nothing of the flow, the scheduler or the store changes."""
     store = sched.store
     cp = store.checkpoint(fid)
     if cp is None or cp.pending is None or cp.status.finished \
