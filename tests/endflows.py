@@ -1,4 +1,5 @@
-"""Flows for the tests of how sessions end (the end carried by a last message).
+"""Flows for the tests of how sessions end (the end carried by a last message) and of
+where a waiting flow is recorded to stand.
 
 Module level, so checkpoints can name them after a node restart (see flowlib)."""
 from __future__ import annotations
@@ -65,3 +66,13 @@ class HearOnce(FlowLogic):
         except UnexpectedFlowEnd as exc:
             return (first, str(exc))
         return (first, "")
+
+
+class NapTwice(FlowLogic):
+    """Waits at one line three times, then at another."""
+
+    def call(self) -> str:
+        for _ in range(3):
+            self.sleep(1)
+        self.sleep(1)   # elsewhere
+        return "rested"

@@ -93,3 +93,21 @@ def test_capture_at_every_suspension_is_a_node_option(tmp_path):
         assert snapshots.has_locals(stored(alice, h.id))
         with pytest.raises(ValueError, match="capture_frames"):
             net.create_node("Carol", capture_frames="sometimes")
+
+
+def test_the_stored_locations_follow_the_flow_as_it_moves(tmp_path):
+    from endflows import NapTwice
+
+    from greenflow.testing import MockNetwork
+    with MockNetwork(tmp_path / "net") as net:
+        alice = net.create_node("Alice")
+        h = run(net, alice, NapTwice())
+        lines = []
+        for _ in range(4):
+            [(function, _file, line)] = stored(alice, h.id)
+            assert function == "NapTwice.call"
+            lines.append(line)
+            net.advance_clock(1)
+            net.run_network()
+        assert lines[0] == lines[1] == lines[2] != lines[3]
+        assert h.result() == "rested"

@@ -55,7 +55,7 @@ class FlowRuntime(Conversation, RecordedValues):
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
-                 "nd", "raw")
+                 "nd", "raw", "stored_at")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -93,6 +93,7 @@ class FlowRuntime(Conversation, RecordedValues):
         self._logger: Optional[logging.LoggerAdapter] = None
         self.nd: Optional[replay_safe.FlowEntropy] = None  # this run's randomness and clock
         self.raw = False   # True while greenflow runs live-only code for the flow
+        self.stored_at: Optional[int] = None   # hash of the code locations last stored (stacks)
 
     def inbox_queue(self, sid: str) -> deque:
         """The (writable) queue of frames waiting for ``sid``, created if needed."""

@@ -50,15 +50,24 @@ def _eager(sched: "Scheduler") -> bool:
 
 def _put(b: Batch, rt: FlowRuntime, snap: Any) -> None:
     b.put_snapshot(rt.flow_id, serialization.dumps(snap))
+    rt.stored_at = None   # locals stored: the next locations are news again
 
 
 def at_commit(sched: "Scheduler", b: Batch, rt: FlowRuntime) -> None:
     """A suspended flow's snapshot for this commit: its locations (its locals too when
     the node captures eagerly)."""
     if sched.capture_frames:
-        snap = snapshots.of_flow(rt, keep_locals=_eager(sched))
-        if snap is not None:
+        eager = _eager(sched)
+        snap = snapshots.of_flow(rt, keep_locals=eager)
+        if snap is None:
+            return
+        if eager:
             _put(b, rt, snap)
+            return
+        at = hash(snap)   # an int, not the tuples: held by every waiting flow
+        if at != rt.stored_at:   # else it waits where it waited at its last commit: stored
+            _put(b, rt, snap)
+            rt.stored_at = at
 
 
 def before_eviction(sched: "Scheduler", b: Batch, rt: FlowRuntime) -> None:
