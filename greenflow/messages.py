@@ -19,6 +19,10 @@ import msgpack
 from greenflow.errors import WireFormatError
 
 INIT, DATA, END, ERROR, REJECT, CONFIRM, INFO_REQ = 1, 2, 3, 4, 5, 6, 7
+#: On the wire, added to the kind of a frame that carries a message (a DATA, or an INIT
+#: with a payload) and also ends its sender's side of the session, with the end's reason
+#: in ``reason``: the sender's last message and its END travel as one frame.
+ENDS = 0x10
 KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJECT: "rejection",
               CONFIRM: "confirmation", INFO_REQ: "flow-info request"}
 
@@ -44,13 +48,15 @@ class Frame:
     info: Optional[tuple[int, str]] = None    # responder's first frame: its (version, app)
     reason: str = ""                          # END, REJECT; INIT: "info" asks for a CONFIRM
     error: Optional[tuple[str, str, int]] = None  # ERROR: (class name, message, error_id)
+    ends: bool = False                        # DATA, INIT with payload: also the END (reason)
 
     @property
     def msg_id(self) -> tuple[str, bool, int]:
         return (self.sid, self.to_responder, self.seq)
 
     def describe(self) -> str:
-        return f"{KIND_NAMES.get(self.kind, self.kind)} #{self.seq} on session {self.sid}"
+        kind = KIND_NAMES.get(self.kind, self.kind)
+        return f"{kind}{' + end' if self.ends else ''} #{self.seq} on session {self.sid}"
 
 
 def carries_message(f: Frame) -> bool:
@@ -62,7 +68,7 @@ def carries_message(f: Frame) -> bool:
 
 
 def encode_frame(f: Frame) -> bytes:
-    return msgpack.packb([f.kind, f.sid, f.to_responder, f.seq, f.payload, f.protocol,
+    return msgpack.packb([f.kind | ENDS if f.ends else f.kind, f.sid, f.to_responder, f.seq, f.payload, f.protocol,
                           f.version, f.app, list(f.info) if f.info else None, f.reason,
                           list(f.error) if f.error else None], use_bin_type=True)
 
@@ -96,6 +102,9 @@ def decode_frame(data: bytes) -> Frame:
     try:
         (kind, sid, to_resp, seq, payload, protocol, version, app, info, reason,
          error) = v
+        ends = isinstance(kind, int) and kind & ENDS == ENDS
+        if ends:
+            kind &= ~ENDS
         ok = (kind in KIND_NAMES and isinstance(sid, str) and 0 < len(sid) <= 200
               and isinstance(to_resp, bool) and isinstance(seq, int) and 0 <= seq < 2**62
               and (payload is None or isinstance(payload, bytes))
@@ -105,10 +114,11 @@ def decode_frame(data: bytes) -> Frame:
                                     and isinstance(info[0], int) and isinstance(info[1], str)))
               and (error is None or (isinstance(error, list) and len(error) == 3
                                      and isinstance(error[0], str) and isinstance(error[1], str)
-                                     and isinstance(error[2], int))))
+                                     and isinstance(error[2], int)))
+              and (not ends or (kind in (DATA, INIT) and payload is not None)))
     except (TypeError, ValueError):
         ok = False
     if not ok:
         raise WireFormatError("malformed frame: fields have the wrong shape")
     return Frame(kind, sid, to_resp, seq, payload, protocol, version, app,
-                 tuple(info) if info else None, reason, tuple(error) if error else None)
+                 tuple(info) if info else None, reason, tuple(error) if error else None, ends)

@@ -67,7 +67,7 @@ def test_flows_drawing_from_every_source_complete_with_the_values_they_first_saw
     assert all(isinstance(v, (str, int, float)) for v in values)
     # time.time() in a flow is the node's clock (MockNetwork's virtual clock)
     assert first[0][4] == pytest.approx(1_700_000_000.0, abs=1)
-    assert total >= 7
+    assert total >= 6   # three rounds, two messages each (the ends ride on the last ones)
 
 
 @pytest.mark.parametrize("who", ["initiator", "responder", "both"])

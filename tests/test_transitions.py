@@ -1,8 +1,8 @@
 """Transitions decide without I/O: these tests look only at the actions they return."""
 from collections import deque
 
-from greenflow.statemachine.actions import (Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal,
-                               SendInfo, Wait)
+from greenflow.statemachine.actions import (DROP, Accept, Ack, ArmTimer, Consume, PeerEnded, Resume,
+                                            RunExternal, SendInfo, Wait)
 from greenflow.runtime.checkpoint import OPEN, Checkpoint, SessionState
 from greenflow.runtime.flow_runtime import InboxItem
 from greenflow.runtime.journal import Entry
@@ -69,13 +69,13 @@ def test_frame_for_a_busy_flow_is_only_buffered():
 
 def test_duplicate_frame_is_dropped_but_acknowledged_again():
     actions = on_frame(flow_with_session(recv_seq=3), {}, receive_entry(), data(1))
-    assert isinstance(actions[0], Drop) and "duplicate" in actions[0].reason
+    assert actions[0][0] == DROP and "duplicate" in actions[0][1]
     assert actions[1:] == [Ack(("s1", False, 1))]
 
 
 def test_frame_from_the_future_is_dropped_unacknowledged_so_the_sender_resends():
     actions = on_frame(flow_with_session(recv_seq=0), {}, receive_entry(), data(2))
-    assert len(actions) == 1 and isinstance(actions[0], Drop)
+    assert len(actions) == 1 and actions[0][0] == DROP
 
 
 def test_receive_first_initiation_is_accepted_but_wakes_nobody():
@@ -108,7 +108,7 @@ def test_timer_only_fires_for_the_deadline_the_flow_still_waits_on():
 
 def test_external_result_for_a_flow_no_longer_waiting_is_dropped():
     assert on_external_done(Entry("external", ("f",)), ("ok", 1)) == [Resume(("ok", 1))]
-    assert isinstance(on_external_done(None, ("ok", 1))[0], Drop)
+    assert on_external_done(None, ("ok", 1))[0][0] == DROP
 
 
 def test_flow_info_request_is_answered_with_a_confirmation_not_a_message():
@@ -121,3 +121,15 @@ def test_confirmation_answers_a_waiting_flow_info_request():
     confirm = Frame(6, "s1", False, 0, info=(2, "trade"))   # CONFIRM
     info = Entry("info", ("s1", "Bob"))
     assert on_frame(flow_with_session(), {}, info, confirm)[-1] == Resume(("ok", (2, "trade")))
+
+
+def test_the_end_a_last_message_carried_shows_at_the_next_receive():
+    cp = flow_with_session(peer_ending="ended its flow")
+    assert on_suspend(cp, {}, receive_entry(), 0.0) == \
+        [PeerEnded("s1"), Resume(("end", "ended its flow"))]
+
+
+def test_a_last_message_carrying_the_end_is_consumed_as_a_message():
+    f = Frame(DATA, "s1", False, 0, b"\x07", reason="ended", ends=True)
+    actions = on_frame(flow_with_session(), {}, receive_entry(), f)
+    assert actions == [Accept(f), Ack(f.msg_id), Consume("s1"), Resume(("data", b"\x07", 0))]

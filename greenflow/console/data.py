@@ -17,6 +17,7 @@ from greenflow.errors import UnknownFlow
 from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
 from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
 from greenflow.node.node import FlowInfo, info_from_checkpoint, info_from_result
+from greenflow.statemachine import stacks
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import load_result
 
@@ -194,7 +195,7 @@ def flow_detail(node: Any, fid: str) -> dict:
         row = _cp_row(cp, resident)
         stored = store.checkpoint(fid) is not None if resident else True
         try:
-            snap = store.snapshot(fid) if stored else None
+            snap = stacks.snapshot(sched, fid) if stored else None
         except Exception as exc:  # noqa: BLE001
             snap = [{"function": "?", "file": "?", "line": 0,
                      "locals": {"error": f"snapshot unreadable: {exc}"}}]

@@ -28,6 +28,7 @@ from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimi
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable, qualified_name
 from greenflow.statemachine.ids import new_flow_id
+from greenflow.statemachine import stacks
 from greenflow.statemachine.scheduler import Scheduler
 from greenflow.node.services import ServiceHub
 from greenflow.status import FlowStatus
@@ -98,7 +99,7 @@ class LocalTransport:
 class Node:
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
-                 clock: Optional[Clock] = None, capture_frames: bool = True,
+                 clock: Optional[Clock] = None, capture_frames: bool | str = True,
                  reload_after_suspend: bool = False, threaded: bool = True,
                  sync: bool = True, retention: float = 7 * 24 * 3600.0,
                  max_retries: int = 5, retry_backoff: float = 1.0,
@@ -178,6 +179,10 @@ class Node:
         if self._thread is not None:
             self._wake.set()
             self._thread.join(timeout=30)
+        try:
+            stacks.before_close(self.scheduler)   # the locals of flows left waiting
+        except Exception as exc:  # noqa: BLE001 - diagnostics never stop a close
+            log.warning("%s: could not keep the stacks of waiting flows: %s", self.party.name, exc)
         self.scheduler.crash()
         self.store.close()
 
@@ -429,7 +434,8 @@ class Node:
         return self.on_scheduler(self._dump)
 
     def _dump(self) -> list[dict]:
-        return dump_store(self.store, set(self.scheduler.resident))
+        sched = self.scheduler
+        return dump_store(self.store, set(sched.resident), lambda fid: stacks.snapshot(sched, fid))
 
 
 def read_checkpoints(base_dir: str) -> list[dict]:
@@ -442,7 +448,8 @@ def read_checkpoints(base_dir: str) -> list[dict]:
         store.close()
 
 
-def dump_store(store: FlowStore, resident: set[str]) -> list[dict]:
+def dump_store(store: FlowStore, resident: set[str],
+               frames_of: Optional[Callable[[str], Any]] = None) -> list[dict]:
     out = []
     for fid, raw in store.header_blobs():
         try:
@@ -453,7 +460,7 @@ def dump_store(store: FlowStore, resident: set[str]) -> list[dict]:
             continue
         status = shown_status(cp, fid in resident)
         try:
-            snap = store.snapshot(fid)
+            snap = frames_of(fid) if frames_of is not None else store.snapshot(fid)
         except Exception as exc:
             snap = [{"function": "?", "file": "?", "line": 0,
                      "locals": {"error": f"snapshot unreadable: {exc}"}}]

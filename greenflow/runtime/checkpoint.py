@@ -31,6 +31,9 @@ class SessionState:
     peer_ended: Optional[str] = None              # why the peer ended, once consumed
     sent_info: bool = False   # responder: peer info sent with our first frame
     info_requested: bool = False  # initiator: asked the peer for its flow info
+    # Why the peer ended, when its last message (consumed) carried its END: the next
+    # receive sees the end (and it becomes ``peer_ended``), as if a separate END followed.
+    peer_ending: Optional[str] = None
 
     def __reduce__(self) -> tuple:
         # Positional state: no field names in every stored header (disk per flow).

@@ -150,7 +150,7 @@ def _pending_location(rt: "FlowRuntime") -> str:
         return ""
     if not snap:
         return ""
-    fr = snap[-1]
+    fr = frames_mod.public(snap[-1:])[0]   # a location, or a frame with its locals
     return f" (made at {fr.get('file')}:{fr.get('line')} in {fr.get('function')})"
 
 

@@ -12,29 +12,36 @@ one of two ways:
   scheduler through `greenflow.runtime.traps`.
 
 Outcomes are interpreted the same way in both modes, so errors replay too.
+
+Assembled by concern: this module holds the journal, replay and greenlet; what a flow
+does on its sessions is `greenflow.runtime.conversation`, the values it records are
+`greenflow.runtime.recorded`; the vocabulary they share is `flow_types` (re-exported
+here, as are the session helpers other modules import from here).
 """
 from __future__ import annotations
 
 import logging
-import random as _random
 import sys
-import uuid as _uuid
 from collections import deque
-from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from greenflow import serialization, wire
 from greenflow.runtime import replay_safe
-from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, Checkpoint, SessionState
-from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
-                     SessionRefused, UnexpectedFlowEnd, UnknownFlow)
-from greenflow.runtime.journal import OK, Entry, Kind, Outcome
-from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, Frame
+from greenflow.runtime.checkpoint import Checkpoint, SessionState
+from greenflow.errors import FlowError
+from greenflow.runtime.journal import Entry, Kind
+from greenflow.messages import Frame
 from greenflow.party import Party
-from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
-from greenflow.flows.session import FlowSession, PeerFlowInfo
+from greenflow.runtime.conversation import (KEEP_SENT_PAYLOAD, MAX_PAYLOAD_BYTES,
+                                            Conversation, rebuild_flow_exception, rejection,
+                                            type_name)
+from greenflow.runtime.flow_types import NO_INBOX, Ended, FlowHost, InboxItem, appended
+from greenflow.runtime.recorded import RecordedValues
 from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
+
+__all__ = ["FlowRuntime", "Ended", "FlowHost", "InboxItem", "NO_INBOX", "appended",
+           "rejection", "rebuild_flow_exception", "type_name", "MAX_PAYLOAD_BYTES",
+           "KEEP_SENT_PAYLOAD"]
 
 replay_safe.install()   # uuid4, os.urandom, random, time.time ... replay inside flows
 
@@ -42,80 +49,13 @@ if TYPE_CHECKING:
     from greenflow.flows.flow_logic import FlowLogic
 
 
-class Ended:
-    """How a flow's run comes back to the scheduler (the first item of what its main
-    returns) and how the scheduler ends it: named once, for the runtime, the scheduler's
-    ending and the replay check."""
-
-    __slots__ = ()
-    DONE = "done"          # (DONE, result)
-    FAILED = "failed"      # (FAILED, exception)
-    UNWOUND = "unwound"    # (UNWOUND, why): kill, hibernation, power cut
-    DIVERGED = "diverged"  # (DIVERGED,): replay disagreed with the journal; parked
-    KILLED = "killed"      # (KILLED,)
-
-
-class FlowHost(Protocol):
-    """What a flow's runtime needs from the scheduler that runs it (the scheduler
-    implements it). Declared here so that the runtime, below the state machine and
-    storage, never imports them."""
-
-    identity: Party
-    services: Any
-    clock: Any
-    store: Any
-    limits: Any
-    idle_greenlets: list
-
-    def progress_changed(self, rt: "FlowRuntime", step: Optional[str]) -> None: ...
-
-    def take_decoded(self, data: bytes) -> Any: ...
-
-    def stored_payload(self, fid: str, sid: str, seq: int) -> bytes: ...
-
-MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
-# A sent payload up to this size is kept in its journal entry, so that a replay sending
-# something else can say which field changed (larger ones are named by digest only).
-KEEP_SENT_PAYLOAD = 4096
-
-
-def type_name(expected: Any) -> str:
-    # Interned: it is part of every pending receive's key, i.e. held once per waiting flow
-    # (a builtin type's __qualname__ is a new string each time it is read).
-    if isinstance(expected, tuple):
-        return sys.intern("(" + ", ".join(type_name(t) for t in expected) + ")")
-    return sys.intern(getattr(expected, "__qualname__", None) or repr(expected))
-
-
-class InboxItem:
-    """An accepted frame waiting to be consumed; ``persisted`` once it is in the store."""
-
-    __slots__ = ("frame", "persisted")
-
-    def __init__(self, frame: Frame, persisted: bool) -> None:
-        self.frame = frame
-        self.persisted = persisted
-
-
-NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use
-
-
-def appended(seq: list | tuple, item: Any) -> list:
-    """``seq`` with ``item`` added: the list itself, or a new one in place of the shared
-    empty tuple the runtime's per-flow collections start as."""
-    if seq:
-        seq.append(item)  # type: ignore[union-attr]
-        return seq  # type: ignore[return-value]
-    return [item]
-
-
-class FlowRuntime:
+class FlowRuntime(Conversation, RecordedValues):
     # Slots: a node may hold millions of these.
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "subflows",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
-                 "nd", "raw")
+                 "nd", "raw", "stored_at")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -153,6 +93,7 @@ class FlowRuntime:
         self._logger: Optional[logging.LoggerAdapter] = None
         self.nd: Optional[replay_safe.FlowEntropy] = None  # this run's randomness and clock
         self.raw = False   # True while greenflow runs live-only code for the flow
+        self.stored_at: Optional[int] = None   # hash of the code locations last stored (stacks)
 
     def inbox_queue(self, sid: str) -> deque:
         """The (writable) queue of frames waiting for ``sid``, created if needed."""
@@ -329,320 +270,6 @@ class FlowRuntime:
             self.cp.progress_step = step
             if not self.replaying:
                 self.sched.progress_changed(self, step)
-
-    def _initiating(self) -> tuple[str, int, str]:
-        stack = self.flow_stack()
-        for f in reversed(stack):
-            info = initiating_info(type(f))
-            if info is not None:
-                return info[0], info[1], app_name_of(type(f))
-        top = type(stack[-1]).__qualname__
-        raise FlowError(f"{top}.initiate_flow: no @initiating_flow class on the sub-flow "
-                        "stack, so the peer would not know which responder to start")
-
-    # ------------------------------------------------------------------ recorded values
-    def now(self) -> datetime:
-        out = self.record(Kind.NOW, (), lambda: (Outcome.OK, datetime.fromtimestamp(
-            self.sched.clock.now(), tz=timezone.utc)))
-        return out[1]
-
-    def random(self) -> _random.Random:
-        out = self.record(Kind.RANDOM, (), lambda: (Outcome.OK, _random.SystemRandom().getrandbits(64)))
-        return _random.Random(out[1])
-
-    def uuid(self) -> _uuid.UUID:
-        out = self.record(Kind.UUID, (), lambda: (Outcome.OK, _uuid.uuid4()))
-        return out[1]
-
-    def versioned(self, change_id: str) -> bool:
-        """True where the flow runs code written after ``change_id`` was introduced.
-
-        A flow that was already past this point under the old code replays with False
-        (its journal has no marker here), so old checkpoints keep replaying the old path;
-        a live run records a marker and takes the new path, also on every later replay.
-        """
-        if self.cursor < len(self.journal):
-            j = self.cursor
-            while j < len(self.journal) - 1 and self.journal[j].kind == replay_safe.CLOCK:
-                j += 1   # clock readings before the marker only the first run made
-            e = self.journal[j]
-            if e.kind == Kind.VERSIONED and e.key == (change_id,):
-                self.cursor = j + 1
-                return True
-            return False
-        self.check_io_allowed()
-        self.journal.append(Entry(Kind.VERSIONED, (change_id,), OK))
-        self.cursor += 1
-        return True
-
-    def side_effect(self, fn: Callable, *args: Any) -> Any:
-        out = self.record(Kind.SIDE_EFFECT, (_callable_name(fn),), lambda: _call_checked(fn, args))
-        return _unwrap(out)
-
-    def service_call(self, name: str, call: Callable[[], Any]) -> Any:
-        out = self.record(Kind.SERVICE, (name,), lambda: _call_checked(call, ()))
-        return _unwrap(out)
-
-    def run_external(self, fn: Callable, *args: Any) -> Any:
-        out = self.suspend(Kind.EXTERNAL, (_callable_name(fn),), external=(fn, args))
-        return _unwrap(out)
-
-    def sleep(self, seconds: float) -> None:
-        seconds = float(seconds)
-        if seconds < 0:
-            raise ValueError(f"sleep() takes a non-negative duration, got {seconds}")
-        self.suspend(Kind.SLEEP, (seconds,), deadline=self._deadline(seconds))
-
-    def _deadline(self, seconds: float) -> Optional[float]:
-        # Only computed live: on replay the recorded deadline stands.
-        return None if self.replaying else self.sched.clock.now() + seconds
-
-    def _idle_deadline(self, st: SessionState) -> Optional[float]:
-        """A responder waiting on the peer that started it, with no timeout of its own,
-        waits at most the node's ``responder_idle_timeout`` (`greenflow.statemachine.limits`)."""
-        limits = self.sched.limits
-        idle = limits.responder_idle_timeout if limits is not None else None
-        if idle is None or st.sid != self.cp.invoker_sid:
-            return None
-        return self._deadline(idle)
-
-    # ------------------------------------------------------------------ sessions
-    def new_session(self, party: Party) -> FlowSession:
-        if not isinstance(party, Party):
-            raise TypeError(f"initiate_flow() takes a Party, got {type(party).__qualname__}")
-        proto, version, app = self._initiating()
-        self.session_counter += 1
-        sid = f"{self.flow_id}.{self.session_counter}"
-        st = self.cp.sessions.get(sid)
-        if st is None:
-            self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
-        elif st.counterparty != party and self.replaying:
-            from greenflow.runtime.divergence import explain_session
-            self._diverge(explain_session(self, self.session_counter, st.counterparty, party))
-        return FlowSession(sid, party)
-
-    def _session(self, session: FlowSession) -> SessionState:
-        st = self.cp.sessions.get(session.sid)
-        if st is None:
-            raise FlowError(f"{session!r} does not belong to flow {self.cp.flow_class} "
-                            f"({self.flow_id}); sessions cannot be shared between flows")
-        return st
-
-    def _emit(self, st: SessionState, kind: int, payload: Optional[bytes] = None,
-              reason: str = "", error: Optional[tuple] = None) -> None:
-        info = None
-        if not st.initiator and not st.sent_info:
-            info = (self._own_version(), self._own_app())
-            st.sent_info = True
-        if st.state == NEW:
-            if kind not in (DATA, INIT):
-                return  # never opened: nothing to tell the peer
-            frame = Frame(INIT, st.sid, True, st.send_seq, payload, st.protocol, st.version,
-                          st.app, reason=reason)
-            st.state = OPEN
-        else:
-            frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, info=info,
-                          reason=reason, error=error)
-        st.send_seq += 1
-        self.out = appended(self.out, (st.counterparty, frame))
-
-    def _open_for(self, kind: str, st: SessionState) -> None:
-        """Before waiting on a session: a lazy one sends its initiation now (a receive-
-        first initiation carries no payload); asking for the peer's flow info sends a
-        request for it unless it is known or already asked for."""
-        if kind == Kind.INFO:
-            if st.peer_info is None and not st.info_requested:
-                st.info_requested = True
-                if st.state == NEW:
-                    self._emit(st, INIT, None, reason="info")
-                else:
-                    self._emit(st, INFO_REQ)
-        elif st.state == NEW:
-            self._emit(st, INIT, None)
-
-    def emit_confirm(self, st: SessionState) -> None:
-        """Responder: answer a flow-info request with our version and app."""
-        self._emit(st, CONFIRM)
-
-    def _own_version(self) -> int:
-        info = initiating_info(type(self.logic))
-        responder_of = getattr(type(self.logic), "_gf_initiated_by", None)
-        if responder_of is not None:
-            v = getattr(type(self.logic), "_gf_version", None)
-            return v if isinstance(v, int) else 1
-        return info[1] if info else 1
-
-    def _own_app(self) -> str:
-        return app_name_of(type(self.logic))
-
-    def send(self, session: FlowSession, payload: Any) -> None:
-        st = self._session(session)
-        try:
-            data = wire.encode(payload)
-        except NotSerializable as exc:
-            raise NotSerializable(f"{self.cp.flow_class} cannot send to {st.counterparty.name}: "
-                                  f"{exc}") from None
-        if len(data) > MAX_PAYLOAD_BYTES:
-            raise NotSerializable(
-                f"{self.cp.flow_class} cannot send {len(data)} bytes to {st.counterparty.name}: "
-                f"payloads are limited to {MAX_PAYLOAD_BYTES} bytes")
-
-        def live() -> tuple:
-            if st.peer_ended is not None or st.state == CLOSED:
-                return (Outcome.END, st.peer_ended or "closed by this flow")
-            self._emit(st, DATA, data)
-            return OK
-
-        out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)), live, data)
-        if out[0] == Outcome.END:
-            raise UnexpectedFlowEnd(
-                f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
-                f"has ended ({out[1]})")
-
-    def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
-        st = self._session(session)
-        tname = type_name(expected)
-        if timeout is not None and timeout < 0:
-            raise ValueError("receive timeout must be >= 0")
-
-        out = self.suspend(Kind.RECEIVE, (st.sid, st.counterparty.name, tname),
-                           deadline=self._deadline(timeout) if timeout is not None
-                           else self._idle_deadline(st), session=st)
-        kind = out[0]
-        peer = st.counterparty.name
-        if kind == Outcome.DATA or kind == Outcome.STORED:
-            try:
-                payload = (self.sched.take_decoded(out[1]) if kind == Outcome.DATA else
-                           wire.decode(self.sched.stored_payload(self.flow_id, st.sid, out[1])))
-            except Exception as exc:  # validated on arrival; cannot normally happen
-                raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
-                                       f"from {peer}: {exc}") from None
-            if not isinstance(payload, expected):
-                raise ReceiveTypeError(
-                    f"{self.cp.flow_class} expected to receive {tname} from {peer} but got "
-                    f"{type(payload).__qualname__}")
-            return payload
-        if kind == Outcome.END:
-            raise UnexpectedFlowEnd(
-                f"{peer} {out[1]} while {self.cp.flow_class} expected to receive {tname} "
-                f"from it")
-        if kind == Outcome.ERROR:
-            raise rebuild_flow_exception(out[1], out[2], out[3], st.sid)
-        if kind == Outcome.REJECT:
-            raise rejection(peer, st.protocol, out[1])
-        if kind == Outcome.TIMEOUT and timeout is None:   # the node's responder idle timeout
-            raise FlowTimeout(
-                f"{self.cp.flow_class} gave up waiting to receive {tname} from {peer}: nothing "
-                "came within the node's responder_idle_timeout")
-        if kind == Outcome.TIMEOUT:
-            raise FlowTimeout(f"{self.cp.flow_class} timed out after {timeout}s waiting to "
-                              f"receive {tname} from {peer}")
-        raise FlowError(f"internal error: unknown receive outcome {kind!r}; please file a bug")
-
-    def close(self, session: FlowSession) -> None:
-        st = self._session(session)
-
-        def live() -> tuple:
-            if st.state == OPEN:
-                self._emit(st, END, reason="closed the session")
-            st.state = CLOSED
-            return OK
-
-        self.record(Kind.CLOSE, (st.sid, st.counterparty.name), live)
-
-    def flow_info(self, session: FlowSession) -> PeerFlowInfo:
-        st = self._session(session)
-
-        out = self.suspend(Kind.INFO, (st.sid, st.counterparty.name), session=st)
-        if out[0] == Outcome.REJECT:
-            raise rejection(st.counterparty.name, st.protocol, out[1])
-        if out[0] == Outcome.END:
-            raise UnexpectedFlowEnd(f"{st.counterparty.name} {out[1]} before telling its "
-                                    "flow version")
-        return PeerFlowInfo(*out[1])
-
-    # ------------------------------------------------------------------ ending
-    def end_frames(self, outcome: tuple) -> None:
-        """Tell every peer with an open session how this flow ended.
-
-        A FlowException the flow raised itself goes to every open session. One that came
-        from a peer and was not caught goes only to the session that started this flow
-        (up the invocation chain); every other peer just sees the session end, so one
-        party's error never leaks to an unrelated party.
-        """
-        kind = outcome[0]
-        exc = outcome[1] if kind == Ended.FAILED else None
-        from_sid = getattr(exc, "_gf_from_session", None) if exc is not None else None
-        for st in self.cp.sessions.values():
-            if st.state != OPEN or st.peer_ended is not None:
-                st.state = CLOSED
-                continue
-            if isinstance(exc, FlowException) and (from_sid is None or st.sid == self.cp.invoker_sid):
-                if from_sid is not None and st.sid == from_sid:
-                    self._emit(st, END, reason="failed")
-                else:
-                    eid = exc.ensure_error_id()
-                    self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
-            else:
-                reason = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}.get(
-                    kind, "ended")
-                self._emit(st, END, reason=reason)
-            st.state = CLOSED
-
-
-def rejection(peer: str, protocol: str, reason: str) -> FlowError:
-    """The error a rejected session raises: the peer refused it under a limit of its own
-    (`SessionRefused`), or it has nothing to answer it with (`UnknownFlow`)."""
-    if reason.startswith(REFUSED):
-        return SessionRefused(f"{peer} refused the session for {protocol}: {reason[len(REFUSED):]}")
-    return UnknownFlow(f"{peer} has no flow registered to answer {protocol}: {reason}")
-
-
-def rebuild_flow_exception(cls_name: str, message: str, error_id: int,
-                           sid: Optional[str] = None) -> FlowException:
-    """Recreate a peer's FlowException without running any constructor. Only classes
-    already imported here are used (importing a module named by a peer would run code)."""
-    cls: type = FlowException
-    mod_name, _, qual = cls_name.rpartition(".")
-    mod = sys.modules.get(mod_name)
-    if mod is not None:
-        obj: Any = mod
-        for part in qual.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, type) and issubclass(obj, FlowException):
-            cls = obj
-    exc = cls.__new__(cls)
-    exc.args = (message,)
-    exc.error_id = error_id
-    exc._gf_from_session = sid  # type: ignore[attr-defined]
-    return exc
-
-
-def _callable_name(fn: Callable) -> str:
-    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
-def _call_checked(fn: Callable, args: tuple) -> tuple:
-    try:
-        value = fn(*args)
-    except Exception as exc:  # noqa: BLE001 - recorded and re-raised in the flow
-        out: tuple = (Outcome.EXC, exc)
-    else:
-        out = (Outcome.OK, value)
-    try:
-        serialization.dumps(out)
-    except Exception as exc:
-        raise FlowError(f"the result of {_callable_name(fn)} ({type(out[1]).__qualname__}) "
-                        f"cannot be checkpointed: {exc}") from None
-    return out
-
-
-def _unwrap(outcome: tuple) -> Any:
-    if outcome[0] == Outcome.EXC:
-        raise outcome[1]
-    return outcome[1]
 
 
 class _FlowLogger(logging.LoggerAdapter):

@@ -1,8 +1,9 @@
 """Diagnostic snapshots of a suspended flow's stack: where it waits, with its locals.
 
-Taken at each commit for every suspended flow and stored beside its checkpoint, so a
-dump shows where every flow stands, also for flows restored from disk and not yet
-replayed. Values are kept as a bounded ``repr`` plus, where small enough, a pickled
+Each commit records where every suspended flow stands (`locations`); its locals are
+captured when it leaves memory, when a dump asks, or at every suspension if the node is
+told so (`greenflow.statemachine.stacks`), so a dump shows where every flow stands and
+with what, also for flows on disk and not yet replayed. Values are kept as a bounded ``repr`` plus, where small enough, a pickled
 copy. User ``__repr__`` runs here: its cost and size are bounded, and anything whose
 name is on the deny-list, or that is key material, is redacted: a local by its name or
 type, and inside dicts, lists, tuples and sets by key name or type too, at any depth
@@ -45,8 +46,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # Runtime modules whose frames are plumbing, not the flow's own code.
 _GREENFLOW = os.path.dirname(_HERE)
 _INTERNAL = {os.path.join(_GREENFLOW, *f.split("/")) for f in (
-    "runtime/traps.py", "runtime/flow_runtime.py", "flows/session.py", "flows/flow_logic.py",
-    "flows/progress.py")}
+    "runtime/traps.py", "runtime/flow_runtime.py", "runtime/conversation.py",
+    "runtime/recorded.py", "flows/session.py", "flows/flow_logic.py", "flows/progress.py")}
 _GREENLET_DIR = os.path.join(os.path.dirname(os.path.abspath(greenlet.__file__)), "")
 
 _repr = reprlib.Repr()
@@ -279,10 +280,48 @@ def capture(top: Optional[FrameType], keep_values: bool = True,
     return frames[-MAX_FRAMES:]
 
 
+def locations(top: Optional[FrameType], stop_code: Any = None) -> tuple:
+    """Where the flow stands, without its locals: ``(function, file, line)`` per frame of
+    its own code, outermost first. What a commit records: a few tuples of strings the
+    code objects hold already, no reprs and no pickling of values."""
+    out = []
+    f = top
+    while f is not None and len(out) < MAX_FRAMES * 4:
+        code = f.f_code
+        fn = code.co_filename
+        if not _is_internal(fn):
+            out.append((getattr(code, "co_qualname", code.co_name), fn, f.f_lineno))
+        if code is stop_code:
+            break
+        if code.co_name == "_main" and fn.endswith("flow_runtime.py") and _is_internal(fn):
+            break
+        f = f.f_back
+    out.reverse()
+    return tuple(out[-MAX_FRAMES:])
+
+
+def of_flow(rt: Any, keep_locals: bool = True) -> Optional[Any]:
+    """A suspended resident flow's snapshot (`capture`), or only its `locations`."""
+    g = rt.greenlet
+    if g is None or rt.pending is None:
+        return None
+    top = rt.user_frame or g.gr_frame
+    stop = getattr(getattr(type(rt.logic), "call", None), "__code__", None)
+    return capture(top, stop_code=stop) if keep_locals else locations(top, stop)
+
+
+def has_locals(snap: Any) -> bool:
+    """False for a snapshot of `locations` only (a tuple of tuples)."""
+    return not isinstance(snap, tuple)
+
+
 def public(frames: Optional[list[dict]]) -> list[dict]:
     """The JSON-ready view of a snapshot: function, file, line and locals as short reprs."""
     out = []
     for fr in frames or []:
+        if isinstance(fr, tuple):   # a location only
+            out.append({"function": fr[0], "file": fr[1], "line": fr[2], "locals": {}})
+            continue
         locs: dict[str, str] = {}
         blob = fr.get("values")
         if blob is not None:

@@ -5,63 +5,79 @@ The executor keeps Corda's order: state changes in memory now, then at the end o
 round one commit of every checkpoint, outbox and inbox change, and only after that
 commit the I/O (frames to peers, acknowledgements, external work).
 
-Actions are treated as immutable but not declared frozen: a frozen dataclass sets each
-field through ``object.__setattr__``, 4x the cost of a plain slotted one, and a round
-creates several actions per message.
+An action is a plain tuple, ``(opcode, argument)``: a round decides several per message
+and each lived for that round only, so they are the cheapest objects Python has (a
+slotted dataclass cost ~8x a tuple to build). The constructors below, named as the
+actions are, build them for tests and readers; transitions build the tuples inline.
+Actions without an argument are shared constants.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 from greenflow.messages import Frame
 
+#: Opcodes, the first item of every action.
+RESUME = 0       # (RESUME, outcome): wake the flow with this outcome for its pending request
+WAIT = 1         # (WAIT,): the flow stays suspended; its checkpoint goes into the next commit
+ARM_TIMER = 2    # (ARM_TIMER, deadline)
+RUN_EXTERNAL = 3  # (RUN_EXTERNAL,): run the pending external call on a worker, after the commit
+ACCEPT = 4       # (ACCEPT, frame): take a peer's frame into its session (buffered until consumed)
+CONSUME = 5      # (CONSUME, sid): take the first buffered frame of the session out of the inbox
+SEND_INFO = 6    # (SEND_INFO, sid): tell the peer our flow version and app (it asked first)
+ACK = 7          # (ACK, msg_id): acknowledge the frame to its sender once our commit holds it
+DROP = 8         # (DROP, reason): ignore the frame, with the reason for the log
+PEER_ENDED = 9   # (PEER_ENDED, sid): the flow has seen the end its peer sent with its last message
 
-@dataclass(slots=True)
-class Resume:
-    """Wake the flow with this outcome for its pending request."""
-    outcome: tuple
+NAMES = ("Resume", "Wait", "ArmTimer", "RunExternal", "Accept", "Consume", "SendInfo", "Ack",
+         "Drop", "PeerEnded")
 
-
-@dataclass(slots=True)
-class Wait:
-    """The flow stays suspended; its checkpoint goes into the next commit."""
-
-
-@dataclass(slots=True)
-class ArmTimer:
-    deadline: float
-
-
-@dataclass(slots=True)
-class RunExternal:
-    """Run the flow's pending external call on a worker, after the commit."""
+WAIT_ACTION = (WAIT,)
+RUN_EXTERNAL_ACTION = (RUN_EXTERNAL,)
+JUST_WAIT = [WAIT_ACTION]   # shared: what most suspensions decide (never mutated)
 
 
-@dataclass(slots=True)
-class Accept:
-    """Take a peer's frame into the flow's session (in order; buffered until consumed)."""
-    frame: Frame
+def Resume(outcome: tuple) -> tuple:
+    return (RESUME, outcome)
 
 
-@dataclass(slots=True)
-class Consume:
-    """Take the first buffered frame of the session out of the inbox."""
-    sid: str
+def Wait() -> tuple:
+    return WAIT_ACTION
 
 
-@dataclass(slots=True)
-class SendInfo:
-    """Tell the peer our flow version and app (it asked before we sent anything)."""
-    sid: str
+def ArmTimer(deadline: float) -> tuple:
+    return (ARM_TIMER, deadline)
 
 
-@dataclass(slots=True)
-class Ack:
-    """Acknowledge the frame to its sender once our commit has made it durable."""
-    msg_id: tuple
+def RunExternal() -> tuple:
+    return RUN_EXTERNAL_ACTION
 
 
-@dataclass(slots=True)
-class Drop:
-    """Ignore the frame, with the reason for the log."""
-    reason: str
+def Accept(frame: Frame) -> tuple:
+    return (ACCEPT, frame)
+
+
+def Consume(sid: str) -> tuple:
+    return (CONSUME, sid)
+
+
+def SendInfo(sid: str) -> tuple:
+    return (SEND_INFO, sid)
+
+
+def Ack(msg_id: tuple) -> tuple:
+    return (ACK, msg_id)
+
+
+def Drop(reason: str) -> tuple:
+    return (DROP, reason)
+
+
+def PeerEnded(sid: str) -> tuple:
+    return (PEER_ENDED, sid)
+
+
+def describe(action: tuple) -> str:
+    """``Resume(('ok',))``: an action as its constructor call, for logs and test output."""
+    args: Any = ", ".join(repr(a) for a in action[1:])
+    return f"{NAMES[action[0]]}({args})"

@@ -12,11 +12,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
-from greenflow.runtime import snapshots as frames_mod
 from greenflow import serialization
 from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError, StoreError
+from greenflow.statemachine import stacks
 from greenflow.statemachine.events import ExternalDone
 from greenflow.runtime.divergence import code_change
 from greenflow.runtime.fingerprint import fingerprint
@@ -49,6 +49,9 @@ class CommitStaging:
         for rt in self.touched.values():
             if rt.out:
                 self._queue_frames(rt)
+        victims = self._victims(suspended)
+        for rt in victims:   # their locals go with this commit (`stacks`)
+            stacks.before_eviction(self, b, rt)
         try:
             if b:
                 t0 = time.perf_counter()
@@ -83,7 +86,9 @@ class CommitStaging:
                 cb()
             except Exception:
                 log.exception("post-commit callback failed")
-        self._shed(suspended)
+        for rt in victims:
+            if rt.pending is not None and self.resident.get(rt.flow_id) is rt:
+                self._evict(rt, "hibernated")
         now = self.clock.now()
         if now >= self._next_sweep:
             self._next_sweep = now + min(60.0, self.retention / 10)
@@ -132,11 +137,8 @@ class CommitStaging:
         if pend is not None and pend.deadline is None and cp.timer_at is not None:
             b.delete_timer(cp.timer_at, fid)
             cp.timer_at = None
-        if self.capture_frames and pend is not None and rt.greenlet is not None:
-            call = getattr(type(rt.logic), "call", None)
-            snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame,
-                                      stop_code=getattr(call, "__code__", None))
-            b.put_snapshot(fid, serialization.dumps(snap))
+        if pend is not None:
+            stacks.at_commit(self, b, rt)
         if rt.start_blob is not None:
             b.start_flow(fid, rt.start_blob)
             rt.start_blob = None
@@ -189,21 +191,18 @@ class CommitStaging:
         else:
             work()
 
-    def _shed(self, suspended: list[FlowRuntime]) -> None:
-        """Hibernate: drop suspended flows from memory (reload_after_suspend: all of them;
-        otherwise the least recently active beyond max_resident)."""
+    def _victims(self, suspended: list[FlowRuntime]) -> list[FlowRuntime]:
+        """Whom to hibernate after this commit: suspended flows dropped from memory
+        (reload_after_suspend: all of them; otherwise the least recently active beyond
+        max_resident)."""
         if self.reload_after_suspend:
-            for rt in suspended:
-                if rt.pending is not None and rt.flow_id in self.resident:
-                    self._evict(rt, "hibernated")
-            return
+            return [rt for rt in suspended if rt.flow_id in self.resident]
         excess = 0 if self.max_resident is None else len(self.resident) - self.max_resident
+        victims: list[FlowRuntime] = []
         if excess > 0:
-            victims = []
             for rt in self.resident.values():  # least recently active first
                 if rt.pending is not None and not rt.dirty:
                     victims.append(rt)
                     if len(victims) >= excess:
                         break
-            for rt in victims:
-                self._evict(rt, "hibernated")
+        return victims

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from greenflow.statemachine.actions import Accept, Ack, ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, PEER_ENDED,
+                                            RESUME, RUN_EXTERNAL, SEND_INFO, WAIT, describe)
 from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
 from greenflow.messages import END, ERROR, REJECT, carries_message
 from greenflow.status import FlowStatus
@@ -22,60 +23,79 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("greenflow.executor")
 
+_RUNNABLE, _SUSPENDED = FlowStatus.RUNNABLE, FlowStatus.SUSPENDED
+
 
 def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party | None" = None) -> None:
+    # A frame accepted and consumed by the same decision (a flow waiting on it, nothing
+    # buffered before it) goes straight from ACCEPT to CONSUME, never into the inbox.
+    taken = None
     for a in actions:
-        t = type(a)
-        if t is Resume:
+        op = a[0]
+        if op == RESUME:
             entry = rt.pending
             if entry is not None:
-                entry.outcome = a.outcome
+                entry.outcome = a[1]
                 rt.pending = None
-            rt.cp.status = FlowStatus.RUNNABLE
-            sched.resume_later(rt, a.outcome)
+            rt.cp.status = _RUNNABLE
+            sched.resume_later(rt, a[1])
             rt.dirty = True
-        elif t is Wait:
-            rt.cp.status = FlowStatus.SUSPENDED
+        elif op == WAIT:
+            rt.cp.status = _SUSPENDED
             rt.dirty = True
-        elif t is Accept:
-            f = a.frame
+        elif op == ACCEPT:
+            f = a[1]
             st = rt.cp.sessions[f.sid]
             st.recv_seq = f.seq + 1
             rt.fresh = appended(rt.fresh, f)
             if f.info is not None and st.peer_info is None:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
-                rt.inbox_queue(f.sid).append(InboxItem(f, False))
+                if not rt.inbox.get(f.sid) and (CONSUME, f.sid) in actions:
+                    taken = f
+                else:
+                    rt.inbox_queue(f.sid).append(InboxItem(f, False))
             rt.dirty = True
             sched.hold_for_commit(rt)  # acknowledged only once this commit holds it
-        elif t is Consume:
-            q = rt.inbox[a.sid]
-            item = q.popleft()
-            if not q:
-                del rt.inbox[a.sid]  # type: ignore[attr-defined]
-                if not rt.inbox:
-                    rt.inbox = NO_INBOX
-            f = item.frame
-            if item.persisted:
-                rt.consumed = appended(rt.consumed, (f.sid, f.seq))
-            if f.kind in (END, ERROR, REJECT):
+        elif op == CONSUME:
+            sid = a[1]
+            if taken is not None and taken.sid == sid:
+                f, taken = taken, None
+            else:
+                q = rt.inbox[sid]
+                item = q.popleft()
+                if not q:
+                    del rt.inbox[sid]  # type: ignore[attr-defined]
+                    if not rt.inbox:
+                        rt.inbox = NO_INBOX
+                f = item.frame
+                if item.persisted:
+                    rt.consumed = appended(rt.consumed, (f.sid, f.seq))
+            kind = f.kind
+            if kind == END or kind == ERROR or kind == REJECT:
                 st = rt.cp.sessions[f.sid]
-                st.peer_ended = (end_reason(f.reason) if f.kind == END else
-                                 "failed" if f.kind == ERROR else "rejected the session")
+                st.peer_ended = (end_reason(f.reason) if kind == END else
+                                 "failed" if kind == ERROR else "rejected the session")
+            elif f.ends:
+                rt.cp.sessions[f.sid].peer_ending = end_reason(f.reason)
             rt.dirty = True
-        elif t is SendInfo:
-            st = rt.cp.sessions[a.sid]
+        elif op == ACK:
+            if sender is not None:
+                sched.ack_after_commit(sender.name, a[1])
+        elif op == PEER_ENDED:
+            st = rt.cp.sessions[a[1]]
+            st.peer_ended, st.peer_ending = st.peer_ending, None
+            rt.dirty = True
+        elif op == SEND_INFO:
+            st = rt.cp.sessions[a[1]]
             if not st.sent_info:
                 rt.emit_confirm(st)
             rt.dirty = True
-        elif t is Ack:
-            if sender is not None:
-                sched.ack_after_commit(sender.name, a.msg_id)
-        elif t is ArmTimer:
-            sched.arm_timer(rt, a.deadline)
-        elif t is RunExternal:
+        elif op == ARM_TIMER:
+            sched.arm_timer(rt, a[1])
+        elif op == RUN_EXTERNAL:
             sched.start_external_after_commit(rt)
-        elif t is Drop:
-            log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a.reason)
+        elif op == DROP:
+            log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a[1])
         else:
-            raise TypeError(f"unknown action {a!r}; please file a bug")
+            raise TypeError(f"unknown action {describe(a)}; please file a bug")

@@ -23,7 +23,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional
 
-from greenflow.statemachine import transitions
+from greenflow.statemachine import stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
@@ -47,7 +47,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
 
     def __init__(self, *, identity: Party, store: FlowStore, clock: Any, transport: Any,
                  responders: ResponderTable, services: Any = None,
-                 capture_frames: bool = True, reload_after_suspend: bool = False,
+                 capture_frames: bool | str = True, reload_after_suspend: bool = False,
                  max_resident: Optional[int] = None, threaded: bool = False,
                  retention: float = 7 * 24 * 3600.0, max_retries: int = 5,
                  retry_backoff: float = 1.0) -> None:
@@ -57,7 +57,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.transport = transport
         self.responders = responders
         self.services = services
-        self.capture_frames = capture_frames
+        self.capture_frames = stacks.check_mode(capture_frames)   # see statemachine.stacks
         self.reload_after_suspend = reload_after_suspend
         self.max_resident = max_resident
         self.threaded = threaded

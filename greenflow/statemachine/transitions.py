@@ -1,39 +1,48 @@
 """Transitions: given a flow's state and an event, decide what happens.
 
 Pure decisions: they read the checkpoint, the inbox and the pending request and return
-a list of actions (see `greenflow.statemachine.actions`). They import no lmdb, dill, greenlet or
-sockets, so they are tested by looking at the actions they return.
+a list of actions (see `greenflow.statemachine.actions`: plain tuples). They import no
+lmdb, dill, greenlet or sockets, so they are tested by looking at the actions they
+return.
 """
 from __future__ import annotations
 
 from collections import deque
 from typing import Optional
 
-from greenflow.statemachine.actions import Accept, Ack
-from greenflow.statemachine.actions import ArmTimer, Consume, Drop, Resume, RunExternal, SendInfo, Wait
+from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, JUST_WAIT,
+                                            PEER_ENDED, RESUME, RUN_EXTERNAL_ACTION, SEND_INFO,
+                                            WAIT_ACTION)
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
 from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
 
+_RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.EXTERNAL
+_DATA_OUTCOME = Outcome.DATA
+
 
 def frame_outcome(frame: Frame) -> tuple:
     """The journal outcome a consumed frame gives a waiting ``receive``."""
-    if frame.kind in (DATA, INIT):
+    kind = frame.kind
+    if kind == DATA or kind == INIT:
         # The sequence number names the payload should it be stored aside (`payloads`).
-        return (Outcome.DATA, frame.payload, frame.seq)
-    if frame.kind == END:
+        return (_DATA_OUTCOME, frame.payload, frame.seq)
+    if kind == END:
         return (Outcome.END, end_reason(frame.reason))
-    if frame.kind == ERROR:
+    if kind == ERROR:
         assert frame.error is not None
         return (Outcome.ERROR,) + tuple(frame.error)
-    if frame.kind == REJECT:
+    if kind == REJECT:
         return (Outcome.REJECT, frame.reason)
     raise ValueError(f"unknown frame kind {frame.kind}")
 
 
+_END_REASONS = {"ended": "ended its flow", "failed": "failed", "was killed": "was killed",
+                "closed the session": "closed the session"}
+
+
 def end_reason(reason: str) -> str:
-    return {"ended": "ended its flow", "failed": "failed", "was killed": "was killed",
-            "closed the session": "closed the session"}.get(reason, reason or "ended its flow")
+    return _END_REASONS.get(reason, reason or "ended its flow")
 
 
 def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float,
@@ -41,72 +50,86 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
     """The flow has just asked for ``entry``: answer it now or wait. ``external_done`` is
     an external call's result that arrived while the flow was out of memory."""
     kind = entry.kind
-    if kind == Kind.RECEIVE:
+    if kind == _RECEIVE:
         sid = entry.key[0]
         q = inbox.get(sid)
         if q:
-            return [Consume(sid), Resume(frame_outcome(q[0].frame))]
+            return [(CONSUME, sid), (RESUME, frame_outcome(q[0].frame))]
         st = cp.sessions[sid]
         if st.peer_ended is not None:
-            return [Resume((Outcome.END, st.peer_ended))]
+            return [(RESUME, (Outcome.END, st.peer_ended))]
+        if st.peer_ending is not None:   # its last message carried its END
+            return [(PEER_ENDED, sid), (RESUME, (Outcome.END, st.peer_ending))]
         return _wait_until(entry, now, TIMEOUT)
-    if kind == Kind.SLEEP:
+    if kind == _SLEEP:
         return _wait_until(entry, now, OK)
-    if kind == Kind.INFO:
+    if kind == _INFO:
         sid = entry.key[0]
         st = cp.sessions[sid]
         if st.peer_info is not None:
-            return [Resume((Outcome.OK, tuple(st.peer_info)))]
+            return [(RESUME, (Outcome.OK, tuple(st.peer_info)))]
         q = inbox.get(sid)
         if q and q[0].frame.kind == REJECT:
-            return [Consume(sid), Resume(frame_outcome(q[0].frame))]
+            return [(CONSUME, sid), (RESUME, frame_outcome(q[0].frame))]
         if st.peer_ended is not None:
-            return [Resume((Outcome.END, st.peer_ended))]
-        return [Wait()]
-    if kind == Kind.EXTERNAL:
+            return [(RESUME, (Outcome.END, st.peer_ended))]
+        return JUST_WAIT
+    if kind == _EXTERNAL:
         if external_done is not None:
-            return [Resume(external_done)]
-        return [RunExternal(), Wait()]
+            return [(RESUME, external_done)]
+        return [RUN_EXTERNAL_ACTION, WAIT_ACTION]
     raise ValueError(f"unknown suspension kind {kind!r}")
 
 
 def _wait_until(entry: Entry, now: float, due_outcome: tuple) -> list:
-    if entry.deadline is None:
-        return [Wait()]
-    if entry.deadline <= now:
-        return [Resume(due_outcome)]
-    return [ArmTimer(entry.deadline), Wait()]
+    deadline = entry.deadline
+    if deadline is None:
+        return JUST_WAIT
+    if deadline <= now:
+        return [(RESUME, due_outcome)]
+    return [(ARM_TIMER, deadline), WAIT_ACTION]
 
 
 def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
              frame: Frame) -> list:
     """A peer's frame for one of this flow's sessions has arrived."""
-    st = cp.sessions.get(frame.sid)
+    sid, seq = frame.sid, frame.seq
+    st = cp.sessions.get(sid)
     if st is None:
-        return [Drop(f"no session {frame.sid} in flow {cp.flow_id}"), Ack(frame.msg_id)]
-    if frame.seq < st.recv_seq:
-        return [Drop(f"duplicate {frame.describe()}"), Ack(frame.msg_id)]
-    if frame.seq > st.recv_seq:
-        return [Drop(f"out-of-order {frame.describe()} (expected #{st.recv_seq}); "
-                     "the sender will re-send")]
-    actions: list = [Accept(frame), Ack(frame.msg_id)]
-    if frame.kind == INFO_REQ or (frame.kind == INIT and frame.reason == "info"):
-        actions.append(SendInfo(frame.sid))   # the initiator asked who answers it
+        return [(DROP, f"no session {sid} in flow {cp.flow_id}"), (ACK, frame.msg_id)]
+    if seq != st.recv_seq:
+        if seq < st.recv_seq:
+            return [(DROP, f"duplicate {frame.describe()}"), (ACK, frame.msg_id)]
+        return [(DROP, f"out-of-order {frame.describe()} (expected #{st.recv_seq}); "
+                       "the sender will re-send")]
+    kind = frame.kind
+    if kind == DATA and (pending is None or pending.kind == _RECEIVE):   # the common case
+        actions: list = [(ACCEPT, frame), (ACK, (sid, frame.to_responder, seq))]
+        if pending is not None and pending.kind == _RECEIVE and pending.key[0] == sid \
+                and not inbox.get(sid):
+            actions.append((CONSUME, sid))
+            actions.append((RESUME, (_DATA_OUTCOME, frame.payload, seq)))
+        return actions
+    actions = [(ACCEPT, frame), (ACK, (sid, frame.to_responder, seq))]
+    if kind == INFO_REQ or (kind == INIT and frame.reason == "info"):
+        actions.append((SEND_INFO, sid))   # the initiator asked who answers it
     if not carries_message(frame):
         # A bare initiation, a flow-info request or a confirmation: no message to consume,
         # but a confirmation answers the initiator's waiting counterparty_flow_info().
-        if frame.kind == CONFIRM and pending is not None and pending.kind == Kind.INFO \
-                and pending.key[0] == frame.sid and frame.info is not None:
-            actions.append(Resume((Outcome.OK, tuple(frame.info))))
+        if kind == CONFIRM and pending is not None and pending.kind == _INFO \
+                and pending.key[0] == sid and frame.info is not None:
+            actions.append((RESUME, (Outcome.OK, tuple(frame.info))))
         return actions
-    if pending is not None and pending.key and pending.key[0] == frame.sid and not inbox.get(frame.sid):
-        if pending.kind == Kind.RECEIVE:
-            actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
-        elif pending.kind == Kind.INFO:
+    if pending is not None and pending.key and pending.key[0] == sid and not inbox.get(sid):
+        if pending.kind == _RECEIVE:
+            actions.append((CONSUME, sid))
+            actions.append((RESUME, frame_outcome(frame)))
+        elif pending.kind == _INFO:
             if frame.info is not None:
-                actions.append(Resume((Outcome.OK, tuple(frame.info))))
-            elif frame.kind == REJECT:
-                actions += [Consume(frame.sid), Resume(frame_outcome(frame))]
+                actions.append((RESUME, (Outcome.OK, tuple(frame.info))))
+            elif kind == REJECT:
+                actions.append((CONSUME, sid))
+                actions.append((RESUME, frame_outcome(frame)))
     return actions
 
 
@@ -120,14 +143,14 @@ def on_timer(pending: Optional[Entry], deadline: float) -> list:
     """A timer fell due: it matters only if the flow still waits on that deadline."""
     if pending is None or pending.deadline is None or not same_deadline(pending.deadline, deadline):
         return []
-    if pending.kind == Kind.RECEIVE:
-        return [Resume(TIMEOUT)]
-    if pending.kind == Kind.SLEEP:
-        return [Resume(OK)]
+    if pending.kind == _RECEIVE:
+        return [(RESUME, TIMEOUT)]
+    if pending.kind == _SLEEP:
+        return [(RESUME, OK)]
     return []
 
 
 def on_external_done(pending: Optional[Entry], outcome: tuple) -> list:
-    if pending is None or pending.kind != Kind.EXTERNAL:
-        return [Drop("external result for a flow no longer waiting on it")]
-    return [Resume(outcome)]
+    if pending is None or pending.kind != _EXTERNAL:
+        return [(DROP, "external result for a flow no longer waiting on it")]
+    return [(RESUME, outcome)]

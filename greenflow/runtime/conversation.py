@@ -1,0 +1,309 @@
+"""A flow's sessions: opening them, what it sends and receives on them, how it tells
+its peers it ended. Part of `FlowRuntime` (it inherits `Conversation`); the state it
+works on (the checkpoint's session table, ``out``, ``inbox``) is the runtime's.
+
+Frames are built here and wait in ``out`` for the flow's next commit: a session's last
+message that has not left yet also carries its END (one frame, not two), and a peer
+that has ended its side is sent none.
+"""
+from __future__ import annotations
+
+import sys
+from collections import deque
+from typing import Any, Optional
+
+from greenflow import wire
+from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
+                              SessionRefused, UnexpectedFlowEnd, UnknownFlow)
+from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
+from greenflow.flows.session import FlowSession, PeerFlowInfo
+from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT, Frame
+from greenflow.party import Party
+from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
+from greenflow.runtime.flow_types import Ended
+from greenflow.runtime.journal import OK, Kind, Outcome
+
+MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+# A sent payload up to this size is kept in its journal entry, so that a replay sending
+# something else can say which field changed (larger ones are named by digest only).
+KEEP_SENT_PAYLOAD = 4096
+
+
+def type_name(expected: Any) -> str:
+    # Interned: it is part of every pending receive's key, i.e. held once per waiting flow
+    # (a builtin type's __qualname__ is a new string each time it is read).
+    if isinstance(expected, tuple):
+        return sys.intern("(" + ", ".join(type_name(t) for t in expected) + ")")
+    return sys.intern(getattr(expected, "__qualname__", None) or repr(expected))
+
+
+
+_END_REASON = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}
+
+
+class Conversation:
+    """`FlowRuntime`'s session methods."""
+
+    __slots__ = ()
+
+    def _initiating(self) -> tuple[str, int, str]:
+        stack = self.flow_stack()
+        for f in reversed(stack):
+            info = initiating_info(type(f))
+            if info is not None:
+                return info[0], info[1], app_name_of(type(f))
+        top = type(stack[-1]).__qualname__
+        raise FlowError(f"{top}.initiate_flow: no @initiating_flow class on the sub-flow "
+                        "stack, so the peer would not know which responder to start")
+
+    def _idle_deadline(self, st: SessionState) -> Optional[float]:
+        """A responder waiting on the peer that started it, with no timeout of its own,
+        waits at most the node's ``responder_idle_timeout`` (`greenflow.statemachine.limits`)."""
+        limits = self.sched.limits
+        idle = limits.responder_idle_timeout if limits is not None else None
+        if idle is None or st.sid != self.cp.invoker_sid:
+            return None
+        return self._deadline(idle)
+
+    def new_session(self, party: Party) -> FlowSession:
+        if not isinstance(party, Party):
+            raise TypeError(f"initiate_flow() takes a Party, got {type(party).__qualname__}")
+        proto, version, app = self._initiating()
+        self.session_counter += 1
+        sid = f"{self.flow_id}.{self.session_counter}"
+        st = self.cp.sessions.get(sid)
+        if st is None:
+            self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
+        elif st.counterparty != party and self.replaying:
+            from greenflow.runtime.divergence import explain_session
+            self._diverge(explain_session(self, self.session_counter, st.counterparty, party))
+        return FlowSession(sid, party)
+
+    def _session(self, session: FlowSession) -> SessionState:
+        st = self.cp.sessions.get(session.sid)
+        if st is None:
+            raise FlowError(f"{session!r} does not belong to flow {self.cp.flow_class} "
+                            f"({self.flow_id}); sessions cannot be shared between flows")
+        return st
+
+    def _emit(self, st: SessionState, kind: int, payload: Optional[bytes] = None,
+              reason: str = "", error: Optional[tuple] = None) -> None:
+        if kind == END and self._end_on_last(st, reason):
+            return
+        info = None
+        if not st.initiator and not st.sent_info:
+            info = (self._own_version(), self._own_app())
+            st.sent_info = True
+        if st.state == NEW:
+            if kind != DATA and kind != INIT:
+                return  # never opened: nothing to tell the peer
+            frame = Frame(INIT, st.sid, True, st.send_seq, payload, st.protocol, st.version,
+                          st.app, None, reason)
+            st.state = OPEN
+        else:   # positional: a frame is built per message
+            frame = Frame(kind, st.sid, st.initiator, st.send_seq, payload, "", 0, "", info,
+                          reason, error)
+        st.send_seq += 1
+        out = self.out
+        if out:
+            out.append((st.counterparty, frame))   # type: ignore[union-attr]
+        else:
+            self.out = [(st.counterparty, frame)]
+
+    def _end_on_last(self, st: SessionState, reason: str) -> bool:
+        """Mark the session's last frame, if it carries a message and has not left yet
+        (it waits for this flow's next commit), as also ending the session: one frame
+        instead of a message and an END."""
+        sid = st.sid
+        for _peer, frame in reversed(self.out):
+            if frame.sid == sid:
+                if frame.payload is None or frame.ends or frame.kind not in (DATA, INIT):
+                    return False
+                frame.ends = True
+                frame.reason = reason
+                return True
+        return False
+
+    def _open_for(self, kind: str, st: SessionState) -> None:
+        """Before waiting on a session: a lazy one sends its initiation now (a receive-
+        first initiation carries no payload); asking for the peer's flow info sends a
+        request for it unless it is known or already asked for."""
+        if kind == Kind.INFO:
+            if st.peer_info is None and not st.info_requested:
+                st.info_requested = True
+                if st.state == NEW:
+                    self._emit(st, INIT, None, reason="info")
+                else:
+                    self._emit(st, INFO_REQ)
+        elif st.state == NEW:
+            self._emit(st, INIT, None)
+
+    def emit_confirm(self, st: SessionState) -> None:
+        """Responder: answer a flow-info request with our version and app."""
+        self._emit(st, CONFIRM)
+
+    def _own_version(self) -> int:
+        info = initiating_info(type(self.logic))
+        responder_of = getattr(type(self.logic), "_gf_initiated_by", None)
+        if responder_of is not None:
+            v = getattr(type(self.logic), "_gf_version", None)
+            return v if isinstance(v, int) else 1
+        return info[1] if info else 1
+
+    def _own_app(self) -> str:
+        return app_name_of(type(self.logic))
+
+    def send(self, session: FlowSession, payload: Any) -> None:
+        st = self._session(session)
+        try:
+            data = wire.encode(payload)
+        except NotSerializable as exc:
+            raise NotSerializable(f"{self.cp.flow_class} cannot send to {st.counterparty.name}: "
+                                  f"{exc}") from None
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise NotSerializable(
+                f"{self.cp.flow_class} cannot send {len(data)} bytes to {st.counterparty.name}: "
+                f"payloads are limited to {MAX_PAYLOAD_BYTES} bytes")
+
+        def live() -> tuple:
+            if st.peer_ended is not None or st.state == CLOSED:
+                return (Outcome.END, st.peer_ended or "closed by this flow")
+            self._emit(st, DATA, data)
+            return OK
+
+        out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)), live, data)
+        if out[0] == Outcome.END:
+            raise UnexpectedFlowEnd(
+                f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
+                f"has ended ({out[1]})")
+
+    def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
+        st = self._session(session)
+        tname = type_name(expected)
+        if timeout is not None and timeout < 0:
+            raise ValueError("receive timeout must be >= 0")
+
+        out = self.suspend(Kind.RECEIVE, (st.sid, st.counterparty.name, tname),
+                           deadline=self._deadline(timeout) if timeout is not None
+                           else self._idle_deadline(st), session=st)
+        kind = out[0]
+        peer = st.counterparty.name
+        if kind == Outcome.DATA or kind == Outcome.STORED:
+            try:
+                payload = (self.sched.take_decoded(out[1]) if kind == Outcome.DATA else
+                           wire.decode(self.sched.stored_payload(self.flow_id, st.sid, out[1])))
+            except Exception as exc:  # validated on arrival; cannot normally happen
+                raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
+                                       f"from {peer}: {exc}") from None
+            if not isinstance(payload, expected):
+                raise ReceiveTypeError(
+                    f"{self.cp.flow_class} expected to receive {tname} from {peer} but got "
+                    f"{type(payload).__qualname__}")
+            return payload
+        if kind == Outcome.END:
+            raise UnexpectedFlowEnd(
+                f"{peer} {out[1]} while {self.cp.flow_class} expected to receive {tname} "
+                f"from it")
+        if kind == Outcome.ERROR:
+            raise rebuild_flow_exception(out[1], out[2], out[3], st.sid)
+        if kind == Outcome.REJECT:
+            raise rejection(peer, st.protocol, out[1])
+        if kind == Outcome.TIMEOUT and timeout is None:   # the node's responder idle timeout
+            raise FlowTimeout(
+                f"{self.cp.flow_class} gave up waiting to receive {tname} from {peer}: nothing "
+                "came within the node's responder_idle_timeout")
+        if kind == Outcome.TIMEOUT:
+            raise FlowTimeout(f"{self.cp.flow_class} timed out after {timeout}s waiting to "
+                              f"receive {tname} from {peer}")
+        raise FlowError(f"internal error: unknown receive outcome {kind!r}; please file a bug")
+
+    def close(self, session: FlowSession) -> None:
+        st = self._session(session)
+
+        def live() -> tuple:
+            if st.state == OPEN:
+                self._emit(st, END, reason="closed the session")
+            st.state = CLOSED
+            return OK
+
+        self.record(Kind.CLOSE, (st.sid, st.counterparty.name), live)
+
+    def flow_info(self, session: FlowSession) -> PeerFlowInfo:
+        st = self._session(session)
+
+        out = self.suspend(Kind.INFO, (st.sid, st.counterparty.name), session=st)
+        if out[0] == Outcome.REJECT:
+            raise rejection(st.counterparty.name, st.protocol, out[1])
+        if out[0] == Outcome.END:
+            raise UnexpectedFlowEnd(f"{st.counterparty.name} {out[1]} before telling its "
+                                    "flow version")
+        return PeerFlowInfo(*out[1])
+
+    # ------------------------------------------------------------------ ending
+    def end_frames(self, outcome: tuple) -> None:
+        """Tell every peer with an open session how this flow ended.
+
+        A FlowException the flow raised itself goes to every open session. One that came
+        from a peer and was not caught goes only to the session that started this flow
+        (up the invocation chain); every other peer just sees the session end, so one
+        party's error never leaks to an unrelated party.
+        """
+        kind = outcome[0]
+        exc = outcome[1] if kind == Ended.FAILED else None
+        from_sid = getattr(exc, "_gf_from_session", None) if exc is not None else None
+        inbox = self.inbox
+        for st in self.cp.sessions.values():
+            if st.state != OPEN or st.peer_ended is not None or st.peer_ending is not None \
+                    or (inbox and _peer_end_waiting(inbox.get(st.sid))):
+                st.state = CLOSED   # nothing to tell a peer that has ended its side
+                continue
+            if isinstance(exc, FlowException) and (from_sid is None or st.sid == self.cp.invoker_sid):
+                if from_sid is not None and st.sid == from_sid:
+                    self._emit(st, END, reason="failed")
+                else:
+                    eid = exc.ensure_error_id()
+                    self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
+            else:
+                self._emit(st, END, reason=_END_REASON.get(kind, "ended"))
+            st.state = CLOSED
+
+
+def _peer_end_waiting(q: Optional[deque]) -> bool:
+    """Whether the peer's end of the session (END, ERROR, REJECT, or a last message
+    carrying its END) has arrived, though the flow has not consumed it."""
+    if q:
+        for item in q:
+            f = item.frame
+            if f.ends or f.kind == END or f.kind == ERROR or f.kind == REJECT:
+                return True
+    return False
+
+
+def rejection(peer: str, protocol: str, reason: str) -> FlowError:
+    """The error a rejected session raises: the peer refused it under a limit of its own
+    (`SessionRefused`), or it has nothing to answer it with (`UnknownFlow`)."""
+    if reason.startswith(REFUSED):
+        return SessionRefused(f"{peer} refused the session for {protocol}: {reason[len(REFUSED):]}")
+    return UnknownFlow(f"{peer} has no flow registered to answer {protocol}: {reason}")
+
+
+def rebuild_flow_exception(cls_name: str, message: str, error_id: int,
+                           sid: Optional[str] = None) -> FlowException:
+    """Recreate a peer's FlowException without running any constructor. Only classes
+    already imported here are used (importing a module named by a peer would run code)."""
+    cls: type = FlowException
+    mod_name, _, qual = cls_name.rpartition(".")
+    mod = sys.modules.get(mod_name)
+    if mod is not None:
+        obj: Any = mod
+        for part in qual.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, type) and issubclass(obj, FlowException):
+            cls = obj
+    exc = cls.__new__(cls)
+    exc.args = (message,)
+    exc.error_id = error_id
+    exc._gf_from_session = sid  # type: ignore[attr-defined]
+    return exc

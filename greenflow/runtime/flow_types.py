@@ -1,0 +1,71 @@
+"""What the runtime's parts share: how a flow's run ends (`Ended`), what it needs of
+the scheduler that runs it (`FlowHost`), its inbox items and collection helpers.
+
+Imported by `flow_runtime` and the modules `FlowRuntime` is assembled from (its
+sessions in `conversation`, its recorded values in `recorded`); all of it is
+re-exported by `flow_runtime`.
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Optional, Protocol
+
+from greenflow.messages import Frame
+from greenflow.party import Party
+
+if TYPE_CHECKING:
+    from greenflow.runtime.flow_runtime import FlowRuntime
+
+
+class Ended:
+    """How a flow's run comes back to the scheduler (the first item of what its main
+    returns) and how the scheduler ends it: named once, for the runtime, the scheduler's
+    ending and the replay check."""
+
+    __slots__ = ()
+    DONE = "done"          # (DONE, result)
+    FAILED = "failed"      # (FAILED, exception)
+    UNWOUND = "unwound"    # (UNWOUND, why): kill, hibernation, power cut
+    DIVERGED = "diverged"  # (DIVERGED,): replay disagreed with the journal; parked
+    KILLED = "killed"      # (KILLED,)
+
+
+class FlowHost(Protocol):
+    """What a flow's runtime needs from the scheduler that runs it (the scheduler
+    implements it). Declared here so that the runtime, below the state machine and
+    storage, never imports them."""
+
+    identity: Party
+    services: Any
+    clock: Any
+    store: Any
+    limits: Any
+    idle_greenlets: list
+
+    def progress_changed(self, rt: "FlowRuntime", step: Optional[str]) -> None: ...
+
+    def take_decoded(self, data: bytes) -> Any: ...
+
+    def stored_payload(self, fid: str, sid: str, seq: int) -> bytes: ...
+
+
+class InboxItem:
+    """An accepted frame waiting to be consumed; ``persisted`` once it is in the store."""
+
+    __slots__ = ("frame", "persisted")
+
+    def __init__(self, frame: Frame, persisted: bool) -> None:
+        self.frame = frame
+        self.persisted = persisted
+
+
+NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use
+
+
+def appended(seq: list | tuple, item: Any) -> list:
+    """``seq`` with ``item`` added: the list itself, or a new one in place of the shared
+    empty tuple the runtime's per-flow collections start as."""
+    if seq:
+        seq.append(item)  # type: ignore[union-attr]
+        return seq  # type: ignore[return-value]
+    return [item]
