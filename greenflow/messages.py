@@ -28,6 +28,22 @@ KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJE
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+
+class EndReason:
+    """Why a side of a session ended: the words an END frame (or a last message that
+    also ends its session) carries in ``reason``, named once. Plain strings, as they go
+    on the wire, so nodes of any version read each other's ends."""
+
+    __slots__ = ()
+    ENDED = "ended"                   # the flow returned
+    FAILED = "failed"                 # the flow failed (its error is not the peer's to see)
+    KILLED = "was killed"             # an operator killed the flow
+    CLOSED = "closed the session"     # FlowSession.close()
+
+
+#: An INIT's ``reason`` when its sender asks for the responder's flow info (a CONFIRM).
+ASKS_INFO = "info"
+
 #: Prefix of a rejection's reason when the node refused the session (rather than having
 #: no responder for it): the initiator raises `SessionRefused`, not `UnknownFlow`.
 REFUSED = "refused: "

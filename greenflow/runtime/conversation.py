@@ -17,7 +17,8 @@ from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializ
                               SessionRefused, UnexpectedFlowEnd, UnknownFlow)
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
-from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT, Frame
+from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT,
+                                EndReason, Frame)
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
 from greenflow.runtime.flow_types import Ended
@@ -38,7 +39,8 @@ def type_name(expected: Any) -> str:
 
 
 
-_END_REASON = {Ended.DONE: "ended", Ended.FAILED: "failed", Ended.KILLED: "was killed"}
+_END_REASON = {Ended.DONE: EndReason.ENDED, Ended.FAILED: EndReason.FAILED,
+               Ended.KILLED: EndReason.KILLED}
 
 
 class Conversation:
@@ -132,7 +134,7 @@ class Conversation:
             if st.peer_info is None and not st.info_requested:
                 st.info_requested = True
                 if st.state == NEW:
-                    self._emit(st, INIT, None, reason="info")
+                    self._emit(st, INIT, None, reason=ASKS_INFO)
                 else:
                     self._emit(st, INFO_REQ)
         elif st.state == NEW:
@@ -222,7 +224,7 @@ class Conversation:
 
         def live() -> tuple:
             if st.state == OPEN:
-                self._emit(st, END, reason="closed the session")
+                self._emit(st, END, reason=EndReason.CLOSED)
             st.state = CLOSED
             return OK
 
@@ -259,12 +261,12 @@ class Conversation:
                 continue
             if isinstance(exc, FlowException) and (from_sid is None or st.sid == self.cp.invoker_sid):
                 if from_sid is not None and st.sid == from_sid:
-                    self._emit(st, END, reason="failed")
+                    self._emit(st, END, reason=EndReason.FAILED)
                 else:
                     eid = exc.ensure_error_id()
                     self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
             else:
-                self._emit(st, END, reason=_END_REASON.get(kind, "ended"))
+                self._emit(st, END, reason=_END_REASON.get(kind, EndReason.ENDED))
             st.state = CLOSED
 
 

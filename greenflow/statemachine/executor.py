@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, PEER_ENDED,
                                             RESUME, RUN_EXTERNAL, SEND_INFO, WAIT, describe)
 from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
-from greenflow.messages import END, ERROR, REJECT, carries_message
+from greenflow.messages import END, ERROR, REJECT, EndReason, carries_message
 from greenflow.status import FlowStatus
 from greenflow.statemachine.transitions import end_reason
 
@@ -75,7 +75,8 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             if kind == END or kind == ERROR or kind == REJECT:
                 st = rt.cp.sessions[f.sid]
                 st.peer_ended = (end_reason(f.reason) if kind == END else
-                                 "failed" if kind == ERROR else "rejected the session")
+                                 end_reason(EndReason.FAILED) if kind == ERROR
+                                 else "rejected the session")
             elif f.ends:
                 rt.cp.sessions[f.sid].peer_ending = end_reason(f.reason)
             rt.dirty = True

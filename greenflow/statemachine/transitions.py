@@ -15,7 +15,8 @@ from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DRO
                                             WAIT_ACTION)
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
-from greenflow.messages import CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, Frame, carries_message
+from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, EndReason,
+                                Frame, carries_message)
 
 _RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.EXTERNAL
 _DATA_OUTCOME = Outcome.DATA
@@ -37,12 +38,14 @@ def frame_outcome(frame: Frame) -> tuple:
     raise ValueError(f"unknown frame kind {frame.kind}")
 
 
-_END_REASONS = {"ended": "ended its flow", "failed": "failed", "was killed": "was killed",
-                "closed the session": "closed the session"}
+#: How a flow words its peer's end (``SessionState.peer_ended``, `UnexpectedFlowEnd`),
+#: per `EndReason` on the wire; an unknown word is shown as it came.
+_END_REASONS = {EndReason.ENDED: "ended its flow", EndReason.FAILED: "failed",
+                EndReason.KILLED: "was killed", EndReason.CLOSED: "closed the session"}
 
 
 def end_reason(reason: str) -> str:
-    return _END_REASONS.get(reason, reason or "ended its flow")
+    return _END_REASONS.get(reason, reason or _END_REASONS[EndReason.ENDED])
 
 
 def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float,
@@ -111,7 +114,7 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
             actions.append((RESUME, (_DATA_OUTCOME, frame.payload, seq)))
         return actions
     actions = [(ACCEPT, frame), (ACK, (sid, frame.to_responder, seq))]
-    if kind == INFO_REQ or (kind == INIT and frame.reason == "info"):
+    if kind == INFO_REQ or (kind == INIT and frame.reason == ASKS_INFO):
         actions.append((SEND_INFO, sid))   # the initiator asked who answers it
     if not carries_message(frame):
         # A bare initiation, a flow-info request or a confirmation: no message to consume,
