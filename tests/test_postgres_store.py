@@ -103,8 +103,14 @@ def test_failed_commit_applies_nothing(store: PostgresStore) -> None:
     b.start_flow("a", b"l")
     b.put_header("a", _header(1))
     b.put_inbox("a", "s", 1, b"ok")
-    b.put_outbox("P", "a.1", True, 2 ** 70, b"x")   # the server refuses it: the whole batch goes
-    with pytest.raises(StoreError, match="nothing of it was applied.*out of range"):
+    b.put_outbox("P", "a.1", True, 2 ** 70, b"x")   # cannot be stored: the whole batch goes
+    with pytest.raises(StoreError, match="nothing of it was applied.*cannot be stored"):
+        store.commit(b)
+    b.ops.pop()
+    b.put_route("P", "a.1", 1, b"x", float("nan"))
+    b.put_timer(1.0, "a")
+    b.put_timer(1.0, os.urandom(6000).hex())   # longer than a btree index row: server refuses
+    with pytest.raises(StoreError, match="nothing of it was applied"):
         store.commit(b)
     assert not store.has_flow("a") and store.inbox("a") == []
     b.ops.pop()
