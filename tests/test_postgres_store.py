@@ -29,6 +29,8 @@ def schema() -> str:
 @pytest.fixture
 def store(pg_url: str, schema: str):
     st = PostgresStore(pg_url, schema)
+    for t in ("t", "rows", "rowz"):
+        st.open_table(t)
     yield st
     st.drop_schema()
     st.close()

@@ -581,7 +581,16 @@ class PostgresStore:
         """Apply ``batch`` in one transaction (one round trip: pipeline mode)."""
         if self.readonly:
             raise StoreError(f"the store {self.path} is open read-only")
+        if not batch.ops:
+            self.commits += 1
+            return
         plan = _Plan(batch.ops)
+        if plan.app:
+            unknown = {t for t, _ in plan.app} - self._tables
+            if unknown:
+                raise StoreError(f"commit to the store {self.path} refused (nothing of it was "
+                                 f"applied): table(s) {', '.join(sorted(unknown))} were never "
+                                 "opened (open_table)")
         fence = self._fence(plan) if self.owned is not None else None
         args = [*(fence or (None, None, None)), *plan.arguments()]
         with self._lock:
@@ -664,7 +673,7 @@ class PostgresStore:
         return sorted(self.owned())
 
     def _pages(self, base: str, keys: tuple[str, ...], params: tuple = (),
-               where: str = "", part: bool = True) -> Iterator[tuple]:
+               where: str = "", part: bool = True, reverse: bool = False) -> Iterator[tuple]:
         """Rows of ``base`` (a SELECT of ``keys`` first, then the rest) in key order, a
         page per short query: a long listing neither pins a snapshot nor fills memory."""
         parts = self._parts() if part else None
@@ -675,15 +684,16 @@ class PostgresStore:
             args.append(parts)
         after: Optional[tuple] = None
         keycols = "(" + ", ".join(keys) + ")" if len(keys) > 1 else keys[0]
+        cmp, order = ("<", " DESC") if reverse else (">", "")
         while True:
             c = list(conds)
             a = list(args)
             if after is not None:
                 marks = ", ".join(["%s"] * len(keys))
-                c.append(f"{keycols} > ({marks})" if len(keys) > 1 else f"{keys[0]} > %s")
+                c.append(f"{keycols} {cmp} ({marks})" if len(keys) > 1 else f"{keys[0]} {cmp} %s")
                 a.extend(after)
             q = base + (" WHERE " + " AND ".join(c) if c else "") + \
-                f" ORDER BY {', '.join(keys)} LIMIT {_PAGE}"
+                f" ORDER BY {', '.join(k + order for k in keys)} LIMIT {_PAGE}"
             rows = self._all(q, tuple(a))
             yield from rows
             if len(rows) < _PAGE:
@@ -715,8 +725,9 @@ class PostgresStore:
         v = self._one("SELECT blob FROM frames WHERE fid = %s", (fid,))
         return serialization.loads(bytes(v)) if v is not None else None
 
-    def header_blobs(self) -> Iterator[tuple[str, bytes]]:
-        for fid, header in self._pages("SELECT fid, header FROM flows", ("fid",)):
+    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        for fid, header in self._pages("SELECT fid, header FROM flows", ("fid",),
+                                       reverse=reverse):
             yield fid, bytes(header)
 
     def checkpoints(self) -> Iterator[tuple[str, Any]]:
@@ -775,8 +786,13 @@ class PostgresStore:
         return load_result(bytes(v)) if v is not None else None
 
     def results(self) -> Iterator[tuple[str, dict]]:
-        for fid, rec in self._pages("SELECT fid, record FROM results", ("fid",), part=False):
-            yield fid, load_result(bytes(rec))
+        for fid, rec in self.result_blobs():
+            yield fid, load_result(rec)
+
+    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        for fid, rec in self._pages("SELECT fid, record FROM results", ("fid",), part=False,
+                                    reverse=reverse):
+            yield fid, bytes(rec)
 
     def client(self, client_id: str) -> Optional[str]:
         return self._one("SELECT fid FROM clients WHERE client_id = %s", (client_id,))
@@ -822,6 +838,13 @@ class PostgresStore:
 
     def table_count(self, name: str) -> int:
         return int(self._one("SELECT count(*) FROM app_rows WHERE tbl = %s", (name,)))
+
+    def bytes_used(self) -> int:
+        """The size of this store's tables and indexes (for metrics)."""
+        return int(self._one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+            "AND c.relkind = 'r'", (self.schema,)))
 
     # -- for tools and tests
     def drop_schema(self) -> None:
