@@ -280,3 +280,28 @@ def test_partitions_are_stable_and_spread() -> None:
     for i in range(25600):
         counts[partition_of(f"flow-{i}")] += 1
     assert min(counts) > 50 and max(counts) < 160
+
+
+def test_routes_are_answered_from_memory_by_a_single_node(pg_url: str, schema: str,
+                                                         store: PostgresStore) -> None:
+    b = Batch()
+    b.put_route("Bob", "a.1", 1, b"a", None)
+    b.put_route("Bob", "old.1", 0, b"done", 1.0)
+    store.commit(b)
+    other = PostgresStore(pg_url, schema, readonly=True)
+    try:
+        assert other.route("Bob", "a.1", 1) == b"a"            # a reader asks the database
+        store._route_cache.clear()
+        store._route_keys = None
+        assert store.route("Bob", "a.1", 1) == b"a"            # read back, then kept
+        assert store.route("Bob", "new.1", 0) is None          # no query: no such key
+        b = Batch()
+        b.put_route("Bob", "new.1", 0, b"n", None)
+        b.put_route("Bob", "a.1", 1, b"ended", None)
+        store.commit(b)
+        assert store.route("Bob", "new.1", 0) == b"n" and store.route("Bob", "a.1", 1) == b"ended"
+        assert other.route("Bob", "new.1", 0) == b"n"
+        assert store.expire(2.0) == 1
+        assert store.route("Bob", "old.1", 0) is None and other.route("Bob", "old.1", 0) is None
+    finally:
+        other.close()

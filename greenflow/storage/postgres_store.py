@@ -55,6 +55,7 @@ import os
 import re
 import struct
 import threading
+from collections import OrderedDict
 import time
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -72,6 +73,7 @@ log = logging.getLogger("greenflow.store")
 
 FORMAT_KEY = "greenflow.store-format"
 FORMAT_VALUE = b"greenflow-store-postgres 1"
+_ROUTE_CACHE = 65536
 _PAGE = 512          # rows per read of a long listing (short transactions, bounded memory)
 _FENCE_STATE = "GF409"
 
@@ -500,6 +502,12 @@ class PostgresStore:
         self._conn: Optional[psycopg.Connection] = None
         self._tables: set[str] = set()
         self._locked = False
+        # A single node writing its schema alone (not a worker, not a reader beside a
+        # running node) keeps routes committed or read (bounded, oldest out) and the
+        # hashes of every stored route key: see `route`.
+        self._sole_writer = owned is None and not readonly
+        self._route_cache: "OrderedDict[tuple, bytes]" = OrderedDict()
+        self._route_keys: Optional[set[int]] = None
         self._connect(create=create)
 
     @classmethod
@@ -597,7 +605,7 @@ class PostgresStore:
 
     # ------------------------------------------------------------------ writes
     def commit(self, batch: Batch) -> None:
-        """Apply ``batch`` in one transaction (one round trip: pipeline mode)."""
+        """Apply ``batch`` in one transaction: one call of ``gf_commit``, one round trip."""
         if self.readonly:
             raise StoreError(f"the store {self.path} is open read-only")
         if not batch.ops:
@@ -626,6 +634,12 @@ class PostgresStore:
                                  f"of it was applied): a value of the batch cannot be stored: "
                                  f"{exc}") from None
         self.commits += 1
+        if plan.routes and self._sole_writer:
+            keys = self._route_keys
+            for k, (v, _e) in plan.routes.items():
+                self._remember_route(k, v)
+                if keys is not None:
+                    keys.add(hash(k))
         refused = plan.refused + list(row[0] or ())
         for fid in refused:
             log.error("store %s: refused the checkpoint header of flow %s: its start record is "
@@ -663,6 +677,8 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise StoreError(f"expiry in the PostgreSQL store {self.path} failed: "
                                  f"{_msg(exc)}") from None
+        if done:
+            self._route_cache.clear()     # expired routes must read as gone
         return done
 
     # ------------------------------------------------------------------ reads
@@ -791,9 +807,42 @@ class PostgresStore:
             yield p, bytes(data)
 
     def route(self, peer: str, sid: str, peer_role: int) -> Optional[bytes]:
-        v = self._one("SELECT value FROM routes WHERE peer = %s AND sid = %s AND peer_role = %s",
-                      (peer, sid, peer_role))
-        return bytes(v) if v is not None else None
+        """Asked for every frame the node's routing cache misses, most of them for
+        sessions that do not exist yet (a new initiation is checked for a duplicate): a
+        round trip each, unless answered here. Routes this store committed or read are
+        kept (`_ROUTE_CACHE` of them); a single node, the only writer of its schema, also
+        keeps a hash of every route key it has (a few dozen bytes per stored route), so
+        "no such route" needs no query."""
+        k = (peer, sid, peer_role)
+        if self._sole_writer:
+            v = self._route_cache.get(k)
+            if v is not None:
+                return v
+            keys = self._route_keys
+            if keys is None:
+                keys = self._load_route_keys()
+            if hash(k) not in keys:
+                return None
+        raw = self._one("SELECT value FROM routes WHERE peer = %s AND sid = %s "
+                        "AND peer_role = %s", k)
+        if raw is None:
+            return None
+        v = bytes(raw)
+        if self._sole_writer:
+            self._remember_route(k, v)
+        return v
+
+    def _load_route_keys(self) -> set[int]:
+        keys = {hash((p, s, r)) for p, s, r in self._pages(
+            "SELECT peer, sid, peer_role FROM routes", ("peer", "sid", "peer_role"), part=False)}
+        self._route_keys = keys
+        return keys
+
+    def _remember_route(self, k: tuple, v: bytes) -> None:
+        cache = self._route_cache
+        cache[k] = v
+        if len(cache) > _ROUTE_CACHE:
+            cache.popitem(last=False)
 
     def timers(self) -> Iterator[tuple[float, str]]:
         for d, fid in self._pages("SELECT deadline_us, fid FROM timers", ("deadline_us", "fid")):
