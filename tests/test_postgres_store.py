@@ -305,3 +305,46 @@ def test_routes_are_answered_from_memory_by_a_single_node(pg_url: str, schema: s
         assert store.route("Bob", "old.1", 0) is None and other.route("Bob", "old.1", 0) is None
     finally:
         other.close()
+
+
+def test_a_worker_commit_notifies_the_partitions_it_gave_work(pg_url: str, schema: str,
+                                                             store: PostgresStore) -> None:
+    (a,), (b,) = _fids_in(5, 1), _fids_in(9, 1)
+    _take(pg_url, schema, {5: ("w1", 1)})
+    w1 = PostgresStore(pg_url, schema, owner="w1", owned=lambda: {5: 1}, notify="gf_work")
+    listener = psycopg.connect(pg_url, autocommit=True)
+    try:
+        listener.execute("LISTEN gf_work")
+        c = Batch()
+        c.start_flow(a, b"l")
+        c.put_header(a, _header(1))
+        w1.commit(c)                                   # a start: its partition
+        c = Batch()
+        c.put_header(a, _header(2))
+        w1.commit(c)                                   # nothing for anyone: no notification
+        c = Batch()
+        c.put_inbox(b, "x.1", 1, b"frame")             # delivered into partition 9
+        c.set_wake(a, True)
+        w1.commit(c)
+        got = [n.payload for n in listener.notifies(timeout=2.0, stop_after=2)]
+        assert got == ["5", "5,9"]
+    finally:
+        listener.close()
+        w1.close()
+
+
+def test_a_schema_made_by_another_version_gets_this_commit_function(pg_url: str, schema: str,
+                                                                   store: PostgresStore) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as c:
+        c.execute(f'UPDATE "{schema}".meta SET value = %s WHERE name = %s',
+                  (b"old", "greenflow.commit-function"))
+    store.close()
+    again = PostgresStore(pg_url, schema)
+    try:
+        b = Batch()
+        b.start_flow("a", b"l")
+        b.put_header("a", _header(1))
+        again.commit(b)
+        assert again.has_flow("a")
+    finally:
+        again.close()

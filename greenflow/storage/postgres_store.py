@@ -208,11 +208,24 @@ for _name, _sql in _STEPS:
 _NARGS = _n
 
 
+# With a channel (clustered workers): one NOTIFY per commit that delivered into an inbox,
+# started a flow or set a wake flag, naming those rows' partitions ("3,17"), delivered to
+# listeners when the transaction commits.
+_NOTIFY = (
+    "IF notify_channel IS NOT NULL THEN\n"
+    "    PERFORM pg_notify(notify_channel, string_agg(DISTINCT p::text, ',')) FROM (\n"
+    f"        SELECT unnest(a{_ARGS['inbox'][0] + 3}) AS p UNION ALL\n"
+    f"        SELECT unnest(a{_ARGS['logic'][0] + 1}) UNION ALL\n"
+    f"        SELECT unnest(a{_ARGS['wake'][0] + 1})) AS w HAVING count(*) > 0;\n"
+    "END IF;\n")
+
+
 def _commit_function() -> str:
     """``gf_commit``: a whole batch in one statement (one round trip, one implicit
     transaction), its arrays NULL for steps the batch has no rows for. Returns the flow
     ids whose checked header was refused (no start record)."""
-    params = ["fence_parts integer[]", "fence_epochs bigint[]", "fence_owner text"]
+    params = ["fence_parts integer[]", "fence_epochs bigint[]", "fence_owner text",
+              "notify_channel text"]
     body = ["IF fence_parts IS NOT NULL THEN",
             "    PERFORM gf_fence(fence_parts, fence_epochs, fence_owner);", "END IF;"]
     for name, stmt in _STEPS:
@@ -228,12 +241,16 @@ def _commit_function() -> str:
         body += [f"    {sql_};", "END IF;"]
     return ("CREATE OR REPLACE FUNCTION gf_commit(" + ", ".join(params) + ")\n"
             "RETURNS text[] LANGUAGE plpgsql AS $commit$\nDECLARE refused text[];\nBEGIN\n"
-            + "\n".join(body) + "\nRETURN refused;\nEND\n$commit$;\n")
+            + "\n".join(body) + "\n" + _NOTIFY + "RETURN refused;\nEND\n$commit$;\n")
 
+
+_COMMIT_FUNCTION = _commit_function()
+_FUNCTION_KEY = "greenflow.commit-function"
+_FUNCTION_HASH = hashlib.sha256(_COMMIT_FUNCTION.encode()).hexdigest().encode()
 
 # Sent by a RawCursor ($n placeholders): psycopg does not parse a query this long each time.
-_COMMIT_CALL = ("SELECT gf_commit($1::integer[], $2::bigint[], $3::text, " + ", ".join(
-    f"${4 + i}::{t}[]" for i, t in enumerate(
+_COMMIT_CALL = ("SELECT gf_commit($1::integer[], $2::bigint[], $3::text, $4::text, " + ", ".join(
+    f"${5 + i}::{t}[]" for i, t in enumerate(
         t for _, (_, ts) in sorted(_ARGS.items(), key=lambda kv: kv[1][0]) for t in ts)) + ")")
 
 
@@ -479,11 +496,15 @@ class PostgresStore:
     """A node's store in one schema of a PostgreSQL database (see the module doc).
 
     ``owner``/``owned``: a clustered worker's name and the partitions it holds (partition
-    -> lease epoch, asked at every commit and listing); None: one node owning all."""
+    -> lease epoch, asked at every commit and listing); None: one node owning all.
+    ``notify``: a channel to NOTIFY, at each commit that delivers into an inbox, starts a
+    flow or sets a wake flag, with those partitions ("3,17"), so other workers LISTENing
+    learn of new work without polling."""
 
     def __init__(self, dsn: str, schema: str, *, owner: Optional[str] = None,
                  owned: Optional[Callable[[], dict[int, int]]] = None, sync: bool = True,
-                 readonly: bool = False, create: bool = True) -> None:
+                 readonly: bool = False, create: bool = True,
+                 notify: Optional[str] = None) -> None:
         if not schema or len(schema) > 63 or not schema.replace("_", "a").isalnum() \
                 or schema[0].isdigit():
             raise StoreError(f"bad PostgreSQL schema name {schema!r}: letters, digits and _ "
@@ -496,6 +517,7 @@ class PostgresStore:
         self.readonly = readonly
         self.owner = owner
         self.owned = owned
+        self.notify = notify
         self.sync = sync
         self.commits = 0
         self._lock = threading.RLock()
@@ -546,6 +568,10 @@ class PostgresStore:
             if fmt is None or bytes(fmt[0]) != FORMAT_VALUE:
                 raise StoreError(f"the PostgreSQL schema {self.path} is not a greenflow store "
                                  f"of this version (format record {fmt and bytes(fmt[0])!r})")
+            have = conn.execute("SELECT value FROM meta WHERE name = %s",
+                                (_FUNCTION_KEY,)).fetchone()
+            if (have is None or bytes(have[0]) != _FUNCTION_HASH) and not self.readonly:
+                self._create(conn)      # made by another version: its functions replaced
             if self.owned is None and not self.readonly:
                 # A connection just closed by this process (a node reopened after a power
                 # cut in tests) or by a process just killed lets go of the lock when its
@@ -576,9 +602,16 @@ class PostgresStore:
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(
                 sql.Identifier(self.schema)))
             conn.execute(_SCHEMA_SQL)
-            conn.execute(_commit_function())
+            for (sig,) in conn.execute(
+                    "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON "
+                    "n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = 'gf_commit'",
+                    (self.schema,)).fetchall():
+                conn.execute(f"DROP FUNCTION {sig}")
+            conn.execute(_COMMIT_FUNCTION)
             conn.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (FORMAT_KEY, FORMAT_VALUE))
+            conn.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT (name) DO UPDATE "
+                         "SET value = EXCLUDED.value", (_FUNCTION_KEY, _FUNCTION_HASH))
 
     def _connection(self) -> psycopg.Connection:
         conn = self._conn
@@ -619,7 +652,7 @@ class PostgresStore:
                                  f"applied): table(s) {', '.join(sorted(unknown))} were never "
                                  "opened (open_table)")
         fence = self._fence(plan) if self.owned is not None else None
-        args = [*(fence or (None, None, None)), *plan.arguments()]
+        args = [*(fence or (None, None, None)), self.notify, *plan.arguments()]
         with self._lock:
             conn = self._connection()
             try:
