@@ -660,6 +660,11 @@ class PostgresStore:
             except psycopg.Error as exc:
                 if getattr(exc, "sqlstate", None) == _FENCE_STATE:
                     raise Fenced(f"store {self.path}: commit refused: {_msg(exc)}") from None
+                if conn.broken:
+                    raise StoreError(f"commit to the PostgreSQL store {self.path}: the connection "
+                                     f"was lost ({_msg(exc)}); the server may or may not have "
+                                     "applied it (a restarted node goes on from what it "
+                                     "stored)") from None
                 raise StoreError(f"commit to the PostgreSQL store {self.path} failed (nothing "
                                  f"of it was applied): {_msg(exc)}") from None
             except (struct.error, TypeError, ValueError, AttributeError) as exc:
