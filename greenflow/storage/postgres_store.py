@@ -28,9 +28,11 @@ flows of the partitions it owns, and fences its commits on their leases.
 
 **One commit, one transaction, one round trip.** A `Batch` is first folded in memory into
 the final state of each key (the last write of a key wins; `drop_flow` forgets what the
-batch wrote for that flow before it and deletes what is stored), then sent as one
-statement per table and kind (``unnest`` of arrays: a round's thousand headers are one
-INSERT), all in pipeline mode between BEGIN and COMMIT. The batch's order semantics hold:
+batch wrote for that flow before it and deletes what is stored), then sent as one call of
+the schema's ``gf_commit`` function: one array argument per column per kind of write
+(encoded straight to PostgreSQL's binary array format), one statement per kind inside it
+(``unnest`` of the arrays: a round's thousand headers are one INSERT), one implicit
+transaction, one round trip. The batch's order semantics hold:
 a flow dropped then started again in one batch ends started; a `put_header` is written
 only if the flow's start record is stored or started earlier in the batch (not dropped
 since), else refused and logged, as in the LMDB store.
