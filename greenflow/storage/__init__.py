@@ -80,8 +80,8 @@ def open_store(node_dir: str, *, url: Optional[str] = None, sync: bool = True,
             raise StoreError(
                 f"the node in {node_dir} is configured for a PostgreSQL store, which needs "
                 f"more packages: pip install 'greenflow[cluster]' ({exc})") from None
-        return module.PostgresStore(node_dir, chosen, sync=sync, readonly=readonly,
-                                    create=create)
+        return module.PostgresStore.for_node(node_dir, chosen, sync=sync, readonly=readonly,
+                                             create=create)
     raise StoreError(f"unknown store {chosen!r} for the node in {node_dir}: expected \"lmdb\" "
                      f"or a \"postgresql://...\" URL (from the caller, `{CONFIG_KEY}` in "
                      f"{_CONFIG_FILE} or ${STORE_ENV})")

@@ -14,7 +14,7 @@ ended in the same round must end dropped; a failed commit leaves the store as it
 
 Opening: `greenflow.storage.open_store(node_dir, url=..., sync=, readonly=, create=)`
 chooses the implementation; a PostgreSQL store is constructed as
-``PostgresStore(node_dir, url, *, sync, readonly, create)`` (``node_dir`` absolute).
+``PostgresStore.for_node(node_dir, url, *, sync, readonly, create)`` (``node_dir`` absolute).
 
 This module imports no database driver. The small format helpers at the bottom (journal
 chunks, result records) are shared by every implementation so the bytes mean the same
