@@ -102,6 +102,13 @@ class StoreError(FlowError):
     the node stops committing until the cause is fixed."""
 
 
+class Fenced(StoreError):
+    """A clustered worker tried to commit for a partition it no longer owns (its lease
+    was taken over, or renewed by another owner at a later epoch). The whole commit was
+    rolled back: the new owner replays the partition's flows, so nothing is lost or done
+    twice. The worker must drop the partition's flows from memory."""
+
+
 class StoreRefused(StoreError):
     """The store cannot be opened as it is (missing, damaged, of another format or in
     use by another process): the node must not start on it, or it would forget or
