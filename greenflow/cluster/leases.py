@@ -34,9 +34,7 @@ from typing import Callable, Iterable, Optional
 
 log = logging.getLogger("greenflow.cluster.leases")
 
-# The number of virtual partitions of a clustered party. Fixed for the life of a party's
-# database: a flow's partition is a pure function of its id.
-PARTITIONS = 256
+from greenflow.storage.partitions import PARTITIONS
 
 DEFAULT_LEASE_S = 5.0
 DEFAULT_RENEW_S = 1.0
