@@ -43,3 +43,10 @@ def test_a_node_starts_the_responder_under_the_derived_id(net):
     pong = only_flow(bob, "Pong")
     assert pong.id == responder_flow_id(alice.party.name, f"{h.id}.1")  # its first session
     assert partition_of(pong.id) == partition_of(h.id)
+
+
+def test_a_worker_can_draw_new_flow_ids_in_a_partition_it_owns():
+    from greenflow.statemachine.ids import flow_id_in
+    ids = [flow_id_in(p) for p in range(PARTITIONS) for _ in range(3)]
+    assert [partition_of(f) for f in ids] == [p for p in range(PARTITIONS) for _ in range(3)]
+    assert len(set(ids)) == len(ids) and all(len(f) == 32 for f in ids)

@@ -95,6 +95,10 @@ class LocalTransport:
 
 
 class Node:
+    #: Where new flows' ids come from: a clustered worker sets one that picks a partition
+    #: it owns (`greenflow.statemachine.ids.flow_id_in`).
+    new_flow_id: Callable[[], str] = staticmethod(new_flow_id)
+
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
                  clock: Optional[Clock] = None, capture_frames: bool = True,
@@ -253,7 +257,7 @@ class Node:
                 if existing is not None:
                     handles.append(FlowHandle(self, existing))
                     continue
-            fid = new_flow_id()
+            fid = self.new_flow_id()
             if client_id is not None:
                 seen_clients[client_id] = fid
             try:

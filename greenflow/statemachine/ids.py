@@ -85,3 +85,11 @@ def _search(body: str, want: int) -> str:
         if partition_of(fid) == want:
             return fid
     raise ValueError(f"no responder id for partition {want}")  # pragma: no cover
+
+
+def flow_id_in(part: int) -> str:
+    """A new flow id (as `new_flow_id`: time-ordered, unique) that falls in partition
+    ``part``: what a clustered worker starts its flows under, so it owns them."""
+    body = new_flow_id()[:28]
+    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
+    return body + _FIXUPS[(have ^ part) & 0xFF] if PARTITIONS == 256 else _search(body, part)
