@@ -108,7 +108,7 @@ class Node:
                  notary: bool = False, validating_notary: bool = False,
                  max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
                  responder_idle_timeout: Optional[float] = None,
-                 sensitive_names: Iterable[str] = ()) -> None:
+                 sensitive_names: Iterable[str] = (), store: Any = None) -> None:
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)
@@ -116,7 +116,9 @@ class Node:
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
         self.party: Party = self.identity.party
         self.clock = clock or SystemClock()
-        self.store = Store(os.path.join(self.base_dir, "store"), sync=sync)
+        # ``store``: an open store to run on (a clustered worker's, fenced on its leases).
+        self.store = store if store is not None else \
+            Store(os.path.join(self.base_dir, "store"), sync=sync)
         self.transport = transport if transport is not None else LocalTransport()
         if hasattr(self.transport, "node"):
             self.transport.node = self
