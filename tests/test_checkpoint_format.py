@@ -6,7 +6,7 @@ from greenflow import serialization
 from greenflow.runtime.checkpoint import Checkpoint, SessionState, _checkpoint_state
 from greenflow.party import Party
 from greenflow.status import FlowStatus
-from greenflow.storage.store import dump_result, load_result
+from greenflow.storage.interface import dump_result, load_result
 
 
 def _checkpoint() -> Checkpoint:

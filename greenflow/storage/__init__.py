@@ -37,6 +37,11 @@ def store_url(node_dir: str, url: Optional[str] = None) -> str:
     return os.environ.get(STORE_ENV) or "lmdb"
 
 
+def is_lmdb(url: str) -> bool:
+    """Whether `store_url`'s answer names the LMDB store."""
+    return url == "lmdb" or url.startswith("lmdb:")
+
+
 def _configured(node_dir: str) -> Optional[str]:
     # Read here rather than through network.node_config (a higher layer): the read-only
     # tools open a directory's store without loading its whole configuration.
@@ -64,7 +69,7 @@ def open_store(node_dir: str, *, url: Optional[str] = None, sync: bool = True,
     a new store where none is (`StoreMissing`); ``readonly`` never writes."""
     node_dir = os.path.abspath(node_dir)
     chosen = store_url(node_dir, url)
-    if chosen == "lmdb" or chosen.startswith("lmdb:"):
+    if is_lmdb(chosen):
         from greenflow.storage.lmdb_store import LmdbStore
         return LmdbStore(os.path.join(node_dir, "store"), sync=sync, readonly=readonly,
                          create=create)

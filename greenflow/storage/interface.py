@@ -199,9 +199,10 @@ class FlowStore(Protocol):
     def checkpoints(self) -> Iterator[tuple[str, "Checkpoint"]]:
         """Every stored header, in flow id order."""
         ...
-    def header_blobs(self) -> Iterator[tuple[str, bytes]]:
-        """Every stored header as ``(fid, header_blob)``, in flow id order: a dump lists
-        an unreadable one rather than stop (`load_checkpoint` reads one)."""
+    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        """Every stored header as ``(fid, header_blob)``, in flow id order (``reverse``:
+        descending, i.e. newest first, flow ids starting with their start time): a dump
+        lists an unreadable one rather than stop (`load_checkpoint` reads one)."""
         ...
     def flow_count(self) -> int: ...
     def has_flow(self, fid: str) -> bool: ...
@@ -228,7 +229,13 @@ class FlowStore(Protocol):
 
     # -- results and clients
     def result(self, fid: str) -> Optional[dict]: ...
-    def results(self) -> Iterator[tuple[str, dict]]: ...
+    def results(self) -> Iterator[tuple[str, dict]]:
+        """Every kept result record, in flow id order."""
+        ...
+    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        """Every kept result as ``(fid, record_blob)`` (`load_result` reads one), in flow
+        id order or ``reverse``."""
+        ...
     def client(self, client_id: str) -> Optional[str]: ...
 
     # -- meta
@@ -246,6 +253,8 @@ class FlowStore(Protocol):
         ``after``: only keys strictly past it in that order."""
         ...
     def table_count(self, name: str) -> int: ...
+
+    # Optional (found with getattr): ``bytes_used() -> int``, the store's size for metrics.
 
 
 # ---------------------------------------------------------------------------- formats
