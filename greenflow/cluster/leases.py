@@ -305,6 +305,19 @@ class LeaseManager:
                 break
             self.tick()
 
+    def abandon(self) -> None:
+        """Stop renewing and let the leases lapse, as a killed worker does (tests)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.lease_s)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
     def stop(self, release: bool = True) -> None:
         """Stop renewing; with ``release``, hand every partition back and mark this worker
         stopped so the others take over at once instead of after the lease time."""

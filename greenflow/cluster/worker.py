@@ -224,6 +224,23 @@ class Worker:
             self.tcp.close()
         self.writer.close()
 
+    def crash(self) -> None:
+        """Power cut (tests): drop everything without committing or releasing anything;
+        the leases lapse and other workers take the partitions over."""
+        self._stop.set()
+        self._dirty.set()
+        self.lease.abandon()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._gen_lock:
+            gen, self.gen = self.gen, None
+        if gen is not None and gen.node is not None:
+            gen.node.crash()
+        self.reader.stop()
+        if self.tcp is not None:
+            self.tcp.close()
+        self.writer.close()
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until this worker has a generation with partitions (tests, ``cluster up``)."""
         end = time.monotonic() + timeout
