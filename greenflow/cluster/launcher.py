@@ -102,9 +102,11 @@ class Cluster:
                 ws, _ = self.status()
                 live = {w.name: w for w in ws if w.live}
                 held = sum(len(live[n].partitions) for n in want if n in live)
-                last = {n: len(live[n].partitions) if n in live else None for n in want}
+                last = {n: (len(live[n].partitions), live[n].serving) if n in live else None
+                        for n in want}
                 if want <= set(live) and held == PARTITIONS and \
-                        all(live[n].partitions for n in want):
+                        all(live[n].partitions and live[n].serving == len(live[n].partitions)
+                            for n in want):
                     return
             except Exception as exc:  # the tables are not there yet
                 last = exc

@@ -54,7 +54,9 @@ def schema_sql(schema: str) -> list[str]:
         f"epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz NOT NULL DEFAULT '-infinity')",
         f"CREATE TABLE IF NOT EXISTS {s}.workers (name text PRIMARY KEY, host text, pid int, "
         f"address text, rpc text, started_at timestamptz NOT NULL DEFAULT now(), "
-        f"heartbeat_at timestamptz NOT NULL DEFAULT now(), stopped boolean NOT NULL DEFAULT false)",
+        f"heartbeat_at timestamptz NOT NULL DEFAULT now(), stopped boolean NOT NULL DEFAULT false, "
+        f"serving int NOT NULL DEFAULT 0)",
+        f"ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS serving int NOT NULL DEFAULT 0",
     ]
 
 
@@ -101,6 +103,7 @@ class WorkerStatus:
     rpc: Optional[str]
     heartbeat_age: float
     live: bool
+    serving: int = 0   # partitions its running generation acts for (0 while it switches)
     partitions: list[int] = field(default_factory=list)
 
 
@@ -121,7 +124,8 @@ class LeaseManager:
                  on_gained: Optional[Callable[[Owned], None]] = None,
                  on_lost: Optional[Callable[[set[int]], None]] = None,
                  address: Optional[str] = None, rpc: Optional[str] = None,
-                 max_take: Optional[int] = None) -> None:
+                 max_take: Optional[int] = None,
+                 serving: Optional[Callable[[], int]] = None) -> None:
         if renew_s <= 0 or lease_s <= 2 * renew_s:
             raise ValueError(f"lease time {lease_s}s must be more than twice the renew "
                              f"interval {renew_s}s, or one slow renewal loses every lease")
@@ -133,6 +137,8 @@ class LeaseManager:
         # Taking every free partition at once would make the first worker up replay the
         # whole party; a cap per tick lets the others join in before that.
         self.max_take = max_take
+        #: How many partitions the worker's running generation acts for (heartbeat column).
+        self.serving = serving or (lambda: 0)
         self._owned: Owned = {}
         self._lock = threading.Lock()
         self._valid_until = 0.0  # monotonic: past it, what we hold may belong to another
@@ -202,10 +208,13 @@ class LeaseManager:
         started = time.monotonic()
         with conn.transaction():
             conn.execute(
-                f"INSERT INTO {s}.workers (name, host, pid, address, rpc) VALUES (%s, %s, %s, %s, %s) "
+                f"INSERT INTO {s}.workers (name, host, pid, address, rpc, serving) "
+                f"VALUES (%s, %s, %s, %s, %s, %s) "
                 f"ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), host = excluded.host, "
-                f"pid = excluded.pid, address = excluded.address, rpc = excluded.rpc, stopped = false",
-                (self.name, socket.gethostname(), os.getpid(), self.address, self.rpc))
+                f"pid = excluded.pid, address = excluded.address, rpc = excluded.rpc, "
+                f"serving = excluded.serving, stopped = false",
+                (self.name, socket.gethostname(), os.getpid(), self.address, self.rpc,
+                 self.serving()))
         # Renew exactly what we took, at the epoch we took it.
         held = self.owned_raw()
         if held:
@@ -352,13 +361,14 @@ def lease_table(conn, schema: str, lease_s: float = DEFAULT_LEASE_S
     s = _ident(schema)
     leases = [LeaseStatus(p, o, e, x) for p, o, e, x in conn.execute(
         f"SELECT part, owner, epoch, GREATEST(-1e9, LEAST(1e9, "
-        f"extract(epoch FROM expires_at - now())))::float8 FROM {s}.leases ORDER BY part")]
+        f"extract(epoch FROM COALESCE(expires_at, '-infinity') - now())))::float8 "
+        f"FROM {s}.leases ORDER BY part")]
     workers = []
-    for name, host, pid, address, rpc, age, stopped in conn.execute(
+    for name, host, pid, address, rpc, age, stopped, serving in conn.execute(
             f"SELECT name, host, pid, address, rpc, extract(epoch FROM now() - heartbeat_at)::float8, "
-            f"stopped FROM {s}.workers ORDER BY name"):
+            f"stopped, serving FROM {s}.workers ORDER BY name"):
         workers.append(WorkerStatus(name, host, pid, address, rpc, age,
-                                    not stopped and age < lease_s))
+                                    not stopped and age < lease_s, serving))
     by_name = {w.name: w for w in workers}
     for l in leases:
         if l.owner in by_name and l.expires_in > 0:

@@ -170,7 +170,7 @@ class Worker:
         self.lease = LeaseManager(self.dsn, self.schema, self.name, lease_s=lease_s,
                                   renew_s=renew_s, partitions=partitions,
                                   on_gained=self._changed, on_lost=self._changed,
-                                  address=address, rpc=rpc_address)
+                                  address=address, rpc=rpc_address, serving=self._serving)
         self.writer = HandoffWriter(self.dsn, self.schema)
         self.reader = HandoffReader(self.dsn, self.schema, self._gen_owned, self._from_handoff,
                                     poll_s=poll_s)
@@ -255,6 +255,10 @@ class Worker:
     def _changed(self, parts: Any) -> None:
         self._dirty.set()
 
+    def _serving(self) -> int:
+        gen = self.gen
+        return len(gen.owned()) if gen is not None and not self._dirty.is_set() else 0
+
     def _gen_owned(self) -> Owned:
         gen = self.gen
         return gen.owned() if gen is not None else {}
@@ -314,6 +318,7 @@ class Worker:
             self.party_name = node.party.name
             self.gen = gen
         log.info("worker %s: generation %d on %d partitions", self.name, gen.number, len(parts))
+        self.lease.poke()   # tell the others (the heartbeat says how many it serves)
         if self.on_generation is not None:
             self.on_generation(node)
         self.reader.poke()
