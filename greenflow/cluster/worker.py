@@ -314,6 +314,7 @@ class Worker:
             node = Node(self.node_dir, name, apps=self.apps, transport=self.transport,
                         store=store, **options)
             node.new_flow_id = gen.new_flow_id
+            node.party_flows = self._party_flows
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
@@ -322,6 +323,44 @@ class Worker:
         if self.on_generation is not None:
             self.on_generation(node)
         self.reader.poke()
+
+    # ------------------------------------------------------------------ listing
+    def _party_flows(self, mine: list) -> list:
+        """This worker's flows plus every other flow of the party, read from the shared
+        tables, each with the worker that owns its partition now."""
+        import dataclasses
+        from greenflow import serialization
+        from greenflow.node.node import FlowInfo, shown_status, suspended_on
+        from greenflow.storage.partitions import partition_of
+        from greenflow.storage.postgres_store import PostgresStore
+        owners = self._owners()
+        out = [dataclasses.replace(f, worker=owners.get(partition_of(f.id), self.name))
+               for f in mine]
+        seen = {f.id for f in mine}
+        store = PostgresStore(self.dsn, self.schema, readonly=True)
+        try:
+            for fid, raw in store.header_blobs():
+                if fid in seen:
+                    continue
+                cp = serialization.loads(raw)
+                seen.add(fid)
+                out.append(FlowInfo(fid, cp.flow_class, shown_status(cp, False),
+                                    cp.progress_step, suspended_on(cp), False, cp.error,
+                                    owners.get(partition_of(fid))))
+            for fid, rec in store.results():
+                if fid not in seen:
+                    out.append(FlowInfo(fid, rec["flow_class"], rec["status"], None, None,
+                                        False, rec.get("error"), owners.get(partition_of(fid))))
+        finally:
+            store.close()
+        return out
+
+    def _owners(self) -> dict[int, str]:
+        import psycopg
+        from greenflow.cluster.leases import lease_table
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as c:
+            _, leases = lease_table(c, self.schema, self.lease.lease_s)
+        return {l.part: l.owner for l in leases if l.owner and l.expires_in > 0}
 
     # ------------------------------------------------------------------ routing
     def post(self, ev: Any) -> None:

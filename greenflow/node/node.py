@@ -48,6 +48,8 @@ class FlowInfo:
     suspended_on: Optional[str]
     resident: bool
     error: Optional[str]
+    #: On a clustered node: the worker that runs the flow (None on a single node).
+    worker: Optional[str] = None
 
 
 class FlowHandle:
@@ -99,6 +101,9 @@ class Node:
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
     new_flow_id: Callable[[], str] = staticmethod(new_flow_id)
+    #: A clustered worker's view of its whole party: given this node's `flows()`, the
+    #: list with every other worker's flows added (`FlowInfo.worker` set). None: one node.
+    party_flows: Optional[Callable[[list["FlowInfo"]], list["FlowInfo"]]] = None
 
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
@@ -393,7 +398,8 @@ class Node:
 
     def flows(self) -> list[FlowInfo]:
         """Unfinished flows and recently finished ones."""
-        return self.on_scheduler(self._flows)
+        mine = self.on_scheduler(self._flows)
+        return mine if self.party_flows is None else self.party_flows(mine)
 
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
