@@ -116,3 +116,59 @@ def net(tmp_path, net_options, flow_state):
     network = MockNetwork(tmp_path / "net", **net_options)
     yield network
     network.close()
+
+
+# --------------------------------------------------------------------------- the store
+# `pytest --store=postgres` runs every test on the PostgreSQL store: one embedded
+# PostgreSQL server for the whole run (started here, deleted at the end), named to every
+# node opened by the tests and their child processes through GREENFLOW_STORE. Tests of
+# LMDB-only machinery (page trimming, map growth, the store file's guard) carry the
+# `lmdb_only` marker and are skipped there. The test server runs with fsync off: a node
+# process killed with -9 loses nothing either way; only a crash of the machine would.
+_PG_TEST_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+_pg_server = None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store", choices=("lmdb", "postgres"), default="lmdb",
+                     help="the store every node of the run uses (postgres: an embedded "
+                          "PostgreSQL started for the run; needs greenflow[cluster])")
+
+
+def _start_test_pg() -> str:
+    global _pg_server
+    if _pg_server is None:
+        import tempfile
+        from greenflow.storage.pg_server import PgServer
+        _pg_server = PgServer(tempfile.mkdtemp(prefix="greenflow-pg-"),
+                              settings=_PG_TEST_SETTINGS)
+        _pg_server.start()
+    return _pg_server.url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lmdb_only: tests of the LMDB store's own machinery "
+                                       "(skipped with --store=postgres)")
+    if config.getoption("--store") == "postgres":
+        os.environ["GREENFLOW_STORE"] = _start_test_pg()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _pg_server is not None:
+        _pg_server.destroy()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--store") != "postgres":
+        return
+    skip = pytest.mark.skip(reason="LMDB store only (running with --store=postgres)")
+    for item in items:
+        if "lmdb_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A PostgreSQL server for tests of the PostgreSQL store itself: the run's server
+    with --store=postgres, else one started on first use for the rest of the run."""
+    return _start_test_pg()

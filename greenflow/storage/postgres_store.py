@@ -52,12 +52,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import struct
 import threading
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
+from psycopg.adapt import Dumper
 
 from greenflow.errors import Fenced, StoreError, StoreLocked, StoreMissing
 from greenflow.storage import interface as I
@@ -143,7 +146,7 @@ _PUT_LOGIC = ("INSERT INTO logic (fid, part, blob) SELECT * FROM unnest(%b::text
 _PUT_HEADER_CHECKED = (
     "INSERT INTO flows (fid, part, header) SELECT t.f, t.p, t.h FROM unnest(%b::text[], "
     "%b::smallint[], %b::bytea[]) AS t(f, p, h) WHERE EXISTS (SELECT 1 FROM logic l WHERE "
-    "l.fid = t.f) ON CONFLICT (fid) DO UPDATE SET header = EXCLUDED.header RETURNING fid")
+    "l.fid = t.f) ON CONFLICT (fid) DO UPDATE SET header = EXCLUDED.header")
 _PUT_HEADER = ("INSERT INTO flows (fid, part, header) SELECT * FROM unnest(%b::text[], "
                "%b::smallint[], %b::bytea[]) ON CONFLICT (fid) DO UPDATE SET header = EXCLUDED.header")
 _PUT_JOURNAL = ("INSERT INTO journal (fid, start, part, chunk) SELECT * FROM unnest(%b::text[], "
@@ -177,6 +180,58 @@ _EXPIRE_CLIENT = ("UPDATE clients SET expires = t.e FROM unnest(%b::text[], %b::
                   "AS t(c, e) WHERE client_id = t.c")
 _PUT_APP = ("INSERT INTO app_rows (tbl, key, value) SELECT * FROM unnest(%b::text[], "
             "%b::bytea[], %b::bytea[]) ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value")
+
+
+# The commit's steps, in the order that keeps a batch's semantics: drops, deletes, checked
+# headers (against what was stored before this batch's start records), start records,
+# everything else. Each runs only when the batch has rows for it.
+_STEPS: list[tuple[str, str]] = [
+    ("drop", _DROP), ("del_inbox", _DEL_INBOX), ("del_outbox", _DEL_OUTBOX),
+    ("del_timer", _DEL_TIMER), ("del_wake", _DEL_WAKE), ("del_app", _DEL_APP),
+    ("header_checked", _PUT_HEADER_CHECKED), ("logic", _PUT_LOGIC), ("header", _PUT_HEADER),
+    ("journal", _PUT_JOURNAL), ("frames", _PUT_FRAMES), ("wake", _PUT_WAKE),
+    ("inbox", _PUT_INBOX), ("payload", _PUT_PAYLOAD), ("outbox", _PUT_OUTBOX),
+    ("route", _PUT_ROUTE), ("timer", _PUT_TIMER), ("result", _PUT_RESULT),
+    ("client", _PUT_CLIENT), ("expire_client", _EXPIRE_CLIENT), ("app", _PUT_APP),
+]
+_PLACEHOLDER = re.compile(r"%b::([a-z0-9]+)\[\]")
+#: step -> (index of its first argument in gf_commit's array arguments, their SQL types)
+_ARGS: dict[str, tuple[int, list[str]]] = {}
+_n = 0
+for _name, _sql in _STEPS:
+    _types = _PLACEHOLDER.findall(_sql)
+    _ARGS[_name] = (_n, _types)
+    _n += len(_types)
+_NARGS = _n
+
+
+def _commit_function() -> str:
+    """``gf_commit``: a whole batch in one statement (one round trip, one implicit
+    transaction), its arrays NULL for steps the batch has no rows for. Returns the flow
+    ids whose checked header was refused (no start record)."""
+    params = ["fence_parts integer[]", "fence_epochs bigint[]", "fence_owner text"]
+    body = ["IF fence_parts IS NOT NULL THEN",
+            "    PERFORM gf_fence(fence_parts, fence_epochs, fence_owner);", "END IF;"]
+    for name, stmt in _STEPS:
+        first, types = _ARGS[name]
+        names = [f"a{first + i}" for i in range(len(types))]
+        params += [f"{n} {t}[]" for n, t in zip(names, types)]
+        it = iter(names)
+        sql_ = _PLACEHOLDER.sub(lambda m: next(it), stmt)
+        body.append(f"IF {names[0]} IS NOT NULL THEN")
+        if name == "header_checked":
+            body.append(f"    SELECT array_agg(t.f) INTO refused FROM unnest({names[0]}) AS t(f) "
+                        "WHERE NOT EXISTS (SELECT 1 FROM logic l WHERE l.fid = t.f);")
+        body += [f"    {sql_};", "END IF;"]
+    return ("CREATE OR REPLACE FUNCTION gf_commit(" + ", ".join(params) + ")\n"
+            "RETURNS text[] LANGUAGE plpgsql AS $commit$\nDECLARE refused text[];\nBEGIN\n"
+            + "\n".join(body) + "\nRETURN refused;\nEND\n$commit$;\n")
+
+
+# Sent by a RawCursor ($n placeholders): psycopg does not parse a query this long each time.
+_COMMIT_CALL = ("SELECT gf_commit($1::integer[], $2::bigint[], $3::text, " + ", ".join(
+    f"${4 + i}::{t}[]" for i, t in enumerate(
+        t for _, (_, ts) in sorted(_ARGS.items(), key=lambda kv: kv[1][0]) for t in ts)) + ")")
 
 
 def _us(t: float) -> int:
@@ -283,79 +338,102 @@ class _Plan:
         else:
             raise StoreError(f"unknown batch operation {op!r}")
 
-    def statements(self) -> Iterator[tuple[str, list, bool]]:
-        """``(sql, params, returning)`` in the order that keeps the batch's semantics:
-        drops, deletes, checked headers (against what was stored), start records,
-        everything else."""
+    def arguments(self) -> list[Any]:
+        """gf_commit's array arguments (None where the batch has nothing for a step)."""
+        args: list[Any] = [None] * _NARGS
         P = partition_of
+
+        def put(step: str, rows: list[tuple]) -> None:
+            if rows:
+                first, types = _ARGS[step]
+                for k, (t, col) in enumerate(zip(types, zip(*rows))):
+                    args[first + k] = _Array(t, col)
+
         if self.drops:
-            yield _DROP, [list(self.drops)], False
-        inbox_del = [(f, s, q) for f, rows in self.inbox.items() for (s, q), v in rows.items()
-                     if v is None]
-        if inbox_del:
-            yield _DEL_INBOX, _cols(inbox_del, 3), False
-        out_del = [k for k, v in self.outbox.items() if v is None]
-        if out_del:
-            yield _DEL_OUTBOX, _cols(out_del, 4), False
-        t_del = [k for k, v in self.timers.items() if not v]
-        if t_del:
-            yield _DEL_TIMER, _cols(t_del, 2), False
-        w_del = [f for f, on in self.wake.items() if not on]
-        if w_del:
-            yield _DEL_WAKE, [w_del], False
-        a_del = [k for k, v in self.app.items() if v is None]
-        if a_del:
-            yield _DEL_APP, _cols(a_del, 2), False
-        checked = [(f, P(f), b) for f, (b, c) in self.headers.items() if c]
-        if checked:
-            yield _PUT_HEADER_CHECKED, _cols(checked, 3), True
-        if self.logic:
-            yield _PUT_LOGIC, _cols([(f, P(f), b) for f, b in self.logic.items()], 3), False
-        plain = [(f, P(f), b) for f, (b, c) in self.headers.items() if not c]
-        if plain:
-            yield _PUT_HEADER, _cols(plain, 3), False
-        if self.journal:
-            yield _PUT_JOURNAL, _cols([(f, s, P(f), c) for f, chunks in self.journal.items()
-                                       for s, c in chunks.items()], 4), False
-        if self.frames:
-            yield _PUT_FRAMES, _cols([(f, P(f), b) for f, b in self.frames.items()], 3), False
-        w_put = [(f, P(f)) for f, on in self.wake.items() if on]
-        if w_put:
-            yield _PUT_WAKE, _cols(w_put, 2), False
-        inbox_put = [(f, s, q, P(f), v) for f, rows in self.inbox.items()
-                     for (s, q), v in rows.items() if v is not None]
-        if inbox_put:
-            yield _PUT_INBOX, _cols(inbox_put, 5), False
-        if self.payloads:
-            yield _PUT_PAYLOAD, _cols([(f, s, q, P(f), v) for f, rows in self.payloads.items()
-                                       for (s, q), v in rows.items()], 5), False
-        out_put = [(p, s, r, q, _outbox_part(s, r), v) for (p, s, r, q), v in self.outbox.items()
-                   if v is not None]
-        if out_put:
-            yield _PUT_OUTBOX, _cols(out_put, 6), False
-        if self.routes:
-            yield _PUT_ROUTE, _cols([(p, s, r, v, e) for (p, s, r), (v, e)
-                                     in self.routes.items()], 5), False
-        t_put = [(d, f, P(f)) for (d, f), v in self.timers.items() if v]
-        if t_put:
-            yield _PUT_TIMER, _cols(t_put, 3), False
-        if self.results:
-            yield _PUT_RESULT, _cols([(f, P(f), b, e) for f, (b, e) in self.results.items()],
-                                     4), False
-        if self.clients:
-            yield _PUT_CLIENT, _cols(list(self.clients.items()), 2), False
-        if self.client_exp:
-            yield _EXPIRE_CLIENT, _cols(list(self.client_exp.items()), 2), False
-        a_put = [(t, k, v) for (t, k), v in self.app.items() if v is not None]
-        if a_put:
-            yield _PUT_APP, _cols(a_put, 3), False
+            put("drop", [(f,) for f in self.drops])
+        put("del_inbox", [(f, s, q) for f, rows in self.inbox.items()
+                          for (s, q), v in rows.items() if v is None])
+        put("del_outbox", [k for k, v in self.outbox.items() if v is None])
+        put("del_timer", [k for k, v in self.timers.items() if not v])
+        put("del_wake", [(f,) for f, on in self.wake.items() if not on])
+        put("del_app", [k for k, v in self.app.items() if v is None])
+        put("header_checked", [(f, P(f), b) for f, (b, c) in self.headers.items() if c])
+        put("logic", [(f, P(f), b) for f, b in self.logic.items()])
+        put("header", [(f, P(f), b) for f, (b, c) in self.headers.items() if not c])
+        put("journal", [(f, s, P(f), c) for f, chunks in self.journal.items()
+                        for s, c in chunks.items()])
+        put("frames", [(f, P(f), b) for f, b in self.frames.items()])
+        put("wake", [(f, P(f)) for f, on in self.wake.items() if on])
+        put("inbox", [(f, s, q, P(f), v) for f, rows in self.inbox.items()
+                      for (s, q), v in rows.items() if v is not None])
+        put("payload", [(f, s, q, P(f), v) for f, rows in self.payloads.items()
+                        for (s, q), v in rows.items()])
+        put("outbox", [(p, s, r, q, _outbox_part(s, r), v)
+                       for (p, s, r, q), v in self.outbox.items() if v is not None])
+        put("route", [(p, s, r, v, e) for (p, s, r), (v, e) in self.routes.items()])
+        put("timer", [(d, f, P(f)) for (d, f), v in self.timers.items() if v])
+        put("result", [(f, P(f), b, e) for f, (b, e) in self.results.items()])
+        put("client", list(self.clients.items()))
+        put("expire_client", list(self.client_exp.items()))
+        put("app", [(t, k, v) for (t, k), v in self.app.items() if v is not None])
+        return args
 
 
-def _cols(rows: list[tuple], n: int) -> list[list]:
-    """Rows to the column arrays ``unnest`` takes."""
-    if n == 1:
-        return [[r[0] for r in rows]]
-    return [list(c) for c in zip(*rows)]
+# ---------------------------------------------------------------------------- arrays
+# psycopg's generic list dumper inspects every element to choose a type; a commit sends
+# a few dozen arrays, so they are encoded here, straight to PostgreSQL's binary array
+# format (one dimension, lower bound 1), for the element type the statement declares.
+_ARRAY_HEAD = struct.Struct("!iiiii")
+_I32 = struct.Struct("!i")
+# element type -> (element oid, array oid, encoder of one non-null element)
+_ELEMENTS: dict[str, tuple[int, int, Callable[[Any], bytes]]] = {
+    "text": (25, 1009, lambda v: v.encode()),
+    "bytea": (17, 1001, bytes),
+    "bigint": (20, 1016, struct.Struct("!q").pack),
+    "integer": (23, 1007, struct.Struct("!i").pack),
+    "smallint": (21, 1005, struct.Struct("!h").pack),
+    "boolean": (16, 1000, lambda v: b"\x01" if v else b"\x00"),
+    "float8": (701, 1022, struct.Struct("!d").pack),
+}
+
+
+class _Array:
+    """A column of values for one ``unnest`` argument, of SQL element type ``kind``."""
+
+    __slots__ = ("kind", "values")
+
+    def __init__(self, kind: str, values: tuple) -> None:
+        self.kind = kind
+        self.values = values
+
+
+class _ArrayDumper(Dumper):
+    format = pq.Format.BINARY
+
+    def get_key(self, obj: Any, format: Any) -> Any:
+        return (type(obj), obj.kind)
+
+    def upgrade(self, obj: Any, format: Any) -> "Dumper":
+        d = _ArrayDumper(type(obj))
+        d.oid = _ELEMENTS[obj.kind][1]
+        return d
+
+    def dump(self, obj: Any) -> bytes:
+        elem_oid, _, enc = _ELEMENTS[obj.kind]
+        vals = obj.values
+        parts = [b""]
+        nulls = 0
+        pack = _I32.pack
+        for v in vals:
+            if v is None:
+                nulls = 1
+                parts.append(b"\xff\xff\xff\xff")
+            else:
+                b = enc(v)
+                parts.append(pack(len(b)))
+                parts.append(b)
+        parts[0] = _ARRAY_HEAD.pack(1, nulls, elem_oid, len(vals), 1)
+        return b"".join(parts)
 
 
 def _outbox_part(sid: str, to_responder: bool) -> int:
@@ -439,6 +517,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"cannot connect to the PostgreSQL store {self.path}: "
                              f"{_msg(exc)}") from None
+        conn.adapters.register_dumper(_Array, _ArrayDumper)
         try:
             exists = conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL", (f'"{self.schema}".meta',)).fetchone()[0]
@@ -478,6 +557,7 @@ class PostgresStore:
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(
                 sql.Identifier(self.schema)))
             conn.execute(_SCHEMA_SQL)
+            conn.execute(_commit_function())
             conn.execute("INSERT INTO meta VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (FORMAT_KEY, FORMAT_VALUE))
 
@@ -501,42 +581,47 @@ class PostgresStore:
         """Apply ``batch`` in one transaction (one round trip: pipeline mode)."""
         if self.readonly:
             raise StoreError(f"the store {self.path} is open read-only")
+        if not batch.ops:
+            self.commits += 1
+            return
         plan = _Plan(batch.ops)
+        if plan.app:
+            unknown = {t for t, _ in plan.app} - self._tables
+            if unknown:
+                raise StoreError(f"commit to the store {self.path} refused (nothing of it was "
+                                 f"applied): table(s) {', '.join(sorted(unknown))} were never "
+                                 "opened (open_table)")
         fence = self._fence(plan) if self.owned is not None else None
+        args = [*(fence or (None, None, None)), *plan.arguments()]
         with self._lock:
             conn = self._connection()
             try:
-                checked = None
-                with conn.pipeline():
-                    with conn.transaction():
-                        if fence is not None:
-                            conn.execute("SELECT gf_fence(%s::integer[], %s::bigint[], %s)", fence)
-                        for stmt, params, returning in plan.statements():
-                            cur = conn.execute(stmt, params)
-                            if returning:
-                                checked = cur
-                stored = {r[0] for r in checked.fetchall()} if checked is not None else set()
+                row = psycopg.RawCursor(conn).execute(_COMMIT_CALL, args).fetchone()
             except psycopg.Error as exc:
                 if getattr(exc, "sqlstate", None) == _FENCE_STATE:
                     raise Fenced(f"store {self.path}: commit refused: {_msg(exc)}") from None
                 raise StoreError(f"commit to the PostgreSQL store {self.path} failed (nothing "
                                  f"of it was applied): {_msg(exc)}") from None
+            except (struct.error, TypeError, ValueError, AttributeError) as exc:
+                raise StoreError(f"commit to the PostgreSQL store {self.path} failed (nothing "
+                                 f"of it was applied): a value of the batch cannot be stored: "
+                                 f"{exc}") from None
         self.commits += 1
-        refused = plan.refused + [f for f, (_, c) in plan.headers.items()
-                                  if c and f not in stored]
+        refused = plan.refused + list(row[0] or ())
         for fid in refused:
             log.error("store %s: refused the checkpoint header of flow %s: its start record is "
                       "not in the store (the flow ended or never started); please file a bug",
                       self.path, fid)
 
-    def _fence(self, plan: _Plan) -> tuple[list[int], list[int], str]:
+    def _fence(self, plan: _Plan) -> tuple[_Array, _Array, str]:
         owned = self.owned() if self.owned is not None else {}
         parts = sorted({partition_of(f) for f in plan.fenced_parts})
         lost = [p for p in parts if p not in owned]
         if lost:
             raise Fenced(f"store {self.path}: commit refused: {self.owner} does not own "
                          f"partition(s) {lost[:10]}")
-        return parts, [owned[p] for p in parts], self.owner or ""
+        return (_Array("integer", tuple(parts)), _Array("bigint", tuple(owned[p] for p in parts)),
+                self.owner or "")
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         """Delete results, routes and client ids whose time passed (at most ``limit``)."""
@@ -588,7 +673,7 @@ class PostgresStore:
         return sorted(self.owned())
 
     def _pages(self, base: str, keys: tuple[str, ...], params: tuple = (),
-               where: str = "", part: bool = True) -> Iterator[tuple]:
+               where: str = "", part: bool = True, reverse: bool = False) -> Iterator[tuple]:
         """Rows of ``base`` (a SELECT of ``keys`` first, then the rest) in key order, a
         page per short query: a long listing neither pins a snapshot nor fills memory."""
         parts = self._parts() if part else None
@@ -599,15 +684,16 @@ class PostgresStore:
             args.append(parts)
         after: Optional[tuple] = None
         keycols = "(" + ", ".join(keys) + ")" if len(keys) > 1 else keys[0]
+        cmp, order = ("<", " DESC") if reverse else (">", "")
         while True:
             c = list(conds)
             a = list(args)
             if after is not None:
                 marks = ", ".join(["%s"] * len(keys))
-                c.append(f"{keycols} > ({marks})" if len(keys) > 1 else f"{keys[0]} > %s")
+                c.append(f"{keycols} {cmp} ({marks})" if len(keys) > 1 else f"{keys[0]} {cmp} %s")
                 a.extend(after)
             q = base + (" WHERE " + " AND ".join(c) if c else "") + \
-                f" ORDER BY {', '.join(keys)} LIMIT {_PAGE}"
+                f" ORDER BY {', '.join(k + order for k in keys)} LIMIT {_PAGE}"
             rows = self._all(q, tuple(a))
             yield from rows
             if len(rows) < _PAGE:
@@ -639,8 +725,9 @@ class PostgresStore:
         v = self._one("SELECT blob FROM frames WHERE fid = %s", (fid,))
         return serialization.loads(bytes(v)) if v is not None else None
 
-    def header_blobs(self) -> Iterator[tuple[str, bytes]]:
-        for fid, header in self._pages("SELECT fid, header FROM flows", ("fid",)):
+    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        for fid, header in self._pages("SELECT fid, header FROM flows", ("fid",),
+                                       reverse=reverse):
             yield fid, bytes(header)
 
     def checkpoints(self) -> Iterator[tuple[str, Any]]:
@@ -699,8 +786,13 @@ class PostgresStore:
         return load_result(bytes(v)) if v is not None else None
 
     def results(self) -> Iterator[tuple[str, dict]]:
-        for fid, rec in self._pages("SELECT fid, record FROM results", ("fid",), part=False):
-            yield fid, load_result(bytes(rec))
+        for fid, rec in self.result_blobs():
+            yield fid, load_result(rec)
+
+    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        for fid, rec in self._pages("SELECT fid, record FROM results", ("fid",), part=False,
+                                    reverse=reverse):
+            yield fid, bytes(rec)
 
     def client(self, client_id: str) -> Optional[str]:
         return self._one("SELECT fid FROM clients WHERE client_id = %s", (client_id,))
@@ -746,6 +838,13 @@ class PostgresStore:
 
     def table_count(self, name: str) -> int:
         return int(self._one("SELECT count(*) FROM app_rows WHERE tbl = %s", (name,)))
+
+    def bytes_used(self) -> int:
+        """The size of this store's tables and indexes (for metrics)."""
+        return int(self._one(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
+            "AND c.relkind = 'r'", (self.schema,)))
 
     # -- for tools and tests
     def drop_schema(self) -> None:

@@ -1,0 +1,279 @@
+"""The PostgreSQL store's own behaviour: a batch's order semantics in one transaction,
+lease fencing, partition-limited listings, the single-writer lock, a missing schema,
+reconnecting after the server restarts, and the local server launcher.
+
+(The operations shared with the LMDB store are checked for both stores by the store
+contract tests; these are what only the PostgreSQL store has.)"""
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from greenflow import serialization  # noqa: E402
+from greenflow.errors import Fenced, StoreError, StoreLocked, StoreMissing  # noqa: E402
+from greenflow.storage.interface import Batch, journal_chunk  # noqa: E402
+from greenflow.storage.partitions import PARTITIONS, partition_of  # noqa: E402
+from greenflow.storage.postgres_store import PostgresStore, schema_for, split_url  # noqa: E402
+
+
+@pytest.fixture
+def schema() -> str:
+    return "t_" + uuid.uuid4().hex[:16]
+
+
+@pytest.fixture
+def store(pg_url: str, schema: str):
+    st = PostgresStore(pg_url, schema)
+    for t in ("t", "rows", "rowz"):
+        st.open_table(t)
+    yield st
+    st.drop_schema()
+    st.close()
+
+
+def _header(n: int) -> bytes:
+    return serialization.dumps({"n": n})
+
+
+def test_batch_order_semantics_in_one_commit(store: PostgresStore, caplog) -> None:
+    b = Batch()
+    b.start_flow("a", b"logic-a")
+    b.put_header("a", _header(1))
+    b.append_journal("a", 0, journal_chunk(1.0, serialization.dumps(["e0", "e1"])))
+    b.put_inbox("a", "s", 1, b"frame")
+    b.set_wake("a", True)
+    b.put_header("ghost", _header(0))          # no start record anywhere: refused
+    store.commit(b)
+    assert store.header_blob("a") == _header(1)
+    assert store.journal("a", 2) == ["e0", "e1"]
+    assert store.journal_with_times("a", 2)[1] == [1.0, 1.0]
+    assert not store.has_flow("ghost")
+    assert "ghost" in caplog.text
+
+    # Dropped and started again in one batch: it ends started, with only the new records.
+    b = Batch()
+    b.drop_flow("a", 2)
+    b.start_flow("a", b"logic-a2")
+    b.put_header("a", _header(2))
+    b.append_journal("a", 0, journal_chunk(2.0, serialization.dumps(["new"])))
+    store.commit(b)
+    assert store.logic_blob("a") == b"logic-a2"
+    assert store.journal("a", 1) == ["new"]
+    assert store.inbox("a") == [] and store.flows_to_wake() == set()
+
+    # Started, then dropped, then a header in one batch: the header is refused.
+    caplog.clear()
+    b = Batch()
+    b.start_flow("c", b"logic-c")
+    b.put_header("c", _header(1))
+    b.drop_flow("c", 0)
+    b.put_header("c", _header(2))
+    store.commit(b)
+    assert not store.has_flow("c") and store.logic_blob("c") is None
+    assert "flow c" in caplog.text
+
+    # A key written then deleted in one batch ends deleted; deleted then written ends written.
+    b = Batch()
+    b.put_outbox("P", "a.1", True, 1, b"x")
+    b.delete_outbox("P", "a.1", True, 1)
+    b.put_timer(5.0, "a")
+    b.delete_timer(5.0, "a")
+    b.put_timer(6.0, "a")
+    b.table_delete("t", b"k")
+    b.table_put("t", b"k", b"v")
+    store.commit(b)
+    assert list(store.outbox()) == []
+    assert list(store.timers()) == [(6.0, "a")]
+    assert store.table_get("t", b"k") == b"v"
+
+
+def test_failed_commit_applies_nothing(store: PostgresStore) -> None:
+    b = Batch()
+    b.start_flow("a", b"l")
+    b.put_header("a", _header(1))
+    b.put_inbox("a", "s", 1, b"\0" * 10)
+    b.ops.append((99, "bogus"))                 # an op no store knows
+    with pytest.raises(StoreError, match="unknown batch operation"):
+        store.commit(b)
+    assert not store.has_flow("a") and store.inbox("a") == []
+    b = Batch()
+    b.start_flow("a", b"l")
+    b.put_header("a", _header(1))
+    b.put_inbox("a", "s", 1, b"ok")
+    b.put_outbox("P", "a.1", True, 2 ** 70, b"x")   # cannot be stored: the whole batch goes
+    with pytest.raises(StoreError, match="nothing of it was applied.*cannot be stored"):
+        store.commit(b)
+    b.ops.pop()
+    b.put_route("P", "a.1", 1, b"x", float("nan"))
+    b.put_timer(1.0, "a")
+    b.put_timer(1.0, os.urandom(6000).hex())   # longer than a btree index row: server refuses
+    with pytest.raises(StoreError, match="nothing of it was applied"):
+        store.commit(b)
+    assert not store.has_flow("a") and store.inbox("a") == []
+    b.ops.pop()
+    store.commit(b)                             # the connection is usable afterwards
+    assert store.has_flow("a")
+
+
+def _take(conn_url: str, schema: str, parts: dict[int, tuple[str, int]]) -> None:
+    with psycopg.connect(conn_url, autocommit=True) as c:
+        for p, (owner, epoch) in parts.items():
+            c.execute(f'INSERT INTO "{schema}".leases (part, owner, epoch) VALUES (%s, %s, %s) '
+                      "ON CONFLICT (part) DO UPDATE SET owner = EXCLUDED.owner, "
+                      "epoch = EXCLUDED.epoch", (p, owner, epoch))
+
+
+def _fids_in(part: int, n: int) -> list[str]:
+    out, i = [], 0
+    while len(out) < n:
+        f = f"flow-{i}"
+        if partition_of(f) == part:
+            out.append(f)
+        i += 1
+    return out
+
+
+def test_fencing_refuses_a_commit_for_a_lost_partition(pg_url: str, schema: str,
+                                                      store: PostgresStore) -> None:
+    (a1, a2), (b1,) = _fids_in(3, 2), _fids_in(4, 1)
+    owned = {3: 1, 4: 1}
+    w1 = PostgresStore(pg_url, schema, owner="w1", owned=lambda: dict(owned))
+    try:
+        _take(pg_url, schema, {3: ("w1", 1), 4: ("w1", 1)})
+        b = Batch()
+        for f in (a1, b1):
+            b.start_flow(f, b"l")
+            b.put_header(f, _header(1))
+        w1.commit(b)
+        assert w1.has_flow(a1) and w1.has_flow(b1)
+
+        # Another worker takes partition 4 at epoch 2: w1's commit touching it is
+        # refused as a whole (its write to partition 3 too).
+        _take(pg_url, schema, {4: ("w2", 2)})
+        b = Batch()
+        b.start_flow(a2, b"l")
+        b.put_header(a2, _header(1))
+        b.put_header(b1, _header(2))
+        with pytest.raises(Fenced, match=r"partitions \{4\}"):
+            w1.commit(b)
+        assert not w1.has_flow(a2) and w1.header_blob(b1) == _header(1)
+
+        # Same owner, stale epoch: refused too.
+        _take(pg_url, schema, {4: ("w1", 3)})
+        with pytest.raises(Fenced):
+            w1.commit(b)
+        # What the worker believes it owns decides before the database is asked.
+        del owned[4]
+        with pytest.raises(Fenced, match="does not own"):
+            w1.commit(b)
+        # A commit within its partitions goes through; deliveries to others are not fenced.
+        b = Batch()
+        b.start_flow(a2, b"l")
+        b.put_header(a2, _header(1))
+        b.put_inbox(b1, "x.1", 1, b"for another partition")
+        w1.commit(b)
+        assert w1.has_flow(a2) and w1.inbox(b1) == [("x.1", 1, b"for another partition")]
+    finally:
+        w1.close()
+
+
+def test_listings_are_limited_to_owned_partitions(pg_url: str, schema: str,
+                                                   store: PostgresStore) -> None:
+    mine, theirs = _fids_in(7, 3), _fids_in(8, 2)
+    b = Batch()
+    for f in mine + theirs:
+        b.start_flow(f, b"l")
+        b.put_header(f, _header(0))
+        b.set_wake(f, True)
+        b.put_timer(10.0, f)
+    store.commit(b)
+    w = PostgresStore(pg_url, schema, owner="w", owned=lambda: {7: 1})
+    try:
+        assert sorted(f for f, _ in w.checkpoints()) == sorted(mine)
+        assert w.flows_to_wake() == set(mine)
+        assert sorted(f for _, f in w.timers()) == sorted(mine)
+        assert w.flow_count() == 3
+        assert store.flow_count() == 5            # one node owns all
+        assert w.has_flow(theirs[0])              # point reads are not limited
+    finally:
+        w.close()
+
+
+def test_long_listings_page(store: PostgresStore) -> None:
+    b = Batch()
+    for i in range(1200):
+        f = f"f{i:05d}"
+        b.start_flow(f, b"l")
+        b.put_header(f, _header(i))
+        b.put_outbox("peer", f + ".1", True, 1, f.encode())
+        b.table_put("rows", b"k%05d" % i, b"v")
+    b.table_put("rowz", b"k", b"other table")
+    store.commit(b)
+    assert [f for f, _ in store.checkpoints()] == [f"f{i:05d}" for i in range(1200)]
+    assert [d for _, d in store.outbox("peer")] == [b"f%05d" % i for i in range(1200)]
+    assert len(list(store.table_items("rows"))) == 1200
+    assert [k for k, _ in store.table_items("rows", b"k011")] == [b"k%05d" % i
+                                                                 for i in range(1100, 1200)]
+    back = [k for k, _ in store.table_items("rows", reverse=True, after=b"k00003")]
+    assert back == [b"k00002", b"k00001", b"k00000"]
+    assert store.table_count("rows") == 1200
+
+
+def test_one_node_per_schema_and_missing_schema(pg_url: str, tmp_path) -> None:
+    node = str(tmp_path / "node")
+    with pytest.raises(StoreMissing, match="--new-store"):
+        PostgresStore.for_node(node, pg_url, create=False)
+    st = PostgresStore.for_node(node, pg_url)
+    try:
+        assert st.schema == schema_for(node)
+        with pytest.raises(StoreLocked, match="another process"):
+            PostgresStore.for_node(node, pg_url)
+        ro = PostgresStore.for_node(node, pg_url, readonly=True)
+        ro.close()
+        with pytest.raises(StoreError, match="read-only"):
+            ro.commit(Batch())
+    finally:
+        st.drop_schema()
+        st.close()
+    dsn, named = split_url(pg_url + "?schema=mine&connect_timeout=5")
+    assert named == "mine" and "schema" not in dsn and "connect_timeout=5" in dsn
+    with pytest.raises(StoreError, match="schema name"):
+        PostgresStore(pg_url, "bad-name; drop")
+
+
+def test_local_server_restart_and_reconnect(tmp_path) -> None:
+    from greenflow.storage.pg_server import PgServer
+    server = PgServer(str(tmp_path / "pg"))
+    url = server.start()
+    try:
+        st = PostgresStore(url, "gf_restart")
+        b = Batch()
+        b.start_flow("a", b"l")
+        b.put_header("a", _header(1))
+        st.commit(b)
+        server.stop()
+        b = Batch()
+        b.put_header("a", _header(2))
+        with pytest.raises(StoreError, match="failed"):
+            st.commit(b)
+        server.start()                                 # same port, same data
+        assert server.url == url
+        st.commit(b)                                   # reconnects by itself
+        assert st.header_blob("a") == _header(2)
+        st.close()
+    finally:
+        server.destroy()
+    assert not os.path.exists(server.directory)
+
+
+def test_partitions_are_stable_and_spread() -> None:
+    assert partition_of("abc") == partition_of("abc") == 0x352441C2 % PARTITIONS
+    counts = [0] * PARTITIONS
+    for i in range(25600):
+        counts[partition_of(f"flow-{i}")] += 1
+    assert min(counts) > 50 and max(counts) < 160
