@@ -116,16 +116,24 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     for t in threads:
         t.start()
     barrier.wait()
-    cpu0, w0 = _cpu(cpu_pids()), time.perf_counter()
+    groups0 = cpu_pids()
+    cpu0 = {k: _cpu(v) for k, v in groups0.items()}
+    w0 = time.perf_counter()
     for t in threads:
         t.join(budget + 180)
-    cpu1, w1 = _cpu(cpu_pids()), time.perf_counter()
+    groups1 = cpu_pids()
+    cpu1 = {k: _cpu(v) for k, v in groups1.items()}
+    w1 = time.perf_counter()
+    by_group = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     flows = sum(r.get("flows", 0) for r in results)
     seconds = max((r.get("seconds", 0) for r in results), default=0) or (w1 - w0)
     lat = [x for r in results for x in r.get("lat", [])]
+    spent = sum(by_group.values())
     return {"flows": flows, "seconds": seconds, "flows_per_s": flows / seconds if seconds else None,
-            "cpu_us_per_flow": (cpu1 - cpu0) / flows * 1e6 if flows else None,
-            "cpu_cores_busy": (cpu1 - cpu0) / (w1 - w0),
+            "cpu_us_per_flow": spent / flows * 1e6 if flows else None,
+            "cpu_us_per_flow_by_process": {k: v / flows * 1e6 for k, v in by_group.items()}
+            if flows else None,
+            "cpu_cores_busy": spent / (w1 - w0),
             "unfinished": sum(r.get("unfinished", 0) for r in results),
             "p50_ms": percentile(lat, 50) * 1e3 if lat else None,
             "p99_ms": percentile(lat, 99) * 1e3 if lat else None}
@@ -195,7 +203,7 @@ def run(ctx: Any) -> SuiteResult:
             net.start("Alice")
             pid = net.procs["Alice"].pid
             figures["lmdb"] = closed_loop([net.client("Alice", timeout=120)], conc, budget,
-                                          lambda: [pid])
+                                          lambda: {"node": [pid]})
             net.stop("Alice")
             prog.finish_step()
             user, pw = read_credentials(net.dir("Alice"))
@@ -209,7 +217,8 @@ def run(ctx: Any) -> SuiteResult:
                     clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]
                     figures[f"cluster_{n}"] = closed_loop(
                         clients, conc, budget,
-                        lambda: [p.pid for p in cl.procs.values()] + _pg_pids(pg))
+                        lambda: {"workers": [p.pid for p in cl.procs.values()],
+                                 "postgres": _pg_pids(pg)})
                 finally:
                     cl.stop()
                 prog.finish_step()
@@ -221,13 +230,15 @@ def run(ctx: Any) -> SuiteResult:
 
     tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
                 "closed loop over RPC, sync commits, database on the same machine",
-                ["system", "flows/s", "CPU us/flow", "cores busy", "p50 ms", "p99 ms"])
+                ["system", "flows/s", "CPU us/flow", "of which PostgreSQL", "cores busy",
+                 "p50 ms", "p99 ms"])
     rows = [("LMDB node (one process)", "lmdb"), ("cluster, 1 worker + PostgreSQL", "cluster_1"),
             ("cluster, 2 workers + PostgreSQL", "cluster_2")]
     for label, key in rows:
         f = figures.get(key, {})
-        tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), f.get("cpu_cores_busy"),
-                f.get("p50_ms"), f.get("p99_ms"))
+        pg_us = (f.get("cpu_us_per_flow_by_process") or {}).get("postgres")
+        tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
+                f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"))
     cm = Table(f"Commit latency: one flow's start + header + journal chunk per commit, "
                f"{commits} commits, one client", ["store", "p50 ms", "p99 ms", "commits/s"])
     for key in ("lmdb", "postgres"):

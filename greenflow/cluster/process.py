@@ -44,6 +44,7 @@ class WorkerProcess:
 
     def __init__(self, node_dir: str, *, name: str, database: Optional[str] = None,
                  rpc_address: Optional[tuple[str, int]] = None, rpc: bool = True,
+                 listen: Optional[tuple[str, int]] = None,
                  lease_s: float = DEFAULT_LEASE_S, renew_s: float = DEFAULT_RENEW_S) -> None:
         from greenflow.storage import store_url
         self.base_dir = os.path.abspath(node_dir)
@@ -58,6 +59,9 @@ class WorkerProcess:
         self.with_rpc = rpc
         self.rpc_address = rpc_address or self.config.rpc_address
         self.lease_s, self.renew_s = lease_s, renew_s
+        #: Where this worker accepts peers: the party's P2P address (shared by the workers
+        #: of one machine), or this machine's own behind a TCP load balancer.
+        self.listen = listen or self.config.p2p_address
         self.worker: Optional[Worker] = None
         self.transport: Any = None
         self.rpc: Any = None
@@ -88,7 +92,7 @@ class WorkerProcess:
         from greenflow.rpc.server import RpcServer
         cfg = self.config
         identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
-        self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address,
+        self.transport = TcpTransport(identity, self.netmap, listen=self.listen,
                                       reuse_port=True)
         self.transport.bind()
         options = cfg.node_options()
@@ -144,6 +148,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--name", required=True, help="this worker's name (unique in the party)")
     ap.add_argument("--database", default=None, help="postgresql://... (default: node.toml's store)")
     ap.add_argument("--rpc-address", default=None, help="host:port, or 'off'")
+    ap.add_argument("--listen", default=None,
+                    help="host:port for peers (default: the party's p2p_address)")
     ap.add_argument("--lease", type=float, default=DEFAULT_LEASE_S)
     ap.add_argument("--renew", type=float, default=DEFAULT_RENEW_S)
     ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
@@ -164,6 +170,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         proc = WorkerProcess(args.dir, name=args.name, database=args.database,
                              rpc_address=rpc_addr, rpc=with_rpc, lease_s=args.lease,
+                             listen=parse_address(args.listen) if args.listen else None,
                              renew_s=args.renew)
     except Exception as exc:
         print(f"greenflow cluster worker: {exc}", file=sys.stderr)
