@@ -54,8 +54,19 @@ def _pg_pids(server: Any) -> list[int]:
         return []
 
 
+def _pg_counters(url: Optional[str]) -> Optional[tuple[int, int]]:
+    """(WAL bytes written so far, transactions committed so far) of the server."""
+    if url is None:
+        return None
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as c:
+        wal = c.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()[0]
+        xacts = c.execute("SELECT sum(xact_commit)::bigint FROM pg_stat_database").fetchone()[0]
+    return int(wal), int(xacts or 0)
+
+
 def closed_loop(clients: list[Any], concurrency: int, budget: float,
-                cpu_pids: Any) -> dict:
+                cpu_pids: Any, pg_url: Optional[str] = None) -> dict:
     """``concurrency`` Ping(Alice, 1) flows in flight, split over ``clients`` (one per
     worker), for ``budget`` seconds; completions seen through each client's progress stream."""
     from greenflow.benchmarks.processes import _Ends
@@ -116,6 +127,7 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     for t in threads:
         t.start()
     barrier.wait()
+    pg0 = _pg_counters(pg_url)
     groups0 = cpu_pids()
     cpu0 = {k: _cpu(v) for k, v in groups0.items()}
     w0 = time.perf_counter()
@@ -124,6 +136,8 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     groups1 = cpu_pids()
     cpu1 = {k: _cpu(v) for k, v in groups1.items()}
     w1 = time.perf_counter()
+    time.sleep(0.6)   # statistics reach pg_stat_database within ~0.5 s
+    pg1 = _pg_counters(pg_url)
     by_group = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     flows = sum(r.get("flows", 0) for r in results)
     seconds = max((r.get("seconds", 0) for r in results), default=0) or (w1 - w0)
@@ -134,6 +148,8 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
             "cpu_us_per_flow_by_process": {k: v / flows * 1e6 for k, v in by_group.items()}
             if flows else None,
             "cpu_cores_busy": spent / (w1 - w0),
+            "wal_bytes_per_flow": (pg1[0] - pg0[0]) / flows if pg0 and pg1 and flows else None,
+            "pg_commits_per_flow": (pg1[1] - pg0[1]) / flows if pg0 and pg1 and flows else None,
             "unfinished": sum(r.get("unfinished", 0) for r in results),
             "p50_ms": percentile(lat, 50) * 1e3 if lat else None,
             "p99_ms": percentile(lat, 99) * 1e3 if lat else None}
@@ -218,7 +234,7 @@ def run(ctx: Any) -> SuiteResult:
                     figures[f"cluster_{n}"] = closed_loop(
                         clients, conc, budget,
                         lambda: {"workers": [p.pid for p in cl.procs.values()],
-                                 "postgres": _pg_pids(pg)})
+                                 "postgres": _pg_pids(pg)}, pg.url)
                 finally:
                     cl.stop()
                 prog.finish_step()
@@ -231,14 +247,15 @@ def run(ctx: Any) -> SuiteResult:
     tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
                 "closed loop over RPC, sync commits, database on the same machine",
                 ["system", "flows/s", "CPU us/flow", "of which PostgreSQL", "cores busy",
-                 "p50 ms", "p99 ms"])
+                 "p50 ms", "p99 ms", "WAL B/flow", "PG commits/flow"])
     rows = [("LMDB node (one process)", "lmdb"), ("cluster, 1 worker + PostgreSQL", "cluster_1"),
             ("cluster, 2 workers + PostgreSQL", "cluster_2")]
     for label, key in rows:
         f = figures.get(key, {})
         pg_us = (f.get("cpu_us_per_flow_by_process") or {}).get("postgres")
         tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
-                f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"))
+                f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
+                f.get("wal_bytes_per_flow"), f.get("pg_commits_per_flow"))
     cm = Table(f"Commit latency: one flow's start + header + journal chunk per commit, "
                f"{commits} commits, one client", ["store", "p50 ms", "p99 ms", "commits/s"])
     for key in ("lmdb", "postgres"):
