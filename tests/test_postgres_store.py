@@ -246,9 +246,12 @@ def test_one_node_per_schema_and_missing_schema(pg_url: str, tmp_path) -> None:
         PostgresStore(pg_url, "bad-name; drop")
 
 
-def test_local_server_restart_and_reconnect(tmp_path) -> None:
+def test_local_server_restart_and_reconnect() -> None:
+    import tempfile
     from greenflow.storage.pg_server import PgServer
-    server = PgServer(str(tmp_path / "pg"))
+    # Not under pytest's base directory: a concurrent pytest session makes that private
+    # again (0700) at its start, and the server's own account must reach its directory.
+    server = PgServer(tempfile.mkdtemp(prefix="greenflow-pgtest-"))
     url = server.start()
     try:
         st = PostgresStore(url, "gf_restart")

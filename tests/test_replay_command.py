@@ -119,10 +119,27 @@ def recorded(tmp_path):
     return app_dir, net_dir
 
 
+def _store_records(node_dir) -> dict:
+    """Every record of a non-LMDB node store, read through the storage interface."""
+    from greenflow.storage import open_store
+    store = open_store(str(node_dir), readonly=True)
+    try:
+        out: dict = {"flows": list(store.header_blobs()), "results": list(store.result_blobs()),
+                     "outbox": list(store.outbox()), "timers": list(store.timers()),
+                     "wake": sorted(store.flows_to_wake())}
+        for fid, _ in out["flows"]:
+            out[fid] = (store.logic_blob(fid), store.inbox(fid))
+        return out
+    finally:
+        store.close()
+
+
 def _store_bytes(node_dir) -> dict:
     """Every file of the store, byte for byte, but lock.mdb: LMDB's table of live
     readers, which any reader (``checkpoints dump`` too) registers itself in."""
     store = os.path.join(node_dir, "store")
+    if not os.path.isdir(store):              # the run's store is a database: its records
+        return _store_records(node_dir)
     out = {}
     for f in sorted(os.listdir(store)):
         if f != "lock.mdb":

@@ -28,6 +28,10 @@ from greenflow.rpc.node_process import (EXIT_START_FAILED, EXIT_STORE_FAILED,
 from greenflow.rpc.client import RpcClient, RpcClientError
 from greenflow.testing.node_processes import ProcessNetwork
 
+# The LMDB store file's guard (its checks at open, its lock, its failures): the PostgreSQL
+# store's own refusals are in test_postgres_store.py.
+pytestmark = pytest.mark.lmdb_only
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Where this run's greenflow comes from (site-packages, or the checkout of an editable
 # install): the node processes must import the same one.

@@ -55,6 +55,7 @@ import os
 import re
 import struct
 import threading
+import time
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -498,6 +499,7 @@ class PostgresStore:
         self._lock = threading.RLock()
         self._conn: Optional[psycopg.Connection] = None
         self._tables: set[str] = set()
+        self._locked = False
         self._connect(create=create)
 
     @classmethod
@@ -537,8 +539,17 @@ class PostgresStore:
                 raise StoreError(f"the PostgreSQL schema {self.path} is not a greenflow store "
                                  f"of this version (format record {fmt and bytes(fmt[0])!r})")
             if self.owned is None and not self.readonly:
-                got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7))",
-                                   (self.schema,)).fetchone()[0]
+                # A connection just closed by this process (a node reopened after a power
+                # cut in tests) or by a process just killed lets go of the lock when its
+                # server backend notices: give it a moment.
+                deadline = time.monotonic() + 3.0
+                while True:
+                    got = conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 7))",
+                                       (self.schema,)).fetchone()[0]
+                    if got or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                self._locked = bool(got)
                 if not got:
                     raise StoreLocked(f"the node store {self.path} is in use by another "
                                       "process (it holds the schema's advisory lock)")
@@ -572,9 +583,17 @@ class PostgresStore:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            if self._locked and not conn.closed and not conn.broken:
+                try:   # released now, not when the server notices the connection went
+                    conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))",
+                                 (self.schema,))
+                except psycopg.Error:
+                    pass
+            self._locked = False
+            conn.close()
 
     # ------------------------------------------------------------------ writes
     def commit(self, batch: Batch) -> None:
