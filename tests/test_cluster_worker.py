@@ -77,6 +77,9 @@ def test_two_workers_split_the_partitions_and_each_runs_the_flows_it_starts(part
         ids[w.name] = [x.id for x in handles]
     got = results(w1.node.store, ids["w1"] + ids["w2"], 30)
     assert all(r is not None and r["status"].name == "COMPLETED" for r in got.values())
+    # A wait through the other worker sees the result too (from the shared table).
+    slow = w2.node.start_flow(SlowPing(w2.node.party, 1, 0.5))
+    assert w1.node.handle(slow.id).result(timeout=20) == 1
     assert w1.stats["fenced"] == w2.stats["fenced"] == 0
 
 

@@ -47,7 +47,7 @@ from greenflow.node.node import Node
 from greenflow.party import Party
 from greenflow.statemachine.events import Acked, FrameArrived
 from greenflow.statemachine.ids import flow_id_in
-from greenflow.storage.partitions import PARTITIONS, session_partition
+from greenflow.storage.partitions import PARTITIONS, partition_of, session_partition
 
 log = logging.getLogger("greenflow.cluster.worker")
 
@@ -315,6 +315,7 @@ class Worker:
                         store=store, **options)
             node.new_flow_id = gen.new_flow_id
             node.party_flows = self._party_flows
+            node.runs_flow = lambda fid: gen.holds(partition_of(fid))
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
@@ -331,7 +332,6 @@ class Worker:
         import dataclasses
         from greenflow import serialization
         from greenflow.node.node import FlowInfo, shown_status, suspended_on
-        from greenflow.storage.partitions import partition_of
         from greenflow.storage.postgres_store import PostgresStore
         owners = self._owners()
         out = [dataclasses.replace(f, worker=owners.get(partition_of(f.id), self.name))

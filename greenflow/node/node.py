@@ -104,6 +104,9 @@ class Node:
     #: A clustered worker's view of its whole party: given this node's `flows()`, the
     #: list with every other worker's flows added (`FlowInfo.worker` set). None: one node.
     party_flows: Optional[Callable[[list["FlowInfo"]], list["FlowInfo"]]] = None
+    #: A clustered worker: whether it runs flow ``fid`` (else another worker does, and a
+    #: wait for its result watches the shared result table). None: every flow is here.
+    runs_flow: Optional[Callable[[str], bool]] = None
 
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
@@ -331,6 +334,8 @@ class Node:
         return _unpack_result(fid, rec)
 
     def _wait_result(self, fid: str, timeout: Optional[float]) -> dict:
+        if self.runs_flow is not None and not self.runs_flow(fid):
+            return self._poll_result(fid, timeout)
         box: dict[str, dict] = {}
         done = threading.Event()
 
@@ -349,6 +354,21 @@ class Node:
             raise FlowError(f"node {self.party.name} closed while waiting for flow {fid}; "
                             "re-attach with node.handle(id) once it is reopened")
         return box["r"]
+
+    def _poll_result(self, fid: str, timeout: Optional[float]) -> dict:
+        """The result of a flow another worker of the party runs: its record appears in the
+        shared store when it ends (polled: nothing here is told when it does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            rec = self._record(fid)
+            if rec is not None:
+                return rec
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
+            time.sleep(pause if deadline is None else
+                       max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
 
     def _status(self, fid: str) -> FlowStatus:
         rec = self._record(fid)
