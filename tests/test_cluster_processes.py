@@ -138,3 +138,50 @@ def test_postgresql_restarted_mid_run_workers_reconnect_nothing_lost(parties):
     check_exactly_once(net, got, 60)
     more = start(net, cl, per_worker=2, pause=0.1)   # and they go on taking work
     check_exactly_once(net, {**got, **results(cl, more, 30)}, 66)
+
+
+@pytest.mark.cluster
+def test_chaos_random_worker_kills_lose_duplicate_and_strand_nothing(parties):
+    """Flows started in bursts through random live workers (with client ids, retried on
+    another worker when one dies under the request) while a random worker is killed
+    with -9 every few seconds and started again."""
+    import random
+    net, cl = parties
+    rnd = random.Random(1601)
+    user, pw = read_credentials(net.dir("Alice"))
+    flows: dict[str, str] = {}          # client id -> flow id
+    end = time.monotonic() + 40
+    next_kill = time.monotonic() + 3
+    n = 0
+    kills = 0
+    while time.monotonic() < end:
+        for _ in range(5):
+            cid = f"chaos-{n}"
+            n += 1
+            for _attempt in range(20):
+                live = [w for w, p in cl.procs.items() if p.poll() is None]
+                c = RpcClient(cl.rpc[rnd.choice(live)], user, pw, timeout=10)
+                try:
+                    r = c.start_flow("clusterflows.SlowPing",
+                                     {"peer": "Bob", "n": 2, "pause": 0.3}, client_id=cid)
+                    flows[cid] = r["flow_id"]
+                    break
+                except RpcClientError:
+                    time.sleep(0.3)   # that worker died or is switching: another one
+            assert cid in flows, f"could not start {cid}"
+        if time.monotonic() >= next_kill:
+            victim = rnd.choice(sorted(cl.procs))
+            if cl.procs[victim].poll() is None:
+                cl.kill(victim)
+                cl.procs[victim].wait(10)
+                kills += 1
+                time.sleep(rnd.uniform(0.5, 2.0))
+                cl.start_worker(victim)
+            next_kill = time.monotonic() + rnd.uniform(3, 6)
+        time.sleep(0.2)
+    cl.wait_ready(60)
+    ids = [("", f) for f in flows.values()]
+    assert len(set(flows.values())) == len(flows)          # one flow per client id
+    got = results(cl, ids, 120)
+    check_exactly_once(net, got, len(flows))
+    assert kills >= 5
