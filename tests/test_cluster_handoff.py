@@ -102,3 +102,20 @@ def test_a_writer_that_cannot_reach_the_database_raises_so_the_frame_is_not_ackn
     w = HandoffWriter("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1", new_schema())
     with pytest.raises(Exception):
         w.put([frame(1, 0)])
+
+
+def test_a_frame_nobody_ever_takes_is_deleted_after_its_time(dsn):
+    schema = new_schema()
+    w = HandoffWriter(dsn, schema)
+    w.put([frame(3, 0)])
+    got = Inbox()
+    reader = HandoffReader(dsn, schema, lambda: {3: 1}, got, max_age_s=0.5)
+    reader._connect()
+    assert reader.round() == 1          # given; the scheduler drops it, never acknowledges
+    time.sleep(0.6)                     # past its age, and past the next sweep (max_age / 2)
+    reader.round()
+    assert reader.expired == 1
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert pending(c, schema) == {}
+    reader.stop(); w.close()

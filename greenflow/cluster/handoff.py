@@ -38,6 +38,10 @@ CHANNEL_PREFIX = "gf_handoff_"
 REDELIVER_AFTER = 10.0
 #: Rows read per poll: bounded memory however far behind the owner is.
 BATCH = 1000
+#: A handed-over frame its owner never takes (the scheduler drops it unacknowledged every
+#: time: a session that does not exist, say) is deleted after this long, with a warning:
+#: the sender was acknowledged, so it would otherwise stay for ever.
+MAX_AGE_S = 24 * 3600.0
 
 
 def schema_sql(schema: str) -> list[str]:
@@ -138,10 +142,13 @@ class HandoffReader:
 
     def __init__(self, dsn: str, schema: str, owned: Callable[[], dict[int, int]],
                  deliver: Callable[[list[Row]], None], *, poll_s: float = 1.0,
-                 redeliver_after: float = REDELIVER_AFTER) -> None:
+                 redeliver_after: float = REDELIVER_AFTER, max_age_s: float = MAX_AGE_S) -> None:
         self.dsn, self.schema = dsn, schema
         self.owned, self.deliver = owned, deliver
         self.poll_s, self.redeliver_after = poll_s, redeliver_after
+        self.max_age_s = max_age_s
+        self._next_sweep = 0.0
+        self.expired = 0
         self._given: dict[tuple, float] = {}   # row key -> monotonic time given
         self._done: list[tuple] = []
         self._lock = threading.Lock()
@@ -255,6 +262,15 @@ class HandoffReader:
         owned = self.owned()
         self.polls += 1
         now = time.monotonic()
+        if owned and now >= self._next_sweep:
+            self._next_sweep = now + min(60.0, self.max_age_s / 2)
+            cur = conn.execute(
+                f"DELETE FROM {s}.handoff WHERE part = ANY(%s::smallint[]) AND "
+                f"at < clock_timestamp() - %s::interval", (sorted(owned), f"{self.max_age_s} seconds"))
+            if cur.rowcount:
+                self.expired += cur.rowcount
+                log.warning("handoff: deleted %d frames nobody took in %.0fs (for sessions "
+                            "this party does not have)", cur.rowcount, self.max_age_s)
         with self._lock:
             # Given rows of a partition no longer owned are forgotten: the next owner reads them.
             for k in [k for k, t in self._given.items()
