@@ -247,7 +247,7 @@ def run(ctx: Any) -> SuiteResult:
     tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
                 "closed loop over RPC, sync commits, database on the same machine",
                 ["system", "flows/s", "CPU us/flow", "of which PostgreSQL", "cores busy",
-                 "p50 ms", "p99 ms", "WAL B/flow", "PG commits/flow"])
+                 "p50 ms", "p99 ms", "WAL B/flow", "PG transactions/flow"])
     rows = [("LMDB node (one process)", "lmdb"), ("cluster, 1 worker + PostgreSQL", "cluster_1"),
             ("cluster, 2 workers + PostgreSQL", "cluster_2")]
     for label, key in rows:
