@@ -25,13 +25,13 @@ def party(tmp_path):
     url = server_dsn() + "?schema=" + new_schema()
     workers: list[Worker] = []
 
-    def worker(name: str, **kw) -> Worker:
+    def worker(name: str, start: bool = True, **kw) -> Worker:
         kw.setdefault("lease_s", 2.0)
         kw.setdefault("renew_s", 0.4)
         kw.setdefault("poll_s", 0.5)
         w = Worker(str(tmp_path / "party"), url, name=name, party_name=NAME, apps=APPS, **kw)
         workers.append(w)
-        return w.start()
+        return w.start() if start else w
 
     yield worker
     for w in workers:
@@ -121,3 +121,30 @@ def test_a_commit_for_a_partition_that_moved_is_refused(party):
         assert not w2.node.store.has_flow(fid) and w2.node.store.logic_blob(fid) is None
     finally:
         late.close()
+
+
+def test_a_worker_with_no_partition_files_its_starts_for_the_owners(party):
+    from greenflow.statemachine.ids import client_flow_id
+    w1 = party("w1")
+    settle(w1)
+    w2 = party("w2", start=False)
+    w2.lease.max_take = 0            # one worker too many: it never holds a partition
+    w2.start()
+    end = time.monotonic() + 15
+    while (w1.gen is None or len(w1.gen.owned()) != PARTITIONS // 2 or w1._dirty.is_set()
+           or w2.gen is None) and time.monotonic() < end:
+        time.sleep(0.1)              # w1 gave half back (two live workers), nobody took it
+    held = set(w1.gen.owned())
+    assert w2.gen is not None and not w2.gen.owned()
+    handles = w2.node.start_flows([Ping(w2.node.party, 2) for _ in range(20)])
+    assert all(partition_of(h.id) in held for h in handles)   # filed for a live owner
+    assert [h.result(timeout=30) for h in handles] == [3] * 20   # 1 + 2
+    # With a client id: the id derives from it, so a retry files the same start once.
+    cid = next(c for c in (f"c-{i}" for i in range(1000))
+               if partition_of(client_flow_id(c)) in held)
+    first = w2.node.start_flow(Ping(w2.node.party, 3), client_id=cid)
+    again = w2.node.start_flow(Ping(w2.node.party, 3), client_id=cid)
+    assert first.id == again.id == client_flow_id(cid)
+    assert first.result(timeout=30) == 6
+    assert w1.node.start_flow(Ping(w1.node.party, 3), client_id=cid).id == first.id
+    assert w2.stats["starts_forwarded"] >= 21 and w1.stats["starts_taken"] == 21

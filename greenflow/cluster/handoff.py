@@ -17,6 +17,11 @@ processing exactly once.
 Acknowledgements from peers come back on whatever connection the peer holds to the
 party, so they may land on a worker other than the sender: they are handed over the same
 way (``kind`` 1), so the sending worker stops re-sending them.
+
+A worker that owns no partition (starting up, or one worker too many) files the flows
+started through it the same way (``kind`` 2, `START`): the owner of the row's partition
+starts the flow under the id the row names (once: a flow already there is not started
+again) and deletes the row.
 """
 from __future__ import annotations
 
@@ -32,6 +37,9 @@ from greenflow.cluster.leases import _ident
 log = logging.getLogger("greenflow.cluster.handoff")
 
 FRAME, ACK = 0, 1
+#: A flow start filed by a worker that owns no partition: ``sid`` is the flow id (in the
+#: row's partition), ``peer`` the client id or "", ``data`` the serialized flow.
+START = 2
 CHANNEL_PREFIX = "gf_handoff_"
 #: A row given to the scheduler and not acknowledged within this time is given again
 #: (the scheduler dropped it unacknowledged: early, or held while draining).

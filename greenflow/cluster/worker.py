@@ -39,14 +39,14 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Optional
 
-from greenflow.cluster.handoff import ACK, FRAME, HandoffReader, HandoffWriter, Row
+from greenflow.cluster.handoff import ACK, FRAME, START, HandoffReader, HandoffWriter, Row
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, LeaseManager, Owned
 from greenflow.errors import Fenced, FlowError, WireFormatError
 from greenflow.messages import decode_frame
 from greenflow.node.node import Node
 from greenflow.party import Party
 from greenflow.statemachine.events import Acked, FrameArrived
-from greenflow.statemachine.ids import flow_id_in
+from greenflow.statemachine.ids import client_flow_id, flow_id_in
 from greenflow.storage.partitions import PARTITIONS, partition_of, session_partition
 
 log = logging.getLogger("greenflow.cluster.worker")
@@ -78,7 +78,7 @@ class _Generation:
         return part in self.parts and self.lease.owned().get(part) == self.parts[part]
 
     def new_flow_id(self) -> str:
-        if not self._order:
+        if not self._order:   # `Worker._forward_starts` files such starts for the owners
             raise FlowError("this worker owns no partition yet: start the flow through "
                             "another worker, or again in a moment")
         self._next = (self._next + 1) % len(self._order)
@@ -183,7 +183,8 @@ class Worker:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.generations = 0
-        self.stats = {"handed_off": 0, "taken_over": 0, "fenced": 0, "routed_local": 0}
+        self.stats = {"handed_off": 0, "taken_over": 0, "fenced": 0, "routed_local": 0,
+                      "starts_forwarded": 0, "starts_taken": 0}
         self.fatal: Optional[BaseException] = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -316,6 +317,7 @@ class Worker:
             node.new_flow_id = gen.new_flow_id
             node.party_flows = self._party_flows
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
+            node.forward_starts = lambda items: self._forward_starts(gen, items)
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
@@ -432,10 +434,13 @@ class Worker:
         sched = gen.node.scheduler
         acks: dict[str, list] = {}
         done = []
+        starts = []
         for r in rows:
             if not gen.holds(r.part):
                 continue
-            if r.kind == FRAME:
+            if r.kind == START:
+                starts.append(r)
+            elif r.kind == FRAME:
                 party = self.transport.party(r.peer) or Party(r.peer)
                 with self._handed_lock:
                     self._handed[(r.peer, r.msg_id)] = r.key
@@ -450,6 +455,78 @@ class Worker:
                 self.tcp.acked(peer, tuple(mids))
         if done:
             self.reader.consumed(done)
+        if starts:
+            self._start_filed(gen, starts)
+
+    # ------------------------------------------------------------------ starts filed
+    def _forward_starts(self, gen: _Generation, items: list) -> Optional[list[str]]:
+        """`Node.forward_starts`: None (start here) while this generation has partitions;
+        else file each start for the owner of a partition another live worker holds (a
+        start with a client id: in the partition of the id derived from it, so a retry
+        through any worker files the same start) and return the flow ids."""
+        if gen._order:
+            return None
+        from greenflow import serialization
+        node = gen.node
+        assert node is not None
+        held = sorted(self._owners())
+        if not held:
+            raise FlowError(f"no worker of {node.party.name} owns a partition yet: start the "
+                            "flow again in a moment")
+        rows, ids = [], []
+        for flow, client_id in items:
+            if client_id is not None:
+                existing = node.store.client(client_id)
+                if existing is not None:
+                    ids.append(existing)
+                    continue
+                fid = client_flow_id(client_id)
+            else:
+                fid = flow_id_in(random.choice(held))
+            try:
+                blob = serialization.dumps(flow)
+            except Exception as exc:
+                raise FlowError(f"{type(flow).__qualname__} cannot be checkpointed: {exc}") from exc
+            rows.append(Row(partition_of(fid), START, client_id or "", (fid, False, 0), blob))
+            ids.append(fid)
+        self.writer.put(rows)
+        self.stats["starts_forwarded"] += len(rows)
+        return ids
+
+    def _start_filed(self, gen: _Generation, rows: list[Row]) -> None:
+        """Start the flows other workers filed for our partitions (the reader's thread),
+        each once; the rows go once the starts are committed."""
+        from greenflow import serialization
+        from greenflow.flows.registry import qualified_name
+        from greenflow.runtime.checkpoint import Checkpoint
+        node = gen.node
+        assert node is not None
+        store = node.store
+        prepared, done = [], []
+        for r in rows:
+            fid = r.msg_id[0]
+            done.append(r.key)
+            if fid in node.scheduler.resident or store.has_flow(fid) \
+                    or store.result(fid) is not None:
+                continue   # started already (the row outlived its start)
+            try:
+                flow = serialization.loads(r.data)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+                log.error("worker %s: a start filed for flow %s cannot be read (%s); dropped",
+                          self.name, fid, exc)
+                continue
+            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=r.peer or None,
+                            started_at=node.clock.now())
+            prepared.append((cp, r.data, flow))
+        if prepared:
+            try:
+                node._start_prepared(prepared)
+            except Exception as exc:  # noqa: BLE001 - the rows stay: given again later
+                log.warning("worker %s: could not start %d filed flow(s): %s", self.name,
+                            len(prepared), exc)
+                return
+            self.stats["starts_taken"] += len(prepared)
+        self.reader.consumed(done)
 
     def acked_by_scheduler(self, peer_name: str, msg_ids: tuple) -> tuple:
         """The scheduler committed these frames: delete the handoff rows of those that

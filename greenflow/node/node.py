@@ -107,6 +107,10 @@ class Node:
     #: A clustered worker: whether it runs flow ``fid`` (else another worker does, and a
     #: wait for its result watches the shared result table). None: every flow is here.
     runs_flow: Optional[Callable[[str], bool]] = None
+    #: A clustered worker that cannot start flows itself (it owns no partition): given
+    #: the (flow, client id) pairs of a start, it files them for another worker and
+    #: returns their ids, or returns None to start them here. None: start here.
+    forward_starts: Optional[Callable[[list], Optional[list[str]]]] = None
 
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
@@ -259,6 +263,10 @@ class Node:
         if self.scheduler.draining:
             raise FlowError(f"node {self.party.name} is draining: no new flows are started "
                             "until draining is turned off")
+        if self.forward_starts is not None:
+            forwarded = self.forward_starts(items)
+            if forwarded is not None:
+                return [FlowHandle(self, fid) for fid in forwarded]
         prepared = []
         handles: list[FlowHandle] = []
         seen_clients: dict[str, str] = {}

@@ -93,3 +93,14 @@ def flow_id_in(part: int) -> str:
     body = new_flow_id()[:28]
     have = zlib.crc32((body + "0000").encode()) % PARTITIONS
     return body + _FIXUPS[(have ^ part) & 0xFF] if PARTITIONS == 256 else _search(body, part)
+
+
+def client_flow_id(client_id: str) -> str:
+    """The id a clustered party gives a flow started with ``client_id`` through a worker
+    that files the start for another worker (it owns no partition): derived from the
+    client id alone, so a client that retries through any worker files the same start."""
+    digest = hashlib.sha256(b"client\0" + client_id.encode()).hexdigest()
+    body = digest[:28]
+    part = int(digest[28:32], 16) % PARTITIONS
+    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
+    return body + _FIXUPS[(have ^ part) & 0xFF] if PARTITIONS == 256 else _search(body, part)
