@@ -54,8 +54,12 @@ log = logging.getLogger("greenflow.ledger.vault")
 STALE_LOCK_S = 30.0
 _SEQ_BLOCK = 1000
 
-_SNAPSHOT = ("SELECT tbl, key, CASE WHEN tbl = 'vault_locks' THEN value END FROM app_rows "
-             "WHERE tbl IN ('vault_states', 'vault_locks')")
+# One statement, one snapshot: every unconsumed state's key (36 bytes each, in one value:
+# no row per state to build) and every lock.
+_SNAPSHOT = ("SELECT 's', string_agg(key, ''::bytea), NULL FROM app_rows "
+             "WHERE tbl = 'vault_states' "
+             "UNION ALL SELECT 'l', key, value FROM app_rows WHERE tbl = 'vault_locks'")
+_KEY = 36
 _FETCH = "SELECT key, value FROM app_rows WHERE tbl = 'vault_states' AND key = ANY(%s)"
 _LOCK = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
 ins AS (INSERT INTO app_rows (tbl, key, value)
@@ -140,6 +144,7 @@ class SharedVault(Vault):
         self._pending_gone: dict[bytes, int] = {}   # consumed here, not committed
         self._seq_left = 0
         self._stale_at = 0.0
+        self._local: dict[bytes, tuple[type, StateRef]] = {}   # key -> our unconsumed state
         self._ensure_sequence()
         super().__init__(node)
 
@@ -171,35 +176,43 @@ class SharedVault(Vault):
                 del pending[key]
         states: set[bytes] = set()
         locks: dict[StateRef, str] = {}
-        for tbl, key, value in rows:
-            key = bytes(key)
-            if tbl == "vault_states":
-                states.add(key)
+        for kind, key, value in rows:
+            if kind == "s":
+                if key is not None:
+                    blob = bytes(key)
+                    states = {blob[i:i + _KEY] for i in range(0, len(blob), _KEY)}
             else:
-                locks[_ref_from_key(key)] = _lock_fid(value)
+                locks[_ref_from_key(bytes(key))] = _lock_fid(value)
+        local = self._local_keys()
         # States gone from the database (consumed by another worker's commit).
-        for cls, by_type in self._unconsumed.items():
-            gone = [ref for ref in by_type
-                    if ref_key(ref) not in states and ref_key(ref) not in self._pending_add]
-            for ref in gone:
-                del by_type[ref]
-                self._free.get(cls, {}).pop(ref, None)
+        for key in [k for k in local if k not in states and k not in self._pending_add]:
+            cls, ref = local.pop(key)
+            self._unconsumed.get(cls, {}).pop(ref, None)
+            self._free.get(cls, {}).pop(ref, None)
         # States recorded by other workers.
-        known = {ref_key(r) for by_type in self._unconsumed.values() for r in by_type}
-        new = [k for k in states if k not in known and k not in self._pending_gone]
+        new = [k for k in states if k not in local and k not in self._pending_gone]
         if new:
             fetched = self._rows.run("reading the vault",
                                      lambda c: c.execute(_FETCH, (new,)).fetchall())
-            for _key, raw in fetched:
+            for key, raw in fetched:
                 sar = _unpack(raw)
                 self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
                 self._free.setdefault(type(sar.state), {})[sar.ref] = sar
+                local[bytes(key)] = (type(sar.state), sar.ref)
         # Locks: the database's, which include this worker's own (inserted at once).
         for ref in [r for r, fid in self._locks.items() if locks.get(r) != fid]:
             self._forget_lock(ref)
         for ref, fid in locks.items():
             if self._locks.get(ref) != fid:
                 self._add_lock(ref, fid)
+
+    def _local_keys(self) -> dict[bytes, tuple[type, StateRef]]:
+        """Key -> (class, ref) of every state in `_unconsumed`, kept up to date by
+        `_apply` and `_refresh` (built once: a refresh must not pack every key again)."""
+        if not self._local and any(self._unconsumed.values()):
+            self._local = {ref_key(ref): (cls, ref) for cls, by_type in self._unconsumed.items()
+                           for ref in by_type}
+        return self._local
 
     def _forget_lock(self, ref: StateRef) -> None:
         """`_drop_lock` in memory only (the row is gone already, or goes with its commit)."""
@@ -225,9 +238,17 @@ class SharedVault(Vault):
             self._pending_gone[key] = stamp
             if not any(ref in by_type for by_type in self._unconsumed.values()):
                 unseen.append(key)
-        for index in range(len(stx.tx.outputs)):
-            self._pending_add[ref_key(StateRef(stx.id, index))] = stamp
+        outputs = [(ref_key(StateRef(stx.id, i)), type(s), StateRef(stx.id, i))
+                   for i, s in enumerate(stx.tx.outputs)]
+        for key, _, _ in outputs:
+            self._pending_add[key] = stamp
+        local = self._local_keys()
         super()._apply(batch, stx, all_visible)
+        for ref in stx.tx.inputs:
+            local.pop(ref_key(ref), None)
+        for key, cls, ref in outputs:
+            if ref in self._unconsumed.get(cls, ()):
+                local[key] = (cls, ref)
         # An input this worker has not seen yet (recorded by another worker since its
         # last refresh) is consumed all the same: its row goes in this commit.
         if unseen:
