@@ -460,11 +460,13 @@ class Worker:
 
     # ------------------------------------------------------------------ starts filed
     def _forward_starts(self, gen: _Generation, items: list) -> Optional[list[str]]:
-        """`Node.forward_starts`: None (start here) while this generation has partitions;
-        else file each start for the owner of a partition another live worker holds (a
-        start with a client id: in the partition of the id derived from it, so a retry
-        through any worker files the same start) and return the flow ids."""
-        if gen._order:
+        """`Node.forward_starts`: None (start here) for starts without a client id while
+        this generation has partitions; else file each start for the owner of a
+        partition a live worker holds and return the flow ids. A start with a client id
+        is always filed, under the id derived from the client id: a client that retries
+        through another worker (its first worker died before answering) files the same
+        start, which its owner starts once (its reader takes the rows one at a time)."""
+        if gen._order and all(cid is None for _, cid in items):
             return None
         from greenflow import serialization
         node = gen.node
