@@ -314,9 +314,13 @@ class SharedVault(Vault):
 
     # ------------------------------------------------------------------ query indexes
     def _ensure_sequence(self) -> None:
-        self._rows.run("creating the vault's sequence", lambda c: c.execute(
-            f"CREATE SEQUENCE IF NOT EXISTS vault_seq INCREMENT BY {_SEQ_BLOCK} START WITH "
-            f"{_SEQ_BLOCK}"))
+        def create(conn: psycopg.Connection) -> None:
+            with conn.transaction():   # workers opening at once take turns (IF NOT EXISTS races)
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 9))",
+                             (self._rows.schema,))
+                conn.execute(f"CREATE SEQUENCE IF NOT EXISTS vault_seq INCREMENT BY {_SEQ_BLOCK} "
+                             f"START WITH {_SEQ_BLOCK}")
+        self._rows.run("creating the vault's sequence", create)
 
     def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
         cls = type(sar.state)
