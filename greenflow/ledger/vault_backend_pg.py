@@ -31,10 +31,12 @@ opened on.
 """
 from __future__ import annotations
 
+import itertools
 import logging
+import random
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import psycopg
 from psycopg import sql
@@ -274,6 +276,23 @@ class SharedVault(Vault):
         rows = self._rows.run("taking soft locks", lambda c: c.execute(
             _LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
         return {_ref_from_key(bytes(k)) for (k,) in rows}
+
+    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
+                    index: Optional[dict] = None) -> Iterator[StateAndRef]:
+        """The free states from a random point of each type's index: flows on two workers
+        selecting at once would otherwise both reach for the first free state and one of
+        them lose the lock and pick again (a worker's own flows see each other's locks
+        in memory and never collide)."""
+        if index is not self._free:
+            yield from super()._candidates(state_type, where, index)
+            return
+        for cls, by_type in index.items():
+            if issubclass(cls, state_type) and by_type:
+                sars = list(by_type.values())
+                start = random.randrange(len(sars))
+                for sar in itertools.chain(sars[start:], sars[:start]):
+                    if where is None or where(sar.state):
+                        yield sar
 
     def _select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                 where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
