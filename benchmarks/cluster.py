@@ -1,7 +1,9 @@
 """cluster: durable ping-pong on one LMDB node process against a clustered node on PostgreSQL.
 
 One party (Alice) runs ``Ping(Alice, 1)`` flows (a flow and its responder on the same
-party, sync commits) in a closed loop driven over RPC, as the ``processes`` suite does:
+party, sync commits), then trades (``SellPaperFlow``: Alice sells a paper to Bob, an LMDB
+node, for cash, notarised by a notary node; a bank issues the cash), each in a closed
+loop driven over RPC, as the ``processes`` suite does:
 
 - the single-process node on LMDB (``python -m greenflow.rpc.node_process``);
 - the clustered node with 1 and with 2 worker processes (``greenflow.cluster.process``)
@@ -28,6 +30,9 @@ from greenflow.benchmarks.common import SuiteResult, Table, percentile, ratio, s
 
 NAME = "cluster"
 PING = "samples.ping.Ping"
+PING_ARGS = {"peer": "Alice", "n": 1}
+SELL = "samples.trade.SellPaperFlow"
+PRICE = 100
 
 
 def _cpu(pids: list[int]) -> float:
@@ -66,15 +71,23 @@ def _pg_counters(url: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def closed_loop(clients: list[Any], concurrency: int, budget: float,
-                cpu_pids: Any, pg_url: Optional[str] = None) -> dict:
-    """``concurrency`` Ping(Alice, 1) flows in flight, split over ``clients`` (one per
-    worker), for ``budget`` seconds; completions seen through each client's progress stream."""
+                cpu_pids: Any, pg_url: Optional[str] = None, flow: str = PING,
+                args: Optional[dict] = None, limit: Optional[int] = None) -> dict:
+    """``concurrency`` flows (Ping(Alice, 1) by default) in flight, split over ``clients``
+    (one per worker), for ``budget`` seconds (or until ``limit`` flows were started:
+    the papers a trade run has to sell); completions seen through each client's progress
+    stream."""
     from greenflow.benchmarks.processes import _Ends
+    args = PING_ARGS if args is None else args
     per = max(1, concurrency // len(clients))
     results: list[dict] = [{} for _ in clients]
     ends = [_Ends(c) for c in clients]
-    for c in clients:   # warm-up: a few flows through each
-        out = c.start_flow(PING, {"peer": "Alice", "n": 1}, count=min(per, 50))
+    left = [limit // len(clients) if limit else None for _ in clients]
+    for i, c in enumerate(clients):   # warm-up: a few flows through each
+        warm = min(per, 50 if limit is None else 10)
+        if left[i] is not None:
+            left[i] -= warm
+        out = c.start_flow(flow, args, count=warm)
         for fid in out["flow_ids"] if "flow_ids" in out else [out["flow_id"]]:
             c.result(fid, wait=120)
     time.sleep(0.3)
@@ -87,7 +100,12 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
         clock = time.perf_counter
 
         def start(k: int) -> list[str]:
-            out = client.start_flow(PING, {"peer": "Alice", "n": 1}, count=k)
+            if left[i] is not None:
+                k = min(k, left[i])
+                left[i] -= k
+                if k <= 0:
+                    return []
+            out = client.start_flow(flow, args, count=k)
             return out["flow_ids"] if "flow_ids" in out else [out["flow_id"]]
 
         barrier.wait()
@@ -155,6 +173,25 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
             "p99_ms": percentile(lat, 99) * 1e3 if lat else None}
 
 
+def prepare_trades(alice: Any, bank: Any, bob: Any, papers: int) -> None:
+    """Papers for Alice to sell, the cash for Bob to pay them (one coin of `PRICE` each),
+    and Bob's price limit."""
+    def wait_all(client: Any, out: dict) -> None:
+        for fid in out["flow_ids"] if "flow_ids" in out else [out["flow_id"]]:
+            r = client.result(fid, wait=300)
+            if r.get("status") != "COMPLETED":
+                raise RuntimeError(f"setting up the trades failed: {r}")
+
+    wait_all(bob, bob.start_flow("samples.trade.SetPriceLimitFlow", {"amount": PRICE * 2}))
+    wait_all(bank, bank.start_flow("samples.trade.IssueCashFlow", {
+        "amount": PRICE * (papers + 50), "owner": "Bob", "notary": "Notary",
+        "coins": papers + 50}))
+    for k in range(0, papers, 500):
+        wait_all(alice, alice.start_flow("samples.trade.IssuePaperFlow", {
+            "reference": None, "face_value": PRICE, "notary": "Notary"},
+            count=min(500, papers - k)))
+
+
 def commit_latency(url: Optional[str], n: int) -> dict:
     """p50/p99 of a commit holding one new flow (start, header, journal chunk)."""
     from greenflow.statemachine.ids import new_flow_id
@@ -203,23 +240,35 @@ def run(ctx: Any) -> SuiteResult:
     conc = 100 if quick else 400
     budget = 2.0 if quick else 8.0
     commits = 200 if quick else 2000
-    prog = ctx.progress(NAME, 5)
+    tconc = 40 if quick else 100
+    papers = 300 if quick else 1500
+    prog = ctx.progress(NAME, 8)
     root = scratch_dir("cluster")
     pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-")
     figures: dict[str, Any] = {}
     pg = PgServer(pg_dir)
+    trade_args = {"buyer": "Bob", "price": PRICE}
     try:
         prog.step("start PostgreSQL; commit latency of both stores")
         pg.start()
         figures["commit_latency"] = {"lmdb": commit_latency(None, commits),
                                      "postgres": commit_latency(pg.url, commits)}
         prog.finish_step()
-        with ProcessNetwork(root, ["Alice"], apps=["samples.ping"], log_level="WARNING") as net:
+        with ProcessNetwork(root, ["Alice", "Bob", "Bank"], notary="Notary",
+                            apps=["samples.ping", "samples.trade"], log_level="WARNING") as net:
             prog.step(f"LMDB node process, c={conc}")
             net.start("Alice")
             pid = net.procs["Alice"].pid
-            figures["lmdb"] = closed_loop([net.client("Alice", timeout=120)], conc, budget,
-                                          lambda: {"node": [pid]})
+            alice = net.client("Alice", timeout=120)
+            figures["lmdb"] = closed_loop([alice], conc, budget, lambda: {"node": [pid]})
+            prog.finish_step()
+            prog.step(f"LMDB node process, trades, c={tconc}")
+            for other in ("Notary", "Bank", "Bob"):
+                net.start(other)
+            bank, bob = net.client("Bank", timeout=300), net.client("Bob", timeout=300)
+            prepare_trades(alice, bank, bob, papers)
+            figures["lmdb_trades"] = closed_loop([alice], tconc, budget, lambda: {"node": [pid]},
+                                                 flow=SELL, args=trade_args, limit=papers)
             net.stop("Alice")
             prog.finish_step()
             user, pw = read_credentials(net.dir("Alice"))
@@ -231,10 +280,15 @@ def run(ctx: Any) -> SuiteResult:
                 try:
                     cl.start(wait=120)
                     clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]
-                    figures[f"cluster_{n}"] = closed_loop(
-                        clients, conc, budget,
-                        lambda: {"workers": [p.pid for p in cl.procs.values()],
-                                 "postgres": _pg_pids(pg)}, pg.url)
+                    pids = lambda: {"workers": [p.pid for p in cl.procs.values()],  # noqa: E731
+                                    "postgres": _pg_pids(pg)}
+                    figures[f"cluster_{n}"] = closed_loop(clients, conc, budget, pids, pg.url)
+                    prog.finish_step()
+                    prog.step(f"cluster, {n} worker(s), trades, c={tconc}")
+                    prepare_trades(clients[0], bank, bob, papers)
+                    figures[f"cluster_{n}_trades"] = closed_loop(
+                        clients, tconc, budget, pids, pg.url, flow=SELL, args=trade_args,
+                        limit=papers)
                 finally:
                     cl.stop()
                 prog.finish_step()
@@ -256,6 +310,18 @@ def run(ctx: Any) -> SuiteResult:
         tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
                 f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
                 f.get("wal_bytes_per_flow"), f.get("pg_commits_per_flow"))
+    tt = Table(f"Trades (samples.trade.SellPaperFlow: Alice sells a paper to Bob for cash, "
+               f"notarised, both vaults), c={tconc}, up to {budget:.0f} s or {papers} trades; "
+               "Alice is the system measured, Bob, the bank and the notary are LMDB node "
+               "processes on the same machine; CPU is Alice's (and PostgreSQL's)",
+               ["system", "trades/s", "CPU us/trade", "of which PostgreSQL", "cores busy",
+                "p50 ms", "p99 ms", "PG transactions/trade"])
+    for label, key in rows:
+        f = figures.get(key + "_trades", {})
+        pg_us = (f.get("cpu_us_per_flow_by_process") or {}).get("postgres")
+        tt.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
+               f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
+               f.get("pg_commits_per_flow"))
     cm = Table(f"Commit latency: one flow's start + header + journal chunk per commit, "
                f"{commits} commits, one client", ["store", "p50 ms", "p99 ms", "commits/s"])
     for key in ("lmdb", "postgres"):
@@ -266,11 +332,14 @@ def run(ctx: Any) -> SuiteResult:
                                         figures.get("cluster_1", {}).get("flows_per_s")),
         "cluster_1_vs_lmdb": ratio(figures.get("cluster_1", {}).get("flows_per_s"),
                                    figures.get("lmdb", {}).get("flows_per_s")),
+        "trades_cluster_2_vs_cluster_1": ratio(
+            figures.get("cluster_2_trades", {}).get("flows_per_s"),
+            figures.get("cluster_1_trades", {}).get("flows_per_s")),
+        "trades_cluster_1_vs_lmdb": ratio(figures.get("cluster_1_trades", {}).get("flows_per_s"),
+                                          figures.get("lmdb_trades", {}).get("flows_per_s")),
     }
     return SuiteResult(NAME, {"concurrency": conc, "budget_s": budget, "commits": commits},
-                       figures, ratios, [tbl, cm],
-                       not_measured=["trades/s on the cluster (the trade sample's notary and "
-                                     "vault on a clustered party are not wired yet)"])
+                       figures, ratios, [tbl, tt, cm])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
