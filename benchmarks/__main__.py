@@ -15,8 +15,9 @@ from typing import Optional
 
 from greenflow.benchmarks import common, plots
 
-SUITES = ("throughput", "held", "restart", "disk", "trade", "processes", "hibernated")
-DEFAULT_SUITES = SUITES
+SUITES = ("throughput", "held", "restart", "disk", "trade", "processes", "hibernated", "cluster")
+# cluster needs the cluster extra (PostgreSQL): run it by name, `python -m benchmarks cluster`
+DEFAULT_SUITES = tuple(s for s in SUITES if s != "cluster")
 
 
 @dataclass

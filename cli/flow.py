@@ -96,7 +96,8 @@ def list_(client: Any, status: Optional[str], as_json: bool) -> None:
         return
     for f in flows:
         extra = f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
-        click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}  {extra}".rstrip())
+        worker = f"  [{f['worker']}]" if f.get("worker") else ""   # a clustered node
+        click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}{worker}  {extra}".rstrip())
 
 
 @command.command("result")

@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "greenflow.cli.node",         # greenflow node init|start|status|drain|stop
     "greenflow.cli.flow",         # greenflow flow start|list|watch|result|kill (RPC)
     "greenflow.cli.vault",        # greenflow vault query --node DIR --type module:Class
+    "greenflow.cli.cluster",      # greenflow cluster up|status (workers on PostgreSQL)
 )
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

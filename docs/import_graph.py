@@ -37,6 +37,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("network", ["greenflow.network"]),
     ("public API", ["greenflow"]),
     ("rpc", ["greenflow.rpc", "greenflow.console"]),
+    ("cluster", ["greenflow.cluster"]),
     ("ledger", ["greenflow.ledger"]),
     ("testing", ["greenflow.testing"]),
     ("tools", ["greenflow.cli", "greenflow.samples", "greenflow.benchmarks"]),

@@ -218,6 +218,158 @@ class Kill:
     error: Optional[str] = None
 
 
+# ============================================================================ a clustered party
+CLUSTERED = PARTIES[0]
+
+
+class ClusteredNetwork:
+    """The process network with one party (`CLUSTERED`) run as a cluster of worker
+    processes on PostgreSQL instead of one node process. A fault aimed at that party
+    (SIGKILL, SIGTERM, SIGSTOP) hits one of its workers, chosen at random; its RPC goes
+    to a live worker (any of them serves the whole party)."""
+
+    def __init__(self, pn: Any, cluster: Any, rng: random.Random) -> None:
+        from greenflow.network.node_config import read_credentials
+        self.pn, self.cl, self.rng = pn, cluster, rng
+        self.party = CLUSTERED
+        self.names = pn.names
+        self._credentials = read_credentials(pn.dir(self.party))
+        self._victim: Optional[str] = None
+        self.faults: Counter = Counter()   # worker -> faults it took
+
+    def dir(self, name: str) -> str:
+        return self.pn.dir(name)
+
+    def live_workers(self) -> list[str]:
+        return sorted(w for w, p in self.cl.procs.items() if p.poll() is None)
+
+    def worker_client(self, worker: str, timeout: float = 60.0) -> Any:
+        from greenflow.rpc.client import RpcClient
+        user, password = self._credentials
+        return RpcClient(self.cl.rpc[worker], user, password, timeout=timeout)
+
+    def client(self, name: str, timeout: float = 60.0) -> Any:
+        return _ClusterClient(self, timeout) if name == self.party else self.pn.client(name, timeout)
+
+    def _pick(self) -> str:
+        live = self.live_workers()
+        self._victim = self.rng.choice(live or sorted(self.cl.procs))
+        self.faults[self._victim] += 1
+        return self._victim
+
+    def kill(self, name: str, sig: int = signal.SIGKILL, wait: float = 30.0) -> int:
+        if name != self.party:
+            return self.pn.kill(name, sig, wait)
+        worker = self._pick()
+        proc = self.cl.procs[worker]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(wait)
+
+    def start(self, name: str, wait: float = 30.0) -> Any:
+        if name != self.party:
+            return self.pn.start(name, wait)
+        worker, self._victim = self._victim, None
+        if worker is not None and self.cl.procs[worker].poll() is not None:
+            self.cl.start_worker(worker)
+            self.cl.wait_ready(wait)
+        return self.client(name)
+
+    def running(self, name: str) -> bool:
+        if name != self.party:
+            return self.pn.running(name)
+        return bool(self.cl.procs) and not any(p.poll() is not None for p in self.cl.procs.values())
+
+    @property
+    def procs(self) -> dict:
+        """For a freeze: the party's entry is one worker, the same for SIGSTOP and SIGCONT."""
+        worker = self._victim or self._pick()
+        return {**self.pn.procs, self.party: self.cl.procs[worker]}
+
+    def wait_ready(self, timeout: float) -> None:
+        """Every worker running again and every partition held (a killed worker's leases
+        taken over): until then some flows are nobody's to list."""
+        for worker, proc in self.cl.procs.items():
+            if proc.poll() is not None:
+                self.cl.start_worker(worker)
+        self.cl.wait_ready(timeout)
+
+
+class _ClusterClient:
+    """RPC to a clustered party: each call through a live worker (another one when that
+    one is down or switching); checkpoint dumps from every worker, each listing its own
+    partitions."""
+
+    def __init__(self, net: ClusteredNetwork, timeout: float) -> None:
+        self.net, self.timeout = net, timeout
+
+    def _call(self, call: Callable[[Any], Any]) -> Any:
+        from greenflow.rpc.client import RpcClientError
+        error: Optional[Exception] = None
+        live = self.net.live_workers()
+        for worker in self.net.rng.sample(live, len(live)):
+            try:
+                return call(self.net.worker_client(worker, self.timeout))
+            except RpcClientError as exc:
+                switching = "owns no partition" in str(exc) or "owns a partition" in str(exc)
+                if exc.status not in (0, 503) and not switching:
+                    raise
+                # A worker starting, or one whose partitions are moving: try another;
+                # if none can, the caller retries later (as for a node that is down).
+                error = RpcClientError(503, exc.type, exc.message) if switching else exc
+        raise error or RpcClientError(0, "NoWorker", f"no worker of {self.net.party} is running")
+
+    def start_flow(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(lambda c: c.start_flow(*args, **kwargs))
+
+    def result(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(lambda c: c.result(*args, **kwargs))
+
+    def flows(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(lambda c: c.flows(*args, **kwargs))
+
+    def checkpoints(self) -> list:
+        seen: dict[str, dict] = {}
+        for worker in self.net.live_workers():
+            try:
+                for d in self.net.worker_client(worker, self.timeout).checkpoints():
+                    seen.setdefault(d["flow_id"], d)
+            except Exception:  # noqa: BLE001 - a worker going down lists nothing
+                pass
+        return list(seen.values())
+
+
+class _maybe_cluster:
+    """Start the network's node processes; with ``run.cluster`` workers, `CLUSTERED` as a
+    cluster (on ``run.database``, else a PostgreSQL started in its directory)."""
+
+    def __init__(self, pn: Any, run: "ChaosRun") -> None:
+        self.pn, self.run, self.cl = pn, run, None
+
+    def __enter__(self) -> Any:
+        pn, run = self.pn, self.run
+        if not run.cluster:
+            pn.start_all(wait=60)
+            return pn
+        from greenflow.cluster.launcher import Cluster
+        for name in pn.names:
+            if name != CLUSTERED:
+                pn.start(name, wait=60)
+        run.say(f"{CLUSTERED} runs as a cluster of {run.cluster} workers on PostgreSQL")
+        self.cl = Cluster(pn.dir(CLUSTERED), workers=run.cluster, database=run.database,
+                          lease_s=3.0, renew_s=0.5, env=pn._env())
+        try:
+            self.cl.start(wait=90)
+        except BaseException:
+            self.cl.stop()
+            raise
+        return ClusteredNetwork(pn, self.cl, random.Random(run.seed + 7))
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cl is not None:
+            self.cl.stop()
+
+
 # ============================================================================ the run
 class ChaosRun:
     """One run (the options are `SAMPLE_OPTIONS`'); ``run()`` returns the report."""
@@ -225,13 +377,15 @@ class ChaosRun:
     def __init__(self, data_dir: str, *, seed: int, duration: float = 60.0, trades: int = 300,
                  kill_every: float = 3.0, max_down: float = 1.5, at_once: int = 1,
                  settle: float = 180.0, refuse_share: float = 0.1, freeze_share: float = 0.0,
-                 term_share: float = 0.0, pings: int = 0,
+                 term_share: float = 0.0, pings: int = 0, cluster: int = 0,
+                 database: Optional[str] = None,
                  say: Callable[[str], None] = lambda _: None) -> None:
         self.data_dir = data_dir
         self.duration, self.kill_every, self.seed = duration, kill_every, seed
         self.max_down, self.settle, self.say = max_down, settle, say
         self.freeze_share = freeze_share
         self.term_share = term_share
+        self.cluster, self.database = cluster, database
         self.pings = plan_pings(random.Random(seed + 6), pings, duration)
         self.at_once = max(1, min(at_once, 2 + len(PARTIES)))
         self.trades = plan_trades(random.Random(seed), trades, refuse_share)
@@ -248,9 +402,9 @@ class ChaosRun:
         from greenflow.testing.node_processes import ProcessNetwork
 
         self.say(f"Starting 5 node processes ({NOTARY}, {BANK}, {', '.join(PARTIES)}) on loopback ...")
-        with ProcessNetwork(self.data_dir, [BANK, *PARTIES], notary=NOTARY, apps=APPS) as pn:
-            self.pn = pn
-            pn.start_all(wait=60)
+        with ProcessNetwork(self.data_dir, [BANK, *PARTIES], notary=NOTARY, apps=APPS) as pn, \
+                _maybe_cluster(pn, self) as net:
+            self.pn = pn = net
             self._issue()
             before = self._snapshots()
             self.say(f"Trading: {len(self.trades)} trades among {', '.join(PARTIES)} over "
@@ -454,11 +608,14 @@ class ChaosRun:
         rng = random.Random(self.seed + 3)
         kinds = random.Random(self.seed + 4)   # separate: freezes leave the kill plan as it was
         terms = random.Random(self.seed + 5)   # and so do clean shutdowns
+        workers = random.Random(self.seed + 8)
         pn = self.pn
         for when in self.kill_times:
             if self._stop.wait(max(0.0, t0 + when - time.monotonic())):
                 return
             victims = rng.sample(pn.names, self.at_once)
+            if self.cluster and CLUSTERED not in victims and workers.random() < 0.5:
+                victims[0] = CLUSTERED   # half the faults hit a worker of the cluster
             down = rng.uniform(0.0, self.max_down)
             if kinds.random() < self.freeze_share:
                 self._freeze(victims, round(time.monotonic() - t0, 2), down)
@@ -545,6 +702,8 @@ class ChaosRun:
         from greenflow.rpc.client import RpcClientError
 
         pn = self.pn
+        if isinstance(pn, ClusteredNetwork):
+            pn.wait_ready(max(1.0, deadline - time.monotonic()))
         for name in pn.names:
             if not pn.running(name):
                 self.problems.append(f"{name} was not running after the chaos; starting it")
@@ -634,6 +793,9 @@ class ChaosRun:
             **check,
             "stuck": len(stuck),
             "stuck_flows": stuck[:50],
+            **({"cluster": {"party": CLUSTERED, "workers": self.cluster,
+                            "faults_per_worker": dict(sorted(self.pn.faults.items()))}}
+               if isinstance(self.pn, ClusteredNetwork) else {}),
             "problems": problems,
         }
 
@@ -833,6 +995,12 @@ SAMPLE_OPTIONS = [
                  help="Seconds the network gets to finish every flow after the chaos."),
     click.Option(["--refuse-share"], type=click.FloatRange(min=0, max=1), default=0.1, show_default=True,
                  help="Share of trades priced above the buyer's limit (they must fail cleanly)."),
+    click.Option(["--cluster"], type=click.IntRange(min=0, max=8), default=0, show_default=True,
+                 help=f"Run {CLUSTERED} as a cluster of N worker processes on PostgreSQL "
+                      "(pip install 'greenflow[cluster]'); its faults hit one random worker."),
+    click.Option(["--database"], default=None,
+                 help="With --cluster: the PostgreSQL URL to use (default: a server started "
+                      "in the party's directory)."),
     click.Option(["--seed"], type=int, default=None,
                  help="Seed of the plan and the kills (default: random)."),
     click.Option(["--json", "as_json"], is_flag=True, help="Print the report as JSON only."),
@@ -869,6 +1037,9 @@ def format_report(r: dict) -> str:
         f"Chaos report (seed {r['seed']}): {r['duration_seconds']} s of chaos on {len(r['nodes'])} "
         f"node processes, settled in {r['settle_seconds']} s",
         f"  kills           {r['kills']} SIGKILLs ({kills})",
+        *([f"  cluster         {r['cluster']['party']} on {r['cluster']['workers']} workers; faults "
+           "per worker: " + (", ".join(f"{w} {c}" for w, c in r["cluster"]["faults_per_worker"].items())
+                             or "none")] if r.get("cluster") else []),
         *([f"  clean stops     {r['terms']} SIGTERMs, each restarted ("
            + ", ".join(f"{n} {c}" for n, c in r["terms_per_node"].items()) + ")"]
           if r.get("terms") else []),

@@ -163,7 +163,12 @@ class TradePolicy:
 
     @journaled
     def max_price(self, currency: str) -> Optional[int]:
-        return self._limits.get(currency)
+        limit = self._limits.get(currency)
+        if limit is None:   # set since this node opened (through another worker of a cluster)
+            raw = self._node.store.table_get(self.DB, currency.encode())
+            if raw is not None:
+                limit = self._limits[currency] = int(raw)
+        return limit
 
 
 register_service_factory("trade_policy", TradePolicy)

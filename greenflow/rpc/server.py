@@ -431,9 +431,12 @@ def _seconds(value: Any, what: str) -> float:
 
 
 def _flow_info(f: Any) -> dict:
-    return {"id": f.id, "flow_class": f.flow_class, "status": f.status.value,
-            "progress_step": f.progress_step, "suspended_on": f.suspended_on,
-            "resident": f.resident, "error": f.error}
+    out = {"id": f.id, "flow_class": f.flow_class, "status": f.status.value,
+           "progress_step": f.progress_step, "suspended_on": f.suspended_on,
+           "resident": f.resident, "error": f.error}
+    if getattr(f, "worker", None) is not None:   # a clustered node: who runs it
+        out["worker"] = f.worker
+    return out
 
 
 class _Server(BoundedHTTPServer):

@@ -1,10 +1,14 @@
 """Flow ids: time-ordered, unique, cheap."""
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
+import zlib
 from typing import Callable
+
+from greenflow.storage.partitions import PARTITIONS, partition_of, session_partition
 
 
 def new_flow_id() -> str:
@@ -31,3 +35,72 @@ _id_bits: Callable[[int], int]
 _reseed_ids()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
+
+
+def _crc_fixups() -> dict[int, str]:
+    """Low byte of a CRC-32 change -> a 4-hex-digit suffix that makes it.
+
+    CRC-32 is affine: for messages of equal length, crc(A+S) ^ crc(A+"0000") does not
+    depend on A. So a fixed table turns "this id must land in partition r" into one
+    lookup (`responder_flow_id`)."""
+    base = zlib.crc32(b"0000")
+    table: dict[int, str] = {}
+    for n in range(1 << 16):
+        s = "%04x" % n
+        d = (zlib.crc32(s.encode()) ^ base) & 0xFF
+        if d not in table:
+            table[d] = s
+            if len(table) == 256:
+                break
+    return table
+
+
+_FIXUPS = _crc_fixups()
+
+
+def responder_flow_id(sender: str, sid: str) -> str:
+    """The id of the flow that answers session ``sid`` opened by ``sender``: the same on
+    every process of the party, so a clustered node places a responder without a lookup.
+
+    32 hex digits, like `new_flow_id`: the initiator's time prefix (the session id is
+    ``<initiator flow id>.<n>``, so ids stay time-ordered), 16 digits of a hash of
+    (sender, sid), and 4 digits chosen so that the id falls in the same partition as
+    the session (`greenflow.storage.partitions.session_partition`): every row of the
+    responder (its checkpoint, the session's route, its outbox) lives in one partition.
+    """
+    head = sid[:12]
+    if len(head) != 12 or any(c not in "0123456789abcdef" for c in head):
+        head = hashlib.sha256(b"t\0" + sid.encode()).hexdigest()[:12]
+    body = head + hashlib.sha256(f"{sender}\0{sid}".encode()).hexdigest()[:16]
+    want = session_partition(sid) % PARTITIONS
+    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
+    # PARTITIONS divides 256 (the table works on the CRC's low byte).
+    return body + _FIXUPS[(have ^ want) & 0xFF] if PARTITIONS == 256 else \
+        _search(body, want)
+
+
+def _search(body: str, want: int) -> str:
+    for n in range(1 << 16):
+        fid = body + "%04x" % n
+        if partition_of(fid) == want:
+            return fid
+    raise ValueError(f"no responder id for partition {want}")  # pragma: no cover
+
+
+def flow_id_in(part: int) -> str:
+    """A new flow id (as `new_flow_id`: time-ordered, unique) that falls in partition
+    ``part``: what a clustered worker starts its flows under, so it owns them."""
+    body = new_flow_id()[:28]
+    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
+    return body + _FIXUPS[(have ^ part) & 0xFF] if PARTITIONS == 256 else _search(body, part)
+
+
+def client_flow_id(client_id: str) -> str:
+    """The id a clustered party gives a flow started with ``client_id`` through a worker
+    that files the start for another worker (it owns no partition): derived from the
+    client id alone, so a client that retries through any worker files the same start."""
+    digest = hashlib.sha256(b"client\0" + client_id.encode()).hexdigest()
+    body = digest[:28]
+    part = int(digest[28:32], 16) % PARTITIONS
+    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
+    return body + _FIXUPS[(have ^ part) & 0xFF] if PARTITIONS == 256 else _search(body, part)

@@ -20,7 +20,7 @@ from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
 from greenflow.party import Party
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.session import FlowSession
-from greenflow.statemachine.ids import new_flow_id
+from greenflow.statemachine.ids import responder_flow_id
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -186,7 +186,9 @@ class Routing:
             return
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
-        fid = new_flow_id()
+        # Derived, not drawn: every worker of a clustered party computes the same id (and
+        # so the same partition) for this session's responder.
+        fid = responder_flow_id(sender.name, frame.sid)
         st = SessionState(frame.sid, sender, False, frame.protocol, frame.version, frame.app,
                           state=OPEN, peer_info=(frame.version, frame.app))
         try:

@@ -1,0 +1,142 @@
+"""``greenflow cluster up|status``: a party served by several worker processes on
+PostgreSQL (docs/cluster.md). Needs ``pip install 'greenflow[cluster]'``."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Optional
+
+import click
+
+from greenflow.cli.errors import CliError
+
+DATABASE_FILE = "database"   # DIR/cluster/database: the URL `cluster up` used
+
+
+def _database(base_dir: str, database: Optional[str]) -> str:
+    if database:
+        return database
+    path = os.path.join(base_dir, "cluster", DATABASE_FILE)
+    if os.path.exists(path):
+        return open(path, encoding="utf-8").read().strip()
+    from greenflow.storage import store_url
+    url = store_url(base_dir)
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise CliError(f"{base_dir} names no PostgreSQL database: pass --database, set `store` "
+                   "in node.toml, or start it with `greenflow cluster up`")
+
+
+@click.group("cluster")
+def command() -> None:
+    """A party's clustered node: worker processes sharing one PostgreSQL database."""
+
+
+@command.command("up")
+@click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True),
+              help="The party's node directory (from `greenflow network bootstrap` or `node init`).")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
+@click.option("--database", default=None,
+              help="postgresql://... of an existing server; default: start one in DIR/postgres.")
+@click.option("--lease", default=5.0, show_default=True, help="Lease time, seconds.")
+@click.option("--renew", default=1.0, show_default=True, help="Lease renewal interval, seconds.")
+@click.option("--log-level", default="INFO", show_default=True)
+def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew: float,
+       log_level: str) -> None:
+    """Start PostgreSQL (unless --database) and WORKERS worker processes; stop them all
+    on Ctrl-C or SIGTERM."""
+    try:
+        from greenflow.cluster.launcher import Cluster
+    except ImportError as exc:
+        raise CliError(f"the cluster needs more packages: pip install 'greenflow[cluster]' ({exc})")
+    cl = Cluster(base_dir, workers=workers, database=database, lease_s=lease, renew_s=renew,
+                 log_level=log_level)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: stop.set())
+    try:
+        url = cl.start_database()
+        os.makedirs(os.path.join(cl.node_dir, "cluster"), exist_ok=True)
+        with open(os.path.join(cl.node_dir, "cluster", DATABASE_FILE), "w", encoding="utf-8") as fh:
+            fh.write(url + "\n")
+        cl.start()
+        click.echo(f"{cl.config.name}: {workers} workers up on {_redact(url)} (schema {cl.schema})")
+        for name, rpc in cl.rpc.items():
+            click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
+        while not stop.wait(1.0):
+            dead = [n for n, p in cl.procs.items() if p.poll() is not None]
+            if dead and len(dead) == len(cl.procs):
+                raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
+    except (TimeoutError, RuntimeError) as exc:
+        raise CliError(str(exc))
+    finally:
+        cl.stop()
+    click.echo("stopped")
+
+
+def _redact(url: str) -> str:
+    """The URL without its password (for what the command prints)."""
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
+    return urlunsplit(parts)
+
+
+@command.command("status")
+@click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--database", default=None, help="postgresql://... (default: what `cluster up` used)")
+@click.option("--lease", default=5.0, show_default=True,
+              help="The lease time the workers use (a worker is live within it).")
+@click.option("--json", "as_json", is_flag=True)
+def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) -> None:
+    """Workers, the partitions each holds, leases and lag (frames waiting)."""
+    import psycopg
+    from greenflow.cluster.handoff import pending
+    from greenflow.cluster.leases import lease_table
+    from greenflow.storage.postgres_store import schema_for, split_url
+    url = _database(os.path.abspath(base_dir), database)
+    dsn, schema = split_url(url)
+    schema = schema or schema_for(os.path.abspath(base_dir))
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
+            workers, leases = lease_table(c, schema, lease)
+            handoff = pending(c, schema)
+            counts = {}
+            for table in ("flows", "inbox", "outbox", "wake", "timers"):
+                try:
+                    counts[table] = c.execute(f'SELECT count(*) FROM "{schema}".{table}').fetchone()[0]
+                except psycopg.Error:
+                    counts[table] = None
+    except psycopg.Error as exc:
+        raise CliError(f"cannot read the cluster's tables at {_redact(dsn)}: {exc}")
+    held = [l for l in leases if l.owner and l.expires_in > 0]
+    doc = {
+        "schema": schema,
+        "workers": [{"name": w.name, "host": w.host, "pid": w.pid, "live": w.live,
+                     "heartbeat_age": round(w.heartbeat_age, 2), "partitions": len(w.partitions),
+                     "serving": w.serving, "rpc": w.rpc} for w in workers],
+        "partitions": {"total": len(leases), "held": len(held),
+                       "unowned": len(leases) - len(held),
+                       "max_epoch": max((l.epoch for l in leases), default=0)},
+        "lag": {"handoff_rows": sum(handoff.values()), "inbox_rows": counts.get("inbox"),
+                "outbox_rows": counts.get("outbox"), "flows_to_wake": counts.get("wake")},
+        "flows": counts.get("flows"), "timers": counts.get("timers"),
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    click.echo(f"schema {schema}: {doc['partitions']['held']}/{doc['partitions']['total']} "
+               f"partitions held, highest epoch {doc['partitions']['max_epoch']}")
+    for w in doc["workers"]:
+        state = "live" if w["live"] else "gone"
+        click.echo(f"  {w['name']:<10} {state:<5} pid {w['pid']} on {w['host']}  "
+                   f"partitions {w['partitions']:>3} (serving {w['serving']})  "
+                   f"heartbeat {w['heartbeat_age']:.1f}s ago  rpc {w['rpc'] or '-'}")
+    lag = doc["lag"]
+    click.echo(f"lag: {lag['handoff_rows']} frames being handed over, {lag['inbox_rows']} in "
+               f"inboxes, {lag['outbox_rows']} unacknowledged outbound, "
+               f"{lag['flows_to_wake']} flows to wake; {doc['flows']} unfinished flows, "
+               f"{doc['timers']} timers")

@@ -1,0 +1,140 @@
+"""Starting a clustered party on one machine: a local PostgreSQL (unless one is given)
+and N worker processes. What ``greenflow cluster up`` and the failover tests use."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, lease_table
+from greenflow.cluster.process import cluster_dir
+from greenflow.network.network_map import format_address
+from greenflow.network.node_config import NodeConfig
+from greenflow.storage.partitions import PARTITIONS
+
+PG_DIR = "postgres"
+
+
+class Cluster:
+    """A party directory served by ``workers`` worker processes."""
+
+    def __init__(self, node_dir: str, *, workers: int = 2, database: Optional[str] = None,
+                 lease_s: float = DEFAULT_LEASE_S, renew_s: float = DEFAULT_RENEW_S,
+                 log_level: str = "INFO", env: Optional[dict] = None) -> None:
+        from greenflow.storage.postgres_store import schema_for, split_url
+        if workers < 1:
+            raise ValueError("a cluster needs at least one worker")
+        self.node_dir = os.path.abspath(node_dir)
+        self.config = NodeConfig.load(self.node_dir)
+        self.n = workers
+        self.database = database
+        self.lease_s, self.renew_s = lease_s, renew_s
+        self.log_level = log_level
+        self.env = env
+        self.pg = None
+        self.url: Optional[str] = database
+        self.schema = split_url(database)[1] if database else None
+        self.schema = self.schema or schema_for(self.node_dir)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.rpc: dict[str, str] = {}
+
+    @property
+    def dsn(self) -> str:
+        from greenflow.storage.postgres_store import split_url
+        assert self.url is not None
+        return split_url(self.url)[0]
+
+    def start_database(self) -> str:
+        if self.url is None:
+            from greenflow.storage.pg_server import PgServer
+            self.pg = PgServer(os.path.join(self.node_dir, PG_DIR))
+            self.pg.start()
+            self.url = self.pg.url
+        return self.url
+
+    def start(self, wait: float = 60.0) -> "Cluster":
+        self.start_database()
+        os.makedirs(cluster_dir(self.node_dir), exist_ok=True)
+        for i in range(1, self.n + 1):
+            self.start_worker(f"w{i}")
+        self.wait_ready(wait)
+        return self
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        from greenflow.network.bootstrap import free_port
+        if name not in self.rpc:
+            host, port = self.config.rpc_address
+            if self.rpc or self.procs:
+                port = free_port(host)
+            self.rpc[name] = format_address((host, port))
+        cmd = [sys.executable, "-m", "greenflow.cluster.process", "--dir", self.node_dir,
+               "--name", name, "--database", self.url or "", "--rpc-address", self.rpc[name],
+               "--lease", str(self.lease_s), "--renew", str(self.renew_s),
+               "--log-level", self.log_level]
+        out = open(os.path.join(cluster_dir(self.node_dir), f"{name}.out"), "ab")
+        env = dict(os.environ if self.env is None else self.env)
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        out.close()
+        self.procs[name] = p
+        return p
+
+    def status(self):
+        import psycopg
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as c:
+            return lease_table(c, self.schema, self.lease_s)
+
+    def wait_ready(self, timeout: float = 60.0, workers: Optional[set[str]] = None) -> None:
+        """Until every running worker is live and the live ones hold all partitions."""
+        want = workers if workers is not None else \
+            {n for n, p in self.procs.items() if p.poll() is None}
+        end = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < end:
+            for n, p in self.procs.items():
+                if n in want and p.poll() is not None:
+                    raise RuntimeError(f"worker {n} exited with status {p.returncode}; see "
+                                       f"{cluster_dir(self.node_dir)}/{n}.log")
+            try:
+                ws, _ = self.status()
+                live = {w.name: w for w in ws if w.live}
+                held = sum(len(live[n].partitions) for n in want if n in live)
+                last = {n: (len(live[n].partitions), live[n].serving) if n in live else None
+                        for n in want}
+                if want <= set(live) and held == PARTITIONS and \
+                        all(live[n].partitions and live[n].serving == len(live[n].partitions)
+                            for n in want):
+                    return
+            except Exception as exc:  # the tables are not there yet
+                last = exc
+            time.sleep(0.2)
+        raise TimeoutError(f"the cluster in {self.node_dir} was not ready after {timeout}s: {last}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        os.kill(self.procs[name].pid, sig)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                try:
+                    p.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for n, p in self.procs.items():
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,392 @@
+"""Partition leases: which worker of a clustered party owns which partition, and since when.
+
+A clustered party spreads its flows over `PARTITIONS` virtual partitions (a hash of the
+flow id). Each partition has one row in ``leases``: its owner, an *epoch* and the time
+the lease runs out. Every worker runs one `LeaseManager`, which, once per renew interval,
+in PostgreSQL and one transaction per step:
+
+- writes its heartbeat into ``workers`` (that is how workers count each other);
+- renews the leases it holds (``owner = me AND epoch = the epoch I took``): a row that
+  no longer matches was taken by another worker, and the partition is lost at once;
+- releases what it holds beyond its share (about P/N per live worker), so a worker that
+  joins gets partitions without anyone's lease running out;
+- takes free or expired partitions up to its share; taking one always bumps its epoch.
+
+The epoch is the fence. The store checks, in the same transaction as every commit, that
+each partition the commit touches still has the epoch this worker took (Temporal's range
+ids work the same way); after another worker took a partition over, the old owner's
+commit is refused (`greenflow.errors.Fenced`) however late it arrives. Times are the
+database's (``now()``), so the workers' clocks do not need to agree. A worker that cannot
+renew (database unreachable, process stalled) gives up its partitions locally once its
+own monotonic clock says the lease may have run out: it stops acting for them before
+anyone else can take them over, and fencing covers the rest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+log = logging.getLogger("greenflow.cluster.leases")
+
+from greenflow.storage.partitions import PARTITIONS
+
+DEFAULT_LEASE_S = 5.0
+DEFAULT_RENEW_S = 1.0
+
+# Own name for the notification channel that tells a worker its leases changed hands.
+CHANNEL = "greenflow_leases"
+
+Owned = dict[int, int]  # partition -> epoch held
+
+
+def schema_sql(schema: str) -> list[str]:
+    """The tables leases need, created if absent (the store creates the same ``leases``)."""
+    s = _ident(schema)
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {s}",
+        f"CREATE TABLE IF NOT EXISTS {s}.leases (part int PRIMARY KEY, owner text, "
+        f"epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz NOT NULL DEFAULT '-infinity')",
+        f"CREATE TABLE IF NOT EXISTS {s}.workers (name text PRIMARY KEY, host text, pid int, "
+        f"address text, rpc text, started_at timestamptz NOT NULL DEFAULT now(), "
+        f"heartbeat_at timestamptz NOT NULL DEFAULT now(), stopped boolean NOT NULL DEFAULT false, "
+        f"serving int NOT NULL DEFAULT 0)",
+        f"ALTER TABLE {s}.workers ADD COLUMN IF NOT EXISTS serving int NOT NULL DEFAULT 0",
+    ]
+
+
+def _ident(name: str) -> str:
+    """A schema name quoted for SQL; only names we make ourselves get here, but check."""
+    if not name or not all(c.isalnum() or c == "_" for c in name):
+        raise ValueError(f"schema name {name!r}: use letters, digits and _ only")
+    return '"' + name + '"'
+
+
+def ensure_schema(conn, schema: str, partitions: int = PARTITIONS) -> None:
+    """Create the lease and worker tables and one lease row per partition (idempotent)."""
+    with conn.transaction():
+        # Two workers starting at once would race on CREATE TABLE IF NOT EXISTS (it is not
+        # atomic against a concurrent create); one advisory lock per schema serialises them.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"greenflow-schema:{schema}",))
+        for stmt in schema_sql(schema):
+            conn.execute(stmt)
+        conn.execute(
+            f"INSERT INTO {_ident(schema)}.leases (part) SELECT g FROM generate_series(0, %s) g "
+            f"ON CONFLICT (part) DO NOTHING", (partitions - 1,))
+
+
+def share(partitions: int, live_workers: int) -> int:
+    """How many partitions one worker should hold: ceil(P/N), so the shares cover P."""
+    return math.ceil(partitions / max(1, live_workers))
+
+
+@dataclass
+class LeaseStatus:
+    """One row of `lease_table`, for ``greenflow cluster status``."""
+    part: int
+    owner: Optional[str]
+    epoch: int
+    expires_in: float  # seconds; negative once expired
+
+
+@dataclass
+class WorkerStatus:
+    name: str
+    host: str
+    pid: int
+    address: Optional[str]
+    rpc: Optional[str]
+    heartbeat_age: float
+    live: bool
+    serving: int = 0   # partitions its running generation acts for (0 while it switches)
+    partitions: list[int] = field(default_factory=list)
+
+
+class LeaseManager:
+    """Holds this worker's leases and keeps them renewed, on a thread of its own.
+
+    ``on_gained(parts)`` and ``on_lost(parts)`` are called (from the lease thread) with a
+    dict {partition: epoch} and a set of partitions. ``on_lost`` is called *before* the
+    partitions are released in the database, so a worker drops their flows before anyone
+    else can take them; a partition lost to another worker or to a missed renewal is
+    already gone when it is called (fencing refuses any commit still in flight).
+    ``owned()`` is what the store asks on every commit; it is cheap and thread-safe.
+    """
+
+    def __init__(self, dsn: str, schema: str, name: str, *,
+                 lease_s: float = DEFAULT_LEASE_S, renew_s: float = DEFAULT_RENEW_S,
+                 partitions: int = PARTITIONS,
+                 on_gained: Optional[Callable[[Owned], None]] = None,
+                 on_lost: Optional[Callable[[set[int]], None]] = None,
+                 address: Optional[str] = None, rpc: Optional[str] = None,
+                 max_take: Optional[int] = None,
+                 serving: Optional[Callable[[], int]] = None) -> None:
+        if renew_s <= 0 or lease_s <= 2 * renew_s:
+            raise ValueError(f"lease time {lease_s}s must be more than twice the renew "
+                             f"interval {renew_s}s, or one slow renewal loses every lease")
+        self.dsn, self.schema, self.name = dsn, schema, name
+        self.lease_s, self.renew_s, self.partitions = lease_s, renew_s, partitions
+        self.on_gained = on_gained or (lambda parts: None)
+        self.on_lost = on_lost or (lambda parts: None)
+        self.address, self.rpc = address, rpc
+        # Taking every free partition at once would make the first worker up replay the
+        # whole party; a cap per tick lets the others join in before that.
+        self.max_take = max_take
+        #: How many partitions the worker's running generation acts for (heartbeat column).
+        self.serving = serving or (lambda: 0)
+        self._owned: Owned = {}
+        self._lock = threading.Lock()
+        self._valid_until = 0.0  # monotonic: past it, what we hold may belong to another
+        self._conn = None
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.ticks = 0
+        self.errors = 0
+        self.last_error: Optional[str] = None
+        self.live_workers = 0
+
+    # -- what the store and the worker ask -------------------------------------------------
+    def owned(self) -> Owned:
+        """{partition: epoch} held now (a copy). Empty once the lease may have run out."""
+        with self._lock:
+            if self._owned and time.monotonic() > self._valid_until:
+                return {}
+            return dict(self._owned)
+
+    def owns(self, part: int) -> bool:
+        return part in self.owned()
+
+    # -- one tick ---------------------------------------------------------------------------
+    def _connect(self):
+        import psycopg
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=5)
+            # A stalled database must not stall the lease thread past the lease itself.
+            self._conn.execute(f"SET statement_timeout = {int(self.lease_s * 1000 / 2)}")
+            ensure_schema(self._conn, self.schema, self.partitions)
+        return self._conn
+
+    def tick(self) -> None:
+        """Heartbeat, renew, rebalance: one round. Never raises on a database error (the
+        worker keeps running; its leases lapse locally if this keeps failing)."""
+        self.ticks += 1
+        try:
+            self._tick()
+            self.last_error = None
+        except Exception as exc:  # psycopg.Error, OSError: the database went away
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.warning("worker %s: lease round failed: %s", self.name, self.last_error)
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    pass
+                self._conn = None
+        self._expire_locally()
+
+    def _expire_locally(self) -> None:
+        with self._lock:
+            if not self._owned or time.monotonic() <= self._valid_until:
+                return
+            lost = set(self._owned)
+            self._owned = {}
+        log.warning("worker %s: leases not renewed in time, giving up partitions %s",
+                    self.name, _ranges(lost))
+        self.on_lost(lost)
+
+    def _tick(self) -> None:
+        conn = self._connect()
+        s = _ident(self.schema)
+        lease = f"{self.lease_s} seconds"
+        started = time.monotonic()
+        with conn.transaction():
+            conn.execute(
+                f"INSERT INTO {s}.workers (name, host, pid, address, rpc, serving) "
+                f"VALUES (%s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), host = excluded.host, "
+                f"pid = excluded.pid, address = excluded.address, rpc = excluded.rpc, "
+                f"serving = excluded.serving, stopped = false",
+                (self.name, socket.gethostname(), os.getpid(), self.address, self.rpc,
+                 self.serving()))
+        # Renew exactly what we took, at the epoch we took it.
+        held = self.owned_raw()
+        if held:
+            with conn.transaction():
+                rows = conn.execute(
+                    f"UPDATE {s}.leases l SET expires_at = now() + %s::interval "
+                    f"FROM unnest(%s::int[], %s::bigint[]) AS h(part, epoch) "
+                    f"WHERE l.part = h.part AND l.epoch = h.epoch AND l.owner = %s "
+                    f"RETURNING l.part", (lease, list(held), list(held.values()), self.name)).fetchall()
+            kept = {r[0] for r in rows}
+            lost = set(held) - kept
+            with self._lock:
+                for p in lost:
+                    self._owned.pop(p, None)
+                self._valid_until = started + self.lease_s
+            if lost:
+                log.warning("worker %s: partitions %s were taken over", self.name, _ranges(lost))
+                self.on_lost(lost)
+        live = conn.execute(
+            f"SELECT count(*) FROM {s}.workers WHERE NOT stopped AND "
+            f"heartbeat_at > now() - %s::interval", (lease,)).fetchone()[0]
+        self.live_workers = live
+        target = share(self.partitions, live)
+        held = self.owned_raw()
+        if len(held) > target:
+            self._release(sorted(held)[target:])
+        elif len(held) < target:
+            want = target - len(held)
+            if self.max_take is not None:
+                want = min(want, self.max_take)
+            self._take(want, started)
+
+    def owned_raw(self) -> Owned:
+        with self._lock:
+            return dict(self._owned)
+
+    def _take(self, want: int, started: float) -> None:
+        conn = self._connect()
+        s = _ident(self.schema)
+        with conn.transaction():
+            # SKIP LOCKED: two workers taking at once each get different partitions instead
+            # of waiting for each other. Only free or expired rows: a live owner releases
+            # its surplus itself, never has it taken away.
+            rows = conn.execute(
+                f"UPDATE {s}.leases l SET owner = %s, epoch = l.epoch + 1, "
+                f"expires_at = now() + %s::interval "
+                f"WHERE l.part IN (SELECT part FROM {s}.leases WHERE owner IS NULL OR "
+                f"expires_at < now() ORDER BY part LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"RETURNING l.part, l.epoch",
+                (self.name, f"{self.lease_s} seconds", want)).fetchall()
+        if not rows:
+            return
+        gained = {p: e for p, e in rows}
+        with self._lock:
+            if not self._owned:
+                self._valid_until = started + self.lease_s
+            self._owned.update(gained)
+        log.info("worker %s: took partitions %s", self.name, _ranges(gained))
+        self.on_gained(gained)
+
+    def _release(self, parts: list[int]) -> None:
+        """Give partitions back: forget them here and drop their flows first, then free
+        the rows (at our epoch only; the next owner bumps the epoch when it takes them)."""
+        with self._lock:
+            given = {p: self._owned.pop(p) for p in parts if p in self._owned}
+        if not given:
+            return
+        self.on_lost(set(given))
+        conn = self._connect()
+        s = _ident(self.schema)
+        with conn.transaction():
+            conn.execute(
+                f"UPDATE {s}.leases l SET owner = NULL, expires_at = '-infinity' "
+                f"FROM unnest(%s::int[], %s::bigint[]) AS h(part, epoch) "
+                f"WHERE l.part = h.part AND l.epoch = h.epoch AND l.owner = %s",
+                (list(given), list(given.values()), self.name))
+        log.info("worker %s: released partitions %s", self.name, _ranges(given))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> "LeaseManager":
+        """Run the first round now (so the caller knows what it holds), then one per renew
+        interval on a daemon thread."""
+        self.tick()
+        self._thread = threading.Thread(target=self._run, name=f"leases-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def poke(self) -> None:
+        """Run the next round now (e.g. told that a worker joined or left)."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.renew_s)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self.tick()
+
+    def abandon(self) -> None:
+        """Stop renewing and let the leases lapse, as a killed worker does (tests)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.lease_s)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+    def stop(self, release: bool = True) -> None:
+        """Stop renewing; with ``release``, hand every partition back and mark this worker
+        stopped so the others take over at once instead of after the lease time."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.lease_s)
+        if release:
+            try:
+                held = sorted(self.owned_raw())
+                if held:
+                    self._release(held)
+                conn = self._connect()
+                conn.execute(f"UPDATE {_ident(self.schema)}.workers SET stopped = true "
+                             f"WHERE name = %s", (self.name,))
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.schema))
+            except Exception as exc:
+                log.warning("worker %s: could not release its leases (%s); they lapse "
+                            "after %ss", self.name, exc, self.lease_s)
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+            self._conn = None
+
+
+def lease_table(conn, schema: str, lease_s: float = DEFAULT_LEASE_S
+                ) -> tuple[list[WorkerStatus], list[LeaseStatus]]:
+    """Workers and leases as the database sees them now (for ``cluster status``); a
+    worker is live if it is not stopped and its heartbeat is younger than ``lease_s``."""
+    s = _ident(schema)
+    leases = [LeaseStatus(p, o, e, x) for p, o, e, x in conn.execute(
+        f"SELECT part, owner, epoch, GREATEST(-1e9, LEAST(1e9, "
+        f"extract(epoch FROM COALESCE(expires_at, '-infinity') - now())))::float8 "
+        f"FROM {s}.leases ORDER BY part")]
+    workers = []
+    for name, host, pid, address, rpc, age, stopped, serving in conn.execute(
+            f"SELECT name, host, pid, address, rpc, extract(epoch FROM now() - heartbeat_at)::float8, "
+            f"stopped, serving FROM {s}.workers ORDER BY name"):
+        workers.append(WorkerStatus(name, host, pid, address, rpc, age,
+                                    not stopped and age < lease_s, serving))
+    by_name = {w.name: w for w in workers}
+    for l in leases:
+        if l.owner in by_name and l.expires_in > 0:
+            by_name[l.owner].partitions.append(l.part)
+    return workers, leases
+
+
+def _ranges(parts: Iterable[int]) -> str:
+    """0-3,7,9-11: partitions in a log line without 256 numbers."""
+    out: list[str] = []
+    run: list[int] = []
+    for p in sorted(parts):
+        if run and p == run[-1] + 1:
+            run.append(p)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [p]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)

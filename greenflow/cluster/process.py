@@ -1,0 +1,192 @@
+"""A worker as an operating-system process: ``python -m greenflow.cluster.process``.
+
+What ``greenflow cluster up`` starts, N times, for one party directory: the party's
+``node.toml``, ``identity.key`` and network map are shared; each worker has its own name,
+log (``DIR/cluster/<name>.log``), pid file and RPC port; all of them listen on the
+party's P2P address (``SO_REUSEPORT``: the kernel spreads peers' connections over the
+workers of this machine). The store is the PostgreSQL database named by ``--database``
+or by ``store`` in ``node.toml``.
+
+SIGTERM/SIGINT stop it cleanly (the round commits, the leases are handed back so the
+others take over at once). ``kill -9`` loses nothing: the leases lapse and another
+worker replays the partitions' flows from what was committed.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S
+from greenflow.cluster.worker import Worker
+from greenflow.errors import FlowError
+from greenflow.network.network_map import NetworkMap, format_address, parse_address
+from greenflow.network.node_config import NodeConfig
+from greenflow.node.identity import NodeIdentity
+
+log = logging.getLogger("greenflow.cluster.process")
+
+CLUSTER_DIR = "cluster"
+
+
+def cluster_dir(node_dir: str) -> str:
+    return os.path.join(os.path.abspath(node_dir), CLUSTER_DIR)
+
+
+class WorkerProcess:
+    """Worker + TCP transport + RPC in this process (what the RPC server calls its
+    ``proc``: ``node``, ``config``, ``netmap``, ``transport``, draining, stop)."""
+
+    def __init__(self, node_dir: str, *, name: str, database: Optional[str] = None,
+                 rpc_address: Optional[tuple[str, int]] = None, rpc: bool = True,
+                 listen: Optional[tuple[str, int]] = None,
+                 lease_s: float = DEFAULT_LEASE_S, renew_s: float = DEFAULT_RENEW_S) -> None:
+        from greenflow.storage import store_url
+        self.base_dir = os.path.abspath(node_dir)
+        self.config = NodeConfig.load(self.base_dir)
+        self.netmap = NetworkMap.load(self.config.network_map_path)
+        self.url = database or store_url(self.base_dir)
+        if not self.url.startswith(("postgresql://", "postgres://")):
+            raise FlowError(f"{self.base_dir}: a cluster worker needs a PostgreSQL store: "
+                            f"pass --database postgresql://... or set store in node.toml "
+                            f"(it is {self.url!r})")
+        self.name = name
+        self.with_rpc = rpc
+        self.rpc_address = rpc_address or self.config.rpc_address
+        self.lease_s, self.renew_s = lease_s, renew_s
+        #: Where this worker accepts peers: the party's P2P address (shared by the workers
+        #: of one machine), or this machine's own behind a TCP load balancer.
+        self.listen = listen or self.config.p2p_address
+        self.worker: Optional[Worker] = None
+        self.transport: Any = None
+        self.rpc: Any = None
+        self.started_at: Optional[float] = None
+        self._stop = threading.Event()
+        self._draining = False
+        self._rpc_started = False   # the first generation is attached by RpcServer.start
+
+    @property
+    def node(self) -> Any:
+        return self.worker.node if self.worker is not None else None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def set_draining(self, on: bool) -> None:
+        self._draining = bool(on)
+        node = self.node
+        if node is not None:
+            node.set_draining(self._draining)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def start(self) -> "WorkerProcess":
+        from greenflow.network.tcp_transport import TcpTransport
+        from greenflow.rpc.server import RpcServer
+        cfg = self.config
+        identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
+        self.transport = TcpTransport(identity, self.netmap, listen=self.listen,
+                                      reuse_port=True)
+        self.transport.bind()
+        options = cfg.node_options()
+        if cfg.notary:
+            options["notary"] = True
+            if cfg.validating_notary:
+                options["validating_notary"] = True
+        if self.with_rpc:
+            self.rpc = RpcServer(self, self.rpc_address)
+        self.worker = Worker(self.base_dir, self.url, name=self.name, party_name=cfg.name,
+                             tcp=self.transport, apps=cfg.apps or None, node_options=options,
+                             lease_s=self.lease_s, renew_s=self.renew_s,
+                             rpc_address=format_address(self.rpc.address) if self.rpc else None,
+                             on_generation=self._attach)
+        self.worker.start()
+        if self.rpc is not None:
+            self.rpc.start()
+            self._rpc_started = True
+        self.started_at = time.time()
+        log.info("worker %s of %s is up: p2p %s (shared), rpc %s", self.name, cfg.name,
+                 format_address(self.transport.address),
+                 format_address(self.rpc.address) if self.rpc else "off")
+        return self
+
+    def _attach(self, node: Any) -> None:
+        """A new generation's node: the RPC's progress hub and console follow it."""
+        if self._draining:
+            node.set_draining(True)
+        rpc = self.rpc
+        if rpc is not None and self._rpc_started:
+            node.add_progress_listener(rpc.hub)
+            rpc.console.attach(node)
+
+    def run(self) -> None:
+        while not self._stop.wait(0.5):
+            pass
+        self.stop()
+
+    def stop(self) -> None:
+        log.info("worker %s: shutting down", self.name)
+        rpc, worker = self.rpc, self.worker
+        self.rpc = None
+        if rpc is not None:
+            rpc.stop()
+        if worker is not None:
+            worker.stop(release=True)
+        log.info("worker %s: stopped", self.name)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m greenflow.cluster.process")
+    ap.add_argument("--dir", required=True, help="the party's node directory")
+    ap.add_argument("--name", required=True, help="this worker's name (unique in the party)")
+    ap.add_argument("--database", default=None, help="postgresql://... (default: node.toml's store)")
+    ap.add_argument("--rpc-address", default=None, help="host:port, or 'off'")
+    ap.add_argument("--listen", default=None,
+                    help="host:port for peers (default: the party's p2p_address)")
+    ap.add_argument("--lease", type=float, default=DEFAULT_LEASE_S)
+    ap.add_argument("--renew", type=float, default=DEFAULT_RENEW_S)
+    ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
+    args = ap.parse_args(argv)
+    from greenflow.node.gc_tuning import tune
+    tune()
+    d = cluster_dir(args.dir)
+    os.makedirs(d, exist_ok=True)
+    logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.INFO))
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    fh = logging.FileHandler(os.path.join(d, f"{args.name}.log"), encoding="utf-8")
+    fh.setFormatter(fmt)
+    logging.getLogger().addHandler(fh)
+    rpc_addr = None
+    with_rpc = args.rpc_address != "off"
+    if with_rpc and args.rpc_address:
+        rpc_addr = parse_address(args.rpc_address)
+    try:
+        proc = WorkerProcess(args.dir, name=args.name, database=args.database,
+                             rpc_address=rpc_addr, rpc=with_rpc, lease_s=args.lease,
+                             listen=parse_address(args.listen) if args.listen else None,
+                             renew_s=args.renew)
+    except Exception as exc:
+        print(f"greenflow cluster worker: {exc}", file=sys.stderr)
+        return 2
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: proc.request_stop())
+    try:
+        proc.start()
+    except Exception as exc:
+        log.error("worker %s cannot start: %s", args.name, exc)
+        return 1
+    with open(os.path.join(d, f"{args.name}.pid"), "w") as fh2:
+        fh2.write(str(os.getpid()))
+    proc.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

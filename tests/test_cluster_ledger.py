@@ -1,0 +1,146 @@
+"""The ledger on a clustered party: workers of one party, in this process, on a real
+PostgreSQL. What one worker records every worker sees; a soft lock a flow takes on one
+worker keeps flows on every other worker off the state; a clustered notary's uniqueness
+is decided by the database, not by a worker's memory."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cluster_pg import new_schema, server_dsn
+from greenflow.cluster.worker import Worker
+from greenflow.ledger.crypto import SecureHash
+from greenflow.ledger.states import StateRef
+from greenflow.ledger.vault import InsufficientBalance
+from greenflow.storage.partitions import PARTITIONS
+
+NAME = "O=Alice,L=London,C=GB"
+APPS = ["greenflow.samples.trade", "greenflow.ledger.flows", "ledgerflows"]
+COIN = 1_000
+
+
+@pytest.fixture
+def party(tmp_path):
+    url = server_dsn() + "?schema=" + new_schema()
+    workers: list[Worker] = []
+
+    def worker(name: str) -> Worker:
+        w = Worker(str(tmp_path / "party"), url, name=name, party_name=NAME, apps=APPS,
+                   lease_s=2.0, renew_s=0.4, poll_s=0.5, node_options={"notary": True})
+        workers.append(w)
+        return w.start()
+
+    yield worker
+    for w in workers:
+        if w.gen is not None:
+            w.stop()
+
+
+def settle(*workers, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        gens = [w.gen for w in workers]
+        if all(g is not None for g in gens) and not any(w._dirty.is_set() for w in workers):
+            parts = [set(g.owned()) for g in gens]
+            if sum(map(len, parts)) == PARTITIONS and all(parts):
+                return
+        time.sleep(0.1)
+    raise AssertionError("partitions not settled")
+
+
+def issue(w: Worker, coins: int) -> None:
+    """Cash to the party, issued and notarised by itself (it is its own notary)."""
+    from greenflow.samples.trade import IssueCashFlow
+    me = w.node.party
+    handles = w.node.start_flows([IssueCashFlow(COIN, me, me) for _ in range(coins)])
+    for h in handles:
+        h.result(timeout=30)
+
+
+def test_states_one_worker_records_are_seen_and_locked_across_workers(party):
+    from ledgerflows import HoldCashFlow
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    issue(w1, 4)
+    v1, v2 = w1.node.services.vault, w2.node.services.vault
+    assert v2.balance(type(v1.query(object)[0].state), "quantity") == 4 * COIN * 100
+    # Eight flows, four per worker, each selecting one coin at once: four get one
+    # coin each, no coin twice; the other four are told there is not enough free.
+    handles = []
+    barrier = threading.Barrier(2)
+
+    def start(w, out):
+        barrier.wait()
+        out.extend(w.node.start_flows([HoldCashFlow(COIN, 3.0) for _ in range(4)]))
+
+    got1, got2 = [], []
+    ts = [threading.Thread(target=start, args=(w, out)) for w, out in ((w1, got1), (w2, got2))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    handles = got1 + got2
+    picked, short = [], 0
+    for h in handles:
+        try:
+            picked += h.result(timeout=30)
+        except InsufficientBalance:
+            short += 1
+    assert len(picked) == len(set(picked)) == 4 and short == 4
+    # The locks went with the flows: all four coins are free again, on both workers.
+    again = w2.node.start_flows([HoldCashFlow(COIN, 2.0) for _ in range(2)]) + \
+        w1.node.start_flows([HoldCashFlow(COIN, 2.0) for _ in range(2)])
+    refs = [r for h in again for r in h.result(timeout=30)]
+    assert len(set(refs)) == 4
+    end = time.monotonic() + 10   # a result is readable just before its commit lands
+    while (v1.locks() or v2.locks()) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert v1.locks() == {} and v2.locks() == {}
+
+
+def test_a_lock_left_by_a_flow_that_never_committed_goes_stale(party, monkeypatch):
+    from greenflow.ledger import vault_backend_pg
+    from ledgerflows import HoldCashFlow
+    w1 = party("w1")
+    settle(w1)
+    issue(w1, 1)
+    vault = w1.node.services.vault
+    ref = vault.query(object)[0].ref
+    # A lock row of a flow that has no checkpoint (its worker died before committing it).
+    vault._take([ref], "000000000000-never-committed")
+    with pytest.raises(InsufficientBalance, match="locked by other flows"):
+        w1.node.start_flow(HoldCashFlow(COIN, 0)).result(timeout=30)
+    monkeypatch.setattr(vault_backend_pg, "STALE_LOCK_S", 0.0)
+    vault._stale_at = 0.0
+    assert w1.node.start_flow(HoldCashFlow(COIN, 0)).result(timeout=30) == [ref]
+
+
+def test_a_clustered_notary_claims_each_input_once_whichever_worker_asks(party):
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    n1 = w1.node.services.notary_service
+    n2 = w2.node.services.notary_service
+    refs = [StateRef(SecureHash(bytes([i]) * 32), 0) for i in range(3)]
+    tx_a, tx_b = b"a" * 32, b"b" * 32
+    assert n1._claim(refs[:2], tx_a) == []
+    conflicts = n2._claim(refs[1:], tx_b)          # refs[1] is tx_a's
+    assert len(conflicts) == 1 and tx_a.hex() in conflicts[0] and str(refs[1]) in conflicts[0]
+    assert n2.consumed_by(refs[2]) is None         # nothing of the refused claim stayed
+    assert n2._claim(refs[:2], tx_a) == []          # asking again is not a double spend
+    # Racing: ten claims of one input from both workers at once: exactly one wins.
+    ref = StateRef(SecureHash(b"r" * 32), 0)
+    wins = []
+
+    def race(n, tid):
+        if not n._claim([ref], tid):
+            wins.append(tid)
+
+    ts = [threading.Thread(target=race, args=((n1, n2)[i % 2], bytes([65 + i]) * 32))
+          for i in range(10)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(wins) == 1

@@ -1,0 +1,150 @@
+"""Workers of one party on PostgreSQL, in this process: partitions split between them,
+flows started through either, a worker's power cut taken over by the other, and a
+worker whose partition moved refused at commit (fencing)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster_pg import new_schema, server_dsn
+from clusterflows import SlowPing
+from greenflow.cluster.worker import Worker
+from greenflow.errors import Fenced
+from greenflow.samples.ping import Ping
+from greenflow.storage.interface import Batch
+from greenflow.storage.partitions import PARTITIONS, partition_of
+from greenflow.storage.postgres_store import PostgresStore
+
+NAME = "O=Alice,L=London,C=GB"
+APPS = ["greenflow.samples.ping", "clusterflows"]
+
+
+@pytest.fixture
+def party(tmp_path):
+    url = server_dsn() + "?schema=" + new_schema()
+    workers: list[Worker] = []
+
+    def worker(name: str, start: bool = True, **kw) -> Worker:
+        kw.setdefault("lease_s", 2.0)
+        kw.setdefault("renew_s", 0.4)
+        kw.setdefault("poll_s", 0.5)
+        w = Worker(str(tmp_path / "party"), url, name=name, party_name=NAME, apps=APPS, **kw)
+        workers.append(w)
+        return w.start() if start else w
+
+    yield worker
+    for w in workers:
+        if w.gen is not None:
+            w.stop()
+
+
+def results(store, ids, timeout):
+    end = time.monotonic() + timeout
+    while True:
+        got = {i: store.result(i) for i in ids}
+        if all(got.values()) or time.monotonic() > end:
+            return got
+        time.sleep(0.1)
+
+
+def settle(*workers, timeout=15.0):
+    """Until the workers hold every partition between them, each in its current generation."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        gens = [w.gen for w in workers]
+        if all(g is not None for g in gens) and not any(w._dirty.is_set() for w in workers):
+            parts = [set(g.owned()) for g in gens]
+            if sum(map(len, parts)) == PARTITIONS and len(set().union(*parts)) == PARTITIONS \
+                    and all(parts):
+                return parts
+        time.sleep(0.1)
+    raise AssertionError(f"partitions not settled: {[len(w.lease.owned()) for w in workers]}")
+
+
+def test_two_workers_split_the_partitions_and_each_runs_the_flows_it_starts(party):
+    w1 = party("w1")
+    settle(w1)
+    h = w1.node.start_flow(Ping(w1.node.party, 3))
+    assert h.result(timeout=20) == 6
+    w2 = party("w2")
+    p1, p2 = settle(w1, w2)
+    assert abs(len(p1) - len(p2)) <= 2
+    ids = {}
+    for w, parts in ((w1, p1), (w2, p2)):
+        handles = w.node.start_flows([Ping(w.node.party, 2) for _ in range(30)])
+        assert all(partition_of(x.id) in parts for x in handles)  # started where it runs
+        ids[w.name] = [x.id for x in handles]
+    got = results(w1.node.store, ids["w1"] + ids["w2"], 30)
+    assert all(r is not None and r["status"].name == "COMPLETED" for r in got.values())
+    # A wait through the other worker sees the result too (from the shared table).
+    slow = w2.node.start_flow(SlowPing(w2.node.party, 1, 0.5))
+    assert w1.node.handle(slow.id).result(timeout=20) == 1
+    assert w1.stats["fenced"] == w2.stats["fenced"] == 0
+
+
+def test_a_workers_unfinished_flows_finish_on_the_other_after_a_power_cut(party):
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    handles = w1.node.start_flows([SlowPing(w1.node.party, 2, 1.0) for _ in range(40)])
+    ids = [x.id for x in handles]
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    w1.crash()   # nothing released: w2 must wait out the lease, then replay
+    got = results(w2.node.store, ids, 30)
+    took = time.monotonic() - t0
+    assert sum(1 for r in got.values() if r is not None) == 40
+    assert all(r["status"].name == "COMPLETED" and r["value"] == 1 + 2
+               for r in got.values()), list(got.values())[:2]
+    assert took < 2.0 + 10.0  # the lease, then the flows' own sleeps and the replay
+    assert set(w2.gen.owned()) == set(range(PARTITIONS))
+
+
+def test_a_commit_for_a_partition_that_moved_is_refused(party):
+    w1, w2 = party("w1"), party("w2")
+    p1, _ = settle(w1, w2)
+    stale = dict(w1.gen.parts)           # what w1 believed it held
+    part = min(stale)
+    w1.crash()                           # stalls past its lease ...
+    end = time.monotonic() + 15
+    while part not in w2.lease.owned() and time.monotonic() < end:
+        time.sleep(0.1)
+    assert w2.lease.owned()[part] == stale[part] + 1   # ... w2 took it, the epoch moved
+    late = PostgresStore(w2.dsn, w2.schema, owner="w1", owned=lambda: stale)
+    try:
+        from greenflow.statemachine.ids import flow_id_in
+        fid = flow_id_in(part)
+        b = Batch()
+        b.start_flow(fid, b"logic")
+        with pytest.raises(Fenced, match="not owned by w1"):
+            late.commit(b)                # its late commit: refused, nothing applied
+        assert not w2.node.store.has_flow(fid) and w2.node.store.logic_blob(fid) is None
+    finally:
+        late.close()
+
+
+def test_a_worker_with_no_partition_files_its_starts_for_the_owners(party):
+    from greenflow.statemachine.ids import client_flow_id
+    w1 = party("w1")
+    settle(w1)
+    w2 = party("w2", start=False)
+    w2.lease.max_take = 0            # one worker too many: it never holds a partition
+    w2.start()
+    end = time.monotonic() + 15
+    while (w1.gen is None or len(w1.gen.owned()) != PARTITIONS // 2 or w1._dirty.is_set()
+           or w2.gen is None) and time.monotonic() < end:
+        time.sleep(0.1)              # w1 gave half back (two live workers), nobody took it
+    held = set(w1.gen.owned())
+    assert w2.gen is not None and not w2.gen.owned()
+    handles = w2.node.start_flows([Ping(w2.node.party, 2) for _ in range(20)])
+    assert all(partition_of(h.id) in held for h in handles)   # filed for a live owner
+    assert [h.result(timeout=30) for h in handles] == [3] * 20   # 1 + 2
+    # With a client id: the id derives from it, so a retry files the same start once.
+    cid = next(c for c in (f"c-{i}" for i in range(1000))
+               if partition_of(client_flow_id(c)) in held)
+    first = w2.node.start_flow(Ping(w2.node.party, 3), client_id=cid)
+    again = w2.node.start_flow(Ping(w2.node.party, 3), client_id=cid)
+    assert first.id == again.id == client_flow_id(cid)
+    assert first.result(timeout=30) == 6
+    assert w1.node.start_flow(Ping(w1.node.party, 3), client_id=cid).id == first.id
+    assert w2.stats["starts_forwarded"] >= 21 and w1.stats["starts_taken"] == 21
