@@ -243,10 +243,11 @@ class _Link:
         if old is None and (self.spilled and not from_outbox
                             or self.unacked and self.held_bytes + len(data) > self.t.max_held_bytes):
             if not self.spilled:
-                self.spilled = True
+                # Said before the flag is set: whoever sees the link spilled finds it said.
                 log.warning("%s: %s holds %d unacknowledged frames (%d MiB); further frames "
                             "for it stay in the outbox until it acknowledges these",
                             self.t.name, self.name, len(self.unacked), self.held_bytes >> 20)
+                self.spilled = True
             return False
         if not self.unacked:
             self.last_ack = time.monotonic()
