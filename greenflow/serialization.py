@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import dill
 
 _PICKLE = b"P"
 _DILL = b"D"
+
+#: Loaders of typed formats, by their tag byte (e.g. checkpoint headers, tag b"H"):
+#: registered by the module that owns the type, so this bottom layer names none of them.
+_TYPED: dict[bytes, Callable[[memoryview], Any]] = {}
+
+
+def register_format(tag: bytes, loader: Callable[[memoryview], Any]) -> None:
+    """Let `loads` read blobs starting with ``tag`` (one byte, not P or D) by ``loader``,
+    given the bytes after the tag."""
+    if len(tag) != 1 or tag in (_PICKLE, _DILL) or _TYPED.get(tag, loader) is not loader:
+        raise ValueError(f"serialization tag {tag!r} is taken or not one byte")
+    _TYPED[tag] = loader
 
 #: Modules that moved into packages. A checkpoint, journal entry or result stored by an
 #: earlier version names the classes in it (a flow's `FlowSession`, the `Checkpoint`
@@ -96,6 +108,9 @@ def loads(blob: bytes) -> Any:
             return dill.loads(bytes(body))
         except ModuleNotFoundError:
             return _DillUnpickler(io.BytesIO(bytes(body))).load()
+    typed = _TYPED.get(tag)
+    if typed is not None:
+        return typed(body)
     raise ValueError(f"unknown checkpoint blob tag {tag!r}")
 
 

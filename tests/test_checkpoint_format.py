@@ -117,3 +117,27 @@ def test_a_sleeping_flow_whose_header_holds_the_old_timer_key_wakes_after_an_upg
     assert (after - before).total_seconds() >= 60
     assert list(alice.node.store.timers()) == []
     net.close()
+
+
+def test_a_header_is_stored_typed_and_reads_back_the_same():
+    from greenflow.runtime.checkpoint import HEADER_TAG, encode_header
+    cp = _checkpoint()
+    cp.seed, cp.timer_at, cp.retries = b"s" * 32, 99.25, 2
+    raw = encode_header(cp)
+    assert raw[:1] == HEADER_TAG and b"Checkpoint" not in raw
+    back = serialization.loads(raw)
+    assert back == cp and back.status is FlowStatus.SUSPENDED
+    assert type(back.pending[1]) is tuple
+    assert back.sessions["01a2.1"].peer_info == (1, "app")
+    assert type(back.sessions["01a2.1"].peer_info) is tuple
+    assert len(raw) < len(serialization.dumps(cp))
+
+
+def test_a_header_the_typed_format_cannot_hold_is_pickled():
+    from greenflow.runtime.checkpoint import encode_header
+    cp = _checkpoint()
+    cp.pending = ("side_effect", (("nested",),), None)
+    assert encode_header(cp)[:1] == b"P" and serialization.loads(encode_header(cp)) == cp
+    cp = _checkpoint()
+    cp.retries = 1 << 70
+    assert serialization.loads(encode_header(cp)) == cp

@@ -361,3 +361,16 @@ def test_node_toml_names_the_store_and_refuses_what_is_not_one(tmp_path):
     assert "secret" not in str(err.value)
     with pytest.raises(ConfigError, match="found 3"):
         NodeConfig.from_dict({**base, "store": 3}, "node.toml", "")
+
+
+def test_a_drop_told_no_rows_were_stored_still_removes_the_flow(store):
+    b = Batch()
+    b.start_flow(F, b"logic")
+    b.put_header(F, header(F))
+    b.set_wake(F, True)
+    store.commit(b)
+    b = Batch()
+    b.drop_flow(F, 1, False)
+    store.commit(b)
+    assert store.checkpoint(F) is None and store.logic_blob(F) is None
+    assert F not in store.flows_to_wake() and store.flow_count() == 0

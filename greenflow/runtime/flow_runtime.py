@@ -55,7 +55,7 @@ class FlowRuntime(Conversation, RecordedValues):
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
-                 "nd", "raw", "stored_at")
+                 "nd", "raw", "stored_at", "rows")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -88,6 +88,9 @@ class FlowRuntime(Conversation, RecordedValues):
         # its committed state without losing an acknowledged frame.
         self.base: Optional[bytes | Checkpoint] = None
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
+        # False while the store surely holds no journal chunk, inbox row or payload of the
+        # flow (started here and none written yet): its drop then looks for none.
+        self.rows = True
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()
         self._logger: Optional[logging.LoggerAdapter] = None

@@ -14,7 +14,7 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
-from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.checkpoint import Checkpoint, encode_header
 from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine import stacks
 from greenflow.statemachine.events import ExternalDone
@@ -111,6 +111,7 @@ class CommitStaging:
         if resolved > rt.committed:
             chunk = journal[rt.committed:resolved]
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
+            rt.rows = True
             b.append_journal(fid, rt.committed,
                              journal_chunk(self.round_time, serialization.dumps(chunk)))
             rt.committed = resolved
@@ -122,6 +123,7 @@ class CommitStaging:
                 if not item.persisted:
                     payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
+                    rt.rows = True
         for sid, seq in rt.consumed:
             b.delete_inbox(fid, sid, seq)
         rt.consumed = ()
@@ -146,7 +148,7 @@ class CommitStaging:
                 self.limits.first_stored(b, rt)
         if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
-        rt.base = serialization.dumps(cp)
+        rt.base = encode_header(cp)
         rt.fresh = ()
         b.put_header(fid, rt.base)
         rt.dirty = False

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, r
 
 from greenflow import serialization
 from greenflow.errors import StoreError
+from greenflow.runtime import checkpoint as _header_format  # noqa: F401 - registers b"H"
 from greenflow.status import FlowStatus
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ PUT_HEADER_UNCHECKED = 3   # (fid, header_blob)
 APPEND_JOURNAL = 4         # (fid, start_index, chunk)
 PUT_SNAPSHOT = 5           # (fid, blob)
 SET_WAKE = 6               # (fid, on)
-DROP_FLOW = 7              # (fid, journal_len)
+DROP_FLOW = 7              # (fid, journal_len, rows)
 PUT_INBOX = 8              # (fid, sid, seq, data)
 DELETE_INBOX = 9           # (fid, sid, seq)
 PUT_PAYLOAD = 10           # (fid, sid, seq, data)
@@ -99,11 +100,14 @@ class Batch:
         """Whether a restarted node must load the flow at once (it has something to do)."""
         self.ops.append((SET_WAKE, fid, on))
 
-    def drop_flow(self, fid: str, journal_len: int) -> None:
+    def drop_flow(self, fid: str, journal_len: int, rows: bool = True) -> None:
         """Remove everything of an unfinished flow: header, start record, journal,
         snapshot, wake flag, inbox and payloads set aside. (Timers, routes, outbox and the
-        result are separate records, written or deleted by their own ops.)"""
-        self.ops.append((DROP_FLOW, fid, journal_len))
+        result are separate records, written or deleted by their own ops.) ``rows``
+        False: the caller knows no journal chunk, inbox row or payload of the flow was
+        ever stored, so a store may skip looking for them (a hint: removing the rest
+        means the same either way)."""
+        self.ops.append((DROP_FLOW, fid, journal_len, rows))
 
     # -- inbox and payloads
     def put_inbox(self, fid: str, sid: str, seq: int, data: bytes) -> None:
