@@ -95,14 +95,19 @@ def dumps(obj: Any) -> bytes:
     return _DILL + dill.dumps(obj, protocol=5, recurse=True)
 
 
+def unpickle(body: Any) -> Any:
+    """A C pickle (without tag), reading classes stored under module paths that moved."""
+    try:
+        return pickle.loads(body)
+    except ModuleNotFoundError:   # stored before a module moved (see MOVED_MODULES)
+        return _Unpickler(io.BytesIO(body)).load()
+
+
 def loads(blob: bytes) -> Any:
     """Read back a blob written by `dumps`."""
     tag, body = blob[:1], memoryview(blob)[1:]
     if tag == _PICKLE:
-        try:
-            return pickle.loads(body)
-        except ModuleNotFoundError:   # stored before a module moved (see MOVED_MODULES)
-            return _Unpickler(io.BytesIO(body)).load()
+        return unpickle(body)
     if tag == _DILL:
         try:
             return dill.loads(bytes(body))

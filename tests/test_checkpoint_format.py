@@ -120,7 +120,7 @@ def test_a_sleeping_flow_whose_header_holds_the_old_timer_key_wakes_after_an_upg
 
 
 def test_a_header_is_stored_typed_and_reads_back_the_same():
-    from greenflow.runtime.checkpoint import HEADER_TAG, encode_header
+    from greenflow.storage.interface import HEADER_TAG, encode_header
     cp = _checkpoint()
     cp.seed, cp.timer_at, cp.retries = b"s" * 32, 99.25, 2
     raw = encode_header(cp)
@@ -134,10 +134,33 @@ def test_a_header_is_stored_typed_and_reads_back_the_same():
 
 
 def test_a_header_the_typed_format_cannot_hold_is_pickled():
-    from greenflow.runtime.checkpoint import encode_header
+    from greenflow.storage.interface import encode_header
     cp = _checkpoint()
     cp.pending = ("side_effect", (("nested",),), None)
     assert encode_header(cp)[:1] == b"P" and serialization.loads(encode_header(cp)) == cp
     cp = _checkpoint()
     cp.retries = 1 << 70
     assert serialization.loads(encode_header(cp)) == cp
+
+
+def test_journal_entries_are_stored_as_plain_tuples_and_read_back():
+    from greenflow.runtime.journal import Entry
+    from greenflow.storage.interface import ENTRIES_TAG, encode_entries
+    entries = [Entry("send", ("s.1", "Bob", b"d"), ("ok",), None, b"sent"),
+               Entry("receive", ("s.1",), ("data", b"\x01", 0), 12.5)]
+    raw = encode_entries(entries)
+    assert raw[:1] == ENTRIES_TAG and b"Entry" not in raw
+    back = serialization.loads(raw)
+    assert [(e.kind, e.key, e.outcome, e.deadline, e.sent) for e in back] == \
+           [(e.kind, e.key, e.outcome, e.deadline, e.sent) for e in entries]
+    # Entry objects pickled whole, as chunks were stored before, still load.
+    old = serialization.loads(serialization.dumps(entries))
+    assert [e.outcome for e in old] == [e.outcome for e in entries]
+
+
+def test_journal_entries_the_c_pickler_refuses_fall_back_to_dill():
+    from greenflow.runtime.journal import Entry
+    from greenflow.storage.interface import encode_entries
+    raw = encode_entries([Entry("side_effect", ("f",), ("ok", lambda: 42))])
+    assert raw[:1] == b"D"
+    assert serialization.loads(raw)[0].outcome[1]() == 42

@@ -1,19 +1,14 @@
 """The persisted header of an unfinished flow: its session table, status and pending
 request. Written at every group commit the flow took part in; small.
 
-Stored as ``b"H"`` + a msgpack array of the header's fields (`encode_header`): about 2x
-cheaper to write than the C-pickled header it replaces, and it names no class, so a
-stored header does not depend on where the classes live. Headers stored as pickles
-(tag ``b"P"``) still load, through `greenflow.serialization.loads` as before."""
+Stored as a typed msgpack array (`greenflow.storage.interface.encode_header`); headers
+stored as pickles, by `__reduce__` below or before it, still load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Any, Optional
+from typing import Optional
 
-import msgspec
-
-from greenflow import serialization
 from greenflow.party import Party
 from greenflow.status import FlowStatus
 
@@ -110,46 +105,3 @@ def _restore_checkpoint(*state: object) -> Checkpoint:
                    for row in cp.sessions}  # type: ignore[union-attr]
     return cp
 
-
-# ------------------------------------------------------------------ typed header format
-HEADER_TAG = b"H"   # version 1: msgpack array of the fields, in `Checkpoint` field order
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder().decode
-_ATOMS = frozenset({str, int, bytes, float, bool, type(None)})
-_PEER_INFO = 10     # index of peer_info in a stored session row (sid, name, key, ...)
-_PENDING = _FIELDS.index("pending")
-
-
-def encode_header(cp: Checkpoint) -> bytes:
-    """The stored form of ``cp``. msgpack has one array type, so tuples come back as
-    lists; the decoder restores the few tuple fields. A pending key holding anything but
-    flat atoms (never seen from the runtime's own requests) falls back to the pickle."""
-    pend = cp.pending
-    if pend is not None and not all(type(x) in _ATOMS for x in pend[1]):
-        return serialization.dumps(cp)
-    state = list(_checkpoint_state(cp))
-    state[_STATUS] = cp.status.value
-    state[_SESSIONS] = [(st.sid, st.counterparty.name, st.counterparty.owning_key,
-                         *_session_rest(st)) for st in cp.sessions.values()]
-    try:
-        return HEADER_TAG + _encode(state)
-    except (TypeError, OverflowError, msgspec.EncodeError):   # e.g. an int past 64 bits
-        return serialization.dumps(cp)
-
-
-def _decode_header(body: Any) -> Checkpoint:
-    state = _decode(body)
-    state[_STATUS] = FlowStatus(state[_STATUS])
-    sessions = {}
-    for row in state[_SESSIONS]:
-        if row[_PEER_INFO] is not None:
-            row[_PEER_INFO] = tuple(row[_PEER_INFO])
-        sessions[row[0]] = SessionState(row[0], Party(row[1], row[2]), *row[3:])
-    state[_SESSIONS] = sessions
-    pend = state[_PENDING]
-    if pend is not None:
-        state[_PENDING] = (pend[0], tuple(pend[1]), pend[2])
-    return Checkpoint(*state)
-
-
-serialization.register_format(HEADER_TAG, _decode_header)

@@ -14,7 +14,8 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
-from greenflow.runtime.checkpoint import Checkpoint, encode_header
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.storage.interface import encode_header
 from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine import stacks
 from greenflow.statemachine.events import ExternalDone
@@ -23,7 +24,7 @@ from greenflow.runtime.fingerprint import fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.interface import Batch, journal_chunk
+from greenflow.storage.interface import Batch, encode_entries, journal_chunk
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -113,7 +114,7 @@ class CommitStaging:
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
             rt.rows = True
             b.append_journal(fid, rt.committed,
-                             journal_chunk(self.round_time, serialization.dumps(chunk)))
+                             journal_chunk(self.round_time, encode_entries(chunk)))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n

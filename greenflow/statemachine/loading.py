@@ -12,7 +12,8 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
-from greenflow.runtime.checkpoint import Checkpoint, encode_header
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.storage.interface import encode_header
 from greenflow.errors import StoreError, WireFormatError
 from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
 from greenflow.runtime.journal import Entry
