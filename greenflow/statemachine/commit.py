@@ -111,8 +111,12 @@ class CommitStaging:
         resolved = n - (1 if last is not None else 0)
         if resolved > rt.committed:
             chunk = journal[rt.committed:resolved]
+            n_ops = len(b.ops)
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
-            rt.rows = True
+            if len(b.ops) != n_ops:
+                rt.inboxed = True   # a payload set aside
+            if rt.chunks is not None and rt.committed not in rt.chunks:
+                rt.chunks += (rt.committed,)
             b.append_journal(fid, rt.committed,
                              journal_chunk(self.round_time, encode_entries(chunk)))
             rt.committed = resolved
@@ -124,7 +128,7 @@ class CommitStaging:
                 if not item.persisted:
                     payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
-                    rt.rows = True
+                    rt.inboxed = True
         for sid, seq in rt.consumed:
             b.delete_inbox(fid, sid, seq)
         rt.consumed = ()

@@ -114,7 +114,7 @@ class Loading:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
                 payloads.persist_inbox_frame(b, fid, f)
-                rt.rows = True
+                rt.inboxed = True
         if rt.start_blob is not None:
             b.start_flow(fid, rt.start_blob)
             rt.start_blob = None

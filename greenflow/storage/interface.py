@@ -45,7 +45,7 @@ PUT_HEADER_UNCHECKED = 3   # (fid, header_blob)
 APPEND_JOURNAL = 4         # (fid, start_index, chunk)
 PUT_SNAPSHOT = 5           # (fid, blob)
 SET_WAKE = 6               # (fid, on)
-DROP_FLOW = 7              # (fid, journal_len, rows)
+DROP_FLOW = 7              # (fid, journal_len, chunks, inbox)
 PUT_INBOX = 8              # (fid, sid, seq, data)
 DELETE_INBOX = 9           # (fid, sid, seq)
 PUT_PAYLOAD = 10           # (fid, sid, seq, data)
@@ -103,14 +103,15 @@ class Batch:
         """Whether a restarted node must load the flow at once (it has something to do)."""
         self.ops.append((SET_WAKE, fid, on))
 
-    def drop_flow(self, fid: str, journal_len: int, rows: bool = True) -> None:
+    def drop_flow(self, fid: str, journal_len: int, chunks: Optional[tuple[int, ...]] = None,
+                  inbox: bool = True) -> None:
         """Remove everything of an unfinished flow: header, start record, journal,
         snapshot, wake flag, inbox and payloads set aside. (Timers, routes, outbox and the
-        result are separate records, written or deleted by their own ops.) ``rows``
-        False: the caller knows no journal chunk, inbox row or payload of the flow was
-        ever stored, so a store may skip looking for them (a hint: removing the rest
-        means the same either way)."""
-        self.ops.append((DROP_FLOW, fid, journal_len, rows))
+        result are separate records, written or deleted by their own ops.) Hints from a
+        caller that knows what it stored, so a store need not look: ``chunks``, the start
+        indexes of every journal chunk stored (None: not known); ``inbox`` False, no inbox
+        row or payload was ever stored. The meaning is the same either way."""
+        self.ops.append((DROP_FLOW, fid, journal_len, chunks, inbox))
 
     # -- inbox and payloads
     def put_inbox(self, fid: str, sid: str, seq: int, data: bytes) -> None:
