@@ -164,3 +164,26 @@ def test_journal_entries_the_c_pickler_refuses_fall_back_to_dill():
     raw = encode_entries([Entry("side_effect", ("f",), ("ok", lambda: 42))])
     assert raw[:1] == b"D"
     assert serialization.loads(raw)[0].outcome[1]() == 42
+
+
+def test_flows_stored_with_pickled_headers_and_journals_finish_after_an_upgrade(tmp_path, monkeypatch):
+    """Ping-pong flows stopped mid-protocol by a node that wrote headers and journal
+    chunks as pickles (the format before the typed ones) resume and finish on a node
+    that writes the typed formats."""
+    from greenflow.samples.ping import Ping
+    from greenflow.statemachine import commit
+    from greenflow.testing import MockNetwork
+    monkeypatch.setattr(commit, "encode_header", serialization.dumps)
+    monkeypatch.setattr(commit, "encode_entries", serialization.dumps)
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    ids = [h.id for h in alice.node.start_flows([Ping(bob.party, 3) for _ in range(20)])]
+    net.run_network(max_messages=50)
+    tags = {raw[:1] for node in (alice, bob) for _, raw in node.node.store.header_blobs()}
+    assert tags == {b"P"}
+    monkeypatch.undo()
+    alice, bob = net.restart_node(alice), net.restart_node(bob)
+    net.run_network()
+    assert [alice.node.handle(i).result() for i in ids] == [6] * 20
+    assert alice.node.store.flow_count() == bob.node.store.flow_count() == 0
+    net.close()
