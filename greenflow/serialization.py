@@ -12,12 +12,24 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from typing import Any, Callable
 
 import dill
 
 _PICKLE = b"P"
 _DILL = b"D"
+
+#: Loaders of typed formats, by their tag byte (e.g. checkpoint headers, tag b"H"):
+#: registered by the module that owns the type, so this bottom layer names none of them.
+_TYPED: dict[bytes, Callable[[memoryview], Any]] = {}
+
+
+def register_format(tag: bytes, loader: Callable[[memoryview], Any]) -> None:
+    """Let `loads` read blobs starting with ``tag`` (one byte, not P or D) by ``loader``,
+    given the bytes after the tag."""
+    if len(tag) != 1 or tag in (_PICKLE, _DILL) or _TYPED.get(tag, loader) is not loader:
+        raise ValueError(f"serialization tag {tag!r} is taken or not one byte")
+    _TYPED[tag] = loader
 
 #: Modules that moved into packages. A checkpoint, journal entry or result stored by an
 #: earlier version names the classes in it (a flow's `FlowSession`, the `Checkpoint`
@@ -83,19 +95,27 @@ def dumps(obj: Any) -> bytes:
     return _DILL + dill.dumps(obj, protocol=5, recurse=True)
 
 
+def unpickle(body: Any) -> Any:
+    """A C pickle (without tag), reading classes stored under module paths that moved."""
+    try:
+        return pickle.loads(body)
+    except ModuleNotFoundError:   # stored before a module moved (see MOVED_MODULES)
+        return _Unpickler(io.BytesIO(body)).load()
+
+
 def loads(blob: bytes) -> Any:
     """Read back a blob written by `dumps`."""
     tag, body = blob[:1], memoryview(blob)[1:]
     if tag == _PICKLE:
-        try:
-            return pickle.loads(body)
-        except ModuleNotFoundError:   # stored before a module moved (see MOVED_MODULES)
-            return _Unpickler(io.BytesIO(body)).load()
+        return unpickle(body)
     if tag == _DILL:
         try:
             return dill.loads(bytes(body))
         except ModuleNotFoundError:
             return _DillUnpickler(io.BytesIO(bytes(body))).load()
+    typed = _TYPED.get(tag)
+    if typed is not None:
+        return typed(body)
     raise ValueError(f"unknown checkpoint blob tag {tag!r}")
 
 

@@ -117,3 +117,73 @@ def test_a_sleeping_flow_whose_header_holds_the_old_timer_key_wakes_after_an_upg
     assert (after - before).total_seconds() >= 60
     assert list(alice.node.store.timers()) == []
     net.close()
+
+
+def test_a_header_is_stored_typed_and_reads_back_the_same():
+    from greenflow.storage.interface import HEADER_TAG, encode_header
+    cp = _checkpoint()
+    cp.seed, cp.timer_at, cp.retries = b"s" * 32, 99.25, 2
+    raw = encode_header(cp)
+    assert raw[:1] == HEADER_TAG and b"Checkpoint" not in raw
+    back = serialization.loads(raw)
+    assert back == cp and back.status is FlowStatus.SUSPENDED
+    assert type(back.pending[1]) is tuple
+    assert back.sessions["01a2.1"].peer_info == (1, "app")
+    assert type(back.sessions["01a2.1"].peer_info) is tuple
+    assert len(raw) < len(serialization.dumps(cp))
+
+
+def test_a_header_the_typed_format_cannot_hold_is_pickled():
+    from greenflow.storage.interface import encode_header
+    cp = _checkpoint()
+    cp.pending = ("side_effect", (("nested",),), None)
+    assert encode_header(cp)[:1] == b"P" and serialization.loads(encode_header(cp)) == cp
+    cp = _checkpoint()
+    cp.retries = 1 << 70
+    assert serialization.loads(encode_header(cp)) == cp
+
+
+def test_journal_entries_are_stored_as_plain_tuples_and_read_back():
+    from greenflow.runtime.journal import Entry
+    from greenflow.storage.interface import ENTRIES_TAG, encode_entries
+    entries = [Entry("send", ("s.1", "Bob", b"d"), ("ok",), None, b"sent"),
+               Entry("receive", ("s.1",), ("data", b"\x01", 0), 12.5)]
+    raw = encode_entries(entries)
+    assert raw[:1] == ENTRIES_TAG and b"Entry" not in raw
+    back = serialization.loads(raw)
+    assert [(e.kind, e.key, e.outcome, e.deadline, e.sent) for e in back] == \
+           [(e.kind, e.key, e.outcome, e.deadline, e.sent) for e in entries]
+    # Entry objects pickled whole, as chunks were stored before, still load.
+    old = serialization.loads(serialization.dumps(entries))
+    assert [e.outcome for e in old] == [e.outcome for e in entries]
+
+
+def test_journal_entries_the_c_pickler_refuses_fall_back_to_dill():
+    from greenflow.runtime.journal import Entry
+    from greenflow.storage.interface import encode_entries
+    raw = encode_entries([Entry("side_effect", ("f",), ("ok", lambda: 42))])
+    assert raw[:1] == b"D"
+    assert serialization.loads(raw)[0].outcome[1]() == 42
+
+
+def test_flows_stored_with_pickled_headers_and_journals_finish_after_an_upgrade(tmp_path, monkeypatch):
+    """Ping-pong flows stopped mid-protocol by a node that wrote headers and journal
+    chunks as pickles (the format before the typed ones) resume and finish on a node
+    that writes the typed formats."""
+    from greenflow.samples.ping import Ping
+    from greenflow.statemachine import commit
+    from greenflow.testing import MockNetwork
+    monkeypatch.setattr(commit, "encode_header", serialization.dumps)
+    monkeypatch.setattr(commit, "encode_entries", serialization.dumps)
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    ids = [h.id for h in alice.node.start_flows([Ping(bob.party, 3) for _ in range(20)])]
+    net.run_network(max_messages=50)
+    tags = {raw[:1] for node in (alice, bob) for _, raw in node.node.store.header_blobs()}
+    assert tags == {b"P"}
+    monkeypatch.undo()
+    alice, bob = net.restart_node(alice), net.restart_node(bob)
+    net.run_network()
+    assert [alice.node.handle(i).result() for i in ids] == [6] * 20
+    assert alice.node.store.flow_count() == bob.node.store.flow_count() == 0
+    net.close()

@@ -361,3 +361,18 @@ def test_node_toml_names_the_store_and_refuses_what_is_not_one(tmp_path):
     assert "secret" not in str(err.value)
     with pytest.raises(ConfigError, match="found 3"):
         NodeConfig.from_dict({**base, "store": 3}, "node.toml", "")
+
+
+def test_a_drop_told_what_was_stored_removes_it_and_nothing_else(store):
+    commit(store, ("start_flow", F, b"logic"), ("put_header", F, header(F)),
+           ("set_wake", F, True), ("append_journal", F, 0, chunk("a")),
+           ("append_journal", F, 1, chunk("b")),
+           ("start_flow", G, b"logic"), ("put_header", G, header(G)),
+           ("append_journal", G, 0, chunk("c")))
+    commit(store, ("drop_flow", F, 2, (0, 1), False))
+    assert store.checkpoint(F) is None and store.logic_blob(F) is None
+    assert F not in store.flows_to_wake() and store.flow_count() == 1
+    store2_journal = store.journal(G, 1)
+    assert [e.outcome for e in store2_journal] == [("c",)]
+    with pytest.raises(StoreError):
+        store.journal(F, 1)       # its chunks are gone

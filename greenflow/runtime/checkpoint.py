@@ -1,5 +1,8 @@
 """The persisted header of an unfinished flow: its session table, status and pending
-request. Written at every group commit the flow took part in; small, C-pickled."""
+request. Written at every group commit the flow took part in; small.
+
+Stored as a typed msgpack array (`greenflow.storage.interface.encode_header`); headers
+stored as pickles, by `__reduce__` below or before it, still load."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -101,3 +104,4 @@ def _restore_checkpoint(*state: object) -> Checkpoint:
     cp.sessions = {row[0]: SessionState(row[0], Party(row[1], row[2]), *row[3:])  # type: ignore[index]
                    for row in cp.sessions}  # type: ignore[union-attr]
     return cp
+

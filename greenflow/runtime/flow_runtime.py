@@ -55,7 +55,7 @@ class FlowRuntime(Conversation, RecordedValues):
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
-                 "nd", "raw", "stored_at")
+                 "nd", "raw", "stored_at", "chunks", "inboxed")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -88,6 +88,11 @@ class FlowRuntime(Conversation, RecordedValues):
         # its committed state without losing an acknowledged frame.
         self.base: Optional[bytes | Checkpoint] = None
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
+        # What the store holds of the flow beyond its header, when known (a flow started
+        # here): the start indexes of its journal chunks (None: unknown) and whether any
+        # inbox row or payload was written. Its drop then deletes just those, no scans.
+        self.chunks: Optional[tuple[int, ...]] = None
+        self.inboxed = True
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()
         self._logger: Optional[logging.LoggerAdapter] = None

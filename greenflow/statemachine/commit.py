@@ -15,6 +15,7 @@ from typing import Optional
 from greenflow import serialization
 from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.storage.interface import encode_header
 from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine import stacks
 from greenflow.statemachine.events import ExternalDone
@@ -23,7 +24,7 @@ from greenflow.runtime.fingerprint import fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.interface import Batch, journal_chunk
+from greenflow.storage.interface import Batch, encode_entries, journal_chunk
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -110,9 +111,14 @@ class CommitStaging:
         resolved = n - (1 if last is not None else 0)
         if resolved > rt.committed:
             chunk = journal[rt.committed:resolved]
+            n_ops = len(b.ops)
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
+            if len(b.ops) != n_ops:
+                rt.inboxed = True   # a payload set aside
+            if rt.chunks is not None and rt.committed not in rt.chunks:
+                rt.chunks += (rt.committed,)
             b.append_journal(fid, rt.committed,
-                             journal_chunk(self.round_time, serialization.dumps(chunk)))
+                             journal_chunk(self.round_time, encode_entries(chunk)))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n
@@ -122,6 +128,7 @@ class CommitStaging:
                 if not item.persisted:
                     payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
+                    rt.inboxed = True
         for sid, seq in rt.consumed:
             b.delete_inbox(fid, sid, seq)
         rt.consumed = ()
@@ -146,7 +153,7 @@ class CommitStaging:
                 self.limits.first_stored(b, rt)
         if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
-        rt.base = serialization.dumps(cp)
+        rt.base = encode_header(cp)
         rt.fresh = ()
         b.put_header(fid, rt.base)
         rt.dirty = False

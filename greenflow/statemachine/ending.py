@@ -75,7 +75,7 @@ class Ending:
         if self.limits is not None and rt.cp.invoker_sid is not None:
             self.limits.ended(b, rt)
         if rt.start_blob is None:  # something of it was stored
-            b.drop_flow(fid, max(rt.cp.journal_len, 0))
+            b.drop_flow(fid, max(rt.cp.journal_len, 0), rt.chunks, rt.inboxed)
             if rt.cp.timer_at is not None:
                 b.delete_timer(rt.cp.timer_at, fid)
         expires = self.clock.now() + self.retention

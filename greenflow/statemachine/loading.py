@@ -13,6 +13,7 @@ from typing import Optional
 from greenflow import serialization
 from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.storage.interface import encode_header
 from greenflow.errors import StoreError, WireFormatError
 from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
 from greenflow.runtime.journal import Entry
@@ -90,7 +91,7 @@ class Loading:
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         self._count("hospitalized", cp.flow_class)
-        self.batch.put_header_unchecked(fid, serialization.dumps(cp))
+        self.batch.put_header_unchecked(fid, encode_header(cp))
         self.batch.set_wake(fid, False)
 
     def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None) -> None:
@@ -113,6 +114,7 @@ class Loading:
                 st.peer_info = tuple(f.info)
             if carries_message(f):
                 payloads.persist_inbox_frame(b, fid, f)
+                rt.inboxed = True
         if rt.start_blob is not None:
             b.start_flow(fid, rt.start_blob)
             rt.start_blob = None
@@ -127,7 +129,7 @@ class Loading:
             cp.retries += 1
             heapq.heappush(self.timers, (cp.retry_at, fid))
         b.set_wake(fid, retry_in is not None)
-        b.put_header(fid, serialization.dumps(cp))
+        b.put_header(fid, encode_header(cp))
         rt.out = ()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
@@ -146,7 +148,7 @@ class Loading:
         cp.retry_at = None
         cp.error = None
         self._count("retried", cp.flow_class)
-        blob = serialization.dumps(cp)
+        blob = encode_header(cp)
         self.batch.put_header_unchecked(fid, blob)
         rt = self._load(fid, cp)
         return rt is not None

@@ -31,6 +31,7 @@ class Running:
             self.batch.put_client(cp.client_id, cp.flow_id)
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
+        rt.chunks, rt.inboxed = (), False
         rt.base = cp.clone()   # nothing stored yet: its last good state, should it be parked
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt

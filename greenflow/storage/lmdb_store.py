@@ -269,7 +269,7 @@ class LmdbStore:
             if o[5] is not None:
                 txn.put(_expiry_key(o[5], "sessions", key), b"", True, True, False, db["expiry"])
         elif c == op.DROP_FLOW:
-            self._drop_flow(txn, o[1])
+            self._drop_flow(txn, o[1], *o[3:])
         elif c == op.PUT_RESULT:
             key = o[1].encode()
             txn.put(key, o[2], True, True, False, db["results"])
@@ -306,14 +306,22 @@ class LmdbStore:
                              "first); nothing of this batch was written")
         return handle
 
-    def _drop_flow(self, txn: Any, fid: str) -> None:
+    def _drop_flow(self, txn: Any, fid: str, chunks: Optional[tuple[int, ...]] = None,
+                   inbox: bool = True) -> None:
         db = self.db
         k = _fid_key(fid)
         for name in ("flows", "logic", "frames", "wake"):
-            txn.delete(k, db=db[name])
-        self._delete_prefix(txn, "journal", k, len(k) + 4)
-        self._delete_prefix(txn, "inbox", k + b"\0")
-        self._delete_prefix(txn, "payloads", k + b"\0")
+            txn.delete(k, b"", db[name])
+        # What the caller knows it stored is deleted by key; the rest found by a scan.
+        if chunks is None:
+            self._delete_prefix(txn, "journal", k, len(k) + 4)
+        else:
+            d_journal = db["journal"]
+            for start in chunks:
+                txn.delete(k + _U32.pack(start), b"", d_journal)
+        if inbox:
+            self._delete_prefix(txn, "inbox", k + b"\0")
+            self._delete_prefix(txn, "payloads", k + b"\0")
 
     def _delete_prefix(self, txn: Any, name: str, prefix: bytes, exact_len: int = 0) -> None:
         cur = txn.cursor(db=self.db[name])
