@@ -18,7 +18,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def gf(*args, timeout=60, check=True):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
     r = subprocess.run([sys.executable, "-m", "greenflow.cli.main", *args], capture_output=True,
                        text=True, timeout=timeout, env=env)
     if check and r.returncode != 0:
@@ -41,7 +42,8 @@ def test_cluster_up_status_and_flow_list_show_the_workers(root):
     tmp_path = root
     gf("network", "bootstrap", "--dir", str(tmp_path), "--nodes", "Alice", "--base-port", "0")
     alice = str(tmp_path / "Alice")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
     up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
                            alice, "--workers", "2", "--lease", "3", "--renew", "0.5"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
