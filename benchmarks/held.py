@@ -74,8 +74,7 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
         after = mem()
         store_bytes = None
         try:
-            info, stat = node.store.env.info(), node.store.env.stat()
-            store_bytes = (info["last_pgno"] + 1) * stat["psize"]
+            store_bytes = node.store.bytes_used()
         except Exception:
             pass
         return _result(n, before, after, seconds, resident=resident,

@@ -47,8 +47,10 @@ def query(node_dir: str, type_path: str, status: str, linear_ids: tuple, externa
 
     from greenflow.cli.checkpoints import node_name
 
+    from greenflow.storage import is_lmdb, store_url
+
     name = node_name(node_dir)
-    if not os.path.isdir(os.path.join(node_dir, "store")):
+    if is_lmdb(store_url(node_dir)) and not os.path.isdir(os.path.join(node_dir, "store")):
         raise NotANodeDirectory(f"{node_dir} has no store/")
     try:
         known = _known_types(node_dir)
@@ -70,15 +72,11 @@ def _known_types(node_dir: str) -> list[str]:
     import os
 
     from greenflow.ledger.vault_query import IndexReader
-    from greenflow.storage.store import Store
+    from greenflow.storage import open_store
 
-    store = Store(os.path.join(os.path.abspath(node_dir), "store"), readonly=True)
+    store = open_store(os.path.abspath(node_dir), readonly=True)
     try:
-        try:
-            db = store.env.open_db(b"vault_types", create=False)
-        except Exception:
-            return []
-        return IndexReader(store.env, {"vault_types": db}).type_names()
+        return IndexReader(store).type_names()   # none recorded: an empty table
     finally:
         store.close()
 

@@ -93,7 +93,7 @@ class LedgerSnapshotFlow(FlowLogic):
             else:
                 states.append({"ref": ref, "type": type(s).__qualname__})
         transactions = {}
-        for key in store.keys("vault_txs"):
+        for key, _ in store.table_items("vault_txs"):
             stx = vault.transaction(SecureHash(bytes(key)))
             transactions[bytes(key).hex()] = [_ref(r.tx_id.hex, r.index) for r in stx.tx.inputs]
         return {
@@ -101,10 +101,10 @@ class LedgerSnapshotFlow(FlowLogic):
             "states": states,
             "transactions": transactions,
             "consumed": {_ref_of_key(k): bytes(v)[:32].hex()  # the consuming tx (then when)
-                         for k, v in store.iter_db("vault_consumed")},
+                         for k, v in store.table_items("vault_consumed")},
             "locks": {_ref(r.tx_id.hex, r.index): fid for r, fid in vault.locks().items()},
             "notary_consumed": ({_ref_of_key(k): bytes(v).hex()
-                                 for k, v in store.iter_db("notary_consumed")}
+                                 for k, v in store.table_items("notary_consumed")}
                                 if services.get("notary_service") is not None else None),
         }
 

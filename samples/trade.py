@@ -153,12 +153,12 @@ class TradePolicy:
 
     def __init__(self, node: Any) -> None:
         self._node = node
-        node.store.ensure_db(self.DB)
-        self._limits = {k.decode(): int(v) for k, v in node.store.iter_db(self.DB)}
+        node.store.open_table(self.DB)
+        self._limits = {k.decode(): int(v) for k, v in node.store.table_items(self.DB)}
 
     def set_max_price(self, currency: str, amount: int) -> None:
         with self._node.services.writes() as batch:
-            batch.put(self.DB, currency.encode(), str(int(amount)).encode())
+            batch.table_put(self.DB, currency.encode(), str(int(amount)).encode())
         self._limits[currency] = int(amount)
 
     @journaled

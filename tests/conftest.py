@@ -23,6 +23,70 @@ if _HERE not in sys.path:
 os.environ["PYTHONSAFEPATH"] = "1"
 
 from greenflow.testing import MockNetwork  # noqa: E402
+from greenflow.storage import STORE_ENV, is_lmdb  # noqa: E402
+
+
+# ====================================================================== the store
+# ``pytest --store=lmdb`` (the default) or ``--store=postgres``: every node the run opens,
+# in this process and in the node processes and CLIs it starts, uses that store (through
+# $GREENFLOW_STORE, which children inherit). A postgresql:// URL names a server to use.
+_STORE_URL = pytest.StashKey[str]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--store", default="lmdb",
+                     help="the node store the tests run against: lmdb (default), postgres "
+                          "(an embedded PostgreSQL started once per run) or a "
+                          "postgresql:// URL")
+
+
+def _start_embedded_postgres(config: pytest.Config) -> str:
+    """Start a PostgreSQL server for this run and return its URL (stopped at the end,
+    from ``pytest_unconfigure``).
+
+    ===== PostgreSQL store: the embedded server starts here (filled in with the store). =====
+    """
+    raise pytest.UsageError("--store=postgres: no embedded PostgreSQL is set up in this "
+                            "checkout; pass a postgresql:// URL to --store instead")
+
+
+def _stop_embedded_postgres(config: pytest.Config) -> None:
+    """===== PostgreSQL store: the embedded server stops here. ====="""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "lmdb_only: tests of the LMDB store's own internals "
+                                       "(skipped with --store other than lmdb)")
+    choice = config.getoption("--store", default="lmdb") or "lmdb"
+    if choice == "postgres":
+        url = _start_embedded_postgres(config)
+    elif choice == "lmdb" or choice.startswith(("postgresql://", "postgres://")):
+        url = choice
+    else:
+        raise pytest.UsageError(f"--store={choice!r}: expected lmdb, postgres or a "
+                                "postgresql:// URL")
+    config.stash[_STORE_URL] = url
+    os.environ[STORE_ENV] = url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if config.getoption("--store", default="lmdb") == "postgres":
+        _stop_embedded_postgres(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if is_lmdb(config.stash.get(_STORE_URL, "lmdb")):
+        return
+    skip = pytest.mark.skip(reason="a test of the LMDB store's internals")
+    for item in items:
+        if "lmdb_only" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def store_url(request: pytest.FixtureRequest) -> str:
+    """The store the run was asked for ("lmdb" or a postgresql:// URL)."""
+    return request.config.stash.get(_STORE_URL, "lmdb")
 
 # Every flow test runs twice: flows kept in memory between suspensions, and flows
 # dropped after every suspension and rebuilt by replay (the strictest restore check).

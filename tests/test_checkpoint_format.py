@@ -6,7 +6,7 @@ from greenflow import serialization
 from greenflow.runtime.checkpoint import Checkpoint, SessionState, _checkpoint_state
 from greenflow.party import Party
 from greenflow.status import FlowStatus
-from greenflow.storage.store import dump_result, load_result
+from greenflow.storage.interface import dump_result, load_result
 
 
 def _checkpoint() -> Checkpoint:
@@ -87,3 +87,33 @@ def test_journal_kinds_are_stored_as_the_plain_strings_earlier_versions_wrote():
     earlier.__setstate__(("receive", ("01a2.1", "Bob", "int"), ("data", b"\x01", 0), None))
     back = serialization.loads(raw)
     assert back.kind == earlier.kind == Kind.RECEIVE and type(back.kind) is str
+
+
+def test_a_sleeping_flow_whose_header_holds_the_old_timer_key_wakes_after_an_upgrade(tmp_path):
+    """Headers used to keep the store's timer key (8-byte µs deadline + flow id) where
+    they now keep the deadline: an upgraded node reads the deadline back from it, and the
+    flow's timer fires and is removed as before."""
+    from flowlib import Sleeper
+
+    from greenflow.storage.interface import Batch
+    from greenflow.testing import MockNetwork
+    net = MockNetwork(tmp_path / "net")
+    alice = net.create_node("Alice")
+    h = alice.start_flow(Sleeper(60))
+    net.run_network()
+    store = alice.node.store
+    cp = store.checkpoint(h.id)
+    deadline = cp.timer_at
+    assert list(store.timers()) == [(deadline, h.id)]
+    cp.timer_at = round(deadline * 1_000_000).to_bytes(8, "big") + h.id.encode()   # as stored before
+    b = Batch()
+    b.put_header_unchecked(h.id, serialization.dumps(cp))
+    store.commit(b)
+    alice = net.restart_node(alice)
+    assert alice.node.store.checkpoint(h.id).timer_at == deadline
+    net.advance_clock(61)
+    net.run_network()
+    before, after = alice.node.handle(h.id).result()
+    assert (after - before).total_seconds() >= 60
+    assert list(alice.node.store.timers()) == []
+    net.close()

@@ -338,9 +338,12 @@ def test_a_vault_recorded_before_the_indexes_indexes_its_states_when_it_opens(mo
     run(mock, bank, CashIssueFlow(pounds(5), mock.notary.party, owner=alice.party, coins=5))
     store = alice.node.store
     from greenflow.ledger.vault_query import INDEX_DBS
-    with store.env.begin(write=True) as txn:  # as a store written before the indexes were
-        for name in INDEX_DBS:
-            txn.drop(store.db[name], delete=False)
+    from greenflow.storage.interface import Batch
+    b = Batch()                             # as a store written before the indexes were
+    for name in INDEX_DBS:
+        for key, _ in list(store.table_items(name)):
+            b.table_delete(name, key)
+    store.commit(b)
     alice = mock.restart_node(alice)
     page = alice.services.vault.query_by(QueryCriteria(Cash))
     assert page.total_states_available == 5 and page.states_metadata[0].recorded_time is None

@@ -6,7 +6,6 @@ import pytest
 import opsflows
 from opsflows import KNOBS, Exchange
 from greenflow import FlowStatus
-from greenflow.storage.store import session_key
 from greenflow.testing import MockNetwork
 
 
@@ -182,15 +181,16 @@ def test_finished_flow_records_expire_after_the_retention_time(tmp_path):
     assert h.result() == 60
     store, bstore = alice.node.store, bob.node.store
     # Alice opened the session: it routes by its id, no record. Bob keeps one (finished).
-    bob_route = session_key("Alice", f"{h.id}.1", 0)
-    assert store.count("results") == 1 and store.count("sessions") == 0
-    assert bstore.route(bob_route) is not None
+    bob_route = ("Alice", f"{h.id}.1", 0)
+    assert [fid for fid, _ in store.results()] == [h.id]
+    assert store.route("Bob", f"{h.id}.1", 1) is None
+    assert bstore.route(*bob_route) is not None
     net.advance_clock(3601)
     h2 = alice.start_flow(Exchange(bob.party))   # any later commit sweeps
     net.run_network()
     assert h2.result() == 60
     assert store.result(h.id) is None and store.client("c-1") is None
-    assert bstore.route(bob_route) is None
+    assert bstore.route(*bob_route) is None
 
 
 def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry_lingers(tmp_path):
@@ -203,8 +203,8 @@ def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry
     net.run_network()
     with pytest.raises(UnknownFlow, match="Bob has no flow registered to answer opsflows.Chatter"):
         h.result()
-    assert alice.node.store.count("outbox") == 0
-    assert bob.node.store.count("outbox") == 0
+    assert list(alice.node.store.outbox()) == []
+    assert list(bob.node.store.outbox()) == []
 
 
 def test_an_error_while_ending_a_flow_parks_it_instead_of_breaking_the_node(ops_net, monkeypatch):

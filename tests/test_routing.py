@@ -50,4 +50,4 @@ def test_a_late_copy_of_a_frame_for_a_finished_flow_is_acknowledged(net, caplog)
                for r in caplog.records)
     assert not any(r.levelno >= logging.WARNING and "no such session" in r.getMessage()
                    for r in caplog.records)
-    assert bob.node.store.count("outbox") == 0
+    assert list(bob.node.store.outbox()) == []

@@ -19,7 +19,7 @@ from greenflow import FlowStatus
 from greenflow.statemachine.events import FrameArrived
 from greenflow.messages import decode_frame
 from greenflow.rpc.client import RpcClient
-from greenflow.storage.store import Batch, fid_key
+from greenflow.storage.interface import Batch
 from greenflow.testing import MockNetwork
 from greenflow.testing.node_processes import ProcessNetwork
 from greenflow.samples.ping import Ping
@@ -70,14 +70,14 @@ def test_the_store_never_commits_a_header_without_its_start_record(tmp_path):
     alice = net.create_node("Alice")
     store = alice.node.store
     b = Batch()
-    b.put_header(fid_key("f" * 32), b"header")       # no start record anywhere
+    b.put_header("f" * 32, b"header")       # no start record anywhere
     store.commit(b)
     assert store.checkpoint("f" * 32) is None
     b = Batch()
-    b.put("logic", fid_key("g" * 32), b"start")
-    b.put_header(fid_key("g" * 32), b"header")       # with it, in the same commit
+    b.start_flow("g" * 32, b"start")
+    b.put_header("g" * 32, b"header")       # with it, in the same commit
     store.commit(b)
-    assert store.get("flows", fid_key("g" * 32)) == b"header"
+    assert store.header_blob("g" * 32) == b"header"
     net.close()
 
 
@@ -144,12 +144,13 @@ def test_a_leftover_header_of_a_finished_flow_is_removed_and_its_result_stands(t
     assert (woke.result(), parked.result()) == (1, 3)
     store = alice.node.store
     cp = _checkpoint_like(woke.id)
-    with store.env.begin(write=True) as txn:
-        txn.put(fid_key(woke.id), serialization.dumps(cp), db=store.db["flows"])
-        txn.put(fid_key(woke.id), b"", db=store.db["wake"])
-        cp.status = FlowStatus.HOSPITALIZED
-        cp.flow_id = parked.id
-        txn.put(fid_key(parked.id), serialization.dumps(cp), db=store.db["flows"])
+    b = Batch()
+    b.put_header_unchecked(woke.id, serialization.dumps(cp))
+    b.set_wake(woke.id, True)
+    cp.status = FlowStatus.HOSPITALIZED
+    cp.flow_id = parked.id
+    b.put_header_unchecked(parked.id, serialization.dumps(cp))
+    store.commit(b)
     alice = net.restart_node(alice)
     net.run_network()
     assert alice.node.store.checkpoint(woke.id) is None
@@ -174,8 +175,12 @@ def test_a_header_without_its_start_record_is_parked_saying_so(tmp_path):
     net.run_network(max_messages=2)              # both wait on Bob
     alice = net.restart_node(alice)
     store = alice.node.store
-    with store.env.begin(write=True) as txn:     # damage from outside: the start record gone
-        txn.delete(fid_key(lost.id), db=store.db["logic"])
+    # Damage from outside: the start record (and what went with it) gone, the header kept.
+    header, cp = store.header_blob(lost.id), store.checkpoint(lost.id)
+    b = Batch()
+    b.drop_flow(lost.id, cp.journal_len)
+    b.put_header_unchecked(lost.id, header)
+    store.commit(b)
     net.run_network()
     assert alice.node.handle(fine.id).result() == 3
     info = next(f for f in alice.node.flows() if f.id == lost.id)

@@ -18,7 +18,7 @@ from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
 from greenflow.rpc.metrics import peer_stats, store_bytes, store_file_bytes
 from greenflow.node.node import shown_status, suspended_on
 from greenflow.status import FlowStatus
-from greenflow.storage.store import load_result
+from greenflow.storage.interface import load_result
 
 PAGE_SIZE = 50
 # The flow list reads at most this many stored flows (and as many finished ones),
@@ -51,7 +51,7 @@ def all_flows(node: Any, limit: int = SCAN_LIMIT) -> tuple[list[dict], bool]:
     dict each, and whether the list was cut at ``limit`` stored flows (the newest kept).
 
     Resident flows are read on the scheduler thread (a pass over memory); the stored ones
-    in read-only LMDB transactions on the caller's thread, newest first (flow ids start
+    by the store's readers on the caller's thread, newest first (flow ids start
     with their start time), so a long list never holds up the scheduler."""
     def snapshot() -> dict[str, dict]:
         return {fid: _cp_row(rt.cp, True) for fid, rt in node.scheduler.resident.items()}
@@ -59,21 +59,16 @@ def all_flows(node: Any, limit: int = SCAN_LIMIT) -> tuple[list[dict], bool]:
     out = node.on_scheduler(snapshot)
     store = node.store
     truncated = False
-    for name in ("flows", "results"):
-        db = store.db.get(name)
-        if db is None:
-            continue
+    for name, rows in (("flows", store.header_blobs), ("results", store.result_blobs)):
         seen = 0
-        with store.env.begin(db=db) as txn:
-            for k, raw in txn.cursor().iterprev():
-                fid = bytes(k).decode("utf-8", "replace")
-                if fid in out:
-                    continue
-                seen += 1
-                if seen > limit:
-                    truncated = True
-                    break
-                out[fid] = _stored_row(name, fid, bytes(raw))
+        for fid, raw in rows(reverse=True):
+            if fid in out:
+                continue
+            seen += 1
+            if seen > limit:
+                truncated = True
+                break
+            out[fid] = _stored_row(name, fid, raw)
     return list(out.values()), truncated
 
 
@@ -198,7 +193,7 @@ def flow_detail(node: Any, fid: str) -> dict:
         row = _cp_row(cp, resident)
         stored = store.checkpoint(fid) is not None if resident else True
         try:
-            snap = store.frames(fid) if stored else None
+            snap = store.snapshot(fid) if stored else None
         except Exception as exc:  # noqa: BLE001
             snap = [{"function": "?", "file": "?", "line": 0,
                      "locals": {"error": f"snapshot unreadable: {exc}"}}]
@@ -323,7 +318,7 @@ def _flow_class(path: Optional[str]) -> Optional[type]:
 def node_overview(proc: Any, node: Any) -> dict:
     def collect() -> dict:
         sched, store = node.scheduler, node.store
-        stored = store.count("flows")
+        stored = store.flow_count()
         in_store_resident = sum(1 for rt in sched.resident.values() if rt.start_blob is None)
         return {"resident": len(sched.resident),
                 "hibernated": max(0, stored - in_store_resident),
@@ -384,11 +379,11 @@ def vault_overview(node: Any, query: dict) -> dict:
                   "state": _repr(sar.state), "locked_by": locks.get(sar.ref)}
                  for sar in states[(p - 1) * size: p * size]]
         txs = []
-        total = node.store.count("vault_txs") if node.store.db.get("vault_txs") is not None else 0
+        total = node.store.table_count("vault_txs")
         tx_pages = max(1, (total + size - 1) // size)
         tp = min(tx_page, tx_pages)
         skip = (tp - 1) * size
-        for i, (k, raw) in enumerate(node.store.iter_db("vault_txs")):
+        for i, (k, raw) in enumerate(node.store.table_items("vault_txs")):
             if i < skip:
                 continue
             if len(txs) >= size:

@@ -1,19 +1,19 @@
-"""`AppDb`: one named database of the node's store, as a ledger service reads and writes it.
+"""`AppDb`: one table of the node's store, as a ledger service reads and writes it.
 
 A service called from a flow writes through the scheduler's group-commit batch
 (`ServiceHub.writes`), so its writes become durable with the flow's checkpoint, at the
-end of the round. Until then LMDB does not show them, yet other flows of the same round
+end of the round. Until then the store does not show them, yet other flows of the same round
 must: a second buyer must see the cash the first one just locked, the notary must see
 the input it consumed a moment ago. So every write also lands in a cache that reads
 consult first. An entry leaves the cache only once a commit has happened since it was
-written (it is then in LMDB), and only when the cache is over its bound.
+written (it is then in the store), and only when the cache is over its bound.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
-from greenflow.storage.store import Batch
+from greenflow.storage.interface import Batch
 
 __all__ = ["AppDb"]
 
@@ -25,7 +25,7 @@ class AppDb:
 
     def __init__(self, store: Any, name: str, encode: Callable[[Any], bytes],
                  decode: Callable[[bytes], Any], max_cached: int = 50_000) -> None:
-        store.ensure_db(name)
+        store.open_table(name)
         self.store = store
         self.name = name
         self.encode = encode
@@ -38,7 +38,7 @@ class AppDb:
         hit = self._cache.get(key)
         if hit is not None:
             return default if hit[0] is _ABSENT else hit[0]
-        raw = self.store.get(self.name, key)
+        raw = self.store.table_get(self.name, key)
         if raw is None:
             return default
         value = self.decode(raw)
@@ -49,16 +49,16 @@ class AppDb:
         return self.get(key, _ABSENT) is not _ABSENT
 
     def put(self, batch: Batch, key: bytes, value: Any) -> None:
-        batch.put(self.name, key, self.encode(value))
+        batch.table_put(self.name, key, self.encode(value))
         self._remember(key, value, self.store.commits)
 
     def delete(self, batch: Batch, key: bytes) -> None:
-        batch.delete(self.name, key)
+        batch.table_delete(self.name, key)
         self._remember(key, _ABSENT, self.store.commits)
 
     def committed_items(self) -> Iterator[tuple[bytes, Any]]:
-        """What LMDB holds (for loading indexes when a node opens: nothing is pending)."""
-        for key, raw in self.store.iter_db(self.name):
+        """What the store holds (for loading indexes when a node opens: nothing is pending)."""
+        for key, raw in self.store.table_items(self.name):
             yield key, self.decode(raw)
 
     def _remember(self, key: bytes, value: Any, stamp: int) -> None:

@@ -96,7 +96,7 @@ class NotaryService:
         store = node.store
         self._consumed = AppDb(store, "notary_consumed", lambda v: v, bytes)
         self._committed = AppDb(store, "notary_committed", lambda v: v, bytes)
-        store.ensure_db("notary_meta")
+        store.open_table("notary_meta")
         self._counts = {k: self._load_count(k) for k in (_NOTARISED, _REFUSED)}
 
     @property
@@ -219,10 +219,10 @@ class NotaryService:
 
     def _count(self, batch: Any, key: bytes) -> None:
         self._counts[key] += 1
-        batch.put("notary_meta", key, _COUNTER.pack(self._counts[key]))
+        batch.table_put("notary_meta", key, _COUNTER.pack(self._counts[key]))
 
     def _load_count(self, key: bytes) -> int:
-        raw = self._node.store.get("notary_meta", key)
+        raw = self._node.store.table_get("notary_meta", key)
         return 0 if raw is None else _COUNTER.unpack(bytes(raw))[0]
 
 

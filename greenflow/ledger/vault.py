@@ -1,4 +1,4 @@
-"""`Vault` (``services.vault``): what a node knows of the ledger, in its own LMDB store.
+"""`Vault` (``services.vault``): what a node knows of the ledger, in its own store.
 
 | database       | key                          | value                                        |
 |----------------|------------------------------|----------------------------------------------|
@@ -107,20 +107,20 @@ class Vault:
         store = node.store
         self._txs = AppDb(store, "vault_txs", _pack, _unpack)
         self._consumed = AppDb(store, "vault_consumed", lambda v: v, bytes)
-        store.ensure_db("vault_states")
-        store.ensure_db("vault_locks")
+        store.open_table("vault_states")
+        store.open_table("vault_locks")
         # Complete in-memory indexes: exact state class -> ref -> state, and the locks.
         self._unconsumed: dict[type, dict[StateRef, StateAndRef]] = {}
         self._free: dict[type, dict[StateRef, StateAndRef]] = {}  # unconsumed, not locked
         self._locks: dict[StateRef, str] = {}
         self._locks_by_flow: dict[str, set[StateRef]] = {}
-        for _, raw in store.iter_db("vault_states"):
+        for _, raw in store.table_items("vault_states"):
             sar = _unpack(raw)
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
             self._free.setdefault(type(sar.state), {})[sar.ref] = sar
         self._open_indexes(store)
         stale: list[bytes] = []
-        for key, fid in store.iter_db("vault_locks"):
+        for key, fid in store.table_items("vault_locks"):
             flow_id = fid.decode()
             if self._flow_is_live(flow_id):
                 self._add_lock(_ref_from_key(key), flow_id)
@@ -129,14 +129,14 @@ class Vault:
         if stale:
             with node.services.writes() as batch:
                 for key in stale:
-                    batch.delete("vault_locks", key)
+                    batch.table_delete("vault_locks", key)
         node.scheduler.add_flow_end_listener(self._on_flow_end)
 
     # ------------------------------------------------------------------ query indexes
     def _open_indexes(self, store: Any) -> None:
         for name in vq.INDEX_DBS:
-            store.ensure_db(name)
-        self._index = vq.IndexReader(store.env, {n: store.db[n] for n in vq.INDEX_DBS}, store)
+            store.open_table(name)
+        self._index = vq.IndexReader(store)
         self._engine = vq.QueryEngine(self._index, self._load_state,
                                       lambda rkey: vq.consumed_us(self._consumed.get(rkey)),
                                       self._notary_key, self._locks.get)
@@ -222,7 +222,7 @@ class Vault:
                 gone = by_type.pop(ref, None)
                 if gone is not None:
                     self._free.get(cls, {}).pop(ref, None)
-                    batch.delete("vault_states", key)
+                    batch.table_delete("vault_states", key)
                     self._consumed.put(batch, key, vq.consumed_value(stx.id.value, now_us))
                     consumed.append(gone)
                     break
@@ -238,7 +238,7 @@ class Vault:
             by_type[ref] = sar
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
-            batch.put("vault_states", key, _pack(sar))
+            batch.table_put("vault_states", key, _pack(sar))
             self._index_state(batch, sar, key, now_us)
             produced.append(sar)
         if self._feeds and (consumed or produced):
@@ -482,7 +482,7 @@ class Vault:
             value = fid.encode()
             for ref in refs:
                 self._add_lock(ref, fid)
-                batch.put("vault_locks", ref_key(ref), value)
+                batch.table_put("vault_locks", ref_key(ref), value)
 
     def _add_lock(self, ref: StateRef, fid: str) -> None:
         self._locks[ref] = fid
@@ -504,11 +504,11 @@ class Vault:
                 if sar is not None:
                     self._free.setdefault(cls, {})[ref] = sar
                     break
-        batch.delete("vault_locks", ref_key(ref))
+        batch.table_delete("vault_locks", ref_key(ref))
 
     def _flow_is_live(self, fid: str) -> bool:
         node = self._node
-        return fid in node.scheduler.resident or node.store.get("flows", fid.encode()) is not None
+        return fid in node.scheduler.resident or node.store.has_flow(fid)
 
     def _on_flow_end(self, fid: str) -> None:
         """Scheduler hook: the flow ended; its locks go in the commit of its result."""

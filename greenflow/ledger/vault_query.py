@@ -8,7 +8,7 @@ running node (``greenflow vault query``).
 The store keeps indexes so that a query by state type, linear id or external id reads
 only the states it names, never the whole vault:
 
-| database          | key                                   | value                        |
+| table             | key                                   | value                        |
 |-------------------|---------------------------------------|------------------------------|
 | vault_by_type     | type id (2 bytes) + sequence (8 bytes) | state ref, recorded time (µs) |
 | vault_by_linear   | linear uuid (16 bytes) + sequence     | state ref, recorded time, type id |
@@ -18,8 +18,8 @@ only the states it names, never the whole vault:
 
 The sequence number counts states in the order this vault recorded them: every index
 lists a key's states oldest first, and it is the default sort and the cursor. Keys grow
-with it, so recording a state appends to the end of each index (cheap in LMDB, unlike a
-write at a random place), and entries are kept small (a type id, no notary: that comes
+with it, so recording a state appends to the end of each index (cheap in an ordered store,
+unlike a write at a random place), and entries are kept small (a type id, no notary: that comes
 from the state's transaction when a query asks for it), since every recorded state
 writes one; whether a state is consumed is the vault's own record of it.
 """
@@ -312,29 +312,25 @@ def load_class(tname: str) -> Optional[type]:
 
 # ---------------------------------------------------------------------------- the engine
 class IndexReader:
-    """Reads the vault's indexes from LMDB, plus writes made since the last commit
-    (``pending``: key -> (value or None, commit stamp) per database), which a flow's own
+    """Reads the vault's indexes from the store, plus writes made since the last commit
+    (``pending``: key -> (value or None, commit stamp) per table), which a flow's own
     round has not committed yet but must see."""
 
-    def __init__(self, env: Any, dbs: dict[str, Any], store: Any = None) -> None:
-        self.env = env
-        self.dbs = dbs
+    def __init__(self, store: Any) -> None:
         self.store = store
         self.pending: dict[str, dict[bytes, tuple[Optional[bytes], int]]] = {n: {} for n in INDEX_DBS}
         self._pruned_at = -1
 
     def put(self, batch: Any, name: str, key: bytes, value: bytes) -> None:
         """Write into the round's batch; reads see it until it commits."""
-        batch.put(name, key, value)
+        batch.table_put(name, key, value)
         if self.store.commits != self._pruned_at:
             self._prune()
         self.pending[name][key] = (value, self._pruned_at)
 
     def _prune(self) -> None:
-        """Forget the writes of rounds that have committed since (LMDB holds them now):
-        once per commit, not once per read or write."""
-        if self.store is None:
-            return
+        """Forget the writes of rounds that have committed since (the store holds them
+        now): once per commit, not once per read or write."""
         committed = self.store.commits
         if committed != self._pruned_at:
             self._pruned_at = committed
@@ -354,28 +350,11 @@ class IndexReader:
         hit = self._live_pending(name).get(key)
         if hit is not None:
             return hit[0]
-        db = self.dbs.get(name)
-        if db is None:
-            return None
-        with self.env.begin(db=db) as txn:
-            raw = txn.get(key)
-            return bytes(raw) if raw is not None else None
+        return self.store.table_get(name, key)
 
     def scan(self, name: str, prefix: bytes, after: Optional[bytes] = None) -> list[tuple[bytes, bytes]]:
         """Rows whose key starts with ``prefix`` (and is past ``after``), in key order."""
-        rows: dict[bytes, Optional[bytes]] = {}
-        db = self.dbs.get(name)
-        start = after if after is not None else prefix
-        if db is not None:
-            with self.env.begin(db=db) as txn:
-                cur = txn.cursor()
-                if cur.set_range(start):
-                    for k, v in cur:
-                        if not k.startswith(prefix):
-                            break
-                        if after is not None and k <= after:
-                            continue
-                        rows[bytes(k)] = bytes(v)
+        rows: dict[bytes, Optional[bytes]] = dict(self.store.table_items(name, prefix, after=after))
         for k, (v, _) in self._live_pending(name).items():
             if k.startswith(prefix) and (after is None or k > after):
                 rows[k] = v
@@ -392,22 +371,11 @@ class IndexReader:
         """One past the highest sequence number in the type index: the last key of each
         type's range (a handful of seeks, whatever the size of the vault)."""
         top = -1
-        db = self.dbs.get("vault_by_type")
-        if db is None:
-            return 0
-        with self.env.begin(db=db) as txn:
-            cur = txn.cursor()
-            for tid in self.type_ids().values():
-                prefix = type_prefix(tid)
-                end = prefix + b"\xff" * 8
-                if cur.set_range(end) and cur.key() == end:
-                    found = True
-                elif cur.set_range(end):
-                    found = cur.prev()
-                else:
-                    found = cur.last()
-                if found and cur.key().startswith(prefix):
-                    top = max(top, _SEQ.unpack(cur.key()[len(prefix):len(prefix) + 8])[0])
+        for tid in self.type_ids().values():
+            prefix = type_prefix(tid)
+            for k, _ in self.store.table_items("vault_by_type", prefix, reverse=True):
+                top = max(top, _SEQ.unpack(k[len(prefix):len(prefix) + 8])[0])
+                break
         return top + 1
 
 
@@ -588,19 +556,13 @@ def update_matches(c: QueryCriteria, sar: StateAndRef, notary_key: bytes) -> boo
 def read_vault(node_dir: str, criteria: QueryCriteria, paging: Optional[PageSpecification] = None,
                sort: Optional[Sort] = None) -> Page:
     """`Vault.query_by` over the store in ``node_dir``, read-only and without starting the
-    node (LMDB readers never block the writer, so the node may be running)."""
-    from greenflow.storage.store import Store
+    node (the store's readers never block its writer, so the node may be running)."""
+    from greenflow.storage import open_store
     from greenflow.ledger.vault import _unpack, ref_key
 
-    store = Store(os.path.join(os.path.abspath(node_dir), "store"), readonly=True)
+    store = open_store(node_dir, readonly=True)
     try:
-        dbs: dict[str, Any] = {}
-        for name in (*INDEX_DBS, "vault_txs", "vault_states", "vault_consumed"):
-            try:
-                dbs[name] = store.env.open_db(name.encode(), create=False)
-            except Exception:  # lmdb.NotFoundError: this node never recorded a state
-                dbs[name] = None
-        reader = IndexReader(store.env, dbs)
+        reader = IndexReader(store)   # a table this node never wrote reads as empty
 
         def load_state(ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
             if unconsumed:

@@ -56,8 +56,8 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
     write_credentials(base_dir, rpc_user, password)
     # The store exists from the start: a node directory without one has lost it, and
     # `greenflow node start` refuses it rather than start afresh (see store_guard).
-    from greenflow.storage.store import Store
-    Store(os.path.join(base_dir, "store")).close()
+    from greenflow.storage import open_store
+    open_store(base_dir).close()
     if not os.path.exists(cfg.network_map_path):
         NetworkMap([NodeInfo(identity.party, p2p_address, notary)]).save(cfg.network_map_path)
     return cfg

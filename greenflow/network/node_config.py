@@ -9,6 +9,7 @@
     notary = false
     validating_notary = false           # a notary that verifies transactions and their history
     network_map = "network-map.json"    # relative to the node directory
+    store = "lmdb"                      # optional: or "postgresql://..." (docs/storage.md)
 
     sensitive_names = ["iban"]          # more names to redact in checkpoint dumps
 
@@ -103,6 +104,8 @@ class NodeConfig:
     sensitive_names: list[str] = field(default_factory=list)
     rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc.limits.RpcLimits
     logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
+    #: The node's store: None or "lmdb" (node_dir/store), or a "postgresql://..." URL.
+    store: Optional[str] = None
 
     def node_options(self) -> dict[str, Any]:
         """The `Node` options this file sets (limits and redaction)."""
@@ -189,6 +192,12 @@ class NodeConfig:
             elif idle is not None and (type(idle) not in (int, float) or not idle > 0):
                 raise ConfigError(f"{where}: limits.responder_idle_timeout must be a number of "
                                   f"seconds > 0 (absent or false: off), found {idle!r}")
+            store = doc.get("store")
+            if store is not None and (not isinstance(store, str) or not (
+                    store == "lmdb" or store.startswith(("postgresql://", "postgres://")))):
+                raise ConfigError(f"{where}: `store` must be \"lmdb\" or a \"postgresql://...\" "
+                                  f"URL, found {store!r}" if not isinstance(store, str) else
+                                  f"{where}: `store` must be \"lmdb\" or a \"postgresql://...\" URL")
             sensitive = doc.get("sensitive_names", [])
             if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
                 raise ConfigError(f"{where}: `sensitive_names` must be a list of strings")
@@ -200,7 +209,7 @@ class NodeConfig:
                        rpc_users=users, base_dir=base_dir, validating_notary=validating,
                        max_inbound_sessions=cap,
                        responder_idle_timeout=None if idle is None else float(idle),
-                       sensitive_names=list(sensitive),
+                       sensitive_names=list(sensitive), store=store,
                        **tables)
         except NetworkMapError as exc:
             if isinstance(exc, ConfigError):
@@ -216,6 +225,7 @@ class NodeConfig:
             f"notary = {'true' if self.notary else 'false'}",
             *(["validating_notary = true"] if self.validating_notary else []),
             f"network_map = {_s(self.network_map)}",
+            *([f"store = {_s(self.store)}"] if self.store else []),
         ]
         if self.sensitive_names:
             lines.append(f"sensitive_names = [{', '.join(_s(n) for n in self.sensitive_names)}]")

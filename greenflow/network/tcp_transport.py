@@ -164,8 +164,8 @@ class TcpTransport:
             raise RuntimeError("TcpTransport.start() before a Node was attached")
         if self.outbox_reader is None:
             store = getattr(self.node, "store", None)
-            if store is not None and hasattr(store, "outbox_frames"):
-                self.outbox_reader = store.outbox_frames
+            if store is not None and hasattr(store, "outbox"):
+                self.outbox_reader = lambda peer: (data for _, data in store.outbox(peer))
         self.bind()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._thread_main, args=(ready,),

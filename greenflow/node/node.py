@@ -31,7 +31,8 @@ from greenflow.statemachine.ids import new_flow_id
 from greenflow.statemachine.scheduler import Scheduler
 from greenflow.node.services import ServiceHub
 from greenflow.status import FlowStatus
-from greenflow.storage.store import Store, load_result
+from greenflow.storage import open_store
+from greenflow.storage.interface import FlowStore
 
 log = logging.getLogger("greenflow.node")
 
@@ -104,7 +105,7 @@ class Node:
                  notary: bool = False, validating_notary: bool = False,
                  max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
                  responder_idle_timeout: Optional[float] = None,
-                 sensitive_names: Iterable[str] = ()) -> None:
+                 sensitive_names: Iterable[str] = (), store_url: Optional[str] = None) -> None:
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)
@@ -112,7 +113,8 @@ class Node:
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
         self.party: Party = self.identity.party
         self.clock = clock or SystemClock()
-        self.store = Store(os.path.join(self.base_dir, "store"), sync=sync)
+        # ``store_url`` None: node.toml's ``store``, else $GREENFLOW_STORE, else LMDB.
+        self.store: FlowStore = open_store(self.base_dir, url=store_url, sync=sync)
         self.transport = transport if transport is not None else LocalTransport()
         if hasattr(self.transport, "node"):
             self.transport.node = self
@@ -374,7 +376,7 @@ class Node:
         """Unfinished flows on this node (running, waiting, hibernated, hospitalized)."""
         # Stored checkpoints, plus flows started in the current round whose first commit has
         # not happened yet (O(1): millions of waiting flows are not listed to count them).
-        return self.on_scheduler(lambda: self.store.count("flows") + sum(
+        return self.on_scheduler(lambda: self.store.flow_count() + sum(
             1 for rt in self.scheduler.resident.values() if rt.start_blob is not None))
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
@@ -407,18 +409,15 @@ class Node:
     def _flows(self) -> list[FlowInfo]:
         out: dict[str, FlowInfo] = {}
         resident = self.scheduler.resident
-        for k, raw in self.store.iter_db("flows"):
-            fid = k.decode()
+        for fid, raw in self.store.header_blobs():
             rt = resident.get(fid)
             cp: Checkpoint = rt.cp if rt is not None else serialization.loads(raw)
             out[fid] = self._info(cp, rt is not None)
         for fid, rt in resident.items():
             if fid not in out:
                 out[fid] = self._info(rt.cp, True)
-        for k, raw in self.store.iter_db("results"):
-            fid = k.decode()
+        for fid, rec in self.store.results():
             if fid not in out:
-                rec = load_result(raw)
                 out[fid] = FlowInfo(fid, rec["flow_class"], rec["status"], None, None, False,
                                     rec.get("error"))
         for fid, rec in self.scheduler.recent_results.items():
@@ -442,17 +441,16 @@ class Node:
 def read_checkpoints(base_dir: str) -> list[dict]:
     """`Node.checkpoints_dump` of a node directory, read-only and without starting the
     node: nothing is recovered, replayed or written (safe beside a running node)."""
-    store = Store(os.path.join(os.path.abspath(base_dir), "store"), readonly=True)
+    store = open_store(base_dir, readonly=True)
     try:
         return dump_store(store, set())
     finally:
         store.close()
 
 
-def dump_store(store: Store, resident: set[str]) -> list[dict]:
+def dump_store(store: FlowStore, resident: set[str]) -> list[dict]:
     out = []
-    for k, raw in store.iter_db("flows"):
-        fid = k.decode()
+    for fid, raw in store.header_blobs():
         try:
             cp: Checkpoint = serialization.loads(raw)
         except Exception as exc:
@@ -461,7 +459,7 @@ def dump_store(store: Store, resident: set[str]) -> list[dict]:
             continue
         status = shown_status(cp, fid in resident)
         try:
-            snap = store.frames(fid)
+            snap = store.snapshot(fid)
         except Exception as exc:
             snap = [{"function": "?", "file": "?", "line": 0,
                      "locals": {"error": f"snapshot unreadable: {exc}"}}]

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, TypeVar
 
 from greenflow.party import Party
-from greenflow.storage.store import Batch
+from greenflow.storage.interface import Batch
 from greenflow.runtime.traps import current_runtime_or_none
 
 F = TypeVar("F", bound=Callable[..., Any])

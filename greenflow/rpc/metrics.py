@@ -139,13 +139,13 @@ def _count_statuses(node: Any) -> dict[str, int]:
         st = rt.cp.status
         if not st.finished:
             counts[st.value] = counts.get(st.value, 0) + 1
-    stored = node.store.count("flows")
+    stored = node.store.flow_count()
     if stored > STATUS_SCAN_LIMIT:
         in_store = sum(1 for rt in resident.values() if rt.start_blob is None)
         counts["HIBERNATED_OR_HOSPITALIZED"] = max(0, stored - in_store)
         return counts
-    for k, raw in node.store.iter_db("flows"):
-        if k.decode() in resident:
+    for fid, raw in node.store.header_blobs():
+        if fid in resident:
             continue
         try:
             cp = serialization.loads(raw)
@@ -158,9 +158,10 @@ def _count_statuses(node: Any) -> dict[str, int]:
 
 
 def store_bytes(node: Any) -> int:
-    """Bytes of the node's LMDB data file in use (pages written), not its map size."""
-    env = node.store.env
-    return int((env.info()["last_pgno"] + 1) * env.stat()["psize"])
+    """Bytes of the node's store in use (LMDB: pages written, not its map size); 0 for a
+    store that does not say."""
+    used = getattr(node.store, "bytes_used", None)
+    return int(used()) if used is not None else 0
 
 
 def store_file_bytes(node: Any) -> Optional[int]:
@@ -221,7 +222,7 @@ class _Collector:
             g.add_metric([status], n)
         yield g
         resident = len(sched.resident)
-        stored = node.store.count("flows")
+        stored = node.store.flow_count()
         g = GaugeMetricFamily("greenflow_flows_resident", "Flows held in memory (greenlet alive)")
         g.add_metric([], resident)
         yield g
@@ -234,7 +235,7 @@ class _Collector:
                               "new flows), else 0")
         g.add_metric([], 1 if sched.draining else 0)
         yield g
-        g = GaugeMetricFamily("greenflow_store_bytes", "Bytes of the LMDB store in use")
+        g = GaugeMetricFamily("greenflow_store_bytes", "Bytes of the node's store in use")
         g.add_metric([], store_bytes(node))
         yield g
 

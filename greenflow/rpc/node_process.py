@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import lmdb
 
-from greenflow.storage import store_guard
+from greenflow.storage import is_lmdb, open_store, store_guard, store_url
 from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
 from greenflow.node.identity import NodeIdentity
 from greenflow.network.network_map import NetworkMap, format_address
@@ -179,7 +179,10 @@ class NodeProcess:
         store_dir = os.path.join(self.base_dir, "store")
         try:
             # The store first: a refusal names the store, not a port the other process holds.
-            if not store_guard.present(store_dir):
+            if not is_lmdb(store_url(self.base_dir)):
+                # Another store checks itself at open; missing is refused unless --new-store.
+                open_store(self.base_dir, create=self.new_store).close()
+            elif not store_guard.present(store_dir):
                 if not self.new_store:
                     raise store_guard.missing(store_dir)
                 log.warning("%s: starting with a new, empty store at %s (--new-store)",

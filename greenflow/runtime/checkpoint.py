@@ -56,7 +56,7 @@ class Checkpoint:
     journal_len: int = 0
     pending: Optional[tuple] = None          # (kind, key, deadline) of the pending entry
     invoker_sid: Optional[str] = None        # responder: the session that started us
-    timer_key: Optional[bytes] = None
+    timer_at: Optional[float] = None         # deadline of the flow's stored timer
     fingerprint: Optional[dict] = None       # flow classes on the stack -> code digest
     retries: int = 0                         # hospital: automatic retries so far
     retry_at: Optional[float] = None         # hospital: when the next retry is due
@@ -93,6 +93,8 @@ def _restore_checkpoint(*state: object) -> Checkpoint:
     ``Checkpoint(*fields)`` with real objects inside; those still load as they are.)"""
     cp = Checkpoint(*state)  # type: ignore[arg-type]
     cp.status = FlowStatus(cp.status)
+    if type(cp.timer_at) is bytes:   # stored as the store's timer key (8-byte µs + flow id)
+        cp.timer_at = int.from_bytes(cp.timer_at[:8], "big") / 1_000_000
     cp.sessions = {row[0]: SessionState(row[0], Party(row[1], row[2]), *row[3:])  # type: ignore[index]
                    for row in cp.sessions}  # type: ignore[union-attr]
     return cp

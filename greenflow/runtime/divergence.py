@@ -128,7 +128,7 @@ def _pending_location(rt: "FlowRuntime") -> str:
     if store is None:
         return ""
     try:
-        snap = store.frames(rt.flow_id)
+        snap = store.snapshot(rt.flow_id)
     except Exception:  # noqa: BLE001 - a diagnostic only
         return ""
     if not snap:

@@ -22,8 +22,7 @@ from greenflow.runtime.fingerprint import code_digest, fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.store import (Batch, fid_key, inbox_key, journal_chunk, journal_key,
-                                     session_key)
+from greenflow.storage.interface import Batch, journal_chunk
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -106,8 +105,8 @@ class CommitStaging:
         if resolved > rt.committed:
             chunk = journal[rt.committed:resolved]
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
-            b.put("journal", journal_key(fid, rt.committed),
-                  journal_chunk(self.round_time, serialization.dumps(chunk)))
+            b.append_journal(fid, rt.committed,
+                             journal_chunk(self.round_time, serialization.dumps(chunk)))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = n
@@ -118,30 +117,27 @@ class CommitStaging:
                     payloads.persist_inbox_frame(b, fid, item.frame)
                     item.persisted = True
         for sid, seq in rt.consumed:
-            b.delete("inbox", inbox_key(fid, sid, seq))
+            b.delete_inbox(fid, sid, seq)
         rt.consumed = ()
         if len(cp.sessions) > rt.routed:  # sessions are only ever added
             for st in list(cp.sessions.values())[rt.routed:]:
                 if st.initiator:
                     continue  # routed by its id (_deliver_to_initiator): nothing to store
-                key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
+                key = (st.counterparty.name, st.sid, st.role_of_peer)
                 self.routes[key] = fid
                 self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
-        if pend is None or pend.kind == Kind.EXTERNAL:
-            b.put("wake", fid_key(fid), b"")
-        else:
-            b.delete("wake", fid_key(fid))
-        if pend is not None and pend.deadline is None and cp.timer_key is not None:
-            b.delete("timers", cp.timer_key)
-            cp.timer_key = None
+        b.set_wake(fid, pend is None or pend.kind == Kind.EXTERNAL)
+        if pend is not None and pend.deadline is None and cp.timer_at is not None:
+            b.delete_timer(cp.timer_at, fid)
+            cp.timer_at = None
         if self.capture_frames and pend is not None and rt.greenlet is not None:
             call = getattr(type(rt.logic), "call", None)
             snap = frames_mod.capture(rt.user_frame or rt.greenlet.gr_frame,
                                       stop_code=getattr(call, "__code__", None))
-            b.put("frames", fid_key(fid), serialization.dumps(snap))
+            b.put_snapshot(fid, serialization.dumps(snap))
         if rt.start_blob is not None:
-            b.put("logic", fid_key(fid), rt.start_blob)
+            b.start_flow(fid, rt.start_blob)
             rt.start_blob = None
             if self.limits is not None and cp.invoker_sid is not None:
                 self.limits.first_stored(b, rt)
@@ -149,7 +145,7 @@ class CommitStaging:
             cp.fingerprint = fingerprint(rt)
         rt.base = serialization.dumps(cp)
         rt.fresh = ()
-        b.put_header(fid_key(fid), rt.base)
+        b.put_header(fid, rt.base)
         rt.dirty = False
 
     def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:

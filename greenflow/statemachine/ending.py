@@ -16,7 +16,7 @@ from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import encode_frame
 from greenflow.flows.registry import qualified_name
 from greenflow.status import FlowStatus
-from greenflow.storage.store import (dump_result, expiry_key, fid_key, outbox_key, session_key)
+from greenflow.storage.interface import dump_result
 from greenflow.runtime.traps import Unwind, recycle
 from greenflow.statemachine.routing import FINISHED_ROUTE
 
@@ -71,20 +71,18 @@ class Ending:
         rt.cp.status = record["status"]
         self.ended.add(fid)
         b = self.batch
-        k = fid_key(fid)
         if self.limits is not None and rt.cp.invoker_sid is not None:
             self.limits.ended(b, rt)
         if rt.start_blob is None:  # something of it was stored
             b.drop_flow(fid, max(rt.cp.journal_len, 0))
-            if rt.cp.timer_key is not None:
-                b.delete("timers", rt.cp.timer_key)
+            if rt.cp.timer_at is not None:
+                b.delete_timer(rt.cp.timer_at, fid)
         expires = self.clock.now() + self.retention
         for st in rt.cp.sessions.values():
             if st.initiator:
                 continue  # late frames on it are recognised by the flow's result record
-            key = session_key(st.counterparty.name, st.sid, st.role_of_peer)
-            self._put_route(key, FINISHED_ROUTE + fid.encode())
-            b.put("expiry", expiry_key(expires, "sessions", key), b"")
+            key = (st.counterparty.name, st.sid, st.role_of_peer)
+            self._put_route(key, FINISHED_ROUTE + fid.encode(), expires)
             self.routes.pop(key, None)
         try:
             blob = dump_result(record)
@@ -94,11 +92,10 @@ class Ending:
                           error=f"FlowError: the result of {rt.cp.flow_class} cannot be stored: {exc}")
             rt.cp.status = FlowStatus.FAILED
             blob = dump_result(record)
-        b.put("results", k, blob)
+        b.put_result(fid, blob, expires)
         self._count(record["status"].value, rt.cp.flow_class)
-        b.put("expiry", expiry_key(expires, "results", k), b"")
         if rt.cp.client_id is not None:
-            b.put("expiry", expiry_key(expires, "clients", rt.cp.client_id.encode()), b"")
+            b.expire_client(rt.cp.client_id, expires)
         for fn in self.flow_end_listeners:
             try:
                 fn(fid)
@@ -118,7 +115,7 @@ class Ending:
     def _queue_frames(self, rt: FlowRuntime) -> None:
         for peer, frame in rt.out:
             data = encode_frame(frame)
-            self.batch.put("outbox", outbox_key(peer.name, frame.sid, frame.to_responder, frame.seq), data)
+            self.batch.put_outbox(peer.name, frame.sid, frame.to_responder, frame.seq, data)
             self.post_sends.append((peer, data))
         rt.out = ()
 
@@ -136,7 +133,7 @@ class Ending:
         self.resident.pop(rt.flow_id, None)
         for st in rt.cp.sessions.values():
             if not st.initiator:
-                self.routes.pop(session_key(st.counterparty.name, st.sid, st.role_of_peer), None)
+                self.routes.pop((st.counterparty.name, st.sid, st.role_of_peer), None)
 
     @staticmethod
     def _release(rt: FlowRuntime) -> None:

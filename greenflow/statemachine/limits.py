@@ -7,7 +7,7 @@ the responder flows it started that have not finished (running, waiting, hiberna
 hospitalized); beyond ``max_inbound_sessions`` a new initiation is refused, and the
 peer's flow gets `SessionRefused` naming the limit. The count survives restarts: a
 responder that outlives its first commit is recorded in the store's ``inbound``
-database (``peer \\0 flow id``) until it ends, and a peer's count is read back from
+table (``peer \\0 flow id``) until it ends, and a peer's count is read back from
 there the first time it is needed after a restart (a scan bounded by the limit).
 
 ``responder_idle_timeout`` (off by default) bounds how long a responder waits in a
@@ -23,7 +23,7 @@ from greenflow.messages import REFUSED
 
 if TYPE_CHECKING:
     from greenflow.runtime.flow_runtime import FlowRuntime
-    from greenflow.storage.store import Batch, Store
+    from greenflow.storage.interface import Batch, FlowStore
 
 #: Inbound sessions (responder flows not yet finished) one peer may hold open on a node.
 DEFAULT_MAX_INBOUND_SESSIONS = 10_000
@@ -37,7 +37,7 @@ def _key(peer: str, fid: str) -> bytes:
 
 
 class PeerLimits:
-    def __init__(self, store: "Store", max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
+    def __init__(self, store: "FlowStore", max_inbound_sessions: Optional[int] = DEFAULT_MAX_INBOUND_SESSIONS,
                  responder_idle_timeout: Optional[float] = None) -> None:
         if max_inbound_sessions is not None and max_inbound_sessions < 0:
             raise ValueError(f"max_inbound_sessions must be >= 0 or None, got {max_inbound_sessions}")
@@ -48,7 +48,7 @@ class PeerLimits:
         self.responder_idle_timeout = responder_idle_timeout
         self._open: dict[str, int] = {}   # peer -> unfinished responders it started
         if not store.readonly:
-            store.ensure_db(_DB)
+            store.open_table(_DB)
 
     # ------------------------------------------------------------------ counting
     def inbound(self, peer: str) -> int:
@@ -59,16 +59,7 @@ class PeerLimits:
         return n
 
     def _stored(self, peer: str) -> int:
-        prefix = peer.encode() + b"\0"
-        n = 0
-        with self.store.env.begin(db=self.store.db[_DB]) as txn:
-            cur = txn.cursor()
-            if cur.set_range(prefix):
-                for k in cur.iternext(keys=True, values=False):
-                    if not k.startswith(prefix):
-                        break
-                    n += 1
-        return n
+        return sum(1 for _ in self.store.table_items(_DB, peer.encode() + b"\0"))
 
     def refusal(self, peer: str, node_name: str, protocol: str) -> Optional[str]:
         """Why a new session from ``peer`` is refused, or None to accept it."""
@@ -94,7 +85,7 @@ class PeerLimits:
         under its peer, so the count survives a restart."""
         peer = self._peer_of(rt)
         if peer is not None:
-            b.put(_DB, _key(peer, rt.flow_id), b"")
+            b.table_put(_DB, _key(peer, rt.flow_id), b"")
 
     def ended(self, b: "Batch", rt: "FlowRuntime") -> None:
         """A flow finished (completed, failed or killed)."""
@@ -103,7 +94,7 @@ class PeerLimits:
             return
         self._open[peer] = max(0, self.inbound(peer) - 1)
         if rt.start_blob is None:   # it was stored (see first_stored)
-            b.delete(_DB, _key(peer, rt.flow_id))
+            b.table_delete(_DB, _key(peer, rt.flow_id))
 
     def describe(self) -> dict[str, Any]:
         return {"max_inbound_sessions": self.max_inbound_sessions,

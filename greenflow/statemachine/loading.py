@@ -18,7 +18,6 @@ from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
 from greenflow.runtime.journal import Entry
 from greenflow.messages import carries_message, decode_frame
 from greenflow.status import FlowStatus
-from greenflow.storage.store import fid_key
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -91,8 +90,8 @@ class Loading:
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
         self._count("hospitalized", cp.flow_class)
-        self.batch.put("flows", fid_key(fid), serialization.dumps(cp))
-        self.batch.delete("wake", fid_key(fid))
+        self.batch.put_header_unchecked(fid, serialization.dumps(cp))
+        self.batch.set_wake(fid, False)
 
     def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None) -> None:
         """The flow hospital: put the flow back to its last checkpoint and park it.
@@ -115,7 +114,7 @@ class Loading:
             if carries_message(f):
                 payloads.persist_inbox_frame(b, fid, f)
         if rt.start_blob is not None:
-            b.put("logic", fid_key(fid), rt.start_blob)
+            b.start_flow(fid, rt.start_blob)
             rt.start_blob = None
             if self.limits is not None and cp.invoker_sid is not None:
                 self.limits.first_stored(b, rt)
@@ -127,10 +126,8 @@ class Loading:
         if retry_in is not None:
             cp.retries += 1
             heapq.heappush(self.timers, (cp.retry_at, fid))
-            b.put("wake", fid_key(fid), b"")
-        else:
-            b.delete("wake", fid_key(fid))
-        b.put_header(fid_key(fid), serialization.dumps(cp))
+        b.set_wake(fid, retry_in is not None)
+        b.put_header(fid, serialization.dumps(cp))
         rt.out = ()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
@@ -150,6 +147,6 @@ class Loading:
         cp.error = None
         self._count("retried", cp.flow_class)
         blob = serialization.dumps(cp)
-        self.batch.put("flows", fid_key(fid), blob)
+        self.batch.put_header_unchecked(fid, blob)
         rt = self._load(fid, cp)
         return rt is not None

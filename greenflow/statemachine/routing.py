@@ -20,7 +20,6 @@ from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
 from greenflow.party import Party
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.session import FlowSession
-from greenflow.storage.store import expiry_key, outbox_key, session_key
 from greenflow.statemachine.ids import new_flow_id
 
 log = logging.getLogger("greenflow.scheduler")
@@ -40,7 +39,7 @@ class Routing:
                         self.identity.name, sender.name, exc)
             return
         if frame.kind == INIT and frame.to_responder:
-            key = session_key(sender.name, frame.sid, 0)
+            key = (sender.name, frame.sid, 0)
             fid = self.routes.get(key)
             if fid is None:
                 route = self._route(key)
@@ -61,7 +60,7 @@ class Routing:
             self._deliver_to_initiator(sender, frame)
             return
         else:
-            key = session_key(sender.name, frame.sid, 0)
+            key = (sender.name, frame.sid, 0)
             fid = self.routes.get(key)
             if fid is None:
                 route = self._route(key)
@@ -124,12 +123,13 @@ class Routing:
             return
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame), sender)
 
-    def _route(self, key: bytes) -> Optional[bytes]:
+    def _route(self, key: tuple[str, str, int]) -> Optional[bytes]:
         value = self._round_routes.get(key)
-        return value if value is not None else self.store.route(key)
+        return value if value is not None else self.store.route(*key)
 
-    def _put_route(self, key: bytes, value: bytes) -> None:
-        self.batch.put("sessions", key, value)
+    def _put_route(self, key: tuple[str, str, int], value: bytes,
+                   expires: Optional[float] = None) -> None:
+        self.batch.put_route(key[0], key[1], key[2], value, expires)
         self._round_routes[key] = value
 
     def _payload_ok(self, sender: Party, frame: Frame) -> bool:
@@ -160,17 +160,16 @@ class Routing:
     def _ack(self, sender: Party, frame: Frame) -> None:
         self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
 
-    def _reject(self, sender: Party, frame: Frame, key: bytes, reason: str) -> None:
+    def _reject(self, sender: Party, frame: Frame, key: tuple[str, str, int], reason: str) -> None:
         reject = Frame(REJECT, frame.sid, False, 0, reason=reason)
         data = encode_frame(reject)
-        self.batch.put("outbox", outbox_key(sender.name, frame.sid, False, 0), data)
-        self._put_route(key, REJECTED_ROUTE)
+        self.batch.put_outbox(sender.name, frame.sid, False, 0, data)
         # Kept to recognise a re-sent initiation, for as long as finished sessions are.
-        self.batch.put("expiry", expiry_key(self.clock.now() + self.retention, "sessions", key), b"")
+        self._put_route(key, REJECTED_ROUTE, self.clock.now() + self.retention)
         self.post_sends.append((sender, data))
         self._ack(sender, frame)
 
-    def _start_responder(self, sender: Party, frame: Frame, key: bytes) -> None:
+    def _start_responder(self, sender: Party, frame: Frame, key: tuple[str, str, int]) -> None:
         cls = self.responders.responder_for(frame.protocol)
         if cls is None:
             log.warning("%s: rejected a session from %s: no flow registered to answer %s",

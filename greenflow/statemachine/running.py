@@ -15,7 +15,6 @@ from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.journal import Entry
 from greenflow.status import FlowStatus
-from greenflow.storage.store import fid_key, session_key, timer_key
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -29,7 +28,7 @@ class Running:
         # one round only ever writes its result). The start is durable either way by the
         # time anyone is told: start_flow returns, or the initiation is acknowledged.
         if cp.client_id is not None:
-            self.batch.put("clients", cp.client_id.encode(), fid_key(cp.flow_id))
+            self.batch.put_client(cp.client_id, cp.flow_id)
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
         rt.base = cp.clone()   # nothing stored yet: its last good state, should it be parked
@@ -47,7 +46,7 @@ class Running:
         self.resident[rt.flow_id] = rt
         for st in rt.cp.sessions.values():
             if not st.initiator:  # sessions we initiated route by their id (see _deliver)
-                self.routes[session_key(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
+                self.routes[(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     def _step(self, rt: FlowRuntime, value: Any) -> None:
         if rt.cp.status.finished or self.resident.get(rt.flow_id) is not rt:
@@ -84,12 +83,12 @@ class Running:
 
     def arm_timer(self, rt: FlowRuntime, deadline: float) -> None:
         heapq.heappush(self.timers, (deadline, rt.flow_id))
-        key = timer_key(deadline, rt.flow_id)
-        if rt.cp.timer_key != key:
-            if rt.cp.timer_key is not None:
-                self.batch.delete("timers", rt.cp.timer_key)
-            rt.cp.timer_key = key
-            self.batch.put("timers", key, b"")
+        cp = rt.cp
+        if cp.timer_at != deadline:
+            if cp.timer_at is not None:
+                self.batch.delete_timer(cp.timer_at, rt.flow_id)
+            cp.timer_at = deadline
+            self.batch.put_timer(deadline, rt.flow_id)
 
     def _fire_due_timers(self) -> bool:
         now = self.clock.now()

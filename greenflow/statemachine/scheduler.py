@@ -31,7 +31,7 @@ from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable
-from greenflow.storage.store import Batch, Store, outbox_key, parse_timer_key
+from greenflow.storage.interface import Batch, FlowStore
 from greenflow.statemachine.routing import Routing
 from greenflow.statemachine.running import Running
 from greenflow.statemachine.loading import Loading
@@ -45,7 +45,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     #: What one peer may make this node hold (`greenflow.statemachine.limits.PeerLimits`); set by `Node`.
     limits: Any = None
 
-    def __init__(self, *, identity: Party, store: Store, clock: Any, transport: Any,
+    def __init__(self, *, identity: Party, store: FlowStore, clock: Any, transport: Any,
                  responders: ResponderTable, services: Any = None,
                  capture_frames: bool = True, reload_after_suspend: bool = False,
                  max_resident: Optional[int] = None, threaded: bool = False,
@@ -69,12 +69,12 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.resident: dict[str, FlowRuntime] = {}
-        self.routes: dict[bytes, str] = {}
+        self.routes: dict[tuple[str, str, int], str] = {}   # (peer, sid, peer role) -> flow
         self.run_queue: deque[tuple[FlowRuntime, Any]] = deque()
         self.timers: list[tuple[float, str]] = []
         self.batch = Batch()
         # Routes written in this round's batch, not yet readable from the store.
-        self._round_routes: dict[bytes, bytes] = {}
+        self._round_routes: dict[tuple[str, str, int], bytes] = {}
         self.decoded: dict[int, tuple[bytes, Any]] = {}   # see _payload_ok
         self.post_sends: list[tuple[Party, bytes]] = []
         self.post_acks: dict[str, list[tuple]] = {}
@@ -214,7 +214,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         elif t is Acked:
             for mid in ev.msg_ids:
                 sid, to_resp, seq = mid
-                self.batch.delete("outbox", outbox_key(ev.peer, sid, to_resp, seq))
+                self.batch.delete_outbox(ev.peer, sid, to_resp, seq)
         elif t is ExternalDone:
             self.externals_running.discard(ev.flow_id)
             rt = self._resident_or_load(ev.flow_id)
@@ -250,13 +250,11 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     def recover(self) -> None:
         """After opening a store: re-send the outbox, re-arm timers, and load only the
         flows that have something to do (runnable, pending external, frames waiting)."""
-        for key, data in self.store.iter_db("outbox"):
-            peer_name = key.split(b"\0", 1)[0].decode()
+        for peer_name, data in self.store.outbox():
             self.post_sends.append((self._party(peer_name), data))
-        for key, _ in self.store.iter_db("timers"):
-            deadline, fid = parse_timer_key(key)
+        for deadline, fid in self.store.timers():
             heapq.heappush(self.timers, (deadline, fid))
-        wake = {k.decode() for k in self.store.keys("wake")} | self.store.inbox_flow_ids()
+        wake = self.store.flows_to_wake()
         for fid in sorted(wake):
             if fid not in self.resident:
                 self._load(fid)
@@ -264,13 +262,11 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     def resend_outbox(self, peer_name: str) -> int:
         """Send ``peer_name`` again every committed frame it has not acknowledged: what a
         transport does when a connection to a restarted peer comes back."""
-        prefix = peer_name.encode() + b"\0"
         n = 0
         party = self._party(peer_name)
-        for key, data in self.store.iter_db("outbox"):
-            if key.startswith(prefix):
-                self.transport.send(party, data)
-                n += 1
+        for _, data in self.store.outbox(peer_name):
+            self.transport.send(party, data)
+            n += 1
         return n
 
     def _party(self, name: str) -> Party:

@@ -2,8 +2,8 @@
 
 Replay needs every payload a flow received, so the store keeps them until the flow ends.
 A small one is kept inside the journal entry of the ``receive`` it answered. A large
-one (at least `ASIDE_BYTES`) is written once, to the ``payloads`` database under its
-frame's inbox key (``flow \\0 session \\0 seq``), and never copied again:
+one (at least `ASIDE_BYTES`) is written once, as the flow's payload for its frame's
+session and sequence number (`Batch.put_payload`), and never copied again:
 
 - a frame that waits in the inbox is stored as a stub (its payload empty) plus the
   payload set aside; consuming it deletes the stub only;
@@ -13,7 +13,7 @@ frame's inbox key (``flow \\0 session \\0 seq``), and never copied again:
 
 Before, a payload that waited in the inbox was written twice (inbox, then journal) and
 a resident flow kept every payload it had received in its in-memory journal. The
-``payloads`` records go with the rest of the flow when it ends (`Store._drop_flow`).
+payloads go with the rest of the flow when it ends (`Batch.drop_flow`).
 """
 from __future__ import annotations
 
@@ -23,16 +23,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 from greenflow.errors import FlowError
 from greenflow.messages import Frame, encode_frame
 from greenflow.runtime.journal import Kind, Outcome
-from greenflow.storage.store import inbox_key
 
 if TYPE_CHECKING:
     from greenflow.runtime.journal import Entry
-    from greenflow.storage.store import Batch, Store
+    from greenflow.storage.interface import Batch, FlowStore
 
 #: Received payloads at least this large are stored aside, once; smaller ones stay inline
 #: in the journal (one write per commit instead of one per payload).
 ASIDE_BYTES = 64 * 1024
-_DB = "payloads"
 
 
 def _large(payload: Any) -> bool:
@@ -41,26 +39,25 @@ def _large(payload: Any) -> bool:
 
 def persist_inbox_frame(b: "Batch", fid: str, frame: Frame) -> None:
     """Write an accepted, not yet consumed frame to the flow's inbox."""
-    key = inbox_key(fid, frame.sid, frame.seq)
     if _large(frame.payload):
-        b.put(_DB, key, frame.payload)  # type: ignore[arg-type]
+        b.put_payload(fid, frame.sid, frame.seq, frame.payload)  # type: ignore[arg-type]
         stub = copy.copy(frame)
         stub.payload = b""              # never a valid encoding: "stored aside"
-        b.put("inbox", key, encode_frame(stub))
+        b.put_inbox(fid, frame.sid, frame.seq, encode_frame(stub))
     else:
-        b.put("inbox", key, encode_frame(frame))
+        b.put_inbox(fid, frame.sid, frame.seq, encode_frame(frame))
 
 
-def restore_inbox_frame(store: "Store", fid: str, frame: Frame) -> Frame:
+def restore_inbox_frame(store: "FlowStore", fid: str, frame: Frame) -> Frame:
     """An inbox frame read back from the store, with its payload if it was set aside."""
     if frame.payload == b"":
-        data = store.get(_DB, inbox_key(fid, frame.sid, frame.seq))
+        data = store.payload(fid, frame.sid, frame.seq)
         if data is not None:
             frame.payload = data
     return frame
 
 
-def set_aside(b: "Batch", store: "Store", fid: str, entries: Iterable["Entry"],
+def set_aside(b: "Batch", store: "FlowStore", fid: str, entries: Iterable["Entry"],
               consumed: Iterable[tuple[str, int]]) -> None:
     """Before ``entries`` are written to the journal: replace each large received payload
     by a reference to its copy aside, writing that copy unless the payload waited in the
@@ -74,20 +71,14 @@ def set_aside(b: "Batch", store: "Store", fid: str, entries: Iterable["Entry"],
         sid, seq = e.key[0], out[2]
         if waited is None:
             waited = set(consumed)
-        key = inbox_key(fid, sid, seq)
-        if (sid, seq) not in waited or not _stored(store, key):
-            b.put(_DB, key, out[1])
+        if (sid, seq) not in waited or store.payload(fid, sid, seq) is None:
+            b.put_payload(fid, sid, seq, out[1])
         e.outcome = (Outcome.STORED, seq)
 
 
-def _stored(store: "Store", key: bytes) -> bool:
-    with store.env.begin(db=store.db[_DB]) as txn:
-        return txn.cursor().set_key(key)
-
-
-def stored_payload(store: "Store", fid: str, sid: str, seq: int) -> bytes:
+def stored_payload(store: "FlowStore", fid: str, sid: str, seq: int) -> bytes:
     """A received payload set aside: what a replayed ``receive`` returns."""
-    data = store.get(_DB, inbox_key(fid, sid, seq))
+    data = store.payload(fid, sid, seq)
     if data is None:
         raise FlowError(f"the payload received as message #{seq} on session {sid} of flow "
                         f"{fid} is missing from the store")

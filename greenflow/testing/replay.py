@@ -27,7 +27,8 @@ from greenflow.runtime.journal import Entry
 from greenflow.party import Party
 from greenflow.flows.registry import resolve_module
 from greenflow.status import FlowStatus
-from greenflow.storage.store import Batch, Store
+from greenflow.storage import open_store
+from greenflow.storage.interface import Batch, FlowStore
 from greenflow.runtime.traps import Unwind
 
 REPLAYS, DIVERGES, CANNOT = "replays", "diverges", "cannot replay"
@@ -93,7 +94,7 @@ class _ReadOnlyNode:
     """What a replayed flow may reach of its node: identity, clock, the store (read-only);
     service writes go to a batch that is never committed."""
 
-    def __init__(self, base_dir: str, party: Party, store: Store, identity: Any) -> None:
+    def __init__(self, base_dir: str, party: Party, store: FlowStore, identity: Any) -> None:
         self.base_dir = base_dir
         self.party = party
         self.store = store
@@ -109,7 +110,7 @@ class _ReplayScheduler:
     limits = None            # no node limits apply to a replay
     idle_greenlets = None    # no greenlet pool
 
-    def __init__(self, identity: Party, store: Store, services: Any) -> None:
+    def __init__(self, identity: Party, store: FlowStore, services: Any) -> None:
         self.identity = identity
         self.store = store
         self.services = services
@@ -152,14 +153,14 @@ def replay_node(node_dir: str, apps: Optional[Iterable[str]] = None) -> ReplayRe
     for app in apps:
         resolve_module(app)
     party, identity = _load_identity(node_dir, name)
-    store = Store(os.path.join(node_dir, "store"), readonly=True)
+    store = open_store(node_dir, readonly=True)
     try:
         from greenflow.node.services import ServiceHub
         services = ServiceHub(_ReadOnlyNode(node_dir, party, store, identity))  # type: ignore[arg-type]
         sched = _ReplayScheduler(party, store, services)
         report = ReplayReport(name)
-        for key, raw in store.iter_db("flows"):
-            report.flows.append(_replay_one(sched, store, key.decode(), raw))
+        for fid, raw in store.header_blobs():
+            report.flows.append(_replay_one(sched, store, fid, raw))
         return report
     finally:
         store.close()
@@ -175,7 +176,7 @@ def _configured_apps(node_dir: str) -> list[str]:
         return []
 
 
-def _replay_one(sched: _ReplayScheduler, store: Store, fid: str, raw: bytes) -> FlowReplay:
+def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes) -> FlowReplay:
     try:
         cp: Checkpoint = serialization.loads(raw)
     except Exception as exc:  # noqa: BLE001

@@ -1,0 +1,310 @@
+"""The storage seam: what the node asks of its durable store, in operations, not keys.
+
+The scheduler, the ledger's services and the read-only tools speak to a `FlowStore`
+(reads) and a `Batch` (writes). Neither names a database, a key encoding or a cursor,
+so one store can be swapped for another: the LMDB store (`greenflow.storage.lmdb_store`)
+and a PostgreSQL store implement the same protocol and run the same contract tests
+(tests/test_store_contract.py). See docs/storage.md.
+
+A `Batch` is a plain recorder: each method appends one tuple ``(opcode, *args)`` to
+``ops``. It does no I/O and builds no keys, because it is on the hot path (every
+suspension of every flow writes through it). ``FlowStore.commit(batch)`` applies the
+ops **in order**, in **one** transaction: all of them or none (a flow started and
+ended in the same round must end dropped; a failed commit leaves the store as it was).
+
+Opening: `greenflow.storage.open_store(node_dir, url=..., sync=, readonly=, create=)`
+chooses the implementation; a PostgreSQL store is constructed as
+``PostgresStore(node_dir, url, *, sync, readonly, create)`` (``node_dir`` absolute).
+
+This module imports no database driver. The small format helpers at the bottom (journal
+chunks, result records) are shared by every implementation so the bytes mean the same
+everywhere.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional, Protocol, runtime_checkable
+
+from greenflow import serialization
+from greenflow.errors import StoreError
+from greenflow.status import FlowStatus
+
+if TYPE_CHECKING:
+    from greenflow.runtime.checkpoint import Checkpoint
+    from greenflow.runtime.journal import Entry
+
+# ---------------------------------------------------------------------------- opcodes
+# Small ints, compared by an implementation's apply loop (most frequent first there).
+START_FLOW = 1             # (fid, logic_blob)
+PUT_HEADER = 2             # (fid, header_blob): refused + logged if no start record
+PUT_HEADER_UNCHECKED = 3   # (fid, header_blob)
+APPEND_JOURNAL = 4         # (fid, start_index, chunk)
+PUT_SNAPSHOT = 5           # (fid, blob)
+SET_WAKE = 6               # (fid, on)
+DROP_FLOW = 7              # (fid, journal_len)
+PUT_INBOX = 8              # (fid, sid, seq, data)
+DELETE_INBOX = 9           # (fid, sid, seq)
+PUT_PAYLOAD = 10           # (fid, sid, seq, data)
+PUT_OUTBOX = 11            # (peer, sid, to_responder, seq, data)
+DELETE_OUTBOX = 12         # (peer, sid, to_responder, seq)
+PUT_ROUTE = 13             # (peer, sid, peer_role, value, expires or None)
+PUT_TIMER = 14             # (deadline, fid)
+DELETE_TIMER = 15          # (deadline, fid)
+PUT_RESULT = 16            # (fid, record_blob, expires)
+PUT_CLIENT = 17            # (client_id, fid)
+EXPIRE_CLIENT = 18         # (client_id, expires)
+TABLE_PUT = 19             # (table, key, value)
+TABLE_DELETE = 20          # (table, key)
+
+#: opcode -> the Batch method that records it (for messages and tests).
+OP_NAMES = {v: k.lower() for k, v in list(globals().items())
+            if k.isupper() and type(v) is int}
+
+
+class Batch:
+    """The writes of one group commit, as ``(opcode, *args)`` tuples in ``ops``.
+
+    Times (``deadline``, ``expires``) are seconds since the epoch (floats); a store keeps
+    at least microsecond precision. ``expires`` means: `FlowStore.expire` may delete the
+    record once ``expires`` has passed."""
+
+    __slots__ = ("ops",)
+
+    def __init__(self) -> None:
+        self.ops: list[tuple] = []
+
+    # -- flows
+    def start_flow(self, fid: str, logic_blob: bytes) -> None:
+        """The flow's start object (the flow as it was at start): what replay rebuilds it from."""
+        self.ops.append((START_FLOW, fid, logic_blob))
+
+    def put_header(self, fid: str, header_blob: bytes) -> None:
+        """The flow's checkpoint header, written only if its start record is in the store
+        by then (committed before, or `start_flow` earlier in this batch): a header without
+        it could never be restored, so the store refuses it (and logs an error). A flow
+        dropped earlier in the batch is not brought back this way."""
+        self.ops.append((PUT_HEADER, fid, header_blob))
+
+    def put_header_unchecked(self, fid: str, header_blob: bytes) -> None:
+        """A header edit of a flow known to exist (hospital, kill): no start-record check."""
+        self.ops.append((PUT_HEADER_UNCHECKED, fid, header_blob))
+
+    def append_journal(self, fid: str, start_index: int, chunk: bytes) -> None:
+        """Journal entries from ``start_index`` on (``chunk``: `journal_chunk`). A chunk
+        supersedes the overlapping tail of chunks stored at lower start indexes, and
+        replaces one stored at the same start index."""
+        self.ops.append((APPEND_JOURNAL, fid, start_index, chunk))
+
+    def put_snapshot(self, fid: str, blob: bytes) -> None:
+        """The flow's diagnostic stack snapshot (``serialization.dumps`` of it)."""
+        self.ops.append((PUT_SNAPSHOT, fid, blob))
+
+    def set_wake(self, fid: str, on: bool) -> None:
+        """Whether a restarted node must load the flow at once (it has something to do)."""
+        self.ops.append((SET_WAKE, fid, on))
+
+    def drop_flow(self, fid: str, journal_len: int) -> None:
+        """Remove everything of an unfinished flow: header, start record, journal,
+        snapshot, wake flag, inbox and payloads set aside. (Timers, routes, outbox and the
+        result are separate records, written or deleted by their own ops.)"""
+        self.ops.append((DROP_FLOW, fid, journal_len))
+
+    # -- inbox and payloads
+    def put_inbox(self, fid: str, sid: str, seq: int, data: bytes) -> None:
+        self.ops.append((PUT_INBOX, fid, sid, seq, data))
+
+    def delete_inbox(self, fid: str, sid: str, seq: int) -> None:
+        self.ops.append((DELETE_INBOX, fid, sid, seq))
+
+    def put_payload(self, fid: str, sid: str, seq: int, data: bytes) -> None:
+        """A large received payload kept for the life of the flow (see `storage.payloads`)."""
+        self.ops.append((PUT_PAYLOAD, fid, sid, seq, data))
+
+    # -- outbox
+    def put_outbox(self, peer: str, sid: str, to_responder: bool, seq: int, data: bytes) -> None:
+        """A frame for ``peer``, re-sent until acknowledged (`delete_outbox`)."""
+        self.ops.append((PUT_OUTBOX, peer, sid, to_responder, seq, data))
+
+    def delete_outbox(self, peer: str, sid: str, to_responder: bool, seq: int) -> None:
+        self.ops.append((DELETE_OUTBOX, peer, sid, to_responder, seq))
+
+    # -- sessions
+    def put_route(self, peer: str, sid: str, peer_role: int, value: bytes,
+                  expires: Optional[float] = None) -> None:
+        """Where frames from ``peer`` on ``sid`` go (``peer_role`` 1: the peer is the
+        responder), or a marker for a finished/refused session; ``expires`` None: kept."""
+        self.ops.append((PUT_ROUTE, peer, sid, peer_role, value, expires))
+
+    # -- timers
+    def put_timer(self, deadline: float, fid: str) -> None:
+        self.ops.append((PUT_TIMER, deadline, fid))
+
+    def delete_timer(self, deadline: float, fid: str) -> None:
+        self.ops.append((DELETE_TIMER, deadline, fid))
+
+    # -- results and clients
+    def put_result(self, fid: str, record_blob: bytes, expires: float) -> None:
+        """A finished flow's record (``record_blob``: `dump_result`), kept until ``expires``."""
+        self.ops.append((PUT_RESULT, fid, record_blob, expires))
+
+    def put_client(self, client_id: str, fid: str) -> None:
+        """The flow a client's request id started (duplicate start requests find it)."""
+        self.ops.append((PUT_CLIENT, client_id, fid))
+
+    def expire_client(self, client_id: str, expires: float) -> None:
+        self.ops.append((EXPIRE_CLIENT, client_id, expires))
+
+    # -- app tables
+    def table_put(self, table: str, key: bytes, value: bytes) -> None:
+        """A row of an app's table (vault, notary, limits...), opened by `FlowStore.open_table`."""
+        self.ops.append((TABLE_PUT, table, key, value))
+
+    def table_delete(self, table: str, key: bytes) -> None:
+        self.ops.append((TABLE_DELETE, table, key))
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+
+@runtime_checkable
+class FlowStore(Protocol):
+    """A node's durable store. One writer (the node's scheduler thread); reads may come
+    from other threads (RPC, console, transport) and see committed data only.
+
+    Errors: a failed commit raises `StoreError` naming ``path`` (nothing of the batch is
+    applied); opening a missing or foreign store raises `StoreMissing` / `StoreError`."""
+
+    path: str          # what to name in errors and logs
+    readonly: bool
+    commits: int       # commits done by this object (readers use it to prune caches)
+
+    # -- lifecycle
+    def commit(self, batch: Batch) -> None: ...
+    def close(self) -> None: ...
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Delete results, routes and client ids whose ``expires`` is before ``before``
+        (at most ``limit``, earliest first); how many were deleted."""
+        ...
+
+    # -- flows
+    def checkpoint(self, fid: str) -> Optional["Checkpoint"]: ...
+    def header_blob(self, fid: str) -> Optional[bytes]: ...
+    def logic_blob(self, fid: str) -> Optional[bytes]: ...
+    def journal(self, fid: str, length: int) -> list["Entry"]: ...
+    def journal_with_times(self, fid: str, length: int) -> tuple[list["Entry"], list[Optional[float]]]: ...
+    def snapshot(self, fid: str) -> Any: ...
+    def checkpoints(self) -> Iterator[tuple[str, "Checkpoint"]]:
+        """Every stored header, in flow id order."""
+        ...
+    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        """Every stored header as ``(fid, header_blob)``, in flow id order (``reverse``:
+        descending, i.e. newest first, flow ids starting with their start time): a dump
+        lists an unreadable one rather than stop (`load_checkpoint` reads one)."""
+        ...
+    def flow_count(self) -> int: ...
+    def has_flow(self, fid: str) -> bool: ...
+
+    # -- inbox, payloads, wake
+    def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
+        """The flow's inbox rows ``(sid, seq, data)``, by session then sequence."""
+        ...
+    def payload(self, fid: str, sid: str, seq: int) -> Optional[bytes]: ...
+    def flows_to_wake(self) -> set[str]:
+        """Flows with a wake flag or with inbox rows (what a restart loads)."""
+        ...
+
+    # -- outbox, routes, timers
+    def outbox(self, peer: Optional[str] = None) -> Iterator[tuple[str, bytes]]:
+        """Committed, unacknowledged frames ``(peer, data)`` of one peer or all, per peer
+        in (session id, to_responder, seq) order; read in short transactions, so a long
+        outbox does not pin a snapshot."""
+        ...
+    def route(self, peer: str, sid: str, peer_role: int) -> Optional[bytes]: ...
+    def timers(self) -> Iterator[tuple[float, str]]:
+        """``(deadline, fid)`` of every stored timer, earliest first."""
+        ...
+
+    # -- results and clients
+    def result(self, fid: str) -> Optional[dict]: ...
+    def results(self) -> Iterator[tuple[str, dict]]:
+        """Every kept result record, in flow id order."""
+        ...
+    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+        """Every kept result as ``(fid, record_blob)`` (`load_result` reads one), in flow
+        id order or ``reverse``."""
+        ...
+    def client(self, client_id: str) -> Optional[str]: ...
+
+    # -- meta
+    def meta(self, name: str) -> Optional[bytes]: ...
+
+    # -- app tables (rows ordered by key, compared as unsigned bytes)
+    def open_table(self, name: str) -> None:
+        """Create the table if needed, so batches may write it (a writable store only;
+        a read-only store opens what exists, reads of a table never created are empty)."""
+        ...
+    def table_get(self, name: str, key: bytes) -> Optional[bytes]: ...
+    def table_items(self, name: str, prefix: bytes = b"", *, after: Optional[bytes] = None,
+                    reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """Rows whose key starts with ``prefix``, in key order (``reverse``: descending);
+        ``after``: only keys strictly past it in that order."""
+        ...
+    def table_count(self, name: str) -> int: ...
+
+    # Optional (found with getattr): ``bytes_used() -> int``, the store's size for metrics.
+
+
+# ---------------------------------------------------------------------------- formats
+# A journal chunk is b"T" + the commit's time (8-byte float) + the pickled entries, so the
+# console can say when each entry was committed. Chunks written before that start with
+# serialization's own tag (never b"T") and read as before.
+_TIMED = b"T"
+_TIME = struct.Struct(">d")
+
+
+def journal_chunk(at: float, blob: bytes) -> bytes:
+    """The stored form of one commit's journal chunk (``blob``: `serialization.dumps`)."""
+    return _TIMED + _TIME.pack(at) + blob
+
+
+def assemble_journal(fid: str, chunks: Iterable[tuple[int, bytes]], length: int
+                     ) -> tuple[list["Entry"], list[Optional[float]]]:
+    """The journal from its chunks ``(start_index, chunk)`` in start order: a later chunk
+    supersedes the overlapping tail of an earlier one. Shared by every store, so they agree."""
+    out: list[Any] = []
+    times: list[Optional[float]] = []
+    for start, v in chunks:
+        if start > len(out):
+            raise StoreError(f"journal of flow {fid} has a gap before entry {start}")
+        del out[start:]
+        del times[start:]
+        at: Optional[float] = None
+        if v[:1] == _TIMED:
+            at = _TIME.unpack_from(v, 1)[0]
+            v = v[1 + _TIME.size:]
+        entries = serialization.loads(v)
+        out.extend(entries)
+        times.extend([at] * len(entries))
+    if len(out) < length:
+        raise StoreError(f"journal of flow {fid} has {len(out)} entries, its checkpoint "
+                         f"says {length}")
+    return out[:length], times[:length]
+
+
+def load_checkpoint(blob: bytes) -> "Checkpoint":
+    return serialization.loads(blob)
+
+
+def dump_result(record: dict) -> bytes:
+    """A finished flow's record as stored: its status as the plain string, so the C
+    pickler never calls back into Python for the enum."""
+    return serialization.dumps({**record, "status": FlowStatus(record["status"]).value})
+
+
+def load_result(raw: bytes) -> dict:
+    rec = serialization.loads(raw)
+    rec["status"] = FlowStatus(rec["status"])  # also reads records stored with the enum
+    return rec
