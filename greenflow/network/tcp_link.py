@@ -66,10 +66,10 @@ class Link:
         if old is None and (self.spilled and not from_outbox
                             or self.unacked and self.held_bytes + len(data) > self.t.max_held_bytes):
             if not self.spilled:
-                self.spilled = True
                 log.warning("%s: %s holds %d unacknowledged frames (%d MiB); further frames "
                             "for it stay in the outbox until it acknowledges these",
                             self.t.name, self.name, len(self.unacked), self.held_bytes >> 20)
+                self.spilled = True   # after the line: whoever sees the flag sees the line
             return False
         if not self.unacked:
             self.last_ack = time.monotonic()
