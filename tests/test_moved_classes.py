@@ -14,12 +14,17 @@ from greenflow import serialization
 MOVED = {
     "greenflow.ledger.vault_query": ["QueryCriteria", "PageSpecification", "Sort", "StateStatus",
                                      "StateMetadata", "Page", "VaultUpdate", "VaultQueryError"],
+    "greenflow.node.node": ["FlowInfo", "FlowHandle"],
 }
 
 
 def _value(name: str):
     from greenflow.ledger import vault_types as t
-    return {"QueryCriteria": t.QueryCriteria(), "PageSpecification": t.PageSpecification(2, 10),
+    from greenflow.node.flow_views import FlowInfo
+    from greenflow.status import FlowStatus
+    return {"FlowInfo": FlowInfo("01a2", "app.Flow", FlowStatus.SUSPENDED, None, None, False, None),
+            "FlowHandle": None,   # holds its node: never stored
+            "QueryCriteria": t.QueryCriteria(), "PageSpecification": t.PageSpecification(2, 10),
             "Sort": t.Sort("recorded_time", descending=True), "StateStatus": t.StateStatus.CONSUMED,
             "StateMetadata": None, "Page": None, "VaultUpdate": t.VaultUpdate((), ()),
             "VaultQueryError": t.VaultQueryError("bad page")}[name]
