@@ -26,6 +26,10 @@ failed or killed), in the same commit as the flow's result. A second index holds
 unconsumed states nobody has locked, so that `select` with a thousand trades in flight
 takes the first free states it meets instead of stepping over every locked one (which
 made a busy node's selection quadratic in the number of concurrent flows).
+
+`Vault` is the face flows and clients use; it composes `Holdings` (the unconsumed
+states in memory), `SoftLocks`, `VaultIndexes` (the query indexes and engine) and
+`Feeds` (tracked queries), each in its own module.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ import logging
 import operator
 import struct
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 from greenflow import wire
 from greenflow.errors import FlowError, FlowException
@@ -42,11 +46,16 @@ from greenflow.node.services import journaled, register_service_factory
 from greenflow.runtime.traps import current_runtime_or_none
 from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.crypto import SecureHash
-from greenflow.ledger.states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef
 from greenflow.ledger.transactions import SignedTransaction
-from greenflow.ledger import vault_query as vq
+from greenflow.ledger.vault_feed import Feeds
+from greenflow.ledger.vault_holdings import Holdings
+from greenflow.ledger.vault_index import consumed_value
+from greenflow.ledger.vault_indexes import VaultIndexes
+from greenflow.ledger.vault_json import query_params, track_params
+from greenflow.ledger.vault_locks import SoftLocks, calling_flow
 from greenflow.ledger.vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
-                          VaultUpdate)
+                                         VaultUpdate)
 
 __all__ = ["DataFeed", "Feed", "InsufficientBalance", "Page", "PageSpecification", "QueryCriteria",
            "Sort", "StateStatus", "StatesLocked", "Vault", "VaultUpdate", "ref_key"]
@@ -110,90 +119,21 @@ class Vault:
         store.open_table("vault_states")
         store.open_table("vault_locks")
         # Complete in-memory indexes: exact state class -> ref -> state, and the locks.
-        self._unconsumed: dict[type, dict[StateRef, StateAndRef]] = {}
-        self._free: dict[type, dict[StateRef, StateAndRef]] = {}  # unconsumed, not locked
-        self._locks: dict[StateRef, str] = {}
-        self._locks_by_flow: dict[str, set[StateRef]] = {}
-        for _, raw in store.table_items("vault_states"):
-            sar = _unpack(raw)
-            self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
-            self._free.setdefault(type(sar.state), {})[sar.ref] = sar
-        self._open_indexes(store)
-        stale: list[bytes] = []
-        for key, fid in store.table_items("vault_locks"):
-            flow_id = fid.decode()
-            if self._flow_is_live(flow_id):
-                self._add_lock(_ref_from_key(key), flow_id)
-            else:
-                stale.append(key)
+        self._holdings = Holdings()
+        self._holdings.load(store.table_items("vault_states"), _unpack)
+        self._locks = SoftLocks(node, self._holdings, ref_key)
+        self._indexes = VaultIndexes(store, self._holdings, self.transaction, self.state,
+                                     self._consumed.get, self._locks.held.get)
+        self._index, self._engine = self._indexes.reader, self._indexes.engine
+        self._types = self._indexes.types    # type names with states recorded (vault_json)
+        self._feeds = Feeds(self._lock)
+        self._indexes.backfill(node.services.writes, ref_key)
+        stale = self._locks.load(store.table_items("vault_locks"), _ref_from_key)
         if stale:
             with node.services.writes() as batch:
                 for key in stale:
                     batch.table_delete("vault_locks", key)
         node.scheduler.add_flow_end_listener(self._on_flow_end)
-
-    # ------------------------------------------------------------------ query indexes
-    def _open_indexes(self, store: Any) -> None:
-        for name in vq.INDEX_DBS:
-            store.open_table(name)
-        self._index = vq.IndexReader(store)
-        self._engine = vq.QueryEngine(self._index, self._load_state,
-                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)),
-                                      self._notary_key, self._locks.get)
-        self._type_ids = self._index.type_ids()
-        self._types = set(self._type_ids)
-        self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
-        self._feeds: list[Feed] = []
-        self._next_seq = self._index.next_seq()
-        if not self._types and self._unconsumed:
-            # A vault recorded before the indexes existed: index what it holds (recorded
-            # time unknown: 0), once.
-            with self._node.services.writes() as batch:
-                for by_type in self._unconsumed.values():
-                    for sar in by_type.values():
-                        self._index_state(batch, sar, ref_key(sar.ref), 0)
-
-    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
-        """Append ``sar`` to the type index (and the linear-id indexes, for a
-        `LinearState`): every recorded state passes here, so it does little per call."""
-        state = sar.state
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        cls = type(state)
-        known = self._type_keys.get(cls)
-        if known is None:
-            tname = vq.type_name(cls)
-            tid = self._type_ids.get(tname)
-            if tid is None:
-                tid = self._type_ids[tname] = max(self._type_ids.values(), default=0) + 1
-                self._types.add(tname)
-                self._index.put(batch, "vault_types", tname.encode(), vq._TID.pack(tid))
-            known = self._type_keys[cls] = (tid, vq.type_prefix(tid), issubclass(cls, LinearState))
-        tid, prefix, linear = known
-        entry = key + vq._REC.pack(recorded_us)  # see vault_query.pack_entry
-        self._index.put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), entry)
-        if linear:
-            lid = state.linear_id
-            if isinstance(lid, UniqueIdentifier):
-                entry += vq._TID.pack(tid)
-                self._index.put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
-                if lid.external_id is not None:
-                    self._index.put(batch, "vault_by_external",
-                                    vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
-
-    def _notary_key(self, ref: StateRef) -> bytes:
-        stx = self.transaction(ref.tx_id)
-        notary = stx.tx.notary if stx is not None else None
-        return notary.owning_key if notary is not None else b""
-
-    def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
-        if unconsumed:
-            for by_type in self._unconsumed.values():
-                sar = by_type.get(ref)
-                if sar is not None:
-                    return sar.state
-        found = self.state(ref)
-        return found.state if found is not None else None
 
     # ------------------------------------------------------------------ transactions
     @journaled
@@ -218,34 +158,25 @@ class Vault:
         produced: list[StateAndRef] = []
         for ref in tx.inputs:
             key = ref_key(ref)
-            for cls, by_type in self._unconsumed.items():
-                gone = by_type.pop(ref, None)
-                if gone is not None:
-                    self._free.get(cls, {}).pop(ref, None)
-                    batch.table_delete("vault_states", key)
-                    self._consumed.put(batch, key, vq.consumed_value(stx.id.value, now_us))
-                    consumed.append(gone)
-                    break
+            gone = self._holdings.consume(ref)
+            if gone is not None:
+                batch.table_delete("vault_states", key)
+                self._consumed.put(batch, key, consumed_value(stx.id.value, now_us))
+                consumed.append(gone)
         for index, state in enumerate(tx.outputs):
-            if not all_visible and not self._is_ours(state):
+            if not all_visible and not any(p.owning_key == self._me for p in state.participants):
                 continue
             ref = StateRef(stx.id, index)
-            by_type = self._unconsumed.setdefault(type(state), {})
             key = ref_key(ref)
-            if ref in by_type or key in self._consumed:
+            if self._holdings.holds_in(type(state), ref) or key in self._consumed:
                 continue
             sar = StateAndRef(state, ref)
-            by_type[ref] = sar
-            if ref not in self._locks:
-                self._free.setdefault(type(state), {})[ref] = sar
+            self._holdings.add(sar, free=ref not in self._locks.held)
             batch.table_put("vault_states", key, _pack(sar))
-            self._index_state(batch, sar, key, now_us)
+            self._indexes.index_state(batch, sar, key, now_us)
             produced.append(sar)
         if self._feeds and (consumed or produced):
-            self._publish(tx.notary, consumed, produced)
-
-    def _is_ours(self, state: ContractState) -> bool:
-        return any(p.owning_key == self._me for p in state.participants)
+            self._feeds.publish(tx.notary, consumed, produced, self._node.store.commits)
 
     def transaction(self, tx_id: SecureHash) -> Optional[SignedTransaction]:
         """A recorded transaction (recorded transactions never change or go, so flows
@@ -283,8 +214,8 @@ class Vault:
               include_locked: bool = True) -> list[StateAndRef]:
         """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
         with self._lock:
-            return [sar for sar in self._candidates(state_type, where)
-                    if include_locked or not self._locked_by_other(sar.ref, None)]
+            return [sar for sar in self._holdings.candidates(state_type, where)
+                    if include_locked or not self._locks.locked_by_other(sar.ref, None)]
 
     @journaled
     def query_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
@@ -306,56 +237,29 @@ class Vault:
             raise FlowError("Vault.track_by feeds clients outside flows; a flow uses query_by")
         criteria = criteria or QueryCriteria()
         with self._lock:
-            feed = Feed(criteria, self._node.store, self._untrack)
-            self._feeds.append(feed)
+            feed = self._feeds.track(criteria, self._node.store)
             return DataFeed(self._engine.query(criteria, paging, sorting), feed)
 
     def query_json(self, params: dict) -> dict:
         """`query_by` with text parameters, answered as JSON (``GET /vault/states``:
         see `vault_query.query_params`)."""
-        return vq.query_params(self, params)
+        return query_params(self, params)
 
     def track_json(self, params: dict) -> tuple[dict, Any]:
         """`track_by` with text parameters: the snapshot as JSON and a feed whose
         ``next(timeout)`` gives each update as JSON (``GET /vault/updates``)."""
-        return vq.track_params(self, params)
-
-    def _untrack(self, feed: Feed) -> None:
-        with self._lock:
-            if feed in self._feeds:
-                self._feeds.remove(feed)
-
-    def _publish(self, notary: Any, consumed: list[StateAndRef], produced: list[StateAndRef]) -> None:
-        nkey = notary.owning_key if notary is not None else b""
-        stamp = self._node.store.commits
-        for feed in list(self._feeds):
-            c = feed.criteria
-            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
-            new = () if c.status is StateStatus.CONSUMED else tuple(
-                s for s in produced if vq.update_matches(c, s, nkey))
-            if gone or new:
-                feed._push(VaultUpdate(gone, new), stamp)
+        return track_params(self, params)
 
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
-            return any(ref in by_type for by_type in self._unconsumed.values())
+            return self._holdings.holds(ref)
 
     def balance(self, state_type: type[ContractState], amount_of: str = "amount",
                 where: Optional[Callable[[Any], bool]] = None) -> int:
         """Sum of ``amount_of`` over our unconsumed states of ``state_type`` (for
         reports outside flows; flows use `query`, which is journaled)."""
         with self._lock:
-            return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
-
-    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
-                    index: Optional[dict] = None) -> Iterator[StateAndRef]:
-        """Lazily, so that `select` stops at the first states that add up instead of
-        filtering the whole vault (which grows with every payment's change)."""
-        for cls, by_type in (self._unconsumed if index is None else index).items():
-            if issubclass(cls, state_type):
-                for sar in by_type.values():
-                    if where is None or where(sar.state):
-                        yield sar
+            return sum(getattr(sar.state, amount_of) for sar in self._holdings.candidates(state_type, where))
 
     # ------------------------------------------------------------------ soft locks
     @journaled
@@ -367,87 +271,49 @@ class Vault:
         soft-lock them for the calling flow (`InsufficientBalance` when there is not
         enough). Values are ints or anything that adds and compares with ``amount``, such
         as an `Amount` of one token."""
-        fid = self._flow_id("Vault.select")
+        fid = calling_flow("Vault.select")
         value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
         with self._lock:
-            picked = self._pick_free(state_type, amount, value_of, where, fid)
-            if picked is None:
-                picked = self._pick_scanning(state_type, amount, value_of, where, fid)
-            self._lock_refs([s.ref for s in picked], fid)
+            picked, total, locked = self._locks.pick(state_type, amount, value_of, where, fid)
+            if not total >= amount:
+                raise InsufficientBalance(
+                    f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
+                    f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
+            self._locks.lock([s.ref for s in picked], fid)
             return picked
-
-    def _pick_free(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                   where: Optional[Callable[[Any], bool]], fid: str) -> Optional[list[StateAndRef]]:
-        """The common case: states nobody has locked add up. None sends `select` to the
-        full scan: when they do not (the scan finds locks whose flow is gone, and names
-        what other flows hold in its error), or when the caller holds locks itself (the
-        scan counts those as the caller's, in the vault's order)."""
-        if fid in self._locks_by_flow:
-            return None
-        picked: list[StateAndRef] = []
-        total = None
-        for sar in self._candidates(state_type, where, self._free):
-            picked.append(sar)
-            value = value_of(sar.state)
-            total = value if total is None else total + value
-            if total >= amount:
-                return picked
-        return None
-
-    def _pick_scanning(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                       where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        picked: list[StateAndRef] = []
-        zero = amount - amount  # 0, or an Amount of nothing in amount's token
-        total = locked = zero
-        for sar in self._candidates(state_type, where):
-            value = value_of(sar.state)
-            if self._locked_by_other(sar.ref, fid):
-                locked = locked + value
-                continue
-            picked.append(sar)
-            total = total + value
-            if total >= amount:
-                break
-        if not total >= amount:
-            raise InsufficientBalance(
-                f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
-                f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
-        return picked
 
     @journaled
     def soft_lock(self, refs: Sequence[StateRef]) -> None:
         """Lock ``refs`` for the calling flow (`StatesLocked` if another flow holds one)."""
-        fid = self._flow_id("Vault.soft_lock")
+        fid = calling_flow("Vault.soft_lock")
         with self._lock:
-            taken = [r for r in refs if self._locked_by_other(r, fid)]
+            taken = [r for r in refs if self._locks.locked_by_other(r, fid)]
             if taken:
                 raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: "
-                                   + ", ".join(f"{r} (flow {self._locks[r]})" for r in taken[:5]))
-            self._lock_refs(list(refs), fid)
+                                   + ", ".join(f"{r} (flow {self._locks.held[r]})" for r in taken[:5]))
+            self._locks.lock(list(refs), fid)
 
     @journaled
     def release(self, refs: Optional[Sequence[StateRef]] = None) -> None:
         """Release the calling flow's locks on ``refs`` (all of them by default); they go
         by themselves when the flow ends."""
-        fid = self._flow_id("Vault.release")
+        fid = calling_flow("Vault.release")
         with self._lock, self._node.services.writes() as batch:
-            held = self._locks_by_flow.get(fid, set())
+            held = self._locks.by_flow.get(fid, set())
             for ref in list(held if refs is None else refs):
-                if self._locks.get(ref) == fid:
-                    self._drop_lock(batch, ref)
+                if self._locks.held.get(ref) == fid:
+                    self._locks.drop(batch, ref)
 
     def locks(self) -> dict[StateRef, str]:
         """Every soft lock held: state ref -> flow id."""
         with self._lock:
-            return dict(self._locks)
+            return dict(self._locks.held)
 
     def unconsumed_by_type(self) -> tuple[dict[str, list[StateAndRef]], dict[StateRef, str]]:
         """Every unconsumed state by its type's ``module.qualname``, and the soft locks,
         read together under the vault's lock (the operator console's vault page)."""
         with self._lock:
-            by_type = {f"{t.__module__}.{t.__qualname__}": list(d.values())
-                       for t, d in self._unconsumed.items() if d}
-            return by_type, dict(self._locks)
+            return self._holdings.by_type_name(), dict(self._locks.held)
 
     def stored_transaction(self, key: bytes) -> Optional[SignedTransaction]:
         """The transaction stored under ``key`` of the ``vault_txs`` records."""
@@ -455,73 +321,20 @@ class Vault:
 
     def locked_by(self, ref: StateRef) -> Optional[str]:
         """The flow holding ``ref`` locked, if any."""
-        return self._locks.get(ref)
+        return self._locks.held.get(ref)
 
     def locks_of(self, flow_id: str) -> set[StateRef]:
-        return set(self._locks_by_flow.get(flow_id, ()))
-
-    def _flow_id(self, what: str) -> str:
-        rt = current_runtime_or_none()
-        if rt is None:
-            raise FlowError(f"{what} locks states for the calling flow: call it from a flow")
-        return rt.flow_id
-
-    def _locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
-        owner = self._locks.get(ref)
-        if owner is None or owner == fid:
-            return False
-        if self._flow_is_live(owner):
-            return True
-        # Its flow is gone (ended before this vault was opened): the lock is stale.
-        with self._node.services.writes() as batch:
-            self._drop_lock(batch, ref)
-        return False
-
-    def _lock_refs(self, refs: list[StateRef], fid: str) -> None:
-        with self._node.services.writes() as batch:
-            value = fid.encode()
-            for ref in refs:
-                self._add_lock(ref, fid)
-                batch.table_put("vault_locks", ref_key(ref), value)
-
-    def _add_lock(self, ref: StateRef, fid: str) -> None:
-        self._locks[ref] = fid
-        self._locks_by_flow.setdefault(fid, set()).add(ref)
-        for by_type in self._free.values():
-            if by_type.pop(ref, None) is not None:
-                break
-
-    def _drop_lock(self, batch: Any, ref: StateRef) -> None:
-        fid = self._locks.pop(ref, None)
-        if fid is not None:
-            held = self._locks_by_flow.get(fid)
-            if held is not None:
-                held.discard(ref)
-                if not held:
-                    del self._locks_by_flow[fid]
-            for cls, by_type in self._unconsumed.items():
-                sar = by_type.get(ref)
-                if sar is not None:
-                    self._free.setdefault(cls, {})[ref] = sar
-                    break
-        batch.table_delete("vault_locks", ref_key(ref))
-
-    def _flow_is_live(self, fid: str) -> bool:
-        node = self._node
-        return fid in node.scheduler.resident or node.store.has_flow(fid)
+        return set(self._locks.by_flow.get(flow_id, ()))
 
     def _on_flow_end(self, fid: str) -> None:
         """Scheduler hook: the flow ended; its locks go in the commit of its result."""
         with self._lock:
-            held = self._locks_by_flow.get(fid)
-            if held:
-                batch = self._node.scheduler.batch
-                for ref in list(held):
-                    self._drop_lock(batch, ref)
+            if self._locks.by_flow.get(fid):
+                self._locks.flow_ended(fid, self._node.scheduler.batch)
 
     def __repr__(self) -> str:
-        n = sum(len(v) for v in self._unconsumed.values())
-        return f"Vault({self._node.party.name}: {n} unconsumed states, {len(self._locks)} locked)"
+        n = len(self._holdings)
+        return f"Vault({self._node.party.name}: {n} unconsumed states, {len(self._locks.held)} locked)"
 
 
 register_service_factory("vault", Vault)

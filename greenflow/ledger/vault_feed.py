@@ -1,4 +1,5 @@
-"""Tracking a vault query: the `Feed` of updates after the first page."""
+"""Tracking a vault query: the `Feed` of updates after the first page, and a vault's
+open `Feeds`."""
 from __future__ import annotations
 
 import threading
@@ -7,7 +8,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
-from greenflow.ledger.vault_types import Page, QueryCriteria, VaultUpdate
+from greenflow.ledger.states import StateAndRef
+from greenflow.ledger.vault_engine import update_matches
+from greenflow.ledger.vault_types import Page, QueryCriteria, StateStatus, VaultUpdate
 
 
 class Feed:
@@ -74,3 +77,35 @@ class DataFeed:
     snapshot: Page
     updates: Feed
 
+
+class Feeds:
+    """The open feeds of one vault's tracked queries, and handing each the recorded
+    changes its criteria select."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock          # the vault's: feeds open and close beside its writes
+        self.open: list[Feed] = []
+
+    def track(self, criteria: QueryCriteria, store: Any) -> Feed:
+        feed = Feed(criteria, store, self.untrack)
+        self.open.append(feed)
+        return feed
+
+    def untrack(self, feed: Feed) -> None:
+        with self.lock:
+            if feed in self.open:
+                self.open.remove(feed)
+
+    def publish(self, notary: Any, consumed: list[StateAndRef], produced: list[StateAndRef],
+                stamp: int) -> None:
+        nkey = notary.owning_key if notary is not None else b""
+        for feed in list(self.open):
+            c = feed.criteria
+            gone = tuple(s for s in consumed if update_matches(c, s, nkey))
+            new = () if c.status is StateStatus.CONSUMED else tuple(
+                s for s in produced if update_matches(c, s, nkey))
+            if gone or new:
+                feed._push(VaultUpdate(gone, new), stamp)
+
+    def __bool__(self) -> bool:
+        return bool(self.open)
