@@ -8,7 +8,8 @@ transit) changes the id and voids every signature, which signs the id.
 Everything a peer sends is checked before it is trusted: `WireTransaction.check_shape`
 rejects fields of the wrong type (decoding rebuilds objects without running their
 constructors), `SignedTransaction.verify_signatures` checks every signature and every
-required signer, and `WireTransaction.verify` runs every contract involved.
+required signer, and `WireTransaction.verify` runs every contract involved (the checks
+themselves are in `greenflow.ledger.transaction_checks`).
 """
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Iterable, TypeVar
 
 from greenflow.party import Party
 from greenflow.wire import canonical_encode, register_wire_type
-from greenflow.ledger.contracts import Command, CommandData, Contract, contract_for
+from greenflow.ledger.contracts import Command, CommandData
 from greenflow.ledger.crypto import KeyPair, SecureHash, verify
-from greenflow.ledger.errors import ContractViolation, SignatureError, TransactionVerificationError
+from greenflow.ledger.errors import SignatureError, TransactionVerificationError
 from greenflow.ledger.states import ContractState, StateAndRef, StateRef
 from greenflow.ledger.time_window import TimeWindow
+from greenflow.ledger.transaction_checks import (InputResolver, _key_label, check_wire_shape,
+                                                resolve_refs, run_contracts, signer_names)
 
 __all__ = [
     "LedgerTransaction", "SignatureError", "SignedTransaction", "TransactionBuilder",
@@ -33,10 +36,6 @@ __all__ = [
 ]
 
 S = TypeVar("S", bound=ContractState)
-
-#: Resolves an input reference to the state it names (or to a `StateAndRef`); returns
-#: None or raises `LookupError` when the transaction that created it is unknown here.
-InputResolver = Callable[[StateRef], "ContractState | StateAndRef | None"]
 
 # Hashed ahead of the content, so a transaction id can never equal the hash of some other
 # structure that happens to encode alike; the version moves if the content ever changes.
@@ -50,13 +49,6 @@ SALT_BYTES = 32
 
 def _signable(tx_id: SecureHash) -> bytes:
     return _SIGNATURE_DOMAIN + tx_id.value
-
-
-def _key_label(key: Any, names: dict[bytes, str]) -> str:
-    if type(key) is not bytes:
-        return repr(key)
-    short = key.hex()[:16] + "…"
-    return f"{names[key]} ({short})" if key in names else short
 
 
 @dataclass(frozen=True)
@@ -173,50 +165,7 @@ class WireTransaction:
         self.__dict__["_shape_ok"] = True
 
     def _check_shape(self) -> None:
-        def bad(why: str) -> TransactionVerificationError:
-            return TransactionVerificationError(f"malformed transaction: {why}")
-
-        for name in ("inputs", "outputs", "commands", "references"):
-            if type(getattr(self, name)) is not tuple:
-                raise bad(f"{name} is a {type(getattr(self, name)).__name__}, not a tuple")
-        seen: set[StateRef] = set()
-        for what, refs in (("inputs", self.inputs), ("references", self.references)):
-            for i, ref in enumerate(refs):
-                if (type(ref) is not StateRef or type(ref.tx_id) is not SecureHash
-                        or type(ref.tx_id.value) is not bytes or len(ref.tx_id.value) != 32
-                        or type(ref.index) is not int or ref.index < 0):
-                    raise bad(f"{what}[{i}] is not a StateRef: {ref!r}")
-                if ref in seen:
-                    raise bad(f"input {ref} is consumed twice" if what == "inputs" else
-                              f"reference {ref} is listed twice, or is also an input")
-                seen.add(ref)
-        for i, state in enumerate(self.outputs):
-            if not isinstance(state, ContractState):
-                raise bad(f"outputs[{i}] is a {type(state).__qualname__}, not a ContractState")
-        if not self.inputs and not self.outputs:
-            raise bad("no inputs and no outputs")
-        if not self.commands:
-            raise bad("no commands: nothing says who must sign")
-        for i, command in enumerate(self.commands):
-            signers = getattr(command, "signers", None)
-            if (type(command) is not Command or not isinstance(getattr(command, "value", None), CommandData)
-                    or type(signers) is not tuple or not signers
-                    or any(type(k) is not bytes or len(k) != 32 for k in signers)):
-                raise bad(f"commands[{i}] is not a Command with CommandData and 32-byte signer keys")
-        if self.notary is not None and (type(self.notary) is not Party or type(self.notary.owning_key) is not bytes):
-            raise bad(f"notary is not a Party: {self.notary!r}")
-        if self.inputs and self.notary is None:
-            raise bad("a transaction that consumes inputs needs a notary to rule out double spends")
-        if self.references and self.notary is None:
-            raise bad("a transaction with reference states needs a notary to check they are current")
-        if self.time_window is not None:
-            if type(self.time_window) is not TimeWindow:
-                raise bad(f"time_window is not a TimeWindow: {self.time_window!r}")
-            self.time_window.check_shape()
-            if self.notary is None:
-                raise bad("a transaction with a time window needs a notary to vouch for the time")
-        if type(self.salt) is not bytes:
-            raise bad("salt is not bytes")
+        check_wire_shape(self)
 
     def to_ledger_transaction(self, resolve_input: InputResolver) -> LedgerTransaction:
         """The transaction with every input state resolved (`TransactionVerificationError`
@@ -231,40 +180,14 @@ class WireTransaction:
 
     def _resolve(self, refs: tuple[StateRef, ...], resolve_input: InputResolver,
                  what: str) -> tuple[StateAndRef, ...]:
-        out = []
-        for ref in refs:
-            try:
-                found = resolve_input(ref)
-            except LookupError:
-                found = None
-            state = found.state if isinstance(found, StateAndRef) else found
-            if not isinstance(state, ContractState):
-                raise TransactionVerificationError(
-                    f"transaction {self.id}: {what} {ref} cannot be resolved; the transaction "
-                    "that created it is unknown here")
-            out.append(StateAndRef(state, ref))
-        return tuple(out)
+        return resolve_refs(self.id, refs, resolve_input, what)
 
     def verify(self, resolve_input: InputResolver) -> LedgerTransaction:
         """Run the contract of every input and output state over the resolved transaction,
         each contract once; returns the resolved transaction. Any exception a contract
         raises is a rejection (`ContractViolation` naming the contract and transaction)."""
         ltx = self.to_ledger_transaction(resolve_input)
-        contracts: dict[str, type[Contract]] = {}
-        for state in (*ltx.input_states, *ltx.outputs):
-            name, cls = contract_for(state)
-            contracts.setdefault(name, cls)
-        for name, cls in contracts.items():
-            try:
-                cls().verify(ltx)
-            except ContractViolation as exc:
-                if type(exc) is not ContractViolation:
-                    raise  # the contract's own error class: the caller may catch it as such
-                raise ContractViolation(f"contract {name} rejected transaction {self.id}: {exc}") from exc
-            except Exception as exc:
-                raise ContractViolation(
-                    f"contract {name} failed on transaction {self.id}: {type(exc).__name__}: {exc}"
-                ) from exc
+        run_contracts(ltx, self.id)
         return ltx
 
 
@@ -338,18 +261,7 @@ class SignedTransaction:
         return self.wtx.verify(resolve_input)
 
     def _names(self) -> dict[bytes, str]:
-        """Who the keys in an error message belong to, as far as this transaction says."""
-        names: dict[bytes, str] = {}
-        for state in self.wtx.outputs:
-            try:
-                for party in state.participants:
-                    names[party.owning_key] = party.name
-            except Exception:  # a malformed state must not hide the signature error
-                pass
-        if isinstance(self.wtx.notary, Party):
-            names[self.wtx.notary.owning_key] = f"notary {self.wtx.notary.name}"
-        return names
-
+        return signer_names(self.wtx)
 
 class TransactionBuilder:
     """Collects inputs, outputs and commands, then yields the transaction.

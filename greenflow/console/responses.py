@@ -1,0 +1,109 @@
+"""What the console answers: ``(status, headers, body)`` triples for JSON, HTML,
+redirects, errors, static files and server-sent events, and reading what a request sent
+(headers, cookies, forms)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterator, Optional, Union
+from urllib.parse import parse_qs
+
+
+Body = Union[bytes, Iterator[bytes]]
+Response = tuple[int, dict, Body]
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+class Refused(Exception):
+    """A request the console refuses, answered with ``status`` and the message."""
+
+    def __init__(self, status: int, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+
+
+def json_answer(status: int, doc: Any) -> Response:
+    return status, {"Content-Type": "application/json", "Cache-Control": "no-store"}, \
+        (json.dumps(doc, default=str) + "\n").encode("utf-8")
+
+
+def html_answer(text: str, status: int = 200) -> Response:
+    return status, {"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS}, text.encode("utf-8")
+
+
+def redirect(location: str) -> Response:
+    return 303, {"Location": location, "Content-Type": "text/plain; charset=utf-8"}, b""
+
+
+def sse_event(kind: str, doc: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(doc)}\n\n".encode("utf-8")
+
+
+def header(headers: Any, name: str) -> str:
+    try:
+        v = headers.get(name)
+    except AttributeError:
+        v = None
+    return v or ""
+
+
+def cookie(headers: Any, name: str) -> Optional[str]:
+    raw = header(headers, "Cookie")
+    for part in raw.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name and v:
+            return v
+    return None
+
+
+def form_fields(body: bytes) -> dict:
+    if not body:
+        return {}
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return {}
+    if text.lstrip().startswith("{"):
+        try:
+            doc = json.loads(text)
+            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in doc.items()} \
+                if isinstance(doc, dict) else {}
+        except ValueError:
+            return {}
+    return {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
+
+
+def error_answer(path: str, status: int, type_: str, message: str) -> Response:
+    hdrs: dict = {}
+    if status == 401:
+        hdrs["WWW-Authenticate"] = 'Basic realm="greenflow"' if path == "/metrics" else \
+            'Form realm="greenflow", action="/console/login"'
+    if path == "/metrics":
+        return status, {"Content-Type": "text/plain; charset=utf-8", **hdrs}, \
+            f"{type_}: {message}\n".encode("utf-8")
+    st, h, b = json_answer(status, {"error": {"type": type_, "message": message}})
+    h.update(hdrs)
+    return st, h, b
+
+
+def static_file(name: str) -> Response:
+    ext = os.path.splitext(name)[1]
+    if "/" in name or "\\" in name or name.startswith(".") or ext not in STATIC_TYPES:
+        raise Refused(404, "NotFound", f"no static file {name!r}")
+    try:
+        with open(os.path.join(STATIC_DIR, name), "rb") as fh:
+            content = fh.read()
+    except OSError:
+        raise Refused(404, "NotFound", f"no static file {name!r}") from None
+    return 200, {"Content-Type": STATIC_TYPES[ext], "Cache-Control": "private, max-age=300",
+                 "X-Content-Type-Options": "nosniff"}, content

@@ -1,0 +1,76 @@
+"""Tracking a vault query: the `Feed` of updates after the first page."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from greenflow.ledger.vault_types import Page, QueryCriteria, VaultUpdate
+
+
+class Feed:
+    """The updates of a tracked query, in the order they were recorded. An update is
+    handed out only once its transaction is durable in the store. Read with `poll`
+    (what is there now), `next` (wait up to ``timeout``), or by iterating (waits)."""
+
+    def __init__(self, criteria: QueryCriteria, store: Any, on_close: Callable[["Feed"], None]) -> None:
+        self.criteria = criteria
+        self._store = store
+        self._on_close = on_close
+        self._items: deque[tuple[int, VaultUpdate]] = deque()
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def _push(self, update: VaultUpdate, stamp: int) -> None:
+        with self._cond:
+            self._items.append((stamp, update))
+            self._cond.notify_all()
+
+    def _ready(self) -> bool:
+        return bool(self._items) and self._items[0][0] < self._store.commits
+
+    def poll(self) -> list[VaultUpdate]:
+        """Every durable update not handed out yet (possibly none)."""
+        out = []
+        with self._cond:
+            while self._ready():
+                out.append(self._items.popleft()[1])
+        return out
+
+    def next(self, timeout: Optional[float] = None) -> Optional[VaultUpdate]:
+        """The next update, waiting up to ``timeout`` seconds (None: until one comes);
+        None when the time is up or the feed is closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._ready():
+                if self.closed:
+                    return None
+                left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+                if left <= 0:
+                    return None
+                self._cond.wait(left)  # a commit does not notify: look again shortly
+            return self._items.popleft()[1]
+
+    def __iter__(self) -> Iterator[VaultUpdate]:
+        while True:
+            item = self.next()
+            if item is None:
+                return
+            yield item
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+        self._on_close(self)
+
+
+@dataclass
+class DataFeed:
+    """What `Vault.track_by` returns: the page as it is now and the feed of what changes."""
+
+    snapshot: Page
+    updates: Feed
+

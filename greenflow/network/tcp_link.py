@@ -1,0 +1,210 @@
+"""The sending side of the TCP transport: one `Link` per peer, which dials it, holds the
+frames it has not acknowledged (spilling to the outbox beyond a memory bound), re-sends
+them, and carries the acknowledgements this node owes it."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional
+
+from greenflow.errors import WireFormatError
+from greenflow.messages import decode_frame
+from greenflow.network.network_map import NodeInfo, format_address
+from greenflow.network.tcp_framing import (BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT,
+                                           HANDSHAKE_TIMEOUT, K_ACK, K_FRAME, MAX_ACKS_PER_RECORD,
+                                           MAX_OWED_ACKS, RETRANSMIT_AFTER, RETRANSMIT_MAX,
+                                           ProtocolError, _keepalive, _pack, _why, write_message)
+from greenflow.network.tcp_handshake import Channel, client_handshake
+
+if TYPE_CHECKING:
+    from greenflow.network.tcp_transport import TcpTransport
+
+log = logging.getLogger("greenflow.transport")
+
+
+def _frame_msg_id(data: bytes) -> Any:
+    try:
+        return decode_frame(data).msg_id
+    except WireFormatError:
+        return None
+
+
+class Link:
+    """Everything this node sends to one peer: a connection it dials, the frames the
+    peer has not acknowledged yet, and the acknowledgements it owes the peer."""
+
+    def __init__(self, transport: "TcpTransport", info: NodeInfo) -> None:
+        self.t = transport
+        self.info = info
+        self.unacked: dict[Any, bytes] = {}
+        self.held_bytes = 0        # sum of len(unacked values)
+        self.spilled = False       # frames for this peer are in the outbox only
+        self.queue: deque[Any] = deque()
+        self.acks: list[list] = []
+        self.wake = asyncio.Event()
+        self.connected = False
+        self.frames_out = 0        # frames routed to this peer (metrics)
+        self.writer: Optional[asyncio.StreamWriter] = None
+        self.last_ack = time.monotonic()
+        self.retransmit_after = RETRANSMIT_AFTER
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    def add_frame(self, data: bytes, from_outbox: bool = False) -> bool:
+        """Hold ``data`` until acknowledged; False when it is left in the outbox instead
+        (over the memory bound: `refill` reads it back later)."""
+        mid = _frame_msg_id(data)
+        if mid is None:
+            mid = ("?", False, id(data))  # the peer will drop it; keep it out of the way
+        old = self.unacked.get(mid)
+        if old is None and (self.spilled and not from_outbox
+                            or self.unacked and self.held_bytes + len(data) > self.t.max_held_bytes):
+            if not self.spilled:
+                log.warning("%s: %s holds %d unacknowledged frames (%d MiB); further frames "
+                            "for it stay in the outbox until it acknowledges these",
+                            self.t.name, self.name, len(self.unacked), self.held_bytes >> 20)
+                self.spilled = True   # after the line: whoever sees the flag sees the line
+            return False
+        if not self.unacked:
+            self.last_ack = time.monotonic()
+        self.unacked[mid] = data
+        self.held_bytes += len(data) - (len(old) if old is not None else 0)
+        self.queue.append(mid)
+        self.wake.set()
+        return True
+
+    def refill(self) -> None:
+        """Take frames left in the outbox back into memory, up to the bound."""
+        reader = self.t.outbox_reader
+        if reader is None:
+            return
+        self.spilled = False
+        try:
+            for data in reader(self.name):
+                mid = _frame_msg_id(data)
+                if mid is None or mid in self.unacked:
+                    continue
+                if not self.add_frame(data, from_outbox=True):
+                    return            # full again: still spilled
+        except Exception as exc:  # noqa: BLE001 - the store closing under us, say
+            log.warning("%s: cannot read frames for %s back from the outbox: %s",
+                        self.t.name, self.name, exc)
+            self.spilled = True
+            return
+        log.info("%s: every frame for %s is held in memory again (%d)", self.t.name,
+                 self.name, len(self.unacked))
+
+    def add_acks(self, msg_ids: tuple) -> None:
+        self.acks.extend(list(m) for m in msg_ids)
+        if len(self.acks) > MAX_OWED_ACKS:
+            # The peer is unreachable: forget the oldest; it re-sends those frames and the
+            # node acknowledges the duplicates again.
+            del self.acks[:len(self.acks) - MAX_OWED_ACKS]
+        self.wake.set()
+
+    def acked(self, msg_ids: list) -> None:
+        for m in msg_ids:
+            data = self.unacked.pop(tuple(m), None)
+            if data is not None:
+                self.held_bytes -= len(data)
+        self.last_ack = time.monotonic()
+        self.retransmit_after = RETRANSMIT_AFTER
+        if self.spilled and self.held_bytes <= self.t.max_held_bytes // 2:
+            self.refill()
+
+    def check_retransmit(self, now: float) -> None:
+        if self.connected and self.unacked and now - self.last_ack > self.retransmit_after:
+            log.info("%s: no acknowledgement from %s for %.0fs; re-sending %d frames",
+                     self.t.name, self.name, now - self.last_ack, len(self.unacked))
+            self.queue = deque(self.unacked)
+            self.last_ack = now
+            self.retransmit_after = min(self.retransmit_after * 2, RETRANSMIT_MAX)
+            self.t.stats["retransmits"] += 1
+            self.wake.set()
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_MIN
+        host, port = self.info.p2p_address
+        while not self.t.closing:
+            if not self.unacked and not self.acks:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            writer = None
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
+                                                        CONNECT_TIMEOUT)
+                _keepalive(writer)
+                chan = await asyncio.wait_for(
+                    client_handshake(self.t.name, self.t.key_for(self.info), reader, writer,
+                                     self.info), HANDSHAKE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+                if writer is not None:
+                    writer.close()
+                level = logging.WARNING if isinstance(exc, ProtocolError) else logging.INFO
+                log.log(level, "%s: cannot reach %s at %s (%s); retrying in %.2fs",
+                        self.t.name, self.name, format_address(self.info.p2p_address),
+                        _why(exc), backoff)
+                self.t.stats["connect_failures"] += 1
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_MIN
+            log.info("%s: connected to %s at %s; %d unacknowledged frames to (re)send",
+                     self.t.name, self.name, format_address(self.info.p2p_address),
+                     len(self.unacked))
+            self.queue = deque(self.unacked)
+            self.connected, self.writer = True, writer
+            self.last_ack = time.monotonic()
+            watcher = asyncio.get_running_loop().create_task(self._watch(reader))
+            try:
+                await self._pump(writer, chan, watcher)
+            except (OSError, ProtocolError) as exc:
+                log.info("%s: link to %s lost: %s", self.t.name, self.name, _why(exc))
+            finally:
+                self.connected, self.writer = False, None
+                watcher.cancel()
+                writer.close()
+
+    async def _watch(self, reader: asyncio.StreamReader) -> None:
+        """The listener sends nothing after its welcome: reading only notices the end."""
+        try:
+            await reader.read(1)
+        except OSError:
+            pass
+        finally:
+            self.wake.set()
+
+    async def _pump(self, writer: asyncio.StreamWriter, chan: Channel, watcher: asyncio.Task) -> None:
+        while not self.t.closing:
+            if watcher.done():
+                raise ConnectionResetError("the peer closed the connection")
+            items: list = []
+            size = 0
+            while self.queue:
+                data = self.unacked.get(self.queue[0])
+                if data is None:
+                    self.queue.popleft()
+                    continue
+                if items and size + len(data) > BATCH_BYTES:
+                    break
+                self.queue.popleft()
+                items.append([K_FRAME, data])
+                size += len(data) + 8
+            if self.acks and size < BATCH_BYTES:
+                chunk, self.acks = self.acks[:MAX_ACKS_PER_RECORD], self.acks[MAX_ACKS_PER_RECORD:]
+                items.append([K_ACK, chunk])
+            if items:
+                write_message(writer, chan.seal(_pack(items)))
+                self.t.stats["records_sent"] += 1
+                await writer.drain()
+                continue
+            self.wake.clear()
+            await self.wake.wait()
+

@@ -1,0 +1,96 @@
+"""What the RPC answers: its error type and the JSON views of values, flows and errors
+that every endpoint (and the console) shares."""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import uuid
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Optional
+
+from greenflow.flows.registry import qualified_name
+from greenflow.party import Party
+
+MAX_WAIT_SECONDS = 600.0
+REPR_LIMIT = 400
+
+
+class RpcError(Exception):
+    """An error answered to the client as ``{"error": {"type", "message"}}``."""
+
+    def __init__(self, status: int, type_: str, message: str,
+                 retry_after: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.status, self.type, self.message = status, type_, message
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------------- JSON values
+def to_json(value: Any, depth: int = 0) -> Any:
+    """A JSON-ready view of a flow result or argument: builtins as themselves, parties as
+    their names, bytes as hex, dates ISO 8601, Decimals as strings, dataclasses as dicts;
+    anything else as ``{"repr": ...}`` (bounded)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
+    if depth > 50:
+        return {"repr": "..."}
+    if isinstance(value, Party):
+        return value.name
+    if isinstance(value, enum.Enum):
+        return value.name
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(to_json(k, depth + 1)): to_json(v, depth + 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_json(v, depth + 1) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: to_json(getattr(value, f.name, None), depth + 1)
+               for f in dataclasses.fields(value)}
+        out["__type__"] = qualified_name(type(value))
+        return out
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - user __repr__
+        text = f"<unrepresentable {type(value).__qualname__}: {exc}>"
+    return {"repr": text[:REPR_LIMIT], "type": qualified_name(type(value))}
+
+
+def error_json(exc: BaseException) -> dict:
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+
+
+def seconds(value: Any, what: str) -> float:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise RpcError(400, "BadRequest", f"`{what}` must be a number of seconds") from None
+    if not 0 <= s <= MAX_WAIT_SECONDS:
+        raise RpcError(400, "BadRequest", f"`{what}` must be between 0 and {MAX_WAIT_SECONDS:.0f}")
+    return s
+
+
+def flow_json(f: Any) -> dict:
+    out = {"id": f.id, "flow_class": f.flow_class, "status": f.status.value,
+           "progress_step": f.progress_step, "suspended_on": f.suspended_on,
+           "resident": f.resident, "error": f.error}
+    if getattr(f, "worker", None) is not None:   # a clustered node: who runs it
+        out["worker"] = f.worker
+    return out
+
+
+
+def finished(status: str) -> bool:
+    return status in ("COMPLETED", "FAILED", "KILLED")

@@ -1,0 +1,241 @@
+"""The RPC's HTTP side: reading a request within its limits, authenticating it, routing
+it to an operation of the `RpcServer`, and writing the JSON answer (or handing
+``/console`` and ``/metrics`` to the console)."""
+from __future__ import annotations
+
+import json
+import logging
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Optional
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from greenflow.console import is_console_path
+from greenflow.errors import FlowError, NotStartable, UnknownFlow
+from greenflow.rpc import streams
+from greenflow.rpc.documents import RpcError, error_json, seconds
+from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, parse_json_body
+from greenflow.rpc.log_limits import clip
+
+if TYPE_CHECKING:
+    from greenflow.rpc.server import RpcServer
+
+log = logging.getLogger("greenflow.rpc")
+
+API = "/api/v1"
+
+
+class RpcHttpServer(BoundedHTTPServer):
+    rpc: RpcServer
+
+
+class RpcHandler(BaseHTTPRequestHandler):
+    """One connection's requests: authentication, routing to the `RpcServer`'s
+    operations, JSON answers; event streams in `greenflow.rpc.streams`."""
+
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK (40 ms on Linux) on every kept-alive request.
+    disable_nagle_algorithm = True
+    server: RpcHttpServer
+    server_version = "greenflow-rpc/1"
+
+    # ------------------------------------------------------------------ plumbing
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout  # each read and each send
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        self.server.reading(self.connection)  # from now, the request must arrive in time
+        super().handle_one_request()
+
+    def log_message(self, fmt: str, *args: Any) -> None:
+        log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
+
+    def _send_json(self, status: int, doc: Any, headers: Optional[dict] = None) -> None:
+        body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self) -> bytes:
+        limit = self.server.limits.max_body_bytes
+        if self.headers.get("Transfer-Encoding") is not None:
+            # Not read, so its bytes must not be taken for the next request: close.
+            self.close_connection = True
+            raise RpcError(411, "LengthRequired", "send the body with a Content-Length "
+                                                  "(Transfer-Encoding is not accepted)")
+        lengths = self.headers.get_all("Content-Length") or []
+        try:
+            n = int(lengths[0]) if len(lengths) == 1 else (0 if not lengths else -1)
+        except ValueError:
+            n = -1
+        if n < 0:
+            self.close_connection = True
+            raise RpcError(400, "BadRequest", "the Content-Length header is malformed")
+        if n > limit:
+            self.close_connection = True
+            raise RpcError(413, "BodyTooLarge", f"the body has {n} bytes; at most {limit} "
+                                                "(max_body_bytes)")
+        raw = self.rfile.read(n) if n else b""
+        if len(raw) < n:
+            raise ConnectionResetError("the client sent less than its Content-Length")
+        return raw
+
+    def _parse(self, raw: bytes) -> Any:
+        if not raw.strip():
+            return {}
+        try:
+            return parse_json_body(raw, self.server.limits.max_json_depth)
+        except LimitExceeded as exc:
+            raise RpcError(exc.status, exc.type, exc.message) from None
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        rpc = self.server.rpc
+        try:
+            url = urlsplit(self.path)
+            parts = [unquote(p) for p in url.path.split("/") if p]
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            try:
+                raw = self._read_body()
+            except (OSError, ValueError):  # timed out, cut short or reset: no answer is owed
+                self.close_connection = True
+                return
+            self.server.busy(self.connection)
+            if is_console_path(url.path):
+                return self._console(rpc, method, url.path, query, raw)
+            try:
+                user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])
+            except LimitExceeded as exc:
+                raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
+            body = self._parse(raw) if method == "POST" else None
+            self._route(rpc, method, parts, query, body, user)
+        except RpcError as exc:
+            headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else {}
+            if exc.retry_after:
+                headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            self._send_json(exc.status, {"error": {"type": exc.type, "message": exc.message}}, headers)
+        except UnknownFlow as exc:
+            self._send_json(404, {"error": error_json(exc)})
+        except NotStartable as exc:
+            self._send_json(403, {"error": error_json(exc)})
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        except TimeoutError as exc:
+            self._send_json(504, {"error": {"type": "Timeout", "message": str(exc)}})
+        except FlowError as exc:
+            self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
+        except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
+            self.server.warn.exception("500", "RPC %s %s failed", method, clip(self.path, 200))
+            self._send_json(500, {"error": {"type": "InternalError",
+                                            "message": f"{type(exc).__name__}: {exc}; please "
+                                                       "file a bug with the node log"}})
+
+    def _console(self, rpc: RpcServer, method: str, path: str, query: dict, raw: bytes) -> None:
+        """Hand the request to the console (`greenflow.console`) and write its answer: a
+        body of bytes, or an iterator of chunks (server-sent events) on a closing connection."""
+        header = self.headers.get("Authorization")
+        client = self.client_address[0]
+        try:
+            user = rpc.authenticate(header, client) if header else None
+        except LimitExceeded as exc:
+            raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
+        status, headers, body = rpc.console.handle(method, path, query, raw, user, self.headers,
+                                                   client)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        if isinstance(body, (bytes, bytearray)):
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for chunk in body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    def _need(self, user: Any, permission: str) -> None:
+        if not user.allows(permission):
+            raise RpcError(403, "Forbidden", f"user {user.username!r} lacks the "
+                                             f"{permission!r} permission")
+
+    def _route(self, rpc: RpcServer, method: str, parts: list, query: dict, body: Any,
+               user: Any) -> None:
+        if parts[:2] != ["api", "v1"]:
+            raise RpcError(404, "NotFound", f"no such endpoint {clip(self.path, 200)}; the API is "
+                                            f"under {API}/")
+        p = parts[2:]
+        route = (method, tuple(p[:1]) + tuple("*" if i == 1 else x for i, x in enumerate(p[1:], 1)))
+        read = lambda: self._need(user, "read")  # noqa: E731
+        if route == ("GET", ("node",)):
+            read()
+            return self._send_json(200, rpc.node_info())
+        if route == ("GET", ("network",)):
+            read()
+            return self._send_json(200, {"nodes": rpc.network()})
+        if route == ("GET", ("flows",)):
+            read()
+            return self._send_json(200, {"flows": rpc.flows(query.get("status"))})
+        if route == ("POST", ("flows",)):
+            code, doc = rpc.start_flow(body, user)
+            return self._send_json(code, doc)
+        if route == ("GET", ("flows", "*")):
+            read()
+            return self._send_json(200, rpc.flow(p[1]))
+        if route == ("GET", ("flows", "*", "result")):
+            read()
+            code, doc = rpc.result(p[1], seconds(query.get("wait", 0), "wait"))
+            return self._send_json(code, doc)
+        if route == ("GET", ("flows", "*", "progress")):
+            read()
+            return streams.progress_stream(self, rpc, p[1])
+        if route == ("GET", ("progress",)):
+            read()
+            return streams.progress_stream(self, rpc, None)
+        if route in (("POST", ("flows", "*", "kill")), ("DELETE", ("flows", "*"))):
+            self._need(user, "kill")
+            return self._send_json(200, rpc.kill(p[1]))
+        if route == ("GET", ("checkpoints",)):
+            read()
+            return self._send_json(200, {"checkpoints": rpc.checkpoints()})
+        if route == ("GET", ("vault", "*")) and p[1] == "states":
+            read()
+            return self._send_json(200, rpc.vault_states(query))
+        if route == ("GET", ("vault", "*")) and p[1] == "updates":
+            read()
+            return streams.vault_updates(self, rpc, query)
+        if route == ("GET", ("draining",)):
+            read()
+            return self._send_json(200, rpc.draining())
+        if route == ("POST", ("draining",)):
+            self._need(user, "admin")
+            return self._send_json(200, rpc.set_draining(body))
+        if route == ("POST", ("shutdown",)):
+            self._need(user, "admin")
+            return self._send_json(202, rpc.shutdown())
+        raise RpcError(404 if method == "GET" else 405, "NotFound",
+                       f"no endpoint {method} {clip(self.path, 200)}; see docs/rpc.md")

@@ -1,0 +1,115 @@
+"""The RPC's long-lived answers: server-sent event streams of flow progress and of vault
+updates, each holding one of the server's ``max_streams`` slots while it runs."""
+from __future__ import annotations
+
+import json
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Optional
+
+from greenflow.errors import FlowError
+from greenflow.node.node import FlowHandle
+from greenflow.rpc.documents import RpcError, finished
+from greenflow.rpc.progress_hub import KEEPALIVE_SECONDS, Subscriber
+
+if TYPE_CHECKING:
+    from greenflow.rpc.server import RpcServer
+
+
+def event(handler: BaseHTTPRequestHandler, kind: str, doc: Any) -> None:
+    handler.wfile.write(f"event: {kind}\ndata: {json.dumps(doc)}\n\n".encode("utf-8"))
+    handler.wfile.flush()
+
+
+def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Optional[str]) -> None:
+    """Server-sent events: ``status`` (now), then ``progress`` per step change and
+    ``end`` when a flow finishes (for one flow, the stream then closes). A client
+    more than ``stream_buffer`` events behind is dropped (`ProgressHub`), and one
+    that accepts nothing for ``request_timeout`` seconds too."""
+    node = rpc.node
+    if not rpc.open_stream():
+        raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} progress streams "
+                                              "are open (max_streams): retry later",
+                       retry_after=5)
+    sub = rpc.hub.subscribe(fid)
+    try:
+        if fid is not None:
+            node.handle(fid)  # UnknownFlow -> 404 before the stream starts
+        start_events(handler)
+        try:
+            _pump(handler, rpc, node, fid, sub)
+        except OSError:  # the client left, or accepted nothing for request_timeout
+            pass
+    finally:
+        rpc.hub.unsubscribe(sub)
+        rpc.close_stream()
+
+
+def start_events(handler: BaseHTTPRequestHandler) -> None:
+    """Answer 200 with an event stream on a connection that closes when it ends."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Cache-Control", "no-cache")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+
+
+def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optional[str],
+          sub: Subscriber) -> None:
+    if fid is not None:
+        info = rpc.flow(fid)
+        event(handler, "status", info)
+        if finished(info["status"]):
+            return event(handler, "end", rpc.outcome(FlowHandle(node, fid), 0)[1])
+    else:
+        event(handler, "status", rpc.stream_status())
+    for item in sub.follow(lambda: rpc.stopping):
+        if item is None:   # quiet: a keep-alive
+            handler.wfile.write(b": keepalive\n\n")
+            handler.wfile.flush()
+            continue
+        flow_id, step = item
+        if step is not None:
+            event(handler, "progress", {"flow_id": flow_id, "step": step})
+            continue
+        event(handler, "end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1])
+        if fid is not None:
+            return
+    if sub.dropped and not rpc.stopping:
+        # Tell a client that still reads why its stream ends; never wait on one that does not.
+        handler.connection.settimeout(0.2)
+        event(handler, "dropped", {"reason": f"more than {rpc.hub.buffer} events behind "
+                                             "(stream_buffer)"})
+
+
+def vault_updates(handler: BaseHTTPRequestHandler, rpc: RpcServer, params: dict) -> None:
+    """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
+    then an ``update`` (consumed and produced states) per recorded change."""
+    if not rpc.open_stream():   # a vault feed is a long-lived stream too (max_streams)
+        raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} event streams "
+                                              "are open (max_streams): retry later",
+                       retry_after=5)
+    try:
+        snapshot, feed = rpc.vault().track_json(params)
+    except FlowError as exc:
+        rpc.close_stream()
+        raise RpcError(400, "BadQuery", str(exc)) from None
+    try:
+        start_events(handler)
+        event(handler, "snapshot", snapshot)
+        last = time.monotonic()
+        while not rpc.stopping:
+            update = feed.next(timeout=1.0)
+            if update is not None:
+                event(handler, "update", update)
+                last = time.monotonic()
+            elif time.monotonic() - last > KEEPALIVE_SECONDS:
+                handler.wfile.write(b": keepalive\n\n")
+                handler.wfile.flush()
+                last = time.monotonic()
+    except OSError:  # the client left, or accepted nothing for request_timeout
+        pass
+    finally:
+        feed.close()
+        rpc.close_stream()
