@@ -38,6 +38,9 @@ def run_on_processes(data_dir: str, trades: int, price: int, crash: bool,
                                           "notary": NOTARY}, trades)
         _run_many(seller, "IssuePaperFlow", {"reference": None, "face_value": FACE_VALUE,
                                              "notary": NOTARY}, trades)
+        # The bank's flows end once they have sent the cash; the buyer records it when its
+        # side has run, which may be a moment later: count only once it has.
+        _wait_for_cash(buyer, trades * cash_per_trade(price))
         before = {"seller": _run(seller, "HoldingsFlow", {}), "buyer": _run(buyer, "HoldingsFlow", {})}
         announce_trades(say, SELLER, BUYER, before, trades, price)
 
@@ -78,6 +81,18 @@ def run_on_processes(data_dir: str, trades: int, price: int, crash: bool,
 def _run(client: Any, flow: str, args: dict) -> Any:
     out = client.start_flow(f"{APP}.{flow}", args, wait=WAIT)
     return _value(flow, out)
+
+
+def _wait_for_cash(buyer: Any, amount: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while True:
+        held = sum(_run(buyer, "HoldingsFlow", {})["cash"].values())
+        if held >= amount:
+            return
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"the buyer holds {held} of the {amount} issued to it "
+                                       f"after {WAIT:.0f}s")
+        time.sleep(0.05)
 
 
 def _run_many(client: Any, flow: str, args: dict, count: int) -> list:
