@@ -46,6 +46,7 @@ from psycopg import sql
 
 from greenflow.errors import StoreError
 from greenflow.ledger import vault_query as vq
+from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.notary import NotaryService
 from greenflow.ledger.states import StateAndRef, StateRef
 from greenflow.ledger.vault import (StatesLocked, Vault, _ref_from_key, _unpack, ref_key)
@@ -130,6 +131,27 @@ ON CONFLICT (tbl, key) DO NOTHING"""
 _CLAIMED = "SELECT key, value FROM app_rows WHERE tbl = 'notary_consumed' AND key = ANY(%s)"
 
 
+_PREFETCH = ("SELECT tbl, key, value FROM app_rows WHERE (tbl, key) IN "
+             "(SELECT * FROM unnest(%s::text[], %s::bytea[]))")
+
+
+class _Prefetched(AppDb):
+    """An `AppDb` that answers, for the keys of one prefetch, from that read: on a
+    worker, asking whether a transaction (or a consumed marker) is there is a round trip
+    each, and recording a transaction asks that of every transaction and output."""
+
+    def __init__(self, base: AppDb) -> None:
+        self.__dict__.update(base.__dict__)
+        self.known: Optional[dict[bytes, Optional[bytes]]] = None
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        known = self.known
+        if known is not None and key in known and key not in self._cache:
+            raw = known[key]
+            return default if raw is None else self.decode(raw)
+        return super().get(key, default)
+
+
 class SharedRows:
     """A connection of its own to the party's schema, for the short transactions the
     shared vault and notary take outside the group commit (a lock must be decided by the
@@ -195,6 +217,46 @@ class SharedVault(Vault):
         self.last_read_rows = 0
         self._ensure_sequence()
         super().__init__(node)
+        self._txs = _Prefetched(self._txs)
+        self._consumed = _Prefetched(self._consumed)
+
+    # ------------------------------------------------------------------ fewer round trips
+    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = ()) -> None:
+        """Read whether these transactions and consumed markers are stored, in one
+        round trip, for the lookups that follow (until `_forget_prefetch`)."""
+        want = [("vault_txs", k) for k in txs if k not in self._txs._cache] + \
+               [("vault_consumed", k) for k in consumed if k not in self._consumed._cache]
+        if not want:
+            return
+        rows = self._rows.run("reading the vault", lambda c: c.execute(
+            _PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
+        found = {(t, bytes(k)): bytes(v) for t, k, v in rows}
+        self._txs.known = {k: found.get((t, k)) for t, k in want if t == "vault_txs"}
+        self._consumed.known = {k: found.get((t, k)) for t, k in want if t == "vault_consumed"}
+
+    def _forget_prefetch(self) -> None:
+        self._txs.known = self._consumed.known = None
+
+    def record_transactions(self, stxs: Any, relevant: bool = True,
+                            all_visible: bool = False) -> None:
+        stxs = list(stxs)
+        with self._lock:
+            self._prefetch([stx.id.value for stx in stxs],
+                           [ref_key(StateRef(stx.id, i)) for stx in stxs
+                            for i in range(len(stx.tx.outputs))] if relevant else ())
+            try:
+                super().record_transactions(stxs, relevant, all_visible)
+            finally:
+                self._forget_prefetch()
+
+    def missing_transactions(self, tx_ids: Any) -> list:
+        tx_ids = list(tx_ids)
+        with self._lock:
+            self._prefetch([t.value for t in tx_ids])
+            try:
+                return super().missing_transactions(tx_ids)
+            finally:
+                self._forget_prefetch()
 
     # ------------------------------------------------------------------ others' changes
     def _load_locks(self, store: Any) -> None:
