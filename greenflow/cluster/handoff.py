@@ -281,13 +281,13 @@ class HandoffReader:
                 del self._given[k]
         if done:
             cols = [list(c) for c in zip(*done)]
-            self.deleted += len(done)
         if not owned:
             if done:
                 conn.execute(f"DELETE FROM {s}.handoff WHERE (part, kind, peer, sid, "
                              f"to_responder, seq) IN (SELECT * FROM unnest(%s::smallint[], "
                              f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], "
                              f"%s::bigint[]))", cols)
+                self.deleted += len(done)
             return 0
         if done:
             # The consumed rows' delete and the next read in one statement (one round
@@ -304,6 +304,7 @@ class HandoffReader:
                 f"d.seq) = (h.part, h.kind, h.peer, h.sid, h.to_responder, h.seq)) "
                 f"ORDER BY h.at, h.seq LIMIT %s",
                 cols + [sorted(owned), BATCH + len(self._given)]).fetchall()
+            self.deleted += len(done)
         else:
             rows = conn.execute(
                 f"SELECT part, kind, peer, sid, to_responder, seq, data FROM {s}.handoff "
