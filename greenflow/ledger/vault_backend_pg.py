@@ -80,7 +80,7 @@ SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
 UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
 # The change log: one row per write of a vault state or lock row, by triggers, so that
 # whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
-# is seen. Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
+# is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
 # log for `_FULL_AFTER_S` reads everything again.
 _CHANGE_LOG = """CREATE TABLE IF NOT EXISTS vault_changes (
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl text COLLATE "C" NOT NULL,
@@ -89,9 +89,9 @@ CREATE INDEX IF NOT EXISTS vault_changes_xid ON vault_changes (xid);
 CREATE OR REPLACE FUNCTION gf_vault_change() RETURNS trigger LANGUAGE plpgsql AS $change$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        INSERT INTO vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
     ELSE
-        INSERT INTO vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
     END IF;
     RETURN NULL;
 END
@@ -497,7 +497,8 @@ class SharedVault(Vault):
                              (self._rows.schema,))
                 conn.execute(f"CREATE SEQUENCE IF NOT EXISTS vault_seq INCREMENT BY {_SEQ_BLOCK} "
                              f"START WITH {_SEQ_BLOCK}")
-                conn.execute(_CHANGE_LOG)
+                conn.execute(_CHANGE_LOG.replace(
+                    "{schema}", sql.Identifier(self._rows.schema).as_string(conn)))
         self._rows.run("creating the vault's sequence", create)
 
     def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
