@@ -215,6 +215,7 @@ class SharedVault(Vault):
         self._full_at = float("-inf")          # monotonic time of the last full read
         self.refreshes = 0
         self.last_read_rows = 0
+        self._pruned_at = time.monotonic()
         self._ensure_sequence()
         super().__init__(node)
         self._txs = _Prefetched(self._txs)
@@ -240,6 +241,12 @@ class SharedVault(Vault):
     def record_transactions(self, stxs: Any, relevant: bool = True,
                             all_visible: bool = False) -> None:
         stxs = list(stxs)
+        now = time.monotonic()
+        if now - self._pruned_at >= _FULL_AFTER_S:
+            # A worker that records and never queries must not let the log grow.
+            self._pruned_at = now
+            self._rows.run("pruning the vault's change log",
+                           lambda c: c.execute(_PRUNE, (_CHANGES_KEPT_S,)))
         with self._lock:
             self._prefetch([stx.id.value for stx in stxs],
                            [ref_key(StateRef(stx.id, i)) for stx in stxs
