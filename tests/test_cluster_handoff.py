@@ -119,3 +119,38 @@ def test_a_frame_nobody_ever_takes_is_deleted_after_its_time(dsn):
     with psycopg.connect(dsn, autocommit=True) as c:
         assert pending(c, schema) == {}
     reader.stop(); w.close()
+
+
+def test_frames_arriving_during_a_write_are_handed_over_together_and_acked_after(dsn):
+    """A worker hands frames over on a thread of its own: a burst that arrives while one
+    write is in flight costs one more write, not one each, and no frame is acknowledged
+    to its sender before its row is committed."""
+    import types
+
+    import psycopg
+
+    from greenflow.cluster.worker import _HandOver
+    schema = new_schema()
+    acked: list = []
+    w = types.SimpleNamespace(name="w1", writer=HandoffWriter(dsn, schema),
+                              stats={"handed_off": 0},
+                              _ack_peer=lambda peer, mids: acked.extend(mids))
+    w.writer.put([frame(9, 99)])   # connected, schema made
+    hand = _HandOver(w)
+    hand.start()
+    try:
+        with w.writer._lock:       # a write in flight: the database is slow
+            for seq in range(50):
+                hand.add(frame(3, seq))
+            time.sleep(0.3)
+            assert acked == []     # nothing is durable yet: nothing acknowledged
+        deadline = time.monotonic() + 10
+        while len(acked) < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sorted(m[2] for m in acked) == list(range(50))
+        assert hand.writes <= 2 and w.stats["handed_off"] == 50
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert pending(c, schema).get(3) == 50
+    finally:
+        hand.stop()
+        w.writer.close()

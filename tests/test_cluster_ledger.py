@@ -144,3 +144,35 @@ def test_a_clustered_notary_claims_each_input_once_whichever_worker_asks(party):
     for t in ts:
         t.join()
     assert len(wins) == 1
+
+
+def test_a_refresh_reads_only_what_changed_since_the_last(party):
+    """After its first read, a worker's vault reads the change log, not every state:
+    what it reads is what the other workers changed since, whatever the vault's size."""
+    import psycopg
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    issue(w1, 12)
+    v1, v2 = w1.node.services.vault, w2.node.services.vault
+    cash = type(v1.query(object)[0].state)
+    assert v2.balance(cash, "quantity") == 12 * COIN * 100
+    full_at, reads = v2._full_at, v2.refreshes
+    assert v2.balance(cash, "quantity") == 12 * COIN * 100
+    assert v2.last_read_rows == 1          # nothing changed: only the new snapshot
+    issue(w1, 2)                           # two states recorded by the other worker
+    assert v2.balance(cash, "quantity") == 14 * COIN * 100
+    assert 3 <= v2.last_read_rows <= 5     # those two (and their issue's rows), not 14
+    # A state consumed by another worker's commit goes from this worker's vault too,
+    # and a lock row taken by another worker keeps this worker's flows off its state.
+    gone, held = [s.ref for s in v2.query(cash)[:2]]
+    from greenflow.ledger.vault import ref_key
+    with psycopg.connect(v2._rows.dsn) as conn:
+        conn.execute(f'SET search_path TO "{v2._rows.schema}"')
+        conn.execute("DELETE FROM app_rows WHERE tbl = 'vault_states' AND key = %s",
+                     (ref_key(gone),))
+        conn.execute("INSERT INTO app_rows (tbl, key, value) VALUES ('vault_locks', %s, %s)",
+                     (ref_key(held), b"elsewhere\0" + bytes(8)))
+    assert v2.balance(cash, "quantity") == 13 * COIN * 100
+    assert gone not in {s.ref for s in v2.query(cash)}
+    assert v2.locks().get(held) == "elsewhere"
+    assert v2._full_at == full_at and v2.refreshes > reads

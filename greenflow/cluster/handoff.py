@@ -118,15 +118,17 @@ class HandoffWriter:
         with self._lock:
             try:
                 conn = self._connect()
-                with conn.transaction():
-                    cur = conn.execute(
-                        f"INSERT INTO {s}.handoff (part, kind, peer, sid, to_responder, seq, data) "
-                        f"SELECT * FROM unnest(%s::smallint[], %s::smallint[], %s::text[], "
-                        f"%s::text[], %s::boolean[], %s::bigint[], %s::bytea[]) "
-                        f"ON CONFLICT DO NOTHING", [list(c) for c in cols])
-                    new = cur.rowcount
-                    conn.execute("SELECT pg_notify(%s, %s)",
-                                 (channel(self.schema), ",".join(sorted({str(r.part) for r in rows}))))
+                # One statement (one round trip, one implicit transaction): the rows, and
+                # a notification naming the partitions of those that were new, sent when
+                # it commits.
+                new = conn.execute(
+                    f"WITH ins AS (INSERT INTO {s}.handoff (part, kind, peer, sid, "
+                    f"to_responder, seq, data) SELECT * FROM unnest(%s::smallint[], "
+                    f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], %s::bigint[], "
+                    f"%s::bytea[]) ON CONFLICT DO NOTHING RETURNING part) "
+                    f"SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, "
+                    f"string_agg(DISTINCT part::text, ',')) FROM ins HAVING count(*) > 0)",
+                    [list(c) for c in cols] + [channel(self.schema)]).fetchone()[0]
             except Exception:
                 if self._conn is not None:
                     self._conn.close()
@@ -260,13 +262,6 @@ class HandoffReader:
             done, self._done = self._done, []
             for k in done:
                 self._given.pop(k, None)
-        if done:
-            cols = [list(c) for c in zip(*done)]
-            conn.execute(
-                f"DELETE FROM {s}.handoff WHERE (part, kind, peer, sid, to_responder, seq) IN "
-                f"(SELECT * FROM unnest(%s::smallint[], %s::smallint[], %s::text[], %s::text[], "
-                f"%s::boolean[], %s::bigint[]))", cols)
-            self.deleted += len(done)
         owned = self.owned()
         self.polls += 1
         now = time.monotonic()
@@ -284,12 +279,37 @@ class HandoffReader:
             for k in [k for k, t in self._given.items()
                       if k[0] not in owned or now - t > self.redeliver_after]:
                 del self._given[k]
+        if done:
+            cols = [list(c) for c in zip(*done)]
         if not owned:
+            if done:
+                conn.execute(f"DELETE FROM {s}.handoff WHERE (part, kind, peer, sid, "
+                             f"to_responder, seq) IN (SELECT * FROM unnest(%s::smallint[], "
+                             f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], "
+                             f"%s::bigint[]))", cols)
+                self.deleted += len(done)
             return 0
-        rows = conn.execute(
-            f"SELECT part, kind, peer, sid, to_responder, seq, data FROM {s}.handoff "
-            f"WHERE part = ANY(%s::smallint[]) ORDER BY at, seq LIMIT %s",
-            (sorted(owned), BATCH + len(self._given))).fetchall()
+        if done:
+            # The consumed rows' delete and the next read in one statement (one round
+            # trip, one transaction); the read sees the table as it was before the
+            # delete, so the deleted rows are left out by hand.
+            rows = conn.execute(
+                f"WITH d AS (DELETE FROM {s}.handoff WHERE (part, kind, peer, sid, "
+                f"to_responder, seq) IN (SELECT * FROM unnest(%s::smallint[], "
+                f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], %s::bigint[])) "
+                f"RETURNING part, kind, peer, sid, to_responder, seq) "
+                f"SELECT h.part, h.kind, h.peer, h.sid, h.to_responder, h.seq, h.data "
+                f"FROM {s}.handoff h WHERE h.part = ANY(%s::smallint[]) AND NOT EXISTS "
+                f"(SELECT 1 FROM d WHERE (d.part, d.kind, d.peer, d.sid, d.to_responder, "
+                f"d.seq) = (h.part, h.kind, h.peer, h.sid, h.to_responder, h.seq)) "
+                f"ORDER BY h.at, h.seq LIMIT %s",
+                cols + [sorted(owned), BATCH + len(self._given)]).fetchall()
+            self.deleted += len(done)
+        else:
+            rows = conn.execute(
+                f"SELECT part, kind, peer, sid, to_responder, seq, data FROM {s}.handoff "
+                f"WHERE part = ANY(%s::smallint[]) ORDER BY at, seq LIMIT %s",
+                (sorted(owned), BATCH + len(self._given))).fetchall()
         out = []
         with self._lock:
             for part, kind, peer, sid, to_resp, seq, data in rows:

@@ -172,6 +172,7 @@ class Worker:
                                   on_gained=self._changed, on_lost=self._changed,
                                   address=address, rpc=rpc_address, serving=self._serving)
         self.writer = HandoffWriter(self.dsn, self.schema)
+        self.handing = _HandOver(self)
         self.reader = HandoffReader(self.dsn, self.schema, self._gen_owned, self._from_handoff,
                                     poll_s=poll_s)
         self.transport = _WorkerTransport(self)
@@ -199,6 +200,7 @@ class Worker:
         self.lease.start()          # the first round: what we hold now
         self._rebuild()
         self.reader.start()
+        self.handing.start()
         if self.tcp is not None:
             self.tcp.start()
         self._thread = threading.Thread(target=self._run, name=f"worker-{self.name}", daemon=True)
@@ -220,6 +222,7 @@ class Worker:
             except Exception as exc:
                 log.warning("worker %s: closing its node: %s", self.name, exc)
         self.reader.stop()
+        self.handing.stop()
         self.lease.stop(release=release)
         if self.tcp is not None:
             self.tcp.close()
@@ -238,6 +241,7 @@ class Worker:
         if gen is not None and gen.node is not None:
             gen.node.crash()
         self.reader.stop()
+        self.handing.stop()
         if self.tcp is not None:
             self.tcp.close()
         self.writer.close()
@@ -392,15 +396,7 @@ class Worker:
             self.stats["routed_local"] += 1
             gen.node.scheduler.post(ev)
             return
-        try:
-            self.writer.put([Row(part, FRAME, ev.sender.name, frame.msg_id, ev.data)])
-        except Exception as exc:
-            # Not durable: not acknowledged, so the sender re-sends it.
-            log.warning("worker %s: could not hand over %s from %s: %s", self.name,
-                        frame.describe(), ev.sender.name, exc)
-            return
-        self.stats["handed_off"] += 1
-        self._ack_peer(ev.sender.name, (frame.msg_id,))
+        self.handing.add(Row(part, FRAME, ev.sender.name, frame.msg_id, ev.data))
 
     def _route_acks(self, ev: Acked) -> None:
         gen = self.gen
@@ -413,12 +409,8 @@ class Worker:
                 rows.append(Row(part, ACK, ev.peer, tuple(mid), None))
         if mine and gen is not None:
             gen.node.scheduler.post(Acked(ev.peer, tuple(mine)))
-        if rows:
-            try:
-                self.writer.put(rows)
-            except Exception as exc:  # the owner re-sends; the peer acknowledges again
-                log.warning("worker %s: could not hand over %d acknowledgements: %s",
-                            self.name, len(rows), exc)
+        for row in rows:
+            self.handing.add(row)
 
     def _ack_peer(self, peer_name: str, msg_ids: tuple) -> None:
         if self.tcp is not None:
@@ -549,3 +541,65 @@ class Worker:
 def _party_name(node_dir: str) -> str:
     from greenflow.network.node_config import NodeConfig
     return NodeConfig.load(node_dir).name
+
+
+class _HandOver:
+    """Frames and acknowledgements for other workers' partitions, written to the handoff
+    table by a thread of their own: whatever arrived while one write was in flight goes
+    in the next, as one statement, so the transport's thread never waits for the
+    database and a burst of frames costs one transaction, not one each. A frame is
+    acknowledged to its sender only once its write committed; one that could not be
+    written is not acknowledged, and its sender re-sends it."""
+
+    MAX = 500
+
+    def __init__(self, worker: "Worker") -> None:
+        self.worker = worker
+        self._rows: list[Row] = []
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self.writes = 0
+
+    def start(self) -> None:
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"handover-{self.worker.name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._rows = []    # not acknowledged: their senders re-send them
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def add(self, row: Row) -> None:
+        with self._cond:
+            self._rows.append(row)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        w = self.worker
+        while True:
+            with self._cond:
+                while not self._rows and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                rows, self._rows = self._rows[:self.MAX], self._rows[self.MAX:]
+            try:
+                w.writer.put(rows)
+            except Exception as exc:
+                log.warning("worker %s: could not hand over %d frame(s) and "
+                            "acknowledgement(s): %s", w.name, len(rows), exc)
+                continue
+            self.writes += 1
+            acks: dict[str, list] = {}
+            for r in rows:
+                if r.kind == FRAME:
+                    acks.setdefault(r.peer, []).append(r.msg_id)
+            w.stats["handed_off"] += sum(len(v) for v in acks.values())
+            for peer, mids in acks.items():
+                w._ack_peer(peer, tuple(mids))

@@ -4,8 +4,11 @@ A single node's `Vault` keeps its unconsumed states and soft locks in memory: on
 own flows change them. A clustered party's workers share one store, so here
 
 - **states**: every worker's vault takes in what the others recorded before it answers
-  a query or selects (`SharedVault._refresh`: the keys of ``vault_states`` and the
-  ``vault_locks`` rows in one read; only the new states are fetched and decoded). A
+  a query or selects (`SharedVault._refresh`). The first read takes the keys of
+  ``vault_states`` and the ``vault_locks`` rows (only the new states are fetched and
+  decoded); every later one reads only the change log (``vault_changes``, written by
+  triggers on those rows, each row under its transaction id) for the transactions that
+  committed since the previous read's snapshot, with the rows' values now. A
   worker's own recorded and consumed states that its round has not committed yet stay as
   its flows left them. Recording and consuming are writes of the flow's group commit, as
   on a single node, so they are fenced with the flow's checkpoint.
@@ -43,6 +46,7 @@ from psycopg import sql
 
 from greenflow.errors import StoreError
 from greenflow.ledger import vault_query as vq
+from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.notary import NotaryService
 from greenflow.ledger.states import StateAndRef, StateRef
 from greenflow.ledger.vault import (StatesLocked, Vault, _ref_from_key, _unpack, ref_key)
@@ -55,12 +59,51 @@ log = logging.getLogger("greenflow.ledger.vault")
 #: never committed (its worker died in that round): it no longer holds the state.
 STALE_LOCK_S = 30.0
 _SEQ_BLOCK = 1000
+#: The holder noted for a state whose lock went to a flow of another worker.
+_LOST = "(another worker)"
 
 # One statement, one snapshot: every unconsumed state's key (36 bytes each, in one value:
-# no row per state to build) and every lock.
+# no row per state to build), every lock, and the snapshot itself (what the next,
+# incremental, read starts from).
 _SNAPSHOT = ("SELECT 's', string_agg(key, ''::bytea), NULL FROM app_rows "
              "WHERE tbl = 'vault_states' "
-             "UNION ALL SELECT 'l', key, value FROM app_rows WHERE tbl = 'vault_locks'")
+             "UNION ALL SELECT 'l', key, value FROM app_rows WHERE tbl = 'vault_locks' "
+             "UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL")
+# What changed since snapshot %(s)s: the keys of ``vault_states`` and ``vault_locks``
+# rows written by transactions that had not committed when it was taken and have now,
+# each with its value now (NULL: deleted), and the new snapshot.
+_CHANGES = """WITH c AS (SELECT DISTINCT tbl, key FROM vault_changes
+   WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
+     AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
+SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
+  FROM c LEFT JOIN app_rows a ON a.tbl = c.tbl AND a.key = c.key
+UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
+# The change log: one row per write of a vault state or lock row, by triggers, so that
+# whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
+# is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
+# log for `_FULL_AFTER_S` reads everything again.
+_CHANGE_LOG = """CREATE TABLE IF NOT EXISTS vault_changes (
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl text COLLATE "C" NOT NULL,
+    key bytea NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE INDEX IF NOT EXISTS vault_changes_xid ON vault_changes (xid);
+CREATE OR REPLACE FUNCTION gf_vault_change() RETURNS trigger LANGUAGE plpgsql AS $change$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
+    ELSE
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
+    END IF;
+    RETURN NULL;
+END
+$change$;
+CREATE OR REPLACE TRIGGER gf_vault_written AFTER INSERT OR UPDATE ON app_rows FOR EACH ROW
+    WHEN (NEW.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
+CREATE OR REPLACE TRIGGER gf_vault_deleted AFTER DELETE ON app_rows FOR EACH ROW
+    WHEN (OLD.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
+"""
+_CHANGES_KEPT_S = 300.0
+_FULL_AFTER_S = 60.0
+_PRUNE = "DELETE FROM vault_changes WHERE at < clock_timestamp() - make_interval(secs => %s)"
 _KEY = 36
 _FETCH = "SELECT key, value FROM app_rows WHERE tbl = 'vault_states' AND key = ANY(%s)"
 _LOCK = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
@@ -86,6 +129,27 @@ _CLAIM = """INSERT INTO app_rows (tbl, key, value)
 SELECT 'notary_consumed', k, %(tid)s FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k
 ON CONFLICT (tbl, key) DO NOTHING"""
 _CLAIMED = "SELECT key, value FROM app_rows WHERE tbl = 'notary_consumed' AND key = ANY(%s)"
+
+
+_PREFETCH = ("SELECT tbl, key, value FROM app_rows WHERE (tbl, key) IN "
+             "(SELECT * FROM unnest(%s::text[], %s::bytea[]))")
+
+
+class _Prefetched(AppDb):
+    """An `AppDb` that answers, for the keys of one prefetch, from that read: on a
+    worker, asking whether a transaction (or a consumed marker) is there is a round trip
+    each, and recording a transaction asks that of every transaction and output."""
+
+    def __init__(self, base: AppDb) -> None:
+        self.__dict__.update(base.__dict__)
+        self.known: Optional[dict[bytes, Optional[bytes]]] = None
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        known = self.known
+        if known is not None and key in known and key not in self._cache:
+            raw = known[key]
+            return default if raw is None else self.decode(raw)
+        return super().get(key, default)
 
 
 class SharedRows:
@@ -147,8 +211,59 @@ class SharedVault(Vault):
         self._seq_left = 0
         self._stale_at = 0.0
         self._local: dict[bytes, tuple[type, StateRef]] = {}   # key -> our unconsumed state
+        self._snapshot: Optional[str] = None   # of the last read of the vault's rows
+        self._full_at = float("-inf")          # monotonic time of the last full read
+        self.refreshes = 0
+        self.last_read_rows = 0
+        self._pruned_at = time.monotonic()
         self._ensure_sequence()
         super().__init__(node)
+        self._txs = _Prefetched(self._txs)
+        self._consumed = _Prefetched(self._consumed)
+
+    # ------------------------------------------------------------------ fewer round trips
+    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = ()) -> None:
+        """Read whether these transactions and consumed markers are stored, in one
+        round trip, for the lookups that follow (until `_forget_prefetch`)."""
+        want = [("vault_txs", k) for k in txs if k not in self._txs._cache] + \
+               [("vault_consumed", k) for k in consumed if k not in self._consumed._cache]
+        if not want:
+            return
+        rows = self._rows.run("reading the vault", lambda c: c.execute(
+            _PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
+        found = {(t, bytes(k)): bytes(v) for t, k, v in rows}
+        self._txs.known = {k: found.get((t, k)) for t, k in want if t == "vault_txs"}
+        self._consumed.known = {k: found.get((t, k)) for t, k in want if t == "vault_consumed"}
+
+    def _forget_prefetch(self) -> None:
+        self._txs.known = self._consumed.known = None
+
+    def record_transactions(self, stxs: Any, relevant: bool = True,
+                            all_visible: bool = False) -> None:
+        stxs = list(stxs)
+        now = time.monotonic()
+        if now - self._pruned_at >= _FULL_AFTER_S:
+            # A worker that records and never queries must not let the log grow.
+            self._pruned_at = now
+            self._rows.run("pruning the vault's change log",
+                           lambda c: c.execute(_PRUNE, (_CHANGES_KEPT_S,)))
+        with self._lock:
+            self._prefetch([stx.id.value for stx in stxs],
+                           [ref_key(StateRef(stx.id, i)) for stx in stxs
+                            for i in range(len(stx.tx.outputs))] if relevant else ())
+            try:
+                super().record_transactions(stxs, relevant, all_visible)
+            finally:
+                self._forget_prefetch()
+
+    def missing_transactions(self, tx_ids: Any) -> list:
+        tx_ids = list(tx_ids)
+        with self._lock:
+            self._prefetch([t.value for t in tx_ids])
+            try:
+                return super().missing_transactions(tx_ids)
+            finally:
+                self._forget_prefetch()
 
     # ------------------------------------------------------------------ others' changes
     def _load_locks(self, store: Any) -> None:
@@ -156,18 +271,27 @@ class SharedVault(Vault):
         self._refresh()
 
     def _refresh(self) -> None:
+        """Take in what the other workers committed: all of it on the first read (and
+        once a minute, a safety net), otherwise only the change log's rows written since
+        the last read's snapshot, so a refresh costs what changed, not the vault's size."""
         store = self._node.store
         before = store.commits   # what was committed by then is in the read below
         now = time.monotonic()
         sweep = now >= self._stale_at
         if sweep:
             self._stale_at = now + 5.0
+        prev = self._snapshot if now - self._full_at < _FULL_AFTER_S else None
+        prune = prev is None and self._snapshot is not None
 
         def read(conn: psycopg.Connection) -> tuple[list, list]:
             stale = []
             if sweep:
                 stale = conn.execute(_STALE, (STALE_LOCK_S,)).fetchall()
-            return stale, conn.execute(_SNAPSHOT).fetchall()
+            if prune:
+                conn.execute(_PRUNE, (_CHANGES_KEPT_S,))
+            if prev is None:
+                return stale, conn.execute(_SNAPSHOT).fetchall()
+            return stale, conn.execute(_CHANGES, {"s": prev}).fetchall()
 
         stale, rows = self._rows.run("reading the vault", read)
         if stale:
@@ -176,10 +300,21 @@ class SharedVault(Vault):
         for pending in (self._pending_add, self._pending_gone):
             for key in [k for k, stamp in pending.items() if stamp < before]:
                 del pending[key]
+        self.last_read_rows = len(rows)
+        if prev is None:
+            self._full_at = now
+            self._take_in_all(rows)
+        else:
+            self._take_in_changes(rows)
+        self.refreshes += 1
+
+    def _take_in_all(self, rows: list) -> None:
         states: set[bytes] = set()
         locks: dict[StateRef, str] = {}
         for kind, key, value in rows:
-            if kind == "s":
+            if kind == "x":
+                self._snapshot = bytes(key).decode()
+            elif kind == "s":
                 if key is not None:
                     blob = bytes(key)
                     states = {blob[i:i + _KEY] for i in range(0, len(blob), _KEY)}
@@ -188,25 +323,55 @@ class SharedVault(Vault):
         local = self._local_keys()
         # States gone from the database (consumed by another worker's commit).
         for key in [k for k in local if k not in states and k not in self._pending_add]:
-            cls, ref = local.pop(key)
-            self._unconsumed.get(cls, {}).pop(ref, None)
-            self._free.get(cls, {}).pop(ref, None)
+            self._gone(key)
         # States recorded by other workers.
         new = [k for k in states if k not in local and k not in self._pending_gone]
         if new:
             fetched = self._rows.run("reading the vault",
                                      lambda c: c.execute(_FETCH, (new,)).fetchall())
             for key, raw in fetched:
-                sar = _unpack(raw)
-                self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
-                self._free.setdefault(type(sar.state), {})[sar.ref] = sar
-                local[bytes(key)] = (type(sar.state), sar.ref)
+                self._seen(bytes(key), raw)
         # Locks: the database's, which include this worker's own (inserted at once).
         for ref in [r for r, fid in self._locks.items() if locks.get(r) != fid]:
             self._forget_lock(ref)
         for ref, fid in locks.items():
             if self._locks.get(ref) != fid:
                 self._add_lock(ref, fid)
+
+    def _take_in_changes(self, rows: list) -> None:
+        local = self._local_keys()
+        for kind, key, value in rows:
+            if kind == "x":
+                self._snapshot = bytes(key).decode()
+                continue
+            key = bytes(key)
+            if kind == "s":
+                if value is None:
+                    if key in local and key not in self._pending_add:
+                        self._gone(key)
+                elif key not in local and key not in self._pending_gone:
+                    self._seen(key, value)
+            else:
+                ref = _ref_from_key(key)
+                fid = None if value is None else _lock_fid(value)
+                if self._locks.get(ref) != fid:
+                    self._forget_lock(ref)
+                    if fid is not None:
+                        self._add_lock(ref, fid)
+
+    def _gone(self, key: bytes) -> None:
+        cls, ref = self._local.pop(key)
+        self._unconsumed.get(cls, {}).pop(ref, None)
+        self._free.get(cls, {}).pop(ref, None)
+        if self._locks.get(ref) == _LOST:
+            self._forget_lock(ref)
+
+    def _seen(self, key: bytes, raw: Any) -> None:
+        sar = _unpack(raw)
+        self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
+        if sar.ref not in self._locks:
+            self._free.setdefault(type(sar.state), {})[sar.ref] = sar
+        self._local[key] = (type(sar.state), sar.ref)
 
     def _local_keys(self) -> dict[bytes, tuple[type, StateRef]]:
         """Key -> (class, ref) of every state in `_unconsumed`, kept up to date by
@@ -306,7 +471,7 @@ class SharedVault(Vault):
                 got = self._take(want, fid)
                 for ref in want:
                     # Lost to a flow on another worker, or consumed there: not ours.
-                    self._add_lock(ref, fid if ref in got else "(another worker)")
+                    self._add_lock(ref, fid if ref in got else _LOST)
                 if all(ref in got for ref in want):
                     return picked
                 self._refresh()
@@ -339,6 +504,8 @@ class SharedVault(Vault):
                              (self._rows.schema,))
                 conn.execute(f"CREATE SEQUENCE IF NOT EXISTS vault_seq INCREMENT BY {_SEQ_BLOCK} "
                              f"START WITH {_SEQ_BLOCK}")
+                conn.execute(_CHANGE_LOG.replace(
+                    "{schema}", sql.Identifier(self._rows.schema).as_string(conn)))
         self._rows.run("creating the vault's sequence", create)
 
     def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
