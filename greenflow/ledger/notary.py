@@ -255,7 +255,7 @@ def install_notary(node: Any, validating: bool = False) -> NotaryService:
         raise FlowError(f"{node.party.name} was not opened as a notary (Node(..., notary=True))")
     cls: type[NotaryService] = NotaryService
     if getattr(node.store, "owned", None) is not None:   # a clustered worker
-        from greenflow.ledger.vault_backend_pg import SharedNotaryService
+        from greenflow.ledger.notary_backend_pg import SharedNotaryService
         cls = SharedNotaryService
     service = cls(node, validating=validating)
     node.services.register("notary_service", service)

@@ -1,4 +1,5 @@
-"""The vault and the notary of a clustered party: several workers, one PostgreSQL.
+"""The vault of a clustered party: several workers, one PostgreSQL (its notary:
+`greenflow.ledger.notary_backend_pg`).
 
 A single node's `Vault` keeps its unconsumed states and soft locks in memory: only its
 own flows change them. A clustered party's workers share one store, so here
@@ -37,18 +38,17 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-import threading
 import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import psycopg
 from psycopg import sql
 
-from greenflow.errors import StoreError
 from greenflow.ledger import vault_query as vq
 from greenflow.ledger.app_db import AppDb
-from greenflow.ledger.notary import NotaryService
 from greenflow.ledger.states import StateAndRef, StateRef
+from greenflow.ledger import vault_pg_sql as sql_
+from greenflow.ledger.shared_rows import SharedRows
 from greenflow.ledger.vault import (StatesLocked, Vault, _ref_from_key, _unpack, ref_key)
 
 __all__ = ["STALE_LOCK_S", "SharedNotaryService", "SharedRows", "SharedVault"]
@@ -62,77 +62,11 @@ _SEQ_BLOCK = 1000
 #: The holder noted for a state whose lock went to a flow of another worker.
 _LOST = "(another worker)"
 
-# One statement, one snapshot: every unconsumed state's key (36 bytes each, in one value:
-# no row per state to build), every lock, and the snapshot itself (what the next,
-# incremental, read starts from).
-_SNAPSHOT = ("SELECT 's', string_agg(key, ''::bytea), NULL FROM app_rows "
-             "WHERE tbl = 'vault_states' "
-             "UNION ALL SELECT 'l', key, value FROM app_rows WHERE tbl = 'vault_locks' "
-             "UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL")
-# What changed since snapshot %(s)s: the keys of ``vault_states`` and ``vault_locks``
-# rows written by transactions that had not committed when it was taken and have now,
-# each with its value now (NULL: deleted), and the new snapshot.
-_CHANGES = """WITH c AS (SELECT DISTINCT tbl, key FROM vault_changes
-   WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
-     AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
-SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
-  FROM c LEFT JOIN app_rows a ON a.tbl = c.tbl AND a.key = c.key
-UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
-# The change log: one row per write of a vault state or lock row, by triggers, so that
-# whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
-# is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
-# log for `_FULL_AFTER_S` reads everything again.
-_CHANGE_LOG = """CREATE TABLE IF NOT EXISTS vault_changes (
-    xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl text COLLATE "C" NOT NULL,
-    key bytea NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE INDEX IF NOT EXISTS vault_changes_xid ON vault_changes (xid);
-CREATE OR REPLACE FUNCTION gf_vault_change() RETURNS trigger LANGUAGE plpgsql AS $change$
-BEGIN
-    IF TG_OP = 'DELETE' THEN
-        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
-    ELSE
-        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
-    END IF;
-    RETURN NULL;
-END
-$change$;
-CREATE OR REPLACE TRIGGER gf_vault_written AFTER INSERT OR UPDATE ON app_rows FOR EACH ROW
-    WHEN (NEW.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
-CREATE OR REPLACE TRIGGER gf_vault_deleted AFTER DELETE ON app_rows FOR EACH ROW
-    WHEN (OLD.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
-"""
 _CHANGES_KEPT_S = 300.0
 _FULL_AFTER_S = 60.0
 _PRUNE = "DELETE FROM vault_changes WHERE at < clock_timestamp() - make_interval(secs => %s)"
 _KEY = 36
-_FETCH = "SELECT key, value FROM app_rows WHERE tbl = 'vault_states' AND key = ANY(%s)"
-_LOCK = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
-ins AS (INSERT INTO app_rows (tbl, key, value)
-        SELECT 'vault_locks', w.k, %(tag)s::bytea
-               || int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-          FROM want w
-         WHERE w.k = ANY(%(pending)s::bytea[])
-            OR EXISTS (SELECT 1 FROM app_rows s WHERE s.tbl = 'vault_states' AND s.key = w.k)
-        ON CONFLICT (tbl, key) DO NOTHING RETURNING key)
-SELECT key FROM ins
-UNION ALL
-SELECT key FROM app_rows WHERE tbl = 'vault_locks' AND key = ANY(%(keys)s::bytea[])
-   AND substring(value FROM 1 FOR %(n)s) = %(tag)s::bytea"""
-# Locks of flows that never committed a checkpoint, taken more than %s seconds ago.
-_STALE = """DELETE FROM app_rows a WHERE a.tbl = 'vault_locks' AND length(a.value) > 9
-   AND ('x' || encode(substring(a.value FROM length(a.value) - 7), 'hex'))::bit(64)::bigint
-       < (extract(epoch FROM clock_timestamp()) - %s) * 1000000
-   AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.fid = convert_from(
-       substring(a.value FROM 1 FOR length(a.value) - 9), 'UTF8'))
-RETURNING key"""
-_CLAIM = """INSERT INTO app_rows (tbl, key, value)
-SELECT 'notary_consumed', k, %(tid)s FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k
-ON CONFLICT (tbl, key) DO NOTHING"""
-_CLAIMED = "SELECT key, value FROM app_rows WHERE tbl = 'notary_consumed' AND key = ANY(%s)"
 
-
-_PREFETCH = ("SELECT tbl, key, value FROM app_rows WHERE (tbl, key) IN "
-             "(SELECT * FROM unnest(%s::text[], %s::bytea[]))")
 
 
 class _Prefetched(AppDb):
@@ -150,51 +84,6 @@ class _Prefetched(AppDb):
             raw = known[key]
             return default if raw is None else self.decode(raw)
         return super().get(key, default)
-
-
-class SharedRows:
-    """A connection of its own to the party's schema, for the short transactions the
-    shared vault and notary take outside the group commit (a lock must be decided by the
-    database now, not when the round commits)."""
-
-    def __init__(self, store: Any) -> None:
-        self.dsn: str = store.dsn
-        self.schema: str = store.schema
-        self.path: str = getattr(store, "path", self.schema)
-        self._conn: Optional[psycopg.Connection] = None
-        self._lock = threading.Lock()
-
-    def _connection(self) -> psycopg.Connection:
-        conn = self._conn
-        if conn is None or conn.closed or conn.broken:
-            if conn is not None:
-                conn.close()
-            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            self._conn = conn
-        return conn
-
-    def run(self, what: str, fn: Callable[[psycopg.Connection], Any]) -> Any:
-        """``fn(connection)``, again once on a fresh connection if the first was broken."""
-        with self._lock:
-            for attempt in (0, 1):
-                try:
-                    return fn(self._connection())
-                except psycopg.OperationalError as exc:
-                    conn = self._conn
-                    if attempt or conn is None or not conn.broken:
-                        raise StoreError(f"{what} in the PostgreSQL store {self.path} failed: "
-                                         f"{exc}") from None
-                except psycopg.Error as exc:
-                    raise StoreError(f"{what} in the PostgreSQL store {self.path} failed: "
-                                     f"{exc}") from None
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
 
 
 def _lock_fid(value: bytes) -> str:
@@ -230,7 +119,7 @@ class SharedVault(Vault):
         if not want:
             return
         rows = self._rows.run("reading the vault", lambda c: c.execute(
-            _PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
+            sql_.PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
         found = {(t, bytes(k)): bytes(v) for t, k, v in rows}
         self._txs.known = {k: found.get((t, k)) for t, k in want if t == "vault_txs"}
         self._consumed.known = {k: found.get((t, k)) for t, k in want if t == "vault_consumed"}
@@ -286,12 +175,12 @@ class SharedVault(Vault):
         def read(conn: psycopg.Connection) -> tuple[list, list]:
             stale = []
             if sweep:
-                stale = conn.execute(_STALE, (STALE_LOCK_S,)).fetchall()
+                stale = conn.execute(sql_.STALE, (STALE_LOCK_S,)).fetchall()
             if prune:
                 conn.execute(_PRUNE, (_CHANGES_KEPT_S,))
             if prev is None:
-                return stale, conn.execute(_SNAPSHOT).fetchall()
-            return stale, conn.execute(_CHANGES, {"s": prev}).fetchall()
+                return stale, conn.execute(sql_.SNAPSHOT).fetchall()
+            return stale, conn.execute(sql_.CHANGES, {"s": prev}).fetchall()
 
         stale, rows = self._rows.run("reading the vault", read)
         if stale:
@@ -328,7 +217,7 @@ class SharedVault(Vault):
         new = [k for k in states if k not in local and k not in self._pending_gone]
         if new:
             fetched = self._rows.run("reading the vault",
-                                     lambda c: c.execute(_FETCH, (new,)).fetchall())
+                                     lambda c: c.execute(sql_.FETCH, (new,)).fetchall())
             for key, raw in fetched:
                 self._seen(bytes(key), raw)
         # Locks: the database's, which include this worker's own (inserted at once).
@@ -439,7 +328,7 @@ class SharedVault(Vault):
         tag = fid.encode() + b"\0"
         pending = [k for k in keys if k in self._pending_add]
         rows = self._rows.run("taking soft locks", lambda c: c.execute(
-            _LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
+            sql_.LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
         return {_ref_from_key(bytes(k)) for (k,) in rows}
 
     def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
@@ -504,7 +393,7 @@ class SharedVault(Vault):
                              (self._rows.schema,))
                 conn.execute(f"CREATE SEQUENCE IF NOT EXISTS vault_seq INCREMENT BY {_SEQ_BLOCK} "
                              f"START WITH {_SEQ_BLOCK}")
-                conn.execute(_CHANGE_LOG.replace(
+                conn.execute(sql_.CHANGE_LOG.replace(
                     "{schema}", sql.Identifier(self._rows.schema).as_string(conn)))
         self._rows.run("creating the vault's sequence", create)
 
@@ -545,37 +434,5 @@ class SharedVault(Vault):
         return self._rows.schema
 
 
-class SharedNotaryService(NotaryService):
-    """`NotaryService` for a worker of a clustered notary: uniqueness decided by the
-    database (see the module doc)."""
-
-    def __init__(self, node: Any, validating: bool = False) -> None:
-        super().__init__(node, validating=validating)
-        self._rows = SharedRows(node.store)
-
-    def _claim(self, inputs: Any, tid: bytes) -> list[str]:
-        refs = {ref_key(r): r for r in inputs}
-        if not refs:
-            return []
-        keys = sorted(refs)
-
-        def claim(conn: psycopg.Connection) -> list[str]:
-            with conn.transaction():
-                conn.execute(_CLAIM, {"tid": tid, "keys": keys})
-                rows = conn.execute(_CLAIMED, (keys,)).fetchall()
-                conflicts = [f"input {refs[bytes(k)]} was already consumed by transaction "
-                             f"{bytes(v).hex()}" for k, v in rows if bytes(v) != tid]
-                if conflicts:
-                    raise _Conflicts(conflicts)   # rolls back: nothing of this claim stays
-                return []
-
-        try:
-            return self._rows.run("claiming a transaction's inputs", claim)
-        except _Conflicts as exc:
-            return exc.conflicts
-
-
-class _Conflicts(Exception):
-    def __init__(self, conflicts: list[str]) -> None:
-        super().__init__("; ".join(conflicts))
-        self.conflicts = conflicts
+# Kept importable from here, where the cluster first looked for it.
+from greenflow.ledger.notary_backend_pg import SharedNotaryService  # noqa: E402,F401

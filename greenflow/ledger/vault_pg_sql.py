@@ -1,0 +1,64 @@
+"""The SQL of the clustered vault (`greenflow.ledger.vault_backend_pg`): its snapshot and
+change-log reads, the change log's triggers, lock and stale-lock statements."""
+
+# One statement, one snapshot: every unconsumed state's key (36 bytes each, in one value:
+# no row per state to build), every lock, and the snapshot itself (what the next,
+# incremental, read starts from).
+SNAPSHOT = ("SELECT 's', string_agg(key, ''::bytea), NULL FROM app_rows "
+             "WHERE tbl = 'vault_states' "
+             "UNION ALL SELECT 'l', key, value FROM app_rows WHERE tbl = 'vault_locks' "
+             "UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL")
+# What changed since snapshot %(s)s: the keys of ``vault_states`` and ``vault_locks``
+# rows written by transactions that had not committed when it was taken and have now,
+# each with its value now (NULL: deleted), and the new snapshot.
+CHANGES = """WITH c AS (SELECT DISTINCT tbl, key FROM vault_changes
+   WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
+     AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
+SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
+  FROM c LEFT JOIN app_rows a ON a.tbl = c.tbl AND a.key = c.key
+UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
+# The change log: one row per write of a vault state or lock row, by triggers, so that
+# whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
+# is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
+# log for `_FULL_AFTER_S` reads everything again.
+CHANGE_LOG = """CREATE TABLE IF NOT EXISTS vault_changes (
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl text COLLATE "C" NOT NULL,
+    key bytea NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE INDEX IF NOT EXISTS vault_changes_xid ON vault_changes (xid);
+CREATE OR REPLACE FUNCTION gf_vault_change() RETURNS trigger LANGUAGE plpgsql AS $change$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
+    ELSE
+        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
+    END IF;
+    RETURN NULL;
+END
+$change$;
+CREATE OR REPLACE TRIGGER gf_vault_written AFTER INSERT OR UPDATE ON app_rows FOR EACH ROW
+    WHEN (NEW.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
+CREATE OR REPLACE TRIGGER gf_vault_deleted AFTER DELETE ON app_rows FOR EACH ROW
+    WHEN (OLD.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
+"""
+FETCH = "SELECT key, value FROM app_rows WHERE tbl = 'vault_states' AND key = ANY(%s)"
+LOCK = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
+ins AS (INSERT INTO app_rows (tbl, key, value)
+        SELECT 'vault_locks', w.k, %(tag)s::bytea
+               || int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+          FROM want w
+         WHERE w.k = ANY(%(pending)s::bytea[])
+            OR EXISTS (SELECT 1 FROM app_rows s WHERE s.tbl = 'vault_states' AND s.key = w.k)
+        ON CONFLICT (tbl, key) DO NOTHING RETURNING key)
+SELECT key FROM ins
+UNION ALL
+SELECT key FROM app_rows WHERE tbl = 'vault_locks' AND key = ANY(%(keys)s::bytea[])
+   AND substring(value FROM 1 FOR %(n)s) = %(tag)s::bytea"""
+# Locks of flows that never committed a checkpoint, taken more than %s seconds ago.
+STALE = """DELETE FROM app_rows a WHERE a.tbl = 'vault_locks' AND length(a.value) > 9
+   AND ('x' || encode(substring(a.value FROM length(a.value) - 7), 'hex'))::bit(64)::bigint
+       < (extract(epoch FROM clock_timestamp()) - %s) * 1000000
+   AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.fid = convert_from(
+       substring(a.value FROM 1 FOR length(a.value) - 9), 'UTF8'))
+RETURNING key"""
+PREFETCH = ("SELECT tbl, key, value FROM app_rows WHERE (tbl, key) IN "
+             "(SELECT * FROM unnest(%s::text[], %s::bytea[]))")
