@@ -14,10 +14,17 @@ from greenflow import serialization
 MOVED = {
     "greenflow.ledger.vault_query": ["QueryCriteria", "PageSpecification", "Sort", "StateStatus",
                                      "StateMetadata", "Page", "VaultUpdate", "VaultQueryError"],
+    "greenflow.node.node": ["FlowInfo", "FlowHandle"],
 }
 
 
 def _value(name: str):
+    if name == "FlowInfo":
+        from greenflow.node.flow_views import FlowInfo
+        from greenflow.status import FlowStatus
+        return FlowInfo("f1", "a.B", FlowStatus.COMPLETED, None, None, False, None)
+    if name == "FlowHandle":
+        return None
     from greenflow.ledger import vault_types as t
     return {"QueryCriteria": t.QueryCriteria(), "PageSpecification": t.PageSpecification(2, 10),
             "Sort": t.Sort("recorded_time", descending=True), "StateStatus": t.StateStatus.CONSUMED,

@@ -41,18 +41,18 @@ def test_a_failed_commit_stops_the_node_and_loses_nothing_committed(tmp_path, mo
     first = alice.start_flow(Exchange(bob.party))
     net.run_network(max_messages=2)            # committed: first waits on Bob's answer
 
-    real_apply = store_mod.Store._apply
+    real_apply = store_mod.LmdbWriter.apply
 
     def disk_full(self, txn, batch):
-        if self is alice.node.store:
+        if self.store is alice.node.store:
             raise lmdb.DiskError("No space left on device")
         return real_apply(self, txn, batch)
 
-    monkeypatch.setattr(store_mod.Store, "_apply", disk_full)
+    monkeypatch.setattr(store_mod.LmdbWriter, "apply", disk_full)
     with pytest.raises(StoreError, match="No space left on device"):
         net.run_network()
     assert alice.node.scheduler.dead                 # no further commits, no further sends
-    monkeypatch.setattr(store_mod.Store, "_apply", real_apply)
+    monkeypatch.setattr(store_mod.LmdbWriter, "apply", real_apply)
     alice = net.restart_node(alice)                  # the operator frees space and restarts
     net.run_network()
     assert alice.node.handle(first.id).result() == 60

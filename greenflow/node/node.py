@@ -10,69 +10,38 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional
 
 from greenflow.runtime import snapshots as frames_mod
-from greenflow import serialization
-from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.clock import Clock, SystemClock
-from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.errors import FlowError
 from greenflow.statemachine.events import Call, FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
-from greenflow.runtime.flow_runtime import rebuild_flow_exception
 from greenflow.node.identity import NodeIdentity
-from greenflow.runtime.journal import describe
+from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_from_checkpoint,
+                                       info_from_result, read_checkpoints, shown_status,
+                                       suspended_on)
+from greenflow.node.results import FlowHandle, FlowResults
+from greenflow.node.results import unpack_result as _unpack_result  # noqa: F401 - its old name
+from greenflow.node.starting import FlowStarter
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
 from greenflow.party import Party
-from greenflow.flows.registry import ResponderTable, qualified_name
+from greenflow.flows.registry import ResponderTable
 from greenflow.statemachine.ids import new_flow_id
 from greenflow.statemachine import stacks
 from greenflow.statemachine.scheduler import Scheduler
 from greenflow.node.services import ServiceHub
-from greenflow.status import FlowStatus
 from greenflow.storage import open_store
 from greenflow.storage.interface import FlowStore
+
+# Names other modules (and pickles: FlowInfo) reach through this module.
+__all__ = ["Node", "FlowHandle", "FlowInfo", "LocalTransport", "read_checkpoints", "dump_store",
+           "info_from_checkpoint", "info_from_result", "shown_status", "suspended_on",
+           "DEFAULT_MAX_RESIDENT"]
 
 log = logging.getLogger("greenflow.node")
 
 DEFAULT_MAX_RESIDENT = 100_000
-
-
-@dataclass(frozen=True)
-class FlowInfo:
-    id: str
-    flow_class: str
-    status: FlowStatus
-    progress_step: Optional[str]
-    suspended_on: Optional[str]
-    resident: bool
-    error: Optional[str]
-    #: On a clustered node: the worker that runs the flow (None on a single node).
-    worker: Optional[str] = None
-
-
-class FlowHandle:
-    """A started flow. Holds only the id and the node, so re-attach with
-    ``node.handle(id)`` after a restart."""
-
-    def __init__(self, node: "Node", flow_id: str) -> None:
-        self.node = node
-        self.id = flow_id
-
-    def __repr__(self) -> str:
-        return f"FlowHandle({self.id})"
-
-    def result(self, timeout: Optional[float] = None) -> Any:
-        """The flow's return value, or its error raised here. On a real node this waits
-        (`TimeoutError` after ``timeout``); on MockNetwork an unfinished flow raises
-        `FlowError` at once, since nothing else would run it."""
-        return self.node._result(self.id, timeout)
-
-    @property
-    def status(self) -> FlowStatus:
-        return self.node._status(self.id)
 
 
 class LocalTransport:
@@ -139,6 +108,22 @@ class Node:
         if hasattr(self.transport, "node"):
             self.transport.node = self
         self.services = ServiceHub(self)
+        #: Collaborators for the operations on flows: results and waiting, listings and
+        #: dumps, starting. The private names callers used before stay as aliases.
+        self.results = FlowResults(self)
+        self.views = FlowViews(self)
+        self.starter = FlowStarter(self)
+        self._record = self.results.record
+        self._result = self.results.result
+        self._status = self.results.status
+        self._check_open = self.results.check_open
+        self._wait_result = self.results.wait
+        self._poll_result = self.results.poll
+        self._start = self.starter.start
+        self._start_prepared = self.starter.start_prepared
+        self._flows = self.views.flows
+        self._flow_info = self.views.flow_info
+        self._dump = self.views.dump
         self.scheduler = Scheduler(
             identity=self.party, store=self.store, clock=self.clock, transport=self.transport,
             responders=ResponderTable(apps), services=self.services,
@@ -262,138 +247,10 @@ class Node:
         """Start many flows with one durable commit."""
         return self._start([(f, None) for f in flows])
 
-    def _start(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
-        if self._closed:
-            raise FlowError(f"node {self.party.name} is closed")
-        if self.scheduler.draining:
-            raise FlowError(f"node {self.party.name} is draining: no new flows are started "
-                            "until draining is turned off")
-        if self.forward_starts is not None:
-            forwarded = self.forward_starts(items)
-            if forwarded is not None:
-                return [FlowHandle(self, fid) for fid in forwarded]
-        prepared = []
-        handles: list[FlowHandle] = []
-        seen_clients: dict[str, str] = {}
-        for flow, client_id in items:
-            if not isinstance(flow, FlowLogic):
-                raise TypeError(f"start_flow takes a FlowLogic instance, got {type(flow).__qualname__}")
-            if client_id is not None:
-                existing = seen_clients.get(client_id) or self.store.client(client_id)
-                if existing is not None:
-                    handles.append(FlowHandle(self, existing))
-                    continue
-            fid = self.new_flow_id()
-            if client_id is not None:
-                seen_clients[client_id] = fid
-            try:
-                blob = serialization.dumps(flow)
-            except Exception as exc:
-                raise FlowError(f"{qualified_name(type(flow))} cannot be checkpointed: {exc}") from exc
-            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=client_id,
-                            started_at=self.clock.now())
-            prepared.append((cp, blob, flow))
-            handles.append(FlowHandle(self, fid))
-        if prepared:
-            self._start_prepared(prepared)
-        return handles
-
-    def _start_prepared(self, prepared: list) -> None:
-        sched = self.scheduler
-        if not self.threaded:
-            for cp, blob, flow in prepared:
-                sched.record_start(cp, blob, flow)
-            sched.commit()
-            return
-        done = threading.Event()
-        sched.start_flows(prepared, done.set)
-        deadline = time.monotonic() + 120
-        while not done.wait(0.25):
-            if sched.dead:   # its commits stopped (e.g. a full disk): the start is not durable
-                raise sched.commit_error or FlowError(f"node {self.party.name} has stopped")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node {self.party.name} did not record the start within 120s")
-        if sched.commit_error is not None:
-            raise sched.commit_error
-
     # ------------------------------------------------------------------ results
     def handle(self, flow_id: str) -> FlowHandle:
         """Re-attach to a flow by id (after a restart too)."""
-        self._check_open(flow_id)
-        if self.store.checkpoint(flow_id) is None and self.store.result(flow_id) is None \
-                and flow_id not in self.scheduler.resident:
-            raise UnknownFlow(f"no flow {flow_id!r} on node {self.party.name}")
-        return FlowHandle(self, flow_id)
-
-    def _check_open(self, fid: str) -> None:
-        """Handles outlive their node object (a restart opens a new one): say so, rather
-        than let the closed store raise from inside LMDB."""
-        if self._closed:
-            raise FlowError(f"node {self.party.name} is closed; to reach flow {fid} after a "
-                            "restart, re-attach with node.handle(id) on the reopened node")
-
-    def _record(self, fid: str) -> Optional[dict]:
-        self._check_open(fid)
-        rec = self.scheduler.recent_results.get(fid)
-        return rec if rec is not None else self.store.result(fid)
-
-    def _result(self, fid: str, timeout: Optional[float]) -> Any:
-        rec = self._record(fid)
-        if rec is None:
-            if not self.threaded:
-                raise FlowError(f"flow {fid} on {self.party.name} has not finished "
-                                f"(status {self._status(fid)}); run the network")
-            rec = self._wait_result(fid, timeout)
-        return _unpack_result(fid, rec)
-
-    def _wait_result(self, fid: str, timeout: Optional[float]) -> dict:
-        if self.runs_flow is not None and not self.runs_flow(fid):
-            return self._poll_result(fid, timeout)
-        box: dict[str, dict] = {}
-        done = threading.Event()
-
-        def register() -> None:
-            rec = self._record(fid)
-            if rec is not None:
-                box["r"] = rec
-                done.set()
-            else:
-                self.scheduler.when_finished(fid, lambda r: (box.__setitem__("r", r), done.set()))
-
-        self.on_scheduler(register)
-        if not done.wait(timeout):
-            raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
-        if box["r"] is None:
-            raise FlowError(f"node {self.party.name} closed while waiting for flow {fid}; "
-                            "re-attach with node.handle(id) once it is reopened")
-        return box["r"]
-
-    def _poll_result(self, fid: str, timeout: Optional[float]) -> dict:
-        """The result of a flow another worker of the party runs: its record appears in the
-        shared store when it ends (polled: nothing here is told when it does)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.02
-        while True:
-            rec = self._record(fid)
-            if rec is not None:
-                return rec
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
-            time.sleep(pause if deadline is None else
-                       max(0.0, min(pause, deadline - time.monotonic())))
-            pause = min(pause * 2, 0.5)
-
-    def _status(self, fid: str) -> FlowStatus:
-        rec = self._record(fid)
-        if rec is not None:
-            return rec["status"]
-        rt = self.scheduler.resident.get(fid)
-        if rt is not None:
-            return rt.cp.status
-        cp = self.store.checkpoint(fid)
-        if cp is None:
-            raise UnknownFlow(f"no flow {fid!r} on node {self.party.name}")
-        return shown_status(cp, resident=False)
+        return self.results.handle(flow_id)
 
     # ------------------------------------------------------------------ operations
     def kill_flow(self, flow_id: str) -> bool:
@@ -431,142 +288,15 @@ class Node:
 
     def flows(self) -> list[FlowInfo]:
         """Unfinished flows and recently finished ones."""
-        mine = self.on_scheduler(self._flows)
+        mine = self.on_scheduler(self.views.flows)
         return mine if self.party_flows is None else self.party_flows(mine)
 
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
         Raises `UnknownFlow` for an id this node does not know."""
-        return self.on_scheduler(lambda: self._flow_info(flow_id))
-
-    def _flow_info(self, fid: str) -> FlowInfo:
-        rt = self.scheduler.resident.get(fid)
-        if rt is not None:
-            return info_from_checkpoint(rt.cp, True)
-        rec = self._record(fid)
-        if rec is not None:
-            return info_from_result(fid, rec)
-        cp = self.store.checkpoint(fid)
-        if cp is None:
-            raise UnknownFlow(f"no flow {fid!r} on node {self.party.name}")
-        return info_from_checkpoint(cp, False)
-
-    def _flows(self) -> list[FlowInfo]:
-        out: dict[str, FlowInfo] = {}
-        resident = self.scheduler.resident
-        for fid, raw in self.store.header_blobs():
-            rt = resident.get(fid)
-            cp: Checkpoint = rt.cp if rt is not None else serialization.loads(raw)
-            out[fid] = info_from_checkpoint(cp, rt is not None)
-        for fid, rt in resident.items():
-            if fid not in out:
-                out[fid] = info_from_checkpoint(rt.cp, True)
-        for fid, rec in self.store.results():
-            if fid not in out:
-                out[fid] = info_from_result(fid, rec)
-        for fid, rec in self.scheduler.recent_results.items():
-            if fid not in out:
-                out[fid] = info_from_result(fid, rec)
-        return list(out.values())
+        return self.on_scheduler(lambda: self.views.flow_info(flow_id))
 
     def checkpoints_dump(self) -> list[dict]:
         """One JSON-ready dict per unfinished flow: where it waits, its sessions and the
         frames of its stack with their locals (as captured at its last suspension)."""
-        return self.on_scheduler(self._dump)
-
-    def _dump(self) -> list[dict]:
-        sched = self.scheduler
-        return dump_store(self.store, set(sched.resident), lambda fid: stacks.snapshot(sched, fid))
-
-
-def read_checkpoints(base_dir: str) -> list[dict]:
-    """`Node.checkpoints_dump` of a node directory, read-only and without starting the
-    node: nothing is recovered, replayed or written (safe beside a running node)."""
-    store = open_store(base_dir, readonly=True)
-    try:
-        return dump_store(store, set())
-    finally:
-        store.close()
-
-
-def dump_store(store: FlowStore, resident: set[str],
-               frames_of: Optional[Callable[[str], Any]] = None) -> list[dict]:
-    out = []
-    for fid, raw in store.header_blobs():
-        try:
-            cp: Checkpoint = serialization.loads(raw)
-        except Exception as exc:
-            out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
-                        "frames": [], "sessions": []})
-            continue
-        status = shown_status(cp, fid in resident)
-        try:
-            snap = frames_of(fid) if frames_of is not None else store.snapshot(fid)
-        except Exception as exc:
-            snap = [{"function": "?", "file": "?", "line": 0,
-                     "locals": {"error": f"snapshot unreadable: {exc}"}}]
-        out.append({
-            "flow_id": fid, "flow_class": cp.flow_class, "status": status.value,
-            "progress_step": cp.progress_step, "suspended_on": suspended_on(cp),
-            "error": cp.error, "resident": fid in resident,
-            "suspension_count": cp.suspension_count, "journal_entries": cp.journal_len,
-            "started_at": cp.started_at, "fingerprint": cp.fingerprint,
-            "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,
-                          "role": "initiator" if s.initiator else "responder",
-                          "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
-                          "sent": s.send_seq, "received": s.recv_seq,
-                          "peer_ended": s.peer_ended} for s in cp.sessions.values()],
-            "frames": frames_mod.public(snap),
-        })
-    return out
-
-
-def info_from_checkpoint(cp: Checkpoint, resident: bool) -> FlowInfo:
-    """An unfinished flow's `FlowInfo`: the one place (node, RPC and console alike) that
-    turns a checkpoint into a listing entry."""
-    return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
-                    suspended_on(cp), resident, cp.error)
-
-
-def info_from_result(fid: str, rec: dict) -> FlowInfo:
-    """A finished flow's `FlowInfo`, from its stored result record: the one place (node,
-    RPC and console alike) that reads a result record for a listing."""
-    return FlowInfo(fid, rec["flow_class"], FlowStatus(rec["status"]), None, None, False,
-                    rec.get("error"))
-
-
-def shown_status(cp: Checkpoint, resident: bool) -> FlowStatus:
-    """A stored checkpoint says SUSPENDED; out of memory, that flow is HIBERNATED."""
-    if not resident and cp.status == FlowStatus.SUSPENDED:
-        return FlowStatus.HIBERNATED
-    return cp.status
-
-
-def suspended_on(cp: Checkpoint) -> Optional[str]:
-    if cp.pending is None:
-        return None
-    kind, key, deadline = cp.pending
-    text = describe(kind, key)
-    if deadline is not None:
-        from datetime import datetime, timezone
-        text += f" (until {datetime.fromtimestamp(deadline, tz=timezone.utc).isoformat()})"
-    return text
-
-
-def _unpack_result(fid: str, rec: dict) -> Any:
-    status = rec["status"]
-    if status == FlowStatus.COMPLETED:
-        return rec["value"]
-    if status == FlowStatus.KILLED:
-        raise FlowKilled(f"flow {fid} ({rec['flow_class']}) was killed")
-    if rec.get("flow_exception") is not None:
-        raise rebuild_flow_exception(*rec["flow_exception"])
-    exc = None
-    if rec.get("exc") is not None:
-        try:
-            exc = serialization.loads(rec["exc"])
-        except Exception:
-            exc = None
-    if isinstance(exc, BaseException):
-        raise exc
-    raise FlowError(f"flow {fid} ({rec['flow_class']}) failed: {rec.get('error')}")
+        return self.on_scheduler(self.views.dump)

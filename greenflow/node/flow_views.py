@@ -1,0 +1,152 @@
+"""What a node shows of its flows: `FlowInfo` rows for listings and JSON-ready checkpoint
+dumps. Kept apart from `Node` so the node, RPC and console read a checkpoint or result
+record into a listing entry in one place; `FlowViews` is the node's reader of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from greenflow import serialization
+from greenflow.errors import UnknownFlow
+from greenflow.runtime import snapshots as frames_mod
+from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.journal import describe
+from greenflow.statemachine import stacks
+from greenflow.status import FlowStatus
+from greenflow.storage import open_store
+from greenflow.storage.interface import FlowStore
+
+if TYPE_CHECKING:
+    from greenflow.node.node import Node
+
+
+@dataclass(frozen=True)
+class FlowInfo:
+    id: str
+    flow_class: str
+    status: FlowStatus
+    progress_step: Optional[str]
+    suspended_on: Optional[str]
+    resident: bool
+    error: Optional[str]
+    #: On a clustered node: the worker that runs the flow (None on a single node).
+    worker: Optional[str] = None
+
+
+class FlowViews:
+    """A node's listings and dumps, read on its scheduler (callers go through
+    `Node.flows`, `Node.flow_info` and `Node.checkpoints_dump`)."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def flow_info(self, fid: str) -> FlowInfo:
+        node = self.node
+        rt = node.scheduler.resident.get(fid)
+        if rt is not None:
+            return info_from_checkpoint(rt.cp, True)
+        rec = node.results.record(fid)
+        if rec is not None:
+            return info_from_result(fid, rec)
+        cp = node.store.checkpoint(fid)
+        if cp is None:
+            raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
+        return info_from_checkpoint(cp, False)
+
+    def flows(self) -> list[FlowInfo]:
+        store, sched = self.node.store, self.node.scheduler
+        out: dict[str, FlowInfo] = {}
+        resident = sched.resident
+        for fid, raw in store.header_blobs():
+            rt = resident.get(fid)
+            cp: Checkpoint = rt.cp if rt is not None else serialization.loads(raw)
+            out[fid] = info_from_checkpoint(cp, rt is not None)
+        for fid, rt in resident.items():
+            if fid not in out:
+                out[fid] = info_from_checkpoint(rt.cp, True)
+        for fid, rec in store.results():
+            if fid not in out:
+                out[fid] = info_from_result(fid, rec)
+        for fid, rec in sched.recent_results.items():
+            if fid not in out:
+                out[fid] = info_from_result(fid, rec)
+        return list(out.values())
+
+    def dump(self) -> list[dict]:
+        sched = self.node.scheduler
+        return dump_store(self.node.store, set(sched.resident),
+                          lambda fid: stacks.snapshot(sched, fid))
+
+
+def read_checkpoints(base_dir: str) -> list[dict]:
+    """`Node.checkpoints_dump` of a node directory, read-only and without starting the
+    node: nothing is recovered, replayed or written (safe beside a running node)."""
+    store = open_store(base_dir, readonly=True)
+    try:
+        return dump_store(store, set())
+    finally:
+        store.close()
+
+
+def dump_store(store: FlowStore, resident: set[str],
+               frames_of: Optional[Callable[[str], Any]] = None) -> list[dict]:
+    out = []
+    for fid, raw in store.header_blobs():
+        try:
+            cp: Checkpoint = serialization.loads(raw)
+        except Exception as exc:
+            out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
+                        "frames": [], "sessions": []})
+            continue
+        status = shown_status(cp, fid in resident)
+        try:
+            snap = frames_of(fid) if frames_of is not None else store.snapshot(fid)
+        except Exception as exc:
+            snap = [{"function": "?", "file": "?", "line": 0,
+                     "locals": {"error": f"snapshot unreadable: {exc}"}}]
+        out.append({
+            "flow_id": fid, "flow_class": cp.flow_class, "status": status.value,
+            "progress_step": cp.progress_step, "suspended_on": suspended_on(cp),
+            "error": cp.error, "resident": fid in resident,
+            "suspension_count": cp.suspension_count, "journal_entries": cp.journal_len,
+            "started_at": cp.started_at, "fingerprint": cp.fingerprint,
+            "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,
+                          "role": "initiator" if s.initiator else "responder",
+                          "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
+                          "sent": s.send_seq, "received": s.recv_seq,
+                          "peer_ended": s.peer_ended} for s in cp.sessions.values()],
+            "frames": frames_mod.public(snap),
+        })
+    return out
+
+
+def info_from_checkpoint(cp: Checkpoint, resident: bool) -> FlowInfo:
+    """An unfinished flow's `FlowInfo`: the one place (node, RPC and console alike) that
+    turns a checkpoint into a listing entry."""
+    return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
+                    suspended_on(cp), resident, cp.error)
+
+
+def info_from_result(fid: str, rec: dict) -> FlowInfo:
+    """A finished flow's `FlowInfo`, from its stored result record: the one place (node,
+    RPC and console alike) that reads a result record for a listing."""
+    return FlowInfo(fid, rec["flow_class"], FlowStatus(rec["status"]), None, None, False,
+                    rec.get("error"))
+
+
+def shown_status(cp: Checkpoint, resident: bool) -> FlowStatus:
+    """A stored checkpoint says SUSPENDED; out of memory, that flow is HIBERNATED."""
+    if not resident and cp.status == FlowStatus.SUSPENDED:
+        return FlowStatus.HIBERNATED
+    return cp.status
+
+
+def suspended_on(cp: Checkpoint) -> Optional[str]:
+    if cp.pending is None:
+        return None
+    kind, key, deadline = cp.pending
+    text = describe(kind, key)
+    if deadline is not None:
+        from datetime import datetime, timezone
+        text += f" (until {datetime.fromtimestamp(deadline, tz=timezone.utc).isoformat()})"
+    return text

@@ -1,0 +1,145 @@
+"""A node's flow results: the record of a finished flow, waiting for one (on the
+scheduler, or by polling the shared store for a flow another worker runs), a flow's
+status, and `FlowHandle`, which holds only an id and reaches them through its node."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from greenflow import serialization
+from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.node.flow_views import shown_status
+from greenflow.runtime.flow_runtime import rebuild_flow_exception
+from greenflow.status import FlowStatus
+
+if TYPE_CHECKING:
+    from greenflow.node.node import Node
+
+
+class FlowHandle:
+    """A started flow. Holds only the id and the node, so re-attach with
+    ``node.handle(id)`` after a restart."""
+
+    def __init__(self, node: "Node", flow_id: str) -> None:
+        self.node = node
+        self.id = flow_id
+
+    def __repr__(self) -> str:
+        return f"FlowHandle({self.id})"
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """The flow's return value, or its error raised here. On a real node this waits
+        (`TimeoutError` after ``timeout``); on MockNetwork an unfinished flow raises
+        `FlowError` at once, since nothing else would run it."""
+        return self.node._result(self.id, timeout)
+
+    @property
+    def status(self) -> FlowStatus:
+        return self.node._status(self.id)
+
+
+class FlowResults:
+    """Results and waiting for one node; `Node` delegates ``handle``, ``_record``,
+    ``_result`` and ``_status`` here."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def handle(self, flow_id: str) -> FlowHandle:
+        node = self.node
+        self.check_open(flow_id)
+        if node.store.checkpoint(flow_id) is None and node.store.result(flow_id) is None \
+                and flow_id not in node.scheduler.resident:
+            raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
+        return FlowHandle(node, flow_id)
+
+    def check_open(self, fid: str) -> None:
+        """Handles outlive their node object (a restart opens a new one): say so, rather
+        than let the closed store raise from inside LMDB."""
+        if self.node._closed:
+            raise FlowError(f"node {self.node.party.name} is closed; to reach flow {fid} after a "
+                            "restart, re-attach with node.handle(id) on the reopened node")
+
+    def record(self, fid: str) -> Optional[dict]:
+        self.check_open(fid)
+        rec = self.node.scheduler.recent_results.get(fid)
+        return rec if rec is not None else self.node.store.result(fid)
+
+    def result(self, fid: str, timeout: Optional[float]) -> Any:
+        rec = self.record(fid)
+        if rec is None:
+            if not self.node.threaded:
+                raise FlowError(f"flow {fid} on {self.node.party.name} has not finished "
+                                f"(status {self.status(fid)}); run the network")
+            rec = self.wait(fid, timeout)
+        return unpack_result(fid, rec)
+
+    def wait(self, fid: str, timeout: Optional[float]) -> dict:
+        node = self.node
+        if node.runs_flow is not None and not node.runs_flow(fid):
+            return self.poll(fid, timeout)
+        box: dict[str, dict] = {}
+        done = threading.Event()
+
+        def register() -> None:
+            rec = self.record(fid)
+            if rec is not None:
+                box["r"] = rec
+                done.set()
+            else:
+                node.scheduler.when_finished(fid, lambda r: (box.__setitem__("r", r), done.set()))
+
+        node.on_scheduler(register)
+        if not done.wait(timeout):
+            raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
+        if box["r"] is None:
+            raise FlowError(f"node {node.party.name} closed while waiting for flow {fid}; "
+                            "re-attach with node.handle(id) once it is reopened")
+        return box["r"]
+
+    def poll(self, fid: str, timeout: Optional[float]) -> dict:
+        """The result of a flow another worker of the party runs: its record appears in the
+        shared store when it ends (polled: nothing here is told when it does)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            rec = self.record(fid)
+            if rec is not None:
+                return rec
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
+            time.sleep(pause if deadline is None else
+                       max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, 0.5)
+
+    def status(self, fid: str) -> FlowStatus:
+        rec = self.record(fid)
+        if rec is not None:
+            return rec["status"]
+        rt = self.node.scheduler.resident.get(fid)
+        if rt is not None:
+            return rt.cp.status
+        cp = self.node.store.checkpoint(fid)
+        if cp is None:
+            raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
+        return shown_status(cp, resident=False)
+
+
+def unpack_result(fid: str, rec: dict) -> Any:
+    status = rec["status"]
+    if status == FlowStatus.COMPLETED:
+        return rec["value"]
+    if status == FlowStatus.KILLED:
+        raise FlowKilled(f"flow {fid} ({rec['flow_class']}) was killed")
+    if rec.get("flow_exception") is not None:
+        raise rebuild_flow_exception(*rec["flow_exception"])
+    exc = None
+    if rec.get("exc") is not None:
+        try:
+            exc = serialization.loads(rec["exc"])
+        except Exception:
+            exc = None
+    if isinstance(exc, BaseException):
+        raise exc
+    raise FlowError(f"flow {fid} ({rec['flow_class']}) failed: {rec.get('error')}")

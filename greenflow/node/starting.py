@@ -1,0 +1,83 @@
+"""Starting flows on a node: checking and checkpointing each new flow, idempotent client
+ids, handing starts a clustered worker cannot run to another worker, and waiting until
+the start is durably recorded."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Optional
+
+from greenflow import serialization
+from greenflow.errors import FlowError
+from greenflow.flows.flow_logic import FlowLogic
+from greenflow.flows.registry import qualified_name
+from greenflow.node.results import FlowHandle
+from greenflow.runtime.checkpoint import Checkpoint
+
+if TYPE_CHECKING:
+    from greenflow.node.node import Node
+
+
+class FlowStarter:
+    """`Node.start_flow` and `Node.start_flows` for one node."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def start(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
+        node = self.node
+        if node._closed:
+            raise FlowError(f"node {node.party.name} is closed")
+        if node.scheduler.draining:
+            raise FlowError(f"node {node.party.name} is draining: no new flows are started "
+                            "until draining is turned off")
+        if node.forward_starts is not None:
+            forwarded = node.forward_starts(items)
+            if forwarded is not None:
+                return [FlowHandle(node, fid) for fid in forwarded]
+        prepared = []
+        handles: list[FlowHandle] = []
+        seen_clients: dict[str, str] = {}
+        for flow, client_id in items:
+            if not isinstance(flow, FlowLogic):
+                raise TypeError(f"start_flow takes a FlowLogic instance, got {type(flow).__qualname__}")
+            if client_id is not None:
+                existing = seen_clients.get(client_id) or node.store.client(client_id)
+                if existing is not None:
+                    handles.append(FlowHandle(node, existing))
+                    continue
+            fid = node.new_flow_id()
+            if client_id is not None:
+                seen_clients[client_id] = fid
+            try:
+                blob = serialization.dumps(flow)
+            except Exception as exc:
+                raise FlowError(f"{qualified_name(type(flow))} cannot be checkpointed: {exc}") from exc
+            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=client_id,
+                            started_at=node.clock.now())
+            prepared.append((cp, blob, flow))
+            handles.append(FlowHandle(node, fid))
+        if prepared:
+            self.start_prepared(prepared)
+        return handles
+
+    def start_prepared(self, prepared: list) -> None:
+        """Record checkpointed starts ((checkpoint, blob, flow) triples) and return once
+        they are committed (a clustered worker files forwarded starts through here)."""
+        node = self.node
+        sched = node.scheduler
+        if not node.threaded:
+            for cp, blob, flow in prepared:
+                sched.record_start(cp, blob, flow)
+            sched.commit()
+            return
+        done = threading.Event()
+        sched.start_flows(prepared, done.set)
+        deadline = time.monotonic() + 120
+        while not done.wait(0.25):
+            if sched.dead:   # its commits stopped (e.g. a full disk): the start is not durable
+                raise sched.commit_error or FlowError(f"node {node.party.name} has stopped")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {node.party.name} did not record the start within 120s")
+        if sched.commit_error is not None:
+            raise sched.commit_error
