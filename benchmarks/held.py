@@ -67,7 +67,7 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
         seconds = time.perf_counter() - t0
         sched = node.scheduler
         try:   # on the scheduler thread: after its last round (and hibernation) is over
-            resident = node._on_scheduler(lambda: len(sched.resident))
+            resident = node.on_scheduler(lambda: len(sched.resident))
         except AttributeError:
             resident = None
         gc.collect()

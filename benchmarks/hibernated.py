@@ -60,7 +60,7 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
                            f"RSS {mem()[0] / 2**20:,.0f} MiB")
     create_s = time.perf_counter() - t0
     # Let the last round finish, then measure.
-    resident = node._on_scheduler(lambda: len(node.scheduler.resident))
+    resident = node.on_scheduler(lambda: len(node.scheduler.resident))
     waiting = node.pending_flows_count
     gc.collect()
     after = mem()
@@ -75,7 +75,7 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
     node = Node.open(base, "Holder", transport=AckingTransport(), sync=True, threaded=True,
                      max_resident=MAX_RESIDENT)
     reopen_s = time.perf_counter() - t1
-    loaded = node._on_scheduler(lambda: len(node.scheduler.resident))
+    loaded = node.on_scheduler(lambda: len(node.scheduler.resident))
     answers = {fid: random.randrange(1, 1 << 30) for fid in ids}
     t2 = time.perf_counter()
     latencies = []
