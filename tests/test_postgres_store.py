@@ -291,8 +291,8 @@ def test_routes_are_answered_from_memory_by_a_single_node(pg_url: str, schema: s
     other = PostgresStore(pg_url, schema, readonly=True)
     try:
         assert other.route("Bob", "a.1", 1) == b"a"            # a reader asks the database
-        store._route_cache.clear()
-        store._route_keys = None
+        store.route_reader._route_cache.clear()
+        store.route_reader._route_keys = None
         assert store.route("Bob", "a.1", 1) == b"a"            # read back, then kept
         assert store.route("Bob", "new.1", 0) is None          # no query: no such key
         b = Batch()

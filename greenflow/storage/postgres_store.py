@@ -54,415 +54,28 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import struct
 import threading
-from collections import OrderedDict
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Callable, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg import pq, sql
-from psycopg.adapt import Dumper
+from psycopg import sql
 
 from greenflow.errors import Fenced, StoreError, StoreLocked, StoreMissing
-from greenflow.storage import interface as I
-from greenflow.storage.interface import Batch, assemble_journal, load_checkpoint, load_result
-from greenflow.storage.partitions import PARTITIONS, partition_of, session_partition
+from greenflow.storage.interface import Batch
+from greenflow.storage.partitions import PARTITIONS, partition_of
+from greenflow.storage.postgres_batch import _Array, _ArrayDumper, _Plan
+from greenflow.storage.postgres_reader import (READS, ROUTE_READS, TABLE_READS, PostgresReader,
+                                               RouteReader, TableReader)
+from greenflow.storage.postgres_schema import (_COMMIT_CALL, _COMMIT_FUNCTION, _FENCE_STATE,
+                                               _FUNCTION_HASH, _FUNCTION_KEY, _SCHEMA_SQL, _msg)
 
 log = logging.getLogger("greenflow.store")
 
 FORMAT_KEY = "greenflow.store-format"
 FORMAT_VALUE = b"greenflow-store-postgres 1"
-_ROUTE_CACHE = 65536
-_PAGE = 512          # rows per read of a long listing (short transactions, bounded memory)
-_FENCE_STATE = "GF409"
-
-_SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS meta (name text COLLATE "C" PRIMARY KEY, value bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS flows (fid text COLLATE "C" PRIMARY KEY, part smallint NOT NULL,
-    header bytea NOT NULL);
-CREATE INDEX IF NOT EXISTS flows_part ON flows (part, fid);
-CREATE TABLE IF NOT EXISTS logic (fid text COLLATE "C" PRIMARY KEY, part smallint NOT NULL,
-    blob bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS journal (fid text COLLATE "C", start integer, part smallint NOT NULL,
-    chunk bytea NOT NULL, PRIMARY KEY (fid, start));
-CREATE TABLE IF NOT EXISTS frames (fid text COLLATE "C" PRIMARY KEY, part smallint NOT NULL,
-    blob bytea NOT NULL);
-CREATE TABLE IF NOT EXISTS wake (fid text COLLATE "C" PRIMARY KEY, part smallint NOT NULL);
-CREATE TABLE IF NOT EXISTS inbox (fid text COLLATE "C", sid text COLLATE "C", seq bigint,
-    part smallint NOT NULL, data bytea NOT NULL, PRIMARY KEY (fid, sid, seq));
-CREATE INDEX IF NOT EXISTS inbox_part ON inbox (part);
-CREATE TABLE IF NOT EXISTS payloads (fid text COLLATE "C", sid text COLLATE "C", seq bigint,
-    part smallint NOT NULL, data bytea NOT NULL, PRIMARY KEY (fid, sid, seq));
-CREATE TABLE IF NOT EXISTS outbox (peer text COLLATE "C", sid text COLLATE "C",
-    to_responder boolean, seq bigint, part smallint NOT NULL, data bytea NOT NULL,
-    PRIMARY KEY (peer, sid, to_responder, seq));
-CREATE TABLE IF NOT EXISTS routes (peer text COLLATE "C", sid text COLLATE "C",
-    peer_role smallint, value bytea NOT NULL, expires double precision,
-    PRIMARY KEY (peer, sid, peer_role));
-CREATE INDEX IF NOT EXISTS routes_expires ON routes (expires) WHERE expires IS NOT NULL;
-CREATE TABLE IF NOT EXISTS timers (deadline_us bigint, fid text COLLATE "C",
-    part smallint NOT NULL, PRIMARY KEY (deadline_us, fid));
-CREATE TABLE IF NOT EXISTS results (fid text COLLATE "C" PRIMARY KEY, part smallint NOT NULL,
-    record bytea NOT NULL, expires double precision);
-CREATE INDEX IF NOT EXISTS results_expires ON results (expires) WHERE expires IS NOT NULL;
-CREATE TABLE IF NOT EXISTS clients (client_id text COLLATE "C" PRIMARY KEY,
-    fid text NOT NULL, expires double precision);
-CREATE INDEX IF NOT EXISTS clients_expires ON clients (expires) WHERE expires IS NOT NULL;
-CREATE TABLE IF NOT EXISTS app_rows (tbl text COLLATE "C", key bytea, value bytea NOT NULL,
-    PRIMARY KEY (tbl, key));
-CREATE TABLE IF NOT EXISTS leases (part integer PRIMARY KEY, owner text,
-    epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz);
-CREATE OR REPLACE FUNCTION gf_fence(parts integer[], epochs bigint[], who text)
-RETURNS void LANGUAGE plpgsql AS $fence$
-DECLARE bad integer[];
-BEGIN
-    PERFORM 1 FROM leases WHERE part = ANY(parts) FOR SHARE;
-    SELECT array_agg(w.p ORDER BY w.p) INTO bad
-      FROM unnest(parts, epochs) AS w(p, e) LEFT JOIN leases l ON l.part = w.p
-     WHERE l.part IS NULL OR l.owner IS DISTINCT FROM who OR l.epoch <> w.e;
-    IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'partitions % are not owned by % at the epochs it holds', bad, who
-              USING ERRCODE = 'GF409';
-    END IF;
-END
-$fence$;
-"""
-
-# ---------------------------------------------------------------------------- statements
-_DROP = """WITH d AS (SELECT unnest(%b::text[]) AS f),
- a AS (DELETE FROM flows USING d WHERE fid = d.f), b AS (DELETE FROM logic USING d WHERE fid = d.f),
- c AS (DELETE FROM journal USING d WHERE fid = d.f), e AS (DELETE FROM frames USING d WHERE fid = d.f),
- g AS (DELETE FROM wake USING d WHERE fid = d.f), h AS (DELETE FROM inbox USING d WHERE fid = d.f)
- DELETE FROM payloads USING d WHERE fid = d.f"""
-_DEL_INBOX = ("DELETE FROM inbox WHERE (fid, sid, seq) IN "
-              "(SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]))")
-_DEL_OUTBOX = ("DELETE FROM outbox WHERE (peer, sid, to_responder, seq) IN "
-               "(SELECT * FROM unnest(%b::text[], %b::text[], %b::boolean[], %b::bigint[]))")
-_DEL_TIMER = ("DELETE FROM timers WHERE (deadline_us, fid) IN "
-              "(SELECT * FROM unnest(%b::bigint[], %b::text[]))")
-_DEL_WAKE = "DELETE FROM wake WHERE fid = ANY(%b::text[])"
-_DEL_APP = ("DELETE FROM app_rows WHERE (tbl, key) IN "
-            "(SELECT * FROM unnest(%b::text[], %b::bytea[]))")
-_PUT_LOGIC = ("INSERT INTO logic (fid, part, blob) SELECT * FROM unnest(%b::text[], "
-              "%b::smallint[], %b::bytea[]) ON CONFLICT (fid) DO UPDATE SET blob = EXCLUDED.blob")
-_PUT_HEADER_CHECKED = (
-    "INSERT INTO flows (fid, part, header) SELECT t.f, t.p, t.h FROM unnest(%b::text[], "
-    "%b::smallint[], %b::bytea[]) AS t(f, p, h) WHERE EXISTS (SELECT 1 FROM logic l WHERE "
-    "l.fid = t.f) ON CONFLICT (fid) DO UPDATE SET header = EXCLUDED.header")
-_PUT_HEADER = ("INSERT INTO flows (fid, part, header) SELECT * FROM unnest(%b::text[], "
-               "%b::smallint[], %b::bytea[]) ON CONFLICT (fid) DO UPDATE SET header = EXCLUDED.header")
-_PUT_JOURNAL = ("INSERT INTO journal (fid, start, part, chunk) SELECT * FROM unnest(%b::text[], "
-                "%b::integer[], %b::smallint[], %b::bytea[]) "
-                "ON CONFLICT (fid, start) DO UPDATE SET chunk = EXCLUDED.chunk")
-_PUT_FRAMES = ("INSERT INTO frames (fid, part, blob) SELECT * FROM unnest(%b::text[], "
-               "%b::smallint[], %b::bytea[]) ON CONFLICT (fid) DO UPDATE SET blob = EXCLUDED.blob")
-_PUT_WAKE = ("INSERT INTO wake (fid, part) SELECT * FROM unnest(%b::text[], %b::smallint[]) "
-             "ON CONFLICT (fid) DO NOTHING")
-_PUT_INBOX = ("INSERT INTO inbox (fid, sid, seq, part, data) SELECT * FROM unnest(%b::text[], "
-              "%b::text[], %b::bigint[], %b::smallint[], %b::bytea[]) "
-              "ON CONFLICT (fid, sid, seq) DO UPDATE SET data = EXCLUDED.data")
-_PUT_PAYLOAD = _PUT_INBOX.replace("inbox", "payloads")
-_PUT_OUTBOX = ("INSERT INTO outbox (peer, sid, to_responder, seq, part, data) SELECT * FROM "
-               "unnest(%b::text[], %b::text[], %b::boolean[], %b::bigint[], %b::smallint[], "
-               "%b::bytea[]) ON CONFLICT (peer, sid, to_responder, seq) "
-               "DO UPDATE SET data = EXCLUDED.data")
-_PUT_ROUTE = ("INSERT INTO routes (peer, sid, peer_role, value, expires) SELECT * FROM "
-              "unnest(%b::text[], %b::text[], %b::smallint[], %b::bytea[], %b::float8[]) "
-              "ON CONFLICT (peer, sid, peer_role) DO UPDATE SET value = EXCLUDED.value, "
-              "expires = EXCLUDED.expires")
-_PUT_TIMER = ("INSERT INTO timers (deadline_us, fid, part) SELECT * FROM unnest(%b::bigint[], "
-              "%b::text[], %b::smallint[]) ON CONFLICT DO NOTHING")
-_PUT_RESULT = ("INSERT INTO results (fid, part, record, expires) SELECT * FROM "
-               "unnest(%b::text[], %b::smallint[], %b::bytea[], %b::float8[]) ON CONFLICT (fid) "
-               "DO UPDATE SET record = EXCLUDED.record, expires = EXCLUDED.expires")
-_PUT_CLIENT = ("INSERT INTO clients (client_id, fid, expires) SELECT t.c, t.f, NULL FROM "
-               "unnest(%b::text[], %b::text[]) AS t(c, f) ON CONFLICT (client_id) "
-               "DO UPDATE SET fid = EXCLUDED.fid, expires = NULL")
-_EXPIRE_CLIENT = ("UPDATE clients SET expires = t.e FROM unnest(%b::text[], %b::float8[]) "
-                  "AS t(c, e) WHERE client_id = t.c")
-_PUT_APP = ("INSERT INTO app_rows (tbl, key, value) SELECT * FROM unnest(%b::text[], "
-            "%b::bytea[], %b::bytea[]) ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value")
-
-
-# The commit's steps, in the order that keeps a batch's semantics: drops, deletes, checked
-# headers (against what was stored before this batch's start records), start records,
-# everything else. Each runs only when the batch has rows for it.
-_STEPS: list[tuple[str, str]] = [
-    ("drop", _DROP), ("del_inbox", _DEL_INBOX), ("del_outbox", _DEL_OUTBOX),
-    ("del_timer", _DEL_TIMER), ("del_wake", _DEL_WAKE), ("del_app", _DEL_APP),
-    ("header_checked", _PUT_HEADER_CHECKED), ("logic", _PUT_LOGIC), ("header", _PUT_HEADER),
-    ("journal", _PUT_JOURNAL), ("frames", _PUT_FRAMES), ("wake", _PUT_WAKE),
-    ("inbox", _PUT_INBOX), ("payload", _PUT_PAYLOAD), ("outbox", _PUT_OUTBOX),
-    ("route", _PUT_ROUTE), ("timer", _PUT_TIMER), ("result", _PUT_RESULT),
-    ("client", _PUT_CLIENT), ("expire_client", _EXPIRE_CLIENT), ("app", _PUT_APP),
-]
-_PLACEHOLDER = re.compile(r"%b::([a-z0-9]+)\[\]")
-#: step -> (index of its first argument in gf_commit's array arguments, their SQL types)
-_ARGS: dict[str, tuple[int, list[str]]] = {}
-_n = 0
-for _name, _sql in _STEPS:
-    _types = _PLACEHOLDER.findall(_sql)
-    _ARGS[_name] = (_n, _types)
-    _n += len(_types)
-_NARGS = _n
-
-
-# With a channel (clustered workers): one NOTIFY per commit that delivered into an inbox,
-# started a flow or set a wake flag, naming those rows' partitions ("3,17"), delivered to
-# listeners when the transaction commits.
-_NOTIFY = (
-    "IF notify_channel IS NOT NULL THEN\n"
-    "    PERFORM pg_notify(notify_channel, string_agg(DISTINCT p::text, ',')) FROM (\n"
-    f"        SELECT unnest(a{_ARGS['inbox'][0] + 3}) AS p UNION ALL\n"
-    f"        SELECT unnest(a{_ARGS['logic'][0] + 1}) UNION ALL\n"
-    f"        SELECT unnest(a{_ARGS['wake'][0] + 1})) AS w HAVING count(*) > 0;\n"
-    "END IF;\n")
-
-
-def _commit_function() -> str:
-    """``gf_commit``: a whole batch in one statement (one round trip, one implicit
-    transaction), its arrays NULL for steps the batch has no rows for. Returns the flow
-    ids whose checked header was refused (no start record)."""
-    params = ["fence_parts integer[]", "fence_epochs bigint[]", "fence_owner text",
-              "notify_channel text"]
-    body = ["IF fence_parts IS NOT NULL THEN",
-            "    PERFORM gf_fence(fence_parts, fence_epochs, fence_owner);", "END IF;"]
-    for name, stmt in _STEPS:
-        first, types = _ARGS[name]
-        names = [f"a{first + i}" for i in range(len(types))]
-        params += [f"{n} {t}[]" for n, t in zip(names, types)]
-        it = iter(names)
-        sql_ = _PLACEHOLDER.sub(lambda m: next(it), stmt)
-        body.append(f"IF {names[0]} IS NOT NULL THEN")
-        if name == "header_checked":
-            body.append(f"    SELECT array_agg(t.f) INTO refused FROM unnest({names[0]}) AS t(f) "
-                        "WHERE NOT EXISTS (SELECT 1 FROM logic l WHERE l.fid = t.f);")
-        body += [f"    {sql_};", "END IF;"]
-    return ("CREATE OR REPLACE FUNCTION gf_commit(" + ", ".join(params) + ")\n"
-            "RETURNS text[] LANGUAGE plpgsql AS $commit$\nDECLARE refused text[];\nBEGIN\n"
-            + "\n".join(body) + "\n" + _NOTIFY + "RETURN refused;\nEND\n$commit$;\n")
-
-
-_COMMIT_FUNCTION = _commit_function()
-_FUNCTION_KEY = "greenflow.commit-function"
-_FUNCTION_HASH = hashlib.sha256(_COMMIT_FUNCTION.encode()).hexdigest().encode()
-
-# Sent by a RawCursor ($n placeholders): psycopg does not parse a query this long each time.
-_COMMIT_CALL = ("SELECT gf_commit($1::integer[], $2::bigint[], $3::text, $4::text, " + ", ".join(
-    f"${5 + i}::{t}[]" for i, t in enumerate(
-        t for _, (_, ts) in sorted(_ARGS.items(), key=lambda kv: kv[1][0]) for t in ts)) + ")")
-
-
-def _us(t: float) -> int:
-    return max(0, int(t * 1_000_000))
-
-
-class _Plan:
-    """A batch folded into the final state of every key it writes (see the module doc)."""
-
-    __slots__ = ("drops", "logic", "headers", "journal", "frames", "wake", "inbox", "payloads",
-                 "outbox", "routes", "timers", "results", "clients", "client_exp", "app",
-                 "started", "refused", "fenced_parts")
-
-    def __init__(self, ops: list[tuple]) -> None:
-        self.drops: set[str] = set()
-        self.logic: dict[str, bytes] = {}
-        self.headers: dict[str, tuple[bytes, bool]] = {}   # fid -> (blob, checked)
-        self.journal: dict[str, dict[int, bytes]] = {}
-        self.frames: dict[str, bytes] = {}
-        self.wake: dict[str, bool] = {}
-        self.inbox: dict[str, dict[tuple[str, int], Optional[bytes]]] = {}
-        self.payloads: dict[str, dict[tuple[str, int], bytes]] = {}
-        self.outbox: dict[tuple[str, str, bool, int], Optional[bytes]] = {}
-        self.routes: dict[tuple[str, str, int], tuple[bytes, Optional[float]]] = {}
-        self.timers: dict[tuple[int, str], bool] = {}
-        self.results: dict[str, tuple[bytes, Optional[float]]] = {}
-        self.clients: dict[str, str] = {}
-        self.client_exp: dict[str, float] = {}
-        self.app: dict[tuple[str, bytes], Optional[bytes]] = {}
-        self.started: set[str] = set()      # start record written in this batch, not dropped since
-        self.refused: list[str] = []
-        self.fenced_parts: set[str] = set()  # flow ids whose partitions the commit must own
-        for op in ops:
-            self._add(op)
-
-    def _add(self, op: tuple) -> None:
-        code = op[0]
-        if code == I.PUT_HEADER:
-            fid = op[1]
-            if fid in self.started:
-                self.headers[fid] = (op[2], False)
-            elif fid in self.drops:
-                self.headers.pop(fid, None)
-                self.refused.append(fid)
-            else:
-                self.headers[fid] = (op[2], True)
-            self.fenced_parts.add(fid)
-        elif code == I.APPEND_JOURNAL:
-            self.journal.setdefault(op[1], {})[op[2]] = op[3]
-            self.fenced_parts.add(op[1])
-        elif code == I.PUT_OUTBOX:
-            self.outbox[(op[1], op[2], bool(op[3]), op[4])] = op[5]
-        elif code == I.DELETE_OUTBOX:
-            self.outbox[(op[1], op[2], bool(op[3]), op[4])] = None
-        elif code == I.START_FLOW:
-            fid = op[1]
-            self.logic[fid] = op[2]
-            self.started.add(fid)
-            self.fenced_parts.add(fid)
-        elif code == I.PUT_SNAPSHOT:
-            self.frames[op[1]] = op[2]
-            self.fenced_parts.add(op[1])
-        elif code == I.SET_WAKE:
-            self.wake[op[1]] = bool(op[2])
-            self.fenced_parts.add(op[1])
-        elif code == I.PUT_INBOX:
-            self.inbox.setdefault(op[1], {})[(op[2], op[3])] = op[4]
-        elif code == I.DELETE_INBOX:
-            self.inbox.setdefault(op[1], {})[(op[2], op[3])] = None
-            self.fenced_parts.add(op[1])
-        elif code == I.PUT_PAYLOAD:
-            self.payloads.setdefault(op[1], {})[(op[2], op[3])] = op[4]
-        elif code == I.PUT_ROUTE:
-            self.routes[(op[1], op[2], op[3])] = (op[4], op[5])
-        elif code == I.PUT_TIMER:
-            self.timers[(_us(op[1]), op[2])] = True
-            self.fenced_parts.add(op[2])
-        elif code == I.DELETE_TIMER:
-            self.timers[(_us(op[1]), op[2])] = False
-            self.fenced_parts.add(op[2])
-        elif code == I.DROP_FLOW:
-            fid = op[1]
-            self.drops.add(fid)
-            self.started.discard(fid)
-            for d in (self.logic, self.headers, self.journal, self.frames, self.wake,
-                      self.inbox, self.payloads):
-                d.pop(fid, None)
-            self.fenced_parts.add(fid)
-        elif code == I.PUT_HEADER_UNCHECKED:
-            self.headers[op[1]] = (op[2], False)
-            self.fenced_parts.add(op[1])
-        elif code == I.PUT_RESULT:
-            self.results[op[1]] = (op[2], op[3])
-            self.fenced_parts.add(op[1])
-        elif code == I.PUT_CLIENT:
-            self.clients[op[1]] = op[2]
-            self.client_exp.pop(op[1], None)
-        elif code == I.EXPIRE_CLIENT:
-            self.client_exp[op[1]] = op[2]
-        elif code == I.TABLE_PUT:
-            self.app[(op[1], bytes(op[2]))] = op[3]
-        elif code == I.TABLE_DELETE:
-            self.app[(op[1], bytes(op[2]))] = None
-        else:
-            raise StoreError(f"unknown batch operation {op!r}")
-
-    def arguments(self) -> list[Any]:
-        """gf_commit's array arguments (None where the batch has nothing for a step)."""
-        args: list[Any] = [None] * _NARGS
-        P = partition_of
-
-        def put(step: str, rows: list[tuple]) -> None:
-            if rows:
-                first, types = _ARGS[step]
-                for k, (t, col) in enumerate(zip(types, zip(*rows))):
-                    args[first + k] = _Array(t, col)
-
-        if self.drops:
-            put("drop", [(f,) for f in self.drops])
-        put("del_inbox", [(f, s, q) for f, rows in self.inbox.items()
-                          for (s, q), v in rows.items() if v is None])
-        put("del_outbox", [k for k, v in self.outbox.items() if v is None])
-        put("del_timer", [k for k, v in self.timers.items() if not v])
-        put("del_wake", [(f,) for f, on in self.wake.items() if not on])
-        put("del_app", [k for k, v in self.app.items() if v is None])
-        put("header_checked", [(f, P(f), b) for f, (b, c) in self.headers.items() if c])
-        put("logic", [(f, P(f), b) for f, b in self.logic.items()])
-        put("header", [(f, P(f), b) for f, (b, c) in self.headers.items() if not c])
-        put("journal", [(f, s, P(f), c) for f, chunks in self.journal.items()
-                        for s, c in chunks.items()])
-        put("frames", [(f, P(f), b) for f, b in self.frames.items()])
-        put("wake", [(f, P(f)) for f, on in self.wake.items() if on])
-        put("inbox", [(f, s, q, P(f), v) for f, rows in self.inbox.items()
-                      for (s, q), v in rows.items() if v is not None])
-        put("payload", [(f, s, q, P(f), v) for f, rows in self.payloads.items()
-                        for (s, q), v in rows.items()])
-        put("outbox", [(p, s, r, q, _outbox_part(s, r), v)
-                       for (p, s, r, q), v in self.outbox.items() if v is not None])
-        put("route", [(p, s, r, v, e) for (p, s, r), (v, e) in self.routes.items()])
-        put("timer", [(d, f, P(f)) for (d, f), v in self.timers.items() if v])
-        put("result", [(f, P(f), b, e) for f, (b, e) in self.results.items()])
-        put("client", list(self.clients.items()))
-        put("expire_client", list(self.client_exp.items()))
-        put("app", [(t, k, v) for (t, k), v in self.app.items() if v is not None])
-        return args
-
-
-# ---------------------------------------------------------------------------- arrays
-# psycopg's generic list dumper inspects every element to choose a type; a commit sends
-# a few dozen arrays, so they are encoded here, straight to PostgreSQL's binary array
-# format (one dimension, lower bound 1), for the element type the statement declares.
-_ARRAY_HEAD = struct.Struct("!iiiii")
-_I32 = struct.Struct("!i")
-# element type -> (element oid, array oid, encoder of one non-null element)
-_ELEMENTS: dict[str, tuple[int, int, Callable[[Any], bytes]]] = {
-    "text": (25, 1009, lambda v: v.encode()),
-    "bytea": (17, 1001, bytes),
-    "bigint": (20, 1016, struct.Struct("!q").pack),
-    "integer": (23, 1007, struct.Struct("!i").pack),
-    "smallint": (21, 1005, struct.Struct("!h").pack),
-    "boolean": (16, 1000, lambda v: b"\x01" if v else b"\x00"),
-    "float8": (701, 1022, struct.Struct("!d").pack),
-}
-
-
-class _Array:
-    """A column of values for one ``unnest`` argument, of SQL element type ``kind``."""
-
-    __slots__ = ("kind", "values")
-
-    def __init__(self, kind: str, values: tuple) -> None:
-        self.kind = kind
-        self.values = values
-
-
-class _ArrayDumper(Dumper):
-    format = pq.Format.BINARY
-
-    def get_key(self, obj: Any, format: Any) -> Any:
-        return (type(obj), obj.kind)
-
-    def upgrade(self, obj: Any, format: Any) -> "Dumper":
-        d = _ArrayDumper(type(obj))
-        d.oid = _ELEMENTS[obj.kind][1]
-        return d
-
-    def dump(self, obj: Any) -> bytes:
-        elem_oid, _, enc = _ELEMENTS[obj.kind]
-        vals = obj.values
-        parts = [b""]
-        nulls = 0
-        pack = _I32.pack
-        for v in vals:
-            if v is None:
-                nulls = 1
-                parts.append(b"\xff\xff\xff\xff")
-            else:
-                b = enc(v)
-                parts.append(pack(len(b)))
-                parts.append(b)
-        parts[0] = _ARRAY_HEAD.pack(1, nulls, elem_oid, len(vals), 1)
-        return b"".join(parts)
-
-
-def _outbox_part(sid: str, to_responder: bool) -> int:
-    # The sending flow's partition when this side initiated the session; a responder's
-    # frames are filed under the session's initiator (the flow id in the session id).
-    return session_partition(sid)
-
 
 def schema_for(node_dir: str) -> str:
     """The schema of the node in ``node_dir``: a hash of its absolute path."""
@@ -527,11 +140,16 @@ class PostgresStore:
         self._tables: set[str] = set()
         self._locked = False
         # A single node writing its schema alone (not a worker, not a reader beside a
-        # running node) keeps routes committed or read (bounded, oldest out) and the
-        # hashes of every stored route key: see `route`.
+        # running node) keeps a route cache: see `RouteReader`.
         self._sole_writer = owned is None and not readonly
-        self._route_cache: "OrderedDict[tuple, bytes]" = OrderedDict()
-        self._route_keys: Optional[set[int]] = None
+        # Collaborators: the readers, whose read operations the store binds as its own.
+        self.reader = PostgresReader(self)
+        self.route_reader = RouteReader(self.reader, self._sole_writer)
+        self.table_reader = TableReader(self.reader)
+        for names, obj in ((READS, self.reader), (ROUTE_READS, self.route_reader),
+                           (TABLE_READS, self.table_reader)):
+            for name in names:
+                setattr(self, name, getattr(obj, name))
         self._connect(create=create)
 
     @classmethod
@@ -675,11 +293,7 @@ class PostgresStore:
                                  f"{exc}") from None
         self.commits += 1
         if plan.routes and self._sole_writer:
-            keys = self._route_keys
-            for k, (v, _e) in plan.routes.items():
-                self._remember_route(k, v)
-                if keys is not None:
-                    keys.add(hash(k))
+            self.route_reader.remember_routes(plan.routes)
         refused = plan.refused + list(row[0] or ())
         for fid in refused:
             log.error("store %s: refused the checkpoint header of flow %s: its start record is "
@@ -718,241 +332,14 @@ class PostgresStore:
                 raise StoreError(f"expiry in the PostgreSQL store {self.path} failed: "
                                  f"{_msg(exc)}") from None
         if done:
-            self._route_cache.clear()     # expired routes must read as gone
+            self.route_reader.forget_routes()
         return done
-
-    # ------------------------------------------------------------------ reads
-    def _one(self, query: str, params: tuple) -> Optional[Any]:
-        rows = self._all(query, params)
-        return rows[0][0] if rows else None
-
-    def _all(self, query: str, params: tuple) -> list[tuple]:
-        with self._lock:
-            for attempt in (0, 1):
-                conn = self._connection()
-                try:
-                    return conn.execute(query, params).fetchall()
-                except psycopg.OperationalError as exc:
-                    if attempt or not conn.broken:
-                        raise StoreError(f"read from the PostgreSQL store {self.path} failed: "
-                                         f"{_msg(exc)}") from None
-                except psycopg.Error as exc:
-                    raise StoreError(f"read from the PostgreSQL store {self.path} failed: "
-                                     f"{_msg(exc)}") from None
-        raise AssertionError("unreachable")
-
-    def _parts(self) -> Optional[list[int]]:
-        """The partitions listings are limited to (None: all)."""
-        if self.owned is None:
-            return None
-        return sorted(self.owned())
-
-    def _pages(self, base: str, keys: tuple[str, ...], params: tuple = (),
-               where: str = "", part: bool = True, reverse: bool = False) -> Iterator[tuple]:
-        """Rows of ``base`` (a SELECT of ``keys`` first, then the rest) in key order, a
-        page per short query: a long listing neither pins a snapshot nor fills memory."""
-        parts = self._parts() if part else None
-        conds = [where] if where else []
-        args: list = list(params)
-        if parts is not None:
-            conds.append("part = ANY(%s)")
-            args.append(parts)
-        after: Optional[tuple] = None
-        keycols = "(" + ", ".join(keys) + ")" if len(keys) > 1 else keys[0]
-        cmp, order = ("<", " DESC") if reverse else (">", "")
-        while True:
-            c = list(conds)
-            a = list(args)
-            if after is not None:
-                marks = ", ".join(["%s"] * len(keys))
-                c.append(f"{keycols} {cmp} ({marks})" if len(keys) > 1 else f"{keys[0]} {cmp} %s")
-                a.extend(after)
-            q = base + (" WHERE " + " AND ".join(c) if c else "") + \
-                f" ORDER BY {', '.join(k + order for k in keys)} LIMIT {_PAGE}"
-            rows = self._all(q, tuple(a))
-            yield from rows
-            if len(rows) < _PAGE:
-                return
-            after = rows[-1][:len(keys)]
-
-    # -- flows
-    def header_blob(self, fid: str) -> Optional[bytes]:
-        v = self._one("SELECT header FROM flows WHERE fid = %s", (fid,))
-        return bytes(v) if v is not None else None
-
-    def checkpoint(self, fid: str) -> Optional[Any]:
-        raw = self.header_blob(fid)
-        return load_checkpoint(raw) if raw is not None else None
-
-    def logic_blob(self, fid: str) -> Optional[bytes]:
-        v = self._one("SELECT blob FROM logic WHERE fid = %s", (fid,))
-        return bytes(v) if v is not None else None
-
-    def journal(self, fid: str, length: int) -> list:
-        return self.journal_with_times(fid, length)[0]
-
-    def journal_with_times(self, fid: str, length: int) -> tuple[list, list[Optional[float]]]:
-        rows = self._all("SELECT start, chunk FROM journal WHERE fid = %s ORDER BY start", (fid,))
-        return assemble_journal(fid, ((s, bytes(c)) for s, c in rows), length)
-
-    def snapshot(self, fid: str) -> Any:
-        from greenflow import serialization
-        v = self._one("SELECT blob FROM frames WHERE fid = %s", (fid,))
-        return serialization.loads(bytes(v)) if v is not None else None
-
-    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
-        for fid, header in self._pages("SELECT fid, header FROM flows", ("fid",),
-                                       reverse=reverse):
-            yield fid, bytes(header)
-
-    def checkpoints(self) -> Iterator[tuple[str, Any]]:
-        for fid, blob in self.header_blobs():
-            yield fid, load_checkpoint(blob)
-
-    def flow_count(self) -> int:
-        parts = self._parts()
-        if parts is None:
-            return int(self._one("SELECT count(*) FROM flows", ()))
-        return int(self._one("SELECT count(*) FROM flows WHERE part = ANY(%s)", (parts,)))
-
-    def has_flow(self, fid: str) -> bool:
-        return self._one("SELECT 1 FROM flows WHERE fid = %s", (fid,)) is not None
-
-    # -- inbox, payloads, wake
-    def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
-        rows = self._all("SELECT sid, seq, data FROM inbox WHERE fid = %s ORDER BY sid, seq",
-                         (fid,))
-        return [(s, int(q), bytes(d)) for s, q, d in rows]
-
-    def payload(self, fid: str, sid: str, seq: int) -> Optional[bytes]:
-        v = self._one("SELECT data FROM payloads WHERE fid = %s AND sid = %s AND seq = %s",
-                      (fid, sid, seq))
-        return bytes(v) if v is not None else None
-
-    def flows_to_wake(self) -> set[str]:
-        parts = self._parts()
-        if parts is None:
-            rows = self._all("SELECT fid FROM wake UNION SELECT DISTINCT fid FROM inbox", ())
-        else:
-            rows = self._all("SELECT fid FROM wake WHERE part = ANY(%s) UNION "
-                             "SELECT DISTINCT fid FROM inbox WHERE part = ANY(%s)", (parts, parts))
-        return {r[0] for r in rows}
-
-    # -- outbox, routes, timers
-    def outbox(self, peer: Optional[str] = None) -> Iterator[tuple[str, bytes]]:
-        where, params = ("peer = %s", (peer,)) if peer is not None else ("", ())
-        for p, _s, _r, _q, data in self._pages(
-                "SELECT peer, sid, to_responder, seq, data FROM outbox",
-                ("peer", "sid", "to_responder", "seq"), params, where):
-            yield p, bytes(data)
-
-    def route(self, peer: str, sid: str, peer_role: int) -> Optional[bytes]:
-        """Asked for every frame the node's routing cache misses, most of them for
-        sessions that do not exist yet (a new initiation is checked for a duplicate): a
-        round trip each, unless answered here. Routes this store committed or read are
-        kept (`_ROUTE_CACHE` of them); a single node, the only writer of its schema, also
-        keeps a hash of every route key it has (a few dozen bytes per stored route), so
-        "no such route" needs no query."""
-        k = (peer, sid, peer_role)
-        if self._sole_writer:
-            v = self._route_cache.get(k)
-            if v is not None:
-                return v
-            keys = self._route_keys
-            if keys is None:
-                keys = self._load_route_keys()
-            if hash(k) not in keys:
-                return None
-        raw = self._one("SELECT value FROM routes WHERE peer = %s AND sid = %s "
-                        "AND peer_role = %s", k)
-        if raw is None:
-            return None
-        v = bytes(raw)
-        if self._sole_writer:
-            self._remember_route(k, v)
-        return v
-
-    def _load_route_keys(self) -> set[int]:
-        keys = {hash((p, s, r)) for p, s, r in self._pages(
-            "SELECT peer, sid, peer_role FROM routes", ("peer", "sid", "peer_role"), part=False)}
-        self._route_keys = keys
-        return keys
-
-    def _remember_route(self, k: tuple, v: bytes) -> None:
-        cache = self._route_cache
-        cache[k] = v
-        if len(cache) > _ROUTE_CACHE:
-            cache.popitem(last=False)
-
-    def timers(self) -> Iterator[tuple[float, str]]:
-        for d, fid in self._pages("SELECT deadline_us, fid FROM timers", ("deadline_us", "fid")):
-            yield d / 1_000_000, fid
-
-    # -- results and clients
-    def result(self, fid: str) -> Optional[dict]:
-        v = self._one("SELECT record FROM results WHERE fid = %s", (fid,))
-        return load_result(bytes(v)) if v is not None else None
-
-    def results(self) -> Iterator[tuple[str, dict]]:
-        for fid, rec in self.result_blobs():
-            yield fid, load_result(rec)
-
-    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
-        for fid, rec in self._pages("SELECT fid, record FROM results", ("fid",), part=False,
-                                    reverse=reverse):
-            yield fid, bytes(rec)
-
-    def client(self, client_id: str) -> Optional[str]:
-        return self._one("SELECT fid FROM clients WHERE client_id = %s", (client_id,))
-
-    def meta(self, name: str) -> Optional[bytes]:
-        v = self._one("SELECT value FROM meta WHERE name = %s", (name,))
-        return bytes(v) if v is not None else None
-
     # -- app tables
     def open_table(self, name: str) -> None:
         if not name or "\0" in name:
             raise ValueError(f"bad table name {name!r}")
         self._tables.add(name)
 
-    def table_get(self, name: str, key: bytes) -> Optional[bytes]:
-        v = self._one("SELECT value FROM app_rows WHERE tbl = %s AND key = %s", (name, bytes(key)))
-        return bytes(v) if v is not None else None
-
-    def table_items(self, name: str, prefix: bytes = b"", *, after: Optional[bytes] = None,
-                    reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
-        prefix = bytes(prefix)
-        end = _successor(prefix)
-        cmp, order = ("<", "DESC") if reverse else (">", "ASC")
-        last = bytes(after) if after is not None else None
-        while True:
-            conds, args = ["tbl = %s"], [name]
-            if prefix:
-                conds.append("key >= %s")
-                args.append(prefix)
-            if end is not None:
-                conds.append("key < %s")
-                args.append(end)
-            if last is not None:
-                conds.append(f"key {cmp} %s")
-                args.append(last)
-            rows = self._all(f"SELECT key, value FROM app_rows WHERE {' AND '.join(conds)} "
-                             f"ORDER BY key {order} LIMIT {_PAGE}", tuple(args))
-            for k, v in rows:
-                yield bytes(k), bytes(v)
-            if len(rows) < _PAGE:
-                return
-            last = bytes(rows[-1][0])
-
-    def table_count(self, name: str) -> int:
-        return int(self._one("SELECT count(*) FROM app_rows WHERE tbl = %s", (name,)))
-
-    def bytes_used(self) -> int:
-        """The size of this store's tables and indexes (for metrics)."""
-        return int(self._one(
-            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s "
-            "AND c.relkind = 'r'", (self.schema,)))
 
     # -- for tools and tests
     def drop_schema(self) -> None:
@@ -961,23 +348,6 @@ class PostgresStore:
             conn = self._connection()
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(self.schema)))
-
-
-def _successor(prefix: bytes) -> Optional[bytes]:
-    """The smallest byte string greater than every string starting with ``prefix``."""
-    p = bytearray(prefix)
-    while p:
-        if p[-1] < 0xFF:
-            p[-1] += 1
-            return bytes(p)
-        p.pop()
-    return None
-
-
-def _msg(exc: BaseException) -> str:
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or str(exc).strip() or type(exc).__name__
 
 
 __all__ = ["PostgresStore", "schema_for", "split_url", "PARTITIONS", "partition_of"]
