@@ -21,7 +21,6 @@ LONG_MODULES = {
 #: Classes (module path:class) allowed over MAX_METHODS for now.
 BIG_CLASSES = {
     "storage/postgres_store.py:PostgresStore",
-    "storage/interface.py:FlowStore",   # the store interface: one method per operation
     "ledger/vault.py:Vault",
 }
 
