@@ -16,7 +16,6 @@ MAX_METHODS = 25
 LONG_MODULES = {
     "storage/postgres_store.py",  # the PostgreSQL implementation of the store interface
     "ledger/vault.py",            # the vault: states, soft locks, queries, feeds
-    "cluster/worker.py",          # a clustered worker: generations, routing, handoff
 }
 #: Classes (module path:class) allowed over MAX_METHODS for now.
 BIG_CLASSES = {
