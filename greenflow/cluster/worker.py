@@ -28,108 +28,40 @@ back the same way so the sender stops re-sending.
 
 **Starting flows** through a worker gives them an id in a partition of its generation
 (`Node.new_flow_id`), so the worker that records the start runs the flow.
+
+The concerns live in modules of their own: `greenflow.cluster.generation` (a
+generation's partitions), `greenflow.cluster.routing` (frames and acknowledgements by
+partition, the handoff writes, the transport a generation's node sends through),
+`greenflow.cluster.starts` (starts filed for other workers, and taken from them) and
+`greenflow.cluster.listing` (the party's flows and who owns them); this module holds the
+`Worker` that composes them and follows its leases from generation to generation.
 """
 from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import threading
 import time
 from typing import Any, Callable, Iterable, Optional
 
-from greenflow.cluster.handoff import ACK, FRAME, START, HandoffReader, HandoffWriter, Row
+from greenflow.cluster.generation import Generation as _Generation
+from greenflow.cluster.handoff import HandoffReader, HandoffWriter
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, LeaseManager, Owned
-from greenflow.errors import Fenced, FlowError, WireFormatError
-from greenflow.messages import decode_frame
+from greenflow.cluster.listing import party_flows
+from greenflow.cluster.routing import HandOver as _HandOver
+from greenflow.cluster.routing import Router
+from greenflow.cluster.routing import TransportFacade as _Facade
+from greenflow.cluster.routing import WorkerTransport as _WorkerTransport
+from greenflow.cluster.starts import FiledStarts
+from greenflow.errors import Fenced
 from greenflow.node.node import Node
-from greenflow.party import Party
-from greenflow.statemachine.events import Acked, FrameArrived
-from greenflow.statemachine.ids import client_flow_id, flow_id_in
-from greenflow.storage.partitions import PARTITIONS, partition_of, session_partition
+from greenflow.storage.partitions import PARTITIONS, partition_of
 
 log = logging.getLogger("greenflow.cluster.worker")
 
-
 def default_worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-class _Generation:
-    """The partitions (and epochs) one `Node` object acts for."""
-
-    def __init__(self, number: int, parts: Owned, lease: LeaseManager) -> None:
-        self.number = number
-        self.parts = dict(parts)
-        self.lease = lease
-        self.node: Optional[Node] = None
-        self._order = sorted(self.parts)
-        self._next = random.randrange(len(self._order)) if self._order else 0
-
-    def owned(self) -> Owned:
-        """What the store may commit for: this generation's partitions whose lease this
-        worker still holds at the same epoch (a partition lost and taken back in between
-        is not: the flows in memory may be stale)."""
-        live = self.lease.owned()
-        return {p: e for p, e in self.parts.items() if live.get(p) == e}
-
-    def holds(self, part: int) -> bool:
-        return part in self.parts and self.lease.owned().get(part) == self.parts[part]
-
-    def new_flow_id(self) -> str:
-        if not self._order:   # `Worker._forward_starts` files such starts for the owners
-            raise FlowError("this worker owns no partition yet: start the flow through "
-                            "another worker, or again in a moment")
-        self._next = (self._next + 1) % len(self._order)
-        return flow_id_in(self._order[self._next])
-
-
-class _Facade:
-    """What the TCP transport sees as its node: its events come to the worker's router,
-    its outbox reads go to the current generation's store."""
-
-    def __init__(self, worker: "Worker") -> None:
-        self.scheduler = worker   # .post(event)
-        self._worker = worker
-
-    @property
-    def store(self) -> Any:
-        node = self._worker.node
-        return node.store if node is not None else None
-
-
-class _WorkerTransport:
-    """The transport each generation's `Node` is given: sends go out through the TCP
-    transport; acknowledgements of frames that were handed over delete their handoff
-    rows instead of going to the peer (the receiving worker acknowledged them)."""
-
-    def __init__(self, worker: "Worker") -> None:
-        self.w = worker
-        self.node: Any = None   # set by Node; unused (the worker routes)
-
-    def send(self, peer: Party, data: bytes) -> None:
-        if self.w.tcp is not None:
-            self.w.tcp.send(peer, data)
-        elif peer.name == self.w.party_name:
-            self.w.post(FrameArrived(peer, data))
-        else:
-            log.error("worker %s has no network transport: cannot reach %s", self.w.name, peer.name)
-
-    def ack(self, peer_name: str, msg_ids: tuple) -> None:
-        rest = self.w.acked_by_scheduler(peer_name, msg_ids)
-        if not rest:
-            return
-        if self.w.tcp is not None:
-            self.w.tcp.ack(peer_name, rest)
-        elif peer_name == self.w.party_name:
-            self.w.post(Acked(peer_name, rest))
-
-    def party(self, name: str) -> Optional[Party]:
-        if self.w.tcp is not None:
-            return self.w.tcp.party(name)
-        node = self.w.node
-        return node.party if node is not None and name == node.party.name else None
 
 
 class Worker:
@@ -173,13 +105,13 @@ class Worker:
                                   address=address, rpc=rpc_address, serving=self._serving)
         self.writer = HandoffWriter(self.dsn, self.schema)
         self.handing = _HandOver(self)
-        self.reader = HandoffReader(self.dsn, self.schema, self._gen_owned, self._from_handoff,
-                                    poll_s=poll_s)
+        self.router = Router(self)
+        self.starts = FiledStarts(self)
+        self.reader = HandoffReader(self.dsn, self.schema, self._gen_owned,
+                                    self.router.from_handoff, poll_s=poll_s)
         self.transport = _WorkerTransport(self)
         self.gen: Optional[_Generation] = None
         self._gen_lock = threading.RLock()
-        self._handed: dict[tuple, tuple] = {}   # (peer, msg_id) -> handoff row key
-        self._handed_lock = threading.Lock()
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -308,8 +240,7 @@ class Worker:
                     # Drop everything in memory, write nothing: what was committed is the
                     # truth, and the partitions' next owner (maybe us) replays from it.
                     old.node.crash()
-            with self._handed_lock:
-                self._handed.clear()
+            self.router.forget_handed()
             parts = self.lease.owned()
             self.generations += 1
             gen = _Generation(self.generations, parts, self.lease)
@@ -321,7 +252,7 @@ class Worker:
             node.new_flow_id = gen.new_flow_id
             node.party_flows = self._party_flows
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
-            node.forward_starts = lambda items: self._forward_starts(gen, items)
+            node.forward_starts = lambda items: self.starts.forward(gen, items)
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
@@ -333,273 +264,23 @@ class Worker:
 
     # ------------------------------------------------------------------ listing
     def _party_flows(self, mine: list) -> list:
-        """This worker's flows plus every other flow of the party, read from the shared
-        tables, each with the worker that owns its partition now."""
-        import dataclasses
-        from greenflow import serialization
-        from greenflow.node.node import FlowInfo, shown_status, suspended_on
-        from greenflow.storage.postgres_store import PostgresStore
-        owners = self._owners()
-        out = [dataclasses.replace(f, worker=owners.get(partition_of(f.id), self.name))
-               for f in mine]
-        seen = {f.id for f in mine}
-        store = PostgresStore(self.dsn, self.schema, readonly=True)
-        try:
-            for fid, raw in store.header_blobs():
-                if fid in seen:
-                    continue
-                cp = serialization.loads(raw)
-                seen.add(fid)
-                out.append(FlowInfo(fid, cp.flow_class, shown_status(cp, False),
-                                    cp.progress_step, suspended_on(cp), False, cp.error,
-                                    owners.get(partition_of(fid))))
-            for fid, rec in store.results():
-                if fid not in seen:
-                    out.append(FlowInfo(fid, rec["flow_class"], rec["status"], None, None,
-                                        False, rec.get("error"), owners.get(partition_of(fid))))
-        finally:
-            store.close()
-        return out
-
-    def _owners(self) -> dict[int, str]:
-        import psycopg
-        from greenflow.cluster.leases import lease_table
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as c:
-            _, leases = lease_table(c, self.schema, self.lease.lease_s)
-        return {l.part: l.owner for l in leases if l.owner and l.expires_in > 0}
+        return party_flows(self, mine)
 
     # ------------------------------------------------------------------ routing
     def post(self, ev: Any) -> None:
         """An event from the TCP transport (any thread): to the scheduler if it concerns
         a partition of this generation, else handed to the partition's owner."""
-        t = type(ev)
-        if t is FrameArrived:
-            self._route_frame(ev)
-        elif t is Acked:
-            self._route_acks(ev)
-        else:
-            node = self.node
-            if node is not None:
-                node.scheduler.post(ev)
-
-    def _route_frame(self, ev: FrameArrived) -> None:
-        try:
-            frame = decode_frame(ev.data)
-        except WireFormatError:
-            node = self.node
-            if node is not None:
-                node.scheduler.post(ev)   # the scheduler logs and drops it
-            return
-        part = session_partition(frame.sid)
-        gen = self.gen
-        if gen is not None and gen.holds(part):
-            self.stats["routed_local"] += 1
-            gen.node.scheduler.post(ev)
-            return
-        self.handing.add(Row(part, FRAME, ev.sender.name, frame.msg_id, ev.data))
-
-    def _route_acks(self, ev: Acked) -> None:
-        gen = self.gen
-        mine, rows = [], []
-        for mid in ev.msg_ids:
-            part = session_partition(mid[0])
-            if gen is not None and gen.holds(part):
-                mine.append(mid)
-            else:
-                rows.append(Row(part, ACK, ev.peer, tuple(mid), None))
-        if mine and gen is not None:
-            gen.node.scheduler.post(Acked(ev.peer, tuple(mine)))
-        for row in rows:
-            self.handing.add(row)
+        self.router.post(ev)
 
     def _ack_peer(self, peer_name: str, msg_ids: tuple) -> None:
-        if self.tcp is not None:
-            self.tcp.ack(peer_name, msg_ids)
-        elif peer_name == self.party_name:
-            self.post(Acked(peer_name, msg_ids))
-
-    def _from_handoff(self, rows: list[Row]) -> None:
-        """Rows of our partitions from the handoff table (the reader's thread)."""
-        gen = self.gen
-        if gen is None or gen.node is None:
-            return
-        sched = gen.node.scheduler
-        acks: dict[str, list] = {}
-        done = []
-        starts = []
-        for r in rows:
-            if not gen.holds(r.part):
-                continue
-            if r.kind == START:
-                starts.append(r)
-            elif r.kind == FRAME:
-                party = self.transport.party(r.peer) or Party(r.peer)
-                with self._handed_lock:
-                    self._handed[(r.peer, r.msg_id)] = r.key
-                self.stats["taken_over"] += 1
-                sched.post(FrameArrived(party, r.data))
-            else:
-                acks.setdefault(r.peer, []).append(r.msg_id)
-                done.append(r.key)
-        for peer, mids in acks.items():
-            sched.post(Acked(peer, tuple(mids)))
-            if self.tcp is not None:
-                self.tcp.acked(peer, tuple(mids))
-        if done:
-            self.reader.consumed(done)
-        if starts:
-            self._start_filed(gen, starts)
-
-    # ------------------------------------------------------------------ starts filed
-    def _forward_starts(self, gen: _Generation, items: list) -> Optional[list[str]]:
-        """`Node.forward_starts`: None (start here) for starts without a client id while
-        this generation has partitions; else file each start for the owner of a
-        partition a live worker holds and return the flow ids. A start with a client id
-        is always filed, under the id derived from the client id: a client that retries
-        through another worker (its first worker died before answering) files the same
-        start, which its owner starts once (its reader takes the rows one at a time)."""
-        if gen._order and all(cid is None for _, cid in items):
-            return None
-        from greenflow import serialization
-        node = gen.node
-        assert node is not None
-        held = sorted(self._owners())
-        if not held:
-            raise FlowError(f"no worker of {node.party.name} owns a partition yet: start the "
-                            "flow again in a moment")
-        rows, ids = [], []
-        for flow, client_id in items:
-            if client_id is not None:
-                existing = node.store.client(client_id)
-                if existing is not None:
-                    ids.append(existing)
-                    continue
-                fid = client_flow_id(client_id)
-            else:
-                fid = flow_id_in(random.choice(held))
-            try:
-                blob = serialization.dumps(flow)
-            except Exception as exc:
-                raise FlowError(f"{type(flow).__qualname__} cannot be checkpointed: {exc}") from exc
-            rows.append(Row(partition_of(fid), START, client_id or "", (fid, False, 0), blob))
-            ids.append(fid)
-        self.writer.put(rows)
-        self.stats["starts_forwarded"] += len(rows)
-        return ids
-
-    def _start_filed(self, gen: _Generation, rows: list[Row]) -> None:
-        """Start the flows other workers filed for our partitions (the reader's thread),
-        each once; the rows go once the starts are committed."""
-        from greenflow import serialization
-        from greenflow.flows.registry import qualified_name
-        from greenflow.runtime.checkpoint import Checkpoint
-        node = gen.node
-        assert node is not None
-        store = node.store
-        prepared, done = [], []
-        for r in rows:
-            fid = r.msg_id[0]
-            done.append(r.key)
-            if fid in node.scheduler.resident or store.has_flow(fid) \
-                    or store.result(fid) is not None:
-                continue   # started already (the row outlived its start)
-            try:
-                flow = serialization.loads(r.data)
-            except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
-                log.error("worker %s: a start filed for flow %s cannot be read (%s); dropped",
-                          self.name, fid, exc)
-                continue
-            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=r.peer or None,
-                            started_at=node.clock.now())
-            prepared.append((cp, r.data, flow))
-        if prepared:
-            try:
-                node._start_prepared(prepared)
-            except Exception as exc:  # noqa: BLE001 - the rows stay: given again later
-                log.warning("worker %s: could not start %d filed flow(s): %s", self.name,
-                            len(prepared), exc)
-                return
-            self.stats["starts_taken"] += len(prepared)
-        self.reader.consumed(done)
+        self.router.ack_peer(peer_name, msg_ids)
 
     def acked_by_scheduler(self, peer_name: str, msg_ids: tuple) -> tuple:
         """The scheduler committed these frames: delete the handoff rows of those that
         came that way; returns the rest (to acknowledge to the peer)."""
-        rest, done = [], []
-        with self._handed_lock:
-            for mid in msg_ids:
-                key = self._handed.pop((peer_name, tuple(mid)), None)
-                if key is None:
-                    rest.append(mid)
-                else:
-                    done.append(key)
-        if done:
-            self.reader.consumed(done)
-        return tuple(rest)
+        return self.router.acked_by_scheduler(peer_name, msg_ids)
 
 
 def _party_name(node_dir: str) -> str:
     from greenflow.network.node_config import NodeConfig
     return NodeConfig.load(node_dir).name
-
-
-class _HandOver:
-    """Frames and acknowledgements for other workers' partitions, written to the handoff
-    table by a thread of their own: whatever arrived while one write was in flight goes
-    in the next, as one statement, so the transport's thread never waits for the
-    database and a burst of frames costs one transaction, not one each. A frame is
-    acknowledged to its sender only once its write committed; one that could not be
-    written is not acknowledged, and its sender re-sends it."""
-
-    MAX = 500
-
-    def __init__(self, worker: "Worker") -> None:
-        self.worker = worker
-        self._rows: list[Row] = []
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread: Optional[threading.Thread] = None
-        self.writes = 0
-
-    def start(self) -> None:
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name=f"handover-{self.worker.name}",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._rows = []    # not acknowledged: their senders re-send them
-            self._cond.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def add(self, row: Row) -> None:
-        with self._cond:
-            self._rows.append(row)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        w = self.worker
-        while True:
-            with self._cond:
-                while not self._rows and not self._stop:
-                    self._cond.wait()
-                if self._stop:
-                    return
-                rows, self._rows = self._rows[:self.MAX], self._rows[self.MAX:]
-            try:
-                w.writer.put(rows)
-            except Exception as exc:
-                log.warning("worker %s: could not hand over %d frame(s) and "
-                            "acknowledgement(s): %s", w.name, len(rows), exc)
-                continue
-            self.writes += 1
-            acks: dict[str, list] = {}
-            for r in rows:
-                if r.kind == FRAME:
-                    acks.setdefault(r.peer, []).append(r.msg_id)
-            w.stats["handed_off"] += sum(len(v) for v in acks.values())
-            for peer, mids in acks.items():
-                w._ack_peer(peer, tuple(mids))

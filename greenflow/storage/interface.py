@@ -173,27 +173,10 @@ class Batch:
         return len(self.ops)
 
 
-@runtime_checkable
-class FlowStore(Protocol):
-    """A node's durable store. One writer (the node's scheduler thread); reads may come
-    from other threads (RPC, console, transport) and see committed data only.
+class FlowReads(Protocol):
+    """The reads of flows: checkpoints, start records, journals, snapshots (what replay,
+    the console and the dumps rebuild a flow from)."""
 
-    Errors: a failed commit raises `StoreError` naming ``path`` (nothing of the batch is
-    applied); opening a missing or foreign store raises `StoreMissing` / `StoreError`."""
-
-    path: str          # what to name in errors and logs
-    readonly: bool
-    commits: int       # commits done by this object (readers use it to prune caches)
-
-    # -- lifecycle
-    def commit(self, batch: Batch) -> None: ...
-    def close(self) -> None: ...
-    def expire(self, before: float, limit: int = 10_000) -> int:
-        """Delete results, routes and client ids whose ``expires`` is before ``before``
-        (at most ``limit``, earliest first); how many were deleted."""
-        ...
-
-    # -- flows
     def checkpoint(self, fid: str) -> Optional["Checkpoint"]: ...
     def header_blob(self, fid: str) -> Optional[bytes]: ...
     def logic_blob(self, fid: str) -> Optional[bytes]: ...
@@ -210,6 +193,11 @@ class FlowStore(Protocol):
         ...
     def flow_count(self) -> int: ...
     def has_flow(self, fid: str) -> bool: ...
+
+
+class MessageReads(Protocol):
+    """The reads of what flows send and receive, and wait on: inbox, payloads set aside,
+    wake flags, outbox, session routes, timers."""
 
     # -- inbox, payloads, wake
     def inbox(self, fid: str) -> list[tuple[str, int, bytes]]:
@@ -231,7 +219,10 @@ class FlowStore(Protocol):
         """``(deadline, fid)`` of every stored timer, earliest first."""
         ...
 
-    # -- results and clients
+
+class ResultReads(Protocol):
+    """The reads of finished flows' records and of the client ids that started flows."""
+
     def result(self, fid: str) -> Optional[dict]: ...
     def results(self) -> Iterator[tuple[str, dict]]:
         """Every kept result record, in flow id order."""
@@ -242,10 +233,11 @@ class FlowStore(Protocol):
         ...
     def client(self, client_id: str) -> Optional[str]: ...
 
-    # -- meta
-    def meta(self, name: str) -> Optional[bytes]: ...
 
-    # -- app tables (rows ordered by key, compared as unsigned bytes)
+class TableStore(Protocol):
+    """The apps' tables (vault, notary, limits...): rows ordered by key, compared as
+    unsigned bytes; written through `Batch.table_put` / `Batch.table_delete`."""
+
     def open_table(self, name: str) -> None:
         """Create the table if needed, so batches may write it (a writable store only;
         a read-only store opens what exists, reads of a table never created are empty)."""
@@ -257,6 +249,32 @@ class FlowStore(Protocol):
         ``after``: only keys strictly past it in that order."""
         ...
     def table_count(self, name: str) -> int: ...
+
+
+@runtime_checkable
+class FlowStore(FlowReads, MessageReads, ResultReads, TableStore, Protocol):
+    """A node's durable store. One writer (the node's scheduler thread); reads may come
+    from other threads (RPC, console, transport) and see committed data only. The reads
+    are grouped by concern in the protocols it combines (`FlowReads`, `MessageReads`,
+    `ResultReads`, `TableStore`); everything names the whole, `FlowStore`.
+
+    Errors: a failed commit raises `StoreError` naming ``path`` (nothing of the batch is
+    applied); opening a missing or foreign store raises `StoreMissing` / `StoreError`."""
+
+    path: str          # what to name in errors and logs
+    readonly: bool
+    commits: int       # commits done by this object (readers use it to prune caches)
+
+    # -- lifecycle
+    def commit(self, batch: Batch) -> None: ...
+    def close(self) -> None: ...
+    def expire(self, before: float, limit: int = 10_000) -> int:
+        """Delete results, routes and client ids whose ``expires`` is before ``before``
+        (at most ``limit``, earliest first); how many were deleted."""
+        ...
+
+    # -- meta
+    def meta(self, name: str) -> Optional[bytes]: ...
 
     # Optional (found with getattr): ``bytes_used() -> int``, the store's size for metrics.
 

@@ -1,0 +1,101 @@
+"""Starts filed through the handoff table: a worker that cannot run a flow it was asked
+to start (it owns no partition yet, or the start carries a client id) files it for the
+partition's owner, and the owner starts what was filed for it, each once. See
+`greenflow.cluster.worker`."""
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Optional
+
+from greenflow.cluster.generation import Generation
+from greenflow.cluster.handoff import START, Row
+from greenflow.cluster.listing import lease_owners
+from greenflow.errors import FlowError
+from greenflow.statemachine.ids import client_flow_id, flow_id_in
+from greenflow.storage.partitions import partition_of
+
+if TYPE_CHECKING:
+    from greenflow.cluster.worker import Worker
+
+log = logging.getLogger("greenflow.cluster.worker")
+
+
+class FiledStarts:
+    """Files a worker's starts for other workers, and starts those filed for it."""
+
+    def __init__(self, worker: "Worker") -> None:
+        self.w = worker
+
+    def forward(self, gen: Generation, items: list) -> Optional[list[str]]:
+        """`Node.forward_starts`: None (start here) for starts without a client id while
+        this generation has partitions; else file each start for the owner of a
+        partition a live worker holds and return the flow ids. A start with a client id
+        is always filed, under the id derived from the client id: a client that retries
+        through another worker (its first worker died before answering) files the same
+        start, which its owner starts once (its reader takes the rows one at a time)."""
+        if gen._order and all(cid is None for _, cid in items):
+            return None
+        from greenflow import serialization
+        w = self.w
+        node = gen.node
+        assert node is not None
+        held = sorted(lease_owners(w.dsn, w.schema, w.lease.lease_s))
+        if not held:
+            raise FlowError(f"no worker of {node.party.name} owns a partition yet: start the "
+                            "flow again in a moment")
+        rows, ids = [], []
+        for flow, client_id in items:
+            if client_id is not None:
+                existing = node.store.client(client_id)
+                if existing is not None:
+                    ids.append(existing)
+                    continue
+                fid = client_flow_id(client_id)
+            else:
+                fid = flow_id_in(random.choice(held))
+            try:
+                blob = serialization.dumps(flow)
+            except Exception as exc:
+                raise FlowError(f"{type(flow).__qualname__} cannot be checkpointed: {exc}") from exc
+            rows.append(Row(partition_of(fid), START, client_id or "", (fid, False, 0), blob))
+            ids.append(fid)
+        w.writer.put(rows)
+        w.stats["starts_forwarded"] += len(rows)
+        return ids
+
+    def start_filed(self, gen: Generation, rows: list[Row]) -> None:
+        """Start the flows other workers filed for our partitions (the reader's thread),
+        each once; the rows go once the starts are committed."""
+        from greenflow import serialization
+        from greenflow.flows.registry import qualified_name
+        from greenflow.runtime.checkpoint import Checkpoint
+        w = self.w
+        node = gen.node
+        assert node is not None
+        store = node.store
+        prepared, done = [], []
+        for r in rows:
+            fid = r.msg_id[0]
+            done.append(r.key)
+            if fid in node.scheduler.resident or store.has_flow(fid) \
+                    or store.result(fid) is not None:
+                continue   # started already (the row outlived its start)
+            try:
+                flow = serialization.loads(r.data)
+            except Exception as exc:  # noqa: BLE001 - one bad row must not block the rest
+                log.error("worker %s: a start filed for flow %s cannot be read (%s); dropped",
+                          w.name, fid, exc)
+                continue
+            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=r.peer or None,
+                            started_at=node.clock.now())
+            prepared.append((cp, r.data, flow))
+        if prepared:
+            try:
+                node._start_prepared(prepared)
+            except Exception as exc:  # noqa: BLE001 - the rows stay: given again later
+                log.warning("worker %s: could not start %d filed flow(s): %s", w.name,
+                            len(prepared), exc)
+                return
+            w.stats["starts_taken"] += len(prepared)
+        w.reader.consumed(done)
