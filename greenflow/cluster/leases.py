@@ -183,13 +183,17 @@ class LeaseManager:
             self.errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("worker %s: lease round failed: %s", self.name, self.last_error)
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except Exception:
-                    pass
-                self._conn = None
+            self._drop_connection()
         self._expire_locally()
+
+    def _drop_connection(self) -> None:
+        """Close the lease connection, whatever state it is in (a new one is made next round)."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - already broken: nothing more to do with it
+                pass
+            self._conn = None
 
     def _expire_locally(self) -> None:
         with self._lock:
@@ -320,12 +324,7 @@ class LeaseManager:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.lease_s)
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+        self._drop_connection()
 
     def stop(self, release: bool = True) -> None:
         """Stop renewing; with ``release``, hand every partition back and mark this worker
@@ -346,12 +345,7 @@ class LeaseManager:
             except Exception as exc:
                 log.warning("worker %s: could not release its leases (%s); they lapse "
                             "after %ss", self.name, exc, self.lease_s)
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+        self._drop_connection()
 
 
 def lease_table(conn, schema: str, lease_s: float = DEFAULT_LEASE_S

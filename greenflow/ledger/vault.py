@@ -512,19 +512,24 @@ class Vault:
                 break
 
     def _drop_lock(self, batch: Any, ref: StateRef) -> None:
-        fid = self._locks.pop(ref, None)
-        if fid is not None:
-            held = self._locks_by_flow.get(fid)
-            if held is not None:
-                held.discard(ref)
-                if not held:
-                    del self._locks_by_flow[fid]
-            for cls, by_type in self._unconsumed.items():
-                sar = by_type.get(ref)
-                if sar is not None:
-                    self._free.setdefault(cls, {})[ref] = sar
-                    break
+        self._forget_lock(ref)
         batch.table_delete("vault_locks", ref_key(ref))
+
+    def _forget_lock(self, ref: StateRef) -> None:
+        """`_drop_lock` in memory only: the state is free again for this vault's flows."""
+        fid = self._locks.pop(ref, None)
+        if fid is None:
+            return
+        held = self._locks_by_flow.get(fid)
+        if held is not None:
+            held.discard(ref)
+            if not held:
+                del self._locks_by_flow[fid]
+        for cls, by_type in self._unconsumed.items():
+            sar = by_type.get(ref)
+            if sar is not None:
+                self._free.setdefault(cls, {})[ref] = sar
+                break
 
     def _flow_is_live(self, fid: str) -> bool:
         node = self._node

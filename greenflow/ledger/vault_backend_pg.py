@@ -270,22 +270,6 @@ class SharedVault(Vault):
                            for ref in by_type}
         return self._local
 
-    def _forget_lock(self, ref: StateRef) -> None:
-        """`_drop_lock` in memory only (the row is gone already, or goes with its commit)."""
-        fid = self._locks.pop(ref, None)
-        if fid is None:
-            return
-        held = self._locks_by_flow.get(fid)
-        if held is not None:
-            held.discard(ref)
-            if not held:
-                del self._locks_by_flow[fid]
-        for cls, by_type in self._unconsumed.items():
-            sar = by_type.get(ref)
-            if sar is not None:
-                self._free.setdefault(cls, {})[ref] = sar
-                break
-
     def _apply(self, batch: Any, stx: Any, all_visible: bool = False) -> None:
         stamp = self._node.store.commits
         unseen = []
