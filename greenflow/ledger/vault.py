@@ -34,7 +34,7 @@ import logging
 import operator
 import struct
 import threading
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar, Union
 
 from greenflow import wire
 from greenflow.errors import FlowError, FlowException
@@ -42,9 +42,11 @@ from greenflow.node.services import journaled, register_service_factory
 from greenflow.runtime.traps import current_runtime_or_none
 from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.crypto import SecureHash
-from greenflow.ledger.states import ContractState, LinearState, StateAndRef, StateRef, UniqueIdentifier
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef
 from greenflow.ledger.transactions import SignedTransaction
 from greenflow.ledger import vault_query as vq
+from greenflow.ledger.vault_indexes import VaultFeeds, VaultIndexes
+from greenflow.ledger.vault_locks import SoftLocks, calling_flow, candidates
 from greenflow.ledger.vault_query import (DataFeed, Feed, Page, PageSpecification, QueryCriteria, Sort, StateStatus,
                           VaultUpdate)
 
@@ -100,6 +102,13 @@ def _unpack(raw: bytes) -> Any:
 
 
 class Vault:
+    """Transactions and our states, with two collaborators: `SoftLocks` (who holds
+    which state, and what is free to select) and `VaultIndexes` (the query indexes and
+    engine), plus the open feeds (`VaultFeeds`). The clustered vault swaps in its own
+    kinds of the first two (``_locks_class``, ``_indexes_class``)."""
+    _locks_class: type[SoftLocks] = SoftLocks
+    _indexes_class: type[VaultIndexes] = VaultIndexes
+
     def __init__(self, node: Any) -> None:
         self._node = node
         self._me = node.party.owning_key
@@ -112,95 +121,24 @@ class Vault:
         # Complete in-memory indexes: exact state class -> ref -> state, and the locks.
         self._unconsumed: dict[type, dict[StateRef, StateAndRef]] = {}
         self._free: dict[type, dict[StateRef, StateAndRef]] = {}  # unconsumed, not locked
-        self._locks: dict[StateRef, str] = {}
-        self._locks_by_flow: dict[str, set[StateRef]] = {}
+        self._soft = self._locks_class(self)
+        self._locks = self._soft.locks    # the same dicts, read by the console and engine
+        self._locks_by_flow = self._soft.by_flow
         for _, raw in store.table_items("vault_states"):
             sar = _unpack(raw)
             self._unconsumed.setdefault(type(sar.state), {})[sar.ref] = sar
             self._free.setdefault(type(sar.state), {})[sar.ref] = sar
-        self._open_indexes(store)
-        self._load_locks(store)
-        node.scheduler.add_flow_end_listener(self._on_flow_end)
-
-    def _load_locks(self, store: Any) -> None:
-        stale: list[bytes] = []
-        for key, fid in store.table_items("vault_locks"):
-            flow_id = fid.decode()
-            if self._flow_is_live(flow_id):
-                self._add_lock(_ref_from_key(key), flow_id)
-            else:
-                stale.append(key)
-        if stale:
-            with self._node.services.writes() as batch:
-                for key in stale:
-                    batch.table_delete("vault_locks", key)
+        self._indexes = self._indexes_class(self, store)
+        self._index, self._engine = self._indexes.index, self._indexes.engine
+        self._types = self._indexes.types   # type names known (the JSON query checks them)
+        self._feeds = VaultFeeds(self)
+        self._indexes.index_existing()
+        self._soft.load(store)
+        node.scheduler.add_flow_end_listener(self._soft.flow_ended)
 
     def _refresh(self) -> None:
         """Take in what other processes sharing the store changed (a clustered party's
         other workers: see `vault_backend_pg`); one process alone has nothing to take."""
-
-    # ------------------------------------------------------------------ query indexes
-    def _open_indexes(self, store: Any) -> None:
-        for name in vq.INDEX_DBS:
-            store.open_table(name)
-        self._index = vq.IndexReader(store)
-        self._engine = vq.QueryEngine(self._index, self._load_state,
-                                      lambda rkey: vq.consumed_us(self._consumed.get(rkey)),
-                                      self._notary_key, self._locks.get)
-        self._type_ids = self._index.type_ids()
-        self._types = set(self._type_ids)
-        self._type_keys: dict[type, tuple[str, bytes]] = {}  # class -> (type name, index prefix)
-        self._feeds: list[Feed] = []
-        self._next_seq = self._index.next_seq()
-        if not self._types and self._unconsumed:
-            # A vault recorded before the indexes existed: index what it holds (recorded
-            # time unknown: 0), once.
-            with self._node.services.writes() as batch:
-                for by_type in self._unconsumed.values():
-                    for sar in by_type.values():
-                        self._index_state(batch, sar, ref_key(sar.ref), 0)
-
-    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
-        """Append ``sar`` to the type index (and the linear-id indexes, for a
-        `LinearState`): every recorded state passes here, so it does little per call."""
-        state = sar.state
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        cls = type(state)
-        known = self._type_keys.get(cls)
-        if known is None:
-            tname = vq.type_name(cls)
-            tid = self._type_ids.get(tname)
-            if tid is None:
-                tid = self._type_ids[tname] = max(self._type_ids.values(), default=0) + 1
-                self._types.add(tname)
-                self._index.put(batch, "vault_types", tname.encode(), vq._TID.pack(tid))
-            known = self._type_keys[cls] = (tid, vq.type_prefix(tid), issubclass(cls, LinearState))
-        tid, prefix, linear = known
-        entry = key + vq._REC.pack(recorded_us)  # see vault_query.pack_entry
-        self._index.put(batch, "vault_by_type", prefix + vq._SEQ.pack(seq), entry)
-        if linear:
-            lid = state.linear_id
-            if isinstance(lid, UniqueIdentifier):
-                entry += vq._TID.pack(tid)
-                self._index.put(batch, "vault_by_linear", vq.seq_key(lid.id.bytes, seq), entry)
-                if lid.external_id is not None:
-                    self._index.put(batch, "vault_by_external",
-                                    vq.seq_key(vq.external_prefix(lid.external_id), seq), entry)
-
-    def _notary_key(self, ref: StateRef) -> bytes:
-        stx = self.transaction(ref.tx_id)
-        notary = stx.tx.notary if stx is not None else None
-        return notary.owning_key if notary is not None else b""
-
-    def _load_state(self, ref: StateRef, unconsumed: bool) -> Optional[ContractState]:
-        if unconsumed:
-            for by_type in self._unconsumed.values():
-                sar = by_type.get(ref)
-                if sar is not None:
-                    return sar.state
-        found = self.state(ref)
-        return found.state if found is not None else None
 
     # ------------------------------------------------------------------ transactions
     @journaled
@@ -234,7 +172,7 @@ class Vault:
                     consumed.append(gone)
                     break
         for index, state in enumerate(tx.outputs):
-            if not all_visible and not self._is_ours(state):
+            if not all_visible and not any(p.owning_key == self._me for p in state.participants):
                 continue
             ref = StateRef(stx.id, index)
             by_type = self._unconsumed.setdefault(type(state), {})
@@ -246,13 +184,10 @@ class Vault:
             if ref not in self._locks:
                 self._free.setdefault(type(state), {})[ref] = sar
             batch.table_put("vault_states", key, _pack(sar))
-            self._index_state(batch, sar, key, now_us)
+            self._indexes.index_state(batch, sar, key, now_us)
             produced.append(sar)
         if self._feeds and (consumed or produced):
-            self._publish(tx.notary, consumed, produced)
-
-    def _is_ours(self, state: ContractState) -> bool:
-        return any(p.owning_key == self._me for p in state.participants)
+            self._feeds.publish(tx.notary, consumed, produced)
 
     def transaction(self, tx_id: SecureHash) -> Optional[SignedTransaction]:
         """A recorded transaction (recorded transactions never change or go, so flows
@@ -291,8 +226,8 @@ class Vault:
         """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
         with self._lock:
             self._refresh()
-            return [sar for sar in self._candidates(state_type, where)
-                    if include_locked or not self._locked_by_other(sar.ref, None)]
+            return [sar for sar in candidates(self._unconsumed, state_type, where)
+                    if include_locked or not self._soft.locked_by_other(sar.ref, None)]
 
     @journaled
     def query_by(self, criteria: Optional[QueryCriteria] = None, paging: Optional[PageSpecification] = None,
@@ -315,8 +250,7 @@ class Vault:
             raise FlowError("Vault.track_by feeds clients outside flows; a flow uses query_by")
         criteria = criteria or QueryCriteria()
         with self._lock:
-            feed = Feed(criteria, self._node.store, self._untrack)
-            self._feeds.append(feed)
+            feed = self._feeds.open(criteria)
             return DataFeed(self._engine.query(criteria, paging, sorting), feed)
 
     def query_json(self, params: dict) -> dict:
@@ -329,22 +263,6 @@ class Vault:
         ``next(timeout)`` gives each update as JSON (``GET /vault/updates``)."""
         return vq.track_params(self, params)
 
-    def _untrack(self, feed: Feed) -> None:
-        with self._lock:
-            if feed in self._feeds:
-                self._feeds.remove(feed)
-
-    def _publish(self, notary: Any, consumed: list[StateAndRef], produced: list[StateAndRef]) -> None:
-        nkey = notary.owning_key if notary is not None else b""
-        stamp = self._node.store.commits
-        for feed in list(self._feeds):
-            c = feed.criteria
-            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
-            new = () if c.status is StateStatus.CONSUMED else tuple(
-                s for s in produced if vq.update_matches(c, s, nkey))
-            if gone or new:
-                feed._push(VaultUpdate(gone, new), stamp)
-
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
             self._refresh()
@@ -356,17 +274,8 @@ class Vault:
         reports outside flows; flows use `query`, which is journaled)."""
         with self._lock:
             self._refresh()
-            return sum(getattr(sar.state, amount_of) for sar in self._candidates(state_type, where))
-
-    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
-                    index: Optional[dict] = None) -> Iterator[StateAndRef]:
-        """Lazily, so that `select` stops at the first states that add up instead of
-        filtering the whole vault (which grows with every payment's change)."""
-        for cls, by_type in (self._unconsumed if index is None else index).items():
-            if issubclass(cls, state_type):
-                for sar in by_type.values():
-                    if where is None or where(sar.state):
-                        yield sar
+            return sum(getattr(sar.state, amount_of)
+                       for sar in candidates(self._unconsumed, state_type, where))
 
     # ------------------------------------------------------------------ soft locks
     @journaled
@@ -378,81 +287,24 @@ class Vault:
         soft-lock them for the calling flow (`InsufficientBalance` when there is not
         enough). Values are ints or anything that adds and compares with ``amount``, such
         as an `Amount` of one token."""
-        fid = self._flow_id("Vault.select")
+        fid = calling_flow("Vault.select")
         value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
-        return self._select(state_type, amount, value_of, where, fid)
+        return self._soft.select(state_type, amount, value_of, where, fid)
 
-    def _select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        with self._lock:
-            picked = self._pick_free(state_type, amount, value_of, where, fid)
-            if picked is None:
-                picked = self._pick_scanning(state_type, amount, value_of, where, fid)
-            self._lock_refs([s.ref for s in picked], fid)
-            return picked
-
-    def _pick_free(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                   where: Optional[Callable[[Any], bool]], fid: str) -> Optional[list[StateAndRef]]:
-        """The common case: states nobody has locked add up. None sends `select` to the
-        full scan: when they do not (the scan finds locks whose flow is gone, and names
-        what other flows hold in its error), or when the caller holds locks itself (the
-        scan counts those as the caller's, in the vault's order)."""
-        if fid in self._locks_by_flow:
-            return None
-        picked: list[StateAndRef] = []
-        total = None
-        for sar in self._candidates(state_type, where, self._free):
-            picked.append(sar)
-            value = value_of(sar.state)
-            total = value if total is None else total + value
-            if total >= amount:
-                return picked
-        return None
-
-    def _pick_scanning(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                       where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        picked: list[StateAndRef] = []
-        zero = amount - amount  # 0, or an Amount of nothing in amount's token
-        total = locked = zero
-        for sar in self._candidates(state_type, where):
-            value = value_of(sar.state)
-            if self._locked_by_other(sar.ref, fid):
-                locked = locked + value
-                continue
-            picked.append(sar)
-            total = total + value
-            if total >= amount:
-                break
-        if not total >= amount:
-            raise InsufficientBalance(
-                f"{self._node.party.name} cannot select {amount} in {state_type.__qualname__}: "
-                f"{total} is free" + (f" ({locked} more is locked by other flows)" if locked else ""))
-        return picked
-
-    @journaled
     def soft_lock(self, refs: Sequence[StateRef]) -> None:
         """Lock ``refs`` for the calling flow (`StatesLocked` if another flow holds one)."""
-        fid = self._flow_id("Vault.soft_lock")
-        self._soft_lock(refs, fid)
+        fid = calling_flow("Vault.soft_lock")
+        self._soft.soft_lock(refs, fid)
 
-    def _soft_lock(self, refs: Sequence[StateRef], fid: str) -> None:
-        with self._lock:
-            taken = [r for r in refs if self._locked_by_other(r, fid)]
-            if taken:
-                raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: "
-                                   + ", ".join(f"{r} (flow {self._locks[r]})" for r in taken[:5]))
-            self._lock_refs(list(refs), fid)
-
-    @journaled
     def release(self, refs: Optional[Sequence[StateRef]] = None) -> None:
         """Release the calling flow's locks on ``refs`` (all of them by default); they go
         by themselves when the flow ends."""
-        fid = self._flow_id("Vault.release")
+        fid = calling_flow("Vault.release")
         with self._lock, self._node.services.writes() as batch:
             held = self._locks_by_flow.get(fid, set())
             for ref in list(held if refs is None else refs):
                 if self._locks.get(ref) == fid:
-                    self._drop_lock(batch, ref)
+                    self._soft.drop(batch, ref)
 
     def locks(self) -> dict[StateRef, str]:
         """Every soft lock held: state ref -> flow id."""
@@ -479,70 +331,6 @@ class Vault:
 
     def locks_of(self, flow_id: str) -> set[StateRef]:
         return set(self._locks_by_flow.get(flow_id, ()))
-
-    def _flow_id(self, what: str) -> str:
-        rt = current_runtime_or_none()
-        if rt is None:
-            raise FlowError(f"{what} locks states for the calling flow: call it from a flow")
-        return rt.flow_id
-
-    def _locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
-        owner = self._locks.get(ref)
-        if owner is None or owner == fid:
-            return False
-        if self._flow_is_live(owner):
-            return True
-        # Its flow is gone (ended before this vault was opened): the lock is stale.
-        with self._node.services.writes() as batch:
-            self._drop_lock(batch, ref)
-        return False
-
-    def _lock_refs(self, refs: list[StateRef], fid: str) -> None:
-        with self._node.services.writes() as batch:
-            value = fid.encode()
-            for ref in refs:
-                self._add_lock(ref, fid)
-                batch.table_put("vault_locks", ref_key(ref), value)
-
-    def _add_lock(self, ref: StateRef, fid: str) -> None:
-        self._locks[ref] = fid
-        self._locks_by_flow.setdefault(fid, set()).add(ref)
-        for by_type in self._free.values():
-            if by_type.pop(ref, None) is not None:
-                break
-
-    def _drop_lock(self, batch: Any, ref: StateRef) -> None:
-        self._forget_lock(ref)
-        batch.table_delete("vault_locks", ref_key(ref))
-
-    def _forget_lock(self, ref: StateRef) -> None:
-        """`_drop_lock` in memory only: the state is free again for this vault's flows."""
-        fid = self._locks.pop(ref, None)
-        if fid is None:
-            return
-        held = self._locks_by_flow.get(fid)
-        if held is not None:
-            held.discard(ref)
-            if not held:
-                del self._locks_by_flow[fid]
-        for cls, by_type in self._unconsumed.items():
-            sar = by_type.get(ref)
-            if sar is not None:
-                self._free.setdefault(cls, {})[ref] = sar
-                break
-
-    def _flow_is_live(self, fid: str) -> bool:
-        node = self._node
-        return fid in node.scheduler.resident or node.store.has_flow(fid)
-
-    def _on_flow_end(self, fid: str) -> None:
-        """Scheduler hook: the flow ended; its locks go in the commit of its result."""
-        with self._lock:
-            held = self._locks_by_flow.get(fid)
-            if held:
-                batch = self._node.scheduler.batch
-                for ref in list(held):
-                    self._drop_lock(batch, ref)
 
     def __repr__(self) -> str:
         n = sum(len(v) for v in self._unconsumed.values())

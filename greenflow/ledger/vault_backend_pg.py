@@ -50,6 +50,8 @@ from greenflow.ledger.states import StateAndRef, StateRef
 from greenflow.ledger import vault_pg_sql as sql_
 from greenflow.ledger.shared_rows import SharedRows
 from greenflow.ledger.vault import (StatesLocked, Vault, _ref_from_key, _unpack, ref_key)
+from greenflow.ledger.vault_indexes import VaultIndexes
+from greenflow.ledger.vault_locks import SoftLocks
 
 __all__ = ["STALE_LOCK_S", "SharedNotaryService", "SharedRows", "SharedVault"]
 
@@ -90,8 +92,92 @@ def _lock_fid(value: bytes) -> str:
     return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
 
 
+class _SharedLocks(SoftLocks):
+    """Soft locks as rows shared with the party's other workers: taken in the database
+    (`SharedVault._take`) before they count, judged stale by `SharedVault._refresh`."""
+
+    def load(self, store: Any) -> None:
+        """Locks are rows other workers take too: `_refresh` reads them."""
+        self.vault._refresh()
+
+    def locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
+        owner = self.locks.get(ref)
+        return owner is not None and owner != fid   # stale ones: swept by `_refresh`
+
+    def free_candidates(self, state_type: type,
+                        where: Optional[Callable[[Any], bool]]) -> Iterator[StateAndRef]:
+        """The free states from a random point of each type's index: flows on two workers
+        selecting at once would otherwise both reach for the first free state and one of
+        them lose the lock and pick again (a worker's own flows see each other's locks
+        in memory and never collide)."""
+        for cls, by_type in self.vault._free.items():
+            if issubclass(cls, state_type) and by_type:
+                sars = list(by_type.values())
+                start = random.randrange(len(sars))
+                for sar in itertools.chain(sars[start:], sars[:start]):
+                    if where is None or where(sar.state):
+                        yield sar
+
+    def select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
+               where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
+        with self.vault._lock:
+            self.vault._refresh()
+            for _attempt in range(20):
+                picked = self.pick_free(state_type, amount, value_of, where, fid)
+                if picked is None:
+                    picked = self.pick_scanning(state_type, amount, value_of, where, fid)
+                want = [s.ref for s in picked if self.locks.get(s.ref) != fid]
+                got = self.vault._take(want, fid)
+                for ref in want:
+                    # Lost to a flow on another worker, or consumed there: not ours.
+                    self.add(ref, fid if ref in got else _LOST)
+                if all(ref in got for ref in want):
+                    return picked
+                self.vault._refresh()
+            raise StatesLocked(f"{self.vault._node.party.name}: could not lock the states selected "
+                               f"for flow {fid}: other workers' flows kept taking them")
+
+    def soft_lock(self, refs: Sequence[StateRef], fid: str) -> None:
+        with self.vault._lock:
+            self.vault._refresh()
+            want = [r for r in refs if self.locks.get(r) != fid]
+            taken = [r for r in want if self.locked_by_other(r, fid)]
+            if not taken:
+                got = self.vault._take(want, fid)
+                taken = [r for r in want if r not in got]
+                for ref in got:
+                    self.add(ref, fid)
+            if taken:
+                self.vault._refresh()
+                raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: " + ", ".join(
+                    f"{r} (flow {self.locks.get(r, '(consumed)')})" for r in taken[:5]))
+
+    def flow_is_live(self, fid: str) -> bool:
+        return True   # whether a lock is stale is decided by `_refresh`'s sweep
+
+
+class _SharedIndexes(VaultIndexes):
+    """States and types numbered party-wide, so every worker's index entries agree."""
+
+    def index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
+        cls = type(sar.state)
+        if cls not in self.type_keys:
+            tname = vq.type_name(cls)
+            if tname not in self.type_ids:
+                self.type_ids[tname] = self.vault._shared_type_id(tname)
+                self.types.add(tname)
+        if self.vault._seq_left <= 0:
+            start = self.vault._rows.run("numbering vault states", lambda c: c.execute(
+                "SELECT nextval('vault_seq')").fetchone()[0])
+            self.next_seq, self.vault._seq_left = int(start), _SEQ_BLOCK
+        self.vault._seq_left -= 1
+        super().index_state(batch, sar, key, recorded_us)
+
+
 class SharedVault(Vault):
     """`Vault` for a worker of a clustered party (see the module doc)."""
+    _locks_class = _SharedLocks
+    _indexes_class = _SharedIndexes
 
     def __init__(self, node: Any) -> None:
         self._rows = SharedRows(node.store)
@@ -155,10 +241,6 @@ class SharedVault(Vault):
                 self._forget_prefetch()
 
     # ------------------------------------------------------------------ others' changes
-    def _load_locks(self, store: Any) -> None:
-        """Locks are rows other workers take too: `_refresh` reads them."""
-        self._refresh()
-
     def _refresh(self) -> None:
         """Take in what the other workers committed: all of it on the first read (and
         once a minute, a safety net), otherwise only the change log's rows written since
@@ -222,10 +304,10 @@ class SharedVault(Vault):
                 self._seen(bytes(key), raw)
         # Locks: the database's, which include this worker's own (inserted at once).
         for ref in [r for r, fid in self._locks.items() if locks.get(r) != fid]:
-            self._forget_lock(ref)
+            self._soft.forget(ref)
         for ref, fid in locks.items():
             if self._locks.get(ref) != fid:
-                self._add_lock(ref, fid)
+                self._soft.add(ref, fid)
 
     def _take_in_changes(self, rows: list) -> None:
         local = self._local_keys()
@@ -244,16 +326,16 @@ class SharedVault(Vault):
                 ref = _ref_from_key(key)
                 fid = None if value is None else _lock_fid(value)
                 if self._locks.get(ref) != fid:
-                    self._forget_lock(ref)
+                    self._soft.forget(ref)
                     if fid is not None:
-                        self._add_lock(ref, fid)
+                        self._soft.add(ref, fid)
 
     def _gone(self, key: bytes) -> None:
         cls, ref = self._local.pop(key)
         self._unconsumed.get(cls, {}).pop(ref, None)
         self._free.get(cls, {}).pop(ref, None)
         if self._locks.get(ref) == _LOST:
-            self._forget_lock(ref)
+            self._soft.forget(ref)
 
     def _seen(self, key: bytes, raw: Any) -> None:
         sar = _unpack(raw)
@@ -299,10 +381,6 @@ class SharedVault(Vault):
                     self._consumed.put(batch, key, vq.consumed_value(stx.id.value, now_us))
 
     # ------------------------------------------------------------------ soft locks
-    def _locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
-        owner = self._locks.get(ref)
-        return owner is not None and owner != fid   # stale ones: swept by `_refresh`
-
     def _take(self, refs: Sequence[StateRef], fid: str) -> set[StateRef]:
         """Insert lock rows for ``refs``; those now held by ``fid`` (some may have been
         held by it already)."""
@@ -315,60 +393,6 @@ class SharedVault(Vault):
             sql_.LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
         return {_ref_from_key(bytes(k)) for (k,) in rows}
 
-    def _candidates(self, state_type: type, where: Optional[Callable[[Any], bool]],
-                    index: Optional[dict] = None) -> Iterator[StateAndRef]:
-        """The free states from a random point of each type's index: flows on two workers
-        selecting at once would otherwise both reach for the first free state and one of
-        them lose the lock and pick again (a worker's own flows see each other's locks
-        in memory and never collide)."""
-        if index is not self._free:
-            yield from super()._candidates(state_type, where, index)
-            return
-        for cls, by_type in index.items():
-            if issubclass(cls, state_type) and by_type:
-                sars = list(by_type.values())
-                start = random.randrange(len(sars))
-                for sar in itertools.chain(sars[start:], sars[:start]):
-                    if where is None or where(sar.state):
-                        yield sar
-
-    def _select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-                where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        with self._lock:
-            self._refresh()
-            for _attempt in range(20):
-                picked = self._pick_free(state_type, amount, value_of, where, fid)
-                if picked is None:
-                    picked = self._pick_scanning(state_type, amount, value_of, where, fid)
-                want = [s.ref for s in picked if self._locks.get(s.ref) != fid]
-                got = self._take(want, fid)
-                for ref in want:
-                    # Lost to a flow on another worker, or consumed there: not ours.
-                    self._add_lock(ref, fid if ref in got else _LOST)
-                if all(ref in got for ref in want):
-                    return picked
-                self._refresh()
-            raise StatesLocked(f"{self._node.party.name}: could not lock the states selected "
-                               f"for flow {fid}: other workers' flows kept taking them")
-
-    def _soft_lock(self, refs: Sequence[StateRef], fid: str) -> None:
-        with self._lock:
-            self._refresh()
-            want = [r for r in refs if self._locks.get(r) != fid]
-            taken = [r for r in want if self._locked_by_other(r, fid)]
-            if not taken:
-                got = self._take(want, fid)
-                taken = [r for r in want if r not in got]
-                for ref in got:
-                    self._add_lock(ref, fid)
-            if taken:
-                self._refresh()
-                raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: " + ", ".join(
-                    f"{r} (flow {self._locks.get(r, '(consumed)')})" for r in taken[:5]))
-
-    def _flow_is_live(self, fid: str) -> bool:
-        return True   # whether a lock is stale is decided by `_refresh`'s sweep
-
     # ------------------------------------------------------------------ query indexes
     def _ensure_sequence(self) -> None:
         def create(conn: psycopg.Connection) -> None:
@@ -380,20 +404,6 @@ class SharedVault(Vault):
                 conn.execute(sql_.CHANGE_LOG.replace(
                     "{schema}", sql.Identifier(self._rows.schema).as_string(conn)))
         self._rows.run("creating the vault's sequence", create)
-
-    def _index_state(self, batch: Any, sar: StateAndRef, key: bytes, recorded_us: int) -> None:
-        cls = type(sar.state)
-        if cls not in self._type_keys:
-            tname = vq.type_name(cls)
-            if tname not in self._type_ids:
-                self._type_ids[tname] = self._shared_type_id(tname)
-                self._types.add(tname)
-        if self._seq_left <= 0:
-            start = self._rows.run("numbering vault states", lambda c: c.execute(
-                "SELECT nextval('vault_seq')").fetchone()[0])
-            self._next_seq, self._seq_left = int(start), _SEQ_BLOCK
-        self._seq_left -= 1
-        super()._index_state(batch, sar, key, recorded_us)
 
     def _shared_type_id(self, tname: str) -> int:
         """The party-wide id of state type ``tname``, allocated once under a lock."""
