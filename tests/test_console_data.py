@@ -135,3 +135,15 @@ def test_the_console_lists_every_flow_as_the_node_does(node):
     assert {f["status"] for f in shown.values()} == {"HIBERNATED", "COMPLETED", "KILLED"}
     assert shown[nap]["suspended_on"] and shown[nap]["progress_step"] == "Waiting for the courier"
     assert data.flow_detail(node, killed)["status"] == node.flow_info(killed).status.value
+
+
+def test_a_finished_flow_shows_after_a_restart_read_from_the_store(tmp_path):
+    """After a restart a finished flow is known only by its stored result record: the
+    detail page reads it through the store's interface, whichever store it is."""
+    path, name = str(tmp_path / "n"), "O=Console,L=London,C=GB"
+    with Node(path, name, apps=["consoleflows"], sync=False) as n:
+        fid = n.start_flow(Stepper(pause=0.0)).id
+        assert n.handle(fid).result(timeout=20) is not None
+    with Node(path, name, apps=["consoleflows"], sync=False) as n:
+        d = data.flow_detail(n, fid)
+        assert d["finished"] and d["status"] == "COMPLETED" and d["flow_class"].endswith("Stepper")

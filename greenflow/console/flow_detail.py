@@ -9,7 +9,6 @@ from greenflow.errors import UnknownFlow
 from greenflow.runtime.journal import SUSPENDING, Entry, Kind, describe
 from greenflow.statemachine import stacks
 from greenflow.status import FlowStatus
-from greenflow.storage.interface import load_result
 from greenflow.console.formatting import JOURNAL_LIMIT, _repr, iso
 from greenflow.console.flow_list import _cp_row, _result_row
 
@@ -24,8 +23,7 @@ def flow_detail(node: Any, fid: str) -> dict:
         if cp is None:
             rec = sched.recent_results.get(fid)
             if rec is None:
-                raw = store._get("results", fid.encode()) if hasattr(store, "_get") else None
-                rec = load_result(raw) if raw is not None else None
+                rec = store.result(fid)
             if rec is None:
                 raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
             row = _result_row(fid, rec)
