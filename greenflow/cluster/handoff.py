@@ -198,11 +198,15 @@ class HandoffReader:
         self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self._close_connections()
+
+    def _close_connections(self) -> None:
+        """Close both connections, whatever state they are in (the next round opens new ones)."""
         for c in (self._conn, self._listen):
             if c is not None:
                 try:
                     c.close()
-                except Exception:
+                except Exception:  # noqa: BLE001 - already broken: nothing more to do with it
                     pass
         self._conn = self._listen = None
 
@@ -224,13 +228,7 @@ class HandoffReader:
                 self._wait()
             except Exception as exc:  # the database went away: retry, bounded
                 log.warning("handoff reader: %s: %s", type(exc).__name__, exc)
-                for c in (self._conn, self._listen):
-                    if c is not None:
-                        try:
-                            c.close()
-                        except Exception:
-                            pass
-                self._conn = self._listen = None
+                self._close_connections()
                 self._stop.wait(min(self.poll_s, 1.0))
 
     def _wait(self) -> None:
