@@ -108,3 +108,44 @@ def test_responders_stored_either_way_resume_after_a_restart(tmp_path, initiator
         assert bob.node.checkpoints_dump() == []
     finally:
         net.close()
+
+
+FAILS = {"n": 0}
+
+
+@initiating_flow
+class Asker3(Asker):
+    pass
+
+
+@initiated_by(Asker3)
+class FlakyAnswerer(Answerer):
+    """Fails transiently in its first step, before anything of it was committed."""
+
+    def call(self) -> None:
+        if FAILS["n"] > 0:
+            FAILS["n"] -= 1
+            from greenflow.errors import TransientError
+            raise TransientError("briefly unavailable")
+        super().call()
+
+
+def test_a_responder_parked_before_its_first_commit_goes_back_to_its_starting_state(tmp_path):
+    net = MockNetwork(tmp_path / "net")
+    FAILS["n"] = 1
+    try:
+        alice, bob = pair(net)
+        h = alice.start_flow(Asker3(bob.party, 2))
+        net.run_network()
+        [(fid, cp)] = list(bob.node.store.checkpoints())
+        assert cp.status.name == "HOSPITALIZED" and cp.flow_class.endswith("FlakyAnswerer")
+        [st] = cp.sessions.values()
+        # As at its start (no frame sent yet), with the initiation it took in kept.
+        assert (st.send_seq, st.recv_seq, st.sent_info) == (0, 1, False)
+        assert cp.invoker_sid == st.sid and cp.journal_len == 0
+        net.advance_clock(5)
+        net.run_network()
+        assert h.result() == 1 + 2
+    finally:
+        net.close()
+        FAILS["n"] = 0

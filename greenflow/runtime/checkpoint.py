@@ -70,9 +70,21 @@ class Checkpoint:
 
     def clone(self) -> "Checkpoint":
         """An independent copy (its own session states), cheaper than a pickle round
-        trip: kept as a flow's last good state until its first commit."""
-        cp = Checkpoint(*_checkpoint_state(self))
-        cp.sessions = {sid: SessionState(*_session_state(st)) for sid, st in self.sessions.items()}
+        trip."""
+        return Checkpoint.restore(self.snapshot())
+
+    def snapshot(self) -> tuple:
+        """The state as one tuple of fields and session rows (no new objects beyond
+        those): what a new flow keeps as its last good state until its first commit,
+        turned back into a checkpoint (`restore`) only if the flow is parked before."""
+        return (_checkpoint_state(self), tuple(map(_session_state, self.sessions.values())))
+
+    @staticmethod
+    def restore(snapshot: tuple) -> "Checkpoint":
+        """A new, independent checkpoint from a `snapshot`."""
+        state, rows = snapshot
+        cp = Checkpoint(*state)
+        cp.sessions = {row[0]: SessionState(*row) for row in rows}
         return cp
 
     def __reduce__(self) -> tuple:

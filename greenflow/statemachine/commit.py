@@ -159,11 +159,11 @@ class CommitStaging:
         rt.dirty = False
 
     def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:
-        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (a clone of its
-        starting state before its first commit, the staged header bytes within a round)
+        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (a snapshot of
+        its starting state before its first commit, the staged header bytes within a round)
         or else what the store holds."""
-        if isinstance(rt.base, Checkpoint):
-            return rt.base.clone()
+        if type(rt.base) is tuple:
+            return Checkpoint.restore(rt.base)
         if rt.base is not None:
             return serialization.loads(rt.base)
         return self.store.checkpoint(rt.flow_id)

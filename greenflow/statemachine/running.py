@@ -32,7 +32,7 @@ class Running:
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
         rt.chunks, rt.inboxed = (), False
-        rt.base = cp.clone()   # nothing stored yet: its last good state, should it be parked
+        rt.base = cp.snapshot()   # nothing stored yet: its last good state, should it be parked
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
