@@ -24,6 +24,15 @@ def test_responder_ids_are_derived_time_ordered_and_in_the_session_partition():
     assert {session_partition(f"{new_flow_id()}.1") for _ in range(5000)} == set(range(PARTITIONS))
 
 
+def test_responder_ids_are_the_ones_every_stored_route_and_partition_already_names():
+    # Pinned: the cluster places responders, and stored routes name them, by these ids.
+    assert responder_flow_id("O=Alice,L=London,C=GB", "019aef01c2d3a1b2c3d4e5f60718293a.1") \
+        == "019aef01c2d3893dcf494d4e871e009a"
+    assert responder_flow_id("Bob", "not-hex-session.2") == "02381ec34cc60a4a7299626b745000fe"
+    assert responder_flow_id("Zo\u00eb", "0123456789ab") == "0123456789abb4ccbd292019d1be00a6"
+    assert responder_flow_id("x", "") == "3776096e973314f825b2bbc32dd800a6"
+
+
 def test_two_senders_on_the_same_session_id_get_different_responders():
     sid = f"{new_flow_id()}.1"
     a, b = responder_flow_id("O=A,L=L,C=GB", sid), responder_flow_id("O=B,L=L,C=GB", sid)

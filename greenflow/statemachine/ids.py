@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import time
 import zlib
 from typing import Callable
@@ -69,14 +70,21 @@ def responder_flow_id(sender: str, sid: str) -> str:
     responder (its checkpoint, the session's route, its outbox) lives in one partition.
     """
     head = sid[:12]
-    if len(head) != 12 or any(c not in "0123456789abcdef" for c in head):
+    if _hex12(head) is None:
         head = hashlib.sha256(b"t\0" + sid.encode()).hexdigest()[:12]
-    body = head + hashlib.sha256(f"{sender}\0{sid}".encode()).hexdigest()[:16]
-    want = session_partition(sid) % PARTITIONS
-    have = zlib.crc32((body + "0000").encode()) % PARTITIONS
-    # PARTITIONS divides 256 (the table works on the CRC's low byte).
-    return body + _FIXUPS[(have ^ want) & 0xFF] if PARTITIONS == 256 else \
-        _search(body, want)
+    body = head + _sha256(f"{sender}\0{sid}".encode()).digest()[:8].hex()
+    if PARTITIONS != 256:
+        return _search(body, session_partition(sid) % PARTITIONS)
+    # The partition wanted is the session's (`session_partition`: the CRC of the
+    # initiator's flow id); PARTITIONS divides 256, so only the CRCs' low bytes count and
+    # the fix-up table works on their difference.
+    have = _crc32(body.encode() + b"0000") ^ _crc32((sid.rpartition(".")[0] or sid).encode())
+    return body + _FIXUPS[have & 0xFF]
+
+
+_hex12 = re.compile(r"[0-9a-f]{12}").match
+_sha256 = hashlib.sha256
+_crc32 = zlib.crc32
 
 
 def _search(body: str, want: int) -> str:
