@@ -11,6 +11,7 @@ from greenflow import serialization
 from greenflow.errors import FlowError
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.registry import qualified_name
+from greenflow.flows.start_records import encode_start
 from greenflow.node.results import FlowHandle
 from greenflow.runtime.checkpoint import Checkpoint
 
@@ -50,7 +51,7 @@ class FlowStarter:
             if client_id is not None:
                 seen_clients[client_id] = fid
             try:
-                blob = serialization.dumps(flow)
+                blob = encode_start(flow) or serialization.dumps(flow)
             except Exception as exc:
                 raise FlowError(f"{qualified_name(type(flow))} cannot be checkpointed: {exc}") from exc
             cp = Checkpoint(fid, qualified_name(type(flow)), client_id=client_id,

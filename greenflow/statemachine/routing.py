@@ -20,7 +20,7 @@ from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
 from greenflow.party import Party
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.session import FlowSession
-from greenflow.flows.responder_start import encode_responder_start
+from greenflow.flows.start_records import encode_start
 from greenflow.statemachine.ids import responder_flow_id
 
 log = logging.getLogger("greenflow.scheduler")
@@ -195,7 +195,7 @@ class Routing:
         try:
             session = FlowSession(frame.sid, sender)
             logic = cls(session)
-            blob = encode_responder_start(logic, session) or serialization.dumps(logic)
+            blob = encode_start(logic, session) or serialization.dumps(logic)
         except Exception as exc:
             log.error("%s: cannot start responder %s for %s: %s", self.identity.name,
                       qualified_name(cls), sender.name, exc)

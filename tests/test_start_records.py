@@ -1,6 +1,6 @@
-"""A responder's start record: a small typed record (tag R) where it can hold the
-responder exactly, a pickle otherwise; both load back into the object pickle would give,
-and responders stored either way resume after a restart."""
+"""A flow's start record: a small typed record (tag R) where it can hold the new flow
+exactly, a pickle otherwise; both load back into the object pickle would give, and
+flows stored either way resume after a restart."""
 from __future__ import annotations
 
 import pickle
@@ -8,8 +8,9 @@ import pickle
 import pytest
 from netutil import pair
 
-from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, serialization
-from greenflow.flows.responder_start import START_TAG, encode_responder_start
+from greenflow import (FlowLogic, FlowSession, Party, UnexpectedFlowEnd, initiated_by, initiating_flow,
+                       serialization)
+from greenflow.flows.start_records import START_TAG, encode_start
 from greenflow.testing import MockNetwork
 
 BOB = Party("O=Bob,L=London,C=GB", bytes(range(32)))
@@ -37,7 +38,11 @@ class Answerer(FlowLogic):
 
     def call(self) -> None:
         while True:
-            self.session.send(self.session.receive(int) + self.step)
+            try:
+                n = self.session.receive(int)
+            except UnexpectedFlowEnd:
+                return
+            self.session.send(n + self.step)
 
 
 @initiating_flow
@@ -65,7 +70,7 @@ class Custom(FlowLogic):
 def test_a_plain_responder_is_stored_as_a_typed_record_and_loads_as_pickle_would():
     session = FlowSession("0123456789abcdef0123456789abcdef.1", BOB)
     logic = Answerer(session)
-    blob = encode_responder_start(logic, session)
+    blob = encode_start(logic, session)
     assert blob is not None and blob[:1] == START_TAG
     assert len(blob) < len(serialization.dumps(logic))
     back = serialization.loads(blob)
@@ -76,13 +81,32 @@ def test_a_plain_responder_is_stored_as_a_typed_record_and_loads_as_pickle_would
     assert back.session.counterparty == BOB and back.session.counterparty.owning_key == BOB.owning_key
 
 
+def test_an_initiator_with_parties_and_constants_is_stored_as_a_typed_record():
+    logic = Asker(BOB, 3)
+    logic.big, logic.data, logic.ratio = 1 << 63, b"\x00\xff", 0.1
+    blob = encode_start(logic)
+    assert blob is not None and blob[:1] == START_TAG
+    back = serialization.loads(blob)
+    assert type(back) is Asker and vars(back) == vars(pickle.loads(pickle.dumps(logic)))
+    assert type(back.peer) is Party and back.peer.owning_key == BOB.owning_key
+    assert list(vars(back)) == list(vars(logic))
+
+
+def test_an_initiator_with_other_state_is_pickled_as_before(tmp_path):
+    logic = Asker(BOB, 3)
+    logic.items = [1, 2]
+    assert encode_start(logic) is None
+    logic.items, logic.huge = None, 1 << 64          # past what the record holds
+    assert encode_start(logic) is None
+
+
 @pytest.mark.parametrize("make", [
     lambda s: ListAnswerer(s),                             # an attribute that is not a constant
     lambda s: Custom(s),                                   # its own pickling
 ])
 def test_responders_the_record_cannot_hold_exactly_are_left_to_pickle(make):
     session = FlowSession("0123456789abcdef0123456789abcdef.1", BOB)
-    assert encode_responder_start(make(session), session) is None
+    assert encode_start(make(session), session) is None
 
 
 def test_a_record_naming_a_class_that_is_not_a_flow_is_refused():
@@ -102,9 +126,11 @@ def test_responders_stored_either_way_resume_after_a_restart(tmp_path, initiator
         [(fid, _cp)] = list(bob.node.store.checkpoints())
         tag = bob.node.store.logic_blob(fid)[:1]
         assert tag == (START_TAG if initiator is Asker else b"P")
+        assert alice.node.store.logic_blob(h.id)[:1] == START_TAG
         bob = net.restart_node(bob)
+        alice = net.restart_node(alice)
         net.run_network()
-        assert h.result() == 1 + 2 + 3
+        assert alice.node.handle(h.id).result() == 1 + 2 + 3
         assert bob.node.checkpoints_dump() == []
     finally:
         net.close()
