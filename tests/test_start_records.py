@@ -175,3 +175,23 @@ def test_a_responder_parked_before_its_first_commit_goes_back_to_its_starting_st
     finally:
         net.close()
         FAILS["n"] = 0
+
+
+def test_a_checkpoint_at_start_is_the_one_the_flow_started_with_whatever_happened_since():
+    from greenflow.runtime.checkpoint import Checkpoint, SessionState
+    from greenflow.status import FlowStatus
+    initiator = Checkpoint("a" * 32, "m.Asker", client_id="c-1", started_at=12.5)
+    answering = SessionState.answering("b" * 32 + ".1", BOB, "m.Asker", 3, "app")
+    responder = Checkpoint("c" * 32, "m.Answerer", started_at=13.0,
+                           sessions={answering.sid: answering}, invoker_sid=answering.sid)
+    for cp in (initiator, responder):
+        at_first = cp.clone()
+        for st in cp.sessions.values():
+            st.send_seq, st.recv_seq, st.sent_info, st.peer_ending = 4, 5, True, "done"
+        cp.sessions["x.1"] = SessionState("x.1", BOB, True, "m.Other", 1, "app")
+        cp.status, cp.suspension_count, cp.journal_len = FlowStatus.HOSPITALIZED, 3, 7
+        cp.pending, cp.seed, cp.fingerprint, cp.progress_step = (1, "k", None), b"s", {}, "p"
+        again = cp.at_start()
+        assert again == at_first
+        assert all(again.sessions[sid] is not st for sid, st in cp.sessions.items()
+                   if sid in again.sessions)

@@ -15,6 +15,10 @@ from greenflow.status import FlowStatus
 # Session states (our side).
 NEW, OPEN, CLOSED = 0, 1, 2
 
+#: ``FlowRuntime.base`` of a flow not committed yet: its last good state is the one it
+#: started with (`Checkpoint.at_start`).
+AT_START = "at start"
+
 
 @dataclass(slots=True)
 class SessionState:
@@ -41,6 +45,12 @@ class SessionState:
     def __reduce__(self) -> tuple:
         # Positional state: no field names in every stored header (disk per flow).
         return (SessionState, _session_state(self))
+
+    @staticmethod
+    def answering(sid: str, peer: Party, protocol: str, version: int, app: str) -> "SessionState":
+        """The session a responder starts with: opened by ``peer``, whose flow info came
+        with the initiation."""
+        return SessionState(sid, peer, False, protocol, version, app, OPEN, peer_info=(version, app))
 
     @property
     def role_of_peer(self) -> int:
@@ -71,20 +81,21 @@ class Checkpoint:
     def clone(self) -> "Checkpoint":
         """An independent copy (its own session states), cheaper than a pickle round
         trip."""
-        return Checkpoint.restore(self.snapshot())
+        cp = Checkpoint(*_checkpoint_state(self))
+        cp.sessions = {sid: SessionState(*_session_state(st)) for sid, st in self.sessions.items()}
+        return cp
 
-    def snapshot(self) -> tuple:
-        """The state as one tuple of fields and session rows (no new objects beyond
-        those): what a new flow keeps as its last good state until its first commit,
-        turned back into a checkpoint (`restore`) only if the flow is parked before."""
-        return (_checkpoint_state(self), tuple(map(_session_state, self.sessions.values())))
-
-    @staticmethod
-    def restore(snapshot: tuple) -> "Checkpoint":
-        """A new, independent checkpoint from a `snapshot`."""
-        state, rows = snapshot
-        cp = Checkpoint(*state)
-        cp.sessions = {row[0]: SessionState(*row) for row in rows}
+    def at_start(self) -> "Checkpoint":
+        """A new checkpoint as this flow's was when it started (`AT_START`): what a flow
+        parked before its first commit goes back to. Rebuilt from what never changes
+        (its id, class, client id, start time and the session that started a
+        responder), so starting a flow keeps no copy of its checkpoint."""
+        cp = Checkpoint(self.flow_id, self.flow_class, client_id=self.client_id,
+                        started_at=self.started_at, invoker_sid=self.invoker_sid)
+        st = self.sessions.get(self.invoker_sid) if self.invoker_sid is not None else None
+        if st is not None:
+            cp.sessions[st.sid] = SessionState.answering(st.sid, st.counterparty, st.protocol,
+                                                         st.version, st.app)
         return cp
 
     def __reduce__(self) -> tuple:

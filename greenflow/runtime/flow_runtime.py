@@ -83,10 +83,10 @@ class FlowRuntime(Conversation, RecordedValues):
         self.diverged: Optional[str] = None
         self.dirty = True
         self.routed = 0                   # cp.sessions[:routed] have their route stored
-        # The checkpoint header as last staged (before the first commit: a snapshot of the
+        # The checkpoint header as last staged (before the first commit: AT_START, the
         # starting state), and the frames accepted since: enough to put the flow back to
         # its committed state without losing an acknowledged frame.
-        self.base: Optional[bytes | tuple] = None   # header bytes, or Checkpoint.snapshot()
+        self.base: Optional[bytes | str] = None   # header bytes, or checkpoint.AT_START
         self.start_blob: Optional[bytes] = None   # start object not yet in the store
         # What the store holds of the flow beyond its header, when known (a flow started
         # here): the start indexes of its journal chunks (None: unknown) and whether any

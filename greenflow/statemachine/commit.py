@@ -14,7 +14,7 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
-from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.storage.interface import encode_header
 from greenflow.errors import FlowError, StoreError
 from greenflow.statemachine import stacks
@@ -159,11 +159,11 @@ class CommitStaging:
         rt.dirty = False
 
     def _last_good(self, rt: FlowRuntime) -> Optional[Checkpoint]:
-        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (a snapshot of
-        its starting state before its first commit, the staged header bytes within a round)
+        """A fresh copy of the flow's last good checkpoint: ``rt.base`` (its starting
+        state before its first commit, the staged header bytes within a round)
         or else what the store holds."""
-        if type(rt.base) is tuple:
-            return Checkpoint.restore(rt.base)
+        if rt.base is AT_START:
+            return rt.cp.at_start()
         if rt.base is not None:
             return serialization.loads(rt.base)
         return self.store.checkpoint(rt.flow_id)

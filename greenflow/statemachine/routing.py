@@ -13,7 +13,7 @@ from typing import Any, Optional
 from greenflow import serialization, wire
 from greenflow.storage import payloads
 from greenflow.statemachine import transitions
-from greenflow.runtime.checkpoint import OPEN, Checkpoint, SessionState
+from greenflow.runtime.checkpoint import Checkpoint, SessionState
 from greenflow.errors import WireFormatError
 from greenflow.statemachine.executor import execute
 from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
@@ -190,8 +190,7 @@ class Routing:
         # Derived, not drawn: every worker of a clustered party computes the same id (and
         # so the same partition) for this session's responder.
         fid = responder_flow_id(sender.name, frame.sid)
-        st = SessionState(frame.sid, sender, False, frame.protocol, frame.version, frame.app,
-                          state=OPEN, peer_info=(frame.version, frame.app))
+        st = SessionState.answering(frame.sid, sender, frame.protocol, frame.version, frame.app)
         try:
             session = FlowSession(frame.sid, sender)
             logic = cls(session)

@@ -10,7 +10,7 @@ import logging
 from typing import Any, Optional
 
 from greenflow.statemachine import transitions
-from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.journal import Entry
@@ -32,7 +32,7 @@ class Running:
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
         rt.chunks, rt.inboxed = (), False
-        rt.base = cp.snapshot()   # nothing stored yet: its last good state, should it be parked
+        rt.base = AT_START   # nothing stored yet: parked, it goes back to its starting state
         self._make_resident(rt)
         self.touched[rt.flow_id] = rt
         self.run_queue.append((rt, None))
