@@ -195,3 +195,22 @@ def test_a_checkpoint_at_start_is_the_one_the_flow_started_with_whatever_happene
         assert again == at_first
         assert all(again.sessions[sid] is not st for sid, st in cp.sessions.items()
                    if sid in again.sessions)
+
+
+def test_checkpoints_and_session_states_are_not_walked_by_the_cyclic_collector(tmp_path):
+    """One checkpoint per flow in flight: the collector need not walk them (they hold no
+    cycles), and they still load from every stored form (test_checkpoint_format)."""
+    import gc
+    net = MockNetwork(tmp_path / "net")
+    try:
+        alice, bob = pair(net)
+        h = alice.start_flow(Asker(bob.party, 2))
+        net.run_network(max_messages=1)
+        for node in (alice, bob):
+            [rt] = node.node.scheduler.resident.values()
+            assert not gc.is_tracked(rt.cp) and not gc.is_tracked(rt.cp.sessions)
+            assert not any(gc.is_tracked(st) for st in rt.cp.sessions.values())
+        net.run_network()
+        assert h.result() == 1 + 2
+    finally:
+        net.close()

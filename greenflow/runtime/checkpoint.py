@@ -2,12 +2,21 @@
 request. Written at every group commit the flow took part in; small.
 
 Stored as a typed msgpack array (`greenflow.storage.interface.encode_header`); headers
-stored as pickles, by `__reduce__` below or before it, still load."""
+stored as pickles, by `__reduce__` below or before it, still load.
+
+Both classes are msgspec structs the cyclic garbage collector does not track
+(``gc=False``): a node holds one checkpoint and a few session states for every flow in
+flight, and the collector walked all of them at each young-generation collection
+(measured at 10,000 flows in flight: ~55 -> ~47 us of collection per ping-pong flow).
+They can be untracked because they never take part in a reference cycle: their fields
+are atoms, tuples of atoms, parties and dicts of those (keep it so: a cycle through
+them would never be freed)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Optional
+
+import msgspec
 
 from greenflow.party import Party
 from greenflow.status import FlowStatus
@@ -20,8 +29,7 @@ NEW, OPEN, CLOSED = 0, 1, 2
 AT_START = "at start"
 
 
-@dataclass(slots=True)
-class SessionState:
+class SessionState(msgspec.Struct, gc=False):
     """One session as this flow sees it. Sequence numbers make delivery exactly-once:
     the peer's frames are accepted strictly in ``recv_seq`` order and duplicates dropped."""
 
@@ -58,14 +66,13 @@ class SessionState:
         return 1 if self.initiator else 0
 
 
-@dataclass(slots=True)
-class Checkpoint:
+class Checkpoint(msgspec.Struct, gc=False):
     flow_id: str
     flow_class: str
     status: FlowStatus = FlowStatus.RUNNABLE
     client_id: Optional[str] = None
     started_at: float = 0.0
-    sessions: dict[str, SessionState] = field(default_factory=dict)
+    sessions: dict[str, SessionState] = {}
     suspension_count: int = 0
     progress_step: Optional[str] = None
     error: Optional[str] = None
@@ -110,10 +117,10 @@ class Checkpoint:
         return (_restore_checkpoint, tuple(state))
 
 
-_session_state = attrgetter(*(f.name for f in fields(SessionState)))
-_session_rest = attrgetter(*(f.name for f in fields(SessionState)[2:]))
-_checkpoint_state = attrgetter(*(f.name for f in fields(Checkpoint)))
-_FIELDS = [f.name for f in fields(Checkpoint)]
+_session_state = attrgetter(*SessionState.__struct_fields__)
+_session_rest = attrgetter(*SessionState.__struct_fields__[2:])
+_checkpoint_state = attrgetter(*Checkpoint.__struct_fields__)
+_FIELDS = list(Checkpoint.__struct_fields__)
 _STATUS, _SESSIONS = _FIELDS.index("status"), _FIELDS.index("sessions")
 
 
