@@ -39,24 +39,29 @@ class FlowStarter:
         prepared = []
         handles: list[FlowHandle] = []
         seen_clients: dict[str, str] = {}
+        names: dict[type, str] = {}   # flow class -> its qualified name, within this call
+        new_flow_id = node.new_flow_id
+        now = node.clock.now()        # one start time for the flows started together
         for flow, client_id in items:
-            if not isinstance(flow, FlowLogic):
-                raise TypeError(f"start_flow takes a FlowLogic instance, got {type(flow).__qualname__}")
+            cls = type(flow)
+            name = names.get(cls)
+            if name is None:
+                if not isinstance(flow, FlowLogic):
+                    raise TypeError(f"start_flow takes a FlowLogic instance, got {cls.__qualname__}")
+                name = names[cls] = qualified_name(cls)
             if client_id is not None:
                 existing = seen_clients.get(client_id) or node.store.client(client_id)
                 if existing is not None:
                     handles.append(FlowHandle(node, existing))
                     continue
-            fid = node.new_flow_id()
+            fid = new_flow_id()
             if client_id is not None:
                 seen_clients[client_id] = fid
             try:
                 blob = encode_start(flow) or serialization.dumps(flow)
             except Exception as exc:
-                raise FlowError(f"{qualified_name(type(flow))} cannot be checkpointed: {exc}") from exc
-            cp = Checkpoint(fid, qualified_name(type(flow)), client_id=client_id,
-                            started_at=node.clock.now())
-            prepared.append((cp, blob, flow))
+                raise FlowError(f"{name} cannot be checkpointed: {exc}") from exc
+            prepared.append((Checkpoint(fid, name, client_id=client_id, started_at=now), blob, flow))
             handles.append(FlowHandle(node, fid))
         if prepared:
             self.start_prepared(prepared)

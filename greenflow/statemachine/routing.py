@@ -202,9 +202,8 @@ class Routing:
         cp = Checkpoint(fid, qualified_name(cls), started_at=self.clock.now(),
                         sessions={frame.sid: st}, invoker_sid=frame.sid)
         self._put_route(key, fid.encode())
-        self.record_start(cp, blob, logic)
+        rt = self.record_start(cp, blob, logic, key)
         if limits is not None:
             limits.opened(sender.name)
-        rt = self.resident[fid]
         rt.routed = 1
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, None, frame), sender)

@@ -22,7 +22,8 @@ log = logging.getLogger("greenflow.scheduler")
 class Running:
     """New flows in, and each flow run to its next suspension."""
 
-    def record_start(self, cp: Checkpoint, blob: bytes, logic: Any) -> None:
+    def record_start(self, cp: Checkpoint, blob: bytes, logic: Any,
+                     route: Optional[tuple[str, str, int]] = None) -> FlowRuntime:
         # Nothing of the flow itself is written yet: it goes into the store at the round's
         # commit if it is still unfinished then (a responder that answers and ends within
         # one round only ever writes its result). The start is durable either way by the
@@ -33,11 +34,17 @@ class Running:
         rt.start_blob = blob
         rt.chunks, rt.inboxed = (), False
         rt.base = AT_START   # nothing stored yet: parked, it goes back to its starting state
-        self._make_resident(rt)
-        self.touched[rt.flow_id] = rt
+        fid = cp.flow_id
+        if route is not None:   # a responder: the route of the session that started it
+            self.resident[fid] = rt
+            self.routes[route] = fid
+        else:
+            self._make_resident(rt)
+        self.touched[fid] = rt
         self.run_queue.append((rt, None))
         self.stats["flows_started"] += 1
         self._count("started", cp.flow_class)
+        return rt
 
     def _count(self, event: str, flow_class: str) -> None:
         key = (event, flow_class)
