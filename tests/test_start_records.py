@@ -214,3 +214,20 @@ def test_checkpoints_and_session_states_are_not_walked_by_the_cyclic_collector(t
         assert h.result() == 1 + 2
     finally:
         net.close()
+
+
+def test_a_class_its_module_no_longer_names_is_left_to_pickle():
+    """Pickle stores classes by name and refuses one its module names differently; the
+    record must not name a class that would load as another."""
+    global Answerer
+    original = Answerer
+
+    class Answerer(original):   # noqa: F811 - the module's name now means another class
+        pass
+    Answerer.__qualname__ = original.__qualname__
+    session = FlowSession("s.1", BOB)
+    try:
+        assert encode_start(original(session), session) is None
+    finally:
+        Answerer = original
+    assert encode_start(original(session), session) is not None

@@ -52,8 +52,8 @@ def encode_start(logic: Any, session: Optional[FlowSession] = None) -> Optional[
     """The start record of ``logic`` (a responder: just built from ``session``), or None
     when it cannot hold it exactly (the caller pickles it then)."""
     cls = type(logic)
-    if not _plain(cls):
-        return None
+    if not _plain(cls) or _named(cls.__module__, cls.__qualname__) is not cls:
+        return None   # e.g. a class its module no longer names: pickle refuses it too
     # (name,): the session; (name, value): a constant; (name, party name, party key).
     attrs: list[tuple] = []
     for attr, value in logic.__dict__.items():
@@ -79,12 +79,20 @@ def encode_start(logic: Any, session: Optional[FlowSession] = None) -> Optional[
         return None
 
 
+def _named(module: str, qualname: str) -> Any:
+    """What ``module.qualname`` names now in a loaded module (None if nothing)."""
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
+
+
 def _load(body: memoryview) -> Any:
     module, qualname, sid, name, key, attrs = _decode(body)
     module = serialization.MOVED_MODULES.get(module, module)
-    cls: Any = sys.modules.get(module) or importlib.import_module(module)
-    for part in qualname.split("."):
-        cls = getattr(cls, part)
+    if module not in sys.modules:
+        importlib.import_module(module)
+    cls = _named(module, qualname)
     if not (isinstance(cls, type) and issubclass(cls, FlowLogic)):
         raise ValueError(f"start record names {module}.{qualname}, which is not a flow class")
     logic = cls.__new__(cls)
