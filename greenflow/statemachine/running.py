@@ -16,6 +16,8 @@ from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.journal import Entry
 from greenflow.status import FlowStatus
 
+_FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
+
 log = logging.getLogger("greenflow.scheduler")
 
 
@@ -50,7 +52,9 @@ class Running:
                 self.routes[(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     def _step(self, rt: FlowRuntime, value: Any) -> None:
-        if rt.cp.status.finished or self.resident.get(rt.flow_id) is not rt:
+        fid = rt.flow_id
+        resident = self.resident
+        if rt.cp.status in _FINISHED or resident.get(fid) is not rt:
             return  # finished, or evicted (a newer runtime may stand for the same flow)
         g = rt.greenlet
         if g is None:
@@ -60,12 +64,13 @@ class Running:
             res = g.switch(rt)
         else:
             res = g.switch(value)
-        fid = rt.flow_id
-        self.resident[fid] = self.resident.pop(fid)  # most recently active last (LRU)
+        resident[fid] = resident.pop(fid)  # most recently active last (LRU)
         self.touched[fid] = rt
-        if isinstance(res, Entry):
+        if type(res) is Entry:
             rt.pending = res
-            done, rt.external_done = rt.external_done, None
+            done = rt.external_done
+            if done is not None:
+                rt.external_done = None
             execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
         else:
             try:
