@@ -13,7 +13,6 @@ from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime
-from greenflow.runtime.journal import Entry
 from greenflow.status import FlowStatus
 
 _FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
@@ -66,8 +65,8 @@ class Running:
             res = g.switch(value)
         resident[fid] = resident.pop(fid)  # most recently active last (LRU)
         self.touched[fid] = rt
-        if type(res) is Entry:
-            rt.pending = res
+        if res == ():   # suspended: it waits on rt.pending (traps.switch_to_scheduler)
+            res = rt.pending
             done = rt.external_done
             if done is not None:
                 rt.external_done = None
