@@ -58,6 +58,11 @@ def _type_name(expected: Any) -> str:
 
 
 
+# Per flow class, computed once: what it initiates under (protocol, version, app), and
+# the (version, app) it tells a peer. Bounded by the classes the node runs.
+_INITIATING: dict[type, tuple[str, int, str]] = {}
+_OWN_INFO: dict[type, tuple[int, str]] = {}
+
 _END_REASON = {Ended.DONE: EndReason.ENDED, Ended.FAILED: EndReason.FAILED,
                Ended.KILLED: EndReason.KILLED}
 
@@ -68,6 +73,15 @@ class Conversation:
     __slots__ = ()
 
     def _initiating(self) -> tuple[str, int, str]:
+        if not self.subflows:   # the common case, answered per flow class once
+            hit = _INITIATING.get(type(self.logic))
+            if hit is not None:
+                return hit
+            info = initiating_info(type(self.logic))
+            if info is not None:
+                hit = _INITIATING[type(self.logic)] = (info[0], info[1],
+                                                        app_name_of(type(self.logic)))
+                return hit
         stack = self.flow_stack()
         for f in reversed(stack):
             info = initiating_info(type(f))
@@ -113,7 +127,10 @@ class Conversation:
             return
         info = None
         if not st.initiator and not st.sent_info:
-            info = (self._own_version(), self._own_app())
+            cls = type(self.logic)
+            info = _OWN_INFO.get(cls)
+            if info is None:
+                info = _OWN_INFO[cls] = (self._own_version(), self._own_app())
             st.sent_info = True
         if st.state == NEW:
             if kind != DATA and kind != INIT:
