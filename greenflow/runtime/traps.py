@@ -3,8 +3,8 @@
 A flow runs in a `FlowGreenlet` whose parent is the greenlet running the scheduler
 loop. Flow code never switches by itself: every suspension point funnels through
 `switch_to_scheduler`, which hands the scheduler the pending journal entry (a small
-request object saying what the flow waits for) and returns what the scheduler resumes
-it with. Anything that is not a flow greenlet asking is refused loudly, so misuse fails
+request object saying what the flow waits for, left in ``rt.pending``: see `asked`) and
+returns what the scheduler resumes it with. Anything that is not a flow greenlet asking is refused loudly, so misuse fails
 at once instead of hanging. The only other switches to the scheduler are a flow
 greenlet's own: handing over its finished flow's result and waiting, idle, to be given
 the next flow (`_serve`); the scheduler alone ever switches into a flow greenlet.
