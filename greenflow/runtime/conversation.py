@@ -22,7 +22,7 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
 from greenflow.runtime.flow_types import Ended
-from greenflow.runtime.journal import OK, Kind, Outcome
+from greenflow.runtime.journal import OK, Entry, Kind, Outcome
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 # A sent payload up to this size is kept in its journal entry, so that a replay sending
@@ -32,12 +32,36 @@ KEEP_SENT_PAYLOAD = 4096
 
 def type_name(expected: Any) -> str:
     # Interned: it is part of every pending receive's key, i.e. held once per waiting flow
-    # (a builtin type's __qualname__ is a new string each time it is read).
+    # (a builtin type's __qualname__ is a new string each time it is read). Remembered
+    # per type, as every receive asks (a program has few; the memo is bounded anyway).
+    try:
+        name = _TYPE_NAMES.get(expected)
+    except TypeError:   # unhashable: not a type, isinstance() will say so
+        name = None
+    if name is None:
+        name = _type_name(expected)
+        if len(_TYPE_NAMES) < 1024:
+            try:
+                _TYPE_NAMES[expected] = name
+            except TypeError:
+                pass
+    return name
+
+
+_TYPE_NAMES: dict = {}
+
+
+def _type_name(expected: Any) -> str:
     if isinstance(expected, tuple):
-        return sys.intern("(" + ", ".join(type_name(t) for t in expected) + ")")
+        return sys.intern("(" + ", ".join(_type_name(t) for t in expected) + ")")
     return sys.intern(getattr(expected, "__qualname__", None) or repr(expected))
 
 
+
+# Per flow class, computed once: what it initiates under (protocol, version, app), and
+# the (version, app) it tells a peer. Bounded by the classes the node runs.
+_INITIATING: dict[type, tuple[str, int, str]] = {}
+_OWN_INFO: dict[type, tuple[int, str]] = {}
 
 _END_REASON = {Ended.DONE: EndReason.ENDED, Ended.FAILED: EndReason.FAILED,
                Ended.KILLED: EndReason.KILLED}
@@ -49,6 +73,15 @@ class Conversation:
     __slots__ = ()
 
     def _initiating(self) -> tuple[str, int, str]:
+        if not self.subflows:   # the common case, answered per flow class once
+            hit = _INITIATING.get(type(self.logic))
+            if hit is not None:
+                return hit
+            info = initiating_info(type(self.logic))
+            if info is not None:
+                hit = _INITIATING[type(self.logic)] = (info[0], info[1],
+                                                        app_name_of(type(self.logic)))
+                return hit
         stack = self.flow_stack()
         for f in reversed(stack):
             info = initiating_info(type(f))
@@ -94,7 +127,10 @@ class Conversation:
             return
         info = None
         if not st.initiator and not st.sent_info:
-            info = (self._own_version(), self._own_app())
+            cls = type(self.logic)
+            info = _OWN_INFO.get(cls)
+            if info is None:
+                info = _OWN_INFO[cls] = (self._own_version(), self._own_app())
             st.sent_info = True
         if st.state == NEW:
             if kind != DATA and kind != INIT:
@@ -167,17 +203,25 @@ class Conversation:
                 f"{self.cp.flow_class} cannot send {len(data)} bytes to {st.counterparty.name}: "
                 f"payloads are limited to {MAX_PAYLOAD_BYTES} bytes")
 
-        def live() -> tuple:
-            if st.peer_ended is not None or st.state == CLOSED:
-                return (Outcome.END, st.peer_ended or "closed by this flow")
-            self._emit(st, DATA, data)
-            return OK
-
-        out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)), live, data)
-        if out[0] == Outcome.END:
+        key = (st.sid, st.counterparty.name, wire.digest(data))
+        if self.cursor < len(self.journal):   # replaying: the journal answers
+            out = self.record(Kind.SEND, key, lambda: self._send_live(st, data), data)
+        else:   # live, the common case: inline, no closure per message
+            self.check_io_allowed()
+            out = self._send_live(st, data)
+            self.journal.append(Entry(Kind.SEND, key, out, None,
+                                      data if len(data) <= KEEP_SENT_PAYLOAD else None))
+            self.cursor += 1
+        if out is not OK and out[0] == Outcome.END:
             raise UnexpectedFlowEnd(
                 f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
                 f"has ended ({out[1]})")
+
+    def _send_live(self, st: SessionState, data: bytes) -> tuple:
+        if st.peer_ended is not None or st.state == CLOSED:
+            return (Outcome.END, st.peer_ended or "closed by this flow")
+        self._emit(st, DATA, data)
+        return OK
 
     def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
         st = self._session(session)

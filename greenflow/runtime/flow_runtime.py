@@ -27,7 +27,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from greenflow.runtime import replay_safe
-from greenflow.runtime.checkpoint import Checkpoint, SessionState
+from greenflow.runtime.checkpoint import NEW, Checkpoint, SessionState
 from greenflow.errors import FlowError
 from greenflow.runtime.journal import Entry, Kind
 from greenflow.messages import Frame
@@ -182,16 +182,17 @@ class FlowRuntime(Conversation, RecordedValues):
         first and an ``external`` call is handed over; plain arguments rather than
         closures, since whatever this frame holds stays alive while the flow waits.
         """
-        e = self._replay_next(kind, key)
+        e = self._replay_next(kind, key) if self.cursor < len(self.journal) else None
         if e is not None and e.outcome is not None:
             return e.outcome
-        self.check_io_allowed()
+        if self.io_refused is not None:
+            self.check_io_allowed()
         if e is None:
             e = Entry(kind, key, None, deadline)
             self.journal.append(e)
             self.cursor += 1
             self.cp.suspension_count += 1
-        if session is not None:
+        if session is not None and (session.state == NEW or kind == Kind.INFO):
             self._open_for(kind, session)
         if external is not None:
             self.external = external

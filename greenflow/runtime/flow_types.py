@@ -10,6 +10,8 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
+import msgspec
+
 from greenflow.messages import Frame
 from greenflow.party import Party
 
@@ -49,14 +51,13 @@ class FlowHost(Protocol):
     def stored_payload(self, fid: str, sid: str, seq: int) -> bytes: ...
 
 
-class InboxItem:
-    """An accepted frame waiting to be consumed; ``persisted`` once it is in the store."""
+class InboxItem(msgspec.Struct, gc=False):
+    """An accepted frame waiting to be consumed; ``persisted`` once it is in the store.
+    Like the `Frame` it holds, never tracked by the cyclic garbage collector (it can be
+    part of no cycle): a responder's first frame waits in its inbox for the round."""
 
-    __slots__ = ("frame", "persisted")
-
-    def __init__(self, frame: Frame, persisted: bool) -> None:
-        self.frame = frame
-        self.persisted = persisted
+    frame: Frame
+    persisted: bool
 
 
 NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use

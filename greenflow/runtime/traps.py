@@ -3,8 +3,8 @@
 A flow runs in a `FlowGreenlet` whose parent is the greenlet running the scheduler
 loop. Flow code never switches by itself: every suspension point funnels through
 `switch_to_scheduler`, which hands the scheduler the pending journal entry (a small
-request object saying what the flow waits for) and returns what the scheduler resumes
-it with. Anything that is not a flow greenlet asking is refused loudly, so misuse fails
+request object saying what the flow waits for, left in ``rt.pending``: see `asked`) and
+returns what the scheduler resumes it with. Anything that is not a flow greenlet asking is refused loudly, so misuse fails
 at once instead of hanging. The only other switches to the scheduler are a flow
 greenlet's own: handing over its finished flow's result and waiting, idle, to be given
 the next flow (`_serve`); the scheduler alone ever switches into a flow greenlet.
@@ -18,7 +18,7 @@ import greenlet
 from greenflow.errors import FlowError
 from greenflow.flows.context import current_runtime, current_runtime_or_none
 
-__all__ = ["Diverged", "FlowGreenlet", "Unwind", "current_runtime", "current_runtime_or_none",
+__all__ = ["Diverged", "FlowGreenlet", "Unwind", "asked", "current_runtime", "current_runtime_or_none",
            "flow_greenlet", "recycle", "switch_to_scheduler"]
 
 if TYPE_CHECKING:
@@ -134,13 +134,25 @@ def recycle(g: FlowGreenlet, pool: Optional[list] = None) -> bool:
     return True
 
 
+def asked(rt: "FlowRuntime", res: Any) -> "Optional[Entry]":
+    """What a switch into ``rt``'s greenlet came back with: the entry the flow now waits
+    on (`switch_to_scheduler`), or None when it came back with its end instead."""
+    return rt.pending if res == () else None
+
+
 def switch_to_scheduler(rt: "FlowRuntime", entry: "Entry") -> tuple:
-    """Suspend the current flow until the scheduler resumes it with an outcome."""
+    """Suspend the current flow until the scheduler resumes it with an outcome.
+
+    The entry is handed over as ``rt.pending`` and the switch carries no value (see
+    `asked`): the arguments of a switch stay referenced for as long as the greenlet
+    waits in it, and ``(entry,)`` would be one more object per waiting flow for the
+    cyclic collector to walk; no arguments is the shared empty tuple."""
     g = greenlet.getcurrent()
     if getattr(g, "gf_runtime", None) is not rt:
         raise FlowError("a flow may only suspend from its own greenlet")
     rt.check_io_allowed()
-    outcome = g.parent.switch(entry)
+    rt.pending = entry
+    outcome = g.parent.switch()
     if isinstance(outcome, BaseException):  # the scheduler throws via throw(), not here
         raise outcome
     return outcome

@@ -29,6 +29,10 @@ _RUNNABLE, _SUSPENDED = FlowStatus.RUNNABLE, FlowStatus.SUSPENDED
 def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party | None" = None) -> None:
     # A frame accepted and consumed by the same decision (a flow waiting on it, nothing
     # buffered before it) goes straight from ACCEPT to CONSUME, never into the inbox.
+    #
+    # The scheduler's bookkeeping for the common actions (`Scheduler.resume_later`,
+    # `hold_for_commit`, `ack_after_commit`) is done inline: a method call fewer per
+    # action, several per message.
     taken = None
     for a in actions:
         op = a[0]
@@ -38,7 +42,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 entry.outcome = a[1]
                 rt.pending = None
             rt.cp.status = _RUNNABLE
-            sched.resume_later(rt, a[1])
+            sched.run_queue.append((rt, a[1]))   # resume_later
             rt.dirty = True
         elif op == WAIT:
             rt.cp.status = _SUSPENDED
@@ -56,7 +60,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 else:
                     rt.inbox_queue(f.sid).append(InboxItem(f, False))
             rt.dirty = True
-            sched.hold_for_commit(rt)  # acknowledged only once this commit holds it
+            sched.touched[rt.flow_id] = rt  # hold_for_commit: acknowledged once this commit holds it
         elif op == CONSUME:
             sid = a[1]
             if taken is not None and taken.sid == sid:
@@ -81,8 +85,12 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 rt.cp.sessions[f.sid].peer_ending = end_reason(f.reason)
             rt.dirty = True
         elif op == ACK:
-            if sender is not None:
-                sched.ack_after_commit(sender.name, a[1])
+            if sender is not None:   # ack_after_commit
+                acks = sched.post_acks.get(sender.name)
+                if acks is None:
+                    sched.post_acks[sender.name] = [a[1]]
+                else:
+                    acks.append(a[1])
         elif op == PEER_ENDED:
             st = rt.cp.sessions[a[1]]
             st.peer_ended, st.peer_ending = st.peer_ending, None

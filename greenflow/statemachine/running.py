@@ -13,8 +13,9 @@ from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime
-from greenflow.runtime.journal import Entry
 from greenflow.status import FlowStatus
+
+_FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -57,7 +58,9 @@ class Running:
                 self.routes[(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     def _step(self, rt: FlowRuntime, value: Any) -> None:
-        if rt.cp.status.finished or self.resident.get(rt.flow_id) is not rt:
+        fid = rt.flow_id
+        resident = self.resident
+        if rt.cp.status in _FINISHED or resident.get(fid) is not rt:
             return  # finished, or evicted (a newer runtime may stand for the same flow)
         g = rt.greenlet
         if g is None:
@@ -67,12 +70,13 @@ class Running:
             res = g.switch(rt)
         else:
             res = g.switch(value)
-        fid = rt.flow_id
-        self.resident[fid] = self.resident.pop(fid)  # most recently active last (LRU)
+        resident[fid] = resident.pop(fid)  # most recently active last (LRU)
         self.touched[fid] = rt
-        if isinstance(res, Entry):
-            rt.pending = res
-            done, rt.external_done = rt.external_done, None
+        if res == ():   # suspended: it waits on rt.pending (traps.switch_to_scheduler)
+            res = rt.pending
+            done = rt.external_done
+            if done is not None:
+                rt.external_done = None
             execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
         else:
             try:

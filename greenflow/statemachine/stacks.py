@@ -24,7 +24,7 @@ from greenflow import serialization
 from greenflow.runtime import snapshots
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.journal import Entry
-from greenflow.runtime.traps import Unwind, recycle
+from greenflow.runtime.traps import Unwind, asked, recycle
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import Batch
 
@@ -128,10 +128,8 @@ def replayed(sched: "Scheduler", fid: str) -> Optional[list]:
     rt = FlowRuntime(sched, cp, serialization.loads(raw), journal)
     g = rt.start_greenlet()
     try:
-        res = g.switch(rt)
-        if not isinstance(res, Entry):
+        if asked(rt, g.switch(rt)) is None:
             return None   # it ended or diverged instead: nothing to show
-        rt.pending = res
         return snapshots.of_flow(rt)
     finally:
         rt.io_refused = "inspected for a dump"
