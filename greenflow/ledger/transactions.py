@@ -263,6 +263,13 @@ class SignedTransaction:
     def _names(self) -> dict[bytes, str]:
         return signer_names(self.wtx)
 
+def _same(a: object, b: object) -> bool:
+    """The same objects (not merely equal ones: ``1 == True``, but they hash apart)."""
+    if type(a) is tuple and type(b) is tuple:
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return a is b
+
+
 class TransactionBuilder:
     """Collects inputs, outputs and commands, then yields the transaction.
 
@@ -326,9 +333,19 @@ class TransactionBuilder:
         return self
 
     def to_wire_transaction(self) -> WireTransaction:
-        return WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
-                               tuple(self.commands), self.notary, self.salt,
-                               tuple(r.ref for r in self.references), self.time_window)
+        """The transaction built so far. Asked again with nothing changed (``verify()``,
+        then this), it is the same object, so its id is hashed once."""
+        parts = (self.notary, self.salt, tuple(self.inputs), tuple(self.outputs),
+                 tuple(self.commands), tuple(self.references), self.time_window)
+        last = self.__dict__.get("_built")
+        if last is not None and len(last[0]) == len(parts) and all(
+                _same(a, b) for a, b in zip(last[0], parts)):
+            return last[1]
+        wtx = WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
+                              tuple(self.commands), self.notary, self.salt,
+                              tuple(r.ref for r in self.references), self.time_window)
+        self._built = (parts, wtx)
+        return wtx
 
     def verify(self) -> LedgerTransaction:
         """Run the contracts over what has been built, with the input (and reference)

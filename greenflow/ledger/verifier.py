@@ -29,6 +29,7 @@ from greenflow.ledger.transactions import LedgerTransaction, SignedTransaction
 __all__ = ["TransactionResolutionError", "TransactionVerifier"]
 
 SIGNATURE_CACHE = 100_000
+VERIFIED_CACHE = 4_096
 
 
 class TransactionResolutionError(TransactionVerificationError):
@@ -41,6 +42,8 @@ class TransactionVerifier:
     def __init__(self, node: Any) -> None:
         self._node = node
         self._good: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        # tx id -> the resolved transaction its contracts accepted here
+        self._verified: OrderedDict[bytes, LedgerTransaction] = OrderedDict()
 
     # ------------------------------------------------------------------ flows' entry points
     @journaled
@@ -69,6 +72,11 @@ class TransactionVerifier:
         """`verify` without the journal (also for code outside flows); returns the
         transaction with its inputs resolved."""
         self.check_signatures(stx, except_keys=except_keys, check_sufficient=check_sufficient)
+        tid = stx.id.value
+        done = self._verified.get(tid)
+        if done is not None:
+            # The same content (and so the same input states) passed every check below.
+            return done
         lookup = self._lookup(extra)
         tx = stx.tx
         for ref in tx.inputs:
@@ -82,7 +90,11 @@ class TransactionVerifier:
                 return None
             return StateAndRef(origin.tx.outputs[ref.index], ref)
 
-        return tx.verify(resolve)
+        ltx = tx.verify(resolve)
+        self._verified[tid] = ltx
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return ltx
 
     @staticmethod
     def _check_origin(stx: SignedTransaction, ref: StateRef, lookup: Any, what: str) -> None:
