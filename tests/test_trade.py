@@ -100,6 +100,13 @@ def test_the_trade_settles_exactly_once_when_a_party_restarts_after_any_number_o
             tn.close()
 
 
+def test_a_trade_takes_eleven_frames(tmp_path, net_options):
+    """Offer; the paper's history (one round trip: its answer says it was all); the
+    transaction; the cash's history (one round trip); the seller's signature; the
+    notary's request and signature; the notarised transaction; and the seller's end."""
+    assert _frames_of_one_trade(tmp_path, net_options) == 11
+
+
 def test_soft_locks_survive_a_restart_and_go_when_the_flow_ends(tn):
     [paper] = prepare_trades(tn, 1)
     handle = tn.seller.start_flow(SellerFlow(tn.buyer.party, paper, PRICE))
