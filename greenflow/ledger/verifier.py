@@ -29,7 +29,7 @@ from greenflow.ledger.transactions import LedgerTransaction, SignedTransaction
 __all__ = ["TransactionResolutionError", "TransactionVerifier"]
 
 SIGNATURE_CACHE = 100_000
-VERIFIED_CACHE = 4_096
+VERIFIED_CACHE = 100_000
 
 
 class TransactionResolutionError(TransactionVerificationError):
@@ -42,8 +42,8 @@ class TransactionVerifier:
     def __init__(self, node: Any) -> None:
         self._node = node
         self._good: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
-        # tx id -> the resolved transaction its contracts accepted here
-        self._verified: OrderedDict[bytes, LedgerTransaction] = OrderedDict()
+        # ids of the transactions whose contracts (and inputs' origins) passed here
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
 
     # ------------------------------------------------------------------ flows' entry points
     @journaled
@@ -72,17 +72,8 @@ class TransactionVerifier:
         """`verify` without the journal (also for code outside flows); returns the
         transaction with its inputs resolved."""
         self.check_signatures(stx, except_keys=except_keys, check_sufficient=check_sufficient)
-        tid = stx.id.value
-        done = self._verified.get(tid)
-        if done is not None:
-            # The same content (and so the same input states) passed every check below.
-            return done
         lookup = self._lookup(extra)
         tx = stx.tx
-        for ref in tx.inputs:
-            self._check_origin(stx, ref, lookup, "input")
-        for ref in tx.references:
-            self._check_origin(stx, ref, lookup, "reference state")
 
         def resolve(ref: StateRef) -> Optional[StateAndRef]:
             origin = lookup(ref.tx_id)
@@ -90,8 +81,16 @@ class TransactionVerifier:
                 return None
             return StateAndRef(origin.tx.outputs[ref.index], ref)
 
+        tid = stx.id.value
+        if tid in self._verified:
+            # The same content (and so the same input states) passed every check below.
+            return tx.to_ledger_transaction(resolve)
+        for ref in tx.inputs:
+            self._check_origin(stx, ref, lookup, "input")
+        for ref in tx.references:
+            self._check_origin(stx, ref, lookup, "reference state")
         ltx = tx.verify(resolve)
-        self._verified[tid] = ltx
+        self._verified[tid] = None
         if len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
         return ltx

@@ -159,6 +159,13 @@ _SCALAR_FIRST = bytes(
 # encodings start with these headers (fixext 4, fixext 8, ext 8 of length 12); input that
 # holds one of them, even inside a string, is decoded the slow way that checks every value.
 _TIMESTAMP_HEADER = re.compile(rb"\xd6\xff|\xd7\xff|\xc7\x0c\xff")
+
+
+def _holds_timestamp_header(data: bytes) -> bool:
+    """`_TIMESTAMP_HEADER` found in ``data``: three substring searches (memchr-fast) cost
+    a tenth of the alternation's scan, which every payload holding a 0xFF byte (a key,
+    a signature) paid."""
+    return b"\xd6\xff" in data or b"\xd7\xff" in data or b"\xc7\x0c\xff" in data
 _unpackb = msgpack.unpackb
 
 def _counted(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -201,7 +208,7 @@ def decode(data: bytes) -> Any:
         counted = len(data) > MAX_CONTAINERS and _might_exceed_containers(data)
         if counted:
             _decoding.budget = MAX_CONTAINERS
-        timestamps = 0xFF in data and _TIMESTAMP_HEADER.search(data) is not None
+        timestamps = 0xFF in data and _holds_timestamp_header(data)
         value = _unpackb(data, **_HOOKS[counted, timestamps])
         if timestamps:
             _refuse_timestamps((value,))
