@@ -145,11 +145,16 @@ class WireTransaction:
     def required_signers(self) -> frozenset[bytes]:
         """Every key some command names, and the notary's when there are inputs (the
         notary signs to say none of them was consumed before), references or a time
-        window (see `needs_notary`)."""
+        window (see `needs_notary`). Worked out once per object, which is frozen: a
+        trade asks a dozen times."""
+        known = self.__dict__.get("_required_signers")
+        if known is not None:
+            return known
         keys = {key for command in self.commands for key in command.signers}
         if self.notary is not None and self.needs_notary:
             keys.add(self.notary.owning_key)
-        return frozenset(keys)
+        known = self.__dict__["_required_signers"] = frozenset(keys)
+        return known
 
     def out_ref(self, index: int) -> StateAndRef:
         """Output ``index`` with the reference a later transaction consumes it by."""
