@@ -232,7 +232,10 @@ class SignedTransaction:
         return self.wtx.required_signers - self.signed_keys - frozenset(except_keys)
 
     def check_shape(self) -> None:
-        """`WireTransaction.check_shape`, and signatures that are pairs of bytes."""
+        """`WireTransaction.check_shape`, and signatures that are pairs of bytes (once
+        per object, which is frozen)."""
+        if self.__dict__.get("_shape_ok"):
+            return
         if type(self.wtx) is not WireTransaction:
             raise TransactionVerificationError(
                 f"malformed signed transaction: {type(self.wtx).__qualname__} is not a WireTransaction")
@@ -241,6 +244,7 @@ class SignedTransaction:
                 type(s) is not TransactionSignature or type(s.public_key) is not bytes
                 or type(s.signature) is not bytes for s in self.sigs):
             raise SignatureError(f"malformed signatures on transaction {self.id}")
+        self.__dict__["_shape_ok"] = True
 
     def verify_signatures(self, except_keys: Iterable[bytes] = ()) -> None:
         """Every signature must verify over this transaction's id, and every required
