@@ -13,7 +13,6 @@ themselves are in `greenflow.ledger.transaction_checks`).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -221,7 +220,7 @@ class SignedTransaction:
     def with_signature(self, signature: TransactionSignature) -> SignedTransaction:
         """A copy with ``signature`` added (replacing an earlier one by the same key)."""
         kept = tuple(s for s in self.sigs if s.public_key != signature.public_key)
-        return dataclasses.replace(self, sigs=(*kept, signature))
+        return type(self)(self.wtx, (*kept, signature))
 
     def sign_with(self, keypair: KeyPair) -> SignedTransaction:
         """A copy signed by ``keypair`` as well."""
