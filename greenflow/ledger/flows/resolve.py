@@ -94,8 +94,9 @@ class DataVendingFlow(FlowLogic):
                 if tx_id not in allowed:
                     raise FetchRefused(f"{peer.name} asked for transaction {tx_id}, which is not "
                                        "part of what was sent to it nor of its history")
-            # A peer that claims to hold what it does not only stops its own supply.
-            covered.update(known)
+            # A peer that claims to hold what it does not only stops its own supply; ids
+            # outside what it may ask for are not kept (they could only fill memory).
+            covered.update(t for t in known if t in allowed)
             missing = vault.missing_transactions(ids)  # journaled: stays what it was live
             absent = set(missing)
             found = []
