@@ -134,3 +134,30 @@ class HoldCashFlow(FlowLogic):
         if self.hold:
             self.sleep(self.hold)
         return [s.ref for s in picked]
+
+
+@initiating_flow
+class ShortChangeFlow(FlowLogic):
+    """Sends a transaction, answers the first request for its history with what was
+    asked, and says that was all (``complete``) though the history goes deeper."""
+
+    def __init__(self, peer: Party, stx: SignedTransaction) -> None:
+        self.peer, self.stx = peer, stx
+
+    def call(self) -> None:
+        from greenflow.ledger.flows import FetchedTransactions, FetchTransactions
+        session = self.initiate_flow(self.peer)
+        session.send(self.stx)
+        request = session.receive(FetchTransactions)
+        txs = tuple(self.services.vault.transaction(t) for t in request.ids)
+        session.send(FetchedTransactions(txs, (), True))
+
+
+@initiated_by(ShortChangeFlow)
+class ShortChangedFlow(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> SignedTransaction:
+        from greenflow.ledger.flows import ReceiveTransactionFlow
+        return self.sub_flow(ReceiveTransactionFlow(self.session))

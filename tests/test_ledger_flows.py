@@ -196,6 +196,23 @@ def test_a_deep_history_is_verified_back_to_issuance(tn):
     assert tn.seller.services.vault.has_transaction(stx.id)
 
 
+def test_a_peer_that_stops_serving_history_too_early_is_refused_not_waited_for(tn):
+    prepare_trades(tn, 1)
+    buyer = tn.buyer.party
+    chain = []
+    for i in range(2):  # issuance <- move <- move: a history two levels deep
+        [coin] = tn.buyer.services.vault.query(Cash)
+        builder = TransactionBuilder(tn.notary.party, salt=bytes([i]) * 32)
+        builder.add_input_state(coin).add_output_state(coin.state).add_command(CashMove(), buyer)
+        chain.append(run(tn, tn.buyer, ledgerflows.FinaliseFlow(sign(tn.buyer, builder.to_wire_transaction()),
+                                                                [])).result())
+    run(tn, tn.buyer, ledgerflows.ShortChangeFlow(tn.seller.party, chain[-1]))
+    with pytest.raises(TransactionResolutionError, match="said it had sent all the history"):
+        finished(tn.seller, ledgerflows.ShortChangedFlow).result()
+    assert not tn.seller.services.vault.has_transaction(chain[0].id)
+    assert tn.seller.node.checkpoints_dump() == []
+
+
 def ledgerflows_issue_paper(tn: TradeNetwork):
     from greenflow.samples.trade import IssuePaperFlow
     return IssuePaperFlow("CP-0001", 1_000, tn.notary.party)

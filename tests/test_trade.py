@@ -100,6 +100,13 @@ def test_the_trade_settles_exactly_once_when_a_party_restarts_after_any_number_o
             tn.close()
 
 
+def test_a_trade_takes_eleven_frames(tmp_path, net_options):
+    """Offer; the paper's history (one round trip: its answer says it was all); the
+    transaction; the cash's history (one round trip); the seller's signature; the
+    notary's request and signature; the notarised transaction; and the seller's end."""
+    assert _frames_of_one_trade(tmp_path, net_options) == 11
+
+
 def test_soft_locks_survive_a_restart_and_go_when_the_flow_ends(tn):
     [paper] = prepare_trades(tn, 1)
     handle = tn.seller.start_flow(SellerFlow(tn.buyer.party, paper, PRICE))
@@ -196,3 +203,28 @@ def test_many_concurrent_trades_each_select_their_own_cash(tn):
     assert holdings(tn.buyer)["paper"]["count"] == 12
     assert holdings(tn.seller)["cash"] == {"GBP": 12 * PRICE}
     assert all(isinstance(s.state, CommercialPaper) for s in tn.buyer.services.vault.query(CommercialPaper))
+
+
+def test_each_side_runs_the_contracts_of_each_transaction_once(tn, monkeypatch):
+    """The buyer checks its transaction before it signs and the seller before it signs:
+    at finality both remember the verdict by the transaction's id (its content hash), and
+    check only the signatures new to them (the notary's)."""
+    from greenflow.ledger import transactions
+    [paper] = prepare_trades(tn, 1)
+    contracts_run: list = []
+    checked: list = []
+    real_run, real_verify = transactions.run_contracts, transactions.verify
+    monkeypatch.setattr(transactions, "run_contracts",
+                        lambda ltx, tx_id: (contracts_run.append(tx_id), real_run(ltx, tx_id))[1])
+    monkeypatch.setattr(transactions, "verify",
+                        lambda key, msg, sig: (checked.append((key, msg)), real_verify(key, msg, sig))[1])
+    handle = tn.seller.start_flow(SellerFlow(tn.buyer.party, paper, PRICE))
+    tn.net.run_network()
+    stx = handle.result()
+    cash_issue = next(ref.tx_id for ref in stx.tx.inputs if ref != paper.ref)
+    # buyer: the paper's issuance and the trade; seller: the cash's issuance and the trade
+    assert sorted(map(str, contracts_run)) == sorted(map(str, [paper.ref.tx_id, cash_issue, stx.id, stx.id]))
+    # each signature on the trade checked once by each party that did not make it: the
+    # buyer's by the seller and the notary, the seller's by the buyer and the notary, the
+    # notary's by the buyer and the seller; and each issuance's by the party resolving it
+    assert len(checked) == 8, checked

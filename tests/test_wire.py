@@ -510,6 +510,20 @@ def test_canonical_encoding_distinguishes_different_values() -> None:
     assert canonical_encode(Point(1, 2)) != canonical_encode(Point(2, 1))
 
 
+def test_canonical_encoding_is_the_same_bytes_on_its_fast_path() -> None:
+    """Transactions take a walk without the refusal bookkeeping; it must give the very
+    bytes of the general walk (ids must never change), also for values it hands back."""
+    from greenflow.wire.canonical import _canon
+    values = [
+        (1, -1, 2**64 - 1, 2**70, -2**70, True, None, 1.5, "text", b"bytes"),
+        [Point(1, 2), (Point(3, 4), [ALICE])],
+        (Holding(ALICE, Decimal("1.25")), {"b": {2, 1}, "a": frozenset({(1,)})}),
+        (Plain("n", [1]), WithSlots(1, 2), Slotted(1, "b"), Colour.RED, datetime(2024, 1, 2, tzinfo=timezone.utc)),
+    ]
+    for value in values:
+        assert canonical_encode(value) == _canon(value, 0, set()), value
+
+
 def test_digest_is_sixteen_deterministic_bytes() -> None:
     assert digest(b"abc") == digest(b"abc") and len(digest(b"abc")) == 16
     assert digest(b"abc") != digest(b"abd")

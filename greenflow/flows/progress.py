@@ -11,6 +11,8 @@ from __future__ import annotations
 import copy
 from typing import Callable, Optional
 
+from greenflow.flows.context import current_runtime_or_none
+
 
 class Step:
     """One named step. Steps compare by label."""
@@ -57,7 +59,6 @@ class ProgressTracker:
         self._current = step
         listener = self._listener
         if listener is None:
-            from greenflow.flows.context import current_runtime_or_none
             rt = current_runtime_or_none()
             if rt is not None:
                 rt.on_progress(self)

@@ -347,8 +347,9 @@ class CashPaymentFlow(FlowLogic):
         builder = TransactionBuilder(services.vault.notary_of(coins[0].ref), salt=_salt(self))
         generate_spend(builder, coins, amount, self.recipient, me)
         builder.add_command(CashMove(), me)
-        builder.verify()
-        stx = services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
+        stx = SignedTransaction(builder.to_wire_transaction())
+        services.verifier.verify(stx, check_sufficient=False)  # remembered: finality checks signatures only
+        stx = services.key_management.sign(stx)
         sessions = [] if self.recipient == me else [self.initiate_flow(self.recipient)]
         return self.sub_flow(FinalityFlow(stx, sessions))
 
@@ -387,6 +388,7 @@ class CashExitFlow(FlowLogic):
         if total > amount.quantity:
             builder.add_output_state(Cash(Amount(total - amount.quantity, token), me))
         builder.add_command(CashExit(Amount(amount.quantity, token)), me)
-        builder.verify()
-        stx = services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
+        stx = SignedTransaction(builder.to_wire_transaction())
+        services.verifier.verify(stx, check_sufficient=False)  # remembered: finality checks signatures only
+        stx = services.key_management.sign(stx)
         return self.sub_flow(FinalityFlow(stx))

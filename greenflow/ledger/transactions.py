@@ -13,7 +13,6 @@ themselves are in `greenflow.ledger.transaction_checks`).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,11 +144,16 @@ class WireTransaction:
     def required_signers(self) -> frozenset[bytes]:
         """Every key some command names, and the notary's when there are inputs (the
         notary signs to say none of them was consumed before), references or a time
-        window (see `needs_notary`)."""
+        window (see `needs_notary`). Worked out once per object, which is frozen: a
+        trade asks a dozen times."""
+        known = self.__dict__.get("_required_signers")
+        if known is not None:
+            return known
         keys = {key for command in self.commands for key in command.signers}
         if self.notary is not None and self.needs_notary:
             keys.add(self.notary.owning_key)
-        return frozenset(keys)
+        known = self.__dict__["_required_signers"] = frozenset(keys)
+        return known
 
     def out_ref(self, index: int) -> StateAndRef:
         """Output ``index`` with the reference a later transaction consumes it by."""
@@ -216,7 +220,7 @@ class SignedTransaction:
     def with_signature(self, signature: TransactionSignature) -> SignedTransaction:
         """A copy with ``signature`` added (replacing an earlier one by the same key)."""
         kept = tuple(s for s in self.sigs if s.public_key != signature.public_key)
-        return dataclasses.replace(self, sigs=(*kept, signature))
+        return type(self)(self.wtx, (*kept, signature))
 
     def sign_with(self, keypair: KeyPair) -> SignedTransaction:
         """A copy signed by ``keypair`` as well."""
@@ -227,7 +231,10 @@ class SignedTransaction:
         return self.wtx.required_signers - self.signed_keys - frozenset(except_keys)
 
     def check_shape(self) -> None:
-        """`WireTransaction.check_shape`, and signatures that are pairs of bytes."""
+        """`WireTransaction.check_shape`, and signatures that are pairs of bytes (once
+        per object, which is frozen)."""
+        if self.__dict__.get("_shape_ok"):
+            return
         if type(self.wtx) is not WireTransaction:
             raise TransactionVerificationError(
                 f"malformed signed transaction: {type(self.wtx).__qualname__} is not a WireTransaction")
@@ -236,6 +243,7 @@ class SignedTransaction:
                 type(s) is not TransactionSignature or type(s.public_key) is not bytes
                 or type(s.signature) is not bytes for s in self.sigs):
             raise SignatureError(f"malformed signatures on transaction {self.id}")
+        self.__dict__["_shape_ok"] = True
 
     def verify_signatures(self, except_keys: Iterable[bytes] = ()) -> None:
         """Every signature must verify over this transaction's id, and every required
@@ -262,6 +270,13 @@ class SignedTransaction:
 
     def _names(self) -> dict[bytes, str]:
         return signer_names(self.wtx)
+
+def _same(a: object, b: object) -> bool:
+    """The same objects (not merely equal ones: ``1 == True``, but they hash apart)."""
+    if type(a) is tuple and type(b) is tuple:
+        return len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    return a is b
+
 
 class TransactionBuilder:
     """Collects inputs, outputs and commands, then yields the transaction.
@@ -326,9 +341,19 @@ class TransactionBuilder:
         return self
 
     def to_wire_transaction(self) -> WireTransaction:
-        return WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
-                               tuple(self.commands), self.notary, self.salt,
-                               tuple(r.ref for r in self.references), self.time_window)
+        """The transaction built so far. Asked again with nothing changed (``verify()``,
+        then this), it is the same object, so its id is hashed once."""
+        parts = (self.notary, self.salt, tuple(self.inputs), tuple(self.outputs),
+                 tuple(self.commands), tuple(self.references), self.time_window)
+        last = self.__dict__.get("_built")
+        if last is not None and len(last[0]) == len(parts) and all(
+                _same(a, b) for a, b in zip(last[0], parts)):
+            return last[1]
+        wtx = WireTransaction(tuple(i.ref for i in self.inputs), tuple(self.outputs),
+                              tuple(self.commands), self.notary, self.salt,
+                              tuple(r.ref for r in self.references), self.time_window)
+        self._built = (parts, wtx)
+        return wtx
 
     def verify(self) -> LedgerTransaction:
         """Run the contracts over what has been built, with the input (and reference)

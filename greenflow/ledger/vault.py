@@ -90,8 +90,29 @@ def _modules_of(obj: Any) -> set[str]:
 
 
 def _pack(obj: Any) -> bytes:
-    modules = ",".join(sorted(m for m in _modules_of(obj) if m != "builtins"))
-    return modules.encode() + b"\0" + wire.encode(obj)
+    return _module_prefix(obj) + wire.encode(obj)
+
+
+# The prefix per tuple of the classes that decide it (a vault holds few kinds of state
+# and command): worked out once, not once per record.
+_PREFIXES: dict[tuple, bytes] = {}
+
+
+def _module_prefix(obj: Any) -> bytes:
+    if isinstance(obj, StateAndRef):
+        key: tuple = (type(obj.state),)
+    elif isinstance(obj, SignedTransaction):
+        tx = obj.tx
+        key = (*map(type, tx.outputs), None, *(type(c.value) for c in tx.commands))
+    else:
+        key = ()
+    prefix = _PREFIXES.get(key)
+    if prefix is None:
+        modules = ",".join(sorted(m for m in _modules_of(obj) if m != "builtins"))
+        prefix = modules.encode() + b"\0"
+        if len(_PREFIXES) < 10_000:
+            _PREFIXES[key] = prefix
+    return prefix
 
 
 def _unpack(raw: bytes) -> Any:

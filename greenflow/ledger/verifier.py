@@ -29,6 +29,7 @@ from greenflow.ledger.transactions import LedgerTransaction, SignedTransaction
 __all__ = ["TransactionResolutionError", "TransactionVerifier"]
 
 SIGNATURE_CACHE = 100_000
+VERIFIED_CACHE = 100_000
 
 
 class TransactionResolutionError(TransactionVerificationError):
@@ -41,6 +42,8 @@ class TransactionVerifier:
     def __init__(self, node: Any) -> None:
         self._node = node
         self._good: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
+        # ids of the transactions whose contracts (and inputs' origins) passed here
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
 
     # ------------------------------------------------------------------ flows' entry points
     @journaled
@@ -71,10 +74,6 @@ class TransactionVerifier:
         self.check_signatures(stx, except_keys=except_keys, check_sufficient=check_sufficient)
         lookup = self._lookup(extra)
         tx = stx.tx
-        for ref in tx.inputs:
-            self._check_origin(stx, ref, lookup, "input")
-        for ref in tx.references:
-            self._check_origin(stx, ref, lookup, "reference state")
 
         def resolve(ref: StateRef) -> Optional[StateAndRef]:
             origin = lookup(ref.tx_id)
@@ -82,7 +81,19 @@ class TransactionVerifier:
                 return None
             return StateAndRef(origin.tx.outputs[ref.index], ref)
 
-        return tx.verify(resolve)
+        tid = stx.id.value
+        if tid in self._verified:
+            # The same content (and so the same input states) passed every check below.
+            return tx.to_ledger_transaction(resolve)
+        for ref in tx.inputs:
+            self._check_origin(stx, ref, lookup, "input")
+        for ref in tx.references:
+            self._check_origin(stx, ref, lookup, "reference state")
+        ltx = tx.verify(resolve)
+        self._verified[tid] = None
+        if len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
+        return ltx
 
     @staticmethod
     def _check_origin(stx: SignedTransaction, ref: StateRef, lookup: Any, what: str) -> None:

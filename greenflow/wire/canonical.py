@@ -141,7 +141,50 @@ def _canon_map(obj: dict, depth: int, active: set[int], *, attributes: bool) -> 
     return _map_header(len(entries)) + b"".join(entries)
 
 
+class _Retry(Exception):
+    """Internal: the fast walk gives up (too deep, or something it does not explain)."""
+
+
+def _fast(obj: Any, depth: int) -> bytes:
+    """`_canon` for what transactions are made of (scalars, tuples, lists and registered
+    dataclasses), the same bytes without the bookkeeping that only serves refusals: no
+    set of open containers, no path. Anything else is walked by `_canon` from here; a
+    refusal, or depth past the bound (a cycle among objects ends there), makes
+    `_canonical` walk the whole value again with `_canon`, which says what and where."""
+    t = type(obj)
+    if t is str or t is bytes or t is bool or t is type(None) or t is float:
+        return _pack(obj)
+    if t is int:
+        return _pack(obj if _INT_MIN <= obj <= _INT_MAX else _encode_bigint(obj))
+    if depth >= MAX_WALK_DEPTH:
+        raise _Retry
+    if t is tuple:
+        depth += 1
+        return (_array_header(len(obj) + 1) + _TUPLE_MARK
+                + b"".join([_fast(item, depth) for item in obj]))
+    if t is list:
+        depth += 1
+        return _array_header(len(obj)) + b"".join([_fast(item, depth) for item in obj])
+    strategy = _BY_CLASS.get(t)
+    order = getattr(strategy, "canon_order", None) if strategy is not None else None
+    if order is None:
+        return _canon(obj, depth, set())
+    depth += 1
+    parts = [strategy.canon_head]
+    for packed, n in order:
+        parts.append(packed)
+        parts.append(_fast(getattr(obj, n), depth))
+    return b"".join(parts)
+
+
+_TUPLE_MARK = _MARK_BYTES[_TUPLE]
+
+
 def _canonical(obj: Any) -> bytes:
+    try:
+        return _fast(obj, 0)
+    except Exception:  # noqa: BLE001 - walked again below, which names the fault
+        pass
     try:
         return _canon(obj, 0, set())
     except _Unencodable as exc:

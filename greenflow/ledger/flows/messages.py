@@ -21,18 +21,25 @@ __all__ = ["EndOfFetch", "FetchTransactions", "FetchedTransactions", "checked_id
 @serializable
 @dataclass(frozen=True)
 class FetchTransactions:
-    """Please send these transactions (dependencies of something you sent me)."""
+    """Please send these transactions (dependencies of something you sent me). ``known``:
+    ids of that history I hold already (at most `MAX_BATCH` of them), so that you can
+    tell when nothing is left that I could ask for."""
 
     ids: tuple[SecureHash, ...]
+    known: tuple[SecureHash, ...] = ()
 
 
 @serializable
 @dataclass(frozen=True)
 class FetchedTransactions:
-    """The answer: the transactions found, and the ids the sender does not have."""
+    """The answer: the transactions found, and the ids the sender does not have.
+    ``complete``: with these, every transaction the sender would serve has been sent or
+    is held by the receiver (it said so), so the sender serves no more and expects no
+    `EndOfFetch`: a history of one level costs one round trip, not one and a half."""
 
     transactions: tuple[SignedTransaction, ...]
     missing: tuple[SecureHash, ...] = ()
+    complete: bool = False
 
 
 @serializable

@@ -21,7 +21,11 @@ The protocol, on one session::
       receive EndOfFetch         <-------      send EndOfFetch
                                                verify the chain, record it
 
-When what was sent has no dependencies, both sides skip the exchange.
+When what was sent has no dependencies, both sides skip the exchange. A request also
+names (``known``) the ids of that history the receiver holds already; once everything
+the sender would serve has been sent or is known to the receiver, its answer says
+``complete`` and both sides stop there, without the `EndOfFetch` (the usual case: one
+level of missing history, one round trip).
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ class DataVendingFlow(FlowLogic):
         session, vault = self.session, self.services.vault
         peer = session.counterparty
         allowed = set(self.tx_ids)
+        covered: set[SecureHash] = set()  # of those: sent, or held by the peer (it says)
         request = self.first_request
         while True:
             if request is None:
@@ -81,13 +86,17 @@ class DataVendingFlow(FlowLogic):
             if isinstance(request, EndOfFetch):
                 return
             ids = checked_ids(request.ids, peer, "FetchTransactions")
-            if len(ids) > MAX_BATCH:
-                raise FetchRefused(f"{peer.name} asked for {len(ids)} transactions at once; "
-                                   f"the limit is {MAX_BATCH}")
+            known = checked_ids(request.known, peer, "FetchTransactions")
+            if len(ids) > MAX_BATCH or len(known) > MAX_BATCH:
+                raise FetchRefused(f"{peer.name} asked for {len(ids)} transactions (holding "
+                                   f"{len(known)}) at once; the limit is {MAX_BATCH} of each")
             for tx_id in ids:
                 if tx_id not in allowed:
                     raise FetchRefused(f"{peer.name} asked for transaction {tx_id}, which is not "
                                        "part of what was sent to it nor of its history")
+            # A peer that claims to hold what it does not only stops its own supply; ids
+            # outside what it may ask for are not kept (they could only fill memory).
+            covered.update(t for t in known if t in allowed)
             missing = vault.missing_transactions(ids)  # journaled: stays what it was live
             absent = set(missing)
             found = []
@@ -96,8 +105,12 @@ class DataVendingFlow(FlowLogic):
                     continue
                 stx = vault.transaction(tx_id)  # recorded: never changes
                 found.append(stx)
+                covered.add(tx_id)
                 allowed.update(dependencies(stx))
-            session.send(FetchedTransactions(tuple(found), tuple(missing)))
+            complete = not missing and allowed <= covered
+            session.send(FetchedTransactions(tuple(found), tuple(missing), complete))
+            if complete:
+                return
             request = None
 
 
@@ -146,13 +159,26 @@ class ResolveTransactionsFlow(FlowLogic):
         fetched: dict[SecureHash, SignedTransaction] = {}
         needed_by: dict[SecureHash, Optional[SecureHash]] = {t: None for t in self.tx_ids}
         queue = list(self.tx_ids)
+        held: list[SecureHash] = []  # found here since the last request: the peer is told
+        peer_done = False
         while queue:
             batch, queue = queue[:MAX_BATCH], queue[MAX_BATCH:]
             missing = vault.missing_transactions(batch)
+            if len(missing) < len(batch):
+                absent = set(missing)
+                held.extend(t for t in batch if t not in absent)
             if not missing:
                 continue
+            if peer_done:
+                raise TransactionResolutionError(
+                    f"{peer.name} said it had sent all the history it would, but transaction "
+                    f"{missing[0]} of that history is missing here: the history cannot be "
+                    "verified back to issuance")
             self.progress_tracker.current_step = self.RESOLVING
-            reply = session.send_and_receive(FetchedTransactions, FetchTransactions(tuple(missing)))
+            request = FetchTransactions(tuple(missing), tuple(held[:MAX_BATCH]))
+            held.clear()
+            reply = session.send_and_receive(FetchedTransactions, request)
+            peer_done = reply.complete is True
             for stx in self._check_reply(reply, missing, needed_by):
                 fetched[stx.id] = stx
                 for dep in dependencies(stx):
@@ -163,7 +189,8 @@ class ResolveTransactionsFlow(FlowLogic):
                 raise TransactionResolutionError(
                     f"the history {peer.name} sent has more than {MAX_TRANSACTIONS} transactions "
                     "missing here; refusing to resolve it")
-        session.send(EndOfFetch())
+        if not peer_done:
+            session.send(EndOfFetch())
         if not fetched:
             return []
         self.progress_tracker.current_step = self.VERIFYING
