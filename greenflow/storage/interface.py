@@ -34,6 +34,7 @@ from greenflow.party import Party
 from greenflow.runtime.checkpoint import (_FIELDS, _SESSIONS, _STATUS, Checkpoint, SessionState,
                                           _checkpoint_state, _session_rest)
 from greenflow.runtime.journal import Entry
+from greenflow.storage.result_format import dump_result, load_result  # noqa: F401 (re-exported)
 from greenflow.status import FlowStatus
 
 
@@ -321,16 +322,7 @@ def load_checkpoint(blob: bytes) -> "Checkpoint":
     return serialization.loads(blob)
 
 
-def dump_result(record: dict) -> bytes:
-    """A finished flow's record as stored: its status as the plain string, so the C
-    pickler never calls back into Python for the enum."""
-    return serialization.dumps({**record, "status": FlowStatus(record["status"]).value})
-
-
-def load_result(raw: bytes) -> dict:
-    rec = serialization.loads(raw)
-    rec["status"] = FlowStatus(rec["status"])  # also reads records stored with the enum
-    return rec
+# Result records (`dump_result`, `load_result`): `greenflow.storage.result_format`.
 
 
 # ------------------------------------------------------------------ typed header format

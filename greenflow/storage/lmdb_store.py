@@ -14,7 +14,7 @@ environment, one named database per concept. The keys below are private to this 
 | timers     | deadline (µs, 8 bytes) + flow id  | b""                                    |
 | wake       | flow id                           | b"" : flows to run at restart          |
 | results    | flow id                           | finished flow's result record          |
-| expiry     | time (µs) + db name \0 key        | b"" : what to delete after retention   |
+| expiry     | time (µs) + db name \0 key        | more db \0 key due then (msgpack) or b"" |
 | clients    | client id                         | flow id                                |
 | meta       | name                              | value                                  |
 
@@ -33,7 +33,7 @@ import lmdb
 from greenflow.storage import store_guard
 from greenflow.errors import StoreError, StoreMissing
 from greenflow.storage.interface import Batch, dump_result, journal_chunk, load_result
-from greenflow.storage.lmdb_keys import DBS as _DBS, _micros
+from greenflow.storage.lmdb_keys import DBS as _DBS, _micros, expiry_entries
 from greenflow.storage.lmdb_reader import READS, TABLE_READS, LmdbReader, TableReader
 from greenflow.storage.lmdb_writer import LmdbWriter
 from greenflow.storage.page_trim import DEFAULT_BUDGET, MapTrimmer
@@ -177,8 +177,9 @@ class LmdbStore:
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         """Delete finished flows' results, session dedup records and client ids that fell
-        due before ``before`` (at most ``limit`` per call, so a sweep never stalls the
-        scheduler)."""
+        due before ``before`` (about ``limit`` per call, so a sweep never stalls the
+        scheduler: one expiry record, which may stand for up to `EXPIRY_GROUP` of them,
+        is never split)."""
         cutoff = _micros(before)
         done = 0
         with self.env.begin(write=True) as txn:
@@ -189,9 +190,10 @@ class LmdbStore:
                 k = cur.key()
                 if not k or k[:8] >= cutoff:
                     break
-                db_name, _, key = k[8:].partition(b"\0")
-                txn.delete(key, db=self.db[db_name.decode()])
-                done += 1
+                for entry in expiry_entries(k, cur.value()):
+                    db_name, _, key = entry.partition(b"\0")
+                    txn.delete(key, db=self.db[db_name.decode()])
+                    done += 1
                 if not cur.delete():
                     break
         return done

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from greenflow.errors import StoreError
 from greenflow.storage import interface as op
 from greenflow.storage.interface import Batch
-from greenflow.storage.lmdb_keys import (_U32, _expiry_key, _fid_key, _inbox_key, _session_key,
-                                         _timer_key)
+from greenflow.storage.lmdb_keys import (_U32, EXPIRY_GROUP, _encode_entries, _inbox_key, _micros,
+                                         _timer_key, expiry_entries)
 
 if TYPE_CHECKING:
     from greenflow.storage.lmdb_store import LmdbStore
@@ -31,13 +31,16 @@ class LmdbWriter:
         put, delete, get = txn.put, txn.delete, txn.get
         pack32 = _U32.pack
         d_flows, d_logic, d_journal, d_frames = db["flows"], db["logic"], db["journal"], db["frames"]
-        d_wake, d_outbox = db["wake"], db["outbox"]
-        OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START = (
+        d_wake, d_outbox, d_results, d_sessions = db["wake"], db["outbox"], db["results"], db["sessions"]
+        OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START, RESULT, ROUTE, DROP = (
             op.PUT_OUTBOX, op.DELETE_OUTBOX, op.SET_WAKE, op.PUT_HEADER, op.APPEND_JOURNAL,
-            op.PUT_SNAPSHOT, op.START_FLOW)
-        # In the order of how often a commit carries them (ping-pong, per flow: 9 outbox
-        # puts and as many deletes, 6 wake flags and headers, 5 journal chunks and
-        # snapshots, 2 starts). Keys are built inline: a call per op is measurable here.
+            op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
+        # What expires, by when: written once per distinct time at the end (`_put_expiry`).
+        expiring: dict[float, list[bytes]] = {}
+        # In the order of how often a commit carries them (ping-pong, per flow: 3 outbox
+        # puts and as many deletes, 2 wake flags, headers, routes and results, a start, a
+        # journal chunk, a snapshot and a drop). Keys are built inline: a call per op is
+        # measurable here.
         # An outbox key: peer NUL sid NUL to_responder (0/1) NUL seq (big-endian u32).
         # Positional arguments (dupdata, overwrite, append, db): the C binding parses
         # them ~25% faster than the keyword, on every write of every commit.
@@ -60,30 +63,58 @@ class LmdbWriter:
                     self.refused.append(o[1])
                 else:
                     put(k, o[2], True, True, False, d_flows)
+            elif c == RESULT:
+                k = o[1].encode()
+                put(k, o[2], True, True, False, d_results)
+                expiring.setdefault(o[3], []).append(b"results\0" + k)
+            elif c == ROUTE:
+                k = b"%s\0%s\0%d" % (o[1].encode(), o[2].encode(), o[3])
+                put(k, o[4], True, True, False, d_sessions)
+                if o[5] is not None:
+                    expiring.setdefault(o[5], []).append(b"sessions\0" + k)
             elif c == JOURNAL:
                 put(o[1].encode() + pack32(o[2]), o[3], True, True, False, d_journal)
             elif c == SNAPSHOT:
                 put(o[1].encode(), o[2], True, True, False, d_frames)
             elif c == START:
                 put(o[1].encode(), o[2], True, True, False, d_logic)
+            elif c == DROP:
+                k = o[1].encode()
+                delete(k, b"", d_flows)
+                delete(k, b"", d_logic)
+                delete(k, b"", d_frames)
+                delete(k, b"", d_wake)
+                self.drop_rest(txn, k, o[3], o[4])
+            elif c == op.EXPIRE_CLIENT:
+                expiring.setdefault(o[2], []).append(b"clients\0" + o[1].encode())
             else:
                 self.apply_rare(txn, o)
+        if expiring:
+            self.put_expiry(txn, expiring)
+
+    def put_expiry(self, txn: Any, expiring: dict[float, list[bytes]]) -> None:
+        """One expiry record per distinct time of a batch (the records of the flows a
+        round ends share theirs), not one per record: its key is the time and the first
+        entry (``db NUL key``), its value the other entries (`expiry_entries`). Where a
+        record of that key exists already (the same entry expiring at the same time,
+        written by an earlier batch), the two are merged."""
+        d_expiry = self.db["expiry"]
+        for when, entries in expiring.items():
+            micros = _micros(when)
+            for i in range(0, len(entries), EXPIRY_GROUP):
+                group = entries[i:i + EXPIRY_GROUP]
+                key = micros + group[0]
+                value = _encode_entries(group[1:]) if len(group) > 1 else b""
+                if not txn.put(key, value, True, False, False, d_expiry):
+                    old = txn.get(key, None, d_expiry)
+                    merged = set(expiry_entries(key, old)) | set(group)
+                    merged.discard(group[0])
+                    txn.put(key, _encode_entries(sorted(merged)), True, True, False, d_expiry)
 
     def apply_rare(self, txn: Any, o: tuple) -> None:
         c = o[0]
         db = self.db
-        if c == op.PUT_ROUTE:
-            key = _session_key(o[1], o[2], o[3])
-            txn.put(key, o[4], True, True, False, db["sessions"])
-            if o[5] is not None:
-                txn.put(_expiry_key(o[5], "sessions", key), b"", True, True, False, db["expiry"])
-        elif c == op.DROP_FLOW:
-            self.drop_flow(txn, o[1], *o[3:])
-        elif c == op.PUT_RESULT:
-            key = o[1].encode()
-            txn.put(key, o[2], True, True, False, db["results"])
-            txn.put(_expiry_key(o[3], "results", key), b"", True, True, False, db["expiry"])
-        elif c == op.TABLE_PUT:
+        if c == op.TABLE_PUT:
             txn.put(o[2], o[3], True, True, False, self.writable_table(o[1]))
         elif c == op.TABLE_DELETE:
             txn.delete(o[2], b"", self.writable_table(o[1]))
@@ -101,9 +132,6 @@ class LmdbWriter:
             txn.put(o[1].encode(), o[2], True, True, False, db["flows"])
         elif c == op.PUT_CLIENT:
             txn.put(o[1].encode(), o[2].encode(), True, True, False, db["clients"])
-        elif c == op.EXPIRE_CLIENT:
-            txn.put(_expiry_key(o[2], "clients", o[1].encode()), b"", True, True, False,
-                    db["expiry"])
         else:
             raise StoreError(f"store {self.store.path}: unknown batch operation {o[0]!r}; "
                              "please file a bug")
@@ -115,17 +143,15 @@ class LmdbWriter:
                              "first); nothing of this batch was written")
         return handle
 
-    def drop_flow(self, txn: Any, fid: str, chunks: Optional[tuple[int, ...]] = None,
-                   inbox: bool = True) -> None:
-        db = self.db
-        k = _fid_key(fid)
-        for name in ("flows", "logic", "frames", "wake"):
-            txn.delete(k, b"", db[name])
+    def drop_rest(self, txn: Any, k: bytes, chunks: Optional[tuple[int, ...]],
+                  inbox: bool) -> None:
+        """A dropped flow's journal, inbox and payloads (its header, start record,
+        snapshot and wake flag are deleted by `apply` itself)."""
         # What the caller knows it stored is deleted by key; the rest found by a scan.
         if chunks is None:
             self.delete_prefix(txn, "journal", k, len(k) + 4)
         else:
-            d_journal = db["journal"]
+            d_journal = self.db["journal"]
             for start in chunks:
                 txn.delete(k + _U32.pack(start), b"", d_journal)
         if inbox:
