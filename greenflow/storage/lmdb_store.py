@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from threading import get_ident
 from typing import Any, Optional
 
 import lmdb
@@ -118,6 +119,7 @@ class LmdbStore:
         self.tables: dict[str, Any] = {}   # app tables opened (named databases)
 
     def close(self) -> None:
+        self.reader.renew()
         self.env.close()
         if self._lock is not None:
             self._lock.release()
@@ -133,6 +135,7 @@ class LmdbStore:
             raise ValueError(f"bad table name {name!r}")
         if name in _DBS:
             raise ValueError(f"table name {name!r} is taken by the store itself")
+        self.reader.renew()   # a read transaction begun before cannot see a new table
         try:
             self.tables[name] = self.env.open_db(name.encode(), create=not self.readonly)
         except lmdb.NotFoundError:
@@ -146,12 +149,16 @@ class LmdbStore:
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only: nothing can be committed")
         writer = self.writer
+        reader = self.reader
+        if reader.writer_thread is None:
+            reader.writer_thread = get_ident()
         for attempt in range(12):
             try:
                 writer.refused = []
                 with self.env.begin(write=True) as txn:
                     writer.apply(txn, batch)
                 self.commits += 1
+                reader.renew()
                 for fid in writer.refused:
                     log.error("store %s: refused the checkpoint header of flow %s: its start "
                               "record is not in the store (the flow ended or never started); "
@@ -159,6 +166,7 @@ class LmdbStore:
                 self.trimmer.after_commit()
                 return
             except lmdb.MapFullError:
+                reader.renew()   # the map may only grow with no transaction open here
                 new_size = self.env.info()["map_size"] * 2
                 log.info("store %s: map full, growing to %d MiB", self.path, new_size >> 20)
                 try:
@@ -180,7 +188,12 @@ class LmdbStore:
         due before ``before`` (about ``limit`` per call, so a sweep never stalls the
         scheduler: one expiry record, which may stand for up to `EXPIRY_GROUP` of them,
         is never split)."""
-        cutoff = _micros(before)
+        try:
+            return self._expire(_micros(before), limit)
+        finally:
+            self.reader.renew()
+
+    def _expire(self, cutoff: bytes, limit: int) -> int:
         done = 0
         with self.env.begin(write=True) as txn:
             cur = txn.cursor(db=self.db["expiry"])

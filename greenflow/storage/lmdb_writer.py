@@ -37,6 +37,10 @@ class LmdbWriter:
             op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
         # What expires, by when: written once per distinct time at the end (`_put_expiry`).
         expiring: dict[float, list[bytes]] = {}
+        # Routes, by key, written at the end: a responder that starts and ends within one
+        # round has its route replaced by the finished marker in the same batch, and the
+        # first write need not reach the database (nothing else in a batch reads them).
+        routes: dict[bytes, bytes] = {}
         # In the order of how often a commit carries them (ping-pong, per flow: 3 outbox
         # puts and as many deletes, 2 wake flags, headers, routes and results, a start, a
         # journal chunk, a snapshot and a drop). Keys are built inline: a call per op is
@@ -69,7 +73,7 @@ class LmdbWriter:
                 expiring.setdefault(o[3], []).append(b"results\0" + k)
             elif c == ROUTE:
                 k = b"%s\0%s\0%d" % (o[1].encode(), o[2].encode(), o[3])
-                put(k, o[4], True, True, False, d_sessions)
+                routes[k] = o[4]
                 if o[5] is not None:
                     expiring.setdefault(o[5], []).append(b"sessions\0" + k)
             elif c == JOURNAL:
@@ -89,6 +93,8 @@ class LmdbWriter:
                 expiring.setdefault(o[2], []).append(b"clients\0" + o[1].encode())
             else:
                 self.apply_rare(txn, o)
+        for k, v in routes.items():
+            put(k, v, True, True, False, d_sessions)
         if expiring:
             self.put_expiry(txn, expiring)
 
