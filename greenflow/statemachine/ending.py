@@ -128,10 +128,12 @@ class Ending:
             self.progress_changed(rt, None)
 
     def _queue_frames(self, rt: FlowRuntime) -> None:
+        put = self.batch.put_outbox
+        send = self.post_sends.append
         for peer, frame in rt.out:
             data = encode_frame(frame)
-            self.batch.put_outbox(peer.name, frame.sid, frame.to_responder, frame.seq, data)
-            self.post_sends.append((peer, data))
+            put(peer.name, frame.sid, frame.to_responder, frame.seq, data)
+            send((peer, data))
         rt.out = ()
 
     def _evict(self, rt: FlowRuntime, why: str = "evicted") -> None:
