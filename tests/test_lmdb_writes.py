@@ -10,7 +10,7 @@ import pytest
 
 from greenflow.storage import lmdb_store as store_mod
 from greenflow.storage.interface import Batch
-from greenflow.storage.lmdb_keys import EXPIRY_GROUP, _micros
+from greenflow.storage.lmdb_keys import EXPIRY_BYTES, EXPIRY_GROUP, _micros
 
 pytestmark = pytest.mark.lmdb_only
 
@@ -34,18 +34,20 @@ def test_everything_due_at_one_time_in_a_commit_shares_one_expiry_record(store):
         b.put_result(f"f{i}", b"R", 50.0)
     b.put_result("g", b"R", 60.0)
     store.commit(b)
-    assert _expiry_rows(store) == 2          # not 201
+    assert _expiry_rows(store) == 200 // EXPIRY_GROUP + 2   # not 201
     assert store.expire(55.0) == 200 and _expiry_rows(store) == 1
     assert store.reader.get("results", b"f3") is None and store.route("Bob", "s3", 0) is None
     assert store.reader.get("results", b"g") == b"R"
 
 
-def test_a_group_never_exceeds_its_bound(store):
+def test_a_group_never_exceeds_its_bounds(store):
     b = Batch()
     for i in range(EXPIRY_GROUP * 2 + 1):
         b.put_result(f"f{i}", b"R", 50.0)
     store.commit(b)
     assert _expiry_rows(store) == 3
+    with store.env.begin(db=store.db["expiry"]) as txn:
+        assert max(len(k) + len(v) for k, v in txn.cursor()) < EXPIRY_BYTES + 100
     assert store.expire(51.0, limit=1) == EXPIRY_GROUP   # a record is not split
     assert store.expire(51.0) == EXPIRY_GROUP + 1
 
@@ -59,6 +61,16 @@ def test_an_expiry_record_written_before_records_were_grouped_still_expires(stor
     store.commit(b)
     assert store.expire(51.0) == 2
     assert store.reader.get("results", b"f1") is None and store.reader.get("results", b"f2") is None
+
+
+def test_long_keys_share_records_by_size(store):
+    b = Batch()
+    for i in range(100):
+        b.put_route("Bob", f"{i:0200d}", 0, b"F", 50.0)
+    store.commit(b)
+    rows = _expiry_rows(store)
+    assert 100 * 215 // EXPIRY_BYTES <= rows < 100
+    assert store.expire(51.0) == 100 and _expiry_rows(store) == 0
 
 
 def test_the_same_entry_due_at_the_same_time_from_two_commits_merges(store):

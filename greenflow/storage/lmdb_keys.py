@@ -37,8 +37,11 @@ def _timer_key(deadline: Any, fid: str) -> bytes:
     return _micros(deadline) + fid.encode()
 
 
-#: At most this many entries share one expiry record (its value stays a few KB).
-EXPIRY_GROUP = 256
+#: An expiry record takes entries while they total under EXPIRY_BYTES (so it fits on
+#: its page: LMDB keeps a key and value of up to ~2,000 bytes in a 4 KB page), at most
+#: EXPIRY_GROUP of them (what one record may add to a sweep's ``limit``).
+EXPIRY_BYTES = 1500
+EXPIRY_GROUP = 64
 _encode_entries = msgspec.msgpack.Encoder().encode
 _decode_entries = msgspec.msgpack.Decoder(list[bytes]).decode
 

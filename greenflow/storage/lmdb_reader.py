@@ -25,27 +25,17 @@ READS = ("checkpoint", "header_blob", "logic_blob", "has_flow", "journal", "jour
 TABLE_READS = ("table_get", "table_items", "table_count")
 
 
-class LmdbReader:
-    """Reads one `LmdbStore`'s databases. A database missing from a read-only view of an
-    older store (handle None) reads as empty."""
+class PointReads:
+    """Single-key reads. The writer's thread reads through one read transaction until
+    its next write (`renew`), not one per read: a route looked up for every new session,
+    a header for every flow loaded. Other threads open their own, short ones."""
 
-    def __init__(self, store: "LmdbStore") -> None:
-        self.store = store
-        self.env = store.env
-        self.db: dict[str, Any] = store.db
-        # The writer's thread reads through one read transaction until its next commit
-        # (`renew`), not one per read: a route looked up for every new session, a header
-        # for every flow loaded. Other threads open their own, short ones.
-        self.writer_thread: Optional[int] = None
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.writer_thread: Optional[int] = None   # set by the store's first commit
         self._txn: Any = None
 
-    def get(self, name: str, key: bytes) -> Optional[bytes]:
-        handle = self.db[name]
-        if handle is None:
-            return None
-        return self.get_in(handle, key)
-
-    def get_in(self, handle: Any, key: bytes) -> Optional[bytes]:
+    def get(self, handle: Any, key: bytes) -> Optional[bytes]:
         if get_ident() == self.writer_thread:
             txn = self._txn
             if txn is None:
@@ -61,6 +51,24 @@ class LmdbReader:
             txn, self._txn = self._txn, None
             if txn is not None:
                 txn.abort()
+
+
+class LmdbReader:
+    """Reads one `LmdbStore`'s databases. A database missing from a read-only view of an
+    older store (handle None) reads as empty."""
+
+    def __init__(self, store: "LmdbStore") -> None:
+        self.store = store
+        self.env = store.env
+        self.db: dict[str, Any] = store.db
+        self.point = PointReads(store.env)
+        self.get_in = self.point.get
+
+    def get(self, name: str, key: bytes) -> Optional[bytes]:
+        handle = self.db[name]
+        if handle is None:
+            return None
+        return self.get_in(handle, key)
 
     def items(self, handle: Any, prefix: bytes = b"", reverse: bool = False
                ) -> Iterator[tuple[bytes, bytes]]:

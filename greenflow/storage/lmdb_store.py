@@ -119,7 +119,7 @@ class LmdbStore:
         self.tables: dict[str, Any] = {}   # app tables opened (named databases)
 
     def close(self) -> None:
-        self.reader.renew()
+        self.reader.point.renew()
         self.env.close()
         if self._lock is not None:
             self._lock.release()
@@ -135,7 +135,7 @@ class LmdbStore:
             raise ValueError(f"bad table name {name!r}")
         if name in _DBS:
             raise ValueError(f"table name {name!r} is taken by the store itself")
-        self.reader.renew()   # a read transaction begun before cannot see a new table
+        self.reader.point.renew()   # a read transaction begun before cannot see a new table
         try:
             self.tables[name] = self.env.open_db(name.encode(), create=not self.readonly)
         except lmdb.NotFoundError:
@@ -149,7 +149,7 @@ class LmdbStore:
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only: nothing can be committed")
         writer = self.writer
-        reader = self.reader
+        reader = self.reader.point
         if reader.writer_thread is None:
             reader.writer_thread = get_ident()
         for attempt in range(12):
@@ -191,7 +191,7 @@ class LmdbStore:
         try:
             return self._expire(_micros(before), limit)
         finally:
-            self.reader.renew()
+            self.reader.point.renew()
 
     def _expire(self, cutoff: bytes, limit: int) -> int:
         done = 0

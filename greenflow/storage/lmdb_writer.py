@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from greenflow.errors import StoreError
 from greenflow.storage import interface as op
 from greenflow.storage.interface import Batch
-from greenflow.storage.lmdb_keys import (_U32, EXPIRY_GROUP, _encode_entries, _inbox_key, _micros,
-                                         _timer_key, expiry_entries)
+from greenflow.storage.lmdb_keys import (_U32, EXPIRY_BYTES, EXPIRY_GROUP, _encode_entries,
+                                         _inbox_key, _micros, _timer_key, expiry_entries)
 
 if TYPE_CHECKING:
     from greenflow.storage.lmdb_store import LmdbStore
@@ -99,23 +99,31 @@ class LmdbWriter:
             self.put_expiry(txn, expiring)
 
     def put_expiry(self, txn: Any, expiring: dict[float, list[bytes]]) -> None:
-        """One expiry record per distinct time of a batch (the records of the flows a
-        round ends share theirs), not one per record: its key is the time and the first
-        entry (``db NUL key``), its value the other entries (`expiry_entries`). Where a
-        record of that key exists already (the same entry expiring at the same time,
-        written by an earlier batch), the two are merged."""
+        """One expiry record per distinct time of a batch and per `EXPIRY_BYTES` of its
+        entries (the records of the flows a round ends share theirs), not one per record:
+        its key is the time and the first entry (``db NUL key``), its value the other
+        entries (`expiry_entries`), small enough to stay on its page (a value spilling
+        onto overflow pages costs a search of LMDB's free list on every write). Where a
+        record of that key exists already (the same entry due at the same time, written
+        by an earlier batch), the two are merged."""
         d_expiry = self.db["expiry"]
         for when, entries in expiring.items():
             micros = _micros(when)
-            for i in range(0, len(entries), EXPIRY_GROUP):
-                group = entries[i:i + EXPIRY_GROUP]
-                key = micros + group[0]
-                value = _encode_entries(group[1:]) if len(group) > 1 else b""
+            i, n = 0, len(entries)
+            while i < n:
+                first = entries[i]
+                j, size = i + 1, len(first)
+                while j < n and size < EXPIRY_BYTES and j - i < EXPIRY_GROUP:
+                    size += len(entries[j]) + 3
+                    j += 1
+                key = micros + first
+                value = _encode_entries(entries[i + 1:j]) if j > i + 1 else b""
                 if not txn.put(key, value, True, False, False, d_expiry):
-                    old = txn.get(key, None, d_expiry)
-                    merged = set(expiry_entries(key, old)) | set(group)
-                    merged.discard(group[0])
+                    merged = set(expiry_entries(key, txn.get(key, None, d_expiry)))
+                    merged.update(entries[i:j])
+                    merged.discard(first)
                     txn.put(key, _encode_entries(sorted(merged)), True, True, False, d_expiry)
+                i = j
 
     def apply_rare(self, txn: Any, o: tuple) -> None:
         c = o[0]
