@@ -48,8 +48,11 @@ def test_a_group_never_exceeds_its_bounds(store):
     assert _expiry_rows(store) == 3
     with store.env.begin(db=store.db["expiry"]) as txn:
         assert max(len(k) + len(v) for k, v in txn.cursor()) < EXPIRY_BYTES + 100
-    assert store.expire(51.0, limit=1) == EXPIRY_GROUP   # a record is not split
-    assert store.expire(51.0) == EXPIRY_GROUP + 1
+    assert store.expire(51.0, limit=10) == 10          # a shared record is split at need
+    assert _expiry_rows(store) == 3
+    assert store.expire(51.0, limit=EXPIRY_GROUP) == EXPIRY_GROUP
+    assert store.expire(51.0) == EXPIRY_GROUP + 1 - 10 and _expiry_rows(store) == 0
+    assert store.reader.get("results", b"f0") is None
 
 
 def test_an_expiry_record_written_before_records_were_grouped_still_expires(store):

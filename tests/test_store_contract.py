@@ -260,7 +260,8 @@ def test_records_due_at_the_same_time_expire_together_and_only_once_due(store):
            ("put_result", F, dump_result(rec), 100.0))
     assert store.route("Bob", "s7", 0) == b"F" + fids[7].encode()
     assert store.expire(100.0) == 0 and store.result(fids[0]) is not None
-    assert store.expire(101.0) == 2 * 300 + 3
+    assert store.expire(101.0, limit=5) == 5                 # the limit holds here too
+    assert store.expire(101.0) == 2 * 300 + 3 - 5
     assert all(store.result(fid) is None for fid in fids) and store.result(F) is None
     assert store.route("Bob", "s7", 0) is None and store.route("Bob", "s0", 1) is None
     assert store.client("c-1") is None and store.result(G) is not None

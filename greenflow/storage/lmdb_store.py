@@ -34,7 +34,7 @@ import lmdb
 from greenflow.storage import store_guard
 from greenflow.errors import StoreError, StoreMissing
 from greenflow.storage.interface import Batch, dump_result, journal_chunk, load_result
-from greenflow.storage.lmdb_keys import DBS as _DBS, _micros, expiry_entries
+from greenflow.storage.lmdb_keys import DBS as _DBS, _encode_entries, _micros, expiry_entries
 from greenflow.storage.lmdb_reader import READS, TABLE_READS, LmdbReader, TableReader
 from greenflow.storage.lmdb_writer import LmdbWriter
 from greenflow.storage.page_trim import DEFAULT_BUDGET, MapTrimmer
@@ -185,9 +185,8 @@ class LmdbStore:
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         """Delete finished flows' results, session dedup records and client ids that fell
-        due before ``before`` (about ``limit`` per call, so a sweep never stalls the
-        scheduler: one expiry record, which may stand for up to `EXPIRY_GROUP` of them,
-        is never split)."""
+        due before ``before`` (at most ``limit`` per call, so a sweep never stalls the
+        scheduler)."""
         try:
             return self._expire(_micros(before), limit)
         finally:
@@ -203,10 +202,17 @@ class LmdbStore:
                 k = cur.key()
                 if not k or k[:8] >= cutoff:
                     break
-                for entry in expiry_entries(k, cur.value()):
+                entries = expiry_entries(k, cur.value())
+                rest = entries[limit - done:]
+                for entry in entries[:limit - done]:
                     db_name, _, key = entry.partition(b"\0")
                     txn.delete(key, db=self.db[db_name.decode()])
                     done += 1
+                if rest:   # the limit reached within a shared record: keep what is left
+                    cur.delete()
+                    txn.put(k[:8] + rest[0], _encode_entries(rest[1:]) if rest[1:] else b"",
+                            db=self.db["expiry"])
+                    break
                 if not cur.delete():
                     break
         return done
