@@ -26,6 +26,8 @@ from greenflow.statemachine.routing import FINISHED_ROUTE
 log = logging.getLogger("greenflow.scheduler")
 _DONE = (Ended.DONE,)
 _KILLED = (Ended.KILLED,)
+# Read once: an enum member looked up on its class costs a descriptor call each time.
+_COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED
 
 
 class Ending:
@@ -54,7 +56,7 @@ class Ending:
                                   "started_at": cp.started_at, "finished_at": now}
         if kind == Ended.DONE:
             rt.end_frames(_DONE)
-            record["status"] = status = FlowStatus.COMPLETED
+            record["status"] = status = _COMPLETED
             record["value"] = res[1]
         elif kind == Ended.FAILED:
             exc = res[1]
@@ -66,7 +68,7 @@ class Ending:
                             cp.flow_class,
                             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             rt.end_frames((Ended.FAILED, exc))
-            record["status"] = status = FlowStatus.FAILED
+            record["status"] = status = _FAILED
             record["error"] = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, FlowException):
                 # Kept as the wire carries it: unpickling would call the class's __init__
@@ -77,7 +79,7 @@ class Ending:
                 record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
         else:   # KILLED, or UNWOUND (a kill's unwinding)
             rt.end_frames(_KILLED)
-            record["status"] = status = FlowStatus.KILLED
+            record["status"] = status = _KILLED_STATUS
             record["error"] = "FlowKilled: killed by an operator"
         cp.status = status
         self.ended.add(fid)
@@ -98,11 +100,11 @@ class Ending:
             blob = dump_result(record)
         except Exception as exc:  # the return value cannot be stored
             record.pop("value", None)
-            record["status"] = status = cp.status = FlowStatus.FAILED
+            record["status"] = status = cp.status = _FAILED
             record["error"] = f"FlowError: the result of {cp.flow_class} cannot be stored: {exc}"
             blob = dump_result(record)
         b.put_result(fid, blob, expires)
-        self._count(status.value, cp.flow_class)
+        self._count(status._value_, cp.flow_class)
         if cp.client_id is not None:
             b.expire_client(cp.client_id, expires)
         for fn in self.flow_end_listeners:
