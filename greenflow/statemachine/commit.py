@@ -41,7 +41,8 @@ class CommitStaging:
                 try:
                     self._stage_checkpoint(b, rt)
                 except Exception as exc:
-                    log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name, fid, exc)
+                    log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name,
+                              fid, exc)
                     self._finish(rt, (Ended.FAILED, FlowError(f"checkpoint failed: {exc}")))
                     continue   # its frames are queued (`_finish`)
                 if rt.pending is not None:

@@ -30,8 +30,9 @@ class LmdbWriter:
         db = self.db
         put, delete, get = txn.put, txn.delete, txn.get
         pack32 = _U32.pack
-        d_flows, d_logic, d_journal, d_frames = db["flows"], db["logic"], db["journal"], db["frames"]
-        d_wake, d_outbox, d_results, d_sessions = db["wake"], db["outbox"], db["results"], db["sessions"]
+        d_flows, d_logic, d_journal = db["flows"], db["logic"], db["journal"]
+        d_frames, d_wake, d_outbox = db["frames"], db["wake"], db["outbox"]
+        d_results, d_sessions = db["results"], db["sessions"]
         OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START, RESULT, ROUTE, DROP = (
             op.PUT_OUTBOX, op.DELETE_OUTBOX, op.SET_WAKE, op.PUT_HEADER, op.APPEND_JOURNAL,
             op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
