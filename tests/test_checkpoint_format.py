@@ -49,6 +49,40 @@ def test_result_records_store_the_status_plainly_and_read_back_the_enum():
     assert load_result(earlier)["status"] is FlowStatus.COMPLETED
 
 
+def test_result_records_of_plain_values_are_stored_typed_and_read_back_the_same():
+    base = {"flow_class": "app.Flow", "client_id": "c-1", "started_at": 12.5,
+            "finished_at": 13.25}
+    for rec in ({**base, "status": FlowStatus.COMPLETED, "value": 60},
+                {**base, "client_id": None, "status": FlowStatus.COMPLETED, "value": None},
+                {**base, "status": FlowStatus.COMPLETED, "value": b"\x00raw"},
+                {**base, "status": FlowStatus.FAILED, "error": "ValueError: no", "exc": None},
+                {**base, "status": FlowStatus.KILLED, "error": "FlowKilled: killed"}):
+        raw = dump_result(rec)
+        assert raw[:1] == b"E"
+        back = load_result(raw)
+        assert back == rec and back["status"] is rec["status"]
+        assert [type(v) for v in back.values()] == [type(rec[k]) for k in back]
+
+
+class _Number(int):
+    pass
+
+
+def test_result_records_the_typed_form_cannot_carry_exactly_keep_the_pickle():
+    base = {"flow_class": "app.Flow", "client_id": None, "started_at": 1.0,
+            "finished_at": 2.0, "status": FlowStatus.COMPLETED}
+    for value in ((1, 2), [1, 2], {"a": 1}, 1 << 70, _Number(3), FlowStatus.FAILED,
+                  Party("Bob", b"k" * 32)):
+        rec = {**base, "value": value}
+        raw = dump_result(rec)
+        assert raw[:1] == b"P"
+        back = load_result(raw)
+        assert back == rec and type(back["value"]) is type(value)
+    failed = {**base, "status": FlowStatus.FAILED, "error": "X: y",
+              "flow_exception": ("app.X", "y", "e-1")}
+    assert dump_result(failed)[:1] == b"P" and load_result(dump_result(failed)) == failed
+
+
 def _as_stored_before_the_packages(obj) -> bytes:
     """``obj`` pickled the way an earlier version stored it: its classes under their
     module paths from before the modules moved into packages."""

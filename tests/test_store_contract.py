@@ -242,6 +242,32 @@ def test_expire_deletes_at_most_limit_per_call_earliest_first(store):
     assert store.expire(100.0) == 3 and store.expire(100.0) == 0
 
 
+def test_records_due_at_the_same_time_expire_together_and_only_once_due(store):
+    # What a round that ends many flows writes: their results, finished routes and
+    # client ids, all due at the same time; a route put twice in the batch (the flow
+    # started and ended within it) keeps its last value and expiry.
+    rec = {"status": FlowStatus.COMPLETED, "flow_class": "x", "client_id": None,
+           "started_at": 1.0, "finished_at": 2.0, "value": 1}
+    fids = [f"{i:032d}" for i in range(300)]
+    ops = []
+    for i, fid in enumerate(fids):
+        ops += [("put_route", "Bob", f"s{i}", 0, fid.encode(), None),
+                ("put_route", "Bob", f"s{i}", 0, b"F" + fid.encode(), 100.0),
+                ("put_result", fid, dump_result(rec), 100.0)]
+    commit(store, *ops, ("put_client", "c-1", F), ("expire_client", "c-1", 100.0),
+           ("put_result", G, dump_result(rec), 200.0))
+    commit(store, ("put_route", "Bob", "s0", 1, b"G", 100.0),   # same time, a later batch
+           ("put_result", F, dump_result(rec), 100.0))
+    assert store.route("Bob", "s7", 0) == b"F" + fids[7].encode()
+    assert store.expire(100.0) == 0 and store.result(fids[0]) is not None
+    assert store.expire(101.0, limit=5) == 5                 # the limit holds here too
+    assert store.expire(101.0) == 2 * 300 + 3 - 5
+    assert all(store.result(fid) is None for fid in fids) and store.result(F) is None
+    assert store.route("Bob", "s7", 0) is None and store.route("Bob", "s0", 1) is None
+    assert store.client("c-1") is None and store.result(G) is not None
+    assert store.expire(101.0) == 0 and store.expire(201.0) == 1
+
+
 # ====================================================================== app tables
 def test_app_tables_hold_rows_in_key_order(store):
     store.open_table("t")

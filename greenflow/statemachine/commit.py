@@ -37,17 +37,16 @@ class CommitStaging:
         suspended: list[FlowRuntime] = []
         self.round_time = self.clock.now()   # stored with each journal chunk (when it happened)
         for fid, rt in list(self.touched.items()):
-            if rt.cp.status.finished:
-                continue
-            try:
-                self._stage_checkpoint(b, rt)
-            except Exception as exc:
-                log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name, fid, exc)
-                self._finish(rt, (Ended.FAILED, FlowError(f"checkpoint failed: {exc}")))
-                continue
-            if rt.pending is not None:
-                suspended.append(rt)
-        for rt in self.touched.values():
+            if not rt.cp.status.finished:
+                try:
+                    self._stage_checkpoint(b, rt)
+                except Exception as exc:
+                    log.error("%s: flow %s cannot be checkpointed: %s", self.identity.name,
+                              fid, exc)
+                    self._finish(rt, (Ended.FAILED, FlowError(f"checkpoint failed: {exc}")))
+                    continue   # its frames are queued (`_finish`)
+                if rt.pending is not None:
+                    suspended.append(rt)
             if rt.out:
                 self._queue_frames(rt)
         victims = self._victims(suspended)

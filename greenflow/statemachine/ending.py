@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import traceback
+from itertools import islice
+from math import ceil
 from typing import Any
 
 from greenflow import serialization
@@ -22,6 +24,10 @@ from greenflow.runtime.traps import Unwind, recycle
 from greenflow.statemachine.routing import FINISHED_ROUTE
 
 log = logging.getLogger("greenflow.scheduler")
+_DONE = (Ended.DONE,)
+_KILLED = (Ended.KILLED,)
+# Read once: an enum member looked up on its class costs a descriptor call each time.
+_COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED
 
 
 class Ending:
@@ -41,24 +47,31 @@ class Ending:
             else:
                 self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
             return
-        if kind == Ended.UNWOUND:
-            kind = Ended.KILLED
-        record: dict[str, Any] = {"flow_class": rt.cp.flow_class, "client_id": rt.cp.client_id,
-                                  "started_at": rt.cp.started_at, "finished_at": self.clock.now()}
+        cp = rt.cp
+        now = self.clock.now()
+        # Rounded up to the second: never sooner than the retention asks, and the records
+        # of the flows a round ends share one expiry entry in the store.
+        expires = now + self.retention
+        if expires < 1e15:   # (an infinite retention stays infinite)
+            expires = float(ceil(expires))
+        record: dict[str, Any] = {"flow_class": cp.flow_class, "client_id": cp.client_id,
+                                  "started_at": cp.started_at, "finished_at": now}
         if kind == Ended.DONE:
-            rt.end_frames((Ended.DONE,))
-            record.update(status=FlowStatus.COMPLETED, value=res[1])
-        if kind == Ended.FAILED:
+            rt.end_frames(_DONE)
+            record["status"] = status = _COMPLETED
+            record["value"] = res[1]
+        elif kind == Ended.FAILED:
             exc = res[1]
             if isinstance(exc, FlowException):
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
-                         rt.cp.flow_class, type(exc).__name__, exc)
+                         cp.flow_class, type(exc).__name__, exc)
             else:
                 log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
-                            rt.cp.flow_class,
+                            cp.flow_class,
                             "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
             rt.end_frames((Ended.FAILED, exc))
-            record.update(status=FlowStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            record["status"] = status = _FAILED
+            record["error"] = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, FlowException):
                 # Kept as the wire carries it: unpickling would call the class's __init__
                 # with the message alone, which a FlowException never gets rebuilt by.
@@ -66,20 +79,20 @@ class Ending:
                                             exc.ensure_error_id())
             else:
                 record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
-        elif kind == Ended.KILLED:
-            rt.end_frames((Ended.KILLED,))
-            record.update(status=FlowStatus.KILLED, error="FlowKilled: killed by an operator")
-        rt.cp.status = record["status"]
+        else:   # KILLED, or UNWOUND (a kill's unwinding)
+            rt.end_frames(_KILLED)
+            record["status"] = status = _KILLED_STATUS
+            record["error"] = "FlowKilled: killed by an operator"
+        cp.status = status
         self.ended.add(fid)
         b = self.batch
-        if self.limits is not None and rt.cp.invoker_sid is not None:
+        if self.limits is not None and cp.invoker_sid is not None:
             self.limits.ended(b, rt)
         if rt.start_blob is None:  # something of it was stored
-            b.drop_flow(fid, max(rt.cp.journal_len, 0), rt.chunks, rt.inboxed)
-            if rt.cp.timer_at is not None:
-                b.delete_timer(rt.cp.timer_at, fid)
-        expires = self.clock.now() + self.retention
-        for st in rt.cp.sessions.values():
+            b.drop_flow(fid, max(cp.journal_len, 0), rt.chunks, rt.inboxed)
+            if cp.timer_at is not None:
+                b.delete_timer(cp.timer_at, fid)
+        for st in cp.sessions.values():
             if st.initiator:
                 continue  # late frames on it are recognised by the flow's result record
             key = (st.counterparty.name, st.sid, st.role_of_peer)
@@ -89,35 +102,42 @@ class Ending:
             blob = dump_result(record)
         except Exception as exc:  # the return value cannot be stored
             record.pop("value", None)
-            record.update(status=FlowStatus.FAILED,
-                          error=f"FlowError: the result of {rt.cp.flow_class} cannot be stored: {exc}")
-            rt.cp.status = FlowStatus.FAILED
+            record["status"] = status = cp.status = _FAILED
+            record["error"] = f"FlowError: the result of {cp.flow_class} cannot be stored: {exc}"
             blob = dump_result(record)
         b.put_result(fid, blob, expires)
-        self._count(record["status"].value, rt.cp.flow_class)
-        if rt.cp.client_id is not None:
-            b.expire_client(rt.cp.client_id, expires)
+        self._count(status._value_, cp.flow_class)
+        if cp.client_id is not None:
+            b.expire_client(cp.client_id, expires)
         for fn in self.flow_end_listeners:
             try:
                 fn(fid)
             except Exception:
                 log.exception("%s: flow-end listener failed for flow %s", self.identity.name, fid)
-        self._queue_frames(rt)
+        if rt.out:
+            self._queue_frames(rt)
         self._release(rt)
         self.resident.pop(fid, None)
         self.touched.pop(fid, None)
-        self.recent_results[fid] = record
-        if len(self.recent_results) > 10_000:  # the store has them all; this is a cache
-            self.recent_results.pop(next(iter(self.recent_results)))
-        waiters = self.waiters.pop(fid, [])
-        self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
-        self.progress_changed(rt, None)
+        recent = self.recent_results
+        recent[fid] = record
+        if len(recent) > 15_000:  # the store has them all; this is a cache of the latest
+            # Trimmed in bulk: popping the oldest one by one walks the dict's deleted
+            # slots from its start each time, which grew with every pop.
+            self.recent_results = dict(islice(recent.items(), len(recent) - 10_000, None))
+        waiters = self.waiters.pop(fid, None)
+        if waiters:
+            self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
+        if self.progress_listeners:
+            self.progress_changed(rt, None)
 
     def _queue_frames(self, rt: FlowRuntime) -> None:
+        put = self.batch.put_outbox
+        send = self.post_sends.append
         for peer, frame in rt.out:
             data = encode_frame(frame)
-            self.batch.put_outbox(peer.name, frame.sid, frame.to_responder, frame.seq, data)
-            self.post_sends.append((peer, data))
+            put(peer.name, frame.sid, frame.to_responder, frame.seq, data)
+            send((peer, data))
         rt.out = ()
 
     def _evict(self, rt: FlowRuntime, why: str = "evicted") -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from typing import Any, Optional
 
+import msgspec
+
 DBS = ("flows", "logic", "journal", "frames", "inbox", "outbox", "sessions", "timers", "expiry",
         "wake", "results", "clients", "meta", "payloads")
 _U32 = struct.Struct(">I")
@@ -35,8 +37,21 @@ def _timer_key(deadline: Any, fid: str) -> bytes:
     return _micros(deadline) + fid.encode()
 
 
-def _expiry_key(when: float, db: str, key: bytes) -> bytes:
-    return _micros(when) + db.encode() + b"\0" + key
+#: An expiry record takes entries while they total under EXPIRY_BYTES (so it fits on
+#: its page: LMDB keeps a key and value of up to ~2,000 bytes in a 4 KB page), at most
+#: EXPIRY_GROUP of them (what one record may add to a sweep's ``limit``).
+EXPIRY_BYTES = 1500
+EXPIRY_GROUP = 64
+_encode_entries = msgspec.msgpack.Encoder().encode
+_decode_entries = msgspec.msgpack.Decoder(list[bytes]).decode
+
+
+def expiry_entries(key: bytes, value: bytes) -> list[bytes]:
+    """What one expiry record stands for, each as ``db NUL key``: the entry in its key
+    (after the 8-byte time) and those in its value (a msgpack array of them; b"": none,
+    as every record was before records were grouped)."""
+    first = bytes(key[8:])
+    return [first, *_decode_entries(value)] if value else [first]
 
 
 def _parse_timer_key(key: bytes) -> tuple[float, str]:

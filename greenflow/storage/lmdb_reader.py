@@ -3,6 +3,7 @@ journal and inbox; the outbox, routes, timers, results, clients; app tables), ea
 short read transaction. `LmdbStore` hands these out as its own methods."""
 from __future__ import annotations
 
+from threading import get_ident
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from greenflow import serialization
@@ -24,6 +25,34 @@ READS = ("checkpoint", "header_blob", "logic_blob", "has_flow", "journal", "jour
 TABLE_READS = ("table_get", "table_items", "table_count")
 
 
+class PointReads:
+    """Single-key reads. The writer's thread reads through one read transaction until
+    its next write (`renew`), not one per read: a route looked up for every new session,
+    a header for every flow loaded. Other threads open their own, short ones."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.writer_thread: Optional[int] = None   # set by the store's first commit
+        self._txn: Any = None
+
+    def get(self, handle: Any, key: bytes) -> Optional[bytes]:
+        if get_ident() == self.writer_thread:
+            txn = self._txn
+            if txn is None:
+                txn = self._txn = self.env.begin()
+            return txn.get(key, None, handle)
+        with self.env.begin(db=handle) as txn:
+            return txn.get(key)
+
+    def renew(self) -> None:
+        """After a write on the writer's thread (a commit, an expiry sweep, a table
+        opened): its next read sees it. (No other thread writes while a node runs.)"""
+        if get_ident() == self.writer_thread:
+            txn, self._txn = self._txn, None
+            if txn is not None:
+                txn.abort()
+
+
 class LmdbReader:
     """Reads one `LmdbStore`'s databases. A database missing from a read-only view of an
     older store (handle None) reads as empty."""
@@ -32,13 +61,14 @@ class LmdbReader:
         self.store = store
         self.env = store.env
         self.db: dict[str, Any] = store.db
+        self.point = PointReads(store.env)
+        self.get_in = self.point.get
 
     def get(self, name: str, key: bytes) -> Optional[bytes]:
         handle = self.db[name]
         if handle is None:
             return None
-        with self.env.begin(db=handle) as txn:
-            return txn.get(key)
+        return self.get_in(handle, key)
 
     def items(self, handle: Any, prefix: bytes = b"", reverse: bool = False
                ) -> Iterator[tuple[bytes, bytes]]:
@@ -208,9 +238,8 @@ class TableReader:
         handle = self.handle(name)
         if handle is None:
             return None
-        with self.env.begin(db=handle) as txn:
-            raw = txn.get(key)
-            return bytes(raw) if raw is not None else None
+        raw = self.reader.get_in(handle, key)
+        return bytes(raw) if raw is not None else None
 
     def table_items(self, name: str, prefix: bytes = b"", *, after: Optional[bytes] = None,
                     reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

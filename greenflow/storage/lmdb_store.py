@@ -14,7 +14,7 @@ environment, one named database per concept. The keys below are private to this 
 | timers     | deadline (µs, 8 bytes) + flow id  | b""                                    |
 | wake       | flow id                           | b"" : flows to run at restart          |
 | results    | flow id                           | finished flow's result record          |
-| expiry     | time (µs) + db name \0 key        | b"" : what to delete after retention   |
+| expiry     | time (µs) + db name \0 key        | more db \0 key due then (msgpack) or b"" |
 | clients    | client id                         | flow id                                |
 | meta       | name                              | value                                  |
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from threading import get_ident
 from typing import Any, Optional
 
 import lmdb
@@ -33,7 +34,7 @@ import lmdb
 from greenflow.storage import store_guard
 from greenflow.errors import StoreError, StoreMissing
 from greenflow.storage.interface import Batch, dump_result, journal_chunk, load_result
-from greenflow.storage.lmdb_keys import DBS as _DBS, _micros
+from greenflow.storage.lmdb_keys import DBS as _DBS, _encode_entries, _micros, expiry_entries
 from greenflow.storage.lmdb_reader import READS, TABLE_READS, LmdbReader, TableReader
 from greenflow.storage.lmdb_writer import LmdbWriter
 from greenflow.storage.page_trim import DEFAULT_BUDGET, MapTrimmer
@@ -118,6 +119,7 @@ class LmdbStore:
         self.tables: dict[str, Any] = {}   # app tables opened (named databases)
 
     def close(self) -> None:
+        self.reader.point.renew()
         self.env.close()
         if self._lock is not None:
             self._lock.release()
@@ -133,6 +135,7 @@ class LmdbStore:
             raise ValueError(f"bad table name {name!r}")
         if name in _DBS:
             raise ValueError(f"table name {name!r} is taken by the store itself")
+        self.reader.point.renew()   # a read transaction begun before cannot see a new table
         try:
             self.tables[name] = self.env.open_db(name.encode(), create=not self.readonly)
         except lmdb.NotFoundError:
@@ -146,12 +149,16 @@ class LmdbStore:
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only: nothing can be committed")
         writer = self.writer
+        reader = self.reader.point
+        if reader.writer_thread is None:
+            reader.writer_thread = get_ident()
         for attempt in range(12):
             try:
                 writer.refused = []
                 with self.env.begin(write=True) as txn:
                     writer.apply(txn, batch)
                 self.commits += 1
+                reader.renew()
                 for fid in writer.refused:
                     log.error("store %s: refused the checkpoint header of flow %s: its start "
                               "record is not in the store (the flow ended or never started); "
@@ -159,6 +166,7 @@ class LmdbStore:
                 self.trimmer.after_commit()
                 return
             except lmdb.MapFullError:
+                reader.renew()   # the map may only grow with no transaction open here
                 new_size = self.env.info()["map_size"] * 2
                 log.info("store %s: map full, growing to %d MiB", self.path, new_size >> 20)
                 try:
@@ -179,7 +187,12 @@ class LmdbStore:
         """Delete finished flows' results, session dedup records and client ids that fell
         due before ``before`` (at most ``limit`` per call, so a sweep never stalls the
         scheduler)."""
-        cutoff = _micros(before)
+        try:
+            return self._expire(_micros(before), limit)
+        finally:
+            self.reader.point.renew()
+
+    def _expire(self, cutoff: bytes, limit: int) -> int:
         done = 0
         with self.env.begin(write=True) as txn:
             cur = txn.cursor(db=self.db["expiry"])
@@ -189,9 +202,17 @@ class LmdbStore:
                 k = cur.key()
                 if not k or k[:8] >= cutoff:
                     break
-                db_name, _, key = k[8:].partition(b"\0")
-                txn.delete(key, db=self.db[db_name.decode()])
-                done += 1
+                entries = expiry_entries(k, cur.value())
+                rest = entries[limit - done:]
+                for entry in entries[:limit - done]:
+                    db_name, _, key = entry.partition(b"\0")
+                    txn.delete(key, db=self.db[db_name.decode()])
+                    done += 1
+                if rest:   # the limit reached within a shared record: keep what is left
+                    cur.delete()
+                    txn.put(k[:8] + rest[0], _encode_entries(rest[1:]) if rest[1:] else b"",
+                            db=self.db["expiry"])
+                    break
                 if not cur.delete():
                     break
         return done

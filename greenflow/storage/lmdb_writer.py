@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from greenflow.errors import StoreError
 from greenflow.storage import interface as op
 from greenflow.storage.interface import Batch
-from greenflow.storage.lmdb_keys import (_U32, _expiry_key, _fid_key, _inbox_key, _session_key,
-                                         _timer_key)
+from greenflow.storage.lmdb_keys import (_U32, EXPIRY_BYTES, EXPIRY_GROUP, _encode_entries,
+                                         _inbox_key, _micros, _timer_key, expiry_entries)
 
 if TYPE_CHECKING:
     from greenflow.storage.lmdb_store import LmdbStore
@@ -30,14 +30,22 @@ class LmdbWriter:
         db = self.db
         put, delete, get = txn.put, txn.delete, txn.get
         pack32 = _U32.pack
-        d_flows, d_logic, d_journal, d_frames = db["flows"], db["logic"], db["journal"], db["frames"]
-        d_wake, d_outbox = db["wake"], db["outbox"]
-        OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START = (
+        d_flows, d_logic, d_journal = db["flows"], db["logic"], db["journal"]
+        d_frames, d_wake, d_outbox = db["frames"], db["wake"], db["outbox"]
+        d_results, d_sessions = db["results"], db["sessions"]
+        OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START, RESULT, ROUTE, DROP = (
             op.PUT_OUTBOX, op.DELETE_OUTBOX, op.SET_WAKE, op.PUT_HEADER, op.APPEND_JOURNAL,
-            op.PUT_SNAPSHOT, op.START_FLOW)
-        # In the order of how often a commit carries them (ping-pong, per flow: 9 outbox
-        # puts and as many deletes, 6 wake flags and headers, 5 journal chunks and
-        # snapshots, 2 starts). Keys are built inline: a call per op is measurable here.
+            op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
+        # What expires, by when: written once per distinct time at the end (`_put_expiry`).
+        expiring: dict[float, list[bytes]] = {}
+        # Routes, by key, written at the end: a responder that starts and ends within one
+        # round has its route replaced by the finished marker in the same batch, and the
+        # first write need not reach the database (nothing else in a batch reads them).
+        routes: dict[bytes, bytes] = {}
+        # In the order of how often a commit carries them (ping-pong, per flow: 3 outbox
+        # puts and as many deletes, 2 wake flags, headers, routes and results, a start, a
+        # journal chunk, a snapshot and a drop). Keys are built inline: a call per op is
+        # measurable here.
         # An outbox key: peer NUL sid NUL to_responder (0/1) NUL seq (big-endian u32).
         # Positional arguments (dupdata, overwrite, append, db): the C binding parses
         # them ~25% faster than the keyword, on every write of every commit.
@@ -60,30 +68,68 @@ class LmdbWriter:
                     self.refused.append(o[1])
                 else:
                     put(k, o[2], True, True, False, d_flows)
+            elif c == RESULT:
+                k = o[1].encode()
+                put(k, o[2], True, True, False, d_results)
+                expiring.setdefault(o[3], []).append(b"results\0" + k)
+            elif c == ROUTE:
+                k = b"%s\0%s\0%d" % (o[1].encode(), o[2].encode(), o[3])
+                routes[k] = o[4]
+                if o[5] is not None:
+                    expiring.setdefault(o[5], []).append(b"sessions\0" + k)
             elif c == JOURNAL:
                 put(o[1].encode() + pack32(o[2]), o[3], True, True, False, d_journal)
             elif c == SNAPSHOT:
                 put(o[1].encode(), o[2], True, True, False, d_frames)
             elif c == START:
                 put(o[1].encode(), o[2], True, True, False, d_logic)
+            elif c == DROP:
+                k = o[1].encode()
+                delete(k, b"", d_flows)
+                delete(k, b"", d_logic)
+                delete(k, b"", d_frames)
+                delete(k, b"", d_wake)
+                self.drop_rest(txn, k, o[3], o[4])
+            elif c == op.EXPIRE_CLIENT:
+                expiring.setdefault(o[2], []).append(b"clients\0" + o[1].encode())
             else:
                 self.apply_rare(txn, o)
+        for k, v in routes.items():
+            put(k, v, True, True, False, d_sessions)
+        if expiring:
+            self.put_expiry(txn, expiring)
+
+    def put_expiry(self, txn: Any, expiring: dict[float, list[bytes]]) -> None:
+        """One expiry record per distinct time of a batch and per `EXPIRY_BYTES` of its
+        entries (the records of the flows a round ends share theirs), not one per record:
+        its key is the time and the first entry (``db NUL key``), its value the other
+        entries (`expiry_entries`), small enough to stay on its page (a value spilling
+        onto overflow pages costs a search of LMDB's free list on every write). Where a
+        record of that key exists already (the same entry due at the same time, written
+        by an earlier batch), the two are merged."""
+        d_expiry = self.db["expiry"]
+        for when, entries in expiring.items():
+            micros = _micros(when)
+            i, n = 0, len(entries)
+            while i < n:
+                first = entries[i]
+                j, size = i + 1, len(first)
+                while j < n and size < EXPIRY_BYTES and j - i < EXPIRY_GROUP:
+                    size += len(entries[j]) + 3
+                    j += 1
+                key = micros + first
+                value = _encode_entries(entries[i + 1:j]) if j > i + 1 else b""
+                if not txn.put(key, value, True, False, False, d_expiry):
+                    merged = set(expiry_entries(key, txn.get(key, None, d_expiry)))
+                    merged.update(entries[i:j])
+                    merged.discard(first)
+                    txn.put(key, _encode_entries(sorted(merged)), True, True, False, d_expiry)
+                i = j
 
     def apply_rare(self, txn: Any, o: tuple) -> None:
         c = o[0]
         db = self.db
-        if c == op.PUT_ROUTE:
-            key = _session_key(o[1], o[2], o[3])
-            txn.put(key, o[4], True, True, False, db["sessions"])
-            if o[5] is not None:
-                txn.put(_expiry_key(o[5], "sessions", key), b"", True, True, False, db["expiry"])
-        elif c == op.DROP_FLOW:
-            self.drop_flow(txn, o[1], *o[3:])
-        elif c == op.PUT_RESULT:
-            key = o[1].encode()
-            txn.put(key, o[2], True, True, False, db["results"])
-            txn.put(_expiry_key(o[3], "results", key), b"", True, True, False, db["expiry"])
-        elif c == op.TABLE_PUT:
+        if c == op.TABLE_PUT:
             txn.put(o[2], o[3], True, True, False, self.writable_table(o[1]))
         elif c == op.TABLE_DELETE:
             txn.delete(o[2], b"", self.writable_table(o[1]))
@@ -101,9 +147,6 @@ class LmdbWriter:
             txn.put(o[1].encode(), o[2], True, True, False, db["flows"])
         elif c == op.PUT_CLIENT:
             txn.put(o[1].encode(), o[2].encode(), True, True, False, db["clients"])
-        elif c == op.EXPIRE_CLIENT:
-            txn.put(_expiry_key(o[2], "clients", o[1].encode()), b"", True, True, False,
-                    db["expiry"])
         else:
             raise StoreError(f"store {self.store.path}: unknown batch operation {o[0]!r}; "
                              "please file a bug")
@@ -115,17 +158,15 @@ class LmdbWriter:
                              "first); nothing of this batch was written")
         return handle
 
-    def drop_flow(self, txn: Any, fid: str, chunks: Optional[tuple[int, ...]] = None,
-                   inbox: bool = True) -> None:
-        db = self.db
-        k = _fid_key(fid)
-        for name in ("flows", "logic", "frames", "wake"):
-            txn.delete(k, b"", db[name])
+    def drop_rest(self, txn: Any, k: bytes, chunks: Optional[tuple[int, ...]],
+                  inbox: bool) -> None:
+        """A dropped flow's journal, inbox and payloads (its header, start record,
+        snapshot and wake flag are deleted by `apply` itself)."""
         # What the caller knows it stored is deleted by key; the rest found by a scan.
         if chunks is None:
             self.delete_prefix(txn, "journal", k, len(k) + 4)
         else:
-            d_journal = db["journal"]
+            d_journal = self.db["journal"]
             for start in chunks:
                 txn.delete(k + _U32.pack(start), b"", d_journal)
         if inbox:

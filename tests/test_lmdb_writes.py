@@ -1,0 +1,128 @@
+"""The LMDB store's own write and read paths (below the storage interface): expiry
+records shared by everything due at one time, expiry records in the layout written
+before (one entry each) still honoured, and the writer thread's read transaction, which
+lives until its next write."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from greenflow.storage import lmdb_store as store_mod
+from greenflow.storage.interface import Batch
+from greenflow.storage.lmdb_keys import EXPIRY_BYTES, EXPIRY_GROUP, _micros
+
+pytestmark = pytest.mark.lmdb_only
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = store_mod.LmdbStore(str(tmp_path / "store"), sync=False)
+    yield s
+    s.close()
+
+
+def _expiry_rows(store) -> int:
+    with store.env.begin(db=store.db["expiry"]) as txn:
+        return txn.stat(store.db["expiry"])["entries"]
+
+
+def test_everything_due_at_one_time_in_a_commit_shares_one_expiry_record(store):
+    b = Batch()
+    for i in range(100):
+        b.put_route("Bob", f"s{i}", 0, b"F", 50.0)
+        b.put_result(f"f{i}", b"R", 50.0)
+    b.put_result("g", b"R", 60.0)
+    store.commit(b)
+    assert _expiry_rows(store) == 200 // EXPIRY_GROUP + 2   # not 201
+    assert store.expire(55.0) == 200 and _expiry_rows(store) == 1
+    assert store.reader.get("results", b"f3") is None and store.route("Bob", "s3", 0) is None
+    assert store.reader.get("results", b"g") == b"R"
+
+
+def test_a_group_never_exceeds_its_bounds(store):
+    b = Batch()
+    for i in range(EXPIRY_GROUP * 2 + 1):
+        b.put_result(f"f{i}", b"R", 50.0)
+    store.commit(b)
+    assert _expiry_rows(store) == 3
+    with store.env.begin(db=store.db["expiry"]) as txn:
+        assert max(len(k) + len(v) for k, v in txn.cursor()) < EXPIRY_BYTES + 100
+    assert store.expire(51.0, limit=10) == 10          # a shared record is split at need
+    assert _expiry_rows(store) == 3
+    assert store.expire(51.0, limit=EXPIRY_GROUP) == EXPIRY_GROUP
+    assert store.expire(51.0) == EXPIRY_GROUP + 1 - 10 and _expiry_rows(store) == 0
+    assert store.reader.get("results", b"f0") is None
+
+
+def test_an_expiry_record_written_before_records_were_grouped_still_expires(store):
+    with store.env.begin(write=True) as txn:   # the earlier layout: one entry, value b""
+        txn.put(b"f1", b"R", db=store.db["results"])
+        txn.put(_micros(50.0) + b"results\0f1", b"", db=store.db["expiry"])
+    b = Batch()
+    b.put_result("f2", b"R", 50.0)
+    store.commit(b)
+    assert store.expire(51.0) == 2
+    assert store.reader.get("results", b"f1") is None and store.reader.get("results", b"f2") is None
+
+
+def test_long_keys_share_records_by_size(store):
+    b = Batch()
+    for i in range(100):
+        b.put_route("Bob", f"{i:0200d}", 0, b"F", 50.0)
+    store.commit(b)
+    rows = _expiry_rows(store)
+    assert 100 * 215 // EXPIRY_BYTES <= rows < 100
+    assert store.expire(51.0) == 100 and _expiry_rows(store) == 0
+
+
+def test_the_same_entry_due_at_the_same_time_from_two_commits_merges(store):
+    for other in ("a", "b"):
+        b = Batch()
+        b.put_result("f", b"R", 50.0)
+        b.put_result(other, b"R", 50.0)
+        store.commit(b)
+    assert _expiry_rows(store) == 1
+    assert store.expire(51.0) == 3
+    assert all(store.reader.get("results", k) is None for k in (b"f", b"a", b"b"))
+
+
+def test_the_writers_reads_see_each_commit_and_other_threads_read_their_own(store):
+    def put(value: bytes) -> None:
+        b = Batch()
+        b.put_route("Bob", "s", 0, value)
+        store.commit(b)
+
+    put(b"1")
+    assert store.route("Bob", "s", 0) == b"1"       # read through the writer's transaction
+    put(b"2")
+    assert store.route("Bob", "s", 0) == b"2"       # renewed by the commit
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(store.route("Bob", "s", 0)))
+    t.start()
+    t.join()
+    assert seen == [b"2"]
+    store.open_table("t")                           # a table made after the read began
+    b = Batch()
+    b.table_put("t", b"k", b"v")
+    store.commit(b)
+    assert store.table_get("t", b"k") == b"v"
+
+
+def test_the_map_grows_while_the_writer_holds_a_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(store_mod, "INITIAL_MAP", 256 * 1024)
+    s = store_mod.LmdbStore(str(tmp_path / "store"), sync=False)
+    try:
+        b = Batch()
+        b.put_route("Bob", "s", 0, b"1")
+        s.commit(b)
+        assert s.route("Bob", "s", 0) == b"1"        # a read transaction is open now
+        before = s.env.info()["map_size"]
+        b = Batch()
+        for i in range(400):
+            b.put_result(f"f{i}", b"x" * 4000, 50.0)
+        s.commit(b)
+        assert s.env.info()["map_size"] > before
+        assert s.route("Bob", "s", 0) == b"1" and s.reader.get("results", b"f399") == b"x" * 4000
+    finally:
+        s.close()
