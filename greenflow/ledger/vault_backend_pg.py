@@ -120,20 +120,38 @@ class _SharedLocks(SoftLocks):
 
     def select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
                where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        with self.vault._lock:
-            self.vault._refresh()
+        """Picks from what the last read saw, then takes the locks and reads what changed
+        since in one statement (`SharedVault._take` with ``refresh``): a state another
+        worker consumed or locked meanwhile is refused by the database, taken in from the
+        same answer, and picked again. Only a first (or full) read, or the stale-lock
+        sweep, is a round trip before the pick."""
+        vault = self.vault
+        with vault._lock:
+            if not vault._can_fold():
+                vault._refresh()
             for _attempt in range(20):
                 picked = self.pick_free(state_type, amount, value_of, where, fid)
                 if picked is None:
-                    picked = self.pick_scanning(state_type, amount, value_of, where, fid)
+                    if vault._can_fold():   # not enough here: look at the database first
+                        vault._refresh()
+                        picked = self.pick_free(state_type, amount, value_of, where, fid)
+                    if picked is None:
+                        picked = self.pick_scanning(state_type, amount, value_of, where, fid)
                 want = [s.ref for s in picked if self.locks.get(s.ref) != fid]
-                got = self.vault._take(want, fid)
+                folded = vault._can_fold()
+                if folded:
+                    got, changes = vault._take_and_read(want, fid)
+                else:
+                    got = vault._take(want, fid)
                 for ref in want:
                     # Lost to a flow on another worker, or consumed there: not ours.
                     self.add(ref, fid if ref in got else _LOST)
+                if folded:
+                    vault._take_in_changes(changes)
                 if all(ref in got for ref in want):
                     return picked
-                self.vault._refresh()
+                if not folded:
+                    vault._refresh()
             raise StatesLocked(f"{self.vault._node.party.name}: could not lock the states selected "
                                f"for flow {fid}: other workers' flows kept taking them")
 
@@ -241,6 +259,14 @@ class SharedVault(Vault):
                 self._forget_prefetch()
 
     # ------------------------------------------------------------------ others' changes
+    def _can_fold(self) -> bool:
+        """Whether the next read may be the change log's alone, so that it can go in the
+        lock's statement (`_take` with ``refresh``): not a first or full read, and not
+        the stale-lock sweep's turn."""
+        now = time.monotonic()
+        return (self._snapshot is not None and now - self._full_at < _FULL_AFTER_S
+                and now < self._stale_at)
+
     def _refresh(self) -> None:
         """Take in what the other workers committed: all of it on the first read (and
         once a minute, a safety net), otherwise only the change log's rows written since
@@ -268,9 +294,7 @@ class SharedVault(Vault):
         if stale:
             log.warning("vault of %s: released %d soft lock(s) of flows that never committed",
                         self._node.party.name, len(stale))
-        for pending in (self._pending_add, self._pending_gone):
-            for key in [k for k, stamp in pending.items() if stamp < before]:
-                del pending[key]
+        self._forget_pending(before)
         self.last_read_rows = len(rows)
         if prev is None:
             self._full_at = now
@@ -278,6 +302,13 @@ class SharedVault(Vault):
         else:
             self._take_in_changes(rows)
         self.refreshes += 1
+
+    def _forget_pending(self, before: int) -> None:
+        """What this worker's commits up to ``before`` recorded or consumed is in the
+        database, so in a read taken after them."""
+        for pending in (self._pending_add, self._pending_gone):
+            for key in [k for k, stamp in pending.items() if stamp < before]:
+                del pending[key]
 
     def _take_in_all(self, rows: list) -> None:
         states: set[bytes] = set()
@@ -392,6 +423,24 @@ class SharedVault(Vault):
         rows = self._rows.run("taking soft locks", lambda c: c.execute(
             sql_.LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
         return {_ref_from_key(bytes(k)) for (k,) in rows}
+
+    def _take_and_read(self, refs: Sequence[StateRef], fid: str) -> tuple[set[StateRef], list]:
+        """`_take` and a refresh (`_can_fold` must hold) in one statement: the refs now
+        held by ``fid``, and the change rows for `_take_in_changes` (the caller takes
+        them in after noting its locks)."""
+        keys = sorted({ref_key(r) for r in refs})
+        tag = fid.encode() + b"\0"
+        pending = [k for k in keys if k in self._pending_add]
+        before = self._node.store.commits   # what was committed by then is in the read
+        rows = self._rows.run("taking soft locks", lambda c: c.execute(
+            sql_.LOCK_AND_CHANGES, {"keys": keys, "tag": tag, "pending": pending,
+                                    "n": len(tag), "s": self._snapshot}).fetchall())
+        self._forget_pending(before)
+        got = {_ref_from_key(bytes(k)) for kind, k, _ in rows if kind == "k"}
+        changes = [r for r in rows if r[0] != "k"]
+        self.last_read_rows = len(changes)
+        self.refreshes += 1
+        return got, changes
 
     # ------------------------------------------------------------------ query indexes
     def _ensure_sequence(self) -> None:
