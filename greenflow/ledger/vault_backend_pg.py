@@ -111,6 +111,8 @@ class SharedVault(Vault):
         self._rows = SharedRows(node.store)
         self._pending_add: dict[bytes, int] = {}    # recorded here, not committed (stamp)
         self._pending_gone: dict[bytes, int] = {}   # consumed here, not committed
+        self._inputs_known: Optional[frozenset[bytes]] = None    # inputs prefetched ...
+        self._inputs_stored: frozenset[bytes] = frozenset()       # ... stored as ours
         self._seq_left = 0
         self._stale_at = 0.0
         self._local: dict[bytes, tuple[type, StateRef]] = {}   # key -> our unconsumed state
@@ -125,21 +127,31 @@ class SharedVault(Vault):
         self._consumed = _Prefetched(self._consumed)
 
     # ------------------------------------------------------------------ fewer round trips
-    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = ()) -> None:
-        """Read whether these transactions and consumed markers are stored, in one
-        round trip, for the lookups that follow (until `_forget_prefetch`)."""
+    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = (),
+                  inputs: Sequence[bytes] = ()) -> None:
+        """Read whether these transactions and consumed markers are stored, and which of
+        ``inputs`` (state keys) are stored states of this party, in one round trip, for
+        the lookups that follow (until `_forget_prefetch`)."""
+        local = self._local_keys()
+        unseen = [k for k in inputs if k not in local]
         want = [("vault_txs", k) for k in txs if k not in self._txs._cache] + \
-               [("vault_consumed", k) for k in consumed if k not in self._consumed._cache]
+               [("vault_consumed", k) for k in (*consumed, *unseen)
+                if k not in self._consumed._cache] + \
+               [("vault_states", k) for k in unseen]
+        self._inputs_known = frozenset(unseen) if inputs else None
         if not want:
+            self._inputs_stored = frozenset()
             return
         rows = self._rows.run("reading the vault", lambda c: c.execute(
             sql_.PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
         found = {(t, bytes(k)): bytes(v) for t, k, v in rows}
         self._txs.known = {k: found.get((t, k)) for t, k in want if t == "vault_txs"}
         self._consumed.known = {k: found.get((t, k)) for t, k in want if t == "vault_consumed"}
+        self._inputs_stored = frozenset(k for t, k in found if t == "vault_states")
 
     def _forget_prefetch(self) -> None:
         self._txs.known = self._consumed.known = None
+        self._inputs_known = None
 
     def record_transactions(self, stxs: Any, relevant: bool = True,
                             all_visible: bool = False) -> None:
@@ -153,7 +165,9 @@ class SharedVault(Vault):
         with self._lock:
             self._prefetch([stx.id.value for stx in stxs],
                            [ref_key(StateRef(stx.id, i)) for stx in stxs
-                            for i in range(len(stx.tx.outputs))] if relevant else ())
+                            for i in range(len(stx.tx.outputs))] if relevant else (),
+                           [ref_key(ref) for stx in stxs for ref in stx.tx.inputs]
+                           if relevant else ())
             try:
                 super().record_transactions(stxs, relevant, all_visible)
             finally:
@@ -313,7 +327,12 @@ class SharedVault(Vault):
             if ref in self._unconsumed.get(cls, ()):
                 local[key] = (cls, ref)
         # An input this worker has not seen yet (recorded by another worker since its
-        # last refresh) is consumed all the same: its row goes in this commit.
+        # last refresh) is consumed all the same: its row goes in this commit. Which of
+        # them are this party's states at all was read with the recording's prefetch
+        # (another party's input is not ours to mark).
+        known = self._inputs_known
+        if known is not None:
+            unseen = [k for k in unseen if k not in known or k in self._inputs_stored]
         if unseen:
             now_us = int(self._node.clock.now() * 1_000_000)
             for key in unseen:
