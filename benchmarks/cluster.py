@@ -52,7 +52,10 @@ def median_run(runs: list[dict]) -> dict:
     round's flows/s beside it."""
     ranked = sorted(runs, key=lambda f: f.get("flows_per_s") or 0.0)
     out = dict(ranked[(len(ranked) - 1) // 2])
-    out["flows_per_s_rounds"] = [f.get("flows_per_s") for f in runs]
+    for key in ("flows_per_s", "cpu_us_per_flow", "cpu_cores_busy", "machine_cores_busy"):
+        # Every round's, in the order run: a ratio off the others' goes with a round
+        # whose machine was busier (or quieter) during one configuration.
+        out[key + "_rounds"] = [f.get(key) for f in runs]
     return out
 
 
