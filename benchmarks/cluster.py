@@ -16,7 +16,9 @@ worker between runs): each figure is the configuration's median round, each rati
 median of the rounds' ratios, and every round's figure is kept in the JSON.
 
 For each: flows/s, latency, and CPU per flow (user + system time of the node or worker
-processes, and of every PostgreSQL server process, over the measured window). Beside them
+processes, and of every PostgreSQL server process, over the measured window), the cores
+they kept busy, and the whole machine's busy cores over the same window (on a shared
+machine the difference is other work: the rates alone do not say what was available). Beside them
 the commit latency of the two stores measured directly: one flow's start, header and
 journal chunk per commit (what a round with one flow writes), p50/p99.
 
@@ -50,7 +52,10 @@ def median_run(runs: list[dict]) -> dict:
     round's flows/s beside it."""
     ranked = sorted(runs, key=lambda f: f.get("flows_per_s") or 0.0)
     out = dict(ranked[(len(ranked) - 1) // 2])
-    out["flows_per_s_rounds"] = [f.get("flows_per_s") for f in runs]
+    for key in ("flows_per_s", "cpu_us_per_flow", "cpu_cores_busy", "machine_cores_busy"):
+        # Every round's, in the order run: a ratio off the others' goes with a round
+        # whose machine was busier (or quieter) during one configuration.
+        out[key + "_rounds"] = [f.get(key) for f in runs]
     return out
 
 
@@ -85,6 +90,17 @@ def _pg_pids(server: Any) -> list[int]:
         return [pid] + [c.pid for c in p.children(recursive=True)]
     except (OSError, ValueError, psutil.Error):
         return []
+
+
+def _machine_ticks() -> Optional[tuple[int, int]]:
+    """(busy, total) clock ticks of every core so far (Linux ``/proc/stat``): the whole
+    machine's load, the other work on a shared machine included."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(v) - v[3] - v[4], sum(v)
 
 
 def _pg_counters(url: Optional[str]) -> Optional[tuple[int, int]]:
@@ -174,6 +190,7 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
         t.start()
     barrier.wait()
     pg0 = _pg_counters(pg_url)
+    m0 = _machine_ticks()
     groups0 = cpu_pids()
     cpu0 = {k: _cpu(v) for k, v in groups0.items()}
     w0 = time.perf_counter()
@@ -182,6 +199,7 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     groups1 = cpu_pids()
     cpu1 = {k: _cpu(v) for k, v in groups1.items()}
     w1 = time.perf_counter()
+    m1 = _machine_ticks()
     time.sleep(0.6)   # statistics reach pg_stat_database within ~0.5 s
     pg1 = _pg_counters(pg_url)
     by_group = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
@@ -194,6 +212,10 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
             "cpu_us_per_flow_by_process": {k: v / flows * 1e6 for k, v in by_group.items()}
             if flows else None,
             "cpu_cores_busy": spent / (w1 - w0),
+            # Every core's busy share over the window, whoever used it: the measured
+            # system, the driver and the peers, and other work on a shared machine.
+            "machine_cores_busy": (m1[0] - m0[0]) / (m1[1] - m0[1]) * (os.cpu_count() or 1)
+            if m0 and m1 and m1[1] > m0[1] else None,
             "wal_bytes_per_flow": (pg1[0] - pg0[0]) / flows if pg0 and pg1 and flows else None,
             "pg_commits_per_flow": (pg1[1] - pg0[1]) / flows if pg0 and pg1 and flows else None,
             "unfinished": sum(r.get("unfinished", 0) for r in results),
@@ -348,26 +370,26 @@ def run(ctx: Any) -> SuiteResult:
     tbl = Table(f"Durable ping-pong, Ping(Alice, 1) on one party, c={conc}, {budget:.0f} s "
                 "closed loop over RPC, sync commits, database on the same machine",
                 ["system", "flows/s", "CPU us/flow", "of which PostgreSQL", "cores busy",
-                 "p50 ms", "p99 ms", "WAL B/flow", "PG transactions/flow"])
+                 "machine busy", "p50 ms", "p99 ms", "WAL B/flow", "PG transactions/flow"])
     rows = [("LMDB node (one process)", "lmdb"), ("cluster, 1 worker + PostgreSQL", "cluster_1"),
             ("cluster, 2 workers + PostgreSQL", "cluster_2")]
     for label, key in rows:
         f = figures.get(key, {})
         pg_us = (f.get("cpu_us_per_flow_by_process") or {}).get("postgres")
         tbl.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
-                f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
+                f.get("cpu_cores_busy"), f.get("machine_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
                 f.get("wal_bytes_per_flow"), f.get("pg_commits_per_flow"))
     tt = Table(f"Trades (samples.trade.SellPaperFlow: Alice sells a paper to Bob for cash, "
                f"notarised, both vaults), c={tconc}, up to {budget:.0f} s or {papers} trades; "
                "Alice is the system measured, Bob, the bank and the notary are LMDB node "
                "processes on the same machine; CPU is Alice's (and PostgreSQL's)",
                ["system", "trades/s", "CPU us/trade", "of which PostgreSQL", "cores busy",
-                "p50 ms", "p99 ms", "PG transactions/trade"])
+                "machine busy", "p50 ms", "p99 ms", "PG transactions/trade"])
     for label, key in rows:
         f = figures.get(key + "_trades", {})
         pg_us = (f.get("cpu_us_per_flow_by_process") or {}).get("postgres")
         tt.add(label, f.get("flows_per_s"), f.get("cpu_us_per_flow"), pg_us,
-               f.get("cpu_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
+               f.get("cpu_cores_busy"), f.get("machine_cores_busy"), f.get("p50_ms"), f.get("p99_ms"),
                f.get("pg_commits_per_flow"))
     cm = Table(f"Commit latency: one flow's start + header + journal chunk per commit, "
                f"{commits} commits, one client", ["store", "p50 ms", "p99 ms", "commits/s"])

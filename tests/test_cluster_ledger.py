@@ -176,3 +176,87 @@ def test_a_refresh_reads_only_what_changed_since_the_last(party):
     assert gone not in {s.ref for s in v2.query(cash)}
     assert v2.locks().get(held) == "elsewhere"
     assert v2._full_at == full_at and v2.refreshes > reads
+
+
+def test_a_select_locks_and_reads_the_changes_in_one_round_trip(party, monkeypatch):
+    """A select picks from what the vault last read, then takes its lock rows and reads
+    what changed since in one statement: a state another worker consumed meanwhile is
+    refused by the database, taken in from that answer, and another one picked."""
+    import psycopg
+    from ledgerflows import HoldCashFlow
+    from greenflow.ledger.vault import ref_key
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    issue(w1, 3)
+    v2 = w2.node.services.vault
+    cash = type(w1.node.services.vault.query(object)[0].state)
+    assert v2.balance(cash, "quantity") == 3 * COIN * 100     # read: the last one for a while
+    calls = []
+    run = v2._rows.run
+    v2._rows.run = lambda what, fn: calls.append(what) or run(what, fn)
+    [ref] = w2.node.start_flows([HoldCashFlow(COIN, 0)])[0].result(timeout=30)
+    assert calls == ["taking soft locks"]                    # no refresh of its own before
+    # Every coin but one consumed elsewhere, unseen here: the select picks one of them
+    # (or the free one), the database refuses the consumed ones, and it ends with the
+    # one still there.
+    left = [s.ref for s in v2.query(cash)]
+    keep = left[0]
+    with psycopg.connect(v2._rows.dsn) as conn:
+        conn.execute(f'SET search_path TO "{v2._rows.schema}"')
+        for r in left[1:]:
+            conn.execute("DELETE FROM app_rows WHERE tbl = 'vault_states' AND key = %s",
+                         (ref_key(r),))
+    v2._free[cash] = {r: v2._free[cash][r] for r in left[1:] + [keep]}   # the gone ones first
+    import greenflow.ledger.vault_locks_pg as locks_pg
+    monkeypatch.setattr(locks_pg.random, "randrange", lambda n: 0)   # from the first
+    del calls[:]
+    [got] = w2.node.start_flows([HoldCashFlow(COIN, 0)])[0].result(timeout=30)
+    assert got == keep
+    # Refused once, in an answer that also said which coins had gone, then taken: two
+    # round trips, no refresh of their own.
+    assert calls == ["taking soft locks"] * 2
+    assert {s.ref for s in v2.query(cash)} == {keep}
+
+
+def test_recording_marks_only_this_partys_inputs_consumed(party):
+    """Recording a transaction marks consumed the inputs that were this party's states,
+    also those it had not seen (recorded by another worker), and not another party's
+    inputs: which is which comes with the recording's one prefetch, not a read each."""
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    issue(w1, 2)
+    v1, v2 = w1.node.services.vault, w2.node.services.vault
+    cash = type(v1.query(object)[0].state)
+    ours = v2.query(cash)[0].ref
+    stranger = StateRef(SecureHash(bytes(32)), 7)        # never a state of this party
+    store = w2.node.store
+    reads = []
+    table_get = store.table_get
+    store.table_get = lambda t, k: reads.append((t, k)) or table_get(t, k)
+
+    class Tx:   # what `_apply` reads of a transaction
+        inputs = [ours, stranger]
+        outputs: list = []
+        notary = None
+
+    class Stx:
+        id = SecureHash(b"\x01" * 32)
+        tx = Tx()
+
+    from greenflow.ledger.vault import ref_key
+    from greenflow.storage.interface import TABLE_DELETE, TABLE_PUT, Batch
+    v2._local.pop(ref_key(ours), None)          # as if another worker had recorded it
+    for by_type in v2._unconsumed.values():
+        by_type.pop(ours, None)
+    with v2._lock:
+        v2._prefetch([], [], [ref_key(ours), ref_key(stranger)])
+        try:
+            b = Batch()
+            v2._apply(b, Stx())
+        finally:
+            v2._forget_prefetch()
+            store.table_get = table_get
+    assert reads == []                           # answered by the prefetch
+    marked = [bytes(op[2]) for op in b.ops if op[0] == TABLE_PUT and op[1] == "vault_consumed"]
+    deleted = [bytes(op[2]) for op in b.ops if op[0] == TABLE_DELETE and op[1] == "vault_states"]
+    assert marked == [ref_key(ours)] and deleted == [ref_key(ours)]

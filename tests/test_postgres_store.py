@@ -182,6 +182,46 @@ def test_fencing_refuses_a_commit_for_a_lost_partition(pg_url: str, schema: str,
         w1.close()
 
 
+def test_a_worker_answers_no_such_route_of_its_partitions_from_memory(
+        pg_url: str, schema: str, store: PostgresStore) -> None:
+    """A worker is the only writer of its partitions' routes (a route is written with its
+    session's partition fenced), so "no such route" there needs no query; a route it has,
+    or one of another partition, is read from the database."""
+    [mine], [theirs] = _fids_in(7, 1), _fids_in(8, 1)
+    b = Batch()
+    b.start_flow(mine, b"l")
+    b.put_header(mine, _header(0))
+    b.put_route("P", mine + ".1", 1, b"stored before", None)
+    store.commit(b)
+    _take(pg_url, schema, {7: ("w", 1)})
+    w = PostgresStore(pg_url, schema, owner="w", owned=lambda: {7: 1})
+    try:
+        queries = []
+        one = w.reader.one
+        w.reader.one = lambda q, p: queries.append(p) or one(q, p)
+        assert w.route("P", mine + ".1", 1) == b"stored before"     # loaded, then read
+        assert len(queries) == 1
+        assert w.route("P", mine + ".2", 1) is None                  # from memory
+        assert w.route("Q", mine + ".1", 1) is None
+        assert len(queries) == 1
+        assert w.route("P", theirs + ".1", 1) is None                # not its partition
+        assert len(queries) == 2
+        # Its own commit's routes are known at once.
+        b = Batch()
+        b.put_header(mine, _header(1))
+        b.put_route("P", mine + ".2", 1, b"committed here", None)
+        w.commit(b)
+        assert w.route("P", mine + ".2", 1) == b"committed here"
+        # A route of a session in a partition it does not hold is fenced like its flows.
+        b = Batch()
+        b.put_route("P", theirs + ".3", 1, b"not mine", None)
+        with pytest.raises(Fenced, match="does not own"):
+            w.commit(b)
+        assert store.route("P", theirs + ".3", 1) is None
+    finally:
+        w.close()
+
+
 def test_listings_are_limited_to_owned_partitions(pg_url: str, schema: str,
                                                    store: PostgresStore) -> None:
     mine, theirs = _fids_in(7, 3), _fids_in(8, 2)

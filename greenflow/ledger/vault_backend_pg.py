@@ -35,11 +35,9 @@ opened on.
 """
 from __future__ import annotations
 
-import itertools
 import logging
-import random
 import time
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import psycopg
 from psycopg import sql
@@ -49,9 +47,9 @@ from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.states import StateAndRef, StateRef
 from greenflow.ledger import vault_pg_sql as sql_
 from greenflow.ledger.shared_rows import SharedRows
-from greenflow.ledger.vault import (StatesLocked, Vault, _ref_from_key, _unpack, ref_key)
+from greenflow.ledger.vault import Vault, _ref_from_key, _unpack, ref_key
 from greenflow.ledger.vault_indexes import VaultIndexes
-from greenflow.ledger.vault_locks import SoftLocks
+from greenflow.ledger.vault_locks_pg import _LOST, _SharedLocks, _lock_fid
 
 __all__ = ["STALE_LOCK_S", "SharedNotaryService", "SharedRows", "SharedVault"]
 
@@ -61,8 +59,6 @@ log = logging.getLogger("greenflow.ledger.vault")
 #: never committed (its worker died in that round): it no longer holds the state.
 STALE_LOCK_S = 30.0
 _SEQ_BLOCK = 1000
-#: The holder noted for a state whose lock went to a flow of another worker.
-_LOST = "(another worker)"
 
 _CHANGES_KEPT_S = 300.0
 _FULL_AFTER_S = 60.0
@@ -86,74 +82,6 @@ class _Prefetched(AppDb):
             raw = known[key]
             return default if raw is None else self.decode(raw)
         return super().get(key, default)
-
-
-def _lock_fid(value: bytes) -> str:
-    return bytes(value).split(b"\0", 1)[0].decode("utf-8", "replace")
-
-
-class _SharedLocks(SoftLocks):
-    """Soft locks as rows shared with the party's other workers: taken in the database
-    (`SharedVault._take`) before they count, judged stale by `SharedVault._refresh`."""
-
-    def load(self, store: Any) -> None:
-        """Locks are rows other workers take too: `_refresh` reads them."""
-        self.vault._refresh()
-
-    def locked_by_other(self, ref: StateRef, fid: Optional[str]) -> bool:
-        owner = self.locks.get(ref)
-        return owner is not None and owner != fid   # stale ones: swept by `_refresh`
-
-    def free_candidates(self, state_type: type,
-                        where: Optional[Callable[[Any], bool]]) -> Iterator[StateAndRef]:
-        """The free states from a random point of each type's index: flows on two workers
-        selecting at once would otherwise both reach for the first free state and one of
-        them lose the lock and pick again (a worker's own flows see each other's locks
-        in memory and never collide)."""
-        for cls, by_type in self.vault._free.items():
-            if issubclass(cls, state_type) and by_type:
-                sars = list(by_type.values())
-                start = random.randrange(len(sars))
-                for sar in itertools.chain(sars[start:], sars[:start]):
-                    if where is None or where(sar.state):
-                        yield sar
-
-    def select(self, state_type: type, amount: Any, value_of: Callable[[Any], Any],
-               where: Optional[Callable[[Any], bool]], fid: str) -> list[StateAndRef]:
-        with self.vault._lock:
-            self.vault._refresh()
-            for _attempt in range(20):
-                picked = self.pick_free(state_type, amount, value_of, where, fid)
-                if picked is None:
-                    picked = self.pick_scanning(state_type, amount, value_of, where, fid)
-                want = [s.ref for s in picked if self.locks.get(s.ref) != fid]
-                got = self.vault._take(want, fid)
-                for ref in want:
-                    # Lost to a flow on another worker, or consumed there: not ours.
-                    self.add(ref, fid if ref in got else _LOST)
-                if all(ref in got for ref in want):
-                    return picked
-                self.vault._refresh()
-            raise StatesLocked(f"{self.vault._node.party.name}: could not lock the states selected "
-                               f"for flow {fid}: other workers' flows kept taking them")
-
-    def soft_lock(self, refs: Sequence[StateRef], fid: str) -> None:
-        with self.vault._lock:
-            self.vault._refresh()
-            want = [r for r in refs if self.locks.get(r) != fid]
-            taken = [r for r in want if self.locked_by_other(r, fid)]
-            if not taken:
-                got = self.vault._take(want, fid)
-                taken = [r for r in want if r not in got]
-                for ref in got:
-                    self.add(ref, fid)
-            if taken:
-                self.vault._refresh()
-                raise StatesLocked(f"{len(taken)} state(s) are locked by other flows: " + ", ".join(
-                    f"{r} (flow {self.locks.get(r, '(consumed)')})" for r in taken[:5]))
-
-    def flow_is_live(self, fid: str) -> bool:
-        return True   # whether a lock is stale is decided by `_refresh`'s sweep
 
 
 class _SharedIndexes(VaultIndexes):
@@ -183,6 +111,8 @@ class SharedVault(Vault):
         self._rows = SharedRows(node.store)
         self._pending_add: dict[bytes, int] = {}    # recorded here, not committed (stamp)
         self._pending_gone: dict[bytes, int] = {}   # consumed here, not committed
+        self._inputs_known: Optional[frozenset[bytes]] = None    # inputs prefetched ...
+        self._inputs_stored: frozenset[bytes] = frozenset()       # ... stored as ours
         self._seq_left = 0
         self._stale_at = 0.0
         self._local: dict[bytes, tuple[type, StateRef]] = {}   # key -> our unconsumed state
@@ -197,21 +127,31 @@ class SharedVault(Vault):
         self._consumed = _Prefetched(self._consumed)
 
     # ------------------------------------------------------------------ fewer round trips
-    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = ()) -> None:
-        """Read whether these transactions and consumed markers are stored, in one
-        round trip, for the lookups that follow (until `_forget_prefetch`)."""
+    def _prefetch(self, txs: Sequence[bytes], consumed: Sequence[bytes] = (),
+                  inputs: Sequence[bytes] = ()) -> None:
+        """Read whether these transactions and consumed markers are stored, and which of
+        ``inputs`` (state keys) are stored states of this party, in one round trip, for
+        the lookups that follow (until `_forget_prefetch`)."""
+        local = self._local_keys()
+        unseen = [k for k in inputs if k not in local]
         want = [("vault_txs", k) for k in txs if k not in self._txs._cache] + \
-               [("vault_consumed", k) for k in consumed if k not in self._consumed._cache]
+               [("vault_consumed", k) for k in (*consumed, *unseen)
+                if k not in self._consumed._cache] + \
+               [("vault_states", k) for k in unseen]
+        self._inputs_known = frozenset(unseen) if inputs else None
         if not want:
+            self._inputs_stored = frozenset()
             return
         rows = self._rows.run("reading the vault", lambda c: c.execute(
             sql_.PREFETCH, ([t for t, _ in want], [k for _, k in want])).fetchall())
         found = {(t, bytes(k)): bytes(v) for t, k, v in rows}
         self._txs.known = {k: found.get((t, k)) for t, k in want if t == "vault_txs"}
         self._consumed.known = {k: found.get((t, k)) for t, k in want if t == "vault_consumed"}
+        self._inputs_stored = frozenset(k for t, k in found if t == "vault_states")
 
     def _forget_prefetch(self) -> None:
         self._txs.known = self._consumed.known = None
+        self._inputs_known = None
 
     def record_transactions(self, stxs: Any, relevant: bool = True,
                             all_visible: bool = False) -> None:
@@ -225,7 +165,9 @@ class SharedVault(Vault):
         with self._lock:
             self._prefetch([stx.id.value for stx in stxs],
                            [ref_key(StateRef(stx.id, i)) for stx in stxs
-                            for i in range(len(stx.tx.outputs))] if relevant else ())
+                            for i in range(len(stx.tx.outputs))] if relevant else (),
+                           [ref_key(ref) for stx in stxs for ref in stx.tx.inputs]
+                           if relevant else ())
             try:
                 super().record_transactions(stxs, relevant, all_visible)
             finally:
@@ -241,6 +183,14 @@ class SharedVault(Vault):
                 self._forget_prefetch()
 
     # ------------------------------------------------------------------ others' changes
+    def _can_fold(self) -> bool:
+        """Whether the next read may be the change log's alone, so that it can go in the
+        lock's statement (`_take` with ``refresh``): not a first or full read, and not
+        the stale-lock sweep's turn."""
+        now = time.monotonic()
+        return (self._snapshot is not None and now - self._full_at < _FULL_AFTER_S
+                and now < self._stale_at)
+
     def _refresh(self) -> None:
         """Take in what the other workers committed: all of it on the first read (and
         once a minute, a safety net), otherwise only the change log's rows written since
@@ -268,9 +218,7 @@ class SharedVault(Vault):
         if stale:
             log.warning("vault of %s: released %d soft lock(s) of flows that never committed",
                         self._node.party.name, len(stale))
-        for pending in (self._pending_add, self._pending_gone):
-            for key in [k for k, stamp in pending.items() if stamp < before]:
-                del pending[key]
+        self._forget_pending(before)
         self.last_read_rows = len(rows)
         if prev is None:
             self._full_at = now
@@ -278,6 +226,13 @@ class SharedVault(Vault):
         else:
             self._take_in_changes(rows)
         self.refreshes += 1
+
+    def _forget_pending(self, before: int) -> None:
+        """What this worker's commits up to ``before`` recorded or consumed is in the
+        database, so in a read taken after them."""
+        for pending in (self._pending_add, self._pending_gone):
+            for key in [k for k, stamp in pending.items() if stamp < before]:
+                del pending[key]
 
     def _take_in_all(self, rows: list) -> None:
         states: set[bytes] = set()
@@ -372,7 +327,12 @@ class SharedVault(Vault):
             if ref in self._unconsumed.get(cls, ()):
                 local[key] = (cls, ref)
         # An input this worker has not seen yet (recorded by another worker since its
-        # last refresh) is consumed all the same: its row goes in this commit.
+        # last refresh) is consumed all the same: its row goes in this commit. Which of
+        # them are this party's states at all was read with the recording's prefetch
+        # (another party's input is not ours to mark).
+        known = self._inputs_known
+        if known is not None:
+            unseen = [k for k in unseen if k not in known or k in self._inputs_stored]
         if unseen:
             now_us = int(self._node.clock.now() * 1_000_000)
             for key in unseen:
@@ -392,6 +352,24 @@ class SharedVault(Vault):
         rows = self._rows.run("taking soft locks", lambda c: c.execute(
             sql_.LOCK, {"keys": keys, "tag": tag, "pending": pending, "n": len(tag)}).fetchall())
         return {_ref_from_key(bytes(k)) for (k,) in rows}
+
+    def _take_and_read(self, refs: Sequence[StateRef], fid: str) -> tuple[set[StateRef], list]:
+        """`_take` and a refresh (`_can_fold` must hold) in one statement: the refs now
+        held by ``fid``, and the change rows for `_take_in_changes` (the caller takes
+        them in after noting its locks)."""
+        keys = sorted({ref_key(r) for r in refs})
+        tag = fid.encode() + b"\0"
+        pending = [k for k in keys if k in self._pending_add]
+        before = self._node.store.commits   # what was committed by then is in the read
+        rows = self._rows.run("taking soft locks", lambda c: c.execute(
+            sql_.LOCK_AND_CHANGES, {"keys": keys, "tag": tag, "pending": pending,
+                                    "n": len(tag), "s": self._snapshot}).fetchall())
+        self._forget_pending(before)
+        got = {_ref_from_key(bytes(k)) for kind, k, _ in rows if kind == "k"}
+        changes = [r for r in rows if r[0] != "k"]
+        self.last_read_rows = len(changes)
+        self.refreshes += 1
+        return got, changes
 
     # ------------------------------------------------------------------ query indexes
     def _ensure_sequence(self) -> None:

@@ -15,8 +15,14 @@ CHANGES = """WITH c AS (SELECT DISTINCT tbl, key FROM vault_changes
    WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
      AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
 SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
-  FROM c LEFT JOIN app_rows a ON a.tbl = c.tbl AND a.key = c.key
+  FROM c LEFT JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = c.tbl AND key = c.key LIMIT 1) a
+    ON true
 UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
+# Every lookup of ``app_rows`` by key here is a LATERAL subquery with LIMIT 1 (so it is
+# not flattened into a join): one primary-key lookup per row whatever the planner's
+# statistics say. As joins, the cached generic plans scanned the whole of ``app_rows``
+# each time (estimated when it was small): ~0.6 ms a statement at a few thousand rows,
+# growing with the vault.
 # The change log: one row per write of a vault state or lock row, by triggers, so that
 # whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
 # is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
@@ -60,5 +66,30 @@ STALE = """DELETE FROM app_rows a WHERE a.tbl = 'vault_locks' AND length(a.value
    AND NOT EXISTS (SELECT 1 FROM flows f WHERE f.fid = convert_from(
        substring(a.value FROM 1 FOR length(a.value) - 9), 'UTF8'))
 RETURNING key"""
-PREFETCH = ("SELECT tbl, key, value FROM app_rows WHERE (tbl, key) IN "
-             "(SELECT * FROM unnest(%s::text[], %s::bytea[]))")
+PREFETCH = ("SELECT u.t, u.k, a.value FROM unnest(%s::text[], %s::bytea[]) AS u(t, k) "
+            "CROSS JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = u.t AND key = u.k LIMIT 1) a")
+# `LOCK` and `CHANGES` in one statement (one round trip on the flow's thread): the lock
+# rows a select inserts, and what changed since snapshot %(s)s, with the new snapshot.
+# 'k' rows are the keys now locked by the tag; the rest as in `CHANGES`. The change rows
+# are read in the statement's snapshot, which does not see its own inserts: they come
+# with the next read (and are this worker's locks already).
+LOCK_AND_CHANGES = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
+ins AS (INSERT INTO app_rows (tbl, key, value)
+        SELECT 'vault_locks', w.k, %(tag)s::bytea
+               || int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
+          FROM want w
+         WHERE w.k = ANY(%(pending)s::bytea[])
+            OR EXISTS (SELECT 1 FROM app_rows s WHERE s.tbl = 'vault_states' AND s.key = w.k)
+        ON CONFLICT (tbl, key) DO NOTHING RETURNING key),
+c AS (SELECT DISTINCT tbl, key FROM vault_changes
+   WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
+     AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
+SELECT 'k', key, NULL::bytea FROM ins
+UNION ALL
+SELECT 'k', key, NULL FROM app_rows WHERE tbl = 'vault_locks' AND key = ANY(%(keys)s::bytea[])
+   AND substring(value FROM 1 FOR %(n)s) = %(tag)s::bytea
+UNION ALL
+SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
+  FROM c LEFT JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = c.tbl AND key = c.key LIMIT 1) a
+    ON true
+UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""

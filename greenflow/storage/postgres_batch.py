@@ -12,7 +12,7 @@ from psycopg.adapt import Dumper
 
 from greenflow.errors import StoreError
 from greenflow.storage import interface as I
-from greenflow.storage.partitions import partition_of, session_partition
+from greenflow.storage.partitions import initiator_flow_id, partition_of, session_partition
 from greenflow.storage.postgres_schema import _ARGS, _NARGS
 
 
@@ -88,6 +88,9 @@ class _Plan:
             self.payloads.setdefault(op[1], {})[(op[2], op[3])] = op[4]
         elif code == I.PUT_ROUTE:
             self.routes[(op[1], op[2], op[3])] = (op[4], op[5])
+            # A session's routes are its partition's (a clustered worker answers "no such
+            # route" from memory for the partitions it holds): fenced with it.
+            self.fenced_parts.add(initiator_flow_id(op[2]))
         elif code == I.PUT_TIMER:
             self.timers[(_us(op[1]), op[2])] = True
             self.fenced_parts.add(op[2])

@@ -5,12 +5,13 @@ single node's route cache, which the store's commits and expiry update."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import psycopg
 
 from greenflow.errors import StoreError
 from greenflow.storage.interface import assemble_journal, load_checkpoint, load_result
+from greenflow.storage.partitions import session_partition
 from greenflow.storage.postgres_schema import _msg
 
 if TYPE_CHECKING:
@@ -192,14 +193,26 @@ class PostgresReader:
 
 
 class RouteReader:
-    """`route`, with the route cache of a single node writing its schema alone
-    (``sole_writer``: not a worker, not a reader beside a running node): routes committed
-    or read are kept (bounded, oldest out) with the hashes of every stored route key, which
-    the store's commits and expiry keep current."""
+    """`route`, answered from memory where this store is the only writer of the routes
+    asked for.
 
-    def __init__(self, reader: PostgresReader, sole_writer: bool) -> None:
+    A single node writing its schema alone (``sole_writer``: not a worker, not a reader
+    beside a running node) keeps the routes committed or read (bounded, oldest out) and
+    the hashes of every stored route key, which the store's commits and expiry keep
+    current. A clustered worker's store (``partitions``: the partitions it acts for, fixed
+    for the store's life, its generation's) is the only writer of those partitions'
+    routes while it holds them (a route is written with its session's partition fenced,
+    see `postgres_batch`): it keeps the hashes of every stored route key, so "no such
+    route" for a session of its partitions (a new initiation checked for a duplicate: one
+    per responder flow) needs no round trip. A route it has is still read from the
+    database (another worker's expiry may have deleted it)."""
+
+    def __init__(self, reader: PostgresReader, sole_writer: bool,
+                 partitions: Optional[Callable[[], Iterable[int]]] = None) -> None:
         self.reader = reader
         self.sole_writer = sole_writer
+        self.partitions = partitions
+        self._parts: Optional[frozenset[int]] = None
         self._route_cache: "OrderedDict[tuple, bytes]" = OrderedDict()
         self._route_keys: Optional[set[int]] = None
 
@@ -207,7 +220,8 @@ class RouteReader:
         """Routes a commit just stored (key -> (value, expiry)), for `route` to answer."""
         keys = self._route_keys
         for k, (v, _e) in routes.items():
-            self._remember_route(k, v)
+            if self.sole_writer:
+                self._remember_route(k, v)
             if keys is not None:
                 keys.add(hash(k))
 
@@ -218,10 +232,7 @@ class RouteReader:
     def route(self, peer: str, sid: str, peer_role: int) -> Optional[bytes]:
         """Asked for every frame the node's routing cache misses, most of them for
         sessions that do not exist yet (a new initiation is checked for a duplicate): a
-        round trip each, unless answered here. Routes this store committed or read are
-        kept (`_ROUTE_CACHE` of them); a single node, the only writer of its schema, also
-        keeps a hash of every route key it has (a few dozen bytes per stored route), so
-        "no such route" needs no query."""
+        round trip each, unless answered here (see the class doc)."""
         k = (peer, sid, peer_role)
         if self.sole_writer:
             v = self._route_cache.get(k)
@@ -231,6 +242,16 @@ class RouteReader:
             if keys is None:
                 keys = self._load_route_keys()
             if hash(k) not in keys:
+                return None
+        elif self.partitions is not None:
+            keys = self._route_keys
+            if keys is None:
+                # The partitions first, then every stored key: a route of them committed
+                # before this store opened is in the load, one committed after is this
+                # store's own (`remember_routes`).
+                self._parts = frozenset(self.partitions())
+                keys = self._load_route_keys()
+            if session_partition(sid) in self._parts and hash(k) not in keys:  # type: ignore[operator]
                 return None
         raw = self.reader.one("SELECT value FROM routes WHERE peer = %s AND sid = %s "
                         "AND peer_role = %s", k)

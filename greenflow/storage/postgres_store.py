@@ -144,7 +144,9 @@ class PostgresStore:
         self._sole_writer = owned is None and not readonly
         # Collaborators: the readers, whose read operations the store binds as its own.
         self.reader = PostgresReader(self)
-        self.route_reader = RouteReader(self.reader, self._sole_writer)
+        self.route_reader = RouteReader(
+            self.reader, self._sole_writer,
+            owned if owned is not None and not readonly else None)
         self.table_reader = TableReader(self.reader)
         for names, obj in ((READS, self.reader), (ROUTE_READS, self.route_reader),
                            (TABLE_READS, self.table_reader)):
@@ -292,7 +294,7 @@ class PostgresStore:
                                  f"of it was applied): a value of the batch cannot be stored: "
                                  f"{exc}") from None
         self.commits += 1
-        if plan.routes and self._sole_writer:
+        if plan.routes:
             self.route_reader.remember_routes(plan.routes)
         refused = plan.refused + list(row[0] or ())
         for fid in refused:
