@@ -21,7 +21,7 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
                                 EndReason, Frame)
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
-from greenflow.runtime.flow_types import Ended
+from greenflow.runtime.flow_types import Ended, Outgoing
 from greenflow.runtime.journal import OK, Entry, Kind, Outcome
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
@@ -144,16 +144,17 @@ class Conversation:
         st.send_seq += 1
         out = self.out
         if out:
-            out.append((st.counterparty, frame))   # type: ignore[union-attr]
+            out.append(Outgoing(st.counterparty, frame))   # type: ignore[union-attr]
         else:
-            self.out = [(st.counterparty, frame)]
+            self.out = [Outgoing(st.counterparty, frame)]
 
     def _end_on_last(self, st: SessionState, reason: str) -> bool:
         """Mark the session's last frame, if it carries a message and has not left yet
         (it waits for this flow's next commit), as also ending the session: one frame
         instead of a message and an END."""
         sid = st.sid
-        for _peer, frame in reversed(self.out):
+        for o in reversed(self.out):
+            frame = o.frame
             if frame.sid == sid:
                 if frame.payload is None or frame.ends or frame.kind not in (DATA, INIT):
                     return False

@@ -35,7 +35,8 @@ from greenflow.party import Party
 from greenflow.runtime.conversation import (KEEP_SENT_PAYLOAD, MAX_PAYLOAD_BYTES,
                                             Conversation, rebuild_flow_exception, rejection,
                                             type_name)
-from greenflow.runtime.flow_types import NO_INBOX, Ended, FlowHost, InboxItem, appended
+from greenflow.runtime.flow_types import (NO_INBOX, Ended, FlowHost, InboxItem, Outgoing, Resume,
+                                          appended)
 from greenflow.runtime.recorded import RecordedValues
 from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
 
@@ -74,7 +75,7 @@ class FlowRuntime(Conversation, RecordedValues):
         # The four per-flow collections below are empty for nearly every waiting flow, so
         # they start (and fall back) as shared immutable empties and become real lists or
         # a dict only when something goes in: ~300 B less per resident flow.
-        self.out: list[tuple[Party, Frame]] | tuple = ()
+        self.out: list[Outgoing] | tuple = ()
         self.inbox: dict[str, deque[InboxItem]] | MappingProxyType = NO_INBOX
         self.consumed: list[tuple[str, int]] | tuple = ()   # persisted inbox items consumed
         self.external: Optional[tuple[Callable, tuple]] = None

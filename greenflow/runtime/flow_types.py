@@ -60,6 +60,25 @@ class InboxItem(msgspec.Struct, gc=False):
     persisted: bool
 
 
+class Outgoing(msgspec.Struct, gc=False):
+    """A frame a flow produced, waiting for the flow's next commit, and the peer it goes
+    to. Untracked, like the frame: a round at 10,000 flows holds one per flow, and
+    neither a `Party` nor a `Frame` can lead back to it (no cycle can pass through it)."""
+
+    peer: Party
+    frame: Frame
+
+
+class Resume(msgspec.Struct, gc=False):
+    """A flow due to run in this round, and what its greenlet is resumed with. Untracked:
+    the scheduler's run queue holds one per runnable flow and drains every round (and
+    is cleared when the node stops), so a cycle through it lasts no longer than the
+    round."""
+
+    rt: "FlowRuntime"
+    value: Any
+
+
 NO_INBOX: MappingProxyType = MappingProxyType({})   # read-only: replaced by a dict on first use
 
 

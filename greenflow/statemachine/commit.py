@@ -36,7 +36,8 @@ class CommitStaging:
         b = self.batch
         suspended: list[FlowRuntime] = []
         self.round_time = self.clock.now()   # stored with each journal chunk (when it happened)
-        for fid, rt in list(self.touched.items()):
+        for rt in list(self.touched.values()):   # no (fid, rt) tuple per flow for the GC to walk
+            fid = rt.flow_id
             if not rt.cp.status.finished:
                 try:
                     self._stage_checkpoint(b, rt)

@@ -134,7 +134,8 @@ class Ending:
     def _queue_frames(self, rt: FlowRuntime) -> None:
         put = self.batch.put_outbox
         send = self.post_sends.append
-        for peer, frame in rt.out:
+        for o in rt.out:
+            peer, frame = o.peer, o.frame
             data = encode_frame(frame)
             put(peer.name, frame.sid, frame.to_responder, frame.seq, data)
             send((peer, data))

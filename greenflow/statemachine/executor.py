@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, PEER_ENDED,
                                             RESUME, RUN_EXTERNAL, SEND_INFO, WAIT, describe)
-from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, appended
+from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, Resume, appended
 from greenflow.messages import END, ERROR, REJECT, EndReason, carries_message
 from greenflow.status import FlowStatus
 from greenflow.statemachine.transitions import end_reason
@@ -42,7 +42,7 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 entry.outcome = a[1]
                 rt.pending = None
             rt.cp.status = _RUNNABLE
-            sched.run_queue.append((rt, a[1]))   # resume_later
+            sched.run_queue.append(Resume(rt, a[1]))   # resume_later
             rt.dirty = True
         elif op == WAIT:
             rt.cp.status = _SUSPENDED

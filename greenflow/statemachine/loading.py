@@ -15,7 +15,7 @@ from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.storage.interface import encode_header
 from greenflow.errors import StoreError, WireFormatError
-from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem
+from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem, Resume
 from greenflow.runtime.journal import Entry
 from greenflow.messages import carries_message, decode_frame
 from greenflow.status import FlowStatus
@@ -77,7 +77,7 @@ class Loading:
         rt.routed = len(cp.sessions)
         cp.status = FlowStatus.RUNNABLE
         self._make_resident(rt)
-        self.run_queue.append((rt, None))
+        self.run_queue.append(Resume(rt, None))
         return rt
 
     def _hospitalize_stored(self, fid: str, why: str) -> None:

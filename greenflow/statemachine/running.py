@@ -12,7 +12,7 @@ from typing import Any, Optional
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.statemachine.executor import execute
-from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.flow_runtime import FlowRuntime, Resume
 from greenflow.status import FlowStatus
 
 _FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
@@ -42,7 +42,7 @@ class Running:
         else:
             self._make_resident(rt)
         self.touched[fid] = rt
-        self.run_queue.append((rt, None))
+        self.run_queue.append(Resume(rt, None))
         self.stats["flows_started"] += 1
         self._count("started", cp.flow_class)
         return rt

@@ -28,7 +28,7 @@ from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
 from greenflow.statemachine.executor import execute
-from greenflow.runtime.flow_runtime import FlowRuntime
+from greenflow.runtime.flow_runtime import FlowRuntime, Resume
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable
 from greenflow.storage.interface import Batch, FlowStore
@@ -70,7 +70,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.resident: dict[str, FlowRuntime] = {}
         self.routes: dict[tuple[str, str, int], str] = {}   # (peer, sid, peer role) -> flow
-        self.run_queue: deque[tuple[FlowRuntime, Any]] = deque()
+        self.run_queue: deque[Resume] = deque()
         self.timers: list[tuple[float, str]] = []
         self.batch = Batch()
         # Routes written in this round's batch, not yet readable from the store.
@@ -135,7 +135,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     # ---------------------------------------------- what the executor's actions ask for
     def resume_later(self, rt: FlowRuntime, outcome: Any) -> None:
         """Run ``rt`` again in this round, resumed with ``outcome``."""
-        self.run_queue.append((rt, outcome))
+        self.run_queue.append(Resume(rt, outcome))
 
     def hold_for_commit(self, rt: FlowRuntime) -> None:
         """``rt`` took in frames: its checkpoint goes into this round's commit, and the
@@ -173,8 +173,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
             progressed = self._drain_events()
             progressed |= self._fire_due_timers()
             while self.run_queue:
-                rt, value = self.run_queue.popleft()
-                self._step(rt, value)
+                r = self.run_queue.popleft()
+                self._step(r.rt, r.value)
                 progressed = True
             if not progressed:
                 break
