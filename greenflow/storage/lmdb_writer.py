@@ -42,6 +42,9 @@ class LmdbWriter:
         # round has its route replaced by the finished marker in the same batch, and the
         # first write need not reach the database (nothing else in a batch reads them).
         routes: dict[bytes, bytes] = {}
+        # Flows whose start record this batch writes: their headers need no read to
+        # check it (a drop later in the batch takes the flow out again).
+        started: set[str] = set()
         # In the order of how often a commit carries them (ping-pong, per flow: 3 outbox
         # puts and as many deletes, 2 wake flags, headers, routes and results, a start, a
         # journal chunk, a snapshot and a drop). Keys are built inline: a call per op is
@@ -52,11 +55,11 @@ class LmdbWriter:
         for o in batch.ops:
             c = o[0]
             if c == OUT:
-                put(b"%s\0%s\0%d\0%s" % (o[1].encode(), o[2].encode(), o[3], pack32(o[4])),
-                    o[5], True, True, False, d_outbox)
+                put((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
+                    + pack32(o[4]), o[5], True, True, False, d_outbox)
             elif c == UNOUT:
-                delete(b"%s\0%s\0%d\0%s" % (o[1].encode(), o[2].encode(), o[3], pack32(o[4])),
-                       b"", d_outbox)
+                delete((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
+                       + pack32(o[4]), b"", d_outbox)
             elif c == WAKE:
                 if o[2]:
                     put(o[1].encode(), b"", True, True, False, d_wake)
@@ -64,7 +67,9 @@ class LmdbWriter:
                     delete(o[1].encode(), b"", d_wake)
             elif c == HEADER:
                 k = o[1].encode()
-                if get(k, None, d_logic) is None:
+                if o[1] in started:
+                    put(k, o[2], True, True, False, d_flows)
+                elif get(k, None, d_logic) is None:
                     self.refused.append(o[1])
                 else:
                     put(k, o[2], True, True, False, d_flows)
@@ -83,7 +88,9 @@ class LmdbWriter:
                 put(o[1].encode(), o[2], True, True, False, d_frames)
             elif c == START:
                 put(o[1].encode(), o[2], True, True, False, d_logic)
+                started.add(o[1])
             elif c == DROP:
+                started.discard(o[1])
                 k = o[1].encode()
                 delete(k, b"", d_flows)
                 delete(k, b"", d_logic)
