@@ -28,11 +28,19 @@ class LmdbWriter:
     def apply(self, txn: Any, batch: Batch) -> None:
         """Write ``batch``'s operations in ``txn``, the commit's one write transaction."""
         db = self.db
-        put, delete, get = txn.put, txn.delete, txn.get
+        put, delete = txn.put, txn.delete
         pack32 = _U32.pack
         d_flows, d_logic, d_journal = db["flows"], db["logic"], db["journal"]
         d_frames, d_wake, d_outbox = db["frames"], db["wake"], db["outbox"]
         d_results, d_sessions = db["results"], db["sessions"]
+        # Puts go through one cursor per database: ~25% cheaper per write than
+        # ``txn.put`` (no database argument to check on every call); a put through a
+        # cursor searches from the root like any other (no position is relied upon).
+        cur = txn.cursor
+        p_outbox, p_wake, p_flows = (cur(d_outbox).put, cur(d_wake).put, cur(d_flows).put)
+        p_journal, p_frames, p_results = (cur(d_journal).put, cur(d_frames).put,
+                                          cur(d_results).put)
+        has_logic = cur(d_logic).set_key   # the start-record check, without copying it
         OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START, RESULT, ROUTE, DROP = (
             op.PUT_OUTBOX, op.DELETE_OUTBOX, op.SET_WAKE, op.PUT_HEADER, op.APPEND_JOURNAL,
             op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
@@ -55,27 +63,25 @@ class LmdbWriter:
         for o in batch.ops:
             c = o[0]
             if c == OUT:
-                put((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
-                    + pack32(o[4]), o[5], True, True, False, d_outbox)
+                p_outbox((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
+                         + pack32(o[4]), o[5])
             elif c == UNOUT:
                 delete((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
                        + pack32(o[4]), b"", d_outbox)
             elif c == WAKE:
                 if o[2]:
-                    put(o[1].encode(), b"", True, True, False, d_wake)
+                    p_wake(o[1].encode(), b"")
                 else:
                     delete(o[1].encode(), b"", d_wake)
             elif c == HEADER:
                 k = o[1].encode()
-                if o[1] in started:
-                    put(k, o[2], True, True, False, d_flows)
-                elif get(k, None, d_logic) is None:
-                    self.refused.append(o[1])
+                if o[1] in started or has_logic(k):
+                    p_flows(k, o[2])
                 else:
-                    put(k, o[2], True, True, False, d_flows)
+                    self.refused.append(o[1])
             elif c == RESULT:
                 k = o[1].encode()
-                put(k, o[2], True, True, False, d_results)
+                p_results(k, o[2])
                 expiring.setdefault(o[3], []).append(b"results\0" + k)
             elif c == ROUTE:
                 k = b"%s\0%s\0%d" % (o[1].encode(), o[2].encode(), o[3])
@@ -83,9 +89,9 @@ class LmdbWriter:
                 if o[5] is not None:
                     expiring.setdefault(o[5], []).append(b"sessions\0" + k)
             elif c == JOURNAL:
-                put(o[1].encode() + pack32(o[2]), o[3], True, True, False, d_journal)
+                p_journal(o[1].encode() + pack32(o[2]), o[3])
             elif c == SNAPSHOT:
-                put(o[1].encode(), o[2], True, True, False, d_frames)
+                p_frames(o[1].encode(), o[2])
             elif c == START:
                 put(o[1].encode(), o[2], True, True, False, d_logic)
                 started.add(o[1])
