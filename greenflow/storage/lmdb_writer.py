@@ -103,7 +103,11 @@ class LmdbWriter:
                 delete(k, b"", d_logic)
                 delete(k, b"", d_frames)
                 delete(k, b"", d_wake)
-                self.drop_rest(txn, k, o[3], o[4])
+                if o[3] is not None and not o[4]:   # the usual hints: chunks known, no inbox
+                    for start in o[3]:
+                        delete(k + pack32(start), b"", d_journal)
+                else:
+                    self.drop_rest(txn, k, o[3], o[4])
             elif c == op.EXPIRE_CLIENT:
                 expiring.setdefault(o[2], []).append(b"clients\0" + o[1].encode())
             else:
