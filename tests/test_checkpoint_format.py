@@ -167,6 +167,24 @@ def test_a_header_is_stored_typed_and_reads_back_the_same():
     assert len(raw) < len(serialization.dumps(cp))
 
 
+def test_the_typed_header_layout_is_the_one_earlier_versions_wrote():
+    """A msgpack array of the fields in order, the status as its string, each session a
+    row (sid, party name, party key, its other fields): what older nodes read back."""
+    import msgspec
+    from greenflow.runtime.checkpoint import _FIELDS
+    from greenflow.storage.interface import encode_header
+    cp = _checkpoint()
+    cp.sessions["01a2.2"] = SessionState("01a2.2", Party("Carol", b"c" * 32), False, "app.Other",
+                                         1, "app2", state=2, send_seq=1, recv_seq=4)
+    state = [getattr(cp, f) for f in _FIELDS]
+    state[_FIELDS.index("status")] = "SUSPENDED"
+    state[_FIELDS.index("sessions")] = [
+        (st.sid, st.counterparty.name, st.counterparty.owning_key,
+         *(getattr(st, f) for f in SessionState.__struct_fields__[2:]))
+        for st in cp.sessions.values()]
+    assert encode_header(cp) == b"H" + msgspec.msgpack.encode(state)
+
+
 def test_a_header_the_typed_format_cannot_hold_is_pickled():
     from greenflow.storage.interface import encode_header
     cp = _checkpoint()

@@ -126,3 +126,35 @@ def test_the_map_grows_while_the_writer_holds_a_read(tmp_path, monkeypatch):
         assert s.route("Bob", "s", 0) == b"1" and s.reader.get("results", b"f399") == b"x" * 4000
     finally:
         s.close()
+
+
+def test_a_header_with_its_start_in_the_batch_is_written_and_one_after_a_drop_refused(store):
+    """A header staged with its flow's start record is written without reading the store
+    for it; a drop later in the same batch still makes a following header be refused."""
+    b = Batch()
+    b.start_flow("f1", b"logic")
+    b.put_header("f1", b"h1")
+    b.start_flow("f2", b"logic")
+    b.drop_flow("f2", 0, (), False)
+    b.put_header("f2", b"h2")
+    b.put_header("f3", b"h3")   # never started
+    store.commit(b)
+    assert store.header_blob("f1") == b"h1"
+    assert store.header_blob("f2") is None and store.header_blob("f3") is None
+    assert sorted(store.writer.refused) == ["f2", "f3"]
+
+
+def test_outbox_keys_keep_their_layout(store):
+    """Outbox rows written before and now share one key layout (peer, session, role as
+    an ASCII digit, big-endian sequence), so a restarted node re-sends and deletes them."""
+    b = Batch()
+    b.put_outbox("Bob", "s.1", True, 7, b"to-responder")
+    b.put_outbox("Bob", "s.1", False, 7, b"to-initiator")
+    store.commit(b)
+    with store.env.begin(db=store.db["outbox"]) as txn:
+        keys = [bytes(k) for k, _ in txn.cursor()]
+    assert keys == [b"Bob\0s.1\x000\0\0\0\0\x07", b"Bob\0s.1\x001\0\0\0\0\x07"]
+    b = Batch()
+    b.delete_outbox("Bob", "s.1", True, 7)
+    store.commit(b)
+    assert [d for _, d in store.outbox("Bob")] == [b"to-initiator"]

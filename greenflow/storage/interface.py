@@ -31,8 +31,7 @@ import msgspec
 from greenflow import serialization
 from greenflow.errors import StoreError
 from greenflow.party import Party
-from greenflow.runtime.checkpoint import (_FIELDS, _SESSIONS, _STATUS, Checkpoint, SessionState,
-                                          _checkpoint_state, _session_rest)
+from greenflow.runtime.checkpoint import _FIELDS, _SESSIONS, _STATUS, Checkpoint, SessionState
 from greenflow.runtime.journal import Entry
 from greenflow.storage.result_format import dump_result, load_result  # noqa: F401 (re-exported)
 from greenflow.status import FlowStatus
@@ -333,10 +332,10 @@ def load_checkpoint(blob: bytes) -> "Checkpoint":
 HEADER_TAG = b"H"   # version 1: msgpack array of the fields, in `Checkpoint` field order
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+_astuple = msgspec.structs.astuple
 _ATOMS = frozenset({str, int, bytes, float, bool, type(None)})
 _PEER_INFO = 10     # index of peer_info in a stored session row (sid, name, key, ...)
 _PENDING = _FIELDS.index("pending")
-_PLAIN = {s: s.value for s in FlowStatus}   # a dict hit, ~6x cheaper than ``.value``
 
 
 def encode_header(cp: Checkpoint) -> bytes:
@@ -348,10 +347,18 @@ def encode_header(cp: Checkpoint) -> bytes:
         for x in pend[1]:   # a loop, not all() over a generator: once per suspension
             if type(x) not in _ATOMS:
                 return serialization.dumps(cp)
-    state = list(_checkpoint_state(cp))
-    state[_STATUS] = _PLAIN.get(cp.status) or FlowStatus(cp.status).value
-    state[_SESSIONS] = [(st.sid, st.counterparty.name, st.counterparty.owning_key,
-                         *_session_rest(st)) for st in cp.sessions.values()]
+    # `astuple` reads a struct's fields in C (~3x cheaper than an attrgetter of them).
+    # The status stays the enum: msgspec writes a str enum as its value, the same bytes.
+    state = list(_astuple(cp))
+    if type(cp.status) is not FlowStatus:
+        state[_STATUS] = FlowStatus(cp.status).value
+    rows = []
+    for st in cp.sessions.values():
+        row = list(_astuple(st))
+        party = row[1]
+        row[1:2] = (party.name, party.owning_key)
+        rows.append(row)
+    state[_SESSIONS] = rows
     try:
         return HEADER_TAG + _encode(state)
     except (TypeError, OverflowError, msgspec.EncodeError):   # e.g. an int past 64 bits

@@ -28,11 +28,20 @@ class LmdbWriter:
     def apply(self, txn: Any, batch: Batch) -> None:
         """Write ``batch``'s operations in ``txn``, the commit's one write transaction."""
         db = self.db
-        put, delete, get = txn.put, txn.delete, txn.get
+        delete = txn.delete
         pack32 = _U32.pack
         d_flows, d_logic, d_journal = db["flows"], db["logic"], db["journal"]
         d_frames, d_wake, d_outbox = db["frames"], db["wake"], db["outbox"]
         d_results, d_sessions = db["results"], db["sessions"]
+        # Puts go through one cursor per database: ~25% cheaper per write than
+        # ``txn.put`` (no database argument to check on every call); a put through a
+        # cursor searches from the root like any other (no position is relied upon).
+        cur = txn.cursor
+        p_outbox, p_wake, p_flows = (cur(d_outbox).put, cur(d_wake).put, cur(d_flows).put)
+        p_journal, p_frames, p_results = (cur(d_journal).put, cur(d_frames).put,
+                                          cur(d_results).put)
+        c_logic = cur(d_logic)
+        p_logic, has_logic = c_logic.put, c_logic.set_key   # set_key: no copy of the value
         OUT, UNOUT, WAKE, HEADER, JOURNAL, SNAPSHOT, START, RESULT, ROUTE, DROP = (
             op.PUT_OUTBOX, op.DELETE_OUTBOX, op.SET_WAKE, op.PUT_HEADER, op.APPEND_JOURNAL,
             op.PUT_SNAPSHOT, op.START_FLOW, op.PUT_RESULT, op.PUT_ROUTE, op.DROP_FLOW)
@@ -42,35 +51,38 @@ class LmdbWriter:
         # round has its route replaced by the finished marker in the same batch, and the
         # first write need not reach the database (nothing else in a batch reads them).
         routes: dict[bytes, bytes] = {}
+        # Flows whose start record this batch writes: their headers need no read to
+        # check it (a drop later in the batch takes the flow out again).
+        started: set[str] = set()
         # In the order of how often a commit carries them (ping-pong, per flow: 3 outbox
         # puts and as many deletes, 2 wake flags, headers, routes and results, a start, a
         # journal chunk, a snapshot and a drop). Keys are built inline: a call per op is
         # measurable here.
         # An outbox key: peer NUL sid NUL to_responder (0/1) NUL seq (big-endian u32).
-        # Positional arguments (dupdata, overwrite, append, db): the C binding parses
-        # them ~25% faster than the keyword, on every write of every commit.
+        # Deletes (and the rarer writes) pass positional arguments (value, db): the C
+        # binding parses them ~25% faster than keywords.
         for o in batch.ops:
             c = o[0]
             if c == OUT:
-                put(b"%s\0%s\0%d\0%s" % (o[1].encode(), o[2].encode(), o[3], pack32(o[4])),
-                    o[5], True, True, False, d_outbox)
+                p_outbox((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
+                         + pack32(o[4]), o[5])
             elif c == UNOUT:
-                delete(b"%s\0%s\0%d\0%s" % (o[1].encode(), o[2].encode(), o[3], pack32(o[4])),
-                       b"", d_outbox)
+                delete((o[1] + "\0" + o[2] + ("\x001\0" if o[3] else "\x000\0")).encode()
+                       + pack32(o[4]), b"", d_outbox)
             elif c == WAKE:
                 if o[2]:
-                    put(o[1].encode(), b"", True, True, False, d_wake)
+                    p_wake(o[1].encode(), b"")
                 else:
                     delete(o[1].encode(), b"", d_wake)
             elif c == HEADER:
                 k = o[1].encode()
-                if get(k, None, d_logic) is None:
-                    self.refused.append(o[1])
+                if o[1] in started or has_logic(k):
+                    p_flows(k, o[2])
                 else:
-                    put(k, o[2], True, True, False, d_flows)
+                    self.refused.append(o[1])
             elif c == RESULT:
                 k = o[1].encode()
-                put(k, o[2], True, True, False, d_results)
+                p_results(k, o[2])
                 expiring.setdefault(o[3], []).append(b"results\0" + k)
             elif c == ROUTE:
                 k = b"%s\0%s\0%d" % (o[1].encode(), o[2].encode(), o[3])
@@ -78,24 +90,32 @@ class LmdbWriter:
                 if o[5] is not None:
                     expiring.setdefault(o[5], []).append(b"sessions\0" + k)
             elif c == JOURNAL:
-                put(o[1].encode() + pack32(o[2]), o[3], True, True, False, d_journal)
+                p_journal(o[1].encode() + pack32(o[2]), o[3])
             elif c == SNAPSHOT:
-                put(o[1].encode(), o[2], True, True, False, d_frames)
+                p_frames(o[1].encode(), o[2])
             elif c == START:
-                put(o[1].encode(), o[2], True, True, False, d_logic)
+                p_logic(o[1].encode(), o[2])
+                started.add(o[1])
             elif c == DROP:
+                started.discard(o[1])
                 k = o[1].encode()
                 delete(k, b"", d_flows)
                 delete(k, b"", d_logic)
                 delete(k, b"", d_frames)
                 delete(k, b"", d_wake)
-                self.drop_rest(txn, k, o[3], o[4])
+                if o[3] is not None and not o[4]:   # the usual hints: chunks known, no inbox
+                    for start in o[3]:
+                        delete(k + pack32(start), b"", d_journal)
+                else:
+                    self.drop_rest(txn, k, o[3], o[4])
             elif c == op.EXPIRE_CLIENT:
                 expiring.setdefault(o[2], []).append(b"clients\0" + o[1].encode())
             else:
                 self.apply_rare(txn, o)
-        for k, v in routes.items():
-            put(k, v, True, True, False, d_sessions)
+        if routes:
+            p_sessions = cur(d_sessions).put
+            for k, v in routes.items():
+                p_sessions(k, v)
         if expiring:
             self.put_expiry(txn, expiring)
 
