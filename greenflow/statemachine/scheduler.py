@@ -169,13 +169,16 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         if self.dead:
             return False
         did = False
+        run_queue, step = self.run_queue, self._step
         while True:
             progressed = self._drain_events()
-            progressed |= self._fire_due_timers()
-            while self.run_queue:
-                rt, value = self.run_queue.popleft()
-                self._step(rt, value)
+            if self.timers:
+                progressed |= self._fire_due_timers()
+            if run_queue:
                 progressed = True
+                pop = run_queue.popleft
+                while run_queue:
+                    step(*pop())
             if not progressed:
                 break
             did = True
