@@ -24,7 +24,14 @@ def new_flow_id() -> str:
     again in a forked child), not a system call per flow: ids must be unique, not secret
     (frames are routed by sender and checked against the session's counterparty).
     """
-    return "%012x%020x" % (int(time.time() * 1000) & 0xFFFFFFFFFFFF, _id_bits(80))
+    ms = int(_time() * 1000) & 0xFFFFFFFFFFFF
+    if ms != _prefix[0]:   # the time part formatted once per millisecond, not per id
+        _prefix[0], _prefix[1] = ms, "%012x" % ms
+    return _prefix[1] + "%020x" % _id_bits(80)
+
+
+_time = time.time
+_prefix: list = [-1, ""]   # [milliseconds, their 12 hex digits] of the last id made
 
 
 def _reseed_ids() -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger("greenflow.scheduler")
 
 FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
 REJECTED_ROUTE = b"!"
+_NAMES: dict[type, str] = {}   # responder class -> its qualified name (one lookup per class)
 
 
 class Routing:
@@ -199,7 +200,10 @@ class Routing:
             log.error("%s: cannot start responder %s for %s: %s", self.identity.name,
                       qualified_name(cls), sender.name, exc)
             return
-        cp = Checkpoint(fid, qualified_name(cls), started_at=self.clock.now(),
+        name = _NAMES.get(cls)
+        if name is None:
+            name = _NAMES[cls] = qualified_name(cls)
+        cp = Checkpoint(fid, name, started_at=self.clock.now(),
                         sessions={frame.sid: st}, invoker_sid=frame.sid)
         self._put_route(key, fid.encode())
         rt = self.record_start(cp, blob, logic, key)

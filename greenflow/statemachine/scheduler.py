@@ -169,13 +169,17 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         if self.dead:
             return False
         did = False
+        run_queue, step = self.run_queue, self._step
         while True:
             progressed = self._drain_events()
-            progressed |= self._fire_due_timers()
-            while self.run_queue:
-                r = self.run_queue.popleft()
-                self._step(r.rt, r.value)
+            if self.timers:
+                progressed |= self._fire_due_timers()
+            if run_queue:
                 progressed = True
+                pop = run_queue.popleft
+                while run_queue:
+                    r = pop()
+                    step(r.rt, r.value)
             if not progressed:
                 break
             did = True
@@ -190,17 +194,20 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         return self.timers[0][0] if self.timers else None
 
     def _drain_events(self) -> bool:
-        any_ = False
-        while True:
+        events = self.events
+        if events.empty():
+            return False
+        get, empty, deliver = events.get_nowait, events.empty, self._deliver
+        while not empty():   # only this thread takes events: not empty means get succeeds
+            ev = get()
             try:
-                ev = self.events.get_nowait()
-            except queue.Empty:
-                return any_
-            any_ = True
-            try:
-                self._apply(ev)
+                if type(ev) is FrameArrived:   # most events: routed without a dispatch hop
+                    deliver(ev.sender, ev.data)
+                else:
+                    self._apply(ev)
             except Exception:
                 log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
+        return True
 
     def _apply(self, ev: Any) -> None:
         t = type(ev)
