@@ -47,14 +47,17 @@ CREATE OR REPLACE TRIGGER gf_vault_deleted AFTER DELETE ON app_rows FOR EACH ROW
     WHEN (OLD.tbl IN ('vault_states', 'vault_locks')) EXECUTE FUNCTION gf_vault_change();
 """
 FETCH = "SELECT key, value FROM app_rows WHERE tbl = 'vault_states' AND key = ANY(%s)"
-LOCK = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
+# The lock rows a select inserts (in key order, so concurrent selects never deadlock):
+# only for states still stored, or recorded by the flow's own pending commit.
+_TAKE_LOCKS = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
 ins AS (INSERT INTO app_rows (tbl, key, value)
         SELECT 'vault_locks', w.k, %(tag)s::bytea
                || int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
           FROM want w
          WHERE w.k = ANY(%(pending)s::bytea[])
             OR EXISTS (SELECT 1 FROM app_rows s WHERE s.tbl = 'vault_states' AND s.key = w.k)
-        ON CONFLICT (tbl, key) DO NOTHING RETURNING key)
+        ON CONFLICT (tbl, key) DO NOTHING RETURNING key)"""
+LOCK = _TAKE_LOCKS + """
 SELECT key FROM ins
 UNION ALL
 SELECT key FROM app_rows WHERE tbl = 'vault_locks' AND key = ANY(%(keys)s::bytea[])
@@ -73,14 +76,7 @@ PREFETCH = ("SELECT u.t, u.k, a.value FROM unnest(%s::text[], %s::bytea[]) AS u(
 # 'k' rows are the keys now locked by the tag; the rest as in `CHANGES`. The change rows
 # are read in the statement's snapshot, which does not see its own inserts: they come
 # with the next read (and are this worker's locks already).
-LOCK_AND_CHANGES = """WITH want AS (SELECT k FROM unnest(%(keys)s::bytea[]) AS k ORDER BY k),
-ins AS (INSERT INTO app_rows (tbl, key, value)
-        SELECT 'vault_locks', w.k, %(tag)s::bytea
-               || int8send((extract(epoch FROM clock_timestamp()) * 1000000)::bigint)
-          FROM want w
-         WHERE w.k = ANY(%(pending)s::bytea[])
-            OR EXISTS (SELECT 1 FROM app_rows s WHERE s.tbl = 'vault_states' AND s.key = w.k)
-        ON CONFLICT (tbl, key) DO NOTHING RETURNING key),
+LOCK_AND_CHANGES = _TAKE_LOCKS + """,
 c AS (SELECT DISTINCT tbl, key FROM vault_changes
    WHERE xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
      AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot))
