@@ -293,7 +293,13 @@ def run(ctx: Any) -> SuiteResult:
     tconc = 40 if quick else 100
     papers = 300 if quick else 1500
     rounds = 1 if quick else ROUNDS
-    prog = ctx.progress(NAME, 1 + 3 * rounds)
+    # A narrower run for profiling one configuration (``main``'s options): the
+    # configurations to run, whether to skip ping-pong, and overrides of the above.
+    only = getattr(ctx, "only", None) or ["lmdb", "cluster_1", "cluster_2"]
+    trades_only = bool(getattr(ctx, "trades_only", False))
+    rounds = getattr(ctx, "rounds", None) or rounds
+    budget = getattr(ctx, "budget", None) or budget
+    prog = ctx.progress(NAME, 1 + len(only) * rounds)
     samples: dict[str, list[dict]] = {k: [] for k in KEYS}
     root = scratch_dir("cluster")
     pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-")
@@ -319,8 +325,9 @@ def run(ctx: Any) -> SuiteResult:
                 node = net.procs["Alice"].pid
                 alice = net.client("Alice", timeout=120)
                 try:
-                    samples["lmdb"].append(closed_loop([alice], conc, budget,
-                                                       lambda: {"node": [node]}))
+                    if not trades_only:
+                        samples["lmdb"].append(closed_loop([alice], conc, budget,
+                                                           lambda: {"node": [node]}))
                     prepare_trades(alice, bank, bob, papers)
                     samples["lmdb_trades"].append(closed_loop(
                         [alice], tconc, budget, lambda: {"node": [node]}, flow=SELL,
@@ -338,8 +345,9 @@ def run(ctx: Any) -> SuiteResult:
                     clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]
                     pids = lambda: {"workers": [p.pid for p in cl.procs.values()],  # noqa: E731
                                     "postgres": _pg_pids(pg)}
-                    samples[f"cluster_{n}"].append(closed_loop(clients, conc, budget, pids,
-                                                               pg.url))
+                    if not trades_only:
+                        samples[f"cluster_{n}"].append(closed_loop(clients, conc, budget,
+                                                                   pids, pg.url))
                     prepare_trades(clients[0], bank, bob, papers)
                     samples[f"cluster_{n}_trades"].append(closed_loop(
                         clients, tconc, budget, pids, pg.url, flow=SELL, args=trade_args,
@@ -347,12 +355,14 @@ def run(ctx: Any) -> SuiteResult:
                 finally:
                     cl.stop()
 
-            configs = [("LMDB node", lmdb), ("cluster, 1 worker", lambda: cluster(1)),
-                       ("cluster, 2 workers", lambda: cluster(2))]
+            configs = [(label, go) for key, label, go in (
+                ("lmdb", "LMDB node", lmdb), ("cluster_1", "cluster, 1 worker", lambda: cluster(1)),
+                ("cluster_2", "cluster, 2 workers", lambda: cluster(2))) if key in only]
             for r in range(rounds):
                 # Each round in another order: a machine whose load drifts during the
                 # run does not favour the configuration that always goes first.
-                for label, go in configs[r % 3:] + configs[:r % 3]:
+                k = r % len(configs)
+                for label, go in configs[k:] + configs[:k]:
                     prog.step(f"round {r + 1}/{rounds}: {label}, ping-pong c={conc}, "
                               f"trades c={tconc}")
                     go()
@@ -425,9 +435,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cluster")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--only", nargs="+", choices=["lmdb", "cluster_1", "cluster_2"],
+                   help="run only these configurations (for profiling one)")
+    p.add_argument("--trades-only", action="store_true", help="skip the ping-pong loop")
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--budget", type=float, default=None, help="seconds per closed loop")
     args = p.parse_args(argv)
     ctx = bench_main.Context(quick=args.quick, out=args.out or bench_main.default_out_dir(),
                              n=None, profile=False, show_progress=True)
+    ctx.only, ctx.trades_only = args.only, args.trades_only
+    ctx.rounds, ctx.budget = args.rounds, args.budget
     result = run(ctx)
     write_json(f"{ctx.out}/{NAME}.json", result.to_json(machine_info(), args.quick))
     print(result.render())
