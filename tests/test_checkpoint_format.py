@@ -72,7 +72,7 @@ def test_result_records_the_typed_form_cannot_carry_exactly_keep_the_pickle():
     base = {"flow_class": "app.Flow", "client_id": None, "started_at": 1.0,
             "finished_at": 2.0, "status": FlowStatus.COMPLETED}
     for value in ((1, 2), [1, 2], {"a": 1}, 1 << 70, _Number(3), FlowStatus.FAILED,
-                  Party("Bob", b"k" * 32)):
+                  Party("Bob", b"k" * 32), "lone \ud800 surrogate"):
         rec = {**base, "value": value}
         raw = dump_result(rec)
         assert raw[:1] == b"P"
@@ -193,6 +193,9 @@ def test_a_header_the_typed_format_cannot_hold_is_pickled():
     cp = _checkpoint()
     cp.retries = 1 << 70
     assert serialization.loads(encode_header(cp)) == cp
+    cp = _checkpoint()
+    cp.client_id = "sent as a JSON escape: \ud800"   # msgpack refuses a lone surrogate
+    assert encode_header(cp)[:1] == b"P" and serialization.loads(encode_header(cp)) == cp
 
 
 def test_journal_entries_are_stored_as_plain_tuples_and_read_back():

@@ -361,7 +361,9 @@ def encode_header(cp: Checkpoint) -> bytes:
     state[_SESSIONS] = rows
     try:
         return HEADER_TAG + _encode(state)
-    except (TypeError, OverflowError, msgspec.EncodeError):   # e.g. an int past 64 bits
+    # An int past 64 bits; a str with a lone surrogate (e.g. a client id sent as a JSON
+    # escape: UnicodeEncodeError, a ValueError), which the pickle keeps.
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         return serialization.dumps(cp)
 
 

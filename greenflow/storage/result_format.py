@@ -62,7 +62,9 @@ def encode_result(record: dict) -> Optional[bytes]:
                 row.append(v)
     try:
         return RESULT_TAG + _encode(row)
-    except (TypeError, OverflowError, msgspec.EncodeError):   # e.g. an int past 64 bits
+    # An int past 64 bits; a str with a lone surrogate (UnicodeEncodeError, a
+    # ValueError), which the pickle keeps.
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
         return None
 
 
