@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import psycopg
 from psycopg import sql
 
-from greenflow.errors import StoreError
+from greenflow.storage.postgres_reader import run_reconnecting
 
 
 class SharedRows:
@@ -35,19 +35,7 @@ class SharedRows:
 
     def run(self, what: str, fn: Callable[[psycopg.Connection], Any]) -> Any:
         """``fn(connection)``, again once on a fresh connection if the first was broken."""
-        with self._lock:
-            for attempt in (0, 1):
-                try:
-                    return fn(self._connection())
-                except psycopg.OperationalError as exc:
-                    conn = self._conn
-                    if attempt or conn is None or not conn.broken:
-                        raise StoreError(f"{what} in the PostgreSQL store {self.path} failed: "
-                                         f"{exc}") from None
-                except psycopg.Error as exc:
-                    raise StoreError(f"{what} in the PostgreSQL store {self.path} failed: "
-                                     f"{exc}") from None
-        raise AssertionError("unreachable")
+        return run_reconnecting(self._lock, self._connection, fn, what, self.path)
 
     def close(self) -> None:
         with self._lock:

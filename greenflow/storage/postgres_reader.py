@@ -29,6 +29,26 @@ ROUTE_READS = ("route",)
 TABLE_READS = ("table_get", "table_items", "table_count", "meta")
 
 
+def run_reconnecting(lock: Any, connection: Callable[[], psycopg.Connection],
+                     fn: Callable[[psycopg.Connection], Any], what: str, path: str) -> Any:
+    """``fn(connection())`` under ``lock``, again once on a fresh connection if the first
+    one broke (for reads and short statements, which a lost connection leaves undone).
+    Any other error, or a second break, is a `StoreError` naming ``what`` and the store."""
+    with lock:
+        for attempt in (0, 1):
+            conn = connection()
+            try:
+                return fn(conn)
+            except psycopg.OperationalError as exc:
+                if attempt or not conn.broken:
+                    raise StoreError(f"{what} in the PostgreSQL store {path} failed: "
+                                     f"{_msg(exc)}") from None
+            except psycopg.Error as exc:
+                raise StoreError(f"{what} in the PostgreSQL store {path} failed: "
+                                 f"{_msg(exc)}") from None
+    raise AssertionError("unreachable")
+
+
 class PostgresReader:
     """The reads of one `PostgresStore`, on its connection and under its lock: flows,
     inboxes, outbox, timers, results. `one`, `rows` and `pages` are its collaborators'
@@ -43,19 +63,9 @@ class PostgresReader:
 
     def rows(self, query: str, params: tuple) -> list[tuple]:
         store = self.store
-        with store._lock:
-            for attempt in (0, 1):
-                conn = store._connection()
-                try:
-                    return conn.execute(query, params).fetchall()
-                except psycopg.OperationalError as exc:
-                    if attempt or not conn.broken:
-                        raise StoreError(f"read from the PostgreSQL store {self.store.path} failed: "
-                                         f"{_msg(exc)}") from None
-                except psycopg.Error as exc:
-                    raise StoreError(f"read from the PostgreSQL store {self.store.path} failed: "
-                                     f"{_msg(exc)}") from None
-        raise AssertionError("unreachable")
+        return run_reconnecting(store._lock, store._connection,
+                                lambda conn: conn.execute(query, params).fetchall(),
+                                "read", store.path)
 
     def parts(self) -> Optional[list[int]]:
         """The partitions listings are limited to (None: all)."""
