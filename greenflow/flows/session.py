@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple, Optional, Type, TypeVar, Union
 
-import greenlet
-
 from greenflow.party import Party
 from greenflow.flows.context import current_runtime
-
-_getcurrent = greenlet.getcurrent
 
 T = TypeVar("T")
 
@@ -55,23 +51,18 @@ class FlowSession:
         """Queue ``payload`` for the peer. It leaves the node only after this flow's next
         checkpoint commits; a payload that cannot cross the wire raises `NotSerializable`
         here."""
-        # The runtime read off the greenlet inline (not through `current_runtime`): a
-        # call less per message; outside a flow, current_runtime raises its clear error.
-        rt = getattr(_getcurrent(), "gf_runtime", None) or current_runtime("FlowSession.send")
-        rt.send(self, payload)
+        current_runtime("FlowSession.send").send(self, payload)
 
     def receive(self, expected_type: Union[Type[T], tuple], *, timeout: Optional[float] = None) -> T:
         """Suspend until the peer's next message and return its payload, checked against
         ``expected_type`` (a type or tuple of types; ``object`` accepts anything).
         Raises `FlowTimeout` after ``timeout`` seconds; the session stays usable."""
-        rt = getattr(_getcurrent(), "gf_runtime", None) or current_runtime("FlowSession.receive")
-        return rt.receive(self, expected_type, timeout)
+        return current_runtime("FlowSession.receive").receive(self, expected_type, timeout)
 
     def send_and_receive(self, expected_type: Union[Type[T], tuple], payload: Any, *,
                          timeout: Optional[float] = None) -> T:
         """`send` then `receive`, with one suspension."""
-        rt = (getattr(_getcurrent(), "gf_runtime", None)
-              or current_runtime("FlowSession.send_and_receive"))
+        rt = current_runtime("FlowSession.send_and_receive")
         rt.send(self, payload)
         return rt.receive(self, expected_type, timeout)
 

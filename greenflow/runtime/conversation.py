@@ -22,7 +22,7 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
 from greenflow.runtime.flow_types import Ended, Outgoing
-from greenflow.runtime.journal import OK, Entry, Kind, Outcome
+from greenflow.runtime.journal import OK, Kind, Outcome
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 # A sent payload up to this size is kept in its journal entry, so that a replay sending
@@ -204,15 +204,8 @@ class Conversation:
                 f"{self.cp.flow_class} cannot send {len(data)} bytes to {st.counterparty.name}: "
                 f"payloads are limited to {MAX_PAYLOAD_BYTES} bytes")
 
-        key = (st.sid, st.counterparty.name, wire.digest(data))
-        if self.cursor < len(self.journal):   # replaying: the journal answers
-            out = self.record(Kind.SEND, key, lambda: self._send_live(st, data), data)
-        else:   # live, the common case: inline, no closure per message
-            self.check_io_allowed()
-            out = self._send_live(st, data)
-            self.journal.append(Entry(Kind.SEND, key, out, None,
-                                      data if len(data) <= KEEP_SENT_PAYLOAD else None))
-            self.cursor += 1
+        out = self.record(Kind.SEND, (st.sid, st.counterparty.name, wire.digest(data)),
+                          self._send_live, data, (st, data))
         if out is not OK and out[0] == Outcome.END:
             raise UnexpectedFlowEnd(
                 f"{self.cp.flow_class} cannot send to {st.counterparty.name}: the session "
