@@ -176,3 +176,52 @@ def test_status_lists_workers_with_their_partitions(dsn):
     assert sorted(workers[0].partitions + workers[1].partitions) == list(range(P))
     assert len(leases) == P
     a.stop(); b.stop()
+
+
+def _fid_in(part: int) -> str:
+    from greenflow.storage.partitions import partition_of
+    i = 0
+    while partition_of(f"flow-{i}") != part:
+        i += 1
+    return f"flow-{i}"
+
+
+def test_a_takeover_never_overlaps_the_old_owners_commit_and_fences_its_next(dsn):
+    """The fence: a commit holds its partitions' advisory locks shared while it checks
+    the epoch and writes; a takeover takes them exclusively, so it leaves a partition
+    with a commit in flight for its next round, and the old owner's next commit is
+    refused."""
+    import psycopg
+    from greenflow.errors import Fenced
+    from greenflow.storage.interface import Batch
+    from greenflow.storage.postgres_store import PostgresStore
+    schema = new_schema()
+    a = manager(dsn, schema, "a")
+    a.tick()
+    held = a.owned()
+    assert set(held) == set(range(P))
+    store = PostgresStore(dsn, schema, owner="a", owned=lambda: dict(held))
+    flying = psycopg.connect(dsn)
+    b = manager(dsn, schema, "b")
+    try:
+        fid = _fid_in(5)
+        # a's commit in flight: gf_fence done, the transaction not yet committed.
+        flying.execute(f'SET search_path TO "{schema}"')
+        flying.execute("SELECT gf_fence(ARRAY[5], ARRAY[%s]::bigint[], 'a')", (held[5],))
+        time.sleep(1.1)   # a stops renewing: its leases run out
+        b.tick()
+        assert 5 not in b.owned() and len(b.owned()) == P - 1
+        flying.commit()
+        b.tick()
+        assert b.owned()[5] == held[5] + 1
+        # a still believes it holds partition 5 at its old epoch: refused by the database.
+        batch = Batch()
+        batch.start_flow(fid, b"l")
+        with pytest.raises(Fenced, match=r"partitions \{5\}"):
+            store.commit(batch)
+        assert not store.has_flow(fid)
+    finally:
+        flying.close()
+        store.close()
+        a.stop(release=False)
+        b.stop(release=False)

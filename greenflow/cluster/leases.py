@@ -60,6 +60,12 @@ def schema_sql(schema: str) -> list[str]:
     ]
 
 
+def fence_lock_key(schema: str) -> str:
+    """The text whose ``hashtext`` keys the fence's advisory locks of ``schema`` (the
+    store's ``gf_fence`` builds the same from ``current_schema()``)."""
+    return "greenflow-fence:" + schema
+
+
 def _ident(name: str) -> str:
     """A schema name quoted for SQL; only names we make ourselves get here, but check."""
     if not name or not all(c.isalnum() or c == "_" for c in name):
@@ -261,14 +267,20 @@ class LeaseManager:
         with conn.transaction():
             # SKIP LOCKED: two workers taking at once each get different partitions instead
             # of waiting for each other. Only free or expired rows: a live owner releases
-            # its surplus itself, never has it taken away.
+            # its surplus itself, never has it taken away. The fence's advisory lock of each
+            # partition, exclusively (commits hold it shared while they check the epoch and
+            # write): one with the old owner's commit in flight is left for the next round,
+            # and any commit of the old owner's that starts later reads the new epoch and
+            # is refused.
             rows = conn.execute(
                 f"UPDATE {s}.leases l SET owner = %s, epoch = l.epoch + 1, "
                 f"expires_at = now() + %s::interval "
-                f"WHERE l.part IN (SELECT part FROM {s}.leases WHERE owner IS NULL OR "
-                f"expires_at < now() ORDER BY part LIMIT %s FOR UPDATE SKIP LOCKED) "
-                f"RETURNING l.part, l.epoch",
-                (self.name, f"{self.lease_s} seconds", want)).fetchall()
+                f"WHERE l.part IN (SELECT c.part FROM (SELECT part FROM {s}.leases "
+                f"WHERE owner IS NULL OR expires_at < now() ORDER BY part LIMIT %s "
+                f"FOR UPDATE SKIP LOCKED) AS c WHERE pg_try_advisory_xact_lock(hashtext(%s), "
+                f"c.part)) RETURNING l.part, l.epoch",
+                (self.name, f"{self.lease_s} seconds", want,
+                 fence_lock_key(self.schema))).fetchall()
         if not rows:
             return
         gained = {p: e for p, e in rows}

@@ -47,10 +47,15 @@ CREATE TABLE IF NOT EXISTS app_rows (tbl text COLLATE "C", key bytea, value byte
 CREATE TABLE IF NOT EXISTS leases (part integer PRIMARY KEY, owner text,
     epoch bigint NOT NULL DEFAULT 0, expires_at timestamptz);
 CREATE OR REPLACE FUNCTION gf_fence(parts integer[], epochs bigint[], who text)
-RETURNS void LANGUAGE plpgsql AS $fence$
+RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fence$
 DECLARE bad integer[];
 BEGIN
-    PERFORM 1 FROM leases WHERE part = ANY(parts) FOR SHARE;
+    -- Shared, per partition, in order: a takeover takes the same locks exclusively
+    -- (greenflow.cluster.leases), so it waits for this commit, and a commit that starts
+    -- after it reads the new epoch below. Advisory locks live in memory: unlike row
+    -- locks on the lease rows they write nothing.
+    PERFORM pg_advisory_xact_lock_shared(hashtext('greenflow-fence:' || current_schema()), s.p)
+       FROM (SELECT u.p FROM unnest(parts) AS u(p) ORDER BY u.p) AS s;
     SELECT array_agg(w.p ORDER BY w.p) INTO bad
       FROM unnest(parts, epochs) AS w(p, e) LEFT JOIN leases l ON l.part = w.p
      WHERE l.part IS NULL OR l.owner IS DISTINCT FROM who OR l.epoch <> w.e;
@@ -173,13 +178,19 @@ def _commit_function() -> str:
                         "WHERE NOT EXISTS (SELECT 1 FROM logic l WHERE l.fid = t.f);")
         body += [f"    {sql_};", "END IF;"]
     return ("CREATE OR REPLACE FUNCTION gf_commit(" + ", ".join(params) + ")\n"
-            "RETURNS text[] LANGUAGE plpgsql AS $commit$\nDECLARE refused text[];\nBEGIN\n"
+            # Generic plans: a statement over unnest(array arguments) never gets a better
+            # plan from the arrays' values, and PL/pgSQL would otherwise plan each
+            # statement again at every call (about 50 us of server CPU each).
+            "RETURNS text[] LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan "
+            "AS $commit$\nDECLARE refused text[];\nBEGIN\n"
             + "\n".join(body) + "\n" + _NOTIFY + "RETURN refused;\nEND\n$commit$;\n")
 
 
 _COMMIT_FUNCTION = _commit_function()
 _FUNCTION_KEY = "greenflow.commit-function"
-_FUNCTION_HASH = hashlib.sha256(_COMMIT_FUNCTION.encode()).hexdigest().encode()
+# Over the schema's DDL too: a store made by a version with other functions (gf_fence)
+# has them replaced when it is opened.
+_FUNCTION_HASH = hashlib.sha256((_SCHEMA_SQL + _COMMIT_FUNCTION).encode()).hexdigest().encode()
 
 # Sent by a RawCursor ($n placeholders): psycopg does not parse a query this long each time.
 _COMMIT_CALL = ("SELECT gf_commit($1::integer[], $2::bigint[], $3::text, $4::text, " + ", ".join(

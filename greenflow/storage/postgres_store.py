@@ -38,9 +38,9 @@ only if the flow's start record is stored or started earlier in the batch (not d
 since), else refused and logged, as in the LMDB store.
 
 **Fencing.** Given ``owned`` (partition -> epoch, from the cluster's leases), every commit
-first calls ``gf_fence`` in the same transaction: it locks the lease rows of the
-partitions the batch's flow state touches (``FOR SHARE``, so a takeover waits for the
-commit) and raises if any is not (``owner``, that epoch). The transaction is rolled back
+first calls ``gf_fence`` in the same transaction: it takes a shared advisory lock per
+partition the batch's flow state touches (a takeover bumps the epoch holding them
+exclusively: `greenflow.cluster.leases`) and raises if any is not (``owner``, that epoch). The transaction is rolled back
 and `Fenced` raised: a worker that lost a partition never commits for it again.
 Delivering into another flow's inbox (``put_inbox``, ``put_payload``) and sending
 (outbox) are not fenced: a worker may deliver to any partition.
