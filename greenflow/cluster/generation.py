@@ -31,7 +31,8 @@ class Generation:
         return {p: e for p, e in self.parts.items() if live.get(p) == e}
 
     def holds(self, part: int) -> bool:
-        return part in self.parts and self.lease.owned().get(part) == self.parts[part]
+        epoch = self.parts.get(part)
+        return epoch is not None and self.lease.epoch_of(part) == epoch
 
     def new_flow_id(self) -> str:
         if not self._order:   # `FiledStarts.forward` files such starts for the owners

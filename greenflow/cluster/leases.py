@@ -166,7 +166,14 @@ class LeaseManager:
             return dict(self._owned)
 
     def owns(self, part: int) -> bool:
-        return part in self.owned()
+        return self.epoch_of(part) is not None
+
+    def epoch_of(self, part: int) -> Optional[int]:
+        """The epoch ``part`` is held at now, or None (asked per frame: no copy)."""
+        with self._lock:
+            if self._owned and time.monotonic() > self._valid_until:
+                return None
+            return self._owned.get(part)
 
     # -- one tick ---------------------------------------------------------------------------
     def _connect(self):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import weakref
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Callable, Iterable
@@ -36,8 +37,28 @@ class FlowParam:
         return text if self.required else f"{text} = {self.default!r}"
 
 
-def flow_params(cls: type) -> tuple[list[FlowParam], bool]:
-    """The named parameters of ``cls(...)``, and whether it also takes ``**kwargs``."""
+def flow_params(cls: type) -> tuple[tuple[FlowParam, ...], bool]:
+    """The named parameters of ``cls(...)``, and whether it also takes ``**kwargs``.
+
+    Worked out once per class: resolving the type hints cost more than the rest of
+    starting a flow over RPC."""
+    try:
+        return _PARAMS[cls]
+    except (KeyError, TypeError):   # TypeError: a class that cannot be weakly referenced
+        pass
+    found = _flow_params(cls)
+    try:
+        _PARAMS[cls] = found
+    except TypeError:
+        pass
+    return found
+
+
+_PARAMS: "weakref.WeakKeyDictionary[type, tuple[tuple[FlowParam, ...], bool]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _flow_params(cls: type) -> tuple[tuple[FlowParam, ...], bool]:
     sig = inspect.signature(cls)
     init = getattr(cls, "__init__", None)
     try:
@@ -55,7 +76,7 @@ def flow_params(cls: type) -> tuple[list[FlowParam], bool]:
             if hint is _EMPTY and p.default is not _EMPTY and p.default is not None:
                 hint = type(p.default) if type(p.default) in (int, float, bool, str) else Any
             params.append(FlowParam(p.name, hint, p.default))
-    return params, var_kw
+    return tuple(params), var_kw
 
 
 _BY_NAME = {"int": int, "float": float, "bool": bool, "str": str, "Party": Party,
