@@ -17,8 +17,17 @@ if TYPE_CHECKING:
 
 
 def event(handler: BaseHTTPRequestHandler, kind: str, doc: Any) -> None:
-    handler.wfile.write(f"event: {kind}\ndata: {json.dumps(doc)}\n\n".encode("utf-8"))
+    handler.wfile.write(_event_bytes(kind, doc))
     handler.wfile.flush()
+
+
+def _event_bytes(kind: str, doc: Any) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(doc)}\n\n".encode("utf-8")
+
+
+#: Events written to a stream in one send at most: a burst of flows ending costs one
+#: system call per burst instead of one per flow, and a slow client still gets them soon.
+_BATCH = 64
 
 
 def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Optional[str]) -> None:
@@ -64,6 +73,7 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
             return event(handler, "end", rpc.outcome(FlowHandle(node, fid), 0)[1])
     else:
         event(handler, "status", rpc.stream_status())
+    out: list[bytes] = []
     for item in sub.follow(lambda: rpc.stopping):
         if item is None:   # quiet: a keep-alive
             handler.wfile.write(b": keepalive\n\n")
@@ -71,11 +81,17 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
             continue
         flow_id, step = item
         if step is not None:
-            event(handler, "progress", {"flow_id": flow_id, "step": step})
-            continue
-        event(handler, "end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1])
-        if fid is not None:
-            return
+            out.append(_event_bytes("progress", {"flow_id": flow_id, "step": step}))
+        else:
+            out.append(_event_bytes("end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1]))
+            if fid is not None:
+                handler.wfile.write(b"".join(out))
+                handler.wfile.flush()
+                return
+        if len(out) >= _BATCH or sub.queue.empty():   # nothing more waiting: send now
+            handler.wfile.write(b"".join(out))
+            handler.wfile.flush()
+            out.clear()
     if sub.dropped and not rpc.stopping:
         # Tell a client that still reads why its stream ends; never wait on one that does not.
         handler.connection.settimeout(0.2)
