@@ -129,6 +129,9 @@ class Worker:
     def start(self) -> "Worker":
         if self.tcp is not None:
             self.tcp.node = _Facade(self)
+            # Peers answer on the connection this worker dialled: what they send for its
+            # sessions reaches it, not whichever worker their own connection landed on.
+            self.tcp.reply_path = True
         self.lease.start()          # the first round: what we hold now
         self._rebuild()
         self.reader.start()

@@ -72,7 +72,8 @@ from greenflow.network.network_map import NetworkMap, NodeInfo, format_address
 from greenflow.network.tcp_framing import (  # noqa: F401 - the protocol's names, as before
     BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HEADER, K_ACK,
     K_FRAME, K_WELCOME, MAX_ACKS_PER_RECORD, MAX_HANDSHAKE_BYTES, MAX_HELD_BYTES,
-    MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, RETRANSMIT_AFTER,
+    MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, PROTOCOL_REPLY,
+    RETRANSMIT_AFTER,
     RETRANSMIT_MAX, ProtocolError, _pack, _unpack, read_message, write_message)
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import Inbound
@@ -126,10 +127,15 @@ class TcpTransport:
         #: clustered party each connect under the party's one name, so closing the older
         #: one would make them take turns. A dead one goes when TCP keep-alive finds it.
         self.several_per_peer = True
+        #: Dial peers asking them to answer on this node's own connection (the reply
+        #: path, `PROTOCOL_REPLY`): set by a clustered party's workers, so that a peer's
+        #: frames and acknowledgements reach the worker whose session they belong to.
+        self.reply_path = False
         self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
-                      "retransmits": 0, "handshakes": 0}
+                      "retransmits": 0, "handshakes": 0, "frames_replied": 0,
+                      "acks_replied": 0}
         self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
@@ -298,8 +304,33 @@ class TcpTransport:
             self.node.scheduler.post(Acked(self.name, msg_ids))
             return
         link = self._link(peer_name)
-        if link is not None:
+        if link is None:
+            return
+        if not self._in.routes:
             link.add_acks(msg_ids)
+            return
+        reply_for = self._in.reply_for
+        rest = []
+        for m in msg_ids:
+            reply = reply_for(peer_name, m[0])
+            if reply is None:
+                rest.append(m)
+            else:
+                reply.add_acks([list(m)])
+                self.stats["acks_replied"] += 1
+        if rest:
+            link.add_acks(tuple(rest))
+
+    def reply_for(self, peer_name: str, sid: str) -> Any:
+        """The reply connection ``peer_name``'s session ``sid`` last arrived on, open
+        and keeping up (`greenflow.network.tcp_inbound.Reply`), or None: use the link."""
+        return self._in.reply_for(peer_name, sid) if self._in.routes else None
+
+    def reply_closed(self, reply: Any) -> None:
+        """A reply connection closed: its peer's link sends again what went out on it."""
+        link = self._links.get(reply.info.name)
+        if link is not None:
+            link.reply_closed(reply)
 
     def peer_stats(self) -> dict[str, dict]:
         """Per peer: whether our connection to it is up (``link_up``), whether it is
