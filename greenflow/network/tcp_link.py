@@ -30,6 +30,10 @@ log = logging.getLogger("greenflow.transport")
 #: After a peer refused the reply path (an older version), or broke the protocol on it,
 #: the link dials that peer without it for this long before asking again.
 PLAIN_FOR = 600.0
+#: A frame sent on a reply connection and not acknowledged within this long goes out
+#: again on the link (a reply connection to a machine that vanished stays "open" until
+#: TCP keep-alive gives up on it, while the peer's other connections keep acknowledging).
+REPLY_RESEND_AFTER = 10.0
 
 
 class Link:
@@ -51,10 +55,10 @@ class Link:
         self.writer: Optional[asyncio.StreamWriter] = None
         self.last_ack = time.monotonic()
         self.retransmit_after = RETRANSMIT_AFTER
-        #: Unacknowledged frames that went out on a reply connection (msg_id -> `Reply`)
-        #: rather than this link's: not sent again here unless that one closes or the
-        #: peer stops acknowledging.
-        self.via: dict[Any, Any] = {}
+        #: Unacknowledged frames that went out on a reply connection (msg_id -> (`Reply`,
+        #: when), oldest first) rather than this link's: not sent again here unless that
+        #: one closes, or they wait too long for their acknowledgement.
+        self.via: dict[Any, tuple[Any, float]] = {}
         self.plain_until = 0.0     # dial without the reply path until then
         self.task = asyncio.get_running_loop().create_task(self._run())
 
@@ -83,7 +87,8 @@ class Link:
         self.held_bytes += len(data) - (len(old) if old is not None else 0)
         reply = None if from_outbox else self._reply_path(mid)
         if reply is not None:
-            self.via[mid] = reply
+            self.via.pop(mid, None)
+            self.via[mid] = (reply, time.monotonic())
             reply.add_frame(data)
             self.t.stats["frames_replied"] += 1
             return True
@@ -101,14 +106,14 @@ class Link:
         if mid[2] > 0:
             prev = (mid[0], mid[1], mid[2] - 1)
             if prev in self.unacked:
-                reply = self.via.get(prev)
-                return reply if reply is not None and reply.usable() else None
+                took = self.via.get(prev)
+                return took[0] if took is not None and took[0].usable() else None
         return self.t.reply_for(self.name, mid[0])
 
     def reply_closed(self, reply: Any) -> None:
         """A reply connection closed: what went out on it and is unacknowledged goes
         out again here (the peer drops what it already has)."""
-        again = [mid for mid, r in self.via.items() if r is reply]
+        again = [mid for mid, (r, _) in self.via.items() if r is reply]
         for mid in again:
             del self.via[mid]
         if again:
@@ -159,6 +164,8 @@ class Link:
             self.refill()
 
     def check_retransmit(self, now: float) -> None:
+        if self.via:
+            self._resend_stale_replies(now)
         if self.connected and self.unacked and now - self.last_ack > self.retransmit_after:
             log.info("%s: no acknowledgement from %s for %.0fs; re-sending %d frames",
                      self.t.name, self.name, now - self.last_ack, len(self.unacked))
@@ -167,6 +174,21 @@ class Link:
             self.last_ack = now
             self.retransmit_after = min(self.retransmit_after * 2, RETRANSMIT_MAX)
             self.t.stats["retransmits"] += 1
+            self.wake.set()
+
+    def _resend_stale_replies(self, now: float) -> None:
+        again = []
+        for mid, (_, at) in self.via.items():
+            if now - at <= REPLY_RESEND_AFTER:
+                break
+            again.append(mid)
+        if again:
+            log.info("%s: %d frames sent to %s on its connections were not acknowledged "
+                     "within %.0fs; re-sending them on this node's own", self.t.name,
+                     len(again), self.name, REPLY_RESEND_AFTER)
+            for mid in again:
+                del self.via[mid]
+            self.queue.extend(again)
             self.wake.set()
 
     async def _run(self) -> None:
