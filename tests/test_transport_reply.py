@@ -108,6 +108,43 @@ def test_frames_on_a_reply_connection_that_dies_arrive_through_the_link(net, mon
     assert link.frames_written >= 1
 
 
+def test_a_frame_swallowed_on_a_reply_connection_is_sent_again_on_the_link(
+        net, monkeypatch, caplog):
+    """The reply connection stays open but a frame on it never arrives (a machine that
+    vanished, before keep-alive notices): Bob sends it again on his own connection."""
+    from greenflow.network import tcp_link
+    monkeypatch.setattr(tcp_link, "REPLY_RESEND_AFTER", 1.0)
+    swallowed = []
+    real = Link._receive
+
+    async def swallows_the_first_frame(self, reader, chan):
+        async def records():
+            while True:
+                yield _unpack(chan.open(await read_message(reader, MAX_RECORD_BYTES)))
+        try:
+            async for items in records():
+                if not swallowed and any(it[0] == K_FRAME for it in items):
+                    swallowed.append(items)
+                    items = [it for it in items if it[0] != K_FRAME]
+                if items:
+                    dispatch(self.t, self.info, items)
+        except (asyncio.IncompleteReadError, OSError):
+            pass
+        finally:
+            self.wake.set()
+
+    monkeypatch.setattr(Link, "_receive", swallows_the_first_frame)
+    alice = up(net, "Alice", reply=True)
+    up(net, "Bob")
+    with caplog.at_level(logging.INFO, logger="greenflow.transport"):
+        assert pings(alice, net, 1, 2) == [3]
+    assert swallowed
+    assert any("were not acknowledged within 1s; re-sending them" in r.getMessage()
+               for r in caplog.records)
+    assert net.transport("Bob")._links["Alice"].frames_written >= 1
+    assert net.transport("Bob").stats["retransmits"] == 0     # not the link's timer
+
+
 def test_an_older_listener_is_dialled_without_the_reply_path(net, monkeypatch, caplog):
     """A listener that knows only /1 refuses the /2 hello: the dialler falls back at
     once and everything arrives as before."""
