@@ -250,6 +250,31 @@ def test_a_hostile_answer_drops_the_connection(net, caplog, misbehave, expect):
     assert net.transport("Carol").stats["frames_replied"] > 0
 
 
+def test_the_hello_version_is_sealed_into_the_handshake(net, caplog):
+    """Carol (her real key) says /2 in her hello but proves herself as for /1 (a hello
+    changed from /1 on the way would look so to Bob): Bob drops her. His challenge binds
+    /2 too, so a /1 dialler whose hello was changed could not be fooled either."""
+    import os
+    import nacl.bindings
+    from greenflow.network.tcp_framing import PROTOCOL_REPLY
+    from test_transport import attack_and_check, read_raw, write_raw
+    carol = TcpTransport(net.identity("Carol"), net.netmap("Carol"))
+    key = carol.key_for(net.netmap().get("Bob"))
+
+    def send(s):
+        c_nonce = os.urandom(32)
+        write_raw(s, _pack([PROTOCOL_REPLY, "Carol", "Bob", c_nonce]))
+        s_nonce, n, ct = _unpack(read_raw(s))
+        pt = nacl.bindings.crypto_box_open_easy_afternm(ct, n, key)
+        assert pt == _pack([b"S", c_nonce, s_nonce, "Bob", "Carol", PROTOCOL_REPLY])
+        n2 = os.urandom(24)
+        write_raw(s, _pack([n2, nacl.bindings.crypto_box_easy_afternm(
+            _pack([b"C", c_nonce, s_nonce, "Carol", "Bob"]), n2, key)]))
+
+    up(net, "Alice"), up(net, "Bob")
+    attack_and_check(net, caplog, send, "claims to be 'Carol' but cannot prove it")
+
+
 def test_the_two_directions_of_a_channel_cannot_be_confused():
     """Records both ways on one connection: each side opens only the other's, in order."""
     key, c_nonce, s_nonce = bytes(32), b"c" * 32, b"s" * 32
