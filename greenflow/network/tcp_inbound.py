@@ -74,6 +74,7 @@ class Reply:
                  chan: Channel) -> None:
         self.inbound, self.info, self.writer, self.chan = inbound, info, writer, chan
         self.frames: list[bytes] = []
+        self.pending = 0           # bytes of self.frames
         self.acks: list[list] = []
         self.closed = False
         self._flush_due = False
@@ -85,10 +86,11 @@ class Reply:
 
     def usable(self) -> bool:
         return not self.closed and not self.writer.is_closing() and \
-            self.writer.transport.get_write_buffer_size() <= MAX_REPLY_BUFFER
+            self.pending + self.writer.transport.get_write_buffer_size() <= MAX_REPLY_BUFFER
 
     def add_frame(self, data: bytes) -> None:
         self.frames.append(data)
+        self.pending += len(data)
         self._due()
 
     def add_acks(self, msg_ids: list) -> None:
@@ -103,6 +105,7 @@ class Reply:
     def flush(self) -> None:
         self._flush_due = False
         frames, acks, self.frames, self.acks = self.frames, self.acks, [], []
+        self.pending = 0
         if self.closed:
             return
         batch: list = []
