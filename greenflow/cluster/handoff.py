@@ -14,9 +14,10 @@ acknowledges it, so a worker that dies in between leaves the row for the next ow
 Delivery stays at least once; the scheduler's per-session sequence numbers make
 processing exactly once.
 
-Acknowledgements from peers come back on whatever connection the peer holds to the
-party, so they may land on a worker other than the sender: they are handed over the same
-way (``kind`` 1), so the sending worker stops re-sending them.
+Acknowledgements from peers come back on the sending worker's own connection when the
+peer speaks the transport's reply path, else on whatever connection the peer holds to
+the party, so they may land on a worker other than the sender: those are handed over the
+same way (``kind`` 1), so the sending worker stops re-sending them.
 
 A worker that owns no partition (starting up, or one worker too many) files the flows
 started through it the same way (``kind`` 2, `START`): the owner of the row's partition

@@ -23,8 +23,11 @@ session's initiating flow: a responder's id is derived into the same partition, 
 `greenflow.statemachine.ids.responder_flow_id`): a partition of this generation goes to
 the scheduler; any other is written to the handoff table and acknowledged, and the owner
 takes it from there (`greenflow.cluster.handoff`). Outbound frames leave from the worker
-that committed them (its outbox rows); acknowledgements that land elsewhere are handed
-back the same way so the sender stops re-sending.
+that committed them (its outbox rows), on a connection it dials with the transport's
+reply path: the peer answers that session on that connection, so its frames and
+acknowledgements come back to this worker and are rarely handed over (a session the peer
+opens, a re-send after a connection closed). Acknowledgements that do land elsewhere are
+handed back the same way so the sender stops re-sending.
 
 **Starting flows** through a worker gives them an id in a partition of its generation
 (`Node.new_flow_id`), so the worker that records the start runs the flow.
@@ -129,6 +132,9 @@ class Worker:
     def start(self) -> "Worker":
         if self.tcp is not None:
             self.tcp.node = _Facade(self)
+            # Peers answer on the connection this worker dialled: what they send for its
+            # sessions reaches it, not whichever worker their own connection landed on.
+            self.tcp.reply_path = True
         self.lease.start()          # the first round: what we hold now
         self._rebuild()
         self.reader.start()

@@ -10,9 +10,14 @@ from typing import Any
 
 import msgpack
 
-from greenflow.messages import MAX_FRAME_BYTES
+from greenflow.errors import WireFormatError
+from greenflow.messages import MAX_FRAME_BYTES, decode_frame
 
 PROTOCOL = b"greenflow-p2p/1"
+#: The same protocol, and the dialler also reads records on its connection: the listener
+#: may answer on it (the reply path, see `greenflow.network.tcp_transport`). Only a
+#: dialler that wants replies says it; a listener of either version accepts /1.
+PROTOCOL_REPLY = b"greenflow-p2p/2"
 HEADER = struct.Struct(">I")
 MAX_HANDSHAKE_BYTES = 1024
 BATCH_BYTES = 256 * 1024
@@ -30,6 +35,11 @@ K_WELCOME, K_FRAME, K_ACK = 0, 1, 2
 
 class ProtocolError(Exception):
     """The other end broke the protocol (or is not who it claims): drop the connection."""
+
+
+class ReplyRefused(ProtocolError):
+    """The listener closed the connection on a `PROTOCOL_REPLY` hello before answering
+    it: most likely a version that knows only `PROTOCOL` (it refuses the hello)."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -81,6 +91,13 @@ async def read_message(reader: asyncio.StreamReader, limit: int) -> bytes:
 
 def write_message(writer: asyncio.StreamWriter, data: bytes) -> None:
     writer.write(HEADER.pack(len(data)) + data)
+
+
+def _frame_msg_id(data: bytes) -> Any:
+    try:
+        return decode_frame(data).msg_id
+    except WireFormatError:
+        return None
 
 
 def _msg_id_ok(m: Any) -> bool:

@@ -1,23 +1,134 @@
 """The receiving side of the TCP transport: the connections peers dial to this node,
-each checked by the handshake, then read record by record into the scheduler."""
+each checked by the handshake, then read record by record into the scheduler; and, on
+the connections whose dialler asked for it, the reply path back (`Reply`)."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.messages import MAX_FRAME_BYTES
 from greenflow.network.network_map import NodeInfo, format_address
-from greenflow.network.tcp_framing import (HANDSHAKE_TIMEOUT, K_ACK, K_FRAME, MAX_RECORD_BYTES,
-                                           ProtocolError, _keepalive, _msg_id_ok, _unpack, _why,
-                                           read_message)
-from greenflow.network.tcp_handshake import server_handshake
+from greenflow.network.tcp_framing import (BATCH_BYTES, HANDSHAKE_TIMEOUT, K_ACK, K_FRAME,
+                                           MAX_ACKS_PER_RECORD, MAX_RECORD_BYTES, ProtocolError,
+                                           _frame_msg_id, _keepalive, _msg_id_ok, _pack, _unpack, _why,
+                                           read_message, write_message)
+from greenflow.network.tcp_handshake import Channel, server_handshake
 from greenflow.statemachine.events import Acked, FrameArrived
 
 if TYPE_CHECKING:
     from greenflow.network.tcp_transport import TcpTransport
 
 log = logging.getLogger("greenflow.transport")
+
+#: Sessions whose reply connection an `Inbound` remembers (the least recently used go
+#: first): a forgotten one is answered on the link, as without the reply path.
+MAX_REPLY_ROUTES = 65_536
+#: A reply connection with more than this unsent is not used until its reader catches up
+#: (its frames go on the link instead): bounded memory for a peer that does not read.
+MAX_REPLY_BUFFER = 4 * BATCH_BYTES
+
+
+def dispatch(t: "TcpTransport", info: NodeInfo, items: Any,
+             reply: Optional["Reply"] = None) -> None:
+    """One record from ``info``'s node, on a connection it dialled or (the reply path) one
+    this node dialled: its frames to the scheduler, its acknowledgements to the link and
+    the scheduler. Anything malformed raises `ProtocolError` (the connection is dropped)."""
+    if not isinstance(items, list) or not items:
+        raise ProtocolError("a record that is not a list of messages")
+    n = 0
+    for it in items:
+        if not isinstance(it, list) or not it:
+            raise ProtocolError("a malformed message in a record")
+        kind = it[0]
+        if kind == K_FRAME and len(it) == 2 and isinstance(it[1], bytes):
+            data = it[1]
+            if len(data) > MAX_FRAME_BYTES:
+                raise ProtocolError(f"a frame of {len(data)} bytes")
+            t.stats["frames_received"] += 1
+            n += 1
+            if reply is not None:
+                reply.arrived(data)
+            t.node.scheduler.post(FrameArrived(info.party, data))
+        elif kind == K_ACK and len(it) == 2 and isinstance(it[1], list) \
+                and all(_msg_id_ok(m) for m in it[1]):
+            mids = tuple(tuple(m) for m in it[1])
+            t.stats["acks_received"] += len(mids)
+            t.peer_acked(info.name, it[1])
+            t.node.scheduler.post(Acked(info.name, mids))
+        else:
+            raise ProtocolError(f"an unknown message kind {kind!r}")
+    if n:
+        t.frames_in[info.name] = t.frames_in.get(info.name, 0) + n
+
+
+class Reply:
+    """The way back on a connection a peer dialled with `PROTOCOL_REPLY`: frames and
+    acknowledgements for that peer's sessions that last arrived here, sealed in the
+    listener's direction of the connection's channel. Written once per turn of the loop
+    (one record for all a drain produced), never awaited: the link still holds every
+    frame, so a full or lost reply connection costs a re-send, never a frame."""
+
+    def __init__(self, inbound: "Inbound", info: NodeInfo, writer: asyncio.StreamWriter,
+                 chan: Channel) -> None:
+        self.inbound, self.info, self.writer, self.chan = inbound, info, writer, chan
+        self.frames: list[bytes] = []
+        self.pending = 0           # bytes of self.frames
+        self.acks: list[list] = []
+        self.closed = False
+        self._flush_due = False
+
+    def arrived(self, data: bytes) -> None:
+        mid = _frame_msg_id(data)
+        if mid is not None:
+            self.inbound.learn((self.info.name, mid[0]), self)
+
+    def usable(self) -> bool:
+        return not self.closed and not self.writer.is_closing() and \
+            self.pending + self.writer.transport.get_write_buffer_size() <= MAX_REPLY_BUFFER
+
+    def add_frame(self, data: bytes) -> None:
+        self.frames.append(data)
+        self.pending += len(data)
+        self._due()
+
+    def add_acks(self, msg_ids: list) -> None:
+        self.acks.extend(msg_ids)
+        self._due()
+
+    def _due(self) -> None:
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        frames, acks, self.frames, self.acks = self.frames, self.acks, [], []
+        self.pending = 0
+        if self.closed:
+            return
+        batch: list = []
+        size = 0
+        for data in frames:
+            if batch and size + len(data) > BATCH_BYTES:
+                self._write(batch)
+                batch, size = [], 0
+            batch.append([K_FRAME, data])
+            size += len(data) + 8
+        for i in range(0, len(acks), MAX_ACKS_PER_RECORD):
+            batch.append([K_ACK, acks[i:i + MAX_ACKS_PER_RECORD]])
+            self._write(batch)
+            batch = []
+        if batch:
+            self._write(batch)
+
+    def _write(self, batch: list) -> None:
+        try:
+            write_message(self.writer, self.chan.seal(_pack(batch)))
+        except (OSError, RuntimeError):   # closing under us: the link re-sends
+            return
+        self.inbound.t.stats["records_sent"] += 1
 
 
 class Inbound:
@@ -28,6 +139,29 @@ class Inbound:
         self.t = transport
         self.conns: set[asyncio.StreamWriter] = set()
         self.by_peer: dict[str, asyncio.StreamWriter] = {}
+        #: (peer name, session id) -> the reply connection that session's last frame
+        #: arrived on (bounded, least recently arrived first out).
+        self.routes: OrderedDict[tuple[str, str], Reply] = OrderedDict()
+
+    def learn(self, key: tuple[str, str], reply: Reply) -> None:
+        routes = self.routes
+        if routes.get(key) is not reply:
+            routes[key] = reply
+        routes.move_to_end(key)
+        if len(routes) > MAX_REPLY_ROUTES:
+            routes.popitem(last=False)
+
+    def reply_for(self, peer_name: str, sid: str) -> Optional[Reply]:
+        """The connection to answer ``peer_name``'s session ``sid`` on, if it has one
+        that is open and keeping up; None: answer on the link."""
+        reply = self.routes.get((peer_name, sid))
+        return reply if reply is not None and reply.usable() else None
+
+    def _forget(self, reply: Reply) -> None:
+        reply.closed = True
+        for key in [k for k, r in self.routes.items() if r is reply]:
+            del self.routes[key]
+        self.t.reply_closed(reply)
 
     def close_all(self) -> None:
         for w in list(self.conns):
@@ -40,6 +174,7 @@ class Inbound:
         self.conns.add(writer)
         _keepalive(writer)
         who = f"a connection from {where}"
+        reply: Optional[Reply] = None
         try:
             try:
                 chan, info = await asyncio.wait_for(
@@ -54,10 +189,13 @@ class Inbound:
             if old is not None and not t.several_per_peer:
                 old.close()   # the peer reconnected: its old connection is dead to it
             self.by_peer[info.name] = writer
-            log.info("%s: %s connected", t.name, who)
+            if chan.reply:
+                reply = Reply(self, info, writer, chan)
+            log.info("%s: %s connected%s", t.name, who, " (answered on its connection)"
+                     if chan.reply else "")
             while not t.closing:
                 record = await read_message(reader, MAX_RECORD_BYTES)
-                self.dispatch(info, _unpack(chan.open(record)))
+                dispatch(t, info, _unpack(chan.open(record)), reply)
         except asyncio.IncompleteReadError as exc:
             if exc.partial or who.startswith("a connection"):
                 t.stats["dropped_connections"] += 1
@@ -75,30 +213,8 @@ class Inbound:
                 if w is writer:
                     del self.by_peer[name]
             writer.close()
+            if reply is not None:
+                self._forget(reply)
 
     def dispatch(self, info: NodeInfo, items: Any) -> None:
-        t = self.t
-        if not isinstance(items, list) or not items:
-            raise ProtocolError("a record that is not a list of messages")
-        n = 0
-        for it in items:
-            if not isinstance(it, list) or not it:
-                raise ProtocolError("a malformed message in a record")
-            kind = it[0]
-            if kind == K_FRAME and len(it) == 2 and isinstance(it[1], bytes):
-                data = it[1]
-                if len(data) > MAX_FRAME_BYTES:
-                    raise ProtocolError(f"a frame of {len(data)} bytes")
-                t.stats["frames_received"] += 1
-                n += 1
-                t.node.scheduler.post(FrameArrived(info.party, data))
-            elif kind == K_ACK and len(it) == 2 and isinstance(it[1], list) \
-                    and all(_msg_id_ok(m) for m in it[1]):
-                mids = tuple(tuple(m) for m in it[1])
-                t.stats["acks_received"] += len(mids)
-                t.peer_acked(info.name, it[1])
-                t.node.scheduler.post(Acked(info.name, mids))
-            else:
-                raise ProtocolError(f"an unknown message kind {kind!r}")
-        if n:
-            t.frames_in[info.name] = t.frames_in.get(info.name, 0) + n
+        dispatch(self.t, info, items)

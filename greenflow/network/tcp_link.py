@@ -1,6 +1,8 @@
 """The sending side of the TCP transport: one `Link` per peer, which dials it, holds the
 frames it has not acknowledged (spilling to the outbox beyond a memory bound), re-sends
-them, and carries the acknowledgements this node owes it."""
+them, and carries the acknowledgements this node owes it. A frame may go out on a reply
+connection instead (`greenflow.network.tcp_inbound.Reply`); the link holds it all the
+same. A link dialled with the reply path also reads what the peer answers on it."""
 from __future__ import annotations
 
 import asyncio
@@ -10,26 +12,28 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
-from greenflow.errors import WireFormatError
-from greenflow.messages import decode_frame
 from greenflow.network.network_map import NodeInfo, format_address
 from greenflow.network.tcp_framing import (BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT,
                                            HANDSHAKE_TIMEOUT, K_ACK, K_FRAME, MAX_ACKS_PER_RECORD,
-                                           MAX_OWED_ACKS, RETRANSMIT_AFTER, RETRANSMIT_MAX,
-                                           ProtocolError, _keepalive, _pack, _why, write_message)
+                                           MAX_OWED_ACKS, MAX_RECORD_BYTES, RETRANSMIT_AFTER,
+                                           RETRANSMIT_MAX, ProtocolError, ReplyRefused, _frame_msg_id,
+                                           _keepalive, _pack, _unpack, _why, read_message,
+                                           write_message)
 from greenflow.network.tcp_handshake import Channel, client_handshake
+from greenflow.network.tcp_inbound import dispatch
 
 if TYPE_CHECKING:
     from greenflow.network.tcp_transport import TcpTransport
 
 log = logging.getLogger("greenflow.transport")
 
-
-def _frame_msg_id(data: bytes) -> Any:
-    try:
-        return decode_frame(data).msg_id
-    except WireFormatError:
-        return None
+#: After a peer refused the reply path (an older version), or broke the protocol on it,
+#: the link dials that peer without it for this long before asking again.
+PLAIN_FOR = 600.0
+#: A frame sent on a reply connection and not acknowledged within this long goes out
+#: again on the link (a reply connection to a machine that vanished stays "open" until
+#: TCP keep-alive gives up on it, while the peer's other connections keep acknowledging).
+REPLY_RESEND_AFTER = 10.0
 
 
 class Link:
@@ -47,9 +51,15 @@ class Link:
         self.wake = asyncio.Event()
         self.connected = False
         self.frames_out = 0        # frames routed to this peer (metrics)
+        self.frames_written = 0    # frames written on this link's own connection
         self.writer: Optional[asyncio.StreamWriter] = None
         self.last_ack = time.monotonic()
         self.retransmit_after = RETRANSMIT_AFTER
+        #: Unacknowledged frames that went out on a reply connection (msg_id -> (`Reply`,
+        #: when), oldest first) rather than this link's: not sent again here unless that
+        #: one closes, or they wait too long for their acknowledgement.
+        self.via: dict[Any, tuple[Any, float]] = {}
+        self.plain_until = 0.0     # dial without the reply path until then
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -75,9 +85,40 @@ class Link:
             self.last_ack = time.monotonic()
         self.unacked[mid] = data
         self.held_bytes += len(data) - (len(old) if old is not None else 0)
+        reply = None if from_outbox else self._reply_path(mid)
+        if reply is not None:
+            self.via.pop(mid, None)
+            self.via[mid] = (reply, time.monotonic())
+            reply.add_frame(data)
+            self.t.stats["frames_replied"] += 1
+            return True
+        self.via.pop(mid, None)
         self.queue.append(mid)
         self.wake.set()
         return True
+
+    def _reply_path(self, mid: Any) -> Any:
+        """The reply connection to send ``mid`` on, or None (this link). A frame follows
+        the way its session's previous frame took while that one is unacknowledged, so
+        a session's frames never overtake each other by changing connection."""
+        if mid[0] == "?":
+            return None
+        if mid[2] > 0:
+            prev = (mid[0], mid[1], mid[2] - 1)
+            if prev in self.unacked:
+                took = self.via.get(prev)
+                return took[0] if took is not None and took[0].usable() else None
+        return self.t.reply_for(self.name, mid[0])
+
+    def reply_closed(self, reply: Any) -> None:
+        """A reply connection closed: what went out on it and is unacknowledged goes
+        out again here (the peer drops what it already has)."""
+        again = [mid for mid, (r, _) in self.via.items() if r is reply]
+        for mid in again:
+            del self.via[mid]
+        if again:
+            self.queue.extend(again)
+            self.wake.set()
 
     def refill(self) -> None:
         """Take frames left in the outbox back into memory, up to the bound."""
@@ -109,23 +150,45 @@ class Link:
         self.wake.set()
 
     def acked(self, msg_ids: list) -> None:
+        via = self.via
         for m in msg_ids:
-            data = self.unacked.pop(tuple(m), None)
+            mid = tuple(m)
+            data = self.unacked.pop(mid, None)
             if data is not None:
                 self.held_bytes -= len(data)
+                if via:
+                    via.pop(mid, None)
         self.last_ack = time.monotonic()
         self.retransmit_after = RETRANSMIT_AFTER
         if self.spilled and self.held_bytes <= self.t.max_held_bytes // 2:
             self.refill()
 
     def check_retransmit(self, now: float) -> None:
+        if self.via:
+            self._resend_stale_replies(now)
         if self.connected and self.unacked and now - self.last_ack > self.retransmit_after:
             log.info("%s: no acknowledgement from %s for %.0fs; re-sending %d frames",
                      self.t.name, self.name, now - self.last_ack, len(self.unacked))
             self.queue = deque(self.unacked)
+            self.via.clear()
             self.last_ack = now
             self.retransmit_after = min(self.retransmit_after * 2, RETRANSMIT_MAX)
             self.t.stats["retransmits"] += 1
+            self.wake.set()
+
+    def _resend_stale_replies(self, now: float) -> None:
+        again = []
+        for mid, (_, at) in self.via.items():
+            if now - at <= REPLY_RESEND_AFTER:
+                break
+            again.append(mid)
+        if again:
+            log.info("%s: %d frames sent to %s on its connections were not acknowledged "
+                     "within %.0fs; re-sending them on this node's own", self.t.name,
+                     len(again), self.name, REPLY_RESEND_AFTER)
+            for mid in again:
+                del self.via[mid]
+            self.queue.extend(again)
             self.wake.set()
 
     async def _run(self) -> None:
@@ -137,13 +200,20 @@ class Link:
                 await self.wake.wait()
                 continue
             writer = None
+            reply = self.t.reply_path and time.monotonic() >= self.plain_until
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
                                                         CONNECT_TIMEOUT)
                 _keepalive(writer)
                 chan = await asyncio.wait_for(
                     client_handshake(self.t.name, self.t.key_for(self.info), reader, writer,
-                                     self.info), HANDSHAKE_TIMEOUT)
+                                     self.info, reply), HANDSHAKE_TIMEOUT)
+            except ReplyRefused as exc:
+                writer.close()
+                self.plain_until = time.monotonic() + PLAIN_FOR
+                log.info("%s: %s (an older version?); dialling it without the reply path "
+                         "for %.0fs", self.t.name, exc, PLAIN_FOR)
+                continue
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
                 if writer is not None:
                     writer.close()
@@ -159,10 +229,11 @@ class Link:
             log.info("%s: connected to %s at %s; %d unacknowledged frames to (re)send",
                      self.t.name, self.name, format_address(self.info.p2p_address),
                      len(self.unacked))
-            self.queue = deque(self.unacked)
+            self.queue = deque(m for m in self.unacked if m not in self.via)
             self.connected, self.writer = True, writer
             self.last_ack = time.monotonic()
-            watcher = asyncio.get_running_loop().create_task(self._watch(reader))
+            watcher = asyncio.get_running_loop().create_task(
+                self._receive(reader, chan) if chan.reply else self._watch(reader))
             try:
                 await self._pump(writer, chan, watcher)
             except (OSError, ProtocolError) as exc:
@@ -176,6 +247,30 @@ class Link:
         """The listener sends nothing after its welcome: reading only notices the end."""
         try:
             await reader.read(1)
+        except OSError:
+            pass
+        finally:
+            self.wake.set()
+
+    async def _receive(self, reader: asyncio.StreamReader, chan: Channel) -> None:
+        """The reply path: the peer answers on this connection, record by record, checked
+        exactly as on a connection it dialled. A peer that breaks the protocol here is
+        dropped, and dialled without the reply path for a while."""
+        t = self.t
+        try:
+            while not t.closing:
+                record = await read_message(reader, MAX_RECORD_BYTES)
+                dispatch(t, self.info, _unpack(chan.open(record)))
+        except ProtocolError as exc:
+            t.stats["dropped_connections"] += 1
+            self.plain_until = time.monotonic() + PLAIN_FOR
+            log.warning("%s: dropped the connection to %s: %s (on its answers; dialling it "
+                        "without the reply path for %.0fs)", t.name, self.name, exc, PLAIN_FOR)
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                t.stats["dropped_connections"] += 1
+                log.warning("%s: dropped the connection to %s: closed in the middle of a "
+                            "message", t.name, self.name)
         except OSError:
             pass
         finally:
@@ -196,6 +291,7 @@ class Link:
                     break
                 self.queue.popleft()
                 items.append([K_FRAME, data])
+                self.frames_written += 1
                 size += len(data) + 8
             if self.acks and size < BATCH_BYTES:
                 chunk, self.acks = self.acks[:MAX_ACKS_PER_RECORD], self.acks[MAX_ACKS_PER_RECORD:]

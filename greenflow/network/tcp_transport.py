@@ -11,10 +11,14 @@ keeps serving everyone else.
 
 Handshake (the dialling node C, the listening node S, both on the network map)::
 
-    C -> S  hello      [PROTOCOL, C's name, S's name, c_nonce(32)]          (clear)
-    S -> C  challenge  [s_nonce(32), n(24), box(["S", c_nonce, s_nonce, S, C], n)]
-    C -> S  proof      [n'(24), box(["C", c_nonce, s_nonce, C, S], n')]
+    C -> S  hello      [version, C's name, S's name, c_nonce(32)]           (clear)
+    S -> C  challenge  [s_nonce(32), n(24), box(["S", c_nonce, s_nonce, S, C, +], n)]
+    C -> S  proof      [n'(24), box(["C", c_nonce, s_nonce, C, S, +], n')]
     S -> C  welcome    the first sealed record of the channel
+
+``version`` is `PROTOCOL` (``greenflow-p2p/1``) or `PROTOCOL_REPLY` (``.../2``: the reply
+path, below); ``+`` is nothing for /1 and ``PROTOCOL_REPLY`` for /2, so the version is
+authenticated too (a hello changed on the way fails the handshake).
 
 ``box`` is a NaCl box (X25519 + XSalsa20-Poly1305) whose key is computed from the two
 nodes' identity keys (Ed25519 converted to Curve25519): only S and the holder of the key
@@ -29,6 +33,8 @@ implicit nonce: 16 bytes derived from both handshake nonces, one byte of directi
 a 7-byte counter. Nonces are never sent; each side computes the one it expects next, so
 a replayed, reordered, reflected or dropped record fails to decrypt. Record kinds:
 ``[0]`` welcome, ``[1, frame]`` a session frame, ``[2, [msg_id, ...]]`` acknowledgements.
+The two directions of a connection have their own direction byte and counter: records
+flowing both ways (the reply path) can be neither confused nor replayed.
 
 Delivery
 --------
@@ -38,7 +44,8 @@ dial to it. A `Link` per peer holds every session frame until the peer acknowled
 reconnect and, as a backstop, when no acknowledgement came for `RETRANSMIT_AFTER`
 seconds (doubling while none comes, up to `RETRANSMIT_MAX`): a receiver drops
 unacknowledged what it cannot take yet (out of order, a session it holds while draining). The receiver deduplicates (`greenflow.messages`). Acknowledgements travel on
-the receiver's own link back to the sender; a lost one only causes a harmless re-send.
+the receiver's own link back to the sender (or on the reply path, below); a lost one
+only causes a harmless re-send.
 
 A link holds at most `MAX_HELD_BYTES` of frames in memory. Every frame it is given is
 already committed to the node's outbox (commit, then send), so beyond that bound a peer
@@ -46,12 +53,43 @@ that stays down costs disk, not memory: further frames are left in the outbox, a
 link reads them back from it, in key (session, sequence) order, as acknowledgements free
 room.
 
+Reply path
+----------
+A clustered party runs as several workers behind one address; the connection a peer
+dials to it reaches one of them at random, so without more half of what the peer sends
+(frames, and acknowledgements of the other worker's frames) lands on the wrong worker
+and is handed over through the database. So a dialler with ``reply_path`` (a cluster's
+workers set it) says ``greenflow-p2p/2`` in its hello: it will also read records on its
+own connection. The listener (`tcp_inbound.Reply`) then remembers, per (peer, session),
+the /2 connection the session's last frame arrived on (at most `MAX_REPLY_ROUTES`, least
+recent first out; forgotten when the connection closes) and sends that session's frames
+and the acknowledgements it owes for it back on that connection, sealed in its own
+direction of the channel. The dialler reads them exactly as the listener reads its
+records (same limits and checks; a bad record drops the connection, logged at WARNING,
+and the peer is then dialled with /1 for `tcp_link.PLAIN_FOR` seconds).
+
+Delivery does not depend on it: a frame sent on a reply connection is held by the
+sender's link like any other; when the reply connection closes, what went out on it
+unacknowledged goes out again on the link, and the link's retransmission still covers a
+reply that is never acknowledged. A session's frame follows the path its previous frame
+took while that one is unacknowledged, so a session's frames do not overtake each other
+by changing connection. A reply connection with more than `MAX_REPLY_BUFFER` unsent is
+passed over for the link until its reader catches up.
+
+Compatibility: a listener of a version before the reply path refuses a /2 hello ("not a
+greenflow hello") and closes the connection; the dialler sees the close before any
+challenge, logs it and dials that peer with /1 (as before) for `tcp_link.PLAIN_FOR`
+seconds before asking again. So mixing versions costs one refused connection per worker
+and peer every ten minutes, never a frame; a listener of this version accepts both.
+Single nodes dial with /1 (their peers' connections reach the one process anyway).
+
 All sockets are served by one asyncio loop on the transport's own thread. The
 scheduler's ``send``/``ack`` only append to a queue, so a slow or dead peer never holds
 up the scheduler or the links to other peers.
 
 The parts: `tcp_framing` (messages and their limits), `tcp_handshake` (the handshake and
-the `Channel`), `tcp_link` (sending to one peer), `tcp_inbound` (connections peers dial);
+the `Channel`), `tcp_link` (sending to one peer, and reading its answers on the reply
+path), `tcp_inbound` (connections peers dial, and the reply path back on them);
 `TcpTransport` here ties them to a node.
 """
 from __future__ import annotations
@@ -72,7 +110,8 @@ from greenflow.network.network_map import NetworkMap, NodeInfo, format_address
 from greenflow.network.tcp_framing import (  # noqa: F401 - the protocol's names, as before
     BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HEADER, K_ACK,
     K_FRAME, K_WELCOME, MAX_ACKS_PER_RECORD, MAX_HANDSHAKE_BYTES, MAX_HELD_BYTES,
-    MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, RETRANSMIT_AFTER,
+    MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, PROTOCOL_REPLY,
+    RETRANSMIT_AFTER,
     RETRANSMIT_MAX, ProtocolError, _pack, _unpack, read_message, write_message)
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import Inbound
@@ -126,10 +165,15 @@ class TcpTransport:
         #: clustered party each connect under the party's one name, so closing the older
         #: one would make them take turns. A dead one goes when TCP keep-alive finds it.
         self.several_per_peer = True
+        #: Dial peers asking them to answer on this node's own connection (the reply
+        #: path, `PROTOCOL_REPLY`): set by a clustered party's workers, so that a peer's
+        #: frames and acknowledgements reach the worker whose session they belong to.
+        self.reply_path = False
         self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
-                      "retransmits": 0, "handshakes": 0}
+                      "retransmits": 0, "handshakes": 0, "frames_replied": 0,
+                      "acks_replied": 0}
         self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
@@ -298,8 +342,33 @@ class TcpTransport:
             self.node.scheduler.post(Acked(self.name, msg_ids))
             return
         link = self._link(peer_name)
-        if link is not None:
+        if link is None:
+            return
+        if not self._in.routes:
             link.add_acks(msg_ids)
+            return
+        reply_for = self._in.reply_for
+        rest = []
+        for m in msg_ids:
+            reply = reply_for(peer_name, m[0])
+            if reply is None:
+                rest.append(m)
+            else:
+                reply.add_acks([list(m)])
+                self.stats["acks_replied"] += 1
+        if rest:
+            link.add_acks(tuple(rest))
+
+    def reply_for(self, peer_name: str, sid: str) -> Any:
+        """The reply connection ``peer_name``'s session ``sid`` last arrived on, open
+        and keeping up (`greenflow.network.tcp_inbound.Reply`), or None: use the link."""
+        return self._in.reply_for(peer_name, sid) if self._in.routes else None
+
+    def reply_closed(self, reply: Any) -> None:
+        """A reply connection closed: its peer's link sends again what went out on it."""
+        link = self._links.get(reply.info.name)
+        if link is not None:
+            link.reply_closed(reply)
 
     def peer_stats(self) -> dict[str, dict]:
         """Per peer: whether our connection to it is up (``link_up``), whether it is
