@@ -92,6 +92,9 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
             handler.wfile.write(b"".join(out))
             handler.wfile.flush()
             out.clear()
+    if out and not sub.dropped:   # the server stops with events of this stream not yet sent
+        handler.wfile.write(b"".join(out))
+        handler.wfile.flush()
     if sub.dropped and not rpc.stopping:
         # Tell a client that still reads why its stream ends; never wait on one that does not.
         handler.connection.settimeout(0.2)
