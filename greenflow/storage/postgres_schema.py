@@ -51,9 +51,10 @@ RETURNS void LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fence
 DECLARE bad integer[];
 BEGIN
     -- Shared, per partition, in order: a takeover takes the same locks exclusively
-    -- (greenflow.cluster.leases), so it waits for this commit, and a commit that starts
-    -- after it reads the new epoch below. Advisory locks live in memory: unlike row
-    -- locks on the lease rows they write nothing.
+    -- (greenflow.cluster.leases), so it never overlaps this commit (a partition whose
+    -- lock is busy waits for its next round), and a commit that starts after it reads
+    -- the new epoch below. Advisory locks live in memory: unlike row locks on the lease
+    -- rows they write nothing.
     PERFORM pg_advisory_xact_lock_shared(hashtext('greenflow-fence:' || current_schema()), s.p)
        FROM (SELECT u.p FROM unnest(parts) AS u(p) ORDER BY u.p) AS s;
     SELECT array_agg(w.p ORDER BY w.p) INTO bad

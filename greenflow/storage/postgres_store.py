@@ -40,8 +40,9 @@ since), else refused and logged, as in the LMDB store.
 **Fencing.** Given ``owned`` (partition -> epoch, from the cluster's leases), every commit
 first calls ``gf_fence`` in the same transaction: it takes a shared advisory lock per
 partition the batch's flow state touches (a takeover bumps the epoch holding them
-exclusively: `greenflow.cluster.leases`) and raises if any is not (``owner``, that epoch). The transaction is rolled back
-and `Fenced` raised: a worker that lost a partition never commits for it again.
+exclusively: `greenflow.cluster.leases`) and raises if any is not (``owner``, that
+epoch). The transaction is rolled back and `Fenced` raised: a worker that lost a
+partition never commits for it again.
 Delivering into another flow's inbox (``put_inbox``, ``put_payload``) and sending
 (outbox) are not fenced: a worker may deliver to any partition.
 
