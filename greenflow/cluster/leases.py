@@ -165,9 +165,6 @@ class LeaseManager:
                 return {}
             return dict(self._owned)
 
-    def owns(self, part: int) -> bool:
-        return self.epoch_of(part) is not None
-
     def epoch_of(self, part: int) -> Optional[int]:
         """The epoch ``part`` is held at now, or None (asked per frame: no copy)."""
         with self._lock:

@@ -111,8 +111,8 @@ from greenflow.network.tcp_framing import (  # noqa: F401 - the protocol's names
     BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, HEADER, K_ACK,
     K_FRAME, K_WELCOME, MAX_ACKS_PER_RECORD, MAX_HANDSHAKE_BYTES, MAX_HELD_BYTES,
     MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, PROTOCOL_REPLY,
-    RETRANSMIT_AFTER,
-    RETRANSMIT_MAX, ProtocolError, _pack, _unpack, read_message, write_message)
+    RETRANSMIT_AFTER, RETRANSMIT_MAX, ProtocolError, _pack, _unpack, read_message,
+    write_message)
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import Inbound
 from greenflow.network.tcp_link import Link

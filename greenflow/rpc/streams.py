@@ -74,6 +74,12 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
     else:
         event(handler, "status", rpc.stream_status())
     out: list[bytes] = []
+
+    def send() -> None:
+        handler.wfile.write(b"".join(out))
+        handler.wfile.flush()
+        out.clear()
+
     for item in sub.follow(lambda: rpc.stopping):
         if item is None:   # quiet: a keep-alive
             handler.wfile.write(b": keepalive\n\n")
@@ -85,16 +91,11 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
         else:
             out.append(_event_bytes("end", rpc.outcome(FlowHandle(node, flow_id), 30.0)[1]))
             if fid is not None:
-                handler.wfile.write(b"".join(out))
-                handler.wfile.flush()
-                return
+                return send()
         if len(out) >= _BATCH or sub.queue.empty():   # nothing more waiting: send now
-            handler.wfile.write(b"".join(out))
-            handler.wfile.flush()
-            out.clear()
+            send()
     if out and not sub.dropped:   # the server stops with events of this stream not yet sent
-        handler.wfile.write(b"".join(out))
-        handler.wfile.flush()
+        send()
     if sub.dropped and not rpc.stopping:
         # Tell a client that still reads why its stream ends; never wait on one that does not.
         handler.connection.settimeout(0.2)
