@@ -30,9 +30,9 @@ def assert_idle_and_clean(g: greenlet.greenlet, pool: Optional[list]) -> None:
     """``g`` waits (in ``pool``, unless None) holding nothing of the flow it ran."""
     if pool is not None:
         assert any(p is g for p in pool)
-    assert g and g.gf_runtime is None and g.gr_context is None
+    assert g and g.gf_runtime is None and g.gf_result is None and g.gr_context is None
     wait = g.gr_frame
-    assert wait.f_code is traps._wait.__code__ and dict(wait.f_locals) == {"res": None}
+    assert wait.f_code is traps._wait.__code__ and dict(wait.f_locals) == {}
     serve = wait.f_back
     assert serve.f_code is traps._serve.__code__ and serve.f_back is None
     assert {k: v for k, v in dict(serve.f_locals).items() if k != "current"} == \
@@ -117,7 +117,8 @@ def test_hibernated_flows_return_their_greenlets_clean(tmp_path, flow_state):
     net = MockNetwork(tmp_path / "net", max_resident=0)    # every waiting flow hibernates
     try:
         alice, bob = pair(net)
-        handles = [alice.start_flow(Traced(bob.party, "slow")) for _ in range(5)]
+        # Started together: they run in one round, on five greenlets.
+        handles = alice.node.start_flows([Traced(bob.party, "slow") for _ in range(5)])
         net.run_network()
         assert {only.status for only in alice.flows()} == {FlowStatus.HIBERNATED}
         first = traced()[:5]

@@ -21,6 +21,8 @@ class FlowHandle:
     """A started flow. Holds only the id and the node, so re-attach with
     ``node.handle(id)`` after a restart."""
 
+    __slots__ = ("node", "id")   # one object per started flow, often thousands at once
+
     def __init__(self, node: "Node", flow_id: str) -> None:
         self.node = node
         self.id = flow_id

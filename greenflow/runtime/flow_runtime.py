@@ -56,7 +56,7 @@ class FlowRuntime(Conversation, RecordedValues):
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
                  "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
-                 "nd", "raw", "stored_at", "chunks", "inboxed")
+                 "nd", "raw", "stored_at", "chunks", "inboxed", "wake_stored")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
                  journal: list[Entry]) -> None:
@@ -94,6 +94,10 @@ class FlowRuntime(Conversation, RecordedValues):
         # inbox row or payload was written. Its drop then deletes just those, no scans.
         self.chunks: Optional[tuple[int, ...]] = None
         self.inboxed = True
+        # Whether the store holds the flow's wake flag (None: unknown, e.g. a flow read
+        # back from the store): a commit writes the flag only when it changes, not a
+        # delete of a flag that is not there with every commit of a waiting flow.
+        self.wake_stored: Optional[bool] = None
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()
         self._logger: Optional[logging.LoggerAdapter] = None

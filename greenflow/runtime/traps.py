@@ -18,7 +18,7 @@ import greenlet
 from greenflow.errors import FlowError
 from greenflow.flows.context import current_runtime, current_runtime_or_none
 
-__all__ = ["Diverged", "FlowGreenlet", "Unwind", "asked", "current_runtime", "current_runtime_or_none",
+__all__ = ["Diverged", "FlowGreenlet", "Unwind", "asked", "ended_with", "current_runtime", "current_runtime_or_none",
            "flow_greenlet", "recycle", "switch_to_scheduler"]
 
 if TYPE_CHECKING:
@@ -49,11 +49,12 @@ class FlowGreenlet(greenlet.greenlet):
     waiting flow.
     """
 
-    __slots__ = ("gf_runtime",)
+    __slots__ = ("gf_runtime", "gf_result")
 
     def __init__(self, run: Any, runtime: "FlowRuntime", parent: Optional[greenlet.greenlet] = None):
         super().__init__(run, parent)
         self.gf_runtime = runtime
+        self.gf_result: Any = None   # a finished flow's end, until the scheduler takes it
 
 
 #: Idle flow greenlets a scheduler keeps for reuse. Starting a flow on a fresh greenlet
@@ -67,30 +68,34 @@ def _serve() -> Any:
     """The body of every flow greenlet: wait, idle, for a flow; run its main; again.
 
     Nothing of a finished flow stays on this frame: its runtime is dropped before the
-    greenlet goes idle, and its result (the argument of the switch that hands it to the
-    scheduler) is rinsed off by `recycle`, which resumes the greenlet once with None. A
-    new greenlet is started with no arguments (`flow_greenlet`): the arguments of a
-    greenlet's first switch stay referenced for as long as its run function runs.
+    greenlet goes idle, and its end is handed over in ``gf_result`` (taken by
+    `ended_with`), not as the argument of the switch: a switch's arguments stay
+    referenced while the greenlet waits in it, and rinsing them off took one more switch
+    per flow. A new greenlet is started with no arguments (`flow_greenlet`): the
+    arguments of a greenlet's first switch stay referenced for as long as its run
+    function runs.
     """
     current = greenlet.getcurrent
     rt = res = None
     while True:
         while rt is None:
-            rt = _wait(res)
-            res = None
+            rt = _wait()
         res = rt._main()
         if current().gf_runtime is not rt:
             return res   # dropped by the scheduler while it ran (not recycled): end as before
         rt = None
         current().gf_runtime = None   # idle: see recycle()
+        current().gf_result = res
+        res = None
 
 
-def _wait(res: Any) -> Any:
+def _wait() -> Any:
     # A call of its own, not inline in _serve: a new greenlet first switched out from here
     # holds less saved C stack while its flows wait (benchmarks.held, CPython 3.11,
     # greenlet 3.5: ~50 B per waiting flow under a greenlet started on its flow directly;
-    # inline it was ~150 B over; on 3.13 it is ~150 B over either way).
-    return greenlet.getcurrent().parent.switch(res)
+    # inline it was ~150 B over; on 3.13 it is ~150 B over either way). It switches with
+    # None: "ended, see gf_result" (a suspension switches with no arguments, `()`).
+    return greenlet.getcurrent().parent.switch(None)
 
 
 def flow_greenlet(rt: "FlowRuntime", pool: Optional[list] = None) -> FlowGreenlet:
@@ -112,26 +117,35 @@ def flow_greenlet(rt: "FlowRuntime", pool: Optional[list] = None) -> FlowGreenle
 
 def recycle(g: FlowGreenlet, pool: Optional[list] = None) -> bool:
     """Detach ``g`` from its flow (finished, or unwound by kill, hibernation or power
-    cut) and put it in ``pool`` for reuse if it came back to its idle point, i.e. the
-    flow's main returned. Called by the scheduler, which must be the caller of the
-    greenlet's last switch. Returns whether it was pooled.
+    cut) and put it in ``pool`` for reuse if it is idle, i.e. the flow's main returned
+    and the greenlet waits in `_wait` for the next flow. Called by the scheduler, which
+    must be the caller of the greenlet's last switch. Returns whether it was pooled.
 
     A greenlet that is not idle (its flow is still suspended inside, e.g. dropped after a
     failed checkpoint) is only detached, and ends as before when it is freed.
     """
     idle = g.gf_runtime is None and bool(g)
     g.gf_runtime = None
+    g.gf_result = None   # an end nobody took (an unwound flow's)
     if not idle or pool is None or len(pool) >= POOL_SIZE:
         return False
     try:
         g.parent = greenlet.getcurrent()   # raises if g belongs to another thread
-        if g.switch(None) is not None or g.gf_runtime is not None or not g:
-            return False   # rinse: it drops the result it handed over, and is idle again
-    except (greenlet.error, ValueError):
+    except ValueError:
         return False
     g.gr_context = None   # contextvars set by the finished flow do not reach the next one
     pool.append(g)
     return True
+
+
+def ended_with(g: FlowGreenlet, res: Any) -> Any:
+    """What a flow's main returned, given what the switch into its greenlet returned
+    (not a suspension, see `asked`): handed over in ``gf_result`` by a pooled greenlet
+    (taken here, so the greenlet holds nothing of it), or the switch's value when the
+    greenlet ended instead of going idle."""
+    if res is None:
+        res, g.gf_result = g.gf_result, None
+    return res
 
 
 def asked(rt: "FlowRuntime", res: Any) -> "Optional[Entry]":

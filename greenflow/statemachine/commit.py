@@ -144,7 +144,10 @@ class CommitStaging:
                 self.routes[key] = fid
                 self._put_route(key, fid.encode())
             rt.routed = len(cp.sessions)
-        b.set_wake(fid, pend is None or pend.kind == Kind.EXTERNAL)
+        wake = pend is None or pend.kind == Kind.EXTERNAL
+        if rt.wake_stored is not wake:
+            b.set_wake(fid, wake)
+            rt.wake_stored = wake
         if pend is not None and pend.deadline is None and cp.timer_at is not None:
             b.delete_timer(cp.timer_at, fid)
             cp.timer_at = None

@@ -33,7 +33,7 @@ class Running:
             self.batch.put_client(cp.client_id, cp.flow_id)
         rt = FlowRuntime(self, cp, logic, [])
         rt.start_blob = blob
-        rt.chunks, rt.inboxed = (), False
+        rt.chunks, rt.inboxed, rt.wake_stored = (), False, False
         rt.base = AT_START   # nothing stored yet: parked, it goes back to its starting state
         fid = cp.flow_id
         if route is not None:   # a responder: the route of the session that started it
@@ -79,6 +79,8 @@ class Running:
                 rt.external_done = None
             execute(self, rt, transitions.on_suspend(rt.cp, rt.inbox, res, self.clock.now(), done))
         else:
+            if res is None:   # ended: the end was handed over in gf_result (traps._serve)
+                res, g.gf_result = g.gf_result, None
             try:
                 self._finish(rt, res)
             except Exception as exc:  # an error while handling the flow's end

@@ -29,7 +29,7 @@ from greenflow.flows.registry import resolve_module
 from greenflow.status import FlowStatus
 from greenflow.storage import open_store
 from greenflow.storage.interface import Batch, FlowStore
-from greenflow.runtime.traps import Unwind, asked
+from greenflow.runtime.traps import Unwind, asked, ended_with
 
 REPLAYS, DIVERGES, CANNOT = "replays", "diverges", "cannot replay"
 
@@ -199,7 +199,7 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
     g = rt.start_greenlet()
     try:
         res = g.switch(rt)
-        res = asked(rt, res) or res
+        res = asked(rt, res) or ended_with(g, res)
     except BaseException as exc:  # noqa: BLE001 - a bug in the flow's replay path
         return FlowReplay(fid, cp.flow_class, CANNOT, f"{type(exc).__name__}: {exc}", status)
     finally:
