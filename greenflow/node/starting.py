@@ -73,9 +73,7 @@ class FlowStarter:
         node = self.node
         sched = node.scheduler
         if not node.threaded:
-            for cp, blob, flow in prepared:
-                sched.record_start(cp, blob, flow)
-            sched.commit()
+            sched.start_now(prepared)   # runs them to their first suspension, as a round would
             return
         done = threading.Event()
         sched.start_flows(prepared, done.set)
