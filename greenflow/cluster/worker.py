@@ -262,6 +262,10 @@ class Worker:
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
+        if self.tcp is not None:
+            # The peers this worker dials send the sessions they open for these
+            # partitions on its connection: they reach it, not a random worker.
+            self.tcp.serve_partitions(gen.parts)
         log.info("worker %s: generation %d on %d partitions", self.name, gen.number, len(parts))
         self.lease.poke()   # tell the others (the heartbeat says how many it serves)
         if self.on_generation is not None:

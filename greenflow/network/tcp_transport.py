@@ -100,7 +100,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import nacl.public
 import nacl.signing
@@ -169,11 +169,15 @@ class TcpTransport:
         #: path, `PROTOCOL_REPLY`): set by a clustered party's workers, so that a peer's
         #: frames and acknowledgements reach the worker whose session they belong to.
         self.reply_path = False
+        #: The partitions this node serves, told to the peers it dials with the reply
+        #: path (`PROTOCOL_HINTS`), or None (not a worker: nothing to tell). Replaced
+        #: whole, never changed in place (`serve_partitions`).
+        self.partitions: Optional[tuple[int, ...]] = None
         self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
                       "retransmits": 0, "handshakes": 0, "frames_replied": 0,
-                      "acks_replied": 0}
+                      "acks_replied": 0, "hinted": 0}
         self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
@@ -344,7 +348,7 @@ class TcpTransport:
         link = self._link(peer_name)
         if link is None:
             return
-        if not self._in.routes:
+        if not self._in.routes and not self._in.owners:
             link.add_acks(msg_ids)
             return
         reply_for = self._in.reply_for
@@ -362,7 +366,28 @@ class TcpTransport:
     def reply_for(self, peer_name: str, sid: str) -> Any:
         """The reply connection ``peer_name``'s session ``sid`` last arrived on, open
         and keeping up (`greenflow.network.tcp_inbound.Reply`), or None: use the link."""
-        return self._in.reply_for(peer_name, sid) if self._in.routes else None
+        return self._in.reply_for(peer_name, sid) \
+            if self._in.routes or self._in.owners else None
+
+    def serve_partitions(self, parts: Iterable[int]) -> None:
+        """This node (a clustered party's worker) serves ``parts`` now: tell the peers it
+        dials, on their connections (any thread). They send the sessions they open for
+        those partitions on that connection; a hint gone stale costs a hand-over."""
+        parts = tuple(sorted(set(parts)))
+        if parts == self.partitions:
+            return
+        self.partitions = parts
+        loop = self._loop
+        if loop is None:
+            return
+
+        def tell() -> None:
+            for link in self._links.values():
+                link.wake.set()
+        try:
+            loop.call_soon_threadsafe(tell)
+        except RuntimeError:  # loop closed: the node is shutting down
+            pass
 
     def reply_closed(self, reply: Any) -> None:
         """A reply connection closed: its peer's link sends again what went out on it."""
