@@ -2,7 +2,20 @@
 each checked by the handshake, then read record by record into the scheduler; and, on
 the connections whose dialler asked for it, the reply path back (`Reply`), which also
 carries the sessions this node opens to the worker owning their partition (the
-dialler's partition hints)."""
+dialler's partition hints).
+
+Partition hints: a dialler with ``greenflow-p2p/3`` (a clustered party's worker) sends,
+first on the connection and again whenever its generation changes, a ``[3, [partition,
+...]]`` record naming the partitions it serves (at most `MAX_HINTED_PARTITIONS` numbers
+below `PARTITIONS`; anything else, or a hint on another connection, drops it with a
+WARNING). `Inbound.owners` keeps, per peer and partition, the connection that last
+claimed it (a new hint replaces the connection's last one; they go with it), and
+`Inbound.reply_for` sends a session the reply path knows no connection for (one this
+node opened, not answered yet) on the one serving ``session_partition(sid)``, a pure
+function of the session id, when it is open and keeping up; else the link. A hint is
+only a hint: the link holds those frames like any reply-path frame (sent again on the
+link if that connection closes, stays silent or falls behind), and one gone stale (the
+partition moved) reaches a worker that hands the frame over to the owner."""
 from __future__ import annotations
 
 import asyncio
