@@ -2,8 +2,8 @@
 frames it has not acknowledged (spilling to the outbox beyond a memory bound), re-sends
 them, and carries the acknowledgements this node owes it. A frame may go out on a reply
 connection instead (`greenflow.network.tcp_inbound.Reply`); the link holds it all the
-same. A link dialled with the reply path also reads what the peer answers on it, and one
-of a clustered party's worker tells the peer which partitions the worker serves."""
+same. A link dialled with the reply path also reads what the peer answers on it; a
+clustered party's worker's link also tells the peer which partitions the worker serves."""
 from __future__ import annotations
 
 import asyncio
