@@ -25,9 +25,12 @@ the scheduler; any other is written to the handoff table and acknowledged, and t
 takes it from there (`greenflow.cluster.handoff`). Outbound frames leave from the worker
 that committed them (its outbox rows), on a connection it dials with the transport's
 reply path: the peer answers that session on that connection, so its frames and
-acknowledgements come back to this worker and are rarely handed over (a session the peer
-opens, a re-send after a connection closed). Acknowledgements that do land elsewhere are
-handed back the same way so the sender stops re-sending.
+acknowledgements come back to this worker. On that connection the worker also tells the
+peer its generation's partitions (the transport's partition hints), so a session the
+peer opens goes to the worker that owns it too. What still lands elsewhere (a peer that
+never had a connection from the owner, a hint gone stale, a re-send after a connection
+closed) is handed over; acknowledgements that do land elsewhere are handed back the same
+way so the sender stops re-sending.
 
 **Starting flows** through a worker gives them an id in a partition of its generation
 (`Node.new_flow_id`), so the worker that records the start runs the flow.
@@ -262,6 +265,10 @@ class Worker:
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen
+        if self.tcp is not None:
+            # The peers this worker dials send the sessions they open for these
+            # partitions on its connection: they reach it, not a random worker.
+            self.tcp.serve_partitions(gen.parts)
         log.info("worker %s: generation %d on %d partitions", self.name, gen.number, len(parts))
         self.lease.poke()   # tell the others (the heartbeat says how many it serves)
         if self.on_generation is not None:

@@ -12,12 +12,17 @@ import msgpack
 
 from greenflow.errors import WireFormatError
 from greenflow.messages import MAX_FRAME_BYTES, decode_frame
+from greenflow.storage.partitions import PARTITIONS
 
 PROTOCOL = b"greenflow-p2p/1"
 #: The same protocol, and the dialler also reads records on its connection: the listener
 #: may answer on it (the reply path, see `greenflow.network.tcp_transport`). Only a
 #: dialler that wants replies says it; a listener of either version accepts /1.
 PROTOCOL_REPLY = b"greenflow-p2p/2"
+#: /2, and the dialler also tells the listener which partitions of its party it serves
+#: (`K_PARTS` records): the listener opens its own sessions on the connection of the
+#: partition's worker. A listener that knows only /1 and /2 refuses the hello.
+PROTOCOL_HINTS = b"greenflow-p2p/3"
 HEADER = struct.Struct(">I")
 MAX_HANDSHAKE_BYTES = 1024
 BATCH_BYTES = 256 * 1024
@@ -31,15 +36,22 @@ BACKOFF_MIN, BACKOFF_MAX = 0.05, 10.0
 RETRANSMIT_AFTER = 3.0
 RETRANSMIT_MAX = 60.0
 
-K_WELCOME, K_FRAME, K_ACK = 0, 1, 2
+K_WELCOME, K_FRAME, K_ACK, K_PARTS = 0, 1, 2, 3
+#: Most partitions one `K_PARTS` record may name: all a clustered party has.
+MAX_HINTED_PARTITIONS = PARTITIONS
 
 class ProtocolError(Exception):
     """The other end broke the protocol (or is not who it claims): drop the connection."""
 
 
 class ReplyRefused(ProtocolError):
-    """The listener closed the connection on a `PROTOCOL_REPLY` hello before answering
-    it: most likely a version that knows only `PROTOCOL` (it refuses the hello)."""
+    """The listener closed the connection on a `PROTOCOL_REPLY` or `PROTOCOL_HINTS`
+    hello before answering it: most likely an older version (it refuses the hello).
+    ``version`` is the hello refused."""
+
+    def __init__(self, message: str, version: bytes = PROTOCOL_REPLY) -> None:
+        super().__init__(message)
+        self.version = version
 
 
 def _pack(obj: Any) -> bytes:

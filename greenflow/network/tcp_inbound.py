@@ -1,6 +1,21 @@
 """The receiving side of the TCP transport: the connections peers dial to this node,
 each checked by the handshake, then read record by record into the scheduler; and, on
-the connections whose dialler asked for it, the reply path back (`Reply`)."""
+the connections whose dialler asked for it, the reply path back (`Reply`), which also
+carries the sessions this node opens to the worker owning their partition (the
+dialler's partition hints).
+
+Partition hints: a dialler with ``greenflow-p2p/3`` (a clustered party's worker) sends,
+first on the connection and again whenever its generation changes, a ``[3, [partition,
+...]]`` record naming the partitions it serves (at most `MAX_HINTED_PARTITIONS` numbers
+below `PARTITIONS`; anything else, or a hint on another connection, drops it with a
+WARNING). `Inbound.owners` keeps, per peer and partition, the connection that last
+claimed it (a new hint replaces the connection's last one; they go with it), and
+`Inbound.reply_for` sends a session the reply path knows no connection for (one this
+node opened, not answered yet) on the one serving ``session_partition(sid)``, a pure
+function of the session id, when it is open and keeping up; else the link. A hint is
+only a hint: the link holds those frames like any reply-path frame (sent again on the
+link if that connection closes, stays silent or falls behind), and one gone stale (the
+partition moved) reaches a worker that hands the frame over to the owner."""
 from __future__ import annotations
 
 import asyncio
@@ -11,11 +26,13 @@ from typing import TYPE_CHECKING, Any, Optional
 from greenflow.messages import MAX_FRAME_BYTES
 from greenflow.network.network_map import NodeInfo, format_address
 from greenflow.network.tcp_framing import (BATCH_BYTES, HANDSHAKE_TIMEOUT, K_ACK, K_FRAME,
-                                           MAX_ACKS_PER_RECORD, MAX_RECORD_BYTES, ProtocolError,
-                                           _frame_msg_id, _keepalive, _msg_id_ok, _pack, _unpack, _why,
+                                           K_PARTS, MAX_ACKS_PER_RECORD, MAX_HINTED_PARTITIONS,
+                                           MAX_RECORD_BYTES, ProtocolError, _frame_msg_id,
+                                           _keepalive, _msg_id_ok, _pack, _unpack, _why,
                                            read_message, write_message)
 from greenflow.network.tcp_handshake import Channel, server_handshake
 from greenflow.statemachine.events import Acked, FrameArrived
+from greenflow.storage.partitions import PARTITIONS, session_partition
 
 if TYPE_CHECKING:
     from greenflow.network.tcp_transport import TcpTransport
@@ -57,10 +74,27 @@ def dispatch(t: "TcpTransport", info: NodeInfo, items: Any,
             t.stats["acks_received"] += len(mids)
             t.peer_acked(info.name, it[1])
             t.node.scheduler.post(Acked(info.name, mids))
+        elif kind == K_PARTS and reply is not None and reply.chan.hints:
+            reply.inbound.hint(reply, _hinted(it))
         else:
             raise ProtocolError(f"an unknown message kind {kind!r}")
     if n:
         t.frames_in[info.name] = t.frames_in.get(info.name, 0) + n
+
+
+def _hinted(it: list) -> frozenset:
+    """The partitions a `K_PARTS` record names: ``[3, [partition, ...]]``, at most
+    `MAX_HINTED_PARTITIONS` of them, each a partition number."""
+    parts = it[1] if len(it) == 2 else None
+    if not isinstance(parts, list):
+        raise ProtocolError("a malformed partition hint (not a list of partitions)")
+    if len(parts) > MAX_HINTED_PARTITIONS:
+        raise ProtocolError(f"a partition hint naming {len(parts)} partitions (at most "
+                            f"{MAX_HINTED_PARTITIONS})")
+    if not all(type(p) is int and 0 <= p < PARTITIONS for p in parts):
+        raise ProtocolError(f"a malformed partition hint (partitions are numbers from 0 to "
+                            f"{PARTITIONS - 1})")
+    return frozenset(parts)
 
 
 class Reply:
@@ -78,6 +112,8 @@ class Reply:
         self.acks: list[list] = []
         self.closed = False
         self._flush_due = False
+        #: The partitions the dialler last said it serves (`PROTOCOL_HINTS`).
+        self.parts: frozenset = frozenset()
 
     def arrived(self, data: bytes) -> None:
         mid = _frame_msg_id(data)
@@ -142,6 +178,9 @@ class Inbound:
         #: (peer name, session id) -> the reply connection that session's last frame
         #: arrived on (bounded, least recently arrived first out).
         self.routes: OrderedDict[tuple[str, str], Reply] = OrderedDict()
+        #: peer name -> partition -> the reply connection of the peer's worker that last
+        #: said it serves that partition (at most `PARTITIONS` per peer).
+        self.owners: dict[str, dict[int, Reply]] = {}
 
     def learn(self, key: tuple[str, str], reply: Reply) -> None:
         routes = self.routes
@@ -151,16 +190,42 @@ class Inbound:
         if len(routes) > MAX_REPLY_ROUTES:
             routes.popitem(last=False)
 
+    def hint(self, reply: Reply, parts: frozenset) -> None:
+        """``reply``'s dialler serves ``parts`` now (its previous hint is replaced). A
+        partition two connections claim goes to the one that said so last: a hint may be
+        stale, which costs the other worker a hand-over, never a frame."""
+        owners = self.owners.setdefault(reply.info.name, {})
+        for p in reply.parts - parts:
+            if owners.get(p) is reply:
+                del owners[p]
+        for p in parts:
+            owners[p] = reply
+        reply.parts = parts
+        if not owners:
+            del self.owners[reply.info.name]
+
     def reply_for(self, peer_name: str, sid: str) -> Optional[Reply]:
-        """The connection to answer ``peer_name``'s session ``sid`` on, if it has one
-        that is open and keeping up; None: answer on the link."""
+        """The connection to send ``peer_name``'s session ``sid`` on, if it has one that
+        is open and keeping up: the one the session's last frame arrived on, else (a
+        session this node opened, not answered yet) the one whose dialler serves the
+        session's partition; None: send on the link."""
         reply = self.routes.get((peer_name, sid))
-        return reply if reply is not None and reply.usable() else None
+        if reply is not None and reply.usable():
+            return reply
+        owners = self.owners.get(peer_name)
+        if owners:
+            reply = owners.get(session_partition(sid))
+            if reply is not None and reply.usable():
+                self.t.stats["hinted"] += 1
+                return reply
+        return None
 
     def _forget(self, reply: Reply) -> None:
         reply.closed = True
         for key in [k for k, r in self.routes.items() if r is reply]:
             del self.routes[key]
+        if reply.parts:
+            self.hint(reply, frozenset())
         self.t.reply_closed(reply)
 
     def close_all(self) -> None:

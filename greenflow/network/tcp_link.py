@@ -2,7 +2,8 @@
 frames it has not acknowledged (spilling to the outbox beyond a memory bound), re-sends
 them, and carries the acknowledgements this node owes it. A frame may go out on a reply
 connection instead (`greenflow.network.tcp_inbound.Reply`); the link holds it all the
-same. A link dialled with the reply path also reads what the peer answers on it."""
+same. A link dialled with the reply path also reads what the peer answers on it; a
+clustered party's worker's link also tells the peer which partitions the worker serves."""
 from __future__ import annotations
 
 import asyncio
@@ -14,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.network.network_map import NodeInfo, format_address
 from greenflow.network.tcp_framing import (BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES, CONNECT_TIMEOUT,
-                                           HANDSHAKE_TIMEOUT, K_ACK, K_FRAME, MAX_ACKS_PER_RECORD,
-                                           MAX_OWED_ACKS, MAX_RECORD_BYTES, RETRANSMIT_AFTER,
-                                           RETRANSMIT_MAX, ProtocolError, ReplyRefused, _frame_msg_id,
+                                           HANDSHAKE_TIMEOUT, K_ACK, K_FRAME, K_PARTS,
+                                           MAX_ACKS_PER_RECORD, MAX_OWED_ACKS, MAX_RECORD_BYTES,
+                                           PROTOCOL_HINTS, RETRANSMIT_AFTER, RETRANSMIT_MAX,
+                                           ProtocolError, ReplyRefused, _frame_msg_id,
                                            _keepalive, _pack, _unpack, _why, read_message,
                                            write_message)
 from greenflow.network.tcp_handshake import Channel, client_handshake
@@ -60,6 +62,9 @@ class Link:
         #: one closes, or they wait too long for their acknowledgement.
         self.via: dict[Any, tuple[Any, float]] = {}
         self.plain_until = 0.0     # dial without the reply path until then
+        self.hintless_until = 0.0  # dial without partition hints until then
+        #: The partitions last told the peer on this connection (None: nothing yet).
+        self.hinted: Optional[tuple] = None
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     @property
@@ -200,19 +205,26 @@ class Link:
                 await self.wake.wait()
                 continue
             writer = None
-            reply = self.t.reply_path and time.monotonic() >= self.plain_until
+            now = time.monotonic()
+            reply = self.t.reply_path and now >= self.plain_until
+            hints = reply and self.t.partitions is not None and now >= self.hintless_until
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
                                                         CONNECT_TIMEOUT)
                 _keepalive(writer)
                 chan = await asyncio.wait_for(
                     client_handshake(self.t.name, self.t.key_for(self.info), reader, writer,
-                                     self.info, reply), HANDSHAKE_TIMEOUT)
+                                     self.info, reply, hints), HANDSHAKE_TIMEOUT)
             except ReplyRefused as exc:
                 writer.close()
-                self.plain_until = time.monotonic() + PLAIN_FOR
-                log.info("%s: %s (an older version?); dialling it without the reply path "
-                         "for %.0fs", self.t.name, exc, PLAIN_FOR)
+                if exc.version == PROTOCOL_HINTS:
+                    self.hintless_until = time.monotonic() + PLAIN_FOR
+                    log.info("%s: %s (an older version?); dialling it without partition "
+                             "hints for %.0fs", self.t.name, exc, PLAIN_FOR)
+                else:
+                    self.plain_until = time.monotonic() + PLAIN_FOR
+                    log.info("%s: %s (an older version?); dialling it without the reply "
+                             "path for %.0fs", self.t.name, exc, PLAIN_FOR)
                 continue
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
                 if writer is not None:
@@ -230,6 +242,7 @@ class Link:
                      self.t.name, self.name, format_address(self.info.p2p_address),
                      len(self.unacked))
             self.queue = deque(m for m in self.unacked if m not in self.via)
+            self.hinted = None
             self.connected, self.writer = True, writer
             self.last_ack = time.monotonic()
             watcher = asyncio.get_running_loop().create_task(
@@ -282,6 +295,10 @@ class Link:
                 raise ConnectionResetError("the peer closed the connection")
             items: list = []
             size = 0
+            parts = self.t.partitions
+            if chan.hints and parts is not None and parts is not self.hinted:
+                items.append([K_PARTS, list(parts)])   # first: the peer routes by it
+                self.hinted = parts
             while self.queue:
                 data = self.unacked.get(self.queue[0])
                 if data is None:

@@ -16,9 +16,10 @@ Handshake (the dialling node C, the listening node S, both on the network map)::
     C -> S  proof      [n'(24), box(["C", c_nonce, s_nonce, C, S, +], n')]
     S -> C  welcome    the first sealed record of the channel
 
-``version`` is `PROTOCOL` (``greenflow-p2p/1``) or `PROTOCOL_REPLY` (``.../2``: the reply
-path, below); ``+`` is nothing for /1 and ``PROTOCOL_REPLY`` for /2, so the version is
-authenticated too (a hello changed on the way fails the handshake).
+``version`` is `PROTOCOL` (``greenflow-p2p/1``), `PROTOCOL_REPLY` (``.../2``: the reply
+path, below) or `PROTOCOL_HINTS` (``.../3``: the reply path and partition hints, below);
+``+`` is nothing for /1 and the version for the others, so the version is authenticated
+too (a hello changed on the way fails the handshake).
 
 ``box`` is a NaCl box (X25519 + XSalsa20-Poly1305) whose key is computed from the two
 nodes' identity keys (Ed25519 converted to Curve25519): only S and the holder of the key
@@ -32,7 +33,8 @@ After the handshake every record is ``box(msgpack([[kind, ...], ...]), nonce)`` 
 implicit nonce: 16 bytes derived from both handshake nonces, one byte of direction and
 a 7-byte counter. Nonces are never sent; each side computes the one it expects next, so
 a replayed, reordered, reflected or dropped record fails to decrypt. Record kinds:
-``[0]`` welcome, ``[1, frame]`` a session frame, ``[2, [msg_id, ...]]`` acknowledgements.
+``[0]`` welcome, ``[1, frame]`` a session frame, ``[2, [msg_id, ...]]`` acknowledgements,
+``[3, [partition, ...]]`` a partition hint (on /3 connections, from the dialler only).
 The two directions of a connection have their own direction byte and counter: records
 flowing both ways (the reply path) can be neither confused nor replayed.
 
@@ -76,12 +78,21 @@ took while that one is unacknowledged, so a session's frames do not overtake eac
 by changing connection. A reply connection with more than `MAX_REPLY_BUFFER` unsent is
 passed over for the link until its reader catches up.
 
-Compatibility: a listener of a version before the reply path refuses a /2 hello ("not a
+Partition hints
+---------------
+A session the *peer* opens goes on its own connection, to a random worker; so a worker
+(`TcpTransport.serve_partitions`) dials with ``greenflow-p2p/3`` and tells the peer the
+partitions it serves (``[3, [partition, ...]]``), and the peer sends the sessions it
+opens on the connection of the worker serving their partition (`tcp_inbound`).
+
+Compatibility: a listener of an older version refuses a hello it does not know ("not a
 greenflow hello") and closes the connection; the dialler sees the close before any
-challenge, logs it and dials that peer with /1 (as before) for `tcp_link.PLAIN_FOR`
-seconds before asking again. So mixing versions costs one refused connection per worker
-and peer every ten minutes, never a frame; a listener of this version accepts both.
-Single nodes dial with /1 (their peers' connections reach the one process anyway).
+challenge and dials that peer with the next older version (/3 -> /2 -> /1) at once, for
+`tcp_link.PLAIN_FOR` seconds: a refused connection per worker and peer every ten
+minutes, never a frame. (A new hello, not a new record kind on /2: a refused hello is
+told apart from any other failure before anything was sent, while an unknown record
+kind would drop a connection frames already went out on.) Single nodes dial with /1
+(their peers' connections reach the one process anyway).
 
 All sockets are served by one asyncio loop on the transport's own thread. The
 scheduler's ``send``/``ack`` only append to a queue, so a slow or dead peer never holds
@@ -100,7 +111,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import nacl.public
 import nacl.signing
@@ -169,11 +180,14 @@ class TcpTransport:
         #: path, `PROTOCOL_REPLY`): set by a clustered party's workers, so that a peer's
         #: frames and acknowledgements reach the worker whose session they belong to.
         self.reply_path = False
+        #: The partitions this node serves, told to the peers it dials (`PROTOCOL_HINTS`),
+        #: or None (not a worker). Replaced whole by `serve_partitions`, never changed.
+        self.partitions: Optional[tuple[int, ...]] = None
         self.outbox_reader: Optional[Callable[[str], Iterator[bytes]]] = None
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
                       "retransmits": 0, "handshakes": 0, "frames_replied": 0,
-                      "acks_replied": 0}
+                      "acks_replied": 0, "hinted": 0}
         self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
@@ -315,8 +329,11 @@ class TcpTransport:
             kind, who, payload = inq.popleft()
             if kind == "f":
                 self._route_frame(who, payload)
-            else:
+            elif kind == "a":
                 self._route_acks(who, payload)
+            else:
+                for link in self._links.values():
+                    link.wake.set()
 
     def _route_frame(self, peer: Party, data: bytes) -> None:
         if peer.name == self.name:
@@ -344,7 +361,7 @@ class TcpTransport:
         link = self._link(peer_name)
         if link is None:
             return
-        if not self._in.routes:
+        if not self._in.routes and not self._in.owners:
             link.add_acks(msg_ids)
             return
         reply_for = self._in.reply_for
@@ -362,7 +379,17 @@ class TcpTransport:
     def reply_for(self, peer_name: str, sid: str) -> Any:
         """The reply connection ``peer_name``'s session ``sid`` last arrived on, open
         and keeping up (`greenflow.network.tcp_inbound.Reply`), or None: use the link."""
-        return self._in.reply_for(peer_name, sid) if self._in.routes else None
+        return self._in.reply_for(peer_name, sid) \
+            if self._in.routes or self._in.owners else None
+
+    def serve_partitions(self, parts: Iterable[int]) -> None:
+        """This node (a clustered party's worker) serves ``parts`` now: tell the peers it
+        dials, on their connections (any thread). They send the sessions they open for
+        those partitions on that connection; a hint gone stale costs a hand-over."""
+        parts = tuple(sorted(set(parts)))
+        if parts != self.partitions:
+            self.partitions = parts   # each link's pump sends it (`Link._pump`)
+            self._enqueue(("p", None, None))
 
     def reply_closed(self, reply: Any) -> None:
         """A reply connection closed: its peer's link sends again what went out on it."""
