@@ -872,3 +872,14 @@ class Traced(Ask):
             if self.swallow:
                 return "survived"
             raise
+
+
+class StartsFromInside(FlowLogic):
+    """Calls its node's start_flow from inside call() (the node is in STATE["node"])."""
+
+    def call(self) -> str:
+        try:
+            STATE["node"].start_flow(Ping(self.our_identity, 1))
+        except FlowError as exc:
+            return str(exc)
+        return "started"

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from flowlib import (STATE, Ask, ChainStart, CustomPing, Doomed, Fickle, Holding, Leaky, Patient,
+from flowlib import (STATE, Ask, StartsFromInside, ChainStart, CustomPing, Doomed, Fickle, Holding, Leaky, Patient,
                      ReceiveFirst, Refusal, RefuseEveryone, SendUnsafe, Stubborn, SwallowingFickle)
 from netutil import error_of, only_flow, pair, result_of, run
 
@@ -279,6 +279,16 @@ def test_a_flow_killed_right_after_its_start_ends_its_peers_side_too(net):
     assert bob.checkpoints_dump() == [] and alice.checkpoints_dump() == []
     assert alice.kill_flow(h.id) is False          # finished: nothing to kill
     assert alice.kill_flow("no-such-flow") is False
+
+
+def test_start_flow_inside_a_flow_is_refused_by_name(net):
+    alice = net.create_node("Alice")
+    STATE["node"] = alice.node
+    h = alice.start_flow(StartsFromInside())
+    net.run_network()
+    msg = h.result()
+    assert "start_flow was called inside flow" in msg and h.id in msg and "sub_flow" in msg
+    assert [f.flow_class.rpartition(".")[2] for f in alice.flows()] == ["StartsFromInside"]
 
 
 def test_killing_a_responder_ends_the_initiators_wait(net):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 
 from greenflow import serialization
 from greenflow.errors import FlowError
+from greenflow.flows.context import current_runtime_or_none
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.start_records import encode_start
@@ -29,6 +30,13 @@ class FlowStarter:
         node = self.node
         if node._closed:
             raise FlowError(f"node {node.party.name} is closed")
+        rt = current_runtime_or_none()
+        if rt is not None:
+            # The node's scheduler runs the calling flow: it would wait for itself.
+            raise FlowError(f"start_flow was called inside flow {rt.flow_id} "
+                            f"({rt.cp.flow_class}) on node {node.party.name}: a flow runs "
+                            "another one as a sub-flow (self.sub_flow(...)); start flows from "
+                            "outside a flow")
         if node.scheduler.draining:
             raise FlowError(f"node {node.party.name} is draining: no new flows are started "
                             "until draining is turned off")
