@@ -106,9 +106,15 @@ class VaultFeeds:
         nkey = notary.owning_key if notary is not None else b""
         stamp = self.vault._node.store.commits
         for feed in list(self.feeds):
-            c = feed.criteria
-            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
-            new = () if c.status is StateStatus.CONSUMED else tuple(
-                s for s in produced if vq.update_matches(c, s, nkey))
-            if gone or new:
-                feed._push(VaultUpdate(gone, new), stamp)
+            offer(feed, nkey, consumed, produced, stamp)
+
+
+def offer(feed: Feed, nkey: bytes, consumed: Any, produced: Any, stamp: int) -> None:
+    """Give ``feed`` what its criteria select of one transaction's change (``nkey``: its
+    notary's key), handed out once the store's commits pass ``stamp``."""
+    c = feed.criteria
+    gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
+    new = () if c.status is StateStatus.CONSUMED else tuple(
+        s for s in produced if vq.update_matches(c, s, nkey))
+    if gone or new:
+        feed._push(VaultUpdate(gone, new), stamp)
