@@ -154,7 +154,7 @@ def test_vault_updates_over_rpc_of_a_cluster_worker(tmp_path):
         # has the other worker's states, and its exit comes as an update.
         page = c1.vault_query(type="greenflow.ledger.finance:Cash")
         assert page["total"] == 3
-        stream = c1.vault_updates(timeout=30, type="greenflow.ledger.finance:Cash")
+        stream = c1.vault_updates(timeout=10, type="greenflow.ledger.finance:Cash")
         kind, snapshot = next(stream)
         assert kind == "snapshot" and snapshot["total"] == 3
         threading.Thread(target=lambda: c2.start_flow("greenflow.ledger.finance.CashExitFlow",
