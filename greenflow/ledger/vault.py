@@ -285,12 +285,6 @@ class Vault:
         ``next(timeout)`` gives each update as JSON (``GET /vault/updates``)."""
         return vq.track_params(self, params)
 
-    def known_types(self) -> set[str]:
-        """The names (``module:Class``) of the state types this vault has states of: the
-        only ones a remote query may name (`vault_query.query_params`)."""
-        with self._lock:
-            return set(self._types)
-
     def is_unconsumed(self, ref: StateRef) -> bool:
         with self._lock:
             self._refresh()

@@ -103,6 +103,12 @@ class _SharedIndexes(VaultIndexes):
         self.vault._seq_left -= 1
         super().index_state(batch, sar, key, recorded_us)
 
+    def known_types(self) -> set[str]:
+        """Also the types another worker recorded first (the party's type table)."""
+        with self.vault._lock:
+            self.types.update(self.index.type_ids())
+            return set(self.types)
+
 
 class SharedVault(Vault):
     """`Vault` for a worker of a clustered party (see the module doc)."""
@@ -373,12 +379,6 @@ class SharedVault(Vault):
         self.last_read_rows = len(changes)
         self.refreshes += 1
         return got, changes
-
-    def known_types(self) -> set[str]:
-        """Also the types another worker recorded first (the party's type table)."""
-        with self._lock:
-            self._types.update(self._index.type_ids())
-            return set(self._types)
 
     # ------------------------------------------------------------------ query indexes
     def _ensure_sequence(self) -> None:

@@ -29,6 +29,12 @@ class VaultIndexes:
         self.type_keys: dict[type, tuple] = {}  # class -> (type id, index prefix, linear)
         self.next_seq = self.index.next_seq()
 
+    def known_types(self) -> set[str]:
+        """The names (``module:Class``) of the state types the vault has states of: the
+        only ones a remote query may name (`vault_query.query_params`)."""
+        with self.vault._lock:
+            return set(self.types)
+
     def index_existing(self) -> None:
         """A vault recorded before the indexes existed: index what it holds (recorded
         time unknown: 0), once."""
