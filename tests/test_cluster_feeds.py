@@ -87,6 +87,17 @@ def test_a_feed_on_one_worker_sees_what_every_worker_records_once(party):
     assert v1._feeds._reader is None                 # the last feed closed: no reader
 
 
+def test_a_refused_query_leaves_no_feed_open(party):
+    from greenflow.ledger.vault_query import VaultQueryError
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    issue_one(w2, coins=201)                          # more than the default page
+    v1 = w1.node.services.vault
+    with pytest.raises(VaultQueryError, match="more than the default page"):
+        v1.track_by(QueryCriteria(Cash))
+    assert v1._feeds.feeds == [] and v1._feeds._reader is None
+
+
 def test_a_feed_nobody_reads_is_dropped_not_grown(party, monkeypatch):
     from greenflow.ledger.vault_feed import Feed
     monkeypatch.setattr(Feed, "max_buffered", 2)

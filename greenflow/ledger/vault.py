@@ -273,7 +273,11 @@ class Vault:
         criteria = criteria or QueryCriteria()
         with self._lock:
             feed = self._feeds.open(criteria)
-            return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+            try:
+                return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+            except BaseException:   # a query refused (VaultQueryError): no feed left open
+                feed.close()
+                raise
 
     def query_json(self, params: dict) -> dict:
         """`query_by` with text parameters, answered as JSON (``GET /vault/states``:

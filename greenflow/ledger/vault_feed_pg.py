@@ -54,7 +54,7 @@ POLL_S = 0.1
 #: (they are kept `vault_backend_pg._CHANGES_KEPT_S`, 300 s; a margin for transactions
 #: that wrote a row some seconds before they committed).
 BEHIND_S = 270.0
-_TX_CACHE = 256
+_TX_CACHE = 64
 
 
 class _Snapshot:
