@@ -120,6 +120,28 @@ def test_a_feed_nobody_reads_is_dropped_not_grown(party, monkeypatch):
     read.close()
 
 
+def test_a_feed_goes_on_after_its_readers_connection_is_cut(party):
+    """The reader reads again from the snapshot of its last good read: what was
+    committed while its connection was gone comes once, nothing twice."""
+    import psycopg
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    v1 = w1.node.services.vault
+    feed = v1.track_by(QueryCriteria(Cash)).updates
+    first = issue_one(w2)
+    assert [u.produced[0].ref.tx_id for u in collect(feed, 1)] == [first.id]
+    reader = v1._feeds._reader
+    with reader.cycle:                               # cut while it waits between reads
+        pid = reader.rows.run("pid", lambda c: c.execute("SELECT pg_backend_pid()").fetchone()[0])
+        with psycopg.connect(reader.rows.dsn, autocommit=True) as c:
+            c.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        txs = [issue_one(w2), issue_one(w1)]
+    got = collect(feed, 2)
+    assert sorted(u.produced[0].ref.tx_id.value for u in got) == sorted(t.id.value for t in txs)
+    assert v1._feeds._reader is reader and not feed.closed
+    feed.close()
+
+
 def test_a_feed_whose_worker_fell_behind_the_log_is_dropped(party, monkeypatch):
     """Log rows go after five minutes: a reader that could not read for longer drops
     its feeds instead of handing out a gap (here "longer" is made 0.3 s)."""
