@@ -210,6 +210,25 @@ def test_paging_through_a_thousand_states_and_a_feed_that_sees_a_new_one(mock):
     assert len({s.ref for s in every.states}) == 1_001
 
 
+def test_a_feed_nobody_reads_is_dropped_at_its_bound(mock, monkeypatch):
+    """A feed holds at most ``Feed.max_buffered`` updates for its reader: one that falls
+    further behind is dropped (closed, its updates let go), as a progress stream is."""
+    from greenflow.ledger.vault_feed import Feed
+    monkeypatch.setattr(Feed, "max_buffered", 2)
+    bank = mock.create_node("Bank")
+    vault = bank.services.vault
+    idle, read = (vault.track_by(QueryCriteria(Cash)).updates for _ in range(2))
+    got = []
+    for _ in range(3):
+        run(mock, bank, CashIssueFlow(pounds(1), mock.notary.party))
+        got += read.poll()
+    assert len(got) == 3 and all(len(u.produced) == 1 for u in got)
+    assert idle.closed and "max_buffered" in idle.dropped
+    assert idle.next(timeout=0.1) is None and idle.poll() == []
+    assert idle not in vault._feeds.feeds and read in vault._feeds.feeds
+    read.close()
+
+
 def test_vault_query_on_the_command_line_reads_a_nodes_store(tmp_path):
     from greenflow.cli.main import main
     net = MockNetwork(tmp_path / "net")

@@ -126,9 +126,10 @@ class Vault:
     """Transactions and our states, with two collaborators: `SoftLocks` (who holds
     which state, and what is free to select) and `VaultIndexes` (the query indexes and
     engine), plus the open feeds (`VaultFeeds`). The clustered vault swaps in its own
-    kinds of the first two (``_locks_class``, ``_indexes_class``)."""
+    kinds of them (``_locks_class``, ``_indexes_class``, ``_feeds_class``)."""
     _locks_class: type[SoftLocks] = SoftLocks
     _indexes_class: type[VaultIndexes] = VaultIndexes
+    _feeds_class: type[VaultFeeds] = VaultFeeds
 
     def __init__(self, node: Any) -> None:
         self._node = node
@@ -152,7 +153,7 @@ class Vault:
         self._indexes = self._indexes_class(self, store)
         self._index, self._engine = self._indexes.index, self._indexes.engine
         self._types = self._indexes.types   # type names known (the JSON query checks them)
-        self._feeds = VaultFeeds(self)
+        self._feeds = self._feeds_class(self)
         self._indexes.index_existing()
         self._soft.load(store)
         node.scheduler.add_flow_end_listener(self._soft.flow_ended)
@@ -272,7 +273,11 @@ class Vault:
         criteria = criteria or QueryCriteria()
         with self._lock:
             feed = self._feeds.open(criteria)
-            return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+            try:
+                return DataFeed(self._engine.query(criteria, paging, sorting), feed)
+            except BaseException:   # a query refused (VaultQueryError): no feed left open
+                feed.close()
+                raise
 
     def query_json(self, params: dict) -> dict:
         """`query_by` with text parameters, answered as JSON (``GET /vault/states``:

@@ -30,8 +30,9 @@ own flows change them. A clustered party's workers share one store, so here
   and state type ids from a short transaction under an advisory lock, so two workers never
   write the same index key.
 
-Vault feeds (`Vault.track_by`) see only the states recorded through the worker they are
-opened on.
+- **feeds** (`Vault.track_by`): every state the party records or consumes, whichever
+  worker recorded it, read from the change log while a feed is open
+  (`greenflow.ledger.vault_feed_pg`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from greenflow.ledger.states import StateAndRef, StateRef
 from greenflow.ledger import vault_pg_sql as sql_
 from greenflow.ledger.shared_rows import SharedRows
 from greenflow.ledger.vault import Vault, _ref_from_key, _unpack, ref_key
+from greenflow.ledger.vault_feed_pg import SharedFeeds
 from greenflow.ledger.vault_indexes import VaultIndexes
 from greenflow.ledger.vault_locks_pg import _LOST, _SharedLocks, _lock_fid
 
@@ -101,11 +103,18 @@ class _SharedIndexes(VaultIndexes):
         self.vault._seq_left -= 1
         super().index_state(batch, sar, key, recorded_us)
 
+    def known_types(self) -> set[str]:
+        """Also the types another worker recorded first (the party's type table)."""
+        with self.vault._lock:
+            self.types.update(self.index.type_ids())
+            return set(self.types)
+
 
 class SharedVault(Vault):
     """`Vault` for a worker of a clustered party (see the module doc)."""
     _locks_class = _SharedLocks
     _indexes_class = _SharedIndexes
+    _feeds_class = SharedFeeds
 
     def __init__(self, node: Any) -> None:
         self._rows = SharedRows(node.store)

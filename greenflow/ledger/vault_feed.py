@@ -1,6 +1,7 @@
 """Tracking a vault query: the `Feed` of updates after the first page."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -9,11 +10,21 @@ from typing import Any, Callable, Iterator, Optional
 
 from greenflow.ledger.vault_types import Page, QueryCriteria, VaultUpdate
 
+log = logging.getLogger("greenflow.ledger.vault")
+
 
 class Feed:
     """The updates of a tracked query, in the order they were recorded. An update is
     handed out only once its transaction is durable in the store. Read with `poll`
-    (what is there now), `next` (wait up to ``timeout``), or by iterating (waits)."""
+    (what is there now), `next` (wait up to ``timeout``), or by iterating (waits).
+
+    The vault never waits on a reader: a feed more than `max_buffered` updates behind
+    (read too slowly, or not at all) is dropped, as a progress stream is: its buffered
+    updates are let go, it is closed with ``dropped`` set and ``next`` says None. A
+    client that still wants the changes opens a new one (its snapshot is current)."""
+
+    #: Updates a feed holds for its reader at most.
+    max_buffered = 10_000
 
     def __init__(self, criteria: QueryCriteria, store: Any, on_close: Callable[["Feed"], None]) -> None:
         self.criteria = criteria
@@ -22,11 +33,28 @@ class Feed:
         self._items: deque[tuple[int, VaultUpdate]] = deque()
         self._cond = threading.Condition()
         self.closed = False
+        #: Why the vault ended this feed (None: it did not): fell behind, see the class doc.
+        self.dropped: Optional[str] = None
 
     def _push(self, update: VaultUpdate, stamp: int) -> None:
         with self._cond:
-            self._items.append((stamp, update))
-            self._cond.notify_all()
+            if self.closed:
+                return
+            if len(self._items) < self.max_buffered:
+                self._items.append((stamp, update))
+                self._cond.notify_all()
+                return
+        self.drop(f"more than {self.max_buffered:,} updates behind (Feed.max_buffered)")
+
+    def drop(self, reason: str) -> None:
+        """End the feed from the vault's side, letting its buffered updates go."""
+        with self._cond:
+            if self.closed:
+                return
+            self.dropped = reason
+            self._items.clear()
+        log.warning("vault: dropped a feed: %s", reason)
+        self.close()
 
     def _ready(self) -> bool:
         return bool(self._items) and self._items[0][0] < self._store.commits

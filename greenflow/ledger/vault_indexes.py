@@ -29,6 +29,12 @@ class VaultIndexes:
         self.type_keys: dict[type, tuple] = {}  # class -> (type id, index prefix, linear)
         self.next_seq = self.index.next_seq()
 
+    def known_types(self) -> set[str]:
+        """The names (``module:Class``) of the state types the vault has states of: the
+        only ones a remote query may name (`vault_query.query_params`)."""
+        with self.vault._lock:
+            return set(self.types)
+
     def index_existing(self) -> None:
         """A vault recorded before the indexes existed: index what it holds (recorded
         time unknown: 0), once."""
@@ -106,9 +112,15 @@ class VaultFeeds:
         nkey = notary.owning_key if notary is not None else b""
         stamp = self.vault._node.store.commits
         for feed in list(self.feeds):
-            c = feed.criteria
-            gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
-            new = () if c.status is StateStatus.CONSUMED else tuple(
-                s for s in produced if vq.update_matches(c, s, nkey))
-            if gone or new:
-                feed._push(VaultUpdate(gone, new), stamp)
+            offer(feed, nkey, consumed, produced, stamp)
+
+
+def offer(feed: Feed, nkey: bytes, consumed: Any, produced: Any, stamp: int) -> None:
+    """Give ``feed`` what its criteria select of one transaction's change (``nkey``: its
+    notary's key), handed out once the store's commits pass ``stamp``."""
+    c = feed.criteria
+    gone = tuple(s for s in consumed if vq.update_matches(c, s, nkey))
+    new = () if c.status is StateStatus.CONSUMED else tuple(
+        s for s in produced if vq.update_matches(c, s, nkey))
+    if gone or new:
+        feed._push(VaultUpdate(gone, new), stamp)

@@ -94,8 +94,7 @@ def _parse_params(vault: Any, params: dict) -> tuple[QueryCriteria, PageSpecific
         text = params.get(name)
         return [x for x in str(text).split(",") if x] or None if text else None
 
-    with vault._lock:
-        known = sorted(vault._types)
+    known = sorted(vault._indexes.known_types())
     criteria = QueryCriteria(state_class(params.get("type", ""), known, import_modules=False),
                              _status(params.get("status") or "unconsumed"),
                              linear_ids=listed("linear_id"), external_ids=listed("external_id"))
@@ -123,6 +122,15 @@ class JsonFeed:
     def next(self, timeout: Optional[float] = None) -> Optional[dict]:
         update = self.feed.next(timeout)
         return None if update is None else update_json(update)
+
+    @property
+    def closed(self) -> bool:
+        return self.feed.closed
+
+    @property
+    def dropped(self) -> Optional[str]:
+        """Why the vault ended the feed (it fell behind: see `Feed`), or None."""
+        return self.feed.dropped
 
     def close(self) -> None:
         self.feed.close()

@@ -25,18 +25,25 @@ UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
 # growing with the vault.
 # The change log: one row per write of a vault state or lock row, by triggers, so that
 # whatever writes them (a group commit, a lock's own transaction, the stale-lock sweep)
-# is seen (the function names its schema: a writer's search path may not). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
+# is seen (the function names its schema: a writer's search path may not), with what the
+# write was (``op``: I inserted, U rewritten, D deleted; the feeds read it). Rows older than `_CHANGES_KEPT_S` are deleted; a worker that has not read the
 # log for `_FULL_AFTER_S` reads everything again.
 CHANGE_LOG = """CREATE TABLE IF NOT EXISTS vault_changes (
     xid xid8 NOT NULL DEFAULT pg_current_xact_id(), tbl text COLLATE "C" NOT NULL,
-    key bytea NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+    key bytea NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(), op "char");
+DO $op$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = '{schema}.vault_changes'::regclass
+                   AND attname = 'op' AND NOT attisdropped) THEN
+        ALTER TABLE {schema}.vault_changes ADD COLUMN op "char";
+    END IF;
+END $op$;
 CREATE INDEX IF NOT EXISTS vault_changes_xid ON vault_changes (xid);
 CREATE OR REPLACE FUNCTION gf_vault_change() RETURNS trigger LANGUAGE plpgsql AS $change$
 BEGIN
     IF TG_OP = 'DELETE' THEN
-        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (OLD.tbl, OLD.key);
+        INSERT INTO {schema}.vault_changes (tbl, key, op) VALUES (OLD.tbl, OLD.key, 'D');
     ELSE
-        INSERT INTO {schema}.vault_changes (tbl, key) VALUES (NEW.tbl, NEW.key);
+        INSERT INTO {schema}.vault_changes (tbl, key, op) VALUES (NEW.tbl, NEW.key, left(TG_OP, 1));
     END IF;
     RETURN NULL;
 END
@@ -89,3 +96,22 @@ SELECT CASE c.tbl WHEN 'vault_states' THEN 's' ELSE 'l' END, c.key, a.value
   FROM c LEFT JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = c.tbl AND key = c.key LIMIT 1) a
     ON true
 UNION ALL SELECT 'x', convert_to(pg_current_snapshot()::text, 'UTF8'), NULL"""
+
+# The feeds' read (`greenflow.ledger.vault_feed_pg`): the states inserted ('I') and deleted
+# ('D') by transactions that committed since snapshot %(s)s, in the order they were
+# written, each with its value now (an insert: the state, NULL once consumed since; a
+# delete: the consumed marker, whose first 32 bytes name the consuming transaction),
+# and the new snapshot. A row rewritten ('U': the same transaction recorded again, by
+# another worker) changes nothing a feed reports.
+FEED_CHANGES = """SELECT c.xid::text, c.op::text, c.key, s.value, d.value, c.at FROM (
+    SELECT xid, op, key, at FROM vault_changes
+     WHERE tbl = 'vault_states' AND op IN ('I', 'D') AND xid >= pg_snapshot_xmin(%(s)s::pg_snapshot)
+       AND NOT pg_visible_in_snapshot(xid, %(s)s::pg_snapshot)) c
+  LEFT JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = 'vault_states' AND key = c.key
+                     LIMIT 1) s ON c.op = 'I'
+  LEFT JOIN LATERAL (SELECT value FROM app_rows WHERE tbl = 'vault_consumed' AND key = c.key
+                     LIMIT 1) d ON c.op = 'D'
+UNION ALL SELECT 'x', NULL, convert_to(pg_current_snapshot()::text, 'UTF8'), NULL, NULL, NULL"""
+# Recorded transactions by id (a consumed state's content, a transaction's notary).
+FEED_TXS = ("SELECT u.k, a.value FROM unnest(%s::bytea[]) AS u(k) CROSS JOIN LATERAL "
+            "(SELECT value FROM app_rows WHERE tbl = 'vault_txs' AND key = u.k LIMIT 1) a")

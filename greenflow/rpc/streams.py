@@ -105,7 +105,8 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
 
 def vault_updates(handler: BaseHTTPRequestHandler, rpc: RpcServer, params: dict) -> None:
     """Server-sent events: ``snapshot`` (a page, as ``GET /vault/states`` gives it),
-    then an ``update`` (consumed and produced states) per recorded change."""
+    then an ``update`` (consumed and produced states) per recorded change; ``dropped``
+    (and the stream ends) when the vault ends the feed because it fell behind."""
     if not rpc.open_stream():   # a vault feed is a long-lived stream too (max_streams)
         raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} event streams "
                                               "are open (max_streams): retry later",
@@ -124,6 +125,10 @@ def vault_updates(handler: BaseHTTPRequestHandler, rpc: RpcServer, params: dict)
             if update is not None:
                 event(handler, "update", update)
                 last = time.monotonic()
+            elif feed.closed:
+                if feed.dropped:
+                    event(handler, "dropped", {"reason": feed.dropped})
+                break
             elif time.monotonic() - last > KEEPALIVE_SECONDS:
                 handler.wfile.write(b": keepalive\n\n")
                 handler.wfile.flush()
