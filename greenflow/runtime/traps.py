@@ -18,8 +18,9 @@ import greenlet
 from greenflow.errors import FlowError
 from greenflow.flows.context import current_runtime, current_runtime_or_none
 
-__all__ = ["Diverged", "FlowGreenlet", "Unwind", "asked", "ended_with", "current_runtime", "current_runtime_or_none",
-           "flow_greenlet", "recycle", "switch_to_scheduler"]
+__all__ = ["Diverged", "FlowGreenlet", "Unwind", "asked", "current_runtime",
+           "current_runtime_or_none", "ended_with", "flow_greenlet", "recycle",
+           "switch_to_scheduler"]
 
 if TYPE_CHECKING:
     from greenflow.runtime.flow_runtime import FlowRuntime
