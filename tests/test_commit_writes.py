@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flowlib import External
 
+from greenflow import FlowStatus
 from greenflow.samples.ping import Ping
 from greenflow.storage import interface as op
 
@@ -71,3 +72,15 @@ def test_a_restart_wakes_exactly_the_flows_with_work_to_do(net, tmp_path):
     net.run_network()
     assert alice.node.handle(ext.id).result() == (42, 84)
     assert alice.node.store.flows_to_wake() == set()
+
+
+def test_a_start_leaves_due_timers_and_other_work_for_run_network(net, tmp_path):
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    ext = alice.start_flow(External(str(tmp_path / "external.log"), 21))
+    net.run_network()                    # its external call done, it sleeps for 10 s
+    net.advance_clock(10)                # its timer fell due ...
+    ping = alice.start_flow(Ping(bob.party, 1))
+    assert alice.node.handle(ext.id).status != FlowStatus.COMPLETED   # ... and waits for
+    net.run_network()                                                  # run_network
+    assert alice.node.handle(ext.id).result() == (42, 84)
+    assert ping.result() == 1
