@@ -17,7 +17,6 @@ import time
 
 import pytest
 
-from cluster_pg import new_schema, server_dsn
 from greenflow.cluster.handoff import ACK, FRAME
 from greenflow.network.tcp_framing import (K_FRAME, MAX_RECORD_BYTES, ProtocolError, _unpack,
                                            read_message)
@@ -25,7 +24,8 @@ from greenflow.network.tcp_inbound import dispatch
 from greenflow.network.tcp_link import Link
 from greenflow.samples.ping import Ping
 from greenflow.storage.partitions import PARTITIONS
-from test_cluster_reply import cluster  # noqa: F401 - the fixture
+from test_cluster_reply import (alice_workers_and_bob, cluster,  # noqa: F401 (a fixture)
+                                count_handoffs)
 from test_cluster_worker import results, settle
 from test_transport import wait_for
 
@@ -183,35 +183,18 @@ def test_worker_processes_are_sent_the_sessions_they_own(tmp_path):
     to Alice over RPC: their frames reach the worker owning each session. Measured the
     same way before the hints (two runs): 28 and 14 of Bob's 80 frames handed over; with
     them 0."""
-    import os
-    from greenflow.cluster.launcher import Cluster
-    from greenflow.network.node_config import read_credentials
-    from greenflow.rpc.client import RpcClient
-    from greenflow.testing.node_processes import ProcessNetwork
-    from test_cluster_reply import count_handoffs
-    tests = os.path.dirname(os.path.abspath(__file__))
-    url = server_dsn() + "?schema=" + new_schema()
-    with ProcessNetwork(tmp_path, ["Alice", "Bob"], apps=["samples.ping", "clusterflows"],
-                        pythonpath=[tests]) as net:
-        net.start("Bob")
-        cl = Cluster(net.dir("Alice"), workers=2, database=url, lease_s=3.0, renew_s=0.5,
-                     env=net._env())
-        try:
-            cl.start(wait=60)
-            user, pw = read_credentials(net.dir("Alice"))
-            for a in cl.rpc.values():
-                r = RpcClient(a, user, pw, timeout=10).start_flow(
-                    "clusterflows.SlowPing", {"peer": "Bob", "n": 1, "pause": 0.0}, wait=30)
-                assert r["result"] == 1, r
-            counts = count_handoffs(cl.dsn, cl.schema)
-            bob = net.client("Bob")
-            ids = bob.start_flow("clusterflows.SlowPing", {"peer": "Alice", "n": 3,
-                                                           "pause": 0.2}, count=FLOWS)["flow_ids"]
-            got = [bob.result(f, wait=60) for f in ids]
-            assert all(g["finished"] and g["result"] == 6 for g in got), got
-            time.sleep(1.0)
-            handed = counts()
-        finally:
-            cl.stop()
+    with alice_workers_and_bob(tmp_path) as (net, cl, workers):
+        for w in workers:
+            r = w.start_flow("clusterflows.SlowPing", {"peer": "Bob", "n": 1, "pause": 0.0},
+                             wait=30)
+            assert r["result"] == 1, r
+        counts = count_handoffs(cl.dsn, cl.schema)
+        bob = net.client("Bob")
+        ids = bob.start_flow("clusterflows.SlowPing", {"peer": "Alice", "n": 3,
+                                                       "pause": 0.2}, count=FLOWS)["flow_ids"]
+        got = [bob.result(f, wait=60) for f in ids]
+        assert all(g["finished"] and g["result"] == 6 for g in got), got
+        time.sleep(1.0)
+        handed = counts()
     print(f"\nhanded over: {handed[FRAME]} frames, {handed[ACK]} acknowledgements")
     assert handed[FRAME] <= 2 and handed[ACK] <= 2, handed

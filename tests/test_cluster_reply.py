@@ -9,6 +9,8 @@ handed over every time (his one connection reached one of the two workers: every
 for the other's sessions). With it: 0 and 0."""
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections import Counter
 
@@ -102,17 +104,15 @@ def count_handoffs(dsn: str, schema: str):
     return counts
 
 
-@pytest.mark.cluster
-def test_worker_processes_are_answered_on_their_own_connections(tmp_path):
-    """Alice as two worker processes, Bob an ordinary node process; SlowPing flows
-    started through both workers. Measured the same way before the reply path (two
-    runs): 60 of the 120 frames Bob sent and 80 of the 160 acknowledgements he owed were
-    handed over each time (his one connection reached one worker); with it 0 and 0."""
+@contextlib.contextmanager
+def alice_workers_and_bob(tmp_path):
+    """Alice as two worker processes on a fresh schema, Bob an ordinary node process
+    (apps: samples.ping and the tests' clusterflows): yields (network, cluster, an RPC
+    client of each worker); the cluster is stopped at the end."""
     import os
     from greenflow.cluster.launcher import Cluster
     from greenflow.network.node_config import read_credentials
     from greenflow.rpc.client import RpcClient
-    from greenflow.storage.postgres_store import PostgresStore
     from greenflow.testing.node_processes import ProcessNetwork
     tests = os.path.dirname(os.path.abspath(__file__))
     url = server_dsn() + "?schema=" + new_schema()
@@ -123,24 +123,35 @@ def test_worker_processes_are_answered_on_their_own_connections(tmp_path):
                      env=net._env())
         try:
             cl.start(wait=60)
-            counts = count_handoffs(cl.dsn, cl.schema)
             user, pw = read_credentials(net.dir("Alice"))
-            ids = []
-            for a in cl.rpc.values():
-                r = RpcClient(a, user, pw, timeout=10).start_flow(
-                    "clusterflows.SlowPing", {"peer": "Bob", "n": 3, "pause": 0.2}, count=20)
-                ids += r["flow_ids"]
-            store = PostgresStore(cl.dsn, cl.schema, readonly=True)
-            try:
-                end = time.monotonic() + 60
-                while not all(store.result(f) for f in ids) and time.monotonic() < end:
-                    time.sleep(0.3)
-                assert all(store.result(f)["value"] == 6 for f in ids)
-            finally:
-                store.close()
-            time.sleep(1.0)
-            got = counts()
+            yield net, cl, [RpcClient(a, user, pw, timeout=10) for a in cl.rpc.values()]
         finally:
             cl.stop()
+
+
+@pytest.mark.cluster
+def test_worker_processes_are_answered_on_their_own_connections(tmp_path):
+    """Alice as two worker processes, Bob an ordinary node process; SlowPing flows
+    started through both workers. Measured the same way before the reply path (two
+    runs): 60 of the 120 frames Bob sent and 80 of the 160 acknowledgements he owed were
+    handed over each time (his one connection reached one worker); with it 0 and 0."""
+    from greenflow.storage.postgres_store import PostgresStore
+    with alice_workers_and_bob(tmp_path) as (net, cl, workers):
+        counts = count_handoffs(cl.dsn, cl.schema)
+        ids = []
+        for w in workers:
+            r = w.start_flow("clusterflows.SlowPing", {"peer": "Bob", "n": 3, "pause": 0.2},
+                             count=20)
+            ids += r["flow_ids"]
+        store = PostgresStore(cl.dsn, cl.schema, readonly=True)
+        try:
+            end = time.monotonic() + 60
+            while not all(store.result(f) for f in ids) and time.monotonic() < end:
+                time.sleep(0.3)
+            assert all(store.result(f)["value"] == 6 for f in ids)
+        finally:
+            store.close()
+        time.sleep(1.0)
+        got = counts()
     print(f"\nhanded over: {got[FRAME]} frames, {got[ACK]} acknowledgements")
     assert got[FRAME] <= 2 and got[ACK] <= 2, got
