@@ -57,6 +57,9 @@ class MockNode:
         return self.node.party
 
     def start_flow(self, flow: FlowLogic, client_id: Optional[str] = None) -> FlowHandle:
+        """Start ``flow`` here. It returns once the start is durable, with the flow run to
+        its first suspension in the same commit (as a node with its own thread does);
+        what it sent waits in the network until `MockNetwork.run_network` delivers it."""
         return self.node.start_flow(flow, client_id=client_id)
 
     def __getattr__(self, name: str) -> Any:
