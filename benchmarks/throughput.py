@@ -296,19 +296,22 @@ def w_asyncio(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
 # The store operations one durable Ping/Pong pair makes (counted from the batches a
 # MockNetwork run commits, with what the LMDB writer makes of them: see
 # benchmarks/README.md): (db, puts, value bytes, deletes). Initiator: its start record,
-# checkpoint header, journal chunk and code locations written once each and dropped at
-# its end (with its wake flag), two frames in the outbox until acknowledged, its result;
-# responder: its one frame, its result and its session's finished marker. Expiry records
-# are shared by everything due at one time (about one per 64 results), left out.
-FLOOR_OPS = (("flows", 1, 342, 1), ("logic", 1, 173, 1), ("journal", 1, 208, 1),
+# its checkpoint header (at the start and when it waits), journal chunk and code
+# locations, dropped at its end with its wake flag (set at the start, cleared when it
+# first waits), two frames in the outbox until acknowledged, its result; responder: its
+# one frame, its result and its session's finished marker. Expiry records are shared by
+# everything due at one time (about one per 64 results), left out.
+FLOOR_OPS = (("flows", 2, 342, 1), ("logic", 1, 173, 1), ("journal", 1, 208, 1),
              ("frames", 1, 384, 1), ("outbox", 3, 103, 3), ("results", 2, 196, 0),
-             ("sessions", 1, 74, 0), ("wake", 0, 32, 1))
-FLOOR_COMMITS = 2   # per node and wave: start and send / answer and finish; finish / acks
+             ("sessions", 1, 74, 0), ("wake", 1, 32, 2))
+# Commits per wave, in order, and whose: the initiator's start, the responder's answer,
+# the initiator's end, the responder's acknowledgements, ... (0: initiator, 1: responder).
+FLOOR_COMMITS = (0, 1, 0, 1, 0)
 
 
 def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
     """The storage floor of durable ping-pong: exactly the LMDB writes and synced group
-    commits greenflow's ping-pong makes (two stores, `FLOOR_COMMITS` commits each per wave of
+    commits greenflow's ping-pong makes (two stores, the `FLOOR_COMMITS` of a wave of
     ``concurrency`` flows, ``FLOOR_OPS`` per flow), with no runtime at all: no flows,
     greenlets, pickling or frames. Nothing durable in Python on LMDB can be faster."""
     import lmdb
@@ -323,7 +326,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
             envs.append((env, {db: env.open_db(db.encode()) for db, *_ in FLOOR_OPS}))
         values = {db: os.urandom(size) for db, _n, size, _d in FLOOR_OPS}
         # Spread each flow's ops over the commits of its two nodes, as the runtime does.
-        plan: list[list[tuple[str, int, int]]] = [[] for _ in range(2 * FLOOR_COMMITS)]
+        plan: list[list[tuple[str, int, int]]] = [[] for _ in FLOOR_COMMITS]
         slot = 0
         for db, puts, _size, dels in FLOOR_OPS:
             for _ in range(puts):
@@ -340,7 +343,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
             keys = [b"%032d" % (seq + i) for i in range(concurrency)]
             seq += concurrency
             for i, ops in enumerate(plan):
-                env, dbs = envs[i % 2]
+                env, dbs = envs[FLOOR_COMMITS[i]]
                 with env.begin(write=True) as txn:
                     for k in keys:
                         for j, (db, put, _dele) in enumerate(ops):
@@ -359,7 +362,7 @@ def w_floor(concurrency: int, budget: float, rounds: int = ROUNDS) -> dict:
             env.close()
         return {"flows": flows, "seconds": elapsed, "flows_per_s": flows / elapsed,
                 "cpu_us_per_flow": (time.process_time() - cpu0) / flows * 1e6,
-                "commits": 2 * FLOOR_COMMITS * (flows // concurrency),
+                "commits": len(FLOOR_COMMITS) * (flows // concurrency),
                 "store_ops_per_flow": sum(p + d for _db, p, _s, d in FLOOR_OPS)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -469,7 +472,7 @@ def run(ctx: Any) -> SuiteResult:
                      "excluded); steadier than flows/s on a shared machine, so the figure to "
                      "compare code changes by")
     tbl.notes.append("storage floor: the same store writes and synced group commits as "
-                     f"greenflow's ping-pong (two LMDB stores, {FLOOR_COMMITS} commits each per wave, "
+                     f"greenflow's ping-pong (two LMDB stores, {len(FLOOR_COMMITS)} commits per wave, "
                      f"{sum(p + d for _db, p, _s, d in FLOOR_OPS)} puts/deletes per flow) with "
                      "no runtime at all: a bound no durable runtime on LMDB in Python can beat")
     tbl.notes.append("design floor: the least the design itself costs (a greenlet per flow in "

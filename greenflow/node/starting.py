@@ -81,7 +81,9 @@ class FlowStarter:
         node = self.node
         sched = node.scheduler
         if not node.threaded:
-            sched.start_now(prepared)   # runs them to their first suspension, as a round would
+            for cp, blob, flow in prepared:
+                sched.record_start(cp, blob, flow)
+            sched.commit()   # durable now; they run at the next round (MockNetwork.run_network)
             return
         done = threading.Event()
         sched.start_flows(prepared, done.set)

@@ -163,27 +163,6 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
                     done: Optional[Callable[[], None]] = None) -> None:
         self.post(StartFlows(tuple(items), done))
 
-    def start_now(self, items: list[tuple[Checkpoint, bytes, Any]]) -> None:
-        """Record new flows, run each to its first suspension and commit, in the caller's
-        thread (a node without its own thread: MockNetwork): what a threaded node's round
-        does with a start, so a start and the flow's first checkpoint are one commit, not
-        two. Other work waiting here (events, due timers, flows resumed before) is left for
-        the next `pump`."""
-        held, self.run_queue = self.run_queue, deque()
-        try:
-            for cp, blob, logic in items:
-                self.record_start(cp, blob, logic)
-            queue, step = self.run_queue, self._step
-            while queue:
-                r = queue.popleft()
-                step(r.rt, r.value)
-        finally:
-            held.extend(self.run_queue)
-            self.run_queue = held
-        self.commit()
-        if self.decoded:
-            self.decoded.clear()
-
     # ================================================================== the round
     def pump(self) -> bool:
         """Run one round to quiescence and commit. Returns True when anything happened."""

@@ -57,9 +57,9 @@ class MockNode:
         return self.node.party
 
     def start_flow(self, flow: FlowLogic, client_id: Optional[str] = None) -> FlowHandle:
-        """Start ``flow`` here. It returns once the start is durable, with the flow run to
-        its first suspension in the same commit (as a node with its own thread does);
-        what it sent waits in the network until `MockNetwork.run_network` delivers it."""
+        """Start ``flow`` here. It returns once the start is durable; the flow runs in the
+        next `MockNetwork.run_network`, nothing runs before (so a test can act on a flow
+        that was started and has not run yet)."""
         return self.node.start_flow(flow, client_id=client_id)
 
     def __getattr__(self, name: str) -> Any:
