@@ -72,3 +72,18 @@ def test_a_malformed_config_names_the_file_and_field(tmp_path):
         NodeConfig.load(str(tmp_path))
     with pytest.raises(ConfigError, match="not a node directory"):
         NodeConfig.load(str(tmp_path / "missing"))
+
+
+def test_free_ports_come_from_below_the_range_outgoing_connections_use():
+    """A port from the kernel's ephemeral range can be taken by any outgoing connection
+    before the node binds it ("Address already in use" under load); one below it cannot."""
+    import socket
+
+    from greenflow.network.bootstrap import _ephemeral_low, free_port
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    if low is not None and low > 4096:
+        assert all(1024 <= p < low for p in ports), (low, ports)
+    for p in ports:   # each one free to listen on now
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", p))

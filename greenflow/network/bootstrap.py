@@ -8,6 +8,7 @@ ports from ``base_port``: P2P on ``base_port + 2i``, RPC on ``base_port + 2i + 1
 from __future__ import annotations
 
 import os
+import random
 import re
 import socket
 from typing import Iterable, Optional
@@ -27,9 +28,38 @@ def dir_name(name: str) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free to listen on now, below the kernel's ephemeral range where it can be.
+
+    A port the kernel hands out for ``bind(0)`` comes from the range it also gives
+    outgoing connections, so any connection opened between now and the node's own bind
+    (a busy machine opens many) may take it: the node then fails with "Address already in
+    use". A port below that range can only be taken by another listener."""
+    low = _ephemeral_low()
+    if low is not None and low > 4096:
+        pick = _PORTS.randrange
+        for _ in range(64):
+            port = pick(max(1024, low - 16384), low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+_PORTS = random.Random(os.urandom(16))
+
+
+def _ephemeral_low() -> Optional[int]:
+    """The first port of the kernel's ephemeral range (Linux), or None if unknown."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
