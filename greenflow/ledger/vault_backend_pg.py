@@ -103,10 +103,12 @@ class _SharedIndexes(VaultIndexes):
         self.vault._seq_left -= 1
         super().index_state(batch, sar, key, recorded_us)
 
-    def known_types(self) -> set[str]:
-        """Also the types another worker recorded first (the party's type table)."""
+    def known_types(self, wanted: str = "") -> set[str]:
+        """Also the types another worker recorded first (the party's type table), read
+        only when ``wanted`` is not known here yet: not a round trip per query."""
         with self.vault._lock:
-            self.types.update(self.index.type_ids())
+            if wanted and wanted not in self.types and "greenflow." + wanted not in self.types:
+                self.types.update(self.index.type_ids())
             return set(self.types)
 
 

@@ -29,9 +29,10 @@ class VaultIndexes:
         self.type_keys: dict[type, tuple] = {}  # class -> (type id, index prefix, linear)
         self.next_seq = self.index.next_seq()
 
-    def known_types(self) -> set[str]:
+    def known_types(self, wanted: str = "") -> set[str]:
         """The names (``module:Class``) of the state types the vault has states of: the
-        only ones a remote query may name (`vault_query.query_params`)."""
+        only ones a remote query may name (`vault_query.query_params`); ``wanted``, the
+        name the query asks for (a shared vault looks further when it is not known)."""
         with self.vault._lock:
             return set(self.types)
 

@@ -94,7 +94,7 @@ def _parse_params(vault: Any, params: dict) -> tuple[QueryCriteria, PageSpecific
         text = params.get(name)
         return [x for x in str(text).split(",") if x] or None if text else None
 
-    known = sorted(vault._indexes.known_types())
+    known = sorted(vault._indexes.known_types(str(params.get("type") or "")))
     criteria = QueryCriteria(state_class(params.get("type", ""), known, import_modules=False),
                              _status(params.get("status") or "unconsumed"),
                              linear_ids=listed("linear_id"), external_ids=listed("external_id"))
