@@ -655,3 +655,20 @@ def test_a_sender_learns_at_send_that_a_peer_would_refuse_its_set() -> None:
     with pytest.raises(NotSerializable, match="share one hash value"):
         encode(set(members))
     assert roundtrip(set(members[:-1])) == set(members[:-1])
+
+
+def test_a_big_map_after_small_ones_is_checked_and_decoded_whole() -> None:
+    # Maps of up to MAX_SAME_HASH keys are built by msgpack itself; the first bigger one
+    # sends the whole payload through the checking decode, tagged values before it too.
+    from greenflow.wire import MAX_SAME_HASH
+    small = {k: i for i, k in enumerate(_colliding_ints(MAX_SAME_HASH))}
+    value = [(1, 2), Point(1, 2), small, {frozenset({3})}, ((1, {i: str(i) for i in range(100)}),), (3,)]
+    assert roundtrip(value) == value
+    assert roundtrip([small] * 3) == [small] * 3
+    three = encode([(1, 2), Point(1, 2), small])       # a list of three, re-headed as
+    header = msgpack.packb([0, 0, 0, 0])[:1]           # a list of four: a flood the fourth
+    data = header + three[1:] + _as_map_payload(_colliding_ints(MAX_SAME_HASH + 1))
+    assert decode(header + three[1:] + _as_map_payload(list(range(20))))[3] == dict.fromkeys(range(20), 0)
+    with pytest.raises(WireFormatError, match="share one hash value"):
+        decode(data)
+    assert decode(encode((5, 6))) == (5, 6)   # no marker count left over from either

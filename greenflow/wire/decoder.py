@@ -201,6 +201,14 @@ def _hooks(counted: bool, timestamps: bool) -> dict:
 
 
 _HOOKS = {(c, t): _hooks(c, t) for c in (False, True) for t in (False, True)}
+# The common case, a payload whose maps all have at most MAX_SAME_HASH keys (every
+# registered dataclass in the ledger): msgpack builds those maps itself, with no
+# `_pairs` call per map (a fifth of a transaction's decode). Building a map that small
+# is linear whatever its keys hash to, so nothing needs checking; a bigger map stops
+# the decode with msgpack's "exceeds max_map_len" and the payload is decoded again
+# through `_pairs`.
+_SMALL_MAPS = {"strict_map_key": False, "ext_hook": _ext, "list_hook": _array,
+               "max_map_len": MAX_SAME_HASH}
 
 
 def decode(data: bytes) -> Any:
@@ -220,7 +228,16 @@ def decode(data: bytes) -> Any:
         if counted:
             _decoding.budget = MAX_CONTAINERS
         timestamps = 0xFF in data and _holds_timestamp_header(data)
-        value = _unpackb(data, **_HOOKS[counted, timestamps])
+        if not (counted or timestamps):
+            try:
+                value = _unpackb(data, **_SMALL_MAPS)
+            except ValueError as exc:
+                if "max_map_len" not in str(exc):
+                    raise
+                _decoding.open = before   # the abandoned decode's markers do not count
+                value = _unpackb(data, **_HOOKS[False, False])
+        else:
+            value = _unpackb(data, **_HOOKS[counted, timestamps])
         if timestamps:
             _refuse_timestamps((value,))
         if _decoding.open != before:
