@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import NEW, Checkpoint, SessionState
 from greenflow.errors import FlowError
+from greenflow.flows.progress import ProgressTracker
 from greenflow.runtime.journal import Entry, Kind
 from greenflow.messages import Frame
 from greenflow.party import Party
@@ -272,16 +273,25 @@ class FlowRuntime(Conversation, RecordedValues):
         return self._logger
 
     def on_progress(self, tracker: Any) -> None:
+        # Called at every step a tracker takes and every sub-flow's end (~50 times per
+        # trade): the path is read off the trackers' fields directly, with no property
+        # calls or list of the stack.
         labels = []
-        for f in self.flow_stack():
+        t = self.logic.__dict__.get("_gf_tracker")
+        if t is not None and t._current is not _UNSTARTED:
+            labels.append(t._current.label)
+        for f in self.subflows:
             t = f.__dict__.get("_gf_tracker")
-            if t is not None and t.label is not None:
-                labels.append(t.label)
+            if t is not None and t._current is not _UNSTARTED:
+                labels.append(t._current.label)
         step = " / ".join(labels) if labels else None
         if step != self.cp.progress_step:
             self.cp.progress_step = step
             if not self.replaying:
                 self.sched.progress_changed(self, step)
+
+
+_UNSTARTED = ProgressTracker.UNSTARTED
 
 
 class _FlowLogger(logging.LoggerAdapter):

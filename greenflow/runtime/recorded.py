@@ -81,6 +81,9 @@ def _callable_name(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
+_ATOMS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def _call_checked(fn: Callable, args: tuple) -> tuple:
     try:
         value = fn(*args)
@@ -88,6 +91,8 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
         out: tuple = (Outcome.EXC, exc)
     else:
         out = (Outcome.OK, value)
+        if type(value) in _ATOMS:   # pickles whatever it is: no trial pickle (most calls)
+            return out
     try:
         serialization.dumps(out)
     except Exception as exc:
