@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 
 from greenflow.errors import NotSerializable
+from greenflow.party import Party
 from greenflow.wire.bounds import MAX_WALK_DEPTH, MAX_WIRE_BYTES
 from greenflow.wire.format import (_FROZENSET, _INT_MAX, _INT_MIN, _MARK_BYTES, _OBJECT, _SET,
                                    _TUPLE, _array_header, _map_header, _pack, _refusal)
@@ -165,6 +166,8 @@ def _fast(obj: Any, depth: int) -> bytes:
     if t is list:
         depth += 1
         return _array_header(len(obj)) + b"".join([_fast(item, depth) for item in obj])
+    if t is Party:
+        return _party(obj)
     strategy = _BY_CLASS.get(t)
     order = getattr(strategy, "canon_order", None) if strategy is not None else None
     if order is None:
@@ -178,6 +181,23 @@ def _fast(obj: Any, depth: int) -> bytes:
 
 
 _TUPLE_MARK = _MARK_BYTES[_TUPLE]
+
+# The same few parties appear in every transaction a node hashes (issuers, owners, the
+# notary: a trade's transaction holds six), so their bytes are kept, by value.
+_PARTIES: dict[tuple, bytes] = {}
+
+
+def _party(p: Party) -> bytes:
+    name, key = p.name, p.owning_key
+    if type(name) is not str or type(key) is not bytes:
+        return _canon(p, 0, set())
+    k = (name, key)
+    data = _PARTIES.get(k)
+    if data is None:
+        if len(_PARTIES) >= 4096:
+            _PARTIES.clear()
+        data = _PARTIES[k] = _canon(p, 0, set())
+    return data
 
 
 def _canonical(obj: Any) -> bytes:
