@@ -2,7 +2,6 @@
 registered classes, bounded in time and memory whatever the input."""
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -100,54 +99,78 @@ _TAGS = {
 }
 
 
-# How many markers this thread's decodes have met minus how many opened a tagged array.
-# A marker anywhere but first in an array (msgpack alone would let it through as a stray
-# object) leaves the count higher after a decode than before it. A thread-local count
-# costs less than a state object per call, and a decode never switches threads midway.
-_decoding = threading.local()
+def _hooks(counted: bool, timestamps: bool, small_maps: bool = True) -> tuple[dict, list[int]]:
+    """msgpack's hooks for one decode, and the count they keep: markers met minus markers
+    that opened a tagged array. A marker anywhere but first in an array (msgpack alone
+    would let it through as a stray object) leaves the count above zero. The count lives
+    in the hooks' own closure, made per decode: a thread-local count (decodes run on
+    several threads) cost a quarter of a transaction's decode.
 
+    Payloads whose maps all have at most MAX_SAME_HASH keys (every registered dataclass
+    in the ledger: the common case) leave the maps to msgpack, with no `_pairs` call per
+    map: building a map that small is linear whatever its keys hash to. A bigger map stops
+    that decode with msgpack's "exceeds max_map_len", and `decode` runs the payload again
+    without ``small_maps``: every map is then built by `_pairs`, which checks its keys."""
+    opened = [0]
 
-def _count_markers() -> int:
-    try:
-        return _decoding.open
-    except AttributeError:
-        _decoding.open = 0
-        return 0
+    def ext(code: int, data: bytes) -> _Tag:
+        tag = _TAGS.get(code)
+        if tag is None or data:
+            raise WireFormatError(f"unknown type code {code}")
+        opened[0] += 1
+        return tag
 
+    def array(items: list) -> Any:
+        if items and type(items[0]) is _Tag:
+            opened[0] -= 1
+            tag = items[0]
+            if tag is _OBJECT_TAG and len(items) == 3:
+                # A registered dataclass sent as exactly its fields (most of what a
+                # transaction is made of): `_DataclassWire.decode`'s own fast path, one
+                # call sooner.
+                strategy = _OBJECTS.get(items[1])
+                if type(strategy) is _DataclassWire and strategy.plain:
+                    fields = items[2]
+                    if type(fields) is dict and fields.keys() == strategy.known:
+                        obj = strategy.cls.__new__(strategy.cls)
+                        _set_dict(obj, "__dict__", fields)
+                        return obj
+            return tag.decode(items)
+        return items
 
-def _ext(code: int, data: bytes) -> _Tag:
-    tag = _TAGS.get(code)
-    if tag is None or data:
-        raise WireFormatError(f"unknown type code {code}")
-    _decoding.open += 1
-    return tag
+    if small_maps and not (counted or timestamps):
+        return {"strict_map_key": False, "ext_hook": ext, "list_hook": array,
+                "max_map_len": MAX_SAME_HASH}, opened
+    pairs: Callable[[list], dict] = _pairs
+    if timestamps:
+        array, pairs = _array_refusing_timestamps(array), _map_refusing_timestamps
+    budget = [MAX_CONTAINERS]
 
+    def bounded(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """``hook``, refusing the payload once it has built `MAX_CONTAINERS` containers."""
+        def count(value: Any) -> Any:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise WireFormatError(f"payload decodes into more than {MAX_CONTAINERS:,} lists, "
+                                      "tuples, sets and maps: refused")
+            return hook(value)
+        return count
 
-def _array(items: list) -> Any:
-    if items and type(items[0]) is _Tag:
-        _decoding.open -= 1
-        tag = items[0]
-        if tag is _OBJECT_TAG and len(items) == 3:
-            # A registered dataclass sent as exactly its fields (most of what a transaction
-            # is made of): `_DataclassWire.decode`'s own fast path, one call sooner.
-            strategy = _OBJECTS.get(items[1])
-            if type(strategy) is _DataclassWire and strategy.plain:
-                fields = items[2]
-                if type(fields) is dict and fields.keys() == strategy.known:
-                    obj = strategy.cls.__new__(strategy.cls)
-                    _set_dict(obj, "__dict__", fields)
-                    return obj
-        return tag.decode(items)
-    return items
+    if counted:
+        array, pairs = bounded(array), bounded(pairs)
+    return {"strict_map_key": False, "ext_hook": ext, "list_hook": array,
+            "object_pairs_hook": pairs}, opened
 
 
 _OBJECT_TAG = _TAGS[_OBJECT]
 _set_dict = object.__setattr__  # bypasses a frozen dataclass's refusal, as the strategy does
 
 
-def _array_refusing_timestamps(items: list) -> Any:
-    _refuse_timestamps(items)
-    return _array(items)
+def _array_refusing_timestamps(hook: Callable[[list], Any]) -> Callable[[list], Any]:
+    def refusing(items: list) -> Any:
+        _refuse_timestamps(items)
+        return hook(items)
+    return refusing
 
 
 def _map_refusing_timestamps(pairs: list) -> dict:
@@ -179,38 +202,6 @@ def _holds_timestamp_header(data: bytes) -> bool:
     return b"\xd6\xff" in data or b"\xd7\xff" in data or b"\xc7\x0c\xff" in data
 _unpackb = msgpack.unpackb
 
-def _counted(hook: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``hook``, refusing the payload once it has built `MAX_CONTAINERS` containers. Only
-    payloads that might hold that many are decoded through these (see `decode`)."""
-    def counted(value: Any) -> Any:
-        left = _decoding.budget - 1
-        if left < 0:
-            raise WireFormatError(f"payload decodes into more than {MAX_CONTAINERS:,} lists, tuples, "
-                                  "sets and maps: refused")
-        _decoding.budget = left
-        return hook(value)
-    return counted
-
-
-def _hooks(counted: bool, timestamps: bool) -> dict:
-    array, pairs = ((_array_refusing_timestamps, _map_refusing_timestamps) if timestamps
-                    else (_array, _pairs))
-    if counted:
-        array, pairs = _counted(array), _counted(pairs)
-    return {"strict_map_key": False, "ext_hook": _ext, "list_hook": array, "object_pairs_hook": pairs}
-
-
-_HOOKS = {(c, t): _hooks(c, t) for c in (False, True) for t in (False, True)}
-# The common case, a payload whose maps all have at most MAX_SAME_HASH keys (every
-# registered dataclass in the ledger): msgpack builds those maps itself, with no
-# `_pairs` call per map (a fifth of a transaction's decode). Building a map that small
-# is linear whatever its keys hash to, so nothing needs checking; a bigger map stops
-# the decode with msgpack's "exceeds max_map_len" and the payload is decoded again
-# through `_pairs`.
-_SMALL_MAPS = {"strict_map_key": False, "ext_hook": _ext, "list_hook": _array,
-               "max_map_len": MAX_SAME_HASH}
-
-
 def decode(data: bytes) -> Any:
     """The value ``encode`` turned into ``data``. Any malformed input, whatever is wrong
     with it, raises `WireFormatError` and nothing else: these bytes came from outside."""
@@ -223,24 +214,19 @@ def decode(data: bytes) -> Any:
             raise WireFormatError(f"payload is {len(data):,} bytes; the wire takes at most {MAX_WIRE_BYTES:,}")
         if data and _SCALAR_FIRST[data[0]]:
             return _unpackb(data)
-        before = _count_markers()
         counted = len(data) > MAX_CONTAINERS and _might_exceed_containers(data)
-        if counted:
-            _decoding.budget = MAX_CONTAINERS
         timestamps = 0xFF in data and _holds_timestamp_header(data)
-        if not (counted or timestamps):
-            try:
-                value = _unpackb(data, **_SMALL_MAPS)
-            except ValueError as exc:
-                if "max_map_len" not in str(exc):
-                    raise
-                _decoding.open = before   # the abandoned decode's markers do not count
-                value = _unpackb(data, **_HOOKS[False, False])
-        else:
-            value = _unpackb(data, **_HOOKS[counted, timestamps])
+        hooks, opened = _hooks(counted, timestamps)
+        try:
+            value = _unpackb(data, **hooks)
+        except ValueError as exc:
+            if "max_map_len" not in str(exc) or "max_map_len" not in hooks:
+                raise
+            hooks, opened = _hooks(False, False, small_maps=False)   # a map too big for it
+            value = _unpackb(data, **hooks)
         if timestamps:
             _refuse_timestamps((value,))
-        if _decoding.open != before:
+        if opened[0]:
             raise WireFormatError("a type marker outside the head of its array")
         return value
     except WireFormatError:
