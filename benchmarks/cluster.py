@@ -13,7 +13,9 @@ loop driven over RPC, as the ``processes`` suite does:
 The three configurations run in three rounds, each round in another order (the load of
 a shared machine drifts during a run; a single pass measured 2 workers at 0.8x-1.95x one
 worker between runs): each figure is the configuration's median round, each ratio the
-median of the rounds' ratios, and every round's figure is kept in the JSON.
+median of the rounds' ratios, and every round's figure is kept in the JSON. Before each
+measured window PostgreSQL is settled (``VACUUM``, ``CHECKPOINT``): otherwise a window
+pays for the dead rows and dirty pages of the one before it.
 
 For each: flows/s, latency, and CPU per flow (user + system time of the node or worker
 processes, and of every PostgreSQL server process, over the measured window), the cores
@@ -114,6 +116,19 @@ def _pg_counters(url: Optional[str]) -> Optional[tuple[int, int]]:
     return int(wal), int(xacts or 0)
 
 
+def settle_postgres(url: str) -> None:
+    """Clean up what earlier measurements left the server to do before the next one
+    starts: their dead rows (hundreds of thousands of flows' inserts and deletes, which
+    autovacuum would otherwise work through during the next window, on its cores and
+    on its PostgreSQL CPU figure) and their dirty pages (a checkpoint). Measured without
+    this, PostgreSQL's CPU per ping-pong flow of the same configuration ranged 60-120 us
+    with the configuration run before it."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("VACUUM")
+        c.execute("CHECKPOINT")
+
+
 def closed_loop(clients: list[Any], concurrency: int, budget: float,
                 cpu_pids: Any, pg_url: Optional[str] = None, flow: str = PING,
                 args: Optional[dict] = None, limit: Optional[int] = None) -> dict:
@@ -125,6 +140,7 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     args = PING_ARGS if args is None else args
     per = max(1, concurrency // len(clients))
     results: list[dict] = [{} for _ in clients]
+    lost: list[Optional[str]] = [None for _ in clients]   # why a client's ends stopped coming
     ends = [_Ends(c) for c in clients]
     left = [limit // len(clients) if limit else None for _ in clients]
     for i, c in enumerate(clients):   # warm-up: a few flows through each
@@ -165,6 +181,9 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
                 fid, te = e.q.get(timeout=60)
             except Exception:
                 break
+            if e.lost is not None:
+                lost[i] = e.lost
+                break
             done = [(fid, te)]
             while True:
                 try:
@@ -202,6 +221,9 @@ def closed_loop(clients: list[Any], concurrency: int, budget: float,
     m1 = _machine_ticks()
     time.sleep(0.6)   # statistics reach pg_stat_database within ~0.5 s
     pg1 = _pg_counters(pg_url)
+    for why in lost:
+        if why is not None:
+            raise RuntimeError(f"{why}; measure with a lower concurrency")
     by_group = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
     flows = sum(r.get("flows", 0) for r in results)
     seconds = max((r.get("seconds", 0) for r in results), default=0) or (w1 - w0)
@@ -337,9 +359,11 @@ def run(ctx: Any) -> SuiteResult:
                 alice = net.client("Alice", timeout=120)
                 try:
                     if not trades_only:
+                        settle_postgres(pg.url)
                         samples["lmdb"].append(closed_loop([alice], conc, budget,
                                                            lambda: {"node": [node]}))
                     prepare_trades(alice, bank, bob, papers)
+                    settle_postgres(pg.url)
                     samples["lmdb_trades"].append(closed_loop(
                         [alice], tconc, budget, lambda: {"node": [node]}, flow=SELL,
                         args=trade_args, limit=papers))
@@ -357,9 +381,11 @@ def run(ctx: Any) -> SuiteResult:
                     pids = lambda: {"workers": [p.pid for p in cl.procs.values()],  # noqa: E731
                                     "postgres": _pg_pids(pg)}
                     if not trades_only:
+                        settle_postgres(pg.url)
                         samples[f"cluster_{n}"].append(closed_loop(clients, conc, budget,
                                                                    pids, pg.url))
                     prepare_trades(clients[0], bank, bob, papers)
+                    settle_postgres(pg.url)
                     samples[f"cluster_{n}_trades"].append(closed_loop(
                         clients, tconc, budget, pids, pg.url, flow=SELL, args=trade_args,
                         limit=papers))

@@ -42,6 +42,9 @@ class _Ends:
         self.q: "queue.SimpleQueue[tuple[str, float]]" = queue.SimpleQueue()
         self.ready = threading.Event()
         self.client = client
+        # Why the stream ended before the measurement did (the node dropped it: this
+        # reader fell more than the node's stream_buffer events behind), or None.
+        self.lost: Optional[str] = None
         threading.Thread(target=self._run, daemon=True).start()
         if not self.ready.wait(30):
             raise TimeoutError("no progress stream from Alice")
@@ -54,8 +57,19 @@ class _Ends:
                     self.ready.set()
                 elif event == "end":
                     self.q.put((data["flow_id"], clock()))
+                elif event == "dropped":
+                    self.lost = f"the node dropped the benchmark's progress stream: {data.get('reason')}"
+                    self.q.put(("", clock()))   # wakes the loop waiting for ends
+                    return
         except Exception:  # noqa: BLE001 - the network is closing
             pass
+
+    def check(self) -> None:
+        """Raise if ends can no longer arrive: a measurement would stall, then report a
+        rate of the flows that ended before (at high concurrency the reader, a Python
+        thread, can fall behind the node's stream buffer)."""
+        if self.lost is not None:
+            raise RuntimeError(f"{self.lost}; measure with a lower concurrency")
 
     def drain(self) -> None:
         while True:
@@ -88,6 +102,7 @@ def measure_flows(alice: Any, ends: _Ends, concurrency: int, budget: float,
     last: Optional[str] = None
     while started:
         fid, te = ends.q.get(timeout=120)
+        ends.check()
         done = [(fid, te)]
         while True:
             try:
