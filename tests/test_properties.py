@@ -1,6 +1,6 @@
 """Property tests: random flow programs under random power cuts give the same results
-as without them, every side effect runs once, and the wire decoders never raise
-anything but their own clear error."""
+as without them, every side effect runs once, the wire decoders never raise anything
+but their own clear error, and any value the wire can carry comes back equal."""
 from __future__ import annotations
 
 import os
@@ -82,5 +82,41 @@ def test_the_frame_decoder_rejects_well_formed_msgpack_of_the_wrong_shape(fields
     import msgpack
     try:
         decode_frame(msgpack.packb(fields, use_bin_type=True))
+    except WireFormatError:
+        pass
+
+
+# Values the wire carries, nested: maps of up to 8 keys are built by msgpack itself, bigger
+# ones (anywhere, also inside tuples and sets) send a payload through the decode that
+# checks every map, so both paths and the switch between them are drawn.
+_atoms = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
+                   st.text(max_size=8), st.binary(max_size=8))
+_hashable = st.recursive(_atoms, lambda inner: st.one_of(st.tuples(inner, inner),
+                                                         st.frozensets(inner, max_size=4)),
+                         max_leaves=6)
+wire_values = st.recursive(
+    _atoms,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=5),
+        st.tuples(inner, inner),
+        st.dictionaries(_hashable, inner, max_size=12),
+        st.sets(_hashable, max_size=10),
+    ),
+    max_leaves=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(wire_values)
+def test_whatever_the_wire_carries_comes_back_equal(value):
+    from greenflow.wire import decode, encode
+    assert decode(encode(value)) == value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_the_payload_decoder_raises_only_its_own_error_on_arbitrary_bytes(data):
+    from greenflow.wire import decode
+    try:
+        decode(data)
     except WireFormatError:
         pass
