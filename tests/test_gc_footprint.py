@@ -16,6 +16,8 @@ from flowlib import ReceiveFirst
 from netutil import pair
 
 from greenflow.errors import WireFormatError
+from greenflow.flows.context import current_runtime_or_none
+from greenflow.flows.flow_logic import FlowLogic
 from greenflow.messages import (CONFIRM, DATA, END, ERROR, INIT, REJECT, Frame, decode_frame,
                                 encode_frame)
 from greenflow.party import Party
@@ -115,3 +117,47 @@ def test_tracked_objects_per_waiting_flow_are_few(net):
     assert per_flow <= 12.5, per_flow   # 13 before the switch stopped holding its argument
     net.run_network()
     assert all(h.result() == "hello from Bob" for h in handles)
+
+
+class MakesGarbage(FlowLogic):
+    """Allocates thousands of containers in reference cycles while it runs."""
+
+    def call(self) -> int:
+        made = 0
+        for _ in range(5_000):
+            a: list = []
+            a.append(a)
+            made += 1
+        return made
+
+
+def test_the_collector_runs_between_rounds_not_inside_them(net):
+    node = net.create_node("Alice")
+    seen: list[bool] = []   # per collection: did it start while a flow ran?
+
+    def watch(phase: str, info: dict) -> None:
+        if phase == "start":
+            seen.append(current_runtime_or_none() is not None)
+
+    before = gc.get_threshold()
+    gc.set_threshold(100, 10, 10)   # without the deferral a collection every 100 lists
+    gc.callbacks.append(watch)
+    try:
+        handle = node.start_flow(MakesGarbage())
+        net.run_network()
+        assert handle.result() == 5_000
+        assert gc.isenabled()
+        assert not any(seen), f"{sum(seen)} collections started inside the flow's round"
+        garbage = [[] for _ in range(1_000)]   # after the round the collector runs again
+        assert seen, "no collection after the round"
+        del garbage
+        gc.disable()                 # a process that turned the collector off keeps it off
+        try:
+            node.start_flow(MakesGarbage())
+            net.run_network()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*before)
