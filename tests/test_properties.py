@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import programflows
-from greenflow import FlowStatus, WireFormatError
+from greenflow import FlowStatus, WireFormatError, wire
 from greenflow.messages import decode_frame
 from greenflow.testing import MockNetwork
 
@@ -65,11 +66,12 @@ def test_random_programs_survive_random_power_cuts(tmp_path_factory, n_peers, st
         net.close()
 
 
+@pytest.mark.parametrize("decoder", [decode_frame, wire.decode], ids=["frames", "payloads"])
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
-def test_the_frame_decoder_raises_only_its_own_error_on_arbitrary_bytes(data):
+def test_the_decoders_raise_only_their_own_error_on_arbitrary_bytes(decoder, data):
     try:
-        decode_frame(data)
+        decoder(data)
     except WireFormatError:
         pass
 
@@ -108,15 +110,4 @@ wire_values = st.recursive(
 @settings(max_examples=200, deadline=None)
 @given(wire_values)
 def test_whatever_the_wire_carries_comes_back_equal(value):
-    from greenflow.wire import decode, encode
-    assert decode(encode(value)) == value
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=300))
-def test_the_payload_decoder_raises_only_its_own_error_on_arbitrary_bytes(data):
-    from greenflow.wire import decode
-    try:
-        decode(data)
-    except WireFormatError:
-        pass
+    assert wire.decode(wire.encode(value)) == value
