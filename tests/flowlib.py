@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from greenflow import (FlowError, FlowException, FlowLogic, FlowSession, FlowTimeout, Party,
                        ProgressTracker, Step, UnexpectedFlowEnd, initiated_by, initiating_flow,
@@ -292,6 +292,24 @@ class TrackedChild(FlowLogic):
     def call(self) -> None:
         self.progress_tracker.current_step = CHILD_WAITING
         self.initiate_flow(self.peer).send_and_receive(int, self.delay)
+
+
+class ShoutingTracker(ProgressTracker):
+    """Words its own labels: the runtime must ask it for them, not read its fields."""
+
+    @property
+    def label(self) -> Optional[str]:
+        base = super().label
+        return None if base is None else base.upper()
+
+
+class Shouting(FlowLogic):
+    progress_tracker = ShoutingTracker(ASKING)
+
+    def call(self) -> str:
+        self.progress_tracker.current_step = ASKING
+        self.sleep(10)
+        return "done"
 
 
 class DelayedEcho(FlowLogic):

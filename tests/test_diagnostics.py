@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from flowlib import Awkward, ExecSuspended, Inspected, Sleeper, Tracked
+from flowlib import Awkward, ExecSuspended, Inspected, Shouting, Sleeper, Tracked
 from netutil import pair, run
 
 from greenflow import FlowStatus
@@ -129,6 +129,16 @@ def test_a_dump_shows_a_sub_flows_frames_under_its_parents(net):
     entry = dump_of(alice, "Tracked")
     assert [f["function"] for f in entry["frames"]] == ["Tracked.call", "TrackedChild.call"]
     assert entry["progress_step"] == "Delegating / Child waiting"
+
+
+def test_a_tracker_subclass_words_its_own_progress_step(net):
+    alice = net.create_node("Alice")
+    handle = alice.start_flow(Shouting())
+    net.run_network()
+    assert alice.flow_info(handle.id).progress_step == "ASKING"
+    net.advance_clock(10)
+    net.run_network()
+    assert handle.result() == "done"
 
 
 def test_a_dump_bounds_large_locals_survives_bad_reprs_and_redacts_private_keys(net):

@@ -274,16 +274,18 @@ class FlowRuntime(Conversation, RecordedValues):
 
     def on_progress(self, tracker: Any) -> None:
         # Called at every step a tracker takes and every sub-flow's end (~50 times per
-        # trade): the path is read off the trackers' fields directly, with no property
-        # calls or list of the stack.
+        # trade): a plain tracker's label is read off its field, with no property call
+        # or list of the stack (a subclass may define `label` its own way).
         labels = []
-        t = self.logic.__dict__.get("_gf_tracker")
-        if t is not None and t._current is not _UNSTARTED:
-            labels.append(t._current.label)
-        for f in self.subflows:
+        for f in (self.logic, *self.subflows):
             t = f.__dict__.get("_gf_tracker")
-            if t is not None and t._current is not _UNSTARTED:
-                labels.append(t._current.label)
+            if t is None:
+                continue
+            if type(t) is ProgressTracker:
+                if t._current is not _UNSTARTED:
+                    labels.append(t._current.label)
+            elif t.label is not None:
+                labels.append(t.label)
         step = " / ".join(labels) if labels else None
         if step != self.cp.progress_step:
             self.cp.progress_step = step
