@@ -16,6 +16,10 @@ from typing import Any, Callable
 
 import dill
 
+#: The types whose values every encoder here writes as they are (pickle, msgpack, the
+#: typed records): a value of one of these needs no trial encoding and no fallback.
+ATOMS = frozenset({str, int, bytes, float, bool, type(None)})
+
 _PICKLE = b"P"
 _DILL = b"D"
 

@@ -81,7 +81,7 @@ def _callable_name(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
-_ATOMS = frozenset({type(None), bool, int, float, str, bytes})
+_ATOMS = serialization.ATOMS
 
 
 def _call_checked(fn: Callable, args: tuple) -> tuple:

@@ -333,7 +333,7 @@ HEADER_TAG = b"H"   # version 1: msgpack array of the fields, in `Checkpoint` fi
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
 _astuple = msgspec.structs.astuple
-_ATOMS = frozenset({str, int, bytes, float, bool, type(None)})
+_ATOMS = serialization.ATOMS
 _PEER_INFO = 10     # index of peer_info in a stored session row (sid, name, key, ...)
 _PENDING = _FIELDS.index("pending")
 
