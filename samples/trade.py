@@ -3,8 +3,9 @@
 `greenflow run sample.trade` builds an in-process network (a notary, a bank that issues
 cash, a seller and a buyer), issues 1,500 GBP of cash to the buyer and a commercial paper
 of face value 1,000 GBP to the seller, then runs one trade at 1,000 GBP and shows both
-sides' progress as it happens. The seller offers the paper and the price; the buyer
-checks the paper's history back to its issuance, checks the price against its limit,
+sides' progress as it happens. The seller offers the paper and the price, with the
+paper's history (the buyer never held it, so it is sent unasked); the buyer checks that
+history back to its issuance, checks the price against its limit,
 builds one transaction with its cash in and the paper out, signs it and collects the
 seller's signature (the seller checks it is paid); the notary rules out a double spend
 and both vaults record the same transaction, or neither does. Ends with the transaction
@@ -237,7 +238,14 @@ class IssuePaperFlow(FlowLogic):
 
 
 # ============================================================================ the trade
-@initiating_flow
+#: The change that sends the buyer the paper's issuance with the offer, unasked (the
+#: buyer lacks it: it never held this paper), saving the round trip of its request.
+#: Sellers and buyers of version 1, and flows checkpointed before the change, keep
+#: the request.
+HISTORY_PUSHED = "trade-pushes-paper-history"
+
+
+@initiating_flow(version=2)
 @startable
 class SellerFlow(FlowLogic):
     """Sell ``asset`` (a paper this node owns) to ``buyer`` for ``price``. Returns the
@@ -261,7 +269,8 @@ class SellerFlow(FlowLogic):
         session = self.initiate_flow(self.buyer)
         session.send(TradeOffer(asset, self.price, self.currency, self.our_identity))
         self.progress_tracker.current_step = self.SHOWING_HISTORY
-        self.sub_flow(DataVendingFlow(session, [asset.ref.tx_id]))
+        self.sub_flow(DataVendingFlow(session, [asset.ref.tx_id],
+                                      push=self.versioned(HISTORY_PUSHED)))
         self.progress_tracker.current_step = self.SIGNING
         signed = self.sub_flow(self.payment_check(session))
         self.progress_tracker.current_step = self.RECORDING
@@ -332,7 +341,9 @@ class BuyerFlow(FlowLogic):
         asset = offer.asset
 
         self.progress_tracker.current_step = self.VERIFYING
-        self.sub_flow(ResolveTransactionsFlow(session, [asset.ref.tx_id]))
+        pushed = (self.versioned(HISTORY_PUSHED)
+                  and session.counterparty_flow_info().flow_version >= 2)
+        self.sub_flow(ResolveTransactionsFlow(session, [asset.ref.tx_id], pushed=pushed))
         check_states_match(services.vault, [asset], seller)
 
         self.progress_tracker.current_step = self.CHECKING_PRICE

@@ -161,3 +161,41 @@ class ShortChangedFlow(FlowLogic):
     def call(self) -> SignedTransaction:
         from greenflow.ledger.flows import ReceiveTransactionFlow
         return self.sub_flow(ReceiveTransactionFlow(self.session))
+
+
+@initiating_flow
+class PushHistoryFlow(FlowLogic):
+    """Sends ``stx`` and pushes its direct history unasked (``DataVendingFlow(...,
+    push=True)``); with ``extra``, pushes that instead and says it was all."""
+
+    def __init__(self, peer: Party, stx: SignedTransaction,
+                 extra: SignedTransaction | None = None) -> None:
+        self.peer, self.stx, self.extra = peer, stx, extra
+
+    def call(self) -> None:
+        from greenflow.ledger.flows import DataVendingFlow, FetchedTransactions
+        from greenflow.ledger.flows.resolve import dependencies
+        session = self.initiate_flow(self.peer)
+        session.send(self.stx)
+        if self.extra is not None:
+            session.send(FetchedTransactions((self.extra,), (), True))
+            return
+        self.sub_flow(DataVendingFlow(session, dependencies(self.stx), push=True))
+
+
+@initiated_by(PushHistoryFlow)
+class ReceivePushedFlow(FlowLogic):
+    """Resolves the history of what it receives, expecting it pushed; returns the ids
+    it took, oldest first."""
+
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> list:
+        from greenflow.ledger.flows import ResolveTransactionsFlow
+        from greenflow.ledger.flows.resolve import dependencies
+        stx = self.session.receive(SignedTransaction)
+        stx.check_shape()
+        fetched = self.sub_flow(ResolveTransactionsFlow(self.session, dependencies(stx),
+                                                        pushed=True))
+        return [t.id for t in fetched]

@@ -196,6 +196,43 @@ def test_a_deep_history_is_verified_back_to_issuance(tn):
     assert tn.seller.services.vault.has_transaction(stx.id)
 
 
+def _moved_twice(tn: TradeNetwork) -> list:
+    """The buyer's coin: its issuance, then two moves to itself (oldest first)."""
+    buyer = tn.buyer.party
+    [coin] = tn.buyer.services.vault.query(Cash)
+    chain = [tn.buyer.services.vault.transaction(coin.ref.tx_id)]
+    for i in range(2):
+        [coin] = tn.buyer.services.vault.query(Cash)
+        builder = TransactionBuilder(tn.notary.party, salt=bytes([i]) * 32)
+        builder.add_input_state(coin).add_output_state(coin.state).add_command(CashMove(), buyer)
+        chain.append(run(tn, tn.buyer, ledgerflows.FinaliseFlow(
+            sign(tn.buyer, builder.to_wire_transaction()), [])).result())
+    return chain
+
+
+def test_a_pushed_history_is_taken_unasked_and_what_it_depends_on_is_fetched(tn):
+    prepare_trades(tn, 1)
+    issuance, move1, move2 = _moved_twice(tn)
+    handle = tn.buyer.start_flow(ledgerflows.PushHistoryFlow(tn.seller.party, move2))
+    # the transaction, move1 pushed with it, one request for the issuance, its answer
+    assert tn.net.run_network() == 4
+    handle.result()
+    took = finished(tn.seller, ledgerflows.ReceivePushedFlow).result()
+    assert took == [issuance.id, move1.id]   # verified and recorded oldest first
+    assert all(tn.seller.services.vault.has_transaction(t) for t in took)
+    assert not tn.seller.services.vault.has_transaction(move2.id)   # only resolved against
+
+
+def test_a_pushed_transaction_that_was_not_asked_for_is_refused(tn):
+    prepare_trades(tn, 1)
+    issuance, move1, move2 = _moved_twice(tn)
+    run(tn, tn.buyer, ledgerflows.PushHistoryFlow(tn.seller.party, move2, extra=issuance))
+    with pytest.raises(TransactionResolutionError, match=f"{issuance.id}, which was not asked for"):
+        finished(tn.seller, ledgerflows.ReceivePushedFlow).result()
+    assert not tn.seller.services.vault.has_transaction(issuance.id)
+    assert tn.seller.node.checkpoints_dump() == []
+
+
 def test_a_peer_that_stops_serving_history_too_early_is_refused_not_waited_for(tn):
     prepare_trades(tn, 1)
     buyer = tn.buyer.party

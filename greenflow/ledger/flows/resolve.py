@@ -26,6 +26,15 @@ names (``known``) the ids of that history the receiver holds already; once every
 the sender would serve has been sent or is known to the receiver, its answer says
 ``complete`` and both sides stop there, without the `EndOfFetch` (the usual case: one
 level of missing history, one round trip).
+
+Where the sender knows the receiver lacks the transactions it names (a seller showing
+a buyer the paper it offers), both sides may agree to skip the first request: the
+sender runs ``DataVendingFlow(..., push=True)``, which sends those transactions unasked
+as a `FetchedTransactions`, and the receiver runs ``ResolveTransactionsFlow(...,
+pushed=True)``, which takes that message as the answer to the request it did not send.
+The pushed transactions are checked like fetched ones (only those named, each verified
+back to issuance); what they depend on is asked for as usual, and a push that already
+covers everything (``complete``: issuances, for one) saves the round trip.
 """
 from __future__ import annotations
 
@@ -64,22 +73,27 @@ class FetchRefused(FlowException):
 class DataVendingFlow(FlowLogic):
     """Serve the peer's requests for ``tx_ids`` and their history until it is done.
     ``first_request``: a request already received (by a caller that had to look at the
-    peer's answer to learn it wants history, as `NotaryClientFlow` does)."""
+    peer's answer to learn it wants history, as `NotaryClientFlow` does). ``push``: send
+    ``tx_ids`` (up to `MAX_BATCH` of them) first, unasked; the peer must resolve with
+    ``ResolveTransactionsFlow(..., pushed=True)``."""
 
     def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash],
-                 first_request: Optional[Any] = None) -> None:
+                 first_request: Optional[Any] = None, push: bool = False) -> None:
         self.session = session
         self.tx_ids = tuple(dict.fromkeys(tx_ids))
         self.first_request = first_request
+        self.push = push
 
     def call(self) -> None:
         if not self.tx_ids and self.first_request is None:
             return
-        session, vault = self.session, self.services.vault
-        peer = session.counterparty
+        session, peer = self.session, self.session.counterparty
         allowed = set(self.tx_ids)
         covered: set[SecureHash] = set()  # of those: sent, or held by the peer (it says)
         request = self.first_request
+        if self.push and request is None:
+            if self._answer(self.tx_ids[:MAX_BATCH], allowed, covered):
+                return
         while True:
             if request is None:
                 request = session.receive((FetchTransactions, EndOfFetch))
@@ -97,21 +111,28 @@ class DataVendingFlow(FlowLogic):
             # A peer that claims to hold what it does not only stops its own supply; ids
             # outside what it may ask for are not kept (they could only fill memory).
             covered.update(t for t in known if t in allowed)
-            missing = vault.missing_transactions(ids)  # journaled: stays what it was live
-            absent = set(missing)
-            found = []
-            for tx_id in ids:
-                if tx_id in absent:
-                    continue
-                stx = vault.transaction(tx_id)  # recorded: never changes
-                found.append(stx)
-                covered.add(tx_id)
-                allowed.update(dependencies(stx))
-            complete = not missing and allowed <= covered
-            session.send(FetchedTransactions(tuple(found), tuple(missing), complete))
-            if complete:
+            if self._answer(ids, allowed, covered):
                 return
             request = None
+
+    def _answer(self, ids: Sequence[SecureHash], allowed: set[SecureHash],
+                covered: set[SecureHash]) -> bool:
+        """Send the transactions ``ids`` that are here; True when that completes the
+        peer's supply (see `FetchedTransactions.complete`)."""
+        vault = self.services.vault
+        missing = vault.missing_transactions(ids)  # journaled: stays what it was live
+        absent = set(missing)
+        found = []
+        for tx_id in ids:
+            if tx_id in absent:
+                continue
+            stx = vault.transaction(tx_id)  # recorded: never changes
+            found.append(stx)
+            covered.add(tx_id)
+            allowed.update(dependencies(stx))
+        complete = not missing and allowed <= covered
+        self.session.send(FetchedTransactions(tuple(found), tuple(missing), complete))
+        return complete
 
 
 class SendTransactionFlow(FlowLogic):
@@ -141,15 +162,19 @@ class SendStateAndRefFlow(FlowLogic):
 class ResolveTransactionsFlow(FlowLogic):
     """Fetch from the peer every transaction in the history of ``tx_ids`` that is not
     recorded here, verify them all in dependency order and record them (as history:
-    they change no vault balance). Returns the transactions it fetched, oldest first."""
+    they change no vault balance). Returns the transactions it fetched, oldest first.
+    ``pushed``: the peer sends (some of) ``tx_ids`` first, unasked (its
+    ``DataVendingFlow(..., push=True)``), and only the rest is asked for."""
 
     RESOLVING = Step("Fetching missing history")
     VERIFYING = Step("Verifying the history back to issuance")
     progress_tracker = ProgressTracker(RESOLVING, VERIFYING)
 
-    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash]) -> None:
+    def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash],
+                 pushed: bool = False) -> None:
         self.session = session
         self.tx_ids = tuple(dict.fromkeys(tx_ids))
+        self.pushed = pushed
 
     def call(self) -> list[SignedTransaction]:
         if not self.tx_ids:
@@ -161,6 +186,18 @@ class ResolveTransactionsFlow(FlowLogic):
         queue = list(self.tx_ids)
         held: list[SecureHash] = []  # found here since the last request: the peer is told
         peer_done = False
+        if self.pushed:
+            self.progress_tracker.current_step = self.RESOLVING
+            reply = session.receive(FetchedTransactions)
+            peer_done = reply.complete is True
+            pushed = self._check_reply(reply, self.tx_ids, needed_by, partial=True)
+            got = {stx.id for stx in pushed}
+            queue = [t for t in queue if t not in got]
+            new = set(vault.missing_transactions(list(got)))
+            for stx in pushed:
+                if stx.id in new:   # (one held here already needs nothing more)
+                    fetched[stx.id] = stx
+                    queue.extend(self._needs(stx, needed_by))
         while queue:
             batch, queue = queue[:MAX_BATCH], queue[MAX_BATCH:]
             missing = vault.missing_transactions(batch)
@@ -181,10 +218,7 @@ class ResolveTransactionsFlow(FlowLogic):
             peer_done = reply.complete is True
             for stx in self._check_reply(reply, missing, needed_by):
                 fetched[stx.id] = stx
-                for dep in dependencies(stx):
-                    if dep not in needed_by:
-                        needed_by[dep] = stx.id
-                        queue.append(dep)
+                queue.extend(self._needs(stx, needed_by))
             if len(fetched) > MAX_TRANSACTIONS:
                 raise TransactionResolutionError(
                     f"the history {peer.name} sent has more than {MAX_TRANSACTIONS} transactions "
@@ -199,8 +233,22 @@ class ResolveTransactionsFlow(FlowLogic):
         vault.record_transactions(chain, relevant=False)
         return chain
 
-    def _check_reply(self, reply: FetchedTransactions, asked: list[SecureHash],
-                     needed_by: dict[SecureHash, Optional[SecureHash]]) -> tuple[SignedTransaction, ...]:
+    @staticmethod
+    def _needs(stx: SignedTransaction, needed_by: dict[SecureHash, Optional[SecureHash]]
+               ) -> list[SecureHash]:
+        """The dependencies of ``stx`` not yet asked for (noted as needed by it)."""
+        new = []
+        for dep in dependencies(stx):
+            if dep not in needed_by:
+                needed_by[dep] = stx.id
+                new.append(dep)
+        return new
+
+    def _check_reply(self, reply: FetchedTransactions, asked: Sequence[SecureHash],
+                     needed_by: dict[SecureHash, Optional[SecureHash]],
+                     partial: bool = False) -> tuple[SignedTransaction, ...]:
+        """The transactions of ``reply``: only ones ``asked`` for, and (unless
+        ``partial``: a push, after which the rest is asked for) all of them."""
         peer = self.session.counterparty
         txs = checked_transactions(reply.transactions, peer, "FetchedTransactions")
         absent = checked_ids(reply.missing, peer, "FetchedTransactions")
@@ -209,6 +257,8 @@ class ResolveTransactionsFlow(FlowLogic):
         if got - wanted:
             raise TransactionResolutionError(f"{peer.name} sent transaction {min(got - wanted)}, "
                                              "which was not asked for")
+        if partial:
+            return txs
         lacking = [t for t in asked if t not in got]
         if lacking:
             tx_id = lacking[0]
