@@ -9,9 +9,9 @@ signature checks (each signature by each other party once), 4 contract verificat
 (each party each transaction once: the paper's issuance and the trade on the buyer, the
 cash's issuance and the trade on the seller), 6 transaction ids (one per copy received
 or built), 3 flows and 10 frames between 3 nodes: the offer with the paper's history
-(sent unasked: the buyer never held the paper), the transaction, one round trip for the
-cash's history, the seller's signature, the notary's request and answer, the notarised
-transaction and the seller's end.
+(sent unasked: the buyer never held the paper), the transaction with the coins' history
+(sent unasked too), the seller's end of that exchange and its signature, the notary's
+request and answer, the notarised transaction and the seller's end.
 
 Each measurement runs in its own fresh process: a MockNetwork (notary, bank, seller,
 buyer), then waves of C concurrent trades. Before each wave, untimed, the bank issues C

@@ -7,7 +7,8 @@ sides' progress as it happens. The seller offers the paper and the price, with t
 paper's history (the buyer never held it, so it is sent unasked); the buyer checks that
 history back to its issuance, checks the price against its limit,
 builds one transaction with its cash in and the paper out, signs it and collects the
-seller's signature (the seller checks it is paid); the notary rules out a double spend
+seller's signature (with the cash's history, which the seller checks, and that it is
+paid); the notary rules out a double spend
 and both vaults record the same transaction, or neither does. Ends with the transaction
 id and what each vault held before and after.
 
@@ -238,11 +239,12 @@ class IssuePaperFlow(FlowLogic):
 
 
 # ============================================================================ the trade
-#: The change that sends the buyer the paper's issuance with the offer, unasked (the
-#: buyer lacks it: it never held this paper), saving the round trip of its request.
-#: Sellers and buyers of version 1, and flows checkpointed before the change, keep
-#: the request.
-HISTORY_PUSHED = "trade-pushes-paper-history"
+#: The change that sends history unasked where the other side cannot hold it: the
+#: seller sends the paper's issuance with its offer (the buyer never held this paper),
+#: the buyer sends its coins' history with the transaction to sign (the seller never
+#: held these coins). Each saves a request and the wait for its answer. Sellers of
+#: version 1, and flows checkpointed before the change, keep the requests.
+HISTORY_PUSHED = "trade-pushes-history"
 
 
 @initiating_flow(version=2)
@@ -269,10 +271,13 @@ class SellerFlow(FlowLogic):
         session = self.initiate_flow(self.buyer)
         session.send(TradeOffer(asset, self.price, self.currency, self.our_identity))
         self.progress_tracker.current_step = self.SHOWING_HISTORY
+        pushed = self.versioned(HISTORY_PUSHED)
         self.sub_flow(DataVendingFlow(session, [asset.ref.tx_id],
-                                      push=self.versioned(HISTORY_PUSHED)))
+                                      push=[asset.ref.tx_id] if pushed else None))
         self.progress_tracker.current_step = self.SIGNING
-        signed = self.sub_flow(self.payment_check(session))
+        check = self.payment_check(session)
+        check.history_pushed = pushed
+        signed = self.sub_flow(check)
         self.progress_tracker.current_step = self.RECORDING
         return self.sub_flow(ReceiveFinalityFlow(session, expected_tx_id=signed.id))
 
@@ -372,7 +377,8 @@ class BuyerFlow(FlowLogic):
         stx = services.key_management.sign(stx)
 
         self.progress_tracker.current_step = self.COLLECTING
-        stx = self.sub_flow(CollectSignaturesFlow(stx, [session]))
+        own = list(dict.fromkeys(c.ref.tx_id for c in coins)) if pushed else None
+        stx = self.sub_flow(CollectSignaturesFlow(stx, [session], push_history=own))
 
         self.progress_tracker.current_step = self.FINALISING
         return self.sub_flow(FinalityFlow(stx, [session]))

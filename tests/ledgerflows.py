@@ -166,7 +166,7 @@ class ShortChangedFlow(FlowLogic):
 @initiating_flow
 class PushHistoryFlow(FlowLogic):
     """Sends ``stx`` and pushes its direct history unasked (``DataVendingFlow(...,
-    push=True)``); with ``extra``, pushes that instead and says it was all."""
+    push=ids)``); with ``extra``, pushes that instead and says it was all."""
 
     def __init__(self, peer: Party, stx: SignedTransaction,
                  extra: SignedTransaction | None = None) -> None:
@@ -180,7 +180,8 @@ class PushHistoryFlow(FlowLogic):
         if self.extra is not None:
             session.send(FetchedTransactions((self.extra,), (), True))
             return
-        self.sub_flow(DataVendingFlow(session, dependencies(self.stx), push=True))
+        self.sub_flow(DataVendingFlow(session, dependencies(self.stx),
+                                      push=dependencies(self.stx)))
 
 
 @initiated_by(PushHistoryFlow)

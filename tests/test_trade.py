@@ -101,10 +101,11 @@ def test_the_trade_settles_exactly_once_when_a_party_restarts_after_any_number_o
 
 
 def test_a_trade_takes_ten_frames(tmp_path, net_options):
-    """Offer; the paper's history, sent with it unasked (it is all there is); the
-    transaction; the cash's history (one round trip: its answer says it was all); the
-    seller's signature; the notary's request and signature; the notarised transaction;
-    and the seller's end."""
+    """Offer, and the paper's history sent with it unasked (it is all there is); the
+    transaction, and the coins' history sent with it unasked; the seller's `EndOfFetch`
+    (it holds the paper's history, which the buyer did not send) and its signature; the
+    notary's request and signature; the notarised transaction; and the seller's end.
+    Three round trips fewer than asking for each history would take."""
     assert _frames_of_one_trade(tmp_path, net_options) == 10
 
 

@@ -27,20 +27,24 @@ the sender would serve has been sent or is known to the receiver, its answer say
 ``complete`` and both sides stop there, without the `EndOfFetch` (the usual case: one
 level of missing history, one round trip).
 
-Where the sender knows the receiver lacks the transactions it names (a seller showing
-a buyer the paper it offers), both sides may agree to skip the first request: the
-sender runs ``DataVendingFlow(..., push=True)``, which sends those transactions unasked
-as a `FetchedTransactions`, and the receiver runs ``ResolveTransactionsFlow(...,
-pushed=True)``, which takes that message as the answer to the request it did not send.
-The pushed transactions are checked like fetched ones (only those named, each verified
-back to issuance); what they depend on is asked for as usual, and a push that already
-covers everything (``complete``: issuances, for one) saves the round trip.
+Where the sender knows the receiver lacks some of that history (a seller showing a
+buyer the paper it offers, a buyer showing the seller the history of its own coins),
+both sides may agree to skip the first request: the sender names the transactions in
+``push`` (``DataVendingFlow(..., push=ids)``, or `SendTransactionFlow` and
+`CollectSignaturesFlow` with the same argument), which sends them unasked as a
+`FetchedTransactions`, and the receiver runs ``ResolveTransactionsFlow(...,
+pushed=True)`` (or `ReceiveTransactionFlow`, ``SignTransactionFlow.history_pushed``),
+which takes that message as the answer to the request it did not send. The pushed
+transactions are checked like fetched ones (only ones it resolves, each verified back to
+issuance); the rest is asked for as usual. A push that covers everything (``complete``:
+an issuance has no history of its own) saves the whole exchange; otherwise the receiver
+still ends it with a request or `EndOfFetch`, but sends that without waiting for anything.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable, Optional, Sequence
 
-from greenflow.errors import FlowException
+from greenflow.errors import FlowError, FlowException
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.progress import ProgressTracker, Step
 from greenflow.flows.session import FlowSession
@@ -73,16 +77,21 @@ class FetchRefused(FlowException):
 class DataVendingFlow(FlowLogic):
     """Serve the peer's requests for ``tx_ids`` and their history until it is done.
     ``first_request``: a request already received (by a caller that had to look at the
-    peer's answer to learn it wants history, as `NotaryClientFlow` does). ``push``: send
-    ``tx_ids`` (up to `MAX_BATCH` of them) first, unasked; the peer must resolve with
-    ``ResolveTransactionsFlow(..., pushed=True)``."""
+    peer's answer to learn it wants history, as `NotaryClientFlow` does). ``push``: the
+    transactions (of ``tx_ids``) to send first, unasked, in one message even when none
+    of them is here (the first `MAX_BATCH` of them: the peer asks for the rest); the peer
+    must resolve with ``ResolveTransactionsFlow(..., pushed=True)``."""
 
     def __init__(self, session: FlowSession, tx_ids: Iterable[SecureHash],
-                 first_request: Optional[Any] = None, push: bool = False) -> None:
+                 first_request: Optional[Any] = None,
+                 push: Optional[Iterable[SecureHash]] = None) -> None:
         self.session = session
         self.tx_ids = tuple(dict.fromkeys(tx_ids))
         self.first_request = first_request
-        self.push = push
+        self.push = None if push is None else tuple(dict.fromkeys(push))
+        if self.push is not None and not set(self.push) <= set(self.tx_ids):
+            raise FlowError("DataVendingFlow: push names transactions that are not among "
+                            "tx_ids (it may only send what the peer may ask for)")
 
     def call(self) -> None:
         if not self.tx_ids and self.first_request is None:
@@ -91,8 +100,8 @@ class DataVendingFlow(FlowLogic):
         allowed = set(self.tx_ids)
         covered: set[SecureHash] = set()  # of those: sent, or held by the peer (it says)
         request = self.first_request
-        if self.push and request is None:
-            if self._answer(self.tx_ids[:MAX_BATCH], allowed, covered):
+        if self.push is not None and request is None:
+            if self._answer(self.push[:MAX_BATCH], allowed, covered):
                 return
         while True:
             if request is None:
@@ -136,15 +145,19 @@ class DataVendingFlow(FlowLogic):
 
 
 class SendTransactionFlow(FlowLogic):
-    """Send ``stx`` and then serve its history to the peer."""
+    """Send ``stx`` and then serve its history to the peer; ``push``: the transactions of
+    that history to send unasked (the peer's `ReceiveTransactionFlow` must be told
+    ``pushed=True``; see `DataVendingFlow`)."""
 
-    def __init__(self, session: FlowSession, stx: SignedTransaction) -> None:
+    def __init__(self, session: FlowSession, stx: SignedTransaction,
+                 push: Optional[Iterable[SecureHash]] = None) -> None:
         self.session = session
         self.stx = stx
+        self.push = None if push is None else tuple(push)
 
     def call(self) -> None:
         self.session.send(self.stx)
-        self.sub_flow(DataVendingFlow(self.session, dependencies(self.stx)))
+        self.sub_flow(DataVendingFlow(self.session, dependencies(self.stx), push=self.push))
 
 
 class SendStateAndRefFlow(FlowLogic):
@@ -163,8 +176,8 @@ class ResolveTransactionsFlow(FlowLogic):
     """Fetch from the peer every transaction in the history of ``tx_ids`` that is not
     recorded here, verify them all in dependency order and record them (as history:
     they change no vault balance). Returns the transactions it fetched, oldest first.
-    ``pushed``: the peer sends (some of) ``tx_ids`` first, unasked (its
-    ``DataVendingFlow(..., push=True)``), and only the rest is asked for."""
+    ``pushed``: the peer sends some of ``tx_ids`` first, unasked (its
+    ``DataVendingFlow(..., push=ids)``), and only the rest is asked for."""
 
     RESOLVING = Step("Fetching missing history")
     VERIFYING = Step("Verifying the history back to issuance")
@@ -275,18 +288,21 @@ class ReceiveTransactionFlow(FlowLogic):
     """Receive a transaction, resolve and verify its history, verify it, and (with
     ``record``) record it as relevant to this node. Without
     ``check_sufficient_signatures`` the transaction may still lack signatures (one that
-    is being signed); those it has must all verify."""
+    is being signed); those it has must all verify. ``pushed``: the sender pushes part of
+    the history unasked (its `SendTransactionFlow` has ``push``)."""
 
     def __init__(self, session: FlowSession, check_sufficient_signatures: bool = True,
-                 record: bool = False) -> None:
+                 record: bool = False, pushed: bool = False) -> None:
         self.session = session
         self.check_sufficient_signatures = check_sufficient_signatures
         self.record = record
+        self.pushed = pushed
 
     def call(self) -> SignedTransaction:
         stx = self.session.receive(SignedTransaction)
         stx.check_shape()
-        self.sub_flow(ResolveTransactionsFlow(self.session, dependencies(stx)))
+        self.sub_flow(ResolveTransactionsFlow(self.session, dependencies(stx),
+                                              pushed=self.pushed))
         self.services.verifier.verify(stx, check_sufficient=self.check_sufficient_signatures)
         if self.record:
             self.services.vault.record_transactions([stx])

@@ -6,16 +6,22 @@ history (`SendTransactionFlow`); each one resolves and verifies it, runs its own
 `SignTransactionFlow.check_transaction` (is this the deal I agreed to?), and sends back
 its signature, which the initiator checks. A counterparty refuses by raising a
 `FlowException` from ``check_transaction``: the initiator gets it at its ``receive``.
+
+The history of the initiator's own inputs is history the counterparties cannot hold:
+``push_history`` sends those transactions with the transaction, unasked, which saves
+each counterparty's first request and its wait (the counterparty's flow must say so:
+``history_pushed``, see `greenflow.ledger.flows.resolve`).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from greenflow.errors import FlowError, FlowException
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.progress import ProgressTracker, Step
 from greenflow.flows.session import FlowSession
 from greenflow.ledger.errors import SignatureError
+from greenflow.ledger.crypto import SecureHash
 from greenflow.ledger.transactions import SignedTransaction, TransactionSignature
 from greenflow.ledger.flows.resolve import ReceiveTransactionFlow, SendTransactionFlow
 
@@ -30,15 +36,19 @@ class TransactionRefused(FlowException):
 class CollectSignaturesFlow(FlowLogic):
     """Collect the signature of each session's counterparty on ``stx`` (which this node
     has signed) and return it signed by all of them. Every required signer but the
-    notary must then have signed."""
+    notary must then have signed. ``push_history``: transactions of ``stx``'s history
+    to send each counterparty unasked (those that created this node's own inputs); their
+    `SignTransactionFlow` must have ``history_pushed`` set."""
 
     COLLECTING = Step("Collecting signatures from counterparties")
     VERIFYING = Step("Verifying collected signatures")
     progress_tracker = ProgressTracker(COLLECTING, VERIFYING)
 
-    def __init__(self, stx: SignedTransaction, sessions: Iterable[FlowSession]) -> None:
+    def __init__(self, stx: SignedTransaction, sessions: Iterable[FlowSession],
+                 push_history: Optional[Iterable[SecureHash]] = None) -> None:
         self.stx = stx
         self.sessions = list(sessions)
+        self.push_history = None if push_history is None else tuple(push_history)
 
     def call(self) -> SignedTransaction:
         stx = self.stx
@@ -54,7 +64,7 @@ class CollectSignaturesFlow(FlowLogic):
             if peer.owning_key not in required:
                 raise FlowError(f"CollectSignaturesFlow: {peer.name} is not a required signer of "
                                 f"transaction {stx.id}")
-            self.sub_flow(SendTransactionFlow(session, stx))
+            self.sub_flow(SendTransactionFlow(session, stx, push=self.push_history))
             signature = session.receive(TransactionSignature)
             if signature.public_key != peer.owning_key or not verifier.is_valid(signature, stx.id):
                 raise SignatureError(f"{peer.name} sent a signature that is not its valid signature "
@@ -69,7 +79,11 @@ class CollectSignaturesFlow(FlowLogic):
 class SignTransactionFlow(FlowLogic):
     """The counterparty's side of `CollectSignaturesFlow`: subclass it, implement
     `check_transaction`, and run it as a sub-flow of your responder. Returns the
-    transaction with this node's signature added."""
+    transaction with this node's signature added. Set ``history_pushed`` (on the class
+    or the instance) when the initiator's `CollectSignaturesFlow` has ``push_history``."""
+
+    #: The initiator sends part of the history unasked (see `CollectSignaturesFlow`).
+    history_pushed: bool = False
 
     RECEIVING = Step("Receiving the proposed transaction")
     VERIFYING = Step("Verifying the proposed transaction")
@@ -89,7 +103,8 @@ class SignTransactionFlow(FlowLogic):
         session = self.session
         peer = session.counterparty
         self.progress_tracker.current_step = self.RECEIVING
-        stx = self.sub_flow(ReceiveTransactionFlow(session, check_sufficient_signatures=False))
+        stx = self.sub_flow(ReceiveTransactionFlow(session, check_sufficient_signatures=False,
+                                                   pushed=self.history_pushed))
         self.progress_tracker.current_step = self.VERIFYING
         keys = self.services.key_management
         if keys.public_key not in stx.tx.required_signers:
