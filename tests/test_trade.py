@@ -105,7 +105,7 @@ def test_a_trade_takes_ten_frames(tmp_path, net_options):
     transaction, and the coins' history sent with it unasked; the seller's `EndOfFetch`
     (it holds the paper's history, which the buyer did not send) and its signature; the
     notary's request and signature; the notarised transaction; and the seller's end.
-    Three round trips fewer than asking for each history would take."""
+    Two round trips fewer than asking for each history: 7 messages one after another, not 11."""
     assert _frames_of_one_trade(tmp_path, net_options) == 10
 
 
