@@ -131,6 +131,27 @@ def test_a_dump_shows_a_sub_flows_frames_under_its_parents(net):
     assert entry["progress_step"] == "Delegating / Child waiting"
 
 
+def test_progress_listeners_hear_every_step_listings_the_step_of_each_commit(net):
+    alice, bob = pair(net)
+    carol = net.create_node("Carol")
+    heard = []
+    alice.add_progress_listener(lambda fid, step: heard.append(step))
+    for node in (alice, carol):
+        node.start_flow(Tracked(bob.party, 10))
+    net.run_network()
+    for node in (alice, carol):
+        assert dump_of(node, "Tracked")["progress_step"] == "Asking"
+    net.advance_clock(10)
+    net.run_network()
+    # Without a listener, "Delegating" alone (never committed) is not worked out at all;
+    # with one, it is heard once, also when the flow was reloaded and replayed.
+    for node in (alice, carol):
+        assert dump_of(node, "Tracked")["progress_step"] == "Delegating / Child waiting"
+    net.advance_clock(10)
+    net.run_network()
+    assert heard == ["Asking", "Delegating", "Delegating / Child waiting", "Delegating", None]
+
+
 def test_a_tracker_subclass_words_its_own_progress_step(net):
     alice = net.create_node("Alice")
     handle = alice.start_flow(Shouting())

@@ -56,7 +56,7 @@ class FlowRuntime(Conversation, RecordedValues):
     __slots__ = ("sched", "cp", "flow_id", "logic", "journal", "cursor", "committed", "subflows",
                  "session_counter", "greenlet", "pending", "out", "inbox", "consumed",
                  "external", "io_refused", "diverged", "dirty", "routed",
-                 "base", "fresh", "external_done", "start_blob", "user_frame", "_logger",
+                 "base", "fresh", "external_done", "start_blob", "user_frame", "progress_stale",
                  "nd", "raw", "stored_at", "chunks", "inboxed", "wake_stored")
 
     def __init__(self, sched: FlowHost, cp: Checkpoint, logic: "FlowLogic",
@@ -101,7 +101,10 @@ class FlowRuntime(Conversation, RecordedValues):
         self.wake_stored: Optional[bool] = None
         self.user_frame: Any = None               # while suspended: see suspend()
         self.fresh: list[Frame] | tuple = ()
-        self._logger: Optional[logging.LoggerAdapter] = None
+        # The progress path (cp.progress_step) is out of date: worked out at the flow's
+        # next commit (`refresh_progress`) rather than at every step its trackers take,
+        # unless someone is listening to progress.
+        self.progress_stale = False
         self.nd: Optional[replay_safe.FlowEntropy] = None  # this run's randomness and clock
         self.raw = False   # True while greenflow runs live-only code for the flow
         self.stored_at: Optional[int] = None   # hash of the code locations last stored (stacks)
@@ -268,14 +271,29 @@ class FlowRuntime(Conversation, RecordedValues):
 
     @property
     def logger(self) -> logging.LoggerAdapter:
-        if self._logger is None:
-            self._logger = _FlowLogger(self)
-        return self._logger
+        # Made per use, not kept: a slot for it would cost every resident flow 8 bytes,
+        # and the adapter would hold the runtime in a cycle.
+        return _FlowLogger(self)
 
     def on_progress(self, tracker: Any) -> None:
-        # Called at every step a tracker takes and every sub-flow's end (~50 times per
-        # trade): a plain tracker's label is read off its field, with no property call
-        # or list of the stack (a subclass may define `label` its own way).
+        """A tracker took a step, or a sub-flow ended (~40 times per trade). With nobody
+        listening, or while the flow replays, only noted: the path is worked out once,
+        when the flow's checkpoint is staged (`refresh_progress`), not at every step. A
+        replay so leaves the stored path as it was until the flow is live again, and
+        listeners hear only live changes, none twice. A flow being unwound (evicted,
+        killed) takes no step: its sub-flows' ends there are not progress."""
+        if self.io_refused is not None:
+            return
+        if self.sched.progress_listeners and not self.replaying:
+            self.refresh_progress()
+        else:
+            self.progress_stale = True
+
+    def refresh_progress(self) -> None:
+        """Work out the progress path (``cp.progress_step``) and tell the listeners when
+        it changed. A plain tracker's label is read off its field, with no property call
+        or list of the stack (a subclass may define `label` its own way)."""
+        self.progress_stale = False
         labels = []
         for f in (self.logic, *self.subflows):
             t = f.__dict__.get("_gf_tracker")
@@ -289,7 +307,7 @@ class FlowRuntime(Conversation, RecordedValues):
         step = " / ".join(labels) if labels else None
         if step != self.cp.progress_step:
             self.cp.progress_step = step
-            if not self.replaying:
+            if self.sched.progress_listeners and not self.replaying:
                 self.sched.progress_changed(self, step)
 
 

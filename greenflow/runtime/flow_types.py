@@ -43,6 +43,7 @@ class FlowHost(Protocol):
     store: Any
     limits: Any
     idle_greenlets: list
+    progress_listeners: list
 
     def progress_changed(self, rt: "FlowRuntime", step: Optional[str]) -> None: ...
 

@@ -160,6 +160,8 @@ class CommitStaging:
                 self.limits.first_stored(b, rt)
         if cp.fingerprint is None:
             cp.fingerprint = fingerprint(rt)
+        if rt.progress_stale:
+            rt.refresh_progress()
         rt.base = encode_header(cp)
         rt.fresh = ()
         b.put_header(fid, rt.base)
