@@ -56,11 +56,10 @@ def w_greenflow_mock(concurrency: int, budget: float, rounds: int = ROUNDS, sync
         ends: dict[str, float] = {}
         clock = time.perf_counter
 
-        def on_progress(fid: str, step: Optional[str]) -> None:
-            if step is None:
-                ends[fid] = clock()
+        def on_end(fid: str) -> None:
+            ends[fid] = clock()
 
-        alice.node.add_progress_listener(on_progress)
+        alice.node.scheduler.add_flow_end_listener(on_end)
         # warm-up wave (imports, code paths, LMDB map)
         hs = alice.node.start_flows([Ping(bob.party, rounds) for _ in range(min(concurrency, 100))])
         net.run_network()
@@ -163,7 +162,7 @@ def w_greenflow_threaded(concurrency: int, budget: float, rounds: int = ROUNDS) 
         alice, bob = linked_pair(base, sync=True, threaded=True)
         done: "queue.SimpleQueue[tuple[str, float]]" = queue.SimpleQueue()
         clock = time.perf_counter
-        alice.add_progress_listener(lambda fid, step: step is None and done.put((fid, clock())))
+        alice.scheduler.add_flow_end_listener(lambda fid: done.put((fid, clock())))
         expected = sum(i + 1 for i in range(rounds))
         # warm-up
         for h in alice.start_flows([Ping(bob.party, rounds) for _ in range(min(concurrency, 100))]):

@@ -152,6 +152,26 @@ def test_progress_listeners_hear_every_step_listings_the_step_of_each_commit(net
     assert heard == ["Asking", "Delegating", "Delegating / Child waiting", "Delegating", None]
 
 
+def test_a_progress_hub_wants_every_step_only_while_a_stream_is_open(net):
+    from greenflow.rpc.progress_hub import ProgressHub
+    alice, bob = pair(net)
+    hub = ProgressHub(buffer=100)
+    alice.add_progress_listener(hub)
+    assert not alice.scheduler.progress_wanted()   # no stream: steps are worked out lazily
+    sub = hub.subscribe(None)
+    assert alice.scheduler.progress_wanted()
+    alice.start_flow(Tracked(bob.party, 10))
+    net.run_network()
+    net.advance_clock(10)
+    net.run_network()
+    heard = []
+    while not sub.queue.empty():
+        heard.append(sub.queue.get_nowait()[1])
+    assert heard == ["Asking", "Delegating", "Delegating / Child waiting"]
+    hub.unsubscribe(sub)
+    assert not alice.scheduler.progress_wanted()
+
+
 def test_a_tracker_subclass_words_its_own_progress_step(net):
     alice = net.create_node("Alice")
     handle = alice.start_flow(Shouting())

@@ -283,7 +283,10 @@ class Node:
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         """``fn(flow_id, step)`` on every progress change (step None: the flow ended).
-        Called on the scheduler thread: keep it quick."""
+        Called on the scheduler thread: keep it quick. While any listener is registered
+        the node works out every step of every flow as it is taken; a listener with an
+        ``active`` attribute that is false (the RPC's hub with no stream open) does not
+        count, and with none the node works each flow's step out only at its commit."""
         self.scheduler.add_progress_listener(fn)
 
     def flows(self) -> list[FlowInfo]:

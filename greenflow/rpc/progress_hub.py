@@ -92,6 +92,12 @@ class ProgressHub:
     def subscribers(self) -> int:
         return len(self._subs)
 
+    @property
+    def active(self) -> bool:
+        """Whether a stream is open: with none, the node need not work out every step of
+        every flow for this hub (see `Running.progress_wanted`)."""
+        return bool(self._subs)
+
     def close(self) -> None:
         with self._lock:
             subs, self._subs = self._subs, []

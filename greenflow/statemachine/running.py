@@ -88,6 +88,15 @@ class Running:
                 self._park(rt, f"error while ending the flow ({res[0]}): "
                                f"{type(exc).__name__}: {exc}")
 
+    def progress_wanted(self) -> bool:
+        """Whether any progress listener wants every step now. A listener may say it
+        does not (``active`` false: the RPC's hub with no stream open); flows then work
+        their progress out only when their checkpoints are staged."""
+        for fn in self.progress_listeners:
+            if getattr(fn, "active", True):
+                return True
+        return False
+
     def progress_changed(self, rt: FlowRuntime, step: Optional[str]) -> None:
         for fn in list(self.progress_listeners):
             try:

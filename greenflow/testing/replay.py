@@ -130,6 +130,10 @@ class _ReplayScheduler:
     def progress_changed(self, rt: Any, step: Optional[str]) -> None:
         pass
 
+    @staticmethod
+    def progress_wanted() -> bool:
+        return False
+
 
 def _load_identity(node_dir: str, name: str) -> tuple[Party, Any]:
     """The node's party and key pair, read without creating anything."""
