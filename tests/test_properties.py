@@ -111,3 +111,17 @@ wire_values = st.recursive(
 @given(wire_values)
 def test_whatever_the_wire_carries_comes_back_equal(value):
     assert wire.decode(wire.encode(value)) == value
+
+
+_TIMESTAMP_HEADERS = (b"\xd6\xff", b"\xd7\xff", b"\xc7\x0c\xff")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=8), st.sampled_from(
+    _TIMESTAMP_HEADERS + (b"\xff", b"\xc7", b"\x0c\xff", b"\xd6", b"\xd7"))), max_size=30))
+def test_a_timestamp_header_is_found_wherever_it_sits(parts):
+    """The decoder's look for msgpack's own timestamp (it must take the checking path for
+    those) finds exactly what a search for each header finds."""
+    from greenflow.wire.decoder import _holds_timestamp_header
+    data = b"".join(parts)
+    assert _holds_timestamp_header(data) == any(h in data for h in _TIMESTAMP_HEADERS)
