@@ -14,7 +14,7 @@ from greenflow.wire.bounds import (_KEYED_HASH, MAX_CONTAINERS, MAX_SAME_HASH, M
                                    _hashing_bounded, _might_exceed_containers)
 from greenflow.wire.format import (_BIGINT, _DATE, _DATETIME, _DECIMAL, _ENUM, _EPOCH, _FROZENSET,
                                    _OBJECT, _SET, _TIMEDELTA, _TUPLE, _UUID)
-from greenflow.wire.registry import _ENUMS, _OBJECTS, _DataclassWire, _WireClass
+from greenflow.wire.registry import _ENUMS, _OBJECTS, _PLAIN_OBJECTS, _WireClass
 
 def _arity(items: list, n: int, what: str) -> None:
     if len(items) != n:
@@ -121,21 +121,23 @@ def _hooks(counted: bool, timestamps: bool, small_maps: bool = True) -> tuple[di
         return tag
 
     def array(items: list) -> Any:
-        if items and type(items[0]) is _Tag:
-            opened[0] -= 1
+        if items:
             tag = items[0]
-            if tag is _OBJECT_TAG and len(items) == 3:
-                # A registered dataclass sent as exactly its fields (most of what a
-                # transaction is made of): `_DataclassWire.decode`'s own fast path, one
-                # call sooner.
-                strategy = _OBJECTS.get(items[1])
-                if type(strategy) is _DataclassWire and strategy.plain:
-                    fields = items[2]
-                    if type(fields) is dict and fields.keys() == strategy.known:
-                        obj = strategy.cls.__new__(strategy.cls)
-                        _set_dict(obj, "__dict__", fields)
-                        return obj
-            return tag.decode(items)
+            if type(tag) is _Tag:
+                opened[0] -= 1
+                if tag is _OBJECT_TAG and len(items) == 3:
+                    # A registered dataclass sent as exactly its fields (most of what a
+                    # transaction is made of): `_DataclassWire.decode`'s own fast path,
+                    # one call sooner.
+                    plain = _plain_get(items[1])
+                    if plain is not None:
+                        fields = items[2]
+                        if type(fields) is dict and fields.keys() == plain[1]:
+                            cls = plain[0]
+                            obj = cls.__new__(cls)
+                            _set_dict(obj, "__dict__", fields)
+                            return obj
+                return tag.decode(items)
         return items
 
     if small_maps and not (counted or timestamps):
@@ -163,6 +165,7 @@ def _hooks(counted: bool, timestamps: bool, small_maps: bool = True) -> tuple[di
 
 
 _OBJECT_TAG = _TAGS[_OBJECT]
+_plain_get = _PLAIN_OBJECTS.get
 _set_dict = object.__setattr__  # bypasses a frozen dataclass's refusal, as the strategy does
 
 

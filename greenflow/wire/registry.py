@@ -110,6 +110,11 @@ class _DataclassWire(_WireClass):
 
 _set_attribute = object.__setattr__  # bypasses a frozen dataclass's refusal, as pickle does
 
+#: name -> (class, its field names) of the registered dataclasses whose instances keep
+#: their fields in their ``__dict__`` (`_DataclassWire.plain`): what the decoder rebuilds
+#: in one step when a payload carries exactly those fields.
+_PLAIN_OBJECTS: dict[str, tuple[type, frozenset]] = {}
+
 
 def _slot_names(cls: type) -> frozenset[str]:
     """Every slot an instance of ``cls`` has, under the names ``getattr`` knows them by."""
@@ -228,6 +233,10 @@ def register_wire_type(cls: T) -> T:
         _BY_CLASS[cls] = strategy
         (_ENUMS if isinstance(strategy, _EnumWire) else _OBJECTS)[strategy.name] = strategy
         _ENCODERS[cls] = strategy.encode
+        if isinstance(strategy, _DataclassWire) and strategy.plain:
+            _PLAIN_OBJECTS[strategy.name] = (cls, strategy.known)
+        else:
+            _PLAIN_OBJECTS.pop(strategy.name, None)
     return cls
 
 
