@@ -154,3 +154,46 @@ def test_frames_arriving_during_a_write_are_handed_over_together_and_acked_after
     finally:
         hand.stop()
         w.writer.close()
+
+
+def test_a_start_filed_for_another_worker_is_known_before_that_worker_takes_it(dsn, tmp_path):
+    """A client that starts a flow (with a client id: filed for its partition's owner)
+    through one worker and asks another for it at once is told it is runnable and can
+    wait for it, not that no such flow exists; once the filing is gone and no flow
+    started, it is unknown again."""
+    import types
+
+    import psycopg
+
+    from greenflow import serialization
+    from greenflow.cluster.handoff import START, _ident
+    from greenflow.cluster.starts import FiledStarts
+    from greenflow.errors import UnknownFlow
+    from greenflow.status import FlowStatus
+    from greenflow.storage.partitions import partition_of
+    from greenflow.testing import MockNetwork
+    from greenflow.samples.ping import Ping
+    schema = new_schema()
+    starts = FiledStarts(types.SimpleNamespace(name="w1", writer=HandoffWriter(dsn, schema)))
+    net = MockNetwork(str(tmp_path / "net"))
+    try:
+        alice, bob = net.create_node("Alice"), net.create_node("Bob")
+        fid = "0123456789abcdef0123456789abcdef"
+        with pytest.raises(UnknownFlow):
+            alice.node.handle(fid)
+        alice.node.filed_start = starts.filed
+        with pytest.raises(UnknownFlow):
+            alice.node.handle(fid)
+        starts.w.writer.put([Row(partition_of(fid), START, "client-1", (fid, False, 0),
+                                 serialization.dumps(Ping(bob.party, 1)))])
+        handle = alice.node.handle(fid)
+        assert handle.status == FlowStatus.RUNNABLE
+        info = alice.node.flow_info(fid)
+        assert (info.flow_class, info.status) == ("greenflow.samples.ping.Ping", FlowStatus.RUNNABLE)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"DELETE FROM {_ident(schema)}.handoff")
+        with pytest.raises(UnknownFlow):
+            alice.node.handle(fid)
+    finally:
+        starts.w.writer.close()
+        net.close()

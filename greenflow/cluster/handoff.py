@@ -138,6 +138,22 @@ class HandoffWriter:
         self.written += new
         return new
 
+    def filed_start(self, fid: str, part: int) -> Optional[bytes]:
+        """The serialized flow of the start of ``fid`` filed in partition ``part`` and
+        not started yet (its row is deleted once the start is committed), or None."""
+        s = _ident(self.schema)
+        with self._lock:
+            try:
+                row = self._connect().execute(
+                    f"SELECT data FROM {s}.handoff WHERE part = %s AND kind = %s AND sid = %s "
+                    f"LIMIT 1", (part, START, fid)).fetchone()
+            except Exception:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+                raise
+        return None if row is None else bytes(row[0])
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:

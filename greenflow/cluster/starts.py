@@ -64,6 +64,24 @@ class FiledStarts:
         w.stats["starts_forwarded"] += len(rows)
         return ids
 
+    def filed(self, fid: str) -> Optional[str]:
+        """`Node.filed_start`: the flow class of a start of ``fid`` filed and not started
+        yet, read from the handoff table (a client that started it through one worker
+        may ask another for its result before the owner took the start)."""
+        from greenflow import serialization
+        from greenflow.flows.registry import qualified_name
+        try:
+            data = self.w.writer.filed_start(fid, partition_of(fid))
+        except Exception as exc:  # noqa: BLE001 - the caller then says it does not know it
+            log.warning("worker %s: cannot read the filed starts (%s)", self.w.name, exc)
+            return None
+        if data is None:
+            return None
+        try:
+            return qualified_name(type(serialization.loads(data)))
+        except Exception:  # noqa: BLE001 - unreadable here; its owner will say so
+            return "(filed start)"
+
     def start_filed(self, gen: Generation, rows: list[Row]) -> None:
         """Start the flows other workers filed for our partitions (the reader's thread),
         each once; the rows go once the starts are committed."""

@@ -262,6 +262,7 @@ class Worker:
             node.party_flows = self._party_flows
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
             node.forward_starts = lambda items: self.starts.forward(gen, items)
+            node.filed_start = self.starts.filed
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen

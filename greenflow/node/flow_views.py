@@ -50,6 +50,9 @@ class FlowViews:
             return info_from_result(fid, rec)
         cp = node.store.checkpoint(fid)
         if cp is None:
+            flow_class = node.results.filed(fid)
+            if flow_class is not None:   # filed for another worker, not started yet
+                return FlowInfo(fid, flow_class, FlowStatus.RUNNABLE, None, None, False, None)
             raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
         return info_from_checkpoint(cp, False)
 

@@ -81,6 +81,9 @@ class Node:
     #: the (flow, client id) pairs of a start, it files them for another worker and
     #: returns their ids, or returns None to start them here. None: start here.
     forward_starts: Optional[Callable[[list], Optional[list[str]]]] = None
+    #: A clustered worker: the flow class of ``fid`` when its start is filed for a worker
+    #: that has not started it yet (see `forward_starts`), else None. None: no filing.
+    filed_start: Optional[Callable[[str], Optional[str]]] = None
 
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,

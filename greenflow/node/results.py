@@ -51,10 +51,22 @@ class FlowResults:
     def handle(self, flow_id: str) -> FlowHandle:
         node = self.node
         self.check_open(flow_id)
-        if node.store.checkpoint(flow_id) is None and node.store.result(flow_id) is None \
-                and flow_id not in node.scheduler.resident:
+        if not self._known(flow_id) and self.filed(flow_id) is None \
+                and not self._known(flow_id):   # (again: it may have started meanwhile)
             raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
         return FlowHandle(node, flow_id)
+
+    def _known(self, fid: str) -> bool:
+        node = self.node
+        return (fid in node.scheduler.resident or node.store.checkpoint(fid) is not None
+                or node.store.result(fid) is not None)
+
+    def filed(self, fid: str) -> Optional[str]:
+        """A clustered worker: the flow class of ``fid`` while its start waits, filed, for
+        the worker that will run it (`Node.filed_start`); its checkpoint is committed
+        before the filing goes, so a flow is always one or the other."""
+        filed_start = self.node.filed_start
+        return filed_start(fid) if filed_start is not None else None
 
     def check_open(self, fid: str) -> None:
         """Handles outlive their node object (a restart opens a new one): say so, rather
@@ -124,6 +136,8 @@ class FlowResults:
             return rt.cp.status
         cp = self.node.store.checkpoint(fid)
         if cp is None:
+            if self.filed(fid) is not None:
+                return FlowStatus.RUNNABLE   # filed, to be started by its partition's owner
             raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
         return shown_status(cp, resident=False)
 
