@@ -51,8 +51,8 @@ class FlowResults:
     def handle(self, flow_id: str) -> FlowHandle:
         node = self.node
         self.check_open(flow_id)
-        if not self._known(flow_id) and self.filed(flow_id) is None \
-                and not self._known(flow_id):   # (again: it may have started meanwhile)
+        if not self._known(flow_id) and self.filed(flow_id) is None and (
+                node.filed_start is None or not self._known(flow_id)):  # (started meanwhile?)
             raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
         return FlowHandle(node, flow_id)
 

@@ -277,11 +277,11 @@ class FlowRuntime(Conversation, RecordedValues):
 
     def on_progress(self, tracker: Any) -> None:
         """A tracker took a step, or a sub-flow ended (~40 times per trade). With nobody
-        listening (`progress_wanted`), or while the flow replays, only noted: the path is worked out once,
-        when the flow's checkpoint is staged (`refresh_progress`), not at every step. A
-        replay so leaves the stored path as it was until the flow is live again, and
-        listeners hear only live changes, none twice. A flow being unwound (evicted,
-        killed) takes no step: its sub-flows' ends there are not progress."""
+        listening (`progress_wanted`), or while the flow replays, only noted: the path is
+        worked out once, when the flow's checkpoint is staged (`refresh_progress`), not at
+        every step. A replay so leaves the stored path as it was until the flow is live
+        again, and listeners hear only live changes, none twice. A flow being unwound
+        (evicted, killed) takes no step: its sub-flows' ends there are not progress."""
         if self.io_refused is not None:
             return
         if not self.replaying and self.sched.progress_wanted():
