@@ -103,6 +103,24 @@ def handoff_rows_left(cl) -> int:
 
 
 @pytest.mark.cluster
+def test_a_restarted_worker_is_ready_only_once_it_runs_and_then_stops_cleanly(parties):
+    """Right after a kill -9 the worker's row still shows the killed process (for a lease
+    time); `wait_ready` waits for the new process itself, which then takes a SIGTERM as a
+    clean stop (exit status 0), not as death by the signal."""
+    net, cl = parties
+    old_pid = cl.procs["w3"].pid
+    cl.kill("w3")
+    cl.procs["w3"].wait(10)
+    cl.start_worker("w3")
+    cl.wait_ready(60)
+    ws, _ = cl.status()
+    [w3] = [w for w in ws if w.name == "w3"]
+    assert w3.pid == cl.procs["w3"].pid != old_pid and w3.live and w3.partitions
+    cl.procs["w3"].send_signal(signal.SIGTERM)
+    assert cl.procs["w3"].wait(30) == 0
+
+
+@pytest.mark.cluster
 def test_a_worker_stopped_past_its_lease_is_fenced_when_it_resumes(parties):
     net, cl = parties
     ids = start(net, cl, per_worker=30, pause=1.0)

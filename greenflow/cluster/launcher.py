@@ -88,7 +88,10 @@ class Cluster:
             return lease_table(c, self.schema, self.lease_s)
 
     def wait_ready(self, timeout: float = 60.0, workers: Optional[set[str]] = None) -> None:
-        """Until every running worker is live and the live ones hold all partitions."""
+        """Until every running worker is live and the live ones hold all partitions. Live
+        means the running process itself: a restarted worker's row still shows its
+        predecessor for a lease time, while the new process may not even have set up its
+        signal handlers yet (a SIGTERM then would not be a clean stop)."""
         want = workers if workers is not None else \
             {n for n, p in self.procs.items() if p.poll() is None}
         end = time.monotonic() + timeout
@@ -106,7 +109,7 @@ class Cluster:
                         for n in want}
                 if want <= set(live) and held == PARTITIONS and \
                         all(live[n].partitions and live[n].serving == len(live[n].partitions)
-                            for n in want):
+                            and live[n].pid == self.procs[n].pid for n in want):
                     return
             except Exception as exc:  # the tables are not there yet
                 last = exc

@@ -143,6 +143,12 @@ class WorkerProcess:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    # A stop asked for while the worker is still being made (a supervisor's SIGTERM right
+    # after a restart) is kept and honoured once there is a worker to stop: a clean exit,
+    # not death by the signal.
+    stopping: list = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda s, f: stopping.append(s))
     ap = argparse.ArgumentParser(prog="python -m greenflow.cluster.process")
     ap.add_argument("--dir", required=True, help="the party's node directory")
     ap.add_argument("--name", required=True, help="this worker's name (unique in the party)")
@@ -177,6 +183,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: proc.request_stop())
+    if stopping:
+        log.info("worker %s: asked to stop while starting; not started", args.name)
+        return 0
     try:
         proc.start()
     except Exception as exc:
