@@ -52,7 +52,8 @@ class _Ends:
     def _run(self) -> None:
         clock = time.perf_counter
         try:
-            for event, data in self.client.progress(None):
+            # Ends only: the node need not work out each trade's steps for the reader.
+            for event, data in self.client.progress(None, steps=False):
                 if event == "status":
                     self.ready.set()
                 elif event == "end":

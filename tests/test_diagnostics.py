@@ -170,6 +170,23 @@ def test_a_progress_hub_wants_every_step_only_while_a_stream_is_open(net):
     assert heard == ["Asking", "Delegating", "Delegating / Child waiting"]
     hub.unsubscribe(sub)
     assert not alice.scheduler.progress_wanted()
+    # A stream of ends only does not make the node work out every step, and hears ends.
+    ends = hub.subscribe(None, steps=False)
+    assert not alice.scheduler.progress_wanted()
+    handle = alice.start_flow(Tracked(bob.party, 10))
+    for _ in range(3):
+        net.run_network()
+        net.advance_clock(10)
+    net.run_network()
+    assert handle.result() == "Delegating"
+    heard = []
+    while not ends.queue.empty():
+        heard.append(ends.queue.get_nowait())
+    assert (handle.id, None) in heard and all(step is None for _, step in heard)
+    with_steps = hub.subscribe(None)
+    assert alice.scheduler.progress_wanted()
+    hub.unsubscribe(with_steps)
+    assert not alice.scheduler.progress_wanted()
 
 
 def test_a_tracker_subclass_words_its_own_progress_step(net):

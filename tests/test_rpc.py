@@ -167,6 +167,25 @@ def test_progress_streams_every_step_and_the_end(alice):
     assert events[-1] == ("end", {"flow_id": fid, "finished": True, "status": "COMPLETED", "result": 3})
 
 
+def test_a_stream_of_ends_only_carries_no_steps(alice):
+    fid = alice.start_flow("procflows.Relay", {"peer": "Bob", "rounds": 2, "delay": 0.3})["flow_id"]
+    events = list(alice.progress(fid, timeout=30, steps=False))
+    assert [e for e, _ in events] == ["status", "end"]
+    assert events[-1][1]["result"] == 3
+    # The node's stream of every flow, ends only: this flow's end and no step of it.
+    stream = alice.progress(None, timeout=30, steps=False)
+    assert next(stream)[0] == "status"
+    fid = alice.start_flow("procflows.Relay", {"peer": "Bob", "rounds": 2, "delay": 0.3})["flow_id"]
+    seen = []
+    for event, data in stream:
+        seen.append(event)
+        if event == "end" and data["flow_id"] == fid:
+            break
+    assert "progress" not in seen
+    err = error_of(lambda: alice.request("GET", "/progress?steps=maybe"))
+    assert (err.status, err.type) == (400, "BadRequest") and "steps" in err.message
+
+
 def test_kill_and_checkpoint_dump(alice):
     fid = alice.start_flow("procflows.Sleeper", {"seconds": 300})["flow_id"]
     deadline = time.monotonic() + 10

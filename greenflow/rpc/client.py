@@ -212,9 +212,11 @@ class RpcClient:
         finally:
             conn.close()
 
-    def progress(self, flow_id: Optional[str] = None,
-                 timeout: Optional[float] = None) -> Iterator[tuple[str, Any]]:
+    def progress(self, flow_id: Optional[str] = None, timeout: Optional[float] = None,
+                 steps: bool = True) -> Iterator[tuple[str, Any]]:
         """Server-sent events as ``(event, data)``: ``status`` first, then ``progress``
-        and ``end``. For one flow the iteration ends after its ``end``."""
+        and ``end``. For one flow the iteration ends after its ``end``. ``steps=False``
+        leaves out the ``progress`` events: a client that only waits for flows to end
+        spares the node working out every step of every flow for it."""
         path = API + (f"/flows/{quote(flow_id)}/progress" if flow_id else "/progress")
-        return self._events(path, timeout)
+        return self._events(path if steps else path + "?steps=0", timeout)

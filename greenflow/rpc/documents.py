@@ -82,6 +82,17 @@ def seconds(value: Any, what: str) -> float:
     return s
 
 
+def flag(value: Any, what: str) -> bool:
+    """A yes/no query parameter: ``1``/``true``/``yes`` or ``0``/``false``/``no``."""
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes"):
+        return True
+    if text in ("0", "false", "no"):
+        return False
+    raise RpcError(400, "BadRequest", f"`{what}` must be true or false (1/0, yes/no), "
+                                      f"not {str(value)[:40]!r}")
+
+
 def flow_json(f: Any) -> dict:
     out = {"id": f.id, "flow_class": f.flow_class, "status": f.status.value,
            "progress_step": f.progress_step, "suspended_on": f.suspended_on,

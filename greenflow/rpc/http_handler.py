@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from greenflow.console import is_console_path
 from greenflow.errors import FlowError, NotStartable, UnknownFlow
 from greenflow.rpc import streams
-from greenflow.rpc.documents import RpcError, error_json, seconds
+from greenflow.rpc.documents import RpcError, error_json, flag, seconds
 from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, parse_json_body
 from greenflow.rpc.log_limits import clip
 
@@ -212,10 +212,10 @@ class RpcHandler(BaseHTTPRequestHandler):
             return self._send_json(code, doc)
         if route == ("GET", ("flows", "*", "progress")):
             read()
-            return streams.progress_stream(self, rpc, p[1])
+            return streams.progress_stream(self, rpc, p[1], flag(query.get("steps", 1), "steps"))
         if route == ("GET", ("progress",)):
             read()
-            return streams.progress_stream(self, rpc, None)
+            return streams.progress_stream(self, rpc, None, flag(query.get("steps", 1), "steps"))
         if route in (("POST", ("flows", "*", "kill")), ("DELETE", ("flows", "*"))):
             self._need(user, "kill")
             return self._send_json(200, rpc.kill(p[1]))

@@ -30,17 +30,19 @@ def _event_bytes(kind: str, doc: Any) -> bytes:
 _BATCH = 64
 
 
-def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Optional[str]) -> None:
-    """Server-sent events: ``status`` (now), then ``progress`` per step change and
-    ``end`` when a flow finishes (for one flow, the stream then closes). A client
-    more than ``stream_buffer`` events behind is dropped (`ProgressHub`), and one
-    that accepts nothing for ``request_timeout`` seconds too."""
+def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Optional[str],
+                    steps: bool = True) -> None:
+    """Server-sent events: ``status`` (now), then ``progress`` per step change (unless
+    ``steps`` is false: a client that waits for flows to end) and ``end`` when a flow
+    finishes (for one flow, the stream then closes). A client more than
+    ``stream_buffer`` events behind is dropped (`ProgressHub`), and one that accepts
+    nothing for ``request_timeout`` seconds too."""
     node = rpc.node
     if not rpc.open_stream():
         raise RpcError(503, "TooManyStreams", f"{rpc.limits.max_streams} progress streams "
                                               "are open (max_streams): retry later",
                        retry_after=5)
-    sub = rpc.hub.subscribe(fid)
+    sub = rpc.hub.subscribe(fid, steps)
     try:
         if fid is not None:
             node.handle(fid)  # UnknownFlow -> 404 before the stream starts
