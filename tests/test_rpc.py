@@ -181,6 +181,7 @@ def test_a_stream_of_ends_only_carries_no_steps(alice):
         seen.append(event)
         if event == "end" and data["flow_id"] == fid:
             break
+    stream.close()
     assert "progress" not in seen
     err = error_of(lambda: alice.request("GET", "/progress?steps=maybe"))
     assert (err.status, err.type) == (400, "BadRequest") and "steps" in err.message
