@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from greenflow.flows.registry import qualified_name
 from greenflow.party import Party
+from greenflow.rpc.flow_values import convert
 
 MAX_WAIT_SECONDS = 600.0
 REPR_LIMIT = 400
@@ -83,14 +84,12 @@ def seconds(value: Any, what: str) -> float:
 
 
 def flag(value: Any, what: str) -> bool:
-    """A yes/no query parameter: ``1``/``true``/``yes`` or ``0``/``false``/``no``."""
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes"):
-        return True
-    if text in ("0", "false", "no"):
-        return False
-    raise RpcError(400, "BadRequest", f"`{what}` must be true or false (1/0, yes/no), "
-                                      f"not {str(value)[:40]!r}")
+    """A yes/no query parameter, in the words a flow's bool argument takes."""
+    try:
+        return convert(str(value), bool)
+    except ValueError:
+        raise RpcError(400, "BadRequest", f"`{what}` must be true or false (yes/no, on/off, "
+                                          f"1/0), not {str(value)[:40]!r}") from None
 
 
 def flow_json(f: Any) -> dict:
