@@ -48,13 +48,12 @@ class FlowViews:
         rec = node.results.record(fid)
         if rec is not None:
             return info_from_result(fid, rec)
-        cp = node.store.checkpoint(fid)
-        if cp is None:
-            flow_class = node.results.filed(fid)
-            if flow_class is not None:   # filed for another worker, not started yet
-                return FlowInfo(fid, flow_class, FlowStatus.RUNNABLE, None, None, False, None)
-            raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
-        return info_from_checkpoint(cp, False)
+        cp, filed = node.results.checkpoint_or_filed(fid)
+        if cp is not None:
+            return info_from_checkpoint(cp, False)
+        if filed is not None:   # filed for another worker, not started yet
+            return FlowInfo(fid, filed, FlowStatus.RUNNABLE, None, None, False, None)
+        raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
 
     def flows(self) -> list[FlowInfo]:
         store, sched = self.node.store, self.node.scheduler

@@ -51,22 +51,27 @@ class FlowResults:
     def handle(self, flow_id: str) -> FlowHandle:
         node = self.node
         self.check_open(flow_id)
-        if not self._known(flow_id) and self.filed(flow_id) is None and (
-                node.filed_start is None or not self._known(flow_id)):  # (started meanwhile?)
-            raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
+        if flow_id not in node.scheduler.resident and node.store.result(flow_id) is None:
+            cp, filed = self.checkpoint_or_filed(flow_id)
+            if cp is None and filed is None and (node.filed_start is None
+                                                 or node.store.result(flow_id) is None):
+                raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
         return FlowHandle(node, flow_id)
 
-    def _known(self, fid: str) -> bool:
+    def checkpoint_or_filed(self, fid: str) -> tuple[Optional[Any], Optional[str]]:
+        """``fid``'s stored checkpoint, or on a clustered worker the flow class of its
+        start while that waits, filed, for the worker that will run it
+        (`Node.filed_start`); (None, None) when neither. The owner commits the start
+        before it deletes the filing, so the store is read again when no filing is
+        found: a flow started in between is not taken for an unknown one."""
         node = self.node
-        return (fid in node.scheduler.resident or node.store.checkpoint(fid) is not None
-                or node.store.result(fid) is not None)
-
-    def filed(self, fid: str) -> Optional[str]:
-        """A clustered worker: the flow class of ``fid`` while its start waits, filed, for
-        the worker that will run it (`Node.filed_start`); its checkpoint is committed
-        before the filing goes, so a flow is always one or the other."""
-        filed_start = self.node.filed_start
-        return filed_start(fid) if filed_start is not None else None
+        cp = node.store.checkpoint(fid)
+        if cp is not None or node.filed_start is None:
+            return cp, None
+        flow_class = node.filed_start(fid)
+        if flow_class is not None:
+            return None, flow_class
+        return node.store.checkpoint(fid), None
 
     def check_open(self, fid: str) -> None:
         """Handles outlive their node object (a restart opens a new one): say so, rather
@@ -134,12 +139,12 @@ class FlowResults:
         rt = self.node.scheduler.resident.get(fid)
         if rt is not None:
             return rt.cp.status
-        cp = self.node.store.checkpoint(fid)
-        if cp is None:
-            if self.filed(fid) is not None:
-                return FlowStatus.RUNNABLE   # filed, to be started by its partition's owner
-            raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
-        return shown_status(cp, resident=False)
+        cp, filed = self.checkpoint_or_filed(fid)
+        if cp is not None:
+            return shown_status(cp, resident=False)
+        if filed is not None:
+            return FlowStatus.RUNNABLE   # filed, to be started by its partition's owner
+        raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
 
 
 def unpack_result(fid: str, rec: dict) -> Any:
