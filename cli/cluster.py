@@ -10,9 +10,10 @@ from typing import Optional
 
 import click
 
-from greenflow.cli.errors import CliError
+from greenflow.cli.errors import CliError, NotANodeDirectory, UsageProblem
 
 DATABASE_FILE = "database"   # DIR/cluster/database: the URL `cluster up` used
+_SECONDS = click.FloatRange(min=0, min_open=True)
 
 
 def _database(base_dir: str, database: Optional[str]) -> str:
@@ -40,9 +41,14 @@ def command() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64))
 @click.option("--database", default=None,
               help="postgresql://... of an existing server; default: start one in DIR/postgres.")
-@click.option("--lease", default=5.0, show_default=True, help="Lease time, seconds.")
-@click.option("--renew", default=1.0, show_default=True, help="Lease renewal interval, seconds.")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--lease", default=5.0, show_default=True, type=_SECONDS,
+              help="Lease time, seconds: more than twice --renew.")
+@click.option("--renew", default=1.0, show_default=True, type=_SECONDS,
+              help="Lease renewal interval, seconds.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                                case_sensitive=False),
+              help="What the workers write to DIR/cluster/<worker>.log.")
 def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew: float,
        log_level: str) -> None:
     """Start PostgreSQL (unless --database) and WORKERS worker processes; stop them all
@@ -51,17 +57,24 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         from greenflow.cluster.launcher import Cluster
     except ImportError as exc:
         raise CliError(f"the cluster needs more packages: pip install 'greenflow[cluster]' ({exc})")
-    cl = Cluster(base_dir, workers=workers, database=database, lease_s=lease, renew_s=renew,
-                 log_level=log_level)
+    from greenflow.errors import FlowError
+    from greenflow.network.node_config import ConfigError
+    try:
+        cl = Cluster(base_dir, workers=workers, database=database, lease_s=lease,
+                     renew_s=renew, log_level=log_level)
+    except ConfigError as exc:
+        raise NotANodeDirectory(str(exc)) from None
+    except (ValueError, FlowError) as exc:
+        raise UsageProblem(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda s, f: stop.set())
     try:
         url = cl.start_database()
-        os.makedirs(os.path.join(cl.node_dir, "cluster"), exist_ok=True)
+        cl.start()
+        # Only a database the workers came up on is remembered for `cluster status`.
         with open(os.path.join(cl.node_dir, "cluster", DATABASE_FILE), "w", encoding="utf-8") as fh:
             fh.write(url + "\n")
-        cl.start()
         click.echo(f"{cl.config.name}: {workers} workers up on {_redact(url)} (schema {cl.schema})")
         for name, rpc in cl.rpc.items():
             click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
@@ -69,8 +82,8 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
             dead = [n for n, p in cl.procs.items() if p.poll() is not None]
             if dead and len(dead) == len(cl.procs):
                 raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
-    except (TimeoutError, RuntimeError) as exc:
-        raise CliError(str(exc))
+    except (TimeoutError, RuntimeError, FlowError) as exc:   # FlowError: the store's own
+        raise CliError(str(exc)) from None
     finally:
         cl.stop()
     click.echo("stopped")
@@ -88,7 +101,7 @@ def _redact(url: str) -> str:
 @command.command("status")
 @click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--database", default=None, help="postgresql://... (default: what `cluster up` used)")
-@click.option("--lease", default=5.0, show_default=True,
+@click.option("--lease", default=5.0, show_default=True, type=_SECONDS,
               help="The lease time the workers use (a worker is live within it).")
 @click.option("--json", "as_json", is_flag=True)
 def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) -> None:

@@ -89,3 +89,35 @@ def test_cluster_up_status_and_flow_list_show_the_workers(root):
         out, _ = up.communicate(timeout=60)
     assert up.returncode == 0, out
     assert "stopped" in out
+
+
+def test_cluster_up_refuses_what_would_stop_its_workers_and_names_it(root):
+    """Settings no worker could start with are refused before anything starts, naming the
+    setting; a worker that fails at its start is reported with its own reason, and its
+    database is not remembered for `cluster status`."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    alice = str(root / "Alice")
+    cases = [
+        (["--dir", str(root)], 2, "is not a node directory"),
+        (["--dir", alice, "--lease", "1", "--renew", "0.5"], 2,
+         "must be more than twice the renew interval"),
+        (["--dir", alice, "--renew", "0"], 2, "Invalid value for '--renew'"),
+        (["--dir", alice, "--log-level", "LOUD"], 2, "Invalid value for '--log-level'"),
+        (["--dir", alice, "--database", "mysql://db/x"], 2, "needs a PostgreSQL store"),
+    ]
+    for args, code, words in cases:
+        r = gf("cluster", "up", "--workers", "1", *args, check=False)
+        assert r.returncode == code and words in r.stderr, (args, r.returncode, r.stderr)
+        assert "Traceback" not in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(alice, "postgres")), "a database was started"
+    from greenflow.network.bootstrap import free_port
+    url = f"postgresql://127.0.0.1:{free_port('127.0.0.1')}/nothing"
+    r = gf("cluster", "up", "--dir", alice, "--workers", "1", "--database", url,
+           timeout=120, check=False)
+    assert r.returncode == 1, r.stderr
+    assert "worker w1 exited" in r.stderr and "cannot connect to the PostgreSQL store" in r.stderr \
+        and url in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(alice, "cluster", "database"))
+    r = gf("cluster", "status", "--dir", alice, check=False)
+    assert r.returncode == 1 and "names no PostgreSQL database" in r.stderr, r.stderr

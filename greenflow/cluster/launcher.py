@@ -2,6 +2,7 @@
 and N worker processes. What ``greenflow cluster up`` and the failover tests use."""
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,8 +10,8 @@ import sys
 import time
 from typing import Optional
 
-from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, lease_table
-from greenflow.cluster.process import cluster_dir
+from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, check_timing, lease_table
+from greenflow.cluster.process import cluster_dir, postgres_url
 from greenflow.network.network_map import format_address
 from greenflow.network.node_config import NodeConfig
 from greenflow.storage.partitions import PARTITIONS
@@ -27,8 +28,16 @@ class Cluster:
         from greenflow.storage.postgres_store import schema_for, split_url
         if workers < 1:
             raise ValueError("a cluster needs at least one worker")
+        # What would stop every worker at its start is refused here, naming the setting,
+        # before a database or a process is started.
+        check_timing(lease_s, renew_s)
+        if not isinstance(logging.getLevelName(str(log_level).upper()), int):
+            raise ValueError(f"unknown log level {log_level!r}: one of DEBUG, INFO, WARNING, "
+                             "ERROR, CRITICAL")
         self.node_dir = os.path.abspath(node_dir)
         self.config = NodeConfig.load(self.node_dir)
+        if database is not None:
+            postgres_url(self.node_dir, database)
         self.n = workers
         self.database = database
         self.lease_s, self.renew_s = lease_s, renew_s
@@ -40,6 +49,7 @@ class Cluster:
         self.schema = self.schema or schema_for(self.node_dir)
         self.procs: dict[str, subprocess.Popen] = {}
         self.rpc: dict[str, str] = {}
+        self._log_start: dict[str, tuple[int, int]] = {}   # where each worker's run begins
 
     @property
     def dsn(self) -> str:
@@ -74,13 +84,35 @@ class Cluster:
                "--name", name, "--database", self.url or "", "--rpc-address", self.rpc[name],
                "--lease", str(self.lease_s), "--renew", str(self.renew_s),
                "--log-level", self.log_level]
-        out = open(os.path.join(cluster_dir(self.node_dir), f"{name}.out"), "ab")
+        self._log_start[name] = tuple(_size(self._file(name, ext)) for ext in ("log", "out"))
+        out = open(self._file(name, "out"), "ab")
         env = dict(os.environ if self.env is None else self.env)
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True)
         out.close()
         self.procs[name] = p
         return p
+
+    def _file(self, name: str, ext: str) -> str:
+        return os.path.join(cluster_dir(self.node_dir), f"{name}.{ext}")
+
+    def last_error(self, name: str) -> Optional[str]:
+        """Why worker ``name``'s current process stopped, in its own words: the last error
+        it logged, or the last line it printed (a worker that could not even be made
+        reports on stderr); None if it said nothing. Only what this process wrote counts:
+        the files are appended to across restarts."""
+        log_at, out_at = self._log_start.get(name, (0, 0))
+        records: list[str] = []
+        for line in _tail(self._file(name, "log"), log_at):
+            if line[:1].isspace() and records:   # a message's continuation line
+                records[-1] += " " + line.strip()
+            else:
+                records.append(line.strip())
+        errors = [r for r in records if " ERROR " in r or " CRITICAL " in r]
+        if errors:
+            return errors[-1].split(": ", 1)[-1]
+        printed = [ln.strip() for ln in _tail(self._file(name, "out"), out_at) if ln.strip()]
+        return printed[-1] if printed else None
 
     def status(self):
         import psycopg
@@ -99,8 +131,10 @@ class Cluster:
         while time.monotonic() < end:
             for n, p in self.procs.items():
                 if n in want and p.poll() is not None:
-                    raise RuntimeError(f"worker {n} exited with status {p.returncode}; see "
-                                       f"{cluster_dir(self.node_dir)}/{n}.log")
+                    why = self.last_error(n)
+                    raise RuntimeError(f"worker {n} exited with status {p.returncode}"
+                                       + (f": {why}" if why else "")
+                                       + f"; see {self._file(n, 'log')}")
             try:
                 ws, _ = self.status()
                 live = {w.name: w for w in ws if w.live}
@@ -141,3 +175,22 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _tail(path: str, start: int, limit: int = 64 * 1024) -> list[str]:
+    """The lines of ``path`` written after byte ``start`` (at most the last ``limit``
+    bytes of them)."""
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(start, end - limit))
+            return fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return []

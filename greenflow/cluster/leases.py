@@ -113,6 +113,14 @@ class WorkerStatus:
     partitions: list[int] = field(default_factory=list)
 
 
+def check_timing(lease_s: float, renew_s: float) -> None:
+    """Refuse lease timings that cannot hold a lease (`ValueError` naming both): what a
+    worker checks before it takes partitions, and a launcher before it starts any."""
+    if not renew_s > 0 or not lease_s > 2 * renew_s:
+        raise ValueError(f"lease time {lease_s}s must be more than twice the renew "
+                         f"interval {renew_s}s, or one slow renewal loses every lease")
+
+
 class LeaseManager:
     """Holds this worker's leases and keeps them renewed, on a thread of its own.
 
@@ -132,9 +140,7 @@ class LeaseManager:
                  address: Optional[str] = None, rpc: Optional[str] = None,
                  max_take: Optional[int] = None,
                  serving: Optional[Callable[[], int]] = None) -> None:
-        if renew_s <= 0 or lease_s <= 2 * renew_s:
-            raise ValueError(f"lease time {lease_s}s must be more than twice the renew "
-                             f"interval {renew_s}s, or one slow renewal loses every lease")
+        check_timing(lease_s, renew_s)
         self.dsn, self.schema, self.name = dsn, schema, name
         self.lease_s, self.renew_s, self.partitions = lease_s, renew_s, partitions
         self.on_gained = on_gained or (lambda parts: None)

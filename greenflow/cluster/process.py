@@ -38,6 +38,18 @@ def cluster_dir(node_dir: str) -> str:
     return os.path.join(os.path.abspath(node_dir), CLUSTER_DIR)
 
 
+def postgres_url(node_dir: str, database: Optional[str] = None) -> str:
+    """The PostgreSQL store a worker of ``node_dir`` uses: ``database``, else the node's
+    configured store; `FlowError` when that is not a ``postgresql://`` URL."""
+    from greenflow.storage import store_url
+    url = database or store_url(node_dir)
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise FlowError(f"{node_dir}: a cluster worker needs a PostgreSQL store: "
+                        f"pass --database postgresql://... or set store in node.toml "
+                        f"(it is {url!r})")
+    return url
+
+
 class WorkerProcess:
     """Worker + TCP transport + RPC in this process (what the RPC server calls its
     ``proc``: ``node``, ``config``, ``netmap``, ``transport``, draining, stop)."""
@@ -46,15 +58,10 @@ class WorkerProcess:
                  rpc_address: Optional[tuple[str, int]] = None, rpc: bool = True,
                  listen: Optional[tuple[str, int]] = None,
                  lease_s: float = DEFAULT_LEASE_S, renew_s: float = DEFAULT_RENEW_S) -> None:
-        from greenflow.storage import store_url
         self.base_dir = os.path.abspath(node_dir)
         self.config = NodeConfig.load(self.base_dir)
         self.netmap = NetworkMap.load(self.config.network_map_path)
-        self.url = database or store_url(self.base_dir)
-        if not self.url.startswith(("postgresql://", "postgres://")):
-            raise FlowError(f"{self.base_dir}: a cluster worker needs a PostgreSQL store: "
-                            f"pass --database postgresql://... or set store in node.toml "
-                            f"(it is {self.url!r})")
+        self.url = postgres_url(self.base_dir, database)
         self.name = name
         self.with_rpc = rpc
         self.rpc_address = rpc_address or self.config.rpc_address
