@@ -75,7 +75,8 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         # Only a database the workers came up on is remembered for `cluster status`.
         with open(os.path.join(cl.node_dir, "cluster", DATABASE_FILE), "w", encoding="utf-8") as fh:
             fh.write(url + "\n")
-        click.echo(f"{cl.config.name}: {workers} workers up on {_redact(url)} (schema {cl.schema})")
+        from greenflow.storage.postgres_store import redact
+        click.echo(f"{cl.config.name}: {workers} workers up on {redact(url)} (schema {cl.schema})")
         for name, rpc in cl.rpc.items():
             click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
         while not stop.wait(1.0):
@@ -89,15 +90,6 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
     click.echo("stopped")
 
 
-def _redact(url: str) -> str:
-    """The URL without its password (for what the command prints)."""
-    from urllib.parse import urlsplit, urlunsplit
-    parts = urlsplit(url)
-    if parts.password:
-        parts = parts._replace(netloc=parts.netloc.replace(":" + parts.password + "@", ":***@"))
-    return urlunsplit(parts)
-
-
 @command.command("status")
 @click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--database", default=None, help="postgresql://... (default: what `cluster up` used)")
@@ -109,7 +101,7 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) 
     import psycopg
     from greenflow.cluster.handoff import pending
     from greenflow.cluster.leases import lease_table
-    from greenflow.storage.postgres_store import schema_for, split_url
+    from greenflow.storage.postgres_store import redact, schema_for, split_url
     url = _database(os.path.abspath(base_dir), database)
     dsn, schema = split_url(url)
     schema = schema or schema_for(os.path.abspath(base_dir))
@@ -124,7 +116,7 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) 
                 except psycopg.Error:
                     counts[table] = None
     except psycopg.Error as exc:
-        raise CliError(f"cannot read the cluster's tables at {_redact(dsn)}: {exc}")
+        raise CliError(f"cannot read the cluster's tables at {redact(dsn)}: {exc}")
     held = [l for l in leases if l.owner and l.expires_in > 0]
     doc = {
         "schema": schema,

@@ -109,6 +109,16 @@ class Fenced(StoreError):
     twice. The worker must drop the partition's flows from memory."""
 
 
+class WorkerNameInUse(FlowError):
+    """Another live process is a clustered worker of the same party under the same name
+    (its heartbeat is younger than the lease time): a worker does not start under it.
+    ``heartbeat`` is that process's last one."""
+
+    def __init__(self, message: str, heartbeat: object = None) -> None:
+        super().__init__(message)
+        self.heartbeat = heartbeat
+
+
 class StoreRefused(StoreError):
     """The store cannot be opened as it is (missing, damaged, of another format or in
     use by another process): the node must not start on it, or it would forget or

@@ -225,3 +225,62 @@ def test_a_takeover_never_overlaps_the_old_owners_commit_and_fences_its_next(dsn
         store.close()
         a.stop(release=False)
         b.stop(release=False)
+
+
+def _other_process_row(dsn, schema, name, **cols):
+    """A ``workers`` row of another process (pid 1 on another host) under ``name``."""
+    import psycopg
+    a = manager(dsn, schema, "setup")
+    a._connect()   # creates the schema
+    a._drop_connection()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f'INSERT INTO "{schema}".workers (name, host, pid, stopped) '
+                  "VALUES (%s, 'elsewhere', 1, %s)", (name, cols.get("stopped", False)))
+
+
+def test_a_worker_name_belongs_to_one_live_process(dsn):
+    """A second process under a live worker's name is refused at its start, naming the
+    holder; the name of a process that is gone (killed: its heartbeat ages past the lease
+    time) or that stopped is taken over."""
+    import psycopg
+    from greenflow.errors import WorkerNameInUse
+    schema = new_schema()
+    _other_process_row(dsn, schema, "live")
+    stop = threading.Event()
+
+    def renew():   # the other process keeps its heartbeat
+        with psycopg.connect(dsn, autocommit=True) as c:
+            while not stop.wait(0.1):
+                c.execute(f'UPDATE "{schema}".workers SET heartbeat_at = now() WHERE name = %s',
+                          ("live",))
+
+    t = threading.Thread(target=renew, daemon=True)
+    t.start()
+    try:
+        m = manager(dsn, schema, "live")
+        t0 = time.monotonic()
+        with pytest.raises(WorkerNameInUse, match=r"'live' is in use by process 1 on elsewhere"):
+            m.start()
+        assert time.monotonic() - t0 < 1.0   # refused once it saw the heartbeat move
+        assert m.owned() == {}
+    finally:
+        stop.set()
+        t.join()
+        m.stop(release=False)
+    _other_process_row(dsn, schema, "killed")   # its heartbeat is now and stays so
+    k = manager(dsn, schema, "killed")
+    t0 = time.monotonic()
+    k.start()
+    try:
+        assert time.monotonic() - t0 >= 0.9 and len(k.owned()) > 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            assert c.execute(f'SELECT pid FROM "{schema}".workers WHERE name = %s',
+                             ("killed",)).fetchone()[0] != 1
+    finally:
+        k.stop(release=True)
+    _other_process_row(dsn, schema, "stopped", stopped=True)
+    s = manager(dsn, schema, "stopped")
+    t0 = time.monotonic()
+    s.start()
+    assert time.monotonic() - t0 < 0.9
+    s.stop(release=True)

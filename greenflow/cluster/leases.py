@@ -32,9 +32,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-log = logging.getLogger("greenflow.cluster.leases")
-
+from greenflow.errors import StoreError, WorkerNameInUse
 from greenflow.storage.partitions import PARTITIONS
+
+log = logging.getLogger("greenflow.cluster.leases")
 
 DEFAULT_LEASE_S = 5.0
 DEFAULT_RENEW_S = 1.0
@@ -226,15 +227,7 @@ class LeaseManager:
         s = _ident(self.schema)
         lease = f"{self.lease_s} seconds"
         started = time.monotonic()
-        with conn.transaction():
-            conn.execute(
-                f"INSERT INTO {s}.workers (name, host, pid, address, rpc, serving) "
-                f"VALUES (%s, %s, %s, %s, %s, %s) "
-                f"ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), host = excluded.host, "
-                f"pid = excluded.pid, address = excluded.address, rpc = excluded.rpc, "
-                f"serving = excluded.serving, stopped = false",
-                (self.name, socket.gethostname(), os.getpid(), self.address, self.rpc,
-                 self.serving()))
+        self._beat(conn, lease)
         # Renew exactly what we took, at the epoch we took it.
         held = self.owned_raw()
         if held:
@@ -266,6 +259,53 @@ class LeaseManager:
             if self.max_take is not None:
                 want = min(want, self.max_take)
             self._take(want, started)
+
+    def _beat(self, conn, lease: str) -> None:
+        """The heartbeat: this process's row in ``workers``. A row another process renewed
+        within the lease time is left alone (`WorkerNameInUse`): two workers under one name
+        would count as one live worker, and the partitions would be shared out wrongly."""
+        s = _ident(self.schema)
+        with conn.transaction():
+            mine = conn.execute(
+                f"INSERT INTO {s}.workers AS w (name, host, pid, address, rpc, serving) "
+                f"VALUES (%s, %s, %s, %s, %s, %s) "
+                f"ON CONFLICT (name) DO UPDATE SET heartbeat_at = now(), host = excluded.host, "
+                f"pid = excluded.pid, address = excluded.address, rpc = excluded.rpc, "
+                f"serving = excluded.serving, stopped = false "
+                f"WHERE w.stopped OR w.heartbeat_at < now() - %s::interval "
+                f"OR (w.host IS NOT DISTINCT FROM excluded.host AND w.pid = excluded.pid) "
+                f"RETURNING 1", (self.name, socket.gethostname(), os.getpid(), self.address,
+                                 self.rpc, self.serving(), lease)).fetchone()
+            if mine is None:
+                host, pid, age, beat = conn.execute(
+                    f"SELECT host, pid, extract(epoch FROM now() - heartbeat_at), heartbeat_at "
+                    f"FROM {s}.workers WHERE name = %s", (self.name,)).fetchone()
+                raise WorkerNameInUse(f"worker name {self.name!r} is in use by process {pid} on "
+                                      f"{host} (heartbeat {float(age):.1f}s ago): each worker "
+                                      "of a party needs a name of its own", beat)
+
+    def _claim_name(self) -> None:
+        """Wait (at most a lease time) for the row of a gone process of this name (a killed
+        worker restarted); refuse at once when another process is renewing it."""
+        try:
+            conn = self._connect()
+        except Exception as exc:  # psycopg.Error, OSError
+            from greenflow.storage.postgres_store import redact
+            raise StoreError(f"cannot reach the cluster's database {redact(self.dsn)} for the "
+                             f"leases: {exc}") from exc
+        lease = f"{self.lease_s} seconds"
+        end = time.monotonic() + self.lease_s + self.renew_s
+        first = None
+        while True:
+            try:
+                self._beat(conn, lease)
+                return
+            except WorkerNameInUse as exc:
+                first = exc.heartbeat if first is None else first
+                if exc.heartbeat != first or time.monotonic() > end:
+                    raise
+                log.info("worker %s: waiting for its name's last process to time out (%s)", self.name, exc)
+            time.sleep(min(self.renew_s, 0.5))
 
     def owned_raw(self) -> Owned:
         with self._lock:
@@ -322,7 +362,9 @@ class LeaseManager:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> "LeaseManager":
         """Run the first round now (so the caller knows what it holds), then one per renew
-        interval on a daemon thread."""
+        interval on a daemon thread. `WorkerNameInUse` when another live process has the
+        name."""
+        self._claim_name()
         self.tick()
         self._thread = threading.Thread(target=self._run, name=f"leases-{self.name}", daemon=True)
         self._thread.start()

@@ -197,6 +197,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         proc.start()
     except Exception as exc:
         log.error("worker %s cannot start: %s", args.name, exc)
+        print(f"greenflow cluster worker {args.name} cannot start: {exc}", file=sys.stderr)
         return 1
     with open(os.path.join(d, f"{args.name}.pid"), "w") as fh2:
         fh2.write(str(os.getpid()))

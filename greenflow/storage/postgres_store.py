@@ -100,7 +100,8 @@ def split_url(url: str) -> tuple[str, Optional[str]]:
     return urlunsplit(parts._replace(query=urlencode(kept))), schema
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """``url`` without its password: for messages and logs."""
     parts = urlsplit(url)
     if parts.password:
         netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
@@ -129,7 +130,7 @@ class PostgresStore:
             raise StoreError("a PostgreSQL store that owns partitions needs an owner name")
         self.dsn = dsn
         self.schema = schema
-        self.path = f"{_redact(dsn)} (schema {schema})"
+        self.path = f"{redact(dsn)} (schema {schema})"
         self.readonly = readonly
         self.owner = owner
         self.owned = owned
@@ -353,4 +354,4 @@ class PostgresStore:
                 sql.Identifier(self.schema)))
 
 
-__all__ = ["PostgresStore", "schema_for", "split_url", "PARTITIONS", "partition_of"]
+__all__ = ["PostgresStore", "redact", "schema_for", "split_url", "PARTITIONS", "partition_of"]
