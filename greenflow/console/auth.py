@@ -13,8 +13,9 @@ from typing import Any, Optional
 from urllib.parse import quote
 
 from greenflow.console import pages
-from greenflow.console.responses import (SECURITY_HEADERS, Refused, Response, cookie, error_answer,
-                                        form_fields, header, redirect)
+from greenflow.console.responses import (SECURITY_HEADERS, START_PAGE, Refused, Response,
+                                        console_location, cookie, error_answer, form_fields,
+                                        header, redirect)
 
 log = logging.getLogger("greenflow.console")
 
@@ -46,9 +47,7 @@ class ConsoleAuth:
         login limits back off, as for basic authentication."""
         form = form_fields(body)
         username, password = form.get("username", ""), form.get("password", "")
-        next_path = form.get("next") or "/console/flows"
-        if not next_path.startswith("/console/") or next_path.startswith("//"):
-            next_path = "/console/flows"
+        next_path = console_location(form.get("next", ""))
         token = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
         try:
             account = self.rpc.authenticate("Basic " + token, client)
@@ -76,7 +75,7 @@ class ConsoleAuth:
         if sid:
             with self._lock:
                 self._sessions.pop(sid, None)
-        status, hdrs, out = redirect("/console/flows")
+        status, hdrs, out = redirect(START_PAGE)
         hdrs["Set-Cookie"] = f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
         return status, hdrs, out
 
@@ -111,9 +110,10 @@ class ConsoleAuth:
         if path == "/metrics" or path.startswith(("/console/api/", "/console/static/")):
             return error_answer(path, 401, "Unauthorized", "log in first, or use HTTP basic "
                                "authentication with a user of the node")
-        next_path = path if path.startswith("/console/") and path != "/console/logout" else "/console/flows"
+        next_path = path if path != "/console/logout" else START_PAGE
         if query:
             next_path += "?" + "&".join(f"{quote(k)}={quote(v)}" for k, v in query.items())
+        next_path = console_location(next_path)
         # Not "Basic": a browser would show its own password dialog instead of this form.
         return 401, {"Content-Type": "text/html; charset=utf-8",
                      "WWW-Authenticate": 'Form realm="greenflow", action="/console/login"',

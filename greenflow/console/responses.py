@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from typing import Any, Iterator, Optional, Union
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 
 Body = Union[bytes, Iterator[bytes]]
@@ -39,6 +39,28 @@ def json_answer(status: int, doc: Any) -> Response:
 
 def html_answer(text: str, status: int = 200) -> Response:
     return status, {"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS}, text.encode("utf-8")
+
+
+#: What a redirect may carry unencoded: a path, a query and a fragment's punctuation.
+_URL_SAFE = "/?&=%:@!$'()*+,;~#"
+START_PAGE = "/console/flows"
+
+
+def console_location(target: str, default: str = START_PAGE) -> str:
+    """``target`` fit for a ``Location`` header if it is a path of this console, else
+    ``default``. A login's ``next`` comes from the client: a control character in it
+    would split the answer's headers, non-ASCII would break their encoding, and a scheme,
+    a host, ``//``, a backslash or a dot segment could leave the console (or the site)."""
+    if not target or any(c < " " or c in "\\\x7f" for c in target):
+        return default
+    target = quote(target, safe=_URL_SAFE)
+    url = urlsplit(target)
+    path = url.path
+    if url.scheme or url.netloc or "//" in path \
+            or not (path == "/console" or path.startswith("/console/")) \
+            or any(unquote(seg) in (".", "..") for seg in path.split("/")):
+        return default
+    return target
 
 
 def redirect(location: str) -> Response:

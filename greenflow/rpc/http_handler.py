@@ -157,6 +157,11 @@ class RpcHandler(BaseHTTPRequestHandler):
             raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
         status, headers, body = rpc.console.handle(method, path, query, raw, user, self.headers,
                                                    client)
+        # Checked before the first byte goes out: a value that could split the answer or
+        # fail to encode is then one clean 500, never a second answer after half a first.
+        for k, v in headers.items():
+            if not all(" " <= c <= "~" for c in str(v)):
+                raise ValueError(f"the console's {k} header is not printable ASCII")
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)

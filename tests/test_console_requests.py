@@ -1,0 +1,96 @@
+"""The console against requests no browser sends: crafted login targets, malformed and
+oversized bodies, odd static file names, HEAD. One node in this process, its real RPC
+HTTP server, raw sockets where the exact bytes on the wire matter."""
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import socket
+import time
+from urllib.parse import quote
+
+import pytest
+
+from greenflow.network.bootstrap import bootstrap_network
+from greenflow.rpc.node_process import NodeProcess
+
+PASSWORD = "pw"
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("console-requests"))
+    cfg = bootstrap_network(root, ["Solo"], base_port=0, apps=["samples.ping"],
+                            rpc_password=PASSWORD)[0]
+    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    yield proc
+    proc.stop()
+
+
+def exchange(proc: NodeProcess, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send one request on a fresh connection and return every byte the node sends
+    until it closes (the request asks it to)."""
+    s = socket.create_connection(proc.rpc.address, timeout=timeout)
+    try:
+        s.sendall(request)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        s.close()
+
+
+def post(path: str, body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n" + extra
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def login_body(next_path: str) -> bytes:
+    return f"username=admin&password={PASSWORD}&next={next_path}".encode()
+
+
+def head_of(answer: bytes) -> list[bytes]:
+    return answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def location(answer: bytes) -> bytes:
+    return next(ln for ln in head_of(answer) if ln.lower().startswith(b"location:")).split(b":", 1)[1].strip()
+
+
+def basic() -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()}
+
+
+# ---------------------------------------------------------------------- login target
+@pytest.mark.parametrize("next_path, expected", [
+    ("/console/flows%0D%0ASet-Cookie:%20injected=1%0D%0AX-Evil:%20yes", b"/console/flows"),
+    ("/console/flows%0ASet-Cookie:%20injected=1", b"/console/flows"),
+    ("/console/flows%09x", b"/console/flows"),
+    ("https://evil.example/console/", b"/console/flows"),
+    ("//evil.example/console/", b"/console/flows"),
+    ("/console//evil.example", b"/console/flows"),
+    ("/console/..%5C..%5Cevil", b"/console/flows"),
+    ("/consoleevil", b"/console/flows"),
+    ("/console/vault", b"/console/vault"),
+    ("/console/flows?status%3DHOSPITALIZED%26q%3Dab", b"/console/flows?status=HOSPITALIZED&q=ab"),
+    (quote("/console/€"), b"/console/%E2%82%AC"),
+    (quote("/console/flows?q=a b"), b"/console/flows?q=a%20b"),
+], ids=["crlf", "lf", "tab", "scheme", "host", "double-slash", "backslash", "prefix", "plain",
+        "query", "non-ascii", "space"])
+def test_a_login_follows_only_a_console_path_and_sends_one_clean_answer(node, next_path, expected):
+    answer = exchange(node, post("/console/login", login_body(next_path)))
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert answer.startswith(b"HTTP/1.1 303 "), answer
+    lines = head_of(answer)
+    assert location(answer) == expected
+    assert not any(ln.lower().startswith((b"x-evil", b"set-cookie: injected")) for ln in lines), lines
+    cookies = [ln for ln in lines if ln.lower().startswith(b"set-cookie:")]
+    assert len(cookies) == 1 and b"greenflow_console=" in cookies[0], lines
+    assert all(32 <= b < 127 for ln in lines for b in ln), lines
