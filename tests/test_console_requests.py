@@ -94,3 +94,50 @@ def test_a_login_follows_only_a_console_path_and_sends_one_clean_answer(node, ne
     cookies = [ln for ln in lines if ln.lower().startswith(b"set-cookie:")]
     assert len(cookies) == 1 and b"greenflow_console=" in cookies[0], lines
     assert all(32 <= b < 127 for ln in lines for b in ln), lines
+
+
+# ---------------------------------------------------------------------- bodies
+@pytest.mark.parametrize("body, says", [
+    (b'{"u":' + b"[" * 1100, b"max_json_depth"),
+    (b'{"username": "admin", "password": [[[[[[[[[[' + b"[" * 100 + b"]" * 110 + b"}", b"max_json_depth"),
+    (b'{"username": "admin", "password":', b"not JSON"),
+    (b"username=admin&password=\xff\xfe", b"not UTF-8"),
+], ids=["deep-unclosed", "deep", "cut", "latin-1"])
+def test_a_malformed_login_body_is_400_naming_it_and_logs_nothing(node, caplog, body, says):
+    caplog.set_level(logging.INFO, "greenflow")
+    answer = exchange(node, post("/console/login", body))
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"BadRequest" in answer and says in answer, answer
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_console_body_over_16_kib_is_refused_unread(node):
+    s = socket.create_connection(node.rpc.address, timeout=10)
+    try:  # the node answers before the body is sent: it reads none of it
+        s.sendall(b"POST /console/login HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n")
+        s.settimeout(5)
+        answer = s.recv(65536)
+    finally:
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"16384" in answer, answer
+    small = login_body("/console/vault") + b"&pad=" + b"x" * 15_000
+    assert location(exchange(node, post("/console/login", small))) == b"/console/vault"
+
+
+def test_a_failing_console_request_is_logged_once_per_interval(node, caplog, monkeypatch):
+    from greenflow.console import data
+
+    def broken(*args):
+        raise RuntimeError("the overview broke")
+
+    monkeypatch.setattr(data, "node_overview", broken)
+    caplog.set_level(logging.INFO, "greenflow")
+    conn = http.client.HTTPConnection(*node.rpc.address, timeout=10)
+    try:
+        for _ in range(200):  # one keep-alive connection, as a flood would
+            conn.request("GET", "/console/api/node", headers=basic())
+            resp = conn.getresponse()
+            assert resp.status == 500 and b"the overview broke" in resp.read()
+    finally:
+        conn.close()
+    failed = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info, [r.getMessage() for r in failed]

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 from urllib.parse import unquote
 
 from greenflow.errors import UnknownFlow
+from greenflow.rpc.log_limits import RateLimitedLog, clip
 from greenflow.rpc.metrics import NodeMetrics
 from greenflow.console import data, pages
 from greenflow.console.auth import ConsoleAuth
@@ -34,6 +35,9 @@ from greenflow.console.responses import (Refused, Response, error_answer, form_f
 log = logging.getLogger("greenflow.console")
 
 FLOWS_CACHE_SECONDS = 0.5
+#: A console request's body: forms and actions are a few fields, so the RPC's
+#: ``max_body_bytes`` (which a flow's arguments may need) is far more than any needs.
+MAX_BODY_BYTES = 16 * 1024
 
 
 def is_console_path(path: str) -> bool:
@@ -48,6 +52,8 @@ class ConsoleApp:
         self.rpc = rpc
         self.metrics = NodeMetrics(proc=rpc.proc)
         self.auth = ConsoleAuth(rpc)
+        # As the RPC's: anyone who finds a failing request could repeat it to fill the log.
+        self.warn = RateLimitedLog(log, rpc.limits.log_interval)
         self._flows_lock = threading.Lock()
         self._flows_cache: tuple[float, list, bool] = (-1e9, [], False)
 
@@ -73,7 +79,7 @@ class ConsoleApp:
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
             if type(exc).__name__ == "RpcError":
                 return error_answer(path, exc.status, exc.type, exc.message)  # type: ignore[attr-defined]
-            log.exception("console %s %s failed", method, path)
+            self.warn.exception("500", "console %s %s failed", method, clip(path, 200))
             return error_answer(path, 500, "InternalError", f"{type(exc).__name__}: {exc}")
 
     def _handle(self, method: str, path: str, query: dict, body: bytes, user: Any,
@@ -183,7 +189,7 @@ class ConsoleApp:
             return json_answer(200, {"flow_id": fid, "action": action, "done": bool(ok)})
         if p == ["node", "draining"]:
             self.auth.need(user, "admin")
-            form = form_fields(body)
+            form = form_fields(body, self.rpc.limits.max_json_depth)
             on = form.get("enabled", "").lower() in ("true", "1", "on")
             self.rpc.proc.set_draining(on)
             return redirect("/console/node")

@@ -45,7 +45,7 @@ class ConsoleAuth:
     def login(self, body: bytes, client: str) -> Response:
         """A login form's answer; ``client`` (the caller's address) is what the RPC's
         login limits back off, as for basic authentication."""
-        form = form_fields(body)
+        form = form_fields(body, self.rpc.limits.max_json_depth)
         username, password = form.get("username", ""), form.get("password", "")
         next_path = console_location(form.get("next", ""))
         token = base64.b64encode(f"{username}:{password}".encode("utf-8")).decode("ascii")
@@ -96,7 +96,7 @@ class ConsoleAuth:
                 raise Refused(403, "Forbidden", "console actions with basic authentication need "
                                                  "an X-Greenflow-Console header")
             return
-        sent = header(headers, "X-CSRF-Token") or form_fields(body).get("csrf", "")
+        sent = header(headers, "X-CSRF-Token") or form_fields(body, self.rpc.limits.max_json_depth).get("csrf", "")
         if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
             raise Refused(403, "Forbidden", "missing or stale CSRF token: reload the page")
 

@@ -8,6 +8,8 @@ import os
 from typing import Any, Iterator, Optional, Union
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from greenflow.rpc.limit_settings import LimitExceeded, parse_json_body
+
 
 Body = Union[bytes, Iterator[bytes]]
 Response = tuple[int, dict, Body]
@@ -88,20 +90,23 @@ def cookie(headers: Any, name: str) -> Optional[str]:
     return None
 
 
-def form_fields(body: bytes) -> dict:
+def form_fields(body: bytes, max_depth: int) -> dict:
+    """The fields of a form (URL-encoded, or a JSON object), or `Refused` (400) naming
+    what is wrong with the body: anyone may post the login form, so a malformed body is
+    the client's error, never the node's, and JSON is parsed no deeper than the RPC's
+    ``max_json_depth``."""
     if not body:
         return {}
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        return {}
+        raise Refused(400, "BadRequest", "the body is not UTF-8") from None
     if text.lstrip().startswith("{"):
         try:
-            doc = json.loads(text)
-            return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in doc.items()} \
-                if isinstance(doc, dict) else {}
-        except ValueError:
-            return {}
+            doc = parse_json_body(body, max_depth)  # starts with "{": an object if JSON
+        except LimitExceeded as exc:
+            raise Refused(exc.status, exc.type, exc.message) from None
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in doc.items()}
     return {k: v[-1] for k, v in parse_qs(text, keep_blank_values=True).items()}
 
 

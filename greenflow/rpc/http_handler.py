@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from greenflow.console import is_console_path
+from greenflow.console import MAX_BODY_BYTES as CONSOLE_BODY_BYTES, is_console_path
 from greenflow.errors import FlowError, NotStartable, UnknownFlow
 from greenflow.rpc import streams
 from greenflow.rpc.documents import RpcError, error_json, flag, seconds
@@ -64,8 +64,10 @@ class RpcHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, console: bool) -> bytes:
         limit = self.server.limits.max_body_bytes
+        if console:
+            limit = min(limit, CONSOLE_BODY_BYTES)
         if self.headers.get("Transfer-Encoding") is not None:
             # Not read, so its bytes must not be taken for the next request: close.
             self.close_connection = True
@@ -81,8 +83,8 @@ class RpcHandler(BaseHTTPRequestHandler):
             raise RpcError(400, "BadRequest", "the Content-Length header is malformed")
         if n > limit:
             self.close_connection = True
-            raise RpcError(413, "BodyTooLarge", f"the body has {n} bytes; at most {limit} "
-                                                "(max_body_bytes)")
+            which = "for the console" if console else "max_body_bytes"
+            raise RpcError(413, "BodyTooLarge", f"the body has {n} bytes; at most {limit} ({which})")
         raw = self.rfile.read(n) if n else b""
         if len(raw) < n:
             raise ConnectionResetError("the client sent less than its Content-Length")
@@ -111,13 +113,14 @@ class RpcHandler(BaseHTTPRequestHandler):
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/") if p]
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            console = is_console_path(url.path)
             try:
-                raw = self._read_body()
+                raw = self._read_body(console)
             except (OSError, ValueError):  # timed out, cut short or reset: no answer is owed
                 self.close_connection = True
                 return
             self.server.busy(self.connection)
-            if is_console_path(url.path):
+            if console:
                 return self._console(rpc, method, url.path, query, raw)
             try:
                 user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])

@@ -53,6 +53,7 @@ class RpcServer:
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
         self.console = ConsoleApp(self)  # /console... and /metrics (see RpcHandler._console)
+        self.httpd.warners.append(self.console.warn)
 
     @property
     def address(self) -> tuple[str, int]:
