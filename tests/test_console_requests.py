@@ -141,3 +141,27 @@ def test_a_failing_console_request_is_logged_once_per_interval(node, caplog, mon
         conn.close()
     failed = [r for r in caplog.records if "failed" in r.getMessage()]
     assert len(failed) == 1 and failed[0].exc_info, [r.getMessage() for r in failed]
+
+
+# ---------------------------------------------------------------------- static files
+@pytest.mark.parametrize("name", ["x.css%00.js", "console.css%00", "%00", "..%2Fpages.py",
+                                  "..%2F..%2F__init__.py", "nope.css", ".hidden.css"])
+def test_a_static_file_that_does_not_ship_is_404_whatever_its_name(node, caplog, name):
+    caplog.set_level(logging.INFO, "greenflow")
+    conn = http.client.HTTPConnection(*node.rpc.address, timeout=10)
+    try:
+        conn.request("GET", "/console/static/" + name, headers=basic())
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 404 and b"NotFound" in body, body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    conn = http.client.HTTPConnection(*node.rpc.address, timeout=10)
+    try:
+        conn.request("GET", "/console/static/console.css", headers=basic())
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/css")
+        resp.read()
+    finally:
+        conn.close()
