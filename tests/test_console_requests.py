@@ -165,3 +165,27 @@ def test_a_static_file_that_does_not_ship_is_404_whatever_its_name(node, caplog,
         resp.read()
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------- HEAD
+def test_head_on_a_console_page_answers_its_headers_without_a_body(node):
+    def raw(method: str, path: str, authz: bool = True) -> bytes:
+        extra = f"Authorization: {basic()['Authorization']}\r\n" if authz else ""
+        return exchange(node, f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                              f"{extra}\r\n".encode())
+
+    for path in ("/console/flows", "/console/node", "/console/api/flows", "/console/static/console.js",
+                 "/metrics"):
+        got, want = raw("HEAD", path), raw("GET", path)
+        head, _, body = got.partition(b"\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 200 ") and body == b"", (path, got[:300])
+        length = int(next(ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:"))
+                     .split(b":")[1])
+        assert length > 0
+        ctype = lambda a: next(ln for ln in head_of(a) if ln.lower().startswith(b"content-type:"))  # noqa: E731
+        assert ctype(got) == ctype(want), path
+    for path, status in (("/console/flows", b"401"), ("/console/api/flows/nope", b"404"),
+                         ("/console/api/flows/nope/events", b"404"), ("/console/", b"303")):
+        got = raw("HEAD", path, authz=status != b"401")
+        assert got.startswith(b"HTTP/1.1 " + status) and got.partition(b"\r\n\r\n")[2] == b"", got
+    assert raw("HEAD", "/api/v1/node").startswith(b"HTTP/1.1 501 ")  # the JSON API: as before

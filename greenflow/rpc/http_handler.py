@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -107,6 +108,14 @@ class RpcHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._handle("DELETE")
 
+    def do_HEAD(self) -> None:
+        """The console's pages answer HEAD as GET without the body (browsers, proxies and
+        monitors check pages so); the JSON API keeps the standard library's 501."""
+        if is_console_path(urlsplit(self.path).path):
+            self._handle("HEAD")
+        else:
+            self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
+
     def _handle(self, method: str) -> None:
         rpc = self.server.rpc
         try:
@@ -178,7 +187,7 @@ class RpcHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         try:
-            for chunk in body:
+            for chunk in body if self.command != "HEAD" else ():
                 self.wfile.write(chunk)
                 self.wfile.flush()
         finally:
