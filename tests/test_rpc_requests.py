@@ -105,3 +105,107 @@ def test_concurrent_starts_with_one_client_id_start_one_flow(net):
         assert [status for status, _ in answers] == [200] * 20
         assert len({doc["flow_id"] for _, doc in answers}) == 1
     assert len(net.flow_ids() - before) == 3
+
+
+def test_a_client_id_taken_by_another_flow_class_is_a_conflict(net):
+    status, first = net.call("POST", "/flows", {"flow": "procflows.Sleeper", "args": {"seconds": 0.1},
+                                               "client_id": "pay-1"})
+    assert status == 200
+    status, doc = net.call("POST", "/flows", {**PING, "client_id": "pay-1", "wait": 5})
+    assert status == 409 and doc["error"]["type"] == "Conflict"
+    assert "procflows.Sleeper" in doc["error"]["message"]
+    assert "greenflow.samples.ping.Ping" in doc["error"]["message"]
+    assert first["flow_id"] in doc["error"]["message"]
+
+
+def test_a_taken_client_id_gives_its_result_only_to_readers(net):
+    status, first = net.call("POST", "/flows", {**PING, "client_id": "shared-1", "wait": 30})
+    assert status == 200 and first["result"] == 1
+    status, doc = net.call("POST", "/flows", {**PING, "client_id": "shared-1", "wait": 30},
+                           authz=auth("starter", "spw"))
+    assert status == 200 and doc["flow_id"] == first["flow_id"]
+    assert "result" not in doc and "status" not in doc
+    status, doc = net.call("POST", "/flows", {**PING, "client_id": "shared-1", "wait": 30})
+    assert status == 200 and doc["result"] == 1
+    # A start-only user's own new flow still comes with its result.
+    status, doc = net.call("POST", "/flows", {**PING, "client_id": "mine-1", "wait": 30},
+                           authz=auth("starter", "spw"))
+    assert status == 200 and doc["result"] == 1
+
+
+# ------------------------------------------------------------------------- fields
+@pytest.mark.parametrize("wait", ["abc", -1, 1000, "nan", "inf", [1], True, {"s": 1}])
+def test_a_bad_wait_is_400_and_starts_nothing(net, wait):
+    before = net.flow_ids()
+    status, doc = net.call("POST", "/flows", {**PING, "wait": wait})
+    assert status == 400 and doc["error"]["type"] == "BadRequest"
+    assert "`wait`" in doc["error"]["message"]
+    assert net.flow_ids() == before
+
+
+def test_a_wait_too_large_for_a_float_is_400_and_starts_nothing(net):
+    before = net.flow_ids()
+    body = b'{"flow": "samples.ping.Ping", "args": {"peer": "Bob"}, "wait": 1e400}'
+    assert net.call("POST", "/flows", body)[0] == 400
+    assert net.flow_ids() == before
+
+
+@pytest.mark.parametrize("body, field", [
+    (b'{"flow": "samples.ping.Ping", "client_id": "\\ud800", "args": {"peer": "Bob"}}', "client_id"),
+    (b'{"flow": "samples.ping.Ping", "args": {"peer": "B\\udc00ob"}}', "args.peer"),
+    (b'{"flow": "samples.ping.Ping", "args": {"peer": "Bob", "x\\ud800": 1}}', "args.x"),
+    (b'{"flow": "samples.ping.Ping", "args": {"peer": ["\\ud83d"]}}', "args.peer[0]"),
+])
+def test_unpaired_surrogates_are_400_naming_the_field(net, body, field):
+    before = net.flow_ids()
+    status, doc = net.call("POST", "/flows", body)
+    assert (status, doc["error"]["type"]) == (400, "BadRequest")
+    assert f"`{field}" in doc["error"]["message"] and "surrogate" in doc["error"]["message"]
+    assert net.flow_ids() == before
+
+
+def test_a_paired_surrogate_is_a_character(net):
+    body = b'{"flow": "samples.ping.Ping", "client_id": "\\ud83d\\ude00", "args": {"peer": "Bob"}}'
+    assert net.call("POST", "/flows", body)[0] == 200
+
+
+@pytest.mark.parametrize("query", ["BOGUS", "%00", "SUSPENDED,NOPE"])
+def test_an_unknown_status_filter_is_400_naming_the_known_ones(net, query):
+    status, doc = net.call("GET", f"/flows?status={query}")
+    assert (status, doc["error"]["type"]) == (400, "BadRequest")
+    assert "unknown status" in doc["error"]["message"] and "COMPLETED" in doc["error"]["message"]
+    assert net.call("GET", "/flows?status=completed,SUSPENDED")[0] == 200
+
+
+@pytest.mark.parametrize("length", [b"1_7", b"+17", b"17 ", b"0x11", b"\xd9\xa1\xd9\xa7"])
+def test_a_content_length_of_anything_but_digits_is_400(net, length):
+    body = b'{"flow": "x.Yz"}\n'
+    assert len(body) == 17
+    status, kind, doc = net.raw(b"POST /api/v1/flows HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                                + auth().encode() + b"\r\nContent-Length: " + length
+                                + b"\r\n\r\n" + body)
+    assert status == 400 and "Content-Length" in doc["error"]["message"]
+
+
+# ------------------------------------------------------------------------- minor
+def test_the_basic_scheme_name_is_case_insensitive(net):
+    for scheme in ("basic", "BASIC", "bAsIc"):
+        assert net.call("GET", "/node", authz=auth(scheme=scheme))[0] == 200
+
+
+def test_draining_takes_no_unknown_fields(net):
+    status, doc = net.call("POST", "/draining", {"enabled": False, "colour": "red"})
+    assert (status, doc["error"]["type"]) == (400, "BadRequest")
+    assert net.call("GET", "/draining")[1]["draining"] is False
+
+
+def test_error_messages_quote_at_most_a_bounded_part_of_the_input(net):
+    huge = "Z" * 1_000_000
+    for body in ({"flow": "samples.ping.Ping", "args": {"peer": huge}},
+                 {"flow": "samples.ping.Ping", "args": {"peer": "Bob", "n": huge}},
+                 {"flow": "samples.ping.Ping", "args": {"peer": "Bob", huge: 1}}):
+        status, doc = net.call("POST", "/flows", body)
+        assert status == 400 and len(doc["error"]["message"]) < 1000
+        assert "Z" * 90 + "..." in doc["error"]["message"]
+    status, doc = net.call("GET", "/flows?status=" + "Q" * 20_000)
+    assert status == 400 and len(doc["error"]["message"]) < 1000

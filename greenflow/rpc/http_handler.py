@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from greenflow.console import is_console_path
 from greenflow.errors import FlowError, NotStartable, UnknownFlow
 from greenflow.rpc import streams
-from greenflow.rpc.documents import RpcError, error_json, flag, seconds
+from greenflow.rpc.documents import RpcError, check_text, error_json, flag, seconds, shown
 from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, parse_json_body
 from greenflow.rpc.log_limits import clip
 
@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenflow.rpc")
 
 API = "/api/v1"
+#: An error message is cut here: the values it quotes are capped where it is made, and
+#: this bounds whatever a flow's own refusal of its arguments quotes.
+MAX_MESSAGE = 2000
 
 
 class RpcHttpServer(BoundedHTTPServer):
@@ -72,9 +75,13 @@ class RpcHandler(BaseHTTPRequestHandler):
             raise RpcError(411, "LengthRequired", "send the body with a Content-Length "
                                                   "(Transfer-Encoding is not accepted)")
         lengths = self.headers.get_all("Content-Length") or []
-        try:
-            n = int(lengths[0]) if len(lengths) == 1 else (0 if not lengths else -1)
-        except ValueError:
+        # Digits only (RFC 9110): int() would also take "+17", "1_7" and "17 ", which a
+        # proxy in front may read otherwise, so the body's end would be disputed.
+        if not lengths:
+            n = 0
+        elif len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit():
+            n = int(lengths[0])
+        else:
             n = -1
         if n < 0:
             self.close_connection = True
@@ -124,12 +131,16 @@ class RpcHandler(BaseHTTPRequestHandler):
             except LimitExceeded as exc:
                 raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
             body = self._parse(raw) if method == "POST" else None
+            check_text(body, "")
+            check_text(query, "")
             self._route(rpc, method, parts, query, body, user)
         except RpcError as exc:
             headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else {}
             if exc.retry_after:
                 headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-            self._send_json(exc.status, {"error": {"type": exc.type, "message": exc.message}}, headers)
+            self._send_json(exc.status, {"error": {"type": exc.type,
+                                                   "message": shown(exc.message, MAX_MESSAGE)}},
+                            headers)
         except UnknownFlow as exc:
             self._send_json(404, {"error": error_json(exc)})
         except NotStartable as exc:
