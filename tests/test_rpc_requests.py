@@ -209,3 +209,23 @@ def test_error_messages_quote_at_most_a_bounded_part_of_the_input(net):
         assert "Z" * 90 + "..." in doc["error"]["message"]
     status, doc = net.call("GET", "/flows?status=" + "Q" * 20_000)
     assert status == 400 and len(doc["error"]["message"]) < 1000
+
+
+# ------------------------------------------------------------------------- HTTP itself
+@pytest.mark.parametrize("request_bytes, status, kind", [
+    (b"PUT /api/v1/flows HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405, "MethodNotAllowed"),
+    (b"OPTIONS /api/v1/flows HTTP/1.1\r\nHost: x\r\n\r\n", 405, "MethodNotAllowed"),
+    (b"GET /api/v1/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "URITooLong"),
+    (b"GET /api/v1/node HTTP/1.1\r\nX-Big: " + b"b" * 70_000 + b"\r\n\r\n", 431, "HeaderTooLarge"),
+    (b"GARBAGE\r\n\r\n", 400, "BadRequest"),
+    (b"GET /api/v1/node HTTP/9.9\r\nHost: x\r\n\r\n", 505, "HTTPVersionNotSupported"),
+])
+def test_requests_http_itself_refuses_get_json_errors(net, request_bytes, status, kind):
+    got, content_type, doc = net.raw(request_bytes)
+    assert (got, doc["error"]["type"]) == (status, kind)
+    assert content_type == "application/json"
+
+
+def test_a_method_an_endpoint_does_not_take_is_405_and_an_unknown_path_404(net):
+    assert net.call("POST", "/node", {})[1]["error"]["type"] == "MethodNotAllowed"
+    assert net.call("GET", "/nowhere")[1]["error"]["type"] == "NotFound"

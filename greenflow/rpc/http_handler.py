@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -25,6 +26,8 @@ API = "/api/v1"
 #: An error message is cut here: the values it quotes are capped where it is made, and
 #: this bounds whatever a flow's own refusal of its arguments quotes.
 MAX_MESSAGE = 2000
+ERROR_TYPES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 414: "URITooLong",
+               431: "HeaderTooLarge", 505: "HTTPVersionNotSupported"}
 
 
 class RpcHttpServer(BoundedHTTPServer):
@@ -53,6 +56,31 @@ class RpcHandler(BaseHTTPRequestHandler):
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
+
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """The standard library's own refusals (a malformed request line, too long a URI or
+        header, an unknown HTTP version, a method no ``do_`` handles) as the JSON errors
+        every other answer uses, not its HTML page."""
+        if code == 501:   # no do_<METHOD>: a method the API does not take at all
+            code, message = 405, f"the API takes no {clip(self.command, 20)} requests"
+        kind = ERROR_TYPES.get(code) or "".join(w.capitalize() for w in
+                                                 HTTPStatus(code).phrase.replace("-", " ").split())
+        self.log_error("code %d, message %s", code, clip(message or "", 200))
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":   # an unreadable request line: no version
+            self.request_version = "HTTP/1.1"    # known, but a status line says more
+        body = json.dumps({"error": {"type": kind, "message": shown(
+            message or HTTPStatus(code).description, MAX_MESSAGE)}}).encode() + b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        if code == 405:
+            self.send_header("Allow", "GET, POST, DELETE")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _send_json(self, status: int, doc: Any, headers: Optional[dict] = None) -> None:
         body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
@@ -248,5 +276,5 @@ class RpcHandler(BaseHTTPRequestHandler):
         if route == ("POST", ("shutdown",)):
             self._need(user, "admin")
             return self._send_json(202, rpc.shutdown())
-        raise RpcError(404 if method == "GET" else 405, "NotFound",
+        raise RpcError(*((404, "NotFound") if method == "GET" else (405, "MethodNotAllowed")),
                        f"no endpoint {method} {clip(self.path, 200)}; see docs/rpc.md")
