@@ -106,6 +106,8 @@ class NetworkMap:
         if len(hits) == 1:
             return hits[0]
         known = ", ".join(sorted(self._by_name)) or "none"
+        if len(name) > 100:   # quoted back to clients: never a huge input in full
+            name = name[:100] + "..."
         if not hits:
             raise NetworkMapError(f"no party {name!r} on the network map (known: {known})")
         raise NetworkMapError(f"{name!r} is ambiguous on the network map: "

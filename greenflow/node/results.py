@@ -21,11 +21,14 @@ class FlowHandle:
     """A started flow. Holds only the id and the node, so re-attach with
     ``node.handle(id)`` after a restart."""
 
-    __slots__ = ("node", "id")   # one object per started flow, often thousands at once
+    __slots__ = ("node", "id", "earlier")   # one per started flow, often thousands at once
 
-    def __init__(self, node: "Node", flow_id: str) -> None:
+    def __init__(self, node: "Node", flow_id: str, earlier: bool = False) -> None:
         self.node = node
         self.id = flow_id
+        #: True when a start found its client id taken: this flow was started before,
+        #: perhaps by another client, and this start started nothing.
+        self.earlier = earlier
 
     def __repr__(self) -> str:
         return f"FlowHandle({self.id})"

@@ -25,6 +25,11 @@ class FlowStarter:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
+        # Client id -> [lock, holders]: a start with a client id holds its id's lock from
+        # looking the id up until its start is durable, so concurrent starts under one id
+        # (a client's retries) start one flow; the others then find it.
+        self._client_locks: dict[str, list] = {}
+        self._client_locks_guard = threading.Lock()
 
     def start(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
         node = self.node
@@ -44,6 +49,14 @@ class FlowStarter:
             forwarded = node.forward_starts(items)
             if forwarded is not None:
                 return [FlowHandle(node, fid) for fid in forwarded]
+        held = self._hold_clients(sorted({cid for _, cid in items if cid is not None}))
+        try:
+            return self._start_here(items)
+        finally:
+            self._release_clients(held)
+
+    def _start_here(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
+        node = self.node
         prepared = []
         handles: list[FlowHandle] = []
         seen_clients: dict[str, str] = {}
@@ -60,7 +73,7 @@ class FlowStarter:
             if client_id is not None:
                 existing = seen_clients.get(client_id) or node.store.client(client_id)
                 if existing is not None:
-                    handles.append(FlowHandle(node, existing))
+                    handles.append(FlowHandle(node, existing, earlier=True))
                     continue
             fid = new_flow_id()
             if client_id is not None:
@@ -74,6 +87,26 @@ class FlowStarter:
         if prepared:
             self.start_prepared(prepared)
         return handles
+
+    def _hold_clients(self, ids: list[str]) -> list[tuple[str, list]]:
+        """Take the locks of ``ids`` (sorted: two starts never wait for each other's)."""
+        with self._client_locks_guard:
+            entries = []
+            for cid in ids:
+                entry = self._client_locks.setdefault(cid, [threading.Lock(), 0])
+                entry[1] += 1
+                entries.append((cid, entry))
+        for _, entry in entries:
+            entry[0].acquire()
+        return entries
+
+    def _release_clients(self, entries: list[tuple[str, list]]) -> None:
+        with self._client_locks_guard:
+            for cid, entry in entries:
+                entry[0].release()
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._client_locks[cid]
 
     def start_prepared(self, prepared: list) -> None:
         """Record checkpointed starts ((checkpoint, blob, flow) triples) and return once

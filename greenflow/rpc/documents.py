@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from greenflow.flows.registry import qualified_name
 from greenflow.party import Party
-from greenflow.rpc.flow_values import convert
+from greenflow.rpc.flow_values import convert, shown
 
 MAX_WAIT_SECONDS = 600.0
 REPR_LIMIT = 400
@@ -75,6 +75,8 @@ def error_json(exc: BaseException) -> dict:
 
 def seconds(value: Any, what: str) -> float:
     try:
+        if isinstance(value, bool):   # float(True) is 1.0: a yes is not a duration
+            raise TypeError
         s = float(value)
     except (TypeError, ValueError):
         raise RpcError(400, "BadRequest", f"`{what}` must be a number of seconds") from None
@@ -90,6 +92,27 @@ def flag(value: Any, what: str) -> bool:
     except ValueError:
         raise RpcError(400, "BadRequest", f"`{what}` must be true or false (yes/no, on/off, "
                                           f"1/0), not {str(value)[:40]!r}") from None
+
+
+def check_text(doc: Any, where: str) -> None:
+    """400 naming the field when a string of ``doc`` (keys too) holds an unpaired
+    surrogate: JSON's ``\\ud800`` escapes make one, and no encoder (UTF-8 in the store,
+    on the wire, in an answer) can write it, so it would fail far from the request."""
+    stack = [(doc, where)]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise RpcError(400, "BadRequest", f"`{shown(path)}` holds an unpaired surrogate "
+                                                  "(not a Unicode character)") from None
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                child = f"{path}.{k}" if path else str(k)
+                stack += [(k, child), (v, child)]
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
 
 
 def flow_json(f: Any) -> dict:

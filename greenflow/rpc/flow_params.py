@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable
 
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.party import Party
-from greenflow.rpc.flow_values import _EMPTY, FlowArgumentError, PartyRef, convert, type_name
+from greenflow.rpc.flow_values import (_EMPTY, FlowArgumentError, PartyRef, convert, shown,
+                                       type_name)
 
 # ---------------------------------------------------------------------------- parameters
 
@@ -144,12 +145,13 @@ def bind_arguments(cls: type, raw: dict[str, str]) -> BoundArguments:
         p = by_name.get(name)
         if p is None and not var_kw:
             known = ", ".join(q.describe() for q in params) or "no arguments"
-            raise FlowArgumentError(f"unknown argument {name!r}: {cls.__qualname__} takes {known}")
+            raise FlowArgumentError(f"unknown argument {shown(name)!r}: {cls.__qualname__} takes "
+                                    f"{known}")
         hint = p.hint if p is not None else Any
         try:
             values[name] = convert(text, hint)
         except (ValueError, TypeError) as exc:
-            raise FlowArgumentError(f"bad argument {name}={text!r} for {cls.__qualname__}: "
+            raise FlowArgumentError(f"bad argument {shown(name)}={shown(repr(text))} for {cls.__qualname__}: "
                                     f"expected {type_name(hint)} ({exc})") from exc
     missing = [p for p in params if p.required and p.name not in values]
     if missing:

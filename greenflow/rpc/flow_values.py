@@ -177,3 +177,10 @@ def _convert_dict(value: Any, args: tuple) -> dict:
     key_t, val_t = args if len(args) == 2 else (Any, Any)
     return {convert(k, key_t): convert(v, val_t) for k, v in value.items()}
 
+
+def shown(value: Any, limit: int = 100) -> str:
+    """A client's value as an error message quotes it: at most ``limit`` characters, so
+    an answer never echoes a huge input back in full."""
+    text = value if isinstance(value, str) else repr(value)
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else text[:limit] + "..."

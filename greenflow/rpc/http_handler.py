@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from greenflow.console import MAX_BODY_BYTES as CONSOLE_BODY_BYTES, is_console_path
 from greenflow.errors import FlowError, NotStartable, UnknownFlow
 from greenflow.rpc import streams
-from greenflow.rpc.documents import RpcError, error_json, flag, seconds
+from greenflow.rpc.documents import RpcError, check_text, error_json, flag, seconds, shown
 from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, parse_json_body
 from greenflow.rpc.log_limits import clip
 
@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("greenflow.rpc")
 
 API = "/api/v1"
+#: An error message is cut here: the values it quotes are capped where it is made, and
+#: this bounds whatever a flow's own refusal of its arguments quotes.
+MAX_MESSAGE = 2000
+ERROR_TYPES = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 414: "URITooLong",
+               431: "HeaderTooLarge", 505: "HTTPVersionNotSupported"}
 
 
 class RpcHttpServer(BoundedHTTPServer):
@@ -52,6 +57,31 @@ class RpcHandler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
 
+    def send_error(self, code: int, message: Optional[str] = None,
+                   explain: Optional[str] = None) -> None:
+        """The standard library's own refusals (a malformed request line, too long a URI or
+        header, an unknown HTTP version, a method no ``do_`` handles) as the JSON errors
+        every other answer uses, not its HTML page."""
+        if code == 501:   # no do_<METHOD>: a method the API does not take at all
+            code, message = 405, f"the API takes no {clip(self.command, 20)} requests"
+        kind = ERROR_TYPES.get(code) or "".join(w.capitalize() for w in
+                                                 HTTPStatus(code).phrase.replace("-", " ").split())
+        self.log_error("code %d, message %s", code, clip(message or "", 200))
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":   # an unreadable request line: no version
+            self.request_version = "HTTP/1.1"    # known, but a status line says more
+        body = json.dumps({"error": {"type": kind, "message": shown(
+            message or HTTPStatus(code).description, MAX_MESSAGE)}}).encode() + b"\n"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        if code == 405:
+            self.send_header("Allow", "GET, POST, DELETE")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     def _send_json(self, status: int, doc: Any, headers: Optional[dict] = None) -> None:
         body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
         self.send_response(status)
@@ -75,9 +105,13 @@ class RpcHandler(BaseHTTPRequestHandler):
             raise RpcError(411, "LengthRequired", "send the body with a Content-Length "
                                                   "(Transfer-Encoding is not accepted)")
         lengths = self.headers.get_all("Content-Length") or []
-        try:
-            n = int(lengths[0]) if len(lengths) == 1 else (0 if not lengths else -1)
-        except ValueError:
+        # Digits only (RFC 9110): int() would also take "+17", "1_7" and "17 ", which a
+        # proxy in front may read otherwise, so the body's end would be disputed.
+        if not lengths:
+            n = 0
+        elif len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit():
+            n = int(lengths[0])
+        else:
             n = -1
         if n < 0:
             self.close_connection = True
@@ -136,12 +170,16 @@ class RpcHandler(BaseHTTPRequestHandler):
             except LimitExceeded as exc:
                 raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
             body = self._parse(raw) if method == "POST" else None
+            check_text(body, "")
+            check_text(query, "")
             self._route(rpc, method, parts, query, body, user)
         except RpcError as exc:
             headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else {}
             if exc.retry_after:
                 headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-            self._send_json(exc.status, {"error": {"type": exc.type, "message": exc.message}}, headers)
+            self._send_json(exc.status, {"error": {"type": exc.type,
+                                                   "message": shown(exc.message, MAX_MESSAGE)}},
+                            headers)
         except UnknownFlow as exc:
             self._send_json(404, {"error": error_json(exc)})
         except NotStartable as exc:
@@ -254,5 +292,5 @@ class RpcHandler(BaseHTTPRequestHandler):
         if route == ("POST", ("shutdown",)):
             self._need(user, "admin")
             return self._send_json(202, rpc.shutdown())
-        raise RpcError(404 if method == "GET" else 405, "NotFound",
+        raise RpcError(*((404, "NotFound") if method == "GET" else (405, "MethodNotAllowed")),
                        f"no endpoint {method} {clip(self.path, 200)}; see docs/rpc.md")

@@ -40,10 +40,12 @@ class LoginGuard:
     def authenticate(self, client: str, header: Optional[str]) -> Any:
         """The account for ``header`` sent from address ``client``, or `LimitExceeded`
         (401 wrong credentials, 429 backed off, 503 checks saturated)."""
-        if not header or not header.startswith("Basic "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "basic":   # scheme names are case-insensitive (RFC 9110)
             raise LimitExceeded(401, "Unauthorized", "this node needs HTTP basic authentication")
         try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode("utf-8").partition(":")
+            user, _, password = base64.b64decode(credentials.strip(), validate=True) \
+                .decode("utf-8").partition(":")
         except (ValueError, UnicodeError):
             raise LimitExceeded(401, "Unauthorized", "malformed basic authentication") from None
         # Backed-off clients are refused before the cache is consulted: a cache hit is a

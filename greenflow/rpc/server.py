@@ -24,7 +24,8 @@ from greenflow.flows.registry import qualified_name
 from greenflow.network.network_map import format_address
 from greenflow.node.node import FlowHandle
 from greenflow.rpc.documents import (MAX_WAIT_SECONDS, REPR_LIMIT, RpcError,  # noqa: F401
-                                     error_json, flow_json, seconds, to_json)
+                                     error_json, flow_json, seconds, shown,
+                                     to_json)
 from greenflow.rpc.flow_requests import (MAX_BATCH, build_flow, may_start_some,  # noqa: F401
                                          resolve_flow_class)
 from greenflow.rpc.flow_start import requested_class_name
@@ -32,8 +33,10 @@ from greenflow.rpc.http_handler import API, RpcHandler, RpcHttpServer  # noqa: F
 from greenflow.rpc.limits import LoginGuard, RpcLimits
 from greenflow.rpc.log_limits import clip
 from greenflow.rpc.progress_hub import KEEPALIVE_SECONDS, ProgressHub  # noqa: F401
+from greenflow.status import FlowStatus
 
 MAX_BODY_BYTES = RpcLimits.max_body_bytes
+KNOWN_STATUSES = frozenset(s.value for s in FlowStatus)
 
 
 class RpcServer:
@@ -131,28 +134,41 @@ class RpcServer:
         if not user.allows(f"start:{qualified_name(cls)}"):
             raise RpcError(403, "Forbidden", f"user {clip(user.username)} may not start "
                                              f"{qualified_name(cls)}")
-        if self.proc.draining:
-            raise RpcError(503, "Draining", "the node is draining: it starts no new flows")
         client_id, wait, count = body.get("client_id"), body.get("wait"), body.get("count", 1)
         if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
             raise RpcError(400, "BadRequest", "`client_id` must be a string of 1 to 200 characters")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BATCH:
             raise RpcError(400, "BadRequest", f"`count` must be an integer from 1 to {MAX_BATCH}")
+        # Every field is checked before anything starts: a start is durable once made.
+        wait = 0.0 if wait is None else seconds(wait, "wait")
         if count > 1 and (client_id is not None or wait):
             raise RpcError(400, "BadRequest", "`count` cannot be combined with `client_id` or `wait`")
         flows = [build_flow(cls, body.get("args"), lambda name: self.proc.netmap.resolve(name).party)
                  for _ in range(count)]
+        if self.proc.draining:
+            raise RpcError(503, "Draining", "the node is draining: it starts no new flows")
+        name = qualified_name(cls)
         if count > 1:
-            return 200, {"flow_ids": [h.id for h in node.start_flows(flows)],
-                         "flow_class": qualified_name(cls)}
+            return 200, {"flow_ids": [h.id for h in node.start_flows(flows)], "flow_class": name}
         handle = node.start_flow(flows[0], client_id=client_id)
-        out = {"flow_id": handle.id, "flow_class": qualified_name(cls), "client_id": client_id}
-        if wait:
-            out.update(self.outcome(handle, seconds(wait, "wait"))[1])
+        if client_id is not None:
+            started = node.flow_info(handle.id).flow_class
+            if started != name:
+                raise RpcError(409, "Conflict", f"client_id {shown(client_id)!r} names flow "
+                                                f"{handle.id} of class {started}, not {name}")
+        out = {"flow_id": handle.id, "flow_class": name, "client_id": client_id}
+        # A client id found taken may be another user's flow: its result goes only to
+        # users who may read any flow's.
+        if wait and (not handle.earlier or user.allows("read")):
+            out.update(self.outcome(handle, wait)[1])
         return 200, out
 
     def flows(self, status: Optional[str]) -> list:
         wanted = {s.strip().upper() for s in status.split(",")} if status else None
+        unknown = sorted(wanted - KNOWN_STATUSES) if wanted else None
+        if unknown:   # a typo would otherwise look like "no such flows"
+            raise RpcError(400, "BadRequest", f"unknown status {shown(', '.join(unknown))} "
+                                              f"(known: {', '.join(s.value for s in FlowStatus)})")
         return [flow_json(f) for f in self.node.flows()
                 if wanted is None or f.status.value in wanted]
 
@@ -218,7 +234,8 @@ class RpcServer:
         return {"draining": node.draining, "pending_flows_count": node.pending_flows_count}
 
     def set_draining(self, body: Any) -> dict:
-        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool) \
+                or set(body) != {"enabled"}:
             raise RpcError(400, "BadRequest", 'expected {"enabled": true|false}')
         self.proc.set_draining(body["enabled"])
         return self.draining()
