@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from greenflow.cli.errors import NotANodeDirectory
+from greenflow.cli.local_node import reading
 
 
 @click.group("checkpoints")
@@ -34,24 +34,13 @@ def dump(node_dir: str, as_json: bool) -> None:
         click.echo(format_dump(name, entries))
 
 
-def node_name(node_dir: str) -> str:
-    """The node's name, from ``DIR/identity.name``."""
-    from greenflow.errors import FlowError
-    from greenflow.node.identity import read_node_name
-
-    try:
-        return read_node_name(node_dir)
-    except FlowError as exc:
-        raise NotANodeDirectory(str(exc)) from None
-
-
 def dump_local(node_dir: str) -> tuple[str, list[dict]]:
     """Read the node stored in ``node_dir`` without starting it: its name and dump.
     Read-only (LMDB readers never block the writer), so a running node is fine."""
     from greenflow.node import read_checkpoints
 
-    name = node_name(node_dir)
-    return name, read_checkpoints(node_dir)
+    with reading(node_dir) as name:
+        return name, read_checkpoints(node_dir)
 
 
 def format_dump(node: str, entries: list[dict]) -> str:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import click
 
 from greenflow.cli.errors import FlowFailed
+from greenflow.cli.params import SECONDS
 from greenflow.cli.rpc_target import node_options
 
 
@@ -33,7 +34,8 @@ def _args(assignments: tuple[str, ...]) -> dict[str, str]:
 @click.option("--client-id", default=None, help="Idempotency key: the same id returns the "
                                                 "flow started the first time.")
 @click.option("--wait", is_flag=True, help="Show progress live and print the result.")
-@click.option("--timeout", default=300.0, show_default=True, help="With --wait: seconds to wait.")
+@click.option("--timeout", default=300.0, show_default=True, type=SECONDS,
+              help="With --wait: seconds to wait.")
 @click.option("--json", "as_json", is_flag=True)
 def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id: Optional[str],
           wait: bool, timeout: float, as_json: bool) -> None:
@@ -81,9 +83,25 @@ def _finish(res: dict, as_json: bool) -> None:
                          f"{err.get('type', '')}: {err.get('message', '')}")
 
 
+def _statuses(value: Optional[str]) -> Optional[str]:
+    """A status no flow can have would list nothing, as if the node had no such flow."""
+    if value is None:
+        return None
+    from greenflow.status import FlowStatus
+
+    known = [s.name for s in FlowStatus]
+    wanted = [w.strip().upper() for w in value.split(",") if w.strip()]
+    unknown = [w for w in wanted if w not in known]
+    if unknown or not wanted:
+        raise click.BadParameter(f"unknown status {', '.join(unknown) or repr(value)}; "
+                                 f"the statuses are {', '.join(known)}")
+    return ",".join(wanted)
+
+
 @command.command("list")
 @node_options
-@click.option("--status", default=None, help="Only these statuses (comma-separated), e.g. SUSPENDED,HOSPITALIZED.")
+@click.option("--status", default=None, callback=lambda ctx, param, value: _statuses(value),
+              help="Only these statuses (comma-separated), e.g. SUSPENDED,HOSPITALIZED.")
 @click.option("--json", "as_json", is_flag=True)
 def list_(client: Any, status: Optional[str], as_json: bool) -> None:
     """List unfinished and recently finished flows."""
@@ -103,7 +121,8 @@ def list_(client: Any, status: Optional[str], as_json: bool) -> None:
 @command.command("result")
 @node_options
 @click.argument("flow_id")
-@click.option("--wait", "wait", default=0.0, show_default=True, help="Seconds to wait for it to finish.")
+@click.option("--wait", "wait", default=0.0, show_default=True, type=SECONDS,
+              help="Seconds to wait for it to finish.")
 @click.option("--json", "as_json", is_flag=True)
 def result(client: Any, flow_id: str, wait: float, as_json: bool) -> None:
     """Print a flow's result (exit 1 if it failed, was killed or has not finished)."""

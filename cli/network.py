@@ -6,6 +6,7 @@ import os
 import click
 
 from greenflow.network.bootstrap import DEFAULT_APPS, bootstrap_network
+from greenflow.cli.params import cannot_write
 from greenflow.network.network_map import NetworkMapError, format_address
 
 from greenflow.cli.errors import UsageProblem
@@ -48,6 +49,8 @@ def bootstrap(root: str, nodes: str, notary: str | None, validating_notary: bool
                                     validating_notary=validating_notary)
     except NetworkMapError as exc:
         raise UsageProblem(str(exc)) from None
+    except OSError as exc:
+        raise cannot_write(exc) from None
     for c in configs:
         role = (" (validating notary)" if c.validating_notary else " (notary)") if c.notary else ""
         click.echo(f"{c.name}{role}: {os.path.relpath(c.base_dir)}  "

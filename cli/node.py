@@ -8,6 +8,7 @@ import click
 
 from greenflow.cli.errors import CliError, UsageProblem
 from greenflow.cli.network import split_names
+from greenflow.cli.params import SECONDS, cannot_write
 from greenflow.cli.rpc_target import node_options
 
 
@@ -44,6 +45,8 @@ def init(base_dir: str, name: str, p2p_address: str, rpc_address: str, apps: str
                         validating_notary=validating)
     except NetworkMapError as exc:
         raise UsageProblem(str(exc)) from None
+    except OSError as exc:
+        raise cannot_write(exc) from None
     click.echo(f"{cfg.name}: {cfg.base_dir} (public key {_key(cfg)})")
 
 
@@ -102,7 +105,8 @@ def drain(client, state: str) -> None:  # noqa: ANN001
 
 @command.command("stop")
 @node_options
-@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for it to stop.")
+@click.option("--timeout", default=30.0, show_default=True, type=SECONDS,
+              help="Seconds to wait for it to stop.")
 def stop(client, timeout: float) -> None:  # noqa: ANN001
     """Shut a running node down cleanly."""
     from greenflow.rpc.client import RpcClientError

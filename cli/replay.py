@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import click
 
-from greenflow.cli.errors import CliError, NotANodeDirectory
+from greenflow.cli.errors import CliError, UsageProblem
+from greenflow.cli.local_node import reading
 
 
 class ReplayDiverged(CliError):
@@ -27,21 +28,20 @@ class ReplayDiverged(CliError):
                    "default: the apps of the node's node.toml.")
 def command(node_dir: str, apps: tuple[str, ...]) -> None:
     """Replay every unfinished checkpoint of a node against the installed code."""
-    import os
-
     from greenflow.errors import FlowError, StoreError
-    from greenflow.node.identity import NAME_FILE
+    from greenflow.network.node_config import ConfigError
     from greenflow.testing.replay import replay_node
 
-    if not os.path.isfile(os.path.join(node_dir, NAME_FILE)):
-        raise NotANodeDirectory(f"{node_dir} is not a node directory (no {NAME_FILE})")
     names = [n.strip() for a in apps for n in a.split(",") if n.strip()] or None
-    try:
-        report = replay_node(node_dir, names)
-    except StoreError as exc:
-        raise NotANodeDirectory(str(exc)) from None
-    except FlowError as exc:
-        raise CliError(str(exc)) from None
+    with reading(node_dir):
+        try:
+            report = replay_node(node_dir, names)
+        except ConfigError as exc:
+            raise UsageProblem(str(exc)) from None
+        except StoreError:
+            raise
+        except FlowError as exc:
+            raise CliError(str(exc)) from None
     click.echo(report.text())
     if not report.ok:
         raise ReplayDiverged(f"{len(report.diverged)} of {len(report.flows)} unfinished "

@@ -39,6 +39,8 @@ def connect(node: str, user: str | None = None, password: str | None = None) -> 
         return RpcClient.for_node(node, user, password)
     except ConfigError as exc:
         raise NotANodeDirectory(str(exc)) from None
+    except ValueError as exc:   # an URL with a port out of range or not a number
+        raise UsageProblem(f"--node {node!r} is not a usable RPC URL: {exc}") from None
 
 
 class rpc_errors:  # noqa: N801 - used as a context manager

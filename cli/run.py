@@ -20,6 +20,8 @@ from typing import Any, Iterator, Optional
 
 import click
 
+from greenflow.cli.params import cannot_write
+
 from greenflow.cli.errors import (BadFlowArgument, FlowFailed, FlowNotStartable, UnknownTarget,
                      UsageProblem, exit_code_of)
 
@@ -76,7 +78,10 @@ def command(ctx: click.Context, target: Optional[str], assignments: tuple[str, .
 def data_directory(data_dir: Optional[str]) -> Iterator[str]:
     """``data_dir`` (created if needed and kept), or a temporary directory removed after."""
     if data_dir is not None:
-        os.makedirs(data_dir, exist_ok=True)
+        try:
+            os.makedirs(data_dir, exist_ok=True)
+        except OSError as exc:
+            raise cannot_write(exc) from None
         yield os.path.abspath(data_dir)
         return
     with tempfile.TemporaryDirectory(prefix="greenflow-", ignore_cleanup_errors=True) as tmp:

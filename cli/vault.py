@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import click
 
-from greenflow.cli.errors import NotANodeDirectory, UsageProblem
+from greenflow.cli.errors import UsageProblem
 
 
 @click.group("vault")
@@ -39,28 +39,22 @@ def query(node_dir: str, type_path: str, status: str, linear_ids: tuple, externa
           page_number: int, page_size: int, cursor: Optional[str], sort_key: str, desc: bool,
           as_json: bool) -> None:
     """List the states of a node's vault that match, a page at a time."""
-    import os
-
-    from greenflow.errors import StoreError
     from greenflow.ledger.vault_query import (PageSpecification, QueryCriteria, Sort, VaultQueryError,
                                               page_json, read_vault, state_class)
 
-    from greenflow.cli.checkpoints import node_name
+    from greenflow.cli.local_node import reading
 
-    from greenflow.storage import is_lmdb, store_url
-
-    name = node_name(node_dir)
-    if is_lmdb(store_url(node_dir)) and not os.path.isdir(os.path.join(node_dir, "store")):
-        raise NotANodeDirectory(f"{node_dir} has no store/")
-    try:
-        known = _known_types(node_dir)
-        criteria = QueryCriteria(state_class(type_path, known), status,
-                                 linear_ids=list(linear_ids) or None,
-                                 external_ids=list(external_ids) or None)
-        page = read_vault(node_dir, criteria, PageSpecification(page_number, page_size, cursor),
-                          Sort(sort_key, desc))
-    except (VaultQueryError, StoreError) as exc:
-        raise UsageProblem(str(exc)) from None
+    with reading(node_dir) as name:
+        try:
+            known = _known_types(node_dir)
+            criteria = QueryCriteria(state_class(type_path, known), status,
+                                     linear_ids=list(linear_ids) or None,
+                                     external_ids=list(external_ids) or None)
+            page = read_vault(node_dir, criteria,
+                              PageSpecification(page_number, page_size, cursor),
+                              Sort(sort_key, desc))
+        except VaultQueryError as exc:
+            raise UsageProblem(str(exc)) from None
     doc = page_json(page)
     if as_json:
         click.echo(json.dumps({"node": name, **doc}, indent=2, default=str))

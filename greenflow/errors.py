@@ -102,6 +102,13 @@ class StoreError(FlowError):
     the node stops committing until the cause is fixed."""
 
 
+class KeyTooLong(FlowError, ValueError):
+    """A key is longer than a store can hold (`greenflow.storage.interface.MAX_KEY_BYTES`,
+    LMDB's own bound, kept by every store so an app behaves alike on each). Raised where
+    the key is written, in the flow that wrote it, so only that flow fails: found at the
+    commit instead, it would stop every flow's commits."""
+
+
 class Fenced(StoreError):
     """A clustered worker tried to commit for a partition it no longer owns (its lease
     was taken over, or renewed by another owner at a later epoch). The whole commit was

@@ -114,6 +114,9 @@ def decode_frame(data: bytes) -> Frame:
         raise WireFormatError(f"malformed frame: fields have the wrong shape ({exc})") from None
     except Exception as exc:
         raise WireFormatError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
+    if not sid.isascii() and len(sid.encode("utf-8", "replace")) > 200:
+        # The session id is part of the store's keys: bounded in bytes, not characters.
+        raise WireFormatError("malformed frame: a session id longer than 200 bytes")
     ends = kind & ENDS == ENDS
     if ends:
         kind &= ~ENDS

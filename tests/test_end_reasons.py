@@ -7,6 +7,7 @@ from flowlib import Ask, Holding
 from netutil import error_of, only_flow, pair
 
 from greenflow import UnexpectedFlowEnd
+from greenflow.errors import WireFormatError
 from greenflow.messages import END, EndReason, Frame, decode_frame, encode_frame
 from greenflow.runtime.journal import Outcome
 from greenflow.statemachine.transitions import end_reason, frame_outcome
@@ -24,6 +25,12 @@ def test_the_end_reasons_are_the_words_on_the_wire():
         assert frame_outcome(frame) == (Outcome.END, end_reason(word))
     assert end_reason("") == end_reason(EndReason.ENDED) == "ended its flow"
     assert end_reason("left for lunch") == "left for lunch"   # a word this node does not know
+
+
+def test_a_session_id_is_bounded_in_bytes_since_the_store_keys_by_it():
+    assert decode_frame(encode_frame(Frame(END, "s" * 200, True, 3))).sid == "s" * 200
+    with pytest.raises(WireFormatError, match="session id longer than 200 bytes"):
+        decode_frame(encode_frame(Frame(END, "\U0001f600" * 200, True, 3)))
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from greenflow.network.bootstrap import bootstrap_network, init_node
 from greenflow.node.identity import NodeIdentity
-from greenflow.network.network_map import NetworkMap, NetworkMapError
+from greenflow.network.network_map import NetworkMap, NetworkMapError, NodeInfo
+from greenflow.party import Party
 from greenflow.network.node_config import (ConfigError, NodeConfig, check_password, read_credentials)
 
 
@@ -48,6 +49,14 @@ def test_network_map_resolves_short_and_case_insensitive_names(tmp_path):
     assert nm.resolve("Bob").name == "Bob"
     with pytest.raises(NetworkMapError, match="no party 'Carol'.*known: Bob, O=Alice"):
         nm.resolve("Carol")
+
+
+def test_a_party_name_is_bounded_in_bytes_since_the_store_keys_by_it():
+    def node(name: str, port: int) -> NodeInfo:
+        return NodeInfo(Party(name, bytes([port]) * 32), ("127.0.0.1", port))
+    assert len(NetworkMap([node("A" * 200, 1), node("B", 2)])) == 2
+    with pytest.raises(NetworkMapError, match="party name must be 1 to 200 bytes"):
+        NetworkMap([node("\u00e9" * 101, 1)])
 
 
 def test_bootstrap_refuses_an_existing_node_and_duplicate_names(tmp_path):

@@ -227,3 +227,13 @@ def test_an_error_while_ending_a_flow_parks_it_instead_of_breaking_the_node(ops_
     h2 = alice.start_flow(Exchange(bob.party))      # the node still serves new flows
     ops_net.run_network()
     assert h2.result() == 60
+
+
+def test_a_client_id_too_long_for_the_store_is_refused_before_the_flow_starts(ops_net):
+    from greenflow.samples.ping import Ping
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    with pytest.raises(ValueError, match="at most 200 bytes"):
+        alice.start_flow(Ping(bob.party), client_id="\u00e9" * 101)
+    handle = alice.start_flow(Ping(bob.party), client_id="x" * 200)
+    ops_net.run_network()
+    assert handle.result() == 6

@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Where this run's greenflow comes from (site-packages, or the checkout of an editable
 # install): child processes must import the same one, not the checkout's bare package.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
-APPS = ["samples.ping", "procflows"]
+APPS = ["samples.ping", "samples.trade", "procflows"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,18 @@ def test_cli_errors_have_exit_codes(net):
     assert out.returncode == 1 and "FAILED: ValueError: on purpose" in out.stderr
     out = cli("flow", "list", "--node", net.dir("Alice"), "--password", "wrong")
     assert out.returncode == 2 and "wrong username or password" in out.stderr
+
+
+def test_a_string_too_long_for_a_store_key_fails_its_flow_and_the_node_serves_on(net):
+    ensure_running(net)
+    out = cli("flow", "start", "--node", net.dir("Alice"), "samples.trade.SetPriceLimitFlow",
+              "amount=5", f"currency={'X' * 600}", "--wait")
+    assert out.returncode == 1, out.stderr
+    assert "KeyTooLong" in out.stderr and "'trade_policy'" in out.stderr, out.stderr
+    assert "600 bytes" in out.stderr and "511 bytes" in out.stderr
+    assert net.running("Alice")
+    out = cli("flow", "start", "--node", net.dir("Alice"), "samples.ping.Ping", "peer=Bob", "--wait")
+    assert out.returncode == 0 and out.stdout.strip() == "6", out.stderr
 
 
 def test_sigterm_stops_cleanly_and_a_restart_resumes_a_waiting_flow(net):

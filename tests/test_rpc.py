@@ -75,6 +75,12 @@ def test_client_id_makes_a_start_idempotent(alice):
     assert [f["id"] for f in alice.flows()].count(first["flow_id"]) == 1
 
 
+def test_a_client_id_is_bounded_in_bytes_since_the_store_keys_by_it(alice):
+    err = error_of(lambda: alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1},
+                                            client_id="\u00e9" * 101))
+    assert (err.status, err.type) == (400, "BadRequest") and "200 bytes" in str(err)
+
+
 def test_count_starts_many_flows_in_one_call(alice):
     out = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 2}, count=25)
     assert len(set(out["flow_ids"])) == 25

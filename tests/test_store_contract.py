@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 
 from greenflow import serialization
-from greenflow.errors import StoreError, StoreMissing
+from greenflow.errors import KeyTooLong, StoreError, StoreMissing
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import Entry, Kind
 from greenflow.status import FlowStatus
 from greenflow.storage import open_store
-from greenflow.storage.interface import (Batch, FlowStore, dump_result, journal_chunk,
-                                         load_checkpoint)
+from greenflow.storage.interface import (MAX_KEY_BYTES, Batch, FlowStore, dump_result,
+                                         journal_chunk, load_checkpoint)
 
 F, G = "0" * 31 + "f", "0" * 31 + "g"
 
@@ -269,6 +269,20 @@ def test_records_due_at_the_same_time_expire_together_and_only_once_due(store):
 
 
 # ====================================================================== app tables
+def test_a_key_longer_than_any_store_holds_is_refused_at_the_write_not_the_commit(store):
+    store.open_table("t")
+    longest, over = b"k" * MAX_KEY_BYTES, b"k" * (MAX_KEY_BYTES + 1)
+    b = Batch()
+    for write in (lambda: b.table_put("t", over, b"v"), lambda: b.table_delete("t", over)):
+        with pytest.raises(KeyTooLong, match=r"512 bytes for the table 't'.*the 511 bytes"):
+            write()
+    assert not b
+    b.table_put("t", longest, b"v")
+    store.commit(b)
+    assert store.table_get("t", longest) == b"v"
+    assert store.table_get("t", over) is None and list(store.table_items("t", over)) == []
+
+
 def test_app_tables_hold_rows_in_key_order(store):
     store.open_table("t")
     store.open_table("t")            # idempotent

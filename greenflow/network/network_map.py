@@ -66,6 +66,10 @@ class NetworkMap:
         self._by_name: dict[str, NodeInfo] = {}
         self._by_key: dict[bytes, NodeInfo] = {}
         for info in nodes:
+            if not info.name or len(info.name.encode("utf-8", "replace")) > 200:
+                # A party's name is part of the store's keys (outbox, sessions).
+                raise NetworkMapError(f"a party name must be 1 to 200 bytes (UTF-8): "
+                                      f"{info.name[:60]!r}...")
             if info.name in self._by_name:
                 raise NetworkMapError(f"the network map names {info.name!r} twice")
             if len(info.party.owning_key) != 32:

@@ -136,6 +136,10 @@ class NodeConfig:
                               "bootstrap`)") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the node's configuration: {exc.strerror}") from None
         return cls.from_dict(doc, path, os.path.abspath(base_dir))
 
     @classmethod
@@ -168,6 +172,10 @@ class NodeConfig:
             apps = doc.get("apps", [])
             if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
                 raise ConfigError(f"{where}: `apps` must be a list of module names")
+            notary = doc.get("notary", False)
+            if not isinstance(notary, bool):   # "false" is a string, and truthy
+                raise ConfigError(f"{where}: `notary` must be a bool (true or false), "
+                                  f"found {notary!r}")
             validating = doc.get("validating_notary", False)
             if not isinstance(validating, bool):
                 raise ConfigError(f"{where}: `validating_notary` must be true or false, "
@@ -204,7 +212,7 @@ class NodeConfig:
             return cls(name=need("name", str),
                        p2p_address=parse_address(need("p2p_address", str)),
                        rpc_address=parse_address(need("rpc_address", str)),
-                       apps=list(apps), notary=bool(doc.get("notary", False)),
+                       apps=list(apps), notary=notary,
                        network_map=str(doc.get("network_map", MAP_FILE)),
                        rpc_users=users, base_dir=base_dir, validating_notary=validating,
                        max_inbound_sessions=cap,

@@ -29,6 +29,8 @@ def read_node_name(node_dir: str) -> str:
             name = fh.read().strip()
     except OSError:
         raise FlowError(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
+    except UnicodeDecodeError as exc:
+        raise FlowError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not name:
         raise FlowError(f"{path} is empty")
     return name

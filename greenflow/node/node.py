@@ -244,6 +244,9 @@ class Node:
     def start_flow(self, flow: FlowLogic, client_id: Optional[str] = None) -> FlowHandle:
         """Start ``flow``; returns once the start is durably recorded. With ``client_id``
         the call is idempotent: the same id returns the flow started the first time."""
+        if client_id is not None and len(client_id.encode("utf-8", "replace")) > 200:
+            # Part of the store's keys: refused here, not at the commit of every flow's round.
+            raise ValueError("a client id must be at most 200 bytes (UTF-8)")
         return self._start([(flow, client_id)])[0]
 
     def start_flows(self, flows: Iterable[FlowLogic]) -> list[FlowHandle]:

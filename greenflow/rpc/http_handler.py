@@ -144,7 +144,8 @@ class RpcHandler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         """The console's pages answer HEAD as GET without the body (browsers, proxies and
-        monitors check pages so); the JSON API keeps the standard library's 501."""
+        monitors check pages so); the JSON API takes no HEAD (405, as any method it does
+        not take)."""
         if is_console_path(urlsplit(self.path).path):
             self._handle("HEAD")
         else:

@@ -135,8 +135,9 @@ class RpcServer:
             raise RpcError(403, "Forbidden", f"user {clip(user.username)} may not start "
                                              f"{qualified_name(cls)}")
         client_id, wait, count = body.get("client_id"), body.get("wait"), body.get("count", 1)
-        if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 200):
-            raise RpcError(400, "BadRequest", "`client_id` must be a string of 1 to 200 characters")
+        if client_id is not None and (not isinstance(client_id, str) or not client_id
+                                      or len(client_id.encode("utf-8", "replace")) > 200):
+            raise RpcError(400, "BadRequest", "`client_id` must be a string of 1 to 200 bytes (UTF-8)")
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_BATCH:
             raise RpcError(400, "BadRequest", f"`count` must be an integer from 1 to {MAX_BATCH}")
         # Every field is checked before anything starts: a start is durable once made.

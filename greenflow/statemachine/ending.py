@@ -12,7 +12,7 @@ from math import ceil
 from typing import Any
 
 from greenflow import serialization
-from greenflow.errors import FlowException
+from greenflow.errors import FlowException, KeyTooLong
 from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.statemachine.hospital import backoff, is_transient
@@ -62,7 +62,7 @@ class Ending:
             record["value"] = res[1]
         elif kind == Ended.FAILED:
             exc = res[1]
-            if isinstance(exc, FlowException):
+            if isinstance(exc, (FlowException, KeyTooLong)):   # (says all: no traceback)
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
                          cp.flow_class, type(exc).__name__, exc)
             else:

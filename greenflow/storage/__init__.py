@@ -53,6 +53,9 @@ def _configured(node_dir: str) -> Optional[str]:
         return None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise StoreError(f"{path}: cannot read the node's configuration: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise StoreError(f"{path}: cannot read the node's configuration: not UTF-8 text "
+                         f"({exc.reason} at byte {exc.start})") from None
     value = doc.get(CONFIG_KEY)
     if value is not None and not isinstance(value, str):
         raise StoreError(f"{path}: `{CONFIG_KEY}` must be a string (\"lmdb\" or a "

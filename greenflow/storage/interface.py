@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Optional, Protocol, runtime_checkabl
 import msgspec
 
 from greenflow import serialization
-from greenflow.errors import StoreError
+from greenflow.errors import KeyTooLong, StoreError
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import _FIELDS, _SESSIONS, _STATUS, Checkpoint, SessionState
 from greenflow.runtime.journal import Entry
@@ -59,6 +59,18 @@ PUT_CLIENT = 17            # (client_id, fid)
 EXPIRE_CLIENT = 18         # (client_id, expires)
 TABLE_PUT = 19             # (table, key, value)
 TABLE_DELETE = 20          # (table, key)
+
+
+#: The longest key any store takes: LMDB refuses a longer one (MDB_BAD_VALSIZE) only at
+#: the commit, which would stop the node's commits, so `Batch` refuses it at the write.
+#: The PostgreSQL store keeps the same bound, so an app behaves alike on both.
+MAX_KEY_BYTES = 511
+
+
+def check_key(table: str, key: bytes) -> None:
+    if len(key) > MAX_KEY_BYTES:
+        raise KeyTooLong(f"a key of {len(key)} bytes for the table {table!r} is longer than "
+                         f"the {MAX_KEY_BYTES} bytes a store key may hold")
 
 
 class Batch:
@@ -160,10 +172,15 @@ class Batch:
 
     # -- app tables
     def table_put(self, table: str, key: bytes, value: bytes) -> None:
-        """A row of an app's table (vault, notary, limits...), opened by `FlowStore.open_table`."""
+        """A row of an app's table (vault, notary, limits...), opened by `FlowStore.open_table`.
+        A key over `MAX_KEY_BYTES` raises `KeyTooLong` here, in the writer's flow."""
+        if len(key) > MAX_KEY_BYTES:
+            check_key(table, key)
         self.ops.append((TABLE_PUT, table, key, value))
 
     def table_delete(self, table: str, key: bytes) -> None:
+        if len(key) > MAX_KEY_BYTES:
+            check_key(table, key)
         self.ops.append((TABLE_DELETE, table, key))
 
     def __bool__(self) -> bool:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 from greenflow import serialization
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import Entry
-from greenflow.storage.interface import assemble_journal, load_result
+from greenflow.storage.interface import MAX_KEY_BYTES, assemble_journal, load_result
 from greenflow.storage.lmdb_keys import (_U32, _fid_key, _inbox_key, _parse_timer_key,
                                          _session_key, _successor)
 
@@ -236,7 +236,7 @@ class TableReader:
 
     def table_get(self, name: str, key: bytes) -> Optional[bytes]:
         handle = self.handle(name)
-        if handle is None:
+        if handle is None or len(key) > MAX_KEY_BYTES:   # LMDB raises for a longer one
             return None
         raw = self.reader.get_in(handle, key)
         return bytes(raw) if raw is not None else None
@@ -244,7 +244,7 @@ class TableReader:
     def table_items(self, name: str, prefix: bytes = b"", *, after: Optional[bytes] = None,
                     reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         handle = self.handle(name)
-        if handle is None:
+        if handle is None or len(prefix) > MAX_KEY_BYTES:
             return
         with self.env.begin(db=handle) as txn:
             cur = txn.cursor()
