@@ -98,7 +98,8 @@ class BoundedHTTPServer(http.server.HTTPServer):
                               address, self.limits.max_connections_per_address)
             body = (b'{"error": {"type": "TooManyConnections", "message": "%s has %d RPC '
                     b'connections open already (max_connections_per_address): close one or '
-                    b'retry later"}}\n' % (address.encode(), self.limits.max_connections_per_address))
+                    b'retry later"}}\n' % (address.encode(),
+                                            self.limits.max_connections_per_address))
             return self._refuse(request, REFUSED % (b"503 Service Unavailable", 1, len(body), body))
         if full:
             self.refused += 1

@@ -55,6 +55,8 @@ class RpcHandler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def parse_request(self) -> bool:
+        """Tell the server the headers are in, so the longer body deadline applies: the
+        short header deadline is what stops clients that never finish their headers."""
         ok = super().parse_request()   # the request line is in and the headers are read
         if ok:
             self.server.headers_read(self.connection)
