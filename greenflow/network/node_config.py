@@ -24,6 +24,8 @@
 
     [rpc]                               # optional: the RPC's limits (docs/rpc.md, "Limits")
     max_connections = 128
+    max_connections_per_address = 32    # one client address may not hold them all
+    header_timeout = 10.0               # seconds to send a request's headers
 
     [logging]                           # optional: node.log rotation (docs/rpc.md, "Logs")
     max_bytes = 10485760

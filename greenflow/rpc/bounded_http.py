@@ -1,5 +1,6 @@
 """The RPC's HTTP server: the standard library's on a bounded worker pool, with a
-connection cap and a deadline per request (see `greenflow.rpc.limits`)."""
+connection cap (overall and per client address) and deadlines per request (see
+`greenflow.rpc.limits`)."""
 from __future__ import annotations
 
 import collections
@@ -19,11 +20,12 @@ from greenflow.rpc.limit_settings import RpcLimits
 
 # ---------------------------------------------------------------------------- the server
 class _Conn:
-    __slots__ = ("sock", "deadline")
+    __slots__ = ("sock", "address", "deadline", "waiting_since")
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.deadline: Optional[float] = None  # reading a request must end by then
+    def __init__(self, sock: socket.socket, address: str, now: float) -> None:
+        self.sock, self.address = sock, address
+        self.deadline: Optional[float] = None  # reading a request (or its headers) must end by then
+        self.waiting_since = now               # when the node began to wait for the request
 
 
 REFUSED = (b"HTTP/1.1 %s\r\nContent-Type: application/json\r\n"
@@ -49,6 +51,7 @@ class BoundedHTTPServer(http.server.HTTPServer):
         super().__init__(address, handler)
         self.conn_lock = threading.Lock()
         self.open_connections: dict[socket.socket, _Conn] = {}
+        self.per_address: dict[str, int] = {}  # open connections by client address
         self._pool = ThreadPoolExecutor(max_workers=limits.max_connections,
                                         thread_name_prefix="gf-rpc")
         self._lingering: "collections.deque[tuple[float, socket.socket]]" = collections.deque()
@@ -76,11 +79,28 @@ class BoundedHTTPServer(http.server.HTTPServer):
                     self._delayed.append((time.monotonic() + TARPIT_SECONDS, request, answer))
                     return
             return self._refuse(request, answer)
+        address = client_address[0] if client_address else "?"
         with self.conn_lock:
             full = len(self.open_connections) >= self.limits.max_connections
-            if not full:
-                conn = self.open_connections[request] = _Conn(request)
-                conn.deadline = time.monotonic() + self.limits.request_timeout
+            mine = self.per_address.get(address, 0)
+            crowding = not full and mine >= self.limits.max_connections_per_address
+            if not full and not crowding:
+                now = time.monotonic()
+                conn = self.open_connections[request] = _Conn(request, address, now)
+                conn.deadline = now + self._header_budget()
+                self.per_address[address] = mine + 1
+        if crowding:
+            # Without this one address could hold every connection with requests it
+            # never finishes, so everyone else would get 503 Busy (slowloris).
+            self.refused += 1
+            self.warn.warning("crowding", "RPC: %s has %d connections open (the limit per "
+                              "address): refusing new ones from it with 503",
+                              address, self.limits.max_connections_per_address)
+            body = (b'{"error": {"type": "TooManyConnections", "message": "%s has %d RPC '
+                    b'connections open already (max_connections_per_address): close one or '
+                    b'retry later"}}\n' % (address.encode(),
+                                            self.limits.max_connections_per_address))
+            return self._refuse(request, REFUSED % (b"503 Service Unavailable", 1, len(body), body))
         if full:
             self.refused += 1
             self.warn.warning("full", "RPC: %d connections open (the limit): refusing new ones "
@@ -114,7 +134,13 @@ class BoundedHTTPServer(http.server.HTTPServer):
 
     def _forget(self, request: Any) -> None:
         with self.conn_lock:
-            self.open_connections.pop(request, None)
+            c = self.open_connections.pop(request, None)
+            if c is not None:
+                left = self.per_address[c.address] - 1
+                if left:
+                    self.per_address[c.address] = left
+                else:
+                    del self.per_address[c.address]
 
     def _refuse(self, sock: socket.socket, answer: bytes) -> None:
         """Answer without a worker, then close after a short linger (closing with the
@@ -137,12 +163,26 @@ class BoundedHTTPServer(http.server.HTTPServer):
         sock.close()
 
     # ------------------------------------------------------------------ deadlines
+    def _header_budget(self) -> float:
+        return min(self.limits.header_timeout, self.limits.request_timeout)
+
     def reading(self, sock: socket.socket) -> None:
-        """The handler starts waiting for a request on ``sock``: start its deadline."""
+        """The handler starts waiting for a request on ``sock``: its headers must arrive
+        within ``header_timeout``. A client that trickles header lines (slowloris) so
+        holds a connection for that short time, not for the whole ``request_timeout``."""
         with self.conn_lock:
             c = self.open_connections.get(sock)
             if c is not None:
-                c.deadline = time.monotonic() + self.limits.request_timeout
+                c.waiting_since = time.monotonic()
+                c.deadline = c.waiting_since + self._header_budget()
+
+    def headers_read(self, sock: socket.socket) -> None:
+        """The request's headers are in: its body must end within ``request_timeout`` of
+        the start of the wait (a large body may take longer than the headers)."""
+        with self.conn_lock:
+            c = self.open_connections.get(sock)
+            if c is not None and c.deadline is not None:
+                c.deadline = c.waiting_since + self.limits.request_timeout
 
     def busy(self, sock: socket.socket) -> None:
         """The request is read: no deadline while the node works on it."""

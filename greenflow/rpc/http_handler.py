@@ -54,6 +54,14 @@ class RpcHandler(BaseHTTPRequestHandler):
         self.server.reading(self.connection)  # from now, the request must arrive in time
         super().handle_one_request()
 
+    def parse_request(self) -> bool:
+        """Tell the server the headers are in, so the longer body deadline applies: the
+        short header deadline is what stops clients that never finish their headers."""
+        ok = super().parse_request()   # the request line is in and the headers are read
+        if ok:
+            self.server.headers_read(self.connection)
+        return ok
+
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
 

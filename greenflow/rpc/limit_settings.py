@@ -26,9 +26,11 @@ class RpcLimits:
     """The RPC's limits; set any of them in the ``[rpc]`` table of ``node.toml``."""
 
     max_connections: int = 128      # connections served at once, one worker thread each
+    max_connections_per_address: int = 32  # of those, open from one client address
     max_streams: int = 32           # of those, /progress streams
     backlog: int = 1024             # the listen queue of connections not yet accepted
     request_timeout: float = 20.0   # end of an answer -> end of the next request; also each send
+    header_timeout: float = 10.0    # end of an answer -> end of the next request's headers
     max_body_bytes: int = 1 << 20   # a request body
     max_json_depth: int = 64        # nesting of [ and { in a body
     stream_buffer: int = 1000       # events a /progress stream may be behind before it is dropped

@@ -4,10 +4,13 @@ JSON bodies), `login_guard`, `bounded_http` (the server); this module names them
 
 The server is the standard library's `http.server` on a bounded pool: one worker thread
 per open connection, at most ``max_connections`` of them (a connection beyond that is
-answered ``503`` at once and closed, so a burst gets an answer instead of a hang), a real
-listen backlog, and a deadline per request: from the end of one answer to the end of
-the next request's body a connection has ``request_timeout`` seconds, so idle,
-half-open and trickling connections give their thread back. A third-party server
+answered ``503`` at once and closed, so a burst gets an answer instead of a hang), at
+most ``max_connections_per_address`` from one client address (so one client that opens
+connections and never finishes a request cannot take them all), a real listen backlog,
+and deadlines per request: from the end of one answer a connection has
+``header_timeout`` seconds to the end of the next request's headers and
+``request_timeout`` to the end of its body, so idle, half-open and trickling
+connections give their thread back soon. A third-party server
 (waitress) was considered: its fixed task pool would be held by the long-lived
 ``/progress`` streams, and the limits that matter here (logins, streams, JSON depth) are
 the application's own anyway, so the node keeps no dependency for its RPC.
