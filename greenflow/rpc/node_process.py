@@ -38,10 +38,10 @@ import lmdb
 
 from greenflow.storage import is_lmdb, open_store, store_guard, store_url
 from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
-from greenflow.node.identity import NodeIdentity
+from greenflow.node.identity import KEY_FILE, NodeIdentity, key_path
 from greenflow.network.network_map import NetworkMap, format_address
 from greenflow.node.node import Node
-from greenflow.network.node_config import NodeConfig
+from greenflow.network.node_config import ConfigError, NodeConfig
 
 log = logging.getLogger("greenflow.node_process")
 
@@ -121,6 +121,24 @@ def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
         root.addHandler(sh)
 
 
+def own_identity(config: NodeConfig, netmap: NetworkMap) -> NodeIdentity:
+    """The node's identity, checked against the network map before anything starts: a
+    node process never makes a key (a new one would be an identity no peer knows, and
+    would hide the lost one for good), and a key the map does not list is refused by
+    every peer, so both are configuration errors naming the file to fix."""
+    identity = NodeIdentity.load(config.base_dir, config.name)
+    me = netmap.get(config.name)
+    if me is None:
+        raise ConfigError(f"the network map {config.network_map_path} does not list "
+                          f"{config.name}: copy the network's map there (one that lists "
+                          "this node, as `greenflow network bootstrap` writes it)")
+    if me.party.owning_key != identity.party.owning_key:
+        raise ConfigError(f"{key_path(config.base_dir)} does not hold the key the network "
+                          f"map {config.network_map_path} lists for {config.name}: restore "
+                          f"this node's {KEY_FILE} from a backup of this node directory")
+    return identity
+
+
 class NodeProcess:
     """Node + transport + RPC for one node directory, in this process.
 
@@ -137,6 +155,7 @@ class NodeProcess:
         self.rpc_limits = RpcLimits.from_config(self.config.rpc)  # a bad [rpc] fails here
         self.log_rotation = log_rotation(self.config)
         self.netmap = NetworkMap.load(self.config.network_map_path)
+        self.identity = own_identity(self.config, self.netmap)
         self.with_rpc = rpc
         self.node_options = dict(node_options or {})
         self.node: Optional[Node] = None
@@ -175,8 +194,7 @@ class NodeProcess:
                     store_guard.check_in_child(store_dir)
                 finally:
                     lock.release()
-            identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
-            self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
+            self.transport = TcpTransport(self.identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()
             if self.with_rpc:
                 self.rpc = RpcServer(self, cfg.rpc_address, self.rpc_limits)  # binds now: fail before opening

@@ -1,0 +1,125 @@
+"""``greenflow node start`` on a node directory whose own files are lost or wrong: one
+error naming the file and what to do, exit 2, no traceback, and nothing written. Above
+all a node that exists never gets a new ``identity.key``: that would be another
+identity, refused by every peer, and would hide the lost key for good.
+Real commands, on directories ``greenflow network bootstrap`` and ``node init`` made."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import greenflow
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    return subprocess.run([sys.executable, "-P", "-m", "greenflow.cli", *args],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("net")
+    out = cli("network", "bootstrap", "--dir", str(root / "net"), "--nodes", "Alice,Bob",
+              "--base-port", "0")
+    assert out.returncode == 0, out.stderr
+    return str(root / "net" / "Alice")
+
+
+@pytest.fixture
+def node(tmp_path, pristine):
+    d = str(tmp_path / "Alice")
+    shutil.copytree(pristine, d)
+    return d
+
+
+def listing(d: str) -> dict[str, bytes]:
+    out = {}
+    for name in sorted(os.listdir(d)):
+        path = os.path.join(d, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as fh:
+                out[name] = fh.read()
+    return out
+
+
+def refused(d: str, code: int, *says: str) -> None:
+    """``node start`` on ``d`` ends with one error line saying ``says``, exit ``code``,
+    and leaves the directory's files as they were."""
+    before = listing(d)
+    out = cli("node", "start", "--dir", d)
+    assert out.returncode == code, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1, out.stderr
+    for text in says:
+        assert text in out.stderr, out.stderr
+    assert listing(d) == before
+
+
+def test_a_node_whose_identity_key_is_gone_gets_no_new_one(node):
+    key = os.path.join(node, "identity.key")
+    os.remove(key)
+    refused(node, 2, key, "is missing", "Restore identity.key from a backup")
+    assert not os.path.exists(key)
+
+
+def test_a_node_whose_store_is_gone_too_gets_no_new_key(node):
+    os.remove(os.path.join(node, "identity.key"))
+    shutil.rmtree(os.path.join(node, "store"))
+    refused(node, 2, os.path.join(node, "identity.key"), "is missing")
+
+
+def test_a_key_the_network_map_does_not_list_is_refused_naming_both_files(node):
+    with open(os.path.join(node, "identity.key"), "wb") as fh:
+        fh.write(os.urandom(32))
+    refused(node, 2, os.path.join(node, "identity.key"), os.path.join(node, "network-map.json"),
+            "does not hold the key", "restore")
+
+
+def test_a_key_file_of_the_wrong_size_is_refused(node):
+    with open(os.path.join(node, "identity.key"), "wb") as fh:
+        fh.write(b"\x00" * 31)
+    refused(node, 2, os.path.join(node, "identity.key"), "32-byte", "restore")
+
+
+def test_a_network_map_that_does_not_list_the_node_is_refused_naming_it(node):
+    path = os.path.join(node, "network-map.json")
+    with open(path, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    doc["nodes"] = [n for n in doc["nodes"] if n["name"] != "Alice"]
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    refused(node, 2, path, "does not list Alice")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"\n"])
+def test_an_unreadable_identity_name_is_refused_naming_it(node, content):
+    path = os.path.join(node, "identity.name")
+    with open(path, "wb") as fh:
+        fh.write(content)
+    refused(node, 2, path, "write 'Alice' into it")
+
+
+def test_a_node_opened_in_a_program_gets_no_new_key_either(node):
+    from greenflow.node.identity import IdentityMissing
+    from greenflow.node.node import Node
+
+    os.remove(os.path.join(node, "identity.key"))
+    with pytest.raises(IdentityMissing, match="identity.key is missing"):
+        Node(node, "Alice", threaded=False)
+    assert not os.path.exists(os.path.join(node, "identity.key"))
+
+
+def test_a_new_node_still_gets_its_key(tmp_path):
+    d = str(tmp_path / "Carol")
+    out = cli("node", "init", "--dir", d, "--name", "Carol")
+    assert out.returncode == 0, out.stderr
+    assert os.path.getsize(os.path.join(d, "identity.key")) == 32
