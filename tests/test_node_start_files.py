@@ -1,7 +1,8 @@
-"""``greenflow node start`` on a node directory whose own files are lost or wrong: one
-error naming the file and what to do, exit 2, no traceback, and nothing written. Above
-all a node that exists never gets a new ``identity.key``: that would be another
-identity, refused by every peer, and would hide the lost key for good.
+"""``greenflow node start`` on a node directory whose own files are lost, wrong or cannot
+be written: one error naming the file and what to do, the exit code of the cause (2 the
+node's configuration and identity, 1 a directory it cannot write), no traceback, and
+nothing written. Above all a node that exists never gets a new ``identity.key``: that
+would be another identity, refused by every peer, and would hide the lost key for good.
 Real commands, on directories ``greenflow network bootstrap`` and ``node init`` made."""
 from __future__ import annotations
 
@@ -123,3 +124,56 @@ def test_a_new_node_still_gets_its_key(tmp_path):
     out = cli("node", "init", "--dir", d, "--name", "Carol")
     assert out.returncode == 0, out.stderr
     assert os.path.getsize(os.path.join(d, "identity.key")) == 32
+
+
+# ---------------------------------------------------------------- directories it cannot write
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB file system of its own (tmpfs), where the test may fill or remount it."""
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", mnt],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        out = cli("node", "init", "--dir", os.path.join(mnt, "Carol"), "--name", "Carol",
+                  "--p2p-address", "127.0.0.1:0", "--rpc-address", "127.0.0.1:0")
+        assert out.returncode == 0, out.stderr
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+def test_a_read_only_node_directory_is_one_error_naming_the_file(small_fs):
+    d = os.path.join(small_fs, "Carol")
+    assert subprocess.run(["mount", "-o", "remount,ro", small_fs]).returncode == 0
+    out = cli("node", "start", "--dir", d)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1, out.stderr[-2000:]
+    assert os.path.join(d, "node.log") in out.stderr and "Read-only file system" in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
+def test_a_node_directory_without_write_permission_is_one_error_naming_the_file(node):
+    os.chmod(node, 0o555)
+    try:
+        out = cli("node", "start", "--dir", node)
+    finally:
+        os.chmod(node, 0o755)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert os.path.join(node, "node.log") in out.stderr, out.stderr
+
+
+def test_a_full_file_system_names_the_file_it_could_not_write(small_fs):
+    d = os.path.join(small_fs, "Carol")
+    with open(os.path.join(small_fs, "filler"), "wb", buffering=0) as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 4096)
+        except OSError:
+            pass
+    out = cli("node", "start", "--dir", d)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "Logging error" not in out.stderr, out.stderr[-2000:]
+    assert f"cannot write {os.path.join(d, 'node.pid')}: No space left on device" in out.stderr

@@ -72,8 +72,12 @@ class _PidLock:
             other = os.read(self.fd, 64).decode(errors="replace").strip()
             os.close(self.fd)
             raise AlreadyRunning(f"{base_dir} is already served by process {other or '?'}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+        except OSError as exc:   # a full disk: name the file, which os.write does not
+            os.close(self.fd)
+            raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror}") from None
 
     def release(self) -> None:
         try:
@@ -101,6 +105,21 @@ def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:
     return max_bytes, backups
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """``node.log``. A line it cannot write (a full disk) is said once, in one line naming
+    the file, instead of logging's traceback on stderr, which would bury the node's own
+    message; every line still goes to stderr."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            why = getattr(exc, "strerror", None) or exc
+            print(f"greenflow node: cannot write {self.baseFilename}: {why}", file=sys.stderr)
+
+
 def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
                   max_bytes: int = LOG_MAX_BYTES, backup_count: int = LOG_BACKUPS) -> None:
     """Log to ``base_dir/node.log`` (rotated by size: a node's log never holds more than
@@ -109,8 +128,8 @@ def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     fmt = logging.Formatter(LOG_FORMAT)
-    fh = logging.handlers.RotatingFileHandler(os.path.join(base_dir, LOG_FILE), encoding="utf-8",
-                                              maxBytes=max_bytes, backupCount=backup_count)
+    fh = _LogFile(os.path.join(base_dir, LOG_FILE), encoding="utf-8",
+                  maxBytes=max_bytes, backupCount=backup_count)
     fh.setFormatter(fmt)
     root.addHandler(fh)
     has_stderr = any(not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler)
@@ -301,7 +320,13 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True,
         print(f"greenflow node: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     max_bytes, backups = proc.log_rotation
-    setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
+    try:
+        setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
+    except OSError as exc:   # a read-only file system, no permission: nothing started
+        print(f"greenflow node: {proc.config.name} cannot start: cannot write "
+              f"{exc.filename or os.path.join(base_dir, LOG_FILE)}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_START_FAILED
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while starting: run() then stops at once
         signal.signal(sig, lambda s, f: proc.request_stop())
     try:
