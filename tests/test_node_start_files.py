@@ -177,3 +177,58 @@ def test_a_full_file_system_names_the_file_it_could_not_write(small_fs):
     assert out.returncode == 1, out.stderr[-2000:]
     assert "Traceback" not in out.stderr and "Logging error" not in out.stderr, out.stderr[-2000:]
     assert f"cannot write {os.path.join(d, 'node.pid')}: No space left on device" in out.stderr
+
+
+# ---------------------------------------------------------------- the RPC's own files and port
+def rpc_address(d: str) -> tuple[str, int]:
+    from greenflow.network.node_config import NodeConfig
+    return NodeConfig.load(d).rpc_address
+
+
+def test_an_rpc_port_in_use_is_named(node):
+    import socket
+
+    host, port = rpc_address(node)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind((host, port))
+        taken.listen(1)
+        out = cli("node", "start", "--dir", node)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert f"cannot listen for RPC clients on {host}:{port}: Address already in use" in out.stderr
+
+
+@pytest.fixture
+def running(node):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "greenflow.cli", "node", "start",
+                             "--dir", node], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if cli("node", "status", "--node", node).returncode == 0:
+                break
+            assert proc.poll() is None, "the node did not start"
+        yield node
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+@pytest.mark.parametrize("content, says", [
+    (b"garbage\n", "is not an RPC credentials file"),
+    (b'{"username": "admin"}\n', "is not an RPC credentials file"),
+    (b"\xff\xfe", "is not an RPC credentials file"),
+    (None, "no RPC credentials for"),
+])
+def test_rpc_credentials_a_client_cannot_use_are_named_not_blamed_on_the_node(running, content, says):
+    path = os.path.join(running, "rpc-credentials")
+    if content is None:
+        os.remove(path)
+    else:
+        with open(path, "wb") as fh:
+            fh.write(content)
+    out = cli("node", "status", "--node", running)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert out.stderr.startswith("Error: ") and out.stderr.count("\n") == 1, out.stderr
+    assert says in out.stderr and path in out.stderr and "is it running" not in out.stderr
