@@ -44,8 +44,8 @@ def connect(node: str, user: str | None = None, password: str | None = None) -> 
 
 
 class rpc_errors:  # noqa: N801 - used as a context manager
-    """Turns `RpcClientError` into the CLI's errors (exit 2 for a wrong request, 1 for
-    an unreachable or failing node)."""
+    """Turns `RpcClientError` into the CLI's errors (exit 2 for a wrong request or no
+    credentials, 1 for an unreachable or failing node)."""
 
     def __init__(self, node: str) -> None:
         self.node = node
@@ -58,6 +58,8 @@ class rpc_errors:  # noqa: N801 - used as a context manager
 
         if not isinstance(exc, RpcClientError):
             return False
+        if exc.type == "NoCredentials":   # the command line lacks them: not the node
+            raise UsageProblem(exc.message) from None
         if exc.status == 0:
             hint = "" if "://" in self.node else \
                 f" (is it running? greenflow node start --dir {self.node})"

@@ -283,10 +283,22 @@ def write_credentials(base_dir: str, username: str, password: str) -> str:
 
 
 def read_credentials(base_dir: str) -> Optional[tuple[str, str]]:
-    """The (username, password) left by bootstrap/init for the local operator, if any."""
+    """The (username, password) left by bootstrap/init for the local operator; None when
+    there is no such file. A file that is there but unreadable is a `ConfigError` naming
+    it: the operator must learn that file is the problem, not guess at the node."""
+    path = os.path.join(base_dir, CREDENTIALS_FILE)
     try:
-        with open(os.path.join(base_dir, CREDENTIALS_FILE), encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             doc = json.load(fh)
-        return str(doc["username"]), str(doc["password"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError:   # not JSON, or not UTF-8
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("username"), str) \
+            or not isinstance(doc.get("password"), str):
+        raise ConfigError(f"{path} is not an RPC credentials file ({{\"username\": ..., "
+                          "\"password\": ...}, as `greenflow node init` writes it): fix it, "
+                          "or pass --user/--password")
+    return doc["username"], doc["password"]

@@ -64,7 +64,10 @@ class RpcClient:
                     username = username or cred[0]
                     password = password or cred[1]
         if username is None or password is None:
-            raise RpcClientError(0, "NoCredentials", f"no RPC credentials for {node}: pass "
+            from greenflow.network.node_config import CREDENTIALS_FILE
+            where = node if "://" in node else \
+                f"{node} (no {os.path.join(node, CREDENTIALS_FILE)})"
+            raise RpcClientError(0, "NoCredentials", f"no RPC credentials for {where}: pass "
                                  "--user/--password or set GREENFLOW_RPC_USER and "
                                  "GREENFLOW_RPC_PASSWORD")
         return cls(url, username, password, **kw)

@@ -38,10 +38,10 @@ import lmdb
 
 from greenflow.storage import is_lmdb, open_store, store_guard, store_url
 from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
-from greenflow.node.identity import NodeIdentity
+from greenflow.node.identity import KEY_FILE, NodeIdentity, key_path
 from greenflow.network.network_map import NetworkMap, format_address
 from greenflow.node.node import Node
-from greenflow.network.node_config import NodeConfig
+from greenflow.network.node_config import ConfigError, NodeConfig
 
 log = logging.getLogger("greenflow.node_process")
 
@@ -72,8 +72,12 @@ class _PidLock:
             other = os.read(self.fd, 64).decode(errors="replace").strip()
             os.close(self.fd)
             raise AlreadyRunning(f"{base_dir} is already served by process {other or '?'}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+        except OSError as exc:   # a full disk: name the file, which os.write does not
+            os.close(self.fd)
+            raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror}") from None
 
     def release(self) -> None:
         try:
@@ -101,6 +105,21 @@ def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:
     return max_bytes, backups
 
 
+class _LogFile(logging.handlers.RotatingFileHandler):
+    """``node.log``. A line it cannot write (a full disk) is said once, in one line naming
+    the file, instead of logging's traceback on stderr, which would bury the node's own
+    message; every line still goes to stderr."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            why = getattr(exc, "strerror", None) or exc
+            print(f"greenflow node: cannot write {self.baseFilename}: {why}", file=sys.stderr)
+
+
 def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
                   max_bytes: int = LOG_MAX_BYTES, backup_count: int = LOG_BACKUPS) -> None:
     """Log to ``base_dir/node.log`` (rotated by size: a node's log never holds more than
@@ -109,8 +128,8 @@ def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
     root = logging.getLogger()
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     fmt = logging.Formatter(LOG_FORMAT)
-    fh = logging.handlers.RotatingFileHandler(os.path.join(base_dir, LOG_FILE), encoding="utf-8",
-                                              maxBytes=max_bytes, backupCount=backup_count)
+    fh = _LogFile(os.path.join(base_dir, LOG_FILE), encoding="utf-8",
+                  maxBytes=max_bytes, backupCount=backup_count)
     fh.setFormatter(fmt)
     root.addHandler(fh)
     has_stderr = any(not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler)
@@ -119,6 +138,24 @@ def setup_logging(base_dir: str, level: str = "INFO", stderr: bool = True, *,
         sh = logging.StreamHandler(sys.stderr)
         sh.setFormatter(fmt)
         root.addHandler(sh)
+
+
+def own_identity(config: NodeConfig, netmap: NetworkMap) -> NodeIdentity:
+    """The node's identity, checked against the network map before anything starts: a
+    node process never makes a key (a new one would be an identity no peer knows, and
+    would hide the lost one for good), and a key the map does not list is refused by
+    every peer, so both are configuration errors naming the file to fix."""
+    identity = NodeIdentity.load(config.base_dir, config.name)
+    me = netmap.get(config.name)
+    if me is None:
+        raise ConfigError(f"the network map {config.network_map_path} does not list "
+                          f"{config.name}: copy the network's map there (one that lists "
+                          "this node, as `greenflow network bootstrap` writes it)")
+    if me.party.owning_key != identity.party.owning_key:
+        raise ConfigError(f"{key_path(config.base_dir)} does not hold the key the network "
+                          f"map {config.network_map_path} lists for {config.name}: restore "
+                          f"this node's {KEY_FILE} from a backup of this node directory")
+    return identity
 
 
 class NodeProcess:
@@ -137,6 +174,7 @@ class NodeProcess:
         self.rpc_limits = RpcLimits.from_config(self.config.rpc)  # a bad [rpc] fails here
         self.log_rotation = log_rotation(self.config)
         self.netmap = NetworkMap.load(self.config.network_map_path)
+        self.identity = own_identity(self.config, self.netmap)
         self.with_rpc = rpc
         self.node_options = dict(node_options or {})
         self.node: Optional[Node] = None
@@ -175,8 +213,7 @@ class NodeProcess:
                     store_guard.check_in_child(store_dir)
                 finally:
                     lock.release()
-            identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
-            self.transport = TcpTransport(identity, self.netmap, listen=cfg.p2p_address)
+            self.transport = TcpTransport(self.identity, self.netmap, listen=cfg.p2p_address)
             self.transport.bind()
             if self.with_rpc:
                 self.rpc = RpcServer(self, cfg.rpc_address, self.rpc_limits)  # binds now: fail before opening
@@ -283,7 +320,13 @@ def serve(base_dir: str, *, log_level: str = "INFO", rpc: bool = True,
         print(f"greenflow node: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     max_bytes, backups = proc.log_rotation
-    setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
+    try:
+        setup_logging(base_dir, log_level, max_bytes=max_bytes, backup_count=backups)
+    except OSError as exc:   # a read-only file system, no permission: nothing started
+        print(f"greenflow node: {proc.config.name} cannot start: cannot write "
+              f"{exc.filename or os.path.join(base_dir, LOG_FILE)}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return EXIT_START_FAILED
     for sig in (signal.SIGTERM, signal.SIGINT):  # also while starting: run() then stops at once
         signal.signal(sig, lambda s, f: proc.request_stop())
     try:

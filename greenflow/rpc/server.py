@@ -49,7 +49,11 @@ class RpcServer:
         self.hub = ProgressHub(self.limits.stream_buffer, self.limits.log_interval)
         self.logins = LoginGuard(self.limits, proc.config.user, self._any_hash)
         self._streams = threading.BoundedSemaphore(self.limits.max_streams)
-        self.httpd = RpcHttpServer(address, RpcHandler, self.limits)
+        try:
+            self.httpd = RpcHttpServer(address, RpcHandler, self.limits)
+        except OSError as exc:   # the address, as the P2P side names its own
+            raise OSError(exc.errno, f"cannot listen for RPC clients on "
+                          f"{format_address(address)}: {exc.strerror}") from None
         self.httpd.rpc = self
         self.httpd.warners += [self.logins.warn, self.hub._warn]
         self.httpd.backoff = self.logins.backoff
