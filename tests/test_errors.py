@@ -326,6 +326,31 @@ def test_handle_of_a_flow_id_the_node_never_had_raises_unknown_flow(net):
         alice.handle("no-such-flow")
 
 
+def test_a_flow_that_ends_between_the_reads_of_a_lookup_is_not_unknown(net):
+    """An RPC thread looks a flow up while the scheduler may end it: the result is read
+    (not there yet), then the flow's commit stores its result and drops its checkpoint,
+    then the checkpoint is read (gone). That flow is finished, not unknown."""
+    alice = net.create_node("Alice")
+    bob = net.create_node("Bob", apps=["samples.ping"])
+    fid = run(net, alice, Ping(bob.party, 2)).id
+    store = alice.store
+    real = store.result
+    calls = []
+
+    def result_before_the_commit(flow_id):   # the first read of each lookup: too early
+        calls.append(flow_id)
+        return None if len(calls) % 2 else real(flow_id)
+
+    store.result = result_before_the_commit
+    try:
+        assert alice.handle(fid).id == fid
+        calls.clear()
+        alice.scheduler.recent_results.clear()
+        assert alice.handle(fid).status == FlowStatus.COMPLETED
+    finally:
+        store.result = real
+
+
 # ====================================================================== NotSerializable
 def test_sending_a_payload_that_cannot_cross_the_wire_raises_not_serializable_at_send(net):
     alice, bob = pair(net)

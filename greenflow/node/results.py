@@ -56,8 +56,9 @@ class FlowResults:
         self.check_open(flow_id)
         if flow_id not in node.scheduler.resident and node.store.result(flow_id) is None:
             cp, filed = self.checkpoint_or_filed(flow_id)
-            if cp is None and filed is None and (node.filed_start is None
-                                                 or node.store.result(flow_id) is None):
+            # Read the result again: a flow that ended between the two reads had its
+            # checkpoint dropped in the commit that stored its result.
+            if cp is None and filed is None and node.store.result(flow_id) is None:
                 raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
         return FlowHandle(node, flow_id)
 
@@ -147,6 +148,9 @@ class FlowResults:
             return shown_status(cp, resident=False)
         if filed is not None:
             return FlowStatus.RUNNABLE   # filed, to be started by its partition's owner
+        rec = self.record(fid)   # it ended since the first read: dropped with its result stored
+        if rec is not None:
+            return rec["status"]
         raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
 
 
