@@ -123,3 +123,22 @@ def test_cluster_up_refuses_what_would_stop_its_workers_and_names_it(root, monke
     monkeypatch.delenv(STORE_ENV, raising=False)   # a run of the suite on PostgreSQL names one
     r = gf("cluster", "status", "--dir", alice, check=False)
     assert r.returncode == 1 and "names no PostgreSQL database" in r.stderr, r.stderr
+
+
+def test_a_worker_never_makes_a_key_for_its_party(root):
+    """A worker started on a copy of the party's directory without its identity.key
+    stops before anything runs, naming the file, and writes no key of its own (one would
+    be an identity no peer knows); a key the network map does not list is refused too."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    alice = root / "Alice"
+    key = alice / "identity.key"
+    saved = key.read_bytes()
+    key.unlink()
+    cmd = [sys.executable, "-m", "greenflow.cluster.process", "--dir", str(alice), "--name", "w1",
+           "--database", "postgresql://127.0.0.1:1/none", "--rpc-address", "off"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "identity.key" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not key.exists()
+    key.write_bytes(os.urandom(len(saved)))   # a key of the right size, but not this party's
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "does not hold the key the network map" in r.stderr, r.stderr

@@ -27,7 +27,7 @@ from greenflow.cluster.worker import Worker
 from greenflow.errors import FlowError
 from greenflow.network.network_map import NetworkMap, format_address, parse_address
 from greenflow.network.node_config import NodeConfig
-from greenflow.node.identity import NodeIdentity
+from greenflow.rpc.node_process import own_identity
 
 log = logging.getLogger("greenflow.cluster.process")
 
@@ -62,6 +62,9 @@ class WorkerProcess:
         self.config = NodeConfig.load(self.base_dir)
         self.netmap = NetworkMap.load(self.config.network_map_path)
         self.url = postgres_url(self.base_dir, database)
+        # Checked before anything runs, as a node process does: a worker never makes a key
+        # (a new one is an identity no peer knows) and needs the one the map lists.
+        self.identity = own_identity(self.config, self.netmap)
         self.name = name
         self.with_rpc = rpc
         self.rpc_address = rpc_address or self.config.rpc_address
@@ -98,7 +101,7 @@ class WorkerProcess:
         from greenflow.network.tcp_transport import TcpTransport
         from greenflow.rpc.server import RpcServer
         cfg = self.config
-        identity = NodeIdentity.load_or_create(self.base_dir, cfg.name)
+        identity = self.identity
         self.transport = TcpTransport(identity, self.netmap, listen=self.listen,
                                       reuse_port=True)
         self.transport.bind()
