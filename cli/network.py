@@ -55,5 +55,4 @@ def bootstrap(root: str, nodes: str, notary: str | None, validating_notary: bool
         role = (" (validating notary)" if c.validating_notary else " (notary)") if c.notary else ""
         click.echo(f"{c.name}{role}: {os.path.relpath(c.base_dir)}  "
                    f"p2p {format_address(c.p2p_address)}  rpc {format_address(c.rpc_address)}")
-    first = os.path.relpath(configs[-1].base_dir)
-    click.echo(f"start each with: greenflow node start --dir {first}")
+    click.echo("start each with: greenflow node start --dir DIR (one of the directories above)")

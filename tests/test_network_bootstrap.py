@@ -67,6 +67,29 @@ def test_bootstrap_refuses_an_existing_node_and_duplicate_names(tmp_path):
         bootstrap_network(str(tmp_path / "x"), ["Bob", "Bob"], base_port=0)
 
 
+def test_a_name_or_user_no_node_could_start_with_is_refused_at_creation(tmp_path):
+    for name in ("", " Alice", "Bob "):
+        with pytest.raises(ConfigError, match="must not be empty or start or end with a space"):
+            init_node(str(tmp_path / "n"), name, p2p_address=("127.0.0.1", 13000),
+                      rpc_address=("127.0.0.1", 13001))
+    with pytest.raises(ConfigError, match="RPC user's name must not be empty"):
+        bootstrap_network(str(tmp_path / "b"), ["Alice"], base_port=0, rpc_user="")
+    assert not (tmp_path / "n").exists() and not (tmp_path / "b" / "Alice" / "node.toml").exists()
+
+
+def test_a_password_hash_that_is_no_hash_is_refused_naming_the_user(tmp_path):
+    cfg = init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+                    rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    path = os.path.join(cfg.base_dir, "node.toml")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    with open(path, "w", encoding="utf-8") as fh:   # the password itself, by mistake
+        fh.write(text.replace(cfg.rpc_users[0].password_hash, "s3cret"))
+    with pytest.raises(ConfigError, match=r"rpc_users\[0\] \(admin\): password_hash is not a "
+                                          "password hash"):
+        NodeConfig.load(cfg.base_dir)
+
+
 def test_node_init_makes_one_directory_with_a_map_of_itself(tmp_path):
     cfg = init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
                     rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")

@@ -75,6 +75,11 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
         raise ConfigError(f"{base_dir} already holds a node ({CONFIG_FILE} exists)")
     if validating_notary and not notary:
         raise ConfigError(f"{name}: a validating notary must be a notary")
+    if not name or name != name.strip():   # what the network map and peers would refuse
+        raise ConfigError(f"a node's name must not be empty or start or end with a space: "
+                          f"{name!r}")
+    if not rpc_user:
+        raise ConfigError("the RPC user's name must not be empty")
     os.makedirs(base_dir, exist_ok=True)
     identity = NodeIdentity.load_or_create(base_dir, name)
     password = rpc_password or new_password()

@@ -63,6 +63,10 @@ class ConfigError(NetworkMapError):
     """``node.toml`` is missing or malformed; the message names the file and the field."""
 
 
+#: How the hashes PyNaCl's ``pwhash`` makes and verifies begin (Argon2id, Argon2i, scrypt).
+HASH_PREFIXES = ("$argon2id$", "$argon2i$", "$7$")
+
+
 def hash_password(password: str) -> str:
     """An Argon2id hash (PyNaCl ``pwhash.str``) to store in ``node.toml``."""
     return nacl.pwhash.str(password.encode("utf-8")).decode("ascii")
@@ -158,6 +162,15 @@ class NodeConfig:
                 if not isinstance(u, dict) or not isinstance(u.get("username"), str) \
                         or not isinstance(u.get("password_hash"), str):
                     raise ConfigError(f"{where}: rpc_users[{i}] needs username and password_hash")
+                if not u["username"]:
+                    raise ConfigError(f"{where}: rpc_users[{i}] has an empty username")
+                if not u["password_hash"].startswith(HASH_PREFIXES):
+                    # Else the node would start and refuse every password of that user.
+                    raise ConfigError(
+                        f"{where}: rpc_users[{i}] ({u['username']}): password_hash is not a "
+                        "password hash (one starts with $argon2id$; make one with python -c "
+                        "\"from greenflow.network.node_config import hash_password; "
+                        "print(hash_password('...'))\")")
                 perms = u.get("permissions", ["ALL"])
                 for p in perms:
                     if p not in PERMISSIONS and not str(p).startswith("start:"):
