@@ -101,8 +101,13 @@ def _import_sample(name: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name not in (module_name, "greenflow.samples"):
             raise  # the sample exists but needs something missing: show it as is
+        hint = ""
+        if "." in name:   # samples.ping.Ping: a flow class written as flow start takes it
+            module, _, cls = name.rpartition(".")
+            hint = (f"; to start a flow class write it module:Class, e.g. 'greenflow run "
+                    f"samples.{module}:{cls}'")
         raise UnknownTarget(f"no sample named {name!r}; available: "
-                            f"{', '.join(available_samples()) or 'none'}") from None
+                            f"{', '.join(available_samples()) or 'none'}{hint}") from None
 
 
 def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optional[str],

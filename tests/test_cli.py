@@ -146,6 +146,8 @@ def test_unknown_sample_names_the_available_ones():
     assert result.exit_code == 2
     assert "no sample named 'nope'" in result.output
     assert "ping" in result.output
+    result = run("run", "samples.ping.Ping")   # a flow class, written as `flow start` takes it
+    assert result.exit_code == 2 and "'greenflow run samples.ping:Ping'" in result.output
 
 
 def test_sample_keeps_its_data_dir_when_asked(tmp_path):
