@@ -147,6 +147,18 @@ def test_the_cash_contract_refuses_cash_made_from_nothing(mock):
         builder.verify()
 
 
+def test_cash_is_issued_only_under_a_notary_of_the_network(mock):
+    """Cash under a party that is no notary could never be spent: the issuance is refused,
+    naming the party and the network's notaries, and nothing reaches a vault."""
+    from greenflow.ledger.finance import CashFlowError
+    assert mock.notary is not None   # the network's notary (made on first use)
+    bank, alice = mock.create_node("Bank"), mock.create_node("Alice")
+    with pytest.raises(CashFlowError, match=r"under Alice: it is not a notary of this network "
+                                            r"\(notaries: Notary"):
+        run(mock, bank, CashIssueFlow(pounds(10), alice.party, owner=alice.party))
+    assert cash_balances(alice.services.vault) == {} and cash_balances(bank.services.vault) == {}
+
+
 def test_two_payments_racing_for_the_same_coin_never_spend_it_twice(mock):
     bank, alice, bob, carol = (mock.create_node(n) for n in ("Bank", "Alice", "Bob", "Carol"))
     run(mock, bank, CashIssueFlow(pounds(100), mock.notary.party, owner=alice.party))

@@ -307,6 +307,11 @@ class CashIssueFlow(FlowLogic):
         amount = _positive(self.amount, "CashIssueFlow")
         if type(self.coins) is not int or not 1 <= self.coins <= amount.quantity:
             raise CashFlowError(f"cannot issue {amount} as {self.coins} coins")
+        notaries = self.services.identity_service.notaries()
+        if notaries and self.notary not in notaries:   # its cash could never be spent
+            raise CashFlowError(f"cannot issue {amount} under {self.notary.name}: it is not a "
+                                f"notary of this network (notaries: "
+                                f"{', '.join(n.name for n in notaries)})")
         me = self.our_identity
         owner = self.owner or me
         builder = TransactionBuilder(self.notary, salt=_salt(self))
