@@ -106,6 +106,20 @@ def test_a_malformed_config_names_the_file_and_field(tmp_path):
         NodeConfig.load(str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("nodes, words", [
+    ([("A", "00", "nowhere")], "entry 0: address 'nowhere' is not host:port"),
+    ([("A", "00", "h:1"), ("A", "01", "h:2")], "names 'A' twice"),
+    ([("A", "00", "h:1"), ("B", "00", "h:2")], "'B' and 'A' share one public key"),
+])
+def test_a_bad_network_map_is_named_with_what_is_wrong(tmp_path, nodes, words):
+    path = tmp_path / "network-map.json"
+    path.write_text(json.dumps({"version": 1, "nodes": [
+        {"name": n, "public_key": k * 32, "p2p_address": a} for n, k, a in nodes]}))
+    with pytest.raises(NetworkMapError) as info:
+        NetworkMap.load(str(path))
+    assert str(info.value).startswith(f"{path}: ") and words in str(info.value)
+
+
 def test_free_ports_come_from_below_the_range_outgoing_connections_use():
     """A port from the kernel's ephemeral range can be taken by any outgoing connection
     before the node binds it ("Address already in use" under load); one below it cannot."""

@@ -147,9 +147,14 @@ class NetworkMap:
                     raise ValueError("empty name")
                 nodes.append(NodeInfo(Party(name, key), parse_address(e["p2p_address"]),
                                       bool(e.get("notary", False))))
+            except NetworkMapError as exc:   # its address: named with the file and entry
+                raise NetworkMapError(f"{where}: entry {i}: {exc}") from None
             except (KeyError, TypeError, ValueError) as exc:
                 raise NetworkMapError(f"{where}: entry {i} is malformed ({exc!r})") from None
-        return cls(nodes)
+        try:
+            return cls(nodes)
+        except NetworkMapError as exc:   # a name or key twice: the file is what to fix
+            raise NetworkMapError(f"{where}: {exc}") from None
 
     @classmethod
     def load(cls, path: str) -> "NetworkMap":
