@@ -102,20 +102,32 @@ def _statuses(value: Optional[str]) -> Optional[str]:
 @node_options
 @click.option("--status", default=None, callback=lambda ctx, param, value: _statuses(value),
               help="Only these statuses (comma-separated), e.g. SUSPENDED,HOSPITALIZED.")
+@click.option("--limit", default=None, type=click.IntRange(1),
+              help="One page of at most this many flows (the node's maximum: 1000), and "
+                   "the --cursor of the next. Without it (or --cursor), every flow, read a "
+                   "page at a time.")
+@click.option("--cursor", default=None, help="Go on from a page's cursor.")
 @click.option("--json", "as_json", is_flag=True)
-def list_(client: Any, status: Optional[str], as_json: bool) -> None:
-    """List unfinished and recently finished flows."""
-    flows = client.flows(status)
+def list_(client: Any, status: Optional[str], limit: Optional[int], cursor: Optional[str],
+          as_json: bool) -> None:
+    """List unfinished and recently finished flows (unfinished first, newest first)."""
+    page = None
+    if limit is not None or cursor is not None:
+        page = client.flow_page(status, limit=limit, cursor=cursor)
+        flows = page["flows"]
+    else:
+        flows = client.flows(status)
     if as_json:
-        click.echo(json.dumps(flows, indent=2))
+        click.echo(json.dumps(page if page is not None else flows, indent=2))
         return
     if not flows:
         click.echo("no flows")
-        return
     for f in flows:
         extra = f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
         worker = f"  [{f['worker']}]" if f.get("worker") else ""   # a clustered node
         click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}{worker}  {extra}".rstrip())
+    if page is not None and page.get("next_cursor"):
+        click.echo(f"more: --cursor {page['next_cursor']}")
 
 
 @command.command("result")

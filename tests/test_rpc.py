@@ -290,3 +290,25 @@ def test_a_node_dying_in_the_middle_of_its_answer_is_unreachable_and_not_asked_t
         server.join(5)
     assert err.status == 0 and err.type == "Unreachable"
     assert len(requests) == 1
+
+
+def test_the_command_line_lists_flows_a_page_at_a_time(nodes, alice):
+    from click.testing import CliRunner
+
+    from greenflow.cli.main import main
+    ids = alice.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}, count=5)["flow_ids"]
+    for fid in ids:
+        alice.result(fid, wait=30)
+    node = nodes.configs["Alice"].base_dir
+    run = lambda *a: CliRunner().invoke(main, ["flow", "list", "--node", node, *a])  # noqa: E731
+    first = run("--limit", "2", "--status", "COMPLETED")
+    assert first.exit_code == 0, first.output
+    lines = first.output.splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("more: --cursor ")
+    cursor = lines[-1].split()[-1]
+    page = json.loads(run("--limit", "2", "--cursor", cursor, "--status", "COMPLETED",
+                          "--json").output)
+    assert len(page["flows"]) == 2 and page["more"] is True
+    assert not {f["id"] for f in page["flows"]} & {ln.split()[0] for ln in lines[:2]}
+    everything = json.loads(run("--json").output)   # no --limit: every flow, page by page
+    assert set(ids) <= {f["id"] for f in everything}

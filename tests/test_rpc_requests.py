@@ -177,6 +177,73 @@ def test_an_unknown_status_filter_is_400_naming_the_known_ones(net, query):
     assert net.call("GET", "/flows?status=completed,SUSPENDED")[0] == 200
 
 
+def test_the_flow_list_is_answered_a_bounded_page_at_a_time(net):
+    status, started = net.call("POST", "/flows", {**PING, "count": 30})
+    for fid in started["flow_ids"]:   # a flow that ends between two pages may be on both
+        assert net.call("GET", f"/flows/{fid}/result?wait=30")[1]["finished"]
+    status, first = net.call("GET", "/flows?limit=7")
+    assert status == 200 and len(first["flows"]) == 7 and first["more"] is True
+    seen, doc = [f["id"] for f in first["flows"]], first
+    while doc["more"]:
+        status, doc = net.call("GET", f"/flows?limit=7&cursor={doc['next_cursor']}")
+        assert status == 200 and len(doc["flows"]) <= 7
+        seen += [f["id"] for f in doc["flows"]]
+    assert doc["next_cursor"] is None and len(seen) == len(set(seen)) >= 30
+    # Without a limit: the default page, never every flow the node keeps.
+    from greenflow.node.flow_listing import DEFAULT_LIMIT, MAX_LIMIT
+    assert len(net.call("GET", "/flows")[1]["flows"]) == min(len(seen), DEFAULT_LIMIT)
+    for bad in ("0", "-1", str(MAX_LIMIT + 1), "ten", "1.5"):
+        status, doc = net.call("GET", f"/flows?limit={bad}")
+        assert (status, doc["error"]["type"]) == (400, "BadRequest") and "limit" in doc["error"]["message"]
+    status, doc = net.call("GET", "/flows?cursor=nonsense")
+    assert (status, doc["error"]["type"]) == (400, "BadRequest") and "cursor" in doc["error"]["message"]
+
+
+def test_the_checkpoint_dump_is_answered_a_bounded_page_at_a_time(net):
+    for _ in range(3):
+        assert net.call("POST", "/flows", {"flow": "procflows.Sleeper",
+                                           "args": {"seconds": 300}})[0] == 200
+    status, doc = net.call("GET", "/checkpoints?limit=1")
+    assert status == 200 and len(doc["checkpoints"]) == 1 and doc["more"] is True
+    status, rest = net.call("GET", f"/checkpoints?limit=200&cursor={doc['next_cursor']}")
+    assert status == 200 and len(rest["checkpoints"]) >= 2 and rest["more"] is False
+    assert doc["checkpoints"][0]["flow_id"] > rest["checkpoints"][0]["flow_id"]
+    assert net.call("GET", "/checkpoints?limit=100000")[0] == 400
+
+
+def test_flow_listings_wait_their_turn_off_the_scheduler(net, monkeypatch):
+    """At most `LISTINGS` listings read at once, none on the node's scheduler thread."""
+    from greenflow.rpc import server as server_mod
+    node = net.procs["Alice"].node
+    running, most, threads = [0], [0], set()
+    lock = threading.Lock()
+    real = node.flow_page
+
+    def counted(*a, **kw):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threads.add(threading.current_thread())
+        try:
+            import time
+            time.sleep(0.05)
+            return real(*a, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(node, "flow_page", counted)
+    answers = []
+    callers = [threading.Thread(target=lambda: answers.append(net.call("GET", "/flows?limit=5")[0]))
+               for _ in range(8)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(30)
+    assert answers == [200] * 8 and most[0] == server_mod.LISTINGS
+    assert node._thread not in threads
+
+
 @pytest.mark.parametrize("length", [b"1_7", b"+17", b"17 ", b"0x11", b"\xd9\xa1\xd9\xa7"])
 def test_a_content_length_of_anything_but_digits_is_400(net, length):
     body = b'{"flow": "x.Yz"}\n'

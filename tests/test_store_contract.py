@@ -234,6 +234,21 @@ def test_results_and_client_ids_are_kept_until_they_expire(store):
     assert store.result(G) is not None and store.client("c-2") == G
 
 
+def test_flow_and_result_listings_go_on_after_a_flow_id_in_either_order(store):
+    ids = [f"{i:031d}x" for i in range(5)]
+    rec = dump_result({"status": FlowStatus.COMPLETED, "flow_class": "x", "value": 1})
+    commit(store, *[op for fid in ids for op in (("start_flow", fid, b"logic"),
+                                                 ("put_header", fid, header(fid)))])
+    commit(store, *[("put_result", fid, rec, 1e12) for fid in ids])
+    for rows in (store.header_blobs, store.result_blobs):
+        assert [f for f, _ in rows(after=ids[1])] == ids[2:]
+        assert [f for f, _ in rows(reverse=True, after=ids[3])] == [ids[2], ids[1], ids[0]]
+        assert [f for f, _ in rows(reverse=True, after=ids[2] + "!")] == ids[2::-1]  # between ids
+        assert [f for f, _ in rows(reverse=True, after="z")] == ids[::-1]            # past the last
+        assert [f for f, _ in rows(reverse=True, after=ids[0])] == []
+        assert [f for f, _ in rows(after="0")] == ids and [f for f, _ in rows(after="z")] == []
+
+
 def test_expire_deletes_at_most_limit_per_call_earliest_first(store):
     commit(store, *[("put_route", "Bob", f"s{i}", 0, b"F", 10.0 + i) for i in range(5)])
     assert store.expire(100.0, limit=2) == 2

@@ -4,7 +4,7 @@ record into a listing entry in one place; `FlowViews` is the node's reader of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from greenflow import serialization
 from greenflow.errors import UnknownFlow
@@ -91,9 +91,11 @@ def read_checkpoints(base_dir: str) -> list[dict]:
 
 
 def dump_store(store: FlowStore, resident: set[str],
-               frames_of: Optional[Callable[[str], Any]] = None) -> list[dict]:
+               frames_of: Optional[Callable[[str], Any]] = None,
+               rows: Optional[Iterable[tuple[str, bytes]]] = None) -> list[dict]:
+    """The dump of ``rows`` (stored headers ``(fid, blob)``; None: every one)."""
     out = []
-    for fid, raw in store.header_blobs():
+    for fid, raw in (store.header_blobs() if rows is None else rows):
         try:
             cp: Checkpoint = serialization.loads(raw)
         except Exception as exc:

@@ -17,6 +17,7 @@ from greenflow.runtime.clock import Clock, SystemClock
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import Call, FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
+from greenflow.node import flow_listing
 from greenflow.node.identity import NodeIdentity
 from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_from_checkpoint,
                                        info_from_result, read_checkpoints, shown_status,
@@ -27,6 +28,7 @@ from greenflow.node.starting import FlowStarter
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
 from greenflow.party import Party
 from greenflow.flows.registry import ResponderTable
+from greenflow.status import FlowStatus
 from greenflow.statemachine.ids import new_flow_id
 from greenflow.statemachine import stacks
 from greenflow.statemachine.scheduler import Scheduler
@@ -300,6 +302,15 @@ class Node:
         mine = self.on_scheduler(self.views.flows)
         return mine if self.party_flows is None else self.party_flows(mine)
 
+    def flow_page(self, statuses: Optional[Iterable[FlowStatus]] = None,
+                  limit: int = flow_listing.DEFAULT_LIMIT,
+                  cursor: Optional[str] = None) -> flow_listing.FlowPage:
+        """A page of `flows` (unfinished flows first, then finished ones, each newest
+        first): at most ``limit`` flows with one of ``statuses``, from a page's
+        ``next_cursor`` on. Bounded in what it reads, and the store is read on the
+        calling thread, so a long list never holds up the flows (`flow_listing`)."""
+        return flow_listing.flow_page(self, statuses, limit, cursor)
+
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
         Raises `UnknownFlow` for an id this node does not know."""
@@ -309,3 +320,9 @@ class Node:
         """One JSON-ready dict per unfinished flow: where it waits, its sessions and the
         frames of its stack with their locals (as captured at its last suspension)."""
         return self.on_scheduler(self.views.dump)
+
+    def checkpoints_page(self, limit: int = flow_listing.CHECKPOINTS_LIMIT,
+                         cursor: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
+        """A page of `checkpoints_dump` (newest first) and the cursor of the next one
+        (None: this was the last); see `flow_listing.checkpoints_page`."""
+        return flow_listing.checkpoints_page(self, limit, cursor)

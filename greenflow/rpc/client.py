@@ -145,8 +145,24 @@ class RpcClient:
                             timeout=None if not wait else wait + self.timeout)[1]
 
     def flows(self, status: Optional[str] = None) -> list:
-        q = f"?status={quote(status)}" if status else ""
-        return self.request("GET", "/flows" + q)[1]["flows"]
+        """Every flow (of ``status``, comma-separated names), read a page at a time."""
+        return self._all(lambda cursor: self.flow_page(status, cursor=cursor), "flows")
+
+    def flow_page(self, status: Optional[str] = None, limit: Optional[int] = None,
+                  cursor: Optional[str] = None) -> dict:
+        """One page: ``{"flows", "more", "next_cursor"}`` (pass ``next_cursor`` on)."""
+        q = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v}
+        return self.request("GET", "/flows" + (f"?{urlencode(q)}" if q else ""))[1]
+
+    def _all(self, page: Any, key: str) -> list:
+        out: list = []
+        cursor = None
+        while True:
+            doc = page(cursor)
+            out += doc[key]
+            cursor = doc.get("next_cursor")
+            if not cursor:
+                return out
 
     def flow(self, flow_id: str) -> dict:
         return self.request("GET", f"/flows/{quote(flow_id)}")[1]
@@ -160,7 +176,13 @@ class RpcClient:
         return self.request("POST", f"/flows/{quote(flow_id)}/kill")[1]
 
     def checkpoints(self) -> list:
-        return self.request("GET", "/checkpoints")[1]["checkpoints"]
+        """Every unfinished flow's dump entry, read a page at a time."""
+        return self._all(lambda cursor: self.checkpoints_page(cursor=cursor), "checkpoints")
+
+    def checkpoints_page(self, limit: Optional[int] = None, cursor: Optional[str] = None) -> dict:
+        """One page: ``{"checkpoints", "more", "next_cursor"}``."""
+        q = {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v}
+        return self.request("GET", "/checkpoints" + (f"?{urlencode(q)}" if q else ""))[1]
 
     def draining(self) -> dict:
         return self.request("GET", "/draining")[1]

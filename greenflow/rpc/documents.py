@@ -85,6 +85,19 @@ def seconds(value: Any, what: str) -> float:
     return s
 
 
+def count(value: Any, what: str, default: int, most: int) -> int:
+    """A page size from a query: ``default`` when absent, else a whole number from 1 to
+    ``most`` (a larger one is an error, not cut silently: the client would take the
+    short page for the whole list)."""
+    if value is None:
+        return default
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+        raise RpcError(400, "BadRequest", f"`{what}` must be a whole number from 1 to {most}, "
+                                          f"not {shown(str(value), 40)!r}")
+    return int(text)
+
+
 def flag(value: Any, what: str) -> bool:
     """A yes/no query parameter, in the words a flow's bool argument takes."""
     try:

@@ -12,6 +12,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from greenflow.console import MAX_BODY_BYTES as CONSOLE_BODY_BYTES, is_console_path
 from greenflow.errors import FlowError, NotStartable, UnknownFlow
+from greenflow.node.flow_listing import BadCursor
 from greenflow.rpc import streams
 from greenflow.rpc.documents import RpcError, check_text, error_json, flag, seconds, shown
 from greenflow.rpc.limits import BoundedHTTPServer, LimitExceeded, parse_json_body
@@ -191,6 +192,8 @@ class RpcHandler(BaseHTTPRequestHandler):
                             headers)
         except UnknownFlow as exc:
             self._send_json(404, {"error": error_json(exc)})
+        except BadCursor as exc:
+            self._send_json(400, {"error": {"type": "BadRequest", "message": shown(str(exc))}})
         except NotStartable as exc:
             self._send_json(403, {"error": error_json(exc)})
         except (BrokenPipeError, ConnectionResetError):
@@ -263,7 +266,8 @@ class RpcHandler(BaseHTTPRequestHandler):
             return self._send_json(200, {"nodes": rpc.network()})
         if route == ("GET", ("flows",)):
             read()
-            return self._send_json(200, {"flows": rpc.flows(query.get("status"))})
+            return self._send_json(200, rpc.flows(query.get("status"), query.get("limit"),
+                                                  query.get("cursor")))
         if route == ("POST", ("flows",)):
             code, doc = rpc.start_flow(body, user)
             return self._send_json(code, doc)
@@ -285,7 +289,7 @@ class RpcHandler(BaseHTTPRequestHandler):
             return self._send_json(200, rpc.kill(p[1]))
         if route == ("GET", ("checkpoints",)):
             read()
-            return self._send_json(200, {"checkpoints": rpc.checkpoints()})
+            return self._send_json(200, rpc.checkpoints(query.get("limit"), query.get("cursor")))
         if route == ("GET", ("vault", "*")) and p[1] == "states":
             read()
             return self._send_json(200, rpc.vault_states(query))

@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Optional
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional
 
 from greenflow.console import ConsoleApp
 from greenflow.errors import FlowError, FlowKilled
 from greenflow.flows.registry import qualified_name
 from greenflow.network.network_map import format_address
+from greenflow.node.flow_listing import (CHECKPOINTS_LIMIT, DEFAULT_LIMIT, MAX_CHECKPOINTS_LIMIT,
+                                         MAX_LIMIT)
 from greenflow.node.node import FlowHandle
 from greenflow.rpc.documents import (MAX_WAIT_SECONDS, REPR_LIMIT, RpcError,  # noqa: F401
-                                     error_json, flow_json, seconds, shown,
+                                     count, error_json, flow_json, seconds, shown,
                                      to_json)
 from greenflow.rpc.flow_requests import (MAX_BATCH, build_flow, may_start_some,  # noqa: F401
                                          resolve_flow_class)
@@ -37,6 +40,9 @@ from greenflow.status import FlowStatus
 
 MAX_BODY_BYTES = RpcLimits.max_body_bytes
 KNOWN_STATUSES = frozenset(s.value for s in FlowStatus)
+#: Flow listings (and dumps) served at once; `LISTING_WAIT` seconds for a turn.
+LISTINGS = 2
+LISTING_WAIT = 10.0
 
 
 class RpcServer:
@@ -49,6 +55,7 @@ class RpcServer:
         self.hub = ProgressHub(self.limits.stream_buffer, self.limits.log_interval)
         self.logins = LoginGuard(self.limits, proc.config.user, self._any_hash)
         self._streams = threading.BoundedSemaphore(self.limits.max_streams)
+        self._listings = threading.BoundedSemaphore(LISTINGS)
         try:
             self.httpd = RpcHttpServer(address, RpcHandler, self.limits)
         except OSError as exc:   # the address, as the P2P side names its own
@@ -168,26 +175,46 @@ class RpcServer:
             out.update(self.outcome(handle, wait)[1])
         return 200, out
 
-    def flows(self, status: Optional[str]) -> list:
+    def flows(self, status: Optional[str], limit: Any = None, cursor: Optional[str] = None) -> dict:
+        """``GET /flows``: a page of at most ``limit`` flows (`Node.flow_page`), ``more``
+        and the ``next_cursor`` to go on from."""
         wanted = {s.strip().upper() for s in status.split(",")} if status else None
         unknown = sorted(wanted - KNOWN_STATUSES) if wanted else None
         if unknown:   # a typo would otherwise look like "no such flows"
             raise RpcError(400, "BadRequest", f"unknown status {shown(', '.join(unknown))} "
                                               f"(known: {', '.join(s.value for s in FlowStatus)})")
-        return [flow_json(f) for f in self.node.flows()
-                if wanted is None or f.status.value in wanted]
+        n = count(limit, "limit", DEFAULT_LIMIT, MAX_LIMIT)
+        statuses = [FlowStatus(s) for s in wanted] if wanted else None
+        with self._listing():
+            page = self.node.flow_page(statuses, n, cursor)
+        return {"flows": [flow_json(f) for f in page.flows], "more": page.more,
+                "next_cursor": page.next_cursor}
 
     def stream_status(self) -> dict:
-        """The first event of ``/progress``: unfinished flows first, at most
-        ``stream_status_flows`` of them (``more`` counts the rest), so a stream held open
-        by a client that does not read holds a bounded document, not every flow."""
-        limit = self.limits.stream_status_flows
-        flows = self.node.flows()
-        flows.sort(key=lambda f: f.status.finished)
-        out = {"flows": [flow_json(f) for f in flows[:limit]]}
-        if len(flows) > limit:
-            out["more"] = len(flows) - limit
+        """The first event of ``/progress``: the first page of the flow list (unfinished
+        flows first), at most ``stream_status_flows`` of them, so a stream held open by a
+        client that does not read holds a bounded document, and opening one reads a
+        bounded part of the store."""
+        with self._listing():
+            page = self.node.flow_page(None, self.limits.stream_status_flows)
+        out: dict = {"flows": [flow_json(f) for f in page.flows]}
+        if page.more:
+            out["more"] = True
+            out["next_cursor"] = page.next_cursor
         return out
+
+    @contextmanager
+    def _listing(self) -> Iterator[None]:
+        """One of `LISTINGS` listings at a time: each reads the store on its request's
+        thread, and many at once would share the interpreter with the scheduler, so
+        slow every flow; the others wait their turn (``503 Busy`` after `LISTING_WAIT`)."""
+        if not self._listings.acquire(timeout=LISTING_WAIT):
+            raise RpcError(503, "Busy", "too many flow listings at once: retry later",
+                           retry_after=1)
+        try:
+            yield
+        finally:
+            self._listings.release()
 
     def flow(self, fid: str) -> dict:
         return flow_json(self.node.flow_info(fid))
@@ -217,8 +244,12 @@ class RpcServer:
         node.handle(fid)  # UnknownFlow -> 404
         return {"flow_id": fid, "killed": bool(node.kill_flow(fid))}
 
-    def checkpoints(self) -> list:
-        return to_json(self.node.checkpoints_dump())
+    def checkpoints(self, limit: Any = None, cursor: Optional[str] = None) -> dict:
+        """``GET /checkpoints``: a page of the dump (`Node.checkpoints_page`)."""
+        n = count(limit, "limit", CHECKPOINTS_LIMIT, MAX_CHECKPOINTS_LIMIT)
+        with self._listing():
+            rows, nxt = self.node.checkpoints_page(n, cursor)
+        return {"checkpoints": to_json(rows), "more": nxt is not None, "next_cursor": nxt}
 
     def vault_states(self, params: dict) -> dict:
         """``GET /vault/states``: a page of the vault, as its ``query_json`` gives it."""

@@ -46,9 +46,12 @@ def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Option
     try:
         if fid is not None:
             node.handle(fid)  # UnknownFlow -> 404 before the stream starts
+        # Before the answer starts: a listing that waited too long for its turn is a
+        # plain 503, not an error written into an event stream.
+        status = rpc.flow(fid) if fid is not None else rpc.stream_status()
         start_events(handler)
         try:
-            _pump(handler, rpc, node, fid, sub)
+            _pump(handler, rpc, node, fid, sub, status)
         except OSError:  # the client left, or accepted nothing for request_timeout
             pass
     finally:
@@ -67,14 +70,10 @@ def start_events(handler: BaseHTTPRequestHandler) -> None:
 
 
 def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optional[str],
-          sub: Subscriber) -> None:
-    if fid is not None:
-        info = rpc.flow(fid)
-        event(handler, "status", info)
-        if finished(info["status"]):
-            return event(handler, "end", rpc.outcome(FlowHandle(node, fid), 0)[1])
-    else:
-        event(handler, "status", rpc.stream_status())
+          sub: Subscriber, status: dict) -> None:
+    event(handler, "status", status)
+    if fid is not None and finished(status["status"]):
+        return event(handler, "end", rpc.outcome(FlowHandle(node, fid), 0)[1])
     out: list[bytes] = []
 
     def send() -> None:

@@ -203,10 +203,13 @@ class FlowReads(Protocol):
     def checkpoints(self) -> Iterator[tuple[str, "Checkpoint"]]:
         """Every stored header, in flow id order."""
         ...
-    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
         """Every stored header as ``(fid, header_blob)``, in flow id order (``reverse``:
         descending, i.e. newest first, flow ids starting with their start time): a dump
-        lists an unreadable one rather than stop (`load_checkpoint` reads one)."""
+        lists an unreadable one rather than stop (`load_checkpoint` reads one).
+        ``after``: only flows strictly past that id in that order, so a listing goes on
+        from where its last page ended without reading the rows before."""
         ...
     def flow_count(self) -> int: ...
     def has_flow(self, fid: str) -> bool: ...
@@ -244,9 +247,10 @@ class ResultReads(Protocol):
     def results(self) -> Iterator[tuple[str, dict]]:
         """Every kept result record, in flow id order."""
         ...
-    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+    def result_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
         """Every kept result as ``(fid, record_blob)`` (`load_result` reads one), in flow
-        id order or ``reverse``."""
+        id order or ``reverse``; ``after`` as for `header_blobs`."""
         ...
     def client(self, client_id: str) -> Optional[str]: ...
 

@@ -70,21 +70,30 @@ class LmdbReader:
             return None
         return self.get_in(handle, key)
 
-    def items(self, handle: Any, prefix: bytes = b"", reverse: bool = False
-               ) -> Iterator[tuple[bytes, bytes]]:
+    def items(self, handle: Any, prefix: bytes = b"", reverse: bool = False,
+              after: Optional[bytes] = None) -> Iterator[tuple[bytes, bytes]]:
+        """Rows of a database whose key starts with ``prefix`` (``reverse``: the whole
+        database, descending), only keys strictly past ``after`` in that order."""
         if handle is None:
             return
         with self.env.begin(db=handle) as txn:
             cur = txn.cursor()
             if reverse:   # whole database only
+                if after is None or not cur.set_range(after):
+                    if not cur.last():
+                        return
                 for k, v in cur.iterprev():
+                    if after is not None and k >= after:
+                        continue
                     yield bytes(k), bytes(v)
                 return
-            if not cur.set_range(prefix):
+            if not cur.set_range(prefix if after is None or after < prefix else after):
                 return
             for k, v in cur:
                 if not k.startswith(prefix):
                     break
+                if after is not None and k <= after:
+                    continue
                 yield bytes(k), bytes(v)
 
     # -- flows
@@ -122,8 +131,10 @@ class LmdbReader:
         raw = self.get("frames", _fid_key(fid))
         return serialization.loads(raw) if raw is not None else None
 
-    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
-        for k, raw in self.items(self.db["flows"], reverse=reverse):
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
+        start = _fid_key(after) if after is not None else None
+        for k, raw in self.items(self.db["flows"], reverse=reverse, after=start):
             yield k.decode(), raw
 
     def checkpoints(self) -> Iterator[tuple[str, Checkpoint]]:
@@ -202,8 +213,10 @@ class LmdbReader:
         for fid, raw in self.result_blobs():
             yield fid, load_result(raw)
 
-    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
-        for k, raw in self.items(self.db["results"], reverse=reverse):
+    def result_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
+        start = _fid_key(after) if after is not None else None
+        for k, raw in self.items(self.db["results"], reverse=reverse, after=start):
             yield k.decode(), raw
 
     def client(self, client_id: str) -> Optional[str]:

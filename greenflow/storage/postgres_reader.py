@@ -75,16 +75,18 @@ class PostgresReader:
         return sorted(owned())
 
     def pages(self, base: str, keys: tuple[str, ...], params: tuple = (),
-               where: str = "", part: bool = True, reverse: bool = False) -> Iterator[tuple]:
+               where: str = "", part: bool = True, reverse: bool = False,
+               start_after: Optional[tuple] = None) -> Iterator[tuple]:
         """Rows of ``base`` (a SELECT of ``keys`` first, then the rest) in key order, a
-        page per short query: a long listing neither pins a snapshot nor fills memory."""
+        page per short query: a long listing neither pins a snapshot nor fills memory.
+        ``start_after``: keys strictly past these only."""
         parts = self.parts() if part else None
         conds = [where] if where else []
         args: list = list(params)
         if parts is not None:
             conds.append("part = ANY(%s)")
             args.append(parts)
-        after: Optional[tuple] = None
+        after: Optional[tuple] = start_after
         keycols = "(" + ", ".join(keys) + ")" if len(keys) > 1 else keys[0]
         cmp, order = ("<", " DESC") if reverse else (">", "")
         while True:
@@ -127,9 +129,11 @@ class PostgresReader:
         v = self.one("SELECT blob FROM frames WHERE fid = %s", (fid,))
         return serialization.loads(bytes(v)) if v is not None else None
 
-    def header_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
         for fid, header in self.pages("SELECT fid, header FROM flows", ("fid",),
-                                       reverse=reverse):
+                                       reverse=reverse,
+                                       start_after=(after,) if after is not None else None):
             yield fid, bytes(header)
 
     def checkpoints(self) -> Iterator[tuple[str, Any]]:
@@ -186,9 +190,11 @@ class PostgresReader:
         for fid, rec in self.result_blobs():
             yield fid, load_result(rec)
 
-    def result_blobs(self, reverse: bool = False) -> Iterator[tuple[str, bytes]]:
+    def result_blobs(self, reverse: bool = False, after: Optional[str] = None
+                     ) -> Iterator[tuple[str, bytes]]:
         for fid, rec in self.pages("SELECT fid, record FROM results", ("fid",), part=False,
-                                    reverse=reverse):
+                                    reverse=reverse,
+                                    start_after=(after,) if after is not None else None):
             yield fid, bytes(rec)
 
     def client(self, client_id: str) -> Optional[str]:

@@ -1,0 +1,260 @@
+"""Pages of a node's flow list and of its checkpoint dump, each bounded in what it reads.
+
+A node keeps finished flows' results for days: a listing of every flow read on the
+scheduler thread held up every flow for as long as it read, and answered a document the
+size of all of them. A page here reads:
+
+- on the scheduler thread, memory only: the resident flows (their live checkpoints,
+  which other threads must not read) and the results of the round in progress, whose
+  commit is not in the store yet;
+- on the caller's thread, the store (its readers take concurrent threads: an LMDB read
+  transaction, or the PostgreSQL store's connection a short query at a time), newest
+  first, the status filter applied to each row as it is read, at most `SCAN_LIMIT` rows.
+
+Order: unfinished flows first, then finished ones, each newest first (flow ids start
+with their start time). A cursor names the phase and the last flow id a page covered;
+a flow that finishes while a client pages may be listed in both phases or in neither.
+"""
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
+
+from greenflow import serialization
+from greenflow.node.flow_views import FlowInfo, dump_store, info_from_checkpoint, info_from_result
+from greenflow.statemachine import stacks
+from greenflow.status import FlowStatus
+from greenflow.storage.interface import load_result
+
+if TYPE_CHECKING:
+    from greenflow.node.node import Node
+
+log = logging.getLogger("greenflow.node")
+
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 1000
+#: Stored rows one page reads at most: a filter that matches little answers a short
+#: page (even an empty one) and a cursor, rather than read every kept result.
+SCAN_LIMIT = 10_000
+CHECKPOINTS_LIMIT = 20
+MAX_CHECKPOINTS_LIMIT = 200
+#: Flows whose stacks one turn of the scheduler works out for a dump: a stack may need a
+#: replay, so a page's are taken a few at a time and flows run in between.
+_STACKS_PER_TURN = 10
+UNFINISHED = frozenset(s for s in FlowStatus if not s.finished)
+FINISHED = frozenset(s for s in FlowStatus if s.finished)
+_MAX_CURSOR = 300
+
+
+class BadCursor(ValueError):
+    """A cursor that no page gave out."""
+
+
+@dataclass(frozen=True)
+class FlowPage:
+    flows: list[FlowInfo]
+    #: What to pass as ``cursor`` for the next page; None: this was the last one.
+    next_cursor: Optional[str]
+
+    @property
+    def more(self) -> bool:
+        return self.next_cursor is not None
+
+
+def parse_cursor(cursor: Optional[str]) -> tuple[str, Optional[str]]:
+    """``(phase, after)``: ``U`` (unfinished) or ``F`` (finished), and the last flow id
+    covered (None: the phase's start)."""
+    if cursor is None or cursor == "":
+        return "U", None
+    if not isinstance(cursor, str) or len(cursor) > _MAX_CURSOR or cursor[:1] not in ("U", "F") \
+            or (cursor[:1] == "U" and len(cursor) == 1):
+        raise BadCursor(f"bad cursor {str(cursor)[:40]!r}: pass a page's next_cursor as it was")
+    return cursor[0], cursor[1:] or None
+
+
+def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
+              limit: int = DEFAULT_LIMIT, cursor: Optional[str] = None) -> FlowPage:
+    """One page of `Node.flows`: at most ``limit`` flows with one of ``statuses`` (None:
+    any), from ``cursor`` (a page's ``next_cursor``) on."""
+    if limit < 1:
+        raise ValueError("a page holds at least one flow")
+    phase, after = parse_cursor(cursor)
+    wanted = frozenset(statuses) if statuses is not None else None
+    if node.party_flows is not None:   # a clustered worker: the party's whole list
+        return _page_of_list(node.flows(), wanted, limit, phase, after)
+    want_u = wanted is None or bool(wanted & UNFINISHED)
+    want_f = wanted is None or bool(wanted & FINISHED)
+    out: list[FlowInfo] = []
+    budget = SCAN_LIMIT
+    if phase == "U" and want_u:
+        rows, last, budget = _unfinished(node, wanted, limit, after, budget)
+        out += rows
+        if last is not None:
+            return FlowPage(out, "U" + last)
+    if phase == "U":
+        phase, after = "F", None
+        if want_f and (len(out) >= limit or budget <= 0):
+            return FlowPage(out, "F")
+    if not want_f:
+        return FlowPage(out, None)
+    rows, last, budget = _finished(node, wanted, limit - len(out), after, budget)
+    out += rows
+    return FlowPage(out, None if last is None else "F" + last)
+
+
+def _unfinished(node: "Node", wanted: Optional[frozenset], limit: int, after: Optional[str],
+                budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+    def resident() -> tuple[list[FlowInfo], frozenset]:
+        res = node.scheduler.resident
+        mine = (rt.cp for fid, rt in res.items() if after is None or fid < after)
+        if wanted is not None:
+            mine = (cp for cp in mine if cp.status in wanted)
+        top = heapq.nlargest(limit + 1, mine, key=lambda cp: cp.flow_id)
+        return [info_from_checkpoint(cp, True) for cp in top], frozenset(res)
+
+    mem, skip = node.on_scheduler(resident)
+
+    def decode(fid: str, raw: bytes) -> Optional[FlowInfo]:
+        try:
+            info = info_from_checkpoint(serialization.loads(raw), False)
+        except Exception as exc:  # noqa: BLE001 - one bad row does not end a listing
+            log.warning("flow %s: stored checkpoint unreadable, left out of a listing: %s", fid, exc)
+            return None
+        return info if wanted is None or info.status in wanted else None
+
+    return _merge(mem, node.store.header_blobs(reverse=True, after=after), decode, skip,
+                  limit, budget)
+
+
+def _finished(node: "Node", wanted: Optional[frozenset], limit: int, after: Optional[str],
+              budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+    # The latest results (a bounded cache, copied whole: one C-level copy) cover the
+    # flows that ended in the round in progress, whose records are not committed yet.
+    recent: dict[str, dict] = node.on_scheduler(lambda: dict(node.scheduler.recent_results))
+    mine = ((fid, rec) for fid, rec in recent.items() if after is None or fid < after)
+    if wanted is not None:
+        mine = ((fid, rec) for fid, rec in mine if rec["status"] in wanted)
+    mem = [info_from_result(fid, rec) for fid, rec in heapq.nlargest(limit + 1, mine,
+                                                                     key=lambda r: r[0])]
+
+    def decode(fid: str, raw: bytes) -> Optional[FlowInfo]:
+        try:
+            info = info_from_result(fid, load_result(raw))
+        except Exception as exc:  # noqa: BLE001 - one bad row does not end a listing
+            log.warning("flow %s: stored result unreadable, left out of a listing: %s", fid, exc)
+            return None
+        return info if wanted is None or info.status in wanted else None
+
+    return _merge(mem, node.store.result_blobs(reverse=True, after=after), decode, recent,
+                  limit, budget)
+
+
+def _merge(mem: list[FlowInfo], stored: Iterator[tuple[str, bytes]],
+           decode: Callable[[str, bytes], Optional[FlowInfo]], skip: Any, limit: int,
+           budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+    """Up to ``limit`` flows from ``mem`` (newest first, ahead of the store) and the
+    ``stored`` rows (newest first) whose ids ``skip`` does not hold; and the id to go on
+    after (None: both ran out), and what is left of ``budget`` (stored rows to read).
+
+    Every flow newer than the id returned was listed or left out by the filter, so the
+    next page starts right after it."""
+    out: list[FlowInfo] = []
+    i = 0
+
+    def take_mem(bound: Optional[str]) -> None:
+        nonlocal i
+        while i < len(mem) and len(out) < limit and (bound is None or mem[i].id > bound):
+            out.append(mem[i])
+            i += 1
+
+    try:
+        for fid, raw in stored:
+            take_mem(fid)
+            if len(out) >= limit:
+                return out, out[-1].id, budget
+            budget -= 1
+            if fid not in skip:
+                info = decode(fid, raw)
+                if info is not None:
+                    out.append(info)
+                    if len(out) >= limit:
+                        return out, fid, budget
+            if budget <= 0:
+                return out, fid, 0
+    finally:
+        close = getattr(stored, "close", None)
+        if close is not None:
+            close()   # ends the store's read transaction now, not when collected
+    take_mem(None)
+    return out, (out[-1].id if i < len(mem) else None), budget
+
+
+def _page_of_list(flows: list[FlowInfo], wanted: Optional[frozenset], limit: int,
+                  phase: str, after: Optional[str]) -> FlowPage:
+    """The same page cut from a whole list (a clustered worker's party-wide one)."""
+    rows = sorted((f for f in flows if wanted is None or f.status in wanted),
+                  key=lambda f: f.id, reverse=True)
+    rows.sort(key=lambda f: f.status.finished)   # stable: newest first in each phase
+    if phase == "U":
+        rows = [f for f in rows if f.status.finished or after is None or f.id < after]
+    else:
+        rows = [f for f in rows if f.status.finished and (after is None or f.id < after)]
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return FlowPage(page, None)
+    last = page[-1]
+    return FlowPage(page, ("F" if last.status.finished else "U") + last.id)
+
+
+# ---------------------------------------------------------------------- checkpoints
+def checkpoints_page(node: "Node", limit: int = CHECKPOINTS_LIMIT,
+                     cursor: Optional[str] = None) -> tuple[list[dict], Optional[str]]:
+    """One page of `Node.checkpoints_dump` (newest first) and the cursor of the next
+    (None: the last page). The headers are read off the scheduler; the stacks (live
+    frames, or a replay) on it, `_STACKS_PER_TURN` flows at a time."""
+    if limit < 1:
+        raise ValueError("a page holds at least one flow")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor
+                               or len(cursor) > _MAX_CURSOR):
+        raise BadCursor(f"bad cursor {str(cursor)[:40]!r}: pass a page's next_cursor as it was")
+    rows: list[tuple[str, bytes]] = []
+    stored = node.store.header_blobs(reverse=True, after=cursor)
+    try:
+        for row in stored:
+            rows.append(row)
+            if len(rows) > limit:
+                break
+    finally:
+        close = getattr(stored, "close", None)
+        if close is not None:
+            close()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    sched = node.scheduler
+    stacks_of: dict[str, Any] = {}
+    resident: set[str] = set()
+
+    def turn(fids: list[str]) -> None:
+        for fid in fids:
+            if fid in sched.resident:
+                resident.add(fid)
+            try:
+                stacks_of[fid] = (stacks.snapshot(sched, fid), None)
+            except Exception as exc:  # noqa: BLE001 - shown in the dump
+                stacks_of[fid] = (None, exc)
+
+    fids = [fid for fid, _ in rows]
+    for at in range(0, len(fids), _STACKS_PER_TURN):
+        chunk = fids[at:at + _STACKS_PER_TURN]
+        node.on_scheduler(lambda c=chunk: turn(c))
+
+    def frames_of(fid: str) -> Any:
+        snap, exc = stacks_of.get(fid, (None, None))
+        if exc is not None:
+            raise exc
+        return snap
+
+    out = dump_store(node.store, resident, frames_of, rows)
+    return out, (rows[-1][0] if more else None)
