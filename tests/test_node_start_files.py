@@ -72,6 +72,7 @@ def test_a_node_whose_identity_key_is_gone_gets_no_new_one(node):
     assert not os.path.exists(key)
 
 
+@pytest.mark.lmdb_only   # removes the store's directory
 def test_a_node_whose_store_is_gone_too_gets_no_new_key(node):
     os.remove(os.path.join(node, "identity.key"))
     shutil.rmtree(os.path.join(node, "store"))
@@ -185,6 +186,7 @@ def rpc_address(d: str) -> tuple[str, int]:
     return NodeConfig.load(d).rpc_address
 
 
+@pytest.mark.lmdb_only   # starts a copy of a node directory, whose PostgreSQL schema is another
 def test_an_rpc_port_in_use_is_named(node):
     import socket
 
@@ -215,6 +217,7 @@ def running(node):
         proc.wait(60)
 
 
+@pytest.mark.lmdb_only   # starts a copy of a node directory, whose PostgreSQL schema is another
 @pytest.mark.parametrize("content, says", [
     (b"garbage\n", "is not an RPC credentials file"),
     (b'{"username": "admin"}\n', "is not an RPC credentials file"),
