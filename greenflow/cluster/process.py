@@ -98,12 +98,13 @@ class WorkerProcess:
         self._stop.set()
 
     def start(self) -> "WorkerProcess":
+        from greenflow.network.tcp_guard import P2pLimits
         from greenflow.network.tcp_transport import TcpTransport
         from greenflow.rpc.server import RpcServer
         cfg = self.config
         identity = self.identity
         self.transport = TcpTransport(identity, self.netmap, listen=self.listen,
-                                      reuse_port=True)
+                                      reuse_port=True, limits=P2pLimits.from_config(cfg.p2p))
         self.transport.bind()
         options = cfg.node_options()
         if cfg.notary:

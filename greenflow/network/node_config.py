@@ -27,6 +27,10 @@
     max_connections_per_address = 32    # one client address may not hold them all
     header_timeout = 10.0               # seconds to send a request's headers
 
+    [p2p]                               # optional: the P2P port's limits (docs/nodes.md)
+    max_unauthenticated_per_address = 16   # connections not through the handshake yet
+    max_connections_per_peer = 8        # authenticated ones of one peer (a cluster's workers)
+
     [logging]                           # optional: node.log rotation (docs/rpc.md, "Logs")
     max_bytes = 10485760
     backup_count = 5
@@ -110,6 +114,7 @@ class NodeConfig:
     sensitive_names: list[str] = field(default_factory=list)
     rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc.limits.RpcLimits
     logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
+    p2p: dict = field(default_factory=dict)       # [p2p]: greenflow.network.tcp_guard.P2pLimits
     #: The node's store: None or "lmdb" (node_dir/store), or a "postgresql://..." URL.
     store: Optional[str] = None
 
@@ -178,7 +183,7 @@ class NodeConfig:
                                           f"(known: {', '.join(PERMISSIONS)}, start:<class>)")
                 users.append(RpcUser(u["username"], u["password_hash"], list(perms)))
             tables = {}
-            for key in ("rpc", "logging"):
+            for key in ("rpc", "logging", "p2p"):
                 table = doc.get(key, {})
                 if not isinstance(table, dict) or not all(
                         isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
@@ -262,7 +267,7 @@ class NodeConfig:
             lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
                       f"password_hash = {_s(u.password_hash)}",
                       f"permissions = [{', '.join(_s(p) for p in u.permissions)}]"]
-        for key in ("rpc", "logging"):
+        for key in ("rpc", "p2p", "logging"):
             table = getattr(self, key)
             if table:
                 lines += ["", f"[{key}]"] + [f"{_s(k)} = {v!r}" for k, v in table.items()]

@@ -15,6 +15,7 @@ from greenflow.network.tcp_framing import (MAX_HANDSHAKE_BYTES, PROTOCOL, PROTOC
                                            PROTOCOL_REPLY, K_WELCOME, ProtocolError,
                                            ReplyRefused, _pack, _unpack, read_message,
                                            write_message)
+from greenflow.node.log_limits import clip
 
 _S2C, _C2S = 1, 0
 #: The hellos a listener accepts (`PROTOCOL_REPLY` adds the reply path to `PROTOCOL`,
@@ -127,10 +128,10 @@ async def server_handshake(name: str, netmap: NetworkMap, key_for: Callable[[Nod
         raise ProtocolError("not a greenflow hello")
     version, c_name, s_name, c_nonce = hello
     if s_name != name:
-        raise ProtocolError(f"the peer dialled {s_name!r}, but this node is {name!r}")
+        raise ProtocolError(f"the peer dialled {clip(s_name)}, but this node is {name!r}")
     info = netmap.get(c_name)
     if info is None or c_name == name:
-        raise ProtocolError(f"the peer claims to be {c_name!r}, which is not on the "
+        raise ProtocolError(f"the peer claims to be {clip(c_name)}, which is not on the "
                             "network map")
     key = key_for(info)
     s_nonce, n = os.urandom(32), os.urandom(24)

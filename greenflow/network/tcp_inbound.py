@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.messages import MAX_FRAME_BYTES
 from greenflow.network.network_map import NodeInfo, format_address
-from greenflow.network.tcp_framing import (BATCH_BYTES, HANDSHAKE_TIMEOUT, K_ACK, K_FRAME,
-                                           K_PARTS, MAX_ACKS_PER_RECORD, MAX_HINTED_PARTITIONS,
+from greenflow.network.tcp_framing import (BATCH_BYTES, K_ACK, K_FRAME, K_PARTS,
+                                           MAX_ACKS_PER_RECORD, MAX_HINTED_PARTITIONS,
                                            MAX_RECORD_BYTES, ProtocolError, _frame_msg_id,
                                            _keepalive, _msg_id_ok, _pack, _unpack, _why,
-                                           read_message, write_message)
+                                           write_message)
+from greenflow.network.tcp_guard import Gate, read_record
 from greenflow.network.tcp_handshake import Channel, server_handshake
+from greenflow.node.log_limits import clip
 from greenflow.statemachine.events import Acked, FrameArrived
 from greenflow.storage.partitions import PARTITIONS, session_partition
 
@@ -77,7 +79,8 @@ def dispatch(t: "TcpTransport", info: NodeInfo, items: Any,
         elif kind == K_PARTS and reply is not None and reply.chan.hints:
             reply.inbound.hint(reply, _hinted(it))
         else:
-            raise ProtocolError(f"an unknown message kind {kind!r}")
+            raise ProtocolError("an unknown message kind "
+                                + (str(kind) if type(kind) is int else clip(kind)))
     if n:
         t.frames_in[info.name] = t.frames_in.get(info.name, 0) + n
 
@@ -181,6 +184,8 @@ class Inbound:
         #: peer name -> partition -> the reply connection of the peer's worker that last
         #: said it serves that partition (at most `PARTITIONS` per peer).
         self.owners: dict[str, dict[int, Reply]] = {}
+        #: The caps on connections, strangers' and peers', and the log of refusals.
+        self.gate = Gate(transport.name, transport.limits)
 
     def learn(self, key: tuple[str, str], reply: Reply) -> None:
         routes = self.routes
@@ -228,58 +233,100 @@ class Inbound:
             self.hint(reply, frozenset())
         self.t.reply_closed(reply)
 
+    def peer_stats(self, links: dict) -> dict[str, dict]:
+        """`TcpTransport.peer_stats`: ``links`` are the transport's, per peer."""
+        out: dict[str, dict] = {}
+        inbound = set(self.by_peer)
+        for name, link in list(links.items()):
+            out[name] = {"link_up": link.connected, "frames_out": link.frames_out,
+                         "unacked": len(link.unacked)}
+        for name, n in list(self.t.frames_in.items()):
+            out.setdefault(name, {"link_up": False, "frames_out": 0, "unacked": 0})["frames_in"] = n
+        for name, doc in out.items():
+            doc.setdefault("frames_in", 0)
+            doc["inbound_up"] = name in inbound
+        for name in inbound - set(out):
+            out[name] = {"link_up": False, "frames_out": 0, "unacked": 0, "frames_in": 0,
+                         "inbound_up": True}
+        return out
+
     def close_all(self) -> None:
         for w in list(self.conns):
             w.close()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        t = self.t
+        t, gate = self.t, self.gate
         peer = writer.get_extra_info("peername")
         where = format_address(peer[:2]) if peer else "?"
+        host = peer[0] if peer else "?"
+        refused = gate.admit(host)
+        if refused is not None:   # closed before anything is read or allocated for it
+            writer.close()
+            t.stats["refused_connections"] += 1
+            gate.log.warning("cap", "%s: refused a connection from %s: %s", t.name, where,
+                             refused)
+            return
         self.conns.add(writer)
         _keepalive(writer)
         who = f"a connection from {where}"
+        info = None
         reply: Optional[Reply] = None
         try:
             try:
                 chan, info = await asyncio.wait_for(
                     server_handshake(t.name, t.netmap, t.key_for, reader, writer),
-                    HANDSHAKE_TIMEOUT)
+                    t.limits.handshake_timeout)
             except asyncio.TimeoutError:
                 raise ProtocolError("no complete handshake within "
-                                    f"{HANDSHAKE_TIMEOUT:.0f}s") from None
+                                    f"{t.limits.handshake_timeout:.0f}s") from None
+            finally:
+                gate.release(host)
             who = f"{info.name} ({where})"
             t.stats["handshakes"] += 1
             old = self.by_peer.get(info.name)
             if old is not None and not t.several_per_peer:
                 old.close()   # the peer reconnected: its old connection is dead to it
+            oldest = gate.joined(info.name, writer)
+            if oldest is not None:
+                oldest.close()
+                gate.log.warning("oldest:" + info.name, "%s: closed the oldest connection of %s: "
+                                 "more than %d open (max_connections_per_peer)", t.name,
+                                 info.name, t.limits.max_connections_per_peer)
             self.by_peer[info.name] = writer
             if chan.reply:
                 reply = Reply(self, info, writer, chan)
             log.info("%s: %s connected%s", t.name, who, " (answered on its connection)"
                      if chan.reply else "")
             while not t.closing:
-                record = await read_message(reader, MAX_RECORD_BYTES)
+                record = await read_record(reader, MAX_RECORD_BYTES, t.limits.record_timeout)
                 dispatch(t, info, _unpack(chan.open(record)), reply)
         except asyncio.IncompleteReadError as exc:
-            if exc.partial or who.startswith("a connection"):
+            if exc.partial or info is None:
                 t.stats["dropped_connections"] += 1
-                log.warning("%s: dropped %s: closed in the middle of a message", t.name, who)
+                self._dropped(info, who, "closed in the middle of a message")
             else:
                 log.info("%s: %s disconnected", t.name, who)
         except ProtocolError as exc:
             t.stats["dropped_connections"] += 1
-            log.warning("%s: dropped %s: %s", t.name, who, exc)
+            self._dropped(info, who, str(exc))
         except (OSError, asyncio.CancelledError) as exc:
             log.info("%s: %s closed: %s", t.name, who, _why(exc))
         finally:
             self.conns.discard(writer)
+            if info is not None:
+                gate.left(info.name, writer)
             for name, w in list(self.by_peer.items()):
                 if w is writer:
                     del self.by_peer[name]
             writer.close()
             if reply is not None:
                 self._forget(reply)
+
+    def _dropped(self, info: Optional[NodeInfo], who: str, why: str) -> None:
+        """Log a dropped connection, at most one line per interval for strangers (a
+        stranger can open thousands a second) and per peer, with the rest counted."""
+        key = "stranger" if info is None else "peer:" + info.name
+        self.gate.log.warning(key, "%s: dropped %s: %s", self.t.name, who, why[:300])
 
     def dispatch(self, info: NodeInfo, items: Any) -> None:
         dispatch(self.t, info, items)

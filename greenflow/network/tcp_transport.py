@@ -98,7 +98,8 @@ All sockets are served by one asyncio loop on the transport's own thread. The
 scheduler's ``send``/``ack`` only append to a queue, so a slow or dead peer never holds
 up the scheduler or the links to other peers.
 
-The parts: `tcp_framing` (messages and their limits), `tcp_handshake` (the handshake and
+The parts: `tcp_framing` (messages and their limits), `tcp_guard` (what connections may
+cost: caps, stalled records, the log of refusals), `tcp_handshake` (the handshake and
 the `Channel`), `tcp_link` (sending to one peer, and reading its answers on the reply
 path), `tcp_inbound` (connections peers dial, and the reply path back on them);
 `TcpTransport` here ties them to a node.
@@ -124,6 +125,7 @@ from greenflow.network.tcp_framing import (  # noqa: F401 - the protocol's names
     MAX_OWED_ACKS, MAX_RECORD_BYTES, MAX_RECORD_CONTAINERS, PROTOCOL, PROTOCOL_REPLY,
     RETRANSMIT_AFTER, RETRANSMIT_MAX, ProtocolError, _pack, _unpack, read_message,
     write_message)
+from greenflow.network.tcp_guard import P2pLimits
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import Inbound
 from greenflow.network.tcp_link import Link
@@ -144,8 +146,11 @@ class TcpTransport:
     """
 
     def __init__(self, identity: NodeIdentity, netmap: NetworkMap,
-                 listen: Optional[tuple[str, int]] = None, reuse_port: bool = False) -> None:
+                 listen: Optional[tuple[str, int]] = None, reuse_port: bool = False,
+                 limits: Optional[P2pLimits] = None) -> None:
         self.node: Any = None
+        #: What strangers' and peers' connections may cost (``[p2p]`` of node.toml).
+        self.limits = limits or P2pLimits()
         #: Share the listening port with the other workers of a clustered party on this
         #: machine (SO_REUSEPORT: the kernel spreads the peers' connections over them).
         self.reuse_port = reuse_port
@@ -187,7 +192,7 @@ class TcpTransport:
         self.stats = {"frames_sent": 0, "frames_received": 0, "records_sent": 0,
                       "acks_received": 0, "dropped_connections": 0, "connect_failures": 0,
                       "retransmits": 0, "handshakes": 0, "frames_replied": 0,
-                      "acks_replied": 0, "hinted": 0}
+                      "acks_replied": 0, "hinted": 0, "refused_connections": 0}
         self.frames_in: dict[str, int] = {}   # peer name -> frames received (metrics)
 
     # ------------------------------------------------------------------ keys
@@ -401,20 +406,7 @@ class TcpTransport:
         """Per peer: whether our connection to it is up (``link_up``), whether it is
         connected to us (``inbound_up``), frames sent and received, frames awaiting its
         acknowledgement. Read from any thread (a snapshot; for the console and metrics)."""
-        out: dict[str, dict] = {}
-        inbound = set(self._in.by_peer)
-        for name, link in list(self._links.items()):
-            out[name] = {"link_up": link.connected, "frames_out": link.frames_out,
-                         "unacked": len(link.unacked)}
-        for name, n in list(self.frames_in.items()):
-            out.setdefault(name, {"link_up": False, "frames_out": 0, "unacked": 0})["frames_in"] = n
-        for name, doc in out.items():
-            doc.setdefault("frames_in", 0)
-            doc["inbound_up"] = name in inbound
-        for name in inbound - set(out):
-            out[name] = {"link_up": False, "frames_out": 0, "unacked": 0, "frames_in": 0,
-                         "inbound_up": True}
-        return out
+        return self._in.peer_stats(self._links)
 
     def _link(self, name: str) -> Optional[Link]:
         link = self._links.get(name)
@@ -435,7 +427,7 @@ class TcpTransport:
             now = time.monotonic()
             for link in list(self._links.values()):
                 link.check_retransmit(now)
-
+            self._in.gate.log.flush()
 
     def peer_acked(self, peer_name: str, msg_ids: list) -> None:
         """``peer_name`` acknowledged these frames of ours: its link forgets them."""

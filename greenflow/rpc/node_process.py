@@ -42,6 +42,7 @@ from greenflow.node.identity import KEY_FILE, NodeIdentity, key_path
 from greenflow.network.network_map import NetworkMap, format_address
 from greenflow.node.node import Node
 from greenflow.network.node_config import ConfigError, NodeConfig
+from greenflow.network.tcp_guard import P2pLimits
 
 log = logging.getLogger("greenflow.node_process")
 
@@ -172,6 +173,7 @@ class NodeProcess:
         self.config = NodeConfig.load(self.base_dir)
         from greenflow.rpc.limits import RpcLimits
         self.rpc_limits = RpcLimits.from_config(self.config.rpc)  # a bad [rpc] fails here
+        self.p2p_limits = P2pLimits.from_config(self.config.p2p)  # and a bad [p2p]
         self.log_rotation = log_rotation(self.config)
         self.netmap = NetworkMap.load(self.config.network_map_path)
         self.identity = own_identity(self.config, self.netmap)
@@ -213,7 +215,8 @@ class NodeProcess:
                     store_guard.check_in_child(store_dir)
                 finally:
                     lock.release()
-            self.transport = TcpTransport(self.identity, self.netmap, listen=cfg.p2p_address)
+            self.transport = TcpTransport(self.identity, self.netmap, listen=cfg.p2p_address,
+                                          limits=self.p2p_limits)
             self.transport.bind()
             if self.with_rpc:
                 self.rpc = RpcServer(self, cfg.rpc_address, self.rpc_limits)  # binds now: fail before opening

@@ -1,0 +1,138 @@
+"""What a connection to the P2P port may cost this node before and after it proves who
+dialled (the ``[p2p]`` table of ``node.toml``, `P2pLimits`), and the log of refusals.
+
+Anyone who can reach the port can open connections and send a hello; only a node on the
+network map can finish the handshake. Unbounded, strangers' connections that never send
+(or that send fake handshakes) hold memory and file descriptors and cost CPU, and each
+refusal logged in full lets them fill and rotate away the log. So `Gate` caps the
+connections that have not completed the handshake, per source address and in total (one
+over is closed at once), caps the connections one authenticated peer holds (the oldest
+goes: a peer that crashed and reconnects is never locked out by its own dead ones), and
+summarises refusals once per interval with the strangers' strings clipped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+from greenflow.network.node_config import ConfigError
+from greenflow.network.tcp_framing import HANDSHAKE_TIMEOUT, HEADER, ProtocolError
+from greenflow.node.log_limits import RateLimitedLog
+
+log = logging.getLogger("greenflow.transport")
+
+
+@dataclass
+class P2pLimits:
+    """The P2P port's limits; set any of them in the ``[p2p]`` table of ``node.toml``."""
+
+    max_unauthenticated: int = 256     # connections not through the handshake, in all
+    max_unauthenticated_per_address: int = 16   # of those, from one source address
+    max_connections_per_peer: int = 8  # authenticated connections of one peer (its workers)
+    handshake_timeout: float = HANDSHAKE_TIMEOUT  # seconds from accept to the handshake's end
+    record_timeout: float = 30.0       # seconds a record that has begun may go without a byte
+    log_interval: float = 10.0         # refused connections: one line per interval
+
+    @classmethod
+    def from_config(cls, doc: Optional[dict], where: str = "node.toml [p2p]") -> "P2pLimits":
+        known = {f.name: f for f in fields(cls)}
+        out = cls()
+        for key, value in dict(doc or {}).items():
+            f = known.get(key)
+            if f is None:
+                raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(known)})")
+            want = int if f.type in ("int", int) else float
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or (want is int and not isinstance(value, int)) or value <= 0:
+                raise ConfigError(f"{where}: `{key}` must be a positive "
+                                  f"{'integer' if want is int else 'number'}, found {value!r}")
+            setattr(out, key, want(value))
+        return out
+
+
+class Gate:
+    """The counts behind the caps of `P2pLimits`, for one transport (its loop's thread
+    only), and ``log``: the rate-limited log of refusals (``flush`` it now and then)."""
+
+    def __init__(self, name: str, limits: P2pLimits) -> None:
+        self.name, self.limits = name, limits
+        self.pending: dict[str, int] = {}   # source address -> connections in the handshake
+        self.pending_total = 0
+        self.peers: dict[str, list] = {}    # peer name -> its open connections, oldest first
+        self.log = RateLimitedLog(log, limits.log_interval)
+
+    def admit(self, host: str) -> Optional[str]:
+        """Count a new connection from ``host``; or why it is refused (not counted)."""
+        lim = self.limits
+        if self.pending_total >= lim.max_unauthenticated:
+            return (f"{self.pending_total} connections have not completed the handshake "
+                    "(max_unauthenticated)")
+        n = self.pending.get(host, 0)
+        if n >= lim.max_unauthenticated_per_address:
+            return (f"{n} connections from that address have not completed the handshake "
+                    "(max_unauthenticated_per_address)")
+        self.pending[host] = n + 1
+        self.pending_total += 1
+        return None
+
+    def release(self, host: str) -> None:
+        """A connection `admit` counted completed the handshake or ended."""
+        n = self.pending.get(host, 0) - 1
+        if n > 0:
+            self.pending[host] = n
+        else:
+            self.pending.pop(host, None)
+        self.pending_total = max(0, self.pending_total - 1)
+
+    def joined(self, peer: str, writer: Any) -> Optional[Any]:
+        """``peer`` completed the handshake on ``writer``: the connection of that peer to
+        close (its oldest) when it now holds more than ``max_connections_per_peer``."""
+        conns = self.peers.setdefault(peer, [])
+        conns.append(writer)
+        if len(conns) > self.limits.max_connections_per_peer:
+            return conns.pop(0)
+        return None
+
+    def left(self, peer: str, writer: Any) -> None:
+        conns = self.peers.get(peer)
+        if conns is not None and writer in conns:
+            conns.remove(writer)
+            if not conns:
+                del self.peers[peer]
+
+
+async def read_record(reader: asyncio.StreamReader, limit: int, stall: float) -> bytes:
+    """The next message, waiting as long as it takes for one to begin (a peer may have
+    nothing to send for hours), but at most ``stall`` seconds for each next byte of one
+    that has begun: a peer announcing a large record and stopping short would otherwise
+    hold the part it sent in memory for as long as it keeps the connection."""
+    head = await reader.read(HEADER.size)
+    if not head:
+        raise asyncio.IncompleteReadError(b"", HEADER.size)
+    loop = asyncio.get_running_loop()
+    parts: list[bytes] = []
+    got = 0
+    try:
+        async with asyncio.timeout(stall) as deadline:
+            while len(head) < HEADER.size:
+                more = await reader.read(HEADER.size - len(head))
+                if not more:
+                    raise asyncio.IncompleteReadError(head, HEADER.size)
+                head += more
+                deadline.reschedule(loop.time() + stall)
+            n = HEADER.unpack(head)[0]
+            if n == 0 or n > limit:
+                raise ProtocolError(f"message of {n} bytes (limit {limit})")
+            while got < n:
+                chunk = await reader.read(n - got)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(head + b"".join(parts), n)
+                parts.append(chunk)
+                got += len(chunk)
+                deadline.reschedule(loop.time() + stall)
+    except TimeoutError:
+        raise ProtocolError(f"a record stopped arriving: nothing of it for {stall:.0f} s "
+                            f"({got} of its bytes in)") from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
