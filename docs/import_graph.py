@@ -26,7 +26,8 @@ PACKAGES = {"greenflow": "greenflow", "cli": "greenflow.cli",
 
 # Bottom to top: a layer may import the layers listed before it.
 LAYERS: list[tuple[str, list[str]]] = [
-    ("vocabulary", ["greenflow.errors", "greenflow.party", "greenflow.status"]),
+    ("vocabulary", ["greenflow.errors", "greenflow.party", "greenflow.status",
+                    "greenflow.log_limits"]),
     ("encoding", ["greenflow.wire", "greenflow.serialization", "greenflow.keys",
                   "greenflow.messages"]),
     ("flows", ["greenflow.flows"]),

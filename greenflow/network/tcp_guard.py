@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 from greenflow.network.node_config import ConfigError
 from greenflow.network.tcp_framing import HANDSHAKE_TIMEOUT, HEADER, ProtocolError
-from greenflow.node.log_limits import RateLimitedLog
+from greenflow.log_limits import RateLimitedLog
 
 log = logging.getLogger("greenflow.transport")
 

@@ -15,7 +15,7 @@ from greenflow.network.tcp_framing import (MAX_HANDSHAKE_BYTES, PROTOCOL, PROTOC
                                            PROTOCOL_REPLY, K_WELCOME, ProtocolError,
                                            ReplyRefused, _pack, _unpack, read_message,
                                            write_message)
-from greenflow.node.log_limits import clip
+from greenflow.log_limits import clip
 
 _S2C, _C2S = 1, 0
 #: The hellos a listener accepts (`PROTOCOL_REPLY` adds the reply path to `PROTOCOL`,

@@ -32,7 +32,7 @@ from greenflow.network.tcp_framing import (BATCH_BYTES, K_ACK, K_FRAME, K_PARTS,
                                            write_message)
 from greenflow.network.tcp_guard import Gate, read_record
 from greenflow.network.tcp_handshake import Channel, server_handshake
-from greenflow.node.log_limits import clip
+from greenflow.log_limits import clip
 from greenflow.statemachine.events import Acked, FrameArrived
 from greenflow.storage.partitions import PARTITIONS, session_partition
 

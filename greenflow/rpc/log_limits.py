@@ -1,5 +1,8 @@
 """The RPC's names for the bounded log (`clip`, `RateLimitedLog`): they live in
-`greenflow.node.log_limits`, below the transport, which bounds its log the same way."""
-from greenflow.node.log_limits import CLIP_CHARS, RateLimitedLog, clip
+`greenflow.log_limits`, at the bottom of the package, so that every layer (the
+scheduler's inbound frames, the transport) keeps its log bounded the same way."""
+from __future__ import annotations
+
+from greenflow.log_limits import CLIP_CHARS, RateLimitedLog, clip
 
 __all__ = ["CLIP_CHARS", "RateLimitedLog", "clip"]

@@ -103,6 +103,7 @@ class CommitStaging:
                     log.debug("%s: expired %d finished-flow records", self.identity.name, n)
             except StoreError as exc:
                 log.error("%s: expiry sweep failed: %s", self.identity.name, exc)
+            self.peer_log.flush()   # the counts of bursts of peers' frames that stopped
 
     def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
         cp = rt.cp

@@ -4,6 +4,11 @@ decoding payloads, acknowledgements and rejections, and starting responder flows
 Part of the scheduler (`Scheduler` inherits it); the state it works on (``routes``,
 ``resident``, ``batch``, ``decoded``...) is the scheduler's, set up in its
 ``__init__``.
+
+A peer decides how often the warnings here fire (one per frame it sends) and what they
+quote (a protocol name is any string up to a frame's 16 MiB), so each warning is
+summarised once per interval per peer (``peer_log``, a `RateLimitedLog`) and text taken
+from a frame is cut (`_quoted`) in the log and in the rejection sent back.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from greenflow.storage import payloads
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import Checkpoint, SessionState
 from greenflow.errors import WireFormatError
+from greenflow.log_limits import clip
 from greenflow.statemachine.executor import execute
 from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
 from greenflow.party import Party
@@ -28,6 +34,15 @@ log = logging.getLogger("greenflow.scheduler")
 FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
 REJECTED_ROUTE = b"!"
 _NAMES: dict[type, str] = {}   # responder class -> its qualified name (one lookup per class)
+QUOTE_CHARS = 200   # of a peer's text (a protocol name, an error) in a log line or a rejection
+
+
+def _quoted(text: object, limit: int = QUOTE_CHARS) -> str:
+    """Text from a peer for a log line or a rejection's reason: as it came when it is
+    short and printable (a class name, so the usual lines read as before), else escaped
+    and cut to ``limit`` characters with the rest counted (`clip`)."""
+    s = text if isinstance(text, str) else str(text)
+    return s if len(s) <= limit and s.isprintable() else clip(s, limit)
 
 
 class Routing:
@@ -37,8 +52,9 @@ class Routing:
         try:
             frame = decode_frame(data)
         except WireFormatError as exc:
-            log.warning("%s: dropped an undecodable frame from %s: %s",
-                        self.identity.name, sender.name, exc)
+            self.peer_log.warning(f"undecodable {sender.name}",
+                                  "%s: dropped an undecodable frame from %s: %s",
+                                  self.identity.name, sender.name, _quoted(exc))
             return
         if frame.kind == INIT and frame.to_responder:
             key = (sender.name, frame.sid, 0)
@@ -49,7 +65,7 @@ class Routing:
                     if self.draining:
                         # Not acknowledged: held here, and still in the sender's outbox.
                         log.info("%s: draining: holding a new session from %s (%s)",
-                                 self.identity.name, sender.name, frame.protocol)
+                                 self.identity.name, sender.name, _quoted(frame.protocol))
                         self._deferred.append((sender, data))
                         return
                     self._start_responder(sender, frame, key)
@@ -71,9 +87,9 @@ class Routing:
                            for s, d in self._deferred):
                         self._deferred.append((sender, data))  # behind its held initiation
                         return
-                    # Not acknowledged: if its initiation is merely late, the sender re-sends.
-                    log.warning("%s: dropped %s from %s: no such session here",
-                                self.identity.name, frame.describe(), sender.name)
+                    # Not acknowledged: if its initiation is merely late (not taken in, to
+                    # be re-sent), this frame is needed after it, and so is re-sent too.
+                    self._no_session(sender, frame)
                     return
                 if route[:1] in (FINISHED_ROUTE, REJECTED_ROUTE):
                     log.debug("%s: late %s from %s for a finished flow", self.identity.name,
@@ -113,9 +129,13 @@ class Routing:
                           frame.describe(), sender.name)
                 self._ack(sender, frame)
                 return
-            # Not acknowledged: if it is merely early, the sender re-sends it.
-            log.warning("%s: dropped %s from %s: no such session here", self.identity.name,
-                        frame.describe(), sender.name)
+            # Acknowledged, unlike a frame for a session a peer opened: this flow opened
+            # the session, and committed it before its first frame left, so no frame from
+            # the peer on it can be early. The flow does not have it from this peer (or
+            # is not here at all) and never will: unacknowledged, the frame would stay
+            # in the sender's outbox, re-sent on every reconnect.
+            self._no_session(sender, frame)
+            self._ack(sender, frame)
             return
         if rt is None:
             rt = self._load(fid, cp)
@@ -138,8 +158,9 @@ class Routing:
         try:
             value = wire.decode(frame.payload)  # type: ignore[arg-type]
         except WireFormatError as exc:
-            log.warning("%s: dropped %s from %s: bad payload: %s", self.identity.name,
-                        frame.describe(), sender.name, exc)
+            self.peer_log.warning(f"bad payload {sender.name}",
+                                  "%s: dropped %s from %s: bad payload: %s", self.identity.name,
+                                  frame.describe(), sender.name, _quoted(exc))
             return False
         # Kept for the receive that consumes this very payload in this round (saves a
         # second decode); keyed by identity, checked by identity, dropped when the round
@@ -159,6 +180,11 @@ class Routing:
             return hit[1]
         return wire.decode(data)
 
+    def _no_session(self, sender: Party, frame: Frame) -> None:
+        self.peer_log.warning(f"no session {sender.name}",
+                              "%s: dropped %s from %s: no such session here",
+                              self.identity.name, frame.describe(), sender.name)
+
     def _ack(self, sender: Party, frame: Frame) -> None:
         self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
 
@@ -174,16 +200,20 @@ class Routing:
     def _start_responder(self, sender: Party, frame: Frame, key: tuple[str, str, int]) -> None:
         cls = self.responders.responder_for(frame.protocol)
         if cls is None:
-            log.warning("%s: rejected a session from %s: no flow registered to answer %s",
-                        self.identity.name, sender.name, frame.protocol)
-            self._reject(sender, frame, key, f"no responder registered for {frame.protocol} on "
+            protocol = _quoted(frame.protocol)
+            self.peer_log.warning(f"rejected {sender.name}",
+                                  "%s: rejected a session from %s: no flow registered to "
+                                  "answer %s", self.identity.name, sender.name, protocol)
+            self._reject(sender, frame, key, f"no responder registered for {protocol} on "
                                              f"{self.identity.name}")
             return
         limits = self.limits
-        refusal = limits.refusal(sender.name, self.identity.name, frame.protocol) if limits else None
+        refusal = limits.refusal(sender.name, self.identity.name,
+                                 _quoted(frame.protocol)) if limits else None
         if refusal is not None:
-            log.warning("%s: refused a session from %s (%s): %s", self.identity.name,
-                        sender.name, frame.protocol, refusal)
+            self.peer_log.warning(f"refused {sender.name}",
+                                  "%s: refused a session from %s: %s", self.identity.name,
+                                  sender.name, refusal)
             self._reject(sender, frame, key, refusal)
             return
         if frame.payload is not None and not self._payload_ok(sender, frame):

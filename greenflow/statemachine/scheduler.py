@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 from greenflow.statemachine import stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError
+from greenflow.log_limits import RateLimitedLog
 from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
 from greenflow.statemachine.executor import execute
 from greenflow.runtime.flow_runtime import FlowRuntime, Resume
@@ -67,6 +68,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.retry_backoff = retry_backoff
         self.draining = False
         self._deferred: list[tuple[Party, bytes]] = []   # initiations held while draining
+        self.peer_log = RateLimitedLog(log)   # warnings a peer's frames cause (`routing`)
         self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
         self.resident: dict[str, FlowRuntime] = {}

@@ -6,7 +6,8 @@ name, a path, the name a hello claims). Unbounded, that lets them fill the disk 
 rotate away the lines that matter. So their text is cut and escaped before it is logged
 (`clip`), repeated warnings are summarised once per interval (`RateLimitedLog`), and
 ``node.log`` rotates by size (`greenflow.rpc.node_process.setup_logging`). It lives
-here, below both the transport and the RPC, so that each can use it.
+at the bottom of the package, so that every layer (the scheduler's inbound frames,
+the transport, the RPC) can use it.
 """
 from __future__ import annotations
 
