@@ -49,6 +49,7 @@ import json
 import os
 import secrets
 import tomllib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -69,6 +70,25 @@ class ConfigError(NetworkMapError):
 
 #: How the hashes PyNaCl's ``pwhash`` makes and verifies begin (Argon2id, Argon2i, scrypt).
 HASH_PREFIXES = ("$argon2id$", "$argon2i$", "$7$")
+
+
+def positive_settings(cls: Any, doc: Optional[dict], where: str) -> Any:
+    """An instance of the dataclass ``cls`` (its defaults) with the settings of a
+    ``node.toml`` table: each a known field, a positive int or number as the field is.
+    The one reader of the tables of limits ([rpc], [p2p]), so they refuse alike."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out = cls()
+    for key, value in dict(doc or {}).items():
+        f = known.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(known)})")
+        want = int if f.type in ("int", int) else float
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (want is int and not isinstance(value, int)) or value <= 0:
+            raise ConfigError(f"{where}: `{key}` must be a positive "
+                              f"{'integer' if want is int else 'number'}, found {value!r}")
+        setattr(out, key, want(value))
+    return out
 
 
 def hash_password(password: str) -> str:

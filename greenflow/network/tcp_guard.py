@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from greenflow.network.node_config import ConfigError
+from greenflow.network.node_config import positive_settings
 from greenflow.network.tcp_framing import HANDSHAKE_TIMEOUT, HEADER, ProtocolError
 from greenflow.log_limits import RateLimitedLog
 
@@ -37,19 +37,7 @@ class P2pLimits:
 
     @classmethod
     def from_config(cls, doc: Optional[dict], where: str = "node.toml [p2p]") -> "P2pLimits":
-        known = {f.name: f for f in fields(cls)}
-        out = cls()
-        for key, value in dict(doc or {}).items():
-            f = known.get(key)
-            if f is None:
-                raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(known)})")
-            want = int if f.type in ("int", int) else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or (want is int and not isinstance(value, int)) or value <= 0:
-                raise ConfigError(f"{where}: `{key}` must be a positive "
-                                  f"{'integer' if want is int else 'number'}, found {value!r}")
-            setattr(out, key, want(value))
-        return out
+        return positive_settings(cls, doc, where)
 
 
 class Gate:

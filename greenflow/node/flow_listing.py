@@ -116,16 +116,23 @@ def _unfinished(node: "Node", wanted: Optional[frozenset], limit: int, after: Op
 
     mem, skip = node.on_scheduler(resident)
 
-    def decode(fid: str, raw: bytes) -> Optional[FlowInfo]:
-        try:
-            info = info_from_checkpoint(serialization.loads(raw), False)
-        except Exception as exc:  # noqa: BLE001 - one bad row does not end a listing
-            log.warning("flow %s: stored checkpoint unreadable, left out of a listing: %s", fid, exc)
-            return None
-        return info if wanted is None or info.status in wanted else None
-
+    decode = _decoder("checkpoint", lambda fid, raw: info_from_checkpoint(
+        serialization.loads(raw), False), wanted)
     return _merge(mem, node.store.header_blobs(reverse=True, after=after), decode, skip,
                   limit, budget)
+
+
+def _decoder(what: str, to_info: Any, wanted: Optional[frozenset]) -> Any:
+    """A stored row's `FlowInfo` if its status is wanted; None for one that is not, or
+    that cannot be read (logged: one bad row does not end a listing)."""
+    def decode(fid: str, raw: bytes) -> Optional[FlowInfo]:
+        try:
+            info = to_info(fid, raw)
+        except Exception as exc:  # noqa: BLE001 - one bad row does not end a listing
+            log.warning("flow %s: stored %s unreadable, left out of a listing: %s", fid, what, exc)
+            return None
+        return info if wanted is None or info.status in wanted else None
+    return decode
 
 
 def _finished(node: "Node", wanted: Optional[frozenset], limit: int, after: Optional[str],
@@ -139,14 +146,8 @@ def _finished(node: "Node", wanted: Optional[frozenset], limit: int, after: Opti
     mem = [info_from_result(fid, rec) for fid, rec in heapq.nlargest(limit + 1, mine,
                                                                      key=lambda r: r[0])]
 
-    def decode(fid: str, raw: bytes) -> Optional[FlowInfo]:
-        try:
-            info = info_from_result(fid, load_result(raw))
-        except Exception as exc:  # noqa: BLE001 - one bad row does not end a listing
-            log.warning("flow %s: stored result unreadable, left out of a listing: %s", fid, exc)
-            return None
-        return info if wanted is None or info.status in wanted else None
-
+    decode = _decoder("result", lambda fid, raw: info_from_result(fid, load_result(raw)),
+                      wanted)
     return _merge(mem, node.store.result_blobs(reverse=True, after=after), decode, recent,
                   limit, budget)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from greenflow.network.node_config import ConfigError
+from greenflow.network.node_config import ConfigError, positive_settings
 
 log = logging.getLogger("greenflow.rpc")
 
@@ -42,19 +42,7 @@ class RpcLimits:
 
     @classmethod
     def from_config(cls, doc: Optional[dict], where: str = "node.toml [rpc]") -> "RpcLimits":
-        doc = dict(doc or {})
-        known = {f.name: f for f in fields(cls)}
-        out = cls()
-        for key, value in doc.items():
-            f = known.get(key)
-            if f is None:
-                raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(known)})")
-            want = int if f.type in ("int", int) else float
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or (want is int and not isinstance(value, int)) or value <= 0:
-                raise ConfigError(f"{where}: `{key}` must be a positive "
-                                  f"{'integer' if want is int else 'number'}, found {value!r}")
-            setattr(out, key, want(value))
+        out = positive_settings(cls, doc, where)
         if out.max_streams >= out.max_connections:
             raise ConfigError(f"{where}: `max_streams` ({out.max_streams}) must be below "
                               f"`max_connections` ({out.max_connections}), or streams could "
