@@ -103,6 +103,15 @@ def encode_frame(f: Frame) -> bytes:
                     f.protocol, f.version, f.app, f.info, f.reason, f.error))
 
 
+#: The most of a peer's text (an end's or rejection's reason, an error's message) a
+#: frame keeps: enough for any real message, not a peer's megabytes in a log line.
+MAX_TEXT = 2000
+
+
+def _cut(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def decode_frame(data: bytes) -> Frame:
     """Parse a frame; anything malformed raises `WireFormatError` (and only that)."""
     if len(data) > MAX_FRAME_BYTES:
@@ -117,6 +126,11 @@ def decode_frame(data: bytes) -> Frame:
     if not sid.isascii() and len(sid.encode("utf-8", "replace")) > 200:
         # The session id is part of the store's keys: bounded in bytes, not characters.
         raise WireFormatError("malformed frame: a session id longer than 200 bytes")
+    # A peer's words reach this node's flows, exceptions and log: bounded here, once.
+    if len(reason) > MAX_TEXT:
+        reason = _cut(reason)
+    if error is not None and (len(error[0]) > 200 or len(error[1]) > MAX_TEXT):
+        error = (_cut(error[0], 200), _cut(error[1]), error[2])
     ends = kind & ENDS == ENDS
     if ends:
         kind &= ~ENDS

@@ -672,3 +672,22 @@ def test_a_big_map_after_small_ones_is_checked_and_decoded_whole() -> None:
     with pytest.raises(WireFormatError, match="share one hash value"):
         decode(data)
     assert decode(encode((5, 6))) == (5, 6)   # no marker count left over from either
+
+
+def test_a_peers_text_in_a_frame_is_cut_where_the_frame_is_read() -> None:
+    """An end's or rejection's reason and an error's class and message come from the peer
+    and reach flows' exceptions and the log: a peer's megabytes are cut at decoding, with
+    the count of what was cut; ordinary words pass as they are."""
+    from greenflow.messages import END, ERROR, MAX_TEXT, REJECT, Frame, decode_frame, encode_frame
+    sid = "a" * 32 + ".1"
+    for kind in (END, REJECT):
+        f = decode_frame(encode_frame(Frame(kind, sid, False, 3, None, "", 0, "", None,
+                                            "x" * 5_000_000)))
+        assert f.reason.startswith("x" * MAX_TEXT) and f.reason.endswith(
+            "... (4998000 more characters)")
+    f = decode_frame(encode_frame(Frame(ERROR, sid, False, 3, None, "", 0, "", None, "",
+                                        ("E" * 1000, "m" * 10_000, 7))))
+    assert f.error[0].startswith("E" * 200) and len(f.error[0]) < 250
+    assert f.error[1].endswith("... (8000 more characters)") and f.error[2] == 7
+    f = decode_frame(encode_frame(Frame(END, sid, False, 3, None, "", 0, "", None, "failed")))
+    assert f.reason == "failed"
