@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from greenflow.console import ConsoleApp
-from greenflow.errors import FlowError, FlowKilled
+from greenflow.errors import FlowError, FlowKilled, UnknownFlow
 from greenflow.flows.registry import qualified_name
 from greenflow.network.network_map import format_address
 from greenflow.node.flow_listing import (CHECKPOINTS_LIMIT, DEFAULT_LIMIT, MAX_CHECKPOINTS_LIMIT,
@@ -164,7 +164,13 @@ class RpcServer:
             return 200, {"flow_ids": [h.id for h in node.start_flows(flows)], "flow_class": name}
         handle = node.start_flow(flows[0], client_id=client_id)
         if client_id is not None:
-            started = node.flow_info(handle.id).flow_class
+            try:
+                started = node.flow_info(handle.id).flow_class
+            except UnknownFlow:
+                # Filed just now for the worker that owns its partition and not visible
+                # yet: a new flow, of this class. A taken client id names a flow whose
+                # start was committed with the id, so that one is always found.
+                started = name
             if started != name:
                 raise RpcError(409, "Conflict", f"client_id {shown(client_id)!r} names flow "
                                                 f"{handle.id} of class {started}, not {name}")
