@@ -209,8 +209,9 @@ class Routing:
             return
         limits = self.limits
         refusal = limits.refusal(sender.name, self.identity.name,
-                                 _quoted(frame.protocol)) if limits else None
-        if refusal is not None:
+                                 frame.protocol) if limits else None
+        if refusal is not None:   # the protocol, quoted only then: not at every start
+            refusal = refusal.replace(frame.protocol, _quoted(frame.protocol))
             self.peer_log.warning(f"refused {sender.name}",
                                   "%s: refused a session from %s: %s", self.identity.name,
                                   sender.name, refusal)
