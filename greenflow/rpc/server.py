@@ -163,13 +163,12 @@ class RpcServer:
         if count > 1:
             return 200, {"flow_ids": [h.id for h in node.start_flows(flows)], "flow_class": name}
         handle = node.start_flow(flows[0], client_id=client_id)
-        if client_id is not None:
+        if handle.earlier:   # the client id was taken: by a flow of this class?
             try:
                 started = node.flow_info(handle.id).flow_class
-            except UnknownFlow:
-                # Filed just now for the worker that owns its partition and not visible
-                # yet: a new flow, of this class. A taken client id names a flow whose
-                # start was committed with the id, so that one is always found.
+            except (UnknownFlow, TimeoutError, FlowError):
+                # Not to be found here now (a clustered worker's partitions moving): the
+                # start stands, as it did before this check; a retry checks again.
                 started = name
             if started != name:
                 raise RpcError(409, "Conflict", f"client_id {shown(client_id)!r} names flow "
