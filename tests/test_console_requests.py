@@ -98,7 +98,8 @@ def test_a_login_follows_only_a_console_path_and_sends_one_clean_answer(node, ne
 
 # ---------------------------------------------------------------------- bodies
 @pytest.mark.parametrize("body, says", [
-    (b'{"u":' + b"[" * 1100, b"max_json_depth"),
+    # Unclosed: too deep for Python 3.11's parser, merely cut short for 3.13's.
+    (b'{"u":' + b"[" * 1100, (b"max_json_depth", b"not JSON")),
     (b'{"username": "admin", "password": [[[[[[[[[[' + b"[" * 100 + b"]" * 110 + b"}", b"max_json_depth"),
     (b'{"username": "admin", "password":', b"not JSON"),
     (b"username=admin&password=\xff\xfe", b"not UTF-8"),
@@ -106,7 +107,9 @@ def test_a_login_follows_only_a_console_path_and_sends_one_clean_answer(node, ne
 def test_a_malformed_login_body_is_400_naming_it_and_logs_nothing(node, caplog, body, says):
     caplog.set_level(logging.INFO, "greenflow")
     answer = exchange(node, post("/console/login", body))
-    assert answer.startswith(b"HTTP/1.1 400 ") and b"BadRequest" in answer and says in answer, answer
+    says = says if isinstance(says, tuple) else (says,)
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"BadRequest" in answer \
+        and any(s in answer for s in says), answer
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
