@@ -148,3 +148,50 @@ def test_a_worker_with_no_partition_files_its_starts_for_the_owners(party):
     assert first.result(timeout=30) == 6
     assert w1.node.start_flow(Ping(w1.node.party, 3), client_id=cid).id == first.id
     assert w2.stats["starts_forwarded"] >= 21 and w1.stats["starts_taken"] == 21
+
+
+def test_a_page_of_the_partys_flows_reads_a_page_of_rows_and_names_each_flows_worker(party):
+    """A clustered worker's `flow_page` lists every worker's flows, each once and named
+    with the worker that runs it, reading the shared tables a page at a time on the
+    caller's thread (not every row of the party for each page)."""
+    import dataclasses
+    import threading
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    done = [h for w in (w1, w2) for h in w.node.start_flows([Ping(w.node.party, 1) for _ in range(15)])]
+    assert [h.result(timeout=30) for h in done] == [1] * 30
+    waiting = {h.id: w.name for w in (w1, w2)
+               for h in w.node.start_flows([SlowPing(w.node.party, 1, 600.0) for _ in range(3)])}
+    end = time.monotonic() + 15
+    while len(w1.node.flows()) < 66 and time.monotonic() < end:   # pings, pongs, waiting
+        time.sleep(0.1)
+    whole = {f.id: f for f in w1.node.flows()}
+    assert len(whole) == 66
+    read, readers = [], set()
+    real = w1.node.party_listing
+
+    def counting_store():
+        store = real.open_store()
+        for name in ("header_blobs", "result_blobs"):
+            rows = getattr(store, name)
+            setattr(store, name, lambda rows=rows, **kw: (
+                readers.add(threading.current_thread()) or read.append(r) or r
+                for r in rows(**kw)))
+        return store
+
+    w1.node.party_listing = dataclasses.replace(real, open_store=counting_store)
+    got, cursor, pages = [], None, 0
+    while True:
+        page = w1.node.flow_page(limit=8, cursor=cursor)
+        got += page.flows
+        pages += 1
+        assert len(read) <= 8 * pages + 2 * pages   # a page's rows, not the party's
+        if not page.more:
+            break
+        cursor = page.next_cursor
+    assert sorted(f.id for f in got) == sorted(whole)          # each flow once
+    assert readers == {threading.current_thread()}
+    owners = {p: w.name for w in (w1, w2) for p in w.gen.owned()}
+    assert all(f.worker == owners[partition_of(f.id)] for f in got)
+    assert {f.id: f.worker for f in got if f.id in waiting} == waiting
+    assert [f.status.finished for f in got] == sorted(f.status.finished for f in got)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from greenflow.node.flow_listing import PartyListing
 from greenflow.storage.partitions import partition_of
 
 if TYPE_CHECKING:
@@ -48,3 +49,13 @@ def party_flows(worker: "Worker", mine: list) -> list:
     finally:
         store.close()
     return out
+
+
+def party_listing(worker: "Worker") -> PartyListing:
+    """How the worker's node pages through the party's flows (`Node.flow_page`): the
+    shared tables read a page at a time on the caller's thread, not every row."""
+    from greenflow.storage.postgres_store import PostgresStore
+    return PartyListing(
+        open_store=lambda: PostgresStore(worker.dsn, worker.schema, readonly=True),
+        owners=lambda: lease_owners(worker.dsn, worker.schema, worker.lease.lease_s),
+        me=worker.name)

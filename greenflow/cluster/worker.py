@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Optional
 from greenflow.cluster.generation import Generation as _Generation
 from greenflow.cluster.handoff import HandoffReader, HandoffWriter
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, LeaseManager, Owned
-from greenflow.cluster.listing import party_flows
+from greenflow.cluster.listing import party_flows, party_listing
 from greenflow.cluster.routing import HandOver as _HandOver
 from greenflow.cluster.routing import Router
 from greenflow.cluster.routing import TransportFacade as _Facade
@@ -260,6 +260,7 @@ class Worker:
                         store=store, **options)
             node.new_flow_id = gen.new_flow_id
             node.party_flows = self._party_flows
+            node.party_listing = party_listing(self)
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
             node.forward_starts = lambda items: self.starts.forward(gen, items)
             node.filed_start = self.starts.filed

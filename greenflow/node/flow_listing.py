@@ -11,12 +11,17 @@ size of all of them. A page here reads:
   transaction, or the PostgreSQL store's connection a short query at a time), newest
   first, the status filter applied to each row as it is read, at most `SCAN_LIMIT` rows.
 
+A clustered worker (`PartyListing`) pages the same way through the whole party: its own
+resident flows from memory, every partition's rows from the shared tables on the
+caller's thread, each flow named with the worker that owns its partition now.
+
 Order: unfinished flows first, then finished ones, each newest first (flow ids start
 with their start time). A cursor names the phase and the last flow id a page covered;
 a flow that finishes while a client pages may be listed in both phases or in neither.
 """
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import logging
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from greenflow.node.flow_views import FlowInfo, dump_store, info_from_checkpoint
 from greenflow.statemachine import stacks
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import load_result
+from greenflow.storage.partitions import partition_of
 
 if TYPE_CHECKING:
     from greenflow.node.node import Node
@@ -63,6 +69,19 @@ class FlowPage:
         return self.next_cursor is not None
 
 
+@dataclass(frozen=True)
+class PartyListing:
+    """What a clustered worker gives its node (``Node.party_listing``) so a page covers
+    the whole party: ``open_store()``, a read-only store of every partition (closed when
+    the page is read), ``owners()``, partition -> the worker whose lease on it is live,
+    and ``me``, this worker's name (its resident flows are its own whatever the leases
+    say)."""
+
+    open_store: Callable[[], Any]
+    owners: Callable[[], dict]
+    me: str
+
+
 def parse_cursor(cursor: Optional[str]) -> tuple[str, Optional[str]]:
     """``(phase, after)``: ``U`` (unfinished) or ``F`` (finished), and the last flow id
     covered (None: the phase's start)."""
@@ -82,14 +101,28 @@ def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
         raise ValueError("a page holds at least one flow")
     phase, after = parse_cursor(cursor)
     wanted = frozenset(statuses) if statuses is not None else None
-    if node.party_flows is not None:   # a clustered worker: the party's whole list
-        return _page_of_list(node.flows(), wanted, limit, phase, after)
+    party = node.party_listing
+    if party is None:
+        return _page(node, node.store, wanted, limit, phase, after)
+    store = party.open_store()
+    try:
+        page = _page(node, store, wanted, limit, phase, after)
+    finally:
+        store.close()
+    owners = party.owners()
+    return FlowPage([dataclasses.replace(f, worker=owners.get(
+        partition_of(f.id), party.me if f.resident else None)) for f in page.flows],
+        page.next_cursor)
+
+
+def _page(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, phase: str,
+          after: Optional[str]) -> FlowPage:
     want_u = wanted is None or bool(wanted & UNFINISHED)
     want_f = wanted is None or bool(wanted & FINISHED)
     out: list[FlowInfo] = []
     budget = SCAN_LIMIT
     if phase == "U" and want_u:
-        rows, last, budget = _unfinished(node, wanted, limit, after, budget)
+        rows, last, budget = _unfinished(node, store, wanted, limit, after, budget)
         out += rows
         if last is not None:
             return FlowPage(out, "U" + last)
@@ -99,12 +132,12 @@ def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
             return FlowPage(out, "F")
     if not want_f:
         return FlowPage(out, None)
-    rows, last, budget = _finished(node, wanted, limit - len(out), after, budget)
+    rows, last, budget = _finished(node, store, wanted, limit - len(out), after, budget)
     out += rows
     return FlowPage(out, None if last is None else "F" + last)
 
 
-def _unfinished(node: "Node", wanted: Optional[frozenset], limit: int, after: Optional[str],
+def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, after: Optional[str],
                 budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
     def resident() -> tuple[list[FlowInfo], frozenset]:
         res = node.scheduler.resident
@@ -118,7 +151,7 @@ def _unfinished(node: "Node", wanted: Optional[frozenset], limit: int, after: Op
 
     decode = _decoder("checkpoint", lambda fid, raw: info_from_checkpoint(
         serialization.loads(raw), False), wanted)
-    return _merge(mem, node.store.header_blobs(reverse=True, after=after), decode, skip,
+    return _merge(mem, store.header_blobs(reverse=True, after=after), decode, skip,
                   limit, budget)
 
 
@@ -135,7 +168,7 @@ def _decoder(what: str, to_info: Any, wanted: Optional[frozenset]) -> Any:
     return decode
 
 
-def _finished(node: "Node", wanted: Optional[frozenset], limit: int, after: Optional[str],
+def _finished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, after: Optional[str],
               budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
     # The latest results (a bounded cache, copied whole: one C-level copy) cover the
     # flows that ended in the round in progress, whose records are not committed yet.
@@ -148,7 +181,7 @@ def _finished(node: "Node", wanted: Optional[frozenset], limit: int, after: Opti
 
     decode = _decoder("result", lambda fid, raw: info_from_result(fid, load_result(raw)),
                       wanted)
-    return _merge(mem, node.store.result_blobs(reverse=True, after=after), decode, recent,
+    return _merge(mem, store.result_blobs(reverse=True, after=after), decode, recent,
                   limit, budget)
 
 
@@ -190,23 +223,6 @@ def _merge(mem: list[FlowInfo], stored: Iterator[tuple[str, bytes]],
             close()   # ends the store's read transaction now, not when collected
     take_mem(None)
     return out, (out[-1].id if i < len(mem) else None), budget
-
-
-def _page_of_list(flows: list[FlowInfo], wanted: Optional[frozenset], limit: int,
-                  phase: str, after: Optional[str]) -> FlowPage:
-    """The same page cut from a whole list (a clustered worker's party-wide one)."""
-    rows = sorted((f for f in flows if wanted is None or f.status in wanted),
-                  key=lambda f: f.id, reverse=True)
-    rows.sort(key=lambda f: f.status.finished)   # stable: newest first in each phase
-    if phase == "U":
-        rows = [f for f in rows if f.status.finished or after is None or f.id < after]
-    else:
-        rows = [f for f in rows if f.status.finished and (after is None or f.id < after)]
-    page = rows[:limit]
-    if len(rows) <= limit:
-        return FlowPage(page, None)
-    last = page[-1]
-    return FlowPage(page, ("F" if last.status.finished else "U") + last.id)
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -76,6 +76,8 @@ class Node:
     #: A clustered worker's view of its whole party: given this node's `flows()`, the
     #: list with every other worker's flows added (`FlowInfo.worker` set). None: one node.
     party_flows: Optional[Callable[[list["FlowInfo"]], list["FlowInfo"]]] = None
+    #: A clustered worker's pages of that list (`flow_listing.PartyListing`). None: one node.
+    party_listing: Optional[flow_listing.PartyListing] = None
     #: A clustered worker: whether it runs flow ``fid`` (else another worker does, and a
     #: wait for its result watches the shared result table). None: every flow is here.
     runs_flow: Optional[Callable[[str], bool]] = None
