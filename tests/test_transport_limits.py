@@ -207,3 +207,49 @@ def test_the_limits_are_node_settings(tmp_path):
         P2pLimits.from_config({"max_unauthenticated": 0})
     with pytest.raises(ConfigError, match="unknown option 'max_conns'"):
         P2pLimits.from_config({"max_conns": 4})
+
+
+def test_a_record_that_stops_arriving_on_a_dialled_peers_answers_is_dropped(net, caplog):
+    """The same on a connection this node dialled: the peer it dials (here a fake
+    Carol that proves itself) answers on the reply path with a record that stops
+    partway. After ``record_timeout`` the link drops that connection and dials again.
+    (Clustered workers dial with the reply path.)"""
+    from greenflow.network.tcp_handshake import server_handshake
+    from greenflow.samples.ping import Ping
+    bob = up_with(net, "Bob", record_timeout=1.0)
+    net.transport("Bob").reply_path = True
+    carol = TcpTransport(net.identity("Carol"), net.netmap("Carol"))
+    dialled: list[tuple[float, asyncio.StreamReader]] = []
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    writers = []
+
+    async def serve(reader, writer):
+        writers.append(writer)
+        await server_handshake("Carol", carol.netmap, carol.key_for, reader, writer)
+        writer.write(struct.pack(">I", 1 << 20) + os.urandom(100_000))
+        await writer.drain()
+        dialled.append((time.monotonic(), reader))
+        await reader.read()          # until Bob closes it
+        dialled.append((time.monotonic(), None))
+
+    server = asyncio.run_coroutine_threadsafe(
+        asyncio.start_server(serve, *net.address("Carol")), loop).result(10)
+    try:
+        with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
+            bob.start_flow(Ping(net.party("Carol"), 1))   # Bob dials Carol to send it
+            wait_for(lambda: len(dialled) >= 2, 10)
+        (opened, _), (closed, _) = dialled[:2]
+        assert 0.9 < closed - opened < 4
+        assert any("dropped the connection to Carol: a record stopped arriving: nothing of "
+                   "it for 1 s" in rec.getMessage() for rec in caplog.records)
+        wait_for(lambda: len(dialled) >= 3, 15)   # and it dials again
+    finally:
+        async def stop():
+            server.close()
+            for w in writers:
+                w.close()
+            await asyncio.sleep(0.1)   # the serving tasks see their ends
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)

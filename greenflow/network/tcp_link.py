@@ -19,8 +19,9 @@ from greenflow.network.tcp_framing import (BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES
                                            MAX_ACKS_PER_RECORD, MAX_OWED_ACKS, MAX_RECORD_BYTES,
                                            PROTOCOL_HINTS, RETRANSMIT_AFTER, RETRANSMIT_MAX,
                                            ProtocolError, ReplyRefused, _frame_msg_id,
-                                           _keepalive, _pack, _unpack, _why, read_message,
+                                           _keepalive, _pack, _unpack, _why,
                                            write_message)
+from greenflow.network.tcp_guard import read_record
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import dispatch
 
@@ -267,12 +268,13 @@ class Link:
 
     async def _receive(self, reader: asyncio.StreamReader, chan: Channel) -> None:
         """The reply path: the peer answers on this connection, record by record, checked
-        exactly as on a connection it dialled. A peer that breaks the protocol here is
-        dropped, and dialled without the reply path for a while."""
+        exactly as on a connection it dialled (a record that stops arriving partway
+        included: ``record_timeout``). A peer that breaks the protocol here is dropped,
+        and dialled without the reply path for a while."""
         t = self.t
         try:
             while not t.closing:
-                record = await read_message(reader, MAX_RECORD_BYTES)
+                record = await read_record(reader, MAX_RECORD_BYTES, t.limits.record_timeout)
                 dispatch(t, self.info, _unpack(chan.open(record)))
         except ProtocolError as exc:
             t.stats["dropped_connections"] += 1

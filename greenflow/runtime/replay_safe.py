@@ -168,7 +168,10 @@ def clock_reading(rt: "FlowRuntime") -> float:
 # ---------------------------------------------------------------------- the wrappers
 def _wrap(real: Callable, in_flow: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        g = _getcurrent()
+        try:
+            g = _getcurrent()
+        except RuntimeError:   # the interpreter is exiting: no flow runs any more
+            return real(*args, **kwargs)
         if type(g) is not FlowGreenlet:
             return real(*args, **kwargs)
         rt = g.gf_runtime
