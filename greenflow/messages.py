@@ -108,8 +108,30 @@ def encode_frame(f: Frame) -> bytes:
 MAX_TEXT = 2000
 
 
-def _cut(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+def cut_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, or as much of its start as fits in ``limit`` characters with a note of
+    how many more there were (so text cut once is never cut again on the way)."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text) - limit + 40} more characters)"
+    keep = limit - len(note)
+    return f"{text[:keep]}... ({len(text) - keep} more characters)"
+
+
+#: The most of an exception's message a flow's result record keeps ("error").
+MAX_ERROR_TEXT = 20_000
+
+
+def exception_text(exc: BaseException, limit: int = MAX_TEXT) -> str:
+    """What ``exc`` says (its ``str``), at most ``limit`` characters, and never an
+    exception itself: a flow's exception is user code, so its message may run to
+    megabytes (which no frame carries: the peer would never hear the flow's end), and
+    its ``__str__`` may raise (which would leave the flow neither failed nor running)."""
+    try:
+        text = str(exc)
+    except Exception as err:  # noqa: BLE001 - user code; said instead of the message
+        text = f"<{type(exc).__name__}.__str__ raised {type(err).__name__}>"
+    return cut_text(text, limit)
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -128,9 +150,9 @@ def decode_frame(data: bytes) -> Frame:
         raise WireFormatError("malformed frame: a session id longer than 200 bytes")
     # A peer's words reach this node's flows, exceptions and log: bounded here, once.
     if len(reason) > MAX_TEXT:
-        reason = _cut(reason)
+        reason = cut_text(reason)
     if error is not None and (len(error[0]) > 200 or len(error[1]) > MAX_TEXT):
-        error = (_cut(error[0], 200), _cut(error[1]), error[2])
+        error = (cut_text(error[0], 200), cut_text(error[1]), error[2])
     ends = kind & ENDS == ENDS
     if ends:
         kind &= ~ENDS

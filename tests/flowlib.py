@@ -341,6 +341,28 @@ class Refusal(FlowException):
         super().__init__(f"refused {what} {times} times")
 
 
+class Unprintable(FlowException):
+    """A refusal whose ``__str__`` raises (user code may be that wrong)."""
+
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+class Raises(FlowLogic):
+    """Raises what ``what`` names: exceptions a flow's result must never pass on as they are."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def call(self) -> None:
+        if self.what == "unprintable":
+            raise Unprintable("m")
+        if self.what == "huge":
+            raise ValueError("x" * 3_000_000)
+        raise {"exit": SystemExit(3), "interrupt": KeyboardInterrupt(),
+               "generator-exit": GeneratorExit()}[self.what]
+
+
 def make_local_refusal() -> FlowException:
     class LocalRefusal(FlowException):  # not importable by name: arrives as FlowException
         pass
@@ -382,6 +404,10 @@ class AskResponder(FlowLogic):
             raise Refusal("the offer", 3)
         elif command == "refuse-unimportable":
             raise make_local_refusal()
+        elif command == "refuse-unprintable":
+            raise Unprintable("m")
+        elif command == "refuse-huge":   # more than any frame carries
+            raise Refusal("z" * 20_000_000, 1)
         elif command == "crash":
             raise ValueError("internal detail: the ledger password is wrong")
         elif command == "end":

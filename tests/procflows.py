@@ -48,6 +48,22 @@ class RelayResponder(FlowLogic):
         return rounds
 
 
+class Unprintable(ValueError):
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+@startable
+class RaisesOddly(FlowLogic):
+    """Raises SystemExit, or an exception whose ``__str__`` raises."""
+
+    def __init__(self, what: str = "exit") -> None:
+        self.what = what
+
+    def call(self) -> None:
+        raise SystemExit(3) if self.what == "exit" else Unprintable()
+
+
 @startable
 class Fails(FlowLogic):
     """Fails at once, with a message."""

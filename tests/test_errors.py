@@ -381,3 +381,59 @@ def test_start_flow_in_code_starts_flows_that_are_not_startable(net):
     alice, bob = pair(net)
     h = run(net, alice, Ask(bob.party, "echo"))
     assert h.result() == 42
+
+
+# ====================================================================== what flows raise
+def test_an_exception_whose_str_raises_fails_its_flow_and_reaches_the_peer(net):
+    """User code may define ``__str__`` wrong: the flow still fails (it was hospitalized,
+    its waiting peer never heard), its text says what happened instead."""
+    from flowlib import Raises, Unprintable
+    alice, bob = pair(net)
+    h = run(net, alice, Raises("unprintable"))
+    assert type(error_of(h)) is Unprintable
+    info = alice.flow_info(h.id)
+    assert info.status == FlowStatus.FAILED
+    assert info.error == "Unprintable: <Unprintable.__str__ raised ValueError>"
+    h = run(net, alice, Ask(bob.party, "refuse-unprintable"))
+    assert type(error_of(h)) is Unprintable   # the peer heard it: no endless wait
+    assert only_flow(bob, "AskResponder").status == FlowStatus.FAILED
+
+
+def test_a_flow_exceptions_message_too_long_for_a_frame_reaches_the_peer_cut(net):
+    """A 20 MB message made an ERROR frame no peer reads (16 MiB): it was re-sent for
+    ever and the initiator waited for ever. The text is cut where the frame is made."""
+    from greenflow.messages import MAX_ERROR_TEXT, MAX_TEXT
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "refuse-huge"))
+    at_alice = error_of(h)
+    assert type(at_alice) is Refusal
+    text = str(at_alice)   # cut once, where the frame was made
+    assert text.startswith("refused zzz") and len(text) == MAX_TEXT
+    whole = len("refused ") + 20_000_000 + len(" 1 times")
+    note = "... (19998046 more characters)"
+    assert text.endswith(note) and whole - (MAX_TEXT - len(note)) == 19998046
+    responder = only_flow(bob, "AskResponder")
+    assert responder.status == FlowStatus.FAILED and len(responder.error) < MAX_ERROR_TEXT + 100
+
+
+def test_a_huge_error_message_is_kept_cut_in_the_result(net):
+    from flowlib import Raises
+    from greenflow.messages import MAX_ERROR_TEXT
+    alice, _ = pair(net)
+    h = run(net, alice, Raises("huge"))
+    error_of(h)
+    info = alice.flow_info(h.id)
+    assert info.status == FlowStatus.FAILED
+    assert info.error.startswith("ValueError: xxx") and len(info.error) < MAX_ERROR_TEXT + 100
+
+
+@pytest.mark.parametrize("what", ["exit", "interrupt", "generator-exit"])
+def test_a_flow_that_raises_system_exit_or_the_like_fails_and_its_caller_gets_a_flow_error(net, what):
+    """Raised again in the caller, a flow's SystemExit or KeyboardInterrupt would stop the
+    caller's program (or an RPC request's thread, which then answered nothing)."""
+    from flowlib import Raises
+    alice, _ = pair(net)
+    h = run(net, alice, Raises(what))
+    with pytest.raises(FlowError, match=r"\(flowlib.Raises\) failed: (SystemExit: 3|KeyboardInterrupt|GeneratorExit)"):
+        h.result()
+    assert alice.flow_info(h.id).status == FlowStatus.FAILED

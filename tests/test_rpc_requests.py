@@ -299,3 +299,18 @@ def test_requests_http_itself_refuses_get_json_errors(net, request_bytes, status
 def test_a_method_an_endpoint_does_not_take_is_405_and_an_unknown_path_404(net):
     assert net.call("POST", "/node", {})[1]["error"]["type"] == "MethodNotAllowed"
     assert net.call("GET", "/nowhere")[1]["error"]["type"] == "NotFound"
+
+
+# ------------------------------------------------------------------------- flows' errors
+@pytest.mark.parametrize("what, error", [
+    ("exit", {"type": "FlowError", "message": "(procflows.RaisesOddly) failed: SystemExit: 3"}),
+    ("unprintable", {"type": "Unprintable", "message": "<Unprintable.__str__ raised ValueError>"})])
+def test_a_flows_odd_exception_is_answered_as_its_failure(net, what, error):
+    """A flow that raised SystemExit made the request's thread exit (the client got no
+    answer); one whose exception's ``__str__`` raises was a 500."""
+    status, doc = net.call("POST", "/flows", {"flow": "procflows.RaisesOddly", "args": {"what": what},
+                                             "wait": 10})
+    assert status == 200 and doc["finished"] and doc["status"] == "FAILED"
+    assert doc["error"]["type"] == error["type"] and doc["error"]["message"].endswith(error["message"])
+    status, again = net.call("GET", f"/flows/{doc['flow_id']}/result?wait=1")
+    assert status == 200 and again["error"] == doc["error"]

@@ -683,11 +683,13 @@ def test_a_peers_text_in_a_frame_is_cut_where_the_frame_is_read() -> None:
     for kind in (END, REJECT):
         f = decode_frame(encode_frame(Frame(kind, sid, False, 3, None, "", 0, "", None,
                                             "x" * 5_000_000)))
-        assert f.reason.startswith("x" * MAX_TEXT) and f.reason.endswith(
-            "... (4998000 more characters)")
+        kept = MAX_TEXT - len("... (4998029 more characters)")
+        assert f.reason == "x" * kept + "... (4998029 more characters)"
+        assert len(f.reason) == MAX_TEXT
     f = decode_frame(encode_frame(Frame(ERROR, sid, False, 3, None, "", 0, "", None, "",
                                         ("E" * 1000, "m" * 10_000, 7))))
-    assert f.error[0].startswith("E" * 200) and len(f.error[0]) < 250
-    assert f.error[1].endswith("... (8000 more characters)") and f.error[2] == 7
+    assert f.error[0].startswith("E" * 150) and len(f.error[0]) == 200
+    assert f.error[1].endswith("... (8026 more characters)") and len(f.error[1]) == MAX_TEXT
+    assert f.error[2] == 7
     f = decode_frame(encode_frame(Frame(END, sid, False, 3, None, "", 0, "", None, "failed")))
     assert f.reason == "failed"

@@ -168,6 +168,8 @@ def unpack_result(fid: str, rec: dict) -> Any:
             exc = serialization.loads(rec["exc"])
         except Exception:
             exc = None
-    if isinstance(exc, BaseException):
+    if isinstance(exc, Exception):
         raise exc
+    # Not SystemExit, KeyboardInterrupt or the like: raised in the caller they would stop
+    # its program or thread (an RPC request's), as if it had been asked to, not the flow.
     raise FlowError(f"flow {fid} ({rec['flow_class']}) failed: {rec.get('error')}")

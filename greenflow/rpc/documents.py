@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Optional
 
 from greenflow.flows.registry import qualified_name
+from greenflow.messages import MAX_ERROR_TEXT, exception_text
 from greenflow.party import Party
 from greenflow.rpc.flow_values import convert, shown
 
@@ -68,7 +69,9 @@ def to_json(value: Any, depth: int = 0) -> Any:
 
 
 def error_json(exc: BaseException) -> dict:
-    return {"type": type(exc).__name__, "message": str(exc)}
+    """An error as JSON. A flow's own exception is user code: its message is bounded and
+    a ``__str__`` that raises is said, not raised (`exception_text`)."""
+    return {"type": type(exc).__name__, "message": exception_text(exc, MAX_ERROR_TEXT)}
 
 
 

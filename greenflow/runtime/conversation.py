@@ -18,7 +18,7 @@ from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializ
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
 from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT,
-                                EndReason, Frame)
+                                EndReason, Frame, exception_text)
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
 from greenflow.runtime.flow_types import Ended, Outgoing
@@ -302,7 +302,8 @@ class Conversation:
                     self._emit(st, END, reason=EndReason.FAILED)
                 else:
                     eid = exc.ensure_error_id()
-                    self._emit(st, ERROR, error=(qualified_name(type(exc)), str(exc), eid))
+                    self._emit(st, ERROR, error=(qualified_name(type(exc)), exception_text(exc),
+                                                 eid))
             else:
                 self._emit(st, END, reason=_END_REASON.get(kind, EndReason.ENDED))
             st.state = CLOSED

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from greenflow.runtime import snapshots as frames_mod
 from greenflow import wire
 from greenflow.errors import NonDeterminismError
+from greenflow.messages import exception_text
 from greenflow.runtime.fingerprint import code_digest
 from greenflow.runtime.journal import Entry, Kind, describe
 from greenflow.party import Party
@@ -117,7 +118,7 @@ def explain_end(rt: "FlowRuntime", exc: Optional[BaseException]) -> str:
                 last = tb
             tb = tb.tb_next
         at = f" at {last.tb_frame.f_code.co_filename}:{last.tb_lineno}" if last else ""
-        how = f"it raised {type(exc).__name__}: {exc}{at}"
+        how = f"it raised {type(exc).__name__}: {exception_text(exc)}{at}"
     return (f"{_head(rt, rt.cursor)}: {how} with {len(rest)} recorded step(s) still to "
             f"come, up to its pending request '{pending.describe()}'{where}; a step is "
             f"missing: the code skips the recorded step '{rest[0].describe() if rest else pending.describe()}'")

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 
 from greenflow import serialization
 from greenflow.errors import FlowError
+from greenflow.messages import exception_text
 from greenflow.runtime import replay_safe
 from greenflow.runtime.journal import OK, Entry, Kind, Outcome
 
@@ -97,7 +98,7 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
         serialization.dumps(out)
     except Exception as exc:
         raise FlowError(f"the result of {_callable_name(fn)} ({type(out[1]).__qualname__}) "
-                        f"cannot be checkpointed: {exc}") from None
+                        f"cannot be checkpointed: {exception_text(exc)}") from None
     return out
 
 

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Optional
 import greenlet
 
 from greenflow import serialization
+from greenflow.messages import exception_text
 
 #: A name is sensitive when it contains one of these (any case): ``db_password``,
 #: ``apiKey``, ``auth_header``, ``CLIENT_SECRET``, ``credentials`` ...
@@ -329,7 +330,7 @@ def public(frames: Optional[list[dict]]) -> list[dict]:
                 for k, v in serialization.loads(blob).items():
                     locs[k] = short_repr(k, v)
             except Exception as exc:  # e.g. a class no longer importable here
-                locs["<locals>"] = f"<unreadable here: {type(exc).__name__}: {exc}>"
+                locs["<locals>"] = f"<unreadable here: {type(exc).__name__}: {exception_text(exc)}>"
         locs.update(fr.get("reprs", {}))
         if "locals" in fr:  # older snapshots kept reprs only
             locs.update(fr["locals"])

@@ -16,7 +16,7 @@ from greenflow.errors import FlowException, KeyTooLong
 from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.statemachine.hospital import backoff, is_transient
-from greenflow.messages import encode_frame
+from greenflow.messages import MAX_ERROR_TEXT, cut_text, encode_frame, exception_text
 from greenflow.flows.registry import qualified_name
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import dump_result
@@ -41,7 +41,7 @@ class Ending:
             return
         if kind == Ended.FAILED and is_transient(res[1]):
             exc = res[1]
-            why = f"{type(exc).__name__}: {exc}"
+            why = f"{type(exc).__name__}: {exception_text(exc)}"
             if rt.cp.retries < self.max_retries:
                 self._park(rt, why, retry_in=backoff(rt.cp.retries, self.retry_backoff))
             else:
@@ -64,18 +64,20 @@ class Ending:
             exc = res[1]
             if isinstance(exc, (FlowException, KeyTooLong)):   # (says all: no traceback)
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
-                         cp.flow_class, type(exc).__name__, exc)
+                         cp.flow_class, type(exc).__name__, exception_text(exc))
             else:
                 log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
-                            cp.flow_class,
-                            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+                            cp.flow_class, "".join(
+                                cut_text(part, MAX_ERROR_TEXT) for part in traceback.format_exception(
+                                    type(exc), exc, exc.__traceback__)))
             rt.end_frames((Ended.FAILED, exc))
             record["status"] = status = _FAILED
-            record["error"] = f"{type(exc).__name__}: {exc}"
+            text = exception_text(exc, MAX_ERROR_TEXT)
+            record["error"] = f"{type(exc).__name__}: {text}"
             if isinstance(exc, FlowException):
                 # Kept as the wire carries it: unpickling would call the class's __init__
                 # with the message alone, which a FlowException never gets rebuilt by.
-                record["flow_exception"] = (qualified_name(type(exc)), str(exc),
+                record["flow_exception"] = (qualified_name(type(exc)), text,
                                             exc.ensure_error_id())
             else:
                 record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
@@ -103,7 +105,8 @@ class Ending:
         except Exception as exc:  # the return value cannot be stored
             record.pop("value", None)
             record["status"] = status = cp.status = _FAILED
-            record["error"] = f"FlowError: the result of {cp.flow_class} cannot be stored: {exc}"
+            record["error"] = (f"FlowError: the result of {cp.flow_class} cannot be stored: "
+                               f"{exception_text(exc)}")
             blob = dump_result(record)
         b.put_result(fid, blob, expires)
         self._count(status._value_, cp.flow_class)

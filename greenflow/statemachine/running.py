@@ -9,6 +9,7 @@ import heapq
 import logging
 from typing import Any, Optional
 
+from greenflow.messages import exception_text
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.statemachine.executor import execute
@@ -86,7 +87,7 @@ class Running:
             except Exception as exc:  # an error while handling the flow's end
                 log.exception("%s: ending flow %s failed", self.identity.name, rt.flow_id)
                 self._park(rt, f"error while ending the flow ({res[0]}): "
-                               f"{type(exc).__name__}: {exc}")
+                               f"{type(exc).__name__}: {exception_text(exc)}")
 
     def progress_wanted(self) -> bool:
         """Whether any progress listener wants every step now. A listener may say it
