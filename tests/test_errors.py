@@ -1,6 +1,9 @@
 """Every error of the errors reference (docs/reference/errors.md), raised where it says, with its message checked."""
 from __future__ import annotations
 
+import re
+import typing
+
 import pytest
 from flowlib import (STATE, Ask, StartsFromInside, ChainStart, CustomPing, Doomed, Fickle, Holding, Leaky, Patient,
                      ReceiveFirst, Refusal, RefuseEveryone, SendUnsafe, Stubborn, SwallowingFickle)
@@ -141,6 +144,33 @@ def test_a_receive_that_is_answered_in_time_does_not_time_out(net):
     net.advance_clock(100)          # the stale timer must not disturb anything
     net.run_network()
     assert h.result() == ("in time", 1)
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1, 1e300])
+def test_a_sleep_or_timeout_that_is_no_duration_fails_the_flow_and_the_node_goes_on(net, seconds):
+    """A NaN deadline once stopped the node's scheduler (every start after it timed out),
+    an infinite one its commit. Refused at the call, in the flow that made it."""
+    from flowlib import Sleeper
+    alice, bob = pair(net)
+    for flow, what in ((Sleeper(seconds), "sleep()"), (Patient(bob.party, seconds),
+                                                       "receive(timeout=...)")):
+        h = run(net, alice, flow)
+        with pytest.raises(ValueError, match=rf"^{re.escape(what)} takes a duration from 0 to "
+                                             r"3155760000 seconds \(a century\), got "):
+            h.result()
+    assert run(net, alice, Sleeper(0)).result()          # the node goes on
+    assert run(net, alice, Ask(bob.party, "echo", int)).result() == 42
+
+
+@pytest.mark.parametrize("expected", ["str", None, list[int], typing.List[int], typing.Any])
+def test_receive_of_something_isinstance_cannot_check_fails_before_the_message_is_taken(net, expected):
+    """It raised isinstance()'s TypeError after the message had been taken."""
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "echo", expected))
+    with pytest.raises(TypeError, match=r"^receive\(\) checks the payload with isinstance\(\): "
+                                        r"pass a type, a tuple of types or a union of types, not "):
+        h.result()
+    assert run(net, alice, Ask(bob.party, "echo", int | str)).result() == 42
 
 
 def test_flow_timeout_is_a_flow_error():

@@ -21,7 +21,7 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
                                 EndReason, Frame, exception_text)
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
-from greenflow.runtime.flow_types import Ended, Outgoing
+from greenflow.runtime.flow_types import Ended, Outgoing, duration
 from greenflow.runtime.journal import OK, Kind, Outcome
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
@@ -39,6 +39,11 @@ def type_name(expected: Any) -> str:
     except TypeError:   # unhashable: not a type, isinstance() will say so
         name = None
     if name is None:
+        try:   # checked when first seen, before the flow waits: after, the message is taken
+            isinstance(None, expected)
+        except TypeError as exc:
+            raise TypeError(f"receive() checks the payload with isinstance(): pass a type, a "
+                            f"tuple of types or a union of types, not {expected!r} ({exc})") from None
         name = _type_name(expected)
         if len(_TYPE_NAMES) < 1024:
             try:
@@ -220,8 +225,8 @@ class Conversation:
     def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
         st = self._session(session)
         tname = type_name(expected)
-        if timeout is not None and timeout < 0:
-            raise ValueError("receive timeout must be >= 0")
+        if timeout is not None:
+            timeout = duration(timeout, "receive(timeout=...)")
 
         out = self.suspend(Kind.RECEIVE, (st.sid, st.counterparty.name, tname),
                            deadline=self._deadline(timeout) if timeout is not None

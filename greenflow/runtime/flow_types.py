@@ -7,6 +7,7 @@ re-exported by `flow_runtime`.
 """
 from __future__ import annotations
 
+import math
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
@@ -92,3 +93,22 @@ def appended(seq: list | tuple, item: Any) -> list:
         seq.append(item)  # type: ignore[union-attr]
         return seq  # type: ignore[return-value]
     return [item]
+
+
+#: The longest a flow may sleep or wait with a timeout: a century. Deadlines are stored
+#: as microseconds; a NaN or infinite one once stopped the node's scheduler.
+MAX_DURATION = 100 * 365.25 * 86400
+
+
+def duration(seconds: Any, what: str) -> float:
+    """``seconds`` as a float, checked: a number, not NaN, between 0 and `MAX_DURATION`;
+    else ValueError (TypeError for what is no number) naming ``what``."""
+    try:
+        s = float(seconds)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what} takes a number of seconds, got "
+                        f"{type(seconds).__qualname__}") from None
+    if not (0 <= s <= MAX_DURATION):   # (False for NaN too)
+        raise ValueError(f"{what} takes a duration from 0 to {MAX_DURATION:.0f} seconds "
+                         f"(a century), got {seconds!r}")
+    return s

@@ -13,6 +13,7 @@ from greenflow import serialization
 from greenflow.errors import FlowError
 from greenflow.messages import exception_text
 from greenflow.runtime import replay_safe
+from greenflow.runtime.flow_types import duration
 from greenflow.runtime.journal import OK, Entry, Kind, Outcome
 
 
@@ -68,9 +69,7 @@ class RecordedValues:
         return _unwrap(out)
 
     def sleep(self, seconds: float) -> None:
-        seconds = float(seconds)
-        if seconds < 0:
-            raise ValueError(f"sleep() takes a non-negative duration, got {seconds}")
+        seconds = duration(seconds, "sleep()")
         self.suspend(Kind.SLEEP, (seconds,), deadline=self._deadline(seconds))
 
     def _deadline(self, seconds: float) -> Optional[float]:
