@@ -139,7 +139,8 @@ def test_limits_are_read_from_node_toml(tmp_path):
     assert again.node_options() == cfg.node_options()
     off = NodeConfig.from_dict({**base, "limits": {"max_inbound_sessions": False}}, "x", "")
     assert off.max_inbound_sessions is None and off.responder_idle_timeout is None
-    for bad in ({"max_inbound_sessions": -1}, {"responder_idle_timeout": 0}, {"typo": 1}):
+    for bad in ({"max_inbound_sessions": -1}, {"responder_idle_timeout": 0}, {"typo": 1},
+                {"responder_idle_timeout": float("inf")}, {"responder_idle_timeout": float("nan")}):
         with pytest.raises(ConfigError, match="limits"):
             NodeConfig.from_dict({**base, "limits": bad}, "node.toml", "")
 

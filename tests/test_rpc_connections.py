@@ -157,5 +157,6 @@ def test_the_connection_limits_are_settings_with_defaults():
     with pytest.raises(ConfigError,
                        match="`max_connections_per_address` must be a positive integer"):
         RpcLimits.from_config({"max_connections_per_address": 0})
-    with pytest.raises(ConfigError, match="`header_timeout` must be a positive number"):
-        RpcLimits.from_config({"header_timeout": -1})
+    for bad in (-1, float("inf"), float("nan")):   # (TOML writes inf and nan)
+        with pytest.raises(ConfigError, match="`header_timeout` must be a positive finite number"):
+            RpcLimits.from_config({"header_timeout": bad})

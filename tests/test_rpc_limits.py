@@ -590,7 +590,8 @@ def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
 
 @pytest.mark.parametrize("table, text", [
     ({"max_connections": 0}, "`max_connections` must be a positive integer"),
-    ({"request_timeout": "soon"}, "`request_timeout` must be a positive number"),
+    ({"request_timeout": "soon"}, "`request_timeout` must be a positive finite number"),
+    ({"request_timeout": float("inf")}, "`request_timeout` must be a positive finite number"),
     ({"max_conections": 10}, "unknown option 'max_conections'"),
     ({"max_streams": 200}, "`max_streams` (200) must be below `max_connections` (128)"),
 ])

@@ -46,6 +46,7 @@ plain text, mode 0600, read by the operator CLI on the same machine (like a cook
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import tomllib
@@ -56,6 +57,7 @@ from typing import Any, Optional
 import nacl.exceptions
 import nacl.pwhash
 
+from greenflow.runtime.flow_types import MAX_DURATION
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
 from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_address, parse_address
 
@@ -84,9 +86,9 @@ def positive_settings(cls: Any, doc: Optional[dict], where: str) -> Any:
             raise ConfigError(f"{where}: unknown option {key!r} (known: {', '.join(known)})")
         want = int if f.type in ("int", int) else float
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or (want is int and not isinstance(value, int)) or value <= 0:
+                or (want is int and not isinstance(value, int)) or not 0 < value < math.inf:
             raise ConfigError(f"{where}: `{key}` must be a positive "
-                              f"{'integer' if want is int else 'number'}, found {value!r}")
+                              f"{'integer' if want is int else 'finite number'}, found {value!r}")
         setattr(out, key, want(value))
     return out
 
@@ -237,9 +239,11 @@ class NodeConfig:
             idle = limits.get("responder_idle_timeout")
             if idle is False:
                 idle = None
-            elif idle is not None and (type(idle) not in (int, float) or not idle > 0):
+            elif idle is not None and (type(idle) not in (int, float)
+                                       or not 0 < idle <= MAX_DURATION):
                 raise ConfigError(f"{where}: limits.responder_idle_timeout must be a number of "
-                                  f"seconds > 0 (absent or false: off), found {idle!r}")
+                                  f"seconds > 0, at most a century (absent or false: off), "
+                                  f"found {idle!r}")
             store = doc.get("store")
             if store is not None and (not isinstance(store, str) or not (
                     store == "lmdb" or store.startswith(("postgresql://", "postgres://")))):

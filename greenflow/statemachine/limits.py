@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow.messages import REFUSED
+from greenflow.runtime.flow_types import MAX_DURATION
 
 if TYPE_CHECKING:
     from greenflow.runtime.flow_runtime import FlowRuntime
@@ -41,8 +42,9 @@ class PeerLimits:
                  responder_idle_timeout: Optional[float] = None) -> None:
         if max_inbound_sessions is not None and max_inbound_sessions < 0:
             raise ValueError(f"max_inbound_sessions must be >= 0 or None, got {max_inbound_sessions}")
-        if responder_idle_timeout is not None and not responder_idle_timeout > 0:
-            raise ValueError(f"responder_idle_timeout must be > 0 seconds or None, got {responder_idle_timeout}")
+        if responder_idle_timeout is not None and not 0 < responder_idle_timeout <= MAX_DURATION:
+            raise ValueError(f"responder_idle_timeout must be > 0 seconds, at most a century, or "
+                             f"None, got {responder_idle_timeout}")
         self.store = store
         self.max_inbound_sessions = max_inbound_sessions
         self.responder_idle_timeout = responder_idle_timeout
