@@ -363,6 +363,20 @@ class Raises(FlowLogic):
                "generator-exit": GeneratorExit()}[self.what]
 
 
+def raise_named(what: str) -> None:
+    raise {"exit": SystemExit(4), "interrupt": KeyboardInterrupt()}[what]
+
+
+class ExternalRaises(FlowLogic):
+    """``run_external`` of a function that raises SystemExit or KeyboardInterrupt."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def call(self) -> None:
+        self.run_external(raise_named, self.what)
+
+
 def make_local_refusal() -> FlowException:
     class LocalRefusal(FlowException):  # not importable by name: arrives as FlowException
         pass

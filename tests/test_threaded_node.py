@@ -68,3 +68,14 @@ def test_a_result_waiting_when_the_node_closes_raises_instead_of_waiting_for_eve
     waiter.join(20)
     assert not waiter.is_alive()
     assert type(outcome["error"]) is FlowError and "closed" in str(outcome["error"])
+
+
+@pytest.mark.parametrize("what, shown", [("exit", "SystemExit: 4"), ("interrupt", "KeyboardInterrupt")])
+def test_an_external_call_that_raises_system_exit_fails_its_flow(node, what, shown):
+    """On a worker thread a SystemExit ended the call with no outcome: the flow waited
+    for ever."""
+    from flowlib import ExternalRaises
+    h = node.start_flow(ExternalRaises(what))
+    with pytest.raises(FlowError, match=rf"\(flowlib.ExternalRaises\) failed: {shown}"):
+        h.result(timeout=20)
+    assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1

@@ -196,7 +196,9 @@ class CommitStaging:
         def work() -> None:
             try:
                 out: tuple = (Outcome.OK, fn(*args))
-            except Exception as exc:  # noqa: BLE001 - recorded, re-raised in the flow
+            except BaseException as exc:  # noqa: BLE001 - recorded, re-raised in the flow
+                # (SystemExit and the like too: the flow waits for an outcome, and on a
+                # worker thread nothing else would ever give it one)
                 out = (Outcome.EXC, exc)
             self.post(ExternalDone(fid, out))
 
