@@ -3,6 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The longest a party's name may be, in bytes of UTF-8: it is part of the store's keys
+#: (outbox, sessions), which a store bounds (LMDB: 511 bytes).
+MAX_NAME_BYTES = 200
+
+
+def name_fits(name: object) -> bool:
+    """Whether ``name`` can be a party's: a string of 1 to `MAX_NAME_BYTES` bytes."""
+    return isinstance(name, str) and bool(name) and (
+        len(name) * 4 <= MAX_NAME_BYTES or len(name.encode("utf-8", "replace")) <= MAX_NAME_BYTES)
+
 
 @dataclass(frozen=True)
 class Party:

@@ -467,3 +467,16 @@ def test_a_flow_that_raises_system_exit_or_the_like_fails_and_its_caller_gets_a_
     with pytest.raises(FlowError, match=r"\(flowlib.Raises\) failed: (SystemExit: 3|KeyboardInterrupt|GeneratorExit)"):
         h.result()
     assert alice.flow_info(h.id).status == FlowStatus.FAILED
+
+
+@pytest.mark.parametrize("name", ["", "O=" + "x" * 1000, "O=" + "é" * 150])
+def test_a_session_to_a_name_no_network_could_hold_fails_its_flow_not_the_node(net, name):
+    """A party name over the store's key size (say, a participant named in a peer's
+    transaction) stopped the node at its commit (the outbox key); refused at
+    initiate_flow, in that flow."""
+    from greenflow import Party
+    alice, bob = pair(net)
+    h = run(net, alice, Ping(Party(name, b"\1" * 32), 1))
+    with pytest.raises(ValueError, match=r"^initiate_flow\(\): no network has a party named "):
+        h.result()
+    assert run(net, alice, Ping(bob.party, 2)).result() == 3

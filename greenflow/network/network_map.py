@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from greenflow.errors import FlowError
-from greenflow.party import Party
+from greenflow.party import MAX_NAME_BYTES, Party, name_fits
 
 MAP_FILE = "network-map.json"
 FORMAT_VERSION = 1
@@ -66,9 +66,8 @@ class NetworkMap:
         self._by_name: dict[str, NodeInfo] = {}
         self._by_key: dict[bytes, NodeInfo] = {}
         for info in nodes:
-            if not info.name or len(info.name.encode("utf-8", "replace")) > 200:
-                # A party's name is part of the store's keys (outbox, sessions).
-                raise NetworkMapError(f"a party name must be 1 to 200 bytes (UTF-8): "
+            if not name_fits(info.name):   # part of the store's keys (outbox, sessions)
+                raise NetworkMapError(f"a party name must be 1 to {MAX_NAME_BYTES} bytes (UTF-8): "
                                       f"{info.name[:60]!r}...")
             if info.name in self._by_name:
                 raise NetworkMapError(f"the network map names {info.name!r} twice")

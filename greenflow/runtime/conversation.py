@@ -19,7 +19,8 @@ from greenflow.flows.registry import app_name_of, initiating_info, qualified_nam
 from greenflow.flows.session import FlowSession, PeerFlowInfo
 from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT,
                                 EndReason, Frame, exception_text)
-from greenflow.party import Party
+from greenflow.log_limits import clip
+from greenflow.party import MAX_NAME_BYTES, Party, name_fits
 from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
 from greenflow.runtime.flow_types import Ended, Outgoing, duration
 from greenflow.runtime.journal import OK, Kind, Outcome
@@ -108,6 +109,10 @@ class Conversation:
     def new_session(self, party: Party) -> FlowSession:
         if not isinstance(party, Party):
             raise TypeError(f"initiate_flow() takes a Party, got {type(party).__qualname__}")
+        if not name_fits(party.name):   # (a name from a peer's transaction, say)
+            raise ValueError(f"initiate_flow(): no network has a party named "
+                             f"{clip(party.name, 60)} (a name is 1 to {MAX_NAME_BYTES} bytes "
+                             "of UTF-8)")
         proto, version, app = self._initiating()
         self.session_counter += 1
         sid = f"{self.flow_id}.{self.session_counter}"
