@@ -15,12 +15,14 @@ import contextlib
 import inspect
 import logging
 import os
+import sys
 import tempfile
 from typing import Any, Iterator, Optional
 
 import click
 
 from greenflow.cli.params import cannot_write
+from greenflow.messages import MAX_ERROR_TEXT, exception_text
 
 from greenflow.cli.errors import (BadFlowArgument, FlowFailed, FlowNotStartable, UnknownTarget,
                      UsageProblem, exit_code_of)
@@ -138,7 +140,8 @@ def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optio
         except SystemExit as exc:
             code = exc.code
         except FlowError as exc:  # anything else is a bug and keeps its traceback
-            raise FlowFailed(f"sample.{name} failed: {type(exc).__name__}: {exc}") from exc
+            raise FlowFailed(f"sample.{name} failed: {type(exc).__name__}: "
+                             f"{exception_text(exc, MAX_ERROR_TEXT)}") from exc
     code = exit_code_of(code)
     if code:
         ctx.exit(code)
@@ -188,8 +191,23 @@ def _run_flow(ctx: click.Context, target: str, assignments: tuple[str, ...],
             result = handle.result()
         except Exception as exc:
             log.debug("flow %s failed", handle.id, exc_info=True)
-            raise FlowFailed(f"{cls.__qualname__} failed: {type(exc).__name__}: {exc}") from None
-    click.echo(result if isinstance(result, str) else repr(result))
+            raise FlowFailed(f"{cls.__qualname__} failed: {type(exc).__name__}: "
+                             f"{exception_text(exc, MAX_ERROR_TEXT)}") from None
+    click.echo(result if isinstance(result, str) else _shown(result))
+
+
+def _shown(value: object) -> str:
+    """``repr(value)``, or what stopped it (a user ``__repr__`` that raises; an int too
+    long for Python to write in decimal)."""
+    limit = sys.get_int_max_str_digits()
+    if isinstance(value, int):   # all its digits: it is the answer asked for
+        sys.set_int_max_str_digits(0)
+    try:
+        return repr(value)
+    except Exception as exc:  # noqa: BLE001 - user code
+        return f"<{type(value).__qualname__}: repr() raised {type(exc).__name__}>"
+    finally:
+        sys.set_int_max_str_digits(limit)
 
 
 def _drive(net: Any, starter: Any, handle: Any, keep_hint: bool) -> None:

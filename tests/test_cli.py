@@ -213,6 +213,35 @@ def test_flow_modules_in_the_current_directory_are_importable(tmp_path, monkeypa
     assert result.output.strip() == "hello world"
 
 
+class Unprintable(ValueError):
+    def __str__(self) -> str:
+        raise ValueError("no text for you")
+
+
+@startable
+class Odd(FlowLogic):
+    """Fails with an exception whose ``__str__`` raises, or returns an int too long for
+    ``repr`` by default."""
+
+    def __init__(self, fail: bool):
+        self.fail = fail
+
+    def call(self) -> int:
+        if self.fail:
+            raise Unprintable()
+        return 10 ** 5000
+
+
+def test_what_a_flow_raises_or_returns_is_shown_however_odd():
+    """Both printed a traceback of the command itself."""
+    result = run("run", f"{HERE}:Odd", "--arg", "fail=yes")
+    assert result.exit_code == 1, result.output
+    assert "Odd failed: Unprintable: <Unprintable.__str__ raised ValueError>" in result.output
+    result = run("run", f"{HERE}:Odd", "--arg", "fail=no")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "1" + "0" * 5000
+
+
 def test_sleeping_flow_finishes_on_virtual_time():
     result = run("run", f"{HERE}:Sleepy", "--arg", "seconds=3600")
     assert result.exit_code == 0, result.output
