@@ -48,6 +48,12 @@ class RelayResponder(FlowLogic):
         return rounds
 
 
+@startable
+class BigNumber(FlowLogic):
+    def call(self) -> int:
+        return 10 ** 5000
+
+
 class Unprintable(ValueError):
     def __str__(self) -> str:
         raise ValueError("no text for you")

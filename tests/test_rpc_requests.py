@@ -314,3 +314,10 @@ def test_a_flows_odd_exception_is_answered_as_its_failure(net, what, error):
     assert doc["error"]["type"] == error["type"] and doc["error"]["message"].endswith(error["message"])
     status, again = net.call("GET", f"/flows/{doc['flow_id']}/result?wait=1")
     assert status == 200 and again["error"] == doc["error"]
+
+
+def test_an_int_too_long_for_decimal_is_answered_in_hex(net):
+    """It was a 500: Python writes at most 4,300 decimal digits by default."""
+    status, doc = net.call("POST", "/flows", {"flow": "procflows.BigNumber", "args": {}, "wait": 10})
+    assert status == 200 and doc["status"] == "COMPLETED"
+    assert doc["result"] == {"hex": hex(10 ** 5000), "type": "builtins.int"}

@@ -29,12 +29,20 @@ class RpcError(Exception):
 
 
 # ---------------------------------------------------------------------- JSON values
+BIG_INT_BITS = 14_000
+
+
 def to_json(value: Any, depth: int = 0) -> Any:
     """A JSON-ready view of a flow result or argument: builtins as themselves, parties as
     their names, bytes as hex, dates ISO 8601, Decimals as strings, dataclasses as dicts;
-    anything else as ``{"repr": ...}`` (bounded)."""
-    if value is None or isinstance(value, (bool, int, str)):
+    anything else as ``{"repr": ...}`` (bounded). An int of more than `BIG_INT_BITS` bits
+    (Python writes at most 4,300 decimal digits by default) as ``{"hex": ...}``."""
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        if value.bit_length() <= BIG_INT_BITS:
+            return value
+        return {"hex": hex(value), "type": qualified_name(type(value))}
     if isinstance(value, float):
         return value if value == value and value not in (float("inf"), float("-inf")) else str(value)
     if depth > 50:
@@ -64,7 +72,7 @@ def to_json(value: Any, depth: int = 0) -> Any:
     try:
         text = repr(value)
     except Exception as exc:  # noqa: BLE001 - user __repr__
-        text = f"<unrepresentable {type(value).__qualname__}: {exc}>"
+        text = f"<unrepresentable {type(value).__qualname__}: {exception_text(exc)}>"
     return {"repr": text[:REPR_LIMIT], "type": qualified_name(type(value))}
 
 
