@@ -67,6 +67,16 @@ def test_bootstrap_refuses_an_existing_node_and_duplicate_names(tmp_path):
         bootstrap_network(str(tmp_path / "x"), ["Bob", "Bob"], base_port=0)
 
 
+def test_ports_past_65535_are_refused_before_anything_is_written(tmp_path):
+    """300 nodes from 64990 wrote node.toml files with ports up to 65589."""
+    names = [f"N{i}" for i in range(300)]
+    with pytest.raises(ConfigError, match="300 nodes from base port 64990 need ports up to "
+                                          "65589; the highest port is 65535"):
+        bootstrap_network(str(tmp_path / "net"), names, base_port=64990)
+    assert not (tmp_path / "net").exists()
+    assert len(bootstrap_network(str(tmp_path / "ok"), names[:2], base_port=65532)) == 2
+
+
 def test_a_name_or_user_no_node_could_start_with_is_refused_at_creation(tmp_path):
     for name in ("", " Alice", "Bob "):
         with pytest.raises(ConfigError, match="must not be empty or start or end with a space"):

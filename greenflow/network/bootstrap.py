@@ -116,6 +116,11 @@ def bootstrap_network(root: str, nodes: Iterable[str], *, notary: Optional[str] 
     dirs = [dir_name(n) for n in names]
     if len(set(dirs)) != len(dirs):
         raise ConfigError(f"two node names map to one directory: {', '.join(dirs)}")
+    top = base_port + 2 * len(names) - 1
+    if base_port and not 0 < base_port <= top <= 65535:
+        raise ConfigError(f"{len(names)} nodes from base port {base_port} need ports up to "
+                          f"{top}; the highest port is 65535 (a lower base port, or 0 for "
+                          "free ports)")
     apps = list(apps)
     configs = []
     for i, (name, d) in enumerate(zip(names, dirs)):
