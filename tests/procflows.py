@@ -2,8 +2,8 @@
 this module as an app (the tests put tests/ on their PYTHONPATH)."""
 from __future__ import annotations
 
-from greenflow import (FlowLogic, FlowSession, Party, ProgressTracker, Step, initiated_by,
-                       initiating_flow, startable)
+from greenflow import (FlowException, FlowLogic, FlowSession, Party, ProgressTracker, Step,
+                       initiated_by, initiating_flow, startable)
 
 SENDING = Step("Sending")
 WAITING = Step("Waiting for the answer")
@@ -46,6 +46,29 @@ class RelayResponder(FlowLogic):
                 self.sleep(delay)
             self.session.send(x + 1)
         return rounds
+
+
+MARKUP = '<script>alert(1)</script><img src=x onerror=alert(2)>"\'&'
+MARKUP_STEP = Step(MARKUP)
+
+
+@startable
+class Markup(FlowLogic):
+    """Markup wherever a flow's words reach the console: its step, a local, its error (a
+    peer's FlowException carries text the operator's browser must never run)."""
+
+    progress_tracker = ProgressTracker(MARKUP_STEP)
+
+    def __init__(self, fail: bool = True) -> None:
+        self.fail = fail
+
+    def call(self) -> str:
+        self.progress_tracker.current_step = MARKUP_STEP
+        text = MARKUP
+        if self.fail:
+            raise FlowException(text)
+        self.sleep(3600)
+        return text
 
 
 @startable

@@ -197,3 +197,47 @@ def test_head_on_a_console_page_answers_its_headers_without_a_body(node):
         got = raw("HEAD", path, authz=status != b"401")
         assert got.startswith(b"HTTP/1.1 " + status) and got.partition(b"\r\n\r\n")[2] == b"", got
     assert raw("HEAD", "/api/v1/node").startswith(b"HTTP/1.1 405 ")  # the JSON API takes no HEAD
+
+
+def test_a_flows_words_are_shown_escaped_on_every_page(tmp_path):
+    """A flow's step, locals and error (a peer's FlowException message among them) are
+    text: every page and live fragment shows them escaped, never as markup."""
+    import json
+    import re
+    from procflows import MARKUP
+    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["procflows"],
+                            rpc_password=PASSWORD)[0]
+    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    try:
+        def get(path: str, **headers: str) -> tuple[int, str]:
+            conn = http.client.HTTPConnection(*proc.rpc.address, timeout=30)
+            try:
+                conn.request("GET", path, headers={**basic(), **headers})
+                r = conn.getresponse()
+                return r.status, r.read().decode()
+            finally:
+                conn.close()
+
+        def start(fail: bool) -> str:
+            conn = http.client.HTTPConnection(*proc.rpc.address, timeout=30)
+            try:
+                conn.request("POST", "/api/v1/flows", body=json.dumps(
+                    {"flow": "procflows.Markup", "args": {"fail": fail}, "wait": 5}).encode(),
+                    headers=basic())
+                return json.loads(conn.getresponse().read())["flow_id"]
+            finally:
+                conn.close()
+
+        failed, waiting = start(True), start(False)
+        pages = ["/console/flows", f"/console/flows/{failed}", f"/console/flows/{waiting}",
+                 "/console/flows?q=" + quote(MARKUP)]
+        shown = 0
+        for path in pages:
+            for headers in ({}, {"X-Console-Fragment": "live"}):
+                status, body = get(path, **headers)
+                assert status == 200, (path, body[:200])
+                assert not re.search(r"<script>alert|<img src=x", body), path
+                shown += "&lt;script&gt;alert(1)&lt;/script&gt;" in body
+        assert shown >= 6   # the words are there, as text
+    finally:
+        proc.stop()
