@@ -33,7 +33,7 @@ def still_open(s: socket.socket, wait: float = 0.3) -> bool:
 def test_refused_strangers_are_summarised_with_their_strings_clipped(net, caplog):
     """50 hellos claiming a 960-character name: one line with the name cut, and the
     rest counted in a summary, instead of 50 lines of 1 KB each."""
-    net.up("Bob")
+    up_with(net, "Bob", connection_rate_per_address=1000.0)   # 50 at once: all are read
     name = "M" * 960
     with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
         for _ in range(50):
@@ -189,6 +189,59 @@ def test_a_record_that_stops_arriving_partway_is_dropped(net, caplog):
         assert ping(net, 2) == 3
     finally:
         carol.close()
+
+
+def test_one_address_may_start_only_so_many_connections_a_second(net, caplog):
+    """Hellos that can never complete cost the node a handshake each (~3x a connection
+    closed unread): past ``connection_rate_per_address`` (twice that at once) one address's
+    new connections are closed unread, another address's are served, and the budget
+    comes back with time."""
+    net.up("Alice")
+    up_with(net, "Bob", connection_rate_per_address=5.0)
+    bob = net.address("Bob")
+    t = net.transport("Bob")
+    assert ping(net, 1) == 1      # Alice's link to Bob took one of 127.0.0.1's budget
+    hello = _pack([PROTOCOL, "O=Mallory,L=Nowhere,C=XX", "Bob", os.urandom(32)])
+    before = t.stats["refused_connections"]
+    with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
+        for _ in range(30):
+            s = raw_connect(bob)
+            write_raw(s, hello)
+            assert closed_by_peer(s)
+            s.close()
+    refused = t.stats["refused_connections"] - before
+    assert 30 - 10 - 2 <= refused <= 30 - 9   # at most 10 at once, ~5 a second after
+    assert any("connection_rate_per_address" in r.getMessage() for r in caplog.records)
+    other = idle(bob, "127.0.0.2")
+    assert still_open(other)      # another address has its own budget
+    other.close()
+    time.sleep(1.0)               # 5 more a second
+    s = idle(bob)
+    assert still_open(s)
+    s.close()
+    assert ping(net, 2) == 3      # the peer's link, established before, is untouched
+
+
+def test_the_connection_budget_refills_and_forgets_idle_addresses():
+    from greenflow.network import tcp_guard
+    now = [0.0]
+    gate = tcp_guard.Gate("Bob", tcp_guard.P2pLimits(connection_rate_per_address=2.0),
+                          clock=lambda: now[0])
+    for _ in range(4):
+        assert gate.admit("a") is None and gate.release("a") is None
+    assert "connection_rate_per_address" in gate.admit("a")
+    now[0] = 0.5                  # one more after half a second at 2 a second
+    assert gate.admit("a") is None
+    gate.release("a")
+    assert gate.admit("a") is not None
+    now[0] = 100.0                # full again, not beyond: 4 at once
+    assert [gate.admit("a") is None for _ in range(5)] == [True] * 4 + [False]
+    for i in range(tcp_guard._MAX_BUDGETS):   # a scan from many addresses
+        assert gate.admit(f"h{i}") is None
+        gate.release(f"h{i}")
+    now[0] = 200.0                # their buckets are full again: nothing to remember
+    assert gate.admit("late") is None
+    assert set(gate.budget) == {"late"}
 
 
 def test_the_limits_are_node_settings(tmp_path):
