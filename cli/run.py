@@ -22,10 +22,10 @@ from typing import Any, Iterator, Optional
 import click
 
 from greenflow.cli.params import cannot_write
-from greenflow.messages import MAX_ERROR_TEXT, exception_text
 
 from greenflow.cli.errors import (BadFlowArgument, FlowFailed, FlowNotStartable, UnknownTarget,
                      UsageProblem, exit_code_of)
+from greenflow.messages import MAX_ERROR_TEXT, exception_text
 
 log = logging.getLogger("greenflow.cli")
 

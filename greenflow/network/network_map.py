@@ -67,8 +67,8 @@ class NetworkMap:
         self._by_key: dict[bytes, NodeInfo] = {}
         for info in nodes:
             if not name_fits(info.name):   # part of the store's keys (outbox, sessions)
-                raise NetworkMapError(f"a party name must be 1 to {MAX_NAME_BYTES} bytes (UTF-8): "
-                                      f"{info.name[:60]!r}...")
+                raise NetworkMapError(f"a party name must be 1 to {MAX_NAME_BYTES} bytes "
+                                      f"(UTF-8): {info.name[:60]!r}...")
             if info.name in self._by_name:
                 raise NetworkMapError(f"the network map names {info.name!r} twice")
             if len(info.party.owning_key) != 32:

@@ -6,9 +6,10 @@ network map can finish the handshake. Unbounded, strangers' connections that nev
 (or that send fake handshakes) hold memory and file descriptors and cost CPU, and each
 refusal logged in full lets them fill and rotate away the log. So `Gate` caps the
 connections that have not completed the handshake, per source address and in total (one
-over is closed at once), and the rate at which one address may start new ones, caps the connections one authenticated peer holds (the oldest
-goes: a peer that crashed and reconnects is never locked out by its own dead ones), and
-summarises refusals once per interval with the strangers' strings clipped.
+over is closed at once), and the rate at which one address may start new ones; it caps
+the connections one authenticated peer holds (the oldest goes: a peer that crashed and
+reconnects is never locked out by its own dead ones), and summarises refusals once per
+interval with the strangers' strings clipped.
 """
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ class Gate:
     def _spend(self, host: str) -> bool:
         """Take one new connection from ``host``'s budget (a token bucket: refilled at
         ``connection_rate_per_address`` a second, holding at most twice that); False when
-        it is spent. A handshake costs ~3x what closing at once does (measured: 343 us of
-        the node's CPU for a hello under a listed name, 103 us for a connection closed
-        unread), so one address cannot make the node spend a core on fake ones."""
+        it is spent. A handshake costs about twice what closing at once does (measured:
+        ~290 us of the node's CPU for a hello under a listed name, ~150 us for a
+        connection closed unread), so one address cannot make the node spend a core on
+        fake ones."""
         rate = self.limits.connection_rate_per_address
         full = 2 * rate
         now = self.clock()

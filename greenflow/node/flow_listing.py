@@ -137,8 +137,8 @@ def _page(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, pha
     return FlowPage(out, None if last is None else "F" + last)
 
 
-def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, after: Optional[str],
-                budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int,
+                after: Optional[str], budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
     def resident() -> tuple[list[FlowInfo], frozenset]:
         res = node.scheduler.resident
         mine = (rt.cp for fid, rt in res.items() if after is None or fid < after)
@@ -168,8 +168,8 @@ def _decoder(what: str, to_info: Any, wanted: Optional[frozenset]) -> Any:
     return decode
 
 
-def _finished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, after: Optional[str],
-              budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+def _finished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int,
+              after: Optional[str], budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
     # The latest results (a bounded cache, copied whole: one C-level copy) cover the
     # flows that ended in the round in progress, whose records are not committed yet.
     recent: dict[str, dict] = node.on_scheduler(lambda: dict(node.scheduler.recent_results))

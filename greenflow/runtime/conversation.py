@@ -44,7 +44,8 @@ def type_name(expected: Any) -> str:
             isinstance(None, expected)
         except TypeError as exc:
             raise TypeError(f"receive() checks the payload with isinstance(): pass a type, a "
-                            f"tuple of types or a union of types, not {expected!r} ({exc})") from None
+                            f"tuple of types or a union of types, not {expected!r} "
+                            f"({exc})") from None
         name = _type_name(expected)
         if len(_TYPE_NAMES) < 1024:
             try:

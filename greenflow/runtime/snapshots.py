@@ -330,7 +330,8 @@ def public(frames: Optional[list[dict]]) -> list[dict]:
                 for k, v in serialization.loads(blob).items():
                     locs[k] = short_repr(k, v)
             except Exception as exc:  # e.g. a class no longer importable here
-                locs["<locals>"] = f"<unreadable here: {type(exc).__name__}: {exception_text(exc)}>"
+                locs["<locals>"] = (f"<unreadable here: {type(exc).__name__}: "
+                                    f"{exception_text(exc)}>")
         locs.update(fr.get("reprs", {}))
         if "locals" in fr:  # older snapshots kept reprs only
             locs.update(fr["locals"])
