@@ -356,6 +356,22 @@ def test_handle_of_a_flow_id_the_node_never_had_raises_unknown_flow(net):
         alice.handle("no-such-flow")
 
 
+def test_calls_that_take_a_flow_id_refuse_what_is_no_str_and_quote_a_long_one_cut(net):
+    """None or an int failed deep in the store's key encoding (AttributeError: 'encode');
+    a 10,000-character id was quoted whole in the error."""
+    alice = net.create_node("Alice")
+    node = alice.node
+    for call in (node.handle, node.kill_flow, node.retry_flow, node.flow_info):
+        for bad in (None, 123, b"abc"):
+            with pytest.raises(TypeError, match=r"^a flow id is a str, got "):
+                call(bad)
+    with pytest.raises(TypeError, match=r"^a client id is a str, got int"):
+        node.start_flow(Ping(alice.party, 1), client_id=123)
+    with pytest.raises(UnknownFlow) as info:
+        node.handle("x" * 10_000)
+    assert len(str(info.value)) < 200 and "(+9920 chars)" in str(info.value)
+
+
 def test_a_flow_that_ends_between_the_reads_of_a_lookup_is_not_unknown(net):
     """An RPC thread looks a flow up while the scheduler may end it: the result is read
     (not there yet), then the flow's commit stores its result and drops its checkpoint,

@@ -91,6 +91,12 @@ def test_the_store_is_read_off_the_scheduler_thread(node, monkeypatch):
     assert readers == {threading.current_thread()}
 
 
+def test_an_unknown_status_is_refused_not_matched_by_nothing(node):
+    with pytest.raises(ValueError, match="'DONE' is not a valid FlowStatus"):
+        node.flow_page(["DONE"])
+    assert node.flow_page(["COMPLETED"]).flows == node.flow_page([FlowStatus.COMPLETED]).flows
+
+
 def test_a_bad_cursor_is_refused(node):
     for bad in ("X123", "U", "U" + "0" * 400):
         with pytest.raises(flow_listing.BadCursor):

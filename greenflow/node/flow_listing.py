@@ -100,7 +100,7 @@ def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
     if limit < 1:
         raise ValueError("a page holds at least one flow")
     phase, after = parse_cursor(cursor)
-    wanted = frozenset(statuses) if statuses is not None else None
+    wanted = frozenset(map(FlowStatus, statuses)) if statuses is not None else None
     party = node.party_listing
     if party is None:
         return _page(node, node.store, wanted, limit, phase, after)

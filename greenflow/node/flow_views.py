@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from greenflow import serialization
 from greenflow.errors import UnknownFlow
+from greenflow.log_limits import clip
 from greenflow.runtime import snapshots as frames_mod
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.journal import describe
@@ -53,7 +54,7 @@ class FlowViews:
             return info_from_checkpoint(cp, False)
         if filed is not None:   # filed for another worker, not started yet
             return FlowInfo(fid, filed, FlowStatus.RUNNABLE, None, None, False, None)
-        raise UnknownFlow(f"no flow {fid!r} on node {node.party.name}")
+        raise UnknownFlow(f"no flow {clip(fid)} on node {node.party.name}")
 
     def flows(self) -> list[FlowInfo]:
         store, sched = self.node.store, self.node.scheduler

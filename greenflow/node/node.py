@@ -248,6 +248,8 @@ class Node:
     def start_flow(self, flow: FlowLogic, client_id: Optional[str] = None) -> FlowHandle:
         """Start ``flow``; returns once the start is durably recorded. With ``client_id``
         the call is idempotent: the same id returns the flow started the first time."""
+        if client_id is not None and not isinstance(client_id, str):
+            raise TypeError(f"a client id is a str, got {type(client_id).__qualname__}")
         if client_id is not None and len(client_id.encode("utf-8", "replace")) > 200:
             # Part of the store's keys: refused here, not at the commit of every flow's round.
             raise ValueError("a client id must be at most 200 bytes (UTF-8)")
@@ -260,17 +262,19 @@ class Node:
     # ------------------------------------------------------------------ results
     def handle(self, flow_id: str) -> FlowHandle:
         """Re-attach to a flow by id (after a restart too)."""
-        return self.results.handle(flow_id)
+        return self.results.handle(_flow_id(flow_id))
 
     # ------------------------------------------------------------------ operations
     def kill_flow(self, flow_id: str) -> bool:
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
+        _flow_id(flow_id)
         return self.on_scheduler(lambda: self.scheduler.kill(flow_id))
 
     def retry_flow(self, flow_id: str) -> bool:
         """Take a HOSPITALIZED flow out of the hospital and run it again from its last
         checkpoint (after fixing what parked it, e.g. deploying compatible code)."""
+        _flow_id(flow_id)
         return self.on_scheduler(lambda: self.scheduler.retry(flow_id))
 
     def set_draining(self, on: bool = True) -> None:
@@ -316,6 +320,7 @@ class Node:
     def flow_info(self, flow_id: str) -> FlowInfo:
         """One flow's `FlowInfo` (as `flows()` gives it) without listing every flow.
         Raises `UnknownFlow` for an id this node does not know."""
+        _flow_id(flow_id)
         return self.on_scheduler(lambda: self.views.flow_info(flow_id))
 
     def checkpoints_dump(self) -> list[dict]:
@@ -328,3 +333,11 @@ class Node:
         """A page of `checkpoints_dump` (newest first) and the cursor of the next one
         (None: this was the last); see `flow_listing.checkpoints_page`."""
         return flow_listing.checkpoints_page(self, limit, cursor)
+
+
+def _flow_id(flow_id: object) -> str:
+    """A flow id as the calls that take one need it: a str (an int or None got as far as
+    the store's key encoding before, and failed there with an AttributeError)."""
+    if not isinstance(flow_id, str):
+        raise TypeError(f"a flow id is a str, got {type(flow_id).__qualname__}")
+    return flow_id

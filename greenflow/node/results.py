@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow import serialization
 from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.log_limits import clip
 from greenflow.node.flow_views import shown_status
 from greenflow.runtime.flow_runtime import rebuild_flow_exception
 from greenflow.status import FlowStatus
@@ -59,7 +60,7 @@ class FlowResults:
             # Read the result again: a flow that ended between the two reads had its
             # checkpoint dropped in the commit that stored its result.
             if cp is None and filed is None and node.store.result(flow_id) is None:
-                raise UnknownFlow(f"no flow {flow_id!r} on node {node.party.name}")
+                raise UnknownFlow(f"no flow {clip(flow_id)} on node {node.party.name}")
         return FlowHandle(node, flow_id)
 
     def checkpoint_or_filed(self, fid: str) -> tuple[Optional[Any], Optional[str]]:
@@ -151,7 +152,7 @@ class FlowResults:
         rec = self.record(fid)   # it ended since the first read: dropped with its result stored
         if rec is not None:
             return rec["status"]
-        raise UnknownFlow(f"no flow {fid!r} on node {self.node.party.name}")
+        raise UnknownFlow(f"no flow {clip(fid)} on node {self.node.party.name}")
 
 
 def unpack_result(fid: str, rec: dict) -> Any:
