@@ -321,3 +321,18 @@ def test_an_int_too_long_for_decimal_is_answered_in_hex(net):
     status, doc = net.call("POST", "/flows", {"flow": "procflows.BigNumber", "args": {}, "wait": 10})
     assert status == 200 and doc["status"] == "COMPLETED"
     assert doc["result"] == {"hex": hex(10 ** 5000), "type": "builtins.int"}
+
+
+def test_repeated_statuses_add_up_and_other_repeated_parameters_are_refused(net):
+    """status=A&status=B listed only B (the last one silently won)."""
+    status, doc = net.call("POST", "/flows", {**PING, "wait": 10})
+    assert status == 200 and doc["status"] == "COMPLETED"
+    def ids(query: str) -> set:
+        return {f["id"] for f in net.call("GET", "/flows?limit=1000&" + query)[1]["flows"]}
+
+    both = ids("status=COMPLETED&status=FAILED")
+    comma = ids("status=COMPLETED,FAILED")
+    again = ids("status=COMPLETED&status=FAILED")
+    assert doc["flow_id"] in both and both <= comma <= again   # (finished flows only add up)
+    status, doc = net.call("GET", "/flows?limit=5&limit=1000")
+    assert status == 400 and doc["error"]["message"] == "the query gives 'limit' more than once"

@@ -165,7 +165,11 @@ class RpcHandler(BaseHTTPRequestHandler):
         try:
             url = urlsplit(self.path)
             parts = [unquote(p) for p in url.path.split("/") if p]
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            pairs = parse_qs(url.query)
+            # A repeated status adds to the filter; any other repeated parameter is refused
+            # below (the last one silently won: status=A&status=B listed B alone).
+            query = {k: ",".join(v) if k == "status" else v[-1] for k, v in pairs.items()}
+            twice = next((k for k, v in pairs.items() if len(v) > 1 and k != "status"), None)
             console = is_console_path(url.path)
             try:
                 raw = self._read_body(console)
@@ -179,6 +183,8 @@ class RpcHandler(BaseHTTPRequestHandler):
                 user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])
             except LimitExceeded as exc:
                 raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
+            if twice is not None:
+                raise RpcError(400, "BadRequest", f"the query gives {clip(twice, 40)} more than once")
             body = self._parse(raw) if method == "POST" else None
             check_text(body, "")
             check_text(query, "")
