@@ -184,7 +184,8 @@ class RpcHandler(BaseHTTPRequestHandler):
             except LimitExceeded as exc:
                 raise RpcError(exc.status, exc.type, exc.message, exc.retry_after) from None
             if twice is not None:
-                raise RpcError(400, "BadRequest", f"the query gives {clip(twice, 40)} more than once")
+                raise RpcError(400, "BadRequest",
+                               f"the query gives {clip(twice, 40)} more than once")
             body = self._parse(raw) if method == "POST" else None
             check_text(body, "")
             check_text(query, "")
