@@ -188,7 +188,10 @@ def test_the_flow_list_is_answered_a_bounded_page_at_a_time(net):
         status, doc = net.call("GET", f"/flows?limit=7&cursor={doc['next_cursor']}")
         assert status == 200 and len(doc["flows"]) <= 7
         seen += [f["id"] for f in doc["flows"]]
-    assert doc["next_cursor"] is None and len(seen) == len(set(seen)) >= 30
+    # This test's flows ended before the first page: each is listed once. (An earlier
+    # test's flow that ends while the pages are read may be listed twice: documented.)
+    assert doc["next_cursor"] is None and len(seen) >= 30
+    assert all(seen.count(fid) == 1 for fid in started["flow_ids"])
     # Without a limit: the default page, never every flow the node keeps.
     from greenflow.node.flow_listing import DEFAULT_LIMIT, MAX_LIMIT
     # (An earlier test's flow that ends while the pages are read moves from the unfinished
