@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterable, Optional
 from greenflow.cluster.generation import Generation as _Generation
 from greenflow.cluster.handoff import HandoffReader, HandoffWriter
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, LeaseManager, Owned
-from greenflow.cluster.listing import party_flows, party_listing
+from greenflow.cluster.listing import party_listing
 from greenflow.cluster.routing import HandOver as _HandOver
 from greenflow.cluster.routing import Router
 from greenflow.cluster.routing import TransportFacade as _Facade
@@ -259,7 +259,6 @@ class Worker:
             node = Node(self.node_dir, name, apps=self.apps, transport=self.transport,
                         store=store, **options)
             node.new_flow_id = gen.new_flow_id
-            node.party_flows = self._party_flows
             node.party_listing = party_listing(self)
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
             node.forward_starts = lambda items: self.starts.forward(gen, items)
@@ -276,10 +275,6 @@ class Worker:
         if self.on_generation is not None:
             self.on_generation(node)
         self.reader.poke()
-
-    # ------------------------------------------------------------------ listing
-    def _party_flows(self, mine: list) -> list:
-        return party_flows(self, mine)
 
     # ------------------------------------------------------------------ routing
     def post(self, ev: Any) -> None:

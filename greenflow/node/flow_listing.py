@@ -115,6 +115,20 @@ def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
         page.next_cursor)
 
 
+def every_flow(node: "Node") -> list[FlowInfo]:
+    """Every page of `flow_page`, each flow once (one that ended between two pages is
+    listed where it was seen first)."""
+    out: dict[str, FlowInfo] = {}
+    cursor: Optional[str] = None
+    while True:
+        page = flow_page(node, None, MAX_LIMIT, cursor)
+        for f in page.flows:
+            out.setdefault(f.id, f)
+        if page.next_cursor is None:
+            return list(out.values())
+        cursor = page.next_cursor
+
+
 def _page(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, phase: str,
           after: Optional[str]) -> FlowPage:
     want_u = wanted is None or bool(wanted & UNFINISHED)

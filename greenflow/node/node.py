@@ -73,10 +73,9 @@ class Node:
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
     new_flow_id: Callable[[], str] = staticmethod(new_flow_id)
-    #: A clustered worker's view of its whole party: given this node's `flows()`, the
-    #: list with every other worker's flows added (`FlowInfo.worker` set). None: one node.
-    party_flows: Optional[Callable[[list["FlowInfo"]], list["FlowInfo"]]] = None
-    #: A clustered worker's pages of that list (`flow_listing.PartyListing`). None: one node.
+    #: A clustered worker's view of its whole party (`flow_listing.PartyListing`):
+    #: `flows()` and `flow_page` list every worker's flows (`FlowInfo.worker` set).
+    #: None: one node.
     party_listing: Optional[flow_listing.PartyListing] = None
     #: A clustered worker: whether it runs flow ``fid`` (else another worker does, and a
     #: wait for its result watches the shared result table). None: every flow is here.
@@ -304,9 +303,11 @@ class Node:
         self.scheduler.add_progress_listener(fn)
 
     def flows(self) -> list[FlowInfo]:
-        """Unfinished flows and recently finished ones."""
-        mine = self.on_scheduler(self.views.flows)
-        return mine if self.party_flows is None else self.party_flows(mine)
+        """Unfinished flows and recently finished ones (a clustered worker: the whole
+        party's, read page by page as `flow_page` reads them)."""
+        if self.party_listing is None:
+            return self.on_scheduler(self.views.flows)
+        return flow_listing.every_flow(self)
 
     def flow_page(self, statuses: Optional[Iterable[FlowStatus]] = None,
                   limit: int = flow_listing.DEFAULT_LIMIT,
