@@ -941,3 +941,36 @@ class StartsFromInside(FlowLogic):
         except FlowError as exc:
             return str(exc)
         return "started"
+
+
+@initiating_flow
+class NotPlain(FlowLogic):
+    """Runs a sub-flow whose ``call()`` is a generator ("sub-flow"), or is answered by a
+    responder whose ``call()`` is an ``async def`` ("responder")."""
+
+    def __init__(self, how: str, peer: Optional[Party] = None) -> None:
+        self.how, self.peer = how, peer
+
+    def call(self) -> Any:
+        if self.how == "sub-flow":
+            return self.sub_flow(GeneratorCall())
+        return self.initiate_flow(self.peer).send_and_receive(int, 1)
+
+
+class GeneratorCall(FlowLogic):
+    def call(self) -> Any:
+        yield self.send_and_receive  # never runs: a flow does not yield
+
+
+class AsyncCall(FlowLogic):
+    async def call(self) -> Any:
+        return 1
+
+
+@initiated_by(NotPlain)
+class NotPlainResponder(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    async def call(self) -> None:
+        self.session.send(self.session.receive(int) + 1)

@@ -496,3 +496,28 @@ def test_a_session_to_a_name_no_network_could_hold_fails_its_flow_not_the_node(n
     with pytest.raises(ValueError, match=r"^initiate_flow\(\): no network has a party named "):
         h.result()
     assert run(net, alice, Ping(bob.party, 2)).result() == 3
+
+
+def test_a_flow_written_as_a_generator_or_async_def_fails_saying_so(net):
+    """Its call() returned a generator or coroutine without running: the flow failed with
+    "cannot pickle 'generator' object" (and a coroutine warned it was never awaited)."""
+    import warnings
+    from flowlib import AsyncCall, GeneratorCall, NotPlain
+    alice, bob = pair(net)
+    plain = r"so none of it ran: flow code is plain blocking Python"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # no "coroutine ... was never awaited"
+        for flow, how in ((GeneratorCall(), r"a generator \(it has a yield\)"),
+                          (AsyncCall(), "an async def"),
+                          (NotPlain("sub-flow"), r"a generator \(it has a yield\)")):
+            h = run(net, alice, flow)
+            name = "GeneratorCall" if isinstance(flow, NotPlain) else type(flow).__name__
+            with pytest.raises(FlowError, match=rf"flowlib\.{name}\.call is {how}, {plain}"):
+                h.result()
+            assert alice.flow_info(h.id).status == FlowStatus.FAILED
+        h = run(net, alice, NotPlain("responder", bob.party))
+        with pytest.raises(UnexpectedFlowEnd):
+            h.result()
+        assert "NotPlainResponder.call is an async def" in only_flow(bob, "NotPlainResponder").error
+        import gc
+        gc.collect()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import deque
-from types import MappingProxyType
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from greenflow.runtime import replay_safe
@@ -49,6 +49,24 @@ replay_safe.install()   # uuid4, os.urandom, random, time.time ... replay inside
 
 if TYPE_CHECKING:
     from greenflow.flows.flow_logic import FlowLogic
+
+#: What ``call()`` returns when it was written as a generator or ``async def``: its body
+#: never ran (a flow is plain blocking Python, suspended by the runtime, not by ``yield``
+#: or ``await``), so the flow fails saying so rather than storing what it returned.
+_NOT_PLAIN = frozenset((GeneratorType, CoroutineType, AsyncGeneratorType))
+
+
+def not_plain(flow: "FlowLogic", result: Any) -> FlowError:
+    """The error of a flow whose ``call()`` returned ``result``, a generator or coroutine."""
+    if type(result) is not AsyncGeneratorType:
+        result.close()   # (a coroutine never awaited would warn when collected)
+    how = ("an async def" if type(result) is CoroutineType else
+           "an async generator" if type(result) is AsyncGeneratorType else
+           "a generator (it has a yield)")
+    cls = type(flow)
+    return FlowError(f"{cls.__module__}.{cls.__qualname__}.call is {how}, so none of it ran: "
+                     "flow code is plain blocking Python (send and receive suspend the flow "
+                     "themselves); remove the yield or async")
 
 
 class FlowRuntime(Conversation, RecordedValues):
@@ -230,6 +248,8 @@ class FlowRuntime(Conversation, RecordedValues):
     def _main(self) -> tuple:
         try:
             result = self.logic.call()
+            if type(result) in _NOT_PLAIN:
+                raise not_plain(self.logic, result)
             if self.cursor < len(self.journal) and self.diverged is None \
                     and any(e.kind != replay_safe.CLOCK for e in self.journal[self.cursor:]):
                 from greenflow.runtime.divergence import explain_end
@@ -259,7 +279,10 @@ class FlowRuntime(Conversation, RecordedValues):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
         self.subflows = appended(self.subflows, flow)
         try:
-            return flow.call()
+            result = flow.call()
+            if type(result) in _NOT_PLAIN:
+                raise not_plain(flow, result)
+            return result
         finally:
             self.subflows.pop()  # type: ignore[union-attr]
             self.on_progress(None)
