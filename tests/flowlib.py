@@ -974,3 +974,11 @@ class NotPlainResponder(FlowLogic):
 
     async def call(self) -> None:
         self.session.send(self.session.receive(int) + 1)
+
+
+class RunsNetwork(FlowLogic):
+    """Calls its MockNetwork's run_network from inside call() (the network is in
+    STATE["net"])."""
+
+    def call(self) -> Any:
+        return STATE["net"].run_network()

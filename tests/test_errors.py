@@ -501,12 +501,14 @@ def test_a_session_to_a_name_no_network_could_hold_fails_its_flow_not_the_node(n
 def test_a_flow_written_as_a_generator_or_async_def_fails_saying_so(net):
     """Its call() returned a generator or coroutine without running: the flow failed with
     "cannot pickle 'generator' object" (and a coroutine warned it was never awaited)."""
+    import gc
     import warnings
     from flowlib import AsyncCall, GeneratorCall, NotPlain
     alice, bob = pair(net)
     plain = r"so none of it ran: flow code is plain blocking Python"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")   # no "coroutine ... was never awaited"
+    gc.collect()   # (earlier tests' garbage warns of its own things)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
         for flow, how in ((GeneratorCall(), r"a generator \(it has a yield\)"),
                           (AsyncCall(), "an async def"),
                           (NotPlain("sub-flow"), r"a generator \(it has a yield\)")):
@@ -519,5 +521,32 @@ def test_a_flow_written_as_a_generator_or_async_def_fails_saying_so(net):
         with pytest.raises(UnexpectedFlowEnd):
             h.result()
         assert "NotPlainResponder.call is an async def" in only_flow(bob, "NotPlainResponder").error
-        import gc
         gc.collect()
+    assert not [w for w in seen if "never awaited" in str(w.message)]
+
+
+def test_mock_network_misuse_is_refused_naming_it_and_the_network_goes_on(tmp_path):
+    """``advance_clock(nan)`` or ``(inf)`` was taken, and every flow after it failed with
+    "cannot convert float NaN to integer" (or never woke); ``run_network()`` called from
+    inside a flow ran a round inside that flow's round; a node of another network given
+    to ``restart_node`` was a KeyError."""
+    from flowlib import RunsNetwork
+    net, other = MockNetwork(str(tmp_path / "net")), MockNetwork(str(tmp_path / "other"))
+    alice, bob = pair(net)
+    for seconds in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(ValueError, match=r"^advance\(\) takes a finite number of seconds"):
+            net.advance_clock(seconds)
+    with pytest.raises(TypeError, match=r"^advance\(\) takes a number of seconds, got str"):
+        net.advance_clock("5")
+    with pytest.raises(FlowError, match=r"restart_node\(MockNode\('Carol'\)\): that node is "
+                                        r"not on this network"):
+        net.restart_node(other.create_node("Carol"))
+    STATE["net"] = net
+    h = run(net, alice, RunsNetwork())
+    with pytest.raises(FlowError, match=r"run_network was called inside flow \w+ "
+                                        r"\(flowlib.RunsNetwork\); call it from the test"):
+        h.result()
+    net.advance_clock(5)
+    assert run(net, alice, Ping(bob.party, 3)).result() == 6
+    net.close()
+    other.close()

@@ -2,6 +2,7 @@
 shows when external work and the scheduler really run concurrently."""
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -79,3 +80,40 @@ def test_an_external_call_that_raises_system_exit_fails_its_flow(node, what, sho
     with pytest.raises(FlowError, match=rf"\(flowlib.ExternalRaises\) failed: {shown}"):
         h.result(timeout=20)
     assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1
+
+
+@pytest.mark.parametrize("option, value, error, says", [
+    ("max_resident", "10", TypeError, "max_resident takes a whole number or None, got str '10'"),
+    ("max_resident", -1, ValueError, "max_resident takes a whole number from 0 or None"),
+    ("max_resident", 1.5, TypeError, "max_resident takes a whole number or None, got float"),
+    ("retention", "x", TypeError, "retention takes a number of seconds, got str 'x'"),
+    ("retention", float("nan"), ValueError, "retention takes a duration from 0"),
+    ("retention", float("inf"), ValueError, "retention takes a duration from 0"),
+    ("retention", -1, ValueError, "retention takes a duration from 0"),
+    ("max_retries", None, TypeError, "max_retries takes a whole number, got NoneType"),
+    ("retry_backoff", float("inf"), ValueError, "retry_backoff takes a duration from 0"),
+    ("responder_idle_timeout", "1h", TypeError,
+     "responder_idle_timeout takes a number of seconds or None, got str '1h'"),
+    ("max_inbound_sessions", 2.5, TypeError, "max_inbound_sessions takes a whole number or None"),
+    ("sync", "no", TypeError, "sync takes True or False, got str 'no'"),
+    ("apps", "greenflow.samples.ping", TypeError,
+     "apps takes a list of module names, not one name: apps=['greenflow.samples.ping']"),
+    ("apps", [123], TypeError, "apps takes module names (text), got int 123"),
+    ("name", "", ValueError, "a node's name is 1 to 200 bytes of text, got str ''"),
+    ("name", "O=" + "x" * 300, ValueError, "a node's name is 1 to 200 bytes of text"),
+])
+def test_a_node_option_of_the_wrong_kind_is_refused_naming_it_before_anything_is_made(
+        tmp_path, option, value, error, says):
+    """Taken unchecked from Python, ``max_resident="10"`` or ``retention="x"`` failed the
+    scheduler's every round (starts timed out after two minutes; flows never ended), an
+    infinite retention stopped the node at its first flow's end, a str as ``apps`` was
+    read letter by letter, and a node could be named ""."""
+    kw = {"name": "O=Solo,L=London,C=GB", option: value}
+    with pytest.raises(error, match="^" + re.escape(says)):
+        Node.open(str(tmp_path / "node"), **kw)
+    assert not (tmp_path / "node").exists()
+    # What is right still opens: a tuple of apps, a century's retention, no caps.
+    with Node.open(str(tmp_path / "ok"), "O=Solo,L=London,C=GB", apps=("greenflow.samples.ping",),
+                   retention=100 * 365.25 * 86400, max_resident=None,
+                   max_inbound_sessions=None, responder_idle_timeout=None) as node:
+        assert node.start_flow(Ping(node.party, 2)).result(timeout=30) == 3

@@ -17,7 +17,7 @@ from greenflow.runtime.clock import Clock, SystemClock
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import Call, FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
-from greenflow.node import flow_listing
+from greenflow.node import flow_listing, node_options
 from greenflow.node.identity import NodeIdentity
 from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_from_checkpoint,
                                        info_from_result, read_checkpoints, shown_status,
@@ -99,6 +99,15 @@ class Node:
                  responder_idle_timeout: Optional[float] = None,
                  sensitive_names: Iterable[str] = (), store_url: Optional[str] = None,
                  store: Optional[FlowStore] = None) -> None:
+        apps = node_options.check(
+            name, apps, flags={"sync": sync, "threaded": threaded, "notary": notary,
+                               "validating_notary": validating_notary,
+                               "reload_after_suspend": reload_after_suspend},
+            counts={"max_resident": max_resident, "max_retries": max_retries,
+                    "max_inbound_sessions": max_inbound_sessions},
+            seconds={"retention": retention, "retry_backoff": retry_backoff,
+                     "responder_idle_timeout": responder_idle_timeout},
+            optional=frozenset(("max_resident", "max_inbound_sessions", "responder_idle_timeout")))
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         self.base_dir = os.path.abspath(base_dir)

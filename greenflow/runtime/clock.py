@@ -6,6 +6,8 @@ absolute deadlines so a restart wakes flows at their original time.
 """
 from __future__ import annotations
 
+import math
+
 from greenflow.runtime.replay_safe import real_time
 
 
@@ -30,6 +32,13 @@ class VirtualClock(Clock):
         return self._now
 
     def advance(self, seconds: float) -> None:
+        try:
+            finite = math.isfinite(seconds)
+        except TypeError:
+            raise TypeError(f"advance() takes a number of seconds, got "
+                            f"{type(seconds).__qualname__}") from None
+        if not finite:   # the clock would stay there: every deadline after it is lost
+            raise ValueError(f"advance() takes a finite number of seconds, got {seconds!r}")
         if seconds < 0:
             raise ValueError("time only moves forward")
         self._now += seconds

@@ -51,9 +51,7 @@ class Ending:
         now = self.clock.now()
         # Rounded up to the second: never sooner than the retention asks, and the records
         # of the flows a round ends share one expiry entry in the store.
-        expires = now + self.retention
-        if expires < 1e15:   # (an infinite retention stays infinite)
-            expires = float(ceil(expires))
+        expires = float(ceil(now + self.retention))   # (a retention is at most a century)
         record: dict[str, Any] = {"flow_class": cp.flow_class, "client_id": cp.client_id,
                                   "started_at": cp.started_at, "finished_at": now}
         if kind == Ended.DONE:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from greenflow.runtime.clock import VirtualClock
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import Acked, FrameArrived
+from greenflow.flows.context import current_runtime_or_none
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node.node import FlowHandle, Node
 from greenflow.party import Party
@@ -105,7 +106,9 @@ class MockNetwork:
         its unacknowledged outbox, and so do its peers for the frames they sent it (as
         after a TCP reconnect); receivers drop the duplicates."""
         name = mock_node.name
-        current = self._nodes[name]
+        current = self._nodes.get(name)
+        if current is None or getattr(mock_node, "net", None) is not self:
+            raise FlowError(f"restart_node({mock_node!r}): that node is not on this network")
         current.node.crash()
         mn = MockNode(self, name, self._open(name, current.options), current.options)
         self._nodes[name] = mn
@@ -146,6 +149,10 @@ class MockNetwork:
     def run_network(self, max_messages: Optional[int] = None) -> int:
         """Deliver frames until nothing moves (or ``max_messages`` frames were delivered,
         then let every node settle and commit). Returns the frames delivered."""
+        rt = current_runtime_or_none()
+        if rt is not None:   # it would run a round inside the round running that flow
+            raise FlowError(f"run_network was called inside flow {rt.flow_id} "
+                            f"({rt.cp.flow_class}); call it from the test, outside flows")
         delivered = 0
         while True:
             progressed = False
