@@ -99,6 +99,8 @@ def test_an_external_call_that_raises_system_exit_fails_its_flow(node, what, sho
     ("apps", "greenflow.samples.ping", TypeError,
      "apps takes a list of module names, not one name: apps=['greenflow.samples.ping']"),
     ("apps", [123], TypeError, "apps takes module names (text), got int 123"),
+    ("sensitive_names", "pin", TypeError,
+     "register_sensitive(names=...) takes a list, not one: names=['pin']"),
     ("name", "", ValueError, "a node's name is 1 to 200 bytes of text, got str ''"),
     ("name", "O=" + "x" * 300, ValueError, "a node's name is 1 to 200 bytes of text"),
 ])

@@ -110,6 +110,8 @@ class Node:
             optional=frozenset(("max_resident", "max_inbound_sessions", "responder_idle_timeout")))
         if validating_notary and not notary:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
+        if sensitive_names:
+            frames_mod.register_sensitive(names=sensitive_names)
         self.base_dir = os.path.abspath(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
@@ -147,8 +149,6 @@ class Node:
             max_retries=max_retries, retry_backoff=retry_backoff)
         # What one peer may make this node hold (docs/nodes.md, "Limits").
         self.scheduler.set_limits(PeerLimits(self.store, max_inbound_sessions, responder_idle_timeout))
-        if sensitive_names:
-            frames_mod.register_sensitive(names=sensitive_names)
         self.threaded = threaded
         #: A notary node answers `NotaryClientFlow` and keeps the consumed-state index;
         #: a validating one also verifies each transaction and its history before it signs.

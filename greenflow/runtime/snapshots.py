@@ -74,7 +74,16 @@ def register_sensitive(names: Iterable[str] = (), types: Iterable[type] = ()) ->
     A value captured before its name or type was registered is redacted when a dump
     shows it, unless it was stored as a repr (values that are not plain builtins)."""
     global _APP_NAMES, _APP_TYPES
-    new_names = tuple(n.lower() for n in names if n)
+    # One name read letter by letter would redact every local with an "a" in its name.
+    for what, given in (("names", names), ("types", types)):
+        if isinstance(given, (str, bytes, type)):
+            raise TypeError(f"register_sensitive({what}=...) takes a list, not one: "
+                            f"{what}=[{given!r}]")
+    new_names = tuple(names)
+    for n in new_names:
+        if not isinstance(n, str):
+            raise TypeError(f"register_sensitive(names=...) takes names (text), not {n!r}")
+    new_names = tuple(n.lower() for n in new_names if n)
     new_types = tuple(types)
     for t in new_types:
         if not isinstance(t, type):
