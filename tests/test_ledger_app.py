@@ -11,6 +11,8 @@ import json
 import os
 from decimal import Decimal
 
+import re
+
 import pytest
 from click.testing import CliRunner
 
@@ -157,6 +159,33 @@ def test_cash_is_issued_only_under_a_notary_of_the_network(mock):
                                             r"\(notaries: Notary"):
         run(mock, bank, CashIssueFlow(pounds(10), alice.party, owner=alice.party))
     assert cash_balances(alice.services.vault) == {} and cash_balances(bank.services.vault) == {}
+
+
+@pytest.mark.parametrize("flow, says", [
+    (lambda n: CashPaymentFlow(pounds(5), "Bob"),
+     "CashPaymentFlow's recipient is a Party (from the network map or the identity service), "
+     "not a str"),
+    (lambda n: CashPaymentFlow(pounds(5), n["Bob"], issuers="Bank"),
+     "CashPaymentFlow's issuers is a list of Party, not a str"),
+    (lambda n: CashPaymentFlow(pounds(5), n["Bob"], issuers=["Bank"]),
+     "each of CashPaymentFlow's issuers is a Party"),
+    (lambda n: CashIssueFlow(pounds(5), "Notary"), "CashIssueFlow's notary is a Party"),
+    (lambda n: CashIssueFlow(pounds(5), n["Notary"], owner="Alice"),
+     "CashIssueFlow's owner is a Party"),
+    (lambda n: CashIssueFlow(pounds(5), n["Notary"], reference="r1"),
+     "CashIssueFlow's reference is bytes, not a str"),
+    (lambda n: CashExitFlow(pounds(5), reference="r1"), "CashExitFlow's reference is bytes"),
+])
+def test_cash_flows_given_no_party_or_no_bytes_say_which_argument(mock, flow, says):
+    """They failed with AttributeError: 'str' object has no attribute 'owning_key' (or
+    'name'), or a contract's refusal of the transaction they built."""
+    from greenflow.ledger.finance import CashFlowError
+    alice, bob = mock.create_node("Alice"), mock.create_node("Bob")
+    run(mock, alice, CashIssueFlow(pounds(10), mock.notary.party))
+    parties = {"Bob": bob.party, "Notary": mock.notary.party}
+    with pytest.raises(CashFlowError, match="^" + re.escape(says)):
+        run(mock, alice, flow(parties))
+    assert cash_balances(alice.services.vault) == {"GBP": pounds(10)}
 
 
 def test_two_payments_racing_for_the_same_coin_never_spend_it_twice(mock):

@@ -282,7 +282,29 @@ def _salt(flow: FlowLogic) -> bytes:
 
 
 class CashFlowError(FlowException):
-    """A cash flow was given arguments it cannot act on (a negative or zero amount)."""
+    """A cash flow was given arguments it cannot act on (a negative or zero amount, a
+    recipient that is no Party)."""
+
+
+def _party(value: Any, what: str) -> Party:
+    if not isinstance(value, Party):
+        raise CashFlowError(f"{what} is a Party (from the network map or the identity "
+                            f"service), not a {type(value).__qualname__}")
+    return value
+
+
+def _issuers(value: Any, what: str) -> Optional[list[Party]]:
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise CashFlowError(f"{what} is a list of Party, not a {type(value).__qualname__}")
+    return [_party(p, f"each of {what}") for p in value]
+
+
+def _reference(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise CashFlowError(f"{what} is bytes, not a {type(value).__qualname__}")
+    return value
 
 
 def _positive(amount: Any, what: str) -> Amount:
@@ -305,17 +327,20 @@ class CashIssueFlow(FlowLogic):
 
     def call(self) -> SignedTransaction:
         amount = _positive(self.amount, "CashIssueFlow")
+        notary = _party(self.notary, "CashIssueFlow's notary")
+        owner = None if self.owner is None else _party(self.owner, "CashIssueFlow's owner")
+        reference = _reference(self.reference, "CashIssueFlow's reference")
         if type(self.coins) is not int or not 1 <= self.coins <= amount.quantity:
             raise CashFlowError(f"cannot issue {amount} as {self.coins} coins")
         notaries = self.services.identity_service.notaries()
-        if notaries and self.notary not in notaries:   # its cash could never be spent
-            raise CashFlowError(f"cannot issue {amount} under {self.notary.name}: it is not a "
+        if notaries and notary not in notaries:   # its cash could never be spent
+            raise CashFlowError(f"cannot issue {amount} under {notary.name}: it is not a "
                                 f"notary of this network (notaries: "
                                 f"{', '.join(n.name for n in notaries)})")
         me = self.our_identity
-        owner = self.owner or me
-        builder = TransactionBuilder(self.notary, salt=_salt(self))
-        for part in amount.issued_by(me, self.reference).split_evenly(self.coins):
+        owner = owner or me
+        builder = TransactionBuilder(notary, salt=_salt(self))
+        for part in amount.issued_by(me, reference).split_evenly(self.coins):
             builder.add_output_state(Cash(part, owner))
         builder.add_command(CashIssue(), me)
         stx = self.services.key_management.sign(SignedTransaction(builder.to_wire_transaction()))
@@ -346,16 +371,18 @@ class CashPaymentFlow(FlowLogic):
 
     def call(self) -> SignedTransaction:
         amount = _positive(self.amount, "CashPaymentFlow")
+        recipient = _party(self.recipient, "CashPaymentFlow's recipient")
+        issuers = _issuers(self.issuers, "CashPaymentFlow's issuers")
         me = self.our_identity
         services = self.services
-        coins = select_cash(services, amount, self.issuers)
+        coins = select_cash(services, amount, issuers)
         builder = TransactionBuilder(services.vault.notary_of(coins[0].ref), salt=_salt(self))
-        generate_spend(builder, coins, amount, self.recipient, me)
+        generate_spend(builder, coins, amount, recipient, me)
         builder.add_command(CashMove(), me)
         stx = SignedTransaction(builder.to_wire_transaction())
         services.verifier.verify(stx, check_sufficient=False)  # remembered: finality checks signatures only
         stx = services.key_management.sign(stx)
-        sessions = [] if self.recipient == me else [self.initiate_flow(self.recipient)]
+        sessions = [] if recipient == me else [self.initiate_flow(recipient)]
         return self.sub_flow(FinalityFlow(stx, sessions))
 
 
@@ -380,9 +407,10 @@ class CashExitFlow(FlowLogic):
 
     def call(self) -> SignedTransaction:
         amount = _positive(self.amount, "CashExitFlow")
+        reference = _reference(self.reference, "CashExitFlow's reference")
         me = self.our_identity
         services = self.services
-        token = Issued(me, amount.token, self.reference)
+        token = Issued(me, amount.token, reference)
         coins = services.vault.select(Cash, amount, amount_of=_value,
                                       where=lambda c: c.token == token)
         builder = TransactionBuilder(services.vault.notary_of(coins[0].ref), salt=_salt(self))

@@ -298,10 +298,24 @@ class TransactionBuilder:
     def add_input_state(self, state_and_ref: StateAndRef) -> TransactionBuilder:
         if not isinstance(state_and_ref, StateAndRef):
             raise TypeError(f"an input is a StateAndRef, not {type(state_and_ref).__name__}")
-        if any(i.ref == state_and_ref.ref for i in self.inputs):
+        refs = self._refs("inputs")
+        if state_and_ref.ref in refs:
             raise ValueError(f"input {state_and_ref.ref} is already in this transaction")
         self.inputs.append(state_and_ref)
+        refs.add(state_and_ref.ref)
         return self
+
+    def _refs(self, which: str) -> set:
+        """The refs of ``inputs`` or ``references``, kept beside the list: a payment of
+        20,000 coins was built in quadratic time (45 s of the node's one thread). Worked
+        out again when the list's length says it was changed by hand (or this builder
+        was stored by a version without them)."""
+        states = getattr(self, which)
+        sets = self.__dict__.setdefault("_ref_sets", {})
+        refs = sets.get(which)
+        if refs is None or len(refs) != len(states):
+            refs = sets[which] = {s.ref for s in states}
+        return refs
 
     def add_reference_state(self, state_and_ref: StateAndRef) -> TransactionBuilder:
         """Read ``state_and_ref`` without consuming it (Corda's reference input): the
@@ -310,9 +324,11 @@ class TransactionBuilder:
         if not isinstance(state_and_ref, StateAndRef):
             raise TypeError(f"a reference is a StateAndRef, not {type(state_and_ref).__name__}")
         ref = state_and_ref.ref
-        if any(r.ref == ref for r in self.references) or any(i.ref == ref for i in self.inputs):
+        refs = self._refs("references")
+        if ref in refs or ref in self._refs("inputs"):
             raise ValueError(f"state {ref} is already in this transaction")
         self.references.append(state_and_ref)
+        refs.add(ref)
         return self
 
     def set_time_window(self, from_time: datetime | TimeWindow | None = None,
