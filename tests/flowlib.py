@@ -982,3 +982,24 @@ class RunsNetwork(FlowLogic):
 
     def call(self) -> Any:
         return STATE["net"].run_network()
+
+
+def a_generator() -> Any:
+    return (i for i in range(3))
+
+
+class UnrecordableResult(FlowLogic):
+    """``side_effect`` or ``run_external`` ("external") of a function whose result cannot
+    be journaled; catches the error and goes on."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def call(self) -> str:
+        call = self.run_external if self.how == "external" else self.side_effect
+        try:
+            call(a_generator)
+        except FlowError as exc:
+            caught = str(exc)
+        self.sleep(1)
+        return caught

@@ -82,6 +82,18 @@ def test_an_external_call_that_raises_system_exit_fails_its_flow(node, what, sho
     assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1
 
 
+@pytest.mark.parametrize("how", ["side effect", "external"])
+def test_a_result_that_cannot_be_journaled_is_raised_at_the_call_and_can_be_caught(node, how):
+    """From run_external such a result failed the flow's commit ("checkpoint failed"), out
+    of the flow's reach; side_effect raised it at the call but left the call out of the
+    journal, so the flow, replayed after hibernating (max_resident=0 here), diverged
+    there and was hospitalized."""
+    from flowlib import UnrecordableResult
+    h = node.start_flow(UnrecordableResult(how))
+    assert h.result(timeout=20) == ("the result of a_generator (generator) cannot be "
+                                    "checkpointed: cannot pickle 'generator' object")
+
+
 @pytest.mark.parametrize("option, value, error, says", [
     ("max_resident", "10", TypeError, "max_resident takes a whole number or None, got str '10'"),
     ("max_resident", -1, ValueError, "max_resident takes a whole number from 0 or None"),

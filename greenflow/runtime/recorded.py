@@ -93,12 +93,25 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
         out = (Outcome.OK, value)
         if type(value) in _ATOMS:   # pickles whatever it is: no trial pickle (most calls)
             return out
+    refused = unrecordable(fn, out)
+    # Journaled as the call's outcome: a flow that catches it and goes on replays the
+    # same way (raised outside the journal, the call was missing from it, and a replay
+    # after a restart or hibernation diverged there).
+    return out if refused is None else (Outcome.EXC, refused)
+
+
+def unrecordable(fn: Callable, out: tuple) -> Optional[FlowError]:
+    """Why the outcome ``out`` of calling ``fn`` cannot be journaled (it does not pickle),
+    or None. The error is journaled in its place and raised in the flow at its call
+    (`run_external` checks on the worker thread, rather than failing the flow's commit)."""
+    if out[0] == Outcome.OK and type(out[1]) in _ATOMS:
+        return None
     try:
         serialization.dumps(out)
     except Exception as exc:
-        raise FlowError(f"the result of {_callable_name(fn)} ({type(out[1]).__qualname__}) "
-                        f"cannot be checkpointed: {exception_text(exc)}") from None
-    return out
+        return FlowError(f"the result of {_callable_name(fn)} ({type(out[1]).__qualname__}) "
+                         f"cannot be checkpointed: {exception_text(exc)}")
+    return None
 
 
 def _unwrap(outcome: tuple) -> Any:

@@ -25,6 +25,7 @@ from greenflow.runtime.fingerprint import fingerprint
 from greenflow.runtime.flow_runtime import FlowRuntime
 from greenflow.runtime.flow_runtime import Ended
 from greenflow.runtime.journal import Kind, Outcome
+from greenflow.runtime.recorded import unrecordable
 from greenflow.storage.interface import Batch, encode_entries, journal_chunk
 
 log = logging.getLogger("greenflow.scheduler")
@@ -200,7 +201,8 @@ class CommitStaging:
                 # (SystemExit and the like too: the flow waits for an outcome, and on a
                 # worker thread nothing else would ever give it one)
                 out = (Outcome.EXC, exc)
-            self.post(ExternalDone(fid, out))
+            refused = unrecordable(fn, out)   # (pickled here, off the scheduler's thread)
+            self.post(ExternalDone(fid, out if refused is None else (Outcome.EXC, refused)))
 
         if self.threaded:
             if self._workers is None:
