@@ -1003,3 +1003,26 @@ class UnrecordableResult(FlowLogic):
             caught = str(exc)
         self.sleep(1)
         return caught
+
+
+class AppRows(FlowLogic):
+    """Writes rows of the app table "rows" (opened in STATE["open"] stores) through
+    services.writes(): "suspend" writes one, sleeps inside the block, writes another;
+    the others write one row the store cannot take."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def call(self) -> str:
+        with self.services.writes() as rows:
+            if self.how == "suspend":
+                rows.table_put("rows", b"before", b"1")
+                self.sleep(1)
+                rows.table_put("rows", b"after", b"2")
+            elif self.how == "unopened":
+                rows.table_put("never_opened", b"k", b"v")
+            elif self.how == "str key":
+                rows.table_put("rows", "k", b"v")
+            elif self.how == "empty key":
+                rows.table_delete("rows", b"")
+        return "written"

@@ -550,3 +550,37 @@ def test_mock_network_misuse_is_refused_naming_it_and_the_network_goes_on(tmp_pa
     assert run(net, alice, Ping(bob.party, 3)).result() == 6
     net.close()
     other.close()
+
+
+@pytest.mark.parametrize("how, error, says", [
+    ("unopened", ValueError, "the table 'never_opened' was never opened on this node's store"),
+    ("str key", TypeError, "a key of the table 'rows' is bytes, not str"),
+    ("empty key", ValueError, "a key of the table 'rows' is at least one byte long"),
+])
+def test_an_app_row_no_store_takes_fails_its_flow_and_the_node_commits_on(net, how, error, says):
+    """The store refused such a row at the round's commit: the node stopped committing
+    (a table never opened, an empty key) or failed every later round (a str key)."""
+    from flowlib import AppRows
+    alice, bob = pair(net)
+    alice.node.store.open_table("rows")
+    h = run(net, alice, AppRows(how))
+    with pytest.raises(error, match=re.escape(says)):
+        h.result()
+    assert not alice.node.scheduler.dead
+    assert run(net, alice, Ping(bob.party, 2)).result() == 3
+
+
+def test_rows_written_after_a_suspension_inside_writes_are_kept(net):
+    """The block's batch was the one of the round it began in: rows written after the
+    flow slept inside it went into a batch already committed, and were lost."""
+    from flowlib import AppRows
+    alice = net.create_node("Alice")
+    alice.node.store.open_table("rows")
+    h = run(net, alice, AppRows("suspend"))
+    net.advance_clock(2)
+    net.run_network()
+    assert h.result() == "written"
+    alice = net.restart_node(alice)
+    store = alice.node.store
+    store.open_table("rows")
+    assert (store.table_get("rows", b"before"), store.table_get("rows", b"after")) == (b"1", b"2")

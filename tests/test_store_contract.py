@@ -6,6 +6,8 @@ through `FlowStore` only: no database names, keys or cursors.
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from greenflow import serialization
@@ -296,6 +298,32 @@ def test_a_key_longer_than_any_store_holds_is_refused_at_the_write_not_the_commi
     store.commit(b)
     assert store.table_get("t", longest) == b"v"
     assert store.table_get("t", over) is None and list(store.table_items("t", over)) == []
+
+
+@pytest.mark.parametrize("table, key, value, error, says", [
+    ("t", "k", b"v", TypeError, "a key of the table 't' is bytes, not str (encode it"),
+    ("t", b"", b"v", ValueError, "a key of the table 't' is at least one byte long"),
+    ("t", b"k", "v", TypeError, "a value of the table 't' is bytes, not str"),
+    ("t", b"k", None, TypeError, "a value of the table 't' is bytes, not NoneType"),
+    ("", b"k", b"v", ValueError, "an app table is named by a non-empty str"),
+    (5, b"k", b"v", TypeError, "an app table is named by a non-empty str, not int"),
+])
+def test_a_row_no_store_takes_is_refused_at_the_write_not_the_commit(store, table, key, value,
+                                                                     error, says):
+    """Taken by the batch, such a row failed the commit: on LMDB a str key wedged the
+    node (every later round failed the same way), an empty key stopped its commits."""
+    store.open_table("t")
+    b = Batch()
+    with pytest.raises(error, match="^" + re.escape(says)):
+        b.table_put(table, key, value)
+    if value == b"v":
+        with pytest.raises(error, match="^" + re.escape(says)):
+            b.table_delete(table, key)
+    assert not b
+    b.table_put("t", bytearray(b"k"), memoryview(b"v"))   # bytes-like: taken as bytes
+    store.commit(b)
+    assert store.table_get("t", b"k") == b"v" and store.has_table("t")
+    assert not store.has_table("never_opened")
 
 
 def test_app_tables_hold_rows_in_key_order(store):

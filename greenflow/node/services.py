@@ -78,11 +78,12 @@ class ServiceHub:
         return self._node.store
 
     @contextmanager
-    def writes(self) -> Iterator[Batch]:
-        """A batch for app writes. Inside a flow it is the scheduler's group-commit batch
-        (durable with the flow's next checkpoint); outside, a batch committed on exit."""
+    def writes(self) -> Iterator[Any]:
+        """A batch for app writes. Inside a flow its rows go into the scheduler's
+        group-commit batch (durable with the flow's next checkpoint), each checked as it
+        is written (`FlowWrites`); outside, a batch committed on exit."""
         if current_runtime_or_none() is not None:
-            yield self._node.scheduler.batch
+            yield FlowWrites(self._node.scheduler, self._node.store)
             return
         batch = Batch()
         yield batch
@@ -107,3 +108,37 @@ class ServiceHub:
             return self.get(name)
         raise AttributeError(f"the node has no service {name!r} "
                              f"(registered: {sorted(set(extra) | set(_FACTORIES))})")
+
+
+class FlowWrites:
+    """The rows a flow writes, each into the batch of the round in progress.
+
+    A row for a table the store never opened was refused by the store at the round's
+    commit, which stopped the node's commits (every flow's work of that round was lost
+    with it); it is refused here, in the writing flow. And the batch is looked up at
+    every write: a flow that suspended inside ``with services.writes()`` wrote its later
+    rows into a batch already committed, and they were silently lost."""
+
+    __slots__ = ("_sched", "_has_table")
+
+    def __init__(self, sched: Any, store: Any) -> None:
+        self._sched = sched
+        self._has_table = getattr(store, "has_table", None)
+
+    def table_put(self, table: str, key: bytes, value: bytes) -> None:
+        self._check(table)
+        self._sched.batch.table_put(table, key, value)
+
+    def table_delete(self, table: str, key: bytes) -> None:
+        self._check(table)
+        self._sched.batch.table_delete(table, key)
+
+    def _check(self, table: str) -> None:
+        if self._has_table is not None and type(table) is str and table \
+                and not self._has_table(table):
+            raise ValueError(f"the table {table!r} was never opened on this node's store: "
+                             f"open it (store.open_table({table!r})) where the app's service "
+                             "is made, before flows write it")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sched.batch, name)   # the batch's other operations, as before

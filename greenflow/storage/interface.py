@@ -29,11 +29,12 @@ from typing import Any, Iterable, Iterator, Optional, Protocol, runtime_checkabl
 import msgspec
 
 from greenflow import serialization
-from greenflow.errors import KeyTooLong, StoreError
+from greenflow.errors import StoreError
 from greenflow.party import Party
 from greenflow.runtime.checkpoint import _FIELDS, _SESSIONS, _STATUS, Checkpoint, SessionState
 from greenflow.runtime.journal import Entry
 from greenflow.storage.result_format import dump_result, load_result  # noqa: F401 (re-exported)
+from greenflow.storage.rows import MAX_KEY_BYTES, check_key, checked_row  # noqa: F401 (re-exported)
 from greenflow.status import FlowStatus
 
 
@@ -59,18 +60,6 @@ PUT_CLIENT = 17            # (client_id, fid)
 EXPIRE_CLIENT = 18         # (client_id, expires)
 TABLE_PUT = 19             # (table, key, value)
 TABLE_DELETE = 20          # (table, key)
-
-
-#: The longest key any store takes: LMDB refuses a longer one (MDB_BAD_VALSIZE) only at
-#: the commit, which would stop the node's commits, so `Batch` refuses it at the write.
-#: The PostgreSQL store keeps the same bound, so an app behaves alike on both.
-MAX_KEY_BYTES = 511
-
-
-def check_key(table: str, key: bytes) -> None:
-    if len(key) > MAX_KEY_BYTES:
-        raise KeyTooLong(f"a key of {len(key)} bytes for the table {table!r} is longer than "
-                         f"the {MAX_KEY_BYTES} bytes a store key may hold")
 
 
 class Batch:
@@ -173,14 +162,16 @@ class Batch:
     # -- app tables
     def table_put(self, table: str, key: bytes, value: bytes) -> None:
         """A row of an app's table (vault, notary, limits...), opened by `FlowStore.open_table`.
-        A key over `MAX_KEY_BYTES` raises `KeyTooLong` here, in the writer's flow."""
-        if len(key) > MAX_KEY_BYTES:
-            check_key(table, key)
+        A row no store takes (`greenflow.storage.rows`) raises here, in the writer's flow."""
+        if type(key) is not bytes or type(value) is not bytes or not key \
+                or len(key) > MAX_KEY_BYTES or type(table) is not str or not table:
+            key, value = checked_row(table, key, value)
         self.ops.append((TABLE_PUT, table, key, value))
 
     def table_delete(self, table: str, key: bytes) -> None:
-        if len(key) > MAX_KEY_BYTES:
-            check_key(table, key)
+        if type(key) is not bytes or not key or len(key) > MAX_KEY_BYTES \
+                or type(table) is not str or not table:
+            key, _ = checked_row(table, key)
         self.ops.append((TABLE_DELETE, table, key))
 
     def __bool__(self) -> bool:
@@ -262,6 +253,9 @@ class TableStore(Protocol):
     def open_table(self, name: str) -> None:
         """Create the table if needed, so batches may write it (a writable store only;
         a read-only store opens what exists, reads of a table never created are empty)."""
+        ...
+    def has_table(self, name: str) -> bool:
+        """Whether batches may write ``name`` (`open_table` opened it on this store)."""
         ...
     def table_get(self, name: str, key: bytes) -> Optional[bytes]: ...
     def table_items(self, name: str, prefix: bytes = b"", *, after: Optional[bytes] = None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from threading import get_ident
 from typing import Any, Optional
 
@@ -143,6 +144,9 @@ class LmdbStore:
         except lmdb.Error as exc:
             raise StoreError(f"store {self.path}: cannot open table {name!r}: {exc}") from exc
 
+    def has_table(self, name: str) -> bool:
+        return self.tables.get(name) is not None
+
     # ------------------------------------------------------------------ writes
     def commit(self, batch: Batch) -> None:
         """Apply ``batch`` in one synced write transaction, growing the map as needed."""
@@ -175,6 +179,12 @@ class LmdbStore:
                     raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
             except lmdb.Error as exc:
                 raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
+            except (TypeError, ValueError, OverflowError, AttributeError, struct.error) as exc:
+                # A value of the batch no database takes (a bug: batches check their rows):
+                # nothing of it was written, and the node stops rather than fail every round.
+                raise StoreError(f"commit to the node store at {self.path} failed (nothing of "
+                                 f"it was written): a value of the batch cannot be stored: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         raise StoreError(store_guard.commit_failure(
             self.path, StoreError("the map could not grow enough for one commit")))
 

@@ -340,9 +340,12 @@ class PostgresStore:
         return done
     # -- app tables
     def open_table(self, name: str) -> None:
-        if not name or "\0" in name:
+        if not isinstance(name, str) or not name or "\0" in name:
             raise ValueError(f"bad table name {name!r}")
         self._tables.add(name)
+
+    def has_table(self, name: str) -> bool:
+        return name in self._tables
 
 
     # -- for tools and tests
