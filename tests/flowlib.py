@@ -1026,3 +1026,22 @@ class AppRows(FlowLogic):
             elif self.how == "empty key":
                 rows.table_delete("rows", b"")
         return "written"
+
+
+LONG_STEP = Step("y" * 900)
+
+
+class DeepTracked(FlowLogic):
+    """Sub-flows ``depth`` deep, each on a step of 900 characters; the innermost sleeps."""
+
+    progress_tracker = ProgressTracker(LONG_STEP)
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+
+    def call(self) -> str:
+        self.progress_tracker.current_step = LONG_STEP
+        if self.depth:
+            return self.sub_flow(DeepTracked(self.depth - 1))
+        self.sleep(1)
+        return "bottom"

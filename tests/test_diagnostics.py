@@ -231,3 +231,32 @@ def test_frames_of_code_in_a_directory_named_like_greenlet_are_the_flows_own(tmp
     snap = frames.capture(where("waiting for Bob"), stop_code=where.__code__)
     assert [(f["function"], f["file"]) for f in snap] == [("where", path)]
     assert frames.public(snap)[0]["locals"]["note"] == "'waiting for Bob'"
+
+
+def test_steps_and_trackers_are_checked_and_a_deep_progress_path_is_cut():
+    """A step's label was anything (a million characters, stored with every checkpoint
+    and shown in every listing; None, which broke str()), a tracker took any arguments,
+    and a progress_tracker that was no tracker (a list) was silently none."""
+    import pytest
+    from greenflow import FlowLogic, ProgressTracker, Step
+    for label, error in (("x" * 1_001, ValueError), ("", ValueError), (None, TypeError)):
+        with pytest.raises(error, match=r"^a step's label is text of 1 to 1,000 characters"):
+            Step(label)
+    assert Step("x" * 1_000).label == "x" * 1_000
+    with pytest.raises(TypeError, match=r"^ProgressTracker takes Steps"):
+        ProgressTracker("Offering")
+    with pytest.raises(TypeError, match=r"Listed.progress_tracker is a ProgressTracker\(...\) "
+                                        r"or None, not list"):
+        class Listed(FlowLogic):
+            progress_tracker = ["Offering"]
+
+
+def test_a_progress_path_of_sub_flows_nested_deep_is_cut_to_its_innermost_steps(net):
+    from flowlib import DeepTracked
+    alice, _ = pair(net)
+    h = run(net, alice, DeepTracked(20))
+    step = alice.flow_info(h.id).progress_step
+    assert len(step) == 4_000 and step.startswith("... ") and step.endswith("y" * 900)
+    net.advance_clock(2)
+    net.run_network()
+    assert h.result() == "bottom"

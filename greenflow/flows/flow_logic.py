@@ -50,6 +50,11 @@ class FlowLogic(Generic[R]):
         tracker = cls.__dict__.get("progress_tracker")
         if isinstance(tracker, ProgressTracker) or (tracker is None and "progress_tracker" in cls.__dict__):
             cls.progress_tracker = _TrackerSlot(tracker)  # type: ignore[assignment]
+        elif "progress_tracker" in cls.__dict__ and not hasattr(type(tracker), "__get__"):
+            # (a property or other descriptor is the class's own way; anything else was
+            # silently no tracker at all)
+            raise TypeError(f"{cls.__qualname__}.progress_tracker is a ProgressTracker(...) "
+                            f"or None, not {type(tracker).__qualname__}")
 
     def call(self) -> R:
         """The flow body; its return value is the flow's result."""

@@ -14,10 +14,20 @@ from typing import Callable, Optional
 from greenflow.flows.context import current_runtime_or_none
 
 
+#: The longest label a step may have. A step's label is stored with every checkpoint of a
+#: flow on it and shown in listings, dumps and progress streams.
+MAX_STEP_LABEL = 1_000
+
+
 class Step:
     """One named step. Steps compare by label."""
 
     def __init__(self, label: str) -> None:
+        if not isinstance(label, str) or not 0 < len(label) <= MAX_STEP_LABEL:
+            raise (ValueError if isinstance(label, str) else TypeError)(
+                f"a step's label is text of 1 to {MAX_STEP_LABEL:,} characters, got "
+                + (f"{len(label):,} characters" if isinstance(label, str)
+                   else type(label).__qualname__))
         self.label = label
 
     def __repr__(self) -> str:
@@ -42,6 +52,10 @@ class ProgressTracker:
     DONE = Step("Done")
 
     def __init__(self, *steps: Step) -> None:
+        for step in steps:
+            if not isinstance(step, Step):
+                raise TypeError(f"ProgressTracker takes Steps (Step(\"Offering\")), not "
+                                f"{type(step).__qualname__}")
         self.steps: tuple[Step, ...] = tuple(steps)
         self._current: Step = ProgressTracker.UNSTARTED
         # Set by the runtime while the owning flow runs; never pickled.

@@ -328,6 +328,8 @@ class FlowRuntime(Conversation, RecordedValues):
             elif t.label is not None:
                 labels.append(t.label)
         step = " / ".join(labels) if labels else None
+        if step is not None and len(step) > MAX_PROGRESS_PATH:   # sub-flows nested deep
+            step = "... " + step[-(MAX_PROGRESS_PATH - 4):]       # (the innermost step shows)
         if step != self.cp.progress_step:
             self.cp.progress_step = step
             if self.sched.progress_listeners and not self.replaying:
@@ -335,6 +337,9 @@ class FlowRuntime(Conversation, RecordedValues):
 
 
 _UNSTARTED = ProgressTracker.UNSTARTED
+#: The longest progress path a checkpoint keeps (labels are at most 1,000 characters
+#: each, but sub-flows may nest deep).
+MAX_PROGRESS_PATH = 4_000
 
 
 class _FlowLogger(logging.LoggerAdapter):
