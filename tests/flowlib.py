@@ -1045,3 +1045,27 @@ class DeepTracked(FlowLogic):
             return self.sub_flow(DeepTracked(self.depth - 1))
         self.sleep(1)
         return "bottom"
+
+
+@initiating_flow
+class AskBroken(FlowLogic):
+    """Answered by a responder that cannot be made: its ``__init__`` takes no session
+    ("no session") or raises ("raises", STATE["broken"] says which)."""
+
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+
+    def call(self) -> Any:
+        return self.initiate_flow(self.peer).send_and_receive(int, 1)
+
+
+@initiated_by(AskBroken)
+class BrokenResponder(FlowLogic):
+    def __init__(self, *session: FlowSession) -> None:
+        if STATE.get("broken") == "raises":
+            raise RuntimeError("the secret reason")
+        if session:
+            raise TypeError("BrokenResponder.__init__() takes no session")
+
+    def call(self) -> None:
+        return None

@@ -343,6 +343,37 @@ def test_a_peer_without_a_responder_makes_the_initiator_raise_unknown_flow(net, 
     assert bob.flows() == []
 
 
+@pytest.mark.parametrize("broken", ["no session", "raises"])
+def test_a_responder_that_cannot_be_made_rejects_the_session(net, broken, caplog):
+    """The initiation was dropped unacknowledged: the initiator waited for ever, and every
+    re-send logged the error again. The peer gets UnknownFlow, not the error's text."""
+    from flowlib import AskBroken
+    STATE["broken"] = broken
+    alice, bob = pair(net)
+    h = run(net, alice, AskBroken(bob.party))
+    with pytest.raises(UnknownFlow, match=r"Bob has no flow registered to answer "
+                                          r"flowlib.AskBroken: its responder "
+                                          r"flowlib.BrokenResponder cannot be started on Bob"):
+        h.result()
+    assert "the secret reason" not in str(error_of(h))
+    assert "cannot start responder flowlib.BrokenResponder" in caplog.text
+    assert alice.flows()[0].status == FlowStatus.FAILED and bob.flows() == []
+    assert run(net, alice, Ping(bob.party, 2)).result() == 3
+
+
+def test_flow_decorators_refuse_what_is_no_flow_class_and_versions_out_of_range():
+    from greenflow import initiated_by, initiating_flow, startable
+    from flowlib import Ask as AnInitiator
+    for decorate, name in ((initiating_flow, "@initiating_flow"), (startable, "@startable"),
+                           (initiated_by(AnInitiator), "@initiated_by(flowlib.Ask)")):
+        with pytest.raises(TypeError, match=rf"^{re.escape(name)} applies to FlowLogic "
+                                            r"subclasses, not int"):
+            decorate(int)
+    for version in (0, 2**31, "2", True):
+        with pytest.raises(ValueError, match=r"version must be an int from 1 to 2147483647"):
+            initiating_flow(version=version)(Ping)
+
+
 def test_a_node_with_apps_still_answers_flows_of_its_apps(net):
     alice = net.create_node("Alice")
     bob = net.create_node("Bob", apps=["samples.ping"])

@@ -21,6 +21,17 @@ T = TypeVar("T", bound=type)
 _RESPONDERS: dict[str, list[type]] = {}
 
 
+#: The highest version an initiating flow may give (it travels in every initiation).
+MAX_VERSION = 2**31 - 1
+
+
+def _flow_class(cls: Any, decorator: str) -> None:
+    from greenflow.flows.flow_logic import FlowLogic
+    if not (isinstance(cls, type) and issubclass(cls, FlowLogic)):
+        raise TypeError(f"{decorator} applies to FlowLogic subclasses, not "
+                        f"{cls.__qualname__ if isinstance(cls, type) else repr(cls)[:60]}")
+
+
 def qualified_name(cls: type) -> str:
     # Interned: millions of checkpoints in memory name a handful of classes.
     return sys.intern(f"{cls.__module__}.{cls.__qualname__}")
@@ -40,8 +51,10 @@ def initiating_flow(cls: Any = None, *, version: int = 1) -> Any:
     """
 
     def mark(c: T) -> T:
-        if not isinstance(version, int) or version < 1:
-            raise ValueError(f"@initiating_flow version must be a positive int, got {version!r}")
+        _flow_class(c, "@initiating_flow")
+        if type(version) is not int or not 1 <= version <= MAX_VERSION:
+            raise ValueError(f"@initiating_flow version must be an int from 1 to {MAX_VERSION}, "
+                             f"got {version!r}")
         c._gf_initiating = (qualified_name(c), version)  # type: ignore[attr-defined]
         return c
 
@@ -59,6 +72,7 @@ def initiated_by(initiator: type) -> Callable[[T], T]:
             "@initiating_flow (nor is any of its ancestors)")
 
     def mark(c: T) -> T:
+        _flow_class(c, f"@initiated_by({qualified_name(initiator)})")
         c._gf_initiated_by = info[0]  # type: ignore[attr-defined]
         lst = _RESPONDERS.setdefault(info[0], [])
         name = qualified_name(c)
@@ -71,6 +85,7 @@ def initiated_by(initiator: type) -> Callable[[T], T]:
 
 def startable(cls: T) -> T:
     """Allow RPC and the CLI to start this flow class."""
+    _flow_class(cls, "@startable")
     cls._gf_startable = True  # type: ignore[attr-defined]
     return cls
 

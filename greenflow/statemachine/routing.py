@@ -22,7 +22,7 @@ from greenflow.runtime.checkpoint import Checkpoint, SessionState
 from greenflow.errors import WireFormatError
 from greenflow.log_limits import clip
 from greenflow.statemachine.executor import execute
-from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame
+from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame, exception_text
 from greenflow.party import Party
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.session import FlowSession
@@ -228,8 +228,14 @@ class Routing:
             logic = cls(session)
             blob = encode_start(logic, session) or serialization.dumps(logic)
         except Exception as exc:
-            log.error("%s: cannot start responder %s for %s: %s", self.identity.name,
-                      qualified_name(cls), sender.name, exc)
+            # Rejected, not dropped: a dropped initiation was never acknowledged, so the
+            # initiator waited for ever and every re-send logged this again. The peer
+            # learns that the responder cannot start here, not the error's text.
+            log.error("%s: cannot start responder %s for %s: %s: %s", self.identity.name,
+                      qualified_name(cls), sender.name, type(exc).__name__,
+                      exception_text(exc))
+            self._reject(sender, frame, key, f"its responder {qualified_name(cls)} cannot be "
+                                             f"started on {self.identity.name} (its log says why)")
             return
         name = _NAMES.get(cls)
         if name is None:
