@@ -131,3 +131,17 @@ def test_a_node_option_of_the_wrong_kind_is_refused_naming_it_before_anything_is
                    retention=100 * 365.25 * 86400, max_resident=None,
                    max_inbound_sessions=None, responder_idle_timeout=None) as node:
         assert node.start_flow(Ping(node.party, 2)).result(timeout=30) == 3
+
+
+def test_a_result_timeout_is_a_number_of_seconds_and_inf_waits_for_ever(node):
+    """inf overflowed the wait (OverflowError: timestamp out of range), NaN did not wait
+    and said "did not finish within nans", a str failed a comparison."""
+    h = node.start_flow(Ping(node.party, 2))
+    for timeout, error, says in ((float("nan"), ValueError, "from 0, got nan"),
+                                 (-1, ValueError, "from 0, got -1"),
+                                 ("5", TypeError, "or None, got str")):
+        with pytest.raises(error, match=r"^result\(timeout=\.\.\.\) takes a number of seconds "
+                                        + re.escape(says)):
+            h.result(timeout=timeout)
+    assert h.result(timeout=float("inf")) == 3
+    assert node.start_flow(Ping(node.party, 1)).result(timeout=1e300) == 1

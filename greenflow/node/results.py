@@ -91,6 +91,7 @@ class FlowResults:
         return rec if rec is not None else self.node.store.result(fid)
 
     def result(self, fid: str, timeout: Optional[float]) -> Any:
+        timeout = _timeout(timeout)
         rec = self.record(fid)
         if rec is None:
             if not self.node.threaded:
@@ -174,3 +175,17 @@ def unpack_result(fid: str, rec: dict) -> Any:
     # Not SystemExit, KeyboardInterrupt or the like: raised in the caller they would stop
     # its program or thread (an RPC request's), as if it had been asked to, not the flow.
     raise FlowError(f"flow {fid} ({rec['flow_class']}) failed: {rec.get('error')}")
+
+
+def _timeout(timeout: Any) -> Optional[float]:
+    """``result()``'s timeout as a wait takes it: None, inf or more than a wait can take
+    wait for ever (they overflowed the wait); anything else is a number of seconds from 0 (NaN waited not at all and
+    said "within nans", a str failed a comparison)."""
+    if timeout is None:
+        return None
+    if type(timeout) is bool or not isinstance(timeout, (int, float)):
+        raise TypeError(f"result(timeout=...) takes a number of seconds or None, got "
+                        f"{type(timeout).__qualname__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"result(timeout=...) takes a number of seconds from 0, got {timeout!r}")
+    return None if timeout > threading.TIMEOUT_MAX else float(timeout)   # (inf too)
