@@ -312,3 +312,16 @@ def test_the_command_line_lists_flows_a_page_at_a_time(nodes, alice):
     assert not {f["id"] for f in page["flows"]} & {ln.split()[0] for ln in lines[:2]}
     everything = json.loads(run("--json").output)   # no --limit: every flow, page by page
     assert set(ids) <= {f["id"] for f in everything}
+
+
+@pytest.mark.parametrize("wait, error", [(float("inf"), ValueError), (float("nan"), ValueError),
+                                         (-1, ValueError), ("5", TypeError)])
+def test_the_client_refuses_a_wait_no_node_takes_before_it_sends_anything(wait, error):
+    """An infinite wait overflowed the socket's timeout (OverflowError: timestamp out of
+    range), NaN was sent on as "wait=nan"."""
+    from greenflow.rpc import RpcClient
+    client = RpcClient("http://127.0.0.1:9", "user", "password", timeout=1)
+    for call in (lambda: client.result("some-flow", wait=wait),
+                 lambda: client.start_flow("samples.ping.Ping", wait=wait)):
+        with pytest.raises(error, match=r"^wait takes a "):
+            call()

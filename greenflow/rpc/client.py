@@ -137,6 +137,7 @@ class RpcClient:
         body: dict = {"flow": flow, "args": args or {}}
         if client_id is not None:
             body["client_id"] = client_id
+        wait = _wait(wait)
         if wait:
             body["wait"] = wait
         if count != 1:
@@ -169,6 +170,7 @@ class RpcClient:
 
     def result(self, flow_id: str, wait: float = 0.0) -> dict:
         """``{"finished": bool, "status", "result" | "error"}``; waits up to ``wait`` s."""
+        wait = _wait(wait) or 0.0
         return self.request("GET", f"/flows/{quote(flow_id)}/result?wait={wait}",
                             timeout=wait + self.timeout)[1]
 
@@ -245,3 +247,15 @@ class RpcClient:
         spares the node working out every step of every flow for it."""
         path = API + (f"/flows/{quote(flow_id)}/progress" if flow_id else "/progress")
         return self._events(path if steps else path + "?steps=0", timeout)
+
+
+def _wait(wait: Any) -> Optional[float]:
+    """A ``wait`` the node takes: None, or a finite number of seconds from 0 (an infinite
+    one overflowed the socket's timeout before anything was sent; the node caps waits)."""
+    if wait is None:
+        return None
+    if type(wait) is bool or not isinstance(wait, (int, float)):
+        raise TypeError(f"wait takes a number of seconds, got {type(wait).__qualname__}")
+    if not 0 <= wait < float("inf"):
+        raise ValueError(f"wait takes a finite number of seconds from 0, got {wait!r}")
+    return float(wait)
