@@ -257,6 +257,25 @@ def test_a_builder_of_many_inputs_compares_each_only_with_its_equals(monkeypatch
     assert len(builder.inputs) == 2_000 and len(builder.references) == 1
 
 
+def test_a_builder_refuses_a_notary_salt_command_or_key_of_the_wrong_kind() -> None:
+    """Each was taken and failed later, far from the mistake: a str notary or salt, a
+    one-byte salt (a guessable id), a command that is no CommandData (refused only by
+    the peers' shape check), a str as key pair (AttributeError: 'public_key')."""
+    with pytest.raises(TypeError, match=r"^a transaction's notary is a Party \(or None\), not str"):
+        TransactionBuilder("Notary")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"^a transaction's salt is bytes, at least 16 .* not str"):
+        TransactionBuilder(NOTARY, salt="x" * 32)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"^a transaction's salt is bytes, at least 16 .* not 1 bytes"):
+        TransactionBuilder(NOTARY, salt=b"x")
+    builder = TransactionBuilder(NOTARY, salt=b"x" * 16)
+    with pytest.raises(TypeError, match=r"^a command's value is a CommandData"):
+        builder.add_command("issue", ALICE)  # type: ignore[arg-type]
+    builder.add_output_state(Token(1, ALICE)).add_command(Issue(), ALICE)
+    with pytest.raises(TypeError, match=r"^a transaction is signed with a KeyPair"):
+        builder.sign_with("key")  # type: ignore[arg-type]
+    assert builder.sign_with(ALICE_KEY).sigs[0].public_key == ALICE.owning_key
+
+
 def test_commands_take_keys_or_parties_and_need_a_signer() -> None:
     assert Command(Move(), [ALICE, BOB.owning_key]).signers == (ALICE.owning_key, BOB.owning_key)
     with pytest.raises(ValueError, match="at least one signer"):
@@ -388,7 +407,9 @@ def test_a_malformed_transaction_from_a_peer_is_refused(field, value, message) -
 
 def test_a_signed_transaction_of_the_wrong_shape_is_refused() -> None:
     with pytest.raises(TransactionVerificationError, match="str is not a WireTransaction"):
-        SignedTransaction("not a transaction").verify_signatures()  # type: ignore[arg-type]
+        raw(SignedTransaction, wtx="not a transaction", sigs=()).verify_signatures()
+    with pytest.raises(TypeError, match="a SignedTransaction holds a WireTransaction"):
+        SignedTransaction("not a transaction")  # type: ignore[arg-type]  # (made here: refused)
     stx = issue()
     for sigs in ([stx.sigs[0]], ("sig",), (TransactionSignature(ALICE.owning_key, "sig"),)):
         with pytest.raises(SignatureError, match="malformed signatures"):

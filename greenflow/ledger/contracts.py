@@ -40,6 +40,9 @@ class Command:
     signers: tuple[bytes, ...]
 
     def __post_init__(self) -> None:
+        if not isinstance(self.value, CommandData):
+            raise TypeError(f"a command's value is a CommandData (a @serializable dataclass "
+                            f"subclassing it), not {type(self.value).__qualname__}")
         keys = tuple(_public_key(s) for s in self.signers)
         if not keys:
             raise ValueError("a command needs at least one signer")

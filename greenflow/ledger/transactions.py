@@ -44,6 +44,8 @@ _ID_DOMAIN = "greenflow.WireTransaction/1"
 _SIGNATURE_DOMAIN = b"greenflow.TransactionSignature/1:"
 
 SALT_BYTES = 32
+#: The shortest salt a builder takes (a flow's ``self.random().randbytes(32)`` is right).
+MIN_SALT_BYTES = 16
 
 
 def _signable(tx_id: SecureHash) -> bytes:
@@ -59,6 +61,9 @@ class TransactionSignature:
 
     @classmethod
     def create(cls, keypair: KeyPair, tx_id: SecureHash) -> TransactionSignature:
+        if not isinstance(keypair, KeyPair):
+            raise TypeError(f"a transaction is signed with a KeyPair (in a flow: "
+                            f"services.key_management.sign), not {type(keypair).__qualname__}")
         return cls(keypair.public_key, keypair.sign(_signable(tx_id)))
 
     def is_valid_for(self, tx_id: SecureHash) -> bool:
@@ -203,6 +208,9 @@ class SignedTransaction:
     sigs: tuple[TransactionSignature, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.wtx, WireTransaction):
+            raise TypeError(f"a SignedTransaction holds a WireTransaction "
+                            f"(builder.to_wire_transaction()), not {type(self.wtx).__qualname__}")
         object.__setattr__(self, "sigs", tuple(self.sigs))
 
     @property
@@ -287,6 +295,14 @@ class TransactionBuilder:
     """
 
     def __init__(self, notary: Party | None = None, *, salt: bytes | None = None) -> None:
+        if notary is not None and not isinstance(notary, Party):
+            raise TypeError(f"a transaction's notary is a Party (or None), not "
+                            f"{type(notary).__qualname__}")
+        if salt is not None and (type(salt) is not bytes or len(salt) < MIN_SALT_BYTES):
+            raise (ValueError if type(salt) is bytes else TypeError)(
+                f"a transaction's salt is bytes, at least {MIN_SALT_BYTES} of them (unguessable: "
+                f"it keeps the transaction's id from giving away its content), not "
+                + (f"{len(salt)} bytes" if type(salt) is bytes else type(salt).__qualname__))
         self.notary = notary
         self.salt = os.urandom(SALT_BYTES) if salt is None else salt
         self.inputs: list[StateAndRef] = []
