@@ -235,3 +235,15 @@ class ChangingPeer(FlowLogic):
         self.session.send(2)
         self.session.receive(str)     # waits for the initiator's goodbye
         return order.amount if isinstance(order, Order) else 0
+
+
+class TimeSleeper(FlowLogic):
+    """Calls time.sleep (the module's, and one imported by name) around a durable sleep."""
+
+    def call(self) -> str:
+        import time as clock
+        from time import sleep
+        clock.sleep(0.01)
+        self.sleep(5)
+        sleep(0.01)
+        return "slept"

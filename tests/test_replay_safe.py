@@ -216,3 +216,27 @@ def test_a_flow_unwound_while_hibernated_reads_the_real_clock_in_its_finally(tmp
         with open(tmp_path / "finally.log", encoding="utf-8") as fh:
             readings = [float(x) for x in fh.read().split()]
         assert readings and all(abs(r - time.time()) < 60 for r in readings)  # real, not virtual
+
+
+def test_time_sleep_in_a_flow_is_reported_once_per_place_and_not_repeated_on_replay(
+        tmp_path, monkeypatch, caplog):
+    """time.sleep in flow code blocks every flow of the node, silently; a flow replayed
+    after a restart slept all over again."""
+    from greenflow.runtime import replay_safe
+    slept: list[float] = []
+    monkeypatch.setattr(replay_safe, "real_sleep", slept.append)
+    monkeypatch.setattr(replay_safe, "_SLEEPS_SEEN", set())
+    net = MockNetwork(tmp_path / "net", reload_after_suspend=True)   # replayed at the wake
+    alice = net.create_node("Alice")
+    h = alice.start_flow(replayflows.TimeSleeper())
+    net.run_network()
+    net.advance_clock(5)
+    net.run_network()
+    assert h.result() == "slept"
+    assert slept == [0.01, 0.01]   # the first run's two calls; none while replaying
+    warned = [r.getMessage() for r in caplog.records if "called time.sleep" in r.getMessage()]
+    assert len(warned) == 2 and all("blocks every flow of this node" in w and
+                                    "use self.sleep(seconds)" in w for w in warned)
+    time.sleep(0.001)   # outside flows: the real function, no report
+    assert len([r for r in caplog.records if "called time.sleep" in r.getMessage()]) == 2
+    net.close()

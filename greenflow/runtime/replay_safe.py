@@ -59,6 +59,7 @@ def _original(module: Any, name: str) -> Any:
 #: The real functions, whatever is installed (SystemClock and the runtime use these).
 real_time: Callable[[], float] = _original(_time, "time")
 real_time_ns: Callable[[], int] = _original(_time, "time_ns")
+real_sleep: Callable[[float], None] = _original(_time, "sleep")
 real_urandom: Callable[[int], bytes] = _original(os, "urandom")
 _real_sys_urandom: Callable[[int], bytes] = _original(_random, "_urandom")
 _real_uuid1: Callable[..., _uuid.UUID] = _original(_uuid, "uuid1")
@@ -198,6 +199,31 @@ def _time_ns_in_flow(rt: "FlowRuntime") -> int:
     return round(clock_reading(rt) * 1e9)
 
 
+#: The code locations whose ``time.sleep`` in a flow was reported (once each).
+_SLEEPS_SEEN: set[tuple[str, int]] = set()
+
+
+def _sleep_in_flow(rt: "FlowRuntime", seconds: float) -> None:
+    """``time.sleep`` in flow code blocks the node's one scheduler thread, and with it
+    every flow of the node, for as long as it sleeps. It still sleeps (turning it into a
+    suspension could suspend a library holding a lock), but says so once per place, with
+    what to write instead. A flow replayed after a restart does not sleep again: nothing
+    of the first run's waiting can be seen in what it replays."""
+    if rt.replaying:
+        return
+    if seconds and len(_SLEEPS_SEEN) < 1000:
+        f = _getframe(2)
+        where = (f.f_code.co_filename, f.f_lineno)
+        if where not in _SLEEPS_SEEN:
+            _SLEEPS_SEEN.add(where)
+            logging.getLogger("greenflow.flow").warning(
+                "flow %s (%s) called time.sleep(%s) at %s:%d: that blocks every flow of this "
+                "node while it sleeps; use self.sleep(seconds) (a durable timer that "
+                "suspends only this flow) or self.run_external for blocking work",
+                rt.flow_id, rt.cp.flow_class, seconds, where[0], where[1])
+    real_sleep(seconds)
+
+
 def _urandom_in_flow(rt: "FlowRuntime", n: int) -> bytes:
     return entropy(rt).bytes(n)
 
@@ -249,6 +275,7 @@ def install() -> None:
     _installed = True
     _time.time = _wrap(real_time, _time_in_flow)
     _time.time_ns = _wrap(real_time_ns, _time_ns_in_flow)
+    _time.sleep = _wrap(real_sleep, _sleep_in_flow)
     os.urandom = _wrap(real_urandom, _urandom_in_flow)
     # SystemRandom (and so secrets.*) reads the OS through random._urandom.
     _random._urandom = _wrap(_real_sys_urandom, _urandom_in_flow)  # type: ignore[attr-defined]
@@ -285,7 +312,7 @@ def _rebind_imported() -> None:
     wrappers, which behave exactly as before outside flows. Modules imported later get
     the wrappers anyway."""
     swap: dict[int, tuple[Any, Any]] = {}
-    for module, names in ((_time, ("time", "time_ns")), (os, ("urandom",)),
+    for module, names in ((_time, ("time", "time_ns", "sleep")), (os, ("urandom",)),
                           (_uuid, ("uuid1",)), (_random, _RANDOM_FUNCTIONS)):
         for name in names:
             w = getattr(module, name, None)
