@@ -326,6 +326,23 @@ def test_a_row_no_store_takes_is_refused_at_the_write_not_the_commit(store, tabl
     assert not store.has_table("never_opened")
 
 
+def test_a_row_put_in_a_batch_past_its_checks_fails_the_commit_as_a_store_error(store):
+    """The LMDB store let a TypeError out of its commit: the node did not stop, and failed
+    every later round the same way."""
+    from greenflow.storage.interface import TABLE_PUT
+    store.open_table("t")
+    b = Batch()
+    b.table_put("t", b"first", b"1")
+    b.ops.append((TABLE_PUT, "t", "a str key", b"v"))   # (by hand: table_put refuses it)
+    with pytest.raises(StoreError, match="nothing of it was"):
+        store.commit(b)
+    assert store.table_get("t", b"first") is None
+    b = Batch()
+    b.table_put("t", b"first", b"1")
+    store.commit(b)
+    assert store.table_get("t", b"first") == b"1"
+
+
 def test_app_tables_hold_rows_in_key_order(store):
     store.open_table("t")
     store.open_table("t")            # idempotent

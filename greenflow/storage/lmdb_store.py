@@ -160,7 +160,17 @@ class LmdbStore:
             try:
                 writer.refused = []
                 with self.env.begin(write=True) as txn:
-                    writer.apply(txn, batch)
+                    try:
+                        writer.apply(txn, batch)
+                    except (TypeError, ValueError, OverflowError, AttributeError,
+                            struct.error) as exc:
+                        # A value of the batch no database takes (a bug: batches check
+                        # their rows): the transaction is aborted, and the node stops
+                        # rather than fail every round the same way.
+                        raise StoreError(f"commit to the node store at {self.path} failed "
+                                         f"(nothing of it was written): a value of the "
+                                         f"batch cannot be stored: {type(exc).__name__}: "
+                                         f"{exc}") from exc
                 self.commits += 1
                 reader.renew()
                 for fid in writer.refused:
@@ -179,12 +189,6 @@ class LmdbStore:
                     raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
             except lmdb.Error as exc:
                 raise StoreError(store_guard.commit_failure(self.path, exc)) from exc
-            except (TypeError, ValueError, OverflowError, AttributeError, struct.error) as exc:
-                # A value of the batch no database takes (a bug: batches check their rows):
-                # nothing of it was written, and the node stops rather than fail every round.
-                raise StoreError(f"commit to the node store at {self.path} failed (nothing of "
-                                 f"it was written): a value of the batch cannot be stored: "
-                                 f"{type(exc).__name__}: {exc}") from exc
         raise StoreError(store_guard.commit_failure(
             self.path, StoreError("the map could not grow enough for one commit")))
 
