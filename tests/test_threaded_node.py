@@ -145,3 +145,40 @@ def test_a_result_timeout_is_a_number_of_seconds_and_inf_waits_for_ever(node):
             h.result(timeout=timeout)
     assert h.result(timeout=float("inf")) == 3
     assert node.start_flow(Ping(node.party, 1)).result(timeout=1e300) == 1
+
+
+@pytest.mark.parametrize("source, says", [
+    ("x = 1\n1 / 0\n", r"failed while it was imported at .*broken_app_\w+\.py:2: "
+                       r"ZeroDivisionError: division by zero"),
+    ("import no_such_dependency_here\n", r"cannot be imported: it imports "
+                                         r"'no_such_dependency_here', which is not installed"),
+    ("raise SystemExit(3)\n", r"failed while it was imported at .*: SystemExit: 3"),
+])
+def test_an_app_that_fails_to_import_is_named_with_where_and_why(tmp_path, monkeypatch,
+                                                                  source, says):
+    """Its error came out raw (ZeroDivisionError, a ModuleNotFoundError for a dependency,
+    even SystemExit), naming neither the app nor, without a traceback, the place."""
+    import uuid
+    name = f"broken_app_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(FlowError, match=rf"^app module '{name}' " + says):
+        Node.open(str(tmp_path / "node"), "O=Solo,L=London,C=GB", apps=[name])
+
+
+def test_a_node_that_fails_while_it_opens_lets_go_of_its_store(tmp_path):
+    """Its store stayed open and locked: opening the node again in the same process was
+    refused as "in use by process <this one>: stop that process first"."""
+    class Unattachable:
+        @property
+        def node(self) -> None:
+            return None
+
+        @node.setter
+        def node(self, value: object) -> None:
+            raise RuntimeError("this transport takes no node")
+
+    with pytest.raises(RuntimeError, match="this transport takes no node"):
+        Node.open(str(tmp_path / "solo"), "O=Solo,L=London,C=GB", transport=Unattachable())
+    with Node.open(str(tmp_path / "solo"), "O=Solo,L=London,C=GB") as node:
+        assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1

@@ -129,8 +129,17 @@ def resolve_module(name: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
         if exc.name and not target.startswith(exc.name) and exc.name not in target:
-            raise  # the module exists but one of its own imports is missing
+            # The module exists but one of its own imports is missing.
+            raise FlowError(f"app module {name!r} cannot be imported: it imports "
+                            f"{exc.name!r}, which is not installed") from exc
         raise FlowError(f"app module {name!r} cannot be imported: {exc}") from None
+    except (Exception, SystemExit) as exc:   # its own code failed while it was imported
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f" at {tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb is not None else ""
+        raise FlowError(f"app module {name!r} failed while it was imported{where}: "
+                        f"{type(exc).__name__}: {str(exc)[:500]}") from exc
 
 
 class ResponderTable:

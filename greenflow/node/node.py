@@ -112,6 +112,7 @@ class Node:
             raise FlowError(f"{name}: validating_notary=True needs notary=True")
         if sensitive_names:
             frames_mod.register_sensitive(names=sensitive_names)
+        responders = ResponderTable(apps)   # (an app that fails to import: nothing made yet)
         self.base_dir = os.path.abspath(base_dir)
         os.makedirs(self.base_dir, exist_ok=True)
         self.identity = NodeIdentity.load_or_create(self.base_dir, name)
@@ -121,6 +122,24 @@ class Node:
         # ``store``: an open store to run on (a clustered worker's, fenced on its leases).
         self.store: FlowStore = store if store is not None else \
             open_store(self.base_dir, url=store_url, sync=sync)
+        try:
+            self._assemble(transport, responders, capture_frames, reload_after_suspend,
+                           max_resident, threaded, retention, max_retries, retry_backoff,
+                           max_inbound_sessions, responder_idle_timeout, notary,
+                           validating_notary)
+        except BaseException:
+            # Nothing runs: let go of a store opened here, so the process can open the
+            # node again (its lock would say the store is in use by this very process).
+            if store is None:
+                self.store.close()
+            raise
+
+    def _assemble(self, transport: Any, responders: ResponderTable, capture_frames: bool | str,
+                  reload_after_suspend: bool, max_resident: Optional[int], threaded: bool,
+                  retention: float, max_retries: int, retry_backoff: float,
+                  max_inbound_sessions: Optional[int], responder_idle_timeout: Optional[float],
+                  notary: bool, validating_notary: bool) -> None:
+        """The node's parts around its open store, its flows recovered, its thread started."""
         self.transport = transport if transport is not None else LocalTransport()
         if hasattr(self.transport, "node"):
             self.transport.node = self
@@ -143,7 +162,7 @@ class Node:
         self._dump = self.views.dump
         self.scheduler = Scheduler(
             identity=self.party, store=self.store, clock=self.clock, transport=self.transport,
-            responders=ResponderTable(apps), services=self.services,
+            responders=responders, services=self.services,
             capture_frames=capture_frames, reload_after_suspend=reload_after_suspend,
             max_resident=max_resident, threaded=threaded, retention=retention,
             max_retries=max_retries, retry_backoff=retry_backoff)
@@ -162,8 +181,8 @@ class Node:
         self.scheduler.recover()
         if threaded:
             self.scheduler.set_wakeup(self._wake.set)
-            self._thread = threading.Thread(target=self._loop, name=f"greenflow-{name}",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._loop,
+                                            name=f"greenflow-{self.party.name}", daemon=True)
             self._thread.start()
 
     # ------------------------------------------------------------------ lifecycle
