@@ -1069,3 +1069,13 @@ class BrokenResponder(FlowLogic):
 
     def call(self) -> None:
         return None
+
+
+class Returns(FlowLogic):
+    """Returns ``size`` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def call(self) -> bytes:
+        return b"r" * self.size

@@ -7,6 +7,8 @@ import time
 import pytest
 from limitflows import SECRETS, HoldsSecrets
 
+from greenflow import FlowStatus
+
 
 # ====================================================================== dump redaction
 def test_a_dump_redacts_by_key_inside_containers_and_by_app_names_and_types(net):
@@ -290,3 +292,20 @@ def test_a_record_built_to_exhaust_the_transport_decoder_is_refused_at_once():
     assert _unpack(msgpack.packb(record, use_bin_type=True)) == record
     big = [[K_FRAME, bytes(range(256)) * 60_000]]        # 15 MB of bytes that look like headers
     assert _unpack(msgpack.packb(big, use_bin_type=True)) == big
+
+
+def test_the_cache_of_recent_results_keeps_no_big_result_once_it_is_committed(net):
+    """Twenty flows that returned 50 MB each held a gigabyte in the cache of recent
+    results (bounded only by count, 15,000 records): a big record is read from the store
+    once committed."""
+    from flowlib import Returns
+    from greenflow.statemachine.ending import RECENT_RESULT_BYTES
+    alice = net.create_node("Alice")
+    big = alice.start_flow(Returns(RECENT_RESULT_BYTES + 1))
+    small = alice.start_flow(Returns(100))
+    net.run_network()
+    recent = alice.node.scheduler.recent_results
+    assert big.id not in recent and small.id in recent
+    assert big.result() == b"r" * (RECENT_RESULT_BYTES + 1) and small.result() == b"r" * 100
+    listed = {f.id: f.status for f in alice.node.flows()}
+    assert listed[big.id] == listed[small.id] == FlowStatus.COMPLETED

@@ -73,6 +73,10 @@ class CommitStaging:
             return
         for rt in self.touched.values():
             rt.base = None   # committed: the store holds it now (read back if parked)
+        if self.big_results:   # committed: read from the store from now on (`Ending`)
+            for fid in self.big_results:
+                self.recent_results.pop(fid, None)
+            self.big_results = []
         self.batch = Batch()
         self._round_routes.clear()
         self.ended.clear()

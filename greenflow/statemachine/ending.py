@@ -28,6 +28,10 @@ _DONE = (Ended.DONE,)
 _KILLED = (Ended.KILLED,)
 # Read once: an enum member looked up on its class costs a descriptor call each time.
 _COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED
+#: The largest result record the cache of recent results keeps after its commit: twenty
+#: flows that returned 50 MB each held a gigabyte there (a bigger one is read from the
+#: store when asked for).
+RECENT_RESULT_BYTES = 64 << 10
 
 
 class Ending:
@@ -107,6 +111,8 @@ class Ending:
                                f"{exception_text(exc)}")
             blob = dump_result(record)
         b.put_result(fid, blob, expires)
+        if len(blob) > RECENT_RESULT_BYTES:
+            self.big_results.append(fid)
         self._count(status._value_, cp.flow_class)
         if cp.client_id is not None:
             b.expire_client(cp.client_id, expires)

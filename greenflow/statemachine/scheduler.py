@@ -86,6 +86,9 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.post_callbacks: list[Callable[[], None]] = []
         self.waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.recent_results: dict[str, dict] = {}
+        # Flows of this round whose result records are big: out of `recent_results` once
+        # committed (the store has them), so the cache is bounded in bytes, not only count.
+        self.big_results: list[str] = []
         self.idle_greenlets: list = []   # finished flows' greenlets, reused (traps.recycle)
         self.progress_listeners: list[Callable[[str, Optional[str]], None]] = []
         # fn(flow_id) when a flow ends (completed, failed, killed), inside the round: what
