@@ -121,7 +121,7 @@ def denied_name(name: str) -> bool:
         v = (any(word in lname for word in DENY_LIST)
              or any(word in lname for word in _APP_NAMES)
              or any(w.lower() in DENY_WORDS for w in _WORDS.findall(name)))
-        if len(_DENIED) < 100_000:
+        if len(_DENIED) < 100_000 and len(name) <= 200:   # (a peer's dict keys: any size)
             _DENIED[name] = v
     return v
 
