@@ -42,6 +42,21 @@ def test_bootstrap_gives_every_node_its_key_config_and_the_same_map(tmp_path):
     assert [n["name"] for n in json.loads(maps[0])["nodes"]] == ["Notary", "Alice", "Bob"]
 
 
+def test_free_ports_given_to_the_nodes_of_one_network_are_all_different(tmp_path, monkeypatch):
+    """Each port was free when picked but none bound until its node started, so two nodes
+    could get the same one (seen as "cannot listen for RPC clients ...: Address already in
+    use" when a trade's node restarted)."""
+    from greenflow.network import bootstrap
+    low = bootstrap._ephemeral_low()
+    if low is None or low <= 4096:
+        pytest.skip("no ephemeral range to pick below on this machine")
+    picks = iter([low - 100, low - 100, low - 100, low - 99, low - 99, low - 98] * 10)
+    monkeypatch.setattr(bootstrap._PORTS, "randrange", lambda a, b: next(picks))
+    configs = bootstrap_network(str(tmp_path / "net"), ["Alice", "Bob", "Carol"])
+    ports = [port for c in configs for port in (c.p2p_address[1], c.rpc_address[1])]
+    assert len(set(ports)) == len(ports) == 6
+
+
 def test_network_map_resolves_short_and_case_insensitive_names(tmp_path):
     bootstrap_network(str(tmp_path), ["O=Alice,L=London,C=GB", "Bob"], base_port=0)
     nm = NetworkMap.load(str(tmp_path / "Alice" / "network-map.json"))

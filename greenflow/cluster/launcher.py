@@ -77,8 +77,9 @@ class Cluster:
         from greenflow.network.bootstrap import free_port
         if name not in self.rpc:
             host, port = self.config.rpc_address
-            if self.rpc or self.procs:
-                port = free_port(host)
+            if self.rpc or self.procs:   # (not one given to a worker that has not bound it yet)
+                port = free_port(host, {port} | {int(a.rsplit(":", 1)[1])
+                                                 for a in self.rpc.values()})
             self.rpc[name] = format_address((host, port))
         cmd = [sys.executable, "-m", "greenflow.cluster.process", "--dir", self.node_dir,
                "--name", name, "--database", self.url or "", "--rpc-address", self.rpc[name],

@@ -27,7 +27,7 @@ def dir_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Party(name).short_name) or "node"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", avoid: Iterable[int] = ()) -> int:
     """A port free to listen on now, below the kernel's ephemeral range where it can be.
 
     A port the kernel hands out for ``bind(0)`` comes from the range it also gives
@@ -37,8 +37,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     low = _ephemeral_low()
     if low is not None and low > 4096:
         pick = _PORTS.randrange
+        avoid = frozenset(avoid)
         for _ in range(64):
             port = pick(max(1024, low - 16384), low)
+            if port in avoid:   # given to another node of the same network, not bound yet
+                continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 try:
                     s.bind((host, port))
@@ -123,11 +126,16 @@ def bootstrap_network(root: str, nodes: Iterable[str], *, notary: Optional[str] 
                           "free ports)")
     apps = list(apps)
     configs = []
+    taken: set[int] = set()
     for i, (name, d) in enumerate(zip(names, dirs)):
         if base_port:
             p2p, rpc = base_port + 2 * i, base_port + 2 * i + 1
         else:
-            p2p, rpc = free_port(host), free_port(host)
+            # Each port is free when picked, but none is bound until its node starts:
+            # without the ports picked so far to avoid, two nodes could get the same one.
+            p2p = free_port(host, taken)
+            rpc = free_port(host, taken | {p2p})
+            taken |= {p2p, rpc}
         configs.append(init_node(os.path.join(root, d), name, p2p_address=(host, p2p),
                                  rpc_address=(host, rpc), apps=apps,
                                  notary=(name == notary), rpc_user=rpc_user,
