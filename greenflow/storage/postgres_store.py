@@ -268,7 +268,13 @@ class PostgresStore:
         if not batch.ops:
             self.commits += 1
             return
-        plan = _Plan(batch.ops)
+        try:
+            plan = _Plan(batch.ops)
+        except (struct.error, TypeError, ValueError, AttributeError) as exc:
+            # (a bug: batches check their rows; the node stops rather than fail every round)
+            raise StoreError(f"commit to the PostgreSQL store {self.path} failed (nothing of "
+                             f"it was applied): a value of the batch cannot be stored: "
+                             f"{exc}") from None
         if plan.app:
             unknown = {t for t, _ in plan.app} - self._tables
             if unknown:
