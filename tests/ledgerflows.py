@@ -200,3 +200,28 @@ class ReceivePushedFlow(FlowLogic):
         fetched = self.sub_flow(ResolveTransactionsFlow(self.session, dependencies(stx),
                                                         pushed=True))
         return [t.id for t in fetched]
+
+
+class VaultMisuse(FlowLogic):
+    """Calls a vault or key management method with an argument of the wrong kind and
+    returns what it raised."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def call(self) -> str:
+        from greenflow.samples.trade import Cash
+        services = self.services
+        calls = {
+            "query": lambda: services.vault.query("Cash"),
+            "select type": lambda: services.vault.select(int, 5),
+            "select zero": lambda: services.vault.select(Cash, 0, amount_of="quantity"),
+            "soft_lock one": lambda: services.vault.soft_lock("a ref"),
+            "release": lambda: services.vault.release([b"ref"]),
+            "sign": lambda: services.key_management.sign(b"a transaction"),
+        }
+        try:
+            calls[self.how]()
+        except (TypeError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return "taken"

@@ -79,3 +79,21 @@ def test_locks_and_free_coins_are_the_same_after_a_restart(tn):
     assert set(tn.buyer.node.handle(a.id).result()) == set(locked)
     assert tn.buyer.services.vault.locks() == {}
     assert sum(s.state.amount.quantity for s in tn.buyer.services.vault.query(Cash)) == 3 * COIN * 100
+
+
+@pytest.mark.parametrize("how, says", [
+    ("query", "TypeError: Vault.query takes a ContractState class (e.g. Cash), not str"),
+    ("select type", "TypeError: Vault.select takes a ContractState class (e.g. Cash), not type"),
+    ("select zero", "ValueError: Vault.select takes an amount above zero, not 0"),
+    ("soft_lock one", "TypeError: Vault.soft_lock takes a list of StateRef, not one str"),
+    ("release", "TypeError: Vault.release takes StateRefs (a StateAndRef's .ref), not bytes"),
+    ("sign", "TypeError: key_management.sign takes a SignedTransaction"),
+])
+def test_vault_and_key_calls_name_an_argument_of_the_wrong_kind(tn, how, says):
+    """They failed deep inside (issubclass() arg 2 must be a class; 'str' object has no
+    attribute 'tx_id' or 'with_signature'), and a select of 0 or less locked a coin."""
+    from ledgerflows import VaultMisuse
+    h = tn.buyer.start_flow(VaultMisuse(how))
+    tn.net.run_network()
+    assert h.result().startswith(says)
+    assert tn.buyer.services.vault.locks() == {}

@@ -35,6 +35,10 @@ class KeyManagementService:
 
     def sign(self, stx: SignedTransaction) -> SignedTransaction:
         """``stx`` with this node's signature added."""
+        if not isinstance(stx, SignedTransaction):
+            raise TypeError(f"key_management.sign takes a SignedTransaction "
+                            f"(SignedTransaction(builder.to_wire_transaction())), not "
+                            f"{type(stx).__qualname__}")
         return stx.with_signature(self.signature(stx.id))
 
     def __repr__(self) -> str:

@@ -246,6 +246,7 @@ class Vault:
               where: Optional[Callable[[S], bool]] = None,
               include_locked: bool = True) -> list[StateAndRef]:
         """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
+        _state_type(state_type, "query")
         with self._lock:
             self._refresh()
             return [sar for sar in candidates(self._unconsumed, state_type, where)
@@ -314,21 +315,25 @@ class Vault:
         enough). Values are ints or anything that adds and compares with ``amount``, such
         as an `Amount` of one token."""
         fid = calling_flow("Vault.select")
+        _state_type(state_type, "select")
+        if (type(amount) in (int, float) and not amount > 0) or getattr(amount, "quantity", 1) == 0:
+            raise ValueError(f"Vault.select takes an amount above zero, not {amount!r}")
         value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
         return self._soft.select(state_type, amount, value_of, where, fid)
 
     def soft_lock(self, refs: Sequence[StateRef]) -> None:
         """Lock ``refs`` for the calling flow (`StatesLocked` if another flow holds one)."""
         fid = calling_flow("Vault.soft_lock")
-        self._soft.soft_lock(refs, fid)
+        self._soft.soft_lock(_refs(refs, "soft_lock"), fid)
 
     def release(self, refs: Optional[Sequence[StateRef]] = None) -> None:
         """Release the calling flow's locks on ``refs`` (all of them by default); they go
         by themselves when the flow ends."""
         fid = calling_flow("Vault.release")
+        wanted = None if refs is None else _refs(refs, "release")
         with self._lock, self._node.services.writes() as batch:
             held = self._locks_by_flow.get(fid, set())
-            for ref in list(held if refs is None else refs):
+            for ref in list(held if wanted is None else wanted):
                 if self._locks.get(ref) == fid:
                     self._soft.drop(batch, ref)
 
@@ -374,3 +379,21 @@ def _open_vault(node: Any) -> Vault:
 
 
 register_service_factory("vault", _open_vault)
+
+
+def _state_type(state_type: Any, call: str) -> None:
+    if not (isinstance(state_type, type) and issubclass(state_type, ContractState)):
+        raise TypeError(f"Vault.{call} takes a ContractState class (e.g. Cash), not "
+                        f"{type(state_type).__qualname__} {state_type!r:.60}")
+
+
+def _refs(refs: Any, call: str) -> list[StateRef]:
+    if isinstance(refs, (StateRef, StateAndRef, str, bytes)):
+        raise TypeError(f"Vault.{call} takes a list of StateRef, not one "
+                        f"{type(refs).__qualname__}")
+    out = list(refs)
+    for ref in out:
+        if type(ref) is not StateRef:
+            raise TypeError(f"Vault.{call} takes StateRefs (a StateAndRef's .ref), not "
+                            f"{type(ref).__qualname__}")
+    return out
