@@ -5,6 +5,7 @@ And what a start commits on MockNetwork: the start alone, the flow runs in the n
 `run_network()`."""
 from __future__ import annotations
 
+import pytest
 from flowlib import External
 
 from greenflow import FlowStatus
@@ -83,3 +84,25 @@ def test_a_start_leaves_due_timers_and_other_work_for_run_network(net, tmp_path)
     net.run_network()                                                  # run_network
     assert alice.node.handle(ext.id).result() == (42, 84)
     assert ping.result() == 1
+
+
+def test_a_flow_of_many_commits_keeps_its_chunk_hints_bounded_and_drops_its_whole_journal(net):
+    """The starts of its journal chunks were kept in a tuple searched and copied at every
+    commit: a ping-pong of 32,000 rounds took 22 s instead of 3.5. Past `MAX_CHUNK_HINTS`
+    the hints go, and the flow's end drops its journal by a scan of its keys."""
+    from greenflow.errors import StoreError
+    from greenflow.statemachine.commit import MAX_CHUNK_HINTS
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    h = alice.start_flow(Ping(bob.party, MAX_CHUNK_HINTS * 2))
+    seen: list = []
+    alice.node.scheduler.add_flow_end_listener(
+        lambda fid: seen.append(alice.node.scheduler.resident[fid].chunks))
+    net.run_network()
+    assert h.result() == sum(range(1, MAX_CHUNK_HINTS * 2 + 1))
+    assert seen == [None]   # more chunks than hints: none kept
+    short = alice.start_flow(Ping(bob.party, 3))
+    net.run_network()
+    assert short.result() == 6
+    for fid in (h.id, short.id):   # nothing of either journal is left in the store
+        with pytest.raises(StoreError, match="has 0 entries"):
+            alice.node.store.journal(fid, 1)
