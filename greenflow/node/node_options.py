@@ -6,8 +6,7 @@ A node takes its options from ``node.toml`` (checked where it is read,
 failed at every round (starts timed out after two minutes, flows never finished); a
 string given as ``apps`` was read letter by letter; a node could be named ``""``; an
 infinite ``retention`` stopped the node at the first flow's end (no expiry time to
-store).  Each
-option is checked here, and the error names it and says what it takes.
+store). Each option is checked here, and the error names it and says what it takes.
 """
 from __future__ import annotations
 
@@ -18,7 +17,8 @@ from greenflow.runtime.flow_types import duration
 
 
 def check(name: Any, apps: Optional[Iterable[str]], flags: dict[str, Any],
-          counts: dict[str, Any], seconds: dict[str, Any], optional: frozenset = frozenset()) -> Optional[list[str]]:
+          counts: dict[str, Any], seconds: dict[str, Any],
+          optional: frozenset = frozenset()) -> Optional[list[str]]:
     """Raise TypeError or ValueError for the first option that is wrong; return ``apps``
     as a list (None stays None). ``flags`` are on/off options, ``counts`` whole numbers
     from 0, ``seconds`` durations; those named in ``optional`` may also be None."""
