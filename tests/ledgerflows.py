@@ -214,7 +214,7 @@ class VaultMisuse(FlowLogic):
         services = self.services
         calls = {
             "query": lambda: services.vault.query("Cash"),
-            "select type": lambda: services.vault.select(int, 5),
+            "select type": lambda: services.vault.select("Cash", 5),
             "select zero": lambda: services.vault.select(Cash, 0, amount_of="quantity"),
             "soft_lock one": lambda: services.vault.soft_lock("a ref"),
             "release": lambda: services.vault.release([b"ref"]),

@@ -82,8 +82,8 @@ def test_locks_and_free_coins_are_the_same_after_a_restart(tn):
 
 
 @pytest.mark.parametrize("how, says", [
-    ("query", "TypeError: Vault.query takes a ContractState class (e.g. Cash), not str"),
-    ("select type", "TypeError: Vault.select takes a ContractState class (e.g. Cash), not type"),
+    ("query", "TypeError: Vault.query takes a class of states (e.g. Cash), not str"),
+    ("select type", "TypeError: Vault.select takes a class of states (e.g. Cash), not str"),
     ("select zero", "ValueError: Vault.select takes an amount above zero, not 0"),
     ("soft_lock one", "TypeError: Vault.soft_lock takes a list of StateRef, not one str"),
     ("release", "TypeError: Vault.release takes StateRefs (a StateAndRef's .ref), not bytes"),

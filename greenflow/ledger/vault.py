@@ -382,8 +382,9 @@ register_service_factory("vault", _open_vault)
 
 
 def _state_type(state_type: Any, call: str) -> None:
-    if not (isinstance(state_type, type) and issubclass(state_type, ContractState)):
-        raise TypeError(f"Vault.{call} takes a ContractState class (e.g. Cash), not "
+    # (any class: a mixin the app's states share, or object for every state)
+    if not isinstance(state_type, type):
+        raise TypeError(f"Vault.{call} takes a class of states (e.g. Cash), not "
                         f"{type(state_type).__qualname__} {state_type!r:.60}")
 
 
