@@ -179,8 +179,8 @@ def unpack_result(fid: str, rec: dict) -> Any:
 
 def _timeout(timeout: Any) -> Optional[float]:
     """``result()``'s timeout as a wait takes it: None, inf or more than a wait can take
-    wait for ever (they overflowed the wait); anything else is a number of seconds from 0 (NaN waited not at all and
-    said "within nans", a str failed a comparison)."""
+    wait for ever (they overflowed the wait); anything else is a number of seconds from 0
+    (NaN waited not at all and said "within nans", a str failed a comparison)."""
     if timeout is None:
         return None
     if type(timeout) is bool or not isinstance(timeout, (int, float)):
