@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 from greenflow.errors import FlowError
+from greenflow.runtime.flow_types import duration
 
 API = "/api/v1"
 
@@ -250,12 +251,11 @@ class RpcClient:
 
 
 def _wait(wait: Any) -> Optional[float]:
-    """A ``wait`` the node takes: None, or a finite number of seconds from 0 (an infinite
-    one overflowed the socket's timeout before anything was sent; the node caps waits)."""
+    """A ``wait`` the node takes: None, or a number of seconds from 0 up to a century
+    (`greenflow.runtime.flow_types.duration`; an infinite one overflowed the socket's
+    timeout before anything was sent; the node caps waits)."""
     if wait is None:
         return None
-    if type(wait) is bool or not isinstance(wait, (int, float)):
+    if type(wait) is bool or not isinstance(wait, (int, float)):   # (float() takes "5")
         raise TypeError(f"wait takes a number of seconds, got {type(wait).__qualname__}")
-    if not 0 <= wait < float("inf"):
-        raise ValueError(f"wait takes a finite number of seconds from 0, got {wait!r}")
-    return float(wait)
+    return duration(wait, "wait")
