@@ -82,6 +82,40 @@ class DrawsBack(FlowLogic):
         return seen
 
 
+@initiating_flow
+class LongDraws(FlowLogic):
+    """`Draws` for ``rounds`` round trips with a responder that goes on as long: a flow
+    that runs far past its first few commits."""
+
+    def __init__(self, peer: Party, log: str, rounds: int) -> None:
+        self.peer, self.log, self.rounds = peer, log, rounds
+
+    def call(self) -> list:
+        session = self.initiate_flow(self.peer)
+        session.send(self.rounds)
+        seen = []
+        for _ in range(self.rounds):
+            values = [time.time(), random.random(), str(uuid.uuid4())]
+            self.side_effect(append_line, self.log, repr(values))
+            seen.append([values, session.send_and_receive(list, values)])
+        return seen
+
+
+@initiated_by(LongDraws)
+class LongDrawsBack(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> list:
+        seen = []
+        for _ in range(self.session.receive(int)):
+            got = self.session.receive(list)
+            values = [time.time(), random.random(), got]
+            seen.append(values)
+            self.session.send(values)
+        return seen
+
+
 class ManyDraws(FlowLogic):
     """A thousand ids and clock readings between two suspensions."""
 

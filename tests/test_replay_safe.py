@@ -240,3 +240,33 @@ def test_time_sleep_in_a_flow_is_reported_once_per_place_and_not_repeated_on_rep
     time.sleep(0.001)   # outside flows: the real function, no report
     assert len([r for r in caplog.records if "called time.sleep" in r.getMessage()]) == 2
     net.close()
+
+
+def test_a_long_running_flow_holds_only_its_unstored_journal_and_still_replays_whole(
+        tmp_path, net_options):
+    """A resident flow kept every journal entry it ever made in memory (~1 KB per round
+    trip: 200,000 round trips of ping-pong held ~200 MB of heap). It now lets go of the
+    entries the store holds; a restart replays the whole stored journal, clock readings
+    and randomness included, and gets the values the first run drew."""
+    from greenflow.statemachine.commit import FORGET_AT
+    rounds, log = FORGET_AT * 4, str(tmp_path / "long.log")
+    with MockNetwork(tmp_path / "net", **net_options) as net:
+        alice, bob = pair(net)
+        h = alice.start_flow(replayflows.LongDraws(bob.party, log, rounds))
+        net.run_network(max_messages=rounds)   # about half of the round trips
+        for node in (alice, bob):
+            held = [len(rt.journal) for rt in node.node.scheduler.resident.values()]
+            assert max(held, default=0) < FORGET_AT + 8, (node.name, held)
+        [dump] = alice.checkpoints_dump()
+        assert dump["journal_entries"] > FORGET_AT * 2   # the store has all of them
+        alice = net.restart_node(alice)
+        net.run_network(max_messages=rounds // 2)
+        bob = net.restart_node(bob)
+        net.run_network()
+        result = alice.handle(h.id).result()
+        assert len(result) == rounds
+        assert [mine for mine, _ in result] == _first_seen(log)   # as first drawn
+        assert all(theirs[2] == mine for mine, theirs in result)
+        [responder] = bob.flows()
+        assert bob.handle(responder.id).result() == [theirs for _, theirs in result]
+        assert_all_finished(alice, bob)

@@ -33,6 +33,10 @@ log = logging.getLogger("greenflow.scheduler")
 #: The journal chunks a flow's drop deletes one by one; a flow with more is dropped with a
 #: scan of its journal's keys.
 MAX_CHUNK_HINTS = 64
+#: A live resident flow lets go of its stored journal entries once it holds this many
+#: (`FlowRuntime.forget_stored`): memory stays bounded however long the flow runs, and
+#: short flows, which end first, never pay for it.
+FORGET_AT = 64
 # `FlowStatus.finished` as a set test: no property call per flow of every round.
 _FINISHED = frozenset(s for s in FlowStatus if s.finished)
 
@@ -74,8 +78,12 @@ class CommitStaging:
             self.commit_error = exc
             self.dead = True
             return
+        resident = self.resident
         for rt in self.touched.values():
             rt.base = None   # committed: the store holds it now (read back if parked)
+            if rt.committed >= FORGET_AT and rt.cursor == len(rt.journal) \
+                    and resident.get(rt.flow_id) is rt:
+                rt.forget_stored()   # live: its stored entries are read only by a replay
         if self.big_results:   # committed: read from the store from now on (`Ending`)
             for fid in self.big_results:
                 self.recent_results.pop(fid, None)
@@ -128,17 +136,17 @@ class CommitStaging:
             payloads.set_aside(b, self.store, fid, chunk, rt.consumed)
             if len(b.ops) != n_ops:
                 rt.inboxed = True   # a payload set aside
+            start = rt.dropped + rt.committed   # (its index in the stored journal)
             chunks = rt.chunks   # where this flow's chunks start, ascending (`drop_flow`)
-            if chunks is not None and (not chunks or chunks[-1] != rt.committed):
+            if chunks is not None and (not chunks or chunks[-1] != start):
                 # Past a few, the drop scans the flow's journal keys instead: kept whole,
                 # the tuple was searched and copied at every commit (a flow of 20,000
                 # round trips spent most of its time here).
-                rt.chunks = chunks + (rt.committed,) if len(chunks) < MAX_CHUNK_HINTS else None
-            b.append_journal(fid, rt.committed,
-                             journal_chunk(self.round_time, encode_entries(chunk)))
+                rt.chunks = chunks + (start,) if len(chunks) < MAX_CHUNK_HINTS else None
+            b.append_journal(fid, start, journal_chunk(self.round_time, encode_entries(chunk)))
             rt.committed = resolved
         pend = rt.pending if rt.pending is not None else last
-        cp.journal_len = n
+        cp.journal_len = rt.dropped + n
         cp.pending = (last.kind, last.key, last.deadline) if last is not None else None
         for q in rt.inbox.values():
             for item in q:
