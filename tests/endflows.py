@@ -76,3 +76,41 @@ class NapTwice(FlowLogic):
             self.sleep(1)
         self.sleep(1)   # elsewhere
         return "rested"
+
+
+@initiating_flow
+class SessionAfterSession(FlowLogic):
+    """Opens one session after another to the same peer, each answered once (the answer
+    carries the peer's end); at the end uses the first three again."""
+
+    def __init__(self, peer: Party, n: int):
+        self.peer, self.n = peer, n
+
+    def call(self) -> tuple:
+        sessions, total = [], 0
+        for i in range(self.n):
+            s = self.initiate_flow(self.peer)
+            total += s.send_and_receive(int, i)
+            sessions.append(s)
+        sessions[1].send(1)   # the end not seen yet: goes out, the ended peer drops it
+        try:
+            sessions[0].receive(int)
+            after = ""
+        except UnexpectedFlowEnd as exc:
+            after = str(exc)
+        try:
+            sessions[0].send(1)
+            sent = ""
+        except UnexpectedFlowEnd as exc:
+            sent = str(exc)
+        sessions[2].close()
+        return total, after, sent
+
+
+@initiated_by(SessionAfterSession)
+class AnswerOnce(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        self.session.send(self.session.receive(int) + 1)

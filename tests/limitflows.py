@@ -2,7 +2,8 @@
 (module level, so checkpoints can name them after a restart)."""
 from __future__ import annotations
 
-from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, startable
+from greenflow import (FlowLogic, FlowSession, FlowTimeout, Party, UnexpectedFlowEnd, initiated_by,
+                       initiating_flow, startable)
 from greenflow.runtime.snapshots import register_sensitive
 
 
@@ -99,3 +100,41 @@ class ReceiveBulkLater(FlowLogic):
         self.session.send(total)
         self.sleep(3600)
         return total
+
+
+@initiating_flow
+class AskInTime(FlowLogic):
+    """Asks ``n`` times, each answer awaited with a timeout of an hour; the peer leaves
+    the last one unanswered, so it times out."""
+
+    def __init__(self, peer: Party, n: int) -> None:
+        self.peer, self.n = peer, n
+
+    def call(self) -> tuple:
+        s = self.initiate_flow(self.peer)
+        s.send(self.n)
+        total = 0
+        for i in range(self.n):
+            s.send(i)
+            try:
+                total += s.receive(int, timeout=3600)
+            except FlowTimeout:
+                return total, "timed out"
+        return total, "answered"
+
+
+@initiated_by(AskInTime)
+class AnswerAllButLast(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> None:
+        n = self.session.receive(int)
+        for i in range(n):
+            x = self.session.receive(int)
+            if i < n - 1:
+                self.session.send(x + 1)
+        try:
+            self.session.receive(int)   # until the initiator gives up and ends
+        except UnexpectedFlowEnd:
+            pass

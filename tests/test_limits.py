@@ -309,3 +309,26 @@ def test_the_cache_of_recent_results_keeps_no_big_result_once_it_is_committed(ne
     assert big.result() == b"r" * (RECENT_RESULT_BYTES + 1) and small.result() == b"r" * 100
     listed = {f.id: f.status for f in alice.node.flows()}
     assert listed[big.id] == listed[small.id] == FlowStatus.COMPLETED
+
+
+def test_timers_a_flow_no_longer_waits_on_do_not_pile_up(net, monkeypatch):
+    """Every receive with a timeout left its timer in the scheduler's heap until the
+    deadline, answered or not: a flow receiving with a timeout of an hour in a loop held
+    an hour's worth of them (10,000 after 10,000 answers). Stale ones are dropped once
+    the heap outgrows its bound; the timer of the receive still waiting fires."""
+    from limitflows import AskInTime
+    from netutil import assert_all_finished, pair
+
+    from greenflow.statemachine import running
+    monkeypatch.setattr(running, "TIMERS_BOUND", 16)
+    monkeypatch.setattr(running.Running, "timers_bound", 16)
+    alice, bob = pair(net)
+    h = alice.start_flow(AskInTime(bob.party, 200))
+    net.run_network(max_messages=300)
+    assert 0 < len(alice.node.scheduler.timers) <= 2 * 16 + 1
+    net.run_network()
+    assert not h.status.finished   # the last receive waits
+    net.advance_clock(3601)
+    net.run_network()
+    assert h.result() == (sum(range(1, 200)), "timed out")
+    assert_all_finished(alice, bob)

@@ -29,6 +29,13 @@ NEW, OPEN, CLOSED = 0, 1, 2
 AT_START = "at start"
 
 
+#: How a flow words a peer that ended its flow normally (`SessionState.peer_ended`).
+PEER_ENDED_ITS_FLOW = "ended its flow"
+#: The ``recv_seq`` of a retired session brought back (`Conversation.retired_session`):
+#: every frame on it is a duplicate.
+RETIRED_RECV_SEQ = 1 << 62
+
+
 class SessionState(msgspec.Struct, gc=False):
     """One session as this flow sees it. Sequence numbers make delivery exactly-once:
     the peer's frames are accepted strictly in ``recv_seq`` order and duplicates dropped."""

@@ -21,11 +21,14 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
                                 EndReason, Frame, exception_text)
 from greenflow.log_limits import clip
 from greenflow.party import MAX_NAME_BYTES, Party, name_fits
-from greenflow.runtime.checkpoint import CLOSED, NEW, OPEN, SessionState
-from greenflow.runtime.flow_types import Ended, Outgoing, duration
+from greenflow.runtime.checkpoint import (CLOSED, NEW, OPEN, PEER_ENDED_ITS_FLOW, RETIRED_RECV_SEQ,
+                                         SessionState)
+from greenflow.runtime.flow_types import NO_INBOX, Ended, Outgoing, duration
 from greenflow.runtime.journal import OK, Kind, Outcome
 
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
+#: The reasons of an END that says the peer's flow simply ended (`retire_ended_sessions`).
+_PLAIN_END = ("", EndReason.ENDED)
 # A sent payload up to this size is kept in its journal entry, so that a replay sending
 # something else can say which field changed (larger ones are named by digest only).
 KEEP_SENT_PAYLOAD = 4096
@@ -119,7 +122,12 @@ class Conversation:
         sid = f"{self.flow_id}.{self.session_counter}"
         st = self.cp.sessions.get(sid)
         if st is None:
-            self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
+            if self.cursor < len(self.journal):
+                # Replayed, and not in the checkpoint: it ended on both sides and was
+                # retired from it (`retire_ended_sessions`).
+                self.retired_session(sid, party)
+            else:
+                self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
         elif st.counterparty != party and self.replaying:
             from greenflow.runtime.divergence import explain_session
             self._diverge(explain_session(self, self.session_counter, st.counterparty, party))
@@ -128,9 +136,57 @@ class Conversation:
     def _session(self, session: FlowSession) -> SessionState:
         st = self.cp.sessions.get(session.sid)
         if st is None:
+            st = self.retired_session(session.sid, session.counterparty)
+        if st is None:
             raise FlowError(f"{session!r} does not belong to flow {self.cp.flow_class} "
                             f"({self.flow_id}); sessions cannot be shared between flows")
         return st
+
+    def retired_session(self, sid: str, party: Party) -> Optional[SessionState]:
+        """A session this flow opened that left its checkpoint (`retire_ended_sessions`),
+        back as what it was: its peer's end not seen yet, no more frames taken. None
+        when ``sid`` is no session this flow has opened."""
+        prefix, _, n = sid.rpartition(".")
+        if prefix != self.flow_id or not n.isdigit() or not 0 < int(n) <= self.session_counter:
+            return None
+        st = self.cp.sessions[sid] = SessionState(sid, party, True, "", 0, "", OPEN,
+                                                  recv_seq=RETIRED_RECV_SEQ,
+                                                  peer_ending=PEER_ENDED_ITS_FLOW)
+        return st
+
+    def retire_ended_sessions(self) -> None:
+        """Take the sessions this flow opened whose peer ended its flow, unseen by this
+        one yet (its last message carried the END, or a plain END waits in the inbox),
+        out of the checkpoint: a flow that opens one session after another (a sub-flow
+        per counterparty, in a loop) re-encoded every session it ever had at each
+        commit. Nothing is lost: a later send, receive or close on one, or a replay
+        reaching its opening, brings it back as it was (`retired_session`): the next
+        receive sees the end, a send before that goes out and is dropped by the ended
+        peer, as on a session kept; a frame on it is dropped and acknowledged. A session
+        whose end the flow has seen stays (a send on it is refused)."""
+        pending = self.pending
+        waited = pending.key[0] if pending is not None and pending.key else None
+        sessions = self.cp.sessions
+        inbox = self.inbox
+        busy = {o.frame.sid for o in self.out} if self.out else ()
+        for sid, st in list(sessions.items()):
+            if not st.initiator or sid == waited or sid in busy:
+                continue
+            q = inbox.get(sid) if inbox else None
+            if q:   # only the peer's plain END, not consumed yet
+                f = q[0].frame
+                if len(q) != 1 or f.kind != END or f.reason not in _PLAIN_END:
+                    continue
+                if q[0].persisted:
+                    self.consumed = [*self.consumed, (sid, f.seq)]
+                del inbox[sid]  # type: ignore[attr-defined]
+                if not inbox:
+                    self.inbox = inbox = NO_INBOX
+            elif st.peer_ending != PEER_ENDED_ITS_FLOW:
+                continue
+            if st.peer_ended is not None:
+                continue
+            del sessions[sid]
 
     def _emit(self, st: SessionState, kind: int, payload: Optional[bytes] = None,
               reason: str = "", error: Optional[tuple] = None) -> None:

@@ -37,6 +37,9 @@ MAX_CHUNK_HINTS = 64
 #: (`FlowRuntime.forget_stored`): memory stays bounded however long the flow runs, and
 #: short flows, which end first, never pay for it.
 FORGET_AT = 64
+#: A flow with more sessions than this retires those that ended on both sides from its
+#: checkpoint at each commit (`Conversation.retire_ended_sessions`).
+RETIRE_AFTER = 8
 # `FlowStatus.finished` as a set test: no property call per flow of every round.
 _FINISHED = frozenset(s for s in FlowStatus if s.finished)
 
@@ -148,6 +151,17 @@ class CommitStaging:
         pend = rt.pending if rt.pending is not None else last
         cp.journal_len = rt.dropped + n
         cp.pending = (last.kind, last.key, last.deadline) if last is not None else None
+        if len(cp.sessions) > rt.routed:  # added at the end (only the flow's own are retired)
+            for st in list(cp.sessions.values())[rt.routed:]:
+                if st.initiator:
+                    continue  # routed by its id (_deliver_to_initiator): nothing to store
+                key = (st.counterparty.name, st.sid, st.role_of_peer)
+                self.routes[key] = fid
+                self._put_route(key, fid.encode())
+            rt.routed = len(cp.sessions)
+        if len(cp.sessions) > RETIRE_AFTER:
+            rt.retire_ended_sessions()
+            rt.routed = len(cp.sessions)
         for q in rt.inbox.values():
             for item in q:
                 if not item.persisted:
@@ -157,14 +171,6 @@ class CommitStaging:
         for sid, seq in rt.consumed:
             b.delete_inbox(fid, sid, seq)
         rt.consumed = ()
-        if len(cp.sessions) > rt.routed:  # sessions are only ever added
-            for st in list(cp.sessions.values())[rt.routed:]:
-                if st.initiator:
-                    continue  # routed by its id (_deliver_to_initiator): nothing to store
-                key = (st.counterparty.name, st.sid, st.role_of_peer)
-                self.routes[key] = fid
-                self._put_route(key, fid.encode())
-            rt.routed = len(cp.sessions)
         wake = pend is None or pend.kind == Kind.EXTERNAL
         if rt.wake_stored is not wake:
             b.set_wake(fid, wake)

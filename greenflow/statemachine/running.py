@@ -19,6 +19,8 @@ from greenflow.status import FlowStatus
 _FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
 
 log = logging.getLogger("greenflow.scheduler")
+#: The least size of the timer heap at which its stale timers are looked for.
+TIMERS_BOUND = 4096
 
 
 class Running:
@@ -105,14 +107,42 @@ class Running:
             except Exception:
                 log.exception("progress listener failed")
 
+    #: The size of the timer heap past which its stale timers are dropped (doubling
+    #: with what is kept, so the scan costs O(1) per timer armed).
+    timers_bound = TIMERS_BOUND
+
     def arm_timer(self, rt: FlowRuntime, deadline: float) -> None:
         heapq.heappush(self.timers, (deadline, rt.flow_id))
+        if len(self.timers) > self.timers_bound:
+            self._drop_stale_timers()
         cp = rt.cp
         if cp.timer_at != deadline:
             if cp.timer_at is not None:
                 self.batch.delete_timer(cp.timer_at, rt.flow_id)
             cp.timer_at = deadline
             self.batch.put_timer(deadline, rt.flow_id)
+
+    def _drop_stale_timers(self) -> None:
+        """The heap keeps a timer until it falls due, also one its flow no longer waits
+        on (answered before its deadline, or ended): a flow receiving with a timeout of
+        an hour in a loop left one per receive, an hour's worth of them. Dropped here:
+        those of flows in memory that wait on another deadline or none, and of flows
+        that just ended. A flow out of memory keeps its own (checked when it falls due)."""
+        resident, ended, same = self.resident, self.recent_results, transitions.same_deadline
+        keep, waiting = [], set()   # (a flow in memory waits on one deadline at most)
+        for deadline, fid in self.timers:
+            rt = resident.get(fid)
+            if rt is None:
+                if fid not in ended:
+                    keep.append((deadline, fid))
+            elif fid not in waiting:
+                p = rt.pending
+                if p is not None and p.deadline is not None and same(p.deadline, deadline):
+                    keep.append((deadline, fid))
+                    waiting.add(fid)
+        heapq.heapify(keep)
+        self.timers = keep
+        self.timers_bound = max(TIMERS_BOUND, 2 * len(keep))
 
     def _fire_due_timers(self) -> bool:
         now = self.clock.now()

@@ -13,7 +13,7 @@ from typing import Optional
 from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, JUST_WAIT,
                                             PEER_ENDED, RESUME, RUN_EXTERNAL_ACTION, SEND_INFO,
                                             WAIT_ACTION)
-from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.runtime.checkpoint import PEER_ENDED_ITS_FLOW, Checkpoint
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
 from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, EndReason,
                                 Frame, carries_message)
@@ -40,7 +40,7 @@ def frame_outcome(frame: Frame) -> tuple:
 
 #: How a flow words its peer's end (``SessionState.peer_ended``, `UnexpectedFlowEnd`),
 #: per `EndReason` on the wire; an unknown word is shown as it came.
-_END_REASONS = {EndReason.ENDED: "ended its flow", EndReason.FAILED: "failed",
+_END_REASONS = {EndReason.ENDED: PEER_ENDED_ITS_FLOW, EndReason.FAILED: "failed",
                 EndReason.KILLED: "was killed", EndReason.CLOSED: "closed the session"}
 
 
