@@ -138,3 +138,40 @@ class AnswerAllButLast(FlowLogic):
             self.session.receive(int)   # until the initiator gives up and ends
         except UnexpectedFlowEnd:
             pass
+
+
+@initiating_flow
+class Flood(FlowLogic):
+    """Sends ``n`` payloads of ``size`` bytes without waiting, then waits for one answer."""
+
+    def __init__(self, peer: Party, n: int, size: int) -> None:
+        self.peer, self.n, self.size = peer, n, size
+
+    def call(self) -> str:
+        s = self.initiate_flow(self.peer)
+        for i in range(self.n):
+            s.send(bytes(self.size))
+        try:
+            s.receive(int)
+        except UnexpectedFlowEnd as exc:
+            return str(exc)
+        return "answered"
+
+
+@initiated_by(Flood)
+class ReadLate(FlowLogic):
+    """Reads one message, sleeps an hour, then reads until the session ends."""
+
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> tuple:
+        self.session.receive(bytes)
+        self.sleep(3600)
+        read = 1
+        while True:
+            try:
+                self.session.receive(bytes)
+            except UnexpectedFlowEnd as exc:
+                return read, str(exc)
+            read += 1

@@ -332,3 +332,42 @@ def test_timers_a_flow_no_longer_waits_on_do_not_pile_up(net, monkeypatch):
     net.run_network()
     assert h.result() == (sum(range(1, 200)), "timed out")
     assert_all_finished(alice, bob)
+
+
+@pytest.mark.parametrize("cap", ["messages", "bytes"])
+@pytest.mark.parametrize("restart", [False, True])
+def test_a_peer_that_sends_more_than_a_session_holds_unread_gets_the_session_ended(
+        net, monkeypatch, cap, restart):
+    """Nothing bounded what a peer could make one session hold unread: 2,000 messages of
+    100 KB sent to a responder that read one held ~800 MB. Past the bound the session is
+    ended: the reader reads what it holds, then sees the end; the sender is told why;
+    the frames past the bound are acknowledged and dropped, also after a restart."""
+    from limitflows import Flood
+    from netutil import assert_all_finished, pair
+
+    from greenflow.statemachine import transitions
+    if cap == "messages":
+        monkeypatch.setattr(transitions, "MAX_UNREAD_MESSAGES", 20)
+        size, held = 10, 20
+    else:
+        monkeypatch.setattr(transitions, "MAX_UNREAD_BYTES", 1000)
+        size, held = 300, 3
+    alice, bob = pair(net)
+    h = alice.start_flow(Flood(bob.party, 100, size))
+    net.run_network()
+    for rt in bob.node.scheduler.resident.values():
+        assert sum(len(q) for q in rt.inbox.values()) <= held
+    if restart:
+        bob = net.restart_node(bob)
+        alice = net.restart_node(alice)
+        h = alice.handle(h.id)
+        net.run_network()
+    net.advance_clock(3601)
+    net.run_network()
+    said = h.result()
+    assert said.startswith("Bob ended the session: more than ") and "were unread" in said, said
+    [responder] = bob.flows()
+    read, seen = bob.handle(responder.id).result()
+    assert read == held   # (the first one too waited unread: all came in one round)
+    assert seen.startswith("Alice sent more than ") and "the session was ended" in seen, seen
+    assert_all_finished(alice, bob)

@@ -39,6 +39,34 @@ def test_result_with_a_timeout_raises_timeout_error_while_the_flow_waits(node):
     assert h.status in (FlowStatus.SUSPENDED, FlowStatus.HIBERNATED)
 
 
+def test_a_result_wait_given_up_leaves_no_waiter_behind(node):
+    """Each wait that timed out left its waiter registered until the flow ended: a client
+    asking again and again (an RPC client polling with a wait) grew the node by ~1.5 KB
+    per ask for as long as the flow waited."""
+    h = node.start_flow(Sleeper(3600))
+    for _ in range(50):
+        with pytest.raises(TimeoutError):
+            h.result(timeout=0.001)
+    waiters = node.scheduler.waiters
+    assert node.on_scheduler(lambda: len(waiters.get(h.id, ()))) == 0
+    held: dict = {}
+
+    def wait() -> None:
+        try:
+            held["r"] = h.result(timeout=30)
+        except Exception as exc:   # noqa: BLE001 - what it was told is the point
+            held["e"] = type(exc).__name__
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()   # one that does not give up is still told of the end
+    wait_until(lambda: node.on_scheduler(lambda: len(waiters.get(h.id, ()))) == 1)
+    with pytest.raises(TimeoutError):
+        h.result(timeout=0.001)
+    assert node.kill_flow(h.id)
+    waiting.join(20)
+    assert held == {"e": "FlowKilled"} and not waiting.is_alive()
+
+
 def test_an_external_call_runs_once_though_its_flow_is_rebuilt_while_it_runs(node, flow_state):
     h = node.start_flow(ExternalWhileTalking(node.party))
     # The flow hibernates while its call is blocked; the peer's "ping" then rebuilds it by

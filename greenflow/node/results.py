@@ -12,6 +12,7 @@ from greenflow.errors import FlowError, FlowKilled, UnknownFlow
 from greenflow.log_limits import clip
 from greenflow.node.flow_views import shown_status
 from greenflow.runtime.flow_runtime import rebuild_flow_exception
+from greenflow.statemachine.events import Call
 from greenflow.status import FlowStatus
 
 if TYPE_CHECKING:
@@ -107,16 +108,24 @@ class FlowResults:
         box: dict[str, dict] = {}
         done = threading.Event()
 
+        def finished(r: dict) -> None:
+            box["r"] = r
+            done.set()
+
         def register() -> None:
             rec = self.record(fid)
             if rec is not None:
                 box["r"] = rec
                 done.set()
             else:
-                node.scheduler.when_finished(fid, lambda r: (box.__setitem__("r", r), done.set()))
+                node.scheduler.when_finished(fid, finished)
 
         node.on_scheduler(register)
         if not done.wait(timeout):
+            # Given up: unregistered, or a client asking again and again (RPC polls with a
+            # wait) would leave one waiter per ask until the flow ends (~1.5 KB each).
+            if not node.closed:
+                node.scheduler.post(Call(lambda: node.scheduler.forget_waiter(fid, finished)))
             raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
         if box["r"] is None:
             raise FlowError(f"node {node.party.name} closed while waiting for flow {fid}; "

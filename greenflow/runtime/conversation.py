@@ -142,6 +142,18 @@ class Conversation:
                             f"({self.flow_id}); sessions cannot be shared between flows")
         return st
 
+    def cut_session(self, st: SessionState, to_peer: str, here: str) -> None:
+        """End a session whose peer sent more than it may have waiting unread: the peer is
+        told (an END with ``to_peer`` as its reason); this flow reads what it holds, then
+        sees the end (``here``); every later frame on it is dropped and acknowledged."""
+        st.recv_seq = RETIRED_RECV_SEQ
+        if st.state == OPEN:
+            self._emit(st, END, reason=to_peer)
+        st.state = CLOSED
+        if st.peer_ended is None:
+            st.peer_ended = here
+            st.peer_ending = None
+
     def retired_session(self, sid: str, party: Party) -> Optional[SessionState]:
         """A session this flow opened that left its checkpoint (`retire_ended_sessions`),
         back as what it was: its peer's end not seen yet, no more frames taken. None

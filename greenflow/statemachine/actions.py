@@ -28,9 +28,10 @@ SEND_INFO = 6    # (SEND_INFO, sid): tell the peer our flow version and app (it 
 ACK = 7          # (ACK, msg_id): acknowledge the frame to its sender once our commit holds it
 DROP = 8         # (DROP, reason): ignore the frame, with the reason for the log
 PEER_ENDED = 9   # (PEER_ENDED, sid): the flow has seen the end its peer sent with its last message
+CUT = 10         # (CUT, frame): the peer sent more than the session's inbox holds: end the session
 
 NAMES = ("Resume", "Wait", "ArmTimer", "RunExternal", "Accept", "Consume", "SendInfo", "Ack",
-         "Drop", "PeerEnded")
+         "Drop", "PeerEnded", "Cut")
 
 WAIT_ACTION = (WAIT,)
 RUN_EXTERNAL_ACTION = (RUN_EXTERNAL,)
@@ -75,6 +76,10 @@ def Drop(reason: str) -> tuple:
 
 def PeerEnded(sid: str) -> tuple:
     return (PEER_ENDED, sid)
+
+
+def Cut(frame: Frame) -> tuple:
+    return (CUT, frame)
 
 
 def describe(action: tuple) -> str:

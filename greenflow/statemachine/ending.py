@@ -9,7 +9,7 @@ import logging
 import traceback
 from itertools import islice
 from math import ceil
-from typing import Any
+from typing import Any, Callable
 
 from greenflow import serialization
 from greenflow.errors import FlowException, KeyTooLong
@@ -137,6 +137,21 @@ class Ending:
             self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
         if self.progress_listeners:
             self.progress_changed(rt, None)
+
+    def when_finished(self, fid: str, fn: Callable[[dict], None]) -> None:
+        """``fn(result record)`` once flow ``fid`` has ended and its result is durable."""
+        self.waiters.setdefault(fid, []).append(fn)
+
+    def forget_waiter(self, fid: str, fn: Callable[[dict], None]) -> None:
+        """Undo `when_finished` (its caller stopped waiting)."""
+        fns = self.waiters.get(fid)
+        if fns is not None:
+            try:
+                fns.remove(fn)
+            except ValueError:
+                pass
+            if not fns:
+                del self.waiters[fid]
 
     def _queue_frames(self, rt: FlowRuntime) -> None:
         put = self.batch.put_outbox

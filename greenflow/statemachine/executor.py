@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, PEER_ENDED,
+from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, CUT, DROP, PEER_ENDED,
                                             RESUME, RUN_EXTERNAL, SEND_INFO, WAIT, describe)
 from greenflow.runtime.flow_runtime import NO_INBOX, FlowRuntime, InboxItem, Resume, appended
 from greenflow.messages import END, ERROR, REJECT, EndReason, carries_message
 from greenflow.status import FlowStatus
+from greenflow.statemachine import transitions
 from greenflow.statemachine.transitions import end_reason
 
 if TYPE_CHECKING:
@@ -104,6 +105,20 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
             sched.arm_timer(rt, a[1])
         elif op == RUN_EXTERNAL:
             sched.start_external_after_commit(rt)
+        elif op == CUT:
+            f = a[1]
+            st = rt.cp.sessions[f.sid]
+            size = transitions.MAX_UNREAD_BYTES
+            most = (f"{transitions.MAX_UNREAD_MESSAGES:,} messages or "
+                    + (f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"))
+            log.warning("%s: flow %s (%s): %s sent more than %s that the flow had not read on "
+                        "session %s; the session is ended", sched.identity.name, rt.flow_id,
+                        rt.cp.flow_class, st.counterparty.name, most, f.sid)
+            rt.cut_session(st, f"ended the session: more than {most} sent to it were unread",
+                           f"sent more than {most} the flow had not read, so the session was "
+                           "ended")
+            rt.dirty = True
+            sched.touched[rt.flow_id] = rt
         elif op == DROP:
             log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a[1])
         else:

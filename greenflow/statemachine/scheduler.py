@@ -123,10 +123,6 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         """Stop the loop of a threaded node at its next turn (nothing more is committed)."""
         self.dead = True
 
-    def when_finished(self, fid: str, fn: Callable[[dict], None]) -> None:
-        """``fn(result record)`` once flow ``fid`` has ended and its result is durable."""
-        self.waiters.setdefault(fid, []).append(fn)
-
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         self.progress_listeners.append(fn)
 

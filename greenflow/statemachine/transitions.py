@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, DROP, JUST_WAIT,
+from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, CUT, DROP, JUST_WAIT,
                                             PEER_ENDED, RESUME, RUN_EXTERNAL_ACTION, SEND_INFO,
                                             WAIT_ACTION)
 from greenflow.runtime.checkpoint import PEER_ENDED_ITS_FLOW, Checkpoint
@@ -19,6 +19,12 @@ from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, 
                                 Frame, carries_message)
 
 _RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.EXTERNAL
+
+#: The most messages, and payload bytes, a peer may have waiting unread in one session:
+#: a peer that sends more before the flow reads them gets its session ended (`CUT`), so
+#: one session cannot make a node hold more (2,000 messages of 100 KB held ~800 MB).
+MAX_UNREAD_MESSAGES = 1000
+MAX_UNREAD_BYTES = 64 << 20
 _DATA_OUTCOME = Outcome.DATA
 
 
@@ -106,6 +112,9 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
         return [(DROP, f"out-of-order {frame.describe()} (expected #{st.recv_seq}); "
                        "the sender will re-send")]
     kind = frame.kind
+    q = inbox.get(sid)
+    if q and frame.payload is not None and _too_much_unread(q, frame):
+        return [(CUT, frame), (ACK, frame.msg_id)]
     if kind == DATA and (pending is None or pending.kind == _RECEIVE):   # the common case
         actions: list = [(ACCEPT, frame), (ACK, (sid, frame.to_responder, seq))]
         if pending is not None and pending.kind == _RECEIVE and pending.key[0] == sid \
@@ -134,6 +143,19 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
                 actions.append((CONSUME, sid))
                 actions.append((RESUME, frame_outcome(frame)))
     return actions
+
+
+def _too_much_unread(q: deque, frame: Frame) -> bool:
+    """Whether ``frame``, buffered behind the messages ``q`` holds, would be more than the
+    session may hold unread (`MAX_UNREAD_MESSAGES`, `MAX_UNREAD_BYTES`)."""
+    if len(q) >= MAX_UNREAD_MESSAGES:
+        return True
+    size = len(frame.payload)   # type: ignore[arg-type]
+    for item in q:
+        p = item.frame.payload
+        if p is not None:
+            size += len(p)
+    return size > MAX_UNREAD_BYTES
 
 
 def same_deadline(a: float, b: float) -> bool:
