@@ -175,3 +175,13 @@ class ReadLate(FlowLogic):
             except UnexpectedFlowEnd as exc:
                 return read, str(exc)
             read += 1
+
+
+class SubFlowsAllTheWayDown(FlowLogic):
+    """Calls itself as a sub-flow until Python's recursion limit stops it."""
+
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth
+
+    def call(self) -> int:
+        return self.sub_flow(SubFlowsAllTheWayDown(self.depth + 1))

@@ -371,3 +371,21 @@ def test_a_peer_that_sends_more_than_a_session_holds_unread_gets_the_session_end
     assert read == held   # (the first one too waited unread: all came in one round)
     assert seen.startswith("Alice sent more than ") and "the session was ended" in seen, seen
     assert_all_finished(alice, bob)
+
+
+def test_a_flow_failing_in_a_deep_recursion_logs_a_bounded_traceback(net, caplog):
+    """Its failure logged the whole traceback: ~6,000 lines for one flow."""
+    import logging
+
+    from limitflows import SubFlowsAllTheWayDown
+    alice = net.create_node("Alice")
+    h = alice.start_flow(SubFlowsAllTheWayDown())
+    with caplog.at_level(logging.WARNING, logger="greenflow.scheduler"):
+        net.run_network()
+    with pytest.raises(RecursionError):
+        h.result()
+    [logged] = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+    assert len(logged.splitlines()) < 200, len(logged.splitlines())
+    assert "more parts of the traceback" in logged
+    assert logged.rstrip().endswith("RecursionError: maximum recursion depth exceeded")
+    assert "in call" in logged and "limitflows.py" in logged   # the flow's frames shown

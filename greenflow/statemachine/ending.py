@@ -34,6 +34,22 @@ _COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, F
 RECENT_RESULT_BYTES = 64 << 10
 
 
+#: The traceback lines a flow's failure logs from its start and from its end: a flow
+#: that failed in a deep recursion logged some 6,000 lines.
+TRACEBACK_HEAD, TRACEBACK_TAIL = 20, 30
+
+
+def failure_text(exc: BaseException) -> str:
+    """``exc`` with its traceback, for the log: the outermost and innermost frames, each
+    part cut (`cut_text`), what lies between counted."""
+    parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    if len(parts) > TRACEBACK_HEAD + TRACEBACK_TAIL + 1:
+        skipped = len(parts) - TRACEBACK_HEAD - TRACEBACK_TAIL
+        parts = [*parts[:TRACEBACK_HEAD], f"  ... {skipped:,} more parts of the traceback ...\n",
+                 *parts[-TRACEBACK_TAIL:]]
+    return "".join(cut_text(part, MAX_ERROR_TEXT) for part in parts)
+
+
 class Ending:
     """How flows leave memory: finished, evicted or killed."""
 
@@ -69,9 +85,7 @@ class Ending:
                          cp.flow_class, type(exc).__name__, exception_text(exc))
             else:
                 log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
-                            cp.flow_class, "".join(
-                                cut_text(part, MAX_ERROR_TEXT) for part in traceback.format_exception(
-                                    type(exc), exc, exc.__traceback__)))
+                            cp.flow_class, failure_text(exc))
             rt.end_frames((Ended.FAILED, exc))
             record["status"] = status = _FAILED
             text = exception_text(exc, MAX_ERROR_TEXT)
