@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 from typing import Any, Callable
 
 import dill
@@ -90,13 +91,55 @@ class _DillUnpickler(dill.Unpickler):
         return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
+def _refused(what: str, why: str) -> Callable[[Any, Any], None]:
+    def save(pickler: Any, obj: Any) -> None:
+        name = getattr(obj, "name", None)
+        raise pickle.PicklingError(
+            f"cannot pickle {what} ({type(obj).__qualname__}"
+            + (f" {name!r}" if isinstance(name, str) else "") + f"): loaded back it would be "
+            f"{why}; keep it out of the flow's fields, arguments and results, and open or "
+            "make it where it is used")
+    return save
+
+
+_FILE = ("an open file", "reopened by name and mode (mode 'w' empties the file at every load)")
+_LOCK = ("a lock", "a new lock that nobody else holds")
+#: What the C pickler refuses and dill would write as something else (see `_FILE`, `_LOCK`).
+_REFUSED = {t: _refused(*what) for t, what in (
+    (io.TextIOWrapper, _FILE), (io.BufferedWriter, _FILE), (io.BufferedReader, _FILE),
+    (io.BufferedRandom, _FILE), (io.FileIO, _FILE), (type(threading.Lock()), _LOCK),
+    (type(threading.RLock()), _LOCK))}
+
+
+class _Dispatch(dict):
+    """dill's table of how to save each type (read live: dill registers some lazily),
+    with `_REFUSED` in front."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        save = _REFUSED.get(key)
+        return save if save is not None else dill.Pickler.dispatch.get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        save = _REFUSED.get(key)
+        return save if save is not None else dill.Pickler.dispatch[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in _REFUSED or key in dill.Pickler.dispatch
+
+
+class _DillPickler(dill.Pickler):
+    dispatch = _Dispatch()
+
+
 def dumps(obj: Any) -> bytes:
     """Serialise ``obj``, preferring the fast C pickler."""
     try:
         return _PICKLE + pickle.dumps(obj, protocol=5)
     except Exception:  # pickle raises PicklingError, TypeError, AttributeError...
         pass
-    return _DILL + dill.dumps(obj, protocol=5, recurse=True)
+    out = io.BytesIO()
+    _DillPickler(out, protocol=5, recurse=True).dump(obj)
+    return _DILL + out.getvalue()
 
 
 def unpickle(body: Any) -> Any:

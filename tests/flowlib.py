@@ -1079,3 +1079,35 @@ class Returns(FlowLogic):
 
     def call(self) -> bytes:
         return b"r" * self.size
+
+
+class KeepsInField(FlowLogic):
+    """Holds ``thing`` in a field across a suspension (what a flow must not do with an
+    open file or a lock)."""
+
+    def __init__(self, thing: Any) -> None:
+        self.thing = thing
+
+    def call(self) -> str:
+        self.sleep(1)
+        return "done"
+
+
+class ReturnsWhatItMakes(FlowLogic):
+    """Returns, or gets from a side effect, what ``make(path)`` makes."""
+
+    def __init__(self, make: str, path: str, how: str) -> None:
+        self.make, self.path, self.how = make, path, how
+
+    def call(self) -> Any:
+        if self.how == "side_effect":
+            try:
+                self.side_effect(_make, self.make, self.path)
+            except FlowError as exc:
+                return str(exc)
+            return "taken"
+        return _make(self.make, self.path)
+
+
+def _make(what: str, path: str) -> Any:
+    return open(path, "a", encoding="utf-8") if what == "file" else threading.RLock()

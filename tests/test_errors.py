@@ -615,3 +615,34 @@ def test_rows_written_after_a_suspension_inside_writes_are_kept(net):
     store = alice.node.store
     store.open_table("rows")
     assert (store.table_get("rows", b"before"), store.table_get("rows", b"after")) == (b"1", b"2")
+
+
+def test_an_open_file_or_a_lock_in_a_flow_is_refused_not_rebuilt(net, tmp_path):
+    """dill, the fallback pickler, took them: a file came back reopened by name and mode
+    at every load of the flow (a file opened "w" was emptied each time), a lock as a new
+    lock nobody else held; a result or side effect of one likewise."""
+    import threading
+
+    from flowlib import KeepsInField, ReturnsWhatItMakes
+    alice = net.create_node("Alice")
+    kept = tmp_path / "kept.txt"
+    kept.write_text("important\n")
+    with open(kept, "w", encoding="utf-8") as fh:
+        fh.write("important\n")
+        fh.flush()
+        for thing, says in ((fh, r"an open file \(TextIOWrapper '.*kept\.txt'\): loaded back "
+                                 r"it would be reopened by name and mode"),
+                            (threading.Lock(), r"a lock \(lock\): loaded back it would be a "
+                                               r"new lock that nobody else holds")):
+            with pytest.raises(FlowError, match=r"flowlib\.KeepsInField cannot be checkpointed: "
+                                                r"cannot pickle " + says):
+                alice.start_flow(KeepsInField(thing))
+    assert kept.read_text() == "important\n"
+    for what in ("file", "lock"):
+        h = run(net, alice, ReturnsWhatItMakes(what, str(kept), "result"))
+        with pytest.raises(FlowError, match=r"the result of flowlib\.ReturnsWhatItMakes cannot "
+                                            r"be stored: cannot pickle an? (open file|lock)"):
+            h.result()
+        h = run(net, alice, ReturnsWhatItMakes(what, str(kept), "side_effect"))
+        assert re.search(r"cannot pickle an? (open file|lock)", h.result()), h.result()
+    assert kept.read_text() == "important\n"
