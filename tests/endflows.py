@@ -104,7 +104,11 @@ class SessionAfterSession(FlowLogic):
         except UnexpectedFlowEnd as exc:
             sent = str(exc)
         sessions[2].close()
-        return total, after, sent
+        try:
+            info = str(sessions[3].counterparty_flow_info())
+        except UnexpectedFlowEnd as exc:
+            info = str(exc)
+        return total, after, sent, info
 
 
 @initiated_by(SessionAfterSession)

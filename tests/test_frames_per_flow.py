@@ -94,10 +94,12 @@ def test_sessions_whose_peers_ended_leave_the_checkpoint_and_come_back_ended_whe
         bob = net.restart_node(bob)   # re-sends what Alice had not acknowledged
         h = alice.handle(h.id)
     net.run_network()
-    total, after, sent = h.result()
+    total, after, sent, info = h.result()
     assert total == sum(range(1, n + 1))
     assert "Bob ended its flow while endflows.SessionAfterSession expected to receive int" in after
     assert "cannot send to Bob: the session has ended (ended its flow)" in sent
+    # The peer's flow info is all a retired session forgets: asked for, it is its end.
+    assert info == "Bob ended its flow before telling its flow version", info
     assert_all_finished(alice, bob)
 
 

@@ -163,6 +163,7 @@ class Conversation:
             return None
         st = self.cp.sessions[sid] = SessionState(sid, party, True, "", 0, "", OPEN,
                                                   recv_seq=RETIRED_RECV_SEQ,
+                                                  info_requested=True,
                                                   peer_ending=PEER_ENDED_ITS_FLOW)
         return st
 
@@ -174,8 +175,10 @@ class Conversation:
         commit. Nothing is lost: a later send, receive or close on one, or a replay
         reaching its opening, brings it back as it was (`retired_session`): the next
         receive sees the end, a send before that goes out and is dropped by the ended
-        peer, as on a session kept; a frame on it is dropped and acknowledged. A session
-        whose end the flow has seen stays (a send on it is refused)."""
+        peer, as on a session kept; a frame on it is dropped and acknowledged. Only the
+        peer's flow version and app are not kept: `counterparty_flow_info` on one raises
+        `UnexpectedFlowEnd`. A session whose end the flow has seen stays (a send on it is
+        refused)."""
         pending = self.pending
         waited = pending.key[0] if pending is not None and pending.key else None
         sessions = self.cp.sessions

@@ -82,6 +82,8 @@ def on_suspend(cp: Checkpoint, inbox: dict[str, deque], entry: Entry, now: float
             return [(CONSUME, sid), (RESUME, frame_outcome(q[0].frame))]
         if st.peer_ended is not None:
             return [(RESUME, (Outcome.END, st.peer_ended))]
+        if st.peer_ending is not None:   # (a retired session: its peer's info is not kept)
+            return [(PEER_ENDED, sid), (RESUME, (Outcome.END, st.peer_ending))]
         return JUST_WAIT
     if kind == _EXTERNAL:
         if external_done is not None:
