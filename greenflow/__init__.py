@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from greenflow.errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
                      NotSerializable, NotStartable, ReceiveTypeError, SessionRefused,
-                     UnexpectedFlowEnd, UnknownFlow, WireFormatError)
+                     UnexpectedFlowEnd, UnknownFlow, UnknownParty, WireFormatError)
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node.node import FlowHandle, FlowInfo, Node
 from greenflow.party import Party
@@ -30,6 +30,7 @@ __all__ = [
     "FlowError", "FlowException", "FlowHandle", "FlowInfo", "FlowKilled", "FlowLogic",
     "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NonDeterminismError",
     "NotSerializable", "NotStartable", "Party", "PeerFlowInfo", "ProgressTracker",
-    "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "WireFormatError",
+    "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "UnknownParty",
+    "WireFormatError",
     "initiated_by", "initiating_flow", "register_sensitive", "serializable", "startable",
 ]

@@ -77,6 +77,11 @@ class UnknownFlow(FlowError):
     asked for is unknown here). The message names the peer and the initiating class."""
 
 
+class UnknownParty(FlowError):
+    """A name or key that no node on the network answers to. Check the spelling against
+    the network map (``greenflow node`` lists it) or the names given to ``create_node``."""
+
+
 class SessionRefused(FlowError):
     """A peer refused a session this flow opened because of a limit it applies (e.g. too
     many sessions from this node already open there); the message names the limit. Unlike

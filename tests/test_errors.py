@@ -646,3 +646,25 @@ def test_an_open_file_or_a_lock_in_a_flow_is_refused_not_rebuilt(net, tmp_path):
         h = run(net, alice, ReturnsWhatItMakes(what, str(kept), "side_effect"))
         assert re.search(r"cannot pickle an? (open file|lock)", h.result()), h.result()
     assert kept.read_text() == "important\n"
+
+
+def test_a_session_to_a_party_not_on_the_network_fails_the_flow_at_once(net, tmp_path):
+    """The flow waited for ever (its frames dropped by MockNetwork, kept in the outbox of
+    a real node for a party its network map does not have), with one log line to show."""
+    from greenflow import Node, Party, UnknownParty
+    from greenflow.ledger.identity_service import UnknownParty as LedgerUnknownParty
+    assert LedgerUnknownParty is UnknownParty
+    alice, bob = pair(net)
+    h = run(net, alice, Ping(Party("Bobb"), 1))
+    with pytest.raises(UnknownParty, match=r"^initiate_flow\(\): no party named 'Bobb' on the "
+                                           r"network of Alice: its frames could never be "
+                                           r"delivered$"):
+        h.result()
+    assert run(net, alice, Ping(bob.party, 1)).result() == 1   # (a known one still answers)
+    solo = Node.open(tmp_path / "solo", "Solo")   # no network at all: itself only
+    try:
+        assert solo.start_flow(Ping(solo.party, 2)).result(timeout=20) == 3
+        with pytest.raises(UnknownParty, match="no party named 'Alice' on the network of Solo"):
+            solo.start_flow(Ping(Party("Alice"), 1)).result(timeout=20)
+    finally:
+        solo.close()

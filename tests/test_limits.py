@@ -357,6 +357,10 @@ def test_a_peer_that_sends_more_than_a_session_holds_unread_gets_the_session_end
     net.run_network()
     for rt in bob.node.scheduler.resident.values():
         assert sum(len(q) for q in rt.inbox.values()) <= held
+    [dump] = bob.checkpoints_dump()
+    [session] = dump["sessions"]
+    assert session["received"] is None and session["state"] == "closed"   # takes no more
+    assert session["peer_ended"].startswith("sent more than "), session
     if restart:
         bob = net.restart_node(bob)
         alice = net.restart_node(alice)

@@ -61,7 +61,7 @@ def flow_detail(node: Any, fid: str) -> dict:
             sessions=[{"id": s.sid, "counterparty": s.counterparty.name,
                        "role": "initiator" if s.initiator else "responder",
                        "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
-                       "sent": s.send_seq, "received": s.recv_seq,
+                       "sent": s.send_seq, "received": s.received,
                        "peer_ended": s.peer_ended,
                        "waiting": bool(cp.pending and cp.pending[0] == Kind.RECEIVE
                                        and cp.pending[1][0] == s.sid)}

@@ -205,7 +205,8 @@ def flow_fragment(d: dict) -> str:
             f'<tr{" class=waiting" if s["waiting"] else ""}><td class="mono">{e(s["id"])}</td>'
             f'<td>{e(s["counterparty"])}</td><td>{e(s["role"])}</td><td>{e(s["protocol"])}</td>'
             f'<td>{e(s["state"])}{" · peer ended" if s["peer_ended"] else ""}</td>'
-            f'<td>{e(s["sent"])}</td><td>{e(s["received"])}</td>'
+            f'<td>{e(s["sent"])}</td>'
+            f'<td>{e("no more" if s["received"] is None else s["received"])}</td>'
             f'<td>{"← waiting" if s["waiting"] else ""}</td></tr>' for s in sessions)
         parts.append(f"""<section><h2>Sessions</h2><table id="sessions"><thead><tr><th>Session</th>
 <th>Counterparty</th><th>Role</th><th>Protocol</th><th>State</th><th>Sent</th><th>Received</th><th></th>

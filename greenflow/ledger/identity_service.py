@@ -9,16 +9,11 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterable, Optional
 
-from greenflow.errors import FlowError
+from greenflow.errors import UnknownParty
 from greenflow.party import Party
 from greenflow.node.services import register_service_factory
 
 __all__ = ["IdentityService", "UnknownParty"]
-
-
-class UnknownParty(FlowError):
-    """A name or key that no node on the network answers to. Check the spelling against
-    the network map (``greenflow node`` lists it) or the names given to ``create_node``."""
 
 
 class IdentityService:

@@ -118,7 +118,7 @@ def dump_store(store: FlowStore, resident: set[str],
             "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,
                           "role": "initiator" if s.initiator else "responder",
                           "protocol": s.protocol, "state": ("new", "open", "closed")[s.state],
-                          "sent": s.send_seq, "received": s.recv_seq,
+                          "sent": s.send_seq, "received": s.received,
                           "peer_ended": s.peer_ended} for s in cp.sessions.values()],
             "frames": frames_mod.public(snap),
         })

@@ -68,6 +68,12 @@ class SessionState(msgspec.Struct, gc=False):
         return SessionState(sid, peer, False, protocol, version, app, OPEN, peer_info=(version, app))
 
     @property
+    def received(self) -> Optional[int]:
+        """The peer's frames taken so far, for listings; None once the session takes no
+        more (ended by this side for too much unread, or retired and brought back)."""
+        return self.recv_seq if self.recv_seq < RETIRED_RECV_SEQ else None
+
+    @property
     def role_of_peer(self) -> int:
         """Routing role of the peer's end: 1 = the peer is the responder."""
         return 1 if self.initiator else 0

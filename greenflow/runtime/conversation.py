@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from greenflow import wire
 from greenflow.errors import (FlowError, FlowException, FlowTimeout, NotSerializable, ReceiveTypeError,
-                              SessionRefused, UnexpectedFlowEnd, UnknownFlow)
+                              SessionRefused, UnexpectedFlowEnd, UnknownFlow, UnknownParty)
 from greenflow.flows.registry import app_name_of, initiating_info, qualified_name
 from greenflow.flows.session import FlowSession, PeerFlowInfo
 from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REFUSED, REJECT,
@@ -127,6 +127,11 @@ class Conversation:
                 # retired from it (`retire_ended_sessions`).
                 self.retired_session(sid, party)
             else:
+                if not self.sched.reaches(party.name):
+                    self.session_counter -= 1
+                    raise UnknownParty(f"initiate_flow(): no party named {clip(party.name, 60)} "
+                                       f"on the network of {self.sched.identity.name}: its "
+                                       "frames could never be delivered")
                 self.cp.sessions[sid] = SessionState(sid, party, True, proto, version, app)
         elif st.counterparty != party and self.replaying:
             from greenflow.runtime.divergence import explain_session

@@ -172,6 +172,15 @@ class Routing:
         """A received payload the store set aside (what a replayed ``receive`` returns)."""
         return payloads.stored_payload(self.store, fid, sid, seq)
 
+    def reaches(self, name: str) -> bool:
+        """Whether a session to the party ``name`` can ever deliver: this node, or a
+        party its transport knows (the network map; the nodes of a MockNetwork). A
+        transport that cannot say is taken to reach everyone."""
+        if name == self.identity.name:
+            return True
+        lookup = getattr(self.transport, "party", None)
+        return lookup is None or lookup(name) is not None
+
     def take_decoded(self, data: bytes) -> Any:
         """The payload ``data`` decoded: the value checked on arrival if it is still
         here (and not handed out before), otherwise decoded now."""
