@@ -190,7 +190,7 @@ class Conversation:
         inbox = self.inbox
         busy = {o.frame.sid for o in self.out} if self.out else ()
         for sid, st in list(sessions.items()):
-            if not st.initiator or sid == waited or sid in busy:
+            if not st.initiator or st.peer_ended is not None or sid == waited or sid in busy:
                 continue
             q = inbox.get(sid) if inbox else None
             if q:   # only the peer's plain END, not consumed yet
@@ -203,8 +203,6 @@ class Conversation:
                 if not inbox:
                     self.inbox = inbox = NO_INBOX
             elif st.peer_ending != PEER_ENDED_ITS_FLOW:
-                continue
-            if st.peer_ended is not None:
                 continue
             del sessions[sid]
 

@@ -34,8 +34,8 @@ _COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, F
 RECENT_RESULT_BYTES = 64 << 10
 
 
-#: The traceback lines a flow's failure logs from its start and from its end: a flow
-#: that failed in a deep recursion logged some 6,000 lines.
+#: The parts of a traceback a flow's failure logs from its start and from its end: a
+#: failure deep in a recursion logs ~50 of them, not thousands of lines.
 TRACEBACK_HEAD, TRACEBACK_TAIL = 20, 30
 
 

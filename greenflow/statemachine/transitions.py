@@ -22,7 +22,7 @@ _RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.E
 
 #: The most messages, and payload bytes, a peer may have waiting unread in one session:
 #: a peer that sends more before the flow reads them gets its session ended (`CUT`), so
-#: one session cannot make a node hold more (2,000 messages of 100 KB held ~800 MB).
+#: no peer can make one session hold more.
 MAX_UNREAD_MESSAGES = 1000
 MAX_UNREAD_BYTES = 64 << 20
 _DATA_OUTCOME = Outcome.DATA
