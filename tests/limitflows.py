@@ -185,3 +185,28 @@ class SubFlowsAllTheWayDown(FlowLogic):
 
     def call(self) -> int:
         return self.sub_flow(SubFlowsAllTheWayDown(self.depth + 1))
+
+
+@initiating_flow
+class Burst(FlowLogic):
+    """Sends ``n`` small messages in one go; the peer answers with their sum."""
+
+    def __init__(self, peer: Party, n: int) -> None:
+        self.peer, self.n = peer, n
+
+    def call(self) -> int:
+        s = self.initiate_flow(self.peer)
+        s.send(self.n)
+        for i in range(self.n):
+            s.send(i)
+        return s.receive(int)
+
+
+@initiated_by(Burst)
+class SumBurst(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> None:
+        n = self.session.receive(int)
+        self.session.send(sum(self.session.receive(int) for _ in range(n)))

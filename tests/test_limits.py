@@ -393,3 +393,15 @@ def test_a_flow_failing_in_a_deep_recursion_logs_a_bounded_traceback(net, caplog
     assert "more parts of the traceback" in logged
     assert logged.rstrip().endswith("RecursionError: maximum recursion depth exceeded")
     assert "in call" in logged and "limitflows.py" in logged   # the flow's frames shown
+
+
+def test_a_burst_of_small_messages_read_in_order_is_not_cut(net):
+    """A sender's burst arrives whole before the reader runs again: 1,200 messages wait
+    unread at once, within the bound, and the session goes on."""
+    from limitflows import Burst
+    from netutil import assert_all_finished, pair
+    alice, bob = pair(net)
+    h = alice.start_flow(Burst(bob.party, 1200))
+    net.run_network()
+    assert h.result() == sum(range(1200))
+    assert_all_finished(alice, bob)

@@ -36,7 +36,8 @@ from greenflow.party import Party
 from greenflow.runtime.conversation import (KEEP_SENT_PAYLOAD, MAX_PAYLOAD_BYTES,
                                             Conversation, rebuild_flow_exception, rejection,
                                             type_name)
-from greenflow.runtime.flow_types import (NO_INBOX, Ended, FlowHost, InboxItem, Outgoing, Resume,
+from greenflow.runtime.flow_types import (NO_INBOX, Ended, FlowHost, InboxItem, InboxQueue, Outgoing,
+                                          Resume,
                                           appended)
 from greenflow.runtime.recorded import RecordedValues
 from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
@@ -138,7 +139,7 @@ class FlowRuntime(Conversation, RecordedValues):
             inbox = self.inbox = {}
         q = inbox.get(sid)
         if q is None:
-            q = inbox[sid] = deque()
+            q = inbox[sid] = InboxQueue()
         return q
 
     # ------------------------------------------------------------------ state

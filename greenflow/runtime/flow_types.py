@@ -8,6 +8,7 @@ re-exported by `flow_runtime`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
@@ -64,6 +65,31 @@ class InboxItem(msgspec.Struct, gc=False):
 
     frame: Frame
     persisted: bool
+
+
+class InboxQueue(deque):
+    """The frames waiting for one session, with the bytes of their payloads kept count
+    of (`payload_bytes`): what a session may hold unread is checked at every frame that
+    arrives, and summing the queue each time made a burst of n messages cost n**2."""
+
+    __slots__ = ("payload_bytes",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payload_bytes = 0
+
+    def append(self, item: InboxItem) -> None:
+        super().append(item)
+        p = item.frame.payload
+        if p is not None:
+            self.payload_bytes += len(p)
+
+    def popleft(self) -> InboxItem:
+        item = super().popleft()
+        p = item.frame.payload
+        if p is not None:
+            self.payload_bytes -= len(p)
+        return item
 
 
 class Outgoing(msgspec.Struct, gc=False):
