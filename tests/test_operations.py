@@ -142,6 +142,32 @@ def test_draining_refuses_new_flows_and_sessions_but_lets_running_ones_finish(op
     assert late.result() == 60
 
 
+def test_a_draining_node_holds_each_frame_of_a_new_session_once_and_a_bounded_number(
+        ops_net, monkeypatch):
+    """Every copy a peer re-sent of a frame held while draining was held again (100 new
+    sessions held 200 frames, 1,200 after five re-sends), with no bound; each later frame
+    of a held session was checked by decoding every held one. Held once now, up to
+    `MAX_HELD_FRAMES`; what is not held stays with its sender and comes again."""
+    from greenflow.samples.ping import Ping
+    from greenflow.statemachine import routing
+    monkeypatch.setattr(routing, "MAX_HELD_FRAMES", 30)
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    bob.node.set_draining(True)
+    handles = alice.node.start_flows([Ping(bob.party, 1) for _ in range(20)])
+    ops_net.run_network()
+    held = bob.node.scheduler._deferred
+    assert len(held) == 30   # (each Ping sends two frames before its answer: 40 came)
+    for _ in range(3):
+        alice = ops_net.restart_node(alice)   # re-sends its whole outbox
+        ops_net.run_network()
+        assert len(bob.node.scheduler._deferred) == 30
+    bob.node.set_draining(False)
+    ops_net.run_network()
+    alice = ops_net.restart_node(alice)   # what was not held comes again
+    ops_net.run_network()
+    assert [alice.handle(h.id).result() for h in handles] == [1] * 20
+
+
 @pytest.mark.parametrize("extra", [{}, {"reload_after_suspend": True}], ids=["lru", "reload"])
 def test_hibernated_flows_show_as_such_and_complete_when_their_message_comes(tmp_path, extra):
     opsflows.reset()

@@ -34,6 +34,8 @@ log = logging.getLogger("greenflow.scheduler")
 FINISHED_ROUTE = b"~"  # route value prefix: the flow behind this session has finished
 REJECTED_ROUTE = b"!"
 _NAMES: dict[type, str] = {}   # responder class -> its qualified name (one lookup per class)
+#: The most frames of new sessions a draining node holds (`Routing._hold`).
+MAX_HELD_FRAMES = 10_000
 QUOTE_CHARS = 200   # of a peer's text (a protocol name, an error) in a log line or a rejection
 
 
@@ -64,9 +66,9 @@ class Routing:
                 if route is None:
                     if self.draining:
                         # Not acknowledged: held here, and still in the sender's outbox.
-                        log.info("%s: draining: holding a new session from %s (%s)",
-                                 self.identity.name, sender.name, _quoted(frame.protocol))
-                        self._deferred.append((sender, data))
+                        if self._hold(sender, frame, data):
+                            log.info("%s: draining: holding a new session from %s (%s)",
+                                     self.identity.name, sender.name, _quoted(frame.protocol))
                         return
                     self._start_responder(sender, frame, key)
                     return
@@ -83,9 +85,8 @@ class Routing:
             if fid is None:
                 route = self._route(key)
                 if route is None:
-                    if any(s == sender and decode_frame(d).sid == frame.sid
-                           for s, d in self._deferred):
-                        self._deferred.append((sender, data))  # behind its held initiation
+                    if (sender.name, frame.sid, 0) in self._deferred:
+                        self._hold(sender, frame, data)   # behind its held initiation
                         return
                     # Not acknowledged: if its initiation is merely late (not taken in, to
                     # be re-sent), this frame is needed after it, and so is re-sent too.
@@ -171,6 +172,24 @@ class Routing:
     def stored_payload(self, fid: str, sid: str, seq: int) -> bytes:
         """A received payload the store set aside (what a replayed ``receive`` returns)."""
         return payloads.stored_payload(self.store, fid, sid, seq)
+
+    def _hold(self, sender: Party, frame: Frame, data: bytes) -> bool:
+        """Hold a frame of a session a peer opened while the node drains (answered when
+        the drain ends), once: a peer re-sends what is unacknowledged, and each copy was
+        held again. Past `MAX_HELD_FRAMES` nothing more is held (still unacknowledged,
+        the sender re-sends it later). Whether it is newly held."""
+        key = (sender.name, frame.sid, frame.seq)
+        held = self._deferred
+        if key in held:
+            return False
+        if len(held) >= MAX_HELD_FRAMES:
+            self.peer_log.warning(f"held {sender.name}",
+                                  "%s: draining: %d frames of new sessions held already; "
+                                  "one from %s is left to its sender to send again",
+                                  self.identity.name, len(held), sender.name)
+            return False
+        held[key] = (sender, data)
+        return True
 
     def reaches(self, name: str) -> bool:
         """Whether a session to the party ``name`` can ever deliver: this node, or a

@@ -67,7 +67,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.draining = False
-        self._deferred: list[tuple[Party, bytes]] = []   # initiations held while draining
+        # Frames of sessions peers opened while the node drains, by (peer, sid, seq).
+        self._deferred: dict[tuple[str, str, int], tuple[Party, bytes]] = {}
         self.peer_log = RateLimitedLog(log)   # warnings a peer's frames cause (`routing`)
         self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -268,8 +269,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         Initiations that arrive meanwhile are held unacknowledged and answered after."""
         self.draining = on
         if not on and self._deferred:
-            held, self._deferred = self._deferred, []
-            for sender, data in held:
+            held, self._deferred = self._deferred, {}
+            for sender, data in held.values():
                 self.events.put(FrameArrived(sender, data))
 
     # ================================================================== restart
