@@ -378,7 +378,7 @@ def test_a_peer_that_sends_more_than_a_session_holds_unread_gets_the_session_end
 
 
 def test_a_flow_failing_in_a_deep_recursion_logs_a_bounded_traceback(net, caplog):
-    """Its failure logged the whole traceback: ~6,000 lines for one flow."""
+    """Its failure logged the whole traceback: ~2,900 lines for this flow."""
     import logging
 
     from limitflows import SubFlowsAllTheWayDown
