@@ -195,10 +195,19 @@ class Routing:
         """Whether a session to the party ``name`` can ever deliver: this node, or a
         party its transport knows (the network map; the nodes of a MockNetwork). A
         transport that cannot say is taken to reach everyone."""
-        if name == self.identity.name:
-            return True
+        return name == self.identity.name or self._known_party(name) is not None
+
+    def _known_party(self, name: str) -> Any:
+        """The transport's `Party` for ``name``: None when it knows no such party,
+        ``...`` when it cannot say (it has no ``party`` lookup)."""
         lookup = getattr(self.transport, "party", None)
-        return lookup is None or lookup(name) is not None
+        return ... if lookup is None else lookup(name)
+
+    def party_for(self, name: str) -> Party:
+        """The party named ``name`` as the transport knows it (its keys and address),
+        else just by name."""
+        p = self._known_party(name)
+        return p if isinstance(p, Party) else Party(name)
 
     def take_decoded(self, data: bytes) -> Any:
         """The payload ``data`` decoded: the value checked on arrival if it is still

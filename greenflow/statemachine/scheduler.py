@@ -303,17 +303,9 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         send = send or self.transport.send
         n = 0
         for name, data in self.unacknowledged_frames(peer_name):
-            send(self._party(name), data)
+            send(self.party_for(name), data)
             n += 1
         return n
-
-    def _party(self, name: str) -> Party:
-        lookup = getattr(self.transport, "party", None)
-        if lookup is not None:
-            p = lookup(name)
-            if p is not None:
-                return p
-        return Party(name)
 
     def crash(self) -> None:
         """Power cut: unwind every greenlet with I/O refused and forget everything."""
