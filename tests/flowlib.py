@@ -8,6 +8,7 @@ fixture) and through files under the test's ``tmp_path``, which survive restarts
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -1111,3 +1112,20 @@ class ReturnsWhatItMakes(FlowLogic):
 
 def _make(what: str, path: str) -> Any:
     return open(path, "a", encoding="utf-8") if what == "file" else threading.RLock()
+
+
+def slow_append(path: str, secs: float, text: str) -> str:
+    """External work that takes ``secs`` and leaves a line per run (the calls made)."""
+    time.sleep(secs)
+    return append_line(path, text)
+
+
+class TwoSlowCalls(FlowLogic):
+    """Two external calls in a row, each leaving a line per run."""
+
+    def __init__(self, path: str, secs: float):
+        self.path, self.secs = path, secs
+
+    def call(self) -> tuple:
+        first = self.run_external(slow_append, self.path, self.secs, "first")
+        return first, self.run_external(slow_append, self.path, 0.0, "second")

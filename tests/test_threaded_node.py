@@ -210,3 +210,46 @@ def test_a_node_that_fails_while_it_opens_lets_go_of_its_store(tmp_path):
         Node.open(str(tmp_path / "solo"), "O=Solo,L=London,C=GB", transport=Unattachable())
     with Node.open(str(tmp_path / "solo"), "O=Solo,L=London,C=GB") as node:
         assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1
+
+
+def test_a_clean_close_lets_a_running_external_call_return_and_keeps_its_outcome(tmp_path, flow_state):
+    """A close abandoned the external calls in flight: the call went on to its end on its
+    thread, its outcome was dropped, and the flow made the call again when the node
+    reopened (two lines here, where the flow made the call once); the calls' threads
+    stayed behind after the close. Now the close waits for the call, commits its
+    outcome, starts no further call (the second one is made after the reopen) and lets
+    go of the threads."""
+    from flowlib import TwoSlowCalls, lines
+    out = tmp_path / "calls.txt"
+    node = Node.open(tmp_path / "solo", "Solo")
+    h = node.start_flow(TwoSlowCalls(str(out), 0.6))
+    wait_until(lambda: any(t.name.startswith("gf-ext-Solo") for t in threading.enumerate()))
+    node.close()
+    assert lines(out) == ["first"]   # waited for: it ran once, and nothing else started
+    wait_until(lambda: not any(t.name.startswith("gf-ext-Solo") for t in threading.enumerate()))
+    node = Node.open(tmp_path / "solo", "Solo")
+    try:
+        assert node.handle(h.id).result(timeout=20) == ("first", "second")
+    finally:
+        node.close()
+    assert lines(out) == ["first", "second"]
+
+
+def test_an_external_call_that_outlasts_the_close_is_made_again_at_the_reopen(tmp_path, flow_state, caplog):
+    from flowlib import TwoSlowCalls, lines
+    out = tmp_path / "calls.txt"
+    node = Node.open(tmp_path / "solo", "Solo")
+    h = node.start_flow(TwoSlowCalls(str(out), 1.0))
+    wait_until(lambda: any(t.name.startswith("gf-ext-Solo") for t in threading.enumerate()))
+    t0 = time.monotonic()
+    node.close(external_grace=0.1)
+    assert time.monotonic() - t0 < 0.9   # did not wait for the call
+    assert f"closing with 1 external call(s) still running after 0.1s (flows {h.id})" in caplog.text
+    assert lines(out) == []
+    wait_until(lambda: lines(out) == ["first"])   # it ends on its thread; its outcome is lost
+    node = Node.open(tmp_path / "solo", "Solo")
+    try:
+        assert node.handle(h.id).result(timeout=20) == ("first", "second")
+    finally:
+        node.close()
+    assert lines(out) == ["first", "first", "second"]   # at least once, as after a crash

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
 
 from greenflow.runtime import snapshots as frames_mod
@@ -44,6 +45,8 @@ __all__ = ["Node", "FlowHandle", "FlowInfo", "LocalTransport", "read_checkpoints
 log = logging.getLogger("greenflow.node")
 
 DEFAULT_MAX_RESIDENT = 100_000
+#: How long a clean close lets running external calls return (`Node.close`).
+EXTERNAL_GRACE = 10.0
 
 
 class LocalTransport:
@@ -208,11 +211,19 @@ class Node:
                 self._wake.wait(timeout if timeout is None else min(timeout, 3600))
             self._wake.clear()
 
-    def close(self) -> None:
+    def close(self, external_grace: float = EXTERNAL_GRACE) -> None:
         """Stop the scheduler after its current round and close the store. Committed
-        state is kept; unfinished flows resume at the next ``Node.open``."""
+        state is kept; unfinished flows resume at the next ``Node.open``.
+
+        External calls (`FlowLogic.run_external`) running at the time get up to
+        ``external_grace`` seconds to return, and their outcomes are committed before
+        the node stops: a call that returns in time is not made again when the node
+        reopens. One still running then is left to its thread, and its flow makes the
+        call again at the next open (at least once, as after a crash)."""
         if self._closed:
             return
+        if self._thread is not None and self._thread.is_alive():
+            self._let_externals_finish(external_grace)
         self._closed = True
         if self._thread is not None:
             self._wake.set()
@@ -223,6 +234,30 @@ class Node:
             log.warning("%s: could not keep the stacks of waiting flows: %s", self.party.name, exc)
         self.scheduler.crash()
         self.store.close()
+
+    def _let_externals_finish(self, grace: float) -> None:
+        sched = self.scheduler
+        try:
+            running = self.on_scheduler(sched.close_externals, timeout=30)
+        except (FlowError, TimeoutError):   # closed meanwhile, or a wedged scheduler
+            return
+        if not running:
+            return
+        log.info("%s: closing: waiting up to %gs for %d external call(s) to return",
+                 self.party.name, grace, len(running))
+        _, late = futures.wait(running, timeout=max(0.0, grace))
+        if late:
+            log.warning("%s: closing with %d external call(s) still running after %gs (flows "
+                        "%s): those flows make their calls again when the node reopens",
+                        self.party.name, len(late), grace,
+                        ", ".join(sorted(running[f] for f in late)[:10]))
+        try:
+            # Every outcome that came is in the scheduler's queue before this call: the
+            # round that runs it also resumes those flows and commits, and the loop
+            # stops only after that round.
+            self.on_scheduler(lambda: None, timeout=30)
+        except (FlowError, TimeoutError):
+            pass
 
     def crash(self) -> None:
         """Power cut (tests): drop all in-memory state without committing anything."""

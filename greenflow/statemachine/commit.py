@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 from greenflow import serialization
@@ -230,12 +230,37 @@ class CommitStaging:
             self.post(ExternalDone(fid, out if refused is None else (Outcome.EXC, refused)))
 
         if self.threaded:
+            if self.closing:
+                # The node is closing: the call is not started now (the flow waits for it,
+                # committed; it is made when the node reopens), so close need not wait.
+                log.info("%s: closing: flow %s makes its external call when the node reopens",
+                         self.identity.name, fid)
+                return
             if self._workers is None:
                 self._workers = ThreadPoolExecutor(max_workers=8,
                                                    thread_name_prefix=f"gf-ext-{self.identity.name}")
-            self._workers.submit(work)
+            fut = self._workers.submit(work)
+            running = self.external_calls
+            running[fut] = fid
+            fut.add_done_callback(lambda f: running.pop(f, None))
         else:
             work()
+
+    def close_externals(self) -> dict[Future, str]:
+        """On the scheduler's thread, as a clean close begins: start no more external
+        calls, and return those still running (future -> flow id), for the close to let
+        them finish and their outcomes be committed. Without this a close abandoned a
+        call in flight: its flow made it again when the node reopened."""
+        self.closing = True
+        return {f: fid for f, fid in list(self.external_calls.items()) if not f.done()}
+
+    def stop_workers(self) -> None:
+        """Let go of the external calls' threads: calls not started yet are cancelled
+        (their flows make them when the node reopens); a running one keeps its thread
+        until it returns, and its outcome, posted to a stopped scheduler, is dropped."""
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.shutdown(wait=False, cancel_futures=True)
 
     def _victims(self, suspended: list[FlowRuntime]) -> list[FlowRuntime]:
         """Whom to hibernate after this commit: suspended flows dropped from memory

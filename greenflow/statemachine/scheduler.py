@@ -103,6 +103,10 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.dead = False
         self.commit_error: Optional[BaseException] = None
         self._workers: Optional[ThreadPoolExecutor] = None
+        # External calls running on `_workers` (future -> flow id), and whether a clean
+        # close has begun (no more are started): see `CommitStaging.close_externals`.
+        self.external_calls: dict[Any, str] = {}
+        self.closing = False
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
         # (event, flow class) -> count, for the node's metrics (`greenflow.rpc.metrics`): a
@@ -315,6 +319,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.idle_greenlets.clear()
         self.run_queue.clear()
         self.dead = True
+        self.stop_workers()
         waiters, self.waiters = self.waiters, {}
         for fns in waiters.values():  # nobody may wait for a result this node cannot give
             for fn in fns:
