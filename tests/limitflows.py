@@ -177,6 +177,46 @@ class ReadLate(FlowLogic):
             read += 1
 
 
+@initiating_flow
+@startable
+class FloodAndWait(FlowLogic):
+    """Says how many payloads of ``size`` bytes follow, sends them without waiting, then
+    waits for the count read."""
+
+    def __init__(self, peer: Party, n: int, size: int) -> None:
+        self.peer, self.n, self.size = peer, n, size
+
+    def call(self) -> str:
+        s = self.initiate_flow(self.peer)
+        s.send(self.n)
+        for _ in range(self.n):
+            s.send(bytes(self.size))
+        try:
+            return f"answered {s.receive(int)}"
+        except UnexpectedFlowEnd as exc:
+            return str(exc)
+
+
+@initiated_by(FloodAndWait)
+class CountLate(FlowLogic):
+    """Sleeps an hour before it reads what was sent; answers with the count read, or
+    returns it with the end it saw instead."""
+
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> tuple:
+        n = self.session.receive(int)
+        self.sleep(3600)
+        for read in range(n):
+            try:
+                self.session.receive(bytes)
+            except UnexpectedFlowEnd as exc:
+                return read, str(exc)
+        self.session.send(n)
+        return n, "all"
+
+
 class SubFlowsAllTheWayDown(FlowLogic):
     """Calls itself as a sub-flow until Python's recursion limit stops it."""
 

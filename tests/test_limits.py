@@ -405,3 +405,53 @@ def test_a_burst_of_small_messages_read_in_order_is_not_cut(net):
     net.run_network()
     assert h.result() == sum(range(1200))
     assert_all_finished(alice, bob)
+
+
+def _waiting_unread(node, peer: str) -> int:
+    """What ``peer``'s messages waiting unread in ``node``'s resident flows amount to, by
+    the bound's measure (payload and `FRAME_COST` each)."""
+    from greenflow.runtime.flow_types import FRAME_COST
+    total = 0
+    for rt in node.node.scheduler.resident.values():
+        for sid, q in rt.inbox.items():
+            if rt.cp.sessions[sid].counterparty.name == peer:
+                total += sum(FRAME_COST + len(i.frame.payload or b"") for i in q)
+    return total
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_what_a_peer_has_waiting_unread_on_all_its_sessions_is_bounded(net, monkeypatch, restart):
+    """The bound per session held, but a peer could fill every session it may open to it
+    (10,000 by default, 64 MiB each). Past what one peer may have waiting unread on all
+    its sessions, the session its next message would wait in is ended, as for one
+    session; the count comes back to nothing when the flows have read or ended."""
+    from limitflows import FloodAndWait
+    from netutil import assert_all_finished, pair
+
+    from greenflow.statemachine import transitions
+    monkeypatch.setattr(transitions, "MAX_UNREAD_PER_PEER", 5000)
+    alice, bob = pair(net)
+    hs = alice.node.start_flows([FloodAndWait(bob.party, 4, 300) for _ in range(6)])
+    net.run_network()
+    held = bob.node.scheduler.unread["Alice"][0]
+    assert held == _waiting_unread(bob, "Alice") and held <= 5000, held
+    cut = [d for d in bob.checkpoints_dump() if d["sessions"][0]["state"] == "closed"]
+    assert 0 < len(cut) < 6, cut
+    if restart:
+        bob = net.restart_node(bob)
+        alice = net.restart_node(alice)
+        hs = [alice.handle(h.id) for h in hs]
+        net.run_network()
+    net.advance_clock(3601)
+    net.run_network()
+    said = [h.result() for h in hs]
+    ended = "Bob ended the session: more than 5,000 bytes sent to it on all sessions were unread"
+    assert said.count("answered 4") == 6 - len(cut), said
+    assert sum(1 for s in said if s.startswith(ended)) == len(cut), said
+    read = sorted(bob.handle(f.id).result() for f in bob.flows())
+    seen = ("Alice sent more than 5,000 bytes on all its sessions that waited unread, so the "
+            "session was ended")
+    assert [r for r in read if r[1] == "all"] == [(4, "all")] * (6 - len(cut)), read
+    assert all(r[0] < 4 and r[1].startswith(seen) for r in read if r[1] != "all"), read
+    assert bob.node.scheduler.unread["Alice"] == [0]
+    assert_all_finished(alice, bob)

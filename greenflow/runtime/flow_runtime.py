@@ -132,14 +132,15 @@ class FlowRuntime(Conversation, RecordedValues):
         self.raw = False   # True while greenflow runs live-only code for the flow
         self.stored_at: Optional[int] = None   # hash of the code locations last stored (stacks)
 
-    def inbox_queue(self, sid: str) -> deque:
-        """The (writable) queue of frames waiting for ``sid``, created if needed."""
+    def inbox_queue(self, sid: str, held: Optional[list] = None) -> deque:
+        """The (writable) queue of frames waiting for ``sid``, created if needed;
+        ``held`` counts what the session's peer has waiting unread (`InboxQueue`)."""
         inbox = self.inbox
         if not inbox:
             inbox = self.inbox = {}
         q = inbox.get(sid)
         if q is None:
-            q = inbox[sid] = InboxQueue()
+            q = inbox[sid] = InboxQueue(held)
         return q
 
     # ------------------------------------------------------------------ state

@@ -67,29 +67,49 @@ class InboxItem(msgspec.Struct, gc=False):
     persisted: bool
 
 
+#: What one frame waiting in an inbox is charged besides its payload (its objects in
+#: memory, ~250 bytes): what a peer has waiting unread across its sessions is bounded
+#: in these terms, so a flood of empty messages counts too.
+FRAME_COST = 256
+
+
 class InboxQueue(deque):
     """The frames waiting for one session, with the bytes of their payloads kept count
     of (`payload_bytes`): what a session may hold unread is checked at every frame that
-    arrives, and summing the queue each time made a burst of n messages cost n**2."""
+    arrives, and summing the queue each time made a burst of n messages cost n**2.
 
-    __slots__ = ("payload_bytes",)
+    ``held``, when given, is the count of everything the session's peer has waiting
+    unread on this node (a one-item list the node keeps per peer): each frame adds its
+    payload and `FRAME_COST` while it waits, and a queue dropped with frames in it (its
+    flow ended or left memory) takes back what they added."""
 
-    def __init__(self) -> None:
+    __slots__ = ("payload_bytes", "held")
+
+    def __init__(self, held: Optional[list] = None) -> None:
         super().__init__()
         self.payload_bytes = 0
+        self.held = held
 
     def append(self, item: InboxItem) -> None:
         super().append(item)
         p = item.frame.payload
-        if p is not None:
-            self.payload_bytes += len(p)
+        n = 0 if p is None else len(p)
+        self.payload_bytes += n
+        if self.held is not None:
+            self.held[0] += n + FRAME_COST
 
     def popleft(self) -> InboxItem:
         item = super().popleft()
         p = item.frame.payload
-        if p is not None:
-            self.payload_bytes -= len(p)
+        n = 0 if p is None else len(p)
+        self.payload_bytes -= n
+        if self.held is not None:
+            self.held[0] -= n + FRAME_COST
         return item
+
+    def __del__(self) -> None:
+        if self.held is not None and len(self):
+            self.held[0] -= self.payload_bytes + FRAME_COST * len(self)
 
 
 class Outgoing(msgspec.Struct, gc=False):

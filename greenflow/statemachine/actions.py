@@ -28,7 +28,8 @@ SEND_INFO = 6    # (SEND_INFO, sid): tell the peer our flow version and app (it 
 ACK = 7          # (ACK, msg_id): acknowledge the frame to its sender once our commit holds it
 DROP = 8         # (DROP, reason): ignore the frame, with the reason for the log
 PEER_ENDED = 9   # (PEER_ENDED, sid): the flow has seen the end its peer sent with its last message
-CUT = 10         # (CUT, frame): the peer sent more than the session's inbox holds: end the session
+CUT = 10         # (CUT, frame, peer_wide): the peer sent more than the session's inbox holds
+                 # (peer_wide: more than it may have waiting on all its sessions): end the session
 
 NAMES = ("Resume", "Wait", "ArmTimer", "RunExternal", "Accept", "Consume", "SendInfo", "Ack",
          "Drop", "PeerEnded", "Cut")
@@ -78,8 +79,8 @@ def PeerEnded(sid: str) -> tuple:
     return (PEER_ENDED, sid)
 
 
-def Cut(frame: Frame) -> tuple:
-    return (CUT, frame)
+def Cut(frame: Frame, peer_wide: bool = False) -> tuple:
+    return (CUT, frame, peer_wide)
 
 
 def describe(action: tuple) -> str:

@@ -59,7 +59,8 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
                 if not rt.inbox.get(f.sid) and (CONSUME, f.sid) in actions:
                     taken = f
                 else:
-                    rt.inbox_queue(f.sid).append(InboxItem(f, False))
+                    rt.inbox_queue(f.sid, sched.unread_from(st.counterparty.name)).append(
+                        InboxItem(f, False))
             rt.dirty = True
             sched.touched[rt.flow_id] = rt  # hold_for_commit: acknowledged once this commit holds it
         elif op == CONSUME:
@@ -108,18 +109,31 @@ def execute(sched: "Scheduler", rt: FlowRuntime, actions: list, sender: "Party |
         elif op == CUT:
             f = a[1]
             st = rt.cp.sessions[f.sid]
-            size = transitions.MAX_UNREAD_BYTES
-            most = (f"{transitions.MAX_UNREAD_MESSAGES:,} messages or "
-                    + (f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size:,} bytes"))
-            log.warning("%s: flow %s (%s): %s sent more than %s that the flow had not read on "
-                        "session %s; the session is ended", sched.identity.name, rt.flow_id,
-                        rt.cp.flow_class, st.counterparty.name, most, f.sid)
-            rt.cut_session(st, f"ended the session: more than {most} sent to it were unread",
-                           f"sent more than {most} the flow had not read, so the session was "
-                           "ended")
+            if a[2]:
+                most = _size(transitions.MAX_UNREAD_PER_PEER)
+                sched.peer_log.warning(
+                    f"unread {st.counterparty.name}", "%s: %s has more than %s waiting unread "
+                    "on all its sessions here; session %s of flow %s (%s), where its next "
+                    "message would wait too, is ended", sched.identity.name,
+                    st.counterparty.name, most, f.sid, rt.flow_id, rt.cp.flow_class)
+                theirs = f"{most} sent to it on all sessions"
+                ours = f"{most} on all its sessions that waited unread"
+            else:
+                most = (f"{transitions.MAX_UNREAD_MESSAGES:,} messages or "
+                        f"{_size(transitions.MAX_UNREAD_BYTES)}")
+                log.warning("%s: flow %s (%s): %s sent more than %s that the flow had not read "
+                            "on session %s; the session is ended", sched.identity.name,
+                            rt.flow_id, rt.cp.flow_class, st.counterparty.name, most, f.sid)
+                theirs, ours = f"{most} sent to it", f"{most} the flow had not read"
+            rt.cut_session(st, f"ended the session: more than {theirs} were unread",
+                           f"sent more than {ours}, so the session was ended")
             rt.dirty = True
             sched.touched[rt.flow_id] = rt
         elif op == DROP:
             log.debug("%s: flow %s dropped a frame: %s", sched.identity.name, rt.flow_id, a[1])
         else:
             raise TypeError(f"unknown action {describe(a)}; please file a bug")
+
+
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n:,} bytes"

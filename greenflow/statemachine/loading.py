@@ -72,7 +72,9 @@ class Loading:
                 f = payloads.restore_inbox_frame(self.store, fid, decode_frame(data))
             except WireFormatError:
                 continue
-            rt.inbox_queue(sid).append(InboxItem(f, True))
+            st = cp.sessions.get(sid)
+            held = self.unread_from(st.counterparty.name) if st is not None else None
+            rt.inbox_queue(sid, held).append(InboxItem(f, True))
         rt.dirty = False
         rt.routed = len(cp.sessions)
         cp.status = FlowStatus.RUNNABLE

@@ -106,6 +106,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         # External calls running on `_workers` (future -> flow id), and whether a clean
         # close has begun (no more are started): see `CommitStaging.close_externals`.
         self.external_calls: dict[Any, str] = {}
+        # peer name -> [what it has waiting unread here] (`Routing.unread_from`)
+        self.unread: dict[str, list] = {}
         self.closing = False
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}

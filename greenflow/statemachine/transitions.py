@@ -14,6 +14,7 @@ from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, CUT
                                             PEER_ENDED, RESUME, RUN_EXTERNAL_ACTION, SEND_INFO,
                                             WAIT_ACTION)
 from greenflow.runtime.checkpoint import PEER_ENDED_ITS_FLOW, Checkpoint
+from greenflow.runtime.flow_types import FRAME_COST
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
 from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, EndReason,
                                 Frame, carries_message)
@@ -27,6 +28,11 @@ _RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.E
 #: memory each besides the payload).
 MAX_UNREAD_MESSAGES = 100_000
 MAX_UNREAD_BYTES = 64 << 20
+#: What one peer may have waiting unread on all its sessions of a node together: the
+#: payloads plus `FRAME_COST` per message (their memory). Past it, the session a further
+#: message would wait in is ended, as above: without it a peer could fill every session
+#: it may open (`max_inbound_sessions`) to the per-session bound.
+MAX_UNREAD_PER_PEER = 256 << 20
 _DATA_OUTCOME = Outcome.DATA
 
 
@@ -104,8 +110,9 @@ def _wait_until(entry: Entry, now: float, due_outcome: tuple) -> list:
 
 
 def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
-             frame: Frame) -> list:
-    """A peer's frame for one of this flow's sessions has arrived."""
+             frame: Frame, peer_held: int = 0) -> list:
+    """A peer's frame for one of this flow's sessions has arrived. ``peer_held``: what
+    the peer has waiting unread on all its sessions here (`MAX_UNREAD_PER_PEER`)."""
     sid, seq = frame.sid, frame.seq
     st = cp.sessions.get(sid)
     if st is None:
@@ -117,8 +124,13 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
                        "the sender will re-send")]
     kind = frame.kind
     q = inbox.get(sid)
-    if q and frame.payload is not None and _too_much_unread(q, frame):
-        return [(CUT, frame), (ACK, frame.msg_id)]
+    payload = frame.payload
+    if payload is not None:
+        if q and _too_much_unread(q, frame):
+            return [(CUT, frame, False), (ACK, frame.msg_id)]
+        if peer_held + len(payload) + FRAME_COST > MAX_UNREAD_PER_PEER and (
+                q or pending is None or pending.kind != _RECEIVE or pending.key[0] != sid):
+            return [(CUT, frame, True), (ACK, frame.msg_id)]   # (it would wait unread)
     if kind == DATA and (pending is None or pending.kind == _RECEIVE):   # the common case
         actions: list = [(ACCEPT, frame), (ACK, (sid, frame.to_responder, seq))]
         if pending is not None and pending.kind == _RECEIVE and pending.key[0] == sid \
