@@ -253,3 +253,11 @@ def test_an_external_call_that_outlasts_the_close_is_made_again_at_the_reopen(tm
     finally:
         node.close()
     assert lines(out) == ["first", "first", "second"]   # at least once, as after a crash
+
+
+@pytest.mark.parametrize("grace, error", [(-1, ValueError), (float("nan"), ValueError),
+                                          ("5", TypeError), (True, TypeError)])
+def test_a_close_refuses_a_grace_that_is_no_duration_and_stays_open(node, grace, error):
+    with pytest.raises(error, match="external_grace takes a number of seconds"):
+        node.close(external_grace=grace)
+    assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1

@@ -220,9 +220,15 @@ class Node:
         the node stops: a call that returns in time is not made again when the node
         reopens. One still running then is left to its thread, and its flow makes the
         call again at the next open (at least once, as after a crash)."""
+        if isinstance(external_grace, bool) or not isinstance(external_grace, (int, float)):
+            raise TypeError(f"external_grace takes a number of seconds, got "
+                            f"{type(external_grace).__name__}")
+        if not external_grace >= 0:
+            raise ValueError(f"external_grace takes a number of seconds from 0 (inf: wait for "
+                             f"every call), got {external_grace!r}")
         if self._closed:
             return
-        if self._thread is not None and self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive() and not self.scheduler.dead:
             self._let_externals_finish(external_grace)
         self._closed = True
         if self._thread is not None:
@@ -238,14 +244,14 @@ class Node:
     def _let_externals_finish(self, grace: float) -> None:
         sched = self.scheduler
         try:
-            running = self.on_scheduler(sched.close_externals, timeout=30)
-        except (FlowError, TimeoutError):   # closed meanwhile, or a wedged scheduler
+            running = self.on_scheduler(sched.close_externals, timeout=5)
+        except (FlowError, TimeoutError):   # closed meanwhile, or a scheduler stuck in a round
             return
         if not running:
             return
         log.info("%s: closing: waiting up to %gs for %d external call(s) to return",
                  self.party.name, grace, len(running))
-        _, late = futures.wait(running, timeout=max(0.0, grace))
+        _, late = futures.wait(running, timeout=None if grace == float("inf") else grace)
         if late:
             log.warning("%s: closing with %d external call(s) still running after %gs (flows "
                         "%s): those flows make their calls again when the node reopens",
@@ -255,7 +261,7 @@ class Node:
             # Every outcome that came is in the scheduler's queue before this call: the
             # round that runs it also resumes those flows and commits, and the loop
             # stops only after that round.
-            self.on_scheduler(lambda: None, timeout=30)
+            self.on_scheduler(lambda: None, timeout=10)
         except (FlowError, TimeoutError):
             pass
 
