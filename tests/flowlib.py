@@ -1129,3 +1129,32 @@ class TwoSlowCalls(FlowLogic):
     def call(self) -> tuple:
         first = self.run_external(slow_append, self.path, self.secs, "first")
         return first, self.run_external(slow_append, self.path, 0.0, "second")
+
+
+def spin(secs: float) -> None:
+    """Computes for ``secs`` without suspending (what a blocking call does too)."""
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        pass
+
+
+class Spins(FlowLogic):
+    def __init__(self, secs: float):
+        self.secs = secs
+
+    def call(self) -> str:
+        spin(self.secs)
+        return "spun"
+
+
+class NapsOften(FlowLogic):
+    """Runs as long as `Spins`, but suspends every few hundredths of a second."""
+
+    def __init__(self, n: int, secs: float):
+        self.n, self.secs = n, secs
+
+    def call(self) -> int:
+        for _ in range(self.n):
+            spin(self.secs / 2)
+            self.sleep(self.secs / 2)
+        return self.n

@@ -261,3 +261,35 @@ def test_a_close_refuses_a_grace_that_is_no_duration_and_stays_open(node, grace,
     with pytest.raises(error, match="external_grace takes a number of seconds"):
         node.close(external_grace=grace)
     assert node.start_flow(Ping(node.party, 1)).result(timeout=20) == 1
+
+
+def test_a_flow_that_keeps_the_scheduler_to_itself_is_reported_with_where_it_is(
+        tmp_path, flow_state, caplog, monkeypatch):
+    """A flow computing (or blocking in a call) without suspending stopped every other flow
+    of its node, and nothing said so. It is now logged with its flow, class and stack
+    once it has run past the warning time, and again when it lets the node go on; a flow
+    that runs as long but suspends often is not."""
+    import logging
+
+    from flowlib import NapsOften, Spins
+
+    from greenflow.node import stall_watch
+    monkeypatch.setattr(stall_watch, "STALL_WARNING", 0.4)
+    monkeypatch.setattr(stall_watch, "INTERVAL", 0.1)
+    node = Node.open(tmp_path / "solo", "Solo")
+    try:
+        with caplog.at_level(logging.INFO, logger="greenflow.scheduler"):
+            assert node.start_flow(NapsOften(25, 0.04)).result(timeout=20) == 25
+            time.sleep(0.3)
+            assert "without suspending" not in caplog.text
+            h = node.start_flow(Spins(1.5))
+            assert h.result(timeout=20) == "spun"
+            wait_until(lambda: "let the node go on" in caplog.text)
+    finally:
+        node.close()
+    [warned] = [r.getMessage() for r in caplog.records if "without suspending:" in r.getMessage()]
+    assert warned.startswith(f"Solo: flow {h.id} (flowlib.Spins) has run for "), warned
+    assert "every other flow of this node waits until it does" in warned
+    assert "in call\n    spin(self.secs)" in warned and "in spin\n" in warned, warned
+    [after] = [r for r in caplog.records if "let the node go on" in r.getMessage()]
+    assert after.levelname == "INFO" and h.id in after.getMessage()

@@ -18,7 +18,7 @@ from greenflow.runtime.clock import Clock, SystemClock
 from greenflow.errors import FlowError
 from greenflow.statemachine.events import Call, FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
-from greenflow.node import flow_listing, node_options
+from greenflow.node import flow_listing, node_options, stall_watch
 from greenflow.node.identity import NodeIdentity
 from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_from_checkpoint,
                                        info_from_result, read_checkpoints, shown_status,
@@ -187,6 +187,7 @@ class Node:
             self._thread = threading.Thread(target=self._loop,
                                             name=f"greenflow-{self.party.name}", daemon=True)
             self._thread.start()
+            stall_watch.watch(self.scheduler, self._thread, self.party.name)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -231,6 +232,7 @@ class Node:
         if self._thread is not None and self._thread.is_alive() and not self.scheduler.dead:
             self._let_externals_finish(external_grace)
         self._closed = True
+        stall_watch.unwatch(self.scheduler)
         if self._thread is not None:
             self._wake.set()
             self._thread.join(timeout=30)
@@ -268,6 +270,7 @@ class Node:
     def crash(self) -> None:
         """Power cut (tests): drop all in-memory state without committing anything."""
         self._closed = True
+        stall_watch.unwatch(self.scheduler)
         if self._thread is not None:
             self.scheduler.stop()
             self._wake.set()

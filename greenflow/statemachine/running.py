@@ -61,6 +61,7 @@ class Running:
                 self.routes[(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     def _step(self, rt: FlowRuntime, value: Any) -> None:
+        self.steps += 1   # (turns of flows: `greenflow.node.stall_watch` watches it move)
         fid = rt.flow_id
         resident = self.resident
         if rt.cp.status in _FINISHED or resident.get(fid) is not rt:

@@ -1,0 +1,126 @@
+"""Flows that keep a node's scheduler to themselves.
+
+A node runs all its flows on one thread, each until it suspends. A flow that computes
+for long, or calls blocking I/O itself instead of through ``run_external`` (an HTTP
+client, a database driver, ``time.sleep``), stops every other flow of the node until
+it returns, and nothing else said so: flows just stopped moving. One watcher thread per
+process looks at the scheduler threads of the threaded nodes it has been given, once
+every `INTERVAL`: a flow still running in the same turn after `STALL_WARNING` seconds is
+logged at WARNING with where it is (its stack from its ``call()``, no values), again
+every `REPEAT` seconds while it lasts, and at INFO when it lets the node go on.
+
+It costs the scheduler one counter per turn of a flow (`Running._step`); the watcher
+reads the counter and the thread's current frame (``sys._current_frames``), never the
+flow's locals.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+import traceback
+import weakref
+from typing import Any, Optional
+
+from greenflow.runtime.flow_runtime import FlowRuntime
+
+log = logging.getLogger("greenflow.scheduler")
+
+#: Seconds a flow may run without suspending before it is reported.
+STALL_WARNING = 5.0
+#: Seconds between reports while the same flow still runs.
+REPEAT = 60.0
+#: Seconds between looks.
+INTERVAL = 1.0
+#: Frames of the flow's stack shown (the innermost).
+STACK_FRAMES = 20
+
+_MAIN = FlowRuntime._main.__code__
+
+
+class _Watched:
+    __slots__ = ("sched", "thread", "name", "seen", "since", "told", "flow")
+
+    def __init__(self, sched: Any, thread: threading.Thread, name: str) -> None:
+        self.sched, self.thread, self.name = sched, thread, name
+        self.seen: Optional[int] = None    # the scheduler's turn count when the flow was seen
+        self.since = 0.0                   # when it was first seen in that turn
+        self.told = 0.0                    # when it was last reported (0: not yet)
+        self.flow: Optional[tuple[str, str]] = None
+
+
+_lock = threading.Lock()
+_watched: "weakref.WeakKeyDictionary[Any, _Watched]" = weakref.WeakKeyDictionary()
+_thread: Optional[threading.Thread] = None
+
+
+def watch(sched: Any, thread: threading.Thread, name: str) -> None:
+    """Watch the flows ``sched`` runs on ``thread`` (node ``name``) until `unwatch`."""
+    global _thread
+    with _lock:
+        _watched[sched] = _Watched(sched, thread, name)
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="greenflow-stall-watch", daemon=True)
+            _thread.start()
+
+
+def unwatch(sched: Any) -> None:
+    with _lock:
+        _watched.pop(sched, None)
+
+
+def _run() -> None:
+    while True:
+        time.sleep(INTERVAL)
+        with _lock:
+            watched = list(_watched.values())
+        if not watched:
+            continue
+        frames = sys._current_frames()
+        now = time.monotonic()
+        for w in watched:
+            try:
+                _look(w, frames.get(w.thread.ident), now)
+            except Exception:  # noqa: BLE001 - a diagnostic never takes anything down
+                log.debug("stall watch of %s failed", w.name, exc_info=True)
+
+
+def _look(w: _Watched, frame: Any, now: float) -> None:
+    rt, stack = _running_flow(frame)
+    turn = w.sched.steps
+    if rt is None or turn != w.seen:
+        if w.told and w.flow is not None:
+            log.info("%s: flow %s (%s) let the node go on after %.0f s without suspending",
+                     w.name, w.flow[0], w.flow[1], now - w.since)
+        w.seen, w.since, w.told = (turn if rt is not None else None), now, 0.0
+        w.flow = (rt.flow_id, rt.cp.flow_class) if rt is not None else None
+        return
+    ran = now - w.since
+    if ran < STALL_WARNING or (w.told and now - w.told < REPEAT):
+        return
+    w.told = now
+    where = "".join(traceback.format_list(stack[-STACK_FRAMES:]))
+    log.warning("%s: flow %s (%s) has run for %.0f s without suspending: every other flow of "
+                "this node waits until it does. Blocking I/O and long computations belong in "
+                "run_external. It is at:\n%s", w.name, rt.flow_id, rt.cp.flow_class, ran,
+                where.rstrip())
+
+
+def _running_flow(frame: Any) -> tuple[Optional[FlowRuntime], list]:
+    """The flow whose code ``frame`` (a scheduler thread's current frame) belongs to, and
+    its stack from its ``call()`` inwards; (None, []) when it is no flow's."""
+    inner: list = []
+    f = frame
+    while f is not None:
+        if f.f_code is _MAIN:
+            rt = f.f_locals.get("self")
+            if isinstance(rt, FlowRuntime):
+                inner.reverse()
+                return rt, traceback.StackSummary.extract(
+                    ((fr, fr.f_lineno) for fr in inner), lookup_lines=True,
+                    capture_locals=False)
+            return None, []
+        inner.append(f)
+        f = f.f_back
+    return None, []
