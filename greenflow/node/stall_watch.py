@@ -40,10 +40,13 @@ _MAIN = FlowRuntime._main.__code__
 
 
 class _Watched:
-    __slots__ = ("sched", "thread", "name", "seen", "since", "told", "flow")
+    """What the watcher knows of one scheduler (held by the scheduler's weak key: a node
+    that is dropped without being closed is not kept alive by its watch)."""
 
-    def __init__(self, sched: Any, thread: threading.Thread, name: str) -> None:
-        self.sched, self.thread, self.name = sched, thread, name
+    __slots__ = ("thread", "name", "seen", "since", "told", "flow")
+
+    def __init__(self, thread: threading.Thread, name: str) -> None:
+        self.thread, self.name = thread, name
         self.seen: Optional[int] = None    # the scheduler's turn count when the flow was seen
         self.since = 0.0                   # when it was first seen in that turn
         self.told = 0.0                    # when it was last reported (0: not yet)
@@ -59,7 +62,7 @@ def watch(sched: Any, thread: threading.Thread, name: str) -> None:
     """Watch the flows ``sched`` runs on ``thread`` (node ``name``) until `unwatch`."""
     global _thread
     with _lock:
-        _watched[sched] = _Watched(sched, thread, name)
+        _watched[sched] = _Watched(thread, name)
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="greenflow-stall-watch", daemon=True)
             _thread.start()
@@ -74,21 +77,21 @@ def _run() -> None:
     while True:
         time.sleep(INTERVAL)
         with _lock:
-            watched = list(_watched.values())
+            watched = list(_watched.items())
         if not watched:
             continue
         frames = sys._current_frames()
         now = time.monotonic()
-        for w in watched:
+        for sched, w in watched:
             try:
-                _look(w, frames.get(w.thread.ident), now)
+                _look(w, sched.steps, frames.get(w.thread.ident), now)
             except Exception:  # noqa: BLE001 - a diagnostic never takes anything down
                 log.debug("stall watch of %s failed", w.name, exc_info=True)
+        del watched, sched, frames   # (no reference kept while sleeping)
 
 
-def _look(w: _Watched, frame: Any, now: float) -> None:
+def _look(w: _Watched, turn: int, frame: Any, now: float) -> None:
     rt, stack = _running_flow(frame)
-    turn = w.sched.steps
     if rt is None or turn != w.seen:
         if w.told and w.flow is not None:
             log.info("%s: flow %s (%s) let the node go on after %.0f s without suspending",
