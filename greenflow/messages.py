@@ -26,6 +26,10 @@ KIND_NAMES = {INIT: "initiation", DATA: "data", END: "end", ERROR: "error", REJE
               CONFIRM: "confirmation", INFO_REQ: "flow-info request"}
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+#: What a frame waiting unread in a flow's inbox is counted besides its payload (its
+#: objects in memory, ~250 bytes): what a peer may have waiting unread on all its
+#: sessions is bounded in these terms, so a flood of empty messages counts too.
+FRAME_COST = 256
 
 
 class EndReason:

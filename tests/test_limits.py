@@ -410,7 +410,7 @@ def test_a_burst_of_small_messages_read_in_order_is_not_cut(net):
 def _waiting_unread(node, peer: str) -> int:
     """What ``peer``'s messages waiting unread in ``node``'s resident flows amount to, by
     the bound's measure (payload and `FRAME_COST` each)."""
-    from greenflow.runtime.flow_types import FRAME_COST
+    from greenflow.messages import FRAME_COST
     total = 0
     for rt in node.node.scheduler.resident.values():
         for sid, q in rt.inbox.items():

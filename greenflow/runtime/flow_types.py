@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import msgspec
 
-from greenflow.messages import Frame
+from greenflow.messages import FRAME_COST, Frame
 from greenflow.party import Party
 
 if TYPE_CHECKING:
@@ -65,12 +65,6 @@ class InboxItem(msgspec.Struct, gc=False):
 
     frame: Frame
     persisted: bool
-
-
-#: What one frame waiting in an inbox is charged besides its payload (its objects in
-#: memory, ~250 bytes): what a peer has waiting unread across its sessions is bounded
-#: in these terms, so a flood of empty messages counts too.
-FRAME_COST = 256
 
 
 class InboxQueue(deque):

@@ -14,10 +14,9 @@ from greenflow.statemachine.actions import (ACCEPT, ACK, ARM_TIMER, CONSUME, CUT
                                             PEER_ENDED, RESUME, RUN_EXTERNAL_ACTION, SEND_INFO,
                                             WAIT_ACTION)
 from greenflow.runtime.checkpoint import PEER_ENDED_ITS_FLOW, Checkpoint
-from greenflow.runtime.flow_types import FRAME_COST
 from greenflow.runtime.journal import OK, TIMEOUT, Entry, Kind, Outcome
-from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, INFO_REQ, INIT, REJECT, EndReason,
-                                Frame, carries_message)
+from greenflow.messages import (ASKS_INFO, CONFIRM, DATA, END, ERROR, FRAME_COST, INFO_REQ, INIT,
+                                REJECT, EndReason, Frame, carries_message)
 
 _RECEIVE, _SLEEP, _INFO, _EXTERNAL = Kind.RECEIVE, Kind.SLEEP, Kind.INFO, Kind.EXTERNAL
 
