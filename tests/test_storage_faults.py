@@ -74,3 +74,33 @@ def test_a_corrupt_checkpoint_parks_only_its_own_flow(tmp_path):
     info = next(f for f in alice.node.flows() if f.id == victim.id)
     assert info.status == FlowStatus.HOSPITALIZED
     assert "cannot be restored" in info.error
+
+
+def test_a_commit_that_holds_the_node_up_is_logged(tmp_path, monkeypatch, caplog):
+    """A commit that stalled (a disk that stops answering, an overloaded database server)
+    held every flow of the node up and nothing said why flows stopped moving."""
+    import logging
+    import re
+    import time
+
+    from greenflow.statemachine import commit
+    monkeypatch.setattr(commit, "SLOW_COMMIT", 0.5)
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    store = alice.node.scheduler.store
+    real = store.commit
+
+    def stalls(batch):
+        time.sleep(0.6)
+        return real(batch)
+
+    monkeypatch.setattr(store, "commit", stalls)
+    h = alice.start_flow(Exchange(bob.party))
+    with caplog.at_level(logging.WARNING, logger="greenflow.scheduler"):
+        net.run_network()
+    assert h.result() == 60
+    said = re.findall(r"Alice: a commit of \d+ writes took \d+\.\d s; every flow of the node "
+                      r"waited for it \(a slow or stalled disk, or an overloaded database server\)",
+                      caplog.text)
+    assert said, caplog.text
+    assert "Bob: a commit" not in caplog.text

@@ -40,6 +40,8 @@ FORGET_AT = 64
 #: A flow with more sessions than this retires those that ended on both sides from its
 #: checkpoint at each commit (`Conversation.retire_ended_sessions`).
 RETIRE_AFTER = 8
+#: Seconds a commit may take before it is logged (`CommitStaging._slow_commit`).
+SLOW_COMMIT = 5.0
 # `FlowStatus.finished` as a set test: no property call per flow of every round.
 _FINISHED = frozenset(s for s in FlowStatus if s.finished)
 
@@ -72,9 +74,12 @@ class CommitStaging:
             if b:
                 t0 = time.perf_counter()
                 self.store.commit(b)
+                took = time.perf_counter() - t0
                 self.stats["commits"] += 1
                 if self.commit_observer is not None:
-                    self.commit_observer(time.perf_counter() - t0, len(b.ops), len(suspended))
+                    self.commit_observer(took, len(b.ops), len(suspended))
+                if took >= SLOW_COMMIT:
+                    self._slow_commit(took, len(b.ops))
         except StoreError as exc:
             # Nothing of this round is durable, so nothing of it may be seen: stop the node.
             log.critical("%s: %s; the node stops committing", self.identity.name, exc)
@@ -245,6 +250,15 @@ class CommitStaging:
             fut.add_done_callback(lambda f: running.pop(f, None))
         else:
             work()
+
+    def _slow_commit(self, took: float, writes: int) -> None:
+        """Say so when a commit held the node up: every flow of the node waits for it, and
+        nothing else would tell an operator why flows stopped moving (a disk that stalls,
+        a database server that is overloaded or failing over)."""
+        self.peer_log.warning(
+            "slow commit", "%s: a commit of %d writes took %.1f s; every flow of the node "
+            "waited for it (a slow or stalled disk, or an overloaded database server)",
+            self.identity.name, writes, took)
 
     def close_externals(self) -> dict[Future, str]:
         """On the scheduler's thread, as a clean close begins: start no more external
