@@ -37,8 +37,7 @@ from greenflow.runtime.conversation import (KEEP_SENT_PAYLOAD, MAX_PAYLOAD_BYTES
                                             Conversation, rebuild_flow_exception, rejection,
                                             type_name)
 from greenflow.runtime.flow_types import (NO_INBOX, Ended, FlowHost, InboxItem, InboxQueue, Outgoing,
-                                          Resume,
-                                          appended)
+                                          Resume, appended)
 from greenflow.runtime.recorded import RecordedValues
 from greenflow.runtime.traps import Diverged, FlowGreenlet, Unwind, flow_greenlet, switch_to_scheduler
 
@@ -132,15 +131,15 @@ class FlowRuntime(Conversation, RecordedValues):
         self.raw = False   # True while greenflow runs live-only code for the flow
         self.stored_at: Optional[int] = None   # hash of the code locations last stored (stacks)
 
-    def inbox_queue(self, sid: str, held: Optional[list] = None) -> deque:
+    def inbox_queue(self, sid: str, peer_unread: Optional[list] = None) -> deque:
         """The (writable) queue of frames waiting for ``sid``, created if needed;
-        ``held`` counts what the session's peer has waiting unread (`InboxQueue`)."""
+        ``peer_unread`` counts what the session's peer has waiting unread (`InboxQueue`)."""
         inbox = self.inbox
         if not inbox:
             inbox = self.inbox = {}
         q = inbox.get(sid)
         if q is None:
-            q = inbox[sid] = InboxQueue(held)
+            q = inbox[sid] = InboxQueue(peer_unread)
         return q
 
     # ------------------------------------------------------------------ state

@@ -72,38 +72,38 @@ class InboxQueue(deque):
     of (`payload_bytes`): what a session may hold unread is checked at every frame that
     arrives, and summing the queue each time made a burst of n messages cost n**2.
 
-    ``held``, when given, is the count of everything the session's peer has waiting
+    ``peer_unread``, when given, is the count of everything the session's peer has waiting
     unread on this node (a one-item list the node keeps per peer): each frame adds its
     payload and `FRAME_COST` while it waits, and a queue dropped with frames in it (its
     flow ended or left memory) takes back what they added."""
 
-    __slots__ = ("payload_bytes", "held")
+    __slots__ = ("payload_bytes", "peer_unread")
 
-    def __init__(self, held: Optional[list] = None) -> None:
+    def __init__(self, peer_unread: Optional[list] = None) -> None:
         super().__init__()
         self.payload_bytes = 0
-        self.held = held
+        self.peer_unread = peer_unread
 
     def append(self, item: InboxItem) -> None:
         super().append(item)
         p = item.frame.payload
         n = 0 if p is None else len(p)
         self.payload_bytes += n
-        if self.held is not None:
-            self.held[0] += n + FRAME_COST
+        if self.peer_unread is not None:
+            self.peer_unread[0] += n + FRAME_COST
 
     def popleft(self) -> InboxItem:
         item = super().popleft()
         p = item.frame.payload
         n = 0 if p is None else len(p)
         self.payload_bytes -= n
-        if self.held is not None:
-            self.held[0] -= n + FRAME_COST
+        if self.peer_unread is not None:
+            self.peer_unread[0] -= n + FRAME_COST
         return item
 
     def __del__(self) -> None:
-        if self.held is not None and len(self):
-            self.held[0] -= self.payload_bytes + FRAME_COST * len(self)
+        if self.peer_unread is not None and len(self):
+            self.peer_unread[0] -= self.payload_bytes + FRAME_COST * len(self)
 
 
 class Outgoing(msgspec.Struct, gc=False):

@@ -73,8 +73,8 @@ class Loading:
             except WireFormatError:
                 continue
             st = cp.sessions.get(sid)
-            held = self.unread_from(st.counterparty.name) if st is not None else None
-            rt.inbox_queue(sid, held).append(InboxItem(f, True))
+            unread = self.unread_from(st.counterparty.name) if st is not None else None
+            rt.inbox_queue(sid, unread).append(InboxItem(f, True))
         rt.dirty = False
         rt.routed = len(cp.sessions)
         cp.status = FlowStatus.RUNNABLE

@@ -103,9 +103,9 @@ class Routing:
             return
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
-        held = self.unread.get(sender.name)
+        unread = self.unread.get(sender.name)
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame,
-                                               held[0] if held is not None else 0), sender)
+                                               unread[0] if unread is not None else 0), sender)
 
     def _deliver_to_initiator(self, sender: Party, frame: Frame) -> None:
         """A frame on a session one of our flows opened. Its id is "<our flow id>.<n>",
@@ -146,9 +146,9 @@ class Routing:
                 return
         if frame.payload is not None and not self._payload_ok(sender, frame):
             return
-        held = self.unread.get(sender.name)
+        unread = self.unread.get(sender.name)
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame,
-                                               held[0] if held is not None else 0), sender)
+                                               unread[0] if unread is not None else 0), sender)
 
     def _route(self, key: tuple[str, str, int]) -> Optional[bytes]:
         value = self._round_routes.get(key)
@@ -204,10 +204,10 @@ class Routing:
     def unread_from(self, peer_name: str) -> list:
         """The count of what ``peer_name`` has waiting unread on this node, in bytes (see
         `InboxQueue`): one item, shared by the inbox queues of its sessions."""
-        held = self.unread.get(peer_name)
-        if held is None:
-            held = self.unread[peer_name] = [0]
-        return held
+        unread = self.unread.get(peer_name)
+        if unread is None:
+            unread = self.unread[peer_name] = [0]
+        return unread
 
     def _known_party(self, name: str) -> Any:
         """The transport's `Party` for ``name``: None when it knows no such party,

@@ -161,14 +161,12 @@ def on_frame(cp: Checkpoint, inbox: dict[str, deque], pending: Optional[Entry],
 
 
 def _too_much_unread(q: deque, frame: Frame) -> bool:
-    """Whether ``frame``, buffered behind the messages ``q`` holds, would be more than the
-    session may hold unread (`MAX_UNREAD_MESSAGES`, `MAX_UNREAD_BYTES`)."""
+    """Whether ``frame``, buffered behind the messages ``q`` (an `InboxQueue`, which keeps
+    count of its payload bytes) holds, would be more than the session may hold unread
+    (`MAX_UNREAD_MESSAGES`, `MAX_UNREAD_BYTES`)."""
     if len(q) >= MAX_UNREAD_MESSAGES:
         return True
-    held = getattr(q, "payload_bytes", None)   # (`InboxQueue`; a plain deque in tests)
-    if held is None:
-        held = sum(len(i.frame.payload) for i in q if i.frame.payload is not None)
-    return held + len(frame.payload) > MAX_UNREAD_BYTES   # type: ignore[arg-type]
+    return q.payload_bytes + len(frame.payload) > MAX_UNREAD_BYTES   # type: ignore[attr-defined]
 
 
 def same_deadline(a: float, b: float) -> bool:
