@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow
-from greenflow.ledger import ContractState, SignedTransaction
+from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, serializable
+from greenflow.ledger import CommandData, Contract, ContractState, SignedTransaction
 from greenflow.ledger.flows import (CollectSignaturesFlow, FinalityFlow, NotaryClientFlow,
                                     ReceiveFinalityFlow, SendTransactionFlow, SignTransactionFlow)
 from greenflow.ledger.transactions import TransactionSignature
@@ -225,3 +225,66 @@ class VaultMisuse(FlowLogic):
         except (TypeError, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"
         return "taken"
+
+
+class AnythingGoes(Contract):
+    """Accepts every transaction: the tests below are about what the framework checks."""
+
+    def verify(self, tx: Any) -> None:
+        pass
+
+
+@serializable
+@dataclass(frozen=True)
+class Note(ContractState):
+    """A state two parties hold, with free text of any size."""
+
+    contract = AnythingGoes
+    holders: tuple
+    text: str = ""
+
+    @property
+    def participants(self) -> list:
+        return list(self.holders)
+
+
+@serializable
+@dataclass(frozen=True)
+class Jot(CommandData):
+    pass
+
+
+@serializable
+@dataclass(frozen=True)
+class BrokenNote(ContractState):
+    """A state whose participants cannot be worked out."""
+
+    contract = AnythingGoes
+    owner: Party
+
+    @property
+    def participants(self) -> list:
+        raise KeyError("no such holder")
+
+
+class Unreadable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class Exploding(Contract):
+    """Fails with an exception whose message itself fails."""
+
+    def verify(self, tx: Any) -> None:
+        raise Unreadable()
+
+
+@serializable
+@dataclass(frozen=True)
+class ExplodingNote(ContractState):
+    contract = Exploding
+    owner: Party
+
+    @property
+    def participants(self) -> list:
+        return [self.owner]

@@ -393,6 +393,40 @@ def test_criteria_by_time_recorded_notary_participant_and_predicate(mock):
         PageSpecification(page_size=0)
 
 
+def test_query_arguments_of_the_wrong_kind_are_refused_naming_them(mock):
+    """A bare value where a list belongs, a name where a Party belongs, a date given as
+    text: each failed deep in the query (AttributeError, TypeError), and one answered
+    wrongly: ``external_ids="D-1"`` matched nothing, silently, as the letters of a str."""
+    alice, bob = mock.create_node("Alice"), mock.create_node("Bob")
+    deal = run(mock, alice, DealFlow(bob.party, "terms", mock.notary.party, external_id="D-1"))
+    lid = deal.tx.outputs[0].linear_id
+    vault = alice.services.vault
+    assert len(vault.query_by(QueryCriteria(Deal, external_ids=["D-1"])).states) == 1
+    refused = [
+        (lambda: QueryCriteria(Deal, external_ids="D-1"), "external_ids is a list of str, not str 'D-1'"),
+        (lambda: QueryCriteria(Deal, linear_ids=lid), "linear_ids is a list of UniqueIdentifiers"),
+        (lambda: QueryCriteria(Deal, linear_ids=[7]), "linear_ids is a list of .*; it holds int 7"),
+        (lambda: QueryCriteria(Deal, participants=["Bob"]), "participants is a list of Party objects; it holds str 'Bob'"),
+        (lambda: QueryCriteria(Deal, participants=bob.party), "participants is a list of Party objects, not Party"),
+        (lambda: QueryCriteria(Deal, notaries=[mock.notary.party.owning_key]), "notaries is a list of Party"),
+        (lambda: QueryCriteria(Deal, recorded_after="2020-01-01"), "recorded_after is a datetime"),
+        (lambda: QueryCriteria(Deal, where="terms"), "where is a function of the state"),
+        (lambda: Sort(5), "a sort key is a name"),
+        (lambda: Sort("terms", descending="no"), "descending is True or False, not str 'no'"),
+        (lambda: PageSpecification(cursor=5), "cursor is a page's next_cursor"),
+        (lambda: vault.query_by("Deal"), "criteria is a QueryCriteria, not str 'Deal'"),
+        (lambda: vault.query_by(QueryCriteria(Deal), {"page_size": 10}), "paging is a PageSpecification, not dict"),
+        (lambda: vault.query_by(QueryCriteria(Deal), None, "terms"), "sorting is a Sort, not str 'terms'"),
+        # An offset cursor no page hands out (from the end of the list).
+        (lambda: vault.query_by(QueryCriteria(Deal), PageSpecification(cursor="by0z"), Sort("terms")), "bad cursor"),
+        (lambda: vault.query_json({"type": 5}), "query parameter type is text, not int 5"),
+        (lambda: vault.query_json({"sort": 5}), "query parameter sort is text"),
+    ]
+    for call, says in refused:
+        with pytest.raises(VaultQueryError, match=says):
+            call()
+
+
 def test_a_vault_recorded_before_the_indexes_indexes_its_states_when_it_opens(mock):
     bank, alice = mock.create_node("Bank"), mock.create_node("Alice")
     run(mock, bank, CashIssueFlow(pounds(5), mock.notary.party, owner=alice.party, coins=5))

@@ -6,13 +6,15 @@ wire. Also: histories resolve in batches and back to issuance, and the ledger se
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 import ledgerflows
 from greenflow import NotSerializable
 from greenflow.ledger import (ContractViolation, SecureHash, SignatureError, SignedTransaction,
-                              StateAndRef, StateRef, TransactionBuilder)
+                              StateAndRef, StateRef, TimeWindow, TransactionBuilder,
+                              TransactionVerificationError)
 from greenflow.ledger.flows import NotaryError, TransactionResolutionError
 from greenflow.ledger.flows import resolve as resolve_module
 from greenflow.samples.trade import (PRICE, BuyerFlow, Cash, CashMove, CommercialPaper,
@@ -107,6 +109,63 @@ def test_collected_and_notarised_signatures_make_a_transaction_final_for_both(tn
     assert tn.notary.party.owning_key in final.signed_keys
     assert holdings(tn.seller)["cash"] == {"GBP": 1_500}
     assert holdings(tn.buyer)["paper"]["references"] == ["CP-0001"]
+
+
+def note_transaction(tn: TradeNetwork, state, *, time_window: bool = False) -> SignedTransaction:
+    """``state`` issued by the seller (signed by it), with the notary on it."""
+    builder = TransactionBuilder(tn.notary.party, salt=b"\x02" * 32)
+    builder.add_output_state(state).add_command(ledgerflows.Jot(), tn.seller.party)
+    if time_window:   # the notary must sign it
+        now = datetime.fromtimestamp(tn.net.clock.now(), tz=timezone.utc)
+        builder.set_time_window(TimeWindow.between(now - timedelta(minutes=1), now + timedelta(hours=1)))
+    return sign(tn.seller, builder.to_wire_transaction())
+
+
+@pytest.mark.parametrize("time_window", [False, True])
+def test_finality_refuses_a_transaction_too_big_to_send_before_the_notary_or_a_vault_sees_it(
+        tn, time_window):
+    """It was recorded here, then failed at the send (payloads are limited to 8 MiB):
+    a state of two parties in one vault only (and with a time window, the notary had
+    signed it first)."""
+    both = (tn.seller.party, tn.buyer.party)
+    stx = note_transaction(tn, ledgerflows.Note(both, "x" * (9 << 20)), time_window=time_window)
+    sent = tn.net.delivered
+    handle = run(tn, tn.seller, ledgerflows.FinaliseFlow(stx, [tn.buyer.party]))
+    with pytest.raises(NotSerializable, match=r"bytes encoded, and a message is limited to 8388608 "
+                                              "bytes: .* neither notarised nor recorded"):
+        handle.result()
+    assert tn.net.delivered == sent   # the notary was not asked
+    for node in (tn.seller, tn.buyer):
+        assert not node.services.vault.has_transaction(stx.id)
+        assert node.services.vault.query(ledgerflows.Note) == []
+    small = note_transaction(tn, ledgerflows.Note(both, "x" * 1_000), time_window=time_window)
+    run(tn, tn.seller, ledgerflows.FinaliseFlow(small, [tn.buyer.party])).result()
+    assert [len(n.state.text) for n in tn.buyer.services.vault.query(ledgerflows.Note)] == [1_000]
+
+
+def test_participants_that_are_no_parties_are_refused_naming_the_state_before_anything_is_sent(tn):
+    """They failed in finality with "'str' object has no attribute 'owning_key'", or
+    with the app's bare KeyError, naming neither the state nor the transaction."""
+    for state, says in [
+            (ledgerflows.Note(("Buyer", tn.seller.party)),
+             r"outputs\[0\] \(Note\)\.participants\[0\] is a str, not a Party"),
+            (ledgerflows.BrokenNote(tn.seller.party),
+             r"outputs\[0\] \(BrokenNote\)\.participants failed: KeyError: 'no such holder'")]:
+        stx = note_transaction(tn, state)
+        sent = tn.net.delivered
+        handle = run(tn, tn.seller, ledgerflows.FinaliseFlow(stx, [tn.buyer.party]))
+        with pytest.raises(TransactionVerificationError, match="malformed transaction: " + says):
+            handle.result()
+        assert tn.net.delivered == sent
+        assert not tn.seller.services.vault.has_transaction(stx.id)
+
+
+def test_a_contract_error_whose_message_cannot_be_read_still_names_the_contract(tn):
+    stx = note_transaction(tn, ledgerflows.ExplodingNote(tn.seller.party))
+    handle = run(tn, tn.seller, ledgerflows.FinaliseFlow(stx, []))
+    with pytest.raises(ContractViolation, match=r"contract ledgerflows\.Exploding failed on transaction "
+                                                r"\w+: Unreadable: <Unreadable\.__str__ raised RuntimeError>"):
+        handle.result()
 
 
 # ------------------------------------------------------------------ forged histories

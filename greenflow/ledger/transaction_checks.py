@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from greenflow.messages import exception_text
 from greenflow.party import Party
 from greenflow.ledger.contracts import Command, CommandData, Contract, contract_for
 from greenflow.ledger.crypto import SecureHash
@@ -49,6 +50,7 @@ def check_wire_shape(wtx: WireTransaction) -> None:
     for i, state in enumerate(wtx.outputs):
         if not isinstance(state, ContractState):
             raise bad(f"outputs[{i}] is a {type(state).__qualname__}, not a ContractState")
+        _check_participants(state, i, bad)
     if not wtx.inputs and not wtx.outputs:
         raise bad("no inputs and no outputs")
     if not wtx.commands:
@@ -73,6 +75,21 @@ def check_wire_shape(wtx: WireTransaction) -> None:
             raise bad("a transaction with a time window needs a notary to vouch for the time")
     if type(wtx.salt) is not bytes:
         raise bad("salt is not bytes")
+
+
+def _check_participants(state: ContractState, i: int,
+                        bad: Callable[[str], TransactionVerificationError]) -> None:
+    """An output's ``participants`` are Parties: finality sends the transaction to each
+    and every vault matches them by key, so anything else would fail there, after the
+    notary had signed, with an error that names neither the state nor the transaction."""
+    what = f"outputs[{i}] ({type(state).__qualname__}).participants"
+    try:
+        parties = list(state.participants)
+    except Exception as exc:  # noqa: BLE001 - app code: said with the state it failed on
+        raise bad(f"{what} failed: {type(exc).__name__}: {exception_text(exc)}") from exc
+    for j, party in enumerate(parties):
+        if type(party) is not Party or type(party.owning_key) is not bytes:
+            raise bad(f"{what}[{j}] is a {type(party).__qualname__}, not a Party")
 
 
 def resolve_refs(tx_id: SecureHash, refs: tuple[StateRef, ...], resolve_input: InputResolver,
@@ -106,11 +123,12 @@ def run_contracts(ltx: LedgerTransaction, tx_id: SecureHash) -> None:
         except ContractViolation as exc:
             if type(exc) is not ContractViolation:
                 raise  # the contract's own error class: the caller may catch it as such
-            raise ContractViolation(f"contract {name} rejected transaction {tx_id}: {exc}") from exc
+            raise ContractViolation(f"contract {name} rejected transaction {tx_id}: "
+                                    f"{exception_text(exc)}") from exc
         except Exception as exc:
             raise ContractViolation(
-                f"contract {name} failed on transaction {tx_id}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"contract {name} failed on transaction {tx_id}: {type(exc).__name__}: "
+                f"{exception_text(exc)}") from exc
 
 
 def signer_names(wtx: WireTransaction) -> dict[bytes, str]:

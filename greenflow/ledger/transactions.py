@@ -137,7 +137,11 @@ class WireTransaction:
             # Only then, so a transaction without them keeps the id it always had (the
             # longer tuple encodes differently, so the two forms cannot collide).
             content += (self.references, self.time_window)
-        return SecureHash.sha256(canonical_encode(content))
+        data = canonical_encode(content)
+        # Near what the transaction takes on the wire: finality refuses one that could
+        # not be sent before anything is notarised or recorded (`FinalityFlow`).
+        self.__dict__["_encoded_size"] = len(data)
+        return SecureHash.sha256(data)
 
     @property
     def needs_notary(self) -> bool:

@@ -12,7 +12,7 @@ from greenflow.ledger.vault_index import (_SEQ, IndexReader, _dt, _lid_bytes, _u
                                           external_prefix, load_class, type_prefix, unpack_entry)
 from greenflow.ledger.vault_types import (DEFAULT_PAGE_SIZE, Page, PageSpecification,
                                           QueryCriteria, Sort, StateMetadata, StateStatus,
-                                          VaultQueryError)
+                                          VaultQueryError, _short)
 
 
 class QueryEngine:
@@ -63,6 +63,10 @@ class QueryEngine:
     def query(self, c: QueryCriteria, paging: Optional[PageSpecification] = None,
               sort: Optional[Sort] = None) -> Page:
         from greenflow.ledger.vault import _ref_from_key  # noqa: PLC0415  (the vault imports this module)
+        for name, value, cls in (("criteria", c, QueryCriteria), ("paging", paging, PageSpecification),
+                                 ("sorting", sort, Sort)):
+            if not isinstance(value, cls) and (value is not None or cls is QueryCriteria):
+                raise VaultQueryError(f"{name} is a {cls.__name__}, not {_short(value)}")
         sort = sort or Sort()
         by_seq = sort.key == "recorded_time"
         after_us, before_us = _us(c.recorded_after), _us(c.recorded_before)
@@ -150,6 +154,8 @@ class QueryEngine:
         try:
             text = base64.urlsafe_b64decode(cursor.encode()).decode()
             kind, num = text[0], int(text[1:])
+            if num < 0:
+                raise ValueError(num)
         except Exception:
             raise VaultQueryError(f"bad cursor {cursor!r}: pass a page's next_cursor as it was") from None
         if kind == "o" and not by_seq:

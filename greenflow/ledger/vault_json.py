@@ -82,6 +82,10 @@ def _parse_params(vault: Any, params: dict) -> tuple[QueryCriteria, PageSpecific
                              "cursor", "sort", "desc"}
     if unknown:
         raise VaultQueryError(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    for name, value in params.items():
+        if type(value) is not str and (type(value) is not int or name not in ("page", "page_size")):
+            raise VaultQueryError(f"query parameter {name} is text, not {type(value).__qualname__} "
+                                  f"{value!r:.100}")
 
     def number(name: str, default: int) -> int:
         text = params.get(name)

@@ -4,13 +4,14 @@ picture)."""
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Optional, Sequence
 
 from greenflow.errors import FlowError
 from greenflow.party import Party
-from greenflow.ledger.states import ContractState, StateAndRef, StateRef
+from greenflow.ledger.states import ContractState, StateAndRef, StateRef, UniqueIdentifier
 
 DEFAULT_PAGE_SIZE = 200
 MAX_PAGE_SIZE = 10_000
@@ -51,6 +52,39 @@ class QueryCriteria:
             raise VaultQueryError(f"state_type must be a ContractState class, not {self.state_type!r}")
         if not isinstance(self.status, StateStatus):
             object.__setattr__(self, "status", _status(self.status))
+        # Each list checked here: a bare value (a str is iterable, letter by letter) or a
+        # name where a Party belongs would otherwise match nothing, silently, or fail
+        # deep in the query.
+        for name, ok, what in (
+                ("linear_ids", lambda x: isinstance(x, (UniqueIdentifier, uuid.UUID, str)),
+                 "UniqueIdentifiers, UUIDs or their text"),
+                ("external_ids", lambda x: type(x) is str, "str"),
+                ("participants", lambda x: type(x) is Party, "Party objects"),
+                ("notaries", lambda x: type(x) is Party, "Party objects")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, (list, tuple, set, frozenset)):
+                raise VaultQueryError(f"{name} is a list of {what}, not {_short(value)}")
+            bad = next((x for x in value if not ok(x)), _NONE)
+            if bad is not _NONE:
+                raise VaultQueryError(f"{name} is a list of {what}; it holds {_short(bad)}")
+        for name in ("recorded_after", "recorded_before"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, datetime):
+                raise VaultQueryError(f"{name} is a datetime (UTC when it has no time zone), "
+                                      f"not {_short(value)}")
+        if self.where is not None and not callable(self.where):
+            raise VaultQueryError(f"where is a function of the state, not {_short(self.where)}")
+
+
+_NONE = object()
+
+
+def _short(value: Any) -> str:
+    """A value in an error message: its type and at most 100 characters of it."""
+    text = repr(value)
+    return f"{type(value).__qualname__} {text[:100]}{'...' if len(text) > 100 else ''}"
 
 
 def _status(value: Any) -> StateStatus:
@@ -71,6 +105,8 @@ class PageSpecification:
     cursor: Optional[str] = None
 
     def __post_init__(self) -> None:
+        if self.cursor is not None and type(self.cursor) is not str:
+            raise VaultQueryError(f"cursor is a page's next_cursor (a str), not {_short(self.cursor)}")
         if type(self.page_size) is not int or not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise VaultQueryError(f"page_size is between 1 and {MAX_PAGE_SIZE:,}, not {self.page_size!r}")
         if type(self.page_number) is not int or self.page_number < 1:
@@ -85,6 +121,13 @@ class Sort:
 
     key: str = "recorded_time"
     descending: bool = False
+
+    def __post_init__(self) -> None:
+        if type(self.key) is not str or not self.key:
+            raise VaultQueryError(f"a sort key is a name (recorded_time, consumed_time, state_ref "
+                                  f"or a dotted attribute path), not {_short(self.key)}")
+        if type(self.descending) is not bool:
+            raise VaultQueryError(f"descending is True or False, not {_short(self.descending)}")
 
 
 @dataclass(frozen=True)

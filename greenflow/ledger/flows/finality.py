@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from greenflow.errors import FlowError, FlowException
+from greenflow import wire
+from greenflow.errors import FlowError, FlowException, NotSerializable
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.progress import ProgressTracker, Step
 from greenflow.flows.session import FlowSession
+from greenflow.runtime.conversation import MAX_PAYLOAD_BYTES
 from greenflow.ledger.crypto import SecureHash
 from greenflow.ledger.recording import StatesToRecord
 from greenflow.ledger.transactions import SignedTransaction
@@ -59,6 +61,8 @@ class FinalityFlow(FlowLogic):
         self.progress_tracker.current_step = self.VERIFYING
         services.verifier.verify(stx, except_keys=[notary.owning_key] if notary else [])
         self._check_sessions(stx)
+        if self.sessions or self.observers:
+            _check_sendable(stx)
         if stx.tx.needs_notary:
             self.progress_tracker.current_step = self.NOTARISING
             stx = stx.with_signature(self.sub_flow(NotaryClientFlow(stx)))
@@ -82,6 +86,23 @@ class FinalityFlow(FlowLogic):
         if missing:
             raise FlowError(f"FinalityFlow: no session for participant(s) {', '.join(missing)} of "
                             f"transaction {stx.id}; pass one session per other participant")
+
+
+def _check_sendable(stx: SignedTransaction) -> None:
+    """Refuse a transaction too big for one message before the notary signs it or any
+    vault records it: sent afterwards, it would fail with the inputs spent at the notary
+    and the states recorded here only, never reaching the other participants. The
+    encoding the id was hashed from says whether it is anywhere near the bound; only
+    then is the transaction encoded as it would be sent."""
+    near = stx.tx.__dict__.get("_encoded_size")
+    if near is not None and near < MAX_PAYLOAD_BYTES // 2:
+        return
+    size = len(wire.encode(stx))
+    if size > MAX_PAYLOAD_BYTES:
+        raise NotSerializable(
+            f"FinalityFlow: transaction {stx.id} is {size} bytes encoded, and a message is "
+            f"limited to {MAX_PAYLOAD_BYTES} bytes: it could not be sent to its other "
+            "participants, so it was neither notarised nor recorded")
 
 
 class ReceiveFinalityFlow(FlowLogic):
