@@ -38,6 +38,26 @@ def test_a_dump_shows_a_helper_functions_locals_at_the_suspension_point(net):
     json.dumps(entry)     # JSON-ready
 
 
+def test_an_offline_dump_says_what_the_store_holds_and_not_the_running_nodes_memory(tmp_path):
+    """Read in the node's own process it said the store was damaged and to start on a
+    new one; read offline it called a flow the running node held in memory HIBERNATED,
+    where the node's own dump said SUSPENDED."""
+    import pytest
+    from greenflow.errors import StoreLocked
+    from greenflow.node import read_checkpoints
+    from greenflow.testing import MockNetwork
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = pair(net)
+    h = run(net, alice, Inspected(bob.party))
+    assert dump_of(alice, "Inspected")["status"] == "SUSPENDED"
+    with pytest.raises(StoreLocked, match=r"open in this process already .*checkpoints_dump\(\)"):
+        read_checkpoints(alice.node.base_dir)
+    net.close()
+    [entry] = [e for e in read_checkpoints(alice.node.base_dir) if e["flow_id"] == h.id]
+    assert (entry["status"], entry["resident"]) == ("SUSPENDED", None)
+    assert_shows_the_helper_at_its_suspension(entry)
+
+
 def test_a_dump_after_a_restart_shows_the_frames_before_the_flow_is_replayed(net):
     alice, bob = pair(net)
     h = run(net, alice, Inspected(bob.party))

@@ -83,18 +83,22 @@ class FlowViews:
 
 def read_checkpoints(base_dir: str) -> list[dict]:
     """`Node.checkpoints_dump` of a node directory, read-only and without starting the
-    node: nothing is recovered, replayed or written (safe beside a running node)."""
+    node: nothing is recovered, replayed or written (safe beside a running node, from
+    another process). Whether a running node holds a flow in memory is not on disk:
+    each entry's ``status`` is the stored one (SUSPENDED for a waiting flow, never
+    HIBERNATED) and its ``resident`` is None."""
     store = open_store(base_dir, readonly=True)
     try:
-        return dump_store(store, set())
+        return dump_store(store, None)
     finally:
         store.close()
 
 
-def dump_store(store: FlowStore, resident: set[str],
+def dump_store(store: FlowStore, resident: Optional[set[str]],
                frames_of: Optional[Callable[[str], Any]] = None,
                rows: Optional[Iterable[tuple[str, bytes]]] = None) -> list[dict]:
-    """The dump of ``rows`` (stored headers ``(fid, blob)``; None: every one)."""
+    """The dump of ``rows`` (stored headers ``(fid, blob)``; None: every one).
+    ``resident``: the flows in memory, or None where that is not known (read offline)."""
     out = []
     for fid, raw in (store.header_blobs() if rows is None else rows):
         try:
@@ -103,7 +107,8 @@ def dump_store(store: FlowStore, resident: set[str],
             out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
                         "frames": [], "sessions": []})
             continue
-        status = shown_status(cp, fid in resident)
+        here = None if resident is None else fid in resident
+        status = cp.status if here is None else shown_status(cp, here)
         try:
             snap = frames_of(fid) if frames_of is not None else store.snapshot(fid)
         except Exception as exc:
@@ -112,7 +117,7 @@ def dump_store(store: FlowStore, resident: set[str],
         out.append({
             "flow_id": fid, "flow_class": cp.flow_class, "status": status.value,
             "progress_step": cp.progress_step, "suspended_on": suspended_on(cp),
-            "error": cp.error, "resident": fid in resident,
+            "error": cp.error, "resident": here,
             "suspension_count": cp.suspension_count, "journal_entries": cp.journal_len,
             "started_at": cp.started_at, "fingerprint": cp.fingerprint,
             "sessions": [{"id": s.sid, "counterparty": s.counterparty.name,

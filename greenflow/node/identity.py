@@ -119,7 +119,9 @@ def _check_name(base_dir: str, name: str) -> None:
         except FlowError as exc:
             raise FlowError(f"{exc}: it holds the node's name; write {name!r} into it") from None
         if stored != name:
-            raise FlowError(f"node directory {base_dir} belongs to {stored!r}, not {name!r}")
+            raise FlowError(f"node directory {base_dir} belongs to {stored!r}, not {name!r} "
+                            f"(its {NAME_FILE} says so): open it as {stored!r}, or give "
+                            f"{name!r} a directory of its own")
 
 
 def _write_name(base_dir: str, name: str) -> None:

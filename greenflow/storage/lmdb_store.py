@@ -33,7 +33,7 @@ from typing import Any, Optional
 import lmdb
 
 from greenflow.storage import store_guard
-from greenflow.errors import StoreError, StoreMissing
+from greenflow.errors import StoreError, StoreLocked, StoreMissing
 from greenflow.storage.interface import Batch, dump_result, journal_chunk, load_result
 from greenflow.storage.lmdb_keys import DBS as _DBS, _encode_entries, _micros, expiry_entries
 from greenflow.storage.lmdb_reader import READS, TABLE_READS, LmdbReader, TableReader
@@ -100,6 +100,13 @@ class LmdbStore:
                                  sync=sync, metasync=sync, readahead=False, lock=True,
                                  readonly=readonly)
         except lmdb.Error as exc:
+            if "already open in this process" in str(exc):
+                # LMDB allows one open environment per file and process: nothing is wrong
+                # with the store (calling it damaged would advise throwing it away).
+                raise StoreLocked(
+                    f"the node store at {path} is open in this process already (a node of "
+                    "this directory runs here): read it through that node (for example "
+                    "node.checkpoints_dump()), or close the node first") from exc
             if existed:
                 raise store_guard.corrupt(path, exc) from exc
             raise StoreError(f"cannot open the node store at {path}: {exc}") from exc
