@@ -288,3 +288,21 @@ class ExplodingNote(ContractState):
     @property
     def participants(self) -> list:
         return [self.owner]
+
+
+class SaysNo(Contract):
+    """Returns False instead of raising."""
+
+    def verify(self, tx: Any) -> bool:
+        return False
+
+
+@serializable
+@dataclass(frozen=True)
+class RefusedNote(ContractState):
+    contract = SaysNo
+    owner: Party
+
+    @property
+    def participants(self) -> list:
+        return [self.owner]

@@ -168,6 +168,34 @@ def test_a_contract_error_whose_message_cannot_be_read_still_names_the_contract(
         handle.result()
 
 
+def test_a_contract_that_returns_false_rejects_the_transaction(tn):
+    """The return value was ignored: a contract saying no by returning False passed."""
+    stx = note_transaction(tn, ledgerflows.RefusedNote(tn.seller.party))
+    handle = run(tn, tn.seller, ledgerflows.FinaliseFlow(stx, []))
+    with pytest.raises(ContractViolation, match=r"contract ledgerflows\.SaysNo returned False for "
+                                                r"transaction \w+: taken as a rejection"):
+        handle.result()
+    assert not tn.seller.services.vault.has_transaction(stx.id)
+
+
+def test_a_second_contract_class_taking_an_installed_name_is_logged(caplog):
+    from greenflow.ledger.contracts import _CONTRACTS, Contract, contract_for
+    earlier = dict(_CONTRACTS)
+    try:
+        class First(Contract):
+            name = "tests.same-name"
+
+        class Second(Contract):
+            name = "tests.same-name"
+
+        assert contract_for(type("S", (), {"contract": "tests.same-name"})())[1] is Second
+        assert any("contract 'tests.same-name' was " in r.getMessage() and "is now" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        _CONTRACTS.clear()
+        _CONTRACTS.update(earlier)
+
+
 # ------------------------------------------------------------------ forged histories
 def test_a_paper_that_was_never_issued_is_refused_by_the_buyer(tn):
     prepare_trades(tn, 1)  # the buyer gets cash (and the seller a real paper it keeps)

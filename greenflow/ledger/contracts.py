@@ -7,12 +7,15 @@ has installed and never loads one a peer names.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from greenflow.party import Party
 from greenflow.wire import register_wire_type
 from greenflow.ledger.errors import ContractViolation, TransactionVerificationError
+
+log = logging.getLogger("greenflow.ledger")
 
 if TYPE_CHECKING:
     from greenflow.ledger.states import ContractState
@@ -89,8 +92,17 @@ def contract_name(contract: str | type[Contract]) -> str:
 
 def register_contract(cls: type[Contract]) -> type[Contract]:
     """Install ``cls`` under its name (done by subclassing `Contract`; a later class of the
-    same name replaces the earlier, as a reloaded module does)."""
-    _CONTRACTS[contract_name(cls)] = cls
+    same name replaces the earlier, as a reloaded module does). Another class taking an
+    installed name (two contracts that set the same ``name``) is logged: from then on
+    the states that name it are checked by the later class's rules."""
+    name = contract_name(cls)
+    earlier = _CONTRACTS.get(name)
+    if earlier is not None and (earlier.__module__, earlier.__qualname__) != (
+            cls.__module__, cls.__qualname__):
+        log.warning("contract %r was %s.%s and is now %s.%s: the states that name it are "
+                    "checked by the later class's rules", name, earlier.__module__,
+                    earlier.__qualname__, cls.__module__, cls.__qualname__)
+    _CONTRACTS[name] = cls
     return cls
 
 

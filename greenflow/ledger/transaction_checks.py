@@ -119,7 +119,7 @@ def run_contracts(ltx: LedgerTransaction, tx_id: SecureHash) -> None:
         contracts.setdefault(name, cls)
     for name, cls in contracts.items():
         try:
-            cls().verify(ltx)
+            said = cls().verify(ltx)
         except ContractViolation as exc:
             if type(exc) is not ContractViolation:
                 raise  # the contract's own error class: the caller may catch it as such
@@ -129,6 +129,10 @@ def run_contracts(ltx: LedgerTransaction, tx_id: SecureHash) -> None:
             raise ContractViolation(
                 f"contract {name} failed on transaction {tx_id}: {type(exc).__name__}: "
                 f"{exception_text(exc)}") from exc
+        if said is False:   # a contract rejects by raising; a "no" returned was taken as a yes
+            raise ContractViolation(f"contract {name} returned False for transaction {tx_id}: "
+                                    "taken as a rejection (a contract rejects by raising, "
+                                    "see require_that)")
 
 
 def signer_names(wtx: WireTransaction) -> dict[bytes, str]:
