@@ -76,6 +76,50 @@ def test_a_corrupt_checkpoint_parks_only_its_own_flow(tmp_path):
     assert "cannot be restored" in info.error
 
 
+def test_a_checkpoint_header_that_cannot_be_read_is_listed_parked_and_can_be_killed(tmp_path):
+    """Its flow vanished from listings ("left out of a listing"), and reading, retrying
+    or killing it was an internal error; a damaged result record likewise."""
+    from greenflow.errors import FlowError, FlowKilled
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    victim = alice.start_flow(Exchange(bob.party))
+    healthy = alice.start_flow(Exchange(bob.party))
+    net.run_network(max_messages=2)                  # both initiations delivered
+    alice = net.restart_node(alice)
+    b = Batch()                                       # bit rot in one header
+    b.put_header_unchecked(victim.id, b"Bgarbage")
+    alice.node.store.commit(b)
+    net.run_network()
+    assert alice.node.handle(healthy.id).result() == 60
+    for info in ([f for f in alice.node.flows() if f.id == victim.id][0],
+                 alice.node.flow_info(victim.id),
+                 [f for f in alice.node.flow_page([FlowStatus.HOSPITALIZED]).flows if f.id == victim.id][0]):
+        assert (info.flow_class, info.status) == ("<unreadable>", FlowStatus.HOSPITALIZED)
+        assert info.error.startswith("checkpoint cannot be read: ")
+    with pytest.raises(FlowError, match="has not finished .status HOSPITALIZED"):
+        alice.node.handle(victim.id).result()
+    with pytest.raises(FlowError, match="cannot be read .* it cannot run again; kill it"):
+        alice.node.retry_flow(victim.id)
+    alice = net.restart_node(alice)                   # not woken again: still listed, parked
+    assert alice.node.flow_info(victim.id).status == FlowStatus.HOSPITALIZED
+    assert alice.node.kill_flow(victim.id)
+    net.run_network()
+    with pytest.raises(FlowKilled):
+        alice.node.handle(victim.id).result()
+    assert alice.node.flow_info(victim.id).flow_class == "opsflows.Exchange"   # from its start record
+    assert alice.node.store.header_blob(victim.id) is None
+    assert alice.node.store.logic_blob(victim.id) is None
+
+    b = Batch()                                       # and bit rot in a result record
+    b.put_result(healthy.id, b"Egarbage", alice.node.clock.now() + 3_600)
+    alice.node.store.commit(b)
+    for read in (lambda: alice.node.handle(healthy.id).result(), lambda: alice.node.flow_info(healthy.id)):
+        with pytest.raises(FlowError, match=f"the stored result of flow {healthy.id} on Alice cannot be "
+                                            "read .*: the record is damaged"):
+            read()
+    net.close()
+
+
 def test_a_commit_that_holds_the_node_up_is_logged(tmp_path, monkeypatch, caplog):
     """A commit that stalled (a disk that stops answering, an overloaded database server)
     held every flow of the node up and nothing said why flows stopped moving."""

@@ -49,7 +49,10 @@ class FlowViews:
         rec = node.results.record(fid)
         if rec is not None:
             return info_from_result(fid, rec)
-        cp, filed = node.results.checkpoint_or_filed(fid)
+        try:
+            cp, filed = node.results.checkpoint_or_filed(fid)
+        except Exception as exc:  # noqa: BLE001 - a damaged record: this flow only
+            return info_unreadable(fid, exc)
         if cp is not None:
             return info_from_checkpoint(cp, False)
         if filed is not None:   # filed for another worker, not started yet
@@ -62,8 +65,13 @@ class FlowViews:
         resident = sched.resident
         for fid, raw in store.header_blobs():
             rt = resident.get(fid)
-            cp: Checkpoint = rt.cp if rt is not None else serialization.loads(raw)
-            out[fid] = info_from_checkpoint(cp, rt is not None)
+            if rt is not None:
+                out[fid] = info_from_checkpoint(rt.cp, True)
+                continue
+            try:
+                out[fid] = info_from_checkpoint(serialization.loads(raw), False)
+            except Exception as exc:  # noqa: BLE001 - a damaged record: this flow only
+                out[fid] = info_unreadable(fid, exc)
         for fid, rt in resident.items():
             if fid not in out:
                 out[fid] = info_from_checkpoint(rt.cp, True)
@@ -135,6 +143,17 @@ def info_from_checkpoint(cp: Checkpoint, resident: bool) -> FlowInfo:
     turns a checkpoint into a listing entry."""
     return FlowInfo(cp.flow_id, cp.flow_class, shown_status(cp, resident), cp.progress_step,
                     suspended_on(cp), resident, cp.error)
+
+
+#: The flow class a listing gives a flow whose stored checkpoint cannot be read.
+UNREADABLE_CLASS = "<unreadable>"
+
+
+def info_unreadable(fid: str, exc: BaseException) -> FlowInfo:
+    """A flow whose stored checkpoint cannot be read (a damaged record): it cannot run,
+    so it shows as parked, with the reason, until an operator kills it."""
+    return FlowInfo(fid, UNREADABLE_CLASS, FlowStatus.HOSPITALIZED, None, None, False,
+                    f"checkpoint cannot be read: {type(exc).__name__}: {exc}")
 
 
 def info_from_result(fid: str, rec: dict) -> FlowInfo:

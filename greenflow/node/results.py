@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow import serialization
-from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.errors import FlowError, FlowKilled, StoreError, UnknownFlow
 from greenflow.log_limits import clip
 from greenflow.node.flow_views import shown_status
 from greenflow.runtime.flow_runtime import rebuild_flow_exception
@@ -56,13 +56,24 @@ class FlowResults:
     def handle(self, flow_id: str) -> FlowHandle:
         node = self.node
         self.check_open(flow_id)
-        if flow_id not in node.scheduler.resident and node.store.result(flow_id) is None:
-            cp, filed = self.checkpoint_or_filed(flow_id)
+        if flow_id not in node.scheduler.resident and not self._has_result(flow_id):
+            try:
+                cp, filed = self.checkpoint_or_filed(flow_id)
+            except Exception:  # noqa: BLE001 - a damaged checkpoint: the flow is there
+                return FlowHandle(node, flow_id)
             # Read the result again: a flow that ended between the two reads had its
             # checkpoint dropped in the commit that stored its result.
-            if cp is None and filed is None and node.store.result(flow_id) is None:
+            if cp is None and filed is None and not self._has_result(flow_id):
                 raise UnknownFlow(f"no flow {clip(flow_id)} on node {node.party.name}")
         return FlowHandle(node, flow_id)
+
+    def _has_result(self, fid: str) -> bool:
+        try:
+            return self.node.store.result(fid) is not None
+        except StoreError:
+            raise
+        except Exception:  # noqa: BLE001 - a damaged record is still a record of the flow
+            return True
 
     def checkpoint_or_filed(self, fid: str) -> tuple[Optional[Any], Optional[str]]:
         """``fid``'s stored checkpoint, or on a clustered worker the flow class of its
@@ -89,7 +100,15 @@ class FlowResults:
     def record(self, fid: str) -> Optional[dict]:
         self.check_open(fid)
         rec = self.node.scheduler.recent_results.get(fid)
-        return rec if rec is not None else self.node.store.result(fid)
+        if rec is not None:
+            return rec
+        try:
+            return self.node.store.result(fid)
+        except StoreError:
+            raise
+        except Exception as exc:  # a damaged record: said as such, not as a bug
+            raise FlowError(f"the stored result of flow {fid} on {self.node.party.name} cannot "
+                            f"be read ({type(exc).__name__}: {exc}): the record is damaged") from exc
 
     def result(self, fid: str, timeout: Optional[float]) -> Any:
         timeout = _timeout(timeout)
@@ -154,7 +173,10 @@ class FlowResults:
         rt = self.node.scheduler.resident.get(fid)
         if rt is not None:
             return rt.cp.status
-        cp, filed = self.checkpoint_or_filed(fid)
+        try:
+            cp, filed = self.checkpoint_or_filed(fid)
+        except Exception:  # noqa: BLE001 - a damaged checkpoint: parked (`info_unreadable`)
+            return FlowStatus.HOSPITALIZED
         if cp is not None:
             return shown_status(cp, resident=False)
         if filed is not None:

@@ -15,6 +15,7 @@ from greenflow import serialization
 from greenflow.errors import FlowException, KeyTooLong
 from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
+from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import MAX_ERROR_TEXT, cut_text, encode_frame, exception_text
 from greenflow.flows.registry import qualified_name
@@ -204,10 +205,27 @@ class Ending:
             rt.greenlet = None
             recycle(g, rt.sched.idle_greenlets)
 
+    def _unreadable_killed(self, fid: str, exc: BaseException) -> Checkpoint:
+        """What is known of a flow whose checkpoint cannot be read, for its kill: its id
+        and class (from its start record, if that reads). Its sessions were in the
+        checkpoint, so its peers are not told; its records are dropped by a scan."""
+        self.unreadable.discard(fid)
+        try:
+            name = qualified_name(type(serialization.loads(self.store.logic_blob(fid))))  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - damaged too: the id is enough
+            name = "<unreadable>"
+        log.warning("%s: flow %s (%s), whose checkpoint cannot be read (%s: %s), is killed; "
+                    "its peers are not told (its sessions were in that checkpoint)",
+                    self.identity.name, fid, name, type(exc).__name__, exc)
+        return Checkpoint(fid, name)
+
     def kill(self, fid: str) -> bool:
         rt = self.resident.get(fid)
         if rt is None:
-            cp = None if fid in self.ended else self.store.checkpoint(fid)
+            try:
+                cp = None if fid in self.ended else self.store.checkpoint(fid)
+            except Exception as exc:  # noqa: BLE001 - a damaged checkpoint: killed all the same
+                cp = self._unreadable_killed(fid, exc)
             if cp is None:
                 return False
             if self.store.logic_blob(fid) is None and self.store.result(fid) is not None:

@@ -14,7 +14,7 @@ from greenflow import serialization
 from greenflow.storage import payloads
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.storage.interface import encode_header
-from greenflow.errors import StoreError, WireFormatError
+from greenflow.errors import FlowError, StoreError, WireFormatError
 from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem, Resume
 from greenflow.runtime.journal import Entry
 from greenflow.messages import carries_message, decode_frame
@@ -34,8 +34,8 @@ class Loading:
 
     def _load(self, fid: str, cp: Optional[Checkpoint] = None) -> Optional[FlowRuntime]:
         """Rebuild a non-resident flow from its checkpoint; it replays when it runs."""
-        if fid in self.ended:   # the store still holds what this round's batch dropped
-            return None
+        if fid in self.ended or fid in self.unreadable:   # (the store still holds what this
+            return None                                     # round's batch dropped; see below)
         try:
             if cp is None:
                 cp = self.store.checkpoint(fid)
@@ -86,8 +86,12 @@ class Loading:
         """Park a flow that is not in memory (its checkpoint could not be restored)."""
         try:
             cp = self.store.checkpoint(fid)
-        except Exception:
-            cp = None
+        except Exception:  # noqa: BLE001 - the header itself: nothing to park it in
+            # Not loaded again (each frame a peer re-sends would try) and not woken at the
+            # next start; listings show it parked, and an operator's kill ends it.
+            self.unreadable.add(fid)
+            self.batch.set_wake(fid, False)
+            return
         if cp is None:
             return
         cp.status = FlowStatus.HOSPITALIZED
@@ -143,7 +147,11 @@ class Loading:
         """Take a flow out of the hospital and run it again from its last checkpoint."""
         if fid in self.ended:
             return False
-        cp = self.store.checkpoint(fid)
+        try:
+            cp = self.store.checkpoint(fid)
+        except Exception as exc:
+            raise FlowError(f"the checkpoint of flow {fid} cannot be read ({type(exc).__name__}: "
+                            f"{exc}): it cannot run again; kill it") from exc
         if cp is None or cp.status != FlowStatus.HOSPITALIZED or fid in self.resident:
             return False
         cp.status = FlowStatus.RUNNABLE

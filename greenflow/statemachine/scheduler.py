@@ -100,6 +100,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         # Flows that ended in this round: their records are dropped in `self.batch`, not
         # yet in the store, so what the store still says of them must not bring them back.
         self.ended: set[str] = set()
+        #: Flows whose stored checkpoint cannot be read (`Loading._hospitalize_stored`).
+        self.unreadable: set[str] = set()
         self.dead = False
         self.commit_error: Optional[BaseException] = None
         self._workers: Optional[ThreadPoolExecutor] = None
