@@ -211,6 +211,49 @@ def test_deleting_node_pid_does_not_let_a_second_process_share_the_store(stopped
         assert waiting(alice, fid)                    # the first one serves on
 
 
+def test_deleting_both_lock_files_does_not_let_a_second_process_share_the_store(stopped):
+    """node.pid and store/greenflow.lock look like stale locks; with both deleted a
+    second process started on the store (two schedulers, two views of each flow)."""
+    d, fid = stopped
+    with running(d) as (proc, alice):
+        os.remove(os.path.join(d, "node.pid"))
+        os.remove(os.path.join(d, "store", "greenflow.lock"))
+        _other_ports(d)   # so that only the store can stop the second process
+        out = run_node(d)
+        assert out.returncode == EXIT_START_FAILED, out.stderr
+        assert "is in use by another process (its data file" in out.stderr
+        assert waiting(alice, fid)
+
+
+def _other_ports(d: str) -> None:
+    import re
+    toml = os.path.join(d, "node.toml")
+    with open(toml) as fh:
+        text = fh.read()
+    for key in ("p2p_address", "rpc_address"):
+        text, n = re.subn(rf'(?m)^{key} = .*$', f'{key} = "127.0.0.1:{free_port()}"', text)
+        assert n == 1, text
+    with open(toml, "w") as fh:
+        fh.write(text)
+
+
+@pytest.mark.parametrize("lock", ["node.pid", "store/greenflow.lock"])
+def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(stopped, tmp_path, lock):
+    """The lock was opened through the link and truncated: the file it pointed at was
+    emptied (any file, for a node run as root)."""
+    d, fid = stopped
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = os.path.join(d, lock)
+    if os.path.exists(path):
+        os.remove(path)
+    os.symlink(victim, path)
+    out = run_node(d)
+    assert out.returncode != 0
+    assert f"{path} is a symbolic link: a lock file is a plain file" in out.stderr
+    assert victim.read_text() == "precious\n"
+
+
 def test_a_second_directory_linking_to_the_store_is_refused(stopped, tmp_path):
     d, fid = stopped
     m = str(tmp_path / "Mallory")

@@ -66,7 +66,7 @@ class AlreadyRunning(RuntimeError):
 class _PidLock:
     def __init__(self, base_dir: str) -> None:
         self.path = os.path.join(base_dir, PID_FILE)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = store_guard.open_lock_file(self.path)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -70,6 +70,8 @@ class LmdbStore:
             self._lock = store_guard.StoreLock(path)
         try:
             self._open(path, sync, readonly, existed)
+            if self._lock is not None:
+                self._lock.hold_data()
         except BaseException:
             if getattr(self, "env", None) is not None:
                 self.env.close()

@@ -190,27 +190,69 @@ def check_in_child(store_dir: str, timeout: float = 600.0) -> None:
                        f"{RESTORE_HINT}")
 
 
+def open_lock_file(path: str) -> int:
+    """A lock file's descriptor, opened for writing its holder's pid. Never through a
+    symbolic link: the holder truncates the file, which would empty whatever the link
+    points at."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{path} is a symbolic link: a lock file is a plain "
+                                     "file (remove the link)") from None
+        raise
+
+
 class StoreLock:
-    """``flock`` on ``store/greenflow.lock`` for the life of the open store. flock
-    follows the file, not the path, so links to the same directory share it."""
+    """``flock`` on ``store/greenflow.lock`` and on the data file itself for the life of
+    the open store. flock follows the file, not the path, so links to the same directory
+    share it; and a lock file deleted as if it were stale does not let a second process
+    in, since the data file stays locked."""
 
     def __init__(self, store_dir: str) -> None:
+        self.store_dir = store_dir
         self.path = os.path.join(store_dir, LOCK_FILE)
-        self.fd: Optional[int] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.data_fd: Optional[int] = None
+        self.fd: Optional[int] = open_lock_file(self.path)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             other = os.read(self.fd, 64).decode(errors="replace").strip()
             os.close(self.fd)
             self.fd = None
-            raise StoreLocked(
-                f"the node store {os.path.realpath(store_dir)} is in use by process "
-                f"{other or '?'} (its lock {self.path} is held): one store serves one node "
-                "process; stop that process first") from None
+            raise self._in_use(f"process {other or '?'} (its lock {self.path} is held)") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
+        try:
+            self.hold_data()
+        except BaseException:
+            self.release()
+            raise
+
+    def _in_use(self, by: str) -> StoreLocked:
+        return StoreLocked(f"the node store {os.path.realpath(self.store_dir)} is in use by "
+                           f"{by}: one store serves one node process; stop that process first")
+
+    def hold_data(self) -> None:
+        """Lock the data file too, once it exists (a new store's is made by its open)."""
+        if self.data_fd is not None:
+            return
+        try:
+            fd = os.open(data_path(self.store_dir), os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._in_use(f"another process (its data file {data_path(self.store_dir)} is "
+                               "locked; its lock file was removed)") from None
+        self.data_fd = fd
 
     def release(self) -> None:
+        if self.data_fd is not None:
+            fd, self.data_fd = self.data_fd, None
+            os.close(fd)   # (closing drops the flock)
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
