@@ -21,7 +21,11 @@ def _database(base_dir: str, database: Optional[str]) -> str:
         return database
     path = os.path.join(base_dir, "cluster", DATABASE_FILE)
     if os.path.exists(path):
-        return open(path, encoding="utf-8").read().strip()
+        with open(path, encoding="utf-8") as fh:
+            url = fh.read(64 * 1024 + 1).strip()
+        if len(url) > 64 * 1024:
+            raise CliError(f"{path} does not hold a database URL: it is longer than one may be")
+        return url
     from greenflow.storage import store_url
     url = store_url(base_dir)
     if url.startswith(("postgresql://", "postgres://")):

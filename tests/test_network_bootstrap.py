@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from greenflow.network.bootstrap import bootstrap_network, init_node
 from greenflow.node.identity import NodeIdentity
 from greenflow.network.network_map import NetworkMap, NetworkMapError, NodeInfo
+from greenflow.errors import FlowError
 from greenflow.party import Party
 from greenflow.network.node_config import (ConfigError, NodeConfig, check_password, read_credentials)
 
@@ -145,6 +147,67 @@ def test_a_bad_network_map_is_named_with_what_is_wrong(tmp_path, nodes, words):
     with pytest.raises(NetworkMapError) as info:
         NetworkMap.load(str(path))
     assert str(info.value).startswith(f"{path}: ") and words in str(info.value)
+
+
+def test_a_network_map_entry_whose_notary_flag_is_no_bool_is_refused(tmp_path):
+    """``"notary": "false"`` made that party a notary (bool("false") is True)."""
+    path = tmp_path / "network-map.json"
+    path.write_text(json.dumps({"version": 1, "nodes": [
+        {"name": "A", "public_key": "00" * 32, "p2p_address": "h:1", "notary": "false"}]}))
+    with pytest.raises(NetworkMapError, match=r"entry 0 is malformed .*notary is true or false, not 'false'"):
+        NetworkMap.load(str(path))
+
+
+@pytest.mark.parametrize("setting, says", [
+    ('bogus_key = 1\n', "unknown setting(s) 'bogus_key' (known: apps, limits"),
+    ('max_resident = 10\n', "unknown setting(s) 'max_resident'"),
+    ('network_map = 7\n', "`network_map` is the path of the network map file, found 7"),
+    ('rpc_users = 5\n', "`rpc_users` is a list of [[rpc_users]] tables, found 5"),
+])
+def test_node_toml_settings_that_are_unknown_or_of_the_wrong_kind_are_refused_naming_them(
+        tmp_path, setting, says):
+    """A misspelt setting was ignored without a word; `rpc_users = 5` or `permissions = 5`
+    said only "'int' object is not iterable", and "ALL" as a str was read letter by letter."""
+    init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+              rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    path = tmp_path / "n" / "node.toml"
+    text = path.read_text()
+    if setting.startswith("rpc_users"):
+        text = text[:text.index("[[rpc_users]]")]
+    text = re.sub(rf"(?m)^{setting.split()[0]} = .*$", "", text)   # given once
+    path.write_text(setting + text)
+    with pytest.raises(ConfigError) as info:
+        NodeConfig.load(str(tmp_path / "n"))
+    assert str(info.value).startswith(f"{path}: ") and says in str(info.value)
+
+
+@pytest.mark.parametrize("permissions", ["5", '"ALL"', "[5]"])
+def test_rpc_permissions_that_are_no_list_of_names_are_refused_naming_the_user(tmp_path, permissions):
+    init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+              rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    path = tmp_path / "n" / "node.toml"
+    text = path.read_text()
+    path.write_text(re.sub(r"(?m)^permissions = .*$", f"permissions = {permissions}", text))
+    with pytest.raises(ConfigError, match=r"rpc_users\[0\] \(admin\): permissions is a list of names"):
+        NodeConfig.load(str(tmp_path / "n"))
+
+
+def test_configuration_files_larger_than_any_real_one_are_refused_not_read_whole(tmp_path, monkeypatch):
+    """A link to /dev/zero (or a runaway write) was read into memory without bound."""
+    from greenflow.network import network_map as map_mod
+    from greenflow.network import node_config as config_mod
+    from greenflow.node.identity import read_node_name
+    cfg = init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+                    rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    monkeypatch.setattr(config_mod, "MAX_FILE_BYTES", 100)
+    with pytest.raises(ConfigError, match="node.toml is larger than a node's configuration may be"):
+        NodeConfig.load(cfg.base_dir)
+    monkeypatch.setattr(map_mod, "MAX_MAP_CHARS", 10)
+    with pytest.raises(NetworkMapError, match="network-map.json is larger than a network map may be"):
+        NetworkMap.load(cfg.network_map_path)
+    (tmp_path / "n" / "identity.name").write_text("x" * 5000)
+    with pytest.raises(FlowError, match="identity.name does not hold a node name: it is longer"):
+        read_node_name(str(tmp_path / "n"))
 
 
 def test_free_ports_come_from_below_the_range_outgoing_connections_use():

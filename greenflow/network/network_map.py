@@ -23,6 +23,9 @@ from greenflow.party import MAX_NAME_BYTES, Party, name_fits
 
 MAP_FILE = "network-map.json"
 FORMAT_VERSION = 1
+#: The most a network map file may hold: ~300 bytes per node, so room for ~200,000 nodes;
+#: a file past it (a link to /dev/zero, a runaway write) is refused, not read into memory.
+MAX_MAP_CHARS = 64 << 20
 
 
 class NetworkMapError(FlowError):
@@ -144,8 +147,10 @@ class NetworkMap:
                 name = e["name"]
                 if not isinstance(name, str) or not name:
                     raise ValueError("empty name")
-                nodes.append(NodeInfo(Party(name, key), parse_address(e["p2p_address"]),
-                                      bool(e.get("notary", False))))
+                notary = e.get("notary", False)
+                if type(notary) is not bool:   # "false" is true to bool()
+                    raise ValueError(f"notary is true or false, not {notary!r}")
+                nodes.append(NodeInfo(Party(name, key), parse_address(e["p2p_address"]), notary))
             except NetworkMapError as exc:   # its address: named with the file and entry
                 raise NetworkMapError(f"{where}: entry {i}: {exc}") from None
             except (KeyError, TypeError, ValueError) as exc:
@@ -159,7 +164,11 @@ class NetworkMap:
     def load(cls, path: str) -> "NetworkMap":
         try:
             with open(path, encoding="utf-8") as fh:
-                doc = json.load(fh)
+                text = fh.read(MAX_MAP_CHARS + 1)
+            if len(text) > MAX_MAP_CHARS:
+                raise NetworkMapError(f"{path} is larger than a network map may be "
+                                      f"({MAX_MAP_CHARS:,} characters)")
+            doc = json.loads(text)
         except FileNotFoundError:
             raise NetworkMapError(f"no network map at {path}; run `greenflow network "
                                   "bootstrap` or copy the network's map there") from None

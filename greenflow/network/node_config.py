@@ -63,7 +63,14 @@ from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_addr
 
 CONFIG_FILE = "node.toml"
 CREDENTIALS_FILE = "rpc-credentials"
+#: The most node.toml or rpc-credentials may hold: a file past it (a link to /dev/zero, a
+#: runaway write) is refused naming it, not read into memory.
+MAX_FILE_BYTES = 1 << 20
 PERMISSIONS = ("ALL", "read", "start", "kill", "admin")
+#: The settings node.toml may hold (`NodeConfig.from_dict` refuses any other).
+KNOWN_SETTINGS = frozenset({"name", "p2p_address", "rpc_address", "apps", "notary",
+                            "validating_notary", "network_map", "store", "sensitive_names",
+                            "limits", "rpc_users", "rpc", "logging", "p2p"})
 
 
 class ConfigError(NetworkMapError):
@@ -162,7 +169,11 @@ class NodeConfig:
         path = os.path.join(base_dir, CONFIG_FILE)
         try:
             with open(path, "rb") as fh:
-                doc = tomllib.load(fh)
+                raw = fh.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise ConfigError(f"{path} is larger than a node's configuration may be "
+                                  f"({MAX_FILE_BYTES:,} bytes)")
+            doc = tomllib.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{base_dir} is not a node directory: no {CONFIG_FILE} "
                               "(create one with `greenflow node init` or `greenflow network "
@@ -184,8 +195,16 @@ class NodeConfig:
             return v
 
         try:
+            unknown = set(doc) - KNOWN_SETTINGS
+            if unknown:   # a misspelt setting would otherwise be lost without a word
+                raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(map(repr, unknown)))} "
+                                  f"(known: {', '.join(sorted(KNOWN_SETTINGS))})")
             users = []
-            for i, u in enumerate(doc.get("rpc_users", [])):
+            listed = doc.get("rpc_users", [])
+            if not isinstance(listed, list):
+                raise ConfigError(f"{where}: `rpc_users` is a list of [[rpc_users]] tables, "
+                                  f"found {listed!r:.100}")
+            for i, u in enumerate(listed):
                 if not isinstance(u, dict) or not isinstance(u.get("username"), str) \
                         or not isinstance(u.get("password_hash"), str):
                     raise ConfigError(f"{where}: rpc_users[{i}] needs username and password_hash")
@@ -199,6 +218,9 @@ class NodeConfig:
                         "\"from greenflow.network.node_config import hash_password; "
                         "print(hash_password('...'))\")")
                 perms = u.get("permissions", ["ALL"])
+                if not isinstance(perms, list) or not all(isinstance(p, str) for p in perms):
+                    raise ConfigError(f"{where}: rpc_users[{i}] ({u['username']}): permissions "
+                                      f"is a list of names, found {perms!r:.100}")
                 for p in perms:
                     if p not in PERMISSIONS and not str(p).startswith("start:"):
                         raise ConfigError(f"{where}: rpc_users[{i}]: unknown permission {p!r} "
@@ -257,7 +279,7 @@ class NodeConfig:
                        p2p_address=parse_address(need("p2p_address", str)),
                        rpc_address=parse_address(need("rpc_address", str)),
                        apps=list(apps), notary=notary,
-                       network_map=str(doc.get("network_map", MAP_FILE)),
+                       network_map=_network_map_path(doc.get("network_map", MAP_FILE), where),
                        rpc_users=users, base_dir=base_dir, validating_notary=validating,
                        max_inbound_sessions=cap,
                        responder_idle_timeout=None if idle is None else float(idle),
@@ -324,6 +346,13 @@ def write_credentials(base_dir: str, username: str, password: str) -> str:
     return path
 
 
+def _network_map_path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: `network_map` is the path of the network map file, "
+                          f"found {value!r:.100}")
+    return value
+
+
 def read_credentials(base_dir: str) -> Optional[tuple[str, str]]:
     """The (username, password) left by bootstrap/init for the local operator; None when
     there is no such file. A file that is there but unreadable is a `ConfigError` naming
@@ -331,7 +360,8 @@ def read_credentials(base_dir: str) -> Optional[tuple[str, str]]:
     path = os.path.join(base_dir, CREDENTIALS_FILE)
     try:
         with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
+            text = fh.read(MAX_FILE_BYTES + 1)
+        doc = json.loads(text) if len(text) <= MAX_FILE_BYTES else None
     except FileNotFoundError:
         return None
     except OSError as exc:

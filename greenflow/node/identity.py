@@ -22,6 +22,8 @@ from greenflow.storage import store_guard
 
 KEY_FILE = "identity.key"
 NAME_FILE = "identity.name"
+#: More than any node name (at most 200 bytes) with its newline: the most read of the file.
+MAX_NAME_CHARS = 1024
 
 
 def read_node_name(node_dir: str) -> str:
@@ -30,13 +32,15 @@ def read_node_name(node_dir: str) -> str:
     path = os.path.join(node_dir, NAME_FILE)
     try:
         with open(path, encoding="utf-8") as fh:
-            name = fh.read().strip()
+            name = fh.read(MAX_NAME_CHARS + 1).strip()
     except OSError:
         raise FlowError(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
     except UnicodeDecodeError as exc:
         raise FlowError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not name:
         raise FlowError(f"{path} is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise FlowError(f"{path} does not hold a node name: it is longer than one may be")
     return name
 
 
