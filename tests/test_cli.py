@@ -270,6 +270,14 @@ def test_bad_arg_says_which(args, message):
     assert message in result.output
 
 
+def test_a_json_argument_nested_past_the_parser_is_a_bad_argument_not_a_traceback():
+    deep = "[" * 20_000 + "]" * 20_000   # RecursionError in json.loads
+    for arg in ("numbers=" + deep, 'weights={"a": ' + deep + "}"):
+        result = run("run", f"{HERE}:Echo", "--arg", arg)
+        assert result.exit_code == 2, result.output
+        assert "JSON nested too deeply" in result.output and "Traceback" not in result.output
+
+
 def test_non_startable_flow_is_refused_with_the_not_startable_message():
     result = run("run", "greenflow.samples.ping:Pong", "--arg", "session=x")
     assert result.exit_code == 2

@@ -156,7 +156,7 @@ def _convert_sequence(value: Any, container: type, args: tuple) -> Any:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            value = json.loads(text)
+            value = _json(text)
         else:
             value = [v.strip() for v in text.split(",")] if text else []
     if not isinstance(value, list):
@@ -171,11 +171,20 @@ def _convert_sequence(value: Any, container: type, args: tuple) -> Any:
 
 def _convert_dict(value: Any, args: tuple) -> dict:
     if isinstance(value, str):
-        value = json.loads(value)
+        value = _json(value)
     if not isinstance(value, dict):
         raise ValueError("a JSON object")
     key_t, val_t = args if len(args) == 2 else (Any, Any)
     return {convert(k, key_t): convert(v, val_t) for k, v in value.items()}
+
+
+def _json(text: str) -> Any:
+    """A JSON value given as text (a command line's ``--arg``), as a `ValueError` when it
+    is no JSON or nests deeper than the parser's recursion allows."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def shown(value: Any, limit: int = 100) -> str:
