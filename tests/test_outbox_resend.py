@@ -78,3 +78,27 @@ def test_a_reopened_node_re_sends_its_own_outbox_through_the_same_re_sender(
     net.run_network(max_messages=0)
     assert traced["sent"][:FLOWS] == [("Alice", "Bob", d) for d in outbox]
     finish(net, alice, bob, handles, tmp_path)
+
+
+def test_a_damaged_outbox_record_is_logged_by_its_sender_and_not_sent(net, tmp_path, traced, caplog):
+    """It was re-sent at every re-send, and only the peer's log said (at each one) that it
+    dropped an undecodable frame; its sender's log said nothing above INFO."""
+    import logging
+
+    from greenflow.messages import decode_frame
+    from greenflow.storage.interface import Batch
+    alice, bob, handles, outbox = start_unacknowledged(net, tmp_path)
+    f = decode_frame(outbox[0])
+    b = Batch()
+    b.put_outbox("Bob", f.sid, f.to_responder, f.seq, b"\x9c" + outbox[0][1:])   # 12 fields
+    alice.node.store.commit(b)
+    traced["sent"].clear()
+    with caplog.at_level(logging.WARNING, logger="greenflow.scheduler"):
+        bob = net.restart_node(bob)
+    assert traced["sent"] == [("Alice", "Bob", d) for d in outbox[1:]]
+    assert "Alice: a frame in the outbox to Bob cannot be decoded" in caplog.text
+    # The first sending of it was still in flight (MockNetwork keeps frames in flight
+    # across a restart): it arrives, and its acknowledgement removes the damaged record.
+    net.run_network()
+    assert [alice.handle(h.id).result() for h in handles] == [1 + 11 + 21] * FLOWS
+    assert list(alice.node.store.outbox("Bob")) == []

@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Optional
 
 from greenflow.statemachine import stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
-from greenflow.errors import FlowError
+from greenflow.errors import FlowError, WireFormatError
+from greenflow.messages import decode_frame
 from greenflow.log_limits import RateLimitedLog
 from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
 from greenflow.statemachine.executor import execute
@@ -300,8 +301,20 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         with the peer's name, in the order it was sent. The one reader of the outbox for re-sending, so a
         restart, a peer coming back and a transport taking spilled frames back into
         memory all re-send the same frames. Safe to call from the transport's thread: it
-        only reads the store."""
-        return self.store.outbox(peer_name)
+        only reads the store. A record that does not decode as a frame (a damaged store)
+        is not sent: its peer would drop it at every re-send, and only the peer's log
+        would say so; it is logged here, naming what it is."""
+        for name, data in self.store.outbox(peer_name):
+            try:
+                decode_frame(data)
+            except WireFormatError as exc:
+                self.peer_log.warning(
+                    f"damaged outbox {name}", "%s: a frame in the outbox to %s cannot be "
+                    "decoded (%s): the record is damaged, and is not sent; the flow that sent "
+                    "it waits for an answer that cannot come (see `greenflow flow list`; kill "
+                    "it)", self.identity.name, name, exc)
+                continue
+            yield name, data
 
     def resend_outbox(self, peer_name: Optional[str] = None, *,
                       send: Optional[Callable[[Party, bytes], Any]] = None) -> int:
