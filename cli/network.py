@@ -12,8 +12,20 @@ from greenflow.network.network_map import NetworkMapError, format_address
 from greenflow.cli.errors import UsageProblem
 
 
-def split_names(text: str) -> list[str]:
-    return [n.strip() for n in text.split(",") if n.strip()]
+def split_names(text: str, option: str = "--apps") -> list[str]:
+    """Names separated by commas, or by semicolons when there is one: X.500 names
+    (``O=Alice,L=London,C=GB``) hold commas of their own."""
+    sep = ";" if ";" in text else ","
+    names = [n.strip() for n in text.split(sep)]
+    if any(not n for n in names):
+        raise UsageProblem(f"{option} {text!r} has an empty name")
+    if sep == "," and "=" in text:   # one X.500 name, unless an attribute comes twice
+        keys = [n.split("=", 1)[0].strip().upper() for n in names]
+        if len(set(keys)) < len(keys):
+            raise UsageProblem(f"{option} {text!r}: X.500 names (O=...,L=...,C=...) hold "
+                               "commas; separate such names with ';'")
+        return [text.strip()]
+    return names
 
 
 @click.group("network")
@@ -24,7 +36,9 @@ def command() -> None:
 @command.command("bootstrap")
 @click.option("--dir", "root", required=True, type=click.Path(file_okay=False),
               help="Folder to create the node directories in.")
-@click.option("--nodes", required=True, help="Comma-separated party names, e.g. Alice,Bob.")
+@click.option("--nodes", required=True,
+              help="Comma-separated party names, e.g. Alice,Bob (X.500 names, which hold "
+                   "commas, separated by ';').")
 @click.option("--notary", default=None, help="Name of a notary node to add.")
 @click.option("--validating-notary", is_flag=True,
               help="Make the notary a validating one: it verifies each transaction and its "
@@ -42,8 +56,10 @@ def command() -> None:
 def bootstrap(root: str, nodes: str, notary: str | None, validating_notary: bool, base_port: int,
               host: str, apps: str, rpc_user: str, rpc_password: str | None) -> None:
     """Create one directory per node (key pair, node.toml, network map)."""
+    if not host.strip():
+        raise UsageProblem("--host is empty: give the host name or address peers dial")
     try:
-        configs = bootstrap_network(root, split_names(nodes), notary=notary, base_port=base_port,
+        configs = bootstrap_network(root, split_names(nodes, "--nodes"), notary=notary, base_port=base_port,
                                     host=host, apps=split_names(apps), rpc_user=rpc_user,
                                     rpc_password=rpc_password,
                                     validating_notary=validating_notary)

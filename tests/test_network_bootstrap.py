@@ -86,6 +86,30 @@ def test_bootstrap_refuses_an_existing_node_and_duplicate_names(tmp_path):
         bootstrap_network(str(tmp_path / "x"), ["Bob", "Bob"], base_port=0)
 
 
+@pytest.mark.parametrize("nodes, host, made, says", [
+    ("O=Alice,L=London,C=GB", "127.0.0.1", ["O=Alice,L=London,C=GB"], None),
+    ("O=Alice,L=London,C=GB;O=Bob,L=Paris,C=FR", "127.0.0.1",
+     ["O=Alice,L=London,C=GB", "O=Bob,L=Paris,C=FR"], None),
+    ("O=Alice,L=London,C=GB,O=Bob,L=Paris,C=FR", "127.0.0.1", [], "separate such names with ';'"),
+    ("Alice,,Bob", "127.0.0.1", [], "has an empty name"),
+    ("Alice,Bob", "", [], "--host is empty"),
+])
+def test_bootstrap_takes_x500_names_and_refuses_empty_names_and_hosts(tmp_path, nodes, host, made, says):
+    """An X.500 name was split at its commas into three nodes (O=Alice, L=London, C=GB),
+    an empty name was dropped, and an empty host written into every node.toml (which
+    `node start` then refused)."""
+    from greenflow.cli.network import command
+    out = CliRunner().invoke(command, ["bootstrap", "--dir", str(tmp_path / "net"), "--nodes", nodes,
+                                       "--host", host, "--base-port", "0"])
+    if says is None:
+        assert out.exit_code == 0, out.output
+        names = sorted(NodeConfig.load(str(d)).name for d in (tmp_path / "net").iterdir())
+        assert names == made
+    else:
+        assert out.exit_code == 2 and says in out.output, out.output
+        assert not (tmp_path / "net").exists()
+
+
 def test_ports_past_65535_are_refused_before_anything_is_written(tmp_path):
     """300 nodes from 64990 wrote node.toml files with ports up to 65589."""
     names = [f"N{i}" for i in range(300)]
