@@ -6,7 +6,7 @@ import json
 import os
 import signal
 import threading
-from typing import Optional
+from typing import IO, Optional
 
 import click
 
@@ -53,16 +53,21 @@ def command() -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                                 case_sensitive=False),
               help="What the workers write to DIR/cluster/<worker>.log.")
+@click.option("--new-store", is_flag=True,
+              help="Start with an empty store where a cluster of DIR ran before and its "
+                   "store is gone (else refused: its flows would be forgotten unseen).")
 def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew: float,
-       log_level: str) -> None:
+       log_level: str, new_store: bool) -> None:
     """Start PostgreSQL (unless --database) and WORKERS worker processes; stop them all
-    on Ctrl-C or SIGTERM."""
+    on Ctrl-C, SIGTERM or SIGHUP."""
     try:
         from greenflow.cluster.launcher import Cluster
     except ImportError as exc:
         raise CliError(f"the cluster needs more packages: pip install 'greenflow[cluster]' ({exc})")
     from greenflow.errors import FlowError
     from greenflow.network.node_config import ConfigError
+    if database is not None:
+        _split(database, "--database")
     try:
         cl = Cluster(base_dir, workers=workers, database=database, lease_s=lease,
                      renew_s=renew, log_level=log_level)
@@ -70,28 +75,86 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         raise NotANodeDirectory(str(exc)) from None
     except (ValueError, FlowError) as exc:
         raise UsageProblem(str(exc)) from None
+    held = _hold(cl.node_dir)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # (HUP: its terminal closed)
         signal.signal(sig, lambda s, f: stop.set())
+    record = os.path.join(cl.node_dir, "cluster", DATABASE_FILE)
     try:
         url = cl.start_database()
+        if os.path.exists(record) and not new_store and not cl.schema_exists():
+            raise CliError(f"a cluster of {cl.node_dir} ran on a store that is gone (no schema "
+                           f"{cl.schema} in the database{' in ' + cl.pg.data if cl.pg else ''}): "
+                           "restore the database from a backup, or pass --new-store to start "
+                           "with an empty one (its flows are then forgotten)")
         cl.start()
-        # Only a database the workers came up on is remembered for `cluster status`.
-        with open(os.path.join(cl.node_dir, "cluster", DATABASE_FILE), "w", encoding="utf-8") as fh:
+        # Only a database the workers came up on is remembered for `cluster status`; it may
+        # hold a password: readable by its owner only.
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(url + "\n")
         from greenflow.storage.postgres_store import redact
         click.echo(f"{cl.config.name}: {workers} workers up on {redact(url)} (schema {cl.schema})")
         for name, rpc in cl.rpc.items():
             click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
+        told: set[str] = set()
         while not stop.wait(1.0):
             dead = [n for n, p in cl.procs.items() if p.poll() is not None]
+            for n in dead:
+                if n not in told:   # said once: the others take its partitions over
+                    told.add(n)
+                    why = cl.last_error(n)
+                    click.echo(f"worker {n} exited with status {cl.procs[n].returncode}"
+                               + (f": {why}" if why else "") + "; the other workers take its "
+                               f"partitions over (see {cl.node_dir}/cluster/{n}.log)", err=True)
             if dead and len(dead) == len(cl.procs):
                 raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
+            if cl.pg is not None and not cl.pg.reused and "postgres" not in told \
+                    and not cl.pg.running():
+                told.add("postgres")
+                click.echo(f"the cluster's PostgreSQL server stopped (see {cl.pg.log_file})",
+                           err=True)
     except (TimeoutError, RuntimeError, FlowError) as exc:   # FlowError: the store's own
         raise CliError(str(exc)) from None
     finally:
         cl.stop()
+        held.close()
     click.echo("stopped")
+
+
+def _split(url: str, source: str) -> tuple[str, Optional[str]]:
+    """(dsn, schema) of a database URL; a URL that does not parse is refused naming
+    where it came from (an option, or the file `cluster up` left)."""
+    from greenflow.storage.postgres_store import split_url
+    try:
+        return split_url(url)
+    except ValueError as exc:
+        raise UsageProblem(f"{source} is not a PostgreSQL URL ({exc})") from None
+
+
+def _hold(node_dir: str) -> IO[bytes]:
+    """Hold DIR/cluster/up.lock for the life of this `cluster up`: a second one on the
+    same directory is refused (it would reuse this one's database server, and stop it
+    when its own workers fail)."""
+    import fcntl
+    from greenflow.storage.store_guard import open_lock_file
+    os.makedirs(os.path.join(node_dir, "cluster"), exist_ok=True)
+    path = os.path.join(node_dir, "cluster", "up.lock")
+    try:
+        fd = open_lock_file(path)
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        other = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        raise CliError(f"a cluster of {node_dir} is already up (`greenflow cluster up`, process "
+                       f"{other or '?'}): stop it first") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return os.fdopen(fd, "rb")
 
 
 @command.command("status")
@@ -105,9 +168,10 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) 
     import psycopg
     from greenflow.cluster.handoff import pending
     from greenflow.cluster.leases import lease_table
-    from greenflow.storage.postgres_store import redact, schema_for, split_url
+    from greenflow.storage.postgres_store import redact, schema_for
     url = _database(os.path.abspath(base_dir), database)
-    dsn, schema = split_url(url)
+    dsn, schema = _split(url, "--database" if database else
+                         os.path.join(os.path.abspath(base_dir), "cluster", DATABASE_FILE))
     schema = schema or schema_for(os.path.abspath(base_dir))
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:

@@ -142,3 +142,85 @@ def test_a_worker_never_makes_a_key_for_its_party(root):
     key.write_bytes(os.urandom(len(saved)))   # a key of the right size, but not this party's
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "does not hold the key the network map" in r.stderr, r.stderr
+
+
+def _alive(pid: int, within: float = 10.0) -> bool:
+    """Whether ``pid`` still runs ``within`` seconds from now (a stopped server removes
+    its pid file a moment before its process exits)."""
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _servers_of(directory: str) -> list[int]:
+    """The PostgreSQL processes running on a data directory under ``directory``."""
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            continue
+        if b"postgres" in cmd and directory.encode() in cmd:
+            found.append(pid)
+    return found
+
+
+def test_cluster_up_guards_its_database_and_stops_everything_when_its_terminal_closes(root):
+    """A second `cluster up` on the directory reused the first one's database server and
+    stopped it on its way out; a data directory that was gone was replaced, silently, by an
+    empty store; SIGHUP (the terminal closed) left the workers and PostgreSQL running; the
+    URL file was world-readable and the URL was on every worker's command line."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    alice = str(root / "Alice")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
+                           alice, "--workers", "1"], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    try:
+        lines = []
+        while not any(l.startswith("  w1: rpc") for l in lines):
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        again = gf("cluster", "up", "--dir", alice, "--workers", "1", check=False)
+        assert again.returncode == 1 and f"a cluster of {alice} is already up" in again.stderr, again.stderr
+        st = json.loads(gf("cluster", "status", "--dir", alice, "--json").stdout)
+        [worker] = [w["pid"] for w in st["workers"] if w["live"]]
+        assert os.stat(os.path.join(alice, "cluster", "database")).st_mode & 0o077 == 0
+        with open(f"/proc/{worker}/cmdline", "rb") as fh:
+            assert b"postgresql://" not in fh.read()
+        with open(os.path.join(alice, "postgres", "data", "postmaster.pid")) as fh:
+            postmaster = int(fh.readline())
+        os.killpg(up.pid, signal.SIGHUP)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0 and "stopped" in out, out
+    assert not _alive(worker) and not _alive(postmaster)
+
+    import shutil
+    shutil.rmtree(os.path.join(alice, "postgres", "data"))
+    r = gf("cluster", "up", "--dir", alice, "--workers", "1", check=False, timeout=120)
+    assert r.returncode == 1 and "ran on a store that is gone" in r.stderr \
+        and "--new-store" in r.stderr, r.stderr
+    end = time.monotonic() + 10   # the one it started for the check is stopped
+    while _servers_of(os.path.join(alice, "postgres")) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert _servers_of(os.path.join(alice, "postgres")) == []
+
+    for args, says in [
+            (["cluster", "status", "--dir", alice, "--database", "postgresql://a:b@[::1/x"],
+             "--database is not a PostgreSQL URL"),
+            (["cluster", "up", "--dir", alice, "--database", "postgresql://a:b@[::1/x"],
+             "--database is not a PostgreSQL URL"),
+            (["cluster", "up", "--dir", alice, "--lease", "inf"], "the lease time is a number of seconds")]:
+        r = gf(*args, check=False)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

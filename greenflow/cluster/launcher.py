@@ -11,7 +11,7 @@ import time
 from typing import Optional
 
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, check_timing, lease_table
-from greenflow.cluster.process import cluster_dir, postgres_url
+from greenflow.cluster.process import DATABASE_ENV, cluster_dir, postgres_url
 from greenflow.network.network_map import format_address
 from greenflow.network.node_config import NodeConfig
 from greenflow.storage.partitions import PARTITIONS
@@ -57,6 +57,13 @@ class Cluster:
         assert self.url is not None
         return split_url(self.url)[0]
 
+    def schema_exists(self) -> bool:
+        """Whether the party's schema holds a store (its flows table)."""
+        import psycopg
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as c:
+            return c.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+                             "AND table_name = 'flows'", (self.schema,)).fetchone() is not None
+
     def start_database(self) -> str:
         if self.url is None:
             from greenflow.storage.pg_server import PgServer
@@ -82,12 +89,13 @@ class Cluster:
                                                  for a in self.rpc.values()})
             self.rpc[name] = format_address((host, port))
         cmd = [sys.executable, "-m", "greenflow.cluster.process", "--dir", self.node_dir,
-               "--name", name, "--database", self.url or "", "--rpc-address", self.rpc[name],
+               "--name", name, "--rpc-address", self.rpc[name],
                "--lease", str(self.lease_s), "--renew", str(self.renew_s),
                "--log-level", self.log_level]
         self._log_start[name] = tuple(_size(self._file(name, ext)) for ext in ("log", "out"))
         out = open(self._file(name, "out"), "ab")
         env = dict(os.environ if self.env is None else self.env)
+        env[DATABASE_ENV] = self.url or ""   # not in argv, which `ps` shows anyone
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True)
         out.close()
@@ -168,7 +176,8 @@ class Cluster:
                 p.kill()
                 p.wait()
         if self.pg is not None:
-            self.pg.stop()
+            if not self.pg.reused:   # a server this run found running is not its to stop
+                self.pg.stop()
             self.pg = None
 
     def __enter__(self) -> "Cluster":

@@ -114,10 +114,18 @@ class WorkerStatus:
     partitions: list[int] = field(default_factory=list)
 
 
+#: The longest lease time: a day (a dead worker's flows wait that long for another).
+MAX_LEASE_S = 86_400.0
+
+
 def check_timing(lease_s: float, renew_s: float) -> None:
     """Refuse lease timings that cannot hold a lease (`ValueError` naming both): what a
     worker checks before it takes partitions, and a launcher before it starts any."""
-    if not renew_s > 0 or not lease_s > 2 * renew_s:
+    for what, value in (("lease time", lease_s), ("renew interval", renew_s)):
+        if not 0 < value <= MAX_LEASE_S:   # (also NaN)
+            raise ValueError(f"the {what} is a number of seconds above 0 and at most "
+                             f"{MAX_LEASE_S:g}, not {value!r}")
+    if not lease_s > 2 * renew_s:
         raise ValueError(f"lease time {lease_s}s must be more than twice the renew "
                          f"interval {renew_s}s, or one slow renewal loses every lease")
 

@@ -38,6 +38,10 @@ def cluster_dir(node_dir: str) -> str:
     return os.path.join(os.path.abspath(node_dir), CLUSTER_DIR)
 
 
+#: Where a launcher hands a worker its database URL (a password in it stays off `ps`).
+DATABASE_ENV = "GREENFLOW_CLUSTER_DATABASE"
+
+
 def postgres_url(node_dir: str, database: Optional[str] = None) -> str:
     """The PostgreSQL store a worker of ``node_dir`` uses: ``database``, else the node's
     configured store; `FlowError` when that is not a ``postgresql://`` URL."""
@@ -163,7 +167,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m greenflow.cluster.process")
     ap.add_argument("--dir", required=True, help="the party's node directory")
     ap.add_argument("--name", required=True, help="this worker's name (unique in the party)")
-    ap.add_argument("--database", default=None, help="postgresql://... (default: node.toml's store)")
+    ap.add_argument("--database", default=os.environ.get(DATABASE_ENV),
+                    help=f"postgresql://... (default: ${DATABASE_ENV}, else node.toml's store; "
+                         "the variable keeps a password off the command line, which any user "
+                         "of the machine can read)")
     ap.add_argument("--rpc-address", default=None, help="host:port, or 'off'")
     ap.add_argument("--listen", default=None,
                     help="host:port for peers (default: the party's p2p_address)")

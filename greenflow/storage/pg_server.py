@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import stat
 import socket
 import subprocess
@@ -64,6 +65,10 @@ class PgServer:
         self._user: Optional[str] = None
         if os.geteuid() == 0:
             self._user = SYSTEM_USER
+        #: Whether `start` found the server running already (started by someone else).
+        self.reused = False
+        #: The server process `start` started (its postmaster), for `stop`.
+        self.pid: Optional[int] = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -87,12 +92,17 @@ class PgServer:
     def start(self, timeout: float = 60.0) -> str:
         """Initialise the directory if it is new, start the server, return its URL. A
         server already running in this directory is reused (its port is read back)."""
-        os.makedirs(self.directory, exist_ok=True)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+        except FileExistsError:
+            raise StoreError(f"{self.directory} is a file, where the PostgreSQL server's "
+                             "directory belongs: move it aside") from None
         self._prepare_user()
         if not self.initialised():
             self._initdb()
         if self.running():
             self.port = self._running_port()
+            self.reused = True
             return self.url
         last = ""
         for _ in range(5 if self.port is None else 1):
@@ -105,6 +115,8 @@ class PgServer:
                 user=self._user, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             if r.returncode == 0:
                 self.port = port
+                self.reused = False
+                self.pid = self._postmaster_pid()
                 return self.url
             last = r.stdout + self._log_tail()
         raise StoreError(f"could not start PostgreSQL in {self.data}: {last.strip()}")
@@ -113,6 +125,7 @@ class PgServer:
         """Stop the server (``fast``: roll back open transactions, checkpoint, exit;
         ``immediate``: like a crash, recovered at the next start)."""
         if not self.running():
+            self._stop_orphan()
             return
         subprocess.run(self._cmd("pg_ctl", "-D", self.data, "-w", "-m", mode, "stop"),
                        user=self._user, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -147,6 +160,36 @@ class PgServer:
         # A Unix socket path is limited to ~107 bytes: an empty -k (no socket) when too long.
         d = self.directory
         return d if len(os.path.join(d, ".s.PGSQL.65535.lock")) < 100 else "''"
+
+    def _postmaster_pid(self) -> Optional[int]:
+        try:
+            with open(os.path.join(self.data, "postmaster.pid")) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    def _stop_orphan(self, wait: float = 10.0) -> None:
+        """The server this object started, when ``pg_ctl`` no longer finds it (its data
+        directory was removed under it): a fast shutdown by signal, so it is not left
+        running."""
+        pid, self.pid = self.pid, None
+        try:   # still that server? (not another process given its pid since)
+            with open(f"/proc/{pid}/comm") as fh:
+                if pid is None or not fh.read().startswith("postgres"):
+                    return
+        except (OSError, TypeError):
+            return
+        try:
+            os.kill(pid, signal.SIGINT)   # PostgreSQL's fast shutdown
+        except (ProcessLookupError, PermissionError):
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
     def _running_port(self) -> int:
         with open(os.path.join(self.data, "postmaster.pid")) as f:
