@@ -11,6 +11,7 @@ from cluster_pg import new_schema, server_dsn
 from clusterflows import SlowPing
 from greenflow.cluster.worker import Worker
 from greenflow.errors import Fenced
+from greenflow.status import FlowStatus
 from greenflow.samples.ping import Ping
 from greenflow.storage.interface import Batch
 from greenflow.storage.partitions import PARTITIONS, partition_of
@@ -195,3 +196,10 @@ def test_a_page_of_the_partys_flows_reads_a_page_of_rows_and_names_each_flows_wo
     assert all(f.worker == owners[partition_of(f.id)] for f in got)
     assert {f.id: f.worker for f in got if f.id in waiting} == waiting
     assert [f.status.finished for f in got] == sorted(f.status.finished for f in got)
+    # The same answer through either worker: a flow waiting on the other one was listed
+    # HIBERNATED (not in the asking worker's memory), so a filter by SUSPENDED showed only
+    # the asking worker's own.
+    w1.node.party_listing = real
+    for w in (w1, w2):
+        seen = {f.id: f.status for f in w.node.flow_page([FlowStatus.SUSPENDED], limit=100).flows}
+        assert {fid: seen.get(fid) for fid in waiting} == {fid: FlowStatus.SUSPENDED for fid in waiting}

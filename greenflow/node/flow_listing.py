@@ -105,12 +105,15 @@ def flow_page(node: "Node", statuses: Optional[Iterable[FlowStatus]] = None,
     party = node.party_listing
     if party is None:
         return _page(node, node.store, wanted, limit, phase, after)
+    owners = party.owners()
     store = party.open_store()
     try:
-        page = _page(node, store, wanted, limit, phase, after)
+        # A flow another worker owns may be in that worker's memory or not: this one
+        # cannot tell, so its stored status stands (not HIBERNATED, as for its own).
+        page = _page(node, store, wanted, limit, phase, after,
+                     elsewhere=lambda fid: owners.get(partition_of(fid)) not in (None, party.me))
     finally:
         store.close()
-    owners = party.owners()
     return FlowPage([dataclasses.replace(f, worker=owners.get(
         partition_of(f.id), party.me if f.resident else None)) for f in page.flows],
         page.next_cursor)
@@ -131,13 +134,13 @@ def every_flow(node: "Node") -> list[FlowInfo]:
 
 
 def _page(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, phase: str,
-          after: Optional[str]) -> FlowPage:
+          after: Optional[str], elsewhere: Optional[Callable[[str], bool]] = None) -> FlowPage:
     want_u = wanted is None or bool(wanted & UNFINISHED)
     want_f = wanted is None or bool(wanted & FINISHED)
     out: list[FlowInfo] = []
     budget = SCAN_LIMIT
     if phase == "U" and want_u:
-        rows, last, budget = _unfinished(node, store, wanted, limit, after, budget)
+        rows, last, budget = _unfinished(node, store, wanted, limit, after, budget, elsewhere)
         out += rows
         if last is not None:
             return FlowPage(out, "U" + last)
@@ -153,7 +156,8 @@ def _page(node: "Node", store: Any, wanted: Optional[frozenset], limit: int, pha
 
 
 def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: int,
-                after: Optional[str], budget: int) -> tuple[list[FlowInfo], Optional[str], int]:
+                after: Optional[str], budget: int, elsewhere: Optional[Callable[[str], bool]] = None
+                ) -> tuple[list[FlowInfo], Optional[str], int]:
     def resident() -> tuple[list[FlowInfo], frozenset]:
         res = node.scheduler.resident
         mine = (rt.cp for fid, rt in res.items() if after is None or fid < after)
@@ -164,7 +168,13 @@ def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: in
 
     mem, skip = node.on_scheduler(resident)
 
-    decode = _decoder("checkpoint", _stored_info, wanted)
+    def stored(fid: str, raw: bytes) -> FlowInfo:
+        info = _stored_info(fid, raw)
+        if elsewhere is not None and info.status == FlowStatus.HIBERNATED and elsewhere(fid):
+            return dataclasses.replace(info, status=FlowStatus.SUSPENDED)
+        return info
+
+    decode = _decoder("checkpoint", stored, wanted)
     return _merge(mem, store.header_blobs(reverse=True, after=after), decode, skip,
                   limit, budget)
 
