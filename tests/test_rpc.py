@@ -325,3 +325,24 @@ def test_the_client_refuses_a_wait_no_node_takes_before_it_sends_anything(wait, 
                  lambda: client.start_flow("samples.ping.Ping", wait=wait)):
         with pytest.raises(error, match=r"^wait takes a "):
             call()
+
+
+def test_a_worker_between_generations_answers_unavailable_not_shutting_down():
+    """A clustered worker whose partitions were changing hands (or whose database was
+    down) told clients "the node is shutting down", which it was not."""
+    from types import SimpleNamespace
+
+    from greenflow.rpc.documents import RpcError
+    from greenflow.rpc.server import RpcServer
+    proc = SimpleNamespace(node=None, config=SimpleNamespace(rpc=None, user=lambda name: None))
+    srv = RpcServer(proc, ("127.0.0.1", 0))
+    try:
+        with pytest.raises(RpcError) as info:
+            srv.node
+        assert (info.value.status, info.value.type, info.value.retry_after) == (503, "Unavailable", 1)
+        assert "nothing was done: try again" in info.value.message
+        srv.stopping = True
+        with pytest.raises(RpcError, match="shutting down"):
+            srv.node
+    finally:
+        srv.httpd.server_close()

@@ -76,8 +76,12 @@ class RpcServer:
     @property
     def node(self) -> Any:
         node = self.proc.node
-        if node is None or self.stopping:
+        if self.stopping:
             raise RpcError(503, "ShuttingDown", "the node is shutting down")
+        if node is None:   # a clustered worker between two generations of its partitions
+            raise RpcError(503, "Unavailable", "the node is not serving just now (a clustered "
+                           "worker whose partitions are changing hands, or whose database it "
+                           "cannot reach); nothing was done: try again", retry_after=1)
         return node
 
     def start(self) -> None:
