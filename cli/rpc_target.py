@@ -61,9 +61,7 @@ class rpc_errors:  # noqa: N801 - used as a context manager
         if exc.type == "NoCredentials":   # the command line lacks them: not the node
             raise UsageProblem(exc.message) from None
         if exc.status == 0:
-            hint = "" if "://" in self.node else \
-                f" (is it running? greenflow node start --dir {self.node})"
-            raise CliError(f"{exc.message}{hint}") from None
+            raise CliError(f"{exc.message}{_not_running_hint(self.node)}") from None
         if exc.type == "NotStartable":
             raise FlowNotStartable(exc.message) from None
         if exc.type in ("BadArguments", "UnknownParty"):
@@ -71,3 +69,16 @@ class rpc_errors:  # noqa: N801 - used as a context manager
         if exc.status in (400, 401, 403, 404, 405, 413):
             raise UsageProblem(str(exc)) from None
         raise CliError(str(exc)) from None
+
+
+def _not_running_hint(node: str) -> str:
+    """What to check when a node directory's RPC address does not answer: a clustered
+    party's directory answers on its first worker's address only."""
+    import os
+    if "://" in node:
+        return ""
+    if os.path.exists(os.path.join(node, "cluster", "database")):
+        return (f" (a clustered party: that is its first worker's address; see `greenflow "
+                f"cluster status --dir {node}` for the live workers and their RPC addresses, "
+                f"and reach one with --node http://HOST:PORT)")
+    return f" (is it running? greenflow node start --dir {node})"

@@ -392,3 +392,14 @@ def test_parties_are_resolved_by_the_caller():
     assert bound.party_names == ["Bob", "Carol"]
     kwargs = bound.resolve(lambda name: Party(name, b"k"))
     assert kwargs["peers"] == [Party("Bob", b"k"), Party("Carol", b"k"), Party("Bob", b"k")]
+
+
+def test_an_unreachable_clustered_party_is_pointed_at_its_workers_not_at_node_start(tmp_path):
+    """The hint said `greenflow node start --dir DIR`, which on a cluster's directory
+    fails (its workers hold the ports) while the other workers serve on."""
+    from greenflow.cli.rpc_target import _not_running_hint
+    assert "greenflow node start --dir" in _not_running_hint(str(tmp_path))
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "database").write_text("postgresql://x/y\n")
+    hint = _not_running_hint(str(tmp_path))
+    assert f"greenflow cluster status --dir {tmp_path}" in hint and "node start" not in hint
