@@ -196,6 +196,17 @@ def test_a_second_contract_class_taking_an_installed_name_is_logged(caplog):
         _CONTRACTS.update(earlier)
 
 
+def test_collecting_signatures_from_a_session_to_this_node_itself_is_refused(tn):
+    """It was taken: the node answered itself, signing twice over."""
+    from greenflow.errors import FlowError
+    [paper] = prepare_trades(tn, 1)
+    [coin] = tn.buyer.services.vault.query(Cash)
+    stx = sign(tn.buyer, trade_transaction(tn, paper, coin))
+    handle = run(tn, tn.buyer, ledgerflows.CollectFlow(stx, [tn.buyer.party, tn.seller.party]))
+    with pytest.raises(FlowError, match="CollectSignaturesFlow: a session to this node itself .Buyer."):
+        handle.result()
+
+
 # ------------------------------------------------------------------ forged histories
 def test_a_paper_that_was_never_issued_is_refused_by_the_buyer(tn):
     prepare_trades(tn, 1)  # the buyer gets cash (and the seller a real paper it keeps)

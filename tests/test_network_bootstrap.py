@@ -234,6 +234,18 @@ def test_configuration_files_larger_than_any_real_one_are_refused_not_read_whole
         read_node_name(str(tmp_path / "n"))
 
 
+def test_a_network_map_or_identity_name_that_is_a_directory_is_named_as_such(tmp_path):
+    """A map path naming a directory said only "[Errno 21] Is a directory: ..."; an
+    identity.name that is a directory said the node directory had none."""
+    from greenflow.node.identity import read_node_name
+    (tmp_path / "map").mkdir()
+    with pytest.raises(NetworkMapError, match=f"cannot read the network map {tmp_path / 'map'}: Is a directory"):
+        NetworkMap.load(str(tmp_path / "map"))
+    (tmp_path / "identity.name").mkdir()
+    with pytest.raises(FlowError, match="cannot read .*identity.name, which holds the node's name: Is a directory"):
+        read_node_name(str(tmp_path))
+
+
 def test_free_ports_come_from_below_the_range_outgoing_connections_use():
     """A port from the kernel's ephemeral range can be taken by any outgoing connection
     before the node binds it ("Address already in use" under load); one below it cannot."""

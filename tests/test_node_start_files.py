@@ -235,3 +235,31 @@ def test_rpc_credentials_a_client_cannot_use_are_named_not_blamed_on_the_node(ru
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert out.stderr.startswith("Error: ") and out.stderr.count("\n") == 1, out.stderr
     assert says in out.stderr and path in out.stderr and "is it running" not in out.stderr
+
+
+@pytest.mark.lmdb_only   # starts a copy of a node directory, whose PostgreSQL schema is another
+def test_a_node_with_no_rpc_user_says_every_login_will_be_refused(node):
+    """It started without a word and then refused every login."""
+    import time
+    path = os.path.join(node, "node.toml")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text[:text.index("[[rpc_users]]")])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "greenflow.cli", "node", "start",
+                             "--dir", node], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log = os.path.join(node, "node.log")
+    try:
+        end = time.monotonic() + 60
+        while time.monotonic() < end and proc.poll() is None:
+            if os.path.exists(log) and "is up" in open(log, encoding="utf-8").read():
+                break
+            time.sleep(0.1)
+        time.sleep(0.3)
+        said = open(log, encoding="utf-8").read()
+        assert "node.toml lists no [[rpc_users]]: every RPC and console login is refused" in said, said
+    finally:
+        proc.terminate()
+        proc.wait(60)

@@ -174,4 +174,6 @@ class NetworkMap:
                                   "bootstrap` or copy the network's map there") from None
         except ValueError as exc:
             raise NetworkMapError(f"{path} is not valid JSON: {exc}") from None
+        except OSError as exc:   # a directory, no permission: named as the network map
+            raise NetworkMapError(f"cannot read the network map {path}: {exc.strerror}") from None
         return cls.from_json(doc, path)

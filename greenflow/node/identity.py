@@ -33,8 +33,10 @@ def read_node_name(node_dir: str) -> str:
     try:
         with open(path, encoding="utf-8") as fh:
             name = fh.read(MAX_NAME_CHARS + 1).strip()
-    except OSError:
+    except FileNotFoundError:
         raise FlowError(f"{node_dir} is not a node directory (no {NAME_FILE})") from None
+    except OSError as exc:   # a directory, a link loop, no permission: the file is there
+        raise FlowError(f"cannot read {path}, which holds the node's name: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise FlowError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not name:

@@ -243,6 +243,9 @@ class NodeProcess:
                  cfg.name, format_address(self.transport.address),
                  format_address(self.rpc.address) if self.rpc else "off",
                  ", ".join(cfg.apps) or "(all imported)", len(self.netmap))
+        if self.rpc is not None and not cfg.rpc_users:
+            log.warning("%s: node.toml lists no [[rpc_users]]: every RPC and console login is "
+                        "refused (add one with `greenflow node init`'s format)", cfg.name)
         return self
 
     def request_stop(self) -> None:

@@ -61,6 +61,9 @@ class CollectSignaturesFlow(FlowLogic):
         required = stx.tx.required_signers
         for session in self.sessions:
             peer = session.counterparty
+            if peer.owning_key == keys.public_key:   # (its signature is here already)
+                raise FlowError(f"CollectSignaturesFlow: a session to this node itself "
+                                f"({peer.name}): pass sessions with the other signers only")
             if peer.owning_key not in required:
                 raise FlowError(f"CollectSignaturesFlow: {peer.name} is not a required signer of "
                                 f"transaction {stx.id}")
