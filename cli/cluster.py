@@ -167,7 +167,7 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) 
     """Workers, the partitions each holds, leases and lag (frames waiting)."""
     import psycopg
     from greenflow.cluster.handoff import pending
-    from greenflow.cluster.leases import lease_table
+    from greenflow.cluster.listing import lease_table
     from greenflow.storage.postgres_store import redact, schema_for
     url = _database(os.path.abspath(base_dir), database)
     dsn, schema = _split(url, "--database" if database else

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from cluster_pg import new_schema, server_dsn
-from greenflow.cluster.leases import LeaseManager, lease_table, share
+from greenflow.cluster.leases import LeaseManager, share
+from greenflow.cluster.listing import lease_table
 
 P = 16
 

@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Optional
 
-from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, check_timing, lease_table
+from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, check_timing
+from greenflow.cluster.listing import lease_table
 from greenflow.cluster.process import DATABASE_ENV, cluster_dir, postgres_url
 from greenflow.network.network_map import format_address
 from greenflow.network.node_config import NodeConfig

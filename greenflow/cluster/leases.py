@@ -29,7 +29,6 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from greenflow.errors import StoreError, WorkerNameInUse
@@ -90,28 +89,6 @@ def ensure_schema(conn, schema: str, partitions: int = PARTITIONS) -> None:
 def share(partitions: int, live_workers: int) -> int:
     """How many partitions one worker should hold: ceil(P/N), so the shares cover P."""
     return math.ceil(partitions / max(1, live_workers))
-
-
-@dataclass
-class LeaseStatus:
-    """One row of `lease_table`, for ``greenflow cluster status``."""
-    part: int
-    owner: Optional[str]
-    epoch: int
-    expires_in: float  # seconds; negative once expired
-
-
-@dataclass
-class WorkerStatus:
-    name: str
-    host: str
-    pid: int
-    address: Optional[str]
-    rpc: Optional[str]
-    heartbeat_age: float
-    live: bool
-    serving: int = 0   # partitions its running generation acts for (0 while it switches)
-    partitions: list[int] = field(default_factory=list)
 
 
 #: The longest lease time: a day (a dead worker's flows wait that long for another).
@@ -418,28 +395,6 @@ class LeaseManager:
                 log.warning("worker %s: could not release its leases (%s); they lapse "
                             "after %ss", self.name, exc, self.lease_s)
         self._drop_connection()
-
-
-def lease_table(conn, schema: str, lease_s: float = DEFAULT_LEASE_S
-                ) -> tuple[list[WorkerStatus], list[LeaseStatus]]:
-    """Workers and leases as the database sees them now (for ``cluster status``); a
-    worker is live if it is not stopped and its heartbeat is younger than ``lease_s``."""
-    s = _ident(schema)
-    leases = [LeaseStatus(p, o, e, x) for p, o, e, x in conn.execute(
-        f"SELECT part, owner, epoch, GREATEST(-1e9, LEAST(1e9, "
-        f"extract(epoch FROM COALESCE(expires_at, '-infinity') - now())))::float8 "
-        f"FROM {s}.leases ORDER BY part")]
-    workers = []
-    for name, host, pid, address, rpc, age, stopped, serving in conn.execute(
-            f"SELECT name, host, pid, address, rpc, extract(epoch FROM now() - heartbeat_at)::float8, "
-            f"stopped, serving FROM {s}.workers ORDER BY name"):
-        workers.append(WorkerStatus(name, host, pid, address, rpc, age,
-                                    not stopped and age < lease_s, serving))
-    by_name = {w.name: w for w in workers}
-    for l in leases:
-        if l.owner in by_name and l.expires_in > 0:
-            by_name[l.owner].partitions.append(l.part)
-    return workers, leases
 
 
 def _ranges(parts: Iterable[int]) -> str:
