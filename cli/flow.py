@@ -1,4 +1,4 @@
-"""``greenflow flow start|list|watch|result|kill``: operate flows on a running node, over
+"""``greenflow flow start|list|watch|result|retry|kill``: operate flows on a running node, over
 its RPC (see docs/rpc.md)."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from greenflow.cli.errors import FlowFailed
+from greenflow.cli.errors import CliError, FlowFailed
 from greenflow.cli.params import SECONDS
 from greenflow.cli.rpc_target import node_options
 
@@ -161,6 +161,19 @@ def watch(client: Any, flow_id: Optional[str]) -> None:
             click.echo(f"{data['flow_id']}  {data['step']}")
         elif event == "end":
             click.echo(f"{data['flow_id']}  {data['status']}")
+
+
+@command.command("retry")
+@node_options
+@click.argument("flow_id")
+def retry(client: Any, flow_id: str) -> None:
+    """Run a HOSPITALIZED flow again from its last checkpoint (after fixing what parked
+    it, e.g. deploying code its journal replays with)."""
+    out = client.retry(flow_id)
+    if not out["retried"]:
+        raise CliError(f"{flow_id} was not retried: it is not HOSPITALIZED (see "
+                       "`greenflow flow list`)")
+    click.echo(f"{flow_id} retried")
 
 
 @command.command("kill")

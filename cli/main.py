@@ -27,7 +27,7 @@ COMMAND_MODULES = (
     "greenflow.cli.replay",       # greenflow replay --node DIR [--apps MOD ...]
     "greenflow.cli.network",      # greenflow network bootstrap
     "greenflow.cli.node",         # greenflow node init|start|status|drain|stop
-    "greenflow.cli.flow",         # greenflow flow start|list|watch|result|kill (RPC)
+    "greenflow.cli.flow",         # greenflow flow start|list|watch|result|retry|kill (RPC)
     "greenflow.cli.vault",        # greenflow vault query --node DIR --type module:Class
     "greenflow.cli.cluster",      # greenflow cluster up|status (workers on PostgreSQL)
 )

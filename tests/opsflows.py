@@ -15,7 +15,7 @@ KNOBS: dict[str, Any] = {}
 
 def reset() -> None:
     KNOBS.clear()
-    KNOBS.update(transient_failures=0, new_code=False, fee=0, diverge=False)
+    KNOBS.update(transient_failures=0, new_code=False, fee=0, diverge=False, retired=False)
 
 
 reset()
@@ -34,7 +34,8 @@ class Exchange(FlowLogic):
         if KNOBS["transient_failures"] > 0:
             KNOBS["transient_failures"] -= 1
             raise TransientError("store briefly unavailable")
-        if KNOBS["new_code"] and self.versioned("fee-v2"):
+        # "retired": the change made for good, its `versioned` call removed with the old branch
+        if KNOBS["retired"] or KNOBS["new_code"] and self.versioned("fee-v2"):
             total += s.send_and_receive(int, 100)
         if KNOBS["diverge"]:
             self.sleep(1)          # the old code never slept here
@@ -69,3 +70,23 @@ class Chatter(FlowLogic):
         s.send(1)
         s.send(2)
         return s.receive(int)
+
+
+@initiating_flow
+class Tagged(FlowLogic):
+    """A field added to `__init__` by an upgrade: started with ``KNOBS["old_init"]`` the
+    object is made as the old code made it, without the field."""
+
+    def __init__(self, peer: Party, tag: str = "t") -> None:
+        self.peer = peer
+        if not KNOBS.get("old_init"):
+            self.tag = tag
+
+    def call(self) -> str:
+        total = self.initiate_flow(self.peer).send_and_receive(int, 1)
+        return f"{total}/{self.tag}"
+
+
+@initiated_by(Tagged)
+class TaggedResponder(ExchangeResponder):
+    pass

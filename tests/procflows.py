@@ -119,3 +119,20 @@ class NotForRpc(FlowLogic):
 
     def call(self) -> None:
         return None
+
+
+#: While True, `ServiceDown` finds its service down (the tests run node processes in
+#: their own process, so they can bring it back).
+SERVICE_DOWN = True
+
+
+@startable
+class ServiceDown(FlowLogic):
+    """Parked in the hospital while its service is down (a transient failure); runs to
+    its end once it is back and the flow is retried."""
+
+    def call(self) -> str:
+        from greenflow.errors import TransientError
+        if self.side_effect(lambda: SERVICE_DOWN):
+            raise TransientError("the service is down")
+        return "served"

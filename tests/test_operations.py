@@ -89,6 +89,45 @@ def test_compatible_code_change_resumes_old_checkpoints(ops_net):
     assert h2.result() == 60 + 1000                         # new runs take the new path
 
 
+def test_a_versioned_call_removed_with_its_old_branch_is_passed_over_by_flows_that_took_it(ops_net):
+    """The docs say to remove the old branch once no flow from before the change is left;
+    flows that had taken the new branch then diverged at the marker their journal held
+    ("the journal recorded 'versioned'"), and nothing could retire the call."""
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["new_code"] = True
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network(max_messages=4)          # past the versioned call: its marker stored
+    KNOBS["retired"] = True                      # deploy: no old branch, no versioned call
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    assert alice.node.handle(h.id).result() == 1060
+
+
+def test_a_field_added_to_init_parks_the_flows_started_before_until_code_that_runs_them(ops_net):
+    """A restored flow is not made again (its __init__ ran under the code it started
+    with): a field the new __init__ sets was missing, and the flow FAILED for good with
+    "'Tagged' object has no attribute 'tag'", while the replay check said it replays."""
+    from opsflows import Tagged
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["old_init"] = True
+    h = alice.start_flow(Tagged(bob.party))
+    ops_net.run_network(max_messages=1)          # waiting for Bob's answer
+    KNOBS["old_init"] = False                    # deploy: __init__ now sets tag
+    alice = ops_net.restart_node(alice)
+    ops_net.run_network()
+    info = status_of(alice, h.id)
+    assert info.status == FlowStatus.HOSPITALIZED, info
+    assert "opsflows.Tagged.__init__ takes 'tag', but this flow object has no attribute 'tag'" in info.error
+    assert "give tag a class-level default" in info.error
+    Tagged.tag = "t"                             # deploy the fix the message names
+    try:
+        assert alice.node.retry_flow(h.id)
+        ops_net.run_network()
+        assert alice.node.handle(h.id).result() == "10/t"
+    finally:
+        del Tagged.tag
+
+
 def test_versioned_branch_is_kept_by_flows_started_under_the_new_code_across_restarts(ops_net):
     alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
     KNOBS["new_code"] = True
@@ -140,6 +179,26 @@ def test_draining_refuses_new_flows_and_sessions_but_lets_running_ones_finish(op
     bob.node.set_draining(False)
     ops_net.run_network()
     assert late.result() == 60
+
+
+def test_a_node_restarted_while_draining_stays_draining_until_told(ops_net):
+    """The upgrade procedure stops a drained node, upgrades it and starts it: it came back
+    taking new flows and sessions, before anyone said `drain off`."""
+    from greenflow import FlowError
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    bob.node.set_draining(True)
+    bob = ops_net.restart_node(bob)
+    assert bob.node.draining
+    with pytest.raises(FlowError, match="draining"):
+        bob.start_flow(Exchange(alice.party))
+    late = alice.start_flow(Exchange(bob.party))   # held: Bob takes no new session yet
+    ops_net.run_network()
+    assert status_of(alice, late.id).status in (FlowStatus.SUSPENDED, FlowStatus.HIBERNATED)
+    bob.node.set_draining(False)
+    ops_net.run_network()
+    assert late.result() == 60
+    bob = ops_net.restart_node(bob)
+    assert not bob.node.draining
 
 
 def test_a_draining_node_holds_each_frame_of_a_new_session_once_and_a_bounded_number(

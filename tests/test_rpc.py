@@ -346,3 +346,33 @@ def test_a_worker_between_generations_answers_unavailable_not_shutting_down():
             srv.node
     finally:
         srv.httpd.server_close()
+
+
+def test_a_hospitalized_flow_is_retried_over_rpc_and_the_command_line(tmp_path, monkeypatch):
+    """Retry existed on Node and in the console only: an operator of a node process had
+    no command for it, and no RPC call."""
+    import procflows
+    from click.testing import CliRunner
+
+    from greenflow.cli.main import main as cli
+    [cfg] = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=APPS, rpc_password="pw")
+    proc = NodeProcess(cfg.base_dir, node_options={"sync": False, "max_retries": 0}).start()
+    try:
+        client = RpcClient.for_node(cfg.base_dir, "admin", "pw")
+        monkeypatch.setattr(procflows, "SERVICE_DOWN", True)
+        ids = [client.start_flow("procflows.ServiceDown", {})["flow_id"] for _ in range(2)]
+        end = time.monotonic() + 30
+        while time.monotonic() < end and any(client.flow(i)["status"] != "HOSPITALIZED" for i in ids):
+            time.sleep(0.05)
+        assert [client.flow(i)["status"] for i in ids] == ["HOSPITALIZED"] * 2
+        monkeypatch.setattr(procflows, "SERVICE_DOWN", False)   # the service is back
+        assert client.retry(ids[0]) == {"flow_id": ids[0], "retried": True}
+        out = CliRunner().invoke(cli, ["flow", "retry", "--node", cfg.base_dir, "--user", "admin",
+                                       "--password", "pw", ids[1]])
+        assert out.exit_code == 0 and f"{ids[1]} retried" in out.output, out.output
+        assert [client.result(i, wait=30)["result"] for i in ids] == ["served"] * 2
+        again = CliRunner().invoke(cli, ["flow", "retry", "--node", cfg.base_dir, "--user", "admin",
+                                         "--password", "pw", ids[0]])
+        assert again.exit_code == 1 and "it is not HOSPITALIZED" in again.output, again.output
+    finally:
+        proc.stop()

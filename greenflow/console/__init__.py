@@ -180,7 +180,7 @@ class ConsoleApp:
                 self.auth.need(user, "kill")
                 ok = node.kill_flow(fid)
             else:
-                if not (user.allows("admin") or user.allows("retry")):
+                if not user.allows("retry"):
                     raise Refused(403, "Forbidden", f"user {user.username!r} may not retry flows "
                                                      "(needs the 'admin' or 'retry' permission)")
                 ok = node.retry_flow(fid)

@@ -66,7 +66,7 @@ CREDENTIALS_FILE = "rpc-credentials"
 #: The most node.toml or rpc-credentials may hold: a file past it (a link to /dev/zero, a
 #: runaway write) is refused naming it, not read into memory.
 MAX_FILE_BYTES = 1 << 20
-PERMISSIONS = ("ALL", "read", "start", "kill", "admin")
+PERMISSIONS = ("ALL", "read", "start", "kill", "retry", "admin")
 #: The settings node.toml may hold (`NodeConfig.from_dict` refuses any other).
 KNOWN_SETTINGS = frozenset({"name", "p2p_address", "rpc_address", "apps", "notary",
                             "validating_notary", "network_map", "store", "sensitive_names",
@@ -119,9 +119,12 @@ class RpcUser:
     permissions: list[str] = field(default_factory=lambda: ["ALL"])
 
     def allows(self, permission: str) -> bool:
-        """``permission`` is ``read``, ``kill``, ``admin`` or ``start:<class>``."""
+        """``permission`` is ``read``, ``kill``, ``retry``, ``admin`` or ``start:<class>``
+        (``admin`` covers ``retry``)."""
         perms = self.permissions
         if "ALL" in perms or permission in perms:
+            return True
+        if permission == "retry" and "admin" in perms:
             return True
         return permission.startswith("start:") and "start" in perms
 

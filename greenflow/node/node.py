@@ -72,6 +72,23 @@ class LocalTransport:
         return self.node.party if self.node and name == self.node.party.name else None
 
 
+#: In a node directory while the node drains (`Node.set_draining`): a restart keeps it.
+DRAINING_FILE = "draining"
+
+
+def _mark_draining(base_dir: str, on: bool) -> None:
+    path = os.path.join(base_dir, DRAINING_FILE)
+    try:
+        if on:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write("draining: no new flows or inbound sessions until `drain off`\n")
+        elif os.path.exists(path):
+            os.remove(path)
+    except OSError as exc:   # drains all the same; a restart would not know it
+        log.warning("cannot %s %s: %s; a restart would not keep the node draining",
+                    "write" if on else "remove", path, exc.strerror)
+
+
 class Node:
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
@@ -181,6 +198,11 @@ class Node:
         self._closed = False
         self._thread: Optional[threading.Thread] = None
         self._wake = threading.Event()
+        if os.path.exists(os.path.join(self.base_dir, DRAINING_FILE)):
+            # Drained for an upgrade and restarted: it stays drained until told otherwise.
+            log.warning("%s starts draining (%s is there; `drain off` ends it)", self.party.name,
+                        DRAINING_FILE)
+            self.scheduler.set_draining(True)
         self.scheduler.recover()
         if threaded:
             self.scheduler.set_wakeup(self._wake.set)
@@ -351,8 +373,10 @@ class Node:
     def set_draining(self, on: bool = True) -> None:
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
         new inbound sessions; running flows go on to finish. Watch
-        `pending_flows_count` reach 0, then stop the node."""
+        `pending_flows_count` reach 0, then stop the node. Kept across a restart (a
+        ``draining`` file in the node directory), as an upgrade's stop and start need."""
         self.on_scheduler(lambda: self.scheduler.set_draining(on))
+        _mark_draining(self.base_dir, on)
 
     @property
     def draining(self) -> bool:

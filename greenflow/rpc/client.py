@@ -178,6 +178,10 @@ class RpcClient:
     def kill(self, flow_id: str) -> dict:
         return self.request("POST", f"/flows/{quote(flow_id)}/kill")[1]
 
+    def retry(self, flow_id: str) -> dict:
+        """Run a HOSPITALIZED flow again from its last checkpoint (``{"retried": bool}``)."""
+        return self.request("POST", f"/flows/{quote(flow_id)}/retry")[1]
+
     def checkpoints(self) -> list:
         """Every unfinished flow's dump entry, read a page at a time."""
         return self._all(lambda cursor: self.checkpoints_page(cursor=cursor), "checkpoints")

@@ -294,6 +294,9 @@ class RpcHandler(BaseHTTPRequestHandler):
         if route in (("POST", ("flows", "*", "kill")), ("DELETE", ("flows", "*"))):
             self._need(user, "kill")
             return self._send_json(200, rpc.kill(p[1]))
+        if route == ("POST", ("flows", "*", "retry")):
+            self._need(user, "retry")
+            return self._send_json(200, rpc.retry(p[1]))
         if route == ("GET", ("checkpoints",)):
             read()
             return self._send_json(200, rpc.checkpoints(query.get("limit"), query.get("cursor")))

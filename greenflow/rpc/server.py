@@ -253,6 +253,13 @@ class RpcServer:
         node.handle(fid)  # UnknownFlow -> 404
         return {"flow_id": fid, "killed": bool(node.kill_flow(fid))}
 
+    def retry(self, fid: str) -> dict:
+        """``POST /flows/{id}/retry``: a HOSPITALIZED flow runs again from its last
+        checkpoint (`Node.retry_flow`); ``retried`` false when it was not parked."""
+        node = self.node
+        node.handle(fid)  # UnknownFlow -> 404
+        return {"flow_id": fid, "retried": bool(node.retry_flow(fid))}
+
     def checkpoints(self, limit: Any = None, cursor: Optional[str] = None) -> dict:
         """``GET /checkpoints``: a page of the dump (`Node.checkpoints_page`)."""
         n = count(limit, "limit", CHECKPOINTS_LIMIT, MAX_CHECKPOINTS_LIMIT)

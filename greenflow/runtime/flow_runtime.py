@@ -162,10 +162,12 @@ class FlowRuntime(Conversation, RecordedValues):
         if self.cursor >= len(journal):
             return None
         e = journal[self.cursor]
-        if e.kind == replay_safe.CLOCK:
-            # Clock readings only the first run made (its greenflow-internal, live-only
-            # code) are passed over; the flow's own readings were consumed already.
-            while e.kind == replay_safe.CLOCK:
+        if e.kind == replay_safe.CLOCK or e.kind == Kind.VERSIONED:
+            # Passed over: clock readings only the first run made (its greenflow-internal,
+            # live-only code; the flow's own readings were consumed already), and the
+            # markers of `versioned` calls the code no longer makes (a change retired once
+            # every flow from before it is gone: the marker chose the path that is left).
+            while e.kind == replay_safe.CLOCK or e.kind == Kind.VERSIONED:
                 self.cursor += 1
                 if self.cursor >= len(journal):
                     return None

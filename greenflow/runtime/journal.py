@@ -119,4 +119,6 @@ def describe(kind: str, key: tuple) -> str:
         return "read the clock (time.time, datetime.now ...)"
     if kind in (Kind.SIDE_EFFECT, Kind.EXTERNAL, Kind.SERVICE):
         return f"{kind} {key[0]}"
+    if kind == Kind.VERSIONED and key:
+        return f"versioned({key[0]!r})"
     return kind

@@ -5,6 +5,7 @@ Part of the scheduler (`Scheduler` inherits it).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import traceback
 from itertools import islice
@@ -18,6 +19,7 @@ from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import MAX_ERROR_TEXT, cut_text, encode_frame, exception_text
+from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.registry import qualified_name
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import dump_result
@@ -60,6 +62,11 @@ class Ending:
         if kind == Ended.DIVERGED or rt.diverged is not None:
             self._park(rt, parked_reason(rt.diverged or "", self._code_changed(rt)))
             return
+        if kind == Ended.FAILED and type(res[1]) is AttributeError:
+            why = self._field_added(rt, res[1])
+            if why:   # the code's fault, not the flow's: parked until compatible code runs
+                self._park(rt, why)
+                return
         if kind == Ended.FAILED and is_transient(res[1]):
             exc = res[1]
             why = f"{type(exc).__name__}: {exception_text(exc)}"
@@ -204,6 +211,28 @@ class Ending:
         if g is not None:
             rt.greenlet = None
             recycle(g, rt.sched.idle_greenlets)
+
+    def _field_added(self, rt: FlowRuntime, exc: AttributeError) -> str:
+        """Why a flow failed on a field of a flow object that its class's ``__init__``
+        takes but the object lacks: most likely a field added since the flow started (a
+        restored flow is not made again by the code running now: its ``__init__`` ran once,
+        under the code it started with). The code's fault, not the flow's: the flow is
+        parked until code that runs it is deployed. Empty for any other error."""
+        obj, name = getattr(exc, "obj", None), getattr(exc, "name", None)
+        if not isinstance(obj, FlowLogic) or not name or hasattr(type(obj), name) \
+                or name in getattr(obj, "__dict__", {name: None}):
+            return ""
+        try:
+            if name not in inspect.signature(type(obj).__init__).parameters:
+                return ""
+        except (TypeError, ValueError):
+            return ""
+        cls = qualified_name(type(obj))
+        return (f"AttributeError: {cls}.__init__ takes {name!r}, but this flow object has no "
+                f"attribute {name!r}: a field added since the flow started (its __init__ ran "
+                f"under the code it started with), or an __init__ that does not set it"
+                f"{self._code_changed(rt)}; give {name} a class-level default or deploy code "
+                "that sets it, then retry the flow")
 
     def _unreadable_killed(self, fid: str, exc: BaseException) -> Checkpoint:
         """What is known of a flow whose checkpoint cannot be read, for its kill: its id
