@@ -214,6 +214,15 @@ class Order:
     api_key: str = "k-1"
 
 
+@serializable
+@dataclass(frozen=True)
+class MovedOrder:
+    """`Order` as another module would define it after a move (same fields)."""
+    item: str
+    amount: int
+    api_key: str = "k-1"
+
+
 @initiating_flow
 class Changing(FlowLogic):
     """Its behaviour depends on ``VARIANT['v']``, the stand-in for a new version of the
@@ -227,6 +236,7 @@ class Changing(FlowLogic):
     8: the amount is a clock reading greenflow does not replay (clock_gettime)
     9: the item is an id from a generator greenflow does not replay (libsodium's,
        called directly)
+    10: the order is sent as another class with the same fields (a payload class moved)
     """
 
     def __init__(self, peer: Party, other: Party) -> None:
@@ -241,7 +251,7 @@ class Changing(FlowLogic):
             amount = int(time.clock_gettime(time.CLOCK_REALTIME) * 1000)
         item = nacl.bindings.randombytes(16).hex() if v == 9 else "apples"
         key = "k-2" if v == 7 else "k-1"
-        session.send(Order(item, amount, key))
+        session.send(Order(item, amount, key) if v != 10 else MovedOrder(item, amount, key))
         if v == 6:
             return "early"
         if v == 4:

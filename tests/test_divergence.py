@@ -77,6 +77,13 @@ def test_a_changed_payload_field_is_named_with_both_values(net, restarts):
     assert "the payload differs at payload.amount: recorded 10, now 11" in error
 
 
+def test_a_payload_of_another_class_with_equal_fields_names_both_classes(net):
+    """A payload class moved to another module showed the same repr on both sides."""
+    _, _, _, error = diverge(net, 10)
+    assert ("the recorded value's class is replayflows.Order, the code now sends "
+            "replayflows.MovedOrder") in error
+
+
 def test_a_changed_field_on_the_deny_list_is_named_but_its_values_are_redacted(net):
     _, _, _, error = diverge(net, 7)
     assert "the payload differs at payload.api_key: recorded <redacted>, now <redacted>" in error
@@ -174,3 +181,17 @@ def test_the_node_and_the_replay_check_word_a_divergence_alike(net, variant):
     [flow] = [f for f in replay_node(base_dir, ["replayflows"]).flows if f.flow_id == fid]
     assert flow.outcome == "diverges" and flow.detail == error
     assert "diverged from its journal at step " in error
+
+
+def test_the_code_fingerprint_sees_a_changed_name_as_a_change():
+    """Sending another constant (PRICE2 for PRICE) changed no bytecode and no constant, so
+    a divergence it caused did not say the code had changed."""
+    from greenflow.runtime.fingerprint import code_digest
+
+    def flow_reading(name: str) -> type:
+        ns: dict = {}
+        exec(f"class F:\n    def call(self):\n        return {name}\n", ns)
+        return ns["F"]
+
+    assert code_digest(flow_reading("PRICE")) != code_digest(flow_reading("PRICE2"))
+    assert code_digest(flow_reading("PRICE")) == code_digest(flow_reading("PRICE"))

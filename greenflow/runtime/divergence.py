@@ -167,13 +167,31 @@ def _payload_detail(recorded: Entry, payload: Optional[bytes]) -> str:
         return f"the payload differs (the recorded one cannot be decoded now: {exc})"
     diff = first_difference(a, b)
     if diff is None:
-        return "the payload encodes differently, with equal values"
+        # Equal once decoded, yet other bytes: a class of it encodes other fields now (one
+        # added with a default reads back with that default from the recorded bytes).
+        return ("the payload encodes differently, with equal values: a class in it "
+                f"({_type_name(b)}, or one it holds) has other fields than when the flow sent "
+                "it; a payload class that changes its fields needs the node drained before "
+                "the upgrade (docs: Upgrading flow code)")
     path, x, y = diff
     name = _last_name(path)
     shown_x, shown_y = _show(name, x, path), _show(name, y, path)
     text = f"the payload differs at {path}: recorded {shown_x}, now {shown_y}"
-    hint = hint_for(x, y)
+    if x is MISSING:
+        hint = (f"{name} is a field its class gained since the flow sent it: a payload class "
+                "that gains a field changes every payload of it already sent, so drain the "
+                "node before such an upgrade (docs: Upgrading flow code)")
+    elif type(x) is not type(y) and y is not MISSING:
+        hint = (f"the recorded value's class is {_type_name(x)}, the code now sends "
+                f"{_type_name(y)}")
+    else:
+        hint = hint_for(x, y)
     return f"{text}. {hint}" if hint else text
+
+
+def _type_name(value: Any) -> str:
+    t = type(value)
+    return f"{t.__module__}.{t.__qualname__}"
 
 
 def _last_name(path: str) -> str:
@@ -187,9 +205,22 @@ def _show(name: str, value: Any, path: str) -> str:
     return frames_mod.short_repr(name, value)
 
 
+class _Missing:
+    """A field a decoded object does not have (its class gained it since it was sent)."""
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+MISSING = _Missing()
+
+
 def _fields(obj: Any) -> Optional[dict]:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: getattr(obj, f.name, None) for f in dataclasses.fields(obj)}
+        own = getattr(obj, "__dict__", None)
+        if isinstance(own, dict):   # not the class's default for a field the object lacks
+            return {f.name: own.get(f.name, MISSING) for f in dataclasses.fields(obj)}
+        return {f.name: getattr(obj, f.name, MISSING) for f in dataclasses.fields(obj)}
     d = getattr(obj, "__dict__", None)
     if isinstance(d, dict):
         return d

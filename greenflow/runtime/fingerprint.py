@@ -52,10 +52,13 @@ def code_digest(cls: type) -> str:
 
 
 def _feed(h: "hashlib._Hash", code: CodeType) -> None:
-    """Bytecode and constants, the same in every process: nested code objects (lambdas,
-    comprehensions) are digested rather than repr'd (their repr holds an address), and
-    sets rather than repr'd in hash order (which PYTHONHASHSEED changes)."""
+    """Bytecode, constants and the names the code reads (globals and attributes: sending
+    ``PRICE2`` instead of ``PRICE`` changes no bytecode), the same in every process:
+    nested code objects (lambdas, comprehensions) are digested rather than repr'd (their
+    repr holds an address), and sets rather than repr'd in hash order (which
+    PYTHONHASHSEED changes)."""
     h.update(code.co_code)
+    h.update("\0".join(code.co_names).encode())
     for c in code.co_consts:
         if isinstance(c, CodeType):
             _feed(h, c)
