@@ -1158,3 +1158,31 @@ class NapsOften(FlowLogic):
             spin(self.secs / 2)
             self.sleep(self.secs / 2)
         return self.n
+
+
+#: While True, `CtrlC` is "interrupted" (it raises KeyboardInterrupt, as a Ctrl-C that
+#: lands while it runs does) after its first exchange.
+CTRL_C = {"on": True}
+
+
+@initiating_flow
+class CtrlC(FlowLogic):
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+
+    def call(self) -> int:
+        session = self.initiate_flow(self.peer)
+        total = session.send_and_receive(int, 1)
+        if CTRL_C["on"]:
+            raise KeyboardInterrupt
+        return total + session.send_and_receive(int, 2)
+
+
+@initiated_by(CtrlC)
+class CtrlCResponder(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> None:
+        for _ in range(2):
+            self.session.send(self.session.receive(int) * 10)

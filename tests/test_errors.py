@@ -668,3 +668,24 @@ def test_a_session_to_a_party_not_on_the_network_fails_the_flow_at_once(net, tmp
             solo.start_flow(Ping(Party("Alice"), 1)).result(timeout=20)
     finally:
         solo.close()
+
+
+def test_ctrl_c_while_a_flow_runs_inline_stops_the_run_and_is_not_the_flows_failure(tmp_path):
+    """A KeyboardInterrupt that landed in a flow running on the caller's thread (MockNetwork,
+    `greenflow run`) was taken as that flow's failure: the run went on, and the flow was
+    FAILED for good with "KeyboardInterrupt"."""
+    import flowlib
+    net = MockNetwork(tmp_path / "net")
+    alice, bob = pair(net)
+    flowlib.CTRL_C["on"] = True
+    try:
+        h = alice.start_flow(flowlib.CtrlC(bob.party))
+        with pytest.raises(KeyboardInterrupt):
+            net.run_network()
+        assert alice.node.scheduler.dead           # stopped as at a power cut: nothing more
+    finally:
+        flowlib.CTRL_C["on"] = False
+    alice = net.restart_node(alice)                # run again: it goes on from its last commit
+    net.run_network()
+    assert alice.node.handle(h.id).result() == 30
+    net.close()

@@ -281,6 +281,8 @@ class FlowRuntime(Conversation, RecordedValues):
             return (Ended.DIVERGED,)
         except Unwind as u:
             return (Ended.UNWOUND, u.why)
+        except KeyboardInterrupt as exc:
+            return (Ended.INTERRUPTED, exc)
         except BaseException as exc:  # noqa: BLE001 - the flow's failure is its result
             if self.diverged is not None:
                 return (Ended.DIVERGED,)

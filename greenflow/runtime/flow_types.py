@@ -32,6 +32,10 @@ class Ended:
     UNWOUND = "unwound"    # (UNWOUND, why): kill, hibernation, power cut
     DIVERGED = "diverged"  # (DIVERGED,): replay disagreed with the journal; parked
     KILLED = "killed"      # (KILLED,)
+    #: (INTERRUPTED, exc): Ctrl-C (KeyboardInterrupt) reached the process while this flow
+    #: ran on its thread (a node run inline, as MockNetwork and `greenflow run` do): the
+    #: process's, not the flow's, so the node stops as at a power cut and it propagates.
+    INTERRUPTED = "interrupted"
 
 
 class FlowHost(Protocol):

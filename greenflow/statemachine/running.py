@@ -13,7 +13,7 @@ from greenflow.messages import exception_text
 from greenflow.statemachine import transitions
 from greenflow.runtime.checkpoint import AT_START, Checkpoint
 from greenflow.statemachine.executor import execute
-from greenflow.runtime.flow_runtime import FlowRuntime, Resume
+from greenflow.runtime.flow_runtime import Ended, FlowRuntime, Resume
 from greenflow.status import FlowStatus
 
 _FINISHED = frozenset((FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED))
@@ -85,6 +85,11 @@ class Running:
         else:
             if res is None:   # ended: the end was handed over in gf_result (traps._serve)
                 res, g.gf_result = g.gf_result, None
+            if res[0] == Ended.INTERRUPTED:
+                # Not the flow's failure: the process is being interrupted. Nothing of
+                # this round is committed (as at a power cut); the caller sees the Ctrl-C.
+                self.crash()
+                raise res[1]
             try:
                 self._finish(rt, res)
             except Exception as exc:  # an error while handling the flow's end
