@@ -44,9 +44,33 @@ def _suite_module(name: str):
     return importlib.import_module(f".{name}", __package__ or "benchmarks")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"a flow count is 1 or more, not {n}")
+    return n
+
+
+def _out_dir(path: str) -> Optional[str]:
+    """Why ``path`` cannot take the suites' results (None: it can, made if needed):
+    checked before anything runs, not after a suite spent its minutes."""
+    if not path.strip():
+        return "--out is empty: give a directory (or leave the option out)"
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return f"--out {path}: cannot create it: {exc.strerror or exc}"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"--out {path}: cannot write in it"
+    return None
+
+
+def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
+        prog=prog,
         description="greenflow benchmark suites: each prints a table and writes JSON.")
     p.add_argument("suites", nargs="*", metavar="SUITE",
                    help=f"suites to run (default: all): {', '.join(SUITES)}")
@@ -54,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small sizes and short runs (CI smoke test); figures are not representative")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="where to write <suite>.json (default: benchmarks/results)")
-    p.add_argument("-n", "--n", type=int, default=None, metavar="N",
-                   help="flow count for held/restart/disk (overrides their defaults)")
+    p.add_argument("-n", "--n", type=_count, default=None, metavar="N",
+                   help="flow count for held/restart/disk/hibernated (overrides their defaults)")
     p.add_argument("--profile", action="store_true",
                    help="throughput: also profile greenflow ping-pong and print the top functions")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -90,15 +114,20 @@ def plot_only(names: list[str], out: str, explicit: bool) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -> int:
+    args = build_parser(prog).parse_args(argv)
     names = args.suites or list(DEFAULT_SUITES)
     unknown = [s for s in names if s not in SUITES]
     if unknown:
         print(f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}",
               file=sys.stderr)
         return 2
-    ctx = Context(quick=args.quick, out=args.out or default_out_dir(), n=args.n,
+    out = default_out_dir() if args.out is None else args.out
+    why = None if args.plot_only else _out_dir(out)
+    if why:
+        print(why, file=sys.stderr)
+        return 2
+    ctx = Context(quick=args.quick, out=out, n=args.n,
                   profile=args.profile, show_progress=not args.no_progress)
     if args.plot_only:
         return plot_only(names, ctx.out, explicit=bool(args.suites))

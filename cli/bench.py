@@ -23,7 +23,7 @@ def command(ctx: click.Context, argv: tuple[str, ...]) -> None:
     """Run the benchmark suite (its --help lists the suites)."""
     entry = _load_main()
     try:
-        code = entry(list(argv))
+        code = entry(list(argv), prog=ctx.command_path)
     except SystemExit as exc:  # argparse's --help and usage errors
         code = exc.code
     ctx.exit(exit_code_of(code))

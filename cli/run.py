@@ -80,10 +80,15 @@ def command(ctx: click.Context, target: Optional[str], assignments: tuple[str, .
 def data_directory(data_dir: Optional[str]) -> Iterator[str]:
     """``data_dir`` (created if needed and kept), or a temporary directory removed after."""
     if data_dir is not None:
+        if not data_dir.strip():
+            raise UsageProblem("--data-dir is empty: give a directory (or leave the option "
+                               "out for a temporary one)")
         try:
             os.makedirs(data_dir, exist_ok=True)
         except OSError as exc:
             raise cannot_write(exc) from None
+        if not os.access(data_dir, os.W_OK | os.X_OK):   # there already, but not writable
+            raise cannot_write(PermissionError(13, "Permission denied", data_dir))
         yield os.path.abspath(data_dir)
         return
     with tempfile.TemporaryDirectory(prefix="greenflow-", ignore_cleanup_errors=True) as tmp:
@@ -142,6 +147,11 @@ def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optio
         except FlowError as exc:  # anything else is a bug and keeps its traceback
             raise FlowFailed(f"sample.{name} failed: {type(exc).__name__}: "
                              f"{exception_text(exc, MAX_ERROR_TEXT)}") from exc
+        except OSError as exc:   # a node directory it cannot make or write in
+            if exc.filename is None:
+                raise
+            raise cannot_write(exc) from None
+
     code = exit_code_of(code)
     if code:
         ctx.exit(code)

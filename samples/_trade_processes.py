@@ -146,6 +146,9 @@ def _crash_buyer(pn: Any, display: _Display, watchers: list) -> dict:
     mark = BuyerFlow.COLLECTING.label
     deadline = time.monotonic() + WAIT
     while not (display.buyer_step or "").startswith(mark):
+        if display.failures:   # (the trade was refused, say: waiting on would be for nothing)
+            raise click.ClickException(f"--crash: the trade ended before the buyer reached "
+                                       f"'{mark}'; nothing to crash: {display.failures[0]}")
         if time.monotonic() > deadline:
             raise click.ClickException(f"--crash: the buyer never reached '{mark}'")
         time.sleep(0.001)

@@ -32,6 +32,7 @@ Everything is bounded in time: the trades, the kills and the settling.
 from __future__ import annotations
 
 import json as _json
+import math
 import random
 import signal
 import threading
@@ -968,32 +969,44 @@ def check_ledger(trades: list[Trade], issues: list[Issue], before: dict, after: 
 
 
 # ============================================================================ the command line
+class _Finite(click.FloatRange):
+    """A `click.FloatRange` that refuses nan and inf: it lets them through (every
+    comparison with nan is false), and a run of ``--duration inf`` planned kills for ever
+    while one of ``--kill-every nan`` killed nothing and reported success."""
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 SAMPLE_OPTIONS = [
-    click.Option(["--duration"], type=click.FloatRange(min=1), default=60.0, show_default=True,
+    click.Option(["--duration"], type=_Finite(min=1), default=60.0, show_default=True,
                  help="Seconds of chaos: trades start and nodes are killed during this time."),
     click.Option(["--trades"], type=click.IntRange(min=1, max=5_000), default=300, show_default=True,
                  help="Trades to run among the three parties."),
-    click.Option(["--kill-every"], type=click.FloatRange(min=0.2), default=3.0, show_default=True,
+    click.Option(["--kill-every"], type=_Finite(min=0.2), default=3.0, show_default=True,
                  help="Mean seconds between two kills (SIGKILL of a random node)."),
-    click.Option(["--max-down"], type=click.FloatRange(min=0), default=1.5, show_default=True,
+    click.Option(["--max-down"], type=_Finite(min=0), default=1.5, show_default=True,
                  help="A killed node restarts after a random 0..N seconds."),
     click.Option(["--at-once"], type=click.IntRange(min=1, max=5), default=1, show_default=True,
                  help="Nodes killed together at each kill (distinct, chosen at random)."),
-    click.Option(["--freeze-share"], type=click.FloatRange(min=0, max=1), default=0.0,
+    click.Option(["--freeze-share"], type=_Finite(min=0, max=1), default=0.0,
                  show_default=True,
                  help="Share of the faults that freeze the node instead (SIGSTOP for the same "
                       "0..--max-down seconds, then SIGCONT): a network partition as its peers "
                       "see it."),
-    click.Option(["--term-share"], type=click.FloatRange(min=0, max=1), default=0.0,
+    click.Option(["--term-share"], type=_Finite(min=0, max=1), default=0.0,
                  show_default=True,
                  help="Share of the kills that are clean shutdowns instead (SIGTERM, which must "
                       "exit 0, then the same restart)."),
     click.Option(["--pings"], type=click.IntRange(min=0, max=100_000), default=0, show_default=True,
                  help="Ping-pong flows among the parties, started during the chaos; each must "
                       "complete exactly once with the right sum."),
-    click.Option(["--settle"], type=click.FloatRange(min=1), default=180.0, show_default=True,
+    click.Option(["--settle"], type=_Finite(min=1), default=180.0, show_default=True,
                  help="Seconds the network gets to finish every flow after the chaos."),
-    click.Option(["--refuse-share"], type=click.FloatRange(min=0, max=1), default=0.1, show_default=True,
+    click.Option(["--refuse-share"], type=_Finite(min=0, max=1), default=0.1, show_default=True,
                  help="Share of trades priced above the buyer's limit (they must fail cleanly)."),
     click.Option(["--cluster"], type=click.IntRange(min=0, max=8), default=0, show_default=True,
                  help=f"Run {CLUSTERED} as a cluster of N worker processes on PostgreSQL "
@@ -1016,6 +1029,9 @@ def run_chaos(data_dir: str, *, seed: Optional[int] = None, **options: Any) -> d
 
 
 def run_sample(data_dir: str, as_json: bool = False, **options: Any) -> int:
+    if options.get("database") and not options.get("cluster"):
+        raise click.UsageError("--database is the clustered party's database: it needs "
+                               "--cluster N")
     report = run_chaos(data_dir, say=(lambda _: None) if as_json else click.echo, **options)
     click.echo(_json.dumps(report, indent=2) if as_json else format_report(report))
     return 0 if report["ok"] else 1

@@ -50,6 +50,10 @@ def run_sample(data_dir: str, n: int = 3) -> int:
 
     with MockNetwork(data_dir) as net:
         alice, bob = net.create_node("Alice"), net.create_node("Bob")
+        left = alice.node.pending_flows_count + bob.node.pending_flows_count
+        if left:   # an earlier run in this directory was interrupted: its flows go on first
+            click.echo(f"resuming {left:,} unfinished flow(s) of an earlier run in {data_dir} "
+                       "first", err=True)
         handle = alice.start_flow(Ping(bob.party, n))
         net.run_network()
         click.echo(handle.result())

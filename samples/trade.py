@@ -550,6 +550,7 @@ class _Display:
         self.trades = trades
         self.quiet = quiet
         self.seller_flows: set[str] = set()
+        self.failures: list[str] = []   # why flows that did not complete ended
         self.done = 0
         self.last: dict[str, Optional[str]] = {}
         self.buyer_step: Optional[str] = None
@@ -580,6 +581,8 @@ class _Display:
                 self.buyer_step = step
             if step is None:
                 self.ended[side] = self.ended.get(side, 0) + 1
+                if outcome is not None and outcome[0] != "COMPLETED" and outcome[1]:
+                    self.failures.append(f"{side}: {outcome[0]}: {outcome[1]}")
             if step is None and flow_id in self.seller_flows:
                 self.done += 1
                 if self.bar is not None:
@@ -630,6 +633,10 @@ def _run_in_process(data_dir: str, trades: int, price: int, crash: bool, say: Ca
                     quiet: bool) -> dict:
     tn = TradeNetwork.create(data_dir)
     try:
+        left = sum(n.node.pending_flows_count for n in (tn.notary, tn.bank, tn.seller, tn.buyer))
+        if left:   # an earlier run in this directory was interrupted: its flows go on first
+            click.echo(f"resuming {left:,} unfinished flow(s) of an earlier run in {data_dir} "
+                       "first", err=True)
         announce_network(say, tn.notary.name, tn.bank.name, tn.seller.name, tn.buyer.name)
         papers = prepare_trades(tn, trades, cash_per_trade=cash_per_trade(price))
         before = {"seller": holdings(tn.seller), "buyer": holdings(tn.buyer)}
@@ -684,6 +691,7 @@ def make_summary(trades: int, tx_ids: list[str], notary: str, elapsed: float, cr
     """The run's summary (what ``--json`` prints)."""
     return {
         "ok": True, "trades": trades, "tx_id": tx_ids[0], "transactions": tx_ids[:10],
+        "transactions_total": len(tx_ids),   # ("transactions": the first 10 of them)
         "notary": notary, "seconds": round(elapsed, 4),
         "trades_per_second": round(trades / elapsed, 1) if elapsed else None,
         "crash": crash_info,
@@ -699,8 +707,9 @@ def _crash_buyer_mid_trade(tn: TradeNetwork, display: _Display) -> dict:
     mark = BuyerFlow.COLLECTING.label
     while not (display.buyer_step or "").startswith(mark):
         if not net.run_network(max_messages=1) and not net.in_flight:
+            why = f": {display.failures[0]}" if display.failures else ""
             raise click.ClickException("--crash: the trade ended before the buyer reached "
-                                       f"'{mark}'; nothing to crash")
+                                       f"'{mark}'; nothing to crash{why}")
     step = display.buyer_step
     waiting = [f for f in tn.buyer.node.flows() if not f.status.finished]
     display.note(f"  ⚡ power cut: {tn.buyer.name} stops at '{step}' with {len(waiting)} flow(s) "

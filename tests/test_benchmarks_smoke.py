@@ -46,6 +46,25 @@ def test_unknown_suite_is_refused(tmp_path, capsys):
     assert "unknown suite" in capsys.readouterr().err
 
 
+def test_an_output_place_or_count_no_suite_can_use_is_refused_before_any_runs(tmp_path, capsys,
+                                                                            monkeypatch):
+    """--out was only written after a suite had run (an existing file: a traceback and the
+    table lost; '' overwrote the checkout's results), and -n 0 or -5 ran with nonsense."""
+    import benchmarks.__main__ as bench
+    monkeypatch.setattr(bench, "_suite_module", lambda name: pytest.fail("a suite ran"))
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    for args, says in ((["held", "--out", str(taken)], "cannot create it"),
+                       (["held", "--out", ""], "--out is empty"),
+                       (["held", "--out", str(taken / "sub")], "cannot create it")):
+        assert main(args) == 2
+        assert says in capsys.readouterr().err
+    for n in ("0", "-5"):
+        with pytest.raises(SystemExit) as info:
+            main(["held", "-n", n, "--out", str(tmp_path)])
+        assert info.value.code == 2 and "a flow count is 1 or more" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------- plots
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -278,6 +278,41 @@ def test_a_json_argument_nested_past_the_parser_is_a_bad_argument_not_a_tracebac
         assert "JSON nested too deeply" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("args, says", [
+    (["sample.chaos", "--duration", "inf"], "'inf' is not a finite number"),
+    (["sample.chaos", "--kill-every", "nan"], "'nan' is not a finite number"),
+    (["sample.chaos", "--database", "postgresql://x/y"], "it needs --cluster N"),
+    (["sample.ping", "--data-dir", ""], "--data-dir is empty"),
+])
+def test_sample_options_no_run_could_use_are_refused_before_it_starts(args, says):
+    """``--duration inf`` planned kills for ever (memory growing); ``--kill-every nan``
+    killed nothing and reported "All invariants hold"; ``--data-dir ''`` named no option."""
+    result = run("run", *args)
+    assert result.exit_code == 2 and says in result.output, result.output
+
+
+def test_a_refused_trade_under_crash_says_why_at_once(tmp_path):
+    """It said only that there was nothing to crash (and with --processes waited 2 min)."""
+    result = run("run", "sample.trade", "--crash", "--price", "1300", "--data-dir", str(tmp_path))
+    assert result.exit_code == 1
+    assert "nothing to crash: Buyer: FAILED: UnacceptablePrice: Buyer will not pay 1,300 GBP" \
+        in result.output
+
+
+def test_a_sample_run_again_on_an_interrupted_runs_directory_says_it_resumes_its_flows(tmp_path):
+    """It finished the earlier run's flows first without a word (17 s for `-n 3`)."""
+    from greenflow.samples.ping import Ping
+    from greenflow.testing import MockNetwork
+    net = MockNetwork(str(tmp_path))
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    alice.start_flow(Ping(bob.party, 2))          # started, never run: as if interrupted
+    net.close()
+    result = run("run", "sample.ping", "-n", "3", "--data-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert f"resuming 1 unfinished flow(s) of an earlier run in {tmp_path} first" in result.output
+    assert result.output.strip().endswith("6")
+
+
 def test_non_startable_flow_is_refused_with_the_not_startable_message():
     result = run("run", "greenflow.samples.ping:Pong", "--arg", "session=x")
     assert result.exit_code == 2

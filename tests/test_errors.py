@@ -504,16 +504,31 @@ def test_a_huge_error_message_is_kept_cut_in_the_result(net):
     assert info.error.startswith("ValueError: xxx") and len(info.error) < MAX_ERROR_TEXT + 100
 
 
-@pytest.mark.parametrize("what", ["exit", "interrupt", "generator-exit"])
+@pytest.mark.parametrize("what", ["exit", "generator-exit"])
 def test_a_flow_that_raises_system_exit_or_the_like_fails_and_its_caller_gets_a_flow_error(net, what):
     """Raised again in the caller, a flow's SystemExit or KeyboardInterrupt would stop the
-    caller's program (or an RPC request's thread, which then answered nothing)."""
+    caller's program (or an RPC request's thread, which then answered nothing). (A
+    KeyboardInterrupt in a flow run inline on the main thread is the process's Ctrl-C:
+    `test_ctrl_c_while_a_flow_runs_inline_stops_the_run_and_is_not_the_flows_failure`.)"""
     from flowlib import Raises
     alice, _ = pair(net)
     h = run(net, alice, Raises(what))
     with pytest.raises(FlowError, match=r"\(flowlib.Raises\) failed: (SystemExit: 3|KeyboardInterrupt|GeneratorExit)"):
         h.result()
     assert alice.flow_info(h.id).status == FlowStatus.FAILED
+
+
+def test_a_flow_that_raises_keyboard_interrupt_on_a_nodes_own_thread_fails(tmp_path):
+    from flowlib import Raises
+    from greenflow import Node
+    node = Node.open(str(tmp_path / "solo"), name="Solo")
+    try:
+        h = node.start_flow(Raises("interrupt"))
+        with pytest.raises(FlowError, match=r"\(flowlib.Raises\) failed: KeyboardInterrupt"):
+            h.result(timeout=30)
+        assert node.flow_info(h.id).status == FlowStatus.FAILED
+    finally:
+        node.close()
 
 
 @pytest.mark.parametrize("name", ["", "O=" + "x" * 1000, "O=" + "é" * 150])

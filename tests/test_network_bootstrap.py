@@ -110,6 +110,22 @@ def test_bootstrap_takes_x500_names_and_refuses_empty_names_and_hosts(tmp_path, 
         assert not (tmp_path / "net").exists()
 
 
+def test_a_directory_holding_a_nodes_key_or_store_is_not_made_a_new_node(tmp_path):
+    """Only node.toml was looked for: a directory another run left (a key, a store, no
+    node.toml) became a new node with that store and key, its states adopted unseen; and
+    bootstrap stopped half way, the first nodes made, when a later directory was taken."""
+    from greenflow.samples.ping import Ping
+    from greenflow.testing import MockNetwork
+    with MockNetwork(str(tmp_path / "old")) as net:   # what `greenflow run` leaves
+        net.create_node("Bob").start_flow(Ping(net.create_node("Alice").party, 1))
+    with pytest.raises(ConfigError, match=r"Bob already holds a node \(identity.key exists\)"):
+        bootstrap_network(str(tmp_path / "old"), ["Aaron", "Bob"], base_port=0)
+    assert not (tmp_path / "old" / "Aaron").exists()      # nothing made before the refusal
+    with pytest.raises(ConfigError, match="already holds a node"):
+        init_node(str(tmp_path / "old" / "Alice"), "Alice", p2p_address=("127.0.0.1", 13000),
+                  rpc_address=("127.0.0.1", 13001))
+
+
 def test_ports_past_65535_are_refused_before_anything_is_written(tmp_path):
     """300 nodes from 64990 wrote node.toml files with ports up to 65589."""
     names = [f"N{i}" for i in range(300)]

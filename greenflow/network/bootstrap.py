@@ -65,6 +65,16 @@ def _ephemeral_low() -> Optional[int]:
         return None
 
 
+def _refuse_a_node_there(base_dir: str) -> None:
+    """A directory that holds a node's files, its configuration or what a node made (a
+    key, a store: left by another run, say) is never made a new node's: its store and key
+    would be adopted silently, its flows and states with them."""
+    for what in (CONFIG_FILE, "identity.key", "identity.name", "store"):
+        if os.path.exists(os.path.join(base_dir, what)):
+            raise ConfigError(f"{base_dir} already holds a node ({what} exists): use another "
+                              "directory, or remove that one")
+
+
 def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
               rpc_address: tuple[str, int], apps: Iterable[str] = DEFAULT_APPS,
               notary: bool = False, rpc_user: str = "admin",
@@ -74,8 +84,7 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
     an empty store and, if there is none yet, a network map naming only this node.
     ``validating_notary`` makes a notary of the validating kind (docs/ledger-notary.md)."""
     base_dir = os.path.abspath(base_dir)
-    if os.path.exists(os.path.join(base_dir, CONFIG_FILE)):
-        raise ConfigError(f"{base_dir} already holds a node ({CONFIG_FILE} exists)")
+    _refuse_a_node_there(base_dir)
     if validating_notary and not notary:
         raise ConfigError(f"{name}: a validating notary must be a notary")
     if not name or name != name.strip():   # what the network map and peers would refuse
@@ -124,6 +133,8 @@ def bootstrap_network(root: str, nodes: Iterable[str], *, notary: Optional[str] 
         raise ConfigError(f"{len(names)} nodes from base port {base_port} need ports up to "
                           f"{top}; the highest port is 65535 (a lower base port, or 0 for "
                           "free ports)")
+    for d in dirs:   # all of them before any is made: nothing half made when one is taken
+        _refuse_a_node_there(os.path.join(os.path.abspath(root), d))
     apps = list(apps)
     configs = []
     taken: set[int] = set()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections import deque
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -282,7 +283,11 @@ class FlowRuntime(Conversation, RecordedValues):
         except Unwind as u:
             return (Ended.UNWOUND, u.why)
         except KeyboardInterrupt as exc:
-            return (Ended.INTERRUPTED, exc)
+            if threading.current_thread() is threading.main_thread():
+                # The process's Ctrl-C (signals reach the main thread only), landed while
+                # this flow ran inline there: not the flow's to fail with.
+                return (Ended.INTERRUPTED, exc)
+            return (Ended.FAILED, exc)   # raised by the flow itself, on a node's own thread
         except BaseException as exc:  # noqa: BLE001 - the flow's failure is its result
             if self.diverged is not None:
                 return (Ended.DIVERGED,)

@@ -33,8 +33,10 @@ class Ended:
     DIVERGED = "diverged"  # (DIVERGED,): replay disagreed with the journal; parked
     KILLED = "killed"      # (KILLED,)
     #: (INTERRUPTED, exc): Ctrl-C (KeyboardInterrupt) reached the process while this flow
-    #: ran on its thread (a node run inline, as MockNetwork and `greenflow run` do): the
-    #: process's, not the flow's, so the node stops as at a power cut and it propagates.
+    #: ran on the main thread (a node run inline, as MockNetwork and `greenflow run` do):
+    #: the process's, not the flow's, so the node stops as at a power cut and it
+    #: propagates. (On a node's own thread, where no signal lands, a KeyboardInterrupt is
+    #: the flow's own raise, and fails it.)
     INTERRUPTED = "interrupted"
 
 

@@ -23,11 +23,21 @@ from typing import Any, Iterable, Optional
 
 import greenflow
 
+from greenflow.errors import FlowError
 from greenflow.network.bootstrap import bootstrap_network, dir_name
 from greenflow.network.node_config import NodeConfig
 from greenflow.rpc.client import RpcClient, RpcClientError
 
 _SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
+
+
+class NodeProcessFailed(FlowError, RuntimeError):
+    """A node process of the network exited instead of starting (its log's tail says why).
+    A `RuntimeError` as well, for callers that caught that before."""
+
+
+class NodeNotAnswering(FlowError, TimeoutError):
+    """A node process did not answer its RPC in time (a `TimeoutError` as well)."""
 
 
 class ProcessNetwork:
@@ -69,7 +79,7 @@ class ProcessNetwork:
         """Start (or restart) a node process and wait until its RPC answers."""
         old = self.procs.get(name)
         if old is not None and old.poll() is None:
-            raise RuntimeError(f"{name} is already running (pid {old.pid})")
+            raise NodeProcessFailed(f"{name} is already running (pid {old.pid})")
         log = open(os.path.join(self.dir(name), "stderr.log"), "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "greenflow.rpc.node_process", "--dir", self.dir(name),
@@ -93,14 +103,14 @@ class ProcessNetwork:
         client = self.client(name)
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+                raise NodeProcessFailed(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
             try:
                 if client.node_info()["pid"] == proc.pid:
                     return
             except RpcClientError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not answer RPC within {timeout}s:\n"
+                raise NodeNotAnswering(f"{name} did not answer RPC within {timeout}s:\n"
                                    f"{self.log_tail(name)}")
             time.sleep(0.05)
 
