@@ -293,10 +293,10 @@ class RpcHandler(BaseHTTPRequestHandler):
             return streams.progress_stream(self, rpc, None, flag(query.get("steps", 1), "steps"))
         if route in (("POST", ("flows", "*", "kill")), ("DELETE", ("flows", "*"))):
             self._need(user, "kill")
-            return self._send_json(200, rpc.kill(p[1]))
+            return self._send_json(200, rpc.act(p[1], "kill"))
         if route == ("POST", ("flows", "*", "retry")):
             self._need(user, "retry")
-            return self._send_json(200, rpc.retry(p[1]))
+            return self._send_json(200, rpc.act(p[1], "retry"))
         if route == ("GET", ("checkpoints",)):
             read()
             return self._send_json(200, rpc.checkpoints(query.get("limit"), query.get("cursor")))

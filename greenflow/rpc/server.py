@@ -248,16 +248,14 @@ class RpcServer:
             return 200, {"flow_id": fid, "finished": True, "status": "FAILED", "error": error_json(exc)}
         return 200, {"flow_id": fid, "finished": True, "status": "COMPLETED", "result": to_json(value)}
 
-    def kill(self, fid: str) -> dict:
+    def act(self, fid: str, action: str) -> dict:
+        """``POST /flows/{id}/kill`` (``killed`` false: it had finished) and ``.../retry``
+        (a HOSPITALIZED flow runs again from its last checkpoint, `Node.retry_flow`;
+        ``retried`` false: it was not parked)."""
         node = self.node
         node.handle(fid)  # UnknownFlow -> 404
-        return {"flow_id": fid, "killed": bool(node.kill_flow(fid))}
-
-    def retry(self, fid: str) -> dict:
-        """``POST /flows/{id}/retry``: a HOSPITALIZED flow runs again from its last
-        checkpoint (`Node.retry_flow`); ``retried`` false when it was not parked."""
-        node = self.node
-        node.handle(fid)  # UnknownFlow -> 404
+        if action == "kill":
+            return {"flow_id": fid, "killed": bool(node.kill_flow(fid))}
         return {"flow_id": fid, "retried": bool(node.retry_flow(fid))}
 
     def checkpoints(self, limit: Any = None, cursor: Optional[str] = None) -> dict:

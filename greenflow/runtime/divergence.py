@@ -181,11 +181,11 @@ def _payload_detail(recorded: Entry, payload: Optional[bytes]) -> str:
         hint = (f"{name} is a field its class gained since the flow sent it: a payload class "
                 "that gains a field changes every payload of it already sent, so drain the "
                 "node before such an upgrade (docs: Upgrading flow code)")
-    elif type(x) is not type(y) and y is not MISSING:
-        hint = (f"the recorded value's class is {_type_name(x)}, the code now sends "
-                f"{_type_name(y)}")
     else:
         hint = hint_for(x, y)
+        if not hint and type(x) is not type(y) and y is not MISSING:
+            hint = (f"the recorded value's class is {_type_name(x)}, the code now sends "
+                    f"{_type_name(y)}")
     return f"{text}. {hint}" if hint else text
 
 
