@@ -23,8 +23,9 @@ def _database(base_dir: str, database: Optional[str]) -> str:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             url = fh.read(64 * 1024 + 1).strip()
-        if len(url) > 64 * 1024:
-            raise CliError(f"{path} does not hold a database URL: it is longer than one may be")
+        if len(url) > 64 * 1024 or not url.startswith(("postgresql://", "postgres://")):
+            raise CliError(f"{path} does not hold a PostgreSQL URL (as `greenflow cluster up` "
+                           "writes it): pass --database, or start the cluster again")
         return url
     from greenflow.storage import store_url
     url = store_url(base_dir)

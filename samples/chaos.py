@@ -1029,9 +1029,12 @@ def run_chaos(data_dir: str, *, seed: Optional[int] = None, **options: Any) -> d
 
 
 def run_sample(data_dir: str, as_json: bool = False, **options: Any) -> int:
-    if options.get("database") and not options.get("cluster"):
+    database = options.get("database")
+    if database and not options.get("cluster"):
         raise click.UsageError("--database is the clustered party's database: it needs "
                                "--cluster N")
+    if database and not database.startswith(("postgresql://", "postgres://")):
+        raise click.UsageError(f"--database is a postgresql://... URL, not {database!r:.80}")
     report = run_chaos(data_dir, say=(lambda _: None) if as_json else click.echo, **options)
     click.echo(_json.dumps(report, indent=2) if as_json else format_report(report))
     return 0 if report["ok"] else 1

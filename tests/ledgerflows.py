@@ -214,6 +214,7 @@ class VaultMisuse(FlowLogic):
         services = self.services
         calls = {
             "query": lambda: services.vault.query("Cash"),
+            "query where": lambda: services.vault.query(Cash, where=5),
             "select type": lambda: services.vault.select("Cash", 5),
             "select zero": lambda: services.vault.select(Cash, 0, amount_of="quantity"),
             "soft_lock one": lambda: services.vault.soft_lock("a ref"),

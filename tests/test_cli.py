@@ -282,6 +282,7 @@ def test_a_json_argument_nested_past_the_parser_is_a_bad_argument_not_a_tracebac
     (["sample.chaos", "--duration", "inf"], "'inf' is not a finite number"),
     (["sample.chaos", "--kill-every", "nan"], "'nan' is not a finite number"),
     (["sample.chaos", "--database", "postgresql://x/y"], "it needs --cluster N"),
+    (["sample.chaos", "--cluster", "1", "--database", "not-a-url"], "is a postgresql://... URL"),
     (["sample.ping", "--data-dir", ""], "--data-dir is empty"),
 ])
 def test_sample_options_no_run_could_use_are_refused_before_it_starts(args, says):

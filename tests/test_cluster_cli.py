@@ -224,3 +224,7 @@ def test_cluster_up_guards_its_database_and_stops_everything_when_its_terminal_c
             (["cluster", "up", "--dir", alice, "--lease", "inf"], "the lease time is a number of seconds")]:
         r = gf(*args, check=False)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    with open(os.path.join(alice, "cluster", "database"), "w", encoding="utf-8") as fh:
+        fh.write("garbage\n")   # a damaged record of what `cluster up` used
+    r = gf("cluster", "status", "--dir", alice, check=False)
+    assert r.returncode == 1 and "does not hold a PostgreSQL URL" in r.stderr, r.stderr

@@ -83,6 +83,7 @@ def test_locks_and_free_coins_are_the_same_after_a_restart(tn):
 
 @pytest.mark.parametrize("how, says", [
     ("query", "TypeError: Vault.query takes a class of states (e.g. Cash), not str"),
+    ("query where", "TypeError: Vault.query's where is a function of the state, not int 5"),
     ("select type", "TypeError: Vault.select takes a class of states (e.g. Cash), not str"),
     ("select zero", "ValueError: Vault.select takes an amount above zero, not 0"),
     ("soft_lock one", "TypeError: Vault.soft_lock takes a list of StateRef, not one str"),

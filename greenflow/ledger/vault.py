@@ -246,7 +246,7 @@ class Vault:
               where: Optional[Callable[[S], bool]] = None,
               include_locked: bool = True) -> list[StateAndRef]:
         """Our unconsumed states of ``state_type`` (subclasses included), oldest first."""
-        _state_type(state_type, "query")
+        _state_type(state_type, "query", where)
         with self._lock:
             self._refresh()
             return [sar for sar in candidates(self._unconsumed, state_type, where)
@@ -299,6 +299,7 @@ class Vault:
                 where: Optional[Callable[[Any], bool]] = None) -> int:
         """Sum of ``amount_of`` over our unconsumed states of ``state_type`` (for
         reports outside flows; flows use `query`, which is journaled)."""
+        _state_type(state_type, "balance", where)
         with self._lock:
             self._refresh()
             return sum(getattr(sar.state, amount_of)
@@ -315,7 +316,7 @@ class Vault:
         enough). Values are ints or anything that adds and compares with ``amount``, such
         as an `Amount` of one token."""
         fid = calling_flow("Vault.select")
-        _state_type(state_type, "select")
+        _state_type(state_type, "select", where)
         if (type(amount) in (int, float) and not amount > 0) or getattr(amount, "quantity", 1) == 0:
             raise ValueError(f"Vault.select takes an amount above zero, not {amount!r}")
         value_of = amount_of if callable(amount_of) else operator.attrgetter(amount_of)
@@ -381,11 +382,14 @@ def _open_vault(node: Any) -> Vault:
 register_service_factory("vault", _open_vault)
 
 
-def _state_type(state_type: Any, call: str) -> None:
+def _state_type(state_type: Any, call: str, where: Any = None) -> None:
     # (any class: a mixin the app's states share, or object for every state)
     if not isinstance(state_type, type):
         raise TypeError(f"Vault.{call} takes a class of states (e.g. Cash), not "
                         f"{type(state_type).__qualname__} {state_type!r:.60}")
+    if where is not None and not callable(where):
+        raise TypeError(f"Vault.{call}'s where is a function of the state, not "
+                        f"{type(where).__qualname__} {where!r:.60}")
 
 
 def _refs(refs: Any, call: str) -> list[StateRef]:
