@@ -11,6 +11,7 @@ from typing import IO, Optional
 import click
 
 from greenflow.cli.errors import CliError, NotANodeDirectory, UsageProblem
+from greenflow.storage import is_postgres, store_url
 
 DATABASE_FILE = "database"   # DIR/cluster/database: the URL `cluster up` used
 _SECONDS = click.FloatRange(min=0, min_open=True)
@@ -23,13 +24,12 @@ def _database(base_dir: str, database: Optional[str]) -> str:
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             url = fh.read(64 * 1024 + 1).strip()
-        if len(url) > 64 * 1024 or not url.startswith(("postgresql://", "postgres://")):
+        if len(url) > 64 * 1024 or not is_postgres(url):
             raise CliError(f"{path} does not hold a PostgreSQL URL (as `greenflow cluster up` "
                            "writes it): pass --database, or start the cluster again")
         return url
-    from greenflow.storage import store_url
     url = store_url(base_dir)
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres(url):
         return url
     raise CliError(f"{base_dir} names no PostgreSQL database: pass --database, set `store` "
                    "in node.toml, or start it with `greenflow cluster up`")

@@ -39,7 +39,7 @@ def node_name(node_dir: str) -> str:
 def check_store(node_dir: str) -> None:
     """Refuse, before anything maps it, a store ``node start`` would refuse."""
     from greenflow.errors import StoreError, StoreRefused
-    from greenflow.storage import is_lmdb, store_url
+    from greenflow.storage import is_lmdb, is_postgres, store_url
     from greenflow.storage import store_guard
 
     try:
@@ -47,7 +47,7 @@ def check_store(node_dir: str) -> None:
     except StoreError as exc:   # node.toml unreadable, or `store` not a string
         raise UsageProblem(str(exc)) from None
     if not is_lmdb(url):
-        if not url.startswith(("postgresql://", "postgres://")):
+        if not is_postgres(url):
             raise UsageProblem(f"{os.path.join(node_dir, 'node.toml')}: `store` must be "
                                f"\"lmdb\" or a \"postgresql://...\" URL, found {url!r}")
         return   # the PostgreSQL store checks itself when it opens

@@ -47,6 +47,7 @@ from greenflow import FlowLogic, startable
 from greenflow.ledger import ContractState
 
 from greenflow.samples._trade_processes import WAIT, _run
+from greenflow.storage import is_postgres
 from greenflow.samples.trade import DEFAULT_CURRENCY, FACE_VALUE, PRICE_LIMIT, Cash, CommercialPaper, cash_units
 
 APPS = ["samples.trade", "samples.chaos", "samples.ping"]
@@ -1033,7 +1034,7 @@ def run_sample(data_dir: str, as_json: bool = False, **options: Any) -> int:
     if database and not options.get("cluster"):
         raise click.UsageError("--database is the clustered party's database: it needs "
                                "--cluster N")
-    if database and not database.startswith(("postgresql://", "postgres://")):
+    if database and not is_postgres(database):
         raise click.UsageError(f"--database is a postgresql://... URL, not {database!r:.80}")
     report = run_chaos(data_dir, say=(lambda _: None) if as_json else click.echo, **options)
     click.echo(_json.dumps(report, indent=2) if as_json else format_report(report))

@@ -45,9 +45,9 @@ DATABASE_ENV = "GREENFLOW_CLUSTER_DATABASE"
 def postgres_url(node_dir: str, database: Optional[str] = None) -> str:
     """The PostgreSQL store a worker of ``node_dir`` uses: ``database``, else the node's
     configured store; `FlowError` when that is not a ``postgresql://`` URL."""
-    from greenflow.storage import store_url
+    from greenflow.storage import is_postgres, store_url
     url = database or store_url(node_dir)
-    if not url.startswith(("postgresql://", "postgres://")):
+    if not is_postgres(url):
         raise FlowError(f"{node_dir}: a cluster worker needs a PostgreSQL store: "
                         f"pass --database postgresql://... or set store in node.toml "
                         f"(it is {url!r})")

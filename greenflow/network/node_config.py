@@ -58,6 +58,7 @@ import nacl.exceptions
 import nacl.pwhash
 
 from greenflow.runtime.flow_types import MAX_DURATION
+from greenflow.storage import is_postgres
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
 from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_address, parse_address
 
@@ -271,7 +272,7 @@ class NodeConfig:
                                   f"found {idle!r}")
             store = doc.get("store")
             if store is not None and (not isinstance(store, str) or not (
-                    store == "lmdb" or store.startswith(("postgresql://", "postgres://")))):
+                    store == "lmdb" or is_postgres(store))):
                 raise ConfigError(f"{where}: `store` must be \"lmdb\" or a \"postgresql://...\" "
                                   f"URL, found {store!r}" if not isinstance(store, str) else
                                   f"{where}: `store` must be \"lmdb\" or a \"postgresql://...\" URL")

@@ -27,9 +27,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
-from greenflow import serialization
 from greenflow.node.flow_views import (FlowInfo, dump_store, info_from_checkpoint, info_from_result,
-                                       info_unreadable)
+                                       stored_info)
 from greenflow.statemachine import stacks
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import load_result
@@ -169,7 +168,7 @@ def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: in
     mem, skip = node.on_scheduler(resident)
 
     def stored(fid: str, raw: bytes) -> FlowInfo:
-        info = _stored_info(fid, raw)
+        info = stored_info(fid, raw)
         if elsewhere is not None and info.status == FlowStatus.HIBERNATED and elsewhere(fid):
             return dataclasses.replace(info, status=FlowStatus.SUSPENDED)
         return info
@@ -177,15 +176,6 @@ def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: in
     decode = _decoder("checkpoint", stored, wanted)
     return _merge(mem, store.header_blobs(reverse=True, after=after), decode, skip,
                   limit, budget)
-
-
-def _stored_info(fid: str, raw: bytes) -> FlowInfo:
-    """A stored checkpoint's listing entry; a damaged one is listed as parked, with the
-    reason (`info_unreadable`), so an operator sees it and can kill it."""
-    try:
-        return info_from_checkpoint(serialization.loads(raw), False)
-    except Exception as exc:  # noqa: BLE001 - a damaged record: this flow only
-        return info_unreadable(fid, exc)
 
 
 def _decoder(what: str, to_info: Any, wanted: Optional[frozenset]) -> Any:

@@ -68,10 +68,7 @@ class FlowViews:
             if rt is not None:
                 out[fid] = info_from_checkpoint(rt.cp, True)
                 continue
-            try:
-                out[fid] = info_from_checkpoint(serialization.loads(raw), False)
-            except Exception as exc:  # noqa: BLE001 - a damaged record: this flow only
-                out[fid] = info_unreadable(fid, exc)
+            out[fid] = stored_info(fid, raw)
         for fid, rt in resident.items():
             if fid not in out:
                 out[fid] = info_from_checkpoint(rt.cp, True)
@@ -154,6 +151,15 @@ def info_unreadable(fid: str, exc: BaseException) -> FlowInfo:
     so it shows as parked, with the reason, until an operator kills it."""
     return FlowInfo(fid, UNREADABLE_CLASS, FlowStatus.HOSPITALIZED, None, None, False,
                     f"checkpoint cannot be read: {type(exc).__name__}: {exc}")
+
+
+def stored_info(fid: str, raw: bytes) -> FlowInfo:
+    """A stored, non-resident checkpoint's listing entry; a damaged one is listed as
+    parked, with the reason (`info_unreadable`), so an operator sees it and can kill it."""
+    try:
+        return info_from_checkpoint(serialization.loads(raw), False)
+    except Exception as exc:  # noqa: BLE001 - a damaged record: this flow only
+        return info_unreadable(fid, exc)
 
 
 def info_from_result(fid: str, rec: dict) -> FlowInfo:

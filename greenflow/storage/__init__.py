@@ -42,6 +42,11 @@ def is_lmdb(url: str) -> bool:
     return url == "lmdb" or url.startswith("lmdb:")
 
 
+def is_postgres(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
+    return url.startswith(("postgresql://", "postgres://"))
+
+
 def _configured(node_dir: str) -> Optional[str]:
     # Read here rather than through network.node_config (a higher layer): the read-only
     # tools open a directory's store without loading its whole configuration.
@@ -76,7 +81,7 @@ def open_store(node_dir: str, *, url: Optional[str] = None, sync: bool = True,
         from greenflow.storage.lmdb_store import LmdbStore
         return LmdbStore(os.path.join(node_dir, "store"), sync=sync, readonly=readonly,
                          create=create)
-    if chosen.startswith(("postgresql://", "postgres://")):
+    if is_postgres(chosen):
         try:
             module = importlib.import_module("greenflow.storage.postgres_store")
         except ImportError as exc:
