@@ -61,9 +61,16 @@ class Cluster:
     def schema_exists(self) -> bool:
         """Whether the party's schema holds a store (its flows table)."""
         import psycopg
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as c:
-            return c.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
-                             "AND table_name = 'flows'", (self.schema,)).fetchone() is not None
+
+        from greenflow.errors import StoreError
+        from greenflow.storage.postgres_store import redact
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as c:
+                return c.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = "
+                                 "%s AND table_name = 'flows'", (self.schema,)).fetchone() is not None
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot reach the cluster's database at {redact(self.dsn)}: "
+                             f"{str(exc).strip()}") from None
 
     def start_database(self) -> str:
         if self.url is None:
