@@ -6,12 +6,13 @@ import json
 import os
 import signal
 import threading
-from typing import IO, Optional
+from typing import Optional
 
 import click
 
 from greenflow.cli.errors import CliError, NotANodeDirectory, UsageProblem
 from greenflow.storage import is_postgres, store_url
+from greenflow.storage.store_guard import release_lock
 
 DATABASE_FILE = "database"   # DIR/cluster/database: the URL `cluster up` used
 _SECONDS = click.FloatRange(min=0, min_open=True)
@@ -120,7 +121,7 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         raise CliError(str(exc)) from None
     finally:
         cl.stop()
-        held.close()
+        release_lock(held)
     click.echo("stopped")
 
 
@@ -134,28 +135,20 @@ def _split(url: str, source: str) -> tuple[str, Optional[str]]:
         raise UsageProblem(f"{source} is not a PostgreSQL URL ({exc})") from None
 
 
-def _hold(node_dir: str) -> IO[bytes]:
-    """Hold DIR/cluster/up.lock for the life of this `cluster up`: a second one on the
-    same directory is refused (it would reuse this one's database server, and stop it
-    when its own workers fail)."""
-    import fcntl
-    from greenflow.storage.store_guard import open_lock_file
+def _hold(node_dir: str) -> int:
+    """Hold DIR/cluster/up.lock for the life of this `cluster up` (its descriptor, for
+    `release_lock`): a second one on the same directory is refused (it would reuse this
+    one's database server, and stop it when its own workers fail)."""
+    from greenflow.storage.store_guard import take_lock
     os.makedirs(os.path.join(node_dir, "cluster"), exist_ok=True)
-    path = os.path.join(node_dir, "cluster", "up.lock")
     try:
-        fd = open_lock_file(path)
+        fd, holder = take_lock(os.path.join(node_dir, "cluster", "up.lock"))
     except OSError as exc:
         raise CliError(str(exc)) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        other = os.read(fd, 64).decode(errors="replace").strip()
-        os.close(fd)
+    if fd is None:
         raise CliError(f"a cluster of {node_dir} is already up (`greenflow cluster up`, process "
-                       f"{other or '?'}): stop it first") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return os.fdopen(fd, "rb")
+                       f"{holder}): stop it first")
+    return fd
 
 
 @command.command("status")

@@ -23,7 +23,6 @@ was shown to anyone, restart once the cause is fixed.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import inspect
 import logging
 import logging.handlers
@@ -66,26 +65,13 @@ class AlreadyRunning(RuntimeError):
 class _PidLock:
     def __init__(self, base_dir: str) -> None:
         self.path = os.path.join(base_dir, PID_FILE)
-        self.fd = store_guard.open_lock_file(self.path)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 64).decode(errors="replace").strip()
-            os.close(self.fd)
-            raise AlreadyRunning(f"{base_dir} is already served by process {other or '?'}") from None
-        try:
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, str(os.getpid()).encode())
-        except OSError as exc:   # a full disk: name the file, which os.write does not
-            os.close(self.fd)
-            raise OSError(exc.errno, f"cannot write {self.path}: {exc.strerror}") from None
+        fd, holder = store_guard.take_lock(self.path)
+        if fd is None:
+            raise AlreadyRunning(f"{base_dir} is already served by process {holder}")
+        self.fd = fd
 
     def release(self) -> None:
-        try:
-            os.ftruncate(self.fd, 0)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self.fd)
+        store_guard.release_lock(self.fd)
 
 
 def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:

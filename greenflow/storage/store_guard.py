@@ -203,6 +203,35 @@ def open_lock_file(path: str) -> int:
         raise
 
 
+def take_lock(path: str) -> tuple[Optional[int], str]:
+    """``flock`` ``path`` for this process and write its pid there: ``(fd, "")``, or
+    ``(None, holder)`` with the pid another process wrote when that one holds it. The
+    lock lasts until the descriptor is closed (`release_lock`), or the process ends."""
+    fd = open_lock_file(path)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip()
+        os.close(fd)
+        return None, holder or "?"
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as exc:   # a full disk: name the file, which os.write does not
+        os.close(fd)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    return fd, ""
+
+
+def release_lock(fd: int) -> None:
+    """Give up a lock `take_lock` took (its pid is cleared from the file first)."""
+    try:
+        os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 class StoreLock:
     """``flock`` on ``store/greenflow.lock`` and on the data file itself for the life of
     the open store. flock follows the file, not the path, so links to the same directory
@@ -213,16 +242,9 @@ class StoreLock:
         self.store_dir = store_dir
         self.path = os.path.join(store_dir, LOCK_FILE)
         self.data_fd: Optional[int] = None
-        self.fd: Optional[int] = open_lock_file(self.path)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            other = os.read(self.fd, 64).decode(errors="replace").strip()
-            os.close(self.fd)
-            self.fd = None
-            raise self._in_use(f"process {other or '?'} (its lock {self.path} is held)") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, str(os.getpid()).encode())
+        self.fd, holder = take_lock(self.path)
+        if self.fd is None:
+            raise self._in_use(f"process {holder} (its lock {self.path} is held)")
         try:
             self.hold_data()
         except BaseException:
@@ -256,11 +278,7 @@ class StoreLock:
         if self.fd is None:
             return
         fd, self.fd = self.fd, None
-        try:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        release_lock(fd)
 
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
