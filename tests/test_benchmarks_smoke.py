@@ -50,7 +50,7 @@ def test_an_output_place_or_count_no_suite_can_use_is_refused_before_any_runs(tm
                                                                             monkeypatch):
     """--out was only written after a suite had run (an existing file: a traceback and the
     table lost; '' overwrote the checkout's results), and -n 0 or -5 ran with nonsense."""
-    import benchmarks.__main__ as bench
+    import greenflow.benchmarks.__main__ as bench
     monkeypatch.setattr(bench, "_suite_module", lambda name: pytest.fail("a suite ran"))
     taken = tmp_path / "file"
     taken.write_text("x")
