@@ -50,8 +50,10 @@ def test_an_offline_dump_says_what_the_store_holds_and_not_the_running_nodes_mem
     alice, bob = pair(net)
     h = run(net, alice, Inspected(bob.party))
     assert dump_of(alice, "Inspected")["status"] == "SUSPENDED"
-    with pytest.raises(StoreLocked, match=r"open in this process already .*checkpoints_dump\(\)"):
-        read_checkpoints(alice.node.base_dir)
+    from greenflow.storage.lmdb_store import LmdbStore
+    if isinstance(alice.node.store, LmdbStore):   # (one open LMDB environment per process)
+        with pytest.raises(StoreLocked, match=r"open in this process already .*checkpoints_dump\(\)"):
+            read_checkpoints(alice.node.base_dir)
     net.close()
     [entry] = [e for e in read_checkpoints(alice.node.base_dir) if e["flow_id"] == h.id]
     assert (entry["status"], entry["resident"]) == ("SUSPENDED", None)
