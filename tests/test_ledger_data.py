@@ -214,6 +214,31 @@ def test_transaction_id_is_the_same_in_another_process() -> None:
     assert out == str(move(issue()).to_wire_transaction().id)
 
 
+def test_a_pickled_transaction_reads_back_in_a_process_that_never_imported_its_states(
+        tmp_path) -> None:
+    """A flow's result (or field) holding a transaction is pickled in its stored form
+    (the vault's: module names, then the wire encoding), made once per object. It must
+    read back equal, with its signatures, where nothing imported the state's module: an
+    offline dump of a node's results."""
+    stx = move(issue()).sign_with(ALICE_KEY)
+    blob = pickle.dumps({"value": stx})
+    assert stx.__dict__["_stored"] in blob  # the stored form, not a pickle of ~70 objects
+    assert pickle.dumps(stx) == pickle.dumps(stx)  # cached: the same bytes again
+    assert pickle.loads(blob)["value"] == stx
+    (tmp_path / "blob").write_bytes(blob)
+    import greenflow
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(greenflow.__file__)))
+    script = ("import pickle, sys; assert 'test_ledger_data' not in sys.modules; "
+              "stx = pickle.loads(open(sys.argv[1], 'rb').read())['value']; "
+              "stx.verify_signatures(except_keys=stx.tx.required_signers); "
+              "print(type(stx.tx.outputs[0]).__module__, stx.tx.outputs[0].amount, stx.id)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, root]))
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "blob")], cwd=str(tmp_path),
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["test_ledger_data", "10", str(stx.id)]
+
+
 def test_the_builder_refuses_mutable_outputs_and_repeated_inputs() -> None:
     @dataclass
     class Mutable(ContractState):

@@ -61,6 +61,3 @@ class SecureHash:
 
 
 register_wire_type(SecureHash)
-
-
-register_wire_type(SecureHash)

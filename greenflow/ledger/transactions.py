@@ -20,11 +20,12 @@ from functools import cached_property
 from typing import Iterable, TypeVar
 
 from greenflow.party import Party
-from greenflow.wire import canonical_encode, register_wire_type
+from greenflow.wire import canonical_encode, encode, register_wire_type
 from greenflow.ledger.contracts import Command, CommandData
 from greenflow.ledger.crypto import KeyPair, SecureHash, verify
 from greenflow.ledger.errors import SignatureError, TransactionVerificationError
 from greenflow.ledger.states import ContractState, StateAndRef, StateRef
+from greenflow.ledger.stored_form import module_prefix, unpack
 from greenflow.ledger.time_window import TimeWindow
 from greenflow.ledger.transaction_checks import (InputResolver, _key_label, check_wire_shape,
                                                 resolve_refs, run_contracts, signer_names)
@@ -282,6 +283,24 @@ class SignedTransaction:
 
     def _names(self) -> dict[bytes, str]:
         return signer_names(self.wtx)
+
+    def stored_form(self) -> bytes:
+        """How a node keeps this transaction (`greenflow.ledger.stored_form`): made once
+        per object, which is frozen; the vault's recording makes it, and a flow that
+        then returns the transaction stores its result from the same bytes."""
+        known = self.__dict__.get("_stored")
+        if known is None:
+            tx = self.wtx
+            known = module_prefix((*map(type, tx.outputs), None,
+                                   *(type(c.value) for c in tx.commands))) + encode(self)
+            self.__dict__["_stored"] = known
+        return known
+
+    def __reduce__(self) -> tuple:
+        # Pickled as its stored form: a result record or checkpoint holding a transaction
+        # costs one cached bytes object instead of a pickle of its ~70 objects.
+        return unpack, (self.stored_form(),)
+
 
 def _same(a: object, b: object) -> bool:
     """The same objects (not merely equal ones: ``1 == True``, but they hash apart)."""

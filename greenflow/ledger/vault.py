@@ -29,7 +29,6 @@ made a busy node's selection quadratic in the number of concurrent flows).
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import operator
 import struct
@@ -43,6 +42,7 @@ from greenflow.runtime.traps import current_runtime_or_none
 from greenflow.ledger.app_db import AppDb
 from greenflow.ledger.crypto import SecureHash
 from greenflow.ledger.states import ContractState, StateAndRef, StateRef
+from greenflow.ledger.stored_form import module_prefix, unpack
 from greenflow.ledger.transactions import SignedTransaction
 from greenflow.ledger import vault_query as vq
 from greenflow.ledger.vault_indexes import VaultFeeds, VaultIndexes
@@ -76,50 +76,16 @@ def _ref_from_key(key: bytes) -> StateRef:
     return StateRef(SecureHash(bytes(key[:32])), _INDEX.unpack(key[32:36])[0])
 
 
-# Stored values name the modules of the classes inside them, so a node that reopens its
-# vault imports them before decoding (our own records: the modules are trusted, unlike a
-# class name a peer sends, which is never imported).
-def _modules_of(obj: Any) -> set[str]:
-    if isinstance(obj, StateAndRef):
-        return {type(obj.state).__module__}
-    if isinstance(obj, SignedTransaction):
-        tx = obj.tx
-        return ({type(s).__module__ for s in tx.outputs}
-                | {type(c.value).__module__ for c in tx.commands})
-    return set()
-
-
 def _pack(obj: Any) -> bytes:
-    return _module_prefix(obj) + wire.encode(obj)
-
-
-# The prefix per tuple of the classes that decide it (a vault holds few kinds of state
-# and command): worked out once, not once per record.
-_PREFIXES: dict[tuple, bytes] = {}
-
-
-def _module_prefix(obj: Any) -> bytes:
+    """The stored form (`greenflow.ledger.stored_form`) of a transaction or a state."""
+    if isinstance(obj, SignedTransaction):
+        return obj.stored_form()
     if isinstance(obj, StateAndRef):
-        key: tuple = (type(obj.state),)
-    elif isinstance(obj, SignedTransaction):
-        tx = obj.tx
-        key = (*map(type, tx.outputs), None, *(type(c.value) for c in tx.commands))
-    else:
-        key = ()
-    prefix = _PREFIXES.get(key)
-    if prefix is None:
-        modules = ",".join(sorted(m for m in _modules_of(obj) if m != "builtins"))
-        prefix = modules.encode() + b"\0"
-        if len(_PREFIXES) < 10_000:
-            _PREFIXES[key] = prefix
-    return prefix
+        return module_prefix((type(obj.state),)) + wire.encode(obj)
+    return module_prefix(()) + wire.encode(obj)
 
 
-def _unpack(raw: bytes) -> Any:
-    modules, _, body = bytes(raw).partition(b"\0")
-    for name in filter(None, modules.decode().split(",")):
-        importlib.import_module(name)
-    return wire.decode(body)
+_unpack = unpack
 
 
 class Vault:
