@@ -84,6 +84,20 @@ def _callable_name(fn: Callable) -> str:
 _ATOMS = serialization.ATOMS
 
 
+def _plain(value: Any) -> bool:
+    """An atom, or a list or tuple of atoms (a query that found nothing, a list of
+    names): what pickles whatever it holds, so needs no trial pickle."""
+    t = type(value)
+    if t in _ATOMS:
+        return True
+    if t is list or t is tuple:
+        for item in value:
+            if type(item) not in _ATOMS:
+                return False
+        return True
+    return False
+
+
 def _call_checked(fn: Callable, args: tuple) -> tuple:
     try:
         value = fn(*args)
@@ -91,7 +105,7 @@ def _call_checked(fn: Callable, args: tuple) -> tuple:
         out: tuple = (Outcome.EXC, exc)
     else:
         out = (Outcome.OK, value)
-        if type(value) in _ATOMS:   # pickles whatever it is: no trial pickle (most calls)
+        if _plain(value):   # pickles whatever it is: no trial pickle (most calls)
             return out
     refused = unrecordable(fn, out)
     # Journaled as the call's outcome: a flow that catches it and goes on replays the
@@ -104,7 +118,7 @@ def unrecordable(fn: Callable, out: tuple) -> Optional[FlowError]:
     """Why the outcome ``out`` of calling ``fn`` cannot be journaled (it does not pickle),
     or None. The error is journaled in its place and raised in the flow at its call
     (`run_external` checks on the worker thread, rather than failing the flow's commit)."""
-    if out[0] == Outcome.OK and type(out[1]) in _ATOMS:
+    if out[0] == Outcome.OK and _plain(out[1]):
         return None
     try:
         serialization.dumps(out)
