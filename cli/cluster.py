@@ -16,6 +16,7 @@ from greenflow.storage.store_guard import release_lock
 
 DATABASE_FILE = "database"   # DIR/cluster/database: the URL `cluster up` used
 _SECONDS = click.FloatRange(min=0, min_open=True)
+GONE_FOR_GOOD_S = 600.0   # `cluster status` leaves out workers gone longer than this
 
 
 def _database(base_dir: str, database: Optional[str]) -> str:
@@ -58,10 +59,13 @@ def command() -> None:
 @click.option("--new-store", is_flag=True,
               help="Start with an empty store where a cluster of DIR ran before and its "
                    "store is gone (else refused: its flows would be forgotten unseen).")
+@click.option("--restart/--no-restart", default=True, show_default=True,
+              help="Start a worker that exited again (after 1 s, 2 s, 4 s...; not one that "
+                   "exited with status 0, nor one that exited 5 times within 2 minutes).")
 def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew: float,
-       log_level: str, new_store: bool) -> None:
-    """Start PostgreSQL (unless --database) and WORKERS worker processes; stop them all
-    on Ctrl-C, SIGTERM or SIGHUP."""
+       log_level: str, new_store: bool, restart: bool) -> None:
+    """Start PostgreSQL (unless --database) and WORKERS worker processes, start again a
+    worker that exits, and stop them all on Ctrl-C, SIGTERM or SIGHUP."""
     try:
         from greenflow.cluster.launcher import Cluster
     except ImportError as exc:
@@ -102,15 +106,9 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
             click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
         told: set[str] = set()
         while not stop.wait(1.0):
-            dead = [n for n, p in cl.procs.items() if p.poll() is not None]
-            for n in dead:
-                if n not in told:   # said once: the others take its partitions over
-                    told.add(n)
-                    why = cl.last_error(n)
-                    click.echo(f"worker {n} exited with status {cl.procs[n].returncode}"
-                               + (f": {why}" if why else "") + "; the other workers take its "
-                               f"partitions over (see {cl.node_dir}/cluster/{n}.log)", err=True)
-            if dead and len(dead) == len(cl.procs):
+            for line in cl.tend(restart):
+                click.echo(line, err=True)
+            if len(cl.given_up) == len(cl.procs):
                 raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
             if cl.pg is not None and not cl.pg.reused and "postgres" not in told \
                     and not cl.pg.running():
@@ -156,8 +154,12 @@ def _hold(node_dir: str) -> int:
 @click.option("--database", default=None, help="postgresql://... (default: what `cluster up` used)")
 @click.option("--lease", default=5.0, show_default=True, type=_SECONDS,
               help="The lease time the workers use (a worker is live within it).")
-@click.option("--json", "as_json", is_flag=True)
-def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Everything, every worker row included.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also list workers gone for more than 10 minutes (e.g. of an earlier run "
+                   "with more workers).")
+def status(base_dir: str, database: Optional[str], lease: float, as_json: bool,
+           show_all: bool) -> None:
     """Workers, the partitions each holds, leases and lag (frames waiting)."""
     import psycopg
     from greenflow.cluster.handoff import pending
@@ -197,11 +199,18 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool) 
         return
     click.echo(f"schema {schema}: {doc['partitions']['held']}/{doc['partitions']['total']} "
                f"partitions held, highest epoch {doc['partitions']['max_epoch']}")
+    old = [w["name"] for w in doc["workers"]
+           if not show_all and not w["live"] and w["heartbeat_age"] > GONE_FOR_GOOD_S]
     for w in doc["workers"]:
+        if w["name"] in old:
+            continue
         state = "live" if w["live"] else "gone"
         click.echo(f"  {w['name']:<10} {state:<5} pid {w['pid']} on {w['host']}  "
                    f"partitions {w['partitions']:>3} (serving {w['serving']})  "
                    f"heartbeat {w['heartbeat_age']:.1f}s ago  rpc {w['rpc'] or '-'}")
+    if old:
+        click.echo(f"  ({len(old)} gone for more than {GONE_FOR_GOOD_S // 60:.0f} minutes not "
+                   f"listed: {', '.join(old)}; --all lists them)")
     lag = doc["lag"]
     click.echo(f"lag: {lag['handoff_rows']} frames being handed over, {lag['inbox_rows']} in "
                f"inboxes, {lag['outbox_rows']} unacknowledged outbound, "

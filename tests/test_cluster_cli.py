@@ -84,6 +84,18 @@ def test_cluster_up_status_and_flow_list_show_the_workers(root):
         assert [mine[i]["worker"] for i in ids] == ["w1", "w2"], mine
         text = gf("cluster", "status", "--dir", alice, "--lease", "3").stdout
         assert "w1" in text and "w2" in text and "256/256 partitions held" in text
+        # The row of a worker of an earlier run with more workers, gone an hour ago, is
+        # summed up rather than listed for ever (the JSON and --all keep it).
+        import psycopg
+        from greenflow.storage.postgres_store import schema_for, split_url
+        with open(os.path.join(alice, "cluster", "database"), encoding="utf-8") as fh:
+            dsn = split_url(fh.read().strip())[0]
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'INSERT INTO "{schema_for(alice)}".workers (name, host, pid, heartbeat_at, '
+                      "stopped) VALUES ('w9', 'elsewhere', 1, now() - interval '1 hour', true)")
+        text = gf("cluster", "status", "--dir", alice, "--lease", "3").stdout
+        assert " w9 " not in text and "1 gone for more than 10 minutes not listed: w9" in text, text
+        assert " w9 " in gf("cluster", "status", "--dir", alice, "--lease", "3", "--all").stdout
     finally:
         up.send_signal(signal.SIGTERM)
         out, _ = up.communicate(timeout=60)
@@ -228,3 +240,91 @@ def test_cluster_up_guards_its_database_and_stops_everything_when_its_terminal_c
         fh.write("garbage\n")   # a damaged record of what `cluster up` used
     r = gf("cluster", "status", "--dir", alice, check=False)
     assert r.returncode == 1 and "does not hold a PostgreSQL URL" in r.stderr, r.stderr
+
+
+def test_cluster_up_starts_a_worker_that_died_again_and_leaves_one_stopped_on_purpose(root):
+    """A worker killed under `cluster up` stayed dead (its partitions went to the others,
+    and with one worker the party stopped serving). Now it is started again under its
+    name and takes the partitions back; one stopped on purpose (status 0) is left
+    stopped, and with none left `cluster up` says so and exits."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    alice = str(root / "Alice")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
+                           alice, "--workers", "1", "--lease", "2", "--renew", "0.5"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          start_new_session=True)
+    lines: list[str] = []
+
+    def until(text: str) -> str:
+        while True:
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if text in line:
+                return line
+
+    def live_worker(other_than: int = 0, timeout: float = 60) -> dict:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            st = json.loads(gf("cluster", "status", "--dir", alice, "--json", "--lease", "2").stdout)
+            ws = [w for w in st["workers"] if w["live"] and w["pid"] != other_than
+                  and w["partitions"] == st["partitions"]["total"]]
+            if ws:
+                return ws[0]
+            time.sleep(0.3)
+        raise AssertionError(f"no worker took every partition: {st}")
+
+    try:
+        until("  w1: rpc")
+        first = live_worker()
+        os.kill(first["pid"], signal.SIGKILL)
+        said = until("worker w1 exited")
+        assert "status -9" in said and "starting it again in 1s" in said, said
+        assert f"started again (process" in until("worker w1 started again")
+        second = live_worker(other_than=first["pid"])
+        assert second["name"] == "w1"
+        os.kill(second["pid"], signal.SIGTERM)   # stopped on purpose: exits 0
+        said = until("worker w1 exited")
+        assert "status 0" in said and "not started again; stopped on purpose" in said, said
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.communicate(timeout=60)
+    assert up.returncode == 1 and "every worker exited" in out, "".join(lines) + out
+
+
+def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypatch):
+    """Each exit doubles the pause before the next start; the fifth exit within the
+    window leaves the worker stopped, saying why (a worker that fails at once, as on a
+    bad setting, is not started for ever)."""
+    from greenflow.cluster import launcher
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    cl = launcher.Cluster(str(root / "Alice"), workers=1)
+    starts = []
+
+    def failing_start(name):
+        starts.append(name)
+        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+        p.wait()
+        cl.procs[name] = p
+        return p
+
+    monkeypatch.setattr(cl, "start_worker", failing_start)
+    clock = [1000.0]
+    monkeypatch.setattr(launcher.time, "monotonic", lambda: clock[0])
+    failing_start("w1")
+    pauses = []
+    for _ in range(40):
+        for line in cl.tend():
+            if "starting it again in" in line:
+                pauses.append(line.split("starting it again in ")[1].split("s ")[0])
+            if "not started again" in line:
+                assert "status 3" in line and "exited 5 times within 120s" in line, line
+        clock[0] += 1.0
+        if cl.given_up:
+            break
+    assert cl.given_up == {"w1"} and pauses == ["1", "2", "4", "8"] and len(starts) == 5
+    assert cl.tend() == []   # said once

@@ -18,6 +18,10 @@ from greenflow.network.node_config import NodeConfig
 from greenflow.storage.partitions import PARTITIONS
 
 PG_DIR = "postgres"
+#: `Cluster.tend` stops restarting a worker that exited this many times within
+#: `RESTART_WINDOW_S` (it fails at its start: a setting, the database, a disk).
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 120.0
 
 
 class Cluster:
@@ -51,6 +55,9 @@ class Cluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.rpc: dict[str, str] = {}
         self._log_start: dict[str, tuple[int, int]] = {}   # where each worker's run begins
+        self._exits: dict[str, list[float]] = {}   # when each worker exited (monotonic)
+        self._due: dict[str, float] = {}           # worker -> when `tend` starts it again
+        self.given_up: set[str] = set()            # exited, and left stopped
 
     @property
     def dsn(self) -> str:
@@ -109,6 +116,44 @@ class Cluster:
         out.close()
         self.procs[name] = p
         return p
+
+    def tend(self, restart: bool = True) -> list[str]:
+        """Look after the workers once (``cluster up`` does every second): a worker that
+        exited is started again under its name after a pause that doubles with each recent
+        exit (1 s, 2 s, ...), and takes its share of the partitions back as the workers
+        rebalance; meanwhile the others hold them. One that exited with status 0 (stopped
+        on purpose), or `RESTART_LIMIT` times within `RESTART_WINDOW_S`, is left stopped.
+        Returns what to tell the operator."""
+        said: list[str] = []
+        now = time.monotonic()
+        for name, p in self.procs.items():
+            if name in self.given_up:
+                continue
+            due = self._due.get(name)
+            if due is not None:
+                if now >= due:
+                    del self._due[name]
+                    said.append(f"worker {name} started again (process {self.start_worker(name).pid})")
+                continue
+            if p.poll() is None:
+                continue
+            why = self.last_error(name)
+            told = (f"worker {name} exited with status {p.returncode}" + (f": {why}" if why else "")
+                    + f" (see {self._file(name, 'log')})")
+            exits = [t for t in self._exits.get(name, ()) if now - t < RESTART_WINDOW_S] + [now]
+            self._exits[name] = exits
+            if not restart or p.returncode == 0 or len(exits) >= RESTART_LIMIT:
+                self.given_up.add(name)
+                reason = ("" if not restart else "; stopped on purpose" if p.returncode == 0
+                          else f"; it exited {len(exits)} times within {RESTART_WINDOW_S:.0f}s")
+                said.append(f"{told}; not started again{reason}: the other workers take its "
+                            "partitions over")
+            else:
+                pause = float(2 ** (len(exits) - 1))
+                self._due[name] = now + pause
+                said.append(f"{told}; starting it again in {pause:.0f}s (the other workers "
+                            "hold its partitions meanwhile)")
+        return said
 
     def _file(self, name: str, ext: str) -> str:
         return os.path.join(cluster_dir(self.node_dir), f"{name}.{ext}")
