@@ -95,6 +95,24 @@ def data_directory(data_dir: Optional[str]) -> Iterator[str]:
         yield tmp
 
 
+@contextlib.contextmanager
+def _store_hint(directory: str) -> Iterator[None]:
+    """A damaged or missing store of a node of the run, with the advice `greenflow run`
+    can follow (a node's says --new-store, an option of `node start` only)."""
+    from greenflow.errors import StoreCorrupt, StoreMissing
+    from greenflow.storage.store_guard import MISSING_HINT, RESTORE_HINT
+    try:
+        yield
+    except (StoreCorrupt, StoreMissing) as exc:
+        text = exception_text(exc, MAX_ERROR_TEXT)
+        for hint in (RESTORE_HINT, MISSING_HINT):
+            text = text.replace(hint, "")
+        raise FlowFailed(
+            f"{text.rstrip('; :')}: restore {directory} from a backup, or run in another "
+            f"--data-dir (or remove {directory}: what its earlier runs left is then "
+            "forgotten)") from None
+
+
 # ------------------------------------------------------------------------------ samples
 
 def _import_sample(name: str) -> Any:
@@ -119,7 +137,7 @@ def _import_sample(name: str) -> Any:
 
 def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optional[str],
                 show_help: bool) -> None:
-    from greenflow.errors import FlowError
+    from greenflow.errors import FlowError, StoreCorrupt, StoreMissing
 
     module = _import_sample(name)
     entry = getattr(module, "run_sample", None)
@@ -139,11 +157,13 @@ def _run_sample(ctx: click.Context, name: str, extra: list[str], data_dir: Optio
         with sample_cmd.make_context(f"{ctx.command_path} sample.{name}", args,
                                      help_option_names=ctx.help_option_names) as sub:
             options = dict(sub.params)
-    with data_directory(data_dir) as directory:
+    with data_directory(data_dir) as directory, _store_hint(directory):
         try:
             code = entry(directory, **options)
         except SystemExit as exc:
             code = exc.code
+        except (StoreCorrupt, StoreMissing):
+            raise   # told by `_store_hint`, with what to do about it here
         except FlowError as exc:  # anything else is a bug and keeps its traceback
             raise FlowFailed(f"sample.{name} failed: {type(exc).__name__}: "
                              f"{exception_text(exc, MAX_ERROR_TEXT)}") from exc
@@ -183,7 +203,8 @@ def _run_flow(ctx: click.Context, target: str, assignments: tuple[str, ...],
 
     from greenflow.testing import MockNetwork
 
-    with data_directory(data_dir) as directory, MockNetwork(directory) as net:
+    with data_directory(data_dir) as directory, _store_hint(directory), \
+            MockNetwork(directory) as net:
         alice = net.create_node(STARTER)
 
         def party_for(name: str) -> Any:

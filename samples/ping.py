@@ -38,9 +38,13 @@ class Pong(FlowLogic):
             self.session.send(self.session.receive(int) + 1)
 
 
+MAX_N = 100_000
+
 SAMPLE_OPTIONS = [
-    click.Option(["-n"], type=click.IntRange(min=0), default=3, show_default=True,
-                 help="How many numbers Alice sends Bob."),
+    # Bounded: one flow's journal holds every exchange until it ends (a demo of a billion
+    # round trips would only fill memory).
+    click.Option(["-n"], type=click.IntRange(min=0, max=MAX_N), default=3, show_default=True,
+                 help=f"How many numbers Alice sends Bob (at most {MAX_N:,})."),
 ]
 
 

@@ -133,6 +133,8 @@ def test_sample_options_are_parsed_with_the_samples_own_declarations():
     result = run("run", "sample.ping", "--bogus")
     assert result.exit_code == 2
     assert "No such option" in result.output and "--bogus" in result.output
+    result = run("run", "sample.ping", "-n", "1000000000")   # would fill memory, not finish
+    assert result.exit_code == 2 and "0<=x<=100000" in result.output, result.output
 
 
 def test_sample_help_shows_its_options():
@@ -312,6 +314,19 @@ def test_a_sample_run_again_on_an_interrupted_runs_directory_says_it_resumes_its
     assert result.exit_code == 0, result.output
     assert f"resuming 1 unfinished flow(s) of an earlier run in {tmp_path} first" in result.output
     assert result.output.strip().endswith("6")
+
+
+@pytest.mark.parametrize("args", [["sample.ping"],
+                                  ["greenflow.samples.ping:Ping", "--arg", "peer=Bob"]])
+def test_a_damaged_store_of_a_run_is_reported_with_what_a_run_can_do(tmp_path, args):
+    """The advice was a node's (`--new-store`), an option `greenflow run` does not have."""
+    assert run("run", "sample.ping", "--data-dir", str(tmp_path)).exit_code == 0
+    with open(tmp_path / "Alice" / "store" / "data.mdb", "r+b") as fh:
+        fh.write(b"\xff" * 8192)   # both meta pages overwritten
+    result = run("run", *args, "--data-dir", str(tmp_path))
+    assert result.exit_code == 1, result.output
+    assert "is not an LMDB store file" in result.output and "--new-store" not in result.output
+    assert f"restore {tmp_path} from a backup, or run in another --data-dir" in result.output
 
 
 def test_non_startable_flow_is_refused_with_the_not_startable_message():

@@ -66,12 +66,14 @@ def present(store_dir: str) -> bool:
         return False
 
 
+MISSING_HINT = ("restore the store directory from a backup, or, to start with an empty store "
+                "and forget everything this node committed, start with --new-store")
+
+
 def missing(store_dir: str) -> "StoreMissing":
     return StoreMissing(
         f"the node store {data_path(store_dir)} is missing or empty. This node directory "
-        "was initialised, so its flows, results and outbox were in it: restore the store "
-        "directory from a backup, or, to start with an empty store and forget everything "
-        "this node committed, start with --new-store")
+        f"was initialised, so its flows, results and outbox were in it: {MISSING_HINT}")
 
 
 def _read_meta(raw: bytes, offset: int) -> Optional[tuple[int, int, int]]:
