@@ -58,7 +58,7 @@ class rpc_errors:  # noqa: N801 - used as a context manager
 
         if not isinstance(exc, RpcClientError):
             return False
-        if exc.type == "NoCredentials":   # the command line lacks them: not the node
+        if exc.type in ("NoCredentials", "NoAddress"):   # the command line lacks them: not the node
             raise UsageProblem(exc.message) from None
         if exc.status == 0:
             raise CliError(f"{exc.message}{_not_running_hint(self.node)}") from None

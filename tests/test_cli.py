@@ -454,3 +454,15 @@ def test_an_unreachable_clustered_party_is_pointed_at_its_workers_not_at_node_st
     (tmp_path / "cluster" / "database").write_text("postgresql://x/y\n")
     hint = _not_running_hint(str(tmp_path))
     assert f"greenflow cluster status --dir {tmp_path}" in hint and "node start" not in hint
+
+
+def test_a_node_whose_rpc_port_is_any_free_port_is_not_looked_for_at_port_0(tmp_path):
+    """`--node DIR` connected to port 0 and said 'is it running?' of a running node."""
+    d = str(tmp_path / "Carol")
+    assert run("node", "init", "--dir", d, "--name", "Carol", "--p2p-address", "127.0.0.1:0",
+               "--rpc-address", "127.0.0.1:0").exit_code == 0
+    result = run("flow", "list", "--node", d)
+    assert result.exit_code == 2, result.output
+    assert "rpc_address port 0 (any free port)" in result.output
+    assert "reach it with --node http://HOST:PORT" in result.output
+    assert "is it running" not in result.output

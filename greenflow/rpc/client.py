@@ -58,6 +58,12 @@ class RpcClient:
             from greenflow.network.network_map import format_address
             from greenflow.network.node_config import NodeConfig, read_credentials
             cfg = NodeConfig.load(node)
+            if cfg.rpc_address[1] == 0:   # the node takes any free port: known to it alone
+                raise RpcClientError(
+                    0, "NoAddress", f"{os.path.join(node, 'node.toml')} gives rpc_address port "
+                    f"0 (any free port), so the port the node took is in its log only "
+                    f"({os.path.join(node, 'node.log')}: '... is up: p2p ..., rpc HOST:PORT'): reach it with --node "
+                    "http://HOST:PORT, or give rpc_address a fixed port")
             url = "http://" + format_address(cfg.rpc_address)
             if username is None or password is None:
                 cred = read_credentials(node)
