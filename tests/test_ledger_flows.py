@@ -86,6 +86,23 @@ def test_the_notary_refuses_a_transaction_missing_a_signature(tn):
     assert tn.notary.services.notary_service.notarised == 0
 
 
+def test_a_missing_signer_that_owns_no_output_is_named_by_the_node_that_checks(tn):
+    """A required signer who is no participant of any output was named by a key prefix
+    alone; the node knows the party (its network), so the error names it."""
+    [paper] = prepare_trades(tn, 1)
+    builder = TransactionBuilder(tn.notary.party, salt=b"\x02" * 32)
+    builder.add_input_state(paper)
+    builder.add_output_state(paper.state)
+    builder.add_command(PaperMove(), tn.seller.party, tn.buyer.party)
+    stx = sign(tn.seller, builder.to_wire_transaction())
+    notary = [tn.notary.party.owning_key]
+    buyer_key = tn.buyer.party.owning_key.hex()[:16]
+    with pytest.raises(SignatureError, match=f"missing signatures from {buyer_key}"):
+        stx.verify_signatures(notary)   # the transaction alone does not say whose key it is
+    with pytest.raises(SignatureError, match=rf"missing signatures from Buyer \({buyer_key}"):
+        tn.seller.services.verifier.check_signatures(stx, except_keys=notary)
+
+
 def test_finality_refuses_a_transaction_missing_a_signature_before_asking_anyone(tn):
     [paper] = prepare_trades(tn, 1)
     [coin] = tn.buyer.services.vault.query(Cash)

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Iterable, TypeVar
+from typing import Iterable, Mapping, TypeVar
 
 from greenflow.party import Party
 from greenflow.wire import canonical_encode, encode, register_wire_type
@@ -258,22 +258,25 @@ class SignedTransaction:
             raise SignatureError(f"malformed signatures on transaction {self.id}")
         self.__dict__["_shape_ok"] = True
 
-    def verify_signatures(self, except_keys: Iterable[bytes] = ()) -> None:
+    def verify_signatures(self, except_keys: Iterable[bytes] = (), *,
+                          names: Mapping[bytes, str] | None = None) -> None:
         """Every signature must verify over this transaction's id, and every required
         signer but ``except_keys`` (typically the notary's, before notarisation) must have
-        signed; `SignatureError` names the key and the transaction otherwise."""
+        signed; `SignatureError` names the key and the transaction otherwise (and the
+        party, as far as the transaction's states or ``names``, key -> party name, say:
+        a node passes the parties it knows)."""
         self.check_shape()
         message = _signable(self.id)
         for sig in self.sigs:
             if not verify(sig.public_key, message, sig.signature):
                 raise SignatureError(
-                    f"the signature by {_key_label(sig.public_key, self._names())} does not verify "
+                    f"the signature by {_key_label(sig.public_key, self._names(names))} does not verify "
                     f"over transaction {self.id}: the transaction was changed after it was signed, "
                     "or the signature was not made with that key")
         missing = self.missing_signers(except_keys)
         if missing:
-            names = self._names()
-            who = ", ".join(sorted(_key_label(k, names) for k in missing))
+            known = self._names(names)
+            who = ", ".join(sorted(_key_label(k, known) for k in missing))
             raise SignatureError(f"transaction {self.id} is missing signatures from {who}")
 
     def verify(self, resolve_input: InputResolver, except_keys: Iterable[bytes] = ()) -> LedgerTransaction:
@@ -281,8 +284,9 @@ class SignedTransaction:
         self.verify_signatures(except_keys)
         return self.wtx.verify(resolve_input)
 
-    def _names(self) -> dict[bytes, str]:
-        return signer_names(self.wtx)
+    def _names(self, extra: Mapping[bytes, str] | None = None) -> dict[bytes, str]:
+        found = signer_names(self.wtx)
+        return found if not extra else {**extra, **found}
 
     def stored_form(self) -> bytes:
         """How a node keeps this transaction (`greenflow.ledger.stored_form`): made once

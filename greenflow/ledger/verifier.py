@@ -124,7 +124,9 @@ class TransactionVerifier:
         fresh = [s for s in stx.sigs if (s.public_key, tid, s.signature) not in good]
         exempt = frozenset(except_keys) if check_sufficient else stx.tx.required_signers
         if any(not s.is_valid_for(stx.id) for s in fresh) or stx.missing_signers(exempt):
-            stx.verify_signatures(exempt)  # raises, naming the bad or missing signer
+            # Raises, naming the bad or missing signer: by the parties this node knows too
+            # (a required signer need not be a participant of any output).
+            stx.verify_signatures(exempt, names=self._party_names())
         for s in fresh:
             self.remember(s, stx.id)
 
@@ -145,6 +147,13 @@ class TransactionVerifier:
         self._good[(signature.public_key, tx_id.value, signature.signature)] = None
         if len(self._good) > SIGNATURE_CACHE:
             self._good.popitem(last=False)
+
+    def _party_names(self) -> dict[bytes, str]:
+        try:
+            parties = self._node.services.identity_service.all_parties()
+        except Exception:  # noqa: BLE001 - only to name keys in an error being raised
+            return {}
+        return {p.owning_key: p.name for p in parties}
 
     def _lookup(self, extra: Optional[Mapping[SecureHash, SignedTransaction]]) -> Any:
         vault = self._node.services.vault
