@@ -1,6 +1,8 @@
 """Operations: the flow hospital, code upgrades, draining, hibernation and retention."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import opsflows
@@ -124,6 +126,30 @@ def test_a_field_added_to_init_parks_the_flows_started_before_until_code_that_ru
         assert alice.node.retry_flow(h.id)
         ops_net.run_network()
         assert alice.node.handle(h.id).result() == "10/t"
+    finally:
+        del Tagged.tag
+
+
+def test_the_replay_check_says_a_flow_missing_a_field_added_to_init_will_park(ops_net):
+    """`greenflow replay` said such a flow replays: it does, up to its journal's end, and
+    then parks where its code reads the field."""
+    from opsflows import Tagged
+
+    from greenflow.testing import replay_node
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["old_init"] = True
+    h = alice.start_flow(Tagged(bob.party))
+    ops_net.run_network(max_messages=1)          # waiting for Bob's answer
+    ops_net.close()
+    KNOBS["old_init"] = False                    # deploy: __init__ now sets tag
+    report = replay_node(os.path.join(ops_net.base_dir, "Alice"), ["opsflows"])
+    [flow] = [f for f in report.flows if f.flow_id == h.id]
+    assert not report.ok and not flow.ok and flow.outcome == "will park", report.text()
+    assert "Tagged.__init__ takes 'tag', which this flow object lacks" in flow.detail
+    assert "give tag a class-level default" in flow.detail
+    Tagged.tag = "t"                             # the fix the message names
+    try:
+        assert replay_node(os.path.join(ops_net.base_dir, "Alice"), ["opsflows"]).ok
     finally:
         del Tagged.tag
 

@@ -13,6 +13,7 @@ effect or service runs, and the store, opened read-only, is not written.
 """
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -31,7 +32,7 @@ from greenflow.storage import open_store
 from greenflow.storage.interface import Batch, FlowStore
 from greenflow.runtime.traps import Unwind, asked, ended_with
 
-REPLAYS, DIVERGES, CANNOT = "replays", "diverges", "cannot replay"
+REPLAYS, DIVERGES, CANNOT, PARKS = "replays", "diverges", "cannot replay", "will park"
 
 __all__ = ["FlowReplay", "ReplayReport", "replay_node"]
 
@@ -221,6 +222,14 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
             what = journal[-1].describe()   # its pending request, reached
         else:
             what = "the end of its journal" if res[0] == Ended.UNWOUND else "its end"
+        missing = fields_missing(logic)
+        if missing:
+            name = missing[0]
+            return FlowReplay(fid, cp.flow_class, PARKS, (
+                f"replays up to '{what}', but {type(logic).__qualname__}.__init__ takes "
+                f"{name!r}, which this flow object lacks (its __init__ ran under the code it "
+                f"started with) and the code reads: it parks there; give {name} a class-level "
+                f"default{changed}"), status)
         return FlowReplay(fid, cp.flow_class, REPLAYS,
                           f"up to '{what}'{changed}{note}", status)
     if res[0] == Ended.DIVERGED or rt.diverged is not None:
@@ -229,6 +238,38 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
     exc = res[1] if len(res) > 1 else None
     return FlowReplay(fid, cp.flow_class, CANNOT,
                       f"replay failed: {type(exc).__name__}: {exc}{changed}", status)
+
+
+def fields_missing(logic: Any) -> list[str]:
+    """Parameters of the flow class's ``__init__`` that the restored flow object lacks
+    (no attribute, no class-level default) and that a method of the class reads by name:
+    fields added since the flow started, which a node parks the flow on when its code
+    reads them."""
+    cls = type(logic)
+    try:
+        params = [n for n, p in inspect.signature(cls.__init__).parameters.items()
+                  if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    except (TypeError, ValueError):
+        return []
+    have = getattr(logic, "__dict__", {})
+    missing = [n for n in params if n not in have and not hasattr(cls, n)]
+    if not missing:
+        return []
+    read: set[str] = set()
+    for klass in cls.__mro__:
+        for attr, fn in vars(klass).items():
+            code = getattr(fn, "__code__", None)
+            if attr != "__init__" and code is not None:
+                read |= _names_read(code)
+    return [n for n in missing if n in read]
+
+
+def _names_read(code: Any) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):   # a nested function, lambda or comprehension
+            names |= _names_read(const)
+    return names
 
 
 def _unwind(rt: FlowRuntime) -> None:
