@@ -96,7 +96,8 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         cl.start()
         # Only a database the workers came up on is remembered for `cluster status`; it may
         # hold a password: readable by its owner only.
-        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        from greenflow.storage.plain_files import REPLACE, open_plain
+        fd = open_plain(record, REPLACE, 0o600)
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(url + "\n")

@@ -237,21 +237,39 @@ def _other_ports(d: str) -> None:
         fh.write(text)
 
 
-@pytest.mark.parametrize("lock", ["node.pid", "store/greenflow.lock"])
-def test_a_lock_file_that_is_a_symbolic_link_is_refused_and_its_target_kept(stopped, tmp_path, lock):
-    """The lock was opened through the link and truncated: the file it pointed at was
-    emptied (any file, for a node run as root)."""
+@pytest.mark.parametrize("name", ["node.pid", "store/greenflow.lock", "store/lock.mdb",
+                                  "store/data.mdb", "node.log"])
+def test_a_file_the_node_writes_that_is_a_symbolic_link_is_refused_and_its_target_kept(
+        stopped, tmp_path, name):
+    """Each was opened through the link: a lock file truncated whatever it pointed at, and
+    LMDB made the target of a linked lock.mdb its reader table (/etc/passwd, as root)."""
     d, fid = stopped
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
-    path = os.path.join(d, lock)
+    path = os.path.join(d, name)
     if os.path.exists(path):
-        os.remove(path)
+        os.remove(path)   # (a linked data.mdb: the store, now without its data)
     os.symlink(victim, path)
     out = run_node(d)
     assert out.returncode != 0
-    assert f"{path} is a symbolic link: a lock file is a plain file" in out.stderr
+    assert f"{path}: it is a symbolic link (a node writes its files only as plain files" \
+        in out.stderr, out.stderr
     assert victim.read_text() == "precious\n"
+
+
+def test_lmdb_files_that_are_not_plain_files_are_named_not_called_damaged(stopped):
+    """A directory in place of lock.mdb made the store 'damaged' (advice: throw it away)."""
+    d, fid = stopped
+    path = os.path.join(d, "store", "lock.mdb")
+    if os.path.exists(path):
+        os.remove(path)
+    os.mkdir(path)
+    out = run_node(d)
+    assert out.returncode != 0
+    assert f"{path}: it is not a plain file" in out.stderr and "damaged" not in out.stderr, out.stderr
+    os.rmdir(path)
+    with running(d) as (proc, client):
+        assert any(f["id"] == fid for f in client.flows())
 
 
 def test_a_second_directory_linking_to_the_store_is_refused(stopped, tmp_path):
@@ -338,3 +356,17 @@ def test_a_full_disk_is_named_disk_full_and_ends_the_process_non_zero(stopped, t
         assert "disk full" in text, text[-3000:]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_the_draining_mark_is_not_written_through_a_symbolic_link(tmp_path, caplog):
+    from greenflow.testing import MockNetwork
+    net = MockNetwork(str(tmp_path / "net"))
+    alice = net.create_node("Alice")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, os.path.join(alice.node.base_dir, "draining"))
+    alice.node.set_draining(True)
+    assert alice.node.draining   # drains all the same; the mark could not be kept
+    assert victim.read_text() == "precious\n"
+    assert "it is a symbolic link" in caplog.text
+    net.close()

@@ -16,6 +16,7 @@ from greenflow.cluster.process import DATABASE_ENV, cluster_dir, postgres_url
 from greenflow.network.network_map import format_address
 from greenflow.network.node_config import NodeConfig
 from greenflow.storage.partitions import PARTITIONS
+from greenflow.storage.plain_files import open_plain_file
 
 PG_DIR = "postgres"
 #: `Cluster.tend` stops restarting a worker that exited this many times within
@@ -108,7 +109,7 @@ class Cluster:
                "--lease", str(self.lease_s), "--renew", str(self.renew_s),
                "--log-level", self.log_level]
         self._log_start[name] = tuple(_size(self._file(name, ext)) for ext in ("log", "out"))
-        out = open(self._file(name, "out"), "ab")
+        out = open_plain_file(self._file(name, "out"), "ab")
         env = dict(os.environ if self.env is None else self.env)
         env[DATABASE_ENV] = self.url or ""   # not in argv, which `ps` shows anyone
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

@@ -184,7 +184,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(d, exist_ok=True)
     logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.INFO))
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    fh = logging.FileHandler(os.path.join(d, f"{args.name}.log"), encoding="utf-8")
+    from greenflow.storage.plain_files import PlainFileHandler
+    try:
+        fh = PlainFileHandler(os.path.join(d, f"{args.name}.log"), encoding="utf-8")
+    except OSError as exc:
+        print(f"worker {args.name}: cannot write its log: {exc}", file=sys.stderr)
+        return 1
     fh.setFormatter(fmt)
     logging.getLogger().addHandler(fh)
     rpc_addr = None

@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 
 from greenflow.errors import FlowError
 from greenflow.party import MAX_NAME_BYTES, Party, name_fits
+from greenflow.storage.plain_files import open_plain_file
 
 MAP_FILE = "network-map.json"
 FORMAT_VERSION = 1
@@ -129,7 +130,7 @@ class NetworkMap:
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open_plain_file(tmp, "w", encoding="utf-8") as fh:
             json.dump(self.to_json(), fh, indent=2)
             fh.write("\n")
         os.replace(tmp, path)

@@ -59,6 +59,7 @@ import nacl.pwhash
 
 from greenflow.runtime.flow_types import MAX_DURATION
 from greenflow.storage import is_postgres
+from greenflow.storage.plain_files import open_plain_file
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS
 from greenflow.network.network_map import MAP_FILE, NetworkMapError, format_address, parse_address
 
@@ -326,7 +327,7 @@ class NodeConfig:
     def save(self) -> None:
         path = os.path.join(self.base_dir, CONFIG_FILE)
         tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open_plain_file(tmp, "w", encoding="utf-8") as fh:
             fh.write(self.to_toml())
         os.replace(tmp, path)
 
@@ -343,8 +344,7 @@ def new_password() -> str:
 
 def write_credentials(base_dir: str, username: str, password: str) -> str:
     path = os.path.join(base_dir, CREDENTIALS_FILE)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with open_plain_file(path, "w", 0o600, encoding="utf-8") as fh:
         json.dump({"username": username, "password": password}, fh)
         fh.write("\n")
     return path

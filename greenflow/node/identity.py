@@ -19,6 +19,7 @@ from greenflow.errors import FlowError
 from greenflow.keys import KeyFileError, KeyPair, load_keypair, load_or_create_keypair
 from greenflow.party import Party
 from greenflow.storage import store_guard
+from greenflow.storage.plain_files import open_plain_file
 
 KEY_FILE = "identity.key"
 NAME_FILE = "identity.name"
@@ -132,6 +133,6 @@ def _check_name(base_dir: str, name: str) -> None:
 
 def _write_name(base_dir: str, name: str) -> None:
     name_path = os.path.join(base_dir, NAME_FILE)
-    if not os.path.exists(name_path):
-        with open(name_path, "w", encoding="utf-8") as fh:
+    if not os.path.lexists(name_path):
+        with open_plain_file(name_path, "x", encoding="utf-8") as fh:
             fh.write(name + "\n")

@@ -35,6 +35,7 @@ from greenflow.statemachine import stacks
 from greenflow.statemachine.scheduler import Scheduler
 from greenflow.node.services import ServiceHub
 from greenflow.storage import open_store
+from greenflow.storage.plain_files import open_plain_file
 from greenflow.storage.interface import FlowStore
 
 # Names other modules (and pickles: FlowInfo) reach through this module.
@@ -80,13 +81,13 @@ def _mark_draining(base_dir: str, on: bool) -> None:
     path = os.path.join(base_dir, DRAINING_FILE)
     try:
         if on:
-            with open(path, "w", encoding="utf-8") as fh:
+            with open_plain_file(path, "w", encoding="utf-8") as fh:
                 fh.write("draining: no new flows or inbound sessions until `drain off`\n")
         elif os.path.exists(path):
             os.remove(path)
     except OSError as exc:   # drains all the same; a restart would not know it
         log.warning("cannot %s %s: %s; a restart would not keep the node draining",
-                    "write" if on else "remove", path, exc.strerror)
+                    "write" if on else "remove", path, exc.strerror or exc)
 
 
 class Node:

@@ -36,6 +36,7 @@ from typing import Any, Optional
 import lmdb
 
 from greenflow.storage import is_lmdb, open_store, store_guard, store_url
+from greenflow.storage.plain_files import PlainOpen
 from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
 from greenflow.node.identity import KEY_FILE, NodeIdentity, key_path
 from greenflow.network.network_map import NetworkMap, format_address
@@ -92,7 +93,7 @@ def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:
     return max_bytes, backups
 
 
-class _LogFile(logging.handlers.RotatingFileHandler):
+class _LogFile(PlainOpen, logging.handlers.RotatingFileHandler):
     """``node.log``. A line it cannot write (a full disk) is said once, in one line naming
     the file, instead of logging's traceback on stderr, which would bury the node's own
     message; every line still goes to stderr."""

@@ -95,6 +95,7 @@ class LmdbStore:
 
     def _open(self, path: str, sync: bool, readonly: bool, existed: bool) -> None:
         self.env = None
+        store_guard.check_lmdb_files(path)
         if existed:
             store_guard.check_file(path)   # before LMDB maps it: no SIGBUS on a short file
         try:

@@ -33,10 +33,12 @@ from typing import Any, Optional
 
 import lmdb
 
-from greenflow.errors import StoreCorrupt, StoreLocked, StoreMissing
+from greenflow.errors import StoreCorrupt, StoreError, StoreLocked, StoreMissing
+from greenflow.storage.plain_files import check_plain, open_plain
 
 DATA_FILE = "data.mdb"
 LOCK_FILE = "greenflow.lock"
+LMDB_LOCK_FILE = "lock.mdb"   # LMDB's reader table: no data, made again at each open
 FORMAT_KEY = b"greenflow.store-format"
 FORMAT_NAME = "greenflow-store"
 FORMAT_VERSION = 1
@@ -110,8 +112,14 @@ def check_file(store_dir: str) -> None:
                            f"pages; {RESTORE_HINT}")
 
 
-def corrupt(path: str, exc: BaseException) -> StoreCorrupt:
+def corrupt(path: str, exc: BaseException) -> StoreError:
     what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, lmdb.Error) else str(exc)
+    lock = os.path.join(path, LMDB_LOCK_FILE)
+    if os.path.lexists(lock) and not os.path.isfile(lock):
+        # Not the data: LMDB's lock file holds only who reads now, and is made again.
+        return StoreError(f"{lock} is not a file ({what}): it holds no data (LMDB makes it "
+                          "again when the node opens its store); remove it, with the node "
+                          "stopped")
     return StoreCorrupt(f"the node store {data_path(path)} is damaged ({what}); {RESTORE_HINT}")
 
 
@@ -194,15 +202,20 @@ def check_in_child(store_dir: str, timeout: float = 600.0) -> None:
 
 def open_lock_file(path: str) -> int:
     """A lock file's descriptor, opened for writing its holder's pid. Never through a
-    symbolic link: the holder truncates the file, which would empty whatever the link
-    points at."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise OSError(exc.errno, f"{path} is a symbolic link: a lock file is a plain "
-                                     "file (remove the link)") from None
-        raise
+    symbolic link (`plain_files`): the holder truncates the file, which would empty
+    whatever the link points at."""
+    return open_plain(path, os.O_RDWR | os.O_CREAT)
+
+
+def check_lmdb_files(store_dir: str) -> None:
+    """Refuse a store whose data or lock file is a symbolic link or not a plain file,
+    before LMDB opens them: it would follow a link and write its pages or its reader
+    table wherever it points (as root, any file of the system)."""
+    for name in (DATA_FILE, LMDB_LOCK_FILE):
+        try:
+            check_plain(os.path.join(store_dir, name))
+        except OSError as exc:
+            raise StoreError(f"cannot open the node store: {exc}") from None
 
 
 def take_lock(path: str) -> tuple[Optional[int], str]:
@@ -261,8 +274,9 @@ class StoreLock:
         """Lock the data file too, once it exists (a new store's is made by its open)."""
         if self.data_fd is not None:
             return
+        check_lmdb_files(self.store_dir)
         try:
-            fd = os.open(data_path(self.store_dir), os.O_RDONLY)
+            fd = os.open(data_path(self.store_dir), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             return
         try:
