@@ -146,7 +146,7 @@ def test_a_receive_that_is_answered_in_time_does_not_time_out(net):
     assert h.result() == ("in time", 1)
 
 
-@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1, 1e300])
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1, 1e300, 2 ** 1100])
 def test_a_sleep_or_timeout_that_is_no_duration_fails_the_flow_and_the_node_goes_on(net, seconds):
     """A NaN deadline once stopped the node's scheduler (every start after it timed out),
     an infinite one its commit. Refused at the call, in the flow that made it."""
@@ -160,6 +160,19 @@ def test_a_sleep_or_timeout_that_is_no_duration_fails_the_flow_and_the_node_goes
             h.result()
     assert run(net, alice, Sleeper(0)).result()          # the node goes on
     assert run(net, alice, Ask(bob.party, "echo", int)).result() == 42
+
+
+@pytest.mark.parametrize("seconds", ["5", True, b"1"])
+def test_a_sleep_or_timeout_of_the_wrong_kind_is_a_type_error(net, seconds):
+    """"5" slept 5 s and True 1 s; a huge int raised OverflowError (above)."""
+    from flowlib import Sleeper
+    alice, bob = pair(net)
+    for flow, what in ((Sleeper(seconds), "sleep()"), (Patient(bob.party, seconds),
+                                                       "receive(timeout=...)")):
+        h = run(net, alice, flow)
+        with pytest.raises(TypeError, match=rf"^{re.escape(what)} takes a number of seconds, "
+                                            rf"got {type(seconds).__qualname__}"):
+            h.result()
 
 
 @pytest.mark.parametrize("expected", ["str", None, list[int], typing.List[int], typing.Any])

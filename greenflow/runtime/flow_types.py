@@ -7,7 +7,9 @@ re-exported by `flow_runtime`.
 """
 from __future__ import annotations
 
+import decimal
 import math
+import numbers
 from collections import deque
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Optional, Protocol
@@ -151,12 +153,20 @@ MAX_DURATION = 100 * 365.25 * 86400
 def duration(seconds: Any, what: str) -> float:
     """``seconds`` as a float, checked: a number, not NaN, between 0 and `MAX_DURATION`;
     else ValueError (TypeError for what is no number) naming ``what``."""
+    t = type(seconds)
+    if t is not float and t is not int and (
+            t is bool or isinstance(seconds, (str, bytes, bytearray))
+            or not isinstance(seconds, (numbers.Real, decimal.Decimal))):
+        # "5" and True converted to 5 s and 1 s before; a Decimal or Fraction is a number
+        raise TypeError(f"{what} takes a number of seconds, got {t.__qualname__}")
     try:
         s = float(seconds)
+    except OverflowError:   # an int too large for a float: past a century too
+        s = math.inf
     except (TypeError, ValueError):
-        raise TypeError(f"{what} takes a number of seconds, got "
-                        f"{type(seconds).__qualname__}") from None
+        raise TypeError(f"{what} takes a number of seconds, got {t.__qualname__}") from None
     if not (0 <= s <= MAX_DURATION):   # (False for NaN too)
+        shown = repr(seconds) if s != math.inf or t is not int else f"an int of {seconds.bit_length()} bits"
         raise ValueError(f"{what} takes a duration from 0 to {MAX_DURATION:.0f} seconds "
-                         f"(a century), got {seconds!r}")
+                         f"(a century), got {shown}")
     return s
