@@ -968,6 +968,18 @@ class AsyncCall(FlowLogic):
         return 1
 
 
+class MakesGenerator(FlowLogic):
+    """Returns a generator object it made (its ``call`` has no yield and runs)."""
+
+    def call(self) -> Any:
+        return (x * 2 for x in range(3))
+
+
+class UsesMadeGenerator(FlowLogic):
+    def call(self) -> Any:
+        return list(self.sub_flow(MakesGenerator()))
+
+
 @initiated_by(NotPlain)
 class NotPlainResponder(FlowLogic):
     def __init__(self, session: FlowSession) -> None:

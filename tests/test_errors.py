@@ -584,6 +584,19 @@ def test_a_flow_written_as_a_generator_or_async_def_fails_saying_so(net):
     assert not [w for w in seen if "never awaited" in str(w.message)]
 
 
+def test_a_generator_a_flow_made_and_returned_is_a_value_not_a_generator_call(net):
+    """It was reported as "call is a generator (it has a yield), so none of it ran" of a
+    call() that has no yield and ran: a sub-flow hands it back; a flow's result cannot
+    hold one, and says so."""
+    from flowlib import MakesGenerator, UsesMadeGenerator
+    alice, _ = pair(net)
+    assert run(net, alice, UsesMadeGenerator()).result() == [0, 2, 4]
+    h = run(net, alice, MakesGenerator())
+    with pytest.raises(FlowError, match=r"the result of flowlib\.MakesGenerator cannot be "
+                                        r"stored: .*cannot pickle 'generator' object"):
+        h.result()
+
+
 def test_mock_network_misuse_is_refused_naming_it_and_the_network_goes_on(tmp_path):
     """``advance_clock(nan)`` or ``(inf)`` was taken, and every flow after it failed with
     "cannot convert float NaN to integer" (or never woke); ``run_network()`` called from

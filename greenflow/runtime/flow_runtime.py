@@ -57,6 +57,15 @@ if TYPE_CHECKING:
 _NOT_PLAIN = frozenset((GeneratorType, CoroutineType, AsyncGeneratorType))
 
 
+def own_body(flow: "FlowLogic", result: Any) -> bool:
+    """Whether ``result``, a generator or coroutine, is ``flow.call()``'s own body (its
+    ``call`` has a yield or is async, so none of it ran), not one it made and returned:
+    a value like any other, which a sub-flow hands back and a flow's result cannot hold."""
+    code = getattr(result, "gi_code", None) or getattr(result, "cr_code", None) \
+        or getattr(result, "ag_code", None)
+    return code is getattr(getattr(type(flow), "call", None), "__code__", code)
+
+
 def not_plain(flow: "FlowLogic", result: Any) -> FlowError:
     """The error of a flow whose ``call()`` returned ``result``, a generator or coroutine."""
     if type(result) is not AsyncGeneratorType:
@@ -270,7 +279,7 @@ class FlowRuntime(Conversation, RecordedValues):
     def _main(self) -> tuple:
         try:
             result = self.logic.call()
-            if type(result) in _NOT_PLAIN:
+            if type(result) in _NOT_PLAIN and own_body(self.logic, result):
                 raise not_plain(self.logic, result)
             if self.cursor < len(self.journal) and self.diverged is None \
                     and any(e.kind != replay_safe.CLOCK for e in self.journal[self.cursor:]):
@@ -308,7 +317,7 @@ class FlowRuntime(Conversation, RecordedValues):
         self.subflows = appended(self.subflows, flow)
         try:
             result = flow.call()
-            if type(result) in _NOT_PLAIN:
+            if type(result) in _NOT_PLAIN and own_body(flow, result):
                 raise not_plain(flow, result)
             return result
         finally:
