@@ -689,6 +689,20 @@ def test_an_open_file_or_a_lock_in_a_flow_is_refused_not_rebuilt(net, tmp_path):
     assert kept.read_text() == "important\n"
 
 
+def test_a_node_or_handle_held_by_a_flow_is_refused_saying_what_to_hold_instead(net):
+    """It said "a KeyPair is never pickled" (the node's key, deep inside the node)."""
+    from flowlib import KeepsInField, Sleeper
+    alice = net.create_node("Alice")
+    handle = run(net, alice, Sleeper(0))
+    for thing, name, instead in ((alice.node, "Node", "reach the node through self.services"),
+                                 (alice, "MockNode", "reach the node through self.services"),
+                                 (alice.start_flow, "MockNode", "reach the node through"),
+                                 (handle, "FlowHandle", r"hold its id \(handle\.id\)")):
+        with pytest.raises(FlowError, match=rf"flowlib\.KeepsInField cannot be checkpointed: a "
+                                            rf"{name} is never checkpointed with a flow .*{instead}"):
+            alice.start_flow(KeepsInField(thing))
+
+
 def test_a_session_to_a_party_not_on_the_network_fails_the_flow_at_once(net, tmp_path):
     """The flow waited for ever (its frames dropped by MockNetwork, kept in the outbox of
     a real node for a party its network map does not have), with one log line to show."""

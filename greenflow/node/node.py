@@ -23,7 +23,7 @@ from greenflow.node.identity import NodeIdentity
 from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_from_checkpoint,
                                        info_from_result, read_checkpoints, shown_status,
                                        suspended_on)
-from greenflow.node.results import FlowHandle, FlowResults
+from greenflow.node.results import FlowHandle, FlowResults, NotCheckpointed
 from greenflow.node.results import unpack_result as _unpack_result  # noqa: F401 - its old name
 from greenflow.node.starting import FlowStarter
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
@@ -90,7 +90,7 @@ def _mark_draining(base_dir: str, on: bool) -> None:
                     "write" if on else "remove", path, exc.strerror or exc)
 
 
-class Node:
+class Node(NotCheckpointed):
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
     new_flow_id: Callable[[], str] = staticmethod(new_flow_id)

@@ -19,9 +19,25 @@ if TYPE_CHECKING:
     from greenflow.node.node import Node
 
 
-class FlowHandle:
+class NotCheckpointed:
+    """A live part of a node (the node, a handle, a test network's node) that a flow
+    must not hold across a suspension: pickling one says what to hold instead, rather than
+    failing on whatever it holds (the node's key pair)."""
+
+    __slots__ = ()
+    #: What a flow holds instead, said by the error.
+    hold_instead = "reach the node through self.services"
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(f"a {type(self).__name__} is never checkpointed with a flow (it is "
+                        f"a live part of a running node): {self.hold_instead}")
+
+
+class FlowHandle(NotCheckpointed):
     """A started flow. Holds only the id and the node, so re-attach with
     ``node.handle(id)`` after a restart."""
+
+    hold_instead = "hold its id (handle.id) and ask the node for the result"
 
     __slots__ = ("node", "id", "earlier")   # one per started flow, often thousands at once
 

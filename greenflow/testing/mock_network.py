@@ -20,6 +20,7 @@ from greenflow.statemachine.events import Acked, FrameArrived
 from greenflow.flows.context import current_runtime_or_none
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node.node import FlowHandle, Node
+from greenflow.node.results import NotCheckpointed
 from greenflow.party import Party
 
 log = logging.getLogger("greenflow.testing")
@@ -44,7 +45,7 @@ class MockTransport:
         return mn.party if mn is not None else None
 
 
-class MockNode:
+class MockNode(NotCheckpointed):
     """A node on a `MockNetwork`: ``.party``, ``.node`` (the `Node`), ``.start_flow``."""
 
     def __init__(self, net: "MockNetwork", name: str, node: Node, options: dict) -> None:
