@@ -43,6 +43,22 @@ def test_transient_failure_is_retried_from_the_last_checkpoint_with_backoff(ops_
     assert h.result() == 10 + 20 + 30
 
 
+def test_an_automatic_retry_that_was_due_is_still_made_after_a_restart(ops_net):
+    """Its timer lived in memory only: after a restart (clean or not) the flow stayed
+    parked for good, its error still saying 'attempt 1'."""
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["transient_failures"] = 1
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED
+    assert ops_net.next_timer() == pytest.approx(1.0)
+    alice = ops_net.restart_node(alice)
+    assert ops_net.next_timer() == pytest.approx(1.0)   # the retry's time, kept
+    ops_net.advance_clock(1.0)
+    ops_net.run_network()
+    assert alice.node.handle(h.id).result() == 10 + 20 + 30
+
+
 def test_flow_that_keeps_failing_stays_hospitalized_until_an_operator_retries_it(ops_net):
     alice = ops_net.create_node("Alice", max_retries=1)
     bob = ops_net.create_node("Bob")
@@ -56,8 +72,12 @@ def test_flow_that_keeps_failing_stays_hospitalized_until_an_operator_retries_it
     ops_net.advance_clock(1000)
     ops_net.run_network()
     assert status_of(alice, h.id).status == FlowStatus.HOSPITALIZED  # no more automatic retries
-    KNOBS["transient_failures"] = 0
-    assert alice.node.retry_flow(h.id)
+    KNOBS["transient_failures"] = 1             # the operator's retry fails once more:
+    assert alice.node.retry_flow(h.id)          # retried again automatically (the count
+    ops_net.run_network()                       # starts afresh), not parked at once
+    info = status_of(alice, h.id)
+    assert info.status == FlowStatus.HOSPITALIZED and "after 1 retries" not in info.error
+    ops_net.advance_clock(1.0)
     ops_net.run_network()
     assert h.result() == 60
 

@@ -155,6 +155,10 @@ class Loading:
         if cp is None or cp.status != FlowStatus.HOSPITALIZED or fid in self.resident:
             return False
         cp.status = FlowStatus.RUNNABLE
+        if cp.retry_at is None:
+            # Parked for good, retried by an operator: a fresh start of the hospital's
+            # retries (one more failure was parked at once, "after 5 retries").
+            cp.retries = 0
         cp.retry_at = None
         cp.error = None
         self._count("retried", cp.flow_class)

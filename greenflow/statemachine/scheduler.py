@@ -24,6 +24,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional
 
+from greenflow.status import FlowStatus
 from greenflow.statemachine import stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError, WireFormatError
@@ -292,8 +293,16 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
             heapq.heappush(self.timers, (deadline, fid))
         wake = self.store.flows_to_wake()
         for fid in sorted(wake):
-            if fid not in self.resident:
-                self._load(fid)
+            if fid in self.resident or self._load(fid) is not None:
+                continue
+            # Not loaded: parked. One waiting for its automatic retry gets the retry's
+            # timer back (it lived in memory only: a restart left the flow parked for good).
+            try:
+                cp = self.store.checkpoint(fid)
+            except Exception:  # noqa: BLE001 - `_load` has said what is wrong with it
+                continue
+            if cp is not None and cp.status == FlowStatus.HOSPITALIZED and cp.retry_at is not None:
+                heapq.heappush(self.timers, (cp.retry_at, fid))
 
     def unacknowledged_frames(self, peer_name: Optional[str] = None
                               ) -> Iterator[tuple[str, bytes]]:
