@@ -59,6 +59,21 @@ def test_an_automatic_retry_that_was_due_is_still_made_after_a_restart(ops_net):
     assert alice.node.handle(h.id).result() == 10 + 20 + 30
 
 
+def test_the_dump_of_a_hospitalized_flow_shows_where_it_failed_with_its_locals(ops_net):
+    """It showed the frames with no locals (the greenlet was gone, and the replay a dump
+    makes skipped parked flows), the case where the locals matter most."""
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS["transient_failures"] = 5
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    for restart in (False, True):
+        node = ops_net.restart_node(alice) if restart else alice
+        [dump] = [d for d in node.checkpoints_dump() if d["flow_id"] == h.id]
+        assert dump["status"] == "HOSPITALIZED"
+        [frame] = dump["frames"]
+        assert frame["function"] == "Exchange.call" and frame["locals"]["total"] == "10", dump
+
+
 def test_flow_that_keeps_failing_stays_hospitalized_until_an_operator_retries_it(ops_net):
     alice = ops_net.create_node("Alice", max_retries=1)
     bob = ops_net.create_node("Bob")

@@ -320,6 +320,26 @@ def of_flow(rt: Any, keep_locals: bool = True) -> Optional[Any]:
     return capture(top, stop_code=stop) if keep_locals else locations(top, stop)
 
 
+def at_failure(exc: BaseException, logic: Any) -> Optional[list[dict]]:
+    """The stack where a flow failed with ``exc`` (from the flow's ``call()`` down to the
+    raise, with locals), read from its traceback: the flow's greenlet is gone by then,
+    and the frames of its traceback keep their locals. None when the traceback does not
+    pass through the flow's code."""
+    stop = getattr(getattr(type(logic), "call", None), "__code__", None)
+    chain = []
+    tb = exc.__traceback__
+    while tb is not None and len(chain) < MAX_FRAMES * 8:
+        chain.append(tb.tb_frame)
+        tb = tb.tb_next
+    starts = [i for i, f in enumerate(chain) if f.f_code is stop]
+    if not starts:
+        return None
+    frames: list[dict] = []
+    for f in chain[starts[-1]:]:
+        frames += capture(f, stop_code=f.f_code)   # (a finished frame: that frame alone)
+    return frames[:MAX_FRAMES] if frames else None
+
+
 def has_locals(snap: Any) -> bool:
     """False for a snapshot of `locations` only (a tuple of tuples)."""
     return not isinstance(snap, tuple)

@@ -65,15 +65,17 @@ class Ending:
         if kind == Ended.FAILED and type(res[1]) is AttributeError:
             why = self._field_added(rt, res[1])
             if why:   # the code's fault, not the flow's: parked until compatible code runs
-                self._park(rt, why)
+                self._park(rt, why, failure=res[1])
                 return
         if kind == Ended.FAILED and is_transient(res[1]):
             exc = res[1]
             why = f"{type(exc).__name__}: {exception_text(exc)}"
             if rt.cp.retries < self.max_retries:
-                self._park(rt, why, retry_in=backoff(rt.cp.retries, self.retry_backoff))
+                self._park(rt, why, retry_in=backoff(rt.cp.retries, self.retry_backoff),
+                           failure=exc)
             else:
-                self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)")
+                self._park(rt, f"{why} (still failing after {rt.cp.retries} retries)",
+                           failure=exc)
             return
         cp = rt.cp
         now = self.clock.now()

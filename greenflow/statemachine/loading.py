@@ -12,6 +12,7 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
+from greenflow.statemachine import stacks
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.storage.interface import encode_header
 from greenflow.errors import FlowError, StoreError, WireFormatError
@@ -100,7 +101,8 @@ class Loading:
         self.batch.put_header_unchecked(fid, encode_header(cp))
         self.batch.set_wake(fid, False)
 
-    def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None) -> None:
+    def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None,
+              failure: Optional[BaseException] = None) -> None:
         """The flow hospital: put the flow back to its last checkpoint and park it.
 
         Whatever it did since that checkpoint is discarded (its frames are never sent),
@@ -128,6 +130,8 @@ class Loading:
                 self.limits.first_stored(b, rt)
         cp.status = FlowStatus.HOSPITALIZED
         cp.error = why
+        if failure is not None:   # where it failed, with its locals, for the dump
+            stacks.at_failure(self, b, rt, failure)
         cp.retry_at = None if retry_in is None else self.clock.now() + retry_in
         if retry_in is None:
             self._count("hospitalized", cp.flow_class)

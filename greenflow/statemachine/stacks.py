@@ -78,6 +78,15 @@ def before_eviction(sched: "Scheduler", b: Batch, rt: FlowRuntime) -> None:
             _put(b, rt, snap)
 
 
+def at_failure(sched: "Scheduler", b: Batch, rt: FlowRuntime, exc: BaseException) -> None:
+    """A flow parked by the hospital: keep the stack where it failed (its greenlet is
+    gone, so a dump could show neither locals nor a replay past the failure)."""
+    if sched.capture_frames:
+        snap = snapshots.at_failure(exc, rt.logic)
+        if snap is not None:
+            _put(b, rt, snap)
+
+
 def before_close(sched: "Scheduler") -> None:
     """A clean close: keep the locals of every resident suspended flow whose state is
     committed (one more small commit)."""
