@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -337,6 +338,29 @@ def test_finished_flow_records_expire_after_the_retention_time(tmp_path):
     assert h2.result() == 60
     assert store.result(h.id) is None and store.client("c-1") is None
     assert bstore.route(*bob_route) is None
+    # The node's own view agrees with its store (the listing still said COMPLETED).
+    from greenflow import UnknownFlow
+    assert h.id not in {f.id for f in alice.node.flows()}
+    for ask in (alice.node.flow_info, lambda fid: alice.node.handle(fid).result()):
+        with pytest.raises(UnknownFlow):
+            ask(h.id)
+
+
+def test_an_idle_node_expires_its_results_too(tmp_path):
+    """The sweep ran only after a commit: a node that committed nothing kept them."""
+    from greenflow import Node, UnknownFlow
+    node = Node.open(str(tmp_path / "solo"), name="Solo", retention=1)
+    try:
+        from flowlib import Sleeper
+        h = node.start_flow(Sleeper(0))
+        h.result(timeout=30)
+        end = time.monotonic() + 30
+        while time.monotonic() < end and node.store.result(h.id) is not None:
+            time.sleep(0.2)
+        with pytest.raises(UnknownFlow):
+            node.handle(h.id).result(timeout=1)
+    finally:
+        node.close()
 
 
 def test_frames_behind_a_rejected_initiation_are_acknowledged_so_no_outbox_entry_lingers(tmp_path):

@@ -230,6 +230,9 @@ class Node(NotCheckpointed):
             if sched.dead:
                 break
             dl = sched.next_deadline()
+            sweep = sched.upkeep()   # an idle node's results expire too
+            if dl is None or (sweep is not None and sweep < dl):
+                dl = sweep
             timeout = None if dl is None else max(0.0, dl - self.clock.now())
             if sched.events.empty():
                 self._wake.wait(timeout if timeout is None else min(timeout, 3600))

@@ -8,6 +8,7 @@ Part of the scheduler (`Scheduler` inherits it).
 from __future__ import annotations
 
 import time
+from math import ceil
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
@@ -118,6 +119,12 @@ class CommitStaging:
         for rt in victims:
             if rt.pending is not None and self.resident.get(rt.flow_id) is rt:
                 self._evict(rt, "hibernated")
+        self.upkeep()
+
+    def upkeep(self) -> Optional[float]:
+        """Remove the results (and dedup records, client ids) past their retention, at
+        most every minute (a tenth of the retention when shorter): after each commit, and
+        when an idle node's loop wakes for it. Returns when the next sweep is due."""
         now = self.clock.now()
         if now >= self._next_sweep:
             self._next_sweep = now + min(60.0, self.retention / 10)
@@ -125,9 +132,16 @@ class CommitStaging:
                 n = self.store.expire(now)
                 if n:
                     log.debug("%s: expired %d finished-flow records", self.identity.name, n)
+                    # The cache of recent results must not show what the store dropped
+                    # (a listing said COMPLETED where the handle said "no flow").
+                    keep = self.retention
+                    self.recent_results = {
+                        fid: rec for fid, rec in self.recent_results.items()
+                        if ceil(rec.get("finished_at", now) + keep) >= now}
             except StoreError as exc:
                 log.error("%s: expiry sweep failed: %s", self.identity.name, exc)
             self.peer_log.flush()   # the counts of bursts of peers' frames that stopped
+        return self._next_sweep
 
     def _stage_checkpoint(self, b: Batch, rt: FlowRuntime) -> None:
         cp = rt.cp
