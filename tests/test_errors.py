@@ -319,7 +319,8 @@ def test_a_flow_killed_before_it_ran_never_reaches_its_peer(net):
     assert type(error_of(h)) is FlowKilled
     assert bob.flows() == [] and net.delivered == 0
     assert alice.kill_flow(h.id) is False          # finished: nothing to kill
-    assert alice.kill_flow("no-such-flow") is False
+    with pytest.raises(UnknownFlow, match="no-such-flow"):   # not there at all: said so
+        alice.kill_flow("no-such-flow")
 
 
 def test_start_flow_inside_a_flow_is_refused_by_name(net):

@@ -407,3 +407,16 @@ def test_a_client_id_too_long_for_the_store_is_refused_before_the_flow_starts(op
     handle = alice.start_flow(Ping(bob.party), client_id="x" * 200)
     ops_net.run_network()
     assert handle.result() == 6
+
+
+def test_killing_or_retrying_an_unknown_flow_says_so_as_over_rpc(ops_net):
+    """Both were a plain False, as for a flow that had ended: a mistyped id looked done."""
+    from greenflow import UnknownFlow
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    h = alice.start_flow(Exchange(bob.party))
+    ops_net.run_network()
+    assert h.result() == 60
+    assert alice.node.kill_flow(h.id) is False and alice.node.retry_flow(h.id) is False
+    for act in (alice.node.kill_flow, alice.node.retry_flow):
+        with pytest.raises(UnknownFlow, match="no flow '0123456789abcdef0123456789abcdef'"):
+            act("0123456789abcdef0123456789abcdef")

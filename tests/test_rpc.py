@@ -24,6 +24,7 @@ class Nodes:
                                                              apps=APPS, rpc_password="pw")}
         cfg = NodeConfig.load(self.configs["Alice"].base_dir)
         cfg.rpc_users.append(RpcUser("reader", hash_password("rpw"), ["read"]))
+        cfg.rpc_users.append(RpcUser("pinger", hash_password("ppw"), ["start:samples.ping.Ping"]))
         cfg.save()
         self.procs = {name: NodeProcess(c.base_dir, node_options={"sync": False}).start()
                       for name, c in self.configs.items()}
@@ -148,6 +149,16 @@ def test_a_read_only_user_cannot_start_or_kill(nodes):
     err = error_of(lambda: reader.start_flow("samples.ping.Ping", {"peer": "Bob"}))
     assert (err.status, err.type) == (403, "Forbidden")
     assert error_of(lambda: reader.set_draining(True)).status == 403
+
+
+def test_a_start_permission_names_a_bundled_sample_as_requests_do(nodes):
+    """`start:samples.ping.Ping` (the documented short name) matched no request: a
+    request's `samples.X` is the bundled greenflow.samples.X, the permission's was not."""
+    pinger = nodes.client(user="pinger", password="ppw")
+    started = pinger.start_flow("samples.ping.Ping", {"peer": "Bob", "n": 1}, wait=30)
+    assert started["status"] == "COMPLETED", started
+    err = error_of(lambda: pinger.start_flow("procflows.Sleeper", {}))
+    assert (err.status, err.type) == (403, "Forbidden")
 
 
 def test_malformed_requests_are_400(nodes, alice):

@@ -57,6 +57,7 @@ from typing import Any, Optional
 import nacl.exceptions
 import nacl.pwhash
 
+from greenflow.flows.registry import app_module_name
 from greenflow.runtime.flow_types import MAX_DURATION
 from greenflow.storage import is_postgres
 from greenflow.storage.plain_files import open_plain_file
@@ -230,7 +231,11 @@ class NodeConfig:
                     if p not in PERMISSIONS and not str(p).startswith("start:"):
                         raise ConfigError(f"{where}: rpc_users[{i}]: unknown permission {p!r} "
                                           f"(known: {', '.join(PERMISSIONS)}, start:<class>)")
-                users.append(RpcUser(u["username"], u["password_hash"], list(perms)))
+                # "start:samples.ping.Ping" means the class a request for "samples.ping.Ping"
+                # starts (the bundled greenflow.samples): it matched nothing before.
+                perms = [f"start:{app_module_name(p[6:])}" if p.startswith("start:") else p
+                         for p in perms]
+                users.append(RpcUser(u["username"], u["password_hash"], perms))
             tables = {}
             for key in ("rpc", "logging", "p2p"):
                 table = doc.get(key, {})

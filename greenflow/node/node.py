@@ -90,6 +90,14 @@ def _mark_draining(base_dir: str, on: bool) -> None:
                     "write" if on else "remove", path, exc.strerror or exc)
 
 
+def _known(node: "Node", flow_id: str) -> bool:
+    """False, after `Node.flow_info` raised `UnknownFlow` if ``flow_id`` is unknown: an
+    action that did nothing says whether there was anything to act on (a mistyped id and
+    an ended flow were both a plain False)."""
+    node.flow_info(flow_id)
+    return False
+
+
 class Node(NotCheckpointed):
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
@@ -364,15 +372,18 @@ class Node(NotCheckpointed):
     # ------------------------------------------------------------------ operations
     def kill_flow(self, flow_id: str) -> bool:
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
-        `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`."""
+        `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`. False when it had
+        ended already; `UnknownFlow` for an id this node does not know (as over RPC)."""
         _flow_id(flow_id)
-        return self.on_scheduler(lambda: self.scheduler.kill(flow_id))
+        return self.on_scheduler(lambda: self.scheduler.kill(flow_id)) or _known(self, flow_id)
 
     def retry_flow(self, flow_id: str) -> bool:
         """Take a HOSPITALIZED flow out of the hospital and run it again from its last
-        checkpoint (after fixing what parked it, e.g. deploying compatible code)."""
+        checkpoint (after fixing what parked it, e.g. deploying compatible code). False
+        for a flow that is not HOSPITALIZED; `UnknownFlow` for an id this node does not
+        know."""
         _flow_id(flow_id)
-        return self.on_scheduler(lambda: self.scheduler.retry(flow_id))
+        return self.on_scheduler(lambda: self.scheduler.retry(flow_id)) or _known(self, flow_id)
 
     def set_draining(self, on: bool = True) -> None:
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
