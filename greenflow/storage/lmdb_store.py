@@ -162,6 +162,8 @@ class LmdbStore:
         """Apply ``batch`` in one synced write transaction, growing the map as needed."""
         if self.readonly:
             raise StoreError(f"store {self.path} is open read-only: nothing can be committed")
+        if self._lock is not None:
+            self._lock.check_data_file()
         writer = self.writer
         reader = self.reader.point
         if reader.writer_thread is None:

@@ -287,6 +287,25 @@ class StoreLock:
                                "locked; its lock file was removed)") from None
         self.data_fd = fd
 
+    def check_data_file(self) -> None:
+        """Refuse to commit into a data file that was deleted (or replaced) under the
+        running node: LMDB would go on writing into the unlinked file, every commit since
+        lost at the next start, though peers and clients were told of them."""
+        fd = self.data_fd
+        if fd is None:
+            return
+        path = data_path(self.store_dir)
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            here = None
+        held = os.fstat(fd)
+        if here is None or held.st_nlink == 0 or (here.st_dev, here.st_ino) != (held.st_dev, held.st_ino):
+            raise StoreError(f"the node store file {path} was {'deleted' if here is None else 'replaced'} "
+                             "while the node ran: nothing more is committed (it would be lost "
+                             "with the unlinked file); restore the store from a backup, or "
+                             "start again with --new-store to start empty")
+
     def release(self) -> None:
         if self.data_fd is not None:
             fd, self.data_fd = self.data_fd, None
