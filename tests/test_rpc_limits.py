@@ -231,6 +231,20 @@ def test_a_chunked_body_is_refused_and_the_connection_closed(net):
     assert b"Connection: close" in data and b"LengthRequired" in data
 
 
+@pytest.mark.parametrize("header", [b"Transfer-Encoding : chunked",          # space before ':'
+                                    b"X-Note: a\r\n Transfer-Encoding: chunked"])  # obs-fold
+def test_a_malformed_or_folded_header_line_is_400_not_passed_over(net, header):
+    """Both were passed over and the body read by Content-Length: a proxy in front that
+    takes the header as chunked would disagree on where the request ends."""
+    s = net.raw()
+    s.sendall(b"POST /api/v1/flows HTTP/1.1\r\nAuthorization: " + auth().encode() + b"\r\n"
+              + header + b"\r\nContent-Length: 2\r\n\r\n{}")
+    data = read_all(s, time.monotonic() + 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 400 ") and b"a header line is malformed" in data, data
+    assert data.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in data, data
+
+
 def test_deeply_nested_json_is_400_naming_the_limit(net):
     status, doc, _ = net.call("POST", "/flows", b"[" * 100_000 + b"]" * 100_000)
     assert status == 400 and "max_json_depth" in doc["error"]["message"]

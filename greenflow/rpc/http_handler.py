@@ -59,6 +59,15 @@ class RpcHandler(BaseHTTPRequestHandler):
         """Tell the server the headers are in, so the longer body deadline applies: the
         short header deadline is what stops clients that never finish their headers."""
         ok = super().parse_request()   # the request line is in and the headers are read
+        if ok and (self.headers.defects
+                   or any("\n" in v or "\r" in v for _, v in self.headers.raw_items())):
+            # A header line the parser could not take ("Transfer-Encoding : chunked", which
+            # it took for the start of the body, dropping the headers after it) or one
+            # folded onto the next line: a proxy in front may read either otherwise, and
+            # disagree with this server on where the request ends (RFC 9112 5.1, 5.2).
+            self.send_error(400, "a header line is malformed (whitespace before its colon, "
+                                 "or folded onto the next line)")
+            return False
         if ok:
             self.server.headers_read(self.connection)
         return ok
