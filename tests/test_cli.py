@@ -466,3 +466,23 @@ def test_a_node_whose_rpc_port_is_any_free_port_is_not_looked_for_at_port_0(tmp_
     assert "rpc_address port 0 (any free port)" in result.output
     assert "reach it with --node http://HOST:PORT" in result.output
     assert "is it running" not in result.output
+
+
+def test_one_port_for_both_listeners_is_refused_naming_both_settings(tmp_path):
+    """The second bind failed at start with 'Address already in use' (exit 1), which
+    reads like another process's fault."""
+    d = str(tmp_path / "Hal")
+    result = run("node", "init", "--dir", d, "--name", "Hal", "--p2p-address", "127.0.0.1:23004",
+                 "--rpc-address", "0.0.0.0:23004")
+    assert result.exit_code == 2 and not os.path.exists(d), result.output
+    assert "p2p_address and rpc_address are the same port" in result.output
+    assert run("node", "init", "--dir", d, "--name", "Hal", "--p2p-address", "127.0.0.1:23004",
+               "--rpc-address", "127.0.0.1:23005").exit_code == 0
+    toml = os.path.join(d, "node.toml")
+    with open(toml, encoding="utf-8") as fh:
+        text = fh.read().replace("127.0.0.1:23005", "127.0.0.1:23004")
+    with open(toml, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    from greenflow.network.node_config import ConfigError, NodeConfig
+    with pytest.raises(ConfigError, match="p2p_address and rpc_address are the same port"):
+        NodeConfig.load(d)

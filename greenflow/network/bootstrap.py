@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 from greenflow.node.identity import NodeIdentity
 from greenflow.network.network_map import MAP_FILE, NetworkMap, NodeInfo
-from greenflow.network.node_config import (CONFIG_FILE, ConfigError, NodeConfig, RpcUser, hash_password,
+from greenflow.network.node_config import (CONFIG_FILE, ConfigError, NodeConfig, RpcUser, check_ports, hash_password,
                           new_password, write_credentials)
 
 DEFAULT_APPS = ("samples.ping",)
@@ -92,6 +92,7 @@ def init_node(base_dir: str, name: str, *, p2p_address: tuple[str, int],
                           f"{name!r}")
     if not rpc_user:
         raise ConfigError("the RPC user's name must not be empty")
+    check_ports(p2p_address, rpc_address, name)
     os.makedirs(base_dir, exist_ok=True)
     identity = NodeIdentity.load_or_create(base_dir, name)
     password = rpc_password or new_password()

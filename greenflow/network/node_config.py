@@ -115,6 +115,18 @@ def check_password(password_hash: str, password: str) -> bool:
         return False
 
 
+_ANY_HOST = frozenset({"0.0.0.0", "::", ""})   # listening on every address
+
+
+def check_ports(p2p: tuple[str, int], rpc: tuple[str, int], where: str) -> None:
+    """Refuse one port for both listeners (the second bind failed with "Address already in
+    use", which reads like another process's fault)."""
+    if p2p[1] and p2p[1] == rpc[1] and (p2p[0] == rpc[0] or {p2p[0], rpc[0]} & _ANY_HOST):
+        raise ConfigError(f"{where}: p2p_address and rpc_address are the same port "
+                          f"({format_address(p2p)}, {format_address(rpc)}): each needs a "
+                          "port of its own")
+
+
 @dataclass
 class RpcUser:
     username: str
@@ -285,9 +297,11 @@ class NodeConfig:
             sensitive = doc.get("sensitive_names", [])
             if not isinstance(sensitive, list) or not all(isinstance(n, str) for n in sensitive):
                 raise ConfigError(f"{where}: `sensitive_names` must be a list of strings")
+            p2p, rpc = parse_address(need("p2p_address", str)), parse_address(need("rpc_address", str))
+            check_ports(p2p, rpc, where)
             return cls(name=need("name", str),
-                       p2p_address=parse_address(need("p2p_address", str)),
-                       rpc_address=parse_address(need("rpc_address", str)),
+                       p2p_address=p2p,
+                       rpc_address=rpc,
                        apps=list(apps), notary=notary,
                        network_map=_network_map_path(doc.get("network_map", MAP_FILE), where),
                        rpc_users=users, base_dir=base_dir, validating_notary=validating,
