@@ -342,6 +342,19 @@ class Refusal(FlowException):
         super().__init__(f"refused {what} {times} times")
 
 
+class ShortOfFunds(FlowException):
+    """A decision that carries data of its own for the caller."""
+
+    def __init__(self, shortfall: int) -> None:
+        super().__init__(f"short by {shortfall}")
+        self.shortfall = shortfall
+
+
+class Pays(FlowLogic):
+    def call(self) -> None:
+        raise ShortOfFunds(42)
+
+
 class Unprintable(FlowException):
     """A refusal whose ``__str__`` raises (user code may be that wrong)."""
 

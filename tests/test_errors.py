@@ -745,3 +745,16 @@ def test_ctrl_c_while_a_flow_runs_inline_stops_the_run_and_is_not_the_flows_fail
     net.run_network()
     assert alice.node.handle(h.id).result() == 30
     net.close()
+
+
+def test_a_flows_own_exception_comes_back_with_its_attributes(net):
+    """handle.result() raised the flow's class with its message, but `e.shortfall` was
+    gone (also in the process that ran the flow): rebuilt without its constructor."""
+    from flowlib import Pays, ShortOfFunds
+    alice = net.create_node("Alice")
+    h = run(net, alice, Pays())
+    for restart in (False, True):
+        node = net.restart_node(alice) if restart else alice
+        with pytest.raises(ShortOfFunds, match="^short by 42$") as caught:
+            node.node.handle(h.id).result()
+        assert caught.value.shortfall == 42 and caught.value.error_id

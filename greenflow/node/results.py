@@ -210,7 +210,14 @@ def unpack_result(fid: str, rec: dict) -> Any:
     if status == FlowStatus.KILLED:
         raise FlowKilled(f"flow {fid} ({rec['flow_class']}) was killed")
     if rec.get("flow_exception") is not None:
-        raise rebuild_flow_exception(*rec["flow_exception"])
+        exc = rebuild_flow_exception(*rec["flow_exception"])
+        fields = rec.get("flow_exception_fields")
+        if fields is not None:
+            try:   # the flow's own attributes of it, from this node's own store
+                exc.__dict__.update(serialization.loads(fields))
+            except Exception:  # noqa: BLE001 - a class changed since: the message stands
+                pass
+        raise exc
     exc = None
     if rec.get("exc") is not None:
         try:

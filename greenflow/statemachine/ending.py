@@ -105,6 +105,12 @@ class Ending:
                 # with the message alone, which a FlowException never gets rebuilt by.
                 record["flow_exception"] = (qualified_name(type(exc)), text,
                                             exc.ensure_error_id())
+                fields = {k: v for k, v in getattr(exc, "__dict__", {}).items()
+                          if k != "error_id" and not k.startswith("_gf_")}
+                if fields:   # its own attributes (e.shortfall), where they pickle
+                    blob = serialization.try_dumps(fields, limit=64 * 1024)
+                    if blob is not None:
+                        record["flow_exception_fields"] = blob
             else:
                 record["exc"] = serialization.try_dumps(exc, limit=1 << 20)
         else:   # KILLED, or UNWOUND (a kill's unwinding)
