@@ -39,7 +39,9 @@ def draw() -> list:
             secrets.randbelow(10 ** 9), random.SystemRandom().random(),
             datetime.datetime.now(datetime.timezone.utc).isoformat(),
             datetime.datetime.utcnow().isoformat(), datetime.date.today().isoformat(),
-            random.choice("abcdefghij"), random.Random().random(), time.time()]
+            random.choice("abcdefghij"), random.Random().random(), time.time(),
+            time.strftime("%Y-%m-%d %H:%M:%S"), time.ctime(), time.asctime(),
+            str(tuple(time.gmtime()[:6])), str(tuple(time.localtime()[:6]))]
 
 
 @initiating_flow

@@ -65,8 +65,12 @@ def test_flows_drawing_from_every_source_complete_with_the_values_they_first_saw
     assert len({row[1] for row in first + theirs}) == 6    # os.urandom: fresh per draw
     assert len({row[3] for row in first + theirs}) == 6    # secrets.token_hex
     assert all(isinstance(v, (str, int, float)) for v in values)
-    # time.time() in a flow is the node's clock (MockNetwork's virtual clock)
+    # time.time() in a flow is the node's clock (MockNetwork's virtual clock), and so is
+    # what reads the clock for a calendar (strftime, ctime...: the real one before)
     assert first[0][4] == pytest.approx(1_700_000_000.0, abs=1)
+    assert str(tuple(time.gmtime(first[0][4])[:6])) == first[0][19]
+    assert first[0][17] == time.ctime(first[0][4])
+    assert first[0][16] == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first[0][4]))
     assert total >= 6   # three rounds, two messages each (the ends ride on the last ones)
 
 

@@ -60,6 +60,10 @@ def _original(module: Any, name: str) -> Any:
 real_time: Callable[[], float] = _original(_time, "time")
 real_time_ns: Callable[[], int] = _original(_time, "time_ns")
 real_sleep: Callable[[float], None] = _original(_time, "sleep")
+#: The functions of ``time`` that read the clock when given no time: in a flow they read
+#: the flow's clock (``time.strftime("%Y")`` agreed with ``datetime.now()`` only live).
+_CALENDAR = ("localtime", "gmtime", "ctime", "asctime", "strftime")
+_REAL_CALENDAR: dict[str, Callable] = {n: _original(_time, n) for n in _CALENDAR}
 real_urandom: Callable[[int], bytes] = _original(os, "urandom")
 _real_sys_urandom: Callable[[int], bytes] = _original(_random, "_urandom")
 _real_uuid1: Callable[..., _uuid.UUID] = _original(_uuid, "uuid1")
@@ -199,6 +203,20 @@ def _time_ns_in_flow(rt: "FlowRuntime") -> int:
     return round(clock_reading(rt) * 1e9)
 
 
+def _calendar_in_flow(name: str) -> Callable:
+    real, real_localtime = _REAL_CALENDAR[name], _REAL_CALENDAR["localtime"]
+    if name in ("asctime", "strftime"):   # (a struct_time argument, or the local time now)
+        def in_flow(rt: "FlowRuntime", *args: Any) -> Any:
+            want = 0 if name == "asctime" else 1
+            if len(args) > want:
+                return real(*args)
+            return real(*args, real_localtime(clock_reading(rt)))
+    else:
+        def in_flow(rt: "FlowRuntime", secs: Any = None) -> Any:
+            return real(clock_reading(rt) if secs is None else secs)
+    return in_flow
+
+
 #: The code locations whose ``time.sleep`` in a flow was reported (once each).
 _SLEEPS_SEEN: set[tuple[str, int]] = set()
 
@@ -276,6 +294,8 @@ def install() -> None:
     _time.time = _wrap(real_time, _time_in_flow)
     _time.time_ns = _wrap(real_time_ns, _time_ns_in_flow)
     _time.sleep = _wrap(real_sleep, _sleep_in_flow)
+    for name in _CALENDAR:
+        setattr(_time, name, _wrap(_REAL_CALENDAR[name], _calendar_in_flow(name)))
     os.urandom = _wrap(real_urandom, _urandom_in_flow)
     # SystemRandom (and so secrets.*) reads the OS through random._urandom.
     _random._urandom = _wrap(_real_sys_urandom, _urandom_in_flow)  # type: ignore[attr-defined]
@@ -312,7 +332,7 @@ def _rebind_imported() -> None:
     wrappers, which behave exactly as before outside flows. Modules imported later get
     the wrappers anyway."""
     swap: dict[int, tuple[Any, Any]] = {}
-    for module, names in ((_time, ("time", "time_ns", "sleep")), (os, ("urandom",)),
+    for module, names in ((_time, ("time", "time_ns", "sleep", *_CALENDAR)), (os, ("urandom",)),
                           (_uuid, ("uuid1",)), (_random, _RANDOM_FUNCTIONS)):
         for name in names:
             w = getattr(module, name, None)
