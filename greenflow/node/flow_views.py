@@ -41,6 +41,13 @@ class FlowViews:
     def __init__(self, node: "Node") -> None:
         self.node = node
 
+    def nothing_done(self, fid: str) -> bool:
+        """False for an action that did nothing (`Node.kill_flow`, `retry_flow`), after
+        `UnknownFlow` if ``fid`` is unknown: a mistyped id and an ended flow were both a
+        plain False."""
+        self.node.flow_info(fid)
+        return False
+
     def flow_info(self, fid: str) -> FlowInfo:
         node = self.node
         rt = node.scheduler.resident.get(fid)

@@ -90,14 +90,6 @@ def _mark_draining(base_dir: str, on: bool) -> None:
                     "write" if on else "remove", path, exc.strerror or exc)
 
 
-def _known(node: "Node", flow_id: str) -> bool:
-    """False, after `Node.flow_info` raised `UnknownFlow` if ``flow_id`` is unknown: an
-    action that did nothing says whether there was anything to act on (a mistyped id and
-    an ended flow were both a plain False)."""
-    node.flow_info(flow_id)
-    return False
-
-
 class Node(NotCheckpointed):
     #: Where new flows' ids come from: a clustered worker sets one that picks a partition
     #: it owns (`greenflow.statemachine.ids.flow_id_in`).
@@ -375,7 +367,8 @@ class Node(NotCheckpointed):
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`. False when it had
         ended already; `UnknownFlow` for an id this node does not know (as over RPC)."""
         _flow_id(flow_id)
-        return self.on_scheduler(lambda: self.scheduler.kill(flow_id)) or _known(self, flow_id)
+        done = self.on_scheduler(lambda: self.scheduler.kill(flow_id))
+        return done or self.views.nothing_done(flow_id)
 
     def retry_flow(self, flow_id: str) -> bool:
         """Take a HOSPITALIZED flow out of the hospital and run it again from its last
@@ -383,7 +376,8 @@ class Node(NotCheckpointed):
         for a flow that is not HOSPITALIZED; `UnknownFlow` for an id this node does not
         know."""
         _flow_id(flow_id)
-        return self.on_scheduler(lambda: self.scheduler.retry(flow_id)) or _known(self, flow_id)
+        done = self.on_scheduler(lambda: self.scheduler.retry(flow_id))
+        return done or self.views.nothing_done(flow_id)
 
     def set_draining(self, on: bool = True) -> None:
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
