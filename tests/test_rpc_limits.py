@@ -245,6 +245,15 @@ def test_a_malformed_or_folded_header_line_is_400_not_passed_over(net, header):
     assert data.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in data, data
 
 
+def test_a_request_line_without_an_http_version_gets_a_status_line(net):
+    """HTTP/0.9 style: it was served a bare JSON body with no status line."""
+    s = net.raw()
+    s.sendall(b"GET /api/v1/node\r\n\r\n")
+    data = read_all(s, time.monotonic() + 5)
+    s.close()
+    assert data.startswith(b"HTTP/1.1 400 ") and b"no HTTP version" in data, data
+
+
 def test_deeply_nested_json_is_400_naming_the_limit(net):
     status, doc, _ = net.call("POST", "/flows", b"[" * 100_000 + b"]" * 100_000)
     assert status == 400 and "max_json_depth" in doc["error"]["message"]

@@ -59,6 +59,10 @@ class RpcHandler(BaseHTTPRequestHandler):
         """Tell the server the headers are in, so the longer body deadline applies: the
         short header deadline is what stops clients that never finish their headers."""
         ok = super().parse_request()   # the request line is in and the headers are read
+        if ok and self.request_version == "HTTP/0.9":   # "GET /path" with no version
+            # Served, it got a bare body with no status line and no headers.
+            self.send_error(400, "the request line has no HTTP version (HTTP/1.1)")
+            return False
         if ok and (self.headers.defects
                    or any("\n" in v or "\r" in v for _, v in self.headers.raw_items())):
             # A header line the parser could not take ("Transfer-Encoding : chunked", which
