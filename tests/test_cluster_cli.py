@@ -27,6 +27,19 @@ def gf(*args, timeout=60, check=True):
     return r
 
 
+def cluster_up(root, *args: str, **popen) -> tuple[str, subprocess.Popen]:
+    """A bootstrapped party "Alice" under ``root`` and `greenflow cluster up` on it
+    (its output as text lines on ``stdout``)."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    alice = str(root / "Alice")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
+    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
+                           alice, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, env=env, **popen)
+    return alice, up
+
+
 @pytest.fixture
 def root():
     # Not pytest's tmp_path: its parent is private to root, and the embedded server runs
@@ -40,13 +53,7 @@ def root():
 
 def test_cluster_up_status_and_flow_list_show_the_workers(root):
     tmp_path = root
-    gf("network", "bootstrap", "--dir", str(tmp_path), "--nodes", "Alice", "--base-port", "0")
-    alice = str(tmp_path / "Alice")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
-    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
-                           alice, "--workers", "2", "--lease", "3", "--renew", "0.5"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    alice, up = cluster_up(tmp_path, "--workers", "2", "--lease", "3", "--renew", "0.5")
     try:
         lines = []
         end = time.monotonic() + 90
@@ -188,13 +195,7 @@ def test_cluster_up_guards_its_database_and_stops_everything_when_its_terminal_c
     stopped it on its way out; a data directory that was gone was replaced, silently, by an
     empty store; SIGHUP (the terminal closed) left the workers and PostgreSQL running; the
     URL file was world-readable and the URL was on every worker's command line."""
-    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
-    alice = str(root / "Alice")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
-    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
-                           alice, "--workers", "1"], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    alice, up = cluster_up(root, "--workers", "1", start_new_session=True)
     try:
         lines = []
         while not any(l.startswith("  w1: rpc") for l in lines):
@@ -247,14 +248,8 @@ def test_cluster_up_starts_a_worker_that_died_again_and_leaves_one_stopped_on_pu
     and with one worker the party stopped serving). Now it is started again under its
     name and takes the partitions back; one stopped on purpose (status 0) is left
     stopped, and with none left `cluster up` says so and exits."""
-    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
-    alice = str(root / "Alice")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (TESTS, os.environ.get("PYTHONPATH")) if p))
-    up = subprocess.Popen([sys.executable, "-m", "greenflow.cli.main", "cluster", "up", "--dir",
-                           alice, "--workers", "1", "--lease", "2", "--renew", "0.5"],
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          start_new_session=True)
+    alice, up = cluster_up(root, "--workers", "1", "--lease", "2", "--renew", "0.5",
+                           start_new_session=True)
     lines: list[str] = []
 
     def until(text: str) -> str:

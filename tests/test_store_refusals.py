@@ -322,39 +322,33 @@ def test_a_data_file_deleted_under_the_running_node_stops_it_before_it_commits_m
     """It went on accepting and completing flows into the unlinked file, logged nothing,
     and lost them all at the next start (which then refused the missing store)."""
     d, fid = stopped
-    log_path = os.path.join(d, "deleted.log")
-    with open(log_path, "w+") as log:
-        proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env())
-        try:
-            client = RpcClient.for_node(d, timeout=10)
-            deadline = time.monotonic() + 30
-            while True:   # up and serving
-                try:
-                    client.flows()
-                    break
-                except RpcClientError:
-                    assert time.monotonic() < deadline and proc.poll() is None
-                    time.sleep(0.1)
-            os.remove(data_mdb(d))
-            _fill_until_dead(proc, d)
-            code = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        log.seek(0)
-        text = log.read()
+
+    def delete_once_serving(proc: subprocess.Popen) -> None:
+        client = RpcClient.for_node(d, timeout=10)
+        deadline = time.monotonic() + 30
+        while True:   # up and serving
+            try:
+                client.flows()
+                break
+            except RpcClientError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+        os.remove(data_mdb(d))
+
+    code, text = _serve_until_dead(d, os.path.join(d, "deleted.log"), first=delete_once_serving)
     assert code == EXIT_STORE_FAILED, text[-3000:]
     assert f"the node store file {data_mdb(d)} was deleted while the node ran" in text, text[-3000:]
 
 
-def _serve_until_dead(d: str, log_path: str, **popen: Any) -> tuple[int, str]:
-    """Start the node of ``d``, feed it flows until its store fails and it exits; its
-    exit status and its output."""
+def _serve_until_dead(d: str, log_path: str, first: Any = None, **popen: Any) -> tuple[int, str]:
+    """Start the node of ``d`` (then ``first(process)``), feed it flows until its store
+    fails and it exits; its exit status and its output."""
     with open(log_path, "w+") as log:
         proc = subprocess.Popen(node_cmd(d), stdout=log, stderr=subprocess.STDOUT, env=_env(),
                                 **popen)
         try:
+            if first is not None:
+                first(proc)
             _fill_until_dead(proc, d)
             code = proc.wait(30)
         finally:
