@@ -177,6 +177,33 @@ class ReadPastClose(FlowLogic):
         return "no end seen"
 
 
+@initiating_flow
+class CloseThenReceive(FlowLogic):
+    """Receives on a session it closed itself (the peer reads one message, then ends)."""
+
+    def __init__(self, peer: Party):
+        self.peer = peer
+
+    def call(self) -> str:
+        session = self.initiate_flow(self.peer)
+        session.send(1)
+        session.close()
+        self.sleep(1)        # the peer has read and ended by now
+        try:
+            return repr(session.receive(int))
+        except UnexpectedFlowEnd as e:
+            return str(e)
+
+
+@initiated_by(CloseThenReceive)
+class ReadOne(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> int:
+        return self.session.receive(int)
+
+
 # ====================================================================== versions
 @initiating_flow(version=2)
 class VersionedAsk(FlowLogic):

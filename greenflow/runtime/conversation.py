@@ -307,6 +307,12 @@ class Conversation:
         tname = type_name(expected)
         if timeout is not None:
             timeout = duration(timeout, "receive(timeout=...)")
+        if st.state == CLOSED and st.peer_ended is None and not self.replaying:
+            # Closed by this flow: as `send` refuses. (It waited for good when the peer then
+            # just ended, which sends no END to a side that closed; or took a late reply.)
+            raise UnexpectedFlowEnd(f"{self.cp.flow_class} cannot receive from "
+                                    f"{st.counterparty.name}: the session has ended (closed "
+                                    "by this flow)")
 
         out = self.suspend(Kind.RECEIVE, (st.sid, st.counterparty.name, tname),
                            deadline=self._deadline(timeout) if timeout is not None
