@@ -18,6 +18,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from typing import Optional
+
 import pytest
 
 from greenflow.network.bootstrap import bootstrap_network
@@ -56,11 +58,13 @@ class Net:
         self.addr = self.configs["Alice"].rpc_address
 
     def call(self, method: str, path: str, body: object = None, *, authz: str = auth(),
-             src: str = "127.0.0.1", timeout: float = 10.0) -> tuple[int, dict, dict]:
+             src: str = "127.0.0.1", timeout: float = 10.0,
+             headers: Optional[dict] = None) -> tuple[int, dict, dict]:
         conn = http.client.HTTPConnection(*self.addr, timeout=timeout, source_address=(src, 0))
         try:
             data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-            conn.request(method, "/api/v1" + path, body=data, headers={"Authorization": authz})
+            conn.request(method, "/api/v1" + path, body=data,
+                         headers={"Authorization": authz, **(headers or {})})
             resp = conn.getresponse()
             raw = resp.read()
             return resp.status, (json.loads(raw) if raw else {}), dict(resp.getheaders())
@@ -252,6 +256,21 @@ def test_a_request_line_without_an_http_version_gets_a_status_line(net):
     data = read_all(s, time.monotonic() + 5)
     s.close()
     assert data.startswith(b"HTTP/1.1 400 ") and b"no HTTP version" in data, data
+
+
+def test_a_state_changing_request_a_page_of_another_site_made_is_refused(net):
+    """The API took a cross-site form's POST: with Basic credentials a browser holds for
+    the port (asked for by the API and /metrics), any web page could kill flows or stop
+    the node. curl and the clients send no Origin and are served as before."""
+    host = "%s:%d" % net.addr
+    for headers in ({"Origin": "http://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
+                    {"Origin": "null"}):
+        status, doc, _ = net.call("POST", "/flows/0123/kill", headers=headers)
+        assert (status, doc["error"]["type"]) == (403, "CrossSite"), (headers, doc)
+    for headers in ({}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}):
+        status, doc, _ = net.call("POST", "/flows/0123/kill", headers=headers)
+        assert status == 404 and doc["error"]["type"] == "UnknownFlow", (headers, doc)
+    assert net.call("GET", "/node", headers={"Origin": "http://evil.example"})[0] == 200
 
 
 def test_deeply_nested_json_is_400_naming_the_limit(net):

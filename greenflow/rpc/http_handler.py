@@ -192,6 +192,8 @@ class RpcHandler(BaseHTTPRequestHandler):
             self.server.busy(self.connection)
             if console:
                 return self._console(rpc, method, url.path, query, raw)
+            if method != "GET":
+                self._same_site()
             try:
                 user = rpc.authenticate(self.headers.get("Authorization"), self.client_address[0])
             except LimitExceeded as exc:
@@ -264,6 +266,22 @@ class RpcHandler(BaseHTTPRequestHandler):
             close = getattr(body, "close", None)
             if close is not None:
                 close()
+
+    def _same_site(self) -> None:
+        """Refuse a state-changing request a web page of another site made a browser send:
+        with credentials the browser holds for this port (Basic, asked for by the API and
+        `/metrics`), a cross-site form could kill flows or stop the node. Browsers say so
+        (`Sec-Fetch-Site`, `Origin`); curl and the clients send neither."""
+        site = self.headers.get("Sec-Fetch-Site")
+        origin = self.headers.get("Origin")
+        if site is not None and site.strip().lower() not in ("same-origin", "none"):
+            raise RpcError(403, "CrossSite", f"a request a page of another site made ("
+                                             f"Sec-Fetch-Site: {clip(site, 40)}) is refused")
+        if origin is not None:
+            host = urlsplit(origin.strip()).netloc.lower()
+            if not host or host != (self.headers.get("Host") or "").strip().lower():
+                raise RpcError(403, "CrossSite", f"a request from another origin "
+                                                 f"({clip(origin, 80)}) is refused")
 
     def _need(self, user: Any, permission: str) -> None:
         if not user.allows(permission):
