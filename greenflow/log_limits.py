@@ -30,6 +30,21 @@ def clip(text: Any, limit: int = CLIP_CHARS) -> str:
     return out
 
 
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0, 9), *range(11, 32), 127)}
+
+
+def log_text(text: Any, limit: int = 4000) -> str:
+    """Text a flow (and so perhaps a client) controls, as a log line may carry it: control
+    characters escaped (an ESC sequence cannot restyle a terminal), each line after the
+    first indented (a newline cannot start what looks like a record of its own), cut past
+    ``limit`` characters. Unlike `clip`, keeps a multi-line message readable."""
+    s = text if isinstance(text, str) else str(text)
+    out = s[:limit].translate(_CONTROLS).replace("\n", "\n    ")
+    if len(s) > limit:
+        out += f"...(+{len(s) - limit} chars)"
+    return out
+
+
 class RateLimitedLog:
     """At most one line per ``interval`` seconds per key: the first occurrence is logged
     at once, the ones after it are counted, and the next line (when the interval has

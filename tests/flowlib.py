@@ -377,6 +377,19 @@ class ShortOfFunds(FlowException):
         self.shortfall = shortfall
 
 
+class FailsWith(FlowLogic):
+    """Fails with a message a client gave it: a FlowException, a plain error, or a
+    TransientError (the hospital)."""
+
+    def __init__(self, kind: str, text: str) -> None:
+        self.kind, self.text = kind, text
+
+    def call(self) -> None:
+        from greenflow.errors import TransientError
+        raise {"decision": FlowException, "bug": ValueError,
+               "transient": TransientError}[self.kind](self.text)
+
+
 class Pays(FlowLogic):
     def call(self) -> None:
         raise ShortOfFunds(42)

@@ -752,3 +752,20 @@ def test_a_flows_own_exception_comes_back_with_its_attributes(net):
         with pytest.raises(ShortOfFunds, match="^short by 42$") as caught:
             node.node.handle(h.id).result()
         assert caught.value.shortfall == 42 and caught.value.error_id
+
+
+@pytest.mark.parametrize("kind", ["decision", "bug", "transient"])
+def test_an_error_message_cannot_forge_log_records_or_restyle_a_terminal(net, kind, caplog):
+    """A flow's error text (from a client's argument, say) went into node.log raw: a
+    newline started a forged record, an ESC sequence restyled the terminal."""
+    import logging
+    from flowlib import FailsWith
+    alice = net.create_node("Alice")
+    forged = "x\n2026-12-07 10:00:00,000 INFO    greenflow.node_process: FORGED\x1b[31mred"
+    with caplog.at_level(logging.INFO):
+        run(net, alice, FailsWith(kind, forged))
+    lines = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
+    assert lines, caplog.text
+    for text in lines:
+        assert "\n2026-12-07" not in text and "\x1b" not in text, text
+        assert "\n    2026-12-07" in text and "FORGED\\x1b[31mred" in text, text

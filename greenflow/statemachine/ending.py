@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from greenflow import serialization
 from greenflow.errors import FlowException, KeyTooLong
+from greenflow.log_limits import log_text
 from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.runtime.checkpoint import Checkpoint
@@ -92,10 +93,10 @@ class Ending:
             exc = res[1]
             if isinstance(exc, (FlowException, KeyTooLong)):   # (says all: no traceback)
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
-                         cp.flow_class, type(exc).__name__, exception_text(exc))
+                         cp.flow_class, type(exc).__name__, log_text(exception_text(exc)))
             else:
                 log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
-                            cp.flow_class, failure_text(exc))
+                            cp.flow_class, log_text(failure_text(exc), 20_000))
             rt.end_frames((Ended.FAILED, exc))
             record["status"] = status = _FAILED
             text = exception_text(exc, MAX_ERROR_TEXT)

@@ -20,6 +20,7 @@ from greenflow.runtime.flow_runtime import FlowRuntime, InboxItem, Resume
 from greenflow.runtime.journal import Entry
 from greenflow.messages import carries_message, decode_frame
 from greenflow.status import FlowStatus
+from greenflow.log_limits import log_text
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -145,7 +146,7 @@ class Loading:
         self.touched.pop(fid, None)
         level = logging.WARNING if retry_in is not None else logging.ERROR
         log.log(level, "%s: flow %s (%s) hospitalized: %s%s", self.identity.name, fid,
-                cp.flow_class, why, f"; retry in {retry_in:.1f}s" if retry_in is not None else "")
+                cp.flow_class, log_text(why), f"; retry in {retry_in:.1f}s" if retry_in is not None else "")
 
     def retry(self, fid: str) -> bool:
         """Take a flow out of the hospital and run it again from its last checkpoint."""
