@@ -241,3 +241,39 @@ def test_a_flows_words_are_shown_escaped_on_every_page(tmp_path):
         assert shown >= 6   # the words are there, as text
     finally:
         proc.stop()
+
+
+def test_console_event_streams_past_max_streams_are_refused_and_heads_hold_no_slot(tmp_path):
+    """Past `max_streams` a console stream answered 200 with one error event and closed,
+    and a browser's EventSource reconnected for ever; it is a 503 now, as the RPC's own
+    streams are. A HEAD of the stream path (headers only) holds no slot."""
+    from flowlib import Sleeper
+
+    from greenflow.network.node_config import NodeConfig
+    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["samples.ping"],
+                            rpc_password=PASSWORD)[0]
+    conf = NodeConfig.load(cfg.base_dir)
+    conf.rpc["max_streams"] = 2
+    conf.save()
+    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    held = []
+    try:
+        fid = proc.node.start_flow(Sleeper(600)).id
+        path = f"/console/api/flows/{fid}/events"
+        ask = (f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {basic()['Authorization']}\r\n"
+               "X-Greenflow-Console: 1\r\n\r\n").encode()
+        for _ in range(4):
+            got = exchange(proc, ask.replace(b"GET ", b"HEAD ", 1).replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+        for _ in range(2):
+            s = socket.create_connection(proc.rpc.address, timeout=10)
+            s.sendall(ask)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+            held.append(s)
+        third = exchange(proc, ask.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"), 5)
+        assert third.startswith(b"HTTP/1.1 503 ") and b"TooManyStreams" in third, third[:300]
+    finally:
+        for s in held:
+            s.close()
+        proc.stop()

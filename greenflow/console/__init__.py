@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
 from greenflow.errors import UnknownFlow
@@ -163,8 +163,13 @@ class ConsoleApp:
             return json_answer(200, data.flow_detail(node, p[1]))
         if len(p) == 3 and p[0] == "flows" and p[2] == "events":
             node.handle(p[1])  # UnknownFlow -> 404 before the stream starts
+            if not self.rpc.open_stream():
+                # Refused before the stream starts, as the RPC's own streams are: a 200
+                # that ends at once made a browser's EventSource reconnect for ever.
+                raise Refused(503, "TooManyStreams", f"{self.rpc.limits.max_streams} event "
+                                                     "streams are open (max_streams): retry later")
             return 200, {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                         "X-Accel-Buffering": "no"}, self._events(p[1])
+                         "X-Accel-Buffering": "no"}, _Held(self._events(p[1]), self.rpc.close_stream)
         if p == ["node"]:
             return json_answer(200, data.node_overview(self.rpc.proc, node))
         if p == ["vault"]:
@@ -200,10 +205,6 @@ class ConsoleApp:
         same events as ``/api/v1/flows/<id>/progress``): ``progress`` per step change,
         ``end`` when it finishes."""
         rpc = self.rpc
-        if not rpc.open_stream():
-            yield sse_event("error", {"message": f"{rpc.limits.max_streams} event streams are "
-                                              "open (max_streams): retry later"})
-            return
         sub = rpc.hub.subscribe(fid)
         try:
             info = data.flow_detail(rpc.node, fid)
@@ -227,4 +228,28 @@ class ConsoleApp:
                 return
         finally:
             rpc.hub.unsubscribe(sub)
-            rpc.close_stream()
+
+
+class _Held:
+    """An event stream holding one of the ``max_streams`` slots: given back once, when the
+    stream ends or is closed, also one never started (a HEAD request)."""
+
+    def __init__(self, events: Iterator[bytes], release: Callable[[], None]) -> None:
+        self.events, self.release = events, release
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self.events)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            self.events.close()
+            release()
+
