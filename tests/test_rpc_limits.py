@@ -270,7 +270,8 @@ def test_a_state_changing_request_a_page_of_another_site_made_is_refused(net):
     for headers in ({}, {"Origin": f"http://{host}", "Sec-Fetch-Site": "same-origin"}):
         status, doc, _ = net.call("POST", "/flows/0123/kill", headers=headers)
         assert status == 404 and doc["error"]["type"] == "UnknownFlow", (headers, doc)
-    assert net.call("GET", "/node", headers={"Origin": "http://evil.example"})[0] == 200
+    status, _, answer_headers = net.call("GET", "/node", headers={"Origin": "http://evil.example"})
+    assert status == 200 and answer_headers["X-Content-Type-Options"] == "nosniff"
 
 
 def test_deeply_nested_json_is_400_naming_the_limit(net):

@@ -37,7 +37,8 @@ class Refused(Exception):
 
 
 def json_answer(status: int, doc: Any) -> Response:
-    return status, {"Content-Type": "application/json", "Cache-Control": "no-store"}, \
+    return status, {"Content-Type": "application/json", "Cache-Control": "no-store",
+                    "X-Content-Type-Options": "nosniff"}, \
         (json.dumps(doc, default=str) + "\n").encode("utf-8")
 
 

@@ -108,6 +108,7 @@ class RpcHandler(BaseHTTPRequestHandler):
         body = json.dumps(doc, indent=None).encode("utf-8") + b"\n"
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        self.send_header("X-Content-Type-Options", "nosniff")   # never read as a page
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
