@@ -136,3 +136,21 @@ class ServiceDown(FlowLogic):
         if self.side_effect(lambda: SERVICE_DOWN):
             raise TransientError("the service is down")
         return "served"
+
+
+LONG_A, LONG_B = Step("a" * 1000), Step("b" * 1000)   # 1 KB per event: buffers fill soon
+
+
+class Stepper(FlowLogic):
+    """Takes ``n`` steps, each with a durable 1 ms sleep after it (a progress event each)."""
+
+    progress_tracker = ProgressTracker(LONG_A, LONG_B)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def call(self) -> int:
+        for i in range(self.n):
+            self.progress_tracker.current_step = LONG_A if i % 2 else LONG_B
+            self.sleep(0.001)
+        return self.n

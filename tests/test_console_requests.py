@@ -277,3 +277,43 @@ def test_console_event_streams_past_max_streams_are_refused_and_heads_hold_no_sl
         for s in held:
             s.close()
         proc.stop()
+
+
+def test_a_console_stream_that_falls_behind_is_told_it_was_dropped(tmp_path):
+    """It ended after its last progress event with nothing said (the RPC's streams say
+    `dropped`), so the page stopped following without a word."""
+    import sys
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from procflows import Stepper
+
+    from greenflow.network.node_config import NodeConfig
+    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["samples.ping"],
+                            rpc_password=PASSWORD)[0]
+    conf = NodeConfig.load(cfg.base_dir)
+    conf.rpc["stream_buffer"] = 20
+    conf.save()
+    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    try:
+        h = proc.node.start_flow(Stepper(3000))
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)   # fills at once
+        s.connect(proc.rpc.address)
+        s.sendall(f"GET /console/api/flows/{h.id}/events HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                  f"{basic()['Authorization']}\r\nX-Greenflow-Console: 1\r\n\r\n".encode())
+        hub = proc.rpc.hub
+        deadline = time.monotonic() + 60
+        while hub.dropped == 0:
+            assert time.monotonic() < deadline, "the stream that did not read was never dropped"
+            time.sleep(0.05)
+        out = b""
+        s.settimeout(20)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+        s.close()
+        assert b"event: dropped" in out and b"events behind" in out, out[-500:]
+    finally:
+        proc.stop()

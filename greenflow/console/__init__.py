@@ -226,6 +226,9 @@ class ConsoleApp:
                     status = None
                 yield sse_event("end", {"flow_id": fid, "status": status})
                 return
+            if sub.dropped and not rpc.stopping:   # as the RPC's streams say it
+                yield sse_event("dropped", {"reason": f"more than {rpc.hub.buffer} events "
+                                                      "behind: reload to follow again"})
         finally:
             rpc.hub.unsubscribe(sub)
 

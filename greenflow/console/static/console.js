@@ -78,6 +78,8 @@
       } catch (e) { /* ignore */ }
     });
     es.addEventListener("end", function () { es.close(); refresh(); });
+    // Fell behind and was dropped: catch up now; the browser reconnects by itself.
+    es.addEventListener("dropped", function () { refresh(); });
     es.onerror = function () { /* the browser reconnects by itself */ };
   }
 
