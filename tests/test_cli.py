@@ -316,6 +316,7 @@ def test_a_sample_run_again_on_an_interrupted_runs_directory_says_it_resumes_its
     assert result.output.strip().endswith("6")
 
 
+@pytest.mark.lmdb_only   # (damages the LMDB data file of the run's node)
 @pytest.mark.parametrize("args", [["sample.ping"],
                                   ["greenflow.samples.ping:Ping", "--arg", "peer=Bob"]])
 def test_a_damaged_store_of_a_run_is_reported_with_what_a_run_can_do(tmp_path, args):
