@@ -152,14 +152,22 @@ class DescribeWhatCame(FlowLogic):
 
 @initiating_flow
 class CloseEarly(FlowLogic):
-    def __init__(self, peer: Party):
-        self.peer = peer
+    """Closes its session after one message; with ``then_receive``, receives on it after
+    its peer (`ReadPastClose`) has ended."""
+
+    def __init__(self, peer: Party, then_receive: bool = False):
+        self.peer, self.then_receive = peer, then_receive
 
     def call(self) -> str:
         session = self.initiate_flow(self.peer)
         session.send(1)
         session.close()
         self.sleep(5)        # still running: the peer's end comes from close(), not our end
+        if self.then_receive:
+            try:
+                return repr(session.receive(int))
+            except UnexpectedFlowEnd as e:
+                return str(e)
         return "closed"
 
 
@@ -175,33 +183,6 @@ class ReadPastClose(FlowLogic):
         except UnexpectedFlowEnd as e:
             return f"{first}; {e}"
         return "no end seen"
-
-
-@initiating_flow
-class CloseThenReceive(FlowLogic):
-    """Receives on a session it closed itself (the peer reads one message, then ends)."""
-
-    def __init__(self, peer: Party):
-        self.peer = peer
-
-    def call(self) -> str:
-        session = self.initiate_flow(self.peer)
-        session.send(1)
-        session.close()
-        self.sleep(1)        # the peer has read and ended by now
-        try:
-            return repr(session.receive(int))
-        except UnexpectedFlowEnd as e:
-            return str(e)
-
-
-@initiated_by(CloseThenReceive)
-class ReadOne(FlowLogic):
-    def __init__(self, session: FlowSession):
-        self.session = session
-
-    def call(self) -> int:
-        return self.session.receive(int)
 
 
 # ====================================================================== versions

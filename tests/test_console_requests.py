@@ -243,19 +243,23 @@ def test_a_flows_words_are_shown_escaped_on_every_page(tmp_path):
         proc.stop()
 
 
+def solo_node(tmp_path, **rpc_settings: int) -> NodeProcess:
+    """A node of its own (the module's shares its settings), with ``[rpc]`` settings."""
+    from greenflow.network.node_config import NodeConfig
+    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["samples.ping"],
+                            rpc_password=PASSWORD)[0]
+    conf = NodeConfig.load(cfg.base_dir)
+    conf.rpc.update(rpc_settings)
+    conf.save()
+    return NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+
+
 def test_console_event_streams_past_max_streams_are_refused_and_heads_hold_no_slot(tmp_path):
     """Past `max_streams` a console stream answered 200 with one error event and closed,
     and a browser's EventSource reconnected for ever; it is a 503 now, as the RPC's own
     streams are. A HEAD of the stream path (headers only) holds no slot."""
     from flowlib import Sleeper
-
-    from greenflow.network.node_config import NodeConfig
-    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["samples.ping"],
-                            rpc_password=PASSWORD)[0]
-    conf = NodeConfig.load(cfg.base_dir)
-    conf.rpc["max_streams"] = 2
-    conf.save()
-    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    proc = solo_node(tmp_path, max_streams=2)
     held = []
     try:
         fid = proc.node.start_flow(Sleeper(600)).id
@@ -282,18 +286,8 @@ def test_console_event_streams_past_max_streams_are_refused_and_heads_hold_no_sl
 def test_a_console_stream_that_falls_behind_is_told_it_was_dropped(tmp_path):
     """It ended after its last progress event with nothing said (the RPC's streams say
     `dropped`), so the page stopped following without a word."""
-    import sys
-    import os
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from procflows import Stepper
-
-    from greenflow.network.node_config import NodeConfig
-    cfg = bootstrap_network(str(tmp_path), ["Solo"], base_port=0, apps=["samples.ping"],
-                            rpc_password=PASSWORD)[0]
-    conf = NodeConfig.load(cfg.base_dir)
-    conf.rpc["stream_buffer"] = 20
-    conf.save()
-    proc = NodeProcess(cfg.base_dir, node_options={"sync": False}).start()
+    proc = solo_node(tmp_path, stream_buffer=20)
     try:
         h = proc.node.start_flow(Stepper(3000))
         s = socket.socket()
