@@ -172,6 +172,9 @@ def test_malformed_requests_are_400(nodes, alice):
         assert json.loads(resp.read())["error"]["type"] == "BadRequest"
     assert error_of(lambda: alice.request("GET", "/nowhere")).status == 404
     assert error_of(lambda: alice.request("GET", "/flows/x/result?wait=-1")).status == 400
+    err = error_of(lambda: alice.request("GET", "/flows/x/result?wait=NaN"))   # said "between"
+    assert err.status == 400 and "`wait` must be a number of seconds from 0 to 600, got 'NaN'" \
+        in err.message, err.message
 
 
 # ------------------------------------------------------------------------- operations

@@ -282,13 +282,15 @@ def test_deeply_nested_json_is_400_naming_the_limit(net):
     assert status == 400 and doc["error"]["type"] == "BadArguments"  # shallow: parsed, judged
 
 
-def test_an_oversized_body_is_413_naming_the_limit(net):
+@pytest.mark.parametrize("expect", [b"", b"Expect: 100-continue\r\n"])
+def test_an_oversized_body_is_413_naming_the_limit(net, expect):
+    """With `Expect: 100-continue` the node said "100 Continue" first (send it), then 413."""
     s = net.raw()
     s.sendall(b"POST /api/v1/flows HTTP/1.1\r\nAuthorization: " + auth().encode()
-              + b"\r\nContent-Length: 5000000\r\n\r\n{")
+              + b"\r\n" + expect + b"Content-Length: 5000000\r\n\r\n" + (b"" if expect else b"{"))
     data = read_all(s, time.monotonic() + 5)
     s.close()
-    assert data.startswith(b"HTTP/1.1 413 ") and b"max_body_bytes" in data
+    assert data.startswith(b"HTTP/1.1 413 ") and b"max_body_bytes" in data, data[:200]
 
 
 # ---------------------------------------------------------------------- logins

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from greenflow.flows.registry import qualified_name
 from greenflow.messages import MAX_ERROR_TEXT, exception_text
+from greenflow.log_limits import clip
 from greenflow.party import Party
 from greenflow.rpc.flow_values import convert, shown
 
@@ -91,8 +92,9 @@ def seconds(value: Any, what: str) -> float:
         s = float(value)
     except (TypeError, ValueError):
         raise RpcError(400, "BadRequest", f"`{what}` must be a number of seconds") from None
-    if not 0 <= s <= MAX_WAIT_SECONDS:
-        raise RpcError(400, "BadRequest", f"`{what}` must be between 0 and {MAX_WAIT_SECONDS:.0f}")
+    if not 0 <= s <= MAX_WAIT_SECONDS:   # (NaN too: it was told "between 0 and 600")
+        raise RpcError(400, "BadRequest", f"`{what}` must be a number of seconds from 0 to "
+                                          f"{MAX_WAIT_SECONDS:.0f}, got {clip(value, 40)}")
     return s
 
 

@@ -76,6 +76,18 @@ class RpcHandler(BaseHTTPRequestHandler):
             self.server.headers_read(self.connection)
         return ok
 
+    def handle_expect_100(self) -> bool:
+        """"100 Continue" only for a body the node will read: one past the body limit is
+        answered 413 at once (the client was told to send it first, then refused)."""
+        lengths = self.headers.get_all("Content-Length") or []
+        limit = self.server.limits.max_body_bytes
+        if is_console_path(urlsplit(self.path).path):
+            limit = min(limit, CONSOLE_BODY_BYTES)
+        if len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit() \
+                and int(lengths[0]) > limit:
+            return True   # no 100: `_read_body` answers 413 without reading the body
+        return super().handle_expect_100()
+
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("RPC %s: %s", self.address_string(), clip(fmt % args, 200))
 
