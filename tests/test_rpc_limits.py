@@ -531,6 +531,40 @@ def test_node_log_rotates_by_size(tmp_path):
     assert all(os.path.getsize(tmp_path / n) <= 4096 for n in names)
 
 
+def test_a_node_process_killed_by_a_fatal_signal_says_so_in_its_log(tmp_path):
+    """SIGBUS (a store file shrunk under LMDB's map), SIGSEGV and the like end the process
+    inside C code, before any logging runs: node.log used to end with the last ordinary
+    line. The signal's name and every thread's stack are written into it now."""
+    import signal
+
+    from greenflow.testing.node_processes import ProcessNetwork
+
+    with ProcessNetwork(tmp_path, ["Solo"], apps=["samples.ping"]) as pn:
+        pn.start("Solo")
+        assert pn.kill("Solo", signal.SIGBUS) == -signal.SIGBUS
+        text = open(os.path.join(pn.dir("Solo"), "node.log"), encoding="utf-8",
+                    errors="replace").read()
+    assert "Fatal Python error: Bus error" in text
+    assert "most recent call first" in text and "node_process.py" in text
+
+
+def test_the_fatal_signal_report_follows_the_log_across_rotations(tmp_path):
+    script = (
+        "import logging, os, signal, sys\n"
+        "from greenflow.rpc.node_process import setup_logging\n"
+        "setup_logging(sys.argv[1], 'INFO', stderr=False, max_bytes=4096, backup_count=2)\n"
+        "for i in range(500):\n"
+        "    logging.getLogger('t').info('line %d %s', i, 'x' * 40)\n"
+        "os.kill(os.getpid(), signal.SIGSEGV)\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == -11, out.stderr
+    current = (tmp_path / "node.log").read_text(errors="replace")
+    older = (tmp_path / "node.log.1").read_text(errors="replace")
+    assert "Fatal Python error: Segmentation fault" in current
+    assert "Fatal Python error" not in older and "Fatal Python error" not in out.stderr
+
+
 def test_failed_logins_with_huge_names_leave_short_rate_limited_log_lines(tmp_path):
     from greenflow.testing.node_processes import ProcessNetwork
 

@@ -27,9 +27,16 @@ from greenflow.cluster.worker import Worker
 from greenflow.errors import FlowError
 from greenflow.network.network_map import NetworkMap, format_address, parse_address
 from greenflow.network.node_config import NodeConfig
+from greenflow.rpc.fatal_report import FatalReport
 from greenflow.rpc.node_process import own_identity
+from greenflow.storage.plain_files import PlainFileHandler
 
 log = logging.getLogger("greenflow.cluster.process")
+
+
+class WorkerLog(FatalReport, PlainFileHandler):
+    """A worker's log (``cluster/NAME.log``); a fatal signal's report goes into it too."""
+
 
 CLUSTER_DIR = "cluster"
 
@@ -184,9 +191,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(d, exist_ok=True)
     logging.getLogger().setLevel(getattr(logging, args.log_level.upper(), logging.INFO))
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    from greenflow.storage.plain_files import PlainFileHandler
     try:
-        fh = PlainFileHandler(os.path.join(d, f"{args.name}.log"), encoding="utf-8")
+        fh = WorkerLog(os.path.join(d, f"{args.name}.log"), encoding="utf-8")
     except OSError as exc:
         print(f"worker {args.name}: cannot write its log: {exc}", file=sys.stderr)
         return 1

@@ -37,6 +37,7 @@ import lmdb
 
 from greenflow.storage import is_lmdb, open_store, store_guard, store_url
 from greenflow.storage.plain_files import PlainOpen
+from greenflow.rpc.fatal_report import FatalReport
 from greenflow.errors import FlowError, StoreError, StoreLocked, StoreRefused
 from greenflow.node.identity import KEY_FILE, NodeIdentity, key_path
 from greenflow.network.network_map import NetworkMap, format_address
@@ -93,10 +94,11 @@ def log_rotation(config: Optional[NodeConfig]) -> tuple[int, int]:
     return max_bytes, backups
 
 
-class _LogFile(PlainOpen, logging.handlers.RotatingFileHandler):
+class _LogFile(FatalReport, PlainOpen, logging.handlers.RotatingFileHandler):
     """``node.log``. A line it cannot write (a full disk) is said once, in one line naming
     the file, instead of logging's traceback on stderr, which would bury the node's own
-    message; every line still goes to stderr."""
+    message; every line still goes to stderr. A fatal signal's report goes into it too
+    (`FatalReport`)."""
 
     failed = False
 
