@@ -260,6 +260,20 @@ def test_a_content_length_of_anything_but_digits_is_400(net, length):
     assert status == 400 and "Content-Length" in doc["error"]["message"]
 
 
+def test_a_raw_utf8_path_is_read_and_echoed_as_utf8(net):
+    """http.server reads the request line as Latin-1: a raw (not %-encoded) UTF-8 path
+    was echoed and looked up as mojibake ('Ã©' for 'é')."""
+    for path in (b"/api/v1/flows/caf\xc3\xa9", b"/api/v1/caf\xc3\xa9"):
+        status, _, doc = net.raw(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                                 + auth().encode() + b"\r\n\r\n")
+        message = doc["error"]["message"]
+        assert status == 404 and "café" in message and "Ã" not in message, message
+    # Bytes that are no UTF-8 still get an answer, not an error of the server's own.
+    status, _, doc = net.raw(b"GET /api/v1/caf\xe9 HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                             + auth().encode() + b"\r\n\r\n")
+    assert status == 404 and doc["error"]["type"] == "NotFound"
+
+
 # ------------------------------------------------------------------------- minor
 def test_the_basic_scheme_name_is_case_insensitive(net):
     for scheme in ("basic", "BASIC", "bAsIc"):

@@ -81,7 +81,7 @@ class RpcHandler(BaseHTTPRequestHandler):
         answered 413 at once (the client was told to send it first, then refused)."""
         lengths = self.headers.get_all("Content-Length") or []
         limit = self.server.limits.max_body_bytes
-        if is_console_path(urlsplit(self.path).path):
+        if is_console_path(urlsplit(self.target).path):
             limit = min(limit, CONSOLE_BODY_BYTES)
         if len(lengths) == 1 and lengths[0].isascii() and lengths[0].isdigit() \
                 and int(lengths[0]) > limit:
@@ -181,15 +181,25 @@ class RpcHandler(BaseHTTPRequestHandler):
         """The console's pages answer HEAD as GET without the body (browsers, proxies and
         monitors check pages so); the JSON API takes no HEAD (405, as any method it does
         not take)."""
-        if is_console_path(urlsplit(self.path).path):
+        if is_console_path(urlsplit(self.target).path):
             self._handle("HEAD")
         else:
             self.send_error(HTTPStatus.NOT_IMPLEMENTED, f"Unsupported method ({self.command!r})")
 
+    @property
+    def target(self) -> str:
+        """The request target as the client sent it. `http.server` decodes the request line
+        as Latin-1; clients send paths in UTF-8 (raw or %-encoded), so a raw ``/flows/é``
+        would otherwise be echoed and looked up as ``/flows/Ã©``."""
+        try:
+            return self.path.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            return self.path
+
     def _handle(self, method: str) -> None:
         rpc = self.server.rpc
         try:
-            url = urlsplit(self.path)
+            url = urlsplit(self.target)
             parts = [unquote(p) for p in url.path.split("/") if p]
             pairs = parse_qs(url.query)
             # A repeated status adds to the filter; any other repeated parameter is refused
@@ -238,7 +248,7 @@ class RpcHandler(BaseHTTPRequestHandler):
         except FlowError as exc:
             self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
-            self.server.warn.exception("500", "RPC %s %s failed", method, clip(self.path, 200))
+            self.server.warn.exception("500", "RPC %s %s failed", method, clip(self.target, 200))
             self._send_json(500, {"error": {"type": "InternalError",
                                             "message": f"{type(exc).__name__}: {exc}; please "
                                                        "file a bug with the node log"}})
@@ -304,7 +314,7 @@ class RpcHandler(BaseHTTPRequestHandler):
     def _route(self, rpc: RpcServer, method: str, parts: list, query: dict, body: Any,
                user: Any) -> None:
         if parts[:2] != ["api", "v1"]:
-            raise RpcError(404, "NotFound", f"no such endpoint {clip(self.path, 200)}; the API is "
+            raise RpcError(404, "NotFound", f"no such endpoint {clip(self.target, 200)}; the API is "
                                             f"under {API}/")
         p = parts[2:]
         route = (method, tuple(p[:1]) + tuple("*" if i == 1 else x for i, x in enumerate(p[1:], 1)))
@@ -360,4 +370,4 @@ class RpcHandler(BaseHTTPRequestHandler):
             self._need(user, "admin")
             return self._send_json(202, rpc.shutdown())
         raise RpcError(*((404, "NotFound") if method == "GET" else (405, "MethodNotAllowed")),
-                       f"no endpoint {method} {clip(self.path, 200)}; see docs/rpc.md")
+                       f"no endpoint {method} {clip(self.target, 200)}; see docs/rpc.md")
