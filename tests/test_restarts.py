@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from flowlib import (Ask, CatchesSideEffectFailure, ChainStart, Doomed, External
                      Napper, Patient, Recorded, Refusal, RefuseEveryone, Rounds, Sleeper, lines)
 from netutil import assert_all_finished, only_flow, pair, result_of, run
 
-from greenflow import FlowError, FlowStatus, UnexpectedFlowEnd
+from greenflow import FlowError, FlowLogic, FlowStatus, UnexpectedFlowEnd
 from greenflow.testing import MockNetwork
 
 ROUNDS_RESULT = 1 + 11 + 21
@@ -315,6 +316,23 @@ def test_lambdas_and_closures_in_attributes_and_locals_survive_restarts(net):
     net.run_network()
     # twice(1)=2, +5 -> 7, +base 3 -> 10, +100 -> 110, later: -1 -> 109
     assert alice.handle(h.id).result() == 109
+
+
+class ExternalThread(FlowLogic):
+    def call(self) -> list:
+        return [threading.current_thread().name,
+                self.run_external(lambda: threading.current_thread().name)]
+
+
+def test_run_external_runs_on_a_worker_thread_on_mock_network_too(net):
+    """The contract: run_external runs its call on a worker thread. MockNetwork ran it on
+    the test's thread (thread-local state and what blocks differed from a real node)."""
+    alice = net.create_node("Alice")
+    h = alice.start_flow(ExternalThread())
+    net.run_network()
+    flow_thread, call_thread = h.result()
+    assert flow_thread == threading.current_thread().name
+    assert call_thread != flow_thread and call_thread.startswith("gf-ext-")
 
 
 def test_run_external_runs_once_and_its_result_is_replayed_after_a_restart(net, tmp_path):

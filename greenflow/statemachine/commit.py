@@ -248,22 +248,24 @@ class CommitStaging:
             refused = unrecordable(fn, out)   # (pickled here, off the scheduler's thread)
             self.post(ExternalDone(fid, out if refused is None else (Outcome.EXC, refused)))
 
+        if self.threaded and self.closing:
+            # The node is closing: the call is not started now (the flow waits for it,
+            # committed; it is made when the node reopens), so close need not wait.
+            log.info("%s: closing: flow %s makes its external call when the node reopens",
+                     self.identity.name, fid)
+            return
+        if self._workers is None:
+            self._workers = ThreadPoolExecutor(max_workers=8 if self.threaded else 1,
+                                               thread_name_prefix=f"gf-ext-{self.identity.name}")
+        fut = self._workers.submit(work)
         if self.threaded:
-            if self.closing:
-                # The node is closing: the call is not started now (the flow waits for it,
-                # committed; it is made when the node reopens), so close need not wait.
-                log.info("%s: closing: flow %s makes its external call when the node reopens",
-                         self.identity.name, fid)
-                return
-            if self._workers is None:
-                self._workers = ThreadPoolExecutor(max_workers=8,
-                                                   thread_name_prefix=f"gf-ext-{self.identity.name}")
-            fut = self._workers.submit(work)
             running = self.external_calls
             running[fut] = fid
             fut.add_done_callback(lambda f: running.pop(f, None))
         else:
-            work()
+            # MockNetwork: on a worker thread too (thread-local state, what blocks), but
+            # waited for here, so the round's outcome stays deterministic.
+            fut.result()
 
     def _slow_commit(self, took: float, writes: int) -> None:
         """Say so when a commit held the node up: every flow of the node waits for it, and
