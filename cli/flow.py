@@ -145,13 +145,16 @@ def result(client: Any, flow_id: str, wait: float, as_json: bool) -> None:
 @node_options
 @click.argument("flow_id", required=False)
 def watch(client: Any, flow_id: Optional[str]) -> None:
-    """Show progress live: of one flow until it ends, or of every flow until Ctrl-C."""
+    """Show progress live: of one flow until it ends (exit 1 if it failed or was killed,
+    as `result`), or of every flow until Ctrl-C."""
     if flow_id is not None:
         res = _follow(client, flow_id, timeout=None)  # type: ignore[arg-type]
-        click.echo(f"{flow_id} {res.get('status')}" + (
-            f": {json.dumps(res.get('result'))}" if res.get("status") == "COMPLETED" else
-            f": {(res.get('error') or {}).get('message', '')}"))
-        return
+        if res.get("status") == "COMPLETED":
+            click.echo(f"{flow_id} COMPLETED: {json.dumps(res.get('result'))}")
+            return
+        err = res.get("error") or {}
+        raise FlowFailed(f"flow {flow_id} {res.get('status')}: {err.get('type', '')}: "
+                         f"{err.get('message', '')}")
     for event, data in client.progress(None):
         if event == "status":
             for f in data["flows"]:

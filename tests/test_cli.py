@@ -272,6 +272,19 @@ def test_bad_arg_says_which(args, message):
     assert message in result.output
 
 
+@pytest.mark.parametrize("arg, says", [
+    ("numbers=[1, 2, \"x\"]", "item 2 'x': a whole number"),
+    ("numbers=1,oops", "item 1 'oops': a whole number"),
+    ('weights={"a": 1, "b": "heavy"}', "the value of 'b': a number"),
+])
+def test_a_bad_member_of_a_list_or_dict_argument_is_named(arg, says):
+    """The refusal named only the element type ('expected list[int] (a whole number)'),
+    as if the value were no list at all."""
+    result = run("run", f"{HERE}:Echo", "--arg", arg)
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+
+
 def test_a_json_argument_nested_past_the_parser_is_a_bad_argument_not_a_traceback():
     deep = "[" * 20_000 + "]" * 20_000   # RecursionError in json.loads
     for arg in ("numbers=" + deep, 'weights={"a": ' + deep + "}"):

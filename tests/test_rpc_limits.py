@@ -651,6 +651,11 @@ def test_flow_watch_on_the_command_line_still_follows_a_flow(net):
     result = CliRunner().invoke(cli, ["flow", "watch", "--node", net.configs["Alice"].base_dir, fid])
     assert result.exit_code == 0, result.output
     assert "Adding up" in result.output and f"{fid} COMPLETED: 3" in result.output
+    # A flow that fails ends the watch as `flow result` does: exit 1, its error named.
+    fid = client.start_flow("procflows.Fails", {"why": "no stock"})["flow_id"]
+    result = CliRunner().invoke(cli, ["flow", "watch", "--node", net.configs["Alice"].base_dir, fid])
+    assert result.exit_code == 1, result.output
+    assert f"flow {fid} FAILED: ValueError: no stock" in result.output
 
 
 def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):

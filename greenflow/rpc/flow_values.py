@@ -164,9 +164,10 @@ def _convert_sequence(value: Any, container: type, args: tuple) -> Any:
     if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         if len(value) != len(args):
             raise ValueError(f"{len(args)} items, got {len(value)}")
-        return tuple(convert(v, t) for v, t in zip(value, args))
+        return tuple(_item(f"item {i} {shown(repr(v), 40)}", v, t)
+                     for i, (v, t) in enumerate(zip(value, args)))
     elem = args[0] if args else Any
-    return container(convert(v, elem) for v in value)
+    return container(_item(f"item {i} {shown(repr(v), 40)}", v, elem) for i, v in enumerate(value))
 
 
 def _convert_dict(value: Any, args: tuple) -> dict:
@@ -175,7 +176,17 @@ def _convert_dict(value: Any, args: tuple) -> dict:
     if not isinstance(value, dict):
         raise ValueError("a JSON object")
     key_t, val_t = args if len(args) == 2 else (Any, Any)
-    return {convert(k, key_t): convert(v, val_t) for k, v in value.items()}
+    return {_item(f"key {shown(repr(k), 40)}", k, key_t):
+            _item(f"the value of {shown(repr(k), 40)}", v, val_t) for k, v in value.items()}
+
+
+def _item(where: str, value: Any, hint: Any) -> Any:
+    """One member of a list, tuple or dict: a refusal says which (`expected list[int]
+    (a whole number)` of ``[1, "x"]`` did not say the list was fine and ``"x"`` not)."""
+    try:
+        return convert(value, hint)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def _json(text: str) -> Any:
