@@ -9,12 +9,16 @@ every `INTERVAL`: a flow still running in the same turn after `STALL_WARNING` se
 logged at WARNING with where it is (its stack from its ``call()``, no values), again
 every `REPEAT` seconds while it lasts, and at INFO when it lets the node go on.
 
-It costs the scheduler one counter per turn of a flow (`Running._step`); the watcher
-reads the counter and the thread's current frame (``sys._current_frames``), never the
-flow's locals.
+It costs the scheduler a counter it steps as a flow's turn begins and again as it ends
+(`Running._step`: odd while a flow runs). The watcher reads the counter; only for a flow
+that has run past `STALL_WARNING` in one turn does it read the thread's current frame
+(``sys._current_frames``, with the cyclic collector held off: on CPython 3.11 a
+collection that starts inside that call can deadlock the whole process, CPython issue
+106883), never the flow's locals.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -78,36 +82,51 @@ def _run() -> None:
         time.sleep(INTERVAL)
         with _lock:
             watched = list(_watched.items())
-        if not watched:
-            continue
-        frames = sys._current_frames()
         now = time.monotonic()
         for sched, w in watched:
             try:
-                _look(w, sched.steps, frames.get(w.thread.ident), now)
+                _look(w, sched.steps, now)
             except Exception:  # noqa: BLE001 - a diagnostic never takes anything down
                 log.debug("stall watch of %s failed", w.name, exc_info=True)
-        del watched, sched, frames   # (no reference kept while sleeping)
+        del watched
+        sched = None   # (no reference kept while sleeping)
 
 
-def _look(w: _Watched, turn: int, frame: Any, now: float) -> None:
-    rt, stack = _running_flow(frame)
-    if rt is None or turn != w.seen:
+def _look(w: _Watched, turn: int, now: float) -> None:
+    if turn != w.seen or not turn & 1:   # a new turn, or no flow running
         if w.told and w.flow is not None:
             log.info("%s: flow %s (%s) let the node go on after %.0f s without suspending",
                      w.name, w.flow[0], w.flow[1], now - w.since)
-        w.seen, w.since, w.told = (turn if rt is not None else None), now, 0.0
-        w.flow = (rt.flow_id, rt.cp.flow_class) if rt is not None else None
+        w.seen, w.since, w.told, w.flow = turn, now, 0.0, None
         return
     ran = now - w.since
     if ran < STALL_WARNING or (w.told and now - w.told < REPEAT):
         return
+    rt, stack = _running_flow(_frame_of(w.thread))
     w.told = now
+    if rt is None:   # (between two flows after all: looked at again in REPEAT seconds)
+        return
+    w.flow = (rt.flow_id, rt.cp.flow_class)
     where = "".join(traceback.format_list(stack[-STACK_FRAMES:]))
     log.warning("%s: flow %s (%s) has run for %.0f s without suspending: every other flow of "
                 "this node waits until it does. Blocking I/O and long computations belong in "
                 "run_external. It is at:\n%s", w.name, rt.flow_id, rt.cp.flow_class, ran,
                 where.rstrip())
+
+
+def _frame_of(thread: threading.Thread) -> Any:
+    """``thread``'s current frame. ``sys._current_frames`` holds the interpreter's lock of
+    its thread list while it allocates; on CPython before 3.12 a cyclic collection
+    started by those allocations may free an object whose finalizer takes that lock
+    again, with the GIL held, and every thread of the process stops for good. So the
+    collector is off for the call (and the call made only for a flow already stalled)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames().get(thread.ident)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _running_flow(frame: Any) -> tuple[Optional[FlowRuntime], list]:

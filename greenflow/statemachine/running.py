@@ -61,19 +61,23 @@ class Running:
                 self.routes[(st.counterparty.name, st.sid, st.role_of_peer)] = rt.flow_id
 
     def _step(self, rt: FlowRuntime, value: Any) -> None:
-        self.steps += 1   # (turns of flows: `greenflow.node.stall_watch` watches it move)
         fid = rt.flow_id
         resident = self.resident
         if rt.cp.status in _FINISHED or resident.get(fid) is not rt:
             return  # finished, or evicted (a newer runtime may stand for the same flow)
         g = rt.greenlet
-        if g is None:
-            if rt.journal:
-                self.stats["replays"] += 1
-            g = rt.start_greenlet()
-            res = g.switch(rt)
-        else:
-            res = g.switch(value)
+        # Odd while the flow runs: `greenflow.node.stall_watch` looks for a turn that lasts.
+        self.steps += 1
+        try:
+            if g is None:
+                if rt.journal:
+                    self.stats["replays"] += 1
+                g = rt.start_greenlet()
+                res = g.switch(rt)
+            else:
+                res = g.switch(value)
+        finally:
+            self.steps += 1
         resident[fid] = resident.pop(fid)  # most recently active last (LRU)
         self.touched[fid] = rt
         if res == ():   # suspended: it waits on rt.pending (traps.switch_to_scheduler)

@@ -113,7 +113,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         # peer name -> [what it has waiting unread here] (`Routing.unread_from`)
         self.unread: dict[str, list] = {}
         self.closing = False
-        self.steps = 0   # turns flows have had (`Running._step`)
+        self.steps = 0   # two per turn a flow has had, odd while one runs (`Running._step`)
         self._wakeup: Optional[Callable[[], None]] = None
         self.stats = {"commits": 0, "flows_started": 0, "replays": 0}
         # (event, flow class) -> count, for the node's metrics (`greenflow.rpc.metrics`): a
