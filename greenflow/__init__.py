@@ -11,9 +11,10 @@ install .``, or ``pip install -e .`` for a working checkout).
 """
 from __future__ import annotations
 
-from greenflow.errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NonDeterminismError,
-                     NotSerializable, NotStartable, ReceiveTypeError, SessionRefused,
-                     UnexpectedFlowEnd, UnknownFlow, UnknownParty, WireFormatError)
+from greenflow.errors import (FlowError, FlowException, FlowKilled, FlowTimeout, NodeClosed,
+                              NonDeterminismError, NotSerializable, NotStartable,
+                              ReceiveTypeError, SessionRefused, UnexpectedFlowEnd, UnknownFlow,
+                              UnknownParty, WireFormatError)
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node.node import FlowHandle, FlowInfo, Node
 from greenflow.party import Party
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FlowError", "FlowException", "FlowHandle", "FlowInfo", "FlowKilled", "FlowLogic",
-    "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NonDeterminismError",
+    "FlowSession", "FlowStatus", "FlowTimeout", "Node", "NodeClosed", "NonDeterminismError",
     "NotSerializable", "NotStartable", "Party", "PeerFlowInfo", "ProgressTracker",
     "ReceiveTypeError", "SessionRefused", "Step", "UnexpectedFlowEnd", "UnknownFlow", "UnknownParty",
     "WireFormatError",

@@ -102,6 +102,12 @@ class WireFormatError(FlowError):
     dropped and logged; nothing the peer sent is ever unpickled."""
 
 
+class NodeClosed(FlowError):
+    """The node object a caller reached has closed (`Node.close`, a power cut in tests, a
+    clustered worker whose partitions changed hands and who serves them from a new one):
+    it says nothing of a flow's outcome. Re-attach through the node serving now."""
+
+
 class StoreError(FlowError):
     """The node's LMDB store failed (disk full, corrupt file). Nothing committed is lost;
     the node stops committing until the cause is fixed."""

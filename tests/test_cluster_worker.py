@@ -203,3 +203,61 @@ def test_a_page_of_the_partys_flows_reads_a_page_of_rows_and_names_each_flows_wo
     for w in (w1, w2):
         seen = {f.id: f.status for f in w.node.flow_page([FlowStatus.SUSPENDED], limit=100).flows}
         assert {fid: seen.get(fid) for fid in waiting} == {fid: FlowStatus.SUSPENDED for fid in waiting}
+
+
+def test_a_result_waited_for_through_a_worker_whose_generation_changes_is_the_flows_own(tmp_path):
+    """Waiting for results over RPC through worker 2 while worker 1, which runs the flows,
+    loses power: worker 2 takes its partitions into a new generation, closing the node
+    object the waits were on. They were answered FAILED ("node Alice is closed") for
+    flows that then completed, and a client retrying such a payment pays twice; now
+    the waits go on through the new generation."""
+    import threading
+
+    from greenflow.cluster.process import WorkerProcess
+    from greenflow.network.bootstrap import bootstrap_network
+    from greenflow.rpc.client import RpcClient
+    [cfg] = bootstrap_network(str(tmp_path), ["Alice"], base_port=0, apps=APPS,
+                              rpc_password="pw")
+    url = server_dsn() + "?schema=" + new_schema()
+    procs = [WorkerProcess(cfg.base_dir, name=f"w{i}", database=url,
+                           rpc_address=("127.0.0.1", 0), lease_s=2.0, renew_s=0.4)
+             for i in (1, 2)]
+    try:
+        for p in procs:
+            p.start()
+        w1, w2 = (p.worker for p in procs)
+        settle(w1, w2)
+        ids = [h.id for h in w1.node.start_flows([SlowPing(w1.node.party, 1, 1.0)
+                                                  for _ in range(20)])]
+        c2 = RpcClient("%s:%d" % procs[1].rpc.address, "admin", "pw", timeout=30)
+        answers: dict = {}
+
+        def wait(fid: str) -> None:
+            try:
+                answers[fid] = c2.result(fid, wait=60)
+            except Exception as exc:  # noqa: BLE001 - a 503 is allowed: nothing known
+                answers[fid] = exc
+
+        waiters = [threading.Thread(target=wait, args=(fid,)) for fid in ids]
+        for t in waiters:
+            t.start()
+        time.sleep(0.3)
+        gen = w2.gen
+        procs[0].rpc.stop()
+        w1.crash()   # power cut: w2 waits out the lease, then takes over in a new generation
+        for t in waiters:
+            t.join(90)
+        assert w2.gen is not gen
+        false_ends = {f: a for f, a in answers.items()
+                      if isinstance(a, dict) and a.get("status") != "COMPLETED"}
+        assert not false_ends, false_ends
+        # Each answer is the flow's completion, or (never wrongly) "nothing known: ask again".
+        for fid, a in answers.items():
+            if not isinstance(a, dict):
+                assert getattr(a, "status", None) == 503, a
+                a = c2.result(fid, wait=30)
+            assert a["status"] == "COMPLETED" and a["result"] == 1, a
+    finally:
+        for p in procs:
+            if p.worker is not None and p.worker.gen is not None:
+                p.stop()

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from greenflow.runtime import snapshots as frames_mod
 from greenflow.runtime.clock import Clock, SystemClock
-from greenflow.errors import FlowError
+from greenflow.errors import FlowError, NodeClosed
 from greenflow.statemachine.events import Call, FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node import flow_listing, node_options, stall_watch
@@ -320,7 +320,7 @@ class Node(NotCheckpointed):
         """Run ``fn`` where the scheduler's state is consistent: inline without a thread,
         as an event on the scheduler thread otherwise."""
         if self._closed:
-            raise FlowError(f"node {self.party.name} is closed")
+            raise NodeClosed(f"node {self.party.name} is closed")
         if not self.threaded or threading.current_thread() is self._thread:
             out = fn()
             if not self.threaded and (self.scheduler.batch or self.scheduler.touched

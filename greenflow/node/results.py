@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from greenflow import serialization
-from greenflow.errors import FlowError, FlowKilled, StoreError, UnknownFlow
+from greenflow.errors import FlowError, FlowKilled, NodeClosed, StoreError, UnknownFlow
 from greenflow.log_limits import clip
 from greenflow.node.flow_views import shown_status
 from greenflow.runtime.flow_runtime import rebuild_flow_exception
@@ -110,8 +110,8 @@ class FlowResults:
         """Handles outlive their node object (a restart opens a new one): say so, rather
         than let the closed store raise from inside LMDB."""
         if self.node._closed:
-            raise FlowError(f"node {self.node.party.name} is closed; to reach flow {fid} after a "
-                            "restart, re-attach with node.handle(id) on the reopened node")
+            raise NodeClosed(f"node {self.node.party.name} is closed; to reach flow {fid} after "
+                             "a restart, re-attach with node.handle(id) on the reopened node")
 
     def record(self, fid: str) -> Optional[dict]:
         self.check_open(fid)
@@ -127,6 +127,12 @@ class FlowResults:
                             f"be read ({type(exc).__name__}: {exc}): the record is damaged") from exc
 
     def result(self, fid: str, timeout: Optional[float]) -> Any:
+        return unpack_result(fid, self.settled(fid, timeout))
+
+    def settled(self, fid: str, timeout: Optional[float]) -> dict:
+        """The record of ``fid``'s end, waiting for it up to ``timeout``. What this raises
+        (`TimeoutError`, `NodeClosed`, `StoreError`) is never the flow's own outcome, which
+        `unpack_result` raises from the record."""
         timeout = _timeout(timeout)
         rec = self.record(fid)
         if rec is None:
@@ -134,7 +140,7 @@ class FlowResults:
                 raise FlowError(f"flow {fid} on {self.node.party.name} has not finished "
                                 f"(status {self.status(fid)}); run the network")
             rec = self.wait(fid, timeout)
-        return unpack_result(fid, rec)
+        return rec
 
     def wait(self, fid: str, timeout: Optional[float]) -> dict:
         node = self.node
@@ -163,7 +169,7 @@ class FlowResults:
                 node.scheduler.post(Call(lambda: node.scheduler.forget_waiter(fid, finished)))
             raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
         if box["r"] is None:
-            raise FlowError(f"node {node.party.name} closed while waiting for flow {fid}; "
+            raise NodeClosed(f"node {node.party.name} closed while waiting for flow {fid}; "
                             "re-attach with node.handle(id) once it is reopened")
         return box["r"]
 

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Optional
 
 from greenflow import serialization
-from greenflow.errors import FlowError
+from greenflow.errors import FlowError, NodeClosed
 from greenflow.flows.context import current_runtime_or_none
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.flows.registry import qualified_name
@@ -34,7 +34,7 @@ class FlowStarter:
     def start(self, items: list[tuple[FlowLogic, Optional[str]]]) -> list[FlowHandle]:
         node = self.node
         if node._closed:
-            raise FlowError(f"node {node.party.name} is closed")
+            raise NodeClosed(f"node {node.party.name} is closed")
         rt = current_runtime_or_none()
         if rt is not None:
             # The node's scheduler runs the calling flow: it would wait for itself.

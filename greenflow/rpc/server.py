@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
 from greenflow.console import ConsoleApp
-from greenflow.errors import FlowError, FlowKilled, UnknownFlow
+from greenflow.errors import FlowError, FlowKilled, NodeClosed, StoreError, UnknownFlow
 from greenflow.flows.registry import qualified_name
 from greenflow.network.network_map import format_address
 from greenflow.node.flow_listing import (CHECKPOINTS_LIMIT, DEFAULT_LIMIT, MAX_CHECKPOINTS_LIMIT,
                                          MAX_LIMIT)
 from greenflow.node.node import FlowHandle
+from greenflow.node.results import unpack_result
 from greenflow.rpc.documents import (MAX_WAIT_SECONDS, REPR_LIMIT, RpcError,  # noqa: F401
                                      count, error_json, flow_json, seconds, shown,
                                      to_json)
@@ -232,16 +234,35 @@ class RpcServer:
         return self.outcome(self.node.handle(fid), wait)  # UnknownFlow -> 404
 
     def outcome(self, handle: FlowHandle, wait: float) -> tuple[int, dict]:
-        """The result document of a flow: 200 when it finished, 202 when not (yet)."""
+        """The result document of a flow: 200 when it finished, 202 when not (yet).
+
+        Only the flow's own end is reported as FAILED: a node object that closed during
+        the wait (a clustered worker's partitions changing hands) or a store that failed
+        says nothing of it. The wait goes on through the node serving now, or the client
+        is told 503, nothing known (it was told FAILED for a flow that then completed,
+        and a client that retried a payment paid twice)."""
         fid = handle.id
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                if wait <= 0 and not handle.status.finished:
+                    raise TimeoutError
+                left = deadline - time.monotonic()
+                rec = handle.node.results.settled(fid, left if wait > 0 and left > 0 else 1.0)
+                break
+            except TimeoutError:
+                info = self.flow(fid)
+                return 202, {"flow_id": fid, "finished": False, "status": info["status"],
+                             "progress_step": info["progress_step"], "error": info["error"]}
+            except (NodeClosed, StoreError) as exc:
+                node = self.node   # 503 Unavailable when no node serves just now
+                if node is handle.node or time.monotonic() >= deadline:
+                    raise RpcError(503, "Unavailable", f"the outcome of flow {fid} cannot be "
+                                   f"read just now ({exc}); nothing is known of it: ask again",
+                                   retry_after=1) from None
+                handle = node.handle(fid)
         try:
-            if wait <= 0 and not handle.status.finished:
-                raise TimeoutError
-            value = handle.result(timeout=wait if wait > 0 else 1.0)
-        except TimeoutError:
-            info = self.flow(fid)
-            return 202, {"flow_id": fid, "finished": False, "status": info["status"],
-                         "progress_step": info["progress_step"], "error": info["error"]}
+            value = unpack_result(fid, rec)
         except FlowKilled as exc:
             return 200, {"flow_id": fid, "finished": True, "status": "KILLED", "error": error_json(exc)}
         except Exception as exc:  # noqa: BLE001 - the flow's own failure, reported as data

@@ -54,6 +54,13 @@ def progress_stream(handler: BaseHTTPRequestHandler, rpc: RpcServer, fid: Option
             _pump(handler, rpc, node, fid, sub, status)
         except OSError:  # the client left, or accepted nothing for request_timeout
             pass
+        except RpcError as exc:   # an outcome not to be read now (a worker's generation
+            # replaced): the stream ends as a dropped one does; the client asks again
+            handler.connection.settimeout(0.2)
+            try:
+                event(handler, "dropped", {"reason": exc.message})
+            except OSError:
+                pass
     finally:
         rpc.hub.unsubscribe(sub)
         rpc.close_stream()
