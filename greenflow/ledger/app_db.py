@@ -45,8 +45,15 @@ class AppDb:
         self._remember(key, value, -1)  # committed already: evictable at once
         return value
 
-    def __contains__(self, key: bytes) -> bool:
-        return self.get(key, _ABSENT) is not _ABSENT
+    def has(self, key: bytes) -> bool:
+        """Whether ``key`` is there, without decoding (nor caching) a stored value: the
+        vault asks this of every transaction a peer sends and of its history."""
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit[0] is not _ABSENT
+        return self.store.table_get(self.name, key) is not None
+
+    __contains__ = has
 
     def put(self, batch: Batch, key: bytes, value: Any) -> None:
         batch.table_put(self.name, key, self.encode(value))

@@ -85,6 +85,14 @@ class _Prefetched(AppDb):
             return default if raw is None else self.decode(raw)
         return super().get(key, default)
 
+    def has(self, key: bytes) -> bool:
+        known = self.known
+        if known is not None and key in known and key not in self._cache:
+            return known[key] is not None
+        return super().has(key)
+
+    __contains__ = has
+
 
 class _SharedIndexes(VaultIndexes):
     """States and types numbered party-wide, so every worker's index entries agree."""
