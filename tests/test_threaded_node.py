@@ -307,3 +307,28 @@ def test_a_flow_that_keeps_the_scheduler_to_itself_is_reported_with_where_it_is(
     [after] = [r for r in caplog.records if "let the node go on" in r.getMessage()]
     assert after.levelname == "INFO" and h.id in after.getMessage()
     assert reads and not any(reads)
+
+
+def test_an_operator_retry_starts_the_retry_count_afresh_on_a_threaded_node_too(tmp_path):
+    """A threaded node retries within a round: a failure in that round went back to the
+    checkpoint stored before the retry, with its count of retries, so the next failure
+    parked the flow for good "after 6 retries" (MockNetwork, which commits the retry
+    first, counted afresh)."""
+    from flowlib import FailsWith
+
+    node = Node.open(tmp_path / "solo", "Solo", retry_backoff=0.02, max_retries=3)
+    try:
+        h = node.start_flow(FailsWith("transient", "down"))
+
+        def parked() -> bool:
+            info = node.flow_info(h.id)
+            return info.status == FlowStatus.HOSPITALIZED and "still failing" in info.error
+
+        wait_until(parked)
+        assert "after 3 retries" in node.flow_info(h.id).error
+        assert node.retry_flow(h.id)
+        time.sleep(0.1)
+        wait_until(parked)
+        assert "after 3 retries" in node.flow_info(h.id).error, node.flow_info(h.id).error
+    finally:
+        node.close()

@@ -170,4 +170,9 @@ class Loading:
         blob = encode_header(cp)
         self.batch.put_header_unchecked(fid, blob)
         rt = self._load(fid, cp)
+        if rt is not None:
+            # Its last good checkpoint until this round commits: a failure in this round
+            # goes back to it, not to the stored one of before the retry (whose retry
+            # count a threaded node, retrying within a round, carried on: "after 6 retries").
+            rt.base = blob
         return rt is not None
