@@ -92,8 +92,11 @@ class RateLimitedLog:
                 self._state[k] = [now, 0, None]
         for _, (_, n, last) in due:
             msg, args = last
-            self.log.warning(msg + " (and %d more like it in the last %.0f s)",
-                             *args, n - 1, self.interval)
+            if n > 1:   # the last one held back, and how many before it
+                self.log.warning(msg + " (and %d more like it in the last %.0f s)",
+                                 *args, n - 1, self.interval)
+            else:       # (it was the only one: "and 0 more" said nothing)
+                self.log.warning(msg, *args)
 
 
 __all__ = ["CLIP_CHARS", "RateLimitedLog", "clip"]

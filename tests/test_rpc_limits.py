@@ -670,6 +670,11 @@ def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
     warn.flush()
     assert [r.getMessage() for r in caplog.records] == [
         "failed login as 0", "failed login as 999 (and 998 more like it in the last 10 s)"]
+    # One held back is said as itself ("and 0 more like it" said nothing).
+    warn.warning("k", "failed login as %s", "b")   # within the interval of the last summary
+    now[0] = 22
+    warn.flush()
+    assert [r.getMessage() for r in caplog.records][2:] == ["failed login as b"]
 
 
 @pytest.mark.parametrize("table, text", [
