@@ -34,3 +34,16 @@ def server_dsn() -> str:
 
 def new_schema() -> str:
     return "t_" + uuid.uuid4().hex[:12]
+
+
+def worker_processes(tmp_path, apps: list, notary: bool = False, n: int = 2) -> list:
+    """``n`` clustered workers of one party, Alice, in this process, each with its RPC
+    server (password "pw"), on a schema of their own; not started."""
+    from greenflow.cluster.process import WorkerProcess
+    from greenflow.network.bootstrap import bootstrap_network
+    [cfg] = bootstrap_network(str(tmp_path), ["Alice"], notary="Alice" if notary else None,
+                              base_port=0, apps=apps, rpc_password="pw")
+    url = server_dsn() + "?schema=" + new_schema()
+    return [WorkerProcess(cfg.base_dir, name=f"w{i}", database=url,
+                          rpc_address=("127.0.0.1", 0), lease_s=2.0, renew_s=0.4)
+            for i in range(1, n + 1)]

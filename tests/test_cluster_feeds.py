@@ -165,16 +165,9 @@ def test_vault_updates_over_rpc_of_a_cluster_worker(tmp_path):
     """``GET /vault/updates`` through one worker process (in this process, with its RPC
     server) streams what a flow started through the other worker records."""
     import threading
-    from cluster_pg import new_schema, server_dsn
-    from greenflow.cluster.process import WorkerProcess
-    from greenflow.network.bootstrap import bootstrap_network
+    from cluster_pg import worker_processes
     from greenflow.rpc.client import RpcClient
-    [cfg] = bootstrap_network(str(tmp_path), ["Alice"], notary="Alice", base_port=0,
-                              apps=["greenflow.ledger.finance"], rpc_password="pw")
-    url = server_dsn() + "?schema=" + new_schema()
-    procs = [WorkerProcess(cfg.base_dir, name=f"w{i}", database=url,
-                           rpc_address=("127.0.0.1", 0), lease_s=2.0, renew_s=0.4)
-             for i in (1, 2)]
+    procs = worker_processes(tmp_path, ["greenflow.ledger.finance"], notary=True)
     try:
         for p in procs:
             p.start()

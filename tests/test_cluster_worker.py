@@ -213,15 +213,9 @@ def test_a_result_waited_for_through_a_worker_whose_generation_changes_is_the_fl
     the waits go on through the new generation."""
     import threading
 
-    from greenflow.cluster.process import WorkerProcess
-    from greenflow.network.bootstrap import bootstrap_network
+    from cluster_pg import worker_processes
     from greenflow.rpc.client import RpcClient
-    [cfg] = bootstrap_network(str(tmp_path), ["Alice"], base_port=0, apps=APPS,
-                              rpc_password="pw")
-    url = server_dsn() + "?schema=" + new_schema()
-    procs = [WorkerProcess(cfg.base_dir, name=f"w{i}", database=url,
-                           rpc_address=("127.0.0.1", 0), lease_s=2.0, renew_s=0.4)
-             for i in (1, 2)]
+    procs = worker_processes(tmp_path, APPS)
     try:
         for p in procs:
             p.start()
