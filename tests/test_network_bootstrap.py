@@ -232,6 +232,19 @@ def test_rpc_permissions_that_are_no_list_of_names_are_refused_naming_the_user(t
         NodeConfig.load(str(tmp_path / "n"))
 
 
+def test_a_misspelt_key_of_an_rpc_user_is_refused_not_read_as_every_permission(tmp_path):
+    """`permisions = ["read"]` was passed over, and the user had the default: ALL."""
+    init_node(str(tmp_path / "n"), "Carol", p2p_address=("127.0.0.1", 13000),
+              rpc_address=("127.0.0.1", 13001), rpc_password="s3cret")
+    path = tmp_path / "n" / "node.toml"
+    text = path.read_text()
+    path.write_text(re.sub(r"(?m)^permissions = .*$", 'permisions = ["read"]', text))
+    with pytest.raises(ConfigError, match=r"rpc_users\[0\] \(admin\): unknown key\(s\) "
+                                          r"'permisions' \(known: password_hash, permissions, "
+                                          r"username\)"):
+        NodeConfig.load(str(tmp_path / "n"))
+
+
 def test_configuration_files_larger_than_any_real_one_are_refused_not_read_whole(tmp_path, monkeypatch):
     """A link to /dev/zero (or a runaway write) was read into memory without bound."""
     from greenflow.network import network_map as map_mod

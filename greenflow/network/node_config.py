@@ -74,6 +74,8 @@ PERMISSIONS = ("ALL", "read", "start", "kill", "retry", "admin")
 KNOWN_SETTINGS = frozenset({"name", "p2p_address", "rpc_address", "apps", "notary",
                             "validating_notary", "network_map", "store", "sensitive_names",
                             "limits", "rpc_users", "rpc", "logging", "p2p"})
+#: The keys of one [[rpc_users]] entry; `permissions` defaults to every permission.
+USER_KEYS = frozenset({"username", "password_hash", "permissions"})
 
 
 class ConfigError(NetworkMapError):
@@ -228,6 +230,11 @@ class NodeConfig:
                     raise ConfigError(f"{where}: rpc_users[{i}] needs username and password_hash")
                 if not u["username"]:
                     raise ConfigError(f"{where}: rpc_users[{i}] has an empty username")
+                odd = set(u) - USER_KEYS
+                if odd:   # a misspelt `permissions` left the default: every permission
+                    raise ConfigError(f"{where}: rpc_users[{i}] ({u['username']}): unknown "
+                                      f"key(s) {', '.join(sorted(map(repr, odd)))} (known: "
+                                      f"{', '.join(sorted(USER_KEYS))})")
                 if not u["password_hash"].startswith(HASH_PREFIXES):
                     # Else the node would start and refuse every password of that user.
                     raise ConfigError(
