@@ -39,7 +39,23 @@ def reference() -> str:
     parts = []
     for path, text in _walk(main, _context(main, "greenflow", None)):
         parts.append(f"#### `{path}`\n\n```\n{text.rstrip()}\n```\n")
+    for name in SAMPLES:   # their options are the samples' own (SAMPLE_OPTIONS)
+        parts.append(f"#### `greenflow run sample.{name}`\n\n```\n{_sample_help(name).rstrip()}\n```\n")
     return "\n".join(parts)
+
+
+#: The bundled samples, whose options `greenflow run sample.NAME --help` shows.
+SAMPLES = ("ping", "trade", "chaos")
+
+
+def _sample_help(name: str) -> str:
+    from click.testing import CliRunner
+
+    from greenflow.cli.main import main
+    out = CliRunner().invoke(main, ["run", f"sample.{name}", "--help"], terminal_width=WIDTH)
+    if out.exit_code != 0:
+        raise SystemExit(f"greenflow run sample.{name} --help failed: {out.output}")
+    return out.output
 
 
 def update(path: str) -> None:
