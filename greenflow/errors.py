@@ -108,6 +108,16 @@ class NodeClosed(FlowError):
     it says nothing of a flow's outcome. Re-attach through the node serving now."""
 
 
+class NotHere(FlowError):
+    """A clustered worker was asked to act on a flow (kill, retry) that another worker of
+    the party runs: nothing was done. ``owner`` names that worker and ``rpc`` is its RPC
+    address (None when not known): send the request there (`RpcClient` does by itself)."""
+
+    def __init__(self, message: str, owner: object = None, rpc: object = None) -> None:
+        super().__init__(message)
+        self.owner, self.rpc = owner, rpc
+
+
 class StoreError(FlowError):
     """The node's LMDB store failed (disk full, corrupt file). Nothing committed is lost;
     the node stops committing until the cause is fixed."""

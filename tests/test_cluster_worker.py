@@ -255,3 +255,36 @@ def test_a_result_waited_for_through_a_worker_whose_generation_changes_is_the_fl
         for p in procs:
             if p.worker is not None and p.worker.gen is not None:
                 p.stop()
+
+
+def test_kill_and_retry_through_a_worker_that_does_not_run_the_flow(tmp_path):
+    """A kill through a worker that does not run the flow answered killed: true, and
+    that worker then showed the flow KILLED, while its owner ran it on to COMPLETED (a
+    retry likewise showed COMPLETED and left the flow parked). Such a worker now does
+    nothing and names the owner (421 NotHere); RpcClient follows it there."""
+    from cluster_pg import worker_processes
+    from greenflow.errors import NotHere
+    from greenflow.rpc.client import RpcClient, RpcClientError
+    procs = worker_processes(tmp_path, APPS)
+    try:
+        for p in procs:
+            p.start()
+        w1, w2 = (p.worker for p in procs)
+        settle(w1, w2)
+        fid = w1.node.start_flow(SlowPing(w1.node.party, 1, 30.0)).id
+        with pytest.raises(NotHere, match=f"flow {fid} runs on worker w1 "):
+            w2.node.kill_flow(fid)
+        c2 = RpcClient("%s:%d" % procs[1].rpc.address, "admin", "pw", timeout=30)
+        with pytest.raises(RpcClientError) as info:
+            c2.request("POST", f"/flows/{fid}/kill", redirected=True)   # not followed
+        assert info.value.status == 421 and info.value.type == "NotHere"
+        assert "%s:%d" % procs[0].rpc.address in info.value.message
+        assert c2.result(fid)["status"] != "KILLED"
+        assert c2.kill(fid) == {"flow_id": fid, "killed": True}   # followed to w1
+        c1 = RpcClient("%s:%d" % procs[0].rpc.address, "admin", "pw", timeout=30)
+        assert c1.result(fid, wait=10)["status"] == c2.result(fid, wait=10)["status"] == "KILLED"
+        assert c2.retry(fid) == {"flow_id": fid, "retried": False}   # (followed: it ended)
+    finally:
+        for p in procs:
+            if p.worker is not None and p.worker.gen is not None:
+                p.stop()

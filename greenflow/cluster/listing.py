@@ -22,6 +22,15 @@ def lease_owners(dsn: str, schema: str, lease_s: float) -> dict[int, str]:
     return {l.part: l.owner for l in leases if l.owner and l.expires_in > 0}
 
 
+def worker_rpc(dsn: str, schema: str, name: str) -> Optional[str]:
+    """The RPC address the worker ``name`` registered (None: none, or no such worker)."""
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
+        row = c.execute(f"SELECT rpc FROM {_ident(schema)}.workers WHERE name = %s",
+                        (name,)).fetchone()
+    return row[0] if row else None
+
+
 def party_listing(worker: "Worker") -> PartyListing:
     """How the worker's node pages through the party's flows (`Node.flow_page`): the
     shared tables read a page at a time on the caller's thread, not every row."""
@@ -29,7 +38,7 @@ def party_listing(worker: "Worker") -> PartyListing:
     return PartyListing(
         open_store=lambda: PostgresStore(worker.dsn, worker.schema, readonly=True),
         owners=lambda: lease_owners(worker.dsn, worker.schema, worker.lease.lease_s),
-        me=worker.name)
+        me=worker.name, rpc_of=lambda name: worker_rpc(worker.dsn, worker.schema, name))
 
 
 @dataclass

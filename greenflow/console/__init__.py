@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
-from greenflow.errors import UnknownFlow
+from greenflow.errors import NotHere, UnknownFlow
 from greenflow.rpc.log_limits import RateLimitedLog, clip
 from greenflow.rpc.metrics import NodeMetrics
 from greenflow.console import data, pages
@@ -72,6 +72,8 @@ class ConsoleApp:
             return self._handle(method, path, query, body, user, headers, client)
         except UnknownFlow as exc:
             return error_answer(path, 404, "UnknownFlow", str(exc))
+        except NotHere as exc:   # a clustered worker: kill or retry it where it runs
+            return error_answer(path, 421, "NotHere", str(exc))
         except data.FilterError as exc:
             return error_answer(path, 400, "BadRequest", str(exc))
         except Refused as exc:

@@ -80,6 +80,8 @@ class PartyListing:
     open_store: Callable[[], Any]
     owners: Callable[[], dict]
     me: str
+    #: A worker's RPC address by its name (None: not known).
+    rpc_of: Optional[Callable[[str], Optional[str]]] = None
 
 
 def parse_cursor(cursor: Optional[str]) -> tuple[str, Optional[str]]:

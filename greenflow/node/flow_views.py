@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from greenflow import serialization
-from greenflow.errors import UnknownFlow
+from greenflow.errors import NotHere, UnknownFlow
 from greenflow.log_limits import clip
 from greenflow.runtime import snapshots as frames_mod
 from greenflow.runtime.checkpoint import Checkpoint
@@ -16,6 +16,7 @@ from greenflow.statemachine import stacks
 from greenflow.status import FlowStatus
 from greenflow.storage import open_store
 from greenflow.storage.interface import FlowStore
+from greenflow.storage.partitions import partition_of
 
 if TYPE_CHECKING:
     from greenflow.node.node import Node
@@ -40,6 +41,29 @@ class FlowViews:
 
     def __init__(self, node: "Node") -> None:
         self.node = node
+
+    def act_here(self, fid: str) -> str:
+        """``fid``, for an action (kill, retry) this node takes on it. A clustered worker
+        acts only on flows of the partitions it runs: for another worker's flow it said
+        done (and even showed the flow KILLED or COMPLETED from its own memory) while the
+        owner ran the flow on to another end. Refused with `NotHere`, naming the owner."""
+        node = self.node
+        if node.runs_flow is None or node.runs_flow(fid):
+            return fid
+        listing = node.party_listing
+        owner = rpc = None
+        if listing is not None:
+            try:
+                owner = listing.owners().get(partition_of(fid))
+                if owner is not None and listing.rpc_of is not None:
+                    rpc = listing.rpc_of(owner)
+            except Exception:  # noqa: BLE001 - the database unreachable: refused, unnamed
+                pass
+        me = listing.me if listing is not None else node.party.name
+        where = (f"worker {owner}" + (f" (RPC at {rpc})" if rpc else "") if owner else
+                 "another worker (its partition is changing hands)")
+        raise NotHere(f"flow {fid} runs on {where}, not on {me}: nothing was done here; "
+                      "send the request there", owner, rpc)
 
     def nothing_done(self, fid: str) -> bool:
         """False for an action that did nothing (`Node.kill_flow`, `retry_flow`), after

@@ -366,7 +366,7 @@ class Node(NotCheckpointed):
         """Kill a flow: it unwinds (its ``finally`` blocks may do no I/O), its peers see
         `UnexpectedFlowEnd`, and ``result()`` raises `FlowKilled`. False when it had
         ended already; `UnknownFlow` for an id this node does not know (as over RPC)."""
-        _flow_id(flow_id)
+        self.views.act_here(_flow_id(flow_id))   # (a clustered worker: NotHere)
         done = self.on_scheduler(lambda: self.scheduler.kill(flow_id))
         return done or self.views.nothing_done(flow_id)
 
@@ -375,7 +375,7 @@ class Node(NotCheckpointed):
         checkpoint (after fixing what parked it, e.g. deploying compatible code). False
         for a flow that is not HOSPITALIZED; `UnknownFlow` for an id this node does not
         know."""
-        _flow_id(flow_id)
+        self.views.act_here(_flow_id(flow_id))
         done = self.on_scheduler(lambda: self.scheduler.retry(flow_id))
         return done or self.views.nothing_done(flow_id)
 

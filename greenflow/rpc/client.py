@@ -9,6 +9,7 @@ needs the credentials given.
 from __future__ import annotations
 
 import base64
+import copy
 import http.client
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Any, Iterator, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 from greenflow.errors import FlowError
+from greenflow.network.network_map import parse_address
 from greenflow.runtime.flow_types import duration
 
 API = "/api/v1"
@@ -91,9 +93,10 @@ class RpcClient:
         return conn
 
     def request(self, method: str, path: str, body: Any = None,
-                timeout: Optional[float] = None) -> tuple[int, Any]:
+                timeout: Optional[float] = None, redirected: bool = False) -> tuple[int, Any]:
         """One call; returns ``(status, document)`` for 2xx, raises `RpcClientError`
-        otherwise."""
+        otherwise. A clustered worker's ``421 NotHere`` is followed once to the worker it
+        names."""
         data = None if body is None else json.dumps(body).encode()
         headers = dict(self._headers)
         if data is not None:
@@ -120,6 +123,14 @@ class RpcClient:
             doc = None
         if resp.status >= 400:
             err = (doc or {}).get("error") if isinstance(doc, dict) else None
+            if resp.status == 421 and isinstance(err, dict) and isinstance(err.get("rpc"), str) \
+                    and not redirected:
+                # A clustered worker that does not run the flow named the one that does
+                # (nothing was done): the same request, once, there.
+                there = copy.copy(self)
+                there.host, there.port = parse_address(err["rpc"])
+                there.url, there._local = f"http://{err['rpc']}", threading.local()
+                return there.request(method, path, body, timeout, redirected=True)
             if isinstance(err, dict):
                 raise RpcClientError(resp.status, str(err.get("type", "")), str(err.get("message", "")))
             raise RpcClientError(resp.status, "HTTPError", f"HTTP {resp.status}: {raw[:200]!r}")

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from greenflow.console import MAX_BODY_BYTES as CONSOLE_BODY_BYTES, is_console_path
-from greenflow.errors import FlowError, NotStartable, UnknownFlow
+from greenflow.errors import (Fenced, FlowError, NodeClosed, NotHere, NotStartable,
+                              UnknownFlow)
 from greenflow.node.flow_listing import BadCursor
 from greenflow.rpc import streams
 from greenflow.rpc.documents import RpcError, check_text, error_json, flag, seconds, shown
@@ -245,6 +246,13 @@ class RpcHandler(BaseHTTPRequestHandler):
             pass
         except TimeoutError as exc:
             self._send_json(504, {"error": {"type": "Timeout", "message": str(exc)}})
+        except NotHere as exc:   # a clustered worker: another one runs the flow
+            self._send_json(421, {"error": {**error_json(exc), "owner": exc.owner, "rpc": exc.rpc}})
+        except (NodeClosed, Fenced) as exc:   # a worker's partitions changing hands under
+            # the request: its commit (if any) rolled back, so nothing was done
+            self._send_json(503, {"error": {"type": "Unavailable", "message": shown(
+                f"the node's partitions changed hands during the request ({exc}); nothing "
+                "was done: retry", MAX_MESSAGE)}}, {"Retry-After": "1"})
         except FlowError as exc:
             self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
