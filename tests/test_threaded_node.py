@@ -332,3 +332,28 @@ def test_an_operator_retry_starts_the_retry_count_afresh_on_a_threaded_node_too(
         assert "after 3 retries" in node.flow_info(h.id).error, node.flow_info(h.id).error
     finally:
         node.close()
+
+
+def test_a_call_into_a_node_whose_scheduler_stopped_is_refused_at_once(tmp_path):
+    """A call posted to a scheduler that had stopped (its store failed; a clustered
+    worker's generation replaced) was never run, and its caller (an RPC request, a
+    listing) waited the whole minute of its timeout before hearing anything."""
+    import glob
+    import os
+
+    from flowlib import Sleeper
+
+    from greenflow.errors import StoreError
+    node = Node.open(tmp_path / "solo", "Solo")
+    try:
+        node.start_flow(Sleeper(3600))
+        [data] = glob.glob(os.path.join(str(tmp_path / "solo"), "store", "data.mdb"))
+        os.remove(data)   # the next commit finds it gone: the scheduler stops committing
+        with pytest.raises(StoreError):
+            node.start_flow(Sleeper(3600))
+        t0 = time.monotonic()
+        with pytest.raises(NodeClosed, match="stopped before it answered"):
+            node.flows()
+        assert time.monotonic() - t0 < 5
+    finally:
+        node.close()

@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from greenflow.runtime import snapshots as frames_mod
 from greenflow.runtime.clock import Clock, SystemClock
-from greenflow.errors import FlowError, NodeClosed
-from greenflow.statemachine.events import Call, FrameArrived
+from greenflow.errors import FlowError
+from greenflow.statemachine.events import FrameArrived
 from greenflow.flows.flow_logic import FlowLogic
 from greenflow.node import flow_listing, node_options, stall_watch
 from greenflow.node.identity import NodeIdentity
@@ -25,6 +25,7 @@ from greenflow.node.flow_views import (FlowInfo, FlowViews, dump_store, info_fro
                                        suspended_on)
 from greenflow.node.results import FlowHandle, FlowResults, NotCheckpointed
 from greenflow.node.results import unpack_result as _unpack_result  # noqa: F401 - its old name
+from greenflow.node.scheduler_calls import run_on_scheduler
 from greenflow.node.starting import FlowStarter
 from greenflow.statemachine.limits import DEFAULT_MAX_INBOUND_SESSIONS, PeerLimits
 from greenflow.party import Party
@@ -318,28 +319,8 @@ class Node(NotCheckpointed):
 
     def on_scheduler(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
         """Run ``fn`` where the scheduler's state is consistent: inline without a thread,
-        as an event on the scheduler thread otherwise."""
-        if self._closed:
-            raise NodeClosed(f"node {self.party.name} is closed")
-        if not self.threaded or threading.current_thread() is self._thread:
-            out = fn()
-            if not self.threaded and (self.scheduler.batch or self.scheduler.touched
-                                      or self.scheduler.post_callbacks):
-                self.scheduler.commit()
-            return out
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def finish(r: Any, e: Optional[BaseException]) -> None:
-            box["r"], box["e"] = r, e
-            done.set()
-
-        self.scheduler.post(Call(fn, finish))
-        if not done.wait(timeout):
-            raise TimeoutError(f"node {self.party.name} did not answer within {timeout}s")
-        if box["e"] is not None:
-            raise box["e"]
-        return box["r"]
+        as an event on the scheduler thread otherwise (`scheduler_calls`)."""
+        return run_on_scheduler(self, fn, timeout)
 
     # ------------------------------------------------------------------ starting flows
     def start_flow(self, flow: FlowLogic, client_id: Optional[str] = None) -> FlowHandle:

@@ -248,11 +248,11 @@ class RpcHandler(BaseHTTPRequestHandler):
             self._send_json(504, {"error": {"type": "Timeout", "message": str(exc)}})
         except NotHere as exc:   # a clustered worker: another one runs the flow
             self._send_json(421, {"error": {**error_json(exc), "owner": exc.owner, "rpc": exc.rpc}})
-        except (NodeClosed, Fenced) as exc:   # a worker's partitions changing hands under
-            # the request: its commit (if any) rolled back, so nothing was done
+        except (NodeClosed, Fenced) as exc:   # e.g. a worker's partitions changing hands
+            # under the request: the call never ran, or its commit was rolled back
             self._send_json(503, {"error": {"type": "Unavailable", "message": shown(
-                f"the node's partitions changed hands during the request ({exc}); nothing "
-                "was done: retry", MAX_MESSAGE)}}, {"Retry-After": "1"})
+                f"the node stopped serving during the request ({exc}); nothing was done: "
+                "retry", MAX_MESSAGE)}}, {"Retry-After": "1"})
         except FlowError as exc:
             self._send_json(503 if "closed" in str(exc) else 500, {"error": error_json(exc)})
         except Exception as exc:  # noqa: BLE001 - a bug: say so, keep serving
