@@ -60,8 +60,11 @@ class FlowViews:
             except Exception:  # noqa: BLE001 - the database unreachable: refused, unnamed
                 pass
         me = listing.me if listing is not None else node.party.name
+        if owner == me:   # taken over, not served yet: this worker's next generation
+            owner = rpc = None
         where = (f"worker {owner}" + (f" (RPC at {rpc})" if rpc else "") if owner else
-                 "another worker (its partition is changing hands)")
+                 "another worker, or this one soon (its partition is changing hands: "
+                 "retry in a moment)")
         raise NotHere(f"flow {fid} runs on {where}, not on {me}: nothing was done here; "
                       "send the request there", owner, rpc)
 

@@ -170,7 +170,7 @@ class FlowResults:
             raise TimeoutError(f"flow {fid} did not finish within {timeout}s")
         if box["r"] is None:
             raise NodeClosed(f"node {node.party.name} closed while waiting for flow {fid}; "
-                            "re-attach with node.handle(id) once it is reopened")
+                             "re-attach with node.handle(id) once it is reopened")
         return box["r"]
 
     def poll(self, fid: str, timeout: Optional[float]) -> dict:
