@@ -342,6 +342,10 @@ class TrackedChildResponder(DelayedEcho):
 
 
 # ====================================================================== errors
+class RefusalGroup(FlowException, ExceptionGroup):
+    """A flow's decision that is also a group of errors (its __new__ needs arguments)."""
+
+
 class Refusal(FlowException):
     """A business refusal whose constructor the receiving side could not call."""
 
@@ -455,6 +459,8 @@ class AskResponder(FlowLogic):
             raise make_local_refusal()
         elif command == "refuse-unprintable":
             raise Unprintable("m")
+        elif command == "refuse-as-group":
+            raise RefusalGroup("refused, with reasons", [ValueError("no stock")])
         elif command == "refuse-huge":   # more than any frame carries
             raise Refusal("z" * 20_000_000, 1)
         elif command == "crash":

@@ -47,6 +47,15 @@ def test_a_flow_exception_of_a_class_the_receiver_cannot_import_arrives_as_flow_
     assert str(err) == "refused by a class nobody can import"
 
 
+def test_a_flow_exception_that_is_also_an_exception_group_arrives_as_flow_exception(net):
+    """Its class cannot be made without arguments (ExceptionGroup.__new__): the peer's
+    receive and both handles raised TypeError from inside greenflow instead."""
+    alice, bob = pair(net)
+    h = run(net, alice, Ask(bob.party, "refuse-as-group"))
+    for err in (error_of(h), error_of(bob.handle(only_flow(bob, "AskResponder").id))):
+        assert type(err) is FlowException and str(err) == "refused, with reasons"
+
+
 def test_a_flow_exception_goes_to_every_peer_with_an_open_session(net):
     alice, bob, carol = (net.create_node(n) for n in ("Alice", "Bob", "Carol"))
     h = run(net, alice, RefuseEveryone([bob.party, carol.party]))

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator
 from urllib.parse import unquote
 
-from greenflow.errors import NotHere, UnknownFlow
+from greenflow.errors import Fenced, NodeClosed, NotHere, UnknownFlow
 from greenflow.rpc.log_limits import RateLimitedLog, clip
 from greenflow.rpc.metrics import NodeMetrics
 from greenflow.console import data, pages
@@ -74,6 +74,9 @@ class ConsoleApp:
             return error_answer(path, 404, "UnknownFlow", str(exc))
         except NotHere as exc:   # a clustered worker: kill or retry it where it runs
             return error_answer(path, 421, "NotHere", str(exc))
+        except (NodeClosed, Fenced) as exc:   # e.g. a worker's generation replaced
+            return error_answer(path, 503, "Unavailable", f"the node stopped serving during "
+                                                          f"the request ({exc}): retry")
         except data.FilterError as exc:
             return error_answer(path, 400, "BadRequest", str(exc))
         except Refused as exc:

@@ -434,7 +434,11 @@ def rebuild_flow_exception(cls_name: str, message: str, error_id: int,
                 break
         if isinstance(obj, type) and issubclass(obj, FlowException):
             cls = obj
-    exc = cls.__new__(cls)
+    try:
+        exc = cls.__new__(cls)
+    except TypeError:   # a __new__ that needs arguments (a FlowException that is also an
+        # ExceptionGroup): rebuilt as a plain FlowException, as an unknown class is
+        exc = FlowException.__new__(FlowException)
     exc.args = (message,)
     exc.error_id = error_id
     exc._gf_from_session = sid  # type: ignore[attr-defined]

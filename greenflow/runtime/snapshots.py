@@ -4,7 +4,9 @@ Each commit records where every suspended flow stands (`locations`); its locals 
 captured when it leaves memory, when a dump asks, or at every suspension if the node is
 told so (`greenflow.statemachine.stacks`), so a dump shows where every flow stands and
 with what, also for flows on disk and not yet replayed. Values are kept as a bounded ``repr`` plus, where small enough, a pickled
-copy. User ``__repr__`` runs here: its cost and size are bounded, and anything whose
+copy. Builtin scalars and small builtin containers of them are shown by ``repr``
+(bounded); any other object by its type alone (``<module.Class object>``): no user
+``__repr__`` runs at a capture (it may be slow, do I/O or show secrets). Anything whose
 name is on the deny-list, or that is key material, is redacted: a local by its name or
 type, and inside dicts, lists, tuples and sets by key name or type too, at any depth
 shown. Apps add their own names and types with `register_sensitive` (or the node option
