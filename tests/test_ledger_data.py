@@ -461,6 +461,23 @@ def test_a_signed_transaction_round_trips_over_the_wire() -> None:
     received.verify(resolver(issued))
 
 
+def test_a_signed_transaction_is_encoded_once_and_keeps_the_bytes_it_arrived_in() -> None:
+    """A trade encoded each of its transactions ~11 times (each peer it went to, each
+    vault that stored it); a frozen transaction's encoding is made once, and one decoded
+    from a payload keeps that payload, which decodes to the very same object again."""
+    stx = move(issue()).sign_with(ALICE_KEY, NOTARY_KEY)
+    sent = encode(stx)
+    assert encode(stx) is sent                      # the second peer, the vault: no work
+    received = decode(sent)
+    assert encode(received) is sent                 # the bytes it arrived in
+    assert decode(encode(received)) == stx
+    signed_more = received.sign_with(BOB_KEY)
+    assert encode(signed_more) != sent and decode(encode(signed_more)) == signed_more
+    assert b"_wire" not in encode(stx.wtx) and b"_wire" not in sent   # never travels
+    # Its stored form (vault, pickles of results) is made from the same bytes.
+    assert received.stored_form().endswith(sent)
+
+
 def test_ledger_values_round_trip_over_the_wire() -> None:
     issued = issue()
     sar = issued.wtx.out_ref(0)

@@ -21,6 +21,7 @@ from typing import Iterable, Mapping, TypeVar
 
 from greenflow.party import Party
 from greenflow.wire import canonical_encode, encode, register_wire_type
+from greenflow.wire.registry import keep_wire_bytes
 from greenflow.ledger.contracts import Command, CommandData
 from greenflow.ledger.crypto import KeyPair, SecureHash, verify
 from greenflow.ledger.errors import SignatureError, TransactionVerificationError
@@ -430,3 +431,4 @@ class TransactionBuilder:
 
 for _cls in (TransactionSignature, LedgerTransaction, WireTransaction, SignedTransaction):
     register_wire_type(_cls)
+keep_wire_bytes(SignedTransaction)   # encoded once per object, also when it arrived

@@ -14,7 +14,7 @@ from greenflow.wire.bounds import (_KEYED_HASH, MAX_CONTAINERS, MAX_SAME_HASH, M
                                    _hashing_bounded, _might_exceed_containers)
 from greenflow.wire.format import (_BIGINT, _DATE, _DATETIME, _DECIMAL, _ENUM, _EPOCH, _FROZENSET,
                                    _OBJECT, _SET, _TIMEDELTA, _TUPLE, _UUID)
-from greenflow.wire.registry import _ENUMS, _OBJECTS, _PLAIN_OBJECTS, _WireClass
+from greenflow.wire.registry import _ENUMS, _OBJECTS, _PLAIN_OBJECTS, KEEPS_WIRE, _WireClass
 
 def _arity(items: list, n: int, what: str) -> None:
     if len(items) != n:
@@ -238,6 +238,8 @@ def decode(data: bytes) -> Any:
             _refuse_timestamps((value,))
         if opened[0]:
             raise WireFormatError("a type marker outside the head of its array")
+        if type(value) in KEEPS_WIRE:
+            value.__dict__["_wire"] = data
         return value
     except WireFormatError:
         raise

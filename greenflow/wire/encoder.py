@@ -12,6 +12,7 @@ from greenflow.wire.bounds import MAX_CONTAINERS, MAX_WIRE_BYTES, _might_exceed_
 from greenflow.wire.canonical import _canonical
 from greenflow.wire.decoder import decode
 from greenflow.wire import registry
+from greenflow.wire.registry import KEEPS_WIRE
 
 # Bound by assignment, not imported by name: CPython compiles a method call on a name that
 # an import statement bound as an attribute load (it assumes a module), which would build a
@@ -48,6 +49,15 @@ def encode(obj: Any) -> bytes:
 
     msgpack's own ``ExtType`` and ``Timestamp`` objects are packed as they are, unchecked
     (msgpack never shows them to `_default`); the receiver refuses them."""
+    if type(obj) in KEEPS_WIRE:
+        kept = obj.__dict__.get("_wire")
+        if kept is None:
+            kept = obj.__dict__["_wire"] = _encode(obj)
+        return kept
+    return _encode(obj)
+
+
+def _encode(obj: Any) -> bytes:
     try:
         packer = _local.packer
     except AttributeError:
