@@ -13,15 +13,23 @@ import copy
 import http.client
 import json
 import os
+import re
 import threading
 from typing import Any, Iterator, Optional
 from urllib.parse import quote, urlencode, urlsplit
 
 from greenflow.errors import FlowError
-from greenflow.network.network_map import parse_address
+from greenflow.network.network_map import format_address, parse_address
 from greenflow.runtime.flow_types import duration
 
 API = "/api/v1"
+#: The largest answer read (a result document of a flow with a big result): anything
+#: larger is refused unread, whoever sends it.
+MAX_ANSWER_BYTES = 256 << 20
+#: The longest line of an event stream, and the most data one event may carry.
+MAX_EVENT_BYTES = 16 << 20
+#: The requests a clustered worker's 421 NotHere is followed for: a kill or a retry.
+_FOLLOWED = re.compile(r"(POST /flows/[^/?]+/(kill|retry)|DELETE /flows/[^/?]+)\Z")
 
 
 class RpcClientError(FlowError):
@@ -38,10 +46,17 @@ class RpcClientError(FlowError):
 
 class RpcClient:
     def __init__(self, url: str, username: str, password: str, *, timeout: float = 60.0) -> None:
-        u = urlsplit(url if "://" in url else "http://" + url)
-        if u.scheme != "http" or not u.hostname:
-            raise RpcClientError(0, "BadUrl", f"{url!r} is not an http://host:port address")
-        self.host, self.port = u.hostname, u.port or 80
+        try:
+            u = urlsplit(url if "://" in url else "http://" + url)
+            port = u.port or 80   # (a port that is no number or out of range: ValueError)
+        except ValueError:
+            u, port = None, 0
+        if u is None or u.scheme != "http" or not u.hostname or u.username is not None \
+                or u.path not in ("", "/") or u.query or u.fragment:
+            shown_url = re.sub(r"//[^/@]*@", "//...@", str(url))   # never echo a password
+            raise RpcClientError(0, "BadUrl", f"{shown_url!r:.200} is not an http://host:port "
+                                 "address (credentials go in --user/--password, not the URL)")
+        self.host, self.port = u.hostname, port
         self.url = f"http://{self.host}:{self.port}"
         self.timeout = timeout
         token = base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -95,8 +110,9 @@ class RpcClient:
     def request(self, method: str, path: str, body: Any = None,
                 timeout: Optional[float] = None, redirected: bool = False) -> tuple[int, Any]:
         """One call; returns ``(status, document)`` for 2xx, raises `RpcClientError`
-        otherwise. A clustered worker's ``421 NotHere`` is followed once to the worker it
-        names."""
+        otherwise, also for an answer that is no JSON object or is larger than
+        `MAX_ANSWER_BYTES`. A clustered worker's ``421 NotHere`` to a kill or retry is
+        followed once to the worker it names."""
         data = None if body is None else json.dumps(body).encode()
         headers = dict(self._headers)
         if data is not None:
@@ -107,7 +123,15 @@ class RpcClient:
             try:
                 conn.request(method, API + path, body=data, headers=headers)
                 resp = conn.getresponse()
-                raw = resp.read()
+                if resp.length is None:   # chunked, or up to the connection's close
+                    raw = resp.read(MAX_ANSWER_BYTES + 1)
+                elif resp.length <= MAX_ANSWER_BYTES:
+                    raw = resp.read()   # (a short one: IncompleteRead, the node died)
+                if resp.length is not None and resp.length > MAX_ANSWER_BYTES \
+                        or len(raw) > MAX_ANSWER_BYTES:
+                    conn.close()
+                    raise RpcClientError(resp.status, "BadAnswer", f"{self.url} answered more "
+                                         f"than {MAX_ANSWER_BYTES:,} bytes; not read")
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()   # a kept-alive connection the server closed: retry once
@@ -122,19 +146,35 @@ class RpcClient:
         except ValueError:
             doc = None
         if resp.status >= 400:
-            err = (doc or {}).get("error") if isinstance(doc, dict) else None
-            if resp.status == 421 and isinstance(err, dict) and isinstance(err.get("rpc"), str) \
-                    and not redirected:
-                # A clustered worker that does not run the flow named the one that does
-                # (nothing was done): the same request, once, there.
-                there = copy.copy(self)
-                there.host, there.port = parse_address(err["rpc"])
-                there.url, there._local = f"http://{err['rpc']}", threading.local()
-                return there.request(method, path, body, timeout, redirected=True)
+            err = doc.get("error") if isinstance(doc, dict) else None
+            if resp.status == 421 and isinstance(err, dict) and not redirected \
+                    and _FOLLOWED.match(f"{method} {path}"):
+                there = self._at(err.get("rpc"))
+                if there is not None:
+                    # A clustered worker that does not run the flow named the one that
+                    # does (nothing was done): the same request, once, there.
+                    return there.request(method, path, body, timeout, redirected=True)
             if isinstance(err, dict):
-                raise RpcClientError(resp.status, str(err.get("type", "")), str(err.get("message", "")))
+                raise RpcClientError(resp.status, _cut(err.get("type", ""), 100),
+                                     _cut(err.get("message", ""), 2000))
             raise RpcClientError(resp.status, "HTTPError", f"HTTP {resp.status}: {raw[:200]!r}")
+        if resp.status >= 300 or not isinstance(doc, dict):
+            raise RpcClientError(resp.status, "BadAnswer", f"{self.url} answered HTTP "
+                                 f"{resp.status} with {raw[:100]!r}: not a node's JSON answer")
         return resp.status, doc
+
+    def _at(self, address: Any) -> Optional["RpcClient"]:
+        """This client, at the RPC address a clustered worker named (None: no address)."""
+        if not isinstance(address, str):
+            return None
+        try:
+            host, port = parse_address(address)
+        except Exception:  # noqa: BLE001 - not an address: the 421 itself is raised
+            return None
+        there = copy.copy(self)
+        there.host, there.port = host, port
+        there.url, there._local = f"http://{format_address((host, port))}", threading.local()
+        return there
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -147,7 +187,10 @@ class RpcClient:
         return self.request("GET", "/node")[1]
 
     def network(self) -> list:
-        return self.request("GET", "/network")[1]["nodes"]
+        nodes = self.request("GET", "/network")[1].get("nodes")
+        if not isinstance(nodes, list):
+            raise RpcClientError(0, "BadAnswer", f"{self.url} answered /network without nodes")
+        return nodes
 
     def start_flow(self, flow: str, args: Optional[dict] = None, *, client_id: Optional[str] = None,
                    wait: Optional[float] = None, count: int = 1) -> dict:
@@ -170,34 +213,44 @@ class RpcClient:
     def flow_page(self, status: Optional[str] = None, limit: Optional[int] = None,
                   cursor: Optional[str] = None) -> dict:
         """One page: ``{"flows", "more", "next_cursor"}`` (pass ``next_cursor`` on)."""
-        q = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor)) if v}
+        q = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor))
+             if v is not None}
         return self.request("GET", "/flows" + (f"?{urlencode(q)}" if q else ""))[1]
 
     def _all(self, page: Any, key: str) -> list:
         out: list = []
         cursor = None
+        seen: set = set()
         while True:
             doc = page(cursor)
-            out += doc[key]
+            items = doc.get(key)
+            if not isinstance(items, list):
+                raise RpcClientError(0, "BadAnswer", f"{self.url} answered a page without "
+                                     f"its {key!r} list")
+            out += items
             cursor = doc.get("next_cursor")
             if not cursor:
                 return out
+            if cursor in seen:   # a node never does this; an answer that does is not read on
+                raise RpcClientError(0, "BadAnswer", f"{self.url} gave the page cursor "
+                                     f"{_cut(cursor, 40)!r} twice")
+            seen.add(cursor)
 
     def flow(self, flow_id: str) -> dict:
-        return self.request("GET", f"/flows/{quote(flow_id)}")[1]
+        return self.request("GET", f"/flows/{_fid(flow_id)}")[1]
 
     def result(self, flow_id: str, wait: float = 0.0) -> dict:
         """``{"finished": bool, "status", "result" | "error"}``; waits up to ``wait`` s."""
         wait = _wait(wait) or 0.0
-        return self.request("GET", f"/flows/{quote(flow_id)}/result?wait={wait}",
+        return self.request("GET", f"/flows/{_fid(flow_id)}/result?wait={wait}",
                             timeout=wait + self.timeout)[1]
 
     def kill(self, flow_id: str) -> dict:
-        return self.request("POST", f"/flows/{quote(flow_id)}/kill")[1]
+        return self.request("POST", f"/flows/{_fid(flow_id)}/kill")[1]
 
     def retry(self, flow_id: str) -> dict:
         """Run a HOSPITALIZED flow again from its last checkpoint (``{"retried": bool}``)."""
-        return self.request("POST", f"/flows/{quote(flow_id)}/retry")[1]
+        return self.request("POST", f"/flows/{_fid(flow_id)}/retry")[1]
 
     def checkpoints(self) -> list:
         """Every unfinished flow's dump entry, read a page at a time."""
@@ -205,7 +258,7 @@ class RpcClient:
 
     def checkpoints_page(self, limit: Optional[int] = None, cursor: Optional[str] = None) -> dict:
         """One page: ``{"checkpoints", "more", "next_cursor"}``."""
-        q = {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v}
+        q = {k: v for k, v in (("limit", limit), ("cursor", cursor)) if v is not None}
         return self.request("GET", "/checkpoints" + (f"?{urlencode(q)}" if q else ""))[1]
 
     def draining(self) -> dict:
@@ -228,36 +281,56 @@ class RpcClient:
         ``update`` per change to the states the parameters select; runs until closed."""
         return self._events(API + "/vault/updates?" + urlencode(params), timeout)
 
-    def _events(self, path: str, timeout: Optional[float]) -> Iterator[tuple[str, Any]]:
+    def _events(self, path: str, timeout: Optional[float],
+                until: Optional[str] = None) -> Iterator[tuple[str, Any]]:
+        """The stream's events. It ends after a ``dropped`` event (the node let it go) or
+        the ``until`` event; a connection that ends otherwise (the node died) raises
+        `RpcClientError` Unreachable, as does an answer that is no event stream."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=self._headers)
             resp = conn.getresponse()
-            if resp.status >= 400:
-                raw = resp.read()
+            if resp.status >= 300:
+                raw = resp.read(MAX_EVENT_BYTES)
                 try:
                     err = json.loads(raw)["error"]
+                    if not isinstance(err, dict):
+                        raise TypeError
                 except (ValueError, KeyError, TypeError):
                     err = {"type": "HTTPError", "message": raw[:200].decode(errors="replace")}
-                raise RpcClientError(resp.status, err.get("type", ""), err.get("message", ""))
-            event, data = "message", []
+                raise RpcClientError(resp.status, _cut(err.get("type", ""), 100),
+                                     _cut(err.get("message", ""), 2000))
+            if not (resp.getheader("Content-Type") or "").startswith("text/event-stream"):
+                raise RpcClientError(resp.status, "BadAnswer", f"{self.url} answered "
+                                     f"{path} with no event stream")
+            event, data, size = "message", [], 0
             while True:
-                line = resp.readline()
+                line = resp.readline(MAX_EVENT_BYTES + 1)
                 if not line:
-                    return
+                    raise RpcClientError(0, "Unreachable", f"the event stream from {self.url} "
+                                         "ended before the node said why (did it stop?)")
+                size += len(line)
+                if len(line) > MAX_EVENT_BYTES or size > MAX_EVENT_BYTES:
+                    raise RpcClientError(0, "BadAnswer", f"an event from {self.url} is larger "
+                                         f"than {MAX_EVENT_BYTES:,} bytes")
                 text = line.decode("utf-8").rstrip("\r\n")
                 if not text:
                     if data:
                         yield event, json.loads("\n".join(data))
-                    event, data = "message", []
+                        if event == "dropped" or event == until:
+                            return
+                    event, data, size = "message", [], 0
                 elif text.startswith(":"):   # a comment (keep-alive)
-                    continue
+                    size = 0 if not data else size
                 elif text.startswith("event:"):
                     event = text[6:].strip()
                 elif text.startswith("data:"):
                     data.append(text[5:].lstrip())
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             raise RpcClientError(0, "Unreachable", f"event stream from {self.url}: {exc}") from None
+        except ValueError as exc:   # no UTF-8, no JSON: not what a node sends
+            raise RpcClientError(0, "BadAnswer", f"event stream from {self.url}: "
+                                 f"{type(exc).__name__}: {_cut(exc, 200)}") from None
         finally:
             conn.close()
 
@@ -267,8 +340,23 @@ class RpcClient:
         and ``end``. For one flow the iteration ends after its ``end``. ``steps=False``
         leaves out the ``progress`` events: a client that only waits for flows to end
         spares the node working out every step of every flow for it."""
-        path = API + (f"/flows/{quote(flow_id)}/progress" if flow_id else "/progress")
-        return self._events(path if steps else path + "?steps=0", timeout)
+        path = API + (f"/flows/{_fid(flow_id)}/progress" if flow_id is not None else "/progress")
+        return self._events(path if steps else path + "?steps=0", timeout,
+                            until="end" if flow_id is not None else None)
+
+
+def _fid(flow_id: Any) -> str:
+    """A flow id as a path segment: a `/` in it would reach another endpoint, an empty one
+    the listing."""
+    if not isinstance(flow_id, str) or not flow_id:
+        raise ValueError(f"a flow id is a non-empty str, got {flow_id!r:.60}")
+    return quote(flow_id, safe="")
+
+
+def _cut(value: Any, limit: int) -> str:
+    """A value an answer carried, as text of bounded length."""
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[:limit] + f"...(+{len(text) - limit} chars)"
 
 
 def _wait(wait: Any) -> Optional[float]:
