@@ -334,6 +334,7 @@ def test_an_operator_retry_starts_the_retry_count_afresh_on_a_threaded_node_too(
         node.close()
 
 
+@pytest.mark.lmdb_only   # (stops the scheduler by deleting the LMDB data file)
 def test_a_call_into_a_node_whose_scheduler_stopped_is_refused_at_once(tmp_path):
     """A call posted to a scheduler that had stopped (its store failed; a clustered
     worker's generation replaced) was never run, and its caller (an RPC request, a
