@@ -4,6 +4,7 @@ worker whose partition moved refused at commit (fencing)."""
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -61,6 +62,23 @@ def settle(*workers, timeout=15.0):
                 return parts
         time.sleep(0.1)
     raise AssertionError(f"partitions not settled: {[len(w.lease.owned()) for w in workers]}")
+
+
+@contextmanager
+def serving_workers(tmp_path):
+    """Two worker processes of Alice in this process, each with its RPC, serving their
+    share of the partitions; stopped at the end."""
+    from cluster_pg import worker_processes
+    procs = worker_processes(tmp_path, APPS)
+    try:
+        for p in procs:
+            p.start()
+        settle(*(p.worker for p in procs))
+        yield procs
+    finally:
+        for p in procs:
+            if p.worker is not None and p.worker.gen is not None:
+                p.stop()
 
 
 def test_two_workers_split_the_partitions_and_each_runs_the_flows_it_starts(party):
@@ -213,14 +231,9 @@ def test_a_result_waited_for_through_a_worker_whose_generation_changes_is_the_fl
     the waits go on through the new generation."""
     import threading
 
-    from cluster_pg import worker_processes
     from greenflow.rpc.client import RpcClient
-    procs = worker_processes(tmp_path, APPS)
-    try:
-        for p in procs:
-            p.start()
+    with serving_workers(tmp_path) as procs:
         w1, w2 = (p.worker for p in procs)
-        settle(w1, w2)
         ids = [h.id for h in w1.node.start_flows([SlowPing(w1.node.party, 1, 1.0)
                                                   for _ in range(20)])]
         c2 = RpcClient("%s:%d" % procs[1].rpc.address, "admin", "pw", timeout=30)
@@ -251,10 +264,6 @@ def test_a_result_waited_for_through_a_worker_whose_generation_changes_is_the_fl
                 assert getattr(a, "status", None) == 503, a
                 a = c2.result(fid, wait=30)
             assert a["status"] == "COMPLETED" and a["result"] == 1, a
-    finally:
-        for p in procs:
-            if p.worker is not None and p.worker.gen is not None:
-                p.stop()
 
 
 def test_kill_and_retry_through_a_worker_that_does_not_run_the_flow(tmp_path):
@@ -262,15 +271,10 @@ def test_kill_and_retry_through_a_worker_that_does_not_run_the_flow(tmp_path):
     that worker then showed the flow KILLED, while its owner ran it on to COMPLETED (a
     retry likewise showed COMPLETED and left the flow parked). Such a worker now does
     nothing and names the owner (421 NotHere); RpcClient follows it there."""
-    from cluster_pg import worker_processes
     from greenflow.errors import NotHere
     from greenflow.rpc.client import RpcClient, RpcClientError
-    procs = worker_processes(tmp_path, APPS)
-    try:
-        for p in procs:
-            p.start()
+    with serving_workers(tmp_path) as procs:
         w1, w2 = (p.worker for p in procs)
-        settle(w1, w2)
         fid = w1.node.start_flow(SlowPing(w1.node.party, 1, 30.0)).id
         with pytest.raises(NotHere, match=f"flow {fid} runs on worker w1 "):
             w2.node.kill_flow(fid)
@@ -284,7 +288,3 @@ def test_kill_and_retry_through_a_worker_that_does_not_run_the_flow(tmp_path):
         c1 = RpcClient("%s:%d" % procs[0].rpc.address, "admin", "pw", timeout=30)
         assert c1.result(fid, wait=10)["status"] == c2.result(fid, wait=10)["status"] == "KILLED"
         assert c2.retry(fid) == {"flow_id": fid, "retried": False}   # (followed: it ended)
-    finally:
-        for p in procs:
-            if p.worker is not None and p.worker.gen is not None:
-                p.stop()
