@@ -33,13 +33,17 @@ def node_options(fn: Callable) -> Callable:
 
 def connect(node: str, user: str | None = None, password: str | None = None) -> Any:
     from greenflow.network.node_config import ConfigError
-    from greenflow.rpc.client import RpcClient
+    from greenflow.rpc.client import RpcClient, RpcClientError
 
     try:
         return RpcClient.for_node(node, user, password)
     except ConfigError as exc:
         raise NotANodeDirectory(str(exc)) from None
-    except ValueError as exc:   # an URL with a port out of range or not a number
+    except RpcClientError as exc:
+        if exc.type != "BadUrl":   # (NoCredentials, NoAddress: said by rpc_errors)
+            raise
+        raise UsageProblem(f"--node is not a usable RPC URL: {exc.message}") from None
+    except ValueError as exc:
         raise UsageProblem(f"--node {node!r} is not a usable RPC URL: {exc}") from None
 
 

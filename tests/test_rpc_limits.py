@@ -162,6 +162,37 @@ def test_progress_streams_are_capped(net):
             s.close()
 
 
+def test_a_stream_its_client_closed_gives_its_slot_back_at_once(net):
+    """A stream learnt that its client had left only at its next write (a keep-alive
+    every 15 s), holding its slot until then: a client opening and closing streams in a
+    loop was refused (503) by its own leftovers."""
+    def start() -> tuple[socket.socket, bytes]:
+        s = net.raw()
+        s.sendall(b"GET /api/v1/progress HTTP/1.1\r\nAuthorization: " + auth().encode()
+                  + b"\r\n\r\n")
+        return s, s.recv(12)   # "HTTP/1.1 200", or 503 when every slot is taken
+
+    def wait_for_a_slot(within: float) -> float:
+        t0 = time.monotonic()
+        while True:
+            s, head = start()
+            s.close()
+            if head == b"HTTP/1.1 200":
+                return time.monotonic() - t0
+            assert time.monotonic() - t0 < within, "closed streams still hold their slots"
+            time.sleep(0.1)
+
+    wait_for_a_slot(30)   # (streams of earlier tests)
+    held = [start() for _ in range(LIMITS["max_streams"])]
+    assert all(head == b"HTTP/1.1 200" for _, head in held)
+    s, head = start()
+    s.close()
+    assert head == b"HTTP/1.1 503"
+    for s, _ in held:
+        s.close()
+    assert wait_for_a_slot(5) < 5   # the check runs twice a second, the hub's once
+
+
 # ---------------------------------------------------------------------- connections
 def test_half_open_and_idle_connections_are_closed_after_the_request_timeout(net):
     socks = [net.raw() for _ in range(10)]        # connect, send nothing

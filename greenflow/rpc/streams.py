@@ -3,6 +3,8 @@ updates, each holding one of the server's ``max_streams`` slots while it runs.""
 from __future__ import annotations
 
 import json
+import select
+import socket
 import time
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Optional
@@ -14,6 +16,31 @@ from greenflow.rpc.progress_hub import KEEPALIVE_SECONDS, Subscriber
 
 if TYPE_CHECKING:
     from greenflow.rpc.server import RpcServer
+
+
+class ClientWatch:
+    """Whether a stream's client has closed its end, looked at most every `EVERY` seconds
+    (a zero-wait poll of the socket). A stream learnt it only at its next write (a
+    keep-alive every 15 s), and until then held a connection slot: a client that opened
+    and closed streams in a loop locked its own address out for half a minute."""
+
+    EVERY = 0.5
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self.sock = handler.connection
+        self.next = 0.0
+
+    def left(self) -> bool:
+        now = time.monotonic()
+        if now < self.next:
+            return False
+        self.next = now + self.EVERY
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            # A client sends nothing on a stream: readable means it closed (or reset) it.
+            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
 
 def event(handler: BaseHTTPRequestHandler, kind: str, doc: Any) -> None:
@@ -88,7 +115,8 @@ def _pump(handler: BaseHTTPRequestHandler, rpc: RpcServer, node: Any, fid: Optio
         handler.wfile.flush()
         out.clear()
 
-    for item in sub.follow(lambda: rpc.stopping):
+    watch = ClientWatch(handler)
+    for item in sub.follow(lambda: rpc.stopping or watch.left()):
         if item is None:   # quiet: a keep-alive
             handler.wfile.write(b": keepalive\n\n")
             handler.wfile.flush()
@@ -128,7 +156,8 @@ def vault_updates(handler: BaseHTTPRequestHandler, rpc: RpcServer, params: dict)
         start_events(handler)
         event(handler, "snapshot", snapshot)
         last = time.monotonic()
-        while not rpc.stopping:
+        watch = ClientWatch(handler)
+        while not rpc.stopping and not watch.left():
             update = feed.next(timeout=1.0)
             if update is not None:
                 event(handler, "update", update)
