@@ -36,10 +36,11 @@ class ClientWatch:
             return False
         self.next = now + self.EVERY
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            poll = select.poll()   # (not select(): no bound on the descriptor's number)
+            poll.register(self.sock, select.POLLIN)
             # A client sends nothing on a stream: readable means it closed (or reset) it.
-            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+            return bool(poll.poll(0)) and self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:   # reset: gone too
             return True
 
 
