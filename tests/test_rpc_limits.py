@@ -571,7 +571,7 @@ def test_node_log_rotates_by_size(tmp_path):
 def test_a_node_process_killed_by_a_fatal_signal_says_so_in_its_log(tmp_path):
     """SIGBUS (a store file shrunk under LMDB's map), SIGSEGV and the like end the process
     inside C code, before any logging runs: node.log used to end with the last ordinary
-    line. The signal's name and every thread's stack are written into it now."""
+    line. The signal's name and the faulting thread's stack are written into it now."""
     import signal
 
     from greenflow.testing.node_processes import ProcessNetwork

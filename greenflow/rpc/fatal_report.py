@@ -3,9 +3,11 @@
 A fault inside C code (SIGSEGV; SIGBUS when a memory-mapped store file shrinks under the
 process; SIGFPE, SIGABRT, SIGILL) ends the process before any Python logging can run, so
 ``node.log`` (or a cluster worker's log) used to end mid-sentence. Python's `faulthandler`
-writes, from the signal handler itself, the signal's name and every thread's stack to one
-file descriptor; `FatalReport` points it at the log file the node writes, and follows that
-file across rotations.
+writes, from the signal handler itself, the signal's name and the stack of the thread that
+faulted to one file descriptor; `FatalReport` points it at the log file the node writes,
+and follows that file across rotations. Only that thread's: walking the other threads'
+frames while they run can fault in turn (seen: a dump that began with another thread
+ended in a second, nested "Segmentation fault" before it reached the faulting one).
 
 The descriptor must stay open as long as faulthandler holds it (a closed number may be
 reused by another file, which a fault would then scribble into), so before the log's
@@ -27,7 +29,7 @@ def report_into(stream: IO[Any]) -> None:
     global _target
     with _lock:
         try:
-            faulthandler.enable(file=stream, all_threads=True)
+            faulthandler.enable(file=stream, all_threads=False)
         except (ValueError, OSError, AttributeError):   # no descriptor: leave it as it was
             return
         _target = stream
@@ -41,7 +43,7 @@ def withdraw(stream: Optional[IO[Any]]) -> None:
             return
         _target = None
         try:
-            faulthandler.enable(file=sys.__stderr__, all_threads=True)
+            faulthandler.enable(file=sys.__stderr__, all_threads=False)
         except (ValueError, OSError, AttributeError):   # no usable stderr (a daemon)
             faulthandler.disable()
 
