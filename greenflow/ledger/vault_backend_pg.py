@@ -69,6 +69,9 @@ _KEY = 36
 
 
 
+_NOT_READ = object()
+
+
 class _Prefetched(AppDb):
     """An `AppDb` that answers, for the keys of one prefetch, from that read: on a
     worker, asking whether a transaction (or a consumed marker) is there is a round trip
@@ -78,18 +81,23 @@ class _Prefetched(AppDb):
         self.__dict__.update(base.__dict__)
         self.known: Optional[dict[bytes, Optional[bytes]]] = None
 
-    def get(self, key: bytes, default: Any = None) -> Any:
+    def _read(self, key: bytes) -> Any:
+        """The prefetched raw value (None: not there), or _NOT_READ when the prefetch
+        did not cover ``key`` or this process has written it since."""
         known = self.known
         if known is not None and key in known and key not in self._cache:
-            raw = known[key]
-            return default if raw is None else self.decode(raw)
-        return super().get(key, default)
+            return known[key]
+        return _NOT_READ
+
+    def get(self, key: bytes, default: Any = None) -> Any:
+        raw = self._read(key)
+        if raw is _NOT_READ:
+            return super().get(key, default)
+        return default if raw is None else self.decode(raw)
 
     def has(self, key: bytes) -> bool:
-        known = self.known
-        if known is not None and key in known and key not in self._cache:
-            return known[key] is not None
-        return super().has(key)
+        raw = self._read(key)
+        return super().has(key) if raw is _NOT_READ else raw is not None
 
     __contains__ = has
 
