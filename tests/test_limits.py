@@ -294,21 +294,30 @@ def test_a_record_built_to_exhaust_the_transport_decoder_is_refused_at_once():
     assert _unpack(msgpack.packb(big, use_bin_type=True)) == big
 
 
-def test_the_cache_of_recent_results_keeps_no_big_result_once_it_is_committed(net):
+def test_the_cache_of_recent_results_is_bounded_in_bytes_once_committed(net, monkeypatch):
     """Twenty flows that returned 50 MB each held a gigabyte in the cache of recent
-    results (bounded only by count, 15,000 records): a big record is read from the store
-    once committed."""
+    results (bounded only by count, 15,000 records): once committed, big records are
+    kept only within a byte budget, the latest first, and the rest read from the store."""
     from flowlib import Returns
-    from greenflow.statemachine.ending import RECENT_RESULT_BYTES
+    from greenflow.statemachine import ending
+    monkeypatch.setattr(ending, "RECENT_BIG_RESULTS_BYTES", 10_000)
     alice = net.create_node("Alice")
-    big = alice.start_flow(Returns(RECENT_RESULT_BYTES + 1))
+    huge = alice.start_flow(Returns(20_000))   # over the whole budget by itself
     small = alice.start_flow(Returns(100))
     net.run_network()
     recent = alice.node.scheduler.recent_results
-    assert big.id not in recent and small.id in recent
-    assert big.result() == b"r" * (RECENT_RESULT_BYTES + 1) and small.result() == b"r" * 100
+    assert huge.id not in recent and small.id in recent
+    assert huge.result() == b"r" * 20_000 and small.result() == b"r" * 100
+    medium = []
+    for _ in range(12):   # ~2 KB each, a round each: the budget holds the latest four
+        medium.append(alice.start_flow(Returns(2_000)))
+        net.run_network()
+    kept = [h.id in recent for h in medium]
+    assert kept == [False] * 8 + [True] * 4, kept
+    assert alice.node.scheduler.kept_big_bytes <= 10_000
+    assert all(h.result() == b"r" * 2_000 for h in medium)
     listed = {f.id: f.status for f in alice.node.flows()}
-    assert listed[big.id] == listed[small.id] == FlowStatus.COMPLETED
+    assert listed[huge.id] == listed[small.id] == listed[medium[0].id] == FlowStatus.COMPLETED
 
 
 def test_timers_a_flow_no_longer_waits_on_do_not_pile_up(net, monkeypatch):

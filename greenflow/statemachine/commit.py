@@ -93,10 +93,8 @@ class CommitStaging:
             if rt.committed >= FORGET_AT and rt.cursor == len(rt.journal) \
                     and resident.get(rt.flow_id) is rt:
                 rt.forget_stored()   # live: its stored entries are read only by a replay
-        if self.big_results:   # committed: read from the store from now on (`Ending`)
-            for fid in self.big_results:
-                self.recent_results.pop(fid, None)
-            self.big_results = []
+        if self.big_results:   # committed: the oldest beyond the budget are read from the
+            self._keep_big_results()   # store from now on (`Ending`)
         self.batch = Batch()
         self._round_routes.clear()
         self.ended.clear()

@@ -32,11 +32,16 @@ _DONE = (Ended.DONE,)
 _KILLED = (Ended.KILLED,)
 # Read once: an enum member looked up on its class costs a descriptor call each time.
 _COMPLETED, _FAILED, _KILLED_STATUS = FlowStatus.COMPLETED, FlowStatus.FAILED, FlowStatus.KILLED
-#: The largest result record (stored bytes) the cache of recent results keeps after its
-#: commit; a bigger one is read from the store when asked for. Twenty flows that returned
-#: 50 MB each held a gigabyte there; with a 64 KiB bound, flows that return a transaction
-#: (~1.5 KB stored, ~5 KB in memory) still held ~100 MB in its 15,000 records.
+#: The cache of recent results keeps every record up to this size (stored bytes) until
+#: its 15,000 records are full; bigger ones share `RECENT_BIG_RESULTS_BYTES`. Twenty flows
+#: that returned 50 MB each held a gigabyte there; with a 64 KiB bound, flows that return
+#: a transaction (~1.5 KB stored, ~5 KB in memory) still held ~100 MB in 15,000 records.
 RECENT_RESULT_BYTES = 1 << 10
+#: The stored bytes of the latest big records the cache keeps once committed (older ones,
+#: and any record bigger than this, are read from the store when asked for): a client
+#: reading the transactions its trades returned right after they end is not made to
+#: decode each again, and the cache stays a few megabytes.
+RECENT_BIG_RESULTS_BYTES = 2 << 20
 
 
 #: The parts of a traceback a flow's failure logs from its start and from its end: a
@@ -144,7 +149,7 @@ class Ending:
             blob = dump_result(record)
         b.put_result(fid, blob, expires)
         if len(blob) > RECENT_RESULT_BYTES:
-            self.big_results.append(fid)
+            self.big_results.append((fid, len(blob)))
         self._count(status._value_, cp.flow_class)
         if cp.client_id is not None:
             b.expire_client(cp.client_id, expires)
@@ -169,6 +174,19 @@ class Ending:
             self.post_callbacks.extend((lambda w=w: w(record)) for w in waiters)
         if self.progress_listeners:
             self.progress_changed(rt, None)
+
+    def _keep_big_results(self) -> None:
+        """After a commit: this round's big result records join the kept ones; the
+        oldest beyond the byte budget leave `recent_results` (the store has them)."""
+        kept = self.kept_big
+        kept.extend(self.big_results)
+        self.kept_big_bytes += sum(size for _, size in self.big_results)
+        self.big_results = []
+        recent = self.recent_results
+        while self.kept_big_bytes > RECENT_BIG_RESULTS_BYTES:
+            fid, size = kept.popleft()
+            self.kept_big_bytes -= size
+            recent.pop(fid, None)
 
     def when_finished(self, fid: str, fn: Callable[[dict], None]) -> None:
         """``fn(result record)`` once flow ``fid`` has ended and its result is durable."""

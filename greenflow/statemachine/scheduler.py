@@ -89,9 +89,12 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.post_callbacks: list[Callable[[], None]] = []
         self.waiters: dict[str, list[Callable[[dict], None]]] = {}
         self.recent_results: dict[str, dict] = {}
-        # Flows of this round whose result records are big: out of `recent_results` once
-        # committed (the store has them), so the cache is bounded in bytes, not only count.
-        self.big_results: list[str] = []
+        # Flows of this round whose result records are big, with their sizes: once
+        # committed (the store has them) they join `kept_big`, the latest of which
+        # `recent_results` keeps within RECENT_BIG_RESULTS_BYTES: bounded in bytes too.
+        self.big_results: list[tuple[str, int]] = []
+        self.kept_big: deque[tuple[str, int]] = deque()
+        self.kept_big_bytes = 0
         self.idle_greenlets: list = []   # finished flows' greenlets, reused (traps.recycle)
         self.progress_listeners: list[Callable[[str, Optional[str]], None]] = []
         # fn(flow_id) when a flow ends (completed, failed, killed), inside the round: what
