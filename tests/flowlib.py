@@ -336,6 +336,24 @@ class TrackedResponder(DelayedEcho):
     pass
 
 
+@initiating_flow
+class UntrackedParent(FlowLogic):
+    """No tracker of its own: its step clears when its tracked sub-flow ends, and it
+    then waits again before it ends."""
+
+    def __init__(self, peer: Party, delay: float):
+        self.peer, self.delay = peer, delay
+
+    def call(self) -> int:
+        self.sub_flow(TrackedChild(self.peer, self.delay))
+        return self.initiate_flow(self.peer).send_and_receive(int, self.delay)
+
+
+@initiated_by(UntrackedParent)
+class UntrackedParentResponder(DelayedEcho):
+    pass
+
+
 @initiated_by(TrackedChild)
 class TrackedChildResponder(DelayedEcho):
     pass

@@ -174,6 +174,24 @@ def test_progress_listeners_hear_every_step_listings_the_step_of_each_commit(net
     assert heard == ["Asking", "Delegating", "Delegating / Child waiting", "Delegating", None]
 
 
+def test_a_step_that_clears_while_the_flow_runs_is_not_taken_for_its_end(net):
+    """A flow with no tracker of its own whose tracked sub-flow ended had its step
+    cleared, and listeners heard None, which says the flow ended: RPC progress streams
+    sent `end` (waiting up to 30 s for the real one) and a stream of one flow closed
+    before the flow's next steps."""
+    from flowlib import UntrackedParent
+    alice, bob = pair(net)
+    heard = []
+    alice.add_progress_listener(lambda fid, step: heard.append(step))
+    handle = alice.start_flow(UntrackedParent(bob.party, 10))
+    for _ in range(3):
+        net.run_network()
+        net.advance_clock(10)
+    net.run_network()
+    assert handle.result() == 1
+    assert heard == ["Child waiting", None]
+
+
 def test_a_progress_hub_wants_every_step_only_while_a_stream_is_open(net):
     from greenflow.rpc.progress_hub import ProgressHub
     alice, bob = pair(net)

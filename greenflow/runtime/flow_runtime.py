@@ -369,7 +369,9 @@ class FlowRuntime(Conversation, RecordedValues):
             step = "... " + step[-(MAX_PROGRESS_PATH - 4):]       # (the innermost step shows)
         if step != self.cp.progress_step:
             self.cp.progress_step = step
-            if self.sched.progress_listeners and not self.replaying:
+            # A step that clears (a tracked sub-flow ended, the flow has no step of its
+            # own) is not told: listeners take None for the flow's end.
+            if step is not None and self.sched.progress_listeners and not self.replaying:
                 self.sched.progress_changed(self, step)
 
 
