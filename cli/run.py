@@ -4,7 +4,8 @@
 ``greenflow.samples``' docstring); the sample's own options follow the target.
 
 ``module.path:FlowClass`` builds a `MockNetwork` with a node ``Alice`` that starts the
-flow, plus one node per party named in an ``--arg`` (``--arg peer=Bob``), delivers
+flow, a notary named ``Notary`` (for ledger flows), plus one node per party named in an
+``--arg`` (``--arg peer=Bob``), delivers
 messages until the flow ends, and prints its result. Time is the network's virtual
 clock: when nothing else moves, it jumps to the next timer, so flows that ``sleep`` or
 wait with a timeout finish at once.
@@ -53,8 +54,8 @@ def command(ctx: click.Context, target: Optional[str], assignments: tuple[str, .
 
     TARGET is sample.NAME (a bundled sample; its own options follow it, e.g.
     `greenflow run sample.ping -n 5`) or module.path:FlowClass (a @startable flow,
-    started on node Alice; its result is printed). Exit code 0 on success, 1 when the
-    flow fails, 2 for a bad command line.
+    started on node Alice, with a notary named Notary; its result is printed). Exit
+    code 0 on success, 1 when the flow fails, 2 for a bad command line.
     """
     if target is None or target.startswith("-"):
         if show_help:
@@ -206,6 +207,7 @@ def _run_flow(ctx: click.Context, target: str, assignments: tuple[str, ...],
     with data_directory(data_dir) as directory, _store_hint(directory), \
             MockNetwork(directory) as net:
         alice = net.create_node(STARTER)
+        net.notary   # a ledger flow finds it (identity_service.notaries(), --arg notary=Notary)
 
         def party_for(name: str) -> Any:
             known = {mn.name: mn for mn in net.nodes}

@@ -215,6 +215,25 @@ def test_flow_modules_in_the_current_directory_are_importable(tmp_path, monkeypa
     assert result.output.strip() == "hello world"
 
 
+def test_a_flow_run_from_the_command_line_finds_the_notary(tmp_path, monkeypatch):
+    """A ledger flow run with `greenflow run` found no notary (`notaries()` empty, and
+    `--arg notary=Notary` made an ordinary node of that name: "Notary is not a notary")."""
+    (tmp_path / "my_notary_flows.py").write_text(
+        "from greenflow import FlowLogic, Party, startable\n"
+        "@startable\n"
+        "class Notaries(FlowLogic):\n"
+        "    def __init__(self, notary: Party):\n"
+        "        self.notary = notary\n"
+        "    def call(self):\n"
+        "        known = self.services.identity_service.notaries()\n"
+        "        return ','.join(p.name for p in known) + ' ' + str(self.notary in known)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    result = run("run", "my_notary_flows:Notaries", "--arg", "notary=Notary")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "Notary True"
+
+
 class Unprintable(ValueError):
     def __str__(self) -> str:
         raise ValueError("no text for you")
