@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 from greenflow.benchmarks import common, plots
 
@@ -159,8 +159,29 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -
                   f"other work, or a previous suite's threads that the average still counts)")
         written = [] if args.no_plots else plots.plot_safely(name, data, ctx.out)
         print(f"(written to {path}" + "".join(f", {p}" for p in written) + ")")
+        broken = list(_errors(result.figures))
+        if broken:   # a table of dashes is not a result: say so, and exit 1
+            print(f"\n== {name} == {len(broken)} measurement(s) FAILED:", file=sys.stderr)
+            for where, error in broken:
+                print(f"  {where}: {error}", file=sys.stderr)
+            failed += 1
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _errors(figures: object, where: str = "") -> Iterator[tuple[str, str]]:
+    """(path, first line) of every measurement in a suite's figures that failed: the
+    workers report a failure as a dict with an ``error`` (its traceback)."""
+    if isinstance(figures, dict):
+        if isinstance(figures.get("error"), str):
+            lines = figures["error"].strip().splitlines() or ["(no message)"]
+            yield where or "(suite)", lines[0][:300]
+            return
+        for key, value in figures.items():
+            yield from _errors(value, f"{where} / {key}" if where else str(key))
+    elif isinstance(figures, list):
+        for i, value in enumerate(figures):
+            yield from _errors(value, f"{where}[{i}]")
 
 
 if __name__ == "__main__":

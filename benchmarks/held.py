@@ -44,7 +44,7 @@ def _result(n: int, before: tuple[int, int], after: tuple[int, int], seconds: fl
 def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
                 capture_frames: bool = True) -> dict:
     from greenflow import Node, Party
-    from greenflow.benchmarks.harness import Hold, NullTransport
+    from greenflow.benchmarks.harness import Hold, NullTransport, all_waiting
 
     base = scratch_dir("held-gf")
     node = None
@@ -52,7 +52,7 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
         node = Node.open(base, "Holder", transport=NullTransport(), sync=True, threaded=True,
                          max_resident=max_resident, capture_frames=capture_frames)
         peer = Party("Nobody")
-        node.start_flows([Hold(peer) for _ in range(min(batch, 200))])  # warm-up
+        warm = node.start_flows([Hold(peer) for _ in range(min(batch, 200))])
         gc.collect()
         before = mem()
         t0 = time.perf_counter()
@@ -65,6 +65,7 @@ def w_greenflow(n: int, max_resident: Optional[int] = None, batch: int = 1000,
                 el = time.perf_counter() - t0
                 child_progress(f"{made:,}/{n:,} flows, {made / el:,.0f}/s")
         seconds = time.perf_counter() - t0
+        all_waiting(node, made + len(warm), warm[0])
         sched = node.scheduler
         try:   # on the scheduler thread: after its last round (and hibernation) is over
             resident = node.on_scheduler(lambda: len(sched.resident))

@@ -35,11 +35,11 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
     from greenflow.statemachine.events import FrameArrived
     from greenflow.messages import DATA, Frame, encode_frame
     from greenflow import wire
-    from greenflow.benchmarks.harness import Hold
+    from greenflow.benchmarks.harness import Hold, all_waiting
 
     base = scratch_dir("hibernated")
     peer = Party("Nobody", b"\x01" * 32)
-    node = Node.open(base, "Holder", transport=AckingTransport(), sync=True, threaded=True,
+    node = Node.open(base, "Holder", transport=AckingTransport(peer), sync=True, threaded=True,
                      max_resident=MAX_RESIDENT)
     gc.collect()
     before = mem()
@@ -61,7 +61,7 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
     create_s = time.perf_counter() - t0
     # Let the last round finish, then measure.
     resident = node.on_scheduler(lambda: len(node.scheduler.resident))
-    waiting = node.pending_flows_count
+    waiting = all_waiting(node, n, handles[0])
     gc.collect()
     after = mem()
     used_bytes = getattr(node.store, "bytes_used", lambda: 0)()
@@ -72,7 +72,7 @@ def w_hibernated(n: int, sample: int = SAMPLE, batch: int = 2_000) -> dict:
 
     # Reopen (lazy restart) and answer the sample.
     t1 = time.perf_counter()
-    node = Node.open(base, "Holder", transport=AckingTransport(), sync=True, threaded=True,
+    node = Node.open(base, "Holder", transport=AckingTransport(peer), sync=True, threaded=True,
                      max_resident=MAX_RESIDENT)
     reopen_s = time.perf_counter() - t1
     loaded = node.on_scheduler(lambda: len(node.scheduler.resident))
@@ -110,8 +110,9 @@ class AckingTransport:
     """The peer as a live node that has not answered yet: it acknowledges every frame
     (so the node's outbox empties, as on a real network) and sends nothing back."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer: Any) -> None:
         self.node: Any = None
+        self.peer = peer
 
     def send(self, peer: Any, data: bytes) -> None:
         from greenflow.statemachine.events import Acked
@@ -122,7 +123,7 @@ class AckingTransport:
         pass
 
     def party(self, name: str) -> Any:
-        return None
+        return self.peer if name == self.peer.name else None
 
 
 TASKS = {"hibernated": w_hibernated}

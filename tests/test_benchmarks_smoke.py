@@ -41,6 +41,30 @@ def test_throughput_quick_writes_json(tmp_path, capsys):
     assert "flows/s" in out and "vs asyncio" in out
 
 
+def test_held_flows_really_wait(tmp_path, capsys):
+    """The held suite measured flows that had all failed at once (their peer unknown to
+    the node), reported ~900 B per "held" flow and exited 0."""
+    assert main(["held", "--quick", "-n", "500", "--no-progress", "--no-plots",
+                 "--out", str(tmp_path)]) == 0
+    figures = json.loads((tmp_path / "held.json").read_text())["figures"]
+    resident = figures["greenflow resident"]
+    assert "error" not in resident, resident
+    assert resident["resident"] >= 500 and resident["bytes_per_flow"] > 2_000
+
+
+def test_a_suite_whose_measurement_failed_exits_1_naming_it(tmp_path, capsys, monkeypatch):
+    from greenflow.benchmarks import common, disk
+    failing = common.SuiteResult("disk", {}, {"greenflow": {"n": 3, "sessions": {
+        "error": "RuntimeError: only 0 of the 3 flows started are waiting\nTraceback..."}}},
+        {}, [common.Table("t", ["a"])])
+    monkeypatch.setattr(disk, "run", lambda ctx: failing)
+    assert main(["disk", "--quick", "--no-plots", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "== disk == 1 measurement(s) FAILED" in err
+    assert "greenflow / sessions: RuntimeError: only 0 of the 3 flows" in err
+    assert (tmp_path / "disk.json").exists()   # what was measured is still written
+
+
 def test_unknown_suite_is_refused(tmp_path, capsys):
     assert main(["nosuch", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
