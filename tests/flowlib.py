@@ -1256,3 +1256,39 @@ class CtrlCResponder(FlowLogic):
     def call(self) -> None:
         for _ in range(2):
             self.session.send(self.session.receive(int) * 10)
+
+
+# ====================================================================== versions of a payload class
+@serializable
+@dataclass(frozen=True)
+class Order:
+    sku: str
+    qty: int
+
+
+@initiating_flow
+class PlaceOrder(FlowLogic):
+    """Sends an `Order`: first thing (``warm_up`` false, on the session's opening frame)
+    or after one exchange of ints."""
+
+    def __init__(self, peer: Party, warm_up: bool):
+        self.peer, self.warm_up = peer, warm_up
+
+    def call(self) -> Order:
+        session = self.initiate_flow(self.peer)
+        if self.warm_up:
+            session.send_and_receive(int, 1)
+        return session.send_and_receive(Order, Order("apple", 2))
+
+
+@initiated_by(PlaceOrder)
+class TakeOrder(FlowLogic):
+    def __init__(self, session: FlowSession):
+        self.session = session
+
+    def call(self) -> None:
+        first = self.session.receive((int, Order))
+        if isinstance(first, int):
+            self.session.send(first)
+            first = self.session.receive(Order)
+        self.session.send(Order(first.sku, first.qty * 2))

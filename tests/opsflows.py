@@ -90,3 +90,39 @@ class Tagged(FlowLogic):
 @initiated_by(Tagged)
 class TaggedResponder(ExchangeResponder):
     pass
+
+
+class Money:
+    """A plain object a flow holds in a field; an upgrade adds ``currency``."""
+
+    def __init__(self, amount: int) -> None:
+        self.amount = amount
+        if not KNOBS.get("old_init"):
+            self.currency = "EUR"
+
+    def show(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+@initiating_flow
+class Counted(FlowLogic):
+    """Fields an upgrade adds that are no parameter: ``attempts`` on the flow object,
+    ``currency`` on the `Money` it holds (which of them is read: ``KNOBS["read"]``)."""
+
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+        self.price = Money(7)
+        if not KNOBS.get("old_init"):
+            self.attempts = 0
+
+    def call(self) -> str:
+        total = self.initiate_flow(self.peer).send_and_receive(int, 1)
+        if KNOBS.get("read") == "money":
+            return f"{total}/{self.price.show()}"
+        self.attempts += 1
+        return f"{total}/{self.attempts}"
+
+
+@initiated_by(Counted)
+class CountedResponder(ExchangeResponder):
+    pass

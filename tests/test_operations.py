@@ -166,6 +166,46 @@ def test_a_field_added_to_init_parks_the_flows_started_before_until_code_that_ru
         del Tagged.tag
 
 
+@pytest.mark.parametrize("read", ["attempts", "money"])
+def test_a_field_init_sets_without_taking_it_parks_the_flows_started_before(ops_net, read):
+    """Only fields `__init__` takes as parameters were recognised: `self.attempts = 0`
+    added to a flow's `__init__`, or `self.currency = "EUR"` to that of an object the
+    flow holds, passed the replay check ("replays") and the flow then FAILED for good."""
+    from opsflows import Counted, Money
+
+    from greenflow.testing import replay_node
+    alice, bob = ops_net.create_node("Alice"), ops_net.create_node("Bob")
+    KNOBS.update(old_init=True, read=read)
+    try:
+        h = alice.start_flow(Counted(bob.party))
+        ops_net.run_network(max_messages=1)          # waiting for Bob's answer
+        ops_net.close()
+        KNOBS["old_init"] = False                    # deploy: the new __init__s
+        report = replay_node(os.path.join(ops_net.base_dir, "Alice"), ["opsflows"])
+        [flow] = [f for f in report.flows if f.flow_id == h.id]
+        assert flow.outcome == "will park", report.text()
+        if read == "money":
+            assert "likewise Money.currency (field 'price')" in flow.detail
+        else:
+            assert "Counted.__init__ sets 'attempts', which this flow object lacks" in flow.detail
+        alice = ops_net.restart_node(alice)
+        ops_net.run_network()
+        info = status_of(alice, h.id)
+        assert info.status == FlowStatus.HOSPITALIZED, info
+        cls, field = ("opsflows.Money", "currency") if read == "money" \
+            else ("opsflows.Counted", "attempts")
+        assert f"{cls}.__init__ sets '{field}', but " in info.error, info.error
+        setattr(Money if read == "money" else Counted, field, "EUR" if read == "money" else 0)
+        try:
+            assert alice.node.retry_flow(h.id)
+            ops_net.run_network()
+            assert alice.node.handle(h.id).result() == ("10/7 EUR" if read == "money" else "10/1")
+        finally:
+            delattr(Money if read == "money" else Counted, field)
+    finally:
+        KNOBS.pop("read", None)
+
+
 def test_the_replay_check_says_a_flow_missing_a_field_added_to_init_will_park(ops_net):
     """`greenflow replay` said such a flow replays: it does, up to its journal's end, and
     then parks where its code reads the field."""

@@ -5,6 +5,8 @@ Every test runs with flows resident and again with ``reload_after_suspend`` (see
 """
 from __future__ import annotations
 
+import pytest
+
 from datetime import datetime, timezone
 
 from flowlib import (CatchingParent, CloseEarly, Context, CustomPing, Echo, Fanout, Offer, Outer,
@@ -186,3 +188,39 @@ def test_progress_survives_a_restart(net):
     net.advance_clock(10)
     net.run_network()
     assert alice.handle(h.id).result() == "Delegating"
+
+
+@pytest.mark.parametrize("warm_up", [False, True], ids=["opening-frame", "later-frame"])
+def test_a_payload_its_receiver_cannot_read_ends_both_flows(net, warm_up):
+    """Two parties running different versions of a `@serializable` class: the receiver
+    dropped the payload it could not decode, unacknowledged, so the sender re-sent it
+    for ever and both flows waited for good. The receiver's flow now fails with
+    `ReceiveTypeError` saying why, and the sender sees that end."""
+    import dataclasses
+    from flowlib import Order, PlaceOrder
+    from greenflow import ReceiveTypeError, UnexpectedFlowEnd
+    from greenflow.wire import register_wire_type
+    alice, bob = pair(net)
+    handle = alice.start_flow(PlaceOrder(bob.party, warm_up))
+    net.run_network(max_messages=2 if warm_up else 0)   # the Order is sent, not yet read
+
+    @dataclasses.dataclass(frozen=True)
+    class Upgraded:   # Bob's version of the class: one field more
+        sku: str
+        qty: int
+        note: str
+    Upgraded.__module__, Upgraded.__qualname__ = Order.__module__, Order.__qualname__
+    register_wire_type(Upgraded)
+    try:
+        net.run_network()
+        for _ in range(3):
+            net.advance_clock(60)
+            net.run_network()
+    finally:
+        register_wire_type(Order)
+    with pytest.raises(UnexpectedFlowEnd):
+        handle.result()
+    [taker] = [f for f in bob.node.flows() if f.flow_class.endswith("TakeOrder")]
+    assert taker.status == FlowStatus.FAILED
+    with pytest.raises(ReceiveTypeError, match="undecodable payload from Alice.*note"):
+        bob.node.handle(taker.id).result()

@@ -323,7 +323,7 @@ class Conversation:
             try:
                 payload = (self.sched.take_decoded(out[1]) if kind == Outcome.DATA else
                            wire.decode(self.sched.stored_payload(self.flow_id, st.sid, out[1])))
-            except Exception as exc:  # validated on arrival; cannot normally happen
+            except Exception as exc:  # e.g. the peer runs another version of its class
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None
             if not isinstance(payload, expected):

@@ -5,7 +5,6 @@ Part of the scheduler (`Scheduler` inherits it).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import traceback
 from itertools import islice
@@ -17,6 +16,7 @@ from greenflow.errors import FlowException, KeyTooLong
 from greenflow.log_limits import log_text
 from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
+from greenflow.runtime.init_fields import init_fields, init_parameters
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import MAX_ERROR_TEXT, cut_text, encode_frame, exception_text
@@ -241,24 +241,23 @@ class Ending:
             recycle(g, rt.sched.idle_greenlets)
 
     def _field_added(self, rt: FlowRuntime, exc: AttributeError) -> str:
-        """Why a flow failed on a field of a flow object that its class's ``__init__``
-        takes but the object lacks: most likely a field added since the flow started (a
-        restored flow is not made again by the code running now: its ``__init__`` ran once,
-        under the code it started with). The code's fault, not the flow's: the flow is
-        parked until code that runs it is deployed. Empty for any other error."""
+        """Why a flow failed reading a field that its class's ``__init__`` sets (a
+        parameter, or ``self.name = ...``; see `init_fields`) but the object lacks: most
+        likely a field added since the flow started (a restored flow, and every object
+        its fields hold, is not made again by the code running now: its ``__init__`` ran
+        once, under the code it started with). The code's fault, not the flow's: the flow
+        is parked until code that runs it is deployed. Empty for any other error."""
         obj, name = getattr(exc, "obj", None), getattr(exc, "name", None)
-        if not isinstance(obj, FlowLogic) or not name or hasattr(type(obj), name) \
-                or name in getattr(obj, "__dict__", {name: None}):
-            return ""
-        try:
-            if name not in inspect.signature(type(obj).__init__).parameters:
-                return ""
-        except (TypeError, ValueError):
+        if obj is None or isinstance(obj, type) or not name or hasattr(type(obj), name) \
+                or name in getattr(obj, "__dict__", {name: None}) \
+                or name not in init_fields(type(obj)):
             return ""
         cls = qualified_name(type(obj))
-        return (f"AttributeError: {cls}.__init__ takes {name!r}, but this flow object has no "
-                f"attribute {name!r}: a field added since the flow started (its __init__ ran "
-                f"under the code it started with), or an __init__ that does not set it"
+        what = "this flow object" if isinstance(obj, FlowLogic) else f"a {cls} object of the flow"
+        verb = "takes" if name in init_parameters(type(obj)) else "sets"
+        return (f"AttributeError: {cls}.__init__ {verb} {name!r}, but {what} has no attribute "
+                f"{name!r}: a field added since the flow started (its __init__ ran under the "
+                f"code it started with), or an __init__ that does not always set it"
                 f"{self._code_changed(rt)}; give {name} a class-level default or deploy code "
                 "that sets it, then retry the flow")
 

@@ -101,8 +101,8 @@ class Routing:
         rt = self._resident_or_load(fid)
         if rt is None:
             return
-        if frame.payload is not None and not self._payload_ok(sender, frame):
-            return
+        if frame.payload is not None:
+            self._decode_payload(sender, frame)
         unread = self.unread.get(sender.name)
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame,
                                                unread[0] if unread is not None else 0), sender)
@@ -144,8 +144,8 @@ class Routing:
             rt = self._load(fid, cp)
             if rt is None:
                 return
-        if frame.payload is not None and not self._payload_ok(sender, frame):
-            return
+        if frame.payload is not None:
+            self._decode_payload(sender, frame)
         unread = self.unread.get(sender.name)
         execute(self, rt, transitions.on_frame(rt.cp, rt.inbox, rt.pending, frame,
                                                unread[0] if unread is not None else 0), sender)
@@ -159,19 +159,24 @@ class Routing:
         self.batch.put_route(key[0], key[1], key[2], value, expires)
         self._round_routes[key] = value
 
-    def _payload_ok(self, sender: Party, frame: Frame) -> bool:
+    def _decode_payload(self, sender: Party, frame: Frame) -> None:
+        """Decode ``frame``'s payload once, on arrival. One that cannot be decoded (a peer
+        running another version of a `@serializable` class, or junk) is still delivered:
+        the receive that takes it raises `ReceiveTypeError` naming the peer and why, so
+        the receiving flow fails and the sender sees that end. Dropped (unacknowledged,
+        so re-sent for ever) it left both flows waiting for good."""
         try:
             value = wire.decode(frame.payload)  # type: ignore[arg-type]
         except WireFormatError as exc:
             self.peer_log.warning(f"bad payload {sender.name}",
-                                  "%s: dropped %s from %s: bad payload: %s", self.identity.name,
+                                  "%s: %s from %s has a payload that cannot be read here: "
+                                  "%s; the receiving flow gets the error", self.identity.name,
                                   frame.describe(), sender.name, _quoted(exc))
-            return False
+            return
         # Kept for the receive that consumes this very payload in this round (saves a
         # second decode); keyed by identity, checked by identity, dropped when the round
         # ends (`pump`).
         self.decoded[id(frame.payload)] = (frame.payload, value)
-        return True
 
     def stored_payload(self, fid: str, sid: str, seq: int) -> bytes:
         """A received payload the store set aside (what a replayed ``receive`` returns)."""
@@ -266,8 +271,8 @@ class Routing:
                                   sender.name, refusal)
             self._reject(sender, frame, key, refusal)
             return
-        if frame.payload is not None and not self._payload_ok(sender, frame):
-            return
+        if frame.payload is not None:
+            self._decode_payload(sender, frame)
         # Derived, not drawn: every worker of a clustered party computes the same id (and
         # so the same partition) for this session's responder.
         fid = responder_flow_id(sender.name, frame.sid)

@@ -81,7 +81,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.batch = Batch()
         # Routes written in this round's batch, not yet readable from the store.
         self._round_routes: dict[tuple[str, str, int], bytes] = {}
-        self.decoded: dict[int, tuple[bytes, Any]] = {}   # see _payload_ok
+        self.decoded: dict[int, tuple[bytes, Any]] = {}   # see _decode_payload
         self.post_sends: list[tuple[Party, bytes]] = []
         self.post_acks: dict[str, list[tuple]] = {}
         self.post_externals: list[FlowRuntime] = []

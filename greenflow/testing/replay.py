@@ -13,7 +13,6 @@ effect or service runs, and the store, opened read-only, is not written.
 """
 from __future__ import annotations
 
-import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
@@ -23,6 +22,7 @@ from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.runtime.clock import SystemClock
 from greenflow.runtime.divergence import code_change, parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
+from greenflow.runtime.init_fields import init_fields, init_parameters
 from greenflow.node.identity import KEY_FILE, read_node_name
 from greenflow.runtime.journal import Entry
 from greenflow.party import Party
@@ -224,12 +224,15 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
             what = "the end of its journal" if res[0] == Ended.UNWOUND else "its end"
         missing = fields_missing(logic)
         if missing:
-            name = missing[0]
+            where, cls, name = missing[0]
+            owner = "this flow object" if where == "flow object" else f"the object in its {where}"
             return FlowReplay(fid, cp.flow_class, PARKS, (
-                f"replays up to '{what}', but {type(logic).__qualname__}.__init__ takes "
-                f"{name!r}, which this flow object lacks (its __init__ ran under the code it "
-                f"started with) and the code reads: it parks there; give {name} a class-level "
-                f"default{changed}"), status)
+                f"replays up to '{what}', but {cls.__qualname__}.__init__ "
+                f"{'takes' if name in init_parameters(cls) else 'sets'} {name!r}, which "
+                f"{owner} lacks (its __init__ ran under the code it started with) and the "
+                f"code reads: it parks there; give {name} a class-level default"
+                + "".join(f"; likewise {c.__qualname__}.{n} ({w})" for w, c, n in missing[1:4])
+                + f"{changed}"), status)
         return FlowReplay(fid, cp.flow_class, REPLAYS,
                           f"up to '{what}'{changed}{note}", status)
     if res[0] == Ended.DIVERGED or rt.diverged is not None:
@@ -240,28 +243,30 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
                       f"replay failed: {type(exc).__name__}: {exc}{changed}", status)
 
 
-def fields_missing(logic: Any) -> list[str]:
-    """Parameters of the flow class's ``__init__`` that the restored flow object lacks
-    (no attribute, no class-level default) and that a method of the class reads by name:
-    fields added since the flow started, which a node parks the flow on when its code
-    reads them."""
-    cls = type(logic)
-    try:
-        params = [n for n, p in inspect.signature(cls.__init__).parameters.items()
-                  if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    except (TypeError, ValueError):
-        return []
-    have = getattr(logic, "__dict__", {})
-    missing = [n for n in params if n not in have and not hasattr(cls, n)]
-    if not missing:
-        return []
-    read: set[str] = set()
-    for klass in cls.__mro__:
-        for attr, fn in vars(klass).items():
-            code = getattr(fn, "__code__", None)
-            if attr != "__init__" and code is not None:
-                read |= _names_read(code)
-    return [n for n in missing if n in read]
+def fields_missing(logic: Any) -> list[tuple[str, type, str]]:
+    """``(where, class, name)`` for each field the ``__init__`` of the flow object's
+    class, or of an object one of its fields holds, sets (`init_fields`) but the
+    restored object lacks (no attribute, no class-level default), and that a method of
+    that class reads by name: fields added since the flow started, which a node parks
+    the flow on when its code reads them."""
+    out = []
+    held = [(f"field {k!r}", v) for k, v in getattr(logic, "__dict__", {}).items()
+            if not isinstance(v, type) and type(v).__module__ != "builtins"]
+    for where, obj in [("flow object", logic), *held]:
+        cls, have = type(obj), getattr(obj, "__dict__", None)
+        if have is None:
+            continue
+        missing = [n for n in sorted(init_fields(cls)) if n not in have and not hasattr(cls, n)]
+        if not missing:
+            continue
+        read: set[str] = set()
+        for klass in cls.__mro__:
+            for attr, fn in vars(klass).items():
+                code = getattr(fn, "__code__", None)
+                if attr != "__init__" and code is not None:
+                    read |= _names_read(code)
+        out += [(where, cls, n) for n in missing if n in read]
+    return out
 
 
 def _names_read(code: Any) -> set[str]:
