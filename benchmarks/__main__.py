@@ -171,8 +171,11 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -
 
 def _errors(figures: object, where: str = "") -> Iterator[tuple[str, str]]:
     """(path, first line) of every measurement in a suite's figures that failed: the
-    workers report a failure as a dict with an ``error`` (its traceback)."""
+    workers report a failure as a dict with an ``error`` (its traceback); a peer that is
+    not installed (``not_installed``) is no failure: the suite says so in its table."""
     if isinstance(figures, dict):
+        if figures.get("not_installed"):
+            return
         if isinstance(figures.get("error"), str):
             lines = figures["error"].strip().splitlines() or ["(no message)"]
             yield where or "(suite)", lines[0][:300]

@@ -138,7 +138,7 @@ def run(ctx: Any) -> SuiteResult:
     prog.step(f"{n:,} waiting flow pairs")
     waiting = run_worker("disk_waiting", {"n": n}, on_line=prog.detail)
     prog.finish_step()
-    dbos: dict = {"error": "the dbos package is not installed"}
+    dbos: dict = {"error": "the dbos package is not installed", "not_installed": True}
     if has_dbos:
         prog.step(f"DBOS: {n_dbos:,} workflows waiting in recv")
         base = scratch_dir("disk-dbos")

@@ -421,7 +421,8 @@ def run(ctx: Any) -> SuiteResult:
 
     figures: dict[str, Any] = {key: {str(c): raw[f"{key}@{c}"] for c in concs}
                                for key, _l, _t, _e in SYSTEMS}
-    figures["dbos"] = raw.get("dbos") or {"error": "dbos is not installed (pip install dbos)"}
+    figures["dbos"] = raw.get("dbos") or {"error": "dbos is not installed (pip install dbos)",
+                                          "not_installed": True}
     susp_on, susp_off = raw["susp_True"], raw["susp_False"]
     figures["suspensions"] = {"capture_frames_on": susp_on, "capture_frames_off": susp_off,
                               "rounds_per_flow": SUSPEND_ROUNDS, "concurrency": susp_c}
