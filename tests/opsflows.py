@@ -126,3 +126,16 @@ class Counted(FlowLogic):
 @initiated_by(Counted)
 class CountedResponder(ExchangeResponder):
     pass
+
+
+class Fee(FlowLogic):
+    """Asks `versioned` for one change twice, before and after a sleep."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def call(self) -> int:
+        new = KNOBS.get("new_code")
+        fee = self.n * 2 if new and self.versioned("fee-v3") else self.n
+        self.sleep(25)
+        return fee * 100 if new and self.versioned("fee-v3") else fee * 10

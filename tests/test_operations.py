@@ -127,6 +127,25 @@ def test_compatible_code_change_resumes_old_checkpoints(ops_net):
     assert h2.result() == 60 + 1000                         # new runs take the new path
 
 
+def test_a_change_id_asked_twice_gives_a_flow_one_path(ops_net):
+    """A flow checkpointed between two `versioned` calls of one change id replayed the
+    first as False (no marker), then took the second live as True: half of each path
+    (3 -> 300 here, where the old path gives 30 and the new 600)."""
+    from opsflows import Fee
+    alice = ops_net.create_node("Alice")
+    h = alice.start_flow(Fee(3))
+    ops_net.run_network()                    # sleeping, under the old code
+    KNOBS["new_code"] = True                 # deploy: both uses guarded by versioned()
+    alice = ops_net.restart_node(alice)
+    h2 = alice.start_flow(Fee(3))
+    ops_net.run_network()
+    alice = ops_net.restart_node(alice)      # the new flow replays its first marker
+    ops_net.advance_clock(30)
+    ops_net.run_network()
+    assert alice.node.handle(h.id).result() == 30          # the old path, whole
+    assert alice.node.handle(h2.id).result() == 600        # the new path, whole
+
+
 def test_a_versioned_call_removed_with_its_old_branch_is_passed_over_by_flows_that_took_it(ops_net):
     """The docs say to remove the old branch once no flow from before the change is left;
     flows that had taken the new branch then diverged at the marker their journal held

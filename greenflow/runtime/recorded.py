@@ -41,7 +41,13 @@ class RecordedValues:
         A flow that was already past this point under the old code replays with False
         (its journal has no marker here), so old checkpoints keep replaying the old path;
         a live run records a marker and takes the new path, also on every later replay.
+        Once False for a flow, a change id stays False for it (as Temporal's ``patched``
+        is remembered): code that asks twice, before and after a suspension the flow was
+        checkpointed at, takes the old path both times, not half of each.
         """
+        st = replay_safe.run_state(self)   # type: ignore[arg-type]
+        if st.old_paths is not None and change_id in st.old_paths:
+            return False
         if self.cursor < len(self.journal):
             j = self.cursor
             while j < len(self.journal) - 1 and self.journal[j].kind == replay_safe.CLOCK:
@@ -50,6 +56,9 @@ class RecordedValues:
             if e.kind == Kind.VERSIONED and e.key == (change_id,):
                 self.cursor = j + 1
                 return True
+            if st.old_paths is None:
+                st.old_paths = set()
+            st.old_paths.add(change_id)
             return False
         self.check_io_allowed()
         self.journal.append(Entry(Kind.VERSIONED, (change_id,), OK))

@@ -91,7 +91,7 @@ class FlowEntropy:
     """One run's view of a flow's recorded randomness and clock readings. Rebuilt from
     nothing at every replay from the top (the seed is in the checkpoint header)."""
 
-    __slots__ = ("key", "counter", "rng", "clock_entry", "clock_at", "clock_i")
+    __slots__ = ("key", "counter", "rng", "clock_entry", "clock_at", "clock_i", "old_paths")
 
     def __init__(self, seed: Optional[bytes]) -> None:
         self.key = seed   # None until the flow first draws randomness
@@ -100,6 +100,8 @@ class FlowEntropy:
         self.clock_entry: Optional[Entry] = None
         self.clock_at = -1
         self.clock_i = 0
+        #: Change ids `versioned` answered False in this run (see `RecordedValues.versioned`).
+        self.old_paths: Optional[set[str]] = None
 
     def bytes(self, n: int) -> bytes:
         n = int(n)
@@ -114,7 +116,8 @@ class FlowEntropy:
         return self.rng
 
 
-def _state(rt: "FlowRuntime") -> FlowEntropy:
+def run_state(rt: "FlowRuntime") -> FlowEntropy:
+    """This run's `FlowEntropy` of ``rt`` (made on first use; none is stored)."""
     st = rt.nd
     if st is None:
         st = rt.nd = FlowEntropy(rt.cp.seed)
@@ -124,7 +127,7 @@ def _state(rt: "FlowRuntime") -> FlowEntropy:
 def entropy(rt: "FlowRuntime") -> FlowEntropy:
     """The flow's randomness; its seed is drawn on the flow's first draw (a flow that
     never draws stores none) and kept in the checkpoint header from the next commit."""
-    st = _state(rt)
+    st = run_state(rt)
     if st.key is None:
         seed = rt.cp.seed
         if seed is None:
@@ -136,7 +139,7 @@ def entropy(rt: "FlowRuntime") -> FlowEntropy:
 def clock_reading(rt: "FlowRuntime") -> float:
     """The clock as this stretch of flow code first saw it: read live and recorded, or
     answered from the journal on replay."""
-    st = _state(rt)
+    st = run_state(rt)
     journal = rt.journal
     if st.clock_at == rt.cursor and st.clock_entry is not None:
         values = st.clock_entry.outcome[1]  # type: ignore[index]
