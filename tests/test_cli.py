@@ -234,6 +234,32 @@ def test_a_flow_run_from_the_command_line_finds_the_notary(tmp_path, monkeypatch
     assert result.output.strip() == "Notary True"
 
 
+def test_ledger_values_are_given_as_text_on_the_command_line(tmp_path, monkeypatch):
+    """A type with a `parse_arg` reads itself from an argument's text: `Amount`, and
+    `UniqueIdentifier`, which a flow that evolves a linear state takes (it could not be
+    given at all, and its own parser's error named neither the text nor the parameter)."""
+    (tmp_path / "my_ledger_args.py").write_text(
+        "from greenflow import FlowLogic, startable\n"
+        "from greenflow.ledger import Amount, UniqueIdentifier\n"
+        "@startable\n"
+        "class Evolve(FlowLogic):\n"
+        "    def __init__(self, linear_id: UniqueIdentifier, amount: Amount):\n"
+        "        self.linear_id, self.amount = linear_id, amount\n"
+        "    def call(self):\n"
+        "        return f'{self.linear_id.external_id} {self.linear_id.id.hex[:4]} {self.amount}'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    lid = "DEAL-1_6f1c0a52-3c1e-4d2b-9a57-0d3f6c1a2b3c"
+    result = run("run", "my_ledger_args:Evolve", "--arg", f"linear_id={lid}",
+                 "--arg", "amount=1500.00 GBP")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "DEAL-1 6f1c 1,500.00 GBP", result.output
+    result = run("run", "my_ledger_args:Evolve", "--arg", "linear_id=nonsense",
+                 "--arg", "amount=1 GBP")
+    assert result.exit_code == 2, result.output
+    assert "linear_id" in result.output and "'nonsense' is not a linear id" in result.output
+
+
 class Unprintable(ValueError):
     def __str__(self) -> str:
         raise ValueError("no text for you")

@@ -69,9 +69,18 @@ class UniqueIdentifier:
 
     @classmethod
     def from_string(cls, text: str) -> "UniqueIdentifier":
-        """What `str` gives back: ``"EXT_uuid"`` or a bare uuid."""
-        ext, sep, rest = text.rpartition("_")
-        return cls(ext if sep else None, uuid.UUID(rest))
+        """What `str` gives back: ``"EXT_uuid"`` or a bare uuid. `ValueError` quoting
+        ``text`` for anything else."""
+        ext, sep, rest = str(text).rpartition("_")
+        try:
+            return cls(ext if sep else None, uuid.UUID(rest))
+        except ValueError:
+            shown = text if len(text) <= 80 else text[:77] + "..."
+            raise ValueError(f"{shown!r} is not a linear id such as "
+                             f"{cls.ARG_EXAMPLE}") from None
+
+    parse_arg = from_string   # how the CLI and RPC turn an argument's text into one
+    ARG_EXAMPLE = "'DEAL-1_6f1c0a52-3c1e-4d2b-9a57-0d3f6c1a2b3c' or a bare uuid"
 
 
 class LinearState(ContractState):

@@ -28,6 +28,9 @@ API = "/api/v1"
 MAX_ANSWER_BYTES = 256 << 20
 #: The longest line of an event stream, and the most data one event may carry.
 MAX_EVENT_BYTES = 16 << 20
+#: The shortest read timeout of an event stream: a quiet stream gets a keep-alive every
+#: 15 s, and a shorter timeout took such a healthy stream for a dead node.
+MIN_STREAM_TIMEOUT = 20.0
 #: The requests a clustered worker's 421 NotHere is followed for: a kill or a retry.
 _FOLLOWED = re.compile(r"(POST /flows/[^/?]+/(kill|retry)|DELETE /flows/[^/?]+)\Z")
 
@@ -278,7 +281,10 @@ class RpcClient:
 
     def vault_updates(self, timeout: Optional[float] = None, **params: Any) -> Iterator[tuple[str, Any]]:
         """``GET /vault/updates`` as ``(event, data)``: ``snapshot`` first, then an
-        ``update`` per change to the states the parameters select; runs until closed."""
+        ``update`` per change to the states the parameters select; runs until closed.
+        ``timeout``: seconds without a byte from the node before the stream counts as
+        dead (`RpcClientError` Unreachable); at least `MIN_STREAM_TIMEOUT`, since a
+        quiet, healthy stream sends only a keep-alive every 15 s."""
         return self._events(API + "/vault/updates?" + urlencode(params), timeout)
 
     def _events(self, path: str, timeout: Optional[float],
@@ -286,6 +292,8 @@ class RpcClient:
         """The stream's events. It ends after a ``dropped`` event (the node let it go) or
         the ``until`` event; a connection that ends otherwise (the node died) raises
         `RpcClientError` Unreachable, as does an answer that is no event stream."""
+        if timeout is not None:
+            timeout = max(timeout, MIN_STREAM_TIMEOUT)
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request("GET", path, headers=self._headers)
@@ -339,7 +347,8 @@ class RpcClient:
         """Server-sent events as ``(event, data)``: ``status`` first, then ``progress``
         and ``end``. For one flow the iteration ends after its ``end``. ``steps=False``
         leaves out the ``progress`` events: a client that only waits for flows to end
-        spares the node working out every step of every flow for it."""
+        spares the node working out every step of every flow for it. ``timeout`` as for
+        `vault_updates`."""
         path = API + (f"/flows/{_fid(flow_id)}/progress" if flow_id is not None else "/progress")
         return self._events(path if steps else path + "?steps=0", timeout,
                             until="end" if flow_id is not None else None)
