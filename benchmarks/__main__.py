@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -137,10 +139,16 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -
           f"synced LMDB commits/s now: {common.fmt(machine.get('lmdb_synced_commits_per_s'))}"
           + ("  (--quick: sizes too small to be representative)" if args.quick else ""))
     failed = 0
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupted)   # as Ctrl-C: workers stop, clean up
     for name in names:
         load_before = common.load_average()
         try:
             result = _suite_module(name).run(ctx)
+        except KeyboardInterrupt:
+            print(f"\n== {name} == interrupted: its worker was stopped and its scratch files "
+                  "removed; nothing of this suite was written", file=sys.stderr)
+            return 130
         except Exception:  # noqa: BLE001 - report, go on with the other suites
             import traceback
             print(f"\n== {name} == FAILED", file=sys.stderr)
@@ -167,6 +175,10 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -
             failed += 1
         sys.stdout.flush()
     return 1 if failed else 0
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _errors(figures: object, where: str = "") -> Iterator[tuple[str, str]]:

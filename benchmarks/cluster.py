@@ -276,7 +276,7 @@ def commit_latency(url: Optional[str], n: int) -> dict:
     """p50/p99 of a commit holding one new flow (start, header, journal chunk)."""
     from greenflow.statemachine.ids import new_flow_id
     from greenflow.storage.interface import Batch
-    d = tempfile.mkdtemp(prefix="gfbench-commit-")
+    d = tempfile.mkdtemp(prefix="gfbench-commit-", dir=os.environ.get("GREENFLOW_BENCH_TMP") or None)
     try:
         if url is None:
             from greenflow.storage import open_store
@@ -332,7 +332,7 @@ def run(ctx: Any) -> SuiteResult:
     prog = ctx.progress(NAME, 1 + len(only) * rounds)
     samples: dict[str, list[dict]] = {k: [] for k in KEYS}
     root = scratch_dir("cluster")
-    pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-")
+    pg_dir = tempfile.mkdtemp(prefix="gfbench-pg-", dir=os.environ.get("GREENFLOW_BENCH_TMP") or None)
     figures: dict[str, Any] = {}
     pg = PgServer(pg_dir)
     trade_args = {"buyer": "Bob", "price": PRICE}

@@ -323,6 +323,13 @@ def run_worker(task: str, params: dict, *, timeout: float = 1800,
             rc = proc.wait()
         finally:
             timer.cancel()
+            if proc.poll() is None:   # interrupted: the worker removes its scratch files
+                proc.terminate()      # on SIGTERM; wait for that before the result file
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         with open(result_path) as f:
             text = f.read()
     finally:
@@ -340,9 +347,13 @@ def run_worker(task: str, params: dict, *, timeout: float = 1800,
 
 
 def child_progress(text: str) -> None:
-    """From a worker: report progress to the parent (shown on its progress line)."""
-    sys.stderr.write("@progress " + text + "\n")
-    sys.stderr.flush()
+    """From a worker: report progress to the parent (shown on its progress line). A
+    parent that has gone (a closed pipe) ends the worker's task, scratch removed."""
+    try:
+        sys.stderr.write("@progress " + text + "\n")
+        sys.stderr.flush()
+    except BrokenPipeError:
+        raise SystemExit("the benchmark's parent process is gone") from None
 
 
 _SCRATCH: list[str] = []

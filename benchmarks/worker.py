@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -19,8 +20,18 @@ def tasks() -> dict:
     return out
 
 
+def _stop(signum: int, _frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")   # unwinds: scratch files are removed
+
+
 def main(argv: list[str]) -> int:
     task, params, result_path = argv[0], json.loads(argv[1]), argv[2]
+    # Interrupted (the parent's Ctrl-C or kill), the task unwinds and its scratch files
+    # (stores of millions of flows: gigabytes) are removed; a closed pipe to a parent
+    # that died raises (`child_progress`) instead of killing the worker where it stands.
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _stop)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     # Every variant, greenflow's and its peers', runs with the garbage-collector settings
     # of a greenflow node process (greenflow.node.gc_tuning), so the comparison stays fair.
     from greenflow.node.gc_tuning import tune
@@ -32,16 +43,20 @@ def main(argv: list[str]) -> int:
         result = {"error": f"{type(exc).__name__}: {exc}",
                   "traceback": traceback.format_exc()[-4000:]}
         rc = 1
-    with open(result_path, "w") as f:
-        json.dump(result, f, default=str)
+    if os.path.exists(result_path):   # (a parent that is gone removed it, or will not)
+        with open(result_path, "w") as f:
+            json.dump(result, f, default=str)
     from greenflow.benchmarks.common import remove_scratch
     try:
         os.chdir("/")          # DBOS workers run inside their scratch directory
     except OSError:
         pass
     remove_scratch()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:   # the parent's end of the pipe is closed
+            pass
     # Some peers (DBOS) keep non-daemon threads alive; the result is written: leave now.
     os._exit(rc)
 

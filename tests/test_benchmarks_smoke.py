@@ -160,3 +160,32 @@ def test_failing_plot_does_not_fail_the_suite(tmp_path, monkeypatch, capsys):
     assert run(["throughput", "--no-progress", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "throughput.json").exists()
     assert "warning: plotting throughput failed: ValueError: no axes today" in capsys.readouterr().err
+
+
+def test_a_run_stopped_midway_leaves_no_scratch_files_or_workers(tmp_path):
+    """SIGTERM (or Ctrl-C) to `python -m benchmarks` left the worker's store (gigabytes
+    at the documented sizes) and result files in the temporary directory."""
+    import os
+    import signal
+    import subprocess
+    import time
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = dict(os.environ, GREENFLOW_BENCH_TMP=str(scratch), TMPDIR=str(scratch))
+    proc = subprocess.Popen([sys.executable, "-m", "greenflow.benchmarks", "held", "-n", "500000",
+                             "--no-plots", "--no-progress", "--out", str(tmp_path / "out")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith("gfbench-held") for p in scratch.iterdir()):
+            assert time.monotonic() < deadline and proc.poll() is None, "no worker started"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    assert list(scratch.iterdir()) == []
