@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from greenflow.benchmarks import common, plots
 
@@ -34,7 +34,13 @@ class Context:
         return common.Progress(suite, total, enabled=self.show_progress)
 
 
-def default_out_dir() -> str:
+def default_out_dir(quick: bool = False) -> str:
+    """benchmarks/results in a writable checkout (the figures the docs quote), else
+    ./greenflow-bench-results; for ``--quick`` a directory under the system's temporary
+    one, so smoke-sized figures never replace the reference ones."""
+    if quick:
+        import tempfile
+        return os.path.join(tempfile.gettempdir(), "greenflow-bench-quick")
     here = os.path.dirname(os.path.abspath(__file__))
     if "site-packages" in here.split(os.sep) or not os.access(here, os.W_OK):
         return os.path.abspath("greenflow-bench-results")
@@ -56,11 +62,56 @@ def _count(text: str) -> int:
     return n
 
 
+def positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` above 0."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    return parse
+
+
+def standalone(prog: str, suite: Any, argv: Optional[list[str]],
+               add_options: Callable[[argparse.ArgumentParser], None],
+               configure: Callable[[Any, argparse.Namespace], None]) -> int:
+    """``python -m benchmarks.SUITE``: one suite with its own options, its ``--out``
+    checked before it runs, its JSON and plots written, exit 1 if a measurement failed."""
+    from greenflow.benchmarks.plots import plot_safely
+    p = argparse.ArgumentParser(prog=prog)
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and short runs; figures are not representative")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="where to write the JSON (default: as python -m benchmarks)")
+    add_options(p)
+    args = p.parse_args(argv)
+    out = args.out if args.out is not None else default_out_dir(args.quick)
+    why = _out_dir(out)
+    if why:
+        p.error(why)
+    ctx = Context(quick=args.quick, out=out, n=None, profile=False, show_progress=True)
+    configure(ctx, args)
+    result = suite.run(ctx)
+    data = result.to_json(common.machine_info(), args.quick)
+    common.write_json(os.path.join(out, f"{suite.NAME}.json"), data)
+    plot_safely(suite.NAME, data, out)
+    print(result.render())
+    broken = list(_errors(result.figures))
+    for where, error in broken:
+        print(f"measurement FAILED: {where}: {error}", file=sys.stderr)
+    return 1 if broken else 0
+
+
 def _out_dir(path: str) -> Optional[str]:
     """Why ``path`` cannot take the suites' results (None: it can, made if needed):
     checked before anything runs, not after a suite spent its minutes."""
     if not path.strip():
         return "--out is empty: give a directory (or leave the option out)"
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--out {path} is a file, not a directory"
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as exc:
@@ -75,15 +126,17 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
         prog=prog,
         description="greenflow benchmark suites: each prints a table and writes JSON.")
     p.add_argument("suites", nargs="*", metavar="SUITE",
-                   help=f"suites to run (default: all): {', '.join(SUITES)}")
+                   help=f"suites to run (default: all but cluster): {', '.join(SUITES)}")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and short runs (CI smoke test); figures are not representative")
     p.add_argument("--out", metavar="DIR", default=None,
-                   help="where to write <suite>.json (default: benchmarks/results)")
+                   help="where to write <suite>.json (default: benchmarks/results of the "
+                        "checkout, ./greenflow-bench-results when installed; with --quick "
+                        "$TMPDIR/greenflow-bench-quick)")
     p.add_argument("-n", "--n", type=_count, default=None, metavar="N",
                    help="flow count for held/restart/disk/hibernated (overrides their defaults)")
     p.add_argument("--profile", action="store_true",
-                   help="throughput: also profile greenflow ping-pong and print the top functions")
+                   help="throughput and trade: also profile greenflow and print the top functions")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("--no-plots", action="store_true",
                    help="write no PNG plots (they need matplotlib: pip install 'greenflow[bench]')")
@@ -124,7 +177,7 @@ def main(argv: Optional[list[str]] = None, prog: str = "python -m benchmarks") -
         print(f"unknown suite(s): {', '.join(unknown)}; choose from {', '.join(SUITES)}",
               file=sys.stderr)
         return 2
-    out = default_out_dir() if args.out is None else args.out
+    out = default_out_dir(args.quick) if args.out is None else args.out
     why = None if args.plot_only else _out_dir(out)
     if why:
         print(why, file=sys.stderr)

@@ -461,28 +461,23 @@ def run(ctx: Any) -> SuiteResult:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import argparse
-
     from greenflow.benchmarks import __main__ as bench_main
-    from greenflow.benchmarks.common import machine_info, write_json
+    from greenflow.benchmarks import cluster
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.cluster")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None)
-    p.add_argument("--only", nargs="+", choices=["lmdb", "cluster_1", "cluster_2"],
-                   help="run only these configurations (for profiling one)")
-    p.add_argument("--trades-only", action="store_true", help="skip the ping-pong loop")
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--budget", type=float, default=None, help="seconds per closed loop")
-    args = p.parse_args(argv)
-    ctx = bench_main.Context(quick=args.quick, out=args.out or bench_main.default_out_dir(),
-                             n=None, profile=False, show_progress=True)
-    ctx.only, ctx.trades_only = args.only, args.trades_only
-    ctx.rounds, ctx.budget = args.rounds, args.budget
-    result = run(ctx)
-    write_json(f"{ctx.out}/{NAME}.json", result.to_json(machine_info(), args.quick))
-    print(result.render())
-    return 0
+    def options(p: Any) -> None:
+        p.add_argument("--only", nargs="+", choices=["lmdb", "cluster_1", "cluster_2"],
+                       help="run only these configurations (for profiling one)")
+        p.add_argument("--trades-only", action="store_true", help="skip the ping-pong loop")
+        p.add_argument("--rounds", type=bench_main.positive(int), default=None,
+                       help="rounds, each in another order of the configurations (default 3)")
+        p.add_argument("--budget", type=bench_main.positive(float), default=None,
+                       help="seconds per closed loop")
+
+    def configure(ctx: Any, args: Any) -> None:
+        ctx.only, ctx.trades_only = args.only, args.trades_only
+        ctx.rounds, ctx.budget = args.rounds, args.budget
+
+    return bench_main.standalone("python -m benchmarks.cluster", cluster, argv, options, configure)
 
 
 if __name__ == "__main__":

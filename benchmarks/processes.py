@@ -212,24 +212,10 @@ def run(ctx: Any) -> SuiteResult:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    import argparse
-
     from greenflow.benchmarks import __main__ as bench_main
-    from greenflow.benchmarks.common import machine_info, write_json
-    from greenflow.benchmarks.plots import plot_safely
-
-    p = argparse.ArgumentParser(prog="python -m benchmarks.processes")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    ctx = bench_main.Context(quick=args.quick, out=args.out or bench_main.default_out_dir(),
-                             n=None, profile=False, show_progress=True)
-    result = run(ctx)
-    data = result.to_json(machine_info(), args.quick)
-    write_json(f"{ctx.out}/{NAME}.json", data)
-    plot_safely(NAME, data, ctx.out)
-    print(result.render())
-    return 0
+    from greenflow.benchmarks import processes
+    return bench_main.standalone("python -m benchmarks.processes", processes, argv,
+                                 lambda p: None, lambda ctx, args: None)
 
 
 if __name__ == "__main__":

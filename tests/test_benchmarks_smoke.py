@@ -78,7 +78,7 @@ def test_an_output_place_or_count_no_suite_can_use_is_refused_before_any_runs(tm
     monkeypatch.setattr(bench, "_suite_module", lambda name: pytest.fail("a suite ran"))
     taken = tmp_path / "file"
     taken.write_text("x")
-    for args, says in ((["held", "--out", str(taken)], "cannot create it"),
+    for args, says in ((["held", "--out", str(taken)], "is a file, not a directory"),
                        (["held", "--out", ""], "--out is empty"),
                        (["held", "--out", str(taken / "sub")], "cannot create it")):
         assert main(args) == 2
@@ -87,6 +87,16 @@ def test_an_output_place_or_count_no_suite_can_use_is_refused_before_any_runs(tm
         with pytest.raises(SystemExit) as info:
             main(["held", "-n", n, "--out", str(tmp_path)])
         assert info.value.code == 2 and "a flow count is 1 or more" in capsys.readouterr().err
+    # The suites with options of their own check them, and --out, before they run too.
+    from greenflow.benchmarks import cluster, processes
+    monkeypatch.setattr(cluster, "run", lambda ctx: pytest.fail("a suite ran"))
+    monkeypatch.setattr(processes, "run", lambda ctx: pytest.fail("a suite ran"))
+    for run_main, args, says in ((cluster.main, ["--rounds", "-1"], "must be above 0"),
+                                 (cluster.main, ["--budget", "0"], "must be above 0"),
+                                 (processes.main, ["--out", str(taken)], "is a file")):
+        with pytest.raises(SystemExit) as info:
+            run_main(args + ([] if "--out" in args else ["--out", str(tmp_path)]))
+        assert info.value.code == 2 and says in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- plots
