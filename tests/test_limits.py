@@ -214,7 +214,7 @@ def test_a_payload_built_to_freeze_the_decoder_is_dropped_fast_and_others_are_se
     t0 = time.perf_counter()
     net.run_network()
     assert time.perf_counter() - t0 < 2.0
-    assert bob.flows() == []             # dropped: no responder started for it
+    assert bob.flows() == []             # refused: no responder started for it
     h = alice.start_flow(Ping(bob.party, 3))
     net.run_network()
     assert h.result() == 6

@@ -194,11 +194,12 @@ def test_progress_survives_a_restart(net):
 def test_a_payload_its_receiver_cannot_read_ends_both_flows(net, warm_up):
     """Two parties running different versions of a `@serializable` class: the receiver
     dropped the payload it could not decode, unacknowledged, so the sender re-sent it
-    for ever and both flows waited for good. The receiver's flow now fails with
-    `ReceiveTypeError` saying why, and the sender sees that end."""
+    for ever and both flows waited for good. On a session that runs, the receiver's flow
+    now fails with `ReceiveTypeError` saying why, and the sender sees that end; a
+    session whose first message cannot be read is refused, saying why."""
     import dataclasses
     from flowlib import Order, PlaceOrder
-    from greenflow import ReceiveTypeError, UnexpectedFlowEnd
+    from greenflow import ReceiveTypeError, SessionRefused, UnexpectedFlowEnd
     from greenflow.wire import register_wire_type
     alice, bob = pair(net)
     handle = alice.start_flow(PlaceOrder(bob.party, warm_up))
@@ -218,6 +219,13 @@ def test_a_payload_its_receiver_cannot_read_ends_both_flows(net, warm_up):
             net.run_network()
     finally:
         register_wire_type(Order)
+    if not warm_up:
+        with pytest.raises(SessionRefused, match="Bob refused the session for flowlib.PlaceOrder: "
+                                                 "its first message cannot be read on Bob: "
+                                                 "malformed flowlib.Order.*note"):
+            handle.result()
+        assert bob.node.flows() == []
+        return
     with pytest.raises(UnexpectedFlowEnd):
         handle.result()
     [taker] = [f for f in bob.node.flows() if f.flow_class.endswith("TakeOrder")]

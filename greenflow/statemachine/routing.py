@@ -22,7 +22,8 @@ from greenflow.runtime.checkpoint import Checkpoint, SessionState
 from greenflow.errors import WireFormatError
 from greenflow.log_limits import clip
 from greenflow.statemachine.executor import execute
-from greenflow.messages import INIT, REJECT, Frame, decode_frame, encode_frame, exception_text
+from greenflow.messages import (INIT, REFUSED, REJECT, Frame, decode_frame, encode_frame,
+                                exception_text)
 from greenflow.party import Party
 from greenflow.flows.registry import qualified_name
 from greenflow.flows.session import FlowSession
@@ -159,24 +160,27 @@ class Routing:
         self.batch.put_route(key[0], key[1], key[2], value, expires)
         self._round_routes[key] = value
 
-    def _decode_payload(self, sender: Party, frame: Frame) -> None:
-        """Decode ``frame``'s payload once, on arrival. One that cannot be decoded (a peer
-        running another version of a `@serializable` class, or junk) is still delivered:
-        the receive that takes it raises `ReceiveTypeError` naming the peer and why, so
-        the receiving flow fails and the sender sees that end. Dropped (unacknowledged,
-        so re-sent for ever) it left both flows waiting for good."""
+    def _decode_payload(self, sender: Party, frame: Frame) -> Optional[str]:
+        """Decode ``frame``'s payload once, on arrival; why it cannot be (None: it can).
+        One that cannot (a peer running another version of a `@serializable` class, or
+        junk) is still delivered on a session that runs: the receive that takes it
+        raises `ReceiveTypeError` naming the peer and why, so the receiving flow fails
+        and the sender sees that end (dropped, unacknowledged, it was re-sent for ever
+        and both flows waited for good). A session's first message that cannot be read
+        has its session refused (`_start_responder`)."""
         try:
             value = wire.decode(frame.payload)  # type: ignore[arg-type]
         except WireFormatError as exc:
+            why = _quoted(exc)
             self.peer_log.warning(f"bad payload {sender.name}",
                                   "%s: %s from %s has a payload that cannot be read here: "
-                                  "%s; the receiving flow gets the error", self.identity.name,
-                                  frame.describe(), sender.name, _quoted(exc))
-            return
+                                  "%s", self.identity.name, frame.describe(), sender.name, why)
+            return why
         # Kept for the receive that consumes this very payload in this round (saves a
         # second decode); keyed by identity, checked by identity, dropped when the round
         # ends (`pump`).
         self.decoded[id(frame.payload)] = (frame.payload, value)
+        return None
 
     def stored_payload(self, fid: str, sid: str, seq: int) -> bytes:
         """A received payload the store set aside (what a replayed ``receive`` returns)."""
@@ -272,7 +276,11 @@ class Routing:
             self._reject(sender, frame, key, refusal)
             return
         if frame.payload is not None:
-            self._decode_payload(sender, frame)
+            why = self._decode_payload(sender, frame)
+            if why is not None:   # no responder for a message it could never read
+                self._reject(sender, frame, key, f"{REFUSED}its first message cannot be read "
+                                                 f"on {self.identity.name}: {why}")
+                return
         # Derived, not drawn: every worker of a clustered party computes the same id (and
         # so the same partition) for this session's responder.
         fid = responder_flow_id(sender.name, frame.sid)
