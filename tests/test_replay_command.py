@@ -216,3 +216,16 @@ def test_replay_node_as_a_library_call_for_ci_fixtures(recorded, monkeypatch):
             assert_replays(str(net_dir / "Alice"), [MODULE])
     finally:
         sys.modules.pop(MODULE, None)
+
+
+def test_replay_says_a_flow_whose_class_is_gone_cannot_be_restored(recorded):
+    """A renamed flow class: its stored flows cannot be restored; the report names the
+    class and asks whether the module still defines it."""
+    app_dir, net_dir = recorded
+    _write(app_dir, V1.replace("AskQuote", "AskForQuote"))
+    r = _replay_cli(app_dir, net_dir / "Alice")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.count("quote_sample.AskQuote  [SUSPENDED]: cannot replay: cannot restore "
+                          "it: AttributeError: Can't get attribute 'AskQuote'") == 2, r.stdout
+    assert "(is its app module given with --apps, and does it still define that class?)" \
+        in r.stdout

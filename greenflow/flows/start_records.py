@@ -93,6 +93,9 @@ def _load(body: memoryview) -> Any:
     if module not in sys.modules:
         importlib.import_module(module)
     cls = _named(module, qualname)
+    if cls is None:   # as pickle says of a class that is gone (a rename, a move)
+        raise AttributeError(f"Can't get attribute {qualname!r} on module {module}: the "
+                             "flow's class is not defined there (renamed, moved or deleted?)")
     if not (isinstance(cls, type) and issubclass(cls, FlowLogic)):
         raise ValueError(f"start record names {module}.{qualname}, which is not a flow class")
     logic = cls.__new__(cls)

@@ -201,9 +201,14 @@ def _replay_one(sched: _ReplayScheduler, store: FlowStore, fid: str, raw: bytes)
         if cp.pending is not None:
             journal.append(Entry(cp.pending[0], cp.pending[1], None, cp.pending[2]))
     except Exception as exc:  # noqa: BLE001 - e.g. a flow class no longer importable
+        # The hint only where a module or class was not found, not for (say) a class
+        # that has gained __slots__ since the flow stored its object.
+        missing = isinstance(exc, ImportError) or (
+            isinstance(exc, AttributeError) and "Can't get attribute" in str(exc))
         return FlowReplay(fid, cp.flow_class, CANNOT,
-                          f"cannot restore it: {type(exc).__name__}: {exc} (is its app "
-                          "module given with --apps?)", status)
+                          f"cannot restore it: {type(exc).__name__}: {exc}"
+                          + (" (is its app module given with --apps, and does it still define "
+                             "that class?)" if missing else ""), status)
     rt = _CheckRuntime(sched, cp, logic, journal)  # type: ignore[arg-type]
     g = rt.start_greenlet()
     try:
