@@ -18,6 +18,7 @@ from netutil import only_flow
 from replayflows import Changing
 
 from greenflow import FlowStatus, UnexpectedFlowEnd
+from greenflow.runtime import fingerprint as fingerprint_module
 from greenflow.cli.main import main as cli_main
 
 SOURCE = inspect.getsource(replayflows)
@@ -195,3 +196,22 @@ def test_the_code_fingerprint_sees_a_changed_name_as_a_change():
 
     assert code_digest(flow_reading("PRICE")) != code_digest(flow_reading("PRICE2"))
     assert code_digest(flow_reading("PRICE")) == code_digest(flow_reading("PRICE"))
+
+
+def test_a_changed_sub_flow_is_named_as_the_likely_cause(net, monkeypatch):
+    """The note "(the code of X changed since this checkpoint was written)" compared
+    only the top-level flow class: a divergence inside a changed sub-flow had none."""
+    from flowlib import Inner, Outer
+    alice, bob = net.create_node("Alice"), net.create_node("Bob")
+    h = alice.start_flow(Outer(bob.party))
+    net.run_network(max_messages=2)               # inside Inner, its request sent
+
+    def call(self) -> str:                         # deploy: Inner sends something else
+        return self.initiate_flow(self.peer).send_and_receive(str, "inner, v2")
+    monkeypatch.setattr(Inner, "call", call)
+    monkeypatch.setattr(fingerprint_module, "_DIGESTS", {})
+    alice = net.restart_node(alice)
+    net.run_network()
+    info = alice.node.flow_info(h.id)
+    assert info.status == FlowStatus.HOSPITALIZED, info
+    assert "(the code of flowlib.Inner changed since this checkpoint was written)" in info.error

@@ -127,11 +127,29 @@ def explain_end(rt: "FlowRuntime", exc: Optional[BaseException]) -> str:
 def code_change(flow_class: str, fingerprint: Optional[dict], logic: Any) -> str:
     """`` (the code of X changed since this checkpoint was written)`` when the checkpoint's
     code ``fingerprint`` records another digest for ``flow_class`` than the class of
-    ``logic`` has now, else ``""``: after an upgrade, the likely cause of a divergence."""
-    stored = (fingerprint or {}).get(flow_class)
-    if stored and stored != code_digest(type(logic)):
-        return f" (the code of {flow_class} changed since this checkpoint was written)"
-    return ""
+    ``logic`` has now, or for a sub-flow class on its stack than that class (looked up
+    among the modules already imported) has now, else ``""``: after an upgrade, the
+    likely cause of a divergence."""
+    changed = []
+    for name, stored in (fingerprint or {}).items():
+        cls = type(logic) if name == flow_class else _loaded_class(name)
+        if stored and cls is not None and stored != code_digest(cls):
+            changed.append(name)
+    if not changed:
+        return ""
+    return f" (the code of {', '.join(changed)} changed since this checkpoint was written)"
+
+
+def _loaded_class(name: str) -> Optional[type]:
+    """The class ``module.Qual.Name`` if its module is imported (none is imported here)."""
+    module, _, qual = name.rpartition(".")
+    while module and module not in sys.modules:   # a nested class: Outer.Inner
+        module, _, head = module.rpartition(".")
+        qual = f"{head}.{qual}"
+    obj: Any = sys.modules.get(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) else None
 
 
 def parked_reason(diverged: str, code_changed: str = "") -> str:

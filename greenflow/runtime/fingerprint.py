@@ -30,6 +30,26 @@ def fingerprint(rt: FlowRuntime) -> dict:
     return fp
 
 
+_WITH: dict[tuple[int, type], tuple[dict, dict]] = {}
+
+
+def with_class(fp: dict, cls: type) -> dict:
+    """``fp`` with the digest of ``cls`` added (a sub-flow the flow runs live): ``fp``
+    itself when it has that class already. Shared like `fingerprint`'s dicts: one per
+    (dict, class), the cache emptied when it grows past 10,000 (dicts read back from
+    stored checkpoints are one per flow)."""
+    key = (id(fp), cls)
+    hit = _WITH.get(key)
+    if hit is not None and hit[0] is fp:
+        return hit[1]
+    name = qualified_name(cls)
+    out = fp if name in fp else {**fp, name: code_digest(cls)}
+    if len(_WITH) >= 10_000:
+        _WITH.clear()
+    _WITH[key] = (fp, out)
+    return out
+
+
 _DIGESTS: dict[type, str] = {}
 
 

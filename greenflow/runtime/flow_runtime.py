@@ -31,6 +31,7 @@ from greenflow.runtime import replay_safe
 from greenflow.runtime.checkpoint import NEW, Checkpoint, SessionState
 from greenflow.errors import FlowError
 from greenflow.flows.progress import ProgressTracker
+from greenflow.runtime.fingerprint import with_class
 from greenflow.runtime.journal import Entry, Kind
 from greenflow.messages import Frame
 from greenflow.party import Party
@@ -315,6 +316,9 @@ class FlowRuntime(Conversation, RecordedValues):
         if not isinstance(flow, FlowLogic):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
         self.subflows = appended(self.subflows, flow)
+        fp = self.cp.fingerprint
+        if fp is not None and not self.replaying:   # (a replay runs today's code)
+            self.cp.fingerprint = with_class(fp, type(flow))
         try:
             result = flow.call()
             if type(result) in _NOT_PLAIN and own_body(flow, result):
