@@ -169,7 +169,7 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool,
     url = _database(os.path.abspath(base_dir), database)
     dsn, schema = _split(url, "--database" if database else
                          os.path.join(os.path.abspath(base_dir), "cluster", DATABASE_FILE))
-    schema = schema or schema_for(os.path.abspath(base_dir))
+    schema = schema or schema_for(os.path.abspath(base_dir), dsn)
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as c:
             workers, leases = lease_table(c, schema, lease)

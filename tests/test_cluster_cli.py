@@ -134,7 +134,7 @@ def test_cluster_up_refuses_what_would_stop_its_workers_and_names_it(root, monke
     r = gf("cluster", "up", "--dir", alice, "--workers", "1", "--database", url,
            timeout=120, check=False)
     assert r.returncode == 1, r.stderr
-    assert "worker w1 exited" in r.stderr and "cannot reach the cluster's database" in r.stderr \
+    assert "worker w1 exited" in r.stderr and "cannot connect to the PostgreSQL store" in r.stderr \
         and "Connection refused" in r.stderr and url.rsplit("/", 1)[0] in r.stderr, r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(alice, "cluster", "database"))

@@ -288,3 +288,26 @@ def test_kill_and_retry_through_a_worker_that_does_not_run_the_flow(tmp_path):
         c1 = RpcClient("%s:%d" % procs[0].rpc.address, "admin", "pw", timeout=30)
         assert c1.result(fid, wait=10)["status"] == c2.result(fid, wait=10)["status"] == "KILLED"
         assert c2.retry(fid) == {"flow_id": fid, "retried": False}   # (followed: it ended)
+
+
+def test_a_worker_of_another_party_is_refused_the_store_before_it_takes_a_lease(tmp_path):
+    """A worker given another party's schema (`?schema=`) took a share of its partitions
+    and ran its flows as its own party, failing some of them for good."""
+    import psycopg
+
+    from greenflow.errors import StoreError
+    from greenflow.network.bootstrap import bootstrap_network
+    alice, carol = bootstrap_network(str(tmp_path), ["Alice", "Carol"], base_port=0, apps=APPS)
+    url = server_dsn() + "?schema=" + new_schema()
+    a = Worker(alice.base_dir, url, name="a1", apps=APPS, lease_s=2.0, renew_s=0.4).start()
+    try:
+        c = Worker(carol.base_dir, url, name="c1", apps=APPS, lease_s=2.0, renew_s=0.4)
+        with pytest.raises(StoreError, match="belongs to the party O=Alice.*not to O=Carol|"
+                                             "belongs to the party Alice.*not to Carol"):
+            c.start()
+        dsn, schema = url.split("?schema=")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            owners = {r[0] for r in conn.execute(f'SELECT owner FROM "{schema}".leases')}
+        assert "c1" not in owners and "a1" in owners
+    finally:
+        a.stop()

@@ -427,3 +427,75 @@ def test_commits_find_their_rows_by_key_never_by_scanning_a_table(pg_url: str,
     after = scans()
     assert {t: after[t] - before[t] for t in after if after[t] != before[t]} == {}
     assert not store.has_flow(fids[0]) and store.has_flow(fids[-1])
+
+
+def _node_dir(path, name: str, key=None):
+    """A directory with a node's identity (name and key), as bootstrap makes one."""
+    from greenflow.keys import KeyPair, save_keypair
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "identity.name"), "w", encoding="utf-8") as fh:
+        fh.write(name + "\n")
+    key = key or KeyPair.generate()
+    save_keypair(os.path.join(path, "identity.key"), key)
+    return str(path), key
+
+
+def test_a_party_store_is_found_from_any_copy_of_its_directory(pg_url: str, tmp_path) -> None:
+    """The schema followed the directory's absolute path: a worker whose copy of the
+    directory sat elsewhere opened an empty schema of its own (a second, split "cluster"
+    of one party), and a moved directory found no store. It follows the party's key now."""
+    import shutil
+    alice, _ = _node_dir(tmp_path / "here" / "Alice", "Alice")
+    st = PostgresStore.for_node(alice, pg_url)
+    st.open_table("t")
+    b = Batch()
+    b.table_put("t", b"k", b"done")
+    st.commit(b)
+    st.close()
+    copy = str(tmp_path / "elsewhere" / "Alice")
+    shutil.copytree(alice, copy)
+    again = PostgresStore.for_node(copy, pg_url)
+    try:
+        again.open_table("t")
+        assert again.schema == st.schema and list(again.table_items("t")) == [(b"k", b"done")]
+        with pytest.raises(StoreLocked):   # and both copies at once: one holds it
+            PostgresStore.for_node(alice, pg_url)
+    finally:
+        again.drop_schema()
+        again.close()
+
+
+def test_another_partys_store_is_refused(pg_url: str, tmp_path) -> None:
+    """A worker or node given another party's schema (`?schema=`) ran that party's flows
+    as its own (as Carol: "no party named 'Bob' on the network of Carol")."""
+    alice, _ = _node_dir(tmp_path / "Alice", "Alice")
+    carol, _ = _node_dir(tmp_path / "Carol", "Carol")
+    st = PostgresStore.for_node(alice, pg_url)
+    schema = st.schema
+    st.close()
+    with pytest.raises(StoreError, match=r"belongs to the party Alice \(key [0-9a-f]{16}\.\.\.\), "
+                                         r"not to Carol"):
+        PostgresStore.for_node(carol, pg_url + ("&" if "?" in pg_url else "?") + f"schema={schema}")
+    st = PostgresStore.for_node(alice, pg_url)   # Alice's own is untouched
+    st.drop_schema()
+    st.close()
+
+
+def test_a_store_an_earlier_version_named_by_path_is_still_found(pg_url: str, tmp_path) -> None:
+    from greenflow.storage.postgres_store import path_schema
+    dsn, _ = split_url(pg_url)
+    alice, _ = _node_dir(tmp_path / "Alice", "Alice")
+    old = PostgresStore(dsn, path_schema(alice))   # as earlier versions made it
+    old.open_table("t")
+    b = Batch()
+    b.table_put("t", b"k", b"old")
+    old.commit(b)
+    old.close()
+    st = PostgresStore.for_node(alice, pg_url)
+    try:
+        assert st.schema == path_schema(alice) == schema_for(alice, dsn)
+        st.open_table("t")
+        assert list(st.table_items("t")) == [(b"k", b"old")]
+    finally:
+        st.drop_schema()
+        st.close()

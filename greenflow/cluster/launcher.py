@@ -52,7 +52,8 @@ class Cluster:
         self.pg = None
         self.url: Optional[str] = database
         self.schema = split_url(database)[1] if database else None
-        self.schema = self.schema or schema_for(self.node_dir)
+        self.schema = self.schema or schema_for(self.node_dir, split_url(database)[0]
+                                                if database else None)
         self.procs: dict[str, subprocess.Popen] = {}
         self.rpc: dict[str, str] = {}
         self._log_start: dict[str, tuple[int, int]] = {}   # where each worker's run begins
@@ -86,6 +87,9 @@ class Cluster:
             self.pg = PgServer(os.path.join(self.node_dir, PG_DIR))
             self.pg.start()
             self.url = self.pg.url
+            from greenflow.storage.postgres_store import schema_for, split_url
+            if split_url(self.url)[1] is None:   # a store of an earlier version, by path?
+                self.schema = schema_for(self.node_dir, self.dsn)
         return self.url
 
     def start(self, wait: float = 60.0) -> "Cluster":

@@ -86,11 +86,12 @@ class Worker:
                  node_options: Optional[dict] = None, apps: Optional[Iterable[str]] = None,
                  rpc_address: Optional[str] = None,
                  on_generation: Optional[Callable[[Node], None]] = None) -> None:
-        from greenflow.storage.postgres_store import schema_for, split_url
+        from greenflow.storage.postgres_store import node_party, schema_for, split_url
         self.node_dir = os.path.abspath(node_dir)
         self.url = url
         self.dsn, schema = split_url(url)
-        self.schema = schema or schema_for(self.node_dir)
+        self.schema = schema or schema_for(self.node_dir, self.dsn)
+        self.party = node_party(self.node_dir)
         self.name = name or default_worker_name()
         self.party_name = party_name
         self.tcp = tcp
@@ -138,6 +139,10 @@ class Worker:
             # Peers answer on the connection this worker dialled: what they send for its
             # sessions reaches it, not whichever worker their own connection landed on.
             self.tcp.reply_path = True
+        # Another party's store (a ?schema= naming it) is refused before a lease is taken.
+        from greenflow.storage.postgres_store import PostgresStore
+        PostgresStore(self.dsn, self.schema, owner=self.name, owned=dict,
+                      party=self.party).close()
         self.lease.start()          # the first round: what we hold now
         self._rebuild()
         self.reader.start()
@@ -253,7 +258,8 @@ class Worker:
             parts = self.lease.owned()
             self.generations += 1
             gen = _Generation(self.generations, parts, self.lease)
-            store = PostgresStore(self.dsn, self.schema, owner=self.name, owned=gen.owned)
+            store = PostgresStore(self.dsn, self.schema, owner=self.name, owned=gen.owned,
+                                  party=self.party)
             name = self.party_name or _party_name(self.node_dir)
             options = dict(self.node_options)
             node = Node(self.node_dir, name, apps=self.apps, transport=self.transport,

@@ -2,8 +2,11 @@
 store, for a node that shares one database with other nodes or with the workers of a
 clustered node.
 
-Each node directory gets its own schema (``gf_`` + a hash of its absolute path, unless
-the URL names one with ``?schema=``), holding one table per concept:
+Each party gets its own schema (``gf_`` + a hash of its public key, so every worker and
+every copy of its directory finds the same one, on any machine; a store made by earlier
+versions, named by a hash of the directory's absolute path, is still found; the URL may
+name one with ``?schema=``). The schema records the party it belongs to (``meta``), and
+a node or worker of another party is refused it. One table per concept:
 
 | table    | key                          | other columns               |
 |----------|------------------------------|-----------------------------|
@@ -20,7 +23,7 @@ the URL names one with ``?schema=``), holding one table per concept:
 | results  | fid                          | part, record, expires       |
 | clients  | client_id                    | fid, expires                |
 | app_rows | tbl, key                     | value (vault, notary ...)   |
-| meta     | name                         | value (the format record)   |
+| meta     | name                         | value (format, party)       |
 | leases   | part                         | owner, epoch, expires_at    |
 
 ``part`` is `partitions.partition_of` of the row's flow: a clustered worker lists only the
@@ -64,7 +67,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
-from greenflow.errors import Fenced, StoreError, StoreLocked, StoreMissing
+from greenflow.errors import Fenced, FlowError, StoreError, StoreLocked, StoreMissing
 from greenflow.storage.interface import Batch
 from greenflow.storage.partitions import PARTITIONS, partition_of
 from greenflow.storage.postgres_batch import _Array, _ArrayDumper, _Plan
@@ -77,11 +80,79 @@ log = logging.getLogger("greenflow.store")
 
 FORMAT_KEY = "greenflow.store-format"
 FORMAT_VALUE = b"greenflow-store-postgres 1"
+#: The meta records of the party a store belongs to: its name and public key.
+PARTY_NAME_KEY, PARTY_KEY_KEY = "greenflow.party-name", "greenflow.party-key"
+#: The files of a node directory that hold its identity (see `greenflow.node.identity`).
+_NAME_FILE, _KEY_FILE = "identity.name", "identity.key"
 
-def schema_for(node_dir: str) -> str:
-    """The schema of the node in ``node_dir``: a hash of its absolute path."""
+
+def path_schema(node_dir: str) -> str:
+    """The schema earlier versions gave the node in ``node_dir``: a hash of its path."""
     digest = hashlib.sha256(os.path.abspath(node_dir).encode()).hexdigest()[:24]
     return f"gf_{digest}"
+
+
+def party_schema(public_key: bytes) -> str:
+    """The schema of the party whose public key is ``public_key``."""
+    return "gf_" + hashlib.sha256(b"greenflow party store\0" + public_key).hexdigest()[:24]
+
+
+def node_party(node_dir: str) -> Optional[tuple[str, bytes]]:
+    """(name, public key) of the node in ``node_dir``; None where it has none yet."""
+    from greenflow.keys import load_keypair
+    try:
+        with open(os.path.join(node_dir, _NAME_FILE), encoding="utf-8") as fh:
+            name = fh.read(1025).strip()
+        key = load_keypair(os.path.join(node_dir, _KEY_FILE)).public_key
+    except (OSError, ValueError, FlowError):
+        return None
+    return (name, key) if name else None
+
+
+def schema_for(node_dir: str, dsn: Optional[str] = None) -> str:
+    """The schema of the node in ``node_dir``: its party's (`party_schema`), or, where
+    the server at ``dsn`` holds a store made by an earlier version under the directory's
+    path and none under the party's key, that one. A directory without an identity (yet)
+    is named by its path."""
+    party = node_party(node_dir)
+    by_path = path_schema(node_dir)
+    if party is None:
+        return by_path
+    by_key = party_schema(party[1])
+    if dsn is not None and not _has_store(dsn, by_key) and _has_store(dsn, by_path):
+        log.info("the store of %s is the schema %s, named by the directory's path by an "
+                 "earlier version (now: %s, named by the party)", node_dir, by_path, by_key)
+        return by_path
+    return by_key
+
+
+def _has_store(dsn: str, schema: str) -> bool:
+    try:
+        with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+            return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                                (f'"{schema}".meta',)).fetchone()[0]
+    except psycopg.Error:   # the caller's own connection says why
+        return False
+
+
+def claim_party(conn: psycopg.Connection, where: str, party: tuple[str, bytes],
+                readonly: bool = False) -> None:
+    """Refuse a store (``conn``'s search path) that records another party than
+    ``party``; record ``party`` in one that records none."""
+    rows = dict(conn.execute("SELECT name, value FROM meta WHERE name IN (%s, %s)",
+                             (PARTY_NAME_KEY, PARTY_KEY_KEY)).fetchall())
+    key = rows.get(PARTY_KEY_KEY)
+    if key is not None and bytes(key) != party[1]:
+        theirs = bytes(rows.get(PARTY_NAME_KEY) or b"?").decode(errors="replace")
+        raise StoreError(
+            f"the PostgreSQL store {where} belongs to the party {theirs} (key "
+            f"{bytes(key).hex()[:16]}...), not to {party[0]} (key {party[1].hex()[:16]}...) "
+            "whose node directory opens it: a ?schema= that names another party's store, "
+            "or a directory copied from another party's; nothing was read or written")
+    if key is None and not readonly:
+        conn.execute("INSERT INTO meta (name, value) VALUES (%s, %s), (%s, %s) "
+                     "ON CONFLICT (name) DO NOTHING",
+                     (PARTY_NAME_KEY, party[0].encode(), PARTY_KEY_KEY, party[1]))
 
 
 def split_url(url: str) -> tuple[str, Optional[str]]:
@@ -121,7 +192,8 @@ class PostgresStore:
     def __init__(self, dsn: str, schema: str, *, owner: Optional[str] = None,
                  owned: Optional[Callable[[], dict[int, int]]] = None, sync: bool = True,
                  readonly: bool = False, create: bool = True,
-                 notify: Optional[str] = None) -> None:
+                 notify: Optional[str] = None,
+                 party: Optional[tuple[str, bytes]] = None) -> None:
         if not schema or len(schema) > 63 or not schema.replace("_", "a").isalnum() \
                 or schema[0].isdigit():
             raise StoreError(f"bad PostgreSQL schema name {schema!r}: letters, digits and _ "
@@ -135,6 +207,7 @@ class PostgresStore:
         self.owner = owner
         self.owned = owned
         self.notify = notify
+        self.party = party   # (name, public key): the store must be this party's
         self.sync = sync
         self.commits = 0
         self._lock = threading.RLock()
@@ -161,10 +234,10 @@ class PostgresStore:
                  create: bool = True, owner: Optional[str] = None,
                  owned: Optional[Callable[[], dict[int, int]]] = None) -> "PostgresStore":
         """The store of the node in ``node_dir`` on the server at ``url`` (its schema from
-        the URL's ``?schema=``, else from the directory's absolute path)."""
+        the URL's ``?schema=``, else `schema_for`), refused if it is another party's."""
         dsn, schema = split_url(url)
-        return cls(dsn, schema or schema_for(node_dir), owner=owner, owned=owned, sync=sync,
-                   readonly=readonly, create=create)
+        return cls(dsn, schema or schema_for(node_dir, dsn), owner=owner, owned=owned,
+                   sync=sync, readonly=readonly, create=create, party=node_party(node_dir))
 
     # ------------------------------------------------------------------ connection
     def _connect(self, create: bool = False) -> psycopg.Connection:
@@ -196,6 +269,8 @@ class PostgresStore:
                                 (_FUNCTION_KEY,)).fetchone()
             if (have is None or bytes(have[0]) != _FUNCTION_HASH) and not self.readonly:
                 self._create(conn)      # made by another version: its functions replaced
+            if self.party is not None:
+                claim_party(conn, self.path, self.party, self.readonly)
             if self.owned is None and not self.readonly:
                 # A connection just closed by this process (a node reopened after a power
                 # cut in tests) or by a process just killed lets go of the lock when its
