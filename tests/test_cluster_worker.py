@@ -311,3 +311,33 @@ def test_a_worker_of_another_party_is_refused_the_store_before_it_takes_a_lease(
         assert "c1" not in owners and "a1" in owners
     finally:
         a.stop()
+
+
+def test_draining_through_one_worker_drains_the_whole_party(party):
+    """Draining (the upgrade procedure) acted on the worker reached only: the others
+    went on starting flows, the count of unfinished flows was that worker's own, and
+    `drain off` left the others refusing starts once a rebalance had spread the draining
+    file to them."""
+    from greenflow.errors import FlowError
+    w1, w2 = party("w1"), party("w2")
+    settle(w1, w2)
+    slow = w2.node.start_flows([SlowPing(w2.node.party, 1, 3.0) for _ in range(4)])
+    w1.node.set_draining(True)
+    deadline = time.monotonic() + 5
+    while not w2.node.draining and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert w2.node.draining
+    with pytest.raises(FlowError, match="draining"):
+        w2.node.start_flow(Ping(w2.node.party, 1))
+    assert w1.node.pending_flows_count >= 4      # the party's, not w1's own
+    w3 = party("w3")                              # a new generation drains from its start
+    settle(w1, w2, w3)
+    assert w3.node.draining and w2.node.draining
+    w2.node.set_draining(False)
+    deadline = time.monotonic() + 5
+    while (w1.node.draining or w3.node.draining) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not w1.node.draining and not w3.node.draining
+    assert w1.node.start_flow(Ping(w1.node.party, 2)).result(timeout=20) == 3
+    assert all(w1.node.handle(h.id).result(timeout=30) == 1 for h in slow)
+    assert w3.node.pending_flows_count == 0

@@ -52,6 +52,7 @@ import time
 from typing import Any, Callable, Iterable, Optional
 
 from greenflow.cluster.generation import Generation as _Generation
+from greenflow.cluster.draining import PartyDraining
 from greenflow.cluster.handoff import HandoffReader, HandoffWriter
 from greenflow.cluster.leases import DEFAULT_LEASE_S, DEFAULT_RENEW_S, LeaseManager, Owned
 from greenflow.cluster.listing import party_listing
@@ -111,6 +112,7 @@ class Worker:
                                   on_gained=self._changed, on_lost=self._changed,
                                   address=address, rpc=rpc_address, serving=self._serving)
         self.writer = HandoffWriter(self.dsn, self.schema)
+        self.draining = PartyDraining(self.dsn, self.schema)
         self.handing = _HandOver(self)
         self.router = Router(self)
         self.starts = FiledStarts(self)
@@ -173,6 +175,7 @@ class Worker:
         if self.tcp is not None:
             self.tcp.close()
         self.writer.close()
+        self.draining.close()
 
     def crash(self) -> None:
         """Power cut (tests): drop everything without committing or releasing anything;
@@ -191,6 +194,7 @@ class Worker:
         if self.tcp is not None:
             self.tcp.close()
         self.writer.close()
+        self.draining.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until this worker has a generation with partitions (tests, ``cluster up``)."""
@@ -215,11 +219,15 @@ class Worker:
         return gen.owned() if gen is not None else {}
 
     def _run(self) -> None:
+        checked = 0.0
         while not self._stop.is_set():
             self._dirty.wait(0.5)
             if self._stop.is_set():
                 return
             node = self.node
+            if time.monotonic() - checked >= 1.0:   # the party's draining, as set anywhere
+                checked = time.monotonic()
+                self.draining.apply(node, self.name)
             if node is not None and node.scheduler.dead:
                 err = node.scheduler.commit_error
                 if isinstance(err, Fenced):
@@ -269,6 +277,8 @@ class Worker:
             node.runs_flow = lambda fid: gen.holds(partition_of(fid))
             node.forward_starts = lambda items: self.starts.forward(gen, items)
             node.filed_start = self.starts.filed
+            node.party_draining = self.draining.set
+            self.draining.apply(node, self.name)   # (not the directory's draining file)
             gen.node = node
             self.party_name = node.party.name
             self.gen = gen

@@ -109,6 +109,9 @@ class Node(NotCheckpointed):
     #: A clustered worker: the flow class of ``fid`` when its start is filed for a worker
     #: that has not started it yet (see `forward_starts`), else None. None: no filing.
     filed_start: Optional[Callable[[str], Optional[str]]] = None
+    #: A clustered worker: records its party's draining where every worker sees it (the
+    #: database), in place of the ``draining`` file. None: one node.
+    party_draining: Optional[Callable[[bool], None]] = None
 
     def __init__(self, base_dir: str, name: str, *, apps: Optional[Iterable[str]] = None,
                  max_resident: Optional[int] = DEFAULT_MAX_RESIDENT, transport: Any = None,
@@ -364,9 +367,13 @@ class Node(NotCheckpointed):
         """Draining (for upgrades that must not meet old checkpoints): no new flows, no
         new inbound sessions; running flows go on to finish. Watch
         `pending_flows_count` reach 0, then stop the node. Kept across a restart (a
-        ``draining`` file in the node directory), as an upgrade's stop and start need."""
+        ``draining`` file in the node directory), as an upgrade's stop and start need.
+        On a clustered worker, the whole party drains (every worker within a second)."""
+        if self.party_draining is not None:
+            self.party_draining(on)
+        else:
+            _mark_draining(self.base_dir, on)
         self.on_scheduler(lambda: self.scheduler.set_draining(on))
-        _mark_draining(self.base_dir, on)
 
     @property
     def draining(self) -> bool:
@@ -374,11 +381,19 @@ class Node(NotCheckpointed):
 
     @property
     def pending_flows_count(self) -> int:
-        """Unfinished flows on this node (running, waiting, hibernated, hospitalized)."""
+        """Unfinished flows on this node (running, waiting, hibernated, hospitalized); on
+        a clustered worker, the whole party's."""
         # Stored checkpoints, plus flows started in the current round whose first commit has
         # not happened yet (O(1): millions of waiting flows are not listed to count them).
-        return self.on_scheduler(lambda: self.store.flow_count() + sum(
-            1 for rt in self.scheduler.resident.values() if rt.start_blob is not None))
+        def fresh() -> int:
+            return sum(1 for rt in self.scheduler.resident.values() if rt.start_blob is not None)
+        if self.party_listing is None:
+            return self.on_scheduler(lambda: self.store.flow_count() + fresh())
+        store = self.party_listing.open_store()
+        try:
+            return store.flow_count() + self.on_scheduler(fresh)
+        finally:
+            store.close()
 
     def add_progress_listener(self, fn: Callable[[str, Optional[str]], None]) -> None:
         """``fn(flow_id, step)`` on every progress change (step None: the flow ended).
