@@ -82,6 +82,7 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
     except (ValueError, FlowError) as exc:
         raise UsageProblem(str(exc)) from None
     held = _hold(cl.node_dir)
+    cl.hold_fds = (held,)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # (HUP: its terminal closed)
         signal.signal(sig, lambda s, f: stop.set())
@@ -145,9 +146,24 @@ def _hold(node_dir: str) -> int:
     except OSError as exc:
         raise CliError(str(exc)) from None
     if fd is None:
-        raise CliError(f"a cluster of {node_dir} is already up (`greenflow cluster up`, process "
-                       f"{holder}): stop it first")
+        if _alive(holder):
+            raise CliError(f"a cluster of {node_dir} is already up (`greenflow cluster up`, "
+                           f"process {holder}): stop it first")
+        pids = os.path.join(node_dir, "cluster", "*.pid")
+        raise CliError(f"workers of an earlier `greenflow cluster up` of {node_dir} (process "
+                       f"{holder}, gone) are still running: stop them first (kill -TERM each "
+                       f"pid in {pids})")
     return fd
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:   # another user's: alive
+        return True
+    return True
 
 
 @command.command("status")

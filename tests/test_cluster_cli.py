@@ -323,3 +323,38 @@ def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypa
             break
     assert cl.given_up == {"w1"} and pauses == ["1", "2", "4", "8"] and len(starts) == 5
     assert cl.tend() == []   # said once
+
+
+def test_workers_that_outlive_a_killed_cluster_up_keep_another_from_starting(root):
+    """`cluster up` killed with -9 left its workers serving, unsupervised; the next `cluster
+    up` then failed on a busy RPC port without saying a worker of the last one still ran."""
+    alice, up = cluster_up(root, "--workers", "1", start_new_session=True)
+    worker = postmaster = None
+    try:
+        lines = []
+        while not any(l.startswith("  w1: rpc") for l in lines):
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        st = json.loads(gf("cluster", "status", "--dir", alice, "--json").stdout)
+        [worker] = [w["pid"] for w in st["workers"] if w["live"]]
+        with open(os.path.join(alice, "postgres", "data", "postmaster.pid")) as fh:
+            postmaster = int(fh.readline())
+        os.kill(up.pid, signal.SIGKILL)
+        up.communicate(timeout=60)
+        assert _alive(worker, within=1.0)
+        again = gf("cluster", "up", "--dir", alice, "--workers", "1", check=False)
+        assert again.returncode == 1, again.stderr
+        assert "workers of an earlier `greenflow cluster up`" in again.stderr \
+            and "are still running: stop them first" in again.stderr, again.stderr
+    finally:
+        if up.poll() is None:
+            up.kill()
+        for pid in (worker, postmaster):
+            if pid is not None:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for pid in (worker, postmaster):
+            assert pid is None or not _alive(pid, within=30), pid

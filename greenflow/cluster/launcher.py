@@ -60,6 +60,9 @@ class Cluster:
         self._exits: dict[str, list[float]] = {}   # when each worker exited (monotonic)
         self._due: dict[str, float] = {}           # worker -> when `tend` starts it again
         self.given_up: set[str] = set()            # exited, and left stopped
+        #: Descriptors the workers inherit: `cluster up`'s lock on the directory, held
+        #: so by workers that outlive it (it killed with -9) until they stop too.
+        self.hold_fds: tuple[int, ...] = ()
 
     @property
     def dsn(self) -> str:
@@ -117,7 +120,7 @@ class Cluster:
         env = dict(os.environ if self.env is None else self.env)
         env[DATABASE_ENV] = self.url or ""   # not in argv, which `ps` shows anyone
         p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                             start_new_session=True)
+                             start_new_session=True, pass_fds=self.hold_fds)
         out.close()
         self.procs[name] = p
         return p
