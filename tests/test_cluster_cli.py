@@ -358,3 +358,34 @@ def test_workers_that_outlive_a_killed_cluster_up_keep_another_from_starting(roo
                     pass
         for pid in (worker, postmaster):
             assert pid is None or not _alive(pid, within=30), pid
+
+
+def test_a_worker_is_started_again_when_its_cluster_directory_was_removed(root):
+    """`cluster up` died with a traceback (FileNotFoundError of the worker's output file)
+    when DIR/cluster had been removed and a worker exited, taking the other workers down."""
+    import shutil
+    alice, up = cluster_up(root, "--workers", "1", "--lease", "2", "--renew", "0.5",
+                           start_new_session=True)
+    lines: list[str] = []
+
+    def until(text: str) -> str:
+        while True:
+            line = up.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+            if text in line:
+                return line
+    try:
+        until("  w1: rpc")
+        st = json.loads(gf("cluster", "status", "--dir", alice, "--json", "--lease", "2").stdout)
+        [worker] = [w["pid"] for w in st["workers"] if w["live"]]
+        shutil.rmtree(os.path.join(alice, "cluster"))
+        os.kill(worker, signal.SIGKILL)
+        assert "started again (process" in until("worker w1 started again")
+        os.killpg(up.pid, signal.SIGTERM)
+        out, _ = up.communicate(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.communicate(timeout=60)
+    assert "Traceback" not in "".join(lines) + out, "".join(lines) + out

@@ -116,6 +116,7 @@ class Cluster:
                "--lease", str(self.lease_s), "--renew", str(self.renew_s),
                "--log-level", self.log_level]
         self._log_start[name] = tuple(_size(self._file(name, ext)) for ext in ("log", "out"))
+        os.makedirs(cluster_dir(self.node_dir), exist_ok=True)   # (removed while up?)
         out = open_plain_file(self._file(name, "out"), "ab")
         env = dict(os.environ if self.env is None else self.env)
         env[DATABASE_ENV] = self.url or ""   # not in argv, which `ps` shows anyone
@@ -141,7 +142,13 @@ class Cluster:
             if due is not None:
                 if now >= due:
                     del self._due[name]
-                    said.append(f"worker {name} started again (process {self.start_worker(name).pid})")
+                    try:
+                        said.append(f"worker {name} started again (process "
+                                    f"{self.start_worker(name).pid})")
+                    except OSError as exc:   # e.g. its log file cannot be made: try later
+                        self._due[name] = now + 5.0
+                        said.append(f"worker {name} cannot be started again: {exc}; trying "
+                                    "again in 5s")
                 continue
             if p.poll() is None:
                 continue
