@@ -389,3 +389,17 @@ def test_a_worker_is_started_again_when_its_cluster_directory_was_removed(root):
             os.killpg(up.pid, signal.SIGKILL)
             up.communicate(timeout=60)
     assert "Traceback" not in "".join(lines) + out, "".join(lines) + out
+
+
+def test_a_worker_name_that_is_no_safe_file_name_is_refused(root):
+    """`--name ../../evil` wrote the worker's log outside the cluster directory; `--name ""`
+    wrote `cluster/.log`."""
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    for name in ("../../evil", "", ".hidden", "a" * 65, "w 1"):
+        r = subprocess.run([sys.executable, "-m", "greenflow.cluster.process", "--dir",
+                            str(root / "Alice"), "--name", name, "--database",
+                            "postgresql://127.0.0.1:1/none"], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "is not a worker name" in r.stderr, (name, r.stderr)
+    assert not os.path.exists(root / "evil.log")
+    assert not os.path.exists(root / "Alice" / "cluster" / ".log")

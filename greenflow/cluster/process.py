@@ -14,6 +14,7 @@ worker replays the partitions' flows from what was committed.
 from __future__ import annotations
 
 import argparse
+import re
 import logging
 import os
 import signal
@@ -164,6 +165,16 @@ class WorkerProcess:
         log.info("worker %s: stopped", self.name)
 
 
+def _worker_name(text: str) -> str:
+    """A worker name that is also a safe file name (its log and pid file are named by
+    it): ``../../x`` wrote the log outside the cluster directory, ``""`` wrote ``.log``."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a worker name: letters, digits, '-', '_' and '.', 1 to 64 "
+            "of them, not starting with '.' or '-'")
+    return text
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     # A stop asked for while the worker is still being made (a supervisor's SIGTERM right
     # after a restart) is kept and honoured once there is a worker to stop: a clean exit,
@@ -173,7 +184,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         signal.signal(sig, lambda s, f: stopping.append(s))
     ap = argparse.ArgumentParser(prog="python -m greenflow.cluster.process")
     ap.add_argument("--dir", required=True, help="the party's node directory")
-    ap.add_argument("--name", required=True, help="this worker's name (unique in the party)")
+    ap.add_argument("--name", required=True, type=_worker_name,
+                    help="this worker's name (unique in the party): letters, digits, '-', "
+                         "'_' and '.', at most 64, not starting with '.'; its log is "
+                         "DIR/cluster/NAME.log")
     ap.add_argument("--database", default=os.environ.get(DATABASE_ENV),
                     help=f"postgresql://... (default: ${DATABASE_ENV}, else node.toml's store; "
                          "the variable keeps a password off the command line, which any user "
