@@ -122,7 +122,8 @@ def test_cluster_up_refuses_what_would_stop_its_workers_and_names_it(root, monke
          "must be more than twice the renew interval"),
         (["--dir", alice, "--renew", "0"], 2, "Invalid value for '--renew'"),
         (["--dir", alice, "--log-level", "LOUD"], 2, "Invalid value for '--log-level'"),
-        (["--dir", alice, "--database", "mysql://db/x"], 2, "needs a PostgreSQL store"),
+        (["--dir", alice, "--database", "mysql://db/x"], 2, "needs a PostgreSQL store: pass "
+         "--database postgresql://... or set store in node.toml (--database is 'mysql://db/x')"),
     ]
     for args, code, words in cases:
         r = gf("cluster", "up", "--workers", "1", *args, check=False)

@@ -56,9 +56,10 @@ def postgres_url(node_dir: str, database: Optional[str] = None) -> str:
     from greenflow.storage import is_postgres, store_url
     url = database or store_url(node_dir)
     if not is_postgres(url):
+        where = "--database is" if database else "node.toml's store is"
         raise FlowError(f"{node_dir}: a cluster worker needs a PostgreSQL store: "
                         f"pass --database postgresql://... or set store in node.toml "
-                        f"(it is {url!r})")
+                        f"({where} {url!r})")
     return url
 
 
