@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import threading
+import time
 from typing import Optional
 
 import click
@@ -106,17 +107,24 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
         click.echo(f"{cl.config.name}: {workers} workers up on {redact(url)} (schema {cl.schema})")
         for name, rpc in cl.rpc.items():
             click.echo(f"  {name}: rpc {rpc}, log {cl.node_dir}/cluster/{name}.log")
-        told: set[str] = set()
+        pg_retry = 0.0
         while not stop.wait(1.0):
             for line in cl.tend(restart):
                 click.echo(line, err=True)
             if len(cl.given_up) == len(cl.procs):
                 raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
-            if cl.pg is not None and not cl.pg.reused and "postgres" not in told \
+            if cl.pg is not None and not cl.pg.reused and time.monotonic() >= pg_retry \
                     and not cl.pg.running():
-                told.add("postgres")
-                click.echo(f"the cluster's PostgreSQL server stopped (see {cl.pg.log_file})",
-                           err=True)
+                # The server this command started died (killed, out of memory): start it
+                # again on its port; the workers reconnect on their own.
+                try:
+                    cl.pg.start()
+                    click.echo(f"the cluster's PostgreSQL server stopped; started it again "
+                               f"(see {cl.pg.log_file}); the workers reconnect", err=True)
+                except FlowError as exc:
+                    pg_retry = time.monotonic() + 10.0
+                    click.echo(f"the cluster's PostgreSQL server stopped and cannot be "
+                               f"started again ({exc}); trying again in 10s", err=True)
     except (TimeoutError, RuntimeError, FlowError) as exc:   # FlowError: the store's own
         raise CliError(str(exc)) from None
     finally:

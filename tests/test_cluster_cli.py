@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -404,3 +405,45 @@ def test_a_worker_name_that_is_no_safe_file_name_is_refused(root):
         assert r.returncode == 2 and "is not a worker name" in r.stderr, (name, r.stderr)
     assert not os.path.exists(root / "evil.log")
     assert not os.path.exists(root / "Alice" / "cluster" / ".log")
+
+
+def test_cluster_up_starts_its_postgresql_server_again_when_it_dies(root):
+    """The server `cluster up` started, killed, stayed dead: `cluster up` said so once and
+    the workers went on without a database. It is started again; they reconnect."""
+    import queue
+    alice, up = cluster_up(root, "--workers", "1", start_new_session=True)
+    lines: list[str] = []
+    said: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [said.put(line) for line in up.stdout], daemon=True).start()
+
+    def until(text: str, timeout: float = 60) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = said.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"never said {text!r}: " + "".join(lines)) from None
+            lines.append(line)
+            if text in line:
+                return line
+    try:
+        until("  w1: rpc")
+        with open(os.path.join(alice, "postgres", "data", "postmaster.pid")) as fh:
+            postmaster = int(fh.readline())
+        os.kill(postmaster, signal.SIGKILL)
+        until("the cluster's PostgreSQL server stopped; started it again")
+        for _ in range(20):   # the first may meet the worker's lost connection: a retry,
+            r = gf("flow", "start", "--node", alice, "samples.ping.Ping", "peer=Alice", "n=2",
+                   "--client-id", "after-restart", "--wait", "--timeout", "60", timeout=90,
+                   check=False)                 # with one client id, starts one flow
+            if r.returncode == 0:
+                break
+            time.sleep(1)
+        assert r.returncode == 0 and r.stdout.strip().endswith("3"), r.stdout + r.stderr
+        os.killpg(up.pid, signal.SIGTERM)
+        up.wait(timeout=60)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGTERM)
+            up.wait(timeout=60)
+    assert "Traceback" not in "".join(lines)
