@@ -174,6 +174,21 @@ def _alive(pid: str) -> bool:
     return True
 
 
+@command.command("down")
+@click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--timeout", default=60.0, show_default=True, type=_SECONDS,
+              help="Seconds to wait for each part to stop cleanly.")
+def down(base_dir: str, timeout: float) -> None:
+    """Stop what `cluster up` of DIR left running: that `cluster up` (it stops its workers
+    and server), else workers that outlived it (it was killed with -9), then the
+    PostgreSQL server it started in DIR/postgres. Unfinished flows resume at the next
+    `cluster up`."""
+    from greenflow.cluster.leftovers import stop_leftovers
+    said = stop_leftovers(base_dir, timeout)
+    for line in said or ["nothing of a cluster of this directory was running"]:
+        click.echo(line)
+
+
 @command.command("status")
 @click.option("--dir", "base_dir", required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--database", default=None, help="postgresql://... (default: what `cluster up` used)")

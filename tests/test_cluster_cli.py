@@ -349,6 +349,11 @@ def test_workers_that_outlive_a_killed_cluster_up_keep_another_from_starting(roo
         assert again.returncode == 1, again.stderr
         assert "workers of an earlier `greenflow cluster up`" in again.stderr \
             and "are still running: stop them first" in again.stderr, again.stderr
+        down = gf("cluster", "down", "--dir", alice)   # what `cluster up` left, stopped
+        assert "stopped 1 worker(s)" in down.stdout and "stopped the PostgreSQL server" \
+            in down.stdout, down.stdout
+        assert not _alive(worker, within=5) and not _alive(postmaster, within=30)
+        assert "nothing of a cluster" in gf("cluster", "down", "--dir", alice).stdout
     finally:
         if up.poll() is None:
             up.kill()
