@@ -1,7 +1,7 @@
 """``python -m benchmarks [SUITE ...] [--quick] [--out DIR]`` (also ``greenflow bench``).
 
 Each suite prints a table, writes ``<out>/<suite>.json`` (machine, parameters, figures,
-ratios) and, with matplotlib installed (``pip install 'greenflow[bench]'``), PNG plots
+ratios) and, with matplotlib installed (``pip install '.[bench]' in greenflow's checkout``), PNG plots
 beside it; it shows its progress on stderr. No suite asserts on speed.
 ``--plot-only [SUITE ...]`` redraws the plots from the JSON already in ``<out>``.
 """
@@ -139,7 +139,7 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                    help="throughput and trade: also profile greenflow and print the top functions")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     p.add_argument("--no-plots", action="store_true",
-                   help="write no PNG plots (they need matplotlib: pip install 'greenflow[bench]')")
+                   help="write no PNG plots (they need matplotlib: pip install '.[bench]' in greenflow's checkout)")
     p.add_argument("--plot-only", action="store_true",
                    help="run nothing: redraw the PNG plots from <out>/<suite>.json")
     return p

@@ -24,7 +24,7 @@ machine the difference is other work: the rates alone do not say what was availa
 the commit latency of the two stores measured directly: one flow's start, header and
 journal chunk per commit (what a round with one flow writes), p50/p99.
 
-Run: ``python -m benchmarks cluster`` (needs ``pip install 'greenflow[cluster]'``).
+Run: ``python -m benchmarks cluster`` (needs ``pip install '.[cluster]' in greenflow's checkout``).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 ``write_plots(suite, data, out)`` writes ``<out>/<suite>.png`` (or ``<suite>-<what>.png``
 for a suite that draws several) from the dict the suite wrote to ``<out>/<suite>.json``, and
-returns the paths. It needs matplotlib (``pip install 'greenflow[bench]'``); the base
+returns the paths. It needs matplotlib (``pip install '.[bench]' in greenflow's checkout``); the base
 install does not. ``plot_safely`` is what the runner calls: without matplotlib it prints
 one hint on stderr, and a plot that fails prints a one-line warning; neither fails a suite.
 
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-HINT = "(no plots: pip install 'greenflow[bench]' gives PNG plots of the results)"
+HINT = "(no plots: pip install '.[bench]' in greenflow's checkout gives PNG plots of the results)"
 DPI = 100
 SIZE = (7.5, 4.5)                 # inches; at DPI 100 a PNG of a few tens of KB
 

@@ -1,5 +1,5 @@
 """``greenflow cluster up|status``: a party served by several worker processes on
-PostgreSQL (docs/cluster.md). Needs ``pip install 'greenflow[cluster]'``."""
+PostgreSQL (docs/cluster.md). Needs ``pip install '.[cluster]' in greenflow's checkout``."""
 from __future__ import annotations
 
 import json
@@ -70,7 +70,7 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
     try:
         from greenflow.cluster.launcher import Cluster
     except ImportError as exc:
-        raise CliError(f"the cluster needs more packages: pip install 'greenflow[cluster]' ({exc})")
+        raise CliError(f"the cluster needs more packages: pip install '.[cluster]' in greenflow's checkout ({exc})")
     from greenflow.errors import FlowError
     from greenflow.network.node_config import ConfigError
     if database is not None:

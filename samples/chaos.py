@@ -1011,7 +1011,7 @@ SAMPLE_OPTIONS = [
                  help="Share of trades priced above the buyer's limit (they must fail cleanly)."),
     click.Option(["--cluster"], type=click.IntRange(min=0, max=8), default=0, show_default=True,
                  help=f"Run {CLUSTERED} as a cluster of N worker processes on PostgreSQL "
-                      "(pip install 'greenflow[cluster]'); its faults hit one random worker."),
+                      "(pip install '.[cluster]' in greenflow's checkout); its faults hit one random worker."),
     click.Option(["--database"], default=None,
                  help="With --cluster: the PostgreSQL URL to use (default: a server started "
                       "in the party's directory)."),

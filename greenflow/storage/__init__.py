@@ -87,7 +87,7 @@ def open_store(node_dir: str, *, url: Optional[str] = None, sync: bool = True,
         except ImportError as exc:
             raise StoreError(
                 f"the node in {node_dir} is configured for a PostgreSQL store, which needs "
-                f"more packages: pip install 'greenflow[cluster]' ({exc})") from None
+                f"more packages: pip install '.[cluster]' in greenflow's checkout ({exc})") from None
         return module.PostgresStore.for_node(node_dir, chosen, sync=sync, readonly=readonly,
                                              create=create)
     raise StoreError(f"unknown store {chosen!r} for the node in {node_dir}: expected \"lmdb\" "

