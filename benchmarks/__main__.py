@@ -253,4 +253,4 @@ def _errors(figures: object, where: str = "") -> Iterator[tuple[str, str]]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog=f"python -m {__package__ or 'benchmarks'}"))

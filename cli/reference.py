@@ -38,23 +38,29 @@ def reference() -> str:
 
     parts = []
     for path, text in _walk(main, _context(main, "greenflow", None)):
+        if path in PASSED_ON:   # its options are parsed by what it runs: ask that
+            text = _help_of(PASSED_ON[path])
         parts.append(f"#### `{path}`\n\n```\n{text.rstrip()}\n```\n")
     for name in SAMPLES:   # their options are the samples' own (SAMPLE_OPTIONS)
-        parts.append(f"#### `greenflow run sample.{name}`\n\n```\n{_sample_help(name).rstrip()}\n```\n")
+        text = _help_of(["run", f"sample.{name}", "--help"])
+        parts.append(f"#### `greenflow run sample.{name}`\n\n```\n{text.rstrip()}\n```\n")
     return "\n".join(parts)
 
 
 #: The bundled samples, whose options `greenflow run sample.NAME --help` shows.
 SAMPLES = ("ping", "trade", "chaos")
+#: Commands that pass their arguments on (the benchmark suite's own parser).
+PASSED_ON = {"greenflow bench": ["bench", "--help"]}
 
 
-def _sample_help(name: str) -> str:
+def _help_of(args: list[str]) -> str:
     from click.testing import CliRunner
 
     from greenflow.cli.main import main
-    out = CliRunner().invoke(main, ["run", f"sample.{name}", "--help"], terminal_width=WIDTH)
+    # (COLUMNS: the width argparse wraps to, for a command that passes its arguments on)
+    out = CliRunner(env={"COLUMNS": str(WIDTH)}).invoke(main, args, terminal_width=WIDTH)
     if out.exit_code != 0:
-        raise SystemExit(f"greenflow run sample.{name} --help failed: {out.output}")
+        raise SystemExit(f"greenflow {' '.join(args)} failed: {out.output}")
     return out.output
 
 
