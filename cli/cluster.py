@@ -222,11 +222,18 @@ def status(base_dir: str, database: Optional[str], lease: float, as_json: bool,
     except psycopg.Error as exc:
         raise CliError(f"cannot read the cluster's tables at {redact(dsn)}: {exc}")
     held = [l for l in leases if l.owner and l.expires_in > 0]
+    import socket
+    here = socket.gethostname()
+
+    def live(w: object) -> bool:
+        # A worker of this machine whose process is gone is not live, whatever its lease
+        # says (killed with -9: its heartbeat counts until the lease runs out).
+        return w.live and not (w.host == here and not _alive(str(w.pid)))  # type: ignore[attr-defined]
     doc = {
         "schema": schema,
-        "workers": [{"name": w.name, "host": w.host, "pid": w.pid, "live": w.live,
+        "workers": [{"name": w.name, "host": w.host, "pid": w.pid, "live": live(w),
                      "heartbeat_age": round(w.heartbeat_age, 2), "partitions": len(w.partitions),
-                     "serving": w.serving, "rpc": w.rpc} for w in workers],
+                     "serving": w.serving if live(w) else 0, "rpc": w.rpc} for w in workers],
         "partitions": {"total": len(leases), "held": len(held),
                        "unowned": len(leases) - len(held),
                        "max_epoch": max((l.epoch for l in leases), default=0)},

@@ -279,6 +279,10 @@ def test_cluster_up_starts_a_worker_that_died_again_and_leaves_one_stopped_on_pu
         os.kill(first["pid"], signal.SIGKILL)
         said = until("worker w1 exited")
         assert "status -9" in said and "starting it again in 1s" in said, said
+        # Its lease has not run out, but its process is gone: not listed as live.
+        st = json.loads(gf("cluster", "status", "--dir", alice, "--json", "--lease", "2").stdout)
+        [row] = [w for w in st["workers"] if w["pid"] == first["pid"]]
+        assert not row["live"] and row["serving"] == 0, row
         assert f"started again (process" in until("worker w1 started again")
         second = live_worker(other_than=first["pid"])
         assert second["name"] == "w1"
