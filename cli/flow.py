@@ -123,7 +123,11 @@ def list_(client: Any, status: Optional[str], limit: Optional[int], cursor: Opti
     if not flows:
         click.echo("no flows")
     for f in flows:
-        extra = f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
+        # A parked flow's reason first: what it waited on before it was parked is stale.
+        extra = (f.get("error") if f.get("status") == "HOSPITALIZED" else None) \
+            or f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
+        extra = extra.splitlines()[0] if extra else ""
+        extra = extra if len(extra) <= 200 else extra[:197] + "..."   # all of it: --json
         worker = f"  [{f['worker']}]" if f.get("worker") else ""   # a clustered node
         click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}{worker}  {extra}".rstrip())
     if page is not None and page.get("next_cursor"):
