@@ -400,7 +400,7 @@ def test_a_flow_failing_in_a_deep_recursion_logs_a_bounded_traceback(net, caplog
     [logged] = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
     assert len(logged.splitlines()) < 200, len(logged.splitlines())
     assert "more parts of the traceback" in logged
-    assert logged.rstrip().endswith("RecursionError: maximum recursion depth exceeded")
+    assert "RecursionError: maximum recursion depth exceeded" in logged.rstrip().splitlines()[-1]
     assert "in call" in logged and "limitflows.py" in logged   # the flow's frames shown
 
 

@@ -443,7 +443,7 @@ def test_open_store_prefers_the_callers_url_then_node_toml_then_the_environment(
 def test_a_postgresql_url_without_the_cluster_extra_says_what_to_install(tmp_path, monkeypatch):
     import sys
     monkeypatch.setitem(sys.modules, "greenflow.storage.postgres_store", None)   # not importable
-    with pytest.raises(StoreError, match=r"pip install 'greenflow\[cluster\]'"):
+    with pytest.raises(StoreError, match=r"pip install '\.\[cluster\]' in greenflow's checkout"):
         open_store(str(tmp_path / "n"), url="postgresql://localhost/x")
 
 

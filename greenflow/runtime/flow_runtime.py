@@ -316,10 +316,10 @@ class FlowRuntime(Conversation, RecordedValues):
         if not isinstance(flow, FlowLogic):
             raise FlowError(f"sub_flow() takes a FlowLogic instance, got {type(flow).__qualname__}")
         self.subflows = appended(self.subflows, flow)
-        fp = self.cp.fingerprint
-        if fp is not None and not self.replaying:   # (a replay runs today's code)
-            self.cp.fingerprint = with_class(fp, type(flow))
         try:
+            fp = self.cp.fingerprint
+            if fp is not None and not self.replaying:   # (a replay runs today's code)
+                self.cp.fingerprint = with_class(fp, type(flow))
             result = flow.call()
             if type(result) in _NOT_PLAIN and own_body(flow, result):
                 raise not_plain(flow, result)
