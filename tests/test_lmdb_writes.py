@@ -158,3 +158,47 @@ def test_outbox_keys_keep_their_layout(store):
     b.delete_outbox("Bob", "s.1", True, 7)
     store.commit(b)
     assert [d for _, d in store.outbox("Bob")] == [b"to-initiator"]
+
+
+GROW = """
+import os, sys
+from greenflow.storage.lmdb_store import LmdbStore
+from greenflow.storage.interface import Batch
+st = LmdbStore(sys.argv[1], sync=False)
+st.open_table("t")
+for i in range(int(sys.argv[2])):
+    b = Batch()
+    for j in range(100):
+        b.table_put("t", b"k%06d%03d" % (i, j), os.urandom(4000))
+    st.commit(b)
+st.close()
+"""
+
+
+def test_a_read_only_view_keeps_reading_while_the_node_grows_its_map(tmp_path):
+    """`checkpoints dump` and `replay` beside a running node: once the node had grown its
+    store's map past the view's, every read the view began failed (MDB_MAP_RESIZED), and
+    the tools reported most flows unreadable or not replaying."""
+    import os
+    import subprocess
+    import sys
+
+    import greenflow
+    path = str(tmp_path / "store")
+    writer = store_mod.LmdbStore(path, sync=False)
+    writer.open_table("t")
+    b = Batch()
+    b.table_put("t", b"first", b"x")
+    writer.commit(b)
+    writer.close()
+    view = store_mod.LmdbStore(path, readonly=True)
+    try:
+        view.open_table("t")
+        assert view.flow_count() == 0 and view.table_count("t") == 1
+        root = os.path.dirname(os.path.dirname(greenflow.__file__))
+        subprocess.run([sys.executable, "-c", GROW, path, "400"], check=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=root))   # ~160 MB: the map grows
+        assert view.flow_count() == 0 and view.table_count("t") == 40_001
+        assert len(list(view.table_items("t", b"k000399"))) == 100
+    finally:
+        view.close()

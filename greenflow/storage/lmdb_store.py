@@ -45,6 +45,11 @@ __all__ = ["LmdbStore", "Store", "Batch", "journal_chunk", "dump_result", "load_
 log = logging.getLogger("greenflow.store")
 
 INITIAL_MAP = 64 * 1024 * 1024
+#: The map of a read-only view (tools reading beside a running node): address space only,
+#: no memory. A view mapped smaller than the running node's grown map could not begin a
+#: read (MDB_MAP_RESIZED) once the node had grown it: a dump or replay check beside a
+#: busy node reported most flows unreadable.
+READ_VIEW_MAP = 1 << 40
 
 
 class LmdbStore:
@@ -99,7 +104,8 @@ class LmdbStore:
         if existed:
             store_guard.check_file(path)   # before LMDB maps it: no SIGBUS on a short file
         try:
-            self.env = lmdb.open(path, map_size=INITIAL_MAP, max_dbs=len(_DBS) + 32,
+            self.env = lmdb.open(path, map_size=READ_VIEW_MAP if readonly else INITIAL_MAP,
+                                 max_dbs=len(_DBS) + 32,
                                  sync=sync, metasync=sync, readahead=False, lock=True,
                                  readonly=readonly)
         except lmdb.Error as exc:
