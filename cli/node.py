@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -108,19 +109,43 @@ def drain(client, state: str) -> None:  # noqa: ANN001
 @click.option("--timeout", default=30.0, show_default=True, type=SECONDS,
               help="Seconds to wait for it to stop.")
 def stop(client, timeout: float) -> None:  # noqa: ANN001
-    """Shut a running node down cleanly."""
+    """Shut a running node down cleanly. Given the node's directory, it returns once the
+    process has exited (a `node start` right after it finds the directory free)."""
     from greenflow.rpc.client import RpcClientError
 
+    target = click.get_current_context().params.get("node") or ""
+    pid_file = os.path.join(target, "node.pid") if os.path.isdir(target) else None
     name = client.node_info()["name"]
     client.shutdown()
     deadline = time.monotonic() + timeout
+    answering = True
     while time.monotonic() < deadline:
-        try:
-            client.node_info()
-        except RpcClientError as exc:
-            if exc.status in (0, 503):
-                click.echo(f"{name} stopped")
-                return
-            raise
+        if answering:
+            try:
+                client.node_info()
+            except RpcClientError as exc:
+                if exc.status not in (0, 503):
+                    raise
+                answering = False
+        if not answering and (pid_file is None or _exited(pid_file)):
+            click.echo(f"{name} stopped")
+            return
         time.sleep(0.2)
     raise CliError(f"{name} did not stop within {timeout}s")
+
+
+def _exited(pid_file: str) -> bool:
+    """Whether the process that held ``node.pid`` (under an exclusive flock) is gone:
+    a shared lock is granted only then. Nothing is written to the file."""
+    import fcntl
+    try:
+        fd = os.open(pid_file, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)

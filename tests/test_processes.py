@@ -148,3 +148,23 @@ def test_a_second_process_cannot_open_a_running_nodes_directory(net):
                          capture_output=True, text=True, timeout=30, env=env)
     assert out.returncode == 1 and "already served by process" in out.stderr
     assert net.client("Bob").node_info()["name"] == "Bob"
+
+
+def test_node_stop_returns_once_the_process_has_exited(net):
+    """`node stop` said "stopped" once the RPC stopped answering, seconds before the
+    process exited (closing a store of many flows): `node stop; node start` then failed
+    with "already served by process ..."."""
+    import fcntl
+    ensure_running(net)
+    out = cli("node", "stop", "--node", net.dir("Alice"))
+    assert out.returncode == 0 and "Alice stopped" in out.stdout, out.stderr
+    # The process let go of node.pid (its last act: after its store is closed), so a
+    # `node start` now finds the directory free.
+    fd = os.open(os.path.join(net.dir("Alice"), "node.pid"), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)   # BlockingIOError while it is held
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    net.procs["Alice"].wait(timeout=10)
+    ensure_running(net)
