@@ -215,6 +215,10 @@ def test_the_checkpoint_dump_is_answered_a_bounded_page_at_a_time(net):
     assert status == 200 and len(rest["checkpoints"]) >= 2 and rest["more"] is False
     assert doc["checkpoints"][0]["flow_id"] > rest["checkpoints"][0]["flow_id"]
     assert net.call("GET", "/checkpoints?limit=100000")[0] == 400
+    # A cursor that is no page's (it started the dump again from the top, silently).
+    for bad in ("garbage", "U" + doc["next_cursor"]):
+        status, err = net.call("GET", f"/checkpoints?limit=1&cursor={bad}")
+        assert status == 400 and "bad cursor" in err["error"]["message"], (bad, err)
 
 
 def test_flow_listings_wait_their_turn_off_the_scheduler(net, monkeypatch):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
@@ -52,6 +53,8 @@ _STACKS_PER_TURN = 10
 UNFINISHED = frozenset(s for s in FlowStatus if not s.finished)
 FINISHED = frozenset(s for s in FlowStatus if s.finished)
 _MAX_CURSOR = 300
+#: What a flow id looks like (`greenflow.statemachine.ids`): a `checkpoints_page` cursor is one.
+_FLOW_ID = re.compile(r"[0-9a-f]{8,64}")
 
 
 class BadCursor(ValueError):
@@ -258,8 +261,10 @@ def checkpoints_page(node: "Node", limit: int = CHECKPOINTS_LIMIT,
     frames, or a replay) on it, `_STACKS_PER_TURN` flows at a time."""
     if limit < 1:
         raise ValueError("a page holds at least one flow")
-    if cursor is not None and (not isinstance(cursor, str) or not cursor
-                               or len(cursor) > _MAX_CURSOR):
+    if cursor is not None and (not isinstance(cursor, str) or len(cursor) > _MAX_CURSOR
+                               or not _FLOW_ID.fullmatch(cursor)):
+        # (a cursor is the last flow id of a page: anything else, e.g. a `/flows` page's
+        # cursor, started the listing again from the top without a word)
         raise BadCursor(f"bad cursor {str(cursor)[:40]!r}: pass a page's next_cursor as it was")
     rows: list[tuple[str, bytes]] = []
     stored = node.store.header_blobs(reverse=True, after=cursor)
