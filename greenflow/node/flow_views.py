@@ -4,7 +4,7 @@ record into a listing entry in one place; `FlowViews` is the node's reader of th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from greenflow import serialization
 from greenflow.errors import NotHere, UnknownFlow
@@ -138,13 +138,19 @@ def dump_store(store: FlowStore, resident: Optional[set[str]],
                rows: Optional[Iterable[tuple[str, bytes]]] = None) -> list[dict]:
     """The dump of ``rows`` (stored headers ``(fid, blob)``; None: every one).
     ``resident``: the flows in memory, or None where that is not known (read offline)."""
-    out = []
+    return list(dump_entries(store, resident, frames_of, rows))
+
+
+def dump_entries(store: FlowStore, resident: Optional[set[str]],
+                 frames_of: Optional[Callable[[str], Any]] = None,
+                 rows: Optional[Iterable[tuple[str, bytes]]] = None) -> Iterator[dict]:
+    """`dump_store`'s entries one at a time: a tool printing a million of them holds one."""
     for fid, raw in (store.header_blobs() if rows is None else rows):
         try:
             cp: Checkpoint = serialization.loads(raw)
         except Exception as exc:
-            out.append({"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
-                        "frames": [], "sessions": []})
+            yield {"flow_id": fid, "status": "UNREADABLE", "error": f"{type(exc).__name__}: {exc}",
+                   "frames": [], "sessions": []}
             continue
         here = None if resident is None else fid in resident
         status = cp.status if here is None else shown_status(cp, here)
@@ -153,7 +159,7 @@ def dump_store(store: FlowStore, resident: Optional[set[str]],
         except Exception as exc:
             snap = [{"function": "?", "file": "?", "line": 0,
                      "locals": {"error": f"snapshot unreadable: {exc}"}}]
-        out.append({
+        yield {
             "flow_id": fid, "flow_class": cp.flow_class, "status": status.value,
             "progress_step": cp.progress_step, "suspended_on": suspended_on(cp),
             "error": cp.error, "resident": here,
@@ -165,8 +171,7 @@ def dump_store(store: FlowStore, resident: Optional[set[str]],
                           "sent": s.send_seq, "received": s.received,
                           "peer_ended": s.peer_ended} for s in cp.sessions.values()],
             "frames": frames_mod.public(snap),
-        })
-    return out
+        }
 
 
 def info_from_checkpoint(cp: Checkpoint, resident: bool) -> FlowInfo:
