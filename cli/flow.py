@@ -58,8 +58,11 @@ def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
 
     try:
         for event, data in client.progress(fid, timeout=timeout):
-            if event == "status" and data.get("progress_step") and not quiet:
-                click.echo(f"  {data['progress_step']}", err=True)
+            if event == "status" and not quiet:
+                # Where it stands now (a flow asleep for a day showed nothing at all).
+                now = data.get("progress_step") or data.get("suspended_on") or data.get("error")
+                if now or data.get("status") not in ("RUNNABLE", None):
+                    click.echo(f"  {data.get('status')}" + (f": {now}" if now else ""), err=True)
             elif event == "progress" and not quiet:
                 click.echo(f"  {data['step']}", err=True)
             elif event == "end":
@@ -164,6 +167,9 @@ def watch(client: Any, flow_id: Optional[str]) -> None:
             for f in data["flows"]:
                 if f["status"] not in ("COMPLETED", "FAILED", "KILLED"):
                     click.echo(f"{f['id']}  {f['status']}  {f.get('progress_step') or ''}".rstrip())
+            if data.get("more"):   # the stream's first event holds one page
+                click.echo(f"(more flows than these {len(data['flows'])}: `greenflow flow list` "
+                           "lists them all; their progress follows here)")
         elif event == "progress":
             click.echo(f"{data['flow_id']}  {data['step']}")
         elif event == "end":

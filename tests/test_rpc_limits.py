@@ -693,6 +693,11 @@ def test_flow_watch_on_the_command_line_still_follows_a_flow(net):
     result = CliRunner().invoke(cli, ["flow", "watch", "--node", net.configs["Alice"].base_dir, fid])
     assert result.exit_code == 1, result.output
     assert f"flow {fid} FAILED: ValueError: no stock" in result.output
+    # A flow with no progress step (asleep) is shown as it stands (nothing was printed).
+    fid = client.start_flow("procflows.Sleeper", {"seconds": 1.5})["flow_id"]
+    result = CliRunner().invoke(cli, ["flow", "watch", "--node", net.configs["Alice"].base_dir, fid])
+    assert result.exit_code == 0, result.output
+    assert "SUSPENDED: sleep 1.5s" in result.output and f"{fid} COMPLETED" in result.output
 
 
 def test_a_burst_of_failed_logins_is_summarised_once_it_stops(caplog):
