@@ -202,3 +202,21 @@ def test_a_read_only_view_keeps_reading_while_the_node_grows_its_map(tmp_path):
         assert len(list(view.table_items("t", b"k000399"))) == 100
     finally:
         view.close()
+
+
+def test_bytes_in_use_fall_when_records_are_deleted_though_the_file_does_not(store):
+    """`greenflow_store_bytes` ("in use") was the file's high-water mark: it never fell,
+    and rose while 100,000 flows were killed."""
+    store.open_table("t")
+    b = Batch()
+    for i in range(2_000):
+        b.table_put("t", b"k%05d" % i, b"v" * 1_000)
+    store.commit(b)
+    full = store.bytes_used()
+    b = Batch()
+    for i in range(2_000):
+        b.table_delete("t", b"k%05d" % i)
+    store.commit(b)
+    emptied = store.bytes_used()
+    assert full > 2_000_000 and emptied < full / 10, (full, emptied)
+    assert (store.env.info()["last_pgno"] + 1) * store.env.stat()["psize"] >= full

@@ -212,8 +212,16 @@ class LmdbStore:
 
     # ------------------------------------------------------------------ upkeep
     def bytes_used(self) -> int:
-        """Bytes of the data file in use (pages written), not the map's size (metrics)."""
-        return int((self.env.info()["last_pgno"] + 1) * self.env.stat()["psize"])
+        """Bytes of the data file that hold data now: the pages of every database (the
+        file's high-water mark, ``last_pgno``, keeps pages freed since for reuse)."""
+        def pages(st: dict) -> int:
+            return st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        with self.env.begin() as txn:
+            total = pages(txn.stat())   # the main database: the names of the others
+            for handle in (*self.db.values(), *self.tables.values()):
+                if handle is not None:
+                    total += pages(txn.stat(handle))
+        return int(total * self.env.stat()["psize"])
 
     def expire(self, before: float, limit: int = 10_000) -> int:
         """Delete finished flows' results, session dedup records and client ids that fell
