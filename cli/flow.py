@@ -3,6 +3,7 @@ its RPC (see docs/rpc.md)."""
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any, Optional
 
 import click
@@ -113,19 +114,28 @@ def _statuses(value: Optional[str]) -> Optional[str]:
 @click.option("--json", "as_json", is_flag=True)
 def list_(client: Any, status: Optional[str], limit: Optional[int], cursor: Optional[str],
           as_json: bool) -> None:
-    """List unfinished and recently finished flows (unfinished first, newest first)."""
+    """List unfinished and recently finished flows (unfinished first, newest first). Every
+    flow is printed as its page arrives."""
     page = None
     if limit is not None or cursor is not None:
         page = client.flow_page(status, limit=limit, cursor=cursor)
-        flows = page["flows"]
+        flows = iter(page["flows"])
+        if as_json:
+            click.echo(json.dumps(page, indent=2))
+            return
     else:
-        flows = client.flows(status)
-    if as_json:
-        click.echo(json.dumps(page if page is not None else flows, indent=2))
-        return
-    if not flows:
-        click.echo("no flows")
+        flows = client.each_flow(status)
+        if as_json:   # the JSON of the whole list, written a flow at a time
+            first = True
+            for f in flows:
+                text = textwrap.indent(json.dumps(f, indent=2), "  ")
+                click.echo(("[\n" if first else ",\n") + text, nl=False)
+                first = False
+            click.echo("[]" if first else "\n]")
+            return
+    shown = 0
     for f in flows:
+        shown += 1
         # A parked flow's reason first: what it waited on before it was parked is stale.
         extra = (f.get("error") if f.get("status") == "HOSPITALIZED" else None) \
             or f.get("suspended_on") or f.get("progress_step") or f.get("error") or ""
@@ -133,6 +143,8 @@ def list_(client: Any, status: Optional[str], limit: Optional[int], cursor: Opti
         extra = extra if len(extra) <= 200 else extra[:197] + "..."   # all of it: --json
         worker = f"  [{f['worker']}]" if f.get("worker") else ""   # a clustered node
         click.echo(f"{f['id']}  {f['status']:<12} {f['flow_class']}{worker}  {extra}".rstrip())
+    if not shown:
+        click.echo("no flows")
     if page is not None and page.get("next_cursor"):
         click.echo(f"more: --cursor {page['next_cursor']}")
 

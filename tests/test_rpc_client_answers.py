@@ -92,6 +92,20 @@ def test_a_page_cursor_given_twice_stops_the_listing():
         srv.close()
 
 
+def test_each_flow_yields_a_page_before_it_asks_for_the_next():
+    """`flow list` held every flow of a node (707 MB at a million) before printing the
+    first: a page's flows come out before the next page is asked for."""
+    first = http("200 OK", b'{"flows": [{"id": "a"}, {"id": "b"}], "more": true, "next_cursor": "Ub"}')
+    last = http("200 OK", b'{"flows": [{"id": "c"}], "more": false}')
+    srv = Canned([first, last])
+    try:
+        flows = RpcClient(srv.url, "u", "p", timeout=10).each_flow()
+        assert [next(flows)["id"], next(flows)["id"]] == ["a", "b"] and len(srv.asked) == 1
+        assert [f["id"] for f in flows] == ["c"] and len(srv.asked) == 2
+    finally:
+        srv.close()
+
+
 @pytest.mark.parametrize("body, kind", [
     (b"event: status\ndata: {\"flows\": []}\n\n", "Unreachable"),     # then the connection ends
     (b"event: status\ndata: not json\n\n", "BadAnswer"),

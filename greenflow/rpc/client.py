@@ -211,7 +211,12 @@ class RpcClient:
 
     def flows(self, status: Optional[str] = None) -> list:
         """Every flow (of ``status``, comma-separated names), read a page at a time."""
-        return self._all(lambda cursor: self.flow_page(status, cursor=cursor), "flows")
+        return list(self.each_flow(status))
+
+    def each_flow(self, status: Optional[str] = None) -> Iterator[dict]:
+        """`flows`, each yielded as its page arrives: a caller printing a million flows
+        holds one page, not all of them."""
+        return _pages(self.url, lambda cursor: self.flow_page(status, cursor=cursor), "flows")
 
     def flow_page(self, status: Optional[str] = None, limit: Optional[int] = None,
                   cursor: Optional[str] = None) -> dict:
@@ -219,25 +224,6 @@ class RpcClient:
         q = {k: v for k, v in (("status", status), ("limit", limit), ("cursor", cursor))
              if v is not None}
         return self.request("GET", "/flows" + (f"?{urlencode(q)}" if q else ""))[1]
-
-    def _all(self, page: Any, key: str) -> list:
-        out: list = []
-        cursor = None
-        seen: set = set()
-        while True:
-            doc = page(cursor)
-            items = doc.get(key)
-            if not isinstance(items, list):
-                raise RpcClientError(0, "BadAnswer", f"{self.url} answered a page without "
-                                     f"its {key!r} list")
-            out += items
-            cursor = doc.get("next_cursor")
-            if not cursor:
-                return out
-            if cursor in seen:   # a node never does this; an answer that does is not read on
-                raise RpcClientError(0, "BadAnswer", f"{self.url} gave the page cursor "
-                                     f"{_cut(cursor, 40)!r} twice")
-            seen.add(cursor)
 
     def flow(self, flow_id: str) -> dict:
         return self.request("GET", f"/flows/{_fid(flow_id)}")[1]
@@ -257,7 +243,8 @@ class RpcClient:
 
     def checkpoints(self) -> list:
         """Every unfinished flow's dump entry, read a page at a time."""
-        return self._all(lambda cursor: self.checkpoints_page(cursor=cursor), "checkpoints")
+        return list(_pages(self.url, lambda cursor: self.checkpoints_page(cursor=cursor),
+                           "checkpoints"))
 
     def checkpoints_page(self, limit: Optional[int] = None, cursor: Optional[str] = None) -> dict:
         """One page: ``{"checkpoints", "more", "next_cursor"}``."""
@@ -352,6 +339,27 @@ class RpcClient:
         path = API + (f"/flows/{_fid(flow_id)}/progress" if flow_id is not None else "/progress")
         return self._events(path if steps else path + "?steps=0", timeout,
                             until="end" if flow_id is not None else None)
+
+
+def _pages(url: str, page: Any, key: str) -> Iterator[Any]:
+    """The items of every page ``page(cursor)`` answers, as each page arrives; a page
+    without its list, or a cursor given twice, is a `BadAnswer`."""
+    cursor = None
+    seen: set = set()
+    while True:
+        doc = page(cursor)
+        items = doc.get(key)
+        if not isinstance(items, list):
+            raise RpcClientError(0, "BadAnswer", f"{url} answered a page without "
+                                 f"its {key!r} list")
+        yield from items
+        cursor = doc.get("next_cursor")
+        if not cursor:
+            return
+        if cursor in seen:   # a node never does this; an answer that does is not read on
+            raise RpcClientError(0, "BadAnswer", f"{url} gave the page cursor "
+                                 f"{_cut(cursor, 40)!r} twice")
+        seen.add(cursor)
 
 
 def _fid(flow_id: Any) -> str:
