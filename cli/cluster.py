@@ -114,7 +114,9 @@ def up(base_dir: str, workers: int, database: Optional[str], lease: float, renew
             if len(cl.given_up) == len(cl.procs):
                 raise CliError(f"every worker exited; see {cl.node_dir}/cluster/*.log")
             if cl.pg is not None and not cl.pg.reused and time.monotonic() >= pg_retry \
-                    and not cl.pg.running():
+                    and not cl.pg.running() and not stop.is_set():
+                # (not while stopping: a Ctrl-C or SIGTERM to the process group reaches
+                # the server too, and one started again then would outlive this command)
                 # The server this command started died (killed, out of memory): start it
                 # again on its port; the workers reconnect on their own.
                 try:

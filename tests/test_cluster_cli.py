@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -371,21 +372,34 @@ def test_workers_that_outlive_a_killed_cluster_up_keep_another_from_starting(roo
             assert pid is None or not _alive(pid, within=30), pid
 
 
+def _said(up: subprocess.Popen) -> tuple[list, Callable[..., str]]:
+    """What `cluster up` printed so far, and ``until(text, timeout)``: waits for a line
+    holding ``text`` (failing with everything said when none comes in time)."""
+    import queue
+    lines: list[str] = []
+    said: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [said.put(line) for line in up.stdout], daemon=True).start()
+
+    def until(text: str, timeout: float = 60) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = said.get(timeout=max(0.0, end - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"never said {text!r}: " + "".join(lines)) from None
+            lines.append(line)
+            if text in line:
+                return line
+    return lines, until
+
+
 def test_a_worker_is_started_again_when_its_cluster_directory_was_removed(root):
     """`cluster up` died with a traceback (FileNotFoundError of the worker's output file)
     when DIR/cluster had been removed and a worker exited, taking the other workers down."""
     import shutil
     alice, up = cluster_up(root, "--workers", "1", "--lease", "2", "--renew", "0.5",
                            start_new_session=True)
-    lines: list[str] = []
-
-    def until(text: str) -> str:
-        while True:
-            line = up.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-            if text in line:
-                return line
+    lines, until = _said(up)
     try:
         until("  w1: rpc")
         st = json.loads(gf("cluster", "status", "--dir", alice, "--json", "--lease", "2").stdout)
@@ -394,12 +408,13 @@ def test_a_worker_is_started_again_when_its_cluster_directory_was_removed(root):
         os.kill(worker, signal.SIGKILL)
         assert "started again (process" in until("worker w1 started again")
         os.killpg(up.pid, signal.SIGTERM)
-        out, _ = up.communicate(timeout=60)
+        until("stopped")
+        up.wait(timeout=60)
     finally:
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
-            up.communicate(timeout=60)
-    assert "Traceback" not in "".join(lines) + out, "".join(lines) + out
+            up.wait(timeout=60)
+    assert "Traceback" not in "".join(lines), "".join(lines)
 
 
 def test_a_worker_name_that_is_no_safe_file_name_is_refused(root):
@@ -419,22 +434,8 @@ def test_a_worker_name_that_is_no_safe_file_name_is_refused(root):
 def test_cluster_up_starts_its_postgresql_server_again_when_it_dies(root):
     """The server `cluster up` started, killed, stayed dead: `cluster up` said so once and
     the workers went on without a database. It is started again; they reconnect."""
-    import queue
     alice, up = cluster_up(root, "--workers", "1", start_new_session=True)
-    lines: list[str] = []
-    said: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [said.put(line) for line in up.stdout], daemon=True).start()
-
-    def until(text: str, timeout: float = 60) -> str:
-        end = time.monotonic() + timeout
-        while True:
-            try:
-                line = said.get(timeout=max(0.0, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"never said {text!r}: " + "".join(lines)) from None
-            lines.append(line)
-            if text in line:
-                return line
+    lines, until = _said(up)
     try:
         until("  w1: rpc")
         with open(os.path.join(alice, "postgres", "data", "postmaster.pid")) as fh:
