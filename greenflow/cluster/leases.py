@@ -276,7 +276,7 @@ class LeaseManager:
             conn = self._connect()
         except Exception as exc:  # psycopg.Error, OSError
             from greenflow.storage.postgres_store import redact
-            raise StoreError(f"cannot reach the cluster's database {redact(self.dsn)} for the "
+            raise StoreError(f"cannot use the cluster's database {redact(self.dsn)} for the "
                              f"leases: {exc}") from exc
         lease = f"{self.lease_s} seconds"
         end = time.monotonic() + self.lease_s + self.renew_s
