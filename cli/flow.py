@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import textwrap
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
-from greenflow.cli.errors import CliError, FlowFailed
+from greenflow.cli.errors import CliError, FlowFailed, UsageProblem
 from greenflow.cli.params import SECONDS
 from greenflow.cli.rpc_target import node_options
 
@@ -190,21 +190,76 @@ def watch(client: Any, flow_id: Optional[str]) -> None:
 
 @command.command("retry")
 @node_options
-@click.argument("flow_id")
-def retry(client: Any, flow_id: str) -> None:
-    """Run a HOSPITALIZED flow again from its last checkpoint (after fixing what parked
-    it, e.g. deploying code its journal replays with)."""
-    out = client.retry(flow_id)
-    if not out["retried"]:
-        raise CliError(f"{flow_id} was not retried: it is not HOSPITALIZED (see "
+@click.argument("flow_ids", nargs=-1)
+@click.option("--all-hospitalized", is_flag=True,
+              help="Every HOSPITALIZED flow of the node, instead of named ones.")
+def retry(client: Any, flow_ids: tuple[str, ...], all_hospitalized: bool) -> None:
+    """Run HOSPITALIZED flows again from their last checkpoints (after fixing what parked
+    them, e.g. deploying code their journals replay with). Exit 1 if any was not
+    retried."""
+    ids = _chosen(client, flow_ids, "HOSPITALIZED" if all_hospitalized else None, "retry")
+    missed = _each(ids, client.retry, lambda fid, out: (
+        f"{fid} retried" if out["retried"] else
+        f"{fid} was not retried: it is not HOSPITALIZED (see `greenflow flow list`)",
+        out["retried"]))
+    if missed:
+        raise CliError(f"{missed} of {len(ids)} flows were not retried" if len(ids) > 1 else
+                       f"{ids[0]} was not retried: it is not HOSPITALIZED (see "
                        "`greenflow flow list`)")
-    click.echo(f"{flow_id} retried")
 
 
 @command.command("kill")
 @node_options
-@click.argument("flow_id")
-def kill(client: Any, flow_id: str) -> None:
-    """Kill a flow: it unwinds, its peers see UnexpectedFlowEnd."""
-    out = client.kill(flow_id)
-    click.echo(f"{flow_id} {'killed' if out['killed'] else 'not killed (already finished)'}")
+@click.argument("flow_ids", nargs=-1)
+@click.option("--status", default=None, callback=lambda ctx, param, value: _statuses(value),
+              help="Kill every unfinished flow of these statuses (comma-separated, e.g. "
+                   "HOSPITALIZED), instead of named ones; needs --yes.")
+@click.option("--yes", is_flag=True, help="Yes, kill every flow --status selects.")
+def kill(client: Any, flow_ids: tuple[str, ...], status: Optional[str], yes: bool) -> None:
+    """Kill flows: each unwinds, its peers see UnexpectedFlowEnd."""
+    if status is not None and not yes:
+        raise UsageProblem("--status kills every flow of those statuses: add --yes to do so")
+    ids = _chosen(client, flow_ids, status, "kill")
+    _each(ids, client.kill, lambda fid, out: (
+        f"{fid} {'killed' if out['killed'] else 'not killed (already finished)'}", True))
+
+
+def _chosen(client: Any, flow_ids: tuple[str, ...], status: Optional[str], verb: str) -> list[str]:
+    """The flows named, or every unfinished one of ``status`` (read a page at a time)."""
+    if bool(flow_ids) == (status is not None):
+        raise UsageProblem(f"name the flows to {verb}, or select them by status (not both)")
+    if status is None:
+        return list(flow_ids)
+    finished = {"COMPLETED", "FAILED", "KILLED"}
+    return [f["id"] for f in client.each_flow(status) if f["status"] not in finished]
+
+
+def _each(ids: list[str], call: Callable[[str], dict],
+          said: Callable[[str, dict], tuple[str, bool]]) -> int:
+    """``call`` each flow (four at a time: a node answers each in a few ms, a command
+    line in a quarter of a second), printing a line per flow; how many were not done."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from greenflow.rpc.client import RpcClientError
+    if len(ids) == 1:   # one flow: its error is the command's (exit code and all)
+        text, done = said(ids[0], call(ids[0]))
+        click.echo(text)
+        return int(not done)
+
+    def one(fid: str) -> Any:
+        try:
+            return call(fid)
+        except RpcClientError as exc:   # e.g. a flow that ended meanwhile: go on
+            return exc
+    missed = 0
+    with ThreadPoolExecutor(4) as pool:
+        for fid, out in zip(ids, pool.map(one, ids)):
+            if isinstance(out, RpcClientError):
+                text, done = f"{fid}: {out.type}: {out.message}", False
+            else:
+                text, done = said(fid, out)
+            missed += not done
+            click.echo(text)
+    if len(ids) > 1:
+        click.echo(f"{len(ids) - missed} of {len(ids)} done", err=True)
+    return missed
