@@ -133,8 +133,10 @@ def build_parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
                    help="where to write <suite>.json (default: benchmarks/results of the "
                         "checkout, ./greenflow-bench-results when installed; with --quick "
                         "$TMPDIR/greenflow-bench-quick)")
-    p.add_argument("-n", "--n", type=_count, default=None, metavar="N",
+    p.add_argument("-n", dest="n", type=_count, default=None, metavar="N",
                    help="flow count for held/restart/disk/hibernated (overrides their defaults)")
+    # (also --n; shown once: Python 3.13 words an option of two names otherwise than 3.11)
+    p.add_argument("--n", dest="n", type=_count, default=None, help=argparse.SUPPRESS)
     p.add_argument("--profile", action="store_true",
                    help="throughput and trade: also profile greenflow and print the top functions")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")

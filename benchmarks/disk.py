@@ -240,6 +240,6 @@ def run(ctx: Any) -> SuiteResult:
     tables.append(t2)
     not_measured = ["DBOS's SQLite growth over a long run of completed workflows",
                     "10,000,000 hibernated flows (target: 2 KB on disk per flow): "
-                    "use --n; setup at that size takes most of an hour"]
+                    "use -n; setup at that size takes most of an hour"]
     return SuiteResult(NAME, {"n": n, "rounds": rounds, "per_round": per_round}, figures, ratios,
                        tables, not_measured)

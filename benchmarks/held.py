@@ -269,7 +269,7 @@ def run(ctx: Any) -> SuiteResult:
     if not has_dbos:
         not_measured.append("DBOS: the dbos package is not installed")
     if n < 2_000_000:
-        not_measured.append(f"N stops at {n:,} (use --n to go higher; the targets are "
+        not_measured.append(f"N stops at {n:,} (use -n to go higher; the targets are "
                             f"2,000,000 resident and 10,000,000 hibernated)")
     return SuiteResult(NAME, {"n": n, "n_thread": n_thread, "n_dbos": n_dbos,
                               "hibernate_max_resident": hib}, figures, ratios, [tbl], not_measured)
