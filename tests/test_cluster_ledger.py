@@ -117,6 +117,32 @@ def test_a_lock_left_by_a_flow_that_never_committed_goes_stale(party, monkeypatc
     assert w1.node.start_flow(HoldCashFlow(COIN, 0)).result(timeout=30) == [ref]
 
 
+def test_a_flow_that_ends_releases_locks_an_earlier_run_of_it_took(party):
+    """A run of a flow that never committed (its worker killed) may have locked states
+    the worker that ends the flow never read: its end releases every lock row of its id."""
+    from ledgerflows import HoldCashFlow
+    w1 = party("w1")
+    settle(w1)
+    issue(w1, 2)
+    vault = w1.node.services.vault
+    handle = w1.node.start_flow(HoldCashFlow(COIN, 1.5))
+    deadline = time.monotonic() + 10
+    while not vault.locks() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = set(vault.locks())
+    other = next(s.ref for s in vault.query(object) if s.ref not in held)
+    assert vault._take([other], handle.id) == {other}   # as the earlier run did
+    assert handle.result(timeout=30) == list(held)
+
+    def lock_rows():
+        return vault._rows.run("reading locks", lambda c: c.execute(
+            "SELECT key FROM app_rows WHERE tbl = 'vault_locks'").fetchall())
+    deadline = time.monotonic() + 10   # a result is readable just before its commit lands
+    while lock_rows() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lock_rows() == []
+
+
 def test_a_clustered_notary_claims_each_input_once_whichever_worker_asks(party):
     w1, w2 = party("w1"), party("w2")
     settle(w1, w2)

@@ -18,7 +18,8 @@ own flows change them. A clustered party's workers share one store, so here
   transaction when a flow selects or locks: the database decides which of two flows on
   two workers gets a state; the loser picks other states. A lock is inserted only while
   the state is still unconsumed in the database (or recorded by this worker's round). It
-  goes in the commit of its flow's end, as on a single node. A lock whose flow has no
+  goes in the commit of its flow's end, as on a single node, with every other lock row
+  of the flow's id (taken by a run of it that never committed). A lock whose flow has no
   checkpoint and that is older than `STALE_LOCK_S` is stale (its worker died before the
   flow's first commit) and is deleted by whichever worker next looks.
 - **the notary's uniqueness**: before a clustered notary signs, it claims the

@@ -69,10 +69,17 @@ $fence$;
 """
 
 # ---------------------------------------------------------------------------- statements
+# A dropped flow's rows, and the soft locks tagged with its id (``vault_locks`` rows whose
+# value is the flow id, a NUL, then when it was taken): a run of the flow that never
+# committed (its worker killed, or fenced off its partition) may have taken locks that the
+# worker ending the flow never read, and they would hold their states until the stale-lock
+# sweep.
 _DROP = """WITH d AS (SELECT unnest(%b::text[]) AS f),
  a AS (DELETE FROM flows USING d WHERE fid = d.f), b AS (DELETE FROM logic USING d WHERE fid = d.f),
  c AS (DELETE FROM journal USING d WHERE fid = d.f), e AS (DELETE FROM frames USING d WHERE fid = d.f),
- g AS (DELETE FROM wake USING d WHERE fid = d.f), h AS (DELETE FROM inbox USING d WHERE fid = d.f)
+ g AS (DELETE FROM wake USING d WHERE fid = d.f), h AS (DELETE FROM inbox USING d WHERE fid = d.f),
+ i AS (DELETE FROM app_rows r USING d WHERE r.tbl = 'vault_locks'
+       AND position(convert_to(d.f, 'UTF8') || '\\x00'::bytea IN r.value) = 1)
  DELETE FROM payloads USING d WHERE fid = d.f"""
 _DEL_INBOX = ("DELETE FROM inbox WHERE (fid, sid, seq) IN "
               "(SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[]))")
