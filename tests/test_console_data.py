@@ -147,3 +147,74 @@ def test_a_finished_flow_shows_after_a_restart_read_from_the_store(tmp_path):
     with Node(path, name, apps=["consoleflows"], sync=False) as n:
         d = data.flow_detail(n, fid)
         assert d["finished"] and d["status"] == "COMPLETED" and d["flow_class"].endswith("Stepper")
+
+
+def test_parked_flows_are_found_past_the_newest_stored_flows(node, tmp_path, monkeypatch):
+    """The console's list, the metrics and a listing by status read only the newest
+    stored flows past a bound (20,000 and 10,000): parked flows older than those were
+    left out (2,000 parked among a million hibernated showed as 0)."""
+    from consoleflows import Fickle
+    from greenflow.node import flow_listing
+    from greenflow.rpc import metrics
+    from greenflow.status import FlowStatus
+    marker = tmp_path / "changed"
+    fickles = [node.start_flow(Fickle(str(marker), seconds=1.0)).id for _ in range(2)]
+    for fid in fickles:
+        wait_status(node, fid, "HIBERNATED")
+    marker.write_text("new code")   # replayed, they no longer match their journals
+    naps = []
+    for i in range(5):
+        time.sleep(0.002)   # ids start with the millisecond: newer than the parked ones
+        naps.append(node.start_flow(Napper(parcel=f"p{i}")).id)
+    for fid in fickles:
+        wait_status(node, fid, "HOSPITALIZED")
+    for fid in naps:
+        wait_status(node, fid, "HIBERNATED")
+
+    monkeypatch.setattr(metrics, "STATUS_SCAN_LIMIT", 3)
+    counts = node.on_scheduler(lambda: metrics._count_statuses(node))
+    assert (counts["HOSPITALIZED"], counts["HIBERNATED"]) == (2, 5), counts
+    assert "HIBERNATED_OR_HOSPITALIZED" not in counts
+    rows, cut = data.all_flows(node, limit=3)
+    assert cut and set(fickles) <= {r["id"] for r in rows}
+    assert {r["status"] for r in rows if r["id"] in fickles} == {"HOSPITALIZED"}
+    monkeypatch.setattr(flow_listing, "SCAN_LIMIT", 3)
+    page = flow_listing.flow_page(node, [FlowStatus.HOSPITALIZED])
+    assert sorted(f.id for f in page.flows) == sorted(fickles) and page.next_cursor is None
+
+    # Retried and killed, they leave the index with their status.
+    assert node.kill_flow(fickles[0])
+    marker.unlink()
+    assert node.retry_flow(fickles[1])
+    wait_status(node, fickles[1], "COMPLETED")
+    counts = node.on_scheduler(lambda: metrics._count_statuses(node))
+    assert (counts["HOSPITALIZED"], counts["HIBERNATED"]) == (0, 5), counts
+    assert flow_listing.flow_page(node, [FlowStatus.HOSPITALIZED]).flows == []
+
+
+def test_a_store_without_the_index_of_parked_flows_gets_it_when_opened(tmp_path):
+    from consoleflows import Fickle
+    from greenflow.statemachine import parked
+    from greenflow.storage.interface import Batch
+    marker = tmp_path / "changed"
+    path = str(tmp_path / "n")
+    with Node(path, "O=Console,L=London,C=GB", apps=["consoleflows"],
+              reload_after_suspend=True) as n:
+        fid = n.start_flow(Fickle(str(marker), seconds=0.5)).id
+        wait_status(n, fid, "HIBERNATED")
+        marker.write_text("new code")
+        wait_status(n, fid, "HOSPITALIZED")
+        nap = n.start_flow(Napper()).id
+        wait_status(n, nap, "HIBERNATED")
+        assert list(parked.flow_ids(n.store)) == [fid]
+        # As a store written by a version without the index.
+        b = Batch()
+        for key, _ in list(n.store.table_items(parked.TABLE)):
+            b.table_delete(parked.TABLE, key)
+        n.on_scheduler(lambda: n.store.commit(b))
+        assert parked.count(n.store) is None
+    with Node(path, "O=Console,L=London,C=GB", apps=["consoleflows"]) as n:
+        deadline = time.monotonic() + 10
+        while parked.count(n.store) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert parked.count(n.store) == 1 and list(parked.flow_ids(n.store)) == [fid]

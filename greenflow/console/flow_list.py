@@ -2,12 +2,14 @@
 sorted and paged per request."""
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional
 
 from greenflow import serialization
 from greenflow.node.node import FlowInfo, info_from_checkpoint, info_from_result
+from greenflow.statemachine import parked
 from greenflow.storage.interface import load_result
 from greenflow.console.formatting import (MAX_PAGE_SIZE, ORDER, PAGE_SIZE, SCAN_LIMIT,
                                           FilterError, iso)
@@ -37,6 +39,11 @@ def all_flows(node: Any, limit: int = SCAN_LIMIT) -> tuple[list[dict], bool]:
                 truncated = True
                 break
             out[fid] = _stored_row(name, fid, raw)
+        if name == "flows" and truncated:
+            # Past the newest ``limit``: the parked flows still, which wait for an operator.
+            for fid, raw in itertools.islice(parked.headers(store, reverse=True), limit):
+                if fid not in out:
+                    out[fid] = _stored_row(name, fid, raw)
     return list(out.values()), truncated
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 from greenflow.node.flow_views import (FlowInfo, dump_store, info_from_checkpoint, info_from_result,
                                        stored_info)
-from greenflow.statemachine import stacks
+from greenflow.statemachine import parked, stacks
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import load_result
 from greenflow.storage.partitions import partition_of
@@ -52,6 +52,7 @@ MAX_CHECKPOINTS_LIMIT = 200
 _STACKS_PER_TURN = 10
 UNFINISHED = frozenset(s for s in FlowStatus if not s.finished)
 FINISHED = frozenset(s for s in FlowStatus if s.finished)
+_PARKED = frozenset((FlowStatus.HOSPITALIZED,))
 _MAX_CURSOR = 300
 #: What a flow id looks like (`greenflow.statemachine.ids`): a `checkpoints_page` cursor is one.
 _FLOW_ID = re.compile(r"[0-9a-f]{8,64}")
@@ -179,8 +180,10 @@ def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: in
         return info
 
     decode = _decoder("checkpoint", stored, wanted)
-    return _merge(mem, store.header_blobs(reverse=True, after=after), decode, skip,
-                  limit, budget)
+    rows = store.header_blobs(reverse=True, after=after)
+    if wanted is not None and wanted <= _PARKED and parked.count(store) is not None:
+        rows = parked.headers(store, reverse=True, after=after)   # not every flow's header
+    return _merge(mem, rows, decode, skip, limit, budget)
 
 
 def _decoder(what: str, to_info: Any, wanted: Optional[frozenset]) -> Any:

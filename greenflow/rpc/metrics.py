@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from greenflow.statemachine import parked
 from greenflow.status import FlowStatus
 
 # Above this many stored unfinished flows, flows by status are not counted by reading
@@ -141,8 +142,15 @@ def _count_statuses(node: Any) -> dict[str, int]:
             counts[st.value] = counts.get(st.value, 0) + 1
     stored = node.store.flow_count()
     if stored > STATUS_SCAN_LIMIT:
-        in_store = sum(1 for rt in resident.values() if rt.start_blob is None)
-        counts["HIBERNATED_OR_HOSPITALIZED"] = max(0, stored - in_store)
+        # Flows on disk only are hibernated, or parked: those the index of parked flows
+        # counts (a store not indexed yet, in the first round after an upgrade: the sum).
+        on_disk = max(0, stored - sum(1 for rt in resident.values() if rt.start_blob is None))
+        n_parked = parked.count(node.store)
+        if n_parked is None:
+            counts["HIBERNATED_OR_HOSPITALIZED"] = on_disk
+        else:
+            counts["HOSPITALIZED"] += n_parked
+            counts["HIBERNATED"] += max(0, on_disk - n_parked)
         return counts
     for fid, raw in node.store.header_blobs():
         if fid in resident:

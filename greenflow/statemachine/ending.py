@@ -18,6 +18,7 @@ from greenflow.runtime.divergence import parked_reason
 from greenflow.runtime.flow_runtime import Ended, FlowRuntime
 from greenflow.runtime.init_fields import init_fields, init_parameters
 from greenflow.runtime.checkpoint import Checkpoint
+from greenflow.statemachine import parked
 from greenflow.statemachine.hospital import backoff, is_transient
 from greenflow.messages import MAX_ERROR_TEXT, cut_text, encode_frame, exception_text
 from greenflow.flows.flow_logic import FlowLogic
@@ -292,6 +293,7 @@ class Ending:
             except Exception:
                 logic = None
             rt = FlowRuntime(self, cp, logic, [])  # type: ignore[arg-type]
+            parked.unmark(self.batch, fid)   # parked ones are on disk only
         self._evict(rt, "killed")   # unwinds its greenlet with I/O refused
         rt.out = ()              # anything produced while unwinding is not sent
         self._finish(rt, (Ended.KILLED,))

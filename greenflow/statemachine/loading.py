@@ -12,7 +12,7 @@ from typing import Optional
 
 from greenflow import serialization
 from greenflow.storage import payloads
-from greenflow.statemachine import stacks
+from greenflow.statemachine import parked, stacks
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.storage.interface import encode_header
 from greenflow.errors import FlowError, StoreError, WireFormatError
@@ -93,6 +93,7 @@ class Loading:
             # next start; listings show it parked, and an operator's kill ends it.
             self.unreadable.add(fid)
             self.batch.set_wake(fid, False)
+            parked.mark(self.batch, fid)
             return
         if cp is None:
             return
@@ -101,6 +102,7 @@ class Loading:
         self._count("hospitalized", cp.flow_class)
         self.batch.put_header_unchecked(fid, encode_header(cp))
         self.batch.set_wake(fid, False)
+        parked.mark(self.batch, fid)
 
     def _park(self, rt: FlowRuntime, why: str, retry_in: Optional[float] = None,
               failure: Optional[BaseException] = None) -> None:
@@ -141,6 +143,7 @@ class Loading:
             heapq.heappush(self.timers, (cp.retry_at, fid))
         b.set_wake(fid, retry_in is not None)
         b.put_header(fid, encode_header(cp))
+        parked.mark(b, fid)
         rt.out = ()
         self._evict(rt, "hospitalized")
         self.touched.pop(fid, None)
@@ -169,6 +172,7 @@ class Loading:
         self._count("retried", cp.flow_class)
         blob = encode_header(cp)
         self.batch.put_header_unchecked(fid, blob)
+        parked.unmark(self.batch, fid)
         rt = self._load(fid, cp)
         if rt is not None:
             # Its last good checkpoint until this round commits: a failure in this round

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Optional
 
 from greenflow.status import FlowStatus
-from greenflow.statemachine import stacks, transitions
+from greenflow.statemachine import parked, stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
 from greenflow.errors import FlowError, WireFormatError
 from greenflow.messages import decode_frame
@@ -124,6 +124,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.flow_counts: dict[tuple[str, str], int] = {}
         # fn(seconds, writes, suspended) after each durable commit (`greenflow.rpc.metrics`).
         self.commit_observer: Optional[Callable[[float, int, int], None]] = None
+        parked.open_index(store, self.batch, identity.name)
 
     # ================================================================== wiring
     def set_wakeup(self, fn: Optional[Callable[[], None]]) -> None:
