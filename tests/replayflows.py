@@ -239,6 +239,8 @@ class Changing(FlowLogic):
     9: the item is an id from a generator greenflow does not replay (libsodium's,
        called directly)
     10: the order is sent as another class with the same fields (a payload class moved)
+    11: the first receive takes an int or a str (widened: what was received still fits)
+    12: both receives take an int or a str (the flow is started under it)
     """
 
     def __init__(self, peer: Party, other: Party) -> None:
@@ -259,11 +261,11 @@ class Changing(FlowLogic):
         if v == 4:
             session.send("extra")
         if v != 5:
-            first = session.receive(str if v == 3 else int)
+            first = session.receive(str if v == 3 else (int, str) if v in (11, 12) else int)
         else:
             first = 0
         session.send("second")
-        result = first, session.receive(int)
+        result = first, session.receive((int, str) if v == 12 else int)
         session.send("bye")
         return result
 
