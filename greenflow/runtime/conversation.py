@@ -302,17 +302,6 @@ class Conversation:
         self._emit(st, DATA, data)
         return OK
 
-    def _narrowed(self, tname: str, payload: Any) -> None:
-        """A replayed receive whose type changed since the first run took ``payload``
-        (`FlowRuntime._replay_next` lets a changed type through): the new code would not
-        have taken it, so the flow diverged (parked for the operator), not failed."""
-        e = self.journal[self.cursor - 1] if self.cursor > 0 else None
-        if e is not None and e.kind == Kind.RECEIVE and e.key[2] != tname and e.outcome is not None:
-            from greenflow.runtime.divergence import explain_request
-            self._diverge(explain_request(self, self.cursor - 1, e, Kind.RECEIVE, e.key[:2] + (tname,))
-                          + f", and the payload received then (of class "
-                          f"{type(payload).__qualname__}) is not one")
-
     def receive(self, session: FlowSession, expected: Any, timeout: Optional[float]) -> Any:
         st = self._session(session)
         tname = type_name(expected)
@@ -338,7 +327,8 @@ class Conversation:
                 raise ReceiveTypeError(f"{self.cp.flow_class} received an undecodable payload "
                                        f"from {peer}: {exc}") from None
             if not isinstance(payload, expected):
-                self._narrowed(tname, payload)
+                from greenflow.runtime.divergence import check_narrowed
+                check_narrowed(self, tname, payload)
                 raise ReceiveTypeError(
                     f"{self.cp.flow_class} expected to receive {tname} from {peer} but got "
                     f"{type(payload).__qualname__}")

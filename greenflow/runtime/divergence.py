@@ -95,6 +95,18 @@ def explain_request(rt: "FlowRuntime", step: int, recorded: Entry, kind: str, ke
     return f"{text}; {detail}" if detail else text
 
 
+def check_narrowed(rt: "FlowRuntime", tname: str, payload: Any) -> None:
+    """A replayed receive whose type changed since the first run took ``payload``
+    (`FlowRuntime._replay_next` lets a changed type through) that the new type refuses:
+    the new code would not have taken it, so the flow diverged (parked for the
+    operator) rather than failed with ReceiveTypeError."""
+    e = rt.journal[rt.cursor - 1] if rt.cursor > 0 else None
+    if e is not None and e.kind == Kind.RECEIVE and e.key[2] != tname and e.outcome is not None:
+        rt._diverge(explain_request(rt, rt.cursor - 1, e, Kind.RECEIVE, e.key[:2] + (tname,))
+                    + f", and the payload received then (of class {type(payload).__qualname__})"
+                    " is not one")
+
+
 def explain_session(rt: "FlowRuntime", n: int, recorded: Party, now: Party) -> str:
     return (f"{_head(rt, rt.cursor)}, at {location()}: session {n} was opened to "
             f"{recorded.name}, the code now opens it to {now.name}; the peer changed: "
