@@ -85,7 +85,8 @@ def explain_request(rt: "FlowRuntime", step: int, recorded: Entry, kind: str, ke
         nxt = _next_request(rt, step)
         if nxt is not None and nxt.matches(kind, key):
             detail = (f"a step is missing: the code skips the recorded step "
-                      f"'{recorded.describe()}' and goes on to the one after it")
+                      f"'{recorded.describe()}' and goes on to the one after it (or the "
+                      f"steps were reordered, that one moved later)")
         elif kind == Kind.CLOCK:
             detail = ("the code reads the clock here, which the first run did not: a step "
                       "was added or the code changed")
