@@ -66,3 +66,22 @@ def test_read_only_store_never_trims(tmp_path):
         assert not ro.trimmer.enabled
     finally:
         ro.close()
+
+
+def test_an_idle_node_trims_the_pages_its_reads_mapped(tmp_path):
+    """The trim ran after commits only: a node that read much (a listing of every flow)
+    and then committed nothing kept the pages in its RSS."""
+    import time
+
+    from greenflow import Node
+    node = Node.open(str(tmp_path / "solo"), name="Solo", retention=1)   # upkeep each 0.1 s
+    try:
+        store = node.store
+        trims = store.trimmer.trims
+        store.trimmer.budget = 1
+        end = time.monotonic() + 10
+        while store.trimmer.trims == trims and time.monotonic() < end:
+            time.sleep(0.05)
+        assert store.trimmer.trims > trims
+    finally:
+        node.close()

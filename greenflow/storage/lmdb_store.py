@@ -98,6 +98,10 @@ class LmdbStore:
         self.trimmer = MapTrimmer(os.path.join(path, "data.mdb"),
                                   None if readonly else DEFAULT_BUDGET)
 
+    def trim_map(self) -> bool:
+        """Trim the map now if it is over budget (the node's upkeep, also when idle)."""
+        return self.trimmer.enabled and self.trimmer.trim_if_over()
+
     def _open(self, path: str, sync: bool, readonly: bool, existed: bool) -> None:
         self.env = None
         store_guard.check_lmdb_files(path)
