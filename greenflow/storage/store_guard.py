@@ -110,6 +110,11 @@ def check_file(store_dir: str) -> None:
     if size < 2 * psize:
         raise StoreCorrupt(f"{path} is truncated: {size} bytes, less than its two meta "
                            f"pages; {RESTORE_HINT}")
+    # LMDB writes whole pages. A file cut within a page would read zeros for the rest of
+    # that page (no SIGBUS), and the walk below would call the store merely damaged.
+    if size % psize:
+        raise StoreCorrupt(f"{path} is truncated: {size} bytes, not a whole number of its "
+                           f"{psize}-byte pages; {RESTORE_HINT}")
 
 
 def corrupt(path: str, exc: BaseException) -> StoreError:
