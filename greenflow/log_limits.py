@@ -59,6 +59,9 @@ class RateLimitedLog:
     def warning(self, key: str, msg: str, *args: Any) -> None:
         self._emit(logging.WARNING, key, msg, args)
 
+    def info(self, key: str, msg: str, *args: Any) -> None:
+        self._emit(logging.INFO, key, msg, args)
+
     def exception(self, key: str, msg: str, *args: Any) -> None:
         """As `warning`, at ERROR with the current exception's traceback when logged."""
         self._emit(logging.ERROR, key, msg, args, exc_info=True)
@@ -69,7 +72,7 @@ class RateLimitedLog:
             st = self._state.get(key)
             if st is not None and now - st[0] < self.interval:
                 st[1] += 1
-                st[2] = (msg, args)
+                st[2] = (msg, args, level)
                 return
             suppressed = st[1] if st is not None else 0
             if len(self._state) > 1000:  # keys are ours, but stay bounded anyway
@@ -91,12 +94,12 @@ class RateLimitedLog:
             for k, _ in due:
                 self._state[k] = [now, 0, None]
         for _, (_, n, last) in due:
-            msg, args = last
+            msg, args, level = last
             if n > 1:   # the last one held back, and how many before it
-                self.log.warning(msg + " (and %d more like it in the last %.0f s)",
-                                 *args, n - 1, self.interval)
+                self.log.log(level, msg + " (and %d more like it in the last %.0f s)",
+                             *args, n - 1, self.interval)
             else:       # (it was the only one: "and 0 more" said nothing)
-                self.log.warning(msg, *args)
+                self.log.log(level, msg, *args)
 
 
 __all__ = ["CLIP_CHARS", "RateLimitedLog", "clip"]

@@ -159,3 +159,30 @@ async def read_record(reader: asyncio.StreamReader, limit: int, stall: float) ->
         raise ProtocolError(f"a record stopped arriving: nothing of it for {stall:.0f} s "
                             f"({got} of its bytes in)") from None
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_behind_log = RateLimitedLog(log)
+
+
+async def wait_for_scheduler(t: Any) -> None:
+    """Backpressure before a connection's next record: while the node's scheduler has more
+    than `MAX_QUEUED_EVENTS` events waiting, no connection reads (its peer's sends then
+    wait on TCP), until the queue is half that. A peer flooding frames (for sessions that
+    do not exist, acknowledgements of nothing, session initiations) otherwise grew the
+    queue by gigabytes and every other flow waited behind it."""
+    from greenflow.statemachine.scheduler import MAX_QUEUED_EVENTS
+    node = t.node
+    events = node.scheduler.events if node is not None else None
+    if events is None or events.qsize() <= MAX_QUEUED_EVENTS:
+        return
+    seen = getattr(t, "frames_in_at_pause", {})
+    lately = {p: n - seen.get(p, 0) for p, n in t.frames_in.items()}
+    busiest = max(lately, key=lately.__getitem__, default=None)
+    t.frames_in_at_pause = dict(t.frames_in)
+    t.stats["reads_paused"] = t.stats.get("reads_paused", 0) + 1
+    _behind_log.warning("behind", "%s: %d events wait for the scheduler: reading from peers "
+                        "paused until it catches up%s", t.name, events.qsize(),
+                        f" (most frames lately from {busiest}: {lately[busiest]:,})"
+                        if busiest is not None and lately[busiest] > 0 else "")
+    while events.qsize() > MAX_QUEUED_EVENTS // 2 and not t.closing:
+        await asyncio.sleep(0.005)

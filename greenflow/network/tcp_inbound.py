@@ -30,7 +30,7 @@ from greenflow.network.tcp_framing import (BATCH_BYTES, K_ACK, K_FRAME, K_PARTS,
                                            MAX_RECORD_BYTES, ProtocolError, _frame_msg_id,
                                            _keepalive, _msg_id_ok, _pack, _unpack, _why,
                                            write_message)
-from greenflow.network.tcp_guard import Gate, read_record
+from greenflow.network.tcp_guard import Gate, read_record, wait_for_scheduler
 from greenflow.network.tcp_handshake import Channel, server_handshake
 from greenflow.log_limits import clip
 from greenflow.statemachine.events import Acked, FrameArrived
@@ -298,6 +298,7 @@ class Inbound:
             log.info("%s: %s connected%s", t.name, who, " (answered on its connection)"
                      if chan.reply else "")
             while not t.closing:
+                await wait_for_scheduler(t)
                 record = await read_record(reader, MAX_RECORD_BYTES, t.limits.record_timeout)
                 dispatch(t, info, _unpack(chan.open(record)), reply)
         except asyncio.IncompleteReadError as exc:

@@ -21,7 +21,7 @@ from greenflow.network.tcp_framing import (BACKOFF_MAX, BACKOFF_MIN, BATCH_BYTES
                                            ProtocolError, ReplyRefused, _frame_msg_id,
                                            _keepalive, _pack, _unpack, _why,
                                            write_message)
-from greenflow.network.tcp_guard import read_record
+from greenflow.network.tcp_guard import read_record, wait_for_scheduler
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import dispatch
 
@@ -274,6 +274,7 @@ class Link:
         t = self.t
         try:
             while not t.closing:
+                await wait_for_scheduler(t)
                 record = await read_record(reader, MAX_RECORD_BYTES, t.limits.record_timeout)
                 dispatch(t, self.info, _unpack(chan.open(record)))
         except ProtocolError as exc:

@@ -37,6 +37,8 @@ REJECTED_ROUTE = b"!"
 _NAMES: dict[type, str] = {}   # responder class -> its qualified name (one lookup per class)
 #: The most frames of new sessions a draining node holds (`Routing._hold`).
 MAX_HELD_FRAMES = 10_000
+#: ... and at most this many of their bytes (a peer's 15 MiB initiations filled gigabytes).
+MAX_HELD_BYTES = 64 * 1024 * 1024
 QUOTE_CHARS = 200   # of a peer's text (a protocol name, an error) in a log line or a rejection
 
 
@@ -68,8 +70,9 @@ class Routing:
                     if self.draining:
                         # Not acknowledged: held here, and still in the sender's outbox.
                         if self._hold(sender, frame, data):
-                            log.info("%s: draining: holding a new session from %s (%s)",
-                                     self.identity.name, sender.name, _quoted(frame.protocol))
+                            self.peer_log.info(f"holding {sender.name}", "%s: draining: holding "
+                                               "a new session from %s (%s)", self.identity.name,
+                                               sender.name, _quoted(frame.protocol))
                         return
                     self._start_responder(sender, frame, key)
                     return
@@ -190,18 +193,19 @@ class Routing:
         """Hold a frame of a session a peer opened while the node drains (answered when
         the drain ends), once: a peer re-sends what is unacknowledged, and each copy was
         held again. Past `MAX_HELD_FRAMES` nothing more is held (still unacknowledged,
-        the sender re-sends it later). Whether it is newly held."""
+        the sender re-sends it later); nor past `MAX_HELD_BYTES`. Whether it is newly held."""
         key = (sender.name, frame.sid, frame.seq)
         held = self._deferred
         if key in held:
             return False
-        if len(held) >= MAX_HELD_FRAMES:
+        if len(held) >= MAX_HELD_FRAMES or self.held_bytes + len(data) > MAX_HELD_BYTES:
             self.peer_log.warning(f"held {sender.name}",
-                                  "%s: draining: %d frames of new sessions held already; "
-                                  "one from %s is left to its sender to send again",
-                                  self.identity.name, len(held), sender.name)
+                                  "%s: draining: %d frames of new sessions held already (%d "
+                                  "bytes); one from %s is left to its sender to send again",
+                                  self.identity.name, len(held), self.held_bytes, sender.name)
             return False
         held[key] = (sender, data)
+        self.held_bytes += len(data)
         return True
 
     def reaches(self, name: str) -> bool:

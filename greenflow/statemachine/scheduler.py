@@ -44,6 +44,13 @@ from greenflow.statemachine.commit import CommitStaging
 
 log = logging.getLogger("greenflow.scheduler")
 
+#: Events one round takes in at most before it commits. Events that keep coming (a peer's
+#: flood of frames) would otherwise keep one round open: nothing committed, nothing sent,
+#: for every flow of the node. (The transports stop reading from peers while the queue
+#: holds `MAX_QUEUED_EVENTS`.)
+MAX_EVENTS_PER_ROUND = 10_000
+MAX_QUEUED_EVENTS = 20_000
+
 
 class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     #: What one peer may make this node hold (`greenflow.statemachine.limits.PeerLimits`); set by `Node`.
@@ -71,6 +78,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.draining = False
         # Frames of sessions peers opened while the node drains, by (peer, sid, seq).
         self._deferred: dict[tuple[str, str, int], tuple[Party, bytes]] = {}
+        self.held_bytes = 0   # of the frames in `_deferred`
         self.peer_log = RateLimitedLog(log)   # warnings a peer's frames cause (`routing`)
         self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -205,8 +213,11 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     def _round(self) -> bool:
         did = False
         run_queue, step = self.run_queue, self._step
+        budget = MAX_EVENTS_PER_ROUND
         while True:
-            progressed = self._drain_events()
+            taken = self._drain_events(budget) if budget > 0 else 0
+            budget -= taken
+            progressed = taken > 0
             if self.timers:
                 progressed |= self._fire_due_timers()
             if run_queue:
@@ -228,12 +239,15 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
     def next_deadline(self) -> Optional[float]:
         return self.timers[0][0] if self.timers else None
 
-    def _drain_events(self) -> bool:
+    def _drain_events(self, budget: int) -> int:
+        """Apply up to ``budget`` queued events; how many."""
         events = self.events
         if events.empty():
-            return False
+            return 0
         get, empty, deliver = events.get_nowait, events.empty, self._deliver
-        while not empty():   # only this thread takes events: not empty means get succeeds
+        taken = 0
+        while taken < budget and not empty():   # only this thread takes events
+            taken += 1
             ev = get()
             try:
                 if type(ev) is FrameArrived:   # most events: routed without a dispatch hop
@@ -242,7 +256,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
                     self._apply(ev)
             except Exception:
                 log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
-        return True
+        return taken
 
     def _apply(self, ev: Any) -> None:
         t = type(ev)
@@ -285,6 +299,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         self.draining = on
         if not on and self._deferred:
             held, self._deferred = self._deferred, {}
+            self.held_bytes = 0
             for sender, data in held.values():
                 self.events.put(FrameArrived(sender, data))
 

@@ -1,0 +1,110 @@
+"""A peer that completed the handshake (a real party of the network) and then floods:
+frames for sessions that do not exist, initiations carrying huge names, initiations while
+the node drains. Its frames cost the node bounded memory, and the node keeps serving its
+other peers meanwhile. Nodes run in this process on real sockets (loopback)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+
+import pytest
+
+from greenflow.errors import WireFormatError
+from greenflow.messages import DATA, INIT, MAX_NAME, Frame, decode_frame, encode_frame
+from greenflow.network.tcp_framing import K_FRAME
+from greenflow.network.tcp_transport import _pack, write_message
+from greenflow.statemachine.scheduler import MAX_QUEUED_EVENTS
+from test_transport import net, ping  # noqa: F401
+from test_transport_limits import Peer
+
+#: Frames a record may carry at most (each is a container of the record).
+PER_RECORD = 5_000
+
+
+def test_a_flood_of_frames_neither_stalls_the_node_nor_grows_its_queue(net, caplog):
+    """12.5 million frames for sessions that do not exist in 20 s took a node from 39 MB
+    to 1.5 GB, and a ping from another peer took 42 s: one round took the flood in for
+    as long as it lasted, committing and sending nothing for anyone."""
+    net.up("Alice"), net.up("Bob")
+    assert ping(net, 1) == 1
+    carol = Peer(net)
+    events = net.nodes["Bob"][0].scheduler.events
+    deepest = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            deepest[0] = max(deepest[0], events.qsize())
+            time.sleep(0.005)
+
+    async def flood(seconds: float) -> int:
+        r, w = await asyncio.open_connection(*net.address("Bob"))
+        chan = await carol.t._client_handshake(r, w, net.netmap().get("Bob"))
+        record = _pack([[K_FRAME, encode_frame(Frame(DATA, f"nosuch{i}", True, 1, b"x"))]
+                        for i in range(PER_RECORD)])
+        sent, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            write_message(w, chan.seal(record))   # each record sealed in turn
+            await w.drain()
+            sent += PER_RECORD
+        w.close()
+        return sent
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
+            flooding = asyncio.run_coroutine_threadsafe(flood(4.0), carol.loop)
+            time.sleep(1.0)
+            started = time.monotonic()
+            assert ping(net, 1, timeout=30) == 1
+            took = time.monotonic() - started
+            sent = flooding.result(30)
+    finally:
+        stop.set()
+        watcher.join()
+        carol.close()
+    assert sent > 2 * MAX_QUEUED_EVENTS, sent          # a flood, not a trickle
+    assert deepest[0] <= MAX_QUEUED_EVENTS + PER_RECORD, deepest[0]
+    assert took < 5.0, took
+    assert any("reading from peers paused" in r.getMessage() and "Carol" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records][-5:]
+
+
+@pytest.mark.parametrize("field", ["protocol", "app", "info"])
+def test_a_frame_with_a_name_longer_than_any_class_or_app_is_malformed(field):
+    """The names a frame carries stay in every session's checkpoint while its flow lives:
+    a peer's 15 MiB ``app`` cost 30 MiB of store per session it opened."""
+    long = "x" * (MAX_NAME + 1)
+    args = {"protocol": long} if field == "protocol" else {"app": long} if field == "app" \
+        else {"info": (1, long)}
+    frame = Frame(INIT if field != "info" else DATA, "s1", field != "info", 0, b"p", **args)
+    with pytest.raises(WireFormatError, match=f"length <= {MAX_NAME}"):
+        decode_frame(encode_frame(frame))
+    fits = {k: (v[0], v[1][:MAX_NAME]) if k == "info" else v[:MAX_NAME] for k, v in args.items()}
+    assert decode_frame(encode_frame(Frame(frame.kind, "s1", frame.to_responder, 0, b"p", **fits)))
+
+
+def test_a_draining_node_holds_frames_of_new_sessions_up_to_a_number_of_bytes(tmp_path,
+                                                                               monkeypatch):
+    """Held initiations were bounded in number only: 60 of 15 MiB took a node from 336 MB
+    to 1.27 GB (10,000 of them would be 160 GB)."""
+    from greenflow.samples.ping import Ping
+    from greenflow.statemachine import routing
+    from greenflow.testing import MockNetwork
+    monkeypatch.setattr(routing, "MAX_HELD_BYTES", 1500)
+    mock = MockNetwork(tmp_path / "net")
+    alice, bob = mock.create_node("Alice"), mock.create_node("Bob")
+    bob.node.set_draining(True)
+    handles = alice.node.start_flows([Ping(bob.party, 1) for _ in range(20)])
+    mock.run_network()
+    sched = bob.node.scheduler
+    assert 0 < len(sched._deferred) < 40 and sched.held_bytes <= 1500
+    assert sched.held_bytes == sum(len(d) for _, d in sched._deferred.values())
+    bob.node.set_draining(False)
+    mock.run_network()
+    alice = mock.restart_node(alice)   # what was not held comes again
+    mock.run_network()
+    assert [alice.handle(h.id).result() for h in handles] == [1] * 20
