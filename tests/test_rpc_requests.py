@@ -198,7 +198,7 @@ def test_the_flow_list_is_answered_a_bounded_page_at_a_time(net):
     # part to the finished one, and may be missed by the pages: so at least what they saw.)
     whole = net.call("GET", "/flows")[1]
     assert len(set(seen)) <= len(whole["flows"]) <= DEFAULT_LIMIT and whole["more"] is False
-    for bad in ("0", "-1", str(MAX_LIMIT + 1), "ten", "1.5"):
+    for bad in ("0", "-1", str(MAX_LIMIT + 1), "ten", "1.5", "9" * 5000):   # (5,000 digits: a 500)
         status, doc = net.call("GET", f"/flows?limit={bad}")
         assert (status, doc["error"]["type"]) == (400, "BadRequest") and "limit" in doc["error"]["message"]
     status, doc = net.call("GET", "/flows?cursor=nonsense")

@@ -105,7 +105,8 @@ def count(value: Any, what: str, default: int, most: int) -> int:
     if value is None:
         return default
     text = str(value).strip()
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= most:
+    # (Length first: past 4,300 digits int() raises ValueError, and the request was a 500.)
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not 1 <= int(text) <= most:
         raise RpcError(400, "BadRequest", f"`{what}` must be a whole number from 1 to {most}, "
                                           f"not {shown(str(value), 40)!r}")
     return int(text)
