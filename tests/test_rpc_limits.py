@@ -231,6 +231,22 @@ def test_connections_beyond_the_cap_get_503_at_once_and_others_are_served_after(
         time.sleep(0.1)
 
 
+def test_a_request_without_good_credentials_does_not_keep_its_connection(net):
+    """Clients without credentials held every connection slot, each with a keep-alive
+    request every few seconds: a 401 did not close the connection, and operators got
+    503 Busy for as long as they went on."""
+    for authz in ("", auth("admin", "wrong")):
+        s = net.raw(src="127.0.0.31")
+        try:
+            s.sendall(b"GET /api/v1/node HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n"
+                      + (b"Authorization: " + authz.encode() + b"\r\n" if authz else b"") + b"\r\n")
+            answer = read_all(s, time.monotonic() + 1.0)   # closed well before the 1.5 s idle timeout
+            assert answer.startswith(b"HTTP/1.1 401") and b"Connection: close" in answer, answer[:200]
+        finally:
+            s.close()
+    assert net.call("GET", "/node")[0] == 200
+
+
 def _burst(net: Net, n: int, seconds: float) -> list:
     def one(i: int) -> int:
         try:

@@ -231,6 +231,10 @@ class RpcHandler(BaseHTTPRequestHandler):
             self._route(rpc, method, parts, query, body, user)
         except RpcError as exc:
             headers = {"WWW-Authenticate": 'Basic realm="greenflow"'} if exc.status == 401 else {}
+            if exc.status == 401:
+                # Not kept alive: clients without credentials held every connection slot
+                # with a request each few seconds, and operators got 503 Busy.
+                self.close_connection = True
             if exc.retry_after:
                 headers["Retry-After"] = str(max(1, round(exc.retry_after)))
             self._send_json(exc.status, {"error": {"type": exc.type,
