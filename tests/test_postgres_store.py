@@ -499,3 +499,25 @@ def test_a_store_an_earlier_version_named_by_path_is_still_found(pg_url: str, tm
     finally:
         st.drop_schema()
         st.close()
+
+
+def test_a_worker_whose_clock_runs_ahead_expires_by_the_databases_clock(pg_url: str, schema: str,
+                                                                        store: PostgresStore) -> None:
+    """One worker's clock 8 days ahead deleted the results and client ids of the whole
+    party (its sweep reaches every partition); a client retrying one of those ids had its
+    flow run again."""
+    now = time.time()
+    b = Batch()
+    b.put_result("f1", b"r1", now + 3600)        # an hour left, by every honest clock
+    b.put_result("f0", b"r0", now - 60)          # due
+    b.put_client("c1", "f1")
+    b.expire_client("c1", now + 3600)
+    store.commit(b)
+    w = PostgresStore(pg_url, schema, owner="w1", owned=dict)
+    try:
+        assert w.expire(now + 8 * 86400) == 1     # only what is due by the database's clock
+        assert store.result_blobs and [f for f, _ in store.result_blobs()] == ["f1"]
+        assert store.client("c1") == "f1"
+    finally:
+        w.close()
+    assert store.expire(now + 8 * 86400) == 2     # a single node goes by its own clock

@@ -396,10 +396,16 @@ class PostgresStore:
                 self.owner or "")
 
     def expire(self, before: float, limit: int = 10_000) -> int:
-        """Delete results, routes and client ids whose time passed (at most ``limit``)."""
+        """Delete results, routes and client ids whose time passed (at most ``limit``).
+
+        A clustered worker's sweep reaches every partition of the party, so it goes by the
+        database's clock where that is earlier than its own: a worker whose clock ran 8
+        days ahead deleted the whole party's results and client ids, and clients' retries
+        of those ids ran their flows again."""
         if self.readonly:
             return 0
         done = 0
+        cutoff = "LEAST(%s, extract(epoch FROM clock_timestamp()))" if self.owner else "%s"
         with self._lock:
             conn = self._connection()
             try:
@@ -410,7 +416,7 @@ class PostgresStore:
                             break
                         cur = conn.execute(
                             f"DELETE FROM {table} WHERE ({cols}) IN (SELECT {cols} FROM {table} "
-                            f"WHERE expires < %s ORDER BY expires LIMIT %s)",
+                            f"WHERE expires < {cutoff} ORDER BY expires LIMIT %s)",
                             (before, limit - done))
                         done += cur.rowcount
             except psycopg.Error as exc:
