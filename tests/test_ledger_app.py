@@ -270,6 +270,27 @@ def test_a_feed_nobody_reads_is_dropped_at_its_bound(mock, monkeypatch):
     read.close()
 
 
+@pytest.mark.parametrize("how", ["restarted", "closed"])
+def test_a_feed_ends_when_its_node_goes(mock, how):
+    """A feed whose node was power-cut or closed stayed open, not dropped: ``next()``
+    without a timeout, or iterating it, waited for ever."""
+    import threading
+    bank = mock.create_node("Bank")
+    run(mock, bank, CashIssueFlow(pounds(1), mock.notary.party))
+    feed = bank.services.vault.track_by(QueryCriteria(Cash)).updates
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(list(feed)), daemon=True)
+    reader.start()
+    if how == "restarted":
+        mock.restart_node(bank)
+    else:
+        bank.node.close()
+    reader.join(5)
+    assert not reader.is_alive() and got == [[]]
+    assert feed.closed and feed.dropped == "the node closed"
+    assert feed.next() is None and feed.poll() == []
+
+
 def test_vault_query_on_the_command_line_reads_a_nodes_store(tmp_path):
     from greenflow.cli.main import main
     net = MockNetwork(tmp_path / "net")

@@ -87,7 +87,7 @@ class SharedFeeds(VaultFeeds):
         """A feed starting at the snapshot of a refresh of the vault taken now (the
         caller holds the vault's lock and reads the page next). The reader is kept
         between reads meanwhile, so it has not gone past that snapshot."""
-        feed = Feed(criteria, self.vault._node.store, self.close)
+        feed = Feed(criteria, self.vault._node.store, self.close, self.vault._node)
         while True:
             with self._guard:
                 reader = self._reader

@@ -100,7 +100,7 @@ class VaultFeeds:
         return bool(self.feeds)
 
     def open(self, criteria: Any) -> Feed:
-        feed = Feed(criteria, self.vault._node.store, self.close)
+        feed = Feed(criteria, self.vault._node.store, self.close, self.vault._node)
         self.feeds.append(feed)
         return feed
 
