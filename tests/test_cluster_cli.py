@@ -332,6 +332,51 @@ def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypa
     assert cl.tend() == []   # said once
 
 
+def test_a_worker_its_database_will_not_take_is_started_again_for_as_long_as_that_lasts(
+        root, monkeypatch):
+    """Fifteen seconds of "too many clients" from PostgreSQL stopped a worker for good:
+    its five failed starts counted as a worker that cannot start. The database's refusals
+    do not count; the pause grows to 30 s, and a worker that then fails on its own is
+    counted afresh."""
+    from greenflow.cluster import launcher
+    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
+    cl = launcher.Cluster(str(root / "Alice"), workers=1)
+    said = ["greenflow cluster worker w1 cannot start: cannot connect to the PostgreSQL store "
+            "x: connection failed: FATAL:  sorry, too many clients already"]
+
+    def failing_start(name):
+        cl._log_start[name] = (launcher._size(cl._file(name, "log")),
+                               launcher._size(cl._file(name, "out")))
+        with open(cl._file(name, "out"), "a") as fh:
+            fh.write(said[0] + "\n")
+        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])
+        p.wait()
+        cl.procs[name] = p
+        return p
+
+    os.makedirs(launcher.cluster_dir(cl.node_dir), exist_ok=True)
+    monkeypatch.setattr(cl, "start_worker", failing_start)
+    clock = [1000.0]
+    monkeypatch.setattr(launcher.time, "monotonic", lambda: clock[0])
+    failing_start("w1")
+    pauses = []
+    for _ in range(400):
+        for line in cl.tend():
+            if "starting it again in" in line:
+                assert "its database would not take it" in line, line
+                pauses.append(int(line.split("starting it again in ")[1].split("s,")[0]))
+        clock[0] += 1.0
+    assert not cl.given_up and len(pauses) > 10
+    assert pauses[:6] == [1, 2, 4, 8, 16, 30] and set(pauses[6:]) == {30}
+    said[0] = "greenflow cluster worker w1 cannot start: no such table"   # its own fault now
+    for _ in range(400):
+        cl.tend()
+        clock[0] += 1.0
+        if cl.given_up:
+            break
+    assert cl.given_up == {"w1"}
+
+
 def test_workers_that_outlive_a_killed_cluster_up_keep_another_from_starting(root):
     """`cluster up` killed with -9 left its workers serving, unsupervised; the next `cluster
     up` then failed on a busy RPC port without saying a worker of the last one still ran."""

@@ -23,6 +23,15 @@ PG_DIR = "postgres"
 #: `RESTART_WINDOW_S` (it fails at its start: a setting, the database, a disk).
 RESTART_LIMIT = 5
 RESTART_WINDOW_S = 120.0
+#: What a worker says when it stopped because its database would not take it for now
+#: (full of connections, starting up or restarting, down): started again without a limit,
+#: at most every `DATABASE_AWAY_PAUSE_S`, since it is no fault of the worker's. (Fifteen
+#: seconds of connections refused once stopped a worker for good.)
+DATABASE_AWAY = ("too many clients", "the database system is", "connection refused",
+                 "could not connect", "connection timeout", "cannot connect to the postgresql",
+                 "cannot reach the cluster's database", "server closed the connection",
+                 "remaining connection slots")
+DATABASE_AWAY_PAUSE_S = 30.0
 
 
 class Cluster:
@@ -58,6 +67,7 @@ class Cluster:
         self.rpc: dict[str, str] = {}
         self._log_start: dict[str, tuple[int, int]] = {}   # where each worker's run begins
         self._exits: dict[str, list[float]] = {}   # when each worker exited (monotonic)
+        self._away: dict[str, int] = {}   # exits in a row for want of the database
         self._due: dict[str, float] = {}           # worker -> when `tend` starts it again
         self.given_up: set[str] = set()            # exited, and left stopped
         #: Descriptors the workers inherit: `cluster up`'s lock on the directory, held
@@ -155,6 +165,16 @@ class Cluster:
             why = self.last_error(name)
             told = (f"worker {name} exited with status {p.returncode}" + (f": {why}" if why else "")
                     + f" (see {self._file(name, 'log')})")
+            if restart and p.returncode != 0 and why is not None \
+                    and any(s in why.lower() for s in DATABASE_AWAY):
+                away = self._away[name] = self._away.get(name, 0) + 1
+                pause = min(DATABASE_AWAY_PAUSE_S, float(2 ** (away - 1)))
+                self._due[name] = now + pause
+                said.append(f"{told}; its database would not take it: starting it again in "
+                            f"{pause:.0f}s, for as long as that lasts (the other workers hold "
+                            "its partitions meanwhile)")
+                continue
+            self._away.pop(name, None)
             exits = [t for t in self._exits.get(name, ()) if now - t < RESTART_WINDOW_S] + [now]
             self._exits[name] = exits
             if not restart or p.returncode == 0 or len(exits) >= RESTART_LIMIT:
