@@ -341,3 +341,27 @@ def test_draining_through_one_worker_drains_the_whole_party(party):
     assert w1.node.start_flow(Ping(w1.node.party, 2)).result(timeout=20) == 3
     assert all(w1.node.handle(h.id).result(timeout=30) == 1 for h in slow)
     assert w3.node.pending_flows_count == 0
+
+
+def test_starts_with_client_ids_read_the_leases_once_a_second_and_a_database_refusal_is_503(
+        party, monkeypatch):
+    """Each start with a client id opened a connection of its own to read the leases: while
+    the database was full of connections every such start failed, as a 500 "please file
+    a bug". One read serves the starts of a second; a refusal is the node not serving
+    just now (503, retry)."""
+    import psycopg
+    from greenflow.cluster import starts
+    from greenflow.errors import NodeClosed
+    w1 = party("w1")
+    settle(w1)
+    reads, real = [], starts.lease_owners
+    monkeypatch.setattr(starts, "lease_owners", lambda *a: reads.append(1) or real(*a))
+    handles = [w1.node.start_flow(Ping(w1.node.party, 1), client_id=f"c{i}") for i in range(20)]
+    assert len(reads) <= 2 and {h.result(timeout=30) for h in handles} == {1}
+
+    def refused(*a):
+        raise psycopg.OperationalError("connection failed: FATAL: sorry, too many clients already")
+    monkeypatch.setattr(starts, "lease_owners", refused)
+    time.sleep(starts.HELD_FOR_S + 0.1)
+    with pytest.raises(NodeClosed, match="too many clients"):
+        w1.node.start_flow(Ping(w1.node.party, 1), client_id="c-late")

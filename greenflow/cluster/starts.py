@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from typing import TYPE_CHECKING, Optional
 
 from greenflow.cluster.generation import Generation
 from greenflow.cluster.handoff import START, Row
 from greenflow.cluster.listing import lease_owners
-from greenflow.errors import FlowError
+from greenflow.errors import FlowError, NodeClosed
 from greenflow.statemachine.ids import client_flow_id, flow_id_in
 from greenflow.storage.partitions import partition_of
 
@@ -20,12 +21,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("greenflow.cluster.worker")
 
+#: How long the partitions live workers hold, as one start read them, serve later starts.
+HELD_FOR_S = 1.0
+
 
 class FiledStarts:
     """Files a worker's starts for other workers, and starts those filed for it."""
 
     def __init__(self, worker: "Worker") -> None:
         self.w = worker
+        self._held_cache: tuple[float, list[int]] = (-1e9, [])
 
     def forward(self, gen: Generation, items: list) -> Optional[list[str]]:
         """`Node.forward_starts`: None (start here) for starts without a client id while
@@ -40,10 +45,10 @@ class FiledStarts:
         w = self.w
         node = gen.node
         assert node is not None
-        held = sorted(lease_owners(w.dsn, w.schema, w.lease.lease_s))
+        held = self._held()
         if not held:
-            raise FlowError(f"no worker of {node.party.name} owns a partition yet: start the "
-                            "flow again in a moment")
+            raise NodeClosed(f"no worker of {node.party.name} owns a partition yet: start the "
+                             "flow again in a moment")
         rows, ids = [], []
         for flow, client_id in items:
             if client_id is not None:
@@ -63,6 +68,24 @@ class FiledStarts:
         w.writer.put(rows)
         w.stats["starts_forwarded"] += len(rows)
         return ids
+
+    def _held(self) -> list[int]:
+        """The partitions live workers hold, read at most every `HELD_FOR_S` seconds: a
+        connection per start (a new one each) failed every start with a client id while
+        the database was full of connections. Its trouble is the request's, answered 503
+        with "retry", not a 500 asking for a bug report."""
+        now = time.monotonic()
+        at, held = self._held_cache
+        if now - at > HELD_FOR_S:
+            import psycopg
+            w = self.w
+            try:
+                held = sorted(lease_owners(w.dsn, w.schema, w.lease.lease_s))
+            except psycopg.Error as exc:
+                raise NodeClosed(f"the cluster's database did not answer ({type(exc).__name__}: "
+                                 f"{str(exc).strip()[:200]})") from None
+            self._held_cache = (now, held)
+        return held
 
     def filed(self, fid: str) -> Optional[str]:
         """`Node.filed_start`: the flow class of a start of ``fid`` filed and not started
