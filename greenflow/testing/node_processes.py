@@ -41,6 +41,13 @@ class NodeNotAnswering(FlowError, TimeoutError):
 
 
 class ProcessNetwork:
+    """Nodes ``nodes`` (and ``notary``, if named) bootstrapped under ``root`` on free
+    loopback ports, each started as its own process by `start` / `start_all` and driven
+    over its RPC (`client`). `kill` is a power cut (SIGKILL by default), `stop` a clean
+    stop; a node stays down until started again, which is how a test keeps a party away
+    while others need it (MockNetwork's `restart_node` brings a node back at once). Used
+    as a context manager, every node still running is stopped at the end."""
+
     def __init__(self, root: Any, nodes: Iterable[str], *, notary: Optional[str] = None,
                  apps: Iterable[str] = ("samples.ping",), pythonpath: Iterable[str] = (),
                  log_level: str = "INFO", env: Optional[dict] = None,
