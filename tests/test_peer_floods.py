@@ -108,3 +108,41 @@ def test_a_draining_node_holds_frames_of_new_sessions_up_to_a_number_of_bytes(tm
     alice = mock.restart_node(alice)   # what was not held comes again
     mock.run_network()
     assert [alice.handle(h.id).result() for h in handles] == [1] * 20
+
+
+def test_a_peer_is_refused_only_so_many_sessions_a_second(tmp_path, monkeypatch):
+    """Each refused session stored a route for 7 days and a REJECT until acknowledged:
+    a peer initiating flows nobody answers, as fast as it could, grew the store by ~290
+    bytes a refusal without end. Past a rate its initiations wait unanswered (its node
+    sends them again), and a refusal's route is kept an hour."""
+    import opsflows
+    from greenflow import UnknownFlow
+    from greenflow.statemachine import routing
+    from greenflow.storage.interface import Batch
+    from greenflow.testing import MockNetwork
+    monkeypatch.setattr(routing, "REJECTS_BURST", 10)
+    monkeypatch.setattr(routing, "REJECTS_PER_S", 0.001)
+    kept, put_route = [], Batch.put_route
+
+    def spy(self, peer, sid, role, value, expires=None):
+        if value == routing.REJECTED_ROUTE:
+            kept.append(expires)
+        return put_route(self, peer, sid, role, value, expires)
+    monkeypatch.setattr(Batch, "put_route", spy)
+    opsflows.reset()
+    mock = MockNetwork(tmp_path / "net")
+    alice = mock.create_node("Alice")
+    bob = mock.create_node("Bob", apps=["greenflow.samples.ping"])   # no responder for Chatter
+    handles = [alice.start_flow(opsflows.Chatter(bob.party)) for _ in range(30)]
+    mock.run_network()
+    assert sum(alice.node.flow_info(h.id).status.finished for h in handles) == 10
+    assert len(kept) == 10
+    now = bob.node.clock.now()
+    assert all(e <= now + routing.REJECTED_ROUTE_S for e in kept)
+    monkeypatch.setattr(routing, "REJECTS_PER_S", 1e6)
+    alice = mock.restart_node(alice)   # re-sends what Bob left unacknowledged
+    mock.run_network()
+    for h in handles:
+        with pytest.raises(UnknownFlow, match="Bob has no flow registered to answer"):
+            alice.handle(h.id).result()
+    assert len(kept) == 30

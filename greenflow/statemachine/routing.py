@@ -13,6 +13,7 @@ from a frame is cut (`_quoted`) in the log and in the rejection sent back.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Optional
 
 from greenflow import serialization, wire
@@ -39,6 +40,16 @@ _NAMES: dict[type, str] = {}   # responder class -> its qualified name (one look
 MAX_HELD_FRAMES = 10_000
 #: ... and at most this many of their bytes (a peer's 15 MiB initiations filled gigabytes).
 MAX_HELD_BYTES = 64 * 1024 * 1024
+#: Sessions one peer may have refused (`_reject`) a second, on average, and at once: each
+#: refusal stores a route and a REJECT in the outbox. Past that its initiations are left
+#: unanswered and unacknowledged (its node sends them again later): a peer flooding
+#: initiations for flows with no responder, or past its `max_inbound_sessions`, grew the
+#: store by ~290 bytes each, without end.
+REJECTS_PER_S = 100.0
+REJECTS_BURST = 1_000
+#: How long a refused session's route is kept (to answer a re-sent initiation the same
+#: way): an hour, not the retention of finished flows (7 days by default).
+REJECTED_ROUTE_S = 3600.0
 QUOTE_CHARS = 200   # of a peer's text (a protocol name, an error) in a log line or a rejection
 
 
@@ -250,12 +261,33 @@ class Routing:
     def _ack(self, sender: Party, frame: Frame) -> None:
         self.post_acks.setdefault(sender.name, []).append(frame.msg_id)
 
+    def _may_reject(self, peer: str) -> bool:
+        """A token of ``peer``'s refusals (`REJECTS_PER_S`), taken if there is one."""
+        now = time.monotonic()
+        tokens, at = self.reject_budget.get(peer, (float(REJECTS_BURST), now))
+        tokens = min(float(REJECTS_BURST), tokens + (now - at) * REJECTS_PER_S)
+        if tokens < 1.0:
+            self.reject_budget[peer] = (tokens, now)
+            return False
+        if len(self.reject_budget) > 10_000:   # peers are few; bounded anyway
+            self.reject_budget.clear()
+        self.reject_budget[peer] = (tokens - 1.0, now)
+        return True
+
     def _reject(self, sender: Party, frame: Frame, key: tuple[str, str, int], reason: str) -> None:
+        if not self._may_reject(sender.name):
+            self.peer_log.warning(f"reject-rate {sender.name}", "%s: %s opens sessions faster "
+                                  "than %d a second are refused: its initiations are left "
+                                  "unanswered for now (it sends them again)", self.identity.name,
+                                  sender.name, REJECTS_PER_S)
+            return
         reject = Frame(REJECT, frame.sid, False, 0, reason=reason)
         data = encode_frame(reject)
         self.batch.put_outbox(sender.name, frame.sid, False, 0, data)
-        # Kept to recognise a re-sent initiation, for as long as finished sessions are.
-        self._put_route(key, REJECTED_ROUTE, self.clock.now() + self.retention)
+        # Kept to recognise a re-sent initiation for a while (its sender stops re-sending
+        # once the initiation is acknowledged, below).
+        self._put_route(key, REJECTED_ROUTE, self.clock.now() + min(self.retention,
+                                                                    REJECTED_ROUTE_S))
         self.post_sends.append((sender, data))
         self._ack(sender, frame)
 

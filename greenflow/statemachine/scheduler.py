@@ -47,7 +47,8 @@ log = logging.getLogger("greenflow.scheduler")
 #: Events one round takes in at most before it commits. Events that keep coming (a peer's
 #: flood of frames) would otherwise keep one round open: nothing committed, nothing sent,
 #: for every flow of the node. (The transports stop reading from peers while the queue
-#: holds `MAX_QUEUED_EVENTS`.)
+#: holds `MAX_QUEUED_EVENTS`.) A frame counts one more per KiB: the payloads a round
+#: decodes are held until it ends, and may take ~20 times their wire size in objects.
 MAX_EVENTS_PER_ROUND = 10_000
 MAX_QUEUED_EVENTS = 20_000
 
@@ -79,6 +80,7 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         # Frames of sessions peers opened while the node drains, by (peer, sid, seq).
         self._deferred: dict[tuple[str, str, int], tuple[Party, bytes]] = {}
         self.held_bytes = 0   # of the frames in `_deferred`
+        self.reject_budget: dict[str, tuple[float, float]] = {}   # `Routing._may_reject`
         self.peer_log = RateLimitedLog(log)   # warnings a peer's frames cause (`routing`)
         self._next_sweep = 0.0
         self.events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -247,12 +249,13 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
         get, empty, deliver = events.get_nowait, events.empty, self._deliver
         taken = 0
         while taken < budget and not empty():   # only this thread takes events
-            taken += 1
             ev = get()
             try:
                 if type(ev) is FrameArrived:   # most events: routed without a dispatch hop
+                    taken += 1 + (len(ev.data) >> 10)
                     deliver(ev.sender, ev.data)
                 else:
+                    taken += 1
                     self._apply(ev)
             except Exception:
                 log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
