@@ -365,3 +365,32 @@ def test_starts_with_client_ids_read_the_leases_once_a_second_and_a_database_ref
     time.sleep(starts.HELD_FOR_S + 0.1)
     with pytest.raises(NodeClosed, match="too many clients"):
         w1.node.start_flow(Ping(w1.node.party, 1), client_id="c-late")
+
+
+def test_a_lease_round_stuck_on_a_silent_database_is_said_and_the_partitions_lapse(
+        party, monkeypatch, caplog):
+    """A database that stops answering (stopped, cut off) raises nothing: the lease round
+    waited, the worker said nothing for as long as that lasted, and gave its partitions
+    up only once the database answered again."""
+    import logging
+    import threading
+    w1 = party("w1")
+    settle(w1)
+    assert w1.lease.owned()
+    release = threading.Event()
+    real = w1.lease._tick
+    monkeypatch.setattr(w1.lease, "_tick", lambda: release.wait(20) and real())
+    with caplog.at_level(logging.WARNING, logger="greenflow.cluster"):
+        end = time.monotonic() + 10
+        while w1.lease._owned and time.monotonic() < end:
+            time.sleep(0.05)
+        stuck = time.monotonic()
+    try:
+        assert not w1.lease._owned and w1.lease._round_began is not None   # still waiting
+        said = [r.getMessage() for r in caplog.records]
+        assert any("a lease round has waited" in m and "does not answer" in m for m in said), said
+        assert any("giving up partitions" in m for m in said), said
+    finally:
+        release.set()
+    settle(w1, timeout=20)   # the database answers again: it takes them back
+    assert time.monotonic() - stuck < 20

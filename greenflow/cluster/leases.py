@@ -148,6 +148,8 @@ class LeaseManager:
         self.errors = 0
         self.last_error: Optional[str] = None
         self.live_workers = 0
+        self._round_began: Optional[float] = None   # monotonic, while a round runs
+        self._stuck_said = 0.0
 
     # -- what the store and the worker ask -------------------------------------------------
     def owned(self) -> Owned:
@@ -178,6 +180,7 @@ class LeaseManager:
         """Heartbeat, renew, rebalance: one round. Never raises on a database error (the
         worker keeps running; its leases lapse locally if this keeps failing)."""
         self.ticks += 1
+        self._round_began = time.monotonic()
         try:
             self._tick()
             self.last_error = None
@@ -186,6 +189,25 @@ class LeaseManager:
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("worker %s: lease round failed: %s", self.name, self.last_error)
             self._drop_connection()
+        finally:
+            self._round_began = None
+        self._expire_locally()
+
+    def check_stuck(self) -> None:
+        """From another thread (the worker's loop): a round waiting on a database that
+        does not answer (stopped, or cut off: no error comes, the statement timeout is
+        the server's) is said, and the partitions are given up when their lease may have
+        run out, without waiting for the round to return. It said nothing for as long as
+        the database stalled, and gave the partitions up only once it answered again."""
+        began = self._round_began
+        now = time.monotonic()
+        if began is None or now - began < self.renew_s * 2:
+            return
+        if now - self._stuck_said >= self.lease_s:
+            self._stuck_said = now
+            log.warning("worker %s: a lease round has waited %.0f s for the database, which "
+                        "does not answer; the partitions held lapse at their lease's end",
+                        self.name, now - began)
         self._expire_locally()
 
     def _drop_connection(self) -> None:

@@ -225,6 +225,7 @@ class Worker:
             if self._stop.is_set():
                 return
             node = self.node
+            self.lease.check_stuck()   # (first: the draining check reads the database too)
             if time.monotonic() - checked >= 1.0:   # the party's draining, as set anywhere
                 checked = time.monotonic()
                 self.draining.apply(node, self.name)
