@@ -16,6 +16,12 @@ class Ping(FlowLogic):
     """Sends ``n`` numbers to ``peer``; each comes back incremented; returns the sum."""
 
     def __init__(self, peer: Party, n: int = 3):
+        # Checked here, not only by the command line: a start over RPC with n=10**4000
+        # ran a flow that never ended.
+        if not (type(n) is int and 0 <= n <= MAX_N):
+            shown = f"a number of {n.bit_length():,} bits" if type(n) is int and n > 0 \
+                else repr(n)[:40]
+            raise ValueError(f"n is a whole number from 0 to {MAX_N:,}, not {shown}")
         self.peer, self.n = peer, n
 
     def call(self) -> int:
