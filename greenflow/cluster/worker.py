@@ -294,6 +294,13 @@ class Worker:
         self.reader.poke()
 
     # ------------------------------------------------------------------ routing
+    @property
+    def events(self) -> Any:
+        """The current generation's event queue (None between generations): what the
+        transport looks at before it reads more from peers (`tcp_guard.wait_for_scheduler`)."""
+        node = self.node
+        return node.scheduler.events if node is not None else None
+
     def post(self, ev: Any) -> None:
         """An event from the TCP transport (any thread): to the scheduler if it concerns
         a partition of this generation, else handed to the partition's owner."""

@@ -171,8 +171,7 @@ async def wait_for_scheduler(t: Any) -> None:
     do not exist, acknowledgements of nothing, session initiations) otherwise grew the
     queue by gigabytes and every other flow waited behind it."""
     from greenflow.statemachine.scheduler import MAX_QUEUED_EVENTS
-    node = t.node
-    events = node.scheduler.events if node is not None else None
+    events = _queue(t)
     if events is None or events.qsize() <= MAX_QUEUED_EVENTS:
         return
     seen = getattr(t, "frames_in_at_pause", {})
@@ -184,5 +183,14 @@ async def wait_for_scheduler(t: Any) -> None:
                         "paused until it catches up%s", t.name, events.qsize(),
                         f" (most frames lately from {busiest}: {lately[busiest]:,})"
                         if busiest is not None and lately[busiest] > 0 else "")
-    while events.qsize() > MAX_QUEUED_EVENTS // 2 and not t.closing:
+    while not t.closing:
+        events = _queue(t)   # (a clustered worker's generation may change meanwhile)
+        if events is None or events.qsize() <= MAX_QUEUED_EVENTS // 2:
+            return
         await asyncio.sleep(0.005)
+
+
+def _queue(t: Any) -> Any:
+    """The event queue of the transport's node: its scheduler's, or a clustered worker's
+    current generation's (None between generations)."""
+    return getattr(getattr(t.node, "scheduler", None), "events", None)
