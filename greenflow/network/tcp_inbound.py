@@ -312,6 +312,10 @@ class Inbound:
             self._dropped(info, who, str(exc))
         except (OSError, asyncio.CancelledError) as exc:
             log.info("%s: %s closed: %s", t.name, who, _why(exc))
+        except Exception:  # noqa: BLE001 - a bug: said, not a connection that dies silently
+            t.stats["dropped_connections"] += 1
+            log.exception("%s: dropped %s after an unexpected error (a bug: please report it "
+                          "with this log)", t.name, who)
         finally:
             self.conns.discard(writer)
             if info is not None:
