@@ -289,6 +289,10 @@ class Link:
                             "message", t.name, self.name)
         except OSError:
             pass
+        except Exception:  # noqa: BLE001 - a bug: said, not a connection that dies silently
+            t.stats["dropped_connections"] += 1
+            log.exception("%s: dropped the connection to %s after an unexpected error (a bug: "
+                          "please report it with this log)", t.name, self.name)
         finally:
             self.wake.set()
 
