@@ -521,3 +521,34 @@ def test_a_worker_whose_clock_runs_ahead_expires_by_the_databases_clock(pg_url: 
     finally:
         w.close()
     assert store.expire(now + 8 * 86400) == 2     # a single node goes by its own clock
+
+
+def test_a_workers_build_of_the_parked_index_covers_the_whole_party(pg_url: str, schema: str,
+                                                                   store: PostgresStore) -> None:
+    """A clustered worker's store lists only the partitions it holds: the index of parked
+    flows, built once for a store of an earlier version, must still be the party's (one
+    built from a worker's own partitions would leave the others' parked flows out for
+    good), and a worker counts the parked flows of its own partitions."""
+    from greenflow.runtime.checkpoint import Checkpoint
+    from greenflow.statemachine import parked
+    from greenflow.status import FlowStatus
+    from greenflow.storage.interface import encode_header
+    ids = _fids_in(3, 2) + _fids_in(4, 1) + _fids_in(5, 1)
+    b = Batch()
+    for i, fid in enumerate(ids):
+        cp = Checkpoint(fid, "x.Flow")
+        if i != 3:
+            cp.status = FlowStatus.HOSPITALIZED
+        b.put_header_unchecked(fid, encode_header(cp))
+    store.commit(b)
+    w = PostgresStore(pg_url, schema, owner="w1", owned=lambda: {3: 1})
+    try:
+        assert [f for f, _ in w.header_blobs()] == sorted(ids[:2])   # its partitions only
+        b = Batch()
+        parked.open_index(w, b, "w1")
+        w.commit(b)
+        assert sorted(parked.flow_ids(store)) == sorted(ids[:3])
+        assert parked.count(w) == 2 and parked.count(store) == 3
+        assert w.owned is not None and [f for f, _ in w.header_blobs()] == sorted(ids[:2])
+    finally:
+        w.close()

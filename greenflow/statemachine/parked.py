@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 from greenflow import serialization
 from greenflow.status import FlowStatus
 from greenflow.storage.interface import Batch
+from greenflow.storage.partitions import partition_of
 
 log = logging.getLogger("greenflow.scheduler")
 
@@ -42,16 +43,25 @@ def open_index(store: Any, batch: Batch, name: str = "") -> None:
         return
     t0 = time.monotonic()
     seen, parked = 0, 0
-    for fid, raw in store.header_blobs():
-        seen += 1
-        try:
-            cp = serialization.loads(raw)
-            stuck = cp.status == FlowStatus.HOSPITALIZED
-        except Exception:  # noqa: BLE001 - an unreadable checkpoint waits for an operator too
-            stuck = True
-        if stuck:
-            mark(batch, fid)
-            parked += 1
+    # The index is the party's: a clustered worker's store lists only the partitions it
+    # holds, so the build reads them all (before the worker serves anything).
+    owned = getattr(store, "owned", None)
+    if owned is not None:
+        store.owned = None
+    try:
+        for fid, raw in store.header_blobs():
+            seen += 1
+            try:
+                cp = serialization.loads(raw)
+                stuck = cp.status == FlowStatus.HOSPITALIZED
+            except Exception:  # noqa: BLE001 - an unreadable checkpoint waits for an operator too
+                stuck = True
+            if stuck:
+                mark(batch, fid)
+                parked += 1
+    finally:
+        if owned is not None:
+            store.owned = owned
     batch.table_put(TABLE, _COMPLETE, b"")
     if seen:
         log.info("%s: indexed the parked flows of its store: %d of %d stored flows, in %.1f s",
@@ -63,6 +73,10 @@ def count(store: Any) -> Optional[int]:
     a store no node of this version has opened)."""
     if store.table_get(TABLE, _COMPLETE) is None:
         return None
+    owned = getattr(store, "owned", None)
+    if owned is not None:   # a clustered worker: the parked flows of its partitions
+        parts = set(owned())
+        return sum(1 for fid in flow_ids(store) if partition_of(fid) in parts)
     return max(0, store.table_count(TABLE) - 1)
 
 
