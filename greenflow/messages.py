@@ -95,13 +95,15 @@ def carries_message(f: Frame) -> bool:
 #: string belongs, a 12th field) is refused as soon as the decoder meets it, before it
 #: builds more (16 MiB of nested empty lists once took 16 s and 1.2 GB to build, only to
 #: be refused for its shape).
-# The names a frame carries (the initiating class, the apps of both sides) are kept in
-# every session's checkpoint for as long as its flow lives: a few hundred characters each
-# at most (a peer's 15 MiB `app` cost 30 MiB of store per session it opened).
+# The app names a frame carries (the initiator's, the responder's) are kept in every
+# session's checkpoint for as long as its flow lives: a few hundred characters at most (a
+# peer's 15 MiB `app` cost 30 MiB of store per session it opened). (The protocol, a class
+# name, is kept only when a responder answers it, so it is one this node registered; a
+# longer one is refused with the name cut, `routing`.)
 MAX_NAME = 512
 _Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
 _WIRE = tuple[int, Annotated[str, msgspec.Meta(min_length=1, max_length=200)], bool,
-              Annotated[int, msgspec.Meta(ge=0, lt=2**62)], Optional[bytes], _Name, int, _Name,
+              Annotated[int, msgspec.Meta(ge=0, lt=2**62)], Optional[bytes], str, int, _Name,
               Optional[tuple[int, _Name]], str, Optional[tuple[str, str, int]]]
 _decode = msgspec.msgpack.Decoder(_WIRE).decode
 _encode = msgspec.msgpack.Encoder().encode

@@ -73,13 +73,12 @@ def test_a_flood_of_frames_neither_stalls_the_node_nor_grows_its_queue(net, capl
                for r in caplog.records), [r.getMessage() for r in caplog.records][-5:]
 
 
-@pytest.mark.parametrize("field", ["protocol", "app", "info"])
-def test_a_frame_with_a_name_longer_than_any_class_or_app_is_malformed(field):
+@pytest.mark.parametrize("field", ["app", "info"])
+def test_a_frame_with_an_app_name_longer_than_any_is_malformed(field):
     """The names a frame carries stay in every session's checkpoint while its flow lives:
     a peer's 15 MiB ``app`` cost 30 MiB of store per session it opened."""
     long = "x" * (MAX_NAME + 1)
-    args = {"protocol": long} if field == "protocol" else {"app": long} if field == "app" \
-        else {"info": (1, long)}
+    args = {"app": long} if field == "app" else {"info": (1, long)}
     frame = Frame(INIT if field != "info" else DATA, "s1", field != "info", 0, b"p", **args)
     with pytest.raises(WireFormatError, match=f"length <= {MAX_NAME}"):
         decode_frame(encode_frame(frame))
