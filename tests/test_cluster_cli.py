@@ -298,18 +298,24 @@ def test_cluster_up_starts_a_worker_that_died_again_and_leaves_one_stopped_on_pu
     assert up.returncode == 1 and "every worker exited" in out, "".join(lines) + out
 
 
-def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypatch):
-    """Each exit doubles the pause before the next start; the fifth exit within the
-    window leaves the worker stopped, saying why (a worker that fails at once, as on a
-    bad setting, is not started for ever)."""
+def _failing_cluster(root, monkeypatch, status: int, says: str = ""):
+    """A one-worker cluster of a bootstrapped party whose worker exits with ``status`` at
+    every start, printing ``says[0]`` (changeable), on a clock the test moves: (cluster,
+    the starts made, says, clock)."""
     from greenflow.cluster import launcher
     gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
     cl = launcher.Cluster(str(root / "Alice"), workers=1)
-    starts = []
+    starts, said = [], [says]
+    os.makedirs(launcher.cluster_dir(cl.node_dir), exist_ok=True)
 
     def failing_start(name):
         starts.append(name)
-        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+        cl._log_start[name] = (launcher._size(cl._file(name, "log")),
+                               launcher._size(cl._file(name, "out")))
+        if said[0]:
+            with open(cl._file(name, "out"), "a") as fh:
+                fh.write(said[0] + "\n")
+        p = subprocess.Popen([sys.executable, "-c", f"import sys; sys.exit({status})"])
         p.wait()
         cl.procs[name] = p
         return p
@@ -318,6 +324,14 @@ def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypa
     clock = [1000.0]
     monkeypatch.setattr(launcher.time, "monotonic", lambda: clock[0])
     failing_start("w1")
+    return cl, starts, said, clock
+
+
+def test_a_worker_that_keeps_failing_at_its_start_is_left_stopped(root, monkeypatch):
+    """Each exit doubles the pause before the next start; the fifth exit within the
+    window leaves the worker stopped, saying why (a worker that fails at once, as on a
+    bad setting, is not started for ever)."""
+    cl, starts, _, clock = _failing_cluster(root, monkeypatch, 3)
     pauses = []
     for _ in range(40):
         for line in cl.tend():
@@ -338,27 +352,9 @@ def test_a_worker_its_database_will_not_take_is_started_again_for_as_long_as_tha
     its five failed starts counted as a worker that cannot start. The database's refusals
     do not count; the pause grows to 30 s, and a worker that then fails on its own is
     counted afresh."""
-    from greenflow.cluster import launcher
-    gf("network", "bootstrap", "--dir", str(root), "--nodes", "Alice", "--base-port", "0")
-    cl = launcher.Cluster(str(root / "Alice"), workers=1)
-    said = ["greenflow cluster worker w1 cannot start: cannot connect to the PostgreSQL store "
-            "x: connection failed: FATAL:  sorry, too many clients already"]
-
-    def failing_start(name):
-        cl._log_start[name] = (launcher._size(cl._file(name, "log")),
-                               launcher._size(cl._file(name, "out")))
-        with open(cl._file(name, "out"), "a") as fh:
-            fh.write(said[0] + "\n")
-        p = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(1)"])
-        p.wait()
-        cl.procs[name] = p
-        return p
-
-    os.makedirs(launcher.cluster_dir(cl.node_dir), exist_ok=True)
-    monkeypatch.setattr(cl, "start_worker", failing_start)
-    clock = [1000.0]
-    monkeypatch.setattr(launcher.time, "monotonic", lambda: clock[0])
-    failing_start("w1")
+    cl, _, said, clock = _failing_cluster(
+        root, monkeypatch, 1, "greenflow cluster worker w1 cannot start: cannot connect to "
+        "the PostgreSQL store x: connection failed: FATAL:  sorry, too many clients already")
     pauses = []
     for _ in range(400):
         for line in cl.tend():
