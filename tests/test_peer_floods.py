@@ -73,6 +73,55 @@ def test_a_flood_of_frames_neither_stalls_the_node_nor_grows_its_queue(net, capl
                for r in caplog.records), [r.getMessage() for r in caplog.records][-5:]
 
 
+def test_acknowledgements_of_frames_never_sent_are_passed_over_and_said(net, caplog):
+    """17 million acknowledgements of frames never sent, 8,000 a record, took a node to a
+    gigabyte and a ping to seconds, saying nothing: each became a store delete, and one
+    event of the round whatever its size. A record acknowledges at most 8,192 frames."""
+    from greenflow.network.tcp_framing import K_ACK, MAX_ACKS_PER_RECORD
+    net.up("Alice"), net.up("Bob")
+    assert ping(net, 1) == 1
+    carol = Peer(net)
+    bob = net.nodes["Bob"][0]
+    deletes, real = [], bob.scheduler._apply
+
+    def counting(ev):
+        if type(ev).__name__ == "Acked" and ev.peer == "Carol":
+            deletes.append(len(ev.msg_ids))
+        return real(ev)
+    bob.scheduler._apply = counting
+
+    async def flood(seconds: float, per_record: int) -> int:
+        r, w = await asyncio.open_connection(*net.address("Bob"))
+        chan = await carol.t._client_handshake(r, w, net.netmap().get("Bob"))
+        record = _pack([[K_ACK, [[f"never{i}", True, i] for i in range(per_record)]]])
+        sent, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            write_message(w, chan.seal(record))
+            await w.drain()
+            sent += per_record
+        w.close()
+        return sent
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="greenflow.transport"):
+            flooding = asyncio.run_coroutine_threadsafe(flood(3.0, 8000), carol.loop)
+            time.sleep(0.5)
+            started = time.monotonic()
+            assert ping(net, 1, timeout=30) == 1
+            took = time.monotonic() - started
+            assert flooding.result(30) > 100_000
+            too_many = asyncio.run_coroutine_threadsafe(flood(0.1, MAX_ACKS_PER_RECORD + 1),
+                                                        carol.loop)
+            with pytest.raises(OSError):
+                too_many.result(30)
+    finally:
+        carol.close()
+    assert sum(deletes) == 0 and took < 5.0, (sum(deletes), took)
+    said = [r.getMessage() for r in caplog.records]
+    assert any("Carol acknowledged 8000 frame(s) this node has not sent it" in m for m in said), said
+    assert any("an acknowledgement of 8193 frames" in m and "Carol" in m for m in said), said
+
+
 @pytest.mark.parametrize("field", ["app", "info"])
 def test_a_frame_with_an_app_name_longer_than_any_is_malformed(field):
     """The names a frame carries stay in every session's checkpoint while its flow lives:

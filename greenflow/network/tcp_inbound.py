@@ -72,10 +72,13 @@ def dispatch(t: "TcpTransport", info: NodeInfo, items: Any,
             t.node.scheduler.post(FrameArrived(info.party, data))
         elif kind == K_ACK and len(it) == 2 and isinstance(it[1], list) \
                 and all(_msg_id_ok(m) for m in it[1]):
-            mids = tuple(tuple(m) for m in it[1])
-            t.stats["acks_received"] += len(mids)
-            t.peer_acked(info.name, it[1])
-            t.node.scheduler.post(Acked(info.name, mids))
+            if len(it[1]) > MAX_ACKS_PER_RECORD:
+                raise ProtocolError(f"an acknowledgement of {len(it[1])} frames (at most "
+                                    f"{MAX_ACKS_PER_RECORD} in one)")
+            t.stats["acks_received"] += len(it[1])
+            mids = t.peer_acked(info.name, it[1])
+            if mids:
+                t.node.scheduler.post(Acked(info.name, mids))
         elif kind == K_PARTS and reply is not None and reply.chan.hints:
             reply.inbound.hint(reply, _hinted(it))
         else:

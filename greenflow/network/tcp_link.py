@@ -155,12 +155,15 @@ class Link:
             del self.acks[:len(self.acks) - MAX_OWED_ACKS]
         self.wake.set()
 
-    def acked(self, msg_ids: list) -> None:
+    def acked(self, msg_ids: list) -> list:
+        """Forget the frames ``msg_ids`` acknowledge; the ids of those this link held."""
         via = self.via
+        known = []
         for m in msg_ids:
             mid = tuple(m)
             data = self.unacked.pop(mid, None)
             if data is not None:
+                known.append(mid)
                 self.held_bytes -= len(data)
                 if via:
                     via.pop(mid, None)
@@ -168,6 +171,7 @@ class Link:
         self.retransmit_after = RETRANSMIT_AFTER
         if self.spilled and self.held_bytes <= self.t.max_held_bytes // 2:
             self.refill()
+        return known
 
     def check_retransmit(self, now: float) -> None:
         if self.via:

@@ -254,8 +254,8 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
                 if type(ev) is FrameArrived:   # most events: routed without a dispatch hop
                     taken += 1 + (len(ev.data) >> 10)
                     deliver(ev.sender, ev.data)
-                else:
-                    taken += 1
+                else:   # (an acknowledgement counts one more per 8 frames it names)
+                    taken += 1 if type(ev) is not Acked else 1 + (len(ev.msg_ids) >> 3)
                     self._apply(ev)
             except Exception:
                 log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
