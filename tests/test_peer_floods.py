@@ -194,3 +194,25 @@ def test_a_peer_is_refused_only_so_many_sessions_a_second(tmp_path, monkeypatch)
         with pytest.raises(UnknownFlow, match="Bob has no flow registered to answer"):
             alice.handle(h.id).result()
     assert len(kept) == 30
+
+
+def test_a_peer_that_does_not_acknowledge_opens_no_new_sessions_until_it_does(tmp_path,
+                                                                              monkeypatch):
+    """A peer starting responders that fail at once, and never acknowledging their ERROR
+    frames, grew the outbox without end (251,000 in 20 s, kept until acknowledged)."""
+    from greenflow.samples.ping import Ping
+    from greenflow.statemachine import routing
+    from greenflow.testing import MockNetwork
+    mock = MockNetwork(tmp_path / "net")
+    alice, bob = mock.create_node("Alice"), mock.create_node("Bob")
+    behind = {"Alice": routing.MAX_UNACKED_FOR_NEW_SESSIONS + 1}
+    monkeypatch.setattr(bob.node.scheduler.transport, "unacknowledged",
+                        lambda peer: behind.get(peer, 0), raising=False)
+    handles = alice.node.start_flows([Ping(bob.party, 1) for _ in range(5)])
+    mock.run_network()
+    assert bob.node.pending_flows_count == 0 and not any(
+        alice.node.flow_info(h.id).status.finished for h in handles)
+    behind.clear()   # it caught up
+    alice = mock.restart_node(alice)   # re-sends what Bob left unanswered
+    mock.run_network()
+    assert [alice.handle(h.id).result() for h in handles] == [1] * 5

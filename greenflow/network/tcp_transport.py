@@ -128,7 +128,7 @@ from greenflow.network.tcp_framing import (  # noqa: F401 - the protocol's names
 from greenflow.network.tcp_guard import P2pLimits
 from greenflow.network.tcp_handshake import Channel, client_handshake
 from greenflow.network.tcp_inbound import Inbound
-from greenflow.network.tcp_link import Link
+from greenflow.network.tcp_link import Link, acknowledged, unacknowledged
 from greenflow.node.identity import NodeIdentity
 from greenflow.party import Party
 from greenflow.statemachine.events import Acked, FrameArrived
@@ -429,27 +429,14 @@ class TcpTransport:
                 link.check_retransmit(now)
             self._in.gate.log.flush()
 
+    def unacknowledged(self, peer_name: str) -> int:
+        """Frames sent to ``peer_name`` it has not acknowledged (`tcp_link.unacknowledged`)."""
+        return unacknowledged(self._links.get(peer_name))
+
     def peer_acked(self, peer_name: str, msg_ids: list) -> tuple:
-        """``peer_name`` acknowledged these frames of ours: its link forgets them. Returns
-        the ones whose outbox rows the scheduler is to delete: those the link held, or all
-        where the link cannot tell (frames spilled to the outbox, a clustered worker,
-        whose peers acknowledge frames other workers sent). A peer acknowledging frames
-        never sent to it cost a store delete each (17 million in 14 s grew a node to a
-        gigabyte), and said nothing. (Every frame in the outbox is in its link once the
-        outbox is re-sent at start: one acknowledged before that is sent again, and
-        acknowledged again.)"""
-        if self.reply_path:
-            return tuple(tuple(m) for m in msg_ids)
-        link = self._links.get(peer_name)
-        spilled = link is not None and link.spilled   # (before `acked`, which may refill)
-        known = link.acked(msg_ids) if link is not None else []
-        if spilled or len(known) == len(msg_ids):
-            return tuple(tuple(m) for m in msg_ids)
-        self._in.gate.log.warning(
-            "unknown-acks:" + peer_name, "%s: %s acknowledged %d frame(s) this node has not "
-            "sent it (or that it acknowledged already): passed over", self.name, peer_name,
-            len(msg_ids) - len(known))
-        return tuple(known)
+        """``peer_name`` acknowledged these frames of ours: its link forgets them; the ones
+        whose outbox rows the scheduler is to delete (`tcp_link.acknowledged`)."""
+        return acknowledged(self, peer_name, msg_ids)
 
     async def _client_handshake(self, reader: asyncio.StreamReader,
                                 writer: asyncio.StreamWriter, info: NodeInfo) -> Channel:

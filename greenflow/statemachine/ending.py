@@ -101,9 +101,11 @@ class Ending:
             if isinstance(exc, (FlowException, KeyTooLong)):   # (says all: no traceback)
                 log.info("%s: flow %s (%s) failed: %s: %s", self.identity.name, fid,
                          cp.flow_class, type(exc).__name__, log_text(exception_text(exc)))
-            else:
-                log.warning("%s: flow %s (%s) failed:\n%s", self.identity.name, fid,
-                            cp.flow_class, log_text(failure_text(exc), 20_000))
+            else:   # once per interval per class, the rest counted: a peer starting
+                # responders that fail at once filled every rotated log in a minute
+                self.peer_log.warning(f"failed {cp.flow_class}", "%s: flow %s (%s) failed:\n%s",
+                                      self.identity.name, fid, cp.flow_class,
+                                      log_text(failure_text(exc), 20_000))
             rt.end_frames((Ended.FAILED, exc))
             record["status"] = status = _FAILED
             text = exception_text(exc, MAX_ERROR_TEXT)

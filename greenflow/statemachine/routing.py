@@ -50,6 +50,9 @@ REJECTS_BURST = 1_000
 #: How long a refused session's route is kept (to answer a re-sent initiation the same
 #: way): an hour, not the retention of finished flows (7 days by default).
 REJECTED_ROUTE_S = 3600.0
+#: A peer that has not acknowledged this many frames of this node opens no new sessions
+#: here until it does (its initiations wait unanswered).
+MAX_UNACKED_FOR_NEW_SESSIONS = 100_000
 QUOTE_CHARS = 200   # of a peer's text (a protocol name, an error) in a log line or a rejection
 
 
@@ -274,13 +277,15 @@ class Routing:
         self.reject_budget[peer] = (tokens - 1.0, now)
         return True
 
-    def _reject(self, sender: Party, frame: Frame, key: tuple[str, str, int], reason: str) -> None:
+    def _reject(self, sender: Party, frame: Frame, key: tuple[str, str, int], reason: str) -> bool:
+        """Refuse the session ``frame`` opens; False where the peer's refusals are past
+        their rate (the initiation is then left unanswered)."""
         if not self._may_reject(sender.name):
             self.peer_log.warning(f"reject-rate {sender.name}", "%s: %s opens sessions faster "
                                   "than %d a second are refused: its initiations are left "
                                   "unanswered for now (it sends them again)", self.identity.name,
                                   sender.name, REJECTS_PER_S)
-            return
+            return False
         reject = Frame(REJECT, frame.sid, False, 0, reason=reason)
         data = encode_frame(reject)
         self.batch.put_outbox(sender.name, frame.sid, False, 0, data)
@@ -290,26 +295,37 @@ class Routing:
                                                                     REJECTED_ROUTE_S))
         self.post_sends.append((sender, data))
         self._ack(sender, frame)
+        return True
 
     def _start_responder(self, sender: Party, frame: Frame, key: tuple[str, str, int]) -> None:
+        backlog = getattr(self.transport, "unacknowledged", None)
+        if backlog is not None and backlog(sender.name) > MAX_UNACKED_FOR_NEW_SESSIONS:
+            # Its sessions' frames pile up here: it opens no more until it catches up (a
+            # peer starting responders that fail at once, never acknowledging their
+            # ERROR frames, grew the outbox without end).
+            self.peer_log.warning(f"backlog {sender.name}", "%s: %s has not acknowledged "
+                                  "%d frames of this node: its new sessions wait, unanswered, "
+                                  "until it does (it sends them again)", self.identity.name,
+                                  sender.name, backlog(sender.name))
+            return
         cls = self.responders.responder_for(frame.protocol)
         if cls is None:
             protocol = _quoted(frame.protocol)
-            self.peer_log.warning(f"rejected {sender.name}",
-                                  "%s: rejected a session from %s: no flow registered to "
-                                  "answer %s", self.identity.name, sender.name, protocol)
-            self._reject(sender, frame, key, f"no responder registered for {protocol} on "
-                                             f"{self.identity.name}")
+            if self._reject(sender, frame, key, f"no responder registered for {protocol} on "
+                                                f"{self.identity.name}"):
+                self.peer_log.warning(f"rejected {sender.name}",
+                                      "%s: rejected a session from %s: no flow registered to "
+                                      "answer %s", self.identity.name, sender.name, protocol)
             return
         limits = self.limits
         refusal = limits.refusal(sender.name, self.identity.name,
                                  frame.protocol) if limits else None
         if refusal is not None:   # the protocol, quoted only then: not at every start
             refusal = refusal.replace(frame.protocol, _quoted(frame.protocol))
-            self.peer_log.warning(f"refused {sender.name}",
-                                  "%s: refused a session from %s: %s", self.identity.name,
-                                  sender.name, refusal)
-            self._reject(sender, frame, key, refusal)
+            if self._reject(sender, frame, key, refusal):
+                self.peer_log.warning(f"refused {sender.name}",
+                                      "%s: refused a session from %s: %s", self.identity.name,
+                                      sender.name, refusal)
             return
         if frame.payload is not None:
             why = self._decode_payload(sender, frame)
