@@ -298,8 +298,10 @@ class Inbound:
             self.by_peer[info.name] = writer
             if chan.reply:
                 reply = Reply(self, info, writer, chan)
-            log.info("%s: %s connected%s", t.name, who, " (answered on its connection)"
-                     if chan.reply else "")
+            # Once per interval per peer, the rest counted: a peer reconnecting a thousand
+            # times a second from many addresses wrote megabytes of these.
+            gate.log.info("connected:" + info.name, "%s: %s connected%s", t.name, who,
+                          " (answered on its connection)" if chan.reply else "")
             while not t.closing:
                 await wait_for_scheduler(t)
                 record = await read_record(reader, MAX_RECORD_BYTES, t.limits.record_timeout)
@@ -309,12 +311,13 @@ class Inbound:
                 t.stats["dropped_connections"] += 1
                 self._dropped(info, who, "closed in the middle of a message")
             else:
-                log.info("%s: %s disconnected", t.name, who)
+                gate.log.info("left:" + info.name, "%s: %s disconnected", t.name, who)
         except ProtocolError as exc:
             t.stats["dropped_connections"] += 1
             self._dropped(info, who, str(exc))
         except (OSError, asyncio.CancelledError) as exc:
-            log.info("%s: %s closed: %s", t.name, who, _why(exc))
+            gate.log.info("left:" + (info.name if info is not None else ""), "%s: %s closed: %s",
+                          t.name, who, _why(exc))
         except Exception:  # noqa: BLE001 - a bug: said, not a connection that dies silently
             t.stats["dropped_connections"] += 1
             log.exception("%s: dropped %s after an unexpected error (a bug: please report it "
