@@ -181,7 +181,7 @@ def _unfinished(node: "Node", store: Any, wanted: Optional[frozenset], limit: in
 
     decode = _decoder("checkpoint", stored, wanted)
     rows = store.header_blobs(reverse=True, after=after)
-    if wanted is not None and wanted <= _PARKED and parked.count(store) is not None:
+    if wanted is not None and wanted <= _PARKED and parked.indexed(store):
         rows = parked.headers(store, reverse=True, after=after)   # not every flow's header
     return _merge(mem, rows, decode, skip, limit, budget)
 

@@ -68,10 +68,15 @@ def open_index(store: Any, batch: Batch, name: str = "") -> None:
                  name or store.path, parked, seen, time.monotonic() - t0)
 
 
+def indexed(store: Any) -> bool:
+    """Whether the store has the index (not a read-only view of a store no node of this
+    version has opened, nor one whose first round after an upgrade has not committed)."""
+    return store.table_get(TABLE, _COMPLETE) is not None
+
+
 def count(store: Any) -> Optional[int]:
-    """How many flows are parked; None for a store without the index (read-only view of
-    a store no node of this version has opened)."""
-    if store.table_get(TABLE, _COMPLETE) is None:
+    """How many flows are parked; None for a store without the index (`indexed`)."""
+    if not indexed(store):
         return None
     owned = getattr(store, "owned", None)
     if owned is not None:   # a clustered worker: the parked flows of its partitions
