@@ -45,23 +45,16 @@ def open_index(store: Any, batch: Batch, name: str = "") -> None:
     seen, parked = 0, 0
     # The index is the party's: a clustered worker's store lists only the partitions it
     # holds, so the build reads them all (before the worker serves anything).
-    owned = getattr(store, "owned", None)
-    if owned is not None:
-        store.owned = None
-    try:
-        for fid, raw in store.header_blobs():
-            seen += 1
-            try:
-                cp = serialization.loads(raw)
-                stuck = cp.status == FlowStatus.HOSPITALIZED
-            except Exception:  # noqa: BLE001 - an unreadable checkpoint waits for an operator too
-                stuck = True
-            if stuck:
-                mark(batch, fid)
-                parked += 1
-    finally:
-        if owned is not None:
-            store.owned = owned
+    for fid, raw in store.header_blobs(party_wide=True):
+        seen += 1
+        try:
+            cp = serialization.loads(raw)
+            stuck = cp.status == FlowStatus.HOSPITALIZED
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint waits for an operator too
+            stuck = True
+        if stuck:
+            mark(batch, fid)
+            parked += 1
     batch.table_put(TABLE, _COMPLETE, b"")
     if seen:
         log.info("%s: indexed the parked flows of its store: %d of %d stored flows, in %.1f s",

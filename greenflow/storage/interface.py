@@ -194,13 +194,15 @@ class FlowReads(Protocol):
     def checkpoints(self) -> Iterator[tuple[str, "Checkpoint"]]:
         """Every stored header, in flow id order."""
         ...
-    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
-                     ) -> Iterator[tuple[str, bytes]]:
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None,
+                     party_wide: bool = False) -> Iterator[tuple[str, bytes]]:
         """Every stored header as ``(fid, header_blob)``, in flow id order (``reverse``:
         descending, i.e. newest first, flow ids starting with their start time): a dump
         lists an unreadable one rather than stop (`load_checkpoint` reads one).
         ``after``: only flows strictly past that id in that order, so a listing goes on
-        from where its last page ended without reading the rows before."""
+        from where its last page ended without reading the rows before. A clustered
+        worker's store lists the partitions it holds; ``party_wide``, every one of them
+        (what indexes of the whole party are built from)."""
         ...
     def flow_count(self) -> int: ...
     def has_flow(self, fid: str) -> bool: ...

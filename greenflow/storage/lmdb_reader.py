@@ -131,8 +131,8 @@ class LmdbReader:
         raw = self.get("frames", _fid_key(fid))
         return serialization.loads(raw) if raw is not None else None
 
-    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
-                     ) -> Iterator[tuple[str, bytes]]:
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None,
+                     party_wide: bool = False) -> Iterator[tuple[str, bytes]]:
         start = _fid_key(after) if after is not None else None
         for k, raw in self.items(self.db["flows"], reverse=reverse, after=start):
             yield k.decode(), raw

@@ -129,10 +129,10 @@ class PostgresReader:
         v = self.one("SELECT blob FROM frames WHERE fid = %s", (fid,))
         return serialization.loads(bytes(v)) if v is not None else None
 
-    def header_blobs(self, reverse: bool = False, after: Optional[str] = None
-                     ) -> Iterator[tuple[str, bytes]]:
+    def header_blobs(self, reverse: bool = False, after: Optional[str] = None,
+                     party_wide: bool = False) -> Iterator[tuple[str, bytes]]:
         for fid, header in self.pages("SELECT fid, header FROM flows", ("fid",),
-                                       reverse=reverse,
+                                       part=not party_wide, reverse=reverse,
                                        start_after=(after,) if after is not None else None):
             yield fid, bytes(header)
 
