@@ -25,6 +25,13 @@ def current_runtime(what: str = "this") -> Any:
     """The runtime of the flow running on this greenlet; a clear error elsewhere."""
     rt = getattr(greenlet.getcurrent(), "gf_runtime", None)
     if rt is None:
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            raise FlowError(
+                f"{what} was called on thread {threading.current_thread().name!r}, which "
+                "no flow runs on: a flow's API works only on the flow's own greenlet, not "
+                "in threads it starts (hand blocking work to self.run_external(fn, ...) "
+                "and use its result); outside a flow, start one with node.start_flow(...)")
         raise FlowError(
             f"{what} can only be used inside a running flow (from call() or what it "
             "calls); outside a flow start it with node.start_flow(...)")

@@ -187,6 +187,22 @@ def _pending_location(rt: "FlowRuntime") -> str:
 
 
 # ---------------------------------------------------------------------- payloads
+def reordered_only(recorded: bytes, payload: bytes) -> bool:
+    """Whether a replayed send's payload differs from the recorded one only in the order
+    of its maps' entries: the same values, keys in another order. A dict built by
+    iterating a set of strings comes out in another order in every process (the hash
+    seed), and a replay in a new process must not park the flow for it. The recorded
+    bytes must encode again as they were, so a class whose fields changed since (equal
+    values, other bytes) is still told apart (`_payload_detail`)."""
+    try:
+        old = wire.decode(recorded)
+        if wire.encode(old) != recorded:
+            return False
+        return wire.canonical_encode(old) == wire.canonical_encode(wire.decode(payload))
+    except Exception:  # noqa: BLE001 - undecodable now: not the same payload, explained later
+        return False
+
+
 def _payload_detail(recorded: Entry, payload: Optional[bytes]) -> str:
     old = recorded.sent
     if not isinstance(old, bytes) or payload is None:
@@ -202,8 +218,9 @@ def _payload_detail(recorded: Entry, payload: Optional[bytes]) -> str:
         # added with a default reads back with that default from the recorded bytes).
         return ("the payload encodes differently, with equal values: a class in it "
                 f"({_type_name(b)}, or one it holds) has other fields than when the flow sent "
-                "it; a payload class that changes its fields needs the node drained before "
-                "the upgrade (docs: Upgrading flow code)")
+                "it, or it holds a set that an earlier greenflow sent unordered; a payload "
+                "class that changes its fields needs the node drained before the upgrade "
+                "(docs: Upgrading flow code)")
     path, x, y = diff
     name = _last_name(path)
     shown_x, shown_y = _show(name, x, path), _show(name, y, path)

@@ -187,8 +187,10 @@ class FlowRuntime(Conversation, RecordedValues):
                 # The type a receive asks for changed (widened, say `int` to `(int, str)`):
                 # the payload's isinstance check decides, when it is read (`receive`).
                 kind == e.kind == Kind.RECEIVE and key[:2] == e.key[:2]):
-            from greenflow.runtime.divergence import explain_request
-            self._diverge(explain_request(self, self.cursor, e, kind, key, payload))
+            from greenflow.runtime.divergence import explain_request, reordered_only
+            if not (kind == e.kind == Kind.SEND and key[:2] == e.key[:2] and payload is not None
+                    and e.sent is not None and reordered_only(e.sent, payload)):
+                self._diverge(explain_request(self, self.cursor, e, kind, key, payload))
         self.cursor += 1
         return e
 

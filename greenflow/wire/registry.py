@@ -284,10 +284,28 @@ def _encode_datetime(d: datetime) -> list:
     return [_MARK[_DATETIME], (d.replace(tzinfo=None) - _EPOCH) // _MICROSECOND, offset, d.fold]
 
 
+# Members whose hashes are the same in every process: a set of them iterates in an order
+# its insertions alone decide, which a replay repeats.
+_HASHED_ALIKE = frozenset((int, float, bool))
+
+
+def _members(s: Any, what: str) -> list:
+    """A set's members in the order they travel: sorted by their canonical bytes unless
+    they all hash alike in every process. Strings, bytes and what holds them hash with
+    a seed each process draws (``PYTHONHASHSEED``), so a set of them iterated in another
+    order after a restart: the replay of a send encoded other bytes than the first run
+    and the flow was parked as diverged."""
+    members = _hashing_bounded(list(s), what)
+    if len(members) > 1 and not _HASHED_ALIKE.issuperset(map(type, members)):
+        from greenflow.wire.canonical import _canonical   # (it imports this module)
+        members.sort(key=_canonical)
+    return members
+
+
 _ENCODERS.update({
     tuple: lambda t: [_MARK[_TUPLE], *t],
-    set: lambda s: [_MARK[_SET], *_hashing_bounded(list(s), "set")],
-    frozenset: lambda s: [_MARK[_FROZENSET], *_hashing_bounded(list(s), "frozenset")],
+    set: lambda s: [_MARK[_SET], *_members(s, "set")],
+    frozenset: lambda s: [_MARK[_FROZENSET], *_members(s, "frozenset")],
     int: _encode_bigint,  # msgpack hands over only the ints it cannot pack itself
     datetime: _encode_datetime,
     date: lambda d: [_MARK[_DATE], d.toordinal()],
