@@ -48,7 +48,9 @@ def dump(node_dir: str, as_json: bool) -> None:
             if not count:
                 click.echo(f"{name}: no unfinished flows")
                 return
-            click.echo(f"{name}: {count} unfinished flow{'s' if count != 1 else ''}")
+            click.echo(f"{name}: {count} unfinished flow{'s' if count != 1 else ''}, read from "
+                       "the store: a waiting flow shows as stored, SUSPENDED (a running node "
+                       "lists those it does not hold in memory as HIBERNATED)")
             for entry in dump_entries(store, None):
                 click.echo("\n" + "\n".join(_entry_lines(entry)))
         finally:

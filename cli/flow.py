@@ -36,14 +36,29 @@ def _args(assignments: tuple[str, ...]) -> dict[str, str]:
                                                 "flow started the first time.")
 @click.option("--wait", is_flag=True, help="Show progress live and print the result.")
 @click.option("--timeout", default=300.0, show_default=True, type=SECONDS,
-              help="With --wait: seconds to wait.")
+              help="With --wait: seconds to wait; a flow still running then is an error "
+                   "(exit 1) and goes on (`greenflow flow result --wait` waits again).")
 @click.option("--json", "as_json", is_flag=True)
 def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id: Optional[str],
           wait: bool, timeout: float, as_json: bool) -> None:
     """Start FLOW_CLASS (module.Class or module:Class, @startable) with its constructor
     arguments as NAME=VALUE; a party is given by name (peer=Bob). Values are converted
     by the constructor's type hints on the node."""
-    out = client.start_flow(flow_class, _args(assignments), client_id=client_id)
+    args = _args(assignments)
+    if wait and not _may_read(client):
+        # Following a flow needs `read`; the start's own wait gives its starter the
+        # result without it (up to the node's 600 s).
+        out = client.start_flow(flow_class, args, client_id=client_id,
+                                wait=min(timeout, MAX_START_WAIT))
+        if not as_json:
+            click.echo(f"started {out['flow_class']} as {out['flow_id']} (its progress is "
+                       "not shown: that needs the 'read' permission)", err=True)
+        if "finished" not in out:   # a flow another user started with this client id
+            raise FlowFailed(f"flow {out['flow_id']} was started before with this client id; "
+                             "its result needs the 'read' permission")
+        _finish(out, as_json)
+        return
+    out = client.start_flow(flow_class, args, client_id=client_id)
     fid = out["flow_id"]
     if not wait:
         click.echo(json.dumps(out) if as_json else fid)
@@ -53,25 +68,74 @@ def start(client: Any, flow_class: str, assignments: tuple[str, ...], client_id:
     _finish(_follow(client, fid, timeout, quiet=as_json), as_json)
 
 
-def _follow(client: Any, fid: str, timeout: float, quiet: bool = False) -> dict:
-    """Print a flow's progress steps as they happen; return its result document."""
+#: The most a start request may wait for its flow's result (the node's bound).
+MAX_START_WAIT = 600.0
+
+
+def _may_read(client: Any) -> bool:
+    """Whether the user may follow flows (the `read` permission)."""
     from greenflow.rpc.client import RpcClientError
 
     try:
-        for event, data in client.progress(fid, timeout=timeout):
-            if event == "status" and not quiet:
-                # Where it stands now (a flow asleep for a day showed nothing at all).
-                now = data.get("progress_step") or data.get("suspended_on") or data.get("error")
-                if now or data.get("status") not in ("RUNNABLE", None):
-                    click.echo(f"  {data.get('status')}" + (f": {now}" if now else ""), err=True)
-            elif event == "progress" and not quiet:
-                click.echo(f"  {data['step']}", err=True)
-            elif event == "end":
-                return data
+        client.node_info()
     except RpcClientError as exc:
-        if exc.status != 0:
-            raise
-    return client.result(fid, wait=0)
+        if exc.status == 403:
+            return False
+        raise
+    return True
+
+
+def _follow(client: Any, fid: str, timeout: Optional[float], quiet: bool = False) -> dict:
+    """Print a flow's progress steps as they happen; return its result document once it
+    ends, or after ``timeout`` seconds (then unfinished). The stream is read on a thread:
+    the node's keep-alive lines leave it never idle, so the wait is bounded here."""
+    import queue
+    import threading
+    import time
+
+    from greenflow.rpc.client import RpcClientError
+
+    events: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for item in client.progress(fid, timeout=timeout):
+                events.put(item)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            events.put(("error", exc))
+        events.put(("closed", None))
+
+    threading.Thread(target=read, name="progress", daemon=True).start()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        try:
+            event, data = events.get(timeout=left)
+        except queue.Empty:
+            break
+        if event == "status" and not quiet:
+            # Where it stands now (a flow asleep for a day showed nothing at all).
+            now = data.get("progress_step") or data.get("suspended_on") or data.get("error")
+            if now or data.get("status") not in ("RUNNABLE", None):
+                click.echo(f"  {data.get('status')}" + (f": {now}" if now else ""), err=True)
+        elif event == "progress" and not quiet:
+            click.echo(f"  {data['step']}", err=True)
+        elif event == "end":
+            return data
+        elif event == "error":
+            if not isinstance(data, RpcClientError) or data.status != 0:
+                raise data
+            break
+        elif event == "closed":
+            break
+    res = client.result(fid, wait=0)
+    if not res.get("finished") and deadline is not None and time.monotonic() >= deadline:
+        raise FlowFailed(f"flow {fid} has not finished within {timeout:g} s (status "
+                         f"{res.get('status')}); it goes on: `greenflow flow result --wait "
+                         f"SECONDS {fid}` waits for it again")
+    return res
 
 
 def _finish(res: dict, as_json: bool) -> None:

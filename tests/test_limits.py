@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
@@ -145,6 +146,47 @@ def test_limits_are_read_from_node_toml(tmp_path):
                 {"responder_idle_timeout": float("inf")}, {"responder_idle_timeout": float("nan")}):
         with pytest.raises(ConfigError, match="limits"):
             NodeConfig.from_dict({**base, "limits": bad}, "node.toml", "")
+
+
+def test_the_flows_table_of_node_toml_sets_how_the_node_keeps_flows(tmp_path):
+    from greenflow.network.node_config import ConfigError, NodeConfig
+    base = {"name": "Bob", "p2p_address": "127.0.0.1:1", "rpc_address": "127.0.0.1:2"}
+    cfg = NodeConfig.from_dict({**base, "flows": {"max_resident": 2, "retention": 3600,
+                                                  "max_retries": 0, "retry_backoff": 0.5}},
+                               "node.toml", str(tmp_path))
+    opts = cfg.node_options()
+    assert (opts["max_resident"], opts["retention"], opts["max_retries"],
+            opts["retry_backoff"]) == (2, 3600.0, 0, 0.5)
+    again = NodeConfig.from_dict(__import__("tomllib").loads(cfg.to_toml()), "x", str(tmp_path))
+    assert again.node_options() == opts
+    for bad, says in (({"max_resident": 0}, "flows.max_resident"), ({"typo": 1}, "'typo'"),
+                      ({"retention": True}, "flows.retention"),
+                      ({"max_retries": 1.5}, "flows.max_retries"),
+                      ({"retention": float("inf")}, "flows.retention"), ([1], "[flows]")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            NodeConfig.from_dict({**base, "flows": bad}, "node.toml", "")
+
+
+def test_max_resident_from_node_toml_hibernates_flows_in_a_node_process(tmp_path):
+    import os
+
+    from greenflow.testing.node_processes import ProcessNetwork
+    here = os.path.dirname(os.path.abspath(__file__))
+    with ProcessNetwork(tmp_path, ["Alice"], apps=["procflows"], pythonpath=[here]) as pn:
+        cfg = pn.config("Alice")
+        cfg.flows = {"max_resident": 2}
+        cfg.save()
+        pn.start_all()
+        alice = pn.client("Alice")
+        alice.start_flow("procflows.Sleeper", {"seconds": 600}, count=6)
+        deadline = time.monotonic() + 30
+        while True:
+            statuses = sorted(f["status"] for f in alice.flows())
+            if statuses.count("HIBERNATED") >= 4:
+                break
+            assert time.monotonic() < deadline, statuses
+            time.sleep(0.2)
+        assert len(statuses) == 6 and statuses.count("SUSPENDED") <= 2, statuses
 
 
 # ====================================================================== received payloads

@@ -128,6 +128,19 @@ def test_a_node_refuses_to_start_without_its_store(stopped, how):
     assert path in out.stderr and "missing or empty" in out.stderr and "--new-store" in out.stderr
 
 
+@pytest.mark.parametrize("new_store", [False, True])
+def test_a_store_that_is_a_file_is_named_as_one(stopped, new_store):
+    d, fid = stopped
+    store = os.path.join(d, "store")
+    shutil.rmtree(store)
+    with open(store, "w") as fh:
+        fh.write("hi\n")
+    out = run_node(d, *(["--new-store"] if new_store else []))
+    assert out.returncode == EXIT_STORE_REFUSED, out.stderr
+    assert f"{store} is not a directory" in out.stderr, out.stderr
+    assert "Errno" not in out.stderr
+
+
 def test_new_store_starts_a_node_afresh_only_when_asked(stopped):
     d, fid = stopped
     os.remove(data_mdb(d))

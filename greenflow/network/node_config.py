@@ -73,7 +73,11 @@ PERMISSIONS = ("ALL", "read", "start", "kill", "retry", "admin")
 #: The settings node.toml may hold (`NodeConfig.from_dict` refuses any other).
 KNOWN_SETTINGS = frozenset({"name", "p2p_address", "rpc_address", "apps", "notary",
                             "validating_notary", "network_map", "store", "sensitive_names",
-                            "limits", "rpc_users", "rpc", "logging", "p2p"})
+                            "limits", "rpc_users", "rpc", "logging", "p2p", "flows"})
+#: The settings of the [flows] table (how the node keeps flows), with their type and
+#: their least value; the node's own defaults apply to what the table leaves out.
+FLOW_SETTINGS = {"max_resident": (int, 1), "max_retries": (int, 0),
+                 "retention": (float, 0.001), "retry_backoff": (float, 0.001)}
 #: The keys of one [[rpc_users]] entry; `permissions` defaults to every permission.
 USER_KEYS = frozenset({"username", "password_hash", "permissions"})
 
@@ -102,6 +106,28 @@ def positive_settings(cls: Any, doc: Optional[dict], where: str) -> Any:
             raise ConfigError(f"{where}: `{key}` must be a positive "
                               f"{'integer' if want is int else 'finite number'}, found {value!r}")
         setattr(out, key, want(value))
+    return out
+
+
+def _flow_settings(table: Any, where: str) -> dict:
+    """The [flows] table: each setting of `FLOW_SETTINGS`, of its type, at least its least
+    value (durations at most a century)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: [flows] must be a table, found {table!r}")
+    out: dict = {}
+    for key, value in table.items():
+        if key not in FLOW_SETTINGS:
+            raise ConfigError(f"{where}: unknown setting {key!r} in [flows] (known: "
+                              f"{', '.join(FLOW_SETTINGS)})")
+        want, least = FLOW_SETTINGS[key]
+        top = math.inf if want is int else MAX_DURATION
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or (want is int and not isinstance(value, int)) or not least <= value <= top:
+            kind = "a whole number" if want is int else "a number of seconds"
+            raise ConfigError(f"{where}: flows.{key} must be {kind} of at least {least:g}"
+                              + ("" if want is int else ", at most a century")
+                              + f", found {value!r}")
+        out[key] = want(value)
     return out
 
 
@@ -164,14 +190,15 @@ class NodeConfig:
     rpc: dict = field(default_factory=dict)       # [rpc]: greenflow.rpc.limits.RpcLimits
     logging: dict = field(default_factory=dict)   # [logging]: node_process.setup_logging
     p2p: dict = field(default_factory=dict)       # [p2p]: greenflow.network.tcp_guard.P2pLimits
+    flows: dict = field(default_factory=dict)     # [flows]: FLOW_SETTINGS, passed to the Node
     #: The node's store: None or "lmdb" (node_dir/store), or a "postgresql://..." URL.
     store: Optional[str] = None
 
     def node_options(self) -> dict[str, Any]:
-        """The `Node` options this file sets (limits and redaction)."""
+        """The `Node` options this file sets (limits, redaction, [flows])."""
         return {"max_inbound_sessions": self.max_inbound_sessions,
                 "responder_idle_timeout": self.responder_idle_timeout,
-                "sensitive_names": list(self.sensitive_names)}
+                "sensitive_names": list(self.sensitive_names), **self.flows}
 
     @property
     def network_map_path(self) -> str:
@@ -262,6 +289,7 @@ class NodeConfig:
                         isinstance(v, (int, float)) and not isinstance(v, bool) for v in table.values()):
                     raise ConfigError(f"{where}: [{key}] must be a table of numbers, found {table!r}")
                 tables[key] = dict(table)
+            tables["flows"] = _flow_settings(doc.get("flows", {}), where)
             apps = doc.get("apps", [])
             if not isinstance(apps, list) or not all(isinstance(a, str) for a in apps):
                 raise ConfigError(f"{where}: `apps` must be a list of module names")
@@ -344,7 +372,7 @@ class NodeConfig:
             lines += ["", "[[rpc_users]]", f"username = {_s(u.username)}",
                       f"password_hash = {_s(u.password_hash)}",
                       f"permissions = [{', '.join(_s(p) for p in u.permissions)}]"]
-        for key in ("rpc", "p2p", "logging"):
+        for key in ("rpc", "p2p", "logging", "flows"):
             table = getattr(self, key)
             if table:
                 lines += ["", f"[{key}]"] + [f"{_s(k)} = {v!r}" for k, v in table.items()]

@@ -193,8 +193,9 @@ class NodeProcess:
                 # Another store checks itself at open; missing is refused unless --new-store.
                 open_store(self.base_dir, create=self.new_store).close()
             elif not store_guard.present(store_dir):
-                if not self.new_store:
-                    raise store_guard.missing(store_dir)
+                if not self.new_store or (os.path.lexists(store_dir)
+                                          and not os.path.isdir(store_dir)):
+                    raise store_guard.missing(store_dir)   # (says what a file there is)
                 log.warning("%s: starting with a new, empty store at %s (--new-store)",
                             cfg.name, store_dir)
             else:   # in use? (the store takes its lock for good when the node opens it)

@@ -73,6 +73,11 @@ MISSING_HINT = ("restore the store directory from a backup, or, to start with an
 
 
 def missing(store_dir: str) -> "StoreMissing":
+    if os.path.lexists(store_dir) and not os.path.isdir(store_dir):
+        return StoreMissing(
+            f"the node store {store_dir} is not a directory (a file, or a link to one): the "
+            f"store is a directory holding {DATA_FILE}. Restore the directory from a backup "
+            "of this node, or move the file aside and start with --new-store to start empty")
     return StoreMissing(
         f"the node store {data_path(store_dir)} is missing or empty. This node directory "
         f"was initialised, so its flows, results and outbox were in it: {MISSING_HINT}")
