@@ -244,8 +244,10 @@ def watch(client: Any, flow_id: Optional[str]) -> None:
                 if f["status"] not in ("COMPLETED", "FAILED", "KILLED"):
                     click.echo(f"{f['id']}  {f['status']}  {f.get('progress_step') or ''}".rstrip())
             if data.get("more"):   # the stream's first event holds one page
-                click.echo(f"(more flows than these {len(data['flows'])}: `greenflow flow list` "
-                           "lists them all; their progress follows here)")
+                click.echo(f"(the node lists more flows than the first {len(data['flows'])} "
+                           "looked at here, finished ones among them, which are not shown: "
+                           "`greenflow flow list` lists them all; every flow's progress "
+                           "follows here)")
         elif event == "progress":
             click.echo(f"{data['flow_id']}  {data['step']}")
         elif event == "end":
@@ -307,7 +309,8 @@ def _each(ids: list[str], call: Callable[[str], dict],
     from greenflow.rpc.client import RpcClientError
     if len(ids) == 1:   # one flow: its error is the command's (exit code and all)
         text, done = said(ids[0], call(ids[0]))
-        click.echo(text)
+        if done:   # (not done: the caller's error says it, once, on stderr)
+            click.echo(text)
         return int(not done)
 
     def one(fid: str) -> Any:

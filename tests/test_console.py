@@ -163,6 +163,9 @@ def test_console_json_api_with_basic_auth(world):
     assert doc["counts"]["COMPLETED"] >= 2 and doc["counts"]["FAILED"] >= 1
     status, _, body = site.get("/console/api/flows?since=banana")
     assert status == 400 and b"since" in body
+    for size in ("0", "-3"):   # (a page of one flow, before, without a word)
+        status, _, body = site.get(f"/console/api/flows?size={size}")
+        assert status == 400 and b"size" in body
     detail = json.loads(site.get(f"/console/api/flows/{world['fickles'][0]}")[2])
     assert "NonDeterminismError" in detail["hospital"]["diagnosis"]
     assert site.get("/console/api/flows/nope")[0] == 404

@@ -391,6 +391,7 @@ def test_a_hospitalized_flow_is_retried_over_rpc_and_the_command_line(tmp_path, 
         again = CliRunner().invoke(cli, ["flow", "retry", "--node", cfg.base_dir, "--user", "admin",
                                          "--password", "pw", ids[0]])
         assert again.exit_code == 1 and "it is not HOSPITALIZED" in again.output, again.output
+        assert again.output.count("it is not HOSPITALIZED") == 1, again.output   # said once
     finally:
         proc.stop()
 

@@ -105,9 +105,12 @@ def flow_page(rows: list[dict], truncated: bool, query: dict) -> dict:
     since = parse_since(query.get("since") or "")
     try:
         page = max(1, int(query.get("page") or 1))
-        size = min(MAX_PAGE_SIZE, max(1, int(query.get("size") or PAGE_SIZE)))
+        size = int(query.get("size") or PAGE_SIZE)
     except ValueError:
         raise FilterError("`page` and `size` must be whole numbers") from None
+    if size < 1:   # (it was read as 1: a page of one flow, without a word)
+        raise FilterError(f"`size` must be at least 1 (at most {MAX_PAGE_SIZE} is used)")
+    size = min(MAX_PAGE_SIZE, size)
 
     def keep(r: dict, with_status: bool) -> bool:
         if with_status and statuses and r["status"] not in statuses:

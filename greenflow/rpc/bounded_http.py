@@ -221,6 +221,11 @@ class BoundedHTTPServer(http.server.HTTPServer):
                 sock.close()
 
     # ------------------------------------------------------------------ stopping
+    def busy_count(self) -> int:
+        """Connections whose request is being worked on (`busy`), event streams included."""
+        with self.conn_lock:
+            return sum(1 for c in self.open_connections.values() if c.deadline is None)
+
     def close_connections(self) -> None:
         """End kept-alive connections too: ``shutdown()`` only stops accepting new ones."""
         self._closed.set()

@@ -47,6 +47,42 @@ LISTINGS = 2
 LISTING_WAIT = 10.0
 
 
+#: A wait for a flow's result looks up this often whether the RPC is stopping.
+WAIT_SLICE = 0.5
+
+
+def _settled(rpc: "RpcServer", handle: FlowHandle, fid: str, wait: float,
+             deadline: float) -> Optional[dict]:
+    """The record of the flow's end, or None when it has not ended by ``deadline``.
+
+    Only the flow's own end is reported as FAILED: a node object that closed during the
+    wait (a clustered worker's partitions changing hands) or a store that failed says
+    nothing of it. The wait goes on through the node serving now, or the client is told
+    503, nothing known (it was told FAILED for a flow that then completed, and a client
+    that retried a payment paid twice)."""
+    while True:
+        try:
+            if wait <= 0 and not handle.status.finished:
+                return None
+            left = deadline - time.monotonic()
+            return handle.node.results.settled(
+                fid, min(left, WAIT_SLICE) if wait > 0 and left > 0 else 1.0)
+        except TimeoutError:
+            if rpc.stopping:
+                raise RpcError(503, "ShuttingDown", f"the node is shutting down; flow {fid} "
+                               "had not finished: ask again once it is back",
+                               retry_after=1) from None
+            if time.monotonic() >= deadline:
+                return None
+        except (NodeClosed, StoreError) as exc:
+            node = rpc.node   # 503 Unavailable when no node serves just now
+            if node is handle.node or time.monotonic() >= deadline:
+                raise RpcError(503, "Unavailable", f"the outcome of flow {fid} cannot be "
+                               f"read just now ({exc}); nothing is known of it: ask again",
+                               retry_after=1) from None
+            handle = node.handle(fid)
+
+
 class RpcServer:
     """Serves the RPC of one `greenflow.rpc.node_process.NodeProcess`."""
 
@@ -57,6 +93,7 @@ class RpcServer:
         self.hub = ProgressHub(self.limits.stream_buffer, self.limits.log_interval)
         self.logins = LoginGuard(self.limits, proc.config.user, self._any_hash)
         self._streams = threading.BoundedSemaphore(self.limits.max_streams)
+        self._streams_lock = threading.Lock()
         self._listings = threading.BoundedSemaphore(LISTINGS)
         try:
             self.httpd = RpcHttpServer(address, RpcHandler, self.limits)
@@ -68,6 +105,8 @@ class RpcServer:
         self.httpd.backoff = self.logins.backoff
         self._thread: Optional[threading.Thread] = None
         self.stopping = False
+        #: Event streams open now (their connections stay busy until they end).
+        self.streams_open = 0
         self.console = ConsoleApp(self)  # /console... and /metrics (see RpcHandler._console)
         self.httpd.warners.append(self.console.warn)
 
@@ -100,6 +139,13 @@ class RpcServer:
             self.httpd.shutdown()
             self._thread.join(10)
         self.httpd.server_close()
+        # Requests being worked on are let answer first, for up to a second: a wait for a
+        # result answers 503 ShuttingDown within a slice of its wait, a start that the
+        # store refused says so (an open long-poll, and a batch start on a full disk, got
+        # an empty reply when their connection was closed under them).
+        end = time.monotonic() + 2 * WAIT_SLICE
+        while self.httpd.busy_count() > self.streams_open and time.monotonic() < end:
+            time.sleep(0.02)
         self.httpd.close_connections()
 
     # ------------------------------------------------------------------ auth
@@ -110,10 +156,15 @@ class RpcServer:
     def open_stream(self) -> bool:
         """Take one of the ``max_streams`` slots for a long-lived event stream (RPC
         progress or the console's); False when all are taken. `close_stream` gives it back."""
-        return self._streams.acquire(blocking=False)
+        with self._streams_lock:
+            took = self._streams.acquire(blocking=False)
+            self.streams_open += took
+        return took
 
     def close_stream(self) -> None:
-        self._streams.release()
+        with self._streams_lock:
+            self._streams.release()
+            self.streams_open -= 1
 
     def authenticate(self, header: Optional[str], client: str = "?") -> Any:
         """The account of a request from address ``client`` (`LoginGuard`)."""
@@ -234,33 +285,15 @@ class RpcServer:
         return self.outcome(self.node.handle(fid), wait)  # UnknownFlow -> 404
 
     def outcome(self, handle: FlowHandle, wait: float) -> tuple[int, dict]:
-        """The result document of a flow: 200 when it finished, 202 when not (yet).
-
-        Only the flow's own end is reported as FAILED: a node object that closed during
-        the wait (a clustered worker's partitions changing hands) or a store that failed
-        says nothing of it. The wait goes on through the node serving now, or the client
-        is told 503, nothing known (it was told FAILED for a flow that then completed,
-        and a client that retried a payment paid twice)."""
+        """The result document of a flow: 200 when it finished, 202 when not (yet);
+        503 when no node can say (`_settled`)."""
         fid = handle.id
         deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            try:
-                if wait <= 0 and not handle.status.finished:
-                    raise TimeoutError
-                left = deadline - time.monotonic()
-                rec = handle.node.results.settled(fid, left if wait > 0 and left > 0 else 1.0)
-                break
-            except TimeoutError:
-                info = self.flow(fid)
-                return 202, {"flow_id": fid, "finished": False, "status": info["status"],
-                             "progress_step": info["progress_step"], "error": info["error"]}
-            except (NodeClosed, StoreError) as exc:
-                node = self.node   # 503 Unavailable when no node serves just now
-                if node is handle.node or time.monotonic() >= deadline:
-                    raise RpcError(503, "Unavailable", f"the outcome of flow {fid} cannot be "
-                                   f"read just now ({exc}); nothing is known of it: ask again",
-                                   retry_after=1) from None
-                handle = node.handle(fid)
+        rec = _settled(self, handle, fid, wait, deadline)
+        if rec is None:
+            info = self.flow(fid)
+            return 202, {"flow_id": fid, "finished": False, "status": info["status"],
+                         "progress_step": info["progress_step"], "error": info["error"]}
         try:
             value = unpack_result(fid, rec)
         except FlowKilled as exc:
