@@ -70,8 +70,10 @@ def start(base_dir: str, log_level: str, new_store: bool) -> None:
 
     Exit status: 0 stopped cleanly, 1 could not start, 2 bad configuration, 3 store
     refused (missing, damaged), 4 the store failed while running (e.g. disk full)."""
+    from greenflow.node.hash_seed import run_with_party_seed
     from greenflow.rpc.node_process import serve
 
+    run_with_party_seed(base_dir)   # its sets iterate alike at every start (replay)
     code = serve(base_dir, log_level=log_level, new_store=new_store)
     if code:
         raise SystemExit(code)

@@ -1,8 +1,8 @@
-"""Flows whose payloads hold strings in sets (for tests/test_hash_seed.py): a process's
+"""Flows whose payloads hold strings in sets (for tests/test_python_semantics.py): a process's
 hash seed decides the order in which such a set iterates."""
 from __future__ import annotations
 
-from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow
+from greenflow import FlowLogic, FlowSession, Party, initiated_by, initiating_flow, startable
 
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
@@ -34,3 +34,30 @@ class CountSets(FlowLogic):
         lengths = self.session.receive(dict)
         self.sleep(10)   # the initiator waits, checkpointed, across the power cut
         self.session.send(len(words) + len(pairs) + sum(lengths.values()))
+
+
+@startable
+@initiating_flow
+class SendEach(FlowLogic):
+    """Sends the words one by one in the order a set of them iterates (the process's
+    hash seed decides it), then waits for the peer's count."""
+
+    def __init__(self, peer: Party) -> None:
+        self.peer = peer
+
+    def call(self) -> int:
+        s = self.initiate_flow(self.peer)
+        for w in set(WORDS):
+            s.send(w)
+        return s.receive(int)
+
+
+@initiated_by(SendEach)
+class CountEach(FlowLogic):
+    def __init__(self, session: FlowSession) -> None:
+        self.session = session
+
+    def call(self) -> None:
+        got = [self.session.receive(str) for _ in WORDS]
+        self.sleep(4)   # the initiator waits, checkpointed, while its node is killed
+        self.session.send(len(set(got)))

@@ -103,3 +103,26 @@ def test_the_flow_api_called_from_a_thread_a_flow_started_says_so(tmp_path) -> N
     text = h.result()
     assert "thread 'helper'" in text and "run_external" in text
     net.close()
+
+
+def test_a_flow_that_iterates_a_set_of_strings_replays_in_a_restarted_node_process(
+        tmp_path) -> None:
+    """A node process runs with its party's hash seed (`greenflow.node.hash_seed`), so a
+    set of strings iterates alike at every start: a flow that sent a set's items one by
+    one, killed with its node, completes after the restart."""
+    import time
+
+    from greenflow.testing.node_processes import ProcessNetwork
+    with ProcessNetwork(tmp_path, ["Alice", "Bob"], apps=["seedflows"],
+                        pythonpath=[HERE]) as pn:
+        pn.start_all()
+        alice = pn.client("Alice")
+        fid = alice.start_flow("seedflows.SendEach", {"peer": "Bob"})["flow_id"]
+        deadline = time.monotonic() + 30
+        while alice.flow(fid)["status"] not in ("SUSPENDED", "HIBERNATED"):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        pn.kill("Alice")
+        pn.start("Alice")
+        res = pn.client("Alice").result(fid, wait=60)
+        assert res.get("status") == "COMPLETED" and res.get("result") == 8, res

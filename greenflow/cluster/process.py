@@ -200,6 +200,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--renew", type=float, default=DEFAULT_RENEW_S)
     ap.add_argument("--log-level", default=os.environ.get("GREENFLOW_LOG_LEVEL", "INFO"))
     args = ap.parse_args(argv)
+    from greenflow.node.hash_seed import run_with_party_seed
+    run_with_party_seed(args.dir)   # every worker of the party hashes alike
     from greenflow.node.gc_tuning import tune
     tune()
     d = cluster_dir(args.dir)

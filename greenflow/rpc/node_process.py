@@ -299,6 +299,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--new-store", action="store_true",
                     help="start with a new, empty store if the node's store is missing or empty")
     args = ap.parse_args(argv)
+    from greenflow.node.hash_seed import run_with_party_seed
+    run_with_party_seed(args.dir)   # (returns only once the process runs with it)
     return serve(args.dir, log_level=args.log_level, rpc=not args.no_rpc,
                  new_store=args.new_store)
 
