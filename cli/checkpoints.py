@@ -48,9 +48,7 @@ def dump(node_dir: str, as_json: bool) -> None:
             if not count:
                 click.echo(f"{name}: no unfinished flows")
                 return
-            click.echo(f"{name}: {count} unfinished flow{'s' if count != 1 else ''}, read from "
-                       "the store: a waiting flow shows as stored, SUSPENDED (a running node "
-                       "lists those it does not hold in memory as HIBERNATED)")
+            click.echo(_header(name, count, offline=True))
             for entry in dump_entries(store, None):
                 click.echo("\n" + "\n".join(_entry_lines(entry)))
         finally:
@@ -61,11 +59,18 @@ def format_dump(node: str, entries: list[dict]) -> str:
     """Readable text for ``checkpoints_dump()`` entries."""
     if not entries:
         return f"{node}: no unfinished flows"
-    plural = "s" if len(entries) != 1 else ""
-    lines = [f"{node}: {len(entries)} unfinished flow{plural}"]
+    lines = [_header(node, len(entries), any(e.get("resident", False) is None for e in entries))]
     for e in entries:
         lines += [""] + _entry_lines(e)
     return "\n".join(lines)
+
+
+def _header(node: str, count: int, offline: bool) -> str:
+    text = f"{node}: {count} unfinished flow{'s' if count != 1 else ''}"
+    if offline:   # (read from the store: whether a running node holds them is not there)
+        text += (", read from the store: a waiting flow shows as stored, SUSPENDED (a "
+                 "running node lists those it does not hold in memory as HIBERNATED)")
+    return text
 
 
 def _entry_lines(e: dict) -> list[str]:

@@ -199,7 +199,7 @@ def test_a_network_map_entry_whose_notary_flag_is_no_bool_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("setting, says", [
-    ('bogus_key = 1\n', "unknown setting(s) 'bogus_key' (known: apps, limits"),
+    ('bogus_key = 1\n', "unknown setting(s) 'bogus_key' (known: apps, flows, limits"),
     ('max_resident = 10\n', "unknown setting(s) 'max_resident'"),
     ('network_map = 7\n', "`network_map` is the path of the network map file, found 7"),
     ('rpc_users = 5\n', "`rpc_users` is a list of [[rpc_users]] tables, found 5"),
