@@ -367,6 +367,23 @@ def test_starts_with_client_ids_read_the_leases_once_a_second_and_a_database_ref
         w1.node.start_flow(Ping(w1.node.party, 1), client_id="c-late")
 
 
+def test_a_start_filed_on_a_connection_the_database_ended_is_filed_on_a_new_one(party):
+    """A restart of PostgreSQL ends every connection; a start with a client id filed on
+    the handoff writer's ended connection failed as a 500 "please file a bug"."""
+    import psycopg
+    from cluster_pg import server_dsn
+    w1 = party("w1")
+    settle(w1)
+    assert w1.node.start_flow(Ping(w1.node.party, 1), client_id="before").result(timeout=30) == 1
+    pid = w1.writer._conn.info.backend_pid
+    with psycopg.connect(server_dsn(), autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    time.sleep(0.3)
+    h = w1.node.start_flow(Ping(w1.node.party, 1), client_id="after")
+    assert h.result(timeout=30) == 1
+    assert w1.writer._conn.info.backend_pid != pid
+
+
 def test_a_lease_round_stuck_on_a_silent_database_is_said_and_the_partitions_lapse(
         party, monkeypatch, caplog):
     """A database that stops answering (stopped, cut off) raises nothing: the lease round

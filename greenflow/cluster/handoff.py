@@ -89,6 +89,12 @@ def ensure_schema(conn, schema: str) -> None:
             conn.execute(stmt)
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database connection's end (not a statement refused)."""
+    import psycopg
+    return isinstance(exc, psycopg.OperationalError)
+
+
 class HandoffWriter:
     """The receiving side: durable before acknowledged. One connection, guarded by a lock
     (the transport's thread and the scheduler's may both hand frames over)."""
@@ -118,25 +124,39 @@ class HandoffWriter:
                           for r in rows]))
         with self._lock:
             try:
-                conn = self._connect()
-                # One statement (one round trip, one implicit transaction): the rows, and
-                # a notification naming the partitions of those that were new, sent when
-                # it commits.
-                new = conn.execute(
-                    f"WITH ins AS (INSERT INTO {s}.handoff (part, kind, peer, sid, "
-                    f"to_responder, seq, data) SELECT * FROM unnest(%s::smallint[], "
-                    f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], %s::bigint[], "
-                    f"%s::bytea[]) ON CONFLICT DO NOTHING RETURNING part) "
-                    f"SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, "
-                    f"string_agg(DISTINCT part::text, ',')) FROM ins HAVING count(*) > 0)",
-                    [list(c) for c in cols] + [channel(self.schema)]).fetchone()[0]
-            except Exception:
+                new = self._insert(s, cols)
+            except Exception as exc:
                 if self._conn is not None:
                     self._conn.close()
                     self._conn = None
-                raise
+                if not _connection_lost(exc):
+                    raise
+                # A connection the server ended while it idled (a restart: AdminShutdown on
+                # its first use) took nothing: once more on a new one. The same rows written
+                # twice are one (ON CONFLICT DO NOTHING), so an attempt that did reach the
+                # table costs nothing either.
+                try:
+                    new = self._insert(s, cols)
+                except Exception:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    raise
         self.written += new
         return new
+
+    def _insert(self, s: str, cols: list) -> int:
+        conn = self._connect()
+        # One statement (one round trip, one implicit transaction): the rows, and a
+        # notification naming the partitions of those that were new, sent when it commits.
+        return conn.execute(
+            f"WITH ins AS (INSERT INTO {s}.handoff (part, kind, peer, sid, "
+            f"to_responder, seq, data) SELECT * FROM unnest(%s::smallint[], "
+            f"%s::smallint[], %s::text[], %s::text[], %s::boolean[], %s::bigint[], "
+            f"%s::bytea[]) ON CONFLICT DO NOTHING RETURNING part) "
+            f"SELECT (SELECT count(*) FROM ins), (SELECT pg_notify(%s, "
+            f"string_agg(DISTINCT part::text, ',')) FROM ins HAVING count(*) > 0)",
+            [list(c) for c in cols] + [channel(self.schema)]).fetchone()[0]
 
     def filed_start(self, fid: str, part: int) -> Optional[bytes]:
         """The serialized flow of the start of ``fid`` filed in partition ``part`` and

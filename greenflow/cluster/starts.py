@@ -65,7 +65,13 @@ class FiledStarts:
                 raise FlowError(f"{type(flow).__qualname__} cannot be checkpointed: {exc}") from exc
             rows.append(Row(partition_of(fid), START, client_id or "", (fid, False, 0), blob))
             ids.append(fid)
-        w.writer.put(rows)
+        import psycopg
+        try:
+            w.writer.put(rows)
+        except psycopg.Error as exc:   # (a restarting database): 503, ask again; a 500
+            # said "please file a bug". Rows filed again are the same rows, taken once.
+            raise NodeClosed(f"the cluster's database did not take the start ({type(exc).__name__}: "
+                             f"{str(exc).strip()[:200]}): start it again in a moment") from None
         w.stats["starts_forwarded"] += len(rows)
         return ids
 
