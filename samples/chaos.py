@@ -237,6 +237,7 @@ class ClusteredNetwork:
         self.names = pn.names
         self._credentials = read_credentials(pn.dir(self.party))
         self._victim: Optional[str] = None
+        self._frozen: Optional[str] = None   # the worker a freeze stopped, until its SIGCONT
         self.faults: Counter = Counter()   # worker -> faults it took
 
     def dir(self, name: str) -> str:
@@ -271,9 +272,14 @@ class ClusteredNetwork:
     def start(self, name: str, wait: float = 30.0) -> Any:
         if name != self.party:
             return self.pn.start(name, wait)
-        worker, self._victim = self._victim, None
-        if worker is not None and self.cl.procs[worker].poll() is not None:
+        self._victim = None
+        # Every worker that is down, not only the last victim: a restart that failed (its
+        # database was restarting) is made again by the caller's next attempt, instead of
+        # the run going on with a worker fewer.
+        dead = [w for w, p in self.cl.procs.items() if p.poll() is not None]
+        for worker in dead:
             self.cl.start_worker(worker)
+        if dead:
             self.cl.wait_ready(wait)
         return self.client(name)
 
@@ -283,10 +289,9 @@ class ClusteredNetwork:
         return bool(self.cl.procs) and not any(p.poll() is not None for p in self.cl.procs.values())
 
     @property
-    def procs(self) -> dict:
+    def procs(self) -> "_FreezeProcs":
         """For a freeze: the party's entry is one worker, the same for SIGSTOP and SIGCONT."""
-        worker = self._victim or self._pick()
-        return {**self.pn.procs, self.party: self.cl.procs[worker]}
+        return _FreezeProcs(self)
 
     def wait_ready(self, timeout: float) -> None:
         """Every worker running again and every partition held (a killed worker's leases
@@ -295,6 +300,27 @@ class ClusteredNetwork:
             if proc.poll() is not None:
                 self.cl.start_worker(worker)
         self.cl.wait_ready(timeout)
+
+
+class _FreezeProcs:
+    """The processes a freeze signals: the clustered party's entry is a worker picked
+    (and counted) when its SIGSTOP is sent, and the same one for its SIGCONT; a freeze of
+    another node picks none."""
+
+    def __init__(self, net: ClusteredNetwork) -> None:
+        self.net = net
+
+    def __getitem__(self, name: str) -> Any:
+        net = self.net
+        if name != net.party:
+            return net.pn.procs[name]
+        frozen = net._frozen
+        if frozen is None:   # the SIGSTOP
+            frozen = net._frozen = net._pick()
+            net._victim = None
+        else:                # the SIGCONT: the next freeze picks afresh
+            net._frozen = None
+        return net.cl.procs[frozen]
 
 
 class _ClusterClient:
