@@ -313,6 +313,29 @@ def test_a_worker_of_another_party_is_refused_the_store_before_it_takes_a_lease(
         a.stop()
 
 
+def test_a_worker_given_another_schema_than_its_partys_store_is_refused(tmp_path):
+    """A worker started with a `?schema=` naming another schema made an empty store there,
+    took every partition of it and served as a second copy of the party."""
+    import psycopg
+
+    from greenflow.errors import StoreError
+    from greenflow.network.bootstrap import bootstrap_network
+    (alice,) = bootstrap_network(str(tmp_path), ["Alice"], base_port=0, apps=APPS)
+    right, wrong = new_schema(), new_schema()
+    a = Worker(alice.base_dir, server_dsn() + "?schema=" + right, name="a1", apps=APPS,
+               lease_s=2.0, renew_s=0.4).start()
+    try:
+        stray = Worker(alice.base_dir, server_dsn() + "?schema=" + wrong, name="a9", apps=APPS,
+                       lease_s=2.0, renew_s=0.4)
+        with pytest.raises(StoreError, match=f"has its store in the schema {right} "):
+            stray.start()
+        with psycopg.connect(server_dsn(), autocommit=True) as conn:
+            made = conn.execute("SELECT to_regclass(%s)", (f'"{wrong}".flows',)).fetchone()[0]
+        assert made is None   # nothing was made there
+    finally:
+        a.stop()
+
+
 def test_draining_through_one_worker_drains_the_whole_party(party):
     """Draining (the upgrade procedure) acted on the worker reached only: the others
     went on starting flows, the count of unfinished flows was that worker's own, and

@@ -71,6 +71,7 @@ from greenflow.errors import Fenced, FlowError, StoreError, StoreLocked, StoreMi
 from greenflow.storage.interface import Batch
 from greenflow.storage.partitions import PARTITIONS, partition_of
 from greenflow.storage.postgres_batch import _Array, _ArrayDumper, _Plan
+from greenflow.storage.postgres_party import claim_party, mark_party, refuse_second_store
 from greenflow.storage.postgres_reader import (READS, ROUTE_READS, TABLE_READS, PostgresReader,
                                                RouteReader, TableReader)
 from greenflow.storage.postgres_schema import (_COMMIT_CALL, _COMMIT_FUNCTION, _FENCE_STATE,
@@ -81,7 +82,6 @@ log = logging.getLogger("greenflow.store")
 FORMAT_KEY = "greenflow.store-format"
 FORMAT_VALUE = b"greenflow-store-postgres 1"
 #: The meta records of the party a store belongs to: its name and public key.
-PARTY_NAME_KEY, PARTY_KEY_KEY = "greenflow.party-name", "greenflow.party-key"
 #: The files of a node directory that hold its identity (see `greenflow.node.identity`).
 _NAME_FILE, _KEY_FILE = "identity.name", "identity.key"
 
@@ -133,26 +133,6 @@ def _has_store(dsn: str, schema: str) -> bool:
                                 (f'"{schema}".meta',)).fetchone()[0]
     except psycopg.Error:   # the caller's own connection says why
         return False
-
-
-def claim_party(conn: psycopg.Connection, where: str, party: tuple[str, bytes],
-                readonly: bool = False) -> None:
-    """Refuse a store (``conn``'s search path) that records another party than
-    ``party``; record ``party`` in one that records none."""
-    rows = dict(conn.execute("SELECT name, value FROM meta WHERE name IN (%s, %s)",
-                             (PARTY_NAME_KEY, PARTY_KEY_KEY)).fetchall())
-    key = rows.get(PARTY_KEY_KEY)
-    if key is not None and bytes(key) != party[1]:
-        theirs = bytes(rows.get(PARTY_NAME_KEY) or b"?").decode(errors="replace")
-        raise StoreError(
-            f"the PostgreSQL store {where} belongs to the party {theirs} (key "
-            f"{bytes(key).hex()[:16]}...), not to {party[0]} (key {party[1].hex()[:16]}...) "
-            "whose node directory opens it: a ?schema= that names another party's store, "
-            "or a directory copied from another party's; nothing was read or written")
-    if key is None and not readonly:
-        conn.execute("INSERT INTO meta (name, value) VALUES (%s, %s), (%s, %s) "
-                     "ON CONFLICT (name) DO NOTHING",
-                     (PARTY_NAME_KEY, party[0].encode(), PARTY_KEY_KEY, party[1]))
 
 
 def split_url(url: str) -> tuple[str, Optional[str]]:
@@ -256,7 +236,11 @@ class PostgresStore:
                         f"no node store in the PostgreSQL schema {self.path}: this node "
                         "directory was initialised, so its flows, results and outbox were "
                         "there: restore the schema, or start with --new-store to start empty")
+                if self.party is not None:
+                    refuse_second_store(conn, self.schema, self.path, self.party)
                 self._create(conn)
+                if self.party is not None:
+                    mark_party(conn, self.schema, self.party)
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
             if not self.sync:
                 conn.execute("SET synchronous_commit TO off")
