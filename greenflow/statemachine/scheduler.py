@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 from greenflow.status import FlowStatus
 from greenflow.statemachine import parked, stacks, transitions
 from greenflow.runtime.checkpoint import Checkpoint
-from greenflow.errors import FlowError, WireFormatError
+from greenflow.errors import FlowError, StoreError, WireFormatError
 from greenflow.messages import decode_frame
 from greenflow.log_limits import RateLimitedLog
 from greenflow.statemachine.events import (Acked, Call, ExternalDone, FrameArrived, KillFlow, StartFlows)
@@ -257,6 +257,11 @@ class Scheduler(Running, Routing, Loading, Ending, CommitStaging):
                 else:   # (an acknowledgement counts one more per 8 frames it names)
                     taken += 1 if type(ev) is not Acked else 1 + (len(ev.msg_ids) >> 3)
                     self._apply(ev)
+            except StoreError as exc:   # (its database restarting: a peer re-sends its
+                # frame); a traceback per frame said nothing more, many times over
+                self.peer_log.warning("store read", "%s: could not apply %s, the store did "
+                                      "not answer: %s", self.identity.name,
+                                      type(ev).__name__, exc)
             except Exception:
                 log.exception("%s: failed to apply %s", self.identity.name, type(ev).__name__)
         return taken
