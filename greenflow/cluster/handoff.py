@@ -31,7 +31,7 @@ import select
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from greenflow.cluster.leases import _ident
 
@@ -126,27 +126,27 @@ class HandoffWriter:
             try:
                 new = self._insert(s, cols)
             except Exception as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
                 if not _connection_lost(exc):
                     raise
                 # A connection the server ended while it idled (a restart: AdminShutdown on
                 # its first use) took nothing: once more on a new one. The same rows written
                 # twice are one (ON CONFLICT DO NOTHING), so an attempt that did reach the
                 # table costs nothing either.
-                new = self._insert(s, cols)
+                try:
+                    new = self._insert(s, cols)
+                except Exception:
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    raise
         self.written += new
         return new
 
     def _insert(self, s: str, cols: list) -> int:
-        """Run the insert; on any error the connection is let go (the next use opens one)."""
-        try:
-            return self._insert_on(self._connect(), s, cols)
-        except Exception:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-            raise
-
-    def _insert_on(self, conn: Any, s: str, cols: list) -> int:
+        conn = self._connect()
         # One statement (one round trip, one implicit transaction): the rows, and a
         # notification naming the partitions of those that were new, sent when it commits.
         return conn.execute(

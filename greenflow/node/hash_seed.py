@@ -14,11 +14,14 @@ anything else. ``GREENFLOW_HASH_SEED=off`` keeps the process's own random seed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from typing import Optional
 
 from greenflow.node.identity import key_path
+
+log = logging.getLogger("greenflow.node")
 
 #: Set to "off" to keep the random seed Python draws (set iteration then differs
 #: between the runs of a node process, as it does in any Python program).
